@@ -1,0 +1,182 @@
+//! The public error type.
+//!
+//! Errors are values that travel: a failed task stores its [`Error`] as the
+//! content of each of its return objects, and every `get` of those objects
+//! (or of objects computed from them) returns it. So `Error` is `Clone` and
+//! serializable, and carries strings rather than source errors.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+pub enum Error {
+    /// The task's own code failed: it returned `Err`, or it panicked.
+    #[error("{0}")]
+    Task(Box<TaskError>),
+    /// `get`/`wait`/`next` with a timeout ran out of time.
+    #[error("timed out waiting for the object")]
+    GetTimeout,
+    /// The task was cancelled before it produced this object.
+    #[error("task was cancelled")]
+    TaskCancelled,
+    /// The worker running the task died (and no retries were left).
+    #[error("worker died while running task {task}: {detail}")]
+    WorkerCrashed { task: String, detail: String },
+    /// The object's value is gone and cannot be recovered (its owner died,
+    /// or it was freed).
+    #[error("object {0} is lost")]
+    ObjectLost(String),
+    /// A task or runtime option is invalid.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    /// A value could not be encoded or decoded.
+    #[error("serialization failed: {0}")]
+    Serialization(String),
+    /// The worker has no remote function by this name (built from another binary?).
+    #[error("unknown remote function {0:?}: the worker executable does not register it")]
+    UnknownFunction(String),
+    /// The task asks for more resources than the cluster has in total.
+    #[error("task can never be scheduled: {0}")]
+    Infeasible(String),
+    /// The object store has no room even after spilling.
+    #[error("object store is full: {0}")]
+    StoreFull(String),
+    /// A streaming generator's retry disagreed with what was already reported.
+    #[error("generator replay mismatch: {0}")]
+    ReplayMismatch(String),
+    #[error("ferroray is not initialized: call ferroray::init() first")]
+    NotInitialized,
+    #[error("ferroray is already initialized in this process")]
+    AlreadyInitialized,
+    /// The connection to the node daemon or a peer is gone.
+    #[error("connection lost: {0}")]
+    Disconnected(String),
+    /// A peer sent something that does not follow the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("i/o error: {0}")]
+    Io(String),
+}
+
+/// A failure inside the task's own code, with where it happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    /// The Rust type name of the error value, or `"panic"`.
+    pub type_name: String,
+    pub message: String,
+    /// The remote function's name.
+    pub task_name: String,
+    pub pid: u32,
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "task {} (pid={}) failed with {}: {}",
+            self.task_name, self.pid, self.type_name, self.message
+        )
+    }
+}
+
+/// How a failed attempt should be treated; decided here and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The process or machine failed: retried up to `max_retries`.
+    System,
+    /// The user's code failed: retried only with `retry_exceptions`.
+    Application,
+    /// Retrying cannot help (bad input, cancellation, unknown function).
+    Fatal,
+}
+
+impl Error {
+    pub fn task(type_name: &str, message: impl Into<String>, task_name: &str, pid: u32) -> Self {
+        Error::Task(Box::new(TaskError {
+            type_name: type_name.to_string(),
+            message: message.into(),
+            task_name: task_name.to_string(),
+            pid,
+        }))
+    }
+
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            Error::WorkerCrashed { .. } | Error::Disconnected(_) | Error::ObjectLost(_) => {
+                FailureKind::System
+            }
+            Error::Task(_) => FailureKind::Application,
+            _ => FailureKind::Fatal,
+        }
+    }
+
+    /// Whether another attempt might succeed, given the task's retry policy.
+    pub fn is_retryable(&self, retry_exceptions: &RetryExceptions) -> bool {
+        match self.failure_kind() {
+            FailureKind::System => true,
+            FailureKind::Application => match self {
+                Error::Task(t) => retry_exceptions.matches(&t.type_name),
+                _ => false,
+            },
+            FailureKind::Fatal => false,
+        }
+    }
+
+    pub fn serialization(e: impl fmt::Display) -> Self {
+        Error::Serialization(e.to_string())
+    }
+
+    pub fn io(e: impl fmt::Display) -> Self {
+        Error::Io(e.to_string())
+    }
+}
+
+/// Which application errors a task retries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum RetryExceptions {
+    #[default]
+    None,
+    All,
+    /// Type names; an error matches if its type name ends with one of these
+    /// (so `"ParseIntError"` matches `core::num::error::ParseIntError`).
+    Types(Vec<String>),
+}
+
+impl RetryExceptions {
+    pub fn matches(&self, type_name: &str) -> bool {
+        match self {
+            RetryExceptions::None => false,
+            RetryExceptions::All => true,
+            RetryExceptions::Types(types) => types.iter().any(|t| type_name.ends_with(t.as_str())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let crash = Error::WorkerCrashed {
+            task: "f".into(),
+            detail: "SIGKILL".into(),
+        };
+        let app = Error::task("core::num::error::ParseIntError", "bad", "f", 1);
+        assert!(crash.is_retryable(&RetryExceptions::None));
+        assert!(!app.is_retryable(&RetryExceptions::None));
+        assert!(app.is_retryable(&RetryExceptions::All));
+        assert!(app.is_retryable(&RetryExceptions::Types(vec!["ParseIntError".into()])));
+        assert!(!app.is_retryable(&RetryExceptions::Types(vec!["IoError".into()])));
+        assert!(!Error::TaskCancelled.is_retryable(&RetryExceptions::All));
+    }
+
+    #[test]
+    fn messages_are_lowercase_without_period() {
+        let e = Error::task("MyErr", "boom", "parse", 42);
+        assert_eq!(e.to_string(), "task parse (pid=42) failed with MyErr: boom");
+        assert!(!Error::GetTimeout.to_string().ends_with('.'));
+    }
+}

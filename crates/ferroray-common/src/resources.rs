@@ -1,0 +1,111 @@
+//! Resource sets.
+//!
+//! Quantities are kept in fixed point (1/10,000 of a unit) so that a task
+//! asking for 0.1 CPU ten times adds up to exactly one CPU.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+const SCALE: f64 = 10_000.0;
+
+/// Named quantities: `"CPU"`, `"GPU"` and custom resources.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceSet(BTreeMap<String, u64>);
+
+pub const CPU: &str = "CPU";
+pub const GPU: &str = "GPU";
+
+impl ResourceSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `name` to `amount`; a zero amount removes it. The amount must be
+    /// finite and not negative (checked by the callers that take user input).
+    pub fn set(&mut self, name: &str, amount: f64) {
+        let fixed = (amount * SCALE).round() as u64;
+        if fixed == 0 {
+            self.0.remove(name);
+        } else {
+            self.0.insert(name.to_string(), fixed);
+        }
+    }
+
+    pub fn with(mut self, name: &str, amount: f64) -> Self {
+        self.set(name, amount);
+        self
+    }
+
+    pub fn get(&self, name: &str) -> f64 {
+        self.0.get(name).copied().unwrap_or(0) as f64 / SCALE
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether every quantity in `self` is available in `available`.
+    pub fn fits_in(&self, available: &ResourceSet) -> bool {
+        self.0
+            .iter()
+            .all(|(k, v)| available.0.get(k).copied().unwrap_or(0) >= *v)
+    }
+
+    /// The first resource that `total` can never satisfy, if any.
+    pub fn first_missing(&self, total: &ResourceSet) -> Option<(String, f64, f64)> {
+        self.0.iter().find_map(|(k, v)| {
+            let have = total.0.get(k).copied().unwrap_or(0);
+            (have < *v).then(|| (k.clone(), *v as f64 / SCALE, have as f64 / SCALE))
+        })
+    }
+
+    /// Takes `req` out of `self`; saturates at zero (a blocked worker's CPU may
+    /// be handed out again, so `available` can briefly be oversubscribed).
+    pub fn subtract(&mut self, req: &ResourceSet) {
+        for (k, v) in &req.0 {
+            let e = self.0.entry(k.clone()).or_insert(0);
+            *e = e.saturating_sub(*v);
+        }
+    }
+
+    pub fn add(&mut self, req: &ResourceSet) {
+        for (k, v) in &req.0 {
+            *self.0.entry(k.clone()).or_insert(0) += *v;
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), *v as f64 / SCALE))
+    }
+}
+
+impl fmt::Debug for ResourceSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fractions_add_up_exactly() {
+        let mut total = ResourceSet::new().with(CPU, 1.0);
+        let tenth = ResourceSet::new().with(CPU, 0.1);
+        for _ in 0..10 {
+            assert!(tenth.fits_in(&total));
+            total.subtract(&tenth);
+        }
+        assert!(!tenth.fits_in(&total));
+        assert_eq!(total.get(CPU), 0.0);
+    }
+
+    #[test]
+    fn missing_resource_is_named() {
+        let total = ResourceSet::new().with(CPU, 2.0);
+        let req = ResourceSet::new().with(CPU, 1.0).with("disk", 1.0);
+        assert_eq!(req.first_missing(&total), Some(("disk".into(), 1.0, 0.0)));
+    }
+}

@@ -1,0 +1,274 @@
+//! Values to bytes and back.
+//!
+//! Encoding, in three steps:
+//! 1. Measure the value (`bincode::serialized_size`), collecting the object
+//!    refs nested inside it.
+//! 2. Below the node's inline threshold, serialize into a `Vec`; at or above
+//!    it, ask the node for that much shared memory and serialize straight into
+//!    it (one pass, no intermediate copy).
+//! 3. Hand back the payload with the nested refs' ids, and the nested handles
+//!    themselves: the caller keeps those alive until the message that stores
+//!    the value has been sent, so the node pins the nested objects before
+//!    this process can drop its own references.
+//!
+//! Decoding a shared-memory value runs with the object's pin in a
+//! thread-local, so that a [`Buffer`] inside it becomes a view of the shared
+//! memory (kept pinned while the view lives) instead of a copy.
+
+use crate::object_ref::RefInner;
+use crate::worker::CoreWorker;
+use bytes::Bytes;
+use ferroray_common::{Error, ObjectId, Result};
+use ferroray_protocol::{ObjectValue, Payload};
+use ferroray_store::Arena;
+use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
+use std::cell::RefCell;
+use std::sync::{Arc, Weak};
+
+thread_local! {
+    static COLLECTOR: RefCell<Option<Vec<Arc<RefInner>>>> = const { RefCell::new(None) };
+    static BACKING: RefCell<Option<Arc<ShmPin>>> = const { RefCell::new(None) };
+}
+
+/// Called by `ObjectRef`'s `Serialize`: notes a nested ref.
+pub(crate) fn note_nested(inner: &Arc<RefInner>) {
+    COLLECTOR.with(|c| {
+        if let Some(v) = c.borrow_mut().as_mut() {
+            v.push(inner.clone());
+        }
+    });
+}
+
+fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<Arc<RefInner>>) {
+    let prev = COLLECTOR.with(|c| c.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let got = COLLECTOR
+        .with(|c| std::mem::replace(&mut *c.borrow_mut(), prev))
+        .unwrap_or_default();
+    (r, got)
+}
+
+/// An encoded value ready to be stored, with the nested handles to keep alive
+/// until it has been sent.
+pub struct ReturnValue {
+    pub value: ObjectValue,
+    pub keep: Vec<Arc<RefInner>>,
+}
+
+impl ReturnValue {
+    pub fn error(e: Error) -> Self {
+        ReturnValue {
+            value: ObjectValue::Error(e),
+            keep: Vec::new(),
+        }
+    }
+}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(core: &CoreWorker, v: &T) -> Result<ReturnValue> {
+    let (size, _) = collecting(|| bincode::serialized_size(v));
+    let size = size.map_err(Error::serialization)?;
+    let (payload, keep) = if size >= core.info().inline_threshold {
+        let offset = core.allocate(size)?;
+        let (written, keep) = collecting(|| {
+            // SAFETY: the node gave this fresh range to this process alone;
+            // nobody reads it before the value is sealed by our next message.
+            let dst = unsafe { core.arena().slice_mut(offset, size) }.map_err(Error::io)?;
+            bincode::serialize_into(&mut &mut dst[..], v).map_err(Error::serialization)
+        });
+        if let Err(e) = written {
+            core.deallocate(offset);
+            return Err(e);
+        }
+        (Payload::Shm { offset, len: size }, keep)
+    } else {
+        let (bytes, keep) = collecting(|| bincode::serialize(v));
+        (Payload::Inline(bytes.map_err(Error::serialization)?), keep)
+    };
+    let mut contained: Vec<ObjectId> = keep.iter().map(|r| r.id).collect();
+    contained.sort();
+    contained.dedup();
+    Ok(ReturnValue {
+        value: ObjectValue::Data { payload, contained },
+        keep,
+    })
+}
+
+/// One pin on a shared-memory object, released (`Unpin`) when dropped.
+pub struct ShmPin {
+    pub(crate) id: ObjectId,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    pub(crate) arena: Arc<Arena>,
+    pub(crate) core: Weak<CoreWorker>,
+}
+
+impl ShmPin {
+    pub(crate) fn bytes(&self) -> Result<&[u8]> {
+        self.arena
+            .slice(self.offset, self.len)
+            .map_err(|e| Error::ObjectLost(format!("{}: {e}", self.id)))
+    }
+}
+
+impl Drop for ShmPin {
+    fn drop(&mut self) {
+        if let Some(core) = self.core.upgrade() {
+            core.unpin(self.id);
+        }
+    }
+}
+
+/// Bytes to read a value from.
+pub(crate) enum Source {
+    Inline(Arc<Vec<u8>>),
+    Shm(Arc<ShmPin>),
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(src: &Source) -> Result<T> {
+    match src {
+        Source::Inline(b) => bincode::deserialize(b).map_err(Error::serialization),
+        Source::Shm(pin) => {
+            let bytes = pin.bytes()?;
+            let prev = BACKING.with(|b| b.borrow_mut().replace(pin.clone()));
+            let r = bincode::deserialize(bytes).map_err(Error::serialization);
+            BACKING.with(|b| *b.borrow_mut() = prev);
+            r
+        }
+    }
+}
+
+/// An immutable byte buffer. Read from a large object, it is a zero-copy view
+/// of the shared-memory store, which keeps the object pinned while it lives.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Buffer(Bytes);
+
+impl Buffer {
+    pub fn new(bytes: impl Into<Bytes>) -> Self {
+        Buffer(bytes.into())
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// Whether these bytes live in the shared-memory store (not copied).
+    pub fn is_shared_memory(&self) -> bool {
+        !self.0.is_empty() && shm_view_contains(self.0.as_ptr())
+    }
+}
+
+/// Address ranges of mapped arenas, to tell views from copies.
+static ARENAS: parking_lot::Mutex<Vec<(usize, usize)>> = parking_lot::Mutex::new(Vec::new());
+
+pub(crate) fn register_arena(arena: &Arena) {
+    if let Ok(s) = arena.slice(0, 0) {
+        let start = s.as_ptr() as usize;
+        ARENAS
+            .lock()
+            .push((start, start + arena.capacity() as usize));
+    }
+}
+
+fn shm_view_contains(p: *const u8) -> bool {
+    let p = p as usize;
+    ARENAS.lock().iter().any(|(s, e)| p >= *s && p < *e)
+}
+
+impl std::ops::Deref for Buffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Buffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Buffer {
+    fn from(v: Vec<u8>) -> Self {
+        Buffer(v.into())
+    }
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Buffer({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Buffer {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+/// Owns a pin and points into the pinned bytes.
+struct PinnedSlice {
+    _pin: Arc<ShmPin>,
+    ptr: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for PinnedSlice {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the range lies inside the mapped arena (checked when the
+        // view was made) and the pin keeps the object from moving or being freed.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl<'de> Deserialize<'de> for Buffer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Buffer;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_borrowed_bytes<E: serde::de::Error>(
+                self,
+                v: &'de [u8],
+            ) -> std::result::Result<Buffer, E> {
+                let view = BACKING.with(|b| {
+                    let b = b.borrow();
+                    let pin = b.as_ref()?;
+                    let all = pin.bytes().ok()?;
+                    let start = all.as_ptr() as usize;
+                    let p = v.as_ptr() as usize;
+                    (p >= start && p + v.len() <= start + all.len()).then(|| PinnedSlice {
+                        _pin: pin.clone(),
+                        ptr: p,
+                        len: v.len(),
+                    })
+                });
+                Ok(match view {
+                    Some(s) => Buffer(Bytes::from_owner(s)),
+                    None => Buffer(Bytes::copy_from_slice(v)),
+                })
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<Buffer, E> {
+                Ok(Buffer(Bytes::copy_from_slice(v)))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(
+                self,
+                v: Vec<u8>,
+            ) -> std::result::Result<Buffer, E> {
+                Ok(Buffer(v.into()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Buffer, A::Error> {
+                let mut v = Vec::new();
+                while let Some(b) = seq.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Ok(Buffer(v.into()))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}

@@ -1,0 +1,129 @@
+//! Object refs.
+
+use crate::global;
+use crate::worker::CoreWorker;
+use ferroray_common::{ObjectId, Result};
+use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One counted hold on an object in this process. Many `ObjectRef` clones
+/// share one `RefInner`; the process's count for the object drops when the
+/// `RefInner` does.
+pub struct RefInner {
+    pub(crate) id: ObjectId,
+    pub(crate) core: Arc<CoreWorker>,
+}
+
+impl RefInner {
+    /// A hold the node already counts (the process just submitted or put it).
+    pub(crate) fn owned(core: &Arc<CoreWorker>, id: ObjectId) -> Arc<Self> {
+        core.add_local_ref(id, false);
+        Arc::new(RefInner {
+            id,
+            core: core.clone(),
+        })
+    }
+
+    /// A hold found in a value: tells the node if it is this process's first.
+    pub(crate) fn borrowed(core: &Arc<CoreWorker>, id: ObjectId) -> Arc<Self> {
+        core.add_local_ref(id, true);
+        Arc::new(RefInner {
+            id,
+            core: core.clone(),
+        })
+    }
+}
+
+impl Drop for RefInner {
+    fn drop(&mut self) {
+        self.core.remove_local_ref(self.id);
+    }
+}
+
+/// A future value of type `T`: the result of a task, or an object made by
+/// `put`. Cheap to clone; `Send + Sync` whatever `T` is. The object lives
+/// while any handle to it lives, in any process.
+pub struct ObjectRef<T> {
+    pub(crate) inner: Arc<RefInner>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> ObjectRef<T> {
+    pub(crate) fn from_inner(inner: Arc<RefInner>) -> Self {
+        ObjectRef {
+            inner,
+            _t: PhantomData,
+        }
+    }
+
+    pub fn id(&self) -> ObjectId {
+        self.inner.id
+    }
+
+    /// The same object seen as another type (for generic plumbing).
+    pub fn cast<U>(self) -> ObjectRef<U> {
+        ObjectRef::from_inner(self.inner)
+    }
+
+    /// Whether the value (or its error) is already known to this process.
+    pub fn is_ready(&self) -> bool {
+        self.inner.core.is_ready(self.inner.id)
+    }
+}
+
+impl<T: DeserializeOwned> ObjectRef<T> {
+    /// Blocks until the value is ready and returns it (or the task's error).
+    pub fn get(&self) -> Result<T> {
+        self.inner.core.get(self.inner.id, None)
+    }
+
+    /// Like [`get`](Self::get), but gives up with `Error::GetTimeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.inner.core.get(self.inner.id, Some(timeout))
+    }
+}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        ObjectRef::from_inner(self.inner.clone())
+    }
+}
+
+impl<T> PartialEq for ObjectRef<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner.id == other.inner.id
+    }
+}
+impl<T> Eq for ObjectRef<T> {}
+impl<T> std::hash::Hash for ObjectRef<T> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.inner.id.hash(h)
+    }
+}
+
+impl<T> fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectRef({})", self.inner.id)
+    }
+}
+
+impl<T> Serialize for ObjectRef<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        crate::codec::note_nested(&self.inner);
+        s.serialize_newtype_struct("ObjectRef", &self.inner.id)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ObjectRef<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "ObjectRef")]
+        struct Wire(ObjectId);
+        let Wire(id) = Wire::deserialize(d)?;
+        let core = global::core().map_err(serde::de::Error::custom)?;
+        Ok(ObjectRef::from_inner(RefInner::borrowed(&core, id)))
+    }
+}

@@ -1,0 +1,339 @@
+//! Task options, arguments and submission.
+
+use crate::codec::{self, ReturnValue, ShmPin, Source};
+use crate::object_ref::{ObjectRef, RefInner};
+use crate::worker::CoreWorker;
+use crate::{context, global};
+use ferroray_common::{resources, Error, ObjectId, ResourceSet, Result, RetryExceptions};
+use ferroray_protocol::{FunctionDescriptor, Payload, ReturnKind, TaskArg, TaskSpec};
+use serde::{de::DeserializeOwned, Serialize};
+use std::sync::Arc;
+
+/// Per-call options, set by `#[remote(...)]` and overridden by `options()`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOptions {
+    pub num_cpus: f64,
+    pub num_gpus: f64,
+    pub resources: Vec<(String, f64)>,
+    /// Retries after a system failure; `-1` retries forever.
+    pub max_retries: i64,
+    pub retry_exceptions: RetryExceptions,
+    pub enable_task_events: bool,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            num_cpus: 1.0,
+            num_gpus: 0.0,
+            resources: Vec::new(),
+            max_retries: 3,
+            retry_exceptions: RetryExceptions::None,
+            enable_task_events: true,
+        }
+    }
+}
+
+fn check_amount(name: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidOption(format!(
+            "{name} must be a non-negative number, got {v}"
+        )))
+    }
+}
+
+impl TaskOptions {
+    /// The resource request, or the first invalid option.
+    pub fn resource_set(&self) -> Result<ResourceSet> {
+        check_amount("num_cpus", self.num_cpus)?;
+        check_amount("num_gpus", self.num_gpus)?;
+        let mut set = ResourceSet::new()
+            .with(resources::CPU, self.num_cpus)
+            .with(resources::GPU, self.num_gpus);
+        for (name, amount) in &self.resources {
+            if name.is_empty() {
+                return Err(Error::InvalidOption(
+                    "a resource name must not be empty".into(),
+                ));
+            }
+            check_amount(&format!("resource {name:?}"), *amount)?;
+            set.set(name, *amount);
+        }
+        Ok(set)
+    }
+
+    pub fn max_retries_u32(&self) -> Result<u32> {
+        match self.max_retries {
+            -1 => Ok(u32::MAX),
+            n if n < 0 => Err(Error::InvalidOption(format!(
+                "max_retries must be -1 or at least 0, got {n}"
+            ))),
+            n => Ok(n.min(u32::MAX as i64 - 1) as u32),
+        }
+    }
+}
+
+/// The builder methods of a function's `options()`, shared by every
+/// `#[remote]` expansion (which wraps a `TaskOptions` in a field `opts`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __task_options_methods {
+    () => {
+        /// CPUs the task holds while it runs (default 1; may be fractional).
+        pub fn num_cpus(mut self, n: f64) -> Self {
+            self.opts.num_cpus = n;
+            self
+        }
+        /// GPUs the task holds while it runs.
+        pub fn num_gpus(mut self, n: f64) -> Self {
+            self.opts.num_gpus = n;
+            self
+        }
+        /// A custom resource the task holds while it runs.
+        pub fn resource(mut self, name: &str, amount: f64) -> Self {
+            self.opts.resources.push((name.to_string(), amount));
+            self
+        }
+        /// Retries after the worker dies (default 3; -1: forever).
+        pub fn max_retries(mut self, n: i64) -> Self {
+            self.opts.max_retries = n;
+            self
+        }
+        /// Also retry when the task returns `Err` or panics.
+        pub fn retry_exceptions(mut self, on: bool) -> Self {
+            self.opts.retry_exceptions = if on {
+                $crate::RetryExceptions::All
+            } else {
+                $crate::RetryExceptions::None
+            };
+            self
+        }
+        /// Retry only errors whose type name ends with one of these.
+        pub fn retry_exceptions_for(mut self, types: &[&str]) -> Self {
+            self.opts.retry_exceptions =
+                $crate::RetryExceptions::Types(types.iter().map(|t| t.to_string()).collect());
+            self
+        }
+        /// Record this task's state changes (default true).
+        pub fn enable_task_events(mut self, on: bool) -> Self {
+            self.opts.enable_task_events = on;
+            self
+        }
+    };
+}
+
+/// An argument: a value, or a ref whose value the task receives.
+pub enum Arg<T> {
+    Value(T),
+    Ref(ObjectRef<T>),
+}
+
+/// What a remote function's parameter of type `T` accepts: a `T`, an
+/// `ObjectRef<T>` or a `&ObjectRef<T>`.
+pub trait IntoArg<T> {
+    fn into_arg(self) -> Arg<T>;
+}
+
+impl<T> IntoArg<T> for T {
+    fn into_arg(self) -> Arg<T> {
+        Arg::Value(self)
+    }
+}
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_arg(self) -> Arg<T> {
+        Arg::Ref(self)
+    }
+}
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_arg(self) -> Arg<T> {
+        Arg::Ref(self.clone())
+    }
+}
+
+/// A task being put together by a `remote()` call.
+pub struct TaskCall {
+    name: &'static str,
+    opts: TaskOptions,
+    args: Vec<TaskArg>,
+    contained: Vec<ObjectId>,
+    /// Handles that must outlive the `Submit` message.
+    keep: Vec<Arc<RefInner>>,
+    error: Option<Error>,
+    core: Result<Arc<CoreWorker>>,
+}
+
+impl TaskCall {
+    pub fn new(name: &'static str, opts: TaskOptions) -> Self {
+        TaskCall {
+            name,
+            opts,
+            args: Vec::new(),
+            contained: Vec::new(),
+            keep: Vec::new(),
+            error: None,
+            core: global::core(),
+        }
+    }
+
+    pub fn arg<T: Serialize>(&mut self, arg: Arg<T>) {
+        let Ok(core) = &self.core else { return };
+        if self.error.is_some() {
+            return;
+        }
+        match arg {
+            Arg::Ref(r) => {
+                self.args.push(TaskArg::Ref(r.id()));
+                self.keep.push(r.inner);
+            }
+            Arg::Value(v) => match codec::encode(core, &v) {
+                Err(e) => self.error = Some(e),
+                Ok(rv) => {
+                    let ReturnValue { value, keep } = rv;
+                    match value {
+                        ferroray_protocol::ObjectValue::Data {
+                            payload: Payload::Inline(b),
+                            contained,
+                        } => {
+                            self.args.push(TaskArg::Value(Payload::Inline(b)));
+                            self.contained.extend(contained);
+                            self.keep.extend(keep);
+                        }
+                        // A large argument becomes an object of its own (so the
+                        // node can pin it and hand it to the worker zero-copy).
+                        value => match core.put_value(value, keep) {
+                            Ok(inner) => {
+                                self.args.push(TaskArg::Ref(inner.id));
+                                self.keep.push(inner);
+                            }
+                            Err(e) => self.error = Some(e),
+                        },
+                    }
+                }
+            },
+        }
+    }
+
+    /// Submits the task; one handle per return object. An invalid call still
+    /// gives handles: their `get` returns the error.
+    pub fn submit(self, returns: ReturnKind) -> Vec<Arc<RefInner>> {
+        let core = match self.core {
+            Ok(c) => c,
+            Err(e) => panic!("cannot submit task {}: {e}", self.name),
+        };
+        let task_id = core.next_task_id();
+        let checked = self
+            .error
+            .map_or(Ok(()), Err)
+            .and_then(|_| Ok((self.opts.resource_set()?, self.opts.max_retries_u32()?)));
+        let spec = checked.map(|(resources, max_retries)| TaskSpec {
+            task_id,
+            function: FunctionDescriptor::Rust {
+                name: self.name.to_string(),
+            },
+            args: self.args,
+            contained: self.contained,
+            returns,
+            resources,
+            max_retries,
+            retry_exceptions: self.opts.retry_exceptions.clone(),
+            parent: context::current().map(|c| c.task_id),
+            enable_events: self.opts.enable_task_events,
+            attempt: 0,
+        });
+        let refs = core.submit(task_id, returns, spec);
+        drop(self.keep);
+        refs
+    }
+
+    pub fn submit_one<T>(self) -> ObjectRef<T> {
+        let mut refs = self.submit(ReturnKind::Fixed(1));
+        ObjectRef::from_inner(refs.remove(0))
+    }
+
+    pub fn submit_many(self, n: u32) -> Vec<Arc<RefInner>> {
+        self.submit(ReturnKind::Fixed(n))
+    }
+}
+
+/// Reads a task's arguments in order, as the worker runs it.
+pub struct ArgReader<'a> {
+    pub(crate) core: &'a Arc<CoreWorker>,
+    pub(crate) args: std::vec::IntoIter<TaskArg>,
+    pub(crate) position: usize,
+    pub(crate) function: &'a str,
+}
+
+impl ArgReader<'_> {
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<T> {
+        let i = self.position;
+        self.position += 1;
+        let arg = self.args.next().ok_or_else(|| {
+            Error::Serialization(format!(
+                "{} takes more arguments than were sent",
+                self.function
+            ))
+        })?;
+        let source = match arg {
+            TaskArg::Value(Payload::Inline(b))
+            | TaskArg::Object {
+                payload: Payload::Inline(b),
+                ..
+            } => Source::Inline(Arc::new(b)),
+            TaskArg::Object {
+                id,
+                payload: Payload::Shm { offset, len },
+            } => Source::Shm(Arc::new(ShmPin {
+                id,
+                offset,
+                len,
+                arena: self.core.arena().clone(),
+                core: Arc::downgrade(self.core),
+            })),
+            TaskArg::Value(Payload::Shm { .. }) | TaskArg::Ref(_) => {
+                return Err(Error::Protocol(format!(
+                    "argument {i} of {} was not resolved",
+                    self.function
+                )))
+            }
+        };
+        codec::decode(&source).map_err(|e| {
+            Error::Serialization(format!(
+                "argument {i} of {} does not decode: {e}",
+                self.function
+            ))
+        })
+    }
+
+    /// Checks that every argument sent was read.
+    pub fn finish(&mut self) -> Result<()> {
+        match self.args.len() {
+            0 => Ok(()),
+            n => Err(Error::Serialization(format!(
+                "{} got {n} more arguments than it takes",
+                self.function
+            ))),
+        }
+    }
+}
+
+/// Encodes one return value (used by `#[remote]` expansions).
+pub fn encode_return<T: Serialize>(v: &T) -> Result<ReturnValue> {
+    codec::encode(&*global::core()?, v)
+}
+
+/// Turns an `Err` returned by a task into the task's error.
+pub fn app_error<E: std::fmt::Display>(e: &E) -> Error {
+    Error::task(
+        std::any::type_name::<E>(),
+        e.to_string(),
+        &context::task_name(),
+        std::process::id(),
+    )
+}
+
+/// A typed ref from a handle (used by `#[remote]` expansions with `num_returns`).
+pub fn typed_ref<T>(inner: Arc<RefInner>) -> ObjectRef<T> {
+    ObjectRef::from_inner(inner)
+}

@@ -1,0 +1,777 @@
+//! The core worker of one process.
+
+use crate::codec::{self, ReturnValue, ShmPin, Source};
+use crate::context::{self, TaskContext};
+use crate::global;
+use crate::object_ref::RefInner;
+use crate::registry;
+use crate::task::ArgReader;
+use ferroray_common::{Error, ObjectId, Result, TaskId, WorkerId};
+use ferroray_node::pool::env;
+use ferroray_node::{LocalConnection, Node};
+use ferroray_protocol::{
+    frame, FromNode, FunctionDescriptor, NodeInfo, ObjectValue, Payload, ReturnKind, Role,
+    TaskEvent, TaskOutcome, TaskSpec, ToNode, PROTOCOL_VERSION,
+};
+use ferroray_store::Arena;
+use parking_lot::{Condvar, Mutex, RwLock};
+use serde::de::DeserializeOwned;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// How long a request to the node (allocation, task listing) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+enum Link {
+    /// The driver of an embedded node: a direct call.
+    Local(LocalConnection),
+    /// Everyone else: the node's Unix socket.
+    Socket(Mutex<UnixStream>),
+}
+
+enum Cached {
+    Inline(Arc<Vec<u8>>),
+    /// Ready in shared memory, with a pin this process holds.
+    Shm(Arc<ShmPin>),
+    /// Ready in shared memory; reading it needs a fresh pin.
+    InStore,
+    Error(Error),
+}
+
+struct Entry {
+    value: Cached,
+    /// Order in which objects became ready here, for `wait`.
+    seq: u64,
+}
+
+#[derive(Default)]
+struct LocalState {
+    /// This process's handle count per object (see `RefInner`).
+    refs: HashMap<ObjectId, u32>,
+    objects: HashMap<ObjectId, Entry>,
+    subscribed: HashSet<ObjectId>,
+    seq: u64,
+    disconnected: Option<String>,
+}
+
+pub struct CoreWorker {
+    worker_id: WorkerId,
+    info: NodeInfo,
+    arena: Arc<Arena>,
+    link: RwLock<Option<Link>>,
+    next_seq: AtomicU64,
+    state: Mutex<LocalState>,
+    ready: Condvar,
+    requests: Mutex<HashMap<u64, mpsc::SyncSender<FromNode>>>,
+    next_req: AtomicU64,
+    exec_tx: Option<mpsc::Sender<TaskSpec>>,
+    running: Mutex<Option<TaskContext>>,
+}
+
+impl CoreWorker {
+    fn new(
+        worker_id: WorkerId,
+        info: NodeInfo,
+        arena: Arc<Arena>,
+        link: Link,
+        exec_tx: Option<mpsc::Sender<TaskSpec>>,
+    ) -> Self {
+        codec::register_arena(&arena);
+        CoreWorker {
+            worker_id,
+            info,
+            arena,
+            link: RwLock::new(Some(link)),
+            next_seq: AtomicU64::new(1),
+            state: Mutex::new(LocalState::default()),
+            ready: Condvar::new(),
+            requests: Mutex::new(HashMap::new()),
+            next_req: AtomicU64::new(1),
+            exec_tx,
+            running: Mutex::new(None),
+        }
+    }
+
+    /// The driver's core worker, connected in-process to an embedded node.
+    pub fn connect_local(node: &Node) -> Result<Arc<Self>> {
+        let worker_id = WorkerId::random();
+        let conn = node.connect_local(worker_id)?;
+        let mut rx = conn
+            .take_receiver()
+            .ok_or_else(|| Error::Protocol("receiver already taken".into()))?;
+        let core = Arc::new(CoreWorker::new(
+            worker_id,
+            conn.info(),
+            conn.arena(),
+            Link::Local(conn),
+            None,
+        ));
+        let reader = core.clone();
+        std::thread::Builder::new()
+            .name("ferroray-driver-rx".into())
+            .spawn(move || {
+                while let Some(msg) = rx.blocking_recv() {
+                    reader.dispatch(msg);
+                }
+                reader.mark_disconnected("the node shut down");
+            })
+            .map_err(Error::io)?;
+        Ok(core)
+    }
+
+    pub fn worker_id(&self) -> WorkerId {
+        self.worker_id
+    }
+
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    pub fn arena(&self) -> &Arc<Arena> {
+        &self.arena
+    }
+
+    /// Closes the connection to the node; later calls fail with `Disconnected`.
+    pub fn close(&self) {
+        let link = self.link.write().take();
+        drop(link);
+        self.mark_disconnected("ferroray was shut down");
+    }
+
+    pub(crate) fn send(&self, msg: ToNode) -> Result<()> {
+        let link = self.link.read();
+        match link.as_ref() {
+            None => Err(Error::Disconnected("ferroray was shut down".into())),
+            Some(Link::Local(c)) => {
+                c.send(msg);
+                Ok(())
+            }
+            Some(Link::Socket(s)) => {
+                let mut buf = Vec::with_capacity(128);
+                frame::encode_into(&mut buf, &msg)?;
+                s.lock()
+                    .write_all(&buf)
+                    .map_err(|e| Error::Disconnected(e.to_string()))
+            }
+        }
+    }
+
+    fn request(&self, make: impl FnOnce(u64) -> ToNode) -> Result<FromNode> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.requests.lock().insert(req, tx);
+        if let Err(e) = self.send(make(req)) {
+            self.requests.lock().remove(&req);
+            return Err(e);
+        }
+        let r = rx.recv_timeout(REQUEST_TIMEOUT);
+        self.requests.lock().remove(&req);
+        r.map_err(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => Error::GetTimeout,
+            mpsc::RecvTimeoutError::Disconnected => {
+                Error::Disconnected("the node went away".into())
+            }
+        })
+    }
+
+    pub(crate) fn allocate(&self, size: u64) -> Result<u64> {
+        if let Some(Link::Local(c)) = self.link.read().as_ref() {
+            return c.allocate(size);
+        }
+        match self.request(|req| ToNode::Allocate { req, size })? {
+            FromNode::Allocated { result, .. } => result,
+            other => Err(Error::Protocol(format!(
+                "unexpected reply to allocate: {other:?}"
+            ))),
+        }
+    }
+
+    pub(crate) fn deallocate(&self, offset: u64) {
+        let _ = self.send(ToNode::Deallocate { offset });
+    }
+
+    pub(crate) fn unpin(&self, id: ObjectId) {
+        let _ = self.send(ToNode::Unpin(vec![id]));
+    }
+
+    pub fn next_task_id(&self) -> TaskId {
+        TaskId {
+            submitter: self.worker_id,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn add_local_ref(&self, id: ObjectId, notify: bool) {
+        let first = {
+            let mut st = self.state.lock();
+            let n = st.refs.entry(id).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        if first && notify {
+            let _ = self.send(ToNode::AddRef(vec![id]));
+        }
+    }
+
+    pub(crate) fn remove_local_ref(&self, id: ObjectId) {
+        let evicted = {
+            let mut st = self.state.lock();
+            let Some(n) = st.refs.get_mut(&id) else {
+                return;
+            };
+            *n -= 1;
+            if *n > 0 {
+                return;
+            }
+            st.refs.remove(&id);
+            st.subscribed.remove(&id);
+            st.objects.remove(&id)
+        };
+        drop(evicted);
+        let _ = self.send(ToNode::RemoveRef(vec![id]));
+    }
+
+    /// How many objects this process holds handles to (for leak checks).
+    pub fn local_ref_count(&self) -> usize {
+        self.state.lock().refs.len()
+    }
+
+    pub fn is_ready(&self, id: ObjectId) -> bool {
+        self.state.lock().objects.contains_key(&id)
+    }
+
+    fn cache(&self, st: &mut LocalState, id: ObjectId, value: Cached) {
+        let seq = match st.objects.get(&id) {
+            Some(e) => e.seq,
+            None => {
+                st.seq += 1;
+                st.seq
+            }
+        };
+        st.objects.insert(id, Entry { value, seq });
+    }
+
+    /// Stores a value made in this process as a new object.
+    pub(crate) fn put_value(
+        self: &Arc<Self>,
+        value: ObjectValue,
+        keep: Vec<Arc<RefInner>>,
+    ) -> Result<Arc<RefInner>> {
+        let id = ObjectId::for_put(self.next_task_id());
+        let inner = RefInner::owned(self, id);
+        let cached = match &value {
+            ObjectValue::Data {
+                payload: Payload::Inline(b),
+                ..
+            } => Cached::Inline(Arc::new(b.clone())),
+            ObjectValue::Data {
+                payload: Payload::Shm { .. },
+                ..
+            } => Cached::InStore,
+            ObjectValue::Error(e) => Cached::Error(e.clone()),
+        };
+        self.cache(&mut self.state.lock(), id, cached);
+        self.send(ToNode::Put { id, value })?;
+        drop(keep);
+        Ok(inner)
+    }
+
+    pub fn put<T: serde::Serialize>(self: &Arc<Self>, v: &T) -> Result<crate::ObjectRef<T>> {
+        let ReturnValue { value, keep } = codec::encode(self, v)?;
+        Ok(crate::ObjectRef::from_inner(self.put_value(value, keep)?))
+    }
+
+    /// Sends a task (or, if it is invalid, stores its error in every return
+    /// object). Returns one handle per return object.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        task_id: TaskId,
+        returns: ReturnKind,
+        spec: Result<TaskSpec>,
+    ) -> Vec<Arc<RefInner>> {
+        let ids: Vec<ObjectId> = (0..returns.static_count())
+            .map(|i| ObjectId::for_return(task_id, i))
+            .collect();
+        let refs: Vec<Arc<RefInner>> = ids.iter().map(|id| RefInner::owned(self, *id)).collect();
+        let failed = match spec {
+            Ok(spec) => self.send(ToNode::Submit(Box::new(spec))).err(),
+            Err(e) => {
+                for id in &ids {
+                    let _ = self.send(ToNode::Put {
+                        id: *id,
+                        value: ObjectValue::Error(e.clone()),
+                    });
+                }
+                Some(e)
+            }
+        };
+        if let Some(e) = failed {
+            let mut st = self.state.lock();
+            for id in &ids {
+                self.cache(&mut st, *id, Cached::Error(e.clone()));
+            }
+        }
+        refs
+    }
+
+    /// Asks the node for every object of `ids` not known here yet.
+    pub fn prefetch(&self, ids: &[ObjectId]) -> Result<()> {
+        self.subscribe_missing(ids)
+    }
+
+    fn subscribe_missing(&self, ids: &[ObjectId]) -> Result<()> {
+        let missing: Vec<ObjectId> = {
+            let mut st = self.state.lock();
+            ids.iter()
+                .copied()
+                .filter(|id| {
+                    let need = !matches!(st.objects.get(id), Some(e) if !matches!(e.value, Cached::InStore));
+                    need && st.subscribed.insert(*id)
+                })
+                .collect()
+        };
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            self.send(ToNode::Subscribe(missing))
+        }
+    }
+
+    /// Blocks until `id` is ready, then decodes it.
+    pub fn get<T: DeserializeOwned>(&self, id: ObjectId, timeout: Option<Duration>) -> Result<T> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut blocked = BlockedGuard::new(self);
+        loop {
+            let source = {
+                let mut st = self.state.lock();
+                let found = match st.objects.get_mut(&id) {
+                    Some(e) => match &e.value {
+                        Cached::Inline(b) => Some(Ok(Source::Inline(b.clone()))),
+                        Cached::Error(err) => Some(Err(err.clone())),
+                        Cached::Shm(_) => match std::mem::replace(&mut e.value, Cached::InStore) {
+                            Cached::Shm(pin) => Some(Ok(Source::Shm(pin))),
+                            _ => unreachable!(),
+                        },
+                        Cached::InStore => None,
+                    },
+                    None => None,
+                };
+                match found {
+                    Some(s) => s,
+                    None => {
+                        if let Some(reason) = &st.disconnected {
+                            return Err(Error::Disconnected(reason.clone()));
+                        }
+                        if context::is_cancelled() {
+                            return Err(Error::TaskCancelled);
+                        }
+                        if !st.subscribed.contains(&id) {
+                            drop(st);
+                            self.subscribe_missing(&[id])?;
+                            continue;
+                        }
+                        if !blocked.is_blocked() {
+                            drop(st);
+                            blocked.block();
+                            continue;
+                        }
+                        match deadline {
+                            Some(d) => {
+                                if self.ready.wait_until(&mut st, d).timed_out()
+                                    && !st.objects.contains_key(&id)
+                                {
+                                    return Err(Error::GetTimeout);
+                                }
+                            }
+                            None => self.ready.wait(&mut st),
+                        }
+                        continue;
+                    }
+                }
+            };
+            return codec::decode(&source?);
+        }
+    }
+
+    /// Waits until `num_returns` of `ids` are ready or the timeout passes.
+    /// Returns the positions of the ready ones in the order they became ready
+    /// (at most `num_returns`), and the rest in their given order.
+    pub fn wait(
+        &self,
+        ids: &[ObjectId],
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<usize>, Vec<usize>)> {
+        if num_returns > ids.len() {
+            return Err(Error::InvalidOption(format!(
+                "num_returns {num_returns} is more than the {} refs given",
+                ids.len()
+            )));
+        }
+        let unique: HashSet<ObjectId> = ids.iter().copied().collect();
+        if unique.len() != ids.len() {
+            return Err(Error::InvalidOption(
+                "wait was given the same ref twice".into(),
+            ));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        {
+            let st = self.state.lock();
+            let pending: Vec<ObjectId> = ids
+                .iter()
+                .copied()
+                .filter(|id| !st.objects.contains_key(id) && !st.subscribed.contains(id))
+                .collect();
+            drop(st);
+            if !pending.is_empty() {
+                let mut st = self.state.lock();
+                for id in &pending {
+                    st.subscribed.insert(*id);
+                }
+                drop(st);
+                self.send(ToNode::Subscribe(pending))?;
+            }
+        }
+        let mut blocked = BlockedGuard::new(self);
+        let mut st = self.state.lock();
+        loop {
+            let mut ready: Vec<(u64, usize)> = ids
+                .iter()
+                .enumerate()
+                .filter_map(|(i, id)| st.objects.get(id).map(|e| (e.seq, i)))
+                .collect();
+            let done = ready.len() >= num_returns
+                || deadline.is_some_and(|d| Instant::now() >= d)
+                || st.disconnected.is_some()
+                || context::is_cancelled();
+            if done {
+                if let Some(reason) = &st.disconnected {
+                    if ready.len() < num_returns {
+                        return Err(Error::Disconnected(reason.clone()));
+                    }
+                }
+                ready.sort();
+                ready.truncate(num_returns);
+                let chosen: HashSet<usize> = ready.iter().map(|(_, i)| *i).collect();
+                let rest = (0..ids.len()).filter(|i| !chosen.contains(i)).collect();
+                return Ok((ready.into_iter().map(|(_, i)| i).collect(), rest));
+            }
+            if !blocked.is_blocked() {
+                drop(st);
+                blocked.block();
+                st = self.state.lock();
+                continue;
+            }
+            match deadline {
+                Some(d) => {
+                    self.ready.wait_until(&mut st, d);
+                }
+                None => self.ready.wait(&mut st),
+            }
+        }
+    }
+
+    pub fn cancel(&self, id: ObjectId, force: bool, recursive: bool) -> Result<()> {
+        if id.is_put() {
+            return Err(Error::InvalidOption(format!(
+                "object {id} was made by put, not by a task"
+            )));
+        }
+        self.send(ToNode::Cancel {
+            task_id: id.task,
+            force,
+            recursive,
+        })
+    }
+
+    /// Every recorded task state change, oldest first.
+    pub fn task_events(&self) -> Result<Vec<TaskEvent>> {
+        match self.request(|req| ToNode::ListTasks { req })? {
+            FromNode::Tasks { events, .. } => Ok(events),
+            other => Err(Error::Protocol(format!(
+                "unexpected reply to list tasks: {other:?}"
+            ))),
+        }
+    }
+
+    fn mark_disconnected(&self, reason: &str) {
+        self.state
+            .lock()
+            .disconnected
+            .get_or_insert_with(|| reason.to_string());
+        self.requests.lock().clear();
+        self.ready.notify_all();
+    }
+
+    /// Handles one message from the node (on the reader thread).
+    fn dispatch(self: &Arc<Self>, msg: FromNode) {
+        match msg {
+            FromNode::Welcome(_) => {}
+            FromNode::Execute(spec) => {
+                if let Some(tx) = &self.exec_tx {
+                    let _ = tx.send(*spec);
+                }
+            }
+            FromNode::ObjectReady { id, value } => {
+                let cached = match value {
+                    ObjectValue::Error(e) => Cached::Error(e),
+                    ObjectValue::Data {
+                        payload: Payload::Inline(b),
+                        ..
+                    } => Cached::Inline(Arc::new(b)),
+                    ObjectValue::Data {
+                        payload: Payload::Shm { offset, len },
+                        ..
+                    } => Cached::Shm(Arc::new(ShmPin {
+                        id,
+                        offset,
+                        len,
+                        arena: self.arena.clone(),
+                        core: Arc::downgrade(self),
+                    })),
+                };
+                let unwanted = {
+                    let mut st = self.state.lock();
+                    st.subscribed.remove(&id);
+                    if st.refs.contains_key(&id) {
+                        self.cache(&mut st, id, cached);
+                        None
+                    } else {
+                        Some(cached)
+                    }
+                };
+                drop(unwanted);
+                self.ready.notify_all();
+            }
+            FromNode::Allocated { req, .. } | FromNode::Tasks { req, .. } => {
+                if let Some(tx) = self.requests.lock().remove(&req) {
+                    let _ = tx.send(msg);
+                }
+            }
+            FromNode::CancelRunning { task_id } => {
+                if let Some(ctx) = self.running.lock().as_ref() {
+                    if ctx.task_id == task_id {
+                        ctx.cancelled.store(true, Ordering::Relaxed);
+                    }
+                }
+                self.ready.notify_all();
+            }
+            FromNode::Rejected(e) => {
+                eprintln!("ferroray: the node closed the connection: {e}");
+                self.mark_disconnected(&e.to_string());
+            }
+        }
+    }
+
+    /// Runs one task to its end and reports the outcome (worker processes).
+    fn run_task(self: &Arc<Self>, spec: TaskSpec) {
+        let ctx = TaskContext {
+            task_id: spec.task_id,
+            name: spec.name().to_string(),
+            cancelled: Arc::new(AtomicBool::new(false)),
+        };
+        *self.running.lock() = Some(ctx.clone());
+        context::set(Some(ctx.clone()));
+        let (task_id, attempt) = (spec.task_id, spec.attempt);
+        let expected = spec.returns.static_count() as usize;
+        let result = match &spec.function {
+            FunctionDescriptor::Rust { name } => match registry::lookup(name) {
+                None => Err(Error::UnknownFunction(name.clone())),
+                Some(f) => {
+                    let mut reader = ArgReader {
+                        core: self,
+                        args: spec.args.into_iter(),
+                        position: 0,
+                        function: &ctx.name,
+                    };
+                    match catch_unwind(AssertUnwindSafe(|| {
+                        let values = (f.invoke)(&mut reader)?;
+                        reader.finish()?;
+                        Ok(values)
+                    })) {
+                        Ok(r) => r,
+                        Err(panic) => Err(Error::task(
+                            "panic",
+                            panic_message(&panic),
+                            &ctx.name,
+                            std::process::id(),
+                        )),
+                    }
+                }
+            },
+            FunctionDescriptor::Python { qualname, .. } => {
+                Err(Error::UnknownFunction(qualname.clone()))
+            }
+        };
+        let (outcome, keep) = match result {
+            Ok(values) if values.len() == expected => {
+                let (vals, keeps): (Vec<_>, Vec<_>) =
+                    values.into_iter().map(|r| (r.value, r.keep)).unzip();
+                (TaskOutcome::Returned(vals), keeps)
+            }
+            Ok(values) => (
+                TaskOutcome::Failed(Error::task(
+                    "ferroray::ReturnCountMismatch",
+                    format!("returned {} values, expected {expected}", values.len()),
+                    &ctx.name,
+                    std::process::id(),
+                )),
+                vec![],
+            ),
+            Err(e) => (TaskOutcome::Failed(e), vec![]),
+        };
+        let _ = self.send(ToNode::TaskDone {
+            task_id,
+            attempt,
+            outcome,
+        });
+        drop(keep);
+        context::set(None);
+        *self.running.lock() = None;
+    }
+}
+
+impl Drop for ArgReader<'_> {
+    fn drop(&mut self) {
+        for arg in self.args.by_ref() {
+            if let ferroray_protocol::TaskArg::Object {
+                id,
+                payload: Payload::Shm { .. },
+            } = arg
+            {
+                self.core.unpin(id);
+            }
+        }
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".into()
+    }
+}
+
+/// While a task's thread waits in `get`/`wait`, its CPU is lent back to the
+/// node (so the tasks it waits for can run on a 2-core machine).
+struct BlockedGuard<'a> {
+    core: &'a CoreWorker,
+    blocked: bool,
+    in_task: bool,
+}
+
+impl<'a> BlockedGuard<'a> {
+    fn new(core: &'a CoreWorker) -> Self {
+        BlockedGuard {
+            core,
+            blocked: false,
+            in_task: context::current().is_some(),
+        }
+    }
+
+    fn is_blocked(&self) -> bool {
+        self.blocked || !self.in_task
+    }
+
+    fn block(&mut self) {
+        if self.in_task && !self.blocked {
+            self.blocked = true;
+            let _ = self.core.send(ToNode::Blocked);
+        }
+    }
+}
+
+impl Drop for BlockedGuard<'_> {
+    fn drop(&mut self) {
+        if self.blocked {
+            let _ = self.core.send(ToNode::Unblocked);
+        }
+    }
+}
+
+/// Whether this process was started as a worker.
+pub fn is_worker_process() -> bool {
+    std::env::var_os(env::WORKER).is_some()
+}
+
+/// The whole life of a worker process: connect, run tasks until the node
+/// closes the connection, exit. Never returns.
+pub fn worker_main() -> ! {
+    match run_worker() {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("ferroray worker: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn env_var<T: std::str::FromStr>(name: &str) -> Result<T> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            Error::InvalidOption(format!(
+                "worker environment variable {name} is missing or invalid"
+            ))
+        })
+}
+
+fn run_worker() -> Result<()> {
+    let socket: String = env_var(env::WORKER)?;
+    let worker_id = WorkerId(env_var(env::WORKER_ID)?);
+    let store_fd: i32 = env_var(env::STORE_FD)?;
+    let capacity: u64 = env_var(env::STORE_CAPACITY)?;
+    let mut stream = ferroray_node::server::connect_abstract(&socket)?;
+    frame::write_frame(
+        &mut stream,
+        &ToNode::Hello {
+            protocol: PROTOCOL_VERSION,
+            worker_id,
+            pid: std::process::id(),
+            role: Role::Worker,
+        },
+    )?;
+    let info = match frame::read_frame::<_, FromNode>(&mut stream)? {
+        Some(FromNode::Welcome(info)) => info,
+        Some(FromNode::Rejected(e)) => return Err(e),
+        other => return Err(Error::Protocol(format!("expected welcome, got {other:?}"))),
+    };
+    let arena = Arc::new(Arena::open(store_fd, capacity).map_err(Error::io)?);
+    let (exec_tx, exec_rx) = mpsc::channel();
+    let writer = stream.try_clone().map_err(Error::io)?;
+    let core = Arc::new(CoreWorker::new(
+        worker_id,
+        info,
+        arena,
+        Link::Socket(Mutex::new(writer)),
+        Some(exec_tx),
+    ));
+    global::set(core.clone())?;
+    let reader_core = core.clone();
+    std::thread::Builder::new()
+        .name("ferroray-worker-rx".into())
+        .spawn(move || {
+            let mut rd = BufReader::with_capacity(64 * 1024, stream);
+            loop {
+                match frame::read_frame::<_, FromNode>(&mut rd) {
+                    Ok(Some(msg)) => reader_core.dispatch(msg),
+                    // The node is gone (shut down or crashed): nothing to serve.
+                    Ok(None) | Err(_) => std::process::exit(0),
+                }
+            }
+        })
+        .map_err(Error::io)?;
+    for spec in exec_rx {
+        core.run_task(spec);
+    }
+    Ok(())
+}

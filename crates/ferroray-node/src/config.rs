@@ -1,0 +1,86 @@
+//! Node configuration.
+
+use ferroray_common::{resources, Error, NodeId, ResourceSet, Result};
+use std::path::PathBuf;
+
+/// How to start a worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl WorkerCommand {
+    /// The running executable, started again (the only way a Rust program's
+    /// functions can be run by name in another process).
+    pub fn current_exe() -> Result<Self> {
+        Ok(WorkerCommand {
+            program: std::env::current_exe().map_err(Error::io)?,
+            args: vec![],
+            env: vec![],
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// Total resources, including `CPU` and `GPU`.
+    pub resources: ResourceSet,
+    pub store_capacity: u64,
+    pub inline_threshold: u64,
+    pub spill_dir: PathBuf,
+    pub socket_name: String,
+    pub worker_command: WorkerCommand,
+    /// Forward worker stdout/stderr to this process's, prefixed per line.
+    pub log_to_driver: bool,
+    /// Hard cap on worker processes (blocked workers' replacements included).
+    pub max_workers: usize,
+    /// Task events kept for `tasks()`; the oldest are dropped past this.
+    pub max_task_events: usize,
+}
+
+impl NodeConfig {
+    pub fn new(worker_command: WorkerCommand) -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let node_id = NodeId::random();
+        NodeConfig {
+            node_id,
+            resources: ResourceSet::new().with(resources::CPU, cpus as f64),
+            store_capacity: 2 << 30,
+            inline_threshold: 100 * 1024,
+            spill_dir: std::env::temp_dir()
+                .join(format!("ferroray-spill-{}-{node_id}", std::process::id())),
+            socket_name: format!("ferroray-node-{}-{node_id}", std::process::id()),
+            worker_command,
+            log_to_driver: true,
+            max_workers: (cpus * 4).max(8),
+            max_task_events: 100_000,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for (name, amount) in self.resources.iter() {
+            if !amount.is_finite() || amount < 0.0 {
+                return Err(Error::InvalidOption(format!(
+                    "resource {name} must be a non-negative number, got {amount}"
+                )));
+            }
+        }
+        if self.store_capacity < 4096 {
+            return Err(Error::InvalidOption(format!(
+                "store capacity {} is below 4096 bytes",
+                self.store_capacity
+            )));
+        }
+        if self.max_workers == 0 {
+            return Err(Error::InvalidOption(
+                "max_workers must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,213 @@
+//! Worker processes: start, kill, reap, and forward their output.
+//!
+//! Every worker is started from one long-lived spawner thread, because a
+//! worker asks the kernel to kill it when its parent *thread* dies
+//! (`PR_SET_PDEATHSIG`): so the workers go when the node's process goes, even
+//! by a crash, and not before.
+//!
+//! Output forwarding: a worker's stdout and stderr are pipes; one thread per
+//! pipe copies each line to this process's stdout or stderr, prefixed with
+//! the task the worker runs (or ran last) and its pid:
+//! `(large_values_generator pid=373609) yielded return value 0`.
+
+use crate::state::TaskNames;
+use crate::{NodeConfig, Shared};
+use ferroray_common::WorkerId;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+/// Environment variables a worker process is started with.
+pub mod env {
+    /// Set (to the node's socket name) in every worker process.
+    pub const WORKER: &str = "FERRORAY_WORKER";
+    pub const WORKER_ID: &str = "FERRORAY_WORKER_ID";
+    pub const STORE_FD: &str = "FERRORAY_STORE_FD";
+    pub const STORE_CAPACITY: &str = "FERRORAY_STORE_CAPACITY";
+}
+
+pub enum PoolCmd {
+    Spawn,
+    Kill(u32),
+    Shutdown,
+}
+
+pub(crate) struct Pool {
+    tx: Sender<PoolCmd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub(crate) shared: Arc<OnceLock<Weak<Shared>>>,
+}
+
+struct Spawner {
+    config: NodeConfig,
+    store_fd: RawFd,
+    socket_name: String,
+    children: Vec<Child>,
+    shared: Arc<OnceLock<Weak<Shared>>>,
+}
+
+impl Pool {
+    pub fn start(
+        config: &NodeConfig,
+        store_fd: RawFd,
+        socket_name: String,
+    ) -> (Pool, Sender<PoolCmd>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(OnceLock::new());
+        let mut spawner = Spawner {
+            config: config.clone(),
+            store_fd,
+            socket_name,
+            children: Vec::new(),
+            shared: shared.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("ferroray-spawner".into())
+            .spawn(move || spawner.run(rx))
+            .expect("starting the spawner thread");
+        (
+            Pool {
+                tx: tx.clone(),
+                thread: Some(thread),
+                shared,
+            },
+            tx,
+        )
+    }
+
+    /// Kills every worker and waits until all are reaped.
+    pub fn shutdown(&mut self) {
+        let _ = self.tx.send(PoolCmd::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Spawner {
+    fn run(&mut self, rx: Receiver<PoolCmd>) {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(PoolCmd::Spawn) => {
+                    if let Err(e) = self.spawn() {
+                        eprintln!("ferroray node: cannot start a worker: {e}");
+                        if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
+                            shared.state.lock().spawn_failed(e.to_string());
+                        }
+                    }
+                }
+                Ok(PoolCmd::Kill(pid)) => kill(pid),
+                Ok(PoolCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.children
+                .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+        }
+        for c in &self.children {
+            kill(c.id());
+        }
+        for mut c in self.children.drain(..) {
+            let _ = c.wait();
+        }
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let cmd = &self.config.worker_command;
+        let mut command = Command::new(&cmd.program);
+        command
+            .args(&cmd.args)
+            .envs(cmd.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(env::WORKER, &self.socket_name)
+            .env(env::WORKER_ID, WorkerId::random().0.to_string())
+            .env(env::STORE_FD, self.store_fd.to_string())
+            .env(env::STORE_CAPACITY, self.config.store_capacity.to_string())
+            .stdin(Stdio::null());
+        if self.config.log_to_driver {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        } else {
+            command.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let store_fd = self.store_fd;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                // The store's memfd is close-on-exec; keep it, in this child only.
+                let flags = libc::fcntl(store_fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(store_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Die with the node.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn()?;
+        let pid = child.id();
+        let names = self.names();
+        if let Some(out) = child.stdout.take() {
+            forward(out, pid, names.clone(), false);
+        }
+        if let Some(err) = child.stderr.take() {
+            forward(err, pid, names, true);
+        }
+        self.children.push(child);
+        Ok(())
+    }
+
+    fn names(&self) -> TaskNames {
+        self.shared
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|s| s.state.lock().names.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn kill(pid: u32) {
+    // SAFETY: plain syscall on a pid we started.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+fn forward(pipe: impl std::io::Read + Send + 'static, pid: u32, names: TaskNames, to_stderr: bool) {
+    let _ = std::thread::Builder::new()
+        .name("ferroray-log".into())
+        .spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                if line.last() != Some(&b'\n') {
+                    line.push(b'\n');
+                }
+                let name = names
+                    .lock()
+                    .get(&pid)
+                    .cloned()
+                    .unwrap_or_else(|| "worker".to_string());
+                let prefix = format!("({name} pid={pid}) ");
+                let _ = if to_stderr {
+                    let mut e = std::io::stderr().lock();
+                    e.write_all(prefix.as_bytes())
+                        .and_then(|_| e.write_all(&line))
+                } else {
+                    let mut o = std::io::stdout().lock();
+                    o.write_all(prefix.as_bytes())
+                        .and_then(|_| o.write_all(&line))
+                        .and_then(|_| o.flush())
+                };
+            }
+        });
+}

@@ -1,0 +1,978 @@
+//! The node's tables and protocol handlers.
+//!
+//! Reference counting (the owner's tables, kept by the node for every process
+//! on it). An object stays alive while either
+//! 1. some connection holds it: a process reports its 0→1 and 1→0
+//!    transitions with `AddRef`/`RemoveRef` (`Submit` and `Put` imply an
+//!    `AddRef` for the sender), or
+//! 2. something pins it: a task that takes it as an argument (until the task
+//!    is finished for good, retries included), or a live object whose value
+//!    has it nested inside.
+//!
+//! Each process sends its messages on one connection, in order, so a worker's
+//! `AddRef` for a ref it found inside an argument always arrives before the
+//! `TaskDone` that unpins the argument: no borrow can be lost in between.
+//!
+//! Task lifecycle: `Submit` → waits for `Ref` arguments (`Submitted`) →
+//! ready queue (`PendingSchedule`) → a worker and its resources
+//! (`Running`) → `TaskDone` or the worker's death → finished, failed, or
+//! queued again for a retry.
+
+use crate::pool::PoolCmd;
+use crate::NodeConfig;
+use ferroray_common::{resources, Error, ObjectId, ResourceSet, Result, TaskId, WorkerId};
+use ferroray_protocol::{
+    FromNode, ObjectValue, Payload, ReturnKind, Role, TaskArg, TaskEvent, TaskOutcome, TaskSpec,
+    TaskState, ToNode, PROTOCOL_VERSION,
+};
+use ferroray_store::Store;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedSender;
+
+pub type ConnId = u64;
+
+/// Names of the task each worker pid runs (or ran last), for output prefixes.
+pub type TaskNames = Arc<parking_lot::Mutex<HashMap<u32, String>>>;
+
+struct Conn {
+    tx: UnboundedSender<FromNode>,
+    role: Option<Role>,
+    pid: u32,
+    held: HashSet<ObjectId>,
+    /// Shared-memory pins handed to this connection, by object.
+    pins: HashMap<ObjectId, u32>,
+    /// Allocations made by this connection and not yet sealed.
+    unsealed: HashSet<u64>,
+    running: Option<TaskId>,
+}
+
+/// A stored value as the node keeps it. Shared-memory objects keep no
+/// offset here: the store knows it, and it can change across a spill.
+enum Stored {
+    Inline {
+        bytes: Vec<u8>,
+        contained: Vec<ObjectId>,
+    },
+    Shm {
+        contained: Vec<ObjectId>,
+    },
+    Error(Error),
+}
+
+impl Stored {
+    fn contained(&self) -> &[ObjectId] {
+        match self {
+            Stored::Inline { contained, .. } | Stored::Shm { contained } => contained,
+            Stored::Error(_) => &[],
+        }
+    }
+}
+
+#[derive(Default)]
+struct Obj {
+    value: Option<Stored>,
+    holders: u32,
+    pins: u32,
+    subscribers: Vec<ConnId>,
+    waiting: Vec<TaskId>,
+}
+
+struct Task {
+    spec: TaskSpec,
+    pending_deps: usize,
+    worker: Option<ConnId>,
+    /// Resources held while running (less the CPU lent back while blocked).
+    held: ResourceSet,
+    retries_left: u32,
+    cancelled: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeStats {
+    pub objects: usize,
+    pub tasks: usize,
+    pub workers: usize,
+    pub store_objects: u64,
+    pub store_used: u64,
+    pub store_spilled: u64,
+}
+
+pub struct State {
+    conns: HashMap<ConnId, Conn>,
+    next_conn: ConnId,
+    objects: HashMap<ObjectId, Obj>,
+    tasks: HashMap<TaskId, Task>,
+    children: HashMap<TaskId, Vec<TaskId>>,
+    ready: VecDeque<TaskId>,
+    idle: Vec<ConnId>,
+    starting: usize,
+    total: ResourceSet,
+    available: ResourceSet,
+    store: Store<ObjectId>,
+    events: VecDeque<TaskEvent>,
+    max_events: usize,
+    max_workers: usize,
+    spawn: std::sync::mpsc::Sender<PoolCmd>,
+    pub(crate) names: TaskNames,
+    info: ferroray_protocol::NodeInfo,
+    shutting_down: bool,
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl State {
+    pub(crate) fn new(
+        config: &NodeConfig,
+        info: ferroray_protocol::NodeInfo,
+        store: Store<ObjectId>,
+        spawn: std::sync::mpsc::Sender<PoolCmd>,
+    ) -> Self {
+        State {
+            conns: HashMap::new(),
+            next_conn: 1,
+            objects: HashMap::new(),
+            tasks: HashMap::new(),
+            children: HashMap::new(),
+            ready: VecDeque::new(),
+            idle: Vec::new(),
+            starting: 0,
+            total: config.resources.clone(),
+            available: config.resources.clone(),
+            store,
+            events: VecDeque::new(),
+            max_events: config.max_task_events,
+            max_workers: config.max_workers,
+            spawn,
+            names: TaskNames::default(),
+            info,
+            shutting_down: false,
+        }
+    }
+
+    pub fn add_connection(&mut self, tx: UnboundedSender<FromNode>) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(
+            id,
+            Conn {
+                tx,
+                role: None,
+                pid: 0,
+                held: HashSet::new(),
+                pins: HashMap::new(),
+                unsealed: HashSet::new(),
+                running: None,
+            },
+        );
+        id
+    }
+
+    pub fn is_connected(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    fn send(&self, conn: ConnId, msg: FromNode) {
+        if let Some(c) = self.conns.get(&conn) {
+            let _ = c.tx.send(msg);
+        }
+    }
+
+    /// Closes `conn` with a reason the peer can read.
+    pub fn reject(&mut self, conn: ConnId, err: Error) {
+        eprintln!("ferroray node: closing connection {conn}: {err}");
+        self.send(conn, FromNode::Rejected(err));
+        self.disconnect(conn, "rejected");
+    }
+
+    /// One message from `conn`.
+    pub fn handle(&mut self, conn: ConnId, msg: ToNode) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.role.is_none() && !matches!(msg, ToNode::Hello { .. }) {
+            return self.reject(
+                conn,
+                Error::Protocol("the first message must be hello".into()),
+            );
+        }
+        match msg {
+            ToNode::Hello {
+                protocol,
+                worker_id,
+                pid,
+                role,
+            } => self.hello(conn, protocol, worker_id, pid, role),
+            ToNode::Submit(spec) => self.submit(conn, *spec),
+            ToNode::Put { id, value } => {
+                self.objects.entry(id).or_default();
+                self.hold(conn, id);
+                if let Some(stored) = self.accept_value(conn, id, value) {
+                    self.set_value(id, stored);
+                }
+            }
+            ToNode::AddRef(ids) => {
+                for id in ids {
+                    if self.objects.contains_key(&id) {
+                        self.hold(conn, id);
+                    }
+                }
+            }
+            ToNode::RemoveRef(ids) => {
+                for id in ids {
+                    self.unhold(conn, id);
+                }
+            }
+            ToNode::Subscribe(ids) => {
+                for id in ids {
+                    match self.objects.get_mut(&id) {
+                        None => self.send(
+                            conn,
+                            FromNode::ObjectReady {
+                                id,
+                                value: ObjectValue::Error(Error::ObjectLost(id.to_string())),
+                            },
+                        ),
+                        Some(o) if o.value.is_none() => o.subscribers.push(conn),
+                        Some(_) => self.send_ready(conn, id),
+                    }
+                }
+            }
+            ToNode::Unpin(ids) => {
+                for id in ids {
+                    self.unpin_shm(conn, id);
+                }
+            }
+            ToNode::TaskDone {
+                task_id,
+                attempt,
+                outcome,
+            } => self.task_done(conn, task_id, attempt, outcome),
+            ToNode::Allocate { req, size } => {
+                let result = self.allocate(conn, size);
+                self.send(conn, FromNode::Allocated { req, result });
+            }
+            ToNode::Deallocate { offset } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    if c.unsealed.remove(&offset) {
+                        self.store.abort(offset);
+                    }
+                }
+            }
+            ToNode::Cancel {
+                task_id,
+                force,
+                recursive,
+            } => {
+                self.cancel(task_id, force, recursive);
+                self.schedule();
+            }
+            ToNode::Blocked => self.set_blocked(conn, true),
+            ToNode::Unblocked => self.set_blocked(conn, false),
+            ToNode::ListTasks { req } => {
+                let events = self.events.iter().cloned().collect();
+                self.send(conn, FromNode::Tasks { req, events });
+            }
+        }
+    }
+
+    fn hello(&mut self, conn: ConnId, protocol: u32, _worker_id: WorkerId, pid: u32, role: Role) {
+        if protocol != PROTOCOL_VERSION {
+            return self.reject(
+                conn,
+                Error::Protocol(format!(
+                    "protocol version {protocol} is not {PROTOCOL_VERSION}"
+                )),
+            );
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.role.is_some() {
+            return self.reject(conn, Error::Protocol("hello sent twice".into()));
+        }
+        c.role = Some(role);
+        c.pid = pid;
+        self.send(conn, FromNode::Welcome(self.info.clone()));
+        if role == Role::Worker {
+            self.starting = self.starting.saturating_sub(1);
+            self.idle.push(conn);
+        }
+        self.schedule();
+    }
+
+    /// Reserves shared memory for a value `conn` is about to write.
+    pub fn allocate(&mut self, conn: ConnId, size: u64) -> Result<u64> {
+        let offset = self
+            .store
+            .allocate(size)
+            .map_err(|e| Error::StoreFull(e.to_string()))?;
+        match self.conns.get_mut(&conn) {
+            Some(c) => {
+                c.unsealed.insert(offset);
+                Ok(offset)
+            }
+            None => {
+                self.store.abort(offset);
+                Err(Error::Disconnected("connection closed".into()))
+            }
+        }
+    }
+
+    /// Turns a value sent by `conn` into a stored one (sealing shared memory),
+    /// or drops it if nobody wants object `id` any more.
+    fn accept_value(&mut self, conn: ConnId, id: ObjectId, value: ObjectValue) -> Option<Stored> {
+        let wanted = self.objects.contains_key(&id);
+        match value {
+            ObjectValue::Error(e) => wanted.then_some(Stored::Error(e)),
+            ObjectValue::Data {
+                payload: Payload::Inline(bytes),
+                contained,
+            } => wanted.then_some(Stored::Inline { bytes, contained }),
+            ObjectValue::Data {
+                payload: Payload::Shm { offset, len },
+                contained,
+            } => {
+                let owned = self
+                    .conns
+                    .get_mut(&conn)
+                    .is_some_and(|c| c.unsealed.remove(&offset));
+                if !owned {
+                    return wanted.then(|| {
+                        Stored::Error(Error::Protocol(format!(
+                            "object {id} names shared memory it did not allocate"
+                        )))
+                    });
+                }
+                if !wanted {
+                    self.store.abort(offset);
+                    return None;
+                }
+                match self.store.seal(id, offset, len) {
+                    Ok(()) => Some(Stored::Shm { contained }),
+                    Err(e) => {
+                        self.store.abort(offset);
+                        Some(Stored::Error(Error::Protocol(e.to_string())))
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_ready(&mut self, conn: ConnId, id: ObjectId) {
+        let value = match self.objects.get(&id).and_then(|o| o.value.as_ref()) {
+            None => return,
+            Some(Stored::Error(e)) => ObjectValue::Error(e.clone()),
+            Some(Stored::Inline { bytes, contained }) => ObjectValue::Data {
+                payload: Payload::Inline(bytes.clone()),
+                contained: contained.clone(),
+            },
+            Some(Stored::Shm { contained }) => {
+                let contained = contained.clone();
+                match self.pin_shm(conn, id) {
+                    Ok(payload) => ObjectValue::Data { payload, contained },
+                    Err(e) => ObjectValue::Error(e),
+                }
+            }
+        };
+        self.send(conn, FromNode::ObjectReady { id, value });
+    }
+
+    fn pin_shm(&mut self, conn: ConnId, id: ObjectId) -> Result<Payload> {
+        let (offset, len) = self
+            .store
+            .pin(id)
+            .map_err(|e| Error::ObjectLost(format!("{id}: {e}")))?;
+        match self.conns.get_mut(&conn) {
+            Some(c) => *c.pins.entry(id).or_insert(0) += 1,
+            None => self.store.unpin(id),
+        }
+        Ok(Payload::Shm { offset, len })
+    }
+
+    fn unpin_shm(&mut self, conn: ConnId, id: ObjectId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Some(n) = c.pins.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                c.pins.remove(&id);
+            }
+            self.store.unpin(id);
+        }
+    }
+
+    fn hold(&mut self, conn: ConnId, id: ObjectId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.held.insert(id) {
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.holders += 1;
+            }
+        }
+    }
+
+    fn unhold(&mut self, conn: ConnId, id: ObjectId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.held.remove(&id) {
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.holders -= 1;
+            }
+            self.maybe_free(id);
+        }
+    }
+
+    fn pin(&mut self, id: ObjectId) -> bool {
+        match self.objects.get_mut(&id) {
+            Some(o) => {
+                o.pins += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn unpin(&mut self, id: ObjectId) {
+        if let Some(o) = self.objects.get_mut(&id) {
+            o.pins = o.pins.saturating_sub(1);
+            self.maybe_free(id);
+        }
+    }
+
+    /// Frees `id` once nothing holds or pins it, and releases what it contained.
+    fn maybe_free(&mut self, id: ObjectId) {
+        let Some(o) = self.objects.get(&id) else {
+            return;
+        };
+        if o.holders > 0 || o.pins > 0 {
+            return;
+        }
+        let o = self.objects.remove(&id).expect("checked above");
+        if let Some(value) = o.value {
+            if matches!(value, Stored::Shm { .. }) {
+                self.store.delete(id);
+            }
+            for c in value.contained() {
+                self.unpin(*c);
+            }
+        }
+    }
+
+    /// Stores the value of a pending object and wakes what waits for it.
+    fn set_value(&mut self, id: ObjectId, value: Stored) {
+        for c in value.contained() {
+            self.pin(*c);
+        }
+        let Some(o) = self.objects.get_mut(&id) else {
+            return;
+        };
+        let failed = match &value {
+            Stored::Error(e) => Some(e.clone()),
+            _ => None,
+        };
+        o.value = Some(value);
+        let subscribers = std::mem::take(&mut o.subscribers);
+        let waiting = std::mem::take(&mut o.waiting);
+        for s in subscribers {
+            self.send_ready(s, id);
+        }
+        for t in waiting {
+            let Some(task) = self.tasks.get_mut(&t) else {
+                continue;
+            };
+            task.pending_deps -= 1;
+            if let Some(e) = &failed {
+                // A failed argument fails the task without running it.
+                self.complete_task(t, Err(e.clone()));
+            } else if task.pending_deps == 0 {
+                self.record(t, TaskState::PendingSchedule, None, None);
+                self.ready.push_back(t);
+            }
+        }
+    }
+
+    fn validate(&self, spec: &TaskSpec) -> Result<()> {
+        if let ReturnKind::Streaming {
+            backpressure: Some(0),
+        } = spec.returns
+        {
+            return Err(Error::InvalidOption(
+                "generator backpressure must not be 0".into(),
+            ));
+        }
+        if let Some((name, want, have)) = spec.resources.first_missing(&self.total) {
+            return Err(Error::Infeasible(format!(
+                "task {} needs {want} {name} but this node has {have} in total",
+                spec.name()
+            )));
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, conn: ConnId, spec: TaskSpec) {
+        let id = spec.task_id;
+        for rid in spec.return_ids() {
+            self.objects.entry(rid).or_default();
+            self.hold(conn, rid);
+        }
+        if let Some(parent) = spec.parent {
+            self.children.entry(parent).or_default().push(id);
+        }
+        let mut pending = 0;
+        let mut failed = None;
+        for arg in &spec.args {
+            if let TaskArg::Ref(oid) = arg {
+                match self.objects.get_mut(oid) {
+                    None => failed = Some(Error::ObjectLost(oid.to_string())),
+                    Some(o) => {
+                        o.pins += 1;
+                        match &o.value {
+                            None => {
+                                o.waiting.push(id);
+                                pending += 1;
+                            }
+                            Some(Stored::Error(e)) => failed = Some(e.clone()),
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+        }
+        for c in &spec.contained {
+            self.pin(*c);
+        }
+        let retries_left = spec.max_retries;
+        let invalid = self.validate(&spec).err();
+        self.tasks.insert(
+            id,
+            Task {
+                spec,
+                pending_deps: pending,
+                worker: None,
+                held: ResourceSet::new(),
+                retries_left,
+                cancelled: false,
+            },
+        );
+        self.record(id, TaskState::Submitted, None, None);
+        if let Some(e) = invalid.or(failed) {
+            self.complete_task(id, Err(e));
+        } else if pending == 0 {
+            self.record(id, TaskState::PendingSchedule, None, None);
+            self.ready.push_back(id);
+            self.schedule();
+        }
+    }
+
+    /// Starts every ready task that has resources and a worker; asks for more
+    /// workers when tasks could run but no worker is idle.
+    pub fn schedule(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        let mut tentative = self.available.clone();
+        let mut want_workers = 0usize;
+        let mut i = 0;
+        while i < self.ready.len() {
+            let tid = self.ready[i];
+            let Some(task) = self.tasks.get(&tid) else {
+                self.ready.remove(i);
+                continue;
+            };
+            if !task.spec.resources.fits_in(&tentative) {
+                i += 1;
+                continue;
+            }
+            if let Some(w) = self.idle.pop() {
+                self.ready.remove(i);
+                tentative.subtract(&self.tasks[&tid].spec.resources);
+                self.dispatch(tid, w);
+            } else {
+                tentative.subtract(&task.spec.resources);
+                want_workers += 1;
+                i += 1;
+            }
+        }
+        let live = self
+            .conns
+            .values()
+            .filter(|c| c.role == Some(Role::Worker))
+            .count();
+        let blocked_lent = live.saturating_sub(self.max_workers);
+        let mut room = self
+            .max_workers
+            .saturating_sub(live - blocked_lent + self.starting);
+        let mut to_start = want_workers.saturating_sub(self.starting);
+        while to_start > 0 && room > 0 {
+            if self.spawn.send(PoolCmd::Spawn).is_err() {
+                break;
+            }
+            self.starting += 1;
+            to_start -= 1;
+            room -= 1;
+        }
+    }
+
+    fn dispatch(&mut self, tid: TaskId, worker: ConnId) {
+        let mut spec = {
+            let task = self.tasks.get_mut(&tid).expect("dispatching a known task");
+            task.worker = Some(worker);
+            task.held = task.spec.resources.clone();
+            self.available.subtract(&task.spec.resources);
+            task.spec.clone()
+        };
+        for arg in spec.args.iter_mut() {
+            if let TaskArg::Ref(id) = *arg {
+                let payload = match self.objects.get(&id).and_then(|o| o.value.as_ref()) {
+                    Some(Stored::Inline { bytes, .. }) => Ok(Payload::Inline(bytes.clone())),
+                    Some(Stored::Shm { .. }) => self.pin_shm(worker, id),
+                    _ => Err(Error::ObjectLost(id.to_string())),
+                };
+                match payload {
+                    Ok(payload) => *arg = TaskArg::Object { id, payload },
+                    Err(e) => {
+                        self.release_worker(tid);
+                        return self.complete_task(tid, Err(e));
+                    }
+                }
+            }
+        }
+        let pid = match self.conns.get_mut(&worker) {
+            Some(c) => {
+                c.running = Some(tid);
+                c.pid
+            }
+            None => 0,
+        };
+        self.names.lock().insert(pid, spec.name().to_string());
+        self.record(tid, TaskState::Running, Some(pid), None);
+        self.send(worker, FromNode::Execute(Box::new(spec)));
+    }
+
+    /// Takes the task off its worker: resources back, worker idle again.
+    fn release_worker(&mut self, tid: TaskId) {
+        let Some(task) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        let held = std::mem::take(&mut task.held);
+        self.available.add(&held);
+        if let Some(w) = task.worker.take() {
+            if let Some(c) = self.conns.get_mut(&w) {
+                c.running = None;
+                if !self.shutting_down {
+                    self.idle.push(w);
+                }
+            }
+        }
+    }
+
+    fn set_blocked(&mut self, conn: ConnId, blocked: bool) {
+        let Some(tid) = self.conns.get(&conn).and_then(|c| c.running) else {
+            return;
+        };
+        let Some(task) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        if blocked {
+            // Lend the CPU back so that the tasks this one waits for can run.
+            let cpu = ResourceSet::new().with(resources::CPU, task.held.get(resources::CPU));
+            task.held.subtract(&cpu);
+            self.available.add(&cpu);
+            self.schedule();
+        }
+        // On unblock the task goes on without taking the CPU back: a brief
+        // oversubscription, as in Ray, instead of a deadlock.
+    }
+
+    fn task_done(&mut self, conn: ConnId, tid: TaskId, attempt: u32, outcome: TaskOutcome) {
+        let current = self
+            .tasks
+            .get(&tid)
+            .is_some_and(|t| t.worker == Some(conn) && t.spec.attempt == attempt);
+        if !current {
+            // A stale attempt: drop whatever it stored.
+            if let TaskOutcome::Returned(values) = outcome {
+                for v in values {
+                    if let ObjectValue::Data {
+                        payload: Payload::Shm { offset, .. },
+                        ..
+                    } = v
+                    {
+                        self.handle(conn, ToNode::Deallocate { offset });
+                    }
+                }
+            }
+            return;
+        }
+        self.release_worker(tid);
+        let task = &self.tasks[&tid];
+        if task.cancelled {
+            self.discard_outcome(conn, outcome);
+            self.complete_task(tid, Err(Error::TaskCancelled));
+        } else {
+            match outcome {
+                TaskOutcome::Returned(values) => {
+                    let ids: Vec<ObjectId> = task.spec.return_ids().collect();
+                    if values.len() != ids.len() {
+                        let e = Error::Protocol(format!(
+                            "task {} returned {} values for {} return objects",
+                            task.spec.name(),
+                            values.len(),
+                            ids.len()
+                        ));
+                        self.discard_outcome(conn, TaskOutcome::Returned(values));
+                        self.complete_task(tid, Err(e));
+                    } else {
+                        let stored = ids
+                            .iter()
+                            .zip(values)
+                            .map(|(id, v)| self.accept_value(conn, *id, v))
+                            .collect::<Vec<_>>();
+                        self.complete_task(tid, Ok(stored));
+                    }
+                }
+                TaskOutcome::Failed(e) => {
+                    if !self.retry(tid, &e) {
+                        self.complete_task(tid, Err(e));
+                    }
+                }
+            }
+        }
+        self.schedule();
+    }
+
+    fn discard_outcome(&mut self, conn: ConnId, outcome: TaskOutcome) {
+        if let TaskOutcome::Returned(values) = outcome {
+            for v in values {
+                if let ObjectValue::Data {
+                    payload: Payload::Shm { offset, .. },
+                    ..
+                } = v
+                {
+                    self.handle(conn, ToNode::Deallocate { offset });
+                }
+            }
+        }
+    }
+
+    /// Queues another attempt if the policy allows; true if it did.
+    fn retry(&mut self, tid: TaskId, err: &Error) -> bool {
+        let Some(task) = self.tasks.get_mut(&tid) else {
+            return false;
+        };
+        if task.cancelled
+            || task.retries_left == 0
+            || !err.is_retryable(&task.spec.retry_exceptions)
+        {
+            return false;
+        }
+        if task.retries_left != u32::MAX {
+            task.retries_left -= 1;
+        }
+        task.spec.attempt += 1;
+        let attempt = task.spec.attempt;
+        self.record(tid, TaskState::Retrying, None, Some(err.to_string()));
+        let _ = attempt;
+        self.ready.push_back(tid);
+        true
+    }
+
+    /// Ends a task for good: stores its return values (or its error in each
+    /// return object) and releases its arguments.
+    fn complete_task(&mut self, tid: TaskId, result: Result<Vec<Option<Stored>>>) {
+        let Some(task) = self.tasks.remove(&tid) else {
+            return;
+        };
+        self.ready.retain(|t| *t != tid);
+        self.children.remove(&tid);
+        let (state, error) = match &result {
+            Ok(_) => (TaskState::Finished, None),
+            Err(Error::TaskCancelled) => (TaskState::Cancelled, None),
+            Err(e) => (TaskState::Failed, Some(e.to_string())),
+        };
+        if task.spec.enable_events {
+            self.push_event(&task.spec, state, None, error);
+        }
+        let ids: Vec<ObjectId> = task.spec.return_ids().collect();
+        match result {
+            Ok(values) => {
+                for (id, v) in ids.into_iter().zip(values) {
+                    if let Some(v) = v {
+                        self.set_value(id, v);
+                    }
+                }
+            }
+            Err(e) => {
+                for id in ids {
+                    if self.objects.contains_key(&id) {
+                        self.set_value(id, Stored::Error(e.clone()));
+                    }
+                }
+            }
+        }
+        for arg in &task.spec.args {
+            if let TaskArg::Ref(id) | TaskArg::Object { id, .. } = arg {
+                self.unpin(*id);
+            }
+        }
+        for c in &task.spec.contained {
+            self.unpin(*c);
+        }
+    }
+
+    /// Cancels a task: a queued one is removed, a running one is asked to stop
+    /// (or its worker killed, with `force`). `recursive` reaches the tasks it
+    /// submitted.
+    pub fn cancel(&mut self, tid: TaskId, force: bool, recursive: bool) {
+        if recursive {
+            for child in self.children.get(&tid).cloned().unwrap_or_default() {
+                self.cancel(child, force, true);
+            }
+        }
+        let Some(task) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        task.cancelled = true;
+        match task.worker {
+            Some(w) => {
+                if force {
+                    let pid = self.conns.get(&w).map(|c| c.pid).unwrap_or(0);
+                    if pid > 0 {
+                        let _ = self.spawn.send(PoolCmd::Kill(pid));
+                    }
+                } else {
+                    self.send(w, FromNode::CancelRunning { task_id: tid });
+                }
+            }
+            None => self.complete_task(tid, Err(Error::TaskCancelled)),
+        }
+    }
+
+    /// Forgets a connection: its references, pins and allocations go; a task
+    /// it was running is retried or failed.
+    pub fn disconnect(&mut self, conn: ConnId, reason: &str) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.idle.retain(|w| *w != conn);
+        for id in c.held {
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.holders -= 1;
+            }
+            self.maybe_free(id);
+        }
+        for (id, n) in c.pins {
+            for _ in 0..n {
+                self.store.unpin(id);
+            }
+        }
+        for offset in c.unsealed {
+            self.store.abort(offset);
+        }
+        if c.role == Some(Role::Worker) {
+            self.names.lock().remove(&c.pid);
+        }
+        if let Some(tid) = c.running {
+            if let Some(task) = self.tasks.get_mut(&tid) {
+                task.worker = None;
+                let held = std::mem::take(&mut task.held);
+                self.available.add(&held);
+                let name = task.spec.name().to_string();
+                if task.cancelled {
+                    self.complete_task(tid, Err(Error::TaskCancelled));
+                } else {
+                    let err = Error::WorkerCrashed {
+                        task: name,
+                        detail: format!("worker pid={} exited unexpectedly ({reason})", c.pid),
+                    };
+                    if !self.retry(tid, &err) {
+                        self.complete_task(tid, Err(err));
+                    }
+                }
+            }
+        }
+        self.schedule();
+    }
+
+    /// A worker process could not be started.
+    pub fn spawn_failed(&mut self, error: String) {
+        self.starting = self.starting.saturating_sub(1);
+        let live = self.conns.values().any(|c| c.role == Some(Role::Worker));
+        if !live && self.starting == 0 {
+            // Nothing can ever run: fail what waits instead of hanging.
+            let waiting: Vec<TaskId> = self.ready.drain(..).collect();
+            for t in waiting {
+                self.complete_task(
+                    t,
+                    Err(Error::WorkerCrashed {
+                        task: String::new(),
+                        detail: format!("worker could not start: {error}"),
+                    }),
+                );
+            }
+        }
+    }
+
+    fn record(&mut self, tid: TaskId, state: TaskState, pid: Option<u32>, error: Option<String>) {
+        let Some(task) = self.tasks.get(&tid) else {
+            return;
+        };
+        if !task.spec.enable_events {
+            return;
+        }
+        let spec = task.spec.clone();
+        self.push_event(&spec, state, pid, error);
+    }
+
+    fn push_event(
+        &mut self,
+        spec: &TaskSpec,
+        state: TaskState,
+        worker_pid: Option<u32>,
+        error: Option<String>,
+    ) {
+        if self.events.len() >= self.max_events {
+            self.events.pop_front();
+        }
+        self.events.push_back(TaskEvent {
+            task_id: spec.task_id,
+            name: spec.name().to_string(),
+            state,
+            attempt: spec.attempt,
+            time_us: now_us(),
+            worker_pid,
+            error,
+        });
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        let s = self.store.stats();
+        NodeStats {
+            objects: self.objects.len(),
+            tasks: self.tasks.len(),
+            workers: self
+                .conns
+                .values()
+                .filter(|c| c.role == Some(Role::Worker))
+                .count(),
+            store_objects: s.objects as u64,
+            store_used: s.used,
+            store_spilled: s.spilled as u64,
+        }
+    }
+
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        self.conns.clear();
+        self.idle.clear();
+    }
+}

@@ -1,0 +1,145 @@
+//! Length-prefixed frames.
+//!
+//! Layout: `u32` little-endian body length, then the bincode body. The length
+//! is checked against [`MAX_FRAME`] before anything is allocated, so garbage on
+//! a socket costs at most one error, not a huge allocation.
+
+use serde::{de::DeserializeOwned, Serialize};
+use std::io::{self, Read, Write};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The largest frame body accepted. Values this large go to shared memory,
+/// so only a broken or hostile peer sends more.
+pub const MAX_FRAME: u32 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(u32),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl From<FrameError> for ferroray_common::Error {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Io(e) => ferroray_common::Error::Disconnected(e.to_string()),
+            other => ferroray_common::Error::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// Appends one frame holding `msg` to `buf` (so several can go out in one write).
+pub fn encode_into<M: Serialize>(buf: &mut Vec<u8>, msg: &M) -> Result<(), FrameError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    bincode::serialize_into(&mut *buf, msg).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let len = (buf.len() - start - 4) as u64;
+    if len > MAX_FRAME as u64 {
+        buf.truncate(start);
+        return Err(FrameError::TooLarge(len.min(u32::MAX as u64) as u32));
+    }
+    buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+pub fn write_frame<W: Write, M: Serialize>(w: &mut W, msg: &M) -> Result<(), FrameError> {
+    let mut buf = Vec::with_capacity(128);
+    encode_into(&mut buf, msg)?;
+    w.write_all(&buf)?;
+    Ok(())
+}
+
+fn decode<M: DeserializeOwned>(body: &[u8]) -> Result<M, FrameError> {
+    bincode::deserialize(body).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+fn check_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(header);
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len as usize)
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream between frames.
+pub fn read_frame<R: Read, M: DeserializeOwned>(r: &mut R) -> Result<Option<M>, FrameError> {
+    let mut header = [0u8; 4];
+    match r.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let mut body = vec![0u8; check_len(header)?];
+    r.read_exact(&mut body)?;
+    decode(&body).map(Some)
+}
+
+/// Async [`read_frame`], reusing `body` as the buffer.
+pub async fn read_frame_async<R: AsyncRead + Unpin, M: DeserializeOwned>(
+    r: &mut R,
+    body: &mut Vec<u8>,
+) -> Result<Option<M>, FrameError> {
+    let mut header = [0u8; 4];
+    match r.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    body.clear();
+    body.resize(check_len(header)?, 0);
+    r.read_exact(body).await?;
+    decode(body).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Role, ToNode, PROTOCOL_VERSION};
+    use ferroray_common::WorkerId;
+
+    #[test]
+    fn roundtrip_several_frames_in_one_buffer() {
+        let a = ToNode::Hello {
+            protocol: PROTOCOL_VERSION,
+            worker_id: WorkerId(5),
+            pid: 9,
+            role: Role::Driver,
+        };
+        let b = ToNode::Blocked;
+        let mut buf = Vec::new();
+        encode_into(&mut buf, &a).unwrap();
+        encode_into(&mut buf, &b).unwrap();
+        let mut r = &buf[..];
+        assert_eq!(read_frame::<_, ToNode>(&mut r).unwrap(), Some(a));
+        assert_eq!(read_frame::<_, ToNode>(&mut r).unwrap(), Some(b));
+        assert_eq!(read_frame::<_, ToNode>(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_before_allocating() {
+        let buf = u32::MAX.to_le_bytes();
+        let err = read_frame::<_, ToNode>(&mut &buf[..]).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge(_)), "{err}");
+    }
+
+    #[test]
+    fn garbage_body_is_malformed() {
+        let mut buf = 8u32.to_le_bytes().to_vec();
+        buf.extend_from_slice(&[0xff; 8]);
+        let err = read_frame::<_, ToNode>(&mut &buf[..]).unwrap_err();
+        assert!(matches!(err, FrameError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn truncated_body_is_an_io_error() {
+        let mut buf = 100u32.to_le_bytes().to_vec();
+        buf.extend_from_slice(&[1, 2, 3]);
+        assert!(matches!(
+            read_frame::<_, ToNode>(&mut &buf[..]),
+            Err(FrameError::Io(_))
+        ));
+    }
+}

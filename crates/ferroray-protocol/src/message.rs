@@ -1,0 +1,263 @@
+//! Messages.
+
+use ferroray_common::{Error, NodeId, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId};
+use serde::{Deserialize, Serialize};
+
+/// Which function a task runs. A Rust function is named by its registered
+/// path; a Python function (later) travels pickled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FunctionDescriptor {
+    Rust {
+        name: String,
+    },
+    Python {
+        module: String,
+        qualname: String,
+        pickled: Vec<u8>,
+    },
+}
+
+impl FunctionDescriptor {
+    /// The short name used in logs and task listings (`add`, not `crate::m::add`).
+    pub fn display_name(&self) -> &str {
+        match self {
+            FunctionDescriptor::Rust { name } => name.rsplit("::").next().unwrap_or(name),
+            FunctionDescriptor::Python { qualname, .. } => qualname,
+        }
+    }
+}
+
+/// Where an object's bytes are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Payload {
+    /// Small values travel in the message itself.
+    Inline(Vec<u8>),
+    /// Large values live in the node's shared-memory arena.
+    Shm { offset: u64, len: u64 },
+}
+
+impl Payload {
+    pub fn len(&self) -> u64 {
+        match self {
+            Payload::Inline(b) => b.len() as u64,
+            Payload::Shm { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A stored object: a value (and the refs nested in it), or the error that
+/// took the value's place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ObjectValue {
+    Data {
+        payload: Payload,
+        contained: Vec<ObjectId>,
+    },
+    Error(Error),
+}
+
+/// One argument of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskArg {
+    /// A value given by the caller.
+    Value(Payload),
+    /// An object ref: the node waits for it and replaces it with
+    /// [`TaskArg::Object`] before the task is sent to a worker.
+    Ref(ObjectId),
+    /// A resolved ref: the object's value (a shared-memory payload is pinned
+    /// for the worker; it sends [`ToNode::Unpin`] with `id` when done).
+    Object { id: ObjectId, payload: Payload },
+}
+
+/// What a task hands back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReturnKind {
+    /// `n` ordinary return objects.
+    Fixed(u32),
+    /// A streaming generator: index 1 is the completion object, items from 2.
+    /// `backpressure`: at most this many unconsumed items (`None`: unbounded).
+    Streaming { backpressure: Option<u32> },
+    /// One object that resolves, at the end, to the list of item refs.
+    Dynamic,
+}
+
+impl ReturnKind {
+    /// How many return objects exist from submission on.
+    pub fn static_count(&self) -> u32 {
+        match self {
+            ReturnKind::Fixed(n) => *n,
+            ReturnKind::Streaming { .. } | ReturnKind::Dynamic => 1,
+        }
+    }
+}
+
+/// Everything the node needs to schedule a task and a worker needs to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub task_id: TaskId,
+    pub function: FunctionDescriptor,
+    pub args: Vec<TaskArg>,
+    /// Refs nested inside argument values: kept alive while the task may run.
+    pub contained: Vec<ObjectId>,
+    pub returns: ReturnKind,
+    pub resources: ResourceSet,
+    /// Retries after a system failure; `u32::MAX` means forever.
+    pub max_retries: u32,
+    pub retry_exceptions: RetryExceptions,
+    /// The task that submitted this one, for recursive cancellation.
+    pub parent: Option<TaskId>,
+    pub enable_events: bool,
+    /// 0 for the first attempt; set by the node.
+    pub attempt: u32,
+}
+
+impl TaskSpec {
+    pub fn name(&self) -> &str {
+        self.function.display_name()
+    }
+
+    pub fn return_ids(&self) -> impl Iterator<Item = ObjectId> + '_ {
+        (0..self.returns.static_count()).map(|i| ObjectId::for_return(self.task_id, i))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Driver,
+    Worker,
+}
+
+/// Settings the node hands to each client when it connects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: NodeId,
+    /// Values at least this large go to shared memory.
+    pub inline_threshold: u64,
+    pub store_capacity: u64,
+}
+
+/// How a task attempt ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskOutcome {
+    /// One value per return object, in order.
+    Returned(Vec<ObjectValue>),
+    /// The attempt failed; the node decides whether to retry.
+    Failed(Error),
+}
+
+/// Lifecycle states of a task, as recorded in task events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    /// The node has the task; its arguments may not be ready.
+    Submitted,
+    /// Arguments ready, waiting for resources and a worker.
+    PendingSchedule,
+    /// Sent to a worker.
+    Running,
+    Finished,
+    Failed,
+    /// A failed attempt that will be tried again.
+    Retrying,
+    Cancelled,
+}
+
+/// One recorded state change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub task_id: TaskId,
+    pub name: String,
+    pub state: TaskState,
+    pub attempt: u32,
+    /// Unix time in microseconds.
+    pub time_us: u64,
+    /// The worker's pid once the task runs.
+    pub worker_pid: Option<u32>,
+    pub error: Option<String>,
+}
+
+/// Client to node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToNode {
+    /// First message on every connection.
+    Hello {
+        protocol: u32,
+        worker_id: WorkerId,
+        pid: u32,
+        role: Role,
+    },
+    /// Submit a task; the sender holds one reference to each return object.
+    Submit(Box<TaskSpec>),
+    /// Store an object; the sender holds one reference to it.
+    Put {
+        id: ObjectId,
+        value: ObjectValue,
+    },
+    /// The sender now holds references to these objects.
+    AddRef(Vec<ObjectId>),
+    /// The sender dropped its last reference to these objects.
+    RemoveRef(Vec<ObjectId>),
+    /// Send [`FromNode::ObjectReady`] for each object once it is ready. A
+    /// shared-memory payload in that reply is pinned for the sender until it
+    /// sends [`ToNode::Unpin`].
+    Subscribe(Vec<ObjectId>),
+    /// Release one pin on each of these shared-memory objects.
+    Unpin(Vec<ObjectId>),
+    /// A task attempt ended.
+    TaskDone {
+        task_id: TaskId,
+        attempt: u32,
+        outcome: TaskOutcome,
+    },
+    /// Reserve `size` bytes in the shared-memory arena.
+    Allocate {
+        req: u64,
+        size: u64,
+    },
+    /// Give back an allocation that was never stored (the writer failed).
+    Deallocate {
+        offset: u64,
+    },
+    Cancel {
+        task_id: TaskId,
+        force: bool,
+        recursive: bool,
+    },
+    /// The sender's running task waits in `get`: lend its CPU back.
+    Blocked,
+    Unblocked,
+    ListTasks {
+        req: u64,
+    },
+}
+
+/// Node to client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromNode {
+    Welcome(NodeInfo),
+    /// Run this task. Its `Ref` arguments are already replaced by values; each
+    /// shared-memory argument is pinned for the worker once per `Ref` and is
+    /// released with [`ToNode::Unpin`].
+    Execute(Box<TaskSpec>),
+    ObjectReady {
+        id: ObjectId,
+        value: ObjectValue,
+    },
+    Allocated {
+        req: u64,
+        result: Result<u64, Error>,
+    },
+    /// Ask the running task to stop (`ferroray::is_cancelled()` turns true).
+    CancelRunning {
+        task_id: TaskId,
+    },
+    Tasks {
+        req: u64,
+        events: Vec<TaskEvent>,
+    },
+    /// The connection is being closed for this reason.
+    Rejected(Error),
+}

@@ -1,0 +1,291 @@
+//! The shared-memory arena: one `memfd_create` file mapped `MAP_SHARED`.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::StoreError;
+
+const MEMFD_NAME: &CStr = c"ferroray-store";
+
+/// A shared-memory region of `capacity` bytes backed by an anonymous memfd.
+///
+/// The file is sparse: pages are allocated when first touched and given back
+/// with [`Arena::release`].
+#[derive(Debug)]
+pub struct Arena {
+    // Field order: the mapping is dropped before the fd is closed.
+    map: MmapRaw,
+    file: File,
+    capacity: u64,
+}
+
+impl Arena {
+    /// `memfd_create("ferroray-store", MFD_CLOEXEC)`, `ftruncate(capacity)`,
+    /// then map it `MAP_SHARED` read/write.
+    pub fn create(capacity: u64) -> Result<Arena, StoreError> {
+        check_capacity(capacity)?;
+        // SAFETY: the name is a valid NUL-terminated string; flags are valid.
+        let fd = unsafe { libc::memfd_create(MEMFD_NAME.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(capacity)?; // ftruncate: sparse, no pages allocated yet
+        Self::map(file, capacity)
+    }
+
+    /// Map an arena whose fd was inherited (a worker process). Takes
+    /// ownership of `fd`: it is closed when the `Arena` is dropped (also when
+    /// this returns an error after validating that `fd` is open).
+    ///
+    /// The caller must not use or close `fd` afterwards.
+    pub fn open(fd: RawFd, capacity: u64) -> Result<Arena, StoreError> {
+        // Reject a closed fd before taking ownership of it.
+        // SAFETY: F_GETFD only queries the descriptor flags.
+        if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF).into());
+        }
+        // SAFETY: `fd` is open and, per this function's contract, handed over to us.
+        let file = unsafe { File::from_raw_fd(fd) };
+        check_capacity(capacity)?;
+        // Touching bytes past the end of the file would raise SIGBUS.
+        let size = file.metadata()?.len();
+        if size < capacity {
+            return Err(StoreError::OutOfBounds {
+                offset: 0,
+                len: capacity,
+                capacity: size,
+            });
+        }
+        Self::map(file, capacity)
+    }
+
+    fn map(file: File, capacity: u64) -> Result<Arena, StoreError> {
+        let len = usize::try_from(capacity).map_err(|_| StoreError::InvalidCapacity(capacity))?;
+        // MmapRaw maps MAP_SHARED, read/write.
+        let map = MmapOptions::new().len(len).map_raw(&file)?;
+        Ok(Arena {
+            map,
+            file,
+            capacity,
+        })
+    }
+
+    /// The memfd. Created with `FD_CLOEXEC`; see [`Arena::set_inheritable`].
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Set or clear `FD_CLOEXEC` so the fd survives `exec` into a worker.
+    pub fn set_inheritable(&self, inheritable: bool) -> Result<(), StoreError> {
+        let fd = self.fd();
+        // SAFETY: fcntl on an fd we own; only the descriptor flags change.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        let flags = if inheritable {
+            flags & !libc::FD_CLOEXEC
+        } else {
+            flags | libc::FD_CLOEXEC
+        };
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<usize, StoreError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.capacity => Ok(offset as usize),
+            _ => Err(StoreError::OutOfBounds {
+                offset,
+                len,
+                capacity: self.capacity,
+            }),
+        }
+    }
+
+    /// Bounds-checked view of `[offset, offset + len)`.
+    ///
+    /// The memory is shared with other processes: the reader must hold a pin
+    /// on the object there (the node guarantees the bytes of a pinned, sealed
+    /// object do not change and are not moved while pinned).
+    pub fn slice(&self, offset: u64, len: u64) -> Result<&[u8], StoreError> {
+        let start = self.check(offset, len)?;
+        // SAFETY: the range lies inside the live mapping (checked above), which
+        // outlives `&self`; immutability is the pin contract documented above.
+        Ok(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), len as usize) })
+    }
+
+    /// Bounds-checked mutable view for the writer of a fresh allocation.
+    ///
+    /// # Safety
+    /// The caller must have exclusive access to `[offset, offset + len)` for
+    /// the lifetime of the returned slice (no other slice, in this or another
+    /// process, reads or writes that range meanwhile).
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut(&self, offset: u64, len: u64) -> Result<&mut [u8], StoreError> {
+        let start = self.check(offset, len)?;
+        // SAFETY: in bounds of the live mapping; exclusivity is the caller's contract.
+        Ok(unsafe {
+            std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(start), len as usize)
+        })
+    }
+
+    /// Return the pages of `[offset, offset + len)` to the OS by punching a
+    /// hole in the page-aligned interior (the range reads back as zeros).
+    /// Errors are logged and otherwise ignored.
+    pub fn release(&self, offset: u64, len: u64) {
+        let page = page_size();
+        let end = offset.saturating_add(len).min(self.capacity);
+        let start = offset.div_ceil(page).saturating_mul(page);
+        let end = end / page * page;
+        if end <= start {
+            return;
+        }
+        let (Ok(off), Ok(n)) = (
+            libc::off_t::try_from(start),
+            libc::off_t::try_from(end - start),
+        ) else {
+            return;
+        };
+        // SAFETY: fallocate on our own fd; the range is inside the file.
+        let rc = unsafe {
+            libc::fallocate(
+                self.fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                n,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(
+                offset = start,
+                len = end - start,
+                error = %io::Error::last_os_error(),
+                "arena: punching a hole failed"
+            );
+        }
+    }
+}
+
+fn check_capacity(capacity: u64) -> Result<(), StoreError> {
+    if capacity == 0 || usize::try_from(capacity).is_err() || i64::try_from(capacity).is_err() {
+        return Err(StoreError::InvalidCapacity(capacity));
+    }
+    Ok(())
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u64
+    } else {
+        4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn arena_is_send_sync() {
+        assert_send_sync::<Arena>();
+    }
+
+    #[test]
+    fn write_then_read_through_second_mapping() {
+        let cap = 1 << 20;
+        let a = Arena::create(cap).unwrap();
+        assert_eq!(a.capacity(), cap);
+        // SAFETY: fresh arena, no other view of this range.
+        let w = unsafe { a.slice_mut(4096, 5) }.unwrap();
+        w.copy_from_slice(b"hello");
+        // SAFETY: dup of a valid fd.
+        let fd2 = unsafe { libc::dup(a.fd()) };
+        assert!(fd2 >= 0);
+        let b = Arena::open(fd2, cap).unwrap();
+        assert_eq!(b.slice(4096, 5).unwrap(), b"hello");
+        // And the other direction.
+        // SAFETY: nobody else views this range.
+        unsafe { b.slice_mut(cap - 3, 3) }
+            .unwrap()
+            .copy_from_slice(b"end");
+        assert_eq!(a.slice(cap - 3, 3).unwrap(), b"end");
+    }
+
+    #[test]
+    fn out_of_bounds_is_an_error() {
+        let a = Arena::create(8192).unwrap();
+        assert!(a.slice(0, 8192).is_ok());
+        assert!(a.slice(8192, 0).is_ok());
+        assert!(matches!(
+            a.slice(8000, 193),
+            Err(StoreError::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            a.slice(u64::MAX, 2),
+            Err(StoreError::OutOfBounds { .. })
+        ));
+        // SAFETY: the call fails before creating a slice.
+        assert!(unsafe { a.slice_mut(8193, 0) }.is_err());
+    }
+
+    #[test]
+    fn release_zeroes_interior_pages() {
+        let page = page_size();
+        let a = Arena::create(4 * page).unwrap();
+        // SAFETY: exclusive in this test.
+        unsafe { a.slice_mut(0, 4 * page) }.unwrap().fill(0xAB);
+        a.release(10, 3 * page); // interior: [page, 3*page)
+        let s = a.slice(0, 4 * page).unwrap();
+        assert!(s[..page as usize].iter().all(|&b| b == 0xAB));
+        assert!(s[page as usize..3 * page as usize].iter().all(|&b| b == 0));
+        assert!(s[3 * page as usize..].iter().all(|&b| b == 0xAB));
+        a.release(0, 1); // no full page: no-op
+        a.release(u64::MAX - 1, 10); // clamped: no-op
+    }
+
+    #[test]
+    fn open_rejects_bad_fd_and_short_file() {
+        assert!(Arena::open(-1, 4096).is_err());
+        let a = Arena::create(4096).unwrap();
+        // SAFETY: dup of a valid fd.
+        let fd2 = unsafe { libc::dup(a.fd()) };
+        assert!(matches!(
+            Arena::open(fd2, 8192),
+            Err(StoreError::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            Arena::create(0),
+            Err(StoreError::InvalidCapacity(0))
+        ));
+    }
+
+    #[test]
+    fn inheritable_toggles_cloexec() {
+        let a = Arena::create(4096).unwrap();
+        // SAFETY: querying flags of our fd.
+        let flags = || unsafe { libc::fcntl(a.fd(), libc::F_GETFD) };
+        assert_ne!(flags() & libc::FD_CLOEXEC, 0);
+        a.set_inheritable(true).unwrap();
+        assert_eq!(flags() & libc::FD_CLOEXEC, 0);
+        a.set_inheritable(false).unwrap();
+        assert_ne!(flags() & libc::FD_CLOEXEC, 0);
+    }
+}

@@ -1,0 +1,356 @@
+//! The object table: allocation, sealing, pins, deferred deletes, spilling.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::{Debug, Display};
+use std::hash::Hash;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::alloc::Allocator;
+use crate::arena::Arena;
+use crate::spill::{self, SpillDir};
+use crate::StoreError;
+
+/// A snapshot of the store's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Arena size in bytes.
+    pub capacity: u64,
+    /// Bytes allocated in the arena (block sizes, unsealed allocations included).
+    pub used: u64,
+    /// Sealed, not deleted objects (in the arena or spilled).
+    pub objects: usize,
+    /// Objects currently spilled to disk.
+    pub spilled: usize,
+    /// Total length of the spilled objects.
+    pub spilled_bytes: u64,
+    /// Objects with at least one pin (deleted-but-pinned ones included).
+    pub pinned: usize,
+    /// Allocations not sealed yet.
+    pub unsealed: usize,
+}
+
+#[derive(Debug)]
+enum Location {
+    Arena(u64),
+    Spilled(PathBuf),
+}
+
+#[derive(Debug)]
+struct Entry {
+    len: u64,
+    loc: Location,
+    pins: u32,
+    /// Deleted while pinned: freed when the last pin goes.
+    deleted: bool,
+    /// Recency stamp (unique); the key of this entry in `evictable`.
+    tick: u64,
+}
+
+/// Sealed objects in an [`Arena`], spilled to `spill_dir` under memory pressure.
+///
+/// Not thread-safe by itself: the node wraps it in a lock. Readers in other
+/// processes map the arena and read `(offset, len)` returned by [`Store::pin`].
+#[derive(Debug)]
+pub struct Store<K> {
+    arena: Arc<Arena>,
+    alloc: Allocator,
+    objects: HashMap<K, Entry>,
+    /// Unsealed allocations: offset -> requested size.
+    unsealed: HashMap<u64, u64>,
+    /// Spill candidates (sealed, in the arena, unpinned, live), oldest first.
+    evictable: BTreeMap<u64, K>,
+    tick: u64,
+    spill_paths: HashSet<PathBuf>,
+    spill_dir: SpillDir,
+}
+
+impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
+    /// `spill_dir` is created if missing. On drop the store removes the spill
+    /// files it wrote, and the directory if it created it.
+    pub fn new(arena: Arc<Arena>, spill_dir: PathBuf) -> Result<Self, StoreError> {
+        Ok(Store {
+            alloc: Allocator::new(arena.capacity()),
+            arena,
+            objects: HashMap::new(),
+            unsealed: HashMap::new(),
+            evictable: BTreeMap::new(),
+            tick: 0,
+            spill_paths: HashSet::new(),
+            spill_dir: SpillDir::new(spill_dir)?,
+        })
+    }
+
+    pub fn arena(&self) -> &Arc<Arena> {
+        &self.arena
+    }
+
+    pub fn spill_dir(&self) -> &Path {
+        self.spill_dir.path()
+    }
+
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    fn full(&self, requested: u64) -> StoreError {
+        StoreError::Full {
+            requested,
+            capacity: self.arena.capacity(),
+            used: self.alloc.used(),
+        }
+    }
+
+    /// Reserve `size` bytes for an object being written (unsealed).
+    ///
+    /// If no block fits, sealed unpinned objects are spilled, least recently
+    /// used first, until one does; otherwise `Err(Full)`.
+    pub fn allocate(&mut self, size: u64) -> Result<u64, StoreError> {
+        let offset = self.alloc_spilling(size)?;
+        self.unsealed.insert(offset, size);
+        Ok(offset)
+    }
+
+    fn alloc_spilling(&mut self, size: u64) -> Result<u64, StoreError> {
+        let block = match Allocator::block_size(size) {
+            Some(b) if b <= self.alloc.capacity() => b,
+            _ => return Err(self.full(size)),
+        };
+        if let Some(offset) = self.alloc.alloc(size) {
+            return Ok(offset);
+        }
+        // Don't spill anything if even spilling everything cannot make room.
+        let usable = self.alloc.capacity() / crate::alloc::ALIGN * crate::alloc::ALIGN;
+        let reclaimable: u64 = self
+            .evictable
+            .values()
+            .filter_map(|k| match self.objects.get(k)?.loc {
+                Location::Arena(off) => self.alloc.size_of(off),
+                Location::Spilled(_) => None,
+            })
+            .sum();
+        if usable - self.alloc.used() + reclaimable < block {
+            return Err(self.full(size));
+        }
+        loop {
+            let Some((_, &victim)) = self.evictable.first_key_value() else {
+                return Err(self.full(size));
+            };
+            self.spill(victim)?;
+            if let Some(offset) = self.alloc.alloc(size) {
+                return Ok(offset);
+            }
+        }
+    }
+
+    /// Write an evictable object to its spill file and free its block.
+    fn spill(&mut self, key: K) -> Result<(), StoreError> {
+        let Some(entry) = self.objects.get(&key) else {
+            return Err(StoreError::UnknownObject(key.to_string()));
+        };
+        let Location::Arena(offset) = entry.loc else {
+            return Ok(());
+        };
+        let (len, tick) = (entry.len, entry.tick);
+        let mut path = self.spill_dir.path_for(&key);
+        if self.spill_paths.contains(&path) {
+            // Two keys sanitized to the same name: disambiguate.
+            path.as_mut_os_string().push(format!("-{tick}"));
+        }
+        spill::write(&path, self.arena.slice(offset, len)?)?;
+        tracing::debug!(object = %key, len, path = %path.display(), "store: spilled");
+        self.evictable.remove(&tick);
+        if let Some(block) = self.alloc.free(offset) {
+            self.arena.release(offset, block);
+        }
+        self.spill_paths.insert(path.clone());
+        if let Some(entry) = self.objects.get_mut(&key) {
+            entry.loc = Location::Spilled(path);
+        }
+        Ok(())
+    }
+
+    /// Give back an unsealed allocation (the writer failed).
+    pub fn abort(&mut self, offset: u64) {
+        if self.unsealed.remove(&offset).is_none() {
+            tracing::warn!(offset, "store: abort of an unknown allocation");
+            return;
+        }
+        self.free_block(offset);
+    }
+
+    fn free_block(&mut self, offset: u64) {
+        if let Some(block) = self.alloc.free(offset) {
+            self.arena.release(offset, block);
+        }
+    }
+
+    /// The unsealed allocation at `offset` becomes object `key` of `len`
+    /// bytes (`len` <= the allocated size).
+    pub fn seal(&mut self, key: K, offset: u64, len: u64) -> Result<(), StoreError> {
+        let &allocated = self
+            .unsealed
+            .get(&offset)
+            .ok_or(StoreError::NotAllocated(offset))?;
+        if len > allocated {
+            return Err(StoreError::SealTooLong { len, allocated });
+        }
+        if self.objects.contains_key(&key) {
+            return Err(StoreError::ObjectExists(key.to_string()));
+        }
+        self.unsealed.remove(&offset);
+        let tick = self.next_tick();
+        self.objects.insert(
+            key,
+            Entry {
+                len,
+                loc: Location::Arena(offset),
+                pins: 0,
+                deleted: false,
+                tick,
+            },
+        );
+        self.evictable.insert(tick, key);
+        Ok(())
+    }
+
+    /// Pin `key` for reading and return its `(offset, len)` in the arena.
+    ///
+    /// A spilled object is restored first (possibly at a new offset, possibly
+    /// spilling others). Pinned objects are never spilled or moved.
+    pub fn pin(&mut self, key: K) -> Result<(u64, u64), StoreError> {
+        let unknown = || StoreError::UnknownObject(key.to_string());
+        let entry = self
+            .objects
+            .get(&key)
+            .filter(|e| !e.deleted)
+            .ok_or_else(unknown)?;
+        let len = entry.len;
+        let offset = match &entry.loc {
+            Location::Arena(offset) => {
+                let offset = *offset;
+                self.evictable.remove(&entry.tick);
+                offset
+            }
+            Location::Spilled(path) => {
+                let path = path.clone();
+                let offset = self.restore(&path, len)?;
+                tracing::debug!(object = %key, len, offset, "store: restored");
+                offset
+            }
+        };
+        let tick = self.next_tick();
+        let entry = self.objects.get_mut(&key).ok_or_else(unknown)?;
+        entry.loc = Location::Arena(offset);
+        entry.pins += 1;
+        entry.tick = tick;
+        Ok((offset, len))
+    }
+
+    /// Copy a spill file back into a fresh block; the file is removed.
+    fn restore(&mut self, path: &Path, len: u64) -> Result<u64, StoreError> {
+        let offset = self.alloc_spilling(len)?;
+        // SAFETY: the block was just allocated; nobody else knows its offset.
+        let read = unsafe { self.arena.slice_mut(offset, len) }
+            .and_then(|dst| Ok(spill::read_into(path, dst)?));
+        if let Err(e) = read {
+            self.free_block(offset);
+            return Err(e);
+        }
+        spill::remove(path);
+        self.spill_paths.remove(path);
+        Ok(offset)
+    }
+
+    /// Drop one pin. When the last pin goes, a deleted object is freed and
+    /// a live one becomes a spill candidate (as the most recently used).
+    pub fn unpin(&mut self, key: K) {
+        let Some(entry) = self.objects.get_mut(&key).filter(|e| e.pins > 0) else {
+            tracing::warn!(object = %key, "store: unpin of an object that is not pinned");
+            return;
+        };
+        entry.pins -= 1;
+        if entry.pins > 0 {
+            return;
+        }
+        if entry.deleted {
+            if let Some(entry) = self.objects.remove(&key) {
+                self.free_entry(entry);
+            }
+        } else {
+            self.tick += 1;
+            entry.tick = self.tick;
+            self.evictable.insert(self.tick, key);
+        }
+    }
+
+    /// Delete `key`. A pinned object is freed when its last pin goes; until
+    /// then its key cannot be sealed again.
+    pub fn delete(&mut self, key: K) {
+        let Some(entry) = self.objects.get_mut(&key) else {
+            return;
+        };
+        if entry.pins > 0 {
+            entry.deleted = true;
+            return;
+        }
+        if let Some(entry) = self.objects.remove(&key) {
+            self.free_entry(entry);
+        }
+    }
+
+    fn free_entry(&mut self, entry: Entry) {
+        self.evictable.remove(&entry.tick);
+        match entry.loc {
+            Location::Arena(offset) => self.free_block(offset),
+            Location::Spilled(path) => {
+                spill::remove(&path);
+                self.spill_paths.remove(&path);
+            }
+        }
+    }
+
+    /// Whether `key` is a live (sealed, not deleted) object.
+    pub fn contains(&self, key: K) -> bool {
+        self.objects.get(&key).is_some_and(|e| !e.deleted)
+    }
+
+    /// Whether `key` is currently spilled to disk.
+    pub fn is_spilled(&self, key: K) -> bool {
+        self.objects
+            .get(&key)
+            .is_some_and(|e| matches!(e.loc, Location::Spilled(_)))
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let mut s = StoreStats {
+            capacity: self.arena.capacity(),
+            used: self.alloc.used(),
+            unsealed: self.unsealed.len(),
+            ..StoreStats::default()
+        };
+        for e in self.objects.values() {
+            if !e.deleted {
+                s.objects += 1;
+            }
+            if e.pins > 0 {
+                s.pinned += 1;
+            }
+            if matches!(e.loc, Location::Spilled(_)) {
+                s.spilled += 1;
+                s.spilled_bytes += e.len;
+            }
+        }
+        s
+    }
+}
+
+impl<K> Drop for Store<K> {
+    fn drop(&mut self) {
+        for path in self.spill_paths.drain() {
+            spill::remove(&path);
+        }
+        // `spill_dir` then removes the directory if it created it.
+    }
+}

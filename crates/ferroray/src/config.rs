@@ -1,0 +1,71 @@
+//! Settings of the embedded cluster.
+
+/// What `init_with` starts. Unset fields take the machine's values.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) num_cpus: Option<f64>,
+    pub(crate) num_gpus: f64,
+    pub(crate) resources: Vec<(String, f64)>,
+    pub(crate) object_store_memory: Option<u64>,
+    pub(crate) inline_threshold: Option<u64>,
+    pub(crate) log_to_driver: bool,
+    pub(crate) max_workers: Option<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            num_cpus: None,
+            num_gpus: 0.0,
+            resources: Vec::new(),
+            object_store_memory: None,
+            inline_threshold: None,
+            log_to_driver: true,
+            max_workers: None,
+        }
+    }
+}
+
+impl Config {
+    /// CPUs the node offers (default: the machine's cores).
+    pub fn num_cpus(mut self, n: impl Into<f64>) -> Self {
+        self.num_cpus = Some(n.into());
+        self
+    }
+
+    /// GPUs the node offers (a countable resource; default 0).
+    pub fn num_gpus(mut self, n: impl Into<f64>) -> Self {
+        self.num_gpus = n.into();
+        self
+    }
+
+    /// A custom resource the node offers.
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources.push((name.to_string(), amount));
+        self
+    }
+
+    /// Size of the shared-memory store; past it, objects spill to disk.
+    pub fn object_store_memory(mut self, bytes: u64) -> Self {
+        self.object_store_memory = Some(bytes);
+        self
+    }
+
+    /// Values at least this large go to shared memory (default 100 KiB).
+    pub fn inline_threshold(mut self, bytes: u64) -> Self {
+        self.inline_threshold = Some(bytes);
+        self
+    }
+
+    /// Print workers' output in the driver, prefixed per line (default true).
+    pub fn log_to_driver(mut self, on: bool) -> Self {
+        self.log_to_driver = on;
+        self
+    }
+
+    /// Most worker processes at once.
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = Some(n);
+        self
+    }
+}

@@ -1,0 +1,174 @@
+//! The embedded runtime and the free functions.
+
+use crate::Config;
+use ferroray_common::{resources, Error, ObjectId, Result};
+use ferroray_core::{global, worker, CoreWorker, ObjectRef};
+use ferroray_node::{Node, NodeConfig, WorkerCommand};
+use ferroray_protocol::TaskEvent;
+use parking_lot::Mutex;
+use serde::{de::DeserializeOwned, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Runtime {
+    node: Node,
+    core: Arc<CoreWorker>,
+}
+
+static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
+
+/// Starts the embedded cluster with default settings.
+pub fn init() -> Result<()> {
+    init_with(Config::default())
+}
+
+/// Starts the embedded cluster: a node daemon in this process and worker
+/// processes started on demand. Errors with `AlreadyInitialized` if running.
+pub fn init_with(config: Config) -> Result<()> {
+    if worker::is_worker_process() {
+        // A worker whose before-main hook did not run: be a worker now.
+        worker::worker_main();
+    }
+    let _ = crate::__worker_entry_linked();
+    let mut rt = RUNTIME.lock();
+    if rt.is_some() {
+        return Err(Error::AlreadyInitialized);
+    }
+    let mut nc = NodeConfig::new(WorkerCommand::current_exe()?);
+    if let Some(n) = config.num_cpus {
+        nc.resources.set(resources::CPU, n);
+        nc.max_workers = ((n.ceil() as usize) * 4).max(8);
+    }
+    nc.resources.set(resources::GPU, config.num_gpus);
+    for (name, amount) in &config.resources {
+        if !amount.is_finite() || *amount < 0.0 {
+            return Err(Error::InvalidOption(format!(
+                "resource {name} must be a non-negative number, got {amount}"
+            )));
+        }
+        nc.resources.set(name, *amount);
+    }
+    if let Some(n) = config.num_cpus {
+        if !n.is_finite() || n < 0.0 {
+            return Err(Error::InvalidOption(format!(
+                "num_cpus must be a non-negative number, got {n}"
+            )));
+        }
+    }
+    if let Some(b) = config.object_store_memory {
+        nc.store_capacity = b;
+    }
+    if let Some(b) = config.inline_threshold {
+        nc.inline_threshold = b;
+    }
+    if let Some(n) = config.max_workers {
+        nc.max_workers = n;
+    }
+    nc.log_to_driver = config.log_to_driver;
+    let node = Node::start(nc)?;
+    let core = CoreWorker::connect_local(&node)?;
+    global::set(core.clone())?;
+    *rt = Some(Runtime { node, core });
+    Ok(())
+}
+
+pub fn is_initialized() -> bool {
+    global::is_set()
+}
+
+/// Stops the embedded cluster: every worker process is killed and reaped,
+/// and the shared-memory store is freed. Does nothing if not running.
+pub fn shutdown() {
+    let rt = RUNTIME.lock().take();
+    if let Some(rt) = rt {
+        let _ = global::take();
+        rt.core.close();
+        rt.node.shutdown();
+    }
+}
+
+fn core() -> Result<Arc<CoreWorker>> {
+    global::core()
+}
+
+/// Blocks until the object is ready and returns its value.
+pub fn get<T: DeserializeOwned>(r: &ObjectRef<T>) -> Result<T> {
+    r.get()
+}
+
+/// Values of several refs, in the order given.
+pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
+    core()?.prefetch(&ids)?;
+    refs.iter().map(|r| r.get()).collect()
+}
+
+/// Stores a value in the object store.
+pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
+    core()?.put(&value)
+}
+
+/// Waits until `num_returns` refs are ready or `timeout` passes (`None`:
+/// no limit). Returns (ready, not ready): ready refs in the order they
+/// became ready, at most `num_returns`; the rest in the order given.
+pub fn wait<T>(
+    refs: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
+    let (ready, rest) = core()?.wait(&ids, num_returns, timeout)?;
+    Ok((
+        ready.into_iter().map(|i| refs[i].clone()).collect(),
+        rest.into_iter().map(|i| refs[i].clone()).collect(),
+    ))
+}
+
+/// Cancels the task that makes `r` and the tasks it submitted: a queued task
+/// is dropped; a running one sees `is_cancelled()` turn true. Its refs then
+/// give `Error::TaskCancelled`.
+pub fn cancel<T>(r: &ObjectRef<T>) -> Result<()> {
+    cancel_with(r, false, true)
+}
+
+/// [`cancel`] with Ray's flags: `force` kills the worker running the task
+/// (it is replaced); `recursive` also cancels the tasks it submitted.
+pub fn cancel_with<T>(r: &ObjectRef<T>, force: bool, recursive: bool) -> Result<()> {
+    core()?.cancel(r.id(), force, recursive)
+}
+
+/// Every recorded task state change, oldest first.
+pub fn tasks() -> Result<Vec<TaskEvent>> {
+    core()?.task_events()
+}
+
+/// Sizes of the runtime's tables, to check that nothing leaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Objects the node still tracks.
+    pub node_objects: usize,
+    /// Tasks not yet finished.
+    pub node_tasks: usize,
+    pub workers: usize,
+    /// Objects in the shared-memory store (spilled ones included).
+    pub store_objects: u64,
+    pub store_used_bytes: u64,
+    pub store_spilled: u64,
+    /// Objects this process holds refs to.
+    pub local_refs: usize,
+}
+
+pub fn runtime_stats() -> Result<RuntimeStats> {
+    let rt = RUNTIME.lock();
+    let rt = rt.as_ref().ok_or(Error::NotInitialized)?;
+    let s = rt.node.stats();
+    Ok(RuntimeStats {
+        node_objects: s.objects,
+        node_tasks: s.tasks,
+        workers: s.workers,
+        store_objects: s.store_objects,
+        store_used_bytes: s.store_used,
+        store_spilled: s.store_spilled,
+        local_refs: rt.core.local_ref_count(),
+    })
+}

@@ -104,7 +104,10 @@ pub struct State {
     objects: HashMap<ObjectId, Obj>,
     tasks: HashMap<TaskId, Task>,
     children: HashMap<TaskId, Vec<TaskId>>,
-    ready: VecDeque<TaskId>,
+    /// Tasks whose arguments are ready, one FIFO per resource shape (so a
+    /// scheduling pass looks at the head of each queue, not at every task).
+    /// Entries of tasks that ended meanwhile are skipped when reached.
+    ready: Vec<(ResourceSet, VecDeque<TaskId>)>,
     idle: Vec<ConnId>,
     starting: usize,
     total: ResourceSet,
@@ -117,6 +120,28 @@ pub struct State {
     pub(crate) names: TaskNames,
     info: ferroray_protocol::NodeInfo,
     shutting_down: bool,
+}
+
+fn push_event(
+    events: &mut VecDeque<TaskEvent>,
+    max: usize,
+    spec: &TaskSpec,
+    state: TaskState,
+    worker_pid: Option<u32>,
+    error: Option<String>,
+) {
+    if events.len() >= max {
+        events.pop_front();
+    }
+    events.push_back(TaskEvent {
+        task_id: spec.task_id,
+        name: spec.name().to_string(),
+        state,
+        attempt: spec.attempt,
+        time_us: now_us(),
+        worker_pid,
+        error,
+    });
 }
 
 fn now_us() -> u64 {
@@ -139,7 +164,7 @@ impl State {
             objects: HashMap::new(),
             tasks: HashMap::new(),
             children: HashMap::new(),
-            ready: VecDeque::new(),
+            ready: Vec::new(),
             idle: Vec::new(),
             starting: 0,
             total: config.resources.clone(),
@@ -495,7 +520,7 @@ impl State {
                 self.complete_task(t, Err(e.clone()));
             } else if task.pending_deps == 0 {
                 self.record(t, TaskState::PendingSchedule, None, None);
-                self.ready.push_back(t);
+                self.enqueue(t);
             }
         }
     }
@@ -568,8 +593,16 @@ impl State {
             self.complete_task(id, Err(e));
         } else if pending == 0 {
             self.record(id, TaskState::PendingSchedule, None, None);
-            self.ready.push_back(id);
+            self.enqueue(id);
             self.schedule();
+        }
+    }
+
+    fn enqueue(&mut self, tid: TaskId) {
+        let Some(task) = self.tasks.get(&tid) else { return };
+        match self.ready.iter_mut().find(|(shape, _)| *shape == task.spec.resources) {
+            Some((_, q)) => q.push_back(tid),
+            None => self.ready.push((task.spec.resources.clone(), VecDeque::from([tid]))),
         }
     }
 
@@ -581,26 +614,33 @@ impl State {
         }
         let mut tentative = self.available.clone();
         let mut want_workers = 0usize;
-        let mut i = 0;
-        while i < self.ready.len() {
-            let tid = self.ready[i];
-            let Some(task) = self.tasks.get(&tid) else {
-                self.ready.remove(i);
-                continue;
-            };
-            if !task.spec.resources.fits_in(&tentative) {
-                i += 1;
-                continue;
+        let mut dispatches = Vec::new();
+        for (shape, queue) in self.ready.iter_mut() {
+            let mut i = 0;
+            while i < queue.len() && want_workers < self.max_workers {
+                if !self.tasks.contains_key(&queue[i]) {
+                    queue.remove(i);
+                    continue;
+                }
+                if !shape.fits_in(&tentative) {
+                    break;
+                }
+                tentative.subtract(shape);
+                match self.idle.pop() {
+                    Some(w) => {
+                        let tid = queue.remove(i).expect("index checked");
+                        dispatches.push((tid, w));
+                    }
+                    None => {
+                        want_workers += 1;
+                        i += 1;
+                    }
+                }
             }
-            if let Some(w) = self.idle.pop() {
-                self.ready.remove(i);
-                tentative.subtract(&self.tasks[&tid].spec.resources);
-                self.dispatch(tid, w);
-            } else {
-                tentative.subtract(&task.spec.resources);
-                want_workers += 1;
-                i += 1;
-            }
+        }
+        self.ready.retain(|(_, q)| !q.is_empty());
+        for (tid, w) in dispatches {
+            self.dispatch(tid, w);
         }
         let live = self
             .conns
@@ -780,9 +820,9 @@ impl State {
         }
         task.spec.attempt += 1;
         let attempt = task.spec.attempt;
-        self.record(tid, TaskState::Retrying, None, Some(err.to_string()));
         let _ = attempt;
-        self.ready.push_back(tid);
+        self.record(tid, TaskState::Retrying, None, Some(err.to_string()));
+        self.enqueue(tid);
         true
     }
 
@@ -792,7 +832,6 @@ impl State {
         let Some(task) = self.tasks.remove(&tid) else {
             return;
         };
-        self.ready.retain(|t| *t != tid);
         self.children.remove(&tid);
         let (state, error) = match &result {
             Ok(_) => (TaskState::Finished, None),
@@ -800,7 +839,7 @@ impl State {
             Err(e) => (TaskState::Failed, Some(e.to_string())),
         };
         if task.spec.enable_events {
-            self.push_event(&task.spec, state, None, error);
+            push_event(&mut self.events, self.max_events, &task.spec, state, None, error);
         }
         let ids: Vec<ObjectId> = task.spec.return_ids().collect();
         match result {
@@ -909,7 +948,7 @@ impl State {
         let live = self.conns.values().any(|c| c.role == Some(Role::Worker));
         if !live && self.starting == 0 {
             // Nothing can ever run: fail what waits instead of hanging.
-            let waiting: Vec<TaskId> = self.ready.drain(..).collect();
+            let waiting: Vec<TaskId> = self.ready.drain(..).flat_map(|(_, q)| q).collect();
             for t in waiting {
                 self.complete_task(
                     t,

@@ -39,7 +39,7 @@ mod runtime;
 
 pub use config::Config;
 pub use runtime::{
-    cancel, cancel_with, get, get_all, init, init_with, is_initialized, put, runtime_stats,
+    cancel, cancel_with, get, get_all, init, init_with, is_initialized, node_address, put, runtime_stats,
     shutdown, tasks, wait, RuntimeStats,
 };
 

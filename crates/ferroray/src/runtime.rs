@@ -142,6 +142,12 @@ pub fn tasks() -> Result<Vec<TaskEvent>> {
     core()?.task_events()
 }
 
+/// The abstract Unix socket name of the embedded node (workers connect to it).
+pub fn node_address() -> Result<String> {
+    let rt = RUNTIME.lock();
+    Ok(rt.as_ref().ok_or(Error::NotInitialized)?.node.socket_name().to_string())
+}
+
 /// Sizes of the runtime's tables, to check that nothing leaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeStats {

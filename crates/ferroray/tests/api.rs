@@ -1,0 +1,217 @@
+//! The task API: submit, refs as arguments, get/get_all/get_timeout, put,
+//! wait, multiple returns, options, task errors and their propagation.
+
+mod common;
+
+use common::{cluster, get, T};
+use ferroray::{Error, ObjectRef};
+use std::time::{Duration, Instant};
+
+#[ferroray::remote]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[ferroray::remote]
+fn sleep_then(ms: u64, v: i64) -> i64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    v
+}
+
+#[derive(Debug)]
+pub struct ParseError(String);
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot parse {:?}", self.0)
+    }
+}
+
+#[ferroray::remote(num_cpus = 1, max_retries = 0)]
+fn parse(x: String) -> Result<u32, ParseError> {
+    x.trim().parse().map_err(|_| ParseError(x))
+}
+
+#[ferroray::remote(num_returns = 3)]
+fn three() -> (i64, String, Vec<u8>) {
+    (1, "two".into(), vec![3, 3, 3])
+}
+
+#[ferroray::remote]
+fn single_tuple() -> (i64, i64, i64) {
+    (0, 1, 2)
+}
+
+#[ferroray::remote(max_retries = 0)]
+fn explode(msg: String) -> i64 {
+    panic!("{msg}")
+}
+
+#[ferroray::remote]
+fn my_pid() -> u32 {
+    std::process::id()
+}
+
+#[ferroray::remote]
+fn nothing() {}
+
+#[test]
+fn remote_returns_at_once_and_get_gives_the_value() {
+    let _c = cluster();
+    let t = Instant::now();
+    let r: ObjectRef<i64> = sleep_then::remote(300, 7);
+    assert!(t.elapsed() < Duration::from_millis(200), "remote() blocked");
+    assert_eq!(get(&r).unwrap(), 7);
+    assert_eq!(ferroray::get(&r).unwrap(), 7);
+}
+
+#[test]
+fn refs_as_arguments_are_resolved_before_the_body_runs() {
+    let _c = cluster();
+    let r = add::remote(1, 2);
+    let s = add::remote(&r, 10);
+    assert_eq!(get(&s).unwrap(), 13);
+    let u = add::remote(s.clone(), r);
+    assert_eq!(get(&u).unwrap(), 16);
+    let p = ferroray::put(100i64).unwrap();
+    assert_eq!(get(&add::remote(&p, &p)).unwrap(), 200);
+}
+
+#[test]
+fn get_timeout_is_a_distinct_error_then_the_value_arrives() {
+    let _c = cluster();
+    let r = sleep_then::remote(500, 1);
+    assert_eq!(r.get_timeout(Duration::from_millis(50)), Err(Error::GetTimeout));
+    assert_eq!(get(&r).unwrap(), 1);
+}
+
+#[test]
+fn get_all_keeps_the_given_order() {
+    let _c = cluster();
+    let refs: Vec<_> = (0..20).map(|i| sleep_then::remote(((20 - i) * 5) as u64, i)).collect();
+    assert_eq!(ferroray::get_all(&refs).unwrap(), (0..20).collect::<Vec<i64>>());
+}
+
+#[test]
+fn put_and_get_small_and_large_values() {
+    let _c = cluster();
+    let small = ferroray::put("hello".to_string()).unwrap();
+    assert_eq!(get(&small).unwrap(), "hello");
+    let big = ferroray::put(vec![5u8; 64 << 20]).unwrap();
+    let v = get(&big).unwrap();
+    assert_eq!(v.len(), 64 << 20);
+    assert!(v.iter().all(|b| *b == 5));
+}
+
+#[test]
+fn wait_returns_ready_refs_in_completion_order() {
+    let _c = cluster();
+    let slow = sleep_then::remote(600, 1);
+    let fast = sleep_then::remote(50, 2);
+    let refs = vec![slow.clone(), fast.clone()];
+    let (ready, rest) = ferroray::wait(&refs, 1, Some(T)).unwrap();
+    assert_eq!(ready, vec![fast.clone()]);
+    assert_eq!(rest, vec![slow.clone()]);
+    let (ready, rest) = ferroray::wait(&refs, 2, Some(T)).unwrap();
+    assert_eq!(ready, vec![fast, slow]);
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn wait_honours_the_timeout_and_checks_its_arguments() {
+    let _c = cluster();
+    let r = sleep_then::remote(2_000, 1);
+    let t = Instant::now();
+    let (ready, rest) = ferroray::wait(std::slice::from_ref(&r), 1, Some(Duration::from_millis(100))).unwrap();
+    assert!(ready.is_empty());
+    assert_eq!(rest.len(), 1);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    let err = ferroray::wait(std::slice::from_ref(&r), 2, None).unwrap_err();
+    assert!(matches!(err, Error::InvalidOption(_)), "{err}");
+}
+
+#[test]
+fn num_returns_gives_one_ref_per_value() {
+    let _c = cluster();
+    let (a, b, c) = three::remote();
+    assert_eq!(get(&a).unwrap(), 1);
+    assert_eq!(get(&b).unwrap(), "two");
+    assert_eq!(get(&c).unwrap(), vec![3, 3, 3]);
+    let t = single_tuple::remote();
+    assert_eq!(get(&t).unwrap(), (0, 1, 2));
+    get(&nothing::remote()).unwrap();
+}
+
+#[test]
+fn err_is_a_task_error_with_type_message_and_place() {
+    let _c = cluster();
+    assert_eq!(get(&parse::remote(" 42 ".to_string())).unwrap(), 42);
+    let err = get(&parse::remote("x1".to_string())).unwrap_err();
+    match &err {
+        Error::Task(t) => {
+            assert!(t.type_name.ends_with("ParseError"), "{}", t.type_name);
+            assert_eq!(t.message, "cannot parse \"x1\"");
+            assert_eq!(t.task_name, "parse");
+            assert!(t.pid > 0 && t.pid != std::process::id());
+        }
+        other => panic!("expected a task error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_panic_is_a_task_error_and_the_worker_survives() {
+    let _c = cluster_one_cpu();
+    let before = get(&my_pid::remote()).unwrap();
+    let err = get(&explode::remote("boom".to_string())).unwrap_err();
+    match &err {
+        Error::Task(t) => {
+            assert_eq!(t.type_name, "panic");
+            assert_eq!(t.message, "boom");
+            assert_eq!(t.pid, before, "the panic ran on the one worker");
+        }
+        other => panic!("expected a task error, got {other:?}"),
+    }
+    assert_eq!(get(&my_pid::remote()).unwrap(), before, "the same worker serves the next task");
+}
+
+fn cluster_one_cpu() -> common::Cluster {
+    common::cluster_with(ferroray::Config::default().num_cpus(1).max_workers(1))
+}
+
+#[test]
+fn a_failed_task_fails_the_tasks_that_take_its_result() {
+    let _c = cluster();
+    let bad = parse::remote("nope".to_string());
+    let dependent = add::remote(bad.clone().cast::<i64>(), 1);
+    let again = add::remote(&dependent, 1);
+    let original = get(&bad).unwrap_err();
+    assert_eq!(get(&dependent).unwrap_err(), original);
+    assert_eq!(get(&again).unwrap_err(), original);
+}
+
+#[test]
+fn options_override_the_attribute() {
+    let _c = common::cluster_with(ferroray::Config::default().num_cpus(2).resource("disk", 2.0));
+    let q = add::options().num_cpus(2.0).resource("disk", 1.0).max_retries(1).retry_exceptions(true).remote(1, 2);
+    assert_eq!(get(&q).unwrap(), 3);
+}
+
+#[test]
+fn workers_are_reused() {
+    let _c = common::cluster_with(ferroray::Config::default().num_cpus(2));
+    for i in 0..30 {
+        assert_eq!(get(&add::remote(i, 1)).unwrap(), i + 1);
+    }
+    let pids = common::worker_pids();
+    assert!(!pids.is_empty() && pids.len() <= 2, "30 sequential tasks used workers {pids:?}");
+}
+
+#[test]
+fn init_twice_is_an_error_and_init_after_shutdown_works() {
+    let c = cluster();
+    assert_eq!(ferroray::init(), Err(Error::AlreadyInitialized));
+    assert_eq!(get(&add::remote(1, 1)).unwrap(), 2);
+    drop(c);
+    assert!(!ferroray::is_initialized());
+    let _c = cluster();
+    assert_eq!(get(&add::remote(2, 2)).unwrap(), 4);
+}

@@ -45,6 +45,8 @@ struct Conn {
     /// Allocations made by this connection and not yet sealed.
     unsealed: HashSet<u64>,
     running: Option<TaskId>,
+    /// Its task waits in `get`: it does not count toward `max_workers`.
+    blocked: bool,
 }
 
 /// A stored value as the node keeps it. Shared-memory objects keep no
@@ -193,6 +195,7 @@ impl State {
                 pins: HashMap::new(),
                 unsealed: HashSet::new(),
                 running: None,
+                blocked: false,
             },
         );
         id
@@ -642,15 +645,12 @@ impl State {
         for (tid, w) in dispatches {
             self.dispatch(tid, w);
         }
-        let live = self
+        let active = self
             .conns
             .values()
-            .filter(|c| c.role == Some(Role::Worker))
+            .filter(|c| c.role == Some(Role::Worker) && !c.blocked)
             .count();
-        let blocked_lent = live.saturating_sub(self.max_workers);
-        let mut room = self
-            .max_workers
-            .saturating_sub(live - blocked_lent + self.starting);
+        let mut room = self.max_workers.saturating_sub(active + self.starting);
         let mut to_start = want_workers.saturating_sub(self.starting);
         while to_start > 0 && room > 0 {
             if self.spawn.send(PoolCmd::Spawn).is_err() {
@@ -708,6 +708,7 @@ impl State {
         if let Some(w) = task.worker.take() {
             if let Some(c) = self.conns.get_mut(&w) {
                 c.running = None;
+                c.blocked = false;
                 if !self.shutting_down {
                     self.idle.push(w);
                 }
@@ -716,7 +717,11 @@ impl State {
     }
 
     fn set_blocked(&mut self, conn: ConnId, blocked: bool) {
-        let Some(tid) = self.conns.get(&conn).and_then(|c| c.running) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.blocked = blocked && c.running.is_some();
+        let Some(tid) = c.running else {
             return;
         };
         let Some(task) = self.tasks.get_mut(&tid) else {

@@ -1,0 +1,145 @@
+//! Objects: inline and shared-memory values, zero-copy buffers, spilling,
+//! and reference counting under the ownership model (the store and the
+//! tables return to empty once every handle, anywhere, is dropped).
+
+mod common;
+
+use common::{cluster, cluster_with, eventually, get, T};
+use ferroray::{Buffer, Config, ObjectRef};
+
+#[ferroray::remote]
+fn buffer_info(b: Buffer) -> (usize, bool, u8) {
+    (b.len(), b.is_shared_memory(), b[b.len() / 2])
+}
+
+#[ferroray::remote]
+fn make_buffer(len: usize, fill: u8) -> Buffer {
+    Buffer::from(vec![fill; len])
+}
+
+#[ferroray::remote]
+fn put_inside_task(v: i64) -> ObjectRef<i64> {
+    ferroray::put(v * 2).expect("put in a task")
+}
+
+#[ferroray::remote]
+fn sum_nested(refs: Vec<ObjectRef<i64>>) -> i64 {
+    refs.iter().map(|r| r.get().expect("nested get")).sum()
+}
+
+#[ferroray::remote]
+fn identity(v: i64) -> i64 {
+    v
+}
+
+fn store_empty() -> bool {
+    let s = ferroray::runtime_stats().unwrap();
+    s.node_objects == 0 && s.store_objects == 0 && s.store_used_bytes == 0 && s.local_refs == 0
+}
+
+#[test]
+fn large_values_live_in_shared_memory_and_read_without_copying() {
+    let _c = cluster();
+    let r = ferroray::put(Buffer::from(vec![9u8; 8 << 20])).unwrap();
+    let s = ferroray::runtime_stats().unwrap();
+    assert_eq!(s.store_objects, 1);
+    assert!(s.store_used_bytes >= 8 << 20);
+    let b = get(&r).unwrap();
+    assert!(b.is_shared_memory(), "a large Buffer read in the driver is a view of shared memory");
+    assert_eq!(b.len(), 8 << 20);
+    // In a worker too: the argument is a view, not a copy.
+    let (len, shm, mid) = get(&buffer_info::remote(&r)).unwrap();
+    assert_eq!((len, shm, mid), (8 << 20, true, 9));
+    // A large value returned by a task.
+    let made = make_buffer::remote(4 << 20, 3);
+    let m = get(&made).unwrap();
+    assert!(m.is_shared_memory());
+    assert!(m.iter().all(|x| *x == 3));
+    // Small values stay inline.
+    let small = get(&make_buffer::remote(10, 1)).unwrap();
+    assert!(!small.is_shared_memory());
+}
+
+#[test]
+fn a_view_keeps_its_object_readable_after_the_ref_is_dropped() {
+    let _c = cluster();
+    let r = ferroray::put(Buffer::from(vec![4u8; 1 << 20])).unwrap();
+    let view = get(&r).unwrap();
+    drop(r);
+    // Churn the store so freed space would be reused.
+    for i in 0..4u8 {
+        let other = ferroray::put(Buffer::from(vec![i; 1 << 20])).unwrap();
+        drop(get(&other).unwrap());
+    }
+    assert!(view.iter().all(|x| *x == 4));
+    drop(view);
+    assert!(eventually(T, store_empty), "{:?}", ferroray::runtime_stats());
+}
+
+#[test]
+fn past_capacity_objects_spill_to_disk_and_come_back() {
+    let _c = cluster_with(Config::default().object_store_memory(8 << 20));
+    let refs: Vec<_> = (0..6u8).map(|i| ferroray::put(Buffer::from(vec![i; 3 << 20])).unwrap()).collect();
+    let s = ferroray::runtime_stats().unwrap();
+    assert!(s.store_spilled >= 3, "18 MiB in an 8 MiB store: {s:?}");
+    for (i, r) in refs.iter().enumerate() {
+        let b = get(r).unwrap();
+        assert_eq!(b.len(), 3 << 20);
+        assert!(b.iter().all(|x| *x == i as u8), "object {i} came back intact");
+    }
+    drop(refs);
+    assert!(eventually(T, store_empty), "{:?}", ferroray::runtime_stats());
+}
+
+#[test]
+fn dropping_the_last_ref_frees_the_object_everywhere() {
+    let _c = cluster();
+    let small = ferroray::put(5i64).unwrap();
+    let big = ferroray::put(Buffer::from(vec![1u8; 2 << 20])).unwrap();
+    let task = identity::remote(&small);
+    assert_eq!(get(&task).unwrap(), 5);
+    let clone = big.clone();
+    drop(big);
+    assert_eq!(ferroray::runtime_stats().unwrap().store_objects, 1, "a clone still holds it");
+    drop((clone, small, task));
+    assert!(eventually(T, store_empty), "{:?}", ferroray::runtime_stats());
+}
+
+#[test]
+fn refs_nested_in_values_keep_their_objects_alive() {
+    let _c = cluster();
+    let inner = ferroray::put(21i64).unwrap();
+    let outer = ferroray::put(vec![inner.clone()]).unwrap();
+    drop(inner);
+    let got: Vec<ObjectRef<i64>> = get(&outer).unwrap();
+    assert_eq!(get(&got[0]).unwrap(), 21);
+    // Borrowed by a task through a nested ref.
+    let total = sum_nested::remote(got.clone());
+    drop(got);
+    drop(outer);
+    assert_eq!(get(&total).unwrap(), 21);
+    drop(total);
+    assert!(eventually(T, store_empty), "{:?}", ferroray::runtime_stats());
+}
+
+#[test]
+fn a_ref_created_in_a_worker_outlives_the_task_that_returned_it() {
+    let _c = cluster();
+    let outer = put_inside_task::remote(4);
+    let inner: ObjectRef<i64> = get(&outer).unwrap();
+    drop(outer);
+    assert_eq!(get(&inner).unwrap(), 8);
+    drop(inner);
+    assert!(eventually(T, store_empty), "{:?}", ferroray::runtime_stats());
+}
+
+#[test]
+fn tables_return_to_empty_after_many_tasks() {
+    let _c = cluster();
+    let refs: Vec<_> = (0..500).map(|i| identity::remote(i)).collect();
+    let sum: i64 = ferroray::get_all(&refs).unwrap().iter().sum();
+    assert_eq!(sum, (0..500).sum());
+    drop(refs);
+    assert!(eventually(T, store_empty), "{:?}", ferroray::runtime_stats());
+    assert_eq!(ferroray::runtime_stats().unwrap().node_tasks, 0);
+}

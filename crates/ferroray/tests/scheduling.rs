@@ -1,0 +1,82 @@
+//! Resource-aware scheduling: CPUs, GPUs and custom resources are held while
+//! a task runs; a task that can never fit fails at once; nested tasks that
+//! block in `get` lend their CPU back instead of deadlocking.
+
+mod common;
+
+use common::{cluster_with, get};
+use ferroray::{Config, Error};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()
+}
+
+/// Sleeps and reports when it ran.
+#[ferroray::remote]
+fn span(ms: u64) -> (u128, u128) {
+    let start = now_ms();
+    std::thread::sleep(Duration::from_millis(ms));
+    (start, now_ms())
+}
+
+#[ferroray::remote]
+fn fib(n: u64) -> u64 {
+    if n < 2 {
+        return n;
+    }
+    let a = fib::remote(n - 1);
+    let b = fib::remote(n - 2);
+    a.get().expect("fib n-1") + b.get().expect("fib n-2")
+}
+
+fn overlaps(spans: &[(u128, u128)]) -> bool {
+    spans.iter().enumerate().any(|(i, a)| spans.iter().skip(i + 1).any(|b| a.0 < b.1 && b.0 < a.1))
+}
+
+#[test]
+fn a_task_runs_only_where_its_resources_are_free() {
+    let _c = cluster_with(Config::default().num_cpus(2).num_gpus(1).resource("disk", 1.0));
+    // Two CPU tasks fit side by side.
+    let both: Vec<_> = (0..2).map(|_| span::remote(300)).collect();
+    assert!(overlaps(&ferroray::get_all(&both).unwrap()), "two 1-CPU tasks on 2 CPUs run at once");
+    // A 2-CPU task leaves no room for another.
+    let wide: Vec<_> = (0..3).map(|_| span::options().num_cpus(2.0).remote(150)).collect();
+    assert!(!overlaps(&ferroray::get_all(&wide).unwrap()), "2-CPU tasks on 2 CPUs run one at a time");
+    // One GPU: one at a time.
+    let gpu: Vec<_> = (0..3).map(|_| span::options().num_cpus(0.0).num_gpus(1.0).remote(150)).collect();
+    assert!(!overlaps(&ferroray::get_all(&gpu).unwrap()));
+    // One unit of a custom resource: one at a time.
+    let disk: Vec<_> = (0..3).map(|_| span::options().num_cpus(0.0).resource("disk", 1.0).remote(150)).collect();
+    assert!(!overlaps(&ferroray::get_all(&disk).unwrap()));
+    // Fractions add up: four half-CPU tasks run at once on 2 CPUs.
+    let halves: Vec<_> = (0..4).map(|_| span::options().num_cpus(0.5).remote(300)).collect();
+    let spans = ferroray::get_all(&halves).unwrap();
+    let first_end = spans.iter().map(|s| s.1).min().unwrap();
+    assert!(spans.iter().all(|s| s.0 < first_end), "4 x 0.5 CPU on 2 CPUs all start before any ends: {spans:?}");
+}
+
+#[test]
+fn a_task_that_can_never_fit_fails_at_submission() {
+    let _c = cluster_with(Config::default().num_cpus(2));
+    let t = Instant::now();
+    for r in [
+        span::options().num_cpus(3.0).remote(1),
+        span::options().num_gpus(1.0).remote(1),
+        span::options().resource("tpu", 1.0).remote(1),
+    ] {
+        match r.get_timeout(Duration::from_secs(5)) {
+            Err(Error::Infeasible(msg)) => assert!(msg.contains("span"), "{msg}"),
+            other => panic!("expected Infeasible, got {other:?}"),
+        }
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "infeasible tasks must not wait");
+    // The node goes on serving feasible work.
+    assert_eq!(get(&span::remote(1)).unwrap().0 > 0, true);
+}
+
+#[test]
+fn nested_tasks_that_block_in_get_do_not_deadlock_on_two_cpus() {
+    let _c = cluster_with(Config::default().num_cpus(2));
+    assert_eq!(get(&fib::remote(7)).unwrap(), 13);
+}

@@ -46,7 +46,7 @@ pub use runtime::{
 /// Used by `#[remote]` expansions; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use ferroray_common::RetryExceptions;
+    pub use ferroray_common::{RetryExceptions, WorkerId};
     pub use ferroray_core::__task_options_methods as task_options_methods;
     pub use ferroray_core::codec::ReturnValue;
     pub use ferroray_core::registry::{RemoteFunction, REMOTE_FUNCTIONS};

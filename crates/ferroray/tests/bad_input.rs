@@ -1,0 +1,148 @@
+//! Bad input gets a clear, typed error and the runtime keeps serving: a value
+//! that fails to decode, an unknown function, invalid options, and garbage
+//! written to the node's socket.
+
+mod common;
+
+use common::{cluster, get};
+use ferroray::{Config, Error, TaskOptions};
+use ferroray_protocol::{frame, FromNode, Role, ToNode, PROTOCOL_VERSION};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::io::Write;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixStream};
+use std::time::Duration;
+
+/// Serializes fine; never deserializes.
+#[derive(Serialize)]
+pub struct Poison(u8);
+impl<'de> Deserialize<'de> for Poison {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _ = u8::deserialize(d)?;
+        Err(serde::de::Error::custom("poisoned value"))
+    }
+}
+
+#[ferroray::remote]
+fn takes_poison(_p: Poison) -> i64 {
+    1
+}
+
+#[ferroray::remote]
+fn gives_poison() -> Poison {
+    Poison(1)
+}
+
+#[ferroray::remote]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+fn still_serving() {
+    assert_eq!(get(&add::remote(20, 22)).unwrap(), 42);
+}
+
+#[test]
+fn an_argument_that_fails_to_decode_is_a_serialization_error() {
+    let _c = cluster();
+    match get(&takes_poison::remote(Poison(3))) {
+        Err(Error::Serialization(msg)) => {
+            assert!(msg.contains("argument 0 of takes_poison"), "{msg}");
+            assert!(msg.contains("poisoned value"), "{msg}");
+        }
+        other => panic!("expected a serialization error, got {:?}", other.map(|_| ())),
+    }
+    still_serving();
+}
+
+#[test]
+fn a_result_that_fails_to_decode_is_a_serialization_error() {
+    let _c = cluster();
+    let r = gives_poison::remote();
+    assert!(matches!(r.get_timeout(common::T), Err(Error::Serialization(m)) if m.contains("poisoned")));
+    still_serving();
+}
+
+#[test]
+fn an_unknown_function_is_reported_by_name() {
+    let _c = cluster();
+    let call = ferroray::__private::TaskCall::new("no::such::function", TaskOptions::default());
+    let r = call.submit_one::<i64>();
+    assert_eq!(get(&r), Err(Error::UnknownFunction("no::such::function".into())));
+    still_serving();
+}
+
+#[test]
+fn invalid_options_are_rejected_at_submission() {
+    let _c = cluster();
+    for (what, r) in [
+        ("num_cpus", add::options().num_cpus(-1.0).remote(1, 2)),
+        ("num_cpus", add::options().num_cpus(f64::NAN).remote(1, 2)),
+        ("num_gpus", add::options().num_gpus(-2.0).remote(1, 2)),
+        ("disk", add::options().resource("disk", -1.0).remote(1, 2)),
+        ("max_retries", add::options().max_retries(-5).remote(1, 2)),
+    ] {
+        match r.get_timeout(Duration::from_secs(5)) {
+            Err(Error::InvalidOption(msg)) => assert!(msg.contains(what), "{msg}"),
+            other => panic!("expected InvalidOption for {what}, got {other:?}"),
+        }
+    }
+    still_serving();
+}
+
+#[test]
+fn invalid_config_is_rejected_by_init() {
+    assert!(matches!(ferroray::init_with(Config::default().num_cpus(-1.0)), Err(Error::InvalidOption(_))));
+    assert!(matches!(ferroray::init_with(Config::default().resource("x", f64::INFINITY)), Err(Error::InvalidOption(_))));
+    assert!(!ferroray::is_initialized());
+}
+
+fn connect() -> UnixStream {
+    let name = ferroray::node_address().unwrap();
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let s = UnixStream::connect_addr(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn rejection(mut s: UnixStream) -> Error {
+    match frame::read_frame::<_, FromNode>(&mut s) {
+        Ok(Some(FromNode::Rejected(e))) => e,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn garbage_on_the_nodes_socket_is_rejected_and_others_are_served() {
+    let _c = cluster();
+    still_serving();
+    // A length prefix far past the limit.
+    let mut s = connect();
+    s.write_all(&[0xff; 64]).unwrap();
+    assert!(matches!(rejection(s), Error::Protocol(m) if m.contains("exceeds")));
+    // A plausible length with a body that does not decode.
+    let mut s = connect();
+    let mut bytes = 12u32.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&[0xee; 12]);
+    s.write_all(&bytes).unwrap();
+    assert!(matches!(rejection(s), Error::Protocol(m) if m.contains("malformed")));
+    // A valid message that is not a hello.
+    let mut s = connect();
+    frame::write_frame(&mut s, &ToNode::Blocked).unwrap();
+    assert!(matches!(rejection(s), Error::Protocol(m) if m.contains("hello")));
+    // A hello from another protocol version.
+    let mut s = connect();
+    let hello = ToNode::Hello {
+        protocol: PROTOCOL_VERSION + 1,
+        worker_id: ferroray_common_id(),
+        pid: 1,
+        role: Role::Driver,
+    };
+    frame::write_frame(&mut s, &hello).unwrap();
+    assert!(matches!(rejection(s), Error::Protocol(m) if m.contains("version")));
+    still_serving();
+}
+
+fn ferroray_common_id() -> ferroray::__private::WorkerId {
+    ferroray::__private::WorkerId(12345)
+}

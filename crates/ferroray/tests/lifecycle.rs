@@ -1,0 +1,97 @@
+//! Process lifecycle: `shutdown()` and the driver's exit, even by a panic,
+//! leave no worker process behind; the store is an anonymous memfd, so no
+//! shared-memory file is ever left either.
+
+mod common;
+
+use common::{eventually, get, process_gone, T};
+use std::process::Command;
+
+#[ferroray::remote]
+fn pid() -> u32 {
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::process::id()
+}
+
+fn shm_files() -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn shutdown_leaves_no_worker_process() {
+    let before = shm_files();
+    let c = common::cluster_with(ferroray::Config::default().num_cpus(2));
+    let refs: Vec<_> = (0..4).map(|_| pid::remote()).collect();
+    let mut pids = ferroray::get_all(&refs).unwrap();
+    pids.sort();
+    pids.dedup();
+    assert!(!pids.is_empty());
+    let big = ferroray::put(vec![1u8; 1 << 20]).unwrap();
+    drop(big);
+    drop(c);
+    for p in &pids {
+        assert!(process_gone(*p), "worker {p} outlived shutdown");
+    }
+    let leftover: Vec<_> = shm_files().into_iter().filter(|f| !before.contains(f)).collect();
+    assert!(leftover.is_empty(), "new files in /dev/shm: {leftover:?}");
+}
+
+/// A driver that dies without calling shutdown (run as a child process).
+#[test]
+fn child_driver_dies() {
+    let Ok(how) = std::env::var("LIFECYCLE_CHILD") else { return };
+    let out = std::env::var("LIFECYCLE_PIDS").unwrap();
+    ferroray::init_with(ferroray::Config::default().num_cpus(2)).unwrap();
+    let refs: Vec<_> = (0..4).map(|_| pid::remote()).collect();
+    let pids = ferroray::get_all(&refs).unwrap();
+    // Leave a task running, and a large object in the store.
+    let _running = pid::options().remote();
+    let _big = ferroray::put(vec![1u8; 1 << 20]).unwrap();
+    std::fs::write(&out, pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")).unwrap();
+    match how.as_str() {
+        "panic" => panic!("the driver panics on purpose"),
+        _ => std::process::exit(3),
+    }
+}
+
+fn run_dying_driver(how: &str) {
+    let dir = common::scratch_dir(&format!("dying-{how}"));
+    let pids_file = dir.join("pids");
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_driver_dies", "--nocapture", "--test-threads", "1"])
+        .env("LIFECYCLE_CHILD", how)
+        .env("LIFECYCLE_PIDS", &pids_file)
+        .output()
+        .unwrap()
+        .status;
+    assert!(!status.success(), "the child driver was meant to fail");
+    let pids: Vec<u32> =
+        std::fs::read_to_string(&pids_file).unwrap().split(',').map(|p| p.parse().unwrap()).collect();
+    assert!(!pids.is_empty());
+    for p in pids {
+        assert!(eventually(T, || process_gone(p)), "worker {p} outlived its driver ({how})");
+    }
+}
+
+#[test]
+fn a_panicking_driver_leaves_no_worker_process() {
+    run_dying_driver("panic");
+}
+
+#[test]
+fn an_exiting_driver_leaves_no_worker_process() {
+    run_dying_driver("exit");
+}
+
+#[test]
+fn a_dead_worker_is_replaced() {
+    let _c = common::cluster_with(ferroray::Config::default().num_cpus(1).max_workers(1));
+    let first = get(&pid::remote()).unwrap();
+    // SAFETY: killing a worker this test started.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    assert!(eventually(T, || process_gone(first)));
+    let second = get(&pid::remote()).unwrap();
+    assert_ne!(first, second);
+}

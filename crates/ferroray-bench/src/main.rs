@@ -23,7 +23,7 @@ use clap::Parser;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -173,27 +173,15 @@ struct Plan {
 impl Plan {
     fn new(quick: bool) -> Self {
         if quick {
-            Plan {
-                trials: 2,
-                trial: Duration::from_millis(400),
-                warmup: Duration::from_millis(100),
-            }
+            Plan { trials: 2, trial: Duration::from_millis(400), warmup: Duration::from_millis(100) }
         } else {
-            Plan {
-                trials: 3,
-                trial: Duration::from_millis(1500),
-                warmup: Duration::from_millis(300),
-            }
+            Plan { trials: 3, trial: Duration::from_millis(1500), warmup: Duration::from_millis(300) }
         }
     }
 
     /// The same plan with trials `k` times as long.
     fn scaled(self, k: f64) -> Self {
-        Plan {
-            trials: self.trials,
-            trial: self.trial.mul_f64(k),
-            warmup: self.warmup.mul_f64(k),
-        }
+        Plan { trials: self.trials, trial: self.trial.mul_f64(k), warmup: self.warmup.mul_f64(k) }
     }
 }
 
@@ -229,13 +217,7 @@ struct Row {
 }
 
 impl Row {
-    fn new(
-        name: &str,
-        unit: &'static str,
-        higher_is_better: bool,
-        measures: &'static str,
-        trials: Vec<f64>,
-    ) -> Self {
+    fn new(name: &str, unit: &'static str, higher_is_better: bool, measures: &'static str, trials: Vec<f64>) -> Self {
         Row {
             name: name.to_string(),
             value: median(&trials),
@@ -258,11 +240,7 @@ impl Row {
         if self.value <= 0.0 || reference <= 0.0 || !self.value.is_finite() {
             return None;
         }
-        Some(if self.higher_is_better {
-            self.value / reference
-        } else {
-            reference / self.value
-        })
+        Some(if self.higher_is_better { self.value / reference } else { reference / self.value })
     }
 
     fn ray(mut self, v: f64) -> Self {
@@ -348,9 +326,10 @@ fn run(args: &Args) -> Res<()> {
     if args.put_mib == 0 {
         return Err("--put-mib must be at least 1".into());
     }
-    let wanted = |name: &str| {
-        args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()))
-    };
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()));
+    if !args.only.is_empty() && !ALL_ROWS.iter().any(|r| wanted(r)) {
+        return Err(format!("--only matches no row; the rows are: {}", ALL_ROWS.join(", ")).into());
+    }
     let plan = Plan::new(args.quick);
     let started = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
@@ -365,15 +344,8 @@ fn run(args: &Args) -> Res<()> {
         rows.push(bench_pingpong(plan)?);
     }
 
-    let in_process = [
-        ROW_TASKS_SYNC,
-        ROW_TASKS_ASYNC,
-        ROW_PUT_CALLS,
-        ROW_GET_CALLS,
-        ROW_PUT_GB,
-        ROW_WAIT_1K,
-        ROW_WAIT_1K_READY,
-    ];
+    let in_process =
+        [ROW_TASKS_SYNC, ROW_TASKS_ASYNC, ROW_PUT_CALLS, ROW_GET_CALLS, ROW_PUT_GB, ROW_WAIT_1K, ROW_WAIT_1K_READY];
     if in_process.iter().any(|r| wanted(r)) {
         ferroray::init()?;
         // Start the workers before anything is timed.
@@ -426,10 +398,7 @@ fn run(args: &Args) -> Res<()> {
 
     // tasks sync against the ceiling measured in this run.
     let pingpong = rows.iter().find(|r| r.name == ROW_PINGPONG).map(|r| r.value);
-    if let (Some(pp), Some(row)) = (
-        pingpong,
-        rows.iter_mut().find(|r| r.name == ROW_TASKS_SYNC),
-    ) {
+    if let (Some(pp), Some(row)) = (pingpong, rows.iter_mut().find(|r| r.name == ROW_TASKS_SYNC)) {
         if pp > 0.0 {
             row.baseline = Some(ROW_PINGPONG.to_string());
             row.fraction_of_baseline = Some(row.value / pp);
@@ -506,15 +475,9 @@ fn bench_put_calls(plan: Plan) -> Res<Row> {
         drop(r);
         Ok(1.0)
     })?;
-    Ok(Row::new(
-        ROW_PUT_CALLS,
-        "calls/s",
-        true,
-        "ferroray::put(0i64), the ref dropped at once, repeated",
-        trials,
-    )
-    .ray(ray_2_60::PUT_CALLS)
-    .target(target::PUT_CALLS))
+    Ok(Row::new(ROW_PUT_CALLS, "calls/s", true, "ferroray::put(0i64), the ref dropped at once, repeated", trials)
+        .ray(ray_2_60::PUT_CALLS)
+        .target(target::PUT_CALLS))
 }
 
 fn bench_get_calls(plan: Plan) -> Res<Row> {
@@ -524,15 +487,9 @@ fn bench_get_calls(plan: Plan) -> Res<Row> {
         debug_assert_eq!(v, 0);
         Ok(1.0)
     })?;
-    Ok(Row::new(
-        ROW_GET_CALLS,
-        "calls/s",
-        true,
-        "get of one small ready object (a put i64), repeated",
-        trials,
-    )
-    .ray(ray_2_60::GET_CALLS)
-    .target(target::GET_CALLS))
+    Ok(Row::new(ROW_GET_CALLS, "calls/s", true, "get of one small ready object (a put i64), repeated", trials)
+        .ray(ray_2_60::GET_CALLS)
+        .target(target::GET_CALLS))
 }
 
 fn bench_put_gigabytes(plan: Plan, mib: usize) -> Res<Row> {
@@ -560,13 +517,12 @@ fn bench_put_gigabytes(plan: Plan, mib: usize) -> Res<Row> {
     }
     let zero_copy_get = check.is_shared_memory();
     drop(check);
+    // Ceilings for the same size, outside the runtime.
+    let (hot, fresh) = memcpy_ceilings(plan, &vec)?;
 
     let (b, v) = (median(&buffer_trials), median(&vec_trials));
-    let (trials, winner) = if b >= v {
-        (buffer_trials.clone(), "ferroray::Buffer")
-    } else {
-        (vec_trials.clone(), "Vec<u8>")
-    };
+    let (trials, winner) =
+        if b >= v { (buffer_trials.clone(), "ferroray::Buffer") } else { (vec_trials.clone(), "Vec<u8>") };
     Ok(Row::new(
         ROW_PUT_GB,
         "GB/s",
@@ -582,11 +538,57 @@ fn bench_put_gigabytes(plan: Plan, mib: usize) -> Res<Row> {
     .detail("vec_u8_gb_per_s", v)
     .detail("vec_u8_trials", vec_trials)
     .detail("get_is_zero_copy_view", zero_copy_get)
+    .detail("memcpy_hot_gb_per_s", hot)
+    .detail("memcpy_fresh_shm_pages_gb_per_s", fresh)
     .detail(
         "ray_note",
         "Ray's row puts np.zeros(100 * 1024 * 1024, dtype=np.int64) (800 MiB) and \
          counts 0.8 GB per call; its figure on this machine is not known",
     ))
+}
+
+/// GB/s of a plain memcpy of `src` into memory already touched (hot), and
+/// into fresh pages of a shared memfd mapping whose pages are released after
+/// each copy (what a store that punches holes in freed objects pays).
+fn memcpy_ceilings(plan: Plan, src: &[u8]) -> Res<(f64, f64)> {
+    let gb = src.len() as f64 / 1e9;
+    let plan = plan.scaled(0.3);
+    let mut dst = vec![1u8; src.len()];
+    let hot = median(&measure(plan, || {
+        dst.copy_from_slice(std::hint::black_box(src));
+        std::hint::black_box(&dst);
+        Ok(gb)
+    })?);
+    drop(dst);
+    // SAFETY: plain syscalls on a memfd and a mapping owned here; the
+    // mapping is unmapped before the fd is closed and never escapes.
+    let fresh = unsafe {
+        let fd = libc::memfd_create(c"ferroray-bench".as_ptr(), libc::MFD_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let len = src.len();
+        let r = (|| -> Res<f64> {
+            if libc::ftruncate(fd, len as libc::off_t) != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            let rates = measure(plan, || {
+                let p =
+                    libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+                if p == libc::MAP_FAILED {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+                std::ptr::copy_nonoverlapping(src.as_ptr(), p as *mut u8, len);
+                libc::munmap(p, len);
+                libc::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 0, len as libc::off_t);
+                Ok(gb)
+            })?;
+            Ok(median(&rates))
+        })();
+        libc::close(fd);
+        r?
+    };
+    Ok((hot, fresh))
 }
 
 fn bench_wait_1k(plan: Plan) -> Res<Row> {
@@ -620,18 +622,11 @@ fn bench_wait_1k(plan: Plan) -> Res<Row> {
 }
 
 fn bench_wait_1k_ready(plan: Plan) -> Res<Row> {
-    let refs: Vec<_> = (0..1000i64)
-        .map(ferroray::put)
-        .collect::<ferroray::Result<_>>()?;
+    let refs: Vec<_> = (0..1000i64).map(ferroray::put).collect::<ferroray::Result<_>>()?;
     let trials = measure(plan, || {
         let (ready, rest) = ferroray::wait(&refs, 1000, None)?;
         if ready.len() != 1000 || !rest.is_empty() {
-            return Err(format!(
-                "wait on 1,000 ready refs gave {} ready, {} not ready",
-                ready.len(),
-                rest.len()
-            )
-            .into());
+            return Err(format!("wait on 1,000 ready refs gave {} ready, {} not ready", ready.len(), rest.len()).into());
         }
         Ok(1.0)
     })?;
@@ -643,10 +638,7 @@ fn bench_wait_1k_ready(plan: Plan) -> Res<Row> {
         trials,
     )
     .target(target::WAIT_1K)
-    .detail(
-        "note",
-        "not Ray's workload (see single client wait 1k refs), so no Ray ratio",
-    ))
+    .detail("note", "not Ray's workload (see single client wait 1k refs), so no Ray ratio"))
 }
 
 // ---------------------------------------------------------------------------
@@ -661,11 +653,8 @@ fn bench_pingpong(plan: Plan) -> Res<Row> {
     ));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("--pingpong-peer")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .spawn()?;
+    let mut child =
+        Command::new(std::env::current_exe()?).arg("--pingpong-peer").arg(&path).stdin(Stdio::null()).spawn()?;
     let accepted = accept_within(&listener, Duration::from_secs(10));
     let _ = std::fs::remove_file(&path);
     let mut sock = match accepted {
@@ -793,8 +782,7 @@ fn run_child(args: &[&str], limit: Duration) -> Res<(String, Duration)> {
 }
 
 fn tagged<'a>(out: &'a str, tag: &str) -> Option<&'a str> {
-    out.lines()
-        .find_map(|l| l.strip_prefix(tag).map(|rest| rest.trim()))
+    out.lines().find_map(|l| l.strip_prefix(tag).map(|rest| rest.trim()))
 }
 
 fn bench_init(runs: usize) -> Res<Row> {
@@ -803,9 +791,8 @@ fn bench_init(runs: usize) -> Res<Row> {
     let mut shutdown_ms = Vec::new();
     for _ in 0..runs {
         let (out, wall) = run_child(&["--init-probe"], Duration::from_secs(60))?;
-        let ms: f64 = tagged(&out, INIT_TAG)
-            .ok_or_else(|| format!("init probe printed no {INIT_TAG}: {out:?}"))?
-            .parse()?;
+        let ms: f64 =
+            tagged(&out, INIT_TAG).ok_or_else(|| format!("init probe printed no {INIT_TAG}: {out:?}"))?.parse()?;
         init_ms.push(ms);
         wall_ms.push(wall.as_secs_f64() * 1e3);
         if let Some(s) = tagged(&out, SHUTDOWN_TAG).and_then(|s| s.parse::<f64>().ok()) {
@@ -826,10 +813,7 @@ fn bench_init(runs: usize) -> Res<Row> {
     .detail("process_wall_ms_median", median(&wall_ms))
     .detail("process_wall_ms", wall_ms)
     .detail("shutdown_ms", shutdown_ms)
-    .detail(
-        "ray_note",
-        "Ray 2.60 measured 2,900 to 3,800 ms here; 3,300 ms used for the ratio",
-    ))
+    .detail("ray_note", "Ray 2.60 measured 2,900 to 3,800 ms here; 3,300 ms used for the ratio"))
 }
 
 // ---------------------------------------------------------------------------
@@ -862,12 +846,8 @@ fn idle_probe(idle: Duration) -> Res<()> {
 
 fn bench_idle_memory(idle_ms: u64) -> Res<Row> {
     let idle_arg = idle_ms.to_string();
-    let (out, _) = run_child(
-        &["--idle-probe", "--idle-ms", &idle_arg],
-        Duration::from_secs(120),
-    )?;
-    let line = tagged(&out, IDLE_TAG)
-        .ok_or_else(|| format!("idle probe printed no {IDLE_TAG}: {out:?}"))?;
+    let (out, _) = run_child(&["--idle-probe", "--idle-ms", &idle_arg], Duration::from_secs(120))?;
+    let line = tagged(&out, IDLE_TAG).ok_or_else(|| format!("idle probe printed no {IDLE_TAG}: {out:?}"))?;
     let v: Value = serde_json::from_str(line)?;
     let rss_mb = v["rss_total_mb"].as_f64().ok_or("idle probe: no rss_total_mb")?;
     let mut row = Row::new(
@@ -970,19 +950,12 @@ fn process_tree_memory(root: u32) -> Res<TreeMem> {
                 .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
                 .unwrap_or(0)
         };
-        let comm = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Name:"))
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        let pss_kb = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Pss:"))
-                    .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
-            });
+        let comm = status.lines().find_map(|l| l.strip_prefix("Name:")).unwrap_or("").trim().to_string();
+        let pss_kb = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
+        });
         procs.push(ProcMem {
             pid,
             comm,
@@ -1039,25 +1012,10 @@ fn fmt_ratio(r: Option<f64>) -> String {
 }
 
 fn print_table(rows: &[Row]) {
-    let header = [
-        "row",
-        "value",
-        "unit",
-        "Ray 2.60",
-        "x better than Ray",
-        "target",
-        "x of target",
-        "vs ping-pong",
-    ];
+    let header = ["row", "value", "unit", "Ray 2.60", "x better than Ray", "target", "x of target", "vs ping-pong"];
     let mut lines: Vec<[String; 8]> = Vec::new();
     for r in rows {
-        let target = r.target.map(|t| {
-            if r.higher_is_better {
-                fmt_value(t)
-            } else {
-                format!("< {}", fmt_value(t))
-            }
-        });
+        let target = r.target.map(|t| if r.higher_is_better { fmt_value(t) } else { format!("< {}", fmt_value(t)) });
         lines.push([
             r.name.clone(),
             fmt_value(r.value),
@@ -1066,9 +1024,7 @@ fn print_table(rows: &[Row]) {
             fmt_ratio(r.x_better_than_ray_2_60),
             target.unwrap_or_default(),
             fmt_ratio(r.x_of_target),
-            r.fraction_of_baseline
-                .map(|f| format!("{:.0}%", f * 100.0))
-                .unwrap_or_default(),
+            r.fraction_of_baseline.map(|f| format!("{:.0}%", f * 100.0)).unwrap_or_default(),
         ]);
     }
     let mut w = header.map(str::len);
@@ -1112,10 +1068,13 @@ fn print_table(rows: &[Row]) {
         if r.name == ROW_PUT_GB {
             let get = |k: &str| r.details.get(k).and_then(Value::as_f64).unwrap_or(0.0);
             println!(
-                "put gigabytes: {} MiB per put; Buffer {:.2} GB/s, Vec<u8> {:.2} GB/s.",
+                "put gigabytes: {} MiB per put; Buffer {:.2} GB/s, Vec<u8> {:.2} GB/s; \
+                 plain memcpy: {:.1} GB/s into touched memory, {:.2} GB/s into fresh shm pages.",
                 r.details.get("buffer_mib").and_then(Value::as_u64).unwrap_or(0),
                 get("buffer_gb_per_s"),
                 get("vec_u8_gb_per_s"),
+                get("memcpy_hot_gb_per_s"),
+                get("memcpy_fresh_shm_pages_gb_per_s"),
             );
         }
         if r.name == ROW_IDLE {
@@ -1132,10 +1091,7 @@ fn print_table(rows: &[Row]) {
             println!(
                 "init: per run {:?} ms; whole child process (exec to exit) median {:.1} ms.",
                 r.trials.iter().map(|v| (v * 10.0).round() / 10.0).collect::<Vec<_>>(),
-                r.details
-                    .get("process_wall_ms_median")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(0.0),
+                r.details.get("process_wall_ms_median").and_then(Value::as_f64).unwrap_or(0.0),
             );
         }
     }
@@ -1156,9 +1112,7 @@ fn machine_info() -> Value {
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .ok();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).ok();
     json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu_model": model,
@@ -1172,10 +1126,7 @@ fn machine_info() -> Value {
 
 /// "YYYY-MM-DDTHH:MM:SSZ" from the system clock.
 fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -1187,12 +1138,7 @@ fn utc_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem / 60) % 60, rem % 60)
 }
 
 #[cfg(test)]

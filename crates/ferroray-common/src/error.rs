@@ -73,11 +73,7 @@ pub struct TaskError {
 
 impl fmt::Display for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "task {} (pid={}) failed with {}: {}",
-            self.task_name, self.pid, self.type_name, self.message
-        )
+        write!(f, "task {} (pid={}) failed with {}: {}", self.task_name, self.pid, self.type_name, self.message)
     }
 }
 
@@ -104,9 +100,7 @@ impl Error {
 
     pub fn failure_kind(&self) -> FailureKind {
         match self {
-            Error::WorkerCrashed { .. } | Error::Disconnected(_) | Error::ObjectLost(_) => {
-                FailureKind::System
-            }
+            Error::WorkerCrashed { .. } | Error::Disconnected(_) | Error::ObjectLost(_) => FailureKind::System,
             Error::Task(_) => FailureKind::Application,
             _ => FailureKind::Fatal,
         }
@@ -160,10 +154,7 @@ mod tests {
 
     #[test]
     fn classification() {
-        let crash = Error::WorkerCrashed {
-            task: "f".into(),
-            detail: "SIGKILL".into(),
-        };
+        let crash = Error::WorkerCrashed { task: "f".into(), detail: "SIGKILL".into() };
         let app = Error::task("core::num::error::ParseIntError", "bad", "f", 1);
         assert!(crash.is_retryable(&RetryExceptions::None));
         assert!(!app.is_retryable(&RetryExceptions::None));

@@ -38,10 +38,7 @@ impl ObjectId {
     pub const PUT_INDEX: u32 = 0;
 
     pub fn for_put(task: TaskId) -> Self {
-        ObjectId {
-            task,
-            index: Self::PUT_INDEX,
-        }
+        ObjectId { task, index: Self::PUT_INDEX }
     }
 
     /// The `i`-th return (0-based) of a task.
@@ -59,12 +56,7 @@ pub fn random_u64() -> u64 {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
     let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
     h.write_u32(std::process::id());
     h.finish() | 1
 }
@@ -128,10 +120,7 @@ mod tests {
 
     #[test]
     fn return_ids_are_deterministic_and_distinct_from_puts() {
-        let t = TaskId {
-            submitter: WorkerId(7),
-            seq: 3,
-        };
+        let t = TaskId { submitter: WorkerId(7), seq: 3 };
         assert_eq!(ObjectId::for_return(t, 0), ObjectId::for_return(t, 0));
         assert_ne!(ObjectId::for_return(t, 0), ObjectId::for_put(t));
         assert!(ObjectId::for_put(t).is_put());

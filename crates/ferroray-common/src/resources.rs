@@ -47,9 +47,7 @@ impl ResourceSet {
 
     /// Whether every quantity in `self` is available in `available`.
     pub fn fits_in(&self, available: &ResourceSet) -> bool {
-        self.0
-            .iter()
-            .all(|(k, v)| available.0.get(k).copied().unwrap_or(0) >= *v)
+        self.0.iter().all(|(k, v)| available.0.get(k).copied().unwrap_or(0) >= *v)
     }
 
     /// The first resource that `total` can never satisfy, if any.

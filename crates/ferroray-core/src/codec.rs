@@ -42,9 +42,7 @@ pub(crate) fn note_nested(inner: &Arc<RefInner>) {
 fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<Arc<RefInner>>) {
     let prev = COLLECTOR.with(|c| c.borrow_mut().replace(Vec::new()));
     let r = f();
-    let got = COLLECTOR
-        .with(|c| std::mem::replace(&mut *c.borrow_mut(), prev))
-        .unwrap_or_default();
+    let got = COLLECTOR.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev)).unwrap_or_default();
     (r, got)
 }
 
@@ -57,10 +55,7 @@ pub struct ReturnValue {
 
 impl ReturnValue {
     pub fn error(e: Error) -> Self {
-        ReturnValue {
-            value: ObjectValue::Error(e),
-            keep: Vec::new(),
-        }
+        ReturnValue { value: ObjectValue::Error(e), keep: Vec::new() }
     }
 }
 
@@ -72,8 +67,8 @@ pub(crate) fn encode<T: Serialize + ?Sized>(core: &CoreWorker, v: &T) -> Result<
         let (written, keep) = collecting(|| {
             // SAFETY: the node gave this fresh range to this process alone;
             // nobody reads it before the value is sealed by our next message.
-            let dst = unsafe { core.arena().slice_mut(offset, size) }.map_err(Error::io)?;
-            bincode::serialize_into(&mut &mut dst[..], v).map_err(Error::serialization)
+            let mut window = unsafe { core.arena().write_window(offset, size) }.map_err(Error::io)?;
+            bincode::serialize_into(&mut &mut window.as_mut_slice()[..], v).map_err(Error::serialization)
         });
         if let Err(e) = written {
             core.deallocate(offset);
@@ -87,10 +82,30 @@ pub(crate) fn encode<T: Serialize + ?Sized>(core: &CoreWorker, v: &T) -> Result<
     let mut contained: Vec<ObjectId> = keep.iter().map(|r| r.id).collect();
     contained.sort();
     contained.dedup();
-    Ok(ReturnValue {
-        value: ObjectValue::Data { payload, contained },
-        keep,
-    })
+    Ok(ReturnValue { value: ObjectValue::Data { payload, contained }, keep })
+}
+
+/// A fingerprint of a stored value, to tell whether a retried generator
+/// yielded the same thing. Large values are sampled (length, first and last
+/// 4 KiB) rather than read whole.
+pub(crate) fn digest(arena: &Arena, value: &ObjectValue) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match value {
+        ObjectValue::Data { payload: Payload::Inline(b), .. } => b.hash(&mut h),
+        ObjectValue::Data { payload: Payload::Shm { offset, len }, .. } => {
+            len.hash(&mut h);
+            let sample = 4096.min(*len);
+            if let Ok(head) = arena.slice(*offset, sample) {
+                head.hash(&mut h);
+            }
+            if let Ok(tail) = arena.slice(offset + len - sample, sample) {
+                tail.hash(&mut h);
+            }
+        }
+        ObjectValue::Error(e) => e.to_string().hash(&mut h),
+    }
+    h.finish()
 }
 
 /// One pin on a shared-memory object, released (`Unpin`) when dropped.
@@ -104,9 +119,7 @@ pub struct ShmPin {
 
 impl ShmPin {
     pub(crate) fn bytes(&self) -> Result<&[u8]> {
-        self.arena
-            .slice(self.offset, self.len)
-            .map_err(|e| Error::ObjectLost(format!("{}: {e}", self.id)))
+        self.arena.slice(self.offset, self.len).map_err(|e| Error::ObjectLost(format!("{}: {e}", self.id)))
     }
 }
 
@@ -163,9 +176,7 @@ static ARENAS: parking_lot::Mutex<Vec<(usize, usize)>> = parking_lot::Mutex::new
 pub(crate) fn register_arena(arena: &Arena) {
     if let Ok(s) = arena.slice(0, 0) {
         let start = s.as_ptr() as usize;
-        ARENAS
-            .lock()
-            .push((start, start + arena.capacity() as usize));
+        ARENAS.lock().push((start, start + arena.capacity() as usize));
     }
 }
 
@@ -228,10 +239,7 @@ impl<'de> Deserialize<'de> for Buffer {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("bytes")
             }
-            fn visit_borrowed_bytes<E: serde::de::Error>(
-                self,
-                v: &'de [u8],
-            ) -> std::result::Result<Buffer, E> {
+            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> std::result::Result<Buffer, E> {
                 let view = BACKING.with(|b| {
                     let b = b.borrow();
                     let pin = b.as_ref()?;
@@ -252,16 +260,10 @@ impl<'de> Deserialize<'de> for Buffer {
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<Buffer, E> {
                 Ok(Buffer(Bytes::copy_from_slice(v)))
             }
-            fn visit_byte_buf<E: serde::de::Error>(
-                self,
-                v: Vec<u8>,
-            ) -> std::result::Result<Buffer, E> {
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> std::result::Result<Buffer, E> {
                 Ok(Buffer(v.into()))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<Buffer, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Buffer, A::Error> {
                 let mut v = Vec::new();
                 while let Some(b) = seq.next_element::<u8>()? {
                     v.push(b);

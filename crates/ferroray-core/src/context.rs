@@ -27,19 +27,10 @@ pub(crate) fn set(ctx: Option<TaskContext>) {
 /// Whether the task running on this thread was asked to stop. Long loops
 /// should check it; outside a task it is always false.
 pub fn is_cancelled() -> bool {
-    CURRENT.with(|c| {
-        c.borrow()
-            .as_ref()
-            .is_some_and(|t| t.cancelled.load(Ordering::Relaxed))
-    })
+    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|t| t.cancelled.load(Ordering::Relaxed)))
 }
 
 /// The running task's name, or `"driver"`.
 pub fn task_name() -> String {
-    CURRENT.with(|c| {
-        c.borrow()
-            .as_ref()
-            .map(|t| t.name.clone())
-            .unwrap_or_else(|| "driver".into())
-    })
+    CURRENT.with(|c| c.borrow().as_ref().map(|t| t.name.clone()).unwrap_or_else(|| "driver".into()))
 }

@@ -10,6 +10,8 @@
 //! - [`codec`]: values to bytes and back: inline below the node's threshold,
 //!   written straight into shared memory above it; [`Buffer`] reads a large
 //!   byte buffer as a zero-copy view of shared memory.
+//! - [`generator`]: [`ObjectRefGenerator`] (the caller's end of a streaming
+//!   generator), [`DynamicObjectRefGenerator`], and what `wait`/`cancel` take.
 //! - [`task`]: [`TaskOptions`], [`IntoArg`] and the submission builder the
 //!   `#[remote]` macro expands to.
 //! - [`registry`]: the table of remote functions, filled at link time, by
@@ -20,6 +22,7 @@
 
 pub mod codec;
 pub mod context;
+pub mod generator;
 pub mod global;
 pub mod object_ref;
 pub mod registry;
@@ -29,6 +32,7 @@ pub mod worker;
 pub use codec::Buffer;
 pub use context::is_cancelled;
 pub use ferroray_common::{Error, Result, RetryExceptions};
+pub use generator::{Cancellable, DynamicObjectRefGenerator, ObjectRefGenerator, WaitItem, WaitKey, Waitable};
 pub use object_ref::ObjectRef;
 pub use task::{Arg, IntoArg, TaskOptions};
 pub use worker::CoreWorker;

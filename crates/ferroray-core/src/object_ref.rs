@@ -21,19 +21,13 @@ impl RefInner {
     /// A hold the node already counts (the process just submitted or put it).
     pub(crate) fn owned(core: &Arc<CoreWorker>, id: ObjectId) -> Arc<Self> {
         core.add_local_ref(id, false);
-        Arc::new(RefInner {
-            id,
-            core: core.clone(),
-        })
+        Arc::new(RefInner { id, core: core.clone() })
     }
 
     /// A hold found in a value: tells the node if it is this process's first.
     pub(crate) fn borrowed(core: &Arc<CoreWorker>, id: ObjectId) -> Arc<Self> {
         core.add_local_ref(id, true);
-        Arc::new(RefInner {
-            id,
-            core: core.clone(),
-        })
+        Arc::new(RefInner { id, core: core.clone() })
     }
 }
 
@@ -53,10 +47,7 @@ pub struct ObjectRef<T> {
 
 impl<T> ObjectRef<T> {
     pub(crate) fn from_inner(inner: Arc<RefInner>) -> Self {
-        ObjectRef {
-            inner,
-            _t: PhantomData,
-        }
+        ObjectRef { inner, _t: PhantomData }
     }
 
     pub fn id(&self) -> ObjectId {

@@ -19,6 +19,9 @@ pub struct TaskOptions {
     pub max_retries: i64,
     pub retry_exceptions: RetryExceptions,
     pub enable_task_events: bool,
+    /// Generators only: most generated-but-unconsumed items (`None` or a
+    /// negative number: no limit; 0 is invalid).
+    pub generator_backpressure: Option<i64>,
 }
 
 impl Default for TaskOptions {
@@ -30,6 +33,7 @@ impl Default for TaskOptions {
             max_retries: 3,
             retry_exceptions: RetryExceptions::None,
             enable_task_events: true,
+            generator_backpressure: None,
         }
     }
 }
@@ -38,9 +42,7 @@ fn check_amount(name: &str, v: f64) -> Result<()> {
     if v.is_finite() && v >= 0.0 {
         Ok(())
     } else {
-        Err(Error::InvalidOption(format!(
-            "{name} must be a non-negative number, got {v}"
-        )))
+        Err(Error::InvalidOption(format!("{name} must be a non-negative number, got {v}")))
     }
 }
 
@@ -49,14 +51,10 @@ impl TaskOptions {
     pub fn resource_set(&self) -> Result<ResourceSet> {
         check_amount("num_cpus", self.num_cpus)?;
         check_amount("num_gpus", self.num_gpus)?;
-        let mut set = ResourceSet::new()
-            .with(resources::CPU, self.num_cpus)
-            .with(resources::GPU, self.num_gpus);
+        let mut set = ResourceSet::new().with(resources::CPU, self.num_cpus).with(resources::GPU, self.num_gpus);
         for (name, amount) in &self.resources {
             if name.is_empty() {
-                return Err(Error::InvalidOption(
-                    "a resource name must not be empty".into(),
-                ));
+                return Err(Error::InvalidOption("a resource name must not be empty".into()));
             }
             check_amount(&format!("resource {name:?}"), *amount)?;
             set.set(name, *amount);
@@ -64,12 +62,22 @@ impl TaskOptions {
         Ok(set)
     }
 
+    /// The backpressure limit of a streaming generator.
+    pub fn backpressure(&self) -> Result<Option<u32>> {
+        match self.generator_backpressure {
+            None => Ok(None),
+            Some(0) => Err(Error::InvalidOption(
+                "generator_backpressure must not be 0 (use a positive limit, or a negative one for none)".into(),
+            )),
+            Some(n) if n < 0 => Ok(None),
+            Some(n) => Ok(Some(n.min(u32::MAX as i64) as u32)),
+        }
+    }
+
     pub fn max_retries_u32(&self) -> Result<u32> {
         match self.max_retries {
             -1 => Ok(u32::MAX),
-            n if n < 0 => Err(Error::InvalidOption(format!(
-                "max_retries must be -1 or at least 0, got {n}"
-            ))),
+            n if n < 0 => Err(Error::InvalidOption(format!("max_retries must be -1 or at least 0, got {n}"))),
             n => Ok(n.min(u32::MAX as i64 - 1) as u32),
         }
     }
@@ -103,17 +111,18 @@ macro_rules! __task_options_methods {
         }
         /// Also retry when the task returns `Err` or panics.
         pub fn retry_exceptions(mut self, on: bool) -> Self {
-            self.opts.retry_exceptions = if on {
-                $crate::RetryExceptions::All
-            } else {
-                $crate::RetryExceptions::None
-            };
+            self.opts.retry_exceptions = if on { $crate::RetryExceptions::All } else { $crate::RetryExceptions::None };
             self
         }
         /// Retry only errors whose type name ends with one of these.
         pub fn retry_exceptions_for(mut self, types: &[&str]) -> Self {
-            self.opts.retry_exceptions =
-                $crate::RetryExceptions::Types(types.iter().map(|t| t.to_string()).collect());
+            self.opts.retry_exceptions = $crate::RetryExceptions::Types(types.iter().map(|t| t.to_string()).collect());
+            self
+        }
+        /// Generators: pause the task while this many yielded items are
+        /// unconsumed (negative: no limit; 0 is an error).
+        pub fn generator_backpressure(mut self, n: i64) -> Self {
+            self.opts.generator_backpressure = Some(n);
             self
         }
         /// Record this task's state changes (default true).
@@ -192,10 +201,7 @@ impl TaskCall {
                 Ok(rv) => {
                     let ReturnValue { value, keep } = rv;
                     match value {
-                        ferroray_protocol::ObjectValue::Data {
-                            payload: Payload::Inline(b),
-                            contained,
-                        } => {
+                        ferroray_protocol::ObjectValue::Data { payload: Payload::Inline(b), contained } => {
                             self.args.push(TaskArg::Value(Payload::Inline(b)));
                             self.contained.extend(contained);
                             self.keep.extend(keep);
@@ -217,21 +223,27 @@ impl TaskCall {
 
     /// Submits the task; one handle per return object. An invalid call still
     /// gives handles: their `get` returns the error.
-    pub fn submit(self, returns: ReturnKind) -> Vec<Arc<RefInner>> {
+    pub fn submit(mut self, returns: ReturnKind) -> Vec<Arc<RefInner>> {
         let core = match self.core {
             Ok(c) => c,
             Err(e) => panic!("cannot submit task {}: {e}", self.name),
         };
         let task_id = core.next_task_id();
-        let checked = self
-            .error
-            .map_or(Ok(()), Err)
-            .and_then(|_| Ok((self.opts.resource_set()?, self.opts.max_retries_u32()?)));
+        let returns = match returns {
+            ReturnKind::Streaming { .. } => match self.opts.backpressure() {
+                Ok(backpressure) => ReturnKind::Streaming { backpressure },
+                Err(e) => {
+                    self.error.get_or_insert(e);
+                    returns
+                }
+            },
+            other => other,
+        };
+        let checked =
+            self.error.map_or(Ok(()), Err).and_then(|_| Ok((self.opts.resource_set()?, self.opts.max_retries_u32()?)));
         let spec = checked.map(|(resources, max_retries)| TaskSpec {
             task_id,
-            function: FunctionDescriptor::Rust {
-                name: self.name.to_string(),
-            },
+            function: FunctionDescriptor::Rust { name: self.name.to_string() },
             args: self.args,
             contained: self.contained,
             returns,
@@ -255,6 +267,18 @@ impl TaskCall {
     pub fn submit_many(self, n: u32) -> Vec<Arc<RefInner>> {
         self.submit(ReturnKind::Fixed(n))
     }
+
+    /// Submits a streaming generator task.
+    pub fn submit_streaming<T>(self) -> crate::ObjectRefGenerator<T> {
+        let mut refs = self.submit(ReturnKind::Streaming { backpressure: None });
+        crate::ObjectRefGenerator::new(refs.remove(0))
+    }
+
+    /// Submits a generator task whose items come as one list at the end.
+    pub fn submit_dynamic<T>(self) -> ObjectRef<crate::DynamicObjectRefGenerator<T>> {
+        let mut refs = self.submit(ReturnKind::Dynamic);
+        ObjectRef::from_inner(refs.remove(0))
+    }
 }
 
 /// Reads a task's arguments in order, as the worker runs it.
@@ -269,22 +293,15 @@ impl ArgReader<'_> {
     pub fn next<T: DeserializeOwned>(&mut self) -> Result<T> {
         let i = self.position;
         self.position += 1;
-        let arg = self.args.next().ok_or_else(|| {
-            Error::Serialization(format!(
-                "{} takes more arguments than were sent",
-                self.function
-            ))
-        })?;
+        let arg = self
+            .args
+            .next()
+            .ok_or_else(|| Error::Serialization(format!("{} takes more arguments than were sent", self.function)))?;
         let source = match arg {
-            TaskArg::Value(Payload::Inline(b))
-            | TaskArg::Object {
-                payload: Payload::Inline(b),
-                ..
-            } => Source::Inline(Arc::new(b)),
-            TaskArg::Object {
-                id,
-                payload: Payload::Shm { offset, len },
-            } => Source::Shm(Arc::new(ShmPin {
+            TaskArg::Value(Payload::Inline(b)) | TaskArg::Object { payload: Payload::Inline(b), .. } => {
+                Source::Inline(Arc::new(b))
+            }
+            TaskArg::Object { id, payload: Payload::Shm { offset, len } } => Source::Shm(Arc::new(ShmPin {
                 id,
                 offset,
                 len,
@@ -292,28 +309,18 @@ impl ArgReader<'_> {
                 core: Arc::downgrade(self.core),
             })),
             TaskArg::Value(Payload::Shm { .. }) | TaskArg::Ref(_) => {
-                return Err(Error::Protocol(format!(
-                    "argument {i} of {} was not resolved",
-                    self.function
-                )))
+                return Err(Error::Protocol(format!("argument {i} of {} was not resolved", self.function)))
             }
         };
-        codec::decode(&source).map_err(|e| {
-            Error::Serialization(format!(
-                "argument {i} of {} does not decode: {e}",
-                self.function
-            ))
-        })
+        codec::decode(&source)
+            .map_err(|e| Error::Serialization(format!("argument {i} of {} does not decode: {e}", self.function)))
     }
 
     /// Checks that every argument sent was read.
     pub fn finish(&mut self) -> Result<()> {
         match self.args.len() {
             0 => Ok(()),
-            n => Err(Error::Serialization(format!(
-                "{} got {n} more arguments than it takes",
-                self.function
-            ))),
+            n => Err(Error::Serialization(format!("{} got {n} more arguments than it takes", self.function))),
         }
     }
 }
@@ -325,12 +332,7 @@ pub fn encode_return<T: Serialize>(v: &T) -> Result<ReturnValue> {
 
 /// Turns an `Err` returned by a task into the task's error.
 pub fn app_error<E: std::fmt::Display>(e: &E) -> Error {
-    Error::task(
-        std::any::type_name::<E>(),
-        e.to_string(),
-        &context::task_name(),
-        std::process::id(),
-    )
+    Error::task(std::any::type_name::<E>(), e.to_string(), &context::task_name(), std::process::id())
 }
 
 /// A typed ref from a handle (used by `#[remote]` expansions with `num_returns`).

@@ -2,16 +2,17 @@
 
 use crate::codec::{self, ReturnValue, ShmPin, Source};
 use crate::context::{self, TaskContext};
+use crate::generator::WaitKey;
 use crate::global;
 use crate::object_ref::RefInner;
-use crate::registry;
+use crate::registry::{self, Invoke, ItemSink};
 use crate::task::ArgReader;
 use ferroray_common::{Error, ObjectId, Result, TaskId, WorkerId};
 use ferroray_node::pool::env;
 use ferroray_node::{LocalConnection, Node};
 use ferroray_protocol::{
-    frame, FromNode, FunctionDescriptor, NodeInfo, ObjectValue, Payload, ReturnKind, Role,
-    TaskEvent, TaskOutcome, TaskSpec, ToNode, PROTOCOL_VERSION,
+    frame, FromNode, FunctionDescriptor, NodeInfo, ObjectValue, Payload, ReturnKind, Role, TaskEvent, TaskOutcome,
+    TaskSpec, ToNode, PROTOCOL_VERSION,
 };
 use ferroray_store::Arena;
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -22,6 +23,7 @@ use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// How long a request to the node (allocation, task listing) may take.
@@ -49,8 +51,41 @@ struct Entry {
     seq: u64,
 }
 
+/// The caller's table of one stream: what arrived, what was handed out.
+struct LocalStream {
+    items: std::collections::BTreeMap<u32, (Cached, u64)>,
+    /// Item count, the error to hand out after the items, and when it came.
+    end: Option<(u32, Option<Error>, u64)>,
+    next: u32,
+    error_handed: bool,
+    backpressure: bool,
+    wakers: Vec<std::task::Waker>,
+}
+
+impl LocalStream {
+    /// Since when the stream has something for `next` (an item or its end).
+    fn ready_since(&self) -> Option<u64> {
+        if let Some((_, seq)) = self.items.get(&self.next) {
+            return Some(*seq);
+        }
+        match &self.end {
+            Some((n, _, seq)) if self.next >= *n => Some(*seq),
+            _ => None,
+        }
+    }
+}
+
+/// Acknowledgements received by a generator running here (backpressure).
+#[derive(Default)]
+struct Acks {
+    acked: HashSet<u32>,
+    gone: bool,
+}
+
 #[derive(Default)]
 struct LocalState {
+    streams: HashMap<TaskId, LocalStream>,
+    acks: HashMap<TaskId, Acks>,
     /// This process's handle count per object (see `RefInner`).
     refs: HashMap<ObjectId, u32>,
     objects: HashMap<ObjectId, Entry>,
@@ -101,16 +136,8 @@ impl CoreWorker {
     pub fn connect_local(node: &Node) -> Result<Arc<Self>> {
         let worker_id = WorkerId::random();
         let conn = node.connect_local(worker_id)?;
-        let mut rx = conn
-            .take_receiver()
-            .ok_or_else(|| Error::Protocol("receiver already taken".into()))?;
-        let core = Arc::new(CoreWorker::new(
-            worker_id,
-            conn.info(),
-            conn.arena(),
-            Link::Local(conn),
-            None,
-        ));
+        let mut rx = conn.take_receiver().ok_or_else(|| Error::Protocol("receiver already taken".into()))?;
+        let core = Arc::new(CoreWorker::new(worker_id, conn.info(), conn.arena(), Link::Local(conn), None));
         let reader = core.clone();
         std::thread::Builder::new()
             .name("ferroray-driver-rx".into())
@@ -154,9 +181,7 @@ impl CoreWorker {
             Some(Link::Socket(s)) => {
                 let mut buf = Vec::with_capacity(128);
                 frame::encode_into(&mut buf, &msg)?;
-                s.lock()
-                    .write_all(&buf)
-                    .map_err(|e| Error::Disconnected(e.to_string()))
+                s.lock().write_all(&buf).map_err(|e| Error::Disconnected(e.to_string()))
             }
         }
     }
@@ -173,9 +198,7 @@ impl CoreWorker {
         self.requests.lock().remove(&req);
         r.map_err(|e| match e {
             mpsc::RecvTimeoutError::Timeout => Error::GetTimeout,
-            mpsc::RecvTimeoutError::Disconnected => {
-                Error::Disconnected("the node went away".into())
-            }
+            mpsc::RecvTimeoutError::Disconnected => Error::Disconnected("the node went away".into()),
         })
     }
 
@@ -185,9 +208,7 @@ impl CoreWorker {
         }
         match self.request(|req| ToNode::Allocate { req, size })? {
             FromNode::Allocated { result, .. } => result,
-            other => Err(Error::Protocol(format!(
-                "unexpected reply to allocate: {other:?}"
-            ))),
+            other => Err(Error::Protocol(format!("unexpected reply to allocate: {other:?}"))),
         }
     }
 
@@ -200,10 +221,7 @@ impl CoreWorker {
     }
 
     pub fn next_task_id(&self) -> TaskId {
-        TaskId {
-            submitter: self.worker_id,
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-        }
+        TaskId { submitter: self.worker_id, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) }
     }
 
     pub(crate) fn add_local_ref(&self, id: ObjectId, notify: bool) {
@@ -257,22 +275,12 @@ impl CoreWorker {
     }
 
     /// Stores a value made in this process as a new object.
-    pub(crate) fn put_value(
-        self: &Arc<Self>,
-        value: ObjectValue,
-        keep: Vec<Arc<RefInner>>,
-    ) -> Result<Arc<RefInner>> {
+    pub(crate) fn put_value(self: &Arc<Self>, value: ObjectValue, keep: Vec<Arc<RefInner>>) -> Result<Arc<RefInner>> {
         let id = ObjectId::for_put(self.next_task_id());
         let inner = RefInner::owned(self, id);
         let cached = match &value {
-            ObjectValue::Data {
-                payload: Payload::Inline(b),
-                ..
-            } => Cached::Inline(Arc::new(b.clone())),
-            ObjectValue::Data {
-                payload: Payload::Shm { .. },
-                ..
-            } => Cached::InStore,
+            ObjectValue::Data { payload: Payload::Inline(b), .. } => Cached::Inline(Arc::new(b.clone())),
+            ObjectValue::Data { payload: Payload::Shm { .. }, .. } => Cached::InStore,
             ObjectValue::Error(e) => Cached::Error(e.clone()),
         };
         self.cache(&mut self.state.lock(), id, cached);
@@ -294,18 +302,27 @@ impl CoreWorker {
         returns: ReturnKind,
         spec: Result<TaskSpec>,
     ) -> Vec<Arc<RefInner>> {
-        let ids: Vec<ObjectId> = (0..returns.static_count())
-            .map(|i| ObjectId::for_return(task_id, i))
-            .collect();
+        let ids: Vec<ObjectId> = (0..returns.static_count()).map(|i| ObjectId::for_return(task_id, i)).collect();
         let refs: Vec<Arc<RefInner>> = ids.iter().map(|id| RefInner::owned(self, *id)).collect();
+        if let ReturnKind::Streaming { backpressure } = returns {
+            // Registered before the task is sent, so no item can come first.
+            self.state.lock().streams.insert(
+                task_id,
+                LocalStream {
+                    items: Default::default(),
+                    end: None,
+                    next: 0,
+                    error_handed: false,
+                    backpressure: backpressure.is_some(),
+                    wakers: Vec::new(),
+                },
+            );
+        }
         let failed = match spec {
             Ok(spec) => self.send(ToNode::Submit(Box::new(spec))).err(),
             Err(e) => {
                 for id in &ids {
-                    let _ = self.send(ToNode::Put {
-                        id: *id,
-                        value: ObjectValue::Error(e.clone()),
-                    });
+                    let _ = self.send(ToNode::Put { id: *id, value: ObjectValue::Error(e.clone()) });
                 }
                 Some(e)
             }
@@ -315,8 +332,131 @@ impl CoreWorker {
             for id in &ids {
                 self.cache(&mut st, *id, Cached::Error(e.clone()));
             }
+            st.seq += 1;
+            let seq = st.seq;
+            if let Some(s) = st.streams.get_mut(&task_id) {
+                s.end = Some((0, Some(e), seq));
+            }
         }
         refs
+    }
+
+    /// The next item of a stream this process owns: blocks up to `timeout`
+    /// (`None`: no limit; zero: do not wait). `Ok(None)` once it has ended.
+    pub(crate) fn stream_next(
+        self: &Arc<Self>,
+        task: TaskId,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Arc<RefInner>>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut blocked = BlockedGuard::new(self);
+        let mut st = self.state.lock();
+        loop {
+            match self.take_next(&mut st, task) {
+                Poll::Ready((r, consumed)) => {
+                    drop(st);
+                    if let Some(consumed) = consumed {
+                        let _ = self.send(ToNode::StreamConsumed { task_id: task, consumed });
+                    }
+                    return Ok(r);
+                }
+                Poll::Pending => {}
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::GetTimeout);
+            }
+            if context::is_cancelled() {
+                return Err(Error::TaskCancelled);
+            }
+            if !blocked.is_blocked() {
+                drop(st);
+                blocked.block();
+                st = self.state.lock();
+                continue;
+            }
+            match deadline {
+                Some(d) => {
+                    self.ready.wait_until(&mut st, d);
+                }
+                None => self.ready.wait(&mut st),
+            }
+        }
+    }
+
+    /// `futures::Stream` form of [`stream_next`](Self::stream_next).
+    pub(crate) fn stream_poll(self: &Arc<Self>, task: TaskId, waker: &std::task::Waker) -> Poll<Option<Arc<RefInner>>> {
+        let mut st = self.state.lock();
+        match self.take_next(&mut st, task) {
+            Poll::Ready((r, consumed)) => {
+                drop(st);
+                if let Some(consumed) = consumed {
+                    let _ = self.send(ToNode::StreamConsumed { task_id: task, consumed });
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if let Some(s) = st.streams.get_mut(&task) {
+                    if !s.wakers.iter().any(|w| w.will_wake(waker)) {
+                        s.wakers.push(waker.clone());
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Hands out the stream's next ref if there is one: an item, or after
+    /// the last item the error (once), or the end. Also gives the new
+    /// consumed count when the node needs it (backpressure).
+    fn take_next(self: &Arc<Self>, st: &mut LocalState, task: TaskId) -> Poll<(Option<Arc<RefInner>>, Option<u32>)> {
+        if st.disconnected.is_some() {
+            let reason = st.disconnected.clone().unwrap_or_default();
+            st.seq += 1;
+            let seq = st.seq;
+            if let Some(s) = st.streams.get_mut(&task) {
+                if s.end.is_none() {
+                    let next = s.next;
+                    s.end = Some((next, Some(Error::Disconnected(reason)), seq));
+                }
+            }
+        }
+        let Some(s) = st.streams.get_mut(&task) else { return Poll::Ready((None, None)) };
+        if let Some((cached, _)) = s.items.remove(&s.next) {
+            let id = ObjectId { task, index: s.next + 2 };
+            s.next += 1;
+            let consumed = s.backpressure.then_some(s.next);
+            // The node already holds the item for this process.
+            *st.refs.entry(id).or_insert(0) += 1;
+            self.cache(st, id, cached);
+            return Poll::Ready((Some(Arc::new(RefInner { id, core: self.clone() })), consumed));
+        }
+        let Some((n, error, _)) = &s.end else { return Poll::Pending };
+        if s.next < *n {
+            return Poll::Pending;
+        }
+        match error {
+            Some(e) if !s.error_handed => {
+                s.error_handed = true;
+                let e = e.clone();
+                let id = ObjectId::for_return(task, 0);
+                *st.refs.entry(id).or_insert(0) += 1;
+                self.cache(st, id, Cached::Error(e));
+                Poll::Ready((Some(Arc::new(RefInner { id, core: self.clone() })), None))
+            }
+            _ => Poll::Ready((None, None)),
+        }
+    }
+
+    pub(crate) fn stream_ended(&self, task: TaskId) -> bool {
+        self.state.lock().streams.get(&task).is_none_or(|s| s.end.is_some())
+    }
+
+    /// The caller dropped its generator: tell the node how far it got.
+    pub(crate) fn drop_stream(&self, task: TaskId) {
+        let removed = self.state.lock().streams.remove(&task);
+        if let Some(s) = removed {
+            let _ = self.send(ToNode::StreamDrop { task_id: task, consumed: s.next });
+        }
     }
 
     /// Asks the node for every object of `ids` not known here yet.
@@ -325,12 +465,22 @@ impl CoreWorker {
     }
 
     fn subscribe_missing(&self, ids: &[ObjectId]) -> Result<()> {
+        self.subscribe(ids, true)
+    }
+
+    /// Subscribes to the objects of `ids` that are not known here, and with
+    /// `refetch`, to those known to be in shared memory but not pinned (to
+    /// read them). `wait` needs only readiness, so it does not refetch.
+    fn subscribe(&self, ids: &[ObjectId], refetch: bool) -> Result<()> {
         let missing: Vec<ObjectId> = {
             let mut st = self.state.lock();
             ids.iter()
                 .copied()
                 .filter(|id| {
-                    let need = !matches!(st.objects.get(id), Some(e) if !matches!(e.value, Cached::InStore));
+                    let need = match st.objects.get(id) {
+                        None => true,
+                        Some(e) => refetch && matches!(e.value, Cached::InStore),
+                    };
                     need && st.subscribed.insert(*id)
                 })
                 .collect()
@@ -382,9 +532,7 @@ impl CoreWorker {
                         }
                         match deadline {
                             Some(d) => {
-                                if self.ready.wait_until(&mut st, d).timed_out()
-                                    && !st.objects.contains_key(&id)
-                                {
+                                if self.ready.wait_until(&mut st, d).timed_out() && !st.objects.contains_key(&id) {
                                     return Err(Error::GetTimeout);
                                 }
                             }
@@ -403,47 +551,43 @@ impl CoreWorker {
     /// (at most `num_returns`), and the rest in their given order.
     pub fn wait(
         &self,
-        ids: &[ObjectId],
+        keys: &[WaitKey],
         num_returns: usize,
         timeout: Option<Duration>,
     ) -> Result<(Vec<usize>, Vec<usize>)> {
-        if num_returns > ids.len() {
+        if num_returns > keys.len() {
             return Err(Error::InvalidOption(format!(
                 "num_returns {num_returns} is more than the {} refs given",
-                ids.len()
+                keys.len()
             )));
         }
-        let unique: HashSet<ObjectId> = ids.iter().copied().collect();
-        if unique.len() != ids.len() {
-            return Err(Error::InvalidOption(
-                "wait was given the same ref twice".into(),
-            ));
+        let unique: HashSet<WaitKey> = keys.iter().copied().collect();
+        if unique.len() != keys.len() {
+            return Err(Error::InvalidOption("wait was given the same ref twice".into()));
         }
         let deadline = timeout.map(|t| Instant::now() + t);
-        {
-            let st = self.state.lock();
-            let pending: Vec<ObjectId> = ids
-                .iter()
-                .copied()
-                .filter(|id| !st.objects.contains_key(id) && !st.subscribed.contains(id))
-                .collect();
-            drop(st);
-            if !pending.is_empty() {
-                let mut st = self.state.lock();
-                for id in &pending {
-                    st.subscribed.insert(*id);
-                }
-                drop(st);
-                self.send(ToNode::Subscribe(pending))?;
-            }
-        }
+        let objects: Vec<ObjectId> = keys
+            .iter()
+            .filter_map(|k| match k {
+                WaitKey::Object(id) => Some(*id),
+                WaitKey::Stream(_) => None,
+            })
+            .collect();
+        self.subscribe(&objects, false)?;
         let mut blocked = BlockedGuard::new(self);
         let mut st = self.state.lock();
         loop {
-            let mut ready: Vec<(u64, usize)> = ids
+            let mut ready: Vec<(u64, usize)> = keys
                 .iter()
                 .enumerate()
-                .filter_map(|(i, id)| st.objects.get(id).map(|e| (e.seq, i)))
+                .filter_map(|(i, k)| {
+                    let seq = match k {
+                        WaitKey::Object(id) => st.objects.get(id).map(|e| e.seq),
+                        // A dropped stream has nothing more to wait for.
+                        WaitKey::Stream(t) => st.streams.get(t).map_or(Some(0), LocalStream::ready_since),
+                    };
+                    seq.map(|s| (s, i))
+                })
                 .collect();
             let done = ready.len() >= num_returns
                 || deadline.is_some_and(|d| Instant::now() >= d)
@@ -458,7 +602,7 @@ impl CoreWorker {
                 ready.sort();
                 ready.truncate(num_returns);
                 let chosen: HashSet<usize> = ready.iter().map(|(_, i)| *i).collect();
-                let rest = (0..ids.len()).filter(|i| !chosen.contains(i)).collect();
+                let rest = (0..keys.len()).filter(|i| !chosen.contains(i)).collect();
                 return Ok((ready.into_iter().map(|(_, i)| i).collect(), rest));
             }
             if !blocked.is_blocked() {
@@ -478,32 +622,21 @@ impl CoreWorker {
 
     pub fn cancel(&self, id: ObjectId, force: bool, recursive: bool) -> Result<()> {
         if id.is_put() {
-            return Err(Error::InvalidOption(format!(
-                "object {id} was made by put, not by a task"
-            )));
+            return Err(Error::InvalidOption(format!("object {id} was made by put, not by a task")));
         }
-        self.send(ToNode::Cancel {
-            task_id: id.task,
-            force,
-            recursive,
-        })
+        self.send(ToNode::Cancel { task_id: id.task, force, recursive })
     }
 
     /// Every recorded task state change, oldest first.
     pub fn task_events(&self) -> Result<Vec<TaskEvent>> {
         match self.request(|req| ToNode::ListTasks { req })? {
             FromNode::Tasks { events, .. } => Ok(events),
-            other => Err(Error::Protocol(format!(
-                "unexpected reply to list tasks: {other:?}"
-            ))),
+            other => Err(Error::Protocol(format!("unexpected reply to list tasks: {other:?}"))),
         }
     }
 
     fn mark_disconnected(&self, reason: &str) {
-        self.state
-            .lock()
-            .disconnected
-            .get_or_insert_with(|| reason.to_string());
+        self.state.lock().disconnected.get_or_insert_with(|| reason.to_string());
         self.requests.lock().clear();
         self.ready.notify_all();
     }
@@ -520,14 +653,8 @@ impl CoreWorker {
             FromNode::ObjectReady { id, value } => {
                 let cached = match value {
                     ObjectValue::Error(e) => Cached::Error(e),
-                    ObjectValue::Data {
-                        payload: Payload::Inline(b),
-                        ..
-                    } => Cached::Inline(Arc::new(b)),
-                    ObjectValue::Data {
-                        payload: Payload::Shm { offset, len },
-                        ..
-                    } => Cached::Shm(Arc::new(ShmPin {
+                    ObjectValue::Data { payload: Payload::Inline(b), .. } => Cached::Inline(Arc::new(b)),
+                    ObjectValue::Data { payload: Payload::Shm { offset, len }, .. } => Cached::Shm(Arc::new(ShmPin {
                         id,
                         offset,
                         len,
@@ -561,6 +688,52 @@ impl CoreWorker {
                 }
                 self.ready.notify_all();
             }
+            FromNode::StreamItem { task_id, index, value } => {
+                let cached = match value {
+                    Some(ObjectValue::Error(e)) => Cached::Error(e),
+                    Some(ObjectValue::Data { payload: Payload::Inline(b), .. }) => Cached::Inline(Arc::new(b)),
+                    _ => Cached::InStore,
+                };
+                let wakers = {
+                    let mut st = self.state.lock();
+                    st.seq += 1;
+                    let seq = st.seq;
+                    match st.streams.get_mut(&task_id) {
+                        Some(s) => {
+                            s.items.insert(index, (cached, seq));
+                            std::mem::take(&mut s.wakers)
+                        }
+                        None => Vec::new(),
+                    }
+                };
+                wakers.into_iter().for_each(|w| w.wake());
+                self.ready.notify_all();
+            }
+            FromNode::StreamEnd { task_id, items, error } => {
+                let wakers = {
+                    let mut st = self.state.lock();
+                    st.seq += 1;
+                    let seq = st.seq;
+                    match st.streams.get_mut(&task_id) {
+                        Some(s) => {
+                            s.end = Some((items, error, seq));
+                            std::mem::take(&mut s.wakers)
+                        }
+                        None => Vec::new(),
+                    }
+                };
+                wakers.into_iter().for_each(|w| w.wake());
+                self.ready.notify_all();
+            }
+            FromNode::ItemAck { task_id, index, gone } => {
+                let mut st = self.state.lock();
+                if let Some(a) = st.acks.get_mut(&task_id) {
+                    a.acked.insert(index);
+                    a.gone |= gone;
+                }
+                drop(st);
+                self.ready.notify_all();
+            }
             FromNode::Rejected(e) => {
                 eprintln!("ferroray: the node closed the connection: {e}");
                 self.mark_disconnected(&e.to_string());
@@ -579,39 +752,78 @@ impl CoreWorker {
         context::set(Some(ctx.clone()));
         let (task_id, attempt) = (spec.task_id, spec.attempt);
         let expected = spec.returns.static_count() as usize;
-        let result = match &spec.function {
-            FunctionDescriptor::Rust { name } => match registry::lookup(name) {
-                None => Err(Error::UnknownFunction(name.clone())),
-                Some(f) => {
-                    let mut reader = ArgReader {
-                        core: self,
-                        args: spec.args.into_iter(),
-                        position: 0,
-                        function: &ctx.name,
-                    };
-                    match catch_unwind(AssertUnwindSafe(|| {
-                        let values = (f.invoke)(&mut reader)?;
+        let returns = spec.returns;
+        let function = match &spec.function {
+            FunctionDescriptor::Rust { name } => {
+                registry::lookup(name).ok_or_else(|| Error::UnknownFunction(name.clone()))
+            }
+            FunctionDescriptor::Python { qualname, .. } => Err(Error::UnknownFunction(qualname.clone())),
+        };
+        let mut reader = ArgReader { core: self, args: spec.args.into_iter(), position: 0, function: &ctx.name };
+        let guarded = |body: &mut dyn FnMut() -> Result<Vec<ReturnValue>>| match catch_unwind(AssertUnwindSafe(body)) {
+            Ok(r) => r,
+            Err(panic) => Err(Error::task("panic", panic_message(&panic), &ctx.name, std::process::id())),
+        };
+        let result = match function.map(|f| &f.invoke) {
+            Err(e) => Err(e),
+            Ok(Invoke::Values(f)) => guarded(&mut || {
+                let values = f(&mut reader)?;
+                reader.finish()?;
+                Ok(values)
+            }),
+            Ok(Invoke::Items(f)) => match returns {
+                ReturnKind::Fixed(n) => {
+                    let mut sink = FixedSink { values: Vec::new(), n: n as usize, overflow: false };
+                    let r = guarded(&mut || {
+                        f(&mut reader, &mut sink)?;
                         reader.finish()?;
-                        Ok(values)
-                    })) {
-                        Ok(r) => r,
-                        Err(panic) => Err(Error::task(
-                            "panic",
-                            panic_message(&panic),
-                            &ctx.name,
-                            std::process::id(),
-                        )),
+                        Ok(Vec::new())
+                    });
+                    sink.finish(r.err(), &ctx.name)
+                }
+                ReturnKind::Streaming { backpressure } => {
+                    let mut sink = StreamSink {
+                        core: self,
+                        task_id,
+                        attempt,
+                        next: 0,
+                        backpressure: backpressure.is_some(),
+                        gone: false,
+                    };
+                    if sink.backpressure {
+                        self.state.lock().acks.insert(task_id, Acks::default());
                     }
+                    let r = guarded(&mut || {
+                        f(&mut reader, &mut sink)?;
+                        reader.finish()?;
+                        Ok(Vec::new())
+                    });
+                    self.state.lock().acks.remove(&task_id);
+                    drop(reader);
+                    let outcome = match r {
+                        Ok(_) => TaskOutcome::Streamed { items: sink.next },
+                        Err(e) => TaskOutcome::Failed(e),
+                    };
+                    let _ = self.send(ToNode::TaskDone { task_id, attempt, outcome });
+                    context::set(None);
+                    *self.running.lock() = None;
+                    return;
+                }
+                ReturnKind::Dynamic => {
+                    let mut sink = DynamicSink { core: self, task_id, attempt, ids: Vec::new() };
+                    let r = guarded(&mut || {
+                        f(&mut reader, &mut sink)?;
+                        reader.finish()?;
+                        Ok(Vec::new())
+                    });
+                    sink.finish(r.err())
                 }
             },
-            FunctionDescriptor::Python { qualname, .. } => {
-                Err(Error::UnknownFunction(qualname.clone()))
-            }
         };
+        drop(reader);
         let (outcome, keep) = match result {
             Ok(values) if values.len() == expected => {
-                let (vals, keeps): (Vec<_>, Vec<_>) =
-                    values.into_iter().map(|r| (r.value, r.keep)).unzip();
+                let (vals, keeps): (Vec<_>, Vec<_>) = values.into_iter().map(|r| (r.value, r.keep)).unzip();
                 (TaskOutcome::Returned(vals), keeps)
             }
             Ok(values) => (
@@ -625,25 +837,149 @@ impl CoreWorker {
             ),
             Err(e) => (TaskOutcome::Failed(e), vec![]),
         };
-        let _ = self.send(ToNode::TaskDone {
-            task_id,
-            attempt,
-            outcome,
-        });
+        let _ = self.send(ToNode::TaskDone { task_id, attempt, outcome });
         drop(keep);
         context::set(None);
         *self.running.lock() = None;
     }
 }
 
+/// Keeps a generator's values as the task's `n` fixed return values.
+struct FixedSink {
+    values: Vec<ReturnValue>,
+    n: usize,
+    overflow: bool,
+}
+
+impl ItemSink for FixedSink {
+    fn item(&mut self, value: ReturnValue) -> Result<()> {
+        if self.values.len() == self.n {
+            self.overflow = true;
+            return Err(Error::InvalidOption(String::new()));
+        }
+        self.values.push(value);
+        Ok(())
+    }
+}
+
+impl FixedSink {
+    /// Values yielded before a failure stay readable; the refs after them
+    /// hold the error. Yielding more or fewer than `n` values is an error too
+    /// (in every ref when there were more: the caller asked for exactly `n`).
+    fn finish(mut self, error: Option<Error>, name: &str) -> Result<Vec<ReturnValue>> {
+        let pid = std::process::id();
+        let got = self.values.len();
+        let count_error = |what: String| Error::task("ferroray::NumReturnsMismatch", what, name, pid);
+        if self.overflow {
+            let e = count_error(format!("yielded more than num_returns = {} values", self.n));
+            return Ok((0..self.n).map(|_| ReturnValue::error(e.clone())).collect());
+        }
+        let error = match error {
+            Some(e) => Some(e),
+            None if got < self.n => Some(count_error(format!("yielded {got} values but num_returns = {}", self.n))),
+            None => None,
+        };
+        if let Some(e) = error {
+            self.values.extend((got..self.n).map(|_| ReturnValue::error(e.clone())));
+        }
+        Ok(self.values)
+    }
+}
+
+/// Reports each value to the owner as it is yielded.
+struct StreamSink<'a> {
+    core: &'a Arc<CoreWorker>,
+    task_id: TaskId,
+    attempt: u32,
+    next: u32,
+    backpressure: bool,
+    /// The owner dropped the stream: no more acknowledgements to wait for.
+    gone: bool,
+}
+
+impl ItemSink for StreamSink<'_> {
+    fn item(&mut self, value: ReturnValue) -> Result<()> {
+        if context::is_cancelled() {
+            return Err(Error::TaskCancelled);
+        }
+        let index = self.next;
+        let digest = codec::digest(self.core.arena(), &value.value);
+        self.core.send(ToNode::ReportItem {
+            task_id: self.task_id,
+            attempt: self.attempt,
+            index,
+            value: value.value,
+            digest,
+        })?;
+        drop(value.keep);
+        self.next += 1;
+        if !self.backpressure || self.gone {
+            return Ok(());
+        }
+        // Paused until the owner has room (or is gone, or we are cancelled).
+        let mut st = self.core.state.lock();
+        loop {
+            if let Some(a) = st.acks.get(&self.task_id) {
+                if a.gone {
+                    self.gone = true;
+                    return Ok(());
+                }
+                if a.acked.contains(&index) {
+                    return Ok(());
+                }
+            }
+            if context::is_cancelled() {
+                return Err(Error::TaskCancelled);
+            }
+            if let Some(reason) = &st.disconnected {
+                return Err(Error::Disconnected(reason.clone()));
+            }
+            self.core.ready.wait_for(&mut st, Duration::from_millis(500));
+        }
+    }
+}
+
+/// Stores each value as an item object; the task's value is their list.
+struct DynamicSink<'a> {
+    core: &'a Arc<CoreWorker>,
+    task_id: TaskId,
+    attempt: u32,
+    ids: Vec<ObjectId>,
+}
+
+impl ItemSink for DynamicSink<'_> {
+    fn item(&mut self, value: ReturnValue) -> Result<()> {
+        self.report(value.value)?;
+        drop(value.keep);
+        Ok(())
+    }
+}
+
+impl DynamicSink<'_> {
+    fn report(&mut self, value: ObjectValue) -> Result<()> {
+        let index = self.ids.len() as u32;
+        let digest = codec::digest(self.core.arena(), &value);
+        self.core.send(ToNode::ReportItem { task_id: self.task_id, attempt: self.attempt, index, value, digest })?;
+        self.ids.push(ObjectId { task: self.task_id, index: index + 2 });
+        Ok(())
+    }
+
+    /// The list of item refs; a failure becomes one more, final item.
+    fn finish(mut self, error: Option<Error>) -> Result<Vec<ReturnValue>> {
+        if let Some(e) = error {
+            self.report(ObjectValue::Error(e))?;
+        }
+        // Encoded exactly as a `Vec<ObjectRef<T>>`: a ref travels as its id.
+        let bytes = bincode::serialize(&self.ids).map_err(Error::serialization)?;
+        let value = ObjectValue::Data { payload: Payload::Inline(bytes), contained: self.ids.clone() };
+        Ok(vec![ReturnValue { value, keep: Vec::new() }])
+    }
+}
+
 impl Drop for ArgReader<'_> {
     fn drop(&mut self) {
         for arg in self.args.by_ref() {
-            if let ferroray_protocol::TaskArg::Object {
-                id,
-                payload: Payload::Shm { .. },
-            } = arg
-            {
+            if let ferroray_protocol::TaskArg::Object { id, payload: Payload::Shm { .. } } = arg {
                 self.core.unpin(id);
             }
         }
@@ -670,11 +1006,7 @@ struct BlockedGuard<'a> {
 
 impl<'a> BlockedGuard<'a> {
     fn new(core: &'a CoreWorker) -> Self {
-        BlockedGuard {
-            core,
-            blocked: false,
-            in_task: context::current().is_some(),
-        }
+        BlockedGuard { core, blocked: false, in_task: context::current().is_some() }
     }
 
     fn is_blocked(&self) -> bool {
@@ -718,11 +1050,7 @@ fn env_var<T: std::str::FromStr>(name: &str) -> Result<T> {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            Error::InvalidOption(format!(
-                "worker environment variable {name} is missing or invalid"
-            ))
-        })
+        .ok_or_else(|| Error::InvalidOption(format!("worker environment variable {name} is missing or invalid")))
 }
 
 fn run_worker() -> Result<()> {
@@ -733,12 +1061,7 @@ fn run_worker() -> Result<()> {
     let mut stream = ferroray_node::server::connect_abstract(&socket)?;
     frame::write_frame(
         &mut stream,
-        &ToNode::Hello {
-            protocol: PROTOCOL_VERSION,
-            worker_id,
-            pid: std::process::id(),
-            role: Role::Worker,
-        },
+        &ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid: std::process::id(), role: Role::Worker },
     )?;
     let info = match frame::read_frame::<_, FromNode>(&mut stream)? {
         Some(FromNode::Welcome(info)) => info,
@@ -748,13 +1071,7 @@ fn run_worker() -> Result<()> {
     let arena = Arc::new(Arena::open(store_fd, capacity).map_err(Error::io)?);
     let (exec_tx, exec_rx) = mpsc::channel();
     let writer = stream.try_clone().map_err(Error::io)?;
-    let core = Arc::new(CoreWorker::new(
-        worker_id,
-        info,
-        arena,
-        Link::Socket(Mutex::new(writer)),
-        Some(exec_tx),
-    ));
+    let core = Arc::new(CoreWorker::new(worker_id, info, arena, Link::Socket(Mutex::new(writer)), Some(exec_tx)));
     global::set(core.clone())?;
     let reader_core = core.clone();
     std::thread::Builder::new()

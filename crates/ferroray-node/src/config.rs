@@ -15,11 +15,7 @@ impl WorkerCommand {
     /// The running executable, started again (the only way a Rust program's
     /// functions can be run by name in another process).
     pub fn current_exe() -> Result<Self> {
-        Ok(WorkerCommand {
-            program: std::env::current_exe().map_err(Error::io)?,
-            args: vec![],
-            env: vec![],
-        })
+        Ok(WorkerCommand { program: std::env::current_exe().map_err(Error::io)?, args: vec![], env: vec![] })
     }
 }
 
@@ -43,17 +39,14 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     pub fn new(worker_command: WorkerCommand) -> Self {
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let node_id = NodeId::random();
         NodeConfig {
             node_id,
             resources: ResourceSet::new().with(resources::CPU, cpus as f64),
             store_capacity: 2 << 30,
             inline_threshold: 100 * 1024,
-            spill_dir: std::env::temp_dir()
-                .join(format!("ferroray-spill-{}-{node_id}", std::process::id())),
+            spill_dir: std::env::temp_dir().join(format!("ferroray-spill-{}-{node_id}", std::process::id())),
             socket_name: format!("ferroray-node-{}-{node_id}", std::process::id()),
             worker_command,
             log_to_driver: true,
@@ -71,15 +64,10 @@ impl NodeConfig {
             }
         }
         if self.store_capacity < 4096 {
-            return Err(Error::InvalidOption(format!(
-                "store capacity {} is below 4096 bytes",
-                self.store_capacity
-            )));
+            return Err(Error::InvalidOption(format!("store capacity {} is below 4096 bytes", self.store_capacity)));
         }
         if self.max_workers == 0 {
-            return Err(Error::InvalidOption(
-                "max_workers must be at least 1".into(),
-            ));
+            return Err(Error::InvalidOption("max_workers must be at least 1".into()));
         }
         Ok(())
     }

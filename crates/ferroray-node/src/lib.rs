@@ -60,16 +60,12 @@ impl Node {
             inline_threshold: config.inline_threshold,
             store_capacity: config.store_capacity,
         };
-        let store = ferroray_store::Store::new(arena.clone(), config.spill_dir.clone())
-            .map_err(Error::io)?;
+        let store = ferroray_store::Store::new(arena.clone(), config.spill_dir.clone()).map_err(Error::io)?;
         let socket_name = config.socket_name.clone();
         let listener = server::bind_abstract(&socket_name)?;
         let (pool, spawn_tx) = pool::Pool::start(&config, arena.fd(), socket_name.clone());
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(&config, info.clone(), store, spawn_tx)),
-            info,
-            arena,
-        });
+        let shared =
+            Arc::new(Shared { state: Mutex::new(State::new(&config, info.clone(), store, spawn_tx)), info, arena });
         let _ = pool.shared.set(Arc::downgrade(&shared));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let server_shared = shared.clone();
@@ -77,13 +73,7 @@ impl Node {
             .name("ferroray-node".into())
             .spawn(move || server::run(server_shared, listener, rx))
             .map_err(Error::io)?;
-        Ok(Node {
-            shared,
-            shutdown: Some(tx),
-            server_thread: Some(server_thread),
-            pool,
-            socket_name,
-        })
+        Ok(Node { shared, shutdown: Some(tx), server_thread: Some(server_thread), pool, socket_name })
     }
 
     pub fn info(&self) -> &NodeInfo {
@@ -107,20 +97,11 @@ impl Node {
             let conn = st.add_connection(tx);
             st.handle(
                 conn,
-                ToNode::Hello {
-                    protocol: PROTOCOL_VERSION,
-                    worker_id,
-                    pid: std::process::id(),
-                    role: Role::Driver,
-                },
+                ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid: std::process::id(), role: Role::Driver },
             );
             conn
         };
-        Ok(LocalConnection {
-            shared: self.shared.clone(),
-            conn,
-            rx: Mutex::new(Some(rx)),
-        })
+        Ok(LocalConnection { shared: self.shared.clone(), conn, rx: Mutex::new(Some(rx)) })
     }
 
     /// Object store and table sizes, for tests and leak checks.
@@ -185,9 +166,6 @@ impl LocalConnection {
 
 impl Drop for LocalConnection {
     fn drop(&mut self) {
-        self.shared
-            .state
-            .lock()
-            .disconnect(self.conn, "driver disconnected");
+        self.shared.state.lock().disconnect(self.conn, "driver disconnected");
     }
 }

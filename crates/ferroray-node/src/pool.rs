@@ -51,32 +51,16 @@ struct Spawner {
 }
 
 impl Pool {
-    pub fn start(
-        config: &NodeConfig,
-        store_fd: RawFd,
-        socket_name: String,
-    ) -> (Pool, Sender<PoolCmd>) {
+    pub fn start(config: &NodeConfig, store_fd: RawFd, socket_name: String) -> (Pool, Sender<PoolCmd>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::new(OnceLock::new());
-        let mut spawner = Spawner {
-            config: config.clone(),
-            store_fd,
-            socket_name,
-            children: Vec::new(),
-            shared: shared.clone(),
-        };
+        let mut spawner =
+            Spawner { config: config.clone(), store_fd, socket_name, children: Vec::new(), shared: shared.clone() };
         let thread = std::thread::Builder::new()
             .name("ferroray-spawner".into())
             .spawn(move || spawner.run(rx))
             .expect("starting the spawner thread");
-        (
-            Pool {
-                tx: tx.clone(),
-                thread: Some(thread),
-                shared,
-            },
-            tx,
-        )
+        (Pool { tx: tx.clone(), thread: Some(thread), shared }, tx)
     }
 
     /// Kills every worker and waits until all are reaped.
@@ -104,8 +88,7 @@ impl Spawner {
                 Ok(PoolCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            self.children
-                .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+            self.children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
         }
         for c in &self.children {
             kill(c.id());
@@ -137,8 +120,7 @@ impl Spawner {
             command.pre_exec(move || {
                 // The store's memfd is close-on-exec; keep it, in this child only.
                 let flags = libc::fcntl(store_fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(store_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                {
+                if flags < 0 || libc::fcntl(store_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 // Die with the node.
@@ -162,11 +144,7 @@ impl Spawner {
     }
 
     fn names(&self) -> TaskNames {
-        self.shared
-            .get()
-            .and_then(Weak::upgrade)
-            .map(|s| s.state.lock().names.clone())
-            .unwrap_or_default()
+        self.shared.get().and_then(Weak::upgrade).map(|s| s.state.lock().names.clone()).unwrap_or_default()
     }
 }
 
@@ -178,36 +156,27 @@ fn kill(pid: u32) {
 }
 
 fn forward(pipe: impl std::io::Read + Send + 'static, pid: u32, names: TaskNames, to_stderr: bool) {
-    let _ = std::thread::Builder::new()
-        .name("ferroray-log".into())
-        .spawn(move || {
-            let mut reader = BufReader::new(pipe);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                if line.last() != Some(&b'\n') {
-                    line.push(b'\n');
-                }
-                let name = names
-                    .lock()
-                    .get(&pid)
-                    .cloned()
-                    .unwrap_or_else(|| "worker".to_string());
-                let prefix = format!("({name} pid={pid}) ");
-                let _ = if to_stderr {
-                    let mut e = std::io::stderr().lock();
-                    e.write_all(prefix.as_bytes())
-                        .and_then(|_| e.write_all(&line))
-                } else {
-                    let mut o = std::io::stdout().lock();
-                    o.write_all(prefix.as_bytes())
-                        .and_then(|_| o.write_all(&line))
-                        .and_then(|_| o.flush())
-                };
+    let _ = std::thread::Builder::new().name("ferroray-log".into()).spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
             }
-        });
+            if line.last() != Some(&b'\n') {
+                line.push(b'\n');
+            }
+            let name = names.lock().get(&pid).cloned().unwrap_or_else(|| "worker".to_string());
+            let prefix = format!("({name} pid={pid}) ");
+            let _ = if to_stderr {
+                let mut e = std::io::stderr().lock();
+                e.write_all(prefix.as_bytes()).and_then(|_| e.write_all(&line))
+            } else {
+                let mut o = std::io::stdout().lock();
+                o.write_all(prefix.as_bytes()).and_then(|_| o.write_all(&line)).and_then(|_| o.flush())
+            };
+        }
+    });
 }

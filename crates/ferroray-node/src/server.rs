@@ -21,8 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Binds an abstract Unix socket: it has no file, so nothing is left behind.
 pub fn bind_abstract(name: &str) -> Result<std::os::unix::net::UnixListener> {
-    let addr =
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(Error::io)?;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(Error::io)?;
     let l = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(Error::io)?;
     l.set_nonblocking(true).map_err(Error::io)?;
     Ok(l)
@@ -30,24 +29,15 @@ pub fn bind_abstract(name: &str) -> Result<std::os::unix::net::UnixListener> {
 
 /// Connects a blocking client to an abstract socket.
 pub fn connect_abstract(name: &str) -> Result<std::os::unix::net::UnixStream> {
-    let addr =
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(Error::io)?;
-    std::os::unix::net::UnixStream::connect_addr(&addr)
-        .map_err(|e| Error::Disconnected(format!("{name}: {e}")))
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(Error::io)?;
+    std::os::unix::net::UnixStream::connect_addr(&addr).map_err(|e| Error::Disconnected(format!("{name}: {e}")))
 }
 
 /// Runs the server until `shutdown` fires (or its sender is dropped). The
 /// listener and the shutdown signal are arguments, so a test can bind its own.
-pub(crate) fn run(
-    shared: Arc<Shared>,
-    listener: std::os::unix::net::UnixListener,
-    shutdown: oneshot::Receiver<()>,
-) {
+pub(crate) fn run(shared: Arc<Shared>, listener: std::os::unix::net::UnixListener, shutdown: oneshot::Receiver<()>) {
     let _ = shared.arena.set_inheritable(false);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return eprintln!("ferroray node: cannot start the runtime: {e}"),
     };

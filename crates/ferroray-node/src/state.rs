@@ -13,6 +13,23 @@
 //! `AddRef` for a ref it found inside an argument always arrives before the
 //! `TaskDone` that unpins the argument: no borrow can be lost in between.
 //!
+//! Streams (generator tasks). The node keeps each stream's table for its
+//! owner, the process that submitted the task:
+//! 1. Item `i` is object `(task, 2 + i)`. A report creates it, held by the
+//!    owner (so an item nobody took yet stays alive), and tells the owner.
+//! 2. Reports of one attempt arrive in order on the executor's connection,
+//!    so by the time `TaskDone` arrives every report was handled: the
+//!    executor needs no acknowledgements for that. With backpressure `n`,
+//!    the acknowledgement of a report is held while the owner has `n` or more
+//!    unconsumed items, and the executor waits for it before going on.
+//! 3. A retried attempt reports again from index 0: indices already known are
+//!    compared by digest and not handed out twice; a different value, or
+//!    fewer items at the end, fails the stream with `ReplayMismatch`.
+//! 4. When the task ends the owner learns the item count and the error, if
+//!    any. When the owner drops the stream, the items it never took are
+//!    released, held acknowledgements are answered `gone`, and later
+//!    reports are refused, so a paused executor is never stuck.
+//!
 //! Task lifecycle: `Submit` → waits for `Ref` arguments (`Submitted`) →
 //! ready queue (`PendingSchedule`) → a worker and its resources
 //! (`Running`) → `TaskDone` or the worker's death → finished, failed, or
@@ -22,8 +39,8 @@ use crate::pool::PoolCmd;
 use crate::NodeConfig;
 use ferroray_common::{resources, Error, ObjectId, ResourceSet, Result, TaskId, WorkerId};
 use ferroray_protocol::{
-    FromNode, ObjectValue, Payload, ReturnKind, Role, TaskArg, TaskEvent, TaskOutcome, TaskSpec,
-    TaskState, ToNode, PROTOCOL_VERSION,
+    FromNode, ObjectValue, Payload, ReturnKind, Role, TaskArg, TaskEvent, TaskOutcome, TaskSpec, TaskState, ToNode,
+    PROTOCOL_VERSION,
 };
 use ferroray_store::Store;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -52,13 +69,8 @@ struct Conn {
 /// A stored value as the node keeps it. Shared-memory objects keep no
 /// offset here: the store knows it, and it can change across a spill.
 enum Stored {
-    Inline {
-        bytes: Vec<u8>,
-        contained: Vec<ObjectId>,
-    },
-    Shm {
-        contained: Vec<ObjectId>,
-    },
+    Inline { bytes: Vec<u8>, contained: Vec<ObjectId> },
+    Shm { contained: Vec<ObjectId> },
     Error(Error),
 }
 
@@ -88,6 +100,29 @@ struct Task {
     held: ResourceSet,
     retries_left: u32,
     cancelled: bool,
+    /// Items of a dynamic-returns task, pinned until the task ends.
+    dynamic_items: Vec<ObjectId>,
+    /// Set when a retry of a generator disagrees with what it reported before.
+    replay_error: Option<Error>,
+}
+
+/// A generator task's stream, kept for its owner.
+struct Stream {
+    owner: ConnId,
+    backpressure: Option<u32>,
+    /// Fingerprint of each item reported so far (its length is the number of items).
+    digests: Vec<u64>,
+    consumed: u32,
+    /// Acknowledgements held back by backpressure: (executor, index).
+    held: VecDeque<(ConnId, u32)>,
+    /// The owner dropped the stream.
+    dropped: bool,
+}
+
+impl Stream {
+    fn generated(&self) -> u32 {
+        self.digests.len() as u32
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -105,6 +140,7 @@ pub struct State {
     next_conn: ConnId,
     objects: HashMap<ObjectId, Obj>,
     tasks: HashMap<TaskId, Task>,
+    streams: HashMap<TaskId, Stream>,
     children: HashMap<TaskId, Vec<TaskId>>,
     /// Tasks whose arguments are ready, one FIFO per resource shape (so a
     /// scheduling pass looks at the head of each queue, not at every task).
@@ -147,10 +183,7 @@ fn push_event(
 }
 
 fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 impl State {
@@ -165,6 +198,7 @@ impl State {
             next_conn: 1,
             objects: HashMap::new(),
             tasks: HashMap::new(),
+            streams: HashMap::new(),
             children: HashMap::new(),
             ready: Vec::new(),
             idle: Vec::new(),
@@ -224,18 +258,10 @@ impl State {
             return;
         };
         if c.role.is_none() && !matches!(msg, ToNode::Hello { .. }) {
-            return self.reject(
-                conn,
-                Error::Protocol("the first message must be hello".into()),
-            );
+            return self.reject(conn, Error::Protocol("the first message must be hello".into()));
         }
         match msg {
-            ToNode::Hello {
-                protocol,
-                worker_id,
-                pid,
-                role,
-            } => self.hello(conn, protocol, worker_id, pid, role),
+            ToNode::Hello { protocol, worker_id, pid, role } => self.hello(conn, protocol, worker_id, pid, role),
             ToNode::Submit(spec) => self.submit(conn, *spec),
             ToNode::Put { id, value } => {
                 self.objects.entry(id).or_default();
@@ -261,10 +287,7 @@ impl State {
                     match self.objects.get_mut(&id) {
                         None => self.send(
                             conn,
-                            FromNode::ObjectReady {
-                                id,
-                                value: ObjectValue::Error(Error::ObjectLost(id.to_string())),
-                            },
+                            FromNode::ObjectReady { id, value: ObjectValue::Error(Error::ObjectLost(id.to_string())) },
                         ),
                         Some(o) if o.value.is_none() => o.subscribers.push(conn),
                         Some(_) => self.send_ready(conn, id),
@@ -276,11 +299,7 @@ impl State {
                     self.unpin_shm(conn, id);
                 }
             }
-            ToNode::TaskDone {
-                task_id,
-                attempt,
-                outcome,
-            } => self.task_done(conn, task_id, attempt, outcome),
+            ToNode::TaskDone { task_id, attempt, outcome } => self.task_done(conn, task_id, attempt, outcome),
             ToNode::Allocate { req, size } => {
                 let result = self.allocate(conn, size);
                 self.send(conn, FromNode::Allocated { req, result });
@@ -292,16 +311,24 @@ impl State {
                     }
                 }
             }
-            ToNode::Cancel {
-                task_id,
-                force,
-                recursive,
-            } => {
+            ToNode::Cancel { task_id, force, recursive } => {
                 self.cancel(task_id, force, recursive);
                 self.schedule();
             }
             ToNode::Blocked => self.set_blocked(conn, true),
             ToNode::Unblocked => self.set_blocked(conn, false),
+            ToNode::ReportItem { task_id, attempt, index, value, digest } => {
+                self.report_item(conn, task_id, attempt, index, value, digest)
+            }
+            ToNode::StreamConsumed { task_id, consumed } => {
+                if let Some(st) = self.streams.get_mut(&task_id) {
+                    if st.owner == conn {
+                        st.consumed = st.consumed.max(consumed);
+                        self.release_acks(task_id);
+                    }
+                }
+            }
+            ToNode::StreamDrop { task_id, consumed } => self.drop_stream(conn, task_id, consumed),
             ToNode::ListTasks { req } => {
                 let events = self.events.iter().cloned().collect();
                 self.send(conn, FromNode::Tasks { req, events });
@@ -311,12 +338,8 @@ impl State {
 
     fn hello(&mut self, conn: ConnId, protocol: u32, _worker_id: WorkerId, pid: u32, role: Role) {
         if protocol != PROTOCOL_VERSION {
-            return self.reject(
-                conn,
-                Error::Protocol(format!(
-                    "protocol version {protocol} is not {PROTOCOL_VERSION}"
-                )),
-            );
+            return self
+                .reject(conn, Error::Protocol(format!("protocol version {protocol} is not {PROTOCOL_VERSION}")));
         }
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -336,10 +359,7 @@ impl State {
 
     /// Reserves shared memory for a value `conn` is about to write.
     pub fn allocate(&mut self, conn: ConnId, size: u64) -> Result<u64> {
-        let offset = self
-            .store
-            .allocate(size)
-            .map_err(|e| Error::StoreFull(e.to_string()))?;
+        let offset = self.store.allocate(size).map_err(|e| Error::StoreFull(e.to_string()))?;
         match self.conns.get_mut(&conn) {
             Some(c) => {
                 c.unsealed.insert(offset);
@@ -358,23 +378,14 @@ impl State {
         let wanted = self.objects.contains_key(&id);
         match value {
             ObjectValue::Error(e) => wanted.then_some(Stored::Error(e)),
-            ObjectValue::Data {
-                payload: Payload::Inline(bytes),
-                contained,
-            } => wanted.then_some(Stored::Inline { bytes, contained }),
-            ObjectValue::Data {
-                payload: Payload::Shm { offset, len },
-                contained,
-            } => {
-                let owned = self
-                    .conns
-                    .get_mut(&conn)
-                    .is_some_and(|c| c.unsealed.remove(&offset));
+            ObjectValue::Data { payload: Payload::Inline(bytes), contained } => {
+                wanted.then_some(Stored::Inline { bytes, contained })
+            }
+            ObjectValue::Data { payload: Payload::Shm { offset, len }, contained } => {
+                let owned = self.conns.get_mut(&conn).is_some_and(|c| c.unsealed.remove(&offset));
                 if !owned {
                     return wanted.then(|| {
-                        Stored::Error(Error::Protocol(format!(
-                            "object {id} names shared memory it did not allocate"
-                        )))
+                        Stored::Error(Error::Protocol(format!("object {id} names shared memory it did not allocate")))
                     });
                 }
                 if !wanted {
@@ -396,10 +407,9 @@ impl State {
         let value = match self.objects.get(&id).and_then(|o| o.value.as_ref()) {
             None => return,
             Some(Stored::Error(e)) => ObjectValue::Error(e.clone()),
-            Some(Stored::Inline { bytes, contained }) => ObjectValue::Data {
-                payload: Payload::Inline(bytes.clone()),
-                contained: contained.clone(),
-            },
+            Some(Stored::Inline { bytes, contained }) => {
+                ObjectValue::Data { payload: Payload::Inline(bytes.clone()), contained: contained.clone() }
+            }
             Some(Stored::Shm { contained }) => {
                 let contained = contained.clone();
                 match self.pin_shm(conn, id) {
@@ -412,10 +422,7 @@ impl State {
     }
 
     fn pin_shm(&mut self, conn: ConnId, id: ObjectId) -> Result<Payload> {
-        let (offset, len) = self
-            .store
-            .pin(id)
-            .map_err(|e| Error::ObjectLost(format!("{id}: {e}")))?;
+        let (offset, len) = self.store.pin(id).map_err(|e| Error::ObjectLost(format!("{id}: {e}")))?;
         match self.conns.get_mut(&conn) {
             Some(c) => *c.pins.entry(id).or_insert(0) += 1,
             None => self.store.unpin(id),
@@ -529,13 +536,8 @@ impl State {
     }
 
     fn validate(&self, spec: &TaskSpec) -> Result<()> {
-        if let ReturnKind::Streaming {
-            backpressure: Some(0),
-        } = spec.returns
-        {
-            return Err(Error::InvalidOption(
-                "generator backpressure must not be 0".into(),
-            ));
+        if let ReturnKind::Streaming { backpressure: Some(0) } = spec.returns {
+            return Err(Error::InvalidOption("generator backpressure must not be 0".into()));
         }
         if let Some((name, want, have)) = spec.resources.first_missing(&self.total) {
             return Err(Error::Infeasible(format!(
@@ -580,6 +582,19 @@ impl State {
         }
         let retries_left = spec.max_retries;
         let invalid = self.validate(&spec).err();
+        if let ReturnKind::Streaming { backpressure } = spec.returns {
+            self.streams.insert(
+                id,
+                Stream {
+                    owner: conn,
+                    backpressure,
+                    digests: Vec::new(),
+                    consumed: 0,
+                    held: VecDeque::new(),
+                    dropped: false,
+                },
+            );
+        }
         self.tasks.insert(
             id,
             Task {
@@ -589,6 +604,8 @@ impl State {
                 held: ResourceSet::new(),
                 retries_left,
                 cancelled: false,
+                dynamic_items: Vec::new(),
+                replay_error: None,
             },
         );
         self.record(id, TaskState::Submitted, None, None);
@@ -645,11 +662,7 @@ impl State {
         for (tid, w) in dispatches {
             self.dispatch(tid, w);
         }
-        let active = self
-            .conns
-            .values()
-            .filter(|c| c.role == Some(Role::Worker) && !c.blocked)
-            .count();
+        let active = self.conns.values().filter(|c| c.role == Some(Role::Worker) && !c.blocked).count();
         let mut room = self.max_workers.saturating_sub(active + self.starting);
         let mut to_start = want_workers.saturating_sub(self.starting);
         while to_start > 0 && room > 0 {
@@ -739,19 +752,12 @@ impl State {
     }
 
     fn task_done(&mut self, conn: ConnId, tid: TaskId, attempt: u32, outcome: TaskOutcome) {
-        let current = self
-            .tasks
-            .get(&tid)
-            .is_some_and(|t| t.worker == Some(conn) && t.spec.attempt == attempt);
+        let current = self.tasks.get(&tid).is_some_and(|t| t.worker == Some(conn) && t.spec.attempt == attempt);
         if !current {
             // A stale attempt: drop whatever it stored.
             if let TaskOutcome::Returned(values) = outcome {
                 for v in values {
-                    if let ObjectValue::Data {
-                        payload: Payload::Shm { offset, .. },
-                        ..
-                    } = v
-                    {
+                    if let ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } = v {
                         self.handle(conn, ToNode::Deallocate { offset });
                     }
                 }
@@ -777,16 +783,35 @@ impl State {
                         self.discard_outcome(conn, TaskOutcome::Returned(values));
                         self.complete_task(tid, Err(e));
                     } else {
-                        let stored = ids
-                            .iter()
-                            .zip(values)
-                            .map(|(id, v)| self.accept_value(conn, *id, v))
-                            .collect::<Vec<_>>();
+                        let stored =
+                            ids.iter().zip(values).map(|(id, v)| self.accept_value(conn, *id, v)).collect::<Vec<_>>();
                         self.complete_task(tid, Ok(stored));
                     }
                 }
+                TaskOutcome::Streamed { items } => {
+                    let generated = self.streams.get(&tid).map_or(items, Stream::generated);
+                    let replay = self.tasks.get_mut(&tid).and_then(|t| t.replay_error.take());
+                    if let Some(e) = replay {
+                        self.complete_task(tid, Err(e));
+                    } else if items < generated {
+                        let name = self.tasks[&tid].spec.name().to_string();
+                        self.complete_task(
+                            tid,
+                            Err(Error::ReplayMismatch(format!(
+                                "a retry of {name} yielded {items} items, but {generated} were already reported"
+                            ))),
+                        );
+                    } else {
+                        // The generator's own object holds `()` once it ends well.
+                        let unit = Stored::Inline { bytes: Vec::new(), contained: Vec::new() };
+                        self.complete_task(tid, Ok(vec![Some(unit)]));
+                    }
+                }
                 TaskOutcome::Failed(e) => {
-                    if !self.retry(tid, &e) {
+                    let replay = self.tasks.get_mut(&tid).and_then(|t| t.replay_error.take());
+                    if let Some(r) = replay {
+                        self.complete_task(tid, Err(r));
+                    } else if !self.retry(tid, &e) {
                         self.complete_task(tid, Err(e));
                     }
                 }
@@ -795,14 +820,129 @@ impl State {
         self.schedule();
     }
 
+    /// One yielded item from the executor of `tid`.
+    fn report_item(&mut self, conn: ConnId, tid: TaskId, attempt: u32, index: u32, value: ObjectValue, digest: u64) {
+        let current = self.tasks.get(&tid).is_some_and(|t| t.worker == Some(conn) && t.spec.attempt == attempt);
+        let id = ObjectId { task: tid, index: index + 2 };
+        if !current {
+            return self.refuse_item(conn, tid, index, value);
+        }
+        if self.tasks[&tid].spec.returns == ReturnKind::Dynamic {
+            // Dynamic returns: the item is pinned by its task until the final
+            // list (which contains it) is stored.
+            let known = self.objects.get(&id).is_some_and(|o| o.value.is_some());
+            if known {
+                return self.refuse_item(conn, tid, index, value);
+            }
+            self.objects.entry(id).or_default().pins += 1;
+            self.tasks.get_mut(&tid).expect("checked").dynamic_items.push(id);
+            if let Some(stored) = self.accept_value(conn, id, value) {
+                self.set_value(id, stored);
+            }
+            return;
+        }
+        let Some(stream) = self.streams.get_mut(&tid) else {
+            return self.refuse_item(conn, tid, index, value);
+        };
+        if stream.dropped {
+            return self.refuse_item(conn, tid, index, value);
+        }
+        let generated = stream.generated();
+        if index < generated {
+            // A retry replays what an earlier attempt reported: hand nothing
+            // out twice, but notice if it differs.
+            if stream.digests[index as usize] != digest {
+                let name = self.tasks[&tid].spec.name().to_string();
+                let task = self.tasks.get_mut(&tid).expect("checked");
+                task.replay_error.get_or_insert(Error::ReplayMismatch(format!(
+                    "a retry of {name} yielded a different value at index {index}"
+                )));
+            }
+            return self.refuse_item(conn, tid, index, value);
+        }
+        if index > generated {
+            let e = Error::Protocol(format!("item {index} reported before item {generated}"));
+            self.tasks.get_mut(&tid).expect("checked").replay_error.get_or_insert(e);
+            return self.refuse_item(conn, tid, index, value);
+        }
+        stream.digests.push(digest);
+        let owner = stream.owner;
+        let backpressure = stream.backpressure;
+        let unconsumed = stream.generated().saturating_sub(stream.consumed);
+        self.objects.entry(id).or_default();
+        self.hold(owner, id);
+        let Some(stored) = self.accept_value(conn, id, value) else { return };
+        let inline = match &stored {
+            Stored::Inline { bytes, contained } => {
+                Some(ObjectValue::Data { payload: Payload::Inline(bytes.clone()), contained: contained.clone() })
+            }
+            Stored::Error(e) => Some(ObjectValue::Error(e.clone())),
+            Stored::Shm { .. } => None,
+        };
+        self.set_value(id, stored);
+        self.send(owner, FromNode::StreamItem { task_id: tid, index, value: inline });
+        if let Some(n) = backpressure {
+            if unconsumed >= n {
+                if let Some(st) = self.streams.get_mut(&tid) {
+                    st.held.push_back((conn, index));
+                }
+            } else {
+                self.send(conn, FromNode::ItemAck { task_id: tid, index, gone: false });
+            }
+        }
+    }
+
+    /// Drops a report nobody will take, and unblocks its executor.
+    fn refuse_item(&mut self, conn: ConnId, tid: TaskId, index: u32, value: ObjectValue) {
+        if let ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } = value {
+            self.handle(conn, ToNode::Deallocate { offset });
+        }
+        let gone = self.streams.get(&tid).is_none_or(|s| s.dropped);
+        self.send(conn, FromNode::ItemAck { task_id: tid, index, gone });
+    }
+
+    /// Answers held acknowledgements while the owner is below its limit (or
+    /// all of them once the stream is dropped or over).
+    fn release_acks(&mut self, tid: TaskId) {
+        let Some(st) = self.streams.get_mut(&tid) else { return };
+        let mut out = Vec::new();
+        while let Some(&(conn, index)) = st.held.front() {
+            let unconsumed_then = (index + 1).saturating_sub(st.consumed);
+            let limit = st.backpressure.unwrap_or(u32::MAX);
+            if !st.dropped && unconsumed_then >= limit {
+                break;
+            }
+            st.held.pop_front();
+            out.push((conn, index, st.dropped));
+        }
+        for (conn, index, gone) in out {
+            self.send(conn, FromNode::ItemAck { task_id: tid, index, gone });
+        }
+    }
+
+    /// The owner dropped its generator: items it never took go, the executor
+    /// is released, later reports are refused. The task itself runs on.
+    fn drop_stream(&mut self, conn: ConnId, tid: TaskId, consumed: u32) {
+        let Some(st) = self.streams.get_mut(&tid) else { return };
+        if st.owner != conn {
+            return;
+        }
+        st.dropped = true;
+        let generated = st.generated();
+        self.release_acks(tid);
+        let finished = !self.tasks.contains_key(&tid);
+        if finished {
+            self.streams.remove(&tid);
+        }
+        for index in consumed..generated {
+            self.unhold(conn, ObjectId { task: tid, index: index + 2 });
+        }
+    }
+
     fn discard_outcome(&mut self, conn: ConnId, outcome: TaskOutcome) {
         if let TaskOutcome::Returned(values) = outcome {
             for v in values {
-                if let ObjectValue::Data {
-                    payload: Payload::Shm { offset, .. },
-                    ..
-                } = v
-                {
+                if let ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } = v {
                     self.handle(conn, ToNode::Deallocate { offset });
                 }
             }
@@ -814,10 +954,7 @@ impl State {
         let Some(task) = self.tasks.get_mut(&tid) else {
             return false;
         };
-        if task.cancelled
-            || task.retries_left == 0
-            || !err.is_retryable(&task.spec.retry_exceptions)
-        {
+        if task.cancelled || task.retries_left == 0 || !err.is_retryable(&task.spec.retry_exceptions) {
             return false;
         }
         if task.retries_left != u32::MAX {
@@ -870,6 +1007,27 @@ impl State {
         }
         for c in &task.spec.contained {
             self.unpin(*c);
+        }
+        for id in &task.dynamic_items {
+            self.unpin(*id);
+        }
+        if let Some(st) = self.streams.get_mut(&tid) {
+            let error = match self.objects.get(&ObjectId::for_return(tid, 0)).and_then(|o| o.value.as_ref()) {
+                Some(Stored::Error(e)) => Some(e.clone()),
+                _ => None,
+            };
+            let (owner, items, dropped) = (st.owner, st.generated(), st.dropped);
+            // Nothing will be reported any more: let a waiting executor go.
+            st.dropped = true;
+            self.release_acks(tid);
+            if dropped {
+                self.streams.remove(&tid);
+            } else {
+                if let Some(st) = self.streams.get_mut(&tid) {
+                    st.dropped = false;
+                }
+                self.send(owner, FromNode::StreamEnd { task_id: tid, items, error });
+            }
         }
     }
 
@@ -925,6 +1083,16 @@ impl State {
         if c.role == Some(Role::Worker) {
             self.names.lock().remove(&c.pid);
         }
+        let owned: Vec<TaskId> = self.streams.iter().filter(|(_, s)| s.owner == conn).map(|(t, _)| *t).collect();
+        for tid in owned {
+            if let Some(st) = self.streams.get_mut(&tid) {
+                st.dropped = true;
+            }
+            self.release_acks(tid);
+            if !self.tasks.contains_key(&tid) {
+                self.streams.remove(&tid);
+            }
+        }
         if let Some(tid) = c.running {
             if let Some(task) = self.tasks.get_mut(&tid) {
                 task.worker = None;
@@ -977,13 +1145,7 @@ impl State {
         self.push_event(&spec, state, pid, error);
     }
 
-    fn push_event(
-        &mut self,
-        spec: &TaskSpec,
-        state: TaskState,
-        worker_pid: Option<u32>,
-        error: Option<String>,
-    ) {
+    fn push_event(&mut self, spec: &TaskSpec, state: TaskState, worker_pid: Option<u32>, error: Option<String>) {
         if self.events.len() >= self.max_events {
             self.events.pop_front();
         }
@@ -1003,11 +1165,7 @@ impl State {
         NodeStats {
             objects: self.objects.len(),
             tasks: self.tasks.len(),
-            workers: self
-                .conns
-                .values()
-                .filter(|c| c.role == Some(Role::Worker))
-                .count(),
+            workers: self.conns.values().filter(|c| c.role == Some(Role::Worker)).count(),
             store_objects: s.objects as u64,
             store_used: s.used,
             store_spilled: s.spilled as u64,

@@ -102,12 +102,7 @@ mod tests {
 
     #[test]
     fn roundtrip_several_frames_in_one_buffer() {
-        let a = ToNode::Hello {
-            protocol: PROTOCOL_VERSION,
-            worker_id: WorkerId(5),
-            pid: 9,
-            role: Role::Driver,
-        };
+        let a = ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id: WorkerId(5), pid: 9, role: Role::Driver };
         let b = ToNode::Blocked;
         let mut buf = Vec::new();
         encode_into(&mut buf, &a).unwrap();
@@ -137,9 +132,6 @@ mod tests {
     fn truncated_body_is_an_io_error() {
         let mut buf = 100u32.to_le_bytes().to_vec();
         buf.extend_from_slice(&[1, 2, 3]);
-        assert!(matches!(
-            read_frame::<_, ToNode>(&mut &buf[..]),
-            Err(FrameError::Io(_))
-        ));
+        assert!(matches!(read_frame::<_, ToNode>(&mut &buf[..]), Err(FrameError::Io(_))));
     }
 }

@@ -7,14 +7,8 @@ use serde::{Deserialize, Serialize};
 /// path; a Python function (later) travels pickled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FunctionDescriptor {
-    Rust {
-        name: String,
-    },
-    Python {
-        module: String,
-        qualname: String,
-        pickled: Vec<u8>,
-    },
+    Rust { name: String },
+    Python { module: String, qualname: String, pickled: Vec<u8> },
 }
 
 impl FunctionDescriptor {
@@ -53,10 +47,7 @@ impl Payload {
 /// took the value's place.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ObjectValue {
-    Data {
-        payload: Payload,
-        contained: Vec<ObjectId>,
-    },
+    Data { payload: Payload, contained: Vec<ObjectId> },
     Error(Error),
 }
 
@@ -145,6 +136,8 @@ pub struct NodeInfo {
 pub enum TaskOutcome {
     /// One value per return object, in order.
     Returned(Vec<ObjectValue>),
+    /// A streaming generator ended after reporting `items` items.
+    Streamed { items: u32 },
     /// The attempt failed; the node decides whether to retry.
     Failed(Error),
 }
@@ -232,6 +225,27 @@ pub enum ToNode {
     ListTasks {
         req: u64,
     },
+    /// A generator task yielded item `index` (executor to node). `digest`
+    /// fingerprints the value, so a retry that yields something else at an
+    /// index already handed out is caught.
+    ReportItem {
+        task_id: TaskId,
+        attempt: u32,
+        index: u32,
+        value: ObjectValue,
+        digest: u64,
+    },
+    /// The owner has taken `consumed` items from the stream (backpressure).
+    StreamConsumed {
+        task_id: TaskId,
+        consumed: u32,
+    },
+    /// The owner dropped the generator after taking `consumed` items: the
+    /// rest are released and later reports are refused.
+    StreamDrop {
+        task_id: TaskId,
+        consumed: u32,
+    },
 }
 
 /// Node to client.
@@ -257,6 +271,27 @@ pub enum FromNode {
     Tasks {
         req: u64,
         events: Vec<TaskEvent>,
+    },
+    /// Item `index` of a stream this client owns is ready; an inline value
+    /// (or an error) comes along, a shared-memory one is fetched on `get`.
+    StreamItem {
+        task_id: TaskId,
+        index: u32,
+        value: Option<ObjectValue>,
+    },
+    /// The stream has `items` items; `error` (if any) is handed out after them.
+    StreamEnd {
+        task_id: TaskId,
+        items: u32,
+        error: Option<Error>,
+    },
+    /// Report `index` was taken; `gone` means the owner dropped the stream.
+    /// Sent only to generators with backpressure, and held back while the
+    /// owner has `backpressure` unconsumed items.
+    ItemAck {
+        task_id: TaskId,
+        index: u32,
+        gone: bool,
     },
     /// The connection is being closed for this reason.
     Rejected(Error),

@@ -118,10 +118,7 @@ mod tests {
     #[test]
     fn alignment() {
         let mut a = Allocator::new(10_000);
-        let offs: Vec<u64> = [1, 0, 63, 64, 65, 100, 7]
-            .iter()
-            .map(|&s| a.alloc(s).unwrap())
-            .collect();
+        let offs: Vec<u64> = [1, 0, 63, 64, 65, 100, 7].iter().map(|&s| a.alloc(s).unwrap()).collect();
         assert!(offs.iter().all(|o| o % ALIGN == 0));
         assert_eq!(a.size_of(offs[1]), Some(64)); // size 0 gets a minimal block
         assert_eq!(a.size_of(offs[4]), Some(128));

@@ -56,11 +56,7 @@ impl Arena {
         // Touching bytes past the end of the file would raise SIGBUS.
         let size = file.metadata()?.len();
         if size < capacity {
-            return Err(StoreError::OutOfBounds {
-                offset: 0,
-                len: capacity,
-                capacity: size,
-            });
+            return Err(StoreError::OutOfBounds { offset: 0, len: capacity, capacity: size });
         }
         Self::map(file, capacity)
     }
@@ -69,11 +65,7 @@ impl Arena {
         let len = usize::try_from(capacity).map_err(|_| StoreError::InvalidCapacity(capacity))?;
         // MmapRaw maps MAP_SHARED, read/write.
         let map = MmapOptions::new().len(len).map_raw(&file)?;
-        Ok(Arena {
-            map,
-            file,
-            capacity,
-        })
+        Ok(Arena { map, file, capacity })
     }
 
     /// The memfd. Created with `FD_CLOEXEC`; see [`Arena::set_inheritable`].
@@ -89,11 +81,7 @@ impl Arena {
         if flags < 0 {
             return Err(io::Error::last_os_error().into());
         }
-        let flags = if inheritable {
-            flags & !libc::FD_CLOEXEC
-        } else {
-            flags | libc::FD_CLOEXEC
-        };
+        let flags = if inheritable { flags & !libc::FD_CLOEXEC } else { flags | libc::FD_CLOEXEC };
         // SAFETY: as above.
         if unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
             return Err(io::Error::last_os_error().into());
@@ -108,11 +96,7 @@ impl Arena {
     fn check(&self, offset: u64, len: u64) -> Result<usize, StoreError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.capacity => Ok(offset as usize),
-            _ => Err(StoreError::OutOfBounds {
-                offset,
-                len,
-                capacity: self.capacity,
-            }),
+            _ => Err(StoreError::OutOfBounds { offset, len, capacity: self.capacity }),
         }
     }
 
@@ -138,9 +122,7 @@ impl Arena {
     pub unsafe fn slice_mut(&self, offset: u64, len: u64) -> Result<&mut [u8], StoreError> {
         let start = self.check(offset, len)?;
         // SAFETY: in bounds of the live mapping; exclusivity is the caller's contract.
-        Ok(unsafe {
-            std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(start), len as usize)
-        })
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(start), len as usize) })
     }
 
     /// Return the pages of `[offset, offset + len)` to the OS by punching a
@@ -154,21 +136,11 @@ impl Arena {
         if end <= start {
             return;
         }
-        let (Ok(off), Ok(n)) = (
-            libc::off_t::try_from(start),
-            libc::off_t::try_from(end - start),
-        ) else {
+        let (Ok(off), Ok(n)) = (libc::off_t::try_from(start), libc::off_t::try_from(end - start)) else {
             return;
         };
         // SAFETY: fallocate on our own fd; the range is inside the file.
-        let rc = unsafe {
-            libc::fallocate(
-                self.fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                off,
-                n,
-            )
-        };
+        let rc = unsafe { libc::fallocate(self.fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, n) };
         if rc != 0 {
             tracing::debug!(
                 offset = start,
@@ -177,6 +149,25 @@ impl Arena {
                 "arena: punching a hole failed"
             );
         }
+    }
+
+    /// Maps just `[offset, offset+len)` for writing, apart from the arena's
+    /// own mapping. When the window is dropped its pages leave this
+    /// process's resident set, so a writer of many large objects does not
+    /// look as if it kept them all.
+    ///
+    /// # Safety
+    /// The caller must be the only writer of that range (a fresh allocation).
+    pub unsafe fn write_window(&self, offset: u64, len: u64) -> Result<WriteWindow, StoreError> {
+        if offset.checked_add(len).is_none_or(|e| e > self.capacity()) {
+            return Err(StoreError::OutOfBounds { offset, len, capacity: self.capacity() });
+        }
+        let page = page_size();
+        let start = offset / page * page;
+        let skip = (offset - start) as usize;
+        // SAFETY: the file is the arena's own memfd and the range is inside it.
+        let map = unsafe { MmapOptions::new().offset(start).len(skip + len as usize).map_mut(&self.file)? };
+        Ok(WriteWindow { map, skip, len: len as usize })
     }
 }
 
@@ -194,6 +185,19 @@ fn page_size() -> u64 {
         n as u64
     } else {
         4096
+    }
+}
+
+/// A temporary writable mapping of one range of the arena.
+pub struct WriteWindow {
+    map: memmap2::MmapMut,
+    skip: usize,
+    len: usize,
+}
+
+impl WriteWindow {
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.map[self.skip..self.skip + self.len]
     }
 }
 
@@ -223,9 +227,7 @@ mod tests {
         assert_eq!(b.slice(4096, 5).unwrap(), b"hello");
         // And the other direction.
         // SAFETY: nobody else views this range.
-        unsafe { b.slice_mut(cap - 3, 3) }
-            .unwrap()
-            .copy_from_slice(b"end");
+        unsafe { b.slice_mut(cap - 3, 3) }.unwrap().copy_from_slice(b"end");
         assert_eq!(a.slice(cap - 3, 3).unwrap(), b"end");
     }
 
@@ -234,14 +236,8 @@ mod tests {
         let a = Arena::create(8192).unwrap();
         assert!(a.slice(0, 8192).is_ok());
         assert!(a.slice(8192, 0).is_ok());
-        assert!(matches!(
-            a.slice(8000, 193),
-            Err(StoreError::OutOfBounds { .. })
-        ));
-        assert!(matches!(
-            a.slice(u64::MAX, 2),
-            Err(StoreError::OutOfBounds { .. })
-        ));
+        assert!(matches!(a.slice(8000, 193), Err(StoreError::OutOfBounds { .. })));
+        assert!(matches!(a.slice(u64::MAX, 2), Err(StoreError::OutOfBounds { .. })));
         // SAFETY: the call fails before creating a slice.
         assert!(unsafe { a.slice_mut(8193, 0) }.is_err());
     }
@@ -267,14 +263,8 @@ mod tests {
         let a = Arena::create(4096).unwrap();
         // SAFETY: dup of a valid fd.
         let fd2 = unsafe { libc::dup(a.fd()) };
-        assert!(matches!(
-            Arena::open(fd2, 8192),
-            Err(StoreError::OutOfBounds { .. })
-        ));
-        assert!(matches!(
-            Arena::create(0),
-            Err(StoreError::InvalidCapacity(0))
-        ));
+        assert!(matches!(Arena::open(fd2, 8192), Err(StoreError::OutOfBounds { .. })));
+        assert!(matches!(Arena::create(0), Err(StoreError::InvalidCapacity(0))));
     }
 
     #[test]

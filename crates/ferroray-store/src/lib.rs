@@ -20,21 +20,15 @@ pub mod spill;
 pub mod store;
 
 pub use alloc::Allocator;
-pub use arena::Arena;
+pub use arena::{Arena, WriteWindow};
 pub use store::{Store, StoreStats};
 
 /// Errors of the object store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// No block fits even after spilling every unpinned sealed object.
-    #[error(
-        "object store is full: requested {requested} bytes, capacity {capacity}, {used} in use"
-    )]
-    Full {
-        requested: u64,
-        capacity: u64,
-        used: u64,
-    },
+    #[error("object store is full: requested {requested} bytes, capacity {capacity}, {used} in use")]
+    Full { requested: u64, capacity: u64, used: u64 },
     #[error("unknown object {0}")]
     UnknownObject(String),
     #[error("object {0} already exists")]
@@ -44,11 +38,7 @@ pub enum StoreError {
     #[error("sealed length {len} exceeds the allocation of {allocated} bytes")]
     SealTooLong { len: u64, allocated: u64 },
     #[error("range [{offset}, +{len}) is out of bounds of the arena of {capacity} bytes")]
-    OutOfBounds {
-        offset: u64,
-        len: u64,
-        capacity: u64,
-    },
+    OutOfBounds { offset: u64, len: u64, capacity: u64 },
     #[error("invalid arena capacity {0}")]
     InvalidCapacity(u64),
     #[error(transparent)]

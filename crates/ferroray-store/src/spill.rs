@@ -35,13 +35,7 @@ impl SpillDir {
         let name: String = key
             .to_string()
             .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                    c
-                } else {
-                    '_'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
             .collect();
         self.path.join(format!("obj-{name}"))
     }
@@ -73,11 +67,7 @@ pub fn read_into(path: &Path, dst: &mut [u8]) -> io::Result<()> {
     if len != dst.len() as u64 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!(
-                "spill file {} holds {len} bytes, expected {}",
-                path.display(),
-                dst.len()
-            ),
+            format!("spill file {} holds {len} bytes, expected {}", path.display(), dst.len()),
         ));
     }
     f.read_exact(dst)

@@ -95,11 +95,7 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
     }
 
     fn full(&self, requested: u64) -> StoreError {
-        StoreError::Full {
-            requested,
-            capacity: self.arena.capacity(),
-            used: self.alloc.used(),
-        }
+        StoreError::Full { requested, capacity: self.arena.capacity(), used: self.alloc.used() }
     }
 
     /// Reserve `size` bytes for an object being written (unsealed).
@@ -189,10 +185,7 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
     /// The unsealed allocation at `offset` becomes object `key` of `len`
     /// bytes (`len` <= the allocated size).
     pub fn seal(&mut self, key: K, offset: u64, len: u64) -> Result<(), StoreError> {
-        let &allocated = self
-            .unsealed
-            .get(&offset)
-            .ok_or(StoreError::NotAllocated(offset))?;
+        let &allocated = self.unsealed.get(&offset).ok_or(StoreError::NotAllocated(offset))?;
         if len > allocated {
             return Err(StoreError::SealTooLong { len, allocated });
         }
@@ -201,16 +194,7 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
         }
         self.unsealed.remove(&offset);
         let tick = self.next_tick();
-        self.objects.insert(
-            key,
-            Entry {
-                len,
-                loc: Location::Arena(offset),
-                pins: 0,
-                deleted: false,
-                tick,
-            },
-        );
+        self.objects.insert(key, Entry { len, loc: Location::Arena(offset), pins: 0, deleted: false, tick });
         self.evictable.insert(tick, key);
         Ok(())
     }
@@ -221,11 +205,7 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
     /// spilling others). Pinned objects are never spilled or moved.
     pub fn pin(&mut self, key: K) -> Result<(u64, u64), StoreError> {
         let unknown = || StoreError::UnknownObject(key.to_string());
-        let entry = self
-            .objects
-            .get(&key)
-            .filter(|e| !e.deleted)
-            .ok_or_else(unknown)?;
+        let entry = self.objects.get(&key).filter(|e| !e.deleted).ok_or_else(unknown)?;
         let len = entry.len;
         let offset = match &entry.loc {
             Location::Arena(offset) => {
@@ -252,8 +232,7 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
     fn restore(&mut self, path: &Path, len: u64) -> Result<u64, StoreError> {
         let offset = self.alloc_spilling(len)?;
         // SAFETY: the block was just allocated; nobody else knows its offset.
-        let read = unsafe { self.arena.slice_mut(offset, len) }
-            .and_then(|dst| Ok(spill::read_into(path, dst)?));
+        let read = unsafe { self.arena.slice_mut(offset, len) }.and_then(|dst| Ok(spill::read_into(path, dst)?));
         if let Err(e) = read {
             self.free_block(offset);
             return Err(e);
@@ -318,9 +297,7 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
 
     /// Whether `key` is currently spilled to disk.
     pub fn is_spilled(&self, key: K) -> bool {
-        self.objects
-            .get(&key)
-            .is_some_and(|e| matches!(e.loc, Location::Spilled(_)))
+        self.objects.get(&key).is_some_and(|e| matches!(e.loc, Location::Spilled(_)))
     }
 
     pub fn stats(&self) -> StoreStats {

@@ -10,8 +10,7 @@ const MIB: u64 = 1024 * KIB;
 
 /// A fresh, not yet existing spill directory path.
 fn spill_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("ferroray-store-test-{}-{name}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("ferroray-store-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
@@ -41,35 +40,20 @@ fn check(s: &mut Store<u64>, key: u64) -> (u64, u64) {
     let (off, len) = s.pin(key).unwrap();
     let mut want = vec![0; len as usize];
     fill(&mut want, key);
-    assert!(
-        s.arena().slice(off, len).unwrap() == want.as_slice(),
-        "bytes of {key} differ"
-    );
+    assert!(s.arena().slice(off, len).unwrap() == want.as_slice(), "bytes of {key} differ");
     (off, len)
 }
 
 #[test]
 fn lifecycle_and_stats() {
     let mut s = store(MIB, "lifecycle");
-    assert_eq!(
-        s.stats(),
-        StoreStats {
-            capacity: MIB,
-            ..Default::default()
-        }
-    );
+    assert_eq!(s.stats(), StoreStats { capacity: MIB, ..Default::default() });
 
     let off = s.allocate(1000).unwrap();
     assert_eq!(off % 64, 0);
     assert_eq!(s.stats().unsealed, 1);
-    assert!(matches!(
-        s.seal(1, off, 1001),
-        Err(StoreError::SealTooLong { .. })
-    ));
-    assert!(matches!(
-        s.seal(1, off + 64, 10),
-        Err(StoreError::NotAllocated(_))
-    ));
+    assert!(matches!(s.seal(1, off, 1001), Err(StoreError::SealTooLong { .. })));
+    assert!(matches!(s.seal(1, off + 64, 10), Err(StoreError::NotAllocated(_))));
     // SAFETY: fresh allocation.
     unsafe { s.arena().slice_mut(off, 1000) }.unwrap().fill(7);
     s.seal(1, off, 1000).unwrap();
@@ -79,10 +63,7 @@ fn lifecycle_and_stats() {
 
     put(&mut s, 2, 5000);
     let off3 = s.allocate(10).unwrap();
-    assert!(matches!(
-        s.seal(2, off3, 10),
-        Err(StoreError::ObjectExists(_))
-    ));
+    assert!(matches!(s.seal(2, off3, 10), Err(StoreError::ObjectExists(_))));
     s.abort(off3);
     s.abort(off3); // unknown now: ignored
 
@@ -103,13 +84,7 @@ fn lifecycle_and_stats() {
     s.delete(2);
     s.delete(2); // twice: ignored
     assert!(!s.contains(1));
-    assert_eq!(
-        s.stats(),
-        StoreStats {
-            capacity: MIB,
-            ..Default::default()
-        }
-    );
+    assert_eq!(s.stats(), StoreStats { capacity: MIB, ..Default::default() });
 }
 
 #[test]
@@ -133,10 +108,7 @@ fn spills_oldest_unpinned_and_restores() {
     assert_eq!(s.stats().spilled, 0);
     put(&mut s, 3, 400 * KIB); // no room: spills 1, the oldest
     let st = s.stats();
-    assert_eq!(
-        (st.objects, st.spilled, st.spilled_bytes),
-        (3, 1, 400 * KIB)
-    );
+    assert_eq!((st.objects, st.spilled, st.spilled_bytes), (3, 1, 400 * KIB));
     assert!(s.is_spilled(1) && !s.is_spilled(2) && !s.is_spilled(3));
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
 
@@ -157,13 +129,7 @@ fn spills_oldest_unpinned_and_restores() {
     for k in 1..=3 {
         s.delete(k);
     }
-    assert_eq!(
-        s.stats(),
-        StoreStats {
-            capacity: MIB,
-            ..Default::default()
-        }
-    );
+    assert_eq!(s.stats(), StoreStats { capacity: MIB, ..Default::default() });
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
 }
 
@@ -175,9 +141,7 @@ fn pinned_objects_are_never_spilled() {
     s.pin(1).unwrap();
     s.pin(2).unwrap();
     let err = s.allocate(400 * KIB).unwrap_err();
-    assert!(
-        matches!(err, StoreError::Full { requested, capacity, .. } if requested == 400 * KIB && capacity == MIB)
-    );
+    assert!(matches!(err, StoreError::Full { requested, capacity, .. } if requested == 400 * KIB && capacity == MIB));
     assert!(err.to_string().starts_with("object store is full: "));
     assert_eq!(s.stats().spilled, 0);
     // Unpinning one makes room again.
@@ -191,10 +155,7 @@ fn unsealed_allocations_are_never_spilled() {
     let mut s = store(MIB, "unsealed");
     let a = s.allocate(400 * KIB).unwrap();
     let _b = s.allocate(400 * KIB).unwrap();
-    assert!(matches!(
-        s.allocate(400 * KIB),
-        Err(StoreError::Full { .. })
-    ));
+    assert!(matches!(s.allocate(400 * KIB), Err(StoreError::Full { .. })));
     s.abort(a);
     assert!(s.allocate(400 * KIB).is_ok());
 }
@@ -226,13 +187,7 @@ fn deferred_delete_of_pinned_object() {
     s.unpin(1);
     assert_eq!(s.stats().used, 400 * KIB);
     s.unpin(1);
-    assert_eq!(
-        s.stats(),
-        StoreStats {
-            capacity: MIB,
-            ..Default::default()
-        }
-    );
+    assert_eq!(s.stats(), StoreStats { capacity: MIB, ..Default::default() });
     // The key can be used again.
     put(&mut s, 1, 10);
     assert!(s.contains(1));

@@ -48,10 +48,7 @@ fn run() -> ferroray::Result<()> {
     for batch in numbers.chunks(BATCH_SIZE) {
         doubled_batch_refs.push(remote_double_batch::remote(batch.to_vec()));
     }
-    let batched: Vec<i64> = ferroray::get_all(&doubled_batch_refs)?
-        .into_iter()
-        .flatten()
-        .collect();
+    let batched: Vec<i64> = ferroray::get_all(&doubled_batch_refs)?.into_iter().flatten().collect();
     let t_batched = start.elapsed();
 
     assert_eq!(fine_grained, sequential);
@@ -59,19 +56,9 @@ fn run() -> ferroray::Result<()> {
     assert_eq!(doubled_batch_refs.len(), N as usize / BATCH_SIZE);
 
     println!("sequential, no tasks:       {:>9.4} s", t_sequential.as_secs_f64());
-    println!(
-        "{N} tasks of one number:  {:>9.4} s",
-        t_fine.as_secs_f64()
-    );
-    println!(
-        "{} tasks of {BATCH_SIZE} numbers:    {:>9.4} s",
-        doubled_batch_refs.len(),
-        t_batched.as_secs_f64()
-    );
-    println!(
-        "batching speed-up: {:.1}x",
-        t_fine.as_secs_f64() / t_batched.as_secs_f64().max(1e-9)
-    );
+    println!("{N} tasks of one number:  {:>9.4} s", t_fine.as_secs_f64());
+    println!("{} tasks of {BATCH_SIZE} numbers:    {:>9.4} s", doubled_batch_refs.len(), t_batched.as_secs_f64());
+    println!("batching speed-up: {:.1}x", t_fine.as_secs_f64() / t_batched.as_secs_f64().max(1e-9));
     println!("fine-grained and batched results are equal");
     Ok(())
 }

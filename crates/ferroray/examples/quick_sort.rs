@@ -65,9 +65,7 @@ fn quick_sort_local(collection: Vec<i64>) -> Vec<i64> {
 fn lcg_numbers(n: usize, mut seed: u64) -> Vec<i64> {
     (0..n)
         .map(|_| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 33) % 1_000_000_000) as i64
         })
         .collect()
@@ -95,18 +93,13 @@ fn run() -> ferroray::Result<()> {
 
     let start = Instant::now();
     let distributed = quick_sort_distributed::remote(unsorted).get()?;
-    println!(
-        "distributed quick sort (nested tasks): {:.3} s",
-        start.elapsed().as_secs_f64()
-    );
+    println!("distributed quick sort (nested tasks): {:.3} s", start.elapsed().as_secs_f64());
     assert_eq!(distributed.len(), N);
     assert_eq!(distributed, expected);
 
     let nested = ferroray::tasks()?
         .iter()
-        .filter(|e| {
-            e.name.ends_with("quick_sort_distributed") && e.state == ferroray::TaskState::Finished
-        })
+        .filter(|e| e.name.ends_with("quick_sort_distributed") && e.state == ferroray::TaskState::Finished)
         .count();
     println!("{nested} quick_sort_distributed tasks ran");
     assert!(nested > 1);

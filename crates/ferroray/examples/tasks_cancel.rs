@@ -47,10 +47,7 @@ fn wait_until_running<T>(r: &ObjectRef<T>) -> ferroray::Result<()> {
     let task = r.id().task;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if ferroray::tasks()?
-            .iter()
-            .any(|e| e.task_id == task && e.state == TaskState::Running)
-        {
+        if ferroray::tasks()?.iter().any(|e| e.task_id == task && e.state == TaskState::Running) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -65,10 +62,9 @@ fn run() -> ferroray::Result<()> {
     let start = Instant::now();
     ferroray::cancel(&obj_ref)?;
     match obj_ref.get() {
-        Err(Error::TaskCancelled) => println!(
-            "Object reference was cancelled (cooperatively, in {:.2} s).",
-            start.elapsed().as_secs_f64()
-        ),
+        Err(Error::TaskCancelled) => {
+            println!("Object reference was cancelled (cooperatively, in {:.2} s).", start.elapsed().as_secs_f64())
+        }
         other => panic!("expected TaskCancelled, got {other:?}"),
     }
 
@@ -78,10 +74,9 @@ fn run() -> ferroray::Result<()> {
     let start = Instant::now();
     ferroray::cancel_with(&obj_ref, true /* force */, true /* recursive */)?;
     match obj_ref.get() {
-        Err(Error::TaskCancelled) => println!(
-            "Object reference was cancelled (forced, in {:.2} s).",
-            start.elapsed().as_secs_f64()
-        ),
+        Err(Error::TaskCancelled) => {
+            println!("Object reference was cancelled (forced, in {:.2} s).", start.elapsed().as_secs_f64())
+        }
         other => panic!("expected TaskCancelled, got {other:?}"),
     }
 
@@ -99,9 +94,7 @@ fn run() -> ferroray::Result<()> {
         Err(Error::TaskCancelled) => println!("Queued task was cancelled before it ran."),
         other => panic!("expected TaskCancelled, got {other:?}"),
     }
-    let never_ran = !ferroray::tasks()?
-        .iter()
-        .any(|e| e.task_id == queued.id().task && e.state == TaskState::Running);
+    let never_ran = !ferroray::tasks()?.iter().any(|e| e.task_id == queued.id().task && e.state == TaskState::Running);
     assert!(never_ran, "the cancelled queued task ran");
     ferroray::cancel(&hog1)?;
     ferroray::cancel(&hog2)?;

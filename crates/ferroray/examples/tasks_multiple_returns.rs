@@ -42,12 +42,7 @@ fn run() -> ferroray::Result<()> {
     assert_eq!(object_ref1.get()?, 1);
     assert_eq!(object_ref2.get()?, 2);
     assert_ne!(object_ref0, object_ref1);
-    println!(
-        "return_multiple: three refs to {}, {}, {}",
-        object_ref0.get()?,
-        object_ref1.get()?,
-        object_ref2.get()?
-    );
+    println!("return_multiple: three refs to {}, {}, {}", object_ref0.get()?, object_ref1.get()?, object_ref2.get()?);
 
     assert_eq!(times_ten::remote(&object_ref2).get()?, 20);
     println!("times_ten(third return) = 20");

@@ -34,24 +34,14 @@ fn run() -> ferroray::Result<()> {
     }
     let submitted = start.elapsed();
     println!("submitted 4 tasks in {submitted:?}");
-    assert!(
-        submitted < SLEEP,
-        "remote() should not wait for the task ({submitted:?})"
-    );
+    assert!(submitted < SLEEP, "remote() should not wait for the task ({submitted:?})");
 
     let results = ferroray::get_all(&refs)?;
     let elapsed = start.elapsed();
     assert_eq!(results, vec![1, 1, 1, 1]);
-    println!(
-        "4 tasks of {:.1} s each finished in {:.2} s",
-        SLEEP.as_secs_f64(),
-        elapsed.as_secs_f64()
-    );
+    println!("4 tasks of {:.1} s each finished in {:.2} s", SLEEP.as_secs_f64(), elapsed.as_secs_f64());
     // Sequentially they would take 4 s.
-    assert!(
-        elapsed < Duration::from_secs(3),
-        "the tasks did not run in parallel: {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_secs(3), "the tasks did not run in parallel: {elapsed:?}");
     println!("the tasks ran in parallel");
     Ok(())
 }

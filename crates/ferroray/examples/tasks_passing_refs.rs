@@ -32,10 +32,7 @@ fn main() -> ferroray::Result<()> {
 /// When the task that makes `r` reached `state` (Unix time, microseconds).
 fn state_time<T>(r: &ObjectRef<T>, state: TaskState) -> ferroray::Result<Option<u64>> {
     let task = r.id().task;
-    Ok(ferroray::tasks()?
-        .into_iter()
-        .find(|e| e.task_id == task && e.state == state)
-        .map(|e| e.time_us))
+    Ok(ferroray::tasks()?.into_iter().find(|e| e.task_id == task && e.state == state).map(|e| e.time_us))
 }
 
 fn run() -> ferroray::Result<()> {
@@ -49,21 +46,14 @@ fn run() -> ferroray::Result<()> {
     assert_eq!(obj_ref1.get()?, 1);
     assert_eq!(obj_ref2.get()?, 2);
     let elapsed = start.elapsed();
-    println!(
-        "function_with_an_argument(my_function()) = {} after {:.2} s",
-        obj_ref2.get()?,
-        elapsed.as_secs_f64()
-    );
+    println!("function_with_an_argument(my_function()) = {} after {:.2} s", obj_ref2.get()?, elapsed.as_secs_f64());
     assert!(elapsed >= FIRST_TASK_SLEEP);
 
     // The task events show the order: the second task started running only
     // after the first one finished.
     let mut times = (None, None);
     for _ in 0..100 {
-        times = (
-            state_time(&obj_ref1, TaskState::Finished)?,
-            state_time(&obj_ref2, TaskState::Running)?,
-        );
+        times = (state_time(&obj_ref1, TaskState::Finished)?, state_time(&obj_ref2, TaskState::Running)?);
         if times.0.is_some() && times.1.is_some() {
             break;
         }
@@ -72,10 +62,7 @@ fn run() -> ferroray::Result<()> {
     let (Some(first_finished), Some(second_started)) = times else {
         panic!("task events missing: {times:?}");
     };
-    println!(
-        "second task started {} us after the first finished",
-        second_started as i64 - first_finished as i64
-    );
+    println!("second task started {} us after the first finished", second_started as i64 - first_finished as i64);
     assert!(second_started >= first_finished);
 
     // A ref made with `put` works the same way; passing it by value moves it.

@@ -29,12 +29,7 @@ fn read_from_disk(i: i64, sleep_ms: u64) -> i64 {
 
 fn main() -> ferroray::Result<()> {
     // A node that has enough of everything: 4 CPUs, 2 GPUs and 2 "disk".
-    ferroray::init_with(
-        ferroray::Config::default()
-            .num_cpus(4)
-            .num_gpus(2)
-            .resource("disk", 2.0),
-    )?;
+    ferroray::init_with(ferroray::Config::default().num_cpus(4).num_gpus(2).resource("disk", 2.0))?;
     let result = run();
     ferroray::shutdown();
     result
@@ -57,29 +52,18 @@ fn run() -> ferroray::Result<()> {
     let refs = vec![
         write_to_disk::remote(0, sleep_ms),
         write_to_disk::remote(1, sleep_ms),
-        read_from_disk::options()
-            .resource("disk", 1.0)
-            .remote(2, sleep_ms),
+        read_from_disk::options().resource("disk", 1.0).remote(2, sleep_ms),
     ];
     assert_eq!(ferroray::get_all(&refs)?, vec![0, 1, 2]);
     let elapsed = start.elapsed();
-    println!(
-        "3 tasks holding disk = 1 each (node has disk = 2) took {:.2} s",
-        elapsed.as_secs_f64()
-    );
-    assert!(
-        elapsed >= Duration::from_millis(2 * sleep_ms),
-        "more than two disk tasks ran at once: {elapsed:?}"
-    );
+    println!("3 tasks holding disk = 1 each (node has disk = 2) took {:.2} s", elapsed.as_secs_f64());
+    assert!(elapsed >= Duration::from_millis(2 * sleep_ms), "more than two disk tasks ran at once: {elapsed:?}");
 
     // Without the custom resource, the same three tasks run together.
     let start = Instant::now();
     let refs: Vec<_> = (0..3).map(|i| read_from_disk::remote(i, sleep_ms)).collect();
     assert_eq!(ferroray::get_all(&refs)?, vec![0, 1, 2]);
-    println!(
-        "3 tasks without disk took {:.2} s",
-        start.elapsed().as_secs_f64()
-    );
+    println!("3 tasks without disk took {:.2} s", start.elapsed().as_secs_f64());
 
     // A task that asks for more than the cluster has can never run.
     let too_big = my_function::options().num_gpus(3.0).remote();

@@ -16,10 +16,7 @@ fn slow_function(sleep_ms: u64) -> u64 {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 /// Sleeps, then says which task it is and when it finished.
@@ -59,16 +56,11 @@ fn first_of_two() -> ferroray::Result<()> {
     let waited = start.elapsed();
     assert_eq!(ready_refs, vec![object_refs[1].clone()]);
     assert_eq!(remaining_refs, vec![object_refs[0].clone()]);
-    println!(
-        "wait returned the 200 ms task after {:.2} s: {}",
-        waited.as_secs_f64(),
-        ready_refs[0].get()?
-    );
+    println!("wait returned the 200 ms task after {:.2} s: {}", waited.as_secs_f64(), ready_refs[0].get()?);
     assert!(waited < Duration::from_millis(1000), "{waited:?}");
 
     // With a timeout, wait may return fewer than asked for.
-    let (ready, not_ready) =
-        ferroray::wait(&remaining_refs, 1, Some(Duration::from_millis(10)))?;
+    let (ready, not_ready) = ferroray::wait(&remaining_refs, 1, Some(Duration::from_millis(10)))?;
     assert!(ready.is_empty());
     assert_eq!(not_ready.len(), 1);
     println!("wait with a 10 ms timeout: 0 ready, 1 not ready");
@@ -80,11 +72,7 @@ fn first_of_two() -> ferroray::Result<()> {
 /// Process results as they complete instead of in submission order.
 fn completion_order() -> ferroray::Result<()> {
     let sleeps_ms = [500u64, 100, 900, 300, 0, 700, 200, 800, 400, 600];
-    let refs: Vec<_> = sleeps_ms
-        .iter()
-        .enumerate()
-        .map(|(i, &ms)| f::remote(i, ms))
-        .collect();
+    let refs: Vec<_> = sleeps_ms.iter().enumerate().map(|(i, &ms)| f::remote(i, ms)).collect();
     let mut unfinished = refs;
     let mut order = Vec::new();
     let mut finish_times = Vec::new();
@@ -109,10 +97,7 @@ fn completion_order() -> ferroray::Result<()> {
     // for the worker's clock reading and its message to the node; the
     // sleeps are 100 ms apart.)
     for w in finish_times.windows(2) {
-        assert!(
-            w[1] + 20_000 >= w[0],
-            "results not in completion order: {order:?} finished at {finish_times:?}"
-        );
+        assert!(w[1] + 20_000 >= w[0], "results not in completion order: {order:?} finished at {finish_times:?}");
     }
     if order != (0..sleeps_ms.len()).collect::<Vec<_>>() {
         println!("(submission order would have been 0..10)");

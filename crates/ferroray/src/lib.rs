@@ -23,6 +23,9 @@
 //! - [`get`], [`get_all`], [`put`], [`wait`], [`cancel`], [`tasks`]: the
 //!   free functions of Ray's API; [`ObjectRef`] has `get` and `get_timeout`.
 //! - [`Config`]: resources, store size, output forwarding.
+//! - [`ObjectRefGenerator`]: what a generator function's `remote()` gives:
+//!   its items' refs as they are yielded (an `Iterator` and a `Stream`);
+//!   [`DynamicObjectRefGenerator`]: the list a dynamic-returns task gives.
 //! - [`Buffer`]: bytes that read as a zero-copy view of shared memory.
 //!
 //! Workers are this same executable started again: a constructor that runs
@@ -30,7 +33,10 @@
 //! instead, so binaries, examples and test binaries all work as they are.
 
 pub use ferroray_common::{Error, ObjectId, Result, RetryExceptions, TaskError, TaskId};
-pub use ferroray_core::{is_cancelled, Arg, Buffer, IntoArg, ObjectRef, TaskOptions};
+pub use ferroray_core::{
+    is_cancelled, Arg, Buffer, Cancellable, DynamicObjectRefGenerator, IntoArg, ObjectRef, ObjectRefGenerator,
+    TaskOptions, WaitItem, Waitable,
+};
 pub use ferroray_macros::remote;
 pub use ferroray_protocol::{TaskEvent, TaskState};
 
@@ -39,8 +45,8 @@ mod runtime;
 
 pub use config::Config;
 pub use runtime::{
-    cancel, cancel_with, get, get_all, init, init_with, is_initialized, node_address, put, runtime_stats,
-    shutdown, tasks, wait, RuntimeStats,
+    cancel, cancel_with, get, get_all, init, init_with, is_initialized, node_address, put, runtime_stats, shutdown,
+    tasks, wait, RuntimeStats,
 };
 
 /// Used by `#[remote]` expansions; not a public API.
@@ -49,8 +55,10 @@ pub mod __private {
     pub use ferroray_common::{RetryExceptions, WorkerId};
     pub use ferroray_core::__task_options_methods as task_options_methods;
     pub use ferroray_core::codec::ReturnValue;
-    pub use ferroray_core::registry::{RemoteFunction, REMOTE_FUNCTIONS};
+    pub use ferroray_core::registry::{Invoke, ItemSink, RemoteFunction, REMOTE_FUNCTIONS};
     pub use ferroray_core::task::{app_error, encode_return, typed_ref, ArgReader, TaskCall};
+    pub use futures::executor::block_on;
+    pub use futures::StreamExt;
     pub use linkme;
 }
 

@@ -2,7 +2,7 @@
 
 use crate::Config;
 use ferroray_common::{resources, Error, ObjectId, Result};
-use ferroray_core::{global, worker, CoreWorker, ObjectRef};
+use ferroray_core::{global, worker, Cancellable, CoreWorker, ObjectRef, Waitable};
 use ferroray_node::{Node, NodeConfig, WorkerCommand};
 use ferroray_protocol::TaskEvent;
 use parking_lot::Mutex;
@@ -42,17 +42,13 @@ pub fn init_with(config: Config) -> Result<()> {
     nc.resources.set(resources::GPU, config.num_gpus);
     for (name, amount) in &config.resources {
         if !amount.is_finite() || *amount < 0.0 {
-            return Err(Error::InvalidOption(format!(
-                "resource {name} must be a non-negative number, got {amount}"
-            )));
+            return Err(Error::InvalidOption(format!("resource {name} must be a non-negative number, got {amount}")));
         }
         nc.resources.set(name, *amount);
     }
     if let Some(n) = config.num_cpus {
         if !n.is_finite() || n < 0.0 {
-            return Err(Error::InvalidOption(format!(
-                "num_cpus must be a non-negative number, got {n}"
-            )));
+            return Err(Error::InvalidOption(format!("num_cpus must be a non-negative number, got {n}")));
         }
     }
     if let Some(b) = config.object_store_memory {
@@ -108,33 +104,31 @@ pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
     core()?.put(&value)
 }
 
-/// Waits until `num_returns` refs are ready or `timeout` passes (`None`:
-/// no limit). Returns (ready, not ready): ready refs in the order they
-/// became ready, at most `num_returns`; the rest in the order given.
-pub fn wait<T>(
-    refs: &[ObjectRef<T>],
-    num_returns: usize,
-    timeout: Option<Duration>,
-) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
-    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
-    let (ready, rest) = core()?.wait(&ids, num_returns, timeout)?;
-    Ok((
-        ready.into_iter().map(|i| refs[i].clone()).collect(),
-        rest.into_iter().map(|i| refs[i].clone()).collect(),
-    ))
+/// Waits until `num_returns` of `items` are ready or `timeout` passes
+/// (`None`: no limit). Returns (ready, not ready): ready ones in the order
+/// they became ready, at most `num_returns`; the rest in the order given.
+///
+/// `items` are refs, generators (ready when their next item is here or
+/// their stream has ended), or both mixed as [`WaitItem`](crate::WaitItem)s.
+pub fn wait<W: Waitable>(items: &[W], num_returns: usize, timeout: Option<Duration>) -> Result<(Vec<W>, Vec<W>)> {
+    let keys: Vec<_> = items.iter().map(Waitable::wait_key).collect();
+    let (ready, rest) = core()?.wait(&keys, num_returns, timeout)?;
+    Ok((ready.into_iter().map(|i| items[i].clone()).collect(), rest.into_iter().map(|i| items[i].clone()).collect()))
 }
 
-/// Cancels the task that makes `r` and the tasks it submitted: a queued task
-/// is dropped; a running one sees `is_cancelled()` turn true. Its refs then
-/// give `Error::TaskCancelled`.
-pub fn cancel<T>(r: &ObjectRef<T>) -> Result<()> {
-    cancel_with(r, false, true)
+/// Cancels the task behind a ref or a generator, and the tasks it submitted:
+/// a queued task is dropped; a running one sees `is_cancelled()` turn true
+/// (a generator stops at its next yield, even while paused by backpressure).
+/// A ref then gives `Error::TaskCancelled`; a generator hands out one ref
+/// holding that error after the items it already made, then ends.
+pub fn cancel<C: Cancellable>(target: &C) -> Result<()> {
+    cancel_with(target, false, true)
 }
 
 /// [`cancel`] with Ray's flags: `force` kills the worker running the task
 /// (it is replaced); `recursive` also cancels the tasks it submitted.
-pub fn cancel_with<T>(r: &ObjectRef<T>, force: bool, recursive: bool) -> Result<()> {
-    core()?.cancel(r.id(), force, recursive)
+pub fn cancel_with<C: Cancellable>(target: &C, force: bool, recursive: bool) -> Result<()> {
+    core()?.cancel(target.task_to_cancel()?, force, recursive)
 }
 
 /// Every recorded task state change, oldest first.

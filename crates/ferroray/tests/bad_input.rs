@@ -93,7 +93,10 @@ fn invalid_options_are_rejected_at_submission() {
 #[test]
 fn invalid_config_is_rejected_by_init() {
     assert!(matches!(ferroray::init_with(Config::default().num_cpus(-1.0)), Err(Error::InvalidOption(_))));
-    assert!(matches!(ferroray::init_with(Config::default().resource("x", f64::INFINITY)), Err(Error::InvalidOption(_))));
+    assert!(matches!(
+        ferroray::init_with(Config::default().resource("x", f64::INFINITY)),
+        Err(Error::InvalidOption(_))
+    ));
     assert!(!ferroray::is_initialized());
 }
 
@@ -132,12 +135,8 @@ fn garbage_on_the_nodes_socket_is_rejected_and_others_are_served() {
     assert!(matches!(rejection(s), Error::Protocol(m) if m.contains("hello")));
     // A hello from another protocol version.
     let mut s = connect();
-    let hello = ToNode::Hello {
-        protocol: PROTOCOL_VERSION + 1,
-        worker_id: ferroray_common_id(),
-        pid: 1,
-        role: Role::Driver,
-    };
+    let hello =
+        ToNode::Hello { protocol: PROTOCOL_VERSION + 1, worker_id: ferroray_common_id(), pid: 1, role: Role::Driver };
     frame::write_frame(&mut s, &hello).unwrap();
     assert!(matches!(rejection(s), Error::Protocol(m) if m.contains("version")));
     still_serving();

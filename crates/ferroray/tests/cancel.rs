@@ -72,7 +72,8 @@ fn force_cancel_kills_the_worker_and_it_is_replaced() {
     let dir = d.to_string_lossy().to_string();
     let r = pid_then_sleep::remote(dir.clone());
     assert!(eventually(T, || std::fs::read_dir(&dir).unwrap().count() == 1));
-    let pid: u32 = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().file_name().to_string_lossy().parse().unwrap();
+    let pid: u32 =
+        std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().file_name().to_string_lossy().parse().unwrap();
     ferroray::cancel_with(&r, true, true).unwrap();
     assert_eq!(get(&r), Err(Error::TaskCancelled));
     assert!(eventually(T, || common::process_gone(pid)), "the worker was killed");

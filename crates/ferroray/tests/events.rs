@@ -28,10 +28,7 @@ fn state_changes_are_recorded_in_order_with_timestamps() {
     get(&r).unwrap();
     let events: Vec<_> = ferroray::tasks().unwrap().into_iter().filter(|e| e.task_id == r.id().task).collect();
     let states: Vec<TaskState> = events.iter().map(|e| e.state).collect();
-    assert_eq!(
-        states,
-        vec![TaskState::Submitted, TaskState::PendingSchedule, TaskState::Running, TaskState::Finished]
-    );
+    assert_eq!(states, vec![TaskState::Submitted, TaskState::PendingSchedule, TaskState::Running, TaskState::Finished]);
     assert!(events.windows(2).all(|w| w[0].time_us <= w[1].time_us));
     assert!(events.iter().all(|e| e.name == "add"));
     let running = events.iter().find(|e| e.state == TaskState::Running).unwrap();

@@ -39,19 +39,13 @@ fn mtime(p: &Path) -> Option<SystemTime> {
 /// The example's binary, built first if it is missing or may be stale.
 fn example_binary(name: &str) -> PathBuf {
     let profile = profile_dir();
-    let bin = profile
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(format!("{name}.rs"));
+    let bin = profile.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(format!("{name}.rs"));
     let built = mtime(&bin);
-    let newest_input = [mtime(&source), std::env::current_exe().ok().and_then(|e| mtime(&e))]
-        .into_iter()
-        .flatten()
-        .max();
-    let fresh = matches!((built, newest_input), (Some(b), Some(i)) if b >= i)
-        || (built.is_some() && newest_input.is_none());
+    let newest_input =
+        [mtime(&source), std::env::current_exe().ok().and_then(|e| mtime(&e))].into_iter().flatten().max();
+    let fresh =
+        matches!((built, newest_input), (Some(b), Some(i)) if b >= i) || (built.is_some() && newest_input.is_none());
     if !fresh {
         build_example(name, &profile);
     }
@@ -71,11 +65,7 @@ fn build_example(name: &str, profile: &Path) {
         cmd.arg("--release");
     }
     let out = cmd.output().expect("running cargo build --example");
-    assert!(
-        out.status.success(),
-        "cargo build --example {name} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "cargo build --example {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Reads a pipe to its end on a thread; the text arrives on the channel.
@@ -135,22 +125,13 @@ fn run(name: &str) -> Output {
     let elapsed = start.elapsed();
     // A leftover process holding the pipes must not hang the test.
     let collect = |rx: mpsc::Receiver<String>| {
-        rx.recv_timeout(Duration::from_secs(5))
-            .unwrap_or_else(|_| "<output not closed 5 s after exit>".into())
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|_| "<output not closed 5 s after exit>".into())
     };
     let (stdout, stderr) = (collect(stdout), collect(stderr));
     let Some(status) = status else {
-        panic!(
-            "example {name} timed out after {TIMEOUT:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-        );
+        panic!("example {name} timed out after {TIMEOUT:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
     };
-    Output {
-        success: status.success(),
-        status: status.to_string(),
-        stdout,
-        stderr,
-        elapsed,
-    }
+    Output { success: status.success(), status: status.to_string(), stdout, stderr, elapsed }
 }
 
 /// Runs the example; checks it succeeds and prints each of `expected`
@@ -179,10 +160,7 @@ fn tasks_basic() {
 
 #[test]
 fn tasks_parallel() {
-    check(
-        "tasks_parallel",
-        &["4 tasks of 1.0 s each finished in", "the tasks ran in parallel"],
-    );
+    check("tasks_parallel", &["4 tasks of 1.0 s each finished in", "the tasks ran in parallel"]);
 }
 
 #[test]
@@ -225,13 +203,7 @@ fn tasks_wait() {
 
 #[test]
 fn tasks_multiple_returns() {
-    check(
-        "tasks_multiple_returns",
-        &[
-            "return_single: one ref to (0, 1, 2)",
-            "return_multiple: three refs to 0, 1, 2",
-        ],
-    );
+    check("tasks_multiple_returns", &["return_single: one ref to (0, 1, 2)", "return_multiple: three refs to 0, 1, 2"]);
 }
 
 #[test]
@@ -249,18 +221,12 @@ fn tasks_cancel() {
 
 #[test]
 fn quick_sort() {
-    check(
-        "quick_sort",
-        &["distributed quick sort (nested tasks)", "distributed result equals the local sort"],
-    );
+    check("quick_sort", &["distributed quick sort (nested tasks)", "distributed result equals the local sort"]);
 }
 
 #[test]
 fn batching() {
-    check(
-        "batching",
-        &["batching speed-up:", "fine-grained and batched results are equal"],
-    );
+    check("batching", &["batching speed-up:", "fine-grained and batched results are equal"]);
 }
 
 #[test]

@@ -67,8 +67,7 @@ fn run_dying_driver(how: &str) {
         .unwrap()
         .status;
     assert!(!status.success(), "the child driver was meant to fail");
-    let pids: Vec<u32> =
-        std::fs::read_to_string(&pids_file).unwrap().split(',').map(|p| p.parse().unwrap()).collect();
+    let pids: Vec<u32> = std::fs::read_to_string(&pids_file).unwrap().split(',').map(|p| p.parse().unwrap()).collect();
     assert!(!pids.is_empty());
     for p in pids {
         assert!(eventually(T, || process_gone(p)), "worker {p} outlived its driver ({how})");

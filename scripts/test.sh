@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds everything and runs every test: the README's test command, and what
+# CI runs. Needs only a Rust toolchain; uses cargo-nextest when present
+# (each test in its own process, with the timeouts in .config/nextest.toml).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== build (all crates, examples, benches' binaries)"
+cargo build --workspace --all-targets --locked
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  profile=default
+  [ "${CI:-}" = "true" ] && profile=ci
+  cargo nextest run --workspace --locked --profile "$profile"
+else
+  echo "cargo-nextest not found: running cargo test (tests of one binary run one at a time)"
+  cargo test --workspace --locked --tests --examples
+fi
+
+echo "== doc tests"
+cargo test --workspace --locked --doc

@@ -115,6 +115,13 @@ fn add(a: i64, b: i64) -> i64 {
     a + b
 }
 
+/// The process a task runs in (to check that the init probe's tasks run in a
+/// worker, not in the driver).
+#[ferroray::remote]
+fn worker_pid() -> u32 {
+    std::process::id()
+}
+
 // ---------------------------------------------------------------------------
 // Command line
 // ---------------------------------------------------------------------------
@@ -728,6 +735,7 @@ fn pingpong_peer(path: &Path) -> Res<()> {
 const INIT_TAG: &str = "FERRORAY_BENCH_INIT_MS";
 const SHUTDOWN_TAG: &str = "FERRORAY_BENCH_SHUTDOWN_MS";
 const IDLE_TAG: &str = "FERRORAY_BENCH_IDLE";
+const REMOTE_TAG: &str = "FERRORAY_BENCH_TASK_IN_WORKER";
 
 /// Child mode: the time from before `init` to the first result.
 fn init_probe() -> Res<()> {
@@ -739,6 +747,8 @@ fn init_probe() -> Res<()> {
         return Err(format!("add(1, 2) gave {v}").into());
     }
     println!("{INIT_TAG} {ms}");
+    let pid = worker_pid::remote().get()?;
+    println!("{REMOTE_TAG} {}", pid != std::process::id());
     std::io::stdout().flush()?;
     let t1 = Instant::now();
     ferroray::shutdown();
@@ -797,6 +807,9 @@ fn bench_init(runs: usize) -> Res<Row> {
         wall_ms.push(wall.as_secs_f64() * 1e3);
         if let Some(s) = tagged(&out, SHUTDOWN_TAG).and_then(|s| s.parse::<f64>().ok()) {
             shutdown_ms.push(s);
+        }
+        if tagged(&out, REMOTE_TAG) != Some("true") {
+            return Err(format!("init probe: the task did not run in a worker process: {out:?}").into());
         }
     }
     Ok(Row::new(

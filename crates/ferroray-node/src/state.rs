@@ -848,15 +848,20 @@ impl State {
             return self.refuse_item(conn, tid, index, value);
         }
         let generated = stream.generated();
+        if self.tasks[&tid].replay_error.is_some() {
+            // The stream already failed: nothing more reaches the owner.
+            return self.refuse_item(conn, tid, index, value);
+        }
         if index < generated {
             // A retry replays what an earlier attempt reported: hand nothing
-            // out twice, but notice if it differs.
+            // out twice, but notice if it differs (and then stop the attempt).
             if stream.digests[index as usize] != digest {
                 let name = self.tasks[&tid].spec.name().to_string();
                 let task = self.tasks.get_mut(&tid).expect("checked");
                 task.replay_error.get_or_insert(Error::ReplayMismatch(format!(
                     "a retry of {name} yielded a different value at index {index}"
                 )));
+                self.send(conn, FromNode::CancelRunning { task_id: tid });
             }
             return self.refuse_item(conn, tid, index, value);
         }
@@ -983,6 +988,23 @@ impl State {
         if task.spec.enable_events {
             push_event(&mut self.events, self.max_events, &task.spec, state, None, error);
         }
+        // The stream's end goes out before the generator's own object is
+        // ready, so whoever sees `completed()` ready also sees the end.
+        if let Some(st) = self.streams.get_mut(&tid) {
+            let error = result.as_ref().err().cloned();
+            let (owner, items, dropped) = (st.owner, st.generated(), st.dropped);
+            // Nothing will be reported any more: let a waiting executor go.
+            st.dropped = true;
+            self.release_acks(tid);
+            if dropped {
+                self.streams.remove(&tid);
+            } else {
+                if let Some(st) = self.streams.get_mut(&tid) {
+                    st.dropped = false;
+                }
+                self.send(owner, FromNode::StreamEnd { task_id: tid, items, error });
+            }
+        }
         let ids: Vec<ObjectId> = task.spec.return_ids().collect();
         match result {
             Ok(values) => {
@@ -1010,24 +1032,6 @@ impl State {
         }
         for id in &task.dynamic_items {
             self.unpin(*id);
-        }
-        if let Some(st) = self.streams.get_mut(&tid) {
-            let error = match self.objects.get(&ObjectId::for_return(tid, 0)).and_then(|o| o.value.as_ref()) {
-                Some(Stored::Error(e)) => Some(e.clone()),
-                _ => None,
-            };
-            let (owner, items, dropped) = (st.owner, st.generated(), st.dropped);
-            // Nothing will be reported any more: let a waiting executor go.
-            st.dropped = true;
-            self.release_acks(tid);
-            if dropped {
-                self.streams.remove(&tid);
-            } else {
-                if let Some(st) = self.streams.get_mut(&tid) {
-                    st.dropped = false;
-                }
-                self.send(owner, FromNode::StreamEnd { task_id: tid, items, error });
-            }
         }
     }
 

@@ -1,0 +1,579 @@
+//! Streaming generators: declaring them, the `ObjectRefGenerator` handle,
+//! the streaming protocol (items while the task runs, in order, exactly once
+//! across retries), errors in order, backpressure, drop and GC, wait and
+//! cancel, and generators with fixed and dynamic returns.
+
+mod common;
+
+use common::{cluster_with, eventually, get, scratch_dir, T};
+use ferroray::{Buffer, Config, DynamicObjectRefGenerator, Error, ObjectRef, ObjectRefGenerator, WaitItem};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn cluster() -> common::Cluster {
+    cluster_with(Config::default().num_cpus(2))
+}
+
+fn mark(dir: &str, name: impl std::fmt::Display) {
+    std::fs::write(Path::new(dir).join(name.to_string()), "").unwrap();
+}
+
+fn count_marks(dir: &str, prefix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count())
+        .unwrap_or(0)
+}
+
+#[ferroray::remote]
+fn count(n: u64) -> impl Iterator<Item = u64> {
+    0..n
+}
+
+#[ferroray::remote]
+fn slow_count(n: u64, ms: u64) -> impl Iterator<Item = u64> {
+    (0..n).map(move |i| {
+        std::thread::sleep(Duration::from_millis(ms));
+        i
+    })
+}
+
+/// Yields item 0, then waits for the test to create `go` before ending.
+#[ferroray::remote]
+fn first_then_wait(dir: String) -> impl Iterator<Item = u64> {
+    (0..2).map(move |i| {
+        if i == 1 {
+            while !Path::new(&dir).join("go").exists() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        i
+    })
+}
+
+#[ferroray::remote]
+async fn async_count(n: u64) -> impl futures::Stream<Item = u64> {
+    futures::stream::iter(0..n)
+}
+
+#[ferroray::remote]
+fn fail_at(n: u64, k: u64) -> impl Iterator<Item = Result<u64, String>> {
+    (0..n).map(move |i| if i == k { Err(format!("failed at {i}")) } else { Ok(i) })
+}
+
+#[derive(Debug)]
+pub struct SetupError;
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot start")
+    }
+}
+
+#[ferroray::remote]
+fn fail_before(fail: bool) -> Result<impl Iterator<Item = u64>, SetupError> {
+    if fail {
+        Err(SetupError)
+    } else {
+        Ok(0..3)
+    }
+}
+
+/// Yields `n` items; on the first `deaths` attempts it dies (SIGKILL) after `die_after` items.
+#[ferroray::remote]
+fn dies_midway(dir: String, n: u64, die_after: u64, deaths: usize, shift_on_retry: u64) -> impl Iterator<Item = u64> {
+    let attempt = count_marks(&dir, "attempt-");
+    mark(&dir, format!("attempt-{attempt}"));
+    (0..n).map(move |i| {
+        if attempt < deaths && i == die_after {
+            // SAFETY: dying on purpose.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        if attempt > 0 {
+            i + shift_on_retry
+        } else {
+            i
+        }
+    })
+}
+
+/// Retried (system failure) with fewer items the second time.
+#[ferroray::remote]
+fn shrinks_on_retry(dir: String) -> impl Iterator<Item = u64> {
+    let attempt = count_marks(&dir, "attempt-");
+    mark(&dir, format!("attempt-{attempt}"));
+    let n = if attempt == 0 { 5 } else { 2 };
+    (0..n).map(move |i| {
+        if attempt == 0 && i == 4 {
+            // SAFETY: dying on purpose.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        i
+    })
+}
+
+/// Marks `started-i` before making item i, and `done` at the end.
+#[ferroray::remote]
+fn tracked(dir: String, n: u64) -> impl Iterator<Item = u64> {
+    let end = dir.clone();
+    (0..n)
+        .map(move |i| {
+            mark(&dir, format!("started-{i:04}"));
+            i
+        })
+        .chain(std::iter::once_with(move || {
+            mark(&end, "done");
+            u64::MAX
+        }))
+        .filter(|v| *v != u64::MAX)
+}
+
+#[ferroray::remote]
+async fn tracked_async(dir: String, n: u64) -> impl futures::Stream<Item = u64> {
+    futures::StreamExt::map(futures::stream::iter(0..n), move |i| {
+        mark(&dir, format!("started-{i:04}"));
+        i
+    })
+}
+
+#[ferroray::remote]
+fn big_items(n: u64, size: usize) -> impl Iterator<Item = Buffer> {
+    (0..n).map(move |i| Buffer::from(vec![i as u8; size]))
+}
+
+#[ferroray::remote]
+fn forever(dir: String) -> impl Iterator<Item = u64> {
+    (0..).map(move |i| {
+        if i == 0 {
+            mark(&dir, "running");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        i
+    })
+}
+
+#[ferroray::remote(num_returns = 3)]
+fn three(n: u64) -> impl Iterator<Item = u64> {
+    0..n
+}
+
+#[ferroray::remote(num_returns = 4)]
+fn two_then_error() -> impl Iterator<Item = Result<u64, String>> {
+    vec![Ok(0), Ok(1), Err("error".to_string())].into_iter()
+}
+
+#[ferroray::remote(num_returns = "dynamic")]
+fn split(data: Vec<u8>, chunk: usize) -> impl Iterator<Item = Vec<u8>> {
+    data.chunks(chunk).map(|c| c.to_vec()).collect::<Vec<_>>().into_iter()
+}
+
+#[ferroray::remote]
+fn total_len(chunks: DynamicObjectRefGenerator<Vec<u8>>) -> usize {
+    chunks.iter().map(|r| r.get().expect("chunk").len()).sum()
+}
+
+#[ferroray::remote]
+fn make_items(n: u64) -> impl Iterator<Item = u64> {
+    0..n
+}
+
+fn values(g: ObjectRefGenerator<u64>) -> Vec<ferroray::Result<u64>> {
+    g.map(|r| get(&r)).collect()
+}
+
+// 1. Declaring generators.
+
+#[test]
+fn iterator_async_stream_and_fallible_generators() {
+    let _c = cluster();
+    assert_eq!(values(count::remote(5)), (0..5).map(Ok).collect::<Vec<_>>());
+    assert_eq!(values(async_count::remote(4)), (0..4).map(Ok).collect::<Vec<_>>());
+    assert_eq!(values(count::remote(0)), vec![]);
+    assert_eq!(values(fail_before::remote(false)), (0..3).map(Ok).collect::<Vec<_>>());
+}
+
+// 2. The handle.
+
+#[test]
+fn remote_returns_the_generator_at_once() {
+    let _c = cluster();
+    let t = Instant::now();
+    let g = slow_count::remote(3, 300);
+    assert!(t.elapsed() < Duration::from_millis(200));
+    assert!(!g.is_finished());
+    assert!(g.next_ready().is_none());
+    assert!(matches!(g.next_timeout(Duration::from_millis(50)), Err(Error::GetTimeout)));
+    let first = g.next_timeout(T).unwrap().unwrap();
+    assert_eq!(get(&first).unwrap(), 0);
+    get(&g.completed()).unwrap();
+    assert!(g.is_finished());
+    assert_eq!(get(&g.next_ready().unwrap()).unwrap(), 1);
+    assert_eq!(get(&g.next_timeout(T).unwrap().unwrap()).unwrap(), 2);
+    assert!(g.next_timeout(T).unwrap().is_none());
+}
+
+#[test]
+fn async_callers_use_it_as_a_stream() {
+    let _c = cluster();
+    let got = futures::executor::block_on(async {
+        let mut out = Vec::new();
+        let mut g = slow_count::remote(4, 20);
+        while let Some(r) = futures::StreamExt::next(&mut g).await {
+            out.push(r.get_timeout(T).unwrap());
+        }
+        out
+    });
+    assert_eq!(got, vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn completed_reports_the_tasks_failure() {
+    let _c = cluster();
+    let g = fail_at::remote(5, 1);
+    assert!(matches!(get(&g.completed()), Err(Error::Task(t)) if t.message == "failed at 1"));
+}
+
+#[test]
+fn close_stops_the_remote_task() {
+    let _c = cluster();
+    let d = scratch_dir("close");
+    let dir = d.to_string_lossy().to_string();
+    let g = forever::remote(dir.clone());
+    let done = g.completed();
+    assert_eq!(get(&g.next_timeout(T).unwrap().unwrap()).unwrap(), 0);
+    g.close().unwrap();
+    assert_eq!(get(&done), Err(Error::TaskCancelled), "the task ended because of close()");
+}
+
+// 3. Items stream while the task runs.
+
+#[test]
+fn the_first_item_is_read_while_the_task_is_still_running() {
+    let _c = cluster();
+    let d = scratch_dir("first-item");
+    let dir = d.to_string_lossy().to_string();
+    let mut g = first_then_wait::remote(dir.clone());
+    let first = g.next().unwrap();
+    assert_eq!(get(&first).unwrap(), 0);
+    assert!(!g.is_finished(), "the task has not ended");
+    assert!(g.completed().get_timeout(Duration::from_millis(100)) == Err(Error::GetTimeout));
+    mark(&dir, "go");
+    assert_eq!(get(&g.next().unwrap()).unwrap(), 1);
+    assert!(g.next().is_none());
+}
+
+// 4. Errors in order.
+
+#[test]
+fn an_error_at_item_k_comes_after_k_items_then_the_end() {
+    let _c = cluster();
+    let mut g = fail_at::remote(5, 2);
+    assert_eq!(get(&g.next().unwrap()).unwrap(), 0);
+    assert_eq!(get(&g.next().unwrap()).unwrap(), 1);
+    let err = get(&g.next().unwrap()).unwrap_err();
+    assert!(matches!(&err, Error::Task(t) if t.message == "failed at 2" && t.task_name == "fail_at"), "{err}");
+    assert!(g.next().is_none());
+    assert!(g.next().is_none(), "None forever");
+}
+
+#[test]
+fn an_error_before_the_first_item_is_one_error_ref() {
+    let _c = cluster();
+    let mut g = fail_before::remote(true);
+    let err = get(&g.next().unwrap()).unwrap_err();
+    assert!(matches!(&err, Error::Task(t) if t.message == "cannot start"), "{err}");
+    assert!(g.next().is_none());
+}
+
+#[test]
+fn a_worker_killed_mid_stream_without_retries_gives_worker_crashed() {
+    let _c = cluster();
+    let d = scratch_dir("gen-crash");
+    let dir = d.to_string_lossy().to_string();
+    let g = dies_midway::options().max_retries(0).remote(dir, 5, 3, 10, 0);
+    let got: Vec<_> = g.map(|r| get(&r)).collect();
+    assert_eq!(got.len(), 4, "3 items then the error: {got:?}");
+    assert_eq!(got[..3], [Ok(0), Ok(1), Ok(2)]);
+    assert!(matches!(got[3], Err(Error::WorkerCrashed { .. })), "{:?}", got[3]);
+}
+
+// 5. Retries: exactly once, in order; replay mismatches are caught.
+
+#[test]
+fn a_retried_generator_continues_the_stream_exactly_once() {
+    let _c = cluster();
+    let d = scratch_dir("gen-retry");
+    let dir = d.to_string_lossy().to_string();
+    // Dies after 3 items on the first two attempts; the third completes.
+    let got = values(dies_midway::remote(dir.clone(), 6, 3, 2, 0));
+    assert_eq!(got, (0..6).map(Ok).collect::<Vec<_>>());
+    assert_eq!(count_marks(&dir, "attempt-"), 3);
+}
+
+#[test]
+fn a_retry_that_yields_different_values_is_a_replay_mismatch() {
+    let _c = cluster();
+    let d = scratch_dir("gen-mismatch");
+    let dir = d.to_string_lossy().to_string();
+    // The retry yields i + 100: indices 0..3 were already handed out.
+    let got = values(dies_midway::remote(dir, 6, 3, 1, 100));
+    assert_eq!(got[..3], [Ok(0), Ok(1), Ok(2)]);
+    assert!(matches!(got.last(), Some(Err(Error::ReplayMismatch(m))) if m.contains("different value")), "{got:?}");
+    assert_eq!(got.len(), 4, "no mixed data after the mismatch: {got:?}");
+}
+
+#[test]
+fn a_retry_that_yields_fewer_items_is_a_replay_mismatch() {
+    let _c = cluster();
+    let d = scratch_dir("gen-fewer");
+    let dir = d.to_string_lossy().to_string();
+    let got = values(shrinks_on_retry::remote(dir));
+    assert_eq!(got[..4], [Ok(0), Ok(1), Ok(2), Ok(3)]);
+    assert!(matches!(got.last(), Some(Err(Error::ReplayMismatch(m))) if m.contains("2 items")), "{got:?}");
+}
+
+// 6. Backpressure.
+
+fn check_backpressure(dir: &str, mut g: ObjectRefGenerator<u64>, n: usize, items: usize) {
+    for consumed in 0..items {
+        // Give the producer every chance to run ahead.
+        std::thread::sleep(Duration::from_millis(40));
+        let started = count_marks(dir, "started-");
+        assert!(started <= consumed + n, "after {consumed} consumed the producer started {started} (limit {n})");
+        let r = g.next().expect("an item");
+        assert_eq!(get(&r).unwrap(), consumed as u64);
+    }
+    assert!(g.next().is_none());
+}
+
+#[test]
+fn backpressure_one_keeps_the_producer_one_item_ahead() {
+    let _c = cluster();
+    let d = scratch_dir("bp1");
+    let dir = d.to_string_lossy().to_string();
+    check_backpressure(&dir, tracked::options().generator_backpressure(1).remote(dir.clone(), 8), 1, 8);
+}
+
+#[test]
+fn backpressure_five_keeps_the_producer_five_items_ahead() {
+    let _c = cluster();
+    let d = scratch_dir("bp5");
+    let dir = d.to_string_lossy().to_string();
+    check_backpressure(&dir, tracked::options().generator_backpressure(5).remote(dir.clone(), 12), 5, 12);
+    // Without backpressure it runs ahead freely.
+    let d = scratch_dir("bp-none");
+    let free = d.to_string_lossy().to_string();
+    let g = tracked::remote(free.clone(), 12);
+    assert!(eventually(T, || count_marks(&free, "started-") == 12), "the producer ran to the end unconsumed");
+    drop(g);
+}
+
+#[test]
+fn backpressure_works_for_async_generators_too() {
+    let _c = cluster();
+    let d = scratch_dir("bp-async");
+    let dir = d.to_string_lossy().to_string();
+    check_backpressure(&dir, tracked_async::options().generator_backpressure(2).remote(dir.clone(), 8), 2, 8);
+}
+
+#[test]
+fn backpressure_zero_is_an_invalid_option() {
+    let _c = cluster();
+    let mut g = count::options().generator_backpressure(0).remote(3);
+    assert!(matches!(get(&g.next().unwrap()), Err(Error::InvalidOption(m)) if m.contains("backpressure")));
+    assert!(g.next().is_none());
+    // Negative means no limit.
+    assert_eq!(values(count::options().generator_backpressure(-1).remote(3)), vec![Ok(0), Ok(1), Ok(2)]);
+}
+
+// 7. Dropping and GC.
+
+#[test]
+fn dropping_the_generator_frees_untaken_items_and_the_task_runs_on() {
+    let _c = cluster();
+    let g = big_items::remote(6, 1 << 20);
+    let first: ObjectRef<Buffer> = g.next_timeout(T).unwrap().unwrap();
+    let done = g.completed();
+    drop(g);
+    get(&done).unwrap();
+    assert_eq!(get(&first).unwrap().len(), 1 << 20, "a taken item is an ordinary ref");
+    drop(first);
+    drop(done);
+    assert!(
+        eventually(T, || {
+            let s = ferroray::runtime_stats().unwrap();
+            s.store_objects == 0 && s.node_objects == 0 && s.local_refs == 0
+        }),
+        "{:?}",
+        ferroray::runtime_stats()
+    );
+}
+
+#[test]
+fn dropping_releases_an_executor_paused_by_backpressure() {
+    let _c = cluster();
+    let d = scratch_dir("bp-drop");
+    let dir = d.to_string_lossy().to_string();
+    let mut g = tracked::options().generator_backpressure(1).remote(dir.clone(), 20);
+    assert_eq!(get(&g.next().unwrap()).unwrap(), 0);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(count_marks(&dir, "started-") <= 2, "paused");
+    drop(g);
+    assert!(eventually(T, || Path::new(&dir).join("done").exists()), "the task ran to its end after the drop");
+    assert_eq!(count_marks(&dir, "started-"), 20);
+}
+
+// 8. wait and cancel.
+
+#[test]
+fn wait_on_a_generator_is_ready_when_its_next_item_is() {
+    let _c = cluster();
+    let g = slow_count::remote(2, 300);
+    let (ready, not_ready) = ferroray::wait(&[g.clone()], 1, Some(Duration::ZERO)).unwrap();
+    assert!(ready.is_empty() && not_ready.len() == 1);
+    let (ready, _) = ferroray::wait(&[g.clone()], 1, Some(T)).unwrap();
+    assert_eq!(ready.len(), 1);
+    let r = g.next_ready().expect("next does not block after wait");
+    assert_eq!(get(&r).unwrap(), 0);
+    let (ready, _) = ferroray::wait(&[g.clone()], 1, Some(Duration::ZERO)).unwrap();
+    assert!(ready.is_empty(), "the second item is not there yet");
+    // Once the stream has ended, the generator stays ready.
+    get(&g.completed()).unwrap();
+    let _ = g.next_ready();
+    let (ready, _) = ferroray::wait(&[g.clone()], 1, Some(Duration::ZERO)).unwrap();
+    assert_eq!(ready.len(), 1);
+}
+
+#[ferroray::remote]
+fn slow_value(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn wait_mixes_generators_and_refs() {
+    let _c = cluster();
+    let g = slow_count::remote(3, 100);
+    let r = slow_value::remote(150);
+    let mut unready: Vec<WaitItem<u64>> = vec![g.into(), r.into()];
+    let mut results = Vec::new();
+    while !unready.is_empty() {
+        let (ready, rest) = ferroray::wait(&unready, 1, Some(T)).unwrap();
+        unready = rest;
+        for item in ready {
+            match item {
+                WaitItem::Generator(g) => match g.next_ready() {
+                    Some(r) => {
+                        results.push(get(&r).unwrap());
+                        unready.push(WaitItem::Generator(g));
+                    }
+                    None => {}
+                },
+                WaitItem::Ref(r) => results.push(get(&r).unwrap()),
+            }
+        }
+    }
+    results.sort();
+    assert_eq!(results, vec![0, 1, 2, 150]);
+    // num_returns and timeout.
+    let a = slow_count::remote(1, 500);
+    let b = slow_count::remote(1, 500);
+    let t = Instant::now();
+    let (ready, rest) = ferroray::wait(&[a, b], 2, Some(Duration::from_millis(100))).unwrap();
+    assert!(ready.is_empty() && rest.len() == 2 && t.elapsed() < Duration::from_millis(450));
+}
+
+#[test]
+fn cancelling_a_running_generator_ends_it_with_a_cancelled_ref() {
+    let _c = cluster();
+    let d = scratch_dir("gen-cancel");
+    let dir = d.to_string_lossy().to_string();
+    let mut g = forever::remote(dir.clone());
+    assert_eq!(get(&g.next().unwrap()).unwrap(), 0);
+    ferroray::cancel(&g).unwrap();
+    let mut last = None;
+    for r in g.by_ref() {
+        last = Some(get(&r));
+    }
+    assert_eq!(last, Some(Err(Error::TaskCancelled)));
+    assert!(g.next().is_none());
+}
+
+#[test]
+fn cancelling_a_generator_paused_by_backpressure() {
+    let _c = cluster();
+    let d = scratch_dir("bp-cancel");
+    let dir = d.to_string_lossy().to_string();
+    let mut g = tracked::options().generator_backpressure(1).remote(dir.clone(), 100);
+    assert_eq!(get(&g.next().unwrap()).unwrap(), 0);
+    std::thread::sleep(Duration::from_millis(100));
+    ferroray::cancel(&g).unwrap();
+    let rest: Vec<_> = g.by_ref().map(|r| get(&r)).collect();
+    assert_eq!(rest.last(), Some(&Err(Error::TaskCancelled)), "{rest:?}");
+    assert!(rest.len() <= 3, "at most the item it was paused on, then the error: {rest:?}");
+    assert!(g.next().is_none());
+}
+
+// 9. Fixed num_returns with a generator body.
+
+#[test]
+fn num_returns_with_a_generator_body() {
+    let _c = cluster();
+    let (a, b, c) = three::remote(3);
+    assert_eq!((get(&a).unwrap(), get(&b).unwrap(), get(&c).unwrap()), (0, 1, 2));
+    let (a, b, c) = three::remote(2);
+    assert_eq!((get(&a).unwrap(), get(&b).unwrap()), (0, 1));
+    assert!(matches!(get(&c), Err(Error::Task(t)) if t.message.contains("yielded 2 values but num_returns = 3")));
+    let (a, b, c) = three::remote(4);
+    for r in [a, b, c] {
+        assert!(matches!(get(&r), Err(Error::Task(t)) if t.message.contains("more than num_returns = 3")));
+    }
+    let (a, b, c, d) = two_then_error::remote();
+    assert_eq!((get(&a).unwrap(), get(&b).unwrap()), (0, 1));
+    assert!(matches!(get(&c), Err(Error::Task(t)) if t.message == "error"));
+    assert!(matches!(get(&d), Err(Error::Task(t)) if t.message == "error"));
+}
+
+// 10. Dynamic returns.
+
+#[test]
+fn dynamic_returns_give_the_list_of_item_refs() {
+    let _c = cluster();
+    let data: Vec<u8> = (0..=250).collect();
+    let dynamic = split::remote(data.clone(), 100);
+    let list = get(&dynamic).unwrap();
+    assert_eq!(list.len(), 3);
+    let back: Vec<u8> = list.iter().flat_map(|r| get(r).unwrap()).collect();
+    assert_eq!(back, data);
+    // Passed to another task, which iterates it there.
+    assert_eq!(get(&total_len::remote(&dynamic)).unwrap(), 251);
+    assert_eq!(get(&total_len::remote(list.clone())).unwrap(), 251);
+    // Empty.
+    assert!(get(&split::remote(vec![], 10)).unwrap().is_empty());
+    // By option, on a streaming generator function.
+    let d = make_items::options().num_returns_dynamic().remote(4);
+    assert_eq!(get(&d).unwrap().iter().map(|r| get(r).unwrap()).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn a_dynamic_generators_error_is_one_extra_final_ref() {
+    let _c = cluster();
+    let list = get(&fail_at::options().num_returns_dynamic().remote(5, 2)).unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(get(&list.refs()[0]).unwrap(), 0);
+    assert_eq!(get(&list.refs()[1]).unwrap(), 1);
+    assert!(matches!(get(&list.refs()[2]), Err(Error::Task(t)) if t.message == "failed at 2"));
+}
+
+#[test]
+fn dynamic_items_are_freed_with_their_list() {
+    let _c = cluster();
+    let d = big_items::options().num_returns_dynamic().remote(3, 1 << 20);
+    let list = get(&d).unwrap();
+    assert_eq!(get(&list.refs()[2]).unwrap()[0], 2);
+    drop(list);
+    drop(d);
+    assert!(eventually(T, || {
+        let s = ferroray::runtime_stats().unwrap();
+        s.store_objects == 0 && s.node_objects == 0
+    }));
+}

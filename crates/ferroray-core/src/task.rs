@@ -141,6 +141,10 @@ pub enum Arg<T> {
 
 /// What a remote function's parameter of type `T` accepts: a `T`, an
 /// `ObjectRef<T>` or a `&ObjectRef<T>`.
+#[diagnostic::on_unimplemented(
+    message = "a remote function's `{T}` argument cannot be given a `{Self}`",
+    label = "expected `{T}`, `ObjectRef<{T}>` or `&ObjectRef<{T}>`"
+)]
 pub trait IntoArg<T> {
     fn into_arg(self) -> Arg<T>;
 }

@@ -1,0 +1,6 @@
+#[ferroray::remote]
+fn identity<T>(x: T) -> T {
+    x
+}
+
+fn main() {}

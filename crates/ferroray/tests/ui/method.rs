@@ -1,0 +1,10 @@
+struct S;
+
+impl S {
+    #[ferroray::remote]
+    fn f(&self) -> i64 {
+        1
+    }
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[ferroray::remote]
+fn len(s: &str) -> usize {
+    s.len()
+}
+
+fn main() {}

@@ -5,28 +5,32 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-/// The spill directory. Removed on drop if this created it (only when empty:
-/// the [`Store`](crate::Store) removes its own files first).
+/// The spill directory. Made on the first spill (so a process that never
+/// spills, or dies, leaves nothing behind), and removed on drop if this made
+/// it (only when empty: the [`Store`](crate::Store) removes its files first).
 #[derive(Debug)]
 pub struct SpillDir {
     path: PathBuf,
-    created: bool,
+    created: std::cell::Cell<bool>,
 }
 
 impl SpillDir {
-    /// Use `path`, creating it (and its parents) if missing.
+    /// Use `path`; it is created (with its parents) when first needed.
     pub fn new(path: PathBuf) -> io::Result<Self> {
-        let created = if path.is_dir() {
-            false
-        } else {
-            fs::create_dir_all(&path)?;
-            true
-        };
-        Ok(SpillDir { path, created })
+        Ok(SpillDir { path, created: std::cell::Cell::new(false) })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Makes the directory if it does not exist yet.
+    pub fn ensure(&self) -> io::Result<()> {
+        if !self.path.is_dir() {
+            fs::create_dir_all(&self.path)?;
+            self.created.set(true);
+        }
+        Ok(())
     }
 
     /// File for `key`, named from its `Display` (characters other than
@@ -43,7 +47,7 @@ impl SpillDir {
 
 impl Drop for SpillDir {
     fn drop(&mut self) {
-        if self.created {
+        if self.created.get() {
             if let Err(e) = fs::remove_dir(&self.path) {
                 tracing::debug!(path = %self.path.display(), error = %e, "spill: cannot remove directory");
             }

@@ -66,7 +66,7 @@ pub struct Store<K> {
 }
 
 impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
-    /// `spill_dir` is created if missing. On drop the store removes the spill
+    /// `spill_dir` is created at the first spill. On drop the store removes the spill
     /// files it wrote, and the directory if it created it.
     pub fn new(arena: Arc<Arena>, spill_dir: PathBuf) -> Result<Self, StoreError> {
         Ok(Store {
@@ -154,6 +154,7 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
             // Two keys sanitized to the same name: disambiguate.
             path.as_mut_os_string().push(format!("-{tick}"));
         }
+        self.spill_dir.ensure()?;
         spill::write(&path, self.arena.slice(offset, len)?)?;
         tracing::debug!(object = %key, len, path = %path.display(), "store: spilled");
         self.evictable.remove(&tick);

@@ -59,14 +59,24 @@ fn child_driver_dies() {
 fn run_dying_driver(how: &str) {
     let dir = common::scratch_dir(&format!("dying-{how}"));
     let pids_file = dir.join("pids");
-    let status = Command::new(std::env::current_exe().unwrap())
+    let child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_driver_dies", "--nocapture", "--test-threads", "1"])
         .env("LIFECYCLE_CHILD", how)
         .env("LIFECYCLE_PIDS", &pids_file)
-        .output()
-        .unwrap()
-        .status;
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let driver_pid = child.id();
+    let status = child.wait_with_output().unwrap().status;
     assert!(!status.success(), "the child driver was meant to fail");
+    let litter: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("ferroray-spill-{driver_pid}-")))
+        .collect();
+    assert!(litter.is_empty(), "the dead driver left {litter:?} in the temp directory");
     let pids: Vec<u32> = std::fs::read_to_string(&pids_file).unwrap().split(',').map(|p| p.parse().unwrap()).collect();
     assert!(!pids.is_empty());
     for p in pids {

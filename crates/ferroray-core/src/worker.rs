@@ -17,7 +17,7 @@ use ferroray_protocol::{
 use ferroray_store::Arena;
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::de::DeserializeOwned;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -75,6 +75,13 @@ impl LocalStream {
     }
 }
 
+/// Tasks the node sent to this worker, in order; the node may take back the
+/// ones that have not started (see `FromNode::Revoke`).
+struct ExecQueue {
+    tasks: Mutex<VecDeque<TaskSpec>>,
+    ready: Condvar,
+}
+
 /// Acknowledgements received by a generator running here (backpressure).
 #[derive(Default)]
 struct Acks {
@@ -84,6 +91,12 @@ struct Acks {
 
 #[derive(Default)]
 struct LocalState {
+    /// Threads blocked in `get`, by the object they wait for: an arriving
+    /// object wakes waiters only if someone waits for it (a `get_all` of
+    /// 1,000 refs would otherwise be woken 1,000 times for nothing).
+    get_waiters: HashMap<ObjectId, u32>,
+    /// Threads blocked in `wait` or on a stream: woken by every arrival.
+    other_waiters: u32,
     streams: HashMap<TaskId, LocalStream>,
     acks: HashMap<TaskId, Acks>,
     /// This process's handle count per object (see `RefInner`).
@@ -104,18 +117,13 @@ pub struct CoreWorker {
     ready: Condvar,
     requests: Mutex<HashMap<u64, mpsc::SyncSender<FromNode>>>,
     next_req: AtomicU64,
-    exec_tx: Option<mpsc::Sender<TaskSpec>>,
+    /// Tasks sent to this worker and not started yet (workers only).
+    exec: Option<ExecQueue>,
     running: Mutex<Option<TaskContext>>,
 }
 
 impl CoreWorker {
-    fn new(
-        worker_id: WorkerId,
-        info: NodeInfo,
-        arena: Arc<Arena>,
-        link: Link,
-        exec_tx: Option<mpsc::Sender<TaskSpec>>,
-    ) -> Self {
+    fn new(worker_id: WorkerId, info: NodeInfo, arena: Arc<Arena>, link: Link, exec: Option<ExecQueue>) -> Self {
         codec::register_arena(&arena);
         CoreWorker {
             worker_id,
@@ -127,7 +135,7 @@ impl CoreWorker {
             ready: Condvar::new(),
             requests: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
-            exec_tx,
+            exec,
             running: Mutex::new(None),
         }
     }
@@ -374,12 +382,14 @@ impl CoreWorker {
                 st = self.state.lock();
                 continue;
             }
+            st.other_waiters += 1;
             match deadline {
                 Some(d) => {
                     self.ready.wait_until(&mut st, d);
                 }
                 None => self.ready.wait(&mut st),
             }
+            st.other_waiters -= 1;
         }
     }
 
@@ -530,13 +540,22 @@ impl CoreWorker {
                             blocked.block();
                             continue;
                         }
-                        match deadline {
-                            Some(d) => {
-                                if self.ready.wait_until(&mut st, d).timed_out() && !st.objects.contains_key(&id) {
-                                    return Err(Error::GetTimeout);
-                                }
+                        *st.get_waiters.entry(id).or_insert(0) += 1;
+                        let timed_out = match deadline {
+                            Some(d) => self.ready.wait_until(&mut st, d).timed_out(),
+                            None => {
+                                self.ready.wait(&mut st);
+                                false
                             }
-                            None => self.ready.wait(&mut st),
+                        };
+                        if let Some(n) = st.get_waiters.get_mut(&id) {
+                            *n -= 1;
+                            if *n == 0 {
+                                st.get_waiters.remove(&id);
+                            }
+                        }
+                        if timed_out && !st.objects.contains_key(&id) {
+                            return Err(Error::GetTimeout);
                         }
                         continue;
                     }
@@ -611,12 +630,14 @@ impl CoreWorker {
                 st = self.state.lock();
                 continue;
             }
+            st.other_waiters += 1;
             match deadline {
                 Some(d) => {
                     self.ready.wait_until(&mut st, d);
                 }
                 None => self.ready.wait(&mut st),
             }
+            st.other_waiters -= 1;
         }
     }
 
@@ -646,9 +667,16 @@ impl CoreWorker {
         match msg {
             FromNode::Welcome(_) => {}
             FromNode::Execute(spec) => {
-                if let Some(tx) = &self.exec_tx {
-                    let _ = tx.send(*spec);
+                if let Some(q) = &self.exec {
+                    q.tasks.lock().push_back(*spec);
+                    q.ready.notify_one();
                 }
+            }
+            FromNode::Revoke { task_ids } => {
+                let taken = self.take_queued(&task_ids);
+                let ids = taken.iter().map(|t| t.task_id).collect();
+                taken.into_iter().for_each(|t| self.release_unrun(t));
+                let _ = self.send(ToNode::Revoked { task_ids: ids });
             }
             FromNode::ObjectReady { id, value } => {
                 let cached = match value {
@@ -665,15 +693,20 @@ impl CoreWorker {
                 let unwanted = {
                     let mut st = self.state.lock();
                     st.subscribed.remove(&id);
-                    if st.refs.contains_key(&id) {
+                    let wake = st.other_waiters > 0 || st.get_waiters.contains_key(&id);
+                    let unwanted = if st.refs.contains_key(&id) {
                         self.cache(&mut st, id, cached);
                         None
                     } else {
                         Some(cached)
-                    }
+                    };
+                    (unwanted, wake)
                 };
+                let (unwanted, wake) = unwanted;
                 drop(unwanted);
-                self.ready.notify_all();
+                if wake {
+                    self.ready.notify_all();
+                }
             }
             FromNode::Allocated { req, .. } | FromNode::Tasks { req, .. } => {
                 if let Some(tx) = self.requests.lock().remove(&req) {
@@ -685,6 +718,13 @@ impl CoreWorker {
                     if ctx.task_id == task_id {
                         ctx.cancelled.store(true, Ordering::Relaxed);
                     }
+                }
+                // A task still queued here never starts.
+                for t in self.take_queued(&[task_id]) {
+                    let attempt = t.attempt;
+                    self.release_unrun(t);
+                    let outcome = TaskOutcome::Failed(Error::TaskCancelled);
+                    let _ = self.send(ToNode::TaskDone { task_id, attempt, outcome });
                 }
                 self.ready.notify_all();
             }
@@ -738,6 +778,48 @@ impl CoreWorker {
                 eprintln!("ferroray: the node closed the connection: {e}");
                 self.mark_disconnected(&e.to_string());
             }
+        }
+    }
+
+    /// Removes these tasks from the queue if they have not started.
+    fn take_queued(&self, ids: &[TaskId]) -> Vec<TaskSpec> {
+        let Some(q) = &self.exec else { return Vec::new() };
+        let mut tasks = q.tasks.lock();
+        let mut taken = Vec::new();
+        tasks.retain(|t| {
+            let hit = ids.contains(&t.task_id);
+            if hit {
+                taken.push(t.clone());
+            }
+            !hit
+        });
+        taken
+    }
+
+    /// A task given back without running: release the pins the node took
+    /// for its shared-memory arguments.
+    fn release_unrun(&self, spec: TaskSpec) {
+        for arg in spec.args {
+            if let ferroray_protocol::TaskArg::Object { id, payload: Payload::Shm { .. } } = arg {
+                self.unpin(id);
+            }
+        }
+    }
+
+    /// Runs queued tasks one after another, forever (worker processes).
+    fn run_queue(self: &Arc<Self>) {
+        let Some(q) = &self.exec else { return };
+        loop {
+            let spec = {
+                let mut tasks = q.tasks.lock();
+                loop {
+                    if let Some(t) = tasks.pop_front() {
+                        break t;
+                    }
+                    q.ready.wait(&mut tasks);
+                }
+            };
+            self.run_task(spec);
         }
     }
 
@@ -934,7 +1016,9 @@ impl ItemSink for StreamSink<'_> {
             if let Some(reason) = &st.disconnected {
                 return Err(Error::Disconnected(reason.clone()));
             }
+            st.other_waiters += 1;
             self.core.ready.wait_for(&mut st, Duration::from_millis(500));
+            st.other_waiters -= 1;
         }
     }
 }
@@ -1069,9 +1153,9 @@ fn run_worker() -> Result<()> {
         other => return Err(Error::Protocol(format!("expected welcome, got {other:?}"))),
     };
     let arena = Arc::new(Arena::open(store_fd, capacity).map_err(Error::io)?);
-    let (exec_tx, exec_rx) = mpsc::channel();
     let writer = stream.try_clone().map_err(Error::io)?;
-    let core = Arc::new(CoreWorker::new(worker_id, info, arena, Link::Socket(Mutex::new(writer)), Some(exec_tx)));
+    let exec = ExecQueue { tasks: Mutex::new(VecDeque::new()), ready: Condvar::new() };
+    let core = Arc::new(CoreWorker::new(worker_id, info, arena, Link::Socket(Mutex::new(writer)), Some(exec)));
     global::set(core.clone())?;
     let reader_core = core.clone();
     std::thread::Builder::new()
@@ -1087,8 +1171,6 @@ fn run_worker() -> Result<()> {
             }
         })
         .map_err(Error::io)?;
-    for spec in exec_rx {
-        core.run_task(spec);
-    }
+    core.run_queue();
     Ok(())
 }

@@ -61,10 +61,27 @@ struct Conn {
     pins: HashMap<ObjectId, u32>,
     /// Allocations made by this connection and not yet sealed.
     unsealed: HashSet<u64>,
-    running: Option<TaskId>,
+    /// Tasks sent to this worker: the first runs, the rest wait behind it
+    /// (pipelining) under the same lease.
+    assigned: VecDeque<TaskId>,
+    /// What the worker's lease takes from the node, and its full shape (the
+    /// two differ while the running task lends its CPU back).
+    lease: ResourceSet,
+    lease_shape: ResourceSet,
     /// Its task waits in `get`: it does not count toward `max_workers`.
     blocked: bool,
 }
+
+impl Conn {
+    fn running(&self) -> Option<TaskId> {
+        self.assigned.front().copied()
+    }
+}
+
+/// Tasks a busy worker may hold beyond the one it runs. Pipelining hides the
+/// round trip between two tasks; it applies only to tasks that could not
+/// start anyway (no free resources), and is undone if the worker blocks.
+const PIPELINE_DEPTH: usize = 2;
 
 /// A stored value as the node keeps it. Shared-memory objects keep no
 /// offset here: the store knows it, and it can change across a spill.
@@ -96,8 +113,6 @@ struct Task {
     spec: TaskSpec,
     pending_deps: usize,
     worker: Option<ConnId>,
-    /// Resources held while running (less the CPU lent back while blocked).
-    held: ResourceSet,
     retries_left: u32,
     cancelled: bool,
     /// Items of a dynamic-returns task, pinned until the task ends.
@@ -228,7 +243,9 @@ impl State {
                 held: HashSet::new(),
                 pins: HashMap::new(),
                 unsealed: HashSet::new(),
-                running: None,
+                assigned: VecDeque::new(),
+                lease: ResourceSet::new(),
+                lease_shape: ResourceSet::new(),
                 blocked: false,
             },
         );
@@ -316,6 +333,7 @@ impl State {
                 self.schedule();
             }
             ToNode::Blocked => self.set_blocked(conn, true),
+            ToNode::Revoked { task_ids } => self.revoked(conn, task_ids),
             ToNode::Unblocked => self.set_blocked(conn, false),
             ToNode::ReportItem { task_id, attempt, index, value, digest } => {
                 self.report_item(conn, task_id, attempt, index, value, digest)
@@ -601,7 +619,6 @@ impl State {
                 spec,
                 pending_deps: pending,
                 worker: None,
-                held: ResourceSet::new(),
                 retries_left,
                 cancelled: false,
                 dynamic_items: Vec::new(),
@@ -635,6 +652,14 @@ impl State {
         let mut tentative = self.available.clone();
         let mut want_workers = 0usize;
         let mut dispatches = Vec::new();
+        let mut pipelined = Vec::new();
+        // Busy workers that could take a task behind the one they run.
+        let mut busy: Vec<(ConnId, &ResourceSet, usize)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.blocked && (1..=PIPELINE_DEPTH).contains(&c.assigned.len()))
+            .map(|(id, c)| (*id, &c.lease_shape, c.assigned.len()))
+            .collect();
         for (shape, queue) in self.ready.iter_mut() {
             let mut i = 0;
             while i < queue.len() && want_workers < self.max_workers {
@@ -643,6 +668,20 @@ impl State {
                     continue;
                 }
                 if !shape.fits_in(&tentative) {
+                    // No room to start it: queue it behind a busy worker
+                    // holding a lease of the same shape, least loaded first.
+                    while i < queue.len() {
+                        let Some(slot) = busy
+                            .iter_mut()
+                            .filter(|(_, s, n)| *s == shape && *n <= PIPELINE_DEPTH)
+                            .min_by_key(|(_, _, n)| *n)
+                        else {
+                            break;
+                        };
+                        let tid = queue.remove(i).expect("index checked");
+                        slot.2 += 1;
+                        pipelined.push((tid, slot.0));
+                    }
                     break;
                 }
                 tentative.subtract(shape);
@@ -660,7 +699,12 @@ impl State {
         }
         self.ready.retain(|(_, q)| !q.is_empty());
         for (tid, w) in dispatches {
-            self.dispatch(tid, w);
+            self.assign(tid, w, true);
+        }
+        for (tid, w) in pipelined {
+            if self.tasks.contains_key(&tid) {
+                self.assign(tid, w, false);
+            }
         }
         let active = self.conns.values().filter(|c| c.role == Some(Role::Worker) && !c.blocked).count();
         let mut room = self.max_workers.saturating_sub(active + self.starting);
@@ -675,14 +719,22 @@ impl State {
         }
     }
 
-    fn dispatch(&mut self, tid: TaskId, worker: ConnId) {
+    /// Sends a task to a worker: an idle one (taking a new lease on the
+    /// task's resources) or a busy one, behind the task it runs.
+    fn assign(&mut self, tid: TaskId, worker: ConnId, new_lease: bool) {
         let mut spec = {
-            let task = self.tasks.get_mut(&tid).expect("dispatching a known task");
+            let task = self.tasks.get_mut(&tid).expect("assigning a known task");
             task.worker = Some(worker);
-            task.held = task.spec.resources.clone();
-            self.available.subtract(&task.spec.resources);
             task.spec.clone()
         };
+        if let Some(c) = self.conns.get_mut(&worker) {
+            if new_lease {
+                c.lease = spec.resources.clone();
+                c.lease_shape = spec.resources.clone();
+                self.available.subtract(&spec.resources);
+            }
+            c.assigned.push_back(tid);
+        }
         for arg in spec.args.iter_mut() {
             if let TaskArg::Ref(id) = *arg {
                 let payload = match self.objects.get(&id).and_then(|o| o.value.as_ref()) {
@@ -699,29 +751,46 @@ impl State {
                 }
             }
         }
-        let pid = match self.conns.get_mut(&worker) {
-            Some(c) => {
-                c.running = Some(tid);
-                c.pid
-            }
-            None => 0,
-        };
-        self.names.lock().insert(pid, spec.name().to_string());
+        let (pid, first) = self.conns.get(&worker).map_or((0, false), |c| (c.pid, c.assigned.len() == 1));
+        if first {
+            self.names.lock().insert(pid, spec.name().to_string());
+        }
         self.record(tid, TaskState::Running, Some(pid), None);
         self.send(worker, FromNode::Execute(Box::new(spec)));
     }
 
-    /// Takes the task off its worker: resources back, worker idle again.
+    /// Takes the task off its worker. The next task queued there runs under
+    /// the same lease; with none, the lease goes back and the worker is idle.
     fn release_worker(&mut self, tid: TaskId) {
         let Some(task) = self.tasks.get_mut(&tid) else {
             return;
         };
-        let held = std::mem::take(&mut task.held);
-        self.available.add(&held);
-        if let Some(w) = task.worker.take() {
-            if let Some(c) = self.conns.get_mut(&w) {
-                c.running = None;
-                c.blocked = false;
+        let Some(w) = task.worker.take() else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&w) else {
+            return;
+        };
+        c.assigned.retain(|t| *t != tid);
+        if c.blocked {
+            // The blocked task is over: take back the CPU it lent out.
+            let mut lent = c.lease_shape.clone();
+            lent.subtract(&c.lease);
+            self.available.subtract(&lent);
+            c.lease = c.lease_shape.clone();
+            c.blocked = false;
+        }
+        match c.running() {
+            Some(next) => {
+                let pid = c.pid;
+                if let Some(t) = self.tasks.get(&next) {
+                    self.names.lock().insert(pid, t.spec.name().to_string());
+                }
+            }
+            None => {
+                let lease = std::mem::take(&mut c.lease);
+                c.lease_shape = ResourceSet::new();
+                self.available.add(&lease);
                 if !self.shutting_down {
                     self.idle.push(w);
                 }
@@ -729,26 +798,46 @@ impl State {
         }
     }
 
+    /// The worker gave back tasks queued behind its blocked task.
+    fn revoked(&mut self, conn: ConnId, task_ids: Vec<TaskId>) {
+        for tid in task_ids.into_iter().rev() {
+            let Some(task) = self.tasks.get_mut(&tid) else { continue };
+            if task.worker != Some(conn) {
+                continue;
+            }
+            task.worker = None;
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.assigned.retain(|t| *t != tid);
+            }
+            let shape = self.tasks[&tid].spec.resources.clone();
+            match self.ready.iter_mut().find(|(s, _)| *s == shape) {
+                Some((_, q)) => q.push_front(tid),
+                None => self.ready.push((shape, VecDeque::from([tid]))),
+            }
+        }
+        self.schedule();
+    }
+
     fn set_blocked(&mut self, conn: ConnId, blocked: bool) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.blocked = blocked && c.running.is_some();
-        let Some(tid) = c.running else {
+        if !blocked || c.blocked || c.running().is_none() {
+            // On unblock the task goes on without taking the CPU back: a
+            // brief oversubscription, as in Ray, instead of a deadlock.
             return;
-        };
-        let Some(task) = self.tasks.get_mut(&tid) else {
-            return;
-        };
-        if blocked {
-            // Lend the CPU back so that the tasks this one waits for can run.
-            let cpu = ResourceSet::new().with(resources::CPU, task.held.get(resources::CPU));
-            task.held.subtract(&cpu);
-            self.available.add(&cpu);
-            self.schedule();
         }
-        // On unblock the task goes on without taking the CPU back: a brief
-        // oversubscription, as in Ray, instead of a deadlock.
+        c.blocked = true;
+        // Lend the CPU back so that the tasks this one waits for can run.
+        let cpu = ResourceSet::new().with(resources::CPU, c.lease.get(resources::CPU));
+        c.lease.subtract(&cpu);
+        self.available.add(&cpu);
+        // Tasks queued behind it could be the very ones it waits for.
+        let queued: Vec<TaskId> = c.assigned.iter().skip(1).copied().collect();
+        if !queued.is_empty() {
+            self.send(conn, FromNode::Revoke { task_ids: queued });
+        }
+        self.schedule();
     }
 
     fn task_done(&mut self, conn: ConnId, tid: TaskId, attempt: u32, outcome: TaskOutcome) {
@@ -1097,11 +1186,15 @@ impl State {
                 self.streams.remove(&tid);
             }
         }
-        if let Some(tid) = c.running {
+        let mut lease = c.lease;
+        if c.blocked {
+            // The CPU it lent out is already back in `available`.
+            lease.set(resources::CPU, 0.0);
+        }
+        self.available.add(&lease);
+        for tid in c.assigned {
             if let Some(task) = self.tasks.get_mut(&tid) {
                 task.worker = None;
-                let held = std::mem::take(&mut task.held);
-                self.available.add(&held);
                 let name = task.spec.name().to_string();
                 if task.cancelled {
                     self.complete_task(tid, Err(Error::TaskCancelled));

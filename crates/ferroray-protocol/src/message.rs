@@ -222,6 +222,11 @@ pub enum ToNode {
     /// The sender's running task waits in `get`: lend its CPU back.
     Blocked,
     Unblocked,
+    /// These tasks, queued behind a blocked one, were taken off the worker's
+    /// queue unstarted (the answer to [`FromNode::Revoke`]).
+    Revoked {
+        task_ids: Vec<TaskId>,
+    },
     ListTasks {
         req: u64,
     },
@@ -267,6 +272,11 @@ pub enum FromNode {
     /// Ask the running task to stop (`ferroray::is_cancelled()` turns true).
     CancelRunning {
         task_id: TaskId,
+    },
+    /// Give back these tasks if they have not started (the worker blocked
+    /// while they were queued behind its task).
+    Revoke {
+        task_ids: Vec<TaskId>,
     },
     Tasks {
         req: u64,

@@ -80,3 +80,24 @@ fn nested_tasks_that_block_in_get_do_not_deadlock_on_two_cpus() {
     let _c = cluster_with(Config::default().num_cpus(2));
     assert_eq!(get(&fib::remote(7)).unwrap(), 13);
 }
+
+#[ferroray::remote]
+fn chain(depth: u32) -> u32 {
+    if depth == 0 {
+        return 0;
+    }
+    // With one CPU the child cannot start: it may be queued behind this very
+    // task on this worker, and must be taken back when this task blocks.
+    chain::remote(depth - 1).get().expect("child") + 1
+}
+
+#[test]
+fn a_task_queued_behind_a_blocked_parent_is_taken_back() {
+    let _c = cluster_with(Config::default().num_cpus(1).max_workers(1));
+    let t = Instant::now();
+    assert_eq!(get(&chain::remote(4)).unwrap(), 4);
+    assert!(t.elapsed() < Duration::from_secs(10));
+    // Pipelined tasks behind a busy worker still all run, in order of submission.
+    let refs: Vec<_> = (0..50).map(|i| span::remote(i % 3)).collect();
+    assert_eq!(ferroray::get_all(&refs).unwrap().len(), 50);
+}

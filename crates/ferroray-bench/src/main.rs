@@ -2,8 +2,8 @@
 //! with a Unix-socket ping-pong baseline measured in the same run.
 //!
 //! ```text
-//! cargo run --release -p ferroray-bench                  # full run, ~1 min
-//! cargo run --release -p ferroray-bench -- --quick       # ~20 s
+//! cargo run --release -p ferroray-bench                  # full run, ~50 s
+//! cargo run --release -p ferroray-bench -- --quick       # ~10 s
 //! cargo run --release -p ferroray-bench -- --json out.json
 //! ```
 //!
@@ -56,6 +56,14 @@ mod ray_2_60 {
     /// Runtime resident memory when idle: ~2 GB.
     pub const IDLE_MB: f64 = 2_000.0;
     // `single client put gigabytes`: not measured on this machine; no ratio.
+    /// Streaming generator items, small, no backpressure, items/s.
+    pub const GEN_ITEMS: f64 = 12_800.0;
+    /// The same with `_generator_backpressure_num_objects=1`, items/s.
+    pub const GEN_ITEMS_BP1: f64 = 1_750.0;
+    /// Fresh generator tasks taken to their first item, per second.
+    pub const GEN_FIRST_ITEM: f64 = 408.0;
+    /// 8 generator items of 100 MB, MB/s.
+    pub const GEN_LARGE_MB_S: f64 = 530.0;
 }
 
 /// ferroray's targets (BRIEF.md section 4, right column of the table).
@@ -69,6 +77,10 @@ mod target {
     pub const INIT_MS: f64 = 100.0;
     /// Upper bound, MB.
     pub const IDLE_MB: f64 = 100.0;
+    pub const GEN_ITEMS: f64 = 130_000.0;
+    pub const GEN_ITEMS_BP1: f64 = 17_500.0;
+    pub const GEN_FIRST_ITEM: f64 = 4_000.0;
+    pub const GEN_LARGE_MB_S: f64 = 5_000.0;
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -82,6 +94,10 @@ const ROW_GET_CALLS: &str = "single client get calls";
 const ROW_PUT_GB: &str = "single client put gigabytes";
 const ROW_WAIT_1K: &str = "single client wait 1k refs";
 const ROW_WAIT_1K_READY: &str = "single client wait 1k ready refs";
+const ROW_GEN_ITEMS: &str = "single client generator items";
+const ROW_GEN_ITEMS_BP1: &str = "single client generator items backpressure 1";
+const ROW_GEN_FIRST: &str = "fresh generator task to first item";
+const ROW_GEN_LARGE: &str = "generator 8 x 100 MB items";
 const ROW_INIT: &str = "init to first result";
 const ROW_IDLE: &str = "idle runtime resident memory";
 
@@ -95,6 +111,10 @@ const ALL_ROWS: &[&str] = &[
     ROW_PUT_GB,
     ROW_WAIT_1K,
     ROW_WAIT_1K_READY,
+    ROW_GEN_ITEMS,
+    ROW_GEN_ITEMS_BP1,
+    ROW_GEN_FIRST,
+    ROW_GEN_LARGE,
     ROW_INIT,
     ROW_IDLE,
 ];
@@ -107,6 +127,20 @@ const ALL_ROWS: &[&str] = &[
 #[ferroray::remote]
 fn small_value() -> i64 {
     0
+}
+
+/// A stream of small items.
+#[ferroray::remote]
+fn small_items(n: u64) -> impl Iterator<Item = u64> {
+    0..n
+}
+
+/// A stream of `n` large items: one buffer made once and yielded `n` times
+/// (each yield is stored anew; making the data is not what is measured).
+#[ferroray::remote]
+fn large_items(n: u64, len: usize) -> impl Iterator<Item = ferroray::Buffer> {
+    let data = ferroray::Buffer::from(vec![7u8; len]);
+    (0..n).map(move |_| data.clone())
 }
 
 /// The first task of the init probe (as in the README example).
@@ -132,7 +166,7 @@ fn worker_pid() -> u32 {
     about = "Ray-style microbenchmarks of ferroray, compared with Ray 2.60 and the targets"
 )]
 struct Args {
-    /// Short run (~20 s): fewer and shorter trials, for tests and quick checks.
+    /// Short run (~10 s): fewer and shorter trials, for tests and quick checks.
     #[arg(long)]
     quick: bool,
 
@@ -338,6 +372,7 @@ fn run(args: &Args) -> Res<()> {
         return Err(format!("--only matches no row; the rows are: {}", ALL_ROWS.join(", ")).into());
     }
     let plan = Plan::new(args.quick);
+    let load_before = loadavg();
     let started = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
 
@@ -351,8 +386,19 @@ fn run(args: &Args) -> Res<()> {
         rows.push(bench_pingpong(plan)?);
     }
 
-    let in_process =
-        [ROW_TASKS_SYNC, ROW_TASKS_ASYNC, ROW_PUT_CALLS, ROW_GET_CALLS, ROW_PUT_GB, ROW_WAIT_1K, ROW_WAIT_1K_READY];
+    let in_process = [
+        ROW_TASKS_SYNC,
+        ROW_TASKS_ASYNC,
+        ROW_PUT_CALLS,
+        ROW_GET_CALLS,
+        ROW_PUT_GB,
+        ROW_WAIT_1K,
+        ROW_WAIT_1K_READY,
+        ROW_GEN_ITEMS,
+        ROW_GEN_ITEMS_BP1,
+        ROW_GEN_FIRST,
+        ROW_GEN_LARGE,
+    ];
     if in_process.iter().any(|r| wanted(r)) {
         ferroray::init()?;
         // Start the workers before anything is timed.
@@ -388,6 +434,22 @@ fn run(args: &Args) -> Res<()> {
             progress(ROW_WAIT_1K_READY);
             rows.push(bench_wait_1k_ready(plan.scaled(0.7))?);
         }
+        if wanted(ROW_GEN_ITEMS) {
+            progress(ROW_GEN_ITEMS);
+            rows.push(bench_gen_items(plan, None)?);
+        }
+        if wanted(ROW_GEN_ITEMS_BP1) {
+            progress(ROW_GEN_ITEMS_BP1);
+            rows.push(bench_gen_items(plan.scaled(0.7), Some(1))?);
+        }
+        if wanted(ROW_GEN_FIRST) {
+            progress(ROW_GEN_FIRST);
+            rows.push(bench_gen_first_item(plan.scaled(0.7))?);
+        }
+        if wanted(ROW_GEN_LARGE) {
+            progress(ROW_GEN_LARGE);
+            rows.push(bench_gen_large(plan, if args.quick { 16 << 20 } else { 100_000_000 })?);
+        }
         let stats = ferroray::runtime_stats()?;
         ferroray::shutdown();
         eprintln!("runtime after the in-process rows: {stats:?}");
@@ -415,6 +477,14 @@ fn run(args: &Args) -> Res<()> {
     let total = started.elapsed();
     eprintln!("[{:>5.1}s] done", total.as_secs_f64());
     print_table(&rows);
+    let load_after = loadavg();
+    if let (Some(b), Some(a)) = (load_before, load_after) {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        println!("load average (1 min): {b:.2} before, {a:.2} after, on {cpus} CPUs.");
+        if b.max(a) > 0.5 * cpus + 1.0 {
+            println!("note: the machine was busy with other work; rates are noisy.");
+        }
+    }
 
     if let Some(path) = &args.json {
         let doc = json!({
@@ -423,6 +493,8 @@ fn run(args: &Args) -> Res<()> {
             "quick": args.quick,
             "total_seconds": total.as_secs_f64(),
             "machine": machine_info(),
+            "loadavg_1min_before": load_before,
+            "loadavg_1min_after": loadavg(),
             "ratio_convention": "x_better_than_ray_2_60 and x_of_target are 'x better': \
                 above 1 means ferroray is better / meets the target, for rates \
                 (value/reference) and for times and sizes (reference/value) alike; \
@@ -474,6 +546,90 @@ fn bench_tasks_async(plan: Plan) -> Res<Row> {
     )
     .ray(ray_2_60::TASKS_ASYNC)
     .target(target::TASKS_ASYNC))
+}
+
+/// Items of one small-item generator per second, read as they come.
+fn bench_gen_items(plan: Plan, backpressure: Option<i64>) -> Res<Row> {
+    let per_task: u64 = if backpressure.is_some() { 2_000 } else { 20_000 };
+    let trials = measure(plan, || {
+        let mut opts = small_items::options();
+        if let Some(n) = backpressure {
+            opts = opts.generator_backpressure(n);
+        }
+        let mut n = 0u64;
+        for r in opts.remote(per_task) {
+            drop(r);
+            n += 1;
+        }
+        if n != per_task {
+            return Err(format!("generator gave {n} items, not {per_task}").into());
+        }
+        Ok(n as f64)
+    })?;
+    let (name, ray, goal, what) = match backpressure {
+        None => (
+            ROW_GEN_ITEMS,
+            ray_2_60::GEN_ITEMS,
+            target::GEN_ITEMS,
+            "one generator task yielding 20,000 small items, each taken with next as it comes (no backpressure)",
+        ),
+        Some(_) => (
+            ROW_GEN_ITEMS_BP1,
+            ray_2_60::GEN_ITEMS_BP1,
+            target::GEN_ITEMS_BP1,
+            "one generator task yielding 2,000 small items with backpressure 1 (at most one unconsumed item)",
+        ),
+    };
+    Ok(Row::new(name, "items/s", true, what, trials).ray(ray).target(goal))
+}
+
+/// Fresh generator tasks per second, each taken to its first item.
+fn bench_gen_first_item(plan: Plan) -> Res<Row> {
+    let trials = measure(plan, || {
+        let mut g = small_items::remote(1);
+        let first = g.next().ok_or("no first item")?;
+        drop(first);
+        drop(g);
+        Ok(1.0)
+    })?;
+    Ok(Row::new(
+        ROW_GEN_FIRST,
+        "tasks/s",
+        true,
+        "submit a generator task and take its first item, repeated (one at a time)",
+        trials,
+    )
+    .ray(ray_2_60::GEN_FIRST_ITEM)
+    .target(target::GEN_FIRST_ITEM))
+}
+
+/// MB/s of a generator streaming 8 large items, each read (zero-copy) and dropped.
+fn bench_gen_large(plan: Plan, len: usize) -> Res<Row> {
+    let mb = len as f64 / 1e6;
+    let trials = measure(plan, || {
+        let mut n = 0;
+        for r in large_items::remote(8, len) {
+            let b = r.get()?;
+            if b.len() != len || b[len / 2] != 7 {
+                return Err("a large generator item came back wrong".into());
+            }
+            n += 1;
+        }
+        if n != 8 {
+            return Err(format!("got {n} large items, not 8").into());
+        }
+        Ok(8.0 * mb)
+    })?;
+    Ok(Row::new(
+        ROW_GEN_LARGE,
+        "MB/s",
+        true,
+        "a generator yielding 8 items of 100 MB (one buffer, stored anew each time), each read and dropped; MB = 1e6 bytes",
+        trials,
+    )
+    .detail("item_bytes", len as u64)
+    .ray(ray_2_60::GEN_LARGE_MB_S)
+    .target(target::GEN_LARGE_MB_S))
 }
 
 fn bench_put_calls(plan: Plan) -> Res<Row> {
@@ -1082,7 +1238,7 @@ fn print_table(rows: &[Row]) {
             let get = |k: &str| r.details.get(k).and_then(Value::as_f64).unwrap_or(0.0);
             println!(
                 "put gigabytes: {} MiB per put; Buffer {:.2} GB/s, Vec<u8> {:.2} GB/s; \
-                 plain memcpy: {:.1} GB/s into touched memory, {:.2} GB/s into fresh shm pages.",
+                 plain memcpy: {:.1} GB/s into touched memory, {:.2} GB/s into fresh shm pages (map, copy, unmap, punch).",
                 r.details.get("buffer_mib").and_then(Value::as_u64).unwrap_or(0),
                 get("buffer_gb_per_s"),
                 get("vec_u8_gb_per_s"),
@@ -1135,6 +1291,11 @@ fn machine_info() -> Value {
         "arch": std::env::consts::ARCH,
         "debug_build": cfg!(debug_assertions),
     })
+}
+
+/// The 1-minute load average.
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// "YYYY-MM-DDTHH:MM:SSZ" from the system clock.

@@ -51,9 +51,15 @@ pub(crate) fn run(shared: Arc<Shared>, listener: std::os::unix::net::UnixListene
 }
 
 async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: oneshot::Receiver<()>) {
+    // Freed store pages stay resident for reuse; once a second the rest go
+    // back to the system (so an idle node holds no dead object memory).
+    let mut trim = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = trim.tick() => {
+                shared.state.lock().trim_store();
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     tokio::spawn(connection(shared.clone(), stream));

@@ -1269,6 +1269,11 @@ impl State {
         }
     }
 
+    /// Returns the pages of freed store space to the system.
+    pub fn trim_store(&mut self) {
+        self.store.trim_if_quiet(std::time::Duration::from_secs(1));
+    }
+
     pub fn begin_shutdown(&mut self) {
         self.shutting_down = true;
         self.conns.clear();

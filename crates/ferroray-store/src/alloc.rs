@@ -96,6 +96,11 @@ impl Allocator {
         self.allocated.get(&offset).copied()
     }
 
+    /// Free blocks as (offset, size), in address order.
+    pub fn free_blocks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.free_by_offset.iter().map(|(o, s)| (*o, *s))
+    }
+
     /// Bytes in allocated blocks (rounded sizes).
     pub fn used(&self) -> u64 {
         self.used

@@ -166,7 +166,7 @@ impl Arena {
         let start = offset / page * page;
         let skip = (offset - start) as usize;
         // SAFETY: the file is the arena's own memfd and the range is inside it.
-        let map = unsafe { MmapOptions::new().offset(start).len(skip + len as usize).map_mut(&self.file)? };
+        let map = unsafe { MmapOptions::new().offset(start).len(skip + len as usize).populate().map_mut(&self.file)? };
         Ok(WriteWindow { map, skip, len: len as usize })
     }
 }

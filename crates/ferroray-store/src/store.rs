@@ -53,6 +53,10 @@ struct Entry {
 /// processes map the arena and read `(offset, len)` returned by [`Store::pin`].
 #[derive(Debug)]
 pub struct Store<K> {
+    /// Bytes freed since the last trim whose pages are still resident.
+    dirty_free: u64,
+    /// When space was last allocated (trimming waits for a quiet store).
+    last_alloc: std::time::Instant,
     arena: Arc<Arena>,
     alloc: Allocator,
     objects: HashMap<K, Entry>,
@@ -78,6 +82,8 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
             tick: 0,
             spill_paths: HashSet::new(),
             spill_dir: SpillDir::new(spill_dir)?,
+            dirty_free: 0,
+            last_alloc: std::time::Instant::now(),
         })
     }
 
@@ -103,6 +109,7 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
     /// If no block fits, sealed unpinned objects are spilled, least recently
     /// used first, until one does; otherwise `Err(Full)`.
     pub fn allocate(&mut self, size: u64) -> Result<u64, StoreError> {
+        self.last_alloc = std::time::Instant::now();
         let offset = self.alloc_spilling(size)?;
         self.unsealed.insert(offset, size);
         Ok(offset)
@@ -177,10 +184,39 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
         self.free_block(offset);
     }
 
+    /// Frees a block but keeps its pages: the next object written there
+    /// finds them already in memory (a fresh page costs a fault and zeroing,
+    /// which caps large writes below 1 GB/s). The pages go back to the
+    /// system on [`trim`](Self::trim), or at once past a quarter of capacity.
     fn free_block(&mut self, offset: u64) {
         if let Some(block) = self.alloc.free(offset) {
-            self.arena.release(offset, block);
+            self.dirty_free += block;
+            if self.dirty_free > self.arena.capacity() / 4 {
+                self.trim();
+            }
         }
+    }
+
+    /// [`trim`](Self::trim), but only once nothing was allocated for `quiet`
+    /// (a busy store reuses its warm pages instead).
+    pub fn trim_if_quiet(&mut self, quiet: std::time::Duration) -> u64 {
+        if self.last_alloc.elapsed() >= quiet {
+            self.trim()
+        } else {
+            0
+        }
+    }
+
+    /// Returns the pages of every free block to the system. Returns the bytes
+    /// of freed-but-resident space that were outstanding.
+    pub fn trim(&mut self) -> u64 {
+        let dirty = std::mem::take(&mut self.dirty_free);
+        if dirty > 0 {
+            for (offset, size) in self.alloc.free_blocks() {
+                self.arena.release(offset, size);
+            }
+        }
+        dirty
     }
 
     /// The unsealed allocation at `offset` becomes object `key` of `len`

@@ -47,15 +47,40 @@ fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<Arc<RefInner>>) {
 }
 
 /// An encoded value ready to be stored, with the nested handles to keep alive
-/// until it has been sent.
+/// until it has been sent. Dropped without being sent (the task failed after
+/// making it), it gives its shared memory back.
 pub struct ReturnValue {
-    pub value: ObjectValue,
-    pub keep: Vec<Arc<RefInner>>,
+    value: Option<ObjectValue>,
+    keep: Vec<Arc<RefInner>>,
 }
 
 impl ReturnValue {
+    pub fn new(value: ObjectValue, keep: Vec<Arc<RefInner>>) -> Self {
+        ReturnValue { value: Some(value), keep }
+    }
+
     pub fn error(e: Error) -> Self {
-        ReturnValue { value: ObjectValue::Error(e), keep: Vec::new() }
+        Self::new(ObjectValue::Error(e), Vec::new())
+    }
+
+    pub fn value(&self) -> &ObjectValue {
+        self.value.as_ref().expect("present until taken")
+    }
+
+    /// The value to send and the handles to drop after sending it.
+    pub fn into_parts(mut self) -> (ObjectValue, Vec<Arc<RefInner>>) {
+        let value = self.value.take().expect("present until taken");
+        (value, std::mem::take(&mut self.keep))
+    }
+}
+
+impl Drop for ReturnValue {
+    fn drop(&mut self) {
+        if let Some(ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. }) = self.value.take() {
+            if let Ok(core) = crate::global::core() {
+                core.deallocate(offset);
+            }
+        }
     }
 }
 
@@ -82,7 +107,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(core: &CoreWorker, v: &T) -> Result<
     let mut contained: Vec<ObjectId> = keep.iter().map(|r| r.id).collect();
     contained.sort();
     contained.dedup();
-    Ok(ReturnValue { value: ObjectValue::Data { payload, contained }, keep })
+    Ok(ReturnValue::new(ObjectValue::Data { payload, contained }, keep))
 }
 
 /// A fingerprint of a stored value, to tell whether a retried generator

@@ -173,9 +173,15 @@ pub struct TaskCall {
     contained: Vec<ObjectId>,
     /// Handles that must outlive the `Submit` message.
     keep: Vec<Arc<RefInner>>,
+    /// Bytes of arguments sent inline so far.
+    inline_bytes: usize,
     error: Option<Error>,
     core: Result<Arc<CoreWorker>>,
 }
+
+/// Past this many bytes of inline arguments, further arguments become
+/// objects of their own, so a task always fits in one message.
+const MAX_INLINE_ARGS: usize = 16 << 20;
 
 impl TaskCall {
     pub fn new(name: &'static str, opts: TaskOptions) -> Self {
@@ -185,6 +191,7 @@ impl TaskCall {
             args: Vec::new(),
             contained: Vec::new(),
             keep: Vec::new(),
+            inline_bytes: 0,
             error: None,
             core: global::core(),
         }
@@ -203,9 +210,14 @@ impl TaskCall {
             Arg::Value(v) => match codec::encode(core, &v) {
                 Err(e) => self.error = Some(e),
                 Ok(rv) => {
-                    let ReturnValue { value, keep } = rv;
+                    let (value, keep) = rv.into_parts();
                     match value {
-                        ferroray_protocol::ObjectValue::Data { payload: Payload::Inline(b), contained } => {
+                        // Inline, while the task's inline arguments stay well
+                        // inside one message.
+                        ferroray_protocol::ObjectValue::Data { payload: Payload::Inline(b), contained }
+                            if self.inline_bytes + b.len() <= MAX_INLINE_ARGS =>
+                        {
+                            self.inline_bytes += b.len();
                             self.args.push(TaskArg::Value(Payload::Inline(b)));
                             self.contained.extend(contained);
                             self.keep.extend(keep);
@@ -312,7 +324,15 @@ impl ArgReader<'_> {
                 arena: self.core.arena().clone(),
                 core: Arc::downgrade(self.core),
             })),
-            TaskArg::Value(Payload::Shm { .. }) | TaskArg::Ref(_) => {
+            TaskArg::Ref(id) => {
+                // Left as a ref by the node (too much inline data for one
+                // message): fetch it. The node pins it for the task.
+                let hold = RefInner::borrowed(self.core, id);
+                let r = self.core.get(id, None);
+                drop(hold);
+                return r.map_err(|e| Error::Serialization(format!("argument {i} of {}: {e}", self.function)));
+            }
+            TaskArg::Value(Payload::Shm { .. }) => {
                 return Err(Error::Protocol(format!("argument {i} of {} was not resolved", self.function)))
             }
         };

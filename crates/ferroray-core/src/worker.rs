@@ -298,7 +298,7 @@ impl CoreWorker {
     }
 
     pub fn put<T: serde::Serialize>(self: &Arc<Self>, v: &T) -> Result<crate::ObjectRef<T>> {
-        let ReturnValue { value, keep } = codec::encode(self, v)?;
+        let (value, keep) = codec::encode(self, v)?.into_parts();
         Ok(crate::ObjectRef::from_inner(self.put_value(value, keep)?))
     }
 
@@ -539,6 +539,9 @@ impl CoreWorker {
                             drop(st);
                             blocked.block();
                             continue;
+                        }
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Err(Error::GetTimeout);
                         }
                         *st.get_waiters.entry(id).or_insert(0) += 1;
                         let timed_out = match deadline {
@@ -905,7 +908,7 @@ impl CoreWorker {
         drop(reader);
         let (outcome, keep) = match result {
             Ok(values) if values.len() == expected => {
-                let (vals, keeps): (Vec<_>, Vec<_>) = values.into_iter().map(|r| (r.value, r.keep)).unzip();
+                let (vals, keeps): (Vec<_>, Vec<_>) = values.into_iter().map(ReturnValue::into_parts).unzip();
                 (TaskOutcome::Returned(vals), keeps)
             }
             Ok(values) => (
@@ -919,7 +922,12 @@ impl CoreWorker {
             ),
             Err(e) => (TaskOutcome::Failed(e), vec![]),
         };
-        let _ = self.send(ToNode::TaskDone { task_id, attempt, outcome });
+        if let Err(e) = self.send(ToNode::TaskDone { task_id, attempt, outcome }) {
+            // The results could not be sent (too large for one message, say):
+            // report that instead of leaving the caller waiting.
+            let e = Error::task("ferroray::ResultsNotSent", e.to_string(), &ctx.name, std::process::id());
+            let _ = self.send(ToNode::TaskDone { task_id, attempt, outcome: TaskOutcome::Failed(e) });
+        }
         drop(keep);
         context::set(None);
         *self.running.lock() = None;
@@ -985,15 +993,10 @@ impl ItemSink for StreamSink<'_> {
             return Err(Error::TaskCancelled);
         }
         let index = self.next;
-        let digest = codec::digest(self.core.arena(), &value.value);
-        self.core.send(ToNode::ReportItem {
-            task_id: self.task_id,
-            attempt: self.attempt,
-            index,
-            value: value.value,
-            digest,
-        })?;
-        drop(value.keep);
+        let digest = codec::digest(self.core.arena(), value.value());
+        let (value, keep) = value.into_parts();
+        self.core.send(ToNode::ReportItem { task_id: self.task_id, attempt: self.attempt, index, value, digest })?;
+        drop(keep);
         self.next += 1;
         if !self.backpressure || self.gone {
             return Ok(());
@@ -1033,8 +1036,9 @@ struct DynamicSink<'a> {
 
 impl ItemSink for DynamicSink<'_> {
     fn item(&mut self, value: ReturnValue) -> Result<()> {
-        self.report(value.value)?;
-        drop(value.keep);
+        let (value, keep) = value.into_parts();
+        self.report(value)?;
+        drop(keep);
         Ok(())
     }
 }
@@ -1056,7 +1060,7 @@ impl DynamicSink<'_> {
         // Encoded exactly as a `Vec<ObjectRef<T>>`: a ref travels as its id.
         let bytes = bincode::serialize(&self.ids).map_err(Error::serialization)?;
         let value = ObjectValue::Data { payload: Payload::Inline(bytes), contained: self.ids.clone() };
-        Ok(vec![ReturnValue { value, keep: Vec::new() }])
+        Ok(vec![ReturnValue::new(value, Vec::new())])
     }
 }
 

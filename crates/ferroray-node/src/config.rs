@@ -31,7 +31,8 @@ pub struct NodeConfig {
     pub worker_command: WorkerCommand,
     /// Forward worker stdout/stderr to this process's, prefixed per line.
     pub log_to_driver: bool,
-    /// Hard cap on worker processes (blocked workers' replacements included).
+    /// Most worker processes not blocked in `get` (a worker whose task
+    /// waits lends its place, so the process count can go above this).
     pub max_workers: usize,
     /// Task events kept for `tasks()`; the oldest are dropped past this.
     pub max_task_events: usize,
@@ -65,6 +66,12 @@ impl NodeConfig {
         }
         if self.store_capacity < 4096 {
             return Err(Error::InvalidOption(format!("store capacity {} is below 4096 bytes", self.store_capacity)));
+        }
+        if self.inline_threshold > 16 << 20 {
+            return Err(Error::InvalidOption(format!(
+                "inline threshold {} is above 16 MiB: values that large belong in shared memory",
+                self.inline_threshold
+            )));
         }
         if self.max_workers == 0 {
             return Err(Error::InvalidOption("max_workers must be at least 1".into()));

@@ -88,7 +88,22 @@ impl Spawner {
                 Ok(PoolCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            self.children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+            let mut exited = Vec::new();
+            self.children.retain_mut(|c| match c.try_wait() {
+                Ok(Some(status)) => {
+                    exited.push((c.id(), status.to_string()));
+                    false
+                }
+                _ => true,
+            });
+            if !exited.is_empty() {
+                if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
+                    let mut st = shared.state.lock();
+                    for (pid, status) in exited {
+                        st.worker_exited(pid, status);
+                    }
+                }
+            }
         }
         for c in &self.children {
             kill(c.id());
@@ -132,6 +147,9 @@ impl Spawner {
         }
         let mut child = command.spawn()?;
         let pid = child.id();
+        if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
+            shared.state.lock().spawned(pid);
+        }
         let names = self.names();
         if let Some(out) = child.stdout.take() {
             forward(out, pid, names.clone(), false);

@@ -83,6 +83,9 @@ impl Conn {
 /// start anyway (no free resources), and is undone if the worker blocks.
 const PIPELINE_DEPTH: usize = 2;
 
+/// Bytes of argument values sent inline with one task, at most.
+const ARG_INLINE_BUDGET: usize = 16 << 20;
+
 /// A stored value as the node keeps it. Shared-memory objects keep no
 /// offset here: the store knows it, and it can change across a spill.
 enum Stored {
@@ -169,6 +172,10 @@ pub struct State {
     events: VecDeque<TaskEvent>,
     max_events: usize,
     max_workers: usize,
+    /// Started worker processes that have not said hello yet.
+    starting_pids: HashSet<u32>,
+    /// Workers that died before saying hello, since the last one that did.
+    early_deaths: u32,
     spawn: std::sync::mpsc::Sender<PoolCmd>,
     pub(crate) names: TaskNames,
     info: ferroray_protocol::NodeInfo,
@@ -224,6 +231,8 @@ impl State {
             events: VecDeque::new(),
             max_events: config.max_task_events,
             max_workers: config.max_workers,
+            starting_pids: HashSet::new(),
+            early_deaths: 0,
             spawn,
             names: TaskNames::default(),
             info,
@@ -369,7 +378,10 @@ impl State {
         c.pid = pid;
         self.send(conn, FromNode::Welcome(self.info.clone()));
         if role == Role::Worker {
-            self.starting = self.starting.saturating_sub(1);
+            if self.starting_pids.remove(&pid) {
+                self.starting = self.starting.saturating_sub(1);
+            }
+            self.early_deaths = 0;
             self.idle.push(conn);
         }
         self.schedule();
@@ -735,21 +747,52 @@ impl State {
             }
             c.assigned.push_back(tid);
         }
+        let mut pinned = Vec::new();
+        let mut failed = None;
+        // Ref arguments travel inline up to a budget; past it they stay refs
+        // and the worker fetches them, so the task fits in one message.
+        let mut inline_budget = ARG_INLINE_BUDGET;
         for arg in spec.args.iter_mut() {
+            if let TaskArg::Value(Payload::Inline(b)) = arg {
+                inline_budget = inline_budget.saturating_sub(b.len());
+            }
             if let TaskArg::Ref(id) = *arg {
                 let payload = match self.objects.get(&id).and_then(|o| o.value.as_ref()) {
-                    Some(Stored::Inline { bytes, .. }) => Ok(Payload::Inline(bytes.clone())),
-                    Some(Stored::Shm { .. }) => self.pin_shm(worker, id),
+                    Some(Stored::Inline { bytes, .. }) if bytes.len() > inline_budget => continue,
+                    Some(Stored::Inline { bytes, .. }) => {
+                        inline_budget -= bytes.len();
+                        Ok(Payload::Inline(bytes.clone()))
+                    }
+                    Some(Stored::Shm { .. }) => self.pin_shm(worker, id).inspect(|_| pinned.push(id)),
                     _ => Err(Error::ObjectLost(id.to_string())),
                 };
                 match payload {
                     Ok(payload) => *arg = TaskArg::Object { id, payload },
                     Err(e) => {
-                        self.release_worker(tid);
-                        return self.complete_task(tid, Err(e));
+                        failed = Some(e);
+                        break;
                     }
                 }
             }
+        }
+        if failed.is_none() {
+            // Inline arguments must fit in one message to the worker.
+            let size = ferroray_protocol::frame::encoded_size(&FromNode::Execute(Box::new(spec.clone())));
+            if size > ferroray_protocol::MAX_FRAME as u64 {
+                failed = Some(Error::InvalidOption(format!(
+                    "the arguments of {} take {size} bytes inline, over the {}-byte message limit: \
+                     pass large values with put() or as refs",
+                    spec.name(),
+                    ferroray_protocol::MAX_FRAME
+                )));
+            }
+        }
+        if let Some(e) = failed {
+            for id in pinned {
+                self.unpin_shm(worker, id);
+            }
+            self.release_worker(tid);
+            return self.complete_task(tid, Err(e));
         }
         let (pid, first) = self.conns.get(&worker).map_or((0, false), |c| (c.pid, c.assigned.len() == 1));
         if first {
@@ -1055,8 +1098,6 @@ impl State {
             task.retries_left -= 1;
         }
         task.spec.attempt += 1;
-        let attempt = task.spec.attempt;
-        let _ = attempt;
         self.record(tid, TaskState::Retrying, None, Some(err.to_string()));
         self.enqueue(tid);
         true
@@ -1139,7 +1180,10 @@ impl State {
         task.cancelled = true;
         match task.worker {
             Some(w) => {
-                if force {
+                let running = self.conns.get(&w).and_then(Conn::running) == Some(tid);
+                // A task only queued on the worker is dropped there, never by
+                // killing the worker (which runs somebody else's task).
+                if force && running {
                     let pid = self.conns.get(&w).map(|c| c.pid).unwrap_or(0);
                     if pid > 0 {
                         let _ = self.spawn.send(PoolCmd::Kill(pid));
@@ -1192,7 +1236,24 @@ impl State {
             lease.set(resources::CPU, 0.0);
         }
         self.available.add(&lease);
+        let running = c.assigned.front().copied();
         for tid in c.assigned {
+            if running != Some(tid) {
+                // Never started: back to the front of the queue, no retry spent.
+                if let Some(task) = self.tasks.get_mut(&tid) {
+                    task.worker = None;
+                    if task.cancelled {
+                        self.complete_task(tid, Err(Error::TaskCancelled));
+                    } else {
+                        let shape = task.spec.resources.clone();
+                        match self.ready.iter_mut().find(|(s, _)| *s == shape) {
+                            Some((_, q)) => q.push_front(tid),
+                            None => self.ready.push((shape, VecDeque::from([tid]))),
+                        }
+                    }
+                }
+                continue;
+            }
             if let Some(task) = self.tasks.get_mut(&tid) {
                 task.worker = None;
                 let name = task.spec.name().to_string();
@@ -1210,6 +1271,27 @@ impl State {
             }
         }
         self.schedule();
+    }
+
+    /// The spawner started worker process `pid`.
+    pub fn spawned(&mut self, pid: u32) {
+        self.starting_pids.insert(pid);
+    }
+
+    /// Worker process `pid` exited. If it never said hello it is no longer
+    /// starting; after several such deaths in a row, nothing can run, so the
+    /// waiting tasks fail instead of hanging.
+    pub fn worker_exited(&mut self, pid: u32, status: String) {
+        if !self.starting_pids.remove(&pid) {
+            return;
+        }
+        self.starting = self.starting.saturating_sub(1);
+        self.early_deaths += 1;
+        if self.early_deaths >= 3 {
+            self.spawn_failed(format!("worker processes exit before connecting (last: pid {pid}, {status})"));
+        } else {
+            self.schedule();
+        }
     }
 
     /// A worker process could not be started.

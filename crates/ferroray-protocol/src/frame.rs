@@ -45,6 +45,12 @@ pub fn encode_into<M: Serialize>(buf: &mut Vec<u8>, msg: &M) -> Result<(), Frame
     Ok(())
 }
 
+/// The body size `msg` would have as a frame (to check it against
+/// [`MAX_FRAME`] before sending).
+pub fn encoded_size<M: Serialize>(msg: &M) -> u64 {
+    bincode::serialized_size(msg).unwrap_or(u64::MAX)
+}
+
 pub fn write_frame<W: Write, M: Serialize>(w: &mut W, msg: &M) -> Result<(), FrameError> {
     let mut buf = Vec::with_capacity(128);
     encode_into(&mut buf, msg)?;

@@ -63,7 +63,8 @@ impl Config {
         self
     }
 
-    /// Most worker processes at once.
+    /// Most worker processes at once, not counting those whose task waits
+    /// in `get` (they lend their place, so nested tasks cannot deadlock).
     pub fn max_workers(mut self, n: usize) -> Self {
         self.max_workers = Some(n);
         self

@@ -382,14 +382,7 @@ impl CoreWorker {
                 st = self.state.lock();
                 continue;
             }
-            st.other_waiters += 1;
-            match deadline {
-                Some(d) => {
-                    self.ready.wait_until(&mut st, d);
-                }
-                None => self.ready.wait(&mut st),
-            }
-            st.other_waiters -= 1;
+            self.wait_for_any(&mut st, deadline);
         }
     }
 
@@ -500,6 +493,19 @@ impl CoreWorker {
         } else {
             self.send(ToNode::Subscribe(missing))
         }
+    }
+
+    /// Sleeps until anything arrives (or `deadline`), as a waiter that every
+    /// arrival wakes (`wait` and streams look at many objects at once).
+    fn wait_for_any(&self, st: &mut parking_lot::MutexGuard<'_, LocalState>, deadline: Option<Instant>) {
+        st.other_waiters += 1;
+        match deadline {
+            Some(d) => {
+                self.ready.wait_until(st, d);
+            }
+            None => self.ready.wait(st),
+        }
+        st.other_waiters -= 1;
     }
 
     /// Blocks until `id` is ready, then decodes it.
@@ -633,14 +639,7 @@ impl CoreWorker {
                 st = self.state.lock();
                 continue;
             }
-            st.other_waiters += 1;
-            match deadline {
-                Some(d) => {
-                    self.ready.wait_until(&mut st, d);
-                }
-                None => self.ready.wait(&mut st),
-            }
-            st.other_waiters -= 1;
+            self.wait_for_any(&mut st, deadline);
         }
     }
 

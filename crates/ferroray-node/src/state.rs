@@ -378,9 +378,10 @@ impl State {
         c.pid = pid;
         self.send(conn, FromNode::Welcome(self.info.clone()));
         if role == Role::Worker {
-            if self.starting_pids.remove(&pid) {
-                self.starting = self.starting.saturating_sub(1);
-            }
+            // Counted as starting since it was asked for; its pid may or may
+            // not be registered yet (the spawner races with its hello).
+            self.starting = self.starting.saturating_sub(1);
+            self.starting_pids.remove(&pid);
             self.early_deaths = 0;
             self.idle.push(conn);
         }
@@ -1275,7 +1276,10 @@ impl State {
 
     /// The spawner started worker process `pid`.
     pub fn spawned(&mut self, pid: u32) {
-        self.starting_pids.insert(pid);
+        let connected = self.conns.values().any(|c| c.role == Some(Role::Worker) && c.pid == pid);
+        if !connected {
+            self.starting_pids.insert(pid);
+        }
     }
 
     /// Worker process `pid` exited. If it never said hello it is no longer
@@ -1317,26 +1321,9 @@ impl State {
         let Some(task) = self.tasks.get(&tid) else {
             return;
         };
-        if !task.spec.enable_events {
-            return;
+        if task.spec.enable_events {
+            push_event(&mut self.events, self.max_events, &task.spec, state, pid, error);
         }
-        let spec = task.spec.clone();
-        self.push_event(&spec, state, pid, error);
-    }
-
-    fn push_event(&mut self, spec: &TaskSpec, state: TaskState, worker_pid: Option<u32>, error: Option<String>) {
-        if self.events.len() >= self.max_events {
-            self.events.pop_front();
-        }
-        self.events.push_back(TaskEvent {
-            task_id: spec.task_id,
-            name: spec.name().to_string(),
-            state,
-            attempt: spec.attempt,
-            time_us: now_us(),
-            worker_pid,
-            error,
-        });
     }
 
     pub fn stats(&self) -> NodeStats {

@@ -963,6 +963,14 @@ impl FixedSink {
             let e = count_error(format!("yielded more than num_returns = {} values", self.n));
             return Ok((0..self.n).map(|_| ReturnValue::error(e.clone())).collect());
         }
+        if let Some(e) = &error {
+            if got == self.n {
+                // It failed after making every value: that is still a failed
+                // task, not a success (Ray drops this error silently).
+                let e = count_error(format!("failed after yielding all {} values: {e}", self.n));
+                return Ok((0..self.n).map(|_| ReturnValue::error(e.clone())).collect());
+            }
+        }
         let error = match error {
             Some(e) => Some(e),
             None if got < self.n => Some(count_error(format!("yielded {got} values but num_returns = {}", self.n))),

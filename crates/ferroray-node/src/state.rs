@@ -70,6 +70,8 @@ struct Conn {
     lease_shape: ResourceSet,
     /// Its task waits in `get`: it does not count toward `max_workers`.
     blocked: bool,
+    /// A `Revoke` is on its way: do not send another until the answer.
+    revoking: bool,
 }
 
 impl Conn {
@@ -256,6 +258,7 @@ impl State {
                 lease: ResourceSet::new(),
                 lease_shape: ResourceSet::new(),
                 blocked: false,
+                revoking: false,
             },
         );
         id
@@ -719,6 +722,28 @@ impl State {
                 self.assign(tid, w, false);
             }
         }
+        if !self.idle.is_empty() && self.ready.is_empty() {
+            // A worker is free while tasks wait behind busy ones: take them
+            // back so they can start now (they return through `Revoked`).
+            // Only tasks that could start with what is free now (the others
+            // would just queue behind a busy worker again).
+            for c in self.conns.values_mut() {
+                if c.assigned.len() < 2 || c.revoking {
+                    continue;
+                }
+                let movable: Vec<TaskId> = c
+                    .assigned
+                    .iter()
+                    .skip(1)
+                    .copied()
+                    .filter(|t| self.tasks.get(t).is_some_and(|t| t.spec.resources.fits_in(&self.available)))
+                    .collect();
+                if !movable.is_empty() {
+                    c.revoking = true;
+                    let _ = c.tx.send(FromNode::Revoke { task_ids: movable });
+                }
+            }
+        }
         let active = self.conns.values().filter(|c| c.role == Some(Role::Worker) && !c.blocked).count();
         let mut room = self.max_workers.saturating_sub(active + self.starting);
         let mut to_start = want_workers.saturating_sub(self.starting);
@@ -797,9 +822,10 @@ impl State {
         }
         let (pid, first) = self.conns.get(&worker).map_or((0, false), |c| (c.pid, c.assigned.len() == 1));
         if first {
+            // Queued ones are recorded as running when they reach the front.
             self.names.lock().insert(pid, spec.name().to_string());
+            self.record(tid, TaskState::Running, Some(pid), None);
         }
-        self.record(tid, TaskState::Running, Some(pid), None);
         self.send(worker, FromNode::Execute(Box::new(spec)));
     }
 
@@ -830,6 +856,7 @@ impl State {
                 if let Some(t) = self.tasks.get(&next) {
                     self.names.lock().insert(pid, t.spec.name().to_string());
                 }
+                self.record(next, TaskState::Running, Some(pid), None);
             }
             None => {
                 let lease = std::mem::take(&mut c.lease);
@@ -844,6 +871,9 @@ impl State {
 
     /// The worker gave back tasks queued behind its blocked task.
     fn revoked(&mut self, conn: ConnId, task_ids: Vec<TaskId>) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.revoking = false;
+        }
         for tid in task_ids.into_iter().rev() {
             let Some(task) = self.tasks.get_mut(&tid) else { continue };
             if task.worker != Some(conn) {

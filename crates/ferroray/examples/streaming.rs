@@ -7,7 +7,6 @@
 //! backpressure, and `wait` without blocking. Sleeps are 10x shorter than in
 //! the seed.
 
-
 use std::time::{Duration, Instant};
 
 /// Yields every 0.5 s, five times (the seed's `task`).

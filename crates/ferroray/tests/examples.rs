@@ -258,3 +258,126 @@ fn anti_patterns() {
         ],
     );
 }
+
+// Seeds 000 ("Ray generators") and 001 ("Dynamic generators"), one example per topic.
+
+#[test]
+fn gen_basic() {
+    check(
+        "gen_basic",
+        &[
+            "next(gen) -> 0  (task still running: true)",
+            "next(gen) -> 1",
+            "for loop -> 4",
+            "items stream while the task runs",
+            "the unpolled generator ran to completion on its own: [0, 1, 2, 3, 4] were all ready",
+        ],
+    );
+}
+
+#[test]
+fn gen_errors() {
+    check(
+        "gen_errors",
+        &[
+            "ray.get(next(gen)) = 0",
+            "Exception is raised when i == 1 as expected",
+            "then next(gen) gives None: the stream has ended",
+            "items in order: 0, then the error, then the end",
+            "read_source(\"numbers\") -> [10, 11, 12]",
+            "read_source(\"missing\") failed before its first item: cannot open missing",
+        ],
+    );
+}
+
+#[test]
+fn gen_async() {
+    check("gen_async", &["[t1] 4", "[t2] 4", "both consumers got [0, 1, 2, 3, 4], interleaved on one thread"]);
+}
+
+#[test]
+fn gen_gc() {
+    check(
+        "gen_gc",
+        &[
+            "kept generator, task finished: store_objects = 5",
+            "task finished:                  store_objects = 1",
+            "ref1 is still readable: 1048576 bytes of 0",
+            "after dropping ref1:            store_objects = 0, node_objects = 0, local_refs = 0",
+        ],
+    );
+}
+
+#[test]
+fn gen_cancel() {
+    check(
+        "gen_cancel",
+        &[
+            "a later next(gen) gave a ref holding TaskCancelled, then None",
+            "queued generator after cancel: [Err(TaskCancelled)]",
+            "close(): the endless task ended",
+            "the CPU is free again: a new generator gave [0, 1, 2]",
+        ],
+    );
+}
+
+#[test]
+fn gen_wait() {
+    check(
+        "gen_wait",
+        &[
+            "completed() is ready: the task ended; its items: [0, 1, 2, 3, 4]",
+            "timeout 0, nothing is ready: ready 0, unready 1",
+            "wait without timeout: the next item is ready: ready 1, unready 0",
+            "timeout 0 again: the next item is not ready: ready 0, unready 1",
+            "regular task result 100",
+            "collected every generator item and the regular result with wait",
+        ],
+    );
+}
+
+#[test]
+fn gen_backpressure() {
+    let out = check(
+        "gen_backpressure",
+        &[
+            "produced 0",
+            "consumed 5",
+            "each item was started only after the consumer asked for the one before",
+            "all 6 items were produced before the consumer took the first one",
+            "generator_backpressure(0): InvalidOption",
+        ],
+    );
+    // The producer's lines come from the worker (forwarded by the node).
+    assert!(out.stdout.lines().any(|l| l.starts_with("(producer pid=") && l.ends_with("produced 5")));
+}
+
+#[test]
+fn gen_num_returns() {
+    check(
+        "gen_num_returns",
+        &[
+            "yielded return value 2",
+            "both give 3 refs to the same 3 values of 1000 int8s",
+            "ref3: error: error",
+            "ref4: error: error",
+            "ref1, ref2 = 0, 1; ref3: error: error",
+            "ref2: error: yielded more than num_returns = 2 values",
+            "ref2: error: yielded 1 values but num_returns = 2",
+        ],
+    );
+}
+
+#[test]
+fn gen_dynamic() {
+    check(
+        "gen_dynamic",
+        &[
+            "Split array of size",
+            "blocks were freed",
+            "get_size got a DynamicObjectRefGenerator of",
+            "get_size(dynamic_ref) = ",
+            "get_size(ref_generator) = ",
+        ],
+    );
+}

@@ -577,3 +577,17 @@ fn dynamic_items_are_freed_with_their_list() {
         s.store_objects == 0 && s.node_objects == 0
     }));
 }
+
+#[ferroray::remote(num_returns = 2)]
+fn fails_after_all() -> impl Iterator<Item = Result<u64, String>> {
+    vec![Ok(0), Ok(1), Err("late error".to_string())].into_iter()
+}
+
+#[test]
+fn an_error_after_all_num_returns_values_is_not_lost() {
+    let _c = cluster();
+    let (a, b) = fails_after_all::remote();
+    for r in [a, b] {
+        assert!(matches!(get(&r), Err(Error::Task(t)) if t.message.contains("late error")));
+    }
+}

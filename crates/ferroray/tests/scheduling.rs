@@ -101,3 +101,27 @@ fn a_task_queued_behind_a_blocked_parent_is_taken_back() {
     let refs: Vec<_> = (0..50).map(|i| span::remote(i % 3)).collect();
     assert_eq!(ferroray::get_all(&refs).unwrap().len(), 50);
 }
+
+#[test]
+fn a_task_queued_behind_a_long_one_moves_to_a_worker_that_frees_up() {
+    let _c = cluster_with(Config::default().num_cpus(2));
+    // Both workers up.
+    ferroray::get_all(&[span::remote(50), span::remote(50)]).unwrap();
+    let long = span::remote(1500);
+    let short = span::remote(100);
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    let queued = span::remote(100);
+    get(&queued).unwrap();
+    assert!(t.elapsed() < Duration::from_millis(900), "waited {:?} behind the long task", t.elapsed());
+    get(&short).unwrap();
+    get(&long).unwrap();
+    // Pipelined tasks are recorded as running only when they start.
+    let events = ferroray::tasks().unwrap();
+    let started = |r: &ferroray::ObjectRef<(u128, u128)>| {
+        events.iter().find(|e| e.task_id == r.id().task && e.state == ferroray::TaskState::Running).map(|e| e.time_us)
+    };
+    let (q_start, _) = get(&queued).unwrap();
+    let recorded = started(&queued).unwrap() as u128 / 1000;
+    assert!(recorded <= q_start + 5, "recorded running at {recorded} ms, started at {q_start} ms");
+}

@@ -5,9 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== build (all crates, examples, benches' binaries)"
+echo "== build (all crates, examples, the benchmark)"
 cargo build --workspace --all-targets --locked
 
+echo "== doc tests"
+cargo test --workspace --locked --doc
+
+# Last, so that the run closes on the test runner's summary.
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   profile=default
@@ -17,6 +21,3 @@ else
   echo "cargo-nextest not found: running cargo test (tests of one binary run one at a time)"
   cargo test --workspace --locked --tests --examples
 fi
-
-echo "== doc tests"
-cargo test --workspace --locked --doc

@@ -803,7 +803,8 @@ impl State {
         }
         if failed.is_none() {
             // Inline arguments must fit in one message to the worker.
-            let size = ferroray_protocol::frame::encoded_size(&FromNode::Execute(Box::new(spec.clone())));
+            // (the enum tag of `Execute` adds a few bytes to the spec's size)
+            let size = ferroray_protocol::frame::encoded_size(&spec) + 16;
             if size > ferroray_protocol::MAX_FRAME as u64 {
                 failed = Some(Error::InvalidOption(format!(
                     "the arguments of {} take {size} bytes inline, over the {}-byte message limit: \

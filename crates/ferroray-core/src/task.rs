@@ -306,7 +306,7 @@ pub struct ArgReader<'a> {
 }
 
 impl ArgReader<'_> {
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<T> {
+    pub fn next_arg<T: DeserializeOwned>(&mut self) -> Result<T> {
         let i = self.position;
         self.position += 1;
         let arg = self

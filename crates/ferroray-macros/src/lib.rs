@@ -275,7 +275,7 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
                 fn __invoke(
                     __args: &mut ::ferroray::__private::ArgReader<'_>,
                 ) -> ::ferroray::Result<::std::vec::Vec<::ferroray::__private::ReturnValue>> {
-                    #(let #arg_names: #arg_types = __args.next()?;)*
+                    #(let #arg_names: #arg_types = __args.next_arg()?;)*
                     ::std::result::Result::Ok({ #encode })
                 }
                 const __INVOKE: ::ferroray::__private::Invoke = ::ferroray::__private::Invoke::Values(__invoke);
@@ -304,7 +304,7 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
                     __args: &mut ::ferroray::__private::ArgReader<'_>,
                     __sink: &mut dyn ::ferroray::__private::ItemSink,
                 ) -> ::ferroray::Result<()> {
-                    #(let #arg_names: #arg_types = __args.next()?;)*
+                    #(let #arg_names: #arg_types = __args.next_arg()?;)*
                     #drive
                     ::std::result::Result::Ok(())
                 }

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 /// Yields every 0.5 s, five times (the seed's `task`).
 #[ferroray::remote]
 fn task() -> impl Iterator<Item = u64> {
-    (0..5).map(|i| {
+    (0..5).inspect(|_| {
         std::thread::sleep(Duration::from_millis(500));
-        i
     })
 }
 
@@ -81,9 +80,9 @@ fn main() -> ferroray::Result<()> {
 
     println!("\n-- wait on a generator without blocking");
     let g = task::remote();
-    let (ready, _) = ferroray::wait(&[g.clone()], 1, Some(Duration::ZERO))?;
+    let (ready, _) = ferroray::wait(std::slice::from_ref(&g), 1, Some(Duration::ZERO))?;
     println!("ready right away: {}", ready.len());
-    let (ready, _) = ferroray::wait(&[g.clone()], 1, None)?;
+    let (ready, _) = ferroray::wait(std::slice::from_ref(&g), 1, None)?;
     println!("ready after waiting: {}; next item: {}", ready.len(), g.next_ready().expect("ready").get()?);
     ferroray::get(&g.completed())?;
     println!("task completed: {}", g.is_finished());

@@ -31,22 +31,20 @@ fn count(n: u64) -> impl Iterator<Item = u64> {
 
 #[ferroray::remote]
 fn slow_count(n: u64, ms: u64) -> impl Iterator<Item = u64> {
-    (0..n).map(move |i| {
+    (0..n).inspect(move |_| {
         std::thread::sleep(Duration::from_millis(ms));
-        i
     })
 }
 
 /// Yields item 0, then waits for the test to create `go` before ending.
 #[ferroray::remote]
 fn first_then_wait(dir: String) -> impl Iterator<Item = u64> {
-    (0..2).map(move |i| {
+    (0..2).inspect(move |&i| {
         if i == 1 {
             while !Path::new(&dir).join("go").exists() {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        i
     })
 }
 
@@ -102,12 +100,11 @@ fn shrinks_on_retry(dir: String) -> impl Iterator<Item = u64> {
     let attempt = count_marks(&dir, "attempt-");
     mark(&dir, format!("attempt-{attempt}"));
     let n = if attempt == 0 { 5 } else { 2 };
-    (0..n).map(move |i| {
+    (0..n).inspect(move |&i| {
         if attempt == 0 && i == 4 {
             // SAFETY: dying on purpose.
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
         }
-        i
     })
 }
 
@@ -116,9 +113,8 @@ fn shrinks_on_retry(dir: String) -> impl Iterator<Item = u64> {
 fn tracked(dir: String, n: u64) -> impl Iterator<Item = u64> {
     let end = dir.clone();
     (0..n)
-        .map(move |i| {
+        .inspect(move |&i| {
             mark(&dir, format!("started-{i:04}"));
-            i
         })
         .chain(std::iter::once_with(move || {
             mark(&end, "done");
@@ -142,12 +138,11 @@ fn big_items(n: u64, size: usize) -> impl Iterator<Item = Buffer> {
 
 #[ferroray::remote]
 fn forever(dir: String) -> impl Iterator<Item = u64> {
-    (0..).map(move |i| {
+    (0..).inspect(move |&i| {
         if i == 0 {
             mark(&dir, "running");
         }
         std::thread::sleep(Duration::from_millis(10));
-        i
     })
 }
 
@@ -428,18 +423,18 @@ fn dropping_releases_an_executor_paused_by_backpressure() {
 fn wait_on_a_generator_is_ready_when_its_next_item_is() {
     let _c = cluster();
     let g = slow_count::remote(2, 300);
-    let (ready, not_ready) = ferroray::wait(&[g.clone()], 1, Some(Duration::ZERO)).unwrap();
+    let (ready, not_ready) = ferroray::wait(std::slice::from_ref(&g), 1, Some(Duration::ZERO)).unwrap();
     assert!(ready.is_empty() && not_ready.len() == 1);
-    let (ready, _) = ferroray::wait(&[g.clone()], 1, Some(T)).unwrap();
+    let (ready, _) = ferroray::wait(std::slice::from_ref(&g), 1, Some(T)).unwrap();
     assert_eq!(ready.len(), 1);
     let r = g.next_ready().expect("next does not block after wait");
     assert_eq!(get(&r).unwrap(), 0);
-    let (ready, _) = ferroray::wait(&[g.clone()], 1, Some(Duration::ZERO)).unwrap();
+    let (ready, _) = ferroray::wait(std::slice::from_ref(&g), 1, Some(Duration::ZERO)).unwrap();
     assert!(ready.is_empty(), "the second item is not there yet");
     // Once the stream has ended, the generator stays ready.
     get(&g.completed()).unwrap();
     let _ = g.next_ready();
-    let (ready, _) = ferroray::wait(&[g.clone()], 1, Some(Duration::ZERO)).unwrap();
+    let (ready, _) = ferroray::wait(std::slice::from_ref(&g), 1, Some(Duration::ZERO)).unwrap();
     assert_eq!(ready.len(), 1);
 }
 
@@ -461,13 +456,12 @@ fn wait_mixes_generators_and_refs() {
         unready = rest;
         for item in ready {
             match item {
-                WaitItem::Generator(g) => match g.next_ready() {
-                    Some(r) => {
+                WaitItem::Generator(g) => {
+                    if let Some(r) = g.next_ready() {
                         results.push(get(&r).unwrap());
                         unready.push(WaitItem::Generator(g));
                     }
-                    None => {}
-                },
+                }
                 WaitItem::Ref(r) => results.push(get(&r).unwrap()),
             }
         }

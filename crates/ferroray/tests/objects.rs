@@ -136,7 +136,7 @@ fn a_ref_created_in_a_worker_outlives_the_task_that_returned_it() {
 #[test]
 fn tables_return_to_empty_after_many_tasks() {
     let _c = cluster();
-    let refs: Vec<_> = (0..500).map(|i| identity::remote(i)).collect();
+    let refs: Vec<_> = (0..500).map(identity::remote).collect();
     let sum: i64 = ferroray::get_all(&refs).unwrap().iter().sum();
     assert_eq!(sum, (0..500).sum());
     drop(refs);

@@ -28,6 +28,7 @@ fn total(a: Vec<u8>, b: Vec<u8>, c: Vec<u8>, d: Vec<u8>, e: Vec<u8>) -> usize {
 }
 
 #[ferroray::remote(num_returns = 5)]
+#[allow(clippy::type_complexity)]
 fn five_big(len: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
     (vec![1; len], vec![2; len], vec![3; len], vec![4; len], vec![5; len])
 }

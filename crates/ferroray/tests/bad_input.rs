@@ -145,3 +145,22 @@ fn garbage_on_the_nodes_socket_is_rejected_and_others_are_served() {
 fn ferroray_common_id() -> ferroray::__private::WorkerId {
     ferroray::__private::WorkerId(12345)
 }
+
+#[test]
+fn a_value_too_large_for_the_store_is_a_clear_error() {
+    let _c = common::cluster_with(Config::default().object_store_memory(8 << 20));
+    match ferroray::put(ferroray::Buffer::from(vec![1u8; 16 << 20])) {
+        Err(Error::StoreFull(msg)) => assert!(msg.contains("full"), "{msg}"),
+        other => panic!("expected StoreFull, got {:?}", other.map(|_| ())),
+    }
+    // The same from a task: its result becomes the error.
+    let r = big::remote(16 << 20);
+    assert!(matches!(r.get_timeout(common::T), Err(Error::StoreFull(_))));
+    still_serving();
+    assert_eq!(ferroray::runtime_stats().unwrap().store_used_bytes, 0, "nothing half-written is left");
+}
+
+#[ferroray::remote(max_retries = 0)]
+fn big(len: usize) -> ferroray::Buffer {
+    ferroray::Buffer::from(vec![2u8; len])
+}

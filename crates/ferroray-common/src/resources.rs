@@ -1,7 +1,10 @@
 //! Resource sets.
 //!
 //! Quantities are kept in fixed point (1/10,000 of a unit) so that a task
-//! asking for 0.1 CPU ten times adds up to exactly one CPU.
+//! asking for 0.1 CPU ten times adds up to exactly one CPU. They are signed:
+//! what is available can go below zero while a task that lent its CPU (it
+//! waited in `get`) takes it back before the borrower is done, and must come
+//! back up exactly when they finish.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -11,7 +14,7 @@ const SCALE: f64 = 10_000.0;
 
 /// Named quantities: `"CPU"`, `"GPU"` and custom resources.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResourceSet(BTreeMap<String, u64>);
+pub struct ResourceSet(BTreeMap<String, i64>);
 
 pub const CPU: &str = "CPU";
 pub const GPU: &str = "GPU";
@@ -24,7 +27,7 @@ impl ResourceSet {
     /// Sets `name` to `amount`; a zero amount removes it. The amount must be
     /// finite and not negative (checked by the callers that take user input).
     pub fn set(&mut self, name: &str, amount: f64) {
-        let fixed = (amount * SCALE).round() as u64;
+        let fixed = (amount * SCALE).round() as i64;
         if fixed == 0 {
             self.0.remove(name);
         } else {
@@ -58,19 +61,19 @@ impl ResourceSet {
         })
     }
 
-    /// Takes `req` out of `self`; saturates at zero (a blocked worker's CPU may
-    /// be handed out again, so `available` can briefly be oversubscribed).
+    /// Takes `req` out of `self` (possibly below zero: oversubscribed).
     pub fn subtract(&mut self, req: &ResourceSet) {
         for (k, v) in &req.0 {
-            let e = self.0.entry(k.clone()).or_insert(0);
-            *e = e.saturating_sub(*v);
+            *self.0.entry(k.clone()).or_insert(0) -= *v;
         }
+        self.0.retain(|_, v| *v != 0);
     }
 
     pub fn add(&mut self, req: &ResourceSet) {
         for (k, v) in &req.0 {
             *self.0.entry(k.clone()).or_insert(0) += *v;
         }
+        self.0.retain(|_, v| *v != 0);
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> {

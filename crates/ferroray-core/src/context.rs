@@ -20,6 +20,11 @@ pub fn current() -> Option<TaskContext> {
     CURRENT.with(|c| c.borrow().clone())
 }
 
+/// Whether this thread is running a task (cheaper than `current()`).
+pub fn in_task() -> bool {
+    CURRENT.with(|c| c.borrow().is_some())
+}
+
 pub(crate) fn set(ctx: Option<TaskContext>) {
     CURRENT.with(|c| *c.borrow_mut() = ctx);
 }

@@ -659,7 +659,13 @@ impl CoreWorker {
     }
 
     fn mark_disconnected(&self, reason: &str) {
-        self.state.lock().disconnected.get_or_insert_with(|| reason.to_string());
+        let wakers: Vec<std::task::Waker> = {
+            let mut st = self.state.lock();
+            st.disconnected.get_or_insert_with(|| reason.to_string());
+            st.streams.values_mut().flat_map(|s| std::mem::take(&mut s.wakers)).collect()
+        };
+        // Async consumers too: their next poll hands out the error, then the end.
+        wakers.into_iter().for_each(|w| w.wake());
         self.requests.lock().clear();
         self.ready.notify_all();
     }
@@ -728,6 +734,9 @@ impl CoreWorker {
                     let outcome = TaskOutcome::Failed(Error::TaskCancelled);
                     let _ = self.send(ToNode::TaskDone { task_id, attempt, outcome });
                 }
+                // Under the lock: a waiter between its check and its sleep
+                // must not miss this.
+                drop(self.state.lock());
                 self.ready.notify_all();
             }
             FromNode::StreamItem { task_id, index, value } => {
@@ -1009,6 +1018,10 @@ impl ItemSink for StreamSink<'_> {
             return Ok(());
         }
         // Paused until the owner has room (or is gone, or we are cancelled).
+        // A pause longer than a moment counts as blocked: the CPU is lent
+        // back and tasks queued behind this one go elsewhere.
+        let paused_at = Instant::now();
+        let mut blocked = BlockedGuard::new(self.core);
         let mut st = self.core.state.lock();
         loop {
             if let Some(a) = st.acks.get(&self.task_id) {
@@ -1026,8 +1039,14 @@ impl ItemSink for StreamSink<'_> {
             if let Some(reason) = &st.disconnected {
                 return Err(Error::Disconnected(reason.clone()));
             }
+            if !blocked.is_blocked() && paused_at.elapsed() >= Duration::from_millis(5) {
+                drop(st);
+                blocked.block();
+                st = self.core.state.lock();
+                continue;
+            }
             st.other_waiters += 1;
-            self.core.ready.wait_for(&mut st, Duration::from_millis(500));
+            self.core.ready.wait_for(&mut st, Duration::from_millis(if blocked.is_blocked() { 500 } else { 5 }));
             st.other_waiters -= 1;
         }
     }
@@ -1101,7 +1120,7 @@ struct BlockedGuard<'a> {
 
 impl<'a> BlockedGuard<'a> {
     fn new(core: &'a CoreWorker) -> Self {
-        BlockedGuard { core, blocked: false, in_task: context::current().is_some() }
+        BlockedGuard { core, blocked: false, in_task: context::in_task() }
     }
 
     fn is_blocked(&self) -> bool {

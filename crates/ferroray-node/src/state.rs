@@ -843,31 +843,50 @@ impl State {
         let Some(c) = self.conns.get_mut(&w) else {
             return;
         };
+        let was_running = c.running() == Some(tid);
         c.assigned.retain(|t| *t != tid);
+        if !was_running {
+            // A queued task ended (cancelled) while another runs: the lease
+            // and the blocked state belong to the running one.
+            return self.free_lease_if_empty(w);
+        }
         if c.blocked {
-            // The blocked task is over: take back the CPU it lent out.
+            // The blocked task is over: its lease takes back the CPU it lent
+            // out (available may go below zero while a borrower still runs).
             let mut lent = c.lease_shape.clone();
             lent.subtract(&c.lease);
             self.available.subtract(&lent);
             c.lease = c.lease_shape.clone();
             c.blocked = false;
         }
-        match c.running() {
-            Some(next) => {
-                let pid = c.pid;
-                if let Some(t) = self.tasks.get(&next) {
-                    self.names.lock().insert(pid, t.spec.name().to_string());
-                }
-                self.record(next, TaskState::Running, Some(pid), None);
+        if let Some(next) = c.running() {
+            let pid = c.pid;
+            if let Some(t) = self.tasks.get(&next) {
+                self.names.lock().insert(pid, t.spec.name().to_string());
             }
-            None => {
-                let lease = std::mem::take(&mut c.lease);
-                c.lease_shape = ResourceSet::new();
-                self.available.add(&lease);
-                if !self.shutting_down {
-                    self.idle.push(w);
-                }
-            }
+            self.record(next, TaskState::Running, Some(pid), None);
+        }
+        self.free_lease_if_empty(w);
+    }
+
+    /// A worker with nothing assigned gives its lease back and is idle.
+    fn free_lease_if_empty(&mut self, w: ConnId) {
+        let Some(c) = self.conns.get_mut(&w) else {
+            return;
+        };
+        if !c.assigned.is_empty() || c.lease_shape.is_empty() && c.lease.is_empty() && self.idle.contains(&w) {
+            return;
+        }
+        let mut lease = std::mem::take(&mut c.lease);
+        if c.blocked {
+            // The CPU it lent out is already in `available`.
+            lease.set(resources::CPU, 0.0);
+            c.blocked = false;
+        }
+        c.lease_shape = ResourceSet::new();
+        self.available.add(&lease);
+        if !self.shutting_down && !self.idle.contains(&w) {
+            self.idle.push(w);
         }
     }
 
@@ -882,8 +901,14 @@ impl State {
                 continue;
             }
             task.worker = None;
+            let cancelled = task.cancelled;
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.assigned.retain(|t| *t != tid);
+            }
+            if cancelled {
+                // Cancelled while it was being taken back: it never runs.
+                self.complete_task(tid, Err(Error::TaskCancelled));
+                continue;
             }
             let shape = self.tasks[&tid].spec.resources.clone();
             match self.ready.iter_mut().find(|(s, _)| *s == shape) {
@@ -891,6 +916,9 @@ impl State {
                 None => self.ready.push((shape, VecDeque::from([tid]))),
             }
         }
+        // The worker may have finished its own task meanwhile: with nothing
+        // left assigned it must not keep its lease.
+        self.free_lease_if_empty(conn);
         self.schedule();
     }
 

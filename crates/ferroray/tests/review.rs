@@ -54,7 +54,7 @@ fn marks_while_running(dir: String) -> u64 {
 fn ends_before_its_child(dir: String) -> u64 {
     let child = marks_while_running::remote(dir.clone());
     while !Path::new(&dir).join("b-running").exists() {
-        let _ = ferroray::wait(&[child.clone()], 1, Some(Duration::from_millis(50)));
+        let _ = ferroray::wait(std::slice::from_ref(&child), 1, Some(Duration::from_millis(50)));
     }
     1
 }
@@ -168,7 +168,7 @@ fn mark_ran(dir: String, name: String) -> u64 {
 #[ferroray::remote]
 fn block_then_cancel_queued_child(dir: String, round: u64) -> u64 {
     let child = mark_ran::remote(dir, format!("ran-{round}"));
-    let _ = ferroray::wait(&[child.clone()], 1, Some(Duration::from_micros(20)));
+    let _ = ferroray::wait(std::slice::from_ref(&child), 1, Some(Duration::from_micros(20)));
     ferroray::cancel(&child).unwrap();
     1
 }

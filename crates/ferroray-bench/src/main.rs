@@ -135,11 +135,19 @@ fn small_items(n: u64) -> impl Iterator<Item = u64> {
     0..n
 }
 
-/// A stream of `n` large items: one buffer made once and yielded `n` times
-/// (each yield is stored anew; making the data is not what is measured).
+/// A stream of `n` large items: one buffer, made once per worker process and
+/// yielded `n` times (each yield is stored anew; making the data is not what
+/// is measured).
 #[ferroray::remote]
 fn large_items(n: u64, len: usize) -> impl Iterator<Item = ferroray::Buffer> {
-    let data = ferroray::Buffer::from(vec![7u8; len]);
+    static DATA: std::sync::Mutex<Option<ferroray::Buffer>> = std::sync::Mutex::new(None);
+    let data = {
+        let mut d = DATA.lock().unwrap_or_else(|e| e.into_inner());
+        match d.as_ref() {
+            Some(b) if b.len() == len => b.clone(),
+            _ => d.insert(ferroray::Buffer::from(vec![7u8; len])).clone(),
+        }
+    };
     (0..n).map(move |_| data.clone())
 }
 

@@ -381,3 +381,22 @@ fn gen_dynamic() {
         ],
     );
 }
+
+/// The README's main example: streaming generators on the embedded cluster.
+#[test]
+fn streaming() {
+    check(
+        "streaming",
+        &[
+            "-- items arrive while the task runs",
+            "error as expected: task failing_task",
+            "async item 2",
+            "(consumer sleeps 300 ms before reading: only 2 were produced)",
+            "consumed 5",
+            "ready right away: 0",
+            "ready after waiting: 1; next item: 0",
+            "task completed: true",
+            "streaming example done",
+        ],
+    );
+}

@@ -376,13 +376,7 @@ impl CoreWorker {
             if context::is_cancelled() {
                 return Err(Error::TaskCancelled);
             }
-            if !blocked.is_blocked() {
-                drop(st);
-                blocked.block();
-                st = self.state.lock();
-                continue;
-            }
-            self.wait_for_any(&mut st, deadline);
+            self.park(&mut st, &mut blocked, deadline);
         }
     }
 
@@ -492,6 +486,22 @@ impl CoreWorker {
             Ok(())
         } else {
             self.send(ToNode::Subscribe(missing))
+        }
+    }
+
+    /// Waits for news. The first time, a task instead tells the node it is
+    /// blocked (lending its CPU back) and returns, so the caller looks again
+    /// before sleeping.
+    fn park(
+        &self,
+        st: &mut parking_lot::MutexGuard<'_, LocalState>,
+        blocked: &mut BlockedGuard<'_>,
+        deadline: Option<Instant>,
+    ) {
+        if blocked.is_blocked() {
+            self.wait_for_any(st, deadline);
+        } else {
+            parking_lot::MutexGuard::unlocked(st, || blocked.block());
         }
     }
 
@@ -633,13 +643,7 @@ impl CoreWorker {
                 let rest = (0..keys.len()).filter(|i| !chosen.contains(i)).collect();
                 return Ok((ready.into_iter().map(|(_, i)| i).collect(), rest));
             }
-            if !blocked.is_blocked() {
-                drop(st);
-                blocked.block();
-                st = self.state.lock();
-                continue;
-            }
-            self.wait_for_any(&mut st, deadline);
+            self.park(&mut st, &mut blocked, deadline);
         }
     }
 

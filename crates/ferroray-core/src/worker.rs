@@ -674,6 +674,25 @@ impl CoreWorker {
         self.ready.notify_all();
     }
 
+    /// Applies news to a stream this process owns (stamped with the order it
+    /// came in, for `wait`) and wakes whoever waits on it.
+    fn update_stream(&self, task_id: TaskId, update: impl FnOnce(&mut LocalStream, u64)) {
+        let wakers = {
+            let mut st = self.state.lock();
+            st.seq += 1;
+            let seq = st.seq;
+            match st.streams.get_mut(&task_id) {
+                Some(s) => {
+                    update(s, seq);
+                    std::mem::take(&mut s.wakers)
+                }
+                None => Vec::new(),
+            }
+        };
+        wakers.into_iter().for_each(|w| w.wake());
+        self.ready.notify_all();
+    }
+
     /// Handles one message from the node (on the reader thread).
     fn dispatch(self: &Arc<Self>, msg: FromNode) {
         match msg {
@@ -749,36 +768,12 @@ impl CoreWorker {
                     Some(ObjectValue::Data { payload: Payload::Inline(b), .. }) => Cached::Inline(Arc::new(b)),
                     _ => Cached::InStore,
                 };
-                let wakers = {
-                    let mut st = self.state.lock();
-                    st.seq += 1;
-                    let seq = st.seq;
-                    match st.streams.get_mut(&task_id) {
-                        Some(s) => {
-                            s.items.insert(index, (cached, seq));
-                            std::mem::take(&mut s.wakers)
-                        }
-                        None => Vec::new(),
-                    }
-                };
-                wakers.into_iter().for_each(|w| w.wake());
-                self.ready.notify_all();
+                self.update_stream(task_id, |s, seq| {
+                    s.items.insert(index, (cached, seq));
+                });
             }
             FromNode::StreamEnd { task_id, items, error } => {
-                let wakers = {
-                    let mut st = self.state.lock();
-                    st.seq += 1;
-                    let seq = st.seq;
-                    match st.streams.get_mut(&task_id) {
-                        Some(s) => {
-                            s.end = Some((items, error, seq));
-                            std::mem::take(&mut s.wakers)
-                        }
-                        None => Vec::new(),
-                    }
-                };
-                wakers.into_iter().for_each(|w| w.wake());
-                self.ready.notify_all();
+                self.update_stream(task_id, |s, seq| s.end = Some((items, error, seq)));
             }
             FromNode::ItemAck { task_id, index, gone } => {
                 let mut st = self.state.lock();

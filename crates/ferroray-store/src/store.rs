@@ -53,7 +53,9 @@ struct Entry {
 /// processes map the arena and read `(offset, len)` returned by [`Store::pin`].
 #[derive(Debug)]
 pub struct Store<K> {
-    /// Bytes freed since the last trim whose pages are still resident.
+    /// Estimate of free bytes whose pages are still resident: grows with each
+    /// free, shrinks with each allocation (best fit reuses freed blocks
+    /// first), reset by a trim.
     dirty_free: u64,
     /// When space was last allocated (trimming waits for a quiet store).
     last_alloc: std::time::Instant,
@@ -111,6 +113,12 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
     pub fn allocate(&mut self, size: u64) -> Result<u64, StoreError> {
         self.last_alloc = std::time::Instant::now();
         let offset = self.alloc_spilling(size)?;
+        // A stream of large objects frees one block and allocates the next in
+        // its warm pages: not counting reused space, such a stream never
+        // trims the pages it is about to write again.
+        if let Some(block) = self.alloc.size_of(offset) {
+            self.dirty_free = self.dirty_free.saturating_sub(block);
+        }
         self.unsealed.insert(offset, size);
         Ok(offset)
     }

@@ -246,3 +246,34 @@ fn worker_mapping_sees_sealed_bytes() {
     assert!(worker.slice(off, len).unwrap() == want.as_slice());
     s.unpin(9);
 }
+
+#[test]
+fn a_stream_of_large_objects_reuses_warm_pages_until_trimmed() {
+    let mut s = store(16 * MIB, "warm-reuse");
+    let len = 3 * MIB;
+    let mut want = vec![0; len as usize];
+    // Each object is freed before the next is written in its place: the
+    // reused block is not counted as resident-free, so no trim punches the
+    // pages the next object is about to fill (fresh pages cost a fault and
+    // zeroing each).
+    for key in 0..10 {
+        let off = put(&mut s, key, len);
+        assert_eq!(off, 0, "best fit reuses the freed block");
+        s.delete(key);
+        fill(&mut want, key);
+        assert!(s.arena().slice(0, len).unwrap() == want.as_slice(), "pages of {key} released while busy");
+    }
+    assert_eq!(s.trim(), len, "one freed block outstanding");
+    assert!(s.arena().slice(0, len).unwrap().iter().all(|&b| b == 0), "trim gives the pages back");
+    assert_eq!(s.trim(), 0);
+
+    // Frees that nothing reuses still trim at once past a quarter of capacity.
+    for key in 0..2 {
+        put(&mut s, key, len);
+    }
+    s.delete(0);
+    assert!(s.arena().slice(0, 1024).unwrap().iter().any(|&b| b != 0), "one free block stays warm");
+    s.delete(1);
+    assert!(s.arena().slice(0, 2 * len).unwrap().iter().all(|&b| b == 0), "past a quarter: trimmed");
+    assert_eq!(s.trim(), 0);
+}

@@ -5,7 +5,9 @@
 //!    refs nested inside it.
 //! 2. Below the node's inline threshold, serialize into a `Vec`; at or above
 //!    it, ask the node for that much shared memory and serialize straight into
-//!    it (one pass, no intermediate copy).
+//!    it (one pass, no intermediate copy) through an `ArenaWriter`, whose
+//!    helper thread maps the range a few MiB ahead of the copy and unmaps it
+//!    behind (`ferroray_store::writer`).
 //! 3. Hand back the payload with the nested refs' ids, and the nested handles
 //!    themselves: the caller keeps those alive until the message that stores
 //!    the value has been sent, so the node pins the nested objects before
@@ -92,8 +94,9 @@ pub(crate) fn encode<T: Serialize + ?Sized>(core: &CoreWorker, v: &T) -> Result<
         let (written, keep) = collecting(|| {
             // SAFETY: the node gave this fresh range to this process alone;
             // nobody reads it before the value is sealed by our next message.
-            let mut window = unsafe { core.arena().write_window(offset, size) }.map_err(Error::io)?;
-            bincode::serialize_into(&mut &mut window.as_mut_slice()[..], v).map_err(Error::serialization)
+            unsafe { core.arena().write_with(offset, size, |w| bincode::serialize_into(w, v)) }
+                .map_err(Error::io)?
+                .map_err(Error::serialization)
         });
         if let Err(e) = written {
             core.deallocate(offset);

@@ -151,21 +151,21 @@ impl Arena {
         }
     }
 
-    /// Maps just `[offset, offset+len)` for writing, apart from the arena's
-    /// own mapping. When the window is dropped its pages leave this
-    /// process's resident set, so a writer of many large objects does not
-    /// look as if it kept them all.
-    ///
-    /// # Safety
-    /// The caller must be the only writer of that range (a fresh allocation).
-    pub unsafe fn write_window(&self, offset: u64, len: u64) -> Result<WriteWindow, StoreError> {
+    /// Maps just `[offset, offset+len)` for writing, pre-faulted, apart from
+    /// the arena's own mapping. When the window is dropped its pages leave
+    /// this process's resident set, so a writer of many large objects does
+    /// not look as if it kept them all. Writers go through
+    /// [`Arena::write_with`](crate::writer), which maps such windows ahead of
+    /// the copy.
+    pub(crate) fn map_window(&self, offset: u64, len: u64) -> Result<WriteWindow, StoreError> {
         if offset.checked_add(len).is_none_or(|e| e > self.capacity()) {
             return Err(StoreError::OutOfBounds { offset, len, capacity: self.capacity() });
         }
         let page = page_size();
         let start = offset / page * page;
         let skip = (offset - start) as usize;
-        // SAFETY: the file is the arena's own memfd and the range is inside it.
+        // SAFETY: the file is the arena's own memfd and the range is inside it;
+        // callers of `write_with` promise to be the range's only writer.
         let map = unsafe { MmapOptions::new().offset(start).len(skip + len as usize).populate().map_mut(&self.file)? };
         Ok(WriteWindow { map, skip, len: len as usize })
     }
@@ -178,7 +178,7 @@ fn check_capacity(capacity: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn page_size() -> u64 {
+pub(crate) fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if n > 0 {
@@ -189,14 +189,14 @@ fn page_size() -> u64 {
 }
 
 /// A temporary writable mapping of one range of the arena.
-pub struct WriteWindow {
+pub(crate) struct WriteWindow {
     map: memmap2::MmapMut,
     skip: usize,
     len: usize,
 }
 
 impl WriteWindow {
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.map[self.skip..self.skip + self.len]
     }
 }

@@ -8,6 +8,9 @@
 //!   [`Arena::open`]; nothing is left in `/dev/shm` when processes die.
 //! - [`alloc`]: pure offset bookkeeping over the arena ([`Allocator`]):
 //!   best-fit, 64-byte aligned blocks, coalescing on free.
+//! - [`writer`]: large writes into the arena through small windows mapped
+//!   ahead and unmapped behind by a helper thread ([`ArenaWriter`]), so a
+//!   writer pays one memory copy and keeps no pages resident.
 //! - [`spill`]: one file per object in a spill directory, copied straight
 //!   from / into the mapped arena.
 //! - [`store`]: the object table ([`Store`]): allocate, seal, pin/unpin,
@@ -18,10 +21,12 @@ pub mod alloc;
 pub mod arena;
 pub mod spill;
 pub mod store;
+pub mod writer;
 
 pub use alloc::Allocator;
-pub use arena::{Arena, WriteWindow};
+pub use arena::Arena;
 pub use store::{Store, StoreStats};
+pub use writer::ArenaWriter;
 
 /// Errors of the object store.
 #[derive(Debug, thiserror::Error)]

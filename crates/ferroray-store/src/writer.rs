@@ -1,0 +1,226 @@
+//! Writing a large object into the arena at the speed of one memory copy.
+//!
+//! A writer maps the range it fills apart from the arena's own mapping, so
+//! that its pages leave the writer's resident set afterwards (a worker that
+//! streams many large objects keeps none of them). Mapping a range costs a
+//! page-table entry per 4 KiB page on the way in and again on the way out:
+//! for 100 MB, about as long as the copy itself. Large writes therefore go
+//! through a pipeline of small windows:
+//!
+//! 1. A helper thread maps [`CHUNK`]-sized windows, pre-faulted, and queues
+//!    at most [`AHEAD`] of them: the copy never waits for page tables, and
+//!    the mapped memory stays a few chunks whatever the object's size.
+//! 2. The writer's thread copies into the front window; when it is full it
+//!    hands it back and takes the next one. Serialization runs on the
+//!    caller's thread, so its thread-locals (the nested-ref collector) see it.
+//! 3. The helper unmaps the windows handed back, between mappings, so the
+//!    teardown overlaps the copy as well.
+//! 4. The helper stops when the range is covered, when mapping fails (the
+//!    error reaches the writer in the window's place), or when the writer is
+//!    dropped early (its send fails); it then unmaps what it still holds.
+//!
+//! Writes up to `2 * CHUNK` use one window and no thread.
+
+use std::io;
+use std::sync::mpsc;
+
+use crate::arena::{Arena, WriteWindow};
+use crate::StoreError;
+
+/// Window size of a pipelined write.
+pub const CHUNK: u64 = 4 << 20;
+/// Windows mapped ahead of the one being filled.
+pub const AHEAD: usize = 2;
+
+impl Arena {
+    /// Runs `fill` with an [`ArenaWriter`] over `[offset, offset + len)`.
+    /// Bytes past the range are refused (`write` returns 0, so `write_all`
+    /// fails with `WriteZero`).
+    ///
+    /// # Safety
+    /// The caller must be the only writer of that range, and nobody may read
+    /// it until `write_with` returns (a fresh allocation, sealed afterwards).
+    pub unsafe fn write_with<R>(
+        &self,
+        offset: u64,
+        len: u64,
+        fill: impl FnOnce(&mut ArenaWriter) -> R,
+    ) -> Result<R, StoreError> {
+        if offset.checked_add(len).is_none_or(|e| e > self.capacity()) {
+            return Err(StoreError::OutOfBounds { offset, len, capacity: self.capacity() });
+        }
+        if len <= 2 * CHUNK {
+            let window = self.map_window(offset, len)?;
+            let mut writer = ArenaWriter { current: Some(window), pos: 0, ready: None, done: None };
+            return Ok(fill(&mut writer));
+        }
+        std::thread::scope(|s| {
+            let (ready_tx, ready_rx) = mpsc::sync_channel(AHEAD);
+            let (done_tx, done_rx) = mpsc::channel();
+            std::thread::Builder::new()
+                .name("ferroray-map-ahead".into())
+                .spawn_scoped(s, move || self.map_ahead(offset, len, ready_tx, done_rx))
+                .map_err(StoreError::Io)?;
+            let mut writer = ArenaWriter { current: None, pos: 0, ready: Some(ready_rx), done: Some(done_tx) };
+            Ok(fill(&mut writer))
+        })
+    }
+
+    /// The helper's side of the pipeline (steps 1, 3 and 4).
+    fn map_ahead(
+        &self,
+        offset: u64,
+        len: u64,
+        ready: mpsc::SyncSender<Result<WriteWindow, StoreError>>,
+        done: mpsc::Receiver<WriteWindow>,
+    ) {
+        let mut at = 0;
+        while at < len {
+            let n = CHUNK.min(len - at);
+            let window = self.map_window(offset + at, n);
+            let failed = window.is_err();
+            while let Ok(old) = done.try_recv() {
+                drop(old);
+            }
+            if ready.send(window).is_err() || failed {
+                break;
+            }
+            at += n;
+        }
+        drop(ready);
+        // Until the writer is dropped.
+        for old in done {
+            drop(old);
+        }
+    }
+}
+
+/// An `io::Write` into a range of the arena; see [`Arena::write_with`].
+pub struct ArenaWriter {
+    current: Option<WriteWindow>,
+    /// Bytes of `current` already written.
+    pos: usize,
+    /// Windows from the helper; `None` for a single-window write.
+    ready: Option<mpsc::Receiver<Result<WriteWindow, StoreError>>>,
+    /// Filled windows back to the helper, to unmap.
+    done: Option<mpsc::Sender<WriteWindow>>,
+}
+
+impl ArenaWriter {
+    /// Replaces the filled window with the next one; false at the end of the range.
+    fn advance(&mut self) -> io::Result<bool> {
+        let Some(ready) = &self.ready else {
+            return Ok(false);
+        };
+        let next = match ready.recv() {
+            Ok(Ok(window)) => window,
+            Ok(Err(StoreError::Io(e))) => return Err(e),
+            Ok(Err(e)) => return Err(io::Error::other(e)),
+            Err(mpsc::RecvError) => return Ok(false),
+        };
+        if let Some(filled) = self.current.replace(next) {
+            if let Some(done) = &self.done {
+                // The helper only goes away after `done` is dropped.
+                let _ = done.send(filled);
+            }
+        }
+        self.pos = 0;
+        Ok(true)
+    }
+}
+
+impl io::Write for ArenaWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if let Some(window) = &mut self.current {
+                let room = &mut window.as_mut_slice()[self.pos..];
+                if !room.is_empty() {
+                    let n = room.len().min(buf.len());
+                    room[..n].copy_from_slice(&buf[..n]);
+                    self.pos += n;
+                    return Ok(n);
+                }
+            }
+            if !self.advance()? {
+                return Ok(0);
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn small_and_pipelined_writes_land_in_place() {
+        let cap = 64 << 20;
+        let a = Arena::create(cap).unwrap();
+        // One window; odd offset and length.
+        let small = pattern(100_003);
+        // SAFETY: fresh arena, this test is the only writer and reads after.
+        let r = unsafe { a.write_with(4097, small.len() as u64, |w| w.write_all(&small)) }.unwrap();
+        r.unwrap();
+        assert_eq!(a.slice(4097, small.len() as u64).unwrap(), &small[..]);
+        // Pipelined: many windows, a length that is not a multiple of CHUNK,
+        // written in pieces that straddle window boundaries.
+        let big = pattern(5 * CHUNK as usize + 12_345);
+        let at = 8 << 20;
+        // SAFETY: as above, a disjoint range.
+        let r = unsafe {
+            a.write_with(at + 3, big.len() as u64, |w| {
+                for piece in big.chunks(1_000_003) {
+                    w.write_all(piece)?;
+                }
+                io::Result::Ok(())
+            })
+        }
+        .unwrap();
+        r.unwrap();
+        assert_eq!(a.slice(at + 3, big.len() as u64).unwrap(), &big[..]);
+    }
+
+    #[test]
+    fn writing_past_the_range_is_refused() {
+        let a = Arena::create(64 << 20).unwrap();
+        for len in [1000u64, 3 * CHUNK + 7] {
+            let data = vec![1u8; len as usize + 1];
+            // SAFETY: fresh arena, the only writer.
+            let r = unsafe { a.write_with(0, len, |w| w.write_all(&data)) }.unwrap();
+            assert_eq!(r.unwrap_err().kind(), io::ErrorKind::WriteZero, "len {len}");
+        }
+        // SAFETY: the call fails before mapping anything.
+        assert!(matches!(unsafe { a.write_with(1, 64 << 20, |_| ()) }, Err(StoreError::OutOfBounds { .. })));
+    }
+
+    #[test]
+    fn a_writer_that_stops_early_leaves_nothing_mapped() {
+        use std::os::unix::fs::MetadataExt;
+        let a = Arena::create(64 << 20).unwrap();
+        // Mappings of this arena's memfd (other tests map their own arenas).
+        // SAFETY: dup of a valid fd, owned by the File.
+        let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(libc::dup(a.fd())) };
+        let inode = file.metadata().unwrap().ino().to_string();
+        let mappings = || {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            maps.lines().filter(|l| l.split_whitespace().nth(4) == Some(inode.as_str())).count()
+        };
+        assert_eq!(mappings(), 1, "the arena's own mapping");
+        // SAFETY: fresh arena, the only writer.
+        unsafe { a.write_with(0, 40 << 20, |w| w.write_all(&[9u8; 1000])) }.unwrap().unwrap();
+        assert_eq!(mappings(), 1, "every window is unmapped when write_with returns");
+        assert!(a.slice(0, 1000).unwrap().iter().all(|&b| b == 9));
+    }
+}

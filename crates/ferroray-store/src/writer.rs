@@ -51,7 +51,7 @@ impl Arena {
         }
         if len <= 2 * CHUNK {
             let window = self.map_window(offset, len)?;
-            let mut writer = ArenaWriter { current: Some(window), pos: 0, ready: None, done: None };
+            let mut writer = ArenaWriter::new(Some(window), None, None);
             return Ok(fill(&mut writer));
         }
         std::thread::scope(|s| {
@@ -61,7 +61,7 @@ impl Arena {
                 .name("ferroray-map-ahead".into())
                 .spawn_scoped(s, move || self.map_ahead(offset, len, ready_tx, done_rx))
                 .map_err(StoreError::Io)?;
-            let mut writer = ArenaWriter { current: None, pos: 0, ready: Some(ready_rx), done: Some(done_tx) };
+            let mut writer = ArenaWriter::new(None, Some(ready_rx), Some(done_tx));
             Ok(fill(&mut writer))
         })
     }
@@ -96,10 +96,18 @@ impl Arena {
 }
 
 /// An `io::Write` into a range of the arena; see [`Arena::write_with`].
+///
+/// Serde writes a `Vec<u8>` or `Vec<f64>` one element at a time, so the
+/// common case (the bytes fit the current window) is a bounds check and a copy
+/// through a cached pointer.
 pub struct ArenaWriter {
+    /// Next byte to write in `current`; meaningful while `room > 0`.
+    next: *mut u8,
+    /// Bytes left in `current`.
+    room: usize,
+    /// The window being filled; `next` points into its mapping, which does
+    /// not move when the `WriteWindow` value does.
     current: Option<WriteWindow>,
-    /// Bytes of `current` already written.
-    pos: usize,
     /// Windows from the helper; `None` for a single-window write.
     ready: Option<mpsc::Receiver<Result<WriteWindow, StoreError>>>,
     /// Filled windows back to the helper, to unmap.
@@ -107,47 +115,91 @@ pub struct ArenaWriter {
 }
 
 impl ArenaWriter {
-    /// Replaces the filled window with the next one; false at the end of the range.
-    fn advance(&mut self) -> io::Result<bool> {
-        let Some(ready) = &self.ready else {
-            return Ok(false);
-        };
-        let next = match ready.recv() {
-            Ok(Ok(window)) => window,
-            Ok(Err(StoreError::Io(e))) => return Err(e),
-            Ok(Err(e)) => return Err(io::Error::other(e)),
-            Err(mpsc::RecvError) => return Ok(false),
-        };
-        if let Some(filled) = self.current.replace(next) {
+    fn new(
+        first: Option<WriteWindow>,
+        ready: Option<mpsc::Receiver<Result<WriteWindow, StoreError>>>,
+        done: Option<mpsc::Sender<WriteWindow>>,
+    ) -> Self {
+        let mut w = ArenaWriter { next: std::ptr::null_mut(), room: 0, current: None, ready, done };
+        if let Some(window) = first {
+            w.start(window);
+        }
+        w
+    }
+
+    /// Makes `window` the current one; the filled one goes back to the helper.
+    fn start(&mut self, mut window: WriteWindow) {
+        let slice = window.as_mut_slice();
+        (self.next, self.room) = (slice.as_mut_ptr(), slice.len());
+        if let Some(filled) = self.current.replace(window) {
             if let Some(done) = &self.done {
                 // The helper only goes away after `done` is dropped.
                 let _ = done.send(filled);
             }
         }
-        self.pos = 0;
-        Ok(true)
+    }
+
+    /// Copies `buf[..n]` into the current window; `n <= self.room`.
+    #[inline]
+    fn put(&mut self, buf: &[u8], n: usize) {
+        debug_assert!(n <= self.room && n <= buf.len());
+        // SAFETY: `next..next + room` lies in the current window's mapping,
+        // which this writer alone writes (the `write_with` contract).
+        unsafe {
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.next, n);
+            self.next = self.next.add(n);
+        }
+        self.room -= n;
+    }
+
+    /// Replaces the filled window with the next one; false at the end of the range.
+    #[cold]
+    fn advance(&mut self) -> io::Result<bool> {
+        let Some(ready) = &self.ready else {
+            return Ok(false);
+        };
+        match ready.recv() {
+            Ok(Ok(window)) => {
+                self.start(window);
+                Ok(true)
+            }
+            Ok(Err(StoreError::Io(e))) => Err(e),
+            Ok(Err(e)) => Err(io::Error::other(e)),
+            Err(mpsc::RecvError) => Ok(false),
+        }
     }
 }
 
 impl io::Write for ArenaWriter {
+    #[inline]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
-        loop {
-            if let Some(window) = &mut self.current {
-                let room = &mut window.as_mut_slice()[self.pos..];
-                if !room.is_empty() {
-                    let n = room.len().min(buf.len());
-                    room[..n].copy_from_slice(&buf[..n]);
-                    self.pos += n;
-                    return Ok(n);
-                }
-            }
+        while self.room == 0 {
             if !self.advance()? {
                 return Ok(0);
             }
         }
+        let n = self.room.min(buf.len());
+        self.put(buf, n);
+        Ok(n)
+    }
+
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if buf.len() <= self.room {
+            self.put(buf, buf.len());
+            return Ok(());
+        }
+        let mut rest = buf;
+        while !rest.is_empty() {
+            match self.write(rest)? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => rest = &rest[n..],
+            }
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -190,6 +242,21 @@ mod tests {
         .unwrap();
         r.unwrap();
         assert_eq!(a.slice(at + 3, big.len() as u64).unwrap(), &big[..]);
+        // Tiny writes (as serde makes for a `Vec<u8>`) across window boundaries.
+        let tiny = pattern(2 * CHUNK as usize + 100);
+        let at = 40 << 20;
+        // SAFETY: as above, a disjoint range.
+        let r = unsafe {
+            a.write_with(at, tiny.len() as u64, |w| {
+                for piece in tiny.chunks(7) {
+                    w.write_all(piece)?;
+                }
+                io::Result::Ok(())
+            })
+        }
+        .unwrap();
+        r.unwrap();
+        assert_eq!(a.slice(at, tiny.len() as u64).unwrap(), &tiny[..]);
     }
 
     #[test]

@@ -245,15 +245,20 @@ impl TaskCall {
             Err(e) => panic!("cannot submit task {}: {e}", self.name),
         };
         let task_id = core.next_task_id();
-        let returns = match returns {
-            ReturnKind::Streaming { .. } => match self.opts.backpressure() {
-                Ok(backpressure) => ReturnKind::Streaming { backpressure },
-                Err(e) => {
-                    self.error.get_or_insert(e);
-                    returns
-                }
-            },
-            other => other,
+        let returns = match (returns, self.opts.backpressure()) {
+            (ReturnKind::Streaming { .. }, Ok(backpressure)) => ReturnKind::Streaming { backpressure },
+            (_, Err(e)) => {
+                self.error.get_or_insert(e);
+                returns
+            }
+            (_, Ok(Some(_))) => {
+                self.error.get_or_insert(Error::InvalidOption(
+                    "generator_backpressure applies only to streaming generators, not to fixed or dynamic returns"
+                        .into(),
+                ));
+                returns
+            }
+            (_, Ok(None)) => returns,
         };
         let checked =
             self.error.map_or(Ok(()), Err).and_then(|_| Ok((self.opts.resource_set()?, self.opts.max_retries_u32()?)));

@@ -873,15 +873,11 @@ impl CoreWorker {
                     });
                     sink.finish(r.err(), &ctx.name)
                 }
-                ReturnKind::Streaming { backpressure } => {
-                    let mut sink = StreamSink {
-                        core: self,
-                        task_id,
-                        attempt,
-                        next: 0,
-                        backpressure: backpressure.is_some(),
-                        gone: false,
-                    };
+                // Streaming and dynamic returns both report each item as it
+                // comes; the node hands them out, or makes the list at the end.
+                ReturnKind::Streaming { .. } | ReturnKind::Dynamic => {
+                    let backpressure = matches!(returns, ReturnKind::Streaming { backpressure: Some(_) });
+                    let mut sink = StreamSink { core: self, task_id, attempt, next: 0, backpressure, gone: false };
                     if sink.backpressure {
                         self.state.lock().acks.insert(task_id, Acks::default());
                     }
@@ -900,15 +896,6 @@ impl CoreWorker {
                     context::set(None);
                     *self.running.lock() = None;
                     return;
-                }
-                ReturnKind::Dynamic => {
-                    let mut sink = DynamicSink { core: self, task_id, attempt, ids: Vec::new() };
-                    let r = guarded(&mut || {
-                        f(&mut reader, &mut sink)?;
-                        reader.finish()?;
-                        Ok(Vec::new())
-                    });
-                    sink.finish(r.err())
                 }
             },
         };
@@ -975,7 +962,11 @@ impl FixedSink {
             if got == self.n {
                 // It failed after making every value: that is still a failed
                 // task, not a success (Ray drops this error silently).
-                let e = count_error(format!("failed after yielding all {} values: {e}", self.n));
+                let cause = match e {
+                    Error::Task(t) => t.message.clone(),
+                    other => other.to_string(),
+                };
+                let e = count_error(format!("failed after yielding all {} values: {cause}", self.n));
                 return Ok((0..self.n).map(|_| ReturnValue::error(e.clone())).collect());
             }
         }
@@ -1048,44 +1039,6 @@ impl ItemSink for StreamSink<'_> {
             self.core.ready.wait_for(&mut st, Duration::from_millis(if blocked.is_blocked() { 500 } else { 5 }));
             st.other_waiters -= 1;
         }
-    }
-}
-
-/// Stores each value as an item object; the task's value is their list.
-struct DynamicSink<'a> {
-    core: &'a Arc<CoreWorker>,
-    task_id: TaskId,
-    attempt: u32,
-    ids: Vec<ObjectId>,
-}
-
-impl ItemSink for DynamicSink<'_> {
-    fn item(&mut self, value: ReturnValue) -> Result<()> {
-        let (value, keep) = value.into_parts();
-        self.report(value)?;
-        drop(keep);
-        Ok(())
-    }
-}
-
-impl DynamicSink<'_> {
-    fn report(&mut self, value: ObjectValue) -> Result<()> {
-        let index = self.ids.len() as u32;
-        let digest = codec::digest(self.core.arena(), &value);
-        self.core.send(ToNode::ReportItem { task_id: self.task_id, attempt: self.attempt, index, value, digest })?;
-        self.ids.push(ObjectId { task: self.task_id, index: index + 2 });
-        Ok(())
-    }
-
-    /// The list of item refs; a failure becomes one more, final item.
-    fn finish(mut self, error: Option<Error>) -> Result<Vec<ReturnValue>> {
-        if let Some(e) = error {
-            self.report(ObjectValue::Error(e))?;
-        }
-        // Encoded exactly as a `Vec<ObjectRef<T>>`: a ref travels as its id.
-        let bytes = bincode::serialize(&self.ids).map_err(Error::serialization)?;
-        let value = ObjectValue::Data { payload: Payload::Inline(bytes), contained: self.ids.clone() };
-        Ok(vec![ReturnValue::new(value, Vec::new())])
     }
 }
 

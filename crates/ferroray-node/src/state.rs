@@ -23,8 +23,11 @@
 //!    the acknowledgement of a report is held while the owner has `n` or more
 //!    unconsumed items, and the executor waits for it before going on.
 //! 3. A retried attempt reports again from index 0: indices already known are
-//!    compared by digest and not handed out twice; a different value, or
-//!    fewer items at the end, fails the stream with `ReplayMismatch`.
+//!    compared by digest and not handed out twice; a different value, fewer
+//!    items at the end, or an application error before the index an earlier
+//!    attempt reached fails the stream with `ReplayMismatch`. Dynamic returns
+//!    keep the same record (`Task::dynamic_digests`) but hand nothing out:
+//!    the node makes their list when the task ends.
 //! 4. When the task ends the owner learns the item count and the error, if
 //!    any. When the owner drops the stream, the items it never took are
 //!    released, held acknowledgements are answered `gone`, and later
@@ -121,8 +124,13 @@ struct Task {
     worker: Option<ConnId>,
     retries_left: u32,
     cancelled: bool,
-    /// Items of a dynamic-returns task, pinned until the task ends.
-    dynamic_items: Vec<ObjectId>,
+    /// Fingerprints of a dynamic-returns task's items (item `i` is object
+    /// `(task, 2 + i)`), pinned until the task ends.
+    dynamic_digests: Vec<u64>,
+    /// Items the current attempt reported (a retry starts again from 0).
+    attempt_items: u32,
+    /// Sent to a worker at least once.
+    started: bool,
     /// Set when a retry of a generator disagrees with what it reported before.
     replay_error: Option<Error>,
 }
@@ -539,6 +547,14 @@ impl State {
 
     /// Stores the value of a pending object and wakes what waits for it.
     fn set_value(&mut self, id: ObjectId, value: Stored) {
+        if !self.objects.contains_key(&id) {
+            // Nobody wants it any more: whatever it contained is not kept
+            // alive by it (an item nobody pins goes now).
+            for c in value.contained() {
+                self.maybe_free(*c);
+            }
+            return;
+        }
         for c in value.contained() {
             self.pin(*c);
         }
@@ -638,7 +654,9 @@ impl State {
                 worker: None,
                 retries_left,
                 cancelled: false,
-                dynamic_items: Vec::new(),
+                dynamic_digests: Vec::new(),
+                attempt_items: 0,
+                started: false,
                 replay_error: None,
             },
         );
@@ -764,6 +782,7 @@ impl State {
         let mut spec = {
             let task = self.tasks.get_mut(&tid).expect("assigning a known task");
             task.worker = Some(worker);
+            task.started = true;
             task.spec.clone()
         };
         if let Some(c) = self.conns.get_mut(&worker) {
@@ -982,7 +1001,7 @@ impl State {
                     }
                 }
                 TaskOutcome::Streamed { items } => {
-                    let generated = self.streams.get(&tid).map_or(items, Stream::generated);
+                    let generated = self.reported(tid).unwrap_or(items);
                     let replay = self.tasks.get_mut(&tid).and_then(|t| t.replay_error.take());
                     if let Some(e) = replay {
                         self.complete_task(tid, Err(e));
@@ -995,16 +1014,26 @@ impl State {
                             ))),
                         );
                     } else {
-                        // The generator's own object holds `()` once it ends well.
+                        // A streaming generator's own object holds `()` once it
+                        // ends well (a dynamic one's list is made by `complete_task`).
                         let unit = Stored::Inline { bytes: Vec::new(), contained: Vec::new() };
                         self.complete_task(tid, Ok(vec![Some(unit)]));
                     }
                 }
                 TaskOutcome::Failed(e) => {
+                    let (name, failed_at) = (task.spec.name().to_string(), task.attempt_items);
                     let replay = self.tasks.get_mut(&tid).and_then(|t| t.replay_error.take());
                     if let Some(r) = replay {
                         self.complete_task(tid, Err(r));
                     } else if !self.retry(tid, &e) {
+                        // An attempt that fails at item k when an earlier one got
+                        // further disagrees with what the owner already has.
+                        let e = match self.reported(tid) {
+                            Some(known) if failed_at < known => Error::ReplayMismatch(format!(
+                                "a retry of {name} failed after {failed_at} items, but {known} were already reported: {e}"
+                            )),
+                            _ => e,
+                        };
                         self.complete_task(tid, Err(e));
                     }
                 }
@@ -1013,44 +1042,40 @@ impl State {
         self.schedule();
     }
 
-    /// One yielded item from the executor of `tid`.
+    /// One yielded item from the executor of `tid` (steps 1 to 3 above).
     fn report_item(&mut self, conn: ConnId, tid: TaskId, attempt: u32, index: u32, value: ObjectValue, digest: u64) {
         let current = self.tasks.get(&tid).is_some_and(|t| t.worker == Some(conn) && t.spec.attempt == attempt);
-        let id = ObjectId { task: tid, index: index + 2 };
         if !current {
             return self.refuse_item(conn, tid, index, value);
         }
-        if self.tasks[&tid].spec.returns == ReturnKind::Dynamic {
-            // Dynamic returns: the item is pinned by its task until the final
-            // list (which contains it) is stored.
-            let known = self.objects.get(&id).is_some_and(|o| o.value.is_some());
-            if known {
-                return self.refuse_item(conn, tid, index, value);
-            }
-            self.objects.entry(id).or_default().pins += 1;
-            self.tasks.get_mut(&tid).expect("checked").dynamic_items.push(id);
-            if let Some(stored) = self.accept_value(conn, id, value) {
-                self.set_value(id, stored);
-            }
-            return;
-        }
-        let Some(stream) = self.streams.get_mut(&tid) else {
+        let task = self.tasks.get_mut(&tid).expect("checked");
+        // Reports of one attempt arrive in order, from 0: anything else is a
+        // broken executor, and fails the task rather than guess.
+        if index != task.attempt_items {
+            let e = Error::Protocol(format!("item {index} reported after {} items", task.attempt_items));
+            task.replay_error.get_or_insert(e);
             return self.refuse_item(conn, tid, index, value);
+        }
+        task.attempt_items += 1;
+        if task.replay_error.is_some() {
+            // The task already failed: nothing more reaches the owner.
+            return self.refuse_item(conn, tid, index, value);
+        }
+        let dynamic = task.spec.returns == ReturnKind::Dynamic;
+        let known = if dynamic {
+            task.dynamic_digests.get(index as usize).copied()
+        } else {
+            match self.streams.get(&tid) {
+                Some(stream) if !stream.dropped => stream.digests.get(index as usize).copied(),
+                _ => return self.refuse_item(conn, tid, index, value),
+            }
         };
-        if stream.dropped {
-            return self.refuse_item(conn, tid, index, value);
-        }
-        let generated = stream.generated();
-        if self.tasks[&tid].replay_error.is_some() {
-            // The stream already failed: nothing more reaches the owner.
-            return self.refuse_item(conn, tid, index, value);
-        }
-        if index < generated {
+        if let Some(known) = known {
             // A retry replays what an earlier attempt reported: hand nothing
             // out twice, but notice if it differs (and then stop the attempt).
-            if stream.digests[index as usize] != digest {
-                let name = self.tasks[&tid].spec.name().to_string();
+            if known != digest {
                 let task = self.tasks.get_mut(&tid).expect("checked");
+                let name = task.spec.name().to_string();
                 task.replay_error.get_or_insert(Error::ReplayMismatch(format!(
                     "a retry of {name} yielded a different value at index {index}"
                 )));
@@ -1058,11 +1083,18 @@ impl State {
             }
             return self.refuse_item(conn, tid, index, value);
         }
-        if index > generated {
-            let e = Error::Protocol(format!("item {index} reported before item {generated}"));
-            self.tasks.get_mut(&tid).expect("checked").replay_error.get_or_insert(e);
-            return self.refuse_item(conn, tid, index, value);
+        let id = ObjectId { task: tid, index: index + 2 };
+        if dynamic {
+            // The item is pinned by its task until the final list (which
+            // contains it) is stored.
+            self.tasks.get_mut(&tid).expect("checked").dynamic_digests.push(digest);
+            self.objects.entry(id).or_default().pins += 1;
+            if let Some(stored) = self.accept_value(conn, id, value) {
+                self.set_value(id, stored);
+            }
+            return;
         }
+        let stream = self.streams.get_mut(&tid).expect("checked");
         stream.digests.push(digest);
         let owner = stream.owner;
         let backpressure = stream.backpressure;
@@ -1087,6 +1119,16 @@ impl State {
             } else {
                 self.send(conn, FromNode::ItemAck { task_id: tid, index, gone: false });
             }
+        }
+    }
+
+    /// How many items the attempts of generator task `tid` reported between them.
+    fn reported(&self, tid: TaskId) -> Option<u32> {
+        let task = self.tasks.get(&tid)?;
+        match task.spec.returns {
+            ReturnKind::Dynamic => Some(task.dynamic_digests.len() as u32),
+            ReturnKind::Streaming { .. } => self.streams.get(&tid).map(Stream::generated),
+            ReturnKind::Fixed(_) => None,
         }
     }
 
@@ -1159,6 +1201,7 @@ impl State {
             task.retries_left -= 1;
         }
         task.spec.attempt += 1;
+        task.attempt_items = 0;
         self.record(tid, TaskState::Retrying, None, Some(err.to_string()));
         self.enqueue(tid);
         true
@@ -1196,6 +1239,7 @@ impl State {
                 self.send(owner, FromNode::StreamEnd { task_id: tid, items, error });
             }
         }
+        let result = if task.spec.returns == ReturnKind::Dynamic { self.dynamic_list(&task, result) } else { result };
         let ids: Vec<ObjectId> = task.spec.return_ids().collect();
         match result {
             Ok(values) => {
@@ -1221,9 +1265,31 @@ impl State {
         for c in &task.spec.contained {
             self.unpin(*c);
         }
-        for id in &task.dynamic_items {
-            self.unpin(*id);
+        for index in 0..task.dynamic_digests.len() as u32 {
+            self.unpin(ObjectId { task: tid, index: index + 2 });
         }
+    }
+
+    /// The value of a dynamic-returns task: the list of its item refs. A
+    /// failure of a task that ran becomes one more, final item holding the
+    /// error, so the items before it stay readable; a cancelled task, or one
+    /// that never ran (a failed argument), holds the error in the list's place.
+    fn dynamic_list(&mut self, task: &Task, result: Result<Vec<Option<Stored>>>) -> Result<Vec<Option<Stored>>> {
+        let tid = task.spec.task_id;
+        let n = task.dynamic_digests.len() as u32;
+        let mut items: Vec<ObjectId> = (0..n).map(|i| ObjectId { task: tid, index: i + 2 }).collect();
+        match result {
+            Err(e) if matches!(e, Error::TaskCancelled) || !task.started => return Err(e),
+            Err(e) => {
+                // Pinned by the list, like the other items.
+                let id = ObjectId { task: tid, index: n + 2 };
+                self.objects.entry(id).or_default().value = Some(Stored::Error(e));
+                items.push(id);
+            }
+            Ok(_) => {}
+        }
+        let bytes = ferroray_protocol::encode_ref_list(&items);
+        Ok(vec![Some(Stored::Inline { bytes, contained: items })])
     }
 
     /// Cancels a task: a queued one is removed, a running one is asked to stop

@@ -43,6 +43,13 @@ impl Payload {
     }
 }
 
+/// The bytes of a `Vec<ObjectRef<T>>` value, the list a dynamic-returns task
+/// gives: the core worker's codec encodes a ref as its id, so the node can
+/// make the list itself (with the same ids as the value's `contained`).
+pub fn encode_ref_list(ids: &[ObjectId]) -> Vec<u8> {
+    bincode::serialize(ids).expect("a list of ids always encodes")
+}
+
 /// A stored object: a value (and the refs nested in it), or the error that
 /// took the value's place.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,7 +143,7 @@ pub struct NodeInfo {
 pub enum TaskOutcome {
     /// One value per return object, in order.
     Returned(Vec<ObjectValue>),
-    /// A streaming generator ended after reporting `items` items.
+    /// A generator (streaming or dynamic returns) ended after reporting `items` items.
     Streamed { items: u32 },
     /// The attempt failed; the node decides whether to retry.
     Failed(Error),

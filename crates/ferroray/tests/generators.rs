@@ -108,6 +108,32 @@ fn shrinks_on_retry(dir: String) -> impl Iterator<Item = u64> {
     })
 }
 
+/// First attempt: dies (SIGKILL) before item 3. Later attempts: item
+/// `fail_at` is an application error.
+#[ferroray::remote]
+fn dies_then_fails(dir: String, fail_at: u64) -> impl Iterator<Item = Result<u64, String>> {
+    let attempt = count_marks(&dir, "attempt-");
+    mark(&dir, format!("attempt-{attempt}"));
+    (0..5).map(move |i| {
+        if attempt == 0 && i == 3 {
+            // SAFETY: dying on purpose.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        if attempt > 0 && i == fail_at {
+            return Err(format!("failed at {i}"));
+        }
+        Ok(i)
+    })
+}
+
+/// First attempt: 2 items, then an application error. Later attempts: 4 items.
+#[ferroray::remote]
+fn fails_once(dir: String) -> impl Iterator<Item = Result<u64, String>> {
+    let attempt = count_marks(&dir, "attempt-");
+    mark(&dir, format!("attempt-{attempt}"));
+    (0..4).map(move |i| if attempt == 0 && i == 2 { Err("flaky".to_string()) } else { Ok(i) })
+}
+
 /// Marks `started-i` before making item i, and `done` at the end.
 #[ferroray::remote]
 fn tracked(dir: String, n: u64) -> impl Iterator<Item = u64> {
@@ -184,6 +210,11 @@ fn iterator_async_stream_and_fallible_generators() {
     assert_eq!(values(async_count::remote(4)), (0..4).map(Ok).collect::<Vec<_>>());
     assert_eq!(values(count::remote(0)), vec![]);
     assert_eq!(values(fail_before::remote(false)), (0..3).map(Ok).collect::<Vec<_>>());
+    // Item i is object (task, 2 + i): its id is fixed before the task runs.
+    let g = count::remote(3);
+    let task = g.task_id();
+    let ids: Vec<_> = g.map(|r| r.id()).collect();
+    assert_eq!(ids, (0..3).map(|i| ferroray::ObjectId { task, index: 2 + i }).collect::<Vec<_>>());
 }
 
 // 2. The handle.
@@ -291,6 +322,20 @@ fn a_worker_killed_mid_stream_without_retries_gives_worker_crashed() {
     assert!(matches!(got[3], Err(Error::WorkerCrashed { .. })), "{:?}", got[3]);
 }
 
+#[test]
+fn a_worker_killed_on_every_attempt_gives_worker_crashed_once_retries_run_out() {
+    let _c = cluster();
+    let d = scratch_dir("gen-crash-all");
+    let dir = d.to_string_lossy().to_string();
+    let mut g = dies_midway::options().max_retries(1).remote(dir.clone(), 5, 3, 10, 0);
+    let got: Vec<_> = g.by_ref().map(|r| get(&r)).collect();
+    assert_eq!(count_marks(&dir, "attempt-"), 2, "the first attempt and one retry");
+    assert_eq!(got.len(), 4, "3 items (once), then the error: {got:?}");
+    assert_eq!(got[..3], [Ok(0), Ok(1), Ok(2)]);
+    assert!(matches!(got[3], Err(Error::WorkerCrashed { .. })), "{:?}", got[3]);
+    assert!(g.next().is_none() && g.next().is_none(), "None forever");
+}
+
 // 5. Retries: exactly once, in order; replay mismatches are caught.
 
 #[test]
@@ -324,6 +369,113 @@ fn a_retry_that_yields_fewer_items_is_a_replay_mismatch() {
     let got = values(shrinks_on_retry::remote(dir));
     assert_eq!(got[..4], [Ok(0), Ok(1), Ok(2), Ok(3)]);
     assert!(matches!(got.last(), Some(Err(Error::ReplayMismatch(m))) if m.contains("2 items")), "{got:?}");
+}
+
+#[test]
+fn retry_exceptions_retries_a_generator_and_continues_the_stream() {
+    let _c = cluster();
+    let d = scratch_dir("gen-retry-exc");
+    let dir = d.to_string_lossy().to_string();
+    let got: Vec<_> = fails_once::options().retry_exceptions(true).remote(dir.clone()).map(|r| get(&r)).collect();
+    assert_eq!(got, (0..4).map(Ok).collect::<Vec<_>>(), "items 0 and 1 once, then 2 and 3 from the retry");
+    assert_eq!(count_marks(&dir, "attempt-"), 2);
+    // Without retry_exceptions the error ends the stream.
+    let d = scratch_dir("gen-no-retry-exc");
+    let dir = d.to_string_lossy().to_string();
+    let got: Vec<_> = fails_once::remote(dir.clone()).map(|r| get(&r)).collect();
+    assert_eq!(got[..2], [Ok(0), Ok(1)]);
+    assert!(matches!(&got[2], Err(Error::Task(t)) if t.message == "flaky"), "{got:?}");
+    assert_eq!((got.len(), count_marks(&dir, "attempt-")), (3, 1));
+}
+
+#[test]
+fn a_retry_that_fails_before_where_the_first_attempt_got_is_a_replay_mismatch() {
+    let _c = cluster();
+    let d = scratch_dir("gen-fails-early");
+    let dir = d.to_string_lossy().to_string();
+    // The first attempt reported 0, 1, 2 and died; the retry fails at item 1.
+    let got = values(dies_then_fails::remote(dir, 1));
+    assert_eq!(got[..3], [Ok(0), Ok(1), Ok(2)]);
+    assert!(
+        matches!(got.last(), Some(Err(Error::ReplayMismatch(m))) if m.contains("failed after 1 items, but 3") && m.contains("failed at 1")),
+        "{got:?}"
+    );
+    assert_eq!(got.len(), 4);
+    // Failing further on than the first attempt got is an ordinary error at its place.
+    let d = scratch_dir("gen-fails-late");
+    let dir = d.to_string_lossy().to_string();
+    let got = values(dies_then_fails::remote(dir, 4));
+    assert_eq!(got[..4], [Ok(0), Ok(1), Ok(2), Ok(3)]);
+    assert!(matches!(&got[4], Err(Error::Task(t)) if t.message == "failed at 4"), "{got:?}");
+}
+
+#[test]
+fn a_retried_dynamic_generator_gives_each_item_once() {
+    let _c = cluster();
+    let d = scratch_dir("dyn-retry");
+    let dir = d.to_string_lossy().to_string();
+    let list = get(&dies_midway::options().num_returns_dynamic().remote(dir.clone(), 6, 3, 2, 0)).unwrap();
+    assert_eq!(list.iter().map(|r| get(r).unwrap()).collect::<Vec<_>>(), (0..6).collect::<Vec<_>>());
+    assert_eq!(count_marks(&dir, "attempt-"), 3);
+    // Application errors are retried with retry_exceptions.
+    let d = scratch_dir("dyn-retry-exc");
+    let dir = d.to_string_lossy().to_string();
+    let list = get(&fails_once::options().retry_exceptions(true).num_returns_dynamic().remote(dir.clone())).unwrap();
+    assert_eq!(list.iter().map(get).collect::<Vec<_>>(), (0..4).map(Ok).collect::<Vec<_>>());
+    assert_eq!(count_marks(&dir, "attempt-"), 2);
+}
+
+#[test]
+fn a_dynamic_generator_that_diverges_on_retry_is_a_replay_mismatch() {
+    let _c = cluster();
+    // A different value at an index already stored: the stored items stay,
+    // the mismatch is the final ref, nothing of the retry is mixed in.
+    let d = scratch_dir("dyn-mismatch");
+    let dir = d.to_string_lossy().to_string();
+    let list = get(&dies_midway::options().num_returns_dynamic().remote(dir, 6, 3, 1, 100)).unwrap();
+    let got: Vec<_> = list.iter().map(get).collect();
+    assert_eq!(got[..3], [Ok(0), Ok(1), Ok(2)]);
+    assert!(matches!(&got[3], Err(Error::ReplayMismatch(m)) if m.contains("different value at index 0")), "{got:?}");
+    assert_eq!(got.len(), 4, "{got:?}");
+    // Fewer items.
+    let d = scratch_dir("dyn-fewer");
+    let dir = d.to_string_lossy().to_string();
+    let got: Vec<_> =
+        get(&shrinks_on_retry::options().num_returns_dynamic().remote(dir)).unwrap().iter().map(get).collect();
+    assert_eq!(got[..4], [Ok(0), Ok(1), Ok(2), Ok(3)]);
+    assert!(matches!(&got[4], Err(Error::ReplayMismatch(m)) if m.contains("2 items")), "{got:?}");
+    // An application error before where the first attempt got.
+    let d = scratch_dir("dyn-fails-early");
+    let dir = d.to_string_lossy().to_string();
+    let got: Vec<_> =
+        get(&dies_then_fails::options().num_returns_dynamic().remote(dir, 1)).unwrap().iter().map(get).collect();
+    assert_eq!(got[..3], [Ok(0), Ok(1), Ok(2)]);
+    assert!(matches!(&got[3], Err(Error::ReplayMismatch(m)) if m.contains("failed at 1")), "{got:?}");
+}
+
+#[test]
+fn a_dynamic_generator_whose_worker_dies_keeps_the_items_it_stored() {
+    let _c = cluster();
+    let d = scratch_dir("dyn-crash");
+    let dir = d.to_string_lossy().to_string();
+    let list = get(&dies_midway::options().max_retries(0).num_returns_dynamic().remote(dir, 5, 3, 10, 0)).unwrap();
+    let got: Vec<_> = list.iter().map(get).collect();
+    assert_eq!(got[..3], [Ok(0), Ok(1), Ok(2)]);
+    assert!(matches!(got[3], Err(Error::WorkerCrashed { .. })), "{got:?}");
+    assert_eq!(got.len(), 4);
+    // A cancelled one holds the error in the list's place.
+    let d = scratch_dir("dyn-cancel");
+    let dir = d.to_string_lossy().to_string();
+    let r = forever::options().num_returns_dynamic().remote(dir.clone());
+    assert!(eventually(T, || Path::new(&dir).join("running").exists()));
+    ferroray::cancel(&r).unwrap();
+    assert_eq!(get(&r).map(|l| l.len()), Err(Error::TaskCancelled));
+    drop(list);
+    drop(r);
+    assert!(eventually(T, || {
+        let s = ferroray::runtime_stats().unwrap();
+        s.store_objects == 0 && s.node_objects == 0
+    }));
 }
 
 // 6. Backpressure.
@@ -378,6 +530,15 @@ fn backpressure_zero_is_an_invalid_option() {
     assert!(g.next().is_none());
     // Negative means no limit.
     assert_eq!(values(count::options().generator_backpressure(-1).remote(3)), vec![Ok(0), Ok(1), Ok(2)]);
+    // Only streaming generators take a limit.
+    let dynamic = make_items::options().generator_backpressure(2).num_returns_dynamic().remote(3);
+    assert!(matches!(get(&dynamic), Err(Error::InvalidOption(m)) if m.contains("only to streaming")));
+    let (a, _, _) = three::options().generator_backpressure(2).remote(3);
+    assert!(matches!(get(&a), Err(Error::InvalidOption(m)) if m.contains("only to streaming")));
+    assert_eq!(
+        get(&make_items::options().generator_backpressure(-1).num_returns_dynamic().remote(2)).unwrap().len(),
+        2
+    );
 }
 
 // 7. Dropping and GC.
@@ -468,6 +629,26 @@ fn wait_mixes_generators_and_refs() {
     }
     results.sort();
     assert_eq!(results, vec![0, 1, 2, 150]);
+    // num_returns caps what comes back ready, in a mix.
+    let gens: Vec<_> = (0..3).map(|_| count::remote(2)).collect();
+    for g in &gens {
+        get(&g.completed()).unwrap();
+    }
+    let r = slow_value::remote(0);
+    get(&r).unwrap();
+    let mut mixed: Vec<WaitItem<u64>> = gens.into_iter().map(WaitItem::from).collect();
+    mixed.push(r.into());
+    let (ready, rest) = ferroray::wait(&mixed, 1, Some(T)).unwrap();
+    assert_eq!((ready.len(), rest.len()), (1, 3));
+    let (ready, rest) = ferroray::wait(&mixed, 3, Some(T)).unwrap();
+    assert_eq!((ready.len(), rest.len()), (3, 1));
+    // A timeout gives what is ready by then: here 2 of the 3 asked for.
+    let slow = slow_count::remote(1, 2_000);
+    let mixed: Vec<WaitItem<u64>> = vec![count::remote(1).into(), slow.into(), slow_value::remote(0).into()];
+    let t = Instant::now();
+    let (ready, rest) = ferroray::wait(&mixed, 3, Some(Duration::from_millis(500))).unwrap();
+    assert_eq!((ready.len(), rest.len()), (2, 1));
+    assert!(t.elapsed() >= Duration::from_millis(450) && t.elapsed() < Duration::from_millis(1_500));
     // num_returns and timeout.
     let a = slow_count::remote(1, 500);
     let b = slow_count::remote(1, 500);
@@ -505,6 +686,22 @@ fn cancelling_a_generator_paused_by_backpressure() {
     assert_eq!(rest.last(), Some(&Err(Error::TaskCancelled)), "{rest:?}");
     assert!(rest.len() <= 3, "at most the item it was paused on, then the error: {rest:?}");
     assert!(g.next().is_none());
+}
+
+#[test]
+fn cancel_reaches_a_paused_generator_without_any_next() {
+    let _c = cluster();
+    let d = scratch_dir("bp-cancel-idle");
+    let dir = d.to_string_lossy().to_string();
+    let g = tracked::options().generator_backpressure(1).remote(dir.clone(), 100);
+    assert!(eventually(T, || count_marks(&dir, "started-") == 1), "item 0 made");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(count_marks(&dir, "started-"), 1, "paused on item 0");
+    // Nothing is consumed: only the cancel can end the pause.
+    ferroray::cancel(&g).unwrap();
+    assert_eq!(g.completed().get_timeout(T), Err(Error::TaskCancelled));
+    assert_eq!(count_marks(&dir, "started-"), 1, "no item made after the cancel");
+    assert!(!Path::new(&dir).join("done").exists());
 }
 
 // 9. Fixed num_returns with a generator body.

@@ -362,6 +362,7 @@ fn gen_num_returns() {
             "ref3: error: error",
             "ref4: error: error",
             "ref1, ref2 = 0, 1; ref3: error: error",
+            "ferroray reports the exception raised after the last value in every ref",
             "ref2: error: yielded more than num_returns = 2 values",
             "ref2: error: yielded 1 values but num_returns = 2",
         ],

@@ -8,4 +8,5 @@ fn main() {
     // A generator is not a value: take its items with next(), or wait for
     // the task with completed().
     let _ = g.get();
+    let _ = ferroray::get(&g);
 }

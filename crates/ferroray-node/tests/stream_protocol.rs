@@ -1,0 +1,177 @@
+//! The stream protocol at the wire, with an executor driven by hand over the
+//! node's socket: what a real worker never sends (a report of a stale
+//! attempt, reports out of order) is refused, and the owner never sees an
+//! item twice or out of order. The facade's `tests/generators.rs` covers the
+//! protocol end to end with real workers.
+
+use ferroray_common::{resources, Error, ResourceSet, RetryExceptions, TaskId, WorkerId};
+use ferroray_node::{server, LocalConnection, Node, NodeConfig, WorkerCommand};
+use ferroray_protocol::{
+    frame, FromNode, FunctionDescriptor, ObjectValue, Payload, ReturnKind, Role, TaskOutcome, TaskSpec, ToNode,
+    PROTOCOL_VERSION,
+};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const T: Duration = Duration::from_secs(30);
+const DRIVER: WorkerId = WorkerId(7);
+
+struct Driver {
+    node: Node,
+    conn: LocalConnection,
+    rx: UnboundedReceiver<FromNode>,
+}
+
+fn start() -> Driver {
+    // Workers the node starts itself never connect: the tests connect their own.
+    let command = WorkerCommand { program: "/bin/sh".into(), args: vec!["-c".into(), "sleep 60".into()], env: vec![] };
+    let mut config = NodeConfig::new(command);
+    config.resources = ResourceSet::new().with(resources::CPU, 1.0);
+    config.store_capacity = 1 << 20;
+    config.log_to_driver = false;
+    let node = Node::start(config).expect("node starts");
+    let conn = node.connect_local(DRIVER).expect("local connection");
+    let rx = conn.take_receiver().expect("receiver");
+    Driver { node, conn, rx }
+}
+
+impl Driver {
+    fn submit_stream(&self, seq: u64, max_retries: u32) -> TaskId {
+        let task_id = TaskId { submitter: DRIVER, seq };
+        self.conn.send(ToNode::Submit(Box::new(TaskSpec {
+            task_id,
+            function: FunctionDescriptor::Rust { name: "by::hand".into() },
+            args: vec![],
+            contained: vec![],
+            returns: ReturnKind::Streaming { backpressure: None },
+            resources: ResourceSet::new().with(resources::CPU, 1.0),
+            max_retries,
+            retry_exceptions: RetryExceptions::None,
+            parent: None,
+            enable_events: false,
+            attempt: 0,
+        })));
+        task_id
+    }
+
+    /// The stream messages the driver receives until the stream's end.
+    fn stream_until_end(&mut self) -> Vec<FromNode> {
+        let deadline = Instant::now() + T;
+        let mut got = Vec::new();
+        loop {
+            assert!(Instant::now() < deadline, "no stream end; so far {got:?}");
+            match self.rx.try_recv() {
+                Ok(m @ FromNode::StreamItem { .. }) => got.push(m),
+                Ok(m @ FromNode::StreamEnd { .. }) => {
+                    got.push(m);
+                    return got;
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    fn shutdown(self) {
+        drop(self.conn);
+        self.node.shutdown();
+    }
+}
+
+/// An executor connected by hand.
+struct Executor(UnixStream);
+
+impl Executor {
+    fn connect(node: &Node) -> Executor {
+        let mut s = server::connect_abstract(node.socket_name()).expect("connect");
+        s.set_read_timeout(Some(T)).unwrap();
+        let hello = ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id: WorkerId(99), pid: 1, role: Role::Worker };
+        frame::write_frame(&mut s, &hello).unwrap();
+        Executor(s)
+    }
+
+    /// The next task the node sends (the read times out rather than hang).
+    fn task(&mut self) -> TaskSpec {
+        loop {
+            match frame::read_frame::<_, FromNode>(&mut self.0).expect("a frame") {
+                Some(FromNode::Execute(spec)) => return *spec,
+                Some(_) => {}
+                None => panic!("the node closed the connection"),
+            }
+        }
+    }
+
+    fn send(&mut self, msg: ToNode) {
+        frame::write_frame(&mut self.0, &msg).unwrap();
+    }
+
+    fn report(&mut self, task_id: TaskId, attempt: u32, index: u32, byte: u8) {
+        let value = ObjectValue::Data { payload: Payload::Inline(vec![byte]), contained: vec![] };
+        self.send(ToNode::ReportItem { task_id, attempt, index, value, digest: byte as u64 });
+    }
+
+    fn done(&mut self, task_id: TaskId, attempt: u32, items: u32) {
+        self.send(ToNode::TaskDone { task_id, attempt, outcome: TaskOutcome::Streamed { items } });
+    }
+}
+
+/// A `StreamItem` as (index, value); a `StreamEnd` as (items, error).
+type Item = (u32, Option<ObjectValue>);
+type End = (u32, Option<Error>);
+
+fn item(index: u32, byte: u8) -> Item {
+    (index, Some(ObjectValue::Data { payload: Payload::Inline(vec![byte]), contained: vec![] }))
+}
+
+fn items_and_end(msgs: &[FromNode]) -> (Vec<Item>, Option<End>) {
+    let mut items = Vec::new();
+    let mut end = None;
+    for m in msgs {
+        match m {
+            FromNode::StreamItem { index, value, .. } => items.push((*index, value.clone())),
+            FromNode::StreamEnd { items, error, .. } => end = Some((*items, error.clone())),
+            _ => {}
+        }
+    }
+    (items, end)
+}
+
+#[test]
+fn a_stale_attempt_is_refused_and_a_retry_hands_out_only_new_items() {
+    let mut d = start();
+    let tid = d.submit_stream(1, 1);
+    let mut first = Executor::connect(&d.node);
+    assert_eq!(first.task().attempt, 0);
+    first.report(tid, 0, 0, 10);
+    // The first executor dies; the retry goes to a second one.
+    drop(first);
+    let mut second = Executor::connect(&d.node);
+    assert_eq!(second.task().attempt, 1);
+    second.report(tid, 0, 1, 66); // attempt 0 is over: refused
+    second.report(tid, 1, 0, 10); // a replay of index 0: not handed out again
+    second.report(tid, 1, 1, 11);
+    second.done(tid, 1, 2);
+    let (items, end) = items_and_end(&d.stream_until_end());
+    assert_eq!(items, vec![item(0, 10), item(1, 11)], "each index once, in order, none from the stale report");
+    assert_eq!(end, Some((2, None)));
+    d.shutdown();
+}
+
+#[test]
+fn reports_out_of_order_fail_the_stream() {
+    let mut d = start();
+    let tid = d.submit_stream(1, 0);
+    let mut ex = Executor::connect(&d.node);
+    let attempt = ex.task().attempt;
+    ex.report(tid, attempt, 1, 11);
+    ex.report(tid, attempt, 0, 10);
+    ex.done(tid, attempt, 2);
+    let (items, end) = items_and_end(&d.stream_until_end());
+    assert!(items.is_empty(), "nothing handed out in the wrong order: {items:?}");
+    match end {
+        Some((0, Some(Error::Protocol(m)))) => assert!(m.contains("item 1 reported after 0 items"), "{m}"),
+        other => panic!("expected a protocol error at the end, got {other:?}"),
+    }
+    d.shutdown();
+}

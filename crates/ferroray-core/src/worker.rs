@@ -75,6 +75,23 @@ impl LocalStream {
     }
 }
 
+/// The driver's side of its in-process connection: the node calls it.
+struct DriverClient(std::sync::Weak<CoreWorker>);
+
+impl ferroray_node::LocalClient for DriverClient {
+    fn deliver(&self, msg: FromNode) {
+        if let Some(core) = self.0.upgrade() {
+            core.dispatch(msg);
+        }
+    }
+
+    fn closed(&self) {
+        if let Some(core) = self.0.upgrade() {
+            core.mark_disconnected("the node shut down");
+        }
+    }
+}
+
 /// Tasks the node sent to this worker, in order; the node may take back the
 /// ones that have not started (see `FromNode::Revoke`).
 struct ExecQueue {
@@ -123,13 +140,19 @@ pub struct CoreWorker {
 }
 
 impl CoreWorker {
-    fn new(worker_id: WorkerId, info: NodeInfo, arena: Arc<Arena>, link: Link, exec: Option<ExecQueue>) -> Self {
+    fn new(
+        worker_id: WorkerId,
+        info: NodeInfo,
+        arena: Arc<Arena>,
+        link: Option<Link>,
+        exec: Option<ExecQueue>,
+    ) -> Self {
         codec::register_arena(&arena);
         CoreWorker {
             worker_id,
             info,
             arena,
-            link: RwLock::new(Some(link)),
+            link: RwLock::new(link),
             next_seq: AtomicU64::new(1),
             state: Mutex::new(LocalState::default()),
             ready: Condvar::new(),
@@ -140,22 +163,13 @@ impl CoreWorker {
         }
     }
 
-    /// The driver's core worker, connected in-process to an embedded node.
+    /// The driver's core worker, connected in-process to an embedded node:
+    /// the node hands it its messages directly (see `ferroray_node::local`).
     pub fn connect_local(node: &Node) -> Result<Arc<Self>> {
         let worker_id = WorkerId::random();
-        let conn = node.connect_local(worker_id)?;
-        let mut rx = conn.take_receiver().ok_or_else(|| Error::Protocol("receiver already taken".into()))?;
-        let core = Arc::new(CoreWorker::new(worker_id, conn.info(), conn.arena(), Link::Local(conn), None));
-        let reader = core.clone();
-        std::thread::Builder::new()
-            .name("ferroray-driver-rx".into())
-            .spawn(move || {
-                while let Some(msg) = rx.blocking_recv() {
-                    reader.dispatch(msg);
-                }
-                reader.mark_disconnected("the node shut down");
-            })
-            .map_err(Error::io)?;
+        let core = Arc::new(CoreWorker::new(worker_id, node.info().clone(), node.arena().clone(), None, None));
+        let conn = node.connect_local(worker_id, Arc::new(DriverClient(Arc::downgrade(&core))))?;
+        *core.link.write() = Some(Link::Local(conn));
         Ok(core)
     }
 
@@ -1137,7 +1151,7 @@ fn run_worker() -> Result<()> {
     let arena = Arc::new(Arena::open(store_fd, capacity).map_err(Error::io)?);
     let writer = stream.try_clone().map_err(Error::io)?;
     let exec = ExecQueue { tasks: Mutex::new(VecDeque::new()), ready: Condvar::new() };
-    let core = Arc::new(CoreWorker::new(worker_id, info, arena, Link::Socket(Mutex::new(writer)), Some(exec)));
+    let core = Arc::new(CoreWorker::new(worker_id, info, arena, Some(Link::Socket(Mutex::new(writer))), Some(exec)));
     global::set(core.clone())?;
     let reader_core = core.clone();
     std::thread::Builder::new()

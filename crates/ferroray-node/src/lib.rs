@@ -13,31 +13,38 @@
 //!   reads frames into [`state`] and writes queued messages back, batching
 //!   whatever is queued into one write.
 //!
+//! - [`local`]: the in-process driver's connection: direct calls in, and
+//!   the node's messages handed to the driver's [`LocalClient`] by the thread
+//!   that queued them (no thread switch on the way back).
+//!
 //! A node is embedded in the driver by [`Node::start`] (its server runs on a
 //! thread of its own) and the driver talks to it through
 //! [`LocalConnection`], a direct call with no socket; workers always use the
 //! socket.
 
 pub mod config;
+pub mod local;
 pub mod pool;
 pub mod server;
 pub mod state;
 
 pub use config::{NodeConfig, WorkerCommand};
+pub use local::{LocalClient, LocalConnection};
 
 use ferroray_common::{Error, Result, WorkerId};
-use ferroray_protocol::{FromNode, NodeInfo, Role, ToNode, PROTOCOL_VERSION};
+use ferroray_protocol::{NodeInfo, Role, ToNode, PROTOCOL_VERSION};
 use ferroray_store::Arena;
 use parking_lot::Mutex;
-use state::{ConnId, State};
+use state::{Outbox, State};
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 /// Shared by the server, the spawner and local connections.
 pub(crate) struct Shared {
-    pub state: Mutex<State>,
+    /// Locked through [`Shared::lock`] only (see [`local`]).
+    state: Mutex<State>,
     pub info: NodeInfo,
     pub arena: Arc<Arena>,
+    deliverer: local::Deliverer,
 }
 
 /// A running node daemon.
@@ -45,6 +52,7 @@ pub struct Node {
     shared: Arc<Shared>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server_thread: Option<std::thread::JoinHandle<()>>,
+    delivery_thread: Option<std::thread::JoinHandle<()>>,
     pool: pool::Pool,
     socket_name: String,
 }
@@ -64,16 +72,28 @@ impl Node {
         let socket_name = config.socket_name.clone();
         let listener = server::bind_abstract(&socket_name)?;
         let (pool, spawn_tx) = pool::Pool::start(&config, arena.fd(), socket_name.clone());
-        let shared =
-            Arc::new(Shared { state: Mutex::new(State::new(&config, info.clone(), store, spawn_tx)), info, arena });
+        let state = Mutex::new(State::new(&config, info.clone(), store, spawn_tx));
+        let shared = Arc::new(Shared { state, info, arena, deliverer: local::Deliverer::default() });
         let _ = pool.shared.set(Arc::downgrade(&shared));
+        let delivery_shared = shared.clone();
+        let delivery_thread = std::thread::Builder::new()
+            .name("ferroray-deliver".into())
+            .spawn(move || delivery_shared.deliverer.run())
+            .map_err(Error::io)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let server_shared = shared.clone();
         let server_thread = std::thread::Builder::new()
             .name("ferroray-node".into())
             .spawn(move || server::run(server_shared, listener, rx))
             .map_err(Error::io)?;
-        Ok(Node { shared, shutdown: Some(tx), server_thread: Some(server_thread), pool, socket_name })
+        Ok(Node {
+            shared,
+            shutdown: Some(tx),
+            server_thread: Some(server_thread),
+            delivery_thread: Some(delivery_thread),
+            pool,
+            socket_name,
+        })
     }
 
     pub fn info(&self) -> &NodeInfo {
@@ -89,24 +109,25 @@ impl Node {
         &self.socket_name
     }
 
-    /// Connects an in-process client (the driver) without a socket.
-    pub fn connect_local(&self, worker_id: WorkerId) -> Result<LocalConnection> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// Connects an in-process client (the driver) without a socket: its
+    /// messages are direct calls, the node's go to `client`.
+    pub fn connect_local(&self, worker_id: WorkerId, client: Arc<dyn LocalClient>) -> Result<LocalConnection> {
+        let link = Arc::new(local::LocalLink::new(client));
         let conn = {
-            let mut st = self.shared.state.lock();
-            let conn = st.add_connection(tx);
+            let mut st = self.shared.lock();
+            let conn = st.add_connection(Outbox::Local(link));
             st.handle(
                 conn,
                 ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid: std::process::id(), role: Role::Driver },
             );
             conn
         };
-        Ok(LocalConnection { shared: self.shared.clone(), conn, rx: Mutex::new(Some(rx)) })
+        Ok(LocalConnection { shared: self.shared.clone(), conn })
     }
 
     /// Object store and table sizes, for tests and leak checks.
     pub fn stats(&self) -> state::NodeStats {
-        self.shared.state.lock().stats()
+        self.shared.lock().stats()
     }
 
     /// Stops the node: kills and reaps every worker, closes the socket and
@@ -116,12 +137,17 @@ impl Node {
     }
 
     fn stop(&mut self) {
-        self.shared.state.lock().begin_shutdown();
+        self.shared.lock().begin_shutdown();
         self.pool.shutdown();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(t) = self.server_thread.take() {
+            let _ = t.join();
+        }
+        // Last: what the steps above queued for local clients still goes out.
+        self.shared.deliverer.stop();
+        if let Some(t) = self.delivery_thread.take() {
             let _ = t.join();
         }
     }
@@ -130,42 +156,5 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// An in-process connection to a node: messages are handled by a direct call.
-pub struct LocalConnection {
-    shared: Arc<Shared>,
-    conn: ConnId,
-    rx: Mutex<Option<mpsc::UnboundedReceiver<FromNode>>>,
-}
-
-impl LocalConnection {
-    pub fn send(&self, msg: ToNode) {
-        self.shared.state.lock().handle(self.conn, msg);
-    }
-
-    /// Handles an allocation at once (no reply message needed in-process).
-    pub fn allocate(&self, size: u64) -> Result<u64> {
-        self.shared.state.lock().allocate(self.conn, size)
-    }
-
-    /// The receiving half, taken once by the client's reader thread.
-    pub fn take_receiver(&self) -> Option<mpsc::UnboundedReceiver<FromNode>> {
-        self.rx.lock().take()
-    }
-
-    pub fn info(&self) -> NodeInfo {
-        self.shared.info.clone()
-    }
-
-    pub fn arena(&self) -> Arc<Arena> {
-        self.shared.arena.clone()
-    }
-}
-
-impl Drop for LocalConnection {
-    fn drop(&mut self) {
-        self.shared.state.lock().disconnect(self.conn, "driver disconnected");
     }
 }

@@ -80,7 +80,7 @@ impl Spawner {
                     if let Err(e) = self.spawn() {
                         eprintln!("ferroray node: cannot start a worker: {e}");
                         if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
-                            shared.state.lock().spawn_failed(e.to_string());
+                            shared.lock().spawn_failed(e.to_string());
                         }
                     }
                 }
@@ -98,7 +98,7 @@ impl Spawner {
             });
             if !exited.is_empty() {
                 if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
-                    let mut st = shared.state.lock();
+                    let mut st = shared.lock();
                     for (pid, status) in exited {
                         st.worker_exited(pid, status);
                     }
@@ -148,7 +148,7 @@ impl Spawner {
         let mut child = command.spawn()?;
         let pid = child.id();
         if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
-            shared.state.lock().spawned(pid);
+            shared.lock().spawned(pid);
         }
         let names = self.names();
         if let Some(out) = child.stdout.take() {
@@ -162,7 +162,7 @@ impl Spawner {
     }
 
     fn names(&self) -> TaskNames {
-        self.shared.get().and_then(Weak::upgrade).map(|s| s.state.lock().names.clone()).unwrap_or_default()
+        self.shared.get().and_then(Weak::upgrade).map(|s| s.lock().names.clone()).unwrap_or_default()
     }
 }
 

@@ -10,6 +10,7 @@
 //! 3. When either side ends, the connection is removed from the state, which
 //!    releases what it held and retries or fails the task it was running.
 
+use crate::state::Outbox;
 use crate::Shared;
 use ferroray_common::{Error, Result};
 use ferroray_protocol::{frame, FromNode, ToNode};
@@ -37,6 +38,7 @@ pub fn connect_abstract(name: &str) -> Result<std::os::unix::net::UnixStream> {
 /// listener and the shutdown signal are arguments, so a test can bind its own.
 pub(crate) fn run(shared: Arc<Shared>, listener: std::os::unix::net::UnixListener, shutdown: oneshot::Receiver<()>) {
     let _ = shared.arena.set_inheritable(false);
+    crate::local::mark_node_thread();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return eprintln!("ferroray node: cannot start the runtime: {e}"),
@@ -58,7 +60,7 @@ async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: onesho
         tokio::select! {
             _ = &mut shutdown => break,
             _ = trim.tick() => {
-                shared.state.lock().trim_store();
+                shared.lock().trim_store();
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
@@ -73,7 +75,7 @@ async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: onesho
 async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<FromNode>();
-    let conn = shared.state.lock().add_connection(tx);
+    let conn = shared.lock().add_connection(Outbox::Socket(tx));
     let writer = tokio::spawn(async move {
         let mut buf = Vec::with_capacity(4096);
         while let Some(msg) = rx.recv().await {
@@ -95,7 +97,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     let reason = loop {
         match frame::read_frame_async::<_, ToNode>(&mut rd, &mut body).await {
             Ok(Some(msg)) => {
-                let mut st = shared.state.lock();
+                let mut st = shared.lock();
                 st.handle(conn, msg);
                 if !st.is_connected(conn) {
                     break "rejected".to_string();
@@ -107,11 +109,11 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 if matches!(err, Error::Disconnected(_)) {
                     break err.to_string();
                 }
-                shared.state.lock().reject(conn, err.clone());
+                shared.lock().reject(conn, err.clone());
                 break err.to_string();
             }
         }
     };
-    shared.state.lock().disconnect(conn, &reason);
+    shared.lock().disconnect(conn, &reason);
     let _ = writer.await;
 }

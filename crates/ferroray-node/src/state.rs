@@ -38,6 +38,7 @@
 //! (`Running`) → `TaskDone` or the worker's death → finished, failed, or
 //! queued again for a retry.
 
+use crate::local::LocalLink;
 use crate::pool::PoolCmd;
 use crate::NodeConfig;
 use ferroray_common::{resources, Error, ObjectId, ResourceSet, Result, TaskId, WorkerId};
@@ -55,8 +56,28 @@ pub type ConnId = u64;
 /// Names of the task each worker pid runs (or ran last), for output prefixes.
 pub type TaskNames = Arc<parking_lot::Mutex<HashMap<u32, String>>>;
 
+/// Where a connection's messages go.
+pub(crate) enum Outbox {
+    /// A socket: the server's writer task drains the channel.
+    Socket(UnboundedSender<FromNode>),
+    /// The in-process driver: delivered after the state lock is released
+    /// (see `crate::local`).
+    Local(Arc<LocalLink>),
+}
+
+impl Outbox {
+    fn send(&self, msg: FromNode) {
+        match self {
+            Outbox::Socket(tx) => {
+                let _ = tx.send(msg);
+            }
+            Outbox::Local(link) => link.send(msg),
+        }
+    }
+}
+
 struct Conn {
-    tx: UnboundedSender<FromNode>,
+    outbox: Outbox,
     role: Option<Role>,
     pid: u32,
     held: HashSet<ObjectId>,
@@ -191,6 +212,10 @@ pub struct State {
     pub(crate) names: TaskNames,
     info: ferroray_protocol::NodeInfo,
     shutting_down: bool,
+    /// The outboxes of local connections, and those of local connections
+    /// that went away with messages (their `closed`) still to deliver.
+    local_links: Vec<Arc<LocalLink>>,
+    closed_links: Vec<Arc<LocalLink>>,
 }
 
 fn push_event(
@@ -248,16 +273,21 @@ impl State {
             names: TaskNames::default(),
             info,
             shutting_down: false,
+            local_links: Vec::new(),
+            closed_links: Vec::new(),
         }
     }
 
-    pub fn add_connection(&mut self, tx: UnboundedSender<FromNode>) -> ConnId {
+    pub(crate) fn add_connection(&mut self, outbox: Outbox) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
+        if let Outbox::Local(link) = &outbox {
+            self.local_links.push(link.clone());
+        }
         self.conns.insert(
             id,
             Conn {
-                tx,
+                outbox,
                 role: None,
                 pid: 0,
                 held: HashSet::new(),
@@ -279,7 +309,23 @@ impl State {
 
     fn send(&self, conn: ConnId, msg: FromNode) {
         if let Some(c) = self.conns.get(&conn) {
-            let _ = c.tx.send(msg);
+            c.outbox.send(msg);
+        }
+    }
+
+    /// Local connections with messages waiting (taken when the lock is released).
+    pub(crate) fn links_to_deliver(&mut self) -> Vec<Arc<LocalLink>> {
+        let mut links = std::mem::take(&mut self.closed_links);
+        links.extend(self.local_links.iter().filter(|l| l.has_pending()).cloned());
+        links
+    }
+
+    /// A connection leaves: a local one's client learns it after its last message.
+    fn forget_outbox(&mut self, outbox: Outbox) {
+        if let Outbox::Local(link) = outbox {
+            self.local_links.retain(|l| !Arc::ptr_eq(l, &link));
+            link.close();
+            self.closed_links.push(link);
         }
     }
 
@@ -759,7 +805,7 @@ impl State {
                     .collect();
                 if !movable.is_empty() {
                     c.revoking = true;
-                    let _ = c.tx.send(FromNode::Revoke { task_ids: movable });
+                    c.outbox.send(FromNode::Revoke { task_ids: movable });
                 }
             }
         }
@@ -1330,6 +1376,7 @@ impl State {
             return;
         };
         self.idle.retain(|w| *w != conn);
+        self.forget_outbox(c.outbox);
         for id in c.held {
             if let Some(o) = self.objects.get_mut(&id) {
                 o.holders -= 1;
@@ -1471,7 +1518,9 @@ impl State {
 
     pub fn begin_shutdown(&mut self) {
         self.shutting_down = true;
-        self.conns.clear();
+        for (_, c) in std::mem::take(&mut self.conns) {
+            self.forget_outbox(c.outbox);
+        }
         self.idle.clear();
     }
 }

@@ -4,6 +4,8 @@
 //! item twice or out of order. The facade's `tests/generators.rs` covers the
 //! protocol end to end with real workers.
 
+mod common;
+
 use ferroray_common::{resources, Error, ResourceSet, RetryExceptions, TaskId, WorkerId};
 use ferroray_node::{server, LocalConnection, Node, NodeConfig, WorkerCommand};
 use ferroray_protocol::{
@@ -11,8 +13,8 @@ use ferroray_protocol::{
     PROTOCOL_VERSION,
 };
 use std::os::unix::net::UnixStream;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 const T: Duration = Duration::from_secs(30);
 const DRIVER: WorkerId = WorkerId(7);
@@ -20,7 +22,7 @@ const DRIVER: WorkerId = WorkerId(7);
 struct Driver {
     node: Node,
     conn: LocalConnection,
-    rx: UnboundedReceiver<FromNode>,
+    rx: Receiver<FromNode>,
 }
 
 fn start() -> Driver {
@@ -31,8 +33,7 @@ fn start() -> Driver {
     config.store_capacity = 1 << 20;
     config.log_to_driver = false;
     let node = Node::start(config).expect("node starts");
-    let conn = node.connect_local(DRIVER).expect("local connection");
-    let rx = conn.take_receiver().expect("receiver");
+    let (conn, rx) = common::connect(&node, DRIVER);
     Driver { node, conn, rx }
 }
 
@@ -61,14 +62,13 @@ impl Driver {
         let mut got = Vec::new();
         loop {
             assert!(Instant::now() < deadline, "no stream end; so far {got:?}");
-            match self.rx.try_recv() {
+            match self.rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(m @ FromNode::StreamItem { .. }) => got.push(m),
                 Ok(m @ FromNode::StreamEnd { .. }) => {
                     got.push(m);
                     return got;
                 }
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                Ok(_) | Err(_) => {}
             }
         }
     }

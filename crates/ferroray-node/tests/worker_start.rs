@@ -1,6 +1,8 @@
 //! The node with a worker command that dies before connecting: queued tasks
 //! fail with a clear error instead of waiting for a worker that never comes.
 
+mod common;
+
 use ferroray_common::{resources, Error, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId};
 use ferroray_node::{Node, NodeConfig, WorkerCommand};
 use ferroray_protocol::{FromNode, FunctionDescriptor, ObjectValue, ReturnKind, TaskSpec, ToNode};
@@ -15,8 +17,7 @@ fn workers_that_exit_before_connecting_fail_the_queued_tasks() {
     config.log_to_driver = false;
     let node = Node::start(config).expect("node starts");
     let me = WorkerId(7);
-    let conn = node.connect_local(me).expect("local connection");
-    let mut rx = conn.take_receiver().expect("receiver");
+    let (conn, rx) = common::connect(&node, me);
     let task_id = TaskId { submitter: me, seq: 1 };
     conn.send(ToNode::Submit(Box::new(TaskSpec {
         task_id,
@@ -36,7 +37,7 @@ fn workers_that_exit_before_connecting_fail_the_queued_tasks() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         assert!(Instant::now() < deadline, "the task waited for ever");
-        match rx.try_recv() {
+        match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(FromNode::ObjectReady { id: got, value }) if got == id => {
                 match value {
                     ObjectValue::Error(Error::WorkerCrashed { detail, .. }) => {
@@ -46,8 +47,7 @@ fn workers_that_exit_before_connecting_fail_the_queued_tasks() {
                 }
                 break;
             }
-            Ok(_) => {}
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(_) | Err(_) => {}
         }
     }
     drop(conn);

@@ -1,0 +1,242 @@
+//! The in-process driver's connection, and how the node's messages reach it.
+//!
+//! The driver's messages to the node are direct calls ([`LocalConnection::send`]).
+//! The node's messages to the driver wait in the connection's [`LocalLink`]
+//! and are handed to the driver's [`LocalClient`] once the state lock is
+//! released, by the thread that released it, so that a worker's `TaskDone` or
+//! `ReportItem` reaches the driver without a thread switch in between:
+//!
+//! 1. Every lock of the state goes through [`StateGuard`]; when it is dropped
+//!    with messages waiting for a local client, the lock is released first
+//!    (the client calls back into the node) and then the messages go out.
+//! 2. A node thread (the server's, or the delivery thread) delivers them
+//!    itself. Any other thread (a user thread inside `LocalConnection::send`,
+//!    the spawner) wakes the delivery thread instead: a user thread may hold
+//!    its core worker's locks, which delivery takes.
+//! 3. One thread delivers a link's messages at a time (`delivering`, under the
+//!    link's queue lock), taking them in batches in queue order: the driver
+//!    sees messages in the order the node sent them. A thread that finds
+//!    another delivering leaves its messages to it; the deliverer looks at the
+//!    queue again before it stops, under the same lock, so none is stranded.
+//! 4. A local connection that goes away queues `closed` after its last
+//!    message: the client learns that nothing more will come.
+
+use crate::state::State;
+use crate::Shared;
+use ferroray_common::Result;
+use ferroray_protocol::{FromNode, NodeInfo, ToNode};
+use ferroray_store::Arena;
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// The receiving side of an in-process connection (the driver's core worker).
+pub trait LocalClient: Send + Sync {
+    /// One message from the node. Called without the node's lock held, one
+    /// message at a time, in the order the node sent them.
+    fn deliver(&self, msg: FromNode);
+    /// The connection is gone (dropped, rejected, or the node shut down).
+    fn closed(&self);
+}
+
+thread_local! {
+    static NODE_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as one of the node's own (step 2).
+pub(crate) fn mark_node_thread() {
+    NODE_THREAD.with(|t| t.set(true));
+}
+
+enum Delivery {
+    Message(FromNode),
+    Closed,
+}
+
+#[derive(Default)]
+struct LinkQueue {
+    items: VecDeque<Delivery>,
+    delivering: bool,
+}
+
+/// The node's side of one local connection: its queue of messages.
+pub(crate) struct LocalLink {
+    client: Arc<dyn LocalClient>,
+    queue: Mutex<LinkQueue>,
+    /// Something is queued (a hint read under the state lock, step 1).
+    pending: AtomicBool,
+}
+
+impl LocalLink {
+    pub(crate) fn new(client: Arc<dyn LocalClient>) -> Self {
+        LocalLink { client, queue: Mutex::new(LinkQueue::default()), pending: AtomicBool::new(false) }
+    }
+
+    pub(crate) fn send(&self, msg: FromNode) {
+        self.push(Delivery::Message(msg));
+    }
+
+    pub(crate) fn close(&self) {
+        self.push(Delivery::Closed);
+    }
+
+    fn push(&self, d: Delivery) {
+        self.queue.lock().items.push_back(d);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Hands the queued messages to the client (step 3).
+    fn deliver(&self) {
+        let mut q = self.queue.lock();
+        if q.delivering {
+            return;
+        }
+        q.delivering = true;
+        let mut batch = VecDeque::new();
+        loop {
+            std::mem::swap(&mut q.items, &mut batch);
+            self.pending.store(false, Ordering::Release);
+            if batch.is_empty() {
+                q.delivering = false;
+                return;
+            }
+            drop(q);
+            for d in batch.drain(..) {
+                match d {
+                    Delivery::Message(m) => self.client.deliver(m),
+                    Delivery::Closed => self.client.closed(),
+                }
+            }
+            q = self.queue.lock();
+        }
+    }
+}
+
+/// The delivery thread's work list (step 2).
+#[derive(Default)]
+pub(crate) struct Deliverer {
+    work: Mutex<DelivererWork>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct DelivererWork {
+    links: Vec<Arc<LocalLink>>,
+    stop: bool,
+}
+
+impl Deliverer {
+    fn hand_over(&self, link: Arc<LocalLink>) {
+        let mut w = self.work.lock();
+        if !w.links.iter().any(|l| Arc::ptr_eq(l, &link)) {
+            w.links.push(link);
+        }
+        self.wake.notify_one();
+    }
+
+    /// The delivery thread: runs until `stop`, and until nothing is left.
+    pub(crate) fn run(&self) {
+        mark_node_thread();
+        loop {
+            let links = {
+                let mut w = self.work.lock();
+                while w.links.is_empty() && !w.stop {
+                    self.wake.wait(&mut w);
+                }
+                if w.links.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut w.links)
+            };
+            links.iter().for_each(|l| l.deliver());
+        }
+    }
+
+    pub(crate) fn stop(&self) {
+        self.work.lock().stop = true;
+        self.wake.notify_one();
+    }
+}
+
+/// The state under its lock; dropping it delivers what it queued for local
+/// clients (step 1).
+pub(crate) struct StateGuard<'a> {
+    shared: &'a Shared,
+    guard: Option<MutexGuard<'a, State>>,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> StateGuard<'_> {
+        StateGuard { shared: self, guard: Some(self.state.lock()) }
+    }
+}
+
+impl Deref for StateGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.guard.as_ref().expect("held until drop")
+    }
+}
+
+impl DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.guard.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        let Some(mut st) = self.guard.take() else { return };
+        let links = st.links_to_deliver();
+        drop(st);
+        if links.is_empty() {
+            return;
+        }
+        let on_node_thread = NODE_THREAD.with(Cell::get);
+        for link in links {
+            if on_node_thread {
+                link.deliver();
+            } else {
+                self.shared.deliverer.hand_over(link);
+            }
+        }
+    }
+}
+
+/// An in-process connection to a node: messages are handled by a direct call.
+pub struct LocalConnection {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) conn: crate::state::ConnId,
+}
+
+impl LocalConnection {
+    pub fn send(&self, msg: ToNode) {
+        self.shared.lock().handle(self.conn, msg);
+    }
+
+    /// Handles an allocation at once (no reply message needed in-process).
+    pub fn allocate(&self, size: u64) -> Result<u64> {
+        self.shared.lock().allocate(self.conn, size)
+    }
+
+    pub fn info(&self) -> NodeInfo {
+        self.shared.info.clone()
+    }
+
+    pub fn arena(&self) -> Arc<Arena> {
+        self.shared.arena.clone()
+    }
+}
+
+impl Drop for LocalConnection {
+    fn drop(&mut self) {
+        self.shared.lock().disconnect(self.conn, "driver disconnected");
+    }
+}

@@ -21,7 +21,7 @@
 //! 4. A local connection that goes away queues `closed` after its last
 //!    message: the client learns that nothing more will come.
 
-use crate::state::State;
+use crate::state::{Outbox, State};
 use crate::Shared;
 use ferroray_common::Result;
 use ferroray_protocol::{FromNode, NodeInfo, ToNode};
@@ -194,17 +194,20 @@ impl DerefMut for StateGuard<'_> {
 impl Drop for StateGuard<'_> {
     fn drop(&mut self) {
         let Some(mut st) = self.guard.take() else { return };
-        let links = st.links_to_deliver();
+        let outboxes = st.outboxes_to_flush();
         drop(st);
-        if links.is_empty() {
+        if outboxes.is_empty() {
             return;
         }
         let on_node_thread = NODE_THREAD.with(Cell::get);
-        for link in links {
-            if on_node_thread {
-                link.deliver();
-            } else {
-                self.shared.deliverer.hand_over(link);
+        for outbox in outboxes {
+            match outbox {
+                Outbox::Local(link) if on_node_thread => link.deliver(),
+                Outbox::Local(link) => self.shared.deliverer.hand_over(link),
+                // The server thread leaves it to the writer task, which batches
+                // what it queues; anyone else writes it at once.
+                Outbox::Socket(out) if on_node_thread => out.flush_later(),
+                Outbox::Socket(out) => out.flush_here(),
             }
         }
     }

@@ -40,6 +40,7 @@
 
 use crate::local::LocalLink;
 use crate::pool::PoolCmd;
+use crate::server::SocketOutbox;
 use crate::NodeConfig;
 use ferroray_common::{resources, Error, ObjectId, ResourceSet, Result, TaskId, WorkerId};
 use ferroray_protocol::{
@@ -49,29 +50,42 @@ use ferroray_protocol::{
 use ferroray_store::Store;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use tokio::sync::mpsc::UnboundedSender;
 
 pub type ConnId = u64;
 
 /// Names of the task each worker pid runs (or ran last), for output prefixes.
 pub type TaskNames = Arc<parking_lot::Mutex<HashMap<u32, String>>>;
 
-/// Where a connection's messages go.
+/// Where a connection's messages go. Both kinds only queue under the state
+/// lock; they go out once it is released (see `crate::local`).
+#[derive(Clone)]
 pub(crate) enum Outbox {
-    /// A socket: the server's writer task drains the channel.
-    Socket(UnboundedSender<FromNode>),
-    /// The in-process driver: delivered after the state lock is released
-    /// (see `crate::local`).
+    /// A worker's socket (`crate::server`).
+    Socket(Arc<SocketOutbox>),
+    /// The in-process driver.
     Local(Arc<LocalLink>),
 }
 
 impl Outbox {
     fn send(&self, msg: FromNode) {
         match self {
-            Outbox::Socket(tx) => {
-                let _ = tx.send(msg);
-            }
+            Outbox::Socket(out) => out.send(&msg),
             Outbox::Local(link) => link.send(msg),
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        match self {
+            Outbox::Socket(out) => out.has_pending(),
+            Outbox::Local(link) => link.has_pending(),
+        }
+    }
+
+    fn same(&self, other: &Outbox) -> bool {
+        match (self, other) {
+            (Outbox::Socket(a), Outbox::Socket(b)) => Arc::ptr_eq(a, b),
+            (Outbox::Local(a), Outbox::Local(b)) => Arc::ptr_eq(a, b),
+            _ => false,
         }
     }
 }
@@ -212,10 +226,10 @@ pub struct State {
     pub(crate) names: TaskNames,
     info: ferroray_protocol::NodeInfo,
     shutting_down: bool,
-    /// The outboxes of local connections, and those of local connections
-    /// that went away with messages (their `closed`) still to deliver.
-    local_links: Vec<Arc<LocalLink>>,
-    closed_links: Vec<Arc<LocalLink>>,
+    /// Every connection's outbox, and those of local connections that went
+    /// away with messages (their `closed`) still to deliver.
+    outboxes: Vec<Outbox>,
+    closed_links: Vec<Outbox>,
 }
 
 fn push_event(
@@ -273,7 +287,7 @@ impl State {
             names: TaskNames::default(),
             info,
             shutting_down: false,
-            local_links: Vec::new(),
+            outboxes: Vec::new(),
             closed_links: Vec::new(),
         }
     }
@@ -281,9 +295,7 @@ impl State {
     pub(crate) fn add_connection(&mut self, outbox: Outbox) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
-        if let Outbox::Local(link) = &outbox {
-            self.local_links.push(link.clone());
-        }
+        self.outboxes.push(outbox.clone());
         self.conns.insert(
             id,
             Conn {
@@ -313,19 +325,23 @@ impl State {
         }
     }
 
-    /// Local connections with messages waiting (taken when the lock is released).
-    pub(crate) fn links_to_deliver(&mut self) -> Vec<Arc<LocalLink>> {
-        let mut links = std::mem::take(&mut self.closed_links);
-        links.extend(self.local_links.iter().filter(|l| l.has_pending()).cloned());
-        links
+    /// Outboxes with messages waiting (sent when the lock is released).
+    pub(crate) fn outboxes_to_flush(&mut self) -> Vec<Outbox> {
+        let mut out = std::mem::take(&mut self.closed_links);
+        out.extend(self.outboxes.iter().filter(|o| o.has_pending()).cloned());
+        out
     }
 
-    /// A connection leaves: a local one's client learns it after its last message.
+    /// A connection leaves: a socket's writer ends once its queue is out; a
+    /// local client learns it after its last message.
     fn forget_outbox(&mut self, outbox: Outbox) {
-        if let Outbox::Local(link) = outbox {
-            self.local_links.retain(|l| !Arc::ptr_eq(l, &link));
-            link.close();
-            self.closed_links.push(link);
+        self.outboxes.retain(|o| !o.same(&outbox));
+        match outbox {
+            Outbox::Socket(out) => out.close(),
+            Outbox::Local(link) => {
+                link.close();
+                self.closed_links.push(Outbox::Local(link));
+            }
         }
     }
 

@@ -17,7 +17,8 @@ use ferroray_protocol::{
 use ferroray_store::Arena;
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::de::DeserializeOwned;
-use std::collections::{HashMap, HashSet, VecDeque};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -102,7 +103,7 @@ struct ExecQueue {
 /// Acknowledgements received by a generator running here (backpressure).
 #[derive(Default)]
 struct Acks {
-    acked: HashSet<u32>,
+    acked: FxHashSet<u32>,
     gone: bool,
 }
 
@@ -111,15 +112,15 @@ struct LocalState {
     /// Threads blocked in `get`, by the object they wait for: an arriving
     /// object wakes waiters only if someone waits for it (a `get_all` of
     /// 1,000 refs would otherwise be woken 1,000 times for nothing).
-    get_waiters: HashMap<ObjectId, u32>,
+    get_waiters: FxHashMap<ObjectId, u32>,
     /// Threads blocked in `wait` or on a stream: woken by every arrival.
     other_waiters: u32,
-    streams: HashMap<TaskId, LocalStream>,
-    acks: HashMap<TaskId, Acks>,
+    streams: FxHashMap<TaskId, LocalStream>,
+    acks: FxHashMap<TaskId, Acks>,
     /// This process's handle count per object (see `RefInner`).
-    refs: HashMap<ObjectId, u32>,
-    objects: HashMap<ObjectId, Entry>,
-    subscribed: HashSet<ObjectId>,
+    refs: FxHashMap<ObjectId, u32>,
+    objects: FxHashMap<ObjectId, Entry>,
+    subscribed: FxHashSet<ObjectId>,
     seq: u64,
     disconnected: Option<String>,
 }
@@ -613,7 +614,7 @@ impl CoreWorker {
                 keys.len()
             )));
         }
-        let unique: HashSet<WaitKey> = keys.iter().copied().collect();
+        let unique: FxHashSet<WaitKey> = keys.iter().copied().collect();
         if unique.len() != keys.len() {
             return Err(Error::InvalidOption("wait was given the same ref twice".into()));
         }
@@ -653,7 +654,7 @@ impl CoreWorker {
                 }
                 ready.sort();
                 ready.truncate(num_returns);
-                let chosen: HashSet<usize> = ready.iter().map(|(_, i)| *i).collect();
+                let chosen: FxHashSet<usize> = ready.iter().map(|(_, i)| *i).collect();
                 let rest = (0..keys.len()).filter(|i| !chosen.contains(i)).collect();
                 return Ok((ready.into_iter().map(|(_, i)| i).collect(), rest));
             }

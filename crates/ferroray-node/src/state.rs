@@ -48,6 +48,7 @@ use ferroray_protocol::{
     PROTOCOL_VERSION,
 };
 use ferroray_store::Store;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -94,11 +95,11 @@ struct Conn {
     outbox: Outbox,
     role: Option<Role>,
     pid: u32,
-    held: HashSet<ObjectId>,
+    held: FxHashSet<ObjectId>,
     /// Shared-memory pins handed to this connection, by object.
-    pins: HashMap<ObjectId, u32>,
+    pins: FxHashMap<ObjectId, u32>,
     /// Allocations made by this connection and not yet sealed.
-    unsealed: HashSet<u64>,
+    unsealed: FxHashSet<u64>,
     /// Tasks sent to this worker: the first runs, the rest wait behind it
     /// (pipelining) under the same lease.
     assigned: VecDeque<TaskId>,
@@ -200,12 +201,12 @@ pub struct NodeStats {
 }
 
 pub struct State {
-    conns: HashMap<ConnId, Conn>,
+    conns: FxHashMap<ConnId, Conn>,
     next_conn: ConnId,
-    objects: HashMap<ObjectId, Obj>,
-    tasks: HashMap<TaskId, Task>,
-    streams: HashMap<TaskId, Stream>,
-    children: HashMap<TaskId, Vec<TaskId>>,
+    objects: FxHashMap<ObjectId, Obj>,
+    tasks: FxHashMap<TaskId, Task>,
+    streams: FxHashMap<TaskId, Stream>,
+    children: FxHashMap<TaskId, Vec<TaskId>>,
     /// Tasks whose arguments are ready, one FIFO per resource shape (so a
     /// scheduling pass looks at the head of each queue, not at every task).
     /// Entries of tasks that ended meanwhile are skipped when reached.
@@ -266,12 +267,12 @@ impl State {
         spawn: std::sync::mpsc::Sender<PoolCmd>,
     ) -> Self {
         State {
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             next_conn: 1,
-            objects: HashMap::new(),
-            tasks: HashMap::new(),
-            streams: HashMap::new(),
-            children: HashMap::new(),
+            objects: FxHashMap::default(),
+            tasks: FxHashMap::default(),
+            streams: FxHashMap::default(),
+            children: FxHashMap::default(),
             ready: Vec::new(),
             idle: Vec::new(),
             starting: 0,
@@ -302,9 +303,9 @@ impl State {
                 outbox,
                 role: None,
                 pid: 0,
-                held: HashSet::new(),
-                pins: HashMap::new(),
-                unsealed: HashSet::new(),
+                held: FxHashSet::default(),
+                pins: FxHashMap::default(),
+                unsealed: FxHashSet::default(),
                 assigned: VecDeque::new(),
                 lease: ResourceSet::new(),
                 lease_shape: ResourceSet::new(),

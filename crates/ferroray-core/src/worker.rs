@@ -16,8 +16,8 @@ use ferroray_protocol::{
 };
 use ferroray_store::Arena;
 use parking_lot::{Condvar, Mutex, RwLock};
-use serde::de::DeserializeOwned;
 use rustc_hash::{FxHashMap, FxHashSet};
+use serde::de::DeserializeOwned;
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;

@@ -24,7 +24,6 @@ use crate::Shared;
 use ferroray_common::{Error, Result};
 use ferroray_protocol::{frame, FromNode, ToNode};
 use parking_lot::Mutex;
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +54,12 @@ struct Pending {
 
 impl SocketOutbox {
     fn new(direct: std::os::unix::net::UnixStream) -> Self {
-        SocketOutbox { out: Mutex::new(Pending::default()), direct, wake: Notify::new(), pending: AtomicBool::new(false) }
+        SocketOutbox {
+            out: Mutex::new(Pending::default()),
+            direct,
+            wake: Notify::new(),
+            pending: AtomicBool::new(false),
+        }
     }
 
     pub(crate) fn send(&self, msg: &FromNode) {
@@ -82,7 +86,7 @@ impl SocketOutbox {
             return;
         }
         loop {
-            match (&self.direct).write(&out.bytes) {
+            match send_nosignal(&self.direct, &out.bytes) {
                 Ok(n) => {
                     out.bytes.drain(..n);
                     if out.bytes.is_empty() {
@@ -109,6 +113,19 @@ impl SocketOutbox {
     pub(crate) fn close(&self) {
         self.out.lock().closed = true;
         self.wake.notify_one();
+    }
+}
+
+/// A non-blocking `send` that cannot raise SIGPIPE in the embedding process
+/// when the peer is gone (it fails with `EPIPE` instead).
+fn send_nosignal(socket: &std::os::unix::net::UnixStream, bytes: &[u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a socket we own, with a valid buffer and length.
+    let n = unsafe { libc::send(socket.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

@@ -58,6 +58,10 @@ pub enum Error {
     Protocol(String),
     #[error("i/o error: {0}")]
     Io(String),
+    /// The peer is not allowed in: another user, a wrong token, or a process
+    /// the node did not start claiming to be its worker.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 /// A failure inside the task's own code, with where it happened.

@@ -7,11 +7,14 @@
 //!   the single place that decides whether a failure is worth another attempt.
 //! - [`resources`]: resource sets in fixed point, so that adding and
 //!   subtracting fractional CPUs never drifts.
+//! - [`auth`]: the cluster token every connection must present.
 
+pub mod auth;
 pub mod error;
 pub mod id;
 pub mod resources;
 
+pub use auth::ClusterToken;
 pub use error::{Error, FailureKind, Result, RetryExceptions, TaskError};
 pub use id::{NodeId, ObjectId, TaskId, WorkerId};
 pub use resources::ResourceSet;

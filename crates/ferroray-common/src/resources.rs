@@ -76,6 +76,24 @@ impl ResourceSet {
         self.0.retain(|_, v| *v != 0);
     }
 
+    /// Checks a set that came from a peer: at most `max_entries` names of at
+    /// most `max_name` bytes, each amount positive and at most `max_amount`
+    /// whole units (a negative request would add to what a node offers).
+    pub fn check_bounds(&self, max_entries: usize, max_name: usize, max_amount: f64) -> Result<(), String> {
+        if self.0.len() > max_entries {
+            return Err(format!("{} resources, over the limit of {max_entries}", self.0.len()));
+        }
+        for (name, fixed) in &self.0 {
+            if name.len() > max_name {
+                return Err(format!("a resource name of {} bytes, over the limit of {max_name}", name.len()));
+            }
+            if *fixed <= 0 || *fixed as f64 > max_amount * SCALE {
+                return Err(format!("resource {name} amount {} is not in (0, {max_amount}]", *fixed as f64 / SCALE));
+            }
+        }
+        Ok(())
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> {
         self.0.iter().map(|(k, v)| (k.as_str(), *v as f64 / SCALE))
     }

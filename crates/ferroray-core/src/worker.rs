@@ -7,7 +7,7 @@ use crate::global;
 use crate::object_ref::RefInner;
 use crate::registry::{self, Invoke, ItemSink};
 use crate::task::ArgReader;
-use ferroray_common::{Error, ObjectId, Result, TaskId, WorkerId};
+use ferroray_common::{ClusterToken, Error, ObjectId, Result, TaskId, WorkerId};
 use ferroray_node::pool::env;
 use ferroray_node::{LocalConnection, Node};
 use ferroray_protocol::{
@@ -1139,10 +1139,16 @@ fn run_worker() -> Result<()> {
     let worker_id = WorkerId(env_var(env::WORKER_ID)?);
     let store_fd: i32 = env_var(env::STORE_FD)?;
     let capacity: u64 = env_var(env::STORE_CAPACITY)?;
+    let token = std::env::var(env::TOKEN)
+        .ok()
+        .and_then(|t| ClusterToken::from_hex(&t))
+        .ok_or_else(|| Error::InvalidOption(format!("worker environment variable {} is missing or invalid", env::TOKEN)))?;
+    // Nothing the task runs (or the processes it starts) inherits the secret.
+    std::env::remove_var(env::TOKEN);
     let mut stream = ferroray_node::server::connect_abstract(&socket)?;
     frame::write_frame(
         &mut stream,
-        &ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid: std::process::id(), role: Role::Worker },
+        &ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid: std::process::id(), role: Role::Worker, token },
     )?;
     let info = match frame::read_frame::<_, FromNode>(&mut stream)? {
         Some(FromNode::Welcome(info)) => info,

@@ -1,6 +1,7 @@
 //! Node configuration.
 
-use ferroray_common::{resources, Error, NodeId, ResourceSet, Result};
+use ferroray_common::{resources, ClusterToken, Error, NodeId, ResourceSet, Result};
+use std::time::Duration;
 use std::path::PathBuf;
 
 /// How to start a worker process.
@@ -36,7 +37,22 @@ pub struct NodeConfig {
     pub max_workers: usize,
     /// Task events kept for `tasks()`; the oldest are dropped past this.
     pub max_task_events: usize,
+    /// The secret every connection's hello must carry; handed to the
+    /// workers the node starts. `None`: [`crate::Node::start`] makes a fresh
+    /// one (see [`crate::Node::token`]).
+    pub token: Option<ClusterToken>,
+    /// Most socket connections at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// A connection that has not sent its hello by then is closed.
+    pub handshake_timeout: Duration,
 }
+
+/// Default for [`NodeConfig::max_connections`]: far above the workers a node
+/// runs, far below the file descriptors a process may open.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
+/// Default for [`NodeConfig::handshake_timeout`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl NodeConfig {
     pub fn new(worker_command: WorkerCommand) -> Self {
@@ -53,6 +69,9 @@ impl NodeConfig {
             log_to_driver: true,
             max_workers: (cpus * 4).max(8),
             max_task_events: 100_000,
+            token: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 
@@ -72,6 +91,9 @@ impl NodeConfig {
                 "inline threshold {} is above 16 MiB: values that large belong in shared memory",
                 self.inline_threshold
             )));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::InvalidOption("max_connections must be at least 1".into()));
         }
         if self.max_workers == 0 {
             return Err(Error::InvalidOption("max_workers must be at least 1".into()));

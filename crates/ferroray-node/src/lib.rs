@@ -31,7 +31,7 @@ pub mod state;
 pub use config::{NodeConfig, WorkerCommand};
 pub use local::{LocalClient, LocalConnection};
 
-use ferroray_common::{Error, Result, WorkerId};
+use ferroray_common::{ClusterToken, Error, Result, WorkerId};
 use ferroray_protocol::{NodeInfo, Role, ToNode, PROTOCOL_VERSION};
 use ferroray_store::Arena;
 use parking_lot::Mutex;
@@ -45,6 +45,10 @@ pub(crate) struct Shared {
     pub info: NodeInfo,
     pub arena: Arc<Arena>,
     deliverer: local::Deliverer,
+    /// The cluster token (also in the state, which checks hellos).
+    token: ClusterToken,
+    /// Connection caps and who was refused (`crate::server`).
+    limits: Arc<server::ConnLimits>,
 }
 
 /// A running node daemon.
@@ -60,8 +64,12 @@ pub struct Node {
 impl Node {
     /// Starts a node: maps the store, binds its socket, and runs the server on
     /// a thread of its own.
-    pub fn start(config: NodeConfig) -> Result<Node> {
+    pub fn start(mut config: NodeConfig) -> Result<Node> {
         config.validate()?;
+        if config.token.is_none() {
+            config.token = Some(ClusterToken::random().map_err(Error::io)?);
+        }
+        let token = config.token.clone().expect("set above");
         let arena = Arc::new(Arena::create(config.store_capacity).map_err(Error::io)?);
         let info = NodeInfo {
             node_id: config.node_id,
@@ -73,7 +81,14 @@ impl Node {
         let listener = server::bind_abstract(&socket_name)?;
         let (pool, spawn_tx) = pool::Pool::start(&config, arena.fd(), socket_name.clone());
         let state = Mutex::new(State::new(&config, info.clone(), store, spawn_tx));
-        let shared = Arc::new(Shared { state, info, arena, deliverer: local::Deliverer::default() });
+        let shared = Arc::new(Shared {
+            state,
+            info,
+            arena,
+            deliverer: local::Deliverer::default(),
+            token,
+            limits: Arc::new(server::ConnLimits::new(&config)),
+        });
         let _ = pool.shared.set(Arc::downgrade(&shared));
         let delivery_shared = shared.clone();
         let delivery_thread = std::thread::Builder::new()
@@ -104,6 +119,11 @@ impl Node {
         &self.shared.arena
     }
 
+    /// The cluster token a connection's hello must carry.
+    pub fn token(&self) -> &ClusterToken {
+        &self.shared.token
+    }
+
     /// The abstract Unix socket name workers connect to.
     pub fn socket_name(&self) -> &str {
         &self.socket_name
@@ -115,11 +135,10 @@ impl Node {
         let link = Arc::new(local::LocalLink::new(client));
         let conn = {
             let mut st = self.shared.lock();
-            let conn = st.add_connection(Outbox::Local(link));
-            st.handle(
-                conn,
-                ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid: std::process::id(), role: Role::Driver },
-            );
+            let pid = std::process::id();
+            let conn = st.add_connection(Outbox::Local(link), pid);
+            let token = self.shared.token.clone();
+            st.handle(conn, ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid, role: Role::Driver, token });
             conn
         };
         Ok(LocalConnection { shared: self.shared.clone(), conn })

@@ -5,16 +5,20 @@
 //! (`PR_SET_PDEATHSIG`): so the workers go when the node's process goes, even
 //! by a crash, and not before.
 //!
-//! Output forwarding: a worker's stdout and stderr are pipes; one thread per
-//! pipe copies each line to this process's stdout or stderr, prefixed with
-//! the task the worker runs (or ran last) and its pid:
+//! The spawner signals only processes it started and has not reaped yet (a
+//! reaped pid may belong to anybody by now), and only by a positive pid.
+//!
+//! Output forwarding: a worker's stdout and stderr are pipes; one
+//! `ferroray-log` thread, whatever the number of workers, copies each line
+//! to this process's stdout or stderr, prefixed with the task the worker
+//! runs (or ran last) and its pid:
 //! `(large_values_generator pid=373609) yielded return value 0`.
 
 use crate::state::TaskNames;
 use crate::{NodeConfig, Shared};
 use ferroray_common::WorkerId;
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::RawFd;
+use std::io::Write;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -28,6 +32,10 @@ pub mod env {
     pub const WORKER_ID: &str = "FERRORAY_WORKER_ID";
     pub const STORE_FD: &str = "FERRORAY_STORE_FD";
     pub const STORE_CAPACITY: &str = "FERRORAY_STORE_CAPACITY";
+    /// The cluster token, in hex; the worker removes it from its environment
+    /// at start-up. Only the same user and root can read another process's
+    /// environment.
+    pub const TOKEN: &str = "FERRORAY_TOKEN";
 }
 
 pub enum PoolCmd {
@@ -46,16 +54,25 @@ struct Spawner {
     config: NodeConfig,
     store_fd: RawFd,
     socket_name: String,
+    /// Started and not reaped: the only pids it ever signals.
     children: Vec<Child>,
     shared: Arc<OnceLock<Weak<Shared>>>,
+    /// The one thread that forwards every worker's output.
+    log: Option<LogForwarder>,
 }
 
 impl Pool {
     pub fn start(config: &NodeConfig, store_fd: RawFd, socket_name: String) -> (Pool, Sender<PoolCmd>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::new(OnceLock::new());
-        let mut spawner =
-            Spawner { config: config.clone(), store_fd, socket_name, children: Vec::new(), shared: shared.clone() };
+        let mut spawner = Spawner {
+            config: config.clone(),
+            store_fd,
+            socket_name,
+            children: Vec::new(),
+            shared: shared.clone(),
+            log: None,
+        };
         let thread = std::thread::Builder::new()
             .name("ferroray-spawner".into())
             .spawn(move || spawner.run(rx))
@@ -84,7 +101,10 @@ impl Spawner {
                         }
                     }
                 }
-                Ok(PoolCmd::Kill(pid)) => kill(pid),
+                Ok(PoolCmd::Kill(pid)) => match self.children.iter().find(|c| c.id() == pid) {
+                    Some(child) => kill(child),
+                    None => eprintln!("ferroray node: not killing pid {pid}: not a worker this node started"),
+                },
                 Ok(PoolCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -106,21 +126,26 @@ impl Spawner {
             }
         }
         for c in &self.children {
-            kill(c.id());
+            kill(c);
         }
         for mut c in self.children.drain(..) {
             let _ = c.wait();
+        }
+        if let Some(log) = self.log.take() {
+            log.stop();
         }
     }
 
     fn spawn(&mut self) -> std::io::Result<()> {
         let cmd = &self.config.worker_command;
+        let worker_id = WorkerId::random();
         let mut command = Command::new(&cmd.program);
         command
             .args(&cmd.args)
             .envs(cmd.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(env::WORKER, &self.socket_name)
-            .env(env::WORKER_ID, WorkerId::random().0.to_string())
+            .env(env::WORKER_ID, worker_id.0.to_string())
+            .envs(self.config.token.as_ref().map(|t| (env::TOKEN, t.to_hex())))
             .env(env::STORE_FD, self.store_fd.to_string())
             .env(env::STORE_CAPACITY, self.config.store_capacity.to_string())
             .stdin(Stdio::null());
@@ -148,14 +173,19 @@ impl Spawner {
         let mut child = command.spawn()?;
         let pid = child.id();
         if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
-            shared.lock().spawned(pid);
+            shared.lock().spawned(pid, worker_id);
         }
-        let names = self.names();
-        if let Some(out) = child.stdout.take() {
-            forward(out, pid, names.clone(), false);
-        }
-        if let Some(err) = child.stderr.take() {
-            forward(err, pid, names, true);
+        if child.stdout.is_some() || child.stderr.is_some() {
+            if self.log.is_none() {
+                self.log = Some(LogForwarder::start(self.names())?);
+            }
+            let log = self.log.as_ref().expect("just started");
+            if let Some(out) = child.stdout.take() {
+                log.forward(out.into(), pid, false);
+            }
+            if let Some(err) = child.stderr.take() {
+                log.forward(err.into(), pid, true);
+            }
         }
         self.children.push(child);
         Ok(())
@@ -166,35 +196,82 @@ impl Spawner {
     }
 }
 
-fn kill(pid: u32) {
-    // SAFETY: plain syscall on a pid we started.
+/// SIGKILLs a child that has not been reaped, so its pid is still its own.
+fn kill(child: &Child) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else { return };
+    if pid <= 0 {
+        return;
+    }
+    // SAFETY: a plain syscall; `pid` is positive (one process, never a group
+    // or "every process") and names our unreaped child.
     unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        libc::kill(pid, libc::SIGKILL);
     }
 }
 
-fn forward(pipe: impl std::io::Read + Send + 'static, pid: u32, names: TaskNames, to_stderr: bool) {
-    let _ = std::thread::Builder::new().name("ferroray-log".into()).spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            if line.last() != Some(&b'\n') {
-                line.push(b'\n');
-            }
-            let name = names.lock().get(&pid).cloned().unwrap_or_else(|| "worker".to_string());
-            let prefix = format!("({name} pid={pid}) ");
-            let _ = if to_stderr {
-                let mut e = std::io::stderr().lock();
-                e.write_all(prefix.as_bytes()).and_then(|_| e.write_all(&line))
-            } else {
-                let mut o = std::io::stdout().lock();
-                o.write_all(prefix.as_bytes()).and_then(|_| o.write_all(&line)).and_then(|_| o.flush())
-            };
+/// The `ferroray-log` thread: one current-thread runtime reading every
+/// worker's pipes, so the thread count does not grow with the workers.
+struct LogForwarder {
+    tx: tokio::sync::mpsc::UnboundedSender<(OwnedFd, u32, bool)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl LogForwarder {
+    fn start(names: TaskNames) -> std::io::Result<Self> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(OwnedFd, u32, bool)>();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let thread = std::thread::Builder::new().name("ferroray-log".into()).spawn(move || {
+            rt.block_on(async move {
+                let mut pipes = tokio::task::JoinSet::new();
+                while let Some((fd, pid, to_stderr)) = rx.recv().await {
+                    match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                        Ok(pipe) => {
+                            pipes.spawn(copy_lines(pipe, pid, names.clone(), to_stderr));
+                        }
+                        Err(e) => eprintln!("ferroray node: cannot read the output of pid {pid}: {e}"),
+                    }
+                    while pipes.try_join_next().is_some() {}
+                }
+                // Stopping: the workers are dead; what they wrote is copied,
+                // unless something they started still holds a pipe open.
+                let drain = async { while pipes.join_next().await.is_some() {} };
+                let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+            })
+        })?;
+        Ok(LogForwarder { tx, thread })
+    }
+
+    fn forward(&self, fd: OwnedFd, pid: u32, to_stderr: bool) {
+        let _ = self.tx.send((fd, pid, to_stderr));
+    }
+
+    fn stop(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
+}
+
+async fn copy_lines(pipe: tokio::net::unix::pipe::Receiver, pid: u32, names: TaskNames, to_stderr: bool) {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
         }
-    });
+        if line.last() != Some(&b'\n') {
+            line.push(b'\n');
+        }
+        let name = names.lock().get(&pid).cloned().unwrap_or_else(|| "worker".to_string());
+        let prefix = format!("({name} pid={pid}) ");
+        let _ = if to_stderr {
+            let mut e = std::io::stderr().lock();
+            e.write_all(prefix.as_bytes()).and_then(|_| e.write_all(&line))
+        } else {
+            let mut o = std::io::stdout().lock();
+            o.write_all(prefix.as_bytes()).and_then(|_| o.write_all(&line)).and_then(|_| o.flush())
+        };
+    }
 }

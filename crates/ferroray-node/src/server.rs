@@ -1,6 +1,24 @@
 //! The socket side of the node.
 //!
-//! Each connection gets a reader task and a writer task:
+//! Who gets in (see `docs/security.md`), checked in this order so that each
+//! step costs an outsider as little as possible:
+//! 1. The accept loop admits at most `max_connections` at once; more are
+//!    closed as they arrive. An accept error (out of file descriptors) backs
+//!    off, up to a second, and is logged once until an accept succeeds.
+//! 2. The peer's credentials (`SO_PEERCRED`, from the kernel): another user
+//!    is closed before a byte is read. Its pid, not the one it claims, is
+//!    the connection's.
+//! 3. The hello must arrive within `handshake_timeout`, in a frame of at
+//!    most [`limits::MAX_HELLO_FRAME`] bytes (read without a buffer: a
+//!    connection that never says hello costs a socket and a task, nothing
+//!    more). Only then is the connection added to the state, which checks
+//!    the token and the claimed identity.
+//! 4. Every message is checked against [`limits`] before the state lock is
+//!    taken.
+//!
+//! Refusals are logged once per peer (user or pid), not per attempt.
+//!
+//! After the hello each connection gets a reader task and a writer task:
 //! 1. The reader decodes frames (through a buffer: a burst of frames costs one
 //!    read) and hands each message to the state under its lock. A frame that
 //!    is too large or does not decode closes only this connection, after a
@@ -22,11 +40,13 @@
 use crate::state::Outbox;
 use crate::Shared;
 use ferroray_common::{Error, Result};
-use ferroray_protocol::{frame, FromNode, ToNode};
+use ferroray_protocol::{frame, limits, FromNode, ToNode};
 use parking_lot::Mutex;
 use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 use std::sync::Arc;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
@@ -194,40 +214,207 @@ pub(crate) fn run(shared: Arc<Shared>, listener: std::os::unix::net::UnixListene
     });
 }
 
-async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: oneshot::Receiver<()>) {
-    // Freed store pages stay resident for reuse; once a second the rest go
-    // back to the system (so an idle node holds no dead object memory).
-    let mut trim = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = trim.tick() => {
-                shared.lock().trim_store();
+/// The accept loop's limits and its record of refused peers.
+pub(crate) struct ConnLimits {
+    max: usize,
+    handshake_timeout: Duration,
+    /// Socket connections open now.
+    active: AtomicUsize,
+    /// The most open since the last trim of the allocator's free memory.
+    high_water: AtomicUsize,
+    /// Peers already logged as refused: (reason, uid or pid). Bounded.
+    refused: Mutex<HashSet<(&'static str, u32)>>,
+    /// The cap was hit and logged; cleared once below it again.
+    full_logged: AtomicBool,
+}
+
+/// Most peers remembered as already logged; past it, refusals go unlogged.
+const MAX_REFUSALS_LOGGED: usize = 4096;
+
+impl ConnLimits {
+    pub(crate) fn new(config: &crate::NodeConfig) -> Self {
+        ConnLimits {
+            max: config.max_connections,
+            handshake_timeout: config.handshake_timeout,
+            active: AtomicUsize::new(0),
+            high_water: AtomicUsize::new(0),
+            refused: Mutex::new(HashSet::new()),
+            full_logged: AtomicBool::new(false),
+        }
+    }
+
+    /// Logs a refusal the first time for this peer.
+    fn refuse(&self, reason: &'static str, peer: u32, detail: impl FnOnce() -> String) {
+        let mut seen = self.refused.lock();
+        if seen.len() < MAX_REFUSALS_LOGGED && seen.insert((reason, peer)) {
+            eprintln!("ferroray node: refused a connection: {}", detail());
+        }
+    }
+
+    /// Takes a connection slot, or `None` at the cap.
+    fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let n = self.active.fetch_add(1, Ordering::AcqRel) + 1;
+        if n > self.max {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            if !self.full_logged.swap(true, Ordering::AcqRel) {
+                eprintln!("ferroray node: {} connections open, the limit: refusing more", self.max);
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(connection(shared.clone(), stream));
-                }
-                Err(e) => eprintln!("ferroray node: accept failed: {e}"),
+            return None;
+        }
+        self.high_water.fetch_max(n, Ordering::AcqRel);
+        Some(Admitted(self.clone()))
+    }
+
+    /// After a burst of connections has ended, gives the memory their
+    /// buffers took back to the system (the allocator keeps freed heap
+    /// memory otherwise). Called from the once-a-second tick.
+    fn trim_after_burst(&self) {
+        let active = self.active.load(Ordering::Acquire);
+        let high = self.high_water.load(Ordering::Acquire);
+        if high > active + 64 {
+            self.high_water.store(active, Ordering::Release);
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only returns free memory to the system.
+            unsafe {
+                libc::malloc_trim(0);
             }
         }
     }
 }
 
-async fn connection(shared: Arc<Shared>, stream: UnixStream) {
+/// One admitted connection's slot, given back on drop.
+struct Admitted(Arc<ConnLimits>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let n = self.0.active.fetch_sub(1, Ordering::AcqRel) - 1;
+        if n < self.0.max {
+            self.0.full_logged.store(false, Ordering::Release);
+        }
+    }
+}
+
+async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: oneshot::Receiver<()>) {
+    // Freed store pages stay resident for reuse; once a second the rest go
+    // back to the system (so an idle node holds no dead object memory).
+    let mut trim = tokio::time::interval(Duration::from_secs(1));
+    let mut backoff = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = trim.tick() => {
+                shared.lock().trim_store();
+                shared.limits.trim_after_burst();
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    backoff = Duration::ZERO;
+                    if let Some(slot) = shared.limits.admit() {
+                        tokio::spawn(connection(shared.clone(), stream, slot));
+                    }
+                }
+                Err(e) => {
+                    // Out of file descriptors (or memory): retrying at once
+                    // would spin. Wait, longer each time, up to a second.
+                    if backoff.is_zero() {
+                        eprintln!("ferroray node: accept failed: {e}; backing off");
+                    }
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes a rejection straight to a socket that has no outbox yet, then
+/// closes it (a peer that does not read it costs at most a second).
+async fn reject_unaccepted(stream: &mut UnixStream, err: Error) {
+    let mut buf = Vec::new();
+    if frame::encode_into(&mut buf, &FromNode::Rejected(err)).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// The effective uid of this process: the only user let in.
+fn own_uid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+async fn connection(shared: Arc<Shared>, mut stream: UnixStream, _slot: Admitted) {
+    let limits = &shared.limits;
+    // Step 2: who is on the other side, from the kernel.
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => return eprintln!("ferroray node: cannot read a connection's credentials: {e}"),
+    };
+    if cred.uid() != own_uid() {
+        let uid = cred.uid();
+        return limits.refuse("user", uid, || format!("uid {uid} is not this node's user"));
+    }
+    let pid = match cred.pid().and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0) {
+        Some(p) => p,
+        None => return limits.refuse("pid", 0, || "the peer's pid is unknown".into()),
+    };
+    // Step 3: the hello, small and in time.
+    let mut body = Vec::new();
+    let first = tokio::time::timeout(
+        limits.handshake_timeout,
+        frame::read_frame_async_max::<_, ToNode>(&mut stream, &mut body, limits::MAX_HELLO_FRAME),
+    )
+    .await;
+    let hello = match first {
+        Err(_) => {
+            let t = limits.handshake_timeout;
+            return limits.refuse("silent", pid, || format!("pid {pid} sent no hello within {t:?}"));
+        }
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(msg @ ToNode::Hello { .. }))) => msg,
+        Ok(Ok(Some(_))) => {
+            return reject_unaccepted(&mut stream, Error::Protocol("the first message must be hello".into())).await
+        }
+        Ok(Err(e)) => {
+            let err: Error = e.into();
+            if !matches!(err, Error::Disconnected(_)) {
+                reject_unaccepted(&mut stream, err).await;
+            }
+            return;
+        }
+    };
+    drop(body);
     let direct = match stream.as_fd().try_clone_to_owned() {
         Ok(fd) => std::os::unix::net::UnixStream::from(fd),
         Err(e) => return eprintln!("ferroray node: cannot duplicate a connection: {e}"),
     };
     let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let outbox = Arc::new(SocketOutbox::new(direct));
-    let conn = shared.lock().add_connection(Outbox::Socket(outbox.clone()));
+    let conn = {
+        let mut st = shared.lock();
+        let conn = st.add_connection(Outbox::Socket(outbox.clone()), pid);
+        st.handle(conn, hello);
+        conn
+    };
     let writer = tokio::spawn(write_loop(outbox, wr));
+    if !shared.lock().is_connected(conn) {
+        let _ = writer.await;
+        return limits.refuse("hello", pid, || format!("pid {pid}: its hello was refused"));
+    }
+    // Buffered from here on: the peer is one of ours.
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut body = Vec::new();
     let reason = loop {
         match frame::read_frame_async::<_, ToNode>(&mut rd, &mut body).await {
             Ok(Some(msg)) => {
+                // Step 4: bounds, before the lock.
+                if let Err(e) = msg.check() {
+                    shared.lock().reject(conn, e.clone());
+                    break e.to_string();
+                }
                 let mut st = shared.lock();
                 st.handle(conn, msg);
                 if !st.is_connected(conn) {

@@ -42,7 +42,7 @@ use crate::local::LocalLink;
 use crate::pool::PoolCmd;
 use crate::server::SocketOutbox;
 use crate::NodeConfig;
-use ferroray_common::{resources, Error, ObjectId, ResourceSet, Result, TaskId, WorkerId};
+use ferroray_common::{resources, ClusterToken, Error, ObjectId, ResourceSet, Result, TaskId, WorkerId};
 use ferroray_protocol::{
     FromNode, ObjectValue, Payload, ReturnKind, Role, TaskArg, TaskEvent, TaskOutcome, TaskSpec, TaskState, ToNode,
     PROTOCOL_VERSION,
@@ -93,9 +93,20 @@ impl Outbox {
 
 struct Conn {
     outbox: Outbox,
+    /// Set once its hello is accepted; nothing else is handled before.
     role: Option<Role>,
+    /// The peer's process, from the socket's credentials (never from what
+    /// the peer says): the pid a force-cancel kills, and a worker's identity.
     pid: u32,
+    /// Who the peer is: for a worker, the id the spawner gave its process.
+    /// Task and object ids it makes must carry it as their submitter.
+    worker_id: WorkerId,
     held: FxHashSet<ObjectId>,
+    /// Objects this connection was shown without holding them: refs nested
+    /// in values sent to it and ref arguments of its tasks. It may take a
+    /// reference (`AddRef`) or read (`Subscribe`) only what it holds, owns,
+    /// or was shown.
+    granted: FxHashSet<ObjectId>,
     /// Shared-memory pins handed to this connection, by object.
     pins: FxHashMap<ObjectId, u32>,
     /// Allocations made by this connection and not yet sealed.
@@ -152,6 +163,9 @@ struct Obj {
     pins: u32,
     subscribers: Vec<ConnId>,
     waiting: Vec<TaskId>,
+    /// Connections it was shown to (their `Conn::granted`), cleared when
+    /// it is freed.
+    granted_to: Vec<ConnId>,
 }
 
 struct Task {
@@ -221,6 +235,14 @@ pub struct State {
     max_workers: usize,
     /// Started worker processes that have not said hello yet.
     starting_pids: HashSet<u32>,
+    /// Every live worker process the spawner started, with the worker id it
+    /// gave it: the only processes accepted as workers.
+    worker_pids: FxHashMap<u32, WorkerId>,
+    /// Worker hellos that arrived before the spawner registered their pid
+    /// (it registers right after the fork returns): pid -> (conn, claimed id).
+    awaiting_spawn: FxHashMap<u32, (ConnId, WorkerId)>,
+    /// The secret every hello must carry.
+    token: ClusterToken,
     /// Workers that died before saying hello, since the last one that did.
     early_deaths: u32,
     spawn: std::sync::mpsc::Sender<PoolCmd>,
@@ -283,6 +305,9 @@ impl State {
             max_events: config.max_task_events,
             max_workers: config.max_workers,
             starting_pids: HashSet::new(),
+            worker_pids: FxHashMap::default(),
+            awaiting_spawn: FxHashMap::default(),
+            token: config.token.clone().expect("Node::start sets the token"),
             early_deaths: 0,
             spawn,
             names: TaskNames::default(),
@@ -293,7 +318,8 @@ impl State {
         }
     }
 
-    pub(crate) fn add_connection(&mut self, outbox: Outbox) -> ConnId {
+    /// A new connection from process `pid` (the socket's credentials).
+    pub(crate) fn add_connection(&mut self, outbox: Outbox, pid: u32) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
         self.outboxes.push(outbox.clone());
@@ -302,8 +328,10 @@ impl State {
             Conn {
                 outbox,
                 role: None,
-                pid: 0,
+                pid,
+                worker_id: WorkerId(0),
                 held: FxHashSet::default(),
+                granted: FxHashSet::default(),
                 pins: FxHashMap::default(),
                 unsealed: FxHashSet::default(),
                 assigned: VecDeque::new(),
@@ -348,7 +376,10 @@ impl State {
 
     /// Closes `conn` with a reason the peer can read.
     pub fn reject(&mut self, conn: ConnId, err: Error) {
-        eprintln!("ferroray node: closing connection {conn}: {err}");
+        // A peer not yet accepted is logged by the server, once per peer.
+        if let Some(c) = self.conns.get(&conn).filter(|c| c.role.is_some()) {
+            eprintln!("ferroray node: closing connection {conn} (pid {}): {err}", c.pid);
+        }
         self.send(conn, FromNode::Rejected(err));
         self.disconnect(conn, "rejected");
     }
@@ -362,9 +393,14 @@ impl State {
             return self.reject(conn, Error::Protocol("the first message must be hello".into()));
         }
         match msg {
-            ToNode::Hello { protocol, worker_id, pid, role } => self.hello(conn, protocol, worker_id, pid, role),
+            ToNode::Hello { protocol, worker_id, pid: _, role, token } => {
+                self.hello(conn, protocol, worker_id, role, &token)
+            }
             ToNode::Submit(spec) => self.submit(conn, *spec),
             ToNode::Put { id, value } => {
+                if let Err(e) = self.check_new_object(conn, id) {
+                    return self.reject(conn, e);
+                }
                 self.objects.entry(id).or_default();
                 self.hold(conn, id);
                 if let Some(stored) = self.accept_value(conn, id, value) {
@@ -373,7 +409,7 @@ impl State {
             }
             ToNode::AddRef(ids) => {
                 for id in ids {
-                    if self.objects.contains_key(&id) {
+                    if self.objects.contains_key(&id) && self.may_see(conn, id, true) {
                         self.hold(conn, id);
                     }
                 }
@@ -385,6 +421,11 @@ impl State {
             }
             ToNode::Subscribe(ids) => {
                 for id in ids {
+                    if !self.may_see(conn, id, false) {
+                        let e = Error::PermissionDenied(format!("object {id} was not given to this process"));
+                        self.send(conn, FromNode::ObjectReady { id, value: ObjectValue::Error(e) });
+                        continue;
+                    }
                     match self.objects.get_mut(&id) {
                         None => self.send(
                             conn,
@@ -413,8 +454,10 @@ impl State {
                 }
             }
             ToNode::Cancel { task_id, force, recursive } => {
-                self.cancel(task_id, force, recursive);
-                self.schedule();
+                if self.may_cancel(conn, task_id) {
+                    self.cancel(task_id, force, recursive);
+                    self.schedule();
+                }
             }
             ToNode::Blocked => self.set_blocked(conn, true),
             ToNode::Revoked { task_ids } => self.revoked(conn, task_ids),
@@ -438,23 +481,67 @@ impl State {
         }
     }
 
-    fn hello(&mut self, conn: ConnId, protocol: u32, _worker_id: WorkerId, pid: u32, role: Role) {
+    /// Accepts a connection, in this order:
+    /// 1. the protocol version, so an old peer learns why it is refused;
+    /// 2. the cluster token (constant-time), so nothing below is reachable
+    ///    without it;
+    /// 3. one hello per connection;
+    /// 4. the claimed identity: a worker must be a process the spawner
+    ///    started (its pid, from the socket, is one of `worker_pids`) and claim
+    ///    the worker id the spawner gave it; a hello that beats the
+    ///    spawner's registration of its pid waits for it (`awaiting_spawn`).
+    ///    A driver's worker id must not be in use.
+    fn hello(&mut self, conn: ConnId, protocol: u32, worker_id: WorkerId, role: Role, token: &ClusterToken) {
         if protocol != PROTOCOL_VERSION {
             return self
                 .reject(conn, Error::Protocol(format!("protocol version {protocol} is not {PROTOCOL_VERSION}")));
         }
+        if !self.token.matches(token) {
+            return self.reject(conn, Error::PermissionDenied("wrong cluster token".into()));
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let pid = c.pid;
+        if c.role.is_some() || self.awaiting_spawn.values().any(|(w, _)| *w == conn) {
+            return self.reject(conn, Error::Protocol("hello sent twice".into()));
+        }
+        match role {
+            Role::Worker => match self.worker_pids.get(&pid) {
+                Some(id) if *id == worker_id => self.accept(conn, role, worker_id),
+                Some(_) => self.reject(
+                    conn,
+                    Error::PermissionDenied(format!("process {pid} claims a worker id the node did not give it")),
+                ),
+                None if self.starting > 0 => {
+                    if self.awaiting_spawn.insert(pid, (conn, worker_id)).is_some() {
+                        return self.reject(conn, Error::Protocol("two hellos from one process".into()));
+                    }
+                }
+                None => self.reject(
+                    conn,
+                    Error::PermissionDenied(format!("process {pid} is not a worker this node started")),
+                ),
+            },
+            Role::Driver => {
+                if self.conns.values().any(|c| c.role.is_some() && c.worker_id == worker_id) {
+                    return self.reject(conn, Error::PermissionDenied(format!("worker id {worker_id} is in use")));
+                }
+                self.accept(conn, role, worker_id)
+            }
+        }
+    }
+
+    fn accept(&mut self, conn: ConnId, role: Role, worker_id: WorkerId) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if c.role.is_some() {
-            return self.reject(conn, Error::Protocol("hello sent twice".into()));
-        }
         c.role = Some(role);
-        c.pid = pid;
+        c.worker_id = worker_id;
+        let pid = c.pid;
         self.send(conn, FromNode::Welcome(self.info.clone()));
         if role == Role::Worker {
-            // Counted as starting since it was asked for; its pid may or may
-            // not be registered yet (the spawner races with its hello).
+            // Counted as starting since it was asked for.
             self.starting = self.starting.saturating_sub(1);
             self.starting_pids.remove(&pid);
             self.early_deaths = 0;
@@ -509,20 +596,70 @@ impl State {
         }
     }
 
-    fn send_ready(&mut self, conn: ConnId, id: ObjectId) {
-        let value = match self.objects.get(&id).and_then(|o| o.value.as_ref()) {
-            None => return,
-            Some(Stored::Error(e)) => ObjectValue::Error(e.clone()),
-            Some(Stored::Inline { bytes, contained }) => {
-                ObjectValue::Data { payload: Payload::Inline(bytes.clone()), contained: contained.clone() }
-            }
-            Some(Stored::Shm { contained }) => {
-                let contained = contained.clone();
-                match self.pin_shm(conn, id) {
-                    Ok(payload) => ObjectValue::Data { payload, contained },
-                    Err(e) => ObjectValue::Error(e),
+    /// Whether `conn` may read `id` (or, with `take`, take a reference to
+    /// it): it holds it, was shown it, or (to take one) made it.
+    fn may_see(&self, conn: ConnId, id: ObjectId, take: bool) -> bool {
+        let Some(c) = self.conns.get(&conn) else { return false };
+        c.held.contains(&id) || c.granted.contains(&id) || (take && id.task.submitter == c.worker_id)
+    }
+
+    /// Shows `ids` to `conn` (see [`Conn::granted`]).
+    fn grant(&mut self, conn: ConnId, ids: &[ObjectId]) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        for id in ids {
+            if !c.held.contains(id) && c.granted.insert(*id) {
+                if let Some(o) = self.objects.get_mut(id) {
+                    o.granted_to.push(conn);
                 }
             }
+        }
+    }
+
+    /// A task may be cancelled by its submitter and by whoever holds one of
+    /// its return objects.
+    fn may_cancel(&self, conn: ConnId, tid: TaskId) -> bool {
+        let Some(c) = self.conns.get(&conn) else { return false };
+        if tid.submitter == c.worker_id {
+            return true;
+        }
+        let allowed = self.tasks.get(&tid).is_some_and(|t| t.spec.return_ids().any(|id| c.held.contains(&id)));
+        if !allowed {
+            eprintln!("ferroray node: connection {conn} (pid {}) may not cancel task {tid}", c.pid);
+        }
+        allowed
+    }
+
+    /// A `Put` or a task's returns: the ids must be the sender's own and new.
+    fn check_new_object(&self, conn: ConnId, id: ObjectId) -> Result<()> {
+        let Some(c) = self.conns.get(&conn) else { return Ok(()) };
+        if id.task.submitter != c.worker_id {
+            return Err(Error::PermissionDenied(format!("object {id} belongs to another process")));
+        }
+        if self.objects.get(&id).is_some_and(|o| o.value.is_some()) {
+            return Err(Error::Protocol(format!("object {id} already has a value")));
+        }
+        Ok(())
+    }
+
+    fn send_ready(&mut self, conn: ConnId, id: ObjectId) {
+        let (value, contained) = match self.objects.get(&id).and_then(|o| o.value.as_ref()) {
+            None => return,
+            Some(Stored::Error(e)) => (Some(ObjectValue::Error(e.clone())), Vec::new()),
+            Some(Stored::Inline { bytes, contained }) => (
+                Some(ObjectValue::Data { payload: Payload::Inline(bytes.clone()), contained: contained.clone() }),
+                contained.clone(),
+            ),
+            Some(Stored::Shm { contained }) => (None, contained.clone()),
+        };
+        if !contained.is_empty() {
+            self.grant(conn, &contained);
+        }
+        let value = match value {
+            Some(v) => v,
+            None => match self.pin_shm(conn, id) {
+                Ok(payload) => ObjectValue::Data { payload, contained },
+                Err(e) => ObjectValue::Error(e),
+            },
         };
         self.send(conn, FromNode::ObjectReady { id, value });
     }
@@ -598,6 +735,11 @@ impl State {
             return;
         }
         let o = self.objects.remove(&id).expect("checked above");
+        for conn in &o.granted_to {
+            if let Some(c) = self.conns.get_mut(conn) {
+                c.granted.remove(&id);
+            }
+        }
         if let Some(value) = o.value {
             if matches!(value, Stored::Shm { .. }) {
                 self.store.delete(id);
@@ -664,6 +806,14 @@ impl State {
 
     fn submit(&mut self, conn: ConnId, spec: TaskSpec) {
         let id = spec.task_id;
+        if self.tasks.contains_key(&id) {
+            return self.reject(conn, Error::Protocol(format!("task {id} is already submitted")));
+        }
+        for rid in spec.return_ids() {
+            if let Err(e) = self.check_new_object(conn, rid) {
+                return self.reject(conn, e);
+            }
+        }
         for rid in spec.return_ids() {
             self.objects.entry(rid).or_default();
             self.hold(conn, rid);
@@ -903,6 +1053,20 @@ impl State {
             }
             self.release_worker(tid);
             return self.complete_task(tid, Err(e));
+        }
+        // The worker may read its ref arguments and take references to the
+        // refs nested in them.
+        let mut shown = spec.contained.clone();
+        for arg in &spec.args {
+            if let TaskArg::Ref(id) | TaskArg::Object { id, .. } = arg {
+                shown.push(*id);
+                if let Some(v) = self.objects.get(id).and_then(|o| o.value.as_ref()) {
+                    shown.extend_from_slice(v.contained());
+                }
+            }
+        }
+        if !shown.is_empty() {
+            self.grant(worker, &shown);
         }
         let (pid, first) = self.conns.get(&worker).map_or((0, false), |c| (c.pid, c.assigned.len() == 1));
         if first {
@@ -1165,6 +1329,7 @@ impl State {
         self.objects.entry(id).or_default();
         self.hold(owner, id);
         let Some(stored) = self.accept_value(conn, id, value) else { return };
+        self.grant(owner, stored.contained());
         let inline = match &stored {
             Stored::Inline { bytes, contained } => {
                 Some(ObjectValue::Data { payload: Payload::Inline(bytes.clone()), contained: contained.clone() })
@@ -1392,6 +1557,9 @@ impl State {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if c.role.is_none() {
+            self.awaiting_spawn.retain(|_, (w, _)| *w != conn);
+        }
         self.idle.retain(|w| *w != conn);
         self.forget_outbox(c.outbox);
         for id in c.held {
@@ -1464,11 +1632,19 @@ impl State {
         self.schedule();
     }
 
-    /// The spawner started worker process `pid`.
-    pub fn spawned(&mut self, pid: u32) {
-        let connected = self.conns.values().any(|c| c.role == Some(Role::Worker) && c.pid == pid);
-        if !connected {
-            self.starting_pids.insert(pid);
+    /// The spawner started worker process `pid` and gave it `worker_id`. A
+    /// hello that came first is answered now.
+    pub fn spawned(&mut self, pid: u32, worker_id: WorkerId) {
+        self.worker_pids.insert(pid, worker_id);
+        match self.awaiting_spawn.remove(&pid) {
+            Some((conn, claimed)) if claimed == worker_id => self.accept(conn, Role::Worker, worker_id),
+            Some((conn, _)) => self.reject(
+                conn,
+                Error::PermissionDenied(format!("process {pid} claims a worker id the node did not give it")),
+            ),
+            None => {
+                self.starting_pids.insert(pid);
+            }
         }
     }
 
@@ -1476,6 +1652,10 @@ impl State {
     /// starting; after several such deaths in a row, nothing can run, so the
     /// waiting tasks fail instead of hanging.
     pub fn worker_exited(&mut self, pid: u32, status: String) {
+        self.worker_pids.remove(&pid);
+        if let Some((conn, _)) = self.awaiting_spawn.remove(&pid) {
+            self.disconnect(conn, "the process exited");
+        }
         if !self.starting_pids.remove(&pid) {
             return;
         }

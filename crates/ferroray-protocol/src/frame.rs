@@ -14,7 +14,7 @@ pub const MAX_FRAME: u32 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    #[error("frame of {0} bytes exceeds the limit ({MAX_FRAME} bytes; {hello} before the hello)", hello = crate::limits::MAX_HELLO_FRAME)]
     TooLarge(u32),
     #[error("malformed frame: {0}")]
     Malformed(String),
@@ -88,14 +88,28 @@ pub async fn read_frame_async<R: AsyncRead + Unpin, M: DeserializeOwned>(
     r: &mut R,
     body: &mut Vec<u8>,
 ) -> Result<Option<M>, FrameError> {
+    read_frame_async_max(r, body, MAX_FRAME).await
+}
+
+/// [`read_frame_async`] with a lower size limit (a peer that has not proved
+/// who it is gets [`crate::limits::MAX_HELLO_FRAME`]).
+pub async fn read_frame_async_max<R: AsyncRead + Unpin, M: DeserializeOwned>(
+    r: &mut R,
+    body: &mut Vec<u8>,
+    max: u32,
+) -> Result<Option<M>, FrameError> {
     let mut header = [0u8; 4];
     match r.read_exact(&mut header).await {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
+    let len = check_len(header)?;
+    if len > max as usize {
+        return Err(FrameError::TooLarge(len as u32));
+    }
     body.clear();
-    body.resize(check_len(header)?, 0);
+    body.resize(len, 0);
     r.read_exact(body).await?;
     decode(body).map(Some)
 }
@@ -108,7 +122,8 @@ mod tests {
 
     #[test]
     fn roundtrip_several_frames_in_one_buffer() {
-        let a = ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id: WorkerId(5), pid: 9, role: Role::Driver };
+        let token = ferroray_common::ClusterToken::zero();
+        let a = ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id: WorkerId(5), pid: 9, role: Role::Driver, token };
         let b = ToNode::Blocked;
         let mut buf = Vec::new();
         encode_into(&mut buf, &a).unwrap();

@@ -2,6 +2,8 @@
 //!
 //! - [`message`]: what travels: task specs, object payloads, and the two
 //!   message enums [`ToNode`] and [`FromNode`].
+//! - [`limits`]: the bounds on every count and size a message carries,
+//!   checked right after decoding, before the node takes its lock.
 //! - [`frame`]: how it travels: a 4-byte little-endian length, then a
 //!   bincode body. Blocking helpers for the core worker's socket threads, async
 //!   ones for the daemon's tokio tasks. A length above [`frame::MAX_FRAME`] or
@@ -11,10 +13,11 @@
 //! [`PROTOCOL_VERSION`]; anything else first is rejected.
 
 pub mod frame;
+pub mod limits;
 pub mod message;
 
 pub use frame::{FrameError, MAX_FRAME};
 pub use message::*;
 
 /// Bumped on any incompatible change to [`message`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -1,6 +1,6 @@
 //! Messages.
 
-use ferroray_common::{Error, NodeId, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId};
+use ferroray_common::{ClusterToken, Error, NodeId, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId};
 use serde::{Deserialize, Serialize};
 
 /// Which function a task runs. A Rust function is named by its registered
@@ -182,12 +182,16 @@ pub struct TaskEvent {
 /// Client to node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToNode {
-    /// First message on every connection.
+    /// First message on every connection. `token` proves the sender belongs
+    /// to the cluster. The node does not take `pid` on trust: it reads the
+    /// peer's pid from the socket, and a worker's `worker_id` must be the one
+    /// the spawner gave that process.
     Hello {
         protocol: u32,
         worker_id: WorkerId,
         pid: u32,
         role: Role,
+        token: ClusterToken,
     },
     /// Submit a task; the sender holds one reference to each return object.
     Submit(Box<TaskSpec>),

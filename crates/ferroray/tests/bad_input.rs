@@ -135,8 +135,13 @@ fn garbage_on_the_nodes_socket_is_rejected_and_others_are_served() {
     assert!(matches!(rejection(s), Error::Protocol(m) if m.contains("hello")));
     // A hello from another protocol version.
     let mut s = connect();
-    let hello =
-        ToNode::Hello { protocol: PROTOCOL_VERSION + 1, worker_id: ferroray_common_id(), pid: 1, role: Role::Driver };
+    let hello = ToNode::Hello {
+        protocol: PROTOCOL_VERSION + 1,
+        worker_id: ferroray_common_id(),
+        pid: 1,
+        role: Role::Driver,
+        token: ferroray_common::ClusterToken::zero(),
+    };
     frame::write_frame(&mut s, &hello).unwrap();
     assert!(matches!(rejection(s), Error::Protocol(m) if m.contains("version")));
     still_serving();

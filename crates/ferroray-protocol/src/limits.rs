@@ -1,0 +1,156 @@
+//! Bounds on every count and size a message carries.
+//!
+//! A frame is at most [`MAX_FRAME`](crate::MAX_FRAME) bytes, which bounds what
+//! decoding allocates; these limits bound what a message *claims*: a
+//! `Submit` of a few bytes asking for ten million return objects would
+//! otherwise make the node allocate them all under its lock. The node's
+//! server calls [`ToNode::check`] on every decoded message before it takes
+//! the state lock; a message over a limit closes that connection with a
+//! [`Error::Protocol`] naming the limit, and the node serves everyone else.
+
+use crate::{FunctionDescriptor, ObjectValue, ReturnKind, TaskArg, TaskSpec, ToNode};
+use ferroray_common::{Error, ObjectId};
+
+/// Largest frame before a connection's hello is accepted: a hello is tens
+/// of bytes, so an unauthenticated peer cannot make the node allocate more.
+pub const MAX_HELLO_FRAME: u32 = 4096;
+/// Return objects of one task (`num_returns`).
+pub const MAX_RETURNS: u32 = 10_000;
+/// Arguments of one task.
+pub const MAX_ARGS: usize = 10_000;
+/// Ids in one list: refs nested in a value or a task's arguments, and the
+/// ids of one `AddRef`, `RemoveRef`, `Subscribe`, `Unpin` or `Revoked`.
+pub const MAX_IDS: usize = 1_000_000;
+/// Bytes of a function's name (a Rust path, a Python module or qualname).
+pub const MAX_NAME: usize = 4096;
+/// Bytes of a pickled Python function.
+pub const MAX_PICKLED_FUNCTION: usize = 16 << 20;
+/// Distinct resources one task asks for.
+pub const MAX_RESOURCES: usize = 64;
+/// Bytes of a resource's name.
+pub const MAX_RESOURCE_NAME: usize = 256;
+/// Whole units of one resource one task asks for.
+pub const MAX_RESOURCE_AMOUNT: f64 = 1e12;
+
+fn over(what: &str, n: usize, max: usize) -> Result<(), Error> {
+    if n > max {
+        Err(Error::Protocol(format!("{what}: {n} is over the limit of {max}")))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_ids(what: &str, ids: &[ObjectId]) -> Result<(), Error> {
+    over(what, ids.len(), MAX_IDS)
+}
+
+fn check_value(value: &ObjectValue) -> Result<(), Error> {
+    match value {
+        ObjectValue::Data { contained, .. } => check_ids("refs nested in a value", contained),
+        ObjectValue::Error(_) => Ok(()),
+    }
+}
+
+/// Checks a task spec's counts and sizes.
+pub fn check_spec(spec: &TaskSpec) -> Result<(), Error> {
+    match &spec.function {
+        FunctionDescriptor::Rust { name } => over("function name bytes", name.len(), MAX_NAME)?,
+        FunctionDescriptor::Python { module, qualname, pickled } => {
+            over("module name bytes", module.len(), MAX_NAME)?;
+            over("function name bytes", qualname.len(), MAX_NAME)?;
+            over("pickled function bytes", pickled.len(), MAX_PICKLED_FUNCTION)?;
+        }
+    }
+    if let ReturnKind::Fixed(n) = spec.returns {
+        over("return objects", n as usize, MAX_RETURNS as usize)?;
+    }
+    over("arguments", spec.args.len(), MAX_ARGS)?;
+    if spec.args.iter().any(|a| matches!(a, TaskArg::Object { .. })) {
+        return Err(Error::Protocol("a submitted argument may not claim a resolved object".into()));
+    }
+    check_ids("refs nested in arguments", &spec.contained)?;
+    spec.resources
+        .check_bounds(MAX_RESOURCES, MAX_RESOURCE_NAME, MAX_RESOURCE_AMOUNT)
+        .map_err(|e| Error::Protocol(format!("task resources: {e}")))?;
+    if spec.attempt != 0 {
+        return Err(Error::Protocol("a submitted task's attempt is set by the node".into()));
+    }
+    Ok(())
+}
+
+impl ToNode {
+    /// Checks every count and size in the message against the limits above.
+    pub fn check(&self) -> Result<(), Error> {
+        match self {
+            ToNode::Submit(spec) => check_spec(spec),
+            ToNode::Put { value, .. } => check_value(value),
+            ToNode::AddRef(ids) => check_ids("AddRef ids", ids),
+            ToNode::RemoveRef(ids) => check_ids("RemoveRef ids", ids),
+            ToNode::Subscribe(ids) => check_ids("Subscribe ids", ids),
+            ToNode::Unpin(ids) => check_ids("Unpin ids", ids),
+            ToNode::Revoked { task_ids } => over("revoked tasks", task_ids.len(), MAX_IDS),
+            ToNode::TaskDone { outcome: crate::TaskOutcome::Returned(values), .. } => {
+                over("returned values", values.len(), MAX_RETURNS as usize)?;
+                values.iter().try_for_each(check_value)
+            }
+            ToNode::ReportItem { value, .. } => check_value(value),
+            ToNode::Hello { .. }
+            | ToNode::TaskDone { .. }
+            | ToNode::Allocate { .. }
+            | ToNode::Deallocate { .. }
+            | ToNode::Cancel { .. }
+            | ToNode::Blocked
+            | ToNode::Unblocked
+            | ToNode::ListTasks { .. }
+            | ToNode::StreamConsumed { .. }
+            | ToNode::StreamDrop { .. } => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferroray_common::{resources, ResourceSet, RetryExceptions, TaskId, WorkerId};
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            task_id: TaskId { submitter: WorkerId(1), seq: 1 },
+            function: FunctionDescriptor::Rust { name: "f".into() },
+            args: vec![],
+            contained: vec![],
+            returns: ReturnKind::Fixed(1),
+            resources: ResourceSet::new().with(resources::CPU, 1.0),
+            max_retries: 0,
+            retry_exceptions: RetryExceptions::None,
+            parent: None,
+            enable_events: false,
+            attempt: 0,
+        }
+    }
+
+    #[test]
+    fn each_limit_is_enforced() {
+        assert!(check_spec(&spec()).is_ok());
+        let mut s = spec();
+        s.returns = ReturnKind::Fixed(10_000_000);
+        assert!(matches!(check_spec(&s), Err(Error::Protocol(m)) if m.contains("return objects")));
+        let mut s = spec();
+        s.function = FunctionDescriptor::Rust { name: "x".repeat(MAX_NAME + 1) };
+        assert!(check_spec(&s).is_err());
+        let mut s = spec();
+        s.resources = ResourceSet::new().with(resources::CPU, -1.0);
+        assert!(matches!(check_spec(&s), Err(Error::Protocol(m)) if m.contains("CPU")));
+        let mut s = spec();
+        s.resources = ResourceSet::new().with(&"r".repeat(MAX_RESOURCE_NAME + 1), 1.0);
+        assert!(check_spec(&s).is_err());
+        let mut s = spec();
+        s.args = vec![TaskArg::Value(crate::Payload::Inline(vec![])); MAX_ARGS + 1];
+        assert!(check_spec(&s).is_err());
+        let mut s = spec();
+        s.attempt = 3;
+        assert!(check_spec(&s).is_err());
+        let ids = vec![ObjectId { task: TaskId { submitter: WorkerId(1), seq: 1 }, index: 0 }; MAX_IDS + 1];
+        assert!(ToNode::Subscribe(ids).check().is_err());
+    }
+}

@@ -170,7 +170,10 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
             path.as_mut_os_string().push(format!("-{tick}"));
         }
         self.spill_dir.ensure()?;
-        spill::write(&path, self.arena.slice(offset, len)?)?;
+        // SAFETY: the object is sealed, so no process writes its bytes (the
+        // node hands out writable ranges only for unsealed allocations), and
+        // `&mut self` keeps it from being freed or moved during the copy.
+        spill::write(&path, unsafe { self.arena.slice(offset, len)? })?;
         tracing::debug!(object = %key, len, path = %path.display(), "store: spilled");
         self.evictable.remove(&tick);
         if let Some(block) = self.alloc.free(offset) {
@@ -276,7 +279,9 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
     /// Copy a spill file back into a fresh block; the file is removed.
     fn restore(&mut self, path: &Path, len: u64) -> Result<u64, StoreError> {
         let offset = self.alloc_spilling(len)?;
-        // SAFETY: the block was just allocated; nobody else knows its offset.
+        // SAFETY: the block was just allocated and its offset not handed out
+        // yet, so no other view of it exists in any process; the slice is
+        // gone before this returns.
         let read = unsafe { self.arena.slice_mut(offset, len) }.and_then(|dst| Ok(spill::read_into(path, dst)?));
         if let Err(e) = read {
             self.free_block(offset);

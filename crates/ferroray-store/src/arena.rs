@@ -24,18 +24,29 @@ pub struct Arena {
 }
 
 impl Arena {
-    /// `memfd_create("ferroray-store", MFD_CLOEXEC)`, `ftruncate(capacity)`,
-    /// then map it `MAP_SHARED` read/write.
+    /// `memfd_create("ferroray-store", MFD_CLOEXEC | MFD_ALLOW_SEALING)`,
+    /// `ftruncate(capacity)`, seal its size, then map it `MAP_SHARED`
+    /// read/write.
+    ///
+    /// The size seals (`F_SEAL_SHRINK | F_SEAL_GROW`, then `F_SEAL_SEAL`)
+    /// keep any process holding the fd (a worker) from truncating the file
+    /// under the mappings, which would make their accesses raise SIGBUS.
+    /// Punching holes ([`release`](Self::release)) is still allowed.
     pub fn create(capacity: u64) -> Result<Arena, StoreError> {
         check_capacity(capacity)?;
         // SAFETY: the name is a valid NUL-terminated string; flags are valid.
-        let fd = unsafe { libc::memfd_create(MEMFD_NAME.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe { libc::memfd_create(MEMFD_NAME.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
         if fd < 0 {
             return Err(io::Error::last_os_error().into());
         }
         // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(capacity)?; // ftruncate: sparse, no pages allocated yet
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on our own fd; F_ADD_SEALS takes an int argument.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
         Self::map(file, capacity)
     }
 
@@ -58,7 +69,14 @@ impl Arena {
         // ownership over (this function's contract).
         let file = unsafe { File::from_raw_fd(fd) };
         check_capacity(capacity)?;
-        // Touching bytes past the end of the file would raise SIGBUS.
+        // Touching bytes past the end of the file would raise SIGBUS: the
+        // file must be long enough and sealed against shrinking (as
+        // `create` makes it), so that it stays long enough.
+        // SAFETY: F_GET_SEALS only queries the file's seals.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "arena fd is not a memfd sealed against shrinking").into());
+        }
         let size = file.metadata()?.len();
         if size < capacity {
             return Err(StoreError::OutOfBounds { offset: 0, len: capacity, capacity: size });
@@ -194,10 +212,11 @@ impl Arena {
         let page = page_size();
         let start = offset / page * page;
         let skip = (offset - start) as usize;
-        // SAFETY: the file is the arena's own memfd, sized to `capacity` at
-        // creation and checked at `open`, and the range is inside it, so the
-        // mapping raises no SIGBUS; exclusive access to the range while the
-        // window lives is this function's contract.
+        // SAFETY: the file is the arena's own memfd, at least `capacity`
+        // long and sealed against shrinking (made so by `create`, checked by
+        // `open`), and the range is inside it, so the mapping raises no
+        // SIGBUS; exclusive access to the range while the window lives is
+        // this function's contract.
         let map = unsafe { MmapOptions::new().offset(start).len(skip + len as usize).populate().map_mut(&self.file)? };
         Ok(WriteWindow { map, skip, len: len as usize })
     }
@@ -306,6 +325,26 @@ mod tests {
         // SAFETY: `fd2` is a fresh dup that nothing else owns.
         assert!(matches!(unsafe { Arena::open(fd2, 8192) }, Err(StoreError::OutOfBounds { .. })));
         assert!(matches!(Arena::create(0), Err(StoreError::InvalidCapacity(0))));
+    }
+
+    #[test]
+    fn the_size_is_sealed_and_open_requires_it() {
+        let a = Arena::create(8192).unwrap();
+        // SAFETY: dup of a valid fd, owned by the File.
+        let f = unsafe { File::from_raw_fd(libc::dup(a.fd())) };
+        assert_eq!(f.set_len(4096).unwrap_err().raw_os_error(), Some(libc::EPERM), "cannot shrink");
+        assert_eq!(f.set_len(16384).unwrap_err().raw_os_error(), Some(libc::EPERM), "cannot grow");
+        assert_eq!(f.metadata().unwrap().len(), 8192);
+        // An unsealed memfd is refused.
+        // SAFETY: valid name and flags.
+        let fd = unsafe { libc::memfd_create(MEMFD_NAME.as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` is fresh and nothing else owns it.
+        let plain = unsafe { File::from_raw_fd(fd) };
+        plain.set_len(8192).unwrap();
+        // SAFETY: a dup that nothing else owns.
+        let r = unsafe { Arena::open(libc::dup(plain.as_raw_fd()), 8192) };
+        assert!(matches!(r, Err(StoreError::Io(e)) if e.kind() == io::ErrorKind::InvalidInput));
     }
 
     #[test]

@@ -124,11 +124,17 @@ pub(crate) fn digest(arena: &Arena, value: &ObjectValue) -> u64 {
         ObjectValue::Data { payload: Payload::Shm { offset, len }, .. } => {
             len.hash(&mut h);
             let sample = 4096.min(*len);
-            if let Ok(head) = arena.slice(*offset, sample) {
-                head.hash(&mut h);
-            }
-            if let Ok(tail) = arena.slice(offset + len - sample, sample) {
-                tail.hash(&mut h);
+            // SAFETY: `value` was just encoded by this process into an
+            // allocation the node gave it alone; it is done writing, nobody
+            // else writes it, and the node frees it only after this process
+            // sends or drops the value, both after the digest.
+            unsafe {
+                if let Ok(head) = arena.slice(*offset, sample) {
+                    head.hash(&mut h);
+                }
+                if let Ok(tail) = arena.slice(offset + len - sample, sample) {
+                    tail.hash(&mut h);
+                }
             }
         }
         ObjectValue::Error(e) => e.to_string().hash(&mut h),
@@ -146,8 +152,15 @@ pub struct ShmPin {
 }
 
 impl ShmPin {
+    /// The pinned object's bytes.
     pub(crate) fn bytes(&self) -> Result<&[u8]> {
-        self.arena.slice(self.offset, self.len).map_err(|e| Error::ObjectLost(format!("{}: {e}", self.id)))
+        // SAFETY: a `ShmPin` is only made from a node message that took a
+        // store pin on this sealed object for this process (`ObjectReady`,
+        // `Execute`), released when the `ShmPin` drops, which the returned
+        // borrow cannot outlive. Sealed bytes are never written, and a pinned
+        // object is not spilled, moved or freed; `self.arena` keeps the
+        // mapping alive.
+        unsafe { self.arena.slice(self.offset, self.len) }.map_err(|e| Error::ObjectLost(format!("{}: {e}", self.id)))
     }
 }
 
@@ -202,10 +215,8 @@ impl Buffer {
 static ARENAS: parking_lot::Mutex<Vec<(usize, usize)>> = parking_lot::Mutex::new(Vec::new());
 
 pub(crate) fn register_arena(arena: &Arena) {
-    if let Ok(s) = arena.slice(0, 0) {
-        let start = s.as_ptr() as usize;
-        ARENAS.lock().push((start, start + arena.capacity() as usize));
-    }
+    let start = arena.as_ptr() as usize;
+    ARENAS.lock().push((start, start + arena.capacity() as usize));
 }
 
 fn shm_view_contains(p: *const u8) -> bool {
@@ -253,8 +264,11 @@ struct PinnedSlice {
 
 impl AsRef<[u8]> for PinnedSlice {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: the range lies inside the mapped arena (checked when the
-        // view was made) and the pin keeps the object from moving or being freed.
+        // SAFETY: the range lies inside the pinned object's bytes (checked
+        // when the view was made against `ShmPin::bytes`), so the contract
+        // of `ShmPin::bytes` holds for as long as `_pin` lives, which is as
+        // long as `self`: the mapping stays (the pin holds the arena), the
+        // object is not moved or freed, and its sealed bytes are not written.
         unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
     }
 }

@@ -1155,7 +1155,10 @@ fn run_worker() -> Result<()> {
         Some(FromNode::Rejected(e)) => return Err(e),
         other => return Err(Error::Protocol(format!("expected welcome, got {other:?}"))),
     };
-    let arena = Arc::new(Arena::open(store_fd, capacity).map_err(Error::io)?);
+    // SAFETY: `store_fd` names the memfd the node left open (not
+    // close-on-exec) for this process and nothing else here owns or uses
+    // it; the arena takes it over.
+    let arena = Arc::new(unsafe { Arena::open(store_fd, capacity) }.map_err(Error::io)?);
     let writer = stream.try_clone().map_err(Error::io)?;
     let exec = ExecQueue { tasks: Mutex::new(VecDeque::new()), ready: Condvar::new() };
     let core = Arc::new(CoreWorker::new(worker_id, info, arena, Some(Link::Socket(Mutex::new(writer))), Some(exec)));

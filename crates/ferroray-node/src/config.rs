@@ -27,7 +27,10 @@ pub struct NodeConfig {
     pub resources: ResourceSet,
     pub store_capacity: u64,
     pub inline_threshold: u64,
-    pub spill_dir: PathBuf,
+    /// Parent of the spill directory: the store makes a fresh, private
+    /// `ferroray-spill-<pid>-<random>` in it at the first spill, and removes
+    /// the ones dead processes left there when it starts.
+    pub spill_parent: PathBuf,
     pub socket_name: String,
     pub worker_command: WorkerCommand,
     /// Forward worker stdout/stderr to this process's, prefixed per line.
@@ -63,7 +66,7 @@ impl NodeConfig {
             resources: ResourceSet::new().with(resources::CPU, cpus as f64),
             store_capacity: 2 << 30,
             inline_threshold: 100 * 1024,
-            spill_dir: std::env::temp_dir().join(format!("ferroray-spill-{}-{node_id}", std::process::id())),
+            spill_parent: std::env::temp_dir(),
             socket_name: format!("ferroray-node-{}-{node_id}", std::process::id()),
             worker_command,
             log_to_driver: true,

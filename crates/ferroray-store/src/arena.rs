@@ -24,18 +24,29 @@ pub struct Arena {
 }
 
 impl Arena {
-    /// `memfd_create("ferroray-store", MFD_CLOEXEC)`, `ftruncate(capacity)`,
-    /// then map it `MAP_SHARED` read/write.
+    /// `memfd_create("ferroray-store", MFD_CLOEXEC | MFD_ALLOW_SEALING)`,
+    /// `ftruncate(capacity)`, seal its size, then map it `MAP_SHARED`
+    /// read/write.
+    ///
+    /// The size seals (`F_SEAL_SHRINK | F_SEAL_GROW`, then `F_SEAL_SEAL`)
+    /// keep any process holding the fd (a worker) from truncating the file
+    /// under the mappings, which would make their accesses raise SIGBUS.
+    /// Punching holes ([`release`](Self::release)) is still allowed.
     pub fn create(capacity: u64) -> Result<Arena, StoreError> {
         check_capacity(capacity)?;
         // SAFETY: the name is a valid NUL-terminated string; flags are valid.
-        let fd = unsafe { libc::memfd_create(MEMFD_NAME.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe { libc::memfd_create(MEMFD_NAME.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
         if fd < 0 {
             return Err(io::Error::last_os_error().into());
         }
         // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(capacity)?; // ftruncate: sparse, no pages allocated yet
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on our own fd; F_ADD_SEALS takes an int argument.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
         Self::map(file, capacity)
     }
 
@@ -43,17 +54,29 @@ impl Arena {
     /// ownership of `fd`: it is closed when the `Arena` is dropped (also when
     /// this returns an error after validating that `fd` is open).
     ///
-    /// The caller must not use or close `fd` afterwards.
-    pub fn open(fd: RawFd, capacity: u64) -> Result<Arena, StoreError> {
+    /// # Safety
+    /// If `fd` is open, the caller must own it (no `File`, `OwnedFd` or other
+    /// owner in this process) and must not use or close it afterwards:
+    /// closing an fd someone else owns would let their next use reach
+    /// whatever file reuses the number. A negative or closed `fd` is rejected.
+    pub unsafe fn open(fd: RawFd, capacity: u64) -> Result<Arena, StoreError> {
         // Reject a closed fd before taking ownership of it.
         // SAFETY: F_GETFD only queries the descriptor flags.
         if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
             return Err(io::Error::from_raw_os_error(libc::EBADF).into());
         }
-        // SAFETY: `fd` is open and, per this function's contract, handed over to us.
+        // SAFETY: `fd` is open (checked above) and the caller hands its
+        // ownership over (this function's contract).
         let file = unsafe { File::from_raw_fd(fd) };
         check_capacity(capacity)?;
-        // Touching bytes past the end of the file would raise SIGBUS.
+        // Touching bytes past the end of the file would raise SIGBUS: the
+        // file must be long enough and sealed against shrinking (as
+        // `create` makes it), so that it stays long enough.
+        // SAFETY: F_GET_SEALS only queries the file's seals.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "arena fd is not a memfd sealed against shrinking").into());
+        }
         let size = file.metadata()?.len();
         if size < capacity {
             return Err(StoreError::OutOfBounds { offset: 0, len: capacity, capacity: size });
@@ -102,14 +125,31 @@ impl Arena {
 
     /// Bounds-checked view of `[offset, offset + len)`.
     ///
-    /// The memory is shared with other processes: the reader must hold a pin
-    /// on the object there (the node guarantees the bytes of a pinned, sealed
-    /// object do not change and are not moved while pinned).
-    pub fn slice(&self, offset: u64, len: u64) -> Result<&[u8], StoreError> {
+    /// # Safety
+    /// The memory is shared with other processes, which the compiler cannot
+    /// see: a `&[u8]` promises that nothing writes these bytes while it
+    /// lives. The caller must ensure that no process (this one included,
+    /// through [`slice_mut`](Self::slice_mut), [`write_with`](Self::write_with)
+    /// or another mapping of the memfd) writes the range, and that it is not
+    /// released ([`release`](Self::release) makes it read back as zeros),
+    /// for the lifetime of the returned slice. In ferroray this holds for a
+    /// sealed object the reader holds a store pin on (sealed bytes are never
+    /// written; a pinned object is not spilled, moved or freed) and for an
+    /// allocation this process alone writes, once it is done writing; it
+    /// relies on every process mapping the arena following that protocol.
+    pub unsafe fn slice(&self, offset: u64, len: u64) -> Result<&[u8], StoreError> {
         let start = self.check(offset, len)?;
-        // SAFETY: the range lies inside the live mapping (checked above), which
-        // outlives `&self`; immutability is the pin contract documented above.
+        // SAFETY: the range lies inside the mapping (checked above), which
+        // lives as long as `&self`; that nobody writes it while the slice
+        // lives is the caller's contract.
         Ok(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), len as usize) })
+    }
+
+    /// Address of the first byte of this process's mapping (for telling
+    /// whether a pointer lies in the arena). Reading through it is subject
+    /// to the contract of [`slice`](Self::slice).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.map.as_ptr()
     }
 
     /// Bounds-checked mutable view for the writer of a fresh allocation.
@@ -117,7 +157,8 @@ impl Arena {
     /// # Safety
     /// The caller must have exclusive access to `[offset, offset + len)` for
     /// the lifetime of the returned slice (no other slice, in this or another
-    /// process, reads or writes that range meanwhile).
+    /// process, reads or writes that range meanwhile, and it is not
+    /// [released](Self::release)).
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice_mut(&self, offset: u64, len: u64) -> Result<&mut [u8], StoreError> {
         let start = self.check(offset, len)?;
@@ -139,7 +180,9 @@ impl Arena {
         let (Ok(off), Ok(n)) = (libc::off_t::try_from(start), libc::off_t::try_from(end - start)) else {
             return;
         };
-        // SAFETY: fallocate on our own fd; the range is inside the file.
+        // SAFETY: fallocate takes no pointers: a plain syscall on our own fd
+        // with a range inside the file. It changes memory other views may
+        // read (to zeros), which is why `slice` forbids releasing a viewed range.
         let rc = unsafe { libc::fallocate(self.fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, n) };
         if rc != 0 {
             tracing::debug!(
@@ -157,15 +200,23 @@ impl Arena {
     /// not look as if it kept them all. Writers go through
     /// [`Arena::write_with`](crate::writer), which maps such windows ahead of
     /// the copy.
-    pub(crate) fn map_window(&self, offset: u64, len: u64) -> Result<WriteWindow, StoreError> {
+    ///
+    /// # Safety
+    /// The window hands out `&mut [u8]` over the range: the caller must be
+    /// the range's only reader and writer, in every process, for as long as
+    /// the window lives (the contract of `write_with`).
+    pub(crate) unsafe fn map_window(&self, offset: u64, len: u64) -> Result<WriteWindow, StoreError> {
         if offset.checked_add(len).is_none_or(|e| e > self.capacity()) {
             return Err(StoreError::OutOfBounds { offset, len, capacity: self.capacity() });
         }
         let page = page_size();
         let start = offset / page * page;
         let skip = (offset - start) as usize;
-        // SAFETY: the file is the arena's own memfd and the range is inside it;
-        // callers of `write_with` promise to be the range's only writer.
+        // SAFETY: the file is the arena's own memfd, at least `capacity`
+        // long and sealed against shrinking (made so by `create`, checked by
+        // `open`), and the range is inside it, so the mapping raises no
+        // SIGBUS; exclusive access to the range while the window lives is
+        // this function's contract.
         let map = unsafe { MmapOptions::new().offset(start).len(skip + len as usize).populate().map_mut(&self.file)? };
         Ok(WriteWindow { map, skip, len: len as usize })
     }
@@ -223,21 +274,27 @@ mod tests {
         // SAFETY: dup of a valid fd.
         let fd2 = unsafe { libc::dup(a.fd()) };
         assert!(fd2 >= 0);
-        let b = Arena::open(fd2, cap).unwrap();
-        assert_eq!(b.slice(4096, 5).unwrap(), b"hello");
+        // SAFETY: `fd2` is a fresh dup that nothing else owns.
+        let b = unsafe { Arena::open(fd2, cap) }.unwrap();
+        // SAFETY: the writes above are done; nothing writes the range while read.
+        assert_eq!(unsafe { b.slice(4096, 5) }.unwrap(), b"hello");
         // And the other direction.
         // SAFETY: nobody else views this range.
         unsafe { b.slice_mut(cap - 3, 3) }.unwrap().copy_from_slice(b"end");
-        assert_eq!(a.slice(cap - 3, 3).unwrap(), b"end");
+        // SAFETY: as above.
+        assert_eq!(unsafe { a.slice(cap - 3, 3) }.unwrap(), b"end");
     }
 
     #[test]
     fn out_of_bounds_is_an_error() {
         let a = Arena::create(8192).unwrap();
-        assert!(a.slice(0, 8192).is_ok());
-        assert!(a.slice(8192, 0).is_ok());
-        assert!(matches!(a.slice(8000, 193), Err(StoreError::OutOfBounds { .. })));
-        assert!(matches!(a.slice(u64::MAX, 2), Err(StoreError::OutOfBounds { .. })));
+        // SAFETY: nothing writes this fresh arena.
+        unsafe {
+            assert!(a.slice(0, 8192).is_ok());
+            assert!(a.slice(8192, 0).is_ok());
+            assert!(matches!(a.slice(8000, 193), Err(StoreError::OutOfBounds { .. })));
+            assert!(matches!(a.slice(u64::MAX, 2), Err(StoreError::OutOfBounds { .. })));
+        }
         // SAFETY: the call fails before creating a slice.
         assert!(unsafe { a.slice_mut(8193, 0) }.is_err());
     }
@@ -249,7 +306,8 @@ mod tests {
         // SAFETY: exclusive in this test.
         unsafe { a.slice_mut(0, 4 * page) }.unwrap().fill(0xAB);
         a.release(10, 3 * page); // interior: [page, 3*page)
-        let s = a.slice(0, 4 * page).unwrap();
+        // SAFETY: writes and releases are done; nothing changes the range while read.
+        let s = unsafe { a.slice(0, 4 * page) }.unwrap();
         assert!(s[..page as usize].iter().all(|&b| b == 0xAB));
         assert!(s[page as usize..3 * page as usize].iter().all(|&b| b == 0));
         assert!(s[3 * page as usize..].iter().all(|&b| b == 0xAB));
@@ -259,12 +317,34 @@ mod tests {
 
     #[test]
     fn open_rejects_bad_fd_and_short_file() {
-        assert!(Arena::open(-1, 4096).is_err());
+        // SAFETY: a negative fd is rejected before anything is owned.
+        assert!(unsafe { Arena::open(-1, 4096) }.is_err());
         let a = Arena::create(4096).unwrap();
         // SAFETY: dup of a valid fd.
         let fd2 = unsafe { libc::dup(a.fd()) };
-        assert!(matches!(Arena::open(fd2, 8192), Err(StoreError::OutOfBounds { .. })));
+        // SAFETY: `fd2` is a fresh dup that nothing else owns.
+        assert!(matches!(unsafe { Arena::open(fd2, 8192) }, Err(StoreError::OutOfBounds { .. })));
         assert!(matches!(Arena::create(0), Err(StoreError::InvalidCapacity(0))));
+    }
+
+    #[test]
+    fn the_size_is_sealed_and_open_requires_it() {
+        let a = Arena::create(8192).unwrap();
+        // SAFETY: dup of a valid fd, owned by the File.
+        let f = unsafe { File::from_raw_fd(libc::dup(a.fd())) };
+        assert_eq!(f.set_len(4096).unwrap_err().raw_os_error(), Some(libc::EPERM), "cannot shrink");
+        assert_eq!(f.set_len(16384).unwrap_err().raw_os_error(), Some(libc::EPERM), "cannot grow");
+        assert_eq!(f.metadata().unwrap().len(), 8192);
+        // An unsealed memfd is refused.
+        // SAFETY: valid name and flags.
+        let fd = unsafe { libc::memfd_create(MEMFD_NAME.as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` is fresh and nothing else owns it.
+        let plain = unsafe { File::from_raw_fd(fd) };
+        plain.set_len(8192).unwrap();
+        // SAFETY: a dup that nothing else owns.
+        let r = unsafe { Arena::open(libc::dup(plain.as_raw_fd()), 8192) };
+        assert!(matches!(r, Err(StoreError::Io(e)) if e.kind() == io::ErrorKind::InvalidInput));
     }
 
     #[test]

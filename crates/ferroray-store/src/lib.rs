@@ -11,8 +11,10 @@
 //! - [`writer`]: large writes into the arena through small windows mapped
 //!   ahead and unmapped behind by a helper thread ([`ArenaWriter`]), so a
 //!   writer pays one memory copy and keeps no pages resident.
-//! - [`spill`]: one file per object in a spill directory, copied straight
-//!   from / into the mapped arena.
+//! - [`spill`]: one file per object in a private spill directory (made
+//!   fresh, mode 0700, files 0600, no symlink followed; those of dead
+//!   processes are removed at start), copied straight from / into the
+//!   mapped arena.
 //! - [`store`]: the object table ([`Store`]): allocate, seal, pin/unpin,
 //!   delete (deferred while pinned), spilling least recently pinned objects
 //!   when the arena is full and restoring them on the next pin.

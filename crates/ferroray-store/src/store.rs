@@ -11,6 +11,9 @@ use crate::arena::Arena;
 use crate::spill::{self, SpillDir};
 use crate::StoreError;
 
+/// Names tried for one spill file before the spill fails.
+const SPILL_NAME_ATTEMPTS: u64 = 16;
+
 /// A snapshot of the store's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -47,7 +50,7 @@ struct Entry {
     tick: u64,
 }
 
-/// Sealed objects in an [`Arena`], spilled to `spill_dir` under memory pressure.
+/// Sealed objects in an [`Arena`], spilled to a private directory under memory pressure.
 ///
 /// Not thread-safe by itself: the node wraps it in a lock. Readers in other
 /// processes map the arena and read `(offset, len)` returned by [`Store::pin`].
@@ -72,9 +75,15 @@ pub struct Store<K> {
 }
 
 impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
-    /// `spill_dir` is created at the first spill. On drop the store removes the spill
-    /// files it wrote, and the directory if it created it.
-    pub fn new(arena: Arc<Arena>, spill_dir: PathBuf) -> Result<Self, StoreError> {
+    /// Spill files go to a fresh directory `ferroray-spill-<pid>-<random>`
+    /// made under `spill_parent` (mode 0700, never an existing path; see
+    /// [`spill`](crate::spill)) at the first spill. On drop the store removes
+    /// that directory with its files.
+    ///
+    /// First removes the spill directories under `spill_parent` that dead
+    /// processes of this user left behind ([`spill::remove_stale`]).
+    pub fn new(arena: Arc<Arena>, spill_parent: PathBuf) -> Result<Self, StoreError> {
+        spill::remove_stale(&spill_parent);
         Ok(Store {
             alloc: Allocator::new(arena.capacity()),
             arena,
@@ -83,7 +92,7 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
             evictable: BTreeMap::new(),
             tick: 0,
             spill_paths: HashSet::new(),
-            spill_dir: SpillDir::new(spill_dir)?,
+            spill_dir: SpillDir::new(spill_parent),
             dirty_free: 0,
             last_alloc: std::time::Instant::now(),
         })
@@ -93,7 +102,8 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
         &self.arena
     }
 
-    pub fn spill_dir(&self) -> &Path {
+    /// The spill directory, once the first spill made it.
+    pub fn spill_dir(&self) -> Option<&Path> {
         self.spill_dir.path()
     }
 
@@ -164,13 +174,38 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
             return Ok(());
         };
         let (len, tick) = (entry.len, entry.tick);
-        let mut path = self.spill_dir.path_for(&key);
-        if self.spill_paths.contains(&path) {
-            // Two keys sanitized to the same name: disambiguate.
-            path.as_mut_os_string().push(format!("-{tick}"));
+        let base = SpillDir::file_name_for(&key);
+        let dir = self.spill_dir.ensure()?.to_path_buf();
+        // SAFETY: the object is sealed, so no process writes its bytes (the
+        // node hands out writable ranges only for unsealed allocations), and
+        // `&mut self` keeps it from being freed or moved during the copy.
+        let data = unsafe { self.arena.slice(offset, len)? };
+        // Another name if two keys sanitize to the same one, or if an entry is
+        // already there (`write` never follows or reuses one).
+        let mut written = None;
+        for n in 0..SPILL_NAME_ATTEMPTS {
+            let path = dir.join(if n == 0 { base.clone() } else { format!("{base}-{tick}-{n}") });
+            if self.spill_paths.contains(&path) {
+                continue;
+            }
+            match spill::write(&path, data) {
+                Ok(()) => {
+                    written = Some(path);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    tracing::warn!(path = %path.display(), "store: spill file name taken, trying another");
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        self.spill_dir.ensure()?;
-        spill::write(&path, self.arena.slice(offset, len)?)?;
+        let Some(path) = written else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("no free spill file name for object {key} in {}", dir.display()),
+            )
+            .into());
+        };
         tracing::debug!(object = %key, len, path = %path.display(), "store: spilled");
         self.evictable.remove(&tick);
         if let Some(block) = self.alloc.free(offset) {
@@ -276,7 +311,9 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
     /// Copy a spill file back into a fresh block; the file is removed.
     fn restore(&mut self, path: &Path, len: u64) -> Result<u64, StoreError> {
         let offset = self.alloc_spilling(len)?;
-        // SAFETY: the block was just allocated; nobody else knows its offset.
+        // SAFETY: the block was just allocated and its offset not handed out
+        // yet, so no other view of it exists in any process; the slice is
+        // gone before this returns.
         let read = unsafe { self.arena.slice_mut(offset, len) }.and_then(|dst| Ok(spill::read_into(path, dst)?));
         if let Err(e) = read {
             self.free_block(offset);
@@ -368,11 +405,3 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
     }
 }
 
-impl<K> Drop for Store<K> {
-    fn drop(&mut self) {
-        for path in self.spill_paths.drain() {
-            spill::remove(&path);
-        }
-        // `spill_dir` then removes the directory if it created it.
-    }
-}

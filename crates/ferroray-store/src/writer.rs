@@ -50,7 +50,9 @@ impl Arena {
             return Err(StoreError::OutOfBounds { offset, len, capacity: self.capacity() });
         }
         if len <= 2 * CHUNK {
-            let window = self.map_window(offset, len)?;
+            // SAFETY: our caller is the range's only user until we return, and
+            // the window is dropped before we do.
+            let window = unsafe { self.map_window(offset, len)? };
             let mut writer = ArenaWriter::new(Some(window), None, None);
             return Ok(fill(&mut writer));
         }
@@ -59,7 +61,11 @@ impl Arena {
             let (done_tx, done_rx) = mpsc::channel();
             std::thread::Builder::new()
                 .name("ferroray-map-ahead".into())
-                .spawn_scoped(s, move || self.map_ahead(offset, len, ready_tx, done_rx))
+                // SAFETY: the helper's windows cover `[offset, offset + len)`,
+                // which our caller alone uses until we return; the scope
+                // joins the helper, and the writer (holding the windows it
+                // received) is dropped inside it.
+                .spawn_scoped(s, move || unsafe { self.map_ahead(offset, len, ready_tx, done_rx) })
                 .map_err(StoreError::Io)?;
             let mut writer = ArenaWriter::new(None, Some(ready_rx), Some(done_tx));
             Ok(fill(&mut writer))
@@ -67,7 +73,11 @@ impl Arena {
     }
 
     /// The helper's side of the pipeline (steps 1, 3 and 4).
-    fn map_ahead(
+    ///
+    /// # Safety
+    /// As [`Arena::map_window`], for `[offset, offset + len)` until every
+    /// window sent on `ready` has been dropped.
+    unsafe fn map_ahead(
         &self,
         offset: u64,
         len: u64,
@@ -77,7 +87,8 @@ impl Arena {
         let mut at = 0;
         while at < len {
             let n = CHUNK.min(len - at);
-            let window = self.map_window(offset + at, n);
+            // SAFETY: a sub-range of ours; see this function's contract.
+            let window = unsafe { self.map_window(offset + at, n) };
             let failed = window.is_err();
             while let Ok(old) = done.try_recv() {
                 drop(old);
@@ -143,8 +154,10 @@ impl ArenaWriter {
     #[inline]
     fn put(&mut self, buf: &[u8], n: usize) {
         debug_assert!(n <= self.room && n <= buf.len());
-        // SAFETY: `next..next + room` lies in the current window's mapping,
-        // which this writer alone writes (the `write_with` contract).
+        // SAFETY: `n <= room` and `next..next + room` lies in the current
+        // window's mapping, which stays mapped while `current` holds it and
+        // which nothing else reads or writes (the `write_with` contract), so
+        // `buf`, a live shared reference, cannot overlap it.
         unsafe {
             std::ptr::copy_nonoverlapping(buf.as_ptr(), self.next, n);
             self.next = self.next.add(n);
@@ -225,7 +238,8 @@ mod tests {
         // SAFETY: fresh arena, this test is the only writer and reads after.
         let r = unsafe { a.write_with(4097, small.len() as u64, |w| w.write_all(&small)) }.unwrap();
         r.unwrap();
-        assert_eq!(a.slice(4097, small.len() as u64).unwrap(), &small[..]);
+        // SAFETY: written and done; nothing writes the range while it is read.
+        assert_eq!(unsafe { a.slice(4097, small.len() as u64) }.unwrap(), &small[..]);
         // Pipelined: many windows, a length that is not a multiple of CHUNK,
         // written in pieces that straddle window boundaries.
         let big = pattern(5 * CHUNK as usize + 12_345);
@@ -241,7 +255,8 @@ mod tests {
         }
         .unwrap();
         r.unwrap();
-        assert_eq!(a.slice(at + 3, big.len() as u64).unwrap(), &big[..]);
+        // SAFETY: written and done; nothing writes the range while it is read.
+        assert_eq!(unsafe { a.slice(at + 3, big.len() as u64) }.unwrap(), &big[..]);
         // Tiny writes (as serde makes for a `Vec<u8>`) across window boundaries.
         let tiny = pattern(2 * CHUNK as usize + 100);
         let at = 40 << 20;
@@ -256,7 +271,8 @@ mod tests {
         }
         .unwrap();
         r.unwrap();
-        assert_eq!(a.slice(at, tiny.len() as u64).unwrap(), &tiny[..]);
+        // SAFETY: written and done; nothing writes the range while it is read.
+        assert_eq!(unsafe { a.slice(at, tiny.len() as u64) }.unwrap(), &tiny[..]);
     }
 
     #[test]
@@ -288,6 +304,7 @@ mod tests {
         // SAFETY: fresh arena, the only writer.
         unsafe { a.write_with(0, 40 << 20, |w| w.write_all(&[9u8; 1000])) }.unwrap().unwrap();
         assert_eq!(mappings(), 1, "every window is unmapped when write_with returns");
-        assert!(a.slice(0, 1000).unwrap().iter().all(|&b| b == 9));
+        // SAFETY: written and done; nothing writes the range while it is read.
+        assert!(unsafe { a.slice(0, 1000) }.unwrap().iter().all(|&b| b == 9));
     }
 }

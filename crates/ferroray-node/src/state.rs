@@ -514,8 +514,10 @@ impl State {
                     Error::PermissionDenied(format!("process {pid} claims a worker id the node did not give it")),
                 ),
                 None if self.starting > 0 => {
-                    if self.awaiting_spawn.insert(pid, (conn, worker_id)).is_some() {
-                        return self.reject(conn, Error::Protocol("two hellos from one process".into()));
+                    if self.awaiting_spawn.contains_key(&pid) {
+                        self.reject(conn, Error::Protocol("two hellos from one process".into()));
+                    } else {
+                        self.awaiting_spawn.insert(pid, (conn, worker_id));
                     }
                 }
                 None => self.reject(

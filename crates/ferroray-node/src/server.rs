@@ -271,7 +271,7 @@ impl ConnLimits {
     fn trim_after_burst(&self) {
         let active = self.active.load(Ordering::Acquire);
         let high = self.high_water.load(Ordering::Acquire);
-        if high > active + 64 {
+        if high >= active + 8 {
             self.high_water.store(active, Ordering::Release);
             #[cfg(target_env = "gnu")]
             // SAFETY: malloc_trim only returns free memory to the system.

@@ -1,8 +1,9 @@
 //! Length-prefixed frames.
 //!
 //! Layout: `u32` little-endian body length, then the bincode body. The length
-//! is checked against [`MAX_FRAME`] before anything is allocated, so garbage on
-//! a socket costs at most one error, not a huge allocation.
+//! is checked against [`MAX_FRAME`] before anything is allocated, and the
+//! body's buffer grows with the bytes that actually arrive, so garbage on a
+//! socket costs at most one error, not a huge allocation.
 
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::{self, Read, Write};
@@ -11,6 +12,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// The largest frame body accepted. Values this large go to shared memory,
 /// so only a broken or hostile peer sends more.
 pub const MAX_FRAME: u32 = 64 << 20;
+
+/// Bytes of a frame's body reserved before they arrive; past this, the
+/// buffer grows with what is actually read.
+const PREALLOCATE: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -78,8 +83,12 @@ pub fn read_frame<R: Read, M: DeserializeOwned>(r: &mut R) -> Result<Option<M>, 
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let mut body = vec![0u8; check_len(header)?];
-    r.read_exact(&mut body)?;
+    let len = check_len(header)?;
+    // Grown as bytes arrive: a length claimed and never sent costs nothing.
+    let mut body = Vec::with_capacity(len.min(PREALLOCATE));
+    if r.take(len as u64).read_to_end(&mut body)? != len {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
     decode(&body).map(Some)
 }
 
@@ -109,8 +118,11 @@ pub async fn read_frame_async_max<R: AsyncRead + Unpin, M: DeserializeOwned>(
         return Err(FrameError::TooLarge(len as u32));
     }
     body.clear();
-    body.resize(len, 0);
-    r.read_exact(body).await?;
+    body.reserve(len.min(PREALLOCATE));
+    // Grown as bytes arrive (see `read_frame`).
+    if (&mut *r).take(len as u64).read_to_end(body).await? != len {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
     decode(body).map(Some)
 }
 

@@ -341,6 +341,13 @@ impl CoreWorker {
                 },
             );
         }
+        // The node refuses a message over its limits by closing the
+        // connection: a call over them fails here, as an invalid option.
+        let spec = spec.and_then(|s| match ferroray_protocol::limits::check_spec(&s) {
+            Ok(()) => Ok(s),
+            Err(Error::Protocol(m)) => Err(Error::InvalidOption(m)),
+            Err(e) => Err(e),
+        });
         let failed = match spec {
             Ok(spec) => self.send(ToNode::Submit(Box::new(spec))).err(),
             Err(e) => {

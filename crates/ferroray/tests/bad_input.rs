@@ -81,12 +81,31 @@ fn invalid_options_are_rejected_at_submission() {
         ("num_gpus", add::options().num_gpus(-2.0).remote(1, 2)),
         ("disk", add::options().resource("disk", -1.0).remote(1, 2)),
         ("max_retries", add::options().max_retries(-5).remote(1, 2)),
+        // Over the node's message limits: refused here, not by the node.
+        ("resource name", add::options().resource(&"r".repeat(300), 1.0).remote(1, 2)),
+        ("CPU", add::options().num_cpus(1e13).remote(1, 2)),
     ] {
         match r.get_timeout(Duration::from_secs(5)) {
             Err(Error::InvalidOption(msg)) => assert!(msg.contains(what), "{msg}"),
             other => panic!("expected InvalidOption for {what}, got {other:?}"),
         }
     }
+    still_serving();
+}
+
+#[ferroray::remote]
+fn submits_over_the_limits() -> String {
+    match add::options().num_cpus(1e13).remote(1, 2).get() {
+        Err(e) => e.to_string(),
+        Ok(v) => format!("ran: {v}"),
+    }
+}
+
+#[test]
+fn a_nested_call_over_the_limits_is_an_error_not_a_dead_worker() {
+    let _c = cluster();
+    let got = get(&submits_over_the_limits::remote()).unwrap();
+    assert!(got.contains("invalid option") && got.contains("CPU"), "{got}");
     still_serving();
 }
 

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Every row is a rate, a time or a size, with its ratio to Ray 2.60 on this
-//! machine and to ferroray's target (BRIEF.md section 4). Ratios are always
+//! machine and to ferroray's target (docs/benchmarks.md). Ratios are always
 //! "x better": above 1 means ferroray is ahead of Ray / the target is met,
 //! whether the row is a rate (higher is better) or a time or size (lower is
 //! better).
@@ -37,8 +37,8 @@ type Res<T> = std::result::Result<T, BoxError>;
 // ---------------------------------------------------------------------------
 
 /// Ray 2.60 on this machine (2 cores, 24 GiB): its own `ray microbenchmark`
-/// and a side-by-side script of the seed workloads, as recorded in
-/// `/work/shared/design/BRIEF.md` section 4 ("Where ferroray must beat Ray").
+/// and a side-by-side script of the same workloads, as recorded in
+/// `docs/benchmarks.md` ("Reference figures").
 mod ray_2_60 {
     /// `single client tasks sync`, tasks/s.
     pub const TASKS_SYNC: f64 = 630.0;
@@ -66,7 +66,7 @@ mod ray_2_60 {
     pub const GEN_LARGE_MB_S: f64 = 530.0;
 }
 
-/// ferroray's targets (BRIEF.md section 4, right column of the table).
+/// ferroray's targets (`docs/benchmarks.md`, reference figures).
 mod target {
     pub const TASKS_SYNC: f64 = 10_000.0;
     pub const TASKS_ASYNC: f64 = 50_000.0;
@@ -507,7 +507,7 @@ fn run(args: &Args) -> Res<()> {
                 above 1 means ferroray is better / meets the target, for rates \
                 (value/reference) and for times and sizes (reference/value) alike; \
                 fraction_of_baseline is value / baseline value",
-            "ray_2_60_source": "BRIEF.md section 4: Ray 2.60's `ray microbenchmark` and a \
+            "ray_2_60_source": "docs/benchmarks.md, reference figures: Ray 2.60's `ray microbenchmark` and a \
                 side-by-side script on a 2-core, 24 GiB machine like this one",
             "rows": rows,
         });

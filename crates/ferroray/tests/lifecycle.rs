@@ -82,6 +82,8 @@ fn run_dying_driver(how: &str) {
     for p in pids {
         assert!(eventually(T, || process_gone(p)), "worker {p} outlived its driver ({how})");
     }
+    // No cluster in this process: its scratch directory goes here.
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -23,8 +23,15 @@ pub struct Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         ferroray::shutdown();
+        // The workers are gone: nothing writes to the scratch directories.
+        for d in SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
+
+/// Scratch directories made during the test, removed with its cluster.
+static SCRATCH: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
 
 pub fn cluster() -> Cluster {
     cluster_with(Config::default())
@@ -63,11 +70,13 @@ pub fn process_gone(pid: u32) -> bool {
     }
 }
 
-/// A fresh directory for marker files shared with workers.
+/// A fresh directory for marker files shared with workers; removed when the
+/// test's cluster is dropped.
 pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("ferroray-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("scratch dir");
+    SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).push(d.clone());
     d
 }
 

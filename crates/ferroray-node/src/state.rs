@@ -514,10 +514,13 @@ impl State {
                     Error::PermissionDenied(format!("process {pid} claims a worker id the node did not give it")),
                 ),
                 None if self.starting > 0 => {
-                    if self.awaiting_spawn.contains_key(&pid) {
-                        self.reject(conn, Error::Protocol("two hellos from one process".into()));
-                    } else {
-                        self.awaiting_spawn.insert(pid, (conn, worker_id));
+                    match self.awaiting_spawn.entry(pid) {
+                        std::collections::hash_map::Entry::Occupied(_) => {
+                            self.reject(conn, Error::Protocol("two hellos from one process".into()))
+                        }
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert((conn, worker_id));
+                        }
                     }
                 }
                 None => self.reject(

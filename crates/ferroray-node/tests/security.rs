@@ -3,8 +3,6 @@
 //! messages claiming huge counts, floods of idle connections. Each refusal
 //! leaves the node serving the others.
 
-mod common;
-
 use ferroray_common::{resources, ClusterToken, Error, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId};
 use ferroray_node::{server, Node, NodeConfig, WorkerCommand};
 use ferroray_protocol::{

@@ -60,6 +60,26 @@ pub mod __private {
     pub use futures::executor::block_on;
     pub use futures::StreamExt;
     pub use linkme;
+
+    /// What `#[remote]`'s position check finds for a function declared at
+    /// module level.
+    pub struct AtModuleLevel;
+    /// What it finds for one declared inside a function body (whose
+    /// generated module cannot reach it by `super::`, and whose name would
+    /// not be unique among the remote functions).
+    pub struct InsideFunctionBody;
+
+    #[diagnostic::on_unimplemented(
+        message = "a `#[remote]` function must be declared at module level, not inside a function body",
+        label = "this remote function is declared inside a function body",
+        note = "workers find a remote function by its module path and name, which a function body does not have: \
+                move it out of the enclosing function (to the module, or to a `mod` of its own)"
+    )]
+    pub trait RemoteAtModuleLevel {}
+    impl RemoteAtModuleLevel for AtModuleLevel {}
+
+    /// Compiles only for [`AtModuleLevel`].
+    pub fn check_at_module_level<T: RemoteAtModuleLevel>(_: T) {}
 }
 
 /// Runs before `main`: a worker process never reaches the user's `main`.

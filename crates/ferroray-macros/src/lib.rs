@@ -1,34 +1,18 @@
-//! Procedural macros of ferroray, re-exported by the `ferroray` crate.
+//! Procedural macros of ferroray, re-exported by the `ferroray` crate:
+//! [`macro@remote`], documented there (what it generates, what `remote`
+//! returns, every key it accepts).
 //!
-//! `#[remote]` keeps the function as it is (it can still be called locally)
-//! and adds a module of the same name (modules and functions live in
-//! different namespaces) holding:
-//! - `remote(args..)`: submit a task; each parameter of type `T` accepts a
-//!   `T`, an `ObjectRef<T>` or a `&ObjectRef<T>`;
-//! - `options()`: the same with per-call options (`num_cpus`, `resource`,
-//!   `max_retries`, `retry_exceptions`, ...), ending in `.remote(args..)`;
-//! - `NAME`: the name under which workers find the function;
-//! - a registration in the link-time table of remote functions, and the
-//!   adapter that decodes arguments and encodes return values.
-//!
-//! The return type decides what `remote` gives back:
-//! - `T` gives `ObjectRef<T>`;
-//! - `Result<T, E>` (any `Result` alias) gives `ObjectRef<T>`; an `Err` is the
-//!   task's error;
-//! - with `num_returns = N`, a tuple of `N` types gives a tuple of `N` refs;
-//! - a generator, `impl Iterator<Item = T>` (or, from an `async fn`,
-//!   `impl Stream<Item = T>`), gives an `ObjectRefGenerator<T>` that streams
-//!   the items; items of type `Result<T, E>` end the stream at the first
-//!   `Err`, and a `Result<impl Iterator<..>, E>` fails before the first item.
-//!   With `num_returns = N` it gives `N` refs instead, and with
-//!   `num_returns = "dynamic"` (or `options().num_returns_dynamic()`) one
-//!   `ObjectRef<DynamicObjectRefGenerator<T>>`.
-//!
-//! An `async fn` runs to completion on the worker's task thread.
-//!
-//! Errors point at the user's code: generic functions, methods, reference
-//! arguments, unknown options, and a `num_returns` that does not match the
-//! tuple.
+//! How the expansion stays apart from the user's names: the generated
+//! module `f` has no glob import and declares only `NAME`, `Options`,
+//! `DynamicOptions`, `options`, `remote` and `#[doc(hidden)]` `__ferroray..`
+//! items; it names the user's types and attribute expressions only through
+//! `__ferroray_user_scope`, a child module that glob-imports the function's
+//! scope (below any name declared there) and declares only `__ferroray..`
+//! names. The adapter that decodes arguments, calls the function and encodes
+//! its return, and the link-time registration, sit beside the function in an
+//! anonymous `const _`, so they resolve names exactly as the function's own
+//! signature does. Every other path is absolute (`::ferroray::..`,
+//! `::core::..`, `::std::..`).
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
@@ -38,6 +22,80 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, FnArg, GenericArgument, ItemFn, Lit, PathArguments, ReturnType, Token, Type};
 
+/// Makes a function remote: `f::remote(args..)` runs it as a task on a worker
+/// process and returns at once with a future of its result.
+///
+/// The function stays as it is (it can still be called locally); the
+/// attribute adds, beside it, a module of the same name (modules and
+/// functions live in different namespaces) holding:
+///
+/// | item | what it is |
+/// | --- | --- |
+/// | `f::remote(args..)` | submits the task with the attribute's options; returns at once |
+/// | `f::options()` | an `f::Options` builder starting from the attribute's options; finish with `.remote(args..)` |
+/// | `f::Options` | the builder: `num_cpus`, `num_gpus`, `resource`, `max_retries`, `retry_exceptions`, `retry_exceptions_for`, `generator_backpressure`, `enable_task_events` (each documented on the generated page), and for generators `num_returns_dynamic()` giving an `f::DynamicOptions` |
+/// | `f::NAME` | the name workers find the function by: its module path and name |
+///
+/// Other generated items are `#[doc(hidden)]` and named `__ferroray..`: a
+/// user's own `Options`, `NAME`, `Result`, `remote`, ... beside the function
+/// are not affected, and the user's types in the signature mean what they
+/// mean at the function.
+///
+/// Each parameter of type `T` accepts a `T`, an `ObjectRef<T>` or a
+/// `&ObjectRef<T>` (a ref's value is fetched for the task). Parameters are
+/// taken by value (they cross processes) and must be `Serialize +
+/// DeserializeOwned`, like the return values.
+///
+/// # What `remote` returns
+///
+/// - a function returning `T` gives `ObjectRef<T>`;
+/// - `Result<T, E>` (any alias named `Result`) gives `ObjectRef<T>`; an `Err`
+///   is the task's error (`E: Display`);
+/// - with `num_returns = N`, a tuple of `N` types gives a tuple of `N` refs;
+/// - a generator, `impl Iterator<Item = T>` (or, from an `async fn`,
+///   `impl Stream<Item = T>`), gives an `ObjectRefGenerator<T>` that streams
+///   the items' refs as they are yielded; items of type `Result<T, E>` end
+///   the stream at the first `Err`, and a `Result<impl Iterator<..>, E>`
+///   fails before the first item. With `num_returns = N` it gives `N` refs
+///   instead, and with `num_returns = "dynamic"` (or
+///   `options().num_returns_dynamic()`) one
+///   `ObjectRef<DynamicObjectRefGenerator<T>>`.
+///
+/// An `async fn` runs to completion on the worker's task thread.
+///
+/// # Keys
+///
+/// `#[remote(key = value, ..)]` sets the defaults that `f::options()` starts
+/// from; each value is an expression, evaluated where the function is.
+///
+/// | key | type | meaning | default |
+/// | --- | --- | --- | --- |
+/// | `num_cpus` | any number (`1`, `0.5`) | CPUs the task holds while it runs | 1 |
+/// | `num_gpus` | any number | GPUs the task holds while it runs | 0 |
+/// | `resources` | iterable of `(name, amount)`, e.g. `[("disk", 1)]` | custom resources (declared by `Config::resource`) the task holds | none |
+/// | `max_retries` | integer | runs again after its worker dies; 0 never, -1 forever | 3 |
+/// | `retry_exceptions` | `bool` | also retry when the task returns `Err` or panics | `false` |
+/// | `enable_task_events` | `bool` | record the task's state changes for `ferroray::tasks()` | `true` |
+/// | `generator_backpressure` | integer | generators: pause while this many items are unconsumed; negative: no limit; 0 is an error | no limit |
+/// | `num_returns` | integer literal ≥ 1, or `"dynamic"` | the number of return objects (see above) | 1 |
+///
+/// Invalid values (a negative amount, backpressure 0, `max_retries` below
+/// -1) are reported when the task is submitted: the ref's `get` fails with
+/// `Error::InvalidOption`.
+///
+/// # Compile errors
+///
+/// These are refused with an error at the user's code: a generic function, a
+/// method, a reference parameter, an unknown key, a `num_returns` that does
+/// not match the returned tuple, `num_returns = "dynamic"` on a function
+/// that is not a generator, and a remote function declared inside a
+/// function body (workers find functions by module path, which a body does
+/// not have). Doc tests are wrapped in `fn main() { .. }` unless they write
+/// their own `fn main`, so a doc test declaring a remote function must write
+/// `fn main`.
+///
+/// The examples are in the documentation of `ferroray::remote` (the
+/// re-export), where they run as doc tests.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = syn::parse_macro_input!(attr as RemoteArgs);
@@ -445,9 +503,9 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         ::ferroray::__private::check_at_module_level(super::__ferroray_here::Probe.__ferroray_position());
     );
     let mod_doc = format!(
-        "Remote form of [`{ident}`](fn@{ident}): `{ident}::remote(..)` runs it as a task on a worker \
-         and returns at once; `{ident}::options()` sets per-call options first.\n\n\
-         Generated by [`#[ferroray::remote]`](macro@::ferroray::remote)."
+        "Remote form of [`{ident}`](fn@super::{ident}): `{ident}::remote(..)` runs it as a task on a \
+         worker and returns at once; `{ident}::options()` sets per-call options first.\n\n\
+         Generated by `#[ferroray::remote]`."
     );
     let name_doc = format!("The name workers find [`{ident}`](fn@super::{ident}) by: its module path and name.");
     Ok(quote! {

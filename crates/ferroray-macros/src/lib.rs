@@ -541,26 +541,18 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
                 }
             }
 
-            /// Where the function is declared. The function's scope
-            /// glob-imports `#here_trait` from here, and `__ferroray_user_scope`
-            /// glob-imports that scope: at module level, the trait is in scope
-            /// there and its by-value method is picked; inside a function body
-            /// the import stays in the body, and the inherent by-reference
-            /// method gives `InsideFunctionBody`, which the check rejects.
+            /// The position probe: `__ferroray_at_module_level_<fn>`, declared beside the
+            /// function, is visible to `__ferroray_user_scope` (through its
+            /// glob import) only when the function is at module level; then
+            /// its by-value method is picked. Inside a function body the
+            /// trait stays in the body, and the inherent by-reference method
+            /// gives `InsideFunctionBody`, which the check rejects.
             #[doc(hidden)]
             pub mod __ferroray_here {
                 pub struct Probe;
                 impl Probe {
                     pub fn __ferroray_position(&self) -> ::ferroray::__private::InsideFunctionBody {
                         ::ferroray::__private::InsideFunctionBody
-                    }
-                }
-                pub trait #here_trait {
-                    fn __ferroray_position(self) -> ::ferroray::__private::AtModuleLevel;
-                }
-                impl #here_trait for Probe {
-                    fn __ferroray_position(self) -> ::ferroray::__private::AtModuleLevel {
-                        ::ferroray::__private::AtModuleLevel
                     }
                 }
             }
@@ -606,9 +598,18 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
             #extra
         }
 
-        #[allow(unused_imports)]
-        use #ident::__ferroray_here::*;
+        #[doc(hidden)]
+        #[allow(non_camel_case_types, dead_code)]
+        trait #here_trait {
+            fn __ferroray_position(self) -> ::ferroray::__private::AtModuleLevel;
+        }
+        impl #here_trait for #ident::__ferroray_here::Probe {
+            fn __ferroray_position(self) -> ::ferroray::__private::AtModuleLevel {
+                ::ferroray::__private::AtModuleLevel
+            }
+        }
 
+        #[allow(clippy::all)]
         const _: () = {
             #invoke
 

@@ -28,6 +28,14 @@ struct ObjectRef;
 #[allow(dead_code)]
 struct TaskOptions;
 
+/// A user's glob import stays unambiguous: the expansion adds no glob, and
+/// no name a glob could bring, to this scope.
+mod user_glob {
+    #[derive(Debug, PartialEq)]
+    pub struct Probe;
+}
+use user_glob::*;
+
 /// Read by the attribute below: must be this one, not the generated `NAME`.
 const NAME: u32 = 2;
 
@@ -76,6 +84,13 @@ fn labels(n: u32) -> impl Iterator<Item = Options> {
     (0..n).map(|i| Options { label: i.to_string() })
 }
 
+/// Named like a dependency crate (`futures`): the expansion must not put the
+/// name where it would be ambiguous with the crate (a `use` path).
+#[ferroray::remote]
+fn futures(x: i64) -> i64 {
+    x * 2
+}
+
 mod inner {
     /// `super::` in the signature means the parent of the function's module.
     #[ferroray::remote]
@@ -106,6 +121,7 @@ fn user_names_do_not_collide_with_generated_ones() {
     assert_eq!(get(&wrap::remote(7)).unwrap(), DynamicOptions(7));
     assert_eq!(get(&same::remote(o.clone())).unwrap(), o);
     assert_eq!(get(&inner::upper::remote(o.clone())).unwrap().label, "A");
+    assert_eq!(get(&futures::remote(21)).unwrap(), 42);
 
     let (a, b) = split::remote(Options { label: "xyz".into() });
     assert_eq!(get(&a).unwrap().label, "xyz");
@@ -122,6 +138,7 @@ fn user_names_do_not_collide_with_generated_ones() {
     assert_eq!(remote(), "the user's remote");
     assert_eq!(options(), "the user's options");
     assert_eq!(NAME, 2);
+    assert_eq!(Probe, user_glob::Probe);
     assert!(wrap::NAME.ends_with("::wrap"));
     let _: wrap::Options = wrap::options();
     let _: labels::DynamicOptions = labels::options().num_returns_dynamic();

@@ -85,47 +85,63 @@ impl TaskOptions {
 
 /// The builder methods of a function's `options()`, shared by every
 /// `#[remote]` expansion (which wraps a `TaskOptions` in a field `opts`).
+///
+/// Amounts (`num_cpus`, `num_gpus`, a resource's amount) take any
+/// `impl Into<f64>`, so `num_cpus(2)` and `num_cpus(0.5)` both work; counts
+/// (`max_retries`, `generator_backpressure`) take an `i64`. Invalid values
+/// (a negative amount, backpressure 0) are reported by `.remote(..)`: the
+/// returned ref's `get` fails with `Error::InvalidOption`.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! __task_options_methods {
     () => {
-        /// CPUs the task holds while it runs (default 1; may be fractional).
-        pub fn num_cpus(mut self, n: f64) -> Self {
-            self.opts.num_cpus = n;
+        /// CPUs the task holds while it runs: default 1, may be fractional
+        /// (`num_cpus(2)`, `num_cpus(0.5)`). Like Ray's `num_cpus`.
+        pub fn num_cpus(mut self, n: impl ::core::convert::Into<f64>) -> Self {
+            self.opts.num_cpus = ::core::convert::Into::into(n);
             self
         }
-        /// GPUs the task holds while it runs.
-        pub fn num_gpus(mut self, n: f64) -> Self {
-            self.opts.num_gpus = n;
+        /// GPUs the task holds while it runs: default 0, may be fractional.
+        /// Like Ray's `num_gpus`.
+        pub fn num_gpus(mut self, n: impl ::core::convert::Into<f64>) -> Self {
+            self.opts.num_gpus = ::core::convert::Into::into(n);
             self
         }
-        /// A custom resource the task holds while it runs.
-        pub fn resource(mut self, name: &str, amount: f64) -> Self {
-            self.opts.resources.push((name.to_string(), amount));
+        /// An amount of a custom resource (declared with
+        /// `Config::resource`) the task holds while it runs; call once per
+        /// resource. Like one entry of Ray's `resources={..}`.
+        pub fn resource(mut self, name: &str, amount: impl ::core::convert::Into<f64>) -> Self {
+            self.opts.resources.push((::std::string::ToString::to_string(name), ::core::convert::Into::into(amount)));
             self
         }
-        /// Retries after the worker dies (default 3; -1: forever).
+        /// Times the task is run again after its worker dies: default 3;
+        /// 0 never; -1 forever (below -1 is an error). Like Ray's `max_retries`.
         pub fn max_retries(mut self, n: i64) -> Self {
             self.opts.max_retries = n;
             self
         }
-        /// Also retry when the task returns `Err` or panics.
+        /// Also retry (up to `max_retries`) when the task returns `Err` or
+        /// panics: default false. Like Ray's `retry_exceptions=True`.
         pub fn retry_exceptions(mut self, on: bool) -> Self {
             self.opts.retry_exceptions = if on { $crate::RetryExceptions::All } else { $crate::RetryExceptions::None };
             self
         }
-        /// Retry only errors whose type name ends with one of these.
+        /// Retry only errors whose type name ends with one of these, e.g.
+        /// `&["ParseError"]`. Like Ray's `retry_exceptions=[..]`.
         pub fn retry_exceptions_for(mut self, types: &[&str]) -> Self {
-            self.opts.retry_exceptions = $crate::RetryExceptions::Types(types.iter().map(|t| t.to_string()).collect());
+            self.opts.retry_exceptions =
+                $crate::RetryExceptions::Types(types.iter().map(|t| ::std::string::ToString::to_string(t)).collect());
             self
         }
         /// Generators: pause the task while this many yielded items are
-        /// unconsumed (negative: no limit; 0 is an error).
+        /// unconsumed: default no limit; a negative number: no limit; 0 is
+        /// an error. Like Ray's `_generator_backpressure_num_objects`.
         pub fn generator_backpressure(mut self, n: i64) -> Self {
-            self.opts.generator_backpressure = Some(n);
+            self.opts.generator_backpressure = ::core::option::Option::Some(n);
             self
         }
-        /// Record this task's state changes (default true).
+        /// Record this task's state changes for `ferroray::tasks()`:
+        /// default true. Like Ray's `enable_task_events`.
         pub fn enable_task_events(mut self, on: bool) -> Self {
             self.opts.enable_task_events = on;
             self

@@ -1,34 +1,18 @@
-//! Procedural macros of ferroray, re-exported by the `ferroray` crate.
+//! Procedural macros of ferroray, re-exported by the `ferroray` crate:
+//! [`macro@remote`], documented there (what it generates, what `remote`
+//! returns, every key it accepts).
 //!
-//! `#[remote]` keeps the function as it is (it can still be called locally)
-//! and adds a module of the same name (modules and functions live in
-//! different namespaces) holding:
-//! - `remote(args..)`: submit a task; each parameter of type `T` accepts a
-//!   `T`, an `ObjectRef<T>` or a `&ObjectRef<T>`;
-//! - `options()`: the same with per-call options (`num_cpus`, `resource`,
-//!   `max_retries`, `retry_exceptions`, ...), ending in `.remote(args..)`;
-//! - `NAME`: the name under which workers find the function;
-//! - a registration in the link-time table of remote functions, and the
-//!   adapter that decodes arguments and encodes return values.
-//!
-//! The return type decides what `remote` gives back:
-//! - `T` gives `ObjectRef<T>`;
-//! - `Result<T, E>` (any `Result` alias) gives `ObjectRef<T>`; an `Err` is the
-//!   task's error;
-//! - with `num_returns = N`, a tuple of `N` types gives a tuple of `N` refs;
-//! - a generator, `impl Iterator<Item = T>` (or, from an `async fn`,
-//!   `impl Stream<Item = T>`), gives an `ObjectRefGenerator<T>` that streams
-//!   the items; items of type `Result<T, E>` end the stream at the first
-//!   `Err`, and a `Result<impl Iterator<..>, E>` fails before the first item.
-//!   With `num_returns = N` it gives `N` refs instead, and with
-//!   `num_returns = "dynamic"` (or `options().num_returns_dynamic()`) one
-//!   `ObjectRef<DynamicObjectRefGenerator<T>>`.
-//!
-//! An `async fn` runs to completion on the worker's task thread.
-//!
-//! Errors point at the user's code: generic functions, methods, reference
-//! arguments, unknown options, and a `num_returns` that does not match the
-//! tuple.
+//! How the expansion stays apart from the user's names: the generated
+//! module `f` has no glob import and declares only `NAME`, `Options`,
+//! `DynamicOptions`, `options`, `remote` and `#[doc(hidden)]` `__ferroray..`
+//! items; it names the user's types and attribute expressions only through
+//! `__ferroray_user_scope`, a child module that glob-imports the function's
+//! scope (below any name declared there) and declares only `__ferroray..`
+//! names. The adapter that decodes arguments, calls the function and encodes
+//! its return, and the link-time registration, sit beside the function in an
+//! anonymous `const _`, so they resolve names exactly as the function's own
+//! signature does. Every other path is absolute (`::ferroray::..`,
+//! `::core::..`, `::std::..`).
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
@@ -38,6 +22,80 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, FnArg, GenericArgument, ItemFn, Lit, PathArguments, ReturnType, Token, Type};
 
+/// Makes a function remote: `f::remote(args..)` runs it as a task on a worker
+/// process and returns at once with a future of its result.
+///
+/// The function stays as it is (it can still be called locally); the
+/// attribute adds, beside it, a module of the same name (modules and
+/// functions live in different namespaces) holding:
+///
+/// | item | what it is |
+/// | --- | --- |
+/// | `f::remote(args..)` | submits the task with the attribute's options; returns at once |
+/// | `f::options()` | an `f::Options` builder starting from the attribute's options; finish with `.remote(args..)` |
+/// | `f::Options` | the builder: `num_cpus`, `num_gpus`, `resource`, `max_retries`, `retry_exceptions`, `retry_exceptions_for`, `generator_backpressure`, `enable_task_events` (each documented on the generated page), and for generators `num_returns_dynamic()` giving an `f::DynamicOptions` |
+/// | `f::NAME` | the name workers find the function by: its module path and name |
+///
+/// Other generated items are `#[doc(hidden)]` and named `__ferroray..`: a
+/// user's own `Options`, `NAME`, `Result`, `remote`, ... beside the function
+/// are not affected, and the user's types in the signature mean what they
+/// mean at the function.
+///
+/// Each parameter of type `T` accepts a `T`, an `ObjectRef<T>` or a
+/// `&ObjectRef<T>` (a ref's value is fetched for the task). Parameters are
+/// taken by value (they cross processes) and must be `Serialize +
+/// DeserializeOwned`, like the return values.
+///
+/// # What `remote` returns
+///
+/// - a function returning `T` gives `ObjectRef<T>`;
+/// - `Result<T, E>` (any alias named `Result`) gives `ObjectRef<T>`; an `Err`
+///   is the task's error (`E: Display`);
+/// - with `num_returns = N`, a tuple of `N` types gives a tuple of `N` refs;
+/// - a generator, `impl Iterator<Item = T>` (or, from an `async fn`,
+///   `impl Stream<Item = T>`), gives an `ObjectRefGenerator<T>` that streams
+///   the items' refs as they are yielded; items of type `Result<T, E>` end
+///   the stream at the first `Err`, and a `Result<impl Iterator<..>, E>`
+///   fails before the first item. With `num_returns = N` it gives `N` refs
+///   instead, and with `num_returns = "dynamic"` (or
+///   `options().num_returns_dynamic()`) one
+///   `ObjectRef<DynamicObjectRefGenerator<T>>`.
+///
+/// An `async fn` runs to completion on the worker's task thread.
+///
+/// # Keys
+///
+/// `#[remote(key = value, ..)]` sets the defaults that `f::options()` starts
+/// from; each value is an expression, evaluated where the function is.
+///
+/// | key | type | meaning | default |
+/// | --- | --- | --- | --- |
+/// | `num_cpus` | any number (`1`, `0.5`) | CPUs the task holds while it runs | 1 |
+/// | `num_gpus` | any number | GPUs the task holds while it runs | 0 |
+/// | `resources` | iterable of `(name, amount)`, e.g. `[("disk", 1)]` | custom resources (declared by `Config::resource`) the task holds | none |
+/// | `max_retries` | integer | runs again after its worker dies; 0 never, -1 forever | 3 |
+/// | `retry_exceptions` | `bool` | also retry when the task returns `Err` or panics | `false` |
+/// | `enable_task_events` | `bool` | record the task's state changes for `ferroray::tasks()` | `true` |
+/// | `generator_backpressure` | integer | generators: pause while this many items are unconsumed; negative: no limit; 0 is an error | no limit |
+/// | `num_returns` | integer literal ≥ 1, or `"dynamic"` | the number of return objects (see above) | 1 |
+///
+/// Invalid values (a negative amount, backpressure 0, `max_retries` below
+/// -1) are reported when the task is submitted: the ref's `get` fails with
+/// `Error::InvalidOption`.
+///
+/// # Compile errors
+///
+/// These are refused with an error at the user's code: a generic function, a
+/// method, a reference parameter, an unknown key, a `num_returns` that does
+/// not match the returned tuple, `num_returns = "dynamic"` on a function
+/// that is not a generator, and a remote function declared inside a
+/// function body (workers find functions by module path, which a body does
+/// not have). Doc tests are wrapped in `fn main() { .. }` unless they write
+/// their own `fn main`, so a doc test declaring a remote function must write
+/// `fn main`.
+///
+/// The examples are in the documentation of `ferroray::remote` (the
+/// re-export), where they run as doc tests.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = syn::parse_macro_input!(attr as RemoteArgs);
@@ -72,23 +130,28 @@ fn parse_options(args: RemoteArgs) -> syn::Result<Options> {
         let v = &nv.value;
         let span = nv.span();
         let setter = match key.as_str() {
-            "num_cpus" => quote_spanned!(span=> opts.num_cpus = (#v) as f64;),
-            "num_gpus" => quote_spanned!(span=> opts.num_gpus = (#v) as f64;),
-            "max_retries" => quote_spanned!(span=> opts.max_retries = (#v) as i64;),
-            "enable_task_events" => quote_spanned!(span=> opts.enable_task_events = #v;),
+            "num_cpus" => quote_spanned!(span=> __ferroray_opts.num_cpus = (#v) as f64;),
+            "num_gpus" => quote_spanned!(span=> __ferroray_opts.num_gpus = (#v) as f64;),
+            "max_retries" => quote_spanned!(span=> __ferroray_opts.max_retries = (#v) as i64;),
+            "enable_task_events" => quote_spanned!(span=> __ferroray_opts.enable_task_events = #v;),
             "retry_exceptions" => quote_spanned!(span=>
-                opts.retry_exceptions = if #v {
+                __ferroray_opts.retry_exceptions = if #v {
                     ::ferroray::__private::RetryExceptions::All
                 } else {
                     ::ferroray::__private::RetryExceptions::None
                 };
             ),
             "resources" => quote_spanned!(span=>
-                for (name, amount) in #v {
-                    opts.resources.push((::std::string::ToString::to_string(&name), amount as f64));
+                for (__ferroray_name, __ferroray_amount) in #v {
+                    __ferroray_opts.resources.push((
+                        ::std::string::ToString::to_string(&__ferroray_name),
+                        __ferroray_amount as f64,
+                    ));
                 }
             ),
-            "generator_backpressure" => quote_spanned!(span=> opts.generator_backpressure = Some((#v) as i64);),
+            "generator_backpressure" => quote_spanned!(span=>
+                __ferroray_opts.generator_backpressure = ::core::option::Option::Some((#v) as i64);
+            ),
             "num_returns" => {
                 let n = match v {
                     Expr::Lit(syn::ExprLit { lit: Lit::Int(i), .. }) => i.base10_parse::<usize>()?,
@@ -187,6 +250,55 @@ fn unwrap_err(expr: TokenStream2) -> TokenStream2 {
     })
 }
 
+/// Rewrites a path that starts at `self::` or `super::` so it means the same
+/// from inside the generated module's `__ferroray_user_scope`, two levels
+/// below the function's own module.
+struct Rebase;
+
+impl syn::visit_mut::VisitMut for Rebase {
+    fn visit_path_mut(&mut self, path: &mut syn::Path) {
+        if path.leading_colon.is_none() {
+            if let Some(first) = path.segments.first() {
+                let span = first.ident.span();
+                let up: Option<syn::Path> = if first.ident == "self" {
+                    Some(syn::parse_quote_spanned!(span=> super::super))
+                } else if first.ident == "super" {
+                    Some(syn::parse_quote_spanned!(span=> super::super::super))
+                } else {
+                    None
+                };
+                if let Some(up) = up {
+                    let rest = path.segments.iter().skip(1).cloned();
+                    path.segments = up.segments.into_iter().chain(rest).collect();
+                }
+            }
+        }
+        syn::visit_mut::visit_path_mut(self, path);
+    }
+}
+
+fn rebased_type(ty: &Type) -> Type {
+    let mut ty = ty.clone();
+    syn::visit_mut::VisitMut::visit_type_mut(&mut Rebase, &mut ty);
+    ty
+}
+
+/// Submits `__ferroray_call` for `n` returns: a tuple of `n` typed refs (each
+/// type inferred from the function's return type).
+fn submit_many(n: usize) -> TokenStream2 {
+    let n32 = n as u32;
+    let refs = (0..n).map(|_| {
+        quote!(::ferroray::__private::typed_ref(::core::option::Option::expect(
+            ::core::iter::Iterator::next(&mut __refs),
+            "one ref per return"
+        )))
+    });
+    quote!({
+        let mut __refs = ::core::iter::IntoIterator::into_iter(__ferroray_call.submit_many(#n32));
+        (#(#refs,)*)
+    })
+}
+
 fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
     let opts = parse_options(args)?;
     let sig = &func.sig;
@@ -217,12 +329,22 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
             }
         }
     }
+    // The generated module names the user's types only through these
+    // aliases, declared in a child module that sees the function's scope by
+    // a glob import and declares nothing a user would name: a user's
+    // `Options`, `NAME` or `Result` can neither be shadowed by the generated
+    // items nor shadow them.
+    let arg_aliases: Vec<_> = (0..arg_types.len()).map(|i| format_ident!("__FerrorayArg{}", i)).collect();
+    let arg_alias_paths: Vec<TokenStream2> = arg_aliases.iter().map(|a| quote!(__ferroray_user_scope::#a)).collect();
+    let rebased_arg_types: Vec<Type> = arg_types.iter().map(rebased_type).collect();
     let unit: Type = syn::parse_quote!(());
     let ret_ty: Type = match &sig.output {
         ReturnType::Default => unit,
         ReturnType::Type(_, t) => (**t).clone(),
     };
-    let mut call = quote!(super::#ident(#(#arg_names),*));
+    // The adapter sits beside the function (in an anonymous const), so its
+    // names resolve exactly as in the function's own signature.
+    let mut call = quote!(#ident(#(#arg_names),*));
     if sig.asyncness.is_some() {
         call = quote!(::ferroray::__private::block_on(#call));
     }
@@ -236,11 +358,12 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
                 ));
             }
             let value = if fallible { unwrap_err(call) } else { call };
+            let ok = rebased_type(&ok);
             let (remote_ret, encode, submit) = match opts.num_returns {
                 None | Some((1, _)) => (
                     quote!(::ferroray::ObjectRef<#ok>),
-                    quote!(let __v = #value; vec![::ferroray::__private::encode_return(&__v)?]),
-                    quote!(call.submit_one()),
+                    quote!(let __v = #value; ::std::vec![::ferroray::__private::encode_return(&__v)?]),
+                    quote!(__ferroray_call.submit_one()),
                 ),
                 Some((n, span)) => {
                     let Type::Tuple(tuple) = &ok else {
@@ -257,28 +380,25 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
                     }
                     let elems: Vec<&Type> = tuple.elems.iter().collect();
                     let vars: Vec<_> = (0..n).map(|i| format_ident!("__r{}", i)).collect();
-                    let n32 = n as u32;
                     (
                         quote!((#(::ferroray::ObjectRef<#elems>,)*)),
                         quote!(
                             let (#(#vars,)*) = #value;
-                            vec![#(::ferroray::__private::encode_return(&#vars)?),*]
+                            ::std::vec![#(::ferroray::__private::encode_return(&#vars)?),*]
                         ),
-                        quote!({
-                            let mut __refs = call.submit_many(#n32).into_iter();
-                            (#(::ferroray::__private::typed_ref::<#elems>(__refs.next().expect("one ref per return")),)*)
-                        }),
+                        submit_many(n),
                     )
                 }
             };
             let invoke = quote! {
-                fn __invoke(
+                fn __ferroray_invoke(
                     __args: &mut ::ferroray::__private::ArgReader<'_>,
                 ) -> ::ferroray::Result<::std::vec::Vec<::ferroray::__private::ReturnValue>> {
                     #(let #arg_names: #arg_types = __args.next_arg()?;)*
                     ::std::result::Result::Ok({ #encode })
                 }
-                const __INVOKE: ::ferroray::__private::Invoke = ::ferroray::__private::Invoke::Values(__invoke);
+                const __FERRORAY_INVOKE: ::ferroray::__private::Invoke =
+                    ::ferroray::__private::Invoke::Values(__ferroray_invoke);
             };
             (remote_ret, submit, invoke, quote!())
         }
@@ -300,7 +420,7 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
                 quote!(for __item in #gen #each)
             };
             let invoke = quote! {
-                fn __invoke(
+                fn __ferroray_invoke(
                     __args: &mut ::ferroray::__private::ArgReader<'_>,
                     __sink: &mut dyn ::ferroray::__private::ItemSink,
                 ) -> ::ferroray::Result<()> {
@@ -308,40 +428,41 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
                     #drive
                     ::std::result::Result::Ok(())
                 }
-                const __INVOKE: ::ferroray::__private::Invoke = ::ferroray::__private::Invoke::Items(__invoke);
+                const __FERRORAY_INVOKE: ::ferroray::__private::Invoke =
+                    ::ferroray::__private::Invoke::Items(__ferroray_invoke);
             };
-            let dynamic_ret = quote!(::ferroray::ObjectRef<::ferroray::DynamicObjectRefGenerator<#item>>);
+            let item = rebased_type(&item);
             let (remote_ret, submit) = match (opts.num_returns, opts.dynamic) {
                 (Some(_), Some(span)) => {
                     return Err(syn::Error::new(span, "num_returns is given twice"));
                 }
-                (None, Some(_)) => (dynamic_ret.clone(), quote!(call.submit_dynamic())),
-                (None, None) => (quote!(::ferroray::ObjectRefGenerator<#item>), quote!(call.submit_streaming())),
+                (None, Some(_)) => (
+                    quote!(::ferroray::ObjectRef<::ferroray::DynamicObjectRefGenerator<#item>>),
+                    quote!(__ferroray_call.submit_dynamic()),
+                ),
+                (None, None) => {
+                    (quote!(::ferroray::ObjectRefGenerator<#item>), quote!(__ferroray_call.submit_streaming()))
+                }
                 (Some((n, _)), None) => {
-                    let n32 = n as u32;
                     let elems: Vec<&Type> = (0..n).map(|_| &item).collect();
                     if n == 1 {
-                        (quote!(::ferroray::ObjectRef<#item>), quote!(call.submit_one()))
+                        (quote!(::ferroray::ObjectRef<#item>), quote!(__ferroray_call.submit_one()))
                     } else {
-                        (
-                            quote!((#(::ferroray::ObjectRef<#elems>,)*)),
-                            quote!({
-                                let mut __refs = call.submit_many(#n32).into_iter();
-                                (#(::ferroray::__private::typed_ref::<#elems>(__refs.next().expect("one ref per return")),)*)
-                            }),
-                        )
+                        (quote!((#(::ferroray::ObjectRef<#elems>,)*)), submit_many(n))
                     }
                 }
             };
             let extra = quote! {
                 impl Options {
-                    /// Returns one ref that resolves, when the task ends, to the list of its items' refs.
+                    /// Returns one ref that resolves, when the task ends, to the
+                    /// list of its items' refs (Ray's `num_returns="dynamic"`).
                     pub fn num_returns_dynamic(self) -> DynamicOptions {
                         DynamicOptions { opts: self.opts }
                     }
                 }
 
-                /// Options of a dynamic-returns call; finish with `.remote(..)`.
+                /// Options of a dynamic-returns call (from
+                /// [`Options::num_returns_dynamic`]); finish with `.remote(..)`.
                 pub struct DynamicOptions {
                     opts: ::ferroray::TaskOptions,
                 }
@@ -350,66 +471,152 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
                     ::ferroray::__private::task_options_methods!();
 
                     /// Submits the task; its value, when it ends, lists the items' refs.
-                    pub fn remote(self, #(#arg_names: impl ::ferroray::IntoArg<#arg_types>),*) -> #dynamic_ret {
-                        let mut call = ::ferroray::__private::TaskCall::new(NAME, self.opts);
-                        #(call.arg(::ferroray::IntoArg::into_arg(#arg_names));)*
-                        call.submit_dynamic()
+                    pub fn remote(
+                        self,
+                        #(#arg_names: impl ::ferroray::IntoArg<#arg_alias_paths>),*
+                    ) -> __ferroray_user_scope::__FerrorayDynamicReturn {
+                        let mut __ferroray_call = ::ferroray::__private::TaskCall::new(NAME, self.opts);
+                        #(__ferroray_call.arg(::ferroray::IntoArg::into_arg(#arg_names));)*
+                        __ferroray_call.submit_dynamic()
                     }
                 }
             };
             (remote_ret, submit, invoke, extra)
         }
     };
+    let dynamic_alias = match shape(&ret_ty) {
+        Shape::Generator { item, .. } => {
+            let item = rebased_type(&item);
+            quote!(pub(super) type __FerrorayDynamicReturn =
+                ::ferroray::ObjectRef<::ferroray::DynamicObjectRefGenerator<#item>>;)
+        }
+        Shape::Plain { .. } => quote!(),
+    };
 
-    let setters = &opts.setters;
-    let doc = format!("Remote form of [`{ident}`](fn@{ident}): `{ident}::remote(..)` runs it as a task.");
+    let setters = opts.setters.iter().map(|s| {
+        let mut e: syn::Block = syn::parse_quote!({ #s });
+        syn::visit_mut::VisitMut::visit_block_mut(&mut Rebase, &mut e);
+        e
+    });
+    let here_trait = format_ident!("__ferroray_at_module_level_{}", ident);
+    let position_check = quote_spanned!(ident.span()=>
+        ::ferroray::__private::check_at_module_level(super::__ferroray_here::Probe.__ferroray_position());
+    );
+    let mod_doc = format!(
+        "Remote form of [`{ident}`](fn@super::{ident}): `{ident}::remote(..)` runs it as a task on a \
+         worker and returns at once; `{ident}::options()` sets per-call options first.\n\n\
+         Generated by `#[ferroray::remote]`."
+    );
+    let name_doc = format!("The name workers find [`{ident}`](fn@super::{ident}) by: its module path and name.");
     Ok(quote! {
         #func
 
-        #[doc = #doc]
-        #[allow(non_snake_case, non_camel_case_types, dead_code, unused_imports, clippy::all)]
+        #[doc = #mod_doc]
+        #[allow(non_snake_case, non_camel_case_types, dead_code, clippy::all)]
         #vis mod #ident {
-            use super::*;
+            /// The function's scope, seen by a glob import (lower priority
+            /// than any name declared there); declares only `__ferroray`
+            /// names.
+            #[doc(hidden)]
+            mod __ferroray_user_scope {
+                #[allow(unused_imports)]
+                use super::super::*;
 
-            /// The name workers find this function by.
-            pub const NAME: &str = ::std::concat!(::std::module_path!(), "::", ::std::stringify!(#ident));
+                #(pub(super) type #arg_aliases = #rebased_arg_types;)*
+                pub(super) type __FerrorayReturn = #remote_ret;
+                #dynamic_alias
 
-            /// Per-call options; finish with `.remote(..)`.
+                /// Fails to compile, with a clear message, when the function
+                /// is declared inside a function body (see `__ferroray_here`).
+                fn __ferroray_position_check() {
+                    #position_check
+                }
+
+                /// The options the attribute sets.
+                pub(super) fn __ferroray_options() -> ::ferroray::TaskOptions {
+                    #[allow(unused_mut)]
+                    let mut __ferroray_opts = <::ferroray::TaskOptions as ::core::default::Default>::default();
+                    #(#setters)*
+                    __ferroray_opts
+                }
+            }
+
+            /// The position probe: `__ferroray_at_module_level_<fn>`, declared beside the
+            /// function, is visible to `__ferroray_user_scope` (through its
+            /// glob import) only when the function is at module level; then
+            /// its by-value method is picked. Inside a function body the
+            /// trait stays in the body, and the inherent by-reference method
+            /// gives `InsideFunctionBody`, which the check rejects.
+            #[doc(hidden)]
+            pub mod __ferroray_here {
+                pub struct Probe;
+                impl Probe {
+                    pub fn __ferroray_position(&self) -> ::ferroray::__private::InsideFunctionBody {
+                        ::ferroray::__private::InsideFunctionBody
+                    }
+                }
+            }
+
+            #[doc = #name_doc]
+            pub const NAME: &str = ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident));
+
+            /// Per-call options, from [`options()`](fn@options); set any with
+            /// the methods below, then finish with `.remote(..)`.
             pub struct Options {
                 opts: ::ferroray::TaskOptions,
             }
 
-            /// The options set by the attribute, to override per call.
+            /// Starts a call with per-call options: the ones the attribute
+            /// sets, to override or add to; finish with `.remote(..)`.
             pub fn options() -> Options {
-                let mut opts = ::ferroray::TaskOptions::default();
-                #(#setters)*
-                Options { opts }
+                Options { opts: __ferroray_user_scope::__ferroray_options() }
             }
 
             impl Options {
                 ::ferroray::__private::task_options_methods!();
 
-                /// Submits the task with these options.
-                pub fn remote(self, #(#arg_names: impl ::ferroray::IntoArg<#arg_types>),*) -> #remote_ret {
-                    let mut call = ::ferroray::__private::TaskCall::new(NAME, self.opts);
-                    #(call.arg(::ferroray::IntoArg::into_arg(#arg_names));)*
+                /// Submits the task with these options; returns at once.
+                pub fn remote(
+                    self,
+                    #(#arg_names: impl ::ferroray::IntoArg<#arg_alias_paths>),*
+                ) -> __ferroray_user_scope::__FerrorayReturn {
+                    let mut __ferroray_call = ::ferroray::__private::TaskCall::new(NAME, self.opts);
+                    #(__ferroray_call.arg(::ferroray::IntoArg::into_arg(#arg_names));)*
                     #submit
                 }
             }
 
-            /// Submits the task; returns at once.
-            pub fn remote(#(#arg_names: impl ::ferroray::IntoArg<#arg_types>),*) -> #remote_ret {
+            /// Submits the task with the attribute's options; returns at once.
+            /// Each argument may be a value, an `ObjectRef` of it, or a
+            /// `&ObjectRef` of it.
+            pub fn remote(
+                #(#arg_names: impl ::ferroray::IntoArg<#arg_alias_paths>),*
+            ) -> __ferroray_user_scope::__FerrorayReturn {
                 options().remote(#(#arg_names),*)
             }
 
-            #invoke
-
             #extra
+        }
+
+        #[doc(hidden)]
+        #[allow(non_camel_case_types, dead_code)]
+        trait #here_trait {
+            fn __ferroray_position(self) -> ::ferroray::__private::AtModuleLevel;
+        }
+        impl #here_trait for #ident::__ferroray_here::Probe {
+            fn __ferroray_position(self) -> ::ferroray::__private::AtModuleLevel {
+                ::ferroray::__private::AtModuleLevel
+            }
+        }
+
+        #[allow(clippy::all)]
+        const _: () = {
+            #invoke
 
             #[::ferroray::__private::linkme::distributed_slice(::ferroray::__private::REMOTE_FUNCTIONS)]
             #[linkme(crate = ::ferroray::__private::linkme)]
             static __FERRORAY_REGISTER: ::ferroray::__private::RemoteFunction =
-                ::ferroray::__private::RemoteFunction { name: NAME, invoke: __INVOKE };
-        }
+                ::ferroray::__private::RemoteFunction { name: #ident::NAME, invoke: __FERRORAY_INVOKE };
+        };
     })
 }

@@ -39,9 +39,9 @@ impl Config {
         self
     }
 
-    /// A custom resource the node offers.
-    pub fn resource(mut self, name: &str, amount: f64) -> Self {
-        self.resources.push((name.to_string(), amount));
+    /// A custom resource the node offers (an integer or a float amount).
+    pub fn resource(mut self, name: &str, amount: impl Into<f64>) -> Self {
+        self.resources.push((name.to_string(), amount.into()));
         self
     }
 

@@ -37,6 +37,81 @@ pub use ferroray_core::{
     is_cancelled, Arg, Buffer, Cancellable, DynamicObjectRefGenerator, IntoArg, ObjectRef, ObjectRefGenerator,
     TaskOptions, WaitItem, Waitable,
 };
+/// Makes a function remote; see below for everything it generates and every
+/// key it accepts.
+///
+/// Declaring remote functions, with keys, and what is generated beside them
+/// (this example runs nothing remotely, so it needs no cluster; a doc test
+/// with a remote function must write its own `fn main`, as remote functions
+/// cannot be declared inside a function body):
+///
+/// ```
+/// #[ferroray::remote]
+/// fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// // Integers and floats both work for amounts.
+/// #[ferroray::remote(num_cpus = 2, num_gpus = 0.5, resources = [("disk", 1)], max_retries = 0)]
+/// fn heavy(x: u64) -> Result<u64, std::num::TryFromIntError> {
+///     u32::try_from(x).map(u64::from)
+/// }
+///
+/// #[ferroray::remote(num_returns = 2)]
+/// fn split(s: String) -> (String, usize) {
+///     let n = s.len();
+///     (s, n)
+/// }
+///
+/// #[ferroray::remote(generator_backpressure = 4)]
+/// fn count(n: u64) -> impl Iterator<Item = u64> {
+///     0..n
+/// }
+///
+/// fn main() {
+///     assert_eq!(add(1, 2), 3); // still an ordinary function
+///     assert!(add::NAME.ends_with("::add"));
+///     // A builder starting from the attribute's options (submitting is `.remote(..)`).
+///     let _options: heavy::Options = heavy::options().num_cpus(1).max_retries(2);
+///     let _dynamic: count::DynamicOptions = count::options().num_returns_dynamic();
+/// }
+/// ```
+///
+/// Submitting tasks, with per-call options (`no_run`: it starts a cluster):
+///
+/// ```no_run
+/// #[ferroray::remote]
+/// fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// #[ferroray::remote(num_returns = 2)]
+/// fn split(s: String) -> (String, usize) {
+///     let n = s.len();
+///     (s, n)
+/// }
+///
+/// #[ferroray::remote]
+/// fn count(n: u64) -> impl Iterator<Item = u64> {
+///     0..n
+/// }
+///
+/// fn main() -> ferroray::Result<()> {
+///     ferroray::init_with(ferroray::Config::default().num_cpus(4).resource("disk", 2))?;
+///     let r = add::remote(1, 2); // an ObjectRef<i64>, at once
+///     let s = add::options().num_cpus(0.5).resource("disk", 1).max_retries(0).remote(&r, 10);
+///     assert_eq!(s.get()?, 13);
+///     let (text, len) = split::remote("abc".to_string());
+///     assert_eq!((text.get()?, len.get()?), ("abc".to_string(), 3));
+///     for item in count::options().generator_backpressure(2).remote(3) {
+///         println!("{}", item.get()?);
+///     }
+///     let all = count::options().num_returns_dynamic().remote(3).get()?;
+///     assert_eq!(ferroray::get_all(&all.into_iter().collect::<Vec<_>>())?, [0, 1, 2]);
+///     ferroray::shutdown();
+///     Ok(())
+/// }
+/// ```
 pub use ferroray_macros::remote;
 pub use ferroray_protocol::{TaskEvent, TaskState};
 
@@ -60,6 +135,26 @@ pub mod __private {
     pub use futures::executor::block_on;
     pub use futures::StreamExt;
     pub use linkme;
+
+    /// What `#[remote]`'s position check finds for a function declared at
+    /// module level.
+    pub struct AtModuleLevel;
+    /// What it finds for one declared inside a function body (whose
+    /// generated module cannot reach it by `super::`, and whose name would
+    /// not be unique among the remote functions).
+    pub struct InsideFunctionBody;
+
+    #[diagnostic::on_unimplemented(
+        message = "a `#[remote]` function must be declared at module level, not inside a function body",
+        label = "this remote function is declared inside a function body",
+        note = "workers find a remote function by its module path and name, which a function body does not have: \
+                move it out of the enclosing function (to the module, or to a `mod` of its own)"
+    )]
+    pub trait RemoteAtModuleLevel {}
+    impl RemoteAtModuleLevel for AtModuleLevel {}
+
+    /// Compiles only for [`AtModuleLevel`].
+    pub fn check_at_module_level<T: RemoteAtModuleLevel>(_: T) {}
 }
 
 /// Runs before `main`: a worker process never reaches the user's `main`.

@@ -1120,8 +1120,9 @@ impl State {
             return self.refuse_item(conn, tid, index, value);
         }
         task.attempt_items += 1;
-        if task.replay_error.is_some() {
-            // The task already failed: nothing more reaches the owner.
+        if task.replay_error.is_some() || task.cancelled {
+            // The task already failed, or was cancelled: nothing more reaches
+            // the owner, and a paused executor is let go (`gone`).
             return self.refuse_item(conn, tid, index, value);
         }
         let dynamic = task.spec.returns == ReturnKind::Dynamic;
@@ -1200,7 +1201,7 @@ impl State {
         if let ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } = value {
             self.handle(conn, ToNode::Deallocate { offset });
         }
-        let gone = self.streams.get(&tid).is_none_or(|s| s.dropped);
+        let gone = self.streams.get(&tid).is_none_or(|s| s.dropped) || self.tasks.get(&tid).is_none_or(|t| t.cancelled);
         self.send(conn, FromNode::ItemAck { task_id: tid, index, gone });
     }
 
@@ -1380,6 +1381,16 @@ impl State {
                     }
                 } else {
                     self.send(w, FromNode::CancelRunning { task_id: tid });
+                }
+                // A cancelled generator reports nothing more: acknowledgements
+                // held by backpressure are answered `gone` (after the cancel,
+                // so the executor, let go, sees its flag first), and later
+                // reports are refused (`report_item`).
+                if let Some(st) = self.streams.get_mut(&tid) {
+                    let held: Vec<(ConnId, u32)> = st.held.drain(..).collect();
+                    for (c, index) in held {
+                        self.send(c, FromNode::ItemAck { task_id: tid, index, gone: true });
+                    }
                 }
             }
             None => self.complete_task(tid, Err(Error::TaskCancelled)),

@@ -10,6 +10,7 @@ pub struct Config {
     pub(crate) inline_threshold: Option<u64>,
     pub(crate) log_to_driver: bool,
     pub(crate) max_workers: Option<usize>,
+    pub(crate) worker_env: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -22,6 +23,7 @@ impl Default for Config {
             inline_threshold: None,
             log_to_driver: true,
             max_workers: None,
+            worker_env: Vec::new(),
         }
     }
 }
@@ -67,6 +69,14 @@ impl Config {
     /// in `get` (they lend their place, so nested tasks cannot deadlock).
     pub fn max_workers(mut self, n: usize) -> Self {
         self.max_workers = Some(n);
+        self
+    }
+
+    /// An environment variable set in every worker process (tests use it
+    /// for the hooks that widen race windows).
+    #[doc(hidden)]
+    pub fn worker_env(mut self, name: &str, value: &str) -> Self {
+        self.worker_env.push((name.to_string(), value.to_string()));
         self
     }
 }

@@ -61,6 +61,7 @@ pub fn init_with(config: Config) -> Result<()> {
         nc.max_workers = n;
     }
     nc.log_to_driver = config.log_to_driver;
+    nc.worker_command.env.extend(config.worker_env.iter().cloned());
     let node = Node::start(nc)?;
     let core = CoreWorker::connect_local(&node)?;
     global::set(core.clone())?;

@@ -36,6 +36,10 @@ pub struct NodeConfig {
     pub max_workers: usize,
     /// Task events kept for `tasks()`; the oldest are dropped past this.
     pub max_task_events: usize,
+    /// Tests only: how long a force-cancel's kill waits before it goes to
+    /// the spawner (to widen the race between the kill and the task's end).
+    #[doc(hidden)]
+    pub test_kill_delay: Option<std::time::Duration>,
 }
 
 impl NodeConfig {
@@ -53,6 +57,7 @@ impl NodeConfig {
             log_to_driver: true,
             max_workers: (cpus * 4).max(8),
             max_task_events: 100_000,
+            test_kill_delay: None,
         }
     }
 

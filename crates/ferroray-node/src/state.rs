@@ -111,6 +111,9 @@ struct Conn {
     blocked: bool,
     /// A `Revoke` is on its way: do not send another until the answer.
     revoking: bool,
+    /// A force-cancel sent this worker's kill: it takes no task any more,
+    /// and its death is charged to the cancelled task only (`disconnect`).
+    doomed: bool,
 }
 
 impl Conn {
@@ -231,6 +234,7 @@ pub struct State {
     /// away with messages (their `closed`) still to deliver.
     outboxes: Vec<Outbox>,
     closed_links: Vec<Outbox>,
+    test_kill_delay: Option<std::time::Duration>,
 }
 
 fn push_event(
@@ -290,6 +294,7 @@ impl State {
             shutting_down: false,
             outboxes: Vec::new(),
             closed_links: Vec::new(),
+            test_kill_delay: config.test_kill_delay,
         }
     }
 
@@ -311,6 +316,7 @@ impl State {
                 lease_shape: ResourceSet::new(),
                 blocked: false,
                 revoking: false,
+                doomed: false,
             },
         );
         id
@@ -755,7 +761,7 @@ impl State {
         let mut busy: Vec<(ConnId, &ResourceSet, usize)> = self
             .conns
             .iter()
-            .filter(|(_, c)| !c.blocked && (1..=PIPELINE_DEPTH).contains(&c.assigned.len()))
+            .filter(|(_, c)| !c.blocked && !c.doomed && (1..=PIPELINE_DEPTH).contains(&c.assigned.len()))
             .map(|(id, c)| (*id, &c.lease_shape, c.assigned.len()))
             .collect();
         for (shape, queue) in self.ready.iter_mut() {
@@ -826,7 +832,7 @@ impl State {
                 }
             }
         }
-        let active = self.conns.values().filter(|c| c.role == Some(Role::Worker) && !c.blocked).count();
+        let active = self.conns.values().filter(|c| c.role == Some(Role::Worker) && !c.blocked && !c.doomed).count();
         let mut room = self.max_workers.saturating_sub(active + self.starting);
         let mut to_start = want_workers.saturating_sub(self.starting);
         while to_start > 0 && room > 0 {
@@ -941,7 +947,7 @@ impl State {
             c.lease = c.lease_shape.clone();
             c.blocked = false;
         }
-        if let Some(next) = c.running() {
+        if let Some(next) = c.running().filter(|_| !c.doomed) {
             let pid = c.pid;
             if let Some(t) = self.tasks.get(&next) {
                 self.names.lock().insert(pid, t.spec.name().to_string());
@@ -967,7 +973,7 @@ impl State {
         }
         c.lease_shape = ResourceSet::new();
         self.available.add(&lease);
-        if !self.shutting_down && !self.idle.contains(&w) {
+        if !self.shutting_down && !c.doomed && !self.idle.contains(&w) {
             self.idle.push(w);
         }
     }
@@ -1375,10 +1381,7 @@ impl State {
                 // A task only queued on the worker is dropped there, never by
                 // killing the worker (which runs somebody else's task).
                 if force && running {
-                    let pid = self.conns.get(&w).map(|c| c.pid).unwrap_or(0);
-                    if pid > 0 {
-                        let _ = self.spawn.send(PoolCmd::Kill(pid));
-                    }
+                    self.doom(w);
                 } else {
                     self.send(w, FromNode::CancelRunning { task_id: tid });
                 }
@@ -1394,6 +1397,40 @@ impl State {
                 }
             }
             None => self.complete_task(tid, Err(Error::TaskCancelled)),
+        }
+    }
+
+    /// A force-cancel kills worker `w`. From now on nothing is assigned to
+    /// it (it is not idle and takes no pipelined task), the tasks queued
+    /// behind its running one are taken back (`Revoke`), and when it dies
+    /// only a cancelled task is charged: the others go back to their queue
+    /// without spending a retry (`disconnect`).
+    fn doom(&mut self, w: ConnId) {
+        let Some(c) = self.conns.get_mut(&w) else { return };
+        let pid = c.pid;
+        if !c.doomed {
+            c.doomed = true;
+            let queued: Vec<TaskId> = c.assigned.iter().skip(1).copied().collect();
+            if !queued.is_empty() {
+                c.revoking = true;
+                c.outbox.send(FromNode::Revoke { task_ids: queued });
+            }
+            self.idle.retain(|i| *i != w);
+        }
+        if pid == 0 {
+            return;
+        }
+        match self.test_kill_delay {
+            None => {
+                let _ = self.spawn.send(PoolCmd::Kill(pid));
+            }
+            Some(delay) => {
+                let spawn = self.spawn.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let _ = spawn.send(PoolCmd::Kill(pid));
+                });
+            }
         }
     }
 
@@ -1461,6 +1498,15 @@ impl State {
                 let name = task.spec.name().to_string();
                 if task.cancelled {
                     self.complete_task(tid, Err(Error::TaskCancelled));
+                } else if c.doomed {
+                    // Killed for another task's force-cancel (which ended
+                    // first): not this task's failure, no retry spent.
+                    let shape = task.spec.resources.clone();
+                    match self.ready.iter_mut().find(|(s, _)| *s == shape) {
+                        Some((_, q)) => q.push_front(tid),
+                        None => self.ready.push((shape, VecDeque::from([tid]))),
+                    }
+                    self.record(tid, TaskState::PendingSchedule, None, None);
                 } else {
                     let err = Error::WorkerCrashed {
                         task: name,

@@ -11,6 +11,7 @@ pub struct Config {
     pub(crate) log_to_driver: bool,
     pub(crate) max_workers: Option<usize>,
     pub(crate) worker_env: Vec<(String, String)>,
+    pub(crate) test_kill_delay: Option<std::time::Duration>,
 }
 
 impl Default for Config {
@@ -24,6 +25,7 @@ impl Default for Config {
             log_to_driver: true,
             max_workers: None,
             worker_env: Vec::new(),
+            test_kill_delay: None,
         }
     }
 }
@@ -77,6 +79,13 @@ impl Config {
     #[doc(hidden)]
     pub fn worker_env(mut self, name: &str, value: &str) -> Self {
         self.worker_env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Tests only: delays the kill of a force-cancel (see `NodeConfig`).
+    #[doc(hidden)]
+    pub fn test_kill_delay(mut self, delay: std::time::Duration) -> Self {
+        self.test_kill_delay = Some(delay);
         self
     }
 }

@@ -62,6 +62,7 @@ pub fn init_with(config: Config) -> Result<()> {
     }
     nc.log_to_driver = config.log_to_driver;
     nc.worker_command.env.extend(config.worker_env.iter().cloned());
+    nc.test_kill_delay = config.test_kill_delay;
     let node = Node::start(nc)?;
     let core = CoreWorker::connect_local(&node)?;
     global::set(core.clone())?;

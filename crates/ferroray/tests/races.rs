@@ -157,6 +157,98 @@ fn stress_cancel_at_start() {
     assert!(eventually(T, || ferroray::runtime_stats().unwrap().node_tasks == 0));
 }
 
+// ---------------------------------------------------------------- 2: force-cancel
+
+fn running_pid(task: ferroray::TaskId) -> Option<u32> {
+    ferroray::tasks().unwrap().iter().find(|e| e.task_id == task && e.state == TaskState::Running)?.worker_pid
+}
+
+#[test]
+fn a_force_cancel_racing_with_completion_kills_only_the_cancelled_task() {
+    // The kill reaches the worker only after `a` has finished there: the
+    // worker must take nothing more meanwhile, and `b`, queued behind `a` on
+    // it, must not pay for `a`'s death.
+    let _c = cluster_with(Config::default().num_cpus(1).test_kill_delay(Duration::from_millis(700)));
+    let a = sleep_ms::remote(300);
+    let b = sleep_ms::options().max_retries(0).remote(1_000);
+    assert!(eventually(T, || running_pid(a.id().task).is_some()));
+    let doomed = running_pid(a.id().task).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    ferroray::cancel_with(&a, true, false).unwrap();
+    assert_eq!(get(&a), Err(Error::TaskCancelled));
+    assert_eq!(get(&b), Ok(1_000), "b does not pay for a's kill");
+    assert!(eventually(T, || common::process_gone(doomed)), "the doomed worker was killed");
+    let events = ferroray::tasks().unwrap();
+    let b_events: Vec<_> = events.iter().filter(|e| e.task_id == b.id().task).collect();
+    assert!(!b_events.iter().any(|e| e.state == TaskState::Running && e.worker_pid == Some(doomed)), "{b_events:?}");
+    assert!(!b_events.iter().any(|e| matches!(e.state, TaskState::Failed | TaskState::Retrying)), "{b_events:?}");
+    // Only the one pid was killed: the next tasks run.
+    assert_eq!(get(&sleep_ms::remote(1)), Ok(1));
+}
+
+/// Force-cancels a short task about when it finishes, with a task that may
+/// not be retried queued behind it on the same worker: that task always
+/// succeeds.
+#[test]
+fn stress_force_cancel_at_completion() {
+    let _c = cluster_with(Config::default().num_cpus(1));
+    let end = Instant::now() + Duration::from_secs(6);
+    let (mut runs, mut cancelled) = (0, 0);
+    for i in 0..1_500u64 {
+        if Instant::now() >= end {
+            break;
+        }
+        let a = sleep_ms::remote(i % 3);
+        let b = sleep_ms::options().max_retries(0).remote(0);
+        std::thread::sleep(Duration::from_micros(500 * (i % 5)));
+        ferroray::cancel_with(&a, true, false).unwrap();
+        match get(&a) {
+            Ok(_) => {}
+            Err(Error::TaskCancelled) => cancelled += 1,
+            Err(e) => panic!("iteration {i}: a failed with {e}"),
+        }
+        assert_eq!(get(&b), Ok(0), "iteration {i}: b paid for a's kill");
+        runs += 1;
+    }
+    eprintln!("force-cancel at completion: {runs} runs, {cancelled} cancelled");
+    assert!(runs >= 10);
+    assert!(eventually(T, || ferroray::runtime_stats().unwrap().node_tasks == 0));
+}
+
+#[ferroray::remote]
+fn count_to(n: u64) -> impl Iterator<Item = u64> {
+    0..n
+}
+
+/// Kills workers whose generator is paused by backpressure, while other
+/// generators stream beside them: the killed ones end cancelled, the others
+/// deliver every item exactly once.
+#[test]
+fn stress_kill_while_paused() {
+    let _c = cluster_with(Config::default().num_cpus(2));
+    let end = Instant::now() + Duration::from_secs(6);
+    let mut runs = 0;
+    for i in 0..600u64 {
+        if Instant::now() >= end {
+            break;
+        }
+        let victim = endless::options().generator_backpressure(1).remote();
+        let other = count_to::options().generator_backpressure(2).max_retries(0).remote(20);
+        let first = victim.next_timeout(T).unwrap().unwrap();
+        assert_eq!(get(&first), Ok(0));
+        std::thread::sleep(Duration::from_micros(300 * (i % 7)));
+        ferroray::cancel_with(&victim, true, false).unwrap();
+        let (_, err) = drain(victim, 10);
+        assert_eq!(err, Some(Error::TaskCancelled), "iteration {i}");
+        let got: Vec<u64> = other.map(|r| get(&r).unwrap()).collect();
+        assert_eq!(got, (0..20).collect::<Vec<_>>(), "iteration {i}");
+        runs += 1;
+    }
+    eprintln!("kill while paused: {runs} runs");
+    assert!(runs >= 5);
+    assert!(eventually(T, || ferroray::runtime_stats().unwrap().node_tasks == 0));
+}
+
 #[allow(dead_code)]
 fn unused(_: &Path, _: ObjectRef<u8>, _: fn(&str)) {
     let _ = scratch_dir;

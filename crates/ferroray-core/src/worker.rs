@@ -1074,7 +1074,7 @@ impl ItemSink for StreamSink<'_> {
             return Err(Error::TaskCancelled);
         }
         let index = self.next;
-        let digest = codec::digest(self.core.arena(), value.value());
+        let digest = value.digest(self.core.arena());
         let (value, keep) = value.into_parts();
         self.core.send(ToNode::ReportItem { task_id: self.task_id, attempt: self.attempt, index, value, digest })?;
         drop(keep);

@@ -249,6 +249,123 @@ fn stress_kill_while_paused() {
     assert!(eventually(T, || ferroray::runtime_stats().unwrap().node_tasks == 0));
 }
 
+// ---------------------------------------------------------------- 3: replays of refs
+
+#[ferroray::remote]
+fn times_ten(v: u64) -> u64 {
+    v * 10
+}
+
+/// Yields `(v, ref to v * 10)`, the ref from `put` or from a sub-task in
+/// turn. The first attempt's worker dies at item `crash_at`; the retry
+/// yields `v + shift` (a different value) or `extra_refs` more refs per item.
+fn yield_refs(dir: String, n: u64, crash_at: u64, shift: u64, extra_ref: bool) -> impl Iterator<Item = (u64, Vec<ObjectRef<u64>>)> {
+    let marker = Path::new(&dir).join("crashed");
+    let first = !marker.exists();
+    (0..n).map(move |i| {
+        if first && i == crash_at {
+            std::fs::write(&marker, "").unwrap();
+            std::process::exit(1);
+        }
+        let v = if first { i } else { i + shift };
+        let r = if i % 2 == 0 { ferroray::put(v * 10).unwrap() } else { times_ten::remote(v) };
+        let mut refs = vec![r];
+        if extra_ref && !first {
+            refs.push(ferroray::put(0).unwrap());
+        }
+        (v, refs)
+    })
+}
+
+#[ferroray::remote]
+fn refs_gen(dir: String, n: u64, crash_at: u64, shift: u64, extra_ref: bool) -> impl Iterator<Item = (u64, Vec<ObjectRef<u64>>)> {
+    yield_refs(dir, n, crash_at, shift, extra_ref)
+}
+
+/// The same item twice in a row, then a different one: the ordinals tell
+/// `[a, a]` from `[a, b]`.
+#[ferroray::remote]
+fn same_or_two(dir: String) -> impl Iterator<Item = Vec<ObjectRef<u64>>> {
+    let marker = Path::new(&dir).join("crashed");
+    let first = !marker.exists();
+    (0..3u64).map(move |i| {
+        if first && i == 2 {
+            std::fs::write(&marker, "").unwrap();
+            std::process::exit(1);
+        }
+        let a = ferroray::put(i).unwrap();
+        if first || i == 1 {
+            vec![a.clone(), a]
+        } else {
+            vec![a, ferroray::put(i).unwrap()]
+        }
+    })
+}
+
+fn check_refs(items: Vec<ferroray::Result<(u64, Vec<ObjectRef<u64>>)>>, n: u64) {
+    assert_eq!(items.len() as u64, n, "every item once");
+    for (i, item) in items.into_iter().enumerate() {
+        let (v, refs) = item.unwrap_or_else(|e| panic!("item {i}: {e}"));
+        assert_eq!(v, i as u64);
+        assert_eq!(refs.len(), 1);
+        assert_eq!(get(&refs[0]), Ok(v * 10), "item {i}");
+    }
+}
+
+#[test]
+fn a_retried_generator_of_refs_continues_its_stream() {
+    let _c = cluster_with(Config::default().num_cpus(2));
+    let d = scratch_dir("races-refs");
+    let dir = d.to_string_lossy().to_string();
+    let g = refs_gen::remote(dir, 6, 3, 0, false);
+    let items: Vec<_> = g.map(|r| get(&r)).collect();
+    check_refs(items, 6);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_retried_dynamic_generator_of_refs_continues_its_list() {
+    let _c = cluster_with(Config::default().num_cpus(2));
+    let d = scratch_dir("races-dyn-refs");
+    let dir = d.to_string_lossy().to_string();
+    let list = get(&refs_gen::options().num_returns_dynamic().remote(dir, 6, 3, 0, false)).unwrap();
+    let items: Vec<_> = list.iter().map(get).collect();
+    check_refs(items, 6);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_retry_that_yields_other_data_or_other_refs_is_still_a_mismatch() {
+    let _c = cluster_with(Config::default().num_cpus(2));
+    let mismatch = |got: &[ferroray::Result<Vec<ObjectRef<u64>>>], at: usize| {
+        assert!(
+            matches!(got.last(), Some(Err(Error::ReplayMismatch(m))) if m.contains(&format!("different value at index {at}"))),
+            "{got:?}"
+        );
+    };
+    // Other data beside the refs.
+    let d = scratch_dir("races-refs-data");
+    let dir = d.to_string_lossy().to_string();
+    let got: Vec<_> = refs_gen::remote(dir, 5, 2, 100, false).map(|r| get(&r).map(|(_, refs)| refs)).collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    mismatch(&got, 0);
+    let _ = std::fs::remove_dir_all(&d);
+    // One more ref per item.
+    let d = scratch_dir("races-refs-count");
+    let dir = d.to_string_lossy().to_string();
+    let got: Vec<_> = refs_gen::remote(dir, 5, 2, 0, true).map(|r| get(&r).map(|(_, refs)| refs)).collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    mismatch(&got, 0);
+    let _ = std::fs::remove_dir_all(&d);
+    // The same ref twice where there were two different ones.
+    let d = scratch_dir("races-refs-pattern");
+    let dir = d.to_string_lossy().to_string();
+    let got: Vec<_> = same_or_two::remote(dir).map(|r| get(&r)).collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    mismatch(&got, 0);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[allow(dead_code)]
 fn unused(_: &Path, _: ObjectRef<u8>, _: fn(&str)) {
     let _ = scratch_dir;

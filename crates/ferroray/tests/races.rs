@@ -366,6 +366,68 @@ fn a_retry_that_yields_other_data_or_other_refs_is_still_a_mismatch() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+// ---------------------------------------------------------------- 4: nested consumers
+
+/// Awaits the items of a generator it started (a `Stream`).
+#[ferroray::remote]
+async fn async_consumer(n: u64) -> u64 {
+    use futures::StreamExt;
+    let mut g = count_to::remote(n);
+    let mut sum = 0;
+    while let Some(r) = StreamExt::next(&mut g).await {
+        sum += r.get().unwrap();
+    }
+    sum
+}
+
+/// Polls a generator it started without ever blocking: `next_ready`, or
+/// `wait` with a zero timeout first.
+#[ferroray::remote]
+fn polling_consumer(n: u64, with_wait: bool) -> u64 {
+    let g = count_to::remote(n);
+    let mut sum = 0;
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if with_wait {
+            let (ready, _) = ferroray::wait(std::slice::from_ref(&g), 1, Some(Duration::ZERO)).unwrap();
+            if ready.is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+        }
+        match g.next_ready() {
+            Some(r) => sum += r.get().unwrap(),
+            None if g.is_finished() => return sum,
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    u64::MAX
+}
+
+const FIVE_SECONDS: Duration = Duration::from_secs(5);
+
+#[test]
+fn an_async_task_awaiting_its_own_generator_lends_its_cpu() {
+    let _c = cluster_with(Config::default().num_cpus(1));
+    assert_eq!(async_consumer::remote(10).get_timeout(FIVE_SECONDS), Ok(45));
+}
+
+#[test]
+fn two_async_consumers_on_two_cpus_do_not_deadlock() {
+    let _c = cluster_with(Config::default().num_cpus(2));
+    let a = async_consumer::remote(10);
+    let b = async_consumer::remote(20);
+    assert_eq!(a.get_timeout(FIVE_SECONDS), Ok(45));
+    assert_eq!(b.get_timeout(FIVE_SECONDS), Ok(190));
+}
+
+#[test]
+fn a_task_polling_its_generator_with_next_ready_or_wait_zero_does_not_deadlock() {
+    let _c = cluster_with(Config::default().num_cpus(1));
+    assert_eq!(polling_consumer::remote(10, false).get_timeout(FIVE_SECONDS), Ok(45));
+    assert_eq!(polling_consumer::remote(10, true).get_timeout(FIVE_SECONDS), Ok(45));
+}
+
 #[allow(dead_code)]
 fn unused(_: &Path, _: ObjectRef<u8>, _: fn(&str)) {
     let _ = scratch_dir;

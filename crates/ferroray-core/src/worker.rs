@@ -286,8 +286,14 @@ impl CoreWorker {
         self.state.lock().refs.len()
     }
 
+    /// Whether the value of `id` is known here. If not, asks the node to
+    /// send it when ready (once: later calls find the subscription).
     pub fn is_ready(&self, id: ObjectId) -> bool {
-        self.state.lock().objects.contains_key(&id)
+        if self.state.lock().objects.contains_key(&id) {
+            return true;
+        }
+        let _ = self.subscribe(&[id], false);
+        false
     }
 
     fn cache(&self, st: &mut LocalState, id: ObjectId, value: Cached) {

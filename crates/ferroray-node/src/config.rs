@@ -34,6 +34,9 @@ pub struct NodeConfig {
     /// Most worker processes not blocked in `get` (a worker whose task
     /// waits lends its place, so the process count can go above this).
     pub max_workers: usize,
+    /// How long a worker beyond the pool's steady size (the node's CPU
+    /// count, at least 1) may stay idle before it is told to exit.
+    pub idle_worker_timeout: std::time::Duration,
     /// Task events kept for `tasks()`; the oldest are dropped past this.
     pub max_task_events: usize,
     /// Tests only: how long a force-cancel's kill waits before it goes to
@@ -57,6 +60,7 @@ impl NodeConfig {
             log_to_driver: true,
             max_workers: (cpus * 4).max(8),
             max_task_events: 100_000,
+            idle_worker_timeout: std::time::Duration::from_secs(10),
             test_kill_delay: None,
         }
     }

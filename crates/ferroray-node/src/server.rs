@@ -203,6 +203,7 @@ async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: onesho
             _ = &mut shutdown => break,
             _ = trim.tick() => {
                 shared.lock().trim_store();
+                shared.lock().exit_idle_workers();
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {

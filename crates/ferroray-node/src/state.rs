@@ -114,6 +114,8 @@ struct Conn {
     /// A force-cancel sent this worker's kill: it takes no task any more,
     /// and its death is charged to the cancelled task only (`disconnect`).
     doomed: bool,
+    /// Since when it is in `State::idle` (for `exit_idle_workers`).
+    idle_since: std::time::Instant,
 }
 
 impl Conn {
@@ -172,6 +174,9 @@ struct Task {
     started: bool,
     /// Set when a retry of a generator disagrees with what it reported before.
     replay_error: Option<Error>,
+    /// When it was last put in a ready queue (a counter): a task taken back
+    /// from a worker goes back to its place by it (`requeue`).
+    order: u64,
 }
 
 /// A generator task's stream, kept for its owner.
@@ -201,6 +206,8 @@ pub struct NodeStats {
     pub store_objects: u64,
     pub store_used: u64,
     pub store_spilled: u64,
+    /// Generator streams the node keeps (running, or with items untaken).
+    pub streams: usize,
 }
 
 pub struct State {
@@ -235,6 +242,12 @@ pub struct State {
     outboxes: Vec<Outbox>,
     closed_links: Vec<Outbox>,
     test_kill_delay: Option<std::time::Duration>,
+    /// Workers kept when idle (the CPU count, at least 1); idle ones beyond
+    /// it exit after `idle_timeout`.
+    steady_workers: usize,
+    idle_timeout: std::time::Duration,
+    /// Counter behind `Task::order`.
+    next_order: u64,
 }
 
 fn push_event(
@@ -295,6 +308,9 @@ impl State {
             outboxes: Vec::new(),
             closed_links: Vec::new(),
             test_kill_delay: config.test_kill_delay,
+            steady_workers: (config.resources.get(resources::CPU).ceil() as usize).max(1),
+            idle_timeout: config.idle_worker_timeout,
+            next_order: 0,
         }
     }
 
@@ -317,6 +333,7 @@ impl State {
                 blocked: false,
                 revoking: false,
                 doomed: false,
+                idle_since: std::time::Instant::now(),
             },
         );
         id
@@ -727,6 +744,7 @@ impl State {
                 attempt_items: 0,
                 started: false,
                 replay_error: None,
+                order: 0,
             },
         );
         self.record(id, TaskState::Submitted, None, None);
@@ -740,10 +758,28 @@ impl State {
     }
 
     fn enqueue(&mut self, tid: TaskId) {
-        let Some(task) = self.tasks.get(&tid) else { return };
+        let Some(task) = self.tasks.get_mut(&tid) else { return };
+        self.next_order += 1;
+        task.order = self.next_order;
         match self.ready.iter_mut().find(|(shape, _)| *shape == task.spec.resources) {
             Some((_, q)) => q.push_back(tid),
             None => self.ready.push((task.spec.resources.clone(), VecDeque::from([tid]))),
+        }
+    }
+
+    /// Puts back a task taken back without running (revoked, or queued on a
+    /// worker that died) at its place in its queue, by `Task::order`: tasks
+    /// start in the order they were queued, whichever worker held them.
+    fn requeue(&mut self, tid: TaskId) {
+        let Some(task) = self.tasks.get(&tid) else { return };
+        let (order, shape) = (task.order, &task.spec.resources);
+        let tasks = &self.tasks;
+        match self.ready.iter_mut().find(|(s, _)| s == shape) {
+            Some((_, q)) => {
+                let at = q.partition_point(|t| tasks.get(t).is_none_or(|t| t.order < order));
+                q.insert(at, tid);
+            }
+            None => self.ready.push((shape.clone(), VecDeque::from([tid]))),
         }
     }
 
@@ -832,9 +868,22 @@ impl State {
                 }
             }
         }
-        let active = self.conns.values().filter(|c| c.role == Some(Role::Worker) && !c.blocked && !c.doomed).count();
-        let mut room = self.max_workers.saturating_sub(active + self.starting);
         let mut to_start = want_workers.saturating_sub(self.starting);
+        if to_start == 0 {
+            return;
+        }
+        // Workers in the count: all but the dying, and those whose task
+        // waits in `get` (they lend their place, so nested tasks cannot
+        // deadlock). A generator paused by backpressure (its acknowledgement
+        // is held here) lends its CPU but keeps its place: paused generators
+        // never make more than `max_workers` processes.
+        let paused: FxHashSet<ConnId> = self.streams.values().flat_map(|s| s.held.iter().map(|(c, _)| *c)).collect();
+        let active = self
+            .conns
+            .iter()
+            .filter(|(id, c)| c.role == Some(Role::Worker) && !c.doomed && (!c.blocked || paused.contains(id)))
+            .count();
+        let mut room = self.max_workers.saturating_sub(active + self.starting);
         while to_start > 0 && room > 0 {
             if self.spawn.send(PoolCmd::Spawn).is_err() {
                 break;
@@ -974,6 +1023,7 @@ impl State {
         c.lease_shape = ResourceSet::new();
         self.available.add(&lease);
         if !self.shutting_down && !c.doomed && !self.idle.contains(&w) {
+            c.idle_since = std::time::Instant::now();
             self.idle.push(w);
         }
     }
@@ -998,11 +1048,7 @@ impl State {
                 self.complete_task(tid, Err(Error::TaskCancelled));
                 continue;
             }
-            let shape = self.tasks[&tid].spec.resources.clone();
-            match self.ready.iter_mut().find(|(s, _)| *s == shape) {
-                Some((_, q)) => q.push_front(tid),
-                None => self.ready.push((shape, VecDeque::from([tid]))),
-            }
+            self.requeue(tid);
         }
         // The worker may have finished its own task meanwhile: with nothing
         // left assigned it must not keep its lease.
@@ -1484,11 +1530,7 @@ impl State {
                     if task.cancelled {
                         self.complete_task(tid, Err(Error::TaskCancelled));
                     } else {
-                        let shape = task.spec.resources.clone();
-                        match self.ready.iter_mut().find(|(s, _)| *s == shape) {
-                            Some((_, q)) => q.push_front(tid),
-                            None => self.ready.push((shape, VecDeque::from([tid]))),
-                        }
+                        self.requeue(tid);
                     }
                 }
                 continue;
@@ -1501,11 +1543,7 @@ impl State {
                 } else if c.doomed {
                     // Killed for another task's force-cancel (which ended
                     // first): not this task's failure, no retry spent.
-                    let shape = task.spec.resources.clone();
-                    match self.ready.iter_mut().find(|(s, _)| *s == shape) {
-                        Some((_, q)) => q.push_front(tid),
-                        None => self.ready.push((shape, VecDeque::from([tid]))),
-                    }
+                    self.requeue(tid);
                     self.record(tid, TaskState::PendingSchedule, None, None);
                 } else {
                     let err = Error::WorkerCrashed {
@@ -1582,6 +1620,30 @@ impl State {
             store_objects: s.objects as u64,
             store_used: s.used,
             store_spilled: s.spilled as u64,
+            streams: self.streams.len(),
+        }
+    }
+
+    /// Idle workers beyond the steady size exit once idle for `idle_timeout`
+    /// (longest idle first): their connection is closed, and a worker exits
+    /// when it reads the end of its socket. Called by the node's tick.
+    pub fn exit_idle_workers(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut workers = self.conns.values().filter(|c| c.role == Some(Role::Worker) && !c.doomed).count();
+        // `idle` is a stack: the front has been idle longest.
+        let idle: Vec<ConnId> = self.idle.clone();
+        for w in idle {
+            if workers <= self.steady_workers {
+                break;
+            }
+            let expired = self.conns.get(&w).is_some_and(|c| now.duration_since(c.idle_since) >= self.idle_timeout);
+            if expired {
+                self.disconnect(w, "idle");
+                workers -= 1;
+            }
         }
     }
 

@@ -12,6 +12,7 @@ pub struct Config {
     pub(crate) max_workers: Option<usize>,
     pub(crate) worker_env: Vec<(String, String)>,
     pub(crate) test_kill_delay: Option<std::time::Duration>,
+    pub(crate) idle_worker_timeout: Option<std::time::Duration>,
 }
 
 impl Default for Config {
@@ -26,6 +27,7 @@ impl Default for Config {
             max_workers: None,
             worker_env: Vec::new(),
             test_kill_delay: None,
+            idle_worker_timeout: None,
         }
     }
 }
@@ -71,6 +73,13 @@ impl Config {
     /// in `get` (they lend their place, so nested tasks cannot deadlock).
     pub fn max_workers(mut self, n: usize) -> Self {
         self.max_workers = Some(n);
+        self
+    }
+
+    /// How long a worker beyond the steady pool (one per CPU) may stay idle
+    /// before it exits (default 10 s).
+    pub fn idle_worker_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.idle_worker_timeout = Some(timeout);
         self
     }
 

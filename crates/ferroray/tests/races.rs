@@ -258,8 +258,14 @@ fn times_ten(v: u64) -> u64 {
 
 /// Yields `(v, ref to v * 10)`, the ref from `put` or from a sub-task in
 /// turn. The first attempt's worker dies at item `crash_at`; the retry
-/// yields `v + shift` (a different value) or `extra_refs` more refs per item.
-fn yield_refs(dir: String, n: u64, crash_at: u64, shift: u64, extra_ref: bool) -> impl Iterator<Item = (u64, Vec<ObjectRef<u64>>)> {
+/// yields `v + shift` (a different value) or, with `extra_ref`, one more ref per item.
+fn yield_refs(
+    dir: String,
+    n: u64,
+    crash_at: u64,
+    shift: u64,
+    extra_ref: bool,
+) -> impl Iterator<Item = (u64, Vec<ObjectRef<u64>>)> {
     let marker = Path::new(&dir).join("crashed");
     let first = !marker.exists();
     (0..n).map(move |i| {
@@ -278,7 +284,13 @@ fn yield_refs(dir: String, n: u64, crash_at: u64, shift: u64, extra_ref: bool) -
 }
 
 #[ferroray::remote]
-fn refs_gen(dir: String, n: u64, crash_at: u64, shift: u64, extra_ref: bool) -> impl Iterator<Item = (u64, Vec<ObjectRef<u64>>)> {
+fn refs_gen(
+    dir: String,
+    n: u64,
+    crash_at: u64,
+    shift: u64,
+    extra_ref: bool,
+) -> impl Iterator<Item = (u64, Vec<ObjectRef<u64>>)> {
     yield_refs(dir, n, crash_at, shift, extra_ref)
 }
 
@@ -428,7 +440,62 @@ fn a_task_polling_its_generator_with_next_ready_or_wait_zero_does_not_deadlock()
     assert_eq!(polling_consumer::remote(10, true).get_timeout(FIVE_SECONDS), Ok(45));
 }
 
-#[allow(dead_code)]
-fn unused(_: &Path, _: ObjectRef<u8>, _: fn(&str)) {
-    let _ = scratch_dir;
+// ---------------------------------------------------------------- pool, is_ready, stats
+
+#[test]
+fn paused_generators_stay_within_max_workers_and_idle_workers_exit() {
+    let cfg = Config::default().num_cpus(2).max_workers(4).idle_worker_timeout(Duration::from_millis(300));
+    let _c = cluster_with(cfg);
+    let gens: Vec<_> = (0..20).map(|_| count_to::options().generator_backpressure(1).remote(3)).collect();
+    // Each one started pauses at once (nobody consumes): no more than
+    // max_workers processes however long they stay paused.
+    let end = Instant::now() + Duration::from_millis(1_500);
+    let mut most = 0;
+    while Instant::now() < end {
+        most = most.max(ferroray::runtime_stats().unwrap().workers);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(most <= 4, "{most} workers for paused generators with max_workers(4)");
+    // Consumed in order, every one runs in turn (they start in the order
+    // they were submitted, even after being taken back from paused workers).
+    for (i, g) in gens.into_iter().enumerate() {
+        let mut got = Vec::new();
+        loop {
+            match g.next_timeout(Duration::from_secs(5)) {
+                Ok(Some(r)) => got.push(get(&r).unwrap()),
+                Ok(None) => break,
+                Err(e) => panic!("generator {i}: {e} after {got:?}"),
+            }
+        }
+        assert_eq!(got, vec![0, 1, 2]);
+    }
+    // Idle beyond the steady size (2 CPUs): they exit.
+    assert!(
+        eventually(Duration::from_secs(5), || ferroray::runtime_stats().unwrap().workers <= 2),
+        "{} workers left",
+        ferroray::runtime_stats().unwrap().workers
+    );
+    eprintln!("most workers while paused: {most}");
+}
+
+#[test]
+fn is_ready_turns_true_on_the_driver_without_a_get() {
+    let _c = cluster_with(Config::default());
+    let r = sleep_ms::remote(50);
+    assert!(!r.is_ready());
+    assert!(eventually(Duration::from_secs(10), || r.is_ready()), "never ready");
+    assert_eq!(get(&r), Ok(50));
+}
+
+#[test]
+fn runtime_stats_counts_streams() {
+    let _c = cluster_with(Config::default());
+    assert_eq!(ferroray::runtime_stats().unwrap().node_streams, 0);
+    let g = endless::options().generator_backpressure(1).remote();
+    let done = count_to::remote(3);
+    assert_eq!(ferroray::runtime_stats().unwrap().node_streams, 2);
+    assert_eq!(done.map(|r| get(&r).unwrap()).sum::<u64>(), 3);
+    assert!(eventually(T, || ferroray::runtime_stats().unwrap().node_streams == 1));
+    g.close().unwrap();
+    assert!(eventually(T, || ferroray::runtime_stats().unwrap().node_streams == 0), "the closed stream was left");
 }

@@ -109,6 +109,11 @@ struct Conn {
     lease_shape: ResourceSet,
     /// Its task waits in `get`: it does not count toward `max_workers`.
     blocked: bool,
+    /// It became blocked while its generator was paused by backpressure
+    /// (its acknowledgement held here): it lent its CPU, but it still
+    /// counts toward `max_workers`, so paused generators cannot multiply
+    /// processes. Cleared with `blocked`.
+    paused: bool,
     /// A `Revoke` is on its way: do not send another until the answer.
     revoking: bool,
     /// A force-cancel sent this worker's kill: it takes no task any more,
@@ -331,6 +336,7 @@ impl State {
                 lease: ResourceSet::new(),
                 lease_shape: ResourceSet::new(),
                 blocked: false,
+                paused: false,
                 revoking: false,
                 doomed: false,
                 idle_since: std::time::Instant::now(),
@@ -874,14 +880,13 @@ impl State {
         }
         // Workers in the count: all but the dying, and those whose task
         // waits in `get` (they lend their place, so nested tasks cannot
-        // deadlock). A generator paused by backpressure (its acknowledgement
-        // is held here) lends its CPU but keeps its place: paused generators
-        // never make more than `max_workers` processes.
-        let paused: FxHashSet<ConnId> = self.streams.values().flat_map(|s| s.held.iter().map(|(c, _)| *c)).collect();
+        // deadlock). A generator that blocked paused by backpressure lends
+        // its CPU but keeps its place: paused generators never make more
+        // than `max_workers` processes.
         let active = self
             .conns
-            .iter()
-            .filter(|(id, c)| c.role == Some(Role::Worker) && !c.doomed && (!c.blocked || paused.contains(id)))
+            .values()
+            .filter(|c| c.role == Some(Role::Worker) && !c.doomed && (!c.blocked || c.paused))
             .count();
         let mut room = self.max_workers.saturating_sub(active + self.starting);
         while to_start > 0 && room > 0 {
@@ -995,6 +1000,7 @@ impl State {
             self.available.subtract(&lent);
             c.lease = c.lease_shape.clone();
             c.blocked = false;
+            c.paused = false;
         }
         if let Some(next) = c.running().filter(|_| !c.doomed) {
             let pid = c.pid;
@@ -1019,6 +1025,7 @@ impl State {
             // The CPU it lent out is already in `available`.
             lease.set(resources::CPU, 0.0);
             c.blocked = false;
+            c.paused = false;
         }
         c.lease_shape = ResourceSet::new();
         self.available.add(&lease);
@@ -1066,6 +1073,11 @@ impl State {
             return;
         }
         c.blocked = true;
+        // Paused by backpressure rather than waiting for a result?
+        c.paused = c
+            .running()
+            .and_then(|t| self.streams.get(&t))
+            .is_some_and(|s| s.held.iter().any(|(held_by, _)| *held_by == conn));
         // Lend the CPU back so that the tasks this one waits for can run.
         let cpu = ResourceSet::new().with(resources::CPU, c.lease.get(resources::CPU));
         c.lease.subtract(&cpu);

@@ -62,6 +62,13 @@ fn drain<T: serde::de::DeserializeOwned>(g: ObjectRefGenerator<T>, limit: usize)
     }
 }
 
+/// A stress test's bounds: at most `iterations` rounds and `secs` seconds,
+/// both multiplied by `FERRORAY_STRESS_SCALE` (default 1) for long local runs.
+fn stress_budget(iterations: u64, secs: u64) -> (u64, Instant) {
+    let scale: u64 = std::env::var("FERRORAY_STRESS_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    (iterations * scale, Instant::now() + Duration::from_secs(secs * scale))
+}
+
 // ---------------------------------------------------------------- 1: lost cancels
 
 #[test]
@@ -119,9 +126,9 @@ fn a_cancelled_paused_generator_releases_its_producer() {
 #[test]
 fn stress_cancel_at_start() {
     let _c = cluster_with(Config::default().num_cpus(1));
-    let end = Instant::now() + Duration::from_secs(6);
+    let (iterations, end) = stress_budget(3_000, 6);
     let (mut fresh, mut piped, mut gens) = (0, 0, 0);
-    for i in 0..3_000u64 {
+    for i in 0..iterations {
         if Instant::now() >= end {
             break;
         }
@@ -192,9 +199,9 @@ fn a_force_cancel_racing_with_completion_kills_only_the_cancelled_task() {
 #[test]
 fn stress_force_cancel_at_completion() {
     let _c = cluster_with(Config::default().num_cpus(1));
-    let end = Instant::now() + Duration::from_secs(6);
+    let (iterations, end) = stress_budget(1_500, 6);
     let (mut runs, mut cancelled) = (0, 0);
-    for i in 0..1_500u64 {
+    for i in 0..iterations {
         if Instant::now() >= end {
             break;
         }
@@ -226,9 +233,9 @@ fn count_to(n: u64) -> impl Iterator<Item = u64> {
 #[test]
 fn stress_kill_while_paused() {
     let _c = cluster_with(Config::default().num_cpus(2));
-    let end = Instant::now() + Duration::from_secs(6);
+    let (iterations, end) = stress_budget(600, 6);
     let mut runs = 0;
-    for i in 0..600u64 {
+    for i in 0..iterations {
         if Instant::now() >= end {
             break;
         }

@@ -30,6 +30,51 @@ use std::sync::{Arc, Weak};
 thread_local! {
     static COLLECTOR: RefCell<Option<Vec<Arc<RefInner>>>> = const { RefCell::new(None) };
     static BACKING: RefCell<Option<Arc<ShmPin>>> = const { RefCell::new(None) };
+    /// While fingerprinting a value: the distinct refs met so far, in order.
+    static PLACEHOLDERS: RefCell<Option<Vec<ObjectId>>> = const { RefCell::new(None) };
+}
+
+/// Called by `ObjectRef`'s `Serialize`: while a value is fingerprinted, the
+/// ordinal that stands for the ref (the same id gets the same ordinal).
+pub(crate) fn placeholder(id: ObjectId) -> Option<u32> {
+    PLACEHOLDERS.with(|p| {
+        let mut p = p.borrow_mut();
+        let seen = p.as_mut()?;
+        Some(match seen.iter().position(|s| *s == id) {
+            Some(i) => i as u32,
+            None => {
+                seen.push(id);
+                (seen.len() - 1) as u32
+            }
+        })
+    })
+}
+
+/// The fingerprint of a yielded value with refs inside: its serialization
+/// with each distinct ref replaced by its ordinal of first appearance. A
+/// retry yields the same data with new ids (its puts and sub-tasks are
+/// new), and must match; other data, or another number or pattern of refs,
+/// must not. Hashed whole (no sampling), streamed into the hasher.
+pub(crate) fn placeholder_digest<T: Serialize + ?Sized>(v: &T) -> Option<u64> {
+    use std::hash::Hasher;
+    struct HashWriter<'a>(&'a mut std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for HashWriter<'_> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.write(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(b"ferroray-refs");
+    let prev = PLACEHOLDERS.with(|p| p.borrow_mut().replace(Vec::new()));
+    let r = bincode::serialize_into(HashWriter(&mut h), v);
+    let seen = PLACEHOLDERS.with(|p| std::mem::replace(&mut *p.borrow_mut(), prev));
+    r.ok()?;
+    h.write_usize(seen.map_or(0, |s| s.len()));
+    Some(h.finish())
 }
 
 /// Called by `ObjectRef`'s `Serialize`: notes a nested ref.
@@ -54,11 +99,27 @@ fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<Arc<RefInner>>) {
 pub struct ReturnValue {
     value: Option<ObjectValue>,
     keep: Vec<Arc<RefInner>>,
+    /// The replay fingerprint, when it is not that of the bytes (see
+    /// `placeholder_digest`).
+    digest: Option<u64>,
 }
 
 impl ReturnValue {
     pub fn new(value: ObjectValue, keep: Vec<Arc<RefInner>>) -> Self {
-        ReturnValue { value: Some(value), keep }
+        ReturnValue { value: Some(value), keep, digest: None }
+    }
+
+    pub(crate) fn has_refs(&self) -> bool {
+        !self.keep.is_empty()
+    }
+
+    pub(crate) fn set_digest(&mut self, digest: Option<u64>) {
+        self.digest = digest;
+    }
+
+    /// The fingerprint a retried generator's replay is compared by.
+    pub(crate) fn digest(&self, arena: &Arena) -> u64 {
+        self.digest.unwrap_or_else(|| digest(arena, self.value()))
     }
 
     pub fn error(e: Error) -> Self {
@@ -115,7 +176,8 @@ pub(crate) fn encode<T: Serialize + ?Sized>(core: &CoreWorker, v: &T) -> Result<
 
 /// A fingerprint of a stored value, to tell whether a retried generator
 /// yielded the same thing. Large values are sampled (length, first and last
-/// 4 KiB) rather than read whole.
+/// 4 KiB) rather than read whole. Values with refs inside use
+/// `placeholder_digest` instead (their bytes hold ids a retry renames).
 pub(crate) fn digest(arena: &Arena, value: &ObjectValue) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();

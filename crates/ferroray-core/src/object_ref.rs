@@ -103,6 +103,10 @@ impl<T> fmt::Debug for ObjectRef<T> {
 
 impl<T> Serialize for ObjectRef<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if let Some(ordinal) = crate::codec::placeholder(self.inner.id) {
+            // Fingerprinting a yielded item: the ref's place, not its id.
+            return s.serialize_newtype_struct("ObjectRef", &ordinal);
+        }
         crate::codec::note_nested(&self.inner);
         s.serialize_newtype_struct("ObjectRef", &self.inner.id)
     }

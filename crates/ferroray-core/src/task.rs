@@ -375,6 +375,17 @@ pub fn encode_return<T: Serialize>(v: &T) -> Result<ReturnValue> {
     codec::encode(&*global::core()?, v)
 }
 
+/// Encodes one yielded item (used by `#[remote]` expansions): a value with
+/// refs inside also gets the fingerprint a retry's replay is checked by,
+/// with each ref replaced by its ordinal (a retry makes new ids).
+pub fn encode_item<T: Serialize>(v: &T) -> Result<ReturnValue> {
+    let mut value = codec::encode(&*global::core()?, v)?;
+    if value.has_refs() {
+        value.set_digest(codec::placeholder_digest(v));
+    }
+    Ok(value)
+}
+
 /// Turns an `Err` returned by a task into the task's error.
 pub fn app_error<E: std::fmt::Display>(e: &E) -> Error {
     Error::task(std::any::type_name::<E>(), e.to_string(), &context::task_name(), std::process::id())

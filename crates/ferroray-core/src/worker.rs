@@ -138,6 +138,9 @@ pub struct CoreWorker {
     /// Tasks sent to this worker and not started yet (workers only).
     exec: Option<ExecQueue>,
     running: Mutex<Option<TaskContext>>,
+    /// The running task told the node it waits (`Blocked`), lending its CPU.
+    /// The node keeps it so until the task ends, so it is sent once a task.
+    lent: AtomicBool,
 }
 
 impl CoreWorker {
@@ -161,6 +164,7 @@ impl CoreWorker {
             next_req: AtomicU64::new(1),
             exec,
             running: Mutex::new(None),
+            lent: AtomicBool::new(false),
         }
     }
 
@@ -282,8 +286,14 @@ impl CoreWorker {
         self.state.lock().refs.len()
     }
 
+    /// Whether the value of `id` is known here. If not, asks the node to
+    /// send it when ready (once: later calls find the subscription).
     pub fn is_ready(&self, id: ObjectId) -> bool {
-        self.state.lock().objects.contains_key(&id)
+        if self.state.lock().objects.contains_key(&id) {
+            return true;
+        }
+        let _ = self.subscribe(&[id], false);
+        false
     }
 
     fn cache(&self, st: &mut LocalState, id: ObjectId, value: Cached) {
@@ -393,6 +403,11 @@ impl CoreWorker {
                 Poll::Pending => {}
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
+                // A task polling (`next_ready`) for an item that is not here
+                // may be what keeps the producer from a CPU: lend it, as a
+                // blocking `next` would.
+                drop(st);
+                blocked.block();
                 return Err(Error::GetTimeout);
             }
             if context::is_cancelled() {
@@ -419,6 +434,10 @@ impl CoreWorker {
                         s.wakers.push(waker.clone());
                     }
                 }
+                drop(st);
+                // An async task awaiting an item lends its CPU exactly as a
+                // blocking `next` does (the producer may be queued behind it).
+                self.lend_cpu();
                 Poll::Pending
             }
         }
@@ -659,6 +678,11 @@ impl CoreWorker {
                         return Err(Error::Disconnected(reason.clone()));
                     }
                 }
+                if ready.len() < num_returns {
+                    // Timed out (a zero timeout polls): lend the CPU, as the
+                    // blocking form would have.
+                    parking_lot::MutexGuard::unlocked(&mut st, || blocked.block());
+                }
                 ready.sort();
                 ready.truncate(num_returns);
                 let chosen: FxHashSet<usize> = ready.iter().map(|(_, i)| *i).collect();
@@ -767,13 +791,33 @@ impl CoreWorker {
                 }
             }
             FromNode::CancelRunning { task_id } => {
-                if let Some(ctx) = self.running.lock().as_ref() {
-                    if ctx.task_id == task_id {
-                        ctx.cancelled.store(true, Ordering::Relaxed);
+                // Under the queue's lock, which `run_queue` holds from taking
+                // a task off the queue until it is recorded as running: the
+                // task is either still queued or running here (or over), so
+                // the cancel cannot fall between the two.
+                let unrun = match &self.exec {
+                    Some(q) => {
+                        let mut tasks = q.tasks.lock();
+                        let mut unrun = Vec::new();
+                        tasks.retain(|t| {
+                            let hit = t.task_id == task_id;
+                            if hit {
+                                unrun.push(t.clone());
+                            }
+                            !hit
+                        });
+                        if unrun.is_empty() {
+                            self.cancel_running(task_id);
+                        }
+                        unrun
                     }
-                }
+                    None => {
+                        self.cancel_running(task_id);
+                        Vec::new()
+                    }
+                };
                 // A task still queued here never starts.
-                for t in self.take_queued(&[task_id]) {
+                for t in unrun {
                     let attempt = t.attempt;
                     self.release_unrun(t);
                     let outcome = TaskOutcome::Failed(Error::TaskCancelled);
@@ -838,31 +882,53 @@ impl CoreWorker {
         }
     }
 
+    /// Sets the cancel flag of the task running here, if it is `task_id`.
+    fn cancel_running(&self, task_id: TaskId) {
+        if let Some(ctx) = self.running.lock().as_ref() {
+            if ctx.task_id == task_id {
+                ctx.cancelled.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Tells the node, once per task, that the task on this thread waits:
+    /// its CPU goes to others until the task ends. Only from a task's thread.
+    pub(crate) fn lend_cpu(&self) {
+        if context::in_task() && !self.lent.swap(true, Ordering::Relaxed) {
+            let _ = self.send(ToNode::Blocked);
+        }
+    }
+
     /// Runs queued tasks one after another, forever (worker processes).
     fn run_queue(self: &Arc<Self>) {
         let Some(q) = &self.exec else { return };
         loop {
-            let spec = {
+            let (spec, ctx) = {
                 let mut tasks = q.tasks.lock();
-                loop {
+                let spec = loop {
                     if let Some(t) = tasks.pop_front() {
                         break t;
                     }
                     q.ready.wait(&mut tasks);
-                }
+                };
+                // Recorded as running before the queue's lock goes, so a
+                // `CancelRunning` finds the task in one place or the other.
+                let ctx = TaskContext {
+                    task_id: spec.task_id,
+                    name: spec.name().to_string(),
+                    cancelled: Arc::new(AtomicBool::new(false)),
+                };
+                *self.running.lock() = Some(ctx.clone());
+                (spec, ctx)
             };
-            self.run_task(spec);
+            test_hooks::start_delay();
+            self.run_task(spec, ctx);
         }
     }
 
     /// Runs one task to its end and reports the outcome (worker processes).
-    fn run_task(self: &Arc<Self>, spec: TaskSpec) {
-        let ctx = TaskContext {
-            task_id: spec.task_id,
-            name: spec.name().to_string(),
-            cancelled: Arc::new(AtomicBool::new(false)),
-        };
-        *self.running.lock() = Some(ctx.clone());
+    fn run_task(self: &Arc<Self>, spec: TaskSpec, ctx: TaskContext) {
+        self.lent.store(false, Ordering::Relaxed);
         context::set(Some(ctx.clone()));
         let (task_id, attempt) = (spec.task_id, spec.attempt);
         let expected = spec.returns.static_count() as usize;
@@ -1021,7 +1087,7 @@ impl ItemSink for StreamSink<'_> {
             return Err(Error::TaskCancelled);
         }
         let index = self.next;
-        let digest = codec::digest(self.core.arena(), value.value());
+        let digest = value.digest(self.core.arena());
         let (value, keep) = value.into_parts();
         self.core.send(ToNode::ReportItem { task_id: self.task_id, attempt: self.attempt, index, value, digest })?;
         drop(keep);
@@ -1036,6 +1102,11 @@ impl ItemSink for StreamSink<'_> {
         let mut blocked = BlockedGuard::new(self.core);
         let mut st = self.core.state.lock();
         loop {
+            // The cancel first: a cancelled generator's held acknowledgement
+            // is answered `gone` just after its `CancelRunning`.
+            if context::is_cancelled() {
+                return Err(Error::TaskCancelled);
+            }
             if let Some(a) = st.acks.get(&self.task_id) {
                 if a.gone {
                     self.gone = true;
@@ -1044,9 +1115,6 @@ impl ItemSink for StreamSink<'_> {
                 if a.acked.contains(&index) {
                     return Ok(());
                 }
-            }
-            if context::is_cancelled() {
-                return Err(Error::TaskCancelled);
             }
             if let Some(reason) = &st.disconnected {
                 return Err(Error::Disconnected(reason.clone()));
@@ -1084,35 +1152,47 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// While a task's thread waits in `get`/`wait`, its CPU is lent back to the
-/// node (so the tasks it waits for can run on a 2-core machine).
+/// While a task's thread waits in `get`/`wait`, on a stream, or finds
+/// nothing when it polls, its CPU is lent back to the node (so the tasks it
+/// waits for can run on a 2-core machine). The node gives the CPU back only
+/// when the task ends, so the task lends it once (`CoreWorker::lend_cpu`).
 struct BlockedGuard<'a> {
     core: &'a CoreWorker,
-    blocked: bool,
     in_task: bool,
 }
 
 impl<'a> BlockedGuard<'a> {
     fn new(core: &'a CoreWorker) -> Self {
-        BlockedGuard { core, blocked: false, in_task: context::in_task() }
+        BlockedGuard { core, in_task: context::in_task() }
     }
 
     fn is_blocked(&self) -> bool {
-        self.blocked || !self.in_task
+        !self.in_task || self.core.lent.load(Ordering::Relaxed)
     }
 
     fn block(&mut self) {
-        if self.in_task && !self.blocked {
-            self.blocked = true;
-            let _ = self.core.send(ToNode::Blocked);
+        if self.in_task {
+            self.core.lend_cpu();
         }
     }
 }
 
-impl Drop for BlockedGuard<'_> {
-    fn drop(&mut self) {
-        if self.blocked {
-            let _ = self.core.send(ToNode::Unblocked);
+/// Test-only delays that widen race windows, read once from the environment
+/// (unset outside tests: one load of an initialised `OnceLock` per task).
+mod test_hooks {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    fn read(name: &str) -> Option<Duration> {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).map(Duration::from_millis)
+    }
+
+    /// `FERRORAY_TEST_START_DELAY_MS`: a pause between taking a task off the
+    /// queue and running it (where a cancel used to be lost).
+    pub(super) fn start_delay() {
+        static DELAY: OnceLock<Option<Duration>> = OnceLock::new();
+        if let Some(d) = DELAY.get_or_init(|| read("FERRORAY_TEST_START_DELAY_MS")) {
+            std::thread::sleep(*d);
         }
     }
 }

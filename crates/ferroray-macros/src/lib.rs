@@ -407,7 +407,7 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
             let take = if item_fallible { unwrap_err(quote!(__item)) } else { quote!(__item) };
             let each = quote!({
                 let __item = #take;
-                __sink.item(::ferroray::__private::encode_return(&__item)?)?;
+                __sink.item(::ferroray::__private::encode_item(&__item)?)?;
             });
             let drive = if is_stream {
                 quote! {

@@ -38,6 +38,9 @@ pub struct NodeConfig {
     /// Most worker processes not blocked in `get` (a worker whose task
     /// waits lends its place, so the process count can go above this).
     pub max_workers: usize,
+    /// How long a worker beyond the pool's steady size (the node's CPU
+    /// count, at least 1) may stay idle before it is told to exit.
+    pub idle_worker_timeout: std::time::Duration,
     /// Task events kept for `tasks()`; the oldest are dropped past this.
     pub max_task_events: usize,
     /// The secret every connection's hello must carry; handed to the
@@ -48,6 +51,10 @@ pub struct NodeConfig {
     pub max_connections: usize,
     /// A connection that has not sent its hello by then is closed.
     pub handshake_timeout: Duration,
+    /// Tests only: how long a force-cancel's kill waits before it goes to
+    /// the spawner (to widen the race between the kill and the task's end).
+    #[doc(hidden)]
+    pub test_kill_delay: Option<std::time::Duration>,
 }
 
 /// Default for [`NodeConfig::max_connections`]: far above the workers a node
@@ -75,6 +82,8 @@ impl NodeConfig {
             token: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_worker_timeout: std::time::Duration::from_secs(10),
+            test_kill_delay: None,
         }
     }
 

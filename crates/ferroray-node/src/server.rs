@@ -304,6 +304,7 @@ async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: onesho
             _ = &mut shutdown => break,
             _ = trim.tick() => {
                 shared.lock().trim_store();
+                shared.lock().exit_idle_workers();
                 shared.limits.trim_after_burst();
             }
             accepted = listener.accept() => match accepted {

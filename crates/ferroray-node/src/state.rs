@@ -120,8 +120,18 @@ struct Conn {
     lease_shape: ResourceSet,
     /// Its task waits in `get`: it does not count toward `max_workers`.
     blocked: bool,
+    /// It became blocked while its generator was paused by backpressure
+    /// (its acknowledgement held here): it lent its CPU, but it still
+    /// counts toward `max_workers`, so paused generators cannot multiply
+    /// processes. Cleared with `blocked`.
+    paused: bool,
     /// A `Revoke` is on its way: do not send another until the answer.
     revoking: bool,
+    /// A force-cancel sent this worker's kill: it takes no task any more,
+    /// and its death is charged to the cancelled task only (`disconnect`).
+    doomed: bool,
+    /// Since when it is in `State::idle` (for `exit_idle_workers`).
+    idle_since: std::time::Instant,
 }
 
 impl Conn {
@@ -183,6 +193,9 @@ struct Task {
     started: bool,
     /// Set when a retry of a generator disagrees with what it reported before.
     replay_error: Option<Error>,
+    /// When it was last put in a ready queue (a counter): a task taken back
+    /// from a worker goes back to its place by it (`requeue`).
+    order: u64,
 }
 
 /// A generator task's stream, kept for its owner.
@@ -212,6 +225,8 @@ pub struct NodeStats {
     pub store_objects: u64,
     pub store_used: u64,
     pub store_spilled: u64,
+    /// Generator streams the node keeps (running, or with items untaken).
+    pub streams: usize,
 }
 
 pub struct State {
@@ -253,6 +268,13 @@ pub struct State {
     /// away with messages (their `closed`) still to deliver.
     outboxes: Vec<Outbox>,
     closed_links: Vec<Outbox>,
+    test_kill_delay: Option<std::time::Duration>,
+    /// Workers kept when idle (the CPU count, at least 1); idle ones beyond
+    /// it exit after `idle_timeout`.
+    steady_workers: usize,
+    idle_timeout: std::time::Duration,
+    /// Counter behind `Task::order`.
+    next_order: u64,
 }
 
 fn push_event(
@@ -315,6 +337,10 @@ impl State {
             shutting_down: false,
             outboxes: Vec::new(),
             closed_links: Vec::new(),
+            test_kill_delay: config.test_kill_delay,
+            steady_workers: (config.resources.get(resources::CPU).ceil() as usize).max(1),
+            idle_timeout: config.idle_worker_timeout,
+            next_order: 0,
         }
     }
 
@@ -338,7 +364,10 @@ impl State {
                 lease: ResourceSet::new(),
                 lease_shape: ResourceSet::new(),
                 blocked: false,
+                paused: false,
                 revoking: false,
+                doomed: false,
+                idle_since: std::time::Instant::now(),
             },
         );
         id
@@ -876,6 +905,7 @@ impl State {
                 attempt_items: 0,
                 started: false,
                 replay_error: None,
+                order: 0,
             },
         );
         self.record(id, TaskState::Submitted, None, None);
@@ -889,10 +919,28 @@ impl State {
     }
 
     fn enqueue(&mut self, tid: TaskId) {
-        let Some(task) = self.tasks.get(&tid) else { return };
+        let Some(task) = self.tasks.get_mut(&tid) else { return };
+        self.next_order += 1;
+        task.order = self.next_order;
         match self.ready.iter_mut().find(|(shape, _)| *shape == task.spec.resources) {
             Some((_, q)) => q.push_back(tid),
             None => self.ready.push((task.spec.resources.clone(), VecDeque::from([tid]))),
+        }
+    }
+
+    /// Puts back a task taken back without running (revoked, or queued on a
+    /// worker that died) at its place in its queue, by `Task::order`: tasks
+    /// start in the order they were queued, whichever worker held them.
+    fn requeue(&mut self, tid: TaskId) {
+        let Some(task) = self.tasks.get(&tid) else { return };
+        let (order, shape) = (task.order, &task.spec.resources);
+        let tasks = &self.tasks;
+        match self.ready.iter_mut().find(|(s, _)| s == shape) {
+            Some((_, q)) => {
+                let at = q.partition_point(|t| tasks.get(t).is_none_or(|t| t.order < order));
+                q.insert(at, tid);
+            }
+            None => self.ready.push((shape.clone(), VecDeque::from([tid]))),
         }
     }
 
@@ -910,7 +958,7 @@ impl State {
         let mut busy: Vec<(ConnId, &ResourceSet, usize)> = self
             .conns
             .iter()
-            .filter(|(_, c)| !c.blocked && (1..=PIPELINE_DEPTH).contains(&c.assigned.len()))
+            .filter(|(_, c)| !c.blocked && !c.doomed && (1..=PIPELINE_DEPTH).contains(&c.assigned.len()))
             .map(|(id, c)| (*id, &c.lease_shape, c.assigned.len()))
             .collect();
         for (shape, queue) in self.ready.iter_mut() {
@@ -981,9 +1029,21 @@ impl State {
                 }
             }
         }
-        let active = self.conns.values().filter(|c| c.role == Some(Role::Worker) && !c.blocked).count();
-        let mut room = self.max_workers.saturating_sub(active + self.starting);
         let mut to_start = want_workers.saturating_sub(self.starting);
+        if to_start == 0 {
+            return;
+        }
+        // Workers in the count: all but the dying, and those whose task
+        // waits in `get` (they lend their place, so nested tasks cannot
+        // deadlock). A generator that blocked paused by backpressure lends
+        // its CPU but keeps its place: paused generators never make more
+        // than `max_workers` processes.
+        let active = self
+            .conns
+            .values()
+            .filter(|c| c.role == Some(Role::Worker) && !c.doomed && (!c.blocked || c.paused))
+            .count();
+        let mut room = self.max_workers.saturating_sub(active + self.starting);
         while to_start > 0 && room > 0 {
             if self.spawn.send(PoolCmd::Spawn).is_err() {
                 break;
@@ -1109,8 +1169,9 @@ impl State {
             self.available.subtract(&lent);
             c.lease = c.lease_shape.clone();
             c.blocked = false;
+            c.paused = false;
         }
-        if let Some(next) = c.running() {
+        if let Some(next) = c.running().filter(|_| !c.doomed) {
             let pid = c.pid;
             if let Some(t) = self.tasks.get(&next) {
                 self.names.lock().insert(pid, t.spec.name().to_string());
@@ -1133,10 +1194,12 @@ impl State {
             // The CPU it lent out is already in `available`.
             lease.set(resources::CPU, 0.0);
             c.blocked = false;
+            c.paused = false;
         }
         c.lease_shape = ResourceSet::new();
         self.available.add(&lease);
-        if !self.shutting_down && !self.idle.contains(&w) {
+        if !self.shutting_down && !c.doomed && !self.idle.contains(&w) {
+            c.idle_since = std::time::Instant::now();
             self.idle.push(w);
         }
     }
@@ -1161,11 +1224,7 @@ impl State {
                 self.complete_task(tid, Err(Error::TaskCancelled));
                 continue;
             }
-            let shape = self.tasks[&tid].spec.resources.clone();
-            match self.ready.iter_mut().find(|(s, _)| *s == shape) {
-                Some((_, q)) => q.push_front(tid),
-                None => self.ready.push((shape, VecDeque::from([tid]))),
-            }
+            self.requeue(tid);
         }
         // The worker may have finished its own task meanwhile: with nothing
         // left assigned it must not keep its lease.
@@ -1183,6 +1242,11 @@ impl State {
             return;
         }
         c.blocked = true;
+        // Paused by backpressure rather than waiting for a result?
+        c.paused = c
+            .running()
+            .and_then(|t| self.streams.get(&t))
+            .is_some_and(|s| s.held.iter().any(|(held_by, _)| *held_by == conn));
         // Lend the CPU back so that the tasks this one waits for can run.
         let cpu = ResourceSet::new().with(resources::CPU, c.lease.get(resources::CPU));
         c.lease.subtract(&cpu);
@@ -1289,8 +1353,9 @@ impl State {
             return self.refuse_item(conn, tid, index, value);
         }
         task.attempt_items += 1;
-        if task.replay_error.is_some() {
-            // The task already failed: nothing more reaches the owner.
+        if task.replay_error.is_some() || task.cancelled {
+            // The task already failed, or was cancelled: nothing more reaches
+            // the owner, and a paused executor is let go (`gone`).
             return self.refuse_item(conn, tid, index, value);
         }
         let dynamic = task.spec.returns == ReturnKind::Dynamic;
@@ -1370,7 +1435,7 @@ impl State {
         if let ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } = value {
             self.handle(conn, ToNode::Deallocate { offset });
         }
-        let gone = self.streams.get(&tid).is_none_or(|s| s.dropped);
+        let gone = self.streams.get(&tid).is_none_or(|s| s.dropped) || self.tasks.get(&tid).is_none_or(|t| t.cancelled);
         self.send(conn, FromNode::ItemAck { task_id: tid, index, gone });
     }
 
@@ -1544,15 +1609,56 @@ impl State {
                 // A task only queued on the worker is dropped there, never by
                 // killing the worker (which runs somebody else's task).
                 if force && running {
-                    let pid = self.conns.get(&w).map(|c| c.pid).unwrap_or(0);
-                    if pid > 0 {
-                        let _ = self.spawn.send(PoolCmd::Kill(pid));
-                    }
+                    self.doom(w);
                 } else {
                     self.send(w, FromNode::CancelRunning { task_id: tid });
                 }
+                // A cancelled generator reports nothing more: acknowledgements
+                // held by backpressure are answered `gone` (after the cancel,
+                // so the executor, let go, sees its flag first), and later
+                // reports are refused (`report_item`).
+                if let Some(st) = self.streams.get_mut(&tid) {
+                    let held: Vec<(ConnId, u32)> = st.held.drain(..).collect();
+                    for (c, index) in held {
+                        self.send(c, FromNode::ItemAck { task_id: tid, index, gone: true });
+                    }
+                }
             }
             None => self.complete_task(tid, Err(Error::TaskCancelled)),
+        }
+    }
+
+    /// A force-cancel kills worker `w`. From now on nothing is assigned to
+    /// it (it is not idle and takes no pipelined task), the tasks queued
+    /// behind its running one are taken back (`Revoke`), and when it dies
+    /// only a cancelled task is charged: the others go back to their queue
+    /// without spending a retry (`disconnect`).
+    fn doom(&mut self, w: ConnId) {
+        let Some(c) = self.conns.get_mut(&w) else { return };
+        let pid = c.pid;
+        if !c.doomed {
+            c.doomed = true;
+            let queued: Vec<TaskId> = c.assigned.iter().skip(1).copied().collect();
+            if !queued.is_empty() {
+                c.revoking = true;
+                c.outbox.send(FromNode::Revoke { task_ids: queued });
+            }
+            self.idle.retain(|i| *i != w);
+        }
+        if pid == 0 {
+            return;
+        }
+        match self.test_kill_delay {
+            None => {
+                let _ = self.spawn.send(PoolCmd::Kill(pid));
+            }
+            Some(delay) => {
+                let spawn = self.spawn.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let _ = spawn.send(PoolCmd::Kill(pid));
+                });
+            }
         }
     }
 
@@ -1609,11 +1715,7 @@ impl State {
                     if task.cancelled {
                         self.complete_task(tid, Err(Error::TaskCancelled));
                     } else {
-                        let shape = task.spec.resources.clone();
-                        match self.ready.iter_mut().find(|(s, _)| *s == shape) {
-                            Some((_, q)) => q.push_front(tid),
-                            None => self.ready.push((shape, VecDeque::from([tid]))),
-                        }
+                        self.requeue(tid);
                     }
                 }
                 continue;
@@ -1623,6 +1725,11 @@ impl State {
                 let name = task.spec.name().to_string();
                 if task.cancelled {
                     self.complete_task(tid, Err(Error::TaskCancelled));
+                } else if c.doomed {
+                    // Killed for another task's force-cancel (which ended
+                    // first): not this task's failure, no retry spent.
+                    self.requeue(tid);
+                    self.record(tid, TaskState::PendingSchedule, None, None);
                 } else {
                     let err = Error::WorkerCrashed {
                         task: name,
@@ -1710,6 +1817,30 @@ impl State {
             store_objects: s.objects as u64,
             store_used: s.used,
             store_spilled: s.spilled as u64,
+            streams: self.streams.len(),
+        }
+    }
+
+    /// Idle workers beyond the steady size exit once idle for `idle_timeout`
+    /// (longest idle first): their connection is closed, and a worker exits
+    /// when it reads the end of its socket. Called by the node's tick.
+    pub fn exit_idle_workers(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut workers = self.conns.values().filter(|c| c.role == Some(Role::Worker) && !c.doomed).count();
+        // `idle` is a stack: the front has been idle longest.
+        let idle: Vec<ConnId> = self.idle.clone();
+        for w in idle {
+            if workers <= self.steady_workers {
+                break;
+            }
+            let expired = self.conns.get(&w).is_some_and(|c| now.duration_since(c.idle_since) >= self.idle_timeout);
+            if expired {
+                self.disconnect(w, "idle");
+                workers -= 1;
+            }
         }
     }
 

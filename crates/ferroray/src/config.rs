@@ -10,6 +10,9 @@ pub struct Config {
     pub(crate) inline_threshold: Option<u64>,
     pub(crate) log_to_driver: bool,
     pub(crate) max_workers: Option<usize>,
+    pub(crate) worker_env: Vec<(String, String)>,
+    pub(crate) test_kill_delay: Option<std::time::Duration>,
+    pub(crate) idle_worker_timeout: Option<std::time::Duration>,
 }
 
 impl Default for Config {
@@ -22,6 +25,9 @@ impl Default for Config {
             inline_threshold: None,
             log_to_driver: true,
             max_workers: None,
+            worker_env: Vec::new(),
+            test_kill_delay: None,
+            idle_worker_timeout: None,
         }
     }
 }
@@ -67,6 +73,28 @@ impl Config {
     /// in `get` (they lend their place, so nested tasks cannot deadlock).
     pub fn max_workers(mut self, n: usize) -> Self {
         self.max_workers = Some(n);
+        self
+    }
+
+    /// How long a worker beyond the steady pool (one per CPU) may stay idle
+    /// before it exits (default 10 s).
+    pub fn idle_worker_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.idle_worker_timeout = Some(timeout);
+        self
+    }
+
+    /// An environment variable set in every worker process (tests use it
+    /// for the hooks that widen race windows).
+    #[doc(hidden)]
+    pub fn worker_env(mut self, name: &str, value: &str) -> Self {
+        self.worker_env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Tests only: delays the kill of a force-cancel (see `NodeConfig`).
+    #[doc(hidden)]
+    pub fn test_kill_delay(mut self, delay: std::time::Duration) -> Self {
+        self.test_kill_delay = Some(delay);
         self
     }
 }

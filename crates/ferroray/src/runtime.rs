@@ -61,6 +61,11 @@ pub fn init_with(config: Config) -> Result<()> {
         nc.max_workers = n;
     }
     nc.log_to_driver = config.log_to_driver;
+    nc.worker_command.env.extend(config.worker_env.iter().cloned());
+    nc.test_kill_delay = config.test_kill_delay;
+    if let Some(t) = config.idle_worker_timeout {
+        nc.idle_worker_timeout = t;
+    }
     let node = Node::start(nc)?;
     let core = CoreWorker::connect_local(&node)?;
     global::set(core.clone())?;
@@ -154,6 +159,8 @@ pub struct RuntimeStats {
     pub store_objects: u64,
     pub store_used_bytes: u64,
     pub store_spilled: u64,
+    /// Generator streams the node keeps (running, or with items untaken).
+    pub node_streams: usize,
     /// Objects this process holds refs to.
     pub local_refs: usize,
 }
@@ -169,6 +176,7 @@ pub fn runtime_stats() -> Result<RuntimeStats> {
         store_objects: s.store_objects,
         store_used_bytes: s.store_used,
         store_spilled: s.store_spilled,
+        node_streams: s.streams,
         local_refs: rt.core.local_ref_count(),
     })
 }

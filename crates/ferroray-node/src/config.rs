@@ -38,6 +38,10 @@ pub struct NodeConfig {
     /// Most worker processes not blocked in `get` (a worker whose task
     /// waits lends its place, so the process count can go above this).
     pub max_workers: usize,
+    /// Most worker processes at all, blocked ones included. Past it no
+    /// worker starts: ready tasks wait for a worker to finish, so a chain of
+    /// nested blocking calls deeper than this waits (the node logs it once).
+    pub max_worker_processes: usize,
     /// How long a worker beyond the pool's steady size (the node's CPU
     /// count, at least 1) may stay idle before it is told to exit.
     pub idle_worker_timeout: std::time::Duration,
@@ -61,6 +65,12 @@ pub struct NodeConfig {
 /// runs, far below the file descriptors a process may open.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
+/// Default for [`NodeConfig::max_worker_processes`]: 16 per CPU, at least
+/// 64 (a nested call blocked in `get` holds a process each).
+pub fn default_max_worker_processes(cpus: usize) -> usize {
+    (cpus * 16).max(64)
+}
+
 /// Default for [`NodeConfig::handshake_timeout`].
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -78,6 +88,7 @@ impl NodeConfig {
             worker_command,
             log_to_driver: true,
             max_workers: (cpus * 4).max(8),
+            max_worker_processes: default_max_worker_processes(cpus),
             max_task_events: 100_000,
             token: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -106,6 +117,12 @@ impl NodeConfig {
         }
         if self.max_connections == 0 {
             return Err(Error::InvalidOption("max_connections must be at least 1".into()));
+        }
+        if self.max_worker_processes < self.max_workers {
+            return Err(Error::InvalidOption(format!(
+                "max_worker_processes ({}) must be at least max_workers ({})",
+                self.max_worker_processes, self.max_workers
+            )));
         }
         if self.max_workers == 0 {
             return Err(Error::InvalidOption("max_workers must be at least 1".into()));

@@ -248,6 +248,11 @@ pub struct State {
     events: VecDeque<TaskEvent>,
     max_events: usize,
     max_workers: usize,
+    /// The hard cap on worker processes, blocked ones included.
+    max_processes: usize,
+    /// The cap was reached with every worker blocked and logged; cleared
+    /// once a worker can start again.
+    cap_logged: bool,
     /// Started worker processes that have not said hello yet.
     starting_pids: HashSet<u32>,
     /// Every live worker process the spawner started, with the worker id it
@@ -326,6 +331,8 @@ impl State {
             events: VecDeque::new(),
             max_events: config.max_task_events,
             max_workers: config.max_workers,
+            max_processes: config.max_worker_processes,
+            cap_logged: false,
             starting_pids: HashSet::new(),
             worker_pids: FxHashMap::default(),
             awaiting_spawn: FxHashMap::default(),
@@ -1044,6 +1051,24 @@ impl State {
             .filter(|c| c.role == Some(Role::Worker) && !c.doomed && (!c.blocked || c.paused))
             .count();
         let mut room = self.max_workers.saturating_sub(active + self.starting);
+        // Blocked workers lend their place in `max_workers`, but every
+        // process counts here: nested blocking calls cannot start
+        // processes without bound.
+        let processes = self.conns.values().filter(|c| c.role == Some(Role::Worker) && !c.doomed).count();
+        let below_cap = self.max_processes.saturating_sub(processes + self.starting);
+        if room > below_cap {
+            room = below_cap;
+            if room == 0 && !self.cap_logged {
+                self.cap_logged = true;
+                eprintln!(
+                    "ferroray node: {processes} worker processes, the limit (max_worker_processes), and tasks \
+                     are waiting: they start when a worker finishes; nested blocking calls deeper than the \
+                     limit wait"
+                );
+            }
+        } else {
+            self.cap_logged = false;
+        }
         while to_start > 0 && room > 0 {
             if self.spawn.send(PoolCmd::Spawn).is_err() {
                 break;

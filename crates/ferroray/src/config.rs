@@ -10,6 +10,7 @@ pub struct Config {
     pub(crate) inline_threshold: Option<u64>,
     pub(crate) log_to_driver: bool,
     pub(crate) max_workers: Option<usize>,
+    pub(crate) max_worker_processes: Option<usize>,
     pub(crate) worker_env: Vec<(String, String)>,
     pub(crate) test_kill_delay: Option<std::time::Duration>,
     pub(crate) idle_worker_timeout: Option<std::time::Duration>,
@@ -25,6 +26,7 @@ impl Default for Config {
             inline_threshold: None,
             log_to_driver: true,
             max_workers: None,
+            max_worker_processes: None,
             worker_env: Vec::new(),
             test_kill_delay: None,
             idle_worker_timeout: None,
@@ -73,6 +75,15 @@ impl Config {
     /// in `get` (they lend their place, so nested tasks cannot deadlock).
     pub fn max_workers(mut self, n: usize) -> Self {
         self.max_workers = Some(n);
+        self
+    }
+
+    /// Most worker processes at all, including those whose task waits in
+    /// `get` (default 16 per CPU, at least 64). Past it no worker starts:
+    /// ready tasks wait until a worker finishes, so a chain of nested
+    /// blocking calls deeper than this waits (the node logs it once).
+    pub fn max_worker_processes(mut self, n: usize) -> Self {
+        self.max_worker_processes = Some(n);
         self
     }
 

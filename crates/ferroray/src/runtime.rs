@@ -38,6 +38,7 @@ pub fn init_with(config: Config) -> Result<()> {
     if let Some(n) = config.num_cpus {
         nc.resources.set(resources::CPU, n);
         nc.max_workers = ((n.ceil() as usize) * 4).max(8);
+        nc.max_worker_processes = ferroray_node::config::default_max_worker_processes(n.ceil() as usize);
     }
     nc.resources.set(resources::GPU, config.num_gpus);
     for (name, amount) in &config.resources {
@@ -59,6 +60,10 @@ pub fn init_with(config: Config) -> Result<()> {
     }
     if let Some(n) = config.max_workers {
         nc.max_workers = n;
+        nc.max_worker_processes = nc.max_worker_processes.max(n);
+    }
+    if let Some(n) = config.max_worker_processes {
+        nc.max_worker_processes = n;
     }
     nc.log_to_driver = config.log_to_driver;
     nc.worker_command.env.extend(config.worker_env.iter().cloned());

@@ -3,9 +3,11 @@
 //! Errors are values that travel: a failed task stores its [`Error`] as the
 //! content of each of its return objects, and every `get` of those objects
 //! (or of objects computed from them) returns it. So `Error` is `Clone` and
-//! serializable, and carries strings rather than source errors.
+//! serializable, and carries strings rather than source errors, plus, when
+//! the task's error type is serializable, that error value encoded (see
+//! [`Error::downcast_task_error`]).
 
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::fmt;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -67,12 +69,37 @@ pub enum Error {
 /// A failure inside the task's own code, with where it happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskError {
-    /// The Rust type name of the error value, or `"panic"`.
+    /// The Rust type name of the error value (`std::any::type_name`), or
+    /// `"panic"`.
     pub type_name: String,
+    /// The error's `Display` text, or the panic message.
     pub message: String,
     /// The remote function's name.
     pub task_name: String,
     pub pid: u32,
+    /// The error value itself, bincode-encoded, when its type is
+    /// `serde::Serialize` (and encoding succeeded); `None` for a panic or an
+    /// error type that is not serializable. Read it back with
+    /// [`TaskError::downcast`] / [`Error::downcast_task_error`].
+    pub value: Option<Vec<u8>>,
+}
+
+impl TaskError {
+    /// Whether the task's error value was of type `E` (compares
+    /// `std::any::type_name::<E>()` with [`type_name`](Self::type_name);
+    /// workers are the same executable as the driver, so the names agree).
+    pub fn is<E>(&self) -> bool {
+        self.type_name == std::any::type_name::<E>()
+    }
+
+    /// The task's error value as itself: `Some` when its type is `E` and it
+    /// was carried (`E` is serializable) and decodes; otherwise `None`.
+    pub fn downcast<E: DeserializeOwned>(&self) -> Option<E> {
+        if !self.is::<E>() {
+            return None;
+        }
+        bincode::deserialize(self.value.as_deref()?).ok()
+    }
 }
 
 impl fmt::Display for TaskError {
@@ -93,13 +120,76 @@ pub enum FailureKind {
 }
 
 impl Error {
+    /// A task error without an encoded value (a panic, or an error type that
+    /// is not serializable).
     pub fn task(type_name: &str, message: impl Into<String>, task_name: &str, pid: u32) -> Self {
         Error::Task(Box::new(TaskError {
             type_name: type_name.to_string(),
             message: message.into(),
             task_name: task_name.to_string(),
             pid,
+            value: None,
         }))
+    }
+
+    /// The user's error value of a failed task, recovered as itself: like
+    /// Ray, where a task's exception is raised again in the caller as an
+    /// instance of its own class.
+    ///
+    /// `Some(e)` when `self` is [`Error::Task`], the task failed with an
+    /// `Err(e)` of type `E`, and `E` is `serde::Serialize` (so the value was
+    /// carried; `E: DeserializeOwned` reads it back). `None` for another
+    /// variant, another type, a panic, or an error type that is not
+    /// serializable (those keep only [`TaskError::type_name`] and
+    /// [`TaskError::message`]).
+    ///
+    /// ```
+    /// # use ferroray_common::Error;
+    /// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// enum MyErr { NotFound(String) }
+    /// # let e = Error::task("x", "not found", "f", 1);
+    /// // `e` as returned by `get` of a task that returned `Err(MyErr::NotFound(..))`:
+    /// match e.downcast_task_error::<MyErr>() {
+    ///     Some(MyErr::NotFound(what)) => println!("missing {what}"),
+    ///     None => println!("some other failure: {e}"),
+    /// }
+    /// ```
+    pub fn downcast_task_error<E: DeserializeOwned>(&self) -> Option<E> {
+        match self {
+            Error::Task(t) => t.downcast(),
+            _ => None,
+        }
+    }
+
+    /// The error a task's code returned, as it is stored as the task's
+    /// result. An [`Error::Task`] (a nested task's failure passed on with
+    /// `?`) is kept as it is. Any other variant is stored inside an
+    /// [`Error::Task`] (so the node classifies it as the task's own,
+    /// application failure, and does not, say, retry a parent as if its own
+    /// worker had crashed when it passes on a child's `WorkerCrashed`), and
+    /// [`Error::reraised`] takes it out again when the caller reads it.
+    #[doc(hidden)]
+    pub fn raised_by_task(self, task_name: &str, pid: u32) -> Self {
+        match self {
+            Error::Task(_) => self,
+            e => Error::Task(Box::new(TaskError {
+                type_name: std::any::type_name::<Error>().to_string(),
+                message: e.to_string(),
+                task_name: task_name.to_string(),
+                pid,
+                value: bincode::serialize(&e).ok(),
+            })),
+        }
+    }
+
+    /// Undoes [`Error::raised_by_task`]: what `get` returns, so a
+    /// `ferroray::Error` a task returned arrives as the same variant.
+    #[doc(hidden)]
+    pub fn reraised(self) -> Self {
+        match &self {
+            Error::Task(t) => t.downcast::<Error>().unwrap_or(self),
+            _ => self,
+        }
     }
 
     pub fn failure_kind(&self) -> FailureKind {
@@ -173,5 +263,39 @@ mod tests {
         let e = Error::task("MyErr", "boom", "parse", 42);
         assert_eq!(e.to_string(), "task parse (pid=42) failed with MyErr: boom");
         assert!(!Error::GetTimeout.to_string().ends_with('.'));
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum MyErr {
+        Bad(u32),
+    }
+
+    fn with_value<E: Serialize>(e: &E) -> Error {
+        let mut err = Error::task(std::any::type_name::<E>(), "m", "f", 1);
+        if let Error::Task(t) = &mut err {
+            t.value = Some(bincode::serialize(e).unwrap());
+        }
+        err
+    }
+
+    #[test]
+    fn downcast_checks_the_type_name() {
+        let e = with_value(&MyErr::Bad(7));
+        assert_eq!(e.downcast_task_error::<MyErr>(), Some(MyErr::Bad(7)));
+        // Same encoding, another type: refused by name, not decoded.
+        assert_eq!(e.downcast_task_error::<u32>(), None);
+        assert_eq!(Error::task(std::any::type_name::<MyErr>(), "m", "f", 1).downcast_task_error::<MyErr>(), None);
+        assert_eq!(Error::GetTimeout.downcast_task_error::<MyErr>(), None);
+    }
+
+    #[test]
+    fn a_reraised_error_keeps_its_variant_and_is_an_application_failure() {
+        let raised = Error::WorkerCrashed { task: "c".into(), detail: "SIGKILL".into() }.raised_by_task("p", 2);
+        assert_eq!(raised.failure_kind(), FailureKind::Application);
+        assert!(!raised.is_retryable(&RetryExceptions::None));
+        assert_eq!(raised.reraised(), Error::WorkerCrashed { task: "c".into(), detail: "SIGKILL".into() });
+        let app = with_value(&MyErr::Bad(1));
+        assert_eq!(app.clone().raised_by_task("p", 2), app);
+        assert_eq!(app.clone().reraised(), app);
     }
 }

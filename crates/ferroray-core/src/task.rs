@@ -375,9 +375,82 @@ pub fn encode_return<T: Serialize>(v: &T) -> Result<ReturnValue> {
     codec::encode(&*global::core()?, v)
 }
 
-/// Turns an `Err` returned by a task into the task's error.
+/// Turns an `Err` returned by a task into the task's error: its type name
+/// and message only (for an error type that is not serializable).
 pub fn app_error<E: std::fmt::Display>(e: &E) -> Error {
     Error::task(std::any::type_name::<E>(), e.to_string(), &context::task_name(), std::process::id())
+}
+
+/// [`app_error`], also carrying the error value (bincode, like every other
+/// value) so that the caller can have it back with
+/// `Error::downcast_task_error::<E>()`.
+pub fn app_error_with_value<E: std::fmt::Display + Serialize>(e: &E) -> Error {
+    let mut err = app_error(e);
+    if let Error::Task(t) = &mut err {
+        t.value = bincode::serialize(e).ok();
+    }
+    err
+}
+
+/// A `ferroray::Error` returned by a task (a nested task's failure passed
+/// on with `?`): kept as the same variant (see `Error::raised_by_task`).
+pub fn reraise_error(e: &Error) -> Error {
+    e.clone().raised_by_task(&context::task_name(), std::process::id())
+}
+
+/// How a `#[remote]` expansion turns the `Err(e)` a task returned into the
+/// task's error, chosen by `e`'s type without specialization (autoref
+/// dispatch: the expansion calls `(&&ErrorProbe(&e)).__ferroray_task_error()`
+/// on a concrete type, and method lookup takes the first of these that
+/// applies):
+/// 1. [`ViaFerrorayError`]: `E` is `ferroray::Error`: [`reraise_error`];
+/// 2. [`ViaSerialize`]: `E: Serialize + Display`: [`app_error_with_value`];
+/// 3. [`ViaDisplay`]: any `E: Display`: [`app_error`] (name and message).
+///
+/// So a task's error type needs only `Display`, as before, and one that is
+/// also `Serialize` can be recovered as itself.
+pub struct ErrorProbe<'a, E>(pub &'a E);
+
+impl<E> Clone for ErrorProbe<'_, E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for ErrorProbe<'_, E> {}
+
+/// See [`ErrorProbe`].
+pub trait ViaFerrorayError {
+    fn __ferroray_task_error(&self) -> Error;
+}
+impl ViaFerrorayError for &ErrorProbe<'_, Error> {
+    fn __ferroray_task_error(&self) -> Error {
+        reraise_error(self.0)
+    }
+}
+
+/// See [`ErrorProbe`].
+pub trait ViaSerialize {
+    fn __ferroray_task_error(&self) -> Error;
+}
+impl<E: std::fmt::Display + Serialize> ViaSerialize for ErrorProbe<'_, E> {
+    fn __ferroray_task_error(&self) -> Error {
+        app_error_with_value(self.0)
+    }
+}
+
+/// See [`ErrorProbe`].
+pub trait ViaDisplay<E> {
+    fn __ferroray_task_error(self) -> Error
+    where
+        E: std::fmt::Display;
+}
+impl<E> ViaDisplay<E> for ErrorProbe<'_, E> {
+    fn __ferroray_task_error(self) -> Error
+    where
+        E: std::fmt::Display,
+    {
+        app_error(self.0)
+    }
 }
 
 /// A typed ref from a handle (used by `#[remote]` expansions with `num_returns`).

@@ -131,7 +131,10 @@ pub mod __private {
     pub use ferroray_core::__task_options_methods as task_options_methods;
     pub use ferroray_core::codec::ReturnValue;
     pub use ferroray_core::registry::{Invoke, ItemSink, RemoteFunction, REMOTE_FUNCTIONS};
-    pub use ferroray_core::task::{app_error, encode_return, typed_ref, ArgReader, TaskCall};
+    pub use ferroray_core::task::{
+        app_error, encode_return, typed_ref, ArgReader, ErrorProbe, TaskCall, ViaDisplay, ViaFerrorayError,
+        ViaSerialize,
+    };
     pub use futures::executor::block_on;
     pub use futures::StreamExt;
     pub use linkme;

@@ -227,9 +227,15 @@ pub enum RetryExceptions {
     #[default]
     None,
     All,
-    /// Type names; an error matches if its type name ends with one of these
-    /// (so `"ParseIntError"` matches `core::num::error::ParseIntError`).
+    /// Type name suffixes (`retry_exceptions_for`): an error matches if its
+    /// type name ends with one of these (so `"ParseIntError"` matches
+    /// `core::num::error::ParseIntError`, but `"Error"` matches nearly
+    /// everything, and `"Flaky"` also matches `NotFlaky`).
     Types(Vec<String>),
+    /// Exact type names, as `std::any::type_name` gives them
+    /// (`retry_exceptions_of::<E>()`): an error matches only if its type is
+    /// one of these.
+    ExactTypes(Vec<String>),
 }
 
 impl RetryExceptions {
@@ -238,6 +244,22 @@ impl RetryExceptions {
             RetryExceptions::None => false,
             RetryExceptions::All => true,
             RetryExceptions::Types(types) => types.iter().any(|t| type_name.ends_with(t.as_str())),
+            RetryExceptions::ExactTypes(types) => types.iter().any(|t| t == type_name),
+        }
+    }
+
+    /// Adds the exact type `E` (what `retry_exceptions_of::<E>()` does): to
+    /// the list of exact types if there is one, otherwise replacing the
+    /// policy (`None`, `All` or a suffix list) with one of just `E`.
+    pub fn add_type<E: ?Sized>(&mut self) {
+        let name = std::any::type_name::<E>().to_string();
+        match self {
+            RetryExceptions::ExactTypes(types) => {
+                if !types.contains(&name) {
+                    types.push(name)
+                }
+            }
+            other => *other = RetryExceptions::ExactTypes(vec![name]),
         }
     }
 }
@@ -256,6 +278,24 @@ mod tests {
         assert!(app.is_retryable(&RetryExceptions::Types(vec!["ParseIntError".into()])));
         assert!(!app.is_retryable(&RetryExceptions::Types(vec!["IoError".into()])));
         assert!(!Error::TaskCancelled.is_retryable(&RetryExceptions::All));
+    }
+
+    #[test]
+    fn exact_types_match_only_that_type() {
+        struct Flaky;
+        struct NotFlaky;
+        let flaky = Error::task(std::any::type_name::<Flaky>(), "m", "f", 1);
+        let not_flaky = Error::task(std::any::type_name::<NotFlaky>(), "m", "f", 1);
+        let mut policy = RetryExceptions::All;
+        policy.add_type::<Flaky>();
+        assert_eq!(policy, RetryExceptions::ExactTypes(vec![std::any::type_name::<Flaky>().into()]));
+        assert!(flaky.is_retryable(&policy));
+        assert!(!not_flaky.is_retryable(&policy), "a suffix is not enough");
+        assert!(not_flaky.is_retryable(&RetryExceptions::Types(vec!["Flaky".into()])), "the string form is a suffix");
+        policy.add_type::<NotFlaky>();
+        policy.add_type::<NotFlaky>();
+        assert!(matches!(&policy, RetryExceptions::ExactTypes(t) if t.len() == 2));
+        assert!(not_flaky.is_retryable(&policy));
     }
 
     #[test]

@@ -126,11 +126,27 @@ macro_rules! __task_options_methods {
             self.opts.retry_exceptions = if on { $crate::RetryExceptions::All } else { $crate::RetryExceptions::None };
             self
         }
-        /// Retry only errors whose type name ends with one of these, e.g.
-        /// `&["ParseError"]`. Like Ray's `retry_exceptions=[..]`.
+        /// Retry only errors whose type name ends with one of these strings,
+        /// e.g. `&["ParseIntError"]` (a suffix match on
+        /// `std::any::type_name`: `"Flaky"` also matches `NotFlaky`). Replaces
+        /// any earlier `retry_exceptions*` setting. Prefer
+        /// [`retry_exceptions_of`](Self::retry_exceptions_of), which names
+        /// the type itself. Like Ray's `retry_exceptions=[..]`.
         pub fn retry_exceptions_for(mut self, types: &[&str]) -> Self {
             self.opts.retry_exceptions =
                 $crate::RetryExceptions::Types(types.iter().map(|t| ::std::string::ToString::to_string(t)).collect());
+            self
+        }
+        /// Retry (up to `max_retries`) when the task fails with an `Err` of
+        /// exactly the type `E`; call once per type, e.g.
+        /// `.retry_exceptions_of::<Flaky>().retry_exceptions_of::<std::io::Error>()`.
+        /// Matches `std::any::type_name::<E>()` exactly (a task that passes
+        /// on a nested task's error with `?` fails with that error's type).
+        /// The first call replaces a `retry_exceptions(..)` or
+        /// `retry_exceptions_for(..)` setting; later calls add types. Like
+        /// Ray's `retry_exceptions=[MyError, ..]`.
+        pub fn retry_exceptions_of<E: ?::core::marker::Sized>(mut self) -> Self {
+            self.opts.retry_exceptions.add_type::<E>();
             self
         }
         /// Generators: pause the task while this many yielded items are

@@ -1,6 +1,7 @@
 //! Task errors keep their type: a serializable error comes back as itself
 //! (`Error::downcast_task_error`), a `ferroray::Error` passed on with `?` by
-//! a nested task stays the same variant.
+//! a nested task stays the same variant, and `retry_exceptions_of::<E>()`
+//! retries by exact type.
 
 mod common;
 
@@ -197,4 +198,75 @@ fn a_passed_on_worker_crash_is_the_parents_application_error() {
     let err = get(&pass_on_crash::remote(dir.clone())).unwrap_err();
     assert!(matches!(err, Error::WorkerCrashed { .. }), "{err:?}");
     assert_eq!(attempts(&dir), 1, "the parent's own worker did not crash: no retry");
+    // With retry_exceptions it is retried like any error of the task's own.
+    let d = scratch_dir("pass-on-crash-retried");
+    let dir = d.to_string_lossy().to_string();
+    let err =
+        get(&pass_on_crash::options().max_retries(1).retry_exceptions_of::<Error>().remote(dir.clone())).unwrap_err();
+    assert!(matches!(err, Error::WorkerCrashed { .. }), "{err:?}");
+    assert_eq!(attempts(&dir), 2);
+}
+
+// ---- retry_exceptions_of::<E>() ----
+
+#[derive(Debug)]
+pub struct Flaky;
+#[derive(Debug)]
+pub struct NotFlaky;
+impl std::fmt::Display for Flaky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("flaky")
+    }
+}
+impl std::fmt::Display for NotFlaky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not flaky")
+    }
+}
+
+/// Fails on the first attempt with `Flaky`, then succeeds.
+#[ferroray::remote]
+fn flaky_once(dir: String) -> Result<usize, Flaky> {
+    let n = attempts(&dir);
+    std::fs::write(Path::new(&dir).join(format!("attempt-{n}")), "").unwrap();
+    if n == 0 {
+        Err(Flaky)
+    } else {
+        Ok(n + 1)
+    }
+}
+
+/// Fails on the first attempt with `NotFlaky` (whose name ends with
+/// "Flaky"), then succeeds.
+#[ferroray::remote]
+fn not_flaky_once(dir: String) -> Result<usize, NotFlaky> {
+    let n = attempts(&dir);
+    std::fs::write(Path::new(&dir).join(format!("attempt-{n}")), "").unwrap();
+    if n == 0 {
+        Err(NotFlaky)
+    } else {
+        Ok(n + 1)
+    }
+}
+
+fn fresh(name: &str) -> String {
+    scratch_dir(name).to_string_lossy().to_string()
+}
+
+#[test]
+fn retry_exceptions_of_retries_exactly_the_types_named() {
+    let _c = cluster();
+    let dir = fresh("of-flaky");
+    assert_eq!(get(&flaky_once::options().retry_exceptions_of::<Flaky>().remote(dir.clone())).unwrap(), 2);
+    let dir = fresh("of-not-flaky");
+    let err = get(&not_flaky_once::options().retry_exceptions_of::<Flaky>().remote(dir.clone())).unwrap_err();
+    assert!(matches!(&err, Error::Task(t) if t.is::<NotFlaky>()), "{err:?}");
+    assert_eq!(attempts(&dir), 1, "NotFlaky is not Flaky, whatever its name ends with");
+    // Several types: each call adds one.
+    let dir = fresh("of-both");
+    let both = not_flaky_once::options().retry_exceptions_of::<Flaky>().retry_exceptions_of::<NotFlaky>();
+    assert_eq!(get(&both.remote(dir.clone())).unwrap(), 2);
+    // The string form stays a suffix match: "Flaky" catches NotFlaky too.
+    let dir = fresh("for-suffix");
+    assert_eq!(get(&not_flaky_once::options().retry_exceptions_for(&["Flaky"]).remote(dir.clone())).unwrap(), 2);
 }

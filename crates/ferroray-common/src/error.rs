@@ -12,7 +12,10 @@ use std::fmt;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Every failure ferroray reports. `#[non_exhaustive]`: new kinds of failure
+/// may be added, so a `match` outside this crate needs a `_` arm.
 #[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Error {
     /// The task's own code failed: it returned `Err`, or it panicked.
     #[error("{0}")]
@@ -67,7 +70,9 @@ pub enum Error {
 }
 
 /// A failure inside the task's own code, with where it happened.
+/// `#[non_exhaustive]`: read its fields; it is made by ferroray.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TaskError {
     /// The Rust type name of the error value (`std::any::type_name`), or
     /// `"panic"`.
@@ -221,8 +226,10 @@ impl Error {
     }
 }
 
-/// Which application errors a task retries.
+/// Which application errors a task retries. `#[non_exhaustive]`: new ways
+/// of choosing may be added.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum RetryExceptions {
     #[default]
     None,

@@ -113,12 +113,13 @@ pub use ferroray_core::{
 /// }
 /// ```
 pub use ferroray_macros::remote;
-pub use ferroray_protocol::{TaskEvent, TaskState};
 
 mod config;
+mod events;
 mod runtime;
 
 pub use config::Config;
+pub use events::{TaskEvent, TaskState};
 pub use runtime::{
     cancel, cancel_with, get, get_all, init, init_with, is_initialized, node_address, put, runtime_stats, shutdown,
     tasks, wait, RuntimeStats,

@@ -27,6 +27,9 @@
 //!   its items' refs as they are yielded (an `Iterator` and a `Stream`);
 //!   [`DynamicObjectRefGenerator`]: the list a dynamic-returns task gives.
 //! - [`Buffer`]: bytes that read as a zero-copy view of shared memory.
+//! - [`Error`]: every failure; a task's own `Err(e)` is [`Error::Task`], and
+//!   [`Error::downcast_task_error`] gives `e` back as itself when its type
+//!   is serializable. [`TaskEvent`] / [`TaskState`]: what [`tasks`] records.
 //!
 //! Workers are this same executable started again: a constructor that runs
 //! before `main` recognises a worker process and runs the worker loop

@@ -90,6 +90,21 @@ pub struct TaskError {
 }
 
 impl TaskError {
+    /// The most bytes of an encoded error value that travel; a larger value
+    /// is left out (`value: None`; the type name and message still travel),
+    /// so an error cannot make a task's result outgrow a message.
+    pub const MAX_VALUE_BYTES: u64 = 1 << 20;
+
+    /// `e` encoded for [`value`](Self::value): bincode, like every other
+    /// value; `None` if it does not encode or is over
+    /// [`MAX_VALUE_BYTES`](Self::MAX_VALUE_BYTES).
+    pub fn encode_value<E: Serialize + ?Sized>(e: &E) -> Option<Vec<u8>> {
+        match bincode::serialized_size(e) {
+            Ok(n) if n <= Self::MAX_VALUE_BYTES => bincode::serialize(e).ok(),
+            _ => None,
+        }
+    }
+
     /// Whether the task's error value was of type `E` (compares
     /// `std::any::type_name::<E>()` with [`type_name`](Self::type_name);
     /// workers are the same executable as the driver, so the names agree).
@@ -98,7 +113,10 @@ impl TaskError {
     }
 
     /// The task's error value as itself: `Some` when its type is `E` and it
-    /// was carried (`E` is serializable) and decodes; otherwise `None`.
+    /// was carried (`E` is serializable, and encoded within
+    /// [`MAX_VALUE_BYTES`](Self::MAX_VALUE_BYTES)) and decodes (bincode, so
+    /// serde attributes that need a self-describing format, like
+    /// `#[serde(untagged)]`, do not round-trip); otherwise `None`.
     pub fn downcast<E: DeserializeOwned>(&self) -> Option<E> {
         if !self.is::<E>() {
             return None;
@@ -182,7 +200,7 @@ impl Error {
                 message: e.to_string(),
                 task_name: task_name.to_string(),
                 pid,
-                value: bincode::serialize(&e).ok(),
+                value: TaskError::encode_value(&e),
             })),
         }
     }
@@ -333,6 +351,14 @@ mod tests {
         assert_eq!(e.downcast_task_error::<u32>(), None);
         assert_eq!(Error::task(std::any::type_name::<MyErr>(), "m", "f", 1).downcast_task_error::<MyErr>(), None);
         assert_eq!(Error::GetTimeout.downcast_task_error::<MyErr>(), None);
+    }
+
+    #[test]
+    fn an_error_value_over_the_limit_is_left_out() {
+        let small = vec![0u8; 1000];
+        assert_eq!(TaskError::encode_value(&small), Some(bincode::serialize(&small).unwrap()));
+        let big = vec![0u8; TaskError::MAX_VALUE_BYTES as usize];
+        assert_eq!(TaskError::encode_value(&big), None, "8 bytes of length over the limit");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use crate::codec::{self, ReturnValue, ShmPin, Source};
 use crate::object_ref::{ObjectRef, RefInner};
 use crate::worker::CoreWorker;
 use crate::{context, global};
-use ferroray_common::{resources, Error, ObjectId, ResourceSet, Result, RetryExceptions};
+use ferroray_common::{resources, Error, ObjectId, ResourceSet, Result, RetryExceptions, TaskError};
 use ferroray_protocol::{FunctionDescriptor, Payload, ReturnKind, TaskArg, TaskSpec};
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::Arc;
@@ -397,13 +397,13 @@ pub fn app_error<E: std::fmt::Display>(e: &E) -> Error {
     Error::task(std::any::type_name::<E>(), e.to_string(), &context::task_name(), std::process::id())
 }
 
-/// [`app_error`], also carrying the error value (bincode, like every other
-/// value) so that the caller can have it back with
-/// `Error::downcast_task_error::<E>()`.
+/// [`app_error`], also carrying the error value (`TaskError::encode_value`:
+/// bincode, like every other value, up to `TaskError::MAX_VALUE_BYTES`) so
+/// that the caller can have it back with `Error::downcast_task_error::<E>()`.
 pub fn app_error_with_value<E: std::fmt::Display + Serialize>(e: &E) -> Error {
     let mut err = app_error(e);
     if let Error::Task(t) = &mut err {
-        t.value = bincode::serialize(e).ok();
+        t.value = TaskError::encode_value(e);
     }
     err
 }

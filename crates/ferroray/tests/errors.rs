@@ -270,3 +270,27 @@ fn retry_exceptions_of_retries_exactly_the_types_named() {
     let dir = fresh("for-suffix");
     assert_eq!(get(&not_flaky_once::options().retry_exceptions_for(&["Flaky"]).remote(dir.clone())).unwrap(), 2);
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HugeError(Vec<u8>);
+impl std::fmt::Display for HugeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes of detail", self.0.len())
+    }
+}
+
+#[ferroray::remote(max_retries = 0)]
+fn huge_fails() -> Result<u32, HugeError> {
+    Err(HugeError(vec![7; 4 << 20]))
+}
+
+#[test]
+fn an_error_value_too_large_to_carry_keeps_its_message_only() {
+    let _c = cluster();
+    let err = get(&huge_fails::remote()).unwrap_err();
+    let Error::Task(t) = &err else { panic!("{err:?}") };
+    assert_eq!(t.message, format!("{} bytes of detail", 4 << 20));
+    assert_eq!(t.value, None);
+    assert!(t.is::<HugeError>());
+    assert!(err.downcast_task_error::<HugeError>().is_none());
+}

@@ -294,3 +294,19 @@ fn an_error_value_too_large_to_carry_keeps_its_message_only() {
     assert!(t.is::<HugeError>());
     assert!(err.downcast_task_error::<HugeError>().is_none());
 }
+
+/// Yields `Ok(0)`, then fails the stream with a serializable error.
+#[ferroray::remote(max_retries = 0)]
+fn stream_then_fail() -> impl Iterator<Item = Result<u32, LookupError>> {
+    vec![Ok(0), Err(LookupError::Invalid { code: 9 })].into_iter()
+}
+
+#[test]
+fn a_generators_error_comes_back_as_itself() {
+    let _c = cluster();
+    let refs: Vec<_> = stream_then_fail::remote().collect();
+    assert_eq!(refs.len(), 2, "the item, then one ref holding the error");
+    assert_eq!(get(&refs[0]).unwrap(), 0);
+    let err = get(&refs[1]).unwrap_err();
+    assert_eq!(err.downcast_task_error::<LookupError>(), Some(LookupError::Invalid { code: 9 }));
+}

@@ -2,7 +2,7 @@
 
 use crate::global;
 use crate::worker::CoreWorker;
-use ferroray_common::{ObjectId, Result};
+use ferroray_common::{Error, ObjectId, Result};
 use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::marker::PhantomData;
@@ -67,13 +67,15 @@ impl<T> ObjectRef<T> {
 
 impl<T: DeserializeOwned> ObjectRef<T> {
     /// Blocks until the value is ready and returns it (or the task's error).
+    /// A `ferroray::Error` the task itself returned (say a nested task's
+    /// `TaskCancelled`, passed on with `?`) comes back as that same variant.
     pub fn get(&self) -> Result<T> {
-        self.inner.core.get(self.inner.id, None)
+        self.inner.core.get(self.inner.id, None).map_err(Error::reraised)
     }
 
     /// Like [`get`](Self::get), but gives up with `Error::GetTimeout`.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        self.inner.core.get(self.inner.id, Some(timeout))
+        self.inner.core.get(self.inner.id, Some(timeout)).map_err(Error::reraised)
     }
 }
 

@@ -4,7 +4,7 @@ use crate::codec::{self, ReturnValue, ShmPin, Source};
 use crate::object_ref::{ObjectRef, RefInner};
 use crate::worker::CoreWorker;
 use crate::{context, global};
-use ferroray_common::{resources, Error, ObjectId, ResourceSet, Result, RetryExceptions};
+use ferroray_common::{resources, Error, ObjectId, ResourceSet, Result, RetryExceptions, TaskError};
 use ferroray_protocol::{FunctionDescriptor, Payload, ReturnKind, TaskArg, TaskSpec};
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::Arc;
@@ -126,11 +126,27 @@ macro_rules! __task_options_methods {
             self.opts.retry_exceptions = if on { $crate::RetryExceptions::All } else { $crate::RetryExceptions::None };
             self
         }
-        /// Retry only errors whose type name ends with one of these, e.g.
-        /// `&["ParseError"]`. Like Ray's `retry_exceptions=[..]`.
+        /// Retry only errors whose type name ends with one of these strings,
+        /// e.g. `&["ParseIntError"]` (a suffix match on
+        /// `std::any::type_name`: `"Flaky"` also matches `NotFlaky`). Replaces
+        /// any earlier `retry_exceptions*` setting. Prefer
+        /// [`retry_exceptions_of`](Self::retry_exceptions_of), which names
+        /// the type itself. Like Ray's `retry_exceptions=[..]`.
         pub fn retry_exceptions_for(mut self, types: &[&str]) -> Self {
             self.opts.retry_exceptions =
                 $crate::RetryExceptions::Types(types.iter().map(|t| ::std::string::ToString::to_string(t)).collect());
+            self
+        }
+        /// Retry (up to `max_retries`) when the task fails with an `Err` of
+        /// exactly the type `E`; call once per type, e.g.
+        /// `.retry_exceptions_of::<Flaky>().retry_exceptions_of::<std::io::Error>()`.
+        /// Matches `std::any::type_name::<E>()` exactly (a task that passes
+        /// on a nested task's error with `?` fails with that error's type).
+        /// The first call replaces a `retry_exceptions(..)` or
+        /// `retry_exceptions_for(..)` setting; later calls add types. Like
+        /// Ray's `retry_exceptions=[MyError, ..]`.
+        pub fn retry_exceptions_of<E: ?::core::marker::Sized>(mut self) -> Self {
+            self.opts.retry_exceptions.add_type::<E>();
             self
         }
         /// Generators: pause the task while this many yielded items are
@@ -386,9 +402,82 @@ pub fn encode_item<T: Serialize>(v: &T) -> Result<ReturnValue> {
     Ok(value)
 }
 
-/// Turns an `Err` returned by a task into the task's error.
+/// Turns an `Err` returned by a task into the task's error: its type name
+/// and message only (for an error type that is not serializable).
 pub fn app_error<E: std::fmt::Display>(e: &E) -> Error {
     Error::task(std::any::type_name::<E>(), e.to_string(), &context::task_name(), std::process::id())
+}
+
+/// [`app_error`], also carrying the error value (`TaskError::encode_value`:
+/// bincode, like every other value, up to `TaskError::MAX_VALUE_BYTES`) so
+/// that the caller can have it back with `Error::downcast_task_error::<E>()`.
+pub fn app_error_with_value<E: std::fmt::Display + Serialize>(e: &E) -> Error {
+    let mut err = app_error(e);
+    if let Error::Task(t) = &mut err {
+        t.value = TaskError::encode_value(e);
+    }
+    err
+}
+
+/// A `ferroray::Error` returned by a task (a nested task's failure passed
+/// on with `?`): kept as the same variant (see `Error::raised_by_task`).
+pub fn reraise_error(e: &Error) -> Error {
+    e.clone().raised_by_task(&context::task_name(), std::process::id())
+}
+
+/// How a `#[remote]` expansion turns the `Err(e)` a task returned into the
+/// task's error, chosen by `e`'s type without specialization (autoref
+/// dispatch: the expansion calls `(&&ErrorProbe(&e)).__ferroray_task_error()`
+/// on a concrete type, and method lookup takes the first of these that
+/// applies):
+/// 1. [`ViaFerrorayError`]: `E` is `ferroray::Error`: [`reraise_error`];
+/// 2. [`ViaSerialize`]: `E: Serialize + Display`: [`app_error_with_value`];
+/// 3. [`ViaDisplay`]: any `E: Display`: [`app_error`] (name and message).
+///
+/// So a task's error type needs only `Display`, as before, and one that is
+/// also `Serialize` can be recovered as itself.
+pub struct ErrorProbe<'a, E>(pub &'a E);
+
+impl<E> Clone for ErrorProbe<'_, E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for ErrorProbe<'_, E> {}
+
+/// See [`ErrorProbe`].
+pub trait ViaFerrorayError {
+    fn __ferroray_task_error(&self) -> Error;
+}
+impl ViaFerrorayError for &ErrorProbe<'_, Error> {
+    fn __ferroray_task_error(&self) -> Error {
+        reraise_error(self.0)
+    }
+}
+
+/// See [`ErrorProbe`].
+pub trait ViaSerialize {
+    fn __ferroray_task_error(&self) -> Error;
+}
+impl<E: std::fmt::Display + Serialize> ViaSerialize for ErrorProbe<'_, E> {
+    fn __ferroray_task_error(&self) -> Error {
+        app_error_with_value(self.0)
+    }
+}
+
+/// See [`ErrorProbe`].
+pub trait ViaDisplay<E> {
+    fn __ferroray_task_error(self) -> Error
+    where
+        E: std::fmt::Display;
+}
+impl<E> ViaDisplay<E> for ErrorProbe<'_, E> {
+    fn __ferroray_task_error(self) -> Error
+    where
+        E: std::fmt::Display,
+    {
+        app_error(self.0)
+    }
 }
 
 /// A typed ref from a handle (used by `#[remote]` expansions with `num_returns`).

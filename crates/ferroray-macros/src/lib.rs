@@ -33,7 +33,7 @@ use syn::{Expr, FnArg, GenericArgument, ItemFn, Lit, PathArguments, ReturnType, 
 /// | --- | --- |
 /// | `f::remote(args..)` | submits the task with the attribute's options; returns at once |
 /// | `f::options()` | an `f::Options` builder starting from the attribute's options; finish with `.remote(args..)` |
-/// | `f::Options` | the builder: `num_cpus`, `num_gpus`, `resource`, `max_retries`, `retry_exceptions`, `retry_exceptions_for`, `generator_backpressure`, `enable_task_events` (each documented on the generated page), and for generators `num_returns_dynamic()` giving an `f::DynamicOptions` |
+/// | `f::Options` | the builder: `num_cpus`, `num_gpus`, `resource`, `max_retries`, `retry_exceptions`, `retry_exceptions_for`, `retry_exceptions_of::<E>()`, `generator_backpressure`, `enable_task_events` (each documented on the generated page), and for generators `num_returns_dynamic()` giving an `f::DynamicOptions` |
 /// | `f::NAME` | the name workers find the function by: its module path and name |
 ///
 /// Other generated items are `#[doc(hidden)]` and named `__ferroray..`: a
@@ -50,7 +50,11 @@ use syn::{Expr, FnArg, GenericArgument, ItemFn, Lit, PathArguments, ReturnType, 
 ///
 /// - a function returning `T` gives `ObjectRef<T>`;
 /// - `Result<T, E>` (any alias named `Result`) gives `ObjectRef<T>`; an `Err`
-///   is the task's error (`E: Display`);
+///   is the task's error, `Error::Task` with `E`'s type name and message
+///   (`E: Display`). When `E` is also `serde::Serialize` the value itself is
+///   carried too, and `Error::downcast_task_error::<E>()` gives it back; when
+///   `E` is `ferroray::Error` (a nested task's error passed on with `?`), the
+///   caller's `get` returns that same error, variant and all;
 /// - with `num_returns = N`, a tuple of `N` types gives a tuple of `N` refs;
 /// - a generator, `impl Iterator<Item = T>` (or, from an `async fn`,
 ///   `impl Stream<Item = T>`), gives an `ObjectRefGenerator<T>` that streams
@@ -246,7 +250,12 @@ fn shape(ret: &Type) -> Shape {
 fn unwrap_err(expr: TokenStream2) -> TokenStream2 {
     quote!(match #expr {
         ::std::result::Result::Ok(v) => v,
-        ::std::result::Result::Err(e) => return ::std::result::Result::Err(::ferroray::__private::app_error(&e)),
+        ::std::result::Result::Err(e) => return ::std::result::Result::Err({
+            // The first that applies: a `ferroray::Error` passed on, a
+            // serializable error (its value carried), any `Display` error.
+            use ::ferroray::__private::{ViaDisplay as _, ViaFerrorayError as _, ViaSerialize as _};
+            (&&::ferroray::__private::ErrorProbe(&e)).__ferroray_task_error()
+        }),
     })
 }
 

@@ -27,6 +27,9 @@
 //!   its items' refs as they are yielded (an `Iterator` and a `Stream`);
 //!   [`DynamicObjectRefGenerator`]: the list a dynamic-returns task gives.
 //! - [`Buffer`]: bytes that read as a zero-copy view of shared memory.
+//! - [`Error`]: every failure; a task's own `Err(e)` is [`Error::Task`], and
+//!   [`Error::downcast_task_error`] gives `e` back as itself when its type
+//!   is serializable. [`TaskEvent`] / [`TaskState`]: what [`tasks`] records.
 //!
 //! Workers are this same executable started again: a constructor that runs
 //! before `main` recognises a worker process and runs the worker loop
@@ -113,12 +116,13 @@ pub use ferroray_core::{
 /// }
 /// ```
 pub use ferroray_macros::remote;
-pub use ferroray_protocol::{TaskEvent, TaskState};
 
 mod config;
+mod events;
 mod runtime;
 
 pub use config::Config;
+pub use events::{TaskEvent, TaskState};
 pub use runtime::{
     cancel, cancel_with, get, get_all, init, init_with, is_initialized, node_address, put, runtime_stats, shutdown,
     tasks, wait, RuntimeStats,
@@ -131,7 +135,10 @@ pub mod __private {
     pub use ferroray_core::__task_options_methods as task_options_methods;
     pub use ferroray_core::codec::ReturnValue;
     pub use ferroray_core::registry::{Invoke, ItemSink, RemoteFunction, REMOTE_FUNCTIONS};
-    pub use ferroray_core::task::{app_error, encode_item, encode_return, typed_ref, ArgReader, TaskCall};
+    pub use ferroray_core::task::{
+        app_error, encode_item, encode_return, typed_ref, ArgReader, ErrorProbe, TaskCall, ViaDisplay,
+        ViaFerrorayError, ViaSerialize,
+    };
     pub use futures::executor::block_on;
     pub use futures::StreamExt;
     pub use linkme;

@@ -1,10 +1,9 @@
 //! The embedded runtime and the free functions.
 
-use crate::Config;
+use crate::{Config, TaskEvent};
 use ferroray_common::{resources, Error, ObjectId, Result};
 use ferroray_core::{global, worker, Cancellable, CoreWorker, ObjectRef, Waitable};
 use ferroray_node::{Node, NodeConfig, WorkerCommand};
-use ferroray_protocol::TaskEvent;
 use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::Arc;
@@ -143,7 +142,7 @@ pub fn cancel_with<C: Cancellable>(target: &C, force: bool, recursive: bool) -> 
 
 /// Every recorded task state change, oldest first.
 pub fn tasks() -> Result<Vec<TaskEvent>> {
-    core()?.task_events()
+    Ok(core()?.task_events()?.into_iter().map(TaskEvent::from_wire).collect())
 }
 
 /// The abstract Unix socket name of the embedded node (workers connect to it).

@@ -125,3 +125,25 @@ fn a_task_queued_behind_a_long_one_moves_to_a_worker_that_frees_up() {
     let recorded = started(&queued).unwrap() as u128 / 1000;
     assert!(recorded <= q_start + 5, "recorded running at {recorded} ms, started at {q_start} ms");
 }
+
+#[test]
+fn nested_blocking_calls_stop_at_the_process_cap_and_wait() {
+    let cap = 3;
+    let _c = cluster_with(Config::default().num_cpus(1).max_workers(1).max_worker_processes(cap));
+    // Within the cap: three levels, three processes.
+    assert_eq!(get(&chain::remote(2)).unwrap(), 2);
+    // Deeper than the cap: the levels past it wait for a worker, and no
+    // more processes start (before the cap, 1,000 levels made 1,000).
+    let deep = chain::remote(6);
+    assert!(matches!(deep.get_timeout(Duration::from_secs(2)), Err(Error::GetTimeout)));
+    let workers = ferroray::runtime_stats().unwrap().workers;
+    assert!(workers <= cap, "{workers} worker processes, cap {cap}");
+    ferroray::cancel_with(&deep, true, true).unwrap();
+}
+
+#[test]
+fn the_process_cap_may_not_be_below_max_workers() {
+    let r = ferroray::init_with(Config::default().max_workers(8).max_worker_processes(4));
+    assert!(matches!(r, Err(Error::InvalidOption(m)) if m.contains("max_worker_processes")));
+    assert!(!ferroray::is_initialized());
+}

@@ -8,19 +8,17 @@ use crate::object_ref::RefInner;
 use crate::registry::{self, Invoke, ItemSink};
 use crate::task::ArgReader;
 use ferroray_common::{ClusterToken, Error, ObjectId, Result, TaskId, WorkerId};
-use ferroray_node::pool::env;
-use ferroray_node::{LocalConnection, Node};
 use ferroray_protocol::{
-    frame, FromNode, FunctionDescriptor, NodeInfo, ObjectValue, Payload, ReturnKind, Role, TaskEvent, TaskOutcome,
-    TaskSpec, ToNode, PROTOCOL_VERSION,
+    FromNode, FunctionDescriptor, NodeInfo, ObjectValue, Payload, ReturnKind, Role, TaskEvent, TaskOutcome, TaskSpec,
+    ToNode, PROTOCOL_VERSION,
 };
 use ferroray_store::Arena;
+use ferroray_transport::unix::UnixLink;
+use ferroray_transport::{env, Inbox, Link};
 use parking_lot::{Condvar, Mutex, RwLock};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -29,13 +27,6 @@ use std::time::{Duration, Instant};
 
 /// How long a request to the node (allocation, task listing) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-enum Link {
-    /// The driver of an embedded node: a direct call.
-    Local(LocalConnection),
-    /// Everyone else: the node's Unix socket.
-    Socket(Mutex<UnixStream>),
-}
 
 enum Cached {
     Inline(Arc<Vec<u8>>),
@@ -76,20 +67,35 @@ impl LocalStream {
     }
 }
 
-/// The driver's side of its in-process connection: the node calls it.
-struct DriverClient(std::sync::Weak<CoreWorker>);
+/// A driver's inbox: the node's messages go to its core worker while it
+/// lives (weak: the node holds the inbox, the core worker holds the link).
+struct DriverInbox(std::sync::Weak<CoreWorker>);
 
-impl ferroray_node::LocalClient for DriverClient {
+impl Inbox for DriverInbox {
     fn deliver(&self, msg: FromNode) {
         if let Some(core) = self.0.upgrade() {
             core.dispatch(msg);
         }
     }
 
-    fn closed(&self) {
+    fn closed(&self, reason: &str) {
         if let Some(core) = self.0.upgrade() {
-            core.mark_disconnected("the node shut down");
+            core.mark_disconnected(reason);
         }
+    }
+}
+
+/// A worker process's inbox: once the node is gone there is nothing to
+/// serve, and the process exits.
+struct WorkerInbox(Arc<CoreWorker>);
+
+impl Inbox for WorkerInbox {
+    fn deliver(&self, msg: FromNode) {
+        self.0.dispatch(msg);
+    }
+
+    fn closed(&self, _reason: &str) {
+        std::process::exit(0);
     }
 }
 
@@ -129,7 +135,9 @@ pub struct CoreWorker {
     worker_id: WorkerId,
     info: NodeInfo,
     arena: Arc<Arena>,
-    link: RwLock<Option<Link>>,
+    /// How messages reach the node (in-process or a socket; see
+    /// `ferroray_transport`); `None` once closed.
+    link: RwLock<Option<Box<dyn Link>>>,
     next_seq: AtomicU64,
     state: Mutex<LocalState>,
     ready: Condvar,
@@ -148,7 +156,7 @@ impl CoreWorker {
         worker_id: WorkerId,
         info: NodeInfo,
         arena: Arc<Arena>,
-        link: Option<Link>,
+        link: Option<Box<dyn Link>>,
         exec: Option<ExecQueue>,
     ) -> Self {
         codec::register_arena(&arena);
@@ -168,14 +176,21 @@ impl CoreWorker {
         }
     }
 
-    /// The driver's core worker, connected in-process to an embedded node:
-    /// the node hands it its messages directly (see `ferroray_node::local`).
-    pub fn connect_local(node: &Node) -> Result<Arc<Self>> {
-        let worker_id = WorkerId::random();
-        let core = Arc::new(CoreWorker::new(worker_id, node.info().clone(), node.arena().clone(), None, None));
-        let conn = node.connect_local(worker_id, Arc::new(DriverClient(Arc::downgrade(&core))))?;
-        *core.link.write() = Some(Link::Local(conn));
-        Ok(core)
+    /// A driver's core worker, not connected yet: connect it with
+    /// [`CoreWorker::inbox`] (what the node's messages go to) and then
+    /// [`CoreWorker::attach`] (how messages reach the node).
+    pub fn driver(worker_id: WorkerId, info: NodeInfo, arena: Arc<Arena>) -> Arc<Self> {
+        Arc::new(CoreWorker::new(worker_id, info, arena, None, None))
+    }
+
+    /// Where a link should hand the node's messages for this driver.
+    pub fn inbox(self: &Arc<Self>) -> Arc<dyn Inbox> {
+        Arc::new(DriverInbox(Arc::downgrade(self)))
+    }
+
+    /// Sends this process's messages through `link` from now on.
+    pub fn attach(&self, link: Box<dyn Link>) {
+        *self.link.write() = Some(link);
     }
 
     pub fn worker_id(&self) -> WorkerId {
@@ -198,18 +213,9 @@ impl CoreWorker {
     }
 
     pub(crate) fn send(&self, msg: ToNode) -> Result<()> {
-        let link = self.link.read();
-        match link.as_ref() {
+        match self.link.read().as_ref() {
             None => Err(Error::Disconnected("ferroray was shut down".into())),
-            Some(Link::Local(c)) => {
-                c.send(msg);
-                Ok(())
-            }
-            Some(Link::Socket(s)) => {
-                let mut buf = Vec::with_capacity(128);
-                frame::encode_into(&mut buf, &msg)?;
-                s.lock().write_all(&buf).map_err(|e| Error::Disconnected(e.to_string()))
-            }
+            Some(link) => link.send(msg),
         }
     }
 
@@ -230,8 +236,8 @@ impl CoreWorker {
     }
 
     pub(crate) fn allocate(&self, size: u64) -> Result<u64> {
-        if let Some(Link::Local(c)) = self.link.read().as_ref() {
-            return c.allocate(size);
+        if let Some(result) = self.link.read().as_ref().and_then(|l| l.allocate_now(size)) {
+            return result;
         }
         match self.request(|req| ToNode::Allocate { req, size })? {
             FromNode::Allocated { result, .. } => result,
@@ -1226,44 +1232,22 @@ fn run_worker() -> Result<()> {
     let worker_id = WorkerId(env_var(env::WORKER_ID)?);
     let store_fd: i32 = env_var(env::STORE_FD)?;
     let capacity: u64 = env_var(env::STORE_CAPACITY)?;
-    let token = std::env::var(env::TOKEN)
-        .ok()
-        .and_then(|t| ClusterToken::from_hex(&t))
-        .ok_or_else(|| Error::InvalidOption(format!("worker environment variable {} is missing or invalid", env::TOKEN)))?;
+    let token = std::env::var(env::TOKEN).ok().and_then(|t| ClusterToken::from_hex(&t)).ok_or_else(|| {
+        Error::InvalidOption(format!("worker environment variable {} is missing or invalid", env::TOKEN))
+    })?;
     // Nothing the task runs (or the processes it starts) inherits the secret.
     std::env::remove_var(env::TOKEN);
-    let mut stream = ferroray_node::server::connect_abstract(&socket)?;
-    frame::write_frame(
-        &mut stream,
-        &ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid: std::process::id(), role: Role::Worker, token },
-    )?;
-    let info = match frame::read_frame::<_, FromNode>(&mut stream)? {
-        Some(FromNode::Welcome(info)) => info,
-        Some(FromNode::Rejected(e)) => return Err(e),
-        other => return Err(Error::Protocol(format!("expected welcome, got {other:?}"))),
-    };
+    let hello =
+        ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid: std::process::id(), role: Role::Worker, token };
+    let (link, reader, info) = UnixLink::connect(&socket, &hello)?;
     // SAFETY: `store_fd` names the memfd the node left open (not
     // close-on-exec) for this process and nothing else here owns or uses
     // it; the arena takes it over.
     let arena = Arc::new(unsafe { Arena::open(store_fd, capacity) }.map_err(Error::io)?);
-    let writer = stream.try_clone().map_err(Error::io)?;
     let exec = ExecQueue { tasks: Mutex::new(VecDeque::new()), ready: Condvar::new() };
-    let core = Arc::new(CoreWorker::new(worker_id, info, arena, Some(Link::Socket(Mutex::new(writer))), Some(exec)));
+    let core = Arc::new(CoreWorker::new(worker_id, info, arena, Some(Box::new(link)), Some(exec)));
     global::set(core.clone())?;
-    let reader_core = core.clone();
-    std::thread::Builder::new()
-        .name("ferroray-worker-rx".into())
-        .spawn(move || {
-            let mut rd = BufReader::with_capacity(64 * 1024, stream);
-            loop {
-                match frame::read_frame::<_, FromNode>(&mut rd) {
-                    Ok(Some(msg)) => reader_core.dispatch(msg),
-                    // The node is gone (shut down or crashed): nothing to serve.
-                    Ok(None) | Err(_) => std::process::exit(0),
-                }
-            }
-        })
-        .map_err(Error::io)?;
+    reader.spawn("ferroray-worker-rx", Arc::new(WorkerInbox(core.clone())))?;
     core.run_queue();
     Ok(())
 }

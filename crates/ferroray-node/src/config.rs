@@ -1,8 +1,8 @@
 //! Node configuration.
 
 use ferroray_common::{resources, ClusterToken, Error, NodeId, ResourceSet, Result};
-use std::time::Duration;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// How to start a worker process.
 #[derive(Debug, Clone)]

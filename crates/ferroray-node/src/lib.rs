@@ -14,7 +14,7 @@
 //!   whatever is queued into one write.
 //!
 //! - [`local`]: the in-process driver's connection: direct calls in, and
-//!   the node's messages handed to the driver's [`LocalClient`] by the thread
+//!   the node's messages handed to the driver's [`Inbox`] by the thread
 //!   that queued them (no thread switch on the way back).
 //!
 //! A node is embedded in the driver by [`Node::start`] (its server runs on a
@@ -29,7 +29,8 @@ pub mod server;
 pub mod state;
 
 pub use config::{NodeConfig, WorkerCommand};
-pub use local::{LocalClient, LocalConnection};
+pub use ferroray_transport::{Inbox, Link};
+pub use local::LocalConnection;
 
 use ferroray_common::{ClusterToken, Error, Result, WorkerId};
 use ferroray_protocol::{NodeInfo, Role, ToNode, PROTOCOL_VERSION};
@@ -131,8 +132,8 @@ impl Node {
 
     /// Connects an in-process client (the driver) without a socket: its
     /// messages are direct calls, the node's go to `client`.
-    pub fn connect_local(&self, worker_id: WorkerId, client: Arc<dyn LocalClient>) -> Result<LocalConnection> {
-        let link = Arc::new(local::LocalLink::new(client));
+    pub fn connect_local(&self, worker_id: WorkerId, client: Arc<dyn Inbox>) -> Result<LocalConnection> {
+        let link = Arc::new(local::LocalOutbox::new(client));
         let conn = {
             let mut st = self.shared.lock();
             let pid = std::process::id();

@@ -1,8 +1,8 @@
 //! The in-process driver's connection, and how the node's messages reach it.
 //!
 //! The driver's messages to the node are direct calls ([`LocalConnection::send`]).
-//! The node's messages to the driver wait in the connection's [`LocalLink`]
-//! and are handed to the driver's [`LocalClient`] once the state lock is
+//! The node's messages to the driver wait in the connection's [`LocalOutbox`]
+//! and are handed to the driver's [`Inbox`] once the state lock is
 //! released, by the thread that released it, so that a worker's `TaskDone` or
 //! `ReportItem` reaches the driver without a thread switch in between:
 //!
@@ -26,21 +26,13 @@ use crate::Shared;
 use ferroray_common::Result;
 use ferroray_protocol::{FromNode, NodeInfo, ToNode};
 use ferroray_store::Arena;
+use ferroray_transport::{Inbox, Link};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-/// The receiving side of an in-process connection (the driver's core worker).
-pub trait LocalClient: Send + Sync {
-    /// One message from the node. Called without the node's lock held, one
-    /// message at a time, in the order the node sent them.
-    fn deliver(&self, msg: FromNode);
-    /// The connection is gone (dropped, rejected, or the node shut down).
-    fn closed(&self);
-}
 
 thread_local! {
     static NODE_THREAD: Cell<bool> = const { Cell::new(false) };
@@ -57,22 +49,22 @@ enum Delivery {
 }
 
 #[derive(Default)]
-struct LinkQueue {
+struct OutboxQueue {
     items: VecDeque<Delivery>,
     delivering: bool,
 }
 
 /// The node's side of one local connection: its queue of messages.
-pub(crate) struct LocalLink {
-    client: Arc<dyn LocalClient>,
-    queue: Mutex<LinkQueue>,
+pub(crate) struct LocalOutbox {
+    client: Arc<dyn Inbox>,
+    queue: Mutex<OutboxQueue>,
     /// Something is queued (a hint read under the state lock, step 1).
     pending: AtomicBool,
 }
 
-impl LocalLink {
-    pub(crate) fn new(client: Arc<dyn LocalClient>) -> Self {
-        LocalLink { client, queue: Mutex::new(LinkQueue::default()), pending: AtomicBool::new(false) }
+impl LocalOutbox {
+    pub(crate) fn new(client: Arc<dyn Inbox>) -> Self {
+        LocalOutbox { client, queue: Mutex::new(OutboxQueue::default()), pending: AtomicBool::new(false) }
     }
 
     pub(crate) fn send(&self, msg: FromNode) {
@@ -111,7 +103,7 @@ impl LocalLink {
             for d in batch.drain(..) {
                 match d {
                     Delivery::Message(m) => self.client.deliver(m),
-                    Delivery::Closed => self.client.closed(),
+                    Delivery::Closed => self.client.closed("the node closed the connection"),
                 }
             }
             q = self.queue.lock();
@@ -128,12 +120,12 @@ pub(crate) struct Deliverer {
 
 #[derive(Default)]
 struct DelivererWork {
-    links: Vec<Arc<LocalLink>>,
+    links: Vec<Arc<LocalOutbox>>,
     stop: bool,
 }
 
 impl Deliverer {
-    fn hand_over(&self, link: Arc<LocalLink>) {
+    fn hand_over(&self, link: Arc<LocalOutbox>) {
         let mut w = self.work.lock();
         if !w.links.iter().any(|l| Arc::ptr_eq(l, &link)) {
             w.links.push(link);
@@ -220,6 +212,8 @@ pub struct LocalConnection {
 }
 
 impl LocalConnection {
+    /// Handles `msg` at once, on this thread (it cannot fail: the node is
+    /// here; [`Link::send`] wraps it).
     pub fn send(&self, msg: ToNode) {
         self.shared.lock().handle(self.conn, msg);
     }
@@ -235,6 +229,18 @@ impl LocalConnection {
 
     pub fn arena(&self) -> Arc<Arena> {
         self.shared.arena.clone()
+    }
+}
+
+/// The in-process kind of [`Link`]: a direct call into the node's state.
+impl Link for LocalConnection {
+    fn send(&self, msg: ToNode) -> Result<()> {
+        LocalConnection::send(self, msg);
+        Ok(())
+    }
+
+    fn allocate_now(&self, size: u64) -> Option<Result<u64>> {
+        Some(self.allocate(size))
     }
 }
 

@@ -26,17 +26,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 /// Environment variables a worker process is started with.
-pub mod env {
-    /// Set (to the node's socket name) in every worker process.
-    pub const WORKER: &str = "FERRORAY_WORKER";
-    pub const WORKER_ID: &str = "FERRORAY_WORKER_ID";
-    pub const STORE_FD: &str = "FERRORAY_STORE_FD";
-    pub const STORE_CAPACITY: &str = "FERRORAY_STORE_CAPACITY";
-    /// The cluster token, in hex; the worker removes it from its environment
-    /// at start-up. Only the same user and root can read another process's
-    /// environment.
-    pub const TOKEN: &str = "FERRORAY_TOKEN";
-}
+pub use ferroray_transport::env;
 
 pub enum PoolCmd {
     Spawn,

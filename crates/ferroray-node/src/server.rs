@@ -39,15 +39,14 @@
 
 use crate::state::Outbox;
 use crate::Shared;
-use ferroray_common::{Error, Result};
+use ferroray_common::Error;
 use ferroray_protocol::{frame, limits, FromNode, ToNode};
 use parking_lot::Mutex;
-use std::os::fd::AsFd;
-use std::os::linux::net::SocketAddrExt;
 use std::collections::HashSet;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
@@ -182,19 +181,7 @@ async fn write_loop(outbox: Arc<SocketOutbox>, mut wr: OwnedWriteHalf) {
     let _ = wr.shutdown().await;
 }
 
-/// Binds an abstract Unix socket: it has no file, so nothing is left behind.
-pub fn bind_abstract(name: &str) -> Result<std::os::unix::net::UnixListener> {
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(Error::io)?;
-    let l = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(Error::io)?;
-    l.set_nonblocking(true).map_err(Error::io)?;
-    Ok(l)
-}
-
-/// Connects a blocking client to an abstract socket.
-pub fn connect_abstract(name: &str) -> Result<std::os::unix::net::UnixStream> {
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(Error::io)?;
-    std::os::unix::net::UnixStream::connect_addr(&addr).map_err(|e| Error::Disconnected(format!("{name}: {e}")))
-}
+pub use ferroray_transport::unix::{bind_abstract, connect_abstract};
 
 /// Runs the server until `shutdown` fires (or its sender is dropped). The
 /// listener and the shutdown signal are arguments, so a test can bind its own.

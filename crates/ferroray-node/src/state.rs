@@ -38,7 +38,7 @@
 //! (`Running`) → `TaskDone` or the worker's death → finished, failed, or
 //! queued again for a retry.
 
-use crate::local::LocalLink;
+use crate::local::LocalOutbox;
 use crate::pool::PoolCmd;
 use crate::server::SocketOutbox;
 use crate::NodeConfig;
@@ -64,7 +64,7 @@ pub(crate) enum Outbox {
     /// A worker's socket (`crate::server`).
     Socket(Arc<SocketOutbox>),
     /// The in-process driver.
-    Local(Arc<LocalLink>),
+    Local(Arc<LocalOutbox>),
 }
 
 impl Outbox {
@@ -549,20 +549,16 @@ impl State {
                     conn,
                     Error::PermissionDenied(format!("process {pid} claims a worker id the node did not give it")),
                 ),
-                None if self.starting > 0 => {
-                    match self.awaiting_spawn.entry(pid) {
-                        std::collections::hash_map::Entry::Occupied(_) => {
-                            self.reject(conn, Error::Protocol("two hellos from one process".into()))
-                        }
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            e.insert((conn, worker_id));
-                        }
+                None if self.starting > 0 => match self.awaiting_spawn.entry(pid) {
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        self.reject(conn, Error::Protocol("two hellos from one process".into()))
                     }
-                }
-                None => self.reject(
-                    conn,
-                    Error::PermissionDenied(format!("process {pid} is not a worker this node started")),
-                ),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert((conn, worker_id));
+                    }
+                },
+                None => self
+                    .reject(conn, Error::PermissionDenied(format!("process {pid} is not a worker this node started"))),
             },
             Role::Driver => {
                 if self.conns.values().any(|c| c.role.is_some() && c.worker_id == worker_id) {

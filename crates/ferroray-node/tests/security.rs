@@ -307,7 +307,8 @@ fn a_connection_flood_leaves_the_node_serving_and_gives_its_memory_back() {
     for i in 0..60u64 {
         let mut s = driver(&node, 1000 + i);
         let id = ObjectId { task: TaskId { submitter: WorkerId(1000 + i), seq: 1 }, index: 0 };
-        let value = ObjectValue::Data { payload: ferroray_protocol::Payload::Inline(vec![7; 256 << 10]), contained: vec![] };
+        let value =
+            ObjectValue::Data { payload: ferroray_protocol::Payload::Inline(vec![7; 256 << 10]), contained: vec![] };
         frame::write_frame(&mut s, &ToNode::Put { id, value }).unwrap();
         frame::write_frame(&mut s, &ToNode::Subscribe(vec![id])).unwrap();
         assert!(matches!(reply(&mut s), Some(FromNode::ObjectReady { .. })));

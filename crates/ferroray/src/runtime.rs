@@ -71,7 +71,9 @@ pub fn init_with(config: Config) -> Result<()> {
         nc.idle_worker_timeout = t;
     }
     let node = Node::start(nc)?;
-    let core = CoreWorker::connect_local(&node)?;
+    let worker_id = ferroray_common::WorkerId::random();
+    let core = CoreWorker::driver(worker_id, node.info().clone(), node.arena().clone());
+    core.attach(Box::new(node.connect_local(worker_id, core.inbox())?));
     global::set(core.clone())?;
     *rt = Some(Runtime { node, core });
     Ok(())

@@ -1,7 +1,7 @@
 //! Helpers shared by the node's tests.
 
 use ferroray_common::WorkerId;
-use ferroray_node::{LocalClient, LocalConnection, Node};
+use ferroray_node::{Inbox, LocalConnection, Node};
 use ferroray_protocol::FromNode;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 /// A local client that puts every message on a channel.
 struct ChannelClient(Mutex<Sender<FromNode>>);
 
-impl LocalClient for ChannelClient {
+impl Inbox for ChannelClient {
     fn deliver(&self, msg: FromNode) {
         let _ = self.0.lock().unwrap().send(msg);
     }
 
-    fn closed(&self) {}
+    fn closed(&self, _reason: &str) {}
 }
 
 /// An in-process connection whose messages arrive on the returned channel.

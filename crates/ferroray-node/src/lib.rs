@@ -13,6 +13,9 @@
 //!   reads frames into [`state`] and writes queued messages back, batching
 //!   whatever is queued into one write.
 //!
+//! - `state_tests` (tests only): the state machine driven through its
+//!   message handler with in-process peers and no processes.
+//!
 //! - [`local`]: the in-process driver's connection: direct calls in, and
 //!   the node's messages handed to the driver's [`Inbox`] by the thread
 //!   that queued them (no thread switch on the way back).
@@ -27,6 +30,8 @@ pub mod local;
 pub mod pool;
 pub mod server;
 pub mod state;
+#[cfg(test)]
+mod state_tests;
 
 pub use config::{NodeConfig, WorkerCommand};
 pub use ferroray_transport::{Inbox, Link};

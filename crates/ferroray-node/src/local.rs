@@ -85,7 +85,7 @@ impl LocalOutbox {
     }
 
     /// Hands the queued messages to the client (step 3).
-    fn deliver(&self) {
+    pub(crate) fn deliver(&self) {
         let mut q = self.queue.lock();
         if q.delivering {
             return;

@@ -1,0 +1,307 @@
+//! The node's state machine driven through its message handler, with no
+//! process and no socket: peers are in-process outboxes whose messages the
+//! test reads, and the pool is the channel the spawner would read. The
+//! end-to-end tests (with real workers) stay in `tests/` and in the facade.
+
+use crate::local::LocalOutbox;
+use crate::pool::PoolCmd;
+use crate::state::{ConnId, Outbox, State};
+use crate::{NodeConfig, WorkerCommand};
+use ferroray_common::{resources, ClusterToken, Error, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId};
+use ferroray_protocol::{
+    FromNode, FunctionDescriptor, NodeInfo, ObjectValue, Payload, ReturnKind, Role, TaskOutcome, TaskSpec, ToNode,
+    PROTOCOL_VERSION,
+};
+use ferroray_store::{Arena, Store};
+use ferroray_transport::Inbox;
+use parking_lot::Mutex;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+
+/// Records what the node sends to one peer.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<FromNode>>);
+
+impl Inbox for Recorder {
+    fn deliver(&self, msg: FromNode) {
+        self.0.lock().push(msg);
+    }
+
+    fn closed(&self, _reason: &str) {}
+}
+
+struct Peer {
+    conn: ConnId,
+    worker_id: WorkerId,
+    outbox: Arc<LocalOutbox>,
+    inbox: Arc<Recorder>,
+}
+
+impl Peer {
+    /// What the node sent since the last call.
+    fn take(&self) -> Vec<FromNode> {
+        self.outbox.deliver();
+        std::mem::take(&mut *self.inbox.0.lock())
+    }
+}
+
+struct Harness {
+    st: State,
+    spawns: Receiver<PoolCmd>,
+    token: ClusterToken,
+    next_pid: u32,
+    /// Keeps the store's temporary parent directory for the test's length.
+    spill: std::path::PathBuf,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.spill);
+    }
+}
+
+fn harness(cpus: f64) -> Harness {
+    let mut config = NodeConfig::new(WorkerCommand { program: "/bin/true".into(), args: vec![], env: vec![] });
+    config.resources = ResourceSet::new().with(resources::CPU, cpus);
+    config.store_capacity = 1 << 20;
+    let token = ClusterToken::random().unwrap();
+    config.token = Some(token.clone());
+    let spill =
+        std::env::temp_dir().join(format!("ferroray-state-tests-{}-{}", std::process::id(), WorkerId::random()));
+    std::fs::create_dir_all(&spill).unwrap();
+    let arena = Arc::new(Arena::create(config.store_capacity).unwrap());
+    let store = Store::new(arena, spill.clone()).unwrap();
+    let info = NodeInfo { node_id: config.node_id, inline_threshold: 1024, store_capacity: config.store_capacity };
+    let (tx, spawns) = std::sync::mpsc::channel();
+    Harness { st: State::new(&config, info, store, tx), spawns, token, next_pid: 1000, spill }
+}
+
+impl Harness {
+    fn connect(&mut self, pid: u32) -> (ConnId, Arc<LocalOutbox>, Arc<Recorder>) {
+        let inbox = Arc::new(Recorder::default());
+        let outbox = Arc::new(LocalOutbox::new(inbox.clone()));
+        let conn = self.st.add_connection(Outbox::Local(outbox.clone()), pid);
+        (conn, outbox, inbox)
+    }
+
+    fn driver(&mut self) -> Peer {
+        let worker_id = WorkerId::random();
+        let (conn, outbox, inbox) = self.connect(1);
+        let hello = ToNode::Hello {
+            protocol: PROTOCOL_VERSION,
+            worker_id,
+            pid: 1,
+            role: Role::Driver,
+            token: self.token.clone(),
+        };
+        self.st.handle(conn, hello);
+        let p = Peer { conn, worker_id, outbox, inbox };
+        assert!(matches!(p.take().as_slice(), [FromNode::Welcome(_)]));
+        p
+    }
+
+    /// A worker the spawner started (as asked), connected and welcomed.
+    fn worker(&mut self) -> Peer {
+        self.next_pid += 1;
+        let pid = self.next_pid;
+        let worker_id = WorkerId::random();
+        self.st.spawned(pid, worker_id);
+        let (conn, outbox, inbox) = self.connect(pid);
+        let hello =
+            ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid, role: Role::Worker, token: self.token.clone() };
+        self.st.handle(conn, hello);
+        let p = Peer { conn, worker_id, outbox, inbox };
+        // The welcome first; whatever the node sent right after (a task for
+        // the new worker) stays for the test to read.
+        let mut msgs = p.take();
+        assert!(matches!(msgs.first(), Some(FromNode::Welcome(_))), "{msgs:?}");
+        msgs.remove(0);
+        *p.inbox.0.lock() = msgs;
+        p
+    }
+
+    /// Spawn requests the pool received since the last call.
+    fn spawn_requests(&self) -> usize {
+        let mut n = 0;
+        loop {
+            match self.spawns.try_recv() {
+                Ok(PoolCmd::Spawn) => n += 1,
+                Ok(_) => {}
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return n,
+            }
+        }
+    }
+}
+
+fn spec(by: &Peer, seq: u64, returns: ReturnKind, max_retries: u32) -> TaskSpec {
+    TaskSpec {
+        task_id: TaskId { submitter: by.worker_id, seq },
+        function: FunctionDescriptor::Rust { name: "t::f".into() },
+        args: vec![],
+        contained: vec![],
+        returns,
+        resources: ResourceSet::new().with(resources::CPU, 1.0),
+        max_retries,
+        retry_exceptions: RetryExceptions::None,
+        parent: None,
+        enable_events: true,
+        attempt: 0,
+    }
+}
+
+fn inline(bytes: &[u8]) -> ObjectValue {
+    ObjectValue::Data { payload: Payload::Inline(bytes.to_vec()), contained: vec![] }
+}
+
+fn executed(msgs: &[FromNode]) -> Vec<TaskId> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            FromNode::Execute(s) => Some(s.task_id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ready(msgs: &[FromNode], id: ObjectId) -> Option<&ObjectValue> {
+    msgs.iter().find_map(|m| match m {
+        FromNode::ObjectReady { id: got, value } if *got == id => Some(value),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_task_waits_for_a_worker_runs_there_and_wakes_its_subscriber() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let s = spec(&d, 1, ReturnKind::Fixed(1), 0);
+    let (tid, rid) = (s.task_id, ObjectId::for_return(s.task_id, 0));
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    h.st.handle(d.conn, ToNode::Subscribe(vec![rid]));
+    assert_eq!(h.spawn_requests(), 1, "no worker yet: one is asked for");
+    let w = h.worker();
+    assert_eq!(executed(&w.take()), vec![tid]);
+    // A second task with no CPU free waits behind the first on the same worker.
+    let s2 = spec(&d, 2, ReturnKind::Fixed(1), 0);
+    let tid2 = s2.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s2)));
+    assert_eq!(executed(&w.take()), vec![tid2], "pipelined behind the running task");
+    assert_eq!(h.spawn_requests(), 0, "no CPU for another worker");
+    h.st.handle(
+        w.conn,
+        ToNode::TaskDone { task_id: tid, attempt: 0, outcome: TaskOutcome::Returned(vec![inline(b"42")]) },
+    );
+    assert_eq!(ready(&d.take(), rid), Some(&inline(b"42")));
+    assert_eq!(h.st.stats().tasks, 1, "the first task is gone, the second runs");
+}
+
+#[test]
+fn an_object_is_freed_when_its_last_holder_lets_go() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let id = ObjectId { task: TaskId { submitter: d.worker_id, seq: 7 }, index: 0 };
+    h.st.handle(d.conn, ToNode::Put { id, value: inline(b"v") });
+    assert_eq!(h.st.stats().objects, 1);
+    // A second holder (the same driver again is a no-op: holds are per connection).
+    h.st.handle(d.conn, ToNode::AddRef(vec![id]));
+    h.st.handle(d.conn, ToNode::RemoveRef(vec![id]));
+    assert_eq!(h.st.stats().objects, 0, "one RemoveRef ends this connection's hold");
+}
+
+#[test]
+fn backpressure_holds_an_acknowledgement_until_the_owner_consumes() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let w = h.worker();
+    let s = spec(&d, 1, ReturnKind::Streaming { backpressure: Some(1) }, 0);
+    let tid = s.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    assert_eq!(executed(&w.take()), vec![tid]);
+    let report = |index: u32| ToNode::ReportItem {
+        task_id: tid,
+        attempt: 0,
+        index,
+        value: inline(&[index as u8]),
+        digest: index as u64,
+    };
+    let acks = |msgs: &[FromNode]| -> Vec<u32> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                FromNode::ItemAck { index, gone: false, .. } => Some(*index),
+                _ => None,
+            })
+            .collect()
+    };
+    // With a limit of 1 the executor may not make item 1 while item 0 is
+    // unconsumed: the acknowledgement of each report waits for the owner.
+    h.st.handle(w.conn, report(0));
+    assert!(acks(&w.take()).is_empty(), "item 0 unconsumed: its acknowledgement is held");
+    h.st.handle(d.conn, ToNode::StreamConsumed { task_id: tid, consumed: 1 });
+    assert_eq!(acks(&w.take()), vec![0], "released once the owner took it");
+    h.st.handle(w.conn, report(1));
+    assert!(acks(&w.take()).is_empty());
+    let items = d.take().iter().filter(|m| matches!(m, FromNode::StreamItem { .. })).count();
+    assert_eq!(items, 2);
+    h.st.handle(d.conn, ToNode::StreamConsumed { task_id: tid, consumed: 2 });
+    assert_eq!(acks(&w.take()), vec![1]);
+    h.st.handle(w.conn, ToNode::TaskDone { task_id: tid, attempt: 0, outcome: TaskOutcome::Streamed { items: 2 } });
+    assert!(d.take().iter().any(|m| matches!(m, FromNode::StreamEnd { items: 2, error: None, .. })));
+    h.st.handle(d.conn, ToNode::StreamDrop { task_id: tid, consumed: 2 });
+    h.st.handle(d.conn, ToNode::RemoveRef(vec![ObjectId::for_return(tid, 0)]));
+    for i in 0..2 {
+        h.st.handle(d.conn, ToNode::RemoveRef(vec![ObjectId { task: tid, index: 2 + i }]));
+    }
+    let stats = h.st.stats();
+    assert_eq!((stats.objects, stats.tasks, stats.streams), (0, 0, 0), "nothing left: {stats:?}");
+}
+
+#[test]
+fn a_queued_task_is_cancelled_without_a_worker() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let s = spec(&d, 1, ReturnKind::Fixed(1), 3);
+    let (tid, rid) = (s.task_id, ObjectId::for_return(s.task_id, 0));
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    h.st.handle(d.conn, ToNode::Subscribe(vec![rid]));
+    h.st.handle(d.conn, ToNode::Cancel { task_id: tid, force: false, recursive: true });
+    assert_eq!(ready(&d.take(), rid), Some(&ObjectValue::Error(Error::TaskCancelled)));
+}
+
+#[test]
+fn a_dead_workers_task_is_retried_then_fails_when_retries_run_out() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let s = spec(&d, 1, ReturnKind::Fixed(1), 1);
+    let (tid, rid) = (s.task_id, ObjectId::for_return(s.task_id, 0));
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    h.st.handle(d.conn, ToNode::Subscribe(vec![rid]));
+    let w1 = h.worker();
+    assert_eq!(executed(&w1.take()), vec![tid]);
+    h.st.disconnect(w1.conn, "killed");
+    let w2 = h.worker();
+    let again = w2.take();
+    assert!(matches!(again.as_slice(), [FromNode::Execute(s)] if s.task_id == tid && s.attempt == 1), "{again:?}");
+    h.st.disconnect(w2.conn, "killed again");
+    match ready(&d.take(), rid) {
+        Some(ObjectValue::Error(Error::WorkerCrashed { .. })) => {}
+        other => panic!("expected WorkerCrashed once the retry is spent, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_worker_reads_only_what_it_holds_or_was_shown() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let w = h.worker();
+    let secret = ObjectId { task: TaskId { submitter: d.worker_id, seq: 9 }, index: 0 };
+    h.st.handle(d.conn, ToNode::Put { id: secret, value: inline(b"s") });
+    h.st.handle(w.conn, ToNode::AddRef(vec![secret]));
+    h.st.handle(w.conn, ToNode::Subscribe(vec![secret]));
+    assert!(matches!(ready(&w.take(), secret), Some(ObjectValue::Error(Error::PermissionDenied(_)))));
+    // Shown as a ref argument of its task, it may read it.
+    let mut s = spec(&d, 1, ReturnKind::Fixed(1), 0);
+    s.args = vec![ferroray_protocol::TaskArg::Ref(secret)];
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    assert_eq!(executed(&w.take()).len(), 1);
+    h.st.handle(w.conn, ToNode::Subscribe(vec![secret]));
+    assert_eq!(ready(&w.take(), secret), Some(&inline(b"s")));
+}

@@ -341,24 +341,52 @@ fn common_eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool 
 }
 
 /// Runs `f` with this process's stderr going to a memory file; returns
-/// what was written.
+/// what was written. Stderr comes back even if `f` panics (and what was
+/// captured is printed then).
 fn capture_stderr(f: impl FnOnce()) -> String {
-    // SAFETY: plain syscalls on descriptors this function owns; fd 2 is
-    // restored before returning.
-    unsafe {
+    struct Restore {
+        saved: i32,
+        mem: i32,
+    }
+    impl Restore {
+        fn read(&self) -> String {
+            let mut out = String::new();
+            // SAFETY: `mem` is a memfd this guard owns; the File borrows it
+            // (ManuallyDrop: the guard closes it).
+            let mut file = std::mem::ManuallyDrop::new(unsafe {
+                <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(self.mem)
+            });
+            std::io::Seek::seek(&mut *file, std::io::SeekFrom::Start(0)).unwrap();
+            std::io::Read::read_to_string(&mut *file, &mut out).unwrap();
+            out
+        }
+    }
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: plain syscalls on descriptors this guard owns.
+            unsafe {
+                libc::dup2(self.saved, 2);
+                libc::close(self.saved);
+            }
+            if std::thread::panicking() {
+                eprintln!("captured stderr:\n{}", self.read());
+            }
+            // SAFETY: as above.
+            unsafe { libc::close(self.mem) };
+        }
+    }
+    // SAFETY: plain syscalls; the guard restores fd 2.
+    let guard = unsafe {
         let mem = libc::memfd_create(c"stderr".as_ptr(), 0);
         assert!(mem >= 0);
         let saved = libc::dup(2);
         libc::dup2(mem, 2);
-        f();
-        libc::dup2(saved, 2);
-        libc::close(saved);
-        let mut out = String::new();
-        let mut file = <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(mem);
-        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).unwrap();
-        std::io::Read::read_to_string(&mut file, &mut out).unwrap();
-        out
-    }
+        Restore { saved, mem }
+    };
+    f();
+    let out = guard.read();
+    drop(guard);
+    out
 }
 
 #[test]
@@ -380,5 +408,70 @@ fn a_refused_peer_is_logged_once_not_per_attempt() {
     });
     let refusals: Vec<&str> = log.lines().filter(|l| l.contains("refused a connection")).collect();
     assert_eq!(refusals.len(), 2, "one line per peer and reason: {refusals:?}");
+    node.shutdown();
+}
+
+/// CPU time (user + system) this process has used (no file needed: the
+/// test measures it while out of descriptors).
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+#[test]
+fn out_of_file_descriptors_the_accept_loop_backs_off_instead_of_spinning() {
+    let _serial = serial();
+    let node = node_with(|c| c.max_connections = 100_000);
+    still_serving(&node);
+    // SAFETY: getrlimit/setrlimit with a valid struct; restored below.
+    let saved = unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim
+    };
+    let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    let log = capture_stderr(|| {
+        // SAFETY: as above.
+        unsafe {
+            let low = libc::rlimit { rlim_cur: open_now + 40, rlim_max: saved.rlim_max };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &low);
+        }
+        // Client sockets take descriptors until none is left for the
+        // node's accept (each accepted connection needs one more there).
+        let mut held = Vec::new();
+        while let Ok(s) = server::connect_abstract(node.socket_name()) {
+            held.push(s);
+            if held.len() > 1000 {
+                break;
+            }
+        }
+        // The node cannot accept the pending ones: it must wait, not spin.
+        let before = cpu_time();
+        std::thread::sleep(Duration::from_secs(1));
+        let used = cpu_time() - before;
+        assert!(used < Duration::from_millis(300), "the process used {used:?} of CPU in 1 s while out of descriptors");
+        drop(held);
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &saved) };
+    });
+    let accept_lines = log.lines().filter(|l| l.contains("accept failed")).count();
+    assert!(accept_lines <= 2, "{accept_lines} accept errors logged: {log}");
+    // With descriptors back, the node serves again (once its back-off ends).
+    let deadline = Instant::now() + T;
+    loop {
+        let mut s = connect(&node);
+        frame::write_frame(&mut s, &hello(Role::Driver, WorkerId::random(), node.token().clone())).unwrap();
+        if matches!(reply(&mut s), Some(FromNode::Welcome(_))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never served again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     node.shutdown();
 }

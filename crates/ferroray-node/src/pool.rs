@@ -85,7 +85,7 @@ impl Spawner {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(PoolCmd::Spawn) => {
                     if let Err(e) = self.spawn() {
-                        eprintln!("ferroray node: cannot start a worker: {e}");
+                        tracing::warn!("cannot start a worker: {e}");
                         if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
                             shared.lock().spawn_failed(e.to_string());
                         }
@@ -93,7 +93,7 @@ impl Spawner {
                 }
                 Ok(PoolCmd::Kill(pid)) => match self.children.iter().find(|c| c.id() == pid) {
                     Some(child) => kill(child),
-                    None => eprintln!("ferroray node: not killing pid {pid}: not a worker this node started"),
+                    None => tracing::warn!("not killing pid {pid}: not a worker this node started"),
                 },
                 Ok(PoolCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -218,7 +218,7 @@ impl LogForwarder {
                         Ok(pipe) => {
                             pipes.spawn(copy_lines(pipe, pid, names.clone(), to_stderr));
                         }
-                        Err(e) => eprintln!("ferroray node: cannot read the output of pid {pid}: {e}"),
+                        Err(e) => tracing::warn!("cannot read the output of pid {pid}: {e}"),
                     }
                     while pipes.try_join_next().is_some() {}
                 }

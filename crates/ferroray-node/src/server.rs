@@ -87,7 +87,7 @@ impl SocketOutbox {
             return;
         }
         if let Err(e) = frame::encode_into(&mut out.bytes, msg) {
-            eprintln!("ferroray node: cannot encode a message: {e}");
+            tracing::error!("cannot encode a message: {e}");
         }
         self.pending.store(true, Ordering::Release);
     }
@@ -190,12 +190,12 @@ pub(crate) fn run(shared: Arc<Shared>, listener: std::os::unix::net::UnixListene
     crate::local::mark_node_thread();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => return eprintln!("ferroray node: cannot start the runtime: {e}"),
+        Err(e) => return tracing::error!("cannot start the runtime: {e}"),
     };
     rt.block_on(async move {
         let listener = match UnixListener::from_std(listener) {
             Ok(l) => l,
-            Err(e) => return eprintln!("ferroray node: cannot listen: {e}"),
+            Err(e) => return tracing::error!("cannot listen: {e}"),
         };
         serve(shared, listener, shutdown).await;
     });
@@ -234,7 +234,7 @@ impl ConnLimits {
     fn refuse(&self, reason: &'static str, peer: u32, detail: impl FnOnce() -> String) {
         let mut seen = self.refused.lock();
         if seen.len() < MAX_REFUSALS_LOGGED && seen.insert((reason, peer)) {
-            eprintln!("ferroray node: refused a connection: {}", detail());
+            tracing::warn!("refused a connection: {}", detail());
         }
     }
 
@@ -244,7 +244,7 @@ impl ConnLimits {
         if n > self.max {
             self.active.fetch_sub(1, Ordering::AcqRel);
             if !self.full_logged.swap(true, Ordering::AcqRel) {
-                eprintln!("ferroray node: {} connections open, the limit: refusing more", self.max);
+                tracing::warn!("{} connections open, the limit: refusing more", self.max);
             }
             return None;
         }
@@ -305,7 +305,7 @@ async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: onesho
                     // Out of file descriptors (or memory): retrying at once
                     // would spin. Wait, longer each time, up to a second.
                     if backoff.is_zero() {
-                        eprintln!("ferroray node: accept failed: {e}; backing off");
+                        tracing::warn!("accept failed: {e}; backing off");
                     }
                     backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
                     tokio::select! {
@@ -339,7 +339,7 @@ async fn connection(shared: Arc<Shared>, mut stream: UnixStream, _slot: Admitted
     // Step 2: who is on the other side, from the kernel.
     let cred = match stream.peer_cred() {
         Ok(c) => c,
-        Err(e) => return eprintln!("ferroray node: cannot read a connection's credentials: {e}"),
+        Err(e) => return tracing::warn!("cannot read a connection's credentials: {e}"),
     };
     if cred.uid() != own_uid() {
         let uid = cred.uid();
@@ -377,7 +377,7 @@ async fn connection(shared: Arc<Shared>, mut stream: UnixStream, _slot: Admitted
     drop(body);
     let direct = match stream.as_fd().try_clone_to_owned() {
         Ok(fd) => std::os::unix::net::UnixStream::from(fd),
-        Err(e) => return eprintln!("ferroray node: cannot duplicate a connection: {e}"),
+        Err(e) => return tracing::warn!("cannot duplicate a connection: {e}"),
     };
     let (rd, wr) = stream.into_split();
     let outbox = Arc::new(SocketOutbox::new(direct));

@@ -414,7 +414,7 @@ impl State {
     pub fn reject(&mut self, conn: ConnId, err: Error) {
         // A peer not yet accepted is logged by the server, once per peer.
         if let Some(c) = self.conns.get(&conn).filter(|c| c.role.is_some()) {
-            eprintln!("ferroray node: closing connection {conn} (pid {}): {err}", c.pid);
+            tracing::warn!("closing connection {conn} (pid {}): {err}", c.pid);
         }
         self.send(conn, FromNode::Rejected(err));
         self.disconnect(conn, "rejected");
@@ -661,7 +661,7 @@ impl State {
         }
         let allowed = self.tasks.get(&tid).is_some_and(|t| t.spec.return_ids().any(|id| c.held.contains(&id)));
         if !allowed {
-            eprintln!("ferroray node: connection {conn} (pid {}) may not cancel task {tid}", c.pid);
+            tracing::warn!("connection {conn} (pid {}) may not cancel task {tid}", c.pid);
         }
         allowed
     }
@@ -1056,8 +1056,8 @@ impl State {
             room = below_cap;
             if room == 0 && !self.cap_logged {
                 self.cap_logged = true;
-                eprintln!(
-                    "ferroray node: {processes} worker processes, the limit (max_worker_processes), and tasks \
+                tracing::warn!(
+                    "{processes} worker processes, the limit (max_worker_processes), and tasks \
                      are waiting: they start when a worker finishes; nested blocking calls deeper than the \
                      limit wait"
                 );

@@ -19,6 +19,9 @@ const T: Duration = Duration::from_secs(30);
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
+    // The node reports through `tracing`; these tests read its reports on
+    // stderr (the facade installs the same kind of subscriber).
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).try_init();
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -106,7 +106,13 @@ fn corpus() -> Vec<Vec<u8>> {
         ToNode::Blocked,
         ToNode::Revoked { task_ids: vec![TaskId { submitter: WorkerId(3), seq: 9 }] },
         ToNode::ListTasks { req: 3 },
-        ToNode::ReportItem { task_id: TaskId { submitter: WorkerId(3), seq: 9 }, attempt: 0, index: 2, value: data, digest: 9 },
+        ToNode::ReportItem {
+            task_id: TaskId { submitter: WorkerId(3), seq: 9 },
+            attempt: 0,
+            index: 2,
+            value: data,
+            digest: 9,
+        },
         ToNode::StreamConsumed { task_id: TaskId { submitter: WorkerId(3), seq: 9 }, consumed: 3 },
         ToNode::StreamDrop { task_id: TaskId { submitter: WorkerId(3), seq: 9 }, consumed: 3 },
     ];

@@ -75,7 +75,11 @@ impl Arena {
         // SAFETY: F_GET_SEALS only queries the file's seals.
         let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
         if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "arena fd is not a memfd sealed against shrinking").into());
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "arena fd is not a memfd sealed against shrinking",
+            )
+            .into());
         }
         let size = file.metadata()?.len();
         if size < capacity {
@@ -306,7 +310,7 @@ mod tests {
         // SAFETY: exclusive in this test.
         unsafe { a.slice_mut(0, 4 * page) }.unwrap().fill(0xAB);
         a.release(10, 3 * page); // interior: [page, 3*page)
-        // SAFETY: writes and releases are done; nothing changes the range while read.
+                                 // SAFETY: writes and releases are done; nothing changes the range while read.
         let s = unsafe { a.slice(0, 4 * page) }.unwrap();
         assert!(s[..page as usize].iter().all(|&b| b == 0xAB));
         assert!(s[page as usize..3 * page as usize].iter().all(|&b| b == 0));

@@ -404,4 +404,3 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
         s
     }
 }
-

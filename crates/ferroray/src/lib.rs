@@ -119,6 +119,7 @@ pub use ferroray_macros::remote;
 
 mod config;
 mod events;
+pub mod logging;
 mod runtime;
 
 pub use config::Config;
@@ -168,6 +169,7 @@ pub mod __private {
 #[ctor::ctor]
 fn ferroray_worker_entry() {
     if ferroray_core::worker::is_worker_process() {
+        logging::install_default();
         ferroray_core::worker::worker_main();
     }
 }

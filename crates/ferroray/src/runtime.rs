@@ -24,6 +24,7 @@ pub fn init() -> Result<()> {
 /// Starts the embedded cluster: a node daemon in this process and worker
 /// processes started on demand. Errors with `AlreadyInitialized` if running.
 pub fn init_with(config: Config) -> Result<()> {
+    crate::logging::install_default();
     if worker::is_worker_process() {
         // A worker whose before-main hook did not run: be a worker now.
         worker::worker_main();

@@ -46,6 +46,12 @@ impl ObjectId {
         ObjectId { task, index: i + 1 }
     }
 
+    /// Item `i` (0-based) of a generator task: index `2 + i` (index 1 is the
+    /// generator's own completion object, the task's return 0).
+    pub fn for_item(task: TaskId, i: u32) -> Self {
+        ObjectId { task, index: i + 2 }
+    }
+
     pub fn is_put(&self) -> bool {
         self.index == Self::PUT_INDEX
     }

@@ -19,6 +19,17 @@ pub struct ResourceSet(BTreeMap<String, i64>);
 pub const CPU: &str = "CPU";
 pub const GPU: &str = "GPU";
 
+/// Checks an amount a user gave for a resource (`what` names it in the
+/// error): finite and not negative. The one place user input is checked;
+/// [`ResourceSet::check_bounds`] checks what a peer sent.
+pub fn check_amount(what: &str, v: f64) -> Result<(), crate::Error> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(crate::Error::InvalidOption(format!("{what} must be a non-negative number, got {v}")))
+    }
+}
+
 impl ResourceSet {
     pub fn new() -> Self {
         Self::default()

@@ -38,13 +38,7 @@ impl Default for TaskOptions {
     }
 }
 
-fn check_amount(name: &str, v: f64) -> Result<()> {
-    if v.is_finite() && v >= 0.0 {
-        Ok(())
-    } else {
-        Err(Error::InvalidOption(format!("{name} must be a non-negative number, got {v}")))
-    }
-}
+use ferroray_common::resources::check_amount;
 
 impl TaskOptions {
     /// The resource request, or the first invalid option.
@@ -213,7 +207,7 @@ pub struct TaskCall {
 
 /// Past this many bytes of inline arguments, further arguments become
 /// objects of their own, so a task always fits in one message.
-const MAX_INLINE_ARGS: usize = 16 << 20;
+const MAX_INLINE_ARGS: usize = ferroray_protocol::limits::INLINE_ARGS;
 
 impl TaskCall {
     pub fn new(name: &'static str, opts: TaskOptions) -> Self {

@@ -466,7 +466,7 @@ impl CoreWorker {
         }
         let Some(s) = st.streams.get_mut(&task) else { return Poll::Ready((None, None)) };
         if let Some((cached, _)) = s.items.remove(&s.next) {
-            let id = ObjectId { task, index: s.next + 2 };
+            let id = ObjectId::for_item(task, s.next);
             s.next += 1;
             let consumed = s.backpressure.then_some(s.next);
             // The node already holds the item for this process.

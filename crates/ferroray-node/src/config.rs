@@ -100,11 +100,7 @@ impl NodeConfig {
 
     pub fn validate(&self) -> Result<()> {
         for (name, amount) in self.resources.iter() {
-            if !amount.is_finite() || amount < 0.0 {
-                return Err(Error::InvalidOption(format!(
-                    "resource {name} must be a non-negative number, got {amount}"
-                )));
-            }
+            resources::check_amount(&format!("resource {name}"), amount)?;
         }
         if self.store_capacity < 4096 {
             return Err(Error::InvalidOption(format!("store capacity {} is below 4096 bytes", self.store_capacity)));

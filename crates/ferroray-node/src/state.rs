@@ -147,7 +147,7 @@ impl Conn {
 const PIPELINE_DEPTH: usize = 8;
 
 /// Bytes of argument values sent inline with one task, at most.
-const ARG_INLINE_BUDGET: usize = 16 << 20;
+const ARG_INLINE_BUDGET: usize = ferroray_protocol::limits::INLINE_ARGS;
 
 /// A stored value as the node keeps it. Shared-memory objects keep no
 /// offset here: the store knows it, and it can change across a spill.
@@ -1401,7 +1401,7 @@ impl State {
             }
             return self.refuse_item(conn, tid, index, value);
         }
-        let id = ObjectId { task: tid, index: index + 2 };
+        let id = ObjectId::for_item(tid, index);
         if dynamic {
             // The item is pinned by its task until the final list (which
             // contains it) is stored.
@@ -1494,7 +1494,7 @@ impl State {
             self.streams.remove(&tid);
         }
         for index in consumed..generated {
-            self.unhold(conn, ObjectId { task: tid, index: index + 2 });
+            self.unhold(conn, ObjectId::for_item(tid, index));
         }
     }
 
@@ -1585,7 +1585,7 @@ impl State {
             self.unpin(*c);
         }
         for index in 0..task.dynamic_digests.len() as u32 {
-            self.unpin(ObjectId { task: tid, index: index + 2 });
+            self.unpin(ObjectId::for_item(tid, index));
         }
     }
 
@@ -1596,12 +1596,12 @@ impl State {
     fn dynamic_list(&mut self, task: &Task, result: Result<Vec<Option<Stored>>>) -> Result<Vec<Option<Stored>>> {
         let tid = task.spec.task_id;
         let n = task.dynamic_digests.len() as u32;
-        let mut items: Vec<ObjectId> = (0..n).map(|i| ObjectId { task: tid, index: i + 2 }).collect();
+        let mut items: Vec<ObjectId> = (0..n).map(|i| ObjectId::for_item(tid, i)).collect();
         match result {
             Err(e) if matches!(e, Error::TaskCancelled) || !task.started => return Err(e),
             Err(e) => {
                 // Pinned by the list, like the other items.
-                let id = ObjectId { task: tid, index: n + 2 };
+                let id = ObjectId::for_item(tid, n);
                 self.objects.entry(id).or_default().value = Some(Stored::Error(e));
                 items.push(id);
             }

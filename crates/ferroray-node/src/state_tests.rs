@@ -248,7 +248,7 @@ fn backpressure_holds_an_acknowledgement_until_the_owner_consumes() {
     h.st.handle(d.conn, ToNode::StreamDrop { task_id: tid, consumed: 2 });
     h.st.handle(d.conn, ToNode::RemoveRef(vec![ObjectId::for_return(tid, 0)]));
     for i in 0..2 {
-        h.st.handle(d.conn, ToNode::RemoveRef(vec![ObjectId { task: tid, index: 2 + i }]));
+        h.st.handle(d.conn, ToNode::RemoveRef(vec![ObjectId::for_item(tid, i)]));
     }
     let stats = h.st.stats();
     assert_eq!((stats.objects, stats.tasks, stats.streams), (0, 0, 0), "nothing left: {stats:?}");

@@ -14,6 +14,11 @@ use ferroray_common::{Error, ObjectId};
 /// Largest frame before a connection's hello is accepted: a hello is tens
 /// of bytes, so an unauthenticated peer cannot make the node allocate more.
 pub const MAX_HELLO_FRAME: u32 = 4096;
+/// Bytes of argument values one task carries inline: past it the submitter
+/// sends further arguments as objects of their own, and the node leaves
+/// resolved ref arguments as refs for the worker to fetch, so a task always
+/// fits in one frame.
+pub const INLINE_ARGS: usize = 16 << 20;
 /// Return objects of one task (`num_returns`).
 pub const MAX_RETURNS: u32 = 10_000;
 /// Arguments of one task.

@@ -42,15 +42,11 @@ pub fn init_with(config: Config) -> Result<()> {
     }
     nc.resources.set(resources::GPU, config.num_gpus);
     for (name, amount) in &config.resources {
-        if !amount.is_finite() || *amount < 0.0 {
-            return Err(Error::InvalidOption(format!("resource {name} must be a non-negative number, got {amount}")));
-        }
+        resources::check_amount(&format!("resource {name}"), *amount)?;
         nc.resources.set(name, *amount);
     }
     if let Some(n) = config.num_cpus {
-        if !n.is_finite() || n < 0.0 {
-            return Err(Error::InvalidOption(format!("num_cpus must be a non-negative number, got {n}")));
-        }
+        resources::check_amount("num_cpus", n)?;
     }
     if let Some(b) = config.object_store_memory {
         nc.store_capacity = b;

@@ -1,0 +1,494 @@
+//! The node's tables and protocol handlers, behind one lock (`crate::Shared`).
+//! `State::handle` takes one message from a connection and calls the part
+//! that owns it:
+//!
+//! - [`peers`]: connections, the hello and who a peer is, what it may see,
+//!   cancel or make; worker processes starting, exiting, idling out.
+//! - [`objects`]: the object directory and reference counting (below).
+//! - [`tasks`]: the task lifecycle: submit, complete, retry, cancel.
+//! - [`scheduling`]: ready queues, leases, pipelining, blocked workers.
+//! - [`streams`]: generator streams (the protocol below).
+//!
+//! The types here are shared by all of them: a connection (`Conn`), an
+//! object (`Obj`, `Stored`), a task (`Task`), a stream (`Stream`).
+//!
+//! Reference counting (the owner's tables, kept by the node for every process
+//! on it). An object stays alive while either
+//! 1. some connection holds it: a process reports its 0→1 and 1→0
+//!    transitions with `AddRef`/`RemoveRef` (`Submit` and `Put` imply an
+//!    `AddRef` for the sender), or
+//! 2. something pins it: a task that takes it as an argument (until the task
+//!    is finished for good, retries included), or a live object whose value
+//!    has it nested inside.
+//!
+//! Each process sends its messages on one connection, in order, so a worker's
+//! `AddRef` for a ref it found inside an argument always arrives before the
+//! `TaskDone` that unpins the argument: no borrow can be lost in between.
+//!
+//! Streams (generator tasks). The node keeps each stream's table for its
+//! owner, the process that submitted the task:
+//! 1. Item `i` is object `(task, 2 + i)`. A report creates it, held by the
+//!    owner (so an item nobody took yet stays alive), and tells the owner.
+//! 2. Reports of one attempt arrive in order on the executor's connection,
+//!    so by the time `TaskDone` arrives every report was handled: the
+//!    executor needs no acknowledgements for that. With backpressure `n`,
+//!    the acknowledgement of a report is held while the owner has `n` or more
+//!    unconsumed items, and the executor waits for it before going on.
+//! 3. A retried attempt reports again from index 0: indices already known are
+//!    compared by digest and not handed out twice; a different value, fewer
+//!    items at the end, or an application error before the index an earlier
+//!    attempt reached fails the stream with `ReplayMismatch`. Dynamic returns
+//!    keep the same record (`Task::dynamic_digests`) but hand nothing out:
+//!    the node makes their list when the task ends.
+//! 4. When the task ends the owner learns the item count and the error, if
+//!    any. When the owner drops the stream, the items it never took are
+//!    released, held acknowledgements are answered `gone`, and later
+//!    reports are refused, so a paused executor is never stuck.
+//!
+//! Task lifecycle: `Submit` → waits for `Ref` arguments (`Submitted`) →
+//! ready queue (`PendingSchedule`) → a worker and its resources
+//! (`Running`) → `TaskDone` or the worker's death → finished, failed, or
+//! queued again for a retry.
+
+use crate::local::LocalOutbox;
+use crate::pool::PoolCmd;
+use crate::server::SocketOutbox;
+use crate::NodeConfig;
+use ferroray_common::{resources, ClusterToken, Error, ObjectId, ResourceSet, Result, TaskId, WorkerId};
+use ferroray_protocol::{
+    FromNode, ObjectValue, Payload, ReturnKind, Role, TaskArg, TaskEvent, TaskOutcome, TaskSpec, TaskState, ToNode,
+    PROTOCOL_VERSION,
+};
+use ferroray_store::Store;
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+mod objects;
+mod peers;
+mod scheduling;
+mod streams;
+mod tasks;
+
+pub type ConnId = u64;
+
+/// Names of the task each worker pid runs (or ran last), for output prefixes.
+pub type TaskNames = Arc<parking_lot::Mutex<HashMap<u32, String>>>;
+
+/// Where a connection's messages go. Both kinds only queue under the state
+/// lock; they go out once it is released (see `crate::local`).
+#[derive(Clone)]
+pub(crate) enum Outbox {
+    /// A worker's socket (`crate::server`).
+    Socket(Arc<SocketOutbox>),
+    /// The in-process driver.
+    Local(Arc<LocalOutbox>),
+}
+
+impl Outbox {
+    fn send(&self, msg: FromNode) {
+        match self {
+            Outbox::Socket(out) => out.send(&msg),
+            Outbox::Local(link) => link.send(msg),
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        match self {
+            Outbox::Socket(out) => out.has_pending(),
+            Outbox::Local(link) => link.has_pending(),
+        }
+    }
+
+    fn same(&self, other: &Outbox) -> bool {
+        match (self, other) {
+            (Outbox::Socket(a), Outbox::Socket(b)) => Arc::ptr_eq(a, b),
+            (Outbox::Local(a), Outbox::Local(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+struct Conn {
+    outbox: Outbox,
+    /// Set once its hello is accepted; nothing else is handled before.
+    role: Option<Role>,
+    /// The peer's process, from the socket's credentials (never from what
+    /// the peer says): the pid a force-cancel kills, and a worker's identity.
+    pid: u32,
+    /// Who the peer is: for a worker, the id the spawner gave its process.
+    /// Task and object ids it makes must carry it as their submitter.
+    worker_id: WorkerId,
+    held: FxHashSet<ObjectId>,
+    /// Objects this connection was shown without holding them: refs nested
+    /// in values sent to it and ref arguments of its tasks. It may take a
+    /// reference (`AddRef`) or read (`Subscribe`) only what it holds, owns,
+    /// or was shown.
+    granted: FxHashSet<ObjectId>,
+    /// Shared-memory pins handed to this connection, by object.
+    pins: FxHashMap<ObjectId, u32>,
+    /// Allocations made by this connection and not yet sealed.
+    unsealed: FxHashSet<u64>,
+    /// Tasks sent to this worker: the first runs, the rest wait behind it
+    /// (pipelining) under the same lease.
+    assigned: VecDeque<TaskId>,
+    /// What the worker's lease takes from the node, and its full shape (the
+    /// two differ while the running task lends its CPU back).
+    lease: ResourceSet,
+    lease_shape: ResourceSet,
+    /// Its task waits in `get`: it does not count toward `max_workers`.
+    blocked: bool,
+    /// It became blocked while its generator was paused by backpressure
+    /// (its acknowledgement held here): it lent its CPU, but it still
+    /// counts toward `max_workers`, so paused generators cannot multiply
+    /// processes. Cleared with `blocked`.
+    paused: bool,
+    /// A `Revoke` is on its way: do not send another until the answer.
+    revoking: bool,
+    /// A force-cancel sent this worker's kill: it takes no task any more,
+    /// and its death is charged to the cancelled task only (`disconnect`).
+    doomed: bool,
+    /// Since when it is in `State::idle` (for `exit_idle_workers`).
+    idle_since: std::time::Instant,
+}
+
+impl Conn {
+    fn running(&self) -> Option<TaskId> {
+        self.assigned.front().copied()
+    }
+}
+
+/// A stored value as the node keeps it. Shared-memory objects keep no
+/// offset here: the store knows it, and it can change across a spill.
+enum Stored {
+    Inline { bytes: Vec<u8>, contained: Vec<ObjectId> },
+    Shm { contained: Vec<ObjectId> },
+    Error(Error),
+}
+
+impl Stored {
+    fn contained(&self) -> &[ObjectId] {
+        match self {
+            Stored::Inline { contained, .. } | Stored::Shm { contained } => contained,
+            Stored::Error(_) => &[],
+        }
+    }
+}
+
+#[derive(Default)]
+struct Obj {
+    value: Option<Stored>,
+    holders: u32,
+    pins: u32,
+    subscribers: Vec<ConnId>,
+    waiting: Vec<TaskId>,
+    /// Connections it was shown to (their `Conn::granted`), cleared when
+    /// it is freed.
+    granted_to: Vec<ConnId>,
+}
+
+struct Task {
+    spec: TaskSpec,
+    pending_deps: usize,
+    worker: Option<ConnId>,
+    retries_left: u32,
+    cancelled: bool,
+    /// Fingerprints of a dynamic-returns task's items (item `i` is object
+    /// `(task, 2 + i)`), pinned until the task ends.
+    dynamic_digests: Vec<u64>,
+    /// Items the current attempt reported (a retry starts again from 0).
+    attempt_items: u32,
+    /// Sent to a worker at least once.
+    started: bool,
+    /// Set when a retry of a generator disagrees with what it reported before.
+    replay_error: Option<Error>,
+    /// When it was last put in a ready queue (a counter): a task taken back
+    /// from a worker goes back to its place by it (`requeue`).
+    order: u64,
+}
+
+/// A generator task's stream, kept for its owner.
+struct Stream {
+    owner: ConnId,
+    backpressure: Option<u32>,
+    /// Fingerprint of each item reported so far (its length is the number of items).
+    digests: Vec<u64>,
+    consumed: u32,
+    /// Acknowledgements held back by backpressure: (executor, index).
+    held: VecDeque<(ConnId, u32)>,
+    /// The owner dropped the stream.
+    dropped: bool,
+}
+
+impl Stream {
+    fn generated(&self) -> u32 {
+        self.digests.len() as u32
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeStats {
+    pub objects: usize,
+    pub tasks: usize,
+    pub workers: usize,
+    pub store_objects: u64,
+    pub store_used: u64,
+    pub store_spilled: u64,
+    /// Generator streams the node keeps (running, or with items untaken).
+    pub streams: usize,
+}
+
+pub struct State {
+    conns: FxHashMap<ConnId, Conn>,
+    next_conn: ConnId,
+    objects: FxHashMap<ObjectId, Obj>,
+    tasks: FxHashMap<TaskId, Task>,
+    streams: FxHashMap<TaskId, Stream>,
+    children: FxHashMap<TaskId, Vec<TaskId>>,
+    /// Tasks whose arguments are ready, one FIFO per resource shape (so a
+    /// scheduling pass looks at the head of each queue, not at every task).
+    /// Entries of tasks that ended meanwhile are skipped when reached.
+    ready: Vec<(ResourceSet, VecDeque<TaskId>)>,
+    idle: Vec<ConnId>,
+    starting: usize,
+    total: ResourceSet,
+    available: ResourceSet,
+    store: Store<ObjectId>,
+    events: VecDeque<TaskEvent>,
+    max_events: usize,
+    max_workers: usize,
+    /// The hard cap on worker processes, blocked ones included.
+    max_processes: usize,
+    /// The cap was reached with every worker blocked and logged; cleared
+    /// once a worker can start again.
+    cap_logged: bool,
+    /// Started worker processes that have not said hello yet.
+    starting_pids: HashSet<u32>,
+    /// Every live worker process the spawner started, with the worker id it
+    /// gave it: the only processes accepted as workers.
+    worker_pids: FxHashMap<u32, WorkerId>,
+    /// Worker hellos that arrived before the spawner registered their pid
+    /// (it registers right after the fork returns): pid -> (conn, claimed id).
+    awaiting_spawn: FxHashMap<u32, (ConnId, WorkerId)>,
+    /// The secret every hello must carry.
+    token: ClusterToken,
+    /// Workers that died before saying hello, since the last one that did.
+    early_deaths: u32,
+    spawn: std::sync::mpsc::Sender<PoolCmd>,
+    pub(crate) names: TaskNames,
+    info: ferroray_protocol::NodeInfo,
+    shutting_down: bool,
+    /// Every connection's outbox, and those of local connections that went
+    /// away with messages (their `closed`) still to deliver.
+    outboxes: Vec<Outbox>,
+    closed_links: Vec<Outbox>,
+    test_kill_delay: Option<std::time::Duration>,
+    /// Workers kept when idle (the CPU count, at least 1); idle ones beyond
+    /// it exit after `idle_timeout`.
+    steady_workers: usize,
+    idle_timeout: std::time::Duration,
+    /// Counter behind `Task::order`.
+    next_order: u64,
+}
+
+fn push_event(
+    events: &mut VecDeque<TaskEvent>,
+    max: usize,
+    spec: &TaskSpec,
+    state: TaskState,
+    worker_pid: Option<u32>,
+    error: Option<String>,
+) {
+    if events.len() >= max {
+        events.pop_front();
+    }
+    events.push_back(TaskEvent {
+        task_id: spec.task_id,
+        name: spec.name().to_string(),
+        state,
+        attempt: spec.attempt,
+        time_us: now_us(),
+        worker_pid,
+        error,
+    });
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+impl State {
+    pub(crate) fn new(
+        config: &NodeConfig,
+        info: ferroray_protocol::NodeInfo,
+        store: Store<ObjectId>,
+        spawn: std::sync::mpsc::Sender<PoolCmd>,
+    ) -> Self {
+        State {
+            conns: FxHashMap::default(),
+            next_conn: 1,
+            objects: FxHashMap::default(),
+            tasks: FxHashMap::default(),
+            streams: FxHashMap::default(),
+            children: FxHashMap::default(),
+            ready: Vec::new(),
+            idle: Vec::new(),
+            starting: 0,
+            total: config.resources.clone(),
+            available: config.resources.clone(),
+            store,
+            events: VecDeque::new(),
+            max_events: config.max_task_events,
+            max_workers: config.max_workers,
+            max_processes: config.max_worker_processes,
+            cap_logged: false,
+            starting_pids: HashSet::new(),
+            worker_pids: FxHashMap::default(),
+            awaiting_spawn: FxHashMap::default(),
+            token: config.token.clone().expect("Node::start sets the token"),
+            early_deaths: 0,
+            spawn,
+            names: TaskNames::default(),
+            info,
+            shutting_down: false,
+            outboxes: Vec::new(),
+            closed_links: Vec::new(),
+            test_kill_delay: config.test_kill_delay,
+            steady_workers: (config.resources.get(resources::CPU).ceil() as usize).max(1),
+            idle_timeout: config.idle_worker_timeout,
+            next_order: 0,
+        }
+    }
+
+    /// One message from `conn`.
+    pub fn handle(&mut self, conn: ConnId, msg: ToNode) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.role.is_none() && !matches!(msg, ToNode::Hello { .. }) {
+            return self.reject(conn, Error::Protocol("the first message must be hello".into()));
+        }
+        match msg {
+            ToNode::Hello { protocol, worker_id, pid: _, role, token } => {
+                self.hello(conn, protocol, worker_id, role, &token)
+            }
+            ToNode::Submit(spec) => self.submit(conn, *spec),
+            ToNode::Put { id, value } => {
+                if let Err(e) = self.check_new_object(conn, id) {
+                    return self.reject(conn, e);
+                }
+                self.objects.entry(id).or_default();
+                self.hold(conn, id);
+                if let Some(stored) = self.accept_value(conn, id, value) {
+                    self.set_value(id, stored);
+                }
+            }
+            ToNode::AddRef(ids) => {
+                for id in ids {
+                    if self.objects.contains_key(&id) && self.may_see(conn, id, true) {
+                        self.hold(conn, id);
+                    }
+                }
+            }
+            ToNode::RemoveRef(ids) => {
+                for id in ids {
+                    self.unhold(conn, id);
+                }
+            }
+            ToNode::Subscribe(ids) => {
+                for id in ids {
+                    if !self.may_see(conn, id, false) {
+                        let e = Error::PermissionDenied(format!("object {id} was not given to this process"));
+                        self.send(conn, FromNode::ObjectReady { id, value: ObjectValue::Error(e) });
+                        continue;
+                    }
+                    match self.objects.get_mut(&id) {
+                        None => self.send(
+                            conn,
+                            FromNode::ObjectReady { id, value: ObjectValue::Error(Error::ObjectLost(id.to_string())) },
+                        ),
+                        Some(o) if o.value.is_none() => o.subscribers.push(conn),
+                        Some(_) => self.send_ready(conn, id),
+                    }
+                }
+            }
+            ToNode::Unpin(ids) => {
+                for id in ids {
+                    self.unpin_shm(conn, id);
+                }
+            }
+            ToNode::TaskDone { task_id, attempt, outcome } => self.task_done(conn, task_id, attempt, outcome),
+            ToNode::Allocate { req, size } => {
+                let result = self.allocate(conn, size);
+                self.send(conn, FromNode::Allocated { req, result });
+            }
+            ToNode::Deallocate { offset } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    if c.unsealed.remove(&offset) {
+                        self.store.abort(offset);
+                    }
+                }
+            }
+            ToNode::Cancel { task_id, force, recursive } => {
+                if self.may_cancel(conn, task_id) {
+                    self.cancel(task_id, force, recursive);
+                    self.schedule();
+                }
+            }
+            ToNode::Blocked => self.set_blocked(conn, true),
+            ToNode::Revoked { task_ids } => self.revoked(conn, task_ids),
+            ToNode::Unblocked => self.set_blocked(conn, false),
+            ToNode::ReportItem { task_id, attempt, index, value, digest } => {
+                self.report_item(conn, task_id, attempt, index, value, digest)
+            }
+            ToNode::StreamConsumed { task_id, consumed } => {
+                if let Some(st) = self.streams.get_mut(&task_id) {
+                    if st.owner == conn {
+                        st.consumed = st.consumed.max(consumed);
+                        self.release_acks(task_id);
+                    }
+                }
+            }
+            ToNode::StreamDrop { task_id, consumed } => self.drop_stream(conn, task_id, consumed),
+            ToNode::ListTasks { req } => {
+                let events = self.events.iter().cloned().collect();
+                self.send(conn, FromNode::Tasks { req, events });
+            }
+        }
+    }
+
+    fn record(&mut self, tid: TaskId, state: TaskState, pid: Option<u32>, error: Option<String>) {
+        let Some(task) = self.tasks.get(&tid) else {
+            return;
+        };
+        if task.spec.enable_events {
+            push_event(&mut self.events, self.max_events, &task.spec, state, pid, error);
+        }
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        let s = self.store.stats();
+        NodeStats {
+            objects: self.objects.len(),
+            tasks: self.tasks.len(),
+            workers: self.conns.values().filter(|c| c.role == Some(Role::Worker)).count(),
+            store_objects: s.objects as u64,
+            store_used: s.used,
+            store_spilled: s.spilled as u64,
+            streams: self.streams.len(),
+        }
+    }
+
+    /// Returns the pages of freed store space to the system.
+    pub fn trim_store(&mut self) {
+        self.store.trim_if_quiet(std::time::Duration::from_secs(1));
+    }
+
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        for (_, c) in std::mem::take(&mut self.conns) {
+            self.forget_outbox(c.outbox);
+        }
+        self.idle.clear();
+    }
+}

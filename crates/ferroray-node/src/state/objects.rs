@@ -1,0 +1,202 @@
+//! The object directory: values, shared-memory pins, holders and liveness
+//! pins (reference counting; the module above numbers the rules).
+
+use super::*;
+
+impl State {
+    /// Reserves shared memory for a value `conn` is about to write.
+    pub fn allocate(&mut self, conn: ConnId, size: u64) -> Result<u64> {
+        let offset = self.store.allocate(size).map_err(|e| Error::StoreFull(e.to_string()))?;
+        match self.conns.get_mut(&conn) {
+            Some(c) => {
+                c.unsealed.insert(offset);
+                Ok(offset)
+            }
+            None => {
+                self.store.abort(offset);
+                Err(Error::Disconnected("connection closed".into()))
+            }
+        }
+    }
+
+    /// Turns a value sent by `conn` into a stored one (sealing shared memory),
+    /// or drops it if nobody wants object `id` any more.
+    pub(super) fn accept_value(&mut self, conn: ConnId, id: ObjectId, value: ObjectValue) -> Option<Stored> {
+        let wanted = self.objects.contains_key(&id);
+        match value {
+            ObjectValue::Error(e) => wanted.then_some(Stored::Error(e)),
+            ObjectValue::Data { payload: Payload::Inline(bytes), contained } => {
+                wanted.then_some(Stored::Inline { bytes, contained })
+            }
+            ObjectValue::Data { payload: Payload::Shm { offset, len }, contained } => {
+                let owned = self.conns.get_mut(&conn).is_some_and(|c| c.unsealed.remove(&offset));
+                if !owned {
+                    return wanted.then(|| {
+                        Stored::Error(Error::Protocol(format!("object {id} names shared memory it did not allocate")))
+                    });
+                }
+                if !wanted {
+                    self.store.abort(offset);
+                    return None;
+                }
+                match self.store.seal(id, offset, len) {
+                    Ok(()) => Some(Stored::Shm { contained }),
+                    Err(e) => {
+                        self.store.abort(offset);
+                        Some(Stored::Error(Error::Protocol(e.to_string())))
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn send_ready(&mut self, conn: ConnId, id: ObjectId) {
+        let (value, contained) = match self.objects.get(&id).and_then(|o| o.value.as_ref()) {
+            None => return,
+            Some(Stored::Error(e)) => (Some(ObjectValue::Error(e.clone())), Vec::new()),
+            Some(Stored::Inline { bytes, contained }) => (
+                Some(ObjectValue::Data { payload: Payload::Inline(bytes.clone()), contained: contained.clone() }),
+                contained.clone(),
+            ),
+            Some(Stored::Shm { contained }) => (None, contained.clone()),
+        };
+        if !contained.is_empty() {
+            self.grant(conn, &contained);
+        }
+        let value = match value {
+            Some(v) => v,
+            None => match self.pin_shm(conn, id) {
+                Ok(payload) => ObjectValue::Data { payload, contained },
+                Err(e) => ObjectValue::Error(e),
+            },
+        };
+        self.send(conn, FromNode::ObjectReady { id, value });
+    }
+
+    pub(super) fn pin_shm(&mut self, conn: ConnId, id: ObjectId) -> Result<Payload> {
+        let (offset, len) = self.store.pin(id).map_err(|e| Error::ObjectLost(format!("{id}: {e}")))?;
+        match self.conns.get_mut(&conn) {
+            Some(c) => *c.pins.entry(id).or_insert(0) += 1,
+            None => self.store.unpin(id),
+        }
+        Ok(Payload::Shm { offset, len })
+    }
+
+    pub(super) fn unpin_shm(&mut self, conn: ConnId, id: ObjectId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Some(n) = c.pins.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                c.pins.remove(&id);
+            }
+            self.store.unpin(id);
+        }
+    }
+
+    pub(super) fn hold(&mut self, conn: ConnId, id: ObjectId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.held.insert(id) {
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.holders += 1;
+            }
+        }
+    }
+
+    pub(super) fn unhold(&mut self, conn: ConnId, id: ObjectId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.held.remove(&id) {
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.holders -= 1;
+            }
+            self.maybe_free(id);
+        }
+    }
+
+    pub(super) fn pin(&mut self, id: ObjectId) -> bool {
+        match self.objects.get_mut(&id) {
+            Some(o) => {
+                o.pins += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn unpin(&mut self, id: ObjectId) {
+        if let Some(o) = self.objects.get_mut(&id) {
+            o.pins = o.pins.saturating_sub(1);
+            self.maybe_free(id);
+        }
+    }
+
+    /// Frees `id` once nothing holds or pins it, and releases what it contained.
+    pub(super) fn maybe_free(&mut self, id: ObjectId) {
+        let Some(o) = self.objects.get(&id) else {
+            return;
+        };
+        if o.holders > 0 || o.pins > 0 {
+            return;
+        }
+        let o = self.objects.remove(&id).expect("checked above");
+        for conn in &o.granted_to {
+            if let Some(c) = self.conns.get_mut(conn) {
+                c.granted.remove(&id);
+            }
+        }
+        if let Some(value) = o.value {
+            if matches!(value, Stored::Shm { .. }) {
+                self.store.delete(id);
+            }
+            for c in value.contained() {
+                self.unpin(*c);
+            }
+        }
+    }
+
+    /// Stores the value of a pending object and wakes what waits for it.
+    pub(super) fn set_value(&mut self, id: ObjectId, value: Stored) {
+        if !self.objects.contains_key(&id) {
+            // Nobody wants it any more: whatever it contained is not kept
+            // alive by it (an item nobody pins goes now).
+            for c in value.contained() {
+                self.maybe_free(*c);
+            }
+            return;
+        }
+        for c in value.contained() {
+            self.pin(*c);
+        }
+        let Some(o) = self.objects.get_mut(&id) else {
+            return;
+        };
+        let failed = match &value {
+            Stored::Error(e) => Some(e.clone()),
+            _ => None,
+        };
+        o.value = Some(value);
+        let subscribers = std::mem::take(&mut o.subscribers);
+        let waiting = std::mem::take(&mut o.waiting);
+        for s in subscribers {
+            self.send_ready(s, id);
+        }
+        for t in waiting {
+            let Some(task) = self.tasks.get_mut(&t) else {
+                continue;
+            };
+            task.pending_deps -= 1;
+            if let Some(e) = &failed {
+                // A failed argument fails the task without running it.
+                self.complete_task(t, Err(e.clone()));
+            } else if task.pending_deps == 0 {
+                self.record(t, TaskState::PendingSchedule, None, None);
+                self.enqueue(t);
+            }
+        }
+    }
+}

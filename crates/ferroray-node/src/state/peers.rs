@@ -1,0 +1,350 @@
+//! Who is on the other side: connections and their outboxes, the hello and
+//! what a peer may see, cancel or make, worker processes coming and going.
+
+use super::*;
+
+impl State {
+    /// A new connection from process `pid` (the socket's credentials).
+    pub(crate) fn add_connection(&mut self, outbox: Outbox, pid: u32) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.outboxes.push(outbox.clone());
+        self.conns.insert(
+            id,
+            Conn {
+                outbox,
+                role: None,
+                pid,
+                worker_id: WorkerId(0),
+                held: FxHashSet::default(),
+                granted: FxHashSet::default(),
+                pins: FxHashMap::default(),
+                unsealed: FxHashSet::default(),
+                assigned: VecDeque::new(),
+                lease: ResourceSet::new(),
+                lease_shape: ResourceSet::new(),
+                blocked: false,
+                paused: false,
+                revoking: false,
+                doomed: false,
+                idle_since: std::time::Instant::now(),
+            },
+        );
+        id
+    }
+
+    pub fn is_connected(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    pub(super) fn send(&self, conn: ConnId, msg: FromNode) {
+        if let Some(c) = self.conns.get(&conn) {
+            c.outbox.send(msg);
+        }
+    }
+
+    /// Outboxes with messages waiting (sent when the lock is released).
+    pub(crate) fn outboxes_to_flush(&mut self) -> Vec<Outbox> {
+        let mut out = std::mem::take(&mut self.closed_links);
+        out.extend(self.outboxes.iter().filter(|o| o.has_pending()).cloned());
+        out
+    }
+
+    /// A connection leaves: a socket's writer ends once its queue is out; a
+    /// local client learns it after its last message.
+    pub(super) fn forget_outbox(&mut self, outbox: Outbox) {
+        self.outboxes.retain(|o| !o.same(&outbox));
+        match outbox {
+            Outbox::Socket(out) => out.close(),
+            Outbox::Local(link) => {
+                link.close();
+                self.closed_links.push(Outbox::Local(link));
+            }
+        }
+    }
+
+    /// Closes `conn` with a reason the peer can read.
+    pub fn reject(&mut self, conn: ConnId, err: Error) {
+        // A peer not yet accepted is logged by the server, once per peer.
+        if let Some(c) = self.conns.get(&conn).filter(|c| c.role.is_some()) {
+            tracing::warn!("closing connection {conn} (pid {}): {err}", c.pid);
+        }
+        self.send(conn, FromNode::Rejected(err));
+        self.disconnect(conn, "rejected");
+    }
+
+    /// Accepts a connection, in this order:
+    /// 1. the protocol version, so an old peer learns why it is refused;
+    /// 2. the cluster token (constant-time), so nothing below is reachable
+    ///    without it;
+    /// 3. one hello per connection;
+    /// 4. the claimed identity: a worker must be a process the spawner
+    ///    started (its pid, from the socket, is one of `worker_pids`) and claim
+    ///    the worker id the spawner gave it; a hello that beats the
+    ///    spawner's registration of its pid waits for it (`awaiting_spawn`).
+    ///    A driver's worker id must not be in use.
+    pub(super) fn hello(&mut self, conn: ConnId, protocol: u32, worker_id: WorkerId, role: Role, token: &ClusterToken) {
+        if protocol != PROTOCOL_VERSION {
+            return self
+                .reject(conn, Error::Protocol(format!("protocol version {protocol} is not {PROTOCOL_VERSION}")));
+        }
+        if !self.token.matches(token) {
+            return self.reject(conn, Error::PermissionDenied("wrong cluster token".into()));
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let pid = c.pid;
+        if c.role.is_some() || self.awaiting_spawn.values().any(|(w, _)| *w == conn) {
+            return self.reject(conn, Error::Protocol("hello sent twice".into()));
+        }
+        match role {
+            Role::Worker => match self.worker_pids.get(&pid) {
+                Some(id) if *id == worker_id => self.accept(conn, role, worker_id),
+                Some(_) => self.reject(
+                    conn,
+                    Error::PermissionDenied(format!("process {pid} claims a worker id the node did not give it")),
+                ),
+                None if self.starting > 0 => match self.awaiting_spawn.entry(pid) {
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        self.reject(conn, Error::Protocol("two hellos from one process".into()))
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert((conn, worker_id));
+                    }
+                },
+                None => self
+                    .reject(conn, Error::PermissionDenied(format!("process {pid} is not a worker this node started"))),
+            },
+            Role::Driver => {
+                if self.conns.values().any(|c| c.role.is_some() && c.worker_id == worker_id) {
+                    return self.reject(conn, Error::PermissionDenied(format!("worker id {worker_id} is in use")));
+                }
+                self.accept(conn, role, worker_id)
+            }
+        }
+    }
+
+    pub(super) fn accept(&mut self, conn: ConnId, role: Role, worker_id: WorkerId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.role = Some(role);
+        c.worker_id = worker_id;
+        let pid = c.pid;
+        self.send(conn, FromNode::Welcome(self.info.clone()));
+        if role == Role::Worker {
+            // Counted as starting since it was asked for.
+            self.starting = self.starting.saturating_sub(1);
+            self.starting_pids.remove(&pid);
+            self.early_deaths = 0;
+            self.idle.push(conn);
+        }
+        self.schedule();
+    }
+
+    /// Whether `conn` may read `id` (or, with `take`, take a reference to
+    /// it): it holds it, was shown it, or (to take one) made it.
+    pub(super) fn may_see(&self, conn: ConnId, id: ObjectId, take: bool) -> bool {
+        let Some(c) = self.conns.get(&conn) else { return false };
+        c.held.contains(&id) || c.granted.contains(&id) || (take && id.task.submitter == c.worker_id)
+    }
+
+    /// Shows `ids` to `conn` (see [`Conn::granted`]).
+    pub(super) fn grant(&mut self, conn: ConnId, ids: &[ObjectId]) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        for id in ids {
+            if !c.held.contains(id) && c.granted.insert(*id) {
+                if let Some(o) = self.objects.get_mut(id) {
+                    o.granted_to.push(conn);
+                }
+            }
+        }
+    }
+
+    /// A task may be cancelled by its submitter and by whoever holds one of
+    /// its return objects.
+    pub(super) fn may_cancel(&self, conn: ConnId, tid: TaskId) -> bool {
+        let Some(c) = self.conns.get(&conn) else { return false };
+        if tid.submitter == c.worker_id {
+            return true;
+        }
+        let allowed = self.tasks.get(&tid).is_some_and(|t| t.spec.return_ids().any(|id| c.held.contains(&id)));
+        if !allowed {
+            tracing::warn!("connection {conn} (pid {}) may not cancel task {tid}", c.pid);
+        }
+        allowed
+    }
+
+    /// A `Put` or a task's returns: the ids must be the sender's own and new.
+    pub(super) fn check_new_object(&self, conn: ConnId, id: ObjectId) -> Result<()> {
+        let Some(c) = self.conns.get(&conn) else { return Ok(()) };
+        if id.task.submitter != c.worker_id {
+            return Err(Error::PermissionDenied(format!("object {id} belongs to another process")));
+        }
+        if self.objects.get(&id).is_some_and(|o| o.value.is_some()) {
+            return Err(Error::Protocol(format!("object {id} already has a value")));
+        }
+        Ok(())
+    }
+
+    /// Forgets a connection: its references, pins and allocations go; a task
+    /// it was running is retried or failed.
+    pub fn disconnect(&mut self, conn: ConnId, reason: &str) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if c.role.is_none() {
+            self.awaiting_spawn.retain(|_, (w, _)| *w != conn);
+        }
+        self.idle.retain(|w| *w != conn);
+        self.forget_outbox(c.outbox);
+        for id in c.held {
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.holders -= 1;
+            }
+            self.maybe_free(id);
+        }
+        for (id, n) in c.pins {
+            for _ in 0..n {
+                self.store.unpin(id);
+            }
+        }
+        for offset in c.unsealed {
+            self.store.abort(offset);
+        }
+        if c.role == Some(Role::Worker) {
+            self.names.lock().remove(&c.pid);
+        }
+        let owned: Vec<TaskId> = self.streams.iter().filter(|(_, s)| s.owner == conn).map(|(t, _)| *t).collect();
+        for tid in owned {
+            if let Some(st) = self.streams.get_mut(&tid) {
+                st.dropped = true;
+            }
+            self.release_acks(tid);
+            if !self.tasks.contains_key(&tid) {
+                self.streams.remove(&tid);
+            }
+        }
+        let mut lease = c.lease;
+        if c.blocked {
+            // The CPU it lent out is already back in `available`.
+            lease.set(resources::CPU, 0.0);
+        }
+        self.available.add(&lease);
+        let running = c.assigned.front().copied();
+        for tid in c.assigned {
+            if running != Some(tid) {
+                // Never started: back to the front of the queue, no retry spent.
+                if let Some(task) = self.tasks.get_mut(&tid) {
+                    task.worker = None;
+                    if task.cancelled {
+                        self.complete_task(tid, Err(Error::TaskCancelled));
+                    } else {
+                        self.requeue(tid);
+                    }
+                }
+                continue;
+            }
+            if let Some(task) = self.tasks.get_mut(&tid) {
+                task.worker = None;
+                let name = task.spec.name().to_string();
+                if task.cancelled {
+                    self.complete_task(tid, Err(Error::TaskCancelled));
+                } else if c.doomed {
+                    // Killed for another task's force-cancel (which ended
+                    // first): not this task's failure, no retry spent.
+                    self.requeue(tid);
+                    self.record(tid, TaskState::PendingSchedule, None, None);
+                } else {
+                    let err = Error::WorkerCrashed {
+                        task: name,
+                        detail: format!("worker pid={} exited unexpectedly ({reason})", c.pid),
+                    };
+                    if !self.retry(tid, &err) {
+                        self.complete_task(tid, Err(err));
+                    }
+                }
+            }
+        }
+        self.schedule();
+    }
+
+    /// The spawner started worker process `pid` and gave it `worker_id`. A
+    /// hello that came first is answered now.
+    pub fn spawned(&mut self, pid: u32, worker_id: WorkerId) {
+        self.worker_pids.insert(pid, worker_id);
+        match self.awaiting_spawn.remove(&pid) {
+            Some((conn, claimed)) if claimed == worker_id => self.accept(conn, Role::Worker, worker_id),
+            Some((conn, _)) => self.reject(
+                conn,
+                Error::PermissionDenied(format!("process {pid} claims a worker id the node did not give it")),
+            ),
+            None => {
+                self.starting_pids.insert(pid);
+            }
+        }
+    }
+
+    /// Worker process `pid` exited. If it never said hello it is no longer
+    /// starting; after several such deaths in a row, nothing can run, so the
+    /// waiting tasks fail instead of hanging.
+    pub fn worker_exited(&mut self, pid: u32, status: String) {
+        self.worker_pids.remove(&pid);
+        if let Some((conn, _)) = self.awaiting_spawn.remove(&pid) {
+            self.disconnect(conn, "the process exited");
+        }
+        if !self.starting_pids.remove(&pid) {
+            return;
+        }
+        self.starting = self.starting.saturating_sub(1);
+        self.early_deaths += 1;
+        if self.early_deaths >= 3 {
+            self.spawn_failed(format!("worker processes exit before connecting (last: pid {pid}, {status})"));
+        } else {
+            self.schedule();
+        }
+    }
+
+    /// A worker process could not be started.
+    pub fn spawn_failed(&mut self, error: String) {
+        self.starting = self.starting.saturating_sub(1);
+        let live = self.conns.values().any(|c| c.role == Some(Role::Worker));
+        if !live && self.starting == 0 {
+            // Nothing can ever run: fail what waits instead of hanging.
+            let waiting: Vec<TaskId> = self.ready.drain(..).flat_map(|(_, q)| q).collect();
+            for t in waiting {
+                self.complete_task(
+                    t,
+                    Err(Error::WorkerCrashed {
+                        task: String::new(),
+                        detail: format!("worker could not start: {error}"),
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Idle workers beyond the steady size exit once idle for `idle_timeout`
+    /// (longest idle first): their connection is closed, and a worker exits
+    /// when it reads the end of its socket. Called by the node's tick.
+    pub fn exit_idle_workers(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut workers = self.conns.values().filter(|c| c.role == Some(Role::Worker) && !c.doomed).count();
+        // `idle` is a stack: the front has been idle longest.
+        let idle: Vec<ConnId> = self.idle.clone();
+        for w in idle {
+            if workers <= self.steady_workers {
+                break;
+            }
+            let expired = self.conns.get(&w).is_some_and(|c| now.duration_since(c.idle_since) >= self.idle_timeout);
+            if expired {
+                self.disconnect(w, "idle");
+                workers -= 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The task lifecycle: submission, completion, retries, cancellation.
+
+use super::*;
+
+impl State {
+    pub(super) fn validate(&self, spec: &TaskSpec) -> Result<()> {
+        if let ReturnKind::Streaming { backpressure: Some(0) } = spec.returns {
+            return Err(Error::InvalidOption("generator backpressure must not be 0".into()));
+        }
+        if let Some((name, want, have)) = spec.resources.first_missing(&self.total) {
+            return Err(Error::Infeasible(format!(
+                "task {} needs {want} {name} but this node has {have} in total",
+                spec.name()
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn submit(&mut self, conn: ConnId, spec: TaskSpec) {
+        let id = spec.task_id;
+        if self.tasks.contains_key(&id) {
+            return self.reject(conn, Error::Protocol(format!("task {id} is already submitted")));
+        }
+        for rid in spec.return_ids() {
+            if let Err(e) = self.check_new_object(conn, rid) {
+                return self.reject(conn, e);
+            }
+        }
+        for rid in spec.return_ids() {
+            self.objects.entry(rid).or_default();
+            self.hold(conn, rid);
+        }
+        if let Some(parent) = spec.parent {
+            self.children.entry(parent).or_default().push(id);
+        }
+        let mut pending = 0;
+        let mut failed = None;
+        for arg in &spec.args {
+            if let TaskArg::Ref(oid) = arg {
+                match self.objects.get_mut(oid) {
+                    None => failed = Some(Error::ObjectLost(oid.to_string())),
+                    Some(o) => {
+                        o.pins += 1;
+                        match &o.value {
+                            None => {
+                                o.waiting.push(id);
+                                pending += 1;
+                            }
+                            Some(Stored::Error(e)) => failed = Some(e.clone()),
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+        }
+        for c in &spec.contained {
+            self.pin(*c);
+        }
+        let retries_left = spec.max_retries;
+        let invalid = self.validate(&spec).err();
+        if let ReturnKind::Streaming { backpressure } = spec.returns {
+            self.streams.insert(
+                id,
+                Stream {
+                    owner: conn,
+                    backpressure,
+                    digests: Vec::new(),
+                    consumed: 0,
+                    held: VecDeque::new(),
+                    dropped: false,
+                },
+            );
+        }
+        self.tasks.insert(
+            id,
+            Task {
+                spec,
+                pending_deps: pending,
+                worker: None,
+                retries_left,
+                cancelled: false,
+                dynamic_digests: Vec::new(),
+                attempt_items: 0,
+                started: false,
+                replay_error: None,
+                order: 0,
+            },
+        );
+        self.record(id, TaskState::Submitted, None, None);
+        if let Some(e) = invalid.or(failed) {
+            self.complete_task(id, Err(e));
+        } else if pending == 0 {
+            self.record(id, TaskState::PendingSchedule, None, None);
+            self.enqueue(id);
+            self.schedule();
+        }
+    }
+
+    pub(super) fn task_done(&mut self, conn: ConnId, tid: TaskId, attempt: u32, outcome: TaskOutcome) {
+        let current = self.tasks.get(&tid).is_some_and(|t| t.worker == Some(conn) && t.spec.attempt == attempt);
+        if !current {
+            // A stale attempt: drop whatever it stored.
+            if let TaskOutcome::Returned(values) = outcome {
+                for v in values {
+                    if let ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } = v {
+                        self.handle(conn, ToNode::Deallocate { offset });
+                    }
+                }
+            }
+            return;
+        }
+        self.release_worker(tid);
+        let task = &self.tasks[&tid];
+        if task.cancelled {
+            self.discard_outcome(conn, outcome);
+            self.complete_task(tid, Err(Error::TaskCancelled));
+        } else {
+            match outcome {
+                TaskOutcome::Returned(values) => {
+                    let ids: Vec<ObjectId> = task.spec.return_ids().collect();
+                    if values.len() != ids.len() {
+                        let e = Error::Protocol(format!(
+                            "task {} returned {} values for {} return objects",
+                            task.spec.name(),
+                            values.len(),
+                            ids.len()
+                        ));
+                        self.discard_outcome(conn, TaskOutcome::Returned(values));
+                        self.complete_task(tid, Err(e));
+                    } else {
+                        let stored =
+                            ids.iter().zip(values).map(|(id, v)| self.accept_value(conn, *id, v)).collect::<Vec<_>>();
+                        self.complete_task(tid, Ok(stored));
+                    }
+                }
+                TaskOutcome::Streamed { items } => {
+                    let generated = self.reported(tid).unwrap_or(items);
+                    let replay = self.tasks.get_mut(&tid).and_then(|t| t.replay_error.take());
+                    if let Some(e) = replay {
+                        self.complete_task(tid, Err(e));
+                    } else if items < generated {
+                        let name = self.tasks[&tid].spec.name().to_string();
+                        self.complete_task(
+                            tid,
+                            Err(Error::ReplayMismatch(format!(
+                                "a retry of {name} yielded {items} items, but {generated} were already reported"
+                            ))),
+                        );
+                    } else {
+                        // A streaming generator's own object holds `()` once it
+                        // ends well (a dynamic one's list is made by `complete_task`).
+                        let unit = Stored::Inline { bytes: Vec::new(), contained: Vec::new() };
+                        self.complete_task(tid, Ok(vec![Some(unit)]));
+                    }
+                }
+                TaskOutcome::Failed(e) => {
+                    let (name, failed_at) = (task.spec.name().to_string(), task.attempt_items);
+                    let replay = self.tasks.get_mut(&tid).and_then(|t| t.replay_error.take());
+                    if let Some(r) = replay {
+                        self.complete_task(tid, Err(r));
+                    } else if !self.retry(tid, &e) {
+                        // An attempt that fails at item k when an earlier one got
+                        // further disagrees with what the owner already has.
+                        let e = match self.reported(tid) {
+                            Some(known) if failed_at < known => Error::ReplayMismatch(format!(
+                                "a retry of {name} failed after {failed_at} items, but {known} were already reported: {e}"
+                            )),
+                            _ => e,
+                        };
+                        self.complete_task(tid, Err(e));
+                    }
+                }
+            }
+        }
+        self.schedule();
+    }
+
+    pub(super) fn discard_outcome(&mut self, conn: ConnId, outcome: TaskOutcome) {
+        if let TaskOutcome::Returned(values) = outcome {
+            for v in values {
+                if let ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } = v {
+                    self.handle(conn, ToNode::Deallocate { offset });
+                }
+            }
+        }
+    }
+
+    /// Queues another attempt if the policy allows; true if it did.
+    pub(super) fn retry(&mut self, tid: TaskId, err: &Error) -> bool {
+        let Some(task) = self.tasks.get_mut(&tid) else {
+            return false;
+        };
+        if task.cancelled || task.retries_left == 0 || !err.is_retryable(&task.spec.retry_exceptions) {
+            return false;
+        }
+        if task.retries_left != u32::MAX {
+            task.retries_left -= 1;
+        }
+        task.spec.attempt += 1;
+        task.attempt_items = 0;
+        self.record(tid, TaskState::Retrying, None, Some(err.to_string()));
+        self.enqueue(tid);
+        true
+    }
+
+    /// Ends a task for good: stores its return values (or its error in each
+    /// return object) and releases its arguments.
+    pub(super) fn complete_task(&mut self, tid: TaskId, result: Result<Vec<Option<Stored>>>) {
+        let Some(task) = self.tasks.remove(&tid) else {
+            return;
+        };
+        self.children.remove(&tid);
+        let (state, error) = match &result {
+            Ok(_) => (TaskState::Finished, None),
+            Err(Error::TaskCancelled) => (TaskState::Cancelled, None),
+            Err(e) => (TaskState::Failed, Some(e.to_string())),
+        };
+        if task.spec.enable_events {
+            push_event(&mut self.events, self.max_events, &task.spec, state, None, error);
+        }
+        // The stream's end goes out before the generator's own object is
+        // ready, so whoever sees `completed()` ready also sees the end.
+        if let Some(st) = self.streams.get_mut(&tid) {
+            let error = result.as_ref().err().cloned();
+            let (owner, items, dropped) = (st.owner, st.generated(), st.dropped);
+            // Nothing will be reported any more: let a waiting executor go.
+            st.dropped = true;
+            self.release_acks(tid);
+            if dropped {
+                self.streams.remove(&tid);
+            } else {
+                if let Some(st) = self.streams.get_mut(&tid) {
+                    st.dropped = false;
+                }
+                self.send(owner, FromNode::StreamEnd { task_id: tid, items, error });
+            }
+        }
+        let result = if task.spec.returns == ReturnKind::Dynamic { self.dynamic_list(&task, result) } else { result };
+        let ids: Vec<ObjectId> = task.spec.return_ids().collect();
+        match result {
+            Ok(values) => {
+                for (id, v) in ids.into_iter().zip(values) {
+                    if let Some(v) = v {
+                        self.set_value(id, v);
+                    }
+                }
+            }
+            Err(e) => {
+                for id in ids {
+                    if self.objects.contains_key(&id) {
+                        self.set_value(id, Stored::Error(e.clone()));
+                    }
+                }
+            }
+        }
+        for arg in &task.spec.args {
+            if let TaskArg::Ref(id) | TaskArg::Object { id, .. } = arg {
+                self.unpin(*id);
+            }
+        }
+        for c in &task.spec.contained {
+            self.unpin(*c);
+        }
+        for index in 0..task.dynamic_digests.len() as u32 {
+            self.unpin(ObjectId::for_item(tid, index));
+        }
+    }
+
+    /// The value of a dynamic-returns task: the list of its item refs. A
+    /// failure of a task that ran becomes one more, final item holding the
+    /// error, so the items before it stay readable; a cancelled task, or one
+    /// that never ran (a failed argument), holds the error in the list's place.
+    pub(super) fn dynamic_list(
+        &mut self,
+        task: &Task,
+        result: Result<Vec<Option<Stored>>>,
+    ) -> Result<Vec<Option<Stored>>> {
+        let tid = task.spec.task_id;
+        let n = task.dynamic_digests.len() as u32;
+        let mut items: Vec<ObjectId> = (0..n).map(|i| ObjectId::for_item(tid, i)).collect();
+        match result {
+            Err(e) if matches!(e, Error::TaskCancelled) || !task.started => return Err(e),
+            Err(e) => {
+                // Pinned by the list, like the other items.
+                let id = ObjectId::for_item(tid, n);
+                self.objects.entry(id).or_default().value = Some(Stored::Error(e));
+                items.push(id);
+            }
+            Ok(_) => {}
+        }
+        let bytes = ferroray_protocol::encode_ref_list(&items);
+        Ok(vec![Some(Stored::Inline { bytes, contained: items })])
+    }
+
+    /// Cancels a task: a queued one is removed, a running one is asked to stop
+    /// (or its worker killed, with `force`). `recursive` reaches the tasks it
+    /// submitted.
+    pub fn cancel(&mut self, tid: TaskId, force: bool, recursive: bool) {
+        if recursive {
+            for child in self.children.get(&tid).cloned().unwrap_or_default() {
+                self.cancel(child, force, true);
+            }
+        }
+        let Some(task) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        task.cancelled = true;
+        match task.worker {
+            Some(w) => {
+                let running = self.conns.get(&w).and_then(Conn::running) == Some(tid);
+                // A task only queued on the worker is dropped there, never by
+                // killing the worker (which runs somebody else's task).
+                if force && running {
+                    self.doom(w);
+                } else {
+                    self.send(w, FromNode::CancelRunning { task_id: tid });
+                }
+                // A cancelled generator reports nothing more: acknowledgements
+                // held by backpressure are answered `gone` (after the cancel,
+                // so the executor, let go, sees its flag first), and later
+                // reports are refused (`report_item`).
+                if let Some(st) = self.streams.get_mut(&tid) {
+                    let held: Vec<(ConnId, u32)> = st.held.drain(..).collect();
+                    for (c, index) in held {
+                        self.send(c, FromNode::ItemAck { task_id: tid, index, gone: true });
+                    }
+                }
+            }
+            None => self.complete_task(tid, Err(Error::TaskCancelled)),
+        }
+    }
+
+    /// A force-cancel kills worker `w`. From now on nothing is assigned to
+    /// it (it is not idle and takes no pipelined task), the tasks queued
+    /// behind its running one are taken back (`Revoke`), and when it dies
+    /// only a cancelled task is charged: the others go back to their queue
+    /// without spending a retry (`disconnect`).
+    pub(super) fn doom(&mut self, w: ConnId) {
+        let Some(c) = self.conns.get_mut(&w) else { return };
+        let pid = c.pid;
+        if !c.doomed {
+            c.doomed = true;
+            let queued: Vec<TaskId> = c.assigned.iter().skip(1).copied().collect();
+            if !queued.is_empty() {
+                c.revoking = true;
+                c.outbox.send(FromNode::Revoke { task_ids: queued });
+            }
+            self.idle.retain(|i| *i != w);
+        }
+        if pid == 0 {
+            return;
+        }
+        match self.test_kill_delay {
+            None => {
+                let _ = self.spawn.send(PoolCmd::Kill(pid));
+            }
+            Some(delay) => {
+                let spawn = self.spawn.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let _ = spawn.send(PoolCmd::Kill(pid));
+                });
+            }
+        }
+    }
+}

@@ -33,6 +33,6 @@ pub use codec::Buffer;
 pub use context::is_cancelled;
 pub use ferroray_common::{Error, Result, RetryExceptions};
 pub use generator::{Cancellable, DynamicObjectRefGenerator, ObjectRefGenerator, WaitItem, WaitKey, Waitable};
-pub use object_ref::ObjectRef;
+pub use object_ref::{ObjectRef, ObjectRefFuture};
 pub use task::{Arg, IntoArg, TaskOptions};
 pub use worker::CoreWorker;

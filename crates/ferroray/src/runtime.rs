@@ -7,7 +7,7 @@ use ferroray_node::{Node, NodeConfig, WorkerCommand};
 use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 struct Runtime {
     node: Node,
@@ -106,6 +106,15 @@ pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
     let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
     core()?.prefetch(&ids)?;
     refs.iter().map(|r| r.get()).collect()
+}
+
+/// [`get_all`] that gives up with `Error::GetTimeout` once `timeout` has
+/// passed (one deadline for all the refs, not one each).
+pub fn get_all_timeout<T: DeserializeOwned>(refs: &[ObjectRef<T>], timeout: Duration) -> Result<Vec<T>> {
+    let deadline = Instant::now() + timeout;
+    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
+    core()?.prefetch(&ids)?;
+    refs.iter().map(|r| r.get_timeout(deadline.saturating_duration_since(Instant::now()))).collect()
 }
 
 /// Stores a value in the object store.

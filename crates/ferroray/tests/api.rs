@@ -1,5 +1,6 @@
 //! The task API: submit, refs as arguments, get/get_all/get_timeout, put,
-//! wait, multiple returns, options, task errors and their propagation.
+//! wait, multiple returns, options, task errors and their propagation, and
+//! awaiting refs.
 
 mod common;
 
@@ -214,4 +215,79 @@ fn init_twice_is_an_error_and_init_after_shutdown_works() {
     assert!(!ferroray::is_initialized());
     let _c = cluster();
     assert_eq!(get(&add::remote(2, 2)).unwrap(), 4);
+}
+
+// ---------------------------------------------------------------- awaiting refs
+
+/// Awaits a child it submitted: on one CPU, the child runs only because the
+/// parent lends its CPU while it awaits.
+#[ferroray::remote]
+async fn await_child(v: i64) -> i64 {
+    let child = sleep_then::remote(20, v);
+    use std::future::IntoFuture;
+    let (a, b) = futures::join!(child.into_future(), add::remote(v, 1).into_future());
+    a.unwrap() + b.unwrap()
+}
+
+#[test]
+fn a_ref_can_be_awaited_from_a_driver_side_executor() {
+    let _c = cluster();
+    let r = add::remote(20, 22);
+    assert_eq!(common::block_on(async { (&r).await }).unwrap(), 42);
+    assert_eq!(common::block_on(r).unwrap(), 42, "awaiting a ready ref");
+    let p = ferroray::put(vec![7u8; 2 << 20]).unwrap();
+    assert_eq!(common::block_on(p.clone()).unwrap().len(), 2 << 20, "a value in shared memory");
+    assert_eq!(common::block_on(p.clone()).unwrap().len(), 2 << 20, "and again");
+}
+
+#[test]
+fn an_async_task_awaiting_its_child_on_one_cpu_does_not_deadlock() {
+    let _c = common::cluster_with(ferroray::Config::default().num_cpus(1));
+    assert_eq!(get(&await_child::remote(5)).unwrap(), 11);
+    // Several parents at once, each awaiting its children, all on one CPU.
+    let outer: Vec<_> = (0..3).map(await_child::remote).collect();
+    assert_eq!(ferroray::get_all_timeout(&outer, T).unwrap(), vec![1, 3, 5]);
+}
+
+#[test]
+fn join_all_of_many_refs() {
+    let _c = cluster();
+    let refs: Vec<ObjectRef<i64>> = (0..200).map(|i| add::remote(i, 1)).collect();
+    let got = common::block_on(futures::future::join_all(refs.iter().map(std::future::IntoFuture::into_future)));
+    let got: Vec<i64> = got.into_iter().map(Result::unwrap).collect();
+    assert_eq!(got, (1..=200).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_awaited_error_arrives_as_err() {
+    let _c = cluster();
+    let bad = parse::remote("nope".to_string());
+    let err = common::block_on(bad.clone()).unwrap_err();
+    assert_eq!(err, get(&bad).unwrap_err());
+    assert!(matches!(err, Error::Task(_)), "{err}");
+    let boom = explode::remote("awaited".to_string());
+    assert!(matches!(common::block_on(&boom), Err(Error::Task(_))));
+}
+
+#[test]
+fn an_await_pending_at_shutdown_ends_with_disconnected() {
+    let _c = cluster();
+    let slow = sleep_then::remote(5_000, 1);
+    let stopper = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(200));
+        ferroray::shutdown();
+    });
+    let err = common::block_on(slow).unwrap_err();
+    assert!(matches!(err, Error::Disconnected(_)), "{err}");
+    stopper.join().unwrap();
+}
+
+#[test]
+fn get_all_timeout_gives_up_then_gives_every_value() {
+    let _c = cluster();
+    let refs = vec![add::remote(1, 1), sleep_then::remote(1_000, 7)];
+    let t = Instant::now();
+    assert_eq!(ferroray::get_all_timeout(&refs, Duration::from_millis(100)), Err(Error::GetTimeout));
+    assert!(t.elapsed() < Duration::from_millis(900), "{:?}", t.elapsed());
+    assert_eq!(ferroray::get_all_timeout(&refs, T).unwrap(), vec![2, 7]);
 }

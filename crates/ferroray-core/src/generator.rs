@@ -184,9 +184,30 @@ pub enum WaitKey {
     Stream(TaskId),
 }
 
-/// Things `ferroray::wait` accepts.
-pub trait Waitable: Clone {
+/// Things `ferroray::wait` and `ferroray::as_completed` accept: refs,
+/// generators, references to either (`&r`: nothing is cloned), and
+/// `&dyn Waitable` to mix kinds in one slice
+/// (`[&r as &dyn Waitable, &g]`). Object-safe.
+pub trait Waitable {
+    /// What is waited for; compare keys to tell which item is which.
     fn wait_key(&self) -> WaitKey;
+}
+
+impl std::fmt::Debug for dyn Waitable + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.wait_key() {
+            WaitKey::Object(id) => write!(f, "ObjectRef({id})"),
+            WaitKey::Stream(task) => write!(f, "ObjectRefGenerator({task})"),
+        }
+    }
+}
+
+/// A borrowed ref or generator (or `&dyn Waitable`): `wait` hands the same
+/// references back, so nothing is cloned.
+impl<W: Waitable + ?Sized> Waitable for &W {
+    fn wait_key(&self) -> WaitKey {
+        (**self).wait_key()
+    }
 }
 
 impl<T> Waitable for ObjectRef<T> {
@@ -202,7 +223,9 @@ impl<T> Waitable for ObjectRefGenerator<T> {
     }
 }
 
-/// Refs and generators mixed in one `wait`.
+/// Refs and generators of one item type mixed in one owned list (for a
+/// `wait` loop that keeps the not-ready ones); to wait on borrowed items of
+/// any kinds, pass `&dyn Waitable`s instead.
 #[derive(Debug)]
 pub enum WaitItem<T> {
     Ref(ObjectRef<T>),

@@ -12,6 +12,8 @@
 //!   byte buffer as a zero-copy view of shared memory.
 //! - [`generator`]: [`ObjectRefGenerator`] (the caller's end of a streaming
 //!   generator), [`DynamicObjectRefGenerator`], and what `wait`/`cancel` take.
+//! - [`completion`]: [`AsCompleted`], refs and generators as a stream in
+//!   the order they become ready.
 //! - [`task`]: [`TaskOptions`], [`IntoArg`] and the submission builder the
 //!   `#[remote]` macro expands to.
 //! - [`registry`]: the table of remote functions, filled at link time, by
@@ -21,6 +23,7 @@
 //! - [`global`]: the process's current core worker.
 
 pub mod codec;
+pub mod completion;
 pub mod context;
 pub mod generator;
 pub mod global;
@@ -30,6 +33,7 @@ pub mod task;
 pub mod worker;
 
 pub use codec::Buffer;
+pub use completion::AsCompleted;
 pub use context::is_cancelled;
 pub use ferroray_common::{Error, Result, RetryExceptions};
 pub use generator::{Cancellable, DynamicObjectRefGenerator, ObjectRefGenerator, WaitItem, WaitKey, Waitable};

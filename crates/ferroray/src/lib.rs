@@ -37,8 +37,8 @@
 
 pub use ferroray_common::{Error, ObjectId, Result, RetryExceptions, TaskError, TaskId};
 pub use ferroray_core::{
-    is_cancelled, Arg, Buffer, Cancellable, DynamicObjectRefGenerator, IntoArg, ObjectRef, ObjectRefFuture,
-    ObjectRefGenerator, TaskOptions, WaitItem, Waitable,
+    is_cancelled, Arg, AsCompleted, Buffer, Cancellable, DynamicObjectRefGenerator, IntoArg, ObjectRef,
+    ObjectRefFuture, ObjectRefGenerator, TaskOptions, WaitItem, WaitKey, Waitable,
 };
 /// Makes a function remote; see below for everything it generates and every
 /// key it accepts.
@@ -124,8 +124,8 @@ mod runtime;
 pub use config::Config;
 pub use events::{TaskEvent, TaskState};
 pub use runtime::{
-    cancel, cancel_with, get, get_all, get_all_timeout, init, init_with, is_initialized, node_address, put,
-    runtime_stats, shutdown, tasks, wait, RuntimeStats,
+    as_completed, cancel, cancel_with, get, get_all, get_all_timeout, init, init_with, is_initialized, node_address,
+    put, runtime_stats, shutdown, tasks, wait, wait_indices, RuntimeStats,
 };
 
 /// Used by `#[remote]` expansions; not a public API.

@@ -2,7 +2,7 @@
 
 use crate::{Config, TaskEvent};
 use ferroray_common::{resources, Error, ObjectId, Result};
-use ferroray_core::{global, worker, Cancellable, CoreWorker, ObjectRef, Waitable};
+use ferroray_core::{global, worker, AsCompleted, Cancellable, CoreWorker, ObjectRef, Waitable};
 use ferroray_node::{Node, NodeConfig, WorkerCommand};
 use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
@@ -122,16 +122,71 @@ pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
     core()?.put(&value)
 }
 
-/// Waits until `num_returns` of `items` are ready or `timeout` passes
-/// (`None`: no limit). Returns (ready, not ready): ready ones in the order
-/// they became ready, at most `num_returns`; the rest in the order given.
+/// Ray's `wait(refs, num_returns, timeout)`: waits until `num_returns` of
+/// `items` are ready or `timeout` passes (`None`: no limit). Returns (ready,
+/// not ready): ready ones in the order they became ready, at most
+/// `num_returns`; the rest in the order given.
 ///
 /// `items` are refs, generators (ready when their next item is here or
-/// their stream has ended), or both mixed as [`WaitItem`](crate::WaitItem)s.
-pub fn wait<W: Waitable>(items: &[W], num_returns: usize, timeout: Option<Duration>) -> Result<(Vec<W>, Vec<W>)> {
-    let keys: Vec<_> = items.iter().map(Waitable::wait_key).collect();
-    let (ready, rest) = core()?.wait(&keys, num_returns, timeout)?;
+/// their stream has ended), or references to them; the result holds the
+/// same items, so borrowed ones are handed back without cloning anything:
+///
+/// ```no_run
+/// # fn f(a: ferroray::ObjectRef<u64>, b: ferroray::ObjectRef<u64>, g: ferroray::ObjectRefGenerator<u64>) -> ferroray::Result<()> {
+/// use ferroray::Waitable;
+/// use std::time::Duration;
+/// // Refs of one type, borrowed: `ready` is a `Vec<&ObjectRef<u64>>`.
+/// let (ready, rest) = ferroray::wait(&[&a, &b], 1, Some(Duration::from_secs(1)))?;
+/// // Refs and generators mixed: `&dyn Waitable`; tell them apart by key,
+/// // or ask for positions with `wait_indices`.
+/// let (ready, rest) = ferroray::wait(&[&a as &dyn Waitable, &g], 1, None)?;
+/// let a_is_ready = ready.iter().any(|w| w.wait_key() == a.wait_key());
+/// let (ready_at, rest_at) = ferroray::wait_indices(&[&a as &dyn Waitable, &g], 2, None)?;
+/// # Ok(()) }
+/// ```
+///
+/// Errors: `InvalidOption` if `num_returns` is more than the items or an
+/// item is given twice; `Disconnected` if the node goes away before
+/// `num_returns` are ready.
+pub fn wait<W: Waitable + Clone>(
+    items: &[W],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<W>, Vec<W>)> {
+    let (ready, rest) = wait_indices(items, num_returns, timeout)?;
     Ok((ready.into_iter().map(|i| items[i].clone()).collect(), rest.into_iter().map(|i| items[i].clone()).collect()))
+}
+
+/// [`wait`] giving positions in `items` instead of the items: (ready, in
+/// the order they became ready; not ready, in the order given).
+pub fn wait_indices<W: Waitable>(
+    items: &[W],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let keys: Vec<_> = items.iter().map(Waitable::wait_key).collect();
+    core()?.wait(&keys, num_returns, timeout)
+}
+
+/// The async form of [`wait`]: `items` (refs, generators, references to
+/// them, `&dyn Waitable`) as a `futures::Stream` that yields each one once,
+/// in the order it becomes ready. Runs on any executor and needs no timer:
+/// `wait(items, n, timeout)` is `as_completed(items)?.take(n)` under your
+/// runtime's timeout. See [`AsCompleted`](crate::AsCompleted) for what a
+/// lost connection does (the remaining items come out, each showing the
+/// error).
+///
+/// ```no_run
+/// # async fn f(refs: Vec<ferroray::ObjectRef<u64>>) -> ferroray::Result<()> {
+/// use futures::StreamExt;
+/// let mut done = ferroray::as_completed(&refs)?;
+/// while let Some(r) = done.next().await {
+///     println!("{}", r.await?);
+/// }
+/// # Ok(()) }
+/// ```
+pub fn as_completed<W: Waitable>(items: impl IntoIterator<Item = W>) -> Result<AsCompleted<W>> {
+    Ok(AsCompleted::new(core()?, items))
 }
 
 /// Cancels the task behind a ref or a generator, and the tasks it submitted:

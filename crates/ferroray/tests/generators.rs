@@ -658,6 +658,92 @@ fn wait_mixes_generators_and_refs() {
 }
 
 #[test]
+fn wait_takes_borrowed_refs_and_generators_mixed_without_cloning() {
+    use ferroray::Waitable;
+    // Every task starts at once: readiness follows their sleeps.
+    let _c = cluster_with(Config::default().num_cpus(4));
+    let slow = slow_value::remote(600);
+    let g = slow_count::remote(2, 300);
+    let fast = slow_value::remote(10);
+    let local_refs = ferroray::runtime_stats().unwrap().local_refs;
+    let items = [&slow as &dyn Waitable, &g, &fast];
+    // Order of readiness: fast, then the generator's first item, then slow.
+    let (ready, rest) = ferroray::wait(&items, 2, Some(T)).unwrap();
+    let keys: Vec<_> = ready.iter().map(|w| w.wait_key()).collect();
+    assert_eq!(keys, vec![fast.wait_key(), g.wait_key()]);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].wait_key(), slow.wait_key());
+    assert_eq!(ferroray::runtime_stats().unwrap().local_refs, local_refs, "nothing was cloned");
+    // Positions instead of items.
+    let (ready, rest) = ferroray::wait_indices(&items, 3, Some(T)).unwrap();
+    assert_eq!((ready, rest), (vec![2, 1, 0], vec![]));
+    // Borrowed refs of one type give `&ObjectRef`s back.
+    let (ready, rest): (Vec<&ObjectRef<u64>>, _) = ferroray::wait(&[&slow, &fast], 1, Some(T)).unwrap();
+    assert_eq!(ready, vec![&fast], "the one ready first");
+    assert_eq!(rest, vec![&slow]);
+    // num_returns caps what comes back, and a timeout gives what is ready by then.
+    let never = slow_count::remote(1, 5_000);
+    let t = Instant::now();
+    let (ready, rest) =
+        ferroray::wait_indices(&[&never as &dyn Waitable, &fast], 2, Some(Duration::from_millis(200))).unwrap();
+    assert_eq!((ready, rest), (vec![1], vec![0]));
+    assert!(t.elapsed() >= Duration::from_millis(180) && t.elapsed() < Duration::from_millis(2_000));
+    let err = ferroray::wait(&[&fast as &dyn Waitable, &fast], 1, Some(T)).unwrap_err();
+    assert!(matches!(err, Error::InvalidOption(_)), "{err}");
+}
+
+#[test]
+fn as_completed_streams_refs_and_generators_in_completion_order() {
+    use ferroray::Waitable;
+    use futures::StreamExt;
+    // Every task starts at once: readiness follows their sleeps.
+    let _c = cluster_with(Config::default().num_cpus(4));
+    let slow = slow_value::remote(500);
+    let g = slow_count::remote(1, 250);
+    let fast = slow_value::remote(10);
+    let order: Vec<_> = common::block_on(async {
+        let done = ferroray::as_completed([&slow as &dyn Waitable, &g, &fast]).unwrap();
+        done.map(|w| w.wait_key()).collect::<Vec<_>>().await
+    });
+    assert_eq!(order, vec![fast.wait_key(), g.wait_key(), slow.wait_key()]);
+    // Owned refs, awaited as they complete.
+    let refs: Vec<ObjectRef<u64>> = [300, 0, 150].into_iter().map(slow_value::remote).collect();
+    let got = common::block_on(async {
+        let mut done = ferroray::as_completed(refs).unwrap();
+        let mut got = Vec::new();
+        while let Some(r) = done.next().await {
+            got.push(r.await.unwrap());
+        }
+        got
+    });
+    assert_eq!(got, vec![0, 150, 300]);
+}
+
+#[test]
+fn as_completed_hands_out_the_rest_when_the_connection_is_lost() {
+    use futures::StreamExt;
+    let _c = cluster();
+    let refs: Vec<ObjectRef<u64>> = vec![slow_value::remote(0), slow_value::remote(10_000)];
+    get(&refs[0]).unwrap();
+    let stopper = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(300));
+        ferroray::shutdown();
+    });
+    let got = common::block_on(async {
+        let mut done = ferroray::as_completed(&refs).unwrap();
+        let mut got = Vec::new();
+        while let Some(r) = done.next().await {
+            got.push(r.await);
+        }
+        got
+    });
+    stopper.join().unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0], Ok(0));
+    assert!(matches!(got[1], Err(Error::Disconnected(_))), "{:?}", got[1]);
+}
+
+#[test]
 fn cancelling_a_running_generator_ends_it_with_a_cancelled_ref() {
     let _c = cluster();
     let d = scratch_dir("gen-cancel");

@@ -36,7 +36,9 @@ pub use codec::Buffer;
 pub use completion::AsCompleted;
 pub use context::is_cancelled;
 pub use ferroray_common::{Error, Result, RetryExceptions};
-pub use generator::{Cancellable, DynamicObjectRefGenerator, ObjectRefGenerator, WaitItem, WaitKey, Waitable};
+pub use generator::{
+    Cancellable, DynamicObjectRefGenerator, NextItem, ObjectRefGenerator, WaitItem, WaitKey, Waitable,
+};
 pub use object_ref::{ObjectRef, ObjectRefFuture};
 pub use task::{Arg, IntoArg, TaskOptions};
 pub use worker::CoreWorker;

@@ -899,6 +899,17 @@ impl CoreWorker {
         }
     }
 
+    /// A new ref holding `e`, for a failure that has no object of its own
+    /// (a stream's consumer cancelled while it waits): its `get` gives `e`.
+    /// Works after the connection is lost too (the value is cached here).
+    pub(crate) fn error_ref(self: &Arc<Self>, e: Error) -> Arc<RefInner> {
+        let id = ObjectId::for_put(self.next_task_id());
+        let inner = RefInner::owned(self, id);
+        self.cache(&mut self.state.lock(), id, Cached::Error(e.clone()));
+        let _ = self.send(ToNode::Put { id, value: ObjectValue::Error(e) });
+        inner
+    }
+
     /// Every async waiter, objects and streams (to wake them all).
     fn take_all_wakers(&self) -> Vec<std::task::Waker> {
         let mut st = self.state.lock();

@@ -744,6 +744,87 @@ fn as_completed_hands_out_the_rest_when_the_connection_is_lost() {
 }
 
 #[test]
+fn next_blocks_and_next_async_awaits_even_with_stream_ext_in_scope() {
+    #[allow(unused_imports)]
+    use futures::StreamExt; // Neither spelling is ambiguous with it in scope.
+    let _c = cluster();
+    let mut g = count::remote(3);
+    let first: Option<ObjectRef<u64>> = g.next();
+    assert_eq!(get(&first.unwrap()).unwrap(), 0);
+    let rest = common::block_on(async {
+        let mut rest = Vec::new();
+        while let Some(r) = g.next_async().await {
+            rest.push(r.await.unwrap());
+        }
+        rest
+    });
+    assert_eq!(rest, vec![1, 2]);
+    assert!(g.next().is_none(), "the end, for both spellings");
+}
+
+/// Consumes a generator that makes one item and then waits; reports what it
+/// saw in marker files.
+#[ferroray::remote]
+fn consumer_of_a_waiting_generator(dir: String, by_await: bool) -> u64 {
+    let mut g = first_then_wait::remote(dir.clone());
+    let mut got = 0;
+    loop {
+        let item = if by_await { futures::executor::block_on(g.next_async()) } else { g.next() };
+        let Some(r) = item else { break };
+        match r.get() {
+            Ok(_) => {
+                got += 1;
+                mark(&dir, format!("item-{got}"));
+            }
+            Err(e) => mark(&dir, format!("error-{e:?}")),
+        }
+    }
+    mark(&dir, "ended");
+    got
+}
+
+#[test]
+fn a_lost_connection_while_iterating_is_an_error_item_not_an_end() {
+    for by_await in [false, true] {
+        let _c = cluster();
+        let d = scratch_dir(&format!("gen-lost-{by_await}"));
+        let mut g = first_then_wait::remote(d.to_string_lossy().to_string());
+        let stopper = std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            ferroray::shutdown();
+        });
+        let mut got = Vec::new();
+        loop {
+            let item = if by_await { common::block_on(g.next_async()) } else { g.next() };
+            let Some(r) = item else { break };
+            got.push(get(&r));
+            assert!(got.len() <= 2, "{got:?}");
+        }
+        stopper.join().unwrap();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], Ok(0));
+        assert!(matches!(got[1], Err(Error::Disconnected(_))), "{:?}", got[1]);
+        assert!(g.next_ready().is_none() && g.next().is_none(), "then the end");
+    }
+}
+
+#[test]
+fn a_consumer_cancelled_while_it_waits_gets_an_error_item_then_the_end() {
+    for by_await in [false, true] {
+        let _c = cluster();
+        let d = scratch_dir(&format!("gen-consumer-cancel-{by_await}"));
+        let dir = d.to_string_lossy().to_string();
+        let consumer = consumer_of_a_waiting_generator::remote(dir.clone(), by_await);
+        assert!(eventually(T, || count_marks(&dir, "item-1") == 1));
+        ferroray::cancel(&consumer).unwrap();
+        assert_eq!(get(&consumer), Err(Error::TaskCancelled));
+        assert!(eventually(T, || count_marks(&dir, "ended") == 1), "the consumer's loop ended");
+        assert_eq!(count_marks(&dir, "error-TaskCancelled"), 1, "after one error item");
+        mark(&dir, "go");
+    }
+}
+
+#[test]
 fn cancelling_a_running_generator_ends_it_with_a_cancelled_ref() {
     let _c = cluster();
     let d = scratch_dir("gen-cancel");

@@ -21,7 +21,9 @@
 //! - [`context`]: the task running on this thread (for nested submission,
 //!   `is_cancelled` and lending the CPU back while blocked in `get`).
 //! - [`global`]: the process's current core worker.
+//! - [`async_rt`]: the tokio current-thread runtime `async fn` tasks run on.
 
+pub mod async_rt;
 pub mod codec;
 pub mod completion;
 pub mod context;

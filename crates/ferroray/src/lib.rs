@@ -133,13 +133,13 @@ pub use runtime::{
 pub mod __private {
     pub use ferroray_common::{RetryExceptions, WorkerId};
     pub use ferroray_core::__task_options_methods as task_options_methods;
+    pub use ferroray_core::async_rt::block_on;
     pub use ferroray_core::codec::ReturnValue;
     pub use ferroray_core::registry::{Invoke, ItemSink, RemoteFunction, REMOTE_FUNCTIONS};
     pub use ferroray_core::task::{
         app_error, encode_item, encode_return, typed_ref, ArgReader, ErrorProbe, TaskCall, ViaDisplay,
         ViaFerrorayError, ViaSerialize,
     };
-    pub use futures::executor::block_on;
     pub use futures::StreamExt;
     pub use linkme;
 

@@ -291,3 +291,43 @@ fn get_all_timeout_gives_up_then_gives_every_value() {
     assert!(t.elapsed() < Duration::from_millis(900), "{:?}", t.elapsed());
     assert_eq!(ferroray::get_all_timeout(&refs, T).unwrap(), vec![2, 7]);
 }
+
+// ---------------------------------------------------------------- the async runtime
+
+/// tokio's timers and I/O inside an `async fn` task: a sleep, and a
+/// loopback TCP connection echoing a message.
+#[ferroray::remote]
+async fn uses_tokio(msg: String) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    if t.elapsed() < Duration::from_millis(50) {
+        return Err("the sleep did not sleep".into());
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0; 64];
+        let n = s.read(&mut buf).await.unwrap();
+        s.write_all(&buf[..n]).await.unwrap();
+    });
+    let mut c = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    c.write_all(msg.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut back = vec![0; msg.len()];
+    tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut back))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    server.await.map_err(|e| e.to_string())?;
+    String::from_utf8(back).map_err(|e| e.to_string())
+}
+
+#[test]
+fn async_tasks_run_on_a_tokio_runtime_with_timers_and_io() {
+    let _c = cluster();
+    assert_eq!(get(&uses_tokio::remote("echo".to_string())).unwrap(), "echo");
+    // The runtime is kept for the next async task on the same worker.
+    let again: Vec<_> = (0..4).map(|i| uses_tokio::remote(format!("m{i}"))).collect();
+    assert_eq!(ferroray::get_all_timeout(&again, T).unwrap(), vec!["m0", "m1", "m2", "m3"]);
+}

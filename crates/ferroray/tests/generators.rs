@@ -53,6 +53,19 @@ async fn async_count(n: u64) -> impl futures::Stream<Item = u64> {
     futures::stream::iter(0..n)
 }
 
+/// An async generator on tokio's timer between items.
+#[ferroray::remote]
+async fn tokio_ticks(n: u64) -> impl futures::Stream<Item = u64> {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    futures::stream::unfold(0, move |i| async move {
+        if i == n {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Some((i, i + 1))
+    })
+}
+
 #[ferroray::remote]
 fn fail_at(n: u64, k: u64) -> impl Iterator<Item = Result<u64, String>> {
     (0..n).map(move |i| if i == k { Err(format!("failed at {i}")) } else { Ok(i) })
@@ -822,6 +835,17 @@ fn a_consumer_cancelled_while_it_waits_gets_an_error_item_then_the_end() {
         assert_eq!(count_marks(&dir, "error-TaskCancelled"), 1, "after one error item");
         mark(&dir, "go");
     }
+}
+
+#[test]
+fn async_generators_run_on_a_tokio_runtime() {
+    let _c = cluster();
+    let t = Instant::now();
+    let got: Vec<u64> = tokio_ticks::remote(10).map(|r| get(&r).unwrap()).collect();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    assert!(t.elapsed() >= Duration::from_millis(60), "the timer slept: {:?}", t.elapsed());
+    let got: Vec<u64> = tokio_ticks::options().generator_backpressure(1).remote(5).map(|r| get(&r).unwrap()).collect();
+    assert_eq!(got, (0..5).collect::<Vec<_>>(), "with backpressure too");
 }
 
 #[test]

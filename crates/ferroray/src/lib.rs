@@ -20,16 +20,23 @@
 //! - [`remote`]: the attribute that makes a function remote.
 //! - [`init`] / [`init_with`] / [`shutdown`]: start and stop the embedded
 //!   cluster (a node daemon in this process, worker processes beside it).
-//! - [`get`], [`get_all`], [`put`], [`wait`], [`cancel`], [`tasks`]: the
-//!   free functions of Ray's API; [`ObjectRef`] has `get` and `get_timeout`.
+//! - [`get`], [`get_all`], [`get_all_timeout`], [`put`], [`wait`] (and
+//!   [`wait_indices`]), [`cancel`], [`tasks`]: the free functions of Ray's
+//!   API; [`ObjectRef`] has `get` and `get_timeout`, and can be awaited
+//!   (`r.await`, on any executor); [`as_completed`] is the async `wait`.
 //! - [`Config`]: resources, store size, output forwarding.
 //! - [`ObjectRefGenerator`]: what a generator function's `remote()` gives:
-//!   its items' refs as they are yielded (an `Iterator` and a `Stream`);
+//!   its items' refs as they are yielded: `gen.next()` (or `for r in gen`)
+//!   blocks, `gen.next_async().await` does not; a failure comes as an error
+//!   ref, never as a silent end;
 //!   [`DynamicObjectRefGenerator`]: the list a dynamic-returns task gives.
 //! - [`Buffer`]: bytes that read as a zero-copy view of shared memory.
 //! - [`Error`]: every failure; a task's own `Err(e)` is [`Error::Task`], and
 //!   [`Error::downcast_task_error`] gives `e` back as itself when its type
 //!   is serializable. [`TaskEvent`] / [`TaskState`]: what [`tasks`] records.
+//!
+//! `async fn` tasks and async generators run on a tokio current-thread
+//! runtime of the worker's task thread: tokio's timers and I/O work in them.
 //!
 //! Workers are this same executable started again: a constructor that runs
 //! before `main` recognises a worker process and runs the worker loop

@@ -39,6 +39,13 @@ impl<W: Waitable> AsCompleted<W> {
         self.left.len()
     }
 
+    /// The items not handed out yet, in the order given: with
+    /// `by_ref().take(n)`, Ray's `wait` split into (ready, not ready).
+    pub fn into_rest(self) -> Vec<W> {
+        let AsCompleted { mut items, left, .. } = self;
+        left.into_iter().filter_map(|i| items[i].take()).collect()
+    }
+
     fn take(&mut self, at: usize) -> Option<W> {
         let i = self.left.remove(at);
         self.items[i].take()

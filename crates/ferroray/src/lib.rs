@@ -44,7 +44,7 @@
 
 pub use ferroray_common::{Error, ObjectId, Result, RetryExceptions, TaskError, TaskId};
 pub use ferroray_core::{
-    is_cancelled, Arg, AsCompleted, Buffer, Cancellable, DynamicObjectRefGenerator, IntoArg, ObjectRef,
+    is_cancelled, Arg, AsCompleted, Buffer, Cancellable, DynamicObjectRefGenerator, IntoArg, NextItem, ObjectRef,
     ObjectRefFuture, ObjectRefGenerator, TaskOptions, WaitItem, WaitKey, Waitable,
 };
 /// Makes a function remote; see below for everything it generates and every

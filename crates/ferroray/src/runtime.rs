@@ -171,8 +171,8 @@ pub fn wait_indices<W: Waitable>(
 /// The async form of [`wait`]: `items` (refs, generators, references to
 /// them, `&dyn Waitable`) as a `futures::Stream` that yields each one once,
 /// in the order it becomes ready. Runs on any executor and needs no timer:
-/// `wait(items, n, timeout)` is `as_completed(items)?.take(n)` under your
-/// runtime's timeout. See [`AsCompleted`](crate::AsCompleted) for what a
+/// `wait(items, n, timeout)` is `by_ref().take(n)` under your runtime's
+/// timeout, then [`into_rest`](AsCompleted::into_rest) for the rest. See [`AsCompleted`](crate::AsCompleted) for what a
 /// lost connection does (the remaining items come out, each showing the
 /// error).
 ///
@@ -183,6 +183,10 @@ pub fn wait_indices<W: Waitable>(
 /// while let Some(r) = done.next().await {
 ///     println!("{}", r.await?);
 /// }
+/// // Ray's `ready, rest = await asyncio.wait(refs, num_returns=2)`:
+/// let mut done = ferroray::as_completed(&refs)?;
+/// let ready: Vec<_> = done.by_ref().take(2).collect().await;
+/// let rest = done.into_rest();
 /// # Ok(()) }
 /// ```
 pub fn as_completed<W: Waitable>(items: impl IntoIterator<Item = W>) -> Result<AsCompleted<W>> {

@@ -282,6 +282,29 @@ fn an_await_pending_at_shutdown_ends_with_disconnected() {
     stopper.join().unwrap();
 }
 
+/// Awaits a child that sleeps far longer than the test, then leaves a
+/// marker file saying what the await gave.
+#[ferroray::remote]
+async fn await_then_mark(path: String) -> i64 {
+    let r = sleep_then::remote(20_000, 1).await;
+    std::fs::write(&path, format!("{r:?}")).unwrap();
+    0
+}
+
+#[test]
+fn cancelling_an_async_task_wakes_its_pending_await() {
+    let _c = cluster();
+    let dir = common::scratch_dir("await-cancel");
+    let path = dir.join("awaited");
+    let r = await_then_mark::remote(path.to_string_lossy().to_string());
+    // Running and awaiting: the child is queued or sleeping.
+    std::thread::sleep(Duration::from_millis(300));
+    ferroray::cancel(&r).unwrap();
+    assert_eq!(get(&r), Err(Error::TaskCancelled));
+    assert!(common::eventually(T, || path.exists()), "the await woke up");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "Err(TaskCancelled)");
+}
+
 #[test]
 fn get_all_timeout_gives_up_then_gives_every_value() {
     let _c = cluster();

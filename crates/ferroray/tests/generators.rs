@@ -730,6 +730,12 @@ fn as_completed_streams_refs_and_generators_in_completion_order() {
         got
     });
     assert_eq!(got, vec![0, 150, 300]);
+    // Ray's wait, async: the first ready one, then the rest in the order given.
+    let refs: Vec<ObjectRef<u64>> = [400, 0, 200].into_iter().map(slow_value::remote).collect();
+    let mut done = ferroray::as_completed(&refs).unwrap();
+    let ready: Vec<&ObjectRef<u64>> = common::block_on(done.by_ref().take(1).collect());
+    assert_eq!(ready, vec![&refs[1]]);
+    assert_eq!(done.into_rest(), vec![&refs[0], &refs[2]]);
 }
 
 #[test]

@@ -229,6 +229,12 @@ async fn await_child(v: i64) -> i64 {
     a.unwrap() + b.unwrap()
 }
 
+/// An async task awaiting an async task awaiting its children.
+#[ferroray::remote]
+async fn await_grandchildren(v: i64) -> i64 {
+    await_child::remote(v).await.unwrap() + 100
+}
+
 #[test]
 fn a_ref_can_be_awaited_from_a_driver_side_executor() {
     let _c = cluster();
@@ -247,6 +253,9 @@ fn an_async_task_awaiting_its_child_on_one_cpu_does_not_deadlock() {
     // Several parents at once, each awaiting its children, all on one CPU.
     let outer: Vec<_> = (0..3).map(await_child::remote).collect();
     assert_eq!(ferroray::get_all_timeout(&outer, T).unwrap(), vec![1, 3, 5]);
+    // Nested async callers: each level awaits the next, still one CPU.
+    let nested: Vec<_> = (0..3).map(await_grandchildren::remote).collect();
+    assert_eq!(ferroray::get_all_timeout(&nested, T).unwrap(), vec![101, 103, 105]);
 }
 
 #[test]

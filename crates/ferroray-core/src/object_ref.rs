@@ -40,6 +40,10 @@ impl Drop for RefInner {
 /// A future value of type `T`: the result of a task, or an object made by
 /// `put`. Cheap to clone; `Send + Sync` whatever `T` is. The object lives
 /// while any handle to it lives, in any process.
+///
+/// `r.get()` blocks until the value is here; `r.await` (or `(&r).await`)
+/// waits without blocking a thread, on any executor. Both give the value or
+/// the task's error, and inside a task both lend its CPU while they wait.
 pub struct ObjectRef<T> {
     pub(crate) inner: Arc<RefInner>,
     _t: PhantomData<fn() -> T>,

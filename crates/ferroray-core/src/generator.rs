@@ -1,11 +1,16 @@
 //! Generators as the caller sees them.
 //!
 //! [`ObjectRefGenerator<T>`] is the caller's end of a streaming generator
-//! task: an `Iterator` and a `futures::Stream` of `ObjectRef<T>`. Items are
-//! handed out strictly in index order; after the last one comes, if the task
-//! failed, one ref holding the error, then the end. Dropping the generator
-//! releases the items never taken (the task runs on); `close()` also stops
-//! the task at its next yield.
+//! task: an `Iterator` and a `futures::Stream` of `ObjectRef<T>`. One
+//! spelling each: `gen.next()` (or `for r in gen`) blocks,
+//! `gen.next_async().await` does not; both are inherent methods, so neither
+//! is ambiguous with `futures::StreamExt` in scope. Items are handed out
+//! strictly in index order; after the last one comes, if the task failed,
+//! one ref holding the error, then the end. A failure is never a silent end:
+//! a lost connection to the node, or the consumer's own task being cancelled
+//! while it waits, also comes as one ref whose `get` gives the error.
+//! Dropping the generator releases the items never taken (the task runs
+//! on); `close()` also stops the task at its next yield.
 //!
 //! [`DynamicObjectRefGenerator<T>`] is the value of a dynamic-returns task:
 //! the list of its items' refs, made when the task ends. It is an ordinary
@@ -16,6 +21,7 @@ use ferroray_common::{ObjectId, Result, TaskId};
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,6 +30,9 @@ pub(crate) struct GenInner {
     pub(crate) task: TaskId,
     /// The generator's own object (index 1): ready when the task ends.
     pub(crate) completion: Arc<RefInner>,
+    /// A failure of the consumer's side (its task cancelled while waiting)
+    /// was handed out as an error ref: the stream has ended for it.
+    failed: AtomicBool,
 }
 
 impl Drop for GenInner {
@@ -41,7 +50,10 @@ pub struct ObjectRefGenerator<T> {
 impl<T> ObjectRefGenerator<T> {
     pub(crate) fn new(completion: Arc<RefInner>) -> Self {
         let task = completion.id.task;
-        ObjectRefGenerator { inner: Arc::new(GenInner { task, completion }), _t: PhantomData }
+        ObjectRefGenerator {
+            inner: Arc::new(GenInner { task, completion, failed: AtomicBool::new(false) }),
+            _t: PhantomData,
+        }
     }
 
     pub fn task_id(&self) -> TaskId {
@@ -52,20 +64,64 @@ impl<T> ObjectRefGenerator<T> {
         r.map(ObjectRef::from_inner)
     }
 
+    /// Blocks until the next item is here and returns its ref; `None` once
+    /// the stream has ended. The same as `Iterator::next` (`for r in gen`),
+    /// but inherent, so `gen.next()` is this even with `futures::StreamExt`
+    /// in scope. Async code uses [`next_async`](Self::next_async).
+    ///
+    /// A failure comes as one last ref whose `get` gives the error, never as
+    /// a silent end: the task's error, a lost connection to the node
+    /// (`Disconnected`), or the calling task being cancelled while it waits
+    /// (`TaskCancelled`).
+    #[allow(clippy::should_implement_trait)] // It is `Iterator::next`, made inherent to win over `StreamExt::next`.
+    pub fn next(&mut self) -> Option<ObjectRef<T>> {
+        match self.inner.completion.core.stream_next(self.inner.task, None) {
+            Ok(r) => Self::wrap(r),
+            Err(e) => self.failure(e),
+        }
+    }
+
+    /// `gen.next_async().await`: the next item without blocking a thread,
+    /// on any executor; as [`next`](Self::next) otherwise (failures come as
+    /// an error ref). Inside a task, waiting lends the task's CPU as a
+    /// blocking `next` does. The same as `futures::StreamExt::next`.
+    pub fn next_async(&mut self) -> NextItem<'_, T> {
+        NextItem { gen: self }
+    }
+
     /// The next item: `Ok(None)` at the end, `Err(GetTimeout)` if none came in time.
     pub fn next_timeout(&self, timeout: Duration) -> Result<Option<ObjectRef<T>>> {
         self.inner.completion.core.stream_next(self.inner.task, Some(timeout)).map(Self::wrap)
     }
 
-    /// The next item if it is already here, without waiting.
+    /// The next item if it is already here, without waiting (`None`: not
+    /// yet, or the end; `is_finished()` tells them apart). A failure comes
+    /// as an error ref, as from [`next`](Self::next).
     pub fn next_ready(&self) -> Option<ObjectRef<T>> {
-        self.inner
-            .completion
-            .core
-            .stream_next(self.inner.task, Some(Duration::ZERO))
-            .ok()
-            .flatten()
-            .map(ObjectRef::from_inner)
+        match self.inner.completion.core.stream_next(self.inner.task, Some(Duration::ZERO)) {
+            Ok(r) => Self::wrap(r),
+            Err(ferroray_common::Error::GetTimeout) => None,
+            Err(e) => self.failure(e),
+        }
+    }
+
+    /// A failure on the consumer's side: one ref holding it, then the end.
+    fn failure(&self, e: ferroray_common::Error) -> Option<ObjectRef<T>> {
+        if self.inner.failed.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        Some(ObjectRef::from_inner(self.inner.completion.core.error_ref(e)))
+    }
+
+    fn poll_item(&self, cx: &mut Context<'_>) -> Poll<Option<ObjectRef<T>>> {
+        match self.inner.completion.core.stream_poll(self.inner.task, cx.waker()) {
+            Poll::Ready(r) => Poll::Ready(Self::wrap(r)),
+            // A cancel of the task awaiting wakes it (see `CancelRunning`).
+            Poll::Pending if crate::context::is_cancelled() => {
+                Poll::Ready(self.failure(ferroray_common::Error::TaskCancelled))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// A ref that is ready when the task has ended; its `get` gives the task's
@@ -103,24 +159,36 @@ impl<T> PartialEq for ObjectRefGenerator<T> {
     }
 }
 
+/// Blocking iteration: `for r in gen`; see [`ObjectRefGenerator::next`].
 impl<T> Iterator for ObjectRefGenerator<T> {
     type Item = ObjectRef<T>;
 
-    /// Blocks until the next item is reported. A lost connection to the
-    /// node ends the stream with one ref holding that error.
     fn next(&mut self) -> Option<ObjectRef<T>> {
-        match self.inner.completion.core.stream_next(self.inner.task, None) {
-            Ok(r) => Self::wrap(r),
-            Err(_) => None,
-        }
+        ObjectRefGenerator::next(self)
     }
 }
 
+/// See [`ObjectRefGenerator::next_async`].
 impl<T> futures::Stream for ObjectRefGenerator<T> {
     type Item = ObjectRef<T>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ObjectRef<T>>> {
-        self.inner.completion.core.stream_poll(self.inner.task, cx.waker()).map(Self::wrap)
+        self.poll_item(cx)
+    }
+}
+
+/// The future of [`ObjectRefGenerator::next_async`].
+#[must_use = "futures do nothing unless awaited"]
+#[derive(Debug)]
+pub struct NextItem<'a, T> {
+    gen: &'a mut ObjectRefGenerator<T>,
+}
+
+impl<T> std::future::Future for NextItem<'_, T> {
+    type Output = Option<ObjectRef<T>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ObjectRef<T>>> {
+        self.gen.poll_item(cx)
     }
 }
 
@@ -184,9 +252,30 @@ pub enum WaitKey {
     Stream(TaskId),
 }
 
-/// Things `ferroray::wait` accepts.
-pub trait Waitable: Clone {
+/// Things `ferroray::wait` and `ferroray::as_completed` accept: refs,
+/// generators, references to either (`&r`: nothing is cloned), and
+/// `&dyn Waitable` to mix kinds in one slice
+/// (`[&r as &dyn Waitable, &g]`). Object-safe.
+pub trait Waitable {
+    /// What is waited for; compare keys to tell which item is which.
     fn wait_key(&self) -> WaitKey;
+}
+
+impl std::fmt::Debug for dyn Waitable + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.wait_key() {
+            WaitKey::Object(id) => write!(f, "ObjectRef({id})"),
+            WaitKey::Stream(task) => write!(f, "ObjectRefGenerator({task})"),
+        }
+    }
+}
+
+/// A borrowed ref or generator (or `&dyn Waitable`): `wait` hands the same
+/// references back, so nothing is cloned.
+impl<W: Waitable + ?Sized> Waitable for &W {
+    fn wait_key(&self) -> WaitKey {
+        (**self).wait_key()
+    }
 }
 
 impl<T> Waitable for ObjectRef<T> {
@@ -202,7 +291,9 @@ impl<T> Waitable for ObjectRefGenerator<T> {
     }
 }
 
-/// Refs and generators mixed in one `wait`.
+/// Refs and generators of one item type mixed in one owned list (for a
+/// `wait` loop that keeps the not-ready ones); to wait on borrowed items of
+/// any kinds, pass `&dyn Waitable`s instead.
 #[derive(Debug)]
 pub enum WaitItem<T> {
     Ref(ObjectRef<T>),

@@ -12,6 +12,8 @@
 //!   byte buffer as a zero-copy view of shared memory.
 //! - [`generator`]: [`ObjectRefGenerator`] (the caller's end of a streaming
 //!   generator), [`DynamicObjectRefGenerator`], and what `wait`/`cancel` take.
+//! - [`completion`]: [`AsCompleted`], refs and generators as a stream in
+//!   the order they become ready.
 //! - [`task`]: [`TaskOptions`], [`IntoArg`] and the submission builder the
 //!   `#[remote]` macro expands to.
 //! - [`registry`]: the table of remote functions, filled at link time, by
@@ -19,8 +21,11 @@
 //! - [`context`]: the task running on this thread (for nested submission,
 //!   `is_cancelled` and lending the CPU back while blocked in `get`).
 //! - [`global`]: the process's current core worker.
+//! - [`async_rt`]: the tokio current-thread runtime `async fn` tasks run on.
 
+pub mod async_rt;
 pub mod codec;
+pub mod completion;
 pub mod context;
 pub mod generator;
 pub mod global;
@@ -30,9 +35,12 @@ pub mod task;
 pub mod worker;
 
 pub use codec::Buffer;
+pub use completion::AsCompleted;
 pub use context::is_cancelled;
 pub use ferroray_common::{Error, Result, RetryExceptions};
-pub use generator::{Cancellable, DynamicObjectRefGenerator, ObjectRefGenerator, WaitItem, WaitKey, Waitable};
-pub use object_ref::ObjectRef;
+pub use generator::{
+    Cancellable, DynamicObjectRefGenerator, NextItem, ObjectRefGenerator, WaitItem, WaitKey, Waitable,
+};
+pub use object_ref::{ObjectRef, ObjectRefFuture};
 pub use task::{Arg, IntoArg, TaskOptions};
 pub use worker::CoreWorker;

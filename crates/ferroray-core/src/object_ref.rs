@@ -40,6 +40,10 @@ impl Drop for RefInner {
 /// A future value of type `T`: the result of a task, or an object made by
 /// `put`. Cheap to clone; `Send + Sync` whatever `T` is. The object lives
 /// while any handle to it lives, in any process.
+///
+/// `r.get()` blocks until the value is here; `r.await` (or `(&r).await`)
+/// waits without blocking a thread, on any executor. Both give the value or
+/// the task's error, and inside a task both lend its CPU while they wait.
 pub struct ObjectRef<T> {
     pub(crate) inner: Arc<RefInner>,
     _t: PhantomData<fn() -> T>,
@@ -76,6 +80,54 @@ impl<T: DeserializeOwned> ObjectRef<T> {
     /// Like [`get`](Self::get), but gives up with `Error::GetTimeout`.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
         self.inner.core.get(self.inner.id, Some(timeout)).map_err(Error::reraised)
+    }
+}
+
+/// `ref.await` (or `(&ref).await`): the value, without blocking a thread.
+///
+/// Works on any executor (`futures::executor::block_on`, tokio, ...): the
+/// waker is registered where arrivals are dispatched, no particular runtime
+/// is needed. Inside a task, awaiting a value that is not here yet lends the
+/// task's CPU back to the node exactly as a blocking [`get`](ObjectRef::get)
+/// does, so async tasks awaiting the tasks they submitted never deadlock on a
+/// full node. Errors are those of `get`.
+impl<T: DeserializeOwned> std::future::IntoFuture for ObjectRef<T> {
+    type Output = Result<T>;
+    type IntoFuture = ObjectRefFuture<T>;
+
+    fn into_future(self) -> ObjectRefFuture<T> {
+        ObjectRefFuture { r: self }
+    }
+}
+
+impl<T: DeserializeOwned> std::future::IntoFuture for &ObjectRef<T> {
+    type Output = Result<T>;
+    type IntoFuture = ObjectRefFuture<T>;
+
+    fn into_future(self) -> ObjectRefFuture<T> {
+        ObjectRefFuture { r: self.clone() }
+    }
+}
+
+/// The future an awaited [`ObjectRef`] becomes: `Send`, `Unpin`, `'static`
+/// (it holds its own handle to the object); gives the value or the error.
+#[must_use = "futures do nothing unless awaited"]
+pub struct ObjectRefFuture<T> {
+    r: ObjectRef<T>,
+}
+
+impl<T> fmt::Debug for ObjectRefFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectRefFuture({})", self.r.inner.id)
+    }
+}
+
+impl<T: DeserializeOwned> std::future::Future for ObjectRefFuture<T> {
+    type Output = Result<T>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<T>> {
+        let inner = &self.r.inner;
+        inner.core.poll_get(inner.id, cx.waker()).map(|r| r.map_err(Error::reraised))
     }
 }
 

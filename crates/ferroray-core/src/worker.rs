@@ -121,6 +121,10 @@ struct LocalState {
     get_waiters: FxHashMap<ObjectId, u32>,
     /// Threads blocked in `wait` or on a stream: woken by every arrival.
     other_waiters: u32,
+    /// Async waiters on objects (`ObjectRef` awaited, `as_completed`), by
+    /// object: woken when it arrives, the connection is lost, or a task
+    /// running here is cancelled.
+    object_wakers: FxHashMap<ObjectId, Vec<std::task::Waker>>,
     streams: FxHashMap<TaskId, LocalStream>,
     acks: FxHashMap<TaskId, Acks>,
     /// This process's handle count per object (see `RefInner`).
@@ -281,6 +285,7 @@ impl CoreWorker {
             }
             st.refs.remove(&id);
             st.subscribed.remove(&id);
+            st.object_wakers.remove(&id);
             st.objects.remove(&id)
         };
         drop(evicted);
@@ -716,9 +721,8 @@ impl CoreWorker {
 
     fn mark_disconnected(&self, reason: &str) {
         let wakers: Vec<std::task::Waker> = {
-            let mut st = self.state.lock();
-            st.disconnected.get_or_insert_with(|| reason.to_string());
-            st.streams.values_mut().flat_map(|s| std::mem::take(&mut s.wakers)).collect()
+            self.state.lock().disconnected.get_or_insert_with(|| reason.to_string());
+            self.take_all_wakers()
         };
         // Async consumers too: their next poll hands out the error, then the end.
         wakers.into_iter().for_each(|w| w.wake());
@@ -776,6 +780,7 @@ impl CoreWorker {
                 let unwanted = {
                     let mut st = self.state.lock();
                     st.subscribed.remove(&id);
+                    let wakers = st.object_wakers.remove(&id);
                     let wake = st.other_waiters > 0 || st.get_waiters.contains_key(&id);
                     let unwanted = if st.refs.contains_key(&id) {
                         self.cache(&mut st, id, cached);
@@ -783,10 +788,11 @@ impl CoreWorker {
                     } else {
                         Some(cached)
                     };
-                    (unwanted, wake)
+                    (unwanted, wake, wakers)
                 };
-                let (unwanted, wake) = unwanted;
+                let (unwanted, wake, wakers) = unwanted;
                 drop(unwanted);
+                wakers.into_iter().flatten().for_each(|w| w.wake());
                 if wake {
                     self.ready.notify_all();
                 }
@@ -830,9 +836,11 @@ impl CoreWorker {
                     let _ = self.send(ToNode::TaskDone { task_id, attempt, outcome });
                 }
                 // Under the lock: a waiter between its check and its sleep
-                // must not miss this.
-                drop(self.state.lock());
+                // must not miss this. Async waiters look at the flag when
+                // polled: wake them all.
+                let wakers = self.take_all_wakers();
                 self.ready.notify_all();
+                wakers.into_iter().for_each(|w| w.wake());
             }
             FromNode::StreamItem { task_id, index, value } => {
                 let cached = match value {
@@ -895,6 +903,116 @@ impl CoreWorker {
                 ctx.cancelled.store(true, Ordering::Relaxed);
             }
         }
+    }
+
+    /// A new ref holding `e`, for a failure that has no object of its own
+    /// (a stream's consumer cancelled while it waits): its `get` gives `e`.
+    /// Works after the connection is lost too (the value is cached here).
+    pub(crate) fn error_ref(self: &Arc<Self>, e: Error) -> Arc<RefInner> {
+        let id = ObjectId::for_put(self.next_task_id());
+        let inner = RefInner::owned(self, id);
+        self.cache(&mut self.state.lock(), id, Cached::Error(e.clone()));
+        let _ = self.send(ToNode::Put { id, value: ObjectValue::Error(e) });
+        inner
+    }
+
+    /// Every async waiter, objects and streams (to wake them all).
+    fn take_all_wakers(&self) -> Vec<std::task::Waker> {
+        let mut st = self.state.lock();
+        let mut wakers: Vec<std::task::Waker> = st.object_wakers.drain().flat_map(|(_, w)| w).collect();
+        wakers.extend(st.streams.values_mut().flat_map(|s| std::mem::take(&mut s.wakers)));
+        wakers
+    }
+
+    /// `Future` form of [`get`](Self::get): the value if it is here, else
+    /// `Pending` with `waker` registered for its arrival. A task polling a
+    /// value that is not here lends its CPU, exactly as a blocking `get`.
+    pub fn poll_get<T: DeserializeOwned>(&self, id: ObjectId, waker: &std::task::Waker) -> Poll<Result<T>> {
+        let mut st = self.state.lock();
+        let found = match st.objects.get_mut(&id) {
+            Some(e) => match &e.value {
+                Cached::Inline(b) => Some(Ok(Source::Inline(b.clone()))),
+                Cached::Error(err) => Some(Err(err.clone())),
+                Cached::Shm(_) => match std::mem::replace(&mut e.value, Cached::InStore) {
+                    Cached::Shm(pin) => Some(Ok(Source::Shm(pin))),
+                    _ => unreachable!(),
+                },
+                Cached::InStore => None,
+            },
+            None => None,
+        };
+        if let Some(source) = found {
+            drop(st);
+            return Poll::Ready(source.and_then(|s| codec::decode(&s)));
+        }
+        if let Some(reason) = &st.disconnected {
+            return Poll::Ready(Err(Error::Disconnected(reason.clone())));
+        }
+        if context::is_cancelled() {
+            return Poll::Ready(Err(Error::TaskCancelled));
+        }
+        let wakers = st.object_wakers.entry(id).or_default();
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+        let subscribe = !st.subscribed.contains(&id);
+        drop(st);
+        if subscribe {
+            if let Err(e) = self.subscribe_missing(&[id]) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        self.lend_cpu();
+        Poll::Pending
+    }
+
+    /// Non-blocking form of [`wait`](Self::wait) for async callers: the
+    /// positions of the ready keys with the order they became ready in
+    /// (`(seq, position)`, unsorted). If none is ready, `waker` is registered
+    /// for every key and a task lends its CPU. Fails if the connection is lost
+    /// (or the task polling is cancelled) while nothing is ready.
+    pub fn poll_ready(&self, keys: &[WaitKey], waker: &std::task::Waker) -> Result<Vec<(u64, usize)>> {
+        let mut st = self.state.lock();
+        let ready: Vec<(u64, usize)> = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| {
+                let seq = match k {
+                    WaitKey::Object(id) => st.objects.get(id).map(|e| e.seq),
+                    WaitKey::Stream(t) => st.streams.get(t).map_or(Some(0), LocalStream::ready_since),
+                };
+                seq.map(|s| (s, i))
+            })
+            .collect();
+        if !ready.is_empty() {
+            return Ok(ready);
+        }
+        if let Some(reason) = &st.disconnected {
+            return Err(Error::Disconnected(reason.clone()));
+        }
+        if context::is_cancelled() {
+            return Err(Error::TaskCancelled);
+        }
+        let mut objects = Vec::new();
+        for k in keys {
+            let wakers = match k {
+                WaitKey::Object(id) => {
+                    objects.push(*id);
+                    st.object_wakers.entry(*id).or_default()
+                }
+                WaitKey::Stream(t) => match st.streams.get_mut(t) {
+                    Some(s) => &mut s.wakers,
+                    None => continue,
+                },
+            };
+            if !wakers.iter().any(|w| w.will_wake(waker)) {
+                wakers.push(waker.clone());
+            }
+        }
+        drop(st);
+        self.subscribe(&objects, false)?;
+        self.lend_cpu();
+        Ok(Vec::new())
     }
 
     /// Tells the node, once per task, that the task on this thread waits:

@@ -353,8 +353,13 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
     };
     // The adapter sits beside the function (in an anonymous const), so its
     // names resolve exactly as in the function's own signature.
+    // An `async fn` runs on the worker's async runtime (a tokio
+    // current-thread runtime: its timers and I/O work); `call_in_async` is
+    // the call as written inside an `async` block that runtime drives.
     let mut call = quote!(#ident(#(#arg_names),*));
+    let mut call_in_async = call.clone();
     if sig.asyncness.is_some() {
+        call_in_async = quote!(#call.await);
         call = quote!(::ferroray::__private::block_on(#call));
     }
 
@@ -413,17 +418,23 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         }
         Shape::Generator { item, item_fallible, outer_fallible, is_stream } => {
             let gen = if outer_fallible { unwrap_err(call) } else { call };
+            let gen_in_async = if outer_fallible { unwrap_err(call_in_async) } else { call_in_async };
             let take = if item_fallible { unwrap_err(quote!(__item)) } else { quote!(__item) };
             let each = quote!({
                 let __item = #take;
                 __sink.item(::ferroray::__private::encode_item(&__item)?)?;
             });
             let drive = if is_stream {
+                // The whole stream in one `block_on` (not one per item):
+                // reporting an item is synchronous, and may wait for room.
                 quote! {
-                    let mut __gen = ::std::pin::pin!(#gen);
-                    while let ::std::option::Option::Some(__item) =
-                        ::ferroray::__private::block_on(::ferroray::__private::StreamExt::next(&mut __gen))
-                    #each
+                    ::ferroray::__private::block_on(async {
+                        let mut __gen = ::std::pin::pin!(#gen_in_async);
+                        while let ::std::option::Option::Some(__item) =
+                            ::ferroray::__private::StreamExt::next(&mut __gen).await
+                        #each
+                        ::std::result::Result::<(), ::ferroray::Error>::Ok(())
+                    })?;
                 }
             } else {
                 quote!(for __item in #gen #each)

@@ -1,12 +1,13 @@
-//! Seed 000, "Ray generators", with asyncio: an `ObjectRefGenerator` is also
-//! a `futures::Stream`, so async code consumes it without blocking a thread.
+//! Seed 000, "Ray generators", with asyncio: `gen.next_async().await` takes
+//! the next item without blocking a thread (an `ObjectRefGenerator` is also
+//! a `futures::Stream`), and a ref is awaited with `r.await`.
 //!
 //! `cargo run -p ferroray --example gen_async`
 //!
-//! Python's `async for ref in task.remote()` becomes
-//! `while let Some(r) = futures::StreamExt::next(&mut gen).await` (written
-//! out in full: `gen.next()` would be ambiguous, the generator being an
-//! `Iterator` too), and `asyncio.run` / `asyncio.gather` become `futures::executor::block_on` /
+//! Python's `async for ref in task.remote(): await ref` becomes
+//! `while let Some(r) = gen.next_async().await { r.await }` (`gen.next()` is
+//! the blocking spelling, as `next(gen)` is in Python), and `asyncio.run` /
+//! `asyncio.gather` become `futures::executor::block_on` /
 //! `futures::future::join`. The seed's 1 s sleeps are 0.1 s here.
 //!
 //! The second part is the seed's two concurrent consumers: both run on one
@@ -26,9 +27,8 @@ fn task() -> impl Iterator<Item = u64> {
 async fn async_task(name: &str, start: Instant, log: &RefCell<Vec<(String, u64)>>) -> Vec<u64> {
     let mut got = Vec::new();
     let mut gen = task::remote();
-    while let Some(r) = futures::StreamExt::next(&mut gen).await {
-        // The item's value is already here when the stream hands out its ref.
-        let v = r.get().expect("an item");
+    while let Some(r) = gen.next_async().await {
+        let v = r.await.expect("an item");
         println!("{:>5.2}s  [{name}] {v}", start.elapsed().as_secs_f64());
         log.borrow_mut().push((name.to_string(), v));
         got.push(v);
@@ -43,14 +43,14 @@ fn main() -> ferroray::Result<()> {
     let got = futures::executor::block_on(async {
         let mut out = Vec::new();
         let mut gen = task::remote();
-        while let Some(r) = futures::StreamExt::next(&mut gen).await {
-            let v = r.get().expect("an item");
+        while let Some(r) = gen.next_async().await {
+            let v = r.await.expect("an item");
             println!("{v}");
             out.push(v);
         }
         // The stream can end just before the task has handed its CPU back;
         // wait for that, so that the two tasks below both start at once.
-        gen.completed().get().expect("the task ended");
+        gen.completed().await.expect("the task ended");
         out
     });
     assert_eq!(got, vec![0, 1, 2, 3, 4]);

@@ -5,10 +5,13 @@
 //! `cargo run -p ferroray --example gen_wait`
 //!
 //! A generator passed to `wait` is ready when its next item is here (or its
-//! stream has ended); once it is, `next` returns without blocking. Refs and
-//! generators are mixed in one `wait` as `ferroray::WaitItem`s (they must
-//! share the item type, so the seed's `regular_task` returns a number). The
-//! seed's 5 s sleeps are 0.2 s here.
+//! stream has ended); once it is, `next` returns without blocking. `wait`
+//! takes borrowed items (`&[&gen]`) and hands the same references back.
+//! Refs and generators mix in one `wait` as `&dyn ferroray::Waitable`s
+//! (borrowed), or, as in the loop below that keeps the unready ones, as
+//! owned `ferroray::WaitItem`s (they must share the item type, so the
+//! seed's `regular_task` returns a number). The seed's 5 s sleeps are 0.2 s
+//! here.
 
 use ferroray::WaitItem;
 use std::time::{Duration, Instant};
@@ -46,11 +49,11 @@ fn main() -> ferroray::Result<()> {
     println!("\n-- ray.wait([gen]) with and without a timeout");
     let gen = generator_task::remote();
     // The first yield takes 0.2 s: with a zero timeout, nothing is ready.
-    let (ready, unready) = ferroray::wait(std::slice::from_ref(&gen), 1, Some(Duration::ZERO))?;
+    let (ready, unready) = ferroray::wait(&[&gen], 1, Some(Duration::ZERO))?;
     println!("{:>5.2}s  timeout 0, nothing is ready: ready {}, unready {}", secs(), ready.len(), unready.len());
     assert_eq!((ready.len(), unready.len()), (0, 1));
     // Without a timeout, wait returns when the next item is here.
-    let (ready, unready) = ferroray::wait(std::slice::from_ref(&gen), 1, None)?;
+    let (ready, unready) = ferroray::wait(&[&gen], 1, None)?;
     println!(
         "{:>5.2}s  wait without timeout: the next item is ready: ready {}, unready {}",
         secs(),
@@ -61,7 +64,7 @@ fn main() -> ferroray::Result<()> {
     let r = gen.next_ready().expect("ready: next does not block");
     assert_eq!(r.get()?, 0);
     // The second yield has not happened yet.
-    let (ready, unready) = ferroray::wait(std::slice::from_ref(&gen), 1, Some(Duration::ZERO))?;
+    let (ready, unready) = ferroray::wait(&[&gen], 1, Some(Duration::ZERO))?;
     println!(
         "{:>5.2}s  timeout 0 again: the next item is not ready: ready {}, unready {}",
         secs(),

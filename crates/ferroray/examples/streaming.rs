@@ -64,8 +64,8 @@ fn main() -> ferroray::Result<()> {
     println!("\n-- async consumption");
     futures::executor::block_on(async {
         let mut g = async_task::remote(3);
-        while let Some(r) = futures::StreamExt::next(&mut g).await {
-            println!("{}", r.get().expect("item"));
+        while let Some(r) = g.next_async().await {
+            println!("{}", r.await.expect("item"));
         }
     });
 
@@ -80,9 +80,9 @@ fn main() -> ferroray::Result<()> {
 
     println!("\n-- wait on a generator without blocking");
     let g = task::remote();
-    let (ready, _) = ferroray::wait(std::slice::from_ref(&g), 1, Some(Duration::ZERO))?;
+    let (ready, _) = ferroray::wait(&[&g], 1, Some(Duration::ZERO))?;
     println!("ready right away: {}", ready.len());
-    let (ready, _) = ferroray::wait(std::slice::from_ref(&g), 1, None)?;
+    let (ready, _) = ferroray::wait(&[&g], 1, None)?;
     println!("ready after waiting: {}; next item: {}", ready.len(), g.next_ready().expect("ready").get()?);
     ferroray::get(&g.completed())?;
     println!("task completed: {}", g.is_finished());

@@ -20,16 +20,23 @@
 //! - [`remote`]: the attribute that makes a function remote.
 //! - [`init`] / [`init_with`] / [`shutdown`]: start and stop the embedded
 //!   cluster (a node daemon in this process, worker processes beside it).
-//! - [`get`], [`get_all`], [`put`], [`wait`], [`cancel`], [`tasks`]: the
-//!   free functions of Ray's API; [`ObjectRef`] has `get` and `get_timeout`.
+//! - [`get`], [`get_all`], [`get_all_timeout`], [`put`], [`wait`] (and
+//!   [`wait_indices`]), [`cancel`], [`tasks`]: the free functions of Ray's
+//!   API; [`ObjectRef`] has `get` and `get_timeout`, and can be awaited
+//!   (`r.await`, on any executor); [`as_completed`] is the async `wait`.
 //! - [`Config`]: resources, store size, output forwarding.
 //! - [`ObjectRefGenerator`]: what a generator function's `remote()` gives:
-//!   its items' refs as they are yielded (an `Iterator` and a `Stream`);
+//!   its items' refs as they are yielded: `gen.next()` (or `for r in gen`)
+//!   blocks, `gen.next_async().await` does not; a failure comes as an error
+//!   ref, never as a silent end;
 //!   [`DynamicObjectRefGenerator`]: the list a dynamic-returns task gives.
 //! - [`Buffer`]: bytes that read as a zero-copy view of shared memory.
 //! - [`Error`]: every failure; a task's own `Err(e)` is [`Error::Task`], and
 //!   [`Error::downcast_task_error`] gives `e` back as itself when its type
 //!   is serializable. [`TaskEvent`] / [`TaskState`]: what [`tasks`] records.
+//!
+//! `async fn` tasks and async generators run on a tokio current-thread
+//! runtime of the worker's task thread: tokio's timers and I/O work in them.
 //!
 //! Workers are this same executable started again: a constructor that runs
 //! before `main` recognises a worker process and runs the worker loop
@@ -37,8 +44,8 @@
 
 pub use ferroray_common::{Error, ObjectId, Result, RetryExceptions, TaskError, TaskId};
 pub use ferroray_core::{
-    is_cancelled, Arg, Buffer, Cancellable, DynamicObjectRefGenerator, IntoArg, ObjectRef, ObjectRefGenerator,
-    TaskOptions, WaitItem, Waitable,
+    is_cancelled, Arg, AsCompleted, Buffer, Cancellable, DynamicObjectRefGenerator, IntoArg, NextItem, ObjectRef,
+    ObjectRefFuture, ObjectRefGenerator, TaskOptions, WaitItem, WaitKey, Waitable,
 };
 /// Makes a function remote; see below for everything it generates and every
 /// key it accepts.
@@ -125,8 +132,8 @@ mod runtime;
 pub use config::Config;
 pub use events::{TaskEvent, TaskState};
 pub use runtime::{
-    cancel, cancel_with, get, get_all, init, init_with, is_initialized, node_address, put, runtime_stats, shutdown,
-    tasks, wait, RuntimeStats,
+    as_completed, cancel, cancel_with, get, get_all, get_all_timeout, init, init_with, is_initialized, node_address,
+    put, runtime_stats, shutdown, tasks, wait, wait_indices, RuntimeStats,
 };
 
 /// Used by `#[remote]` expansions; not a public API.
@@ -134,13 +141,13 @@ pub use runtime::{
 pub mod __private {
     pub use ferroray_common::{RetryExceptions, WorkerId};
     pub use ferroray_core::__task_options_methods as task_options_methods;
+    pub use ferroray_core::async_rt::block_on;
     pub use ferroray_core::codec::ReturnValue;
     pub use ferroray_core::registry::{Invoke, ItemSink, RemoteFunction, REMOTE_FUNCTIONS};
     pub use ferroray_core::task::{
         app_error, encode_item, encode_return, typed_ref, ArgReader, ErrorProbe, TaskCall, ViaDisplay,
         ViaFerrorayError, ViaSerialize,
     };
-    pub use futures::executor::block_on;
     pub use futures::StreamExt;
     pub use linkme;
 

@@ -2,12 +2,12 @@
 
 use crate::{Config, TaskEvent};
 use ferroray_common::{resources, Error, ObjectId, Result};
-use ferroray_core::{global, worker, Cancellable, CoreWorker, ObjectRef, Waitable};
+use ferroray_core::{global, worker, AsCompleted, Cancellable, CoreWorker, ObjectRef, Waitable};
 use ferroray_node::{Node, NodeConfig, WorkerCommand};
 use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 struct Runtime {
     node: Node,
@@ -107,21 +107,89 @@ pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
     refs.iter().map(|r| r.get()).collect()
 }
 
+/// [`get_all`] that gives up with `Error::GetTimeout` once `timeout` has
+/// passed (one deadline for all the refs, not one each).
+pub fn get_all_timeout<T: DeserializeOwned>(refs: &[ObjectRef<T>], timeout: Duration) -> Result<Vec<T>> {
+    let deadline = Instant::now() + timeout;
+    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
+    core()?.prefetch(&ids)?;
+    refs.iter().map(|r| r.get_timeout(deadline.saturating_duration_since(Instant::now()))).collect()
+}
+
 /// Stores a value in the object store.
 pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
     core()?.put(&value)
 }
 
-/// Waits until `num_returns` of `items` are ready or `timeout` passes
-/// (`None`: no limit). Returns (ready, not ready): ready ones in the order
-/// they became ready, at most `num_returns`; the rest in the order given.
+/// Ray's `wait(refs, num_returns, timeout)`: waits until `num_returns` of
+/// `items` are ready or `timeout` passes (`None`: no limit). Returns (ready,
+/// not ready): ready ones in the order they became ready, at most
+/// `num_returns`; the rest in the order given.
 ///
 /// `items` are refs, generators (ready when their next item is here or
-/// their stream has ended), or both mixed as [`WaitItem`](crate::WaitItem)s.
-pub fn wait<W: Waitable>(items: &[W], num_returns: usize, timeout: Option<Duration>) -> Result<(Vec<W>, Vec<W>)> {
-    let keys: Vec<_> = items.iter().map(Waitable::wait_key).collect();
-    let (ready, rest) = core()?.wait(&keys, num_returns, timeout)?;
+/// their stream has ended), or references to them; the result holds the
+/// same items, so borrowed ones are handed back without cloning anything:
+///
+/// ```no_run
+/// # fn f(a: ferroray::ObjectRef<u64>, b: ferroray::ObjectRef<u64>, g: ferroray::ObjectRefGenerator<u64>) -> ferroray::Result<()> {
+/// use ferroray::Waitable;
+/// use std::time::Duration;
+/// // Refs of one type, borrowed: `ready` is a `Vec<&ObjectRef<u64>>`.
+/// let (ready, rest) = ferroray::wait(&[&a, &b], 1, Some(Duration::from_secs(1)))?;
+/// // Refs and generators mixed: `&dyn Waitable`; tell them apart by key,
+/// // or ask for positions with `wait_indices`.
+/// let (ready, rest) = ferroray::wait(&[&a as &dyn Waitable, &g], 1, None)?;
+/// let a_is_ready = ready.iter().any(|w| w.wait_key() == a.wait_key());
+/// let (ready_at, rest_at) = ferroray::wait_indices(&[&a as &dyn Waitable, &g], 2, None)?;
+/// # Ok(()) }
+/// ```
+///
+/// Errors: `InvalidOption` if `num_returns` is more than the items or an
+/// item is given twice; `Disconnected` if the node goes away before
+/// `num_returns` are ready.
+pub fn wait<W: Waitable + Clone>(
+    items: &[W],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<W>, Vec<W>)> {
+    let (ready, rest) = wait_indices(items, num_returns, timeout)?;
     Ok((ready.into_iter().map(|i| items[i].clone()).collect(), rest.into_iter().map(|i| items[i].clone()).collect()))
+}
+
+/// [`wait`] giving positions in `items` instead of the items: (ready, in
+/// the order they became ready; not ready, in the order given).
+pub fn wait_indices<W: Waitable>(
+    items: &[W],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let keys: Vec<_> = items.iter().map(Waitable::wait_key).collect();
+    core()?.wait(&keys, num_returns, timeout)
+}
+
+/// The async form of [`wait`]: `items` (refs, generators, references to
+/// them, `&dyn Waitable`) as a `futures::Stream` that yields each one once,
+/// in the order it becomes ready. Runs on any executor and needs no timer:
+/// `wait(items, n, timeout)` is `by_ref().take(n)` under your runtime's
+/// timeout, then [`into_rest`](AsCompleted::into_rest) for the rest. See [`AsCompleted`](crate::AsCompleted) for what a
+/// lost connection does (the remaining items come out, each showing the
+/// error).
+///
+/// ```no_run
+/// # async fn f(refs: Vec<ferroray::ObjectRef<u64>>) -> ferroray::Result<()> {
+/// use futures::StreamExt;
+/// let mut done = ferroray::as_completed(&refs)?;
+/// while let Some(r) = done.next().await {
+///     println!("{}", r.await?);
+/// }
+/// // Ray's `ready, rest = await asyncio.wait(refs, num_returns=2)`:
+/// let mut done = ferroray::as_completed(&refs)?;
+/// let ready: Vec<_> = done.by_ref().take(2).collect().await;
+/// let rest = done.into_rest();
+/// # Ok(()) }
+/// ```
+pub fn as_completed<W: Waitable>(items: impl IntoIterator<Item = W>) -> Result<AsCompleted<W>> {
+    Ok(AsCompleted::new(core()?, items))
 }
 
 /// Cancels the task behind a ref or a generator, and the tasks it submitted:

@@ -1,5 +1,6 @@
 //! The task API: submit, refs as arguments, get/get_all/get_timeout, put,
-//! wait, multiple returns, options, task errors and their propagation.
+//! wait, multiple returns, options, task errors and their propagation, and
+//! awaiting refs.
 
 mod common;
 
@@ -214,4 +215,151 @@ fn init_twice_is_an_error_and_init_after_shutdown_works() {
     assert!(!ferroray::is_initialized());
     let _c = cluster();
     assert_eq!(get(&add::remote(2, 2)).unwrap(), 4);
+}
+
+// ---------------------------------------------------------------- awaiting refs
+
+/// Awaits a child it submitted: on one CPU, the child runs only because the
+/// parent lends its CPU while it awaits.
+#[ferroray::remote]
+async fn await_child(v: i64) -> i64 {
+    let child = sleep_then::remote(20, v);
+    use std::future::IntoFuture;
+    let (a, b) = futures::join!(child.into_future(), add::remote(v, 1).into_future());
+    a.unwrap() + b.unwrap()
+}
+
+/// An async task awaiting an async task awaiting its children.
+#[ferroray::remote]
+async fn await_grandchildren(v: i64) -> i64 {
+    await_child::remote(v).await.unwrap() + 100
+}
+
+#[test]
+fn a_ref_can_be_awaited_from_a_driver_side_executor() {
+    let _c = cluster();
+    let r = add::remote(20, 22);
+    assert_eq!(common::block_on(async { (&r).await }).unwrap(), 42);
+    assert_eq!(common::block_on(r).unwrap(), 42, "awaiting a ready ref");
+    let p = ferroray::put(vec![7u8; 2 << 20]).unwrap();
+    assert_eq!(common::block_on(p.clone()).unwrap().len(), 2 << 20, "a value in shared memory");
+    assert_eq!(common::block_on(p.clone()).unwrap().len(), 2 << 20, "and again");
+}
+
+#[test]
+fn an_async_task_awaiting_its_child_on_one_cpu_does_not_deadlock() {
+    let _c = common::cluster_with(ferroray::Config::default().num_cpus(1));
+    assert_eq!(get(&await_child::remote(5)).unwrap(), 11);
+    // Several parents at once, each awaiting its children, all on one CPU.
+    let outer: Vec<_> = (0..3).map(await_child::remote).collect();
+    assert_eq!(ferroray::get_all_timeout(&outer, T).unwrap(), vec![1, 3, 5]);
+    // Nested async callers: each level awaits the next, still one CPU.
+    let nested: Vec<_> = (0..3).map(await_grandchildren::remote).collect();
+    assert_eq!(ferroray::get_all_timeout(&nested, T).unwrap(), vec![101, 103, 105]);
+}
+
+#[test]
+fn join_all_of_many_refs() {
+    let _c = cluster();
+    let refs: Vec<ObjectRef<i64>> = (0..200).map(|i| add::remote(i, 1)).collect();
+    let got = common::block_on(futures::future::join_all(refs.iter().map(std::future::IntoFuture::into_future)));
+    let got: Vec<i64> = got.into_iter().map(Result::unwrap).collect();
+    assert_eq!(got, (1..=200).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_awaited_error_arrives_as_err() {
+    let _c = cluster();
+    let bad = parse::remote("nope".to_string());
+    let err = common::block_on(bad.clone()).unwrap_err();
+    assert_eq!(err, get(&bad).unwrap_err());
+    assert!(matches!(err, Error::Task(_)), "{err}");
+    let boom = explode::remote("awaited".to_string());
+    assert!(matches!(common::block_on(&boom), Err(Error::Task(_))));
+}
+
+#[test]
+fn an_await_pending_at_shutdown_ends_with_disconnected() {
+    let _c = cluster();
+    let slow = sleep_then::remote(5_000, 1);
+    let stopper = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(200));
+        ferroray::shutdown();
+    });
+    let err = common::block_on(slow).unwrap_err();
+    assert!(matches!(err, Error::Disconnected(_)), "{err}");
+    stopper.join().unwrap();
+}
+
+/// Awaits a child that sleeps far longer than the test, then leaves a
+/// marker file saying what the await gave.
+#[ferroray::remote]
+async fn await_then_mark(path: String) -> i64 {
+    let r = sleep_then::remote(20_000, 1).await;
+    std::fs::write(&path, format!("{r:?}")).unwrap();
+    0
+}
+
+#[test]
+fn cancelling_an_async_task_wakes_its_pending_await() {
+    let _c = cluster();
+    let dir = common::scratch_dir("await-cancel");
+    let path = dir.join("awaited");
+    let r = await_then_mark::remote(path.to_string_lossy().to_string());
+    // Running and awaiting: the child is queued or sleeping.
+    std::thread::sleep(Duration::from_millis(300));
+    ferroray::cancel(&r).unwrap();
+    assert_eq!(get(&r), Err(Error::TaskCancelled));
+    assert!(common::eventually(T, || path.exists()), "the await woke up");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "Err(TaskCancelled)");
+}
+
+#[test]
+fn get_all_timeout_gives_up_then_gives_every_value() {
+    let _c = cluster();
+    let refs = vec![add::remote(1, 1), sleep_then::remote(1_000, 7)];
+    let t = Instant::now();
+    assert_eq!(ferroray::get_all_timeout(&refs, Duration::from_millis(100)), Err(Error::GetTimeout));
+    assert!(t.elapsed() < Duration::from_millis(900), "{:?}", t.elapsed());
+    assert_eq!(ferroray::get_all_timeout(&refs, T).unwrap(), vec![2, 7]);
+}
+
+// ---------------------------------------------------------------- the async runtime
+
+/// tokio's timers and I/O inside an `async fn` task: a sleep, and a
+/// loopback TCP connection echoing a message.
+#[ferroray::remote]
+async fn uses_tokio(msg: String) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    if t.elapsed() < Duration::from_millis(50) {
+        return Err("the sleep did not sleep".into());
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0; 64];
+        let n = s.read(&mut buf).await.unwrap();
+        s.write_all(&buf[..n]).await.unwrap();
+    });
+    let mut c = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    c.write_all(msg.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut back = vec![0; msg.len()];
+    tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut back))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    server.await.map_err(|e| e.to_string())?;
+    String::from_utf8(back).map_err(|e| e.to_string())
+}
+
+#[test]
+fn async_tasks_run_on_a_tokio_runtime_with_timers_and_io() {
+    let _c = cluster();
+    assert_eq!(get(&uses_tokio::remote("echo".to_string())).unwrap(), "echo");
+    // The runtime is kept for the next async task on the same worker.
+    let again: Vec<_> = (0..4).map(|i| uses_tokio::remote(format!("m{i}"))).collect();
+    assert_eq!(ferroray::get_all_timeout(&again, T).unwrap(), vec!["m0", "m1", "m2", "m3"]);
 }

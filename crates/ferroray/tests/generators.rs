@@ -53,6 +53,19 @@ async fn async_count(n: u64) -> impl futures::Stream<Item = u64> {
     futures::stream::iter(0..n)
 }
 
+/// An async generator on tokio's timer between items.
+#[ferroray::remote]
+async fn tokio_ticks(n: u64) -> impl futures::Stream<Item = u64> {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    futures::stream::unfold(0, move |i| async move {
+        if i == n {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Some((i, i + 1))
+    })
+}
+
 #[ferroray::remote]
 fn fail_at(n: u64, k: u64) -> impl Iterator<Item = Result<u64, String>> {
     (0..n).map(move |i| if i == k { Err(format!("failed at {i}")) } else { Ok(i) })
@@ -655,6 +668,190 @@ fn wait_mixes_generators_and_refs() {
     let t = Instant::now();
     let (ready, rest) = ferroray::wait(&[a, b], 2, Some(Duration::from_millis(100))).unwrap();
     assert!(ready.is_empty() && rest.len() == 2 && t.elapsed() < Duration::from_millis(450));
+}
+
+#[test]
+fn wait_takes_borrowed_refs_and_generators_mixed_without_cloning() {
+    use ferroray::Waitable;
+    // Every task starts at once: readiness follows their sleeps.
+    let _c = cluster_with(Config::default().num_cpus(4));
+    let slow = slow_value::remote(600);
+    let g = slow_count::remote(2, 300);
+    let fast = slow_value::remote(10);
+    let local_refs = ferroray::runtime_stats().unwrap().local_refs;
+    let items = [&slow as &dyn Waitable, &g, &fast];
+    // Order of readiness: fast, then the generator's first item, then slow.
+    let (ready, rest) = ferroray::wait(&items, 2, Some(T)).unwrap();
+    let keys: Vec<_> = ready.iter().map(|w| w.wait_key()).collect();
+    assert_eq!(keys, vec![fast.wait_key(), g.wait_key()]);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].wait_key(), slow.wait_key());
+    assert_eq!(ferroray::runtime_stats().unwrap().local_refs, local_refs, "nothing was cloned");
+    // Positions instead of items.
+    let (ready, rest) = ferroray::wait_indices(&items, 3, Some(T)).unwrap();
+    assert_eq!((ready, rest), (vec![2, 1, 0], vec![]));
+    // Borrowed refs of one type give `&ObjectRef`s back.
+    let (ready, rest): (Vec<&ObjectRef<u64>>, _) = ferroray::wait(&[&slow, &fast], 1, Some(T)).unwrap();
+    assert_eq!(ready, vec![&fast], "the one ready first");
+    assert_eq!(rest, vec![&slow]);
+    // num_returns caps what comes back, and a timeout gives what is ready by then.
+    let never = slow_count::remote(1, 5_000);
+    let t = Instant::now();
+    let (ready, rest) =
+        ferroray::wait_indices(&[&never as &dyn Waitable, &fast], 2, Some(Duration::from_millis(200))).unwrap();
+    assert_eq!((ready, rest), (vec![1], vec![0]));
+    assert!(t.elapsed() >= Duration::from_millis(180) && t.elapsed() < Duration::from_millis(2_000));
+    let err = ferroray::wait(&[&fast as &dyn Waitable, &fast], 1, Some(T)).unwrap_err();
+    assert!(matches!(err, Error::InvalidOption(_)), "{err}");
+}
+
+#[test]
+fn as_completed_streams_refs_and_generators_in_completion_order() {
+    use ferroray::Waitable;
+    use futures::StreamExt;
+    // Every task starts at once: readiness follows their sleeps.
+    let _c = cluster_with(Config::default().num_cpus(4));
+    let slow = slow_value::remote(500);
+    let g = slow_count::remote(1, 250);
+    let fast = slow_value::remote(10);
+    let order: Vec<_> = common::block_on(async {
+        let done = ferroray::as_completed([&slow as &dyn Waitable, &g, &fast]).unwrap();
+        done.map(|w| w.wait_key()).collect::<Vec<_>>().await
+    });
+    assert_eq!(order, vec![fast.wait_key(), g.wait_key(), slow.wait_key()]);
+    // Owned refs, awaited as they complete.
+    let refs: Vec<ObjectRef<u64>> = [300, 0, 150].into_iter().map(slow_value::remote).collect();
+    let got = common::block_on(async {
+        let mut done = ferroray::as_completed(refs).unwrap();
+        let mut got = Vec::new();
+        while let Some(r) = done.next().await {
+            got.push(r.await.unwrap());
+        }
+        got
+    });
+    assert_eq!(got, vec![0, 150, 300]);
+    // Ray's wait, async: the first ready one, then the rest in the order given.
+    let refs: Vec<ObjectRef<u64>> = [400, 0, 200].into_iter().map(slow_value::remote).collect();
+    let mut done = ferroray::as_completed(&refs).unwrap();
+    let ready: Vec<&ObjectRef<u64>> = common::block_on(done.by_ref().take(1).collect());
+    assert_eq!(ready, vec![&refs[1]]);
+    assert_eq!(done.into_rest(), vec![&refs[0], &refs[2]]);
+}
+
+#[test]
+fn as_completed_hands_out_the_rest_when_the_connection_is_lost() {
+    use futures::StreamExt;
+    let _c = cluster();
+    let refs: Vec<ObjectRef<u64>> = vec![slow_value::remote(0), slow_value::remote(10_000)];
+    get(&refs[0]).unwrap();
+    let stopper = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(300));
+        ferroray::shutdown();
+    });
+    let got = common::block_on(async {
+        let mut done = ferroray::as_completed(&refs).unwrap();
+        let mut got = Vec::new();
+        while let Some(r) = done.next().await {
+            got.push(r.await);
+        }
+        got
+    });
+    stopper.join().unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0], Ok(0));
+    assert!(matches!(got[1], Err(Error::Disconnected(_))), "{:?}", got[1]);
+}
+
+#[test]
+fn next_blocks_and_next_async_awaits_even_with_stream_ext_in_scope() {
+    #[allow(unused_imports)]
+    use futures::StreamExt; // Neither spelling is ambiguous with it in scope.
+    let _c = cluster();
+    let mut g = count::remote(3);
+    let first: Option<ObjectRef<u64>> = g.next();
+    assert_eq!(get(&first.unwrap()).unwrap(), 0);
+    let rest = common::block_on(async {
+        let mut rest = Vec::new();
+        while let Some(r) = g.next_async().await {
+            rest.push(r.await.unwrap());
+        }
+        rest
+    });
+    assert_eq!(rest, vec![1, 2]);
+    assert!(g.next().is_none(), "the end, for both spellings");
+}
+
+/// Consumes a generator that makes one item and then waits; reports what it
+/// saw in marker files.
+#[ferroray::remote]
+fn consumer_of_a_waiting_generator(dir: String, by_await: bool) -> u64 {
+    let mut g = first_then_wait::remote(dir.clone());
+    let mut got = 0;
+    loop {
+        let item = if by_await { futures::executor::block_on(g.next_async()) } else { g.next() };
+        let Some(r) = item else { break };
+        match r.get() {
+            Ok(_) => {
+                got += 1;
+                mark(&dir, format!("item-{got}"));
+            }
+            Err(e) => mark(&dir, format!("error-{e:?}")),
+        }
+    }
+    mark(&dir, "ended");
+    got
+}
+
+#[test]
+fn a_lost_connection_while_iterating_is_an_error_item_not_an_end() {
+    for by_await in [false, true] {
+        let _c = cluster();
+        let d = scratch_dir(&format!("gen-lost-{by_await}"));
+        let mut g = first_then_wait::remote(d.to_string_lossy().to_string());
+        let stopper = std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            ferroray::shutdown();
+        });
+        let mut got = Vec::new();
+        loop {
+            let item = if by_await { common::block_on(g.next_async()) } else { g.next() };
+            let Some(r) = item else { break };
+            got.push(get(&r));
+            assert!(got.len() <= 2, "{got:?}");
+        }
+        stopper.join().unwrap();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], Ok(0));
+        assert!(matches!(got[1], Err(Error::Disconnected(_))), "{:?}", got[1]);
+        assert!(g.next_ready().is_none() && g.next().is_none(), "then the end");
+    }
+}
+
+#[test]
+fn a_consumer_cancelled_while_it_waits_gets_an_error_item_then_the_end() {
+    for by_await in [false, true] {
+        let _c = cluster();
+        let d = scratch_dir(&format!("gen-consumer-cancel-{by_await}"));
+        let dir = d.to_string_lossy().to_string();
+        let consumer = consumer_of_a_waiting_generator::remote(dir.clone(), by_await);
+        assert!(eventually(T, || count_marks(&dir, "item-1") == 1));
+        ferroray::cancel(&consumer).unwrap();
+        assert_eq!(get(&consumer), Err(Error::TaskCancelled));
+        assert!(eventually(T, || count_marks(&dir, "ended") == 1), "the consumer's loop ended");
+        assert_eq!(count_marks(&dir, "error-TaskCancelled"), 1, "after one error item");
+        mark(&dir, "go");
+    }
+}
+
+#[test]
+fn async_generators_run_on_a_tokio_runtime() {
+    let _c = cluster();
+    let t = Instant::now();
+    let got: Vec<u64> = tokio_ticks::remote(10).map(|r| get(&r).unwrap()).collect();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    assert!(t.elapsed() >= Duration::from_millis(60), "the timer slept: {:?}", t.elapsed());
+    let got: Vec<u64> = tokio_ticks::options().generator_backpressure(1).remote(5).map(|r| get(&r).unwrap()).collect();
+    assert_eq!(got, (0..5).collect::<Vec<_>>(), "with backpressure too");
 }
 
 #[test]

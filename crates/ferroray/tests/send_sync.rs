@@ -22,3 +22,17 @@ fn object_refs_are_send_sync_clone() {
     is_send::<Error>();
     is_sync::<Error>();
 }
+
+fn is_unpin<T: Unpin>() {}
+fn is_static<T: 'static>() {}
+
+#[test]
+fn the_futures_and_streams_of_refs_can_move_between_threads() {
+    // An awaited ref can be spawned on a multi-threaded executor.
+    is_send::<ferroray::ObjectRefFuture<Rc<Cell<i64>>>>();
+    is_unpin::<ferroray::ObjectRefFuture<i64>>();
+    is_static::<ferroray::ObjectRefFuture<i64>>();
+    is_send::<ferroray::NextItem<'static, Rc<Cell<i64>>>>();
+    is_send::<ferroray::AsCompleted<ObjectRef<i64>>>();
+    is_unpin::<ferroray::AsCompleted<ObjectRef<i64>>>();
+}

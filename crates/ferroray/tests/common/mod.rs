@@ -87,3 +87,23 @@ pub fn worker_pids() -> Vec<u32> {
     pids.dedup();
     pids
 }
+
+/// `futures::executor::block_on` with the test timeout: panics if `f` is
+/// not done within [`T`] (the timer thread ends as soon as `f` is).
+pub fn block_on<F: std::future::IntoFuture>(f: F) -> F::Output {
+    let f = std::pin::pin!(f.into_future());
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let (fire, timer) = futures::channel::oneshot::channel::<()>();
+    let t = std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(T) {
+            let _ = fire.send(());
+        }
+    });
+    let r = futures::executor::block_on(futures::future::select(f, timer));
+    drop(done);
+    let _ = t.join();
+    match r {
+        futures::future::Either::Left((v, _)) => v,
+        futures::future::Either::Right(_) => panic!("not done within {T:?}"),
+    }
+}

@@ -225,7 +225,7 @@ impl TaskCall {
             keep: Vec::new(),
             inline_bytes: 0,
             error: None,
-            core: global::core(),
+            core: global::core_or_init(),
         }
     }
 
@@ -272,9 +272,16 @@ impl TaskCall {
     /// Submits the task; one handle per return object. An invalid call still
     /// gives handles: their `get` returns the error.
     pub fn submit(mut self, returns: ReturnKind) -> Vec<Arc<RefInner>> {
+        // No cluster, and none could be started (see `global::core_or_init`):
+        // the refs hand out why, from a core worker connected to nothing.
         let core = match self.core {
             Ok(c) => c,
-            Err(e) => panic!("cannot submit task {}: {e}", self.name),
+            Err(e) => {
+                let core = CoreWorker::detached(&e.to_string())
+                    .unwrap_or_else(|| panic!("cannot submit task {}: {e}", self.name));
+                self.error = Some(e);
+                core
+            }
         };
         let task_id = core.next_task_id();
         let returns = match (returns, self.opts.backpressure()) {

@@ -178,6 +178,20 @@ impl CoreWorker {
         Ok(core)
     }
 
+    /// A core worker connected to nothing, whose calls fail with
+    /// `Disconnected(reason)`: what a `remote()` call submits to when there
+    /// is no cluster and none could be started, so that its refs hand out
+    /// the error instead of the call panicking. `None` if even its
+    /// one-page arena cannot be made.
+    pub fn detached(reason: &str) -> Option<Arc<Self>> {
+        let arena = Arc::new(Arena::create(4096).ok()?);
+        let info =
+            NodeInfo { node_id: ferroray_common::NodeId::random(), inline_threshold: u64::MAX, store_capacity: 0 };
+        let core = Arc::new(CoreWorker::new(WorkerId::random(), info, arena, None, None));
+        core.mark_disconnected(reason);
+        Some(core)
+    }
+
     pub fn worker_id(&self) -> WorkerId {
         self.worker_id
     }

@@ -20,6 +20,9 @@
 //! - [`remote`]: the attribute that makes a function remote.
 //! - [`init`] / [`init_with`] / [`shutdown`]: start and stop the embedded
 //!   cluster (a node daemon in this process, worker processes beside it).
+//!   As in Ray, `init` is optional: the first `remote()`, `put`, `wait`,
+//!   ... without it starts the cluster with `Config::default()` (an `init`
+//!   after that fails with `AlreadyInitialized`).
 //! - [`get`], [`get_all`], [`put`], [`wait`], [`cancel`], [`tasks`]: the
 //!   free functions of Ray's API; [`ObjectRef`] has `get` and `get_timeout`.
 //! - [`Config`]: resources, store size, output forwarding.
@@ -170,6 +173,9 @@ fn ferroray_worker_entry() {
     if ferroray_core::worker::is_worker_process() {
         ferroray_core::worker::worker_main();
     }
+    // A driver: its first use of the API without `init` starts the
+    // embedded cluster with default settings.
+    ferroray_core::global::set_auto_init(runtime::auto_init);
 }
 
 #[doc(hidden)]

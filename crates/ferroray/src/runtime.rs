@@ -16,7 +16,10 @@ struct Runtime {
 
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 
-/// Starts the embedded cluster with default settings.
+/// Starts the embedded cluster with default settings. Optional, as in Ray:
+/// without it, the first use of the API (`remote()`, `put`, `wait`, ...)
+/// starts the cluster with `Config::default()`; call `init_with` first for
+/// other settings.
 pub fn init() -> Result<()> {
     init_with(Config::default())
 }
@@ -92,8 +95,15 @@ pub fn shutdown() {
     }
 }
 
+/// The current core worker; in a driver with no cluster yet, starts one
+/// with `Config::default()` first (like Ray's first call without `init`).
 fn core() -> Result<Arc<CoreWorker>> {
-    global::core()
+    global::core_or_init()
+}
+
+/// What `global::core_or_init` starts in a driver used before `init`.
+pub(crate) fn auto_init() -> Result<()> {
+    init()
 }
 
 /// Blocks until the object is ready and returns its value.

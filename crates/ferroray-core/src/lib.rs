@@ -34,5 +34,5 @@ pub use context::is_cancelled;
 pub use ferroray_common::{Error, Result, RetryExceptions};
 pub use generator::{Cancellable, DynamicObjectRefGenerator, ObjectRefGenerator, WaitItem, WaitKey, Waitable};
 pub use object_ref::ObjectRef;
-pub use task::{Arg, IntoArg, TaskOptions};
+pub use task::{Arg, Backpressure, IntoArg, Retries, TaskOptions};
 pub use worker::CoreWorker;

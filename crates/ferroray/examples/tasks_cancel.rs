@@ -72,7 +72,7 @@ fn run() -> ferroray::Result<()> {
     let obj_ref = uninterruptible_operation::remote();
     wait_until_running(&obj_ref)?;
     let start = Instant::now();
-    ferroray::cancel_with(&obj_ref, true /* force */, true /* recursive */)?;
+    ferroray::cancel_with(&obj_ref, ferroray::CancelOptions::default().force())?;
     match obj_ref.get() {
         Err(Error::TaskCancelled) => {
             println!("Object reference was cancelled (forced, in {:.2} s).", start.elapsed().as_secs_f64())

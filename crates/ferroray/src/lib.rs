@@ -40,8 +40,8 @@
 
 pub use ferroray_common::{Error, ObjectId, Result, RetryExceptions, TaskError, TaskId};
 pub use ferroray_core::{
-    is_cancelled, Arg, Buffer, Cancellable, DynamicObjectRefGenerator, IntoArg, ObjectRef, ObjectRefGenerator,
-    TaskOptions, WaitItem, Waitable,
+    is_cancelled, Arg, Backpressure, Buffer, Cancellable, DynamicObjectRefGenerator, IntoArg, ObjectRef,
+    ObjectRefGenerator, Retries, TaskOptions, WaitItem, Waitable,
 };
 /// Makes a function remote; see below for everything it generates and every
 /// key it accepts.
@@ -109,7 +109,7 @@ pub use ferroray_core::{
 ///     assert_eq!(s.get()?, 13);
 ///     let (text, len) = split::remote("abc".to_string());
 ///     assert_eq!((text.get()?, len.get()?), ("abc".to_string(), 3));
-///     for item in count::options().generator_backpressure(2).remote(3) {
+///     for item in count::options().generator_backpressure(ferroray::Backpressure::items::<2>()).remote(3) {
 ///         println!("{}", item.get()?);
 ///     }
 ///     let all = count::options().num_returns_dynamic().remote(3).get()?;
@@ -120,10 +120,12 @@ pub use ferroray_core::{
 /// ```
 pub use ferroray_macros::remote;
 
+mod cancel;
 mod config;
 mod events;
 mod runtime;
 
+pub use cancel::CancelOptions;
 pub use config::Config;
 pub use events::{TaskEvent, TaskState};
 pub use runtime::{

@@ -1,6 +1,6 @@
 //! The embedded runtime and the free functions.
 
-use crate::{Config, TaskEvent};
+use crate::{CancelOptions, Config, TaskEvent};
 use ferroray_common::{resources, Error, ObjectId, Result};
 use ferroray_core::{global, worker, Cancellable, CoreWorker, ObjectRef, Waitable};
 use ferroray_node::{Node, NodeConfig, WorkerCommand};
@@ -141,13 +141,15 @@ pub fn wait<W: Waitable>(items: &[W], num_returns: usize, timeout: Option<Durati
 /// A ref then gives `Error::TaskCancelled`; a generator hands out one ref
 /// holding that error after the items it already made, then ends.
 pub fn cancel<C: Cancellable>(target: &C) -> Result<()> {
-    cancel_with(target, false, true)
+    cancel_with(target, CancelOptions::default())
 }
 
-/// [`cancel`] with Ray's flags: `force` kills the worker running the task
-/// (it is replaced); `recursive` also cancels the tasks it submitted.
-pub fn cancel_with<C: Cancellable>(target: &C, force: bool, recursive: bool) -> Result<()> {
-    core()?.cancel(target.task_to_cancel()?, force, recursive)
+/// [`cancel`], chosen by a [`CancelOptions`]: e.g.
+/// `cancel_with(&r, CancelOptions::default().force())` kills the worker
+/// running the task (it is replaced); `.recursive(false)` leaves the tasks
+/// it submitted alone.
+pub fn cancel_with<C: Cancellable>(target: &C, options: CancelOptions) -> Result<()> {
+    core()?.cancel(target.task_to_cancel()?, options.force, options.recursive)
 }
 
 /// Every recorded task state change, oldest first.

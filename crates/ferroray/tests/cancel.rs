@@ -74,7 +74,7 @@ fn force_cancel_kills_the_worker_and_it_is_replaced() {
     assert!(eventually(T, || std::fs::read_dir(&dir).unwrap().count() == 1));
     let pid: u32 =
         std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().file_name().to_string_lossy().parse().unwrap();
-    ferroray::cancel_with(&r, true, true).unwrap();
+    ferroray::cancel_with(&r, ferroray::CancelOptions::default().force()).unwrap();
     assert_eq!(get(&r), Err(Error::TaskCancelled));
     assert!(eventually(T, || common::process_gone(pid)), "the worker was killed");
     assert_eq!(get(&sleep_ms::remote(1)).unwrap(), 1, "a new worker serves the next task");

@@ -122,3 +122,21 @@ fn application_errors_are_retried_only_with_retry_exceptions() {
     assert!(get(&fail_first::options().retry_exceptions_for(&["IoError"]).remote(dir.clone(), 1)).is_err());
     assert_eq!(attempts(&dir), 1);
 }
+
+/// Ray's `max_retries=-1`, typed: retried past the default 3.
+#[ferroray::remote(max_retries = "forever")]
+fn die_first_forever(dir: String, deaths: usize) -> usize {
+    die_first(dir, deaths)
+}
+
+#[test]
+fn retries_forever_outlast_the_default() {
+    let _c = cluster();
+    let d = scratch_dir("kill-forever");
+    let dir = d.to_string_lossy().to_string();
+    let r = die_first::options().max_retries(ferroray::Retries::Forever).remote(dir.clone(), 5);
+    assert_eq!(get(&r).unwrap(), 6, "five deaths, sixth attempt succeeds");
+    let d2 = scratch_dir("kill-forever-attr");
+    let dir2 = d2.to_string_lossy().to_string();
+    assert_eq!(get(&die_first_forever::remote(dir2, 4)).unwrap(), 5);
+}

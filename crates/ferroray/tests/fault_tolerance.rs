@@ -140,3 +140,33 @@ fn retries_forever_outlast_the_default() {
     let dir2 = d2.to_string_lossy().to_string();
     assert_eq!(get(&die_first_forever::remote(dir2, 4)).unwrap(), 5);
 }
+
+#[ferroray::remote(max_retries = 0)]
+fn abort_now() -> u32 {
+    std::process::abort()
+}
+
+#[ferroray::remote(max_retries = 0)]
+fn exit_with(code: i32) -> u32 {
+    std::process::exit(code)
+}
+
+fn crash_detail(err: Error) -> String {
+    match err {
+        Error::WorkerCrashed { detail, .. } => detail,
+        other => panic!("expected WorkerCrashed, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_crashed_workers_error_says_how_it_died() {
+    let _c = cluster();
+    let detail = crash_detail(get(&abort_now::remote()).unwrap_err());
+    assert!(detail.contains("killed by signal 6 (SIGABRT)"), "{detail}");
+    let detail = crash_detail(get(&exit_with::remote(3)).unwrap_err());
+    assert!(detail.contains("exited with code 3"), "{detail}");
+    let d = scratch_dir("kill-detail");
+    let dir = d.to_string_lossy().to_string();
+    let detail = crash_detail(get(&die_first::options().max_retries(0).remote(dir, 1)).unwrap_err());
+    assert!(detail.contains("killed by signal 9 (SIGKILL)"), "{detail}");
+}

@@ -170,7 +170,7 @@ fn parse_options(args: RemoteArgs) -> syn::Result<Options> {
             ),
             "generator_backpressure" => match v {
                 Expr::Lit(syn::ExprLit { lit: Lit::Int(i), .. }) => {
-                    if i.base10_parse::<u32>().ok().is_none_or(|n| n == 0) {
+                    if !matches!(i.base10_parse::<u32>(), Ok(n) if n > 0) {
                         return Err(syn::Error::new_spanned(
                             v,
                             "generator_backpressure must be at least 1 (leave it out for no limit)",

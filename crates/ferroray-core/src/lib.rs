@@ -29,7 +29,7 @@ pub mod registry;
 pub mod task;
 pub mod worker;
 
-pub use codec::Buffer;
+pub use codec::{Buffer, Pod, TypedBuffer};
 pub use context::is_cancelled;
 pub use ferroray_common::{Error, Result, RetryExceptions};
 pub use generator::{Cancellable, DynamicObjectRefGenerator, ObjectRefGenerator, WaitItem, WaitKey, Waitable};

@@ -29,7 +29,9 @@
 //! - [`ObjectRefGenerator`]: what a generator function's `remote()` gives:
 //!   its items' refs as they are yielded (an `Iterator` and a `Stream`);
 //!   [`DynamicObjectRefGenerator`]: the list a dynamic-returns task gives.
-//! - [`Buffer`]: bytes that read as a zero-copy view of shared memory.
+//! - [`Buffer`]: bytes that read as a zero-copy view of shared memory;
+//!   [`TypedBuffer<T>`](TypedBuffer): the same for an array of numbers
+//!   (`f32`, `u64`, ...), built from a `Vec<T>` and read as `&[T]`.
 //! - [`Error`]: every failure; a task's own `Err(e)` is [`Error::Task`], and
 //!   [`Error::downcast_task_error`] gives `e` back as itself when its type
 //!   is serializable. [`TaskEvent`] / [`TaskState`]: what [`tasks`] records.
@@ -41,7 +43,7 @@
 pub use ferroray_common::{Error, ObjectId, Result, RetryExceptions, TaskError, TaskId};
 pub use ferroray_core::{
     is_cancelled, Arg, Backpressure, Buffer, Cancellable, DynamicObjectRefGenerator, IntoArg, ObjectRef,
-    ObjectRefGenerator, Retries, TaskOptions, WaitItem, Waitable,
+    ObjectRefGenerator, Pod, Retries, TaskOptions, TypedBuffer, WaitItem, Waitable,
 };
 /// Makes a function remote; see below for everything it generates and every
 /// key it accepts.

@@ -711,7 +711,18 @@ impl CoreWorker {
         if id.is_put() {
             return Err(Error::InvalidOption(format!("object {id} was made by put, not by a task")));
         }
-        self.send(ToNode::Cancel { task_id: id.task, force, recursive })
+        self.send(ToNode::Cancel { task_id: id.task, force, recursive, force_after_ms: None })
+    }
+
+    /// A cooperative cancel that the node turns into a forced one for each
+    /// cancelled task (the task, and with `recursive` its descendants) still
+    /// running after `grace`.
+    pub fn cancel_with_grace(&self, id: ObjectId, recursive: bool, grace: Duration) -> Result<()> {
+        if id.is_put() {
+            return Err(Error::InvalidOption(format!("object {id} was made by put, not by a task")));
+        }
+        let force_after_ms = Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+        self.send(ToNode::Cancel { task_id: id.task, force: false, recursive, force_after_ms })
     }
 
     /// Every recorded task state change, oldest first.

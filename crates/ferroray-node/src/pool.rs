@@ -122,6 +122,7 @@ impl Spawner {
                     st.worker_exited(pid, status);
                 }
                 st.expire_crashes();
+                st.force_overdue_cancels();
             }
         }
         for c in &self.children {

@@ -284,6 +284,9 @@ pub struct State {
     /// (until the deadline) for how the process died: pid -> (deadline,
     /// [(task, the error's text without the status)]). See `disconnect`.
     crashed: FxHashMap<u32, (std::time::Instant, Vec<(TaskId, String)>)>,
+    /// Tasks cancelled with a grace period: force-cancel each that still
+    /// runs at its deadline (`force_overdue_cancels`).
+    force_at: Vec<(std::time::Instant, TaskId)>,
     /// How worker processes reaped before their connection's end was seen
     /// died (pid -> (status, when)), kept for `CRASH_STATUS_WAIT`.
     exits: FxHashMap<u32, (String, std::time::Instant)>,
@@ -368,6 +371,7 @@ impl State {
             idle_timeout: config.idle_worker_timeout,
             next_order: 0,
             crashed: FxHashMap::default(),
+            force_at: Vec::new(),
             exits: FxHashMap::default(),
         }
     }
@@ -510,9 +514,23 @@ impl State {
                     }
                 }
             }
-            ToNode::Cancel { task_id, force, recursive } => {
+            ToNode::Cancel { task_id, force, recursive, force_after_ms } => {
                 if self.may_cancel(conn, task_id) {
+                    // Those to force after the grace: found before the cancel
+                    // (a task it completes leaves the `children` table).
+                    let graced = match force_after_ms {
+                        Some(ms) if !force => self.cancel_targets(task_id, recursive).map(|t| (ms, t)),
+                        _ => None,
+                    };
                     self.cancel(task_id, force, recursive);
+                    if let Some((ms, targets)) = graced {
+                        let at = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+                        for t in targets {
+                            if self.tasks.get(&t).is_some_and(|task| task.worker.is_some()) {
+                                self.force_at.push((at, t));
+                            }
+                        }
+                    }
                     self.schedule();
                 }
             }
@@ -1671,6 +1689,39 @@ impl State {
                 }
             }
             None => self.complete_task(tid, Err(Error::TaskCancelled)),
+        }
+    }
+
+    /// The task and, with `recursive`, every descendant it has now (what a
+    /// `cancel` reaches), or `None` for an unknown task.
+    fn cancel_targets(&self, tid: TaskId, recursive: bool) -> Option<Vec<TaskId>> {
+        self.tasks.get(&tid)?;
+        let mut out = vec![tid];
+        let mut i = 0;
+        while recursive && i < out.len() {
+            out.extend(self.children.get(&out[i]).into_iter().flatten().copied());
+            i += 1;
+        }
+        Some(out)
+    }
+
+    /// Force-cancels the grace-period cancels whose deadline passed and
+    /// whose task still runs (called by the spawner's 200 ms loop, so a
+    /// grace ends up to 200 ms late). A task only queued on a worker was
+    /// already dropped there by the cooperative cancel; one that ended is
+    /// gone from `tasks`.
+    pub fn force_overdue_cancels(&mut self) {
+        if self.force_at.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let due: Vec<TaskId> = self.force_at.iter().filter(|(at, _)| *at <= now).map(|(_, t)| *t).collect();
+        self.force_at.retain(|(at, _)| *at > now);
+        for tid in due {
+            let Some(w) = self.tasks.get(&tid).and_then(|t| t.worker) else { continue };
+            if self.conns.get(&w).and_then(Conn::running) == Some(tid) {
+                self.doom(w);
+            }
         }
     }
 

@@ -147,9 +147,14 @@ pub fn cancel<C: Cancellable>(target: &C) -> Result<()> {
 /// [`cancel`], chosen by a [`CancelOptions`]: e.g.
 /// `cancel_with(&r, CancelOptions::default().force())` kills the worker
 /// running the task (it is replaced); `.recursive(false)` leaves the tasks
-/// it submitted alone.
+/// it submitted alone; `.grace(Duration::from_secs(5))` asks first and
+/// kills what still runs 5 s later. [`CancelOptions`] has what each form
+/// does to a task that never checks `is_cancelled()`.
 pub fn cancel_with<C: Cancellable>(target: &C, options: CancelOptions) -> Result<()> {
-    core()?.cancel(target.task_to_cancel()?, options.force, options.recursive)
+    match options.grace {
+        Some(grace) if !options.force => core()?.cancel_with_grace(target.task_to_cancel()?, options.recursive, grace),
+        _ => core()?.cancel(target.task_to_cancel()?, options.force, options.recursive),
+    }
 }
 
 /// Every recorded task state change, oldest first.

@@ -563,3 +563,19 @@ impl<E> ViaDisplay<E> for ErrorProbe<'_, E> {
 pub fn typed_ref<T>(inner: Arc<RefInner>) -> ObjectRef<T> {
     ObjectRef::from_inner(inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No cluster and nothing that can start one (no `ferroray` facade in
+    /// this test binary): `remote()` does not panic, its ref holds the error.
+    #[test]
+    fn submitting_without_a_cluster_gives_the_error_through_the_ref() {
+        assert!(!global::is_set());
+        let r: ObjectRef<i64> = TaskCall::new("f", TaskOptions::default()).submit_one();
+        assert_eq!(r.get(), Err(Error::NotInitialized));
+        let mut g = TaskCall::new("g", TaskOptions::default()).submit_streaming::<u64>();
+        assert_eq!(g.next().map(|r| r.get()), Some(Err(Error::NotInitialized)));
+    }
+}

@@ -523,8 +523,11 @@ impl State {
                         _ => None,
                     };
                     self.cancel(task_id, force, recursive);
-                    if let Some((ms, targets)) = graced {
-                        let at = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+                    // A grace too long to have a deadline: never forced.
+                    let graced = graced.and_then(|(ms, targets)| {
+                        Some((std::time::Instant::now().checked_add(std::time::Duration::from_millis(ms))?, targets))
+                    });
+                    if let Some((at, targets)) = graced {
                         for t in targets {
                             if self.tasks.get(&t).is_some_and(|task| task.worker.is_some()) {
                                 self.force_at.push((at, t));
@@ -1716,7 +1719,9 @@ impl State {
         }
         let now = std::time::Instant::now();
         let due: Vec<TaskId> = self.force_at.iter().filter(|(at, _)| *at <= now).map(|(_, t)| *t).collect();
-        self.force_at.retain(|(at, _)| *at > now);
+        // Tasks that ended are forgotten before their deadline.
+        let tasks = &self.tasks;
+        self.force_at.retain(|(at, t)| *at > now && tasks.contains_key(t));
         for tid in due {
             let Some(w) = self.tasks.get(&tid).and_then(|t| t.worker) else { continue };
             if self.conns.get(&w).and_then(Conn::running) == Some(tid) {

@@ -168,3 +168,16 @@ fn a_recursive_grace_period_reaches_a_child_that_never_checks() {
     assert!(eventually(T, || common::process_gone(child_pid)), "the child was killed after the grace");
     assert!(t.elapsed() >= GRACE, "the child was killed before its grace ended: {:?}", t.elapsed());
 }
+
+#[test]
+fn an_endless_grace_is_a_plain_cooperative_cancel() {
+    let _c = cluster_with(Config::default());
+    let d = scratch_dir("grace-endless");
+    let marker = d.join("m").to_string_lossy().to_string();
+    let r = until_cancelled::remote(marker.clone());
+    std::thread::sleep(Duration::from_millis(100));
+    ferroray::cancel_with(&r, ferroray::CancelOptions::default().grace(Duration::MAX)).unwrap();
+    assert_eq!(get(&r), Err(Error::TaskCancelled));
+    assert!(eventually(T, || Path::new(&marker).exists()));
+    assert_eq!(get(&sleep_ms::remote(1)).unwrap(), 1, "the node still serves");
+}

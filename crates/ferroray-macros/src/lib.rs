@@ -33,7 +33,7 @@ use syn::{Expr, FnArg, GenericArgument, ItemFn, Lit, PathArguments, ReturnType, 
 /// | --- | --- |
 /// | `f::remote(args..)` | submits the task with the attribute's options; returns at once |
 /// | `f::options()` | an `f::Options` builder starting from the attribute's options; finish with `.remote(args..)` |
-/// | `f::Options` | the builder: `num_cpus`, `num_gpus`, `resource`, `max_retries`, `retry_exceptions`, `retry_exceptions_for`, `retry_exceptions_of::<E>()`, `generator_backpressure`, `enable_task_events` (each documented on the generated page), and for generators `num_returns_dynamic()` giving an `f::DynamicOptions` |
+/// | `f::Options` | the builder: `num_cpus`, `num_gpus`, `resource`, `max_retries`, `retry_exceptions`, `retry_exceptions_for`, `retry_exceptions_of::<E>()`, `generator_backpressure`, `no_generator_backpressure`, `enable_task_events` (each documented on the generated page), and for generators `num_returns_dynamic()` giving an `f::DynamicOptions` |
 /// | `f::NAME` | the name workers find the function by: its module path and name |
 ///
 /// Other generated items are `#[doc(hidden)]` and named `__ferroray..`: a

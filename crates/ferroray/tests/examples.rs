@@ -229,6 +229,7 @@ fn tasks_cancel() {
         &[
             "Object reference was cancelled (cooperatively",
             "Object reference was cancelled (forced",
+            "Object reference was cancelled (grace 0.3 s",
             "Queued task was cancelled before it ran.",
             "all cancelled tasks gave TaskCancelled",
         ],

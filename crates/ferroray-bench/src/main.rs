@@ -448,7 +448,7 @@ fn run(args: &Args) -> Res<()> {
         }
         if wanted(ROW_GEN_ITEMS_BP1) {
             progress(ROW_GEN_ITEMS_BP1);
-            rows.push(bench_gen_items(plan.scaled(0.7), Some(1))?);
+            rows.push(bench_gen_items(plan.scaled(0.7), Some(ferroray::Backpressure::items::<1>()))?);
         }
         if wanted(ROW_GEN_FIRST) {
             progress(ROW_GEN_FIRST);
@@ -557,7 +557,7 @@ fn bench_tasks_async(plan: Plan) -> Res<Row> {
 }
 
 /// Items of one small-item generator per second, read as they come.
-fn bench_gen_items(plan: Plan, backpressure: Option<i64>) -> Res<Row> {
+fn bench_gen_items(plan: Plan, backpressure: Option<ferroray::Backpressure>) -> Res<Row> {
     let per_task: u64 = if backpressure.is_some() { 2_000 } else { 20_000 };
     let trials = measure(plan, || {
         let mut opts = small_items::options();

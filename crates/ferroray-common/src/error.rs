@@ -51,6 +51,11 @@ pub enum Error {
     /// A streaming generator's retry disagreed with what was already reported.
     #[error("generator replay mismatch: {0}")]
     ReplayMismatch(String),
+    /// No cluster in this process, and none could be started here. A
+    /// driver starts one on its first use of the API without `init`, so
+    /// this comes from uses that need an existing one (decoding a ref in a
+    /// process with no cluster) or from a process without the `ferroray`
+    /// facade linked.
     #[error("ferroray is not initialized: call ferroray::init() first")]
     NotInitialized,
     #[error("ferroray is already initialized in this process")]

@@ -378,3 +378,192 @@ impl<'de> Deserialize<'de> for Buffer {
         d.deserialize_bytes(V)
     }
 }
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A plain-old-data element type of a [`TypedBuffer`]: the primitive
+/// numbers whose every bit pattern is a valid value and whose alignment is
+/// at most 8 (`u8`..`u64`, `i8`..`i64`, `f32`, `f64`). Sealed: it cannot
+/// be implemented outside ferroray (reading arbitrary bytes as another type
+/// would not be sound).
+pub trait Pod: sealed::Sealed + Copy + Send + Sync + 'static {}
+
+macro_rules! pod {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl Pod for $t {}
+    )*};
+}
+pod!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
+
+/// A `Vec<T>` handed back as itself, as bytes (no copy).
+struct PodVec<T: Pod>(Vec<T>);
+
+impl<T: Pod> AsRef<[u8]> for PodVec<T> {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `T: Pod` has no padding and every byte of it is
+        // initialized; the slice covers exactly the vector's elements and
+        // lives as long as the borrow of `self`.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), std::mem::size_of_val(&self.0[..])) }
+    }
+}
+
+/// An immutable array of plain-old-data numbers (`f32`, `u64`, ...; see
+/// [`Pod`]): a [`Buffer`] that reads as `&[T]`. Built from a `Vec<T>`
+/// without copying (`TypedBuffer::from(vec![1.0f32; n])`); it serializes
+/// like a `Buffer` (a length, then the elements' bytes in native byte order,
+/// which workers share, being the same executable on the same machine), so
+/// a large one moves as one memory copy rather than element by element.
+///
+/// Read from a large object, it is a zero-copy view of the shared-memory
+/// store (`is_shared_memory()`), like a `Buffer`, when its bytes are
+/// aligned for `T` there. Every object starts on a 64-byte boundary of the
+/// store, and a serialized `TypedBuffer` is its 8-byte length then the
+/// elements: so a `TypedBuffer` that is the whole value (a task's return, a
+/// yielded item, a `put`), or that follows only fields whose encoded sizes
+/// add up to a multiple of 8, is read without a copy. Otherwise (say after
+/// a `u8` field) it is copied once into aligned memory on reading: never a
+/// misaligned `&[T]`.
+pub struct TypedBuffer<T: Pod> {
+    /// Invariant: aligned for `T`, and a whole number of `T`s long.
+    bytes: Bytes,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: Pod> TypedBuffer<T> {
+    /// The elements.
+    pub fn as_slice(&self) -> &[T] {
+        if self.bytes.is_empty() {
+            return &[];
+        }
+        // SAFETY: the invariant: `bytes` is aligned for `T` and a whole
+        // number of `T`s long; any bit pattern is a valid `T: Pod`; `bytes`
+        // is immutable and lives as long as the borrow of `self`.
+        unsafe {
+            std::slice::from_raw_parts(self.bytes.as_ptr().cast::<T>(), self.bytes.len() / std::mem::size_of::<T>())
+        }
+    }
+
+    /// Whether the elements live in the shared-memory store (not copied).
+    pub fn is_shared_memory(&self) -> bool {
+        !self.bytes.is_empty() && shm_view_contains(self.bytes.as_ptr())
+    }
+
+    /// The elements' bytes, as a [`Buffer`] (no copy).
+    pub fn into_buffer(self) -> Buffer {
+        Buffer(self.bytes)
+    }
+
+    /// `bytes` as elements: kept if aligned for `T`, else copied into
+    /// aligned memory; `None` if not a whole number of elements.
+    fn from_bytes(bytes: Bytes) -> Option<Self> {
+        let size = std::mem::size_of::<T>();
+        #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` is newer than the MSRV (1.80)
+        if bytes.len() % size != 0 {
+            return None;
+        }
+        if bytes.is_empty() || bytes.as_ptr().cast::<T>().is_aligned() {
+            return Some(TypedBuffer { bytes, _t: std::marker::PhantomData });
+        }
+        let n = bytes.len() / size;
+        let mut v: Vec<T> = Vec::with_capacity(n);
+        // SAFETY: `v` has room for `n` elements, that is `bytes.len()`
+        // bytes; the regions do not overlap; every bit pattern is a valid
+        // `T: Pod`, so all `n` elements are initialized after the copy.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len());
+            v.set_len(n);
+        }
+        Some(Self::from(v))
+    }
+}
+
+impl<T: Pod> From<Vec<T>> for TypedBuffer<T> {
+    fn from(v: Vec<T>) -> Self {
+        TypedBuffer { bytes: Bytes::from_owner(PodVec(v)), _t: std::marker::PhantomData }
+    }
+}
+
+impl<T: Pod> From<&[T]> for TypedBuffer<T> {
+    fn from(v: &[T]) -> Self {
+        Self::from(v.to_vec())
+    }
+}
+
+impl<T: Pod> Default for TypedBuffer<T> {
+    fn default() -> Self {
+        Self::from(Vec::new())
+    }
+}
+
+impl<T: Pod> Clone for TypedBuffer<T> {
+    fn clone(&self) -> Self {
+        TypedBuffer { bytes: self.bytes.clone(), _t: std::marker::PhantomData }
+    }
+}
+
+impl<T: Pod + PartialEq> PartialEq for TypedBuffer<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<T: Pod> std::ops::Deref for TypedBuffer<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.as_slice()
+    }
+}
+
+impl<T: Pod> AsRef<[T]> for TypedBuffer<T> {
+    fn as_ref(&self) -> &[T] {
+        self.as_slice()
+    }
+}
+
+impl<T: Pod> std::fmt::Debug for TypedBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TypedBuffer<{}>({} elements)", std::any::type_name::<T>(), self.len())
+    }
+}
+
+impl<T: Pod> Serialize for TypedBuffer<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.bytes)
+    }
+}
+
+impl<'de, T: Pod> Deserialize<'de> for TypedBuffer<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let Buffer(bytes) = Buffer::deserialize(d)?;
+        let len = bytes.len();
+        TypedBuffer::from_bytes(bytes).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{len} bytes are not a whole number of {} elements",
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod typed_buffer_tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_realigns_a_misaligned_payload() {
+        let t = TypedBuffer::from(vec![1.5f64, -2.0, 3.25]);
+        assert_eq!(t.as_slice(), &[1.5, -2.0, 3.25]);
+        // After one byte: the elements are misaligned in the encoding.
+        let enc = bincode::serialize(&(7u8, &t)).unwrap();
+        let (b, back): (u8, TypedBuffer<f64>) = bincode::deserialize(&enc).unwrap();
+        assert_eq!((b, back.as_slice()), (7, t.as_slice()));
+        assert!(back.as_ptr().is_aligned());
+        // Not a whole number of elements: an error, not a panic.
+        let odd = bincode::serialize(&Buffer::from(vec![0u8; 5])).unwrap();
+        assert!(bincode::deserialize::<TypedBuffer<u32>>(&odd).is_err());
+        assert!(TypedBuffer::<u64>::default().is_empty());
+    }
+}

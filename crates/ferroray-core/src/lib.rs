@@ -34,7 +34,7 @@ pub mod registry;
 pub mod task;
 pub mod worker;
 
-pub use codec::Buffer;
+pub use codec::{Buffer, Pod, TypedBuffer};
 pub use completion::AsCompleted;
 pub use context::is_cancelled;
 pub use ferroray_common::{Error, Result, RetryExceptions};
@@ -42,5 +42,5 @@ pub use generator::{
     Cancellable, DynamicObjectRefGenerator, NextItem, ObjectRefGenerator, WaitItem, WaitKey, Waitable,
 };
 pub use object_ref::{ObjectRef, ObjectRefFuture};
-pub use task::{Arg, IntoArg, TaskOptions};
+pub use task::{Arg, Backpressure, IntoArg, Retries, TaskOptions};
 pub use worker::CoreWorker;

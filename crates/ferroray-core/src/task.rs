@@ -7,7 +7,81 @@ use crate::{context, global};
 use ferroray_common::{resources, Error, ObjectId, ResourceSet, Result, RetryExceptions, TaskError};
 use ferroray_protocol::{FunctionDescriptor, Payload, ReturnKind, TaskArg, TaskSpec};
 use serde::{de::DeserializeOwned, Serialize};
+use std::num::NonZeroU32;
 use std::sync::Arc;
+
+/// How many times a task runs again after its worker dies (a system
+/// failure; with `retry_exceptions`, also after its own error): a count, or
+/// forever. Like Ray's `max_retries` (whose "forever" is `-1`).
+///
+/// A count converts from a `u32`, so `max_retries(3)` and
+/// `max_retries(Retries::Forever)` both work, and a negative count does
+/// not compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Retries {
+    /// At most this many more attempts (0: never retried).
+    Count(u32),
+    /// Retried every time.
+    Forever,
+}
+
+impl From<u32> for Retries {
+    fn from(n: u32) -> Self {
+        Retries::Count(n)
+    }
+}
+
+impl Retries {
+    /// The wire form: `u32::MAX` is forever, so a count stops one below.
+    pub fn to_wire(self) -> u32 {
+        match self {
+            Retries::Forever => u32::MAX,
+            Retries::Count(n) => n.min(u32::MAX - 1),
+        }
+    }
+}
+
+/// A streaming generator's backpressure limit: the task pauses while this
+/// many yielded items are unconsumed. Never 0 (a generator that may hold no
+/// item could never yield): built from a `NonZeroU32`, or with
+/// [`Backpressure::items`], which refuses 0 at compile time. Like Ray's
+/// `_generator_backpressure_num_objects`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Backpressure(NonZeroU32);
+
+impl Backpressure {
+    /// A limit of `N` items: `Backpressure::items::<4>()`; `N = 0` fails to
+    /// build (a constant evaluated when the call is compiled to code, so
+    /// `cargo build` reports it and `cargo check` does not).
+    pub const fn items<const N: u32>() -> Self {
+        Backpressure(
+            const {
+                match NonZeroU32::new(N) {
+                    Some(n) => n,
+                    None => panic!("generator backpressure must be at least 1 item"),
+                }
+            },
+        )
+    }
+
+    /// A limit known only at run time: `None` for 0.
+    pub const fn new(n: u32) -> Option<Self> {
+        match NonZeroU32::new(n) {
+            Some(n) => Some(Backpressure(n)),
+            None => None,
+        }
+    }
+
+    pub const fn get(self) -> u32 {
+        self.0.get()
+    }
+}
+
+impl From<NonZeroU32> for Backpressure {
+    fn from(n: NonZeroU32) -> Self {
+        Backpressure(n)
+    }
+}
 
 /// Per-call options, set by `#[remote(...)]` and overridden by `options()`.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,13 +89,13 @@ pub struct TaskOptions {
     pub num_cpus: f64,
     pub num_gpus: f64,
     pub resources: Vec<(String, f64)>,
-    /// Retries after a system failure; `-1` retries forever.
-    pub max_retries: i64,
+    /// Retries after a system failure.
+    pub max_retries: Retries,
     pub retry_exceptions: RetryExceptions,
     pub enable_task_events: bool,
-    /// Generators only: most generated-but-unconsumed items (`None` or a
-    /// negative number: no limit; 0 is invalid).
-    pub generator_backpressure: Option<i64>,
+    /// Streaming generators only: most generated-but-unconsumed items
+    /// (`None`: no limit).
+    pub generator_backpressure: Option<Backpressure>,
 }
 
 impl Default for TaskOptions {
@@ -30,7 +104,7 @@ impl Default for TaskOptions {
             num_cpus: 1.0,
             num_gpus: 0.0,
             resources: Vec::new(),
-            max_retries: 3,
+            max_retries: Retries::Count(3),
             retry_exceptions: RetryExceptions::None,
             enable_task_events: true,
             generator_backpressure: None,
@@ -56,24 +130,15 @@ impl TaskOptions {
         Ok(set)
     }
 
-    /// The backpressure limit of a streaming generator.
-    pub fn backpressure(&self) -> Result<Option<u32>> {
-        match self.generator_backpressure {
-            None => Ok(None),
-            Some(0) => Err(Error::InvalidOption(
-                "generator_backpressure must not be 0 (use a positive limit, or a negative one for none)".into(),
-            )),
-            Some(n) if n < 0 => Ok(None),
-            Some(n) => Ok(Some(n.min(u32::MAX as i64) as u32)),
-        }
+    /// The backpressure limit of a streaming generator, as sent (the node
+    /// still refuses a 0 that reaches it over the wire).
+    pub fn backpressure(&self) -> Option<u32> {
+        self.generator_backpressure.map(Backpressure::get)
     }
 
-    pub fn max_retries_u32(&self) -> Result<u32> {
-        match self.max_retries {
-            -1 => Ok(u32::MAX),
-            n if n < 0 => Err(Error::InvalidOption(format!("max_retries must be -1 or at least 0, got {n}"))),
-            n => Ok(n.min(u32::MAX as i64 - 1) as u32),
-        }
+    /// `max_retries` as sent: `u32::MAX` is forever.
+    pub fn max_retries_u32(&self) -> u32 {
+        self.max_retries.to_wire()
     }
 }
 
@@ -81,10 +146,13 @@ impl TaskOptions {
 /// `#[remote]` expansion (which wraps a `TaskOptions` in a field `opts`).
 ///
 /// Amounts (`num_cpus`, `num_gpus`, a resource's amount) take any
-/// `impl Into<f64>`, so `num_cpus(2)` and `num_cpus(0.5)` both work; counts
-/// (`max_retries`, `generator_backpressure`) take an `i64`. Invalid values
-/// (a negative amount, backpressure 0) are reported by `.remote(..)`: the
-/// returned ref's `get` fails with `Error::InvalidOption`.
+/// `impl Into<f64>`, so `num_cpus(2)` and `num_cpus(0.5)` both work;
+/// `max_retries` takes an `impl Into<Retries>` (`3` or `Retries::Forever`)
+/// and `generator_backpressure` an `impl Into<Backpressure>` (a
+/// `NonZeroU32`, or `Backpressure::items::<4>()`), so neither can be given
+/// a value without meaning. An invalid amount (negative, not finite) is
+/// reported by `.remote(..)`: the returned ref's `get` fails with
+/// `Error::InvalidOption`.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! __task_options_methods {
@@ -109,9 +177,10 @@ macro_rules! __task_options_methods {
             self
         }
         /// Times the task is run again after its worker dies: default 3;
-        /// 0 never; -1 forever (below -1 is an error). Like Ray's `max_retries`.
-        pub fn max_retries(mut self, n: i64) -> Self {
-            self.opts.max_retries = n;
+        /// `max_retries(0)` never, `max_retries(Retries::Forever)` always.
+        /// Like Ray's `max_retries` (where forever is `-1`).
+        pub fn max_retries(mut self, n: impl ::core::convert::Into<$crate::task::Retries>) -> Self {
+            self.opts.max_retries = ::core::convert::Into::into(n);
             self
         }
         /// Also retry (up to `max_retries`) when the task returns `Err` or
@@ -143,11 +212,18 @@ macro_rules! __task_options_methods {
             self.opts.retry_exceptions.add_type::<E>();
             self
         }
-        /// Generators: pause the task while this many yielded items are
-        /// unconsumed: default no limit; a negative number: no limit; 0 is
-        /// an error. Like Ray's `_generator_backpressure_num_objects`.
-        pub fn generator_backpressure(mut self, n: i64) -> Self {
-            self.opts.generator_backpressure = ::core::option::Option::Some(n);
+        /// Streaming generators: pause the task while this many yielded
+        /// items are unconsumed: default no limit. Takes a `NonZeroU32` or
+        /// a `Backpressure` (`Backpressure::items::<4>()`), so 0 cannot be
+        /// given. Like Ray's `_generator_backpressure_num_objects`.
+        pub fn generator_backpressure(mut self, n: impl ::core::convert::Into<$crate::task::Backpressure>) -> Self {
+            self.opts.generator_backpressure = ::core::option::Option::Some(::core::convert::Into::into(n));
+            self
+        }
+        /// Streaming generators: no backpressure limit (the default; undoes
+        /// an attribute's or an earlier call's `generator_backpressure`).
+        pub fn no_generator_backpressure(mut self) -> Self {
+            self.opts.generator_backpressure = ::core::option::Option::None;
             self
         }
         /// Record this task's state changes for `ferroray::tasks()`:
@@ -219,7 +295,7 @@ impl TaskCall {
             keep: Vec::new(),
             inline_bytes: 0,
             error: None,
-            core: global::core(),
+            core: global::core_or_init(),
         }
     }
 
@@ -266,28 +342,31 @@ impl TaskCall {
     /// Submits the task; one handle per return object. An invalid call still
     /// gives handles: their `get` returns the error.
     pub fn submit(mut self, returns: ReturnKind) -> Vec<Arc<RefInner>> {
+        // No cluster, and none could be started (see `global::core_or_init`):
+        // the refs hand out why, from a core worker connected to nothing.
         let core = match self.core {
             Ok(c) => c,
-            Err(e) => panic!("cannot submit task {}: {e}", self.name),
+            Err(e) => {
+                let core = CoreWorker::detached(&e.to_string())
+                    .unwrap_or_else(|| panic!("cannot submit task {}: {e}", self.name));
+                self.error = Some(e);
+                core
+            }
         };
         let task_id = core.next_task_id();
         let returns = match (returns, self.opts.backpressure()) {
-            (ReturnKind::Streaming { .. }, Ok(backpressure)) => ReturnKind::Streaming { backpressure },
-            (_, Err(e)) => {
-                self.error.get_or_insert(e);
-                returns
-            }
-            (_, Ok(Some(_))) => {
+            (ReturnKind::Streaming { .. }, backpressure) => ReturnKind::Streaming { backpressure },
+            (_, Some(_)) => {
                 self.error.get_or_insert(Error::InvalidOption(
                     "generator_backpressure applies only to streaming generators, not to fixed or dynamic returns"
                         .into(),
                 ));
                 returns
             }
-            (_, Ok(None)) => returns,
+            (_, None) => returns,
         };
         let checked =
-            self.error.map_or(Ok(()), Err).and_then(|_| Ok((self.opts.resource_set()?, self.opts.max_retries_u32()?)));
+            self.error.map_or(Ok(()), Err).and_then(|_| Ok((self.opts.resource_set()?, self.opts.max_retries_u32())));
         let spec = checked.map(|(resources, max_retries)| TaskSpec {
             task_id,
             function: FunctionDescriptor::Rust { name: self.name.to_string() },
@@ -477,4 +556,20 @@ impl<E> ViaDisplay<E> for ErrorProbe<'_, E> {
 /// A typed ref from a handle (used by `#[remote]` expansions with `num_returns`).
 pub fn typed_ref<T>(inner: Arc<RefInner>) -> ObjectRef<T> {
     ObjectRef::from_inner(inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No cluster and nothing that can start one (no `ferroray` facade in
+    /// this test binary): `remote()` does not panic, its ref holds the error.
+    #[test]
+    fn submitting_without_a_cluster_gives_the_error_through_the_ref() {
+        assert!(!global::is_set());
+        let r: ObjectRef<i64> = TaskCall::new("f", TaskOptions::default()).submit_one();
+        assert_eq!(r.get(), Err(Error::NotInitialized));
+        let mut g = TaskCall::new("g", TaskOptions::default()).submit_streaming::<u64>();
+        assert_eq!(g.next().map(|r| r.get()), Some(Err(Error::NotInitialized)));
+    }
 }

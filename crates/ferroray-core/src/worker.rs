@@ -197,6 +197,20 @@ impl CoreWorker {
         *self.link.write() = Some(link);
     }
 
+    /// A core worker connected to nothing, whose calls fail with
+    /// `Disconnected(reason)`: what a `remote()` call submits to when there
+    /// is no cluster and none could be started, so that its refs hand out
+    /// the error instead of the call panicking. `None` if even its
+    /// one-page arena cannot be made.
+    pub fn detached(reason: &str) -> Option<Arc<Self>> {
+        let arena = Arc::new(Arena::create(4096).ok()?);
+        let info =
+            NodeInfo { node_id: ferroray_common::NodeId::random(), inline_threshold: u64::MAX, store_capacity: 0 };
+        let core = Arc::new(CoreWorker::new(WorkerId::random(), info, arena, None, None));
+        core.mark_disconnected(reason);
+        Some(core)
+    }
+
     pub fn worker_id(&self) -> WorkerId {
         self.worker_id
     }
@@ -708,7 +722,18 @@ impl CoreWorker {
         if id.is_put() {
             return Err(Error::InvalidOption(format!("object {id} was made by put, not by a task")));
         }
-        self.send(ToNode::Cancel { task_id: id.task, force, recursive })
+        self.send(ToNode::Cancel { task_id: id.task, force, recursive, force_after_ms: None })
+    }
+
+    /// A cooperative cancel that the node turns into a forced one for each
+    /// cancelled task (the task, and with `recursive` its descendants) still
+    /// running after `grace`.
+    pub fn cancel_with_grace(&self, id: ObjectId, recursive: bool, grace: Duration) -> Result<()> {
+        if id.is_put() {
+            return Err(Error::InvalidOption(format!("object {id} was made by put, not by a task")));
+        }
+        let force_after_ms = Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+        self.send(ToNode::Cancel { task_id: id.task, force: false, recursive, force_after_ms })
     }
 
     /// Every recorded task state change, oldest first.

@@ -33,7 +33,7 @@ use syn::{Expr, FnArg, GenericArgument, ItemFn, Lit, PathArguments, ReturnType, 
 /// | --- | --- |
 /// | `f::remote(args..)` | submits the task with the attribute's options; returns at once |
 /// | `f::options()` | an `f::Options` builder starting from the attribute's options; finish with `.remote(args..)` |
-/// | `f::Options` | the builder: `num_cpus`, `num_gpus`, `resource`, `max_retries`, `retry_exceptions`, `retry_exceptions_for`, `retry_exceptions_of::<E>()`, `generator_backpressure`, `enable_task_events` (each documented on the generated page), and for generators `num_returns_dynamic()` giving an `f::DynamicOptions` |
+/// | `f::Options` | the builder: `num_cpus`, `num_gpus`, `resource`, `max_retries`, `retry_exceptions`, `retry_exceptions_for`, `retry_exceptions_of::<E>()`, `generator_backpressure`, `no_generator_backpressure`, `enable_task_events` (each documented on the generated page), and for generators `num_returns_dynamic()` giving an `f::DynamicOptions` |
 /// | `f::NAME` | the name workers find the function by: its module path and name |
 ///
 /// Other generated items are `#[doc(hidden)]` and named `__ferroray..`: a
@@ -77,15 +77,14 @@ use syn::{Expr, FnArg, GenericArgument, ItemFn, Lit, PathArguments, ReturnType, 
 /// | `num_cpus` | any number (`1`, `0.5`) | CPUs the task holds while it runs | 1 |
 /// | `num_gpus` | any number | GPUs the task holds while it runs | 0 |
 /// | `resources` | iterable of `(name, amount)`, e.g. `[("disk", 1)]` | custom resources (declared by `Config::resource`) the task holds | none |
-/// | `max_retries` | integer | runs again after its worker dies; 0 never, -1 forever | 3 |
+/// | `max_retries` | a count (`u32`), or `"forever"` (Ray's `-1`, which is refused here) | runs again after its worker dies; 0 never | 3 |
 /// | `retry_exceptions` | `bool` | also retry when the task returns `Err` or panics | `false` |
 /// | `enable_task_events` | `bool` | record the task's state changes for `ferroray::tasks()` | `true` |
-/// | `generator_backpressure` | integer | generators: pause while this many items are unconsumed; negative: no limit; 0 is an error | no limit |
+/// | `generator_backpressure` | integer literal ≥ 1, or an `impl Into<Backpressure>` (`NonZeroU32`) | streaming generators: pause while this many items are unconsumed (0 or a negative literal does not compile) | no limit |
 /// | `num_returns` | integer literal ≥ 1, or `"dynamic"` | the number of return objects (see above) | 1 |
 ///
-/// Invalid values (a negative amount, backpressure 0, `max_retries` below
-/// -1) are reported when the task is submitted: the ref's `get` fails with
-/// `Error::InvalidOption`.
+/// An invalid amount (negative, not finite) is reported when the task is
+/// submitted: the ref's `get` fails with `Error::InvalidOption`.
 ///
 /// # Compile errors
 ///
@@ -136,7 +135,23 @@ fn parse_options(args: RemoteArgs) -> syn::Result<Options> {
         let setter = match key.as_str() {
             "num_cpus" => quote_spanned!(span=> __ferroray_opts.num_cpus = (#v) as f64;),
             "num_gpus" => quote_spanned!(span=> __ferroray_opts.num_gpus = (#v) as f64;),
-            "max_retries" => quote_spanned!(span=> __ferroray_opts.max_retries = (#v) as i64;),
+            "max_retries" => match v {
+                Expr::Lit(syn::ExprLit { lit: Lit::Str(s), .. }) if s.value() == "forever" => quote_spanned!(span=>
+                    __ferroray_opts.max_retries = ::ferroray::Retries::Forever;
+                ),
+                // Ray's -1 (however it parses: a negative literal or a negation).
+                _ if matches!(v, Expr::Lit(syn::ExprLit { lit: Lit::Str(_), .. }))
+                    || quote!(#v).to_string().starts_with('-') =>
+                {
+                    return Err(syn::Error::new_spanned(
+                        v,
+                        "max_retries must be a count (`max_retries = 3`) or \"forever\" (Ray's -1)",
+                    ))
+                }
+                _ => quote_spanned!(span=>
+                    __ferroray_opts.max_retries = ::core::convert::Into::<::ferroray::Retries>::into(#v);
+                ),
+            },
             "enable_task_events" => quote_spanned!(span=> __ferroray_opts.enable_task_events = #v;),
             "retry_exceptions" => quote_spanned!(span=>
                 __ferroray_opts.retry_exceptions = if #v {
@@ -153,9 +168,31 @@ fn parse_options(args: RemoteArgs) -> syn::Result<Options> {
                     ));
                 }
             ),
-            "generator_backpressure" => quote_spanned!(span=>
-                __ferroray_opts.generator_backpressure = ::core::option::Option::Some((#v) as i64);
-            ),
+            "generator_backpressure" => match v {
+                Expr::Lit(syn::ExprLit { lit: Lit::Int(i), .. }) => {
+                    if !matches!(i.base10_parse::<u32>(), Ok(n) if n > 0) {
+                        return Err(syn::Error::new_spanned(
+                            v,
+                            "generator_backpressure must be at least 1 (leave it out for no limit)",
+                        ));
+                    }
+                    quote_spanned!(span=>
+                        __ferroray_opts.generator_backpressure =
+                            ::core::option::Option::Some(::ferroray::Backpressure::items::<#i>());
+                    )
+                }
+                _ if quote!(#v).to_string().starts_with('-') => {
+                    return Err(syn::Error::new_spanned(
+                        v,
+                        "generator_backpressure must be at least 1 (leave it out for no limit)",
+                    ))
+                }
+                _ => quote_spanned!(span=>
+                    __ferroray_opts.generator_backpressure = ::core::option::Option::Some(
+                        ::core::convert::Into::<::ferroray::Backpressure>::into(#v)
+                    );
+                ),
+            },
             "num_returns" => {
                 let n = match v {
                     Expr::Lit(syn::ExprLit { lit: Lit::Int(i), .. }) => i.base10_parse::<usize>()?,

@@ -101,18 +101,18 @@ impl Spawner {
             let mut exited = Vec::new();
             self.children.retain_mut(|c| match c.try_wait() {
                 Ok(Some(status)) => {
-                    exited.push((c.id(), status.to_string()));
+                    exited.push((c.id(), describe_exit(status)));
                     false
                 }
                 _ => true,
             });
-            if !exited.is_empty() {
-                if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
-                    let mut st = shared.lock();
-                    for (pid, status) in exited {
-                        st.worker_exited(pid, status);
-                    }
+            if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
+                let mut st = shared.lock();
+                for (pid, status) in exited {
+                    st.worker_exited(pid, status);
                 }
+                st.expire_crashes();
+                st.force_overdue_cancels();
             }
         }
         for c in &self.children {
@@ -187,6 +187,38 @@ impl Spawner {
 }
 
 /// SIGKILLs a child that has not been reaped, so its pid is still its own.
+/// How a process ended, in words: "exited with code 3", "was killed by
+/// signal 9 (SIGKILL)".
+pub fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exited with code {code}");
+    }
+    match status.signal() {
+        Some(sig) => {
+            let name = match sig {
+                libc::SIGKILL => " (SIGKILL)",
+                libc::SIGABRT => " (SIGABRT)",
+                libc::SIGSEGV => " (SIGSEGV)",
+                libc::SIGBUS => " (SIGBUS)",
+                libc::SIGTERM => " (SIGTERM)",
+                libc::SIGINT => " (SIGINT)",
+                libc::SIGILL => " (SIGILL)",
+                libc::SIGFPE => " (SIGFPE)",
+                libc::SIGPIPE => " (SIGPIPE)",
+                libc::SIGHUP => " (SIGHUP)",
+                libc::SIGQUIT => " (SIGQUIT)",
+                libc::SIGTRAP => " (SIGTRAP)",
+                libc::SIGSYS => " (SIGSYS)",
+                _ => "",
+            };
+            let core = if status.core_dumped() { ", core dumped" } else { "" };
+            format!("was killed by signal {sig}{name}{core}")
+        }
+        None => format!("ended ({status})"),
+    }
+}
+
 fn kill(child: &Child) {
     let Ok(pid) = libc::pid_t::try_from(child.id()) else { return };
     if pid <= 0 {

@@ -32,6 +32,7 @@ impl Inbox for Recorder {
 
 struct Peer {
     conn: ConnId,
+    pid: u32,
     worker_id: WorkerId,
     outbox: Arc<LocalOutbox>,
     inbox: Arc<Recorder>,
@@ -95,7 +96,7 @@ impl Harness {
             token: self.token.clone(),
         };
         self.st.handle(conn, hello);
-        let p = Peer { conn, worker_id, outbox, inbox };
+        let p = Peer { conn, pid: 1, worker_id, outbox, inbox };
         assert!(matches!(p.take().as_slice(), [FromNode::Welcome(_)]));
         p
     }
@@ -110,7 +111,7 @@ impl Harness {
         let hello =
             ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid, role: Role::Worker, token: self.token.clone() };
         self.st.handle(conn, hello);
-        let p = Peer { conn, worker_id, outbox, inbox };
+        let p = Peer { conn, pid, worker_id, outbox, inbox };
         // The welcome first; whatever the node sent right after (a task for
         // the new worker) stays for the test to read.
         let mut msgs = p.take();
@@ -262,7 +263,7 @@ fn a_queued_task_is_cancelled_without_a_worker() {
     let (tid, rid) = (s.task_id, ObjectId::for_return(s.task_id, 0));
     h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
     h.st.handle(d.conn, ToNode::Subscribe(vec![rid]));
-    h.st.handle(d.conn, ToNode::Cancel { task_id: tid, force: false, recursive: true });
+    h.st.handle(d.conn, ToNode::Cancel { task_id: tid, force: false, recursive: true, force_after_ms: None });
     assert_eq!(ready(&d.take(), rid), Some(&ObjectValue::Error(Error::TaskCancelled)));
 }
 
@@ -281,8 +282,13 @@ fn a_dead_workers_task_is_retried_then_fails_when_retries_run_out() {
     let again = w2.take();
     assert!(matches!(again.as_slice(), [FromNode::Execute(s)] if s.task_id == tid && s.attempt == 1), "{again:?}");
     h.st.disconnect(w2.conn, "killed again");
+    // The final error waits for how the process died (the spawner reaps it).
+    assert!(ready(&d.take(), rid).is_none());
+    h.st.worker_exited(w2.pid, "was killed by signal 9 (SIGKILL)".into());
     match ready(&d.take(), rid) {
-        Some(ObjectValue::Error(Error::WorkerCrashed { .. })) => {}
+        Some(ObjectValue::Error(Error::WorkerCrashed { detail, .. })) => {
+            assert!(detail.contains("SIGKILL"), "{detail}")
+        }
         other => panic!("expected WorkerCrashed once the retry is spent, got {other:?}"),
     }
 }

@@ -229,6 +229,9 @@ pub enum ToNode {
         task_id: TaskId,
         force: bool,
         recursive: bool,
+        /// Not forced: force it (and, if recursive, its descendants) if it
+        /// still runs this many milliseconds later (a grace period).
+        force_after_ms: Option<u64>,
     },
     /// The sender's running task waits in `get`: lend its CPU back.
     Blocked,

@@ -102,7 +102,12 @@ fn corpus() -> Vec<Vec<u8>> {
         },
         ToNode::Allocate { req: 1, size: 4096 },
         ToNode::Deallocate { offset: 64 },
-        ToNode::Cancel { task_id: TaskId { submitter: WorkerId(3), seq: 9 }, force: true, recursive: false },
+        ToNode::Cancel {
+            task_id: TaskId { submitter: WorkerId(3), seq: 9 },
+            force: true,
+            recursive: false,
+            force_after_ms: Some(500),
+        },
         ToNode::Blocked,
         ToNode::Revoked { task_ids: vec![TaskId { submitter: WorkerId(3), seq: 9 }] },
         ToNode::ListTasks { req: 3 },

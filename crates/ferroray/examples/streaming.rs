@@ -70,7 +70,7 @@ fn main() -> ferroray::Result<()> {
     });
 
     println!("\n-- backpressure 2: the producer stays at most 2 items ahead");
-    let mut g = producer::options().generator_backpressure(2).remote(6);
+    let mut g = producer::options().generator_backpressure(ferroray::Backpressure::items::<2>()).remote(6);
     std::thread::sleep(Duration::from_millis(300));
     println!("(consumer sleeps 300 ms before reading: only 2 were produced)");
     for r in g.by_ref() {

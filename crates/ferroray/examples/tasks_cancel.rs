@@ -5,6 +5,8 @@
 //!   (cooperative cancellation; Rust cannot interrupt a thread).
 //! - A task that never checks is stopped with `force = true`: its worker
 //!   process is killed (and replaced).
+//! - Beyond Ray, a grace period: asked first, killed only if it still runs
+//!   after the grace (`CancelOptions::default().grace(..)`).
 //! - A task still waiting for resources is simply dropped.
 //!
 //! Scaled down: the document's "sleep 10e6 s" becomes a loop that stops when
@@ -72,10 +74,23 @@ fn run() -> ferroray::Result<()> {
     let obj_ref = uninterruptible_operation::remote();
     wait_until_running(&obj_ref)?;
     let start = Instant::now();
-    ferroray::cancel_with(&obj_ref, true /* force */, true /* recursive */)?;
+    ferroray::cancel_with(&obj_ref, ferroray::CancelOptions::default().force())?;
     match obj_ref.get() {
         Err(Error::TaskCancelled) => {
             println!("Object reference was cancelled (forced, in {:.2} s).", start.elapsed().as_secs_f64())
+        }
+        other => panic!("expected TaskCancelled, got {other:?}"),
+    }
+
+    // A grace period: asked first, killed once the grace is over (a task
+    // that checks `is_cancelled()` would have ended before it).
+    let obj_ref = uninterruptible_operation::remote();
+    wait_until_running(&obj_ref)?;
+    let start = Instant::now();
+    ferroray::cancel_with(&obj_ref, ferroray::CancelOptions::default().grace(Duration::from_millis(300)))?;
+    match obj_ref.get() {
+        Err(Error::TaskCancelled) => {
+            println!("Object reference was cancelled (grace 0.3 s, killed in {:.2} s).", start.elapsed().as_secs_f64())
         }
         other => panic!("expected TaskCancelled, got {other:?}"),
     }

@@ -20,6 +20,9 @@
 //! - [`remote`]: the attribute that makes a function remote.
 //! - [`init`] / [`init_with`] / [`shutdown`]: start and stop the embedded
 //!   cluster (a node daemon in this process, worker processes beside it).
+//!   As in Ray, `init` is optional: the first `remote()`, `put`, `wait`,
+//!   ... without it starts the cluster with `Config::default()` (an `init`
+//!   after that fails with `AlreadyInitialized`).
 //! - [`get`], [`get_all`], [`get_all_timeout`], [`put`], [`wait`] (and
 //!   [`wait_indices`]), [`cancel`], [`tasks`]: the free functions of Ray's
 //!   API; [`ObjectRef`] has `get` and `get_timeout`, and can be awaited
@@ -30,7 +33,9 @@
 //!   blocks, `gen.next_async().await` does not; a failure comes as an error
 //!   ref, never as a silent end;
 //!   [`DynamicObjectRefGenerator`]: the list a dynamic-returns task gives.
-//! - [`Buffer`]: bytes that read as a zero-copy view of shared memory.
+//! - [`Buffer`]: bytes that read as a zero-copy view of shared memory;
+//!   [`TypedBuffer<T>`](TypedBuffer): the same for an array of numbers
+//!   (`f32`, `u64`, ...), built from a `Vec<T>` and read as `&[T]`.
 //! - [`Error`]: every failure; a task's own `Err(e)` is [`Error::Task`], and
 //!   [`Error::downcast_task_error`] gives `e` back as itself when its type
 //!   is serializable. [`TaskEvent`] / [`TaskState`]: what [`tasks`] records.
@@ -44,8 +49,9 @@
 
 pub use ferroray_common::{Error, ObjectId, Result, RetryExceptions, TaskError, TaskId};
 pub use ferroray_core::{
-    is_cancelled, Arg, AsCompleted, Buffer, Cancellable, DynamicObjectRefGenerator, IntoArg, NextItem, ObjectRef,
-    ObjectRefFuture, ObjectRefGenerator, TaskOptions, WaitItem, WaitKey, Waitable,
+    is_cancelled, Arg, AsCompleted, Backpressure, Buffer, Cancellable, DynamicObjectRefGenerator, IntoArg, NextItem,
+    ObjectRef, ObjectRefFuture, ObjectRefGenerator, Pod, Retries, TaskOptions, TypedBuffer, WaitItem, WaitKey,
+    Waitable,
 };
 /// Makes a function remote; see below for everything it generates and every
 /// key it accepts.
@@ -113,7 +119,7 @@ pub use ferroray_core::{
 ///     assert_eq!(s.get()?, 13);
 ///     let (text, len) = split::remote("abc".to_string());
 ///     assert_eq!((text.get()?, len.get()?), ("abc".to_string(), 3));
-///     for item in count::options().generator_backpressure(2).remote(3) {
+///     for item in count::options().generator_backpressure(ferroray::Backpressure::items::<2>()).remote(3) {
 ///         println!("{}", item.get()?);
 ///     }
 ///     let all = count::options().num_returns_dynamic().remote(3).get()?;
@@ -124,11 +130,13 @@ pub use ferroray_core::{
 /// ```
 pub use ferroray_macros::remote;
 
+mod cancel;
 mod config;
 mod events;
 pub mod logging;
 mod runtime;
 
+pub use cancel::CancelOptions;
 pub use config::Config;
 pub use events::{TaskEvent, TaskState};
 pub use runtime::{
@@ -179,6 +187,9 @@ fn ferroray_worker_entry() {
         logging::install_default();
         ferroray_core::worker::worker_main();
     }
+    // A driver: its first use of the API without `init` starts the
+    // embedded cluster with default settings.
+    ferroray_core::global::set_auto_init(runtime::auto_init);
 }
 
 #[doc(hidden)]

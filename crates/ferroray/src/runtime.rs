@@ -1,6 +1,6 @@
 //! The embedded runtime and the free functions.
 
-use crate::{Config, TaskEvent};
+use crate::{CancelOptions, Config, TaskEvent};
 use ferroray_common::{resources, Error, ObjectId, Result};
 use ferroray_core::{global, worker, AsCompleted, Cancellable, CoreWorker, ObjectRef, Waitable};
 use ferroray_node::{Node, NodeConfig, WorkerCommand};
@@ -16,7 +16,10 @@ struct Runtime {
 
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 
-/// Starts the embedded cluster with default settings.
+/// Starts the embedded cluster with default settings. Optional, as in Ray:
+/// without it, the first use of the API (`remote()`, `put`, `wait`, ...)
+/// starts the cluster with `Config::default()`; call `init_with` first for
+/// other settings.
 pub fn init() -> Result<()> {
     init_with(Config::default())
 }
@@ -91,8 +94,15 @@ pub fn shutdown() {
     }
 }
 
+/// The current core worker; in a driver with no cluster yet, starts one
+/// with `Config::default()` first (like Ray's first call without `init`).
 fn core() -> Result<Arc<CoreWorker>> {
-    global::core()
+    global::core_or_init()
+}
+
+/// What `global::core_or_init` starts in a driver used before `init`.
+pub(crate) fn auto_init() -> Result<()> {
+    init()
 }
 
 /// Blocks until the object is ready and returns its value.
@@ -198,13 +208,20 @@ pub fn as_completed<W: Waitable>(items: impl IntoIterator<Item = W>) -> Result<A
 /// A ref then gives `Error::TaskCancelled`; a generator hands out one ref
 /// holding that error after the items it already made, then ends.
 pub fn cancel<C: Cancellable>(target: &C) -> Result<()> {
-    cancel_with(target, false, true)
+    cancel_with(target, CancelOptions::default())
 }
 
-/// [`cancel`] with Ray's flags: `force` kills the worker running the task
-/// (it is replaced); `recursive` also cancels the tasks it submitted.
-pub fn cancel_with<C: Cancellable>(target: &C, force: bool, recursive: bool) -> Result<()> {
-    core()?.cancel(target.task_to_cancel()?, force, recursive)
+/// [`cancel`], chosen by a [`CancelOptions`]: e.g.
+/// `cancel_with(&r, CancelOptions::default().force())` kills the worker
+/// running the task (it is replaced); `.recursive(false)` leaves the tasks
+/// it submitted alone; `.grace(Duration::from_secs(5))` asks first and
+/// kills what still runs 5 s later. [`CancelOptions`] has what each form
+/// does to a task that never checks `is_cancelled()`.
+pub fn cancel_with<C: Cancellable>(target: &C, options: CancelOptions) -> Result<()> {
+    match options.grace {
+        Some(grace) if !options.force => core()?.cancel_with_grace(target.task_to_cancel()?, options.recursive, grace),
+        _ => core()?.cancel(target.task_to_cancel()?, options.force, options.recursive),
+    }
 }
 
 /// Every recorded task state change, oldest first.

@@ -80,7 +80,6 @@ fn invalid_options_are_rejected_at_submission() {
         ("num_cpus", add::options().num_cpus(f64::NAN).remote(1, 2)),
         ("num_gpus", add::options().num_gpus(-2.0).remote(1, 2)),
         ("disk", add::options().resource("disk", -1.0).remote(1, 2)),
-        ("max_retries", add::options().max_retries(-5).remote(1, 2)),
         // Over the node's message limits: refused here, not by the node.
         ("resource name", add::options().resource(&"r".repeat(300), 1.0).remote(1, 2)),
         ("CPU", add::options().num_cpus(1e13).remote(1, 2)),

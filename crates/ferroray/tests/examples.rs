@@ -229,6 +229,7 @@ fn tasks_cancel() {
         &[
             "Object reference was cancelled (cooperatively",
             "Object reference was cancelled (forced",
+            "Object reference was cancelled (grace 0.3 s",
             "Queued task was cancelled before it ran.",
             "all cancelled tasks gave TaskCancelled",
         ],
@@ -345,7 +346,7 @@ fn gen_backpressure() {
             "consumed 5",
             "each item was started only after the consumer asked for the one before",
             "all 6 items were produced before the consumer took the first one",
-            "generator_backpressure(0): InvalidOption",
+            "Backpressure::new(0): None",
         ],
     );
     // The producer's lines come from the worker (forwarded by the node).

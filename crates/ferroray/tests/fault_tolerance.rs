@@ -122,3 +122,51 @@ fn application_errors_are_retried_only_with_retry_exceptions() {
     assert!(get(&fail_first::options().retry_exceptions_for(&["IoError"]).remote(dir.clone(), 1)).is_err());
     assert_eq!(attempts(&dir), 1);
 }
+
+/// Ray's `max_retries=-1`, typed: retried past the default 3.
+#[ferroray::remote(max_retries = "forever")]
+fn die_first_forever(dir: String, deaths: usize) -> usize {
+    die_first(dir, deaths)
+}
+
+#[test]
+fn retries_forever_outlast_the_default() {
+    let _c = cluster();
+    let d = scratch_dir("kill-forever");
+    let dir = d.to_string_lossy().to_string();
+    let r = die_first::options().max_retries(ferroray::Retries::Forever).remote(dir.clone(), 5);
+    assert_eq!(get(&r).unwrap(), 6, "five deaths, sixth attempt succeeds");
+    let d2 = scratch_dir("kill-forever-attr");
+    let dir2 = d2.to_string_lossy().to_string();
+    assert_eq!(get(&die_first_forever::remote(dir2, 4)).unwrap(), 5);
+}
+
+#[ferroray::remote(max_retries = 0)]
+fn abort_now() -> u32 {
+    std::process::abort()
+}
+
+#[ferroray::remote(max_retries = 0)]
+fn exit_with(code: i32) -> u32 {
+    std::process::exit(code)
+}
+
+fn crash_detail(err: Error) -> String {
+    match err {
+        Error::WorkerCrashed { detail, .. } => detail,
+        other => panic!("expected WorkerCrashed, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_crashed_workers_error_says_how_it_died() {
+    let _c = cluster();
+    let detail = crash_detail(get(&abort_now::remote()).unwrap_err());
+    assert!(detail.contains("killed by signal 6 (SIGABRT)"), "{detail}");
+    let detail = crash_detail(get(&exit_with::remote(3)).unwrap_err());
+    assert!(detail.contains("exited with code 3"), "{detail}");
+    let d = scratch_dir("kill-detail");
+    let dir = d.to_string_lossy().to_string();
+    let detail = crash_detail(get(&die_first::options().max_retries(0).remote(dir, 1)).unwrap_err());
+    assert!(detail.contains("killed by signal 9 (SIGKILL)"), "{detail}");
+}

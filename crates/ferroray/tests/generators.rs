@@ -510,7 +510,12 @@ fn backpressure_one_keeps_the_producer_one_item_ahead() {
     let _c = cluster();
     let d = scratch_dir("bp1");
     let dir = d.to_string_lossy().to_string();
-    check_backpressure(&dir, tracked::options().generator_backpressure(1).remote(dir.clone(), 8), 1, 8);
+    check_backpressure(
+        &dir,
+        tracked::options().generator_backpressure(ferroray::Backpressure::items::<1>()).remote(dir.clone(), 8),
+        1,
+        8,
+    );
 }
 
 #[test]
@@ -518,7 +523,12 @@ fn backpressure_five_keeps_the_producer_five_items_ahead() {
     let _c = cluster();
     let d = scratch_dir("bp5");
     let dir = d.to_string_lossy().to_string();
-    check_backpressure(&dir, tracked::options().generator_backpressure(5).remote(dir.clone(), 12), 5, 12);
+    check_backpressure(
+        &dir,
+        tracked::options().generator_backpressure(ferroray::Backpressure::items::<5>()).remote(dir.clone(), 12),
+        5,
+        12,
+    );
     // Without backpressure it runs ahead freely.
     let d = scratch_dir("bp-none");
     let free = d.to_string_lossy().to_string();
@@ -532,24 +542,35 @@ fn backpressure_works_for_async_generators_too() {
     let _c = cluster();
     let d = scratch_dir("bp-async");
     let dir = d.to_string_lossy().to_string();
-    check_backpressure(&dir, tracked_async::options().generator_backpressure(2).remote(dir.clone(), 8), 2, 8);
+    check_backpressure(
+        &dir,
+        tracked_async::options().generator_backpressure(ferroray::Backpressure::items::<2>()).remote(dir.clone(), 8),
+        2,
+        8,
+    );
 }
 
 #[test]
-fn backpressure_zero_is_an_invalid_option() {
+fn backpressure_zero_cannot_be_given() {
     let _c = cluster();
-    let mut g = count::options().generator_backpressure(0).remote(3);
-    assert!(matches!(get(&g.next().unwrap()), Err(Error::InvalidOption(m)) if m.contains("backpressure")));
-    assert!(g.next().is_none());
-    // Negative means no limit.
-    assert_eq!(values(count::options().generator_backpressure(-1).remote(3)), vec![Ok(0), Ok(1), Ok(2)]);
+    // 0 is not a `Backpressure` (`Backpressure::items::<0>()` does not
+    // compile; the node still refuses a 0 from the wire: stream_protocol).
+    assert_eq!(ferroray::Backpressure::new(0), None);
+    let limit = std::num::NonZeroU32::new(2).unwrap();
+    assert_eq!(values(count::options().generator_backpressure(limit).remote(3)), vec![Ok(0), Ok(1), Ok(2)]);
+    // An attribute's or an earlier limit can be taken off.
+    let unlimited = count::options().generator_backpressure(limit).no_generator_backpressure();
+    assert_eq!(values(unlimited.remote(3)), vec![Ok(0), Ok(1), Ok(2)]);
     // Only streaming generators take a limit.
-    let dynamic = make_items::options().generator_backpressure(2).num_returns_dynamic().remote(3);
+    let dynamic = make_items::options()
+        .generator_backpressure(ferroray::Backpressure::items::<2>())
+        .num_returns_dynamic()
+        .remote(3);
     assert!(matches!(get(&dynamic), Err(Error::InvalidOption(m)) if m.contains("only to streaming")));
-    let (a, _, _) = three::options().generator_backpressure(2).remote(3);
+    let (a, _, _) = three::options().generator_backpressure(ferroray::Backpressure::items::<2>()).remote(3);
     assert!(matches!(get(&a), Err(Error::InvalidOption(m)) if m.contains("only to streaming")));
     assert_eq!(
-        get(&make_items::options().generator_backpressure(-1).num_returns_dynamic().remote(2)).unwrap().len(),
+        get(&make_items::options().no_generator_backpressure().num_returns_dynamic().remote(2)).unwrap().len(),
         2
     );
 }
@@ -582,7 +603,7 @@ fn dropping_releases_an_executor_paused_by_backpressure() {
     let _c = cluster();
     let d = scratch_dir("bp-drop");
     let dir = d.to_string_lossy().to_string();
-    let mut g = tracked::options().generator_backpressure(1).remote(dir.clone(), 20);
+    let mut g = tracked::options().generator_backpressure(ferroray::Backpressure::items::<1>()).remote(dir.clone(), 20);
     assert_eq!(get(&g.next().unwrap()).unwrap(), 0);
     std::thread::sleep(Duration::from_millis(100));
     assert!(count_marks(&dir, "started-") <= 2, "paused");
@@ -850,7 +871,11 @@ fn async_generators_run_on_a_tokio_runtime() {
     let got: Vec<u64> = tokio_ticks::remote(10).map(|r| get(&r).unwrap()).collect();
     assert_eq!(got, (0..10).collect::<Vec<_>>());
     assert!(t.elapsed() >= Duration::from_millis(60), "the timer slept: {:?}", t.elapsed());
-    let got: Vec<u64> = tokio_ticks::options().generator_backpressure(1).remote(5).map(|r| get(&r).unwrap()).collect();
+    let got: Vec<u64> = tokio_ticks::options()
+        .generator_backpressure(ferroray::Backpressure::items::<1>())
+        .remote(5)
+        .map(|r| get(&r).unwrap())
+        .collect();
     assert_eq!(got, (0..5).collect::<Vec<_>>(), "with backpressure too");
 }
 
@@ -875,7 +900,8 @@ fn cancelling_a_generator_paused_by_backpressure() {
     let _c = cluster();
     let d = scratch_dir("bp-cancel");
     let dir = d.to_string_lossy().to_string();
-    let mut g = tracked::options().generator_backpressure(1).remote(dir.clone(), 100);
+    let mut g =
+        tracked::options().generator_backpressure(ferroray::Backpressure::items::<1>()).remote(dir.clone(), 100);
     assert_eq!(get(&g.next().unwrap()).unwrap(), 0);
     std::thread::sleep(Duration::from_millis(100));
     ferroray::cancel(&g).unwrap();
@@ -890,7 +916,7 @@ fn cancel_reaches_a_paused_generator_without_any_next() {
     let _c = cluster();
     let d = scratch_dir("bp-cancel-idle");
     let dir = d.to_string_lossy().to_string();
-    let g = tracked::options().generator_backpressure(1).remote(dir.clone(), 100);
+    let g = tracked::options().generator_backpressure(ferroray::Backpressure::items::<1>()).remote(dir.clone(), 100);
     assert!(eventually(T, || count_marks(&dir, "started-") == 1), "item 0 made");
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(count_marks(&dir, "started-"), 1, "paused on item 0");

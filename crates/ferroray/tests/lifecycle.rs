@@ -106,3 +106,45 @@ fn a_dead_worker_is_replaced() {
     let second = get(&pid::remote()).unwrap();
     assert_ne!(first, second);
 }
+
+#[ferroray::remote]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+/// A driver that never calls `init` (run as a child process, so that its
+/// global state is fresh): its first `remote()` starts the cluster.
+#[test]
+fn child_without_init() {
+    if std::env::var("LIFECYCLE_AUTO_INIT").is_err() {
+        return;
+    }
+    assert!(!ferroray::is_initialized());
+    assert_eq!(add::remote(1, 2).get_timeout(T).unwrap(), 3);
+    assert!(ferroray::is_initialized());
+    // `put` and the other free functions find the same cluster.
+    assert_eq!(ferroray::put(5i64).unwrap().get_timeout(T).unwrap(), 5);
+    ferroray::shutdown();
+    assert!(!ferroray::is_initialized());
+    // And after a shutdown, the next use starts a cluster again, as in Ray.
+    let r = ferroray::put(7i64).unwrap();
+    assert_eq!(add::remote(&r, 1).get_timeout(T).unwrap(), 8);
+    ferroray::shutdown();
+    println!("AUTO_INIT_OK");
+}
+
+#[test]
+fn the_first_use_without_init_starts_the_cluster() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_without_init", "--nocapture", "--test-threads", "1"])
+        .env("LIFECYCLE_AUTO_INIT", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("AUTO_INIT_OK"),
+        "child failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

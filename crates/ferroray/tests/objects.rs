@@ -5,11 +5,29 @@
 mod common;
 
 use common::{cluster, cluster_with, eventually, get, T};
-use ferroray::{Buffer, Config, ObjectRef};
+use ferroray::{Buffer, Config, ObjectRef, TypedBuffer};
 
 #[ferroray::remote]
 fn buffer_info(b: Buffer) -> (usize, bool, u8) {
     (b.len(), b.is_shared_memory(), b[b.len() / 2])
+}
+
+/// 4M `f32`s (16 MiB): element `i` is `i as f32 * 0.5`.
+#[ferroray::remote]
+fn make_floats(n: usize) -> TypedBuffer<f32> {
+    TypedBuffer::from((0..n).map(|i| i as f32 * 0.5).collect::<Vec<f32>>())
+}
+
+/// Sum, and whether the argument was read without a copy.
+#[ferroray::remote]
+fn sum_u64(v: TypedBuffer<u64>) -> (u64, bool) {
+    (v.iter().sum(), v.is_shared_memory())
+}
+
+/// A typed buffer after a one-byte field: misaligned in the encoding.
+#[ferroray::remote]
+fn tagged_floats(n: usize) -> (u8, TypedBuffer<f64>) {
+    (7, TypedBuffer::from(vec![2.5f64; n]))
 }
 
 #[ferroray::remote]
@@ -142,4 +160,27 @@ fn tables_return_to_empty_after_many_tasks() {
     drop(refs);
     assert!(eventually(T, store_empty), "{:?}", ferroray::runtime_stats());
     assert_eq!(ferroray::runtime_stats().unwrap().node_tasks, 0);
+}
+
+#[test]
+fn a_typed_buffer_reads_as_a_slice_of_shared_memory() {
+    let _c = cluster();
+    const N: usize = 4 << 20;
+    let v = get(&make_floats::remote(N)).unwrap();
+    assert!(v.is_shared_memory(), "a large TypedBuffer returned by a task is a view of shared memory");
+    assert_eq!(v.len(), N);
+    assert!(v.as_ptr().is_aligned());
+    assert!(v.iter().enumerate().all(|(i, x)| *x == i as f32 * 0.5));
+    // A put, and a worker reading it as an argument: zero-copy there too.
+    let big = ferroray::put(TypedBuffer::from((0..1_000_000u64).collect::<Vec<_>>())).unwrap();
+    assert!(get(&big).unwrap().is_shared_memory());
+    assert_eq!(get(&sum_u64::remote(&big)).unwrap(), ((0..1_000_000u64).sum(), true));
+    // Misaligned in the value's bytes: copied once into aligned memory.
+    let (tag, t) = get(&tagged_floats::remote(1 << 16)).unwrap();
+    assert_eq!(tag, 7);
+    assert!(!t.is_shared_memory());
+    assert!(t.iter().all(|x| *x == 2.5));
+    // Small ones travel inline.
+    let small = get(&make_floats::remote(4)).unwrap();
+    assert_eq!((small.as_slice(), small.is_shared_memory()), (&[0.0, 0.5, 1.0, 1.5][..], false));
 }

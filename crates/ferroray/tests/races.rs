@@ -86,7 +86,7 @@ fn a_cancel_that_arrives_as_the_worker_starts_the_task_is_not_lost() {
 #[test]
 fn a_generator_with_backpressure_cancelled_as_it_starts_ends() {
     let _c = cluster_with(slow_start(400).num_cpus(1));
-    let g = endless::options().generator_backpressure(1).remote();
+    let g = endless::options().generator_backpressure(ferroray::Backpressure::items::<1>()).remote();
     assert!(eventually(T, || has_event(g.task_id(), TaskState::Running)));
     std::thread::sleep(Duration::from_millis(100));
     ferroray::cancel(&g).unwrap();
@@ -97,7 +97,7 @@ fn a_generator_with_backpressure_cancelled_as_it_starts_ends() {
 #[test]
 fn close_as_the_generator_starts_stops_the_producer() {
     let _c = cluster_with(slow_start(400).num_cpus(1));
-    let g = endless::options().generator_backpressure(1).remote();
+    let g = endless::options().generator_backpressure(ferroray::Backpressure::items::<1>()).remote();
     let task = g.task_id();
     assert!(eventually(T, || has_event(task, TaskState::Running)));
     std::thread::sleep(Duration::from_millis(100));
@@ -111,7 +111,7 @@ fn a_cancelled_paused_generator_releases_its_producer() {
     // Paused on backpressure, unconsumed: the cancel answers its held
     // acknowledgement and the producer stops at its next yield.
     let _c = cluster_with(Config::default().num_cpus(1));
-    let g = endless::options().generator_backpressure(1).remote();
+    let g = endless::options().generator_backpressure(ferroray::Backpressure::items::<1>()).remote();
     let first = g.next_timeout(T).unwrap().unwrap();
     assert_eq!(get(&first).unwrap(), 0);
     std::thread::sleep(Duration::from_millis(50));
@@ -151,7 +151,7 @@ fn stress_cancel_at_start() {
                 piped += 1;
             }
             _ => {
-                let g = endless::options().generator_backpressure(1).remote();
+                let g = endless::options().generator_backpressure(ferroray::Backpressure::items::<1>()).remote();
                 ferroray::cancel(&g).unwrap();
                 let (_, err) = drain(g, 10);
                 assert_eq!(err, Some(Error::TaskCancelled), "iteration {i}");
@@ -181,7 +181,7 @@ fn a_force_cancel_racing_with_completion_kills_only_the_cancelled_task() {
     assert!(eventually(T, || running_pid(a.id().task).is_some()));
     let doomed = running_pid(a.id().task).unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    ferroray::cancel_with(&a, true, false).unwrap();
+    ferroray::cancel_with(&a, ferroray::CancelOptions::default().force().recursive(false)).unwrap();
     assert_eq!(get(&a), Err(Error::TaskCancelled));
     assert_eq!(get(&b), Ok(1_000), "b does not pay for a's kill");
     assert!(eventually(T, || common::process_gone(doomed)), "the doomed worker was killed");
@@ -208,7 +208,7 @@ fn stress_force_cancel_at_completion() {
         let a = sleep_ms::remote(i % 3);
         let b = sleep_ms::options().max_retries(0).remote(0);
         std::thread::sleep(Duration::from_micros(500 * (i % 5)));
-        ferroray::cancel_with(&a, true, false).unwrap();
+        ferroray::cancel_with(&a, ferroray::CancelOptions::default().force().recursive(false)).unwrap();
         match get(&a) {
             Ok(_) => {}
             Err(Error::TaskCancelled) => cancelled += 1,
@@ -239,12 +239,13 @@ fn stress_kill_while_paused() {
         if Instant::now() >= end {
             break;
         }
-        let victim = endless::options().generator_backpressure(1).remote();
-        let other = count_to::options().generator_backpressure(2).max_retries(0).remote(20);
+        let victim = endless::options().generator_backpressure(ferroray::Backpressure::items::<1>()).remote();
+        let other =
+            count_to::options().generator_backpressure(ferroray::Backpressure::items::<2>()).max_retries(0).remote(20);
         let first = victim.next_timeout(T).unwrap().unwrap();
         assert_eq!(get(&first), Ok(0));
         std::thread::sleep(Duration::from_micros(300 * (i % 7)));
-        ferroray::cancel_with(&victim, true, false).unwrap();
+        ferroray::cancel_with(&victim, ferroray::CancelOptions::default().force().recursive(false)).unwrap();
         let (_, err) = drain(victim, 10);
         assert_eq!(err, Some(Error::TaskCancelled), "iteration {i}");
         let got: Vec<u64> = other.map(|r| get(&r).unwrap()).collect();
@@ -453,7 +454,9 @@ fn a_task_polling_its_generator_with_next_ready_or_wait_zero_does_not_deadlock()
 fn paused_generators_stay_within_max_workers_and_idle_workers_exit() {
     let cfg = Config::default().num_cpus(2).max_workers(4).idle_worker_timeout(Duration::from_millis(300));
     let _c = cluster_with(cfg);
-    let gens: Vec<_> = (0..20).map(|_| count_to::options().generator_backpressure(1).remote(3)).collect();
+    let gens: Vec<_> = (0..20)
+        .map(|_| count_to::options().generator_backpressure(ferroray::Backpressure::items::<1>()).remote(3))
+        .collect();
     // Each one started pauses at once (nobody consumes): no more than
     // max_workers processes however long they stay paused.
     let end = Instant::now() + Duration::from_millis(1_500);
@@ -498,7 +501,7 @@ fn is_ready_turns_true_on_the_driver_without_a_get() {
 fn runtime_stats_counts_streams() {
     let _c = cluster_with(Config::default());
     assert_eq!(ferroray::runtime_stats().unwrap().node_streams, 0);
-    let g = endless::options().generator_backpressure(1).remote();
+    let g = endless::options().generator_backpressure(ferroray::Backpressure::items::<1>()).remote();
     let done = count_to::remote(3);
     assert_eq!(ferroray::runtime_stats().unwrap().node_streams, 2);
     assert_eq!(done.map(|r| get(&r).unwrap()).sum::<u64>(), 3);

@@ -130,7 +130,7 @@ fn two_items() -> impl Iterator<Item = u64> {
 #[test]
 fn a_task_queued_behind_a_paused_generator_runs_when_a_cpu_frees() {
     let _c = cluster_with(Config::default().num_cpus(2).resource("r", 1.0));
-    let g = two_items::options().generator_backpressure(1).remote();
+    let g = two_items::options().generator_backpressure(ferroray::Backpressure::items::<1>()).remote();
     // Item 0 is reported and its acknowledgement held: the generator pauses.
     std::thread::sleep(Duration::from_millis(300));
     // Another shape holds the second CPU for a while.

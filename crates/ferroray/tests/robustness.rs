@@ -54,7 +54,7 @@ fn force_cancelling_a_queued_task_spares_the_running_one() {
     let running = sleep_pid::remote(400);
     let queued = sleep_pid::remote(1);
     std::thread::sleep(Duration::from_millis(50));
-    ferroray::cancel_with(&queued, true, true).unwrap();
+    ferroray::cancel_with(&queued, ferroray::CancelOptions::default().force()).unwrap();
     assert_eq!(get(&queued), Err(Error::TaskCancelled));
     assert_eq!(get(&running).unwrap(), first_pid, "the running task finished on its worker");
 }

@@ -138,7 +138,7 @@ fn nested_blocking_calls_stop_at_the_process_cap_and_wait() {
     assert!(matches!(deep.get_timeout(Duration::from_secs(2)), Err(Error::GetTimeout)));
     let workers = ferroray::runtime_stats().unwrap().workers;
     assert!(workers <= cap, "{workers} worker processes, cap {cap}");
-    ferroray::cancel_with(&deep, true, true).unwrap();
+    ferroray::cancel_with(&deep, ferroray::CancelOptions::default().force()).unwrap();
 }
 
 #[test]

@@ -289,7 +289,22 @@ pub struct State {
     idle_timeout: std::time::Duration,
     /// Counter behind `Task::order`.
     next_order: u64,
+    /// Tasks failed for good by their worker's death, whose error waits
+    /// (until the deadline) for how the process died: pid -> (deadline,
+    /// [(task, the error's text without the status)]). See `disconnect`.
+    crashed: FxHashMap<u32, (std::time::Instant, Vec<(TaskId, String)>)>,
+    /// Tasks cancelled with a grace period: force-cancel each that still
+    /// runs at its deadline (`force_overdue_cancels`).
+    force_at: Vec<(std::time::Instant, TaskId)>,
+    /// How worker processes reaped before their connection's end was seen
+    /// died (pid -> (status, when)), kept for `CRASH_STATUS_WAIT`.
+    exits: FxHashMap<u32, (String, std::time::Instant)>,
 }
+
+/// How long a task failed by its worker's death waits for the worker's exit
+/// status (the spawner reaps every 200 ms, usually after the connection's
+/// end is seen) before its error is completed without it.
+pub const CRASH_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn push_event(
     events: &mut VecDeque<TaskEvent>,
@@ -311,6 +326,13 @@ fn push_event(
         worker_pid,
         error,
     });
+}
+
+/// The final error of a task whose worker died: `status` says how
+/// (`pool::describe_exit`: "was killed by signal 9 (SIGKILL)", "exited with
+/// code 3").
+fn crash_error(task: String, pid: u32, status: &str) -> Error {
+    Error::WorkerCrashed { task, detail: format!("worker pid={pid} {status}") }
 }
 
 fn now_us() -> u64 {
@@ -357,6 +379,9 @@ impl State {
             steady_workers: (config.resources.get(resources::CPU).ceil() as usize).max(1),
             idle_timeout: config.idle_worker_timeout,
             next_order: 0,
+            crashed: FxHashMap::default(),
+            force_at: Vec::new(),
+            exits: FxHashMap::default(),
         }
     }
 
@@ -429,9 +454,26 @@ impl State {
                     }
                 }
             }
-            ToNode::Cancel { task_id, force, recursive } => {
+            ToNode::Cancel { task_id, force, recursive, force_after_ms } => {
                 if self.may_cancel(conn, task_id) {
+                    // Those to force after the grace: found before the cancel
+                    // (a task it completes leaves the `children` table).
+                    let graced = match force_after_ms {
+                        Some(ms) if !force => self.cancel_targets(task_id, recursive).map(|t| (ms, t)),
+                        _ => None,
+                    };
                     self.cancel(task_id, force, recursive);
+                    // A grace too long to have a deadline: never forced.
+                    let graced = graced.and_then(|(ms, targets)| {
+                        Some((std::time::Instant::now().checked_add(std::time::Duration::from_millis(ms))?, targets))
+                    });
+                    if let Some((at, targets)) = graced {
+                        for t in targets {
+                            if self.tasks.get(&t).is_some_and(|task| task.worker.is_some()) {
+                                self.force_at.push((at, t));
+                            }
+                        }
+                    }
                     self.schedule();
                 }
             }

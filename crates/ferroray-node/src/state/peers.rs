@@ -258,11 +258,21 @@ impl State {
                     self.record(tid, TaskState::PendingSchedule, None, None);
                 } else {
                     let err = Error::WorkerCrashed {
-                        task: name,
+                        task: name.clone(),
                         detail: format!("worker pid={} exited unexpectedly ({reason})", c.pid),
                     };
+                    // A retry does not wait for the exit status; the final
+                    // error says how the worker died (`worker_exited`), or
+                    // what is known after `CRASH_STATUS_WAIT`.
                     if !self.retry(tid, &err) {
-                        self.complete_task(tid, Err(err));
+                        match self.exits.remove(&c.pid) {
+                            Some((status, _)) => self.complete_task(tid, Err(crash_error(name, c.pid, &status))),
+                            None if self.worker_pids.contains_key(&c.pid) => {
+                                let deadline = std::time::Instant::now() + CRASH_STATUS_WAIT;
+                                self.crashed.entry(c.pid).or_insert((deadline, Vec::new())).1.push((tid, name));
+                            }
+                            None => self.complete_task(tid, Err(err)),
+                        }
                     }
                 }
             }
@@ -291,6 +301,18 @@ impl State {
     /// waiting tasks fail instead of hanging.
     pub fn worker_exited(&mut self, pid: u32, status: String) {
         self.worker_pids.remove(&pid);
+        match self.crashed.remove(&pid) {
+            Some((_, failed)) => {
+                for (tid, name) in failed {
+                    self.complete_task(tid, Err(crash_error(name, pid, &status)));
+                }
+            }
+            // Reaped before its connection's end was seen: `disconnect` reads it.
+            None if self.conns.values().any(|c| c.pid == pid) => {
+                self.exits.insert(pid, (status.clone(), std::time::Instant::now()));
+            }
+            None => {}
+        }
         if let Some((conn, _)) = self.awaiting_spawn.remove(&pid) {
             self.disconnect(conn, "the process exited");
         }
@@ -303,6 +325,22 @@ impl State {
             self.spawn_failed(format!("worker processes exit before connecting (last: pid {pid}, {status})"));
         } else {
             self.schedule();
+        }
+    }
+
+    /// Completes the failures whose worker's exit status did not come in
+    /// time (called by the spawner's 200 ms loop), and forgets statuses
+    /// nobody asked for.
+    pub fn expire_crashes(&mut self) {
+        let now = std::time::Instant::now();
+        self.exits.retain(|_, (_, at)| now.duration_since(*at) < CRASH_STATUS_WAIT);
+        let late: Vec<u32> = self.crashed.iter().filter(|(_, (d, _))| *d <= now).map(|(p, _)| *p).collect();
+        for pid in late {
+            let Some((_, failed)) = self.crashed.remove(&pid) else { continue };
+            for (tid, name) in failed {
+                let detail = format!("worker pid={pid} exited unexpectedly (its exit status is not known)");
+                self.complete_task(tid, Err(Error::WorkerCrashed { task: name, detail }));
+            }
         }
     }
 

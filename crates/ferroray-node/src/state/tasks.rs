@@ -330,6 +330,41 @@ impl State {
         }
     }
 
+    /// The task and, with `recursive`, every descendant it has now (what a
+    /// `cancel` reaches), or `None` for an unknown task.
+    pub(super) fn cancel_targets(&self, tid: TaskId, recursive: bool) -> Option<Vec<TaskId>> {
+        self.tasks.get(&tid)?;
+        let mut out = vec![tid];
+        let mut i = 0;
+        while recursive && i < out.len() {
+            out.extend(self.children.get(&out[i]).into_iter().flatten().copied());
+            i += 1;
+        }
+        Some(out)
+    }
+
+    /// Force-cancels the grace-period cancels whose deadline passed and
+    /// whose task still runs (called by the spawner's 200 ms loop, so a
+    /// grace ends up to 200 ms late). A task only queued on a worker was
+    /// already dropped there by the cooperative cancel; one that ended is
+    /// gone from `tasks`.
+    pub fn force_overdue_cancels(&mut self) {
+        if self.force_at.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let due: Vec<TaskId> = self.force_at.iter().filter(|(at, _)| *at <= now).map(|(_, t)| *t).collect();
+        // Tasks that ended are forgotten before their deadline.
+        let tasks = &self.tasks;
+        self.force_at.retain(|(at, t)| *at > now && tasks.contains_key(t));
+        for tid in due {
+            let Some(w) = self.tasks.get(&tid).and_then(|t| t.worker) else { continue };
+            if self.conns.get(&w).and_then(Conn::running) == Some(tid) {
+                self.doom(w);
+            }
+        }
+    }
+
     /// A force-cancel kills worker `w`. From now on nothing is assigned to
     /// it (it is not idle and takes no pipelined task), the tasks queued
     /// behind its running one are taken back (`Revoke`), and when it dies

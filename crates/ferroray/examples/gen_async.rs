@@ -1,4 +1,4 @@
-//! Seed 000, "Ray generators", with asyncio: `gen.next_async().await` takes
+//! From Ray's guide "Ray generators", with asyncio: `gen.next_async().await` takes
 //! the next item without blocking a thread (an `ObjectRefGenerator` is also
 //! a `futures::Stream`), and a ref is awaited with `r.await`.
 //!
@@ -8,22 +8,22 @@
 //! `while let Some(r) = gen.next_async().await { r.await }` (`gen.next()` is
 //! the blocking spelling, as `next(gen)` is in Python), and `asyncio.run` /
 //! `asyncio.gather` become `futures::executor::block_on` /
-//! `futures::future::join`. The seed's 1 s sleeps are 0.1 s here.
+//! `futures::future::join`. Ray's 1 s sleeps are 0.1 s here.
 //!
-//! The second part is the seed's two concurrent consumers: both run on one
+//! The second part is Ray's two concurrent consumers: both run on one
 //! thread, and their items interleave, because awaiting one generator's next
 //! item lets the other make progress.
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-/// The seed's task: yields 0..5, one every 0.1 s.
+/// Ray's task: yields 0..5, one every 0.1 s.
 #[ferroray::remote]
 fn task() -> impl Iterator<Item = u64> {
     (0..5).inspect(|_| std::thread::sleep(Duration::from_millis(100)))
 }
 
-/// The seed's `async_task`: consumes one generator, noting each item.
+/// Ray's `async_task`: consumes one generator, noting each item.
 async fn async_task(name: &str, start: Instant, log: &RefCell<Vec<(String, u64)>>) -> Vec<u64> {
     let mut got = Vec::new();
     let mut gen = task::remote();

@@ -5,7 +5,7 @@
 //!
 //! `cargo run -p ferroray --example gen_backpressure`
 //!
-//! Seed 000 notes that a Ray generator task runs eagerly to completion,
+//! Ray's guide notes that a Ray generator task runs eagerly to completion,
 //! unlike a local Python generator, which runs only when `next` asks. With
 //! backpressure 1 the remote generator behaves like the local one: the
 //! producer makes item i+1 only after the consumer took item i, so

@@ -1,9 +1,9 @@
-//! Seed 000, "Ray generators", getting started: a generator task hands its
+//! From Ray's guide "Ray generators", getting started: a generator task hands its
 //! items back one ref at a time while it runs.
 //!
 //! `cargo run -p ferroray --example gen_basic`
 //!
-//! The seed's task sleeps 5 s before each of its 5 yields; here 0.5 s (10x
+//! Ray's task sleeps 5 s before each of its 5 yields; here 0.5 s (10x
 //! shorter), so it takes 2.5 s. `next(gen)` becomes `gen.next()` (the
 //! generator is an `Iterator` of `ObjectRef`s), `ray.get(ref)` becomes
 //! `ref.get()`. Each item is printed with the time it arrived: they come
@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-/// The seed's `task`: yields 0..5, one every 0.5 s.
+/// Ray's `task`: yields 0..5, one every 0.5 s.
 #[ferroray::remote]
 fn task() -> impl Iterator<Item = u64> {
     (0..5).inspect(|_| std::thread::sleep(Duration::from_millis(500)))

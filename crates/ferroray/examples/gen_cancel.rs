@@ -1,4 +1,4 @@
-//! Seed 000, "Ray generators", cancellation: `ferroray::cancel` works on a
+//! From Ray's guide "Ray generators", cancellation: `ferroray::cancel` works on a
 //! generator as on a regular task. The generator stops at its next yield;
 //! `next` then hands out a ref whose `get` is `Err(Error::TaskCancelled)`
 //! (after any items already made), and then `None`.

@@ -1,11 +1,11 @@
-//! Seed 001, "Dynamic generators", num_returns set by the task executor:
+//! From Ray's guide "Dynamic generators", num_returns set by the task executor:
 //! with `num_returns = "dynamic"` the caller gets one ref that resolves,
 //! when the task ends, to a `DynamicObjectRefGenerator` listing the refs of
 //! everything the task yielded.
 //!
 //! `cargo run -p ferroray --example gen_dynamic`
 //!
-//! The seed's `split` cuts an array of random length (< 1,000,000) into
+//! Ray's `split` cuts an array of random length (< 1,000,000) into
 //! blocks of 1000. Here the array is a `Vec<f64>` of zeros whose length
 //! comes from a small LCG seeded by the clock (no rand crate); pass a
 //! number as the first argument to fix the seed.
@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 const BLOCK_SIZE: usize = 1000;
 
-/// The seed's `split`: yields `array` in chunks of `chunk_size`.
+/// Ray's `split`: yields `array` in chunks of `chunk_size`.
 #[ferroray::remote(num_returns = "dynamic")]
 fn split(array: Vec<f64>, chunk_size: usize) -> impl Iterator<Item = Vec<f64>> {
     let mut start = 0;
@@ -33,7 +33,7 @@ fn split(array: Vec<f64>, chunk_size: usize) -> impl Iterator<Item = Vec<f64>> {
     })
 }
 
-/// The seed's `get_size`: iterates the generator's refs inside a task.
+/// Ray's `get_size`: iterates the generator's refs inside a task.
 #[ferroray::remote]
 fn get_size(ref_generator: DynamicObjectRefGenerator<Vec<f64>>) -> usize {
     println!("get_size got a DynamicObjectRefGenerator of {} refs", ref_generator.len());

@@ -1,9 +1,9 @@
-//! Seed 000, "Ray generators", error handling: a generator that fails hands
+//! From Ray's guide "Ray generators", error handling: a generator that fails hands
 //! out the items it yielded, then one ref holding the error, then ends.
 //!
 //! `cargo run -p ferroray --example gen_errors`
 //!
-//! The seed's task raises `ValueError` when `i == 1`. Here the items are
+//! Ray's task raises `ValueError` when `i == 1`. Here the items are
 //! `Result<u64, ValueError>`: an `Err` item is the task's failure (the
 //! stream ends there, as the Python generator does at `raise`). The sleeps
 //! are 10x shorter (0.1 s).
@@ -14,7 +14,7 @@
 use ferroray::Error;
 use std::time::Duration;
 
-/// The seed's `ValueError`.
+/// Ray's `ValueError`.
 #[derive(Debug)]
 pub struct ValueError;
 
@@ -24,7 +24,7 @@ impl std::fmt::Display for ValueError {
     }
 }
 
-/// The seed's task: fails when `i == 1`, after yielding 0.
+/// Ray's task: fails when `i == 1`, after yielding 0.
 #[ferroray::remote]
 fn task() -> impl Iterator<Item = Result<u64, ValueError>> {
     (0..5).map(|i| {
@@ -57,7 +57,7 @@ fn read_source(name: String) -> Result<impl Iterator<Item = u64>, OpenError> {
 fn main() -> ferroray::Result<()> {
     ferroray::init()?;
 
-    println!("-- the seed's example: ValueError when i == 1");
+    println!("-- Ray's example: ValueError when i == 1");
     let mut gen = task::remote();
     // It's okay.
     let v = gen.next().expect("first ref").get()?;

@@ -1,11 +1,11 @@
-//! Seed 000, "Ray generators", garbage collection of object references: a
+//! From Ray's guide "Ray generators", garbage collection of object references: a
 //! ref taken from a generator is an ordinary ref; the items nobody took are
 //! freed when the generator is dropped (Python: `del gen`).
 //!
 //! `cargo run -p ferroray --example gen_gc`
 //!
 //! Each item is a 1 MiB `Buffer`, so it lives in the shared-memory store and
-//! `ferroray::runtime_stats().store_objects` counts it. The seed's 1 s
+//! `ferroray::runtime_stats().store_objects` counts it. Ray's 1 s
 //! sleeps are 0.1 s here.
 
 use ferroray::{Buffer, RuntimeStats};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
 
-/// The seed's task, with 1 MiB items: item i is 1 MiB of byte i.
+/// Ray's task, with 1 MiB items: item i is 1 MiB of byte i.
 #[ferroray::remote]
 fn task() -> impl Iterator<Item = Buffer> {
     (0..5).map(|i| {

@@ -1,4 +1,4 @@
-//! Seed 001, "Dynamic generators", num_returns set by the caller: a task
+//! From Ray's guide "Dynamic generators", num_returns set by the caller: a task
 //! with `num_returns = N` can be written as a generator that yields its N
 //! values one at a time instead of returning them all at once.
 //!
@@ -6,8 +6,8 @@
 //!
 //! In Rust the number of returns is part of the function's type (the
 //! caller gets a tuple of N refs), so it is fixed in the attribute:
-//! `#[ferroray::remote(num_returns = 3)]`; the seed's `options(num_returns=x)`
-//! becomes one function per count. The values are small here (the seed's
+//! `#[ferroray::remote(num_returns = 3)]`; Ray's `options(num_returns=x)`
+//! becomes one function per count. The values are small here (Ray's
 //! are 100 MB arrays; see the `generator_memory` example for the memory
 //! saving).
 //!
@@ -29,17 +29,17 @@ fn random_values(seed: u64, size: usize) -> Vec<i8> {
         .collect()
 }
 
-/// The seed's `large_values`: all return values built, then returned together.
+/// Ray's `large_values`: all return values built, then returned together.
 #[ferroray::remote(num_returns = 3)]
 fn large_values(size: usize) -> (Vec<i8>, Vec<i8>, Vec<i8>) {
     (random_values(0, size), random_values(1, size), random_values(2, size))
 }
 
-/// The seed's `large_values_generator`: the same values, yielded one at a time.
+/// Ray's `large_values_generator`: the same values, yielded one at a time.
 #[ferroray::remote(num_returns = 3)]
 fn large_values_generator(size: usize) -> impl Iterator<Item = Vec<i8>> {
     // Each line is printed once the value before it was handed over, as
-    // the seed's print after `yield`.
+    // Ray's print after `yield`.
     (0..=3u64).map_while(move |i| {
         if i > 0 {
             println!("yielded return value {}", i - 1);
@@ -48,7 +48,7 @@ fn large_values_generator(size: usize) -> impl Iterator<Item = Vec<i8>> {
     })
 }
 
-/// The seed's `generator`: yields 0 and 1, then raises.
+/// Ray's `generator`: yields 0 and 1, then raises.
 fn generator_body() -> impl Iterator<Item = Result<u64, String>> {
     vec![Ok(0), Ok(1), Err("error".to_string())].into_iter()
 }
@@ -119,7 +119,7 @@ fn main() -> ferroray::Result<()> {
     println!("ref1, ref2 = 0, 1; ref3: error: {m}");
     assert_eq!(m, "error");
 
-    println!("\n-- the seed's num_returns = 2: 2 values, then the exception");
+    println!("\n-- Ray's num_returns = 2: 2 values, then the exception");
     // Ray stores the 2 values and only logs the exception (its known bug:
     // the error has no ref left to go to). ferroray does not drop it: the
     // task failed, so both refs hold the error.

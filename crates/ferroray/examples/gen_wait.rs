@@ -1,4 +1,4 @@
-//! Seed 000, "Ray generators", waiting for a generator without blocking a
+//! From Ray's guide "Ray generators", waiting for a generator without blocking a
 //! thread: `completed()`, and `ferroray::wait` on generators, alone or mixed
 //! with ordinary refs.
 //!
@@ -10,7 +10,7 @@
 //! Refs and generators mix in one `wait` as `&dyn ferroray::Waitable`s
 //! (borrowed), or, as in the loop below that keeps the unready ones, as
 //! owned `ferroray::WaitItem`s (they must share the item type, so the
-//! seed's `regular_task` returns a number). The seed's 5 s sleeps are 0.2 s
+//! guide's `regular_task` returns a number). Ray's 5 s sleeps are 0.2 s
 //! here.
 
 use ferroray::WaitItem;

@@ -1,4 +1,4 @@
-//! Seed 003, "using generators to reduce heap memory": a task that returns
+//! From Ray's guide "using generators to reduce heap memory": a task that returns
 //! many large values as one list holds them all at once; the generator
 //! version holds one at a time.
 //!
@@ -25,7 +25,7 @@ fn large_values(count: usize, size: usize) -> Vec<Buffer> {
 #[ferroray::remote]
 fn large_values_generator(count: usize, size: usize) -> impl Iterator<Item = Buffer> {
     // Each line is printed once the value before it was handed over, as
-    // the seed's print after `yield`.
+    // Ray's print after `yield`.
     (0..=count).map_while(move |i| {
         if i > 0 {
             println!("yielded return value {}", i - 1);

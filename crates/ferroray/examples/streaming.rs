@@ -3,13 +3,13 @@
 //! `cargo run --release -p ferroray --example streaming`
 //!
 //! A generator task hands its results back one ref at a time while it runs
-//! (seed 000: "Ray generators"), with errors in order, async consumption,
+//! (Ray's guide "Ray generators"), with errors in order, async consumption,
 //! backpressure, and `wait` without blocking. Sleeps are 10x shorter than in
-//! the seed.
+//! Ray's guide.
 
 use std::time::{Duration, Instant};
 
-/// Yields every 0.5 s, five times (the seed's `task`).
+/// Yields every 0.5 s, five times (Ray's `task`).
 #[ferroray::remote]
 fn task() -> impl Iterator<Item = u64> {
     (0..5).inspect(|_| {
@@ -17,7 +17,7 @@ fn task() -> impl Iterator<Item = u64> {
     })
 }
 
-/// Fails at its second item (the seed's error-handling example).
+/// Fails at its second item (Ray's error-handling example).
 #[ferroray::remote]
 fn failing_task() -> impl Iterator<Item = Result<u64, String>> {
     (0..5).map(|i| {

@@ -260,7 +260,7 @@ fn anti_patterns() {
     );
 }
 
-// Seeds 000 ("Ray generators") and 001 ("Dynamic generators"), one example per topic.
+// Ray's guides "Ray generators" and "Dynamic generators", one example per topic.
 
 #[test]
 fn gen_basic() {

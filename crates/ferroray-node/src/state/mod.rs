@@ -119,14 +119,16 @@ struct Conn {
     /// Who the peer is: for a worker, the id the spawner gave its process.
     /// Task and object ids it makes must carry it as their submitter.
     worker_id: WorkerId,
+    /// Objects it holds references to (its 0→1 `AddRef`s).
     held: FxHashSet<ObjectId>,
     /// Objects this connection was shown without holding them: refs nested
     /// in values sent to it and ref arguments of its tasks. It may take a
     /// reference (`AddRef`) or read (`Subscribe`) only what it holds, owns,
     /// or was shown.
     granted: FxHashSet<ObjectId>,
-    /// Shared-memory pins handed to this connection, by object.
-    pins: FxHashMap<ObjectId, u32>,
+    /// Store pins handed to this connection (shared-memory bytes it reads
+    /// stay in place), by object.
+    store_pins: FxHashMap<ObjectId, u32>,
     /// Allocations made by this connection and not yet sealed.
     unsealed: FxHashSet<u64>,
     /// Tasks sent to this worker: the first runs, the rest wait behind it
@@ -178,8 +180,11 @@ impl Stored {
 #[derive(Default)]
 struct Obj {
     value: Option<Stored>,
+    /// Connections holding it (each once, see `Conn::held`).
     holders: u32,
-    pins: u32,
+    /// Liveness pins: tasks taking it as an argument, values it is nested
+    /// in. (Not store pins: those keep shared-memory bytes in place.)
+    liveness_pins: u32,
     subscribers: Vec<ConnId>,
     waiting: Vec<TaskId>,
     /// Connections it was shown to (their `Conn::granted`), cleared when
@@ -215,7 +220,7 @@ struct Stream {
     digests: Vec<u64>,
     consumed: u32,
     /// Acknowledgements held back by backpressure: (executor, index).
-    held: VecDeque<(ConnId, u32)>,
+    held_acks: VecDeque<(ConnId, u32)>,
     /// The owner dropped the stream.
     dropped: bool,
 }

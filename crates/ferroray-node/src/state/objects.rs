@@ -76,7 +76,7 @@ impl State {
     pub(super) fn pin_shm(&mut self, conn: ConnId, id: ObjectId) -> Result<Payload> {
         let (offset, len) = self.store.pin(id).map_err(|e| Error::ObjectLost(format!("{id}: {e}")))?;
         match self.conns.get_mut(&conn) {
-            Some(c) => *c.pins.entry(id).or_insert(0) += 1,
+            Some(c) => *c.store_pins.entry(id).or_insert(0) += 1,
             None => self.store.unpin(id),
         }
         Ok(Payload::Shm { offset, len })
@@ -86,10 +86,10 @@ impl State {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if let Some(n) = c.pins.get_mut(&id) {
+        if let Some(n) = c.store_pins.get_mut(&id) {
             *n -= 1;
             if *n == 0 {
-                c.pins.remove(&id);
+                c.store_pins.remove(&id);
             }
             self.store.unpin(id);
         }
@@ -118,19 +118,19 @@ impl State {
         }
     }
 
-    pub(super) fn pin(&mut self, id: ObjectId) -> bool {
+    pub(super) fn pin_alive(&mut self, id: ObjectId) -> bool {
         match self.objects.get_mut(&id) {
             Some(o) => {
-                o.pins += 1;
+                o.liveness_pins += 1;
                 true
             }
             None => false,
         }
     }
 
-    pub(super) fn unpin(&mut self, id: ObjectId) {
+    pub(super) fn unpin_alive(&mut self, id: ObjectId) {
         if let Some(o) = self.objects.get_mut(&id) {
-            o.pins = o.pins.saturating_sub(1);
+            o.liveness_pins = o.liveness_pins.saturating_sub(1);
             self.maybe_free(id);
         }
     }
@@ -140,7 +140,7 @@ impl State {
         let Some(o) = self.objects.get(&id) else {
             return;
         };
-        if o.holders > 0 || o.pins > 0 {
+        if o.holders > 0 || o.liveness_pins > 0 {
             return;
         }
         let o = self.objects.remove(&id).expect("checked above");
@@ -154,7 +154,7 @@ impl State {
                 self.store.delete(id);
             }
             for c in value.contained() {
-                self.unpin(*c);
+                self.unpin_alive(*c);
             }
         }
     }
@@ -170,7 +170,7 @@ impl State {
             return;
         }
         for c in value.contained() {
-            self.pin(*c);
+            self.pin_alive(*c);
         }
         let Some(o) = self.objects.get_mut(&id) else {
             return;

@@ -18,7 +18,7 @@ impl State {
                 worker_id: WorkerId(0),
                 held: FxHashSet::default(),
                 granted: FxHashSet::default(),
-                pins: FxHashMap::default(),
+                store_pins: FxHashMap::default(),
                 unsealed: FxHashSet::default(),
                 assigned: VecDeque::new(),
                 lease: ResourceSet::new(),
@@ -205,7 +205,7 @@ impl State {
             }
             self.maybe_free(id);
         }
-        for (id, n) in c.pins {
+        for (id, n) in c.store_pins {
             for _ in 0..n {
                 self.store.unpin(id);
             }

@@ -359,7 +359,7 @@ impl State {
         c.paused = c
             .running()
             .and_then(|t| self.streams.get(&t))
-            .is_some_and(|s| s.held.iter().any(|(held_by, _)| *held_by == conn));
+            .is_some_and(|s| s.held_acks.iter().any(|(held_by, _)| *held_by == conn));
         // Lend the CPU back so that the tasks this one waits for can run.
         let cpu = ResourceSet::new().with(resources::CPU, c.lease.get(resources::CPU));
         c.lease.subtract(&cpu);

@@ -59,7 +59,7 @@ impl State {
             // The item is pinned by its task until the final list (which
             // contains it) is stored.
             self.tasks.get_mut(&tid).expect("checked").dynamic_digests.push(digest);
-            self.objects.entry(id).or_default().pins += 1;
+            self.objects.entry(id).or_default().liveness_pins += 1;
             if let Some(stored) = self.accept_value(conn, id, value) {
                 self.set_value(id, stored);
             }
@@ -86,7 +86,7 @@ impl State {
         if let Some(n) = backpressure {
             if unconsumed >= n {
                 if let Some(st) = self.streams.get_mut(&tid) {
-                    st.held.push_back((conn, index));
+                    st.held_acks.push_back((conn, index));
                 }
             } else {
                 self.send(conn, FromNode::ItemAck { task_id: tid, index, gone: false });
@@ -118,13 +118,13 @@ impl State {
     pub(super) fn release_acks(&mut self, tid: TaskId) {
         let Some(st) = self.streams.get_mut(&tid) else { return };
         let mut out = Vec::new();
-        while let Some(&(conn, index)) = st.held.front() {
+        while let Some(&(conn, index)) = st.held_acks.front() {
             let unconsumed_then = (index + 1).saturating_sub(st.consumed);
             let limit = st.backpressure.unwrap_or(u32::MAX);
             if !st.dropped && unconsumed_then >= limit {
                 break;
             }
-            st.held.pop_front();
+            st.held_acks.pop_front();
             out.push((conn, index, st.dropped));
         }
         for (conn, index, gone) in out {

@@ -40,7 +40,7 @@ impl State {
                 match self.objects.get_mut(oid) {
                     None => failed = Some(Error::ObjectLost(oid.to_string())),
                     Some(o) => {
-                        o.pins += 1;
+                        o.liveness_pins += 1;
                         match &o.value {
                             None => {
                                 o.waiting.push(id);
@@ -54,7 +54,7 @@ impl State {
             }
         }
         for c in &spec.contained {
-            self.pin(*c);
+            self.pin_alive(*c);
         }
         let retries_left = spec.max_retries;
         let invalid = self.validate(&spec).err();
@@ -66,7 +66,7 @@ impl State {
                     backpressure,
                     digests: Vec::new(),
                     consumed: 0,
-                    held: VecDeque::new(),
+                    held_acks: VecDeque::new(),
                     dropped: false,
                 },
             );
@@ -255,14 +255,14 @@ impl State {
         }
         for arg in &task.spec.args {
             if let TaskArg::Ref(id) | TaskArg::Object { id, .. } = arg {
-                self.unpin(*id);
+                self.unpin_alive(*id);
             }
         }
         for c in &task.spec.contained {
-            self.unpin(*c);
+            self.unpin_alive(*c);
         }
         for index in 0..task.dynamic_digests.len() as u32 {
-            self.unpin(ObjectId::for_item(tid, index));
+            self.unpin_alive(ObjectId::for_item(tid, index));
         }
     }
 
@@ -320,7 +320,7 @@ impl State {
                 // so the executor, let go, sees its flag first), and later
                 // reports are refused (`report_item`).
                 if let Some(st) = self.streams.get_mut(&tid) {
-                    let held: Vec<(ConnId, u32)> = st.held.drain(..).collect();
+                    let held: Vec<(ConnId, u32)> = st.held_acks.drain(..).collect();
                     for (c, index) in held {
                         self.send(c, FromNode::ItemAck { task_id: tid, index, gone: true });
                     }

@@ -1,0 +1,403 @@
+//! The caller's side: putting values, submitting tasks, getting and waiting
+//! for objects (blocking and by waker), cancelling, listing task events.
+
+use super::*;
+
+impl CoreWorker {
+    /// Whether the value of `id` is known here. If not, asks the node to
+    /// send it when ready (once: later calls find the subscription).
+    pub fn is_ready(&self, id: ObjectId) -> bool {
+        if self.state.lock().objects.contains_key(&id) {
+            return true;
+        }
+        let _ = self.subscribe(&[id], false);
+        false
+    }
+
+    /// Stores a value made in this process as a new object.
+    pub(crate) fn put_value(self: &Arc<Self>, value: ObjectValue, keep: Vec<Arc<RefInner>>) -> Result<Arc<RefInner>> {
+        let id = ObjectId::for_put(self.next_task_id());
+        let inner = RefInner::owned(self, id);
+        let cached = match &value {
+            ObjectValue::Data { payload: Payload::Inline(b), .. } => Cached::Inline(Arc::new(b.clone())),
+            ObjectValue::Data { payload: Payload::Shm { .. }, .. } => Cached::InStore,
+            ObjectValue::Error(e) => Cached::Error(e.clone()),
+        };
+        self.cache(&mut self.state.lock(), id, cached);
+        self.send(ToNode::Put { id, value })?;
+        drop(keep);
+        Ok(inner)
+    }
+
+    pub fn put<T: serde::Serialize>(self: &Arc<Self>, v: &T) -> Result<crate::ObjectRef<T>> {
+        let (value, keep) = codec::encode(self, v)?.into_parts();
+        Ok(crate::ObjectRef::from_inner(self.put_value(value, keep)?))
+    }
+
+    /// Sends a task (or, if it is invalid, stores its error in every return
+    /// object). Returns one handle per return object.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        task_id: TaskId,
+        returns: ReturnKind,
+        spec: Result<TaskSpec>,
+    ) -> Vec<Arc<RefInner>> {
+        let ids: Vec<ObjectId> = (0..returns.static_count()).map(|i| ObjectId::for_return(task_id, i)).collect();
+        let refs: Vec<Arc<RefInner>> = ids.iter().map(|id| RefInner::owned(self, *id)).collect();
+        if let ReturnKind::Streaming { backpressure } = returns {
+            // Registered before the task is sent, so no item can come first.
+            self.state.lock().streams.insert(
+                task_id,
+                LocalStream {
+                    items: Default::default(),
+                    end: None,
+                    next: 0,
+                    error_handed: false,
+                    backpressure: backpressure.is_some(),
+                    wakers: Vec::new(),
+                },
+            );
+        }
+        // The node refuses a message over its limits by closing the
+        // connection: a call over them fails here, as an invalid option.
+        let spec = spec.and_then(|s| match ferroray_protocol::limits::check_spec(&s) {
+            Ok(()) => Ok(s),
+            Err(Error::Protocol(m)) => Err(Error::InvalidOption(m)),
+            Err(e) => Err(e),
+        });
+        let failed = match spec {
+            Ok(spec) => self.send(ToNode::Submit(Box::new(spec))).err(),
+            Err(e) => {
+                for id in &ids {
+                    let _ = self.send(ToNode::Put { id: *id, value: ObjectValue::Error(e.clone()) });
+                }
+                Some(e)
+            }
+        };
+        if let Some(e) = failed {
+            let mut st = self.state.lock();
+            for id in &ids {
+                self.cache(&mut st, *id, Cached::Error(e.clone()));
+            }
+            st.seq += 1;
+            let seq = st.seq;
+            if let Some(s) = st.streams.get_mut(&task_id) {
+                s.end = Some((0, Some(e), seq));
+            }
+        }
+        refs
+    }
+
+    /// Asks the node for every object of `ids` not known here yet.
+    pub fn prefetch(&self, ids: &[ObjectId]) -> Result<()> {
+        self.subscribe_missing(ids)
+    }
+
+    pub(super) fn subscribe_missing(&self, ids: &[ObjectId]) -> Result<()> {
+        self.subscribe(ids, true)
+    }
+
+    /// Subscribes to the objects of `ids` that are not known here, and with
+    /// `refetch`, to those known to be in shared memory but not pinned (to
+    /// read them). `wait` needs only readiness, so it does not refetch.
+    pub(super) fn subscribe(&self, ids: &[ObjectId], refetch: bool) -> Result<()> {
+        let missing: Vec<ObjectId> = {
+            let mut st = self.state.lock();
+            ids.iter()
+                .copied()
+                .filter(|id| {
+                    let need = match st.objects.get(id) {
+                        None => true,
+                        Some(e) => refetch && matches!(e.value, Cached::InStore),
+                    };
+                    need && st.subscribed.insert(*id)
+                })
+                .collect()
+        };
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            self.send(ToNode::Subscribe(missing))
+        }
+    }
+
+    /// Waits for news. The first time, a task instead tells the node it is
+    /// blocked (lending its CPU back) and returns, so the caller looks again
+    /// before sleeping.
+    pub(super) fn park(
+        &self,
+        st: &mut parking_lot::MutexGuard<'_, LocalState>,
+        blocked: &mut BlockedGuard<'_>,
+        deadline: Option<Instant>,
+    ) {
+        if blocked.is_blocked() {
+            self.wait_for_any(st, deadline);
+        } else {
+            parking_lot::MutexGuard::unlocked(st, || blocked.block());
+        }
+    }
+
+    /// Sleeps until anything arrives (or `deadline`), as a waiter that every
+    /// arrival wakes (`wait` and streams look at many objects at once).
+    pub(super) fn wait_for_any(&self, st: &mut parking_lot::MutexGuard<'_, LocalState>, deadline: Option<Instant>) {
+        st.other_waiters += 1;
+        match deadline {
+            Some(d) => {
+                self.ready.wait_until(st, d);
+            }
+            None => self.ready.wait(st),
+        }
+        st.other_waiters -= 1;
+    }
+
+    /// Blocks until `id` is ready, then decodes it.
+    pub fn get<T: DeserializeOwned>(&self, id: ObjectId, timeout: Option<Duration>) -> Result<T> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut blocked = BlockedGuard::new(self);
+        loop {
+            let source = {
+                let mut st = self.state.lock();
+                let found = match st.objects.get_mut(&id) {
+                    Some(e) => match &e.value {
+                        Cached::Inline(b) => Some(Ok(Source::Inline(b.clone()))),
+                        Cached::Error(err) => Some(Err(err.clone())),
+                        Cached::Shm(_) => match std::mem::replace(&mut e.value, Cached::InStore) {
+                            Cached::Shm(pin) => Some(Ok(Source::Shm(pin))),
+                            _ => unreachable!(),
+                        },
+                        Cached::InStore => None,
+                    },
+                    None => None,
+                };
+                match found {
+                    Some(s) => s,
+                    None => {
+                        if let Some(reason) = &st.disconnected {
+                            return Err(Error::Disconnected(reason.clone()));
+                        }
+                        if context::is_cancelled() {
+                            return Err(Error::TaskCancelled);
+                        }
+                        if !st.subscribed.contains(&id) {
+                            drop(st);
+                            self.subscribe_missing(&[id])?;
+                            continue;
+                        }
+                        if !blocked.is_blocked() {
+                            drop(st);
+                            blocked.block();
+                            continue;
+                        }
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Err(Error::GetTimeout);
+                        }
+                        *st.get_waiters.entry(id).or_insert(0) += 1;
+                        let timed_out = match deadline {
+                            Some(d) => self.ready.wait_until(&mut st, d).timed_out(),
+                            None => {
+                                self.ready.wait(&mut st);
+                                false
+                            }
+                        };
+                        if let Some(n) = st.get_waiters.get_mut(&id) {
+                            *n -= 1;
+                            if *n == 0 {
+                                st.get_waiters.remove(&id);
+                            }
+                        }
+                        if timed_out && !st.objects.contains_key(&id) {
+                            return Err(Error::GetTimeout);
+                        }
+                        continue;
+                    }
+                }
+            };
+            return codec::decode(&source?);
+        }
+    }
+
+    /// Waits until `num_returns` of `ids` are ready or the timeout passes.
+    /// Returns the positions of the ready ones in the order they became ready
+    /// (at most `num_returns`), and the rest in their given order.
+    pub fn wait(
+        &self,
+        keys: &[WaitKey],
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<usize>, Vec<usize>)> {
+        if num_returns > keys.len() {
+            return Err(Error::InvalidOption(format!(
+                "num_returns {num_returns} is more than the {} refs given",
+                keys.len()
+            )));
+        }
+        let unique: FxHashSet<WaitKey> = keys.iter().copied().collect();
+        if unique.len() != keys.len() {
+            return Err(Error::InvalidOption("wait was given the same ref twice".into()));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let objects: Vec<ObjectId> = keys
+            .iter()
+            .filter_map(|k| match k {
+                WaitKey::Object(id) => Some(*id),
+                WaitKey::Stream(_) => None,
+            })
+            .collect();
+        self.subscribe(&objects, false)?;
+        let mut blocked = BlockedGuard::new(self);
+        let mut st = self.state.lock();
+        loop {
+            let mut ready: Vec<(u64, usize)> = keys
+                .iter()
+                .enumerate()
+                .filter_map(|(i, k)| {
+                    let seq = match k {
+                        WaitKey::Object(id) => st.objects.get(id).map(|e| e.seq),
+                        // A dropped stream has nothing more to wait for.
+                        WaitKey::Stream(t) => st.streams.get(t).map_or(Some(0), LocalStream::ready_since),
+                    };
+                    seq.map(|s| (s, i))
+                })
+                .collect();
+            let done = ready.len() >= num_returns
+                || deadline.is_some_and(|d| Instant::now() >= d)
+                || st.disconnected.is_some()
+                || context::is_cancelled();
+            if done {
+                if let Some(reason) = &st.disconnected {
+                    if ready.len() < num_returns {
+                        return Err(Error::Disconnected(reason.clone()));
+                    }
+                }
+                if ready.len() < num_returns {
+                    // Timed out (a zero timeout polls): lend the CPU, as the
+                    // blocking form would have.
+                    parking_lot::MutexGuard::unlocked(&mut st, || blocked.block());
+                }
+                ready.sort();
+                ready.truncate(num_returns);
+                let chosen: FxHashSet<usize> = ready.iter().map(|(_, i)| *i).collect();
+                let rest = (0..keys.len()).filter(|i| !chosen.contains(i)).collect();
+                return Ok((ready.into_iter().map(|(_, i)| i).collect(), rest));
+            }
+            self.park(&mut st, &mut blocked, deadline);
+        }
+    }
+
+    pub fn cancel(&self, id: ObjectId, force: bool, recursive: bool) -> Result<()> {
+        if id.is_put() {
+            return Err(Error::InvalidOption(format!("object {id} was made by put, not by a task")));
+        }
+        self.send(ToNode::Cancel { task_id: id.task, force, recursive, force_after_ms: None })
+    }
+
+    /// A cooperative cancel that the node turns into a forced one for each
+    /// cancelled task (the task, and with `recursive` its descendants) still
+    /// running after `grace`.
+    pub fn cancel_with_grace(&self, id: ObjectId, recursive: bool, grace: Duration) -> Result<()> {
+        if id.is_put() {
+            return Err(Error::InvalidOption(format!("object {id} was made by put, not by a task")));
+        }
+        let force_after_ms = Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+        self.send(ToNode::Cancel { task_id: id.task, force: false, recursive, force_after_ms })
+    }
+
+    /// Every recorded task state change, oldest first.
+    pub fn task_events(&self) -> Result<Vec<TaskEvent>> {
+        match self.request(|req| ToNode::ListTasks { req })? {
+            FromNode::Tasks { events, .. } => Ok(events),
+            other => Err(Error::Protocol(format!("unexpected reply to list tasks: {other:?}"))),
+        }
+    }
+
+    /// `Future` form of [`get`](Self::get): the value if it is here, else
+    /// `Pending` with `waker` registered for its arrival. A task polling a
+    /// value that is not here lends its CPU, exactly as a blocking `get`.
+    pub fn poll_get<T: DeserializeOwned>(&self, id: ObjectId, waker: &std::task::Waker) -> Poll<Result<T>> {
+        let mut st = self.state.lock();
+        let found = match st.objects.get_mut(&id) {
+            Some(e) => match &e.value {
+                Cached::Inline(b) => Some(Ok(Source::Inline(b.clone()))),
+                Cached::Error(err) => Some(Err(err.clone())),
+                Cached::Shm(_) => match std::mem::replace(&mut e.value, Cached::InStore) {
+                    Cached::Shm(pin) => Some(Ok(Source::Shm(pin))),
+                    _ => unreachable!(),
+                },
+                Cached::InStore => None,
+            },
+            None => None,
+        };
+        if let Some(source) = found {
+            drop(st);
+            return Poll::Ready(source.and_then(|s| codec::decode(&s)));
+        }
+        if let Some(reason) = &st.disconnected {
+            return Poll::Ready(Err(Error::Disconnected(reason.clone())));
+        }
+        if context::is_cancelled() {
+            return Poll::Ready(Err(Error::TaskCancelled));
+        }
+        let wakers = st.object_wakers.entry(id).or_default();
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+        let subscribe = !st.subscribed.contains(&id);
+        drop(st);
+        if subscribe {
+            if let Err(e) = self.subscribe_missing(&[id]) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        self.lend_cpu();
+        Poll::Pending
+    }
+
+    /// Non-blocking form of [`wait`](Self::wait) for async callers: the
+    /// positions of the ready keys with the order they became ready in
+    /// (`(seq, position)`, unsorted). If none is ready, `waker` is registered
+    /// for every key and a task lends its CPU. Fails if the connection is lost
+    /// (or the task polling is cancelled) while nothing is ready.
+    pub fn poll_ready(&self, keys: &[WaitKey], waker: &std::task::Waker) -> Result<Vec<(u64, usize)>> {
+        let mut st = self.state.lock();
+        let ready: Vec<(u64, usize)> = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| {
+                let seq = match k {
+                    WaitKey::Object(id) => st.objects.get(id).map(|e| e.seq),
+                    WaitKey::Stream(t) => st.streams.get(t).map_or(Some(0), LocalStream::ready_since),
+                };
+                seq.map(|s| (s, i))
+            })
+            .collect();
+        if !ready.is_empty() {
+            return Ok(ready);
+        }
+        if let Some(reason) = &st.disconnected {
+            return Err(Error::Disconnected(reason.clone()));
+        }
+        if context::is_cancelled() {
+            return Err(Error::TaskCancelled);
+        }
+        let mut objects = Vec::new();
+        for k in keys {
+            let wakers = match k {
+                WaitKey::Object(id) => {
+                    objects.push(*id);
+                    st.object_wakers.entry(*id).or_default()
+                }
+                WaitKey::Stream(t) => match st.streams.get_mut(t) {
+                    Some(s) => &mut s.wakers,
+                    None => continue,
+                },
+            };
+            if !wakers.iter().any(|w| w.will_wake(waker)) {
+                wakers.push(waker.clone());
+            }
+        }
+        drop(st);
+        self.subscribe(&objects, false)?;
+        self.lend_cpu();
+        Ok(Vec::new())
+    }
+}

@@ -1,0 +1,312 @@
+//! The executor: tasks the node sent to this worker run here one at a time
+//! (the serial executor), reporting values, items and failures back.
+
+use super::*;
+
+impl CoreWorker {
+    /// Removes these tasks from the queue if they have not started.
+    pub(super) fn take_queued(&self, ids: &[TaskId]) -> Vec<TaskSpec> {
+        let Some(q) = &self.exec else { return Vec::new() };
+        let mut tasks = q.tasks.lock();
+        let mut taken = Vec::new();
+        tasks.retain(|t| {
+            let hit = ids.contains(&t.task_id);
+            if hit {
+                taken.push(t.clone());
+            }
+            !hit
+        });
+        taken
+    }
+
+    /// A task given back without running: release the pins the node took
+    /// for its shared-memory arguments.
+    pub(super) fn release_unrun(&self, spec: TaskSpec) {
+        for arg in spec.args {
+            if let ferroray_protocol::TaskArg::Object { id, payload: Payload::Shm { .. } } = arg {
+                self.unpin(id);
+            }
+        }
+    }
+
+    /// Sets the cancel flag of the task running here, if it is `task_id`.
+    pub(super) fn cancel_running(&self, task_id: TaskId) {
+        if let Some(ctx) = self.running.lock().as_ref() {
+            if ctx.task_id == task_id {
+                ctx.cancelled.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Runs queued tasks one after another, forever (worker processes).
+    pub(super) fn run_queue(self: &Arc<Self>) {
+        let Some(q) = &self.exec else { return };
+        loop {
+            let (spec, ctx) = {
+                let mut tasks = q.tasks.lock();
+                let spec = loop {
+                    if let Some(t) = tasks.pop_front() {
+                        break t;
+                    }
+                    q.ready.wait(&mut tasks);
+                };
+                // Recorded as running before the queue's lock goes, so a
+                // `CancelRunning` finds the task in one place or the other.
+                let ctx = TaskContext {
+                    task_id: spec.task_id,
+                    name: spec.name().to_string(),
+                    cancelled: Arc::new(AtomicBool::new(false)),
+                };
+                *self.running.lock() = Some(ctx.clone());
+                (spec, ctx)
+            };
+            test_hooks::start_delay();
+            self.run_task(spec, ctx);
+        }
+    }
+
+    /// Runs one task to its end and reports the outcome (worker processes).
+    pub(super) fn run_task(self: &Arc<Self>, spec: TaskSpec, ctx: TaskContext) {
+        self.lent.store(false, Ordering::Relaxed);
+        context::set(Some(ctx.clone()));
+        let (task_id, attempt) = (spec.task_id, spec.attempt);
+        let expected = spec.returns.static_count() as usize;
+        let returns = spec.returns;
+        let function = match &spec.function {
+            FunctionDescriptor::Rust { name } => {
+                registry::lookup(name).ok_or_else(|| Error::UnknownFunction(name.clone()))
+            }
+            FunctionDescriptor::Python { qualname, .. } => Err(Error::UnknownFunction(qualname.clone())),
+        };
+        let mut reader = ArgReader { core: self, args: spec.args.into_iter(), position: 0, function: &ctx.name };
+        let guarded = |body: &mut dyn FnMut() -> Result<Vec<ReturnValue>>| match catch_unwind(AssertUnwindSafe(body)) {
+            Ok(r) => r,
+            Err(panic) => Err(Error::task("panic", panic_message(&panic), &ctx.name, std::process::id())),
+        };
+        let result = match function.map(|f| &f.invoke) {
+            Err(e) => Err(e),
+            Ok(Invoke::Values(f)) => guarded(&mut || {
+                let values = f(&mut reader)?;
+                reader.finish()?;
+                Ok(values)
+            }),
+            Ok(Invoke::Items(f)) => match returns {
+                ReturnKind::Fixed(n) => {
+                    let mut sink = FixedSink { values: Vec::new(), n: n as usize, overflow: false };
+                    let r = guarded(&mut || {
+                        f(&mut reader, &mut sink)?;
+                        reader.finish()?;
+                        Ok(Vec::new())
+                    });
+                    sink.finish(r.err(), &ctx.name)
+                }
+                // Streaming and dynamic returns both report each item as it
+                // comes; the node hands them out, or makes the list at the end.
+                ReturnKind::Streaming { .. } | ReturnKind::Dynamic => {
+                    let backpressure = matches!(returns, ReturnKind::Streaming { backpressure: Some(_) });
+                    let mut sink = StreamSink { core: self, task_id, attempt, next: 0, backpressure, gone: false };
+                    if sink.backpressure {
+                        self.state.lock().acks.insert(task_id, Acks::default());
+                    }
+                    let r = guarded(&mut || {
+                        f(&mut reader, &mut sink)?;
+                        reader.finish()?;
+                        Ok(Vec::new())
+                    });
+                    self.state.lock().acks.remove(&task_id);
+                    drop(reader);
+                    let outcome = match r {
+                        Ok(_) => TaskOutcome::Streamed { items: sink.next },
+                        Err(e) => TaskOutcome::Failed(e),
+                    };
+                    let _ = self.send(ToNode::TaskDone { task_id, attempt, outcome });
+                    context::set(None);
+                    *self.running.lock() = None;
+                    return;
+                }
+            },
+        };
+        drop(reader);
+        let (outcome, keep) = match result {
+            Ok(values) if values.len() == expected => {
+                let (vals, keeps): (Vec<_>, Vec<_>) = values.into_iter().map(ReturnValue::into_parts).unzip();
+                (TaskOutcome::Returned(vals), keeps)
+            }
+            Ok(values) => (
+                TaskOutcome::Failed(Error::task(
+                    "ferroray::ReturnCountMismatch",
+                    format!("returned {} values, expected {expected}", values.len()),
+                    &ctx.name,
+                    std::process::id(),
+                )),
+                vec![],
+            ),
+            Err(e) => (TaskOutcome::Failed(e), vec![]),
+        };
+        if let Err(e) = self.send(ToNode::TaskDone { task_id, attempt, outcome }) {
+            // The results could not be sent (too large for one message, say):
+            // report that instead of leaving the caller waiting.
+            let e = Error::task("ferroray::ResultsNotSent", e.to_string(), &ctx.name, std::process::id());
+            let _ = self.send(ToNode::TaskDone { task_id, attempt, outcome: TaskOutcome::Failed(e) });
+        }
+        drop(keep);
+        context::set(None);
+        *self.running.lock() = None;
+    }
+}
+
+/// Keeps a generator's values as the task's `n` fixed return values.
+struct FixedSink {
+    values: Vec<ReturnValue>,
+    n: usize,
+    overflow: bool,
+}
+
+impl ItemSink for FixedSink {
+    fn item(&mut self, value: ReturnValue) -> Result<()> {
+        if self.values.len() == self.n {
+            self.overflow = true;
+            return Err(Error::InvalidOption(String::new()));
+        }
+        self.values.push(value);
+        Ok(())
+    }
+}
+
+impl FixedSink {
+    /// Values yielded before a failure stay readable; the refs after them
+    /// hold the error. Yielding more or fewer than `n` values is an error too
+    /// (in every ref when there were more: the caller asked for exactly `n`).
+    fn finish(mut self, error: Option<Error>, name: &str) -> Result<Vec<ReturnValue>> {
+        let pid = std::process::id();
+        let got = self.values.len();
+        let count_error = |what: String| Error::task("ferroray::NumReturnsMismatch", what, name, pid);
+        if self.overflow {
+            let e = count_error(format!("yielded more than num_returns = {} values", self.n));
+            return Ok((0..self.n).map(|_| ReturnValue::error(e.clone())).collect());
+        }
+        if let Some(e) = &error {
+            if got == self.n {
+                // It failed after making every value: that is still a failed
+                // task, not a success (Ray drops this error silently).
+                let cause = match e {
+                    Error::Task(t) => t.message.clone(),
+                    other => other.to_string(),
+                };
+                let e = count_error(format!("failed after yielding all {} values: {cause}", self.n));
+                return Ok((0..self.n).map(|_| ReturnValue::error(e.clone())).collect());
+            }
+        }
+        let error = match error {
+            Some(e) => Some(e),
+            None if got < self.n => Some(count_error(format!("yielded {got} values but num_returns = {}", self.n))),
+            None => None,
+        };
+        if let Some(e) = error {
+            self.values.extend((got..self.n).map(|_| ReturnValue::error(e.clone())));
+        }
+        Ok(self.values)
+    }
+}
+
+/// Reports each value to the owner as it is yielded.
+struct StreamSink<'a> {
+    core: &'a Arc<CoreWorker>,
+    task_id: TaskId,
+    attempt: u32,
+    next: u32,
+    backpressure: bool,
+    /// The owner dropped the stream: no more acknowledgements to wait for.
+    gone: bool,
+}
+
+impl ItemSink for StreamSink<'_> {
+    fn item(&mut self, value: ReturnValue) -> Result<()> {
+        if context::is_cancelled() {
+            return Err(Error::TaskCancelled);
+        }
+        let index = self.next;
+        let digest = value.digest(self.core.arena());
+        let (value, keep) = value.into_parts();
+        self.core.send(ToNode::ReportItem { task_id: self.task_id, attempt: self.attempt, index, value, digest })?;
+        drop(keep);
+        self.next += 1;
+        if !self.backpressure || self.gone {
+            return Ok(());
+        }
+        // Paused until the owner has room (or is gone, or we are cancelled).
+        // A pause longer than a moment counts as blocked: the CPU is lent
+        // back and tasks queued behind this one go elsewhere.
+        let paused_at = Instant::now();
+        let mut blocked = BlockedGuard::new(self.core);
+        let mut st = self.core.state.lock();
+        loop {
+            // The cancel first: a cancelled generator's held acknowledgement
+            // is answered `gone` just after its `CancelRunning`.
+            if context::is_cancelled() {
+                return Err(Error::TaskCancelled);
+            }
+            if let Some(a) = st.acks.get(&self.task_id) {
+                if a.gone {
+                    self.gone = true;
+                    return Ok(());
+                }
+                if a.acked.contains(&index) {
+                    return Ok(());
+                }
+            }
+            if let Some(reason) = &st.disconnected {
+                return Err(Error::Disconnected(reason.clone()));
+            }
+            if !blocked.is_blocked() && paused_at.elapsed() >= Duration::from_millis(5) {
+                drop(st);
+                blocked.block();
+                st = self.core.state.lock();
+                continue;
+            }
+            st.other_waiters += 1;
+            self.core.ready.wait_for(&mut st, Duration::from_millis(if blocked.is_blocked() { 500 } else { 5 }));
+            st.other_waiters -= 1;
+        }
+    }
+}
+
+impl Drop for ArgReader<'_> {
+    fn drop(&mut self) {
+        for arg in self.args.by_ref() {
+            if let ferroray_protocol::TaskArg::Object { id, payload: Payload::Shm { .. } } = arg {
+                self.core.unpin(id);
+            }
+        }
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".into()
+    }
+}
+
+/// Test-only delays that widen race windows, read once from the environment
+/// (unset outside tests: one load of an initialised `OnceLock` per task).
+mod test_hooks {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    fn read(name: &str) -> Option<Duration> {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).map(Duration::from_millis)
+    }
+
+    /// `FERRORAY_TEST_START_DELAY_MS`: a pause between taking a task off the
+    /// queue and running it (where a cancel used to be lost).
+    pub(super) fn start_delay() {
+        static DELAY: OnceLock<Option<Duration>> = OnceLock::new();
+        if let Some(d) = DELAY.get_or_init(|| read("FERRORAY_TEST_START_DELAY_MS")) {
+            std::thread::sleep(*d);
+        }
+    }
+}

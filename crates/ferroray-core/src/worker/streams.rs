@@ -1,0 +1,145 @@
+//! The caller's side of generator streams: handing items out in order,
+//! by blocking or by waker, and dropping a stream.
+
+use super::*;
+
+impl CoreWorker {
+    /// The next item of a stream this process owns: blocks up to `timeout`
+    /// (`None`: no limit; zero: do not wait). `Ok(None)` once it has ended.
+    pub(crate) fn stream_next(
+        self: &Arc<Self>,
+        task: TaskId,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Arc<RefInner>>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut blocked = BlockedGuard::new(self);
+        let mut st = self.state.lock();
+        loop {
+            match self.take_next(&mut st, task) {
+                Poll::Ready((r, consumed)) => {
+                    drop(st);
+                    if let Some(consumed) = consumed {
+                        let _ = self.send(ToNode::StreamConsumed { task_id: task, consumed });
+                    }
+                    return Ok(r);
+                }
+                Poll::Pending => {}
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                // A task polling (`next_ready`) for an item that is not here
+                // may be what keeps the producer from a CPU: lend it, as a
+                // blocking `next` would.
+                drop(st);
+                blocked.block();
+                return Err(Error::GetTimeout);
+            }
+            if context::is_cancelled() {
+                return Err(Error::TaskCancelled);
+            }
+            self.park(&mut st, &mut blocked, deadline);
+        }
+    }
+
+    /// `futures::Stream` form of [`stream_next`](Self::stream_next).
+    pub(crate) fn stream_poll(self: &Arc<Self>, task: TaskId, waker: &std::task::Waker) -> Poll<Option<Arc<RefInner>>> {
+        let mut st = self.state.lock();
+        match self.take_next(&mut st, task) {
+            Poll::Ready((r, consumed)) => {
+                drop(st);
+                if let Some(consumed) = consumed {
+                    let _ = self.send(ToNode::StreamConsumed { task_id: task, consumed });
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if let Some(s) = st.streams.get_mut(&task) {
+                    if !s.wakers.iter().any(|w| w.will_wake(waker)) {
+                        s.wakers.push(waker.clone());
+                    }
+                }
+                drop(st);
+                // An async task awaiting an item lends its CPU exactly as a
+                // blocking `next` does (the producer may be queued behind it).
+                self.lend_cpu();
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Hands out the stream's next ref if there is one: an item, or after
+    /// the last item the error (once), or the end. Also gives the new
+    /// consumed count when the node needs it (backpressure).
+    pub(super) fn take_next(
+        self: &Arc<Self>,
+        st: &mut LocalState,
+        task: TaskId,
+    ) -> Poll<(Option<Arc<RefInner>>, Option<u32>)> {
+        if st.disconnected.is_some() {
+            let reason = st.disconnected.clone().unwrap_or_default();
+            st.seq += 1;
+            let seq = st.seq;
+            if let Some(s) = st.streams.get_mut(&task) {
+                if s.end.is_none() {
+                    let next = s.next;
+                    s.end = Some((next, Some(Error::Disconnected(reason)), seq));
+                }
+            }
+        }
+        let Some(s) = st.streams.get_mut(&task) else { return Poll::Ready((None, None)) };
+        if let Some((cached, _)) = s.items.remove(&s.next) {
+            let id = ObjectId::for_item(task, s.next);
+            s.next += 1;
+            let consumed = s.backpressure.then_some(s.next);
+            // The node already holds the item for this process.
+            *st.refs.entry(id).or_insert(0) += 1;
+            self.cache(st, id, cached);
+            return Poll::Ready((Some(Arc::new(RefInner { id, core: self.clone() })), consumed));
+        }
+        let Some((n, error, _)) = &s.end else { return Poll::Pending };
+        if s.next < *n {
+            return Poll::Pending;
+        }
+        match error {
+            Some(e) if !s.error_handed => {
+                s.error_handed = true;
+                let e = e.clone();
+                let id = ObjectId::for_return(task, 0);
+                *st.refs.entry(id).or_insert(0) += 1;
+                self.cache(st, id, Cached::Error(e));
+                Poll::Ready((Some(Arc::new(RefInner { id, core: self.clone() })), None))
+            }
+            _ => Poll::Ready((None, None)),
+        }
+    }
+
+    pub(crate) fn stream_ended(&self, task: TaskId) -> bool {
+        self.state.lock().streams.get(&task).is_none_or(|s| s.end.is_some())
+    }
+
+    /// The caller dropped its generator: tell the node how far it got.
+    pub(crate) fn drop_stream(&self, task: TaskId) {
+        let removed = self.state.lock().streams.remove(&task);
+        if let Some(s) = removed {
+            let _ = self.send(ToNode::StreamDrop { task_id: task, consumed: s.next });
+        }
+    }
+
+    /// Applies news to a stream this process owns (stamped with the order it
+    /// came in, for `wait`) and wakes whoever waits on it.
+    pub(super) fn update_stream(&self, task_id: TaskId, update: impl FnOnce(&mut LocalStream, u64)) {
+        let wakers = {
+            let mut st = self.state.lock();
+            st.seq += 1;
+            let seq = st.seq;
+            match st.streams.get_mut(&task_id) {
+                Some(s) => {
+                    update(s, seq);
+                    std::mem::take(&mut s.wakers)
+                }
+                None => Vec::new(),
+            }
+        };
+        wakers.into_iter().for_each(|w| w.wake());
+        self.ready.notify_all();
+    }
+}

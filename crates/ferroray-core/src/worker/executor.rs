@@ -1,13 +1,49 @@
-//! The executor: tasks the node sent to this worker run here one at a time
-//! (the serial executor), reporting values, items and failures back.
+//! The executor seam ([`Executor`]) and its serial implementation: tasks the
+//! node sent to this worker run here one at a time, reporting values, items
+//! and failures back.
 
 use super::*;
 
-impl CoreWorker {
-    /// Removes these tasks from the queue if they have not started.
-    pub(super) fn take_queued(&self, ids: &[TaskId]) -> Vec<TaskSpec> {
-        let Some(q) = &self.exec else { return Vec::new() };
-        let mut tasks = q.tasks.lock();
+/// How a worker runs the tasks its node sends it. The serial executor is
+/// the one there is; the threaded and async executors of actors implement
+/// the same four steps:
+/// 1. `push`: a task from the node (`Execute`) is queued, in order.
+/// 2. `take_queued`: the node takes back tasks that have not started
+///    (`Revoke`, when the worker blocks); they are removed and returned.
+/// 3. `cancel`: a task still queued is removed and returned (it never
+///    runs); a running one has its context's cancel flag raised. This is one
+///    step with respect to a task starting, so a cancel never falls between
+///    a task leaving the queue and being recorded as running.
+/// 4. `serve`: runs the tasks until the process ends, each through
+///    [`CoreWorker::run_task`] with its context (passed, so that an executor
+///    running several calls on one thread can give each its own).
+pub(super) trait Executor: Send + Sync {
+    fn push(&self, spec: TaskSpec);
+    fn take_queued(&self, ids: &[TaskId]) -> Vec<TaskSpec>;
+    fn cancel(&self, task_id: TaskId) -> Option<TaskSpec>;
+    fn serve(&self, core: &Arc<CoreWorker>);
+}
+
+/// One task at a time, on the thread that calls `serve` (a worker
+/// process's main thread), in the order the node sent them.
+#[derive(Default)]
+pub(super) struct SerialExecutor {
+    /// Tasks sent and not started, in order.
+    queue: Mutex<VecDeque<TaskSpec>>,
+    ready: Condvar,
+    /// The running task's context (its cancel flag). Set under the queue's
+    /// lock as the task leaves the queue (step 3).
+    running: Mutex<Option<TaskContext>>,
+}
+
+impl Executor for SerialExecutor {
+    fn push(&self, spec: TaskSpec) {
+        self.queue.lock().push_back(spec);
+        self.ready.notify_one();
+    }
+
+    fn take_queued(&self, ids: &[TaskId]) -> Vec<TaskSpec> {
+        let mut tasks = self.queue.lock();
         let mut taken = Vec::new();
         tasks.retain(|t| {
             let hit = ids.contains(&t.task_id);
@@ -19,6 +55,47 @@ impl CoreWorker {
         taken
     }
 
+    fn cancel(&self, task_id: TaskId) -> Option<TaskSpec> {
+        // Under the queue's lock, which `serve` holds from taking a task off
+        // the queue until it is recorded as running.
+        let mut tasks = self.queue.lock();
+        if let Some(at) = tasks.iter().position(|t| t.task_id == task_id) {
+            return tasks.remove(at);
+        }
+        if let Some(ctx) = self.running.lock().as_ref() {
+            if ctx.task_id == task_id {
+                ctx.cancelled.store(true, Ordering::Relaxed);
+            }
+        }
+        None
+    }
+
+    fn serve(&self, core: &Arc<CoreWorker>) {
+        loop {
+            let (spec, ctx) = {
+                let mut tasks = self.queue.lock();
+                let spec = loop {
+                    if let Some(t) = tasks.pop_front() {
+                        break t;
+                    }
+                    self.ready.wait(&mut tasks);
+                };
+                let ctx = TaskContext {
+                    task_id: spec.task_id,
+                    name: spec.name().to_string(),
+                    cancelled: Arc::new(AtomicBool::new(false)),
+                };
+                *self.running.lock() = Some(ctx.clone());
+                (spec, ctx)
+            };
+            test_hooks::start_delay();
+            core.run_task(spec, ctx);
+            *self.running.lock() = None;
+        }
+    }
+}
+
+impl CoreWorker {
     /// A task given back without running: release the pins the node took
     /// for its shared-memory arguments.
     pub(super) fn release_unrun(&self, spec: TaskSpec) {
@@ -29,39 +106,10 @@ impl CoreWorker {
         }
     }
 
-    /// Sets the cancel flag of the task running here, if it is `task_id`.
-    pub(super) fn cancel_running(&self, task_id: TaskId) {
-        if let Some(ctx) = self.running.lock().as_ref() {
-            if ctx.task_id == task_id {
-                ctx.cancelled.store(true, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Runs queued tasks one after another, forever (worker processes).
+    /// Serves the tasks the node sends, until the process ends (workers).
     pub(super) fn run_queue(self: &Arc<Self>) {
-        let Some(q) = &self.exec else { return };
-        loop {
-            let (spec, ctx) = {
-                let mut tasks = q.tasks.lock();
-                let spec = loop {
-                    if let Some(t) = tasks.pop_front() {
-                        break t;
-                    }
-                    q.ready.wait(&mut tasks);
-                };
-                // Recorded as running before the queue's lock goes, so a
-                // `CancelRunning` finds the task in one place or the other.
-                let ctx = TaskContext {
-                    task_id: spec.task_id,
-                    name: spec.name().to_string(),
-                    cancelled: Arc::new(AtomicBool::new(false)),
-                };
-                *self.running.lock() = Some(ctx.clone());
-                (spec, ctx)
-            };
-            test_hooks::start_delay();
-            self.run_task(spec, ctx);
+        if let Some(exec) = &self.exec {
+            exec.serve(self);
         }
     }
 
@@ -121,7 +169,6 @@ impl CoreWorker {
                     };
                     let _ = self.send(ToNode::TaskDone { task_id, attempt, outcome });
                     context::set(None);
-                    *self.running.lock() = None;
                     return;
                 }
             },
@@ -151,7 +198,6 @@ impl CoreWorker {
         }
         drop(keep);
         context::set(None);
-        *self.running.lock() = None;
     }
 }
 

@@ -36,6 +36,7 @@ mod executor;
 mod process;
 mod streams;
 
+use executor::Executor;
 pub use process::{is_worker_process, worker_main};
 
 /// How long a request to the node (allocation, task listing) may take.
@@ -98,13 +99,6 @@ impl Inbox for DriverInbox {
     }
 }
 
-/// Tasks the node sent to this worker, in order; the node may take back the
-/// ones that have not started (see `FromNode::Revoke`).
-struct ExecQueue {
-    tasks: Mutex<VecDeque<TaskSpec>>,
-    ready: Condvar,
-}
-
 /// Acknowledgements received by a generator running here (backpressure).
 #[derive(Default)]
 struct Acks {
@@ -146,9 +140,8 @@ pub struct CoreWorker {
     ready: Condvar,
     requests: Mutex<HashMap<u64, mpsc::SyncSender<FromNode>>>,
     next_req: AtomicU64,
-    /// Tasks sent to this worker and not started yet (workers only).
-    exec: Option<ExecQueue>,
-    running: Mutex<Option<TaskContext>>,
+    /// Runs the tasks the node sends (workers only; see [`executor`]).
+    exec: Option<Box<dyn Executor>>,
     /// The running task told the node it waits (`Blocked`), lending its CPU.
     /// The node keeps it so until the task ends, so it is sent once a task.
     lent: AtomicBool,
@@ -160,7 +153,7 @@ impl CoreWorker {
         info: NodeInfo,
         arena: Arc<Arena>,
         link: Option<Box<dyn Link>>,
-        exec: Option<ExecQueue>,
+        exec: Option<Box<dyn Executor>>,
     ) -> Self {
         codec::register_arena(&arena);
         CoreWorker {
@@ -174,7 +167,6 @@ impl CoreWorker {
             requests: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
             exec,
-            running: Mutex::new(None),
             lent: AtomicBool::new(false),
         }
     }
@@ -337,13 +329,12 @@ impl CoreWorker {
         match msg {
             FromNode::Welcome(_) => {}
             FromNode::Execute(spec) => {
-                if let Some(q) = &self.exec {
-                    q.tasks.lock().push_back(*spec);
-                    q.ready.notify_one();
+                if let Some(exec) = &self.exec {
+                    exec.push(*spec);
                 }
             }
             FromNode::Revoke { task_ids } => {
-                let taken = self.take_queued(&task_ids);
+                let taken = self.exec.as_ref().map(|e| e.take_queued(&task_ids)).unwrap_or_default();
                 let ids = taken.iter().map(|t| t.task_id).collect();
                 taken.into_iter().for_each(|t| self.release_unrun(t));
                 let _ = self.send(ToNode::Revoked { task_ids: ids });
@@ -386,33 +377,12 @@ impl CoreWorker {
                 }
             }
             FromNode::CancelRunning { task_id } => {
-                // Under the queue's lock, which `run_queue` holds from taking
-                // a task off the queue until it is recorded as running: the
-                // task is either still queued or running here (or over), so
-                // the cancel cannot fall between the two.
-                let unrun = match &self.exec {
-                    Some(q) => {
-                        let mut tasks = q.tasks.lock();
-                        let mut unrun = Vec::new();
-                        tasks.retain(|t| {
-                            let hit = t.task_id == task_id;
-                            if hit {
-                                unrun.push(t.clone());
-                            }
-                            !hit
-                        });
-                        if unrun.is_empty() {
-                            self.cancel_running(task_id);
-                        }
-                        unrun
-                    }
-                    None => {
-                        self.cancel_running(task_id);
-                        Vec::new()
-                    }
-                };
+                // The executor removes the task if it is still queued, or
+                // raises the flag of the running one, in one step with
+                // respect to a task starting (see `Executor::cancel`).
+                let unrun = self.exec.as_ref().and_then(|e| e.cancel(task_id));
                 // A task still queued here never starts.
-                for t in unrun {
+                if let Some(t) = unrun {
                     let attempt = t.attempt;
                     self.release_unrun(t);
                     let outcome = TaskOutcome::Failed(Error::TaskCancelled);

@@ -157,18 +157,7 @@ impl CoreWorker {
         loop {
             let source = {
                 let mut st = self.state.lock();
-                let found = match st.objects.get_mut(&id) {
-                    Some(e) => match &e.value {
-                        Cached::Inline(b) => Some(Ok(Source::Inline(b.clone()))),
-                        Cached::Error(err) => Some(Err(err.clone())),
-                        Cached::Shm(_) => match std::mem::replace(&mut e.value, Cached::InStore) {
-                            Cached::Shm(pin) => Some(Ok(Source::Shm(pin))),
-                            _ => unreachable!(),
-                        },
-                        Cached::InStore => None,
-                    },
-                    None => None,
-                };
+                let found = take_source(&mut st, id);
                 match found {
                     Some(s) => s,
                     None => {
@@ -315,18 +304,7 @@ impl CoreWorker {
     /// value that is not here lends its CPU, exactly as a blocking `get`.
     pub fn poll_get<T: DeserializeOwned>(&self, id: ObjectId, waker: &std::task::Waker) -> Poll<Result<T>> {
         let mut st = self.state.lock();
-        let found = match st.objects.get_mut(&id) {
-            Some(e) => match &e.value {
-                Cached::Inline(b) => Some(Ok(Source::Inline(b.clone()))),
-                Cached::Error(err) => Some(Err(err.clone())),
-                Cached::Shm(_) => match std::mem::replace(&mut e.value, Cached::InStore) {
-                    Cached::Shm(pin) => Some(Ok(Source::Shm(pin))),
-                    _ => unreachable!(),
-                },
-                Cached::InStore => None,
-            },
-            None => None,
-        };
+        let found = take_source(&mut st, id);
         if let Some(source) = found {
             drop(st);
             return Poll::Ready(source.and_then(|s| codec::decode(&s)));
@@ -399,5 +377,21 @@ impl CoreWorker {
         self.subscribe(&objects, false)?;
         self.lend_cpu();
         Ok(Vec::new())
+    }
+}
+
+/// What a read of `id` can decode now: inline bytes, the error, or a
+/// shared-memory pin (used by one read: the entry becomes `InStore`, and the
+/// next read subscribes again for a fresh pin). `None`: not here yet.
+fn take_source(st: &mut LocalState, id: ObjectId) -> Option<Result<Source>> {
+    let e = st.objects.get_mut(&id)?;
+    match &e.value {
+        Cached::Inline(b) => Some(Ok(Source::Inline(b.clone()))),
+        Cached::Error(err) => Some(Err(err.clone())),
+        Cached::Shm(_) => match std::mem::replace(&mut e.value, Cached::InStore) {
+            Cached::Shm(pin) => Some(Ok(Source::Shm(pin))),
+            _ => unreachable!("matched as Shm just above"),
+        },
+        Cached::InStore => None,
     }
 }

@@ -57,7 +57,10 @@ fn child_driver_dies() {
 }
 
 fn run_dying_driver(how: &str) {
-    let dir = common::scratch_dir(&format!("dying-{how}"));
+    // Not `common::scratch_dir`: this test holds no cluster, and a cluster
+    // test running beside it (plain `cargo test`) removes those when it ends.
+    let dir = std::env::temp_dir().join(format!("ferroray-test-dying-{how}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
     let pids_file = dir.join("pids");
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_driver_dies", "--nocapture", "--test-threads", "1"])

@@ -71,7 +71,7 @@ pub fn process_gone(pid: u32) -> bool {
 }
 
 /// A fresh directory for marker files shared with workers; removed when the
-/// test's cluster is dropped.
+/// test's cluster is dropped (so only for tests that hold a cluster).
 pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("ferroray-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);

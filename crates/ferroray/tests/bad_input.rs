@@ -110,6 +110,7 @@ fn a_nested_call_over_the_limits_is_an_error_not_a_dead_worker() {
 
 #[test]
 fn invalid_config_is_rejected_by_init() {
+    let _serial = common::serial();
     assert!(matches!(ferroray::init_with(Config::default().num_cpus(-1.0)), Err(Error::InvalidOption(_))));
     assert!(matches!(
         ferroray::init_with(Config::default().resource("x", f64::INFINITY)),

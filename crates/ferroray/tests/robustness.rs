@@ -112,5 +112,6 @@ fn shared_memory_of_a_task_that_fails_after_writing_it_is_freed() {
 
 #[test]
 fn an_inline_threshold_above_16_mib_is_rejected() {
+    let _serial = common::serial();
     assert!(matches!(ferroray::init_with(Config::default().inline_threshold(32 << 20)), Err(Error::InvalidOption(_))));
 }

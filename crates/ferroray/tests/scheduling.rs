@@ -143,6 +143,7 @@ fn nested_blocking_calls_stop_at_the_process_cap_and_wait() {
 
 #[test]
 fn the_process_cap_may_not_be_below_max_workers() {
+    let _serial = common::serial();
     let r = ferroray::init_with(Config::default().max_workers(8).max_worker_processes(4));
     assert!(matches!(r, Err(Error::InvalidOption(m)) if m.contains("max_worker_processes")));
     assert!(!ferroray::is_initialized());

@@ -33,6 +33,13 @@ impl Drop for Cluster {
 /// Scratch directories made during the test, removed with its cluster.
 static SCRATCH: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
 
+/// For a test that starts (or fails to start) the runtime itself: one at a
+/// time with the cluster tests, which share the process's runtime under
+/// plain `cargo test`.
+pub fn serial() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn cluster() -> Cluster {
     cluster_with(Config::default())
 }

@@ -6,7 +6,7 @@
 
 use crate::codec::ReturnValue;
 use crate::task::ArgReader;
-use ferroray_common::Result;
+use ferroray_common::{Error, Result};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -35,7 +35,25 @@ pub struct RemoteFunction {
 #[linkme::distributed_slice]
 pub static REMOTE_FUNCTIONS: [RemoteFunction];
 
-pub fn lookup(name: &str) -> Option<&'static RemoteFunction> {
-    static TABLE: OnceLock<HashMap<&'static str, &'static RemoteFunction>> = OnceLock::new();
-    TABLE.get_or_init(|| REMOTE_FUNCTIONS.iter().map(|f| (f.name, f)).collect()).get(name).copied()
+/// The function registered under `name`. Two functions registered under one
+/// name (possible for a `#[remote]` inside a `mod` that is itself inside a
+/// function body: `module_path!` skips the function) are an error naming
+/// the clash, never a silent pick of one of them.
+pub fn lookup(name: &str) -> Result<&'static RemoteFunction> {
+    /// `None` marks a name registered more than once.
+    static TABLE: OnceLock<HashMap<&'static str, Option<&'static RemoteFunction>>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut table = HashMap::new();
+        for f in REMOTE_FUNCTIONS.iter() {
+            table.entry(f.name).and_modify(|e| *e = None).or_insert(Some(f));
+        }
+        table
+    });
+    match table.get(name) {
+        Some(Some(f)) => Ok(f),
+        Some(None) => {
+            Err(Error::InvalidOption(format!("two remote functions are registered as {name}: rename one of them")))
+        }
+        None => Err(Error::UnknownFunction(name.to_string())),
+    }
 }

@@ -159,3 +159,34 @@ fn numeric_options_take_integers_and_floats() {
     let r = int_attr::options().num_cpus(-1).remote(1);
     assert!(matches!(get(&r), Err(ferroray::Error::InvalidOption(_))));
 }
+
+/// Two remote functions under one registered name: a `mod` inside a
+/// function body has the same `module_path!` as a `mod` of that name at
+/// the top (the function is skipped). Calling either is a clear error, not a
+/// silent call of the other.
+mod clash {
+    #[ferroray::remote]
+    pub fn which() -> u32 {
+        1
+    }
+}
+
+#[allow(dead_code)]
+fn holds_a_clashing_module() -> ferroray::ObjectRef<u32> {
+    mod clash {
+        #[ferroray::remote]
+        pub fn which() -> u32 {
+            2
+        }
+    }
+    clash::which::remote()
+}
+
+#[test]
+fn two_functions_registered_under_one_name_are_an_error() {
+    let _c = common::cluster();
+    match common::get(&clash::which::remote()) {
+        Err(ferroray::Error::InvalidOption(m)) => assert!(m.contains("registered as"), "{m}"),
+        other => panic!("expected the clash to be an error, got {other:?}"),
+    }
+}

@@ -121,9 +121,7 @@ impl CoreWorker {
         let expected = spec.returns.static_count() as usize;
         let returns = spec.returns;
         let function = match &spec.function {
-            FunctionDescriptor::Rust { name } => {
-                registry::lookup(name).ok_or_else(|| Error::UnknownFunction(name.clone()))
-            }
+            FunctionDescriptor::Rust { name } => registry::lookup(name),
             FunctionDescriptor::Python { qualname, .. } => Err(Error::UnknownFunction(qualname.clone())),
         };
         let mut reader = ArgReader { core: self, args: spec.args.into_iter(), position: 0, function: &ctx.name };

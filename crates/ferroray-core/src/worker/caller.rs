@@ -236,18 +236,7 @@ impl CoreWorker {
         let mut blocked = BlockedGuard::new(self);
         let mut st = self.state.lock();
         loop {
-            let mut ready: Vec<(u64, usize)> = keys
-                .iter()
-                .enumerate()
-                .filter_map(|(i, k)| {
-                    let seq = match k {
-                        WaitKey::Object(id) => st.objects.get(id).map(|e| e.seq),
-                        // A dropped stream has nothing more to wait for.
-                        WaitKey::Stream(t) => st.streams.get(t).map_or(Some(0), LocalStream::ready_since),
-                    };
-                    seq.map(|s| (s, i))
-                })
-                .collect();
+            let mut ready = ready_keys(&st, keys);
             let done = ready.len() >= num_returns
                 || deadline.is_some_and(|d| Instant::now() >= d)
                 || st.disconnected.is_some()
@@ -337,17 +326,7 @@ impl CoreWorker {
     /// (or the task polling is cancelled) while nothing is ready.
     pub fn poll_ready(&self, keys: &[WaitKey], waker: &std::task::Waker) -> Result<Vec<(u64, usize)>> {
         let mut st = self.state.lock();
-        let ready: Vec<(u64, usize)> = keys
-            .iter()
-            .enumerate()
-            .filter_map(|(i, k)| {
-                let seq = match k {
-                    WaitKey::Object(id) => st.objects.get(id).map(|e| e.seq),
-                    WaitKey::Stream(t) => st.streams.get(t).map_or(Some(0), LocalStream::ready_since),
-                };
-                seq.map(|s| (s, i))
-            })
-            .collect();
+        let ready = ready_keys(&st, keys);
         if !ready.is_empty() {
             return Ok(ready);
         }
@@ -394,4 +373,19 @@ fn take_source(st: &mut LocalState, id: ObjectId) -> Option<Result<Source>> {
         },
         Cached::InStore => None,
     }
+}
+
+/// The keys that are ready here, as `(seq, position)`: `seq` orders them by
+/// when they became ready. A dropped stream has nothing more to wait for.
+fn ready_keys(st: &LocalState, keys: &[WaitKey]) -> Vec<(u64, usize)> {
+    keys.iter()
+        .enumerate()
+        .filter_map(|(i, k)| {
+            let seq = match k {
+                WaitKey::Object(id) => st.objects.get(id).map(|e| e.seq),
+                WaitKey::Stream(t) => st.streams.get(t).map_or(Some(0), LocalStream::ready_since),
+            };
+            seq.map(|s| (s, i))
+        })
+        .collect()
 }

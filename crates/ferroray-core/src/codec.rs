@@ -21,7 +21,7 @@ use crate::object_ref::RefInner;
 use crate::worker::CoreWorker;
 use bytes::Bytes;
 use ferroray_common::{Error, ObjectId, Result};
-use ferroray_protocol::{ObjectValue, Payload};
+use ferroray_protocol::{Encoding, ObjectValue, Payload};
 use ferroray_store::Arena;
 use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
 use std::cell::RefCell;
@@ -171,7 +171,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(core: &CoreWorker, v: &T) -> Result<
     let mut contained: Vec<ObjectId> = keep.iter().map(|r| r.id).collect();
     contained.sort();
     contained.dedup();
-    Ok(ReturnValue::new(ObjectValue::Data { payload, contained }, keep))
+    Ok(ReturnValue::new(ObjectValue::Data { payload, encoding: Encoding::Rust, contained }, keep))
 }
 
 /// A fingerprint of a stored value, to tell whether a retried generator
@@ -234,21 +234,45 @@ impl Drop for ShmPin {
     }
 }
 
-/// Bytes to read a value from.
+/// A value to read: its bytes (or, for a ref list, its ids) and how they are
+/// encoded.
+#[derive(Clone)]
 pub(crate) enum Source {
-    Inline(Arc<Vec<u8>>),
-    Shm(Arc<ShmPin>),
+    Inline(Arc<Vec<u8>>, Encoding),
+    Shm(Arc<ShmPin>, Encoding),
+    RefList(Arc<[ObjectId]>),
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(src: &Source) -> Result<T> {
     match src {
-        Source::Inline(b) => bincode::deserialize(b).map_err(Error::serialization),
-        Source::Shm(pin) => {
+        Source::Inline(b, Encoding::Rust) => bincode::deserialize(b).map_err(Error::serialization),
+        Source::Shm(pin, Encoding::Rust) => {
             let bytes = pin.bytes()?;
             let prev = BACKING.with(|b| b.borrow_mut().replace(pin.clone()));
             let r = bincode::deserialize(bytes).map_err(Error::serialization);
             BACKING.with(|b| *b.borrow_mut() = prev);
             r
+        }
+        Source::Inline(_, Encoding::Unit) | Source::Shm(_, Encoding::Unit) => {
+            T::deserialize(serde::de::value::UnitDeserializer::<serde::de::value::Error>::new())
+                .map_err(Error::serialization)
+        }
+        // The node made the list from ids; this process gives it the shape
+        // a `Vec<ObjectRef<T>>` has in the value format, and reads it back.
+        Source::RefList(ids) => {
+            #[derive(Serialize)]
+            #[serde(rename = "ObjectRef")]
+            struct Wire(ObjectId);
+            let list: Vec<Wire> = ids.iter().map(|id| Wire(*id)).collect();
+            let bytes = bincode::serialize(&list).map_err(Error::serialization)?;
+            bincode::deserialize(&bytes).map_err(Error::serialization)
+        }
+        Source::Inline(_, Encoding::Raw) | Source::Shm(_, Encoding::Raw) => {
+            Err(Error::Serialization("the object holds raw bytes put by another front: read it with get_raw".into()))
+        }
+        // Made into `Source::RefList` on arrival (see `Source::new`).
+        Source::Inline(_, Encoding::RefList) | Source::Shm(_, Encoding::RefList) => {
+            Err(Error::Protocol("a ref list arrived as bytes".into()))
         }
     }
 }
@@ -565,5 +589,20 @@ mod typed_buffer_tests {
         let odd = bincode::serialize(&Buffer::from(vec![0u8; 5])).unwrap();
         assert!(bincode::deserialize::<TypedBuffer<u32>>(&odd).is_err());
         assert!(TypedBuffer::<u64>::default().is_empty());
+    }
+
+    #[test]
+    fn each_encoding_decodes_as_what_it_means() {
+        use ferroray_common::{TaskId, WorkerId};
+        let unit = Source::Inline(Arc::new(Vec::new()), Encoding::Unit);
+        decode::<()>(&unit).unwrap();
+        assert_eq!(decode::<Option<u8>>(&unit).unwrap(), None);
+        let ids: Vec<ObjectId> =
+            (0..3).map(|i| ObjectId::for_item(TaskId { submitter: WorkerId(1), seq: 2 }, i)).collect();
+        assert_eq!(decode::<Vec<ObjectId>>(&Source::RefList(ids.clone().into())).unwrap(), ids);
+        let raw = Source::Inline(Arc::new(vec![1, 2, 3]), Encoding::Raw);
+        assert!(matches!(decode::<Vec<u8>>(&raw), Err(Error::Serialization(m)) if m.contains("raw bytes")));
+        let stray = Source::Inline(Arc::new(Vec::new()), Encoding::RefList);
+        assert!(matches!(decode::<Vec<ObjectId>>(&stray), Err(Error::Protocol(_))));
     }
 }

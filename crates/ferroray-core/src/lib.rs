@@ -38,9 +38,10 @@ pub use codec::{Buffer, Pod, TypedBuffer};
 pub use completion::AsCompleted;
 pub use context::is_cancelled;
 pub use ferroray_common::{Error, Result, RetryExceptions};
+pub use ferroray_protocol::Encoding;
 pub use generator::{
     Cancellable, DynamicObjectRefGenerator, NextItem, ObjectRefGenerator, WaitItem, WaitKey, Waitable,
 };
 pub use object_ref::{ObjectRef, ObjectRefFuture};
 pub use task::{Arg, Backpressure, IntoArg, Retries, TaskOptions};
-pub use worker::CoreWorker;
+pub use worker::{CoreWorker, RawValue};

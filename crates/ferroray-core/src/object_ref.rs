@@ -83,6 +83,14 @@ impl<T: DeserializeOwned> ObjectRef<T> {
     }
 }
 
+impl<T> ObjectRef<T> {
+    /// Blocks until the object is ready and gives its bytes and encoding as
+    /// stored (see [`CoreWorker::get_raw`]), whatever `T` is.
+    pub fn get_raw(&self, timeout: Option<Duration>) -> Result<crate::RawValue> {
+        self.inner.core.get_raw(self.inner.id, timeout)
+    }
+}
+
 /// `ref.await` (or `(&ref).await`): the value, without blocking a thread.
 ///
 /// Works on any executor (`futures::executor::block_on`, tokio, ...): the

@@ -316,11 +316,11 @@ impl TaskCall {
                     match value {
                         // Inline, while the task's inline arguments stay well
                         // inside one message.
-                        ferroray_protocol::ObjectValue::Data { payload: Payload::Inline(b), contained }
+                        ferroray_protocol::ObjectValue::Data { payload: Payload::Inline(b), encoding, contained }
                             if self.inline_bytes + b.len() <= MAX_INLINE_ARGS =>
                         {
                             self.inline_bytes += b.len();
-                            self.args.push(TaskArg::Value(Payload::Inline(b)));
+                            self.args.push(TaskArg::Value { payload: Payload::Inline(b), encoding });
                             self.contained.extend(contained);
                             self.keep.extend(keep);
                         }
@@ -424,16 +424,12 @@ impl ArgReader<'_> {
             .next()
             .ok_or_else(|| Error::Serialization(format!("{} takes more arguments than were sent", self.function)))?;
         let source = match arg {
-            TaskArg::Value(Payload::Inline(b)) | TaskArg::Object { payload: Payload::Inline(b), .. } => {
-                Source::Inline(Arc::new(b))
-            }
-            TaskArg::Object { id, payload: Payload::Shm { offset, len } } => Source::Shm(Arc::new(ShmPin {
-                id,
-                offset,
-                len,
-                arena: self.core.arena().clone(),
-                core: Arc::downgrade(self.core),
-            })),
+            TaskArg::Value { payload: Payload::Inline(b), encoding }
+            | TaskArg::Object { payload: Payload::Inline(b), encoding, .. } => Source::Inline(Arc::new(b), encoding),
+            TaskArg::Object { id, payload: Payload::Shm { offset, len }, encoding } => Source::Shm(
+                Arc::new(ShmPin { id, offset, len, arena: self.core.arena().clone(), core: Arc::downgrade(self.core) }),
+                encoding,
+            ),
             TaskArg::Ref(id) => {
                 // Left as a ref by the node (too much inline data for one
                 // message): fetch it. The node pins it for the task.
@@ -442,7 +438,7 @@ impl ArgReader<'_> {
                 drop(hold);
                 return r.map_err(|e| Error::Serialization(format!("argument {i} of {}: {e}", self.function)));
             }
-            TaskArg::Value(Payload::Shm { .. }) => {
+            TaskArg::Value { payload: Payload::Shm { .. }, .. } => {
                 return Err(Error::Protocol(format!("argument {i} of {} was not resolved", self.function)))
             }
         };

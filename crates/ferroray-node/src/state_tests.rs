@@ -151,7 +151,11 @@ fn spec(by: &Peer, seq: u64, returns: ReturnKind, max_retries: u32) -> TaskSpec 
 }
 
 fn inline(bytes: &[u8]) -> ObjectValue {
-    ObjectValue::Data { payload: Payload::Inline(bytes.to_vec()), contained: vec![] }
+    ObjectValue::Data {
+        payload: Payload::Inline(bytes.to_vec()),
+        encoding: ferroray_protocol::Encoding::Rust,
+        contained: vec![],
+    }
 }
 
 fn executed(msgs: &[FromNode]) -> Vec<TaskId> {

@@ -246,7 +246,11 @@ fn ids_must_be_the_senders_own_and_new() {
     // Reading an object nobody gave this connection.
     let mut owner = driver(&node, 60);
     let mine = ObjectId { task: TaskId { submitter: WorkerId(60), seq: 1 }, index: 0 };
-    let value = ObjectValue::Data { payload: ferroray_protocol::Payload::Inline(vec![1, 2, 3]), contained: vec![] };
+    let value = ObjectValue::Data {
+        payload: ferroray_protocol::Payload::Inline(vec![1, 2, 3]),
+        encoding: ferroray_protocol::Encoding::Rust,
+        contained: vec![],
+    };
     frame::write_frame(&mut owner, &ToNode::Put { id: mine, value }).unwrap();
     let mut snoop = driver(&node, 61);
     frame::write_frame(&mut snoop, &ToNode::AddRef(vec![mine])).unwrap();
@@ -310,8 +314,11 @@ fn a_connection_flood_leaves_the_node_serving_and_gives_its_memory_back() {
     for i in 0..60u64 {
         let mut s = driver(&node, 1000 + i);
         let id = ObjectId { task: TaskId { submitter: WorkerId(1000 + i), seq: 1 }, index: 0 };
-        let value =
-            ObjectValue::Data { payload: ferroray_protocol::Payload::Inline(vec![7; 256 << 10]), contained: vec![] };
+        let value = ObjectValue::Data {
+            payload: ferroray_protocol::Payload::Inline(vec![7; 256 << 10]),
+            encoding: ferroray_protocol::Encoding::Rust,
+            contained: vec![],
+        };
         frame::write_frame(&mut s, &ToNode::Put { id, value }).unwrap();
         frame::write_frame(&mut s, &ToNode::Subscribe(vec![id])).unwrap();
         assert!(matches!(reply(&mut s), Some(FromNode::ObjectReady { .. })));

@@ -133,7 +133,11 @@ impl Executor {
     }
 
     fn report(&mut self, task_id: TaskId, attempt: u32, index: u32, byte: u8) {
-        let value = ObjectValue::Data { payload: Payload::Inline(vec![byte]), contained: vec![] };
+        let value = ObjectValue::Data {
+            payload: Payload::Inline(vec![byte]),
+            encoding: ferroray_protocol::Encoding::Rust,
+            contained: vec![],
+        };
         self.send(ToNode::ReportItem { task_id, attempt, index, value, digest: byte as u64 });
     }
 
@@ -147,7 +151,14 @@ type Item = (u32, Option<ObjectValue>);
 type End = (u32, Option<Error>);
 
 fn item(index: u32, byte: u8) -> Item {
-    (index, Some(ObjectValue::Data { payload: Payload::Inline(vec![byte]), contained: vec![] }))
+    (
+        index,
+        Some(ObjectValue::Data {
+            payload: Payload::Inline(vec![byte]),
+            encoding: ferroray_protocol::Encoding::Rust,
+            contained: vec![],
+        }),
+    )
 }
 
 fn items_and_end(msgs: &[FromNode]) -> (Vec<Item>, Option<End>) {

@@ -8,7 +8,7 @@
 //! the state lock; a message over a limit closes that connection with a
 //! [`Error::Protocol`] naming the limit, and the node serves everyone else.
 
-use crate::{FunctionDescriptor, ObjectValue, ReturnKind, TaskArg, TaskSpec, ToNode};
+use crate::{Encoding, FunctionDescriptor, ObjectValue, ReturnKind, TaskArg, TaskSpec, ToNode};
 use ferroray_common::{Error, ObjectId};
 
 /// Largest frame before a connection's hello is accepted: a hello is tens
@@ -49,9 +49,23 @@ fn check_ids(what: &str, ids: &[ObjectId]) -> Result<(), Error> {
     over(what, ids.len(), MAX_IDS)
 }
 
+/// What a client may claim about a value's bytes: the encodings that have
+/// no bytes are made by the node alone.
+fn check_encoding(encoding: Encoding) -> Result<(), Error> {
+    match encoding {
+        Encoding::Rust | Encoding::Raw => Ok(()),
+        Encoding::Unit | Encoding::RefList => {
+            Err(Error::Protocol(format!("encoding {encoding:?} is made by the node, not sent to it")))
+        }
+    }
+}
+
 fn check_value(value: &ObjectValue) -> Result<(), Error> {
     match value {
-        ObjectValue::Data { contained, .. } => check_ids("refs nested in a value", contained),
+        ObjectValue::Data { contained, encoding, .. } => {
+            check_encoding(*encoding)?;
+            check_ids("refs nested in a value", contained)
+        }
         ObjectValue::Error(_) => Ok(()),
     }
 }
@@ -70,8 +84,14 @@ pub fn check_spec(spec: &TaskSpec) -> Result<(), Error> {
         over("return objects", n as usize, MAX_RETURNS as usize)?;
     }
     over("arguments", spec.args.len(), MAX_ARGS)?;
-    if spec.args.iter().any(|a| matches!(a, TaskArg::Object { .. })) {
-        return Err(Error::Protocol("a submitted argument may not claim a resolved object".into()));
+    for arg in &spec.args {
+        match arg {
+            TaskArg::Object { .. } => {
+                return Err(Error::Protocol("a submitted argument may not claim a resolved object".into()))
+            }
+            TaskArg::Value { encoding, .. } => check_encoding(*encoding)?,
+            TaskArg::Ref(_) => {}
+        }
     }
     check_ids("refs nested in arguments", &spec.contained)?;
     spec.resources
@@ -150,12 +170,32 @@ mod tests {
         s.resources = ResourceSet::new().with(&"r".repeat(MAX_RESOURCE_NAME + 1), 1.0);
         assert!(check_spec(&s).is_err());
         let mut s = spec();
-        s.args = vec![TaskArg::Value(crate::Payload::Inline(vec![])); MAX_ARGS + 1];
+        s.args = vec![
+            TaskArg::Value { payload: crate::Payload::Inline(vec![]), encoding: crate::Encoding::Rust };
+            MAX_ARGS + 1
+        ];
         assert!(check_spec(&s).is_err());
         let mut s = spec();
         s.attempt = 3;
         assert!(check_spec(&s).is_err());
         let ids = vec![ObjectId { task: TaskId { submitter: WorkerId(1), seq: 1 }, index: 0 }; MAX_IDS + 1];
         assert!(ToNode::Subscribe(ids).check().is_err());
+    }
+
+    #[test]
+    fn a_client_cannot_send_the_node_made_encodings() {
+        let id = ObjectId { task: TaskId { submitter: WorkerId(1), seq: 1 }, index: 0 };
+        let put = |encoding| ToNode::Put {
+            id,
+            value: ObjectValue::Data { payload: crate::Payload::Inline(vec![]), encoding, contained: vec![] },
+        };
+        assert!(put(crate::Encoding::Rust).check().is_ok());
+        assert!(put(crate::Encoding::Raw).check().is_ok());
+        for e in [crate::Encoding::Unit, crate::Encoding::RefList] {
+            assert!(matches!(put(e).check(), Err(Error::Protocol(m)) if m.contains("made by the node")));
+            let mut s = spec();
+            s.args = vec![TaskArg::Value { payload: crate::Payload::Inline(vec![]), encoding: e }];
+            assert!(check_spec(&s).is_err());
+        }
     }
 }

@@ -43,18 +43,37 @@ impl Payload {
     }
 }
 
-/// The bytes of a `Vec<ObjectRef<T>>` value, the list a dynamic-returns task
-/// gives: the core worker's codec encodes a ref as its id, so the node can
-/// make the list itself (with the same ids as the value's `contained`).
-pub fn encode_ref_list(ids: &[ObjectId]) -> Vec<u8> {
-    bincode::serialize(ids).expect("a list of ids always encodes")
+/// How a value's bytes are to be read. The node never encodes or decodes a
+/// value: it stores bytes with their encoding, and only makes the two
+/// values that have no bytes ([`Encoding::Unit`], [`Encoding::RefList`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Encoding {
+    /// A Rust value in the core's value format (serde), written by a Rust
+    /// core worker.
+    Rust,
+    /// No bytes and no value: a streaming generator's completion object
+    /// once it ends well. Read as `()`.
+    Unit,
+    /// No bytes: the value is the list of refs in `contained`, in order. A
+    /// dynamic-returns task's result, made by the node; read as
+    /// `Vec<ObjectRef<T>>`.
+    RefList,
+    /// Bytes a front that encodes values itself put as they are (the core's
+    /// raw put); read back as bytes.
+    Raw,
 }
 
 /// A stored object: a value (and the refs nested in it), or the error that
 /// took the value's place.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ObjectValue {
-    Data { payload: Payload, contained: Vec<ObjectId> },
+    /// `contained`: the refs nested in the value, which the node keeps
+    /// alive while the value lives (for [`Encoding::RefList`], the value).
+    Data {
+        payload: Payload,
+        encoding: Encoding,
+        contained: Vec<ObjectId>,
+    },
     Error(Error),
 }
 
@@ -62,13 +81,15 @@ pub enum ObjectValue {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TaskArg {
     /// A value given by the caller.
-    Value(Payload),
+    Value { payload: Payload, encoding: Encoding },
     /// An object ref: the node waits for it and replaces it with
     /// [`TaskArg::Object`] before the task is sent to a worker.
     Ref(ObjectId),
     /// A resolved ref: the object's value (a shared-memory payload is pinned
-    /// for the worker; it sends [`ToNode::Unpin`] with `id` when done).
-    Object { id: ObjectId, payload: Payload },
+    /// for the worker; it sends [`ToNode::Unpin`] with `id` when done). A
+    /// [`Encoding::RefList`] object is never resolved this way: it stays a
+    /// `Ref`, which the worker fetches with its `contained`.
+    Object { id: ObjectId, payload: Payload, encoding: Encoding },
 }
 
 /// What a task hands back.

@@ -10,8 +10,8 @@
 
 use ferroray_common::{resources, ClusterToken, Error, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId};
 use ferroray_protocol::{
-    frame, FromNode, FunctionDescriptor, NodeInfo, ObjectValue, Payload, ReturnKind, Role, TaskArg, TaskOutcome,
-    TaskSpec, ToNode, PROTOCOL_VERSION,
+    frame, Encoding, FromNode, FunctionDescriptor, NodeInfo, ObjectValue, Payload, ReturnKind, Role, TaskArg,
+    TaskOutcome, TaskSpec, ToNode, PROTOCOL_VERSION,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,7 +66,10 @@ fn spec() -> TaskSpec {
     TaskSpec {
         task_id: TaskId { submitter: WorkerId(3), seq: 9 },
         function: FunctionDescriptor::Rust { name: "crate::module::function".into() },
-        args: vec![TaskArg::Value(Payload::Inline(vec![1, 2, 3])), TaskArg::Ref(oid(1, 0))],
+        args: vec![
+            TaskArg::Value { payload: Payload::Inline(vec![1, 2, 3]), encoding: Encoding::Rust },
+            TaskArg::Ref(oid(1, 0)),
+        ],
         contained: vec![oid(2, 1), oid(3, 2)],
         returns: ReturnKind::Streaming { backpressure: Some(4) },
         resources: ResourceSet::new().with(resources::CPU, 0.5).with("custom", 2.0),
@@ -80,7 +83,11 @@ fn spec() -> TaskSpec {
 
 /// One valid frame of every message kind.
 fn corpus() -> Vec<Vec<u8>> {
-    let data = ObjectValue::Data { payload: Payload::Inline(vec![5; 40]), contained: vec![oid(4, 0)] };
+    let data = ObjectValue::Data {
+        payload: Payload::Inline(vec![5; 40]),
+        encoding: Encoding::Rust,
+        contained: vec![oid(4, 0)],
+    };
     let to_node = vec![
         ToNode::Hello {
             protocol: PROTOCOL_VERSION,

@@ -49,9 +49,9 @@
 
 pub use ferroray_common::{Error, ObjectId, Result, RetryExceptions, TaskError, TaskId};
 pub use ferroray_core::{
-    is_cancelled, Arg, AsCompleted, Backpressure, Buffer, Cancellable, DynamicObjectRefGenerator, IntoArg, NextItem,
-    ObjectRef, ObjectRefFuture, ObjectRefGenerator, Pod, Retries, TaskOptions, TypedBuffer, WaitItem, WaitKey,
-    Waitable,
+    is_cancelled, Arg, AsCompleted, Backpressure, Buffer, Cancellable, DynamicObjectRefGenerator, Encoding, IntoArg,
+    NextItem, ObjectRef, ObjectRefFuture, ObjectRefGenerator, Pod, RawValue, Retries, TaskOptions, TypedBuffer,
+    WaitItem, WaitKey, Waitable,
 };
 /// Makes a function remote; see below for everything it generates and every
 /// key it accepts.
@@ -141,7 +141,7 @@ pub use config::Config;
 pub use events::{TaskEvent, TaskState};
 pub use runtime::{
     as_completed, cancel, cancel_with, get, get_all, get_all_timeout, init, init_with, is_initialized, node_address,
-    put, runtime_stats, shutdown, tasks, wait, wait_indices, RuntimeStats,
+    put, put_raw, runtime_stats, shutdown, tasks, wait, wait_indices, RuntimeStats,
 };
 
 /// Used by `#[remote]` expansions; not a public API.

@@ -131,6 +131,14 @@ pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
     core()?.put(&value)
 }
 
+/// Stores bytes as they are ([`Encoding::Raw`](crate::Encoding::Raw)), for
+/// data encoded outside serde or by another front; read them back with
+/// [`ObjectRef::get_raw`]. `nested` are refs the bytes name, kept alive
+/// while the object lives (each must be held by this process).
+pub fn put_raw(bytes: &[u8], nested: &[ObjectId]) -> Result<ObjectRef<crate::RawValue>> {
+    core()?.put_raw(bytes, nested)
+}
+
 /// Ray's `wait(refs, num_returns, timeout)`: waits until `num_returns` of
 /// `items` are ready or `timeout` passes (`None`: no limit). Returns (ready,
 /// not ready): ready ones in the order they became ready, at most

@@ -184,3 +184,69 @@ fn a_typed_buffer_reads_as_a_slice_of_shared_memory() {
     let small = get(&make_floats::remote(4)).unwrap();
     assert_eq!((small.as_slice(), small.is_shared_memory()), (&[0.0, 0.5, 1.0, 1.5][..], false));
 }
+
+#[ferroray::remote(num_returns = "dynamic")]
+fn two_items() -> impl Iterator<Item = i64> {
+    [4, 5].into_iter()
+}
+
+#[ferroray::remote]
+fn make_items(n: i64) -> impl Iterator<Item = i64> {
+    0..n
+}
+
+#[test]
+fn raw_bytes_come_back_as_stored_with_their_encoding() {
+    let _c = cluster();
+    // Small: inline.
+    let small = ferroray::put_raw(b"pickled?", &[]).unwrap();
+    let v = small.get_raw(Some(T)).unwrap();
+    assert_eq!(
+        (v.encoding(), v.bytes().unwrap(), v.is_shared_memory()),
+        (ferroray::Encoding::Raw, &b"pickled?"[..], false)
+    );
+    // Large: shared memory, read in place.
+    let data: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let big = ferroray::put_raw(&data, &[]).unwrap();
+    let v = big.get_raw(Some(T)).unwrap();
+    assert!(v.is_shared_memory());
+    assert_eq!(v.bytes().unwrap(), &data[..]);
+    drop(v);
+    // A typed value read raw: its value-format bytes.
+    let seven = ferroray::put(7i64).unwrap();
+    assert_eq!(seven.get_raw(Some(T)).unwrap().encoding(), ferroray::Encoding::Rust);
+    drop((small, big, seven));
+    assert!(eventually(T, store_empty), "{:?}", ferroray::runtime_stats());
+}
+
+#[test]
+fn refs_named_by_raw_bytes_stay_alive_with_them() {
+    let _c = cluster();
+    let inner = ferroray::put(21i64).unwrap();
+    let outer = ferroray::put_raw(b"names a ref", &[inner.id()]).unwrap();
+    let id = inner.id();
+    drop(inner);
+    assert_eq!(ferroray::runtime_stats().unwrap().node_objects, 2, "the raw object keeps its nested ref");
+    drop(outer);
+    assert!(eventually(T, store_empty), "{:?}", ferroray::runtime_stats());
+    // Naming a ref this process does not hold is refused.
+    assert!(matches!(ferroray::put_raw(b"x", &[id]), Err(ferroray::Error::InvalidOption(_))));
+}
+
+#[test]
+fn the_node_made_values_read_raw_as_ids_and_unit() {
+    let _c = cluster();
+    let list = two_items::remote();
+    let v = list.get_raw(Some(T)).unwrap();
+    assert_eq!(v.encoding(), ferroray::Encoding::RefList);
+    assert_eq!(v.bytes().unwrap(), &[] as &[u8]);
+    let typed = get(&list).unwrap();
+    assert_eq!(v.ref_ids(), typed.iter().map(|r| r.id()).collect::<Vec<_>>());
+    assert_eq!(typed.iter().map(|r| get(r).unwrap()).collect::<Vec<_>>(), vec![4, 5]);
+    // A streaming generator's completion object: no bytes, read as `()`.
+    let mut gen = make_items::remote(2);
+    while gen.next().is_some() {}
+    let done = gen.completed();
+    assert_eq!(done.get_raw(Some(T)).unwrap().encoding(), ferroray::Encoding::Unit);
+    get(&done).unwrap();
+}

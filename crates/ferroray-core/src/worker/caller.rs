@@ -18,11 +18,7 @@ impl CoreWorker {
     pub(crate) fn put_value(self: &Arc<Self>, value: ObjectValue, keep: Vec<Arc<RefInner>>) -> Result<Arc<RefInner>> {
         let id = ObjectId::for_put(self.next_task_id());
         let inner = RefInner::owned(self, id);
-        let cached = match &value {
-            ObjectValue::Data { payload: Payload::Inline(b), .. } => Cached::Inline(Arc::new(b.clone())),
-            ObjectValue::Data { payload: Payload::Shm { .. }, .. } => Cached::InStore,
-            ObjectValue::Error(e) => Cached::Error(e.clone()),
-        };
+        let cached = Cached::of(value.clone(), |_, _| None);
         self.cache(&mut self.state.lock(), id, cached);
         self.send(ToNode::Put { id, value })?;
         drop(keep);
@@ -152,6 +148,52 @@ impl CoreWorker {
 
     /// Blocks until `id` is ready, then decodes it.
     pub fn get<T: DeserializeOwned>(&self, id: ObjectId, timeout: Option<Duration>) -> Result<T> {
+        codec::decode(&self.get_source(id, timeout)?)
+    }
+
+    /// Blocks until `id` is ready and gives its bytes and encoding as they
+    /// are, for a front that decodes values itself. A shared-memory value
+    /// is a view of the store, pinned while the [`RawValue`] lives.
+    pub fn get_raw(&self, id: ObjectId, timeout: Option<Duration>) -> Result<RawValue> {
+        self.get_source(id, timeout).map(RawValue)
+    }
+
+    /// Stores `bytes` as they are, tagged [`Encoding::Raw`]: the put of a
+    /// front that encodes values itself. `nested` are the refs the bytes
+    /// name (each must be held by this process): the node keeps them alive
+    /// while the object lives. Large values go to shared memory.
+    pub fn put_raw(self: &Arc<Self>, bytes: &[u8], nested: &[ObjectId]) -> Result<crate::ObjectRef<RawValue>> {
+        let mut contained = nested.to_vec();
+        contained.sort();
+        contained.dedup();
+        let keep = {
+            let st = self.state.lock();
+            if let Some(id) = contained.iter().find(|id| !st.refs.contains_key(id)) {
+                return Err(Error::InvalidOption(format!("nested ref {id} is not held by this process")));
+            }
+            drop(st);
+            contained.iter().map(|id| RefInner::borrowed(self, *id)).collect()
+        };
+        let len = bytes.len() as u64;
+        let payload = if len >= self.info().inline_threshold {
+            let offset = self.allocate(len)?;
+            // SAFETY: the node gave this fresh range to this process alone;
+            // nobody reads it before the value is sealed by the `Put`.
+            let written = unsafe { self.arena().write_with(offset, len, |w| std::io::Write::write_all(w, bytes)) };
+            if let Err(e) = written.map_err(Error::io).and_then(|r| r.map_err(Error::io)) {
+                self.deallocate(offset);
+                return Err(e);
+            }
+            Payload::Shm { offset, len }
+        } else {
+            Payload::Inline(bytes.to_vec())
+        };
+        let value = ObjectValue::Data { payload, encoding: Encoding::Raw, contained };
+        Ok(crate::ObjectRef::from_inner(self.put_value(value, keep)?))
+    }
+
+    /// Blocks until `id` is ready; gives what a read decodes.
+    fn get_source(&self, id: ObjectId, timeout: Option<Duration>) -> Result<Source> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut blocked = BlockedGuard::new(self);
         loop {
@@ -201,7 +243,7 @@ impl CoreWorker {
                     }
                 }
             };
-            return codec::decode(&source?);
+            return source;
         }
     }
 
@@ -365,12 +407,12 @@ impl CoreWorker {
 fn take_source(st: &mut LocalState, id: ObjectId) -> Option<Result<Source>> {
     let e = st.objects.get_mut(&id)?;
     match &e.value {
-        Cached::Inline(b) => Some(Ok(Source::Inline(b.clone()))),
-        Cached::Error(err) => Some(Err(err.clone())),
-        Cached::Shm(_) => match std::mem::replace(&mut e.value, Cached::InStore) {
-            Cached::Shm(pin) => Some(Ok(Source::Shm(pin))),
-            _ => unreachable!("matched as Shm just above"),
+        Cached::Ready(Source::Shm(..)) => match std::mem::replace(&mut e.value, Cached::InStore) {
+            Cached::Ready(source) => Some(Ok(source)),
+            _ => unreachable!("matched as Ready just above"),
         },
+        Cached::Ready(source) => Some(Ok(source.clone())),
+        Cached::Error(err) => Some(Err(err.clone())),
         Cached::InStore => None,
     }
 }
@@ -388,4 +430,48 @@ fn ready_keys(st: &LocalState, keys: &[WaitKey]) -> Vec<(u64, usize)> {
             seq.map(|s| (s, i))
         })
         .collect()
+}
+
+/// An object's bytes as stored, with how they are encoded: what
+/// [`CoreWorker::get_raw`] gives a front that decodes values itself.
+pub struct RawValue(Source);
+
+impl RawValue {
+    pub fn encoding(&self) -> Encoding {
+        match &self.0 {
+            Source::Inline(_, e) | Source::Shm(_, e) => *e,
+            Source::RefList(_) => Encoding::RefList,
+        }
+    }
+
+    /// The value's bytes: empty for [`Encoding::Unit`] and
+    /// [`Encoding::RefList`] (see [`ref_ids`](Self::ref_ids)).
+    pub fn bytes(&self) -> Result<&[u8]> {
+        match &self.0 {
+            Source::Inline(b, _) => Ok(b),
+            Source::Shm(pin, _) => pin.bytes(),
+            Source::RefList(_) => Ok(&[]),
+        }
+    }
+
+    /// The ids of an [`Encoding::RefList`] value (a dynamic-returns task's
+    /// items, in order); empty for the other encodings.
+    pub fn ref_ids(&self) -> &[ObjectId] {
+        match &self.0 {
+            Source::RefList(ids) => ids,
+            _ => &[],
+        }
+    }
+
+    /// Whether the bytes are a view of the shared-memory store.
+    pub fn is_shared_memory(&self) -> bool {
+        matches!(self.0, Source::Shm(..))
+    }
+}
+
+impl std::fmt::Debug for RawValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = self.bytes().map_or(0, <[u8]>::len);
+        write!(f, "RawValue({:?}, {len} bytes, {} ref ids)", self.encoding(), self.ref_ids().len())
+    }
 }

@@ -100,7 +100,7 @@ impl CoreWorker {
     /// for its shared-memory arguments.
     pub(super) fn release_unrun(&self, spec: TaskSpec) {
         for arg in spec.args {
-            if let ferroray_protocol::TaskArg::Object { id, payload: Payload::Shm { .. } } = arg {
+            if let ferroray_protocol::TaskArg::Object { id, payload: Payload::Shm { .. }, .. } = arg {
                 self.unpin(id);
             }
         }
@@ -318,7 +318,7 @@ impl ItemSink for StreamSink<'_> {
 impl Drop for ArgReader<'_> {
     fn drop(&mut self) {
         for arg in self.args.by_ref() {
-            if let ferroray_protocol::TaskArg::Object { id, payload: Payload::Shm { .. } } = arg {
+            if let ferroray_protocol::TaskArg::Object { id, payload: Payload::Shm { .. }, .. } = arg {
                 self.core.unpin(id);
             }
         }

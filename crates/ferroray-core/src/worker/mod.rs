@@ -15,8 +15,8 @@ use crate::registry::{self, Invoke, ItemSink};
 use crate::task::ArgReader;
 use ferroray_common::{ClusterToken, Error, ObjectId, Result, TaskId, WorkerId};
 use ferroray_protocol::{
-    FromNode, FunctionDescriptor, NodeInfo, ObjectValue, Payload, ReturnKind, Role, TaskEvent, TaskOutcome, TaskSpec,
-    ToNode, PROTOCOL_VERSION,
+    Encoding, FromNode, FunctionDescriptor, NodeInfo, ObjectValue, Payload, ReturnKind, Role, TaskEvent, TaskOutcome,
+    TaskSpec, ToNode, PROTOCOL_VERSION,
 };
 use ferroray_store::Arena;
 use ferroray_transport::unix::UnixLink;
@@ -36,6 +36,7 @@ mod executor;
 mod process;
 mod streams;
 
+pub use caller::RawValue;
 use executor::Executor;
 pub use process::{is_worker_process, worker_main};
 
@@ -43,12 +44,33 @@ pub use process::{is_worker_process, worker_main};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 enum Cached {
-    Inline(Arc<Vec<u8>>),
-    /// Ready in shared memory, with a pin this process holds.
-    Shm(Arc<ShmPin>),
+    /// Readable now: inline bytes, a ref list, or shared memory with a pin
+    /// this process holds (`Source::Shm`, used by one read).
+    Ready(Source),
     /// Ready in shared memory; reading it needs a fresh pin.
     InStore,
     Error(Error),
+}
+
+impl Cached {
+    /// What this process keeps of a value the node sent or it made: the
+    /// bytes of an inline one; only the fact of a shared-memory one, whose
+    /// reading takes a pin (`pin` makes it, when the message brought one).
+    fn of(value: ObjectValue, pin: impl FnOnce(u64, u64) -> Option<ShmPin>) -> Cached {
+        match value {
+            ObjectValue::Error(e) => Cached::Error(e),
+            ObjectValue::Data { encoding: Encoding::RefList, contained, .. } => {
+                Cached::Ready(Source::RefList(contained.into()))
+            }
+            ObjectValue::Data { payload: Payload::Inline(b), encoding, .. } => {
+                Cached::Ready(Source::Inline(Arc::new(b), encoding))
+            }
+            ObjectValue::Data { payload: Payload::Shm { offset, len }, encoding, .. } => match pin(offset, len) {
+                Some(p) => Cached::Ready(Source::Shm(Arc::new(p), encoding)),
+                None => Cached::InStore,
+            },
+        }
+    }
 }
 
 struct Entry {
@@ -340,17 +362,9 @@ impl CoreWorker {
                 let _ = self.send(ToNode::Revoked { task_ids: ids });
             }
             FromNode::ObjectReady { id, value } => {
-                let cached = match value {
-                    ObjectValue::Error(e) => Cached::Error(e),
-                    ObjectValue::Data { payload: Payload::Inline(b), .. } => Cached::Inline(Arc::new(b)),
-                    ObjectValue::Data { payload: Payload::Shm { offset, len }, .. } => Cached::Shm(Arc::new(ShmPin {
-                        id,
-                        offset,
-                        len,
-                        arena: self.arena.clone(),
-                        core: Arc::downgrade(self),
-                    })),
-                };
+                let cached = Cached::of(value, |offset, len| {
+                    Some(ShmPin { id, offset, len, arena: self.arena.clone(), core: Arc::downgrade(self) })
+                });
                 let unwanted = {
                     let mut st = self.state.lock();
                     st.subscribed.remove(&id);
@@ -396,11 +410,8 @@ impl CoreWorker {
                 wakers.into_iter().for_each(|w| w.wake());
             }
             FromNode::StreamItem { task_id, index, value } => {
-                let cached = match value {
-                    Some(ObjectValue::Error(e)) => Cached::Error(e),
-                    Some(ObjectValue::Data { payload: Payload::Inline(b), .. }) => Cached::Inline(Arc::new(b)),
-                    _ => Cached::InStore,
-                };
+                // A shared-memory item comes without a pin: `get` takes one.
+                let cached = value.map_or(Cached::InStore, |v| Cached::of(v, |_, _| None));
                 self.update_stream(task_id, |s, seq| {
                     s.items.insert(index, (cached, seq));
                 });

@@ -56,8 +56,8 @@ use crate::server::SocketOutbox;
 use crate::NodeConfig;
 use ferroray_common::{resources, ClusterToken, Error, ObjectId, ResourceSet, Result, TaskId, WorkerId};
 use ferroray_protocol::{
-    FromNode, ObjectValue, Payload, ReturnKind, Role, TaskArg, TaskEvent, TaskOutcome, TaskSpec, TaskState, ToNode,
-    PROTOCOL_VERSION,
+    Encoding, FromNode, ObjectValue, Payload, ReturnKind, Role, TaskArg, TaskEvent, TaskOutcome, TaskSpec, TaskState,
+    ToNode, PROTOCOL_VERSION,
 };
 use ferroray_store::Store;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -163,15 +163,15 @@ impl Conn {
 /// A stored value as the node keeps it. Shared-memory objects keep no
 /// offset here: the store knows it, and it can change across a spill.
 enum Stored {
-    Inline { bytes: Vec<u8>, contained: Vec<ObjectId> },
-    Shm { contained: Vec<ObjectId> },
+    Inline { bytes: Vec<u8>, encoding: Encoding, contained: Vec<ObjectId> },
+    Shm { encoding: Encoding, contained: Vec<ObjectId> },
     Error(Error),
 }
 
 impl Stored {
     fn contained(&self) -> &[ObjectId] {
         match self {
-            Stored::Inline { contained, .. } | Stored::Shm { contained } => contained,
+            Stored::Inline { contained, .. } | Stored::Shm { contained, .. } => contained,
             Stored::Error(_) => &[],
         }
     }

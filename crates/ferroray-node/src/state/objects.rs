@@ -25,10 +25,10 @@ impl State {
         let wanted = self.objects.contains_key(&id);
         match value {
             ObjectValue::Error(e) => wanted.then_some(Stored::Error(e)),
-            ObjectValue::Data { payload: Payload::Inline(bytes), contained } => {
-                wanted.then_some(Stored::Inline { bytes, contained })
+            ObjectValue::Data { payload: Payload::Inline(bytes), encoding, contained } => {
+                wanted.then_some(Stored::Inline { bytes, encoding, contained })
             }
-            ObjectValue::Data { payload: Payload::Shm { offset, len }, contained } => {
+            ObjectValue::Data { payload: Payload::Shm { offset, len }, encoding, contained } => {
                 let owned = self.conns.get_mut(&conn).is_some_and(|c| c.unsealed.remove(&offset));
                 if !owned {
                     return wanted.then(|| {
@@ -40,7 +40,7 @@ impl State {
                     return None;
                 }
                 match self.store.seal(id, offset, len) {
-                    Ok(()) => Some(Stored::Shm { contained }),
+                    Ok(()) => Some(Stored::Shm { encoding, contained }),
                     Err(e) => {
                         self.store.abort(offset);
                         Some(Stored::Error(Error::Protocol(e.to_string())))
@@ -51,14 +51,19 @@ impl State {
     }
 
     pub(super) fn send_ready(&mut self, conn: ConnId, id: ObjectId) {
-        let (value, contained) = match self.objects.get(&id).and_then(|o| o.value.as_ref()) {
+        let (value, encoding, contained) = match self.objects.get(&id).and_then(|o| o.value.as_ref()) {
             None => return,
-            Some(Stored::Error(e)) => (Some(ObjectValue::Error(e.clone())), Vec::new()),
-            Some(Stored::Inline { bytes, contained }) => (
-                Some(ObjectValue::Data { payload: Payload::Inline(bytes.clone()), contained: contained.clone() }),
+            Some(Stored::Error(e)) => (Some(ObjectValue::Error(e.clone())), Encoding::Rust, Vec::new()),
+            Some(Stored::Inline { bytes, encoding, contained }) => (
+                Some(ObjectValue::Data {
+                    payload: Payload::Inline(bytes.clone()),
+                    encoding: *encoding,
+                    contained: contained.clone(),
+                }),
+                *encoding,
                 contained.clone(),
             ),
-            Some(Stored::Shm { contained }) => (None, contained.clone()),
+            Some(Stored::Shm { encoding, contained }) => (None, *encoding, contained.clone()),
         };
         if !contained.is_empty() {
             self.grant(conn, &contained);
@@ -66,7 +71,7 @@ impl State {
         let value = match value {
             Some(v) => v,
             None => match self.pin_shm(conn, id) {
-                Ok(payload) => ObjectValue::Data { payload, contained },
+                Ok(payload) => ObjectValue::Data { payload, encoding, contained },
                 Err(e) => ObjectValue::Error(e),
             },
         };

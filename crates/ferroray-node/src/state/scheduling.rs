@@ -190,21 +190,27 @@ impl State {
         // and the worker fetches them, so the task fits in one message.
         let mut inline_budget = ARG_INLINE_BUDGET;
         for arg in spec.args.iter_mut() {
-            if let TaskArg::Value(Payload::Inline(b)) = arg {
+            if let TaskArg::Value { payload: Payload::Inline(b), .. } = arg {
                 inline_budget = inline_budget.saturating_sub(b.len());
             }
             if let TaskArg::Ref(id) = *arg {
                 let payload = match self.objects.get(&id).and_then(|o| o.value.as_ref()) {
+                    // A ref list's value is its ids: the worker fetches it
+                    // whole (`TaskArg::Object` carries no ids).
+                    Some(Stored::Inline { encoding: Encoding::RefList, .. }) => continue,
                     Some(Stored::Inline { bytes, .. }) if bytes.len() > inline_budget => continue,
-                    Some(Stored::Inline { bytes, .. }) => {
+                    Some(Stored::Inline { bytes, encoding, .. }) => {
                         inline_budget -= bytes.len();
-                        Ok(Payload::Inline(bytes.clone()))
+                        Ok((Payload::Inline(bytes.clone()), *encoding))
                     }
-                    Some(Stored::Shm { .. }) => self.pin_shm(worker, id).inspect(|_| pinned.push(id)),
+                    Some(Stored::Shm { encoding, .. }) => {
+                        let encoding = *encoding;
+                        self.pin_shm(worker, id).inspect(|_| pinned.push(id)).map(|p| (p, encoding))
+                    }
                     _ => Err(Error::ObjectLost(id.to_string())),
                 };
                 match payload {
-                    Ok(payload) => *arg = TaskArg::Object { id, payload },
+                    Ok((payload, encoding)) => *arg = TaskArg::Object { id, payload, encoding },
                     Err(e) => {
                         failed = Some(e);
                         break;

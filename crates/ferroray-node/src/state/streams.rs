@@ -75,9 +75,11 @@ impl State {
         let Some(stored) = self.accept_value(conn, id, value) else { return };
         self.grant(owner, stored.contained());
         let inline = match &stored {
-            Stored::Inline { bytes, contained } => {
-                Some(ObjectValue::Data { payload: Payload::Inline(bytes.clone()), contained: contained.clone() })
-            }
+            Stored::Inline { bytes, encoding, contained } => Some(ObjectValue::Data {
+                payload: Payload::Inline(bytes.clone()),
+                encoding: *encoding,
+                contained: contained.clone(),
+            }),
             Stored::Error(e) => Some(ObjectValue::Error(e.clone())),
             Stored::Shm { .. } => None,
         };

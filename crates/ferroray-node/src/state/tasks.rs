@@ -149,7 +149,8 @@ impl State {
                     } else {
                         // A streaming generator's own object holds `()` once it
                         // ends well (a dynamic one's list is made by `complete_task`).
-                        let unit = Stored::Inline { bytes: Vec::new(), contained: Vec::new() };
+                        let unit =
+                            Stored::Inline { bytes: Vec::new(), encoding: Encoding::Unit, contained: Vec::new() };
                         self.complete_task(tid, Ok(vec![Some(unit)]));
                     }
                 }
@@ -288,8 +289,7 @@ impl State {
             }
             Ok(_) => {}
         }
-        let bytes = ferroray_protocol::encode_ref_list(&items);
-        Ok(vec![Some(Stored::Inline { bytes, contained: items })])
+        Ok(vec![Some(Stored::Inline { bytes: Vec::new(), encoding: Encoding::RefList, contained: items })])
     }
 
     /// Cancels a task: a queued one is removed, a running one is asked to stop

@@ -1,6 +1,8 @@
 //! Node configuration.
 
 use ferroray_common::{resources, ClusterToken, Error, NodeId, ResourceSet, Result};
+use ferroray_protocol::WorkerKind;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -32,7 +34,10 @@ pub struct NodeConfig {
     /// the ones dead processes left there when it starts.
     pub spill_parent: PathBuf,
     pub socket_name: String,
-    pub worker_command: WorkerCommand,
+    /// How to start a worker of each kind this node runs; a task whose
+    /// function needs a kind not listed fails as infeasible. `new` lists the
+    /// Rust kind.
+    pub worker_commands: BTreeMap<WorkerKind, WorkerCommand>,
     /// Forward worker stdout/stderr to this process's, prefixed per line.
     pub log_to_driver: bool,
     /// Most worker processes not blocked in `get` (a worker whose task
@@ -75,6 +80,8 @@ pub fn default_max_worker_processes(cpus: usize) -> usize {
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl NodeConfig {
+    /// A node on this machine's CPUs that starts Rust workers with
+    /// `worker_command`.
     pub fn new(worker_command: WorkerCommand) -> Self {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let node_id = NodeId::random();
@@ -85,7 +92,7 @@ impl NodeConfig {
             inline_threshold: 100 * 1024,
             spill_parent: std::env::temp_dir(),
             socket_name: format!("ferroray-node-{}-{node_id}", std::process::id()),
-            worker_command,
+            worker_commands: BTreeMap::from([(WorkerKind::Rust, worker_command)]),
             log_to_driver: true,
             max_workers: (cpus * 4).max(8),
             max_worker_processes: default_max_worker_processes(cpus),

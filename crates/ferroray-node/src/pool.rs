@@ -17,6 +17,7 @@
 use crate::state::TaskNames;
 use crate::{NodeConfig, Shared};
 use ferroray_common::WorkerId;
+use ferroray_protocol::WorkerKind;
 use std::io::Write;
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -29,7 +30,7 @@ use std::time::Duration;
 pub use ferroray_transport::env;
 
 pub enum PoolCmd {
-    Spawn,
+    Spawn(WorkerKind),
     Kill(u32),
     Shutdown,
 }
@@ -83,11 +84,11 @@ impl Spawner {
     fn run(&mut self, rx: Receiver<PoolCmd>) {
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(PoolCmd::Spawn) => {
-                    if let Err(e) = self.spawn() {
-                        tracing::warn!("cannot start a worker: {e}");
+                Ok(PoolCmd::Spawn(kind)) => {
+                    if let Err(e) = self.spawn(kind) {
+                        tracing::warn!("cannot start a {kind:?} worker: {e}");
                         if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
-                            shared.lock().spawn_failed(e.to_string());
+                            shared.lock().spawn_failed(kind, e.to_string());
                         }
                     }
                 }
@@ -126,8 +127,10 @@ impl Spawner {
         }
     }
 
-    fn spawn(&mut self) -> std::io::Result<()> {
-        let cmd = &self.config.worker_command;
+    fn spawn(&mut self, kind: WorkerKind) -> std::io::Result<()> {
+        let Some(cmd) = self.config.worker_commands.get(&kind) else {
+            return Err(std::io::Error::other(format!("no command starts {kind:?} workers on this node")));
+        };
         let worker_id = WorkerId::random();
         let mut command = Command::new(&cmd.program);
         command
@@ -163,7 +166,7 @@ impl Spawner {
         let mut child = command.spawn()?;
         let pid = child.id();
         if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
-            shared.lock().spawned(pid, worker_id);
+            shared.lock().spawned(pid, worker_id, kind);
         }
         if child.stdout.is_some() || child.stderr.is_some() {
             if self.log.is_none() {

@@ -10,7 +10,7 @@ use crate::{NodeConfig, WorkerCommand};
 use ferroray_common::{resources, ClusterToken, Error, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId};
 use ferroray_protocol::{
     FromNode, FunctionDescriptor, NodeInfo, ObjectValue, Payload, ReturnKind, Role, TaskOutcome, TaskSpec, ToNode,
-    PROTOCOL_VERSION,
+    WorkerKind, PROTOCOL_VERSION,
 };
 use ferroray_store::{Arena, Store};
 use ferroray_transport::Inbox;
@@ -62,7 +62,14 @@ impl Drop for Harness {
 }
 
 fn harness(cpus: f64) -> Harness {
+    harness_of(cpus, &[WorkerKind::Rust])
+}
+
+/// A node whose pool has a command for each of `kinds`.
+fn harness_of(cpus: f64, kinds: &[WorkerKind]) -> Harness {
     let mut config = NodeConfig::new(WorkerCommand { program: "/bin/true".into(), args: vec![], env: vec![] });
+    config.worker_commands =
+        kinds.iter().map(|k| (*k, WorkerCommand { program: "/bin/true".into(), args: vec![], env: vec![] })).collect();
     config.resources = ResourceSet::new().with(resources::CPU, cpus);
     config.store_capacity = 1 << 20;
     let token = ClusterToken::random().unwrap();
@@ -103,10 +110,14 @@ impl Harness {
 
     /// A worker the spawner started (as asked), connected and welcomed.
     fn worker(&mut self) -> Peer {
+        self.worker_of(WorkerKind::Rust)
+    }
+
+    fn worker_of(&mut self, kind: WorkerKind) -> Peer {
         self.next_pid += 1;
         let pid = self.next_pid;
         let worker_id = WorkerId::random();
-        self.st.spawned(pid, worker_id);
+        self.st.spawned(pid, worker_id, kind);
         let (conn, outbox, inbox) = self.connect(pid);
         let hello =
             ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid, role: Role::Worker, token: self.token.clone() };
@@ -123,12 +134,17 @@ impl Harness {
 
     /// Spawn requests the pool received since the last call.
     fn spawn_requests(&self) -> usize {
-        let mut n = 0;
+        self.spawn_kinds().len()
+    }
+
+    /// The kinds of the spawn requests since the last call, in order.
+    fn spawn_kinds(&self) -> Vec<WorkerKind> {
+        let mut kinds = Vec::new();
         loop {
             match self.spawns.try_recv() {
-                Ok(PoolCmd::Spawn) => n += 1,
+                Ok(PoolCmd::Spawn(kind)) => kinds.push(kind),
                 Ok(_) => {}
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return n,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return kinds,
             }
         }
     }
@@ -314,4 +330,77 @@ fn a_worker_reads_only_what_it_holds_or_was_shown() {
     assert_eq!(executed(&w.take()).len(), 1);
     h.st.handle(w.conn, ToNode::Subscribe(vec![secret]));
     assert_eq!(ready(&w.take(), secret), Some(&inline(b"s")));
+}
+
+fn python_spec(by: &Peer, seq: u64) -> TaskSpec {
+    let mut s = spec(by, seq, ReturnKind::Fixed(1), 0);
+    s.function = FunctionDescriptor::Python { module: "m".into(), qualname: "f".into(), pickled: vec![1] };
+    s
+}
+
+#[test]
+fn each_kind_of_task_runs_on_a_worker_of_its_kind() {
+    let mut h = harness_of(2.0, &[WorkerKind::Rust, WorkerKind::Python]);
+    let d = h.driver();
+    let rust = h.worker();
+    // An idle Rust worker does not take a Python task: a Python one is asked for.
+    let p = python_spec(&d, 1);
+    let ptid = p.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(p)));
+    assert_eq!(h.spawn_kinds(), vec![WorkerKind::Python]);
+    assert!(executed(&rust.take()).is_empty());
+    let py = h.worker_of(WorkerKind::Python);
+    assert_eq!(executed(&py.take()), vec![ptid]);
+    // A Rust task goes to the idle Rust worker, not behind the Python task.
+    let r = spec(&d, 2, ReturnKind::Fixed(1), 0);
+    let rtid = r.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(r)));
+    assert_eq!(executed(&rust.take()), vec![rtid]);
+    assert!(executed(&py.take()).is_empty());
+    // With no CPU left, a task waits behind a busy worker of its own kind only.
+    let p2 = python_spec(&d, 3);
+    let p2tid = p2.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(p2)));
+    assert_eq!(executed(&py.take()), vec![p2tid]);
+    assert!(executed(&rust.take()).is_empty());
+    assert!(h.spawn_kinds().is_empty());
+}
+
+#[test]
+fn a_kind_the_node_cannot_start_is_infeasible() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let p = python_spec(&d, 1);
+    let rid = ObjectId::for_return(p.task_id, 0);
+    h.st.handle(d.conn, ToNode::Submit(Box::new(p)));
+    h.st.handle(d.conn, ToNode::Subscribe(vec![rid]));
+    assert!(h.spawn_kinds().is_empty());
+    let msgs = d.take();
+    assert!(
+        matches!(ready(&msgs, rid), Some(ObjectValue::Error(Error::Infeasible(m))) if m.contains("Python")),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn a_kind_whose_workers_cannot_start_fails_its_tasks_only() {
+    let mut h = harness_of(2.0, &[WorkerKind::Rust, WorkerKind::Python]);
+    let d = h.driver();
+    let p = python_spec(&d, 1);
+    let prid = ObjectId::for_return(p.task_id, 0);
+    h.st.handle(d.conn, ToNode::Submit(Box::new(p)));
+    h.st.handle(d.conn, ToNode::Subscribe(vec![prid]));
+    let r = spec(&d, 2, ReturnKind::Fixed(1), 0);
+    let rtid = r.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(r)));
+    assert_eq!(h.spawn_kinds(), vec![WorkerKind::Python, WorkerKind::Rust]);
+    h.st.spawn_failed(WorkerKind::Python, "no interpreter".into());
+    let msgs = d.take();
+    assert!(
+        matches!(ready(&msgs, prid), Some(ObjectValue::Error(Error::WorkerCrashed { detail, .. })) if detail.contains("no interpreter")),
+        "{msgs:?}"
+    );
+    // The Rust task still waits for its worker, and runs there.
+    let w = h.worker();
+    assert_eq!(executed(&w.take()), vec![rtid]);
 }

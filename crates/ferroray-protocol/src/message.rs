@@ -11,7 +11,34 @@ pub enum FunctionDescriptor {
     Python { module: String, qualname: String, pickled: Vec<u8> },
 }
 
+/// The kind of worker process that runs a function: the node keeps one
+/// pool of processes per kind, each started by its own command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkerKind {
+    /// The driver's executable, started again in worker mode.
+    Rust,
+    /// A Python interpreter running the Python worker.
+    Python,
+}
+
+impl WorkerKind {
+    pub const ALL: [WorkerKind; 2] = [WorkerKind::Rust, WorkerKind::Python];
+
+    /// Position in [`ALL`](Self::ALL), for tables indexed by kind.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
 impl FunctionDescriptor {
+    /// The kind of worker that runs this function.
+    pub fn worker_kind(&self) -> WorkerKind {
+        match self {
+            FunctionDescriptor::Rust { .. } => WorkerKind::Rust,
+            FunctionDescriptor::Python { .. } => WorkerKind::Python,
+        }
+    }
+
     /// The short name used in logs and task listings (`add`, not `crate::m::add`).
     pub fn display_name(&self) -> &str {
         match self {

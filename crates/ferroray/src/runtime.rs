@@ -65,7 +65,9 @@ pub fn init_with(config: Config) -> Result<()> {
         nc.max_worker_processes = n;
     }
     nc.log_to_driver = config.log_to_driver;
-    nc.worker_command.env.extend(config.worker_env.iter().cloned());
+    for command in nc.worker_commands.values_mut() {
+        command.env.extend(config.worker_env.iter().cloned());
+    }
     nc.test_kill_delay = config.test_kill_delay;
     if let Some(t) = config.idle_worker_timeout {
         nc.idle_worker_timeout = t;

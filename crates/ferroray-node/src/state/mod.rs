@@ -57,7 +57,7 @@ use crate::NodeConfig;
 use ferroray_common::{resources, ClusterToken, Error, ObjectId, ResourceSet, Result, TaskId, WorkerId};
 use ferroray_protocol::{
     Encoding, FromNode, ObjectValue, Payload, ReturnKind, Role, TaskArg, TaskEvent, TaskOutcome, TaskSpec, TaskState,
-    ToNode, PROTOCOL_VERSION,
+    ToNode, WorkerKind, PROTOCOL_VERSION,
 };
 use ferroray_store::Store;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -119,6 +119,9 @@ struct Conn {
     /// Who the peer is: for a worker, the id the spawner gave its process.
     /// Task and object ids it makes must carry it as their submitter.
     worker_id: WorkerId,
+    /// For a worker, the kind of process the spawner started (never what
+    /// the peer says): only tasks of that kind go to it.
+    kind: WorkerKind,
     /// Objects it holds references to (its 0→1 `AddRef`s).
     held: FxHashSet<ObjectId>,
     /// Objects this connection was shown without holding them: refs nested
@@ -157,6 +160,47 @@ struct Conn {
 impl Conn {
     fn running(&self) -> Option<TaskId> {
         self.assigned.front().copied()
+    }
+}
+
+/// One `T` per worker kind: the pool's tables are kept per kind.
+#[derive(Default)]
+pub(crate) struct PerKind<T>([T; WorkerKind::ALL.len()]);
+
+impl<T> std::ops::Index<WorkerKind> for PerKind<T> {
+    type Output = T;
+    fn index(&self, kind: WorkerKind) -> &T {
+        &self.0[kind.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<WorkerKind> for PerKind<T> {
+    fn index_mut(&mut self, kind: WorkerKind) -> &mut T {
+        &mut self.0[kind.index()]
+    }
+}
+
+impl PerKind<usize> {
+    fn total(&self) -> usize {
+        self.0.iter().sum()
+    }
+}
+
+impl PerKind<Vec<ConnId>> {
+    fn contains(&self, w: ConnId) -> bool {
+        self.0.iter().any(|v| v.contains(&w))
+    }
+
+    fn remove(&mut self, w: ConnId) {
+        self.0.iter_mut().for_each(|v| v.retain(|i| *i != w));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(Vec::is_empty)
+    }
+
+    fn clear(&mut self) {
+        self.0.iter_mut().for_each(Vec::clear);
     }
 }
 
@@ -250,12 +294,18 @@ pub struct State {
     tasks: FxHashMap<TaskId, Task>,
     streams: FxHashMap<TaskId, Stream>,
     children: FxHashMap<TaskId, Vec<TaskId>>,
-    /// Tasks whose arguments are ready, one FIFO per resource shape (so a
-    /// scheduling pass looks at the head of each queue, not at every task).
-    /// Entries of tasks that ended meanwhile are skipped when reached.
-    ready: Vec<(ResourceSet, VecDeque<TaskId>)>,
-    idle: Vec<ConnId>,
-    starting: usize,
+    /// Tasks whose arguments are ready, one FIFO per worker kind and
+    /// resource shape (so a scheduling pass looks at the head of each
+    /// queue, not at every task). Entries of tasks that ended meanwhile are
+    /// skipped when reached.
+    ready: Vec<((WorkerKind, ResourceSet), VecDeque<TaskId>)>,
+    /// Workers with nothing assigned, a stack per kind (the last to go idle
+    /// is reused first, so the ones idle longest can time out).
+    idle: PerKind<Vec<ConnId>>,
+    /// Spawns asked for whose process has not said hello, per kind.
+    starting: PerKind<usize>,
+    /// The kinds this node has a command for (`NodeConfig::worker_commands`).
+    kinds: Vec<WorkerKind>,
     total: ResourceSet,
     available: ResourceSet,
     store: Store<ObjectId>,
@@ -270,15 +320,16 @@ pub struct State {
     /// Started worker processes that have not said hello yet.
     starting_pids: HashSet<u32>,
     /// Every live worker process the spawner started, with the worker id it
-    /// gave it: the only processes accepted as workers.
-    worker_pids: FxHashMap<u32, WorkerId>,
+    /// gave it and its kind: the only processes accepted as workers.
+    worker_pids: FxHashMap<u32, (WorkerId, WorkerKind)>,
     /// Worker hellos that arrived before the spawner registered their pid
     /// (it registers right after the fork returns): pid -> (conn, claimed id).
     awaiting_spawn: FxHashMap<u32, (ConnId, WorkerId)>,
     /// The secret every hello must carry.
     token: ClusterToken,
-    /// Workers that died before saying hello, since the last one that did.
-    early_deaths: u32,
+    /// Workers that died before saying hello, since the last one of their
+    /// kind that did.
+    early_deaths: PerKind<u32>,
     spawn: std::sync::mpsc::Sender<PoolCmd>,
     pub(crate) names: TaskNames,
     info: ferroray_protocol::NodeInfo,
@@ -288,7 +339,7 @@ pub struct State {
     outboxes: Vec<Outbox>,
     closed_links: Vec<Outbox>,
     test_kill_delay: Option<std::time::Duration>,
-    /// Workers kept when idle (the CPU count, at least 1); idle ones beyond
+    /// Workers of each kind kept when idle (the CPU count, at least 1); idle ones beyond
     /// it exit after `idle_timeout`.
     steady_workers: usize,
     idle_timeout: std::time::Duration,
@@ -359,8 +410,9 @@ impl State {
             streams: FxHashMap::default(),
             children: FxHashMap::default(),
             ready: Vec::new(),
-            idle: Vec::new(),
-            starting: 0,
+            idle: PerKind::default(),
+            starting: PerKind::default(),
+            kinds: config.worker_commands.keys().copied().collect(),
             total: config.resources.clone(),
             available: config.resources.clone(),
             store,
@@ -373,7 +425,7 @@ impl State {
             worker_pids: FxHashMap::default(),
             awaiting_spawn: FxHashMap::default(),
             token: config.token.clone().expect("Node::start sets the token"),
-            early_deaths: 0,
+            early_deaths: PerKind::default(),
             spawn,
             names: TaskNames::default(),
             info,

@@ -16,6 +16,7 @@ impl State {
                 role: None,
                 pid,
                 worker_id: WorkerId(0),
+                kind: WorkerKind::Rust,
                 held: FxHashSet::default(),
                 granted: FxHashSet::default(),
                 store_pins: FxHashMap::default(),
@@ -100,12 +101,12 @@ impl State {
         }
         match role {
             Role::Worker => match self.worker_pids.get(&pid) {
-                Some(id) if *id == worker_id => self.accept(conn, role, worker_id),
+                Some((id, _)) if *id == worker_id => self.accept(conn, role, worker_id),
                 Some(_) => self.reject(
                     conn,
                     Error::PermissionDenied(format!("process {pid} claims a worker id the node did not give it")),
                 ),
-                None if self.starting > 0 => match self.awaiting_spawn.entry(pid) {
+                None if self.starting.total() > 0 => match self.awaiting_spawn.entry(pid) {
                     std::collections::hash_map::Entry::Occupied(_) => {
                         self.reject(conn, Error::Protocol("two hellos from one process".into()))
                     }
@@ -132,14 +133,16 @@ impl State {
         c.role = Some(role);
         c.worker_id = worker_id;
         let pid = c.pid;
-        self.send(conn, FromNode::Welcome(self.info.clone()));
         if role == Role::Worker {
+            let kind = self.worker_pids.get(&pid).map_or(WorkerKind::Rust, |(_, k)| *k);
+            c.kind = kind;
             // Counted as starting since it was asked for.
-            self.starting = self.starting.saturating_sub(1);
+            self.starting[kind] = self.starting[kind].saturating_sub(1);
             self.starting_pids.remove(&pid);
-            self.early_deaths = 0;
-            self.idle.push(conn);
+            self.early_deaths[kind] = 0;
+            self.idle[kind].push(conn);
         }
+        self.send(conn, FromNode::Welcome(self.info.clone()));
         self.schedule();
     }
 
@@ -197,7 +200,7 @@ impl State {
         if c.role.is_none() {
             self.awaiting_spawn.retain(|_, (w, _)| *w != conn);
         }
-        self.idle.retain(|w| *w != conn);
+        self.idle.remove(conn);
         self.forget_outbox(c.outbox);
         for id in c.held {
             if let Some(o) = self.objects.get_mut(&id) {
@@ -280,10 +283,10 @@ impl State {
         self.schedule();
     }
 
-    /// The spawner started worker process `pid` and gave it `worker_id`. A
-    /// hello that came first is answered now.
-    pub fn spawned(&mut self, pid: u32, worker_id: WorkerId) {
-        self.worker_pids.insert(pid, worker_id);
+    /// The spawner started worker process `pid` of `kind` and gave it
+    /// `worker_id`. A hello that came first is answered now.
+    pub fn spawned(&mut self, pid: u32, worker_id: WorkerId, kind: WorkerKind) {
+        self.worker_pids.insert(pid, (worker_id, kind));
         match self.awaiting_spawn.remove(&pid) {
             Some((conn, claimed)) if claimed == worker_id => self.accept(conn, Role::Worker, worker_id),
             Some((conn, _)) => self.reject(
@@ -300,7 +303,7 @@ impl State {
     /// starting; after several such deaths in a row, nothing can run, so the
     /// waiting tasks fail instead of hanging.
     pub fn worker_exited(&mut self, pid: u32, status: String) {
-        self.worker_pids.remove(&pid);
+        let kind = self.worker_pids.remove(&pid).map_or(WorkerKind::Rust, |(_, k)| k);
         match self.crashed.remove(&pid) {
             Some((_, failed)) => {
                 for (tid, name) in failed {
@@ -319,10 +322,11 @@ impl State {
         if !self.starting_pids.remove(&pid) {
             return;
         }
-        self.starting = self.starting.saturating_sub(1);
-        self.early_deaths += 1;
-        if self.early_deaths >= 3 {
-            self.spawn_failed(format!("worker processes exit before connecting (last: pid {pid}, {status})"));
+        self.starting[kind] = self.starting[kind].saturating_sub(1);
+        self.early_deaths[kind] += 1;
+        if self.early_deaths[kind] >= 3 {
+            let error = format!("worker processes exit before connecting (last: pid {pid}, {status})");
+            self.fail_kind_if_stuck(kind, error);
         } else {
             self.schedule();
         }
@@ -345,21 +349,28 @@ impl State {
     }
 
     /// A worker process could not be started.
-    pub fn spawn_failed(&mut self, error: String) {
-        self.starting = self.starting.saturating_sub(1);
-        let live = self.conns.values().any(|c| c.role == Some(Role::Worker));
-        if !live && self.starting == 0 {
-            // Nothing can ever run: fail what waits instead of hanging.
-            let waiting: Vec<TaskId> = self.ready.drain(..).flat_map(|(_, q)| q).collect();
-            for t in waiting {
-                self.complete_task(
-                    t,
-                    Err(Error::WorkerCrashed {
-                        task: String::new(),
-                        detail: format!("worker could not start: {error}"),
-                    }),
-                );
+    pub fn spawn_failed(&mut self, kind: WorkerKind, error: String) {
+        self.starting[kind] = self.starting[kind].saturating_sub(1);
+        self.fail_kind_if_stuck(kind, error);
+    }
+
+    /// With no worker of `kind` alive or starting, nothing can run the
+    /// tasks that wait for one: they fail instead of hanging.
+    fn fail_kind_if_stuck(&mut self, kind: WorkerKind, error: String) {
+        let live = self.conns.values().any(|c| c.role == Some(Role::Worker) && c.kind == kind);
+        if live || self.starting[kind] > 0 {
+            return;
+        }
+        let mut waiting = Vec::new();
+        self.ready.retain_mut(|((k, _), q)| {
+            if *k == kind {
+                waiting.extend(q.drain(..));
             }
+            *k != kind
+        });
+        for t in waiting {
+            let detail = format!("worker could not start: {error}");
+            self.complete_task(t, Err(Error::WorkerCrashed { task: String::new(), detail }));
         }
     }
 
@@ -371,9 +382,16 @@ impl State {
             return;
         }
         let now = std::time::Instant::now();
-        let mut workers = self.conns.values().filter(|c| c.role == Some(Role::Worker) && !c.doomed).count();
+        for kind in WorkerKind::ALL {
+            self.exit_idle_workers_of(kind, now);
+        }
+    }
+
+    fn exit_idle_workers_of(&mut self, kind: WorkerKind, now: std::time::Instant) {
+        let mut workers =
+            self.conns.values().filter(|c| c.role == Some(Role::Worker) && c.kind == kind && !c.doomed).count();
         // `idle` is a stack: the front has been idle longest.
-        let idle: Vec<ConnId> = self.idle.clone();
+        let idle: Vec<ConnId> = self.idle[kind].clone();
         for w in idle {
             if workers <= self.steady_workers {
                 break;

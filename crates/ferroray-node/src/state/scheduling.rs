@@ -17,9 +17,10 @@ impl State {
         let Some(task) = self.tasks.get_mut(&tid) else { return };
         self.next_order += 1;
         task.order = self.next_order;
-        match self.ready.iter_mut().find(|(shape, _)| *shape == task.spec.resources) {
+        let kind = task.spec.function.worker_kind();
+        match self.ready.iter_mut().find(|((k, shape), _)| *k == kind && *shape == task.spec.resources) {
             Some((_, q)) => q.push_back(tid),
-            None => self.ready.push((task.spec.resources.clone(), VecDeque::from([tid]))),
+            None => self.ready.push(((kind, task.spec.resources.clone()), VecDeque::from([tid]))),
         }
     }
 
@@ -28,14 +29,14 @@ impl State {
     /// start in the order they were queued, whichever worker held them.
     pub(super) fn requeue(&mut self, tid: TaskId) {
         let Some(task) = self.tasks.get(&tid) else { return };
-        let (order, shape) = (task.order, &task.spec.resources);
+        let (order, shape, kind) = (task.order, &task.spec.resources, task.spec.function.worker_kind());
         let tasks = &self.tasks;
-        match self.ready.iter_mut().find(|(s, _)| s == shape) {
+        match self.ready.iter_mut().find(|((k, s), _)| *k == kind && s == shape) {
             Some((_, q)) => {
                 let at = q.partition_point(|t| tasks.get(t).is_none_or(|t| t.order < order));
                 q.insert(at, tid);
             }
-            None => self.ready.push((shape.clone(), VecDeque::from([tid]))),
+            None => self.ready.push(((kind, shape.clone()), VecDeque::from([tid]))),
         }
     }
 
@@ -46,19 +47,20 @@ impl State {
             return;
         }
         let mut tentative = self.available.clone();
-        let mut want_workers = 0usize;
+        let mut want_workers: PerKind<usize> = PerKind::default();
         let mut dispatches = Vec::new();
         let mut pipelined = Vec::new();
         // Busy workers that could take a task behind the one they run.
-        let mut busy: Vec<(ConnId, &ResourceSet, usize)> = self
+        let mut busy: Vec<(ConnId, WorkerKind, &ResourceSet, usize)> = self
             .conns
             .iter()
             .filter(|(_, c)| !c.blocked && !c.doomed && (1..=PIPELINE_DEPTH).contains(&c.assigned.len()))
-            .map(|(id, c)| (*id, &c.lease_shape, c.assigned.len()))
+            .map(|(id, c)| (*id, c.kind, &c.lease_shape, c.assigned.len()))
             .collect();
-        for (shape, queue) in self.ready.iter_mut() {
+        for ((kind, shape), queue) in self.ready.iter_mut() {
+            let kind = *kind;
             let mut i = 0;
-            while i < queue.len() && want_workers < self.max_workers {
+            while i < queue.len() && want_workers.total() < self.max_workers {
                 if !self.tasks.contains_key(&queue[i]) {
                     queue.remove(i);
                     continue;
@@ -69,25 +71,25 @@ impl State {
                     while i < queue.len() {
                         let Some(slot) = busy
                             .iter_mut()
-                            .filter(|(_, s, n)| *s == shape && *n <= PIPELINE_DEPTH)
-                            .min_by_key(|(_, _, n)| *n)
+                            .filter(|(_, k, s, n)| *k == kind && *s == shape && *n <= PIPELINE_DEPTH)
+                            .min_by_key(|(_, _, _, n)| *n)
                         else {
                             break;
                         };
                         let tid = queue.remove(i).expect("index checked");
-                        slot.2 += 1;
+                        slot.3 += 1;
                         pipelined.push((tid, slot.0));
                     }
                     break;
                 }
                 tentative.subtract(shape);
-                match self.idle.pop() {
+                match self.idle[kind].pop() {
                     Some(w) => {
                         let tid = queue.remove(i).expect("index checked");
                         dispatches.push((tid, w));
                     }
                     None => {
-                        want_workers += 1;
+                        want_workers[kind] += 1;
                         i += 1;
                     }
                 }
@@ -108,7 +110,7 @@ impl State {
             // Only tasks that could start with what is free now (the others
             // would just queue behind a busy worker again).
             for c in self.conns.values_mut() {
-                if c.assigned.len() < 2 || c.revoking {
+                if c.assigned.len() < 2 || c.revoking || self.idle[c.kind].is_empty() {
                     continue;
                 }
                 let movable: Vec<TaskId> = c
@@ -124,10 +126,10 @@ impl State {
                 }
             }
         }
-        let mut to_start = want_workers.saturating_sub(self.starting);
-        if to_start == 0 {
+        if WorkerKind::ALL.iter().all(|k| want_workers[*k] <= self.starting[*k]) {
             return;
         }
+        let starting = self.starting.total();
         // Workers in the count: all but the dying, and those whose task
         // waits in `get` (they lend their place, so nested tasks cannot
         // deadlock). A generator that blocked paused by backpressure lends
@@ -138,12 +140,12 @@ impl State {
             .values()
             .filter(|c| c.role == Some(Role::Worker) && !c.doomed && (!c.blocked || c.paused))
             .count();
-        let mut room = self.max_workers.saturating_sub(active + self.starting);
+        let mut room = self.max_workers.saturating_sub(active + starting);
         // Blocked workers lend their place in `max_workers`, but every
         // process counts here: nested blocking calls cannot start
         // processes without bound.
         let processes = self.conns.values().filter(|c| c.role == Some(Role::Worker) && !c.doomed).count();
-        let below_cap = self.max_processes.saturating_sub(processes + self.starting);
+        let below_cap = self.max_processes.saturating_sub(processes + starting);
         if room > below_cap {
             room = below_cap;
             if room == 0 && !self.cap_logged {
@@ -157,13 +159,16 @@ impl State {
         } else {
             self.cap_logged = false;
         }
-        while to_start > 0 && room > 0 {
-            if self.spawn.send(PoolCmd::Spawn).is_err() {
-                break;
+        for kind in WorkerKind::ALL {
+            let mut to_start = want_workers[kind].saturating_sub(self.starting[kind]);
+            while to_start > 0 && room > 0 {
+                if self.spawn.send(PoolCmd::Spawn(kind)).is_err() {
+                    return;
+                }
+                self.starting[kind] += 1;
+                to_start -= 1;
+                room -= 1;
             }
-            self.starting += 1;
-            to_start -= 1;
-            room -= 1;
         }
     }
 
@@ -305,7 +310,7 @@ impl State {
         let Some(c) = self.conns.get_mut(&w) else {
             return;
         };
-        if !c.assigned.is_empty() || c.lease_shape.is_empty() && c.lease.is_empty() && self.idle.contains(&w) {
+        if !c.assigned.is_empty() || c.lease_shape.is_empty() && c.lease.is_empty() && self.idle.contains(w) {
             return;
         }
         let mut lease = std::mem::take(&mut c.lease);
@@ -317,9 +322,9 @@ impl State {
         }
         c.lease_shape = ResourceSet::new();
         self.available.add(&lease);
-        if !self.shutting_down && !c.doomed && !self.idle.contains(&w) {
+        if !self.shutting_down && !c.doomed && !self.idle.contains(w) {
             c.idle_since = std::time::Instant::now();
-            self.idle.push(w);
+            self.idle[c.kind].push(w);
         }
     }
 

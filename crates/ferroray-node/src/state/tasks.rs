@@ -7,6 +7,13 @@ impl State {
         if let ReturnKind::Streaming { backpressure: Some(0) } = spec.returns {
             return Err(Error::InvalidOption("generator backpressure must not be 0".into()));
         }
+        let kind = spec.function.worker_kind();
+        if !self.kinds.contains(&kind) {
+            return Err(Error::Infeasible(format!(
+                "task {} needs a {kind:?} worker, and this node starts none (no command for that kind)",
+                spec.name()
+            )));
+        }
         if let Some((name, want, have)) = spec.resources.first_missing(&self.total) {
             return Err(Error::Infeasible(format!(
                 "task {} needs {want} {name} but this node has {have} in total",
@@ -380,7 +387,7 @@ impl State {
                 c.revoking = true;
                 c.outbox.send(FromNode::Revoke { task_ids: queued });
             }
-            self.idle.retain(|i| *i != w);
+            self.idle.remove(w);
         }
         if pid == 0 {
             return;

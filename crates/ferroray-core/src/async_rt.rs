@@ -12,11 +12,18 @@
 //! that worker. Starting another runtime inside a task (tokio's
 //! `Runtime::block_on`) panics, as it does inside any tokio runtime.
 
+use crate::context::TaskContext;
 use std::cell::OnceCell;
 use std::future::Future;
 
 thread_local! {
     static RUNTIME: OnceCell<tokio::runtime::Runtime> = const { OnceCell::new() };
+}
+
+/// Runs a task's future to completion on this thread's runtime, with the
+/// task's context installed for each poll (see [`crate::context::scope`]).
+pub fn block_on_in<F: Future>(ctx: &TaskContext, f: F) -> F::Output {
+    block_on(crate::context::scope(ctx.clone(), f))
 }
 
 /// Runs `f` to completion on this thread's runtime.

@@ -1,9 +1,10 @@
 //! Task options, arguments and submission.
 
 use crate::codec::{self, ReturnValue, ShmPin, Source};
+use crate::context::{self, TaskContext};
+use crate::global;
 use crate::object_ref::{ObjectRef, RefInner};
 use crate::worker::CoreWorker;
-use crate::{context, global};
 use ferroray_common::{resources, Error, ObjectId, ResourceSet, Result, RetryExceptions, TaskError};
 use ferroray_protocol::{FunctionDescriptor, Payload, ReturnKind, TaskArg, TaskSpec};
 use serde::{de::DeserializeOwned, Serialize};
@@ -412,17 +413,23 @@ pub struct ArgReader<'a> {
     pub(crate) core: &'a Arc<CoreWorker>,
     pub(crate) args: std::vec::IntoIter<TaskArg>,
     pub(crate) position: usize,
-    pub(crate) function: &'a str,
+    /// The running task (its name is the function's, for errors).
+    pub(crate) ctx: &'a TaskContext,
 }
 
 impl ArgReader<'_> {
+    /// The task these arguments are for.
+    pub fn context(&self) -> &TaskContext {
+        self.ctx
+    }
+
     pub fn next_arg<T: DeserializeOwned>(&mut self) -> Result<T> {
         let i = self.position;
         self.position += 1;
         let arg = self
             .args
             .next()
-            .ok_or_else(|| Error::Serialization(format!("{} takes more arguments than were sent", self.function)))?;
+            .ok_or_else(|| Error::Serialization(format!("{} takes more arguments than were sent", self.ctx.name)))?;
         let source = match arg {
             TaskArg::Value { payload: Payload::Inline(b), encoding }
             | TaskArg::Object { payload: Payload::Inline(b), encoding, .. } => Source::Inline(Arc::new(b), encoding),
@@ -436,21 +443,21 @@ impl ArgReader<'_> {
                 let hold = RefInner::borrowed(self.core, id);
                 let r = self.core.get(id, None);
                 drop(hold);
-                return r.map_err(|e| Error::Serialization(format!("argument {i} of {}: {e}", self.function)));
+                return r.map_err(|e| Error::Serialization(format!("argument {i} of {}: {e}", self.ctx.name)));
             }
             TaskArg::Value { payload: Payload::Shm { .. }, .. } => {
-                return Err(Error::Protocol(format!("argument {i} of {} was not resolved", self.function)))
+                return Err(Error::Protocol(format!("argument {i} of {} was not resolved", self.ctx.name)))
             }
         };
         codec::decode(&source)
-            .map_err(|e| Error::Serialization(format!("argument {i} of {} does not decode: {e}", self.function)))
+            .map_err(|e| Error::Serialization(format!("argument {i} of {} does not decode: {e}", self.ctx.name)))
     }
 
     /// Checks that every argument sent was read.
     pub fn finish(&mut self) -> Result<()> {
         match self.args.len() {
             0 => Ok(()),
-            n => Err(Error::Serialization(format!("{} got {n} more arguments than it takes", self.function))),
+            n => Err(Error::Serialization(format!("{} got {n} more arguments than it takes", self.ctx.name))),
         }
     }
 }

@@ -397,7 +397,7 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
     let mut call_in_async = call.clone();
     if sig.asyncness.is_some() {
         call_in_async = quote!(#call.await);
-        call = quote!(::ferroray::__private::block_on(#call));
+        call = quote!(::ferroray::__private::block_on_in(__args.context(), #call));
     }
 
     let (remote_ret, submit, invoke, extra) = match shape(&ret_ty) {
@@ -465,7 +465,7 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
                 // The whole stream in one `block_on` (not one per item):
                 // reporting an item is synchronous, and may wait for room.
                 quote! {
-                    ::ferroray::__private::block_on(async {
+                    ::ferroray::__private::block_on_in(__args.context(), async {
                         let mut __gen = ::std::pin::pin!(#gen_in_async);
                         while let ::std::option::Option::Some(__item) =
                             ::ferroray::__private::StreamExt::next(&mut __gen).await

@@ -149,7 +149,7 @@ pub use runtime::{
 pub mod __private {
     pub use ferroray_common::{RetryExceptions, WorkerId};
     pub use ferroray_core::__task_options_methods as task_options_methods;
-    pub use ferroray_core::async_rt::block_on;
+    pub use ferroray_core::async_rt::block_on_in;
     pub use ferroray_core::codec::ReturnValue;
     pub use ferroray_core::registry::{Invoke, ItemSink, RemoteFunction, REMOTE_FUNCTIONS};
     pub use ferroray_core::task::{

@@ -26,6 +26,19 @@ fn until_cancelled(marker: String) -> u64 {
     n
 }
 
+/// An async task: its future carries the task's context and sees the
+/// cancel between awaits.
+#[ferroray::remote]
+async fn until_cancelled_async(marker: String) -> u64 {
+    let mut n = 0;
+    while !ferroray::is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        n += 1;
+    }
+    std::fs::write(&marker, "saw cancellation").unwrap();
+    n
+}
+
 #[ferroray::remote]
 fn parent_of(marker: String) -> u64 {
     let child = until_cancelled::remote(marker);
@@ -59,6 +72,18 @@ fn cancelling_a_running_task_is_seen_by_is_cancelled() {
     let d = scratch_dir("coop");
     let marker = d.join("m").to_string_lossy().to_string();
     let r = until_cancelled::remote(marker.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    ferroray::cancel(&r).unwrap();
+    assert_eq!(get(&r), Err(Error::TaskCancelled));
+    assert!(eventually(T, || Path::new(&marker).exists()));
+}
+
+#[test]
+fn cancelling_a_running_async_task_is_seen_by_its_future() {
+    let _c = cluster_with(Config::default());
+    let d = scratch_dir("coop-async");
+    let marker = d.join("m").to_string_lossy().to_string();
+    let r = until_cancelled_async::remote(marker.clone());
     std::thread::sleep(Duration::from_millis(200));
     ferroray::cancel(&r).unwrap();
     assert_eq!(get(&r), Err(Error::TaskCancelled));

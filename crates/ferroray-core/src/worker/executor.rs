@@ -124,7 +124,7 @@ impl CoreWorker {
             FunctionDescriptor::Rust { name } => registry::lookup(name),
             FunctionDescriptor::Python { qualname, .. } => Err(Error::UnknownFunction(qualname.clone())),
         };
-        let mut reader = ArgReader { core: self, args: spec.args.into_iter(), position: 0, function: &ctx.name };
+        let mut reader = ArgReader { core: self, args: spec.args.into_iter(), position: 0, ctx: &ctx };
         let guarded = |body: &mut dyn FnMut() -> Result<Vec<ReturnValue>>| match catch_unwind(AssertUnwindSafe(body)) {
             Ok(r) => r,
             Err(panic) => Err(Error::task("panic", panic_message(&panic), &ctx.name, std::process::id())),
@@ -150,7 +150,15 @@ impl CoreWorker {
                 // comes; the node hands them out, or makes the list at the end.
                 ReturnKind::Streaming { .. } | ReturnKind::Dynamic => {
                     let backpressure = matches!(returns, ReturnKind::Streaming { backpressure: Some(_) });
-                    let mut sink = StreamSink { core: self, task_id, attempt, next: 0, backpressure, gone: false };
+                    let mut sink = StreamSink {
+                        core: self,
+                        task_id,
+                        attempt,
+                        next: 0,
+                        backpressure,
+                        gone: false,
+                        cancelled: ctx.cancelled.clone(),
+                    };
                     if sink.backpressure {
                         self.state.lock().acks.insert(task_id, Acks::default());
                     }
@@ -262,11 +270,14 @@ struct StreamSink<'a> {
     backpressure: bool,
     /// The owner dropped the stream: no more acknowledgements to wait for.
     gone: bool,
+    /// The task's cancel flag (read here, not from the thread: the sink
+    /// may be driven from a future among others).
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ItemSink for StreamSink<'_> {
     fn item(&mut self, value: ReturnValue) -> Result<()> {
-        if context::is_cancelled() {
+        if self.cancelled.load(Ordering::Relaxed) {
             return Err(Error::TaskCancelled);
         }
         let index = self.next;
@@ -287,7 +298,7 @@ impl ItemSink for StreamSink<'_> {
         loop {
             // The cancel first: a cancelled generator's held acknowledgement
             // is answered `gone` just after its `CancelRunning`.
-            if context::is_cancelled() {
+            if self.cancelled.load(Ordering::Relaxed) {
                 return Err(Error::TaskCancelled);
             }
             if let Some(a) = st.acks.get(&self.task_id) {

@@ -72,6 +72,34 @@ pub enum Error {
     /// the node did not start claiming to be its worker.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The actor a call went to is dead (and will not restart), or died
+    /// while the call ran with no task retries left.
+    #[error("actor {actor} is dead: {cause}")]
+    ActorDied { actor: String, cause: ActorDeathCause },
+}
+
+/// Why an actor ended.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ActorDeathCause {
+    /// `kill` ended it.
+    #[error("killed")]
+    Killed,
+    /// Its process died (or a method panicked) and no restarts were left.
+    #[error("its process died: {0}")]
+    Crashed(String),
+    /// Its constructor failed (or it could not be placed).
+    #[error("its creation failed: {0}")]
+    CreationFailed(String),
+    /// Every handle to it was dropped.
+    #[error("every handle to it was dropped")]
+    OutOfScope,
+    /// It ended itself, or was terminated after its queued calls.
+    #[error("it exited")]
+    Exited,
+    /// Its job (the driver that created it) ended.
+    #[error("its job ended")]
+    JobEnded,
 }
 
 /// A failure inside the task's own code, with where it happened.

@@ -7,6 +7,10 @@
 //!   (its task id is a fresh counter value that names no task); index 1..=n
 //!   are the task's returns; a streaming generator's item `i` has index `2 + i`
 //!   (index 1 being the generator's own completion object).
+//! - `ActorId`: the id of the task that creates the actor (its constructor
+//!   call). That task's return object is the actor's *handle object*: every
+//!   handle holds a ref to it, so the actor lives exactly as long as the
+//!   object does, counted by the same machinery as any ref.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -54,6 +58,29 @@ impl ObjectId {
 
     pub fn is_put(&self) -> bool {
         self.index == Self::PUT_INDEX
+    }
+}
+
+/// One actor: the id of the task that creates it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ActorId(pub TaskId);
+
+impl ActorId {
+    /// The object whose refs are the actor's handles (the creation task's
+    /// return): while it lives, so does the actor (unless detached).
+    pub fn handle_object(&self) -> ObjectId {
+        ObjectId::for_return(self.0, 0)
+    }
+}
+
+impl fmt::Display for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+impl fmt::Debug for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ActorId({self})")
     }
 }
 

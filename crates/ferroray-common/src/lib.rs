@@ -15,6 +15,6 @@ pub mod id;
 pub mod resources;
 
 pub use auth::ClusterToken;
-pub use error::{Error, FailureKind, Result, RetryExceptions, TaskError};
-pub use id::{NodeId, ObjectId, TaskId, WorkerId};
+pub use error::{ActorDeathCause, Error, FailureKind, Result, RetryExceptions, TaskError};
+pub use id::{ActorId, NodeId, ObjectId, TaskId, WorkerId};
 pub use resources::ResourceSet;

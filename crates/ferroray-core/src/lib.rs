@@ -10,6 +10,8 @@
 //! - [`codec`]: values to bytes and back: inline below the node's threshold,
 //!   written straight into shared memory above it; [`Buffer`] reads a large
 //!   byte buffer as a zero-copy view of shared memory.
+//! - [`actor`]: actor handles ([`ActorHandle`], counted like refs),
+//!   creation options, `get_actor`, and what `#[actor]` expands to.
 //! - [`generator`]: [`ObjectRefGenerator`] (the caller's end of a streaming
 //!   generator), [`DynamicObjectRefGenerator`], and what `wait`/`cancel` take.
 //! - [`completion`]: [`AsCompleted`], refs and generators as a stream in
@@ -23,6 +25,7 @@
 //! - [`global`]: the process's current core worker.
 //! - [`async_rt`]: the tokio current-thread runtime `async fn` tasks run on.
 
+pub mod actor;
 pub mod async_rt;
 pub mod codec;
 pub mod completion;
@@ -34,6 +37,7 @@ pub mod registry;
 pub mod task;
 pub mod worker;
 
+pub use actor::{get_actor, ActorClass, ActorHandle, ActorOptions, RawActorHandle};
 pub use codec::{Buffer, Pod, TypedBuffer};
 pub use completion::AsCompleted;
 pub use context::is_cancelled;

@@ -3,6 +3,8 @@
 //! `#[remote]` adds one [`RemoteFunction`] per function to
 //! [`REMOTE_FUNCTIONS`], a slice the linker assembles: nothing runs at
 //! start-up, so the table is complete even before `main`.
+//! `#[actor]` adds its constructor (`Class::new`) and each method
+//! (`Class::method`) the same way.
 
 use crate::codec::ReturnValue;
 use crate::task::ArgReader;
@@ -16,6 +18,12 @@ pub enum Invoke {
     Values(fn(&mut ArgReader<'_>) -> Result<Vec<ReturnValue>>),
     /// A generator: each yielded value goes to the sink as it is made.
     Items(fn(&mut ArgReader<'_>, &mut dyn ItemSink) -> Result<()>),
+    /// An actor's constructor: makes the actor's state.
+    Construct(fn(&mut ArgReader<'_>) -> Result<Box<dyn std::any::Any>>),
+    /// An actor method giving values, run on the actor's state.
+    MethodValues(fn(&mut dyn std::any::Any, &mut ArgReader<'_>) -> Result<Vec<ReturnValue>>),
+    /// An actor method that is a generator.
+    MethodItems(fn(&mut dyn std::any::Any, &mut ArgReader<'_>, &mut dyn ItemSink) -> Result<()>),
 }
 
 /// Where a generator's items go: reported to the owner one by one

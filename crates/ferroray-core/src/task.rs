@@ -5,8 +5,8 @@ use crate::context::{self, TaskContext};
 use crate::global;
 use crate::object_ref::{ObjectRef, RefInner};
 use crate::worker::CoreWorker;
-use ferroray_common::{resources, Error, ObjectId, ResourceSet, Result, RetryExceptions, TaskError};
-use ferroray_protocol::{FunctionDescriptor, Payload, ReturnKind, TaskArg, TaskSpec};
+use ferroray_common::{resources, ActorId, Error, ObjectId, ResourceSet, Result, RetryExceptions, TaskError};
+use ferroray_protocol::{ActorTask, FunctionDescriptor, Payload, ReturnKind, TaskArg, TaskSpec};
 use serde::{de::DeserializeOwned, Serialize};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -280,6 +280,8 @@ pub struct TaskCall {
     inline_bytes: usize,
     error: Option<Error>,
     core: Result<Arc<CoreWorker>>,
+    /// A method call on this actor (its handle object rides in `contained`).
+    actor: Option<ActorId>,
 }
 
 /// Past this many bytes of inline arguments, further arguments become
@@ -297,6 +299,7 @@ impl TaskCall {
             inline_bytes: 0,
             error: None,
             core: global::core_or_init(),
+            actor: None,
         }
     }
 
@@ -340,6 +343,54 @@ impl TaskCall {
         }
     }
 
+    /// Makes this a method call on actor `actor`; `handle` (a hold on its
+    /// handle object) keeps the actor alive until the call is done.
+    pub(crate) fn on_actor(mut self, actor: ActorId, handle: Arc<RefInner>) -> Self {
+        self.actor = Some(actor);
+        self.contained.push(handle.id);
+        self.keep.push(handle);
+        self
+    }
+
+    /// Makes every ref of this call fail with `e`.
+    pub(crate) fn failed(mut self, e: Error) -> Self {
+        self.error.get_or_insert(e);
+        self
+    }
+
+    pub(crate) fn with_options(mut self, opts: TaskOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// The spec of this call (the first error met, if any), the core worker
+    /// to send it with, and the handles to keep until it is sent.
+    pub(crate) fn into_spec(
+        self,
+        returns: ReturnKind,
+        actor: Option<ActorTask>,
+    ) -> Result<(TaskSpec, Arc<CoreWorker>, Vec<Arc<RefInner>>)> {
+        let core = self.core?;
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let spec = TaskSpec {
+            task_id: core.next_task_id(),
+            function: FunctionDescriptor::Rust { name: self.name.to_string() },
+            args: self.args,
+            contained: self.contained,
+            returns,
+            resources: self.opts.resource_set()?,
+            max_retries: self.opts.max_retries_u32(),
+            retry_exceptions: self.opts.retry_exceptions.clone(),
+            parent: context::current().map(|c| c.task_id),
+            enable_events: self.opts.enable_task_events,
+            attempt: 0,
+            actor,
+        };
+        Ok((spec, core, self.keep))
+    }
+
     /// Submits the task; one handle per return object. An invalid call still
     /// gives handles: their `get` returns the error.
     pub fn submit(mut self, returns: ReturnKind) -> Vec<Arc<RefInner>> {
@@ -366,8 +417,13 @@ impl TaskCall {
             }
             (_, None) => returns,
         };
-        let checked =
-            self.error.map_or(Ok(()), Err).and_then(|_| Ok((self.opts.resource_set()?, self.opts.max_retries_u32())));
+        // A method call holds no resources (it runs inside its actor's
+        // process) and is retried by the actor's `max_task_retries`.
+        let actor = self.actor.map(|actor| ActorTask::Call { actor });
+        let checked = self.error.map_or(Ok(()), Err).and_then(|_| match actor {
+            Some(_) => Ok((ResourceSet::new(), 0)),
+            None => Ok((self.opts.resource_set()?, self.opts.max_retries_u32())),
+        });
         let spec = checked.map(|(resources, max_retries)| TaskSpec {
             task_id,
             function: FunctionDescriptor::Rust { name: self.name.to_string() },
@@ -380,6 +436,7 @@ impl TaskCall {
             parent: context::current().map(|c| c.task_id),
             enable_events: self.opts.enable_task_events,
             attempt: 0,
+            actor,
         });
         let refs = core.submit(task_id, returns, spec);
         drop(self.keep);

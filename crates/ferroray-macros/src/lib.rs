@@ -14,6 +14,8 @@
 //! signature does. Every other path is absolute (`::ferroray::..`,
 //! `::core::..`, `::std::..`).
 
+mod actor;
+
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote, quote_spanned};
@@ -99,6 +101,44 @@ use syn::{Expr, FnArg, GenericArgument, ItemFn, Lit, PathArguments, ReturnType, 
 ///
 /// The examples are in the documentation of `ferroray::remote` (the
 /// re-export), where they run as doc tests.
+/// Makes an `impl` block's type an actor: `T::remote(args..)` starts one on
+/// a worker process of its own and returns its `ActorHandle<T>` at once;
+/// its public `&self` / `&mut self` methods are called through the handle
+/// (`h.incr().remote(5)`), one at a time, in each caller's order.
+///
+/// The `impl` block stays as it is. A function named `new` (returning
+/// `Self`, or `Result<Self, E>`: an `Err` fails the creation) is the
+/// constructor. Every `pub fn` / `pub async fn` taking `&self` or
+/// `&mut self` is a remote method; its arguments and return follow the
+/// same rules as a `#[remote]` function's (by value; `Result` gives the
+/// `Err` as the call's error; `impl Iterator<Item = T>`, also borrowing
+/// `self`, or an async `impl Stream<Item = T>`, gives an
+/// `ObjectRefGenerator<T>`). Other functions stay local.
+///
+/// # Keys
+///
+/// | key | type | meaning | default |
+/// | --- | --- | --- | --- |
+/// | `max_concurrency` | `u32` | calls at once (only 1 is built yet) | 1 |
+/// | `max_restarts` | a count, or `Retries::Forever` | times the process is started again after it dies | 0 |
+/// | `max_task_retries` | a count, or `Retries::Forever` | times a call is run again after the process died under it | 0 |
+/// | `num_cpus` | any number | CPUs the actor holds for its life | 0 |
+/// | `num_gpus` | any number | GPUs the actor holds for its life | 0 |
+///
+/// `T::options()` starts from these and adds `name`, `lifetime_detached`
+/// and `resource`. Refused at compile time, at the user's code: a trait
+/// impl, a generic impl, no `new`, a method taking `self` by value or an
+/// argument by reference, an unknown key.
+#[proc_macro_attribute]
+pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let args = syn::parse_macro_input!(attr as RemoteArgs);
+    let item = syn::parse_macro_input!(item as syn::ItemImpl);
+    match actor::expand(args.items, item) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = syn::parse_macro_input!(attr as RemoteArgs);

@@ -16,7 +16,7 @@
 
 use crate::state::TaskNames;
 use crate::{NodeConfig, Shared};
-use ferroray_common::WorkerId;
+use ferroray_common::{ActorId, WorkerId};
 use ferroray_protocol::WorkerKind;
 use std::io::Write;
 use std::os::fd::{OwnedFd, RawFd};
@@ -30,7 +30,11 @@ use std::time::Duration;
 pub use ferroray_transport::env;
 
 pub enum PoolCmd {
-    Spawn(WorkerKind),
+    /// Start a worker of `kind`: for the pool, or the process of `actor`.
+    Spawn {
+        kind: WorkerKind,
+        actor: Option<ActorId>,
+    },
     Kill(u32),
     Shutdown,
 }
@@ -84,11 +88,11 @@ impl Spawner {
     fn run(&mut self, rx: Receiver<PoolCmd>) {
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(PoolCmd::Spawn(kind)) => {
-                    if let Err(e) = self.spawn(kind) {
+                Ok(PoolCmd::Spawn { kind, actor }) => {
+                    if let Err(e) = self.spawn(kind, actor) {
                         tracing::warn!("cannot start a {kind:?} worker: {e}");
                         if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
-                            shared.lock().spawn_failed(kind, e.to_string());
+                            shared.lock().spawn_failed(kind, actor, e.to_string());
                         }
                     }
                 }
@@ -127,7 +131,7 @@ impl Spawner {
         }
     }
 
-    fn spawn(&mut self, kind: WorkerKind) -> std::io::Result<()> {
+    fn spawn(&mut self, kind: WorkerKind, actor: Option<ActorId>) -> std::io::Result<()> {
         let Some(cmd) = self.config.worker_commands.get(&kind) else {
             return Err(std::io::Error::other(format!("no command starts {kind:?} workers on this node")));
         };
@@ -166,7 +170,7 @@ impl Spawner {
         let mut child = command.spawn()?;
         let pid = child.id();
         if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
-            shared.lock().spawned(pid, worker_id, kind);
+            shared.lock().spawned(pid, worker_id, kind, actor);
         }
         if child.stdout.is_some() || child.stderr.is_some() {
             if self.log.is_none() {

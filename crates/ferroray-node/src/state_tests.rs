@@ -117,7 +117,7 @@ impl Harness {
         self.next_pid += 1;
         let pid = self.next_pid;
         let worker_id = WorkerId::random();
-        self.st.spawned(pid, worker_id, kind);
+        self.st.spawned(pid, worker_id, kind, None);
         let (conn, outbox, inbox) = self.connect(pid);
         let hello =
             ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid, role: Role::Worker, token: self.token.clone() };
@@ -142,7 +142,7 @@ impl Harness {
         let mut kinds = Vec::new();
         loop {
             match self.spawns.try_recv() {
-                Ok(PoolCmd::Spawn(kind)) => kinds.push(kind),
+                Ok(PoolCmd::Spawn { kind, actor: None }) => kinds.push(kind),
                 Ok(_) => {}
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return kinds,
             }
@@ -163,6 +163,7 @@ fn spec(by: &Peer, seq: u64, returns: ReturnKind, max_retries: u32) -> TaskSpec 
         parent: None,
         enable_events: true,
         attempt: 0,
+        actor: None,
     }
 }
 
@@ -394,7 +395,7 @@ fn a_kind_whose_workers_cannot_start_fails_its_tasks_only() {
     let rtid = r.task_id;
     h.st.handle(d.conn, ToNode::Submit(Box::new(r)));
     assert_eq!(h.spawn_kinds(), vec![WorkerKind::Python, WorkerKind::Rust]);
-    h.st.spawn_failed(WorkerKind::Python, "no interpreter".into());
+    h.st.spawn_failed(WorkerKind::Python, None, "no interpreter".into());
     let msgs = d.take();
     assert!(
         matches!(ready(&msgs, prid), Some(ObjectValue::Error(Error::WorkerCrashed { detail, .. })) if detail.contains("no interpreter")),

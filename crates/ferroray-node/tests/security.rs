@@ -88,6 +88,7 @@ fn spec(submitter: WorkerId, seq: u64) -> TaskSpec {
         parent: None,
         enable_events: false,
         attempt: 0,
+        actor: None,
     }
 }
 

@@ -67,6 +67,7 @@ impl Driver {
             parent: None,
             enable_events: false,
             attempt: 0,
+            actor: None,
         })));
         task_id
     }

@@ -31,6 +31,7 @@ fn workers_that_exit_before_connecting_fail_the_queued_tasks() {
         parent: None,
         enable_events: false,
         attempt: 0,
+        actor: None,
     })));
     let id = ObjectId::for_return(task_id, 0);
     conn.send(ToNode::Subscribe(vec![id]));

@@ -36,6 +36,8 @@ pub const MAX_RESOURCES: usize = 64;
 pub const MAX_RESOURCE_NAME: usize = 256;
 /// Whole units of one resource one task asks for.
 pub const MAX_RESOURCE_AMOUNT: f64 = 1e12;
+/// Calls one actor runs at once (`max_concurrency`).
+pub const MAX_ACTOR_CONCURRENCY: u32 = 10_000;
 
 fn over(what: &str, n: usize, max: usize) -> Result<(), Error> {
     if n > max {
@@ -100,6 +102,16 @@ pub fn check_spec(spec: &TaskSpec) -> Result<(), Error> {
     if spec.attempt != 0 {
         return Err(Error::Protocol("a submitted task's attempt is set by the node".into()));
     }
+    if let Some(crate::ActorTask::Create(a)) = &spec.actor {
+        over("actor class name bytes", a.class.len(), MAX_NAME)?;
+        over("actor name bytes", a.name.as_ref().map_or(0, String::len), MAX_NAME)?;
+        if a.max_concurrency == 0 || a.max_concurrency > MAX_ACTOR_CONCURRENCY {
+            return Err(Error::Protocol(format!(
+                "actor max_concurrency {} is not in 1..={MAX_ACTOR_CONCURRENCY}",
+                a.max_concurrency
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -107,7 +119,17 @@ impl ToNode {
     /// Checks every count and size in the message against the limits above.
     pub fn check(&self) -> Result<(), Error> {
         match self {
-            ToNode::Submit(spec) => check_spec(spec),
+            ToNode::Submit(spec) => match spec.actor {
+                Some(crate::ActorTask::Create(_)) => {
+                    Err(Error::Protocol("an actor is created with CreateActor, not Submit".into()))
+                }
+                _ => check_spec(spec),
+            },
+            ToNode::CreateActor { spec, .. } => match spec.actor {
+                Some(crate::ActorTask::Create(_)) => check_spec(spec),
+                _ => Err(Error::Protocol("CreateActor without an actor spec".into())),
+            },
+            ToNode::GetActor { name, .. } => over("actor name bytes", name.len(), MAX_NAME),
             ToNode::Put { value, .. } => check_value(value),
             ToNode::AddRef(ids) => check_ids("AddRef ids", ids),
             ToNode::RemoveRef(ids) => check_ids("RemoveRef ids", ids),
@@ -128,7 +150,9 @@ impl ToNode {
             | ToNode::Unblocked
             | ToNode::ListTasks { .. }
             | ToNode::StreamConsumed { .. }
-            | ToNode::StreamDrop { .. } => Ok(()),
+            | ToNode::StreamDrop { .. }
+            | ToNode::KillActor { .. }
+            | ToNode::TerminateActor { .. } => Ok(()),
         }
     }
 }
@@ -151,6 +175,7 @@ mod tests {
             parent: None,
             enable_events: false,
             attempt: 0,
+            actor: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Messages.
 
-use ferroray_common::{ClusterToken, Error, NodeId, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId};
+use ferroray_common::{ActorId, ClusterToken, Error, NodeId, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId};
 use serde::{Deserialize, Serialize};
 
 /// Which function a task runs. A Rust function is named by its registered
@@ -141,6 +141,48 @@ impl ReturnKind {
     }
 }
 
+/// How an actor's process runs its calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActorExecutor {
+    /// One call at a time, on one thread.
+    Serial,
+    /// Up to `max_concurrency` calls at once on a pool of threads: `&self`
+    /// methods together, a `&mut self` method alone.
+    Threaded,
+    /// Calls interleave at `.await` on one async runtime, up to
+    /// `max_concurrency` at once.
+    Async,
+}
+
+/// An actor's creation options: kept by the node for its life (a restart
+/// runs the creation task again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActorSpec {
+    /// The type's registered name (for `get_actor`'s type check and logs).
+    pub class: String,
+    /// Found by `get_actor(name)`; unique among live actors.
+    pub name: Option<String>,
+    /// Lives until killed, not until its last handle is dropped.
+    pub detached: bool,
+    /// Times the process is started again after it dies; `u32::MAX`: forever.
+    pub max_restarts: u32,
+    /// Times a call is run again after the process died under it;
+    /// `u32::MAX`: forever.
+    pub max_task_retries: u32,
+    pub max_concurrency: u32,
+    pub executor: ActorExecutor,
+}
+
+/// What an actor task is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ActorTask {
+    /// Runs the constructor on a process of the actor's own; the task's id
+    /// is the actor's id, its return object the actor's handle object.
+    Create(Box<ActorSpec>),
+    /// A method call on actor `actor`.
+    Call { actor: ActorId },
+}
+
 /// Everything the node needs to schedule a task and a worker needs to run it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
@@ -159,6 +201,8 @@ pub struct TaskSpec {
     pub enable_events: bool,
     /// 0 for the first attempt; set by the node.
     pub attempt: u32,
+    /// An actor's creation or method call; `None` for a task.
+    pub actor: Option<ActorTask>,
 }
 
 impl TaskSpec {
@@ -313,6 +357,29 @@ pub enum ToNode {
         task_id: TaskId,
         consumed: u32,
     },
+    /// Create an actor (`spec.actor` is `Create`): the node registers it
+    /// (and its name) at once and answers [`FromNode::ActorCreated`]; the
+    /// sender holds one reference to its handle object.
+    CreateActor {
+        req: u64,
+        spec: Box<TaskSpec>,
+    },
+    /// Look up a named actor; answered by [`FromNode::ActorFound`], which
+    /// lets the sender take a reference to its handle object.
+    GetActor {
+        req: u64,
+        name: String,
+    },
+    /// End an actor now: running calls are interrupted; with
+    /// `no_restart: false` it may restart (as if its process died).
+    KillActor {
+        actor: ActorId,
+        no_restart: bool,
+    },
+    /// End an actor once the calls already sent to it are done.
+    TerminateActor {
+        actor: ActorId,
+    },
 }
 
 /// Node to client.
@@ -364,6 +431,17 @@ pub enum FromNode {
         task_id: TaskId,
         index: u32,
         gone: bool,
+    },
+    /// The answer to [`ToNode::CreateActor`] (an error if, say, the name is
+    /// taken; nothing was registered then).
+    ActorCreated {
+        req: u64,
+        result: Result<(), Error>,
+    },
+    /// The answer to [`ToNode::GetActor`]: the actor's id and class.
+    ActorFound {
+        req: u64,
+        result: Result<(ActorId, String), Error>,
     },
     /// The connection is being closed for this reason.
     Rejected(Error),

@@ -78,6 +78,7 @@ fn spec() -> TaskSpec {
         parent: Some(TaskId { submitter: WorkerId(3), seq: 1 }),
         enable_events: true,
         attempt: 0,
+        actor: None,
     }
 }
 

@@ -47,11 +47,11 @@
 //! before `main` recognises a worker process and runs the worker loop
 //! instead, so binaries, examples and test binaries all work as they are.
 
-pub use ferroray_common::{Error, ObjectId, Result, RetryExceptions, TaskError, TaskId};
+pub use ferroray_common::{ActorDeathCause, ActorId, Error, ObjectId, Result, RetryExceptions, TaskError, TaskId};
 pub use ferroray_core::{
-    is_cancelled, Arg, AsCompleted, Backpressure, Buffer, Cancellable, DynamicObjectRefGenerator, Encoding, IntoArg,
-    NextItem, ObjectRef, ObjectRefFuture, ObjectRefGenerator, Pod, RawValue, Retries, TaskOptions, TypedBuffer,
-    WaitItem, WaitKey, Waitable,
+    get_actor, is_cancelled, ActorClass, ActorHandle, ActorOptions, Arg, AsCompleted, Backpressure, Buffer,
+    Cancellable, DynamicObjectRefGenerator, Encoding, IntoArg, NextItem, ObjectRef, ObjectRefFuture,
+    ObjectRefGenerator, Pod, RawValue, Retries, TaskOptions, TypedBuffer, WaitItem, WaitKey, Waitable,
 };
 /// Makes a function remote; see below for everything it generates and every
 /// key it accepts.
@@ -128,7 +128,7 @@ pub use ferroray_core::{
 ///     Ok(())
 /// }
 /// ```
-pub use ferroray_macros::remote;
+pub use ferroray_macros::{actor, remote};
 
 mod cancel;
 mod config;
@@ -140,15 +140,17 @@ pub use cancel::CancelOptions;
 pub use config::Config;
 pub use events::{TaskEvent, TaskState};
 pub use runtime::{
-    as_completed, cancel, cancel_with, get, get_all, get_all_timeout, init, init_with, is_initialized, node_address,
-    put, put_raw, runtime_stats, shutdown, tasks, wait, wait_indices, RuntimeStats,
+    as_completed, cancel, cancel_with, get, get_all, get_all_timeout, init, init_with, is_initialized, kill,
+    node_address, put, put_raw, runtime_stats, shutdown, tasks, wait, wait_indices, RuntimeStats,
 };
 
 /// Used by `#[remote]` expansions; not a public API.
 #[doc(hidden)]
 pub mod __private {
     pub use ferroray_common::{RetryExceptions, WorkerId};
+    pub use ferroray_core::__actor_options_methods as actor_options_methods;
     pub use ferroray_core::__task_options_methods as task_options_methods;
+    pub use ferroray_core::actor::{actor_state_mut, failed_handle, RawActorHandle};
     pub use ferroray_core::async_rt::block_on_in;
     pub use ferroray_core::codec::ReturnValue;
     pub use ferroray_core::registry::{Invoke, ItemSink, RemoteFunction, REMOTE_FUNCTIONS};

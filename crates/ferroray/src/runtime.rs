@@ -278,3 +278,10 @@ pub fn runtime_stats() -> Result<RuntimeStats> {
         local_refs: rt.core.local_ref_count(),
     })
 }
+
+/// Ends an actor now: calls running on it are interrupted and fail with
+/// `Error::ActorDied`, and it does not restart. Ray's
+/// `ray.kill(actor, no_restart=True)`.
+pub fn kill<A: crate::ActorClass>(actor: &crate::ActorHandle<A>) -> Result<()> {
+    actor.kill()
+}

@@ -3,6 +3,21 @@
 //! and failures back.
 
 use super::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// The state of the actor this process runs (serial executor: the
+    /// thread that runs the calls owns it, so it need not be `Send`).
+    static ACTOR_STATE: RefCell<Option<Box<dyn std::any::Any>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on the actor's state.
+fn with_actor_state<R>(f: impl FnOnce(&mut dyn std::any::Any) -> Result<R>) -> Result<R> {
+    ACTOR_STATE.with(|s| match s.borrow_mut().as_mut() {
+        Some(state) => f(state.as_mut()),
+        None => Err(Error::Protocol("an actor method arrived before the actor was created".into())),
+    })
+}
 
 /// How a worker runs the tasks its node sends it. The serial executor is
 /// the one there is; the threaded and async executors of actors implement
@@ -125,26 +140,30 @@ impl CoreWorker {
             FunctionDescriptor::Python { qualname, .. } => Err(Error::UnknownFunction(qualname.clone())),
         };
         let mut reader = ArgReader { core: self, args: spec.args.into_iter(), position: 0, ctx: &ctx };
+        let invoke = function.map(|f| &f.invoke);
+        // A panic in an actor method ends the actor's process (its state may
+        // be half-updated) before anything is reported: the node restarts
+        // the actor or reports it dead, as for a crash.
+        let is_method = matches!(invoke, Ok(Invoke::MethodValues(_) | Invoke::MethodItems(_)));
         let guarded = |body: &mut dyn FnMut() -> Result<Vec<ReturnValue>>| match catch_unwind(AssertUnwindSafe(body)) {
             Ok(r) => r,
+            Err(_) if is_method => std::process::exit(101),
             Err(panic) => Err(Error::task("panic", panic_message(&panic), &ctx.name, std::process::id())),
         };
-        let result = match function.map(|f| &f.invoke) {
-            Err(e) => Err(e),
-            Ok(Invoke::Values(f)) => guarded(&mut || {
-                let values = f(&mut reader)?;
-                reader.finish()?;
-                Ok(values)
-            }),
-            Ok(Invoke::Items(f)) => match returns {
+        // Items go to a sink; a streaming or dynamic generator reports its
+        // end itself (then `None`), a fixed one gives its values.
+        let drive_items = |reader: &mut ArgReader<'_>,
+                           body: &mut dyn FnMut(&mut ArgReader<'_>, &mut dyn ItemSink) -> Result<()>|
+         -> Option<Result<Vec<ReturnValue>>> {
+            match returns {
                 ReturnKind::Fixed(n) => {
                     let mut sink = FixedSink { values: Vec::new(), n: n as usize, overflow: false };
                     let r = guarded(&mut || {
-                        f(&mut reader, &mut sink)?;
+                        body(reader, &mut sink)?;
                         reader.finish()?;
                         Ok(Vec::new())
                     });
-                    sink.finish(r.err(), &ctx.name)
+                    Some(sink.finish(r.err(), &ctx.name))
                 }
                 // Streaming and dynamic returns both report each item as it
                 // comes; the node hands them out, or makes the list at the end.
@@ -163,21 +182,49 @@ impl CoreWorker {
                         self.state.lock().acks.insert(task_id, Acks::default());
                     }
                     let r = guarded(&mut || {
-                        f(&mut reader, &mut sink)?;
+                        body(reader, &mut sink)?;
                         reader.finish()?;
                         Ok(Vec::new())
                     });
                     self.state.lock().acks.remove(&task_id);
-                    drop(reader);
                     let outcome = match r {
                         Ok(_) => TaskOutcome::Streamed { items: sink.next },
                         Err(e) => TaskOutcome::Failed(e),
                     };
                     let _ = self.send(ToNode::TaskDone { task_id, attempt, outcome });
-                    context::set(None);
-                    return;
+                    None
                 }
-            },
+            }
+        };
+        let result = match invoke {
+            Err(e) => Some(Err(e)),
+            Ok(Invoke::Values(f)) => Some(guarded(&mut || {
+                let values = f(&mut reader)?;
+                reader.finish()?;
+                Ok(values)
+            })),
+            Ok(Invoke::Items(f)) => drive_items(&mut reader, &mut |r, sink| f(r, sink)),
+            Ok(Invoke::Construct(f)) => Some(guarded(&mut || {
+                let state = f(&mut reader)?;
+                reader.finish()?;
+                ACTOR_STATE.with(|s| *s.borrow_mut() = Some(state));
+                Ok(vec![codec::encode(self, &())?])
+            })),
+            Ok(Invoke::MethodValues(f)) => Some(guarded(&mut || {
+                with_actor_state(|state| {
+                    let values = f(state, &mut reader)?;
+                    reader.finish()?;
+                    Ok(values)
+                })
+            })),
+            Ok(Invoke::MethodItems(f)) => {
+                drive_items(&mut reader, &mut |r, sink| with_actor_state(|state| f(state, r, sink)))
+            }
+        };
+        let Some(result) = result else {
+            drop(reader);
+            context::set(None);
+            return;
         };
         drop(reader);
         let (outcome, keep) = match result {

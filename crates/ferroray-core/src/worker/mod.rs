@@ -250,7 +250,7 @@ impl CoreWorker {
         }
     }
 
-    fn request(&self, make: impl FnOnce(u64) -> ToNode) -> Result<FromNode> {
+    pub(crate) fn request(&self, make: impl FnOnce(u64) -> ToNode) -> Result<FromNode> {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
         self.requests.lock().insert(req, tx);
@@ -385,7 +385,10 @@ impl CoreWorker {
                     self.ready.notify_all();
                 }
             }
-            FromNode::Allocated { req, .. } | FromNode::Tasks { req, .. } => {
+            FromNode::Allocated { req, .. }
+            | FromNode::Tasks { req, .. }
+            | FromNode::ActorCreated { req, .. }
+            | FromNode::ActorFound { req, .. } => {
                 if let Some(tx) = self.requests.lock().remove(&req) {
                     let _ = tx.send(msg);
                 }

@@ -8,6 +8,8 @@
 //! - [`tasks`]: the task lifecycle: submit, complete, retry, cancel.
 //! - [`scheduling`]: ready queues, leases, pipelining, blocked workers.
 //! - [`streams`]: generator streams (the protocol below).
+//! - [`actors`]: the actor table: placement, call order, death, restarts
+//!   (its own numbered protocol).
 //!
 //! The types here are shared by all of them: a connection (`Conn`), an
 //! object (`Obj`, `Stored`), a task (`Task`), a stream (`Stream`).
@@ -54,7 +56,7 @@ use crate::local::LocalOutbox;
 use crate::pool::PoolCmd;
 use crate::server::SocketOutbox;
 use crate::NodeConfig;
-use ferroray_common::{resources, ClusterToken, Error, ObjectId, ResourceSet, Result, TaskId, WorkerId};
+use ferroray_common::{resources, ActorId, ClusterToken, Error, ObjectId, ResourceSet, Result, TaskId, WorkerId};
 use ferroray_protocol::{
     Encoding, FromNode, ObjectValue, Payload, ReturnKind, Role, TaskArg, TaskEvent, TaskOutcome, TaskSpec, TaskState,
     ToNode, WorkerKind, PROTOCOL_VERSION,
@@ -64,6 +66,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+mod actors;
 mod objects;
 mod peers;
 mod scheduling;
@@ -122,6 +125,9 @@ struct Conn {
     /// For a worker, the kind of process the spawner started (never what
     /// the peer says): only tasks of that kind go to it.
     kind: WorkerKind,
+    /// For an actor's process, the actor (from the spawner's record): it
+    /// takes that actor's calls only, and is never idle or revoked.
+    actor: Option<ActorId>,
     /// Objects it holds references to (its 0→1 `AddRef`s).
     held: FxHashSet<ObjectId>,
     /// Objects this connection was shown without holding them: refs nested
@@ -320,8 +326,9 @@ pub struct State {
     /// Started worker processes that have not said hello yet.
     starting_pids: HashSet<u32>,
     /// Every live worker process the spawner started, with the worker id it
-    /// gave it and its kind: the only processes accepted as workers.
-    worker_pids: FxHashMap<u32, (WorkerId, WorkerKind)>,
+    /// gave it, its kind and the actor it was started for: the only
+    /// processes accepted as workers.
+    worker_pids: FxHashMap<u32, (WorkerId, WorkerKind, Option<ActorId>)>,
     /// Worker hellos that arrived before the spawner registered their pid
     /// (it registers right after the fork returns): pid -> (conn, claimed id).
     awaiting_spawn: FxHashMap<u32, (ConnId, WorkerId)>,
@@ -355,6 +362,13 @@ pub struct State {
     /// How worker processes reaped before their connection's end was seen
     /// died (pid -> (status, when)), kept for `CRASH_STATUS_WAIT`.
     exits: FxHashMap<u32, (String, std::time::Instant)>,
+    /// Every actor not yet forgotten (dead ones stay while a handle can
+    /// still call them, so those calls fail at once).
+    actors: FxHashMap<ActorId, actors::Actor>,
+    /// Live actors by name.
+    actor_names: FxHashMap<String, ActorId>,
+    /// Actors waiting for their resources, in creation order.
+    unplaced: VecDeque<ActorId>,
 }
 
 /// How long a task failed by its worker's death waits for the worker's exit
@@ -439,6 +453,9 @@ impl State {
             crashed: FxHashMap::default(),
             force_at: Vec::new(),
             exits: FxHashMap::default(),
+            actors: FxHashMap::default(),
+            actor_names: FxHashMap::default(),
+            unplaced: VecDeque::new(),
         }
     }
 
@@ -549,6 +566,20 @@ impl State {
                 }
             }
             ToNode::StreamDrop { task_id, consumed } => self.drop_stream(conn, task_id, consumed),
+            ToNode::CreateActor { req, spec } => self.create_actor(conn, req, *spec),
+            ToNode::GetActor { req, name } => self.get_actor(conn, req, &name),
+            ToNode::KillActor { actor, no_restart } => {
+                if self.may_see(conn, actor.handle_object(), false) {
+                    self.kill_actor(actor, no_restart);
+                }
+            }
+            ToNode::TerminateActor { actor } => {
+                // An actor may end itself (`exit_actor`).
+                let own = self.conns.get(&conn).is_some_and(|c| c.actor == Some(actor));
+                if own || self.may_see(conn, actor.handle_object(), false) {
+                    self.terminate_actor(actor);
+                }
+            }
             ToNode::ListTasks { req } => {
                 let events = self.events.iter().cloned().collect();
                 self.send(conn, FromNode::Tasks { req, events });

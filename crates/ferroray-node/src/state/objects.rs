@@ -162,6 +162,11 @@ impl State {
                 self.unpin_alive(*c);
             }
         }
+        // An actor's handle object: no handle is left anywhere.
+        let actor = ActorId(id.task);
+        if actor.handle_object() == id && self.actors.contains_key(&actor) {
+            self.actor_out_of_scope(actor);
+        }
     }
 
     /// Stores the value of a pending object and wakes what waits for it.

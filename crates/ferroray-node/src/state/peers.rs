@@ -2,6 +2,7 @@
 //! what a peer may see, cancel or make, worker processes coming and going.
 
 use super::*;
+use ferroray_common::ActorDeathCause;
 
 impl State {
     /// A new connection from process `pid` (the socket's credentials).
@@ -17,6 +18,7 @@ impl State {
                 pid,
                 worker_id: WorkerId(0),
                 kind: WorkerKind::Rust,
+                actor: None,
                 held: FxHashSet::default(),
                 granted: FxHashSet::default(),
                 store_pins: FxHashMap::default(),
@@ -101,7 +103,7 @@ impl State {
         }
         match role {
             Role::Worker => match self.worker_pids.get(&pid) {
-                Some((id, _)) if *id == worker_id => self.accept(conn, role, worker_id),
+                Some((id, _, _)) if *id == worker_id => self.accept(conn, role, worker_id),
                 Some(_) => self.reject(
                     conn,
                     Error::PermissionDenied(format!("process {pid} claims a worker id the node did not give it")),
@@ -133,16 +135,27 @@ impl State {
         c.role = Some(role);
         c.worker_id = worker_id;
         let pid = c.pid;
+        let mut actor = None;
         if role == Role::Worker {
-            let kind = self.worker_pids.get(&pid).map_or(WorkerKind::Rust, |(_, k)| *k);
+            let (kind, for_actor) = self.worker_pids.get(&pid).map_or((WorkerKind::Rust, None), |(_, k, a)| (*k, *a));
             c.kind = kind;
-            // Counted as starting since it was asked for.
-            self.starting[kind] = self.starting[kind].saturating_sub(1);
+            c.actor = for_actor;
             self.starting_pids.remove(&pid);
-            self.early_deaths[kind] = 0;
-            self.idle[kind].push(conn);
+            match for_actor {
+                // An actor's process: not part of the pool.
+                Some(a) => actor = Some(a),
+                None => {
+                    // Counted as starting since it was asked for.
+                    self.starting[kind] = self.starting[kind].saturating_sub(1);
+                    self.early_deaths[kind] = 0;
+                    self.idle[kind].push(conn);
+                }
+            }
         }
         self.send(conn, FromNode::Welcome(self.info.clone()));
+        if let Some(a) = actor {
+            self.actor_connected(a, conn);
+        }
         self.schedule();
     }
 
@@ -229,6 +242,13 @@ impl State {
                 self.streams.remove(&tid);
             }
         }
+        self.owner_gone(conn);
+        if let Some(actor) = c.actor {
+            let status = format!("worker pid={} exited unexpectedly ({reason})", c.pid);
+            self.actor_process_ended(actor, c.assigned, status);
+            self.schedule();
+            return;
+        }
         let mut lease = c.lease;
         if c.blocked {
             // The CPU it lent out is already back in `available`.
@@ -285,8 +305,8 @@ impl State {
 
     /// The spawner started worker process `pid` of `kind` and gave it
     /// `worker_id`. A hello that came first is answered now.
-    pub fn spawned(&mut self, pid: u32, worker_id: WorkerId, kind: WorkerKind) {
-        self.worker_pids.insert(pid, (worker_id, kind));
+    pub fn spawned(&mut self, pid: u32, worker_id: WorkerId, kind: WorkerKind, actor: Option<ActorId>) {
+        self.worker_pids.insert(pid, (worker_id, kind, actor));
         match self.awaiting_spawn.remove(&pid) {
             Some((conn, claimed)) if claimed == worker_id => self.accept(conn, Role::Worker, worker_id),
             Some((conn, _)) => self.reject(
@@ -303,7 +323,7 @@ impl State {
     /// starting; after several such deaths in a row, nothing can run, so the
     /// waiting tasks fail instead of hanging.
     pub fn worker_exited(&mut self, pid: u32, status: String) {
-        let kind = self.worker_pids.remove(&pid).map_or(WorkerKind::Rust, |(_, k)| k);
+        let (kind, actor) = self.worker_pids.remove(&pid).map_or((WorkerKind::Rust, None), |(_, k, a)| (k, a));
         match self.crashed.remove(&pid) {
             Some((_, failed)) => {
                 for (tid, name) in failed {
@@ -321,6 +341,10 @@ impl State {
         }
         if !self.starting_pids.remove(&pid) {
             return;
+        }
+        if let Some(a) = actor {
+            // An actor's process died before it connected.
+            return self.actor_process_ended(a, VecDeque::new(), status);
         }
         self.starting[kind] = self.starting[kind].saturating_sub(1);
         self.early_deaths[kind] += 1;
@@ -349,7 +373,11 @@ impl State {
     }
 
     /// A worker process could not be started.
-    pub fn spawn_failed(&mut self, kind: WorkerKind, error: String) {
+    pub fn spawn_failed(&mut self, kind: WorkerKind, actor: Option<ActorId>, error: String) {
+        if let Some(a) = actor {
+            let cause = ActorDeathCause::CreationFailed(format!("its process could not start: {error}"));
+            return self.actor_dead(a, Error::ActorDied { actor: a.to_string(), cause });
+        }
         self.starting[kind] = self.starting[kind].saturating_sub(1);
         self.fail_kind_if_stuck(kind, error);
     }

@@ -14,6 +14,9 @@ const ARG_INLINE_BUDGET: usize = ferroray_protocol::limits::INLINE_ARGS;
 
 impl State {
     pub(super) fn enqueue(&mut self, tid: TaskId) {
+        if self.actor_task_ready(tid) {
+            return;
+        }
         let Some(task) = self.tasks.get_mut(&tid) else { return };
         self.next_order += 1;
         task.order = self.next_order;
@@ -28,6 +31,9 @@ impl State {
     /// worker that died) at its place in its queue, by `Task::order`: tasks
     /// start in the order they were queued, whichever worker held them.
     pub(super) fn requeue(&mut self, tid: TaskId) {
+        if self.actor_task_ready(tid) {
+            return;
+        }
         let Some(task) = self.tasks.get(&tid) else { return };
         let (order, shape, kind) = (task.order, &task.spec.resources, task.spec.function.worker_kind());
         let tasks = &self.tasks;
@@ -46,6 +52,7 @@ impl State {
         if self.shutting_down {
             return;
         }
+        self.place_unplaced();
         let mut tentative = self.available.clone();
         let mut want_workers: PerKind<usize> = PerKind::default();
         let mut dispatches = Vec::new();
@@ -54,7 +61,9 @@ impl State {
         let mut busy: Vec<(ConnId, WorkerKind, &ResourceSet, usize)> = self
             .conns
             .iter()
-            .filter(|(_, c)| !c.blocked && !c.doomed && (1..=PIPELINE_DEPTH).contains(&c.assigned.len()))
+            .filter(|(_, c)| {
+                c.actor.is_none() && !c.blocked && !c.doomed && (1..=PIPELINE_DEPTH).contains(&c.assigned.len())
+            })
             .map(|(id, c)| (*id, c.kind, &c.lease_shape, c.assigned.len()))
             .collect();
         for ((kind, shape), queue) in self.ready.iter_mut() {
@@ -110,7 +119,7 @@ impl State {
             // Only tasks that could start with what is free now (the others
             // would just queue behind a busy worker again).
             for c in self.conns.values_mut() {
-                if c.assigned.len() < 2 || c.revoking || self.idle[c.kind].is_empty() {
+                if c.assigned.len() < 2 || c.revoking || c.actor.is_some() || self.idle[c.kind].is_empty() {
                     continue;
                 }
                 let movable: Vec<TaskId> = c
@@ -138,13 +147,14 @@ impl State {
         let active = self
             .conns
             .values()
-            .filter(|c| c.role == Some(Role::Worker) && !c.doomed && (!c.blocked || c.paused))
+            .filter(|c| c.role == Some(Role::Worker) && c.actor.is_none() && !c.doomed && (!c.blocked || c.paused))
             .count();
         let mut room = self.max_workers.saturating_sub(active + starting);
         // Blocked workers lend their place in `max_workers`, but every
         // process counts here: nested blocking calls cannot start
         // processes without bound.
-        let processes = self.conns.values().filter(|c| c.role == Some(Role::Worker) && !c.doomed).count();
+        let processes =
+            self.conns.values().filter(|c| c.role == Some(Role::Worker) && c.actor.is_none() && !c.doomed).count();
         let below_cap = self.max_processes.saturating_sub(processes + starting);
         if room > below_cap {
             room = below_cap;
@@ -162,7 +172,7 @@ impl State {
         for kind in WorkerKind::ALL {
             let mut to_start = want_workers[kind].saturating_sub(self.starting[kind]);
             while to_start > 0 && room > 0 {
-                if self.spawn.send(PoolCmd::Spawn(kind)).is_err() {
+                if self.spawn.send(PoolCmd::Spawn { kind, actor: None }).is_err() {
                     return;
                 }
                 self.starting[kind] += 1;
@@ -310,6 +320,10 @@ impl State {
         let Some(c) = self.conns.get_mut(&w) else {
             return;
         };
+        if c.actor.is_some() {
+            // An actor's process has no lease and is never idle.
+            return;
+        }
         if !c.assigned.is_empty() || c.lease_shape.is_empty() && c.lease.is_empty() && self.idle.contains(w) {
             return;
         }
@@ -360,7 +374,9 @@ impl State {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if !blocked || c.blocked || c.running().is_none() {
+        // An actor's process holds no lease (the actor holds its resources
+        // for its life) and its queued calls stay with it.
+        if !blocked || c.blocked || c.running().is_none() || c.actor.is_some() {
             // On unblock the task goes on without taking the CPU back: a
             // brief oversubscription, as in Ray, instead of a deadlock.
             return;

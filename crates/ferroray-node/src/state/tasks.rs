@@ -96,7 +96,15 @@ impl State {
         self.record(id, TaskState::Submitted, None, None);
         if let Some(e) = invalid.or(failed) {
             self.complete_task(id, Err(e));
-        } else if pending == 0 {
+            return;
+        }
+        if let Some(ferroray_protocol::ActorTask::Call { actor }) = self.tasks[&id].spec.actor {
+            self.actor_call_submitted(id, actor);
+            if !self.tasks.contains_key(&id) {
+                return;
+            }
+        }
+        if pending == 0 {
             self.record(id, TaskState::PendingSchedule, None, None);
             self.enqueue(id);
             self.schedule();
@@ -218,6 +226,11 @@ impl State {
             return;
         };
         self.children.remove(&tid);
+        match task.spec.actor {
+            Some(ferroray_protocol::ActorTask::Create(_)) => self.actor_creation_done(ActorId(tid), &result),
+            Some(ferroray_protocol::ActorTask::Call { actor }) => self.actor_call_done(actor, tid),
+            None => {}
+        }
         let (state, error) = match &result {
             Ok(_) => (TaskState::Finished, None),
             Err(Error::TaskCancelled) => (TaskState::Cancelled, None),
@@ -312,6 +325,9 @@ impl State {
             return;
         };
         task.cancelled = true;
+        // An actor's process runs other calls and holds the actor's state:
+        // an actor call is only ever cancelled cooperatively.
+        let force = force && task.spec.actor.is_none();
         match task.worker {
             Some(w) => {
                 let running = self.conns.get(&w).and_then(Conn::running) == Some(tid);
@@ -383,7 +399,8 @@ impl State {
         if !c.doomed {
             c.doomed = true;
             let queued: Vec<TaskId> = c.assigned.iter().skip(1).copied().collect();
-            if !queued.is_empty() {
+            // An actor's calls stay with it (they fail or retry with it).
+            if !queued.is_empty() && c.actor.is_none() {
                 c.revoking = true;
                 c.outbox.send(FromNode::Revoke { task_ids: queued });
             }

@@ -1,0 +1,558 @@
+//! Actors: the actor table, placement, call order, death and restarts.
+//!
+//! An actor is a worker process of its own that keeps state; its creation
+//! and its method calls are tasks of the task table with
+//! `TaskSpec::actor` set, so argument resolution, pins, events, cancel and
+//! results work as for any task. What differs is where they run and when:
+//!
+//! 1. `CreateActor` registers the actor and its name at once (a taken name
+//!    is refused before anything else exists) and submits the creation
+//!    task. Its return object is the actor's *handle object*: every handle
+//!    anywhere is a ref to it, so the actor is in scope exactly while that
+//!    object lives (a call pins it through its `contained`, so a handle
+//!    used only for one call keeps the actor until the call is done). The
+//!    actor also pins its constructor's arguments for its life, for
+//!    restarts.
+//! 2. When the creation task's arguments are ready, the actor is placed:
+//!    it takes its resources for its whole life (waiting in `unplaced`
+//!    while they are busy) and a process of its own is asked for
+//!    (`PoolCmd::Spawn` with the actor), outside the task pool's counts.
+//! 3. That process's hello makes it the actor's worker: never idle, never
+//!    given another task, never revoked. The creation task goes to it.
+//! 4. The creation task's end makes the actor alive (calls flow) or dead
+//!    with `CreationFailed` (every waiting call fails with it).
+//! 5. A call enters its caller's FIFO when submitted; the head of each FIFO
+//!    is sent to the worker once its arguments are ready and the actor is
+//!    alive, so one caller's calls start in submission order (the worker's
+//!    executor starts them in the order they arrive). Calls submitted while
+//!    the actor starts or restarts wait, and spend no retry.
+//! 6. The process ends (crash, kill, terminate, out of scope, owner gone).
+//!    With restarts left (and not `no_restart`), the actor restarts: the
+//!    creation task runs again on a new process; calls that were sent and
+//!    not done go back to the front of their FIFO if they have task retries
+//!    left (else fail with `ActorDied`). Otherwise it is dead: every call
+//!    waiting or sent fails with `ActorDied`, later calls fail at once, its
+//!    resources, name and pins go.
+
+use super::*;
+use ferroray_common::{ActorDeathCause, ActorId};
+use ferroray_protocol::{ActorSpec, ActorTask};
+
+/// Where an actor is in its life.
+pub(super) enum Phase {
+    /// Its creation task has not finished (first start or a restart).
+    Starting,
+    Alive,
+    /// Gone for good: calls fail with this error.
+    Dead(Error),
+}
+
+pub(super) struct Actor {
+    /// The creation task's spec, run again by a restart.
+    creation: TaskSpec,
+    /// Its options (from `creation`).
+    opts: ActorSpec,
+    pub(super) phase: Phase,
+    /// Its process's connection, once that process said hello.
+    pub(super) worker: Option<ConnId>,
+    /// The connection that created it: its end ends a non-detached actor.
+    owner: ConnId,
+    /// Calls submitted and not sent, one FIFO per caller, each in
+    /// submission order.
+    queues: Vec<(WorkerId, VecDeque<TaskId>)>,
+    /// Calls sent to its process and not done, in the order sent.
+    sent: Vec<TaskId>,
+    restarts_left: u32,
+    /// The resources it took when placed, given back when it dies.
+    held: Option<ResourceSet>,
+    /// Why its process is being ended (a kill or a terminate on its way),
+    /// and whether it may restart after.
+    ending: Option<(ActorDeathCause, bool)>,
+    /// End it once no call is waiting or running (terminate, out of scope).
+    drain: Option<ActorDeathCause>,
+    /// Objects it keeps alive while it lives: its constructor's arguments
+    /// (for restarts) and, when detached, its handle object.
+    pinned: Vec<ObjectId>,
+}
+
+impl Actor {
+    fn calls_waiting(&self) -> bool {
+        !self.sent.is_empty() || self.queues.iter().any(|(_, q)| !q.is_empty())
+    }
+}
+
+fn died(actor: ActorId, cause: ActorDeathCause) -> Error {
+    Error::ActorDied { actor: actor.to_string(), cause }
+}
+
+impl State {
+    /// Step 1: registers the actor of creation task `spec` and submits that
+    /// task, answering `ActorCreated` first.
+    pub(super) fn create_actor(&mut self, conn: ConnId, req: u64, spec: TaskSpec) {
+        let Some(ActorTask::Create(opts)) = spec.actor.clone() else {
+            return self.reject(conn, Error::Protocol("CreateActor without an actor spec".into()));
+        };
+        let id = ActorId(spec.task_id);
+        if self.actors.contains_key(&id) || self.tasks.contains_key(&spec.task_id) {
+            return self.reject(conn, Error::Protocol(format!("actor {id} already exists")));
+        }
+        if let Some(name) = &opts.name {
+            if self.actor_names.contains_key(name) {
+                let e = Error::InvalidOption(format!("an actor named {name:?} already exists"));
+                return self.send(conn, FromNode::ActorCreated { req, result: Err(e) });
+            }
+        }
+        self.send(conn, FromNode::ActorCreated { req, result: Ok(()) });
+        if let Some(name) = &opts.name {
+            self.actor_names.insert(name.clone(), id);
+        }
+        let actor = Actor {
+            creation: spec.clone(),
+            restarts_left: opts.max_restarts,
+            opts: *opts,
+            phase: Phase::Starting,
+            worker: None,
+            owner: conn,
+            queues: Vec::new(),
+            sent: Vec::new(),
+            held: None,
+            ending: None,
+            drain: None,
+            pinned: Vec::new(),
+        };
+        // Kept for restarts: the constructor's arguments.
+        let args: Vec<ObjectId> = spec
+            .args
+            .iter()
+            .filter_map(|arg| match arg {
+                TaskArg::Ref(r) => Some(*r),
+                _ => None,
+            })
+            .chain(spec.contained.iter().copied())
+            .collect();
+        let detached = actor.opts.detached;
+        self.actors.insert(id, actor);
+        for p in args {
+            if self.pin_alive(p) {
+                self.actors.get_mut(&id).expect("just inserted").pinned.push(p);
+            }
+        }
+        self.submit(conn, spec);
+        let (dead, created) = match self.actors.get(&id) {
+            Some(a) => (matches!(a.phase, Phase::Dead(_)), self.tasks.contains_key(&id.0)),
+            None => return,
+        };
+        if !dead && !created {
+            // Refused by `submit` (the connection is gone).
+            self.actor_dead(id, Error::Disconnected("its creator is gone".into()));
+        } else if !dead && detached && self.pin_alive(id.handle_object()) {
+            // Detached: its handle object lives until the actor is dead.
+            self.actors.get_mut(&id).expect("checked").pinned.push(id.handle_object());
+        }
+    }
+
+    /// The answer to `GetActor`: the live actor of that name, which `conn`
+    /// may then take a handle to.
+    pub(super) fn get_actor(&mut self, conn: ConnId, req: u64, name: &str) {
+        let found = self.actor_names.get(name).and_then(|id| Some((*id, self.actors.get(id)?)));
+        let result = match found {
+            Some((id, a)) if !matches!(a.phase, Phase::Dead(_)) && self.objects.contains_key(&id.handle_object()) => {
+                let class = a.opts.class.clone();
+                self.grant(conn, &[id.handle_object()]);
+                Ok((id, class))
+            }
+            _ => Err(Error::InvalidOption(format!("no live actor is named {name:?}"))),
+        };
+        self.send(conn, FromNode::ActorFound { req, result });
+    }
+
+    /// A task of the task table became ready (its arguments are): an actor
+    /// task goes its own way. True if `tid` was one.
+    pub(super) fn actor_task_ready(&mut self, tid: TaskId) -> bool {
+        match self.tasks.get(&tid).and_then(|t| t.spec.actor.as_ref()) {
+            None => false,
+            Some(ActorTask::Create(_)) => {
+                self.place_actor(ActorId(tid));
+                true
+            }
+            Some(ActorTask::Call { actor }) => {
+                let actor = *actor;
+                self.dispatch_calls(actor);
+                true
+            }
+        }
+    }
+
+    /// A call was submitted: it joins its caller's FIFO (or fails at once
+    /// if the actor is dead or unknown).
+    pub(super) fn actor_call_submitted(&mut self, tid: TaskId, actor: ActorId) {
+        let error = match self.actors.get_mut(&actor) {
+            None => Some(Error::ActorDied { actor: actor.to_string(), cause: ActorDeathCause::OutOfScope }),
+            Some(a) => match &a.phase {
+                Phase::Dead(e) => Some(e.clone()),
+                _ if a.drain.is_some() || a.ending.as_ref().is_some_and(|(_, restart)| !restart) => {
+                    let cause = a.drain.clone().or(a.ending.as_ref().map(|(c, _)| c.clone()));
+                    Some(died(actor, cause.unwrap_or(ActorDeathCause::Exited)))
+                }
+                _ => {
+                    let caller = tid.submitter;
+                    match a.queues.iter_mut().find(|(c, _)| *c == caller) {
+                        Some((_, q)) => q.push_back(tid),
+                        None => a.queues.push((caller, VecDeque::from([tid]))),
+                    }
+                    if let Some(task) = self.tasks.get_mut(&tid) {
+                        task.retries_left = a.opts.max_task_retries;
+                    }
+                    None
+                }
+            },
+        };
+        if let Some(e) = error {
+            self.complete_task(tid, Err(e));
+        }
+    }
+
+    /// Step 2: takes the actor's resources and asks for its process, or
+    /// waits in `unplaced` until the resources are free.
+    fn place_actor(&mut self, id: ActorId) {
+        let Some(a) = self.actors.get(&id) else { return };
+        if a.held.is_some() || a.worker.is_some() || matches!(a.phase, Phase::Dead(_)) {
+            return;
+        }
+        let want = a.creation.resources.clone();
+        if !want.fits_in(&self.available) {
+            if !self.unplaced.contains(&id) {
+                self.unplaced.push_back(id);
+            }
+            return;
+        }
+        self.unplaced.retain(|u| *u != id);
+        self.available.subtract(&want);
+        let kind = a.creation.function.worker_kind();
+        if let Some(a) = self.actors.get_mut(&id) {
+            a.held = Some(want);
+        }
+        if self.spawn.send(PoolCmd::Spawn { kind, actor: Some(id) }).is_err() {
+            self.actor_dead(id, Error::Disconnected("the node is shutting down".into()));
+        }
+    }
+
+    /// Places the actors waiting for resources, in order (called by `schedule`).
+    pub(super) fn place_unplaced(&mut self) {
+        for id in self.unplaced.clone() {
+            self.place_actor(id);
+        }
+    }
+
+    /// Step 3: the actor's process said hello on `conn`.
+    pub(super) fn actor_connected(&mut self, id: ActorId, conn: ConnId) {
+        let Some(a) = self.actors.get_mut(&id) else {
+            return self.disconnect(conn, "its actor is gone");
+        };
+        if a.worker.is_some() || matches!(a.phase, Phase::Dead(_)) {
+            return self.disconnect(conn, "its actor is gone");
+        }
+        a.worker = Some(conn);
+        let class = a.opts.class.rsplit("::").next().unwrap_or(&a.opts.class).to_string();
+        if let Some(c) = self.conns.get(&conn) {
+            self.names.lock().insert(c.pid, class);
+        }
+        if self.tasks.contains_key(&id.0) {
+            self.assign(id.0, conn, false);
+        }
+    }
+
+    /// Step 4: the creation task ended (called by `complete_task`).
+    pub(super) fn actor_creation_done(&mut self, id: ActorId, result: &Result<Vec<Option<Stored>>>) {
+        let Some(a) = self.actors.get_mut(&id) else { return };
+        match result {
+            Ok(_) => {
+                a.phase = Phase::Alive;
+                self.dispatch_calls(id);
+                self.drain_if_done(id);
+            }
+            Err(e) => {
+                let e = match e {
+                    Error::Infeasible(_) | Error::ActorDied { .. } => e.clone(),
+                    other => died(id, ActorDeathCause::CreationFailed(other.to_string())),
+                };
+                self.actor_dead(id, e);
+            }
+        }
+    }
+
+    /// Step 5: sends the head of each caller's FIFO while it is ready.
+    pub(super) fn dispatch_calls(&mut self, id: ActorId) {
+        let Some(a) = self.actors.get_mut(&id) else { return };
+        let Some(worker) = a.worker else { return };
+        if !matches!(a.phase, Phase::Alive) {
+            return;
+        }
+        let mut to_send = Vec::new();
+        for (_, q) in a.queues.iter_mut() {
+            while let Some(tid) = q.front().copied() {
+                match self.tasks.get(&tid) {
+                    None => {
+                        q.pop_front();
+                    }
+                    Some(t) if t.pending_deps == 0 => {
+                        q.pop_front();
+                        to_send.push(tid);
+                    }
+                    Some(_) => break,
+                }
+            }
+        }
+        a.queues.retain(|(_, q)| !q.is_empty());
+        a.sent.extend(to_send.iter().copied());
+        for tid in to_send {
+            self.assign(tid, worker, false);
+        }
+    }
+
+    /// A call (not the creation) finished for good: the actor may now be
+    /// drained.
+    pub(super) fn actor_call_done(&mut self, actor: ActorId, tid: TaskId) {
+        let Some(a) = self.actors.get_mut(&actor) else { return };
+        a.sent.retain(|t| *t != tid);
+        for (_, q) in a.queues.iter_mut() {
+            q.retain(|t| *t != tid);
+        }
+        self.drain_if_done(actor);
+    }
+
+    fn drain_if_done(&mut self, id: ActorId) {
+        let Some(a) = self.actors.get(&id) else { return };
+        let Some(cause) = a.drain.clone() else { return };
+        if a.calls_waiting() || self.tasks.contains_key(&id.0) {
+            return;
+        }
+        match a.worker {
+            Some(w) => {
+                if let Some(a) = self.actors.get_mut(&id) {
+                    a.ending = Some((cause, false));
+                }
+                // The process exits when it reads the end of its socket.
+                self.disconnect(w, "the actor ended");
+            }
+            None => self.actor_dead(id, died(id, cause)),
+        }
+    }
+
+    /// The handle object was freed: no handle is left anywhere and no call
+    /// is waiting (calls pin it). The actor ends.
+    pub(super) fn actor_out_of_scope(&mut self, id: ActorId) {
+        let Some(a) = self.actors.get_mut(&id) else { return };
+        if matches!(a.phase, Phase::Dead(_)) {
+            // Nobody can call it any more.
+            return self.forget_actor(id);
+        }
+        if a.opts.detached {
+            return;
+        }
+        a.drain.get_or_insert(ActorDeathCause::OutOfScope);
+        self.drain_if_done(id);
+    }
+
+    /// `KillActor`: ends the process now (interrupting running calls).
+    pub(super) fn kill_actor(&mut self, id: ActorId, no_restart: bool) {
+        let Some(a) = self.actors.get_mut(&id) else { return };
+        if matches!(a.phase, Phase::Dead(_)) {
+            return;
+        }
+        a.ending = Some((ActorDeathCause::Killed, !no_restart));
+        match a.worker {
+            Some(w) => self.doom(w),
+            // Not started yet (waiting for resources or its process): it
+            // dies here, and a process started for it is turned away.
+            None => {
+                if no_restart {
+                    self.actor_dead(id, died(id, ActorDeathCause::Killed));
+                }
+            }
+        }
+    }
+
+    /// `TerminateActor`: ends it once the calls already sent are done.
+    pub(super) fn terminate_actor(&mut self, id: ActorId) {
+        let Some(a) = self.actors.get_mut(&id) else { return };
+        if matches!(a.phase, Phase::Dead(_)) {
+            return;
+        }
+        a.drain.get_or_insert(ActorDeathCause::Exited);
+        self.drain_if_done(id);
+    }
+
+    /// Step 6: the actor's process ended (its connection closed): `assigned`
+    /// are the tasks that were sent to it.
+    pub(super) fn actor_process_ended(&mut self, id: ActorId, assigned: VecDeque<TaskId>, status: String) {
+        let Some(a) = self.actors.get_mut(&id) else { return };
+        a.worker = None;
+        let (cause, may_restart) = match a.ending.take() {
+            Some((cause, may_restart)) => (cause, may_restart),
+            None => (ActorDeathCause::Crashed(status), true),
+        };
+        let restart = may_restart && a.restarts_left > 0 && a.drain.is_none();
+        if restart && a.restarts_left != u32::MAX {
+            a.restarts_left -= 1;
+        }
+        let sent = std::mem::take(&mut a.sent);
+        if !restart {
+            let e = died(id, cause);
+            for tid in assigned {
+                if let Some(t) = self.tasks.get_mut(&tid) {
+                    t.worker = None;
+                }
+                self.complete_task(tid, Err(e.clone()));
+            }
+            return self.actor_dead(id, e);
+        }
+        // Calls sent and not done: back to the front of their FIFO, in the
+        // order sent, each spending a task retry (or failing without one).
+        let mut back: Vec<TaskId> = Vec::new();
+        for tid in sent.iter().rev().copied() {
+            let Some(t) = self.tasks.get_mut(&tid) else { continue };
+            t.worker = None;
+            if t.cancelled {
+                self.complete_task(tid, Err(Error::TaskCancelled));
+            } else if t.retries_left == 0 {
+                self.complete_task(tid, Err(died(id, cause.clone())));
+            } else {
+                if t.retries_left != u32::MAX {
+                    t.retries_left -= 1;
+                }
+                t.spec.attempt += 1;
+                t.attempt_items = 0;
+                back.push(tid);
+            }
+        }
+        if let Some(a) = self.actors.get_mut(&id) {
+            for tid in back {
+                let caller = tid.submitter;
+                match a.queues.iter_mut().find(|(c, _)| *c == caller) {
+                    Some((_, q)) => q.push_front(tid),
+                    None => a.queues.push((caller, VecDeque::from([tid]))),
+                }
+            }
+            a.phase = Phase::Starting;
+        }
+        // The creation task again: a task of its own, its arguments pinned
+        // by the actor all along.
+        let mut spec = self.actors[&id].creation.clone();
+        spec.attempt = self.tasks.get(&id.0).map_or(1, |t| t.spec.attempt + 1);
+        if let Some(t) = self.tasks.get_mut(&id.0) {
+            // It died while creating: the same task goes again.
+            t.worker = None;
+            t.spec.attempt += 1;
+        } else {
+            for arg in &spec.args {
+                if let TaskArg::Ref(r) = arg {
+                    self.pin_alive(*r);
+                }
+            }
+            for c in &spec.contained {
+                self.pin_alive(*c);
+            }
+            self.tasks.insert(
+                id.0,
+                Task {
+                    spec,
+                    pending_deps: 0,
+                    worker: None,
+                    retries_left: 0,
+                    cancelled: false,
+                    dynamic_digests: Vec::new(),
+                    attempt_items: 0,
+                    started: false,
+                    replay_error: None,
+                    order: 0,
+                },
+            );
+        }
+        if let Some(a) = self.actors.get_mut(&id) {
+            // Its resources stay taken: the new process uses them.
+            let held = a.held.take();
+            if let Some(h) = held {
+                self.available.add(&h);
+            }
+        }
+        self.record(id.0, TaskState::Retrying, None, Some("the actor restarts".into()));
+        self.place_actor(id);
+    }
+
+    /// The actor is gone for good: waiting calls fail with `e`, its
+    /// resources, name and pins go. Its record stays (calls made later fail
+    /// at once) until the handle object is freed.
+    pub(super) fn actor_dead(&mut self, id: ActorId, e: Error) {
+        let Some(a) = self.actors.get_mut(&id) else { return };
+        if matches!(a.phase, Phase::Dead(_)) {
+            return;
+        }
+        a.phase = Phase::Dead(e.clone());
+        a.drain = None;
+        let waiting: Vec<TaskId> = a.queues.drain(..).flat_map(|(_, q)| q).chain(std::mem::take(&mut a.sent)).collect();
+        let held = a.held.take();
+        let name = a.opts.name.clone();
+        let worker = a.worker.take();
+        let pins = std::mem::take(&mut a.pinned);
+        self.unplaced.retain(|u| *u != id);
+        if let Some(h) = held {
+            self.available.add(&h);
+        }
+        if let Some(n) = name {
+            if self.actor_names.get(&n) == Some(&id) {
+                self.actor_names.remove(&n);
+            }
+        }
+        for tid in waiting {
+            self.complete_task(tid, Err(e.clone()));
+        }
+        if self.tasks.contains_key(&id.0) {
+            self.complete_task(id.0, Err(e.clone()));
+        }
+        if let Some(w) = worker {
+            self.disconnect(w, "the actor is dead");
+        }
+        for p in pins {
+            self.unpin_alive(p);
+        }
+        if !self.objects.contains_key(&id.handle_object()) {
+            self.forget_actor(id);
+        }
+        self.schedule();
+    }
+
+    /// Drops the record of an actor nobody can call any more.
+    pub(super) fn forget_actor(&mut self, id: ActorId) {
+        if let Some(a) = self.actors.remove(&id) {
+            if let Some(n) = a.opts.name {
+                if self.actor_names.get(&n) == Some(&id) {
+                    self.actor_names.remove(&n);
+                }
+            }
+            self.unplaced.retain(|u| *u != id);
+        }
+    }
+
+    /// Connection `conn` ended: the non-detached actors it created end too
+    /// (their job, or their owner process, is gone).
+    pub(super) fn owner_gone(&mut self, conn: ConnId) {
+        let owned: Vec<ActorId> = self
+            .actors
+            .iter()
+            .filter(|(_, a)| a.owner == conn && !a.opts.detached && !matches!(a.phase, Phase::Dead(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in owned {
+            match self.actors.get(&id).and_then(|a| a.worker) {
+                Some(w) => {
+                    if let Some(a) = self.actors.get_mut(&id) {
+                        a.ending = Some((ActorDeathCause::JobEnded, false));
+                    }
+                    self.doom(w);
+                }
+                None => self.actor_dead(id, died(id, ActorDeathCause::JobEnded)),
+            }
+        }
+    }
+}

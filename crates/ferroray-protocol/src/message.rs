@@ -210,6 +210,15 @@ impl TaskSpec {
         self.function.display_name()
     }
 
+    /// The actor this task creates or calls.
+    pub fn actor_id(&self) -> Option<ActorId> {
+        match &self.actor {
+            Some(ActorTask::Create(_)) => Some(ActorId(self.task_id)),
+            Some(ActorTask::Call { actor }) => Some(*actor),
+            None => None,
+        }
+    }
+
     pub fn return_ids(&self) -> impl Iterator<Item = ObjectId> + '_ {
         (0..self.returns.static_count()).map(|i| ObjectId::for_return(self.task_id, i))
     }
@@ -269,6 +278,8 @@ pub struct TaskEvent {
     /// The worker's pid once the task runs.
     pub worker_pid: Option<u32>,
     pub error: Option<String>,
+    /// An actor's creation or method call: the actor.
+    pub actor_id: Option<ActorId>,
 }
 
 /// Client to node.

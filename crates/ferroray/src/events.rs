@@ -60,12 +60,15 @@ pub struct TaskEvent {
     pub worker_pid: Option<u32>,
     /// The error's text, for `Failed` and `Retrying`.
     pub error: Option<String>,
+    /// For an actor's creation (`Class.new`) or method call
+    /// (`Class.method`), the actor.
+    pub actor_id: Option<ferroray_common::ActorId>,
 }
 
 impl TaskEvent {
     pub(crate) fn from_wire(e: ferroray_protocol::TaskEvent) -> Self {
-        let ferroray_protocol::TaskEvent { task_id, name, state, attempt, time_us, worker_pid, error } = e;
-        TaskEvent { task_id, name, state: TaskState::from_wire(state), attempt, time_us, worker_pid, error }
+        let ferroray_protocol::TaskEvent { task_id, name, state, attempt, time_us, worker_pid, error, actor_id } = e;
+        TaskEvent { task_id, name, state: TaskState::from_wire(state), attempt, time_us, worker_pid, error, actor_id }
     }
 }
 
@@ -83,6 +86,7 @@ mod tests {
             time_us: 42,
             worker_pid: Some(7),
             error: Some("boom".into()),
+            actor_id: None,
         };
         let e = TaskEvent::from_wire(wire);
         assert_eq!(
@@ -95,6 +99,7 @@ mod tests {
                 time_us: 42,
                 worker_pid: Some(7),
                 error: Some("boom".into()),
+                actor_id: None,
             }
         );
     }

@@ -395,6 +395,7 @@ fn push_event(
         time_us: now_us(),
         worker_pid,
         error,
+        actor_id: spec.actor_id(),
     });
 }
 

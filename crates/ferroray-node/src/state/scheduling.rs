@@ -267,10 +267,14 @@ impl State {
         if !shown.is_empty() {
             self.grant(worker, &shown);
         }
-        let (pid, first) = self.conns.get(&worker).map_or((0, false), |c| (c.pid, c.assigned.len() == 1));
+        let (pid, first, actor) =
+            self.conns.get(&worker).map_or((0, false, None), |c| (c.pid, c.assigned.len() == 1, c.actor));
         if first {
             // Queued ones are recorded as running when they reach the front.
-            self.names.lock().insert(pid, spec.name().to_string());
+            // An actor's output keeps its class's name (`actor_connected`).
+            if actor.is_none() {
+                self.names.lock().insert(pid, spec.name().to_string());
+            }
             self.record(tid, TaskState::Running, Some(pid), None);
         }
         self.send(worker, FromNode::Execute(Box::new(spec)));
@@ -307,7 +311,7 @@ impl State {
         }
         if let Some(next) = c.running().filter(|_| !c.doomed) {
             let pid = c.pid;
-            if let Some(t) = self.tasks.get(&next) {
+            if let Some(t) = self.tasks.get(&next).filter(|_| c.actor.is_none()) {
                 self.names.lock().insert(pid, t.spec.name().to_string());
             }
             self.record(next, TaskState::Running, Some(pid), None);

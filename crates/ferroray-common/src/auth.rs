@@ -44,6 +44,17 @@ impl ClusterToken {
         ClusterToken([0; TOKEN_LEN])
     }
 
+    /// The token's bytes, for the wire.
+    pub fn as_bytes(&self) -> &[u8; TOKEN_LEN] {
+        &self.0
+    }
+
+    /// A token from [`ClusterToken::as_bytes`]'s form; `None` unless
+    /// `bytes` is [`TOKEN_LEN`] long.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(ClusterToken)
+    }
+
     /// Compares in time independent of where the tokens differ.
     pub fn matches(&self, other: &ClusterToken) -> bool {
         self.0.iter().zip(other.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0

@@ -105,6 +105,18 @@ impl ResourceSet {
         Ok(())
     }
 
+    /// The amounts in fixed point (1/10,000 of a unit), for the wire.
+    pub fn into_fixed(self) -> BTreeMap<String, i64> {
+        self.0
+    }
+
+    /// A set from [`ResourceSet::into_fixed`]'s form; zero amounts are
+    /// dropped (a set never holds one).
+    pub fn from_fixed(mut fixed: BTreeMap<String, i64>) -> Self {
+        fixed.retain(|_, v| *v != 0);
+        ResourceSet(fixed)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> {
         self.0.iter().map(|(k, v)| (k.as_str(), *v as f64 / SCALE))
     }

@@ -81,7 +81,7 @@ impl SocketOutbox {
         }
     }
 
-    pub(crate) fn send(&self, msg: &FromNode) {
+    pub(crate) fn send(&self, msg: FromNode) {
         let mut out = self.out.lock();
         if out.closed {
             return;
@@ -322,7 +322,7 @@ async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: onesho
 /// closes it (a peer that does not read it costs at most a second).
 async fn reject_unaccepted(stream: &mut UnixStream, err: Error) {
     let mut buf = Vec::new();
-    if frame::encode_into(&mut buf, &FromNode::Rejected(err)).is_ok() {
+    if frame::encode_into(&mut buf, FromNode::Rejected(err)).is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
     }
     let _ = stream.shutdown().await;

@@ -54,7 +54,7 @@ fn reply(s: &mut UnixStream) -> Option<FromNode> {
 /// A socket client that said hello as a driver with the right token.
 fn driver(node: &Node, id: u64) -> UnixStream {
     let mut s = connect(node);
-    frame::write_frame(&mut s, &hello(Role::Driver, WorkerId(id), node.token().clone())).unwrap();
+    frame::write_frame(&mut s, hello(Role::Driver, WorkerId(id), node.token().clone())).unwrap();
     match reply(&mut s) {
         Some(FromNode::Welcome(_)) => s,
         other => panic!("expected welcome, got {other:?}"),
@@ -64,7 +64,7 @@ fn driver(node: &Node, id: u64) -> UnixStream {
 /// The node answers a new driver and lists tasks for it.
 fn still_serving(node: &Node) {
     let mut s = driver(node, WorkerId::random().0);
-    frame::write_frame(&mut s, &ToNode::ListTasks { req: 7 }).unwrap();
+    frame::write_frame(&mut s, ToNode::ListTasks { req: 7 }).unwrap();
     assert!(matches!(reply(&mut s), Some(FromNode::Tasks { req: 7, .. })), "the node lists tasks");
 }
 
@@ -108,16 +108,16 @@ fn a_wrong_token_or_a_process_posing_as_a_worker_is_refused() {
     let node = node_with(|_| {});
     // No token, as a driver.
     let mut s = connect(&node);
-    frame::write_frame(&mut s, &hello(Role::Driver, WorkerId(5), ClusterToken::zero())).unwrap();
+    frame::write_frame(&mut s, hello(Role::Driver, WorkerId(5), ClusterToken::zero())).unwrap();
     assert!(matches!(rejection(&mut s), Error::PermissionDenied(m) if m.contains("token")));
     // The right token, posing as a worker: this process is not one the node started.
     let mut s = connect(&node);
-    frame::write_frame(&mut s, &hello(Role::Worker, WorkerId(6), node.token().clone())).unwrap();
+    frame::write_frame(&mut s, hello(Role::Worker, WorkerId(6), node.token().clone())).unwrap();
     assert!(matches!(rejection(&mut s), Error::PermissionDenied(m) if m.contains("not a worker this node started")));
     // A driver may not take a worker id in use.
     let _first = driver(&node, 77);
     let mut s = connect(&node);
-    frame::write_frame(&mut s, &hello(Role::Driver, WorkerId(77), node.token().clone())).unwrap();
+    frame::write_frame(&mut s, hello(Role::Driver, WorkerId(77), node.token().clone())).unwrap();
     assert!(matches!(rejection(&mut s), Error::PermissionDenied(m) if m.contains("in use")));
     // Before the hello, a frame over the hello's size limit is refused unread.
     let mut s = connect(&node);
@@ -139,7 +139,7 @@ fn a_connection_from_another_user_is_closed_before_any_message() {
     // Everything the child needs is made before fork: after it, only
     // async-signal-safe calls (socket, connect, write, read, _exit).
     let mut hello_frame = Vec::new();
-    frame::encode_into(&mut hello_frame, &hello(Role::Driver, WorkerId(9), node.token().clone())).unwrap();
+    frame::encode_into(&mut hello_frame, hello(Role::Driver, WorkerId(9), node.token().clone())).unwrap();
     let name = node.socket_name().as_bytes().to_vec();
     // SAFETY: a zeroed sockaddr_un is valid; the name fits (checked).
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -211,7 +211,7 @@ fn oversized_counts_are_refused_before_the_lock_and_the_node_serves_on() {
     let mut huge = spec(me, 1);
     huge.returns = ReturnKind::Fixed(10_000_000);
     let start = Instant::now();
-    frame::write_frame(&mut s, &ToNode::Submit(Box::new(huge))).unwrap();
+    frame::write_frame(&mut s, ToNode::Submit(Box::new(huge))).unwrap();
     assert!(matches!(rejection(&mut s), Error::Protocol(m) if m.contains("return objects")));
     assert!(start.elapsed() < Duration::from_secs(2), "refused at once, not after allocating");
     assert!(resident_bytes() < before + (64 << 20), "no memory taken for the claimed objects");
@@ -219,12 +219,12 @@ fn oversized_counts_are_refused_before_the_lock_and_the_node_serves_on() {
     let mut s = driver(&node, me.0 + 1);
     let mut negative = spec(WorkerId(me.0 + 1), 1);
     negative.resources = ResourceSet::new().with(resources::CPU, -100.0);
-    frame::write_frame(&mut s, &ToNode::Submit(Box::new(negative))).unwrap();
+    frame::write_frame(&mut s, ToNode::Submit(Box::new(negative))).unwrap();
     assert!(matches!(rejection(&mut s), Error::Protocol(m) if m.contains("CPU")));
     // Too many ids in one message.
     let mut s = driver(&node, me.0 + 2);
     let id = ObjectId { task: TaskId { submitter: me, seq: 1 }, index: 0 };
-    frame::write_frame(&mut s, &ToNode::Subscribe(vec![id; limits::MAX_IDS + 1])).unwrap();
+    frame::write_frame(&mut s, ToNode::Subscribe(vec![id; limits::MAX_IDS + 1])).unwrap();
     assert!(matches!(rejection(&mut s), Error::Protocol(m) if m.contains("Subscribe")));
     still_serving(&node);
     node.shutdown();
@@ -237,12 +237,12 @@ fn ids_must_be_the_senders_own_and_new() {
     let (me, other) = (WorkerId(51), WorkerId(52));
     // A task id naming another submitter.
     let mut s = driver(&node, me.0);
-    frame::write_frame(&mut s, &ToNode::Submit(Box::new(spec(other, 1)))).unwrap();
+    frame::write_frame(&mut s, ToNode::Submit(Box::new(spec(other, 1)))).unwrap();
     assert!(matches!(rejection(&mut s), Error::PermissionDenied(m) if m.contains("another process")));
     // The same task id twice.
     let mut s = driver(&node, me.0);
-    frame::write_frame(&mut s, &ToNode::Submit(Box::new(spec(me, 1)))).unwrap();
-    frame::write_frame(&mut s, &ToNode::Submit(Box::new(spec(me, 1)))).unwrap();
+    frame::write_frame(&mut s, ToNode::Submit(Box::new(spec(me, 1)))).unwrap();
+    frame::write_frame(&mut s, ToNode::Submit(Box::new(spec(me, 1)))).unwrap();
     assert!(matches!(rejection(&mut s), Error::Protocol(m) if m.contains("already submitted")));
     // Reading an object nobody gave this connection.
     let mut owner = driver(&node, 60);
@@ -252,16 +252,16 @@ fn ids_must_be_the_senders_own_and_new() {
         encoding: ferroray_protocol::Encoding::Rust,
         contained: vec![],
     };
-    frame::write_frame(&mut owner, &ToNode::Put { id: mine, value }).unwrap();
+    frame::write_frame(&mut owner, ToNode::Put { id: mine, value }).unwrap();
     let mut snoop = driver(&node, 61);
-    frame::write_frame(&mut snoop, &ToNode::AddRef(vec![mine])).unwrap();
-    frame::write_frame(&mut snoop, &ToNode::Subscribe(vec![mine])).unwrap();
+    frame::write_frame(&mut snoop, ToNode::AddRef(vec![mine])).unwrap();
+    frame::write_frame(&mut snoop, ToNode::Subscribe(vec![mine])).unwrap();
     match reply(&mut snoop) {
         Some(FromNode::ObjectReady { id, value: ObjectValue::Error(Error::PermissionDenied(_)) }) if id == mine => {}
         other => panic!("expected permission denied, got {other:?}"),
     }
     // The owner reads it.
-    frame::write_frame(&mut owner, &ToNode::Subscribe(vec![mine])).unwrap();
+    frame::write_frame(&mut owner, ToNode::Subscribe(vec![mine])).unwrap();
     assert!(matches!(reply(&mut owner), Some(FromNode::ObjectReady { value: ObjectValue::Data { .. }, .. })));
     still_serving(&node);
     node.shutdown();
@@ -320,8 +320,8 @@ fn a_connection_flood_leaves_the_node_serving_and_gives_its_memory_back() {
             encoding: ferroray_protocol::Encoding::Rust,
             contained: vec![],
         };
-        frame::write_frame(&mut s, &ToNode::Put { id, value }).unwrap();
-        frame::write_frame(&mut s, &ToNode::Subscribe(vec![id])).unwrap();
+        frame::write_frame(&mut s, ToNode::Put { id, value }).unwrap();
+        frame::write_frame(&mut s, ToNode::Subscribe(vec![id])).unwrap();
         assert!(matches!(reply(&mut s), Some(FromNode::ObjectReady { .. })));
         burst.push(s);
     }
@@ -412,7 +412,7 @@ fn a_refused_peer_is_logged_once_not_per_attempt() {
         }
         for _ in 0..10 {
             let mut s = connect(&node);
-            frame::write_frame(&mut s, &hello(Role::Driver, WorkerId(5), ClusterToken::zero())).unwrap();
+            frame::write_frame(&mut s, hello(Role::Driver, WorkerId(5), ClusterToken::zero())).unwrap();
             assert!(matches!(rejection(&mut s), Error::PermissionDenied(_)));
         }
         still_serving(&node);
@@ -477,7 +477,7 @@ fn out_of_file_descriptors_the_accept_loop_backs_off_instead_of_spinning() {
     let deadline = Instant::now() + T;
     loop {
         let mut s = connect(&node);
-        frame::write_frame(&mut s, &hello(Role::Driver, WorkerId::random(), node.token().clone())).unwrap();
+        frame::write_frame(&mut s, hello(Role::Driver, WorkerId::random(), node.token().clone())).unwrap();
         if matches!(reply(&mut s), Some(FromNode::Welcome(_))) {
             break;
         }

@@ -130,7 +130,7 @@ impl Executor {
     }
 
     fn send(&mut self, msg: ToNode) {
-        frame::write_frame(&mut self.0, &msg).unwrap();
+        frame::write_frame(&mut self.0, msg).unwrap();
     }
 
     fn report(&mut self, task_id: TaskId, attempt: u32, index: u32, byte: u8) {
@@ -230,7 +230,7 @@ fn executor_relay() {
         role: Role::Worker,
         token: ClusterToken::from_hex(&var(pool::env::TOKEN)).unwrap(),
     };
-    frame::write_frame(&mut node, &hello).unwrap();
+    frame::write_frame(&mut node, hello).unwrap();
     let mut test = server::connect_abstract(&relay).expect("connect to the test");
     let (mut node_rd, mut test_wr) = (node.try_clone().unwrap(), test.try_clone().unwrap());
     std::thread::spawn(move || {

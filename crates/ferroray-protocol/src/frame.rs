@@ -1,11 +1,15 @@
 //! Length-prefixed frames.
 //!
-//! Layout: `u32` little-endian body length, then the bincode body. The length
-//! is checked against [`MAX_FRAME`] before anything is allocated, and the
-//! body's buffer grows with the bytes that actually arrive, so garbage on a
-//! socket costs at most one error, not a huge allocation.
+//! Layout: `u32` little-endian body length, then the body: one protobuf
+//! message of [`crate::wire`]. The length is checked against [`MAX_FRAME`]
+//! before anything is allocated, and the body's buffer grows with the bytes
+//! that actually arrive, so garbage on a socket costs at most one error, not
+//! a huge allocation. Decoding allocates no more than a small multiple of
+//! the body (protobuf has no counts to trust: every list grows element by
+//! element as the bytes are read).
 
-use serde::{de::DeserializeOwned, Serialize};
+use bytes::Bytes;
+use prost::Message;
 use std::io::{self, Read, Write};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -36,11 +40,55 @@ impl From<FrameError> for ferroray_common::Error {
     }
 }
 
-/// Appends one frame holding `msg` to `buf` (so several can go out in one write).
-pub fn encode_into<M: Serialize>(buf: &mut Vec<u8>, msg: &M) -> Result<(), FrameError> {
+/// A message that travels in frames: [`ToNode`](crate::ToNode) and
+/// [`FromNode`](crate::FromNode), each with its protobuf form.
+pub trait WireMessage: Sized {
+    /// The protobuf form (see [`crate::wire`]).
+    type Wire: Message + Default;
+
+    /// Moves the message into its protobuf form (value bytes are moved, not
+    /// copied).
+    fn into_wire(self) -> Self::Wire;
+
+    /// Checks and converts a decoded protobuf message.
+    fn from_wire(wire: Self::Wire) -> Result<Self, FrameError>;
+}
+
+impl WireMessage for crate::ToNode {
+    type Wire = crate::wire::ToNode;
+
+    fn into_wire(self) -> Self::Wire {
+        self.into()
+    }
+
+    fn from_wire(wire: Self::Wire) -> Result<Self, FrameError> {
+        wire.try_into()
+    }
+}
+
+impl WireMessage for crate::FromNode {
+    type Wire = crate::wire::FromNode;
+
+    fn into_wire(self) -> Self::Wire {
+        self.into()
+    }
+
+    fn from_wire(wire: Self::Wire) -> Result<Self, FrameError> {
+        wire.try_into()
+    }
+}
+
+/// Appends one frame holding `msg` to `buf` (so several can go out in one
+/// write). A message over [`MAX_FRAME`] is refused and `buf` is unchanged.
+pub fn encode_into<M: WireMessage>(buf: &mut Vec<u8>, msg: M) -> Result<(), FrameError> {
     let start = buf.len();
     buf.extend_from_slice(&[0; 4]);
-    bincode::serialize_into(&mut *buf, msg).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    // Fails only for a buffer that cannot grow to the message's size; a
+    // `Vec` grows.
+    if let Err(e) = msg.into_wire().encode(buf) {
+        buf.truncate(start);
+        return Err(FrameError::Malformed(e.to_string()));
+    }
     let len = (buf.len() - start - 4) as u64;
     if len > MAX_FRAME as u64 {
         buf.truncate(start);
@@ -50,21 +98,18 @@ pub fn encode_into<M: Serialize>(buf: &mut Vec<u8>, msg: &M) -> Result<(), Frame
     Ok(())
 }
 
-/// The body size `msg` would have as a frame (to check it against
-/// [`MAX_FRAME`] before sending).
-pub fn encoded_size<M: Serialize>(msg: &M) -> u64 {
-    bincode::serialized_size(msg).unwrap_or(u64::MAX)
-}
-
-pub fn write_frame<W: Write, M: Serialize>(w: &mut W, msg: &M) -> Result<(), FrameError> {
-    let mut buf = Vec::with_capacity(128);
+pub fn write_frame<W: Write, M: WireMessage>(w: &mut W, msg: M) -> Result<(), FrameError> {
+    let mut buf = Vec::new();
     encode_into(&mut buf, msg)?;
     w.write_all(&buf)?;
     Ok(())
 }
 
-fn decode<M: DeserializeOwned>(body: &[u8]) -> Result<M, FrameError> {
-    bincode::deserialize(body).map_err(|e| FrameError::Malformed(e.to_string()))
+/// Decodes a body. From `Bytes`, not a slice: prost then copies each
+/// `bytes` field once (from a slice it copies twice).
+fn decode<M: WireMessage>(body: Bytes) -> Result<M, FrameError> {
+    let wire = M::Wire::decode(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    M::from_wire(wire)
 }
 
 fn check_len(header: [u8; 4]) -> Result<usize, FrameError> {
@@ -76,7 +121,7 @@ fn check_len(header: [u8; 4]) -> Result<usize, FrameError> {
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
-pub fn read_frame<R: Read, M: DeserializeOwned>(r: &mut R) -> Result<Option<M>, FrameError> {
+pub fn read_frame<R: Read, M: WireMessage>(r: &mut R) -> Result<Option<M>, FrameError> {
     let mut header = [0u8; 4];
     match r.read_exact(&mut header) {
         Ok(()) => {}
@@ -89,11 +134,11 @@ pub fn read_frame<R: Read, M: DeserializeOwned>(r: &mut R) -> Result<Option<M>, 
     if r.take(len as u64).read_to_end(&mut body)? != len {
         return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
     }
-    decode(&body).map(Some)
+    decode(Bytes::from(body)).map(Some)
 }
 
 /// Async [`read_frame`], reusing `body` as the buffer.
-pub async fn read_frame_async<R: AsyncRead + Unpin, M: DeserializeOwned>(
+pub async fn read_frame_async<R: AsyncRead + Unpin, M: WireMessage>(
     r: &mut R,
     body: &mut Vec<u8>,
 ) -> Result<Option<M>, FrameError> {
@@ -102,7 +147,7 @@ pub async fn read_frame_async<R: AsyncRead + Unpin, M: DeserializeOwned>(
 
 /// [`read_frame_async`] with a lower size limit (a peer that has not proved
 /// who it is gets [`crate::limits::MAX_HELLO_FRAME`]).
-pub async fn read_frame_async_max<R: AsyncRead + Unpin, M: DeserializeOwned>(
+pub async fn read_frame_async_max<R: AsyncRead + Unpin, M: WireMessage>(
     r: &mut R,
     body: &mut Vec<u8>,
     max: u32,
@@ -123,7 +168,12 @@ pub async fn read_frame_async_max<R: AsyncRead + Unpin, M: DeserializeOwned>(
     if (&mut *r).take(len as u64).read_to_end(body).await? != len {
         return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
     }
-    decode(body).map(Some)
+    let bytes = Bytes::from(std::mem::take(body));
+    let msg = decode(bytes.clone());
+    // Nothing else holds the bytes now: the buffer comes back for the next
+    // frame.
+    *body = Vec::from(bytes);
+    msg.map(Some)
 }
 
 #[cfg(test)]
@@ -138,8 +188,8 @@ mod tests {
         let a = ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id: WorkerId(5), pid: 9, role: Role::Driver, token };
         let b = ToNode::Blocked;
         let mut buf = Vec::new();
-        encode_into(&mut buf, &a).unwrap();
-        encode_into(&mut buf, &b).unwrap();
+        encode_into(&mut buf, a.clone()).unwrap();
+        encode_into(&mut buf, b.clone()).unwrap();
         let mut r = &buf[..];
         assert_eq!(read_frame::<_, ToNode>(&mut r).unwrap(), Some(a));
         assert_eq!(read_frame::<_, ToNode>(&mut r).unwrap(), Some(b));

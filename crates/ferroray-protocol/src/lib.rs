@@ -4,8 +4,12 @@
 //!   message enums [`ToNode`] and [`FromNode`].
 //! - [`limits`]: the bounds on every count and size a message carries,
 //!   checked right after decoding, before the node takes its lock.
+//! - [`wire`]: the protobuf schema those messages travel as (prost structs
+//!   with explicit tags), its evolution rules, and the conversions, which
+//!   check what arrived (a missing field or an unknown case is malformed);
+//!   `wire_tests` (tests only) round-trips every message through it.
 //! - [`frame`]: how it travels: a 4-byte little-endian length, then a
-//!   bincode body. Blocking helpers for the core worker's socket threads, async
+//!   protobuf body. Blocking helpers for the core worker's socket threads, async
 //!   ones for the daemon's tokio tasks. A length above [`frame::MAX_FRAME`] or
 //!   a body that does not decode is a [`FrameError`], never a panic or a hang.
 //!
@@ -15,9 +19,13 @@
 pub mod frame;
 pub mod limits;
 pub mod message;
+pub mod wire;
+#[cfg(test)]
+mod wire_tests;
 
-pub use frame::{FrameError, MAX_FRAME};
+pub use frame::{FrameError, WireMessage, MAX_FRAME};
 pub use message::*;
 
-/// Bumped on any incompatible change to [`message`].
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Bumped on any incompatible change to the wire (see [`wire`] for the
+/// changes that are compatible). 3: protobuf bodies.
+pub const PROTOCOL_VERSION: u32 = 3;

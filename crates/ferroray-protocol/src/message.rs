@@ -1,4 +1,5 @@
-//! Messages.
+//! Messages: the Rust types the node and the core worker match on. They
+//! travel as the protobuf messages of [`crate::wire`], which converts them.
 
 use ferroray_common::{ActorId, ClusterToken, Error, NodeId, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId};
 use serde::{Deserialize, Serialize};

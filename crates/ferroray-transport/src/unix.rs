@@ -49,7 +49,7 @@ pub struct UnixReader {
 impl UnixLink {
     /// Connects to the node at `socket`, sends `hello` and waits for the
     /// answer (steps 1 and 2).
-    pub fn connect(socket: &str, hello: &ToNode) -> Result<(UnixLink, UnixReader, NodeInfo)> {
+    pub fn connect(socket: &str, hello: ToNode) -> Result<(UnixLink, UnixReader, NodeInfo)> {
         let mut stream = connect_abstract(socket)?;
         frame::write_frame(&mut stream, hello)?;
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(Error::io)?;
@@ -68,7 +68,7 @@ impl UnixLink {
 impl Link for UnixLink {
     fn send(&self, msg: ToNode) -> Result<()> {
         let mut buf = Vec::with_capacity(128);
-        frame::encode_into(&mut buf, &msg)?;
+        frame::encode_into(&mut buf, msg)?;
         self.writer.lock().write_all(&buf).map_err(|e| Error::Disconnected(e.to_string()))
     }
 }

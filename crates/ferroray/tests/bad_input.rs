@@ -150,7 +150,7 @@ fn garbage_on_the_nodes_socket_is_rejected_and_others_are_served() {
     assert!(matches!(rejection(s), Error::Protocol(m) if m.contains("malformed")));
     // A valid message that is not a hello.
     let mut s = connect();
-    frame::write_frame(&mut s, &ToNode::Blocked).unwrap();
+    frame::write_frame(&mut s, ToNode::Blocked).unwrap();
     assert!(matches!(rejection(s), Error::Protocol(m) if m.contains("hello")));
     // A hello from another protocol version.
     let mut s = connect();
@@ -161,7 +161,7 @@ fn garbage_on_the_nodes_socket_is_rejected_and_others_are_served() {
         role: Role::Driver,
         token: ferroray_common::ClusterToken::zero(),
     };
-    frame::write_frame(&mut s, &hello).unwrap();
+    frame::write_frame(&mut s, hello).unwrap();
     assert!(matches!(rejection(s), Error::Protocol(m) if m.contains("version")));
     still_serving();
 }

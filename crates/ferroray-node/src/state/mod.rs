@@ -91,7 +91,7 @@ pub(crate) enum Outbox {
 impl Outbox {
     fn send(&self, msg: FromNode) {
         match self {
-            Outbox::Socket(out) => out.send(&msg),
+            Outbox::Socket(out) => out.send(msg),
             Outbox::Local(link) => link.send(msg),
         }
     }

@@ -235,8 +235,8 @@ impl State {
         }
         if failed.is_none() {
             // Inline arguments must fit in one message to the worker.
-            // (the enum tag of `Execute` adds a few bytes to the spec's size)
-            let size = ferroray_protocol::frame::encoded_size(&spec) + 16;
+            // (a bound on the spec's size; the tag of `Execute` adds a few bytes)
+            let size = spec.max_encoded_len() + 16;
             if size > ferroray_protocol::MAX_FRAME as u64 {
                 failed = Some(Error::InvalidOption(format!(
                     "the arguments of {} take {size} bytes inline, over the {}-byte message limit: \

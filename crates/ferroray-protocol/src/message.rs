@@ -45,9 +45,10 @@ impl Payload {
 
 /// The bytes of a `Vec<ObjectRef<T>>` value, the list a dynamic-returns task
 /// gives: the core worker's codec encodes a ref as its id, so the node can
-/// make the list itself (with the same ids as the value's `contained`).
+/// make the list itself (with the same ids as the value's `contained`), in
+/// the value format (`ferroray_common::value`), not the frames' one.
 pub fn encode_ref_list(ids: &[ObjectId]) -> Vec<u8> {
-    bincode::serialize(ids).expect("a list of ids always encodes")
+    ferroray_common::value::to_vec(ids).expect("a list of ids always encodes")
 }
 
 /// A stored object: a value (and the refs nested in it), or the error that

@@ -115,7 +115,8 @@ pub struct TaskError {
     /// The remote function's name.
     pub task_name: String,
     pub pid: u32,
-    /// The error value itself, bincode-encoded, when its type is
+    /// The error value itself, encoded like every other value
+    /// ([`crate::value`]), when its type is
     /// `serde::Serialize` (and encoding succeeded); `None` for a panic or an
     /// error type that is not serializable. Read it back with
     /// [`TaskError::downcast`] / [`Error::downcast_task_error`].
@@ -128,12 +129,12 @@ impl TaskError {
     /// so an error cannot make a task's result outgrow a message.
     pub const MAX_VALUE_BYTES: u64 = 1 << 20;
 
-    /// `e` encoded for [`value`](Self::value): bincode, like every other
-    /// value; `None` if it does not encode or is over
+    /// `e` encoded for [`value`](Self::value), like every other value
+    /// ([`crate::value`]); `None` if it does not encode or is over
     /// [`MAX_VALUE_BYTES`](Self::MAX_VALUE_BYTES).
     pub fn encode_value<E: Serialize + ?Sized>(e: &E) -> Option<Vec<u8>> {
-        match bincode::serialized_size(e) {
-            Ok(n) if n <= Self::MAX_VALUE_BYTES => bincode::serialize(e).ok(),
+        match crate::value::encoded_size(e) {
+            Ok(n) if n <= Self::MAX_VALUE_BYTES => crate::value::to_vec_sized(e, n).ok(),
             _ => None,
         }
     }
@@ -147,14 +148,14 @@ impl TaskError {
 
     /// The task's error value as itself: `Some` when its type is `E` and it
     /// was carried (`E` is serializable, and encoded within
-    /// [`MAX_VALUE_BYTES`](Self::MAX_VALUE_BYTES)) and decodes (bincode, so
-    /// serde attributes that need a self-describing format, like
-    /// `#[serde(untagged)]`, do not round-trip); otherwise `None`.
+    /// [`MAX_VALUE_BYTES`](Self::MAX_VALUE_BYTES)) and decodes (the value
+    /// format is not self-describing, so serde attributes that need one,
+    /// like `#[serde(untagged)]`, do not round-trip); otherwise `None`.
     pub fn downcast<E: DeserializeOwned>(&self) -> Option<E> {
         if !self.is::<E>() {
             return None;
         }
-        bincode::deserialize(self.value.as_deref()?).ok()
+        crate::value::from_slice(self.value.as_deref()?).ok()
     }
 }
 
@@ -277,6 +278,15 @@ impl Error {
     }
 }
 
+impl From<crate::value::ValueError> for Error {
+    fn from(e: crate::value::ValueError) -> Self {
+        match e {
+            crate::value::ValueError::Io(e) => Error::io(e),
+            e => Error::serialization(e),
+        }
+    }
+}
+
 /// Which application errors a task retries. `#[non_exhaustive]`: new ways
 /// of choosing may be added.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -371,7 +381,7 @@ mod tests {
     fn with_value<E: Serialize>(e: &E) -> Error {
         let mut err = Error::task(std::any::type_name::<E>(), "m", "f", 1);
         if let Error::Task(t) = &mut err {
-            t.value = Some(bincode::serialize(e).unwrap());
+            t.value = Some(crate::value::to_vec(e).unwrap());
         }
         err
     }
@@ -389,9 +399,9 @@ mod tests {
     #[test]
     fn an_error_value_over_the_limit_is_left_out() {
         let small = vec![0u8; 1000];
-        assert_eq!(TaskError::encode_value(&small), Some(bincode::serialize(&small).unwrap()));
+        assert_eq!(TaskError::encode_value(&small), Some(crate::value::to_vec(&small).unwrap()));
         let big = vec![0u8; TaskError::MAX_VALUE_BYTES as usize];
-        assert_eq!(TaskError::encode_value(&big), None, "8 bytes of length over the limit");
+        assert_eq!(TaskError::encode_value(&big), None, "its length over the limit");
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //! - [`resources`]: resource sets in fixed point, so that adding and
 //!   subtracting fractional CPUs never drifts.
 //! - [`auth`]: the cluster token every connection must present.
+//! - [`value`]: the format of user values, named in this one place.
 
 pub mod auth;
 pub mod error;
 pub mod id;
 pub mod resources;
+pub mod value;
 
 pub use auth::ClusterToken;
 pub use error::{ActorDeathCause, Error, FailureKind, Result, RetryExceptions, TaskError};

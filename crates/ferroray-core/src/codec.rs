@@ -1,8 +1,8 @@
 //! Values to bytes and back.
 //!
 //! Encoding, in three steps:
-//! 1. Measure the value (`bincode::serialized_size`), collecting the object
-//!    refs nested inside it.
+//! 1. Measure the value (`value::encoded_size`: the value format lives in
+//!    `ferroray_common::value`), collecting the object refs nested inside it.
 //! 2. Below the node's inline threshold, serialize into a `Vec`; at or above
 //!    it, ask the node for that much shared memory and serialize straight into
 //!    it (one pass, no intermediate copy) through an `ArenaWriter`, whose
@@ -20,7 +20,7 @@
 use crate::object_ref::RefInner;
 use crate::worker::CoreWorker;
 use bytes::Bytes;
-use ferroray_common::{Error, ObjectId, Result};
+use ferroray_common::{value, Error, ObjectId, Result};
 use ferroray_protocol::{Encoding, ObjectValue, Payload};
 use ferroray_store::Arena;
 use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
@@ -70,7 +70,7 @@ pub(crate) fn placeholder_digest<T: Serialize + ?Sized>(v: &T) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     h.write(b"ferroray-refs");
     let prev = PLACEHOLDERS.with(|p| p.borrow_mut().replace(Vec::new()));
-    let r = bincode::serialize_into(HashWriter(&mut h), v);
+    let r = value::to_writer(v, HashWriter(&mut h));
     let seen = PLACEHOLDERS.with(|p| std::mem::replace(&mut *p.borrow_mut(), prev));
     r.ok()?;
     h.write_usize(seen.map_or(0, |s| s.len()));
@@ -148,16 +148,16 @@ impl Drop for ReturnValue {
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(core: &CoreWorker, v: &T) -> Result<ReturnValue> {
-    let (size, _) = collecting(|| bincode::serialized_size(v));
-    let size = size.map_err(Error::serialization)?;
+    let (size, _) = collecting(|| value::encoded_size(v));
+    let size = size?;
     let (payload, keep) = if size >= core.info().inline_threshold {
         let offset = core.allocate(size)?;
         let (written, keep) = collecting(|| {
             // SAFETY: the node gave this fresh range to this process alone;
             // nobody reads it before the value is sealed by our next message.
-            unsafe { core.arena().write_with(offset, size, |w| bincode::serialize_into(w, v)) }
+            unsafe { core.arena().write_with(offset, size, |w| value::to_writer(v, w)) }
                 .map_err(Error::io)?
-                .map_err(Error::serialization)
+                .map_err(Error::from)
         });
         if let Err(e) = written {
             core.deallocate(offset);
@@ -165,8 +165,8 @@ pub(crate) fn encode<T: Serialize + ?Sized>(core: &CoreWorker, v: &T) -> Result<
         }
         (Payload::Shm { offset, len: size }, keep)
     } else {
-        let (bytes, keep) = collecting(|| bincode::serialize(v));
-        (Payload::Inline(bytes.map_err(Error::serialization)?), keep)
+        let (bytes, keep) = collecting(|| value::to_vec_sized(v, size));
+        (Payload::Inline(bytes?), keep)
     };
     let mut contained: Vec<ObjectId> = keep.iter().map(|r| r.id).collect();
     contained.sort();
@@ -245,11 +245,11 @@ pub(crate) enum Source {
 
 pub(crate) fn decode<T: DeserializeOwned>(src: &Source) -> Result<T> {
     match src {
-        Source::Inline(b, Encoding::Rust) => bincode::deserialize(b).map_err(Error::serialization),
+        Source::Inline(b, Encoding::Rust) => value::from_slice(b).map_err(Error::from),
         Source::Shm(pin, Encoding::Rust) => {
             let bytes = pin.bytes()?;
             let prev = BACKING.with(|b| b.borrow_mut().replace(pin.clone()));
-            let r = bincode::deserialize(bytes).map_err(Error::serialization);
+            let r = value::from_slice(bytes).map_err(Error::from);
             BACKING.with(|b| *b.borrow_mut() = prev);
             r
         }
@@ -264,8 +264,8 @@ pub(crate) fn decode<T: DeserializeOwned>(src: &Source) -> Result<T> {
             #[serde(rename = "ObjectRef")]
             struct Wire(ObjectId);
             let list: Vec<Wire> = ids.iter().map(|id| Wire(*id)).collect();
-            let bytes = bincode::serialize(&list).map_err(Error::serialization)?;
-            bincode::deserialize(&bytes).map_err(Error::serialization)
+            let bytes = value::to_vec(&list).map_err(Error::from)?;
+            value::from_slice(&bytes).map_err(Error::from)
         }
         Source::Inline(_, Encoding::Raw) | Source::Shm(_, Encoding::Raw) => {
             Err(Error::Serialization("the object holds raw bytes put by another front: read it with get_raw".into()))
@@ -335,9 +335,12 @@ impl std::fmt::Debug for Buffer {
     }
 }
 
+/// Serialized as an 8-byte header (zero padding and the length) then the
+/// bytes (`value::serialize_aligned_bytes`), like a [`TypedBuffer`], so
+/// either reads back as the other.
 impl Serialize for Buffer {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
+        value::serialize_aligned_bytes(&self.0, s)
     }
 }
 
@@ -399,7 +402,7 @@ impl<'de> Deserialize<'de> for Buffer {
                 Ok(Buffer(v.into()))
             }
         }
-        d.deserialize_bytes(V)
+        value::deserialize_aligned_bytes(d, V)
     }
 }
 
@@ -437,19 +440,21 @@ impl<T: Pod> AsRef<[u8]> for PodVec<T> {
 /// An immutable array of plain-old-data numbers (`f32`, `u64`, ...; see
 /// [`Pod`]): a [`Buffer`] that reads as `&[T]`. Built from a `Vec<T>`
 /// without copying (`TypedBuffer::from(vec![1.0f32; n])`); it serializes
-/// like a `Buffer` (a length, then the elements' bytes in native byte order,
+/// like a `Buffer` (a header, then the elements' bytes in native byte order,
 /// which workers share, being the same executable on the same machine), so
 /// a large one moves as one memory copy rather than element by element.
 ///
 /// Read from a large object, it is a zero-copy view of the shared-memory
 /// store (`is_shared_memory()`), like a `Buffer`, when its bytes are
 /// aligned for `T` there. Every object starts on a 64-byte boundary of the
-/// store, and a serialized `TypedBuffer` is its 8-byte length then the
-/// elements: so a `TypedBuffer` that is the whole value (a task's return, a
-/// yielded item, a `put`), or that follows only fields whose encoded sizes
-/// add up to a multiple of 8, is read without a copy. Otherwise (say after
-/// a `u8` field) it is copied once into aligned memory on reading: never a
-/// misaligned `&[T]`.
+/// store, and a serialized `TypedBuffer` is an 8-byte header (zero padding,
+/// then the varint length; 16 bytes from 512 TiB on) then the elements: so
+/// a `TypedBuffer` that is the whole value (a task's return, a yielded item,
+/// a `put`), or that follows only fields whose encoded sizes add up to a
+/// multiple of 8 (another `TypedBuffer` of whole words, an `f64`; integers
+/// and lengths are varints, so their sizes depend on their values), is read
+/// without a copy. Otherwise (say after a `u8` field) it is copied once into
+/// aligned memory on reading: never a misaligned `&[T]`.
 pub struct TypedBuffer<T: Pod> {
     /// Invariant: aligned for `T`, and a whole number of `T`s long.
     bytes: Bytes,
@@ -484,8 +489,7 @@ impl<T: Pod> TypedBuffer<T> {
     /// aligned memory; `None` if not a whole number of elements.
     fn from_bytes(bytes: Bytes) -> Option<Self> {
         let size = std::mem::size_of::<T>();
-        #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` is newer than the MSRV (1.80)
-        if bytes.len() % size != 0 {
+        if !bytes.len().is_multiple_of(size) {
             return None;
         }
         if bytes.is_empty() || bytes.as_ptr().cast::<T>().is_aligned() {
@@ -555,7 +559,7 @@ impl<T: Pod> std::fmt::Debug for TypedBuffer<T> {
 
 impl<T: Pod> Serialize for TypedBuffer<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.bytes)
+        value::serialize_aligned_bytes(&self.bytes, s)
     }
 }
 
@@ -580,14 +584,26 @@ mod typed_buffer_tests {
     fn round_trips_and_realigns_a_misaligned_payload() {
         let t = TypedBuffer::from(vec![1.5f64, -2.0, 3.25]);
         assert_eq!(t.as_slice(), &[1.5, -2.0, 3.25]);
+        // Alone, the elements follow an 8-byte header: on an 8-byte
+        // boundary of the store, where every object starts on 64.
+        let alone = value::to_vec(&t).unwrap();
+        assert_eq!(alone.len(), 8 + 24);
+        assert_eq!(&alone[8..], t.bytes.as_ref());
+        assert_eq!(value::from_slice::<TypedBuffer<f64>>(&alone).unwrap().as_slice(), t.as_slice());
         // After one byte: the elements are misaligned in the encoding.
-        let enc = bincode::serialize(&(7u8, &t)).unwrap();
-        let (b, back): (u8, TypedBuffer<f64>) = bincode::deserialize(&enc).unwrap();
+        let enc = value::to_vec(&(7u8, &t)).unwrap();
+        let (b, back): (u8, TypedBuffer<f64>) = value::from_slice(&enc).unwrap();
         assert_eq!((b, back.as_slice()), (7, t.as_slice()));
         assert!(back.as_ptr().is_aligned());
-        // Not a whole number of elements: an error, not a panic.
-        let odd = bincode::serialize(&Buffer::from(vec![0u8; 5])).unwrap();
-        assert!(bincode::deserialize::<TypedBuffer<u32>>(&odd).is_err());
+        // A Buffer reads as a TypedBuffer; not a whole number of elements
+        // is an error, not a panic.
+        let odd = value::to_vec(&Buffer::from(vec![0u8; 5])).unwrap();
+        assert!(value::from_slice::<TypedBuffer<u32>>(&odd).is_err());
+        let four = value::to_vec(&Buffer::from(vec![1u8, 0, 0, 0])).unwrap();
+        assert_eq!(
+            value::from_slice::<TypedBuffer<u32>>(&four).unwrap().as_slice(),
+            &[u32::from_ne_bytes([1, 0, 0, 0])]
+        );
         assert!(TypedBuffer::<u64>::default().is_empty());
     }
 

@@ -542,7 +542,7 @@ pub fn app_error<E: std::fmt::Display>(e: &E) -> Error {
 }
 
 /// [`app_error`], also carrying the error value (`TaskError::encode_value`:
-/// bincode, like every other value, up to `TaskError::MAX_VALUE_BYTES`) so
+/// encoded like every other value, up to `TaskError::MAX_VALUE_BYTES`) so
 /// that the caller can have it back with `Error::downcast_task_error::<E>()`.
 pub fn app_error_with_value<E: std::fmt::Display + Serialize>(e: &E) -> Error {
     let mut err = app_error(e);

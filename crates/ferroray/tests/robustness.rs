@@ -100,7 +100,7 @@ fn results_too_large_for_one_message_are_an_error_not_a_hang() {
 fn shared_memory_of_a_task_that_fails_after_writing_it_is_freed() {
     let _c = cluster_with(Config::default());
     let (a, b) = big_then_unsendable::remote();
-    assert!(matches!(get(&a), Err(Error::Serialization(m)) if m.contains("cannot be sent")));
+    assert!(matches!(get(&a), Err(Error::Serialization(m)) if m.contains("does not encode")));
     assert!(get(&b).is_err());
     drop((a, b));
     assert!(

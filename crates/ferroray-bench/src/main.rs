@@ -64,6 +64,14 @@ mod ray_2_60 {
     pub const GEN_FIRST_ITEM: f64 = 408.0;
     /// 8 generator items of 100 MB, MB/s.
     pub const GEN_LARGE_MB_S: f64 = 530.0;
+    /// 1,300-1,800 calls/s measured here; the middle.
+    pub const ACTOR_SYNC: f64 = 1_550.0;
+    /// 5,000-10,000 calls/s with 1,000 in flight; the middle.
+    pub const ACTOR_ASYNC: f64 = 7_500.0;
+    /// 15,000-20,000 items/s; the middle.
+    pub const ACTOR_GEN_ITEMS: f64 = 17_500.0;
+    /// 2.8 actors created and called per second.
+    pub const ACTOR_CREATION: f64 = 2.8;
 }
 
 /// ferroray's targets (`docs/benchmarks.md`, reference figures).
@@ -81,6 +89,10 @@ mod target {
     pub const GEN_ITEMS_BP1: f64 = 17_500.0;
     pub const GEN_FIRST_ITEM: f64 = 4_000.0;
     pub const GEN_LARGE_MB_S: f64 = 5_000.0;
+    pub const ACTOR_SYNC: f64 = 18_000.0;
+    pub const ACTOR_ASYNC: f64 = 100_000.0;
+    pub const ACTOR_GEN_ITEMS: f64 = 200_000.0;
+    pub const ACTOR_CREATION: f64 = 28.0;
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -98,6 +110,10 @@ const ROW_GEN_ITEMS: &str = "single client generator items";
 const ROW_GEN_ITEMS_BP1: &str = "single client generator items backpressure 1";
 const ROW_GEN_FIRST: &str = "fresh generator task to first item";
 const ROW_GEN_LARGE: &str = "generator 8 x 100 MB items";
+const ROW_ACTOR_SYNC: &str = "1:1 actor calls sync";
+const ROW_ACTOR_ASYNC: &str = "1:1 actor calls async";
+const ROW_ACTOR_GEN: &str = "actor generator items";
+const ROW_ACTOR_CREATION: &str = "actor creation to first result";
 const ROW_INIT: &str = "init to first result";
 const ROW_IDLE: &str = "idle runtime resident memory";
 
@@ -115,6 +131,10 @@ const ALL_ROWS: &[&str] = &[
     ROW_GEN_ITEMS_BP1,
     ROW_GEN_FIRST,
     ROW_GEN_LARGE,
+    ROW_ACTOR_SYNC,
+    ROW_ACTOR_ASYNC,
+    ROW_ACTOR_GEN,
+    ROW_ACTOR_CREATION,
     ROW_INIT,
     ROW_IDLE,
 ];
@@ -149,6 +169,27 @@ fn large_items(n: u64, len: usize) -> impl Iterator<Item = ferroray::Buffer> {
         }
     };
     (0..n).map(move |_| data.clone())
+}
+
+/// The actor of the actor rows: a counter.
+pub struct BenchActor {
+    n: u64,
+}
+
+#[ferroray::actor]
+impl BenchActor {
+    pub fn new() -> Self {
+        BenchActor { n: 0 }
+    }
+
+    pub fn incr(&mut self) -> u64 {
+        self.n += 1;
+        self.n
+    }
+
+    pub fn items(&self, n: u64) -> impl Iterator<Item = u64> {
+        0..n
+    }
 }
 
 /// The first task of the init probe (as in the README example).
@@ -406,6 +447,10 @@ fn run(args: &Args) -> Res<()> {
         ROW_GEN_ITEMS_BP1,
         ROW_GEN_FIRST,
         ROW_GEN_LARGE,
+        ROW_ACTOR_SYNC,
+        ROW_ACTOR_ASYNC,
+        ROW_ACTOR_GEN,
+        ROW_ACTOR_CREATION,
     ];
     if in_process.iter().any(|r| wanted(r)) {
         ferroray::init()?;
@@ -457,6 +502,27 @@ fn run(args: &Args) -> Res<()> {
         if wanted(ROW_GEN_LARGE) {
             progress(ROW_GEN_LARGE);
             rows.push(bench_gen_large(plan, if args.quick { 16 << 20 } else { 100_000_000 })?);
+        }
+        let actor_rows = [ROW_ACTOR_SYNC, ROW_ACTOR_ASYNC, ROW_ACTOR_GEN];
+        if actor_rows.iter().any(|r| wanted(r)) {
+            let actor = BenchActor::remote();
+            actor.incr().remote().get()?;
+            if wanted(ROW_ACTOR_SYNC) {
+                progress(ROW_ACTOR_SYNC);
+                rows.push(bench_actor_sync(plan, &actor)?);
+            }
+            if wanted(ROW_ACTOR_ASYNC) {
+                progress(ROW_ACTOR_ASYNC);
+                rows.push(bench_actor_async(plan, &actor)?);
+            }
+            if wanted(ROW_ACTOR_GEN) {
+                progress(ROW_ACTOR_GEN);
+                rows.push(bench_actor_gen(plan, &actor)?);
+            }
+        }
+        if wanted(ROW_ACTOR_CREATION) {
+            progress(ROW_ACTOR_CREATION);
+            rows.push(bench_actor_creation(plan.scaled(0.7))?);
         }
         let stats = ferroray::runtime_stats()?;
         ferroray::shutdown();
@@ -609,6 +675,72 @@ fn bench_gen_first_item(plan: Plan) -> Res<Row> {
     )
     .ray(ray_2_60::GEN_FIRST_ITEM)
     .target(target::GEN_FIRST_ITEM))
+}
+
+fn bench_actor_sync(plan: Plan, actor: &ferroray::ActorHandle<BenchActor>) -> Res<Row> {
+    let trials = measure(plan.scaled(1.3), || {
+        actor.incr().remote().get()?;
+        Ok(1.0)
+    })?;
+    Ok(Row::new(ROW_ACTOR_SYNC, "calls/s", true, "call a method of one actor and get its result, repeated", trials)
+        .ray(ray_2_60::ACTOR_SYNC)
+        .target(target::ACTOR_SYNC))
+}
+
+fn bench_actor_async(plan: Plan, actor: &ferroray::ActorHandle<BenchActor>) -> Res<Row> {
+    let trials = measure(plan.scaled(1.3), || {
+        let refs: Vec<_> = (0..1000).map(|_| actor.incr().remote()).collect();
+        ferroray::get_all(&refs)?;
+        Ok(1000.0)
+    })?;
+    Ok(Row::new(
+        ROW_ACTOR_ASYNC,
+        "calls/s",
+        true,
+        "make 1,000 method calls on one actor, get_all their results, repeated",
+        trials,
+    )
+    .ray(ray_2_60::ACTOR_ASYNC)
+    .target(target::ACTOR_ASYNC))
+}
+
+fn bench_actor_gen(plan: Plan, actor: &ferroray::ActorHandle<BenchActor>) -> Res<Row> {
+    let n = if plan.trial < Duration::from_millis(500) { 2_000 } else { 10_000 };
+    let trials = measure(plan, || {
+        let mut got = 0u64;
+        for r in actor.items().remote(n) {
+            r.get()?;
+            got += 1;
+        }
+        Ok(got as f64)
+    })?;
+    Ok(Row::new(
+        ROW_ACTOR_GEN,
+        "items/s",
+        true,
+        "a generator method streaming small items, each read as it comes",
+        trials,
+    )
+    .ray(ray_2_60::ACTOR_GEN_ITEMS)
+    .target(target::ACTOR_GEN_ITEMS)
+    .detail("items_per_call", n))
+}
+
+fn bench_actor_creation(plan: Plan) -> Res<Row> {
+    let trials = measure(plan, || {
+        let actor = BenchActor::remote();
+        actor.incr().remote().get()?;
+        Ok(1.0)
+    })?;
+    Ok(Row::new(
+        ROW_ACTOR_CREATION,
+        "actors/s",
+        true,
+        "create an actor (a process of its own) and get the result of its first call, repeated",
+        trials,
+    )
+    .ray(ray_2_60::ACTOR_CREATION)
+    .target(target::ACTOR_CREATION))
 }
 
 /// MB/s of a generator streaming 8 large items, each read (zero-copy) and dropped.

@@ -49,6 +49,19 @@ pub fn to_vec_sized<T: Serialize + ?Sized>(v: &T, size: u64) -> Result<Vec<u8>> 
     postcard::serialize_with_flavor(v, out).map_err(ValueError::Encode)
 }
 
+/// `v` encoded in one pass, if it takes fewer than `limit` bytes; `None`
+/// (having stopped at the limit) if not. Small values, the common case, are
+/// encoded once instead of measured and then written.
+pub fn to_vec_below<T: Serialize + ?Sized>(v: &T, limit: u64) -> Result<Option<Vec<u8>>> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let out = CappedVecFlavor { v: Vec::with_capacity(limit.min(128)), limit };
+    match postcard::serialize_with_flavor(v, out) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(postcard::Error::SerializeBufferFull) => Ok(None),
+        Err(e) => Err(ValueError::Encode(e)),
+    }
+}
+
 /// Writes `v` encoded into `w`, as it goes (no buffer of the whole value).
 pub fn to_writer<T: Serialize + ?Sized, W: std::io::Write>(v: &T, w: W) -> Result<()> {
     let mut failed = None;
@@ -89,6 +102,38 @@ impl Flavor for VecFlavor {
 
 /// An `io::Write` as a postcard output; the first write error is kept in
 /// `failed` (postcard's own error cannot carry it).
+/// A `Vec` that refuses to reach `limit` bytes.
+struct CappedVecFlavor {
+    v: Vec<u8>,
+    limit: usize,
+}
+
+impl Flavor for CappedVecFlavor {
+    type Output = Vec<u8>;
+
+    #[inline(always)]
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        if self.v.len() + 1 >= self.limit {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.v.push(b);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn try_extend(&mut self, b: &[u8]) -> postcard::Result<()> {
+        if self.v.len() + b.len() >= self.limit {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.v.extend_from_slice(b);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.v)
+    }
+}
+
 struct WriteFlavor<'a, W> {
     w: W,
     failed: &'a mut Option<std::io::Error>,

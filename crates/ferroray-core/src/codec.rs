@@ -1,13 +1,15 @@
 //! Values to bytes and back.
 //!
 //! Encoding, in three steps:
-//! 1. Measure the value (`value::encoded_size`: the value format lives in
-//!    `ferroray_common::value`), collecting the object refs nested inside it.
-//! 2. Below the node's inline threshold, serialize into a `Vec`; at or above
-//!    it, ask the node for that much shared memory and serialize straight into
-//!    it (one pass, no intermediate copy) through an `ArenaWriter`, whose
-//!    helper thread maps the range a few MiB ahead of the copy and unmaps it
-//!    behind (`ferroray_store::writer`).
+//! 1. Serialize into a `Vec` (`value::to_vec_below`: the value format lives
+//!    in `ferroray_common::value`), collecting the object refs nested inside
+//!    it, stopping if it reaches the node's inline threshold. Most values
+//!    are small, and are done in this one pass.
+//! 2. At or above the threshold, measure the value (`value::encoded_size`),
+//!    ask the node for that much shared memory and serialize straight into
+//!    it (no intermediate copy) through an `ArenaWriter`, whose helper thread
+//!    maps the range a few MiB ahead of the copy and unmaps it behind
+//!    (`ferroray_store::writer`).
 //! 3. Hand back the payload with the nested refs' ids, and the nested handles
 //!    themselves: the caller keeps those alive until the message that stores
 //!    the value has been sent, so the node pins the nested objects before
@@ -148,9 +150,16 @@ impl Drop for ReturnValue {
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(core: &CoreWorker, v: &T) -> Result<ReturnValue> {
-    let (size, _) = collecting(|| value::encoded_size(v));
-    let size = size?;
-    let (payload, keep) = if size >= core.info().inline_threshold {
+    // Below the inline threshold (most values), one pass; above it, the
+    // pass stops at the threshold and the value is measured, then written.
+    let threshold = core.info().inline_threshold;
+    let (small, keep) = collecting(|| value::to_vec_below(v, threshold));
+    let (payload, keep) = if let Some(bytes) = small? {
+        (Payload::Inline(bytes), keep)
+    } else {
+        drop(keep);
+        let (size, _) = collecting(|| value::encoded_size(v));
+        let size = size?;
         let offset = core.allocate(size)?;
         let (written, keep) = collecting(|| {
             // SAFETY: the node gave this fresh range to this process alone;
@@ -164,9 +173,6 @@ pub(crate) fn encode<T: Serialize + ?Sized>(core: &CoreWorker, v: &T) -> Result<
             return Err(e);
         }
         (Payload::Shm { offset, len: size }, keep)
-    } else {
-        let (bytes, keep) = collecting(|| value::to_vec_sized(v, size));
-        (Payload::Inline(bytes?), keep)
     };
     let mut contained: Vec<ObjectId> = keep.iter().map(|r| r.id).collect();
     contained.sort();
@@ -243,6 +249,7 @@ pub(crate) enum Source {
     RefList(Arc<[ObjectId]>),
 }
 
+#[inline]
 pub(crate) fn decode<T: DeserializeOwned>(src: &Source) -> Result<T> {
     match src {
         Source::Inline(b, Encoding::Rust) => value::from_slice(b).map_err(Error::from),

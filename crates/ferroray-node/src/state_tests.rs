@@ -405,3 +405,39 @@ fn a_kind_whose_workers_cannot_start_fails_its_tasks_only() {
     let w = h.worker();
     assert_eq!(executed(&w.take()), vec![rtid]);
 }
+
+#[test]
+fn an_actor_process_whose_hello_beats_its_registration_is_not_refused() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let mut s = spec(&d, 1, ReturnKind::Fixed(1), 0);
+    s.resources = ResourceSet::new();
+    s.actor = Some(ferroray_protocol::ActorTask::Create(Box::new(ferroray_protocol::ActorSpec {
+        class: "t::Counter".into(),
+        name: None,
+        detached: false,
+        max_restarts: 0,
+        max_task_retries: 0,
+        max_concurrency: 1,
+        executor: ferroray_protocol::ActorExecutor::Serial,
+    })));
+    let tid = s.task_id;
+    h.st.handle(d.conn, ToNode::CreateActor { req: 1, spec: Box::new(s) });
+    assert!(matches!(d.take().as_slice(), [FromNode::ActorCreated { req: 1, result: Ok(()) }]));
+    let actor = ferroray_common::ActorId(tid);
+    let spawned: Vec<_> = std::iter::from_fn(|| h.spawns.try_recv().ok()).collect();
+    assert!(matches!(spawned.as_slice(), [PoolCmd::Spawn { actor: Some(a), .. }] if *a == actor));
+    // The process says hello before the spawner has registered its pid.
+    let (pid, worker_id) = (4242, WorkerId::random());
+    let (conn, outbox, inbox) = h.connect(pid);
+    let hello =
+        ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid, role: Role::Worker, token: h.token.clone() };
+    h.st.handle(conn, hello);
+    let w = Peer { conn, pid, worker_id, outbox, inbox };
+    assert!(w.take().is_empty(), "waits for the registration");
+    assert!(h.st.is_connected(conn));
+    h.st.spawned(pid, worker_id, WorkerKind::Rust, Some(actor));
+    let msgs = w.take();
+    assert!(matches!(msgs.first(), Some(FromNode::Welcome(_))), "{msgs:?}");
+    assert_eq!(executed(&msgs), vec![tid], "the creation task goes to the actor's process");
+}

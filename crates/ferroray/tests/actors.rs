@@ -299,3 +299,14 @@ fn actor_resources_are_held_for_its_life() {
     drop(a);
     assert_eq!(t.get_timeout(T).unwrap(), 9);
 }
+
+#[test]
+fn many_actors_start_at_once() {
+    let _c = cluster();
+    // Processes racing their registration (a hello may come first).
+    let actors: Vec<_> = (0..16).map(Counter::remote).collect();
+    let refs: Vec<_> = actors.iter().map(|a| a.value().remote()).collect();
+    for (i, r) in refs.iter().enumerate() {
+        assert_eq!(r.get_timeout(T).unwrap(), i as i64);
+    }
+}

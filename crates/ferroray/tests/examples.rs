@@ -402,3 +402,13 @@ fn streaming() {
         ],
     );
 }
+
+#[test]
+fn monte_carlo_pi() {
+    check("monte_carlo_pi", &["Progress: 100%", "Estimated value of π is: 3.14"]);
+}
+
+#[test]
+fn actor_generators() {
+    check("actor_generators", &["Actor.f yielded [0, 1, 2, 3, 4]", "AsyncActor.f yielded [0, 1, 2, 3, 4]"]);
+}

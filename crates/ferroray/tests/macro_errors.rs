@@ -1,4 +1,4 @@
-//! `#[remote]` rejects what cannot work, with errors that point at the
+//! `#[remote]` and `#[actor]` reject what cannot work, with errors that point at the
 //! user's code (compile-fail cases under tests/ui, checked by trybuild).
 
 #[test]

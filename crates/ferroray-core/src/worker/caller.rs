@@ -193,6 +193,7 @@ impl CoreWorker {
     }
 
     /// Blocks until `id` is ready; gives what a read decodes.
+    #[inline]
     fn get_source(&self, id: ObjectId, timeout: Option<Duration>) -> Result<Source> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut blocked = BlockedGuard::new(self);
@@ -404,6 +405,7 @@ impl CoreWorker {
 /// What a read of `id` can decode now: inline bytes, the error, or a
 /// shared-memory pin (used by one read: the entry becomes `InStore`, and the
 /// next read subscribes again for a fresh pin). `None`: not here yet.
+#[inline]
 fn take_source(st: &mut LocalState, id: ObjectId) -> Option<Result<Source>> {
     let e = st.objects.get_mut(&id)?;
     match &e.value {

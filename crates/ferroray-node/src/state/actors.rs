@@ -234,6 +234,8 @@ impl State {
         }
         if self.spawn.send(PoolCmd::Spawn { kind, actor: Some(id) }).is_err() {
             self.actor_dead(id, Error::Disconnected("the node is shutting down".into()));
+        } else {
+            self.actor_spawns += 1;
         }
     }
 

@@ -369,6 +369,9 @@ pub struct State {
     actor_names: FxHashMap<String, ActorId>,
     /// Actors waiting for their resources, in creation order.
     unplaced: VecDeque<ActorId>,
+    /// Actor processes asked for that the spawner has not registered yet
+    /// (their hello may come first, and must wait, as for the pool's).
+    actor_spawns: usize,
 }
 
 /// How long a task failed by its worker's death waits for the worker's exit
@@ -457,6 +460,7 @@ impl State {
             actors: FxHashMap::default(),
             actor_names: FxHashMap::default(),
             unplaced: VecDeque::new(),
+            actor_spawns: 0,
         }
     }
 

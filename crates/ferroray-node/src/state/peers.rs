@@ -108,7 +108,7 @@ impl State {
                     conn,
                     Error::PermissionDenied(format!("process {pid} claims a worker id the node did not give it")),
                 ),
-                None if self.starting.total() > 0 => match self.awaiting_spawn.entry(pid) {
+                None if self.starting.total() + self.actor_spawns > 0 => match self.awaiting_spawn.entry(pid) {
                     std::collections::hash_map::Entry::Occupied(_) => {
                         self.reject(conn, Error::Protocol("two hellos from one process".into()))
                     }
@@ -307,6 +307,9 @@ impl State {
     /// `worker_id`. A hello that came first is answered now.
     pub fn spawned(&mut self, pid: u32, worker_id: WorkerId, kind: WorkerKind, actor: Option<ActorId>) {
         self.worker_pids.insert(pid, (worker_id, kind, actor));
+        if actor.is_some() {
+            self.actor_spawns = self.actor_spawns.saturating_sub(1);
+        }
         match self.awaiting_spawn.remove(&pid) {
             Some((conn, claimed)) if claimed == worker_id => self.accept(conn, Role::Worker, worker_id),
             Some((conn, _)) => self.reject(
@@ -375,6 +378,7 @@ impl State {
     /// A worker process could not be started.
     pub fn spawn_failed(&mut self, kind: WorkerKind, actor: Option<ActorId>, error: String) {
         if let Some(a) = actor {
+            self.actor_spawns = self.actor_spawns.saturating_sub(1);
             let cause = ActorDeathCause::CreationFailed(format!("its process could not start: {error}"));
             return self.actor_dead(a, Error::ActorDied { actor: a.to_string(), cause });
         }

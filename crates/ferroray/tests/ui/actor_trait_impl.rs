@@ -1,0 +1,10 @@
+pub struct Counter(i64);
+
+#[ferroray::actor]
+impl Default for Counter {
+    fn default() -> Self {
+        Counter(0)
+    }
+}
+
+fn main() {}

@@ -48,6 +48,7 @@
 //! instead, so binaries, examples and test binaries all work as they are.
 
 pub use ferroray_common::{ActorDeathCause, ActorId, Error, ObjectId, Result, RetryExceptions, TaskError, TaskId};
+pub use ferroray_core::worker::exit_actor;
 pub use ferroray_core::{
     get_actor, is_cancelled, ActorClass, ActorHandle, ActorOptions, Arg, AsCompleted, Backpressure, Buffer,
     Cancellable, DynamicObjectRefGenerator, Encoding, IntoArg, NextItem, ObjectRef, ObjectRefFuture,

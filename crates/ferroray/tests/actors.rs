@@ -65,6 +65,12 @@ impl Counter {
         panic!("a method panicked")
     }
 
+    /// Ends the actor after this call.
+    pub fn quit(&self) -> i64 {
+        ferroray::exit_actor().expect("called from an actor's method");
+        self.value
+    }
+
     pub fn sleep(&self, ms: u64) -> i64 {
         std::thread::sleep(Duration::from_millis(ms));
         self.value
@@ -309,4 +315,16 @@ fn many_actors_start_at_once() {
     for (i, r) in refs.iter().enumerate() {
         assert_eq!(r.get_timeout(T).unwrap(), i as i64);
     }
+}
+
+#[test]
+fn an_actor_can_end_itself() {
+    let _c = cluster();
+    let c = Counter::options().max_restarts(3).remote(7).unwrap();
+    let pid = get(&c.pid().remote()).unwrap();
+    assert_eq!(get(&c.quit().remote()).unwrap(), 7, "the call that exits still gives its result");
+    let err = get(&c.value().remote()).unwrap_err();
+    assert!(matches!(&err, Error::ActorDied { cause: ferroray::ActorDeathCause::Exited, .. }), "{err}");
+    assert!(eventually(T, || process_gone(pid)), "no restart: the process is gone");
+    assert!(matches!(ferroray::exit_actor(), Err(Error::InvalidOption(_))), "not from a driver");
 }

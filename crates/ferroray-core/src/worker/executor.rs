@@ -9,6 +9,22 @@ thread_local! {
     /// The state of the actor this process runs (serial executor: the
     /// thread that runs the calls owns it, so it need not be `Send`).
     static ACTOR_STATE: RefCell<Option<Box<dyn std::any::Any>>> = const { RefCell::new(None) };
+    /// The actor this thread runs the calls of.
+    static CURRENT_ACTOR: std::cell::Cell<Option<ferroray_common::ActorId>> = const { std::cell::Cell::new(None) };
+    /// `exit_actor()` was called by the running call.
+    static EXIT_REQUESTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Ends the actor whose method calls this once the call returns: its
+/// result is delivered, calls waiting for the actor fail with
+/// `ActorDied { cause: Exited }`, and it does not restart. Ray's
+/// `ray.actor.exit_actor()`. An error outside an actor's method.
+pub fn exit_actor() -> Result<()> {
+    if CURRENT_ACTOR.get().is_none() || !context::in_task() {
+        return Err(Error::InvalidOption("exit_actor is for an actor's own methods".into()));
+    }
+    EXIT_REQUESTED.set(true);
+    Ok(())
 }
 
 /// Runs `f` on the actor's state.
@@ -208,6 +224,7 @@ impl CoreWorker {
                 let state = f(&mut reader)?;
                 reader.finish()?;
                 ACTOR_STATE.with(|s| *s.borrow_mut() = Some(state));
+                CURRENT_ACTOR.set(Some(ferroray_common::ActorId(task_id)));
                 Ok(vec![codec::encode(self, &())?])
             })),
             Ok(Invoke::MethodValues(f)) => Some(guarded(&mut || {
@@ -224,6 +241,7 @@ impl CoreWorker {
         let Some(result) = result else {
             drop(reader);
             context::set(None);
+            self.exit_if_requested();
             return;
         };
         drop(reader);
@@ -251,6 +269,17 @@ impl CoreWorker {
         }
         drop(keep);
         context::set(None);
+        self.exit_if_requested();
+    }
+
+    /// After a call that asked for `exit_actor()` (its result sent): the
+    /// node ends the actor (and closes this connection; the process exits).
+    fn exit_if_requested(&self) {
+        if EXIT_REQUESTED.replace(false) {
+            if let Some(actor) = CURRENT_ACTOR.get() {
+                let _ = self.send(ToNode::TerminateActor { actor });
+            }
+        }
     }
 }
 

@@ -37,6 +37,7 @@ mod process;
 mod streams;
 
 pub use caller::RawValue;
+pub use executor::exit_actor;
 use executor::Executor;
 pub use process::{is_worker_process, worker_main};
 

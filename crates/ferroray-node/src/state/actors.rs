@@ -375,6 +375,17 @@ impl State {
         }
     }
 
+    /// `TerminateActor` from the actor's own process (`exit_actor`): it ends
+    /// now, after the call that asked (whose result came first, on the same
+    /// connection); calls waiting for it fail, and it does not restart.
+    pub(super) fn exit_actor(&mut self, id: ActorId) {
+        let Some(a) = self.actors.get_mut(&id) else { return };
+        a.ending = Some((ActorDeathCause::Exited, false));
+        if let Some(w) = a.worker {
+            self.disconnect(w, "the actor exited");
+        }
+    }
+
     /// `TerminateActor`: ends it once the calls already sent are done.
     pub(super) fn terminate_actor(&mut self, id: ActorId) {
         let Some(a) = self.actors.get_mut(&id) else { return };

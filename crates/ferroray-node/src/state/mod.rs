@@ -579,9 +579,10 @@ impl State {
                 }
             }
             ToNode::TerminateActor { actor } => {
-                // An actor may end itself (`exit_actor`).
-                let own = self.conns.get(&conn).is_some_and(|c| c.actor == Some(actor));
-                if own || self.may_see(conn, actor.handle_object(), false) {
+                if self.conns.get(&conn).is_some_and(|c| c.actor == Some(actor)) {
+                    // From the actor's own process: `exit_actor`, now.
+                    self.exit_actor(actor);
+                } else if self.may_see(conn, actor.handle_object(), false) {
                     self.terminate_actor(actor);
                 }
             }

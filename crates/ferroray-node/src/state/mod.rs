@@ -154,8 +154,10 @@ struct Conn {
     /// counts toward `max_workers`, so paused generators cannot multiply
     /// processes. Cleared with `blocked`.
     paused: bool,
-    /// A `Revoke` is on its way: do not send another until the answer.
-    revoking: bool,
+    /// Tasks a `Revoke` on its way asks back (empty: none on its way; do
+    /// not send another until the answer). While they are out, later tasks
+    /// of their queues wait, so none starts before them (`schedule`).
+    revoking: Vec<TaskId>,
     /// A force-cancel sent this worker's kill: it takes no task any more,
     /// and its death is charged to the cancelled task only (`disconnect`).
     doomed: bool,

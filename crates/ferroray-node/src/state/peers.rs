@@ -28,7 +28,7 @@ impl State {
                 lease_shape: ResourceSet::new(),
                 blocked: false,
                 paused: false,
-                revoking: false,
+                revoking: Vec::new(),
                 doomed: false,
                 idle_since: std::time::Instant::now(),
             },

@@ -66,8 +66,21 @@ impl State {
             })
             .map(|(id, c)| (*id, c.kind, &c.lease_shape, c.assigned.len()))
             .collect();
+        // Tasks on their way back from a `Revoke`: nothing queued after one
+        // of them in its queue starts before it is back (by kind and shape,
+        // the earliest order out).
+        let mut out: Vec<(WorkerKind, &ResourceSet, u64)> = Vec::new();
+        for c in self.conns.values() {
+            for t in c.revoking.iter().filter_map(|t| self.tasks.get(t)) {
+                out.push((t.spec.function.worker_kind(), &t.spec.resources, t.order));
+            }
+        }
         for ((kind, shape), queue) in self.ready.iter_mut() {
             let kind = *kind;
+            let head = queue.front().and_then(|t| self.tasks.get(t)).map_or(0, |t| t.order);
+            if out.iter().any(|(k, s, order)| *k == kind && *s == shape && *order < head) {
+                continue;
+            }
             let mut i = 0;
             while i < queue.len() && want_workers.total() < self.max_workers {
                 if !self.tasks.contains_key(&queue[i]) {
@@ -77,7 +90,11 @@ impl State {
                 if !shape.fits_in(&tentative) {
                     // No room to start it: queue it behind a busy worker
                     // holding a lease of the same shape, least loaded first.
-                    while i < queue.len() {
+                    // Not while an earlier task of this queue waits for a
+                    // worker to start (`i > 0`): a later one queued behind a
+                    // busy worker would start before it (and, with every
+                    // place in `max_workers` taken, perhaps long before).
+                    while i == 0 && i < queue.len() {
                         let Some(slot) = busy
                             .iter_mut()
                             .filter(|(_, k, s, n)| *k == kind && *s == shape && *n <= PIPELINE_DEPTH)
@@ -119,7 +136,7 @@ impl State {
             // Only tasks that could start with what is free now (the others
             // would just queue behind a busy worker again).
             for c in self.conns.values_mut() {
-                if c.assigned.len() < 2 || c.revoking || c.actor.is_some() || self.idle[c.kind].is_empty() {
+                if c.assigned.len() < 2 || !c.revoking.is_empty() || c.actor.is_some() || self.idle[c.kind].is_empty() {
                     continue;
                 }
                 let movable: Vec<TaskId> = c
@@ -130,7 +147,7 @@ impl State {
                     .filter(|t| self.tasks.get(t).is_some_and(|t| t.spec.resources.fits_in(&self.available)))
                     .collect();
                 if !movable.is_empty() {
-                    c.revoking = true;
+                    c.revoking = movable.clone();
                     c.outbox.send(FromNode::Revoke { task_ids: movable });
                 }
             }
@@ -349,8 +366,12 @@ impl State {
     /// The worker gave back tasks queued behind its blocked task.
     pub(super) fn revoked(&mut self, conn: ConnId, task_ids: Vec<TaskId>) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.revoking = false;
+            c.revoking.clear();
         }
+        // The earliest task back in the ready queue: tasks queued after it
+        // and pipelined behind other workers must not start before it.
+        let earliest =
+            task_ids.iter().filter_map(|t| self.tasks.get(t).filter(|t| t.worker == Some(conn)).map(|t| t.order)).min();
         for tid in task_ids.into_iter().rev() {
             let Some(task) = self.tasks.get_mut(&tid) else { continue };
             if task.worker != Some(conn) {
@@ -368,10 +389,34 @@ impl State {
             }
             self.requeue(tid);
         }
+        if let Some(order) = earliest {
+            self.revoke_queued_after(order);
+        }
         // The worker may have finished its own task meanwhile: with nothing
         // left assigned it must not keep its lease.
         self.free_lease_if_empty(conn);
         self.schedule();
+    }
+
+    /// Takes back the tasks queued (not running) behind workers that were
+    /// queued after `order`: a task taken back goes to the front of the
+    /// ready queue, and a later one that stayed behind a worker would start
+    /// before it when that worker's task ends (with every place in
+    /// `max_workers` held by paused generators, the earlier one might not
+    /// start at all until they are consumed).
+    fn revoke_queued_after(&mut self, order: u64) {
+        let tasks = &self.tasks;
+        for c in self.conns.values_mut() {
+            if !c.revoking.is_empty() || c.actor.is_some() || c.doomed || c.assigned.len() < 2 {
+                continue;
+            }
+            let later: Vec<TaskId> =
+                c.assigned.iter().skip(1).copied().filter(|t| tasks.get(t).is_some_and(|t| t.order > order)).collect();
+            if !later.is_empty() {
+                c.revoking = later.clone();
+                c.outbox.send(FromNode::Revoke { task_ids: later });
+            }
+        }
     }
 
     pub(super) fn set_blocked(&mut self, conn: ConnId, blocked: bool) {
@@ -398,6 +443,7 @@ impl State {
         // Tasks queued behind it could be the very ones it waits for.
         let queued: Vec<TaskId> = c.assigned.iter().skip(1).copied().collect();
         if !queued.is_empty() {
+            c.revoking.extend(queued.iter().filter(|t| !c.revoking.contains(t)).copied().collect::<Vec<_>>());
             self.send(conn, FromNode::Revoke { task_ids: queued });
         }
         self.schedule();

@@ -401,7 +401,7 @@ impl State {
             let queued: Vec<TaskId> = c.assigned.iter().skip(1).copied().collect();
             // An actor's calls stay with it (they fail or retry with it).
             if !queued.is_empty() && c.actor.is_none() {
-                c.revoking = true;
+                c.revoking = queued.clone();
                 c.outbox.send(FromNode::Revoke { task_ids: queued });
             }
             self.idle.remove(w);

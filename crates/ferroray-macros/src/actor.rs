@@ -11,7 +11,7 @@
 //! - in an anonymous `const _`, the adapters a worker runs (constructor and
 //!   methods on the actor's state) and their link-time registration.
 
-use super::{result_ok_type, shape, unwrap_err, Shape};
+use super::{drive_generator, result_ok_type, shape, unwrap_err, Shape};
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
@@ -251,26 +251,7 @@ pub(crate) fn expand(
                 )
             }
             Shape::Generator { item, item_fallible, outer_fallible, is_stream } => {
-                let gen = if outer_fallible { unwrap_err(call) } else { call };
-                let gen_in_async = if outer_fallible { unwrap_err(call_in_async) } else { call_in_async };
-                let take = if item_fallible { unwrap_err(quote!(__item)) } else { quote!(__item) };
-                let each = quote!({
-                    let __item = #take;
-                    __sink.item(::ferroray::__private::encode_item(&__item)?)?;
-                });
-                let drive = if is_stream {
-                    quote! {
-                        ::ferroray::__private::block_on_in(__args.context(), async {
-                            let mut __gen = ::std::pin::pin!(#gen_in_async);
-                            while let ::std::option::Option::Some(__item) =
-                                ::ferroray::__private::StreamExt::next(&mut __gen).await
-                            #each
-                            ::std::result::Result::<(), ::ferroray::Error>::Ok(())
-                        })?;
-                    }
-                } else {
-                    quote!(for __item in #gen #each)
-                };
+                let drive = drive_generator(call, call_in_async, item_fallible, outer_fallible, is_stream);
                 (
                     quote!(::ferroray::ObjectRefGenerator<#item>),
                     quote!(__ferroray_call.submit_streaming()),

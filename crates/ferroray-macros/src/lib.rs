@@ -324,6 +324,40 @@ fn shape(ret: &Type) -> Shape {
     }
 }
 
+/// The body that runs a generator `call` (`call_in_async`: the same call
+/// inside an `async` block) and hands each item to `__sink`; `__args` is the
+/// adapter's `ArgReader`.
+fn drive_generator(
+    call: TokenStream2,
+    call_in_async: TokenStream2,
+    item_fallible: bool,
+    outer_fallible: bool,
+    is_stream: bool,
+) -> TokenStream2 {
+    let take = if item_fallible { unwrap_err(quote!(__item)) } else { quote!(__item) };
+    let each = quote!({
+        let __item = #take;
+        __sink.item(::ferroray::__private::encode_item(&__item)?)?;
+    });
+    if is_stream {
+        let gen = if outer_fallible { unwrap_err(call_in_async) } else { call_in_async };
+        // The whole stream in one `block_on` (not one per item): reporting
+        // an item is synchronous, and may wait for room.
+        quote! {
+            ::ferroray::__private::block_on_in(__args.context(), async {
+                let mut __gen = ::std::pin::pin!(#gen);
+                while let ::std::option::Option::Some(__item) =
+                    ::ferroray::__private::StreamExt::next(&mut __gen).await
+                #each
+                ::std::result::Result::<(), ::ferroray::Error>::Ok(())
+            })?;
+        }
+    } else {
+        let gen = if outer_fallible { unwrap_err(call) } else { call };
+        quote!(for __item in #gen #each)
+    }
+}
+
 fn unwrap_err(expr: TokenStream2) -> TokenStream2 {
     quote!(match #expr {
         ::std::result::Result::Ok(v) => v,
@@ -494,28 +528,7 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
             (remote_ret, submit, invoke, quote!())
         }
         Shape::Generator { item, item_fallible, outer_fallible, is_stream } => {
-            let gen = if outer_fallible { unwrap_err(call) } else { call };
-            let gen_in_async = if outer_fallible { unwrap_err(call_in_async) } else { call_in_async };
-            let take = if item_fallible { unwrap_err(quote!(__item)) } else { quote!(__item) };
-            let each = quote!({
-                let __item = #take;
-                __sink.item(::ferroray::__private::encode_item(&__item)?)?;
-            });
-            let drive = if is_stream {
-                // The whole stream in one `block_on` (not one per item):
-                // reporting an item is synchronous, and may wait for room.
-                quote! {
-                    ::ferroray::__private::block_on_in(__args.context(), async {
-                        let mut __gen = ::std::pin::pin!(#gen_in_async);
-                        while let ::std::option::Option::Some(__item) =
-                            ::ferroray::__private::StreamExt::next(&mut __gen).await
-                        #each
-                        ::std::result::Result::<(), ::ferroray::Error>::Ok(())
-                    })?;
-                }
-            } else {
-                quote!(for __item in #gen #each)
-            };
+            let drive = drive_generator(call, call_in_async, item_fallible, outer_fallible, is_stream);
             let invoke = quote! {
                 fn __ferroray_invoke(
                     __args: &mut ::ferroray::__private::ArgReader<'_>,

@@ -466,24 +466,11 @@ impl State {
             for c in &spec.contained {
                 self.pin_alive(*c);
             }
-            self.tasks.insert(
-                id.0,
-                Task {
-                    spec,
-                    pending_deps: 0,
-                    worker: None,
-                    retries_left: 0,
-                    cancelled: false,
-                    dynamic_digests: Vec::new(),
-                    attempt_items: 0,
-                    started: false,
-                    replay_error: None,
-                    order: 0,
-                },
-            );
+            self.tasks.insert(id.0, Task::new(spec, 0, 0));
         }
         if let Some(a) = self.actors.get_mut(&id) {
-            // Its resources stay taken: the new process uses them.
+            // Its resources go back; placing it again takes them (it may
+            // wait for them, like a new actor).
             let held = a.held.take();
             if let Some(h) = held {
                 self.available.add(&h);

@@ -264,6 +264,24 @@ struct Task {
     order: u64,
 }
 
+impl Task {
+    /// A task entering the table, waiting for `pending_deps` arguments.
+    fn new(spec: TaskSpec, pending_deps: usize, retries_left: u32) -> Self {
+        Task {
+            spec,
+            pending_deps,
+            worker: None,
+            retries_left,
+            cancelled: false,
+            dynamic_digests: Vec::new(),
+            attempt_items: 0,
+            started: false,
+            replay_error: None,
+            order: 0,
+        }
+    }
+}
+
 /// A generator task's stream, kept for its owner.
 struct Stream {
     owner: ConnId,

@@ -78,21 +78,7 @@ impl State {
                 },
             );
         }
-        self.tasks.insert(
-            id,
-            Task {
-                spec,
-                pending_deps: pending,
-                worker: None,
-                retries_left,
-                cancelled: false,
-                dynamic_digests: Vec::new(),
-                attempt_items: 0,
-                started: false,
-                replay_error: None,
-                order: 0,
-            },
-        );
+        self.tasks.insert(id, Task::new(spec, pending, retries_left));
         self.record(id, TaskState::Submitted, None, None);
         if let Some(e) = invalid.or(failed) {
             self.complete_task(id, Err(e));

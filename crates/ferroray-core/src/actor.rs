@@ -25,6 +25,18 @@ pub trait ActorClass: 'static {
     const CLASS: &'static str;
     /// What a handle's methods are called on (generated beside the type).
     type Methods: From<RawActorHandle> + AsRef<RawActorHandle>;
+    /// It has an `async fn` method: its calls run on an event loop.
+    const ASYNC: bool;
+}
+
+/// What the `#[actor]` expansion knows of a class that decides its
+/// executor.
+#[derive(Debug, Clone, Copy)]
+pub struct ActorKind {
+    /// It has an `async fn` method (see [`ActorClass::ASYNC`]).
+    pub asynchronous: bool,
+    /// Its state is `Send + Sync`, so threads may share it.
+    pub shareable: bool,
 }
 
 /// The untyped part of an [`ActorHandle`]: the actor's id and a counted
@@ -190,7 +202,8 @@ pub struct ActorOptions {
     pub max_restarts: crate::Retries,
     /// Times a call is run again after the process died under it.
     pub max_task_retries: crate::Retries,
-    pub max_concurrency: u32,
+    /// Calls run at once: `None` is 1, or 1000 for an async actor (as Ray).
+    pub max_concurrency: Option<u32>,
     /// Resources held for the actor's whole life: none by default (Ray
     /// places an actor with 1 CPU and then holds 0; here what is asked is
     /// what is held, and nothing is asked unless set).
@@ -206,7 +219,7 @@ impl Default for ActorOptions {
             detached: false,
             max_restarts: crate::Retries::Count(0),
             max_task_retries: crate::Retries::Count(0),
-            max_concurrency: 1,
+            max_concurrency: None,
             num_cpus: 0.0,
             num_gpus: 0.0,
             resources: Vec::new(),
@@ -225,18 +238,40 @@ impl ActorOptions {
         }
     }
 
-    fn spec(&self, class: &'static str) -> ActorSpec {
-        ActorSpec {
+    /// The spec the node keeps; an error for options no executor can honour.
+    fn spec(&self, class: &'static str, kind: ActorKind) -> Result<ActorSpec> {
+        let max_concurrency =
+            self.max_concurrency.unwrap_or(if kind.asynchronous { DEFAULT_ASYNC_CONCURRENCY } else { 1 });
+        if max_concurrency == 0 {
+            return Err(Error::InvalidOption(format!("actor {class}: max_concurrency must be at least 1")));
+        }
+        let executor = if kind.asynchronous {
+            ActorExecutor::Async
+        } else if max_concurrency > 1 {
+            ActorExecutor::Threaded
+        } else {
+            ActorExecutor::Serial
+        };
+        if executor == ActorExecutor::Threaded && !kind.shareable {
+            return Err(Error::InvalidOption(format!(
+                "actor {class} with max_concurrency {max_concurrency} runs its calls on threads at once, so its state \
+                 must be Send + Sync (or give it an async method: an async actor's state stays on one thread)"
+            )));
+        }
+        Ok(ActorSpec {
             class: class.to_string(),
             name: self.name.clone(),
             detached: self.detached,
             max_restarts: self.max_restarts.to_wire(),
             max_task_retries: self.max_task_retries.to_wire(),
-            max_concurrency: self.max_concurrency,
-            executor: if self.max_concurrency > 1 { ActorExecutor::Threaded } else { ActorExecutor::Serial },
-        }
+            max_concurrency,
+            executor,
+        })
     }
 }
+
+/// An async actor's `max_concurrency` unless set: Ray's default.
+const DEFAULT_ASYNC_CONCURRENCY: u32 = 1000;
 
 /// The builder methods of a generated actor options type (which has an
 /// `opts: ActorOptions` field).
@@ -272,6 +307,15 @@ macro_rules! __actor_options_methods {
             self.opts.max_task_retries = ::core::convert::Into::into(n);
             self
         }
+        /// Calls run at once: default 1 (one at a time), or 1000 for an
+        /// actor with an `async fn` method (as Ray). Above 1 a synchronous
+        /// actor runs its calls on a pool of threads (`&self` methods
+        /// together, a `&mut self` method alone), so its state must be
+        /// `Send + Sync`. Like Ray's `max_concurrency`.
+        pub fn max_concurrency(mut self, n: u32) -> Self {
+            self.opts.max_concurrency = ::core::option::Option::Some(n);
+            self
+        }
         /// CPUs the actor holds for its whole life: default 0.
         pub fn num_cpus(mut self, n: impl ::core::convert::Into<f64>) -> Self {
             self.opts.num_cpus = ::core::convert::Into::into(n);
@@ -295,14 +339,8 @@ impl TaskCall {
     /// Creates the actor `class` with these constructor arguments: the
     /// node registers it (and its name) before this returns; it starts in
     /// the background.
-    pub fn create_actor(self, class: &'static str, opts: &ActorOptions) -> Result<RawActorHandle> {
-        if opts.max_concurrency != 1 {
-            return Err(Error::InvalidOption(format!(
-                "max_concurrency {} for actor {class}: only serial actors (max_concurrency 1) are built yet",
-                opts.max_concurrency
-            )));
-        }
-        let actor = ActorTask::Create(Box::new(opts.spec(class)));
+    pub fn create_actor(self, class: &'static str, opts: &ActorOptions, kind: ActorKind) -> Result<RawActorHandle> {
+        let actor = ActorTask::Create(Box::new(opts.spec(class, kind)?));
         let (spec, core, keep) = self.with_options(opts.task_options()).into_spec(ReturnKind::Fixed(1), Some(actor))?;
         let id = ActorId(spec.task_id);
         // The node holds the handle object for this process from the
@@ -318,13 +356,6 @@ impl TaskCall {
             other => Err(Error::Protocol(format!("unexpected reply to CreateActor: {other:?}"))),
         }
     }
-}
-
-/// The actor's state as a `T` (used by `#[actor]` expansions).
-pub fn actor_state_mut<T: 'static>(state: &mut dyn std::any::Any) -> Result<&mut T> {
-    state
-        .downcast_mut::<T>()
-        .ok_or_else(|| Error::Protocol(format!("this actor's state is not a {}", std::any::type_name::<T>())))
 }
 
 /// A handle to an actor that could not be created: its calls fail with `e`.

@@ -12,6 +12,8 @@
 //!   byte buffer as a zero-copy view of shared memory.
 //! - [`actor`]: actor handles ([`ActorHandle`], counted like refs),
 //!   creation options, `get_actor`, and what `#[actor]` expands to.
+//! - [`actor_state`]: an actor's state as its methods reach it on the serial,
+//!   threaded and async executors.
 //! - [`generator`]: [`ObjectRefGenerator`] (the caller's end of a streaming
 //!   generator), [`DynamicObjectRefGenerator`], and what `wait`/`cancel` take.
 //! - [`completion`]: [`AsCompleted`], refs and generators as a stream in
@@ -26,6 +28,7 @@
 //! - [`async_rt`]: the tokio current-thread runtime `async fn` tasks run on.
 
 pub mod actor;
+pub mod actor_state;
 pub mod async_rt;
 pub mod codec;
 pub mod completion;

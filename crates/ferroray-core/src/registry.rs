@@ -6,10 +6,14 @@
 //! `#[actor]` adds its constructor (`Class::new`) and each method
 //! (`Class::method`) the same way.
 
+use crate::actor_state::{ActorState, StateGuard, StateRef};
 use crate::codec::ReturnValue;
 use crate::task::ArgReader;
+use crate::worker::AsyncItemSink;
 use ferroray_common::{Error, Result};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
 
 /// How a worker runs a function.
@@ -19,12 +23,38 @@ pub enum Invoke {
     /// A generator: each yielded value goes to the sink as it is made.
     Items(fn(&mut ArgReader<'_>, &mut dyn ItemSink) -> Result<()>),
     /// An actor's constructor: makes the actor's state.
-    Construct(fn(&mut ArgReader<'_>) -> Result<Box<dyn std::any::Any>>),
-    /// An actor method giving values, run on the actor's state.
-    MethodValues(fn(&mut dyn std::any::Any, &mut ArgReader<'_>) -> Result<Vec<ReturnValue>>),
-    /// An actor method that is a generator.
-    MethodItems(fn(&mut dyn std::any::Any, &mut ArgReader<'_>, &mut dyn ItemSink) -> Result<()>),
+    Construct(fn(&mut ArgReader<'_>) -> Result<ActorState>),
+    /// An actor method, run on the actor's state.
+    Method {
+        /// It takes `&mut self`: it runs alone, never beside another call.
+        exclusive: bool,
+        run: MethodRun,
+    },
 }
+
+/// The future of an async actor's call: it owns what it uses (arguments,
+/// its [`StateGuard`]) and stays on the actor's event-loop thread.
+pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// How an actor method runs: synchronously on a serial or threaded actor,
+/// as a future on an async actor (an actor with any `async fn` method, all
+/// of whose methods then run on its event loop).
+pub enum MethodRun {
+    /// Gives its values at the end.
+    Values(fn(StateRef<'_>, &mut ArgReader<'_>) -> Result<Vec<ReturnValue>>),
+    /// A generator: each yielded value goes to the sink as it is made.
+    Items(fn(StateRef<'_>, &mut ArgReader<'_>, &mut dyn ItemSink) -> Result<()>),
+    /// Reads its arguments, then gives the future of its values.
+    AsyncValues(fn(StateGuard, &mut ArgReader<'_>) -> Result<ValuesFuture>),
+    /// Reads its arguments, then gives the future that yields to the sink
+    /// (which waits for room without blocking the event loop).
+    AsyncItems(fn(StateGuard, &mut ArgReader<'_>, AsyncItemSink) -> Result<ItemsFuture>),
+}
+
+/// An async method's future of values.
+pub type ValuesFuture = LocalFuture<Result<Vec<ReturnValue>>>;
+/// An async generator method's future (its items go to the sink).
+pub type ItemsFuture = LocalFuture<Result<()>>;
 
 /// Where a generator's items go: reported to the owner one by one
 /// (streaming, dynamic) or kept as the task's fixed return values.
@@ -64,4 +94,15 @@ pub fn lookup(name: &str) -> Result<&'static RemoteFunction> {
         }
         None => Err(Error::UnknownFunction(name.to_string())),
     }
+}
+
+/// An async actor method's future of values, boxed (used by `#[actor]`
+/// expansions: the bound gives the `async` block its output type).
+pub fn local_values(f: impl Future<Output = Result<Vec<ReturnValue>>> + 'static) -> ValuesFuture {
+    Box::pin(f)
+}
+
+/// An async actor generator method's future, boxed (see [`local_values`]).
+pub fn local_items(f: impl Future<Output = Result<()>> + 'static) -> ItemsFuture {
+    Box::pin(f)
 }

@@ -62,6 +62,9 @@ fn params(f: &ImplItemFn, self_ty: &Type) -> syn::Result<Params> {
 #[derive(Default)]
 struct ActorArgs {
     setters: Vec<TokenStream2>,
+    /// `max_concurrency = N` with a literal N above 1: the span of N (a
+    /// synchronous actor's state must then be `Send + Sync`).
+    threaded: Option<proc_macro2::Span>,
 }
 
 fn parse_args(items: syn::punctuated::Punctuated<syn::MetaNameValue, syn::Token![,]>) -> syn::Result<ActorArgs> {
@@ -86,7 +89,14 @@ fn parse_args(items: syn::punctuated::Punctuated<syn::MetaNameValue, syn::Token!
             "max_concurrency" if negative => {
                 return Err(syn::Error::new_spanned(v, "max_concurrency must be at least 1"))
             }
-            "max_concurrency" => quote_spanned!(span=> __ferroray_opts.max_concurrency = #v;),
+            "max_concurrency" => {
+                if let syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(n), .. }) = v {
+                    if n.base10_parse::<u64>().is_ok_and(|n| n > 1) {
+                        out.threaded = Some(v.span());
+                    }
+                }
+                quote_spanned!(span=> __ferroray_opts.max_concurrency = ::core::option::Option::Some(#v);)
+            }
             _ => {
                 return Err(syn::Error::new_spanned(
                     &nv.path,
@@ -191,7 +201,24 @@ pub(crate) fn expand(
         return Err(syn::Error::new_spanned(ctor.sig.asyncness, "the constructor `new` cannot be async"));
     }
     let setters = &opts.setters;
+    // `#[actor(max_concurrency = N)]` on a synchronous actor: its state is
+    // shared by threads, checked here rather than when it is created.
+    let threaded_check = match opts.threaded {
+        Some(span) if !methods.iter().any(|(f, _)| f.sig.asyncness.is_some()) => quote_spanned! {span=>
+            const _: () = {
+                fn __ferroray_threaded_actor_state_must_be_send_and_sync<
+                    T: ::core::marker::Send + ::core::marker::Sync,
+                >() {
+                }
+                let _ = __ferroray_threaded_actor_state_must_be_send_and_sync::<#self_ty>;
+            };
+        },
+        _ => quote!(),
+    };
 
+    // One `async fn` method makes the whole class async: every method then
+    // runs as a future on the actor's event loop.
+    let any_async = methods.iter().any(|(f, _)| f.sig.asyncness.is_some());
     let mut method_items = Vec::new();
     let mut call_types = Vec::new();
     let mut adapters = Vec::new();
@@ -218,26 +245,52 @@ pub(crate) fn expand(
                 t
             }
         };
-        let this = if *exclusive {
-            quote!(let __this: &mut #self_ty = ::ferroray::__private::actor_state_mut::<#self_ty>(__state)?;)
-        } else {
-            quote!(let __this: &#self_ty = ::ferroray::__private::actor_state_mut::<#self_ty>(__state)?;)
-        };
-        let mut call = quote!(__this.#ident(#(#names),*));
+        let get = if *exclusive { quote!(get_mut) } else { quote!(get) };
+        let this_ty = if *exclusive { quote!(&mut #self_ty) } else { quote!(&#self_ty) };
         let is_async = f.sig.asyncness.is_some();
-        let call_in_async = quote!(#call.await);
-        if is_async {
-            call = quote!(::ferroray::__private::block_on_in(__args.context(), #call));
-        }
-        let (remote_ret, submit, adapter_fn, invoke, extra) = match shape(&ret) {
+        // A sync class's adapter borrows the state for the call; an async
+        // class's future owns its guard and borrows from that.
+        let this = if any_async {
+            quote! {
+                #[allow(unused_mut)]
+                let mut __guard = __guard;
+                let __this: #this_ty = __guard.#get::<#self_ty>()?;
+            }
+        } else {
+            quote!(let __this: #this_ty = __state.#get::<#self_ty>()?;)
+        };
+        let plain_call = quote!(__this.#ident(#(#names),*));
+        let (call, call_in_async) = if any_async {
+            let call = if is_async { quote!(#plain_call.await) } else { plain_call };
+            (call.clone(), call)
+        } else {
+            (plain_call.clone(), quote!(#plain_call.await))
+        };
+        let (remote_ret, submit, adapter_fn, run, extra) = match shape(&ret) {
             Shape::Plain { ok, fallible } => {
                 let value = if fallible { unwrap_err(call) } else { call };
-                (
-                    quote!(::ferroray::ObjectRef<#ok>),
-                    quote!(__ferroray_call.submit_one()),
+                let adapter_fn = if any_async {
                     quote! {
                         fn #adapter(
-                            __state: &mut dyn ::core::any::Any,
+                            __guard: ::ferroray::__private::StateGuard,
+                            __args: &mut ::ferroray::__private::ArgReader<'_>,
+                        ) -> ::ferroray::Result<
+                            ::ferroray::__private::LocalFuture<
+                                ::ferroray::Result<::std::vec::Vec<::ferroray::__private::ReturnValue>>,
+                            >,
+                        > {
+                            #(let #names: #types = __args.next_arg()?;)*
+                            ::std::result::Result::Ok(::ferroray::__private::local_values(async move {
+                                #this
+                                let __v = #value;
+                                ::std::result::Result::Ok(::std::vec![::ferroray::__private::encode_return(&__v)?])
+                            }))
+                        }
+                    }
+                } else {
+                    quote! {
+                        fn #adapter(
+                            __state: ::ferroray::__private::StateRef<'_>,
                             __args: &mut ::ferroray::__private::ArgReader<'_>,
                         ) -> ::ferroray::Result<::std::vec::Vec<::ferroray::__private::ReturnValue>> {
                             #(let #names: #types = __args.next_arg()?;)*
@@ -245,19 +298,33 @@ pub(crate) fn expand(
                             let __v = #value;
                             ::std::result::Result::Ok(::std::vec![::ferroray::__private::encode_return(&__v)?])
                         }
-                    },
-                    quote!(::ferroray::__private::Invoke::MethodValues(#adapter)),
-                    quote!(),
-                )
+                    }
+                };
+                let run = if any_async { quote!(AsyncValues) } else { quote!(Values) };
+                (quote!(::ferroray::ObjectRef<#ok>), quote!(__ferroray_call.submit_one()), adapter_fn, run, quote!())
             }
             Shape::Generator { item, item_fallible, outer_fallible, is_stream } => {
-                let drive = drive_generator(call, call_in_async, item_fallible, outer_fallible, is_stream);
-                (
-                    quote!(::ferroray::ObjectRefGenerator<#item>),
-                    quote!(__ferroray_call.submit_streaming()),
+                let drive = drive_generator(call, call_in_async, item_fallible, outer_fallible, is_stream, any_async);
+                let adapter_fn = if any_async {
                     quote! {
                         fn #adapter(
-                            __state: &mut dyn ::core::any::Any,
+                            __guard: ::ferroray::__private::StateGuard,
+                            __args: &mut ::ferroray::__private::ArgReader<'_>,
+                            __sink: ::ferroray::__private::AsyncItemSink,
+                        ) -> ::ferroray::Result<::ferroray::__private::LocalFuture<::ferroray::Result<()>>> {
+                            #(let #names: #types = __args.next_arg()?;)*
+                            ::std::result::Result::Ok(::ferroray::__private::local_items(async move {
+                                let mut __sink = __sink;
+                                #this
+                                #drive
+                                ::std::result::Result::Ok(())
+                            }))
+                        }
+                    }
+                } else {
+                    quote! {
+                        fn #adapter(
+                            __state: ::ferroray::__private::StateRef<'_>,
                             __args: &mut ::ferroray::__private::ArgReader<'_>,
                             __sink: &mut dyn ::ferroray::__private::ItemSink,
                         ) -> ::ferroray::Result<()> {
@@ -266,8 +333,14 @@ pub(crate) fn expand(
                             #drive
                             ::std::result::Result::Ok(())
                         }
-                    },
-                    quote!(::ferroray::__private::Invoke::MethodItems(#adapter)),
+                    }
+                };
+                let run = if any_async { quote!(AsyncItems) } else { quote!(Items) };
+                (
+                    quote!(::ferroray::ObjectRefGenerator<#item>),
+                    quote!(__ferroray_call.submit_streaming()),
+                    adapter_fn,
+                    run,
                     quote! {
                         /// Pause the method while this many yielded items are
                         /// unconsumed: default no limit. Like Ray's
@@ -284,6 +357,10 @@ pub(crate) fn expand(
                 )
             }
         };
+        let invoke = quote!(::ferroray::__private::Invoke::Method {
+            exclusive: #exclusive,
+            run: ::ferroray::__private::MethodRun::#run(#adapter),
+        });
         let doc = format!("Calls [`{type_ident}::{ident}`] on the actor: finish with `.remote(..)`.");
         let vis = &f.vis;
         method_items.push(quote! {
@@ -345,7 +422,10 @@ pub(crate) fn expand(
         impl ::ferroray::ActorClass for #self_ty {
             const CLASS: &'static str = #class;
             type Methods = #methods_ty;
+            const ASYNC: bool = #any_async;
         }
+
+        #threaded_check
 
         impl #self_ty {
             #[doc = #remote_doc]
@@ -385,7 +465,14 @@ pub(crate) fn expand(
                 let mut __ferroray_call =
                     ::ferroray::__private::TaskCall::new(#ctor_name, ::core::default::Default::default());
                 #(__ferroray_call.arg(::ferroray::IntoArg::into_arg(#cnames));)*
-                __ferroray_call.create_actor(#class, &self.opts).map(::ferroray::ActorHandle::from_raw)
+                let __kind = ::ferroray::__private::ActorKind {
+                    asynchronous: #any_async,
+                    shareable: {
+                        use ::ferroray::__private::{ViaLocal as _, ViaShared as _};
+                        (&&::ferroray::__private::StateProbe::<#self_ty>::new()).__ferroray_shareable()
+                    },
+                };
+                __ferroray_call.create_actor(#class, &self.opts, __kind).map(::ferroray::ActorHandle::from_raw)
             }
         }
 
@@ -418,10 +505,16 @@ pub(crate) fn expand(
         const _: () = {
             fn __ferroray_construct(
                 __args: &mut ::ferroray::__private::ArgReader<'_>,
-            ) -> ::ferroray::Result<::std::boxed::Box<dyn ::core::any::Any>> {
+            ) -> ::ferroray::Result<::ferroray::__private::ActorState> {
                 #(let #cnames: #ctypes = __args.next_arg()?;)*
                 let __v: #self_ty = #ctor_value;
-                ::std::result::Result::Ok(::std::boxed::Box::new(__v))
+                // Shared if the type is `Send + Sync` (a threaded actor
+                // needs it to be), else kept on one thread.
+                let __wrap = {
+                    use ::ferroray::__private::{ViaLocal as _, ViaShared as _};
+                    (&&::ferroray::__private::StateProbe::<#self_ty>::new()).__ferroray_wrap()
+                };
+                ::std::result::Result::Ok(__wrap(__v))
             }
             #[::ferroray::__private::linkme::distributed_slice(::ferroray::__private::REMOTE_FUNCTIONS)]
             #[linkme(crate = ::ferroray::__private::linkme)]

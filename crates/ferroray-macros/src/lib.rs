@@ -104,7 +104,8 @@ use syn::{Expr, FnArg, GenericArgument, ItemFn, Lit, PathArguments, ReturnType, 
 /// Makes an `impl` block's type an actor: `T::remote(args..)` starts one on
 /// a worker process of its own and returns its `ActorHandle<T>` at once;
 /// its public `&self` / `&mut self` methods are called through the handle
-/// (`h.incr().remote(5)`), one at a time, in each caller's order.
+/// (`h.incr().remote(5)`); one caller's calls start in the order it made
+/// them.
 ///
 /// The `impl` block stays as it is. A function named `new` (returning
 /// `Self`, or `Result<Self, E>`: an `Err` fails the creation) is the
@@ -115,11 +116,29 @@ use syn::{Expr, FnArg, GenericArgument, ItemFn, Lit, PathArguments, ReturnType, 
 /// `self`, or an async `impl Stream<Item = T>`, gives an
 /// `ObjectRefGenerator<T>`). Other functions stay local.
 ///
+/// # Three kinds of actor
+///
+/// - *Serial* (the default): one call at a time on one thread; the state
+///   needs neither `Send` nor `Sync`.
+/// - *Threaded* (`max_concurrency` above 1, no `async fn` method): up to
+///   `max_concurrency` calls at once on a pool of threads; `&self` methods
+///   run together, a `&mut self` method runs alone, and no call overtakes
+///   one sent before it. The state must be `Send + Sync` (a compile error
+///   with `max_concurrency = N` here, an `InvalidOption` from
+///   `options().max_concurrency(n).remote()`).
+/// - *Async* (any `async fn` method): every call is a future on the
+///   actor's one event loop (a tokio current-thread runtime: its timers and
+///   I/O work), and calls interleave at `.await`, up to `max_concurrency`
+///   (default 1000, as Ray). A `&mut self` method holds the state alone
+///   across its awaits. The state stays on one thread, so it needs neither
+///   `Send` nor `Sync`. Await refs (`r.await`) rather than `get` them: a
+///   blocking `get` stops the whole loop while it waits.
+///
 /// # Keys
 ///
 /// | key | type | meaning | default |
 /// | --- | --- | --- | --- |
-/// | `max_concurrency` | `u32` | calls at once (only 1 is built yet) | 1 |
+/// | `max_concurrency` | `u32` | calls at once (see above) | 1; 1000 for an async actor |
 /// | `max_restarts` | a count, or `Retries::Forever` | times the process is started again after it dies | 0 |
 /// | `max_task_retries` | a count, or `Retries::Forever` | times a call is run again after the process died under it | 0 |
 /// | `num_cpus` | any number | CPUs the actor holds for its life | 0 |
@@ -326,31 +345,46 @@ fn shape(ret: &Type) -> Shape {
 
 /// The body that runs a generator `call` (`call_in_async`: the same call
 /// inside an `async` block) and hands each item to `__sink`; `__args` is the
-/// adapter's `ArgReader`.
+/// adapter's `ArgReader`. With `in_async`, the body is itself inside an
+/// `async` block (an async actor's method) and `__sink` is an
+/// `AsyncItemSink`, awaited for room.
 fn drive_generator(
     call: TokenStream2,
     call_in_async: TokenStream2,
     item_fallible: bool,
     outer_fallible: bool,
     is_stream: bool,
+    in_async: bool,
 ) -> TokenStream2 {
     let take = if item_fallible { unwrap_err(quote!(__item)) } else { quote!(__item) };
+    let report = if in_async {
+        quote!(__sink.item(::ferroray::__private::encode_item(&__item)?).await?;)
+    } else {
+        quote!(__sink.item(::ferroray::__private::encode_item(&__item)?)?;)
+    };
     let each = quote!({
         let __item = #take;
-        __sink.item(::ferroray::__private::encode_item(&__item)?)?;
+        #report
     });
     if is_stream {
         let gen = if outer_fallible { unwrap_err(call_in_async) } else { call_in_async };
-        // The whole stream in one `block_on` (not one per item): reporting
-        // an item is synchronous, and may wait for room.
-        quote! {
-            ::ferroray::__private::block_on_in(__args.context(), async {
-                let mut __gen = ::std::pin::pin!(#gen);
-                while let ::std::option::Option::Some(__item) =
-                    ::ferroray::__private::StreamExt::next(&mut __gen).await
-                #each
-                ::std::result::Result::<(), ::ferroray::Error>::Ok(())
-            })?;
+        let drive = quote! {
+            let mut __gen = ::std::pin::pin!(#gen);
+            while let ::std::option::Option::Some(__item) =
+                ::ferroray::__private::StreamExt::next(&mut __gen).await
+            #each
+        };
+        if in_async {
+            drive
+        } else {
+            // The whole stream in one `block_on` (not one per item): reporting
+            // an item is synchronous, and may wait for room.
+            quote! {
+                ::ferroray::__private::block_on_in(__args.context(), async {
+                    #drive
+                    ::std::result::Result::<(), ::ferroray::Error>::Ok(())
+                })?;
+            }
         }
     } else {
         let gen = if outer_fallible { unwrap_err(call) } else { call };
@@ -528,7 +562,7 @@ fn expand(args: RemoteArgs, func: ItemFn) -> syn::Result<TokenStream2> {
             (remote_ret, submit, invoke, quote!())
         }
         Shape::Generator { item, item_fallible, outer_fallible, is_stream } => {
-            let drive = drive_generator(call, call_in_async, item_fallible, outer_fallible, is_stream);
+            let drive = drive_generator(call, call_in_async, item_fallible, outer_fallible, is_stream, false);
             let invoke = quote! {
                 fn __ferroray_invoke(
                     __args: &mut ::ferroray::__private::ArgReader<'_>,

@@ -151,14 +151,18 @@ pub mod __private {
     pub use ferroray_common::{RetryExceptions, WorkerId};
     pub use ferroray_core::__actor_options_methods as actor_options_methods;
     pub use ferroray_core::__task_options_methods as task_options_methods;
-    pub use ferroray_core::actor::{actor_state_mut, failed_handle, RawActorHandle};
+    pub use ferroray_core::actor::{failed_handle, ActorKind, RawActorHandle};
+    pub use ferroray_core::actor_state::{ActorState, StateGuard, StateProbe, StateRef, ViaLocal, ViaShared};
     pub use ferroray_core::async_rt::block_on_in;
     pub use ferroray_core::codec::ReturnValue;
-    pub use ferroray_core::registry::{Invoke, ItemSink, RemoteFunction, REMOTE_FUNCTIONS};
+    pub use ferroray_core::registry::{
+        local_items, local_values, Invoke, ItemSink, LocalFuture, MethodRun, RemoteFunction, REMOTE_FUNCTIONS,
+    };
     pub use ferroray_core::task::{
         app_error, encode_item, encode_return, typed_ref, ArgReader, ErrorProbe, TaskCall, ViaDisplay,
         ViaFerrorayError, ViaSerialize,
     };
+    pub use ferroray_core::worker::AsyncItemSink;
     pub use futures::StreamExt;
     pub use linkme;
 

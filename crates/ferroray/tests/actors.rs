@@ -51,11 +51,6 @@ impl Counter {
         (0..n).map(move |i| self.value + i)
     }
 
-    pub async fn value_later(&self, ms: u64) -> i64 {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        self.value
-    }
-
     pub fn crash(&self) -> i64 {
         std::process::exit(3)
     }
@@ -181,14 +176,13 @@ fn errors_and_constructor_failures_are_typed() {
 }
 
 #[test]
-fn generator_and_async_methods() {
+fn generator_methods() {
     let _c = cluster();
     let c = Counter::remote(7);
     let items: Vec<i64> = c.count_up().remote(4).map(|r| get(&r).unwrap()).collect();
     assert_eq!(items, vec![7, 8, 9, 10]);
     let gen = c.count_up().generator_backpressure(std::num::NonZeroU32::new(1).unwrap()).remote(3);
     assert_eq!(gen.map(|r| get(&r).unwrap()).collect::<Vec<_>>(), vec![7, 8, 9]);
-    assert_eq!(get(&c.value_later().remote(10)).unwrap(), 7);
 }
 
 #[test]

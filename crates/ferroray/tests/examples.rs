@@ -410,5 +410,12 @@ fn monte_carlo_pi() {
 
 #[test]
 fn actor_generators() {
-    check("actor_generators", &["Actor.f yielded [0, 1, 2, 3, 4]", "AsyncActor.f yielded [0, 1, 2, 3, 4]"]);
+    check(
+        "actor_generators",
+        &[
+            "Actor.f yielded [0, 1, 2, 3, 4]",
+            "AsyncActor.f yielded [0, 1, 2, 3, 4]",
+            "ThreadedActor.f yielded [0, 1, 2, 3, 4]",
+        ],
+    );
 }

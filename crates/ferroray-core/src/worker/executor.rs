@@ -1,16 +1,33 @@
-//! The executor seam ([`Executor`]) and its serial implementation: tasks the
-//! node sent to this worker run here one at a time, reporting values, items
-//! and failures back.
+//! The executor seam ([`Executor`]) and the worker's executor: tasks the
+//! node sent to this worker run here, reporting values, items and failures
+//! back. A task worker and a serial actor run one task at a time on the
+//! process's main thread. An actor created threaded or async switches,
+//! once its constructor has run, to a pool of threads ([`super::threaded`])
+//! or an event loop ([`super::async_exec`]) for the rest of its process's
+//! life; all three take tasks from one [`TaskQueue`].
 
 use super::*;
+use crate::actor_state::{ActorState, AsyncStateCell, StateRef};
+use crate::registry::MethodRun;
+use ferroray_common::ActorId;
+use ferroray_protocol::{ActorExecutor, ActorTask};
+use std::any::Any;
 use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// The actor this process runs (set by its constructor; an actor's process
+/// runs only that actor).
+static ACTOR: OnceLock<ActorId> = OnceLock::new();
+
+/// A threaded actor's state, shared by the threads of its pool.
+static SHARED_STATE: OnceLock<RwLock<Box<dyn Any + Send + Sync>>> = OnceLock::new();
 
 thread_local! {
-    /// The state of the actor this process runs (serial executor: the
-    /// thread that runs the calls owns it, so it need not be `Send`).
-    static ACTOR_STATE: RefCell<Option<Box<dyn std::any::Any>>> = const { RefCell::new(None) };
-    /// The actor this thread runs the calls of.
-    static CURRENT_ACTOR: std::cell::Cell<Option<ferroray_common::ActorId>> = const { std::cell::Cell::new(None) };
+    /// A serial actor's state: the thread that runs the calls owns it, so
+    /// it need not be `Send`.
+    static ACTOR_STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    /// An async actor's state, on its event-loop thread.
+    pub(super) static ASYNC_STATE: RefCell<Option<AsyncStateCell>> = const { RefCell::new(None) };
     /// `exit_actor()` was called by the running call.
     static EXIT_REQUESTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -20,34 +37,82 @@ thread_local! {
 /// `ActorDied { cause: Exited }`, and it does not restart. Ray's
 /// `ray.actor.exit_actor()`. An error outside an actor's method.
 pub fn exit_actor() -> Result<()> {
-    if CURRENT_ACTOR.get().is_none() || !context::in_task() {
+    if ACTOR.get().is_none() || !context::in_task() {
         return Err(Error::InvalidOption("exit_actor is for an actor's own methods".into()));
     }
     EXIT_REQUESTED.set(true);
     Ok(())
 }
 
-/// Runs `f` on the actor's state.
-fn with_actor_state<R>(f: impl FnOnce(&mut dyn std::any::Any) -> Result<R>) -> Result<R> {
+/// Runs `f` on the actor's state: shared or exclusive access to a threaded
+/// actor's (its pool admits the calls so that the lock is free), exclusive
+/// access to a serial actor's (one call at a time).
+fn with_actor_state<R>(exclusive: bool, f: impl FnOnce(StateRef<'_>) -> Result<R>) -> Result<R> {
+    if let Some(shared) = SHARED_STATE.get() {
+        return if exclusive {
+            let mut state = shared.write();
+            f(StateRef::Exclusive(&mut **state))
+        } else {
+            let state = shared.read();
+            f(StateRef::Shared(&**state))
+        };
+    }
     ACTOR_STATE.with(|s| match s.borrow_mut().as_mut() {
-        Some(state) => f(state.as_mut()),
+        Some(state) => f(StateRef::Exclusive(state.as_mut())),
         None => Err(Error::Protocol("an actor method arrived before the actor was created".into())),
     })
 }
 
-/// How a worker runs the tasks its node sends it. The serial executor is
-/// the one there is; the threaded and async executors of actors implement
-/// the same four steps:
+/// Keeps the state a constructor made where the actor's executor reads it.
+fn install_state(executor: ActorExecutor, state: ActorState, class: &str) -> Result<()> {
+    match (executor, state) {
+        (ActorExecutor::Serial, state) => ACTOR_STATE.with(|s| *s.borrow_mut() = Some(state.into_local())),
+        (ActorExecutor::Threaded, ActorState::Shared(state)) => {
+            if SHARED_STATE.set(RwLock::new(state)).is_err() {
+                return Err(Error::Protocol("an actor was created twice in one process".into()));
+            }
+        }
+        (ActorExecutor::Threaded, ActorState::Local(_)) => {
+            return Err(Error::InvalidOption(format!(
+                "actor {class} has max_concurrency > 1, so its state is shared by threads and must be Send + Sync"
+            )))
+        }
+        (ActorExecutor::Async, state) => {
+            // Never leaves this thread (see `AsyncStateCell`).
+            #[allow(clippy::arc_with_non_send_sync)]
+            let cell: AsyncStateCell = Arc::new(tokio::sync::RwLock::new(state.into_local()));
+            ASYNC_STATE.with(|s| *s.borrow_mut() = Some(cell));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the actor method `spec` calls takes `&mut self` (an unknown
+/// function counts as exclusive: it runs alone, to report its error).
+pub(super) fn is_exclusive(spec: &TaskSpec) -> bool {
+    match &spec.function {
+        FunctionDescriptor::Rust { name } => match registry::lookup(name) {
+            Ok(registry::RemoteFunction { invoke: Invoke::Method { exclusive, .. }, .. }) => *exclusive,
+            _ => true,
+        },
+        FunctionDescriptor::Python { .. } => true,
+    }
+}
+
+/// How a worker runs the tasks its node sends it. Every executor takes its
+/// tasks from a [`TaskQueue`], in four steps:
 /// 1. `push`: a task from the node (`Execute`) is queued, in order.
 /// 2. `take_queued`: the node takes back tasks that have not started
 ///    (`Revoke`, when the worker blocks); they are removed and returned.
 /// 3. `cancel`: a task still queued is removed and returned (it never
-///    runs); a running one has its context's cancel flag raised. This is one
-///    step with respect to a task starting, so a cancel never falls between
-///    a task leaving the queue and being recorded as running.
+///    runs); a started one has its context's cancel flag raised (and an
+///    async call's future is dropped). This is one step with respect to a
+///    task starting, so a cancel never falls between a task leaving the
+///    queue and being recorded as started.
 /// 4. `serve`: runs the tasks until the process ends, each through
-///    [`CoreWorker::run_task`] with its context (passed, so that an executor
-///    running several calls on one thread can give each its own).
+///    [`CoreWorker::run_task`] (or an async actor's `run_call`) with its
+///    context (passed, so that an executor running several calls on one
+///    thread can give each its own).
 pub(super) trait Executor: Send + Sync {
     fn push(&self, spec: TaskSpec);
     fn take_queued(&self, ids: &[TaskId]) -> Vec<TaskSpec>;
@@ -55,28 +120,103 @@ pub(super) trait Executor: Send + Sync {
     fn serve(&self, core: &Arc<CoreWorker>);
 }
 
-/// One task at a time, on the thread that calls `serve` (a worker
-/// process's main thread), in the order the node sent them.
-#[derive(Default)]
-pub(super) struct SerialExecutor {
-    /// Tasks sent and not started, in order.
-    queue: Mutex<VecDeque<TaskSpec>>,
-    ready: Condvar,
-    /// The running task's context (its cancel flag). Set under the queue's
-    /// lock as the task leaves the queue (step 3).
-    running: Mutex<Option<TaskContext>>,
+/// A task taken off the queue and not finished.
+struct Started {
+    ctx: TaskContext,
+    /// Drops an async call's future (a cancel of a call on an async actor).
+    abort: Option<futures::future::AbortHandle>,
 }
 
-impl Executor for SerialExecutor {
+#[derive(Default)]
+struct QueueState {
+    /// Tasks sent and not started, in order.
+    tasks: VecDeque<TaskSpec>,
+    /// Taken off `tasks` and not finished: one on a serial executor, up to
+    /// `max_concurrency` on the others. A started call may still wait for
+    /// its turn (a free thread, the state's lock): it runs only if not
+    /// cancelled by then.
+    started: Vec<Started>,
+}
+
+/// The tasks of one worker, shared by the thread that receives them (the
+/// link's reader) and the ones that run them.
+#[derive(Default)]
+pub(super) struct TaskQueue {
+    state: Mutex<QueueState>,
+    /// Wakes a waiting serial or threaded dispatcher.
+    ready: Condvar,
+    /// Wakes an async actor's event loop.
+    arrived: tokio::sync::Notify,
+}
+
+impl TaskQueue {
+    /// The next task, recorded as started in the same step (see step 3).
+    /// With `abortable`, the registration that lets a cancel drop its future.
+    fn start_next(
+        q: &mut QueueState,
+        abortable: bool,
+    ) -> Option<(TaskSpec, TaskContext, Option<futures::future::AbortRegistration>)> {
+        let spec = q.tasks.pop_front()?;
+        let ctx = TaskContext {
+            task_id: spec.task_id,
+            name: spec.name().to_string(),
+            cancelled: Arc::new(AtomicBool::new(false)),
+        };
+        let (abort, registration) = if abortable {
+            let (h, r) = futures::future::AbortHandle::new_pair();
+            (Some(h), Some(r))
+        } else {
+            (None, None)
+        };
+        q.started.push(Started { ctx: ctx.clone(), abort });
+        Some((spec, ctx, registration))
+    }
+
+    /// Waits for the next task (serial and threaded dispatchers).
+    pub(super) fn next_blocking(&self) -> (TaskSpec, TaskContext) {
+        let mut q = self.state.lock();
+        loop {
+            if let Some((spec, ctx, _)) = Self::start_next(&mut q, false) {
+                return (spec, ctx);
+            }
+            self.ready.wait(&mut q);
+        }
+    }
+
+    /// Waits for the next task without blocking the thread (an async
+    /// actor's event loop).
+    pub(super) async fn next_async(&self) -> (TaskSpec, TaskContext, futures::future::AbortRegistration) {
+        loop {
+            // `Notify` keeps a wake-up that comes between this check and
+            // the wait below.
+            if let Some((spec, ctx, Some(r))) = Self::start_next(&mut self.state.lock(), true) {
+                return (spec, ctx, r);
+            }
+            self.arrived.notified().await;
+        }
+    }
+
+    /// A started task is done (or was dropped by its cancel).
+    pub(super) fn finished(&self, task_id: TaskId) {
+        self.state.lock().started.retain(|s| s.ctx.task_id != task_id);
+    }
+}
+
+/// Runs the tasks of a worker process; see [`TaskQueue`].
+#[derive(Default, Clone)]
+pub(super) struct QueueExecutor(Arc<TaskQueue>);
+
+impl Executor for QueueExecutor {
     fn push(&self, spec: TaskSpec) {
-        self.queue.lock().push_back(spec);
-        self.ready.notify_one();
+        self.0.state.lock().tasks.push_back(spec);
+        self.0.ready.notify_one();
+        self.0.arrived.notify_one();
     }
 
     fn take_queued(&self, ids: &[TaskId]) -> Vec<TaskSpec> {
-        let mut tasks = self.queue.lock();
+        let mut q = self.0.state.lock();
         let mut taken = Vec::new();
-        tasks.retain(|t| {
+        q.tasks.retain(|t| {
             let hit = ids.contains(&t.task_id);
             if hit {
                 taken.push(t.clone());
@@ -87,15 +227,16 @@ impl Executor for SerialExecutor {
     }
 
     fn cancel(&self, task_id: TaskId) -> Option<TaskSpec> {
-        // Under the queue's lock, which `serve` holds from taking a task off
-        // the queue until it is recorded as running.
-        let mut tasks = self.queue.lock();
-        if let Some(at) = tasks.iter().position(|t| t.task_id == task_id) {
-            return tasks.remove(at);
+        // Under the queue's lock, under which a task leaves the queue and
+        // is recorded as started.
+        let mut q = self.0.state.lock();
+        if let Some(at) = q.tasks.iter().position(|t| t.task_id == task_id) {
+            return q.tasks.remove(at);
         }
-        if let Some(ctx) = self.running.lock().as_ref() {
-            if ctx.task_id == task_id {
-                ctx.cancelled.store(true, Ordering::Relaxed);
+        if let Some(s) = q.started.iter().find(|s| s.ctx.task_id == task_id) {
+            s.ctx.cancelled.store(true, Ordering::Relaxed);
+            if let Some(abort) = &s.abort {
+                abort.abort();
             }
         }
         None
@@ -103,25 +244,25 @@ impl Executor for SerialExecutor {
 
     fn serve(&self, core: &Arc<CoreWorker>) {
         loop {
-            let (spec, ctx) = {
-                let mut tasks = self.queue.lock();
-                let spec = loop {
-                    if let Some(t) = tasks.pop_front() {
-                        break t;
-                    }
-                    self.ready.wait(&mut tasks);
-                };
-                let ctx = TaskContext {
-                    task_id: spec.task_id,
-                    name: spec.name().to_string(),
-                    cancelled: Arc::new(AtomicBool::new(false)),
-                };
-                *self.running.lock() = Some(ctx.clone());
-                (spec, ctx)
+            let (spec, ctx) = self.0.next_blocking();
+            // An actor's creation decides how its calls run from then on.
+            let switch = match &spec.actor {
+                Some(ActorTask::Create(a)) => Some((a.executor, a.max_concurrency as usize)),
+                _ => None,
             };
             test_hooks::start_delay();
+            let task_id = ctx.task_id;
             core.run_task(spec, ctx);
-            *self.running.lock() = None;
+            self.0.finished(task_id);
+            match switch {
+                Some((ActorExecutor::Threaded, n)) if SHARED_STATE.get().is_some() => {
+                    return super::threaded::serve(&self.0, core, n);
+                }
+                Some((ActorExecutor::Async, n)) if ASYNC_STATE.with(|s| s.borrow().is_some()) => {
+                    return super::async_exec::serve(self.0.clone(), core, n);
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -160,7 +301,11 @@ impl CoreWorker {
         // A panic in an actor method ends the actor's process (its state may
         // be half-updated) before anything is reported: the node restarts
         // the actor or reports it dead, as for a crash.
-        let is_method = matches!(invoke, Ok(Invoke::MethodValues(_) | Invoke::MethodItems(_)));
+        let is_method = matches!(invoke, Ok(Invoke::Method { .. }));
+        let executor = match &spec.actor {
+            Some(ActorTask::Create(a)) => a.executor,
+            _ => ActorExecutor::Serial,
+        };
         let guarded = |body: &mut dyn FnMut() -> Result<Vec<ReturnValue>>| match catch_unwind(AssertUnwindSafe(body)) {
             Ok(r) => r,
             Err(_) if is_method => std::process::exit(101),
@@ -223,19 +368,22 @@ impl CoreWorker {
             Ok(Invoke::Construct(f)) => Some(guarded(&mut || {
                 let state = f(&mut reader)?;
                 reader.finish()?;
-                ACTOR_STATE.with(|s| *s.borrow_mut() = Some(state));
-                CURRENT_ACTOR.set(Some(ferroray_common::ActorId(task_id)));
+                install_state(executor, state, &ctx.name)?;
+                let _ = ACTOR.set(ActorId(task_id));
                 Ok(vec![codec::encode(self, &())?])
             })),
-            Ok(Invoke::MethodValues(f)) => Some(guarded(&mut || {
-                with_actor_state(|state| {
+            Ok(Invoke::Method { exclusive, run: MethodRun::Values(f) }) => Some(guarded(&mut || {
+                with_actor_state(*exclusive, |state| {
                     let values = f(state, &mut reader)?;
                     reader.finish()?;
                     Ok(values)
                 })
             })),
-            Ok(Invoke::MethodItems(f)) => {
-                drive_items(&mut reader, &mut |r, sink| with_actor_state(|state| f(state, r, sink)))
+            Ok(Invoke::Method { exclusive, run: MethodRun::Items(f) }) => {
+                drive_items(&mut reader, &mut |r, sink| with_actor_state(*exclusive, |state| f(state, r, sink)))
+            }
+            Ok(Invoke::Method { run: MethodRun::AsyncValues(_) | MethodRun::AsyncItems(_), .. }) => {
+                Some(Err(Error::Protocol("an async actor's method arrived on a synchronous executor".into())))
             }
         };
         let Some(result) = result else {
@@ -245,6 +393,20 @@ impl CoreWorker {
             return;
         };
         drop(reader);
+        self.report(task_id, attempt, expected, result, &ctx.name);
+        context::set(None);
+        self.exit_if_requested();
+    }
+
+    /// Sends a finished task's outcome: its `expected` values, or its error.
+    pub(super) fn report(
+        &self,
+        task_id: TaskId,
+        attempt: u32,
+        expected: usize,
+        result: Result<Vec<ReturnValue>>,
+        name: &str,
+    ) {
         let (outcome, keep) = match result {
             Ok(values) if values.len() == expected => {
                 let (vals, keeps): (Vec<_>, Vec<_>) = values.into_iter().map(ReturnValue::into_parts).unzip();
@@ -254,7 +416,7 @@ impl CoreWorker {
                 TaskOutcome::Failed(Error::task(
                     "ferroray::ReturnCountMismatch",
                     format!("returned {} values, expected {expected}", values.len()),
-                    &ctx.name,
+                    name,
                     std::process::id(),
                 )),
                 vec![],
@@ -264,19 +426,17 @@ impl CoreWorker {
         if let Err(e) = self.send(ToNode::TaskDone { task_id, attempt, outcome }) {
             // The results could not be sent (too large for one message, say):
             // report that instead of leaving the caller waiting.
-            let e = Error::task("ferroray::ResultsNotSent", e.to_string(), &ctx.name, std::process::id());
+            let e = Error::task("ferroray::ResultsNotSent", e.to_string(), name, std::process::id());
             let _ = self.send(ToNode::TaskDone { task_id, attempt, outcome: TaskOutcome::Failed(e) });
         }
         drop(keep);
-        context::set(None);
-        self.exit_if_requested();
     }
 
     /// After a call that asked for `exit_actor()` (its result sent): the
     /// node ends the actor (and closes this connection; the process exits).
-    fn exit_if_requested(&self) {
+    pub(super) fn exit_if_requested(&self) {
         if EXIT_REQUESTED.replace(false) {
-            if let Some(actor) = CURRENT_ACTOR.get() {
+            if let Some(actor) = ACTOR.get().copied() {
                 let _ = self.send(ToNode::TerminateActor { actor });
             }
         }

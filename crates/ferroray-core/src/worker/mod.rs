@@ -3,7 +3,9 @@
 //!
 //! - [`caller`]: what a caller does: put, submit, get, wait, cancel.
 //! - [`streams`]: the caller's side of generator streams.
-//! - [`executor`]: tasks the node sends to a worker, run here.
+//! - [`executor`]: tasks the node sends to a worker, run here (one at a
+//!   time; [`threaded`] and [`async_exec`] run a threaded or async actor's
+//!   calls several at once).
 //! - [`process`]: a worker process's start-up and life.
 
 use crate::codec::{self, ReturnValue, ShmPin, Source};
@@ -31,11 +33,14 @@ use std::sync::{mpsc, Arc};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+mod async_exec;
 mod caller;
 mod executor;
 mod process;
 mod streams;
+mod threaded;
 
+pub use async_exec::AsyncItemSink;
 pub use caller::RawValue;
 pub use executor::exit_actor;
 use executor::Executor;
@@ -127,6 +132,8 @@ impl Inbox for DriverInbox {
 struct Acks {
     acked: FxHashSet<u32>,
     gone: bool,
+    /// An async generator waiting for room (woken by an acknowledgement).
+    wakers: Vec<std::task::Waker>,
 }
 
 #[derive(Default)]
@@ -425,11 +432,16 @@ impl CoreWorker {
             }
             FromNode::ItemAck { task_id, index, gone } => {
                 let mut st = self.state.lock();
-                if let Some(a) = st.acks.get_mut(&task_id) {
-                    a.acked.insert(index);
-                    a.gone |= gone;
-                }
+                let wakers = match st.acks.get_mut(&task_id) {
+                    Some(a) => {
+                        a.acked.insert(index);
+                        a.gone |= gone;
+                        std::mem::take(&mut a.wakers)
+                    }
+                    None => Vec::new(),
+                };
                 drop(st);
+                wakers.into_iter().for_each(|w| w.wake());
                 self.ready.notify_all();
             }
             FromNode::Rejected(e) => {
@@ -455,6 +467,7 @@ impl CoreWorker {
         let mut st = self.state.lock();
         let mut wakers: Vec<std::task::Waker> = st.object_wakers.drain().flat_map(|(_, w)| w).collect();
         wakers.extend(st.streams.values_mut().flat_map(|s| std::mem::take(&mut s.wakers)));
+        wakers.extend(st.acks.values_mut().flat_map(|a| std::mem::take(&mut a.wakers)));
         wakers
     }
 

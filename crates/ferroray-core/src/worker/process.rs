@@ -58,7 +58,7 @@ fn run_worker() -> Result<()> {
     // close-on-exec) for this process and nothing else here owns or uses
     // it; the arena takes it over.
     let arena = Arc::new(unsafe { Arena::open(store_fd, capacity) }.map_err(Error::io)?);
-    let exec: Box<dyn super::Executor> = Box::<super::executor::SerialExecutor>::default();
+    let exec: Box<dyn super::Executor> = Box::<super::executor::QueueExecutor>::default();
     let core = Arc::new(CoreWorker::new(worker_id, info, arena, Some(Box::new(link)), Some(exec)));
     global::set(core.clone())?;
     reader.spawn("ferroray-worker-rx", Arc::new(WorkerInbox(core.clone())))?;

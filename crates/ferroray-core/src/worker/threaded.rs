@@ -1,0 +1,115 @@
+//! A threaded actor's executor: up to `max_concurrency` calls at once on a
+//! pool of threads, `&self` methods together and a `&mut self` method
+//! alone.
+//!
+//! The dispatcher (the process's main thread) admits calls one by one in
+//! queue order, so calls start in the order they were sent:
+//! 1. It takes the next call off the queue (recorded as started, so that a
+//!    cancel from now on raises its flag instead of finding nothing).
+//! 2. It waits until the call may run: a `&mut self` call until no call
+//!    runs, a `&self` call until no `&mut self` call runs and fewer than
+//!    `max_concurrency` run. Later calls wait behind it, so a `&mut self`
+//!    call is never overtaken by the `&self` calls sent after it.
+//! 3. It hands the call to an idle thread, or starts one (never more than
+//!    `max_concurrency`).
+//! 4. The thread runs the call, unless it was cancelled while it waited
+//!    (then it reports `TaskCancelled` without running it), and gives its
+//!    slot back, waking the dispatcher.
+//!
+//! The state's `RwLock` (see `executor::with_actor_state`) is what makes
+//! shared and exclusive access sound; admission makes taking it never wait
+//! on another call.
+
+use super::executor::{is_exclusive, TaskQueue};
+use super::*;
+
+/// A call admitted and waiting for a thread.
+struct Job {
+    spec: TaskSpec,
+    ctx: TaskContext,
+    exclusive: bool,
+}
+
+#[derive(Default)]
+struct Slots {
+    /// Calls admitted and not finished.
+    running: usize,
+    /// One of them takes `&mut self` (then it is the only one).
+    exclusive: bool,
+    /// Admitted calls no thread has taken yet.
+    jobs: VecDeque<Job>,
+    /// Threads waiting for a job.
+    idle: usize,
+    /// Threads started.
+    threads: usize,
+}
+
+#[derive(Default)]
+struct Pool {
+    slots: Mutex<Slots>,
+    /// A call was admitted or finished.
+    changed: Condvar,
+}
+
+/// Serves the actor's calls until the process ends. Never returns.
+pub(super) fn serve(queue: &Arc<TaskQueue>, core: &Arc<CoreWorker>, max_concurrency: usize) {
+    let pool = Arc::new(Pool::default());
+    loop {
+        let (spec, ctx) = queue.next_blocking();
+        let exclusive = is_exclusive(&spec);
+        let mut s = pool.slots.lock();
+        while !(if exclusive { s.running == 0 } else { !s.exclusive && s.running < max_concurrency }) {
+            pool.changed.wait(&mut s);
+        }
+        s.running += 1;
+        s.exclusive = exclusive;
+        s.jobs.push_back(Job { spec, ctx, exclusive });
+        if s.jobs.len() > s.idle && s.threads < max_concurrency {
+            s.threads += 1;
+            let (pool, queue, core) = (pool.clone(), queue.clone(), core.clone());
+            let spawned =
+                std::thread::Builder::new().name("ferroray-actor".into()).spawn(move || run_jobs(&pool, &queue, &core));
+            if let Err(e) = spawned {
+                // No thread to run the call: the actor cannot go on. Its
+                // process ends, and the node restarts it or reports it dead.
+                eprintln!("ferroray: an actor cannot start a thread for its calls: {e}");
+                std::process::exit(1);
+            }
+        }
+        pool.changed.notify_all();
+    }
+}
+
+/// One thread of the pool: runs admitted calls, one at a time.
+fn run_jobs(pool: &Pool, queue: &TaskQueue, core: &Arc<CoreWorker>) {
+    loop {
+        let job = {
+            let mut s = pool.slots.lock();
+            loop {
+                if let Some(job) = s.jobs.pop_front() {
+                    break job;
+                }
+                s.idle += 1;
+                pool.changed.wait(&mut s);
+                s.idle -= 1;
+            }
+        };
+        let task_id = job.ctx.task_id;
+        if job.ctx.is_cancelled() {
+            // Cancelled while it waited for its turn: it never runs.
+            let attempt = job.spec.attempt;
+            core.release_unrun(job.spec);
+            let _ =
+                core.send(ToNode::TaskDone { task_id, attempt, outcome: TaskOutcome::Failed(Error::TaskCancelled) });
+        } else {
+            core.run_task(job.spec, job.ctx);
+        }
+        queue.finished(task_id);
+        let mut s = pool.slots.lock();
+        s.running -= 1;
+        if job.exclusive {
+            s.exclusive = false;
+        }
+        pool.changed.notify_all();
+    }
+}

@@ -238,15 +238,22 @@ pub struct Loop {
 }
 
 impl Loop {
-    fn enter(&self, tag: &str) {
+    /// Counts a `&self` call in until the guard drops (also when a cancel
+    /// drops the call's future).
+    fn enter<'a>(&'a self, tag: &'a str) -> Inside<'a> {
         self.log.borrow_mut().push(format!("start {tag}"));
         self.inside.set(self.inside.get() + 1);
         self.most.set(self.most.get().max(self.inside.get()));
+        Inside(self, tag)
     }
+}
 
-    fn leave(&self, tag: &str) {
-        self.inside.set(self.inside.get() - 1);
-        self.log.borrow_mut().push(format!("end {tag}"));
+struct Inside<'a>(&'a Loop, &'a str);
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.inside.set(self.0.inside.get() - 1);
+        self.0.log.borrow_mut().push(format!("end {}", self.1));
     }
 }
 
@@ -272,20 +279,18 @@ impl Loop {
     }
 
     pub async fn meet(&self, n: usize) -> usize {
-        self.enter("meet");
+        let _inside = self.enter("meet");
         let end = Instant::now() + MEET;
         while self.most.get() < n && Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let seen = self.most.get();
-        self.leave("meet");
-        seen
+        self.most.get()
     }
 
     pub async fn read(&self, tag: String, ms: u64) -> u64 {
-        self.enter(&tag);
+        let inside = self.enter(&tag);
         tokio::time::sleep(Duration::from_millis(ms)).await;
-        self.leave(&tag);
+        drop(inside);
         self.writes
     }
 
@@ -421,4 +426,103 @@ fn cancel_drops_a_running_async_call() {
     assert!(log.contains(&"dropped".to_string()), "the call's future was dropped: {log:?}");
     // The actor goes on.
     assert_eq!(get(&l.read().remote("after".to_string(), 0)).unwrap(), 0);
+}
+
+/// A small deterministic generator of choices (no dependency for one test).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// How long each stress test runs.
+const STRESS: Duration = Duration::from_secs(3);
+
+/// The windows of the threaded and async executors, stressed for a bounded
+/// time: cancels that land while a call waits for its turn or as it
+/// starts, among `&self` and `&mut self` calls. Every call resolves (to its
+/// value or `TaskCancelled`), a `&mut self` call never finds a `&self` one
+/// running, and the actor keeps serving.
+#[test]
+fn stress_cancels_among_shared_and_exclusive_calls() {
+    let _c = cluster();
+    let pool = Pool::remote();
+    let lp = Loop::options().max_concurrency(8).remote().unwrap();
+    let mut rng = Lcg(7);
+    let end = Instant::now() + STRESS;
+    let mut rounds = 0;
+    while Instant::now() < end {
+        rounds += 1;
+        let mut reads = Vec::new();
+        let mut writes = Vec::new();
+        let mut async_writes = Vec::new();
+        for i in 0..24 {
+            let tag = format!("{rounds}.{i}");
+            match rng.below(4) {
+                0 => writes.push(pool.write().remote(tag)),
+                1 => reads.push(pool.read().remote(tag, rng.below(3))),
+                2 => async_writes.push(lp.write().remote(tag, rng.below(3))),
+                _ => reads.push(lp.read().remote(tag, rng.below(3))),
+            }
+        }
+        for r in &reads {
+            if rng.below(3) == 0 {
+                ferroray::cancel(r).unwrap();
+            }
+        }
+        for w in &writes {
+            if rng.below(3) == 0 {
+                ferroray::cancel(w).unwrap();
+            }
+        }
+        for r in &reads {
+            assert!(matches!(get(r), Ok(_) | Err(Error::TaskCancelled)), "{:?}", get(r));
+        }
+        for w in &writes {
+            match get(w) {
+                Ok(found) => assert_eq!(found, 0, "a `&mut self` call ran beside a `&self` one"),
+                Err(e) => assert_eq!(e, Error::TaskCancelled),
+            }
+        }
+        for w in &async_writes {
+            assert_eq!(get(w).unwrap(), (0, 0), "a `&mut self` async call ran beside a `&self` one");
+        }
+    }
+    assert!(get(&pool.most().remote()).unwrap() <= 4);
+    assert!(get(&lp.most().remote()).unwrap() <= 8);
+    assert!(rounds > 1, "the stress ran more than one round");
+}
+
+/// A kill racing the calls of a threaded and an async actor: every call
+/// resolves, to its value or `ActorDied`, never hangs.
+#[test]
+fn stress_kill_racing_running_calls() {
+    let _c = cluster();
+    let mut rng = Lcg(11);
+    let end = Instant::now() + STRESS;
+    let mut rounds = 0;
+    while Instant::now() < end {
+        rounds += 1;
+        let pool = Pool::remote();
+        let lp = Loop::remote();
+        let reads: Vec<ObjectRef<u64>> = (0..8)
+            .flat_map(|i| {
+                [pool.read().remote(format!("{i}"), rng.below(5)), lp.read().remote(format!("{i}"), rng.below(5))]
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(rng.below(10)));
+        pool.kill().unwrap();
+        lp.kill().unwrap();
+        for r in &reads {
+            match get(r) {
+                Ok(v) => assert_eq!(v, 0),
+                Err(Error::ActorDied { .. }) => {}
+                Err(e) => panic!("a call racing a kill ended with {e:?}"),
+            }
+        }
+    }
+    assert!(rounds > 1, "the stress ran more than one round");
 }

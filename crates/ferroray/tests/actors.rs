@@ -322,3 +322,26 @@ fn an_actor_can_end_itself() {
     assert!(eventually(T, || process_gone(pid)), "no restart: the process is gone");
     assert!(matches!(ferroray::exit_actor(), Err(Error::InvalidOption(_))), "not from a driver");
 }
+
+#[test]
+fn force_cancel_of_an_actor_call_is_refused() {
+    let _c = cluster();
+    let c = Counter::remote(0);
+    let r = c.sleep().remote(300);
+    let force = ferroray::cancel_with(&r, ferroray::CancelOptions::default().force());
+    assert!(matches!(&force, Err(Error::InvalidOption(m)) if m.contains("actor call")), "{force:?}");
+    let grace = ferroray::cancel_with(&r, ferroray::CancelOptions::default().grace(Duration::from_millis(10)));
+    assert!(matches!(&grace, Err(Error::InvalidOption(m)) if m.contains("actor call")), "{grace:?}");
+    // The actor was not touched; a plain cancel is taken.
+    ferroray::cancel(&r).unwrap();
+    assert_eq!(get(&c.incr().remote(1)).unwrap(), 1);
+    // A generator call too.
+    let gen = c.count_up().remote(3);
+    assert!(matches!(
+        ferroray::cancel_with(&gen, ferroray::CancelOptions::default().force()),
+        Err(Error::InvalidOption(_))
+    ));
+    // A task's force-cancel is still taken.
+    let t = add_through::remote(c.clone(), 1);
+    assert!(ferroray::cancel_with(&t, ferroray::CancelOptions::default().force()).is_ok());
+}

@@ -2,6 +2,7 @@
 //! for objects (blocking and by waker), cancelling, listing task events.
 
 use super::*;
+use ferroray_protocol::ActorTask;
 
 impl CoreWorker {
     /// Whether the value of `id` is known here. If not, asks the node to
@@ -40,6 +41,10 @@ impl CoreWorker {
     ) -> Vec<Arc<RefInner>> {
         let ids: Vec<ObjectId> = (0..returns.static_count()).map(|i| ObjectId::for_return(task_id, i)).collect();
         let refs: Vec<Arc<RefInner>> = ids.iter().map(|id| RefInner::owned(self, *id)).collect();
+        if let Ok(TaskSpec { actor: Some(ActorTask::Call { .. }), .. }) = &spec {
+            // Forgotten with its first return object's last handle.
+            self.state.lock().actor_calls.insert(task_id);
+        }
         if let ReturnKind::Streaming { backpressure } = returns {
             // Registered before the task is sent, so no item can come first.
             self.state.lock().streams.insert(
@@ -309,6 +314,9 @@ impl CoreWorker {
         if id.is_put() {
             return Err(Error::InvalidOption(format!("object {id} was made by put, not by a task")));
         }
+        if force {
+            self.refuse_force_on_actor_call(id, "force")?;
+        }
         self.send(ToNode::Cancel { task_id: id.task, force, recursive, force_after_ms: None })
     }
 
@@ -319,8 +327,22 @@ impl CoreWorker {
         if id.is_put() {
             return Err(Error::InvalidOption(format!("object {id} was made by put, not by a task")));
         }
+        self.refuse_force_on_actor_call(id, "a grace period (it ends in a force-cancel)")?;
         let force_after_ms = Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
         self.send(ToNode::Cancel { task_id: id.task, force: false, recursive, force_after_ms })
+    }
+
+    /// A force-cancel kills the process that runs the task: for an actor
+    /// call, that is the actor with its state and its other calls. Refused,
+    /// as Ray does; cancel without force, or kill the actor.
+    fn refuse_force_on_actor_call(&self, id: ObjectId, what: &str) -> Result<()> {
+        if self.state.lock().actor_calls.contains(&id.task) {
+            return Err(Error::InvalidOption(format!(
+                "{what} is not supported for an actor call: it would kill the actor's process; cancel without \
+                 it, or kill the actor"
+            )));
+        }
+        Ok(())
     }
 
     /// Every recorded task state change, oldest first.

@@ -150,6 +150,9 @@ struct LocalState {
     object_wakers: FxHashMap<ObjectId, Vec<std::task::Waker>>,
     streams: FxHashMap<TaskId, LocalStream>,
     acks: FxHashMap<TaskId, Acks>,
+    /// Actor calls this process made whose first return object it still
+    /// holds (a force-cancel of them is refused).
+    actor_calls: FxHashSet<TaskId>,
     /// This process's handle count per object (see `RefInner`).
     refs: FxHashMap<ObjectId, u32>,
     objects: FxHashMap<ObjectId, Entry>,
@@ -319,6 +322,9 @@ impl CoreWorker {
                 return;
             }
             st.refs.remove(&id);
+            if !st.actor_calls.is_empty() && id.index == 0 {
+                st.actor_calls.remove(&id.task);
+            }
             st.subscribed.remove(&id);
             st.object_wakers.remove(&id);
             st.objects.remove(&id)

@@ -12,6 +12,13 @@
 //! Dropping the generator releases the items never taken (the task runs
 //! on); `close()` also stops the task at its next yield.
 //!
+//! A generator can be passed on: serialized into a task's argument (or any
+//! value), it hands its stream over from the next item it would have
+//! taken. The receiver's generator takes the items from there, in order,
+//! with the same backpressure; the sender's generator (and its clones)
+//! ends with an error. Only one receiver gets the stream: a value carrying
+//! it that is read twice gives the second reader an error.
+//!
 //! [`DynamicObjectRefGenerator<T>`] is the value of a dynamic-returns task:
 //! the list of its items' refs, made when the task ends. It is an ordinary
 //! value: it can be stored and passed to other tasks.
@@ -33,11 +40,19 @@ pub(crate) struct GenInner {
     /// A failure of the consumer's side (its task cancelled while waiting)
     /// was handed out as an error ref: the stream has ended for it.
     failed: AtomicBool,
+    /// Which generator value consumes the stream in this process: 0 for the
+    /// submitter's, a fresh one for each one passed on and claimed here.
+    token: u64,
+    /// Passed on to this process but not given the stream: its only item
+    /// is this error.
+    refused: Option<ferroray_common::Error>,
 }
 
 impl Drop for GenInner {
     fn drop(&mut self) {
-        self.completion.core.drop_stream(self.task);
+        if self.refused.is_none() {
+            self.completion.core.drop_stream(self.task, self.token);
+        }
     }
 }
 
@@ -51,7 +66,7 @@ impl<T> ObjectRefGenerator<T> {
     pub(crate) fn new(completion: Arc<RefInner>) -> Self {
         let task = completion.id.task;
         ObjectRefGenerator {
-            inner: Arc::new(GenInner { task, completion, failed: AtomicBool::new(false) }),
+            inner: Arc::new(GenInner { task, completion, failed: AtomicBool::new(false), token: 0, refused: None }),
             _t: PhantomData,
         }
     }
@@ -75,6 +90,9 @@ impl<T> ObjectRefGenerator<T> {
     /// (`TaskCancelled`).
     #[allow(clippy::should_implement_trait)] // It is `Iterator::next`, made inherent to win over `StreamExt::next`.
     pub fn next(&mut self) -> Option<ObjectRef<T>> {
+        if let Some(e) = &self.inner.refused {
+            return self.failure(e.clone());
+        }
         match self.inner.completion.core.stream_next(self.inner.task, None) {
             Ok(r) => Self::wrap(r),
             Err(e) => self.failure(e),
@@ -91,6 +109,9 @@ impl<T> ObjectRefGenerator<T> {
 
     /// The next item: `Ok(None)` at the end, `Err(GetTimeout)` if none came in time.
     pub fn next_timeout(&self, timeout: Duration) -> Result<Option<ObjectRef<T>>> {
+        if let Some(e) = &self.inner.refused {
+            return Ok(self.failure(e.clone()));
+        }
         self.inner.completion.core.stream_next(self.inner.task, Some(timeout)).map(Self::wrap)
     }
 
@@ -98,6 +119,9 @@ impl<T> ObjectRefGenerator<T> {
     /// yet, or the end; `is_finished()` tells them apart). A failure comes
     /// as an error ref, as from [`next`](Self::next).
     pub fn next_ready(&self) -> Option<ObjectRef<T>> {
+        if let Some(e) = &self.inner.refused {
+            return self.failure(e.clone());
+        }
         match self.inner.completion.core.stream_next(self.inner.task, Some(Duration::ZERO)) {
             Ok(r) => Self::wrap(r),
             Err(ferroray_common::Error::GetTimeout) => None,
@@ -114,6 +138,9 @@ impl<T> ObjectRefGenerator<T> {
     }
 
     fn poll_item(&self, cx: &mut Context<'_>) -> Poll<Option<ObjectRef<T>>> {
+        if let Some(e) = &self.inner.refused {
+            return Poll::Ready(self.failure(e.clone()));
+        }
         match self.inner.completion.core.stream_poll(self.inner.task, cx.waker()) {
             Poll::Ready(r) => Poll::Ready(Self::wrap(r)),
             // A cancel of the task awaiting wakes it (see `CancelRunning`).
@@ -132,12 +159,49 @@ impl<T> ObjectRefGenerator<T> {
 
     /// Whether the task has ended (every item it made is known here).
     pub fn is_finished(&self) -> bool {
-        self.inner.completion.core.stream_ended(self.inner.task)
+        self.inner.refused.is_some() || self.inner.completion.core.stream_ended(self.inner.task)
     }
 
     /// Stops the remote task at its next yield and drops the generator.
     pub fn close(self) -> Result<()> {
         self.inner.completion.core.cancel(ObjectId::for_return(self.inner.task, 0), false, true)
+    }
+}
+
+/// A generator's wire form: a ref to its own object (counted where it
+/// lands, so the stream lives while the value does) and where the receiver
+/// resumes it.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "ObjectRefGenerator")]
+struct PassedOn {
+    completion: ObjectRef<()>,
+    from: u32,
+    backpressure: bool,
+}
+
+/// Passing a generator on: see the module's documentation.
+impl<T> Serialize for ObjectRefGenerator<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let core = &self.inner.completion.core;
+        let (from, backpressure) =
+            core.hand_off_stream(self.inner.task, self.inner.token).map_err(serde::ser::Error::custom)?;
+        PassedOn { completion: ObjectRef::from_inner(self.inner.completion.clone()), from, backpressure }.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ObjectRefGenerator<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let p = PassedOn::deserialize(d)?;
+        let completion = p.completion.inner;
+        let task = completion.id.task;
+        let (token, refused) = match completion.core.claim_stream(task, p.from, p.backpressure) {
+            Ok(token) => (token, None),
+            Err(e) => (0, Some(e)),
+        };
+        Ok(ObjectRefGenerator {
+            inner: Arc::new(GenInner { task, completion, failed: AtomicBool::new(false), token, refused }),
+            _t: PhantomData,
+        })
     }
 }
 

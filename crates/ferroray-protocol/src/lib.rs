@@ -27,5 +27,6 @@ pub use frame::{FrameError, WireMessage, MAX_FRAME};
 pub use message::*;
 
 /// Bumped on any incompatible change to the wire (see [`wire`] for the
-/// changes that are compatible). 3: protobuf bodies.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// changes that are compatible). 3: protobuf bodies. 4: streams passed on
+/// (`StreamHandOff`, `StreamClaim`, `StreamClaimed`).
+pub const PROTOCOL_VERSION: u32 = 4;

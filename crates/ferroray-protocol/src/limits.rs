@@ -151,6 +151,8 @@ impl ToNode {
             | ToNode::ListTasks { .. }
             | ToNode::StreamConsumed { .. }
             | ToNode::StreamDrop { .. }
+            | ToNode::StreamHandOff { .. }
+            | ToNode::StreamClaim { .. }
             | ToNode::KillActor { .. }
             | ToNode::TerminateActor { .. } => Ok(()),
         }

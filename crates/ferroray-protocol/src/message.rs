@@ -369,6 +369,20 @@ pub enum ToNode {
         task_id: TaskId,
         consumed: u32,
     },
+    /// The owner passed the generator on (serialized it into a value) after
+    /// taking `consumed` items: the node keeps the rest for whoever claims
+    /// the stream, and sends nothing more to the sender.
+    StreamHandOff {
+        task_id: TaskId,
+        consumed: u32,
+    },
+    /// Take over a stream passed on (the sender holds a ref to its
+    /// generator's object); answered by [`FromNode::StreamClaimed`], after
+    /// the items not yet consumed (and the end, if it came) are sent.
+    StreamClaim {
+        req: u64,
+        task_id: TaskId,
+    },
     /// Create an actor (`spec.actor` is `Create`): the node registers it
     /// (and its name) at once and answers [`FromNode::ActorCreated`]; the
     /// sender holds one reference to its handle object.
@@ -454,6 +468,13 @@ pub enum FromNode {
     ActorFound {
         req: u64,
         result: Result<(ActorId, String), Error>,
+    },
+    /// The answer to [`ToNode::StreamClaim`]: the index of the first item
+    /// the claimer gets, or why it gets none (another consumer took the
+    /// stream, or it is gone).
+    StreamClaimed {
+        req: u64,
+        result: Result<u32, Error>,
     },
     /// The connection is being closed for this reason.
     Rejected(Error),

@@ -1024,7 +1024,7 @@ pub enum Role {
 pub struct ToNode {
     #[prost(
         oneof = "ToNodeKind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24"
     )]
     pub kind: Option<ToNodeKind>,
 }
@@ -1077,6 +1077,18 @@ pub enum ToNodeKind {
     /// The actor to end (its id).
     #[prost(message, tag = "22")]
     TerminateActor(TaskId),
+    #[prost(message, tag = "23")]
+    StreamHandOff(StreamProgress),
+    #[prost(message, tag = "24")]
+    StreamClaim(StreamClaim),
+}
+
+#[derive(Clone, Copy, PartialEq, Message)]
+pub struct StreamClaim {
+    #[prost(uint64, tag = "1")]
+    pub req: u64,
+    #[prost(message, optional, tag = "2")]
+    pub task_id: Option<TaskId>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -1185,7 +1197,7 @@ pub struct ReportItem {
     pub digest: u64,
 }
 
-/// `StreamConsumed` and `StreamDrop`.
+/// `StreamConsumed`, `StreamDrop` and `StreamHandOff`.
 #[derive(Clone, Copy, PartialEq, Message)]
 pub struct StreamProgress {
     #[prost(message, optional, tag = "1")]
@@ -1245,6 +1257,12 @@ impl From<m::ToNode> for ToNode {
                 K::KillActor(KillActor { actor: Some(actor.0.into()), no_restart })
             }
             m::ToNode::TerminateActor { actor } => K::TerminateActor(actor.0.into()),
+            m::ToNode::StreamHandOff { task_id, consumed } => {
+                K::StreamHandOff(StreamProgress { task_id: Some(task_id.into()), consumed })
+            }
+            m::ToNode::StreamClaim { req, task_id } => {
+                K::StreamClaim(StreamClaim { req, task_id: Some(task_id.into()) })
+            }
         };
         ToNode { kind: Some(kind) }
     }
@@ -1320,6 +1338,12 @@ impl TryFrom<ToNode> for m::ToNode {
                 no_restart: k.no_restart,
             },
             K::TerminateActor(t) => m::ToNode::TerminateActor { actor: c::ActorId(t.into()) },
+            K::StreamHandOff(s) => {
+                m::ToNode::StreamHandOff { task_id: task_id(s.task_id, "StreamHandOff task id")?, consumed: s.consumed }
+            }
+            K::StreamClaim(s) => {
+                m::ToNode::StreamClaim { req: s.req, task_id: task_id(s.task_id, "StreamClaim task id")? }
+            }
         })
     }
 }
@@ -1329,7 +1353,7 @@ impl TryFrom<ToNode> for m::ToNode {
 /// [`m::FromNode`]: one case per message.
 #[derive(Clone, PartialEq, Message)]
 pub struct FromNode {
-    #[prost(oneof = "FromNodeKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13")]
+    #[prost(oneof = "FromNodeKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
     pub kind: Option<FromNodeKind>,
 }
 
@@ -1362,6 +1386,20 @@ pub enum FromNodeKind {
     ActorCreated(ActorCreated),
     #[prost(message, tag = "13")]
     ActorFound(ActorFound),
+    #[prost(message, tag = "14")]
+    StreamClaimed(StreamClaimed),
+}
+
+/// The answer to `StreamClaim`: the first index the claimer gets, or an
+/// error.
+#[derive(Clone, PartialEq, Message)]
+pub struct StreamClaimed {
+    #[prost(uint64, tag = "1")]
+    pub req: u64,
+    #[prost(uint32, tag = "2")]
+    pub from: u32,
+    #[prost(message, optional, tag = "3")]
+    pub error: Option<Error>,
 }
 
 /// The answer to `CreateActor`: an error, or none for success.
@@ -1495,6 +1533,10 @@ impl From<m::FromNode> for FromNode {
             m::FromNode::ActorCreated { req, result } => {
                 K::ActorCreated(ActorCreated { req, error: result.err().map(Into::into) })
             }
+            m::FromNode::StreamClaimed { req, result } => K::StreamClaimed(match result {
+                Ok(from) => StreamClaimed { req, from, error: None },
+                Err(e) => StreamClaimed { req, from: 0, error: Some(e.into()) },
+            }),
             m::FromNode::ActorFound { req, result } => K::ActorFound(match result {
                 Ok((actor, class)) => ActorFound { req, actor: Some(actor.0.into()), class, error: None },
                 Err(e) => ActorFound { req, actor: None, class: String::new(), error: Some(e.into()) },
@@ -1559,6 +1601,13 @@ impl TryFrom<FromNode> for m::FromNode {
                 result: match a.error {
                     Some(e) => Err(e.try_into()?),
                     None => Ok((c::ActorId(task_id(a.actor, "ActorFound actor")?), a.class)),
+                },
+            },
+            K::StreamClaimed(c) => m::FromNode::StreamClaimed {
+                req: c.req,
+                result: match c.error {
+                    Some(e) => Err(e.try_into()?),
+                    None => Ok(c.from),
                 },
             },
         })

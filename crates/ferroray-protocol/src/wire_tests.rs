@@ -184,6 +184,8 @@ fn every_to_node_message_round_trips() {
         ToNode::ReportItem { task_id: tid(9), attempt: 0, index: 2, value: data, digest: u64::MAX },
         ToNode::StreamConsumed { task_id: tid(9), consumed: 3 },
         ToNode::StreamDrop { task_id: tid(9), consumed: 3 },
+        ToNode::StreamHandOff { task_id: tid(9), consumed: 0 },
+        ToNode::StreamClaim { req: 5, task_id: tid(9) },
     ];
     for m in messages {
         roundtrip(m);
@@ -241,6 +243,8 @@ fn every_from_node_message_round_trips() {
         FromNode::ActorCreated { req: 2, result: Err(Error::InvalidOption("taken".into())) },
         FromNode::ActorFound { req: 3, result: Ok((ActorId(tid(7)), "crate::Counter".into())) },
         FromNode::ActorFound { req: 4, result: Err(Error::InvalidOption("nobody".into())) },
+        FromNode::StreamClaimed { req: 5, result: Ok(3) },
+        FromNode::StreamClaimed { req: 6, result: Err(Error::InvalidOption("taken".into())) },
     ];
     for state in [
         TaskState::Submitted,

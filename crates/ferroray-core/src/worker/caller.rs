@@ -47,17 +47,7 @@ impl CoreWorker {
         }
         if let ReturnKind::Streaming { backpressure } = returns {
             // Registered before the task is sent, so no item can come first.
-            self.state.lock().streams.insert(
-                task_id,
-                LocalStream {
-                    items: Default::default(),
-                    end: None,
-                    next: 0,
-                    error_handed: false,
-                    backpressure: backpressure.is_some(),
-                    wakers: Vec::new(),
-                },
-            );
+            self.state.lock().streams.insert(task_id, LocalStream::new(backpressure.is_some(), 0, 0));
         }
         // The node refuses a message over its limits by closing the
         // connection: a call over them fails here, as an invalid option.

@@ -94,6 +94,27 @@ struct LocalStream {
     error_handed: bool,
     backpressure: bool,
     wakers: Vec<std::task::Waker>,
+    /// Which generator value consumes it here (see `GenInner::token`): a
+    /// stream passed on and claimed back in one process is a new stream.
+    token: u64,
+    /// Passed on (serialized into a value) at this item index: its items go
+    /// to whoever claims it; here it ends with an error.
+    passed_on: Option<u32>,
+}
+
+impl LocalStream {
+    fn new(backpressure: bool, next: u32, token: u64) -> Self {
+        LocalStream {
+            items: Default::default(),
+            end: None,
+            next,
+            error_handed: false,
+            backpressure,
+            wakers: Vec::new(),
+            token,
+            passed_on: None,
+        }
+    }
 }
 
 impl LocalStream {
@@ -322,7 +343,7 @@ impl CoreWorker {
                 return;
             }
             st.refs.remove(&id);
-            if !st.actor_calls.is_empty() && id.index == 0 {
+            if !st.actor_calls.is_empty() && id == ObjectId::for_return(id.task, 0) {
                 st.actor_calls.remove(&id.task);
             }
             st.subscribed.remove(&id);
@@ -402,7 +423,8 @@ impl CoreWorker {
             FromNode::Allocated { req, .. }
             | FromNode::Tasks { req, .. }
             | FromNode::ActorCreated { req, .. }
-            | FromNode::ActorFound { req, .. } => {
+            | FromNode::ActorFound { req, .. }
+            | FromNode::StreamClaimed { req, .. } => {
                 if let Some(tx) = self.requests.lock().remove(&req) {
                     let _ = tx.send(msg);
                 }

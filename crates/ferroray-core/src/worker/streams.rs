@@ -116,12 +116,90 @@ impl CoreWorker {
         self.state.lock().streams.get(&task).is_none_or(|s| s.end.is_some())
     }
 
-    /// The caller dropped its generator: tell the node how far it got.
-    pub(crate) fn drop_stream(&self, task: TaskId) {
-        let removed = self.state.lock().streams.remove(&task);
+    /// The caller dropped its generator: tell the node how far it got
+    /// (unless it passed the stream on: then it is no longer its own).
+    pub(crate) fn drop_stream(&self, task: TaskId, token: u64) {
+        let removed = {
+            let mut st = self.state.lock();
+            match st.streams.get(&task) {
+                Some(s) if s.token == token => st.streams.remove(&task),
+                _ => None,
+            }
+        };
         if let Some(s) = removed {
-            let _ = self.send(ToNode::StreamDrop { task_id: task, consumed: s.next });
+            if s.passed_on.is_none() {
+                let _ = self.send(ToNode::StreamDrop { task_id: task, consumed: s.next });
+            }
         }
+    }
+
+    /// The generator `token` of stream `task` is being serialized into a
+    /// value: the stream is passed on from the item this process would take
+    /// next. Its items go to whoever claims it (`claim_stream`); here the
+    /// generator ends with an error. Serializing it again (a value written
+    /// in two passes) gives the same answer. Returns the first index the
+    /// claimer gets and whether the stream has backpressure.
+    pub(crate) fn hand_off_stream(&self, task: TaskId, token: u64) -> Result<(u32, bool)> {
+        let (from, backpressure, wakers) = {
+            let mut st = self.state.lock();
+            st.seq += 1;
+            let seq = st.seq;
+            let Some(s) = st.streams.get_mut(&task).filter(|s| s.token == token) else {
+                return Err(Error::InvalidOption(format!(
+                    "generator {task} cannot be passed on: this process does not consume it"
+                )));
+            };
+            if let Some(from) = s.passed_on {
+                return Ok((from, s.backpressure));
+            }
+            let from = s.next;
+            s.passed_on = Some(from);
+            s.items.clear();
+            s.end = Some((
+                from,
+                Some(Error::InvalidOption(format!("generator {task} was passed on: its items go to its receiver"))),
+                seq,
+            ));
+            s.error_handed = false;
+            (from, s.backpressure, std::mem::take(&mut s.wakers))
+        };
+        // Not under the state's lock: an in-process node may answer at once.
+        let _ = self.send(ToNode::StreamHandOff { task_id: task, consumed: from });
+        wakers.into_iter().for_each(|w| w.wake());
+        self.ready.notify_all();
+        Ok((from, backpressure))
+    }
+
+    /// Takes over stream `task`, passed on from item `from` (a generator
+    /// deserialized here). Gives the new generator's token, or why it gets
+    /// no items (another consumer took the stream, or it is gone).
+    pub(crate) fn claim_stream(self: &Arc<Self>, task: TaskId, from: u32, backpressure: bool) -> Result<u64> {
+        let token = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut st = self.state.lock();
+            if st.streams.get(&task).is_some_and(|s| s.passed_on.is_none()) {
+                return Err(Error::InvalidOption(format!(
+                    "generator {task} is already consumed in this process: each item goes to one consumer"
+                )));
+            }
+            // Registered before the claim, so the items the node sends with
+            // its answer find it.
+            st.streams.insert(task, LocalStream::new(backpressure, from, token));
+        }
+        let refused = match self.request(|req| ToNode::StreamClaim { req, task_id: task }) {
+            Ok(FromNode::StreamClaimed { result: Ok(start), .. }) if start == from => return Ok(token),
+            Ok(FromNode::StreamClaimed { result: Ok(start), .. }) => Error::Protocol(format!(
+                "generator {task} was passed on at item {from} but the node resumes it at {start}"
+            )),
+            Ok(FromNode::StreamClaimed { result: Err(e), .. }) => e,
+            Ok(other) => Error::Protocol(format!("unexpected reply to StreamClaim: {other:?}")),
+            Err(e) => e,
+        };
+        let mut st = self.state.lock();
+        if st.streams.get(&task).is_some_and(|s| s.token == token) {
+            st.streams.remove(&task);
+        }
+        Err(refused)
     }
 
     /// Applies news to a stream this process owns (stamped with the order it

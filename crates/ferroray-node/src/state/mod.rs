@@ -293,6 +293,11 @@ struct Stream {
     held_acks: VecDeque<(ConnId, u32)>,
     /// The owner dropped the stream.
     dropped: bool,
+    /// Passed on by its owner and not claimed yet: the items it has not
+    /// consumed are pinned for the claimer and nothing is sent to anyone.
+    in_transit: bool,
+    /// The task's end (items, error) once it came: sent again to a claimer.
+    end: Option<(u32, Option<Error>)>,
 }
 
 impl Stream {
@@ -584,13 +589,18 @@ impl State {
             }
             ToNode::StreamConsumed { task_id, consumed } => {
                 if let Some(st) = self.streams.get_mut(&task_id) {
-                    if st.owner == conn {
+                    if st.owner == conn && !st.in_transit {
                         st.consumed = st.consumed.max(consumed);
                         self.release_acks(task_id);
                     }
                 }
             }
             ToNode::StreamDrop { task_id, consumed } => self.drop_stream(conn, task_id, consumed),
+            ToNode::StreamHandOff { task_id, consumed } => self.hand_off_stream(conn, task_id, consumed),
+            ToNode::StreamClaim { req, task_id } => {
+                let result = self.claim_stream(conn, task_id);
+                self.send(conn, FromNode::StreamClaimed { req, result });
+            }
             ToNode::CreateActor { req, spec } => self.create_actor(conn, req, *spec),
             ToNode::GetActor { req, name } => self.get_actor(conn, req, &name),
             ToNode::KillActor { actor, no_restart } => {

@@ -162,6 +162,11 @@ impl State {
                 self.unpin_alive(*c);
             }
         }
+        // A generator's own object: a stream passed on and never claimed
+        // goes with the last ref to it.
+        if id == ObjectId::for_return(id.task, 0) && self.streams.get(&id.task).is_some_and(|s| s.in_transit) {
+            self.drop_unclaimed(id.task);
+        }
         // An actor's handle object: no handle is left anywhere.
         let actor = ActorId(id.task);
         if actor.handle_object() == id && self.actors.contains_key(&actor) {

@@ -232,7 +232,9 @@ impl State {
         if c.role == Some(Role::Worker) {
             self.names.lock().remove(&c.pid);
         }
-        let owned: Vec<TaskId> = self.streams.iter().filter(|(_, s)| s.owner == conn).map(|(t, _)| *t).collect();
+        // A stream this connection passed on is no longer its own.
+        let owned: Vec<TaskId> =
+            self.streams.iter().filter(|(_, s)| s.owner == conn && !s.in_transit).map(|(t, _)| *t).collect();
         for tid in owned {
             if let Some(st) = self.streams.get_mut(&tid) {
                 st.dropped = true;

@@ -68,23 +68,25 @@ impl State {
         let stream = self.streams.get_mut(&tid).expect("checked");
         stream.digests.push(digest);
         let owner = stream.owner;
+        let in_transit = stream.in_transit;
         let backpressure = stream.backpressure;
         let unconsumed = stream.generated().saturating_sub(stream.consumed);
         self.objects.entry(id).or_default();
-        self.hold(owner, id);
+        if in_transit {
+            // Kept for the consumer that claims the stream.
+            self.pin_alive(id);
+        } else {
+            self.hold(owner, id);
+        }
         let Some(stored) = self.accept_value(conn, id, value) else { return };
-        self.grant(owner, stored.contained());
-        let inline = match &stored {
-            Stored::Inline { bytes, encoding, contained } => Some(ObjectValue::Data {
-                payload: Payload::Inline(bytes.clone()),
-                encoding: *encoding,
-                contained: contained.clone(),
-            }),
-            Stored::Error(e) => Some(ObjectValue::Error(e.clone())),
-            Stored::Shm { .. } => None,
-        };
+        if !in_transit {
+            self.grant(owner, stored.contained());
+        }
+        let inline = sent_with_item(&stored);
         self.set_value(id, stored);
-        self.send(owner, FromNode::StreamItem { task_id: tid, index, value: inline });
+        if !in_transit {
+            self.send(owner, FromNode::StreamItem { task_id: tid, index, value: inline });
+        }
         if let Some(n) = backpressure {
             if unconsumed >= n {
                 if let Some(st) = self.streams.get_mut(&tid) {
@@ -138,7 +140,7 @@ impl State {
     /// is released, later reports are refused. The task itself runs on.
     pub(super) fn drop_stream(&mut self, conn: ConnId, tid: TaskId, consumed: u32) {
         let Some(st) = self.streams.get_mut(&tid) else { return };
-        if st.owner != conn {
+        if st.owner != conn || st.in_transit {
             return;
         }
         st.dropped = true;
@@ -151,5 +153,98 @@ impl State {
         for index in consumed..generated {
             self.unhold(conn, ObjectId::for_item(tid, index));
         }
+    }
+
+    /// The owner passed the stream on after taking `consumed` items (a
+    /// generator serialized into a value): the items it did not take are
+    /// pinned for the claimer instead of held for it, and nothing more is
+    /// sent to it (`StreamHandOff`).
+    pub(super) fn hand_off_stream(&mut self, conn: ConnId, tid: TaskId, consumed: u32) {
+        let Some(st) = self.streams.get_mut(&tid) else { return };
+        if st.owner != conn || st.in_transit || st.dropped {
+            return;
+        }
+        st.in_transit = true;
+        st.consumed = st.consumed.max(consumed.min(st.generated()));
+        let (from, generated) = (st.consumed, st.generated());
+        for index in from..generated {
+            let id = ObjectId::for_item(tid, index);
+            // Pinned before the hold goes, so it is never freed in between.
+            self.pin_alive(id);
+            self.unhold(conn, id);
+        }
+    }
+
+    /// `conn` takes over a stream passed on: it must hold a ref to the
+    /// generator's own object (the value that carried the generator grants
+    /// it). It gets the items not consumed yet, then the end if it came,
+    /// and from then on everything the owner gets. Only one claim succeeds.
+    pub(super) fn claim_stream(&mut self, conn: ConnId, tid: TaskId) -> Result<u32> {
+        if !self.may_see(conn, ObjectId::for_return(tid, 0), false) {
+            return Err(Error::InvalidOption(format!("generator {tid} is not passed to this process")));
+        }
+        let Some(st) = self.streams.get_mut(&tid) else {
+            return Err(Error::InvalidOption(format!("generator {tid} is gone")));
+        };
+        if !st.in_transit {
+            return Err(Error::InvalidOption(format!(
+                "generator {tid} was already taken by another consumer: each item goes to one consumer"
+            )));
+        }
+        st.in_transit = false;
+        st.owner = conn;
+        let (from, generated, end) = (st.consumed, st.generated(), st.end.clone());
+        for index in from..generated {
+            let id = ObjectId::for_item(tid, index);
+            self.hold(conn, id);
+            let stored = self.objects.get(&id).and_then(|o| o.value.as_ref());
+            let contained = stored.map(|v| v.contained().to_vec()).unwrap_or_default();
+            let value = stored.and_then(sent_with_item);
+            let ready = stored.is_some();
+            self.grant(conn, &contained);
+            self.unpin_alive(id);
+            if ready {
+                self.send(conn, FromNode::StreamItem { task_id: tid, index, value });
+            }
+        }
+        if let Some((items, error)) = end {
+            self.send(conn, FromNode::StreamEnd { task_id: tid, items, error });
+        }
+        self.release_acks(tid);
+        Ok(from)
+    }
+
+    /// A stream passed on whose generator's object was freed before anyone
+    /// claimed it (the value that carried it is gone): dropped, as if its
+    /// owner dropped it.
+    pub(super) fn drop_unclaimed(&mut self, tid: TaskId) {
+        let Some(st) = self.streams.get_mut(&tid) else { return };
+        if !st.in_transit {
+            return;
+        }
+        st.in_transit = false;
+        st.dropped = true;
+        let (from, generated) = (st.consumed, st.generated());
+        self.release_acks(tid);
+        if !self.tasks.contains_key(&tid) {
+            self.streams.remove(&tid);
+        }
+        for index in from..generated {
+            self.unpin_alive(ObjectId::for_item(tid, index));
+        }
+    }
+}
+
+/// What a `StreamItem` carries of a stored item: an inline value or an
+/// error; a shared-memory one is fetched on `get`.
+fn sent_with_item(stored: &Stored) -> Option<ObjectValue> {
+    match stored {
+        Stored::Inline { bytes, encoding, contained } => Some(ObjectValue::Data {
+            payload: Payload::Inline(bytes.clone()),
+            encoding: *encoding,
+            contained: contained.clone(),
+        }),
+        Stored::Error(e) => Some(ObjectValue::Error(e.clone())),
+        Stored::Shm { .. } => None,
     }
 }

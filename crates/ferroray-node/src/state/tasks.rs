@@ -75,6 +75,8 @@ impl State {
                     consumed: 0,
                     held_acks: VecDeque::new(),
                     dropped: false,
+                    in_transit: false,
+                    end: None,
                 },
             );
         }
@@ -229,7 +231,9 @@ impl State {
         // ready, so whoever sees `completed()` ready also sees the end.
         if let Some(st) = self.streams.get_mut(&tid) {
             let error = result.as_ref().err().cloned();
-            let (owner, items, dropped) = (st.owner, st.generated(), st.dropped);
+            let (owner, items, dropped, in_transit) = (st.owner, st.generated(), st.dropped, st.in_transit);
+            // Kept for a consumer that claims the stream later.
+            st.end = Some((items, error.clone()));
             // Nothing will be reported any more: let a waiting executor go.
             st.dropped = true;
             self.release_acks(tid);
@@ -239,7 +243,9 @@ impl State {
                 if let Some(st) = self.streams.get_mut(&tid) {
                     st.dropped = false;
                 }
-                self.send(owner, FromNode::StreamEnd { task_id: tid, items, error });
+                if !in_transit {
+                    self.send(owner, FromNode::StreamEnd { task_id: tid, items, error });
+                }
             }
         }
         let result = if task.spec.returns == ReturnKind::Dynamic { self.dynamic_list(&task, result) } else { result };

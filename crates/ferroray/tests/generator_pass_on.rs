@@ -1,0 +1,156 @@
+//! A streaming generator passed on as an argument, to a task or an actor's
+//! method: the receiver iterates the same stream from where the sender
+//! stopped, every item reaches exactly one consumer once and in order, and
+//! backpressure still holds the producer. The pipeline pattern: a producer
+//! task streams into a consumer.
+
+mod common;
+
+use common::{cluster, eventually, get, scratch_dir, T};
+use ferroray::{Error, ObjectRef, ObjectRefGenerator};
+use std::time::Duration;
+
+#[ferroray::remote]
+fn count(n: u64) -> impl Iterator<Item = u64> {
+    0..n
+}
+
+/// Marks each item in `dir` as it starts making it.
+#[ferroray::remote]
+fn tracked(dir: String, n: u64) -> impl Iterator<Item = u64> {
+    (0..n).inspect(move |i| std::fs::write(format!("{dir}/started-{i}"), b"").unwrap())
+}
+
+fn count_marks(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.filter_map(|e| e.ok()).count()).unwrap_or(0)
+}
+
+/// Takes every item, in order.
+#[ferroray::remote]
+fn collect(gen: ObjectRefGenerator<u64>) -> Result<Vec<u64>, ferroray::Error> {
+    gen.map(|r| r.get()).collect()
+}
+
+/// Takes `first` items, then waits long enough for a producer that ignored
+/// backpressure to run ahead, reports how many the producer had started,
+/// then takes the rest.
+#[ferroray::remote]
+fn slow_consumer(gen: ObjectRefGenerator<u64>, dir: String, first: usize) -> (Vec<u64>, usize) {
+    let mut gen = gen;
+    let mut items: Vec<u64> = (0..first).map(|_| gen.next().expect("an item").get().unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = count_marks(&dir);
+    items.extend(gen.map(|r| r.get().unwrap()));
+    (items, started)
+}
+
+pub struct Sink {
+    seen: Vec<u64>,
+}
+
+#[ferroray::actor]
+impl Sink {
+    pub fn new() -> Self {
+        Sink { seen: Vec::new() }
+    }
+
+    /// Drains a stream into the actor's state.
+    pub fn drain(&mut self, gen: ObjectRefGenerator<u64>) -> usize {
+        for r in gen {
+            self.seen.push(r.get().unwrap());
+        }
+        self.seen.len()
+    }
+
+    pub async fn drain_async(&mut self, gen: ObjectRefGenerator<u64>) -> usize {
+        let mut gen = gen;
+        while let Some(r) = gen.next_async().await {
+            self.seen.push(r.await.unwrap());
+        }
+        self.seen.len()
+    }
+
+    pub fn seen(&self) -> Vec<u64> {
+        self.seen.clone()
+    }
+}
+
+#[test]
+fn a_task_consumes_a_stream_passed_to_it() {
+    let _c = cluster();
+    let items = get(&collect::remote(count::remote(100))).unwrap();
+    assert_eq!(items, (0..100).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_actor_drains_a_producer_task() {
+    let _c = cluster();
+    let sink = Sink::remote();
+    assert_eq!(get(&sink.drain_async().remote(count::remote(50))).unwrap(), 50);
+    assert_eq!(get(&sink.seen().remote()).unwrap(), (0..50).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_serial_actor_drains_a_producer_task() {
+    let _c = cluster();
+    // A sync method of an actor with an async one runs on its event loop;
+    // its blocking iteration is fine there (nothing else is waiting).
+    let sink = Sink::remote();
+    assert_eq!(get(&sink.drain().remote(count::remote(20))).unwrap(), 20);
+}
+
+#[test]
+fn the_receiver_resumes_where_the_sender_stopped() {
+    let _c = cluster();
+    let mut gen = count::remote(10);
+    let first: Vec<u64> = (0..3).map(|_| get(&gen.next().unwrap()).unwrap()).collect();
+    assert_eq!(first, vec![0, 1, 2]);
+    let kept = gen.clone();
+    let rest = collect::remote(gen);
+    assert_eq!(get(&rest).unwrap(), (3..10).collect::<Vec<_>>());
+    // The sender's clones end with an error, never a silent end.
+    let mut kept = kept;
+    let e = kept.next().expect("an error item");
+    assert!(matches!(get(&e), Err(Error::InvalidOption(m)) if m.contains("passed on")));
+    assert!(kept.next().is_none());
+}
+
+#[test]
+fn backpressure_still_holds_the_producer() {
+    let _c = cluster();
+    let d = scratch_dir("pass-on-bp");
+    let dir = d.to_string_lossy().to_string();
+    let gen = tracked::options().generator_backpressure(ferroray::Backpressure::items::<2>()).remote(dir.clone(), 40);
+    let (items, started) = get(&slow_consumer::remote(gen, dir, 3)).unwrap();
+    assert_eq!(items, (0..40).collect::<Vec<_>>());
+    // 3 consumed, 2 unconsumed allowed, one being made when it paused.
+    assert!(started <= 3 + 2 + 1, "the producer started {started} items while the consumer held 3");
+}
+
+#[test]
+fn only_one_reader_of_a_value_gets_the_stream() {
+    let _c = cluster();
+    let carried: ObjectRef<ObjectRefGenerator<u64>> = ferroray::put(count::remote(10)).unwrap();
+    let a = collect::remote(&carried);
+    let b = collect::remote(&carried);
+    let (a, b) = (get(&a), get(&b));
+    let full: Vec<u64> = (0..10).collect();
+    match (&a, &b) {
+        (Ok(v), Err(_)) | (Err(_), Ok(v)) => assert_eq!(v, &full),
+        _ => panic!("exactly one reader gets the stream: {a:?} {b:?}"),
+    }
+    // Taken by the other reader, or already drained and gone.
+    let e = a.err().or(b.err()).unwrap();
+    assert!(matches!(e, Error::InvalidOption(_)), "{e}");
+}
+
+#[test]
+fn a_stream_passed_on_and_never_claimed_is_released() {
+    let _c = cluster();
+    let carried = ferroray::put(count::remote(5)).unwrap();
+    drop(carried);
+    assert!(eventually(T, || {
+        let s = ferroray::runtime_stats().unwrap();
+        s.node_streams == 0 && s.node_objects == 0 && s.store_objects == 0
+    }));
+}

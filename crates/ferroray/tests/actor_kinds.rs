@@ -84,6 +84,10 @@ impl Pool {
         self.most.load(Ordering::SeqCst)
     }
 
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
     pub fn count(&self, n: u64) -> impl Iterator<Item = u64> + '_ {
         (0..n).map(move |i| i + self.writes)
     }
@@ -314,6 +318,10 @@ impl Loop {
         self.most.get()
     }
 
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
     /// Awaits a ref (does not block the event loop while it waits).
     pub async fn wait_for(&self, refs: Vec<ObjectRef<u64>>) -> u64 {
         let mut sum = 0;
@@ -525,4 +533,27 @@ fn stress_kill_racing_running_calls() {
         }
     }
     assert!(rounds > 1, "the stress ran more than one round");
+}
+
+/// Ray #11683: retries and restarts of async actors hang. Here a crash
+/// under running calls restarts a threaded and an async actor, and the
+/// calls run again on the new process.
+#[test]
+fn threaded_and_async_actors_restart_and_retry_their_calls() {
+    let _c = cluster();
+    let pool = Pool::options().max_restarts(1).max_task_retries(1).remote().unwrap();
+    let lp = Loop::options().max_restarts(1).max_task_retries(1).remote().unwrap();
+    let (pool_pid, loop_pid) = (get(&pool.pid().remote()).unwrap(), get(&lp.pid().remote()).unwrap());
+    let pool_calls: Vec<_> = (0..3).map(|i| pool.read().remote(format!("{i}"), 1_000)).collect();
+    let loop_calls: Vec<_> = (0..3).map(|i| lp.read().remote(format!("{i}"), 1_000)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for pid in [pool_pid, loop_pid] {
+        // SAFETY: signalling a worker process this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    for r in pool_calls.iter().chain(&loop_calls) {
+        assert_eq!(get(r).unwrap(), 0, "retried on the new process");
+    }
+    assert_ne!(get(&pool.pid().remote()).unwrap(), pool_pid);
+    assert_ne!(get(&lp.pid().remote()).unwrap(), loop_pid);
 }

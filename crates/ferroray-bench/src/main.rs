@@ -72,6 +72,10 @@ mod ray_2_60 {
     pub const ACTOR_GEN_ITEMS: f64 = 17_500.0;
     /// 2.8 actors created and called per second.
     pub const ACTOR_CREATION: f64 = 2.8;
+    /// 1,000 calls in flight on an async actor: 3,200 calls/s.
+    pub const ASYNC_ACTOR_ASYNC: f64 = 3_200.0;
+    /// An async actor's generator method: 4,000 items/s.
+    pub const ASYNC_ACTOR_GEN_ITEMS: f64 = 4_000.0;
 }
 
 /// ferroray's targets (`docs/benchmarks.md`, reference figures).
@@ -93,6 +97,8 @@ mod target {
     pub const ACTOR_ASYNC: f64 = 100_000.0;
     pub const ACTOR_GEN_ITEMS: f64 = 200_000.0;
     pub const ACTOR_CREATION: f64 = 28.0;
+    pub const ASYNC_ACTOR_ASYNC: f64 = 32_000.0;
+    pub const ASYNC_ACTOR_GEN_ITEMS: f64 = 40_000.0;
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -114,6 +120,8 @@ const ROW_ACTOR_SYNC: &str = "1:1 actor calls sync";
 const ROW_ACTOR_ASYNC: &str = "1:1 actor calls async";
 const ROW_ACTOR_GEN: &str = "actor generator items";
 const ROW_ACTOR_CREATION: &str = "actor creation to first result";
+const ROW_ASYNC_ACTOR_ASYNC: &str = "1:1 async-actor calls async";
+const ROW_ASYNC_ACTOR_GEN: &str = "async actor generator items";
 const ROW_INIT: &str = "init to first result";
 const ROW_IDLE: &str = "idle runtime resident memory";
 
@@ -134,6 +142,8 @@ const ALL_ROWS: &[&str] = &[
     ROW_ACTOR_SYNC,
     ROW_ACTOR_ASYNC,
     ROW_ACTOR_GEN,
+    ROW_ASYNC_ACTOR_ASYNC,
+    ROW_ASYNC_ACTOR_GEN,
     ROW_ACTOR_CREATION,
     ROW_INIT,
     ROW_IDLE,
@@ -189,6 +199,28 @@ impl BenchActor {
 
     pub fn items(&self, n: u64) -> impl Iterator<Item = u64> {
         0..n
+    }
+}
+
+/// The actor of the async-actor rows: the same counter, with async
+/// methods (so its calls run on an event loop and interleave).
+pub struct BenchAsyncActor {
+    n: u64,
+}
+
+#[ferroray::actor]
+impl BenchAsyncActor {
+    pub fn new() -> Self {
+        BenchAsyncActor { n: 0 }
+    }
+
+    pub async fn incr(&mut self) -> u64 {
+        self.n += 1;
+        self.n
+    }
+
+    pub async fn items(&self, n: u64) -> impl futures::Stream<Item = u64> {
+        futures::stream::iter(0..n)
     }
 }
 
@@ -450,6 +482,8 @@ fn run(args: &Args) -> Res<()> {
         ROW_ACTOR_SYNC,
         ROW_ACTOR_ASYNC,
         ROW_ACTOR_GEN,
+        ROW_ASYNC_ACTOR_ASYNC,
+        ROW_ASYNC_ACTOR_GEN,
         ROW_ACTOR_CREATION,
     ];
     if in_process.iter().any(|r| wanted(r)) {
@@ -518,6 +552,18 @@ fn run(args: &Args) -> Res<()> {
             if wanted(ROW_ACTOR_GEN) {
                 progress(ROW_ACTOR_GEN);
                 rows.push(bench_actor_gen(plan, &actor)?);
+            }
+        }
+        if [ROW_ASYNC_ACTOR_ASYNC, ROW_ASYNC_ACTOR_GEN].iter().any(|r| wanted(r)) {
+            let actor = BenchAsyncActor::remote();
+            actor.incr().remote().get()?;
+            if wanted(ROW_ASYNC_ACTOR_ASYNC) {
+                progress(ROW_ASYNC_ACTOR_ASYNC);
+                rows.push(bench_async_actor_async(plan, &actor)?);
+            }
+            if wanted(ROW_ASYNC_ACTOR_GEN) {
+                progress(ROW_ASYNC_ACTOR_GEN);
+                rows.push(bench_async_actor_gen(plan, &actor)?);
             }
         }
         if wanted(ROW_ACTOR_CREATION) {
@@ -723,6 +769,45 @@ fn bench_actor_gen(plan: Plan, actor: &ferroray::ActorHandle<BenchActor>) -> Res
     )
     .ray(ray_2_60::ACTOR_GEN_ITEMS)
     .target(target::ACTOR_GEN_ITEMS)
+    .detail("items_per_call", n))
+}
+
+fn bench_async_actor_async(plan: Plan, actor: &ferroray::ActorHandle<BenchAsyncActor>) -> Res<Row> {
+    let trials = measure(plan.scaled(1.3), || {
+        let refs: Vec<_> = (0..1000).map(|_| actor.incr().remote()).collect();
+        ferroray::get_all(&refs)?;
+        Ok(1000.0)
+    })?;
+    Ok(Row::new(
+        ROW_ASYNC_ACTOR_ASYNC,
+        "calls/s",
+        true,
+        "make 1,000 calls of an async method on one async actor, get_all their results, repeated",
+        trials,
+    )
+    .ray(ray_2_60::ASYNC_ACTOR_ASYNC)
+    .target(target::ASYNC_ACTOR_ASYNC))
+}
+
+fn bench_async_actor_gen(plan: Plan, actor: &ferroray::ActorHandle<BenchAsyncActor>) -> Res<Row> {
+    let n = if plan.trial < Duration::from_millis(500) { 2_000 } else { 10_000 };
+    let trials = measure(plan, || {
+        let mut got = 0u64;
+        for r in actor.items().remote(n) {
+            r.get()?;
+            got += 1;
+        }
+        Ok(got as f64)
+    })?;
+    Ok(Row::new(
+        ROW_ASYNC_ACTOR_GEN,
+        "items/s",
+        true,
+        "an async generator method of an async actor streaming small items, each read as it comes",
+        trials,
+    )
+    .ray(ray_2_60::ASYNC_ACTOR_GEN_ITEMS)
+    .target(target::ASYNC_ACTOR_GEN_ITEMS)
     .detail("items_per_call", n))
 }
 

@@ -16,6 +16,9 @@
 //! A connection starts with the client's [`ToNode::Hello`] carrying
 //! [`PROTOCOL_VERSION`]; anything else first is rejected.
 
+mod direct;
+#[cfg(test)]
+mod direct_tests;
 pub mod frame;
 pub mod limits;
 pub mod message;

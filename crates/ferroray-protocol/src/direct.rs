@@ -13,10 +13,12 @@
 //!
 //! What this saves is building the whole wire tree and converting it: a
 //! spec's arguments and a task's returned values go into their domain
-//! vectors as they are read, and are written from the domain values. Parts
-//! that cost no allocation (ids, `Shm`, one argument or value being read)
-//! and rare parts (errors, retry policies, actor creation, a Python
-//! function) still go through their wire structs.
+//! vectors as they are read, and are written from the domain values. One
+//! argument or value is read into its wire struct (which allocates nothing
+//! of its own) with its inline bytes copied once, straight from the frame.
+//! Ids and `Shm` are written through their wire structs (no allocation);
+//! rare parts (errors, retry policies other than none, actor creation) are
+//! built as wire structs as before.
 
 use crate::frame::FrameError;
 use crate::message as m;
@@ -432,6 +434,158 @@ macro_rules! decode_only {
     };
 }
 
+/// A `bytes` field read with one copy, straight from the frame into `v`
+/// (prost's `bytes::merge` takes a counted slice of the frame first). The
+/// last value wins, as there. Anything else (the wrong wire type, a length
+/// past the end, a buffer in pieces) goes to prost's own, for its errors.
+fn merge_bytes(
+    wire_type: WireType,
+    v: &mut Vec<u8>,
+    buf: &mut impl Buf,
+    ctx: DecodeContext,
+) -> Result<(), DecodeError> {
+    if wire_type == WireType::LengthDelimited {
+        let mut chunk = buf.chunk();
+        let whole = chunk.len() == buf.remaining();
+        if let Ok(len) = pe::decode_varint(&mut chunk) {
+            if whole && len <= chunk.len() as u64 {
+                let head = buf.remaining() - chunk.len();
+                v.clear();
+                v.extend_from_slice(&chunk[..len as usize]);
+                buf.advance(head + len as usize);
+                return Ok(());
+            }
+        }
+    }
+    pe::bytes::merge(wire_type, v, buf, ctx)
+}
+
+/// The leaf messages read in place: their wire struct (no allocation of
+/// its own), its inline bytes read with [`merge_bytes`]. Each `oneof` case
+/// met again merges into the one there; another case replaces it.
+macro_rules! leaf {
+    ($name:ident, $wire:ty) => {
+        struct $name<'a>(&'a mut $wire);
+
+        impl Message for $name<'_> {
+            fn merge_field(
+                &mut self,
+                tag: u32,
+                wire_type: WireType,
+                buf: &mut impl Buf,
+                ctx: DecodeContext,
+            ) -> Result<(), DecodeError> {
+                self.read(tag, wire_type, buf, ctx)
+            }
+
+            fn encode_raw(&self, _buf: &mut impl BufMut) {}
+
+            fn encoded_len(&self) -> usize {
+                0
+            }
+
+            fn clear(&mut self) {
+                *self.0 = <$wire>::default();
+            }
+        }
+    };
+}
+
+leaf!(Arg, w::TaskArg);
+leaf!(Resolved, w::ResolvedObject);
+leaf!(Value, w::ObjectValue);
+
+impl Arg<'_> {
+    fn read(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        use w::TaskArgKind as K;
+        let a = &mut *self.0;
+        match tag {
+            1 => {
+                if !matches!(a.kind, Some(K::Inline(_))) {
+                    a.kind = Some(K::Inline(Vec::new()));
+                }
+                match &mut a.kind {
+                    Some(K::Inline(b)) => merge_bytes(wire_type, b, buf, ctx),
+                    _ => Ok(()),
+                }
+            }
+            2 | 3 => K::merge(&mut a.kind, tag, wire_type, buf, ctx),
+            4 => {
+                if !matches!(a.kind, Some(K::Object(_))) {
+                    a.kind = Some(K::Object(w::ResolvedObject::default()));
+                }
+                match &mut a.kind {
+                    Some(K::Object(o)) => pe::message::merge(wire_type, &mut Resolved(o), buf, ctx),
+                    _ => Ok(()),
+                }
+            }
+            5 => pe::int32::merge(wire_type, &mut a.encoding, buf, ctx),
+            _ => pe::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+}
+
+impl Resolved<'_> {
+    fn read(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        use w::PayloadKind as K;
+        let o = &mut *self.0;
+        match tag {
+            1 => {
+                if !matches!(o.payload, Some(K::Inline(_))) {
+                    o.payload = Some(K::Inline(Vec::new()));
+                }
+                match &mut o.payload {
+                    Some(K::Inline(b)) => merge_bytes(wire_type, b, buf, ctx),
+                    _ => Ok(()),
+                }
+            }
+            2 => K::merge(&mut o.payload, tag, wire_type, buf, ctx),
+            3 => pe::message::merge(wire_type, o.id.get_or_insert_with(Default::default), buf, ctx),
+            _ => pe::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+}
+
+impl Value<'_> {
+    fn read(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        use w::ObjectValueKind as K;
+        let v = &mut *self.0;
+        match tag {
+            1 => {
+                if !matches!(v.kind, Some(K::Inline(_))) {
+                    v.kind = Some(K::Inline(Vec::new()));
+                }
+                match &mut v.kind {
+                    Some(K::Inline(b)) => merge_bytes(wire_type, b, buf, ctx),
+                    _ => Ok(()),
+                }
+            }
+            2 | 3 => K::merge(&mut v.kind, tag, wire_type, buf, ctx),
+            4 => merge_bytes(wire_type, &mut v.contained, buf, ctx),
+            5 => pe::int32::merge(wire_type, &mut v.encoding, buf, ctx),
+            _ => pe::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+}
+
 /// A task spec as it is read: arguments converted as they arrive (the first
 /// bad one kept for the checks at the end, in `wire`'s order).
 #[derive(Default)]
@@ -464,7 +618,7 @@ impl Message for SpecBuilder {
             2 | 12 => w::FunctionKind::merge(&mut self.function, tag, wire_type, buf, ctx),
             3 => {
                 let mut arg = w::TaskArg::default();
-                pe::message::merge(wire_type, &mut arg, buf, ctx)?;
+                pe::message::merge(wire_type, &mut Arg(&mut arg), buf, ctx)?;
                 match w::arg_from_wire(arg) {
                     Ok(a) => self.args.push(a),
                     Err(e) => {
@@ -473,7 +627,7 @@ impl Message for SpecBuilder {
                 }
                 Ok(())
             }
-            4 => pe::bytes::merge(wire_type, &mut self.contained, buf, ctx),
+            4 => merge_bytes(wire_type, &mut self.contained, buf, ctx),
             5 | 13 | 14 => w::ReturnKind::merge(&mut self.returns, tag, wire_type, buf, ctx),
             // The derived code checks a map's wire type itself; so here.
             6 => pe::check_wire_type(WireType::LengthDelimited, wire_type).and_then(|()| {
@@ -532,7 +686,7 @@ impl Message for ReturnedBuilder {
         match tag {
             1 => {
                 let mut v = w::ObjectValue::default();
-                pe::message::merge(wire_type, &mut v, buf, ctx)?;
+                pe::message::merge(wire_type, &mut Value(&mut v), buf, ctx)?;
                 match m::ObjectValue::try_from(v) {
                     Ok(v) => self.values.push(v),
                     Err(e) => {
@@ -628,8 +782,11 @@ impl TaskDoneBuilder {
 const TO_NODE_TAGS: std::ops::RangeInclusive<u32> = 1..=22;
 const FROM_NODE_TAGS: std::ops::RangeInclusive<u32> = 1..=13;
 
+// One per frame being read, on the stack: boxing the spec would cost an
+// allocation per message.
+#[allow(clippy::large_enum_variant)]
 enum ToNodeDirect {
-    Submit(Box<SpecBuilder>),
+    Submit(SpecBuilder),
     TaskDone(TaskDoneBuilder),
 }
 
@@ -654,10 +811,10 @@ impl Message for ToNodeBuilder {
             2 => {
                 self.other = None;
                 if !matches!(self.direct, Some(ToNodeDirect::Submit(_))) {
-                    self.direct = Some(ToNodeDirect::Submit(Box::default()));
+                    self.direct = Some(ToNodeDirect::Submit(SpecBuilder::default()));
                 }
                 match &mut self.direct {
-                    Some(ToNodeDirect::Submit(s)) => pe::message::merge(wire_type, &mut **s, buf, ctx),
+                    Some(ToNodeDirect::Submit(s)) => pe::message::merge(wire_type, s, buf, ctx),
                     _ => Ok(()),
                 }
             }
@@ -683,7 +840,7 @@ impl Message for ToNodeBuilder {
 }
 
 enum FromNodeDirect {
-    Execute(Box<SpecBuilder>),
+    Execute(SpecBuilder),
 }
 
 /// [`ToNodeBuilder`] for the node's messages.
@@ -705,8 +862,8 @@ impl Message for FromNodeBuilder {
             2 => {
                 self.other = None;
                 let FromNodeDirect::Execute(s) =
-                    self.direct.get_or_insert_with(|| FromNodeDirect::Execute(Box::default()));
-                pe::message::merge(wire_type, &mut **s, buf, ctx)
+                    self.direct.get_or_insert_with(|| FromNodeDirect::Execute(SpecBuilder::default()));
+                pe::message::merge(wire_type, s, buf, ctx)
             }
             t if FROM_NODE_TAGS.contains(&t) => {
                 self.direct = None;

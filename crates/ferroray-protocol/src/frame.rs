@@ -141,6 +141,40 @@ fn decode<M: WireMessage>(body: Bytes) -> Result<M, FrameError> {
     M::decode_body(body)
 }
 
+/// The two ways a body is made and read, for measuring one against the
+/// other (the benchmark's `wire` rows): `direct` is what frames use;
+/// `derived` goes through the wire structs, as every message did before.
+/// Each decode takes the body's buffer and gives it back, as
+/// [`read_frame_async`] does.
+#[doc(hidden)]
+pub mod paths {
+    use super::*;
+
+    pub fn encode_direct<M: WireMessage>(msg: M, buf: &mut Vec<u8>) {
+        // Fails only for a buffer that cannot grow (see `encode_into`).
+        let _ = msg.encode_body(buf);
+    }
+
+    pub fn encode_derived<M: WireMessage>(msg: M, buf: &mut Vec<u8>) {
+        let _ = msg.into_wire().encode(buf);
+    }
+
+    pub fn decode_direct<M: WireMessage>(body: &mut Vec<u8>) -> Result<M, FrameError> {
+        let bytes = Bytes::from(std::mem::take(body));
+        let msg = M::decode_body(bytes.clone());
+        *body = Vec::from(bytes);
+        msg
+    }
+
+    pub fn decode_derived<M: WireMessage>(body: &mut Vec<u8>) -> Result<M, FrameError> {
+        let bytes = Bytes::from(std::mem::take(body));
+        let msg =
+            M::Wire::decode(bytes.clone()).map_err(|e| FrameError::Malformed(e.to_string())).and_then(M::from_wire);
+        *body = Vec::from(bytes);
+        msg
+    }
+}
+
 fn check_len(header: [u8; 4]) -> Result<usize, FrameError> {
     let len = u32::from_le_bytes(header);
     if len > MAX_FRAME {

@@ -1,6 +1,7 @@
 //! The hot messages, encoded and decoded straight between the domain types
 //! of [`crate::message`] and bytes: a task spec (`ToNode::Submit`,
-//! `FromNode::Execute`), a task's end (`ToNode::TaskDone`), and an object
+//! `FromNode::Execute`), a task's end (`ToNode::TaskDone`), a generator's
+//! item (`ToNode::ReportItem`), and an object
 //! with its value (`ToNode::Put`, `FromNode::ObjectReady`, encoding only).
 //!
 //! The schema is still the derived structs of [`crate::wire`]; the bytes
@@ -387,6 +388,15 @@ fn put_object_message(tag: u32, id: c::ObjectId, value: &m::ObjectValue, buf: &m
     put_value_field(2, value, buf);
 }
 
+/// [`w::ReportItem`]'s body.
+fn report_item_len(task_id: c::TaskId, attempt: u32, index: u32, value: &m::ObjectValue, digest: u64) -> usize {
+    task_id_len(1, task_id)
+        + u32_len(2, attempt)
+        + u32_len(3, index)
+        + delimited_len(4, value_len(value))
+        + (if digest == 0 { 0 } else { pe::fixed64::encoded_len(5, &digest) })
+}
+
 /// Appends `msg`'s protobuf body to `buf`: the hot messages directly, the
 /// others through [`w::ToNode`].
 pub(crate) fn encode_to_node(msg: m::ToNode, buf: &mut Vec<u8>) -> Result<(), prost::EncodeError> {
@@ -396,6 +406,16 @@ pub(crate) fn encode_to_node(msg: m::ToNode, buf: &mut Vec<u8>) -> Result<(), pr
         m::ToNode::TaskDone { task_id, attempt, outcome } => {
             put_head(8, task_done_len(*task_id, *attempt, outcome), buf);
             put_task_done(*task_id, *attempt, outcome, buf);
+        }
+        m::ToNode::ReportItem { task_id, attempt, index, value, digest } => {
+            put_head(16, report_item_len(*task_id, *attempt, *index, value, *digest), buf);
+            put_task_id(1, *task_id, buf);
+            put_u32(2, *attempt, buf);
+            put_u32(3, *index, buf);
+            put_value_field(4, value, buf);
+            if *digest != 0 {
+                pe::fixed64::encode(5, digest, buf);
+            }
         }
         _ => return w::ToNode::from(msg).encode(buf),
     }
@@ -777,6 +797,49 @@ impl TaskDoneBuilder {
     }
 }
 
+/// A generator's item: its value read in place.
+#[derive(Default)]
+struct ReportItemBuilder {
+    task_id: Option<w::TaskId>,
+    attempt: u32,
+    index: u32,
+    value: Option<w::ObjectValue>,
+    digest: u64,
+}
+
+impl Message for ReportItemBuilder {
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => pe::message::merge(wire_type, self.task_id.get_or_insert_with(Default::default), buf, ctx),
+            2 => pe::uint32::merge(wire_type, &mut self.attempt, buf, ctx),
+            3 => pe::uint32::merge(wire_type, &mut self.index, buf, ctx),
+            4 => pe::message::merge(wire_type, &mut Value(self.value.get_or_insert_with(Default::default)), buf, ctx),
+            5 => pe::fixed64::merge(wire_type, &mut self.digest, buf, ctx),
+            _ => pe::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    decode_only!(ReportItemBuilder);
+}
+
+impl ReportItemBuilder {
+    fn finish(self) -> Result<m::ToNode, FrameError> {
+        Ok(m::ToNode::ReportItem {
+            task_id: w::task_id(self.task_id, "ReportItem task id")?,
+            attempt: self.attempt,
+            index: self.index,
+            value: w::value(self.value, "ReportItem value")?,
+            digest: self.digest,
+        })
+    }
+}
+
 /// The tags of [`w::ToNodeKind`] and [`w::FromNodeKind`] (their `merge`
 /// must see no other).
 const TO_NODE_TAGS: std::ops::RangeInclusive<u32> = 1..=22;
@@ -788,6 +851,7 @@ const FROM_NODE_TAGS: std::ops::RangeInclusive<u32> = 1..=13;
 enum ToNodeDirect {
     Submit(SpecBuilder),
     TaskDone(TaskDoneBuilder),
+    ReportItem(ReportItemBuilder),
 }
 
 /// A [`m::ToNode`] as it is read: a hot case in its builder, any other in
@@ -825,6 +889,16 @@ impl Message for ToNodeBuilder {
                 }
                 match &mut self.direct {
                     Some(ToNodeDirect::TaskDone(d)) => pe::message::merge(wire_type, d, buf, ctx),
+                    _ => Ok(()),
+                }
+            }
+            16 => {
+                self.other = None;
+                if !matches!(self.direct, Some(ToNodeDirect::ReportItem(_))) {
+                    self.direct = Some(ToNodeDirect::ReportItem(ReportItemBuilder::default()));
+                }
+                match &mut self.direct {
+                    Some(ToNodeDirect::ReportItem(r)) => pe::message::merge(wire_type, r, buf, ctx),
                     _ => Ok(()),
                 }
             }
@@ -886,6 +960,7 @@ pub(crate) fn decode_to_node(body: impl Buf) -> Result<m::ToNode, FrameError> {
     match (b.direct, b.other) {
         (Some(ToNodeDirect::Submit(s)), _) => Ok(m::ToNode::Submit(Box::new(s.finish()?))),
         (Some(ToNodeDirect::TaskDone(d)), _) => d.finish(),
+        (Some(ToNodeDirect::ReportItem(r)), _) => r.finish(),
         (None, kind) => w::ToNode { kind }.try_into(),
     }
 }

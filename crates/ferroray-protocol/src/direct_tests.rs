@@ -173,7 +173,19 @@ impl Rng {
         match self.below(8) {
             0 | 1 => ToNode::Submit(Box::new(self.spec())),
             2..=4 => ToNode::TaskDone { task_id: self.tid(), attempt: self.u32(), outcome: self.outcome() },
-            5 => ToNode::Put { id: self.oid(), value: self.value() },
+            5 => {
+                if self.coin() {
+                    ToNode::Put { id: self.oid(), value: self.value() }
+                } else {
+                    ToNode::ReportItem {
+                        task_id: self.tid(),
+                        attempt: self.u32(),
+                        index: self.u32(),
+                        value: self.value(),
+                        digest: self.u64(),
+                    }
+                }
+            }
             6 => ToNode::CreateActor { req: self.u64(), spec: Box::new(self.spec()) },
             _ => ToNode::Hello {
                 protocol: self.u32(),
@@ -528,6 +540,12 @@ fn bad_hot_messages_are_malformed_on_both_paths() {
     let done = |d: wire::TaskDone| field(8, &d.encode_to_vec());
     let ok_value = || wire::ObjectValue::from(ObjectValue::Error(Error::GetTimeout));
     let returned = |values| Some(wire::TaskOutcome::Returned(wire::Returned { values }));
+    let item = |task_id: Option<wire::TaskId>, value| {
+        field(16, &wire::ReportItem { task_id, attempt: 1, index: 2, value, digest: 3 }.encode_to_vec())
+    };
+    malformed::<ToNode>(&item(None, Some(ok_value())), "ReportItem task id is missing");
+    malformed::<ToNode>(&item(Some(rng.tid().into()), None), "ReportItem value is missing");
+    malformed::<ToNode>(&item(Some(rng.tid().into()), Some(wire::ObjectValue::default())), "object value kind");
     malformed::<ToNode>(
         &done(wire::TaskDone { task_id: None, attempt: 0, outcome: returned(vec![]) }),
         "TaskDone task id is missing",

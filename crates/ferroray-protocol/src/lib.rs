@@ -8,7 +8,8 @@
 //!   with explicit tags), its evolution rules, and the conversions, which
 //!   check what arrived (a missing field or an unknown case is malformed);
 //!   `wire_tests` (tests only) round-trips every message through it.
-//! - `direct` (private): the hot messages (a task spec, a task's end)
+//! - `direct` (private): the hot messages (a task spec, a task's end, a
+//!   generator's item)
 //!   encoded and decoded straight between these types and bytes, the same
 //!   bytes as `wire`'s; `direct_tests` holds it to that.
 //! - [`frame`]: how it travels: a 4-byte little-endian length, then a

@@ -553,7 +553,7 @@ impl TryFrom<ObjectValue> for m::ObjectValue {
     }
 }
 
-fn value(v: Option<ObjectValue>, what: &str) -> Result<m::ObjectValue, FrameError> {
+pub(crate) fn value(v: Option<ObjectValue>, what: &str) -> Result<m::ObjectValue, FrameError> {
     required(v, what)?.try_into()
 }
 

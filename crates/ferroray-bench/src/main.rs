@@ -124,6 +124,8 @@ const ROW_ASYNC_ACTOR_ASYNC: &str = "1:1 async-actor calls async";
 const ROW_ASYNC_ACTOR_GEN: &str = "async actor generator items";
 const ROW_INIT: &str = "init to first result";
 const ROW_IDLE: &str = "idle runtime resident memory";
+const ROW_WIRE_EXECUTE: &str = "wire execute encode+decode";
+const ROW_WIRE_TASK_DONE: &str = "wire task done encode+decode";
 
 /// Every row, in the order the program measures and prints them.
 const ALL_ROWS: &[&str] = &[
@@ -148,6 +150,10 @@ const ALL_ROWS: &[&str] = &[
     ROW_INIT,
     ROW_IDLE,
 ];
+
+/// Rows run only when `--only` names them: measurements of one layer, not
+/// of the runtime.
+const EXTRA_ROWS: &[&str] = &[ROW_WIRE_EXECUTE, ROW_WIRE_TASK_DONE];
 
 // ---------------------------------------------------------------------------
 // Remote functions
@@ -448,9 +454,17 @@ fn run(args: &Args) -> Res<()> {
     if args.put_mib == 0 {
         return Err("--put-mib must be at least 1".into());
     }
-    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()));
-    if !args.only.is_empty() && !ALL_ROWS.iter().any(|r| wanted(r)) {
-        return Err(format!("--only matches no row; the rows are: {}", ALL_ROWS.join(", ")).into());
+    let named = |name: &str| args.only.iter().any(|o| name.contains(o.as_str()));
+    let wanted = |name: &str| {
+        if EXTRA_ROWS.contains(&name) {
+            named(name)
+        } else {
+            args.only.is_empty() || named(name)
+        }
+    };
+    if !args.only.is_empty() && !ALL_ROWS.iter().chain(EXTRA_ROWS).any(|r| wanted(r)) {
+        let all: Vec<&str> = ALL_ROWS.iter().chain(EXTRA_ROWS).copied().collect();
+        return Err(format!("--only matches no row; the rows are: {}", all.join(", ")).into());
     }
     let plan = Plan::new(args.quick);
     let load_before = loadavg();
@@ -575,6 +589,15 @@ fn run(args: &Args) -> Res<()> {
         eprintln!("runtime after the in-process rows: {stats:?}");
     }
 
+    if wanted(ROW_WIRE_EXECUTE) {
+        progress(ROW_WIRE_EXECUTE);
+        rows.push(wire::bench_execute(plan)?);
+    }
+    if wanted(ROW_WIRE_TASK_DONE) {
+        progress(ROW_WIRE_TASK_DONE);
+        rows.push(wire::bench_task_done(plan)?);
+    }
+
     if wanted(ROW_INIT) {
         progress(ROW_INIT);
         let runs = args.init_runs.unwrap_or(if args.quick { 3 } else { 5 }).max(1);
@@ -597,6 +620,15 @@ fn run(args: &Args) -> Res<()> {
     let total = started.elapsed();
     eprintln!("[{:>5.1}s] done", total.as_secs_f64());
     print_table(&rows);
+    for r in rows.iter().filter(|r| r.details.contains_key("derived_ns")) {
+        println!(
+            "{}: {:.0} ns direct, {:.0} ns through the wire structs, per message ({:.2}x), in the same run.",
+            r.name,
+            r.details["direct_ns"].as_f64().unwrap_or(f64::NAN),
+            r.details["derived_ns"].as_f64().unwrap_or(f64::NAN),
+            r.details["derived_over_direct"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     let load_after = loadavg();
     if let (Some(b), Some(a)) = (load_before, load_after) {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -633,6 +665,123 @@ fn run(args: &Args) -> Res<()> {
 // ---------------------------------------------------------------------------
 // Rows measured in this process
 // ---------------------------------------------------------------------------
+
+/// The wire rows: one message encoded into a frame body and decoded back,
+/// by the direct path (what frames use) and through the wire structs (the
+/// path every message took before), alternately in the same process, so
+/// the ratio holds however busy the machine is.
+mod wire {
+    use super::{median, Plan, Res, Row, ROW_WIRE_EXECUTE, ROW_WIRE_TASK_DONE};
+    use ferroray_common::{resources, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId};
+    use ferroray_protocol::frame::paths;
+    use ferroray_protocol::{
+        Encoding, FromNode, FunctionDescriptor, ObjectValue, Payload, ReturnKind, TaskArg, TaskOutcome, TaskSpec,
+        ToNode, WireMessage,
+    };
+    use std::hint::black_box;
+    use std::time::{Duration, Instant};
+
+    fn tid(seq: u64) -> TaskId {
+        TaskId { submitter: WorkerId(0x0001_0000_0000_0002), seq }
+    }
+
+    /// A task as the driver sends it: two small arguments (as `add(a, b)`),
+    /// one return, one CPU.
+    fn spec() -> TaskSpec {
+        let arg =
+            |v: i64| TaskArg::Value { payload: Payload::Inline(v.to_le_bytes().to_vec()), encoding: Encoding::Rust };
+        TaskSpec {
+            task_id: tid(12_345),
+            function: FunctionDescriptor::Rust { name: "ferroray_bench::add".into() },
+            args: vec![arg(1), arg(2)],
+            contained: vec![],
+            returns: ReturnKind::Fixed(1),
+            resources: ResourceSet::new().with(resources::CPU, 1.0),
+            max_retries: 3,
+            retry_exceptions: RetryExceptions::None,
+            parent: None,
+            enable_events: true,
+            attempt: 0,
+            actor: None,
+        }
+    }
+
+    /// ns per round trip of `msg` (clone, encode, decode, drop) for each
+    /// path, and for the clone and drop alone.
+    fn rounds<M: WireMessage + Clone>(plan: Plan, msg: &M) -> Res<(Vec<f64>, Vec<f64>, f64)> {
+        let mut buf = Vec::with_capacity(4096);
+        let mut run = |direct: bool, span: Duration| -> Res<f64> {
+            let t = Instant::now();
+            let mut n = 0u64;
+            while t.elapsed() < span {
+                for _ in 0..256 {
+                    buf.clear();
+                    let back: M = if direct {
+                        paths::encode_direct(msg.clone(), &mut buf);
+                        paths::decode_direct(&mut buf)?
+                    } else {
+                        paths::encode_derived(msg.clone(), &mut buf);
+                        paths::decode_derived(&mut buf)?
+                    };
+                    black_box(back);
+                }
+                n += 256;
+            }
+            Ok(t.elapsed().as_nanos() as f64 / n as f64)
+        };
+        let slice = plan.trial / 8;
+        run(true, plan.warmup)?;
+        run(false, plan.warmup)?;
+        let (mut direct, mut derived) = (vec![], vec![]);
+        for _ in 0..plan.trials * 4 {
+            direct.push(run(true, slice)?);
+            derived.push(run(false, slice)?);
+        }
+        let t = Instant::now();
+        let n = 200_000;
+        for _ in 0..n {
+            black_box(black_box(msg).clone());
+        }
+        Ok((direct, derived, t.elapsed().as_nanos() as f64 / n as f64))
+    }
+
+    fn row<M: WireMessage + Clone>(plan: Plan, name: &str, what: &'static str, msg: &M) -> Res<Row> {
+        let (direct, derived, clone) = rounds(plan, msg)?;
+        // Per message: the round trip less the clone and drop of the
+        // message it starts from.
+        let net = |v: &[f64]| (median(v) - clone).max(1.0);
+        let (d, w) = (net(&direct), net(&derived));
+        let mut bytes = Vec::new();
+        paths::encode_direct(msg.clone(), &mut bytes);
+        Ok(Row::new(name, "ns", false, what, direct.iter().map(|v| (v - clone).max(1.0)).collect())
+            .detail("direct_ns", d)
+            .detail("derived_ns", w)
+            .detail("derived_over_direct", w / d)
+            .detail("clone_ns", clone)
+            .detail("body_bytes", bytes.len())
+            .detail("derived_trials_ns", derived.iter().map(|v| (v - clone).max(1.0)).collect::<Vec<_>>()))
+    }
+
+    pub fn bench_execute(plan: Plan) -> Res<Row> {
+        let msg = FromNode::Execute(Box::new(spec()));
+        row(
+            plan,
+            ROW_WIRE_EXECUTE,
+            "encode and decode FromNode::Execute of a two-argument task (the direct path)",
+            &msg,
+        )
+    }
+
+    pub fn bench_task_done(plan: Plan) -> Res<Row> {
+        let value = ObjectValue::Data {
+            payload: Payload::Inline(3i64.to_le_bytes().to_vec()),
+            encoding: Encoding::Rust,
+            contained: Vec::<ObjectId>::new(),
+        };
+        let msg = ToNode::TaskDone { task_id: tid(12_345), attempt: 0, outcome: TaskOutcome::Returned(vec![value]) };
+        row(plan, ROW_WIRE_TASK_DONE, "encode and decode ToNode::TaskDone with one small value (the direct path)", &msg)
+    }
+}
 
 fn bench_tasks_sync(plan: Plan) -> Res<Row> {
     let trials = measure(plan.scaled(1.3), || {

@@ -110,6 +110,11 @@ impl ResourceSet {
         self.0
     }
 
+    /// The amounts in fixed point, borrowed (the wire's direct encoder).
+    pub fn fixed(&self) -> &BTreeMap<String, i64> {
+        &self.0
+    }
+
     /// A set from [`ResourceSet::into_fixed`]'s form; zero amounts are
     /// dropped (a set never holds one).
     pub fn from_fixed(mut fixed: BTreeMap<String, i64>) -> Self {

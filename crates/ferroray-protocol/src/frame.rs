@@ -52,6 +52,21 @@ pub trait WireMessage: Sized {
 
     /// Checks and converts a decoded protobuf message.
     fn from_wire(wire: Self::Wire) -> Result<Self, FrameError>;
+
+    /// Appends the message's protobuf body to `buf`: by default through
+    /// [`into_wire`](Self::into_wire); the same bytes either way.
+    fn encode_body(self, buf: &mut Vec<u8>) -> Result<(), prost::EncodeError> {
+        self.into_wire().encode(buf)
+    }
+
+    /// Decodes and checks a body: by default through
+    /// [`from_wire`](Self::from_wire); the same result either way. From
+    /// `Bytes`, not a slice: prost then copies each `bytes` field once (from
+    /// a slice it copies twice).
+    fn decode_body(body: Bytes) -> Result<Self, FrameError> {
+        let wire = Self::Wire::decode(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+        Self::from_wire(wire)
+    }
 }
 
 impl WireMessage for crate::ToNode {
@@ -63,6 +78,15 @@ impl WireMessage for crate::ToNode {
 
     fn from_wire(wire: Self::Wire) -> Result<Self, FrameError> {
         wire.try_into()
+    }
+
+    // The hot messages skip the wire structs (see `direct`).
+    fn encode_body(self, buf: &mut Vec<u8>) -> Result<(), prost::EncodeError> {
+        crate::direct::encode_to_node(self, buf)
+    }
+
+    fn decode_body(body: Bytes) -> Result<Self, FrameError> {
+        crate::direct::decode_to_node(body)
     }
 }
 
@@ -76,6 +100,14 @@ impl WireMessage for crate::FromNode {
     fn from_wire(wire: Self::Wire) -> Result<Self, FrameError> {
         wire.try_into()
     }
+
+    fn encode_body(self, buf: &mut Vec<u8>) -> Result<(), prost::EncodeError> {
+        crate::direct::encode_from_node(self, buf)
+    }
+
+    fn decode_body(body: Bytes) -> Result<Self, FrameError> {
+        crate::direct::decode_from_node(body)
+    }
 }
 
 /// Appends one frame holding `msg` to `buf` (so several can go out in one
@@ -85,7 +117,7 @@ pub fn encode_into<M: WireMessage>(buf: &mut Vec<u8>, msg: M) -> Result<(), Fram
     buf.extend_from_slice(&[0; 4]);
     // Fails only for a buffer that cannot grow to the message's size; a
     // `Vec` grows.
-    if let Err(e) = msg.into_wire().encode(buf) {
+    if let Err(e) = msg.encode_body(buf) {
         buf.truncate(start);
         return Err(FrameError::Malformed(e.to_string()));
     }
@@ -105,11 +137,42 @@ pub fn write_frame<W: Write, M: WireMessage>(w: &mut W, msg: M) -> Result<(), Fr
     Ok(())
 }
 
-/// Decodes a body. From `Bytes`, not a slice: prost then copies each
-/// `bytes` field once (from a slice it copies twice).
 fn decode<M: WireMessage>(body: Bytes) -> Result<M, FrameError> {
-    let wire = M::Wire::decode(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    M::from_wire(wire)
+    M::decode_body(body)
+}
+
+/// The two ways a body is made and read, for measuring one against the
+/// other (the benchmark's `wire` rows): `direct` is what frames use;
+/// `derived` goes through the wire structs, as every message did before.
+/// Each decode takes the body's buffer and gives it back, as
+/// [`read_frame_async`] does.
+#[doc(hidden)]
+pub mod paths {
+    use super::*;
+
+    pub fn encode_direct<M: WireMessage>(msg: M, buf: &mut Vec<u8>) {
+        // Fails only for a buffer that cannot grow (see `encode_into`).
+        let _ = msg.encode_body(buf);
+    }
+
+    pub fn encode_derived<M: WireMessage>(msg: M, buf: &mut Vec<u8>) {
+        let _ = msg.into_wire().encode(buf);
+    }
+
+    pub fn decode_direct<M: WireMessage>(body: &mut Vec<u8>) -> Result<M, FrameError> {
+        let bytes = Bytes::from(std::mem::take(body));
+        let msg = M::decode_body(bytes.clone());
+        *body = Vec::from(bytes);
+        msg
+    }
+
+    pub fn decode_derived<M: WireMessage>(body: &mut Vec<u8>) -> Result<M, FrameError> {
+        let bytes = Bytes::from(std::mem::take(body));
+        let msg =
+            M::Wire::decode(bytes.clone()).map_err(|e| FrameError::Malformed(e.to_string())).and_then(M::from_wire);
+        *body = Vec::from(bytes);
+        msg
+    }
 }
 
 fn check_len(header: [u8; 4]) -> Result<usize, FrameError> {

@@ -8,6 +8,10 @@
 //!   with explicit tags), its evolution rules, and the conversions, which
 //!   check what arrived (a missing field or an unknown case is malformed);
 //!   `wire_tests` (tests only) round-trips every message through it.
+//! - `direct` (private): the hot messages (a task spec, a task's end, a
+//!   generator's item)
+//!   encoded and decoded straight between these types and bytes, the same
+//!   bytes as `wire`'s; `direct_tests` holds it to that.
 //! - [`frame`]: how it travels: a 4-byte little-endian length, then a
 //!   protobuf body. Blocking helpers for the core worker's socket threads, async
 //!   ones for the daemon's tokio tasks. A length above [`frame::MAX_FRAME`] or
@@ -16,6 +20,9 @@
 //! A connection starts with the client's [`ToNode::Hello`] carrying
 //! [`PROTOCOL_VERSION`]; anything else first is rejected.
 
+mod direct;
+#[cfg(test)]
+mod direct_tests;
 pub mod frame;
 pub mod limits;
 pub mod message;

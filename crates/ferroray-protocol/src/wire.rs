@@ -35,12 +35,12 @@ use ferroray_common as c;
 use prost::{Enumeration, Message, Oneof};
 use std::collections::BTreeMap;
 
-fn malformed(msg: String) -> FrameError {
+pub(crate) fn malformed(msg: String) -> FrameError {
     FrameError::Malformed(msg)
 }
 
 /// A field that must be present.
-fn required<T>(v: Option<T>, what: &str) -> Result<T, FrameError> {
+pub(crate) fn required<T>(v: Option<T>, what: &str) -> Result<T, FrameError> {
     v.ok_or_else(|| malformed(format!("{what} is missing")))
 }
 
@@ -82,7 +82,7 @@ pub struct TaskIds {
     pub ids: Vec<u8>,
 }
 
-const OBJECT_ID_BYTES: usize = 20;
+pub(crate) const OBJECT_ID_BYTES: usize = 20;
 const TASK_ID_BYTES: usize = 16;
 
 impl From<c::TaskId> for TaskId {
@@ -109,7 +109,7 @@ impl From<ObjectId> for c::ObjectId {
     }
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut x = [0; 8];
     x.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(x)
@@ -125,7 +125,7 @@ fn object_ids_to_bytes(ids: &[c::ObjectId]) -> Vec<u8> {
     b
 }
 
-fn object_ids_from_bytes(b: &[u8], what: &str) -> Result<Vec<c::ObjectId>, FrameError> {
+pub(crate) fn object_ids_from_bytes(b: &[u8], what: &str) -> Result<Vec<c::ObjectId>, FrameError> {
     let records = b.chunks_exact(OBJECT_ID_BYTES);
     if !records.remainder().is_empty() {
         return Err(malformed(format!(
@@ -169,11 +169,11 @@ fn task_ids(ids: Vec<c::TaskId>) -> TaskIds {
     TaskIds { ids: task_ids_to_bytes(&ids) }
 }
 
-fn task_id(t: Option<TaskId>, what: &str) -> Result<c::TaskId, FrameError> {
+pub(crate) fn task_id(t: Option<TaskId>, what: &str) -> Result<c::TaskId, FrameError> {
     required(t, what).map(Into::into)
 }
 
-fn object_id(o: Option<ObjectId>, what: &str) -> Result<c::ObjectId, FrameError> {
+pub(crate) fn object_id(o: Option<ObjectId>, what: &str) -> Result<c::ObjectId, FrameError> {
     required(o, what).map(Into::into)
 }
 
@@ -404,7 +404,7 @@ pub struct Names {
     pub names: Vec<String>,
 }
 
-fn retry_to_wire(r: c::RetryExceptions) -> Option<RetryExceptions> {
+pub(crate) fn retry_to_wire(r: c::RetryExceptions) -> Option<RetryExceptions> {
     let kind = match r {
         c::RetryExceptions::None => return None,
         c::RetryExceptions::All => RetryKind::All(Empty {}),
@@ -475,7 +475,7 @@ pub enum Encoding {
     Raw = 3,
 }
 
-fn encoding_to_wire(e: m::Encoding) -> i32 {
+pub(crate) fn encoding_to_wire(e: m::Encoding) -> i32 {
     (match e {
         m::Encoding::Rust => Encoding::Rust,
         m::Encoding::Unit => Encoding::Unit,
@@ -553,7 +553,7 @@ impl TryFrom<ObjectValue> for m::ObjectValue {
     }
 }
 
-fn value(v: Option<ObjectValue>, what: &str) -> Result<m::ObjectValue, FrameError> {
+pub(crate) fn value(v: Option<ObjectValue>, what: &str) -> Result<m::ObjectValue, FrameError> {
     required(v, what)?.try_into()
 }
 
@@ -695,7 +695,7 @@ pub struct ActorSpec {
     pub executor: i32,
 }
 
-fn actor_task_to_wire(a: m::ActorTask) -> ActorTaskKind {
+pub(crate) fn actor_task_to_wire(a: m::ActorTask) -> ActorTaskKind {
     match a {
         m::ActorTask::Create(s) => ActorTaskKind::Create(ActorSpec {
             class: s.class,
@@ -788,51 +788,88 @@ impl TryFrom<TaskSpec> for m::TaskSpec {
     type Error = FrameError;
 
     fn try_from(s: TaskSpec) -> Result<Self, FrameError> {
-        let function = match required(s.function, "task function")? {
-            FunctionKind::Rust(f) => m::FunctionDescriptor::Rust { name: f.name },
-            FunctionKind::Python(f) => {
-                m::FunctionDescriptor::Python { module: f.module, qualname: f.qualname, pickled: f.pickled }
-            }
-        };
-        let args = s
-            .args
-            .into_iter()
-            .map(|a| {
-                let encoding = encoding_from_wire(a.encoding)?;
-                Ok(match required(a.kind, "task argument kind")? {
-                    TaskArgKind::Inline(b) => m::TaskArg::Value { payload: m::Payload::Inline(b), encoding },
-                    TaskArgKind::Shm(s) => {
-                        m::TaskArg::Value { payload: m::Payload::Shm { offset: s.offset, len: s.len }, encoding }
-                    }
-                    TaskArgKind::Ref(id) => m::TaskArg::Ref(id.into()),
-                    TaskArgKind::Object(o) => m::TaskArg::Object {
-                        id: object_id(o.id, "resolved argument id")?,
-                        payload: required(o.payload, "resolved argument payload")?.into(),
-                        encoding,
-                    },
-                })
-            })
-            .collect::<Result<_, FrameError>>()?;
-        let returns = match required(s.returns, "task returns")? {
-            ReturnKind::Fixed(n) => m::ReturnKind::Fixed(n),
-            ReturnKind::Streaming(st) => m::ReturnKind::Streaming { backpressure: st.backpressure },
-            ReturnKind::Dynamic(_) => m::ReturnKind::Dynamic,
-        };
-        Ok(m::TaskSpec {
-            task_id: task_id(s.task_id, "task id")?,
-            function,
+        let args = s.args.into_iter().map(arg_from_wire).collect::<Result<_, FrameError>>();
+        spec_from_parts(SpecParts {
+            task_id: s.task_id,
+            function: s.function,
             args,
-            contained: object_ids_from_bytes(&s.contained, "refs nested in arguments")?,
-            returns,
-            resources: c::ResourceSet::from_fixed(s.resources),
+            contained: &s.contained,
+            returns: s.returns,
+            resources: s.resources,
             max_retries: s.max_retries,
-            retry_exceptions: retry_from_wire(s.retry_exceptions)?,
-            parent: s.parent.map(Into::into),
+            retry_exceptions: s.retry_exceptions,
+            parent: s.parent,
             enable_events: s.enable_events,
             attempt: s.attempt,
-            actor: s.actor.map(actor_task_from_wire).transpose()?,
+            actor: s.actor,
         })
     }
+}
+
+/// One argument, checked (shared with the direct decoder, which converts
+/// each argument as it arrives).
+pub(crate) fn arg_from_wire(a: TaskArg) -> Result<m::TaskArg, FrameError> {
+    let encoding = encoding_from_wire(a.encoding)?;
+    Ok(match required(a.kind, "task argument kind")? {
+        TaskArgKind::Inline(b) => m::TaskArg::Value { payload: m::Payload::Inline(b), encoding },
+        TaskArgKind::Shm(s) => {
+            m::TaskArg::Value { payload: m::Payload::Shm { offset: s.offset, len: s.len }, encoding }
+        }
+        TaskArgKind::Ref(id) => m::TaskArg::Ref(id.into()),
+        TaskArgKind::Object(o) => m::TaskArg::Object {
+            id: object_id(o.id, "resolved argument id")?,
+            payload: required(o.payload, "resolved argument payload")?.into(),
+            encoding,
+        },
+    })
+}
+
+/// A task spec's decoded fields, before the checks; `args` already
+/// converted (the first failure, if any).
+pub(crate) struct SpecParts<'a> {
+    pub task_id: Option<TaskId>,
+    pub function: Option<FunctionKind>,
+    pub args: Result<Vec<m::TaskArg>, FrameError>,
+    pub contained: &'a [u8],
+    pub returns: Option<ReturnKind>,
+    pub resources: BTreeMap<String, i64>,
+    pub max_retries: u32,
+    pub retry_exceptions: Option<RetryExceptions>,
+    pub parent: Option<TaskId>,
+    pub enable_events: bool,
+    pub attempt: u32,
+    pub actor: Option<ActorTaskKind>,
+}
+
+/// The checks of a task spec, in one order for both decoders (so the same
+/// bad spec gets the same error either way).
+pub(crate) fn spec_from_parts(s: SpecParts<'_>) -> Result<m::TaskSpec, FrameError> {
+    let function = match required(s.function, "task function")? {
+        FunctionKind::Rust(f) => m::FunctionDescriptor::Rust { name: f.name },
+        FunctionKind::Python(f) => {
+            m::FunctionDescriptor::Python { module: f.module, qualname: f.qualname, pickled: f.pickled }
+        }
+    };
+    let args = s.args?;
+    let returns = match required(s.returns, "task returns")? {
+        ReturnKind::Fixed(n) => m::ReturnKind::Fixed(n),
+        ReturnKind::Streaming(st) => m::ReturnKind::Streaming { backpressure: st.backpressure },
+        ReturnKind::Dynamic(_) => m::ReturnKind::Dynamic,
+    };
+    Ok(m::TaskSpec {
+        task_id: task_id(s.task_id, "task id")?,
+        function,
+        args,
+        contained: object_ids_from_bytes(s.contained, "refs nested in arguments")?,
+        returns,
+        resources: c::ResourceSet::from_fixed(s.resources),
+        max_retries: s.max_retries,
+        retry_exceptions: retry_from_wire(s.retry_exceptions)?,
+        parent: s.parent.map(Into::into),
+        enable_events: s.enable_events,
+        attempt: s.attempt,
+        actor: s.actor.map(actor_task_from_wire).transpose()?,
+    })
 }
 
 impl m::TaskSpec {

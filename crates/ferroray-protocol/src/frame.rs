@@ -9,6 +9,8 @@
 //! element as the bytes are read).
 
 use bytes::Bytes;
+/// The reusable buffer frames are read into.
+pub use bytes::BytesMut;
 use prost::Message;
 use std::io::{self, Read, Write};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -185,6 +187,13 @@ fn check_len(header: [u8; 4]) -> Result<usize, FrameError> {
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
 pub fn read_frame<R: Read, M: WireMessage>(r: &mut R) -> Result<Option<M>, FrameError> {
+    read_frame_into(r, &mut BytesMut::new())
+}
+
+/// [`read_frame`], reusing `body` as the buffer: once a frame's message is
+/// decoded nothing holds the bytes, so the next frame reads into the same
+/// memory (no allocation per frame).
+pub fn read_frame_into<R: Read, M: WireMessage>(r: &mut R, body: &mut BytesMut) -> Result<Option<M>, FrameError> {
     let mut header = [0u8; 4];
     match r.read_exact(&mut header) {
         Ok(()) => {}
@@ -192,18 +201,21 @@ pub fn read_frame<R: Read, M: WireMessage>(r: &mut R) -> Result<Option<M>, Frame
         Err(e) => return Err(e.into()),
     }
     let len = check_len(header)?;
-    // Grown as bytes arrive: a length claimed and never sent costs nothing.
-    let mut body = Vec::with_capacity(len.min(PREALLOCATE));
-    if r.take(len as u64).read_to_end(&mut body)? != len {
-        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    body.clear();
+    // Grown as bytes arrive: a length claimed and never sent costs at most
+    // one chunk.
+    while body.len() < len {
+        let start = body.len();
+        body.resize(start + (len - start).min(PREALLOCATE), 0);
+        r.read_exact(&mut body[start..])?;
     }
-    decode(Bytes::from(body)).map(Some)
+    decode(body.split().freeze()).map(Some)
 }
 
-/// Async [`read_frame`], reusing `body` as the buffer.
+/// Async [`read_frame_into`].
 pub async fn read_frame_async<R: AsyncRead + Unpin, M: WireMessage>(
     r: &mut R,
-    body: &mut Vec<u8>,
+    body: &mut BytesMut,
 ) -> Result<Option<M>, FrameError> {
     read_frame_async_max(r, body, MAX_FRAME).await
 }
@@ -212,7 +224,7 @@ pub async fn read_frame_async<R: AsyncRead + Unpin, M: WireMessage>(
 /// who it is gets [`crate::limits::MAX_HELLO_FRAME`]).
 pub async fn read_frame_async_max<R: AsyncRead + Unpin, M: WireMessage>(
     r: &mut R,
-    body: &mut Vec<u8>,
+    body: &mut BytesMut,
     max: u32,
 ) -> Result<Option<M>, FrameError> {
     let mut header = [0u8; 4];
@@ -226,17 +238,15 @@ pub async fn read_frame_async_max<R: AsyncRead + Unpin, M: WireMessage>(
         return Err(FrameError::TooLarge(len as u32));
     }
     body.clear();
-    body.reserve(len.min(PREALLOCATE));
-    // Grown as bytes arrive (see `read_frame`).
-    if (&mut *r).take(len as u64).read_to_end(body).await? != len {
-        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    // Grown as bytes arrive (see `read_frame_into`).
+    while body.len() < len {
+        let start = body.len();
+        body.resize(start + (len - start).min(PREALLOCATE), 0);
+        r.read_exact(&mut body[start..]).await?;
     }
-    let bytes = Bytes::from(std::mem::take(body));
-    let msg = decode(bytes.clone());
-    // Nothing else holds the bytes now: the buffer comes back for the next
-    // frame.
-    *body = Vec::from(bytes);
-    msg.map(Some)
+    // Decoded from a frozen view of the buffer; once the message is made
+    // the view is gone and `body` takes its memory back for the next frame.
+    decode(body.split().freeze()).map(Some)
 }
 
 #[cfg(test)]

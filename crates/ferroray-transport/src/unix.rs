@@ -81,8 +81,9 @@ impl UnixReader {
             .name(name.into())
             .spawn(move || {
                 let mut rd = BufReader::with_capacity(64 * 1024, self.stream);
+                let mut body = frame::BytesMut::new();
                 loop {
-                    match frame::read_frame::<_, FromNode>(&mut rd) {
+                    match frame::read_frame_into::<_, FromNode>(&mut rd, &mut body) {
                         Ok(Some(msg)) => inbox.deliver(msg),
                         Ok(None) => return inbox.closed("the node closed the connection"),
                         Err(e) => return inbox.closed(&e.to_string()),

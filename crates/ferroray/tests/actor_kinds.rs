@@ -335,6 +335,13 @@ impl Loop {
         futures::StreamExt::map(futures::stream::iter(0..n), move |i| i + self.writes)
     }
 
+    /// Ends the actor after this call, which finishes after `ms`.
+    pub async fn quit_after(&self, ms: u64) -> u64 {
+        ferroray::exit_actor().expect("called from an actor's method");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        7
+    }
+
     /// Sleeps far longer than any test; a cancel drops it at its await.
     pub async fn sleep_long(&self) -> u64 {
         let _guard = OnDrop(&self.log);
@@ -556,4 +563,17 @@ fn threaded_and_async_actors_restart_and_retry_their_calls() {
     }
     assert_ne!(get(&pool.pid().remote()).unwrap(), pool_pid);
     assert_ne!(get(&lp.pid().remote()).unwrap(), loop_pid);
+}
+
+/// `exit_actor()` in an async method ends the actor after that call, even
+/// when calls that interleave with it finish first.
+#[test]
+fn exit_actor_on_an_async_actor_waits_for_the_call_that_asked() {
+    let _c = cluster();
+    let l = Loop::remote();
+    let quit = l.quit_after().remote(300);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(get(&l.read().remote("x".to_string(), 0)).unwrap(), 0, "still serving meanwhile");
+    assert_eq!(get(&quit).unwrap(), 7, "the call that asked gets its result");
+    assert!(common::eventually(T, || matches!(get(&l.most().remote()), Err(Error::ActorDied { .. }))));
 }

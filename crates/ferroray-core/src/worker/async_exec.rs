@@ -140,7 +140,7 @@ impl CoreWorker {
             }
             None => self.report(task_id, attempt, expected, result, &ctx.name),
         }
-        self.exit_if_requested();
+        self.exit_if_requested(task_id);
     }
 }
 

@@ -28,8 +28,10 @@ thread_local! {
     static ACTOR_STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
     /// An async actor's state, on its event-loop thread.
     pub(super) static ASYNC_STATE: RefCell<Option<AsyncStateCell>> = const { RefCell::new(None) };
-    /// `exit_actor()` was called by the running call.
-    static EXIT_REQUESTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The call on this thread that asked for `exit_actor()` (by task: an
+    /// async actor's calls interleave on one thread, and the actor ends
+    /// after the call that asked, not after whichever ends first).
+    static EXIT_REQUESTED: std::cell::Cell<Option<TaskId>> = const { std::cell::Cell::new(None) };
 }
 
 /// Ends the actor whose method calls this once the call returns: its
@@ -37,11 +39,13 @@ thread_local! {
 /// `ActorDied { cause: Exited }`, and it does not restart. Ray's
 /// `ray.actor.exit_actor()`. An error outside an actor's method.
 pub fn exit_actor() -> Result<()> {
-    if ACTOR.get().is_none() || !context::in_task() {
-        return Err(Error::InvalidOption("exit_actor is for an actor's own methods".into()));
+    match context::current() {
+        Some(ctx) if ACTOR.get().is_some() => {
+            EXIT_REQUESTED.set(Some(ctx.task_id));
+            Ok(())
+        }
+        _ => Err(Error::InvalidOption("exit_actor is for an actor's own methods".into())),
     }
-    EXIT_REQUESTED.set(true);
-    Ok(())
 }
 
 /// Runs `f` on the actor's state: shared or exclusive access to a threaded
@@ -389,13 +393,13 @@ impl CoreWorker {
         let Some(result) = result else {
             drop(reader);
             context::set(None);
-            self.exit_if_requested();
+            self.exit_if_requested(task_id);
             return;
         };
         drop(reader);
         self.report(task_id, attempt, expected, result, &ctx.name);
         context::set(None);
-        self.exit_if_requested();
+        self.exit_if_requested(task_id);
     }
 
     /// Sends a finished task's outcome: its `expected` values, or its error.
@@ -434,8 +438,9 @@ impl CoreWorker {
 
     /// After a call that asked for `exit_actor()` (its result sent): the
     /// node ends the actor (and closes this connection; the process exits).
-    pub(super) fn exit_if_requested(&self) {
-        if EXIT_REQUESTED.replace(false) {
+    pub(super) fn exit_if_requested(&self, task_id: TaskId) {
+        if EXIT_REQUESTED.get() == Some(task_id) {
+            EXIT_REQUESTED.set(None);
             if let Some(actor) = ACTOR.get().copied() {
                 let _ = self.send(ToNode::TerminateActor { actor });
             }

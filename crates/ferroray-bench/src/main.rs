@@ -718,10 +718,10 @@ mod wire {
                     buf.clear();
                     let back: M = if direct {
                         paths::encode_direct(msg.clone(), &mut buf);
-                        paths::decode_direct(&mut buf)?
+                        paths::decode_direct(&buf)?
                     } else {
                         paths::encode_derived(msg.clone(), &mut buf);
-                        paths::decode_derived(&mut buf)?
+                        paths::decode_derived(&buf)?
                     };
                     black_box(back);
                 }

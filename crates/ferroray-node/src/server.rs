@@ -350,7 +350,7 @@ async fn connection(shared: Arc<Shared>, mut stream: UnixStream, _slot: Admitted
         None => return limits.refuse("pid", 0, || "the peer's pid is unknown".into()),
     };
     // Step 3: the hello, small and in time.
-    let mut body = frame::BytesMut::new();
+    let mut body = Vec::new();
     let first = tokio::time::timeout(
         limits.handshake_timeout,
         frame::read_frame_async_max::<_, ToNode>(&mut stream, &mut body, limits::MAX_HELLO_FRAME),
@@ -394,7 +394,7 @@ async fn connection(shared: Arc<Shared>, mut stream: UnixStream, _slot: Admitted
     }
     // Buffered from here on: the peer is one of ours.
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
-    let mut body = frame::BytesMut::new();
+    let mut body = Vec::new();
     let reason = loop {
         match frame::read_frame_async::<_, ToNode>(&mut rd, &mut body).await {
             Ok(Some(msg)) => {

@@ -6,7 +6,6 @@
 use crate::frame::{FrameError, WireMessage};
 use crate::wire;
 use crate::*;
-use bytes::Bytes;
 use ferroray_common::{
     resources, ActorDeathCause, ActorId, ClusterToken, Error, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId,
 };
@@ -256,7 +255,7 @@ fn derived_decode<M: WireMessage>(body: &[u8]) -> Result<M, FrameError> {
 }
 
 fn direct_decode<M: WireMessage>(body: &[u8]) -> Result<M, FrameError> {
-    M::decode_body(Bytes::copy_from_slice(body))
+    M::decode_body(body)
 }
 
 /// Both decoders agree on `body`: the same value, or both malformed (with

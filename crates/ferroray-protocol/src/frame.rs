@@ -8,9 +8,6 @@
 //! the body (protobuf has no counts to trust: every list grows element by
 //! element as the bytes are read).
 
-use bytes::Bytes;
-/// The reusable buffer frames are read into.
-pub use bytes::BytesMut;
 use prost::Message;
 use std::io::{self, Read, Write};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -62,10 +59,11 @@ pub trait WireMessage: Sized {
     }
 
     /// Decodes and checks a body: by default through
-    /// [`from_wire`](Self::from_wire); the same result either way. From
-    /// `Bytes`, not a slice: prost then copies each `bytes` field once (from
-    /// a slice it copies twice).
-    fn decode_body(body: Bytes) -> Result<Self, FrameError> {
+    /// [`from_wire`](Self::from_wire); the same result either way. From the
+    /// frame buffer itself: the direct path copies each `bytes` field once
+    /// from it; the derived one twice (prost's `bytes::merge` from a slice),
+    /// which only the rarer messages take.
+    fn decode_body(body: &[u8]) -> Result<Self, FrameError> {
         let wire = Self::Wire::decode(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
         Self::from_wire(wire)
     }
@@ -87,7 +85,7 @@ impl WireMessage for crate::ToNode {
         crate::direct::encode_to_node(self, buf)
     }
 
-    fn decode_body(body: Bytes) -> Result<Self, FrameError> {
+    fn decode_body(body: &[u8]) -> Result<Self, FrameError> {
         crate::direct::decode_to_node(body)
     }
 }
@@ -107,7 +105,7 @@ impl WireMessage for crate::FromNode {
         crate::direct::encode_from_node(self, buf)
     }
 
-    fn decode_body(body: Bytes) -> Result<Self, FrameError> {
+    fn decode_body(body: &[u8]) -> Result<Self, FrameError> {
         crate::direct::decode_from_node(body)
     }
 }
@@ -139,15 +137,14 @@ pub fn write_frame<W: Write, M: WireMessage>(w: &mut W, msg: M) -> Result<(), Fr
     Ok(())
 }
 
-fn decode<M: WireMessage>(body: Bytes) -> Result<M, FrameError> {
+fn decode<M: WireMessage>(body: &[u8]) -> Result<M, FrameError> {
     M::decode_body(body)
 }
 
 /// The two ways a body is made and read, for measuring one against the
 /// other (the benchmark's `wire` rows): `direct` is what frames use;
 /// `derived` goes through the wire structs, as every message did before.
-/// Each decode takes the body's buffer and gives it back, as
-/// [`read_frame_async`] does.
+/// Each decode reads the body in place, as [`read_frame_async`] does.
 #[doc(hidden)]
 pub mod paths {
     use super::*;
@@ -161,19 +158,12 @@ pub mod paths {
         let _ = msg.into_wire().encode(buf);
     }
 
-    pub fn decode_direct<M: WireMessage>(body: &mut Vec<u8>) -> Result<M, FrameError> {
-        let bytes = Bytes::from(std::mem::take(body));
-        let msg = M::decode_body(bytes.clone());
-        *body = Vec::from(bytes);
-        msg
+    pub fn decode_direct<M: WireMessage>(body: &[u8]) -> Result<M, FrameError> {
+        M::decode_body(body)
     }
 
-    pub fn decode_derived<M: WireMessage>(body: &mut Vec<u8>) -> Result<M, FrameError> {
-        let bytes = Bytes::from(std::mem::take(body));
-        let msg =
-            M::Wire::decode(bytes.clone()).map_err(|e| FrameError::Malformed(e.to_string())).and_then(M::from_wire);
-        *body = Vec::from(bytes);
-        msg
+    pub fn decode_derived<M: WireMessage>(body: &[u8]) -> Result<M, FrameError> {
+        M::Wire::decode(body).map_err(|e| FrameError::Malformed(e.to_string())).and_then(M::from_wire)
     }
 }
 
@@ -187,13 +177,12 @@ fn check_len(header: [u8; 4]) -> Result<usize, FrameError> {
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
 pub fn read_frame<R: Read, M: WireMessage>(r: &mut R) -> Result<Option<M>, FrameError> {
-    read_frame_into(r, &mut BytesMut::new())
+    read_frame_into(r, &mut Vec::new())
 }
 
-/// [`read_frame`], reusing `body` as the buffer: once a frame's message is
-/// decoded nothing holds the bytes, so the next frame reads into the same
-/// memory (no allocation per frame).
-pub fn read_frame_into<R: Read, M: WireMessage>(r: &mut R, body: &mut BytesMut) -> Result<Option<M>, FrameError> {
+/// [`read_frame`], reusing `body` as the buffer (no allocation per frame:
+/// the message is decoded from the buffer in place).
+pub fn read_frame_into<R: Read, M: WireMessage>(r: &mut R, body: &mut Vec<u8>) -> Result<Option<M>, FrameError> {
     let mut header = [0u8; 4];
     match r.read_exact(&mut header) {
         Ok(()) => {}
@@ -202,20 +191,18 @@ pub fn read_frame_into<R: Read, M: WireMessage>(r: &mut R, body: &mut BytesMut) 
     }
     let len = check_len(header)?;
     body.clear();
-    // Grown as bytes arrive: a length claimed and never sent costs at most
-    // one chunk.
-    while body.len() < len {
-        let start = body.len();
-        body.resize(start + (len - start).min(PREALLOCATE), 0);
-        r.read_exact(&mut body[start..])?;
+    body.reserve(len.min(PREALLOCATE));
+    // Grown as bytes arrive: a length claimed and never sent costs nothing.
+    if r.take(len as u64).read_to_end(body)? != len {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
     }
-    decode(body.split().freeze()).map(Some)
+    decode(body).map(Some)
 }
 
 /// Async [`read_frame_into`].
 pub async fn read_frame_async<R: AsyncRead + Unpin, M: WireMessage>(
     r: &mut R,
-    body: &mut BytesMut,
+    body: &mut Vec<u8>,
 ) -> Result<Option<M>, FrameError> {
     read_frame_async_max(r, body, MAX_FRAME).await
 }
@@ -224,7 +211,7 @@ pub async fn read_frame_async<R: AsyncRead + Unpin, M: WireMessage>(
 /// who it is gets [`crate::limits::MAX_HELLO_FRAME`]).
 pub async fn read_frame_async_max<R: AsyncRead + Unpin, M: WireMessage>(
     r: &mut R,
-    body: &mut BytesMut,
+    body: &mut Vec<u8>,
     max: u32,
 ) -> Result<Option<M>, FrameError> {
     let mut header = [0u8; 4];
@@ -238,15 +225,12 @@ pub async fn read_frame_async_max<R: AsyncRead + Unpin, M: WireMessage>(
         return Err(FrameError::TooLarge(len as u32));
     }
     body.clear();
+    body.reserve(len.min(PREALLOCATE));
     // Grown as bytes arrive (see `read_frame_into`).
-    while body.len() < len {
-        let start = body.len();
-        body.resize(start + (len - start).min(PREALLOCATE), 0);
-        r.read_exact(&mut body[start..]).await?;
+    if (&mut *r).take(len as u64).read_to_end(body).await? != len {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
     }
-    // Decoded from a frozen view of the buffer; once the message is made
-    // the view is gone and `body` takes its memory back for the next frame.
-    decode(body.split().freeze()).map(Some)
+    decode(body).map(Some)
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ impl UnixReader {
             .name(name.into())
             .spawn(move || {
                 let mut rd = BufReader::with_capacity(64 * 1024, self.stream);
-                let mut body = frame::BytesMut::new();
+                let mut body = Vec::new();
                 loop {
                     match frame::read_frame_into::<_, FromNode>(&mut rd, &mut body) {
                         Ok(Some(msg)) => inbox.deliver(msg),

@@ -109,10 +109,39 @@ fn the_receiver_resumes_where_the_sender_stopped() {
     let rest = collect::remote(gen);
     assert_eq!(get(&rest).unwrap(), (3..10).collect::<Vec<_>>());
     // The sender's clones end with an error, never a silent end.
-    let mut kept = kept;
-    let e = kept.next().expect("an error item");
+    check_passed_on(&kept);
+}
+
+/// A generator its process passed on: one error item, then the end.
+fn check_passed_on(kept: &ObjectRefGenerator<u64>) {
+    let e = kept.next_timeout(T).unwrap().expect("an error item");
     assert!(matches!(get(&e), Err(Error::InvalidOption(m)) if m.contains("passed on")));
-    assert!(kept.next().is_none());
+    assert_eq!(kept.next_timeout(T).unwrap(), None);
+}
+
+/// The window between the node sending the sender an item or the stream's
+/// end and the sender passing the stream on: for a bounded time, streams
+/// are passed on at every point of their run. Each item reaches the
+/// receiver once, in order, and the sender's generator only ends with its
+/// error (news that arrives late does not revive it).
+#[test]
+fn stress_passing_on_while_items_and_the_end_arrive() {
+    let _c = cluster();
+    let end = std::time::Instant::now() + Duration::from_secs(3);
+    let mut rounds = 0u64;
+    while std::time::Instant::now() < end {
+        let taken = (rounds % 4) as usize;
+        let mut gen = count::remote(6);
+        for i in 0..taken {
+            assert_eq!(get(&gen.next().unwrap()).unwrap(), i as u64);
+        }
+        let kept = gen.clone();
+        let rest = collect::remote(gen);
+        assert_eq!(get(&rest).unwrap(), (taken as u64..6).collect::<Vec<_>>());
+        check_passed_on(&kept);
+        rounds += 1;
+    }
+    assert!(rounds > 1);
 }
 
 #[test]

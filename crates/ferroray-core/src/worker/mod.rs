@@ -451,12 +451,20 @@ impl CoreWorker {
             FromNode::StreamItem { task_id, index, value } => {
                 // A shared-memory item comes without a pin: `get` takes one.
                 let cached = value.map_or(Cached::InStore, |v| Cached::of(v, |_, _| None));
+                // News sent before this process passed the stream on goes to
+                // its new owner too; here the stream has ended for good.
                 self.update_stream(task_id, |s, seq| {
-                    s.items.insert(index, (cached, seq));
+                    if s.passed_on.is_none() {
+                        s.items.insert(index, (cached, seq));
+                    }
                 });
             }
             FromNode::StreamEnd { task_id, items, error } => {
-                self.update_stream(task_id, |s, seq| s.end = Some((items, error, seq)));
+                self.update_stream(task_id, |s, seq| {
+                    if s.passed_on.is_none() {
+                        s.end = Some((items, error, seq));
+                    }
+                });
             }
             FromNode::ItemAck { task_id, index, gone } => {
                 let mut st = self.state.lock();

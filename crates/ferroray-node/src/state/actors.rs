@@ -241,6 +241,9 @@ impl State {
 
     /// Places the actors waiting for resources, in order (called by `schedule`).
     pub(super) fn place_unplaced(&mut self) {
+        if self.unplaced.is_empty() {
+            return;
+        }
         for id in self.unplaced.clone() {
             self.place_actor(id);
         }

@@ -262,12 +262,16 @@ struct Task {
     /// When it was last put in a ready queue (a counter): a task taken back
     /// from a worker goes back to its place by it (`requeue`).
     order: u64,
+    /// The function's short name, made once for the task's events (each
+    /// event shares it).
+    name: Arc<str>,
 }
 
 impl Task {
     /// A task entering the table, waiting for `pending_deps` arguments.
     fn new(spec: TaskSpec, pending_deps: usize, retries_left: u32) -> Self {
         Task {
+            name: spec.name().into(),
             spec,
             pending_deps,
             worker: None,
@@ -340,7 +344,7 @@ pub struct State {
     total: ResourceSet,
     available: ResourceSet,
     store: Store<ObjectId>,
-    events: VecDeque<TaskEvent>,
+    events: VecDeque<Event>,
     max_events: usize,
     max_workers: usize,
     /// The hard cap on worker processes, blocked ones included.
@@ -404,10 +408,39 @@ pub struct State {
 /// end is seen) before its error is completed without it.
 pub const CRASH_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A task event as the node keeps it: the name shared with its task (a
+/// [`TaskEvent`] is made only when someone lists them).
+#[derive(Clone)]
+struct Event {
+    task_id: TaskId,
+    name: Arc<str>,
+    state: TaskState,
+    attempt: u32,
+    time_us: u64,
+    worker_pid: Option<u32>,
+    error: Option<String>,
+    actor_id: Option<ActorId>,
+}
+
+impl Event {
+    fn to_task_event(&self) -> TaskEvent {
+        TaskEvent {
+            task_id: self.task_id,
+            name: self.name.to_string(),
+            state: self.state,
+            attempt: self.attempt,
+            time_us: self.time_us,
+            worker_pid: self.worker_pid,
+            error: self.error.clone(),
+            actor_id: self.actor_id,
+        }
+    }
+}
+
 fn push_event(
-    events: &mut VecDeque<TaskEvent>,
+    events: &mut VecDeque<Event>,
     max: usize,
-    spec: &TaskSpec,
+    task: &Task,
     state: TaskState,
     worker_pid: Option<u32>,
     error: Option<String>,
@@ -415,15 +448,15 @@ fn push_event(
     if events.len() >= max {
         events.pop_front();
     }
-    events.push_back(TaskEvent {
-        task_id: spec.task_id,
-        name: spec.name().to_string(),
+    events.push_back(Event {
+        task_id: task.spec.task_id,
+        name: task.name.clone(),
         state,
-        attempt: spec.attempt,
+        attempt: task.spec.attempt,
         time_us: now_us(),
         worker_pid,
         error,
-        actor_id: spec.actor_id(),
+        actor_id: task.spec.actor_id(),
     });
 }
 
@@ -617,7 +650,7 @@ impl State {
                 }
             }
             ToNode::ListTasks { req } => {
-                let events = self.events.iter().cloned().collect();
+                let events = self.events.iter().map(Event::to_task_event).collect();
                 self.send(conn, FromNode::Tasks { req, events });
             }
         }
@@ -628,7 +661,7 @@ impl State {
             return;
         };
         if task.spec.enable_events {
-            push_event(&mut self.events, self.max_events, &task.spec, state, pid, error);
+            push_event(&mut self.events, self.max_events, task, state, pid, error);
         }
     }
 

@@ -225,7 +225,7 @@ impl State {
             Err(e) => (TaskState::Failed, Some(e.to_string())),
         };
         if task.spec.enable_events {
-            push_event(&mut self.events, self.max_events, &task.spec, state, None, error);
+            push_event(&mut self.events, self.max_events, &task, state, None, error);
         }
         // The stream's end goes out before the generator's own object is
         // ready, so whoever sees `completed()` ready also sees the end.

@@ -61,7 +61,7 @@ pub(super) struct Actor {
     /// submission order.
     queues: Vec<(WorkerId, VecDeque<TaskId>)>,
     /// Calls sent to its process and not done, in the order sent.
-    sent: Vec<TaskId>,
+    sent: VecDeque<TaskId>,
     restarts_left: u32,
     /// The resources it took when placed, given back when it dies.
     held: Option<ResourceSet>,
@@ -114,7 +114,7 @@ impl State {
             worker: None,
             owner: conn,
             queues: Vec::new(),
-            sent: Vec::new(),
+            sent: VecDeque::new(),
             held: None,
             ending: None,
             drain: None,
@@ -319,7 +319,12 @@ impl State {
     /// drained.
     pub(super) fn actor_call_done(&mut self, actor: ActorId, tid: TaskId) {
         let Some(a) = self.actors.get_mut(&actor) else { return };
-        a.sent.retain(|t| *t != tid);
+        // Calls mostly end in the order sent: the front, without a scan.
+        if a.sent.front() == Some(&tid) {
+            a.sent.pop_front();
+        } else {
+            a.sent.retain(|t| *t != tid);
+        }
         for (_, q) in a.queues.iter_mut() {
             q.retain(|t| *t != tid);
         }

@@ -332,6 +332,17 @@ macro_rules! __actor_options_methods {
             self.opts.resources.push((::std::string::ToString::to_string(name), ::core::convert::Into::into(amount)));
             self
         }
+        /// Several custom resources at once, e.g. `.resources([("disk", 2)])`;
+        /// like Ray's `resources={"disk": 2}`.
+        pub fn resources<N: ::core::convert::AsRef<str>, A: ::core::convert::Into<f64>>(
+            mut self,
+            resources: impl ::core::iter::IntoIterator<Item = (N, A)>,
+        ) -> Self {
+            for (name, amount) in resources {
+                self = self.resource(name.as_ref(), amount);
+            }
+            self
+        }
     };
 }
 

@@ -144,10 +144,12 @@ use syn::{Expr, FnArg, GenericArgument, ItemFn, Lit, PathArguments, ReturnType, 
 /// | `num_cpus` | any number | CPUs the actor holds for its life | 0 |
 /// | `num_gpus` | any number | GPUs the actor holds for its life | 0 |
 ///
-/// `T::options()` starts from these and adds `name`, `lifetime_detached`
-/// and `resource`. Refused at compile time, at the user's code: a trait
-/// impl, a generic impl, no `new`, a method taking `self` by value or an
-/// argument by reference, an unknown key.
+/// `T::options()` starts from these (each has a setter) and adds `name`,
+/// `lifetime_detached`, `resource` and `resources`. Refused at compile
+/// time, at the user's code: a trait impl, a generic impl, no `new`, a
+/// method taking `self` by value or an argument by reference, an unknown
+/// key, and `max_concurrency = N` (N > 1) on a synchronous actor whose
+/// state is not `Send + Sync`.
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = syn::parse_macro_input!(attr as RemoteArgs);

@@ -301,6 +301,18 @@ fn actor_resources_are_held_for_its_life() {
 }
 
 #[test]
+fn custom_resources_of_an_actor_are_held_for_its_life() {
+    let _c = cluster_with(Config::default().num_cpus(2).resource("disk", 2.0));
+    let a = Counter::options().resources([("disk", 2)]).remote(0).unwrap();
+    assert_eq!(get(&a.value().remote()).unwrap(), 0);
+    // The only other taker of "disk" waits until the actor is gone.
+    let b = Counter::options().resource("disk", 1).remote(5).unwrap();
+    assert!(matches!(b.value().remote().get_timeout(Duration::from_millis(500)), Err(Error::GetTimeout)));
+    drop(a);
+    assert_eq!(get(&b.value().remote()).unwrap(), 5);
+}
+
+#[test]
 fn many_actors_start_at_once() {
     let _c = cluster();
     // Processes racing their registration (a hello may come first).

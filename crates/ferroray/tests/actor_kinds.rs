@@ -577,3 +577,28 @@ fn exit_actor_on_an_async_actor_waits_for_the_call_that_asked() {
     assert_eq!(get(&quit).unwrap(), 7, "the call that asked gets its result");
     assert!(common::eventually(T, || matches!(get(&l.most().remote()), Err(Error::ActorDied { .. }))));
 }
+
+/// A call cancelled while it waits for its turn (a `&mut self` call behind
+/// a long `&self` one) ends at once, on both kinds, and never runs.
+#[test]
+fn a_call_waiting_for_its_turn_is_cancelled_at_once() {
+    let _c = cluster();
+    let pool = Pool::remote();
+    let lp = Loop::remote();
+    let long_pool = pool.read().remote("long".to_string(), 3_000);
+    let long_loop = lp.read().remote("long".to_string(), 3_000);
+    let waiting_pool = pool.write().remote("never".to_string());
+    let waiting_loop = lp.write().remote("never".to_string(), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    ferroray::cancel(&waiting_pool).unwrap();
+    ferroray::cancel(&waiting_loop).unwrap();
+    assert_eq!(get(&waiting_pool), Err(Error::TaskCancelled));
+    assert_eq!(get(&waiting_loop), Err(Error::TaskCancelled));
+    assert!(t.elapsed() < Duration::from_millis(1_500), "not after the long calls: {:?}", t.elapsed());
+    assert_eq!(get(&long_pool).unwrap(), 0, "no write ran");
+    assert_eq!(get(&long_loop).unwrap(), 0, "no write ran");
+    for log in [get(&pool.log().remote()).unwrap(), get(&lp.log().remote()).unwrap()] {
+        assert!(!log.contains(&"write never".to_string()), "{log:?}");
+    }
+}

@@ -9,7 +9,8 @@
 //! 2. It takes a permit of `max_concurrency`, then the state's lock: read
 //!    access for a `&self` method, write access for a `&mut self` one
 //!    (tokio's lock is fair, so a waiting writer is not overtaken by later
-//!    readers). Later calls wait behind it.
+//!    readers). Later calls wait behind it. If the call is cancelled
+//!    meanwhile, it ends there (`TaskCancelled`).
 //! 3. It spawns the call's future, which owns the lock's guard until it
 //!    ends: a `&mut self` method stays exclusive across its awaits.
 //! 4. A cancel drops the future at its next await (or before it starts)
@@ -39,13 +40,25 @@ pub(super) fn serve(queue: Arc<TaskQueue>, core: &Arc<CoreWorker>, max_concurren
     crate::async_rt::block_on(local.run_until(async move {
         loop {
             let (spec, ctx, abort) = queue.next_async().await;
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
+            let exclusive = is_exclusive(&spec);
+            let (state, permits) = (state.clone(), permits.clone());
+            let turn = async move {
+                let permit = permits.acquire_owned().await.ok()?;
+                let guard = if exclusive {
+                    StateGuard::Write(state.write_owned().await)
+                } else {
+                    StateGuard::Read(state.read_owned().await)
+                };
+                Some((permit, guard))
             };
-            let guard = if is_exclusive(&spec) {
-                StateGuard::Write(state.clone().write_owned().await)
-            } else {
-                StateGuard::Read(state.clone().read_owned().await)
+            let Some((permit, guard)) = until_cancelled(turn, &ctx).await else {
+                // Cancelled while it waited for its turn: it ends now.
+                let (task_id, attempt) = (spec.task_id, spec.attempt);
+                core.release_unrun(spec);
+                let outcome = TaskOutcome::Failed(Error::TaskCancelled);
+                let _ = core.send(ToNode::TaskDone { task_id, attempt, outcome });
+                queue.finished(task_id);
+                continue;
             };
             let (core, queue) = (core.clone(), queue.clone());
             tokio::task::spawn_local(async move {
@@ -56,6 +69,24 @@ pub(super) fn serve(queue: Arc<TaskQueue>, core: &Arc<CoreWorker>, max_concurren
             });
         }
     }));
+}
+
+/// `turn` (a call's permit and lock guard), or `None` once the call is
+/// cancelled first. The same `turn` future is polled throughout, so the
+/// call keeps its place in the lock's queue; a cancel raises a flag only,
+/// so it is looked at between short sleeps.
+async fn until_cancelled<T>(turn: impl std::future::Future<Output = Option<T>>, ctx: &TaskContext) -> Option<T> {
+    let mut turn = std::pin::pin!(turn);
+    loop {
+        if ctx.is_cancelled() {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            got = &mut turn => return got,
+            () = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
 }
 
 impl CoreWorker {

@@ -9,7 +9,8 @@
 //! 2. It waits until the call may run: a `&mut self` call until no call
 //!    runs, a `&self` call until no `&mut self` call runs and fewer than
 //!    `max_concurrency` run. Later calls wait behind it, so a `&mut self`
-//!    call is never overtaken by the `&self` calls sent after it.
+//!    call is never overtaken by the `&self` calls sent after it. If the
+//!    call is cancelled meanwhile, it ends there (`TaskCancelled`).
 //! 3. It hands the call to an idle thread, or starts one (never more than
 //!    `max_concurrency`).
 //! 4. The thread runs the call, unless it was cancelled while it waited
@@ -22,6 +23,9 @@
 
 use super::executor::{is_exclusive, TaskQueue};
 use super::*;
+
+/// How often a call waiting for its turn looks at its cancel flag.
+const CANCEL_CHECK: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A call admitted and waiting for a thread.
 struct Job {
@@ -54,12 +58,27 @@ struct Pool {
 /// Serves the actor's calls until the process ends. Never returns.
 pub(super) fn serve(queue: &Arc<TaskQueue>, core: &Arc<CoreWorker>, max_concurrency: usize) {
     let pool = Arc::new(Pool::default());
-    loop {
+    'calls: loop {
         let (spec, ctx) = queue.next_blocking();
         let exclusive = is_exclusive(&spec);
         let mut s = pool.slots.lock();
         while !(if exclusive { s.running == 0 } else { !s.exclusive && s.running < max_concurrency }) {
-            pool.changed.wait(&mut s);
+            // A call cancelled while it waits for its turn ends now, not
+            // when the calls before it are done (a cancel raises its flag
+            // only, so it is looked at between short waits).
+            if ctx.is_cancelled() {
+                drop(s);
+                let (task_id, attempt) = (spec.task_id, spec.attempt);
+                core.release_unrun(spec);
+                let _ = core.send(ToNode::TaskDone {
+                    task_id,
+                    attempt,
+                    outcome: TaskOutcome::Failed(Error::TaskCancelled),
+                });
+                queue.finished(task_id);
+                continue 'calls;
+            }
+            pool.changed.wait_for(&mut s, CANCEL_CHECK);
         }
         s.running += 1;
         s.exclusive = exclusive;

@@ -46,6 +46,19 @@ pub(crate) struct GenInner {
     /// Passed on to this process but not given the stream: its only item
     /// is this error.
     refused: Option<ferroray_common::Error>,
+    /// This generator (any clone of it) passed its stream on: its only item
+    /// from then on is that error (whatever becomes of the local stream).
+    passed: AtomicBool,
+}
+
+impl GenInner {
+    /// Why this generator gives no more items, if it does not.
+    fn stopped(&self) -> Option<ferroray_common::Error> {
+        if let Some(e) = &self.refused {
+            return Some(e.clone());
+        }
+        self.passed.load(Ordering::Relaxed).then(|| crate::worker::passed_on(self.task))
+    }
 }
 
 impl Drop for GenInner {
@@ -66,7 +79,14 @@ impl<T> ObjectRefGenerator<T> {
     pub(crate) fn new(completion: Arc<RefInner>) -> Self {
         let task = completion.id.task;
         ObjectRefGenerator {
-            inner: Arc::new(GenInner { task, completion, failed: AtomicBool::new(false), token: 0, refused: None }),
+            inner: Arc::new(GenInner {
+                task,
+                completion,
+                failed: AtomicBool::new(false),
+                token: 0,
+                refused: None,
+                passed: AtomicBool::new(false),
+            }),
             _t: PhantomData,
         }
     }
@@ -90,10 +110,10 @@ impl<T> ObjectRefGenerator<T> {
     /// (`TaskCancelled`).
     #[allow(clippy::should_implement_trait)] // It is `Iterator::next`, made inherent to win over `StreamExt::next`.
     pub fn next(&mut self) -> Option<ObjectRef<T>> {
-        if let Some(e) = &self.inner.refused {
-            return self.failure(e.clone());
+        if let Some(e) = self.inner.stopped() {
+            return self.failure(e);
         }
-        match self.inner.completion.core.stream_next(self.inner.task, None) {
+        match self.inner.completion.core.stream_next(self.inner.task, self.inner.token, None) {
             Ok(r) => Self::wrap(r),
             Err(e) => self.failure(e),
         }
@@ -107,22 +127,28 @@ impl<T> ObjectRefGenerator<T> {
         NextItem { gen: self }
     }
 
-    /// The next item: `Ok(None)` at the end, `Err(GetTimeout)` if none came in time.
+    /// The next item: `Ok(None)` at the end, `Err(GetTimeout)` if none came
+    /// in time; a failure comes as an error item, as from [`next`](Self::next).
     pub fn next_timeout(&self, timeout: Duration) -> Result<Option<ObjectRef<T>>> {
-        if let Some(e) = &self.inner.refused {
-            return Ok(self.failure(e.clone()));
+        if let Some(e) = self.inner.stopped() {
+            return Ok(self.failure(e));
         }
-        self.inner.completion.core.stream_next(self.inner.task, Some(timeout)).map(Self::wrap)
+        match self.inner.completion.core.stream_next(self.inner.task, self.inner.token, Some(timeout)) {
+            Ok(r) => Ok(Self::wrap(r)),
+            Err(ferroray_common::Error::GetTimeout) => Err(ferroray_common::Error::GetTimeout),
+            // As from `next`: a failure is an error item, then the end.
+            Err(e) => Ok(self.failure(e)),
+        }
     }
 
     /// The next item if it is already here, without waiting (`None`: not
     /// yet, or the end; `is_finished()` tells them apart). A failure comes
     /// as an error ref, as from [`next`](Self::next).
     pub fn next_ready(&self) -> Option<ObjectRef<T>> {
-        if let Some(e) = &self.inner.refused {
-            return self.failure(e.clone());
+        if let Some(e) = self.inner.stopped() {
+            return self.failure(e);
         }
-        match self.inner.completion.core.stream_next(self.inner.task, Some(Duration::ZERO)) {
+        match self.inner.completion.core.stream_next(self.inner.task, self.inner.token, Some(Duration::ZERO)) {
             Ok(r) => Self::wrap(r),
             Err(ferroray_common::Error::GetTimeout) => None,
             Err(e) => self.failure(e),
@@ -138,11 +164,12 @@ impl<T> ObjectRefGenerator<T> {
     }
 
     fn poll_item(&self, cx: &mut Context<'_>) -> Poll<Option<ObjectRef<T>>> {
-        if let Some(e) = &self.inner.refused {
-            return Poll::Ready(self.failure(e.clone()));
+        if let Some(e) = self.inner.stopped() {
+            return Poll::Ready(self.failure(e));
         }
-        match self.inner.completion.core.stream_poll(self.inner.task, cx.waker()) {
-            Poll::Ready(r) => Poll::Ready(Self::wrap(r)),
+        match self.inner.completion.core.stream_poll(self.inner.task, self.inner.token, cx.waker()) {
+            Poll::Ready(Ok(r)) => Poll::Ready(Self::wrap(r)),
+            Poll::Ready(Err(e)) => Poll::Ready(self.failure(e)),
             // A cancel of the task awaiting wakes it (see `CancelRunning`).
             Poll::Pending if crate::context::is_cancelled() => {
                 Poll::Ready(self.failure(ferroray_common::Error::TaskCancelled))
@@ -159,7 +186,7 @@ impl<T> ObjectRefGenerator<T> {
 
     /// Whether the task has ended (every item it made is known here).
     pub fn is_finished(&self) -> bool {
-        self.inner.refused.is_some() || self.inner.completion.core.stream_ended(self.inner.task)
+        self.inner.stopped().is_some() || self.inner.completion.core.stream_ended(self.inner.task, self.inner.token)
     }
 
     /// Stops the remote task at its next yield and drops the generator.
@@ -185,6 +212,7 @@ impl<T> Serialize for ObjectRefGenerator<T> {
         let core = &self.inner.completion.core;
         let (from, backpressure) =
             core.hand_off_stream(self.inner.task, self.inner.token).map_err(serde::ser::Error::custom)?;
+        self.inner.passed.store(true, Ordering::Relaxed);
         PassedOn { completion: ObjectRef::from_inner(self.inner.completion.clone()), from, backpressure }.serialize(s)
     }
 }
@@ -199,7 +227,14 @@ impl<'de, T> Deserialize<'de> for ObjectRefGenerator<T> {
             Err(e) => (0, Some(e)),
         };
         Ok(ObjectRefGenerator {
-            inner: Arc::new(GenInner { task, completion, failed: AtomicBool::new(false), token, refused }),
+            inner: Arc::new(GenInner {
+                task,
+                completion,
+                failed: AtomicBool::new(false),
+                token,
+                refused,
+                passed: AtomicBool::new(false),
+            }),
             _t: PhantomData,
         })
     }

@@ -376,12 +376,15 @@ pub enum ToNode {
         task_id: TaskId,
         consumed: u32,
     },
-    /// Take over a stream passed on (the sender holds a ref to its
-    /// generator's object); answered by [`FromNode::StreamClaimed`], after
-    /// the items not yet consumed (and the end, if it came) are sent.
+    /// Take over a stream passed on at item `from` (the sender holds a ref
+    /// to its generator's object); answered by [`FromNode::StreamClaimed`],
+    /// after the items not yet consumed (and the end, if it came) are sent.
+    /// Refused, with nothing changed, if the stream is not in transit at
+    /// `from` (a stale copy of the value that carried it).
     StreamClaim {
         req: u64,
         task_id: TaskId,
+        from: u32,
     },
     /// Create an actor (`spec.actor` is `Create`): the node registers it
     /// (and its name) at once and answers [`FromNode::ActorCreated`]; the

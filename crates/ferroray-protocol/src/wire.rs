@@ -1126,6 +1126,8 @@ pub struct StreamClaim {
     pub req: u64,
     #[prost(message, optional, tag = "2")]
     pub task_id: Option<TaskId>,
+    #[prost(uint32, tag = "3")]
+    pub from: u32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -1297,8 +1299,8 @@ impl From<m::ToNode> for ToNode {
             m::ToNode::StreamHandOff { task_id, consumed } => {
                 K::StreamHandOff(StreamProgress { task_id: Some(task_id.into()), consumed })
             }
-            m::ToNode::StreamClaim { req, task_id } => {
-                K::StreamClaim(StreamClaim { req, task_id: Some(task_id.into()) })
+            m::ToNode::StreamClaim { req, task_id, from } => {
+                K::StreamClaim(StreamClaim { req, task_id: Some(task_id.into()), from })
             }
         };
         ToNode { kind: Some(kind) }
@@ -1379,7 +1381,7 @@ impl TryFrom<ToNode> for m::ToNode {
                 m::ToNode::StreamHandOff { task_id: task_id(s.task_id, "StreamHandOff task id")?, consumed: s.consumed }
             }
             K::StreamClaim(s) => {
-                m::ToNode::StreamClaim { req: s.req, task_id: task_id(s.task_id, "StreamClaim task id")? }
+                m::ToNode::StreamClaim { req: s.req, task_id: task_id(s.task_id, "StreamClaim task id")?, from: s.from }
             }
         })
     }

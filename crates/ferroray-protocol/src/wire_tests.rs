@@ -185,7 +185,7 @@ fn every_to_node_message_round_trips() {
         ToNode::StreamConsumed { task_id: tid(9), consumed: 3 },
         ToNode::StreamDrop { task_id: tid(9), consumed: 3 },
         ToNode::StreamHandOff { task_id: tid(9), consumed: 0 },
-        ToNode::StreamClaim { req: 5, task_id: tid(9) },
+        ToNode::StreamClaim { req: 5, task_id: tid(9), from: 4 },
     ];
     for m in messages {
         roundtrip(m);

@@ -129,7 +129,7 @@ fn corpus() -> Vec<Vec<u8>> {
         ToNode::StreamConsumed { task_id: TaskId { submitter: WorkerId(3), seq: 9 }, consumed: 3 },
         ToNode::StreamDrop { task_id: TaskId { submitter: WorkerId(3), seq: 9 }, consumed: 3 },
         ToNode::StreamHandOff { task_id: TaskId { submitter: WorkerId(3), seq: 9 }, consumed: 1 },
-        ToNode::StreamClaim { req: 2, task_id: TaskId { submitter: WorkerId(3), seq: 9 } },
+        ToNode::StreamClaim { req: 2, task_id: TaskId { submitter: WorkerId(3), seq: 9 }, from: 1 },
     ];
     let from_node = vec![
         FromNode::Welcome(NodeInfo {

@@ -183,3 +183,41 @@ fn a_stream_passed_on_and_never_claimed_is_released() {
         s.node_streams == 0 && s.node_objects == 0 && s.store_objects == 0
     }));
 }
+
+/// A process that passed a stream on may claim it back (a value read in
+/// the process that made it): the new generator takes the items, the old
+/// one and its clones end with their error, and the generator's own object
+/// still gives the task's real outcome.
+#[test]
+fn a_stream_claimed_back_in_the_same_process() {
+    let _c = cluster();
+    let gen = count::remote(5);
+    let kept = gen.clone();
+    let carried = ferroray::put(gen).unwrap();
+    let back: ObjectRefGenerator<u64> = get(&carried).unwrap();
+    assert_eq!(back.map(|r| get(&r).unwrap()).collect::<Vec<_>>(), (0..5).collect::<Vec<_>>());
+    check_passed_on(&kept);
+    assert_eq!(get(&kept.completed()), Ok(()), "the task's own outcome, not the hand-off's error");
+}
+
+/// A stale copy of an older hand-off (the first value read again after
+/// the stream moved on) is refused and changes nothing: the current value
+/// still gets the stream, from where it was passed on.
+#[test]
+fn a_stale_hand_off_is_refused_without_side_effects() {
+    let _c = cluster();
+    let gen = count::remote(6);
+    let kept = gen.clone();
+    let first = ferroray::put(gen).unwrap();
+    let mut second_owner: ObjectRefGenerator<u64> = get(&first).unwrap();
+    let taken: Vec<u64> = (0..2).map(|_| get(&second_owner.next().unwrap()).unwrap()).collect();
+    assert_eq!(taken, vec![0, 1]);
+    let second = ferroray::put(second_owner).unwrap();
+    assert!(ferroray::put(kept.clone()).is_err(), "a generator that passed its stream on cannot pass it again");
+    let stale: ObjectRefGenerator<u64> = get(&first).unwrap();
+    let e = stale.next_timeout(T).unwrap().expect("an error item");
+    assert!(matches!(get(&e), Err(Error::InvalidOption(m)) if m.contains("another consumer")));
+    let current: ObjectRefGenerator<u64> = get(&second).unwrap();
+    assert_eq!(current.map(|r| get(&r).unwrap()).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+    check_passed_on(&kept);
+}

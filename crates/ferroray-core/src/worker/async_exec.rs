@@ -115,7 +115,11 @@ impl CoreWorker {
         context::set(Some(ctx.clone()));
         let mut reader = ArgReader { core: self, args: spec.args.into_iter(), position: 0, ctx: &ctx };
         let mut streamed = None;
-        let made = match run {
+        // A panic here (a user's `Deserialize`, say) ends the process as a
+        // panic in the call does: nothing is reported, the node restarts the
+        // actor or reports it dead (a task dropped by the loop would leave
+        // its caller waiting).
+        let made = catch_unwind(AssertUnwindSafe(|| match run {
             Err(e) => Err(e),
             Ok(MethodRun::AsyncValues(f)) => f(guard, &mut reader),
             Ok(MethodRun::AsyncItems(f)) => match returns {
@@ -142,7 +146,8 @@ impl CoreWorker {
             Ok(MethodRun::Values(_) | MethodRun::Items(_)) => {
                 Err(Error::Protocol("a synchronous method on an async actor's event loop".into()))
             }
-        }
+        }))
+        .unwrap_or_else(|_| std::process::exit(101))
         .and_then(|fut| reader.finish().map(|()| fut));
         drop(reader);
         context::set(None);

@@ -45,6 +45,7 @@ pub use caller::RawValue;
 pub use executor::exit_actor;
 use executor::Executor;
 pub use process::{is_worker_process, worker_main};
+pub(crate) use streams::passed_on;
 
 /// How long a request to the node (allocation, task listing) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);

@@ -3,19 +3,24 @@
 
 use super::*;
 
+/// What [`CoreWorker::take_next`] hands out: the next ref (`None`: the
+/// end), and the consumed count to tell the node (backpressure).
+type Taken = (Option<Arc<RefInner>>, Option<u32>);
+
 impl CoreWorker {
     /// The next item of a stream this process owns: blocks up to `timeout`
     /// (`None`: no limit; zero: do not wait). `Ok(None)` once it has ended.
     pub(crate) fn stream_next(
         self: &Arc<Self>,
         task: TaskId,
+        token: u64,
         timeout: Option<Duration>,
     ) -> Result<Option<Arc<RefInner>>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut blocked = BlockedGuard::new(self);
         let mut st = self.state.lock();
         loop {
-            match self.take_next(&mut st, task) {
+            match self.take_next(&mut st, task, token)? {
                 Poll::Ready((r, consumed)) => {
                     drop(st);
                     if let Some(consumed) = consumed {
@@ -41,17 +46,23 @@ impl CoreWorker {
     }
 
     /// `futures::Stream` form of [`stream_next`](Self::stream_next).
-    pub(crate) fn stream_poll(self: &Arc<Self>, task: TaskId, waker: &std::task::Waker) -> Poll<Option<Arc<RefInner>>> {
+    pub(crate) fn stream_poll(
+        self: &Arc<Self>,
+        task: TaskId,
+        token: u64,
+        waker: &std::task::Waker,
+    ) -> Poll<Result<Option<Arc<RefInner>>>> {
         let mut st = self.state.lock();
-        match self.take_next(&mut st, task) {
-            Poll::Ready((r, consumed)) => {
+        match self.take_next(&mut st, task, token) {
+            Err(e) => Poll::Ready(Err(e)),
+            Ok(Poll::Ready((r, consumed))) => {
                 drop(st);
                 if let Some(consumed) = consumed {
                     let _ = self.send(ToNode::StreamConsumed { task_id: task, consumed });
                 }
-                Poll::Ready(r)
+                Poll::Ready(Ok(r))
             }
-            Poll::Pending => {
+            Ok(Poll::Pending) => {
                 if let Some(s) = st.streams.get_mut(&task) {
                     if !s.wakers.iter().any(|w| w.will_wake(waker)) {
                         s.wakers.push(waker.clone());
@@ -68,12 +79,10 @@ impl CoreWorker {
 
     /// Hands out the stream's next ref if there is one: an item, or after
     /// the last item the error (once), or the end. Also gives the new
-    /// consumed count when the node needs it (backpressure).
-    pub(super) fn take_next(
-        self: &Arc<Self>,
-        st: &mut LocalState,
-        task: TaskId,
-    ) -> Poll<(Option<Arc<RefInner>>, Option<u32>)> {
+    /// consumed count when the node needs it (backpressure). An error if
+    /// generator `token` passed the stream on (its caller hands that out
+    /// once, as a fresh error object, then the end).
+    pub(super) fn take_next(self: &Arc<Self>, st: &mut LocalState, task: TaskId, token: u64) -> Result<Poll<Taken>> {
         if st.disconnected.is_some() {
             let reason = st.disconnected.clone().unwrap_or_default();
             st.seq += 1;
@@ -85,7 +94,10 @@ impl CoreWorker {
                 }
             }
         }
-        let Some(s) = st.streams.get_mut(&task) else { return Poll::Ready((None, None)) };
+        let Some(s) = st.streams.get_mut(&task) else { return Ok(Poll::Ready((None, None))) };
+        if s.token != token || s.passed_on.is_some() {
+            return Err(passed_on(task));
+        }
         if let Some((cached, _)) = s.items.remove(&s.next) {
             let id = ObjectId::for_item(task, s.next);
             s.next += 1;
@@ -93,11 +105,11 @@ impl CoreWorker {
             // The node already holds the item for this process.
             *st.refs.entry(id).or_insert(0) += 1;
             self.cache(st, id, cached);
-            return Poll::Ready((Some(Arc::new(RefInner { id, core: self.clone() })), consumed));
+            return Ok(Poll::Ready((Some(Arc::new(RefInner { id, core: self.clone() })), consumed)));
         }
-        let Some((n, error, _)) = &s.end else { return Poll::Pending };
+        let Some((n, error, _)) = &s.end else { return Ok(Poll::Pending) };
         if s.next < *n {
-            return Poll::Pending;
+            return Ok(Poll::Pending);
         }
         match error {
             Some(e) if !s.error_handed => {
@@ -106,14 +118,14 @@ impl CoreWorker {
                 let id = ObjectId::for_return(task, 0);
                 *st.refs.entry(id).or_insert(0) += 1;
                 self.cache(st, id, Cached::Error(e));
-                Poll::Ready((Some(Arc::new(RefInner { id, core: self.clone() })), None))
+                Ok(Poll::Ready((Some(Arc::new(RefInner { id, core: self.clone() })), None)))
             }
-            _ => Poll::Ready((None, None)),
+            _ => Ok(Poll::Ready((None, None))),
         }
     }
 
-    pub(crate) fn stream_ended(&self, task: TaskId) -> bool {
-        self.state.lock().streams.get(&task).is_none_or(|s| s.end.is_some())
+    pub(crate) fn stream_ended(&self, task: TaskId, token: u64) -> bool {
+        self.state.lock().streams.get(&task).is_none_or(|s| s.end.is_some() || s.token != token)
     }
 
     /// The caller dropped its generator: tell the node how far it got
@@ -154,13 +166,9 @@ impl CoreWorker {
             }
             let from = s.next;
             s.passed_on = Some(from);
+            // Ended here: its generators hand out `passed_on` once.
             s.items.clear();
-            s.end = Some((
-                from,
-                Some(Error::InvalidOption(format!("generator {task} was passed on: its items go to its receiver"))),
-                seq,
-            ));
-            s.error_handed = false;
+            s.end = Some((from, None, seq));
             (from, s.backpressure, std::mem::take(&mut s.wakers))
         };
         // Not under the state's lock: an in-process node may answer at once.
@@ -175,7 +183,7 @@ impl CoreWorker {
     /// no items (another consumer took the stream, or it is gone).
     pub(crate) fn claim_stream(self: &Arc<Self>, task: TaskId, from: u32, backpressure: bool) -> Result<u64> {
         let token = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        {
+        let before = {
             let mut st = self.state.lock();
             if st.streams.get(&task).is_some_and(|s| s.passed_on.is_none()) {
                 return Err(Error::InvalidOption(format!(
@@ -183,10 +191,11 @@ impl CoreWorker {
                 )));
             }
             // Registered before the claim, so the items the node sends with
-            // its answer find it.
-            st.streams.insert(task, LocalStream::new(backpressure, from, token));
-        }
-        let refused = match self.request(|req| ToNode::StreamClaim { req, task_id: task }) {
+            // its answer find it. What it replaces (this process passed the
+            // stream on) comes back if the claim is refused.
+            st.streams.insert(task, LocalStream::new(backpressure, from, token))
+        };
+        let refused = match self.request(|req| ToNode::StreamClaim { req, task_id: task, from }) {
             Ok(FromNode::StreamClaimed { result: Ok(start), .. }) if start == from => return Ok(token),
             Ok(FromNode::StreamClaimed { result: Ok(start), .. }) => Error::Protocol(format!(
                 "generator {task} was passed on at item {from} but the node resumes it at {start}"
@@ -197,7 +206,10 @@ impl CoreWorker {
         };
         let mut st = self.state.lock();
         if st.streams.get(&task).is_some_and(|s| s.token == token) {
-            st.streams.remove(&task);
+            match before {
+                Some(s) => st.streams.insert(task, s),
+                None => st.streams.remove(&task),
+            };
         }
         Err(refused)
     }
@@ -220,4 +232,10 @@ impl CoreWorker {
         wakers.into_iter().for_each(|w| w.wake());
         self.ready.notify_all();
     }
+}
+
+/// What a generator that passed its stream on hands out (once, as an error
+/// item): its items go to the receiver.
+pub(crate) fn passed_on(task: TaskId) -> Error {
+    Error::InvalidOption(format!("generator {task} was passed on: its items go to its receiver"))
 }

@@ -630,8 +630,8 @@ impl State {
             }
             ToNode::StreamDrop { task_id, consumed } => self.drop_stream(conn, task_id, consumed),
             ToNode::StreamHandOff { task_id, consumed } => self.hand_off_stream(conn, task_id, consumed),
-            ToNode::StreamClaim { req, task_id } => {
-                let result = self.claim_stream(conn, task_id);
+            ToNode::StreamClaim { req, task_id, from } => {
+                let result = self.claim_stream(conn, task_id, from);
                 self.send(conn, FromNode::StreamClaimed { req, result });
             }
             ToNode::CreateActor { req, spec } => self.create_actor(conn, req, *spec),

@@ -175,18 +175,20 @@ impl State {
         }
     }
 
-    /// `conn` takes over a stream passed on: it must hold a ref to the
-    /// generator's own object (the value that carried the generator grants
-    /// it). It gets the items not consumed yet, then the end if it came,
-    /// and from then on everything the owner gets. Only one claim succeeds.
-    pub(super) fn claim_stream(&mut self, conn: ConnId, tid: TaskId) -> Result<u32> {
+    /// `conn` takes over a stream passed on at item `from`: it must hold a
+    /// ref to the generator's own object (the value that carried the
+    /// generator grants it), and the stream must be in transit at `from`
+    /// (a stale copy of an older hand-off is refused, changing nothing). It
+    /// gets the items not consumed yet, then the end if it came, and from
+    /// then on everything the owner gets. Only one claim succeeds.
+    pub(super) fn claim_stream(&mut self, conn: ConnId, tid: TaskId, from: u32) -> Result<u32> {
         if !self.may_see(conn, ObjectId::for_return(tid, 0), false) {
             return Err(Error::InvalidOption(format!("generator {tid} is not passed to this process")));
         }
         let Some(st) = self.streams.get_mut(&tid) else {
             return Err(Error::InvalidOption(format!("generator {tid} is gone")));
         };
-        if !st.in_transit {
+        if !st.in_transit || st.consumed != from {
             return Err(Error::InvalidOption(format!(
                 "generator {tid} was already taken by another consumer: each item goes to one consumer"
             )));

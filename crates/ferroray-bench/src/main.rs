@@ -882,12 +882,32 @@ fn bench_actor_sync(plan: Plan, actor: &ferroray::ActorHandle<BenchActor>) -> Re
         .target(target::ACTOR_SYNC))
 }
 
-fn bench_actor_async(plan: Plan, actor: &ferroray::ActorHandle<BenchActor>) -> Res<Row> {
-    let trials = measure(plan.scaled(1.3), || {
-        let refs: Vec<_> = (0..1000).map(|_| actor.incr().remote()).collect();
+/// Trials of 1,000 calls made at once and then `get_all` (calls/s).
+fn calls_in_flight(plan: Plan, call: impl Fn() -> ferroray::ObjectRef<u64>) -> Res<Vec<f64>> {
+    measure(plan.scaled(1.3), || {
+        let refs: Vec<_> = (0..1000).map(|_| call()).collect();
         ferroray::get_all(&refs)?;
         Ok(1000.0)
+    })
+}
+
+/// Trials of a generator call whose items are each read as they come
+/// (items/s), and the items per call.
+fn items_as_they_come(plan: Plan, gen: impl Fn(u64) -> ferroray::ObjectRefGenerator<u64>) -> Res<(Vec<f64>, u64)> {
+    let n = if plan.trial < Duration::from_millis(500) { 2_000 } else { 10_000 };
+    let trials = measure(plan, || {
+        let mut got = 0u64;
+        for r in gen(n) {
+            r.get()?;
+            got += 1;
+        }
+        Ok(got as f64)
     })?;
+    Ok((trials, n))
+}
+
+fn bench_actor_async(plan: Plan, actor: &ferroray::ActorHandle<BenchActor>) -> Res<Row> {
+    let trials = calls_in_flight(plan, || actor.incr().remote())?;
     Ok(Row::new(
         ROW_ACTOR_ASYNC,
         "calls/s",
@@ -900,15 +920,7 @@ fn bench_actor_async(plan: Plan, actor: &ferroray::ActorHandle<BenchActor>) -> R
 }
 
 fn bench_actor_gen(plan: Plan, actor: &ferroray::ActorHandle<BenchActor>) -> Res<Row> {
-    let n = if plan.trial < Duration::from_millis(500) { 2_000 } else { 10_000 };
-    let trials = measure(plan, || {
-        let mut got = 0u64;
-        for r in actor.items().remote(n) {
-            r.get()?;
-            got += 1;
-        }
-        Ok(got as f64)
-    })?;
+    let (trials, n) = items_as_they_come(plan, |n| actor.items().remote(n))?;
     Ok(Row::new(
         ROW_ACTOR_GEN,
         "items/s",
@@ -922,11 +934,7 @@ fn bench_actor_gen(plan: Plan, actor: &ferroray::ActorHandle<BenchActor>) -> Res
 }
 
 fn bench_async_actor_async(plan: Plan, actor: &ferroray::ActorHandle<BenchAsyncActor>) -> Res<Row> {
-    let trials = measure(plan.scaled(1.3), || {
-        let refs: Vec<_> = (0..1000).map(|_| actor.incr().remote()).collect();
-        ferroray::get_all(&refs)?;
-        Ok(1000.0)
-    })?;
+    let trials = calls_in_flight(plan, || actor.incr().remote())?;
     Ok(Row::new(
         ROW_ASYNC_ACTOR_ASYNC,
         "calls/s",
@@ -939,15 +947,7 @@ fn bench_async_actor_async(plan: Plan, actor: &ferroray::ActorHandle<BenchAsyncA
 }
 
 fn bench_async_actor_gen(plan: Plan, actor: &ferroray::ActorHandle<BenchAsyncActor>) -> Res<Row> {
-    let n = if plan.trial < Duration::from_millis(500) { 2_000 } else { 10_000 };
-    let trials = measure(plan, || {
-        let mut got = 0u64;
-        for r in actor.items().remote(n) {
-            r.get()?;
-            got += 1;
-        }
-        Ok(got as f64)
-    })?;
+    let (trials, n) = items_as_they_come(plan, |n| actor.items().remote(n))?;
     Ok(Row::new(
         ROW_ASYNC_ACTOR_GEN,
         "items/s",

@@ -206,37 +206,14 @@ impl Rng {
     }
 }
 
+/// Every `Error` variant (the wire tests' list), and empty strings where a
+/// direct encoder must still write what the derived one does.
 fn every_error() -> Vec<Error> {
-    let mut task = Error::task("my::Err", "it broke", "crate::f", 77);
-    if let Error::Task(t) = &mut task {
-        t.value = Some(vec![9; 30]);
-    }
-    vec![
-        task,
-        Error::task("", "", "", 0),
-        Error::GetTimeout,
-        Error::TaskCancelled,
-        Error::WorkerCrashed { task: "f".into(), detail: "SIGKILL".into() },
-        Error::ObjectLost("o".into()),
-        Error::InvalidOption("".into()),
-        Error::Serialization("ser".into()),
-        Error::UnknownFunction("g".into()),
-        Error::Infeasible("GPU".into()),
-        Error::StoreFull("full".into()),
-        Error::ReplayMismatch("differs".into()),
-        Error::NotInitialized,
-        Error::AlreadyInitialized,
-        Error::Disconnected("gone".into()),
-        Error::Protocol("no".into()),
-        Error::Io("eio".into()),
-        Error::PermissionDenied("who".into()),
-        Error::ActorDied { actor: "a".into(), cause: ActorDeathCause::Killed },
-        Error::ActorDied { actor: "a".into(), cause: ActorDeathCause::Crashed("signal 9".into()) },
-        Error::ActorDied { actor: "".into(), cause: ActorDeathCause::CreationFailed("no".into()) },
-        Error::ActorDied { actor: "a".into(), cause: ActorDeathCause::OutOfScope },
-        Error::ActorDied { actor: "a".into(), cause: ActorDeathCause::Exited },
-        Error::ActorDied { actor: "a".into(), cause: ActorDeathCause::JobEnded },
-    ]
+    let mut errors = crate::wire_tests::every_error();
+    errors.push(Error::task("", "", "", 0));
+    errors.push(Error::InvalidOption("".into()));
+    errors.push(Error::ActorDied { actor: "".into(), cause: ActorDeathCause::CreationFailed("no".into()) });
+    errors
 }
 
 /// The body through the derived wire struct.

@@ -62,7 +62,7 @@ fn task_error(value: Option<Vec<u8>>) -> Error {
 }
 
 /// One of every `Error` variant.
-fn every_error() -> Vec<Error> {
+pub(crate) fn every_error() -> Vec<Error> {
     vec![
         task_error(None),
         task_error(Some(vec![])),

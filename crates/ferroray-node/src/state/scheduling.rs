@@ -310,7 +310,13 @@ impl State {
             return;
         };
         let was_running = c.running() == Some(tid);
-        c.assigned.retain(|t| *t != tid);
+        // Usually the first (the running one): an actor may have a thousand
+        // calls queued behind it, and a scan each would be quadratic.
+        if c.assigned.front() == Some(&tid) {
+            c.assigned.pop_front();
+        } else if let Some(at) = c.assigned.iter().position(|t| *t == tid) {
+            c.assigned.remove(at);
+        }
         if !was_running {
             // A queued task ended (cancelled) while another runs: the lease
             // and the blocked state belong to the running one.
@@ -380,7 +386,13 @@ impl State {
             task.worker = None;
             let cancelled = task.cancelled;
             if let Some(c) = self.conns.get_mut(&conn) {
-                c.assigned.retain(|t| *t != tid);
+                // Usually the first (the running one): an actor may have a thousand
+                // calls queued behind it, and a scan each would be quadratic.
+                if c.assigned.front() == Some(&tid) {
+                    c.assigned.pop_front();
+                } else if let Some(at) = c.assigned.iter().position(|t| *t == tid) {
+                    c.assigned.remove(at);
+                }
             }
             if cancelled {
                 // Cancelled while it was being taken back: it never runs.

@@ -9,11 +9,14 @@
 //!   subtracting fractional CPUs never drifts.
 //! - [`auth`]: the cluster token every connection must present.
 //! - [`value`]: the format of user values, named in this one place.
+//! - [`spin`]: spin, then sleep: how a waiter that expects news soon avoids
+//!   the cost of a wake-up.
 
 pub mod auth;
 pub mod error;
 pub mod id;
 pub mod resources;
+pub mod spin;
 pub mod value;
 
 pub use auth::ClusterToken;

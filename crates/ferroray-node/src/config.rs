@@ -60,6 +60,11 @@ pub struct NodeConfig {
     pub max_connections: usize,
     /// A connection that has not sent its hello by then is closed.
     pub handshake_timeout: Duration,
+    /// How long the workers this node starts watch for news before they
+    /// sleep (`ferroray_common::spin`), passed as `FERRORAY_SPIN_US`. The
+    /// embedding process sets its own with `spin::set_budget` (the facade's
+    /// `init` sets both from one setting).
+    pub spin_budget: Duration,
     /// Tests only: how long a force-cancel's kill waits before it goes to
     /// the spawner (to widen the race between the kill and the task's end).
     #[doc(hidden)]
@@ -101,6 +106,7 @@ impl NodeConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             idle_worker_timeout: std::time::Duration::from_secs(10),
+            spin_budget: ferroray_common::spin::DEFAULT_BUDGET,
             test_kill_delay: None,
         }
     }

@@ -145,6 +145,7 @@ impl Spawner {
             .envs(self.config.token.as_ref().map(|t| (env::TOKEN, t.to_hex())))
             .env(env::STORE_FD, self.store_fd.to_string())
             .env(env::STORE_CAPACITY, self.config.store_capacity.to_string())
+            .env(ferroray_common::spin::ENV, self.config.spin_budget.as_micros().to_string())
             .stdin(Stdio::null());
         if self.config.log_to_driver {
             command.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -37,6 +37,11 @@
 //!    releases what it held and retries or fails the task it was running, and
 //!    closes the outbox: the writer sends what is left and shuts the socket.
 
+//!
+//! Before the server thread sleeps it watches every connection's socket for a
+//! moment ([`Watch`], `ferroray_common::spin`): a worker's answer to a call
+//! just sent is often that close, and waking a sleeping thread costs more.
+
 use crate::state::Outbox;
 use crate::Shared;
 use ferroray_common::Error;
@@ -183,12 +188,60 @@ async fn write_loop(outbox: Arc<SocketOutbox>, mut wr: OwnedWriteHalf) {
 
 pub use ferroray_transport::unix::{bind_abstract, connect_abstract};
 
+/// The sockets the server thread watches before it sleeps: an epoll set of
+/// every admitted connection, level-triggered on input, of its own (the
+/// runtime's is not reachable). Only a shortcut: a frame that comes while
+/// nobody watches wakes the runtime as before.
+struct Watch {
+    epoll: std::os::fd::OwnedFd,
+}
+
+impl Watch {
+    fn new() -> std::io::Result<Watch> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a plain syscall; on success the new descriptor is ours.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a descriptor we own and nothing else closes.
+        Ok(Watch { epoll: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) } })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: std::os::fd::RawFd) {
+        use std::os::fd::AsRawFd;
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+        // SAFETY: both descriptors are open; `ev` is a valid event. A failure
+        // only means the socket is not watched.
+        unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut ev) };
+    }
+
+    /// Watches the sockets until one has input, or the budget is spent.
+    fn watch(&self) {
+        use std::os::fd::AsRawFd;
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        ferroray_common::spin::Spin::new().until(None, || {
+            // SAFETY: a zero-timeout wait on our epoll set into one valid event.
+            unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut ev, 1, 0) > 0 }
+        });
+    }
+}
+
 /// Runs the server until `shutdown` fires (or its sender is dropped). The
 /// listener and the shutdown signal are arguments, so a test can bind its own.
 pub(crate) fn run(shared: Arc<Shared>, listener: std::os::unix::net::UnixListener, shutdown: oneshot::Receiver<()>) {
     let _ = shared.arena.set_inheritable(false);
     crate::local::mark_node_thread();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let watch = match Watch::new() {
+        Ok(w) => Arc::new(w),
+        Err(e) => return tracing::error!("cannot create an epoll set: {e}"),
+    };
+    let watcher = watch.clone();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(move || watcher.watch())
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return tracing::error!("cannot start the runtime: {e}"),
     };
@@ -197,7 +250,7 @@ pub(crate) fn run(shared: Arc<Shared>, listener: std::os::unix::net::UnixListene
             Ok(l) => l,
             Err(e) => return tracing::error!("cannot listen: {e}"),
         };
-        serve(shared, listener, shutdown).await;
+        serve(shared, listener, shutdown, watch).await;
     });
 }
 
@@ -281,7 +334,7 @@ impl Drop for Admitted {
     }
 }
 
-async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: oneshot::Receiver<()>) {
+async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: oneshot::Receiver<()>, watch: Arc<Watch>) {
     // Freed store pages stay resident for reuse; once a second the rest go
     // back to the system (so an idle node holds no dead object memory).
     let mut trim = tokio::time::interval(Duration::from_secs(1));
@@ -298,7 +351,7 @@ async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: onesho
                 Ok((stream, _)) => {
                     backoff = Duration::ZERO;
                     if let Some(slot) = shared.limits.admit() {
-                        tokio::spawn(connection(shared.clone(), stream, slot));
+                        tokio::spawn(connection(shared.clone(), stream, slot, watch.clone()));
                     }
                 }
                 Err(e) => {
@@ -334,7 +387,7 @@ fn own_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-async fn connection(shared: Arc<Shared>, mut stream: UnixStream, _slot: Admitted) {
+async fn connection(shared: Arc<Shared>, mut stream: UnixStream, _slot: Admitted, watch: Arc<Watch>) {
     let limits = &shared.limits;
     // Step 2: who is on the other side, from the kernel.
     let cred = match stream.peer_cred() {
@@ -380,6 +433,9 @@ async fn connection(shared: Arc<Shared>, mut stream: UnixStream, _slot: Admitted
         Err(e) => return tracing::warn!("cannot duplicate a connection: {e}"),
     };
     let (rd, wr) = stream.into_split();
+    // The outbox keeps this descriptor (of the same socket) open until after
+    // the watch is removed.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&direct);
     let outbox = Arc::new(SocketOutbox::new(direct));
     let conn = {
         let mut st = shared.lock();
@@ -392,7 +448,8 @@ async fn connection(shared: Arc<Shared>, mut stream: UnixStream, _slot: Admitted
         let _ = writer.await;
         return limits.refuse("hello", pid, || format!("pid {pid}: its hello was refused"));
     }
-    // Buffered from here on: the peer is one of ours.
+    // Buffered and watched from here on: the peer is one of ours.
+    watch.ctl(libc::EPOLL_CTL_ADD, fd);
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut body = Vec::new();
     let reason = loop {
@@ -420,6 +477,7 @@ async fn connection(shared: Arc<Shared>, mut stream: UnixStream, _slot: Admitted
             }
         }
     };
+    watch.ctl(libc::EPOLL_CTL_DEL, fd);
     shared.lock().disconnect(conn, &reason);
     let _ = writer.await;
 }

@@ -7,13 +7,16 @@
 //! 3. from then on writes frames through [`UnixLink`] (one lock, so frames
 //!    of different threads never interleave), and a reader thread
 //!    ([`UnixReader::spawn`]) hands every frame to its [`Inbox`], through a
-//!    64 KiB buffer, until the socket ends.
+//!    64 KiB buffer, until the socket ends. With its buffer empty, the reader
+//!    watches the socket for a moment before it sleeps in `read`
+//!    (`ferroray_common::spin`): the next frame is often close behind.
 
 use crate::{Inbox, Link};
+use ferroray_common::spin::Spin;
 use ferroray_common::{Error, Result};
 use ferroray_protocol::{frame, FromNode, NodeInfo, ToNode};
 use parking_lot::Mutex;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::Arc;
@@ -80,7 +83,7 @@ impl UnixReader {
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                let mut rd = BufReader::with_capacity(64 * 1024, self.stream);
+                let mut rd = BufReader::with_capacity(64 * 1024, WatchingRead(self.stream));
                 let mut body = Vec::new();
                 loop {
                     match frame::read_frame_into::<_, FromNode>(&mut rd, &mut body) {
@@ -91,5 +94,37 @@ impl UnixReader {
                 }
             })
             .map_err(Error::io)
+    }
+}
+
+/// The reader thread's socket: a read first watches with non-blocking reads
+/// (`ferroray_common::spin`), then blocks.
+struct WatchingRead(UnixStream);
+
+impl Read for WatchingRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let mut got = None;
+        Spin::new().until(None, || {
+            // SAFETY: a plain syscall on a socket we own, into a valid buffer
+            // of the given length.
+            let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n >= 0 {
+                got = Some(Ok(n as usize));
+                return true;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => false,
+                _ => {
+                    got = Some(Err(e));
+                    true
+                }
+            }
+        });
+        match got {
+            Some(r) => r,
+            None => self.0.read(buf),
+        }
     }
 }

@@ -14,6 +14,7 @@ pub struct Config {
     pub(crate) worker_env: Vec<(String, String)>,
     pub(crate) test_kill_delay: Option<std::time::Duration>,
     pub(crate) idle_worker_timeout: Option<std::time::Duration>,
+    pub(crate) spin_wait: Option<std::time::Duration>,
 }
 
 impl Default for Config {
@@ -30,6 +31,7 @@ impl Default for Config {
             worker_env: Vec::new(),
             test_kill_delay: None,
             idle_worker_timeout: None,
+            spin_wait: None,
         }
     }
 }
@@ -91,6 +93,18 @@ impl Config {
     /// before it exits (default 10 s).
     pub fn idle_worker_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.idle_worker_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a thread that waits for news expected soon (a `get`, an idle
+    /// worker, the node between messages) watches for it before it sleeps,
+    /// in this process and its workers (default 100 µs, or
+    /// `FERRORAY_SPIN_US` microseconds; at most 10 ms; zero: never watch).
+    /// Waking a sleeping thread costs tens of microseconds on a virtual
+    /// machine, more than a small call; watching spends CPU time that is
+    /// otherwise idle, yielding to any thread that can run.
+    pub fn spin_wait(mut self, budget: std::time::Duration) -> Self {
+        self.spin_wait = Some(budget);
         self
     }
 

@@ -69,6 +69,12 @@ pub fn init_with(config: Config) -> Result<()> {
         command.env.extend(config.worker_env.iter().cloned());
     }
     nc.test_kill_delay = config.test_kill_delay;
+    let spin = config
+        .spin_wait
+        .or_else(ferroray_common::spin::budget_from_env)
+        .unwrap_or(ferroray_common::spin::DEFAULT_BUDGET);
+    ferroray_common::spin::set_budget(spin);
+    nc.spin_budget = ferroray_common::spin::budget();
     if let Some(t) = config.idle_worker_timeout {
         nc.idle_worker_timeout = t;
     }

@@ -122,7 +122,7 @@ impl CoreWorker {
         deadline: Option<Instant>,
     ) {
         if blocked.is_blocked() {
-            self.wait_for_any(st, deadline);
+            self.wait_for_any(st, deadline, &mut blocked.spin);
         } else {
             parking_lot::MutexGuard::unlocked(st, || blocked.block());
         }
@@ -130,15 +130,42 @@ impl CoreWorker {
 
     /// Sleeps until anything arrives (or `deadline`), as a waiter that every
     /// arrival wakes (`wait` and streams look at many objects at once).
-    pub(super) fn wait_for_any(&self, st: &mut parking_lot::MutexGuard<'_, LocalState>, deadline: Option<Instant>) {
+    pub(super) fn wait_for_any(
+        &self,
+        st: &mut parking_lot::MutexGuard<'_, LocalState>,
+        deadline: Option<Instant>,
+        spin: &mut Spin,
+    ) {
         st.other_waiters += 1;
-        match deadline {
-            Some(d) => {
-                self.ready.wait_until(st, d);
-            }
-            None => self.ready.wait(st),
-        }
+        self.sleep(st, deadline, spin);
         st.other_waiters -= 1;
+    }
+
+    /// Sleeps until woken (`notify_waiters`) or `deadline`; true when the
+    /// deadline passed. The first sleep of a wait only watches for news
+    /// (`ferroray_common::spin`), with the lock released, and returns when
+    /// it comes or the budget is spent: the caller looks again either way.
+    pub(super) fn sleep(
+        &self,
+        st: &mut parking_lot::MutexGuard<'_, LocalState>,
+        deadline: Option<Instant>,
+        spin: &mut Spin,
+    ) -> bool {
+        if spin.available() {
+            // Read under the lock: news after the caller's look bumps it.
+            let seen = self.news.load(Ordering::Acquire);
+            parking_lot::MutexGuard::unlocked(st, || {
+                spin.until(deadline, || self.news.load(Ordering::Acquire) != seen);
+            });
+            return deadline.is_some_and(|d| Instant::now() >= d);
+        }
+        match deadline {
+            Some(d) => self.ready.wait_until(st, d).timed_out(),
+            None => {
+                self.ready.wait(st);
+                false
+            }
+        }
     }
 
     /// Blocks until `id` is ready, then decodes it.
@@ -219,13 +246,7 @@ impl CoreWorker {
                             return Err(Error::GetTimeout);
                         }
                         *st.get_waiters.entry(id).or_insert(0) += 1;
-                        let timed_out = match deadline {
-                            Some(d) => self.ready.wait_until(&mut st, d).timed_out(),
-                            None => {
-                                self.ready.wait(&mut st);
-                                false
-                            }
-                        };
+                        let timed_out = self.sleep(&mut st, deadline, &mut blocked.spin);
                         if let Some(n) = st.get_waiters.get_mut(&id) {
                             *n -= 1;
                             if *n == 0 {

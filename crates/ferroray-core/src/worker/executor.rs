@@ -11,6 +11,7 @@ use crate::actor_state::{ActorState, AsyncStateCell, StateRef};
 use crate::registry::MethodRun;
 use ferroray_common::ActorId;
 use ferroray_protocol::{ActorExecutor, ActorTask};
+use parking_lot::MutexGuard;
 use std::any::Any;
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -151,6 +152,9 @@ pub(super) struct TaskQueue {
     ready: Condvar,
     /// Wakes an async actor's event loop.
     arrived: tokio::sync::Notify,
+    /// Counts the tasks pushed: an idle dispatcher watches it before it
+    /// sleeps (`ferroray_common::spin`).
+    pushed: AtomicU64,
 }
 
 impl TaskQueue {
@@ -179,9 +183,18 @@ impl TaskQueue {
     /// Waits for the next task (serial and threaded dispatchers).
     pub(super) fn next_blocking(&self) -> (TaskSpec, TaskContext) {
         let mut q = self.state.lock();
+        let mut spin = Spin::new();
         loop {
             if let Some((spec, ctx, _)) = Self::start_next(&mut q, false) {
                 return (spec, ctx);
+            }
+            if spin.available() {
+                // Read under the lock: a push after the look above bumps it.
+                let seen = self.pushed.load(Ordering::Acquire);
+                MutexGuard::unlocked(&mut q, || {
+                    spin.until(None, || self.pushed.load(Ordering::Acquire) != seen);
+                });
+                continue;
             }
             self.ready.wait(&mut q);
         }
@@ -213,6 +226,7 @@ pub(super) struct QueueExecutor(Arc<TaskQueue>);
 impl Executor for QueueExecutor {
     fn push(&self, spec: TaskSpec) {
         self.0.state.lock().tasks.push_back(spec);
+        self.0.pushed.fetch_add(1, Ordering::Release);
         self.0.ready.notify_one();
         self.0.arrived.notify_one();
     }
@@ -560,9 +574,8 @@ impl ItemSink for StreamSink<'_> {
                 st = self.core.state.lock();
                 continue;
             }
-            st.other_waiters += 1;
-            self.core.ready.wait_for(&mut st, Duration::from_millis(if blocked.is_blocked() { 500 } else { 5 }));
-            st.other_waiters -= 1;
+            let nap = Duration::from_millis(if blocked.is_blocked() { 500 } else { 5 });
+            self.core.wait_for_any(&mut st, Some(Instant::now() + nap), &mut blocked.spin);
         }
     }
 }

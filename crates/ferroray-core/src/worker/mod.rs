@@ -15,6 +15,7 @@ use crate::global;
 use crate::object_ref::RefInner;
 use crate::registry::{self, Invoke, ItemSink};
 use crate::task::ArgReader;
+use ferroray_common::spin::Spin;
 use ferroray_common::{ClusterToken, Error, ObjectId, Result, TaskId, WorkerId};
 use ferroray_protocol::{
     Encoding, FromNode, FunctionDescriptor, NodeInfo, ObjectValue, Payload, ReturnKind, Role, TaskEvent, TaskOutcome,
@@ -192,7 +193,11 @@ pub struct CoreWorker {
     link: RwLock<Option<Box<dyn Link>>>,
     next_seq: AtomicU64,
     state: Mutex<LocalState>,
+    /// Wakes the threads waiting for news in `state` (`notify_waiters`).
     ready: Condvar,
+    /// Counts the wake-ups of `ready`: a waiter that watches before it
+    /// sleeps (`ferroray_common::spin`) stops when it changes.
+    news: AtomicU64,
     requests: Mutex<HashMap<u64, mpsc::SyncSender<FromNode>>>,
     next_req: AtomicU64,
     /// Runs the tasks the node sends (workers only; see [`executor`]).
@@ -219,6 +224,7 @@ impl CoreWorker {
             next_seq: AtomicU64::new(1),
             state: Mutex::new(LocalState::default()),
             ready: Condvar::new(),
+            news: AtomicU64::new(0),
             requests: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
             exec,
@@ -371,6 +377,13 @@ impl CoreWorker {
         st.objects.insert(id, Entry { value, seq });
     }
 
+    /// Wakes every thread waiting for news in `state`; the news must be in
+    /// `state` already (a waiter looks under the lock before it sleeps).
+    fn notify_waiters(&self) {
+        self.news.fetch_add(1, Ordering::Release);
+        self.ready.notify_all();
+    }
+
     fn mark_disconnected(&self, reason: &str) {
         let wakers: Vec<std::task::Waker> = {
             self.state.lock().disconnected.get_or_insert_with(|| reason.to_string());
@@ -379,7 +392,7 @@ impl CoreWorker {
         // Async consumers too: their next poll hands out the error, then the end.
         wakers.into_iter().for_each(|w| w.wake());
         self.requests.lock().clear();
-        self.ready.notify_all();
+        self.notify_waiters();
     }
 
     /// Handles one message from the node (on the reader thread).
@@ -418,7 +431,7 @@ impl CoreWorker {
                 drop(unwanted);
                 wakers.into_iter().flatten().for_each(|w| w.wake());
                 if wake {
-                    self.ready.notify_all();
+                    self.notify_waiters();
                 }
             }
             FromNode::Allocated { req, .. }
@@ -446,7 +459,7 @@ impl CoreWorker {
                 // must not miss this. Async waiters look at the flag when
                 // polled: wake them all.
                 let wakers = self.take_all_wakers();
-                self.ready.notify_all();
+                self.notify_waiters();
                 wakers.into_iter().for_each(|w| w.wake());
             }
             FromNode::StreamItem { task_id, index, value } => {
@@ -479,7 +492,7 @@ impl CoreWorker {
                 };
                 drop(st);
                 wakers.into_iter().for_each(|w| w.wake());
-                self.ready.notify_all();
+                self.notify_waiters();
             }
             FromNode::Rejected(e) => {
                 eprintln!("ferroray: the node closed the connection: {e}");
@@ -524,11 +537,13 @@ impl CoreWorker {
 struct BlockedGuard<'a> {
     core: &'a CoreWorker,
     in_task: bool,
+    /// This wait's watching before its first sleep.
+    spin: Spin,
 }
 
 impl<'a> BlockedGuard<'a> {
     fn new(core: &'a CoreWorker) -> Self {
-        BlockedGuard { core, in_task: context::in_task() }
+        BlockedGuard { core, in_task: context::in_task(), spin: Spin::new() }
     }
 
     fn is_blocked(&self) -> bool {

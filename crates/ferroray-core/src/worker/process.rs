@@ -43,6 +43,9 @@ fn env_var<T: std::str::FromStr>(name: &str) -> Result<T> {
 
 fn run_worker() -> Result<()> {
     let socket: String = env_var(env::WORKER)?;
+    if let Some(budget) = ferroray_common::spin::budget_from_env() {
+        ferroray_common::spin::set_budget(budget);
+    }
     let worker_id = WorkerId(env_var(env::WORKER_ID)?);
     let store_fd: i32 = env_var(env::STORE_FD)?;
     let capacity: u64 = env_var(env::STORE_CAPACITY)?;

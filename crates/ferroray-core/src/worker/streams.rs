@@ -174,7 +174,7 @@ impl CoreWorker {
         // Not under the state's lock: an in-process node may answer at once.
         let _ = self.send(ToNode::StreamHandOff { task_id: task, consumed: from });
         wakers.into_iter().for_each(|w| w.wake());
-        self.ready.notify_all();
+        self.notify_waiters();
         Ok((from, backpressure))
     }
 
@@ -230,7 +230,7 @@ impl CoreWorker {
             }
         };
         wakers.into_iter().for_each(|w| w.wake());
-        self.ready.notify_all();
+        self.notify_waiters();
     }
 }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: the README's test command, and what
-# CI runs. Needs only a Rust toolchain; uses cargo-nextest when present
-# (each test in its own process, with the timeouts in .config/nextest.toml).
+# CI runs. Needs a Rust toolchain and python3 with venv (the Python package
+# is built into .venv, with its test tools from PyPI); uses cargo-nextest
+# when present (each test in its own process, with the timeouts in
+# .config/nextest.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +12,9 @@ cargo build --workspace --all-targets --locked
 
 echo "== doc tests"
 cargo test --workspace --locked --doc
+
+echo "== python package and tests"
+./scripts/test-python.sh
 
 # Last, so that the run closes on the test runner's summary.
 echo "== tests"

@@ -180,6 +180,38 @@ pub(crate) fn encode<T: Serialize + ?Sized>(core: &CoreWorker, v: &T) -> Result<
     Ok(ReturnValue::new(ObjectValue::Data { payload, encoding: Encoding::Rust, contained }, keep))
 }
 
+/// Bytes a front encoded itself, tagged [`Encoding::Raw`]: inline below the
+/// inline threshold, else copied once into shared memory. `keep` are the
+/// refs the bytes name (held until the value is sent; the node keeps them
+/// alive while the value lives).
+pub(crate) fn encode_raw(core: &CoreWorker, bytes: &[u8], keep: Vec<Arc<RefInner>>) -> Result<ReturnValue> {
+    let len = bytes.len() as u64;
+    let payload = if len >= core.info().inline_threshold {
+        let offset = core.allocate(len)?;
+        // SAFETY: the node gave this fresh range to this process alone;
+        // nobody reads it before the value is sealed by our next message.
+        let written = unsafe { core.arena().write_with(offset, len, |w| std::io::Write::write_all(w, bytes)) };
+        if let Err(e) = written.map_err(Error::io).and_then(|r| r.map_err(Error::io)) {
+            core.deallocate(offset);
+            return Err(e);
+        }
+        Payload::Shm { offset, len }
+    } else {
+        Payload::Inline(bytes.to_vec())
+    };
+    let mut contained: Vec<ObjectId> = keep.iter().map(|r| r.id).collect();
+    contained.sort();
+    contained.dedup();
+    Ok(ReturnValue::new(ObjectValue::Data { payload, encoding: Encoding::Raw, contained }, keep))
+}
+
+/// A raw return value (see [`encode_raw`]) of the running task, for a front
+/// that encodes values itself.
+pub fn encode_raw_return(bytes: &[u8], nested: &[crate::ObjectRef<crate::RawValue>]) -> Result<ReturnValue> {
+    let core = crate::global::core()?;
+    encode_raw(&core, bytes, nested.iter().map(|r| r.inner.clone()).collect())
+}
+
 /// A fingerprint of a stored value, to tell whether a retried generator
 /// yielded the same thing. Large values are sampled (length, first and last
 /// 4 KiB) rather than read whole. Values with refs inside use

@@ -4,7 +4,9 @@
 //! [`REMOTE_FUNCTIONS`], a slice the linker assembles: nothing runs at
 //! start-up, so the table is complete even before `main`.
 //! `#[actor]` adds its constructor (`Class::new`) and each method
-//! (`Class::method`) the same way.
+//! (`Class::method`) the same way. Functions of another language's front
+//! (Python) run through the [`ForeignFunctions`] runner that front installs
+//! in its worker processes.
 
 use crate::actor_state::{ActorState, StateGuard, StateRef};
 use crate::codec::ReturnValue;
@@ -62,6 +64,32 @@ pub trait ItemSink {
     /// Takes one yielded value. An error (the task was cancelled or closed,
     /// or more values than `num_returns`) stops the generator.
     fn item(&mut self, value: ReturnValue) -> Result<()>;
+}
+
+/// Runs the functions of another language's front (a Python worker's),
+/// installed once per process by that front's worker entry.
+pub trait ForeignFunctions: Send + Sync {
+    /// Runs `function` on the arguments `args` gives (each read with
+    /// `ArgReader::next_raw`, all of them); gives its `returns` values.
+    fn run(
+        &self,
+        function: &ferroray_protocol::FunctionDescriptor,
+        args: &mut ArgReader<'_>,
+        returns: usize,
+    ) -> Result<Vec<ReturnValue>>;
+}
+
+static FOREIGN: OnceLock<Box<dyn ForeignFunctions>> = OnceLock::new();
+
+/// Installs this process's runner of foreign functions; the first one
+/// stays.
+pub fn set_foreign(runner: Box<dyn ForeignFunctions>) -> Result<()> {
+    FOREIGN.set(runner).map_err(|_| Error::InvalidOption("a runner of foreign functions is already installed".into()))
+}
+
+/// The runner [`set_foreign`] installed, if any.
+pub fn foreign() -> Option<&'static dyn ForeignFunctions> {
+    FOREIGN.get().map(|b| &**b)
 }
 
 pub struct RemoteFunction {

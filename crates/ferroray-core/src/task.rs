@@ -271,6 +271,9 @@ impl<T> IntoArg<T> for &ObjectRef<T> {
 /// A task being put together by a `remote()` call.
 pub struct TaskCall {
     name: &'static str,
+    /// The function of another language's front (`TaskCall::foreign`);
+    /// `None`: the Rust function `name`.
+    foreign: Option<FunctionDescriptor>,
     opts: TaskOptions,
     args: Vec<TaskArg>,
     contained: Vec<ObjectId>,
@@ -292,6 +295,7 @@ impl TaskCall {
     pub fn new(name: &'static str, opts: TaskOptions) -> Self {
         TaskCall {
             name,
+            foreign: None,
             opts,
             args: Vec::new(),
             contained: Vec::new(),
@@ -301,6 +305,42 @@ impl TaskCall {
             core: global::core_or_init(),
             actor: None,
         }
+    }
+
+    /// A call of a function that another language's front defines (its
+    /// values are that front's bytes: see [`TaskCall::arg_raw`]).
+    pub fn foreign(function: FunctionDescriptor, opts: TaskOptions) -> Self {
+        let mut call = TaskCall::new("", opts);
+        call.foreign = Some(function);
+        call
+    }
+
+    /// The function this call runs.
+    fn function(&self) -> FunctionDescriptor {
+        self.foreign.clone().unwrap_or_else(|| FunctionDescriptor::Rust { name: self.name.to_string() })
+    }
+
+    /// An argument a front encoded itself ([`Encoding::Raw`]); `nested` are
+    /// the refs its bytes name, kept alive while the task may run.
+    pub fn arg_raw(&mut self, bytes: &[u8], nested: &[ObjectRef<crate::RawValue>]) {
+        let Ok(core) = &self.core else { return };
+        if self.error.is_some() {
+            return;
+        }
+        let value = codec::encode_raw(core, bytes, nested.iter().map(|r| r.inner.clone()).collect());
+        match value {
+            Err(e) => self.error = Some(e),
+            Ok(rv) => self.push_value(rv),
+        }
+    }
+
+    /// A ref argument: the task gets its value.
+    pub fn arg_ref<T>(&mut self, r: &ObjectRef<T>) {
+        if self.core.is_err() || self.error.is_some() {
+            return;
+        }
+        self.args.push(TaskArg::Ref(r.id()));
+        self.keep.push(r.inner.clone());
     }
 
     pub fn arg<T: Serialize>(&mut self, arg: Arg<T>) {
@@ -315,30 +355,34 @@ impl TaskCall {
             }
             Arg::Value(v) => match codec::encode(core, &v) {
                 Err(e) => self.error = Some(e),
-                Ok(rv) => {
-                    let (value, keep) = rv.into_parts();
-                    match value {
-                        // Inline, while the task's inline arguments stay well
-                        // inside one message.
-                        ferroray_protocol::ObjectValue::Data { payload: Payload::Inline(b), encoding, contained }
-                            if self.inline_bytes + b.len() <= MAX_INLINE_ARGS =>
-                        {
-                            self.inline_bytes += b.len();
-                            self.args.push(TaskArg::Value { payload: Payload::Inline(b), encoding });
-                            self.contained.extend(contained);
-                            self.keep.extend(keep);
-                        }
-                        // A large argument becomes an object of its own (so the
-                        // node can pin it and hand it to the worker zero-copy).
-                        value => match core.put_value(value, keep) {
-                            Ok(inner) => {
-                                self.args.push(TaskArg::Ref(inner.id));
-                                self.keep.push(inner);
-                            }
-                            Err(e) => self.error = Some(e),
-                        },
-                    }
+                Ok(rv) => self.push_value(rv),
+            },
+        }
+    }
+
+    /// An encoded argument: inline, or an object of its own when large.
+    fn push_value(&mut self, rv: codec::ReturnValue) {
+        let Ok(core) = &self.core else { return };
+        let (value, keep) = rv.into_parts();
+        match value {
+            // Inline, while the task's inline arguments stay well inside one
+            // message.
+            ferroray_protocol::ObjectValue::Data { payload: Payload::Inline(b), encoding, contained }
+                if self.inline_bytes + b.len() <= MAX_INLINE_ARGS =>
+            {
+                self.inline_bytes += b.len();
+                self.args.push(TaskArg::Value { payload: Payload::Inline(b), encoding });
+                self.contained.extend(contained);
+                self.keep.extend(keep);
+            }
+            // A large argument becomes an object of its own (so the node can
+            // pin it and hand it to the worker zero-copy).
+            value => match core.put_value(value, keep) {
+                Ok(inner) => {
+                    self.args.push(TaskArg::Ref(inner.id));
+                    self.keep.push(inner);
                 }
+                Err(e) => self.error = Some(e),
             },
         }
     }
@@ -370,13 +414,14 @@ impl TaskCall {
         returns: ReturnKind,
         actor: Option<ActorTask>,
     ) -> Result<(TaskSpec, Arc<CoreWorker>, Vec<Arc<RefInner>>)> {
+        let function = self.function();
         let core = self.core?;
         if let Some(e) = self.error {
             return Err(e);
         }
         let spec = TaskSpec {
             task_id: core.next_task_id(),
-            function: FunctionDescriptor::Rust { name: self.name.to_string() },
+            function,
             args: self.args,
             contained: self.contained,
             returns,
@@ -394,13 +439,14 @@ impl TaskCall {
     /// Submits the task; one handle per return object. An invalid call still
     /// gives handles: their `get` returns the error.
     pub fn submit(mut self, returns: ReturnKind) -> Vec<Arc<RefInner>> {
+        let function = self.function();
         // No cluster, and none could be started (see `global::core_or_init`):
         // the refs hand out why, from a core worker connected to nothing.
         let core = match self.core {
             Ok(c) => c,
             Err(e) => {
                 let core = CoreWorker::detached(&e.to_string())
-                    .unwrap_or_else(|| panic!("cannot submit task {}: {e}", self.name));
+                    .unwrap_or_else(|| panic!("cannot submit task {}: {e}", function.display_name()));
                 self.error = Some(e);
                 core
             }
@@ -426,7 +472,7 @@ impl TaskCall {
         });
         let spec = checked.map(|(resources, max_retries)| TaskSpec {
             task_id,
-            function: FunctionDescriptor::Rust { name: self.name.to_string() },
+            function,
             args: self.args,
             contained: self.contained,
             returns,
@@ -481,13 +527,31 @@ impl ArgReader<'_> {
     }
 
     pub fn next_arg<T: DeserializeOwned>(&mut self) -> Result<T> {
+        let (i, source) = self.next_source()?;
+        codec::decode(&source)
+            .map_err(|e| Error::Serialization(format!("argument {i} of {} does not decode: {e}", self.ctx.name)))
+    }
+
+    /// The next argument's bytes as stored, for a front that decodes values
+    /// itself (a shared-memory value is a view, pinned while it lives).
+    pub fn next_raw(&mut self) -> Result<crate::RawValue> {
+        self.next_source().map(|(_, source)| crate::RawValue::from_source(source))
+    }
+
+    /// The next argument's position and where its bytes are.
+    fn next_source(&mut self) -> Result<(usize, Source)> {
         let i = self.position;
         self.position += 1;
         let arg = self
             .args
             .next()
             .ok_or_else(|| Error::Serialization(format!("{} takes more arguments than were sent", self.ctx.name)))?;
-        let source = match arg {
+        self.source(i, arg).map(|s| (i, s))
+    }
+
+    /// Where argument `i`'s bytes are.
+    fn source(&self, i: usize, arg: TaskArg) -> Result<Source> {
+        Ok(match arg {
             TaskArg::Value { payload: Payload::Inline(b), encoding }
             | TaskArg::Object { payload: Payload::Inline(b), encoding, .. } => Source::Inline(Arc::new(b), encoding),
             TaskArg::Object { id, payload: Payload::Shm { offset, len }, encoding } => Source::Shm(
@@ -498,16 +562,20 @@ impl ArgReader<'_> {
                 // Left as a ref by the node (too much inline data for one
                 // message): fetch it. The node pins it for the task.
                 let hold = RefInner::borrowed(self.core, id);
-                let r = self.core.get(id, None);
+                let r = self.core.get_source(id, None);
                 drop(hold);
                 return r.map_err(|e| Error::Serialization(format!("argument {i} of {}: {e}", self.ctx.name)));
             }
             TaskArg::Value { payload: Payload::Shm { .. }, .. } => {
                 return Err(Error::Protocol(format!("argument {i} of {} was not resolved", self.ctx.name)))
             }
-        };
-        codec::decode(&source)
-            .map_err(|e| Error::Serialization(format!("argument {i} of {} does not decode: {e}", self.ctx.name)))
+        })
+    }
+
+
+    /// How many arguments are left to read.
+    pub fn remaining(&self) -> usize {
+        self.args.len()
     }
 
     /// Checks that every argument sent was read.

@@ -141,6 +141,7 @@ impl Spawner {
             .args(&cmd.args)
             .envs(cmd.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(env::WORKER, &self.socket_name)
+            .env(env::WORKER_KIND, kind.env_name())
             .env(env::WORKER_ID, worker_id.0.to_string())
             .envs(self.config.token.as_ref().map(|t| (env::TOKEN, t.to_hex())))
             .env(env::STORE_FD, self.store_fd.to_string())

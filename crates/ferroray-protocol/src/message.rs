@@ -25,6 +25,14 @@ pub enum WorkerKind {
 impl WorkerKind {
     pub const ALL: [WorkerKind; 2] = [WorkerKind::Rust, WorkerKind::Python];
 
+    /// The kind's name in a worker's environment.
+    pub const fn env_name(self) -> &'static str {
+        match self {
+            WorkerKind::Rust => "rust",
+            WorkerKind::Python => "python",
+        }
+    }
+
     /// Position in [`ALL`](Self::ALL), for tables indexed by kind.
     pub const fn index(self) -> usize {
         self as usize

@@ -2,6 +2,8 @@
 
 /// Set (to the node's socket name) in every worker process.
 pub const WORKER: &str = "FERRORAY_WORKER";
+/// The kind of worker the process is to be: `rust` or `python`.
+pub const WORKER_KIND: &str = "FERRORAY_WORKER_KIND";
 /// The worker id the node gave the process; its hello must claim it.
 pub const WORKER_ID: &str = "FERRORAY_WORKER_ID";
 /// The inherited file descriptor of the node's shared-memory store.

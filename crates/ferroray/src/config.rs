@@ -15,6 +15,7 @@ pub struct Config {
     pub(crate) test_kill_delay: Option<std::time::Duration>,
     pub(crate) idle_worker_timeout: Option<std::time::Duration>,
     pub(crate) spin_wait: Option<std::time::Duration>,
+    pub(crate) python_workers: Option<(std::path::PathBuf, Vec<String>)>,
 }
 
 impl Default for Config {
@@ -32,6 +33,7 @@ impl Default for Config {
             test_kill_delay: None,
             idle_worker_timeout: None,
             spin_wait: None,
+            python_workers: None,
         }
     }
 }
@@ -105,6 +107,15 @@ impl Config {
     /// otherwise idle, yielding to any thread that can run.
     pub fn spin_wait(mut self, budget: std::time::Duration) -> Self {
         self.spin_wait = Some(budget);
+        self
+    }
+
+    /// The Python front: Python tasks run in processes started as
+    /// `program args..`, and there are no Rust workers (the driver's
+    /// executable is the Python interpreter).
+    #[doc(hidden)]
+    pub fn python_workers(mut self, program: std::path::PathBuf, args: Vec<String>) -> Self {
+        self.python_workers = Some((program, args));
         self
     }
 

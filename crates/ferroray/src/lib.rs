@@ -191,6 +191,11 @@ pub mod __private {
 #[ctor::ctor]
 fn ferroray_worker_entry() {
     if ferroray_core::worker::is_worker_process() {
+        if !ferroray_core::worker::is_rust_worker_process() {
+            // A worker of another front (a Python interpreter that loaded
+            // ferroray): that front runs its worker loop itself.
+            return;
+        }
         logging::install_default();
         ferroray_core::worker::worker_main();
     }

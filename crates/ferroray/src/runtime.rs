@@ -4,6 +4,7 @@ use crate::{CancelOptions, Config, TaskEvent};
 use ferroray_common::{resources, Error, ObjectId, Result};
 use ferroray_core::{global, worker, AsCompleted, Cancellable, CoreWorker, ObjectRef, Waitable};
 use ferroray_node::{Node, NodeConfig, WorkerCommand};
+use ferroray_protocol::WorkerKind;
 use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::Arc;
@@ -28,7 +29,7 @@ pub fn init() -> Result<()> {
 /// processes started on demand. Errors with `AlreadyInitialized` if running.
 pub fn init_with(config: Config) -> Result<()> {
     crate::logging::install_default();
-    if worker::is_worker_process() {
+    if worker::is_rust_worker_process() {
         // A worker whose before-main hook did not run: be a worker now.
         worker::worker_main();
     }
@@ -38,6 +39,11 @@ pub fn init_with(config: Config) -> Result<()> {
         return Err(Error::AlreadyInitialized);
     }
     let mut nc = NodeConfig::new(WorkerCommand::current_exe()?);
+    if let Some((program, args)) = &config.python_workers {
+        nc.worker_commands.clear();
+        nc.worker_commands
+            .insert(WorkerKind::Python, WorkerCommand { program: program.clone(), args: args.clone(), env: vec![] });
+    }
     if let Some(n) = config.num_cpus {
         nc.resources.set(resources::CPU, n);
         nc.max_workers = ((n.ceil() as usize) * 4).max(8);

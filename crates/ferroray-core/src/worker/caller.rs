@@ -196,27 +196,13 @@ impl CoreWorker {
             drop(st);
             contained.iter().map(|id| RefInner::borrowed(self, *id)).collect()
         };
-        let len = bytes.len() as u64;
-        let payload = if len >= self.info().inline_threshold {
-            let offset = self.allocate(len)?;
-            // SAFETY: the node gave this fresh range to this process alone;
-            // nobody reads it before the value is sealed by the `Put`.
-            let written = unsafe { self.arena().write_with(offset, len, |w| std::io::Write::write_all(w, bytes)) };
-            if let Err(e) = written.map_err(Error::io).and_then(|r| r.map_err(Error::io)) {
-                self.deallocate(offset);
-                return Err(e);
-            }
-            Payload::Shm { offset, len }
-        } else {
-            Payload::Inline(bytes.to_vec())
-        };
-        let value = ObjectValue::Data { payload, encoding: Encoding::Raw, contained };
+        let (value, keep) = codec::encode_raw(self, bytes, keep)?.into_parts();
         Ok(crate::ObjectRef::from_inner(self.put_value(value, keep)?))
     }
 
     /// Blocks until `id` is ready; gives what a read decodes.
     #[inline]
-    fn get_source(&self, id: ObjectId, timeout: Option<Duration>) -> Result<Source> {
+    pub(crate) fn get_source(&self, id: ObjectId, timeout: Option<Duration>) -> Result<Source> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut blocked = BlockedGuard::new(self);
         loop {
@@ -472,6 +458,10 @@ fn ready_keys(st: &LocalState, keys: &[WaitKey]) -> Vec<(u64, usize)> {
 pub struct RawValue(Source);
 
 impl RawValue {
+    pub(crate) fn from_source(source: Source) -> Self {
+        RawValue(source)
+    }
+
     pub fn encoding(&self) -> Encoding {
         match &self.0 {
             Source::Inline(_, e) | Source::Shm(_, e) => *e,

@@ -310,10 +310,17 @@ impl CoreWorker {
         let (task_id, attempt) = (spec.task_id, spec.attempt);
         let expected = spec.returns.static_count() as usize;
         let returns = spec.returns;
+        // A function of another language's front runs through the runner
+        // that front installed in this process (a Python worker's).
+        let foreign = match &spec.function {
+            FunctionDescriptor::Python { .. } => registry::foreign(),
+            FunctionDescriptor::Rust { .. } => None,
+        };
         let function = match &spec.function {
             FunctionDescriptor::Rust { name } => registry::lookup(name),
             FunctionDescriptor::Python { qualname, .. } => Err(Error::UnknownFunction(qualname.clone())),
         };
+        let descriptor = spec.function;
         let mut reader = ArgReader { core: self, args: spec.args.into_iter(), position: 0, ctx: &ctx };
         let invoke = function.map(|f| &f.invoke);
         // A panic in an actor method ends the actor's process (its state may
@@ -376,6 +383,12 @@ impl CoreWorker {
             }
         };
         let result = match invoke {
+            Err(_) if foreign.is_some() && spec.actor.is_none() => Some(guarded(&mut || {
+                let runner = foreign.expect("checked");
+                let values = runner.run(&descriptor, &mut reader, expected)?;
+                reader.finish()?;
+                Ok(values)
+            })),
             Err(e) => Some(Err(e)),
             Ok(Invoke::Values(f)) => Some(guarded(&mut || {
                 let values = f(&mut reader)?;

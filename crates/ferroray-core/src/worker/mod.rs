@@ -45,7 +45,7 @@ pub use async_exec::AsyncItemSink;
 pub use caller::RawValue;
 pub use executor::exit_actor;
 use executor::Executor;
-pub use process::{is_worker_process, worker_main};
+pub use process::{foreign_worker_main, is_rust_worker_process, is_worker_process, worker_main};
 pub(crate) use streams::passed_on;
 
 /// How long a request to the node (allocation, task listing) may take.

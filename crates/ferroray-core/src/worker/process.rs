@@ -22,6 +22,12 @@ pub fn is_worker_process() -> bool {
     std::env::var_os(env::WORKER).is_some()
 }
 
+/// Whether this process was started as a worker of Rust functions (the
+/// node names the kind; a process started before kinds were named is one).
+pub fn is_rust_worker_process() -> bool {
+    is_worker_process() && std::env::var(env::WORKER_KIND).map_or(true, |k| k == "rust")
+}
+
 /// The whole life of a worker process: connect, run tasks until the node
 /// closes the connection, exit. Never returns.
 pub fn worker_main() -> ! {
@@ -39,6 +45,14 @@ fn env_var<T: std::str::FromStr>(name: &str) -> Result<T> {
         .ok()
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| Error::InvalidOption(format!("worker environment variable {name} is missing or invalid")))
+}
+
+/// The life of a worker process of another language's front: installs its
+/// runner of foreign functions, then serves tasks as [`worker_main`] does.
+/// Returns only if it cannot start (the process exits when the node goes).
+pub fn foreign_worker_main(runner: Box<dyn crate::registry::ForeignFunctions>) -> Result<()> {
+    crate::registry::set_foreign(runner)?;
+    run_worker()
 }
 
 fn run_worker() -> Result<()> {

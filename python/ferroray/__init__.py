@@ -1,0 +1,249 @@
+"""ferroray: Ray Core's API on a Rust core.
+
+``import ferroray as ray`` and use it as Ray: ``init``, ``remote``, ``get``,
+``put``, ``wait``. Tasks run in Python worker processes that the embedded
+node starts; values travel pickled (protocol 5) through its shared-memory
+object store.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import cloudpickle
+
+from ferroray import _ferroray, exceptions
+from ferroray._ferroray import ObjectRef
+from ferroray.exceptions import _from_core
+
+__all__ = [
+    "init",
+    "shutdown",
+    "is_initialized",
+    "remote",
+    "get",
+    "put",
+    "wait",
+    "ObjectRef",
+    "exceptions",
+]
+
+_init_lock = threading.Lock()
+
+
+def _worker_env() -> List[Tuple[str, str]]:
+    # The workers import what the driver can: its module search path.
+    paths = [p if p else os.getcwd() for p in sys.path]
+    return [("PYTHONPATH", os.pathsep.join(paths))]
+
+
+def init(
+    address: Optional[str] = None,
+    *,
+    num_cpus: Optional[float] = None,
+    num_gpus: Optional[float] = None,
+    resources: Optional[Dict[str, float]] = None,
+    object_store_memory: Optional[int] = None,
+    ignore_reinit_error: bool = False,
+    **kwargs: Any,
+) -> None:
+    """Starts the embedded cluster (as ``ray.init()``)."""
+    if address is not None:
+        raise ValueError("ferroray has no cluster to connect to yet: call init() without an address")
+    unknown = set(kwargs) - {"include_dashboard", "logging_level", "log_to_driver", "namespace"}
+    if unknown:
+        raise TypeError(f"init() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    with _init_lock:
+        if _ferroray.is_initialized():
+            if ignore_reinit_error:
+                return
+            raise RuntimeError("ferroray is already initialized: call shutdown() first, or pass ignore_reinit_error=True")
+        try:
+            _ferroray.init(
+                sys.executable,
+                ["-m", "ferroray._worker"],
+                _worker_env(),
+                num_cpus=None if num_cpus is None else float(num_cpus),
+                num_gpus=None if num_gpus is None else float(num_gpus),
+                resources=[(str(k), float(v)) for k, v in (resources or {}).items()],
+                object_store_memory=object_store_memory,
+            )
+        except _ferroray.CoreError as e:
+            raise _from_core(e) from None
+
+
+def _auto_init() -> None:
+    if not _ferroray.is_initialized():
+        with _init_lock:
+            if not _ferroray.is_initialized():
+                _ferroray.init(sys.executable, ["-m", "ferroray._worker"], _worker_env())
+
+
+def shutdown() -> None:
+    """Stops the embedded cluster; ``init`` may be called again."""
+    _ferroray.shutdown()
+
+
+def is_initialized() -> bool:
+    return _ferroray.is_initialized()
+
+
+def _dumps(value: Any) -> bytes:
+    return cloudpickle.dumps(value, protocol=5)
+
+
+def put(value: Any) -> ObjectRef:
+    """Stores ``value`` in the object store; gives its ref."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself")
+    _auto_init()
+    try:
+        return _ferroray.put(_dumps(value))
+    except _ferroray.CoreError as e:
+        raise _from_core(e) from None
+
+
+def get(object_refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float] = None) -> Any:
+    """The value of a ref, or the values of a list of refs (as ``ray.get``)."""
+    import pickle
+
+    single = isinstance(object_refs, ObjectRef)
+    if not single and not isinstance(object_refs, (list, tuple)):
+        raise TypeError(f"get() takes an ObjectRef or a list of them, not {type(object_refs).__name__}")
+    refs = [object_refs] if single else list(object_refs)
+    for r in refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"get() takes an ObjectRef or a list of them, not {type(r).__name__}")
+    try:
+        raw = _ferroray.get(refs, timeout)
+    except _ferroray.CoreError as e:
+        raise _from_core(e) from None
+    values = [None if b is None else pickle.loads(b) for b in raw]
+    return values[0] if single else values
+
+
+def wait(
+    object_refs: Sequence[ObjectRef],
+    *,
+    num_returns: int = 1,
+    timeout: Optional[float] = None,
+    fetch_local: bool = True,
+) -> Tuple[List[ObjectRef], List[ObjectRef]]:
+    """Waits until ``num_returns`` refs are ready (as ``ray.wait``): (ready, not ready)."""
+    if not isinstance(object_refs, (list, tuple)):
+        raise TypeError(f"wait() takes a list of ObjectRefs, not {type(object_refs).__name__}")
+    refs = list(object_refs)
+    for r in refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"wait() takes a list of ObjectRefs, not {type(r).__name__}")
+    if not isinstance(num_returns, int) or num_returns < 1:
+        raise ValueError(f"num_returns must be a positive int, not {num_returns!r}")
+    try:
+        ready, rest = _ferroray.wait(refs, num_returns, timeout)
+    except _ferroray.CoreError as e:
+        raise _from_core(e) from None
+    return [refs[i] for i in ready], [refs[i] for i in rest]
+
+
+_TASK_OPTIONS = {"num_returns", "num_cpus", "num_gpus", "resources", "max_retries", "retry_exceptions", "name"}
+
+
+def _check_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    unknown = set(options) - _TASK_OPTIONS
+    if unknown:
+        raise ValueError(f"unknown task options: {', '.join(sorted(unknown))}")
+    checked = dict(options)
+    n = checked.get("num_returns", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"num_returns must be a positive int, not {n!r}")
+    for key in ("num_cpus", "num_gpus"):
+        v = checked.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+            raise ValueError(f"{key} must be a non-negative number, not {v!r}")
+    res = checked.get("resources")
+    if res is not None and (not isinstance(res, dict) or not all(isinstance(k, str) for k in res)):
+        raise TypeError(f"resources must be a dict of names to amounts, not {res!r}")
+    retries = checked.get("max_retries")
+    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < -1):
+        raise ValueError(f"max_retries must be an int, -1 (forever) or at least 0, not {retries!r}")
+    rex = checked.get("retry_exceptions")
+    if rex is not None and not isinstance(rex, bool):
+        if not isinstance(rex, (list, tuple)) or not all(isinstance(c, type) and issubclass(c, BaseException) for c in rex):
+            raise TypeError("retry_exceptions must be a bool or a list of exception classes")
+    return checked
+
+
+class RemoteFunction:
+    """A function made remote by ``@ferroray.remote``: call ``.remote(...)``."""
+
+    def __init__(self, function: Callable[..., Any], options: Dict[str, Any]):
+        self._function = function
+        self._options = _check_options(options)
+        self._pickled: Optional[bytes] = None
+        self.__name__ = getattr(function, "__name__", "remote_function")
+        self.__doc__ = function.__doc__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"remote function {self.__name__} cannot be called directly: use {self.__name__}.remote()")
+
+    def options(self, **options: Any) -> "RemoteFunction":
+        """A copy with these options changed, for one call or more."""
+        merged = dict(self._options)
+        merged.update(options)
+        other = RemoteFunction(self._function, merged)
+        other._pickled = self._pickled
+        return other
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        _auto_init()
+        if self._pickled is None:
+            # Pickled once per function; each call sends these bytes.
+            self._pickled = cloudpickle.dumps(self._function, protocol=5)
+        opts = self._options
+        num_returns = opts.get("num_returns", 1)
+        wire_args: List[Union[bytes, ObjectRef]] = [cloudpickle.dumps((len(args), list(kwargs)), protocol=5)]
+        for a in list(args) + list(kwargs.values()):
+            wire_args.append(a if isinstance(a, ObjectRef) else _dumps(a))
+        rex = opts.get("retry_exceptions", False)
+        if not isinstance(rex, bool):
+            rex = [c.__qualname__ if c.__module__ == "builtins" else f"{c.__module__}.{c.__qualname__}" for c in rex]
+        try:
+            refs = _ferroray.submit(
+                self._pickled,
+                getattr(self._function, "__module__", "__main__") or "__main__",
+                getattr(self._function, "__qualname__", self.__name__),
+                wire_args,
+                num_returns,
+                float(opts.get("num_cpus", 1) if opts.get("num_cpus") is not None else 1),
+                float(opts.get("num_gpus") or 0),
+                [(k, float(v)) for k, v in (opts.get("resources") or {}).items()],
+                int(opts.get("max_retries", 3) if opts.get("max_retries") is not None else 3),
+                rex,
+            )
+        except _ferroray.CoreError as e:
+            raise _from_core(e) from None
+        return refs[0] if num_returns == 1 else refs
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """``@remote`` or ``@remote(num_cpus=..., ...)`` on a function."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("remote() takes a function, or only keyword options")
+
+    def decorator(target: Any) -> Any:
+        return _make_remote(target, options)
+
+    return decorator
+
+
+def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
+    if isinstance(target, type):
+        raise TypeError("remote classes (actors) are not supported by the Python front yet")
+    if not callable(target):
+        raise TypeError(f"remote() takes a function, not {type(target).__name__}")
+    return RemoteFunction(target, options)

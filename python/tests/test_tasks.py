@@ -1,0 +1,167 @@
+"""Remote functions, objects and errors through real Python worker processes."""
+
+import os
+import threading
+import time
+
+import pytest
+
+import ferroray as ray
+from ferroray.exceptions import GetTimeoutError, RayError, RayTaskError, WorkerCrashedError
+
+T = 30  # the longest any get in these tests may wait
+
+
+class MyError(Exception):
+    pass
+
+
+@ray.remote
+def add(a, b=0):
+    return a + b
+
+
+@ray.remote(num_returns=2)
+def split(x):
+    return x, -x
+
+
+@ray.remote
+def fail(msg):
+    raise MyError(msg)
+
+
+@ray.remote
+def sleep_then(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+@ray.remote
+def nested(n):
+    return ray.get(add.remote(n, 1), timeout=T) * 2
+
+
+@ray.remote
+def pid():
+    return os.getpid()
+
+
+@ray.remote(max_retries=0)
+def die():
+    os._exit(3)
+
+
+def test_values_and_refs_as_arguments(cluster):
+    r = add.remote(1, 2)
+    assert ray.get(r, timeout=T) == 3
+    assert ray.get(add.remote(r, 10), timeout=T) == 13
+    assert ray.get(add.remote(1, b=r), timeout=T) == 4
+    assert ray.get([add.remote(i, i) for i in range(20)], timeout=T) == [2 * i for i in range(20)]
+
+
+def test_put_and_get_small_and_large(cluster):
+    small = ray.put({"a": [1, 2, 3]})
+    assert ray.get(small, timeout=T) == {"a": [1, 2, 3]}
+    big = bytes(range(256)) * 8192  # 2 MiB: through shared memory
+    ref = ray.put(big)
+    assert ray.get(ref, timeout=T) == big
+    assert ray.get(add.remote(ref, b"!"), timeout=T) == big + b"!"
+
+
+def test_num_returns_and_options(cluster):
+    a, b = split.remote(5)
+    assert ray.get([a, b], timeout=T) == [5, -5]
+    x, y, z = add.options(num_returns=3).remote((1, 2), (3,))
+    assert ray.get([x, y, z], timeout=T) == [1, 2, 3]
+
+
+def test_a_task_error_is_also_the_users_exception(cluster):
+    with pytest.raises(MyError) as info:
+        ray.get(fail.remote("boom"), timeout=T)
+    e = info.value
+    assert isinstance(e, RayTaskError)
+    assert isinstance(e.cause, MyError)
+    assert "boom" in str(e) and "remote traceback" in str(e)
+    # A built-in exception the same way.
+    with pytest.raises(ZeroDivisionError):
+        ray.get(_div.remote(), timeout=T)
+
+
+@ray.remote
+def _div():
+    return 1 / 0
+
+
+def test_an_error_passes_through_a_dependent_task(cluster):
+    with pytest.raises(MyError):
+        ray.get(add.remote(fail.remote("first"), 1), timeout=T)
+
+
+def test_get_timeout(cluster):
+    r = sleep_then.remote(3, "late")
+    start = time.time()
+    with pytest.raises(GetTimeoutError):
+        ray.get(r, timeout=0.2)
+    assert time.time() - start < 2
+    with pytest.raises(TimeoutError):
+        ray.get(r, timeout=0)
+    assert ray.get(r, timeout=T) == "late"
+
+
+def test_wait(cluster):
+    fast = add.remote(1, 1)
+    slow = sleep_then.remote(2, 0)
+    ready, rest = ray.wait([slow, fast], num_returns=1, timeout=T)
+    assert ready == [fast] and rest == [slow]
+    ready, rest = ray.wait([slow], num_returns=1, timeout=0.1)
+    assert ready == [] and rest == [slow]
+    ready, rest = ray.wait([slow, fast], num_returns=2, timeout=T)
+    assert set(ready) == {slow, fast} and rest == []
+
+
+def test_nested_tasks_from_a_worker(cluster):
+    assert ray.get(nested.remote(4), timeout=T) == 10
+    assert ray.get([nested.remote(i) for i in range(4)], timeout=T) == [2, 4, 6, 8]
+
+
+def test_tasks_run_in_other_processes(cluster):
+    pids = set(ray.get([pid.remote() for _ in range(10)], timeout=T))
+    assert os.getpid() not in pids
+
+
+def test_a_worker_that_dies_is_a_crash_error_and_is_replaced(cluster):
+    with pytest.raises(WorkerCrashedError):
+        ray.get(die.remote(), timeout=T)
+    assert ray.get(add.remote(2, 2), timeout=T) == 4
+
+
+def test_bad_input_is_a_clear_error(cluster):
+    with pytest.raises(TypeError, match="cannot be called directly"):
+        add(1, 2)
+    with pytest.raises(ValueError, match="unknown task options"):
+        add.options(num_gpu=1)
+    with pytest.raises(ValueError, match="num_returns"):
+        add.options(num_returns=0)
+    with pytest.raises(ValueError, match="num_cpus"):
+        add.options(num_cpus=-1)
+    with pytest.raises(TypeError, match="ObjectRef"):
+        ray.get(5)
+    with pytest.raises(TypeError):
+        add.remote(threading.Lock())  # cannot be pickled
+    with pytest.raises(TypeError, match="top-level argument"):
+        add.remote([ray.put(1)])
+    with pytest.raises(TypeError, match="actors"):
+        ray.remote(type("Counter", (), {}))
+    with pytest.raises(ValueError, match="timeout"):
+        ray.get(ray.put(1), timeout=-1)
+    with pytest.raises(RayError):
+        # More CPUs than the node has: infeasible, never waits.
+        ray.get(add.options(num_cpus=64).remote(1), timeout=T)
+
+
+def test_reinit_is_refused_unless_asked(cluster):
+    assert ray.is_initialized()
+    with pytest.raises(RuntimeError, match="already initialized"):
+        ray.init()
+    ray.init(ignore_reinit_error=True)

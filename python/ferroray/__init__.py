@@ -16,8 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import cloudpickle
 
 from ferroray import _ferroray, exceptions
-from ferroray._ferroray import ObjectRef
-from ferroray.exceptions import _from_core
+from ferroray._ferroray import ObjectRef, ObjectRefGenerator
 
 __all__ = [
     "init",
@@ -27,9 +26,28 @@ __all__ = [
     "get",
     "put",
     "wait",
+    "cancel",
     "ObjectRef",
+    "ObjectRefGenerator",
+    "DynamicObjectRefGenerator",
     "exceptions",
 ]
+
+
+class DynamicObjectRefGenerator:
+    """The value of a ``num_returns="dynamic"`` task: its items' refs, in order."""
+
+    def __init__(self, refs: List[ObjectRef]):
+        self._refs = list(refs)
+
+    def __iter__(self):
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __repr__(self) -> str:
+        return f"DynamicObjectRefGenerator({len(self._refs)} refs)"
 
 _init_lock = threading.Lock()
 
@@ -61,18 +79,15 @@ def init(
             if ignore_reinit_error:
                 return
             raise RuntimeError("ferroray is already initialized: call shutdown() first, or pass ignore_reinit_error=True")
-        try:
-            _ferroray.init(
-                sys.executable,
-                ["-m", "ferroray._worker"],
-                _worker_env(),
-                num_cpus=None if num_cpus is None else float(num_cpus),
-                num_gpus=None if num_gpus is None else float(num_gpus),
-                resources=[(str(k), float(v)) for k, v in (resources or {}).items()],
-                object_store_memory=object_store_memory,
-            )
-        except _ferroray.CoreError as e:
-            raise _from_core(e) from None
+        _ferroray.init(
+            sys.executable,
+            ["-m", "ferroray._worker"],
+            _worker_env(),
+            num_cpus=None if num_cpus is None else float(num_cpus),
+            num_gpus=None if num_gpus is None else float(num_gpus),
+            resources=[(str(k), float(v)) for k, v in (resources or {}).items()],
+            object_store_memory=object_store_memory,
+        )
 
 
 def _auto_init() -> None:
@@ -100,10 +115,7 @@ def put(value: Any) -> ObjectRef:
     if isinstance(value, ObjectRef):
         raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself")
     _auto_init()
-    try:
-        return _ferroray.put(_dumps(value))
-    except _ferroray.CoreError as e:
-        raise _from_core(e) from None
+    return _ferroray.put(_dumps(value))
 
 
 def get(object_refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float] = None) -> Any:
@@ -117,16 +129,30 @@ def get(object_refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional
     for r in refs:
         if not isinstance(r, ObjectRef):
             raise TypeError(f"get() takes an ObjectRef or a list of them, not {type(r).__name__}")
-    try:
-        raw = _ferroray.get(refs, timeout)
-    except _ferroray.CoreError as e:
-        raise _from_core(e) from None
-    values = [None if b is None else pickle.loads(b) for b in raw]
+    raw = _ferroray.get(refs, timeout)
+    values = [_decode(b) for b in raw]
     return values[0] if single else values
 
 
+def _decode(raw: Any) -> Any:
+    if raw is None:
+        return None
+    if isinstance(raw, tuple):  # a dynamic generator's refs
+        return DynamicObjectRefGenerator(raw[0])
+    import pickle
+
+    return pickle.loads(raw)
+
+
+def cancel(target: Union[ObjectRef, ObjectRefGenerator], *, force: bool = False, recursive: bool = True) -> None:
+    """Cancels the task that makes ``target`` (as ``ray.cancel``): a queued task never
+    runs; a running one is interrupted at its next yield or wait (``force=True``
+    kills its worker). Its refs then raise ``TaskCancelledError``."""
+    _ferroray.cancel(target, force, recursive)
+
+
 def wait(
-    object_refs: Sequence[ObjectRef],
+    object_refs: Sequence[Union[ObjectRef, ObjectRefGenerator]],
     *,
     num_returns: int = 1,
     timeout: Optional[float] = None,
@@ -136,19 +162,22 @@ def wait(
     if not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"wait() takes a list of ObjectRefs, not {type(object_refs).__name__}")
     refs = list(object_refs)
-    for r in refs:
-        if not isinstance(r, ObjectRef):
-            raise TypeError(f"wait() takes a list of ObjectRefs, not {type(r).__name__}")
     if not isinstance(num_returns, int) or num_returns < 1:
         raise ValueError(f"num_returns must be a positive int, not {num_returns!r}")
-    try:
-        ready, rest = _ferroray.wait(refs, num_returns, timeout)
-    except _ferroray.CoreError as e:
-        raise _from_core(e) from None
+    ready, rest = _ferroray.wait(refs, num_returns, timeout)
     return [refs[i] for i in ready], [refs[i] for i in rest]
 
 
-_TASK_OPTIONS = {"num_returns", "num_cpus", "num_gpus", "resources", "max_retries", "retry_exceptions", "name"}
+_TASK_OPTIONS = {
+    "num_returns",
+    "num_cpus",
+    "num_gpus",
+    "resources",
+    "max_retries",
+    "retry_exceptions",
+    "name",
+    "_generator_backpressure_num_objects",
+}
 
 
 def _check_options(options: Dict[str, Any]) -> Dict[str, Any]:
@@ -157,8 +186,11 @@ def _check_options(options: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"unknown task options: {', '.join(sorted(unknown))}")
     checked = dict(options)
     n = checked.get("num_returns", 1)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"num_returns must be a positive int, not {n!r}")
+    if n not in ("streaming", "dynamic") and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f'num_returns must be a positive int, "streaming" or "dynamic", not {n!r}')
+    bp = checked.get("_generator_backpressure_num_objects")
+    if bp is not None and (not isinstance(bp, int) or isinstance(bp, bool) or bp == 0 or bp < -1):
+        raise ValueError(f"_generator_backpressure_num_objects must be -1 (no limit) or at least 1, not {bp!r}")
     for key in ("num_cpus", "num_gpus"):
         v = checked.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
@@ -180,8 +212,12 @@ class RemoteFunction:
     """A function made remote by ``@ferroray.remote``: call ``.remote(...)``."""
 
     def __init__(self, function: Callable[..., Any], options: Dict[str, Any]):
+        import inspect
+
         self._function = function
         self._options = _check_options(options)
+        # A generator function streams its items by default, as in Ray.
+        self._default_returns: Any = "streaming" if inspect.isgeneratorfunction(function) else 1
         self._pickled: Optional[bytes] = None
         self.__name__ = getattr(function, "__name__", "remote_function")
         self.__doc__ = function.__doc__
@@ -203,28 +239,30 @@ class RemoteFunction:
             # Pickled once per function; each call sends these bytes.
             self._pickled = cloudpickle.dumps(self._function, protocol=5)
         opts = self._options
-        num_returns = opts.get("num_returns", 1)
+        num_returns = opts.get("num_returns", self._default_returns)
+        backpressure = opts.get("_generator_backpressure_num_objects")
+        if backpressure is not None and backpressure != -1 and num_returns != "streaming":
+            raise ValueError("_generator_backpressure_num_objects applies only to num_returns=\"streaming\"")
         wire_args: List[Union[bytes, ObjectRef]] = [cloudpickle.dumps((len(args), list(kwargs)), protocol=5)]
         for a in list(args) + list(kwargs.values()):
             wire_args.append(a if isinstance(a, ObjectRef) else _dumps(a))
         rex = opts.get("retry_exceptions", False)
         if not isinstance(rex, bool):
             rex = [c.__qualname__ if c.__module__ == "builtins" else f"{c.__module__}.{c.__qualname__}" for c in rex]
-        try:
-            refs = _ferroray.submit(
-                self._pickled,
-                getattr(self._function, "__module__", "__main__") or "__main__",
-                getattr(self._function, "__qualname__", self.__name__),
-                wire_args,
-                num_returns,
-                float(opts.get("num_cpus", 1) if opts.get("num_cpus") is not None else 1),
-                float(opts.get("num_gpus") or 0),
-                [(k, float(v)) for k, v in (opts.get("resources") or {}).items()],
-                int(opts.get("max_retries", 3) if opts.get("max_retries") is not None else 3),
-                rex,
-            )
-        except _ferroray.CoreError as e:
-            raise _from_core(e) from None
+        refs = _ferroray.submit(
+            self._pickled,
+            getattr(self._function, "__module__", "__main__") or "__main__",
+            getattr(self._function, "__qualname__", self.__name__),
+            wire_args,
+            num_returns,
+            float(opts.get("num_cpus", 1) if opts.get("num_cpus") is not None else 1),
+            float(opts.get("num_gpus") or 0),
+            [(k, float(v)) for k, v in (opts.get("resources") or {}).items()],
+            int(opts.get("max_retries", 3) if opts.get("max_retries") is not None else 3),
+            rex,
+            backpressure,
+        )
+        # One ref, a list of them, or (streaming, dynamic) what submit made.
         return refs[0] if num_returns == 1 else refs
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pickle
 import traceback
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import cloudpickle
 
@@ -34,24 +34,61 @@ def _pickle_exception(e: BaseException) -> Any:
         return None
 
 
+def _read_call(pickled: bytes, args: List[bytes]) -> Tuple[Any, List[Any], Dict[str, Any]]:
+    fn = _function(pickled)
+    header, values = args[0], args[1:]
+    npos, kw_names = pickle.loads(header)
+    decoded = [pickle.loads(v) for v in values]
+    return fn, decoded[:npos], dict(zip(kw_names, decoded[npos:]))
+
+
+def run_gen(pickled: bytes, module: str, qualname: str, args: List[bytes]) -> Iterator[Tuple[Any, ...]]:
+    """Runs one generator task: ``("ok", pickled item)`` per item, then ``("err", ...)`` if it raised."""
+    try:
+        fn, pos, kwargs = _read_call(pickled, args)
+    except BaseException as e:
+        text = f"{module}.{qualname}: cannot read the task: {type(e).__name__}: {e}"
+        yield ("err", type(e).__qualname__, text, _pickle_exception(e))
+        return
+    try:
+        items = iter(fn(*pos, **kwargs))
+    except BaseException as e:
+        yield _task_error(e, module, qualname)
+        return
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except BaseException as e:
+            yield _task_error(e, module, qualname)
+            return
+        try:
+            data = cloudpickle.dumps(item, protocol=5)
+        except BaseException as e:
+            text = f"{module}.{qualname}: cannot send an item: {type(e).__name__}: {e}"
+            yield ("err", _class_name(type(e)), text, _pickle_exception(e))
+            return
+        yield ("ok", data)
+
+
+def _task_error(e: BaseException, module: str, qualname: str) -> Tuple[Any, ...]:
+    tb = traceback.format_exc()
+    text = f"{type(e).__name__}: {e}\n\nin task {module}.{qualname}, remote traceback:\n{tb}"
+    return ("err", _class_name(type(e)), text, _pickle_exception(e))
+
+
 def run(pickled: bytes, module: str, qualname: str, args: List[bytes], num_returns: int) -> Tuple[Any, ...]:
     """Runs one task: ``("ok", [pickled result, ...])`` or ``("err", class, text, pickled exception)``."""
     try:
-        fn = _function(pickled)
-        header, values = args[0], args[1:]
-        npos, kw_names = pickle.loads(header)
-        decoded = [pickle.loads(v) for v in values]
-        pos = decoded[:npos]
-        kwargs = dict(zip(kw_names, decoded[npos:]))
+        fn, pos, kwargs = _read_call(pickled, args)
     except BaseException as e:  # the arguments or the function do not unpickle
         text = f"{module}.{qualname}: cannot read the task: {type(e).__name__}: {e}"
         return ("err", type(e).__qualname__, text, _pickle_exception(e))
     try:
         result = fn(*pos, **kwargs)
     except BaseException as e:
-        tb = traceback.format_exc()
-        text = f"{type(e).__name__}: {e}\n\nin task {module}.{qualname}, remote traceback:\n{tb}"
-        return ("err", _class_name(type(e)), text, _pickle_exception(e))
+        return _task_error(e, module, qualname)
     try:
         if num_returns == 1:
             return ("ok", [cloudpickle.dumps(result, protocol=5)])
@@ -69,7 +106,7 @@ def _class_name(cls: type) -> str:
 
 
 def main() -> None:
-    _ferroray.worker_main(run)
+    _ferroray.worker_main(run, run_gen)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,16 @@ pub trait ForeignFunctions: Send + Sync {
         args: &mut ArgReader<'_>,
         returns: usize,
     ) -> Result<Vec<ReturnValue>>;
+
+    /// Runs generator `function` (a streaming or dynamic call): each value
+    /// it yields goes to `sink` as it is made; an error from the sink (the
+    /// call was cancelled or closed) stops it.
+    fn run_items(
+        &self,
+        function: &ferroray_protocol::FunctionDescriptor,
+        args: &mut ArgReader<'_>,
+        sink: &mut dyn ItemSink,
+    ) -> Result<()>;
 }
 
 static FOREIGN: OnceLock<Box<dyn ForeignFunctions>> = OnceLock::new();

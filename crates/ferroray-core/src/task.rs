@@ -572,7 +572,6 @@ impl ArgReader<'_> {
         })
     }
 
-
     /// How many arguments are left to read.
     pub fn remaining(&self) -> usize {
         self.args.len()

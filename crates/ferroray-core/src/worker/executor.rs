@@ -383,12 +383,19 @@ impl CoreWorker {
             }
         };
         let result = match invoke {
-            Err(_) if foreign.is_some() && spec.actor.is_none() => Some(guarded(&mut || {
+            Err(_) if foreign.is_some() && spec.actor.is_none() => {
                 let runner = foreign.expect("checked");
-                let values = runner.run(&descriptor, &mut reader, expected)?;
-                reader.finish()?;
-                Ok(values)
-            })),
+                match returns {
+                    ReturnKind::Fixed(_) => Some(guarded(&mut || {
+                        let values = runner.run(&descriptor, &mut reader, expected)?;
+                        reader.finish()?;
+                        Ok(values)
+                    })),
+                    ReturnKind::Streaming { .. } | ReturnKind::Dynamic => {
+                        drive_items(&mut reader, &mut |r, sink| runner.run_items(&descriptor, r, sink))
+                    }
+                }
+            }
             Err(e) => Some(Err(e)),
             Ok(Invoke::Values(f)) => Some(guarded(&mut || {
                 let values = f(&mut reader)?;

@@ -17,6 +17,9 @@ import cloudpickle
 
 from ferroray import _ferroray, exceptions
 from ferroray._ferroray import ObjectRef, ObjectRefGenerator
+from ferroray._serialization import dumps as _dumps
+from ferroray._serialization import loads as _loads
+from ferroray.actor import ActorClass, ActorHandle, method
 
 __all__ = [
     "init",
@@ -27,6 +30,9 @@ __all__ = [
     "put",
     "wait",
     "cancel",
+    "kill",
+    "get_actor",
+    "method",
     "ObjectRef",
     "ObjectRefGenerator",
     "DynamicObjectRefGenerator",
@@ -106,16 +112,13 @@ def is_initialized() -> bool:
     return _ferroray.is_initialized()
 
 
-def _dumps(value: Any) -> bytes:
-    return cloudpickle.dumps(value, protocol=5)
-
-
 def put(value: Any) -> ObjectRef:
     """Stores ``value`` in the object store; gives its ref."""
     if isinstance(value, ObjectRef):
         raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself")
     _auto_init()
-    return _ferroray.put(_dumps(value))
+    data, refs = _dumps(value)
+    return _ferroray.put(data, refs)
 
 
 def get(object_refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float] = None) -> Any:
@@ -139,9 +142,7 @@ def _decode(raw: Any) -> Any:
         return None
     if isinstance(raw, tuple):  # a dynamic generator's refs
         return DynamicObjectRefGenerator(raw[0])
-    import pickle
-
-    return pickle.loads(raw)
+    return _loads(raw)
 
 
 def cancel(target: Union[ObjectRef, ObjectRefGenerator], *, force: bool = False, recursive: bool = True) -> None:
@@ -243,9 +244,9 @@ class RemoteFunction:
         backpressure = opts.get("_generator_backpressure_num_objects")
         if backpressure is not None and backpressure != -1 and num_returns != "streaming":
             raise ValueError("_generator_backpressure_num_objects applies only to num_returns=\"streaming\"")
-        wire_args: List[Union[bytes, ObjectRef]] = [cloudpickle.dumps((len(args), list(kwargs)), protocol=5)]
-        for a in list(args) + list(kwargs.values()):
-            wire_args.append(a if isinstance(a, ObjectRef) else _dumps(a))
+        from ferroray.actor import _wire_args
+
+        wire_args = _wire_args(args, kwargs)
         rex = opts.get("retry_exceptions", False)
         if not isinstance(rex, bool):
             rex = [c.__qualname__ if c.__module__ == "builtins" else f"{c.__module__}.{c.__qualname__}" for c in rex]
@@ -279,9 +280,28 @@ def remote(*args: Any, **options: Any) -> Any:
     return decorator
 
 
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Ends ``actor`` now (as ``ray.kill``): its running calls fail; with
+    ``no_restart=False`` it may restart within its ``max_restarts``."""
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() takes an ActorHandle, not {type(actor).__name__}")
+    actor._core._kill(no_restart)
+
+
+def get_actor(name: str, namespace: Optional[str] = None) -> ActorHandle:
+    """The live actor named ``name`` (as ``ray.get_actor``); ``ValueError`` if there is none."""
+    if not isinstance(name, str):
+        raise TypeError(f"get_actor() takes a name, not {type(name).__name__}")
+    _auto_init()
+    try:
+        return ActorHandle(_ferroray.get_actor(name))
+    except exceptions.RayError as e:
+        raise ValueError(f"no actor named {name!r}: {e}") from None
+
+
 def _make_remote(target: Any, options: Dict[str, Any]) -> Any:
     if isinstance(target, type):
-        raise TypeError("remote classes (actors) are not supported by the Python front yet")
+        return ActorClass(target, options)
     if not callable(target):
         raise TypeError(f"remote() takes a function, not {type(target).__name__}")
     return RemoteFunction(target, options)

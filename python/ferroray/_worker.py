@@ -1,112 +1,182 @@
 """The entry of a Python worker process: ``python -m ferroray._worker``.
 
 The node starts this; it connects to the node (the details are in its
-environment) and runs the tasks it is sent until the node goes.
+environment) and runs the tasks and actor calls it is sent until the node
+goes. The extension calls the methods of ``Runner`` (see
+``crates/ferroray-python/src/worker.rs`` for the shapes of their answers).
 """
 
 from __future__ import annotations
 
-import pickle
+import asyncio
+import inspect
+import threading
 import traceback
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import cloudpickle
 
 from ferroray import _ferroray
+from ferroray._serialization import dumps, loads
 
-# Functions unpickled so far, by their pickled bytes: each is unpickled once
-# per worker process, not per call.
-_functions: Dict[bytes, Any] = {}
-
-
-def _function(pickled: bytes) -> Any:
-    fn = _functions.get(pickled)
-    if fn is None:
-        fn = cloudpickle.loads(pickled)
-        _functions[pickled] = fn
-    return fn
-
-
-def _pickle_exception(e: BaseException) -> Any:
-    try:
-        return cloudpickle.dumps(e)
-    except Exception:
-        return None
-
-
-def _read_call(pickled: bytes, args: List[bytes]) -> Tuple[Any, List[Any], Dict[str, Any]]:
-    fn = _function(pickled)
-    header, values = args[0], args[1:]
-    npos, kw_names = pickle.loads(header)
-    decoded = [pickle.loads(v) for v in values]
-    return fn, decoded[:npos], dict(zip(kw_names, decoded[npos:]))
-
-
-def run_gen(pickled: bytes, module: str, qualname: str, args: List[bytes]) -> Iterator[Tuple[Any, ...]]:
-    """Runs one generator task: ``("ok", pickled item)`` per item, then ``("err", ...)`` if it raised."""
-    try:
-        fn, pos, kwargs = _read_call(pickled, args)
-    except BaseException as e:
-        text = f"{module}.{qualname}: cannot read the task: {type(e).__name__}: {e}"
-        yield ("err", type(e).__qualname__, text, _pickle_exception(e))
-        return
-    try:
-        items = iter(fn(*pos, **kwargs))
-    except BaseException as e:
-        yield _task_error(e, module, qualname)
-        return
-    while True:
-        try:
-            item = next(items)
-        except StopIteration:
-            return
-        except BaseException as e:
-            yield _task_error(e, module, qualname)
-            return
-        try:
-            data = cloudpickle.dumps(item, protocol=5)
-        except BaseException as e:
-            text = f"{module}.{qualname}: cannot send an item: {type(e).__name__}: {e}"
-            yield ("err", _class_name(type(e)), text, _pickle_exception(e))
-            return
-        yield ("ok", data)
-
-
-def _task_error(e: BaseException, module: str, qualname: str) -> Tuple[Any, ...]:
-    tb = traceback.format_exc()
-    text = f"{type(e).__name__}: {e}\n\nin task {module}.{qualname}, remote traceback:\n{tb}"
-    return ("err", _class_name(type(e)), text, _pickle_exception(e))
-
-
-def run(pickled: bytes, module: str, qualname: str, args: List[bytes], num_returns: int) -> Tuple[Any, ...]:
-    """Runs one task: ``("ok", [pickled result, ...])`` or ``("err", class, text, pickled exception)``."""
-    try:
-        fn, pos, kwargs = _read_call(pickled, args)
-    except BaseException as e:  # the arguments or the function do not unpickle
-        text = f"{module}.{qualname}: cannot read the task: {type(e).__name__}: {e}"
-        return ("err", type(e).__qualname__, text, _pickle_exception(e))
-    try:
-        result = fn(*pos, **kwargs)
-    except BaseException as e:
-        return _task_error(e, module, qualname)
-    try:
-        if num_returns == 1:
-            return ("ok", [cloudpickle.dumps(result, protocol=5)])
-        values = list(result)
-        if len(values) != num_returns:
-            raise ValueError(f"the task returned {len(values)} values, but num_returns is {num_returns}")
-        return ("ok", [cloudpickle.dumps(v, protocol=5) for v in values])
-    except BaseException as e:
-        text = f"{module}.{qualname}: cannot send its result: {type(e).__name__}: {e}"
-        return ("err", _class_name(type(e)), text, _pickle_exception(e))
+Outcome = Tuple[Any, ...]
 
 
 def _class_name(cls: type) -> str:
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _pickle_exception(e: BaseException) -> Optional[bytes]:
+    try:
+        return cloudpickle.dumps(e)
+    except Exception:
+        return None
+
+
+def _error(e: BaseException, where: str, what: str = "remote traceback") -> Outcome:
+    tb = traceback.format_exc()
+    text = f"{type(e).__name__}: {e}\n\nin {where}, {what}:\n{tb}"
+    return ("err", _class_name(type(e)), text, _pickle_exception(e))
+
+
+class Runner:
+    """Runs Python tasks and actor methods for the core."""
+
+    def __init__(self) -> None:
+        # Functions and classes unpickled so far, by their pickled bytes:
+        # each is unpickled once per process, not per call.
+        self._functions: Dict[bytes, Any] = {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop_lock = threading.Lock()
+
+    # -- the parts every call shares
+
+    def _function(self, pickled: bytes) -> Any:
+        fn = self._functions.get(pickled)
+        if fn is None:
+            fn = cloudpickle.loads(pickled)
+            self._functions[pickled] = fn
+        return fn
+
+    @staticmethod
+    def _arguments(args: List[bytes]) -> Tuple[List[Any], Dict[str, Any]]:
+        npos, kw_names = loads(args[0])
+        decoded = [loads(a) for a in args[1:]]
+        return decoded[:npos], dict(zip(kw_names, decoded[npos:]))
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop of this process's async actor, started at its first call."""
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="ferroray-asyncio", daemon=True).start()
+                self._loop = loop
+            return self._loop
+
+    def _finish(self, result: Any) -> Any:
+        """The value of a call: a coroutine's runs on the actor's event loop."""
+        if inspect.iscoroutine(result):
+            return asyncio.run_coroutine_threadsafe(result, self.loop()).result()
+        return result
+
+    def _values(self, call: Any, where: str, num_returns: int) -> Outcome:
+        try:
+            result = self._finish(call())
+        except BaseException as e:
+            return _error(e, where)
+        try:
+            if num_returns == 1:
+                return ("ok", [dumps(result)])
+            values = list(result)
+            if len(values) != num_returns:
+                raise ValueError(f"returned {len(values)} values, but num_returns is {num_returns}")
+            return ("ok", [dumps(v) for v in values])
+        except BaseException as e:
+            return _error(e, where, "sending its result")
+
+    def _items(self, call: Any, where: str) -> Iterator[Outcome]:
+        try:
+            items = call()
+            it = self._async_items(items) if inspect.isasyncgen(items) else iter(items)
+        except BaseException as e:
+            yield _error(e, where)
+            return
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            except BaseException as e:
+                yield _error(e, where)
+                return
+            try:
+                data, refs = dumps(item)
+            except BaseException as e:
+                yield _error(e, where, "sending an item")
+                return
+            yield ("ok", data, refs)
+
+    def _async_items(self, agen: Any) -> Iterator[Any]:
+        """An async generator's items, each made on the actor's event loop."""
+        loop = self.loop()
+        while True:
+            try:
+                yield asyncio.run_coroutine_threadsafe(agen.__anext__(), loop).result()
+            except StopAsyncIteration:
+                return
+
+    def _read(self, pickled: Optional[bytes], args: List[bytes], where: str) -> Tuple[Any, List[Any], Dict[str, Any]]:
+        fn = self._function(pickled) if pickled is not None else None
+        pos, kwargs = self._arguments(args)
+        return fn, pos, kwargs
+
+    # -- what the extension calls
+
+    def run(self, pickled: bytes, module: str, qualname: str, args: List[bytes], num_returns: int) -> Outcome:
+        where = f"task {module}.{qualname}"
+        try:
+            fn, pos, kwargs = self._read(pickled, args, where)
+        except BaseException as e:
+            return _error(e, where, "reading the task")
+        return self._values(lambda: fn(*pos, **kwargs), where, num_returns)
+
+    def run_gen(self, pickled: bytes, module: str, qualname: str, args: List[bytes]) -> Iterator[Outcome]:
+        where = f"task {module}.{qualname}"
+        try:
+            fn, pos, kwargs = self._read(pickled, args, where)
+        except BaseException as e:
+            return iter([_error(e, where, "reading the task")])
+        return self._items(lambda: fn(*pos, **kwargs), where)
+
+    def construct(self, pickled: bytes, module: str, qualname: str, args: List[bytes]) -> Outcome:
+        where = f"actor {module}.{qualname}"
+        try:
+            cls, pos, kwargs = self._read(pickled, args, where)
+            return ("ok", cls(*pos, **kwargs))
+        except BaseException as e:
+            return _error(e, f"the constructor of {where}")
+
+    def call(self, instance: Any, method: str, args: List[bytes], num_returns: int) -> Outcome:
+        where = f"actor method {type(instance).__qualname__}.{method}"
+        try:
+            fn = getattr(instance, method)
+            _, pos, kwargs = self._read(None, args, where)
+        except BaseException as e:
+            return _error(e, where, "reading the call")
+        return self._values(lambda: fn(*pos, **kwargs), where, num_returns)
+
+    def call_gen(self, instance: Any, method: str, args: List[bytes]) -> Iterator[Outcome]:
+        where = f"actor method {type(instance).__qualname__}.{method}"
+        try:
+            fn = getattr(instance, method)
+            _, pos, kwargs = self._read(None, args, where)
+        except BaseException as e:
+            return iter([_error(e, where, "reading the call")])
+        return self._items(lambda: fn(*pos, **kwargs), where)
+
+
 def main() -> None:
-    _ferroray.worker_main(run, run_gen)
+    _ferroray.worker_main(Runner())
 
 
 if __name__ == "__main__":

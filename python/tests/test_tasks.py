@@ -149,15 +149,32 @@ def test_bad_input_is_a_clear_error(cluster):
         ray.get(5)
     with pytest.raises(TypeError):
         add.remote(threading.Lock())  # cannot be pickled
-    with pytest.raises(TypeError, match="top-level argument"):
-        add.remote([ray.put(1)])
-    with pytest.raises(TypeError, match="actors"):
-        ray.remote(type("Counter", (), {}))
+    with pytest.raises(TypeError, match="remote"):
+        ray.remote(5)
     with pytest.raises(ValueError, match="timeout"):
         ray.get(ray.put(1), timeout=-1)
     with pytest.raises(RayError):
         # More CPUs than the node has: infeasible, never waits.
         ray.get(add.options(num_cpus=64).remote(1), timeout=T)
+
+
+def test_refs_inside_arguments_and_results(cluster):
+    inner = ray.put(41)
+    # A ref inside an argument stays a ref (the task gets it, not its value).
+    assert ray.get(_unwrap.remote([inner]), timeout=T) == 42
+    # A ref inside a result stays a ref too, and keeps its object alive.
+    nested = ray.get(_wrap.remote(7), timeout=T)
+    assert ray.get(nested[0], timeout=T) == 7
+
+
+@ray.remote
+def _unwrap(refs):
+    return ray.get(refs[0], timeout=T) + 1
+
+
+@ray.remote
+def _wrap(x):
+    return [ray.put(x)]
 
 
 def test_reinit_is_refused_unless_asked(cluster):

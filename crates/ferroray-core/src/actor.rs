@@ -67,6 +67,45 @@ impl RawActorHandle {
         }
     }
 
+    /// A handle from its handle object's ref (a front decoding a handle it
+    /// passed in a value) and its class's name.
+    pub fn from_handle(handle: ObjectRef<()>, class: &str) -> Self {
+        let id = ActorId(handle.id().task);
+        RawActorHandle { actor: Ok((id, handle)), class: class.into() }
+    }
+
+    /// The handle object's ref: what a front passes to carry the handle.
+    pub fn handle(&self) -> Result<&ObjectRef<()>> {
+        self.actor.as_ref().map(|(_, h)| h).map_err(Clone::clone)
+    }
+
+    /// Starts a method call of an actor of another language's front
+    /// (`TaskCall::foreign`).
+    pub fn call_foreign(&self, function: ferroray_protocol::FunctionDescriptor, opts: TaskOptions) -> TaskCall {
+        let call = TaskCall::foreign(function, opts);
+        match &self.actor {
+            Ok((id, handle)) => call.on_actor(*id, handle.inner.clone()),
+            Err(e) => call.failed(e.clone()),
+        }
+    }
+
+    /// Ends the actor now (see [`ActorHandle::kill`]); with `no_restart`
+    /// false it may restart, within its `max_restarts`.
+    pub fn kill(&self, no_restart: bool) -> Result<()> {
+        match &self.actor {
+            Ok((id, handle)) => handle.inner.core.kill_actor(*id, no_restart),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// Ends the actor once the calls already made to it are done.
+    pub fn terminate(&self) -> Result<()> {
+        match &self.actor {
+            Ok((id, handle)) => handle.inner.core.terminate_actor(*id),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
     fn failed(class: &'static str, e: Error) -> Self {
         RawActorHandle { actor: Err(e), class: class.into() }
     }
@@ -135,19 +174,13 @@ impl<A: ActorClass> ActorHandle<A> {
     /// Ends the actor once the calls already made to it are done (calls
     /// made later fail with `ActorDied`). Ray's `actor.__ray_terminate__`.
     pub fn terminate(&self) -> Result<()> {
-        match &self.raw().actor {
-            Ok((id, handle)) => handle.inner.core.terminate_actor(*id),
-            Err(e) => Err(e.clone()),
-        }
+        self.raw().terminate()
     }
 
     /// Ends the actor now: calls running on it are interrupted and fail,
     /// and it does not restart. Ray's `ray.kill(actor)`.
     pub fn kill(&self) -> Result<()> {
-        match &self.raw().actor {
-            Ok((id, handle)) => handle.inner.core.kill_actor(*id, true),
-            Err(e) => Err(e.clone()),
-        }
+        self.raw().kill(true)
     }
 }
 
@@ -239,7 +272,7 @@ impl ActorOptions {
     }
 
     /// The spec the node keeps; an error for options no executor can honour.
-    fn spec(&self, class: &'static str, kind: ActorKind) -> Result<ActorSpec> {
+    fn spec(&self, class: &str, kind: ActorKind) -> Result<ActorSpec> {
         let max_concurrency =
             self.max_concurrency.unwrap_or(if kind.asynchronous { DEFAULT_ASYNC_CONCURRENCY } else { 1 });
         if max_concurrency == 0 {
@@ -350,7 +383,7 @@ impl TaskCall {
     /// Creates the actor `class` with these constructor arguments: the
     /// node registers it (and its name) before this returns; it starts in
     /// the background.
-    pub fn create_actor(self, class: &'static str, opts: &ActorOptions, kind: ActorKind) -> Result<RawActorHandle> {
+    pub fn create_actor(self, class: &str, opts: &ActorOptions, kind: ActorKind) -> Result<RawActorHandle> {
         let actor = ActorTask::Create(Box::new(opts.spec(class, kind)?));
         let (spec, core, keep) = self.with_options(opts.task_options()).into_spec(ReturnKind::Fixed(1), Some(actor))?;
         let id = ActorId(spec.task_id);
@@ -377,16 +410,22 @@ pub fn failed_handle<A: ActorClass>(e: Error) -> ActorHandle<A> {
 /// The live actor named `name`, as a handle of type `A` (an error if there
 /// is none, or if it is of another type).
 pub fn get_actor<A: ActorClass>(name: &str) -> Result<ActorHandle<A>> {
+    let raw = get_actor_raw(name)?;
+    if raw.class() != A::CLASS {
+        return Err(Error::InvalidOption(format!("the actor named {name:?} is a {}, not a {}", raw.class(), A::CLASS)));
+    }
+    Ok(ActorHandle::from_raw(raw))
+}
+
+/// The live actor named `name`, of whatever class (its handle says which).
+pub fn get_actor_raw(name: &str) -> Result<RawActorHandle> {
     let core = global::core_or_init()?;
     let (id, class) = match core.request(|req| ToNode::GetActor { req, name: name.to_string() })? {
         FromNode::ActorFound { result, .. } => result?,
         other => return Err(Error::Protocol(format!("unexpected reply to GetActor: {other:?}"))),
     };
-    if class != A::CLASS {
-        return Err(Error::InvalidOption(format!("the actor named {name:?} is a {class}, not a {}", A::CLASS)));
-    }
     let handle = ObjectRef::from_inner(RefInner::borrowed(&core, id.handle_object()));
-    Ok(ActorHandle::from_raw(RawActorHandle { actor: Ok((id, handle)), class: class.into() }))
+    Ok(RawActorHandle { actor: Ok((id, handle)), class: class.into() })
 }
 
 impl CoreWorker {

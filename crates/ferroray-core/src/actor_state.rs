@@ -51,6 +51,14 @@ pub enum StateRef<'a> {
 }
 
 impl<'a> StateRef<'a> {
+    /// The state as it is, for a front that keeps its own objects in it.
+    pub fn any(&self) -> &dyn Any {
+        match self {
+            StateRef::Shared(s) => *s,
+            StateRef::Exclusive(s) => &**s,
+        }
+    }
+
     /// For a `&self` method.
     pub fn get<T: 'static>(self) -> Result<&'a T> {
         match self {

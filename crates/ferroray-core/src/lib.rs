@@ -40,7 +40,7 @@ pub mod registry;
 pub mod task;
 pub mod worker;
 
-pub use actor::{get_actor, ActorClass, ActorHandle, ActorOptions, RawActorHandle};
+pub use actor::{get_actor, get_actor_raw, ActorClass, ActorHandle, ActorKind, ActorOptions, RawActorHandle};
 pub use codec::{Buffer, Pod, TypedBuffer};
 pub use completion::AsCompleted;
 pub use context::is_cancelled;

@@ -54,6 +54,15 @@ impl<T> ObjectRef<T> {
         ObjectRef { inner, _t: PhantomData }
     }
 
+    /// A handle to object `id`, named inside a value this process is
+    /// reading (a front decoding its own values; Rust values do this in
+    /// `Deserialize`). Counted as a new local handle: the value that named
+    /// it keeps the object alive until the node has the count.
+    pub fn borrowed(id: ObjectId) -> crate::Result<Self> {
+        let core = global::core()?;
+        Ok(ObjectRef::from_inner(RefInner::borrowed(&core, id)))
+    }
+
     pub fn id(&self) -> ObjectId {
         self.inner.id
     }

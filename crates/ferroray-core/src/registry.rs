@@ -66,14 +66,17 @@ pub trait ItemSink {
     fn item(&mut self, value: ReturnValue) -> Result<()>;
 }
 
-/// Runs the functions of another language's front (a Python worker's),
-/// installed once per process by that front's worker entry.
+/// Runs the functions and actors of another language's front (a Python
+/// worker's), installed once per process by that front's worker entry.
+/// Arguments are read with `ArgReader::next_raw`, all of them.
 pub trait ForeignFunctions: Send + Sync {
-    /// Runs `function` on the arguments `args` gives (each read with
-    /// `ArgReader::next_raw`, all of them); gives its `returns` values.
+    /// Runs `function` and gives its `returns` values; `actor` is the
+    /// actor's state (what [`construct`](Self::construct) made) for a method
+    /// call, `None` for a task.
     fn run(
         &self,
         function: &ferroray_protocol::FunctionDescriptor,
+        actor: Option<&dyn std::any::Any>,
         args: &mut ArgReader<'_>,
         returns: usize,
     ) -> Result<Vec<ReturnValue>>;
@@ -84,9 +87,19 @@ pub trait ForeignFunctions: Send + Sync {
     fn run_items(
         &self,
         function: &ferroray_protocol::FunctionDescriptor,
+        actor: Option<&dyn std::any::Any>,
         args: &mut ArgReader<'_>,
         sink: &mut dyn ItemSink,
     ) -> Result<()>;
+
+    /// Makes an actor's state: runs the class `function` names on `args`.
+    /// The state is shared by the actor's calls (on several threads for a
+    /// threaded actor).
+    fn construct(
+        &self,
+        function: &ferroray_protocol::FunctionDescriptor,
+        args: &mut ArgReader<'_>,
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>>;
 }
 
 static FOREIGN: OnceLock<Box<dyn ForeignFunctions>> = OnceLock::new();

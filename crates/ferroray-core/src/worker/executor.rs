@@ -100,7 +100,9 @@ pub(super) fn is_exclusive(spec: &TaskSpec) -> bool {
             Ok(registry::RemoteFunction { invoke: Invoke::Method { exclusive, .. }, .. }) => *exclusive,
             _ => true,
         },
-        FunctionDescriptor::Python { .. } => true,
+        // Python methods have no `&mut self`: all of them may run together
+        // (up to the actor's `max_concurrency`), as in Ray.
+        FunctionDescriptor::Python { .. } => false,
     }
 }
 
@@ -383,16 +385,39 @@ impl CoreWorker {
             }
         };
         let result = match invoke {
-            Err(_) if foreign.is_some() && spec.actor.is_none() => {
+            Err(_) if foreign.is_some() => {
                 let runner = foreign.expect("checked");
-                match returns {
-                    ReturnKind::Fixed(_) => Some(guarded(&mut || {
-                        let values = runner.run(&descriptor, &mut reader, expected)?;
+                let on_actor = matches!(spec.actor, Some(ActorTask::Call { .. }));
+                match (&spec.actor, returns) {
+                    (Some(ActorTask::Create(_)), _) => Some(guarded(&mut || {
+                        let state = runner.construct(&descriptor, &mut reader)?;
                         reader.finish()?;
-                        Ok(values)
+                        install_state(executor, ActorState::Shared(state), &ctx.name)?;
+                        let _ = ACTOR.set(ActorId(task_id));
+                        Ok(vec![codec::encode(self, &())?])
                     })),
-                    ReturnKind::Streaming { .. } | ReturnKind::Dynamic => {
-                        drive_items(&mut reader, &mut |r, sink| runner.run_items(&descriptor, r, sink))
+                    (_, ReturnKind::Fixed(_)) => Some(guarded(&mut || {
+                        let mut run = |actor: Option<&dyn Any>| {
+                            let values = runner.run(&descriptor, actor, &mut reader, expected)?;
+                            reader.finish()?;
+                            Ok(values)
+                        };
+                        if on_actor {
+                            with_actor_state(false, |state| run(Some(state.any())))
+                        } else {
+                            run(None)
+                        }
+                    })),
+                    (_, ReturnKind::Streaming { .. } | ReturnKind::Dynamic) => {
+                        drive_items(&mut reader, &mut |r, sink| {
+                            if on_actor {
+                                with_actor_state(false, |state| {
+                                    runner.run_items(&descriptor, Some(state.any()), r, sink)
+                                })
+                            } else {
+                                runner.run_items(&descriptor, None, r, sink)
+                            }
+                        })
                     }
                 }
             }

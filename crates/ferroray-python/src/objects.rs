@@ -1,0 +1,213 @@
+//! Objects: the `ObjectRef` class, `put`, `get`, `wait`, and refs nested
+//! inside values.
+//!
+//! A ref inside a pickled value travels by id. While ferroray pickles a
+//! value (`_collect_begin` .. `_collect_end`), each `ObjectRef` it meets is
+//! noted and the value is stored with those refs as its nested ones, so the
+//! node keeps them alive while the value lives; unpickling makes a counted
+//! handle again (`_nested_ref`). Pickling a ref outside ferroray's own
+//! pickling is refused: nothing would keep its object alive.
+//!
+//! Every wait runs in slices of [`SLICE`] with the GIL released, looking for
+//! signals in between, so Ctrl-C interrupts it promptly.
+
+use crate::{core_err, seconds};
+use ferroray::{Error, RawValue, WaitItem};
+use ferroray_common::{ObjectId, TaskId, WorkerId};
+use ferroray_core::Encoding;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+/// How long a wait runs between two looks for signals (Ctrl-C).
+pub(crate) const SLICE: Duration = Duration::from_millis(100);
+
+thread_local! {
+    /// The refs met by each pickling in progress on this thread (innermost
+    /// last).
+    static NESTED: RefCell<Vec<Vec<ferroray::ObjectRef<RawValue>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A handle to an object: Ray's `ObjectRef`. Counted like the Rust one: the
+/// object lives while any handle to it does, in any process.
+#[pyclass(frozen, module = "ferroray._ferroray", name = "ObjectRef")]
+pub struct ObjectRef {
+    pub(crate) inner: ferroray::ObjectRef<RawValue>,
+}
+
+#[pymethods]
+impl ObjectRef {
+    /// The object id as hex (Ray's `ObjectRef.hex()`).
+    fn hex(&self) -> String {
+        self.inner.id().to_string()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("ObjectRef({})", self.inner.id())
+    }
+
+    fn __hash__(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.inner.id().hash(&mut h);
+        h.finish()
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.cast::<ObjectRef>().is_ok_and(|o| o.get().inner.id() == self.inner.id())
+    }
+
+    /// Whether the value is here or known to be ready (subscribes once).
+    fn _is_ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+
+    /// Pickled by id, noted as nested in the value being pickled.
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let noted = NESTED.with(|n| match n.borrow_mut().last_mut() {
+            Some(refs) => {
+                refs.push(self.inner.clone());
+                true
+            }
+            None => false,
+        });
+        if !noted {
+            return Err(PyTypeError::new_err(
+                "an ObjectRef can be pickled only by ferroray, inside a task's argument, a put or a return value \
+                 (nothing else would keep its object alive)",
+            ));
+        }
+        let id = self.inner.id();
+        let make = py.import("ferroray._ferroray")?.getattr("_nested_ref")?;
+        PyTuple::new(py, [make, (id.task.submitter.0, id.task.seq, id.index).into_pyobject(py)?.into_any()])
+    }
+}
+
+/// A counted handle to a ref named inside a value being unpickled.
+#[pyfunction]
+pub(crate) fn _nested_ref(submitter: u64, seq: u64, index: u32) -> PyResult<ObjectRef> {
+    let id = ObjectId { task: TaskId { submitter: WorkerId(submitter), seq }, index };
+    ferroray::ObjectRef::borrowed(id).map(|inner| ObjectRef { inner }).map_err(core_err)
+}
+
+/// Starts noting the refs the next pickling on this thread meets.
+#[pyfunction]
+pub(crate) fn _collect_begin() {
+    NESTED.with(|n| n.borrow_mut().push(Vec::new()));
+}
+
+/// The refs noted since the matching `_collect_begin`.
+#[pyfunction]
+pub(crate) fn _collect_end() -> Vec<ObjectRef> {
+    NESTED.with(|n| n.borrow_mut().pop()).unwrap_or_default().into_iter().map(|inner| ObjectRef { inner }).collect()
+}
+
+pub(crate) fn inners(refs: &[Bound<'_, ObjectRef>]) -> Vec<ferroray::ObjectRef<RawValue>> {
+    refs.iter().map(|r| r.get().inner.clone()).collect()
+}
+
+/// Stores pickled bytes (with the refs inside them); large ones go to
+/// shared memory.
+#[pyfunction]
+#[pyo3(signature = (value, nested=Vec::new()))]
+pub(crate) fn put(py: Python<'_>, value: &[u8], nested: Vec<Bound<'_, ObjectRef>>) -> PyResult<ObjectRef> {
+    let value = value.to_vec();
+    let ids: Vec<ObjectId> = nested.iter().map(|r| r.get().inner.id()).collect();
+    let inner = py.detach(|| ferroray::put_raw(&value, &ids)).map_err(core_err)?;
+    Ok(ObjectRef { inner })
+}
+
+/// Runs `wait` (given how long it may take) in slices until it gives
+/// something other than a timeout or `deadline` passes, looking for
+/// signals between slices.
+pub(crate) fn sliced<T: Send>(
+    py: Python<'_>,
+    deadline: Option<Instant>,
+    mut wait: impl FnMut(Duration) -> ferroray::Result<T> + Send,
+) -> PyResult<T> {
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let slice = left.map_or(SLICE, |l| l.min(SLICE));
+        match py.detach(|| wait(slice)) {
+            Err(Error::GetTimeout) if left.is_none_or(|l| l > slice) => py.check_signals()?,
+            other => return other.map_err(core_err),
+        }
+    }
+}
+
+pub(crate) fn deadline(timeout: Option<f64>) -> PyResult<Option<Instant>> {
+    Ok(timeout.map(seconds).transpose()?.map(|t| Instant::now() + t))
+}
+
+/// The pickled bytes of each ref, in order; the first error is raised. One
+/// deadline for all (`timeout` in seconds). A dynamic generator's value
+/// comes as a 1-tuple of its items' refs; a unit value as `None`.
+#[pyfunction]
+#[pyo3(signature = (refs, timeout=None))]
+pub(crate) fn get<'py>(
+    py: Python<'py>,
+    refs: Vec<Bound<'py, ObjectRef>>,
+    timeout: Option<f64>,
+) -> PyResult<Bound<'py, PyList>> {
+    let deadline = deadline(timeout)?;
+    let out = PyList::empty(py);
+    for r in &refs {
+        let inner = r.get().inner.clone();
+        let raw = sliced(py, deadline, |slice| inner.get_raw(Some(slice)))?;
+        match raw.encoding() {
+            Encoding::Raw => out.append(PyBytes::new(py, raw.bytes().map_err(core_err)?))?,
+            Encoding::Unit => out.append(py.None())?,
+            Encoding::RefList => {
+                // A dynamic generator's value: its items' refs, in order.
+                let typed = inner.clone().cast::<ferroray::DynamicObjectRefGenerator<RawValue>>();
+                let items = py.detach(|| typed.get_timeout(Duration::ZERO)).map_err(core_err)?;
+                let refs: Vec<ObjectRef> = items.into_iter().map(|inner| ObjectRef { inner }).collect();
+                out.append(PyTuple::new(py, [refs.into_pyobject(py)?.into_any()])?)?
+            }
+            other => {
+                return Err(core_err(Error::Serialization(format!(
+                    "object {} holds a value of encoding {other:?}, not a Python value",
+                    inner.id()
+                ))))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Ray's `wait` over refs and generators (a generator is ready when its
+/// next item is here or it has ended): positions of (ready, not ready).
+#[pyfunction]
+#[pyo3(signature = (items, num_returns, timeout=None))]
+pub(crate) fn wait(
+    py: Python<'_>,
+    items: Vec<Bound<'_, PyAny>>,
+    num_returns: usize,
+    timeout: Option<f64>,
+) -> PyResult<(Vec<usize>, Vec<usize>)> {
+    let deadline = deadline(timeout)?;
+    let mut waits: Vec<WaitItem<RawValue>> = Vec::with_capacity(items.len());
+    for item in &items {
+        if let Ok(r) = item.cast::<ObjectRef>() {
+            waits.push(WaitItem::Ref(r.get().inner.clone()));
+        } else if let Ok(g) = item.cast::<crate::tasks::ObjectRefGenerator>() {
+            waits.push(WaitItem::Generator(g.get().inner.clone()));
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "wait() takes ObjectRefs and ObjectRefGenerators, not {}",
+                item.get_type().name()?
+            )));
+        }
+    }
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let slice = left.map_or(SLICE, |l| l.min(SLICE));
+        let (ready, rest) = py.detach(|| ferroray::wait_indices(&waits, num_returns, Some(slice))).map_err(core_err)?;
+        if ready.len() >= num_returns || left.is_some_and(|l| l <= slice) {
+            return Ok((ready, rest));
+        }
+        py.check_signals()?;
+    }
+}

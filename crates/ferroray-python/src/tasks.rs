@@ -1,0 +1,213 @@
+//! Tasks: submitting a Python function's call, the `ObjectRefGenerator`
+//! class of streaming calls, and `cancel`.
+
+use crate::core_err;
+use crate::objects::{deadline, inners, sliced, ObjectRef};
+use ferroray::{CancelOptions, RawValue};
+use ferroray_core::task::{TaskCall, TaskOptions};
+use ferroray_core::{Backpressure, Retries, RetryExceptions};
+use ferroray_protocol::FunctionDescriptor;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// Adds a call's arguments: each an `ObjectRef` (the task gets its value)
+/// or `(pickled bytes, [refs inside them])`.
+pub(crate) fn add_args(call: &mut TaskCall, args: &[Bound<'_, PyAny>]) -> PyResult<()> {
+    for a in args {
+        if let Ok(r) = a.cast::<ObjectRef>() {
+            call.arg_ref(&r.get().inner);
+        } else {
+            let (bytes, nested): (Bound<'_, PyBytes>, Vec<Bound<'_, ObjectRef>>) = a
+                .extract()
+                .map_err(|_| PyTypeError::new_err("an argument must be an ObjectRef or (bytes, [ObjectRef, ...])"))?;
+            call.arg_raw(bytes.as_bytes(), &inners(&nested));
+        }
+    }
+    Ok(())
+}
+
+/// `-1`: forever; otherwise a count.
+pub(crate) fn retries(option: &str, n: i64) -> PyResult<Retries> {
+    match n {
+        -1 => Ok(Retries::Forever),
+        n if n >= 0 => Ok(Retries::Count(u32::try_from(n).unwrap_or(u32::MAX - 1))),
+        n => Err(PyValueError::new_err(format!("{option} must be -1 (forever) or at least 0, not {n}"))),
+    }
+}
+
+/// `-1` or `None`: no limit; 0 is refused.
+pub(crate) fn backpressure(n: Option<i64>) -> PyResult<Option<Backpressure>> {
+    match n {
+        None | Some(-1) => Ok(None),
+        Some(n) => u32::try_from(n).ok().and_then(Backpressure::new).map(Some).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "_generator_backpressure_num_objects must be -1 (no limit) or at least 1, not {n}"
+            ))
+        }),
+    }
+}
+
+/// What a call's `num_returns` asks for.
+pub(crate) enum Returns {
+    Count(u32),
+    Streaming,
+    Dynamic,
+}
+
+impl Returns {
+    pub(crate) fn parse(num_returns: &Bound<'_, PyAny>) -> PyResult<Self> {
+        if let Ok(n) = num_returns.extract::<u32>() {
+            if n > 0 {
+                return Ok(Returns::Count(n));
+            }
+        }
+        match num_returns.extract::<String>().as_deref() {
+            Ok("streaming") => Ok(Returns::Streaming),
+            Ok("dynamic") => Ok(Returns::Dynamic),
+            _ => Err(PyValueError::new_err(format!(
+                "num_returns must be a positive int, \"streaming\" or \"dynamic\", not {num_returns}"
+            ))),
+        }
+    }
+
+    /// Submits `call`: a list of refs, an `ObjectRefGenerator`, or the ref
+    /// of a dynamic generator.
+    pub(crate) fn submit<'py>(self, py: Python<'py>, call: TaskCall) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            Returns::Count(n) => {
+                let refs = py.detach(|| call.submit_many(n));
+                let refs: Vec<ObjectRef> =
+                    refs.into_iter().map(|inner| ObjectRef { inner: ferroray_core::task::typed_ref(inner) }).collect();
+                Ok(refs.into_pyobject(py)?.into_any())
+            }
+            Returns::Streaming => {
+                let inner = py.detach(|| call.submit_streaming::<RawValue>());
+                Ok(Bound::new(py, ObjectRefGenerator { inner })?.into_any())
+            }
+            Returns::Dynamic => {
+                let r = py.detach(|| call.submit_dynamic::<RawValue>());
+                Ok(Bound::new(py, ObjectRef { inner: r.cast() })?.into_any())
+            }
+        }
+    }
+}
+
+/// Submits a Python task. `num_returns`: a count (a list of refs),
+/// `"streaming"` (an `ObjectRefGenerator`) or `"dynamic"` (one ref, whose
+/// value is a `DynamicObjectRefGenerator`).
+#[pyfunction]
+#[pyo3(signature = (pickled, module, qualname, args, num_returns, num_cpus, num_gpus, resources, max_retries, retry_exceptions, backpressure=None))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn submit<'py>(
+    py: Python<'py>,
+    pickled: Vec<u8>,
+    module: String,
+    qualname: String,
+    args: Vec<Bound<'py, PyAny>>,
+    num_returns: Bound<'py, PyAny>,
+    num_cpus: f64,
+    num_gpus: f64,
+    resources: Vec<(String, f64)>,
+    max_retries: i64,
+    retry_exceptions: Bound<'py, PyAny>,
+    backpressure: Option<i64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let returns = Returns::parse(&num_returns)?;
+    let retry_exceptions = match retry_exceptions.extract::<bool>() {
+        Ok(true) => RetryExceptions::All,
+        Ok(false) => RetryExceptions::None,
+        Err(_) => RetryExceptions::ExactTypes(retry_exceptions.extract::<Vec<String>>()?),
+    };
+    let opts = TaskOptions {
+        num_cpus,
+        num_gpus,
+        resources,
+        max_retries: retries("max_retries", max_retries)?,
+        retry_exceptions,
+        enable_task_events: true,
+        generator_backpressure: self::backpressure(backpressure)?,
+    };
+    let mut call = TaskCall::foreign(FunctionDescriptor::Python { module, qualname, pickled }, opts);
+    add_args(&mut call, &args)?;
+    returns.submit(py, call)
+}
+
+/// The refs a streaming generator call yields, in order, as they are made
+/// (Ray's `ObjectRefGenerator`). A failure comes as one last ref whose
+/// `get` raises it.
+#[pyclass(frozen, module = "ferroray._ferroray", name = "ObjectRefGenerator")]
+pub struct ObjectRefGenerator {
+    pub(crate) inner: ferroray::ObjectRefGenerator<RawValue>,
+}
+
+#[pymethods]
+impl ObjectRefGenerator {
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    /// The next item's ref, waiting for it; `StopIteration` at the end.
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<ObjectRef>> {
+        // A clone shares the stream: waiting needs no lock of this object.
+        let gen = self.inner.clone();
+        let next = sliced(py, None, move |slice| gen.next_timeout(slice))?;
+        Ok(next.map(|inner| ObjectRef { inner }))
+    }
+
+    /// The next item's ref within `timeout` seconds: `GetTimeoutError` if
+    /// none came, `None` at the end.
+    fn _next_timeout(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<ObjectRef>> {
+        let deadline = deadline(Some(timeout))?;
+        let gen = self.inner.clone();
+        let next = sliced(py, deadline, move |slice| gen.next_timeout(slice))?;
+        Ok(next.map(|inner| ObjectRef { inner }))
+    }
+
+    /// A ref ready when the task has ended; its `get` raises the task's
+    /// error, if it failed.
+    fn completed(&self) -> ObjectRef {
+        ObjectRef { inner: self.inner.completed().cast() }
+    }
+
+    /// Whether the task has ended (every item it made is known here).
+    fn is_finished(&self) -> bool {
+        self.inner.is_finished()
+    }
+
+    /// Stops the task at its next yield.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let gen = self.inner.clone();
+        py.detach(move || gen.close()).map_err(core_err)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("ObjectRefGenerator({})", self.inner.task_id())
+    }
+
+    fn __reduce__(&self) -> PyResult<()> {
+        Err(PyTypeError::new_err("an ObjectRefGenerator cannot be passed to another task from Python yet"))
+    }
+}
+
+/// Ray's `cancel` of a task by one of its refs, or of a generator's task.
+#[pyfunction]
+#[pyo3(signature = (target, force=false, recursive=true))]
+pub(crate) fn cancel(py: Python<'_>, target: Bound<'_, PyAny>, force: bool, recursive: bool) -> PyResult<()> {
+    let mut options = CancelOptions::default().recursive(recursive);
+    if force {
+        options = options.force();
+    }
+    if let Ok(r) = target.cast::<ObjectRef>() {
+        let r = r.get().inner.clone();
+        py.detach(|| ferroray::cancel_with(&r, options)).map_err(core_err)
+    } else if let Ok(g) = target.cast::<ObjectRefGenerator>() {
+        let g = g.get().inner.clone();
+        py.detach(|| ferroray::cancel_with(&g, options)).map_err(core_err)
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "cancel() takes an ObjectRef or an ObjectRefGenerator, not {}",
+            target.get_type().name()?
+        )))
+    }
+}

@@ -1,0 +1,220 @@
+//! The worker side: the core runs Python tasks and actors through
+//! [`PyRunner`], which calls the methods of `ferroray._worker.Runner`.
+//!
+//! The runner's answers:
+//! - `run`, `call`: `("ok", [(pickled, [nested refs]), ...])` or
+//!   `("err", class name, message, pickled exception or None)`;
+//! - `run_gen`, `call_gen`: an iterator of `("ok", pickled, [nested refs])`
+//!   per yielded value, ending with one `("err", ...)` if the generator
+//!   raised;
+//! - `construct`: `("ok", instance)` or `("err", ...)`.
+//!
+//! The GIL is taken for each of those calls only: the core waits (for
+//! arguments, for room in a stream) without it.
+
+use crate::{core_err, ObjectRef};
+use ferroray::{Error, RawValue};
+use ferroray_core::codec::{encode_raw_return, ReturnValue};
+use ferroray_core::registry::{ForeignFunctions, ItemSink};
+use ferroray_core::task::ArgReader;
+use ferroray_core::Encoding;
+use ferroray_protocol::FunctionDescriptor;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+use std::any::Any;
+
+/// The core's runner of Python functions and actors in this process.
+struct PyRunner {
+    /// A `ferroray._worker.Runner`.
+    runner: Py<PyAny>,
+}
+
+/// Reads every argument of a Python task as bytes.
+fn raw_args(args: &mut ArgReader<'_>, task_name: &str) -> ferroray::Result<Vec<RawValue>> {
+    let mut raws = Vec::with_capacity(args.remaining());
+    while args.remaining() > 0 {
+        let i = raws.len();
+        let raw = args.next_raw()?;
+        if raw.encoding() != Encoding::Raw {
+            return Err(Error::Serialization(format!(
+                "argument {i} of {task_name} is not a Python value (encoding {:?})",
+                raw.encoding()
+            )));
+        }
+        raws.push(raw);
+    }
+    Ok(raws)
+}
+
+fn py_bytes_list<'py>(py: Python<'py>, raws: &[RawValue], task_name: &str) -> ferroray::Result<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for r in raws {
+        list.append(PyBytes::new(py, r.bytes()?)).map_err(|e| py_error(py, e, task_name))?;
+    }
+    Ok(list)
+}
+
+/// A task's error from the runner's `("err", class, text, pickled)`.
+fn task_error(out: &Bound<'_, PyTuple>, task_name: &str) -> Error {
+    let py = out.py();
+    match out.extract::<(String, String, String, Option<Vec<u8>>)>() {
+        Ok((_, type_name, message, value)) => {
+            let mut err = Error::task(&type_name, message, task_name, std::process::id());
+            if let Error::Task(t) = &mut err {
+                t.value = value;
+            }
+            err
+        }
+        Err(e) => py_error(py, e, task_name),
+    }
+}
+
+/// A Python exception raised by the runner itself (not by the task, whose
+/// exceptions the runner returns): reported as the task's error.
+fn py_error(py: Python<'_>, e: PyErr, task_name: &str) -> Error {
+    let type_name = e.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
+    Error::task(&type_name, format!("in the Python worker: {e}"), task_name, std::process::id())
+}
+
+/// A value the runner made: its pickled bytes and the refs inside it.
+fn encode_value(value: &Bound<'_, PyAny>, task_name: &str) -> ferroray::Result<ReturnValue> {
+    let py = value.py();
+    let (bytes, nested): (Vec<u8>, Vec<Bound<'_, ObjectRef>>) =
+        value.extract().map_err(|e| py_error(py, e, task_name))?;
+    let nested: Vec<ferroray::ObjectRef<RawValue>> = nested.iter().map(|r| r.get().inner.clone()).collect();
+    encode_raw_return(&bytes, &nested)
+}
+
+/// `("ok", x)` gives `x`; `("err", ..)` the task's error.
+fn unwrap_outcome<'py>(out: Bound<'py, PyAny>, task_name: &str) -> ferroray::Result<Bound<'py, PyAny>> {
+    let py = out.py();
+    let out = out.cast_into::<PyTuple>().map_err(|e| py_error(py, e.into(), task_name))?;
+    let tag: String = out.get_item(0).and_then(|t| t.extract()).map_err(|e| py_error(py, e, task_name))?;
+    if tag == "ok" {
+        out.get_item(1).map_err(|e| py_error(py, e, task_name))
+    } else {
+        Err(task_error(&out, task_name))
+    }
+}
+
+/// A call as the runner gets it: the descriptor's parts, the task's name
+/// (for errors) and every argument's bytes.
+struct Call<'f> {
+    module: &'f str,
+    qualname: &'f str,
+    pickled: &'f [u8],
+    task_name: String,
+    raws: Vec<RawValue>,
+}
+
+impl<'f> Call<'f> {
+    fn read(function: &'f FunctionDescriptor, args: &mut ArgReader<'_>) -> ferroray::Result<Self> {
+        let FunctionDescriptor::Python { module, qualname, pickled } = function else {
+            return Err(Error::UnknownFunction(function.display_name().to_string()));
+        };
+        let task_name = args.context().name.clone();
+        let raws = raw_args(args, &task_name)?;
+        Ok(Call { module, qualname, pickled, task_name, raws })
+    }
+}
+
+/// The instance a Python actor's state holds.
+fn instance(actor: &dyn Any) -> ferroray::Result<&Py<PyAny>> {
+    actor.downcast_ref::<Py<PyAny>>().ok_or_else(|| Error::Protocol("this actor's state is not a Python object".into()))
+}
+
+impl ForeignFunctions for PyRunner {
+    fn run(
+        &self,
+        function: &FunctionDescriptor,
+        actor: Option<&dyn Any>,
+        args: &mut ArgReader<'_>,
+        returns: usize,
+    ) -> ferroray::Result<Vec<ReturnValue>> {
+        // `run` for a task, `call` for a method of `actor`.
+        let Call { module, qualname, pickled, task_name, raws } = Call::read(function, args)?;
+        Python::attach(|py| {
+            let py_args = py_bytes_list(py, &raws, &task_name)?;
+            let runner = self.runner.bind(py);
+            let out = match actor {
+                None => runner.call_method1("run", (PyBytes::new(py, pickled), module, qualname, py_args, returns)),
+                Some(a) => runner.call_method1("call", (instance(a)?.bind(py), qualname, py_args, returns)),
+            }
+            .map_err(|e| py_error(py, e, &task_name))?;
+            let values = unwrap_outcome(out, &task_name)?;
+            let values = values.cast_into::<PyList>().map_err(|e| py_error(py, e.into(), &task_name))?;
+            values.iter().map(|v| encode_value(&v, &task_name)).collect()
+        })
+    }
+
+    fn run_items(
+        &self,
+        function: &FunctionDescriptor,
+        actor: Option<&dyn Any>,
+        args: &mut ArgReader<'_>,
+        sink: &mut dyn ItemSink,
+    ) -> ferroray::Result<()> {
+        let Call { module, qualname, pickled, task_name, raws } = Call::read(function, args)?;
+        let items: Py<PyAny> = Python::attach(|py| {
+            let py_args = py_bytes_list(py, &raws, &task_name)?;
+            let runner = self.runner.bind(py);
+            match actor {
+                None => runner.call_method1("run_gen", (PyBytes::new(py, pickled), module, qualname, py_args)),
+                Some(a) => runner.call_method1("call_gen", (instance(a)?.bind(py), qualname, py_args)),
+            }
+            .map(Bound::unbind)
+            .map_err(|e| py_error(py, e, &task_name))
+        })?;
+        drop(raws);
+        loop {
+            // The GIL only while Python makes the next value: the sink may
+            // wait for room (backpressure) without it.
+            let next: Option<ferroray::Result<ReturnValue>> = Python::attach(|py| {
+                let out = match items.bind(py).call_method0("__next__") {
+                    Ok(out) => out,
+                    Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) => return None,
+                    Err(e) => return Some(Err(py_error(py, e, &task_name))),
+                };
+                let out = match out.cast_into::<PyTuple>() {
+                    Ok(t) => t,
+                    Err(e) => return Some(Err(py_error(py, e.into(), &task_name))),
+                };
+                Some(match out.get_item(0).and_then(|t| t.extract::<String>()) {
+                    Ok(tag) if tag == "ok" => encode_value(&out.get_slice(1, 3).into_any(), &task_name),
+                    Ok(_) => Err(task_error(&out, &task_name)),
+                    Err(e) => Err(py_error(py, e, &task_name)),
+                })
+            });
+            match next {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(value)) => sink.item(value)?,
+            }
+        }
+    }
+
+    fn construct(
+        &self,
+        function: &FunctionDescriptor,
+        args: &mut ArgReader<'_>,
+    ) -> ferroray::Result<Box<dyn Any + Send + Sync>> {
+        let Call { module, qualname, pickled, task_name, raws } = Call::read(function, args)?;
+        Python::attach(|py| {
+            let py_args = py_bytes_list(py, &raws, &task_name)?;
+            let out = self
+                .runner
+                .bind(py)
+                .call_method1("construct", (PyBytes::new(py, pickled), module, qualname, py_args))
+                .map_err(|e| py_error(py, e, &task_name))?;
+            let obj = unwrap_outcome(out, &task_name)?;
+            Ok(Box::new(obj.unbind()) as Box<dyn Any + Send + Sync>)
+        })
+    }
+}
+
+/// Serves tasks until the node goes (the process then exits). `runner` is
+/// a `ferroray._worker.Runner`.
+#[pyfunction]
+pub(crate) fn worker_main(py: Python<'_>, runner: Py<PyAny>) -> PyResult<()> {
+    py.detach(|| ferroray_core::worker::foreign_worker_main(Box::new(PyRunner { runner }))).map_err(core_err)
+}

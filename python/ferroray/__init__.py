@@ -32,6 +32,7 @@ __all__ = [
     "cancel",
     "kill",
     "get_actor",
+    "get_runtime_context",
     "method",
     "ObjectRef",
     "ObjectRefGenerator",
@@ -278,6 +279,49 @@ def remote(*args: Any, **options: Any) -> Any:
         return _make_remote(target, options)
 
     return decorator
+
+
+class RuntimeContext:
+    """What ``get_runtime_context()`` gives (as Ray's): ids of the job, node, task and actor."""
+
+    def __init__(self, ids: Dict[str, Optional[str]]):
+        self._ids = ids
+
+    def get_job_id(self) -> str:
+        return self._ids["job_id"] or ""
+
+    def get_node_id(self) -> str:
+        return self._ids["node_id"] or ""
+
+    def get_task_id(self) -> Optional[str]:
+        """The running task's id; ``None`` in the driver."""
+        return self._ids["task_id"]
+
+    def get_actor_id(self) -> Optional[str]:
+        """The id of the actor this process runs; ``None`` elsewhere."""
+        return self._ids["actor_id"]
+
+    @property
+    def job_id(self) -> str:
+        return self.get_job_id()
+
+    @property
+    def node_id(self) -> str:
+        return self.get_node_id()
+
+    @property
+    def task_id(self) -> Optional[str]:
+        return self.get_task_id()
+
+    @property
+    def actor_id(self) -> Optional[str]:
+        return self.get_actor_id()
+
+
+def get_runtime_context() -> RuntimeContext:
+    """The ids of the current job, node, task and actor (as ``ray.get_runtime_context()``)."""
+    _auto_init()
+    return RuntimeContext(_ferroray._runtime_context())
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

@@ -135,6 +135,21 @@ fn seconds(t: f64) -> PyResult<Duration> {
     }
 }
 
+/// Ray's runtime context, as a dict: the running task's id (`None` in a
+/// driver), the actor this process runs (if any), the node's id, and the
+/// job's, which is the node's too (one driver per embedded node).
+#[pyfunction]
+fn _runtime_context() -> PyResult<std::collections::HashMap<&'static str, Option<String>>> {
+    let core = ferroray_core::global::core().map_err(core_err)?;
+    let node = core.info().node_id.to_string();
+    Ok(std::collections::HashMap::from([
+        ("task_id", ferroray_core::context::current().map(|c| c.task_id.to_string())),
+        ("actor_id", ferroray_core::worker::current_actor().map(|a| a.to_string())),
+        ("node_id", Some(node.clone())),
+        ("job_id", Some(node)),
+    ]))
+}
+
 #[pymodule]
 fn _ferroray(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CoreError", m.py().get_type::<CoreError>())?;
@@ -145,6 +160,7 @@ fn _ferroray(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(is_initialized, m)?)?;
     m.add_function(wrap_pyfunction!(_runtime_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(_runtime_context, m)?)?;
     m.add_function(wrap_pyfunction!(objects::put, m)?)?;
     m.add_function(wrap_pyfunction!(objects::get, m)?)?;
     m.add_function(wrap_pyfunction!(objects::wait, m)?)?;

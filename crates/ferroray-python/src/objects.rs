@@ -64,6 +64,13 @@ impl ObjectRef {
         self.inner.is_ready()
     }
 
+    /// `await ref`: its value, waited for off the event loop
+    /// (`ferroray._async`).
+    fn __await__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let coro = slf.py().import("ferroray._async")?.getattr("await_ref")?.call1((slf,))?;
+        coro.call_method0("__await__")
+    }
+
     /// Pickled by id, noted as nested in the value being pickled.
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let noted = NESTED.with(|n| match n.borrow_mut().last_mut() {

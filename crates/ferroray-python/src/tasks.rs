@@ -155,6 +155,16 @@ impl ObjectRefGenerator {
         Ok(next.map(|inner| ObjectRef { inner }))
     }
 
+    fn __aiter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    /// `async for`: the next item's ref, waited for off the event loop
+    /// (`ferroray._async`); `StopAsyncIteration` at the end.
+    fn __anext__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.py().import("ferroray._async")?.getattr("next_item")?.call1((slf,))
+    }
+
     /// The next item's ref within `timeout` seconds: `GetTimeoutError` if
     /// none came, `None` at the end.
     fn _next_timeout(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<ObjectRef>> {

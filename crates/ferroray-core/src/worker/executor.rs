@@ -20,6 +20,11 @@ use std::sync::OnceLock;
 /// runs only that actor).
 static ACTOR: OnceLock<ActorId> = OnceLock::new();
 
+/// The actor this process runs, once its constructor has run.
+pub fn current_actor() -> Option<ActorId> {
+    ACTOR.get().copied()
+}
+
 /// A threaded actor's state, shared by the threads of its pool.
 static SHARED_STATE: OnceLock<RwLock<Box<dyn Any + Send + Sync>>> = OnceLock::new();
 

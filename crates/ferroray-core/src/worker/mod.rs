@@ -43,8 +43,8 @@ mod threaded;
 
 pub use async_exec::AsyncItemSink;
 pub use caller::RawValue;
-pub use executor::exit_actor;
 use executor::Executor;
+pub use executor::{current_actor, exit_actor};
 pub use process::{foreign_worker_main, is_rust_worker_process, is_worker_process, worker_main};
 pub(crate) use streams::passed_on;
 

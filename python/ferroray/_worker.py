@@ -176,6 +176,13 @@ class Runner:
 
 
 def main() -> None:
+    import os
+
+    if os.environ.get("FERRORAY_AS_RAY"):
+        # The driver runs a program written for Ray (`ferroray run`).
+        from ferroray.run import install_aliases
+
+        install_aliases()
     _ferroray.worker_main(Runner())
 
 

@@ -205,6 +205,75 @@ pub(crate) fn encode_raw(core: &CoreWorker, bytes: &[u8], keep: Vec<Arc<RefInner
     Ok(ReturnValue::new(ObjectValue::Data { payload, encoding: Encoding::Raw, contained }, keep))
 }
 
+/// Shared memory a front fills with a raw value itself (so that large
+/// buffers are written once, straight from where they are): one fresh
+/// allocation of `len` bytes, written through [`RawSlot::as_mut_ptr`], then
+/// made a value by [`RawSlot::finish`]. Dropped unfinished, the memory goes
+/// back.
+pub struct RawSlot {
+    value: ReturnValue,
+    ptr: *mut u8,
+    len: u64,
+    /// Keeps the mapping `ptr` points into.
+    _arena: Arc<Arena>,
+}
+
+// SAFETY: `ptr` points into this process's mapping of the arena (kept alive
+// by `_arena`), to an allocation only this slot writes.
+unsafe impl Send for RawSlot {}
+// SAFETY: as above; `&RawSlot` gives only the address, and writing through
+// it is the holder's contract (`as_mut_ptr`).
+unsafe impl Sync for RawSlot {}
+
+impl RawSlot {
+    /// Reserves `len` bytes (at least 1) of the node's shared memory.
+    pub fn reserve(len: u64) -> Result<RawSlot> {
+        let core = crate::global::core()?;
+        let len = len.max(1);
+        let offset = core.allocate(len)?;
+        let arena = core.arena().clone();
+        // SAFETY: the node gave this fresh range to this process alone; only
+        // this slot writes it, and nobody reads it before it is sealed.
+        let ptr = match unsafe { arena.slice_mut(offset, len) } {
+            Ok(s) => s.as_mut_ptr(),
+            Err(e) => {
+                core.deallocate(offset);
+                return Err(Error::io(e));
+            }
+        };
+        let value =
+            ObjectValue::Data { payload: Payload::Shm { offset, len }, encoding: Encoding::Raw, contained: vec![] };
+        Ok(RawSlot { value: ReturnValue::new(value, Vec::new()), ptr, len, _arena: arena })
+    }
+
+    /// Where to write the value: `len` bytes, valid until the slot is
+    /// finished or dropped, to be written by one writer at a time.
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The written value, naming the refs `nested` inside it.
+    pub fn finish(mut self, nested: &[crate::ObjectRef<crate::RawValue>]) -> ReturnValue {
+        let keep: Vec<Arc<RefInner>> = nested.iter().map(|r| r.inner.clone()).collect();
+        let mut contained: Vec<ObjectId> = keep.iter().map(|r| r.id).collect();
+        contained.sort();
+        contained.dedup();
+        if let Some(ObjectValue::Data { contained: c, .. }) = self.value.value.as_mut() {
+            *c = contained;
+        }
+        self.value.keep = keep;
+        std::mem::replace(&mut self.value, ReturnValue { value: None, keep: Vec::new(), digest: None })
+    }
+}
+
 /// A raw return value (see [`encode_raw`]) of the running task, for a front
 /// that encodes values itself.
 pub fn encode_raw_return(bytes: &[u8], nested: &[crate::ObjectRef<crate::RawValue>]) -> Result<ReturnValue> {

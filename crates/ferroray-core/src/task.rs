@@ -334,6 +334,14 @@ impl TaskCall {
         }
     }
 
+    /// An argument a front encoded (a [`codec::RawSlot`] it filled, say).
+    pub fn arg_encoded(&mut self, value: codec::ReturnValue) {
+        if self.core.is_err() || self.error.is_some() {
+            return;
+        }
+        self.push_value(value);
+    }
+
     /// A ref argument: the task gets its value.
     pub fn arg_ref<T>(&mut self, r: &ObjectRef<T>) {
         if self.core.is_err() || self.error.is_some() {

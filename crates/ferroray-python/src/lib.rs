@@ -156,6 +156,10 @@ fn _ferroray(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<objects::ObjectRef>()?;
     m.add_class::<tasks::ObjectRefGenerator>()?;
     m.add_class::<actors::ActorHandle>()?;
+    m.add_class::<objects::StoreSlot>()?;
+    m.add_class::<objects::StoreView>()?;
+    m.add_function(wrap_pyfunction!(objects::_reserve, m)?)?;
+    m.add_function(wrap_pyfunction!(objects::_inline_threshold, m)?)?;
     m.add_function(wrap_pyfunction!(init, m)?)?;
     m.add_function(wrap_pyfunction!(shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(is_initialized, m)?)?;

@@ -8,14 +8,25 @@
 //! handle again (`_nested_ref`). Pickling a ref outside ferroray's own
 //! pickling is refused: nothing would keep its object alive.
 //!
+//! Large values are written and read in shared memory in place: a value
+//! with out-of-band buffers (pickle protocol 5) is laid out by
+//! `ferroray._serialization` into a [`StoreSlot`] (shared memory reserved
+//! here, filled by Python through its address, one copy of each buffer),
+//! and a shared-memory value is handed to Python as a [`StoreView`] (its
+//! address, pinned while the view lives), which `_serialization` wraps in a
+//! read-only memoryview that keeps it: a numpy array read from it is a view
+//! of the store, not a copy.
+//!
 //! Every wait runs in slices of [`SLICE`] with the GIL released, looking for
 //! signals in between, so Ctrl-C interrupts it promptly.
 
 use crate::{core_err, seconds};
 use ferroray::{Error, RawValue, WaitItem};
 use ferroray_common::{ObjectId, TaskId, WorkerId};
+use ferroray_core::codec::{encode_raw_return, RawSlot, ReturnValue};
 use ferroray_core::Encoding;
-use pyo3::exceptions::PyTypeError;
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use std::cell::RefCell;
@@ -92,6 +103,75 @@ impl ObjectRef {
     }
 }
 
+/// Shared memory reserved for a value Python writes itself (see the module
+/// documentation); taken by the `put`, argument or return it becomes.
+#[pyclass(frozen, module = "ferroray._ferroray", name = "StoreSlot")]
+pub struct StoreSlot {
+    slot: Mutex<Option<RawSlot>>,
+}
+
+#[pymethods]
+impl StoreSlot {
+    /// (address, length) of the reserved bytes; an error once used.
+    fn _address(&self) -> PyResult<(usize, usize)> {
+        match self.slot.lock().as_ref() {
+            Some(s) => Ok((s.as_mut_ptr() as usize, s.len() as usize)),
+            None => Err(PyValueError::new_err("this store slot was already used")),
+        }
+    }
+}
+
+/// A shared-memory value's bytes, in place: pinned in the store while this
+/// lives.
+#[pyclass(frozen, module = "ferroray._ferroray", name = "StoreView")]
+pub struct StoreView {
+    raw: RawValue,
+}
+
+#[pymethods]
+impl StoreView {
+    /// (address, length) of the value's bytes in this process's mapping.
+    fn _address(&self) -> PyResult<(usize, usize)> {
+        let bytes = self.raw.bytes().map_err(core_err)?;
+        Ok((bytes.as_ptr() as usize, bytes.len()))
+    }
+}
+
+/// Reserves `len` bytes of shared memory for a value Python writes.
+#[pyfunction]
+pub(crate) fn _reserve(py: Python<'_>, len: u64) -> PyResult<StoreSlot> {
+    let slot = py.detach(|| RawSlot::reserve(len)).map_err(core_err)?;
+    Ok(StoreSlot { slot: Mutex::new(Some(slot)) })
+}
+
+/// Values at least this large go to shared memory.
+#[pyfunction]
+pub(crate) fn _inline_threshold() -> PyResult<u64> {
+    Ok(ferroray_core::global::core().map_err(core_err)?.info().inline_threshold)
+}
+
+/// A value Python made: pickled `bytes`, or a filled [`StoreSlot`]; with
+/// the refs inside it.
+pub(crate) fn encoded(payload: &Bound<'_, PyAny>, nested: &[Bound<'_, ObjectRef>]) -> PyResult<ReturnValue> {
+    let nested = inners(nested);
+    if let Ok(slot) = payload.cast::<StoreSlot>() {
+        let slot =
+            slot.get().slot.lock().take().ok_or_else(|| PyValueError::new_err("this store slot was already used"))?;
+        return Ok(slot.finish(&nested));
+    }
+    let bytes = payload.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("a value must be bytes or a StoreSlot"))?;
+    encode_raw_return(bytes.as_bytes(), &nested).map_err(core_err)
+}
+
+/// Bytes of a value for Python: a copy when inline, a [`StoreView`] in
+/// place when in shared memory.
+pub(crate) fn to_python<'py>(py: Python<'py>, raw: RawValue) -> PyResult<Bound<'py, PyAny>> {
+    if raw.is_shared_memory() {
+        return Ok(Bound::new(py, StoreView { raw })?.into_any());
+    }
+    Ok(PyBytes::new(py, raw.bytes().map_err(core_err)?).into_any())
+}
+
 /// A counted handle to a ref named inside a value being unpickled.
 #[pyfunction]
 pub(crate) fn _nested_ref(submitter: u64, seq: u64, index: u32) -> PyResult<ObjectRef> {
@@ -115,14 +195,14 @@ pub(crate) fn inners(refs: &[Bound<'_, ObjectRef>]) -> Vec<ferroray::ObjectRef<R
     refs.iter().map(|r| r.get().inner.clone()).collect()
 }
 
-/// Stores pickled bytes (with the refs inside them); large ones go to
-/// shared memory.
+/// Stores a value: pickled bytes (large ones are copied to shared memory)
+/// or a filled [`StoreSlot`], with the refs inside it.
 #[pyfunction]
 #[pyo3(signature = (value, nested=Vec::new()))]
-pub(crate) fn put(py: Python<'_>, value: &[u8], nested: Vec<Bound<'_, ObjectRef>>) -> PyResult<ObjectRef> {
-    let value = value.to_vec();
-    let ids: Vec<ObjectId> = nested.iter().map(|r| r.get().inner.id()).collect();
-    let inner = py.detach(|| ferroray::put_raw(&value, &ids)).map_err(core_err)?;
+pub(crate) fn put(py: Python<'_>, value: Bound<'_, PyAny>, nested: Vec<Bound<'_, ObjectRef>>) -> PyResult<ObjectRef> {
+    let value = encoded(&value, &nested)?;
+    let core = ferroray_core::global::core().map_err(core_err)?;
+    let inner = py.detach(|| core.put_encoded(value)).map_err(core_err)?;
     Ok(ObjectRef { inner })
 }
 
@@ -164,7 +244,7 @@ pub(crate) fn get<'py>(
         let inner = r.get().inner.clone();
         let raw = sliced(py, deadline, |slice| inner.get_raw(Some(slice)))?;
         match raw.encoding() {
-            Encoding::Raw => out.append(PyBytes::new(py, raw.bytes().map_err(core_err)?))?,
+            Encoding::Raw => out.append(to_python(py, raw)?)?,
             Encoding::Unit => out.append(py.None())?,
             Encoding::RefList => {
                 // A dynamic generator's value: its items' refs, in order.

@@ -2,14 +2,13 @@
 //! class of streaming calls, and `cancel`.
 
 use crate::core_err;
-use crate::objects::{deadline, inners, sliced, ObjectRef};
+use crate::objects::{deadline, encoded, sliced, ObjectRef};
 use ferroray::{CancelOptions, RawValue};
 use ferroray_core::task::{TaskCall, TaskOptions};
 use ferroray_core::{Backpressure, Retries, RetryExceptions};
 use ferroray_protocol::FunctionDescriptor;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 
 /// Adds a call's arguments: each an `ObjectRef` (the task gets its value)
 /// or `(pickled bytes, [refs inside them])`.
@@ -18,10 +17,10 @@ pub(crate) fn add_args(call: &mut TaskCall, args: &[Bound<'_, PyAny>]) -> PyResu
         if let Ok(r) = a.cast::<ObjectRef>() {
             call.arg_ref(&r.get().inner);
         } else {
-            let (bytes, nested): (Bound<'_, PyBytes>, Vec<Bound<'_, ObjectRef>>) = a
-                .extract()
-                .map_err(|_| PyTypeError::new_err("an argument must be an ObjectRef or (bytes, [ObjectRef, ...])"))?;
-            call.arg_raw(bytes.as_bytes(), &inners(&nested));
+            let (payload, nested): (Bound<'_, PyAny>, Vec<Bound<'_, ObjectRef>>) = a.extract().map_err(|_| {
+                PyTypeError::new_err("an argument must be an ObjectRef or (bytes or StoreSlot, [ObjectRef, ...])")
+            })?;
+            call.arg_encoded(encoded(&payload, &nested)?);
         }
     }
     Ok(())

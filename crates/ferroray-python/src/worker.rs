@@ -12,9 +12,10 @@
 //! The GIL is taken for each of those calls only: the core waits (for
 //! arguments, for room in a stream) without it.
 
+use crate::objects::{encoded, to_python};
 use crate::{core_err, ObjectRef};
 use ferroray::{Error, RawValue};
-use ferroray_core::codec::{encode_raw_return, ReturnValue};
+use ferroray_core::codec::ReturnValue;
 use ferroray_core::registry::{ForeignFunctions, ItemSink};
 use ferroray_core::task::ArgReader;
 use ferroray_core::Encoding;
@@ -46,10 +47,12 @@ fn raw_args(args: &mut ArgReader<'_>, task_name: &str) -> ferroray::Result<Vec<R
     Ok(raws)
 }
 
-fn py_bytes_list<'py>(py: Python<'py>, raws: &[RawValue], task_name: &str) -> ferroray::Result<Bound<'py, PyList>> {
+/// The arguments for Python: bytes, or views of shared memory in place.
+fn py_values<'py>(py: Python<'py>, raws: Vec<RawValue>, task_name: &str) -> ferroray::Result<Bound<'py, PyList>> {
     let list = PyList::empty(py);
     for r in raws {
-        list.append(PyBytes::new(py, r.bytes()?)).map_err(|e| py_error(py, e, task_name))?;
+        let value = to_python(py, r).map_err(|e| py_error(py, e, task_name))?;
+        list.append(value).map_err(|e| py_error(py, e, task_name))?;
     }
     Ok(list)
 }
@@ -76,13 +79,12 @@ fn py_error(py: Python<'_>, e: PyErr, task_name: &str) -> Error {
     Error::task(&type_name, format!("in the Python worker: {e}"), task_name, std::process::id())
 }
 
-/// A value the runner made: its pickled bytes and the refs inside it.
+/// A value the runner made: `(bytes or StoreSlot, [refs inside it])`.
 fn encode_value(value: &Bound<'_, PyAny>, task_name: &str) -> ferroray::Result<ReturnValue> {
     let py = value.py();
-    let (bytes, nested): (Vec<u8>, Vec<Bound<'_, ObjectRef>>) =
+    let (payload, nested): (Bound<'_, PyAny>, Vec<Bound<'_, ObjectRef>>) =
         value.extract().map_err(|e| py_error(py, e, task_name))?;
-    let nested: Vec<ferroray::ObjectRef<RawValue>> = nested.iter().map(|r| r.get().inner.clone()).collect();
-    encode_raw_return(&bytes, &nested)
+    encoded(&payload, &nested).map_err(|e| py_error(py, e, task_name))
 }
 
 /// `("ok", x)` gives `x`; `("err", ..)` the task's error.
@@ -134,7 +136,7 @@ impl ForeignFunctions for PyRunner {
         // `run` for a task, `call` for a method of `actor`.
         let Call { module, qualname, pickled, task_name, raws } = Call::read(function, args)?;
         Python::attach(|py| {
-            let py_args = py_bytes_list(py, &raws, &task_name)?;
+            let py_args = py_values(py, raws, &task_name)?;
             let runner = self.runner.bind(py);
             let out = match actor {
                 None => runner.call_method1("run", (PyBytes::new(py, pickled), module, qualname, py_args, returns)),
@@ -156,7 +158,7 @@ impl ForeignFunctions for PyRunner {
     ) -> ferroray::Result<()> {
         let Call { module, qualname, pickled, task_name, raws } = Call::read(function, args)?;
         let items: Py<PyAny> = Python::attach(|py| {
-            let py_args = py_bytes_list(py, &raws, &task_name)?;
+            let py_args = py_values(py, raws, &task_name)?;
             let runner = self.runner.bind(py);
             match actor {
                 None => runner.call_method1("run_gen", (PyBytes::new(py, pickled), module, qualname, py_args)),
@@ -165,7 +167,6 @@ impl ForeignFunctions for PyRunner {
             .map(Bound::unbind)
             .map_err(|e| py_error(py, e, &task_name))
         })?;
-        drop(raws);
         loop {
             // The GIL only while Python makes the next value: the sink may
             // wait for room (backpressure) without it.
@@ -200,7 +201,7 @@ impl ForeignFunctions for PyRunner {
     ) -> ferroray::Result<Box<dyn Any + Send + Sync>> {
         let Call { module, qualname, pickled, task_name, raws } = Call::read(function, args)?;
         Python::attach(|py| {
-            let py_args = py_bytes_list(py, &raws, &task_name)?;
+            let py_args = py_values(py, raws, &task_name)?;
             let out = self
                 .runner
                 .bind(py)

@@ -180,6 +180,12 @@ impl CoreWorker {
         self.get_source(id, timeout).map(RawValue)
     }
 
+    /// Stores a value a front encoded (a [`codec::RawSlot`] it filled, say).
+    pub fn put_encoded(self: &Arc<Self>, value: codec::ReturnValue) -> Result<crate::ObjectRef<RawValue>> {
+        let (value, keep) = value.into_parts();
+        Ok(crate::ObjectRef::from_inner(self.put_value(value, keep)?))
+    }
+
     /// Stores `bytes` as they are, tagged [`Encoding::Raw`]: the put of a
     /// front that encodes values itself. `nested` are the refs the bytes
     /// name (each must be held by this process): the node keeps them alive

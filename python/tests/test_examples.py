@@ -1,0 +1,116 @@
+"""The example programs under python/examples run, and print what they should.
+
+They run at once (each starts its own cluster; they mostly sleep), each under a
+time limit; a line's time is when the driver printed it.
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+LIMIT = 180  # seconds, for the slowest example (25 s of sleeps) on a loaded machine
+
+
+class Run:
+    def __init__(self, name):
+        self.name = name
+        self.lines = []  # (seconds since start, line)
+        self.start = time.time()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", os.path.join(EXAMPLES, name)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=EXAMPLES,
+        )
+        self.err_lines = []
+        self.readers = [
+            threading.Thread(target=self._read_out),
+            threading.Thread(target=lambda: self.err_lines.extend(self.proc.stderr)),
+        ]
+        for t in self.readers:
+            t.start()
+
+    def _read_out(self):
+        for line in self.proc.stdout:
+            self.lines.append((time.time() - self.start, line.rstrip("\n")))
+
+    def finish(self):
+        try:
+            self.proc.wait(timeout=max(1, LIMIT - (time.time() - self.start)))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"{self.name} did not finish within {LIMIT} s")
+        self.took = time.time() - self.start
+        for t in self.readers:
+            t.join(timeout=10)
+        self.err = "".join(self.err_lines)
+        assert self.proc.returncode == 0, f"{self.name} failed:\n{self.err}"
+        return [line for _, line in self.lines]
+
+
+@pytest.fixture(scope="module")
+def runs():
+    started = {name: Run(name) for name in sorted(os.listdir(EXAMPLES)) if name.endswith(".py")}
+    yield started
+    for r in started.values():
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
+
+
+def test_every_example_is_tested(runs):
+    tested = {name[len("test_") :] + ".py" for name in globals() if name.startswith("test_generators")}
+    assert set(runs) == tested
+
+
+def test_generators_basic(runs):
+    r = runs["generators_basic.py"]
+    assert r.finish() == ["0", "1", "2", "3", "4"]
+    # Streamed: the first item came long before the task's end (five 5 s sleeps).
+    first = r.lines[0][0]
+    assert first < r.took - 10, r.lines
+
+
+def test_generators_next(runs):
+    assert runs["generators_next.py"].finish() == ["2", "3", "4"]
+
+
+def test_generators_errors(runs):
+    out = runs["generators_errors.py"].finish()
+    # The error's text is the remote traceback, as in Ray.
+    assert out[0].startswith("Exception is raised when i == 1 as expected ")
+    assert "ValueError" in "\n".join(out) and "remote traceback" in "\n".join(out)
+
+
+def test_generators_actors(runs):
+    assert runs["generators_actors.py"].finish() == ["0", "1", "2", "3", "4"] * 3
+
+
+def test_generators_asyncio(runs):
+    assert runs["generators_asyncio.py"].finish() == ["0", "1", "2", "3", "4"]
+
+
+def test_generators_gc(runs):
+    assert runs["generators_gc.py"].finish() == []
+
+
+def test_generators_asyncio_gather(runs):
+    # Two generators at once, interleaved: each item twice, in order.
+    assert runs["generators_asyncio_gather.py"].finish() == [str(i) for i in range(5) for _ in range(2)]
+
+
+def test_generators_wait(runs):
+    out = runs["generators_wait.py"].finish()
+    assert out[:3] == ["timeout 0, nothing is ready.", "[]", "Wait for 5 seconds. The next item is ready."]
+    assert out[3] == "Wait for 0 seconds. The next item is not ready."
+
+
+def test_generators_wait_mixed(runs):
+    assert runs["generators_wait_mixed.py"].finish() == []

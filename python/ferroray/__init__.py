@@ -179,6 +179,7 @@ _TASK_OPTIONS = {
     "retry_exceptions",
     "name",
     "_generator_backpressure_num_objects",
+    "enable_task_events",
 }
 
 
@@ -200,6 +201,9 @@ def _check_options(options: Dict[str, Any]) -> Dict[str, Any]:
     res = checked.get("resources")
     if res is not None and (not isinstance(res, dict) or not all(isinstance(k, str) for k in res)):
         raise TypeError(f"resources must be a dict of names to amounts, not {res!r}")
+    events = checked.get("enable_task_events")
+    if events is not None and not isinstance(events, bool):
+        raise TypeError(f"enable_task_events must be a bool, not {events!r}")
     retries = checked.get("max_retries")
     if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < -1):
         raise ValueError(f"max_retries must be an int, -1 (forever) or at least 0, not {retries!r}")
@@ -263,6 +267,7 @@ class RemoteFunction:
             int(opts.get("max_retries", 3) if opts.get("max_retries") is not None else 3),
             rex,
             backpressure,
+            bool(opts.get("enable_task_events", True)),
         )
         # One ref, a list of them, or (streaming, dynamic) what submit made.
         return refs[0] if num_returns == 1 else refs

@@ -67,6 +67,7 @@ def submit(
     max_retries: int,
     retry_exceptions: Union[bool, Sequence[str]],
     backpressure: Optional[int] = None,
+    enable_task_events: bool = True,
 ) -> Union[List[ObjectRef], ObjectRefGenerator, ObjectRef]: ...
 def cancel(target: Union[ObjectRef, ObjectRefGenerator], force: bool = False, recursive: bool = True) -> None: ...
 def create_actor(

@@ -182,3 +182,14 @@ def test_reinit_is_refused_unless_asked(cluster):
     with pytest.raises(RuntimeError, match="already initialized"):
         ray.init()
     ray.init(ignore_reinit_error=True)
+
+
+@ray.remote(enable_task_events=False)
+def quiet(x):
+    return x
+
+
+def test_task_events_can_be_turned_off(cluster):
+    assert ray.get(quiet.remote(5), timeout=T) == 5
+    with pytest.raises(TypeError, match="enable_task_events"):
+        quiet.options(enable_task_events="no")

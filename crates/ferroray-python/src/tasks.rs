@@ -96,7 +96,7 @@ impl Returns {
 /// `"streaming"` (an `ObjectRefGenerator`) or `"dynamic"` (one ref, whose
 /// value is a `DynamicObjectRefGenerator`).
 #[pyfunction]
-#[pyo3(signature = (pickled, module, qualname, args, num_returns, num_cpus, num_gpus, resources, max_retries, retry_exceptions, backpressure=None))]
+#[pyo3(signature = (pickled, module, qualname, args, num_returns, num_cpus, num_gpus, resources, max_retries, retry_exceptions, backpressure=None, enable_task_events=true))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn submit<'py>(
     py: Python<'py>,
@@ -111,6 +111,7 @@ pub(crate) fn submit<'py>(
     max_retries: i64,
     retry_exceptions: Bound<'py, PyAny>,
     backpressure: Option<i64>,
+    enable_task_events: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let returns = Returns::parse(&num_returns)?;
     let retry_exceptions = match retry_exceptions.extract::<bool>() {
@@ -124,7 +125,7 @@ pub(crate) fn submit<'py>(
         resources,
         max_retries: retries("max_retries", max_retries)?,
         retry_exceptions,
-        enable_task_events: true,
+        enable_task_events,
         generator_backpressure: self::backpressure(backpressure)?,
     };
     let mut call = TaskCall::foreign(FunctionDescriptor::Python { module, qualname, pickled }, opts);

@@ -193,3 +193,63 @@ def test_task_events_can_be_turned_off(cluster):
     assert ray.get(quiet.remote(5), timeout=T) == 5
     with pytest.raises(TypeError, match="enable_task_events"):
         quiet.options(enable_task_events="no")
+
+
+def test_a_function_from_a_module_workers_cannot_import(cluster):
+    import importlib
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "only_in_the_driver.py"), "w") as f:
+            f.write("def twice(x):\n    return 2 * x\n")
+        # After init: the workers' module path does not have it.
+        sys.path.insert(0, d)
+        try:
+            module = importlib.import_module("only_in_the_driver")
+            with pytest.raises(ModuleNotFoundError) as info:
+                ray.get(ray.remote(module.twice).remote(2), timeout=T)
+            assert isinstance(info.value, RayTaskError)
+            assert "only_in_the_driver" in str(info.value)
+        finally:
+            sys.path.remove(d)
+            sys.modules.pop("only_in_the_driver", None)
+
+
+@ray.remote
+def returns_a_lock():
+    return threading.Lock()
+
+
+def test_a_result_that_cannot_be_pickled_is_the_tasks_error(cluster):
+    with pytest.raises(TypeError) as info:
+        ray.get(returns_a_lock.remote(), timeout=T)
+    assert isinstance(info.value, RayTaskError) and "pickle" in str(info.value)
+
+
+@ray.remote(max_retries=2, retry_exceptions=[KeyError])
+def fails_then_counts(counter):
+    n = ray.get(counter.incr.remote(), timeout=T)
+    if n < 3:
+        raise KeyError(n)
+    return n
+
+
+@ray.remote
+class Tally:
+    def __init__(self):
+        self.n = 0
+
+    def incr(self):
+        self.n += 1
+        return self.n
+
+
+def test_retry_exceptions_by_class(cluster):
+    tally = Tally.remote()
+    # Two KeyErrors are retried; the third attempt returns.
+    assert ray.get(fails_then_counts.remote(tally), timeout=T) == 3
+    other = Tally.remote()
+    with pytest.raises(KeyError):
+        ray.get(fails_then_counts.options(retry_exceptions=[ValueError]).remote(other), timeout=T)
+    assert ray.get(other.incr.remote(), timeout=T) == 2  # ran once

@@ -134,16 +134,8 @@ def get(object_refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional
         if not isinstance(r, ObjectRef):
             raise TypeError(f"get() takes an ObjectRef or a list of them, not {type(r).__name__}")
     raw = _ferroray.get(refs, timeout)
-    values = [_decode(b) for b in raw]
+    values = [_loads(b) for b in raw]
     return values[0] if single else values
-
-
-def _decode(raw: Any) -> Any:
-    if raw is None:
-        return None
-    if isinstance(raw, tuple):  # a dynamic generator's refs
-        return DynamicObjectRefGenerator(raw[0])
-    return _loads(raw)
 
 
 def cancel(target: Union[ObjectRef, ObjectRefGenerator], *, force: bool = False, recursive: bool = True) -> None:

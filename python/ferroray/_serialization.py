@@ -101,7 +101,15 @@ def dumps(value: Any) -> Tuple[Union[bytes, Any], List[Any]]:
 
 
 def loads(payload: Any) -> Any:
-    """The value of a payload ``get`` gave: bytes, or a ``StoreView`` in place."""
+    """The value of a payload ``get`` (or a worker's argument) gave: bytes, a
+    ``StoreView`` in place, ``None`` (a generator's completion), or a 1-tuple of
+    refs (a dynamic generator's value)."""
+    if payload is None:
+        return None
+    if isinstance(payload, tuple):
+        from ferroray import DynamicObjectRefGenerator
+
+        return DynamicObjectRefGenerator(payload[0])
     view = _readonly(payload) if isinstance(payload, _ferroray.StoreView) else memoryview(payload)
     if view[:4] != MAGIC:
         return pickle.loads(view)

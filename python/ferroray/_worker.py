@@ -132,6 +132,15 @@ class Runner:
 
     # -- what the extension calls
 
+    def is_generator(self, pickled: bytes) -> bool:
+        fn = self._function(pickled)
+        return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+
+    @staticmethod
+    def is_generator_method(instance: Any, method: str) -> bool:
+        fn = getattr(type(instance), method, None)
+        return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+
     def run(self, pickled: bytes, module: str, qualname: str, args: List[bytes], num_returns: int) -> Outcome:
         where = f"task {module}.{qualname}"
         try:

@@ -92,6 +92,13 @@ pub trait ForeignFunctions: Send + Sync {
         sink: &mut dyn ItemSink,
     ) -> Result<()>;
 
+    /// Whether `function` (a method of `actor`'s class, when given) is a
+    /// generator: a call of one with a fixed `num_returns` then runs through
+    /// [`run_items`](Self::run_items), so values yielded before a failure
+    /// stay readable, as for Rust generators.
+    fn is_generator(&self, function: &ferroray_protocol::FunctionDescriptor, actor: Option<&dyn std::any::Any>)
+        -> bool;
+
     /// Makes an actor's state: runs the class `function` names on `args`.
     /// The state is shared by the actor's calls (on several threads for a
     /// threaded actor).

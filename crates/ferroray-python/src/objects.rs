@@ -163,13 +163,30 @@ pub(crate) fn encoded(payload: &Bound<'_, PyAny>, nested: &[Bound<'_, ObjectRef>
     encode_raw_return(bytes.as_bytes(), &nested).map_err(core_err)
 }
 
-/// Bytes of a value for Python: a copy when inline, a [`StoreView`] in
-/// place when in shared memory.
-pub(crate) fn to_python<'py>(py: Python<'py>, raw: RawValue) -> PyResult<Bound<'py, PyAny>> {
-    if raw.is_shared_memory() {
-        return Ok(Bound::new(py, StoreView { raw })?.into_any());
+/// A value for Python to decode (`_serialization.loads`): its bytes (a
+/// copy when inline, a [`StoreView`] in place when in shared memory);
+/// `None` for a unit value (a generator's completion); a 1-tuple of its
+/// items' refs for a dynamic generator's value. Anything else (a Rust
+/// value) is a `Serialization` error.
+pub(crate) fn to_python<'py>(py: Python<'py>, raw: RawValue) -> Result<Bound<'py, PyAny>, Error> {
+    let py_err = |e: PyErr| Error::Serialization(e.to_string());
+    match raw.encoding() {
+        Encoding::Raw if raw.is_shared_memory() => Ok(Bound::new(py, StoreView { raw }).map_err(py_err)?.into_any()),
+        Encoding::Raw => Ok(PyBytes::new(py, raw.bytes()?).into_any()),
+        Encoding::Unit => Ok(py.None().into_bound(py)),
+        Encoding::RefList => {
+            // The node keeps the items alive while the value is read (it
+            // pins a task's arguments; `get` holds the value's ref).
+            let refs = raw
+                .ref_ids()
+                .iter()
+                .map(|id| ferroray::ObjectRef::<RawValue>::borrowed(*id).map(|inner| ObjectRef { inner }))
+                .collect::<Result<Vec<_>, Error>>()?;
+            let refs = refs.into_pyobject(py).map_err(py_err)?.into_any();
+            Ok(PyTuple::new(py, [refs]).map_err(py_err)?.into_any())
+        }
+        other => Err(Error::Serialization(format!("a value of encoding {other:?} is not a Python value"))),
     }
-    Ok(PyBytes::new(py, raw.bytes().map_err(core_err)?).into_any())
 }
 
 /// A counted handle to a ref named inside a value being unpickled.
@@ -243,23 +260,10 @@ pub(crate) fn get<'py>(
     for r in &refs {
         let inner = r.get().inner.clone();
         let raw = sliced(py, deadline, |slice| inner.get_raw(Some(slice)))?;
-        match raw.encoding() {
-            Encoding::Raw => out.append(to_python(py, raw)?)?,
-            Encoding::Unit => out.append(py.None())?,
-            Encoding::RefList => {
-                // A dynamic generator's value: its items' refs, in order.
-                let typed = inner.clone().cast::<ferroray::DynamicObjectRefGenerator<RawValue>>();
-                let items = py.detach(|| typed.get_timeout(Duration::ZERO)).map_err(core_err)?;
-                let refs: Vec<ObjectRef> = items.into_iter().map(|inner| ObjectRef { inner }).collect();
-                out.append(PyTuple::new(py, [refs.into_pyobject(py)?.into_any()])?)?
-            }
-            other => {
-                return Err(core_err(Error::Serialization(format!(
-                    "object {} holds a value of encoding {other:?}, not a Python value",
-                    inner.id()
-                ))))
-            }
-        }
+        out.append(to_python(py, raw).map_err(|e| match e {
+            Error::Serialization(why) => core_err(Error::Serialization(format!("object {}: {why}", inner.id()))),
+            e => core_err(e),
+        })?)?;
     }
     Ok(out)
 }

@@ -36,7 +36,7 @@ fn raw_args(args: &mut ArgReader<'_>, task_name: &str) -> ferroray::Result<Vec<R
     while args.remaining() > 0 {
         let i = raws.len();
         let raw = args.next_raw()?;
-        if raw.encoding() != Encoding::Raw {
+        if !matches!(raw.encoding(), Encoding::Raw | Encoding::RefList | Encoding::Unit) {
             return Err(Error::Serialization(format!(
                 "argument {i} of {task_name} is not a Python value (encoding {:?})",
                 raw.encoding()
@@ -51,7 +51,7 @@ fn raw_args(args: &mut ArgReader<'_>, task_name: &str) -> ferroray::Result<Vec<R
 fn py_values<'py>(py: Python<'py>, raws: Vec<RawValue>, task_name: &str) -> ferroray::Result<Bound<'py, PyList>> {
     let list = PyList::empty(py);
     for r in raws {
-        let value = to_python(py, r).map_err(|e| py_error(py, e, task_name))?;
+        let value = to_python(py, r)?;
         list.append(value).map_err(|e| py_error(py, e, task_name))?;
     }
     Ok(list)
@@ -192,6 +192,25 @@ impl ForeignFunctions for PyRunner {
                 Some(Ok(value)) => sink.item(value)?,
             }
         }
+    }
+
+    fn is_generator(&self, function: &FunctionDescriptor, actor: Option<&dyn Any>) -> bool {
+        let FunctionDescriptor::Python { qualname, pickled, .. } = function else {
+            return false;
+        };
+        Python::attach(|py| {
+            let runner = self.runner.bind(py);
+            let answer = match actor {
+                None => runner.call_method1("is_generator", (PyBytes::new(py, pickled),)),
+                Some(a) => match instance(a) {
+                    Ok(obj) => runner.call_method1("is_generator_method", (obj.bind(py), qualname)),
+                    Err(_) => return false,
+                },
+            };
+            // A function that does not unpickle is no generator: `run`
+            // then reports why.
+            answer.and_then(|v| v.extract::<bool>()).unwrap_or(false)
+        })
     }
 
     fn construct(

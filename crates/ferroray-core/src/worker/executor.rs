@@ -73,6 +73,16 @@ fn with_actor_state<R>(exclusive: bool, f: impl FnOnce(StateRef<'_>) -> Result<R
     })
 }
 
+/// Runs `f` with the actor's state for a method call of a foreign actor
+/// (`on_actor`), or with none for a task.
+fn foreign_state<R>(on_actor: bool, f: impl FnOnce(Option<&dyn Any>) -> Result<R>) -> Result<R> {
+    if on_actor {
+        with_actor_state(false, |state| f(Some(state.any())))
+    } else {
+        f(None)
+    }
+}
+
 /// Keeps the state a constructor made where the actor's executor reads it.
 fn install_state(executor: ActorExecutor, state: ActorState, class: &str) -> Result<()> {
     match (executor, state) {
@@ -393,36 +403,35 @@ impl CoreWorker {
             Err(_) if foreign.is_some() => {
                 let runner = foreign.expect("checked");
                 let on_actor = matches!(spec.actor, Some(ActorTask::Call { .. }));
-                match (&spec.actor, returns) {
-                    (Some(ActorTask::Create(_)), _) => Some(guarded(&mut || {
+                if let Some(ActorTask::Create(_)) = &spec.actor {
+                    Some(guarded(&mut || {
                         let state = runner.construct(&descriptor, &mut reader)?;
                         reader.finish()?;
                         install_state(executor, ActorState::Shared(state), &ctx.name)?;
                         let _ = ACTOR.set(ActorId(task_id));
                         Ok(vec![codec::encode(self, &())?])
-                    })),
-                    (_, ReturnKind::Fixed(_)) => Some(guarded(&mut || {
-                        let mut run = |actor: Option<&dyn Any>| {
-                            let values = runner.run(&descriptor, actor, &mut reader, expected)?;
-                            reader.finish()?;
-                            Ok(values)
-                        };
-                        if on_actor {
-                            with_actor_state(false, |state| run(Some(state.any())))
-                        } else {
-                            run(None)
+                    }))
+                } else {
+                    // A generator also with fixed returns: values yielded
+                    // before a failure stay readable (the core's sinks).
+                    let generator = match returns {
+                        ReturnKind::Fixed(_) => {
+                            foreign_state(on_actor, |a| Ok(runner.is_generator(&descriptor, a))).unwrap_or(false)
                         }
-                    })),
-                    (_, ReturnKind::Streaming { .. } | ReturnKind::Dynamic) => {
+                        ReturnKind::Streaming { .. } | ReturnKind::Dynamic => true,
+                    };
+                    if generator {
                         drive_items(&mut reader, &mut |r, sink| {
-                            if on_actor {
-                                with_actor_state(false, |state| {
-                                    runner.run_items(&descriptor, Some(state.any()), r, sink)
-                                })
-                            } else {
-                                runner.run_items(&descriptor, None, r, sink)
-                            }
+                            foreign_state(on_actor, |a| runner.run_items(&descriptor, a, r, sink))
                         })
+                    } else {
+                        Some(guarded(&mut || {
+                            foreign_state(on_actor, |a| {
+                                let values = runner.run(&descriptor, a, &mut reader, expected)?;
+                                reader.finish()?;
+                                Ok(values)
+                            })
+                        }))
                     }
                 }
             }

@@ -114,6 +114,8 @@ class Runner:
             except BaseException as e:
                 yield _error(e, where, "sending an item")
                 return
+            # Not held while the generator makes the next one.
+            del item
             yield ("ok", data, refs)
 
     def _async_items(self, agen: Any) -> Iterator[Any]:

@@ -189,3 +189,15 @@ def test_dynamic_generators_errors(runs):
     # after yielding all its values passes as a success, its error only
     # logged): ferroray fails every ref of that call, so the program ends here.
     assert "NumReturnsMismatch: failed after yielding all 2 values" in r.err
+
+
+def test_generators_memory(runs):
+    out = runs["generators_memory.py"].finish()
+    assert out[:2] == ["Using normal functions...", "Using generators..."]
+    yielded = [line for line in out if "yielded return value" in line]
+    assert [line.split(") ", 1)[1] for line in yielded] == [f"yielded return value {i}" for i in range(5)]
+    assert all(line.startswith("(large_values_generator pid=") for line in yielded)
+    words = out[-1].replace(",", "").split()
+    list_peak, generator_peak = int(words[-5]), int(words[-2])
+    # Five 100 MB values at once, against about one.
+    assert list_peak >= 450 and generator_peak <= list_peak / 3, out[-1]

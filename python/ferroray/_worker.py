@@ -8,16 +8,21 @@ goes. The extension calls the methods of ``Runner`` (see
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import threading
 import traceback
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import cloudpickle
 
 from ferroray import _ferroray
 from ferroray._serialization import dumps, loads
+
+if TYPE_CHECKING:
+    import asyncio
+
+# asyncio is imported at the first async call, not at start-up: it is a
+# third of a worker's start-up time, and most workers never need it.
 
 Outcome = Tuple[Any, ...]
 
@@ -68,6 +73,8 @@ class Runner:
         """The event loop of this process's async actor, started at its first call."""
         with self._loop_lock:
             if self._loop is None:
+                import asyncio
+
                 loop = asyncio.new_event_loop()
                 threading.Thread(target=loop.run_forever, name="ferroray-asyncio", daemon=True).start()
                 self._loop = loop
@@ -76,6 +83,8 @@ class Runner:
     def _finish(self, result: Any) -> Any:
         """The value of a call: a coroutine's runs on the actor's event loop."""
         if inspect.iscoroutine(result):
+            import asyncio
+
             return asyncio.run_coroutine_threadsafe(result, self.loop()).result()
         return result
 
@@ -120,6 +129,8 @@ class Runner:
 
     def _async_items(self, agen: Any) -> Iterator[Any]:
         """An async generator's items, each made on the actor's event loop."""
+        import asyncio
+
         loop = self.loop()
         while True:
             try:

@@ -335,9 +335,10 @@ impl Drop for Admitted {
 }
 
 async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: oneshot::Receiver<()>, watch: Arc<Watch>) {
-    // Freed store pages stay resident for reuse; once a second the rest go
-    // back to the system (so an idle node holds no dead object memory).
-    let mut trim = tokio::time::interval(Duration::from_secs(1));
+    // Freed store pages stay resident for reuse while objects keep coming;
+    // once the store has been quiet for a moment they go back to the system
+    // (so an idle node holds no dead object memory for long).
+    let mut trim = tokio::time::interval(crate::state::STORE_QUIET);
     let mut backoff = Duration::ZERO;
     loop {
         tokio::select! {

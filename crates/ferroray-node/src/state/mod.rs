@@ -406,6 +406,13 @@ pub struct State {
 /// How long a task failed by its worker's death waits for the worker's exit
 /// status (the spawner reaps every 200 ms, usually after the connection's
 /// end is seen) before its error is completed without it.
+/// How long the store must have made no allocation before its freed pages
+/// go back to the system; also how often the node looks. A quarter second:
+/// a stream of objects keeps its pages, an idle node gives them back at
+/// once (a second held hundreds of MB of freed pages in every process that
+/// had touched them, after a burst of large values).
+pub const STORE_QUIET: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub const CRASH_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A task event as the node keeps it: the name shared with its task (a
@@ -680,7 +687,7 @@ impl State {
 
     /// Returns the pages of freed store space to the system.
     pub fn trim_store(&mut self) {
-        self.store.trim_if_quiet(std::time::Duration::from_secs(1));
+        self.store.trim_if_quiet(STORE_QUIET);
     }
 
     pub fn begin_shutdown(&mut self) {

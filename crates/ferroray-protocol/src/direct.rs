@@ -454,6 +454,21 @@ macro_rules! decode_only {
     };
 }
 
+/// The `$case` of the oneof in `$field`, made the current case first (with
+/// value `$new`, when another case or none was set), to merge into: what
+/// prost's generated `merge` of a oneof does.
+macro_rules! case_mut {
+    ($field:expr, $case:path, $new:expr) => {{
+        if !matches!($field, Some($case(_))) {
+            $field = Some($case($new));
+        }
+        match &mut $field {
+            Some($case(v)) => v,
+            _ => unreachable!("the case was set just above"),
+        }
+    }};
+}
+
 /// A `bytes` field read with one copy, straight from the frame into `v`
 /// (prost's `bytes::merge` takes a counted slice of the frame first). The
 /// last value wins, as there. Anything else (the wrong wire type, a length
@@ -526,24 +541,11 @@ impl Arg<'_> {
         use w::TaskArgKind as K;
         let a = &mut *self.0;
         match tag {
-            1 => {
-                if !matches!(a.kind, Some(K::Inline(_))) {
-                    a.kind = Some(K::Inline(Vec::new()));
-                }
-                match &mut a.kind {
-                    Some(K::Inline(b)) => merge_bytes(wire_type, b, buf, ctx),
-                    _ => Ok(()),
-                }
-            }
+            1 => merge_bytes(wire_type, case_mut!(a.kind, K::Inline, Vec::new()), buf, ctx),
             2 | 3 => K::merge(&mut a.kind, tag, wire_type, buf, ctx),
             4 => {
-                if !matches!(a.kind, Some(K::Object(_))) {
-                    a.kind = Some(K::Object(w::ResolvedObject::default()));
-                }
-                match &mut a.kind {
-                    Some(K::Object(o)) => pe::message::merge(wire_type, &mut Resolved(o), buf, ctx),
-                    _ => Ok(()),
-                }
+                let o = case_mut!(a.kind, K::Object, w::ResolvedObject::default());
+                pe::message::merge(wire_type, &mut Resolved(o), buf, ctx)
             }
             5 => pe::int32::merge(wire_type, &mut a.encoding, buf, ctx),
             _ => pe::skip_field(wire_type, tag, buf, ctx),
@@ -562,15 +564,7 @@ impl Resolved<'_> {
         use w::PayloadKind as K;
         let o = &mut *self.0;
         match tag {
-            1 => {
-                if !matches!(o.payload, Some(K::Inline(_))) {
-                    o.payload = Some(K::Inline(Vec::new()));
-                }
-                match &mut o.payload {
-                    Some(K::Inline(b)) => merge_bytes(wire_type, b, buf, ctx),
-                    _ => Ok(()),
-                }
-            }
+            1 => merge_bytes(wire_type, case_mut!(o.payload, K::Inline, Vec::new()), buf, ctx),
             2 => K::merge(&mut o.payload, tag, wire_type, buf, ctx),
             3 => pe::message::merge(wire_type, o.id.get_or_insert_with(Default::default), buf, ctx),
             _ => pe::skip_field(wire_type, tag, buf, ctx),
@@ -589,15 +583,7 @@ impl Value<'_> {
         use w::ObjectValueKind as K;
         let v = &mut *self.0;
         match tag {
-            1 => {
-                if !matches!(v.kind, Some(K::Inline(_))) {
-                    v.kind = Some(K::Inline(Vec::new()));
-                }
-                match &mut v.kind {
-                    Some(K::Inline(b)) => merge_bytes(wire_type, b, buf, ctx),
-                    _ => Ok(()),
-                }
-            }
+            1 => merge_bytes(wire_type, case_mut!(v.kind, K::Inline, Vec::new()), buf, ctx),
             2 | 3 => K::merge(&mut v.kind, tag, wire_type, buf, ctx),
             4 => merge_bytes(wire_type, &mut v.contained, buf, ctx),
             5 => pe::int32::merge(wire_type, &mut v.encoding, buf, ctx),
@@ -876,33 +862,30 @@ impl Message for ToNodeBuilder {
         match tag {
             2 => {
                 self.other = None;
-                if !matches!(self.direct, Some(ToNodeDirect::Submit(_))) {
-                    self.direct = Some(ToNodeDirect::Submit(SpecBuilder::default()));
-                }
-                match &mut self.direct {
-                    Some(ToNodeDirect::Submit(s)) => pe::message::merge(wire_type, s, buf, ctx),
-                    _ => Ok(()),
-                }
+                pe::message::merge(
+                    wire_type,
+                    case_mut!(self.direct, ToNodeDirect::Submit, SpecBuilder::default()),
+                    buf,
+                    ctx,
+                )
             }
             8 => {
                 self.other = None;
-                if !matches!(self.direct, Some(ToNodeDirect::TaskDone(_))) {
-                    self.direct = Some(ToNodeDirect::TaskDone(TaskDoneBuilder::default()));
-                }
-                match &mut self.direct {
-                    Some(ToNodeDirect::TaskDone(d)) => pe::message::merge(wire_type, d, buf, ctx),
-                    _ => Ok(()),
-                }
+                pe::message::merge(
+                    wire_type,
+                    case_mut!(self.direct, ToNodeDirect::TaskDone, TaskDoneBuilder::default()),
+                    buf,
+                    ctx,
+                )
             }
             16 => {
                 self.other = None;
-                if !matches!(self.direct, Some(ToNodeDirect::ReportItem(_))) {
-                    self.direct = Some(ToNodeDirect::ReportItem(ReportItemBuilder::default()));
-                }
-                match &mut self.direct {
-                    Some(ToNodeDirect::ReportItem(r)) => pe::message::merge(wire_type, r, buf, ctx),
-                    _ => Ok(()),
-                }
+                pe::message::merge(
+                    wire_type,
+                    case_mut!(self.direct, ToNodeDirect::ReportItem, ReportItemBuilder::default()),
+                    buf,
+                    ctx,
+                )
             }
             t if TO_NODE_TAGS.contains(&t) => {
                 self.direct = None;

@@ -8,12 +8,18 @@ object store.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import cloudpickle
+
+# Read by the extension's allocator (mimalloc) as the module loads: arena
+# memory is committed as it is used, so each process (driver and workers)
+# holds what it uses, not whole arenas.
+os.environ.setdefault("MIMALLOC_ARENA_EAGER_COMMIT", "0")
 
 from ferroray import _ferroray, exceptions
 from ferroray._ferroray import ObjectRef, ObjectRefGenerator
@@ -278,6 +284,12 @@ def remote(*args: Any, **options: Any) -> Any:
     return decorator
 
 
+# The task of an async actor's call, in that call's asyncio context (the
+# core's own record of the running task is per thread, and an async actor's
+# calls share one thread).
+_ASYNC_TASK_ID: "contextvars.ContextVar[Optional[str]]" = contextvars.ContextVar("ferroray_task_id", default=None)
+
+
 class RuntimeContext:
     """What ``get_runtime_context()`` gives (as Ray's): ids of the job, node, task and actor."""
 
@@ -318,7 +330,11 @@ class RuntimeContext:
 def get_runtime_context() -> RuntimeContext:
     """The ids of the current job, node, task and actor (as ``ray.get_runtime_context()``)."""
     _auto_init()
-    return RuntimeContext(_ferroray._runtime_context())
+    ids = _ferroray._runtime_context()
+    task_id = _ASYNC_TASK_ID.get()
+    if task_id is not None:
+        ids["task_id"] = task_id
+    return RuntimeContext(ids)
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

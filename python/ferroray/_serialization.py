@@ -33,6 +33,8 @@ MAGIC = b"FRY\x01"
 _HEAD = struct.Struct("<4sIQ")
 _ENTRY = struct.Struct("<QQ")
 _ALIGN = 64
+# Longer `bytes` go the general way (which may put them in shared memory).
+_PLAIN_BYTES = 64 * 1024
 
 
 def _align(n: int) -> int:
@@ -54,8 +56,15 @@ def _readonly(view: Any) -> memoryview:
     return memoryview(holder).cast("B").toreadonly()
 
 
+# Types the C pickler writes in full, holding no refs and nothing to pickle
+# by value: no need for cloudpickle's per-object hook.
+_PLAIN = frozenset({bytes, str, int, float, bool, type(None)})
+
+
 def dumps(value: Any) -> Tuple[Union[bytes, Any], List[Any]]:
     """The value's payload (bytes, or a filled ``StoreSlot``) and the refs inside it."""
+    if type(value) in _PLAIN and (type(value) is not bytes or len(value) < _PLAIN_BYTES):
+        return pickle.dumps(value, protocol=5), []
     buffers: List[pickle.PickleBuffer] = []
     _ferroray._collect_begin()
     try:

@@ -66,7 +66,11 @@ class Runner:
     @staticmethod
     def _arguments(args: List[bytes]) -> Tuple[List[Any], Dict[str, Any]]:
         npos, kw_names = loads(args[0])
+        if len(args) == 1:
+            return [], {}
         decoded = [loads(a) for a in args[1:]]
+        if not kw_names:
+            return decoded, {}
         return decoded[:npos], dict(zip(kw_names, decoded[npos:]))
 
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -93,15 +97,7 @@ class Runner:
             result = self._finish(call())
         except BaseException as e:
             return _error(e, where)
-        try:
-            if num_returns == 1:
-                return ("ok", [dumps(result)])
-            values = list(result)
-            if len(values) != num_returns:
-                raise ValueError(f"returned {len(values)} values, but num_returns is {num_returns}")
-            return ("ok", [dumps(v) for v in values])
-        except BaseException as e:
-            return _error(e, where, "sending its result")
+        return _pack(result, where, num_returns)
 
     def _items(self, call: Any, where: str) -> Iterator[Outcome]:
         try:
@@ -170,6 +166,21 @@ class Runner:
             return iter([_error(e, where, "reading the task")])
         return self._items(lambda: fn(*pos, **kwargs), where)
 
+    def serve_async(self, instance: Any, calls: Any) -> None:
+        """Runs the async actor ``instance``'s calls on this thread's own event
+        loop, for the rest of the process's life (see ``AsyncServer``)."""
+        import asyncio
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        with self._loop_lock:
+            self._loop = loop
+        server = AsyncServer(instance, calls, loop)
+        loop.add_reader(calls.fileno(), server.wake)
+        server.wake()
+        loop.run_forever()
+        raise RuntimeError("the event loop stopped")
+
     def construct(self, pickled: bytes, module: str, qualname: str, args: List[bytes]) -> Outcome:
         where = f"actor {module}.{qualname}"
         try:
@@ -179,13 +190,25 @@ class Runner:
             return _error(e, f"the constructor of {where}")
 
     def call(self, instance: Any, method: str, args: List[bytes], num_returns: int) -> Outcome:
-        where = f"actor method {type(instance).__qualname__}.{method}"
+        # The hot path of an actor call: nothing is made for an error that
+        # does not happen.
         try:
             fn = getattr(instance, method)
-            _, pos, kwargs = self._read(None, args, where)
+            pos, kwargs = self._arguments(args)
         except BaseException as e:
-            return _error(e, where, "reading the call")
-        return self._values(lambda: fn(*pos, **kwargs), where, num_returns)
+            return _error(e, _method_name(instance, method), "reading the call")
+        try:
+            result = fn(*pos, **kwargs)
+            if inspect.iscoroutine(result):
+                result = self._finish(result)
+        except BaseException as e:
+            return _error(e, _method_name(instance, method))
+        if num_returns == 1:
+            try:
+                return ("ok", [dumps(result)])
+            except BaseException as e:
+                return _error(e, _method_name(instance, method), "sending its result")
+        return _pack(result, _method_name(instance, method), num_returns)
 
     def call_gen(self, instance: Any, method: str, args: List[bytes]) -> Iterator[Outcome]:
         where = f"actor method {type(instance).__qualname__}.{method}"
@@ -195,6 +218,133 @@ class Runner:
         except BaseException as e:
             return iter([_error(e, where, "reading the call")])
         return self._items(lambda: fn(*pos, **kwargs), where)
+
+
+class AsyncServer:
+    """Runs an async actor's calls on this process's asyncio event loop.
+
+    The core hands the calls over in batches (``AsyncCalls``, in
+    ``crates/ferroray-core/src/worker/foreign_async.rs``): the loop watches
+    ``calls.fileno()``; when it turns readable, ``wake`` takes the new calls
+    (each becomes an asyncio task), the cancels (``Task.cancel``) and the
+    generators that may go on after waiting for room. Each call ends with
+    ``calls.finish``, which reports it and frees its slot.
+    """
+
+    def __init__(self, instance: Any, calls: Any, loop: "asyncio.AbstractEventLoop") -> None:
+        self._instance = instance
+        self._calls = calls
+        self._loop = loop
+        # Running calls by token, and the futures of generators waiting
+        # for room.
+        self._tasks: Dict[int, "asyncio.Task[None]"] = {}
+        self._resume: Dict[int, "asyncio.Future[bool]"] = {}
+
+    def wake(self) -> None:
+        started, cancelled, resumed = self._calls.take()
+        for token, task_id, method, args, returns in started:
+            self._tasks[token] = self._loop.create_task(self._run(token, task_id, method, args, returns))
+        for token in cancelled:
+            task = self._tasks.get(token)
+            if task is not None:
+                task.cancel()
+        for token, go_on in resumed:
+            fut = self._resume.pop(token, None)
+            if fut is not None and not fut.done():
+                fut.set_result(go_on)
+
+    async def _run(self, token: int, task_id: str, method: str, args: List[Any], returns: int) -> None:
+        import asyncio
+
+        import ferroray
+
+        ferroray._ASYNC_TASK_ID.set(task_id)
+        where = f"actor method {type(self._instance).__qualname__}.{method}"
+        try:
+            outcome = await self._outcome(token, method, args, returns, where)
+        except asyncio.CancelledError:
+            outcome = ("cancelled",)
+        finally:
+            self._tasks.pop(token, None)
+            self._resume.pop(token, None)
+        self._calls.finish(token, outcome)
+
+    async def _outcome(self, token: int, method: str, args: List[Any], returns: int, where: str) -> Outcome:
+        import asyncio
+
+        try:
+            fn = getattr(self._instance, method)
+            pos, kwargs = Runner._arguments(args)
+        except BaseException as e:
+            return _error(e, where, "reading the call")
+        try:
+            result = fn(*pos, **kwargs)
+            if returns == -1 or inspect.isgenerator(result) or inspect.isasyncgen(result):
+                return await self._items(token, result, where)
+            if inspect.isawaitable(result):
+                result = await result
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            return _error(e, where)
+        return _pack(result, where, returns)
+
+    async def _items(self, token: int, items: Any, where: str) -> Outcome:
+        """Gives each item to the core; waits when it says the owner has no room."""
+        import asyncio
+
+        agen = inspect.isasyncgen(items)
+        try:
+            it = items if agen else iter(items)
+        except BaseException as e:
+            return _error(e, where)
+        try:
+            while True:
+                try:
+                    item = await it.__anext__() if agen else next(it)
+                except (StopIteration, StopAsyncIteration):
+                    return ("ok", [])
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as e:
+                    return _error(e, where)
+                try:
+                    value = dumps(item)
+                except BaseException as e:
+                    return _error(e, where, "sending an item")
+                # Not held while the generator makes the next one.
+                del item
+                try:
+                    wait = self._calls.item(token, value)
+                except BaseException:
+                    return ("stopped",)
+                if wait:
+                    fut = self._loop.create_future()
+                    self._resume[token] = fut
+                    if not await fut:
+                        return ("stopped",)
+        finally:
+            if agen:
+                await it.aclose()
+            elif inspect.isgenerator(it):
+                it.close()
+
+
+def _method_name(instance: Any, method: str) -> str:
+    return f"actor method {type(instance).__qualname__}.{method}"
+
+
+def _pack(result: Any, where: str, num_returns: int) -> Outcome:
+    """A call's result as the core takes it: ``num_returns`` pickled values."""
+    try:
+        if num_returns == 1:
+            return ("ok", [dumps(result)])
+        values = list(result)
+        if len(values) != num_returns:
+            raise ValueError(f"returned {len(values)} values, but num_returns is {num_returns}")
+        return ("ok", [dumps(v) for v in values])
+    except BaseException as e:
+        return _error(e, where, "sending its result")
 
 
 def main() -> None:

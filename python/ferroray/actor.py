@@ -85,11 +85,24 @@ def _check_actor_options(options: Dict[str, Any]) -> Dict[str, Any]:
     return dict(options)
 
 
+# The pickled head of an argument list (positional count, keyword names),
+# by its shape: calls of one shape share it.
+_HEADS: Dict[Any, Any] = {}
+
+
 def _wire_args(args: Any, kwargs: Dict[str, Any]) -> list:
     from ferroray import ObjectRef
 
-    wire: list = [dumps((len(args), list(kwargs)))]
-    for a in list(args) + list(kwargs.values()):
+    shape = (len(args), tuple(kwargs)) if kwargs else len(args)
+    head = _HEADS.get(shape)
+    if head is None:
+        head = dumps((len(args), list(kwargs)))
+        if len(_HEADS) < 1024:
+            _HEADS[shape] = head
+    wire: list = [head]
+    for a in args:
+        wire.append(a if isinstance(a, ObjectRef) else dumps(a))
+    for a in kwargs.values():
         wire.append(a if isinstance(a, ObjectRef) else dumps(a))
     return wire
 
@@ -140,6 +153,7 @@ class ActorClass:
             float(o.get("num_cpus") or 0),
             float(o.get("num_gpus") or 0),
             [(k, float(v)) for k, v in (o.get("resources") or {}).items()],
+            self._async,
         )
         return ActorHandle(core, self._methods)
 
@@ -160,7 +174,10 @@ class ActorHandle:
         if methods is not None and name not in methods:
             raise AttributeError(f"actor {self._core._class_name()} has no method {name!r}")
         default = methods.get(name, 1) if methods is not None else 1
-        return ActorMethod(self._core, name, {"num_returns": default})
+        method = ActorMethod(self._core, name, {"num_returns": default})
+        # Found as an attribute from now on (`__getattr__` is not called).
+        self.__dict__[name] = method
+        return method
 
     def __reduce__(self) -> Any:
         return (ActorHandle, (self._core, self._methods))

@@ -107,6 +107,15 @@ pub trait ForeignFunctions: Send + Sync {
         function: &ferroray_protocol::FunctionDescriptor,
         args: &mut ArgReader<'_>,
     ) -> Result<Box<dyn std::any::Any + Send + Sync>>;
+
+    /// Runs an async actor's event loop on this thread for the rest of the
+    /// process's life, taking the calls of `actor` (what `construct` made)
+    /// from `calls` (see [`AsyncCalls`](crate::worker::AsyncCalls) for the
+    /// protocol). Returns only if the loop itself fails.
+    fn serve_async(&self, actor: &dyn std::any::Any, calls: crate::worker::AsyncCalls) -> Result<()> {
+        let _ = (actor, calls);
+        Err(Error::InvalidOption("this front has no async actors".into()))
+    }
 }
 
 static FOREIGN: OnceLock<Box<dyn ForeignFunctions>> = OnceLock::new();

@@ -4,8 +4,8 @@
 //! A Python actor runs on the core's serial executor, or on its threaded
 //! one when `max_concurrency` is above 1; every method may run beside any
 //! other (Python has no `&mut self`). An async actor (a class with an
-//! `async def` method) is a threaded one whose calls the worker runs on one
-//! asyncio event loop (`ferroray._worker`), as Ray does.
+//! `async def` method) runs its calls on one asyncio event loop in its
+//! process (`ferroray._worker.AsyncServer`), as Ray does.
 
 use crate::core_err;
 use crate::objects::ObjectRef;
@@ -83,7 +83,7 @@ pub(crate) fn _actor_from_handle(handle: Bound<'_, ObjectRef>, class: &str) -> A
 
 /// Creates an actor of the pickled class; it starts in the background.
 #[pyfunction]
-#[pyo3(signature = (pickled, module, qualname, args, name, detached, max_restarts, max_task_retries, max_concurrency, num_cpus, num_gpus, resources))]
+#[pyo3(signature = (pickled, module, qualname, args, name, detached, max_restarts, max_task_retries, max_concurrency, num_cpus, num_gpus, resources, asynchronous=false))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn create_actor(
     py: Python<'_>,
@@ -99,6 +99,7 @@ pub(crate) fn create_actor(
     num_cpus: f64,
     num_gpus: f64,
     resources: Vec<(String, f64)>,
+    asynchronous: bool,
 ) -> PyResult<ActorHandle> {
     let class = format!("{module}.{qualname}");
     let opts = ActorOptions {
@@ -113,9 +114,10 @@ pub(crate) fn create_actor(
     };
     let mut call = TaskCall::foreign(FunctionDescriptor::Python { module, qualname, pickled }, TaskOptions::default());
     add_args(&mut call, &args)?;
-    // Python state is shared by threads under the GIL; an async class runs
-    // as a threaded actor whose calls share one event loop.
-    let kind = ActorKind { asynchronous: false, shareable: true };
+    // Python state is shared by threads under the GIL; an async class's
+    // calls run on one asyncio event loop that takes them from the core
+    // (`ferroray_core::worker::AsyncCalls`).
+    let kind = ActorKind { asynchronous, shareable: true };
     let raw = py.detach(|| call.create_actor(&class, &opts, kind)).map_err(core_err)?;
     Ok(ActorHandle { raw })
 }

@@ -18,6 +18,7 @@ use ferroray::{Error, RawValue};
 use ferroray_core::codec::ReturnValue;
 use ferroray_core::registry::{ForeignFunctions, ItemSink};
 use ferroray_core::task::ArgReader;
+use ferroray_core::worker::{AsyncCalls, CallReturns};
 use ferroray_core::Encoding;
 use ferroray_protocol::FunctionDescriptor;
 use pyo3::prelude::*;
@@ -28,6 +29,10 @@ use std::any::Any;
 struct PyRunner {
     /// A `ferroray._worker.Runner`.
     runner: Py<PyAny>,
+    /// Which methods of this process's actor are generators, by name (a
+    /// process runs one actor, whose class does not change): asked of
+    /// Python once per method, not per call.
+    generator_methods: std::sync::Mutex<std::collections::HashMap<String, bool>>,
 }
 
 /// Reads every argument of a Python task as bytes.
@@ -198,7 +203,12 @@ impl ForeignFunctions for PyRunner {
         let FunctionDescriptor::Python { qualname, pickled, .. } = function else {
             return false;
         };
-        Python::attach(|py| {
+        if actor.is_some() {
+            if let Some(known) = self.generator_methods.lock().ok().and_then(|m| m.get(qualname).copied()) {
+                return known;
+            }
+        }
+        let answer = Python::attach(|py| {
             let runner = self.runner.bind(py);
             let answer = match actor {
                 None => runner.call_method1("is_generator", (PyBytes::new(py, pickled),)),
@@ -210,6 +220,23 @@ impl ForeignFunctions for PyRunner {
             // A function that does not unpickle is no generator: `run`
             // then reports why.
             answer.and_then(|v| v.extract::<bool>()).unwrap_or(false)
+        });
+        if actor.is_some() {
+            if let Ok(mut known) = self.generator_methods.lock() {
+                known.insert(qualname.clone(), answer);
+            }
+        }
+        answer
+    }
+
+    fn serve_async(&self, actor: &dyn Any, calls: AsyncCalls) -> ferroray::Result<()> {
+        Python::attach(|py| {
+            let calls = Bound::new(py, PyAsyncCalls { calls }).map_err(|e| py_error(py, e, "an async actor"))?;
+            self.runner
+                .bind(py)
+                .call_method1("serve_async", (instance(actor)?.bind(py), calls))
+                .map(|_| ())
+                .map_err(|e| py_error(py, e, "an async actor's event loop"))
         })
     }
 
@@ -232,9 +259,88 @@ impl ForeignFunctions for PyRunner {
     }
 }
 
+/// An async actor's calls, as its event loop (`ferroray._worker`'s
+/// `AsyncServer`) takes them: the core's `AsyncCalls`, whose docs give
+/// the protocol.
+#[pyclass(frozen, module = "ferroray._ferroray", name = "AsyncCalls")]
+pub(crate) struct PyAsyncCalls {
+    calls: AsyncCalls,
+}
+
+/// A started call as the loop gets it: token, task id (hex), method name,
+/// arguments, and `num_returns` (-1 for a streaming or dynamic generator).
+type StartedTuple<'py> = (u64, String, String, Bound<'py, PyList>, i64);
+
+#[pymethods]
+impl PyAsyncCalls {
+    /// The fd to watch for readability (`loop.add_reader`).
+    fn fileno(&self) -> i32 {
+        self.calls.fd()
+    }
+
+    /// What happened since the last call: `(started calls, tokens of calls
+    /// to cancel, [(token, go on?)] for generators that waited for room)`.
+    #[allow(clippy::type_complexity)]
+    fn take<'py>(&self, py: Python<'py>) -> PyResult<(Vec<StartedTuple<'py>>, Vec<u64>, Vec<(u64, bool)>)> {
+        let taken = self.calls.take();
+        let mut started = Vec::with_capacity(taken.started.len());
+        for call in taken.started {
+            let task_name = call.method.clone();
+            let raws = call.args;
+            let encodings_ok =
+                raws.iter().position(|r| !matches!(r.encoding(), Encoding::Raw | Encoding::RefList | Encoding::Unit));
+            let args = match encodings_ok {
+                Some(i) => Err(Error::Serialization(format!("argument {i} of {task_name} is not a Python value"))),
+                None => py_values(py, raws, &task_name),
+            };
+            match args {
+                Ok(args) => {
+                    let returns = match call.returns {
+                        CallReturns::Fixed(n) => n as i64,
+                        CallReturns::Items => -1,
+                    };
+                    started.push((call.token, call.task_id.to_string(), call.method, args, returns));
+                }
+                Err(e) => self.calls.finish(call.token, Some(Err(e))),
+            }
+        }
+        Ok((started, taken.cancelled, taken.resumed))
+    }
+
+    /// One item of generator call `token`: `(payload, [refs])` as `dumps`
+    /// makes it. True: wait until `take` resumes it. Raises when the
+    /// generator must stop (then `finish(token, ("stopped",))`).
+    fn item(&self, token: u64, value: Bound<'_, PyAny>) -> PyResult<bool> {
+        let value = encode_value(&value, "an async generator").map_err(core_err)?;
+        self.calls.item(token, value).map_err(core_err)
+    }
+
+    /// Ends call `token`: `("ok", [values])`, `("err", ...)` as the runner
+    /// answers, `("cancelled",)`, or `("stopped",)` after `item` refused.
+    fn finish(&self, token: u64, outcome: Bound<'_, PyAny>) {
+        let task_name = "an async actor's method";
+        let tag: Option<String> = outcome.get_item(0).and_then(|t| t.extract()).ok();
+        let result = match tag.as_deref() {
+            Some("stopped") => None,
+            Some("cancelled") => Some(Err(Error::TaskCancelled)),
+            _ => {
+                let py = outcome.py();
+                Some(unwrap_outcome(outcome, task_name).and_then(|values| {
+                    let values = values.cast_into::<PyList>().map_err(|e| py_error(py, e.into(), task_name))?;
+                    values.iter().map(|v| encode_value(&v, task_name)).collect()
+                }))
+            }
+        };
+        self.calls.finish(token, result);
+    }
+}
+
 /// Serves tasks until the node goes (the process then exits). `runner` is
 /// a `ferroray._worker.Runner`.
 #[pyfunction]
 pub(crate) fn worker_main(py: Python<'_>, runner: Py<PyAny>) -> PyResult<()> {
-    py.detach(|| ferroray_core::worker::foreign_worker_main(Box::new(PyRunner { runner }))).map_err(core_err)
+    py.detach(|| {
+        ferroray_core::worker::foreign_worker_main(Box::new(PyRunner { runner, generator_methods: Default::default() }))
+    })
+    .map_err(core_err)
 }

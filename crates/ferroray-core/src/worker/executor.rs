@@ -84,8 +84,15 @@ fn foreign_state<R>(on_actor: bool, f: impl FnOnce(Option<&dyn Any>) -> Result<R
 }
 
 /// Keeps the state a constructor made where the actor's executor reads it.
-fn install_state(executor: ActorExecutor, state: ActorState, class: &str) -> Result<()> {
+/// A foreign front's async actor keeps it shared: the front's event loop
+/// gets it once (`foreign_async`).
+fn install_state(executor: ActorExecutor, state: ActorState, class: &str, foreign: bool) -> Result<()> {
     match (executor, state) {
+        (ActorExecutor::Async, ActorState::Shared(state)) if foreign => {
+            if SHARED_STATE.set(RwLock::new(state)).is_err() {
+                return Err(Error::Protocol("an actor was created twice in one process".into()));
+            }
+        }
         (ActorExecutor::Serial, state) => ACTOR_STATE.with(|s| *s.borrow_mut() = Some(state.into_local())),
         (ActorExecutor::Threaded, ActorState::Shared(state)) => {
             if SHARED_STATE.set(RwLock::new(state)).is_err() {
@@ -162,6 +169,15 @@ struct QueueState {
 
 /// The tasks of one worker, shared by the thread that receives them (the
 /// link's reader) and the ones that run them.
+/// Who else hears of a queue's changes (a foreign async actor's loop,
+/// which waits on its own signal, not on the queue).
+pub(super) trait QueueEvents: Send + Sync {
+    /// A task was queued.
+    fn pushed(&self);
+    /// A started task's cancel flag was raised.
+    fn cancelled(&self, task_id: TaskId);
+}
+
 #[derive(Default)]
 pub(super) struct TaskQueue {
     state: Mutex<QueueState>,
@@ -172,6 +188,8 @@ pub(super) struct TaskQueue {
     /// Counts the tasks pushed: an idle dispatcher watches it before it
     /// sleeps (`ferroray_common::spin`).
     pushed: AtomicU64,
+    /// Told of pushes and cancels, once set.
+    events: OnceLock<Arc<dyn QueueEvents>>,
 }
 
 impl TaskQueue {
@@ -230,6 +248,17 @@ impl TaskQueue {
         }
     }
 
+    /// The next task, recorded as started in the same step, if one is
+    /// queued (a foreign async actor's loop, which admits calls itself).
+    pub(super) fn try_start(&self) -> Option<(TaskSpec, TaskContext)> {
+        Self::start_next(&mut self.state.lock(), false).map(|(spec, ctx, _)| (spec, ctx))
+    }
+
+    /// From now on `events` hears of pushes and cancels.
+    pub(super) fn set_events(&self, events: Arc<dyn QueueEvents>) {
+        let _ = self.events.set(events);
+    }
+
     /// A started task is done (or was dropped by its cancel).
     pub(super) fn finished(&self, task_id: TaskId) {
         self.state.lock().started.retain(|s| s.ctx.task_id != task_id);
@@ -246,6 +275,9 @@ impl Executor for QueueExecutor {
         self.0.pushed.fetch_add(1, Ordering::Release);
         self.0.ready.notify_one();
         self.0.arrived.notify_one();
+        if let Some(events) = self.0.events.get() {
+            events.pushed();
+        }
     }
 
     fn take_queued(&self, ids: &[TaskId]) -> Vec<TaskSpec> {
@@ -268,11 +300,16 @@ impl Executor for QueueExecutor {
         if let Some(at) = q.tasks.iter().position(|t| t.task_id == task_id) {
             return q.tasks.remove(at);
         }
-        if let Some(s) = q.started.iter().find(|s| s.ctx.task_id == task_id) {
-            s.ctx.cancelled.store(true, Ordering::Relaxed);
-            if let Some(abort) = &s.abort {
-                abort.abort();
-            }
+        let s = q.started.iter().find(|s| s.ctx.task_id == task_id)?;
+        s.ctx.cancelled.store(true, Ordering::Relaxed);
+        if let Some(abort) = &s.abort {
+            abort.abort();
+        }
+        drop(q);
+        // Outside the queue's lock: the listener takes its own. The call
+        // may finish first; the listener then finds nothing to cancel.
+        if let Some(events) = self.0.events.get() {
+            events.cancelled(task_id);
         }
         None
     }
@@ -295,6 +332,12 @@ impl Executor for QueueExecutor {
                 }
                 Some((ActorExecutor::Async, n)) if ASYNC_STATE.with(|s| s.borrow().is_some()) => {
                     return super::async_exec::serve(self.0.clone(), core, n);
+                }
+                Some((ActorExecutor::Async, n)) => {
+                    if let (Some(runner), Some(state)) = (registry::foreign(), SHARED_STATE.get()) {
+                        let state = state.read();
+                        super::foreign_async::serve(self.0.clone(), core, n, runner, &**state);
+                    }
                 }
                 _ => {}
             }
@@ -360,7 +403,7 @@ impl CoreWorker {
          -> Option<Result<Vec<ReturnValue>>> {
             match returns {
                 ReturnKind::Fixed(n) => {
-                    let mut sink = FixedSink { values: Vec::new(), n: n as usize, overflow: false };
+                    let mut sink = FixedSink::new(n as usize);
                     let r = guarded(&mut || {
                         body(reader, &mut sink)?;
                         reader.finish()?;
@@ -407,7 +450,7 @@ impl CoreWorker {
                     Some(guarded(&mut || {
                         let state = runner.construct(&descriptor, &mut reader)?;
                         reader.finish()?;
-                        install_state(executor, ActorState::Shared(state), &ctx.name)?;
+                        install_state(executor, ActorState::Shared(state), &ctx.name, true)?;
                         let _ = ACTOR.set(ActorId(task_id));
                         Ok(vec![codec::encode(self, &())?])
                     }))
@@ -445,7 +488,7 @@ impl CoreWorker {
             Ok(Invoke::Construct(f)) => Some(guarded(&mut || {
                 let state = f(&mut reader)?;
                 reader.finish()?;
-                install_state(executor, state, &ctx.name)?;
+                install_state(executor, state, &ctx.name, false)?;
                 let _ = ACTOR.set(ActorId(task_id));
                 Ok(vec![codec::encode(self, &())?])
             })),
@@ -522,7 +565,7 @@ impl CoreWorker {
 }
 
 /// Keeps a generator's values as the task's `n` fixed return values.
-struct FixedSink {
+pub(super) struct FixedSink {
     values: Vec<ReturnValue>,
     n: usize,
     overflow: bool,
@@ -540,10 +583,14 @@ impl ItemSink for FixedSink {
 }
 
 impl FixedSink {
+    pub(super) fn new(n: usize) -> Self {
+        FixedSink { values: Vec::new(), n, overflow: false }
+    }
+
     /// Values yielded before a failure stay readable; the refs after them
     /// hold the error. Yielding more or fewer than `n` values is an error too
     /// (in every ref when there were more: the caller asked for exactly `n`).
-    fn finish(mut self, error: Option<Error>, name: &str) -> Result<Vec<ReturnValue>> {
+    pub(super) fn finish(mut self, error: Option<Error>, name: &str) -> Result<Vec<ReturnValue>> {
         let pid = std::process::id();
         let got = self.values.len();
         let count_error = |what: String| Error::task("ferroray::NumReturnsMismatch", what, name, pid);

@@ -5,7 +5,8 @@
 //! - [`streams`]: the caller's side of generator streams.
 //! - [`executor`]: tasks the node sends to a worker, run here (one at a
 //!   time; [`threaded`] and [`async_exec`] run a threaded or async actor's
-//!   calls several at once).
+//!   calls several at once; [`foreign_async`] hands an async actor of
+//!   another language's front to that front's event loop).
 //! - [`process`]: a worker process's start-up and life.
 
 use crate::codec::{self, ReturnValue, ShmPin, Source};
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 mod async_exec;
 mod caller;
 mod executor;
+mod foreign_async;
 mod process;
 mod streams;
 mod threaded;
@@ -45,6 +47,7 @@ pub use async_exec::AsyncItemSink;
 pub use caller::RawValue;
 use executor::Executor;
 pub use executor::{current_actor, exit_actor};
+pub use foreign_async::{AsyncCalls, CallReturns, StartedCall, Taken};
 pub use process::{foreign_worker_main, is_rust_worker_process, is_worker_process, worker_main};
 pub(crate) use streams::passed_on;
 

@@ -32,6 +32,15 @@ use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use std::time::Duration;
 
+/// The Rust side's allocator (the embedded node's tables, task specs, the
+/// core's messages): a small-object allocator with per-thread caches, in
+/// place of glibc's, whose arenas the interpreter's own allocations
+/// fragment. Python objects keep the interpreter's allocators. The package
+/// sets `MIMALLOC_ARENA_EAGER_COMMIT=0` before loading this module, so a
+/// process holds the memory it uses rather than whole arenas.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 create_exception!(
     _ferroray,
     CoreError,

@@ -150,3 +150,40 @@ def test_the_types_are_where_ray_programs_import_them(cluster):
 
     assert ObjectRefGenerator is ray.ObjectRefGenerator
     assert DynamicObjectRefGenerator is ray.DynamicObjectRefGenerator
+
+
+@ray.remote
+def total(gen):
+    return sum(ray.get(r, timeout=T) for r in gen)
+
+
+@ray.remote
+class Summer:
+    def total(self, holder):
+        return sum(ray.get(r, timeout=T) for r in holder["gen"])
+
+
+def test_a_generator_passed_on_resumes_where_its_consumer_stopped(cluster):
+    gen = count.remote(10)
+    assert ray.get(next(gen), timeout=T) == 0
+    assert ray.get(total.remote(gen), timeout=T) == sum(range(1, 10))
+    # Its items went to the task: here it ends with an error item.
+    with pytest.raises(ValueError, match="passed on"):
+        for r in gen:
+            ray.get(r, timeout=T)
+
+
+def test_a_generator_inside_a_value_passed_to_an_actor(cluster):
+    gen = count.options(_generator_backpressure_num_objects=2).remote(20)
+    assert [ray.get(next(gen), timeout=T) for _ in range(3)] == [0, 1, 2]
+    s = Summer.remote()
+    assert ray.get(s.total.remote({"gen": gen}), timeout=T) == sum(range(3, 20))
+
+
+def test_a_generator_pickled_outside_ferroray_is_refused(cluster):
+    import pickle
+
+    gen = count.remote(3)
+    with pytest.raises(TypeError, match="pickled only by ferroray"):
+        pickle.dumps(gen)
+    assert [ray.get(r, timeout=T) for r in gen] == [0, 1, 2]

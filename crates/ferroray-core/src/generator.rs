@@ -206,27 +206,31 @@ struct PassedOn {
     backpressure: bool,
 }
 
-/// Passing a generator on: see the module's documentation.
-impl<T> Serialize for ObjectRefGenerator<T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+impl<T> ObjectRefGenerator<T> {
+    /// Passes the stream on, as serializing the generator does (for a front
+    /// that writes values its own way): gives the generator's completion
+    /// ref, the index of the first item the receiver gets, and whether the
+    /// stream has backpressure, for [`claim`](Self::claim) in the receiver.
+    /// This generator (and its clones) then ends with an error item.
+    pub fn pass_on(&self) -> Result<(ObjectRef<()>, u32, bool)> {
         let core = &self.inner.completion.core;
-        let (from, backpressure) =
-            core.hand_off_stream(self.inner.task, self.inner.token).map_err(serde::ser::Error::custom)?;
+        let (from, backpressure) = core.hand_off_stream(self.inner.task, self.inner.token)?;
         self.inner.passed.store(true, Ordering::Relaxed);
-        PassedOn { completion: ObjectRef::from_inner(self.inner.completion.clone()), from, backpressure }.serialize(s)
+        Ok((ObjectRef::from_inner(self.inner.completion.clone()), from, backpressure))
     }
-}
 
-impl<'de, T> Deserialize<'de> for ObjectRefGenerator<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let p = PassedOn::deserialize(d)?;
-        let completion = p.completion.inner;
+    /// Takes over a stream another process passed on (what
+    /// [`pass_on`](Self::pass_on) gave there), as deserializing a generator
+    /// does. If the stream cannot be taken (another consumer has it, or it
+    /// is gone), the generator's only item is that error.
+    pub fn claim(completion: ObjectRef<()>, from: u32, backpressure: bool) -> Self {
+        let completion = completion.inner;
         let task = completion.id.task;
-        let (token, refused) = match completion.core.claim_stream(task, p.from, p.backpressure) {
+        let (token, refused) = match completion.core.claim_stream(task, from, backpressure) {
             Ok(token) => (token, None),
             Err(e) => (0, Some(e)),
         };
-        Ok(ObjectRefGenerator {
+        ObjectRefGenerator {
             inner: Arc::new(GenInner {
                 task,
                 completion,
@@ -236,7 +240,22 @@ impl<'de, T> Deserialize<'de> for ObjectRefGenerator<T> {
                 passed: AtomicBool::new(false),
             }),
             _t: PhantomData,
-        })
+        }
+    }
+}
+
+/// Passing a generator on: see the module's documentation.
+impl<T> Serialize for ObjectRefGenerator<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let (completion, from, backpressure) = self.pass_on().map_err(serde::ser::Error::custom)?;
+        PassedOn { completion, from, backpressure }.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ObjectRefGenerator<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let p = PassedOn::deserialize(d)?;
+        Ok(Self::claim(p.completion, p.from, p.backpressure))
     }
 }
 

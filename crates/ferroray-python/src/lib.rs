@@ -168,6 +168,7 @@ fn _ferroray(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<objects::StoreSlot>()?;
     m.add_class::<objects::StoreView>()?;
     m.add_function(wrap_pyfunction!(objects::_reserve, m)?)?;
+    m.add_function(wrap_pyfunction!(tasks::_claim_generator, m)?)?;
     m.add_function(wrap_pyfunction!(objects::_inline_threshold, m)?)?;
     m.add_function(wrap_pyfunction!(init, m)?)?;
     m.add_function(wrap_pyfunction!(shutdown, m)?)?;

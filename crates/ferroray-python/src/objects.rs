@@ -202,6 +202,12 @@ pub(crate) fn _collect_begin() {
     NESTED.with(|n| n.borrow_mut().push(Vec::new()));
 }
 
+/// Whether a value is being pickled by ferroray now (`_collect_begin`
+/// without its end), on this thread.
+pub(crate) fn collecting() -> bool {
+    NESTED.with(|n| !n.borrow().is_empty())
+}
+
 /// The refs noted since the matching `_collect_begin`.
 #[pyfunction]
 pub(crate) fn _collect_end() -> Vec<ObjectRef> {

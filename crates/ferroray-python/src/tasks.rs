@@ -9,6 +9,7 @@ use ferroray_core::{Backpressure, Retries, RetryExceptions};
 use ferroray_protocol::FunctionDescriptor;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
 /// Adds a call's arguments: each an `ObjectRef` (the task gets its value)
 /// or `(pickled bytes, [refs inside them])`.
@@ -195,9 +196,37 @@ impl ObjectRefGenerator {
         format!("ObjectRefGenerator({})", self.inner.task_id())
     }
 
-    fn __reduce__(&self) -> PyResult<()> {
-        Err(PyTypeError::new_err("an ObjectRefGenerator cannot be passed to another task from Python yet"))
+    /// Passes the stream on, inside a task's argument, a put or a return
+    /// value: the receiver takes the items this process has not taken, and
+    /// here the generator ends. Its completion ref travels as a nested ref.
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        if !crate::objects::collecting() {
+            return Err(PyTypeError::new_err(
+                "an ObjectRefGenerator can be pickled only by ferroray, inside a task's argument, a put or a return \
+                 value (it passes the stream on)",
+            ));
+        }
+        let gen = self.inner.clone();
+        let (completion, from, backpressure) = py.detach(move || gen.pass_on()).map_err(core_err)?;
+        let completion = Bound::new(py, ObjectRef { inner: completion.cast() })?;
+        let claim = py.import("ferroray._ferroray")?.getattr("_claim_generator")?;
+        let args = (completion, from, backpressure).into_pyobject(py)?.into_any();
+        PyTuple::new(py, [claim, args])
     }
+}
+
+/// A generator passed on to this process (`ObjectRefGenerator.__reduce__`
+/// elsewhere): it takes the stream over.
+#[pyfunction]
+pub(crate) fn _claim_generator(
+    py: Python<'_>,
+    completion: Bound<'_, ObjectRef>,
+    from: u32,
+    backpressure: bool,
+) -> ObjectRefGenerator {
+    let completion = completion.get().inner.clone().cast::<()>();
+    let inner = py.detach(move || ferroray::ObjectRefGenerator::claim(completion, from, backpressure));
+    ObjectRefGenerator { inner }
 }
 
 /// Ray's `cancel` of a task by one of its refs, or of a generator's task.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import pickle
 from typing import Any, Dict, Optional
 
 from ferroray import _ferroray
@@ -39,6 +40,11 @@ def method(*, num_returns: Any = None, **unknown: Any) -> Any:
         return fn
 
     return decorate
+
+
+def _pickled_methods(methods: Dict[str, Any]) -> bytes:
+    # Plain names and ints or strings: nothing for cloudpickle to do.
+    return pickle.dumps(methods, protocol=5)
 
 
 def _method_table(cls: type) -> Dict[str, Any]:
@@ -154,6 +160,7 @@ class ActorClass:
             float(o.get("num_gpus") or 0),
             [(k, float(v)) for k, v in (o.get("resources") or {}).items()],
             self._async,
+            _pickled_methods(self._methods),
         )
         return ActorHandle(core, self._methods)
 
@@ -165,7 +172,13 @@ class ActorHandle:
 
     def __init__(self, core: Any, methods: Optional[Dict[str, Any]] = None):
         self._core = core
-        self._methods = methods if methods is not None else _METHOD_TABLES.get(core._class_name())
+        if methods is None:
+            methods = _METHOD_TABLES.get(core._class_name())
+        if methods is None:
+            # A handle from get_actor: the table its creator kept with it.
+            kept = core._methods()
+            methods = pickle.loads(kept) if kept else None
+        self._methods = methods
 
     def __getattr__(self, name: str) -> "ActorMethod":
         if name.startswith("__") and name.endswith("__"):

@@ -167,6 +167,24 @@ def test_named_actors(cluster):
     del c
 
 
+@ray.remote
+def use_named_actor(name):
+    c = ray.get_actor(name)
+    items = [ray.get(r, timeout=T) for r in c.items.remote(3)]
+    return items, ray.get(c.pair.remote(), timeout=T)
+
+
+def test_a_named_actor_found_in_another_process_knows_its_methods(cluster):
+    c = Counter.options(name="known-methods").remote(5)
+    # In a task's process the class was never made an actor: the handle
+    # gets the method table its creator kept with the actor (a generator
+    # method streams, `pair` has two returns).
+    items, pair = ray.get(use_named_actor.remote("known-methods"), timeout=T)
+    assert items == [0, 1, 2]
+    assert pair == [5, -5]
+    del c
+
+
 def test_kill_and_a_failed_constructor(cluster):
     c = Counter.remote()
     assert ray.get(c.incr.remote(), timeout=T) == 1

@@ -45,6 +45,9 @@ pub struct ActorKind {
 pub struct RawActorHandle {
     actor: std::result::Result<(ActorId, ObjectRef<()>), Error>,
     class: Arc<str>,
+    /// What the front that made the actor keeps with it (`ActorOptions::front`),
+    /// when this handle came from the creation or from `get_actor_raw`.
+    front: Arc<[u8]>,
 }
 
 impl RawActorHandle {
@@ -56,6 +59,12 @@ impl RawActorHandle {
     /// The registered name of the actor's type.
     pub fn class(&self) -> &str {
         &self.class
+    }
+
+    /// What the front that made the actor keeps with it (empty if none, or
+    /// for a handle that travelled in a value: the front carries its own).
+    pub fn front(&self) -> &[u8] {
+        &self.front
     }
 
     /// Starts a method call: `name` is the method's registered name.
@@ -71,7 +80,7 @@ impl RawActorHandle {
     /// passed in a value) and its class's name.
     pub fn from_handle(handle: ObjectRef<()>, class: &str) -> Self {
         let id = ActorId(handle.id().task);
-        RawActorHandle { actor: Ok((id, handle)), class: class.into() }
+        RawActorHandle { actor: Ok((id, handle)), class: class.into(), front: Arc::from([]) }
     }
 
     /// The handle object's ref: what a front passes to carry the handle.
@@ -107,7 +116,7 @@ impl RawActorHandle {
     }
 
     fn failed(class: &'static str, e: Error) -> Self {
-        RawActorHandle { actor: Err(e), class: class.into() }
+        RawActorHandle { actor: Err(e), class: class.into(), front: Arc::from([]) }
     }
 }
 
@@ -142,7 +151,7 @@ impl<'de> Deserialize<'de> for RawActorHandle {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let w = Wire::deserialize(d)?;
         let id = ActorId(w.handle.id().task);
-        Ok(RawActorHandle { actor: Ok((id, w.handle)), class: w.class.into() })
+        Ok(RawActorHandle { actor: Ok((id, w.handle)), class: w.class.into(), front: Arc::from([]) })
     }
 }
 
@@ -243,6 +252,10 @@ pub struct ActorOptions {
     pub num_cpus: f64,
     pub num_gpus: f64,
     pub resources: Vec<(String, f64)>,
+    /// Kept with the actor for another language's front, and given back
+    /// by `get_actor_raw` ([`RawActorHandle::front`]): Python keeps the
+    /// class's method table here. Empty for Rust actors.
+    pub front: Vec<u8>,
 }
 
 impl Default for ActorOptions {
@@ -256,6 +269,7 @@ impl Default for ActorOptions {
             num_cpus: 0.0,
             num_gpus: 0.0,
             resources: Vec::new(),
+            front: Vec::new(),
         }
     }
 }
@@ -299,6 +313,7 @@ impl ActorOptions {
             max_task_retries: self.max_task_retries.to_wire(),
             max_concurrency,
             executor,
+            front: self.front.clone(),
         })
     }
 }
@@ -394,7 +409,7 @@ impl TaskCall {
         drop(keep);
         match reply? {
             FromNode::ActorCreated { result: Ok(()), .. } => {
-                Ok(RawActorHandle { actor: Ok((id, handle)), class: class.into() })
+                Ok(RawActorHandle { actor: Ok((id, handle)), class: class.into(), front: opts.front.as_slice().into() })
             }
             FromNode::ActorCreated { result: Err(e), .. } => Err(e),
             other => Err(Error::Protocol(format!("unexpected reply to CreateActor: {other:?}"))),
@@ -420,12 +435,12 @@ pub fn get_actor<A: ActorClass>(name: &str) -> Result<ActorHandle<A>> {
 /// The live actor named `name`, of whatever class (its handle says which).
 pub fn get_actor_raw(name: &str) -> Result<RawActorHandle> {
     let core = global::core_or_init()?;
-    let (id, class) = match core.request(|req| ToNode::GetActor { req, name: name.to_string() })? {
+    let (id, class, front) = match core.request(|req| ToNode::GetActor { req, name: name.to_string() })? {
         FromNode::ActorFound { result, .. } => result?,
         other => return Err(Error::Protocol(format!("unexpected reply to GetActor: {other:?}"))),
     };
     let handle = ObjectRef::from_inner(RefInner::borrowed(&core, id.handle_object()));
-    Ok(RawActorHandle { actor: Ok((id, handle)), class: class.into() })
+    Ok(RawActorHandle { actor: Ok((id, handle)), class: class.into(), front: front.into() })
 }
 
 impl CoreWorker {

@@ -420,6 +420,7 @@ fn an_actor_process_whose_hello_beats_its_registration_is_not_refused() {
         max_task_retries: 0,
         max_concurrency: 1,
         executor: ferroray_protocol::ActorExecutor::Serial,
+        front: Vec::new(),
     })));
     let tid = s.task_id;
     h.st.handle(d.conn, ToNode::CreateActor { req: 1, spec: Box::new(s) });

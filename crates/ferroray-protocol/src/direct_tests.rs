@@ -141,6 +141,7 @@ impl Rng {
                 max_concurrency: self.u32(),
                 executor: [ActorExecutor::Serial, ActorExecutor::Threaded, ActorExecutor::Async]
                     [self.below(3) as usize],
+                front: self.bytes(),
             }))),
             _ => None,
         };

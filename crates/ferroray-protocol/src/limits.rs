@@ -38,6 +38,8 @@ pub const MAX_RESOURCE_NAME: usize = 256;
 pub const MAX_RESOURCE_AMOUNT: f64 = 1e12;
 /// Calls one actor runs at once (`max_concurrency`).
 pub const MAX_ACTOR_CONCURRENCY: u32 = 10_000;
+/// Bytes of what a front keeps with an actor (`ActorSpec::front`).
+pub const MAX_ACTOR_FRONT: usize = 1 << 20;
 
 fn over(what: &str, n: usize, max: usize) -> Result<(), Error> {
     if n > max {
@@ -105,6 +107,7 @@ pub fn check_spec(spec: &TaskSpec) -> Result<(), Error> {
     if let Some(crate::ActorTask::Create(a)) = &spec.actor {
         over("actor class name bytes", a.class.len(), MAX_NAME)?;
         over("actor name bytes", a.name.as_ref().map_or(0, String::len), MAX_NAME)?;
+        over("actor front data bytes", a.front.len(), MAX_ACTOR_FRONT)?;
         if a.max_concurrency == 0 || a.max_concurrency > MAX_ACTOR_CONCURRENCY {
             return Err(Error::Protocol(format!(
                 "actor max_concurrency {} is not in 1..={MAX_ACTOR_CONCURRENCY}",

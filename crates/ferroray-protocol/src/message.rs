@@ -180,6 +180,9 @@ pub struct ActorSpec {
     pub max_task_retries: u32,
     pub max_concurrency: u32,
     pub executor: ActorExecutor,
+    /// What the front that made the actor keeps with it, given back by
+    /// `get_actor` (Python: the class's method table); opaque here.
+    pub front: Vec<u8>,
 }
 
 /// What an actor task is.
@@ -475,10 +478,11 @@ pub enum FromNode {
         req: u64,
         result: Result<(), Error>,
     },
-    /// The answer to [`ToNode::GetActor`]: the actor's id and class.
+    /// The answer to [`ToNode::GetActor`]: the actor's id, class and the
+    /// front's data ([`ActorSpec::front`]).
     ActorFound {
         req: u64,
-        result: Result<(ActorId, String), Error>,
+        result: Result<(ActorId, String, Vec<u8>), Error>,
     },
     /// The answer to [`ToNode::StreamClaim`]: the index of the first item
     /// the claimer gets, or why it gets none (another consumer took the

@@ -693,6 +693,8 @@ pub struct ActorSpec {
     pub max_concurrency: u32,
     #[prost(enumeration = "ActorExecutor", tag = "7")]
     pub executor: i32,
+    #[prost(bytes = "vec", tag = "8")]
+    pub front: Vec<u8>,
 }
 
 pub(crate) fn actor_task_to_wire(a: m::ActorTask) -> ActorTaskKind {
@@ -709,6 +711,7 @@ pub(crate) fn actor_task_to_wire(a: m::ActorTask) -> ActorTaskKind {
                 m::ActorExecutor::Threaded => ActorExecutor::Threaded,
                 m::ActorExecutor::Async => ActorExecutor::Async,
             }) as i32,
+            front: s.front,
         }),
         m::ActorTask::Call { actor } => ActorTaskKind::Call(actor.0.into()),
     }
@@ -729,6 +732,7 @@ fn actor_task_from_wire(a: ActorTaskKind) -> Result<m::ActorTask, FrameError> {
                 Ok(ActorExecutor::Async) => m::ActorExecutor::Async,
                 Err(_) => return Err(malformed(format!("unknown actor executor {}", s.executor))),
             },
+            front: s.front,
         })),
         ActorTaskKind::Call(t) => m::ActorTask::Call { actor: c::ActorId(t.into()) },
     })
@@ -1396,6 +1400,9 @@ pub struct FromNode {
     pub kind: Option<FromNodeKind>,
 }
 
+// `Execute` (a task spec) is the common case: boxing it would add an
+// allocation to each, to save space in rarer messages that live briefly.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, Oneof)]
 pub enum FromNodeKind {
     #[prost(message, tag = "1")]
@@ -1461,6 +1468,8 @@ pub struct ActorFound {
     pub class: String,
     #[prost(message, optional, tag = "4")]
     pub error: Option<Error>,
+    #[prost(bytes = "vec", tag = "5")]
+    pub front: Vec<u8>,
 }
 
 #[derive(Clone, Copy, PartialEq, Message)]
@@ -1577,8 +1586,10 @@ impl From<m::FromNode> for FromNode {
                 Err(e) => StreamClaimed { req, from: 0, error: Some(e.into()) },
             }),
             m::FromNode::ActorFound { req, result } => K::ActorFound(match result {
-                Ok((actor, class)) => ActorFound { req, actor: Some(actor.0.into()), class, error: None },
-                Err(e) => ActorFound { req, actor: None, class: String::new(), error: Some(e.into()) },
+                Ok((actor, class, front)) => ActorFound { req, actor: Some(actor.0.into()), class, error: None, front },
+                Err(e) => {
+                    ActorFound { req, actor: None, class: String::new(), error: Some(e.into()), front: Vec::new() }
+                }
             }),
         };
         FromNode { kind: Some(kind) }
@@ -1639,7 +1650,7 @@ impl TryFrom<FromNode> for m::FromNode {
                 req: a.req,
                 result: match a.error {
                     Some(e) => Err(e.try_into()?),
-                    None => Ok((c::ActorId(task_id(a.actor, "ActorFound actor")?), a.class)),
+                    None => Ok((c::ActorId(task_id(a.actor, "ActorFound actor")?), a.class, a.front)),
                 },
             },
             K::StreamClaimed(c) => m::FromNode::StreamClaimed {

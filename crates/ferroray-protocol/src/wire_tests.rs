@@ -50,6 +50,7 @@ fn actor_spec() -> ActorSpec {
         max_task_retries: 2,
         max_concurrency: 1000,
         executor: ActorExecutor::Async,
+        front: b"methods".to_vec(),
     }
 }
 
@@ -241,7 +242,7 @@ fn every_from_node_message_round_trips() {
         FromNode::ItemAck { task_id: tid(3), index: 4, gone: true },
         FromNode::ActorCreated { req: 1, result: Ok(()) },
         FromNode::ActorCreated { req: 2, result: Err(Error::InvalidOption("taken".into())) },
-        FromNode::ActorFound { req: 3, result: Ok((ActorId(tid(7)), "crate::Counter".into())) },
+        FromNode::ActorFound { req: 3, result: Ok((ActorId(tid(7)), "crate::Counter".into(), b"methods".to_vec())) },
         FromNode::ActorFound { req: 4, result: Err(Error::InvalidOption("nobody".into())) },
         FromNode::StreamClaimed { req: 5, result: Ok(3) },
         FromNode::StreamClaimed { req: 6, result: Err(Error::InvalidOption("taken".into())) },

@@ -60,6 +60,12 @@ impl ActorHandle {
         self.raw.class().to_string()
     }
 
+    /// The method table its creator kept with the actor (pickled; empty
+    /// for a handle that travelled in a value).
+    fn _methods<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
+        pyo3::types::PyBytes::new(py, self.raw.front())
+    }
+
     /// The actor's id as hex.
     fn _actor_id(&self) -> Option<String> {
         self.raw.id().map(|id| id.to_string())
@@ -83,7 +89,7 @@ pub(crate) fn _actor_from_handle(handle: Bound<'_, ObjectRef>, class: &str) -> A
 
 /// Creates an actor of the pickled class; it starts in the background.
 #[pyfunction]
-#[pyo3(signature = (pickled, module, qualname, args, name, detached, max_restarts, max_task_retries, max_concurrency, num_cpus, num_gpus, resources, asynchronous=false))]
+#[pyo3(signature = (pickled, module, qualname, args, name, detached, max_restarts, max_task_retries, max_concurrency, num_cpus, num_gpus, resources, asynchronous=false, methods=Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn create_actor(
     py: Python<'_>,
@@ -100,6 +106,7 @@ pub(crate) fn create_actor(
     num_gpus: f64,
     resources: Vec<(String, f64)>,
     asynchronous: bool,
+    methods: Vec<u8>,
 ) -> PyResult<ActorHandle> {
     let class = format!("{module}.{qualname}");
     let opts = ActorOptions {
@@ -111,6 +118,7 @@ pub(crate) fn create_actor(
         num_cpus,
         num_gpus,
         resources,
+        front: methods,
     };
     let mut call = TaskCall::foreign(FunctionDescriptor::Python { module, qualname, pickled }, TaskOptions::default());
     add_args(&mut call, &args)?;

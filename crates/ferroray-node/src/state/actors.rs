@@ -157,9 +157,9 @@ impl State {
         let found = self.actor_names.get(name).and_then(|id| Some((*id, self.actors.get(id)?)));
         let result = match found {
             Some((id, a)) if !matches!(a.phase, Phase::Dead(_)) && self.objects.contains_key(&id.handle_object()) => {
-                let class = a.opts.class.clone();
+                let (class, front) = (a.opts.class.clone(), a.opts.front.clone());
                 self.grant(conn, &[id.handle_object()]);
-                Ok((id, class))
+                Ok((id, class, front))
             }
             _ => Err(Error::InvalidOption(format!("no live actor is named {name:?}"))),
         };

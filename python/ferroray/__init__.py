@@ -212,6 +212,31 @@ def _check_options(options: Dict[str, Any]) -> Dict[str, Any]:
     return checked
 
 
+class _Export:
+    """A function or class exported once per connection to a cluster: its
+    pickled bytes go to the node once, and calls name it by id. Pickled
+    with what holds it (a remote function used inside a task), it exports
+    again in the process that unpickles it."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self._pickled: Optional[bytes] = None
+        self._done: Optional[Tuple[int, int]] = None  # (session, id)
+
+    def id(self) -> int:
+        session = _ferroray._session()
+        done = self._done
+        if done is None or done[0] != session:
+            if self._pickled is None:
+                self._pickled = cloudpickle.dumps(self._target, protocol=5)
+            done = (session, _ferroray._export_function(self._pickled))
+            self._done = done
+        return done[1]
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"_target": self._target, "_pickled": self._pickled, "_done": None}
+
+
 class RemoteFunction:
     """A function made remote by ``@ferroray.remote``: call ``.remote(...)``."""
 
@@ -222,7 +247,7 @@ class RemoteFunction:
         self._options = _check_options(options)
         # A generator function streams its items by default, as in Ray.
         self._default_returns: Any = "streaming" if inspect.isgeneratorfunction(function) else 1
-        self._pickled: Optional[bytes] = None
+        self._export = _Export(function)
         self.__name__ = getattr(function, "__name__", "remote_function")
         self.__doc__ = function.__doc__
 
@@ -234,14 +259,12 @@ class RemoteFunction:
         merged = dict(self._options)
         merged.update(options)
         other = RemoteFunction(self._function, merged)
-        other._pickled = self._pickled
+        other._export = self._export
         return other
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         _auto_init()
-        if self._pickled is None:
-            # Pickled once per function; each call sends these bytes.
-            self._pickled = cloudpickle.dumps(self._function, protocol=5)
+        function_id = self._export.id()
         opts = self._options
         num_returns = opts.get("num_returns", self._default_returns)
         backpressure = opts.get("_generator_backpressure_num_objects")
@@ -254,7 +277,7 @@ class RemoteFunction:
         if not isinstance(rex, bool):
             rex = [c.__qualname__ if c.__module__ == "builtins" else f"{c.__module__}.{c.__qualname__}" for c in rex]
         refs = _ferroray.submit(
-            self._pickled,
+            function_id,
             getattr(self._function, "__module__", "__main__") or "__main__",
             getattr(self._function, "__qualname__", self.__name__),
             wire_args,

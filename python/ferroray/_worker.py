@@ -44,23 +44,38 @@ def _error(e: BaseException, where: str, what: str = "remote traceback") -> Outc
     return ("err", _class_name(type(e)), text, _pickle_exception(e))
 
 
+class _Unloadable:
+    """A function whose bytes did not unpickle here: each call raises why."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class Runner:
     """Runs Python tasks and actor methods for the core."""
 
     def __init__(self) -> None:
-        # Functions and classes unpickled so far, by their pickled bytes:
-        # each is unpickled once per process, not per call.
-        self._functions: Dict[bytes, Any] = {}
+        # Functions and classes unpickled so far (or why they could not be),
+        # by key: an exported function's id, or the bytes of one sent
+        # inline. The bytes of an exported one come once.
+        self._functions: Dict[Any, Any] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._loop_lock = threading.Lock()
 
     # -- the parts every call shares
 
-    def _function(self, pickled: bytes) -> Any:
-        fn = self._functions.get(pickled)
+    def _function(self, key: Any, pickled: Optional[bytes]) -> Any:
+        fn = self._functions.get(key)
         if fn is None:
-            fn = cloudpickle.loads(pickled)
-            self._functions[pickled] = fn
+            if pickled is None:
+                raise RuntimeError(f"function {key!r} was never sent to this worker")
+            try:
+                fn = cloudpickle.loads(pickled)
+            except BaseException as e:
+                fn = _Unloadable(e)
+            self._functions[key] = fn
+        if isinstance(fn, _Unloadable):
+            raise fn.error
         return fn
 
     @staticmethod
@@ -134,15 +149,15 @@ class Runner:
             except StopAsyncIteration:
                 return
 
-    def _read(self, pickled: Optional[bytes], args: List[bytes], where: str) -> Tuple[Any, List[Any], Dict[str, Any]]:
-        fn = self._function(pickled) if pickled is not None else None
+    def _read(self, key: Any, pickled: Optional[bytes], args: List[bytes]) -> Tuple[Any, List[Any], Dict[str, Any]]:
+        fn = self._function(key, pickled)
         pos, kwargs = self._arguments(args)
         return fn, pos, kwargs
 
     # -- what the extension calls
 
-    def is_generator(self, pickled: bytes) -> bool:
-        fn = self._function(pickled)
+    def is_generator(self, key: Any, pickled: Optional[bytes]) -> bool:
+        fn = self._function(key, pickled)
         return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
 
     @staticmethod
@@ -150,18 +165,22 @@ class Runner:
         fn = getattr(type(instance), method, None)
         return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
 
-    def run(self, pickled: bytes, module: str, qualname: str, args: List[bytes], num_returns: int) -> Outcome:
+    def run(
+        self, key: Any, pickled: Optional[bytes], module: str, qualname: str, args: List[bytes], num_returns: int
+    ) -> Outcome:
         where = f"task {module}.{qualname}"
         try:
-            fn, pos, kwargs = self._read(pickled, args, where)
+            fn, pos, kwargs = self._read(key, pickled, args)
         except BaseException as e:
             return _error(e, where, "reading the task")
         return self._values(lambda: fn(*pos, **kwargs), where, num_returns)
 
-    def run_gen(self, pickled: bytes, module: str, qualname: str, args: List[bytes]) -> Iterator[Outcome]:
+    def run_gen(
+        self, key: Any, pickled: Optional[bytes], module: str, qualname: str, args: List[bytes]
+    ) -> Iterator[Outcome]:
         where = f"task {module}.{qualname}"
         try:
-            fn, pos, kwargs = self._read(pickled, args, where)
+            fn, pos, kwargs = self._read(key, pickled, args)
         except BaseException as e:
             return iter([_error(e, where, "reading the task")])
         return self._items(lambda: fn(*pos, **kwargs), where)
@@ -181,10 +200,10 @@ class Runner:
         loop.run_forever()
         raise RuntimeError("the event loop stopped")
 
-    def construct(self, pickled: bytes, module: str, qualname: str, args: List[bytes]) -> Outcome:
+    def construct(self, key: Any, pickled: Optional[bytes], module: str, qualname: str, args: List[bytes]) -> Outcome:
         where = f"actor {module}.{qualname}"
         try:
-            cls, pos, kwargs = self._read(pickled, args, where)
+            cls, pos, kwargs = self._read(key, pickled, args)
             return ("ok", cls(*pos, **kwargs))
         except BaseException as e:
             return _error(e, f"the constructor of {where}")
@@ -214,7 +233,7 @@ class Runner:
         where = f"actor method {type(instance).__qualname__}.{method}"
         try:
             fn = getattr(instance, method)
-            _, pos, kwargs = self._read(None, args, where)
+            pos, kwargs = self._arguments(args)
         except BaseException as e:
             return iter([_error(e, where, "reading the call")])
         return self._items(lambda: fn(*pos, **kwargs), where)

@@ -9,8 +9,6 @@ from typing import Any, Dict, Optional
 from ferroray import _ferroray
 from ferroray._serialization import dumps
 
-import cloudpickle
-
 # Default num_returns of each method, by class name, for the classes this
 # process made actors of (a handle from get_actor or from another process
 # finds its class's table here, or calls with num_returns=1 by default).
@@ -119,7 +117,9 @@ class ActorClass:
     def __init__(self, cls: type, options: Dict[str, Any]):
         self._cls = cls
         self._options = _check_actor_options(options)
-        self._pickled: Optional[bytes] = None
+        from ferroray import _Export
+
+        self._export = _Export(cls)
         self._methods = _method_table(cls)
         self._async = _is_async(cls)
         self.__name__ = cls.__name__
@@ -132,22 +132,21 @@ class ActorClass:
         merged = dict(self._options)
         merged.update(options)
         other = ActorClass(self._cls, merged)
-        other._pickled = self._pickled
+        other._export = self._export
         return other
 
     def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
         from ferroray import _auto_init
 
         _auto_init()
-        if self._pickled is None:
-            self._pickled = cloudpickle.dumps(self._cls, protocol=5)
+        class_id = self._export.id()
         o = self._options
         module = getattr(self._cls, "__module__", "__main__") or "__main__"
         qualname = self._cls.__qualname__
         _METHOD_TABLES[f"{module}.{qualname}"] = self._methods
         max_concurrency = o.get("max_concurrency") or (1000 if self._async else 1)
         core = _ferroray.create_actor(
-            self._pickled,
+            class_id,
             module,
             qualname,
             _wire_args(args, kwargs),

@@ -253,3 +253,28 @@ def test_retry_exceptions_by_class(cluster):
     with pytest.raises(KeyError):
         ray.get(fails_then_counts.options(retry_exceptions=[ValueError]).remote(other), timeout=T)
     assert ray.get(other.incr.remote(), timeout=T) == 2  # ran once
+
+
+@ray.remote
+def plus_one(x):
+    return x + 1
+
+
+@ray.remote
+def calls_plus_one(x):
+    return ray.get(plus_one.remote(x), timeout=T)
+
+
+def test_a_function_is_exported_once_not_per_call(cluster):
+    before = ray._ferroray._runtime_stats()["node_functions"]
+    assert ray.get([plus_one.remote(i) for i in range(200)], timeout=T) == list(range(1, 201))
+    assert ray._ferroray._runtime_stats()["node_functions"] == before + 1
+    # Options make a copy that names the same export.
+    assert ray.get(plus_one.options(num_cpus=0.5).remote(1), timeout=T) == 2
+    assert ray._ferroray._runtime_stats()["node_functions"] == before + 1
+    # A worker that calls a remote function exports it under its own id,
+    # once per process however often it calls.
+    assert ray.get([calls_plus_one.remote(i) for i in range(20)], timeout=T) == list(range(1, 21))
+    workers = ray._ferroray._runtime_stats()["workers"]
+    grown = ray._ferroray._runtime_stats()["node_functions"] - before
+    assert 3 <= grown <= 2 + workers, (grown, workers)

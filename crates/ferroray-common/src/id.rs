@@ -7,6 +7,8 @@
 //!   (its task id is a fresh counter value that names no task); index 1..=n
 //!   are the task's returns; a streaming generator's item `i` has index `2 + i`
 //!   (index 1 being the generator's own completion object).
+//! - `FunctionId`: the exporting worker's id and that worker's export
+//!   counter (a function's bytes go to the node once, then calls name it).
 //! - `ActorId`: the id of the task that creates the actor (its constructor
 //!   call). That task's return object is the actor's *handle object*: every
 //!   handle holds a ref to it, so the actor lives exactly as long as the
@@ -58,6 +60,25 @@ impl ObjectId {
 
     pub fn is_put(&self) -> bool {
         self.index == Self::PUT_INDEX
+    }
+}
+
+/// A function (or class) of another language's front, exported once
+/// (`ToNode::ExportFunction`) and named by the calls that run it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FunctionId {
+    pub exporter: WorkerId,
+    pub seq: u64,
+}
+
+impl fmt::Display for FunctionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{:016x}", self.exporter, self.seq)
+    }
+}
+impl fmt::Debug for FunctionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FunctionId({self})")
     }
 }
 

@@ -21,5 +21,5 @@ pub mod value;
 
 pub use auth::ClusterToken;
 pub use error::{ActorDeathCause, Error, FailureKind, Result, RetryExceptions, TaskError};
-pub use id::{ActorId, NodeId, ObjectId, TaskId, WorkerId};
+pub use id::{ActorId, FunctionId, NodeId, ObjectId, TaskId, WorkerId};
 pub use resources::ResourceSet;

@@ -335,7 +335,8 @@ fn a_worker_reads_only_what_it_holds_or_was_shown() {
 
 fn python_spec(by: &Peer, seq: u64) -> TaskSpec {
     let mut s = spec(by, seq, ReturnKind::Fixed(1), 0);
-    s.function = FunctionDescriptor::Python { module: "m".into(), qualname: "f".into(), pickled: vec![1] };
+    s.function =
+        FunctionDescriptor::Python { module: "m".into(), qualname: "f".into(), function: None, pickled: vec![1] };
     s
 }
 
@@ -441,4 +442,74 @@ fn an_actor_process_whose_hello_beats_its_registration_is_not_refused() {
     let msgs = w.take();
     assert!(matches!(msgs.first(), Some(FromNode::Welcome(_))), "{msgs:?}");
     assert_eq!(executed(&msgs), vec![tid], "the creation task goes to the actor's process");
+}
+
+fn exported_spec(by: &Peer, seq: u64, function: ferroray_common::FunctionId) -> TaskSpec {
+    let mut s = spec(by, seq, ReturnKind::Fixed(1), 0);
+    s.function = FunctionDescriptor::Python {
+        module: "m".into(),
+        qualname: "f".into(),
+        function: Some(function),
+        pickled: Vec::new(),
+    };
+    s
+}
+
+fn executed_pickled(msgs: &[FromNode]) -> Vec<Vec<u8>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            FromNode::Execute(s) => match &s.function {
+                FunctionDescriptor::Python { pickled, .. } => Some(pickled.clone()),
+                FunctionDescriptor::Rust { .. } => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_exported_function_goes_to_each_worker_once() {
+    let mut h = harness_of(2.0, &[WorkerKind::Python]);
+    let d = h.driver();
+    let f = ferroray_common::FunctionId { exporter: d.worker_id, seq: 100 };
+    h.st.handle(d.conn, ToNode::ExportFunction { function: f, pickled: b"the function".to_vec() });
+    let w = h.worker_of(WorkerKind::Python);
+    // The first call carries the bytes; the next one to the same worker
+    // goes without.
+    let first = exported_spec(&d, 1, f);
+    let tid = first.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(first)));
+    assert_eq!(executed_pickled(&w.take()), vec![b"the function".to_vec()]);
+    h.st.handle(
+        w.conn,
+        ToNode::TaskDone { task_id: tid, attempt: 0, outcome: TaskOutcome::Returned(vec![inline(b"1")]) },
+    );
+    h.st.handle(d.conn, ToNode::Submit(Box::new(exported_spec(&d, 2, f))));
+    assert_eq!(executed_pickled(&w.take()), vec![Vec::<u8>::new()]);
+    // Exporting the same bytes again changes nothing.
+    h.st.handle(d.conn, ToNode::ExportFunction { function: f, pickled: b"the function".to_vec() });
+    assert!(h.st.is_connected(d.conn));
+}
+
+#[test]
+fn a_call_of_a_function_never_exported_fails_and_exports_are_checked() {
+    let mut h = harness_of(1.0, &[WorkerKind::Python]);
+    let d = h.driver();
+    let other = h.driver();
+    let unknown = ferroray_common::FunctionId { exporter: d.worker_id, seq: 7 };
+    let s = exported_spec(&d, 1, unknown);
+    let rid = ObjectId::for_return(s.task_id, 0);
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    h.st.handle(d.conn, ToNode::Subscribe(vec![rid]));
+    assert!(
+        matches!(ready(&d.take(), rid), Some(ObjectValue::Error(Error::UnknownFunction(m))) if m.contains("not exported"))
+    );
+    // A function id names its exporter: another process cannot export
+    // under it, nor export one id twice with other bytes.
+    let theirs = ferroray_common::FunctionId { exporter: d.worker_id, seq: 8 };
+    h.st.handle(other.conn, ToNode::ExportFunction { function: theirs, pickled: vec![1] });
+    assert!(!h.st.is_connected(other.conn));
+    h.st.handle(d.conn, ToNode::ExportFunction { function: theirs, pickled: vec![1] });
+    h.st.handle(d.conn, ToNode::ExportFunction { function: theirs, pickled: vec![2] });
+    assert!(!h.st.is_connected(d.conn));
 }

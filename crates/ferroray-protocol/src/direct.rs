@@ -219,11 +219,17 @@ fn put_arg(a: &m::TaskArg, buf: &mut impl BufMut) {
 fn function_len(f: &m::FunctionDescriptor) -> usize {
     match f {
         m::FunctionDescriptor::Rust { name } => delimited_len(2, bytes_len(1, name.as_bytes())),
-        m::FunctionDescriptor::Python { module, qualname, pickled } => delimited_len(
-            12,
-            bytes_len(1, module.as_bytes()) + bytes_len(2, qualname.as_bytes()) + bytes_len(3, pickled),
-        ),
+        m::FunctionDescriptor::Python { module, qualname, function, pickled } => {
+            delimited_len(12, python_function_len(module, qualname, *function, pickled))
+        }
     }
+}
+
+fn python_function_len(module: &str, qualname: &str, function: Option<c::FunctionId>, pickled: &[u8]) -> usize {
+    bytes_len(1, module.as_bytes())
+        + bytes_len(2, qualname.as_bytes())
+        + bytes_len(3, pickled)
+        + function.map_or(0, |f| task_id_len(4, c::TaskId { submitter: f.exporter, seq: f.seq }))
 }
 
 fn put_function(f: &m::FunctionDescriptor, buf: &mut impl BufMut) {
@@ -232,12 +238,14 @@ fn put_function(f: &m::FunctionDescriptor, buf: &mut impl BufMut) {
             put_head(2, bytes_len(1, name.as_bytes()), buf);
             put_bytes(1, name.as_bytes(), buf);
         }
-        m::FunctionDescriptor::Python { module, qualname, pickled } => {
-            let len = bytes_len(1, module.as_bytes()) + bytes_len(2, qualname.as_bytes()) + bytes_len(3, pickled);
-            put_head(12, len, buf);
+        m::FunctionDescriptor::Python { module, qualname, function, pickled } => {
+            put_head(12, python_function_len(module, qualname, *function, pickled), buf);
             put_bytes(1, module.as_bytes(), buf);
             put_bytes(2, qualname.as_bytes(), buf);
             put_bytes(3, pickled, buf);
+            if let Some(f) = function {
+                put_task_id(4, c::TaskId { submitter: f.exporter, seq: f.seq }, buf);
+            }
         }
     }
 }
@@ -830,7 +838,7 @@ impl ReportItemBuilder {
 /// must see no other). Kept with the `tags` of `w::ToNode` and
 /// `w::FromNode`: a case added there and not here is skipped, which the
 /// round-trip tests of every message catch.
-const TO_NODE_TAGS: std::ops::RangeInclusive<u32> = 1..=24;
+const TO_NODE_TAGS: std::ops::RangeInclusive<u32> = 1..=25;
 const FROM_NODE_TAGS: std::ops::RangeInclusive<u32> = 1..=14;
 
 // One per frame being read, on the stack: boxing the spec would cost an

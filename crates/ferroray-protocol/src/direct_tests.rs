@@ -109,7 +109,15 @@ impl Rng {
 
     fn spec(&mut self) -> TaskSpec {
         let function = if self.below(4) == 0 {
-            FunctionDescriptor::Python { module: self.string(), qualname: self.string(), pickled: self.bytes() }
+            FunctionDescriptor::Python {
+                module: self.string(),
+                qualname: self.string(),
+                function: self.coin().then(|| ferroray_common::FunctionId {
+                    exporter: ferroray_common::WorkerId(self.u64()),
+                    seq: self.u64(),
+                }),
+                pickled: self.bytes(),
+            }
         } else {
             FunctionDescriptor::Rust { name: self.string() }
         };

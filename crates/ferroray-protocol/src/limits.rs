@@ -78,7 +78,7 @@ fn check_value(value: &ObjectValue) -> Result<(), Error> {
 pub fn check_spec(spec: &TaskSpec) -> Result<(), Error> {
     match &spec.function {
         FunctionDescriptor::Rust { name } => over("function name bytes", name.len(), MAX_NAME)?,
-        FunctionDescriptor::Python { module, qualname, pickled } => {
+        FunctionDescriptor::Python { module, qualname, pickled, .. } => {
             over("module name bytes", module.len(), MAX_NAME)?;
             over("function name bytes", qualname.len(), MAX_NAME)?;
             over("pickled function bytes", pickled.len(), MAX_PICKLED_FUNCTION)?;
@@ -133,6 +133,9 @@ impl ToNode {
                 _ => Err(Error::Protocol("CreateActor without an actor spec".into())),
             },
             ToNode::GetActor { name, .. } => over("actor name bytes", name.len(), MAX_NAME),
+            ToNode::ExportFunction { pickled, .. } => {
+                over("pickled function bytes", pickled.len(), MAX_PICKLED_FUNCTION)
+            }
             ToNode::Put { value, .. } => check_value(value),
             ToNode::AddRef(ids) => check_ids("AddRef ids", ids),
             ToNode::RemoveRef(ids) => check_ids("RemoveRef ids", ids),

@@ -1,15 +1,21 @@
 //! Messages: the Rust types the node and the core worker match on. They
 //! travel as the protobuf messages of [`crate::wire`], which converts them.
 
-use ferroray_common::{ActorId, ClusterToken, Error, NodeId, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId};
+use ferroray_common::{
+    ActorId, ClusterToken, Error, FunctionId, NodeId, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId,
+};
 use serde::{Deserialize, Serialize};
 
 /// Which function a task runs. A Rust function is named by its registered
-/// path; a Python function (later) travels pickled.
+/// path. A Python function or class is exported once
+/// ([`ToNode::ExportFunction`]) and named by `function`; its `pickled`
+/// bytes are empty in calls, and the node puts them in the first
+/// `Execute` of that function it sends each worker (which keeps them). An
+/// actor's method has no `function`: `qualname` names it on the instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FunctionDescriptor {
     Rust { name: String },
-    Python { module: String, qualname: String, pickled: Vec<u8> },
+    Python { module: String, qualname: String, function: Option<FunctionId>, pickled: Vec<u8> },
 }
 
 /// The kind of worker process that runs a function: the node keeps one
@@ -403,6 +409,12 @@ pub enum ToNode {
     CreateActor {
         req: u64,
         spec: Box<TaskSpec>,
+    },
+    /// A function (or class) of another language's front, named by
+    /// `function` in the calls that follow (its exporter is the sender).
+    ExportFunction {
+        function: FunctionId,
+        pickled: Vec<u8>,
     },
     /// Look up a named actor; answered by [`FromNode::ActorFound`], which
     /// lets the sender take a reference to its handle object.

@@ -173,6 +173,15 @@ pub(crate) fn task_id(t: Option<TaskId>, what: &str) -> Result<c::TaskId, FrameE
     required(t, what).map(Into::into)
 }
 
+/// A function id travels in a task id's shape (two fixed64s).
+pub(crate) fn function_to_wire(f: c::FunctionId) -> TaskId {
+    TaskId { submitter: f.exporter.0, seq: f.seq }
+}
+
+pub(crate) fn function_from_wire(t: c::TaskId) -> c::FunctionId {
+    c::FunctionId { exporter: t.submitter, seq: t.seq }
+}
+
 pub(crate) fn object_id(o: Option<ObjectId>, what: &str) -> Result<c::ObjectId, FrameError> {
     required(o, what).map(Into::into)
 }
@@ -579,6 +588,8 @@ pub struct PythonFunction {
     pub qualname: String,
     #[prost(bytes = "vec", tag = "3")]
     pub pickled: Vec<u8>,
+    #[prost(message, optional, tag = "4")]
+    pub function: Option<TaskId>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -742,8 +753,13 @@ impl From<m::TaskSpec> for TaskSpec {
     fn from(s: m::TaskSpec) -> Self {
         let function = match s.function {
             m::FunctionDescriptor::Rust { name } => FunctionKind::Rust(RustFunction { name }),
-            m::FunctionDescriptor::Python { module, qualname, pickled } => {
-                FunctionKind::Python(PythonFunction { module, qualname, pickled })
+            m::FunctionDescriptor::Python { module, qualname, function, pickled } => {
+                FunctionKind::Python(PythonFunction {
+                    module,
+                    qualname,
+                    pickled,
+                    function: function.map(function_to_wire),
+                })
             }
         };
         let args = s
@@ -850,9 +866,12 @@ pub(crate) struct SpecParts<'a> {
 pub(crate) fn spec_from_parts(s: SpecParts<'_>) -> Result<m::TaskSpec, FrameError> {
     let function = match required(s.function, "task function")? {
         FunctionKind::Rust(f) => m::FunctionDescriptor::Rust { name: f.name },
-        FunctionKind::Python(f) => {
-            m::FunctionDescriptor::Python { module: f.module, qualname: f.qualname, pickled: f.pickled }
-        }
+        FunctionKind::Python(f) => m::FunctionDescriptor::Python {
+            module: f.module,
+            qualname: f.qualname,
+            function: f.function.map(|t| function_from_wire(t.into())),
+            pickled: f.pickled,
+        },
     };
     let args = s.args?;
     let returns = match required(s.returns, "task returns")? {
@@ -884,8 +903,8 @@ impl m::TaskSpec {
     pub fn max_encoded_len(&self) -> u64 {
         let function = match &self.function {
             m::FunctionDescriptor::Rust { name } => name.len(),
-            m::FunctionDescriptor::Python { module, qualname, pickled } => {
-                module.len() + qualname.len() + pickled.len()
+            m::FunctionDescriptor::Python { module, qualname, pickled, .. } => {
+                module.len() + qualname.len() + pickled.len() + 20
             }
         } as u64;
         let payload_len = |p: &m::Payload| match p {
@@ -1065,7 +1084,7 @@ pub enum Role {
 pub struct ToNode {
     #[prost(
         oneof = "ToNodeKind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25"
     )]
     pub kind: Option<ToNodeKind>,
 }
@@ -1122,6 +1141,17 @@ pub enum ToNodeKind {
     StreamHandOff(StreamProgress),
     #[prost(message, tag = "24")]
     StreamClaim(StreamClaim),
+    #[prost(message, tag = "25")]
+    ExportFunction(ExportFunction),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ExportFunction {
+    /// The function's id (exporter, counter), in the task id's shape.
+    #[prost(message, optional, tag = "1")]
+    pub function: Option<TaskId>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub pickled: Vec<u8>,
 }
 
 #[derive(Clone, Copy, PartialEq, Message)]
@@ -1306,6 +1336,9 @@ impl From<m::ToNode> for ToNode {
             m::ToNode::StreamClaim { req, task_id, from } => {
                 K::StreamClaim(StreamClaim { req, task_id: Some(task_id.into()), from })
             }
+            m::ToNode::ExportFunction { function, pickled } => {
+                K::ExportFunction(ExportFunction { function: Some(function_to_wire(function)), pickled })
+            }
         };
         ToNode { kind: Some(kind) }
     }
@@ -1387,6 +1420,10 @@ impl TryFrom<ToNode> for m::ToNode {
             K::StreamClaim(s) => {
                 m::ToNode::StreamClaim { req: s.req, task_id: task_id(s.task_id, "StreamClaim task id")?, from: s.from }
             }
+            K::ExportFunction(e) => m::ToNode::ExportFunction {
+                function: function_from_wire(task_id(e.function, "ExportFunction id")?),
+                pickled: e.pickled,
+            },
         })
     }
 }

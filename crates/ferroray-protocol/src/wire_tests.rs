@@ -127,7 +127,12 @@ fn every_to_node_message_round_trips() {
     };
     let mut dynamic = spec();
     dynamic.returns = ReturnKind::Dynamic;
-    dynamic.function = FunctionDescriptor::Python { module: "m".into(), qualname: "q".into(), pickled: vec![1; 9] };
+    dynamic.function = FunctionDescriptor::Python {
+        module: "m".into(),
+        qualname: "q".into(),
+        function: Some(ferroray_common::FunctionId { exporter: ferroray_common::WorkerId(5), seq: 2 }),
+        pickled: vec![1; 9],
+    };
     dynamic.retry_exceptions = RetryExceptions::None;
     dynamic.parent = None;
     dynamic.resources = ResourceSet::new();
@@ -187,6 +192,10 @@ fn every_to_node_message_round_trips() {
         ToNode::StreamDrop { task_id: tid(9), consumed: 3 },
         ToNode::StreamHandOff { task_id: tid(9), consumed: 0 },
         ToNode::StreamClaim { req: 5, task_id: tid(9), from: 4 },
+        ToNode::ExportFunction {
+            function: ferroray_common::FunctionId { exporter: ferroray_common::WorkerId(3), seq: 8 },
+            pickled: vec![7; 300],
+        },
     ];
     for m in messages {
         roundtrip(m);
@@ -447,8 +456,12 @@ fn the_spec_size_bound_holds() {
     big.contained = (0..1000).map(|i| oid(i, i as u32)).collect();
     big.retry_exceptions = RetryExceptions::ExactTypes(vec!["x".repeat(300); 10]);
     let mut python = spec();
-    python.function =
-        FunctionDescriptor::Python { module: "m".repeat(50), qualname: "q".into(), pickled: vec![0; 5000] };
+    python.function = FunctionDescriptor::Python {
+        module: "m".repeat(50),
+        qualname: "q".into(),
+        function: None,
+        pickled: vec![0; 5000],
+    };
     let mut empty = spec();
     empty.args.clear();
     empty.contained.clear();

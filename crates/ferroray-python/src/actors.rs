@@ -38,8 +38,12 @@ impl ActorHandle {
     ) -> PyResult<Bound<'py, PyAny>> {
         let returns = Returns::parse(&num_returns)?;
         let opts = TaskOptions { generator_backpressure: self::backpressure(backpressure)?, ..TaskOptions::default() };
-        let function =
-            FunctionDescriptor::Python { module: self.raw.class().to_string(), qualname: method, pickled: Vec::new() };
+        let function = FunctionDescriptor::Python {
+            module: self.raw.class().to_string(),
+            qualname: method,
+            function: None,
+            pickled: Vec::new(),
+        };
         let mut call = self.raw.call_foreign(function, opts);
         add_args(&mut call, &args)?;
         returns.submit(py, call)
@@ -89,11 +93,11 @@ pub(crate) fn _actor_from_handle(handle: Bound<'_, ObjectRef>, class: &str) -> A
 
 /// Creates an actor of the pickled class; it starts in the background.
 #[pyfunction]
-#[pyo3(signature = (pickled, module, qualname, args, name, detached, max_restarts, max_task_retries, max_concurrency, num_cpus, num_gpus, resources, asynchronous=false, methods=Vec::new()))]
+#[pyo3(signature = (class_function, module, qualname, args, name, detached, max_restarts, max_task_retries, max_concurrency, num_cpus, num_gpus, resources, asynchronous=false, methods=Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn create_actor(
     py: Python<'_>,
-    pickled: Vec<u8>,
+    class_function: u128,
     module: String,
     qualname: String,
     args: Vec<Bound<'_, PyAny>>,
@@ -120,7 +124,11 @@ pub(crate) fn create_actor(
         resources,
         front: methods,
     };
-    let mut call = TaskCall::foreign(FunctionDescriptor::Python { module, qualname, pickled }, TaskOptions::default());
+    let function = Some(crate::tasks::function_id(class_function));
+    let mut call = TaskCall::foreign(
+        FunctionDescriptor::Python { module, qualname, function, pickled: Vec::new() },
+        TaskOptions::default(),
+    );
     add_args(&mut call, &args)?;
     // Python state is shared by threads under the GIL; an async class's
     // calls run on one asyncio event loop that takes them from the core

@@ -133,6 +133,7 @@ fn _runtime_stats() -> PyResult<std::collections::HashMap<&'static str, u64>> {
         ("store_objects", s.store_objects),
         ("local_refs", s.local_refs as u64),
         ("workers", s.workers as u64),
+        ("node_functions", s.node_functions as u64),
     ]))
 }
 
@@ -169,6 +170,8 @@ fn _ferroray(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<objects::StoreView>()?;
     m.add_function(wrap_pyfunction!(objects::_reserve, m)?)?;
     m.add_function(wrap_pyfunction!(tasks::_claim_generator, m)?)?;
+    m.add_function(wrap_pyfunction!(tasks::_export_function, m)?)?;
+    m.add_function(wrap_pyfunction!(tasks::_session, m)?)?;
     m.add_function(wrap_pyfunction!(objects::_inline_threshold, m)?)?;
     m.add_function(wrap_pyfunction!(init, m)?)?;
     m.add_function(wrap_pyfunction!(shutdown, m)?)?;

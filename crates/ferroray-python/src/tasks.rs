@@ -4,6 +4,7 @@
 use crate::core_err;
 use crate::objects::{deadline, encoded, sliced, ObjectRef};
 use ferroray::{CancelOptions, RawValue};
+use ferroray_common::{FunctionId, WorkerId};
 use ferroray_core::task::{TaskCall, TaskOptions};
 use ferroray_core::{Backpressure, Retries, RetryExceptions};
 use ferroray_protocol::FunctionDescriptor;
@@ -93,15 +94,36 @@ impl Returns {
     }
 }
 
+/// A function id as Python holds it: one int (exporter, counter).
+pub(crate) fn function_id(id: u128) -> FunctionId {
+    FunctionId { exporter: WorkerId((id >> 64) as u64), seq: id as u64 }
+}
+
+/// Exports a pickled function or class: its bytes go to the node once;
+/// calls name it by the id returned (an int; see `_session`).
+#[pyfunction]
+pub(crate) fn _export_function(py: Python<'_>, pickled: Vec<u8>) -> PyResult<u128> {
+    let core = ferroray_core::global::core().map_err(core_err)?;
+    let f = py.detach(move || core.export_function(pickled)).map_err(core_err)?;
+    Ok(((f.exporter.0 as u128) << 64) | f.seq as u128)
+}
+
+/// Which connection to a cluster this process has (its worker id; 0 with
+/// none): an export is good for that one only.
+#[pyfunction]
+pub(crate) fn _session() -> u64 {
+    ferroray_core::global::core().map(|c| c.worker_id().0).unwrap_or(0)
+}
+
 /// Submits a Python task. `num_returns`: a count (a list of refs),
 /// `"streaming"` (an `ObjectRefGenerator`) or `"dynamic"` (one ref, whose
 /// value is a `DynamicObjectRefGenerator`).
 #[pyfunction]
-#[pyo3(signature = (pickled, module, qualname, args, num_returns, num_cpus, num_gpus, resources, max_retries, retry_exceptions, backpressure=None, enable_task_events=true))]
+#[pyo3(signature = (function, module, qualname, args, num_returns, num_cpus, num_gpus, resources, max_retries, retry_exceptions, backpressure=None, enable_task_events=true))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn submit<'py>(
     py: Python<'py>,
-    pickled: Vec<u8>,
+    function: u128,
     module: String,
     qualname: String,
     args: Vec<Bound<'py, PyAny>>,
@@ -129,7 +151,9 @@ pub(crate) fn submit<'py>(
         enable_task_events,
         generator_backpressure: self::backpressure(backpressure)?,
     };
-    let mut call = TaskCall::foreign(FunctionDescriptor::Python { module, qualname, pickled }, opts);
+    let function = Some(function_id(function));
+    let mut call =
+        TaskCall::foreign(FunctionDescriptor::Python { module, qualname, function, pickled: Vec::new() }, opts);
     add_args(&mut call, &args)?;
     returns.submit(py, call)
 }

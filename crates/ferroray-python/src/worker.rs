@@ -15,6 +15,7 @@
 use crate::objects::{encoded, to_python};
 use crate::{core_err, ObjectRef};
 use ferroray::{Error, RawValue};
+use ferroray_common::FunctionId;
 use ferroray_core::codec::ReturnValue;
 use ferroray_core::registry::{ForeignFunctions, ItemSink};
 use ferroray_core::task::ArgReader;
@@ -33,6 +34,9 @@ struct PyRunner {
     /// process runs one actor, whose class does not change): asked of
     /// Python once per method, not per call.
     generator_methods: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+    /// Exported functions whose bytes Python has had (it keeps the
+    /// function, or the error unpickling it gave).
+    loaded: std::sync::Mutex<std::collections::HashSet<FunctionId>>,
 }
 
 /// Reads every argument of a Python task as bytes.
@@ -109,19 +113,69 @@ fn unwrap_outcome<'py>(out: Bound<'py, PyAny>, task_name: &str) -> ferroray::Res
 struct Call<'f> {
     module: &'f str,
     qualname: &'f str,
-    pickled: &'f [u8],
+    function: Function<'f>,
     task_name: String,
     raws: Vec<RawValue>,
 }
 
+/// Which function a call runs: an exported one (by id) or one whose bytes
+/// the descriptor carries.
+#[derive(Clone, Copy)]
+enum Function<'f> {
+    Exported(FunctionId),
+    Inline(&'f [u8]),
+}
+
 impl<'f> Call<'f> {
     fn read(function: &'f FunctionDescriptor, args: &mut ArgReader<'_>) -> ferroray::Result<Self> {
-        let FunctionDescriptor::Python { module, qualname, pickled } = function else {
-            return Err(Error::UnknownFunction(function.display_name().to_string()));
-        };
+        let (module, qualname, function) = describe(function)?;
         let task_name = args.context().name.clone();
         let raws = raw_args(args, &task_name)?;
-        Ok(Call { module, qualname, pickled, task_name, raws })
+        Ok(Call { module, qualname, function, task_name, raws })
+    }
+}
+
+fn describe(function: &FunctionDescriptor) -> ferroray::Result<(&str, &str, Function<'_>)> {
+    match function {
+        FunctionDescriptor::Python { module, qualname, function: Some(f), .. } => {
+            Ok((module, qualname, Function::Exported(*f)))
+        }
+        FunctionDescriptor::Python { module, qualname, function: None, pickled } => {
+            Ok((module, qualname, Function::Inline(pickled)))
+        }
+        FunctionDescriptor::Rust { .. } => Err(Error::UnknownFunction(function.display_name().to_string())),
+    }
+}
+
+impl PyRunner {
+    /// The runner's `(key, pickled)` for a function: an exported one's key
+    /// is its id, and its bytes go to Python only the first time (Python
+    /// keeps what it unpickled, or why it could not); an inline one is its
+    /// own key.
+    fn function_args<'py>(
+        &self,
+        py: Python<'py>,
+        function: Function<'_>,
+    ) -> ferroray::Result<(Bound<'py, PyAny>, Option<Bound<'py, PyBytes>>)> {
+        match function {
+            Function::Inline(bytes) => {
+                let bytes = PyBytes::new(py, bytes);
+                Ok((bytes.clone().into_any(), Some(bytes)))
+            }
+            Function::Exported(f) => {
+                let Ok(key) = (((f.exporter.0 as u128) << 64) | f.seq as u128).into_pyobject(py);
+                let mut loaded = self.loaded.lock().map_err(|_| Error::Protocol("a poisoned lock".into()))?;
+                if loaded.contains(&f) {
+                    return Ok((key.into_any(), None));
+                }
+                let core = ferroray_core::global::core()?;
+                let bytes = core
+                    .function_bytes(f)
+                    .ok_or_else(|| Error::UnknownFunction(format!("function {f} was never sent to this worker")))?;
+                loaded.insert(f);
+                Ok((key.into_any(), Some(PyBytes::new(py, &bytes))))
+            }
+        }
     }
 }
 
@@ -139,12 +193,15 @@ impl ForeignFunctions for PyRunner {
         returns: usize,
     ) -> ferroray::Result<Vec<ReturnValue>> {
         // `run` for a task, `call` for a method of `actor`.
-        let Call { module, qualname, pickled, task_name, raws } = Call::read(function, args)?;
+        let Call { module, qualname, function, task_name, raws } = Call::read(function, args)?;
         Python::attach(|py| {
             let py_args = py_values(py, raws, &task_name)?;
             let runner = self.runner.bind(py);
             let out = match actor {
-                None => runner.call_method1("run", (PyBytes::new(py, pickled), module, qualname, py_args, returns)),
+                None => {
+                    let (key, pickled) = self.function_args(py, function)?;
+                    runner.call_method1("run", (key, pickled, module, qualname, py_args, returns))
+                }
                 Some(a) => runner.call_method1("call", (instance(a)?.bind(py), qualname, py_args, returns)),
             }
             .map_err(|e| py_error(py, e, &task_name))?;
@@ -161,12 +218,15 @@ impl ForeignFunctions for PyRunner {
         args: &mut ArgReader<'_>,
         sink: &mut dyn ItemSink,
     ) -> ferroray::Result<()> {
-        let Call { module, qualname, pickled, task_name, raws } = Call::read(function, args)?;
+        let Call { module, qualname, function, task_name, raws } = Call::read(function, args)?;
         let items: Py<PyAny> = Python::attach(|py| {
             let py_args = py_values(py, raws, &task_name)?;
             let runner = self.runner.bind(py);
             match actor {
-                None => runner.call_method1("run_gen", (PyBytes::new(py, pickled), module, qualname, py_args)),
+                None => {
+                    let (key, pickled) = self.function_args(py, function)?;
+                    runner.call_method1("run_gen", (key, pickled, module, qualname, py_args))
+                }
                 Some(a) => runner.call_method1("call_gen", (instance(a)?.bind(py), qualname, py_args)),
             }
             .map(Bound::unbind)
@@ -200,7 +260,7 @@ impl ForeignFunctions for PyRunner {
     }
 
     fn is_generator(&self, function: &FunctionDescriptor, actor: Option<&dyn Any>) -> bool {
-        let FunctionDescriptor::Python { qualname, pickled, .. } = function else {
+        let Ok((_, qualname, function)) = describe(function) else {
             return false;
         };
         if actor.is_some() {
@@ -211,7 +271,10 @@ impl ForeignFunctions for PyRunner {
         let answer = Python::attach(|py| {
             let runner = self.runner.bind(py);
             let answer = match actor {
-                None => runner.call_method1("is_generator", (PyBytes::new(py, pickled),)),
+                None => match self.function_args(py, function) {
+                    Ok((key, pickled)) => runner.call_method1("is_generator", (key, pickled)),
+                    Err(_) => return false,
+                },
                 Some(a) => match instance(a) {
                     Ok(obj) => runner.call_method1("is_generator_method", (obj.bind(py), qualname)),
                     Err(_) => return false,
@@ -223,7 +286,7 @@ impl ForeignFunctions for PyRunner {
         });
         if actor.is_some() {
             if let Ok(mut known) = self.generator_methods.lock() {
-                known.insert(qualname.clone(), answer);
+                known.insert(qualname.to_string(), answer);
             }
         }
         answer
@@ -245,13 +308,14 @@ impl ForeignFunctions for PyRunner {
         function: &FunctionDescriptor,
         args: &mut ArgReader<'_>,
     ) -> ferroray::Result<Box<dyn Any + Send + Sync>> {
-        let Call { module, qualname, pickled, task_name, raws } = Call::read(function, args)?;
+        let Call { module, qualname, function, task_name, raws } = Call::read(function, args)?;
         Python::attach(|py| {
             let py_args = py_values(py, raws, &task_name)?;
+            let (key, pickled) = self.function_args(py, function)?;
             let out = self
                 .runner
                 .bind(py)
-                .call_method1("construct", (PyBytes::new(py, pickled), module, qualname, py_args))
+                .call_method1("construct", (key, pickled, module, qualname, py_args))
                 .map_err(|e| py_error(py, e, &task_name))?;
             let obj = unwrap_outcome(out, &task_name)?;
             Ok(Box::new(obj.unbind()) as Box<dyn Any + Send + Sync>)
@@ -340,7 +404,11 @@ impl PyAsyncCalls {
 #[pyfunction]
 pub(crate) fn worker_main(py: Python<'_>, runner: Py<PyAny>) -> PyResult<()> {
     py.detach(|| {
-        ferroray_core::worker::foreign_worker_main(Box::new(PyRunner { runner, generator_methods: Default::default() }))
+        ferroray_core::worker::foreign_worker_main(Box::new(PyRunner {
+            runner,
+            generator_methods: Default::default(),
+            loaded: Default::default(),
+        }))
     })
     .map_err(core_err)
 }

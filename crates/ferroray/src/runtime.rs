@@ -273,6 +273,8 @@ pub struct RuntimeStats {
     pub node_streams: usize,
     /// Objects this process holds refs to.
     pub local_refs: usize,
+    /// Exported functions (of the Python front) the node keeps.
+    pub node_functions: usize,
 }
 
 pub fn runtime_stats() -> Result<RuntimeStats> {
@@ -288,6 +290,7 @@ pub fn runtime_stats() -> Result<RuntimeStats> {
         store_spilled: s.store_spilled,
         node_streams: s.streams,
         local_refs: rt.core.local_ref_count(),
+        node_functions: s.functions,
     })
 }
 

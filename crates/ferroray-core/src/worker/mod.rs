@@ -17,7 +17,7 @@ use crate::object_ref::RefInner;
 use crate::registry::{self, Invoke, ItemSink};
 use crate::task::ArgReader;
 use ferroray_common::spin::Spin;
-use ferroray_common::{ClusterToken, Error, ObjectId, Result, TaskId, WorkerId};
+use ferroray_common::{ClusterToken, Error, FunctionId, ObjectId, Result, TaskId, WorkerId};
 use ferroray_protocol::{
     Encoding, FromNode, FunctionDescriptor, NodeInfo, ObjectValue, Payload, ReturnKind, Role, TaskEvent, TaskOutcome,
     TaskSpec, ToNode, PROTOCOL_VERSION,
@@ -208,6 +208,10 @@ pub struct CoreWorker {
     /// The running task told the node it waits (`Blocked`), lending its CPU.
     /// The node keeps it so until the task ends, so it is sent once a task.
     lent: AtomicBool,
+    /// Bytes of exported functions, as the node sent them with a first call
+    /// (kept on arrival: the call may be taken back before it runs, and
+    /// later calls come without them).
+    functions: Mutex<FxHashMap<FunctionId, Arc<[u8]>>>,
 }
 
 impl CoreWorker {
@@ -232,7 +236,21 @@ impl CoreWorker {
             next_req: AtomicU64::new(1),
             exec,
             lent: AtomicBool::new(false),
+            functions: Mutex::new(FxHashMap::default()),
         }
+    }
+
+    /// Exports a function (or class) of another language's front: its
+    /// bytes go to the node once, and calls name it by the id returned.
+    pub fn export_function(&self, pickled: Vec<u8>) -> Result<FunctionId> {
+        let function = FunctionId { exporter: self.worker_id, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) };
+        self.send(ToNode::ExportFunction { function, pickled })?;
+        Ok(function)
+    }
+
+    /// The bytes of an exported function this worker was sent, if any.
+    pub fn function_bytes(&self, function: FunctionId) -> Option<Arc<[u8]>> {
+        self.functions.lock().get(&function).cloned()
     }
 
     /// A driver's core worker, not connected yet: connect it with
@@ -402,7 +420,12 @@ impl CoreWorker {
     fn dispatch(self: &Arc<Self>, msg: FromNode) {
         match msg {
             FromNode::Welcome(_) => {}
-            FromNode::Execute(spec) => {
+            FromNode::Execute(mut spec) => {
+                if let FunctionDescriptor::Python { function: Some(f), pickled, .. } = &mut spec.function {
+                    if !pickled.is_empty() {
+                        self.functions.lock().insert(*f, std::mem::take(pickled).into());
+                    }
+                }
                 if let Some(exec) = &self.exec {
                     exec.push(*spec);
                 }

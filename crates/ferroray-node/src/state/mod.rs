@@ -56,10 +56,12 @@ use crate::local::LocalOutbox;
 use crate::pool::PoolCmd;
 use crate::server::SocketOutbox;
 use crate::NodeConfig;
-use ferroray_common::{resources, ActorId, ClusterToken, Error, ObjectId, ResourceSet, Result, TaskId, WorkerId};
+use ferroray_common::{
+    resources, ActorId, ClusterToken, Error, FunctionId, ObjectId, ResourceSet, Result, TaskId, WorkerId,
+};
 use ferroray_protocol::{
-    Encoding, FromNode, ObjectValue, Payload, ReturnKind, Role, TaskArg, TaskEvent, TaskOutcome, TaskSpec, TaskState,
-    ToNode, WorkerKind, PROTOCOL_VERSION,
+    Encoding, FromNode, FunctionDescriptor, ObjectValue, Payload, ReturnKind, Role, TaskArg, TaskEvent, TaskOutcome,
+    TaskSpec, TaskState, ToNode, WorkerKind, PROTOCOL_VERSION,
 };
 use ferroray_store::Store;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -158,6 +160,9 @@ struct Conn {
     /// not send another until the answer). While they are out, later tasks
     /// of their queues wait, so none starts before them (`schedule`).
     revoking: Vec<TaskId>,
+    /// Exported functions whose bytes were sent to this worker (in an
+    /// `Execute`): later calls of them go without.
+    functions_sent: FxHashSet<FunctionId>,
     /// A force-cancel sent this worker's kill: it takes no task any more,
     /// and its death is charged to the cancelled task only (`disconnect`).
     doomed: bool,
@@ -320,6 +325,8 @@ pub struct NodeStats {
     pub store_spilled: u64,
     /// Generator streams the node keeps (running, or with items untaken).
     pub streams: usize,
+    /// Exported functions of other languages' fronts the node keeps.
+    pub functions: usize,
 }
 
 pub struct State {
@@ -401,7 +408,17 @@ pub struct State {
     /// Actor processes asked for that the spawner has not registered yet
     /// (their hello may come first, and must wait, as for the pool's).
     actor_spawns: usize,
+    /// Functions and classes of another language's front, exported once
+    /// (`ExportFunction`) and named by calls; a worker gets a function's
+    /// bytes with its first call of it (`Conn::functions_sent`).
+    functions: FxHashMap<FunctionId, Arc<Vec<u8>>>,
+    /// Bytes in `functions`, bounded by `MAX_FUNCTION_TABLE`.
+    function_bytes: usize,
 }
+
+/// The bytes of exported functions a node keeps: a peer that exports more
+/// gets `UnknownFunction` for calls of the ones over the bound.
+pub const MAX_FUNCTION_TABLE: usize = 256 << 20;
 
 /// How long a task failed by its worker's death waits for the worker's exit
 /// status (the spawner reaps every 200 ms, usually after the connection's
@@ -526,6 +543,8 @@ impl State {
             actor_names: FxHashMap::default(),
             unplaced: VecDeque::new(),
             actor_spawns: 0,
+            functions: FxHashMap::default(),
+            function_bytes: 0,
         }
     }
 
@@ -643,6 +662,7 @@ impl State {
             }
             ToNode::CreateActor { req, spec } => self.create_actor(conn, req, *spec),
             ToNode::GetActor { req, name } => self.get_actor(conn, req, &name),
+            ToNode::ExportFunction { function, pickled } => self.export_function(conn, function, pickled),
             ToNode::KillActor { actor, no_restart } => {
                 if self.may_see(conn, actor.handle_object(), false) {
                     self.kill_actor(actor, no_restart);
@@ -682,6 +702,7 @@ impl State {
             store_used: s.used,
             store_spilled: s.spilled as u64,
             streams: self.streams.len(),
+            functions: self.functions.len(),
         }
     }
 

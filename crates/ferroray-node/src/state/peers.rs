@@ -29,6 +29,7 @@ impl State {
                 blocked: false,
                 paused: false,
                 revoking: Vec::new(),
+                functions_sent: FxHashSet::default(),
                 doomed: false,
                 idle_since: std::time::Instant::now(),
             },

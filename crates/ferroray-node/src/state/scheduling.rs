@@ -215,6 +215,16 @@ impl State {
                 self.available.subtract(&spec.resources);
             }
             c.assigned.push_back(tid);
+            // An exported function's bytes go with its first call to this
+            // worker, which keeps them (even if the call is taken back);
+            // recorded as sent when it is (below).
+            if let FunctionDescriptor::Python { function: Some(f), pickled, .. } = &mut spec.function {
+                if !c.functions_sent.contains(f) {
+                    if let Some(bytes) = self.functions.get(f) {
+                        pickled.clone_from(bytes);
+                    }
+                }
+            }
         }
         let mut pinned = Vec::new();
         let mut failed = None;
@@ -293,6 +303,11 @@ impl State {
                 self.names.lock().insert(pid, spec.name().to_string());
             }
             self.record(tid, TaskState::Running, Some(pid), None);
+        }
+        if let (FunctionDescriptor::Python { function: Some(f), .. }, Some(c)) =
+            (&spec.function, self.conns.get_mut(&worker))
+        {
+            c.functions_sent.insert(*f);
         }
         self.send(worker, FromNode::Execute(Box::new(spec)));
     }

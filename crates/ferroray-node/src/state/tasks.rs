@@ -20,7 +20,38 @@ impl State {
                 spec.name()
             )));
         }
+        if let FunctionDescriptor::Python { function: Some(f), .. } = &spec.function {
+            if !self.functions.contains_key(f) {
+                return Err(Error::UnknownFunction(format!(
+                    "{} (function {f} was not exported, or the node's table of {MAX_FUNCTION_TABLE} bytes was full)",
+                    spec.name()
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// Keeps an exported function: its exporter must be the sender (ids
+    /// are the exporter's); exporting one id again with other bytes is a
+    /// protocol error. Over the table's bound it is not kept (calls of it
+    /// then fail with `UnknownFunction`).
+    pub(super) fn export_function(&mut self, conn: ConnId, function: FunctionId, pickled: Vec<u8>) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        if function.exporter != c.worker_id {
+            return self
+                .reject(conn, Error::PermissionDenied(format!("function {function} belongs to another process")));
+        }
+        match self.functions.get(&function) {
+            Some(known) if **known == pickled => {}
+            Some(_) => {
+                self.reject(conn, Error::Protocol(format!("function {function} was exported twice with other bytes")))
+            }
+            None if self.function_bytes + pickled.len() > MAX_FUNCTION_TABLE => {}
+            None => {
+                self.function_bytes += pickled.len();
+                self.functions.insert(function, Arc::new(pickled));
+            }
+        }
     }
 
     pub(super) fn submit(&mut self, conn: ConnId, spec: TaskSpec) {

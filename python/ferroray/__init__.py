@@ -82,8 +82,12 @@ def init(
     **kwargs: Any,
 ) -> None:
     """Starts the embedded cluster (as ``ray.init()``)."""
-    if address is not None:
-        raise ValueError("ferroray has no cluster to connect to yet: call init() without an address")
+    if address not in (None, "local"):
+        # "local" starts a cluster of this process's own, as in Ray.
+        raise ValueError(
+            f"ferroray cannot connect to the cluster at {address!r} yet (one machine only): "
+            'call init() without an address, or with address="local"'
+        )
     unknown = set(kwargs) - {"include_dashboard", "logging_level", "log_to_driver", "namespace"}
     if unknown:
         raise TypeError(f"init() got unexpected keyword arguments: {', '.join(sorted(unknown))}")

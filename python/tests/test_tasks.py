@@ -182,6 +182,11 @@ def test_reinit_is_refused_unless_asked(cluster):
     with pytest.raises(RuntimeError, match="already initialized"):
         ray.init()
     ray.init(ignore_reinit_error=True)
+    # One machine only: "local" (a cluster of this process's own, as in
+    # Ray) is the one address there is.
+    with pytest.raises(ValueError, match="cannot connect"):
+        ray.init(address="10.1.2.3:6379")
+    ray.init(address="local", ignore_reinit_error=True)
 
 
 @ray.remote(enable_task_events=False)

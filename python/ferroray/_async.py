@@ -1,43 +1,52 @@
-"""``await ref`` and ``async for ref in gen``: the waits run on a pool of
-threads (the GIL is released while they wait), so the event loop never blocks.
-
-Each pending await holds one of ``_POOL``'s threads; more awaits than threads
-queue behind them (they still complete, as the earlier ones do).
+"""``await ref`` and ``async for ref in gen``, without blocking the event loop
+and without a thread per wait: the extension waits for every pending ref on
+one background thread of its own and calls back when each is ready
+(``_when_ready``, ``_when_next``; see ``crates/ferroray-python/src/aio.rs``).
+The callback only hops onto the loop (``call_soon_threadsafe``) to settle the
+awaiting future; the value is then read with an ordinary ``get``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-from typing import Any, Optional
-
-_POOL: Optional[concurrent.futures.ThreadPoolExecutor] = None
+from typing import Any
 
 
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="ferroray-await")
-    return _POOL
+def _settle(fut: "asyncio.Future[Any]", value: Any) -> None:
+    # The awaiter may have been cancelled meanwhile.
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _waiter(loop: asyncio.AbstractEventLoop, fut: "asyncio.Future[Any]") -> Any:
+    """The callback the extension calls (on its own thread) with the result."""
+
+    def done(*value: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(_settle, fut, value[0] if value else None)
+        except RuntimeError:
+            # The loop was closed: nobody awaits this any more.
+            pass
+
+    return done
 
 
 async def await_ref(ref: Any) -> Any:
     from ferroray import get
 
-    if ref._is_ready():
-        return get(ref)
-    return await asyncio.get_running_loop().run_in_executor(_pool(), get, ref)
-
-
-def _next_or_none(gen: Any) -> Any:
-    try:
-        return next(gen)
-    except StopIteration:
-        return None
+    if not ref._is_ready():
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        ref._when_ready(_waiter(loop, fut))
+        await fut
+    return get(ref)
 
 
 async def next_item(gen: Any) -> Any:
-    item = await asyncio.get_running_loop().run_in_executor(_pool(), _next_or_none, gen)
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    gen._when_next(_waiter(loop, fut))
+    item = await fut
     if item is None:
         raise StopAsyncIteration
     return item

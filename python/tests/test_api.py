@@ -50,6 +50,47 @@ def test_await_refs_and_async_for(cluster):
     assert items == list(range(5))
 
 
+@ray.remote
+def after(seconds, x):
+    time.sleep(seconds)
+    return x
+
+
+def _os_threads():
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_many_awaits_hold_no_thread_each_and_a_cancelled_await_is_harmless(cluster):
+    gate = after.remote(0.5, 1)
+
+    @ray.remote
+    def behind(g, i):
+        return g + i
+
+    async def main():
+        refs = [behind.remote(gate, i) for i in range(500)]
+        threads = _os_threads()
+        waits = [asyncio.ensure_future(_await(r)) for r in refs]
+        await asyncio.sleep(0.1)
+        # Every await is pending now; none holds a thread of its own.
+        assert _os_threads() <= threads + 2
+        got = await asyncio.gather(*waits)
+        # A wait given up by its awaiter (a timeout) settles nothing later.
+        slow = after.remote(0.3, "late")
+        try:
+            await asyncio.wait_for(_await(slow), 0.05)
+        except asyncio.TimeoutError:
+            pass
+        await asyncio.sleep(0.5)
+        assert await slow == "late"
+        return got
+
+    async def _await(r):
+        return await r
+
+    assert asyncio.run(asyncio.wait_for(main(), T)) == [1 + i for i in range(500)]
+
+
 def test_runtime_context(cluster):
     ctx = ray.get_runtime_context()
     assert ctx.get_task_id() is None and ctx.get_actor_id() is None

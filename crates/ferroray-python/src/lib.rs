@@ -7,6 +7,8 @@
 //! - [`tasks`]: `submit` of a Python function's call, the
 //!   `ObjectRefGenerator` class, `cancel`.
 //! - [`actors`]: `create_actor`, the `ActorHandle` class, `get_actor`.
+//! - [`aio`]: `await ref` and `async for` on one background thread, which
+//!   tells each asyncio loop when its wait is over.
 //! - [`worker`]: `worker_main`, the core's runner of Python tasks and actors
 //!   in a worker process.
 //! - Here: `init`/`shutdown`/`is_initialized` of the embedded cluster (whose
@@ -20,6 +22,7 @@
 //! module never looks inside them. Every call that waits releases the GIL.
 
 mod actors;
+mod aio;
 mod objects;
 mod tasks;
 mod worker;

@@ -75,6 +75,12 @@ impl ObjectRef {
         self.inner.is_ready()
     }
 
+    /// Calls `callback()` (on another thread) once the value is here or
+    /// known to have failed (`ferroray._async`; see `aio`).
+    fn _when_ready(&self, callback: Py<PyAny>) -> PyResult<()> {
+        crate::aio::when_ready(self.inner.clone(), callback)
+    }
+
     /// `await ref`: its value, waited for off the event loop
     /// (`ferroray._async`).
     fn __await__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {

@@ -190,6 +190,12 @@ impl ObjectRefGenerator {
         slf.py().import("ferroray._async")?.getattr("next_item")?.call1((slf,))
     }
 
+    /// Takes the next item's ref, then calls `callback(ref)` (on another
+    /// thread); `callback(None)` at the end (`ferroray._async`; see `aio`).
+    fn _when_next(&self, callback: Py<PyAny>) -> PyResult<()> {
+        crate::aio::when_next(self.inner.clone(), callback)
+    }
+
     /// The next item's ref within `timeout` seconds: `GetTimeoutError` if
     /// none came, `None` at the end.
     fn _next_timeout(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<ObjectRef>> {

@@ -1,0 +1,88 @@
+//! `await ref` and `async for ref in gen` without a thread per wait: the
+//! core's own futures (an `ObjectRef`'s, a generator's `next_async`) run on
+//! one background thread of this module, and each tells its asyncio loop
+//! when it is done through a callback (`ferroray._async`), which hops back
+//! onto the loop with `call_soon_threadsafe`.
+//!
+//! The waits:
+//! 1. Python makes a future on its running loop and passes a callback to
+//!    `ObjectRef._when_ready` (or `ObjectRefGenerator._when_next`).
+//! 2. Here the core's future is spawned on the await thread; it holds a
+//!    clone of the ref (or generator), so what it waits for stays alive.
+//! 3. When it resolves, the callback runs on the await thread with the
+//!    GIL; it only schedules the loop's side (settling the future, if its
+//!    awaiter has not gone: a cancelled `await` leaves a settled-or-not
+//!    future nobody reads).
+//! 4. The loop reads the value with an ordinary `get`, which is ready.
+//!
+//! A lost connection resolves every wait (the core wakes its waiters with
+//! the error), so none is left pending when the cluster goes.
+
+use std::sync::OnceLock;
+use std::task::Poll;
+
+use pyo3::prelude::*;
+
+use crate::objects::ObjectRef;
+use ferroray::{RawValue, WaitKey};
+
+/// The await thread's runtime: a current-thread runtime driven by its own
+/// thread for the process's life (the core's futures need no I/O or
+/// timers from it; it only polls them when their wakers fire).
+fn runtime() -> PyResult<&'static tokio::runtime::Handle> {
+    static HANDLE: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start the await thread: {e}")))?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("ferroray-await".into())
+        .spawn(move || rt.block_on(std::future::pending::<()>()))
+        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start the await thread: {e}")))?;
+    // Two threads racing here each start one; the loser's thread idles.
+    Ok(HANDLE.get_or_init(|| handle))
+}
+
+/// Runs `callback` with the GIL; an exception it raises is reported as
+/// unraisable (there is no caller to raise it to).
+fn call_back(call: impl for<'py> FnOnce(Python<'py>) -> PyResult<Py<PyAny>>) {
+    Python::attach(|py| {
+        if let Err(e) = call(py) {
+            e.write_unraisable(py, None);
+        }
+    });
+}
+
+/// Calls `callback()` (on the await thread) once the value of `r` is here
+/// or known to have failed (`ObjectRef._when_ready`).
+pub(crate) fn when_ready(r: ferroray::ObjectRef<RawValue>, callback: Py<PyAny>) -> PyResult<()> {
+    let core = ferroray_core::global::core().map_err(crate::core_err)?;
+    runtime()?.spawn(async move {
+        // Ready when the value or its error is at hand, or the connection
+        // is lost (the `get` that follows then says why).
+        let key = [WaitKey::Object(r.id())];
+        std::future::poll_fn(|cx| match core.poll_ready(&key, cx.waker()) {
+            Ok(ready) if ready.is_empty() => Poll::Pending,
+            _ => Poll::Ready(()),
+        })
+        .await;
+        drop(r);
+        call_back(|py| callback.call0(py));
+    });
+    Ok(())
+}
+
+/// Takes the next item's ref of `generator`, then calls `callback(ref)`
+/// (on the await thread); `callback(None)` at the end
+/// (`ObjectRefGenerator._when_next`).
+pub(crate) fn when_next(mut generator: ferroray::ObjectRefGenerator<RawValue>, callback: Py<PyAny>) -> PyResult<()> {
+    runtime()?.spawn(async move {
+        let item = generator.next_async().await.map(|inner| ObjectRef { inner });
+        drop(generator);
+        call_back(|py| callback.call1(py, (item,)));
+    });
+    Ok(())
+}

@@ -213,9 +213,9 @@ pub(crate) fn encode_raw(core: &CoreWorker, bytes: &[u8], keep: Vec<Arc<RefInner
 /// back.
 ///
 /// The front writes through this process's own mapping of the arena, where
-/// a page the store gave back costs a fault (and zeroing) on first touch:
-/// for a slot of at least [`PREFAULT_MIN`], a helper thread faults in the
-/// pages that are not in memory from the end backwards while the front
+/// a page not mapped yet costs a fault on first touch (and zeroing, if the
+/// store gave it back): for a slot of at least [`PREFAULT_MIN`], a helper
+/// thread faults in such pages from the end backwards while the front
 /// copies from the start (see [`Prefault`]).
 pub struct RawSlot {
     /// First, so that it stops before the memory may go back.
@@ -291,24 +291,27 @@ pub const PREFAULT_MIN: u64 = 8 << 20;
 const PREFAULT_STEP: u64 = 2 << 20;
 
 /// A helper thread that faults in a slot's pages from its end backwards,
-/// step by step, skipping steps already in memory, until it reaches the
-/// start or is stopped. The writer copies from the start: the two meet
-/// somewhere in the middle, and the copy runs at memory speed over the part
-/// the helper did. A slot whose pages are all in memory (a block reused
-/// while the store keeps its pages) starts no thread. Faulting in changes
-/// no byte, so it may overlap the writer anywhere. Dropping it stops and
-/// joins the thread.
+/// step by step, skipping steps already mapped in this process, until it
+/// reaches the start or is stopped. The writer copies from the start: the
+/// two meet somewhere in the middle, and the copy runs at memory speed over
+/// the part the helper did. A slot whose first and last pages are mapped
+/// here (a block this process wrote before, reused while the store keeps
+/// its pages) starts no thread. Faulting in changes no byte, so it may
+/// overlap the writer anywhere. Dropping it stops and joins the thread.
 struct Prefault {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Prefault {
-    /// `None` if the slot's pages are all in memory already (one `mincore`;
-    /// no thread), or if no thread could be started (the copy then faults
-    /// alone).
+    /// `None` if the slot looks warm (its first and last pages are mapped
+    /// here: two pagemap entries, not the whole range, to keep a warm copy's
+    /// cost at the copy), or if no thread could be started (the copy then
+    /// faults alone).
     fn start(arena: Arc<Arena>, offset: u64, len: u64) -> Option<Prefault> {
-        if arena.is_resident(offset, len).unwrap_or(true) {
+        let page = 4096.min(len);
+        let mapped = |at| arena.is_mapped(at, page).unwrap_or(true);
+        if mapped(offset) && mapped(offset + len - page) {
             return None;
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -322,7 +325,7 @@ impl Prefault {
                     let (at, n) = (offset + start, end - start);
                     // An error (a kernel without MADV_POPULATE_WRITE) ends
                     // the helper; the copy faults the rest itself.
-                    if !arena.is_resident(at, n).unwrap_or(true) && arena.prefault(at, n).is_err() {
+                    if !arena.is_mapped(at, n).unwrap_or(true) && arena.prefault(at, n).is_err() {
                         break;
                     }
                     end = start;

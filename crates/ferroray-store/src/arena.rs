@@ -216,6 +216,33 @@ impl Arena {
         Ok(pages.iter().all(|p| p & 1 != 0))
     }
 
+    /// Whether every page of `[offset, offset + len)` is mapped in this
+    /// process's mapping (its page-table entry is present, by
+    /// `/proc/self/pagemap`): a copy into such pages takes no fault at all.
+    /// A page in memory but not mapped here (written by another process)
+    /// still costs a minor fault each. Without a readable pagemap, whether
+    /// the pages are in memory ([`is_resident`](Self::is_resident)).
+    pub fn is_mapped(&self, offset: u64, len: u64) -> Result<bool, StoreError> {
+        let Some((start, n)) = self.page_span(offset, len)? else {
+            return Ok(true);
+        };
+        // Opened per call: a process forked after opening it would read
+        // its parent's.
+        let Ok(pagemap) = File::open("/proc/self/pagemap") else {
+            return self.is_resident(offset, len);
+        };
+        let page = page_size() as usize;
+        let first = (self.map.as_ptr() as usize + start) / page;
+        let mut entries = vec![0u8; n.div_ceil(page) * 8];
+        std::os::unix::fs::FileExt::read_exact_at(&pagemap, &mut entries, first as u64 * 8)?;
+        // Bit 63 of each 8-byte entry: present.
+        Ok(entries.chunks_exact(8).all(|e| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(e);
+            u64::from_ne_bytes(word) >> 63 == 1
+        }))
+    }
+
     /// Faults in the pages of `[offset, offset + len)`, writable, in this
     /// process's mapping (`MADV_POPULATE_WRITE`, Linux 5.14 and later),
     /// without changing any byte: a copy into them afterwards takes no
@@ -386,6 +413,7 @@ mod tests {
             r => r.unwrap(),
         }
         assert!(a.is_resident(0, 9 * page).unwrap(), "every page the range touches");
+        assert!(a.is_mapped(0, 9 * page).unwrap(), "and mapped here");
         assert!(!a.is_resident(9 * page, 7 * page).unwrap(), "nothing past it");
         // SAFETY: prefaulting is done and nothing writes the range.
         let s = unsafe { a.slice(0, 9 * page) }.unwrap();
@@ -396,6 +424,27 @@ mod tests {
         assert!(a.prefault(0, 0).is_ok() && a.is_resident(3, 0).unwrap());
         assert!(matches!(a.prefault(page, 16 * page), Err(StoreError::OutOfBounds { .. })));
         assert!(matches!(a.is_resident(u64::MAX, 2), Err(StoreError::OutOfBounds { .. })));
+    }
+
+    #[test]
+    fn pages_written_by_another_mapping_are_resident_but_not_mapped_here() {
+        let page = page_size();
+        let a = Arena::create(8 * page).unwrap();
+        // SAFETY: dup of a valid fd, owned by nothing else.
+        let b = unsafe { Arena::open(libc::dup(a.fd()), 8 * page) }.unwrap();
+        // SAFETY: exclusive in this test.
+        unsafe { b.slice_mut(0, 4 * page) }.unwrap().fill(7);
+        assert!(b.is_mapped(0, 4 * page).unwrap());
+        assert!(a.is_resident(0, 4 * page).unwrap());
+        if std::fs::File::open("/proc/self/pagemap").is_ok() {
+            assert!(!a.is_mapped(0, 4 * page).unwrap(), "written through the other mapping");
+        }
+        if a.prefault(0, 4 * page).is_ok() {
+            assert!(a.is_mapped(0, 4 * page).unwrap());
+        }
+        assert!(!a.is_mapped(4 * page, page).unwrap(), "a page nobody touched");
+        // SAFETY: writes and prefaulting are done.
+        assert!(unsafe { a.slice(0, 4 * page) }.unwrap().iter().all(|&x| x == 7));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use ferroray_protocol::{Encoding, ObjectValue, Payload};
 use ferroray_store::Arena;
 use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 thread_local! {
@@ -210,7 +211,15 @@ pub(crate) fn encode_raw(core: &CoreWorker, bytes: &[u8], keep: Vec<Arc<RefInner
 /// allocation of `len` bytes, written through [`RawSlot::as_mut_ptr`], then
 /// made a value by [`RawSlot::finish`]. Dropped unfinished, the memory goes
 /// back.
+///
+/// The front writes through this process's own mapping of the arena, where
+/// a page not mapped yet costs a fault on first touch (and zeroing, if the
+/// store gave it back): for a slot of at least [`PREFAULT_MIN`], a helper
+/// thread faults in such pages from the end backwards while the front
+/// copies from the start (see [`Prefault`]).
 pub struct RawSlot {
+    /// First, so that it stops before the memory may go back.
+    prefault: Option<Prefault>,
     value: ReturnValue,
     ptr: *mut u8,
     len: u64,
@@ -243,7 +252,8 @@ impl RawSlot {
         };
         let value =
             ObjectValue::Data { payload: Payload::Shm { offset, len }, encoding: Encoding::Raw, contained: vec![] };
-        Ok(RawSlot { value: ReturnValue::new(value, Vec::new()), ptr, len, _arena: arena })
+        let prefault = (len >= PREFAULT_MIN).then(|| Prefault::start(arena.clone(), offset, len)).flatten();
+        Ok(RawSlot { prefault, value: ReturnValue::new(value, Vec::new()), ptr, len, _arena: arena })
     }
 
     /// Where to write the value: `len` bytes, valid until the slot is
@@ -262,6 +272,7 @@ impl RawSlot {
 
     /// The written value, naming the refs `nested` inside it.
     pub fn finish(mut self, nested: &[crate::ObjectRef<crate::RawValue>]) -> ReturnValue {
+        drop(self.prefault.take());
         let keep: Vec<Arc<RefInner>> = nested.iter().map(|r| r.inner.clone()).collect();
         let mut contained: Vec<ObjectId> = keep.iter().map(|r| r.id).collect();
         contained.sort();
@@ -271,6 +282,66 @@ impl RawSlot {
         }
         self.value.keep = keep;
         std::mem::replace(&mut self.value, ReturnValue { value: None, keep: Vec::new(), digest: None })
+    }
+}
+
+/// Slots at least this large are pre-faulted beside the copy.
+pub const PREFAULT_MIN: u64 = 8 << 20;
+/// Pages pre-faulted per step (between two looks at the stop flag).
+const PREFAULT_STEP: u64 = 2 << 20;
+
+/// A helper thread that faults in a slot's pages from its end backwards,
+/// step by step, skipping steps already mapped in this process, until it
+/// reaches the start or is stopped. The writer copies from the start: the
+/// two meet somewhere in the middle, and the copy runs at memory speed over
+/// the part the helper did. A slot whose first and last pages are mapped
+/// here (a block this process wrote before, reused while the store keeps
+/// its pages) starts no thread. Faulting in changes no byte, so it may
+/// overlap the writer anywhere. Dropping it stops and joins the thread.
+struct Prefault {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prefault {
+    /// `None` if the slot looks warm (its first and last pages are mapped
+    /// here: two pagemap entries, not the whole range, to keep a warm copy's
+    /// cost at the copy), or if no thread could be started (the copy then
+    /// faults alone).
+    fn start(arena: Arc<Arena>, offset: u64, len: u64) -> Option<Prefault> {
+        let page = 4096.min(len);
+        let mapped = |at| arena.is_mapped(at, page).unwrap_or(true);
+        if mapped(offset) && mapped(offset + len - page) {
+            return None;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ferroray-prefault".into())
+            .spawn(move || {
+                let mut end = len;
+                while end > 0 && !flag.load(Ordering::Relaxed) {
+                    let start = end.saturating_sub(PREFAULT_STEP);
+                    let (at, n) = (offset + start, end - start);
+                    // An error (a kernel without MADV_POPULATE_WRITE) ends
+                    // the helper; the copy faults the rest itself.
+                    if !arena.is_mapped(at, n).unwrap_or(true) && arena.prefault(at, n).is_err() {
+                        break;
+                    }
+                    end = start;
+                }
+            })
+            .ok()?;
+        Some(Prefault { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Prefault {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -91,6 +91,33 @@ class Broken:
 
 
 @ray.remote
+def task_pid():
+    return os.getpid()
+
+
+def children():
+    """The pids of this process's live children (zombies left out)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[1]) == os.getpid():
+                found.add(int(entry))
+    return found
+
+
+def wait_until(check, what):
+    deadline = time.time() + T
+    while not check():
+        assert time.time() < deadline, what
+        time.sleep(0.02)
+
+
+@ray.remote
 def call_from_task(counter, k):
     return ray.get(counter.incr.remote(k), timeout=T)
 
@@ -208,3 +235,34 @@ def test_bad_actor_use_is_a_clear_error(cluster):
         c.incr()
     with pytest.raises(TypeError, match="ActorHandle"):
         ray.kill("not an actor")
+
+
+def test_actors_take_idle_workers_and_a_spare_starts_in_their_place(cluster):
+    # Once the results are here, the workers that ran the tasks are idle.
+    ray.get([task_pid.remote() for _ in range(4)], timeout=T)
+    actors, pids = [], []
+    # Each actor takes an idle worker, until none is left and one gets a
+    # process of its own.
+    while True:
+        before = children()
+        actors.append(Counter.remote())
+        pids.append(ray.get(actors[-1].pid.remote(), timeout=T))
+        if pids[-1] not in before:
+            break
+        assert len(actors) < 20, "a pool holds few idle workers"
+    # A spare started beside that process: the next task runs there...
+    spare = ray.get(task_pid.remote(), timeout=T)
+    assert spare not in pids
+    # ...and the next actor takes it, and another spare starts.
+    before = children()
+    actors.append(Counter.remote(5))
+    assert ray.get(actors[-1].pid.remote(), timeout=T) == spare
+    assert ray.get(actors[-1].incr.remote(), timeout=T) == 6
+    wait_until(lambda: children() - before, "a spare starts")
+    # An actor's process never goes back to the pool, and dies with it.
+    pids.append(spare)
+    assert not set(pids) & set(ray.get([task_pid.remote() for _ in range(20)], timeout=T))
+    for a in actors:
+        ray.kill(a)
+    wait_until(lambda: not set(pids) & children(), "the killed actors' processes exit")
+

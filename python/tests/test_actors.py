@@ -68,6 +68,9 @@ class AsyncCounter:
         self.n += 1
         return self.n
 
+    async def pid(self):
+        return os.getpid()
+
     async def work(self, seconds):
         self.inside += 1
         self.most = max(self.most, self.inside)
@@ -266,3 +269,17 @@ def test_actors_take_idle_workers_and_a_spare_starts_in_their_place(cluster):
         ray.kill(a)
     wait_until(lambda: not set(pids) & children(), "the killed actors' processes exit")
 
+
+def test_an_async_actors_idle_threads_exit(cluster):
+    a = AsyncCounter.remote()
+    # Each call waiting on the event loop holds a thread of the actor's pool.
+    ray.get([a.work.remote(0.3) for _ in range(40)], timeout=T)
+    pid = ray.get(a.pid.remote(), timeout=T)
+
+    def threads():
+        with open(f"/proc/{pid}/status") as f:
+            return int(next(line.split()[1] for line in f if line.startswith("Threads:")))
+
+    assert threads() > 20
+    wait_until(lambda: threads() < 10, "idle threads exit")
+    assert ray.get([a.work.remote(0.1) for _ in range(10)], timeout=T)[-1] >= 2

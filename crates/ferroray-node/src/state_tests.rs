@@ -589,3 +589,34 @@ fn no_spare_starts_once_the_node_shuts_down() {
     assert!(executed(&w.take()).is_empty());
     assert_eq!(spawn_counts(&h.pool_commands()), (vec![], 0));
 }
+
+#[test]
+fn the_event_ring_keeps_the_newest_events_with_every_field() {
+    let mut h = harness_with(1.0, &[WorkerKind::Rust], |c| c.max_task_events = 5);
+    let d = h.driver();
+    let w = h.worker();
+    let a = actor_spec(&d, 1, WorkerKind::Rust);
+    let atid = a.task_id;
+    h.st.handle(d.conn, ToNode::CreateActor { req: 1, spec: Box::new(a) });
+    let failed = Error::task("ValueError", "no", "t::f", w.pid);
+    h.st.handle(w.conn, ToNode::TaskDone { task_id: atid, attempt: 0, outcome: TaskOutcome::Failed(failed) });
+    for seq in 2..4 {
+        h.st.handle(d.conn, ToNode::Submit(Box::new(spec(&d, seq, ReturnKind::Fixed(1), 0))));
+    }
+    h.st.handle(d.conn, ToNode::ListTasks { req: 9 });
+    let msgs = d.take();
+    let Some(FromNode::Tasks { req: 9, events }) = msgs.iter().find(|m| matches!(m, FromNode::Tasks { .. })) else {
+        panic!("{msgs:?}")
+    };
+    assert_eq!(events.len(), 5, "{events:?}");
+    // The newest five, oldest first: the actor's end, then the two tasks'
+    // submissions and waits (no worker is idle: the actor took it).
+    let first = &events[0];
+    assert_eq!(first.task_id, atid);
+    assert_eq!(first.state, ferroray_protocol::TaskState::Failed);
+    assert_eq!(first.actor_id, Some(ferroray_common::ActorId(atid)));
+    assert!(first.error.as_deref().is_some_and(|e| e.contains("ValueError")), "{first:?}");
+    assert_eq!(events.last().map(|e| e.task_id.seq), Some(3));
+    assert!(events.windows(2).all(|p| p[0].time_us <= p[1].time_us));
+    assert!(events[1..].iter().all(|e| e.actor_id.is_none() && e.name == "f"), "{events:?}");
+}

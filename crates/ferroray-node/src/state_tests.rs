@@ -620,3 +620,21 @@ fn the_event_ring_keeps_the_newest_events_with_every_field() {
     assert!(events.windows(2).all(|p| p[0].time_us <= p[1].time_us));
     assert!(events[1..].iter().all(|e| e.actor_id.is_none() && e.name == "f"), "{events:?}");
 }
+
+#[test]
+fn tables_a_burst_left_oversized_are_shrunk_once() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let ids: Vec<ObjectId> =
+        (1..=5000).map(|seq| ObjectId { task: TaskId { submitter: d.worker_id, seq }, index: 0 }).collect();
+    for id in &ids {
+        h.st.handle(d.conn, ToNode::Put { id: *id, value: inline(b"v") });
+    }
+    assert!(!h.st.shrink_tables(), "full tables stay");
+    h.st.handle(d.conn, ToNode::RemoveRef(ids[1..].to_vec()));
+    assert_eq!(h.st.stats().objects, 1);
+    assert!(h.st.shrink_tables(), "the emptied object table shrinks");
+    assert!(!h.st.shrink_tables(), "and then stays");
+    h.st.handle(d.conn, ToNode::Subscribe(vec![ids[0]]));
+    assert_eq!(ready(&d.take(), ids[0]), Some(&inline(b"v")), "what is left is still there");
+}

@@ -430,6 +430,9 @@ struct Event {
     task_id: TaskId,
     task: Arc<EventTask>,
     time_us: u64,
+    /// Boxed for a thin pointer (8 bytes, against 16 for a `Box<str>`): the
+    /// rare error pays one more allocation, every event is smaller.
+    #[allow(clippy::box_collection)]
     error: Option<Box<String>>,
     attempt: u32,
     worker_pid: Option<std::num::NonZeroU32>,

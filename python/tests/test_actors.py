@@ -283,3 +283,13 @@ def test_an_async_actors_idle_threads_exit(cluster):
     assert threads() > 20
     wait_until(lambda: threads() < 10, "idle threads exit")
     assert ray.get([a.work.remote(0.1) for _ in range(10)], timeout=T)[-1] >= 2
+
+
+def test_actors_created_and_killed_in_a_loop_log_no_warning(cluster, capfd):
+    for i in range(10):
+        c = Counter.remote(i)
+        assert ray.get(c.incr.remote(), timeout=T) == i + 1
+        ray.kill(c)
+    # Kills waiting behind spawns may come after a process already ended.
+    time.sleep(0.5)
+    assert "not killing" not in capfd.readouterr().err

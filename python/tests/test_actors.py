@@ -56,6 +56,9 @@ class Slow:
     def most_at_once(self):
         return self.most
 
+    def pid(self):
+        return os.getpid()
+
 
 @ray.remote
 class AsyncCounter:
@@ -67,6 +70,9 @@ class AsyncCounter:
     async def incr(self):
         self.n += 1
         return self.n
+
+    async def pid(self):
+        return os.getpid()
 
     async def work(self, seconds):
         self.inside += 1
@@ -88,6 +94,33 @@ class Broken:
 
     def never(self):
         return 1
+
+
+@ray.remote
+def task_pid():
+    return os.getpid()
+
+
+def children():
+    """The pids of this process's live children (zombies left out)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[1]) == os.getpid():
+                found.add(int(entry))
+    return found
+
+
+def wait_until(check, what):
+    deadline = time.time() + T
+    while not check():
+        assert time.time() < deadline, what
+        time.sleep(0.02)
 
 
 @ray.remote
@@ -226,3 +259,67 @@ def test_bad_actor_use_is_a_clear_error(cluster):
         c.incr()
     with pytest.raises(TypeError, match="ActorHandle"):
         ray.kill("not an actor")
+
+
+def test_actors_take_idle_workers_and_a_spare_starts_in_their_place(cluster):
+    # Once the results are here, the workers that ran the tasks are idle.
+    ray.get([task_pid.remote() for _ in range(4)], timeout=T)
+    actors, pids = [], []
+    # Each actor takes an idle worker, until none is left and one gets a
+    # process of its own.
+    while True:
+        before = children()
+        actors.append(Counter.remote())
+        pids.append(ray.get(actors[-1].pid.remote(), timeout=T))
+        if pids[-1] not in before:
+            break
+        assert len(actors) < 20, "a pool holds few idle workers"
+    # A spare started beside that process: the next task runs there...
+    spare = ray.get(task_pid.remote(), timeout=T)
+    assert spare not in pids
+    # ...and the next actor takes it, and another spare starts.
+    before = children()
+    actors.append(Counter.remote(5))
+    assert ray.get(actors[-1].pid.remote(), timeout=T) == spare
+    assert ray.get(actors[-1].incr.remote(), timeout=T) == 6
+    wait_until(lambda: children() - before, "a spare starts")
+    # An actor's process never goes back to the pool, and dies with it.
+    pids.append(spare)
+    assert not set(pids) & set(ray.get([task_pid.remote() for _ in range(20)], timeout=T))
+    for a in actors:
+        ray.kill(a)
+    wait_until(lambda: not set(pids) & children(), "the killed actors' processes exit")
+
+
+def _threads(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("Threads:")))
+
+
+def test_a_threaded_actors_idle_threads_exit(cluster):
+    s = Slow.options(max_concurrency=40).remote()
+    # Each call runs on a thread of the actor's pool.
+    ray.get([s.work.remote(0.3) for _ in range(40)], timeout=T)
+    pid = ray.get(s.pid.remote(), timeout=T)
+    assert _threads(pid) > 20
+    wait_until(lambda: _threads(pid) < 10, "idle threads exit")
+    assert ray.get([s.work.remote(0.1) for _ in range(10)], timeout=T)[-1] >= 2
+
+
+def test_an_async_actors_calls_hold_no_threads(cluster):
+    a = AsyncCounter.remote()
+    # Calls waiting at an await are tasks of the actor's event loop.
+    refs = [a.work.remote(0.5) for _ in range(40)]
+    pid = ray.get(a.pid.remote(), timeout=T)
+    assert _threads(pid) < 10
+    assert ray.get(refs, timeout=T)[-1] >= 2
+
+
+def test_actors_created_and_killed_in_a_loop_log_no_warning(cluster, capfd):
+    for i in range(10):
+        c = Counter.remote(i)
+        assert ray.get(c.incr.remote(), timeout=T) == i + 1
+        ray.kill(c)
+    # Kills waiting behind spawns may come after a process already ended.
+    time.sleep(0.5)
+    assert "not killing" not in capfd.readouterr().err

@@ -29,6 +29,9 @@ use std::time::Duration;
 /// Environment variables a worker process is started with.
 pub use ferroray_transport::env;
 
+/// How many reaped pids the spawner remembers (`Spawner::reaped`).
+const REAPED_KEPT: usize = 256;
+
 pub enum PoolCmd {
     /// Start a worker of `kind`: for the pool, or the process of `actor`.
     Spawn {
@@ -51,6 +54,11 @@ struct Spawner {
     socket_name: String,
     /// Started and not reaped: the only pids it ever signals.
     children: Vec<Child>,
+    /// The last pids reaped (at most `REAPED_KEPT`): a kill asked for one
+    /// of them came after its process ended (it exited on the end of its
+    /// socket, say, while the kill waited behind a spawn), which is no
+    /// reason to warn.
+    reaped: std::collections::VecDeque<u32>,
     shared: Arc<OnceLock<Weak<Shared>>>,
     /// The one thread that forwards every worker's output.
     log: Option<LogForwarder>,
@@ -65,6 +73,7 @@ impl Pool {
             store_fd,
             socket_name,
             children: Vec::new(),
+            reaped: std::collections::VecDeque::new(),
             shared: shared.clone(),
             log: None,
         };
@@ -98,6 +107,7 @@ impl Spawner {
                 }
                 Ok(PoolCmd::Kill(pid)) => match self.children.iter().find(|c| c.id() == pid) {
                     Some(child) => kill(child),
+                    None if self.reaped.contains(&pid) => {}
                     None => tracing::warn!("not killing pid {pid}: not a worker this node started"),
                 },
                 Ok(PoolCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
@@ -111,6 +121,12 @@ impl Spawner {
                 }
                 _ => true,
             });
+            for (pid, _) in &exited {
+                if self.reaped.len() == REAPED_KEPT {
+                    self.reaped.pop_front();
+                }
+                self.reaped.push_back(*pid);
+            }
             if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
                 let mut st = shared.lock();
                 for (pid, status) in exited {

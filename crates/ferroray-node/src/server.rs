@@ -305,13 +305,14 @@ impl ConnLimits {
         Some(Admitted(self.clone()))
     }
 
-    /// After a burst of connections has ended, gives the memory their
-    /// buffers took back to the system (the allocator keeps freed heap
-    /// memory otherwise). Called from the once-a-second tick.
-    fn trim_after_burst(&self) {
+    /// After a burst of connections has ended, or when the state's tables
+    /// were just shrunk (`shrunk`), gives the memory they took back to the
+    /// system (the allocator keeps freed heap memory otherwise). Called
+    /// from the node's tick.
+    fn trim_after_burst(&self, shrunk: bool) {
         let active = self.active.load(Ordering::Acquire);
         let high = self.high_water.load(Ordering::Acquire);
-        if high >= active + 8 {
+        if shrunk || high >= active + 8 {
             self.high_water.store(active, Ordering::Release);
             #[cfg(target_env = "gnu")]
             // SAFETY: malloc_trim only returns free memory to the system.
@@ -346,7 +347,8 @@ async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: onesho
             _ = trim.tick() => {
                 shared.lock().trim_store();
                 shared.lock().exit_idle_workers();
-                shared.limits.trim_after_burst();
+                let shrunk = shared.lock().shrink_tables();
+                shared.limits.trim_after_burst(shrunk);
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {

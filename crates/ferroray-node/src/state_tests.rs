@@ -67,6 +67,11 @@ fn harness(cpus: f64) -> Harness {
 
 /// A node whose pool has a command for each of `kinds`.
 fn harness_of(cpus: f64, kinds: &[WorkerKind]) -> Harness {
+    harness_with(cpus, kinds, |_| {})
+}
+
+/// A node as `harness_of` makes it, with `tune` applied to its config.
+fn harness_with(cpus: f64, kinds: &[WorkerKind], tune: impl FnOnce(&mut NodeConfig)) -> Harness {
     let mut config = NodeConfig::new(WorkerCommand { program: "/bin/true".into(), args: vec![], env: vec![] });
     config.worker_commands =
         kinds.iter().map(|k| (*k, WorkerCommand { program: "/bin/true".into(), args: vec![], env: vec![] })).collect();
@@ -79,6 +84,7 @@ fn harness_of(cpus: f64, kinds: &[WorkerKind]) -> Harness {
     std::fs::create_dir_all(&spill).unwrap();
     let arena = Arc::new(Arena::create(config.store_capacity).unwrap());
     let store = Store::new(arena, spill.clone()).unwrap();
+    tune(&mut config);
     let info = NodeInfo { node_id: config.node_id, inline_threshold: 1024, store_capacity: config.store_capacity };
     let (tx, spawns) = std::sync::mpsc::channel();
     Harness { st: State::new(&config, info, store, tx), spawns, token, next_pid: 1000, spill }
@@ -130,6 +136,11 @@ impl Harness {
         msgs.remove(0);
         *p.inbox.0.lock() = msgs;
         p
+    }
+
+    /// Every command the pool received since the last call.
+    fn pool_commands(&self) -> Vec<PoolCmd> {
+        std::iter::from_fn(|| self.spawns.try_recv().ok()).collect()
     }
 
     /// Spawn requests the pool received since the last call.
@@ -428,7 +439,11 @@ fn an_actor_process_whose_hello_beats_its_registration_is_not_refused() {
     assert!(matches!(d.take().as_slice(), [FromNode::ActorCreated { req: 1, result: Ok(()) }]));
     let actor = ferroray_common::ActorId(tid);
     let spawned: Vec<_> = std::iter::from_fn(|| h.spawns.try_recv().ok()).collect();
-    assert!(matches!(spawned.as_slice(), [PoolCmd::Spawn { actor: Some(a), .. }] if *a == actor));
+    // Its process, and a spare for the next actor.
+    assert!(matches!(
+        spawned.as_slice(),
+        [PoolCmd::Spawn { actor: Some(a), .. }, PoolCmd::Spawn { actor: None, .. }] if *a == actor
+    ));
     // The process says hello before the spawner has registered its pid.
     let (pid, worker_id) = (4242, WorkerId::random());
     let (conn, outbox, inbox) = h.connect(pid);
@@ -512,4 +527,187 @@ fn a_call_of_a_function_never_exported_fails_and_exports_are_checked() {
     h.st.handle(d.conn, ToNode::ExportFunction { function: theirs, pickled: vec![1] });
     h.st.handle(d.conn, ToNode::ExportFunction { function: theirs, pickled: vec![2] });
     assert!(!h.st.is_connected(d.conn));
+}
+
+/// The creation task of an actor of `kind` that holds no resources.
+fn actor_spec(by: &Peer, seq: u64, kind: WorkerKind) -> TaskSpec {
+    let mut s = if kind == WorkerKind::Python { python_spec(by, seq) } else { spec(by, seq, ReturnKind::Fixed(1), 0) };
+    s.resources = ResourceSet::new();
+    s.actor = Some(ferroray_protocol::ActorTask::Create(Box::new(ferroray_protocol::ActorSpec {
+        class: "t::Counter".into(),
+        name: None,
+        detached: false,
+        max_restarts: 0,
+        max_task_retries: 0,
+        max_concurrency: 1,
+        executor: ferroray_protocol::ActorExecutor::Serial,
+        front: Vec::new(),
+    })));
+    s
+}
+
+/// What the pool was asked: (pool workers by kind, actor processes).
+fn spawn_counts(cmds: &[PoolCmd]) -> (Vec<WorkerKind>, usize) {
+    let pool = cmds
+        .iter()
+        .filter_map(|c| match c {
+            PoolCmd::Spawn { kind, actor: None } => Some(*kind),
+            _ => None,
+        })
+        .collect();
+    let actors = cmds.iter().filter(|c| matches!(c, PoolCmd::Spawn { actor: Some(_), .. })).count();
+    (pool, actors)
+}
+
+#[test]
+fn an_actor_takes_an_idle_worker_of_its_kind_and_a_spare_starts_in_its_place() {
+    let mut h = harness_of(2.0, &[WorkerKind::Rust, WorkerKind::Python]);
+    let d = h.driver();
+    let rust = h.worker();
+    let py = h.worker_of(WorkerKind::Python);
+    let a = actor_spec(&d, 1, WorkerKind::Python);
+    let atid = a.task_id;
+    h.st.handle(d.conn, ToNode::CreateActor { req: 1, spec: Box::new(a) });
+    assert!(matches!(d.take().as_slice(), [FromNode::ActorCreated { req: 1, result: Ok(()) }]));
+    assert_eq!(executed(&py.take()), vec![atid], "the idle Python worker runs the constructor at once");
+    assert!(executed(&rust.take()).is_empty(), "a worker of another kind is not taken");
+    assert_eq!(spawn_counts(&h.pool_commands()), (vec![WorkerKind::Python], 0), "one spare, no process of its own");
+    h.st.handle(
+        py.conn,
+        ToNode::TaskDone { task_id: atid, attempt: 0, outcome: TaskOutcome::Returned(vec![inline(b"")]) },
+    );
+    // The actor's process never goes back to the pool: a Python task waits
+    // for the spare.
+    let t = python_spec(&d, 2);
+    let ttid = t.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(t)));
+    assert!(executed(&py.take()).is_empty());
+    assert_eq!(spawn_counts(&h.pool_commands()), (vec![], 0), "the spare is starting: nothing more is asked for");
+    let spare = h.worker_of(WorkerKind::Python);
+    assert_eq!(executed(&spare.take()), vec![ttid]);
+    // Killing the actor kills the process it took.
+    h.st.handle(d.conn, ToNode::KillActor { actor: ferroray_common::ActorId(atid), no_restart: true });
+    assert!(h.pool_commands().iter().any(|c| matches!(c, PoolCmd::Kill(pid) if *pid == py.pid)));
+}
+
+#[test]
+fn an_actor_with_no_idle_worker_gets_a_process_of_its_own_and_a_spare_starts_beside_it() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    // The only idle worker dies before anyone takes it.
+    let w = h.worker();
+    h.st.disconnect(w.conn, "test");
+    let a = actor_spec(&d, 1, WorkerKind::Rust);
+    let atid = a.task_id;
+    h.st.handle(d.conn, ToNode::CreateActor { req: 1, spec: Box::new(a) });
+    assert_eq!(spawn_counts(&h.pool_commands()), (vec![WorkerKind::Rust], 1));
+    // The spare is there before the actor's own process: the next actor takes it.
+    let spare = h.worker();
+    assert!(executed(&spare.take()).is_empty(), "the spare is not the first actor's");
+    let b = actor_spec(&d, 2, WorkerKind::Rust);
+    let btid = b.task_id;
+    h.st.handle(d.conn, ToNode::CreateActor { req: 2, spec: Box::new(b) });
+    assert_eq!(executed(&spare.take()), vec![btid]);
+    // The first actor's own process runs its constructor.
+    let (pid, worker_id) = (5151, WorkerId::random());
+    h.st.spawned(pid, worker_id, WorkerKind::Rust, Some(ferroray_common::ActorId(atid)));
+    let (conn, outbox, inbox) = h.connect(pid);
+    let hello =
+        ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid, role: Role::Worker, token: h.token.clone() };
+    h.st.handle(conn, hello);
+    let own = Peer { conn, pid, worker_id, outbox, inbox };
+    assert_eq!(executed(&own.take()), vec![atid]);
+}
+
+#[test]
+fn the_idle_timeout_ends_a_spare_but_never_one_an_actor_took() {
+    let mut h = harness_with(1.0, &[WorkerKind::Rust], |c| c.idle_worker_timeout = std::time::Duration::ZERO);
+    let d = h.driver();
+    let (w1, w2, w3) = (h.worker(), h.worker(), h.worker());
+    // The most recently idled worker is taken, while all three are past
+    // the timeout.
+    let a = actor_spec(&d, 1, WorkerKind::Rust);
+    let atid = a.task_id;
+    h.st.handle(d.conn, ToNode::CreateActor { req: 1, spec: Box::new(a) });
+    assert_eq!(executed(&w3.take()), vec![atid]);
+    assert_eq!(spawn_counts(&h.pool_commands()), (vec![], 0), "two idle workers are spares enough");
+    // Beyond the steady size (one per CPU, the actor's process counted),
+    // idle workers exit, the longest idle first; the actor's does not.
+    h.st.exit_idle_workers();
+    assert!(!h.st.is_connected(w1.conn) && !h.st.is_connected(w2.conn));
+    assert!(h.st.is_connected(w3.conn));
+    // The creation task still finishes on it.
+    h.st.handle(
+        w3.conn,
+        ToNode::TaskDone { task_id: atid, attempt: 0, outcome: TaskOutcome::Returned(vec![inline(b"")]) },
+    );
+    let handle = ObjectId::for_return(atid, 0);
+    h.st.handle(d.conn, ToNode::Subscribe(vec![handle]));
+    assert!(matches!(ready(&d.take(), handle), Some(ObjectValue::Data { .. })));
+    // With no spare left, the next actor gets a process of its own and a
+    // spare is asked for beside it.
+    let b = actor_spec(&d, 2, WorkerKind::Rust);
+    h.st.handle(d.conn, ToNode::CreateActor { req: 2, spec: Box::new(b) });
+    assert_eq!(spawn_counts(&h.pool_commands()), (vec![WorkerKind::Rust], 1));
+}
+
+#[test]
+fn no_spare_starts_once_the_node_shuts_down() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let w = h.worker();
+    h.st.begin_shutdown();
+    let a = actor_spec(&d, 1, WorkerKind::Rust);
+    h.st.handle(d.conn, ToNode::CreateActor { req: 1, spec: Box::new(a) });
+    assert!(executed(&w.take()).is_empty());
+    assert_eq!(spawn_counts(&h.pool_commands()), (vec![], 0));
+}
+
+#[test]
+fn the_event_ring_keeps_the_newest_events_with_every_field() {
+    let mut h = harness_with(1.0, &[WorkerKind::Rust], |c| c.max_task_events = 5);
+    let d = h.driver();
+    let w = h.worker();
+    let a = actor_spec(&d, 1, WorkerKind::Rust);
+    let atid = a.task_id;
+    h.st.handle(d.conn, ToNode::CreateActor { req: 1, spec: Box::new(a) });
+    let failed = Error::task("ValueError", "no", "t::f", w.pid);
+    h.st.handle(w.conn, ToNode::TaskDone { task_id: atid, attempt: 0, outcome: TaskOutcome::Failed(failed) });
+    for seq in 2..4 {
+        h.st.handle(d.conn, ToNode::Submit(Box::new(spec(&d, seq, ReturnKind::Fixed(1), 0))));
+    }
+    h.st.handle(d.conn, ToNode::ListTasks { req: 9 });
+    let msgs = d.take();
+    let Some(FromNode::Tasks { req: 9, events }) = msgs.iter().find(|m| matches!(m, FromNode::Tasks { .. })) else {
+        panic!("{msgs:?}")
+    };
+    assert_eq!(events.len(), 5, "{events:?}");
+    // The newest five, oldest first: the actor's end, then the two tasks'
+    // submissions and waits (no worker is idle: the actor took it).
+    let first = &events[0];
+    assert_eq!(first.task_id, atid);
+    assert_eq!(first.state, ferroray_protocol::TaskState::Failed);
+    assert_eq!(first.actor_id, Some(ferroray_common::ActorId(atid)));
+    assert!(first.error.as_deref().is_some_and(|e| e.contains("ValueError")), "{first:?}");
+    assert_eq!(events.last().map(|e| e.task_id.seq), Some(3));
+    assert!(events.windows(2).all(|p| p[0].time_us <= p[1].time_us));
+    assert!(events[1..].iter().all(|e| e.actor_id.is_none() && e.name == "f"), "{events:?}");
+}
+
+#[test]
+fn tables_a_burst_left_oversized_are_shrunk_once() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let ids: Vec<ObjectId> =
+        (1..=5000).map(|seq| ObjectId { task: TaskId { submitter: d.worker_id, seq }, index: 0 }).collect();
+    for id in &ids {
+        h.st.handle(d.conn, ToNode::Put { id: *id, value: inline(b"v") });
+    }
+    assert!(!h.st.shrink_tables(), "full tables stay");
+    h.st.handle(d.conn, ToNode::RemoveRef(ids[1..].to_vec()));
+    assert_eq!(h.st.stats().objects, 1);
+    assert!(h.st.shrink_tables(), "the emptied object table shrinks");
+    assert!(!h.st.shrink_tables(), "and then stays");
+    h.st.handle(d.conn, ToNode::Subscribe(vec![ids[0]]));
+    assert_eq!(ready(&d.take(), ids[0]), Some(&inline(b"v")), "what is left is still there");
 }

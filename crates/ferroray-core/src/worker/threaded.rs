@@ -12,7 +12,8 @@
 //!    call is never overtaken by the `&self` calls sent after it. If the
 //!    call is cancelled meanwhile, it ends there (`TaskCancelled`).
 //! 3. It hands the call to an idle thread, or starts one (never more than
-//!    `max_concurrency`).
+//!    `max_concurrency`). A thread idle for `IDLE_THREAD_EXIT` exits, all
+//!    but the last; the count it leaves is what step 3 reads.
 //! 4. The thread runs the call, unless it was cancelled while it waited
 //!    (then it reports `TaskCancelled` without running it), and gives its
 //!    slot back, waking the dispatcher.
@@ -26,6 +27,11 @@ use super::*;
 
 /// How often a call waiting for its turn looks at its cancel flag.
 const CANCEL_CHECK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A thread of the pool with no call for this long exits (one stays): a
+/// burst of calls leaves no idle threads behind, each holding its stack
+/// and its interpreter state (a thousand of them held 30 MB).
+const IDLE_THREAD_EXIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A call admitted and waiting for a thread.
 struct Job {
@@ -104,12 +110,24 @@ fn run_jobs(pool: &Pool, queue: &TaskQueue, core: &Arc<CoreWorker>) {
     loop {
         let job = {
             let mut s = pool.slots.lock();
+            let idle_since = std::time::Instant::now();
             loop {
                 if let Some(job) = s.jobs.pop_front() {
                     break job;
                 }
+                let left = IDLE_THREAD_EXIT.saturating_sub(idle_since.elapsed());
+                if left.is_zero() && s.threads > 1 {
+                    // Under the lock the dispatcher starts threads by: it
+                    // sees one fewer, and starts one when a call needs it.
+                    s.threads -= 1;
+                    return;
+                }
                 s.idle += 1;
-                pool.changed.wait(&mut s);
+                if left.is_zero() {
+                    pool.changed.wait(&mut s);
+                } else {
+                    pool.changed.wait_for(&mut s, left);
+                }
                 s.idle -= 1;
             }
         };

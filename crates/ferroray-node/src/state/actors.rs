@@ -15,10 +15,14 @@
 //!    restarts.
 //! 2. When the creation task's arguments are ready, the actor is placed:
 //!    it takes its resources for its whole life (waiting in `unplaced`
-//!    while they are busy) and a process of its own is asked for
+//!    while they are busy) and a process: an idle pool worker of its kind
+//!    if there is one (`adopt`), else one of its own is asked for
 //!    (`PoolCmd::Spawn` with the actor), outside the task pool's counts.
-//! 3. That process's hello makes it the actor's worker: never idle, never
-//!    given another task, never revoked. The creation task goes to it.
+//!    Either way the pool starts a spare of that kind if it has none
+//!    (`keep_spare`), so the next actor finds a process ready.
+//! 3. That process (at its hello, or adopted at once) becomes the actor's
+//!    worker: never idle, never given another task, never revoked, never
+//!    back in the pool. The creation task goes to it.
 //! 4. The creation task's end makes the actor alive (calls flow) or dead
 //!    with `CreationFailed` (every waiting call fails with it).
 //! 5. A call enters its caller's FIFO when submitted; the head of each FIFO
@@ -232,11 +236,31 @@ impl State {
         if let Some(a) = self.actors.get_mut(&id) {
             a.held = Some(want);
         }
+        // An idle pool worker of its kind, started and connected already,
+        // becomes its process (it never goes back to the pool); a spare
+        // then starts in its place.
+        if let Some(w) = self.idle[kind].pop() {
+            self.adopt(w, id);
+            return self.keep_spare(kind);
+        }
         if self.spawn.send(PoolCmd::Spawn { kind, actor: Some(id) }).is_err() {
             self.actor_dead(id, Error::Disconnected("the node is shutting down".into()));
         } else {
             self.actor_spawns += 1;
+            self.keep_spare(kind);
         }
+    }
+
+    /// Step 3 for an idle pool worker `w` taken by actor `id`: from here on
+    /// it is the actor's process as if started for it. All in one lock hold:
+    /// nobody sees it both idle and the actor's.
+    fn adopt(&mut self, w: ConnId, id: ActorId) {
+        let Some(c) = self.conns.get_mut(&w) else { return };
+        c.actor = Some(id);
+        if let Some(record) = self.worker_pids.get_mut(&c.pid) {
+            record.2 = Some(id);
+        }
+        self.actor_connected(id, w);
     }
 
     /// Places the actors waiting for resources, in order (called by `schedule`).

@@ -431,7 +431,10 @@ impl State {
             if workers <= self.steady_workers {
                 break;
             }
-            let expired = self.conns.get(&w).is_some_and(|c| now.duration_since(c.idle_since) >= self.idle_timeout);
+            // Each exit may reschedule, and an actor may take a worker of
+            // this list meanwhile (`adopt`): only one still idle exits.
+            let expired = self.idle[kind].contains(&w)
+                && self.conns.get(&w).is_some_and(|c| now.duration_since(c.idle_since) >= self.idle_timeout);
             if expired {
                 self.disconnect(w, "idle");
                 workers -= 1;

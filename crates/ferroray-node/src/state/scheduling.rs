@@ -9,6 +9,11 @@ use super::*;
 /// start anyway (no free resources), and is undone if the worker blocks.
 const PIPELINE_DEPTH: usize = 8;
 
+/// Idle (or starting) pool workers of a kind kept ready for the next actor
+/// once an actor of that kind took a process: an actor's creation then
+/// waits for no interpreter to start (`keep_spare`).
+pub(super) const SPARE_WORKERS: usize = 1;
+
 /// Bytes of argument values sent inline with one task, at most.
 const ARG_INLINE_BUDGET: usize = ferroray_protocol::limits::INLINE_ARGS;
 
@@ -196,6 +201,33 @@ impl State {
                 to_start -= 1;
                 room -= 1;
             }
+        }
+    }
+
+    /// Starts pool workers of `kind` until [`SPARE_WORKERS`] of them are
+    /// idle or starting, within `max_workers` and `max_worker_processes`
+    /// (called when an actor took a process of that kind). A spare is an
+    /// ordinary pool worker: it holds no lease (no CPU) while idle, the next
+    /// task or actor of its kind takes it, and the idle timeout lets it go
+    /// like any other.
+    pub(super) fn keep_spare(&mut self, kind: WorkerKind) {
+        let have = self.idle[kind].len() + self.starting[kind];
+        if self.shutting_down || have >= SPARE_WORKERS {
+            return;
+        }
+        let starting = self.starting.total();
+        let pool = |c: &&Conn| c.role == Some(Role::Worker) && c.actor.is_none() && !c.doomed;
+        let active = self.conns.values().filter(pool).filter(|c| !c.blocked || c.paused).count();
+        let processes = self.conns.values().filter(pool).count();
+        let room = self
+            .max_workers
+            .saturating_sub(active + starting)
+            .min(self.max_processes.saturating_sub(processes + starting));
+        for _ in 0..(SPARE_WORKERS - have).min(room) {
+            if self.spawn.send(PoolCmd::Spawn { kind, actor: None }).is_err() {
+                return;
+            }
+            self.starting[kind] += 1;
         }
     }
 

@@ -68,7 +68,13 @@ _init_lock = threading.Lock()
 def _worker_env() -> List[Tuple[str, str]]:
     # The workers import what the driver can: its module search path.
     paths = [p if p else os.getcwd() for p in sys.path]
-    return [("PYTHONPATH", os.pathsep.join(paths))]
+    env = [("PYTHONPATH", os.pathsep.join(paths))]
+    if "OMP_NUM_THREADS" not in os.environ:
+        # As Ray does: a worker runs one task on one CPU, so numerical
+        # libraries (OpenBLAS under numpy) start no threads of their own
+        # that would spin beside it. Set it in the driver to choose.
+        env.append(("OMP_NUM_THREADS", "1"))
+    return env
 
 
 def init(

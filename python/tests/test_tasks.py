@@ -283,3 +283,16 @@ def test_a_function_is_exported_once_not_per_call(cluster):
     workers = ray._ferroray._runtime_stats()["workers"]
     grown = ray._ferroray._runtime_stats()["node_functions"] - before
     assert 3 <= grown <= 2 + workers, (grown, workers)
+
+
+@ray.remote
+def omp_threads():
+    import os
+
+    return os.environ.get("OMP_NUM_THREADS")
+
+
+def test_workers_run_numerical_libraries_on_one_thread(cluster):
+    # Unless the driver's environment says otherwise (as Ray).
+    expected = os.environ.get("OMP_NUM_THREADS", "1")
+    assert ray.get(omp_threads.remote(), timeout=T) == expected

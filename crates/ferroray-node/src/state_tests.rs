@@ -422,18 +422,7 @@ fn a_kind_whose_workers_cannot_start_fails_its_tasks_only() {
 fn an_actor_process_whose_hello_beats_its_registration_is_not_refused() {
     let mut h = harness(1.0);
     let d = h.driver();
-    let mut s = spec(&d, 1, ReturnKind::Fixed(1), 0);
-    s.resources = ResourceSet::new();
-    s.actor = Some(ferroray_protocol::ActorTask::Create(Box::new(ferroray_protocol::ActorSpec {
-        class: "t::Counter".into(),
-        name: None,
-        detached: false,
-        max_restarts: 0,
-        max_task_retries: 0,
-        max_concurrency: 1,
-        executor: ferroray_protocol::ActorExecutor::Serial,
-        front: Vec::new(),
-    })));
+    let s = actor_spec(&d, 1, WorkerKind::Rust);
     let tid = s.task_id;
     h.st.handle(d.conn, ToNode::CreateActor { req: 1, spec: Box::new(s) });
     assert!(matches!(d.take().as_slice(), [FromNode::ActorCreated { req: 1, result: Ok(()) }]));

@@ -299,6 +299,7 @@ class RemoteFunction:
             rex,
             backpressure,
             bool(opts.get("enable_task_events", True)),
+            _parent(),
         )
         # One ref, a list of them, or (streaming, dynamic) what submit made.
         return refs[0] if num_returns == 1 else refs
@@ -320,7 +321,17 @@ def remote(*args: Any, **options: Any) -> Any:
 # The task of an async actor's call, in that call's asyncio context (the
 # core's own record of the running task is per thread, and an async actor's
 # calls share one thread).
-_ASYNC_TASK_ID: "contextvars.ContextVar[Optional[str]]" = contextvars.ContextVar("ferroray_task_id", default=None)
+# (hex for get_runtime_context, int for the parent of the calls it makes)
+_ASYNC_TASK: "contextvars.ContextVar[Optional[Tuple[str, int]]]" = contextvars.ContextVar(
+    "ferroray_task", default=None
+)
+
+
+def _parent() -> Optional[int]:
+    """The async actor call this code runs in (as an int), if any: the
+    parent of the calls it makes, so that a recursive cancel reaches them."""
+    task = _ASYNC_TASK.get()
+    return task[1] if task is not None else None
 
 
 class RuntimeContext:
@@ -364,9 +375,9 @@ def get_runtime_context() -> RuntimeContext:
     """The ids of the current job, node, task and actor (as ``ray.get_runtime_context()``)."""
     _auto_init()
     ids = _ferroray._runtime_context()
-    task_id = _ASYNC_TASK_ID.get()
-    if task_id is not None:
-        ids["task_id"] = task_id
+    task = _ASYNC_TASK.get()
+    if task is not None:
+        ids["task_id"] = task[0]
     return RuntimeContext(ids)
 
 

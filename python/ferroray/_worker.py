@@ -261,8 +261,8 @@ class AsyncServer:
 
     def wake(self) -> None:
         started, cancelled, resumed = self._calls.take()
-        for token, task_id, method, args, returns in started:
-            self._tasks[token] = self._loop.create_task(self._run(token, task_id, method, args, returns))
+        for token, task, method, args, returns in started:
+            self._tasks[token] = self._loop.create_task(self._run(token, task, method, args, returns))
         for token in cancelled:
             task = self._tasks.get(token)
             if task is not None:
@@ -272,12 +272,12 @@ class AsyncServer:
             if fut is not None and not fut.done():
                 fut.set_result(go_on)
 
-    async def _run(self, token: int, task_id: str, method: str, args: List[Any], returns: int) -> None:
+    async def _run(self, token: int, task: Tuple[str, int], method: str, args: List[Any], returns: int) -> None:
         import asyncio
 
         import ferroray
 
-        ferroray._ASYNC_TASK_ID.set(task_id)
+        ferroray._ASYNC_TASK.set(task)
         where = f"actor method {type(self._instance).__qualname__}.{method}"
         try:
             outcome = await self._outcome(token, method, args, returns, where)

@@ -136,7 +136,7 @@ class ActorClass:
         return other
 
     def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
-        from ferroray import _auto_init
+        from ferroray import _auto_init, _parent
 
         _auto_init()
         class_id = self._export.id()
@@ -160,6 +160,7 @@ class ActorClass:
             [(k, float(v)) for k, v in (o.get("resources") or {}).items()],
             self._async,
             _pickled_methods(self._methods),
+            _parent(),
         )
         return ActorHandle(core, self._methods)
 
@@ -222,7 +223,9 @@ class ActorMethod:
         bp = self._options.get("_generator_backpressure_num_objects")
         if bp is not None and bp != -1 and num_returns != "streaming":
             raise ValueError('_generator_backpressure_num_objects applies only to num_returns="streaming"')
-        out = self._core._call(self._name, _wire_args(args, kwargs), num_returns, bp)
+        from ferroray import _parent
+
+        out = self._core._call(self._name, _wire_args(args, kwargs), num_returns, bp, _parent())
         return out[0] if num_returns == 1 else out
 
 

@@ -22,6 +22,7 @@ class Loop:
         self.started = []
         self.cancelled = 0
         self.produced = 0
+        self.children = []
 
     async def work(self, tag, seconds):
         self.started.append(tag)
@@ -71,10 +72,26 @@ class Loop:
     async def awaits_a_task(self, x):
         return await double.remote(x)
 
+    async def streams_from_a_child(self):
+        gen = ticker.remote(1200)
+        self.children.append(gen.completed())
+        async for _ in gen:
+            pass
+
+    async def children_done(self):
+        return list(self.children)
+
 
 @ray.remote
 def double(x):
     return 2 * x
+
+
+@ray.remote
+def ticker(n):
+    for i in range(n):
+        time.sleep(0.05)
+        yield i
 
 
 def test_max_concurrency_is_honoured_and_calls_start_in_order(cluster):
@@ -185,3 +202,16 @@ def test_stress_cancels_racing_completions(cluster):
         rounds += 1
     assert rounds > 0
     assert ray.get(a.plain.remote(1), timeout=T) == 2
+
+
+def test_a_recursive_cancel_reaches_the_tasks_an_async_call_started(cluster):
+    a = Loop.remote()
+    call = a.streams_from_a_child.remote()
+    time.sleep(0.5)
+    ray.cancel(call, recursive=True)
+    with pytest.raises(TaskCancelledError):
+        ray.get(call, timeout=T)
+    # The child's generator (a minute of items) was cancelled with it.
+    (child_done,) = ray.get(a.children_done.remote(), timeout=T)
+    with pytest.raises(TaskCancelledError):
+        ray.get(child_done, timeout=T)

@@ -5,7 +5,7 @@ use crate::context::{self, TaskContext};
 use crate::global;
 use crate::object_ref::{ObjectRef, RefInner};
 use crate::worker::CoreWorker;
-use ferroray_common::{resources, ActorId, Error, ObjectId, ResourceSet, Result, RetryExceptions, TaskError};
+use ferroray_common::{resources, ActorId, Error, ObjectId, ResourceSet, Result, RetryExceptions, TaskError, TaskId};
 use ferroray_protocol::{ActorTask, FunctionDescriptor, Payload, ReturnKind, TaskArg, TaskSpec};
 use serde::{de::DeserializeOwned, Serialize};
 use std::num::NonZeroU32;
@@ -285,6 +285,9 @@ pub struct TaskCall {
     core: Result<Arc<CoreWorker>>,
     /// A method call on this actor (its handle object rides in `contained`).
     actor: Option<ActorId>,
+    /// The task this call is made from, when the front knows better than
+    /// the thread's task context ([`TaskCall::parent`]).
+    parent: Option<TaskId>,
 }
 
 /// Past this many bytes of inline arguments, further arguments become
@@ -304,7 +307,17 @@ impl TaskCall {
             error: None,
             core: global::core_or_init(),
             actor: None,
+            parent: None,
         }
+    }
+
+    /// The task this call is made from (what a recursive cancel of that
+    /// task reaches), for a front whose running call is not the thread's:
+    /// the calls of an async actor of another language share one thread.
+    /// By default, the task running on this thread.
+    pub fn parent(mut self, parent: TaskId) -> Self {
+        self.parent = Some(parent);
+        self
     }
 
     /// A call of a function that another language's front defines (its
@@ -436,7 +449,7 @@ impl TaskCall {
             resources: self.opts.resource_set()?,
             max_retries: self.opts.max_retries_u32(),
             retry_exceptions: self.opts.retry_exceptions.clone(),
-            parent: context::current().map(|c| c.task_id),
+            parent: self.parent.or_else(|| context::current().map(|c| c.task_id)),
             enable_events: self.opts.enable_task_events,
             attempt: 0,
             actor,
@@ -487,7 +500,7 @@ impl TaskCall {
             resources,
             max_retries,
             retry_exceptions: self.opts.retry_exceptions.clone(),
-            parent: context::current().map(|c| c.task_id),
+            parent: self.parent.or_else(|| context::current().map(|c| c.task_id)),
             enable_events: self.opts.enable_task_events,
             attempt: 0,
             actor,

@@ -27,7 +27,7 @@ pub struct ActorHandle {
 #[pymethods]
 impl ActorHandle {
     /// Calls `method` with `args` (as a task's); returns as `submit` does.
-    #[pyo3(signature = (method, args, num_returns, backpressure=None))]
+    #[pyo3(signature = (method, args, num_returns, backpressure=None, parent=None))]
     fn _call<'py>(
         &self,
         py: Python<'py>,
@@ -35,6 +35,7 @@ impl ActorHandle {
         args: Vec<Bound<'py, PyAny>>,
         num_returns: Bound<'py, PyAny>,
         backpressure: Option<i64>,
+        parent: Option<u128>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let returns = Returns::parse(&num_returns)?;
         let opts = TaskOptions { generator_backpressure: self::backpressure(backpressure)?, ..TaskOptions::default() };
@@ -45,6 +46,9 @@ impl ActorHandle {
             pickled: Vec::new(),
         };
         let mut call = self.raw.call_foreign(function, opts);
+        if let Some(parent) = parent {
+            call = call.parent(crate::tasks::task_id(parent));
+        }
         add_args(&mut call, &args)?;
         returns.submit(py, call)
     }
@@ -93,7 +97,7 @@ pub(crate) fn _actor_from_handle(handle: Bound<'_, ObjectRef>, class: &str) -> A
 
 /// Creates an actor of the pickled class; it starts in the background.
 #[pyfunction]
-#[pyo3(signature = (class_function, module, qualname, args, name, detached, max_restarts, max_task_retries, max_concurrency, num_cpus, num_gpus, resources, asynchronous=false, methods=Vec::new()))]
+#[pyo3(signature = (class_function, module, qualname, args, name, detached, max_restarts, max_task_retries, max_concurrency, num_cpus, num_gpus, resources, asynchronous=false, methods=Vec::new(), parent=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn create_actor(
     py: Python<'_>,
@@ -111,6 +115,7 @@ pub(crate) fn create_actor(
     resources: Vec<(String, f64)>,
     asynchronous: bool,
     methods: Vec<u8>,
+    parent: Option<u128>,
 ) -> PyResult<ActorHandle> {
     let class = format!("{module}.{qualname}");
     let opts = ActorOptions {
@@ -129,6 +134,9 @@ pub(crate) fn create_actor(
         FunctionDescriptor::Python { module, qualname, function, pickled: Vec::new() },
         TaskOptions::default(),
     );
+    if let Some(parent) = parent {
+        call = call.parent(crate::tasks::task_id(parent));
+    }
     add_args(&mut call, &args)?;
     // Python state is shared by threads under the GIL; an async class's
     // calls run on one asyncio event loop that takes them from the core

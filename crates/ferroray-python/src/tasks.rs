@@ -4,7 +4,7 @@
 use crate::core_err;
 use crate::objects::{deadline, encoded, sliced, ObjectRef};
 use ferroray::{CancelOptions, RawValue};
-use ferroray_common::{FunctionId, WorkerId};
+use ferroray_common::{FunctionId, TaskId, WorkerId};
 use ferroray_core::task::{TaskCall, TaskOptions};
 use ferroray_core::{Backpressure, Retries, RetryExceptions};
 use ferroray_protocol::FunctionDescriptor;
@@ -94,6 +94,16 @@ impl Returns {
     }
 }
 
+/// A task id as Python holds it: one int (submitter, counter).
+pub(crate) fn task_id(id: u128) -> TaskId {
+    TaskId { submitter: WorkerId((id >> 64) as u64), seq: id as u64 }
+}
+
+/// A task id as one int for Python.
+pub(crate) fn task_int(id: TaskId) -> u128 {
+    ((id.submitter.0 as u128) << 64) | id.seq as u128
+}
+
 /// A function id as Python holds it: one int (exporter, counter).
 pub(crate) fn function_id(id: u128) -> FunctionId {
     FunctionId { exporter: WorkerId((id >> 64) as u64), seq: id as u64 }
@@ -119,7 +129,7 @@ pub(crate) fn _session() -> u64 {
 /// `"streaming"` (an `ObjectRefGenerator`) or `"dynamic"` (one ref, whose
 /// value is a `DynamicObjectRefGenerator`).
 #[pyfunction]
-#[pyo3(signature = (function, module, qualname, args, num_returns, num_cpus, num_gpus, resources, max_retries, retry_exceptions, backpressure=None, enable_task_events=true))]
+#[pyo3(signature = (function, module, qualname, args, num_returns, num_cpus, num_gpus, resources, max_retries, retry_exceptions, backpressure=None, enable_task_events=true, parent=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn submit<'py>(
     py: Python<'py>,
@@ -135,6 +145,7 @@ pub(crate) fn submit<'py>(
     retry_exceptions: Bound<'py, PyAny>,
     backpressure: Option<i64>,
     enable_task_events: bool,
+    parent: Option<u128>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let returns = Returns::parse(&num_returns)?;
     let retry_exceptions = match retry_exceptions.extract::<bool>() {
@@ -154,6 +165,9 @@ pub(crate) fn submit<'py>(
     let function = Some(function_id(function));
     let mut call =
         TaskCall::foreign(FunctionDescriptor::Python { module, qualname, function, pickled: Vec::new() }, opts);
+    if let Some(parent) = parent {
+        call = call.parent(task_id(parent));
+    }
     add_args(&mut call, &args)?;
     returns.submit(py, call)
 }

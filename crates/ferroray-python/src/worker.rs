@@ -331,9 +331,10 @@ pub(crate) struct PyAsyncCalls {
     calls: AsyncCalls,
 }
 
-/// A started call as the loop gets it: token, task id (hex), method name,
-/// arguments, and `num_returns` (-1 for a streaming or dynamic generator).
-type StartedTuple<'py> = (u64, String, String, Bound<'py, PyList>, i64);
+/// A started call as the loop gets it: token, task id (hex, and as an int
+/// for the calls it makes), method name, arguments, and `num_returns` (-1
+/// for a streaming or dynamic generator).
+type StartedTuple<'py> = (u64, (String, u128), String, Bound<'py, PyList>, i64);
 
 #[pymethods]
 impl PyAsyncCalls {
@@ -363,7 +364,8 @@ impl PyAsyncCalls {
                         CallReturns::Fixed(n) => n as i64,
                         CallReturns::Items => -1,
                     };
-                    started.push((call.token, call.task_id.to_string(), call.method, args, returns));
+                    let task = (call.task_id.to_string(), crate::tasks::task_int(call.task_id));
+                    started.push((call.token, task, call.method, args, returns));
                 }
                 Err(e) => self.calls.finish(call.token, Some(Err(e))),
             }

@@ -1,9 +1,11 @@
 """``await ref`` and ``async for ref in gen``, without blocking the event loop
 and without a thread per wait: the extension waits for every pending ref on
 one background thread of its own and calls back when each is ready
-(``_when_ready``, ``_when_next``; see ``crates/ferroray-python/src/aio.rs``).
-The callback only hops onto the loop (``call_soon_threadsafe``) to settle the
-awaiting future; the value is then read with an ordinary ``get``.
+(``ObjectRef._when_ready``, ``ObjectRefGenerator._when_ready``; see
+``crates/ferroray-python/src/aio.rs``). The callback only hops onto the loop
+(``call_soon_threadsafe``) to settle the awaiting future; the value is then
+read with an ordinary ``get``, and a generator's next item is taken on the
+loop, so an awaiter that gives up takes nothing.
 """
 
 from __future__ import annotations
@@ -43,10 +45,19 @@ async def await_ref(ref: Any) -> Any:
 
 
 async def next_item(gen: Any) -> Any:
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-    gen._when_next(_waiter(loop, fut))
-    item = await fut
-    if item is None:
-        raise StopAsyncIteration
-    return item
+    from ferroray.exceptions import GetTimeoutError
+
+    while True:
+        # Taken here, on the loop, only once it is here: an awaiter that
+        # gives up (a cancel, a timeout) takes nothing.
+        try:
+            item = gen._next_timeout(0.0)
+        except GetTimeoutError:
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            gen._when_ready(_waiter(loop, fut))
+            await fut
+            continue
+        if item is None:
+            raise StopAsyncIteration
+        return item

@@ -91,6 +91,29 @@ def test_many_awaits_hold_no_thread_each_and_a_cancelled_await_is_harmless(clust
     assert asyncio.run(asyncio.wait_for(main(), T)) == [1 + i for i in range(500)]
 
 
+@ray.remote
+def slow_count(n, pause):
+    for i in range(n):
+        time.sleep(pause)
+        yield i
+
+
+def test_a_cancelled_await_of_a_generator_takes_no_item(cluster):
+    gen = slow_count.remote(3, 0.3)
+
+    async def main():
+        try:
+            await asyncio.wait_for(gen.__anext__(), 0.05)
+            raise AssertionError("the first item came in 50 ms")
+        except asyncio.TimeoutError:
+            pass
+        # Item 0 arrives meanwhile: the wait given up must not take it.
+        await asyncio.sleep(0.5)
+        return [await r async for r in gen]
+
+    assert asyncio.run(asyncio.wait_for(main(), T)) == [0, 1, 2]
+
+
 def test_runtime_context(cluster):
     ctx = ray.get_runtime_context()
     assert ctx.get_task_id() is None and ctx.get_actor_id() is None

@@ -6,14 +6,17 @@
 //!
 //! The waits:
 //! 1. Python makes a future on its running loop and passes a callback to
-//!    `ObjectRef._when_ready` (or `ObjectRefGenerator._when_next`).
+//!    `ObjectRef._when_ready` (or `ObjectRefGenerator._when_ready`: the
+//!    next item or the end is here).
 //! 2. Here the core's future is spawned on the await thread; it holds a
 //!    clone of the ref (or generator), so what it waits for stays alive.
 //! 3. When it resolves, the callback runs on the await thread with the
 //!    GIL; it only schedules the loop's side (settling the future, if its
 //!    awaiter has not gone: a cancelled `await` leaves a settled-or-not
 //!    future nobody reads).
-//! 4. The loop reads the value with an ordinary `get`, which is ready.
+//! 4. The loop reads the value with an ordinary `get`, which is ready (or
+//!    takes the generator's next item without waiting; if another awaiter
+//!    of the same generator took it first, it waits again).
 //!
 //! A lost connection resolves every wait (the core wakes its waiters with
 //! the error), so none is left pending when the cluster goes.
@@ -23,7 +26,6 @@ use std::task::Poll;
 
 use pyo3::prelude::*;
 
-use crate::objects::ObjectRef;
 use ferroray::{RawValue, WaitKey};
 
 /// The await thread's runtime: a current-thread runtime driven by its own
@@ -75,14 +77,22 @@ pub(crate) fn when_ready(r: ferroray::ObjectRef<RawValue>, callback: Py<PyAny>) 
     Ok(())
 }
 
-/// Takes the next item's ref of `generator`, then calls `callback(ref)`
-/// (on the await thread); `callback(None)` at the end
-/// (`ObjectRefGenerator._when_next`).
-pub(crate) fn when_next(mut generator: ferroray::ObjectRefGenerator<RawValue>, callback: Py<PyAny>) -> PyResult<()> {
+/// Calls `callback()` (on the await thread) once `generator` has its next
+/// item or its end here (`ObjectRefGenerator._when_ready`). Nothing is
+/// taken: the loop takes the item itself, so an awaiter that gives up
+/// leaves it for the next one.
+pub(crate) fn when_next_ready(generator: ferroray::ObjectRefGenerator<RawValue>, callback: Py<PyAny>) -> PyResult<()> {
+    let core = ferroray_core::global::core().map_err(crate::core_err)?;
     runtime()?.spawn(async move {
-        let item = generator.next_async().await.map(|inner| ObjectRef { inner });
+        // The clone keeps the stream while it is waited for.
+        let key = [WaitKey::Stream(generator.task_id())];
+        std::future::poll_fn(|cx| match core.poll_ready(&key, cx.waker()) {
+            Ok(ready) if ready.is_empty() => Poll::Pending,
+            _ => Poll::Ready(()),
+        })
+        .await;
         drop(generator);
-        call_back(|py| callback.call1(py, (item,)));
+        call_back(|py| callback.call0(py));
     });
     Ok(())
 }

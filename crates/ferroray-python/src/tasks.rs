@@ -204,10 +204,10 @@ impl ObjectRefGenerator {
         slf.py().import("ferroray._async")?.getattr("next_item")?.call1((slf,))
     }
 
-    /// Takes the next item's ref, then calls `callback(ref)` (on another
-    /// thread); `callback(None)` at the end (`ferroray._async`; see `aio`).
-    fn _when_next(&self, callback: Py<PyAny>) -> PyResult<()> {
-        crate::aio::when_next(self.inner.clone(), callback)
+    /// Calls `callback()` (on another thread) once the next item or the
+    /// end is here, taking nothing (`ferroray._async`; see `aio`).
+    fn _when_ready(&self, callback: Py<PyAny>) -> PyResult<()> {
+        crate::aio::when_next_ready(self.inner.clone(), callback)
     }
 
     /// The next item's ref within `timeout` seconds: `GetTimeoutError` if

@@ -48,33 +48,35 @@ fn runtime() -> PyResult<&'static tokio::runtime::Handle> {
     Ok(HANDLE.get_or_init(|| handle))
 }
 
-/// Runs `callback` with the GIL; an exception it raises is reported as
-/// unraisable (there is no caller to raise it to).
-fn call_back(call: impl for<'py> FnOnce(Python<'py>) -> PyResult<Py<PyAny>>) {
-    Python::attach(|py| {
-        if let Err(e) = call(py) {
-            e.write_unraisable(py, None);
-        }
-    });
-}
-
-/// Calls `callback()` (on the await thread) once the value of `r` is here
-/// or known to have failed (`ObjectRef._when_ready`).
-pub(crate) fn when_ready(r: ferroray::ObjectRef<RawValue>, callback: Py<PyAny>) -> PyResult<()> {
+/// Calls `callback()` (on the await thread) once `key` is ready: an
+/// object whose value or error is here, or a stream whose next item or end
+/// is here; also when the connection is lost (what the loop reads next then
+/// says why). `keep` (the ref or generator waited for) stays alive until
+/// then; an exception the callback raises is reported as unraisable (there
+/// is no caller to raise it to).
+fn when_key_ready(key: WaitKey, keep: impl Send + 'static, callback: Py<PyAny>) -> PyResult<()> {
     let core = ferroray_core::global::core().map_err(crate::core_err)?;
     runtime()?.spawn(async move {
-        // Ready when the value or its error is at hand, or the connection
-        // is lost (the `get` that follows then says why).
-        let key = [WaitKey::Object(r.id())];
+        let key = [key];
         std::future::poll_fn(|cx| match core.poll_ready(&key, cx.waker()) {
             Ok(ready) if ready.is_empty() => Poll::Pending,
             _ => Poll::Ready(()),
         })
         .await;
-        drop(r);
-        call_back(|py| callback.call0(py));
+        drop(keep);
+        Python::attach(|py| {
+            if let Err(e) = callback.call0(py) {
+                e.write_unraisable(py, None);
+            }
+        });
     });
     Ok(())
+}
+
+/// Calls `callback()` (on the await thread) once the value of `r` is here
+/// or known to have failed (`ObjectRef._when_ready`).
+pub(crate) fn when_ready(r: ferroray::ObjectRef<RawValue>, callback: Py<PyAny>) -> PyResult<()> {
+    when_key_ready(WaitKey::Object(r.id()), r, callback)
 }
 
 /// Calls `callback()` (on the await thread) once `generator` has its next
@@ -82,17 +84,5 @@ pub(crate) fn when_ready(r: ferroray::ObjectRef<RawValue>, callback: Py<PyAny>) 
 /// taken: the loop takes the item itself, so an awaiter that gives up
 /// leaves it for the next one.
 pub(crate) fn when_next_ready(generator: ferroray::ObjectRefGenerator<RawValue>, callback: Py<PyAny>) -> PyResult<()> {
-    let core = ferroray_core::global::core().map_err(crate::core_err)?;
-    runtime()?.spawn(async move {
-        // The clone keeps the stream while it is waited for.
-        let key = [WaitKey::Stream(generator.task_id())];
-        std::future::poll_fn(|cx| match core.poll_ready(&key, cx.waker()) {
-            Ok(ready) if ready.is_empty() => Poll::Pending,
-            _ => Poll::Ready(()),
-        })
-        .await;
-        drop(generator);
-        call_back(|py| callback.call0(py));
-    });
-    Ok(())
+    when_key_ready(WaitKey::Stream(generator.task_id()), generator, callback)
 }

@@ -1,5 +1,6 @@
 """``python -m ferroray run script.py [args]``: runs a program written for Ray,
-unchanged, on ferroray (see ``ferroray.run``)."""
+unchanged, on ferroray; ``python -m ferroray start|stop|status|list ...``
+manages a cluster (see ``ferroray.run``)."""
 
 import sys
 

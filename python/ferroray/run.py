@@ -1,4 +1,8 @@
-"""Runs a program written for Ray with ``import ray`` unchanged, on ferroray.
+"""The ``ferroray`` command. ``run`` is here; ``start``, ``stop``, ``status``
+and ``list`` are the Rust side's (``_ferroray._cluster_main``), the same as the
+workspace's ``ferroray`` binary.
+
+Runs a program written for Ray with ``import ray`` unchanged, on ferroray.
 
 ``ferroray run script.py [args]`` (or ``python -m ferroray run ...``) makes
 ``ray`` (and ``ray.exceptions``, ``ray.actor``, ``ray._raylet``) resolve to
@@ -43,10 +47,19 @@ def install_aliases() -> None:
 
 USAGE = "usage: ferroray run SCRIPT [ARGS...]"
 
+# The subcommands the Rust side runs (the same command as the `ferroray`
+# binary of the Rust workspace).
+_CLUSTER_COMMANDS = {"start", "stop", "status", "list", "help", "-h", "--help", "-V", "--version"}
+
 
 def main(argv: List[str]) -> int:
+    if argv and argv[0] in _CLUSTER_COMMANDS:
+        from ferroray import _ferroray
+
+        return _ferroray._cluster_main(argv, [sys.executable, "-m", "ferroray"])
     if len(argv) < 2 or argv[0] != "run":
         print(USAGE, file=sys.stderr)
+        print("       ferroray start|stop|status|list ... (ferroray --help)", file=sys.stderr)
         return 2
     script = argv[1]
     if not os.path.isfile(script):

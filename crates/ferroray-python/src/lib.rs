@@ -163,6 +163,18 @@ fn _runtime_context() -> PyResult<std::collections::HashMap<&'static str, Option
     ]))
 }
 
+/// The `ferroray` command's cluster subcommands (`start`, `stop`, `status`,
+/// `list`): `argv` without the program's name; `relaunch` runs this
+/// program again (for a daemon started in the background). The exit code.
+#[pyfunction]
+fn _cluster_main(py: Python<'_>, argv: Vec<String>, relaunch: Vec<String>) -> i32 {
+    let mut args: Vec<std::ffi::OsString> = vec!["ferroray".into()];
+    args.extend(argv.into_iter().map(Into::into));
+    let relaunch = relaunch.into_iter().map(Into::into).collect();
+    ferroray_cluster::logging();
+    py.detach(|| ferroray_cluster::cli::main(args, relaunch))
+}
+
 #[pymodule]
 fn _ferroray(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CoreError", m.py().get_type::<CoreError>())?;
@@ -193,5 +205,6 @@ fn _ferroray(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(actors::get_actor, m)?)?;
     m.add_function(wrap_pyfunction!(actors::_actor_from_handle, m)?)?;
     m.add_function(wrap_pyfunction!(worker::worker_main, m)?)?;
+    m.add_function(wrap_pyfunction!(_cluster_main, m)?)?;
     Ok(())
 }

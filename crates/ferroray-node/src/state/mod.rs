@@ -326,6 +326,10 @@ pub struct NodeStats {
     pub streams: usize,
     /// Exported functions of other languages' fronts the node keeps.
     pub functions: usize,
+    /// What the node offers, and what of it no worker holds (the cluster's
+    /// resource view is made of these).
+    pub total: ResourceSet,
+    pub available: ResourceSet,
 }
 
 pub struct State {
@@ -718,6 +722,8 @@ impl State {
             store_spilled: s.spilled as u64,
             streams: self.streams.len(),
             functions: self.functions.len(),
+            total: self.total.clone(),
+            available: self.available.clone(),
         }
     }
 

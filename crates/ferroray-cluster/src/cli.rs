@@ -1,0 +1,468 @@
+//! The `ferroray` command: start, stop and look at a cluster.
+//!
+//! The binary (`src/bin/ferroray.rs`) and the Python package's `ferroray`
+//! script both call [`main`]; they differ only in how a background daemon
+//! starts the program again (`relaunch`).
+
+use crate::client::HeadClient;
+use crate::daemon::{self, DaemonOptions, Ready};
+use crate::error::{ClusterError, Result};
+use crate::session::{self, Session};
+use crate::wire::{ClusterView, NodeEntry};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferroray_common::{resources, ClusterToken, ResourceSet};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The variable a token may be passed in (hex), instead of `--token-file`.
+pub const TOKEN_ENV: &str = "FERRORAY_TOKEN";
+
+#[derive(Parser, Debug)]
+#[command(name = "ferroray", about = "Start, stop and inspect a ferroray cluster", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a node daemon: the head (--head) or a node that joins one (--address)
+    Start(StartArgs),
+    /// Stop every daemon started on this machine (by this user)
+    Stop(StopArgs),
+    /// Show the cluster's nodes, resources, tasks, objects and store memory
+    Status(ConnectArgs),
+    /// List the cluster's nodes
+    List(ListArgs),
+}
+
+#[derive(Args, Debug)]
+struct StartArgs {
+    /// Start the head: the control store, and a node
+    #[arg(long, conflicts_with = "address", required_unless_present = "address")]
+    head: bool,
+    /// Join the cluster whose head is at HOST:PORT
+    #[arg(long)]
+    address: Option<String>,
+    /// The head's port (0: any free port)
+    #[arg(long, default_value_t = daemon::DEFAULT_PORT)]
+    port: u16,
+    /// The address to bind and to give to others (loopback only in this build)
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip_address: IpAddr,
+    /// CPUs this node offers (default: the machine's)
+    #[arg(long)]
+    num_cpus: Option<f64>,
+    /// GPUs this node offers
+    #[arg(long)]
+    num_gpus: Option<f64>,
+    /// Custom resources, as JSON: '{"a": 2}'
+    #[arg(long)]
+    resources: Option<String>,
+    /// Bytes of shared memory for the object store
+    #[arg(long)]
+    object_store_memory: Option<u64>,
+    /// Where the control store keeps its tables (redis://HOST:PORT)
+    #[arg(long)]
+    storage: Option<String>,
+    /// Stay in the foreground until stopped (SIGTERM or Ctrl-C)
+    #[arg(long)]
+    block: bool,
+    /// A file holding the cluster token (default: the head's on this machine)
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The head's: milliseconds between a node's heartbeats
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// The head's: a node silent this long (ms) is declared dead
+    #[arg(long, default_value_t = 10_000)]
+    node_timeout_ms: u64,
+    /// A node's: how long (ms) it tries to reach a head that went away
+    #[arg(long, default_value_t = 60_000)]
+    head_timeout_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct StopArgs {
+    /// Seconds to wait for a daemon to stop before it is killed
+    #[arg(long, default_value_t = 10)]
+    grace_period: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConnectArgs {
+    /// The head's HOST:PORT (default: the head started on this machine)
+    #[arg(long)]
+    address: Option<String>,
+    /// A file holding the cluster token (default: the head's on this machine)
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ListArgs {
+    what: Listable,
+    /// KEY=VALUE, ANDed: node_id, state (ALIVE or DEAD), address, is_head
+    #[arg(long)]
+    filter: Vec<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Listable {
+    Nodes,
+}
+
+/// Runs the command in `args` (the program's name first); the exit code.
+/// `relaunch` is how to run this program again, for a daemon started in the
+/// background (it gets `args` with `--block` added).
+pub fn main(args: Vec<OsString>, relaunch: Vec<OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let outcome = match cli.command {
+        Command::Start(a) if a.block => start_blocking(a),
+        Command::Start(a) => start_background(a, &args, relaunch),
+        Command::Stop(a) => stop(a),
+        Command::Status(a) => status(a),
+        Command::List(a) => list(a),
+    };
+    match outcome {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ferroray: {e}");
+            1
+        }
+    }
+}
+
+fn options(a: &StartArgs) -> Result<DaemonOptions> {
+    if let Some(url) = &a.storage {
+        return Err(ClusterError::Config(format!(
+            "--storage {url}: this build keeps the control store in the head's memory only"
+        )));
+    }
+    let mut o = DaemonOptions::new(a.address.clone());
+    o.host = a.node_ip_address;
+    o.port = a.port;
+    if let Some(n) = a.num_cpus {
+        resources::check_amount("--num-cpus", n)?;
+        o.resources.set(resources::CPU, n);
+    }
+    if let Some(n) = a.num_gpus {
+        resources::check_amount("--num-gpus", n)?;
+        o.resources.set(resources::GPU, n);
+    }
+    if let Some(json) = &a.resources {
+        let custom: BTreeMap<String, f64> = serde_json::from_str(json).map_err(|e| {
+            ClusterError::Config(format!("--resources {json:?}: {e} (expected '{{\"name\": amount}}')"))
+        })?;
+        for (name, amount) in custom {
+            if name == resources::CPU || name == resources::GPU {
+                return Err(ClusterError::Config(format!(
+                    "--resources: use --num-{}s for {name}",
+                    name.to_lowercase()
+                )));
+            }
+            resources::check_amount(&format!("resource {name}"), amount)?;
+            o.resources.set(&name, amount);
+        }
+    }
+    o.object_store_memory = a.object_store_memory;
+    if a.address.is_some() {
+        o.token = given_token(a.token_file.as_ref())?;
+    }
+    o.heartbeat_interval = Duration::from_millis(a.heartbeat_ms);
+    o.node_timeout = Duration::from_millis(a.node_timeout_ms);
+    o.head_timeout = Duration::from_millis(a.head_timeout_ms);
+    daemon::check_loopback(&o)?;
+    Ok(o)
+}
+
+/// A token given on the command line or in the environment.
+fn given_token(file: Option<&PathBuf>) -> Result<Option<ClusterToken>> {
+    if let Some(path) = file {
+        return session::read_token(path).map(Some);
+    }
+    match std::env::var(TOKEN_ENV) {
+        Ok(hex) => ClusterToken::from_hex(hex.trim())
+            .map(Some)
+            .ok_or_else(|| ClusterError::Config(format!("{TOKEN_ENV} does not hold a cluster token"))),
+        Err(_) => Ok(None),
+    }
+}
+
+fn ready_message(r: &Ready, session: &Session) -> String {
+    if r.is_head {
+        format!(
+            "Started the head of a ferroray cluster at {head} (node {id}, pid {pid}).\n\
+             \n\
+             Add a node on this machine:      ferroray start --address {head}\n\
+             See the cluster:                 ferroray status\n\
+             Stop every daemon started here:  ferroray stop\n\
+             \n\
+             The cluster token is in {token} (mode 600). A node started by another user,\n\
+             or with another session directory, needs it: --token-file FILE or {TOKEN_ENV}.",
+            head = r.head,
+            id = r.node_id,
+            pid = r.pid,
+            token = session.token_path().display(),
+        )
+    } else {
+        format!("Started node {} (pid {}), joined to the cluster at {}.", r.node_id, r.pid, r.head)
+    }
+}
+
+fn start_blocking(a: StartArgs) -> Result<()> {
+    let opts = options(&a)?;
+    let session = Session::open()?;
+    let shutdown = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    let result = daemon::run(opts, &session, shutdown, |r| println!("{}", ready_message(r, &session)));
+    session.clean_if_unused();
+    result
+}
+
+/// Starts this program again with `--block`, in a session of its own and
+/// with its output in the session's log, and waits until it is recorded
+/// (ready) or has exited (then its log says why).
+fn start_background(a: StartArgs, args: &[OsString], relaunch: Vec<OsString>) -> Result<()> {
+    options(&a)?;
+    let session = Session::open()?;
+    let starting = session.log_path(0).with_file_name(format!("starting-{}.log", std::process::id()));
+    let log = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&starting)
+    }
+    .map_err(ClusterError::file("cannot write", &starting))?;
+    let (program, pre) = relaunch.split_first().ok_or_else(|| ClusterError::Config("nothing to relaunch".into()))?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(pre).args(&args[1..]).arg("--block");
+    cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    // SAFETY: `setsid` is async-signal-safe and touches no memory.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let log_path = session.log_path(pid);
+    let _ = std::fs::rename(&starting, &log_path);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(rec) = session.nodes().into_iter().find(|n| n.pid == pid) {
+            let ready = Ready {
+                node_id: ferroray_common::NodeId(u64::from_str_radix(&rec.node_id, 16).unwrap_or(0)),
+                head: rec.head,
+                is_head: rec.is_head,
+                pid,
+            };
+            println!("{}", ready_message(&ready, &session));
+            println!("Its output goes to {}.", log_path.display());
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let _ = std::fs::remove_file(&log_path);
+            session.clean_if_unused();
+            eprint!("{output}");
+            return Err(ClusterError::Config(format!("the daemon did not start ({status})")));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ClusterError::Timeout("starting the daemon"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Signals every daemon recorded here (nodes before the head, so that they
+/// leave while it listens), waits for each, and kills what outlives the
+/// grace period.
+fn stop(a: StopArgs) -> Result<()> {
+    let session = Session::open()?;
+    let nodes = session.nodes();
+    if nodes.is_empty() {
+        println!("No ferroray daemon is running on this machine.");
+        session.clean_if_unused();
+        return Ok(());
+    }
+    let (heads, others): (Vec<_>, Vec<_>) = nodes.into_iter().partition(|n| n.is_head);
+    for group in [others, heads] {
+        for n in &group {
+            signal(n, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(a.grace_period);
+        for n in &group {
+            while session::process_start_time(n.pid) == Some(n.start_time) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if session::process_start_time(n.pid) == Some(n.start_time) {
+                eprintln!("ferroray: pid {} did not stop within {} s: killing it", n.pid, a.grace_period);
+                signal(n, libc::SIGKILL);
+            }
+            session.remove_node(n.pid);
+            println!("Stopped {} {} (pid {}).", if n.is_head { "head" } else { "node" }, n.node_id, n.pid);
+        }
+    }
+    session.clean_if_unused();
+    Ok(())
+}
+
+/// Signals a recorded daemon, if its pid still is that process.
+fn signal(n: &session::NodeFile, sig: i32) {
+    if session::process_start_time(n.pid) == Some(n.start_time) && n.pid > 1 {
+        // SAFETY: a positive pid checked just above to be the daemon.
+        unsafe { libc::kill(n.pid as i32, sig) };
+    }
+}
+
+fn fetch_view(a: &ConnectArgs) -> Result<(String, ClusterView)> {
+    let session = Session::open()?;
+    let address = match &a.address {
+        Some(addr) => addr.clone(),
+        None => session.head().map(|h| h.head).ok_or_else(|| ClusterError::NoCluster(session.dir().to_path_buf()))?,
+    };
+    let token = match given_token(a.token_file.as_ref())? {
+        Some(t) => t,
+        None => session.token()?,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let view = rt.block_on(async {
+        let mut client = HeadClient::connect(&address, &token, None).await?;
+        client.view().await
+    })?;
+    session.clean_if_unused();
+    Ok((address, view))
+}
+
+fn resources_of(fixed: &BTreeMap<String, i64>) -> ResourceSet {
+    ResourceSet::from_fixed(fixed.clone())
+}
+
+fn bytes(b: u64) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    const MIB: f64 = (1u64 << 20) as f64;
+    if b as f64 >= GIB {
+        format!("{:.2} GiB", b as f64 / GIB)
+    } else {
+        format!("{:.1} MiB", b as f64 / MIB)
+    }
+}
+
+fn status(a: ConnectArgs) -> Result<()> {
+    let (address, view) = fetch_view(&a)?;
+    let alive: Vec<&NodeEntry> = view.nodes.iter().filter(|n| n.alive).collect();
+    let dead = view.nodes.len() - alive.len();
+    println!("======== Cluster status: {address} ========");
+    println!("Nodes: {} alive, {dead} dead", alive.len());
+    for n in &view.nodes {
+        let desc = n.desc.clone().unwrap_or_default();
+        let state = if n.alive { "ALIVE".to_string() } else { format!("DEAD ({})", n.death_cause) };
+        println!(
+            "  {:016x}  {}  pid {}  {}{}  heard {} ms ago",
+            desc.node_id,
+            desc.address,
+            desc.pid,
+            state,
+            if n.is_head { "  head" } else { "" },
+            n.last_heard_ms
+        );
+    }
+    let mut total = ResourceSet::new();
+    let mut available = ResourceSet::new();
+    let (mut tasks, mut objects, mut used, mut capacity) = (0, 0, 0, 0);
+    for n in &alive {
+        let desc = n.desc.clone().unwrap_or_default();
+        let load = n.load.clone().unwrap_or_default();
+        total.add(&resources_of(&desc.resources));
+        available.add(&resources_of(&load.available));
+        tasks += load.tasks;
+        objects += load.objects;
+        used += load.store_used;
+        capacity += desc.store_capacity;
+    }
+    println!("Resources (alive nodes):");
+    for (name, amount) in total.iter() {
+        let free = available.get(name);
+        println!("  {:.1}/{:.1} {name}", amount - free, amount);
+    }
+    println!("  {}/{} object store memory", bytes(used), bytes(capacity));
+    println!("Tasks: {tasks}");
+    println!("Objects: {objects}");
+    Ok(())
+}
+
+fn list(a: ListArgs) -> Result<()> {
+    let Listable::Nodes = a.what;
+    let mut filters = Vec::new();
+    for f in &a.filter {
+        let (key, value) =
+            f.split_once('=').ok_or_else(|| ClusterError::Config(format!("--filter {f:?}: expected KEY=VALUE")))?;
+        let key = key.trim();
+        if !["node_id", "state", "address", "is_head"].contains(&key) {
+            return Err(ClusterError::Config(format!(
+                "--filter {f:?}: unknown key {key:?} (node_id, state, address, is_head)"
+            )));
+        }
+        filters.push((key.to_string(), value.trim().to_string()));
+    }
+    let (_, view) = fetch_view(&a.connect)?;
+    println!(
+        "{:<18} {:<6} {:<16} {:>8} {:<8} RESOURCES (available/total)",
+        "NODE_ID", "STATE", "ADDRESS", "PID", "IS_HEAD"
+    );
+    for n in &view.nodes {
+        let desc = n.desc.clone().unwrap_or_default();
+        let load = n.load.clone().unwrap_or_default();
+        let fields = [
+            ("node_id", format!("{:016x}", desc.node_id)),
+            ("state", if n.alive { "ALIVE".into() } else { "DEAD".into() }),
+            ("address", desc.address.clone()),
+            ("is_head", n.is_head.to_string()),
+        ];
+        let keep = filters.iter().all(|(k, v)| fields.iter().any(|(fk, fv)| fk == k && fv.eq_ignore_ascii_case(v)));
+        if !keep {
+            continue;
+        }
+        let available = resources_of(&load.available);
+        let res: Vec<String> = resources_of(&desc.resources)
+            .iter()
+            .map(|(name, total)| format!("{name}={}/{}", available.get(name), total))
+            .collect();
+        println!(
+            "{:<18} {:<6} {:<16} {:>8} {:<8} {}",
+            fields[0].1,
+            fields[1].1,
+            desc.address,
+            desc.pid,
+            n.is_head,
+            res.join(" ")
+        );
+    }
+    Ok(())
+}

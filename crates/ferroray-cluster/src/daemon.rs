@@ -1,0 +1,316 @@
+//! A node daemon in a process of its own: `ferroray start`.
+//!
+//! [`run`] starts a node (`ferroray_node::Node`: the scheduler, the worker
+//! pool and the shared-memory store, as a driver embeds it) and joins it to
+//! a cluster:
+//! 1. The head (`start --head`) makes the cluster token, serves the control
+//!    protocol on its TCP port (`crate::head`), and records its own node in
+//!    the node table, whose load it refreshes every heartbeat interval.
+//! 2. Any other node (`start --address`) registers with the head before it
+//!    reports ready, so a wrong address or token fails the start, not
+//!    later. Then it sends a heartbeat every interval. When the link breaks
+//!    it registers again, with a growing pause, for at most the head timeout;
+//!    a head that answers with a refusal (the node was declared dead, the
+//!    token changed) stops it at once.
+//! 3. Ready: the daemon is recorded in the session directory
+//!    (`crate::session`), then `on_ready` runs (the command prints how to
+//!    use the cluster).
+//! 4. On the shutdown signal a node says it leaves (dead at once rather
+//!    than after the timeout), its record goes, and the node stops: every
+//!    worker is killed and reaped, the store freed.
+//!
+//! Links are plain TCP for now, so every address must be loopback: the
+//! token would otherwise cross a network in the clear.
+
+use crate::client::HeadClient;
+use crate::error::{ClusterError, Result};
+use crate::head::{self, Control, HeadConfig};
+use crate::session::{process_start_time, NodeFile, Session};
+use crate::wire::{NodeDesc, NodeLoad, ToHeadKind};
+use ferroray_common::{ClusterToken, NodeId, ResourceSet};
+use ferroray_node::{Node, NodeConfig, WorkerCommand};
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// The head's port when none is given.
+pub const DEFAULT_PORT: u16 = 6390;
+
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// `None`: start the head. Else the head's `HOST:PORT`.
+    pub head_address: Option<String>,
+    /// The address this node binds (the head's port) and gives to others.
+    pub host: IpAddr,
+    /// The head's port (0: any free port).
+    pub port: u16,
+    /// What the node offers (`CPU`, `GPU`, custom resources).
+    pub resources: ResourceSet,
+    pub object_store_memory: Option<u64>,
+    /// The token a node joins with; `None`: the one the head on this
+    /// machine wrote. The head always makes a fresh one.
+    pub token: Option<ClusterToken>,
+    /// The head's: how often nodes report, and how long a silent node
+    /// lives on.
+    pub heartbeat_interval: Duration,
+    pub node_timeout: Duration,
+    /// A node's: how long it tries to reach a head that went away before it
+    /// stops.
+    pub head_timeout: Duration,
+}
+
+impl DaemonOptions {
+    pub fn new(head_address: Option<String>) -> Self {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        DaemonOptions {
+            head_address,
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: DEFAULT_PORT,
+            resources: ResourceSet::new().with(ferroray_common::resources::CPU, cpus as f64),
+            object_store_memory: None,
+            token: None,
+            heartbeat_interval: Duration::from_millis(1000),
+            node_timeout: Duration::from_millis(10_000),
+            head_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a started daemon tells its caller.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub node_id: NodeId,
+    /// The head's address.
+    pub head: String,
+    pub is_head: bool,
+    pub pid: u32,
+}
+
+/// Runs a daemon until `shutdown` completes (or, for a node, until the head
+/// refuses it or stays away too long).
+pub fn run(
+    opts: DaemonOptions,
+    session: &Session,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<()> {
+    check_loopback(&opts)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(run_async(opts, session, shutdown, on_ready))
+}
+
+/// Every address must be loopback (see the module's docs).
+pub fn check_loopback(opts: &DaemonOptions) -> Result<()> {
+    let plain = "links are plain TCP in this build (no TLS yet), so the cluster must stay on this machine";
+    if !opts.host.is_loopback() {
+        return Err(ClusterError::Config(format!("{} is not a loopback address: {plain}", opts.host)));
+    }
+    if let Some(addr) = &opts.head_address {
+        let resolved: Vec<_> = addr
+            .to_socket_addrs()
+            .map_err(|e| ClusterError::Config(format!("head address {addr:?}: {e} (expected HOST:PORT)")))?
+            .collect();
+        if resolved.is_empty() || resolved.iter().any(|a| !a.ip().is_loopback()) {
+            return Err(ClusterError::Config(format!("head address {addr} is not a loopback address: {plain}")));
+        }
+    }
+    Ok(())
+}
+
+fn load_of(node: &Node) -> NodeLoad {
+    let s = node.stats();
+    NodeLoad {
+        available: s.available.into_fixed(),
+        store_used: s.store_used,
+        objects: s.objects as u64,
+        tasks: s.tasks as u64,
+        workers: s.workers as u64,
+    }
+}
+
+async fn run_async(
+    opts: DaemonOptions,
+    session: &Session,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<()> {
+    let is_head = opts.head_address.is_none();
+    if is_head {
+        if let Some(h) = session.head() {
+            return Err(ClusterError::Config(format!(
+                "a head is already running on this machine (pid {}, address {}); `ferroray stop` stops it",
+                h.pid, h.head
+            )));
+        }
+    }
+    let token = match (is_head, opts.token.clone()) {
+        (true, _) => ClusterToken::random()?,
+        (false, Some(t)) => t,
+        (false, None) => session.token()?,
+    };
+    let mut config = NodeConfig::new(WorkerCommand::current_exe()?);
+    // Programs do not connect to a daemon yet, so nothing runs here.
+    config.worker_commands.clear();
+    config.resources = opts.resources.clone();
+    if let Some(b) = opts.object_store_memory {
+        config.store_capacity = b;
+    }
+    config.token = Some(token.clone());
+    let node = Arc::new(Node::start(config)?);
+    let node_id = node.info().node_id;
+    let pid = std::process::id();
+    let desc = NodeDesc {
+        node_id: node_id.0,
+        address: opts.host.to_string(),
+        resources: node.stats().total.into_fixed(),
+        store_capacity: node.info().store_capacity,
+        pid,
+    };
+
+    // Steps 1 and 2.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut background = tokio::task::JoinSet::new();
+    let head_address = if is_head {
+        let head_config = HeadConfig {
+            heartbeat_interval: opts.heartbeat_interval,
+            node_timeout: opts.node_timeout,
+            ..HeadConfig::new(token.clone())
+        };
+        head_config.validate()?;
+        let listener = TcpListener::bind((opts.host, opts.port))
+            .await
+            .map_err(|e| ClusterError::Config(format!("cannot listen on {}:{}: {e}", opts.host, opts.port)))?;
+        let address = listener.local_addr()?.to_string();
+        let control = Control::new(head_config, desc);
+        session.write_token(&token)?;
+        let mut stop = stop_rx.clone();
+        let serving = control.clone();
+        background.spawn(async move {
+            head::serve(listener, stopped(&mut stop), serving).await;
+            Ok(())
+        });
+        let (node, interval, mut stop) = (node.clone(), opts.heartbeat_interval, stop_rx.clone());
+        background.spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = stopped(&mut stop) => return Ok(()),
+                    _ = tick.tick() => control.nodes.lock().set_load(node_id, load_of(&node), Instant::now()),
+                }
+            }
+        });
+        address
+    } else {
+        let address = opts.head_address.clone().expect("a node has a head");
+        let client = HeadClient::connect(&address, &token, Some(desc.clone())).await?;
+        let joined =
+            Joined { address: address.clone(), token, desc, node: node.clone(), head_timeout: opts.head_timeout };
+        background.spawn(joined.keep(client, stop_rx.clone()));
+        address
+    };
+
+    // Step 3.
+    let record = NodeFile {
+        pid,
+        start_time: process_start_time(pid).unwrap_or(0),
+        node_id: node_id.to_string(),
+        head: head_address.clone(),
+        is_head,
+    };
+    session.write_node(&record)?;
+    on_ready(&Ready { node_id, head: head_address, is_head, pid });
+
+    // Step 4.
+    tokio::pin!(shutdown);
+    let outcome = tokio::select! {
+        _ = &mut shutdown => Ok(()),
+        Some(ended) = background.join_next() => ended.unwrap_or(Ok(())),
+    };
+    let _ = stop_tx.send(true);
+    // A node's keeper sends its leave on the stop signal; the head's server
+    // closes its connections.
+    let _ =
+        tokio::time::timeout(Duration::from_secs(2), async { while background.join_next().await.is_some() {} }).await;
+    background.abort_all();
+    session.remove_node(pid);
+    drop(node);
+    outcome
+}
+
+/// Completes once the stop signal is raised (or its sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// A node's membership: heartbeats, and joining again when the link breaks.
+struct Joined {
+    address: String,
+    token: ClusterToken,
+    desc: NodeDesc,
+    node: Arc<Node>,
+    head_timeout: Duration,
+}
+
+impl Joined {
+    async fn keep(self, mut client: HeadClient, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+        loop {
+            let interval = Duration::from_millis(client.registered.heartbeat_interval_ms.max(10));
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let broken = loop {
+                tokio::select! {
+                    _ = stopped(&mut stop) => {
+                        // Best effort: a head that does not hear it times the node out.
+                        let _ = client.writer.send(ToHeadKind::Leave(crate::wire::Empty {})).await;
+                        return Ok(());
+                    }
+                    _ = tick.tick() => {
+                        if let Err(e) = client.writer.send(ToHeadKind::Heartbeat(load_of(&self.node))).await {
+                            break e;
+                        }
+                    }
+                    e = client.reader.closed() => break e,
+                };
+            };
+            if !broken.is_retryable() {
+                tracing::error!("the head refused this node: {broken}");
+                return Err(broken);
+            }
+            tracing::warn!("lost the head at {}: {broken}; joining again", self.address);
+            match self.rejoin(&mut stop).await? {
+                Some(c) => client = c,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Registers again, pausing 100 ms, then twice as long each time up to
+    /// 2 s, for at most the head timeout.
+    /// `None`: the daemon stops meanwhile.
+    async fn rejoin(&self, stop: &mut tokio::sync::watch::Receiver<bool>) -> Result<Option<HeadClient>> {
+        let deadline = Instant::now() + self.head_timeout;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                _ = stopped(stop) => return Ok(None),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            match HeadClient::connect(&self.address, &self.token, Some(self.desc.clone())).await {
+                Ok(c) => {
+                    tracing::info!("joined the head at {} again", self.address);
+                    return Ok(Some(c));
+                }
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    pause = (pause * 2).min(Duration::from_secs(2))
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::error!("no head at {} for {} s: stopping", self.address, self.head_timeout.as_secs());
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

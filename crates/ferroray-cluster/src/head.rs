@@ -1,0 +1,279 @@
+//! The head's server: nodes register and send heartbeats, clients ask for
+//! the cluster's view. It takes its listener and its shutdown signal as
+//! arguments ([`serve`]), so a test runs it on a port of its own.
+//!
+//! Who gets in, in this order, each step costing a stranger as little as
+//! possible:
+//! 1. At most [`HeadConfig::max_connections`] at once; more are closed as
+//!    they arrive.
+//! 2. The first frame must arrive within the handshake timeout and fit in
+//!    [`MAX_REGISTER_FRAME`] bytes. Nothing else is read before it.
+//! 3. The protocol version, then the token (constant time); a refusal is
+//!    answered with its reason and logged once per peer address and reason.
+//! 4. A node's description is checked (`crate::wire`), then the node table
+//!    decides (`crate::control`).
+//!
+//! After that each connection is one task reading requests in order and
+//! answering each before the next. A heartbeat is accepted only from the
+//! connection its node registered on.
+
+use crate::control::{ConnId, NodeTable};
+use crate::error::ClusterError;
+use crate::wire::*;
+use ferroray_common::{ClusterToken, NodeId};
+use ferroray_protocol::frame;
+use parking_lot::Mutex;
+use std::collections::HashSet;
+use std::future::Future;
+use std::mem::Discriminant;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// How the head serves.
+#[derive(Debug, Clone)]
+pub struct HeadConfig {
+    pub token: ClusterToken,
+    /// How often nodes report; sent to each node when it registers.
+    pub heartbeat_interval: Duration,
+    /// A node silent for longer is declared dead.
+    pub node_timeout: Duration,
+    /// A connection that has not registered by then is closed.
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl HeadConfig {
+    pub fn new(token: ClusterToken) -> Self {
+        HeadConfig {
+            token,
+            heartbeat_interval: Duration::from_millis(1000),
+            node_timeout: Duration::from_millis(10_000),
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: 4096,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        if self.heartbeat_interval.is_zero() || self.node_timeout < 2 * self.heartbeat_interval {
+            return Err(ClusterError::Config(format!(
+                "the node timeout ({} ms) must be at least twice the heartbeat interval ({} ms)",
+                self.node_timeout.as_millis(),
+                self.heartbeat_interval.as_millis()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The head's state, shared by its connections.
+pub struct Control {
+    pub config: HeadConfig,
+    pub nodes: Mutex<NodeTable>,
+    /// The head's own node.
+    pub head_node: NodeId,
+    next_conn: AtomicU64,
+    open: AtomicUsize,
+    /// Peers refused once already for a reason (logged only the first time).
+    refused: Mutex<HashSet<(IpAddr, Discriminant<ClusterError>)>>,
+}
+
+impl Control {
+    /// The control store, with the head's own node in it.
+    pub fn new(config: HeadConfig, head: NodeDesc) -> Arc<Self> {
+        let mut nodes = NodeTable::new(config.node_timeout);
+        let head_node = NodeId(head.node_id);
+        nodes.register_head(head, Instant::now());
+        Arc::new(Control {
+            config,
+            nodes: Mutex::new(nodes),
+            head_node,
+            next_conn: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+            refused: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn refuse(&self, peer: SocketAddr, why: &ClusterError) {
+        if self.refused.lock().insert((peer.ip(), std::mem::discriminant(why))) {
+            tracing::warn!("refused a connection from {peer}: {why}");
+        }
+    }
+}
+
+/// Serves until `shutdown` completes; every connection ends with it.
+pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>, control: Arc<Control>) {
+    let sweeper = tokio::spawn(sweep(control.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(10);
+                    if control.open.load(Ordering::Relaxed) >= control.config.max_connections {
+                        control.refuse(peer, &ClusterError::Config("too many connections".into()));
+                        continue;
+                    }
+                    control.open.fetch_add(1, Ordering::Relaxed);
+                    let control = control.clone();
+                    tasks.spawn(async move {
+                        connection(stream, peer, &control).await;
+                        control.open.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors, say: back off, do not spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    sweeper.abort();
+    tasks.shutdown().await;
+}
+
+/// Declares silent nodes dead, twice per heartbeat interval.
+async fn sweep(control: Arc<Control>) {
+    let period = (control.config.heartbeat_interval / 2).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for id in control.nodes.lock().sweep(Instant::now()) {
+            tracing::warn!("node {id} is dead: no heartbeat for {} ms", control.config.node_timeout.as_millis());
+        }
+    }
+}
+
+fn rejection(e: &ClusterError) -> FromHeadKind {
+    let kind = match e {
+        ClusterError::WrongToken => RejectKind::WrongToken,
+        ClusterError::NodeDead(..) => RejectKind::NodeDead,
+        ClusterError::NodeIdInUse(_) => RejectKind::NodeIdInUse,
+        _ => RejectKind::Other,
+    };
+    FromHeadKind::Rejected(Rejection { kind: kind as i32, reason: e.to_string() })
+}
+
+async fn reply(stream: &mut TcpStream, msg: FromHeadKind) -> Result<(), ClusterError> {
+    let mut buf = Vec::new();
+    frame::encode_into(&mut buf, FromHead::new(msg))?;
+    // A peer that does not read holds only its own task, and not forever.
+    tokio::time::timeout(Duration::from_secs(10), stream.write_all(&buf))
+        .await
+        .map_err(|_| ClusterError::Timeout("a reply to a peer"))??;
+    Ok(())
+}
+
+async fn connection(mut stream: TcpStream, peer: SocketAddr, control: &Control) {
+    let _ = stream.set_nodelay(true);
+    let conn: ConnId = control.next_conn.fetch_add(1, Ordering::Relaxed);
+    let mut body = Vec::new();
+    // Step 2.
+    let first = tokio::time::timeout(
+        control.config.handshake_timeout,
+        frame::read_frame_async_max::<_, ToHead>(&mut stream, &mut body, MAX_REGISTER_FRAME),
+    )
+    .await;
+    let register = match first {
+        Ok(Ok(Some(ToHead { kind: Some(ToHeadKind::Register(r)) }))) => r,
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(_))) => return refuse(&mut stream, peer, control, ClusterError::NotRegistered("a request")).await,
+        Ok(Err(e)) => return refuse(&mut stream, peer, control, e.into()).await,
+        Err(_) => return control.refuse(peer, &ClusterError::Timeout("registering")),
+    };
+    // Step 3.
+    if register.protocol != CONTROL_PROTOCOL_VERSION {
+        let e = ClusterError::Version { theirs: register.protocol, ours: CONTROL_PROTOCOL_VERSION };
+        return refuse(&mut stream, peer, control, e).await;
+    }
+    if !ClusterToken::from_bytes(&register.token).is_some_and(|t| control.config.token.matches(&t)) {
+        return refuse(&mut stream, peer, control, ClusterError::WrongToken).await;
+    }
+    // Step 4.
+    let node = match (PeerRole::try_from(register.role), register.node) {
+        (Ok(PeerRole::Node), Some(desc)) => {
+            let id = NodeId(desc.node_id);
+            let address = desc.address.clone();
+            let registered = control.nodes.lock().register(desc, conn, Instant::now());
+            if let Err(e) = registered {
+                return refuse(&mut stream, peer, control, e).await;
+            }
+            tracing::info!("node {id} joined from {peer} (address {address})");
+            Some(id)
+        }
+        (Ok(PeerRole::Client), None) => None,
+        _ => {
+            let e = ClusterError::Protocol("a node must describe itself, and only a node".into());
+            return refuse(&mut stream, peer, control, e).await;
+        }
+    };
+    let registered = Registered {
+        head_node_id: control.head_node.0,
+        heartbeat_interval_ms: control.config.heartbeat_interval.as_millis() as u64,
+        node_timeout_ms: control.config.node_timeout.as_millis() as u64,
+    };
+    if reply(&mut stream, FromHeadKind::Registered(registered)).await.is_ok() {
+        serve_requests(&mut stream, node, control, &mut body).await;
+    }
+    if let Some(id) = node {
+        control.nodes.lock().disconnected(id, conn);
+    }
+}
+
+async fn serve_requests(stream: &mut TcpStream, node: Option<NodeId>, control: &Control, body: &mut Vec<u8>) {
+    loop {
+        let request = match frame::read_frame_async_max::<_, ToHead>(stream, body, MAX_CONTROL_FRAME).await {
+            Ok(Some(ToHead { kind: Some(kind) })) => kind,
+            Ok(_) => return,
+            Err(e) => {
+                let _ = reply(stream, rejection(&e.into())).await;
+                return;
+            }
+        };
+        let answer = match (request, node) {
+            (ToHeadKind::Heartbeat(load), Some(id)) => {
+                let heard = control.nodes.lock().heartbeat(id, load, Instant::now());
+                heard.err().map(Err)
+            }
+            (ToHeadKind::View(_), _) => {
+                let view = control.nodes.lock().view(Instant::now());
+                Some(Ok(FromHeadKind::View(view)))
+            }
+            (ToHeadKind::Leave(_), Some(id)) => {
+                control.nodes.lock().leave(id, "stopped");
+                tracing::info!("node {id} left");
+                return;
+            }
+            (ToHeadKind::Register(_), _) => Some(Err(ClusterError::Protocol("registered twice".into()))),
+            (_, None) => Some(Err(ClusterError::Protocol("only a node sends heartbeats or leaves".into()))),
+        };
+        #[allow(clippy::collapsible_match)] // the reply moves the message
+        match answer {
+            None => {}
+            Some(Ok(msg)) => {
+                if reply(stream, msg).await.is_err() {
+                    return;
+                }
+            }
+            Some(Err(e)) => {
+                let _ = reply(stream, rejection(&e)).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn refuse(stream: &mut TcpStream, peer: SocketAddr, control: &Control, why: ClusterError) {
+    control.refuse(peer, &why);
+    let _ = reply(stream, rejection(&why)).await;
+}

@@ -1,0 +1,43 @@
+//! The ferroray cluster: a head with the control store, node daemons that
+//! join it, and the `ferroray` command that starts, stops and inspects
+//! them.
+//!
+//! - [`wire`]: the control protocol between nodes, clients and the head
+//!   (prost messages in the node protocol's frames), its numbered
+//!   exchange, and the checks on what arrives.
+//! - [`control`]: the control store's tables; today the node table
+//!   (membership and health, dead nodes declared by timeout).
+//! - [`head`]: the head's server over TCP: who gets in, and serving each
+//!   connection.
+//! - [`client`]: connecting to the head and asking it.
+//! - [`daemon`]: a node daemon in a process of its own, as the head or
+//!   joined to one.
+//! - [`session`]: the per-user directory where daemons record themselves
+//!   for later commands.
+//! - [`cli`]: the `ferroray` command.
+//! - [`error`]: [`ClusterError`], and which errors are worth a retry.
+//!
+//! What a cluster does today: membership, health and the resource view.
+//! Programs still run on the node they embed (`docs/architecture.md` §14
+//! lists what comes next).
+
+pub mod cli;
+pub mod client;
+pub mod control;
+pub mod daemon;
+pub mod error;
+pub mod head;
+pub mod session;
+pub mod wire;
+
+pub use error::ClusterError;
+
+/// Logs to stderr at the level `FERRORAY_LOG` names (default `info`), unless
+/// the program installed its own subscriber.
+pub fn logging() {
+    let level = std::env::var("FERRORAY_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).try_init();
+}

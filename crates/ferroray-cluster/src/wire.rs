@@ -1,0 +1,324 @@
+//! The control protocol: what nodes and clients say to the head.
+//!
+//! The same frames as the node protocol (`ferroray_protocol::frame`: a 4-byte
+//! length, then one protobuf body, written as prost structs with explicit
+//! tags and evolved by the same rules as `ferroray_protocol::wire`). The
+//! head's side of each exchange is in `crate::head`.
+//!
+//! 1. A connection opens with [`Register`]: the protocol version, the
+//!    cluster token, and who is calling. A node also describes itself
+//!    ([`NodeDesc`]). Nothing else is read before it, and it must fit in
+//!    [`MAX_REGISTER_FRAME`] bytes: a stranger costs one small read.
+//! 2. The head answers [`Registered`] (how often to send a heartbeat) or
+//!    [`Rejected`] (why), then closes on a rejection.
+//! 3. A node sends a [`Heartbeat`] with its load every interval; a node the
+//!    head has not heard from for the node timeout is declared dead.
+//! 4. Anyone registered may ask for the cluster's view ([`ToHead::View`]).
+//! 5. A node that stops on purpose says [`ToHead::Leave`] first, so it is
+//!    dead at once rather than after the timeout.
+//!
+//! Every count and size is checked on arrival ([`check_desc`],
+//! [`check_load`]), before the head takes its lock.
+
+use ferroray_common::ResourceSet;
+use ferroray_protocol::limits;
+use ferroray_protocol::{FrameError, WireMessage};
+use prost::{Message, Oneof};
+use std::collections::BTreeMap;
+
+/// Bumped on any incompatible change to these messages.
+pub const CONTROL_PROTOCOL_VERSION: u32 = 1;
+
+/// The largest first frame the head reads from a connection.
+pub const MAX_REGISTER_FRAME: u32 = 64 << 10;
+
+/// The largest frame after it (a view of many nodes).
+pub const MAX_CONTROL_FRAME: u32 = 16 << 20;
+
+/// Most nodes a cluster holds (and a view lists).
+pub const MAX_NODES: usize = 10_000;
+
+/// Longest address or death cause.
+pub const MAX_TEXT: usize = 1024;
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ToHead {
+    #[prost(oneof = "ToHeadKind", tags = "1, 2, 3, 4")]
+    pub kind: Option<ToHeadKind>,
+}
+
+#[derive(Clone, PartialEq, Oneof)]
+pub enum ToHeadKind {
+    #[prost(message, tag = "1")]
+    Register(Register),
+    #[prost(message, tag = "2")]
+    Heartbeat(NodeLoad),
+    #[prost(message, tag = "3")]
+    View(Empty),
+    #[prost(message, tag = "4")]
+    Leave(Empty),
+}
+
+#[derive(Clone, Copy, PartialEq, Message)]
+pub struct Empty {}
+
+/// Who registers: a node daemon, or a client that only asks (`status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum PeerRole {
+    Client = 0,
+    Node = 1,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Register {
+    /// Always tag 1, so a peer of another version learns why it is refused.
+    #[prost(uint32, tag = "1")]
+    pub protocol: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub token: Vec<u8>,
+    #[prost(enumeration = "PeerRole", tag = "3")]
+    pub role: i32,
+    /// A node's description; absent for a client.
+    #[prost(message, optional, tag = "4")]
+    pub node: Option<NodeDesc>,
+}
+
+/// What a node is: fixed for its life.
+#[derive(Clone, PartialEq, Message)]
+pub struct NodeDesc {
+    #[prost(fixed64, tag = "1")]
+    pub node_id: u64,
+    /// The address other machines reach it at (an IP, for now).
+    #[prost(string, tag = "2")]
+    pub address: String,
+    /// Total resources, fixed point (1/10,000 of a unit).
+    #[prost(btree_map = "string, sint64", tag = "3")]
+    pub resources: BTreeMap<String, i64>,
+    #[prost(uint64, tag = "4")]
+    pub store_capacity: u64,
+    /// The daemon's process id on its machine (for `status`; never trusted
+    /// for anything else).
+    #[prost(uint32, tag = "5")]
+    pub pid: u32,
+}
+
+/// What a node is doing: sent with every heartbeat.
+#[derive(Clone, PartialEq, Message)]
+pub struct NodeLoad {
+    /// Resources not leased to a worker, fixed point.
+    #[prost(btree_map = "string, sint64", tag = "1")]
+    pub available: BTreeMap<String, i64>,
+    #[prost(uint64, tag = "2")]
+    pub store_used: u64,
+    #[prost(uint64, tag = "3")]
+    pub objects: u64,
+    #[prost(uint64, tag = "4")]
+    pub tasks: u64,
+    #[prost(uint64, tag = "5")]
+    pub workers: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct FromHead {
+    #[prost(oneof = "FromHeadKind", tags = "1, 2, 3")]
+    pub kind: Option<FromHeadKind>,
+}
+
+#[derive(Clone, PartialEq, Oneof)]
+pub enum FromHeadKind {
+    #[prost(message, tag = "1")]
+    Registered(Registered),
+    /// Always tag 2 (see [`Register::protocol`]).
+    #[prost(message, tag = "2")]
+    Rejected(Rejection),
+    #[prost(message, tag = "3")]
+    View(ClusterView),
+}
+
+/// Why the head refused a request; the connection closes after it.
+#[derive(Clone, PartialEq, Message)]
+pub struct Rejection {
+    #[prost(enumeration = "RejectKind", tag = "1")]
+    pub kind: i32,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+}
+
+/// The refusals a caller acts on differently; any other is `Other`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum RejectKind {
+    Other = 0,
+    WrongToken = 1,
+    /// The node was declared dead: it must not come back under its id.
+    NodeDead = 2,
+    /// Its id is bound to a connection the head has not seen close yet:
+    /// worth registering again in a moment.
+    NodeIdInUse = 3,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Registered {
+    /// The head's own node.
+    #[prost(fixed64, tag = "1")]
+    pub head_node_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub heartbeat_interval_ms: u64,
+    #[prost(uint64, tag = "3")]
+    pub node_timeout_ms: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ClusterView {
+    #[prost(message, repeated, tag = "1")]
+    pub nodes: Vec<NodeEntry>,
+}
+
+/// One node as the head sees it.
+#[derive(Clone, PartialEq, Message)]
+pub struct NodeEntry {
+    #[prost(message, optional, tag = "1")]
+    pub desc: Option<NodeDesc>,
+    #[prost(message, optional, tag = "2")]
+    pub load: Option<NodeLoad>,
+    #[prost(bool, tag = "3")]
+    pub alive: bool,
+    /// Why it is dead; empty while alive.
+    #[prost(string, tag = "4")]
+    pub death_cause: String,
+    /// Milliseconds since the head last heard from it.
+    #[prost(uint64, tag = "5")]
+    pub last_heard_ms: u64,
+    #[prost(bool, tag = "6")]
+    pub is_head: bool,
+}
+
+fn malformed(msg: String) -> FrameError {
+    FrameError::Malformed(msg)
+}
+
+fn check_resources(what: &str, fixed: &BTreeMap<String, i64>, allow_zero: bool) -> Result<(), FrameError> {
+    let set = ResourceSet::from_fixed(fixed.clone());
+    if !allow_zero && set.fixed().len() != fixed.len() {
+        return Err(malformed(format!("{what}: a resource amount of zero")));
+    }
+    set.check_bounds(limits::MAX_RESOURCES, limits::MAX_RESOURCE_NAME, limits::MAX_RESOURCE_AMOUNT)
+        .map_err(|e| malformed(format!("{what}: {e}")))
+}
+
+/// Checks a node's description from a peer.
+pub fn check_desc(d: &NodeDesc) -> Result<(), FrameError> {
+    if d.address.len() > MAX_TEXT {
+        return Err(malformed(format!("a node address of {} bytes", d.address.len())));
+    }
+    check_resources("node resources", &d.resources, false)
+}
+
+/// Checks a node's load from a peer (an available amount may be zero).
+pub fn check_load(l: &NodeLoad) -> Result<(), FrameError> {
+    check_resources("available resources", &l.available, true)
+}
+
+macro_rules! identity_wire {
+    ($t:ty, $check:expr) => {
+        impl WireMessage for $t {
+            type Wire = $t;
+
+            fn into_wire(self) -> Self::Wire {
+                self
+            }
+
+            fn from_wire(wire: Self::Wire) -> Result<Self, FrameError> {
+                let check: fn(&$t) -> Result<(), FrameError> = $check;
+                check(&wire)?;
+                Ok(wire)
+            }
+        }
+    };
+}
+
+identity_wire!(ToHead, |m| match &m.kind {
+    None => Err(malformed("an empty or unknown request".into())),
+    Some(ToHeadKind::Register(r)) => r.node.as_ref().map_or(Ok(()), check_desc),
+    Some(ToHeadKind::Heartbeat(l)) => check_load(l),
+    Some(_) => Ok(()),
+});
+
+identity_wire!(FromHead, |m| match &m.kind {
+    None => Err(malformed("an empty or unknown answer".into())),
+    Some(FromHeadKind::View(v)) if v.nodes.len() > MAX_NODES => {
+        Err(malformed(format!("a view of {} nodes", v.nodes.len())))
+    }
+    Some(_) => Ok(()),
+});
+
+impl ToHead {
+    pub fn new(kind: ToHeadKind) -> Self {
+        ToHead { kind: Some(kind) }
+    }
+}
+
+impl FromHead {
+    pub fn new(kind: FromHeadKind) -> Self {
+        FromHead { kind: Some(kind) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<M: WireMessage<Wire = M>>(m: M) -> M {
+        let mut buf = Vec::new();
+        ferroray_protocol::frame::encode_into(&mut buf, m).unwrap();
+        ferroray_protocol::frame::read_frame(&mut &buf[..]).unwrap().unwrap()
+    }
+
+    fn desc() -> NodeDesc {
+        NodeDesc {
+            node_id: 7,
+            address: "127.0.0.1".into(),
+            resources: ResourceSet::new().with("CPU", 2.0).with("a", 1.5).into_fixed(),
+            store_capacity: 1 << 30,
+            pid: 42,
+        }
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let reg = ToHead::new(ToHeadKind::Register(Register {
+            protocol: CONTROL_PROTOCOL_VERSION,
+            token: vec![1; 32],
+            role: PeerRole::Node as i32,
+            node: Some(desc()),
+        }));
+        assert_eq!(round_trip(reg.clone()), reg);
+        let view = FromHead::new(FromHeadKind::View(ClusterView {
+            nodes: vec![NodeEntry {
+                desc: Some(desc()),
+                load: Some(NodeLoad::default()),
+                alive: false,
+                death_cause: "stopped".into(),
+                last_heard_ms: 3,
+                is_head: true,
+            }],
+        }));
+        assert_eq!(round_trip(view.clone()), view);
+    }
+
+    #[test]
+    fn bad_input_is_malformed() {
+        let mut bad = desc();
+        bad.resources.insert("CPU".into(), -5);
+        let reg = ToHead::new(ToHeadKind::Register(Register { node: Some(bad), ..Default::default() }));
+        let mut buf = Vec::new();
+        ferroray_protocol::frame::encode_into(&mut buf, reg).unwrap();
+        let err = ferroray_protocol::frame::read_frame::<_, ToHead>(&mut &buf[..]).unwrap_err();
+        assert!(err.to_string().contains("node resources"), "{err}");
+
+        let mut buf = Vec::new();
+        ferroray_protocol::frame::encode_into(&mut buf, ToHead { kind: None }).unwrap();
+        assert!(ferroray_protocol::frame::read_frame::<_, ToHead>(&mut &buf[..]).is_err());
+    }
+}

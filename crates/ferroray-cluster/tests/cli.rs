@@ -1,0 +1,243 @@
+//! The `ferroray` command with real daemons: a head and nodes as separate
+//! processes on loopback, each with its own store, joined over TCP.
+//! Every test uses a session directory of its own and removes it, with
+//! every daemon, however it ends.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferroray");
+
+/// A session directory, and `ferroray stop` plus its removal on drop.
+struct Cluster {
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ferroray-cli-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Cluster { dir }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args).env("FERRORAY_SESSION_DIR", &self.dir).env_remove("FERRORAY_TOKEN");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        run_with_timeout(self.cmd(args))
+    }
+
+    /// Runs a command that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args:?} failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+        text
+    }
+
+    /// Starts the head on a free port; its address.
+    fn head(&self, extra: &[&str]) -> String {
+        let mut args = vec!["start", "--head", "--port", "0"];
+        args.extend_from_slice(extra);
+        let out = self.ok(&args);
+        let line = out.lines().find(|l| l.starts_with("Started the head")).expect("the ready message");
+        line.split(" at ").nth(1).unwrap().split(' ').next().unwrap().to_string()
+    }
+
+    /// Starts a node that joins `head`; its pid.
+    fn node(&self, head: &str, extra: &[&str]) -> u32 {
+        let mut args = vec!["start", "--address", head];
+        args.extend_from_slice(extra);
+        let out = self.ok(&args);
+        let line = out.lines().find(|l| l.starts_with("Started node")).expect("the ready message");
+        line.split("(pid ").nth(1).unwrap().split(')').next().unwrap().parse().unwrap()
+    }
+
+    fn list(&self, filter: &str) -> Vec<String> {
+        self.ok(&["list", "nodes", "--filter", filter]).lines().skip(1).map(str::to_string).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.dir.exists() {
+            let _ = self.run(&["stop", "--grace-period", "5"]);
+        }
+        let leftover = self.dir.exists();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if !std::thread::panicking() {
+            assert!(!leftover, "stop left the session directory behind");
+        }
+    }
+}
+
+fn run_with_timeout(mut cmd: Command) -> Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running ferroray");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.expect("waiting for ferroray"),
+        Err(_) => {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("ferroray {cmd:?} did not finish within 60 s");
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie of ours would count: these daemons are not our children.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn a_head_and_two_nodes_form_a_cluster_and_stop_together() {
+    let c = Cluster::new("form");
+    let head = c.head(&["--num-cpus", "2", "--heartbeat-ms", "100", "--node-timeout-ms", "2000"]);
+    let a = c.node(&head, &["--num-cpus", "1", "--resources", r#"{"a": 2}"#, "--object-store-memory", "50000000"]);
+    let b = c.node(&head, &["--num-cpus", "3", "--num-gpus", "1", "--object-store-memory", "60000000"]);
+    assert_ne!(a, b);
+
+    let status = c.ok(&["status"]);
+    assert!(status.contains("Nodes: 3 alive, 0 dead"), "{status}");
+    assert!(status.contains("0.0/6.0 CPU"), "{status}");
+    assert!(status.contains("0.0/1.0 GPU"), "{status}");
+    assert!(status.contains("0.0/2.0 a"), "{status}");
+    assert!(status.contains(&format!("pid {a}")) && status.contains(&format!("pid {b}")), "{status}");
+
+    let nodes = c.list("is_head=false");
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    assert!(nodes.iter().any(|l| l.contains(&a.to_string()) && l.contains("a=2/2")), "{nodes:?}");
+    assert_eq!(c.list("state=alive").len(), 3);
+    assert_eq!(c.list("state=dead").len(), 0);
+
+    // Asking the head by its address, with the token in a file.
+    let token = c.dir.join("token");
+    let status = c.ok(&["status", "--address", &head, "--token-file", token.to_str().unwrap()]);
+    assert!(status.contains("Nodes: 3 alive"), "{status}");
+
+    let stopped = c.ok(&["stop"]);
+    assert_eq!(stopped.matches("Stopped").count(), 3, "{stopped}");
+    assert!(!alive(a) && !alive(b));
+    assert!(!c.dir.exists(), "stop removes the session directory");
+    let out = c.run(&["status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no cluster was started"));
+}
+
+#[test]
+fn a_wrong_token_is_refused_and_logged() {
+    let c = Cluster::new("token");
+    let head = c.head(&[]);
+    let mut cmd = c.cmd(&["start", "--address", &head]);
+    cmd.env("FERRORAY_TOKEN", "00".repeat(32));
+    let out = run_with_timeout(cmd);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wrong cluster token"), "{err}");
+    let head_pid = std::fs::read_dir(c.dir.join("nodes")).unwrap().count();
+    assert_eq!(head_pid, 1, "only the head is recorded");
+    let logs: String = std::fs::read_dir(c.dir.join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(logs.contains("refused a connection from 127.0.0.1") && logs.contains("wrong cluster token"), "{logs}");
+    // A token file others may read is refused before it is used.
+    let loose = c.dir.join("loose-token");
+    std::fs::copy(c.dir.join("token"), &loose).unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&loose).unwrap().permissions(), 0o644);
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = c.run(&["status", "--token-file", loose.to_str().unwrap()]);
+    std::fs::remove_file(&loose).unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("readable by nobody else"));
+}
+
+#[test]
+fn a_killed_node_is_declared_dead_within_the_timeout() {
+    let c = Cluster::new("kill");
+    let (heartbeat, timeout) = (100, 1000);
+    let head = c.head(&["--heartbeat-ms", &heartbeat.to_string(), "--node-timeout-ms", &timeout.to_string()]);
+    let doomed = c.node(&head, &[]);
+    let stays = c.node(&head, &[]);
+    assert_eq!(c.list("state=alive").len(), 3);
+    unsafe { libc::kill(doomed as i32, libc::SIGKILL) };
+    let took = wait_until("the killed node declared dead", Duration::from_secs(10), || c.list("state=dead").len() == 1);
+    // Up to the timeout after its last heartbeat, plus a sweep's period and
+    // the polling here.
+    assert!(took < Duration::from_millis(timeout + 2 * heartbeat + 1000), "took {took:?}");
+    let status = c.ok(&["status"]);
+    assert!(status.contains("no heartbeat for 1000 ms"), "{status}");
+    assert!(status.contains("Nodes: 2 alive, 1 dead"), "{status}");
+    assert!(alive(stays));
+}
+
+#[test]
+fn a_stopped_node_leaves_at_once() {
+    let c = Cluster::new("leave");
+    let head = c.head(&["--node-timeout-ms", "60000"]);
+    let node = c.node(&head, &[]);
+    unsafe { libc::kill(node as i32, libc::SIGTERM) };
+    wait_until("the node to exit", Duration::from_secs(10), || !alive(node));
+    let dead = c.list("state=dead");
+    assert_eq!(dead.len(), 1, "declared dead at once, not after a minute: {dead:?}");
+    assert!(c.ok(&["status"]).contains("DEAD (stopped)"));
+}
+
+#[test]
+fn a_node_whose_head_is_gone_stops_by_itself() {
+    let c = Cluster::new("orphan");
+    let head = c.head(&["--heartbeat-ms", "100", "--node-timeout-ms", "1000"]);
+    let node = c.node(&head, &["--head-timeout-ms", "1000"]);
+    let head_pid = c.ok(&["status"]).lines().find(|l| l.contains("head")).and_then(|l| {
+        l.split("pid ").nth(1).and_then(|p| p.split_whitespace().next()).and_then(|p| p.parse::<u32>().ok())
+    });
+    let head_pid = head_pid.expect("the head's pid in the status");
+    unsafe { libc::kill(head_pid as i32, libc::SIGKILL) };
+    wait_until("the orphaned node to stop", Duration::from_secs(15), || !alive(node));
+}
+
+#[test]
+fn bad_options_are_clear_errors() {
+    let c = Cluster::new("options");
+    let fails = |args: &[&str], expect: &str| {
+        let out = c.run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(expect), "{args:?}: {err}");
+    };
+    fails(&["start", "--head", "--resources", "{a: 1}"], "--resources");
+    fails(&["start", "--head", "--resources", r#"{"CPU": 1}"#], "--num-cpus");
+    fails(&["start", "--head", "--num-cpus=-1"], "num-cpus");
+    fails(&["start", "--head", "--node-ip-address", "10.1.2.3"], "not a loopback address");
+    fails(&["start", "--address", "192.0.2.1:6390"], "not a loopback address");
+    fails(&["start", "--head", "--storage", "redis://127.0.0.1:6379"], "memory only");
+    fails(&["start", "--head", "--heartbeat-ms", "1000", "--node-timeout-ms", "1500"], "at least twice");
+    fails(&["start"], "--head");
+    fails(&["list", "nodes", "--filter", "colour=red"], "unknown key");
+    fails(&["start", "--address", "127.0.0.1:1"], "no cluster was started");
+    // With a head, a second one is refused, and a node for a port nobody
+    // listens on says so.
+    let _head = c.head(&[]);
+    fails(&["start", "--head", "--port", "0"], "already running");
+    fails(&["start", "--address", "127.0.0.1:1"], "cannot reach the head");
+}

@@ -87,13 +87,14 @@ def init(
     ignore_reinit_error: bool = False,
     **kwargs: Any,
 ) -> None:
-    """Starts the embedded cluster (as ``ray.init()``)."""
-    if address not in (None, "local"):
-        # "local" starts a cluster of this process's own, as in Ray.
-        raise ValueError(
-            f"ferroray cannot connect to the cluster at {address!r} yet (one machine only): "
-            'call init() without an address, or with address="local"'
-        )
+    """Starts the embedded cluster (as ``ray.init()``), or with an address
+    (``"auto"``: the cluster started on this machine; ``"HOST:PORT"``: the
+    head's address) connects to the node daemon of a cluster on this machine
+    (``ferroray start``). No address, or ``"local"``, starts a cluster of
+    this process's own."""
+    if address is not None and not isinstance(address, str):
+        raise TypeError(f"init() address must be a string, not {type(address).__name__}")
+    connect = None if address in (None, "local") else address
     unknown = set(kwargs) - {"include_dashboard", "logging_level", "log_to_driver", "namespace"}
     if unknown:
         raise TypeError(f"init() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
@@ -110,6 +111,7 @@ def init(
             num_gpus=None if num_gpus is None else float(num_gpus),
             resources=[(str(k), float(v)) for k, v in (resources or {}).items()],
             object_store_memory=object_store_memory,
+            address=connect,
         )
 
 

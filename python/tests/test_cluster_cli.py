@@ -58,3 +58,63 @@ def test_errors_are_clear(session):
     assert out.returncode == 1 and "not a loopback address" in out.stderr
     out = run("list", "actors", check=False)
     assert out.returncode == 2 and "invalid value" in out.stderr
+
+
+DRIVER = r"""
+import os, sys
+import numpy as np
+import ferroray as ray
+
+ray.init(address=sys.argv[1])
+
+@ray.remote
+def where():
+    return os.getpid(), os.getppid()
+
+@ray.remote
+def total(a):
+    return int(a.sum())
+
+@ray.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def incr(self):
+        self.n += 1
+        return self.n
+
+pid, parent = ray.get(where.remote())
+a = np.ones(4 << 20, dtype=np.uint8)
+c = Counter.remote()
+ray.get(c.incr.remote())
+print(pid, parent, ray.get(total.remote(ray.put(a))), ray.get(c.incr.remote()), ray.get(ray.put(a)).flags.writeable)
+ray.shutdown()
+"""
+
+
+def test_a_python_program_connects_to_the_daemon(session):
+    run, d = session
+    out = run("start", "--head", "--port", "0", "--num-cpus", "2").stdout
+    head = re.search(r"cluster at (\S+) ", out).group(1)
+    daemon = int(re.search(r"pid (\d+)\)", out).group(1))
+    env = dict(os.environ, FERRORAY_SESSION_DIR=d)
+    for address in ("auto", head):
+        done = subprocess.run(
+            [sys.executable, "-c", DRIVER, address], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        pid, parent, total, count, writeable = done.stdout.split()
+        assert int(parent) == daemon, "the daemon started the worker"
+        assert int(pid) != daemon
+        assert (total, count, writeable) == (str(4 << 20), "2", "False")
+    # What a node offers is the daemon's to say.
+    bad = subprocess.run(
+        [sys.executable, "-c", "import ferroray as ray; ray.init(address='auto', num_cpus=3)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and "the daemon's to set" in bad.stderr
+    assert "Nodes: 1 alive" in run("status").stdout

@@ -218,6 +218,7 @@ async fn run_async(
         node_id: node_id.to_string(),
         head: head_address.clone(),
         is_head,
+        socket: node.socket_name().to_string(),
     };
     session.write_node(&record)?;
     on_ready(&Ready { node_id, head: head_address, is_head, pid });

@@ -14,13 +14,14 @@
 //!   joined to one.
 //! - [`session`]: the per-user directory where daemons record themselves
 //!   for later commands.
-//! - [`cli`]: the `ferroray` command.
+//! - `cli` (feature `cli`, on by default): the `ferroray` command.
 //! - [`error`]: [`ClusterError`], and which errors are worth a retry.
 //!
 //! What a cluster does today: membership, health and the resource view.
 //! Programs still run on the node they embed (`docs/architecture.md` §14
 //! lists what comes next).
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;
 pub mod control;

@@ -34,6 +34,10 @@ pub struct NodeFile {
     /// The head's address (`HOST:PORT`).
     pub head: String,
     pub is_head: bool,
+    /// The node's abstract Unix socket, where programs on this machine
+    /// connect (`ferroray::Config::address`).
+    #[serde(default)]
+    pub socket: String,
 }
 
 pub struct Session {
@@ -239,6 +243,7 @@ mod tests {
             node_id: "a".into(),
             head: "127.0.0.1:1".into(),
             is_head: true,
+            socket: "ferroray-node-test".into(),
         };
         s.write_node(&mine).unwrap();
         // A pid that exists with another start time: a reused pid.

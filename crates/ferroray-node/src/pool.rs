@@ -39,6 +39,11 @@ pub enum PoolCmd {
         actor: Option<ActorId>,
     },
     Kill(u32),
+    /// From now on start workers of `kind` with `command` (`None`: none).
+    SetCommand {
+        kind: WorkerKind,
+        command: Option<crate::WorkerCommand>,
+    },
     Shutdown,
 }
 
@@ -109,6 +114,14 @@ impl Spawner {
                     Some(child) => kill(child),
                     None if self.reaped.contains(&pid) => {}
                     None => tracing::warn!("not killing pid {pid}: not a worker this node started"),
+                },
+                Ok(PoolCmd::SetCommand { kind, command }) => match command {
+                    Some(c) => {
+                        self.config.worker_commands.insert(kind, c);
+                    }
+                    None => {
+                        self.config.worker_commands.remove(&kind);
+                    }
                 },
                 Ok(PoolCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}

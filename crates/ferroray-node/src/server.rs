@@ -128,6 +128,19 @@ impl SocketOutbox {
         self.wake.notify_one();
     }
 
+    /// Sends what is queued (a driver's welcome, right after its hello)
+    /// with the store's descriptor attached; what the socket does not take
+    /// at once is left to the writer task.
+    pub(crate) fn flush_with_fd(&self, fd: std::os::fd::RawFd) -> std::io::Result<()> {
+        let mut out = self.out.lock();
+        if out.writing || out.bytes.is_empty() {
+            return Err(std::io::Error::other("no welcome to send the store with"));
+        }
+        let n = ferroray_transport::unix::send_with_fd(&self.direct, &out.bytes, fd)?;
+        out.bytes.drain(..n);
+        Ok(())
+    }
+
     /// Leaves what is queued to the writer task.
     pub(crate) fn flush_later(&self) {
         self.pending.store(false, Ordering::Release);
@@ -440,10 +453,20 @@ async fn connection(shared: Arc<Shared>, mut stream: UnixStream, _slot: Admitted
     // the watch is removed.
     let fd = std::os::fd::AsRawFd::as_raw_fd(&direct);
     let outbox = Arc::new(SocketOutbox::new(direct));
+    let is_driver = matches!(hello, ToNode::Hello { role: ferroray_protocol::Role::Driver, .. });
     let conn = {
         let mut st = shared.lock();
         let conn = st.add_connection(Outbox::Socket(outbox.clone()), pid);
         st.handle(conn, hello);
+        // A driver maps the store through the descriptor that comes with
+        // its welcome; sent under the lock, before anything else can be
+        // queued for it.
+        if is_driver && st.is_connected(conn) {
+            if let Err(e) = outbox.flush_with_fd(shared.arena.fd()) {
+                tracing::warn!("cannot send the store to driver pid {pid}: {e}");
+                st.disconnect(conn, "the store could not be sent");
+            }
+        }
         conn
     };
     let writer = tokio::spawn(write_loop(outbox, wr));

@@ -41,6 +41,13 @@ pub const MAX_ACTOR_CONCURRENCY: u32 = 10_000;
 /// Bytes of what a front keeps with an actor (`ActorSpec::front`).
 pub const MAX_ACTOR_FRONT: usize = 1 << 20;
 
+/// Commands in a driver's [`ToNode::WorkerCommands`] (one per kind).
+pub const MAX_WORKER_COMMANDS: usize = crate::WorkerKind::ALL.len();
+/// Arguments, or environment variables, of one worker command.
+pub const MAX_COMMAND_PARTS: usize = 1024;
+/// Bytes of one worker command, all its parts together.
+pub const MAX_COMMAND_BYTES: usize = 1 << 20;
+
 fn over(what: &str, n: usize, max: usize) -> Result<(), Error> {
     if n > max {
         Err(Error::Protocol(format!("{what}: {n} is over the limit of {max}")))
@@ -147,6 +154,18 @@ impl ToNode {
                 values.iter().try_for_each(check_value)
             }
             ToNode::ReportItem { value, .. } => check_value(value),
+            ToNode::WorkerCommands(commands) => {
+                over("worker commands", commands.len(), MAX_WORKER_COMMANDS)?;
+                for c in commands {
+                    over("worker command arguments", c.args.len(), MAX_COMMAND_PARTS)?;
+                    over("worker command variables", c.env.len(), MAX_COMMAND_PARTS)?;
+                    let bytes = c.program.len()
+                        + c.args.iter().map(String::len).sum::<usize>()
+                        + c.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                    over("worker command bytes", bytes, MAX_COMMAND_BYTES)?;
+                }
+                Ok(())
+            }
             ToNode::Hello { .. }
             | ToNode::TaskDone { .. }
             | ToNode::Allocate { .. }

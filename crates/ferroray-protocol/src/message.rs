@@ -20,7 +20,7 @@ pub enum FunctionDescriptor {
 
 /// The kind of worker process that runs a function: the node keeps one
 /// pool of processes per kind, each started by its own command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum WorkerKind {
     /// The driver's executable, started again in worker mode.
     Rust,
@@ -432,6 +432,20 @@ pub enum ToNode {
     TerminateActor {
         actor: ActorId,
     },
+    /// A driver connected over the socket says how to start the workers
+    /// that run its functions, one command per kind (a node started on its
+    /// own has none). Sent once, right after the welcome. For the Rust kind
+    /// the node ignores `program` and runs the sender's own executable.
+    WorkerCommands(Vec<WorkerCommandSpec>),
+}
+
+/// How to start a worker process of one kind ([`ToNode::WorkerCommands`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerCommandSpec {
+    pub kind: WorkerKind,
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 /// Node to client.

@@ -1084,7 +1084,7 @@ pub enum Role {
 pub struct ToNode {
     #[prost(
         oneof = "ToNodeKind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26"
     )]
     pub kind: Option<ToNodeKind>,
 }
@@ -1143,6 +1143,43 @@ pub enum ToNodeKind {
     StreamClaim(StreamClaim),
     #[prost(message, tag = "25")]
     ExportFunction(ExportFunction),
+    #[prost(message, tag = "26")]
+    WorkerCommands(WorkerCommands),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct WorkerCommands {
+    #[prost(message, repeated, tag = "1")]
+    pub commands: Vec<WorkerCommand>,
+}
+
+/// [`m::WorkerKind`]; 0 is never sent (a missing kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Enumeration)]
+#[repr(i32)]
+pub enum WorkerKind {
+    Unspecified = 0,
+    Rust = 1,
+    Python = 2,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct WorkerCommand {
+    #[prost(enumeration = "WorkerKind", tag = "1")]
+    pub kind: i32,
+    #[prost(string, tag = "2")]
+    pub program: String,
+    #[prost(string, repeated, tag = "3")]
+    pub args: Vec<String>,
+    #[prost(message, repeated, tag = "4")]
+    pub env: Vec<EnvVar>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct EnvVar {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -1339,6 +1376,20 @@ impl From<m::ToNode> for ToNode {
             m::ToNode::ExportFunction { function, pickled } => {
                 K::ExportFunction(ExportFunction { function: Some(function_to_wire(function)), pickled })
             }
+            m::ToNode::WorkerCommands(commands) => K::WorkerCommands(WorkerCommands {
+                commands: commands
+                    .into_iter()
+                    .map(|c| WorkerCommand {
+                        kind: match c.kind {
+                            m::WorkerKind::Rust => WorkerKind::Rust,
+                            m::WorkerKind::Python => WorkerKind::Python,
+                        } as i32,
+                        program: c.program,
+                        args: c.args,
+                        env: c.env.into_iter().map(|(name, value)| EnvVar { name, value }).collect(),
+                    })
+                    .collect(),
+            }),
         };
         ToNode { kind: Some(kind) }
     }
@@ -1424,6 +1475,20 @@ impl TryFrom<ToNode> for m::ToNode {
                 function: function_from_wire(task_id(e.function, "ExportFunction id")?),
                 pickled: e.pickled,
             },
+            K::WorkerCommands(w) => m::ToNode::WorkerCommands(
+                w.commands
+                    .into_iter()
+                    .map(|c| {
+                        let kind = match WorkerKind::try_from(c.kind) {
+                            Ok(WorkerKind::Rust) => m::WorkerKind::Rust,
+                            Ok(WorkerKind::Python) => m::WorkerKind::Python,
+                            _ => return Err(malformed(format!("worker kind {}", c.kind))),
+                        };
+                        let env = c.env.into_iter().map(|v| (v.name, v.value)).collect();
+                        Ok(m::WorkerCommandSpec { kind, program: c.program, args: c.args, env })
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
         })
     }
 }

@@ -196,6 +196,12 @@ fn every_to_node_message_round_trips() {
             function: ferroray_common::FunctionId { exporter: ferroray_common::WorkerId(3), seq: 8 },
             pickled: vec![7; 300],
         },
+        ToNode::WorkerCommands(vec![crate::WorkerCommandSpec {
+            kind: crate::WorkerKind::Python,
+            program: "/usr/bin/python3".into(),
+            args: vec!["-m".into(), "ferroray._worker".into()],
+            env: vec![("A".into(), "1".into())],
+        }]),
     ];
     for m in messages {
         roundtrip(m);

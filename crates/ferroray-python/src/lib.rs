@@ -79,9 +79,10 @@ fn core_err(e: Error) -> PyErr {
     })
 }
 
-/// Starts the embedded cluster; Python tasks run in `python worker_args..`.
+/// Starts the embedded cluster, or connects to a daemon's node (`address`);
+/// Python tasks run in `python worker_args..`.
 #[pyfunction]
-#[pyo3(signature = (python, worker_args, worker_env=Vec::new(), num_cpus=None, num_gpus=None, resources=Vec::new(), object_store_memory=None))]
+#[pyo3(signature = (python, worker_args, worker_env=Vec::new(), num_cpus=None, num_gpus=None, resources=Vec::new(), object_store_memory=None, address=None))]
 #[allow(clippy::too_many_arguments)]
 fn init(
     py: Python<'_>,
@@ -92,8 +93,12 @@ fn init(
     num_gpus: Option<f64>,
     resources: Vec<(String, f64)>,
     object_store_memory: Option<u64>,
+    address: Option<String>,
 ) -> PyResult<()> {
     let mut config = Config::default().python_workers(python, worker_args);
+    if let Some(a) = &address {
+        config = config.address(a);
+    }
     for (name, value) in &worker_env {
         config = config.worker_env(name, value);
     }

@@ -4,6 +4,8 @@
 //! and no permissions, so the node checks every peer itself). A client:
 //! 1. connects and sends its `Hello` (with the cluster token);
 //! 2. reads the node's answer: `Welcome(NodeInfo)`, or `Rejected(error)`;
+//!    a driver's welcome carries the store's descriptor (`SCM_RIGHTS`), as
+//!    a worker inherits it;
 //! 3. from then on writes frames through [`UnixLink`] (one lock, so frames
 //!    of different threads never interleave), and a reader thread
 //!    ([`UnixReader::spawn`]) hands every frame to its [`Inbox`], through a
@@ -17,6 +19,7 @@ use ferroray_common::{Error, Result};
 use ferroray_protocol::{frame, FromNode, NodeInfo, ToNode};
 use parking_lot::Mutex;
 use std::io::{BufReader, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::Arc;
@@ -36,6 +39,105 @@ pub fn connect_abstract(name: &str) -> Result<UnixStream> {
     UnixStream::connect_addr(&addr).map_err(|e| Error::Disconnected(format!("{name}: {e}")))
 }
 
+/// Sends `bytes` with descriptor `fd` attached (`SCM_RIGHTS`), without
+/// blocking and without raising SIGPIPE; how many bytes went. The receiver
+/// gets the descriptor with the first of them ([`recv_with_fd`]).
+pub fn send_with_fd(socket: &UnixStream, bytes: &[u8], fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the message header points at `bytes` and at a control buffer
+    // sized by CMSG_SPACE for one descriptor, both alive for the call; the
+    // CMSG macros only compute offsets inside that buffer.
+    unsafe {
+        let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
+        let space = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        let mut control = vec![0u8; space];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+        let n = libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+/// Reads into `buf` like `read`, also taking a descriptor that came with
+/// the bytes (close-on-exec). Any further descriptors are closed: only one
+/// is ever sent.
+pub fn recv_with_fd(socket: &UnixStream, buf: &mut [u8]) -> std::io::Result<(usize, Option<OwnedFd>)> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    const MAX_FDS: usize = 8;
+    // SAFETY: as in `send_with_fd`; every descriptor the kernel put in the
+    // control buffer is read within the length it reports and owned here.
+    unsafe {
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let space = libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<libc::c_int>()) as u32) as usize;
+        let mut control = vec![0u8; space];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let n = loop {
+            let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        };
+        let mut got = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                let count =
+                    ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<libc::c_int>();
+                for i in 0..count {
+                    let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                    if got.is_none() {
+                        got = Some(fd);
+                    }
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok((n, got))
+    }
+}
+
+/// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`).
+pub fn peer_uid(socket: &UnixStream) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `cred` is a valid out-buffer of the size passed.
+    unsafe {
+        let mut cred: libc::ucred = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        );
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(cred.uid)
+    }
+}
+
 /// How long the node may take to answer a hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -49,14 +151,44 @@ pub struct UnixReader {
     stream: UnixStream,
 }
 
+/// What a connection's handshake gives.
+pub struct Connected {
+    pub link: UnixLink,
+    pub reader: UnixReader,
+    pub info: NodeInfo,
+    /// The store's descriptor, which a node sends a driver with its welcome
+    /// (a worker inherits it instead).
+    pub store: Option<OwnedFd>,
+}
+
 impl UnixLink {
     /// Connects to the node at `socket`, sends `hello` and waits for the
-    /// answer (steps 1 and 2).
-    pub fn connect(socket: &str, hello: ToNode) -> Result<(UnixLink, UnixReader, NodeInfo)> {
+    /// answer (steps 1 and 2). Abstract names have no permissions, so the
+    /// node must be a process of this user: one that took the name first
+    /// is refused before anything is sent to it.
+    pub fn connect(socket: &str, hello: ToNode) -> Result<Connected> {
         let mut stream = connect_abstract(socket)?;
+        let uid = peer_uid(&stream).map_err(Error::io)?;
+        // SAFETY: geteuid cannot fail and touches no memory.
+        if uid != unsafe { libc::geteuid() } {
+            return Err(Error::PermissionDenied(format!("the node at {socket} runs as uid {uid}, not this user")));
+        }
         frame::write_frame(&mut stream, hello)?;
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(Error::io)?;
-        let info = match frame::read_frame::<_, FromNode>(&mut stream)? {
+        // The header's bytes by `recvmsg`, which takes a descriptor sent
+        // with them; the body by plain reads (nothing else carries one).
+        let mut header = [0u8; 4];
+        let mut have = 0;
+        let mut store = None;
+        while have < header.len() {
+            let (n, fd) = recv_with_fd(&stream, &mut header[have..]).map_err(Error::io)?;
+            if n == 0 {
+                return Err(Error::Disconnected("the node closed the connection during the hello".into()));
+            }
+            store = store.or(fd);
+            have += n;
+        }
+        let info = match frame::read_frame::<_, FromNode>(&mut (&header[..]).chain(&mut stream))? {
             Some(FromNode::Welcome(info)) => info,
             Some(FromNode::Rejected(e)) => return Err(e),
             None => return Err(Error::Disconnected("the node closed the connection during the hello".into())),
@@ -64,7 +196,15 @@ impl UnixLink {
         };
         stream.set_read_timeout(None).map_err(Error::io)?;
         let writer = stream.try_clone().map_err(Error::io)?;
-        Ok((UnixLink { writer: Mutex::new(writer) }, UnixReader { stream }, info))
+        Ok(Connected { link: UnixLink { writer: Mutex::new(writer) }, reader: UnixReader { stream }, info, store })
+    }
+}
+
+impl Drop for UnixLink {
+    /// Ends the connection both ways, so the node sees its end at once (the
+    /// reader thread holds another descriptor of the same socket).
+    fn drop(&mut self) {
+        let _ = self.writer.lock().shutdown(std::net::Shutdown::Both);
     }
 }
 

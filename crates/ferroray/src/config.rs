@@ -16,6 +16,7 @@ pub struct Config {
     pub(crate) idle_worker_timeout: Option<std::time::Duration>,
     pub(crate) spin_wait: Option<std::time::Duration>,
     pub(crate) python_workers: Option<(std::path::PathBuf, Vec<String>)>,
+    pub(crate) address: Option<String>,
 }
 
 impl Default for Config {
@@ -34,6 +35,7 @@ impl Default for Config {
             idle_worker_timeout: None,
             spin_wait: None,
             python_workers: None,
+            address: None,
         }
     }
 }
@@ -107,6 +109,19 @@ impl Config {
     /// otherwise idle, yielding to any thread that can run.
     pub fn spin_wait(mut self, budget: std::time::Duration) -> Self {
         self.spin_wait = Some(budget);
+        self
+    }
+
+    /// Connect to a cluster instead of starting one in this process:
+    /// `"HOST:PORT"`, the head's address, or `"auto"`, the cluster started on
+    /// this machine (`ferroray start`). The program connects to the node
+    /// daemon of that cluster on this machine, whose workers then run its
+    /// tasks, and whose store holds its objects. The settings of what a node
+    /// offers (`num_cpus`, `num_gpus`, `resource`, `object_store_memory`,
+    /// `inline_threshold`, `max_workers`, `max_worker_processes`) belong to
+    /// the daemon and are refused here.
+    pub fn address(mut self, address: &str) -> Self {
+        self.address = Some(address.to_string());
         self
     }
 

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Runtime {
-    node: Node,
+    /// The embedded node; `None` when connected to a daemon's.
+    node: Option<Node>,
     core: Arc<CoreWorker>,
 }
 
@@ -37,6 +38,12 @@ pub fn init_with(config: Config) -> Result<()> {
     let mut rt = RUNTIME.lock();
     if rt.is_some() {
         return Err(Error::AlreadyInitialized);
+    }
+    if let Some(address) = &config.address {
+        let core = connect(address, &config)?;
+        global::set(core.clone())?;
+        *rt = Some(Runtime { node: None, core });
+        return Ok(());
     }
     let mut nc = NodeConfig::new(WorkerCommand::current_exe()?);
     if let Some((program, args)) = &config.python_workers {
@@ -89,8 +96,86 @@ pub fn init_with(config: Config) -> Result<()> {
     let core = CoreWorker::driver(worker_id, node.info().clone(), node.arena().clone());
     core.attach(Box::new(node.connect_local(worker_id, core.inbox())?));
     global::set(core.clone())?;
-    *rt = Some(Runtime { node, core });
+    *rt = Some(Runtime { node: Some(node), core });
     Ok(())
+}
+
+/// Connects this program to the node daemon of the cluster at `address` on
+/// this machine (`Config::address`):
+/// 1. the daemon's record in the session directory gives its socket, and
+///    the head's token file the token (or `FERRORAY_TOKEN`);
+/// 2. the hello over the socket, as a driver; the welcome brings the store's
+///    descriptor, which is mapped as the workers map it;
+/// 3. the worker commands: this executable for Rust functions (the node
+///    reads which one from the kernel), the front's for its kind, with the
+///    configured worker environment. Then the program's tasks can run.
+fn connect(address: &str, config: &Config) -> Result<Arc<CoreWorker>> {
+    use ferroray_protocol::{Role, ToNode, WorkerCommandSpec, PROTOCOL_VERSION};
+    let node_settings = config.num_cpus.is_some()
+        || config.num_gpus != 0.0
+        || !config.resources.is_empty()
+        || config.object_store_memory.is_some()
+        || config.inline_threshold.is_some()
+        || config.max_workers.is_some()
+        || config.max_worker_processes.is_some();
+    if node_settings {
+        return Err(Error::InvalidOption(
+            "when connecting to a cluster, what a node offers (num_cpus, num_gpus, resources, object_store_memory,              ...) is the daemon's to set: `ferroray start ...`"
+                .into(),
+        ));
+    }
+    // Step 1.
+    let session = ferroray_cluster::session::Session::open().map_err(|e| Error::InvalidOption(e.to_string()))?;
+    let nodes = session.nodes();
+    let record = match address {
+        "auto" => nodes.iter().find(|n| n.is_head).or_else(|| nodes.first()),
+        addr => nodes.iter().filter(|n| n.head == addr).min_by_key(|n| !n.is_head),
+    };
+    let record = record.filter(|n| !n.socket.is_empty()).ok_or_else(|| {
+        Error::Disconnected(format!(
+            "no node of the cluster at {address} runs on this machine (looked in {}); start one with              `ferroray start --head` or `ferroray start --address HEAD:PORT`",
+            session.dir().display()
+        ))
+    })?;
+    let token = match std::env::var("FERRORAY_TOKEN") {
+        Ok(hex) => ferroray_common::ClusterToken::from_hex(hex.trim())
+            .ok_or_else(|| Error::InvalidOption("FERRORAY_TOKEN does not hold a cluster token".into()))?,
+        Err(_) => session.token().map_err(|e| Error::InvalidOption(e.to_string()))?,
+    };
+    // Step 2.
+    let worker_id = ferroray_common::WorkerId::random();
+    let hello =
+        ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid: std::process::id(), role: Role::Driver, token };
+    let connected = ferroray_transport::unix::UnixLink::connect(&record.socket, hello)?;
+    let fd = connected.store.ok_or_else(|| Error::Protocol("the node's welcome came without its store".into()))?;
+    // SAFETY: `fd` is the store's memfd, just received and owned here only;
+    // the arena takes it over.
+    let arena = Arc::new(
+        unsafe { ferroray_store::Arena::open(std::os::fd::IntoRawFd::into_raw_fd(fd), connected.info.store_capacity) }
+            .map_err(Error::io)?,
+    );
+    // Step 3.
+    let env = config.worker_env.clone();
+    let commands = match &config.python_workers {
+        Some((program, args)) => vec![WorkerCommandSpec {
+            kind: WorkerKind::Python,
+            program: program.to_string_lossy().into_owned(),
+            args: args.clone(),
+            env,
+        }],
+        None => vec![WorkerCommandSpec { kind: WorkerKind::Rust, program: String::new(), args: vec![], env }],
+    };
+    use ferroray_transport::Link;
+    connected.link.send(ToNode::WorkerCommands(commands))?;
+    let core = CoreWorker::driver(worker_id, connected.info, arena);
+    core.attach(Box::new(connected.link));
+    connected.reader.spawn("ferroray-driver-rx", core.inbox())?;
+    let spin = config
+        .spin_wait
+        .or_else(ferroray_common::spin::budget_from_env)
+        .unwrap_or(ferroray_common::spin::DEFAULT_BUDGET);
+    ferroray_common::spin::set_budget(spin);
+    Ok(core)
 }
 
 pub fn is_initialized() -> bool {
@@ -104,7 +189,9 @@ pub fn shutdown() {
     if let Some(rt) = rt {
         let _ = global::take();
         rt.core.close();
-        rt.node.shutdown();
+        if let Some(node) = rt.node {
+            node.shutdown();
+        }
     }
 }
 
@@ -254,7 +341,16 @@ pub fn tasks() -> Result<Vec<TaskEvent>> {
 /// The abstract Unix socket name of the embedded node (workers connect to it).
 pub fn node_address() -> Result<String> {
     let rt = RUNTIME.lock();
-    Ok(rt.as_ref().ok_or(Error::NotInitialized)?.node.socket_name().to_string())
+    let rt = rt.as_ref().ok_or(Error::NotInitialized)?;
+    Ok(embedded(rt)?.socket_name().to_string())
+}
+
+/// The node this process embeds; an error for a program connected to a
+/// daemon (whose node is another process's).
+fn embedded(rt: &Runtime) -> Result<&Node> {
+    rt.node.as_ref().ok_or_else(|| {
+        Error::InvalidOption("this program is connected to a node daemon, not running its own node".into())
+    })
 }
 
 /// Sizes of the runtime's tables, to check that nothing leaks.
@@ -280,7 +376,7 @@ pub struct RuntimeStats {
 pub fn runtime_stats() -> Result<RuntimeStats> {
     let rt = RUNTIME.lock();
     let rt = rt.as_ref().ok_or(Error::NotInitialized)?;
-    let s = rt.node.stats();
+    let s = embedded(rt)?.stats();
     Ok(RuntimeStats {
         node_objects: s.objects,
         node_tasks: s.tasks,

@@ -156,7 +156,7 @@ fn tables_return_to_empty_after_many_tasks() {
     let _c = cluster();
     let refs: Vec<_> = (0..500).map(identity::remote).collect();
     let sum: i64 = ferroray::get_all(&refs).unwrap().iter().sum();
-    assert_eq!(sum, (0..500).sum());
+    assert_eq!(sum, (0..500).sum::<i64>());
     drop(refs);
     assert!(eventually(T, store_empty), "{:?}", ferroray::runtime_stats());
     assert_eq!(ferroray::runtime_stats().unwrap().node_tasks, 0);

@@ -70,7 +70,7 @@ fn run_worker() -> Result<()> {
     std::env::remove_var(env::TOKEN);
     let hello =
         ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid: std::process::id(), role: Role::Worker, token };
-    let (link, reader, info) = UnixLink::connect(&socket, hello)?;
+    let ferroray_transport::unix::Connected { link, reader, info, .. } = UnixLink::connect(&socket, hello)?;
     // SAFETY: `store_fd` names the memfd the node left open (not
     // close-on-exec) for this process and nothing else here owns or uses
     // it; the arena takes it over.

@@ -566,6 +566,11 @@ impl State {
         }
     }
 
+    /// Whether `id` is a detached actor (it outlives its creator's job).
+    pub(super) fn is_detached(&self, id: ActorId) -> bool {
+        self.actors.get(&id).is_some_and(|a| a.opts.detached)
+    }
+
     /// Connection `conn` ended: the non-detached actors it created end too
     /// (their job, or their owner process, is gone).
     pub(super) fn owner_gone(&mut self, conn: ConnId) {

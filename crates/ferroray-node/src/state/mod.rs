@@ -10,6 +10,8 @@
 //! - [`streams`]: generator streams (the protocol below).
 //! - [`actors`]: the actor table: placement, call order, death, restarts
 //!   (its own numbered protocol).
+//! - [`jobs`]: the programs connected to a node started on its own: their
+//!   worker commands, and what their end takes with it.
 //!
 //! The types here are shared by all of them: a connection (`Conn`), an
 //! object (`Obj`, `Stored`), a task (`Task`), a stream (`Stream`).
@@ -69,6 +71,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 mod actors;
+mod jobs;
 mod objects;
 mod peers;
 mod scheduling;
@@ -349,8 +352,12 @@ pub struct State {
     idle: PerKind<Vec<ConnId>>,
     /// Spawns asked for whose process has not said hello, per kind.
     starting: PerKind<usize>,
-    /// The kinds this node has a command for (`NodeConfig::worker_commands`).
+    /// The kinds this node has a command for: its own and its job's.
     kinds: Vec<WorkerKind>,
+    /// The kinds of `NodeConfig::worker_commands` (for the node's life).
+    own_kinds: Vec<WorkerKind>,
+    /// The connected drivers that brought worker commands ([`jobs`]).
+    job: jobs::Job,
     total: ResourceSet,
     available: ResourceSet,
     store: Store<ObjectId>,
@@ -532,6 +539,8 @@ impl State {
             idle: PerKind::default(),
             starting: PerKind::default(),
             kinds: config.worker_commands.keys().copied().collect(),
+            own_kinds: config.worker_commands.keys().copied().collect(),
+            job: jobs::Job::default(),
             total: config.resources.clone(),
             available: config.resources.clone(),
             store,
@@ -682,6 +691,7 @@ impl State {
             ToNode::CreateActor { req, spec } => self.create_actor(conn, req, *spec),
             ToNode::GetActor { req, name } => self.get_actor(conn, req, &name),
             ToNode::ExportFunction { function, pickled } => self.export_function(conn, function, pickled),
+            ToNode::WorkerCommands(commands) => self.worker_commands(conn, commands),
             ToNode::KillActor { actor, no_restart } => {
                 if self.may_see(conn, actor.handle_object(), false) {
                     self.kill_actor(actor, no_restart);

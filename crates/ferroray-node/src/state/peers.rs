@@ -246,6 +246,9 @@ impl State {
             }
         }
         self.owner_gone(conn);
+        if c.role == Some(Role::Driver) {
+            self.driver_left(conn);
+        }
         if let Some(actor) = c.actor {
             let status = format!("worker pid={} exited unexpectedly ({reason})", c.pid);
             self.actor_process_ended(actor, c.assigned, status);

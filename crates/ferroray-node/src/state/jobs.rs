@@ -1,0 +1,115 @@
+//! Programs that connect to a node started on its own (a daemon): how their
+//! functions' workers start, and what their end takes with it.
+//!
+//! A node embedded in a driver has commands for the kinds it runs from its
+//! configuration, for its whole life. A daemon has none: each driver that
+//! connects over the socket brings them (`ToNode::WorkerCommands`, right
+//! after the welcome). The drivers connected with commands form the node's
+//! job:
+//! 1. The first driver's commands become the job's; the spawner gets them
+//!    (`PoolCmd::SetCommand`) before any spawn this driver's tasks ask for,
+//!    since both go through the same channel in order.
+//! 2. A driver whose commands are the same (another process of the same
+//!    program, or of the same Python environment) joins the job and shares
+//!    its workers. A different one is refused: a worker runs the functions
+//!    of the program it was started from, so two programs would need pools
+//!    of their own.
+//! 3. For the Rust kind the node does not take a path from the peer: it
+//!    runs the executable the kernel says the driver runs
+//!    (`/proc/<pid>/exe`, read when the commands arrive).
+//! 4. When the job's last driver leaves, the job's commands go and every
+//!    worker process of its kinds that is not a detached actor's is
+//!    killed (they run the program that left). Non-detached actors ended
+//!    with their owner already (`owner_gone`).
+
+use super::*;
+use crate::WorkerCommand;
+use ferroray_protocol::WorkerCommandSpec;
+use std::collections::BTreeMap;
+
+/// The drivers connected with worker commands, and those commands.
+#[derive(Default)]
+pub(crate) struct Job {
+    commands: BTreeMap<WorkerKind, WorkerCommand>,
+    drivers: FxHashSet<ConnId>,
+}
+
+fn same(a: &WorkerCommand, b: &WorkerCommand) -> bool {
+    a.program == b.program && a.args == b.args && a.env == b.env
+}
+
+impl State {
+    /// Steps 1 to 3.
+    pub(super) fn worker_commands(&mut self, conn: ConnId, specs: Vec<WorkerCommandSpec>) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        if c.role != Some(Role::Driver) || !matches!(c.outbox, Outbox::Socket(_)) {
+            let e = Error::Protocol("only a driver connected over the socket sends worker commands".into());
+            return self.reject(conn, e);
+        }
+        let pid = c.pid;
+        let mut commands = BTreeMap::new();
+        for spec in specs {
+            let program = match spec.kind {
+                WorkerKind::Rust => match std::fs::read_link(format!("/proc/{pid}/exe")) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let e = Error::InvalidOption(format!("cannot read the executable of driver pid {pid}: {e}"));
+                        return self.reject(conn, e);
+                    }
+                },
+                _ => spec.program.into(),
+            };
+            let command = WorkerCommand { program, args: spec.args, env: spec.env };
+            if commands.insert(spec.kind, command).is_some() {
+                return self.reject(conn, Error::Protocol(format!("two {:?} worker commands", spec.kind)));
+            }
+        }
+        // The node's own commands stand; the job's must agree with the job.
+        commands.retain(|kind, _| !self.own_kinds.contains(kind));
+        for (kind, command) in &commands {
+            if let Some(theirs) = self.job.commands.get(kind) {
+                if !same(theirs, command) {
+                    let e = Error::InvalidOption(format!(
+                        "this node runs the {kind:?} workers of another program ({}); it serves one program's \
+                         workers at a time",
+                        theirs.program.display()
+                    ));
+                    return self.reject(conn, e);
+                }
+            }
+        }
+        for (kind, command) in commands {
+            if !self.job.commands.contains_key(&kind) {
+                let _ = self.spawn.send(PoolCmd::SetCommand { kind, command: Some(command.clone()) });
+                self.job.commands.insert(kind, command);
+                if !self.kinds.contains(&kind) {
+                    self.kinds.push(kind);
+                }
+            }
+        }
+        self.job.drivers.insert(conn);
+    }
+
+    /// Step 4: `conn` is gone.
+    pub(super) fn driver_left(&mut self, conn: ConnId) {
+        if !self.job.drivers.remove(&conn) || !self.job.drivers.is_empty() {
+            return;
+        }
+        let kinds: Vec<WorkerKind> = self.job.commands.keys().copied().collect();
+        self.job = Job::default();
+        for kind in kinds {
+            let _ = self.spawn.send(PoolCmd::SetCommand { kind, command: None });
+            self.kinds.retain(|k| *k != kind);
+            let doomed: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.role == Some(Role::Worker) && c.kind == kind)
+                .filter(|(_, c)| c.actor.is_none_or(|a| !self.is_detached(a)))
+                .map(|(id, _)| *id)
+                .collect();
+            for w in doomed {
+                self.doom(w);
+            }
+        }
+    }
+}

@@ -103,16 +103,22 @@ def init(
             if ignore_reinit_error:
                 return
             raise RuntimeError("ferroray is already initialized: call shutdown() first, or pass ignore_reinit_error=True")
-        _ferroray.init(
-            sys.executable,
-            ["-m", "ferroray._worker"],
-            _worker_env(),
-            num_cpus=None if num_cpus is None else float(num_cpus),
-            num_gpus=None if num_gpus is None else float(num_gpus),
-            resources=[(str(k), float(v)) for k, v in (resources or {}).items()],
-            object_store_memory=object_store_memory,
-            address=connect,
-        )
+        try:
+            _ferroray.init(
+                sys.executable,
+                ["-m", "ferroray._worker"],
+                _worker_env(),
+                num_cpus=None if num_cpus is None else float(num_cpus),
+                num_gpus=None if num_gpus is None else float(num_gpus),
+                resources=[(str(k), float(v)) for k, v in (resources or {}).items()],
+                object_store_memory=object_store_memory,
+                address=connect,
+            )
+        except exceptions.RayError as e:
+            if connect is None:
+                raise
+            # As Ray: a cluster that cannot be reached is a ConnectionError.
+            raise ConnectionError(str(e)) from e
 
 
 def _auto_init() -> None:

@@ -100,6 +100,8 @@ def _from_core(err: BaseException) -> BaseException:
         return task_err.as_instanceof_cause()
     if kind in ("InvalidOption",):
         return ValueError(message)
+    if kind == "NoCluster":
+        return ConnectionError(message)
     cls = _SIMPLE.get(kind, RayError)
     return cls(message)
 

@@ -1,5 +1,6 @@
 """The `ferroray` command installed with the package manages a cluster:
-`python -m ferroray start/status/list/stop`, real daemons on loopback."""
+`python -m ferroray start/status/list/stop`, real daemons joined over TLS on
+this machine; Python programs connect to them with `init(address=...)`."""
 
 import os
 import re
@@ -54,8 +55,8 @@ def test_errors_are_clear(session):
     run, _ = session
     out = run("status", check=False)
     assert out.returncode == 1 and "no cluster was started" in out.stderr
-    out = run("start", "--head", "--node-ip-address", "10.9.8.7", check=False)
-    assert out.returncode == 1 and "not a loopback address" in out.stderr
+    out = run("start", "--head", "--port", "0", "--node-ip-address", "10.9.8.7", check=False)
+    assert out.returncode == 1 and "cannot listen on 10.9.8.7" in out.stderr
     out = run("list", "actors", check=False)
     assert out.returncode == 2 and "invalid value" in out.stderr
 
@@ -117,4 +118,13 @@ def test_a_python_program_connects_to_the_daemon(session):
         timeout=60,
     )
     assert bad.returncode != 0 and "the daemon's to set" in bad.stderr
+    # A cluster with no node on this machine: Ray's ConnectionError.
+    far = subprocess.run(
+        [sys.executable, "-c", "import ferroray as ray; ray.init(address='10.1.2.3:6379')"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert far.returncode != 0 and "ConnectionError: no cluster to connect to: no node of the cluster at 10.1.2.3:6379" in far.stderr
     assert "Nodes: 1 alive" in run("status").stdout

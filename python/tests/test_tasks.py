@@ -182,10 +182,10 @@ def test_reinit_is_refused_unless_asked(cluster):
     with pytest.raises(RuntimeError, match="already initialized"):
         ray.init()
     ray.init(ignore_reinit_error=True)
-    # One machine only: "local" (a cluster of this process's own, as in
-    # Ray) is the one address there is.
-    with pytest.raises(ValueError, match="cannot connect"):
+    with pytest.raises(RuntimeError, match="already initialized"):
         ray.init(address="10.1.2.3:6379")
+    with pytest.raises(TypeError, match="address must be a string"):
+        ray.init(address=6379)
     ray.init(address="local", ignore_reinit_error=True)
 
 

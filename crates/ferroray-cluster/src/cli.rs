@@ -8,16 +8,19 @@ use crate::client::HeadClient;
 use crate::daemon::{self, DaemonOptions, Ready};
 use crate::error::{ClusterError, Result};
 use crate::session::{self, Session};
+use crate::tls::Credentials;
 use crate::wire::{ClusterView, NodeEntry};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ferroray_common::{resources, ClusterToken, ResourceSet};
+use ferroray_common::{resources, ResourceSet};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// The variable a token may be passed in (hex), instead of `--token-file`.
+/// The variable a token may be passed in instead of `--token-file`:
+/// `TOKEN:FINGERPRINT`, the token file's two lines in hex (without the
+/// `sha256:` prefix).
 pub const TOKEN_ENV: &str = "FERRORAY_TOKEN";
 
 #[derive(Parser, Debug)]
@@ -50,7 +53,7 @@ struct StartArgs {
     /// The head's port (0: any free port)
     #[arg(long, default_value_t = daemon::DEFAULT_PORT)]
     port: u16,
-    /// The address to bind and to give to others (loopback only in this build)
+    /// The address to bind and to give to others
     #[arg(long, default_value = "127.0.0.1")]
     node_ip_address: IpAddr,
     /// CPUs this node offers (default: the machine's)
@@ -71,7 +74,7 @@ struct StartArgs {
     /// Stay in the foreground until stopped (SIGTERM or Ctrl-C)
     #[arg(long)]
     block: bool,
-    /// A file holding the cluster token (default: the head's on this machine)
+    /// The token file of the head (default: the head's on this machine)
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// The head's: milliseconds between a node's heartbeats
@@ -97,7 +100,7 @@ struct ConnectArgs {
     /// The head's HOST:PORT (default: the head started on this machine)
     #[arg(long)]
     address: Option<String>,
-    /// A file holding the cluster token (default: the head's on this machine)
+    /// The token file of the head (default: the head's on this machine)
     #[arg(long)]
     token_file: Option<PathBuf>,
 }
@@ -177,48 +180,64 @@ fn options(a: &StartArgs) -> Result<DaemonOptions> {
         }
     }
     o.object_store_memory = a.object_store_memory;
-    if a.address.is_some() {
+    if let Some(addr) = &a.address {
+        daemon::check_address(addr)?;
         o.token = given_token(a.token_file.as_ref())?;
     }
     o.heartbeat_interval = Duration::from_millis(a.heartbeat_ms);
     o.node_timeout = Duration::from_millis(a.node_timeout_ms);
     o.head_timeout = Duration::from_millis(a.head_timeout_ms);
-    daemon::check_loopback(&o)?;
     Ok(o)
 }
 
-/// A token given on the command line or in the environment.
-fn given_token(file: Option<&PathBuf>) -> Result<Option<ClusterToken>> {
+/// A token and fingerprint given on the command line or in the environment.
+fn given_token(file: Option<&PathBuf>) -> Result<Option<Credentials>> {
     if let Some(path) = file {
         return session::read_token(path).map(Some);
     }
     match std::env::var(TOKEN_ENV) {
-        Ok(hex) => ClusterToken::from_hex(hex.trim())
-            .map(Some)
-            .ok_or_else(|| ClusterError::Config(format!("{TOKEN_ENV} does not hold a cluster token"))),
+        Ok(text) => Credentials::from_env(&text).map(Some).ok_or_else(|| {
+            ClusterError::Config(format!(
+                "{TOKEN_ENV} does not hold TOKEN:FINGERPRINT (the token file's two lines, in hex)"
+            ))
+        }),
         Err(_) => Ok(None),
     }
 }
 
 fn ready_message(r: &Ready, session: &Session) -> String {
-    if r.is_head {
-        format!(
-            "Started the head of a ferroray cluster at {head} (node {id}, pid {pid}).\n\
-             \n\
-             Add a node on this machine:      ferroray start --address {head}\n\
-             See the cluster:                 ferroray status\n\
-             Stop every daemon started here:  ferroray stop\n\
-             \n\
-             The cluster token is in {token} (mode 600). A node started by another user,\n\
-             or with another session directory, needs it: --token-file FILE or {TOKEN_ENV}.",
-            head = r.head,
-            id = r.node_id,
-            pid = r.pid,
-            token = session.token_path().display(),
-        )
-    } else {
-        format!("Started node {} (pid {}), joined to the cluster at {}.", r.node_id, r.pid, r.head)
+    if !r.is_head {
+        return format!("Started node {} (pid {}), joined to the cluster at {}.", r.node_id, r.pid, r.head);
     }
+    let (host, port) = r.head.rsplit_once(':').unwrap_or((&r.head, "PORT"));
+    let loopback = host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let reach = if loopback {
+        "\nIt listens on loopback only: for other machines to reach it, start it with\n\
+         --node-ip-address set to one of this machine's addresses, or 0.0.0.0 for all."
+    } else {
+        ""
+    };
+    format!(
+        "Started the head of a ferroray cluster at {head} (node {id}, pid {pid}).\n\
+         \n\
+         Add a node on this machine:      ferroray start --address {head}\n\
+         See the cluster:                 ferroray status\n\
+         Stop every daemon started here:  ferroray stop\n\
+         \n\
+         Links are TLS. The token file {token} (mode 600) holds the cluster\n\
+         token and the SHA-256 fingerprint of the head's certificate: whoever has it may\n\
+         join. For a node on another machine, or of another user, copy the file there\n\
+         privately (scp, say), chmod 600 it, and give it:\n\
+         \n\
+         \x20   ferroray start --address HEAD_IP:{port} --node-ip-address NODE_IP --token-file FILE\n\
+         \n\
+         or set {TOKEN_ENV}=TOKEN:FINGERPRINT (the file's two lines in hex, without \"sha256:\").\
+         {reach}",
+        head = r.head,
+        id = r.node_id,
+        pid = r.pid,
+        token = session.token_path().display(),
+    )
 }
 
 fn start_blocking(a: StartArgs) -> Result<()> {
@@ -347,13 +366,13 @@ fn fetch_view(a: &ConnectArgs) -> Result<(String, ClusterView)> {
         Some(addr) => addr.clone(),
         None => session.head().map(|h| h.head).ok_or_else(|| ClusterError::NoCluster(session.dir().to_path_buf()))?,
     };
-    let token = match given_token(a.token_file.as_ref())? {
-        Some(t) => t,
+    let credentials = match given_token(a.token_file.as_ref())? {
+        Some(c) => c,
         None => session.token()?,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let view = rt.block_on(async {
-        let mut client = HeadClient::connect(&address, &token, None).await?;
+        let mut client = HeadClient::connect(&address, &credentials, None).await?;
         client.view().await
     })?;
     session.clean_if_unused();

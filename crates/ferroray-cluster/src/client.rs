@@ -1,15 +1,19 @@
 //! The caller's side of the control protocol: connect to the head,
 //! register, then ask. Used by node daemons (`crate::daemon`) and by the
 //! `status` and `list` commands.
+//!
+//! The link is TLS, trusting only the head certificate whose fingerprint the
+//! caller pinned (`crate::tls`); the token is sent only once the handshake
+//! proved the head holds that certificate's key.
 
 use crate::error::{ClusterError, Result};
+use crate::tls::{self, Credentials};
 use crate::wire::*;
-use ferroray_common::ClusterToken;
 use ferroray_protocol::frame;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 /// How long connecting and registering may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,34 +30,42 @@ pub struct HeadClient {
 
 /// The half of a connection that reads the head's answers.
 pub struct HeadReader {
-    stream: OwnedReadHalf,
+    stream: ReadHalf<TlsStream<TcpStream>>,
     body: Vec<u8>,
 }
 
 /// The half that sends requests.
 pub struct HeadWriter {
-    stream: OwnedWriteHalf,
+    stream: WriteHalf<TlsStream<TcpStream>>,
 }
 
 impl HeadClient {
-    /// Connects to `addr` and registers, as a node when `node` is given,
-    /// else as a client.
-    pub async fn connect(addr: &str, token: &ClusterToken, node: Option<NodeDesc>) -> Result<Self> {
+    /// Connects to `addr` over TLS, checks the head's certificate against
+    /// the pinned fingerprint, and registers with the token, as a node when
+    /// `node` is given, else as a client.
+    pub async fn connect(addr: &str, credentials: &Credentials, node: Option<NodeDesc>) -> Result<Self> {
         let unreachable = |source| ClusterError::Unreachable { addr: addr.to_string(), source };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ClusterError::Timeout("connecting to the head"))?
-            .map_err(unreachable)?;
-        let _ = stream.set_nodelay(true);
+        let connector = tokio_rustls::TlsConnector::from(tls::client_config(credentials.fingerprint)?);
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let stream = TcpStream::connect(addr).await.map_err(unreachable)?;
+            let _ = stream.set_nodelay(true);
+            connector.connect(tls::head_name(), stream).await.map_err(tls::stream_error)
+        })
+        .await
+        .map_err(|_| ClusterError::Timeout("connecting to the head"))??;
         let role = if node.is_some() { PeerRole::Node } else { PeerRole::Client };
-        let (read, write) = stream.into_split();
+        let (read, write) = tokio::io::split(stream);
         let mut client = HeadClient {
             reader: HeadReader { stream: read, body: Vec::new() },
             writer: HeadWriter { stream: write },
             registered: Registered::default(),
         };
-        let register =
-            Register { protocol: CONTROL_PROTOCOL_VERSION, token: token.as_bytes().to_vec(), role: role as i32, node };
+        let register = Register {
+            protocol: CONTROL_PROTOCOL_VERSION,
+            token: credentials.token.as_bytes().to_vec(),
+            role: role as i32,
+            node,
+        };
         client.writer.send(ToHeadKind::Register(register)).await?;
         match tokio::time::timeout(CONNECT_TIMEOUT, client.reader.receive()).await {
             Err(_) => Err(ClusterError::Timeout("registering with the head")),
@@ -82,9 +94,13 @@ impl HeadWriter {
     pub async fn send(&mut self, kind: ToHeadKind) -> Result<()> {
         let mut buf = Vec::new();
         frame::encode_into(&mut buf, ToHead::new(kind))?;
-        tokio::time::timeout(REQUEST_TIMEOUT, self.stream.write_all(&buf))
-            .await
-            .map_err(|_| ClusterError::Timeout("a request to the head"))??;
+        // A TLS stream holds what it was given until flushed.
+        tokio::time::timeout(REQUEST_TIMEOUT, async {
+            self.stream.write_all(&buf).await?;
+            self.stream.flush().await
+        })
+        .await
+        .map_err(|_| ClusterError::Timeout("a request to the head"))??;
         Ok(())
     }
 }
@@ -92,7 +108,13 @@ impl HeadWriter {
 impl HeadReader {
     /// The next answer; a rejection is an error carrying the head's reason.
     pub async fn receive(&mut self) -> Result<FromHeadKind> {
-        match frame::read_frame_async_max::<_, FromHead>(&mut self.stream, &mut self.body, MAX_CONTROL_FRAME).await? {
+        let frame = frame::read_frame_async_max::<_, FromHead>(&mut self.stream, &mut self.body, MAX_CONTROL_FRAME)
+            .await
+            .map_err(|e| match e {
+                ferroray_protocol::FrameError::Io(e) => tls::stream_error(e),
+                other => other.into(),
+            })?;
+        match frame {
             None => Err(ClusterError::Io(std::io::ErrorKind::UnexpectedEof.into())),
             Some(FromHead { kind: Some(FromHeadKind::Rejected(why)) }) => Err(refusal(why)),
             Some(FromHead { kind: Some(kind) }) => Ok(kind),

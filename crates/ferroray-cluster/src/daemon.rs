@@ -3,12 +3,15 @@
 //! [`run`] starts a node (`ferroray_node::Node`: the scheduler, the worker
 //! pool and the shared-memory store, as a driver embeds it) and joins it to
 //! a cluster:
-//! 1. The head (`start --head`) makes the cluster token, serves the control
-//!    protocol on its TCP port (`crate::head`), and records its own node in
-//!    the node table, whose load it refreshes every heartbeat interval.
+//! 1. The head (`start --head`) makes the cluster token and a self-signed
+//!    certificate (`crate::tls`), writes them to the session directory,
+//!    serves the control protocol over TLS on its TCP port (`crate::head`),
+//!    and records its own node in the node table, whose load it refreshes
+//!    every heartbeat interval.
 //! 2. Any other node (`start --address`) registers with the head before it
 //!    reports ready, so a wrong address or token fails the start, not
-//!    later. Then it sends a heartbeat every interval. When the link breaks
+//!    later (and so does a head whose certificate is not the one pinned in
+//!    the token file). Then it sends a heartbeat every interval. When the link breaks
 //!    it registers again, with a growing pause, for at most the head timeout;
 //!    a head that answers with a refusal (the node was declared dead, the
 //!    token changed) stops it at once.
@@ -19,18 +22,19 @@
 //!    than after the timeout), its record goes, and the node stops: every
 //!    worker is killed and reaped, the store freed.
 //!
-//! Links are plain TCP for now, so every address must be loopback: the
-//! token would otherwise cross a network in the clear.
+//! Every link is TLS, so any address may be used: loopback, a machine's own
+//! interface, or the unspecified address (all of them).
 
 use crate::client::HeadClient;
 use crate::error::{ClusterError, Result};
 use crate::head::{self, Control, HeadConfig};
 use crate::session::{process_start_time, NodeFile, Session};
+use crate::tls::{Credentials, HeadIdentity};
 use crate::wire::{NodeDesc, NodeLoad, ToHeadKind};
 use ferroray_common::{ClusterToken, NodeId, ResourceSet};
 use ferroray_node::{Node, NodeConfig, WorkerCommand};
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -49,9 +53,10 @@ pub struct DaemonOptions {
     /// What the node offers (`CPU`, `GPU`, custom resources).
     pub resources: ResourceSet,
     pub object_store_memory: Option<u64>,
-    /// The token a node joins with; `None`: the one the head on this
-    /// machine wrote. The head always makes a fresh one.
-    pub token: Option<ClusterToken>,
+    /// The token a node joins with, and the head certificate's fingerprint;
+    /// `None`: the ones the head on this machine wrote. The head always
+    /// makes fresh ones.
+    pub token: Option<Credentials>,
     /// The head's: how often nodes report, and how long a silent node
     /// lives on.
     pub heartbeat_interval: Duration,
@@ -96,27 +101,24 @@ pub fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<()> {
-    check_loopback(&opts)?;
+    if let Some(addr) = &opts.head_address {
+        check_address(addr)?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(run_async(opts, session, shutdown, on_ready))
 }
 
-/// Every address must be loopback (see the module's docs).
-pub fn check_loopback(opts: &DaemonOptions) -> Result<()> {
-    let plain = "links are plain TCP in this build (no TLS yet), so the cluster must stay on this machine";
-    if !opts.host.is_loopback() {
-        return Err(ClusterError::Config(format!("{} is not a loopback address: {plain}", opts.host)));
+/// Checks the form `HOST:PORT` of a head address (without resolving it).
+pub fn check_address(addr: &str) -> Result<()> {
+    let well_formed = addr.rsplit_once(':').is_some_and(|(host, port)| {
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok_and(|p| p != 0)
+    });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(ClusterError::Config(format!("head address {addr:?}: expected HOST:PORT")))
     }
-    if let Some(addr) = &opts.head_address {
-        let resolved: Vec<_> = addr
-            .to_socket_addrs()
-            .map_err(|e| ClusterError::Config(format!("head address {addr:?}: {e} (expected HOST:PORT)")))?
-            .collect();
-        if resolved.is_empty() || resolved.iter().any(|a| !a.ip().is_loopback()) {
-            return Err(ClusterError::Config(format!("head address {addr} is not a loopback address: {plain}")));
-        }
-    }
-    Ok(())
 }
 
 fn load_of(node: &Node) -> NodeLoad {
@@ -145,11 +147,15 @@ async fn run_async(
             )));
         }
     }
-    let token = match (is_head, opts.token.clone()) {
-        (true, _) => ClusterToken::random()?,
-        (false, Some(t)) => t,
-        (false, None) => session.token()?,
+    let (credentials, identity) = match (is_head, opts.token.clone()) {
+        (true, _) => {
+            let identity = HeadIdentity::generate()?;
+            (Credentials { token: ClusterToken::random()?, fingerprint: identity.fingerprint() }, Some(identity))
+        }
+        (false, Some(c)) => (c, None),
+        (false, None) => (session.token()?, None),
     };
+    let token = credentials.token.clone();
     let mut config = NodeConfig::new(WorkerCommand::current_exe()?);
     // Programs do not connect to a daemon yet, so nothing runs here.
     config.worker_commands.clear();
@@ -172,11 +178,11 @@ async fn run_async(
     // Steps 1 and 2.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut background = tokio::task::JoinSet::new();
-    let head_address = if is_head {
+    let head_address = if let Some(identity) = identity {
         let head_config = HeadConfig {
             heartbeat_interval: opts.heartbeat_interval,
             node_timeout: opts.node_timeout,
-            ..HeadConfig::new(token.clone())
+            ..HeadConfig::new(token.clone(), identity.server_config()?)
         };
         head_config.validate()?;
         let listener = TcpListener::bind((opts.host, opts.port))
@@ -184,7 +190,8 @@ async fn run_async(
             .map_err(|e| ClusterError::Config(format!("cannot listen on {}:{}: {e}", opts.host, opts.port)))?;
         let address = listener.local_addr()?.to_string();
         let control = Control::new(head_config, desc);
-        session.write_token(&token)?;
+        session.write_identity(&identity)?;
+        session.write_token(&credentials)?;
         let mut stop = stop_rx.clone();
         let serving = control.clone();
         background.spawn(async move {
@@ -204,9 +211,9 @@ async fn run_async(
         address
     } else {
         let address = opts.head_address.clone().expect("a node has a head");
-        let client = HeadClient::connect(&address, &token, Some(desc.clone())).await?;
+        let client = HeadClient::connect(&address, &credentials, Some(desc.clone())).await?;
         let joined =
-            Joined { address: address.clone(), token, desc, node: node.clone(), head_timeout: opts.head_timeout };
+            Joined { address: address.clone(), credentials, desc, node: node.clone(), head_timeout: opts.head_timeout };
         background.spawn(joined.keep(client, stop_rx.clone()));
         address
     };
@@ -248,7 +255,7 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 /// A node's membership: heartbeats, and joining again when the link breaks.
 struct Joined {
     address: String,
-    token: ClusterToken,
+    credentials: Credentials,
     desc: NodeDesc,
     node: Arc<Node>,
     head_timeout: Duration,
@@ -298,7 +305,7 @@ impl Joined {
                 _ = stopped(stop) => return Ok(None),
                 _ = tokio::time::sleep(pause) => {}
             }
-            match HeadClient::connect(&self.address, &self.token, Some(self.desc.clone())).await {
+            match HeadClient::connect(&self.address, &self.credentials, Some(self.desc.clone())).await {
                 Ok(c) => {
                     tracing::info!("joined the head at {} again", self.address);
                     return Ok(Some(c));

@@ -34,6 +34,11 @@ pub enum ClusterError {
     NoCluster(PathBuf),
     #[error("{what} {path}: {source}")]
     File { what: &'static str, path: PathBuf, source: std::io::Error },
+    /// A TLS handshake that failed for a reason a retry does not change:
+    /// a certificate other than the pinned one, a peer that does not speak
+    /// TLS, a bad certificate or key.
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("connection to the head: {0}")]
     Io(#[from] std::io::Error),
     #[error("control protocol: {0}")]

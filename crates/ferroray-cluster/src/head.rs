@@ -6,8 +6,12 @@
 //! possible:
 //! 1. At most [`HeadConfig::max_connections`] at once; more are closed as
 //!    they arrive.
-//! 2. The first frame must arrive within the handshake timeout and fit in
-//!    [`MAX_REGISTER_FRAME`] bytes. Nothing else is read before it.
+//! 2. The TLS handshake (`crate::tls`: the head's certificate, no client
+//!    certificate), then the first frame, must be done within the handshake
+//!    timeout, and the frame must fit in [`MAX_REGISTER_FRAME`] bytes.
+//!    Nothing else is read before it. A peer that fails the handshake (not
+//!    TLS, or it gave up on the head's certificate) is logged once per
+//!    address and reason, like any refusal, and closed.
 //! 3. The protocol version, then the token (constant time); a refusal is
 //!    answered with its reason and logged once per peer address and reason.
 //! 4. A node's description is checked (`crate::wire`), then the node table
@@ -30,13 +34,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How the head serves.
 #[derive(Debug, Clone)]
 pub struct HeadConfig {
     pub token: ClusterToken,
+    /// The head's TLS side (`crate::tls::HeadIdentity::server_config`).
+    pub tls: Arc<rustls::ServerConfig>,
     /// How often nodes report; sent to each node when it registers.
     pub heartbeat_interval: Duration,
     /// A node silent for longer is declared dead.
@@ -47,9 +53,10 @@ pub struct HeadConfig {
 }
 
 impl HeadConfig {
-    pub fn new(token: ClusterToken) -> Self {
+    pub fn new(token: ClusterToken, tls: Arc<rustls::ServerConfig>) -> Self {
         HeadConfig {
             token,
+            tls,
             heartbeat_interval: Duration::from_millis(1000),
             node_timeout: Duration::from_millis(10_000),
             handshake_timeout: Duration::from_secs(5),
@@ -107,6 +114,7 @@ impl Control {
 /// Serves until `shutdown` completes; every connection ends with it.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>, control: Arc<Control>) {
     let sweeper = tokio::spawn(sweep(control.clone()));
+    let acceptor = tokio_rustls::TlsAcceptor::from(control.config.tls.clone());
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(10);
@@ -121,9 +129,9 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>, co
                         continue;
                     }
                     control.open.fetch_add(1, Ordering::Relaxed);
-                    let control = control.clone();
+                    let (control, acceptor) = (control.clone(), acceptor.clone());
                     tasks.spawn(async move {
-                        connection(stream, peer, &control).await;
+                        connection(stream, peer, acceptor, &control).await;
                         control.open.fetch_sub(1, Ordering::Relaxed);
                     });
                 }
@@ -164,32 +172,59 @@ fn rejection(e: &ClusterError) -> FromHeadKind {
     FromHeadKind::Rejected(Rejection { kind: kind as i32, reason: e.to_string() })
 }
 
-async fn reply(stream: &mut TcpStream, msg: FromHeadKind) -> Result<(), ClusterError> {
+async fn reply<S: AsyncWrite + Unpin>(stream: &mut S, msg: FromHeadKind) -> Result<(), ClusterError> {
     let mut buf = Vec::new();
     frame::encode_into(&mut buf, FromHead::new(msg))?;
     // A peer that does not read holds only its own task, and not forever.
-    tokio::time::timeout(Duration::from_secs(10), stream.write_all(&buf))
-        .await
-        .map_err(|_| ClusterError::Timeout("a reply to a peer"))??;
+    // A TLS stream holds what it was given until flushed.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        stream.write_all(&buf).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| ClusterError::Timeout("a reply to a peer"))??;
     Ok(())
 }
 
-async fn connection(mut stream: TcpStream, peer: SocketAddr, control: &Control) {
+/// What the handshake timeout bounds: the TLS handshake, then the first
+/// frame.
+enum Opening<S> {
+    Frame(S, Result<Option<ToHead>, ferroray_protocol::FrameError>),
+    HandshakeFailed(std::io::Error),
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, acceptor: tokio_rustls::TlsAcceptor, control: &Control) {
     let _ = stream.set_nodelay(true);
     let conn: ConnId = control.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut body = Vec::new();
     // Step 2.
-    let first = tokio::time::timeout(
-        control.config.handshake_timeout,
-        frame::read_frame_async_max::<_, ToHead>(&mut stream, &mut body, MAX_REGISTER_FRAME),
-    )
+    let opening = tokio::time::timeout(control.config.handshake_timeout, async {
+        let mut stream = match acceptor.accept(stream).await {
+            Ok(s) => s,
+            Err(e) => return Opening::HandshakeFailed(e),
+        };
+        let first = frame::read_frame_async_max::<_, ToHead>(&mut stream, &mut body, MAX_REGISTER_FRAME).await;
+        Opening::Frame(stream, first)
+    })
     .await;
-    let register = match first {
-        Ok(Ok(Some(ToHead { kind: Some(ToHeadKind::Register(r)) }))) => r,
-        Ok(Ok(None)) => return,
-        Ok(Ok(Some(_))) => return refuse(&mut stream, peer, control, ClusterError::NotRegistered("a request")).await,
-        Ok(Err(e)) => return refuse(&mut stream, peer, control, e.into()).await,
+    let (mut stream, first) = match opening {
+        Ok(Opening::Frame(stream, first)) => (stream, first),
+        // Closed before a byte, like an empty connection: nothing to refuse.
+        Ok(Opening::HandshakeFailed(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+        Ok(Opening::HandshakeFailed(e)) => {
+            let why = match crate::tls::stream_error(e) {
+                ClusterError::Io(e) => ClusterError::Tls(format!("handshake: {e}")),
+                tls => tls,
+            };
+            return control.refuse(peer, &why);
+        }
         Err(_) => return control.refuse(peer, &ClusterError::Timeout("registering")),
+    };
+    let register = match first {
+        Ok(Some(ToHead { kind: Some(ToHeadKind::Register(r)) })) => r,
+        Ok(None) => return,
+        Ok(Some(_)) => return refuse(&mut stream, peer, control, ClusterError::NotRegistered("a request")).await,
+        Err(e) => return refuse(&mut stream, peer, control, e.into()).await,
     };
     // Step 3.
     if register.protocol != CONTROL_PROTOCOL_VERSION {
@@ -228,9 +263,21 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, control: &Control) 
     if let Some(id) = node {
         control.nodes.lock().disconnected(id, conn);
     }
+    close(&mut stream).await;
 }
 
-async fn serve_requests(stream: &mut TcpStream, node: Option<NodeId>, control: &Control, body: &mut Vec<u8>) {
+/// Ends TLS with its close message, so the peer tells a close from a cut;
+/// a peer that does not read holds this task for a second at most.
+async fn close<S: AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+}
+
+async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    node: Option<NodeId>,
+    control: &Control,
+    body: &mut Vec<u8>,
+) {
     loop {
         let request = match frame::read_frame_async_max::<_, ToHead>(stream, body, MAX_CONTROL_FRAME).await {
             Ok(Some(ToHead { kind: Some(kind) })) => kind,
@@ -273,7 +320,8 @@ async fn serve_requests(stream: &mut TcpStream, node: Option<NodeId>, control: &
     }
 }
 
-async fn refuse(stream: &mut TcpStream, peer: SocketAddr, control: &Control, why: ClusterError) {
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, peer: SocketAddr, control: &Control, why: ClusterError) {
     control.refuse(peer, &why);
     let _ = reply(stream, rejection(&why)).await;
+    close(stream).await;
 }

@@ -7,9 +7,14 @@
 //!   exchange, and the checks on what arrives.
 //! - [`control`]: the control store's tables; today the node table
 //!   (membership and health, dead nodes declared by timeout).
-//! - [`head`]: the head's server over TCP: who gets in, and serving each
-//!   connection.
+//! - [`head`]: the head's server over TCP and TLS: who gets in, and serving
+//!   each connection.
 //! - [`client`]: connecting to the head and asking it.
+//! - [`tls`]: TLS (rustls) on every link to the head, loopback included:
+//!   the head's self-signed certificate, made fresh at each start, is
+//!   trusted by its SHA-256 fingerprint, which travels with the cluster
+//!   token in the token file; the token, sent inside TLS, authenticates
+//!   callers. So any address may be used, not only loopback.
 //! - [`daemon`]: a node daemon in a process of its own, as the head or
 //!   joined to one.
 //! - [`session`]: the per-user directory where daemons record themselves
@@ -29,6 +34,7 @@ pub mod daemon;
 pub mod error;
 pub mod head;
 pub mod session;
+pub mod tls;
 pub mod wire;
 
 pub use error::ClusterError;

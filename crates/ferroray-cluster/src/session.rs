@@ -5,7 +5,11 @@
 //! - `nodes/<pid>.json`: one per running daemon ([`NodeFile`]): its pid and
 //!   the start time the kernel gives that pid (so a pid reused by another
 //!   process is never signalled), its node id, the head's address.
-//! - `token`: the cluster token of the head started here, hex, mode 0600.
+//! - `token`: what a caller needs to join the head started here, mode 0600:
+//!   the cluster token in hex, then `sha256:` and the hex SHA-256 of the
+//!   head's certificate, one line each (`crate::tls::Credentials`).
+//! - `head.crt` and `head.key`: the head's self-signed certificate and its
+//!   private key (PEM, mode 0600), made fresh at each start like the token.
 //! - `logs/<pid>.log`: a background daemon's output.
 //!
 //! The directory is `$FERRORAY_SESSION_DIR`, else `$XDG_RUNTIME_DIR/ferroray`,
@@ -14,7 +18,7 @@
 //! to feed us a token or a pid) is refused, never used.
 
 use crate::error::{ClusterError, Result};
-use ferroray_common::ClusterToken;
+use crate::tls::{Credentials, HeadIdentity};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::Write;
@@ -124,23 +128,40 @@ impl Session {
         self.nodes().into_iter().find(|n| n.is_head)
     }
 
-    pub fn write_token(&self, token: &ClusterToken) -> Result<()> {
-        write_private(&self.dir.join("token"), token.to_hex().as_bytes())
+    pub fn write_token(&self, credentials: &Credentials) -> Result<()> {
+        write_private(&self.token_path(), credentials.to_file_text().as_bytes())
     }
 
     pub fn token_path(&self) -> PathBuf {
         self.dir.join("token")
     }
 
-    /// The token of the head started on this machine.
-    pub fn token(&self) -> Result<ClusterToken> {
+    /// The token and certificate fingerprint of the head started on this
+    /// machine.
+    pub fn token(&self) -> Result<Credentials> {
         if !self.token_path().exists() {
             return Err(ClusterError::NoCluster(self.dir.clone()));
         }
         read_token(&self.token_path())
     }
 
-    /// Once no daemon is recorded: removes the token, the logs of processes
+    /// Writes the head's certificate and key (`head.crt`, `head.key`).
+    pub fn write_identity(&self, identity: &HeadIdentity) -> Result<()> {
+        let (cert, key) = identity.to_pem();
+        write_private(&self.key_path(), key.as_bytes())?;
+        write_private(&self.cert_path(), cert.as_bytes())
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.join("head.crt")
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.join("head.key")
+    }
+
+    /// Once no daemon is recorded: removes the token, the head's
+    /// certificate and key, the logs of processes
     /// that are gone (a log is named by its process: `<pid>.log`, or
     /// `starting-<pid>.log` while the command that starts a daemon waits),
     /// and the directories if that empties them.
@@ -148,7 +169,9 @@ impl Session {
         if !self.nodes().is_empty() {
             return;
         }
-        let _ = fs::remove_file(self.token_path());
+        for f in [self.token_path(), self.cert_path(), self.key_path()] {
+            let _ = fs::remove_file(f);
+        }
         let _ = fs::remove_dir(self.dir.join("nodes"));
         if let Ok(logs) = fs::read_dir(self.dir.join("logs")) {
             for l in logs.flatten() {
@@ -164,9 +187,10 @@ impl Session {
     }
 }
 
-/// Reads a token file: hex, surrounding whitespace allowed; the file must be
-/// this user's and closed to everyone else.
-pub fn read_token(path: &Path) -> Result<ClusterToken> {
+/// Reads a token file (the token, then the head certificate's fingerprint:
+/// `crate::tls::Credentials::to_file_text`; surrounding whitespace allowed);
+/// the file must be this user's and closed to everyone else.
+pub fn read_token(path: &Path) -> Result<Credentials> {
     let meta = fs::metadata(path).map_err(ClusterError::file("cannot read the token file", path))?;
     if meta.uid() != unsafe { libc::getuid() } || meta.mode() & 0o077 != 0 {
         return Err(ClusterError::Config(format!(
@@ -175,8 +199,12 @@ pub fn read_token(path: &Path) -> Result<ClusterToken> {
         )));
     }
     let text = fs::read_to_string(path).map_err(ClusterError::file("cannot read the token file", path))?;
-    ClusterToken::from_hex(text.trim())
-        .ok_or_else(|| ClusterError::Config(format!("{} does not hold a cluster token", path.display())))
+    Credentials::from_file_text(&text).map_err(|why| {
+        ClusterError::Config(format!(
+            "the token file {} holds {why}; it is the file `ferroray start --head` wrote",
+            path.display()
+        ))
+    })
 }
 
 fn check_private(dir: &Path) -> Result<()> {
@@ -227,6 +255,7 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferroray_common::ClusterToken;
 
     fn scratch(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("ferroray-session-test-{name}-{}", std::process::id()))
@@ -250,11 +279,49 @@ mod tests {
         s.write_node(&NodeFile { pid: 1, start_time: u64::MAX, is_head: false, ..mine.clone() }).unwrap();
         assert_eq!(s.nodes(), vec![mine.clone()]);
         assert_eq!(s.head(), Some(mine));
-        let token = ClusterToken::random().unwrap();
-        s.write_token(&token).unwrap();
-        assert!(s.token().unwrap().matches(&token));
-        assert_eq!(fs::metadata(s.token_path()).unwrap().mode() & 0o777, 0o600);
+        let identity = HeadIdentity::generate().unwrap();
+        let creds = Credentials { token: ClusterToken::random().unwrap(), fingerprint: identity.fingerprint() };
+        s.write_token(&creds).unwrap();
+        s.write_identity(&identity).unwrap();
+        let back = s.token().unwrap();
+        assert!(back.token.matches(&creds.token) && back.fingerprint == creds.fingerprint);
+        for f in [s.token_path(), s.cert_path(), s.key_path()] {
+            assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600, "{}", f.display());
+        }
+        let cert = fs::read_to_string(s.cert_path()).unwrap();
+        let key = fs::read_to_string(s.key_path()).unwrap();
+        assert_eq!(HeadIdentity::from_pem(&cert, &key).unwrap().fingerprint(), identity.fingerprint());
         s.remove_node(me);
+        s.clean_if_unused();
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn token_files_old_malformed_and_loose_are_refused() {
+        let dir = scratch("token-files");
+        let s = Session::at(dir.clone()).unwrap();
+        let token = ClusterToken::random().unwrap();
+        let fingerprint = HeadIdentity::generate().unwrap().fingerprint();
+        let path = dir.join("given");
+        let read = |text: &str, mode: u32| {
+            let _ = fs::remove_file(&path);
+            write_private(&path, text.as_bytes()).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            read_token(&path).map_err(|e| e.to_string())
+        };
+        let good = Credentials { token: token.clone(), fingerprint }.to_file_text();
+        let back = read(&format!("\n{good}\n\n"), 0o600).unwrap();
+        assert!(back.token.matches(&token) && back.fingerprint == fingerprint);
+        // A token alone (the format before TLS): no fingerprint to trust.
+        let err = read(&token.to_hex(), 0o600).unwrap_err();
+        assert!(err.contains("no head certificate fingerprint"), "{err}");
+        let err = read(&format!("{}\nsha256:{}", token.to_hex(), "zz".repeat(32)), 0o600).unwrap_err();
+        assert!(err.contains("second line"), "{err}");
+        let err = read("not hex\n", 0o600).unwrap_err();
+        assert!(err.contains("no cluster token"), "{err}");
+        let err = read(&good, 0o640).unwrap_err();
+        assert!(err.contains("readable by nobody else"), "{err}");
+        fs::remove_file(&path).unwrap();
         s.clean_if_unused();
         assert!(!dir.exists());
     }

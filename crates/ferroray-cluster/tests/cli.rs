@@ -1,5 +1,5 @@
 //! The `ferroray` command with real daemons: a head and nodes as separate
-//! processes on loopback, each with its own store, joined over TCP.
+//! processes on this machine, each with its own store, joined over TLS.
 //! Every test uses a session directory of its own and removes it, with
 //! every daemon, however it ends.
 
@@ -55,6 +55,21 @@ impl Cluster {
         let out = self.ok(&args);
         let line = out.lines().find(|l| l.starts_with("Started node")).expect("the ready message");
         line.split("(pid ").nth(1).unwrap().split(')').next().unwrap().parse().unwrap()
+    }
+
+    /// The fingerprint line of the head's token file, without `sha256:`.
+    fn fingerprint(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("token")).unwrap();
+        text.lines().nth(1).unwrap().strip_prefix("sha256:").unwrap().to_string()
+    }
+
+    /// Everything the daemons logged so far.
+    fn logs(&self) -> String {
+        std::fs::read_dir(self.dir.join("logs"))
+            .unwrap()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect()
     }
 
     fn list(&self, filter: &str) -> Vec<String> {
@@ -149,19 +164,37 @@ fn a_wrong_token_is_refused_and_logged() {
     let c = Cluster::new("token");
     let head = c.head(&[]);
     let mut cmd = c.cmd(&["start", "--address", &head]);
-    cmd.env("FERRORAY_TOKEN", "00".repeat(32));
+    cmd.env("FERRORAY_TOKEN", format!("{}:{}", "00".repeat(32), c.fingerprint()));
     let out = run_with_timeout(cmd);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("wrong cluster token"), "{err}");
     let head_pid = std::fs::read_dir(c.dir.join("nodes")).unwrap().count();
     assert_eq!(head_pid, 1, "only the head is recorded");
-    let logs: String = std::fs::read_dir(c.dir.join("logs"))
-        .unwrap()
-        .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect();
+    let logs = c.logs();
     assert!(logs.contains("refused a connection from 127.0.0.1") && logs.contains("wrong cluster token"), "{logs}");
+    // The right token with another fingerprint: the caller refuses the head
+    // (as it would a man in the middle), and sends no token.
+    let token = std::fs::read_to_string(c.dir.join("token")).unwrap().lines().next().unwrap().to_string();
+    let mut cmd = c.cmd(&["status"]);
+    cmd.env("FERRORAY_TOKEN", format!("{token}:{}", "11".repeat(32)));
+    let out = run_with_timeout(cmd);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not the one in the token file"), "{err}");
+    // A peer that does not speak TLS: refused and logged, and the head
+    // serves on.
+    {
+        use std::io::{Read, Write};
+        let mut plain = std::net::TcpStream::connect(&head).unwrap();
+        plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        plain.write_all(&[4, 0, 0, 0, 8, 1, 18, 0]).unwrap();
+        let mut answer = Vec::new();
+        let _ = plain.read_to_end(&mut answer);
+        assert!(answer.is_empty() || answer[0] == 21, "at most a TLS alert: {answer:?}");
+    }
+    wait_until("the plain peer's refusal logged", Duration::from_secs(10), || c.logs().contains("tls:"));
+    assert!(c.ok(&["status"]).contains("Nodes: 1 alive"));
     // A token file others may read is refused before it is used.
     let loose = c.dir.join("loose-token");
     std::fs::copy(c.dir.join("token"), &loose).unwrap();
@@ -216,6 +249,44 @@ fn a_node_whose_head_is_gone_stops_by_itself() {
     wait_until("the orphaned node to stop", Duration::from_secs(15), || !alive(node));
 }
 
+/// Addresses other than loopback are allowed now that links are TLS: a head
+/// on every interface, joined by a node that has a copy of the token file
+/// (as another machine would), and asked with the token in the environment.
+/// Nothing here connects anywhere but this machine.
+#[test]
+fn a_head_on_every_interface_is_joined_with_a_copied_token_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::new("anywhere");
+    let head = c.head(&["--node-ip-address", "0.0.0.0"]);
+    assert!(head.starts_with("0.0.0.0:"), "{head}");
+    for f in ["token", "head.crt", "head.key"] {
+        let mode = std::fs::metadata(c.dir.join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let port = head.rsplit_once(':').unwrap().1;
+    let copy = c.dir.join("copied-token");
+    std::fs::copy(c.dir.join("token"), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let node = c.node(&format!("127.0.0.1:{port}"), &["--token-file", copy.to_str().unwrap()]);
+    std::fs::remove_file(&copy).unwrap();
+    let text = std::fs::read_to_string(c.dir.join("token")).unwrap();
+    let env = format!("{}:{}", text.lines().next().unwrap(), c.fingerprint());
+    let mut cmd = c.cmd(&["status", "--address", &format!("127.0.0.1:{port}")]);
+    cmd.env("FERRORAY_TOKEN", env);
+    let out = run_with_timeout(cmd);
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(status.contains("Nodes: 2 alive") && status.contains(&format!("pid {node}")), "{status}");
+    // A token file from before TLS (a token alone) is refused with the reason.
+    let old = c.dir.join("old-token");
+    std::fs::write(&old, text.lines().next().unwrap()).unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = c.run(&["status", "--token-file", old.to_str().unwrap()]);
+    std::fs::remove_file(&old).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no head certificate fingerprint"));
+}
+
 #[test]
 fn bad_options_are_clear_errors() {
     let c = Cluster::new("options");
@@ -228,8 +299,8 @@ fn bad_options_are_clear_errors() {
     fails(&["start", "--head", "--resources", "{a: 1}"], "--resources");
     fails(&["start", "--head", "--resources", r#"{"CPU": 1}"#], "--num-cpus");
     fails(&["start", "--head", "--num-cpus=-1"], "num-cpus");
-    fails(&["start", "--head", "--node-ip-address", "10.1.2.3"], "not a loopback address");
-    fails(&["start", "--address", "192.0.2.1:6390"], "not a loopback address");
+    fails(&["start", "--address", "127.0.0.1"], "expected HOST:PORT");
+    fails(&["start", "--address", ":6390"], "expected HOST:PORT");
     fails(&["start", "--head", "--storage", "redis://127.0.0.1:6379"], "memory only");
     fails(&["start", "--head", "--heartbeat-ms", "1000", "--node-timeout-ms", "1500"], "at least twice");
     fails(&["start"], "--head");

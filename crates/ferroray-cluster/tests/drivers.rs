@@ -88,6 +88,7 @@ fn programs_connect_to_a_daemon_and_leave_it_running() {
     let err = ferroray::init_with(Config::default().address("auto").num_cpus(4)).unwrap_err();
     assert!(matches!(err, Error::InvalidOption(_)), "{err}");
     let err = ferroray::init_with(Config::default().address("127.0.0.1:1")).unwrap_err();
+    assert!(matches!(err, Error::NoCluster(_)), "{err}");
     assert!(err.to_string().contains("no node of the cluster at 127.0.0.1:1"), "{err}");
 
     ferroray::init_with(Config::default().address("auto")).expect("connecting");

@@ -63,6 +63,9 @@ pub enum Error {
     /// The connection to the node daemon or a peer is gone.
     #[error("connection lost: {0}")]
     Disconnected(String),
+    /// `Config::address` names a cluster this machine has no node of.
+    #[error("no cluster to connect to: {0}")]
+    NoCluster(String),
     /// A peer sent something that does not follow the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),

@@ -35,5 +35,6 @@ pub use message::*;
 
 /// Bumped on any incompatible change to the wire (see [`wire`] for the
 /// changes that are compatible). 3: protobuf bodies. 4: streams passed on
-/// (`StreamHandOff`, `StreamClaim`, `StreamClaimed`).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// (`StreamHandOff`, `StreamClaim`, `StreamClaimed`). 5: drivers connected
+/// to a daemon (`WorkerCommands`, the `NoCluster` error).
+pub const PROTOCOL_VERSION: u32 = 5;

@@ -191,7 +191,7 @@ pub(crate) fn object_id(o: Option<ObjectId>, what: &str) -> Result<c::ObjectId, 
 /// [`ferroray_common::Error`], every variant a case.
 #[derive(Clone, PartialEq, Message)]
 pub struct Error {
-    #[prost(oneof = "ErrorKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18")]
+    #[prost(oneof = "ErrorKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19")]
     pub kind: Option<ErrorKind>,
 }
 
@@ -233,6 +233,8 @@ pub enum ErrorKind {
     PermissionDenied(String),
     #[prost(message, tag = "18")]
     ActorDied(ActorDied),
+    #[prost(string, tag = "19")]
+    NoCluster(String),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -309,6 +311,7 @@ impl From<c::Error> for Error {
             c::Error::NotInitialized => K::NotInitialized(Empty {}),
             c::Error::AlreadyInitialized => K::AlreadyInitialized(Empty {}),
             c::Error::Disconnected(s) => K::Disconnected(s),
+            c::Error::NoCluster(s) => K::NoCluster(s),
             c::Error::Protocol(s) => K::Protocol(s),
             c::Error::Io(s) => K::Io(s),
             c::Error::PermissionDenied(s) => K::PermissionDenied(s),
@@ -362,6 +365,7 @@ impl TryFrom<Error> for c::Error {
             K::NotInitialized(_) => c::Error::NotInitialized,
             K::AlreadyInitialized(_) => c::Error::AlreadyInitialized,
             K::Disconnected(s) => c::Error::Disconnected(s),
+            K::NoCluster(s) => c::Error::NoCluster(s),
             K::Protocol(s) => c::Error::Protocol(s),
             K::Io(s) => c::Error::Io(s),
             K::PermissionDenied(s) => c::Error::PermissionDenied(s),

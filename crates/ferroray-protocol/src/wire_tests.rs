@@ -84,6 +84,7 @@ pub(crate) fn every_error() -> Vec<Error> {
         Error::Protocol("no".into()),
         Error::Io("eio".into()),
         Error::PermissionDenied("who".into()),
+        Error::NoCluster("where".into()),
         Error::ActorDied { actor: "a".into(), cause: ActorDeathCause::Killed },
         Error::ActorDied { actor: "a".into(), cause: ActorDeathCause::Crashed("signal 9".into()) },
         Error::ActorDied { actor: "a".into(), cause: ActorDeathCause::CreationFailed("no".into()) },

@@ -120,7 +120,7 @@ fn connect(address: &str, config: &Config) -> Result<Arc<CoreWorker>> {
         || config.max_worker_processes.is_some();
     if node_settings {
         return Err(Error::InvalidOption(
-            "when connecting to a cluster, what a node offers (num_cpus, num_gpus, resources, object_store_memory,              ...) is the daemon's to set: `ferroray start ...`"
+            "when connecting to a cluster, what a node offers (num_cpus, num_gpus, resources, object_store_memory, ...) is the daemon's to set: `ferroray start ...`"
                 .into(),
         ));
     }
@@ -132,16 +132,17 @@ fn connect(address: &str, config: &Config) -> Result<Arc<CoreWorker>> {
         addr => nodes.iter().filter(|n| n.head == addr).min_by_key(|n| !n.is_head),
     };
     let record = record.filter(|n| !n.socket.is_empty()).ok_or_else(|| {
-        Error::Disconnected(format!(
-            "no node of the cluster at {address} runs on this machine (looked in {}); start one with              `ferroray start --head` or `ferroray start --address HEAD:PORT`",
+        Error::NoCluster(format!(
+            "no node of the cluster at {address} runs on this machine (looked in {}); start one with `ferroray start --head` or `ferroray start --address HEAD:PORT`",
             session.dir().display()
         ))
     })?;
     let token = match std::env::var("FERRORAY_TOKEN") {
-        Ok(hex) => ferroray_common::ClusterToken::from_hex(hex.trim())
-            .ok_or_else(|| Error::InvalidOption("FERRORAY_TOKEN does not hold a cluster token".into()))?,
+        Ok(text) => ferroray_cluster::tls::Credentials::from_env(text.trim())
+            .ok_or_else(|| Error::InvalidOption("FERRORAY_TOKEN does not hold cluster credentials".into()))?,
         Err(_) => session.token().map_err(|e| Error::InvalidOption(e.to_string()))?,
-    };
+    }
+    .token;
     // Step 2.
     let worker_id = ferroray_common::WorkerId::random();
     let hello =

@@ -128,3 +128,82 @@ def test_a_python_program_connects_to_the_daemon(session):
     )
     assert far.returncode != 0 and "ConnectionError: no cluster to connect to: no node of the cluster at 10.1.2.3:6379" in far.stderr
     assert "Nodes: 1 alive" in run("status").stdout
+
+
+STAYS = r"""
+import sys
+import ferroray as ray
+
+ray.init(address="auto")
+
+@ray.remote
+def shout():
+    print("hello from the daemon's worker", flush=True)
+    return 1
+
+assert ray.get(shout.remote()) == 1
+print("ready", flush=True)
+sys.stdin.readline()
+ray.shutdown()
+"""
+
+LEAVES = r"""
+import os, time
+import ferroray as ray
+
+ray.init(address="auto")
+
+@ray.remote
+def linger():
+    yield os.getpid()
+    time.sleep(300)
+    yield 0
+
+gen = linger.remote()
+print(ray.get(next(gen)), flush=True)
+os._exit(0)  # no shutdown: the connection just ends
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_worker_output_reaches_the_driver_and_a_leaving_driver_takes_its_tasks(session):
+    import time
+
+    run, d = session
+    run("start", "--head", "--port", "0", "--num-cpus", "2")
+    env = dict(os.environ, FERRORAY_SESSION_DIR=d)
+    stays = subprocess.Popen(
+        [sys.executable, "-c", STAYS], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        lines = []
+        while True:
+            line = stays.stdout.readline()
+            assert line, "the driver ended early: " + "".join(lines)
+            lines.append(line)
+            if line.strip() == "ready":
+                break
+        # Its worker's print, forwarded by the daemon with Ray's prefix.
+        assert any(re.match(r"\(shout pid=\d+\) hello from the daemon's worker", l) for l in lines), lines
+        # Another program of the same environment shares the job; when it
+        # ends without a shutdown, its running task is cancelled (killed),
+        # while the first program is still connected.
+        leaves = subprocess.run([sys.executable, "-c", LEAVES], env=env, capture_output=True, text=True, timeout=60)
+        assert leaves.returncode == 0, leaves.stderr
+        pid = int(leaves.stdout.split()[-1])
+        deadline = time.monotonic() + 15
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"task worker {pid} outlived its driver"
+            time.sleep(0.05)
+        assert stays.poll() is None
+    finally:
+        stays.stdin.write("\n")
+        stays.stdin.flush()
+        assert stays.wait(timeout=30) == 0

@@ -12,11 +12,15 @@
 //! `ferroray-log` thread, whatever the number of workers, copies each line
 //! to this process's stdout or stderr, prefixed with the task the worker
 //! runs (or ran last) and its pid:
-//! `(large_values_generator pid=373609) yielded return value 0`.
+//! `(large_values_generator pid=373609) yielded return value 0`. A node
+//! with drivers connected over its socket (a daemon's job) sends the lines
+//! to them instead (`FromNode::Output`), as its own output would be a log
+//! nobody watches.
 
-use crate::state::TaskNames;
+use crate::state::{OutputSinks, TaskNames};
 use crate::{NodeConfig, Shared};
 use ferroray_common::{ActorId, WorkerId};
+use ferroray_protocol::FromNode;
 use ferroray_protocol::WorkerKind;
 use std::io::Write;
 use std::os::fd::{OwnedFd, RawFd};
@@ -205,7 +209,8 @@ impl Spawner {
         }
         if child.stdout.is_some() || child.stderr.is_some() {
             if self.log.is_none() {
-                self.log = Some(LogForwarder::start(self.names())?);
+                let (names, sinks) = self.names();
+                self.log = Some(LogForwarder::start(names, sinks)?);
             }
             let log = self.log.as_ref().expect("just started");
             if let Some(out) = child.stdout.take() {
@@ -219,8 +224,15 @@ impl Spawner {
         Ok(())
     }
 
-    fn names(&self) -> TaskNames {
-        self.shared.get().and_then(Weak::upgrade).map(|s| s.lock().names.clone()).unwrap_or_default()
+    fn names(&self) -> (TaskNames, OutputSinks) {
+        self.shared
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|s| {
+                let st = s.lock();
+                (st.names.clone(), st.output.clone())
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -277,7 +289,7 @@ struct LogForwarder {
 }
 
 impl LogForwarder {
-    fn start(names: TaskNames) -> std::io::Result<Self> {
+    fn start(names: TaskNames, sinks: OutputSinks) -> std::io::Result<Self> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(OwnedFd, u32, bool)>();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let thread = std::thread::Builder::new().name("ferroray-log".into()).spawn(move || {
@@ -286,7 +298,7 @@ impl LogForwarder {
                 while let Some((fd, pid, to_stderr)) = rx.recv().await {
                     match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
                         Ok(pipe) => {
-                            pipes.spawn(copy_lines(pipe, pid, names.clone(), to_stderr));
+                            pipes.spawn(copy_lines(pipe, pid, names.clone(), sinks.clone(), to_stderr));
                         }
                         Err(e) => tracing::warn!("cannot read the output of pid {pid}: {e}"),
                     }
@@ -311,7 +323,17 @@ impl LogForwarder {
     }
 }
 
-async fn copy_lines(pipe: tokio::net::unix::pipe::Receiver, pid: u32, names: TaskNames, to_stderr: bool) {
+/// Longest line forwarded whole; the rest of a longer one is dropped, with
+/// a mark.
+const MAX_LINE: usize = 64 << 10;
+
+async fn copy_lines(
+    pipe: tokio::net::unix::pipe::Receiver,
+    pid: u32,
+    names: TaskNames,
+    sinks: OutputSinks,
+    to_stderr: bool,
+) {
     use tokio::io::AsyncBufReadExt;
     let mut reader = tokio::io::BufReader::new(pipe);
     let mut line = Vec::new();
@@ -326,6 +348,21 @@ async fn copy_lines(pipe: tokio::net::unix::pipe::Receiver, pid: u32, names: Tas
         }
         let name = names.lock().get(&pid).cloned().unwrap_or_else(|| "worker".to_string());
         let prefix = format!("({name} pid={pid}) ");
+        {
+            let sinks = sinks.lock();
+            if !sinks.is_empty() {
+                if line.len() > MAX_LINE {
+                    line.truncate(MAX_LINE);
+                    line.extend_from_slice(b" [line cut]\n");
+                }
+                let text = format!("{prefix}{}", String::from_utf8_lossy(&line));
+                for sink in sinks.iter() {
+                    sink.send(FromNode::Output { to_stderr, text: text.clone() });
+                    sink.flush_here();
+                }
+                continue;
+            }
+        }
         let _ = if to_stderr {
             let mut e = std::io::stderr().lock();
             e.write_all(prefix.as_bytes()).and_then(|_| e.write_all(&line))

@@ -517,6 +517,13 @@ pub enum FromNode {
         req: u64,
         result: Result<u32, Error>,
     },
+    /// Lines a worker printed, for a driver connected to a daemon (whose
+    /// workers' output would otherwise stay in the daemon's log): whole
+    /// lines, each already prefixed with the task's name and the pid.
+    Output {
+        to_stderr: bool,
+        text: String,
+    },
     /// The connection is being closed for this reason.
     Rejected(Error),
 }

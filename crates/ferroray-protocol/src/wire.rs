@@ -1502,7 +1502,7 @@ impl TryFrom<ToNode> for m::ToNode {
 /// [`m::FromNode`]: one case per message.
 #[derive(Clone, PartialEq, Message)]
 pub struct FromNode {
-    #[prost(oneof = "FromNodeKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
+    #[prost(oneof = "FromNodeKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15")]
     pub kind: Option<FromNodeKind>,
 }
 
@@ -1540,6 +1540,17 @@ pub enum FromNodeKind {
     ActorFound(ActorFound),
     #[prost(message, tag = "14")]
     StreamClaimed(StreamClaimed),
+    #[prost(message, tag = "15")]
+    Output(Output),
+}
+
+/// Worker output for a driver (`FromNode::Output`).
+#[derive(Clone, PartialEq, Message)]
+pub struct Output {
+    #[prost(bool, tag = "1")]
+    pub to_stderr: bool,
+    #[prost(string, tag = "2")]
+    pub text: String,
 }
 
 /// The answer to `StreamClaim`: the first index the claimer gets, or an
@@ -1687,6 +1698,7 @@ impl From<m::FromNode> for FromNode {
             m::FromNode::ActorCreated { req, result } => {
                 K::ActorCreated(ActorCreated { req, error: result.err().map(Into::into) })
             }
+            m::FromNode::Output { to_stderr, text } => K::Output(Output { to_stderr, text }),
             m::FromNode::StreamClaimed { req, result } => K::StreamClaimed(match result {
                 Ok(from) => StreamClaimed { req, from, error: None },
                 Err(e) => StreamClaimed { req, from: 0, error: Some(e.into()) },
@@ -1759,6 +1771,7 @@ impl TryFrom<FromNode> for m::FromNode {
                     None => Ok((c::ActorId(task_id(a.actor, "ActorFound actor")?), a.class, a.front)),
                 },
             },
+            K::Output(o) => m::FromNode::Output { to_stderr: o.to_stderr, text: o.text },
             K::StreamClaimed(c) => m::FromNode::StreamClaimed {
                 req: c.req,
                 result: match c.error {

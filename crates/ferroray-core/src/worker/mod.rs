@@ -524,6 +524,17 @@ impl CoreWorker {
                 eprintln!("ferroray: the node closed the connection: {e}");
                 self.mark_disconnected(&e.to_string());
             }
+            FromNode::Output { to_stderr, text } => {
+                use std::io::Write;
+                // Best effort, as a worker's own print: a closed stdout
+                // loses the lines, nothing else.
+                let _ = if to_stderr {
+                    std::io::stderr().lock().write_all(text.as_bytes())
+                } else {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(text.as_bytes()).and_then(|_| out.flush())
+                };
+            }
         }
     }
 

@@ -21,6 +21,12 @@
 //!    worker process of its kinds that is not a detached actor's is
 //!    killed (they run the program that left). Non-detached actors ended
 //!    with their owner already (`owner_gone`).
+//! 5. When any driver of the job leaves, the tasks it submitted that have
+//!    not finished are force-cancelled, with every task they started
+//!    (their results would have nobody to go to). Its workers' output
+//!    stops going to it: a job's drivers get all of its workers' output
+//!    (`FromNode::Output`, sent by the output forwarder through
+//!    `State::output`).
 
 use super::*;
 use crate::WorkerCommand;
@@ -88,11 +94,25 @@ impl State {
             }
         }
         self.job.drivers.insert(conn);
+        if let Some(Outbox::Socket(out)) = self.conns.get(&conn).map(|c| &c.outbox) {
+            self.output.lock().push(out.clone());
+        }
     }
 
-    /// Step 4: `conn` is gone.
-    pub(super) fn driver_left(&mut self, conn: ConnId) {
-        if !self.job.drivers.remove(&conn) || !self.job.drivers.is_empty() {
+    /// Steps 4 and 5: driver `conn` (worker id `driver`) is gone.
+    pub(super) fn driver_left(&mut self, conn: ConnId, driver: WorkerId, outbox: &Outbox) {
+        if !self.job.drivers.remove(&conn) {
+            return;
+        }
+        if let Outbox::Socket(out) = outbox {
+            self.output.lock().retain(|o| !Arc::ptr_eq(o, out));
+        }
+        // Step 5: what it started goes with it, nested tasks included.
+        let started: Vec<TaskId> = self.tasks.keys().filter(|t| t.submitter == driver).copied().collect();
+        for tid in started {
+            self.cancel(tid, true, true);
+        }
+        if !self.job.drivers.is_empty() {
             return;
         }
         let kinds: Vec<WorkerKind> = self.job.commands.keys().copied().collect();

@@ -83,6 +83,11 @@ pub type ConnId = u64;
 /// Names of the task each worker pid runs (or ran last), for output prefixes.
 pub type TaskNames = Arc<parking_lot::Mutex<HashMap<u32, String>>>;
 
+/// Where workers' output goes besides this process's own: the drivers of
+/// the node's job connected over the socket (`jobs`). Shared with the
+/// output forwarder, which sends to them without the state lock.
+pub(crate) type OutputSinks = Arc<parking_lot::Mutex<Vec<Arc<SocketOutbox>>>>;
+
 /// Where a connection's messages go. Both kinds only queue under the state
 /// lock; they go out once it is released (see `crate::local`).
 #[derive(Clone)]
@@ -385,6 +390,7 @@ pub struct State {
     early_deaths: PerKind<u32>,
     spawn: std::sync::mpsc::Sender<PoolCmd>,
     pub(crate) names: TaskNames,
+    pub(crate) output: OutputSinks,
     info: ferroray_protocol::NodeInfo,
     shutting_down: bool,
     /// Every connection's outbox, and those of local connections that went
@@ -556,6 +562,7 @@ impl State {
             early_deaths: PerKind::default(),
             spawn,
             names: TaskNames::default(),
+            output: OutputSinks::default(),
             info,
             shutting_down: false,
             outboxes: Vec::new(),

@@ -215,6 +215,7 @@ impl State {
             self.awaiting_spawn.retain(|_, (w, _)| *w != conn);
         }
         self.idle.remove(conn);
+        let outbox = c.outbox.clone();
         self.forget_outbox(c.outbox);
         for id in c.held {
             if let Some(o) = self.objects.get_mut(&id) {
@@ -247,7 +248,7 @@ impl State {
         }
         self.owner_gone(conn);
         if c.role == Some(Role::Driver) {
-            self.driver_left(conn);
+            self.driver_left(conn, c.worker_id, &outbox);
         }
         if let Some(actor) = c.actor {
             let status = format!("worker pid={} exited unexpectedly ({reason})", c.pid);

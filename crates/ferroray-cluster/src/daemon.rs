@@ -61,8 +61,8 @@ pub struct DaemonOptions {
     pub resources: ResourceSet,
     pub object_store_memory: Option<u64>,
     /// The token a node joins with, and the head certificate's fingerprint;
-    /// `None`: the ones the head on this machine wrote. The head always
-    /// makes fresh ones.
+    /// `None`: the ones the head on this machine wrote. The head makes fresh
+    /// ones, or with `storage` takes those stored there.
     pub token: Option<Credentials>,
     /// The head's: how often nodes report, and how long a silent node
     /// lives on.

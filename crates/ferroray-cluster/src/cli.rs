@@ -68,7 +68,10 @@ struct StartArgs {
     /// Bytes of shared memory for the object store
     #[arg(long)]
     object_store_memory: Option<u64>,
-    /// Where the control store keeps its tables (redis://HOST:PORT)
+    /// The head's: keep the control store's tables (and the cluster's token,
+    /// certificate and key) in Redis at redis://HOST:PORT[/DB], so that a
+    /// restarted head recovers them and its nodes rejoin it (default: in
+    /// the head's memory, fresh credentials each start)
     #[arg(long)]
     storage: Option<String>,
     /// Stay in the foreground until stopped (SIGTERM or Ctrl-C)
@@ -149,11 +152,13 @@ pub fn main(args: Vec<OsString>, relaunch: Vec<OsString>) -> i32 {
 
 fn options(a: &StartArgs) -> Result<DaemonOptions> {
     if let Some(url) = &a.storage {
-        return Err(ClusterError::Config(format!(
-            "--storage {url}: this build keeps the control store in the head's memory only"
-        )));
+        if !a.head {
+            return Err(ClusterError::Config("--storage is the head's (start --head)".into()));
+        }
+        crate::storage::check_url(url)?;
     }
     let mut o = DaemonOptions::new(a.address.clone());
+    o.storage = a.storage.clone();
     o.host = a.node_ip_address;
     o.port = a.port;
     if let Some(n) = a.num_cpus {

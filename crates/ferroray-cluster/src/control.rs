@@ -14,12 +14,31 @@
 //!    that said `leave`. A dead id never comes back: a node declared dead
 //!    may have had its work retried elsewhere, so it must start again as a
 //!    new node.
+//!
+//! The table writes through a [`TableStore`] (`crate::storage`): each
+//! node's registration (its `NodeDesc`), whether it is the head, and its
+//! death (cause and order), one row per node in [`storage::NODES`], written
+//! when one of these changes. Loads and the time a node was last heard from
+//! are not written: a load changes with every heartbeat (a write per node
+//! per second for nothing a restart needs: a rejoined node reports its load
+//! within one interval), and a restarted head counts silence from its own
+//! start. [`NodeTable::restore`] reads the rows back: a node that was alive
+//! is alive again, unbound, with one node timeout from the restart to send
+//! a heartbeat (it rejoins on a new connection, as after any broken link;
+//! after that the sweeper declares it dead as usual); a dead node stays
+//! dead; the old head's own node, gone with its process, is declared dead.
 
 use crate::error::{ClusterError, Result};
+use crate::storage::{self, MemoryStore, TableStore};
 use crate::wire::{ClusterView, NodeDesc, NodeEntry, NodeLoad, MAX_NODES};
 use ferroray_common::NodeId;
+use prost::Message;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The cause given to the node of a head that restarted.
+pub const HEAD_RESTARTED: &str = "its head restarted";
 
 /// Dead nodes kept for `status` and `list nodes`; older ones are dropped.
 pub const MAX_DEAD_KEPT: usize = 1_000;
@@ -49,16 +68,87 @@ struct NodeRecord {
     died: u64,
 }
 
+/// What the store keeps of a node (see the module's docs).
+#[derive(Clone, PartialEq, Message)]
+struct StoredNode {
+    #[prost(message, optional, tag = "1")]
+    desc: Option<NodeDesc>,
+    #[prost(bool, tag = "2")]
+    is_head: bool,
+    #[prost(bool, tag = "3")]
+    dead: bool,
+    #[prost(string, tag = "4")]
+    death_cause: String,
+    #[prost(uint64, tag = "5")]
+    died: u64,
+}
+
 /// Membership and health of every node.
 pub struct NodeTable {
     nodes: BTreeMap<NodeId, NodeRecord>,
     node_timeout: Duration,
     deaths: u64,
+    store: Arc<dyn TableStore>,
 }
 
 impl NodeTable {
+    /// An empty table in the head's memory.
     pub fn new(node_timeout: Duration) -> Self {
-        NodeTable { nodes: BTreeMap::new(), node_timeout, deaths: 0 }
+        NodeTable { nodes: BTreeMap::new(), node_timeout, deaths: 0, store: Arc::new(MemoryStore::default()) }
+    }
+
+    /// The table `store` holds (empty for a new store), writing through it
+    /// from now on; `now` is the restart, from which nodes that were alive
+    /// have one node timeout to be heard from. A row that does not decode
+    /// fails it.
+    pub fn restore(node_timeout: Duration, store: Arc<dyn TableStore>, now: Instant) -> Result<Self> {
+        let mut table = NodeTable { nodes: BTreeMap::new(), node_timeout, deaths: 0, store };
+        let mut old_heads = Vec::new();
+        for (key, bytes) in table.store.load(storage::NODES) {
+            let bad = |reason: String| ClusterError::Storage {
+                url: table.store.describe(),
+                reason: format!("node table row {key}: {reason}"),
+            };
+            let stored = StoredNode::decode(bytes.as_slice()).map_err(|e| bad(e.to_string()))?;
+            let desc = stored.desc.ok_or_else(|| bad("no description".into()))?;
+            crate::wire::check_desc(&desc).map_err(|e| bad(e.to_string()))?;
+            let id = NodeId(desc.node_id);
+            if key != id.to_string() {
+                return Err(bad(format!("holds node {id}")));
+            }
+            let health = if stored.dead { Health::Dead { cause: stored.death_cause } } else { Health::Alive };
+            if stored.is_head && health == Health::Alive {
+                old_heads.push(id);
+            }
+            table.deaths = table.deaths.max(stored.died);
+            let record = NodeRecord {
+                desc,
+                load: NodeLoad::default(),
+                health,
+                last_heard: now,
+                conn: None,
+                // Only the running head's node is the head; the others are
+                // dead (below) or were already.
+                is_head: false,
+                died: stored.died,
+            };
+            table.nodes.insert(id, record);
+        }
+        for id in old_heads {
+            table.declare_dead(id, HEAD_RESTARTED.to_string());
+        }
+        Ok(table)
+    }
+
+    /// Writes `id`'s row as it is now.
+    fn persist(&self, id: NodeId) {
+        let Some(r) = self.nodes.get(&id) else { return };
+        let (dead, death_cause) = match &r.health {
+            Health::Alive => (false, String::new()),
+            Health::Dead { cause } => (true, cause.clone()),
+        };
+        let stored = StoredNode { desc: Some(r.desc.clone()), is_head: r.is_head, dead, death_cause, died: r.died };
+        self.store.put(storage::NODES, &id.to_string(), stored.encode_to_vec());
     }
 
     pub fn node_timeout(&self) -> Duration {
@@ -78,6 +168,7 @@ impl NodeTable {
             died: 0,
         };
         self.nodes.insert(id, record);
+        self.persist(id);
     }
 
     /// Step 1.
@@ -88,9 +179,13 @@ impl NodeTable {
                 Health::Dead { cause } => return Err(ClusterError::NodeDead(id, cause.clone())),
                 Health::Alive if r.is_head || r.conn.is_some() => return Err(ClusterError::NodeIdInUse(id)),
                 Health::Alive => {
+                    let changed = r.desc != desc;
                     r.desc = desc;
                     r.conn = Some(conn);
                     r.last_heard = now;
+                    if changed {
+                        self.persist(id);
+                    }
                 }
             },
             None => {
@@ -107,6 +202,7 @@ impl NodeTable {
                     died: 0,
                 };
                 self.nodes.insert(id, record);
+                self.persist(id);
             }
         }
         Ok(())
@@ -165,6 +261,7 @@ impl NodeTable {
         r.health = Health::Dead { cause };
         r.conn = None;
         r.died = self.deaths;
+        self.persist(id);
         let dead = self.nodes.values().filter(|r| r.health != Health::Alive).count();
         if dead > MAX_DEAD_KEPT {
             let oldest = self
@@ -175,6 +272,7 @@ impl NodeTable {
                 .map(|(id, _)| *id);
             if let Some(oldest) = oldest {
                 self.nodes.remove(&oldest);
+                self.store.delete(storage::NODES, &oldest.to_string());
             }
         }
     }
@@ -278,6 +376,54 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_table_has_the_alive_alive_for_a_timeout_and_the_dead_dead() {
+        let t0 = Instant::now();
+        let store: Arc<dyn TableStore> = Arc::new(MemoryStore::default());
+        let mut table = NodeTable::restore(T, store.clone(), t0).unwrap();
+        table.register_head(desc(9), t0);
+        table.register(desc(1), 10, t0).unwrap();
+        table.register(desc(2), 11, t0).unwrap();
+        table.register(desc(3), 12, t0).unwrap();
+        table.leave(NodeId(3), "stopped");
+        // Loads are not written: a heartbeat changes no row.
+        let rows = store.load(storage::NODES);
+        table.heartbeat(NodeId(1), NodeLoad { tasks: 5, ..Default::default() }, t0).unwrap();
+        assert_eq!(store.load(storage::NODES), rows);
+        drop(table);
+
+        let t1 = t0 + 10 * T;
+        let mut table = NodeTable::restore(T, store.clone(), t1).unwrap();
+        table.register_head(desc(8), t1);
+        assert_eq!(table.health(NodeId(1)), Some(&Health::Alive));
+        assert_eq!(table.health(NodeId(2)), Some(&Health::Alive));
+        assert_eq!(table.health(NodeId(3)), Some(&Health::Dead { cause: "stopped".into() }));
+        assert_eq!(table.health(NodeId(9)), Some(&Health::Dead { cause: HEAD_RESTARTED.into() }));
+        let view = table.view(t1);
+        assert!(view.nodes[0].is_head && view.nodes[0].desc.as_ref().unwrap().node_id == 8);
+        assert_eq!(view.nodes.iter().filter(|n| n.is_head).count(), 1);
+        // Node 1 rejoins on a new connection; node 2 never does.
+        table.register(desc(1), 20, t1).unwrap();
+        assert!(table.sweep(t1 + T).is_empty(), "one node timeout from the restart");
+        table.heartbeat(NodeId(1), NodeLoad::default(), t1 + T).unwrap();
+        assert_eq!(table.sweep(t1 + T + Duration::from_millis(1)), vec![NodeId(2)]);
+        assert!(matches!(table.register(desc(3), 21, t1), Err(ClusterError::NodeDead(..))));
+        drop(table);
+        // The deaths since were written too, in order.
+        let table = NodeTable::restore(T, store.clone(), t1).unwrap();
+        assert!(matches!(table.health(NodeId(2)), Some(Health::Dead { cause }) if cause.contains("no heartbeat")));
+        assert_eq!(table.health(NodeId(8)), Some(&Health::Dead { cause: HEAD_RESTARTED.into() }));
+        assert_eq!(table.deaths, 4);
+    }
+
+    #[test]
+    fn a_row_that_does_not_decode_fails_the_restore() {
+        let store: Arc<dyn TableStore> = Arc::new(MemoryStore::default());
+        store.put(storage::NODES, "0000000000000001", vec![0xff, 0xff]);
+        let err = NodeTable::restore(T, store, Instant::now()).err().unwrap().to_string();
+        assert!(err.starts_with("storage at memory: node table row 0000000000000001"), "{err}");
+    }
+
+    #[test]
     fn dead_nodes_kept_are_bounded() {
         let t0 = Instant::now();
         let mut table = NodeTable::new(T);
@@ -287,5 +433,6 @@ mod tests {
         }
         assert_eq!(table.view(t0).nodes.len(), MAX_DEAD_KEPT);
         assert!(table.health(NodeId(0)).is_none(), "the oldest dead went first");
+        assert_eq!(table.store.load(storage::NODES).len(), MAX_DEAD_KEPT, "and its row");
     }
 }

@@ -3,18 +3,23 @@
 //! [`run`] starts a node (`ferroray_node::Node`: the scheduler, the worker
 //! pool and the shared-memory store, as a driver embeds it) and joins it to
 //! a cluster:
-//! 1. The head (`start --head`) makes the cluster token and a self-signed
-//!    certificate (`crate::tls`), writes them to the session directory,
-//!    serves the control protocol over TLS on its TCP port (`crate::head`),
-//!    and records its own node in the node table, whose load it refreshes
-//!    every heartbeat interval.
+//! 1. The head (`start --head`) opens the control store's storage
+//!    (`crate::storage`: its memory, or Redis with `--storage`, which must
+//!    answer), makes the cluster token and a self-signed certificate
+//!    (`crate::tls`) or, with `--storage`, takes the ones stored there by an
+//!    earlier head (so that its nodes rejoin the restarted head), writes
+//!    them to the session directory, restores the node table from the
+//!    storage, serves the control protocol over TLS on its TCP port
+//!    (`crate::head`), and records its own node in the node table, whose
+//!    load it refreshes every heartbeat interval.
 //! 2. Any other node (`start --address`) registers with the head before it
 //!    reports ready, so a wrong address or token fails the start, not
 //!    later (and so does a head whose certificate is not the one pinned in
-//!    the token file). Then it sends a heartbeat every interval. When the link breaks
-//!    it registers again, with a growing pause, for at most the head timeout;
-//!    a head that answers with a refusal (the node was declared dead, the
-//!    token changed) stops it at once.
+//!    the token file). Then it sends a heartbeat every interval. When the
+//!    link breaks it registers again, with a growing pause, for at most the
+//!    head timeout (a head restarted with the same `--storage` has the same
+//!    credentials and takes it back); a head that answers with a refusal
+//!    (the node was declared dead, the token changed) stops it at once.
 //! 3. Ready: the daemon is recorded in the session directory
 //!    (`crate::session`), then `on_ready` runs (the command prints how to
 //!    use the cluster).
@@ -26,12 +31,14 @@
 //! interface, or the unspecified address (all of them).
 
 use crate::client::HeadClient;
+use crate::control::NodeTable;
 use crate::error::{ClusterError, Result};
 use crate::head::{self, Control, HeadConfig};
 use crate::session::{process_start_time, NodeFile, Session};
-use crate::tls::{Credentials, HeadIdentity};
+use crate::storage;
+use crate::tls::Credentials;
 use crate::wire::{NodeDesc, NodeLoad, ToHeadKind};
-use ferroray_common::{ClusterToken, NodeId, ResourceSet};
+use ferroray_common::{NodeId, ResourceSet};
 use ferroray_node::{Node, NodeConfig, WorkerCommand};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -54,8 +61,8 @@ pub struct DaemonOptions {
     pub resources: ResourceSet,
     pub object_store_memory: Option<u64>,
     /// The token a node joins with, and the head certificate's fingerprint;
-    /// `None`: the ones the head on this machine wrote. The head always
-    /// makes fresh ones.
+    /// `None`: the ones the head on this machine wrote. The head makes fresh
+    /// ones, or with `storage` takes those stored there.
     pub token: Option<Credentials>,
     /// The head's: how often nodes report, and how long a silent node
     /// lives on.
@@ -64,6 +71,9 @@ pub struct DaemonOptions {
     /// A node's: how long it tries to reach a head that went away before it
     /// stops.
     pub head_timeout: Duration,
+    /// The head's: where the control store keeps its tables
+    /// (`redis://HOST:PORT[/DB]`); `None`: in its memory.
+    pub storage: Option<String>,
 }
 
 impl DaemonOptions {
@@ -79,6 +89,7 @@ impl DaemonOptions {
             heartbeat_interval: Duration::from_millis(1000),
             node_timeout: Duration::from_millis(10_000),
             head_timeout: Duration::from_secs(60),
+            storage: None,
         }
     }
 }
@@ -103,6 +114,9 @@ pub fn run(
 ) -> Result<()> {
     if let Some(addr) = &opts.head_address {
         check_address(addr)?;
+        if opts.storage.is_some() {
+            return Err(ClusterError::Config("--storage is the head's (start --head)".into()));
+        }
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(run_async(opts, session, shutdown, on_ready))
@@ -147,13 +161,15 @@ async fn run_async(
             )));
         }
     }
-    let (credentials, identity) = match (is_head, opts.token.clone()) {
+    let (credentials, identity, store) = match (is_head, opts.token.clone()) {
         (true, _) => {
-            let identity = HeadIdentity::generate()?;
-            (Credentials { token: ClusterToken::random()?, fingerprint: identity.fingerprint() }, Some(identity))
+            let store = storage::open(opts.storage.as_deref())?;
+            let (token, identity) = storage::head_credentials(&*store)?;
+            let credentials = Credentials { token, fingerprint: identity.fingerprint() };
+            (credentials, Some(identity), Some(store))
         }
-        (false, Some(c)) => (c, None),
-        (false, None) => (session.token()?, None),
+        (false, Some(c)) => (c, None, None),
+        (false, None) => (session.token()?, None, None),
     };
     let token = credentials.token.clone();
     let mut config = NodeConfig::new(WorkerCommand::current_exe()?);
@@ -189,7 +205,19 @@ async fn run_async(
             .await
             .map_err(|e| ClusterError::Config(format!("cannot listen on {}:{}: {e}", opts.host, opts.port)))?;
         let address = listener.local_addr()?.to_string();
-        let control = Control::new(head_config, desc);
+        let store = store.expect("a head has a store");
+        let nodes = NodeTable::restore(opts.node_timeout, store.clone(), Instant::now())?;
+        let control = Control::with_table(head_config, nodes, desc);
+        if store.durable() {
+            let view = control.nodes.lock().view(Instant::now());
+            let alive = view.nodes.iter().filter(|n| n.alive && !n.is_head).count();
+            tracing::info!(
+                "the control store is in {}: {alive} node(s) alive there, given {} ms to be heard from; {} dead",
+                store.describe(),
+                opts.node_timeout.as_millis(),
+                view.nodes.iter().filter(|n| !n.alive).count()
+            );
+        }
         session.write_identity(&identity)?;
         session.write_token(&credentials)?;
         let mut stop = stop_rx.clone();

@@ -39,6 +39,14 @@ pub enum ClusterError {
     /// TLS, a bad certificate or key.
     #[error("tls: {0}")]
     Tls(String),
+    /// The control store's storage (`--storage`) did not answer in time or
+    /// refused the connection: worth trying again once it is back.
+    #[error("cannot reach the storage at {url}: {reason}")]
+    StorageUnreachable { url: String, reason: String },
+    /// The storage answered with something unusable (a key of another type,
+    /// a row that does not decode, refused credentials).
+    #[error("storage at {url}: {reason}")]
+    Storage { url: String, reason: String },
     #[error("connection to the head: {0}")]
     Io(#[from] std::io::Error),
     #[error("control protocol: {0}")]
@@ -62,7 +70,11 @@ impl ClusterError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ClusterError::Unreachable { .. } | ClusterError::Io(_) | ClusterError::Timeout(_) | ClusterError::Busy(_)
+            ClusterError::Unreachable { .. }
+                | ClusterError::Io(_)
+                | ClusterError::Timeout(_)
+                | ClusterError::Busy(_)
+                | ClusterError::StorageUnreachable { .. }
         )
     }
 

@@ -89,9 +89,16 @@ pub struct Control {
 }
 
 impl Control {
-    /// The control store, with the head's own node in it.
+    /// The control store in the head's memory, with the head's own node in
+    /// it.
     pub fn new(config: HeadConfig, head: NodeDesc) -> Arc<Self> {
-        let mut nodes = NodeTable::new(config.node_timeout);
+        let nodes = NodeTable::new(config.node_timeout);
+        Control::with_table(config, nodes, head)
+    }
+
+    /// The control store over `nodes` (say, restored from storage:
+    /// `NodeTable::restore`), with the head's own node added.
+    pub fn with_table(config: HeadConfig, mut nodes: NodeTable, head: NodeDesc) -> Arc<Self> {
         let head_node = NodeId(head.node_id);
         nodes.register_head(head, Instant::now());
         Arc::new(Control {

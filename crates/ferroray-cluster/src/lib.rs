@@ -6,12 +6,18 @@
 //!   (prost messages in the node protocol's frames), its numbered
 //!   exchange, and the checks on what arrives.
 //! - [`control`]: the control store's tables; today the node table
-//!   (membership and health, dead nodes declared by timeout).
+//!   (membership and health, dead nodes declared by timeout), written
+//!   through a [`storage::TableStore`].
+//! - [`storage`]: where the tables live: the head's memory (the default),
+//!   or a Redis server (`start --head --storage redis://...`), from which a
+//!   restarted head restores them, with the cluster's token, certificate
+//!   and key, so that running nodes rejoin it.
 //! - [`head`]: the head's server over TCP and TLS: who gets in, and serving
 //!   each connection.
 //! - [`client`]: connecting to the head and asking it.
 //! - [`tls`]: TLS (rustls) on every link to the head, loopback included:
-//!   the head's self-signed certificate, made fresh at each start, is
+//!   the head's self-signed certificate, made fresh at each start (kept in
+//!   the storage with `--storage`), is
 //!   trusted by its SHA-256 fingerprint, which travels with the cluster
 //!   token in the token file; the token, sent inside TLS, authenticates
 //!   callers. So any address may be used, not only loopback.
@@ -34,6 +40,7 @@ pub mod daemon;
 pub mod error;
 pub mod head;
 pub mod session;
+pub mod storage;
 pub mod tls;
 pub mod wire;
 

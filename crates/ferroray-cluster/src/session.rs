@@ -9,7 +9,8 @@
 //!   the cluster token in hex, then `sha256:` and the hex SHA-256 of the
 //!   head's certificate, one line each (`crate::tls::Credentials`).
 //! - `head.crt` and `head.key`: the head's self-signed certificate and its
-//!   private key (PEM, mode 0600), made fresh at each start like the token.
+//!   private key (PEM, mode 0600), made fresh at each start like the token
+//!   (with `--storage`, the ones kept there: `crate::storage`).
 //! - `logs/<pid>.log`: a background daemon's output.
 //!
 //! The directory is `$FERRORAY_SESSION_DIR`, else `$XDG_RUNTIME_DIR/ferroray`,

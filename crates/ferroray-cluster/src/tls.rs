@@ -1,7 +1,9 @@
 //! TLS on every link to the head, and what a caller needs to trust it.
 //!
 //! There is no certificate authority. `start --head` makes a fresh
-//! self-signed certificate ([`HeadIdentity`]), and callers pin it: the
+//! self-signed certificate ([`HeadIdentity`]; with `--storage`, the first
+//! head on that storage makes it and later ones reuse it:
+//! `crate::storage::head_credentials`), and callers pin it: the
 //! SHA-256 of its DER bytes ([`Fingerprint`]) travels with the cluster token
 //! ([`Credentials`], the token file and `FERRORAY_TOKEN`). A caller accepts
 //! exactly that certificate, and still checks the handshake's signatures
@@ -119,7 +121,8 @@ impl Credentials {
     }
 }
 
-/// The head's certificate and private key (DER), made fresh at each start.
+/// The head's certificate and private key (DER), made fresh at each start
+/// (or read back from the storage: `crate::storage::head_credentials`).
 pub struct HeadIdentity {
     pub cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,

@@ -1,7 +1,10 @@
 //! The `ferroray` command with real daemons: a head and nodes as separate
 //! processes on this machine, each with its own store, joined over TLS.
 //! Every test uses a session directory of its own and removes it, with
-//! every daemon, however it ends.
+//! every daemon, however it ends. The test of `--storage` starts a real
+//! `redis-server` (`support`).
+
+mod support;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -39,9 +42,13 @@ impl Cluster {
         text
     }
 
-    /// Starts the head on a free port; its address.
+    /// Starts the head on a free port (unless `extra` names one); its
+    /// address.
     fn head(&self, extra: &[&str]) -> String {
-        let mut args = vec!["start", "--head", "--port", "0"];
+        let mut args = vec!["start", "--head"];
+        if !extra.contains(&"--port") {
+            args.extend(["--port", "0"]);
+        }
         args.extend_from_slice(extra);
         let out = self.ok(&args);
         let line = out.lines().find(|l| l.starts_with("Started the head")).expect("the ready message");
@@ -70,6 +77,13 @@ impl Cluster {
             .flatten()
             .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
             .collect()
+    }
+
+    /// The head's pid, from the status.
+    fn head_pid(&self) -> u32 {
+        let status = self.ok(&["status"]);
+        let line = status.lines().find(|l| l.contains("head")).expect("the head in the status");
+        line.split("pid ").nth(1).and_then(|p| p.split_whitespace().next()).unwrap().parse().unwrap()
     }
 
     fn list(&self, filter: &str) -> Vec<String> {
@@ -241,10 +255,7 @@ fn a_node_whose_head_is_gone_stops_by_itself() {
     let c = Cluster::new("orphan");
     let head = c.head(&["--heartbeat-ms", "100", "--node-timeout-ms", "1000"]);
     let node = c.node(&head, &["--head-timeout-ms", "1000"]);
-    let head_pid = c.ok(&["status"]).lines().find(|l| l.contains("head")).and_then(|l| {
-        l.split("pid ").nth(1).and_then(|p| p.split_whitespace().next()).and_then(|p| p.parse::<u32>().ok())
-    });
-    let head_pid = head_pid.expect("the head's pid in the status");
+    let head_pid = c.head_pid();
     unsafe { libc::kill(head_pid as i32, libc::SIGKILL) };
     wait_until("the orphaned node to stop", Duration::from_secs(15), || !alive(node));
 }
@@ -301,7 +312,11 @@ fn bad_options_are_clear_errors() {
     fails(&["start", "--head", "--num-cpus=-1"], "num-cpus");
     fails(&["start", "--address", "127.0.0.1"], "expected HOST:PORT");
     fails(&["start", "--address", ":6390"], "expected HOST:PORT");
-    fails(&["start", "--head", "--storage", "redis://127.0.0.1:6379"], "memory only");
+    fails(&["start", "--head", "--storage", "http://127.0.0.1:6379"], "expected redis://HOST:PORT");
+    fails(&["start", "--address", "127.0.0.1:1", "--storage", "redis://127.0.0.1:1"], "--storage is the head's");
+    // Storage where nothing listens: the start fails, naming it.
+    let url = format!("redis://127.0.0.1:{}", support::free_port());
+    fails(&["start", "--head", "--port", "0", "--storage", &url], &format!("cannot reach the storage at {url}: "));
     fails(&["start", "--head", "--heartbeat-ms", "1000", "--node-timeout-ms", "1500"], "at least twice");
     fails(&["start"], "--head");
     fails(&["list", "nodes", "--filter", "colour=red"], "unknown key");
@@ -311,4 +326,58 @@ fn bad_options_are_clear_errors() {
     let _head = c.head(&[]);
     fails(&["start", "--head", "--port", "0"], "already running");
     fails(&["start", "--address", "127.0.0.1:1"], "cannot reach the head");
+}
+
+/// A head with `--storage` killed and started again on the same storage and
+/// port: it has the same token and certificate, the nodes that were alive
+/// rejoin it (alive past one node timeout from the restart), the node that
+/// had stopped stays dead, and the old head's node is dead. Then Redis goes
+/// away: the head logs it and serves on from memory.
+#[test]
+fn a_head_restarted_on_its_storage_takes_its_nodes_back() {
+    let mut redis = support::RedisServer::start("restart");
+    let c = Cluster::new("restart");
+    let url = redis.url();
+    let timeout = Duration::from_millis(5000);
+    let timing = ["--heartbeat-ms", "100", "--node-timeout-ms", "5000", "--storage", &url];
+    let head = c.head(&timing);
+    let port = head.rsplit_once(':').unwrap().1.to_string();
+    let fingerprint = c.fingerprint();
+    let a = c.node(&head, &["--head-timeout-ms", "30000"]);
+    let b = c.node(&head, &["--head-timeout-ms", "30000"]);
+    let gone = c.node(&head, &[]);
+    unsafe { libc::kill(gone as i32, libc::SIGTERM) };
+    wait_until("the stopped node to leave", Duration::from_secs(10), || !alive(gone));
+    assert!(c.ok(&["status"]).contains("Nodes: 3 alive, 1 dead"));
+
+    let old_head = c.head_pid();
+    unsafe { libc::kill(old_head as i32, libc::SIGKILL) };
+    wait_until("the head to die", Duration::from_secs(10), || !alive(old_head));
+    let restarted = Instant::now();
+    let again = c.head(&[&timing[..], &["--port", &port]].concat());
+    assert_eq!(again, head);
+    assert_eq!(c.fingerprint(), fingerprint, "the same certificate, so the nodes trust it");
+    let logs = c.logs();
+    assert!(logs.contains(&format!("the control store is in {url}: 2 node(s) alive there")), "{logs}");
+    // Past the grace of one node timeout, both nodes are alive: they rejoined.
+    wait_until("both nodes back, past the timeout", Duration::from_secs(30), || {
+        restarted.elapsed() > timeout + Duration::from_millis(500)
+            && c.ok(&["status"]).contains("Nodes: 3 alive, 2 dead")
+    });
+    assert!(restarted.elapsed() < timeout + Duration::from_secs(10), "took {:?}", restarted.elapsed());
+    let status = c.ok(&["status"]);
+    assert!(status.contains(&format!("pid {a}")) && status.contains(&format!("pid {b}")), "{status}");
+    assert!(status.contains("DEAD (stopped)") && status.contains("DEAD (its head restarted)"), "{status}");
+    assert!(alive(a) && alive(b));
+    let logs = c.logs();
+    assert_eq!(logs.matches(&format!("joined the head at {head} again")).count(), 2, "{logs}");
+
+    // Redis goes away: logged, and the head serves on from memory.
+    redis.kill();
+    unsafe { libc::kill(b as i32, libc::SIGTERM) };
+    wait_until("the storage failure logged", Duration::from_secs(10), || {
+        c.logs().contains(&format!("the storage at {url} fails"))
+    });
+    let status = c.ok(&["status"]);
+    assert!(status.contains("Nodes: 2 alive, 3 dead"), "{status}");
 }

@@ -9,7 +9,7 @@ use crate::daemon::{self, DaemonOptions, Ready};
 use crate::error::{ClusterError, Result};
 use crate::session::{self, Session};
 use crate::tls::Credentials;
-use crate::wire::{ClusterView, NodeEntry};
+use crate::wire::{ClusterView, EventRow, ListWhat, Listing, NodeEntry, MAX_ROWS};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferroray_common::{resources, ResourceSet};
 use std::collections::BTreeMap;
@@ -38,8 +38,10 @@ enum Command {
     Stop(StopArgs),
     /// Show the cluster's nodes, resources, tasks, objects and store memory
     Status(ConnectArgs),
-    /// List the cluster's nodes
+    /// List the cluster's nodes, tasks, actors or objects
     List(ListArgs),
+    /// Write the cluster's task timeline in Chrome trace format (for Perfetto or chrome://tracing)
+    Timeline(TimelineArgs),
 }
 
 #[derive(Args, Debug)]
@@ -111,7 +113,8 @@ struct ConnectArgs {
 #[derive(Args, Debug)]
 struct ListArgs {
     what: Listable,
-    /// KEY=VALUE, ANDed: node_id, state (ALIVE or DEAD), address, is_head
+    /// KEY=VALUE, ANDed, on any column (`list nodes`: node_id, state, address,
+    /// is_head; `list tasks`: task_id, name, state, node_id, ...)
     #[arg(long)]
     filter: Vec<String>,
     #[command(flatten)]
@@ -121,6 +124,18 @@ struct ListArgs {
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum Listable {
     Nodes,
+    Tasks,
+    Actors,
+    Objects,
+}
+
+#[derive(Args, Debug)]
+struct TimelineArgs {
+    /// The file to write
+    #[arg(short, long, default_value = "timeline.json")]
+    output: PathBuf,
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 /// Runs the command in `args` (the program's name first); the exit code.
@@ -140,6 +155,7 @@ pub fn main(args: Vec<OsString>, relaunch: Vec<OsString>) -> i32 {
         Command::Stop(a) => stop(a),
         Command::Status(a) => status(a),
         Command::List(a) => list(a),
+        Command::Timeline(a) => timeline(a),
     };
     match outcome {
         Ok(()) => 0,
@@ -366,6 +382,27 @@ fn signal(n: &session::NodeFile, sig: i32) {
 }
 
 fn fetch_view(a: &ConnectArgs) -> Result<(String, ClusterView)> {
+    with_head(a, |mut client| async move { client.view().await })
+}
+
+fn fetch_listing(a: &ConnectArgs, what: ListWhat) -> Result<Listing> {
+    let (_, listing) = with_head(a, |mut client| async move { client.list(what).await })?;
+    if !listing.missing.is_empty() {
+        eprintln!("ferroray: no answer from node(s) {} in time: their rows are missing", listing.missing.join(", "));
+    }
+    if listing.truncated {
+        eprintln!("ferroray: some node had more rows than it sends ({MAX_ROWS}): the list is cut");
+    }
+    Ok(listing)
+}
+
+/// Connects to the head (the one started here, unless `--address`) and
+/// runs `ask` on the connection.
+fn with_head<T, F, Fut>(a: &ConnectArgs, ask: F) -> Result<(String, T)>
+where
+    F: FnOnce(HeadClient) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let session = Session::open()?;
     let address = match &a.address {
         Some(addr) => addr.clone(),
@@ -376,12 +413,12 @@ fn fetch_view(a: &ConnectArgs) -> Result<(String, ClusterView)> {
         None => session.token()?,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let view = rt.block_on(async {
-        let mut client = HeadClient::connect(&address, &credentials, None).await?;
-        client.view().await
+    let answer = rt.block_on(async {
+        let client = HeadClient::connect(&address, &credentials, None).await?;
+        ask(client).await
     })?;
     session.clean_if_unused();
-    Ok((address, view))
+    Ok((address, answer))
 }
 
 fn resources_of(fixed: &BTreeMap<String, i64>) -> ResourceSet {
@@ -441,20 +478,176 @@ fn status(a: ConnectArgs) -> Result<()> {
     Ok(())
 }
 
-fn list(a: ListArgs) -> Result<()> {
-    let Listable::Nodes = a.what;
-    let mut filters = Vec::new();
-    for f in &a.filter {
+/// `--filter KEY=VALUE` items, checked against the columns a list has.
+fn filters(given: &[String], columns: &[&str]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for f in given {
         let (key, value) =
             f.split_once('=').ok_or_else(|| ClusterError::Config(format!("--filter {f:?}: expected KEY=VALUE")))?;
         let key = key.trim();
-        if !["node_id", "state", "address", "is_head"].contains(&key) {
-            return Err(ClusterError::Config(format!(
-                "--filter {f:?}: unknown key {key:?} (node_id, state, address, is_head)"
-            )));
+        if !columns.contains(&key) {
+            return Err(ClusterError::Config(format!("--filter {f:?}: unknown key {key:?} ({})", columns.join(", "))));
         }
-        filters.push((key.to_string(), value.trim().to_string()));
+        out.push((key.to_string(), value.trim().to_string()));
     }
+    Ok(out)
+}
+
+/// Prints rows as a table with `columns` as its header, keeping those that
+/// pass every filter (case-insensitive equality).
+fn print_table(columns: &[&str], rows: Vec<Vec<String>>, filters: &[(String, String)]) {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .filter(|r| {
+            filters
+                .iter()
+                .all(|(k, v)| columns.iter().position(|c| c == k).is_some_and(|i| r[i].eq_ignore_ascii_case(v)))
+        })
+        .collect();
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).chain([columns[i].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(columns.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>().iter().map(String::as_str).collect());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// Each task's latest event, in the order tasks were first seen.
+fn latest_per_task(events: Vec<EventRow>) -> Vec<(EventRow, u32)> {
+    let mut order: Vec<String> = Vec::new();
+    let mut last: std::collections::HashMap<String, (EventRow, u32)> = std::collections::HashMap::new();
+    let mut events = events;
+    events.sort_by_key(|e| e.time_us);
+    for e in events {
+        match last.get_mut(&e.task_id) {
+            Some((prev, attempts)) => {
+                *attempts = (*attempts).max(e.attempt + 1);
+                *prev = e;
+            }
+            None => {
+                order.push(e.task_id.clone());
+                let attempts = e.attempt + 1;
+                last.insert(e.task_id.clone(), (e, attempts));
+            }
+        }
+    }
+    order.into_iter().filter_map(|t| last.remove(&t)).collect()
+}
+
+fn list(a: ListArgs) -> Result<()> {
+    match a.what {
+        Listable::Nodes => list_nodes(a),
+        Listable::Tasks => {
+            let columns = ["task_id", "name", "state", "attempts", "node_id", "worker_pid", "actor_id", "error"];
+            let f = filters(&a.filter, &columns)?;
+            let listing = fetch_listing(&a.connect, ListWhat::Events)?;
+            let rows = latest_per_task(listing.events)
+                .into_iter()
+                .map(|(e, attempts)| {
+                    let pid = if e.worker_pid == 0 { String::new() } else { e.worker_pid.to_string() };
+                    vec![e.task_id, e.name, e.state, attempts.to_string(), e.node_id, pid, e.actor_id, e.error]
+                })
+                .collect();
+            print_table(&columns, rows, &f);
+            Ok(())
+        }
+        Listable::Actors => {
+            let columns = ["actor_id", "class", "name", "state", "node_id", "pid", "detached", "death"];
+            let f = filters(&a.filter, &columns)?;
+            let listing = fetch_listing(&a.connect, ListWhat::Actors)?;
+            let rows = listing
+                .actors
+                .into_iter()
+                .map(|r| {
+                    let pid = if r.pid == 0 { String::new() } else { r.pid.to_string() };
+                    vec![r.actor_id, r.class, r.name, r.state, r.node_id, pid, r.detached.to_string(), r.death]
+                })
+                .collect();
+            print_table(&columns, rows, &f);
+            Ok(())
+        }
+        Listable::Objects => {
+            let columns = ["object_id", "location", "size", "holders", "node_id"];
+            let f = filters(&a.filter, &columns)?;
+            let listing = fetch_listing(&a.connect, ListWhat::Objects)?;
+            let rows = listing
+                .objects
+                .into_iter()
+                .map(|r| vec![r.object_id, r.location, r.size.to_string(), r.holders.to_string(), r.node_id])
+                .collect();
+            print_table(&columns, rows, &f);
+            Ok(())
+        }
+    }
+}
+
+/// The Chrome trace format (an object with `traceEvents`): one complete
+/// event (`"ph": "X"`) per task attempt that ran, from `RUNNING` to the
+/// attempt's end, on a track per worker process (`tid`) of a process per
+/// node (`pid`, named by metadata events); attempts still running end now.
+fn timeline(a: TimelineArgs) -> Result<()> {
+    let listing = fetch_listing(&a.connect, ListWhat::Events)?;
+    let mut events = listing.events;
+    events.sort_by_key(|e| e.time_us);
+    let now_us =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+    let mut nodes: Vec<String> = Vec::new();
+    let mut started: std::collections::HashMap<(String, u32), EventRow> = std::collections::HashMap::new();
+    let mut trace = Vec::new();
+    let span = |start: &EventRow, end_us: u64, end_state: &str, nodes: &mut Vec<String>| {
+        let node = nodes.iter().position(|n| *n == start.node_id).unwrap_or_else(|| {
+            nodes.push(start.node_id.clone());
+            nodes.len() - 1
+        });
+        serde_json::json!({
+            "name": start.name,
+            "cat": "task",
+            "ph": "X",
+            "ts": start.time_us,
+            "dur": end_us.saturating_sub(start.time_us),
+            "pid": node,
+            "tid": start.worker_pid,
+            "args": {
+                "task_id": start.task_id,
+                "attempt": start.attempt,
+                "state": end_state,
+                "actor_id": start.actor_id,
+            },
+        })
+    };
+    for e in events {
+        let key = (e.task_id.clone(), e.attempt);
+        if e.state == "RUNNING" {
+            started.insert(key, e);
+        } else if let Some(start) = started.remove(&key) {
+            trace.push(span(&start, e.time_us, &e.state, &mut nodes));
+        }
+    }
+    let mut still: Vec<EventRow> = started.into_values().collect();
+    still.sort_by_key(|e| e.time_us);
+    for start in still {
+        trace.push(span(&start, now_us, "RUNNING", &mut nodes));
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        trace.push(serde_json::json!({
+            "name": "process_name", "ph": "M", "pid": i, "args": { "name": format!("node {node}") },
+        }));
+    }
+    let count = trace.iter().filter(|t| t["ph"] == "X").count();
+    let text = serde_json::to_vec(&serde_json::json!({ "traceEvents": trace, "displayTimeUnit": "ms" }))
+        .map_err(|e| ClusterError::Protocol(e.to_string()))?;
+    std::fs::write(&a.output, text).map_err(ClusterError::file("cannot write", &a.output))?;
+    println!("Wrote {count} task runs to {} (open it in Perfetto or chrome://tracing).", a.output.display());
+    Ok(())
+}
+
+fn list_nodes(a: ListArgs) -> Result<()> {
+    let filters = filters(&a.filter, &["node_id", "state", "address", "is_head"])?;
     let (_, view) = fetch_view(&a.connect)?;
     println!(
         "{:<18} {:<6} {:<16} {:>8} {:<8} RESOURCES (available/total)",

@@ -90,6 +90,21 @@ impl HeadClient {
     }
 }
 
+impl HeadClient {
+    /// Every alive node's rows of `what` (`wire` step 6).
+    pub async fn list(&mut self, what: ListWhat) -> Result<Listing> {
+        self.writer.send(ToHeadKind::List(ListRequest { req: 0, what: what as i32 })).await?;
+        // The head waits up to its own timeout for the nodes.
+        let wait = crate::head::LIST_TIMEOUT + REQUEST_TIMEOUT;
+        match tokio::time::timeout(wait, self.reader.receive()).await {
+            Err(_) => Err(ClusterError::Timeout("asking the head for a listing")),
+            Ok(Ok(FromHeadKind::Listed(l))) => Ok(l),
+            Ok(Ok(_)) => Err(ClusterError::Protocol("an answer out of turn".into())),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+}
+
 impl HeadWriter {
     pub async fn send(&mut self, kind: ToHeadKind) -> Result<()> {
         let mut buf = Vec::new();

@@ -37,7 +37,7 @@ use crate::head::{self, Control, HeadConfig};
 use crate::session::{process_start_time, NodeFile, Session};
 use crate::storage;
 use crate::tls::Credentials;
-use crate::wire::{NodeDesc, NodeLoad, ToHeadKind};
+use crate::wire::{FromHeadKind, ListWhat, NodeDesc, NodeLoad, ToHeadKind};
 use ferroray_common::{NodeId, ResourceSet};
 use ferroray_node::{Node, NodeConfig, WorkerCommand};
 use std::future::Future;
@@ -208,6 +208,8 @@ async fn run_async(
         let store = store.expect("a head has a store");
         let nodes = NodeTable::restore(opts.node_timeout, store.clone(), Instant::now())?;
         let control = Control::with_table(head_config, nodes, desc);
+        let local = node.clone();
+        let _ = control.local.set(Box::new(move |what| crate::inspect::rows(&local, what)));
         if store.durable() {
             let view = control.nodes.lock().view(Instant::now());
             let alive = view.nodes.iter().filter(|n| n.alive && !n.is_head).count();
@@ -295,21 +297,49 @@ impl Joined {
             let interval = Duration::from_millis(client.registered.heartbeat_interval_ms.max(10));
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The head's messages are read by a task of their own: a read
+            // given up for a tick would lose what it had read of a frame.
+            let HeadClient { reader, mut writer, .. } = client;
+            let (from_head_tx, mut from_head) = tokio::sync::mpsc::channel(4);
+            let reading = tokio::spawn(async move {
+                let mut reader = reader;
+                loop {
+                    let msg = reader.receive().await;
+                    let end = msg.is_err();
+                    if from_head_tx.send(msg).await.is_err() || end {
+                        return;
+                    }
+                }
+            });
             let broken = loop {
                 tokio::select! {
                     _ = stopped(&mut stop) => {
                         // Best effort: a head that does not hear it times the node out.
-                        let _ = client.writer.send(ToHeadKind::Leave(crate::wire::Empty {})).await;
+                        let _ = writer.send(ToHeadKind::Leave(crate::wire::Empty {})).await;
+                        reading.abort();
                         return Ok(());
                     }
                     _ = tick.tick() => {
-                        if let Err(e) = client.writer.send(ToHeadKind::Heartbeat(load_of(&self.node))).await {
+                        if let Err(e) = writer.send(ToHeadKind::Heartbeat(load_of(&self.node))).await {
                             break e;
                         }
                     }
-                    e = client.reader.closed() => break e,
+                    msg = from_head.recv() => match msg {
+                        Some(Ok(FromHeadKind::List(r))) => {
+                            let what = ListWhat::try_from(r.what).unwrap_or(ListWhat::Events);
+                            let mut rows = crate::inspect::rows(&self.node, what);
+                            rows.req = r.req;
+                            if let Err(e) = writer.send(ToHeadKind::Listed(rows)).await {
+                                break e;
+                            }
+                        }
+                        Some(Ok(_)) => break ClusterError::Protocol("an answer nobody asked for".into()),
+                        Some(Err(e)) => break e,
+                        None => break ClusterError::Io(std::io::ErrorKind::UnexpectedEof.into()),
+                    },
                 };
             };
+            reading.abort();
             if !broken.is_retryable() {
                 tracing::error!("the head refused this node: {broken}");
                 return Err(broken);

@@ -27,7 +27,7 @@ use crate::wire::*;
 use ferroray_common::{ClusterToken, NodeId};
 use ferroray_protocol::frame;
 use parking_lot::Mutex;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::mem::Discriminant;
 use std::net::{IpAddr, SocketAddr};
@@ -86,7 +86,22 @@ pub struct Control {
     open: AtomicUsize,
     /// Peers refused once already for a reason (logged only the first time).
     refused: Mutex<HashSet<(IpAddr, Discriminant<ClusterError>)>>,
+    /// Each registered node's connection, for the head's requests to it
+    /// (`wire` step 6), with the connection's number (a node that joined
+    /// again replaces its entry; only its own connection removes it).
+    links: Mutex<HashMap<NodeId, (ConnId, NodeLink)>>,
+    /// The head's own node's rows, set by the daemon that runs the head.
+    pub local: std::sync::OnceLock<LocalRows>,
 }
+
+/// Where a node's connection takes the head's requests.
+type NodeLink = tokio::sync::mpsc::UnboundedSender<(ListWhat, tokio::sync::oneshot::Sender<Listing>)>;
+
+/// Makes the rows of the head's own node.
+pub type LocalRows = Box<dyn Fn(ListWhat) -> Listing + Send + Sync>;
+
+/// How long a listing waits for the nodes' answers.
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Control {
     /// The control store in the head's memory, with the head's own node in
@@ -108,6 +123,8 @@ impl Control {
             next_conn: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             refused: Mutex::new(HashSet::new()),
+            links: Mutex::new(HashMap::new()),
+            local: std::sync::OnceLock::new(),
         })
     }
 
@@ -265,7 +282,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, acceptor: tokio_rustls:
         node_timeout_ms: control.config.node_timeout.as_millis() as u64,
     };
     if reply(&mut stream, FromHeadKind::Registered(registered)).await.is_ok() {
-        serve_requests(&mut stream, node, control, &mut body).await;
+        serve_requests(&mut stream, node, conn, control, &mut body).await;
     }
     if let Some(id) = node {
         control.nodes.lock().disconnected(id, conn);
@@ -279,51 +296,165 @@ async fn close<S: AsyncWrite + Unpin>(stream: &mut S) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
 }
 
+/// Serves a registered connection until it ends. Frames are read by a loop
+/// of their own (a read cut short would lose bytes), handed over through a
+/// channel, so that a node's connection can also carry the head's requests
+/// to it.
 async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     node: Option<NodeId>,
+    conn: ConnId,
     control: &Control,
     body: &mut Vec<u8>,
 ) {
-    loop {
-        let request = match frame::read_frame_async_max::<_, ToHead>(stream, body, MAX_CONTROL_FRAME).await {
-            Ok(Some(ToHead { kind: Some(kind) })) => kind,
-            Ok(_) => return,
-            Err(e) => {
-                let _ = reply(stream, rejection(&e.into())).await;
-                return;
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel(16);
+    let reading = async move {
+        loop {
+            let frame = frame::read_frame_async_max::<_, ToHead>(&mut rd, body, MAX_CONTROL_FRAME).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if frames_tx.send(frame).await.is_err() || end {
+                // The handler has what it needs to end.
+                return std::future::pending::<()>().await;
             }
-        };
-        let answer = match (request, node) {
-            (ToHeadKind::Heartbeat(load), Some(id)) => {
-                let heard = control.nodes.lock().heartbeat(id, load, Instant::now());
-                heard.err().map(Err)
-            }
-            (ToHeadKind::View(_), _) => {
-                let view = control.nodes.lock().view(Instant::now());
-                Some(Ok(FromHeadKind::View(view)))
-            }
-            (ToHeadKind::Leave(_), Some(id)) => {
-                control.nodes.lock().leave(id, "stopped");
-                tracing::info!("node {id} left");
-                return;
-            }
-            (ToHeadKind::Register(_), _) => Some(Err(ClusterError::Protocol("registered twice".into()))),
-            (_, None) => Some(Err(ClusterError::Protocol("only a node sends heartbeats or leaves".into()))),
-        };
-        #[allow(clippy::collapsible_match)] // the reply moves the message
-        match answer {
-            None => {}
-            Some(Ok(msg)) => {
-                if reply(stream, msg).await.is_err() {
+        }
+    };
+    let (requests_tx, mut requests) = tokio::sync::mpsc::unbounded_channel();
+    if let Some(id) = node {
+        control.links.lock().insert(id, (conn, requests_tx));
+    }
+    let handling = async {
+        let mut waiting: HashMap<u64, tokio::sync::oneshot::Sender<Listing>> = HashMap::new();
+        let mut next_req = 1u64;
+        loop {
+            let request = tokio::select! {
+                frame = frames.recv() => match frame {
+                    Some(Ok(Some(ToHead { kind: Some(kind) }))) => kind,
+                    Some(Ok(_)) | None => return,
+                    Some(Err(e)) => {
+                        let _ = reply(&mut wr, rejection(&e.into())).await;
+                        return;
+                    }
+                },
+                Some((what, answer)) = requests.recv() => {
+                    let req = next_req;
+                    next_req += 1;
+                    waiting.insert(req, answer);
+                    let ask = FromHeadKind::List(ListRequest { req, what: what as i32 });
+                    if reply(&mut wr, ask).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let answer = match (request, node) {
+                (ToHeadKind::Heartbeat(load), Some(id)) => {
+                    let heard = control.nodes.lock().heartbeat(id, load, Instant::now());
+                    heard.err().map(Err)
+                }
+                (ToHeadKind::View(_), _) => {
+                    let view = control.nodes.lock().view(Instant::now());
+                    Some(Ok(FromHeadKind::View(view)))
+                }
+                (ToHeadKind::Leave(_), Some(id)) => {
+                    control.nodes.lock().leave(id, "stopped");
+                    tracing::info!("node {id} left");
+                    return;
+                }
+                (ToHeadKind::Listed(listing), Some(_)) => {
+                    // An answer nobody waits for any more (timed out) is dropped.
+                    if let Some(w) = waiting.remove(&listing.req) {
+                        let _ = w.send(listing);
+                    }
+                    None
+                }
+                (ToHeadKind::List(r), _) => {
+                    let what = ListWhat::try_from(r.what).unwrap_or(ListWhat::Events);
+                    Some(Ok(FromHeadKind::Listed(gather(control, what).await)))
+                }
+                (ToHeadKind::Register(_), _) => Some(Err(ClusterError::Protocol("registered twice".into()))),
+                (_, None) => {
+                    Some(Err(ClusterError::Protocol("only a node sends heartbeats, leaves or listings".into())))
+                }
+            };
+            #[allow(clippy::collapsible_match)] // the reply moves the message
+            match answer {
+                None => {}
+                Some(Ok(msg)) => {
+                    if reply(&mut wr, msg).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = reply(&mut wr, rejection(&e)).await;
                     return;
                 }
             }
-            Some(Err(e)) => {
-                let _ = reply(stream, rejection(&e)).await;
-                return;
+        }
+    };
+    tokio::select! {
+        _ = reading => {}
+        _ = handling => {}
+    }
+    if let Some(id) = node {
+        let mut links = control.links.lock();
+        if links.get(&id).is_some_and(|(c, _)| *c == conn) {
+            links.remove(&id);
+        }
+    }
+}
+
+/// Step 6 of `wire`: every alive node's rows, the head's own first; nodes
+/// that do not answer within [`LIST_TIMEOUT`] are named in `missing`.
+async fn gather(control: &Control, what: ListWhat) -> Listing {
+    let mut out = control.local.get().map(|rows| rows(what)).unwrap_or_default();
+    let alive: HashSet<NodeId> = control
+        .nodes
+        .lock()
+        .view(Instant::now())
+        .nodes
+        .iter()
+        .filter(|n| n.alive && !n.is_head)
+        .filter_map(|n| n.desc.as_ref().map(|d| NodeId(d.node_id)))
+        .collect();
+    let mut asked = Vec::new();
+    {
+        let links = control.links.lock();
+        for id in &alive {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            match links.get(id) {
+                Some((_, link)) if link.send((what, tx)).is_ok() => asked.push((*id, rx)),
+                _ => out.missing.push(id.to_string()),
             }
         }
+    }
+    let deadline = tokio::time::Instant::now() + LIST_TIMEOUT;
+    for (id, rx) in asked {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(rows)) => {
+                out.events.extend(rows.events);
+                out.actors.extend(rows.actors);
+                out.objects.extend(rows.objects);
+                out.truncated |= rows.truncated;
+            }
+            _ => out.missing.push(id.to_string()),
+        }
+    }
+    fit(&mut out);
+    out
+}
+
+/// Cuts a listing until it fits in a frame: the oldest events go first.
+fn fit(out: &mut Listing) {
+    use prost::Message;
+    let limit = MAX_CONTROL_FRAME as usize - 4096;
+    while out.encoded_len() > limit {
+        out.truncated = true;
+        out.events.sort_by_key(|e| e.time_us);
+        let (e, a, o) = (out.events.len(), out.actors.len(), out.objects.len());
+        out.events.drain(..e / 2 + usize::from(e == 1));
+        out.actors.truncate(a / 2);
+        out.objects.truncate(o / 2);
     }
 }
 

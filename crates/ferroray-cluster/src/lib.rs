@@ -14,6 +14,8 @@
 //!   and key, so that running nodes rejoin it.
 //! - [`head`]: the head's server over TCP and TLS: who gets in, and serving
 //!   each connection.
+//! - [`inspect`]: a node's rows (task events, actors, objects) for `list`
+//!   and `timeline`.
 //! - [`client`]: connecting to the head and asking it.
 //! - [`tls`]: TLS (rustls) on every link to the head, loopback included:
 //!   the head's self-signed certificate, made fresh at each start (kept in
@@ -39,6 +41,7 @@ pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod head;
+pub mod inspect;
 pub mod session;
 pub mod storage;
 pub mod tls;

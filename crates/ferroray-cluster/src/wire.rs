@@ -14,8 +14,14 @@
 //! 3. A node sends a [`Heartbeat`] with its load every interval; a node the
 //!    head has not heard from for the node timeout is declared dead.
 //! 4. Anyone registered may ask for the cluster's view ([`ToHead::View`]).
-//! 5. A node that stops on purpose says [`ToHead::Leave`] first, so it is
-//!    dead at once rather than after the timeout.
+//! 5. A node that stops on purpose says [`ToHeadKind::Leave`] first, so it
+//!    is dead at once rather than after the timeout.
+//! 6. A client's [`ToHeadKind::List`] (tasks' events, actors or objects):
+//!    the head asks every alive node on its connection
+//!    ([`FromHeadKind::List`], numbered by `req`), each answers
+//!    [`ToHeadKind::Listed`] with at most [`MAX_ROWS`] rows, and the head
+//!    answers the client with all of them, naming the nodes that did not
+//!    answer within `crate::head::LIST_TIMEOUT`.
 //!
 //! Every count and size is checked on arrival ([`check_desc`],
 //! [`check_load`]), before the head takes its lock.
@@ -41,9 +47,13 @@ pub const MAX_NODES: usize = 10_000;
 /// Longest address or death cause.
 pub const MAX_TEXT: usize = 1024;
 
+/// Most rows a node sends for one listing (its newest task events, or its
+/// first actors or objects); the listing says when it cut.
+pub const MAX_ROWS: usize = 50_000;
+
 #[derive(Clone, PartialEq, Message)]
 pub struct ToHead {
-    #[prost(oneof = "ToHeadKind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "ToHeadKind", tags = "1, 2, 3, 4, 5, 6")]
     pub kind: Option<ToHeadKind>,
 }
 
@@ -57,6 +67,112 @@ pub enum ToHeadKind {
     View(Empty),
     #[prost(message, tag = "4")]
     Leave(Empty),
+    /// A client asks what every node has (step 6).
+    #[prost(message, tag = "5")]
+    List(ListRequest),
+    /// A node answers the head's [`FromHeadKind::List`].
+    #[prost(message, tag = "6")]
+    Listed(Listing),
+}
+
+/// What `ferroray list` and `timeline` ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum ListWhat {
+    /// Task state changes (`list tasks` keeps each task's last).
+    Events = 0,
+    Actors = 1,
+    Objects = 2,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ListRequest {
+    /// Matches a node's answer to the head's request (0 from a client).
+    #[prost(uint64, tag = "1")]
+    pub req: u64,
+    #[prost(enumeration = "ListWhat", tag = "2")]
+    pub what: i32,
+}
+
+/// Rows of one node (from a node), or of every node (to a client).
+#[derive(Clone, PartialEq, Message)]
+pub struct Listing {
+    #[prost(uint64, tag = "1")]
+    pub req: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub events: Vec<EventRow>,
+    #[prost(message, repeated, tag = "3")]
+    pub actors: Vec<ActorRow>,
+    #[prost(message, repeated, tag = "4")]
+    pub objects: Vec<ObjectRow>,
+    /// Some node had more rows than it sends ([`MAX_ROWS`]).
+    #[prost(bool, tag = "5")]
+    pub truncated: bool,
+    /// Alive nodes that did not answer in time (to a client).
+    #[prost(string, repeated, tag = "6")]
+    pub missing: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct EventRow {
+    #[prost(string, tag = "1")]
+    pub node_id: String,
+    #[prost(string, tag = "2")]
+    pub task_id: String,
+    #[prost(string, tag = "3")]
+    pub name: String,
+    /// `SUBMITTED`, `PENDING_SCHEDULE`, `RUNNING`, `FINISHED`, `FAILED`,
+    /// `RETRYING` or `CANCELLED`.
+    #[prost(string, tag = "4")]
+    pub state: String,
+    #[prost(uint32, tag = "5")]
+    pub attempt: u32,
+    /// Unix time in microseconds.
+    #[prost(uint64, tag = "6")]
+    pub time_us: u64,
+    /// 0: no worker yet.
+    #[prost(uint32, tag = "7")]
+    pub worker_pid: u32,
+    #[prost(string, tag = "8")]
+    pub error: String,
+    #[prost(string, tag = "9")]
+    pub actor_id: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ActorRow {
+    #[prost(string, tag = "1")]
+    pub node_id: String,
+    #[prost(string, tag = "2")]
+    pub actor_id: String,
+    #[prost(string, tag = "3")]
+    pub class: String,
+    #[prost(string, tag = "4")]
+    pub name: String,
+    /// `STARTING`, `ALIVE` or `DEAD`.
+    #[prost(string, tag = "5")]
+    pub state: String,
+    #[prost(uint32, tag = "6")]
+    pub pid: u32,
+    #[prost(bool, tag = "7")]
+    pub detached: bool,
+    #[prost(string, tag = "8")]
+    pub death: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ObjectRow {
+    #[prost(string, tag = "1")]
+    pub node_id: String,
+    #[prost(string, tag = "2")]
+    pub object_id: String,
+    /// `PENDING`, `INLINE`, `SHARED_MEMORY`, `SPILLED` or `ERROR`.
+    #[prost(string, tag = "3")]
+    pub location: String,
+    #[prost(uint64, tag = "4")]
+    pub size: u64,
+    #[prost(uint32, tag = "5")]
+    pub holders: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Message)]
@@ -121,7 +237,7 @@ pub struct NodeLoad {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct FromHead {
-    #[prost(oneof = "FromHeadKind", tags = "1, 2, 3")]
+    #[prost(oneof = "FromHeadKind", tags = "1, 2, 3, 4, 5")]
     pub kind: Option<FromHeadKind>,
 }
 
@@ -134,6 +250,12 @@ pub enum FromHeadKind {
     Rejected(Rejection),
     #[prost(message, tag = "3")]
     View(ClusterView),
+    /// The head asks a node for its rows (step 6).
+    #[prost(message, tag = "4")]
+    List(ListRequest),
+    /// Every node's rows, to the client that asked.
+    #[prost(message, tag = "5")]
+    Listed(Listing),
 }
 
 /// Why the head refused a request; the connection closes after it.
@@ -215,6 +337,15 @@ pub fn check_desc(d: &NodeDesc) -> Result<(), FrameError> {
     check_resources("node resources", &d.resources, false)
 }
 
+/// Checks a node's listing: at most [`MAX_ROWS`] rows.
+pub fn check_listing(l: &Listing) -> Result<(), FrameError> {
+    let rows = l.events.len() + l.actors.len() + l.objects.len();
+    if rows > MAX_ROWS {
+        return Err(malformed(format!("a listing of {rows} rows")));
+    }
+    Ok(())
+}
+
 /// Checks a node's load from a peer (an available amount may be zero).
 pub fn check_load(l: &NodeLoad) -> Result<(), FrameError> {
     check_resources("available resources", &l.available, true)
@@ -242,6 +373,7 @@ identity_wire!(ToHead, |m| match &m.kind {
     None => Err(malformed("an empty or unknown request".into())),
     Some(ToHeadKind::Register(r)) => r.node.as_ref().map_or(Ok(()), check_desc),
     Some(ToHeadKind::Heartbeat(l)) => check_load(l),
+    Some(ToHeadKind::Listed(l)) => check_listing(l),
     Some(_) => Ok(()),
 });
 

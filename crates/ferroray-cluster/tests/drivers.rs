@@ -52,7 +52,10 @@ struct Session(PathBuf);
 impl Session {
     fn ferroray(&self, args: &[&str]) -> String {
         let out = Command::new(BIN).args(args).env("FERRORAY_SESSION_DIR", &self.0).output().expect("ferroray");
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        // A listing names the nodes that did not answer.
+        assert!(!err.contains("no answer"), "{args:?}: {err}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -72,6 +75,11 @@ fn parent_of(pid: u32) -> Option<u32> {
 
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// The worker pid of the `square` runs (all on one worker here).
+fn pid_of_square(runs: &[serde_json::Value]) -> serde_json::Value {
+    runs.iter().find(|e| e["name"] == "square").map(|e| e["tid"].clone()).unwrap()
 }
 
 #[test]
@@ -104,6 +112,25 @@ fn programs_connect_to_a_daemon_and_leave_it_running() {
     assert_eq!(big.get().unwrap().len(), 8 << 20);
     let counter = Counter::remote(1);
     assert_eq!(counter.incr().remote(2).get().unwrap(), 3);
+
+    // What runs where, cluster-wide, through the head (a second node
+    // answers too, with nothing).
+    s.ferroray(&["start", "--address", &address, "--num-cpus", "1"]);
+    let tasks = s.ferroray(&["list", "tasks", "--filter", "name=square"]);
+    assert!(tasks.lines().nth(1).is_some_and(|l| l.contains("FINISHED")), "{tasks}");
+    let actors = s.ferroray(&["list", "actors"]);
+    assert!(actors.lines().any(|l| l.contains("Counter") && l.contains("ALIVE")), "{actors}");
+    let objects = s.ferroray(&["list", "objects", "--filter", "location=shared_memory"]);
+    let size = |l: &str| l.split_whitespace().nth(2).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    // The buffer and its few bytes of encoding.
+    assert!(objects.lines().skip(1).any(|l| (8u64 << 20..(8 << 20) + 64).contains(&size(l))), "{objects}");
+    let trace = dir.join("trace.json");
+    s.ferroray(&["timeline", "-o", trace.to_str().unwrap()]);
+    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let runs = trace["traceEvents"].as_array().unwrap();
+    let square = runs.iter().find(|e| e["name"] == "square" && e["ph"] == "X").expect("square ran");
+    assert_eq!(square["args"]["state"], "FINISHED");
+    assert_eq!(square["tid"], pid_of_square(runs));
     drop((big, counter));
     ferroray::shutdown();
 
@@ -114,7 +141,7 @@ fn programs_connect_to_a_daemon_and_leave_it_running() {
         assert!(started.elapsed() < Duration::from_secs(10), "worker {pid} outlived its program");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(s.ferroray(&["status"]).contains("Nodes: 1 alive"));
+    assert!(s.ferroray(&["status"]).contains("Nodes: 2 alive"));
 
     // Again, by the head's address: a new job on the same daemon.
     ferroray::init_with(Config::default().address(&address)).expect("connecting again");

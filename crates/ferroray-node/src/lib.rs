@@ -155,6 +155,21 @@ impl Node {
         self.shared.lock().stats()
     }
 
+    /// Every recorded task event, oldest first.
+    pub fn task_events(&self) -> Vec<ferroray_protocol::TaskEvent> {
+        self.shared.lock().task_events()
+    }
+
+    /// The actors this node knows (at most `max`).
+    pub fn actors(&self, max: usize) -> Vec<state::ActorSummary> {
+        self.shared.lock().actor_summaries(max)
+    }
+
+    /// The objects this node tracks (at most `max`).
+    pub fn objects(&self, max: usize) -> Vec<state::ObjectSummary> {
+        self.shared.lock().object_summaries(max)
+    }
+
     /// Stops the node: kills and reaps every worker, closes the socket and
     /// frees the store. Blocks until all of it is done.
     pub fn shutdown(mut self) {

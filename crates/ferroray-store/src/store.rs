@@ -377,6 +377,11 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
         self.objects.get(&key).is_some_and(|e| !e.deleted)
     }
 
+    /// The length of live object `key`.
+    pub fn len_of(&self, key: K) -> Option<u64> {
+        self.objects.get(&key).filter(|e| !e.deleted).map(|e| e.len)
+    }
+
     /// Whether `key` is currently spilled to disk.
     pub fn is_spilled(&self, key: K) -> bool {
         self.objects.get(&key).is_some_and(|e| matches!(e.loc, Location::Spilled(_)))

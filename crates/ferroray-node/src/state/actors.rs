@@ -80,6 +80,14 @@ pub(super) struct Actor {
 }
 
 impl Actor {
+    pub(super) fn class(&self) -> &str {
+        &self.opts.class
+    }
+
+    pub(super) fn name(&self) -> Option<&str> {
+        self.opts.name.as_deref()
+    }
+
     fn calls_waiting(&self) -> bool {
         !self.sent.is_empty() || self.queues.iter().any(|(_, q)| !q.is_empty())
     }

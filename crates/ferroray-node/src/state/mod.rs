@@ -10,6 +10,8 @@
 //! - [`streams`]: generator streams (the protocol below).
 //! - [`actors`]: the actor table: placement, call order, death, restarts
 //!   (its own numbered protocol).
+//! - [`inspect`]: summaries of tasks, actors and objects for `ferroray
+//!   list` and `timeline`.
 //! - [`jobs`]: the programs connected to a node started on its own: their
 //!   worker commands, and what their end takes with it.
 //!
@@ -66,11 +68,13 @@ use ferroray_protocol::{
     TaskSpec, TaskState, ToNode, WorkerKind, PROTOCOL_VERSION,
 };
 use ferroray_store::Store;
+pub use inspect::{ActorSummary, ObjectSummary};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 mod actors;
+mod inspect;
 mod jobs;
 mod objects;
 mod peers;
@@ -713,7 +717,7 @@ impl State {
                 }
             }
             ToNode::ListTasks { req } => {
-                let events = self.events.iter().map(Event::to_task_event).collect();
+                let events = self.task_events();
                 self.send(conn, FromNode::Tasks { req, events });
             }
         }

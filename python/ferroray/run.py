@@ -49,7 +49,7 @@ USAGE = "usage: ferroray run SCRIPT [ARGS...]"
 
 # The subcommands the Rust side runs (the same command as the `ferroray`
 # binary of the Rust workspace).
-_CLUSTER_COMMANDS = {"start", "stop", "status", "list", "help", "-h", "--help", "-V", "--version"}
+_CLUSTER_COMMANDS = {"start", "stop", "status", "list", "timeline", "help", "-h", "--help", "-V", "--version"}
 
 
 def main(argv: List[str]) -> int:

@@ -1,0 +1,162 @@
+//! How the cluster's control plane grows with nodes: node daemons started on
+//! this machine with small stores, joined to one head, measured at rest.
+//!
+//! For each cluster size it starts a head and nodes with the `ferroray`
+//! binary (built beside this one: `cargo build --release -p ferroray-cluster
+//! -p ferroray-bench`), waits until every node is alive in the head's view,
+//! then measures over a window: the head's CPU time and resident memory, a
+//! node daemon's (mean), the time `ferroray status` takes, and the time from
+//! a node's SIGKILL to the head's verdict. Everything it starts is stopped,
+//! and its session directory removed.
+//!
+//! ```sh
+//! cargo build --release -p ferroray-cluster -p ferroray-bench
+//! target/release/cluster-scale --nodes 1,4,16,32
+//! ```
+
+use clap::Parser;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    /// Cluster sizes to measure, head included
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,32")]
+    nodes: Vec<usize>,
+    /// Seconds each size is measured at rest
+    #[arg(long, default_value_t = 5.0)]
+    window: f64,
+    /// The heads' heartbeat interval and node timeout, ms
+    #[arg(long, default_value_t = 200)]
+    heartbeat_ms: u64,
+    #[arg(long, default_value_t = 2000)]
+    node_timeout_ms: u64,
+}
+
+struct Session {
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl Session {
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .env("FERRORAY_SESSION_DIR", &self.dir)
+            .env("FERRORAY_LOG", "warn")
+            .output()
+            .expect("running ferroray");
+        assert!(out.status.success(), "ferroray {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.bin).args(["stop"]).env("FERRORAY_SESSION_DIR", &self.dir).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// CPU ticks (user + system) and resident kB of a process.
+fn usage(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks = fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (ticks, rss)
+}
+
+fn pids(out: &str) -> Vec<u32> {
+    out.lines().skip(1).filter_map(|l| l.split_whitespace().nth(3).and_then(|p| p.parse().ok())).collect()
+}
+
+fn main() {
+    let args = Args::parse();
+    let bin = std::env::current_exe().expect("own path").parent().expect("a directory").join("ferroray");
+    assert!(Path::new(&bin).exists(), "{} is missing: cargo build --release -p ferroray-cluster", bin.display());
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    println!(
+        "nodes\thead CPU %\thead RSS MB\tnode CPU % (mean)\tnode RSS MB (mean)\tstatus ms\tdead node detected after ms"
+    );
+    for &n in &args.nodes {
+        let dir = std::env::temp_dir().join(format!("ferroray-cluster-scale-{}-{n}", std::process::id()));
+        let s = Session { dir, bin: bin.clone() };
+        let hb = args.heartbeat_ms.to_string();
+        let timeout = args.node_timeout_ms.to_string();
+        let store = (16u64 << 20).to_string();
+        let out = s.run(&[
+            "start",
+            "--head",
+            "--port",
+            "0",
+            "--num-cpus",
+            "1",
+            "--object-store-memory",
+            &store,
+            "--heartbeat-ms",
+            &hb,
+            "--node-timeout-ms",
+            &timeout,
+        ]);
+        let head = out.split(" at ").nth(1).unwrap().split(' ').next().unwrap().to_string();
+        for _ in 1..n {
+            s.run(&["start", "--address", &head, "--num-cpus", "1", "--object-store-memory", &store]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let listed = loop {
+            let out = s.run(&["list", "nodes", "--filter", "state=alive"]);
+            if out.lines().count() > n {
+                break out;
+            }
+            assert!(Instant::now() < deadline, "not all {n} nodes alive: {out}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let all = pids(&listed);
+        // The head is listed first.
+        let nodes = all[1..].to_vec();
+        let before: Vec<(u64, u64)> = all.iter().map(|p| usage(*p)).collect();
+        std::thread::sleep(Duration::from_secs_f64(args.window));
+        let after: Vec<(u64, u64)> = all.iter().map(|p| usage(*p)).collect();
+        let cpu = |i: usize| (after[i].0 - before[i].0) as f64 / hz / args.window * 100.0;
+        let head_cpu = cpu(0);
+        let head_rss = after[0].1 as f64 / 1024.0;
+        let (node_cpu, node_rss) = if nodes.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            let k = nodes.len() as f64;
+            (
+                (1..all.len()).map(cpu).sum::<f64>() / k,
+                (1..all.len()).map(|i| after[i].1 as f64).sum::<f64>() / k / 1024.0,
+            )
+        };
+        let t = Instant::now();
+        s.run(&["status"]);
+        let status_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let detect = match nodes.last() {
+            None => "-".to_string(),
+            Some(victim) => {
+                unsafe { libc::kill(*victim as i32, libc::SIGKILL) };
+                let t = Instant::now();
+                loop {
+                    let dead = s.run(&["list", "nodes", "--filter", "state=dead"]);
+                    if dead.lines().count() > 1 {
+                        break format!("{:.0}", t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    assert!(t.elapsed() < Duration::from_secs(60), "the killed node was never declared dead");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        println!("{n}\t{head_cpu:.2}\t{head_rss:.1}\t{node_cpu:.2}\t{node_rss:.1}\t{status_ms:.1}\t{detect}");
+        drop(s);
+    }
+}

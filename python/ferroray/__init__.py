@@ -39,6 +39,9 @@ __all__ = [
     "kill",
     "get_actor",
     "get_runtime_context",
+    "nodes",
+    "cluster_resources",
+    "available_resources",
     "method",
     "ObjectRef",
     "ObjectRefGenerator",
@@ -126,6 +129,48 @@ def _auto_init() -> None:
         with _init_lock:
             if not _ferroray.is_initialized():
                 _ferroray.init(sys.executable, ["-m", "ferroray._worker"], _worker_env())
+
+
+def nodes() -> List[Dict[str, Any]]:
+    """The cluster's nodes (as ``ray.nodes()``): this process's own node when
+    it runs one, else every node the head knows, dead ones included."""
+    _auto_init()
+    out = []
+    for node_id, address, alive, is_head, resources, _available in _ferroray._nodes():
+        out.append(
+            {
+                "NodeID": node_id,
+                "Alive": alive,
+                "alive": alive,
+                "NodeManagerAddress": address,
+                "NodeManagerHostname": address,
+                "Resources": dict(resources),
+                "IsHead": is_head,
+            }
+        )
+    return out
+
+
+def _summed(which: int) -> Dict[str, float]:
+    total: Dict[str, float] = {}
+    for node in _ferroray._nodes():
+        if node[2]:
+            for name, amount in node[which].items():
+                total[name] = total.get(name, 0.0) + amount
+    return total
+
+
+def cluster_resources() -> Dict[str, float]:
+    """What the alive nodes offer, summed (as ``ray.cluster_resources()``)."""
+    _auto_init()
+    return _summed(4)
+
+
+def available_resources() -> Dict[str, float]:
+    """What of it no task or actor holds now (as ``ray.available_resources()``;
+    a daemon's figures are as of its last heartbeat)."""
+    _auto_init()
+    return _summed(5)
 
 
 def shutdown() -> None:

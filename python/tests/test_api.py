@@ -157,3 +157,13 @@ def test_ctrl_c_interrupts_a_get_promptly():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_nodes_and_resources_of_the_embedded_cluster(cluster):
+    nodes = ray.nodes()
+    assert len(nodes) == 1 and nodes[0]["Alive"] and nodes[0]["IsHead"]
+    assert nodes[0]["Resources"]["CPU"] == 2.0
+    total = ray.cluster_resources()
+    assert total["CPU"] == 2.0 and total["object_store_memory"] > 0
+    available = ray.available_resources()
+    assert 0 <= available["CPU"] <= 2.0

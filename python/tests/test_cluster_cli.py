@@ -57,7 +57,7 @@ def test_errors_are_clear(session):
     assert out.returncode == 1 and "no cluster was started" in out.stderr
     out = run("start", "--head", "--port", "0", "--node-ip-address", "10.9.8.7", check=False)
     assert out.returncode == 1 and "cannot listen on 10.9.8.7" in out.stderr
-    out = run("list", "actors", check=False)
+    out = run("list", "bogus", check=False)
     assert out.returncode == 2 and "invalid value" in out.stderr
 
 
@@ -85,6 +85,8 @@ class Counter:
         self.n += 1
         return self.n
 
+assert [n["Alive"] for n in ray.nodes()] == [True]
+assert ray.cluster_resources()["CPU"] == 2.0
 pid, parent = ray.get(where.remote())
 a = np.ones(4 << 20, dtype=np.uint8)
 c = Counter.remote()

@@ -90,6 +90,15 @@ impl HeadClient {
     }
 }
 
+/// The cluster's view from the head at `addr`, for a caller with no async
+/// runtime of its own (a program's `nodes()`): connects, asks, closes.
+pub fn view_blocking(addr: &str, credentials: &Credentials) -> Result<ClusterView> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+        let mut client = HeadClient::connect(addr, credentials, None).await?;
+        client.view().await
+    })
+}
+
 impl HeadClient {
     /// Every alive node's rows of `what` (`wire` step 6).
     pub async fn list(&mut self, what: ListWhat) -> Result<Listing> {

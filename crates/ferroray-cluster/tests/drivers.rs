@@ -101,6 +101,11 @@ fn programs_connect_to_a_daemon_and_leave_it_running() {
 
     ferroray::init_with(Config::default().address("auto")).expect("connecting");
     assert_eq!(square::remote(7).get().unwrap(), 49);
+    let nodes = ferroray::nodes().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert!(nodes[0].alive && nodes[0].is_head);
+    assert_eq!(nodes[0].resources["CPU"], 2.0);
+    assert!(nodes[0].resources[ferroray::OBJECT_STORE_MEMORY] > 0.0);
     let pid = worker_pid::remote().get().unwrap();
     assert_ne!(pid, std::process::id());
     assert_eq!(parent_of(pid), Some(daemon), "the daemon started the worker");
@@ -115,7 +120,13 @@ fn programs_connect_to_a_daemon_and_leave_it_running() {
 
     // What runs where, cluster-wide, through the head (a second node
     // answers too, with nothing).
-    s.ferroray(&["start", "--address", &address, "--num-cpus", "1"]);
+    s.ferroray(&["start", "--address", &address, "--num-cpus", "1", "--resources", r#"{"b": 3}"#]);
+    let total = ferroray::cluster_resources().unwrap();
+    assert_eq!((total["CPU"], total["b"]), (3.0, 3.0), "{total:?}");
+    // The actor holds no CPU once placed (Ray's default); the daemons'
+    // figures are as of their last heartbeat.
+    let available = ferroray::available_resources().unwrap();
+    assert!(available["CPU"] <= 3.0 && available["b"] == 3.0, "{available:?}");
     let tasks = s.ferroray(&["list", "tasks", "--filter", "name=square"]);
     assert!(tasks.lines().nth(1).is_some_and(|l| l.contains("FINISHED")), "{tasks}");
     let actors = s.ferroray(&["list", "actors"]);

@@ -180,6 +180,19 @@ fn _cluster_main(py: Python<'_>, argv: Vec<String>, relaunch: Vec<String>) -> i3
     py.detach(|| ferroray_cluster::cli::main(args, relaunch))
 }
 
+/// The cluster's nodes: (node id, address, alive, is head, resources,
+/// available), as `ferroray::nodes` gives them.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn _nodes(
+    py: Python<'_>,
+) -> PyResult<
+    Vec<(String, String, bool, bool, std::collections::BTreeMap<String, f64>, std::collections::BTreeMap<String, f64>)>,
+> {
+    let nodes = py.detach(ferroray::nodes).map_err(core_err)?;
+    Ok(nodes.into_iter().map(|n| (n.node_id, n.address, n.alive, n.is_head, n.resources, n.available)).collect())
+}
+
 #[pymodule]
 fn _ferroray(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CoreError", m.py().get_type::<CoreError>())?;
@@ -211,5 +224,6 @@ fn _ferroray(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(actors::_actor_from_handle, m)?)?;
     m.add_function(wrap_pyfunction!(worker::worker_main, m)?)?;
     m.add_function(wrap_pyfunction!(_cluster_main, m)?)?;
+    m.add_function(wrap_pyfunction!(_nodes, m)?)?;
     Ok(())
 }

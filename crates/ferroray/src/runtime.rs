@@ -14,6 +14,25 @@ struct Runtime {
     /// The embedded node; `None` when connected to a daemon's.
     node: Option<Node>,
     core: Arc<CoreWorker>,
+    /// Connected to a daemon: its head's address and the cluster's
+    /// credentials (for `nodes()` and the resource views).
+    head: Option<(String, ferroray_cluster::tls::Credentials)>,
+}
+
+/// One node of the cluster, as `nodes()` gives it (Ray's `ray.nodes()`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterNode {
+    /// The node's id (hex).
+    pub node_id: String,
+    /// The address it gives other machines.
+    pub address: String,
+    pub alive: bool,
+    pub is_head: bool,
+    /// What it offers: `CPU`, `GPU`, custom resources, and
+    /// `object_store_memory` in bytes.
+    pub resources: std::collections::BTreeMap<String, f64>,
+    /// What of it no task or actor holds (and the store's free bytes).
+    pub available: std::collections::BTreeMap<String, f64>,
 }
 
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
@@ -40,9 +59,9 @@ pub fn init_with(config: Config) -> Result<()> {
         return Err(Error::AlreadyInitialized);
     }
     if let Some(address) = &config.address {
-        let core = connect(address, &config)?;
+        let (core, head) = connect(address, &config)?;
         global::set(core.clone())?;
-        *rt = Some(Runtime { node: None, core });
+        *rt = Some(Runtime { node: None, core, head: Some(head) });
         return Ok(());
     }
     let mut nc = NodeConfig::new(WorkerCommand::current_exe()?);
@@ -96,7 +115,7 @@ pub fn init_with(config: Config) -> Result<()> {
     let core = CoreWorker::driver(worker_id, node.info().clone(), node.arena().clone());
     core.attach(Box::new(node.connect_local(worker_id, core.inbox())?));
     global::set(core.clone())?;
-    *rt = Some(Runtime { node: Some(node), core });
+    *rt = Some(Runtime { node: Some(node), core, head: None });
     Ok(())
 }
 
@@ -109,7 +128,7 @@ pub fn init_with(config: Config) -> Result<()> {
 /// 3. the worker commands: this executable for Rust functions (the node
 ///    reads which one from the kernel), the front's for its kind, with the
 ///    configured worker environment. Then the program's tasks can run.
-fn connect(address: &str, config: &Config) -> Result<Arc<CoreWorker>> {
+fn connect(address: &str, config: &Config) -> Result<(Arc<CoreWorker>, (String, ferroray_cluster::tls::Credentials))> {
     use ferroray_protocol::{Role, ToNode, WorkerCommandSpec, PROTOCOL_VERSION};
     let node_settings = config.num_cpus.is_some()
         || config.num_gpus != 0.0
@@ -137,12 +156,12 @@ fn connect(address: &str, config: &Config) -> Result<Arc<CoreWorker>> {
             session.dir().display()
         ))
     })?;
-    let token = match std::env::var("FERRORAY_TOKEN") {
+    let credentials = match std::env::var("FERRORAY_TOKEN") {
         Ok(text) => ferroray_cluster::tls::Credentials::from_env(text.trim())
             .ok_or_else(|| Error::InvalidOption("FERRORAY_TOKEN does not hold cluster credentials".into()))?,
         Err(_) => session.token().map_err(|e| Error::InvalidOption(e.to_string()))?,
-    }
-    .token;
+    };
+    let token = credentials.token.clone();
     // Step 2.
     let worker_id = ferroray_common::WorkerId::random();
     let hello =
@@ -176,7 +195,84 @@ fn connect(address: &str, config: &Config) -> Result<Arc<CoreWorker>> {
         .or_else(ferroray_common::spin::budget_from_env)
         .unwrap_or(ferroray_common::spin::DEFAULT_BUDGET);
     ferroray_common::spin::set_budget(spin);
-    Ok(core)
+    Ok((core, (record.head.clone(), credentials)))
+}
+
+/// The cluster's nodes (Ray's `ray.nodes()`): this process's own node when
+/// it embeds one, else every node the head knows, dead ones included.
+pub fn nodes() -> Result<Vec<ClusterNode>> {
+    // The head is asked without the runtime's lock held.
+    let (address, credentials) = {
+        let rt = RUNTIME.lock();
+        let rt = rt.as_ref().ok_or(Error::NotInitialized)?;
+        match &rt.node {
+            Some(node) => return Ok(vec![embedded_node(node)]),
+            None => rt.head.clone().ok_or(Error::NotInitialized)?,
+        }
+    };
+    let view = ferroray_cluster::client::view_blocking(&address, &credentials)
+        .map_err(|e| Error::Disconnected(format!("asking the head at {address}: {e}")))?;
+    Ok(view
+        .nodes
+        .into_iter()
+        .map(|n| {
+            let desc = n.desc.unwrap_or_default();
+            let load = n.load.unwrap_or_default();
+            let amounts = |fixed: std::collections::BTreeMap<String, i64>| -> std::collections::BTreeMap<String, f64> {
+                ferroray_common::ResourceSet::from_fixed(fixed).iter().map(|(k, v)| (k.to_string(), v)).collect()
+            };
+            let mut resources = amounts(desc.resources);
+            let mut available = amounts(load.available);
+            resources.insert(OBJECT_STORE_MEMORY.into(), desc.store_capacity as f64);
+            available.insert(OBJECT_STORE_MEMORY.into(), desc.store_capacity.saturating_sub(load.store_used) as f64);
+            ClusterNode {
+                node_id: format!("{:016x}", desc.node_id),
+                address: desc.address,
+                alive: n.alive,
+                is_head: n.is_head,
+                resources,
+                available,
+            }
+        })
+        .collect())
+}
+
+/// The node this process embeds, as `nodes()` shows it.
+fn embedded_node(node: &Node) -> ClusterNode {
+    let s = node.stats();
+    let mut resources: std::collections::BTreeMap<String, f64> =
+        s.total.iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let mut available: std::collections::BTreeMap<String, f64> =
+        s.available.iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let capacity = node.info().store_capacity;
+    resources.insert(OBJECT_STORE_MEMORY.into(), capacity as f64);
+    available.insert(OBJECT_STORE_MEMORY.into(), capacity.saturating_sub(s.store_used) as f64);
+    let node_id = node.info().node_id.to_string();
+    ClusterNode { node_id, address: "127.0.0.1".into(), alive: true, is_head: true, resources, available }
+}
+
+/// The resource a node's store offers in `nodes()` and the views, in bytes.
+pub const OBJECT_STORE_MEMORY: &str = "object_store_memory";
+
+/// Everything the alive nodes offer, summed (Ray's `cluster_resources()`).
+pub fn cluster_resources() -> Result<std::collections::BTreeMap<String, f64>> {
+    Ok(sum(nodes()?.into_iter().filter(|n| n.alive).map(|n| n.resources)))
+}
+
+/// What of it no task or actor holds now (Ray's `available_resources()`);
+/// a daemon's figures are as of its last heartbeat.
+pub fn available_resources() -> Result<std::collections::BTreeMap<String, f64>> {
+    Ok(sum(nodes()?.into_iter().filter(|n| n.alive).map(|n| n.available)))
+}
+
+fn sum(sets: impl Iterator<Item = std::collections::BTreeMap<String, f64>>) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for set in sets {
+        for (k, v) in set {
+            *out.entry(k).or_insert(0.0) += v;
+        }
+    }
+    out
 }
 
 pub fn is_initialized() -> bool {

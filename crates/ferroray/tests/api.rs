@@ -363,3 +363,28 @@ fn async_tasks_run_on_a_tokio_runtime_with_timers_and_io() {
     let again: Vec<_> = (0..4).map(|i| uses_tokio::remote(format!("m{i}"))).collect();
     assert_eq!(ferroray::get_all_timeout(&again, T).unwrap(), vec!["m0", "m1", "m2", "m3"]);
 }
+
+#[test]
+fn the_embedded_node_is_the_cluster_s_only_node() {
+    let _c = common::cluster_with(ferroray::Config::default().num_cpus(2).resource("disk", 3.0));
+    let nodes = ferroray::nodes().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert!(nodes[0].alive && nodes[0].is_head);
+    let total = ferroray::cluster_resources().unwrap();
+    assert_eq!((total["CPU"], total["disk"]), (2.0, 3.0), "{total:?}");
+    assert!(total[ferroray::OBJECT_STORE_MEMORY] > 0.0);
+    // A task holding the disk shows in what is available while it runs.
+    let held = hold_disk::remote();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ferroray::available_resources().unwrap()["disk"] != 2.0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", ferroray::available_resources());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(held.get().unwrap(), 1);
+}
+
+#[ferroray::remote(resources = [("disk", 1.0)])]
+fn hold_disk() -> u32 {
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    1
+}

@@ -73,8 +73,9 @@ struct StartArgs {
     /// The head's: keep the control store's tables (and the cluster's token,
     /// certificate and key) in Redis at redis://HOST:PORT[/DB], so that a
     /// restarted head recovers them and its nodes rejoin it (default: in
-    /// the head's memory, fresh credentials each start)
-    #[arg(long)]
+    /// the head's memory, fresh credentials each start). Also read from
+    /// FERRORAY_STORAGE, which keeps a password in the URL out of `ps`
+    #[arg(long, env = "FERRORAY_STORAGE", hide_env_values = true)]
     storage: Option<String>,
     /// Stay in the foreground until stopped (SIGTERM or Ctrl-C)
     #[arg(long)]

@@ -10,10 +10,11 @@
 //!    ([`NodeDesc`]). Nothing else is read before it, and it must fit in
 //!    [`MAX_REGISTER_FRAME`] bytes: a stranger costs one small read.
 //! 2. The head answers [`Registered`] (how often to send a heartbeat) or
-//!    [`Rejected`] (why), then closes on a rejection.
-//! 3. A node sends a [`Heartbeat`] with its load every interval; a node the
-//!    head has not heard from for the node timeout is declared dead.
-//! 4. Anyone registered may ask for the cluster's view ([`ToHead::View`]).
+//!    [`Rejection`] (why), then closes on a rejection.
+//! 3. A node sends a [`ToHeadKind::Heartbeat`] with its load ([`NodeLoad`])
+//!    every interval; a node the head has not heard from for the node
+//!    timeout is declared dead.
+//! 4. Anyone registered may ask for the cluster's view ([`ToHeadKind::View`]).
 //! 5. A node that stops on purpose says [`ToHeadKind::Leave`] first, so it
 //!    is dead at once rather than after the timeout.
 //! 6. A client's [`ToHeadKind::List`] (tasks' events, actors or objects):

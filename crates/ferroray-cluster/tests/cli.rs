@@ -26,7 +26,7 @@ impl Cluster {
 
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
-        c.args(args).env("FERRORAY_SESSION_DIR", &self.dir).env_remove("FERRORAY_TOKEN");
+        c.args(args).env("FERRORAY_SESSION_DIR", &self.dir).env_remove("FERRORAY_TOKEN").env_remove("FERRORAY_STORAGE");
         c
     }
 
@@ -317,6 +317,12 @@ fn bad_options_are_clear_errors() {
     // Storage where nothing listens: the start fails, naming it.
     let url = format!("redis://127.0.0.1:{}", support::free_port());
     fails(&["start", "--head", "--port", "0", "--storage", &url], &format!("cannot reach the storage at {url}: "));
+    // The same from the environment (which keeps a password out of `ps`).
+    let mut cmd = c.cmd(&["start", "--head", "--port", "0"]);
+    cmd.env("FERRORAY_STORAGE", &url);
+    let out = run_with_timeout(cmd);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot reach the storage at {url}: ")));
     fails(&["start", "--head", "--heartbeat-ms", "1000", "--node-timeout-ms", "1500"], "at least twice");
     fails(&["start"], "--head");
     fails(&["list", "nodes", "--filter", "colour=red"], "unknown key");

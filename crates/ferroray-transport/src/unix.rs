@@ -39,6 +39,24 @@ pub fn connect_abstract(name: &str) -> Result<UnixStream> {
     UnixStream::connect_addr(&addr).map_err(|e| Error::Disconnected(format!("{name}: {e}")))
 }
 
+/// Room for `fds` descriptors of ancillary data.
+fn control_buffer(fds: usize) -> Vec<u8> {
+    // SAFETY: CMSG_SPACE only computes a length.
+    vec![0u8; unsafe { libc::CMSG_SPACE((fds * std::mem::size_of::<libc::c_int>()) as u32) } as usize]
+}
+
+/// A message header over one buffer and a control buffer; valid while both
+/// are.
+fn message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    msg
+}
+
 /// Sends `bytes` with descriptor `fd` attached (`SCM_RIGHTS`), without
 /// blocking and without raising SIGPIPE; how many bytes went. The receiver
 /// gets the descriptor with the first of them ([`recv_with_fd`]).
@@ -49,13 +67,8 @@ pub fn send_with_fd(socket: &UnixStream, bytes: &[u8], fd: std::os::fd::RawFd) -
     // CMSG macros only compute offsets inside that buffer.
     unsafe {
         let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
-        let space = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
-        let mut control = vec![0u8; space];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
+        let mut control = control_buffer(1);
+        let msg = message(&mut iov, &mut control);
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
@@ -80,13 +93,8 @@ pub fn recv_with_fd(socket: &UnixStream, buf: &mut [u8]) -> std::io::Result<(usi
     // control buffer is read within the length it reports and owned here.
     unsafe {
         let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        let space = libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<libc::c_int>()) as u32) as usize;
-        let mut control = vec![0u8; space];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
+        let mut control = control_buffer(MAX_FDS);
+        let mut msg = message(&mut iov, &mut control);
         let n = loop {
             let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
             if n >= 0 {

@@ -61,6 +61,13 @@ def test_errors_are_clear(session):
     assert out.returncode == 2 and "invalid value" in out.stderr
 
 
+def _python(code, env, *args):
+    """Runs `code` in a fresh interpreter (a program of its own)."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 DRIVER = r"""
 import os, sys
 import numpy as np
@@ -103,31 +110,17 @@ def test_a_python_program_connects_to_the_daemon(session):
     daemon = int(re.search(r"pid (\d+)\)", out).group(1))
     env = dict(os.environ, FERRORAY_SESSION_DIR=d)
     for address in ("auto", head):
-        done = subprocess.run(
-            [sys.executable, "-c", DRIVER, address], env=env, capture_output=True, text=True, timeout=60
-        )
+        done = _python(DRIVER, env, address)
         assert done.returncode == 0, done.stdout + done.stderr
         pid, parent, total, count, writeable = done.stdout.split()
         assert int(parent) == daemon, "the daemon started the worker"
         assert int(pid) != daemon
         assert (total, count, writeable) == (str(4 << 20), "2", "False")
     # What a node offers is the daemon's to say.
-    bad = subprocess.run(
-        [sys.executable, "-c", "import ferroray as ray; ray.init(address='auto', num_cpus=3)"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = _python("import ferroray as ray; ray.init(address='auto', num_cpus=3)", env)
     assert bad.returncode != 0 and "the daemon's to set" in bad.stderr
     # A cluster with no node on this machine: Ray's ConnectionError.
-    far = subprocess.run(
-        [sys.executable, "-c", "import ferroray as ray; ray.init(address='10.1.2.3:6379')"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    far = _python("import ferroray as ray; ray.init(address='10.1.2.3:6379')", env)
     assert far.returncode != 0 and "ConnectionError: no cluster to connect to: no node of the cluster at 10.1.2.3:6379" in far.stderr
     assert "Nodes: 1 alive" in run("status").stdout
 
@@ -197,7 +190,7 @@ def test_worker_output_reaches_the_driver_and_a_leaving_driver_takes_its_tasks(s
         # Another program of the same environment shares the job; when it
         # ends without a shutdown, its running task is cancelled (killed),
         # while the first program is still connected.
-        leaves = subprocess.run([sys.executable, "-c", LEAVES], env=env, capture_output=True, text=True, timeout=60)
+        leaves = _python(LEAVES, env)
         assert leaves.returncode == 0, leaves.stderr
         pid = int(leaves.stdout.split()[-1])
         deadline = time.monotonic() + 15

@@ -648,39 +648,29 @@ fn timeline(a: TimelineArgs) -> Result<()> {
 }
 
 fn list_nodes(a: ListArgs) -> Result<()> {
-    let filters = filters(&a.filter, &["node_id", "state", "address", "is_head"])?;
+    let f = filters(&a.filter, &["node_id", "state", "address", "is_head"])?;
     let (_, view) = fetch_view(&a.connect)?;
-    println!(
-        "{:<18} {:<6} {:<16} {:>8} {:<8} RESOURCES (available/total)",
-        "NODE_ID", "STATE", "ADDRESS", "PID", "IS_HEAD"
-    );
-    for n in &view.nodes {
-        let desc = n.desc.clone().unwrap_or_default();
-        let load = n.load.clone().unwrap_or_default();
-        let fields = [
-            ("node_id", format!("{:016x}", desc.node_id)),
-            ("state", if n.alive { "ALIVE".into() } else { "DEAD".into() }),
-            ("address", desc.address.clone()),
-            ("is_head", n.is_head.to_string()),
-        ];
-        let keep = filters.iter().all(|(k, v)| fields.iter().any(|(fk, fv)| fk == k && fv.eq_ignore_ascii_case(v)));
-        if !keep {
-            continue;
-        }
-        let available = resources_of(&load.available);
-        let res: Vec<String> = resources_of(&desc.resources)
-            .iter()
-            .map(|(name, total)| format!("{name}={}/{}", available.get(name), total))
-            .collect();
-        println!(
-            "{:<18} {:<6} {:<16} {:>8} {:<8} {}",
-            fields[0].1,
-            fields[1].1,
-            desc.address,
-            desc.pid,
-            n.is_head,
-            res.join(" ")
-        );
-    }
+    let rows = view
+        .nodes
+        .into_iter()
+        .map(|n| {
+            let desc = n.desc.unwrap_or_default();
+            let available = resources_of(&n.load.unwrap_or_default().available);
+            let resources: Vec<String> = resources_of(&desc.resources)
+                .iter()
+                .map(|(name, total)| format!("{name}={}/{}", available.get(name), total))
+                .collect();
+            let state = if n.alive { "ALIVE" } else { "DEAD" };
+            vec![
+                format!("{:016x}", desc.node_id),
+                state.to_string(),
+                desc.address,
+                desc.pid.to_string(),
+                n.is_head.to_string(),
+                resources.join(" "),
+            ]
+        })
+        .collect();
+    print_table(&["node_id", "state", "address", "pid", "is_head", "resources"], rows, &f);
     Ok(())
 }

@@ -145,15 +145,6 @@ impl HeadReader {
             Some(FromHead { kind: None }) => Err(ClusterError::Protocol("an empty answer".into())),
         }
     }
-
-    /// Waits for the head to close the connection or reject something
-    /// (a node's heartbeats get no answer otherwise).
-    pub async fn closed(&mut self) -> ClusterError {
-        match self.receive().await {
-            Ok(_) => ClusterError::Protocol("an answer nobody asked for".into()),
-            Err(e) => e,
-        }
-    }
 }
 
 /// A rejection as an error: the kinds a caller acts on keep their kind.

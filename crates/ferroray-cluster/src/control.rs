@@ -289,6 +289,11 @@ impl NodeTable {
         self.nodes.get(&id).map(|r| &r.health)
     }
 
+    /// The ids of the alive nodes other than the head's own.
+    pub fn alive_nodes(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|(_, r)| r.health == Health::Alive && !r.is_head).map(|(id, _)| *id).collect()
+    }
+
     fn alive(&self) -> impl Iterator<Item = &NodeRecord> {
         self.nodes.values().filter(|r| r.health == Health::Alive)
     }

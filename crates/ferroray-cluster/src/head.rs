@@ -408,15 +408,7 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
 /// that do not answer within [`LIST_TIMEOUT`] are named in `missing`.
 async fn gather(control: &Control, what: ListWhat) -> Listing {
     let mut out = control.local.get().map(|rows| rows(what)).unwrap_or_default();
-    let alive: HashSet<NodeId> = control
-        .nodes
-        .lock()
-        .view(Instant::now())
-        .nodes
-        .iter()
-        .filter(|n| n.alive && !n.is_head)
-        .filter_map(|n| n.desc.as_ref().map(|d| NodeId(d.node_id)))
-        .collect();
+    let alive = control.nodes.lock().alive_nodes();
     let mut asked = Vec::new();
     {
         let links = control.links.lock();

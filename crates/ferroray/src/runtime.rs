@@ -101,11 +101,7 @@ pub fn init_with(config: Config) -> Result<()> {
         command.env.extend(config.worker_env.iter().cloned());
     }
     nc.test_kill_delay = config.test_kill_delay;
-    let spin = config
-        .spin_wait
-        .or_else(ferroray_common::spin::budget_from_env)
-        .unwrap_or(ferroray_common::spin::DEFAULT_BUDGET);
-    ferroray_common::spin::set_budget(spin);
+    set_spin_budget(&config);
     nc.spin_budget = ferroray_common::spin::budget();
     if let Some(t) = config.idle_worker_timeout {
         nc.idle_worker_timeout = t;
@@ -190,12 +186,23 @@ fn connect(address: &str, config: &Config) -> Result<(Arc<CoreWorker>, (String, 
     let core = CoreWorker::driver(worker_id, connected.info, arena);
     core.attach(Box::new(connected.link));
     connected.reader.spawn("ferroray-driver-rx", core.inbox())?;
+    set_spin_budget(config);
+    Ok((core, (record.head.clone(), credentials)))
+}
+
+/// This process's watching budget: the configured one, else
+/// `FERRORAY_SPIN_US`, else the default.
+fn set_spin_budget(config: &Config) {
     let spin = config
         .spin_wait
         .or_else(ferroray_common::spin::budget_from_env)
         .unwrap_or(ferroray_common::spin::DEFAULT_BUDGET);
     ferroray_common::spin::set_budget(spin);
-    Ok((core, (record.head.clone(), credentials)))
+}
+
+/// A resource set as `nodes()` gives it.
+fn amounts(set: &ferroray_common::ResourceSet) -> std::collections::BTreeMap<String, f64> {
+    set.iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 /// The cluster's nodes (Ray's `ray.nodes()`): this process's own node when
@@ -218,11 +225,8 @@ pub fn nodes() -> Result<Vec<ClusterNode>> {
         .map(|n| {
             let desc = n.desc.unwrap_or_default();
             let load = n.load.unwrap_or_default();
-            let amounts = |fixed: std::collections::BTreeMap<String, i64>| -> std::collections::BTreeMap<String, f64> {
-                ferroray_common::ResourceSet::from_fixed(fixed).iter().map(|(k, v)| (k.to_string(), v)).collect()
-            };
-            let mut resources = amounts(desc.resources);
-            let mut available = amounts(load.available);
+            let mut resources = amounts(&ferroray_common::ResourceSet::from_fixed(desc.resources));
+            let mut available = amounts(&ferroray_common::ResourceSet::from_fixed(load.available));
             resources.insert(OBJECT_STORE_MEMORY.into(), desc.store_capacity as f64);
             available.insert(OBJECT_STORE_MEMORY.into(), desc.store_capacity.saturating_sub(load.store_used) as f64);
             ClusterNode {
@@ -240,10 +244,8 @@ pub fn nodes() -> Result<Vec<ClusterNode>> {
 /// The node this process embeds, as `nodes()` shows it.
 fn embedded_node(node: &Node) -> ClusterNode {
     let s = node.stats();
-    let mut resources: std::collections::BTreeMap<String, f64> =
-        s.total.iter().map(|(k, v)| (k.to_string(), v)).collect();
-    let mut available: std::collections::BTreeMap<String, f64> =
-        s.available.iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let mut resources = amounts(&s.total);
+    let mut available = amounts(&s.available);
     let capacity = node.info().store_capacity;
     resources.insert(OBJECT_STORE_MEMORY.into(), capacity as f64);
     available.insert(OBJECT_STORE_MEMORY.into(), capacity.saturating_sub(s.store_used) as f64);

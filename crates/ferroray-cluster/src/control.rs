@@ -332,6 +332,7 @@ mod tests {
             resources: ResourceSet::new().with("CPU", 1.0).into_fixed(),
             store_capacity: 1 << 20,
             pid: 1,
+            ..Default::default()
         }
     }
 

@@ -34,9 +34,11 @@ use crate::client::HeadClient;
 use crate::control::NodeTable;
 use crate::error::{ClusterError, Result};
 use crate::head::{self, Control, HeadConfig};
+use crate::peer::{self, PeerContext, Peers};
 use crate::session::{process_start_time, NodeFile, Session};
 use crate::storage;
 use crate::tls::Credentials;
+use crate::tls::HeadIdentity;
 use crate::wire::{FromHeadKind, ListWhat, NodeDesc, NodeLoad, ToHeadKind};
 use ferroray_common::{NodeId, ResourceSet};
 use ferroray_node::{Node, NodeConfig, WorkerCommand};
@@ -181,19 +183,39 @@ async fn run_async(
     }
     config.token = Some(token.clone());
     let node = Arc::new(Node::start(config)?);
+    node.enable_peers();
     let node_id = node.info().node_id;
     let pid = std::process::id();
+    // Peer links (`crate::peer`): a port and a certificate of this node's own.
+    let peer_identity = HeadIdentity::generate()?;
+    let peer_listener = TcpListener::bind((opts.host, 0))
+        .await
+        .map_err(|e| ClusterError::Config(format!("cannot listen for peers on {}: {e}", opts.host)))?;
     let desc = NodeDesc {
         node_id: node_id.0,
         address: opts.host.to_string(),
         resources: node.stats().total.into_fixed(),
         store_capacity: node.info().store_capacity,
         pid,
+        peer_port: u32::from(peer_listener.local_addr()?.port()),
+        peer_fingerprint: peer_identity.fingerprint().0.to_vec(),
     };
+    let peer_ctx = Arc::new(PeerContext {
+        node: node.clone(),
+        token: token.clone(),
+        exe_dir: session.exe_dir(),
+        identity: peer_identity,
+    });
+    let peers = Peers::new(peer_ctx.clone());
 
     // Steps 1 and 2.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut background = tokio::task::JoinSet::new();
+    let mut stop = stop_rx.clone();
+    background.spawn(async move {
+        peer::serve(peer_listener, stopped(&mut stop), peer_ctx).await;
+        Ok(())
+    });
     let head_address = if let Some(identity) = identity {
         let head_config = HeadConfig {
             heartbeat_interval: opts.heartbeat_interval,
@@ -229,12 +251,20 @@ async fn run_async(
             Ok(())
         });
         let (node, interval, mut stop) = (node.clone(), opts.heartbeat_interval, stop_rx.clone());
+        let peers = peers.clone();
         background.spawn(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tokio::select! {
                     _ = stopped(&mut stop) => return Ok(()),
-                    _ = tick.tick() => control.nodes.lock().set_load(node_id, load_of(&node), Instant::now()),
+                    _ = tick.tick() => {
+                        let view = {
+                            let mut nodes = control.nodes.lock();
+                            nodes.set_load(node_id, load_of(&node), Instant::now());
+                            nodes.view(Instant::now())
+                        };
+                        peers.update(&view);
+                    }
                 }
             }
         });
@@ -242,8 +272,14 @@ async fn run_async(
     } else {
         let address = opts.head_address.clone().expect("a node has a head");
         let client = HeadClient::connect(&address, &credentials, Some(desc.clone())).await?;
-        let joined =
-            Joined { address: address.clone(), credentials, desc, node: node.clone(), head_timeout: opts.head_timeout };
+        let joined = Joined {
+            address: address.clone(),
+            credentials,
+            desc,
+            node: node.clone(),
+            head_timeout: opts.head_timeout,
+            peers: peers.clone(),
+        };
         background.spawn(joined.keep(client, stop_rx.clone()));
         address
     };
@@ -272,6 +308,7 @@ async fn run_async(
     let _ =
         tokio::time::timeout(Duration::from_secs(2), async { while background.join_next().await.is_some() {} }).await;
     background.abort_all();
+    peers.clear();
     session.remove_node(pid);
     drop(node);
     outcome
@@ -289,6 +326,8 @@ struct Joined {
     desc: NodeDesc,
     node: Arc<Node>,
     head_timeout: Duration,
+    /// Kept in step with the head's view, asked for every heartbeat.
+    peers: Arc<Peers>,
 }
 
 impl Joined {
@@ -323,8 +362,12 @@ impl Joined {
                         if let Err(e) = writer.send(ToHeadKind::Heartbeat(load_of(&self.node))).await {
                             break e;
                         }
+                        if let Err(e) = writer.send(ToHeadKind::View(crate::wire::Empty {})).await {
+                            break e;
+                        }
                     }
                     msg = from_head.recv() => match msg {
+                        Some(Ok(FromHeadKind::View(view))) => self.peers.update(&view),
                         Some(Ok(FromHeadKind::List(r))) => {
                             let what = ListWhat::try_from(r.what).unwrap_or(ListWhat::Events);
                             let mut rows = crate::inspect::rows(&self.node, what);

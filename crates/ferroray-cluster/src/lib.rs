@@ -23,6 +23,9 @@
 //!   trusted by its SHA-256 fingerprint, which travels with the cluster
 //!   token in the token file; the token, sent inside TLS, authenticates
 //!   callers. So any address may be used, not only loopback.
+//! - [`peer`]: links between nodes' daemons, on which a node's tasks run
+//!   on another node (TLS, a certificate per node), its numbered protocol:
+//!   the executable shipped by hash, values in chunks, streams relayed.
 //! - [`daemon`]: a node daemon in a process of its own, as the head or
 //!   joined to one.
 //! - [`session`]: the per-user directory where daemons record themselves
@@ -30,9 +33,9 @@
 //! - `cli` (feature `cli`, on by default): the `ferroray` command.
 //! - [`error`]: [`ClusterError`], and which errors are worth a retry.
 //!
-//! What a cluster does today: membership, health and the resource view.
-//! Programs still run on the node they embed (`docs/architecture.md` §14
-//! lists what comes next).
+//! What a cluster does today: membership, health, the resource view, and
+//! tasks placed on other nodes with their arguments, results and streams
+//! (`docs/architecture.md` §14 lists what comes next).
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -42,6 +45,7 @@ pub mod daemon;
 pub mod error;
 pub mod head;
 pub mod inspect;
+pub mod peer;
 pub mod session;
 pub mod storage;
 pub mod tls;

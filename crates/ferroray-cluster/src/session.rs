@@ -161,8 +161,13 @@ impl Session {
         self.dir.join("head.key")
     }
 
+    /// Executables peers shipped, by SHA-256 (`crate::peer`).
+    pub fn exe_dir(&self) -> PathBuf {
+        self.dir.join("exe")
+    }
+
     /// Once no daemon is recorded: removes the token, the head's
-    /// certificate and key, the logs of processes
+    /// certificate and key, the executables peers shipped, the logs of processes
     /// that are gone (a log is named by its process: `<pid>.log`, or
     /// `starting-<pid>.log` while the command that starts a daemon waits),
     /// and the directories if that empties them.
@@ -174,6 +179,7 @@ impl Session {
             let _ = fs::remove_file(f);
         }
         let _ = fs::remove_dir(self.dir.join("nodes"));
+        let _ = fs::remove_dir_all(self.exe_dir());
         if let Ok(logs) = fs::read_dir(self.dir.join("logs")) {
             for l in logs.flatten() {
                 let name = l.file_name().to_string_lossy().into_owned();

@@ -218,6 +218,12 @@ pub struct NodeDesc {
     /// for anything else).
     #[prost(uint32, tag = "5")]
     pub pid: u32,
+    /// The port its peer links listen on (`crate::peer`; 0: none).
+    #[prost(uint32, tag = "6")]
+    pub peer_port: u32,
+    /// The SHA-256 of that port's certificate, which peers pin.
+    #[prost(bytes = "vec", tag = "7")]
+    pub peer_fingerprint: Vec<u8>,
 }
 
 /// What a node is doing: sent with every heartbeat.
@@ -335,6 +341,9 @@ pub fn check_desc(d: &NodeDesc) -> Result<(), FrameError> {
     if d.address.len() > MAX_TEXT {
         return Err(malformed(format!("a node address of {} bytes", d.address.len())));
     }
+    if d.peer_port > u32::from(u16::MAX) || !matches!(d.peer_fingerprint.len(), 0 | 32) {
+        return Err(malformed("a malformed peer port or certificate fingerprint".into()));
+    }
     check_resources("node resources", &d.resources, false)
 }
 
@@ -415,6 +424,8 @@ mod tests {
             resources: ResourceSet::new().with("CPU", 2.0).with("a", 1.5).into_fixed(),
             store_capacity: 1 << 30,
             pid: 42,
+            peer_port: 7000,
+            peer_fingerprint: vec![9; 32],
         }
     }
 

@@ -20,6 +20,7 @@ fn desc(id: u64) -> NodeDesc {
         resources: ResourceSet::new().with("CPU", 1.0).with("a", 2.0).into_fixed(),
         store_capacity: 1 << 20,
         pid: 1,
+        ..Default::default()
     }
 }
 

@@ -24,6 +24,7 @@ fn desc(id: u64) -> NodeDesc {
         resources: ResourceSet::new().with("CPU", 2.0).with("a", 1.5).into_fixed(),
         store_capacity: 1 << 20,
         pid: 100 + id as u32,
+        ..Default::default()
     }
 }
 

@@ -357,29 +357,18 @@ pub fn encode_raw_return(bytes: &[u8], nested: &[crate::ObjectRef<crate::RawValu
 /// 4 KiB) rather than read whole. Values with refs inside use
 /// `placeholder_digest` instead (their bytes hold ids a retry renames).
 pub(crate) fn digest(arena: &Arena, value: &ObjectValue) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    match value {
-        ObjectValue::Data { payload: Payload::Inline(b), .. } => b.hash(&mut h),
+    let sample = match value {
         ObjectValue::Data { payload: Payload::Shm { offset, len }, .. } => {
-            len.hash(&mut h);
-            let sample = 4096.min(*len);
+            let n = ferroray_protocol::DIGEST_SAMPLE.min(*len);
             // SAFETY: `value` was just encoded by this process into an
             // allocation the node gave it alone; it is done writing, nobody
             // else writes it, and the node frees it only after this process
             // sends or drops the value, both after the digest.
-            unsafe {
-                if let Ok(head) = arena.slice(*offset, sample) {
-                    head.hash(&mut h);
-                }
-                if let Ok(tail) = arena.slice(offset + len - sample, sample) {
-                    tail.hash(&mut h);
-                }
-            }
+            unsafe { arena.slice(*offset, n).ok().zip(arena.slice(offset + len - n, n).ok()) }
         }
-        ObjectValue::Error(e) => e.to_string().hash(&mut h),
-    }
-    h.finish()
+        _ => None,
+    };
+    value.digest(sample)
 }
 
 /// One pin on a shared-memory object, released (`Unpin`) when dropped.

@@ -150,6 +150,64 @@ impl Node {
         Ok(LocalConnection { shared: self.shared.clone(), conn })
     }
 
+    /// Marks the node as part of a cluster: a task that needs more than
+    /// any node has waits for a node that has it rather than fail.
+    pub fn enable_peers(&self) {
+        self.shared.lock().enable_peers();
+    }
+
+    /// Attaches peer node `node`, which has `total` resources, as an
+    /// executor of this node's tasks (`state::remote`): the node sends it
+    /// tasks as to a worker (`client` gets them) and takes its answers on
+    /// the returned connection. Dropping it detaches the peer: what it ran
+    /// is retried.
+    pub fn attach_peer(
+        &self,
+        node: ferroray_common::NodeId,
+        total: ferroray_common::ResourceSet,
+        client: Arc<dyn Inbox>,
+    ) -> LocalConnection {
+        let link = Arc::new(local::LocalOutbox::new(client));
+        let conn = {
+            let mut st = self.shared.lock();
+            let conn = st.add_connection(Outbox::Local(link), 0);
+            st.attach_peer(conn, node, total);
+            conn
+        };
+        LocalConnection { shared: self.shared.clone(), conn }
+    }
+
+    /// Connects an in-process driver of a program whose workers start with
+    /// `commands` (a peer node's program, whose daemon made them): as a
+    /// driver connected over the socket with [`ToNode::WorkerCommands`],
+    /// but the commands are taken as they are. Fails if the node serves
+    /// another program.
+    pub fn connect_program(
+        &self,
+        worker_id: WorkerId,
+        commands: Vec<(ferroray_protocol::WorkerKind, WorkerCommand)>,
+        client: Arc<dyn Inbox>,
+    ) -> Result<LocalConnection> {
+        let link = Arc::new(local::LocalOutbox::new(client));
+        let conn = {
+            let mut st = self.shared.lock();
+            let pid = std::process::id();
+            let conn = st.add_connection(Outbox::Local(link), pid);
+            let token = self.shared.token.clone();
+            st.handle(conn, ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid, role: Role::Driver, token });
+            st.join_job(conn, commands.into_iter().collect())?;
+            conn
+        };
+        Ok(LocalConnection { shared: self.shared.clone(), conn })
+    }
+
+    /// The worker commands of the program connected to this daemon's node
+    /// (its job), which a peer node needs to run its tasks; empty for an
+    /// embedded node.
+    pub fn program(&self) -> Vec<(ferroray_protocol::WorkerKind, WorkerCommand)> {
+        self.shared.lock().program()
+    }
+
     /// Object store and table sizes, for tests and leak checks.
     pub fn stats(&self) -> state::NodeStats {
         self.shared.lock().stats()

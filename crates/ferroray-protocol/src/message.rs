@@ -119,6 +119,34 @@ pub enum ObjectValue {
     Error(Error),
 }
 
+impl ObjectValue {
+    /// A fingerprint of the value, to tell whether a retried generator
+    /// yielded the same thing (`ToNode::ReportItem::digest`), the same
+    /// whichever process or node computes it. A shared-memory value is
+    /// sampled rather than read whole: its length, and `sample`'s first and
+    /// last [`DIGEST_SAMPLE`] bytes (or fewer, for a shorter value), which
+    /// the caller reads from its store.
+    pub fn digest(&self, sample: Option<(&[u8], &[u8])>) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match self {
+            ObjectValue::Data { payload: Payload::Inline(b), .. } => b.hash(&mut h),
+            ObjectValue::Data { payload: Payload::Shm { len, .. }, .. } => {
+                len.hash(&mut h);
+                if let Some((head, tail)) = sample {
+                    head.hash(&mut h);
+                    tail.hash(&mut h);
+                }
+            }
+            ObjectValue::Error(e) => e.to_string().hash(&mut h),
+        }
+        h.finish()
+    }
+}
+
+/// Bytes sampled at each end of a shared-memory value for its digest.
+pub const DIGEST_SAMPLE: u64 = 4096;
+
 /// One argument of a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TaskArg {
@@ -246,6 +274,9 @@ impl TaskSpec {
 pub enum Role {
     Driver,
     Worker,
+    /// Another node running this node's tasks (attached in-process by the
+    /// node's daemon, never over the socket).
+    Peer,
 }
 
 /// Settings the node hands to each client when it connects.
@@ -465,8 +496,11 @@ pub enum FromNode {
         result: Result<u64, Error>,
     },
     /// Ask the running task to stop (`ferroray::is_cancelled()` turns true).
+    /// `force` is for a peer node, which forwards the cancel: a worker's
+    /// force-cancel is its process killed.
     CancelRunning {
         task_id: TaskId,
+        force: bool,
     },
     /// Give back these tasks if they have not started (the worker blocked
     /// while they were queued behind its task).

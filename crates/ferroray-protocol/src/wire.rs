@@ -1081,6 +1081,7 @@ pub enum Role {
     Unspecified = 0,
     Driver = 1,
     Worker = 2,
+    Peer = 3,
 }
 
 /// [`m::ToNode`]: one case per message.
@@ -1331,6 +1332,7 @@ impl From<m::ToNode> for ToNode {
                 role: match role {
                     m::Role::Driver => Role::Driver,
                     m::Role::Worker => Role::Worker,
+                    m::Role::Peer => Role::Peer,
                 } as i32,
                 token: token.as_bytes().to_vec(),
             }),
@@ -1412,6 +1414,7 @@ impl TryFrom<ToNode> for m::ToNode {
                 role: match Role::try_from(h.role) {
                     Ok(Role::Driver) => m::Role::Driver,
                     Ok(Role::Worker) => m::Role::Worker,
+                    Ok(Role::Peer) => m::Role::Peer,
                     Ok(Role::Unspecified) => return Err(malformed("hello role is missing".into())),
                     Err(_) => return Err(malformed(format!("unknown role {}", h.role))),
                 },
@@ -1620,6 +1623,8 @@ pub enum AllocatedResult {
 pub struct TaskRef {
     #[prost(message, optional, tag = "1")]
     pub task_id: Option<TaskId>,
+    #[prost(bool, tag = "2")]
+    pub force: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -1680,7 +1685,9 @@ impl From<m::FromNode> for FromNode {
                     Err(e) => AllocatedResult::Error(e.into()),
                 }),
             }),
-            m::FromNode::CancelRunning { task_id } => K::CancelRunning(TaskRef { task_id: Some(task_id.into()) }),
+            m::FromNode::CancelRunning { task_id, force } => {
+                K::CancelRunning(TaskRef { task_id: Some(task_id.into()), force })
+            }
             m::FromNode::Revoke { task_ids: ids } => K::Revoke(task_ids(ids)),
             m::FromNode::Tasks { req, events } => {
                 K::Tasks(Tasks { req, events: events.into_iter().map(Into::into).collect() })
@@ -1737,7 +1744,9 @@ impl TryFrom<FromNode> for m::FromNode {
                     AllocatedResult::Error(e) => Err(e.try_into()?),
                 },
             },
-            K::CancelRunning(t) => m::FromNode::CancelRunning { task_id: task_id(t.task_id, "CancelRunning task id")? },
+            K::CancelRunning(t) => {
+                m::FromNode::CancelRunning { task_id: task_id(t.task_id, "CancelRunning task id")?, force: t.force }
+            }
             K::Revoke(ids) => m::FromNode::Revoke { task_ids: task_ids_from_bytes(&ids.ids, "revoked task ids")? },
             K::Tasks(t) => m::FromNode::Tasks {
                 req: t.req,

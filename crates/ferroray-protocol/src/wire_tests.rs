@@ -239,7 +239,7 @@ fn every_from_node_message_round_trips() {
         FromNode::ObjectReady { id: oid(1, 0), value: ObjectValue::Error(Error::GetTimeout) },
         FromNode::Allocated { req: 1, result: Ok(0) },
         FromNode::Allocated { req: 2, result: Err(Error::StoreFull("full".into())) },
-        FromNode::CancelRunning { task_id: tid(3) },
+        FromNode::CancelRunning { task_id: tid(3), force: true },
         FromNode::Revoke { task_ids: vec![tid(3)] },
         FromNode::Tasks { req: 5, events },
         FromNode::Tasks { req: 6, events: vec![] },

@@ -142,7 +142,7 @@ pub use config::Config;
 pub use events::{TaskEvent, TaskState};
 pub use runtime::{
     as_completed, available_resources, cancel, cancel_with, cluster_resources, get, get_all, get_all_timeout, init,
-    init_with, is_initialized, kill, node_address, nodes, put, put_raw, runtime_stats, shutdown, tasks, wait,
+    init_with, is_initialized, kill, node_address, node_id, nodes, put, put_raw, runtime_stats, shutdown, tasks, wait,
     wait_indices, ClusterNode, RuntimeStats, OBJECT_STORE_MEMORY,
 };
 

@@ -437,6 +437,13 @@ pub fn tasks() -> Result<Vec<TaskEvent>> {
     Ok(core()?.task_events()?.into_iter().map(TaskEvent::from_wire).collect())
 }
 
+/// The id of the node this process runs on (a task's: the node that runs
+/// it), as [`ClusterNode::node_id`] spells it. Like Ray's
+/// `get_runtime_context().get_node_id()`.
+pub fn node_id() -> Result<String> {
+    Ok(ferroray_core::global::core()?.info().node_id.to_string())
+}
+
 /// The abstract Unix socket name of the embedded node (workers connect to it).
 pub fn node_address() -> Result<String> {
     let rt = RUNTIME.lock();

@@ -469,7 +469,7 @@ impl CoreWorker {
                     let _ = tx.send(msg);
                 }
             }
-            FromNode::CancelRunning { task_id } => {
+            FromNode::CancelRunning { task_id, .. } => {
                 // The executor removes the task if it is still queued, or
                 // raises the flag of the running one, in one step with
                 // respect to a task starting (see `Executor::cancel`).

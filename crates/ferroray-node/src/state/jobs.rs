@@ -70,17 +70,25 @@ impl State {
                 return self.reject(conn, Error::Protocol(format!("two {:?} worker commands", spec.kind)));
             }
         }
+        if let Err(e) = self.join_job(conn, commands) {
+            self.reject(conn, e)
+        }
+    }
+
+    /// Steps 1 and 2 for driver `conn` with `commands` (checked or made by
+    /// the caller): refused, with nothing changed, if the job is another
+    /// program's.
+    pub(crate) fn join_job(&mut self, conn: ConnId, mut commands: BTreeMap<WorkerKind, WorkerCommand>) -> Result<()> {
         // The node's own commands stand; the job's must agree with the job.
         commands.retain(|kind, _| !self.own_kinds.contains(kind));
         for (kind, command) in &commands {
             if let Some(theirs) = self.job.commands.get(kind) {
                 if !same(theirs, command) {
-                    let e = Error::InvalidOption(format!(
+                    return Err(Error::InvalidOption(format!(
                         "this node runs the {kind:?} workers of another program ({}); it serves one program's \
                          workers at a time",
                         theirs.program.display()
-                    ));
-                    return self.reject(conn, e);
+                    )));
                 }
             }
         }
@@ -97,6 +105,12 @@ impl State {
         if let Some(Outbox::Socket(out)) = self.conns.get(&conn).map(|c| &c.outbox) {
             self.output.lock().push(out.clone());
         }
+        Ok(())
+    }
+
+    /// The commands workers start with now: the node's own and its job's.
+    pub(crate) fn program(&self) -> Vec<(WorkerKind, WorkerCommand)> {
+        self.job.commands.iter().map(|(k, c)| (*k, c.clone())).collect()
     }
 
     /// Steps 4 and 5: driver `conn` (worker id `driver`) is gone.

@@ -14,6 +14,8 @@
 //!   list` and `timeline`.
 //! - [`jobs`]: the programs connected to a node started on its own: their
 //!   worker commands, and what their end takes with it.
+//! - [`remote`]: other nodes that run this node's tasks (placement on
+//!   them, what they may do, their loss), its own numbered protocol.
 //!
 //! The types here are shared by all of them: a connection (`Conn`), an
 //! object (`Obj`, `Stored`), a task (`Task`), a stream (`Stream`).
@@ -78,6 +80,7 @@ mod inspect;
 mod jobs;
 mod objects;
 mod peers;
+mod remote;
 mod scheduling;
 mod streams;
 mod tasks;
@@ -180,6 +183,9 @@ struct Conn {
     doomed: bool,
     /// Since when it is in `State::idle` (for `exit_idle_workers`).
     idle_since: std::time::Instant,
+    /// For a peer node (`Role::Peer`): what it has and what this node sent
+    /// it (`remote`). It runs every task in `assigned` at once.
+    remote: Option<Box<remote::Remote>>,
 }
 
 impl Conn {
@@ -434,6 +440,11 @@ pub struct State {
     functions: FxHashMap<FunctionId, Arc<Vec<u8>>>,
     /// Bytes in `functions`, bounded by `MAX_FUNCTION_TABLE`.
     function_bytes: usize,
+    /// Part of a cluster (`Node::enable_peers`): a task no node has the
+    /// resources for yet waits for one to join rather than fail.
+    peers_enabled: bool,
+    /// Tasks already warned about waiting for such a node (`remote`).
+    warned_waiting: FxHashSet<TaskId>,
 }
 
 /// The bytes of exported functions a node keeps: a peer that exports more
@@ -584,6 +595,8 @@ impl State {
             actor_spawns: 0,
             functions: FxHashMap::default(),
             function_bytes: 0,
+            peers_enabled: false,
+            warned_waiting: FxHashSet::default(),
         }
     }
 

@@ -32,6 +32,7 @@ impl State {
                 functions_sent: FxHashSet::default(),
                 doomed: false,
                 idle_since: std::time::Instant::now(),
+                remote: None,
             },
         );
         id
@@ -120,6 +121,10 @@ impl State {
                 None => self
                     .reject(conn, Error::PermissionDenied(format!("process {pid} is not a worker this node started"))),
             },
+            Role::Peer => self.reject(
+                conn,
+                Error::PermissionDenied("a peer node is attached by its daemon, never over the socket".into()),
+            ),
             Role::Driver => {
                 if self.conns.values().any(|c| c.role.is_some() && c.worker_id == worker_id) {
                     return self.reject(conn, Error::PermissionDenied(format!("worker id {worker_id} is in use")));
@@ -249,6 +254,9 @@ impl State {
         self.owner_gone(conn);
         if c.role == Some(Role::Driver) {
             self.driver_left(conn, c.worker_id, &outbox);
+        }
+        if let Some(r) = c.remote {
+            return self.peer_gone(r.node, c.assigned, reason);
         }
         if let Some(actor) = c.actor {
             let status = format!("worker pid={} exited unexpectedly ({reason})", c.pid);

@@ -67,7 +67,11 @@ impl State {
             .conns
             .iter()
             .filter(|(_, c)| {
-                c.actor.is_none() && !c.blocked && !c.doomed && (1..=PIPELINE_DEPTH).contains(&c.assigned.len())
+                c.actor.is_none()
+                    && c.remote.is_none()
+                    && !c.blocked
+                    && !c.doomed
+                    && (1..=PIPELINE_DEPTH).contains(&c.assigned.len())
             })
             .map(|(id, c)| (*id, c.kind, &c.lease_shape, c.assigned.len()))
             .collect();
@@ -80,6 +84,11 @@ impl State {
                 out.push((t.spec.function.worker_kind(), &t.spec.resources, t.order));
             }
         }
+        // Other nodes' room (`remote` step 1), and tasks placed there.
+        let mut rooms = self.peer_rooms();
+        let mut to_peers = Vec::new();
+        let mut waiting = Vec::new();
+        let total = &self.total;
         for ((kind, shape), queue) in self.ready.iter_mut() {
             let kind = *kind;
             let head = queue.front().and_then(|t| self.tasks.get(t)).map_or(0, |t| t.order);
@@ -93,6 +102,17 @@ impl State {
                     continue;
                 }
                 if !shape.fits_in(&tentative) {
+                    // No room here now: another node with room takes it.
+                    if let Some((peer, room)) = rooms.iter_mut().find(|(_, room)| shape.fits_in(room)) {
+                        room.subtract(shape);
+                        to_peers.push((queue.remove(i).expect("index checked"), *peer));
+                        continue;
+                    }
+                    if !shape.fits_in(total) {
+                        // Only another node could run it: it waits for one.
+                        waiting.push(queue[i]);
+                        break;
+                    }
                     // No room to start it: queue it behind a busy worker
                     // holding a lease of the same shape, least loaded first.
                     // Not while an earlier task of this queue waits for a
@@ -130,6 +150,15 @@ impl State {
         for (tid, w) in dispatches {
             self.assign(tid, w, true);
         }
+        for (tid, peer) in to_peers {
+            self.assign(tid, peer, false);
+        }
+        for tid in waiting {
+            let need = self.tasks.get(&tid).map(|t| t.spec.resources.clone()).unwrap_or_default();
+            if !self.peer_could_run(&need) {
+                self.warn_waiting(tid);
+            }
+        }
         for (tid, w) in pipelined {
             if self.tasks.contains_key(&tid) {
                 self.assign(tid, w, false);
@@ -141,7 +170,12 @@ impl State {
             // Only tasks that could start with what is free now (the others
             // would just queue behind a busy worker again).
             for c in self.conns.values_mut() {
-                if c.assigned.len() < 2 || !c.revoking.is_empty() || c.actor.is_some() || self.idle[c.kind].is_empty() {
+                if c.assigned.len() < 2
+                    || !c.revoking.is_empty()
+                    || c.actor.is_some()
+                    || c.remote.is_some()
+                    || self.idle[c.kind].is_empty()
+                {
                     continue;
                 }
                 let movable: Vec<TaskId> = c
@@ -326,9 +360,15 @@ impl State {
         if !shown.is_empty() {
             self.grant(worker, &shown);
         }
-        let (pid, first, actor) =
-            self.conns.get(&worker).map_or((0, false, None), |c| (c.pid, c.assigned.len() == 1, c.actor));
-        if first {
+        let (pid, first, actor, peer) = self
+            .conns
+            .get(&worker)
+            .map_or((0, false, None, false), |c| (c.pid, c.assigned.len() == 1, c.actor, c.remote.is_some()));
+        if peer {
+            // A peer runs all it is sent at once (`remote` step 2).
+            self.peer_took(worker, &spec.resources);
+            self.record(tid, TaskState::Running, None, None);
+        } else if first {
             // Queued ones are recorded as running when they reach the front.
             // An actor's output keeps its class's name (`actor_connected`).
             if actor.is_none() {
@@ -350,9 +390,19 @@ impl State {
         let Some(task) = self.tasks.get_mut(&tid) else {
             return;
         };
-        let Some(w) = task.worker.take() else {
+        let Some(w) = task.worker else {
             return;
         };
+        if self.conns.get(&w).is_some_and(|c| c.remote.is_some()) {
+            self.peer_released(w, tid);
+            if let Some(task) = self.tasks.get_mut(&tid) {
+                task.worker = None;
+            }
+            return;
+        }
+        if let Some(task) = self.tasks.get_mut(&tid) {
+            task.worker = None;
+        }
         let Some(c) = self.conns.get_mut(&w) else {
             return;
         };
@@ -394,8 +444,8 @@ impl State {
         let Some(c) = self.conns.get_mut(&w) else {
             return;
         };
-        if c.actor.is_some() {
-            // An actor's process has no lease and is never idle.
+        if c.actor.is_some() || c.remote.is_some() {
+            // An actor's process has no lease and is never idle; nor has a peer.
             return;
         }
         if !c.assigned.is_empty() || c.lease_shape.is_empty() && c.lease.is_empty() && self.idle.contains(w) {

@@ -50,7 +50,7 @@ impl State {
                 task.replay_error.get_or_insert(Error::ReplayMismatch(format!(
                     "a retry of {name} yielded a different value at index {index}"
                 )));
-                self.send(conn, FromNode::CancelRunning { task_id: tid });
+                self.send(conn, FromNode::CancelRunning { task_id: tid, force: false });
             }
             return self.refuse_item(conn, tid, index, value);
         }

@@ -14,7 +14,10 @@ impl State {
                 spec.name()
             )));
         }
-        if let Some((name, want, have)) = spec.resources.first_missing(&self.total) {
+        // In a cluster, another node may run it (`remote` step 1); an actor
+        // stays on this node.
+        let elsewhere = self.peers_enabled && spec.actor.is_none();
+        if let Some((name, want, have)) = spec.resources.first_missing(&self.total).filter(|_| !elsewhere) {
             return Err(Error::Infeasible(format!(
                 "task {} needs {want} {name} but this node has {have} in total",
                 spec.name()
@@ -245,6 +248,7 @@ impl State {
             return;
         };
         self.children.remove(&tid);
+        self.warned_waiting.remove(&tid);
         match task.spec.actor {
             Some(ferroray_protocol::ActorTask::Create(_)) => self.actor_creation_done(ActorId(tid), &result),
             Some(ferroray_protocol::ActorTask::Call { actor }) => self.actor_call_done(actor, tid),
@@ -354,12 +358,16 @@ impl State {
         match task.worker {
             Some(w) => {
                 let running = self.conns.get(&w).and_then(Conn::running) == Some(tid);
+                let peer = self.conns.get(&w).is_some_and(|c| c.remote.is_some());
                 // A task only queued on the worker is dropped there, never by
-                // killing the worker (which runs somebody else's task).
-                if force && running {
+                // killing the worker (which runs somebody else's task). A
+                // peer forwards the cancel (`remote` step 4).
+                if peer {
+                    self.send(w, FromNode::CancelRunning { task_id: tid, force });
+                } else if force && running {
                     self.doom(w);
                 } else {
-                    self.send(w, FromNode::CancelRunning { task_id: tid });
+                    self.send(w, FromNode::CancelRunning { task_id: tid, force: false });
                 }
                 // A cancelled generator reports nothing more: acknowledgements
                 // held by backpressure are answered `gone` (after the cancel,
@@ -405,7 +413,9 @@ impl State {
         self.force_at.retain(|(at, t)| *at > now && tasks.contains_key(t));
         for tid in due {
             let Some(w) = self.tasks.get(&tid).and_then(|t| t.worker) else { continue };
-            if self.conns.get(&w).and_then(Conn::running) == Some(tid) {
+            if self.conns.get(&w).is_some_and(|c| c.remote.is_some()) {
+                self.send(w, FromNode::CancelRunning { task_id: tid, force: true });
+            } else if self.conns.get(&w).and_then(Conn::running) == Some(tid) {
                 self.doom(w);
             }
         }

@@ -1,0 +1,1292 @@
+//! Peer links: one node's tasks run on another node.
+//!
+//! Every daemon listens on a second TCP port for peers (TLS with a
+//! certificate of its own, whose SHA-256 it registers with the head in its
+//! `NodeDesc`, so a caller pins it as it pins the head's). The node that
+//! owns a task (the one its driver is connected to) places it
+//! (`ferroray_node::state::remote`); this module carries it:
+//!
+//! 1. The owner's daemon learns the other nodes from the head's view
+//!    ([`Peers::update`], every heartbeat) and attaches each alive one to
+//!    its node as a peer (`Node::attach_peer`); the link itself is opened
+//!    when the node first sends the peer something, so idle pairs of nodes
+//!    cost nothing.
+//! 2. The link opens with [`PeerHello`]: the cluster token (inside TLS, as
+//!    to the head), the owner's node id, and the commands its job's
+//!    workers start with. A Rust program is its own executable: the hello
+//!    names its SHA-256 and length, and the executing node asks for it
+//!    ([`FromPeerKind::NeedExe`]) unless it has that file already; it keeps
+//!    it by hash in the session directory (`exe/`), checked before use.
+//!    The executing node connects the program to its node as a driver
+//!    (`Node::connect_program`) and answers [`Welcome`], or refuses.
+//! 3. Then both sides send node-protocol messages ([`ToPeerKind::Node`],
+//!    a `ToNode` frame each): the owner `Submit`, `Cancel`,
+//!    `StreamConsumed`, `StreamDrop`; the executor `TaskDone` and
+//!    `ReportItem`, named by the owner's task ids. A value over the
+//!    node's inline threshold goes first as a blob in chunks of [`CHUNK`]
+//!    bytes ([`Blob`]), written straight into the receiving node's store,
+//!    and the message that follows names it by a `Shm` payload whose offset
+//!    is the blob's id on this link.
+//! 4. On the executing node the task gets an id of the link's own (its
+//!    driver's), no retries (the owner retries, with its replay checks), and
+//!    a streaming generator's items are relayed as they come; under
+//!    backpressure an item counts as consumed there only once the owner's
+//!    consumer took it, so the generator pauses where it runs.
+//! 5. A link that breaks takes its tasks with it on both sides: the owner
+//!    retries them (on another node, or here), the executing node cancels
+//!    them as for any driver that left. The peer is attached again at a
+//!    later view, a second after its link ended.
+//!
+//! What does not cross nodes yet: refs inside arguments or results, actors,
+//! and `get` of an object that lives on another node.
+
+use crate::error::{ClusterError, Result};
+use crate::tls::{self, Fingerprint, HeadIdentity};
+use crate::wire::{ClusterView, Empty};
+use ferroray_common::{
+    ClusterToken, Error, FunctionId, NodeId, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId,
+};
+use ferroray_node::{Inbox, LocalConnection, Node, WorkerCommand};
+use ferroray_protocol::{
+    frame, FromNode, FunctionDescriptor, ObjectValue, Payload, ReturnKind, TaskArg, TaskOutcome, TaskSpec, ToNode,
+    WireMessage, WorkerKind, DIGEST_SAMPLE,
+};
+use ferroray_store::Arena;
+use parking_lot::Mutex;
+use prost::{Message, Oneof};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Bumped on any incompatible change to these messages.
+pub const PEER_PROTOCOL_VERSION: u32 = 1;
+
+/// Bytes of a value per [`Blob`] frame.
+pub const CHUNK: usize = 4 << 20;
+
+/// The largest frame on a peer link: a node message with its wrapping.
+pub const MAX_PEER_FRAME: u32 = frame::MAX_FRAME + (64 << 10);
+
+/// The largest first frame (the hello).
+pub const MAX_PEER_HELLO: u32 = 256 << 10;
+
+/// Blobs a link may have half received at once.
+pub const MAX_BLOBS: usize = 1024;
+
+/// The largest executable a node takes from a peer.
+pub const MAX_EXE: u64 = 4 << 30;
+
+/// How long opening a link (connect, TLS, hello, the executable) may take.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one write may wait for the other side to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A peer whose link ended is attached again no sooner than this.
+const REATTACH_AFTER: Duration = Duration::from_secs(1);
+
+// ---- messages ----
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ToPeer {
+    #[prost(oneof = "ToPeerKind", tags = "1, 2, 3, 4")]
+    pub kind: Option<ToPeerKind>,
+}
+
+#[derive(Clone, PartialEq, Oneof)]
+pub enum ToPeerKind {
+    #[prost(message, tag = "1")]
+    Hello(PeerHello),
+    /// A piece of the executable, after [`FromPeerKind::NeedExe`].
+    #[prost(message, tag = "2")]
+    Exe(Blob),
+    #[prost(message, tag = "3")]
+    Blob(Blob),
+    /// A `ToNode` frame (step 3).
+    #[prost(bytes = "vec", tag = "4")]
+    Node(Vec<u8>),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct FromPeer {
+    #[prost(oneof = "FromPeerKind", tags = "1, 2, 3, 4, 5")]
+    pub kind: Option<FromPeerKind>,
+}
+
+#[derive(Clone, PartialEq, Oneof)]
+pub enum FromPeerKind {
+    #[prost(message, tag = "1")]
+    Welcome(Welcome),
+    /// Why the link is refused; it closes after this.
+    #[prost(string, tag = "2")]
+    Rejected(String),
+    #[prost(message, tag = "3")]
+    NeedExe(Empty),
+    #[prost(message, tag = "4")]
+    Blob(Blob),
+    #[prost(bytes = "vec", tag = "5")]
+    Node(Vec<u8>),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PeerHello {
+    /// Always tag 1.
+    #[prost(uint32, tag = "1")]
+    pub protocol: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub token: Vec<u8>,
+    #[prost(fixed64, tag = "3")]
+    pub from_node: u64,
+    #[prost(message, repeated, tag = "4")]
+    pub commands: Vec<Command>,
+    /// The Rust executable's SHA-256 (empty: no Rust command).
+    #[prost(bytes = "vec", tag = "5")]
+    pub exe_sha256: Vec<u8>,
+    #[prost(uint64, tag = "6")]
+    pub exe_len: u64,
+}
+
+/// How the owner's job starts a worker of one kind.
+#[derive(Clone, PartialEq, Message)]
+pub struct Command {
+    /// `WorkerKind::index`.
+    #[prost(uint32, tag = "1")]
+    pub kind: u32,
+    /// Ignored for the Rust kind (the shipped executable runs).
+    #[prost(string, tag = "2")]
+    pub program: String,
+    #[prost(string, repeated, tag = "3")]
+    pub args: Vec<String>,
+    /// `KEY=VALUE`.
+    #[prost(string, repeated, tag = "4")]
+    pub env: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Welcome {
+    #[prost(fixed64, tag = "1")]
+    pub node_id: u64,
+}
+
+/// `bytes` at `offset` of blob `id`, which is `total` bytes long. A blob's
+/// chunks come in order, from offset 0.
+#[derive(Clone, PartialEq, Message)]
+pub struct Blob {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub total: u64,
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
+    #[prost(bytes = "vec", tag = "4")]
+    pub bytes: Vec<u8>,
+}
+
+fn malformed(msg: String) -> ferroray_protocol::FrameError {
+    ferroray_protocol::FrameError::Malformed(msg)
+}
+
+fn check_blob(b: &Blob) -> Result<(), ferroray_protocol::FrameError> {
+    if b.bytes.len() > CHUNK || b.offset.checked_add(b.bytes.len() as u64).is_none_or(|end| end > b.total) {
+        return Err(malformed(format!("a chunk of {} bytes at {} of {}", b.bytes.len(), b.offset, b.total)));
+    }
+    Ok(())
+}
+
+fn check_hello(h: &PeerHello) -> Result<(), ferroray_protocol::FrameError> {
+    if h.commands.len() > WorkerKind::ALL.len() {
+        return Err(malformed(format!("{} worker commands", h.commands.len())));
+    }
+    if h.commands.iter().any(|c| c.kind as usize >= WorkerKind::ALL.len()) {
+        return Err(malformed("an unknown worker kind".into()));
+    }
+    if !h.exe_sha256.is_empty() && h.exe_sha256.len() != 32 || h.exe_len > MAX_EXE {
+        return Err(malformed("a malformed executable hash or length".into()));
+    }
+    Ok(())
+}
+
+macro_rules! checked_wire {
+    ($t:ty, $check:expr) => {
+        impl WireMessage for $t {
+            type Wire = $t;
+
+            fn into_wire(self) -> Self::Wire {
+                self
+            }
+
+            fn from_wire(wire: Self::Wire) -> Result<Self, ferroray_protocol::FrameError> {
+                let check: fn(&$t) -> Result<(), ferroray_protocol::FrameError> = $check;
+                check(&wire)?;
+                Ok(wire)
+            }
+        }
+    };
+}
+
+checked_wire!(ToPeer, |m| match &m.kind {
+    None => Err(malformed("an empty or unknown peer message".into())),
+    Some(ToPeerKind::Hello(h)) => check_hello(h),
+    Some(ToPeerKind::Exe(b) | ToPeerKind::Blob(b)) => check_blob(b),
+    Some(ToPeerKind::Node(_)) => Ok(()),
+});
+
+checked_wire!(FromPeer, |m| match &m.kind {
+    None => Err(malformed("an empty or unknown peer message".into())),
+    Some(FromPeerKind::Blob(b)) => check_blob(b),
+    Some(_) => Ok(()),
+});
+
+/// The two directions' messages, for the code both sides share.
+trait PeerMessage: WireMessage<Wire = Self> + Send + 'static {
+    fn blob(b: Blob) -> Self;
+    fn node(bytes: Vec<u8>) -> Self;
+}
+
+impl PeerMessage for ToPeer {
+    fn blob(b: Blob) -> Self {
+        ToPeer { kind: Some(ToPeerKind::Blob(b)) }
+    }
+    fn node(bytes: Vec<u8>) -> Self {
+        ToPeer { kind: Some(ToPeerKind::Node(bytes)) }
+    }
+}
+
+impl PeerMessage for FromPeer {
+    fn blob(b: Blob) -> Self {
+        FromPeer { kind: Some(FromPeerKind::Blob(b)) }
+    }
+    fn node(bytes: Vec<u8>) -> Self {
+        FromPeer { kind: Some(FromPeerKind::Node(bytes)) }
+    }
+}
+
+fn peer_error(what: &str) -> impl FnOnce(String) -> ClusterError + '_ {
+    move |e| ClusterError::Protocol(format!("peer link: {what}: {e}"))
+}
+
+// ---- frames on a TLS stream ----
+
+/// The sending half of a link.
+struct Writer<W> {
+    stream: W,
+    buf: Vec<u8>,
+    /// The next blob id this side gives (step 3).
+    next_blob: u64,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    fn new(stream: W) -> Self {
+        Writer { stream, buf: Vec::new(), next_blob: 1 }
+    }
+
+    async fn send<M: WireMessage>(&mut self, msg: M) -> Result<()> {
+        self.buf.clear();
+        frame::encode_into(&mut self.buf, msg)?;
+        tokio::time::timeout(WRITE_TIMEOUT, async {
+            self.stream.write_all(&self.buf).await?;
+            self.stream.flush().await
+        })
+        .await
+        .map_err(|_| ClusterError::Timeout("a write to a peer node"))??;
+        Ok(())
+    }
+
+    async fn send_node<M: PeerMessage>(&mut self, msg: ToNode) -> Result<()> {
+        let mut body = Vec::new();
+        frame::encode_into(&mut body, msg)?;
+        self.send(M::node(body)).await
+    }
+
+    /// Sends `bytes` as a new blob in chunks; its id.
+    async fn send_blob<M: PeerMessage>(&mut self, bytes: &[u8]) -> Result<u64> {
+        let id = self.next_blob;
+        self.next_blob += 1;
+        let total = bytes.len() as u64;
+        for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
+            let offset = (i * CHUNK) as u64;
+            self.send(M::blob(Blob { id, total, offset, bytes: chunk.to_vec() })).await?;
+        }
+        Ok(id)
+    }
+
+    /// `value` with its shared-memory bytes (read from `arena`) sent as a
+    /// blob first (step 3); inline values go as they are.
+    async fn ship<M: PeerMessage>(&mut self, arena: &Arena, value: ObjectValue) -> Result<ObjectValue> {
+        match value {
+            ObjectValue::Data { payload: Payload::Shm { offset, len }, encoding, contained } => {
+                // SAFETY: the caller holds a store pin on this sealed object
+                // for its connection until this returns: its bytes neither
+                // move nor change meanwhile.
+                let bytes =
+                    unsafe { arena.slice(offset, len) }.map_err(|e| peer_error("a stored value")(e.to_string()))?;
+                let id = self.send_blob::<M>(bytes).await?;
+                Ok(ObjectValue::Data { payload: Payload::Shm { offset: id, len }, encoding, contained })
+            }
+            other => Ok(other),
+        }
+    }
+}
+
+/// Reads a link's frames on a task of its own (a read given up halfway
+/// would lose what it read) into a channel; `None` at the end.
+fn spawn_reader<R, M>(mut stream: R) -> mpsc::Receiver<Result<M>>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    M: WireMessage + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let mut body = Vec::new();
+        loop {
+            let msg = match frame::read_frame_async_max::<_, M>(&mut stream, &mut body, MAX_PEER_FRAME).await {
+                Ok(Some(m)) => Ok(m),
+                Ok(None) => Err(ClusterError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+                Err(e) => Err(e.into()),
+            };
+            let end = msg.is_err();
+            if tx.send(msg).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn decode_node(bytes: &[u8]) -> Result<ToNode> {
+    frame::read_frame::<_, ToNode>(&mut &bytes[..])?
+        .ok_or_else(|| ClusterError::Protocol("peer link: an empty node message".into()))
+}
+
+// ---- blobs arriving into this node's store ----
+
+/// Blobs being received on one link, each in an allocation of this node's
+/// store made for it (aborted by the node if the link's connection goes).
+#[derive(Default)]
+struct Landing {
+    /// id → (store offset, total, bytes written so far).
+    blobs: HashMap<u64, (u64, u64, u64)>,
+}
+
+impl Landing {
+    /// Writes one chunk, allocating on the first.
+    fn chunk(&mut self, conn: &LocalConnection, arena: &Arena, b: Blob) -> Result<()> {
+        if b.offset == 0 && !self.blobs.contains_key(&b.id) {
+            if self.blobs.len() >= MAX_BLOBS {
+                return Err(peer_error("blobs")(format!("more than {MAX_BLOBS} half received")));
+            }
+            let at = conn.allocate(b.total)?;
+            self.blobs.insert(b.id, (at, b.total, 0));
+        }
+        let Some((at, total, written)) = self.blobs.get_mut(&b.id) else {
+            return Err(peer_error("blob")(format!("a chunk of blob {} before its start", b.id)));
+        };
+        if b.offset != *written || b.total != *total {
+            return Err(peer_error("blob")(format!("chunk at {} of blob {} out of order", b.offset, b.id)));
+        }
+        // SAFETY: this allocation was made for this blob alone (above) and
+        // is not sealed: nobody else reads or writes it; the chunk is in
+        // bounds (`check_blob`, and the total matched).
+        let dst = unsafe { arena.slice_mut(*at + b.offset, b.bytes.len() as u64) }
+            .map_err(|e| peer_error("store")(e.to_string()))?;
+        dst.copy_from_slice(&b.bytes);
+        *written += b.bytes.len() as u64;
+        Ok(())
+    }
+
+    /// A value named by a message: a `Shm` payload names a whole blob, which
+    /// becomes this node's allocation.
+    fn land(&mut self, value: &mut ObjectValue) -> Result<()> {
+        if let ObjectValue::Data { payload: Payload::Shm { offset, len }, .. } = value {
+            match self.blobs.remove(offset) {
+                Some((at, total, written)) if total == *len && written == total => *offset = at,
+                _ => return Err(peer_error("value")(format!("blob {offset} of {len} bytes is not all here"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- what a node tells a link's task ----
+
+enum NodeEvent {
+    Msg(FromNode),
+    Closed(String),
+}
+
+/// An `Inbox` that hands the node's messages to the link's task.
+struct ToTask(mpsc::UnboundedSender<NodeEvent>);
+
+impl Inbox for ToTask {
+    fn deliver(&self, msg: FromNode) {
+        let _ = self.0.send(NodeEvent::Msg(msg));
+    }
+
+    fn closed(&self, reason: &str) {
+        let _ = self.0.send(NodeEvent::Closed(reason.to_string()));
+    }
+}
+
+/// What both sides of every link of this daemon share.
+pub struct PeerContext {
+    pub node: Arc<Node>,
+    pub token: ClusterToken,
+    /// Where shipped executables are kept (`exe/` in the session directory).
+    pub exe_dir: PathBuf,
+    /// This daemon's certificate for its peer port.
+    pub identity: HeadIdentity,
+}
+
+// ---- the owner's side (steps 1 to 3, 5) ----
+
+/// The peers this daemon's node may send tasks to, kept in step with the
+/// head's view (step 1).
+pub struct Peers {
+    ctx: Arc<PeerContext>,
+    links: Mutex<HashMap<NodeId, Attached>>,
+}
+
+struct Attached {
+    task: tokio::task::JoinHandle<()>,
+    /// When its link ended (it is attached again a while later).
+    ended: Arc<Mutex<Option<Instant>>>,
+}
+
+/// A peer as the view describes it.
+#[derive(Clone)]
+struct PeerAddr {
+    node: NodeId,
+    address: String,
+    fingerprint: Fingerprint,
+    total: ResourceSet,
+}
+
+impl Peers {
+    pub fn new(ctx: Arc<PeerContext>) -> Arc<Self> {
+        Arc::new(Peers { ctx, links: Mutex::new(HashMap::new()) })
+    }
+
+    /// Attaches the alive nodes of `view` that are not attached, and
+    /// detaches the others (their tasks are retried). Called on the
+    /// daemon's runtime.
+    pub fn update(&self, view: &ClusterView) {
+        let me = self.ctx.node.info().node_id;
+        let mut alive = HashMap::new();
+        for entry in view.nodes.iter().filter(|n| n.alive) {
+            let Some(d) = &entry.desc else { continue };
+            let Ok(fp) = <[u8; 32]>::try_from(d.peer_fingerprint.as_slice()) else { continue };
+            if d.node_id == me.0 || d.peer_port == 0 || d.peer_port > u16::MAX as u32 {
+                continue;
+            }
+            let host = if d.address.contains(':') { format!("[{}]", d.address) } else { d.address.clone() };
+            alive.insert(
+                NodeId(d.node_id),
+                PeerAddr {
+                    node: NodeId(d.node_id),
+                    address: format!("{host}:{}", d.peer_port),
+                    fingerprint: Fingerprint(fp),
+                    total: ResourceSet::from_fixed(d.resources.clone()),
+                },
+            );
+        }
+        let mut links = self.links.lock();
+        links.retain(|id, a| {
+            let keep = match *a.ended.lock() {
+                // Not attached again before the pause is over (step 5).
+                Some(t) => t.elapsed() < REATTACH_AFTER,
+                None => alive.contains_key(id) && !a.task.is_finished(),
+            };
+            if !keep {
+                // Its connection goes with the task: what it ran is retried.
+                a.task.abort();
+            }
+            keep
+        });
+        for (id, peer) in alive {
+            if links.contains_key(&id) {
+                continue;
+            }
+            let ended = Arc::new(Mutex::new(None));
+            let (tx, rx) = mpsc::unbounded_channel();
+            let conn = self.ctx.node.attach_peer(id, peer.total.clone(), Arc::new(ToTask(tx)));
+            let ctx = self.ctx.clone();
+            let mark = ended.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) = outgoing(ctx, peer.clone(), conn, rx).await {
+                    tracing::warn!("link to node {} at {}: {e}", peer.node, peer.address);
+                }
+                *mark.lock() = Some(Instant::now());
+                // Stay "attached but ended" until the pause is over.
+                tokio::time::sleep(REATTACH_AFTER).await;
+            });
+            links.insert(id, Attached { task, ended });
+        }
+    }
+
+    /// Detaches every peer.
+    pub fn clear(&self) {
+        for (_, a) in self.links.lock().drain() {
+            a.task.abort();
+        }
+    }
+}
+
+/// A task the owner's node sent, waiting for ref arguments to arrive.
+struct Gathering {
+    spec: TaskSpec,
+    /// Arguments not yet in hand, by object.
+    missing: Vec<ObjectId>,
+}
+
+/// One link, the owner's side, from attach to end.
+async fn outgoing(
+    ctx: Arc<PeerContext>,
+    peer: PeerAddr,
+    conn: LocalConnection,
+    mut from_node: mpsc::UnboundedReceiver<NodeEvent>,
+) -> Result<()> {
+    // Opened at the first message (step 1).
+    let first = match from_node.recv().await {
+        Some(NodeEvent::Msg(m)) => m,
+        _ => return Ok(()),
+    };
+    let stream = tokio::time::timeout(OPEN_TIMEOUT, open(&ctx, &peer))
+        .await
+        .map_err(|_| ClusterError::Timeout("opening a link to a peer node"))??;
+    let (read, write) = tokio::io::split(stream);
+    let mut writer = Writer::new(write);
+    let mut from_peer = spawn_reader::<_, FromPeer>(read);
+    let arena = ctx.node.arena().clone();
+    let mut landing = Landing::default();
+    let mut gathering: HashMap<TaskId, Gathering> = HashMap::new();
+    let mut pending = VecDeque::from([first]);
+    loop {
+        while let Some(msg) = pending.pop_front() {
+            owner_node_msg(&conn, &arena, &mut writer, &mut gathering, msg).await?;
+        }
+        tokio::select! {
+            ev = from_node.recv() => match ev {
+                Some(NodeEvent::Msg(m)) => pending.push_back(m),
+                Some(NodeEvent::Closed(reason)) => return Err(peer_error("the node closed it")(reason)),
+                None => return Ok(()),
+            },
+            msg = from_peer.recv() => {
+                let msg = msg.unwrap_or_else(|| Err(ClusterError::Io(std::io::ErrorKind::UnexpectedEof.into())))?;
+                match msg.kind {
+                    Some(FromPeerKind::Blob(b)) => landing.chunk(&conn, &arena, b)?,
+                    Some(FromPeerKind::Node(bytes)) => {
+                        let mut msg = decode_node(&bytes)?;
+                        match &mut msg {
+                            ToNode::TaskDone { outcome: TaskOutcome::Returned(values), .. } => {
+                                for v in values.iter_mut() {
+                                    landing.land(v)?;
+                                }
+                            }
+                            ToNode::TaskDone { .. } => {}
+                            ToNode::ReportItem { value, .. } => landing.land(value)?,
+                            other => {
+                                return Err(peer_error("a message out of turn")(format!("{other:?}")));
+                            }
+                        }
+                        conn.send(msg);
+                    }
+                    Some(FromPeerKind::Rejected(why)) => return Err(ClusterError::Refused(why)),
+                    _ => return Err(peer_error("a message out of turn")("hello".into())),
+                }
+            }
+        }
+    }
+}
+
+/// Connects to `peer`, says hello, ships the executable if asked (step 2).
+async fn open(ctx: &PeerContext, peer: &PeerAddr) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let connector = tokio_rustls::TlsConnector::from(tls::client_config(peer.fingerprint)?);
+    let tcp = TcpStream::connect(&peer.address)
+        .await
+        .map_err(|source| ClusterError::Unreachable { addr: peer.address.clone(), source })?;
+    let _ = tcp.set_nodelay(true);
+    let stream = connector.connect(tls::head_name(), tcp).await.map_err(tls::stream_error)?;
+    let (read, write) = tokio::io::split(stream);
+    let mut writer = Writer::new(write);
+    let mut reader = read;
+    let mut commands = Vec::new();
+    let mut exe = None;
+    for (kind, c) in ctx.node.program() {
+        if kind == WorkerKind::Rust {
+            exe = Some(c.program.clone());
+        }
+        commands.push(Command {
+            kind: kind.index() as u32,
+            program: c.program.to_string_lossy().into_owned(),
+            args: c.args.clone(),
+            env: c.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        });
+    }
+    let (exe_sha256, exe_len) = match &exe {
+        Some(p) => {
+            let (sha, len) = file_sha256(p.clone()).await?;
+            (sha.to_vec(), len)
+        }
+        None => (Vec::new(), 0),
+    };
+    let hello = PeerHello {
+        protocol: PEER_PROTOCOL_VERSION,
+        token: ctx.token.as_bytes().to_vec(),
+        from_node: ctx.node.info().node_id.0,
+        commands,
+        exe_sha256,
+        exe_len,
+    };
+    writer.send(ToPeer { kind: Some(ToPeerKind::Hello(hello)) }).await?;
+    let mut body = Vec::new();
+    loop {
+        let answer = frame::read_frame_async_max::<_, FromPeer>(&mut reader, &mut body, MAX_PEER_FRAME)
+            .await?
+            .ok_or_else(|| ClusterError::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
+        match answer.kind {
+            Some(FromPeerKind::Welcome(_)) => break,
+            Some(FromPeerKind::Rejected(why)) => return Err(ClusterError::Refused(why)),
+            Some(FromPeerKind::NeedExe(_)) => {
+                let path = exe.clone().ok_or_else(|| peer_error("hello")("asked for no executable".into()))?;
+                let read = path.clone();
+                let bytes = tokio::task::spawn_blocking(move || std::fs::read(&read))
+                    .await
+                    .map_err(|e| peer_error("reading the executable")(e.to_string()))?
+                    .map_err(ClusterError::file("cannot read", &path))?;
+                let total = bytes.len() as u64;
+                for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
+                    let b = Blob { id: 0, total, offset: (i * CHUNK) as u64, bytes: chunk.to_vec() };
+                    writer.send(ToPeer { kind: Some(ToPeerKind::Exe(b)) }).await?;
+                }
+            }
+            _ => return Err(peer_error("hello")("an answer out of turn".into())),
+        }
+    }
+    Ok(reader.unsplit(writer.stream))
+}
+
+/// SHA-256 and length of a file (read off the runtime's thread).
+async fn file_sha256(path: PathBuf) -> Result<([u8; 32], u64)> {
+    tokio::task::spawn_blocking(move || -> Result<([u8; 32], u64)> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&path).map_err(ClusterError::file("cannot read", &path))?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(ClusterError::file("cannot read", &path))?;
+            if n == 0 {
+                break;
+            }
+            len += n as u64;
+            ctx.update(&buf[..n]);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        Ok((out, len))
+    })
+    .await
+    .map_err(|e| peer_error("hashing the executable")(e.to_string()))?
+}
+
+/// One message of the owner's node to the peer (steps 2 and 3).
+async fn owner_node_msg<W: AsyncWrite + Unpin>(
+    conn: &LocalConnection,
+    arena: &Arena,
+    writer: &mut Writer<W>,
+    gathering: &mut HashMap<TaskId, Gathering>,
+    msg: FromNode,
+) -> Result<()> {
+    match msg {
+        FromNode::Execute(spec) => {
+            let tid = spec.task_id;
+            if !spec.contained.is_empty() {
+                return fail_here(conn, &spec, refs_error(&spec));
+            }
+            let missing: Vec<ObjectId> =
+                spec.args.iter().filter_map(|a| if let TaskArg::Ref(id) = a { Some(*id) } else { None }).collect();
+            if missing.is_empty() {
+                return send_task(conn, arena, writer, *spec).await;
+            }
+            conn.send(ToNode::Subscribe(missing.clone()));
+            gathering.insert(tid, Gathering { spec: *spec, missing });
+        }
+        FromNode::ObjectReady { id, value } => {
+            // One answer per `Subscribe` of one argument: it fills the first
+            // argument still waiting for `id`, which takes its store pin
+            // (released once sent); with none waiting (the task was
+            // cancelled meanwhile) the pin goes back at once.
+            let pinned = matches!(value, ObjectValue::Data { payload: Payload::Shm { .. }, .. });
+            let Some(tid) = gathering.iter().find(|(_, g)| g.missing.contains(&id)).map(|(t, _)| *t) else {
+                if pinned {
+                    conn.send(ToNode::Unpin(vec![id]));
+                }
+                return Ok(());
+            };
+            let g = gathering.get_mut(&tid).expect("found above");
+            let at = g.missing.iter().position(|m| *m == id).expect("found above");
+            g.missing.swap_remove(at);
+            let arg = match &value {
+                ObjectValue::Data { contained, encoding, .. }
+                    if !contained.is_empty() || *encoding == ferroray_protocol::Encoding::RefList =>
+                {
+                    Err(refs_error(&g.spec))
+                }
+                ObjectValue::Data { payload, encoding, .. } => {
+                    Ok(TaskArg::Object { id, payload: payload.clone(), encoding: *encoding })
+                }
+                ObjectValue::Error(e) => Err(e.clone()),
+            };
+            match arg {
+                Ok(arg) => {
+                    if let Some(slot) = g.spec.args.iter_mut().find(|a| **a == TaskArg::Ref(id)) {
+                        *slot = arg;
+                    }
+                    if g.missing.is_empty() {
+                        let g = gathering.remove(&tid).expect("found above");
+                        send_task(conn, arena, writer, g.spec).await?;
+                    }
+                }
+                Err(e) => {
+                    if pinned {
+                        conn.send(ToNode::Unpin(vec![id]));
+                    }
+                    let g = gathering.remove(&tid).expect("found above");
+                    fail_here(conn, &g.spec, e)?;
+                }
+            }
+        }
+        FromNode::CancelRunning { task_id, force } => {
+            if let Some(g) = gathering.remove(&task_id) {
+                return fail_here(conn, &g.spec, Error::TaskCancelled);
+            }
+            let cancel = ToNode::Cancel { task_id, force, recursive: true, force_after_ms: None };
+            writer.send_node::<ToPeer>(cancel).await?;
+        }
+        FromNode::ItemAck { task_id, index, gone } => {
+            let consumed = index + 1;
+            let msg = if gone {
+                ToNode::StreamDrop { task_id, consumed }
+            } else {
+                ToNode::StreamConsumed { task_id, consumed }
+            };
+            writer.send_node::<ToPeer>(msg).await?;
+        }
+        FromNode::Rejected(e) => return Err(ClusterError::Node(e)),
+        _ => {}
+    }
+    Ok(())
+}
+
+fn refs_error(spec: &TaskSpec) -> Error {
+    Error::InvalidOption(format!(
+        "task {} takes refs inside its arguments, and such a task runs only on the node that holds them in this \
+         build: give it the resources of that node",
+        spec.name()
+    ))
+}
+
+/// Ends a task that cannot be sent, as its executor would.
+fn fail_here(conn: &LocalConnection, spec: &TaskSpec, e: Error) -> Result<()> {
+    let outcome = TaskOutcome::Failed(e);
+    conn.send(ToNode::TaskDone { task_id: spec.task_id, attempt: spec.attempt, outcome });
+    Ok(())
+}
+
+/// Sends a task whose arguments are all in hand (step 3): shared-memory
+/// ones as blobs, then unpinned.
+async fn send_task<W: AsyncWrite + Unpin>(
+    conn: &LocalConnection,
+    arena: &Arena,
+    writer: &mut Writer<W>,
+    mut spec: TaskSpec,
+) -> Result<()> {
+    let mut unpin = Vec::new();
+    for arg in spec.args.iter_mut() {
+        if let TaskArg::Object { id, payload, encoding } = arg {
+            let value = ObjectValue::Data { payload: payload.clone(), encoding: *encoding, contained: vec![] };
+            let shm = matches!(payload, Payload::Shm { .. });
+            let shipped = writer.ship::<ToPeer>(arena, value).await;
+            if shm {
+                unpin.push(*id);
+            }
+            match shipped? {
+                ObjectValue::Data { payload, encoding, .. } => *arg = TaskArg::Value { payload, encoding },
+                ObjectValue::Error(_) => unreachable!("shipped as data"),
+            }
+        }
+    }
+    if !unpin.is_empty() {
+        conn.send(ToNode::Unpin(unpin));
+    }
+    writer.send_node::<ToPeer>(ToNode::Submit(Box::new(spec))).await
+}
+
+// ---- the executing side (steps 2 to 5) ----
+
+/// Serves peer links on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>, ctx: Arc<PeerContext>) {
+    let acceptor = match ctx.identity.server_config() {
+        Ok(c) => tokio_rustls::TlsAcceptor::from(c),
+        Err(e) => {
+            tracing::error!("peer links: {e}");
+            return;
+        }
+    };
+    let mut links = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((tcp, addr)) = accepted else { continue };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, ctx) = (acceptor.clone(), ctx.clone());
+                links.spawn(async move {
+                    if let Err(e) = incoming(acceptor, tcp, ctx).await {
+                        tracing::warn!("peer link from {addr}: {e}");
+                    }
+                });
+            }
+            Some(_) = links.join_next(), if !links.is_empty() => {}
+        }
+    }
+    links.abort_all();
+}
+
+/// A task this node runs for the owner at the other end.
+struct Running {
+    /// The owner's id and attempt, which its messages carry.
+    owner_id: TaskId,
+    attempt: u32,
+    /// Fixed returns: the values as they come.
+    values: Vec<Option<ObjectValue>>,
+    /// A generator: items not yet relayed, in order (a shared-memory one
+    /// waits for its value), the end once known, and whether the owner
+    /// acknowledges items (backpressure) or they count as taken once sent.
+    items: VecDeque<(u32, Option<ObjectValue>)>,
+    end: Option<(u32, Option<Error>)>,
+    generator: bool,
+    acked: bool,
+}
+
+/// One link, the executing side.
+struct Executing<W> {
+    conn: LocalConnection,
+    arena: Arc<Arena>,
+    writer: Writer<W>,
+    /// The link's driver id: every id it makes carries it.
+    me: WorkerId,
+    next_seq: u64,
+    running: HashMap<TaskId, Running>,
+    by_owner: HashMap<TaskId, TaskId>,
+    /// The owner's exported functions, renamed as this link's.
+    functions: HashMap<FunctionId, FunctionId>,
+    landing: Landing,
+}
+
+async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<PeerContext>) -> Result<()> {
+    let stream = tokio::time::timeout(OPEN_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| ClusterError::Timeout("a peer's TLS handshake"))?
+        .map_err(tls::stream_error)?;
+    let (mut read, write) = tokio::io::split(stream);
+    let mut writer = Writer::new(write);
+    let mut body = Vec::new();
+    let hello = tokio::time::timeout(
+        OPEN_TIMEOUT,
+        frame::read_frame_async_max::<_, ToPeer>(&mut read, &mut body, MAX_PEER_HELLO),
+    )
+    .await
+    .map_err(|_| ClusterError::Timeout("a peer's hello"))??;
+    let hello = match hello.and_then(|m| m.kind) {
+        Some(ToPeerKind::Hello(h)) => h,
+        _ => return Err(peer_error("hello")("the first message is not a hello".into())),
+    };
+    let refuse = |why: String| FromPeer { kind: Some(FromPeerKind::Rejected(why)) };
+    if hello.protocol != PEER_PROTOCOL_VERSION {
+        let why = format!("peer protocol version {} is not {PEER_PROTOCOL_VERSION}", hello.protocol);
+        writer.send(refuse(why.clone())).await?;
+        return Err(ClusterError::Refused(why));
+    }
+    if !ClusterToken::from_bytes(&hello.token).is_some_and(|t| ctx.token.matches(&t)) {
+        writer.send(refuse("wrong cluster token".into())).await?;
+        return Err(ClusterError::WrongToken);
+    }
+    let exe = if hello.exe_sha256.is_empty() {
+        None
+    } else {
+        let sha: [u8; 32] = hello.exe_sha256.as_slice().try_into().expect("checked on arrival");
+        Some(receive_exe(&ctx.exe_dir, sha, hello.exe_len, &mut read, &mut writer).await?)
+    };
+    let mut commands = Vec::new();
+    for c in hello.commands {
+        let kind = WorkerKind::ALL[c.kind as usize];
+        let program = match kind {
+            WorkerKind::Rust => {
+                exe.clone().ok_or_else(|| peer_error("hello")("a Rust command without its executable".into()))?
+            }
+            _ => PathBuf::from(c.program),
+        };
+        let env =
+            c.env.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        commands.push((kind, WorkerCommand { program, args: c.args, env }));
+    }
+    let me = WorkerId::random();
+    let (tx, mut from_node) = mpsc::unbounded_channel();
+    let conn = match ctx.node.connect_program(me, commands, Arc::new(ToTask(tx))) {
+        Ok(c) => c,
+        Err(e) => {
+            writer.send(refuse(e.to_string())).await?;
+            return Err(e.into());
+        }
+    };
+    writer.send(FromPeer { kind: Some(FromPeerKind::Welcome(Welcome { node_id: ctx.node.info().node_id.0 })) }).await?;
+    tracing::info!("node {} sends this node tasks", NodeId(hello.from_node));
+    let mut from_peer = spawn_reader::<_, ToPeer>(read);
+    let mut link = Executing {
+        conn,
+        arena: ctx.node.arena().clone(),
+        writer,
+        me,
+        next_seq: 1,
+        running: HashMap::new(),
+        by_owner: HashMap::new(),
+        functions: HashMap::new(),
+        landing: Landing::default(),
+    };
+    loop {
+        tokio::select! {
+            ev = from_node.recv() => match ev {
+                Some(NodeEvent::Msg(m)) => link.node_msg(m).await?,
+                Some(NodeEvent::Closed(reason)) => return Err(peer_error("the node closed it")(reason)),
+                None => return Ok(()),
+            },
+            msg = from_peer.recv() => {
+                let msg = match msg {
+                    Some(Ok(m)) => m,
+                    // The owner went: the node cancels what it sent (step 5).
+                    Some(Err(_)) | None => return Ok(()),
+                };
+                match msg.kind {
+                    Some(ToPeerKind::Blob(b)) => link.landing.chunk(&link.conn, &link.arena, b)?,
+                    Some(ToPeerKind::Node(bytes)) => link.owner_msg(decode_node(&bytes)?).await?,
+                    _ => return Err(peer_error("a message out of turn")("hello or executable".into())),
+                }
+            }
+        }
+    }
+}
+
+/// The executable with hash `sha`, from the cache or from the peer, which
+/// sends it when asked (step 2).
+async fn receive_exe<R, W>(dir: &Path, sha: [u8; 32], len: u64, read: &mut R, writer: &mut Writer<W>) -> Result<PathBuf>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(&hex);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == len) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(dir).map_err(ClusterError::file("cannot create", dir))?;
+    writer.send(FromPeer { kind: Some(FromPeerKind::NeedExe(Empty {})) }).await?;
+    let part = dir.join(format!("{hex}.part{}", std::process::id()));
+    let result = async {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o700)
+            .open(&part)
+            .map_err(ClusterError::file("cannot create", &part))?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut got = 0u64;
+        let mut body = Vec::new();
+        while got < len {
+            let msg = frame::read_frame_async_max::<_, ToPeer>(read, &mut body, MAX_PEER_FRAME)
+                .await?
+                .ok_or_else(|| ClusterError::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
+            let Some(ToPeerKind::Exe(b)) = msg.kind else {
+                return Err(peer_error("executable")("another message while it was sent".into()));
+            };
+            if b.offset != got || b.total != len {
+                return Err(peer_error("executable")(format!("a chunk at {} of {}", b.offset, b.total)));
+            }
+            ctx.update(&b.bytes);
+            file.write_all(&b.bytes).map_err(ClusterError::file("cannot write", &part))?;
+            got += b.bytes.len() as u64;
+        }
+        if ctx.finish().as_ref() != sha {
+            return Err(peer_error("executable")("its SHA-256 is not the one announced".into()));
+        }
+        file.sync_all().map_err(ClusterError::file("cannot write", &part))?;
+        std::fs::rename(&part, &path).map_err(ClusterError::file("cannot rename", &part))
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    result.map(|_| path)
+}
+
+impl<W: AsyncWrite + Unpin> Executing<W> {
+    fn new_task_id(&mut self) -> TaskId {
+        self.next_seq += 1;
+        TaskId { submitter: self.me, seq: self.next_seq }
+    }
+
+    /// A message of the owner (step 3).
+    async fn owner_msg(&mut self, msg: ToNode) -> Result<()> {
+        match msg {
+            ToNode::Submit(spec) => self.submit(*spec).await,
+            ToNode::Cancel { task_id, force, .. } => {
+                if let Some(mine) = self.by_owner.get(&task_id) {
+                    let cancel = ToNode::Cancel { task_id: *mine, force, recursive: true, force_after_ms: None };
+                    self.conn.send(cancel);
+                }
+                Ok(())
+            }
+            ToNode::StreamConsumed { task_id, consumed } => {
+                if let Some(mine) = self.by_owner.get(&task_id) {
+                    self.conn.send(ToNode::StreamConsumed { task_id: *mine, consumed });
+                }
+                Ok(())
+            }
+            ToNode::StreamDrop { task_id, consumed } => {
+                if let Some(mine) = self.by_owner.get(&task_id) {
+                    self.conn.send(ToNode::StreamDrop { task_id: *mine, consumed });
+                }
+                Ok(())
+            }
+            other => Err(peer_error("a message out of turn")(format!("{other:?}"))),
+        }
+    }
+
+    async fn submit(&mut self, mut spec: TaskSpec) -> Result<()> {
+        let owner_id = spec.task_id;
+        let attempt = spec.attempt;
+        if spec.actor.is_some() {
+            return self
+                .finish(owner_id, attempt, TaskOutcome::Failed(Error::Protocol("an actor task from a peer".into())))
+                .await;
+        }
+        let mine = self.new_task_id();
+        // Its exported function, under this link's name (the node takes
+        // exports from their exporter only).
+        if let FunctionDescriptor::Python { function: Some(f), pickled, .. } = &mut spec.function {
+            let known = self.functions.len() as u64;
+            let me = self.me;
+            let renamed = *self.functions.entry(*f).or_insert(FunctionId { exporter: me, seq: known + 1 });
+            if !pickled.is_empty() {
+                self.conn.send(ToNode::ExportFunction { function: renamed, pickled: std::mem::take(pickled) });
+            }
+            *f = renamed;
+        }
+        let mut puts = Vec::new();
+        for arg in spec.args.iter_mut() {
+            if let TaskArg::Value { payload: payload @ Payload::Shm { .. }, encoding } = arg {
+                let mut value = ObjectValue::Data { payload: payload.clone(), encoding: *encoding, contained: vec![] };
+                if let Err(e) = self.landing.land(&mut value) {
+                    return self.finish(owner_id, attempt, TaskOutcome::Failed(Error::Protocol(e.to_string()))).await;
+                }
+                let put_task = self.new_task_id();
+                let id = ObjectId::for_put(put_task);
+                self.conn.send(ToNode::Put { id, value });
+                *arg = TaskArg::Ref(id);
+                puts.push(id);
+            }
+        }
+        let generator = matches!(spec.returns, ReturnKind::Streaming { .. } | ReturnKind::Dynamic);
+        let acked = matches!(spec.returns, ReturnKind::Streaming { backpressure: Some(_) });
+        if spec.returns == ReturnKind::Dynamic {
+            // Items relayed one by one; the owner makes the list.
+            spec.returns = ReturnKind::Streaming { backpressure: None };
+        }
+        spec.task_id = mine;
+        spec.parent = None;
+        spec.attempt = 0;
+        spec.max_retries = 0;
+        spec.retry_exceptions = RetryExceptions::None;
+        let returns: Vec<ObjectId> = spec.return_ids().collect();
+        self.running.insert(
+            mine,
+            Running {
+                owner_id,
+                attempt,
+                values: vec![None; if generator { 0 } else { returns.len() }],
+                items: VecDeque::new(),
+                end: None,
+                generator,
+                acked,
+            },
+        );
+        self.by_owner.insert(owner_id, mine);
+        self.conn.send(ToNode::Submit(Box::new(spec)));
+        if !puts.is_empty() {
+            // The task holds its arguments from here on.
+            self.conn.send(ToNode::RemoveRef(puts));
+        }
+        if !generator {
+            self.conn.send(ToNode::Subscribe(returns));
+        }
+        Ok(())
+    }
+
+    /// A message of this node (steps 3 and 4).
+    async fn node_msg(&mut self, msg: FromNode) -> Result<()> {
+        match msg {
+            FromNode::ObjectReady { id, value } => {
+                let Some(r) = self.running.get_mut(&id.task) else {
+                    if let ObjectValue::Data { payload: Payload::Shm { .. }, .. } = value {
+                        self.conn.send(ToNode::Unpin(vec![id]));
+                    }
+                    return Ok(());
+                };
+                if r.generator {
+                    // A shared-memory item's value, asked for below.
+                    let index = id.index.saturating_sub(2);
+                    if let Some(slot) = r.items.iter_mut().find(|(i, v)| *i == index && v.is_none()) {
+                        slot.1 = Some(value);
+                    }
+                    return self.pump(id.task).await;
+                }
+                let slot = (id.index as usize).wrapping_sub(1);
+                if let Some(v) = r.values.get_mut(slot) {
+                    *v = Some(value);
+                }
+                if r.values.iter().all(Option::is_some) {
+                    let r = self.running.remove(&id.task).expect("found above");
+                    self.by_owner.remove(&r.owner_id);
+                    self.return_values(id.task, r).await?;
+                }
+                Ok(())
+            }
+            FromNode::StreamItem { task_id, index, value } => {
+                let Some(r) = self.running.get_mut(&task_id) else { return Ok(()) };
+                if value.is_none() {
+                    self.conn.send(ToNode::Subscribe(vec![ObjectId::for_item(task_id, index)]));
+                }
+                r.items.push_back((index, value));
+                self.pump(task_id).await
+            }
+            FromNode::StreamEnd { task_id, items, error } => {
+                if let Some(r) = self.running.get_mut(&task_id) {
+                    r.end = Some((items, error));
+                }
+                self.pump(task_id).await
+            }
+            FromNode::Rejected(e) => {
+                let why = e.to_string();
+                let _ = self.writer.send(FromPeer { kind: Some(FromPeerKind::Rejected(why)) }).await;
+                Err(ClusterError::Node(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A fixed-returns task ended: its values (or its error) to the owner.
+    async fn return_values(&mut self, mine: TaskId, r: Running) -> Result<()> {
+        let ids: Vec<ObjectId> = (0..r.values.len() as u32).map(|i| ObjectId::for_return(mine, i)).collect();
+        let mut values = Vec::new();
+        let mut unpin = Vec::new();
+        let mut failed = None;
+        for (id, v) in ids.iter().zip(r.values) {
+            let v = v.expect("all here");
+            match v {
+                ObjectValue::Error(e) => {
+                    failed.get_or_insert(e);
+                }
+                ObjectValue::Data { ref payload, ref contained, .. } => {
+                    if matches!(payload, Payload::Shm { .. }) {
+                        unpin.push(*id);
+                    }
+                    if !contained.is_empty() {
+                        failed.get_or_insert(Error::InvalidOption(
+                            "a task run on another node returned refs inside its value, which cannot leave their \
+                             node in this build"
+                                .into(),
+                        ));
+                    } else if failed.is_none() {
+                        values.push(self.writer.ship::<FromPeer>(&self.arena, v).await?);
+                    }
+                }
+            }
+        }
+        if !unpin.is_empty() {
+            self.conn.send(ToNode::Unpin(unpin));
+        }
+        self.conn.send(ToNode::RemoveRef(ids));
+        let outcome = match failed {
+            Some(e) => TaskOutcome::Failed(e),
+            None => TaskOutcome::Returned(values),
+        };
+        self.finish(r.owner_id, r.attempt, outcome).await
+    }
+
+    /// Relays a generator's items that are in hand, in order, then its end
+    /// once every item went (step 4).
+    async fn pump(&mut self, mine: TaskId) -> Result<()> {
+        loop {
+            let Some(r) = self.running.get_mut(&mine) else { return Ok(()) };
+            match r.items.front() {
+                Some((_, Some(_))) => {
+                    let (index, value) = r.items.pop_front().expect("front");
+                    let value = value.expect("in hand");
+                    let (owner_id, attempt, acked) = (r.owner_id, r.attempt, r.acked);
+                    let item = ObjectId::for_item(mine, index);
+                    let shm = matches!(value, ObjectValue::Data { payload: Payload::Shm { .. }, .. });
+                    let digest = value_digest(&self.arena, &value);
+                    let value = self.writer.ship::<FromPeer>(&self.arena, value).await?;
+                    let report = ToNode::ReportItem { task_id: owner_id, attempt, index, value, digest };
+                    self.writer.send_node::<FromPeer>(report).await?;
+                    if shm {
+                        self.conn.send(ToNode::Unpin(vec![item]));
+                    }
+                    self.conn.send(ToNode::RemoveRef(vec![item]));
+                    if !acked {
+                        self.conn.send(ToNode::StreamConsumed { task_id: mine, consumed: index + 1 });
+                    }
+                }
+                Some((_, None)) => return Ok(()),
+                None => {
+                    let Some((items, error)) = r.end.take() else { return Ok(()) };
+                    let r = self.running.remove(&mine).expect("found above");
+                    self.by_owner.remove(&r.owner_id);
+                    self.conn.send(ToNode::StreamDrop { task_id: mine, consumed: items });
+                    self.conn.send(ToNode::RemoveRef(vec![ObjectId::for_return(mine, 0)]));
+                    let outcome = match error {
+                        Some(e) => TaskOutcome::Failed(e),
+                        None => TaskOutcome::Streamed { items },
+                    };
+                    return self.finish(r.owner_id, r.attempt, outcome).await;
+                }
+            }
+        }
+    }
+
+    async fn finish(&mut self, task_id: TaskId, attempt: u32, outcome: TaskOutcome) -> Result<()> {
+        self.writer.send_node::<FromPeer>(ToNode::TaskDone { task_id, attempt, outcome }).await
+    }
+}
+
+/// [`ObjectValue::digest`] of a value in this node's store.
+fn value_digest(arena: &Arena, value: &ObjectValue) -> u64 {
+    let sample = match value {
+        ObjectValue::Data { payload: Payload::Shm { offset, len }, .. } => {
+            let n = DIGEST_SAMPLE.min(*len);
+            // SAFETY: the caller holds a store pin on this sealed object.
+            unsafe { arena.slice(*offset, n).ok().zip(arena.slice(offset + len - n, n).ok()) }
+        }
+        _ => None,
+    };
+    value.digest(sample)
+}

@@ -1,0 +1,206 @@
+//! A program connected to one node daemon runs tasks on others (peer
+//! links): placed by custom resources, with large arguments and results
+//! moved between the nodes' stores, generators streamed back under
+//! backpressure, spillback when the program's node is full, a task that no
+//! node can run yet waiting for one to join, and a node killed in the
+//! middle of a generator (the stream completes, each item once).
+//!
+//! Head and nodes are `ferroray start` daemons, each a process with its own
+//! store and ports on loopback. One test in this file: the session
+//! directory is named by an environment variable, which the process's
+//! threads share.
+
+use ferroray::{Buffer, Config};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferroray");
+
+#[ferroray::remote]
+fn where_am_i() -> String {
+    ferroray::node_id().unwrap()
+}
+
+#[ferroray::remote]
+fn checksum(b: Buffer) -> (usize, u64) {
+    (b.len(), b.iter().map(|x| u64::from(*x)).sum())
+}
+
+#[ferroray::remote]
+fn make(n: usize) -> Buffer {
+    Buffer::new(vec![3u8; n])
+}
+
+#[ferroray::remote]
+fn square(x: i64) -> i64 {
+    x * x
+}
+
+/// Yields `0..n` slowly, and writes the id of the node it runs on to
+/// `mark` (a side channel: the items must be the same on every attempt).
+#[ferroray::remote]
+fn slow_count(n: u64, mark: String) -> impl Iterator<Item = u64> {
+    let _ = std::fs::write(&mark, ferroray::node_id().unwrap());
+    (0..n).inspect(|_| std::thread::sleep(Duration::from_millis(50)))
+}
+
+#[ferroray::remote]
+fn chunks(n: usize, size: usize) -> impl Iterator<Item = Buffer> {
+    (0..n).map(move |i| Buffer::new(vec![i as u8; size]))
+}
+
+#[ferroray::remote]
+fn sleepy(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    ferroray::node_id().unwrap()
+}
+
+struct Session(PathBuf);
+
+impl Session {
+    fn ferroray(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN).args(args).env("FERRORAY_SESSION_DIR", &self.0).output().expect("ferroray");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts a node joined to `head` with 1 CPU and `resources`; its node id.
+    fn node(&self, head: &str, resources: &str) -> String {
+        let before = self.records();
+        self.ferroray(&[
+            "start",
+            "--address",
+            head,
+            "--num-cpus",
+            "1",
+            "--resources",
+            resources,
+            "--heartbeat-ms",
+            "200",
+        ]);
+        self.records().into_iter().find(|r| !before.contains(r)).expect("a new record").0
+    }
+
+    /// (node id, daemon pid) of every daemon recorded.
+    fn records(&self) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for f in std::fs::read_dir(self.0.join("nodes")).into_iter().flatten().flatten() {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap();
+            out.push((v["node_id"].as_str().unwrap().to_string(), v["pid"].as_u64().unwrap() as u32));
+        }
+        out
+    }
+
+    fn pid_of(&self, node: &str) -> u32 {
+        self.records().into_iter().find(|(n, _)| n == node).expect("recorded").1
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        ferroray::shutdown();
+        let _ = Command::new(BIN).args(["stop", "--grace-period", "5"]).env("FERRORAY_SESSION_DIR", &self.0).output();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_mark(mark: &Path) -> String {
+    std::fs::read_to_string(mark).unwrap_or_default()
+}
+
+#[test]
+fn tasks_objects_and_streams_cross_nodes() {
+    let dir = std::env::temp_dir().join(format!("ferroray-multinode-test-{}", std::process::id()));
+    let s = Session(dir.clone());
+    // SAFETY (edition 2021: not unsafe yet): the only test of this binary.
+    std::env::set_var("FERRORAY_SESSION_DIR", &dir);
+    let out = s.ferroray(&["start", "--head", "--port", "0", "--num-cpus", "1", "--heartbeat-ms", "200"]);
+    let head_addr = out.split(" at ").nth(1).unwrap().split(' ').next().unwrap().to_string();
+    let head = s.records()[0].0.clone();
+    ferroray::init_with(Config::default().address("auto")).expect("connecting");
+    assert_eq!(ferroray::node_id().unwrap(), head);
+
+    // A task no node can run yet waits, and runs when a node that can joins.
+    let early = where_am_i::options().resource("b", 1).remote();
+    std::thread::sleep(Duration::from_millis(300));
+    let b = s.node(&head_addr, r#"{"b": 1}"#);
+    assert_eq!(early.get_timeout(Duration::from_secs(20)).unwrap(), b);
+
+    // Placed by custom resources; plain tasks stay here.
+    assert_eq!(where_am_i::remote().get().unwrap(), head);
+    let on_b: Vec<_> = (0..20).map(|i| square::options().resource("b", 1).remote(i)).collect();
+    let got: Vec<i64> = on_b.into_iter().map(|r| r.get().unwrap()).collect();
+    assert_eq!(got, (0..20).map(|i| i * i).collect::<Vec<_>>());
+
+    // A large argument goes to B's store, a large result comes back.
+    let big = ferroray::put(Buffer::new(vec![1u8; 64 << 20])).unwrap();
+    let sum = checksum::options().resource("b", 1).remote(&big).get().unwrap();
+    assert_eq!(sum, (64 << 20, 64 << 20));
+    let made = make::options().resource("b", 1).remote(48 << 20).get().unwrap();
+    assert_eq!((made.len(), made[0], made[(48 << 20) - 1]), (48 << 20, 3, 3));
+
+    // A generator on B streams back in order, under backpressure, with
+    // large items too.
+    let mark = dir.join("mark");
+    let items: Vec<u64> = slow_count::options()
+        .resource("b", 1)
+        .generator_backpressure(std::num::NonZeroU32::new(2).unwrap())
+        .remote(10, mark.to_string_lossy().into_owned())
+        .map(|r| r.get().unwrap())
+        .collect();
+    assert_eq!(items, (0..10).collect::<Vec<_>>());
+    assert_eq!(read_mark(&mark), b);
+    let sizes: Vec<(usize, u8)> = chunks::options()
+        .resource("b", 1)
+        .remote(4, 8 << 20)
+        .map(|r| {
+            let b = r.get().unwrap();
+            (b.len(), b[0])
+        })
+        .collect();
+    assert_eq!(sizes, vec![(8 << 20, 0), (8 << 20, 1), (8 << 20, 2), (8 << 20, 3)]);
+
+    // Spillback: with this node's one CPU taken, CPU tasks go to B too.
+    let runs: Vec<_> = (0..4).map(|_| sleepy::remote(400)).collect();
+    let ran: Vec<String> = runs.into_iter().map(|r| r.get().unwrap()).collect();
+    assert!(ran.contains(&head) && ran.contains(&b), "{ran:?}");
+
+    // A node killed mid-stream: the generator runs again on C and the
+    // stream completes with each item once.
+    let c = s.node(&head_addr, r#"{"b": 1}"#);
+    wait_for("C in the view", Duration::from_secs(10), || ferroray::cluster_resources().unwrap()["b"] == 2.0);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = std::fs::remove_file(&mark);
+    let mut stream = slow_count::options()
+        .resource("b", 1)
+        .generator_backpressure(std::num::NonZeroU32::new(2).unwrap())
+        .remote(40, mark.to_string_lossy().into_owned());
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(stream.next().unwrap().get().unwrap());
+    }
+    let first = read_mark(&mark);
+    assert!(first == b || first == c, "ran on {first}");
+    let victim = s.pid_of(&first);
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    for r in stream {
+        seen.push(r.get_timeout(Duration::from_secs(30)).unwrap());
+    }
+    assert_eq!(seen, (0..40).collect::<Vec<_>>());
+    let second = read_mark(&mark);
+    assert!(second != first && (second == b || second == c), "ran again on {second}");
+
+    ferroray::shutdown();
+    drop(s);
+    assert!(!dir.exists());
+}

@@ -202,3 +202,60 @@ def test_worker_output_reaches_the_driver_and_a_leaving_driver_takes_its_tasks(s
         stays.stdin.write("\n")
         stays.stdin.flush()
         assert stays.wait(timeout=30) == 0
+
+
+ACROSS = r"""
+import os, sys
+import numpy as np
+import ferroray as ray
+
+ray.init(address="auto")
+here = ray.get_runtime_context().get_node_id()
+
+@ray.remote(resources={"b": 1})
+def where():
+    return ray.get_runtime_context().get_node_id()
+
+@ray.remote(resources={"b": 1})
+def total(a):
+    return int(a.sum())
+
+@ray.remote(resources={"b": 1})
+def ones(n):
+    return np.ones(n, dtype=np.uint8)
+
+@ray.remote(resources={"b": 1}, num_returns="streaming", _generator_backpressure_num_objects=1)
+def count(n):
+    for i in range(n):
+        yield i
+
+@ray.remote(resources={"b": 1})
+def fails():
+    raise ValueError("from the other node")
+
+there = ray.get(where.remote())
+assert there != here, (there, here)
+a = np.ones(16 << 20, dtype=np.uint8)
+assert ray.get(total.remote(a)) == 16 << 20
+b = ray.get(ones.remote(8 << 20))
+assert b.sum() == 8 << 20 and not b.flags.writeable
+assert [ray.get(r) for r in count.remote(20)] == list(range(20))
+try:
+    ray.get(fails.remote())
+    raise AssertionError("no error")
+except ValueError as e:
+    assert "from the other node" in str(e)
+print("ok", there)
+ray.shutdown()
+"""
+
+
+def test_python_tasks_run_on_another_node(session):
+    run, d = session
+    out = run("start", "--head", "--port", "0", "--num-cpus", "1", "--heartbeat-ms", "200").stdout
+    head = re.search(r"cluster at (\S+) ", out).group(1)
+    run("start", "--address", head, "--num-cpus", "1", "--resources", '{"b": 1}')
+    env = dict(os.environ, FERRORAY_SESSION_DIR=d)
+    done = _python(ACROSS, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split()[0] == "ok"

@@ -11,6 +11,7 @@
 //! threads share.
 
 use ferroray::{Buffer, Config};
+use ferroray_common::ClusterToken;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -114,6 +115,47 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Opens a peer link to `node` (found in the head's view, its certificate
+/// pinned) with `token`; the answer to the hello: "welcome" or the refusal.
+fn peer_hello(s: &Session, node: &str, token: ClusterToken) -> String {
+    use ferroray_cluster::peer::{FromPeer, FromPeerKind, PeerHello, ToPeer, ToPeerKind, PEER_PROTOCOL_VERSION};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let credentials = ferroray_cluster::session::read_token(&s.0.join("token")).unwrap();
+    let view = ferroray_cluster::client::view_blocking(&head_address(s), &credentials).unwrap();
+    let desc =
+        view.nodes.iter().filter_map(|n| n.desc.clone()).find(|d| format!("{:016x}", d.node_id) == node).unwrap();
+    let fingerprint = ferroray_cluster::tls::Fingerprint(desc.peer_fingerprint.as_slice().try_into().unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let connector = tokio_rustls::TlsConnector::from(ferroray_cluster::tls::client_config(fingerprint).unwrap());
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", desc.peer_port as u16)).await.unwrap();
+        let mut tls = connector.connect(ferroray_cluster::tls::head_name(), tcp).await.unwrap();
+        let hello = PeerHello {
+            protocol: PEER_PROTOCOL_VERSION,
+            token: token.as_bytes().to_vec(),
+            from_node: 1,
+            ..Default::default()
+        };
+        let mut buf = Vec::new();
+        ferroray_protocol::frame::encode_into(&mut buf, ToPeer { kind: Some(ToPeerKind::Hello(hello)) }).unwrap();
+        tls.write_all(&buf).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut reply)).await;
+        match ferroray_protocol::frame::read_frame::<_, FromPeer>(&mut &reply[..]).unwrap() {
+            Some(FromPeer { kind: Some(FromPeerKind::Rejected(why)) }) => why,
+            Some(FromPeer { kind: Some(FromPeerKind::Welcome(_)) }) => "welcome".into(),
+            other => panic!("{other:?}"),
+        }
+    })
+}
+
+fn head_address(s: &Session) -> String {
+    let text = std::fs::read_to_string(std::fs::read_dir(s.0.join("nodes")).unwrap().flatten().next().unwrap().path());
+    let v: serde_json::Value = serde_json::from_str(&text.unwrap()).unwrap();
+    v["head"].as_str().unwrap().to_string()
+}
+
 fn read_mark(mark: &Path) -> String {
     std::fs::read_to_string(mark).unwrap_or_default()
 }
@@ -124,7 +166,19 @@ fn tasks_objects_and_streams_cross_nodes() {
     let s = Session(dir.clone());
     // SAFETY (edition 2021: not unsafe yet): the only test of this binary.
     std::env::set_var("FERRORAY_SESSION_DIR", &dir);
-    let out = s.ferroray(&["start", "--head", "--port", "0", "--num-cpus", "1", "--heartbeat-ms", "200"]);
+    let store = (3u64 << 30).to_string();
+    let out = s.ferroray(&[
+        "start",
+        "--head",
+        "--port",
+        "0",
+        "--num-cpus",
+        "1",
+        "--heartbeat-ms",
+        "200",
+        "--object-store-memory",
+        &store,
+    ]);
     let head_addr = out.split(" at ").nth(1).unwrap().split(' ').next().unwrap().to_string();
     let head = s.records()[0].0.clone();
     ferroray::init_with(Config::default().address("auto")).expect("connecting");
@@ -148,6 +202,20 @@ fn tasks_objects_and_streams_cross_nodes() {
     assert_eq!(sum, (64 << 20, 64 << 20));
     let made = make::options().resource("b", 1).remote(48 << 20).get().unwrap();
     assert_eq!((made.len(), made[0], made[(48 << 20) - 1]), (48 << 20, 3, 3));
+
+    // 1 GiB to B and its checksum back; the bytes leave this node's store
+    // once the ref is dropped.
+    let huge = ferroray::put(Buffer::new(vec![2u8; 1 << 30])).unwrap();
+    let started = Instant::now();
+    let sum = checksum::options().resource("b", 1).remote(&huge).get().unwrap();
+    assert_eq!(sum, (1 << 30, 2 << 30));
+    eprintln!("1 GiB to another node and summed there: {:?}", started.elapsed());
+    drop(huge);
+
+    // A peer link opened with a wrong token is refused (and logged there).
+    assert_eq!(peer_hello(&s, &b, ClusterToken::random().unwrap()), "wrong cluster token");
+    let log = std::fs::read_to_string(dir.join("logs").join(format!("{}.log", s.pid_of(&b)))).unwrap();
+    assert!(log.contains("wrong cluster token"), "{log}");
 
     // A generator on B streams back in order, under backpressure, with
     // large items too.

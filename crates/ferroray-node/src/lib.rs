@@ -28,6 +28,8 @@
 pub mod config;
 pub mod local;
 pub mod pool;
+#[cfg(test)]
+mod remote_tests;
 pub mod server;
 pub mod state;
 #[cfg(test)]

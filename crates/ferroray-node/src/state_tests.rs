@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 /// Records what the node sends to one peer.
 #[derive(Default)]
-struct Recorder(Mutex<Vec<FromNode>>);
+pub(crate) struct Recorder(pub(crate) Mutex<Vec<FromNode>>);
 
 impl Inbox for Recorder {
     fn deliver(&self, msg: FromNode) {
@@ -30,26 +30,26 @@ impl Inbox for Recorder {
     fn closed(&self, _reason: &str) {}
 }
 
-struct Peer {
-    conn: ConnId,
-    pid: u32,
-    worker_id: WorkerId,
-    outbox: Arc<LocalOutbox>,
-    inbox: Arc<Recorder>,
+pub(crate) struct Peer {
+    pub(crate) conn: ConnId,
+    pub(crate) pid: u32,
+    pub(crate) worker_id: WorkerId,
+    pub(crate) outbox: Arc<LocalOutbox>,
+    pub(crate) inbox: Arc<Recorder>,
 }
 
 impl Peer {
     /// What the node sent since the last call.
-    fn take(&self) -> Vec<FromNode> {
+    pub(crate) fn take(&self) -> Vec<FromNode> {
         self.outbox.deliver();
         std::mem::take(&mut *self.inbox.0.lock())
     }
 }
 
-struct Harness {
-    st: State,
-    spawns: Receiver<PoolCmd>,
-    token: ClusterToken,
+pub(crate) struct Harness {
+    pub(crate) st: State,
+    pub(crate) spawns: Receiver<PoolCmd>,
+    pub(crate) token: ClusterToken,
     next_pid: u32,
     /// Keeps the store's temporary parent directory for the test's length.
     spill: std::path::PathBuf,
@@ -61,7 +61,7 @@ impl Drop for Harness {
     }
 }
 
-fn harness(cpus: f64) -> Harness {
+pub(crate) fn harness(cpus: f64) -> Harness {
     harness_of(cpus, &[WorkerKind::Rust])
 }
 
@@ -71,7 +71,7 @@ fn harness_of(cpus: f64, kinds: &[WorkerKind]) -> Harness {
 }
 
 /// A node as `harness_of` makes it, with `tune` applied to its config.
-fn harness_with(cpus: f64, kinds: &[WorkerKind], tune: impl FnOnce(&mut NodeConfig)) -> Harness {
+pub(crate) fn harness_with(cpus: f64, kinds: &[WorkerKind], tune: impl FnOnce(&mut NodeConfig)) -> Harness {
     let mut config = NodeConfig::new(WorkerCommand { program: "/bin/true".into(), args: vec![], env: vec![] });
     config.worker_commands =
         kinds.iter().map(|k| (*k, WorkerCommand { program: "/bin/true".into(), args: vec![], env: vec![] })).collect();
@@ -91,14 +91,14 @@ fn harness_with(cpus: f64, kinds: &[WorkerKind], tune: impl FnOnce(&mut NodeConf
 }
 
 impl Harness {
-    fn connect(&mut self, pid: u32) -> (ConnId, Arc<LocalOutbox>, Arc<Recorder>) {
+    pub(crate) fn connect(&mut self, pid: u32) -> (ConnId, Arc<LocalOutbox>, Arc<Recorder>) {
         let inbox = Arc::new(Recorder::default());
         let outbox = Arc::new(LocalOutbox::new(inbox.clone()));
         let conn = self.st.add_connection(Outbox::Local(outbox.clone()), pid);
         (conn, outbox, inbox)
     }
 
-    fn driver(&mut self) -> Peer {
+    pub(crate) fn driver(&mut self) -> Peer {
         let worker_id = WorkerId::random();
         let (conn, outbox, inbox) = self.connect(1);
         let hello = ToNode::Hello {
@@ -115,7 +115,7 @@ impl Harness {
     }
 
     /// A worker the spawner started (as asked), connected and welcomed.
-    fn worker(&mut self) -> Peer {
+    pub(crate) fn worker(&mut self) -> Peer {
         self.worker_of(WorkerKind::Rust)
     }
 
@@ -139,12 +139,12 @@ impl Harness {
     }
 
     /// Every command the pool received since the last call.
-    fn pool_commands(&self) -> Vec<PoolCmd> {
+    pub(crate) fn pool_commands(&self) -> Vec<PoolCmd> {
         std::iter::from_fn(|| self.spawns.try_recv().ok()).collect()
     }
 
     /// Spawn requests the pool received since the last call.
-    fn spawn_requests(&self) -> usize {
+    pub(crate) fn spawn_requests(&self) -> usize {
         self.spawn_kinds().len()
     }
 
@@ -161,7 +161,7 @@ impl Harness {
     }
 }
 
-fn spec(by: &Peer, seq: u64, returns: ReturnKind, max_retries: u32) -> TaskSpec {
+pub(crate) fn spec(by: &Peer, seq: u64, returns: ReturnKind, max_retries: u32) -> TaskSpec {
     TaskSpec {
         task_id: TaskId { submitter: by.worker_id, seq },
         function: FunctionDescriptor::Rust { name: "t::f".into() },
@@ -178,7 +178,7 @@ fn spec(by: &Peer, seq: u64, returns: ReturnKind, max_retries: u32) -> TaskSpec 
     }
 }
 
-fn inline(bytes: &[u8]) -> ObjectValue {
+pub(crate) fn inline(bytes: &[u8]) -> ObjectValue {
     ObjectValue::Data {
         payload: Payload::Inline(bytes.to_vec()),
         encoding: ferroray_protocol::Encoding::Rust,
@@ -186,7 +186,7 @@ fn inline(bytes: &[u8]) -> ObjectValue {
     }
 }
 
-fn executed(msgs: &[FromNode]) -> Vec<TaskId> {
+pub(crate) fn executed(msgs: &[FromNode]) -> Vec<TaskId> {
     msgs.iter()
         .filter_map(|m| match m {
             FromNode::Execute(s) => Some(s.task_id),
@@ -195,7 +195,7 @@ fn executed(msgs: &[FromNode]) -> Vec<TaskId> {
         .collect()
 }
 
-fn ready(msgs: &[FromNode], id: ObjectId) -> Option<&ObjectValue> {
+pub(crate) fn ready(msgs: &[FromNode], id: ObjectId) -> Option<&ObjectValue> {
     msgs.iter().find_map(|m| match m {
         FromNode::ObjectReady { id: got, value } if *got == id => Some(value),
         _ => None,

@@ -473,7 +473,6 @@ fn a_peer_running_several_tasks_is_not_asked_to_give_any_back_when_a_worker_free
 // skip peers, which run every task they have (nothing of theirs is queued)
 // and never answer a `Revoke` (their daemon ignores it).
 #[test]
-#[ignore = "bug: revoke_queued_after sends Revoke to a peer and leaves its `revoking` set for good"]
 fn a_revoke_answered_by_a_worker_never_revokes_a_peers_tasks() {
     let mut h = harness(1.0);
     let d = h.driver();
@@ -506,7 +505,6 @@ fn a_revoke_answered_by_a_worker_never_revokes_a_peers_tasks() {
 // large for one message) must not credit the peer's room with the task's
 // resources it never took.
 #[test]
-#[ignore = "bug: a failed dispatch to a peer subtracts from its in_flight what was never added"]
 fn a_dispatch_to_a_peer_that_fails_leaves_its_room_unchanged() {
     let mut h = harness(1.0);
     let d = h.driver();

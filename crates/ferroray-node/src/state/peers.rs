@@ -408,12 +408,14 @@ impl State {
         if live || self.starting[kind] > 0 {
             return;
         }
+        // Tasks only another node could run wait for one (`remote`).
         let mut waiting = Vec::new();
-        self.ready.retain_mut(|((k, _), q)| {
-            if *k == kind {
+        let total = &self.total;
+        self.ready.retain_mut(|((k, shape), q)| {
+            if *k == kind && shape.fits_in(total) {
                 waiting.extend(q.drain(..));
             }
-            *k != kind
+            !q.is_empty()
         });
         for t in waiting {
             let detail = format!("worker could not start: {error}");

@@ -105,13 +105,6 @@ impl State {
         }
     }
 
-    /// Step 2's accounting when `tid` is sent to peer `conn`.
-    pub(super) fn peer_took(&mut self, conn: ConnId, need: &ResourceSet) {
-        if let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.remote.as_mut()) {
-            r.in_flight.add(need);
-        }
-    }
-
     /// `tid` left peer `conn` (ended, or failed with it).
     pub(super) fn peer_released(&mut self, conn: ConnId, tid: TaskId) {
         let need = self.tasks.get(&tid).map(|t| t.spec.resources.clone()).unwrap_or_default();

@@ -281,6 +281,12 @@ impl State {
                 self.available.subtract(&spec.resources);
             }
             c.assigned.push_back(tid);
+            // A peer's room is taken as the task is assigned, so that a
+            // dispatch failing below gives back only what it took
+            // (`release_worker` → `peer_released`).
+            if let Some(r) = c.remote.as_mut() {
+                r.in_flight.add(&spec.resources);
+            }
             // An exported function's bytes go with its first call to this
             // worker, which keeps them (even if the call is taken back);
             // recorded as sent when it is (below).
@@ -366,7 +372,6 @@ impl State {
             .map_or((0, false, None, false), |c| (c.pid, c.assigned.len() == 1, c.actor, c.remote.is_some()));
         if peer {
             // A peer runs all it is sent at once (`remote` step 2).
-            self.peer_took(worker, &spec.resources);
             self.record(tid, TaskState::Running, None, None);
         } else if first {
             // Queued ones are recorded as running when they reach the front.
@@ -516,7 +521,7 @@ impl State {
     fn revoke_queued_after(&mut self, order: u64) {
         let tasks = &self.tasks;
         for c in self.conns.values_mut() {
-            if !c.revoking.is_empty() || c.actor.is_some() || c.doomed || c.assigned.len() < 2 {
+            if !c.revoking.is_empty() || c.actor.is_some() || c.remote.is_some() || c.doomed || c.assigned.len() < 2 {
                 continue;
             }
             let later: Vec<TaskId> =

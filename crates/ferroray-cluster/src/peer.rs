@@ -37,19 +37,24 @@
 //!    them as for any driver that left. The peer is attached again at a
 //!    later view, a second after its link ended.
 //!
-//! What does not cross nodes yet: refs inside arguments or results, actors,
-//! and `get` of an object that lives on another node.
+//! Actors placed on a peer (`remote` step 6) are created there by the link
+//! (no name, no restarts: the owner keeps both) and live while the link
+//! holds their handle; the owner's `KillActor` ends them.
+//!
+//! What does not cross nodes yet: refs inside arguments or results, and
+//! `get` of an object that lives on another node.
 
 use crate::error::{ClusterError, Result};
 use crate::tls::{self, Fingerprint, HeadIdentity};
 use crate::wire::{ClusterView, Empty};
 use ferroray_common::{
-    ClusterToken, Error, FunctionId, NodeId, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId,
+    ActorDeathCause, ActorId, ClusterToken, Error, FunctionId, NodeId, ObjectId, ResourceSet, RetryExceptions, TaskId,
+    WorkerId,
 };
 use ferroray_node::{Inbox, LocalConnection, Node, WorkerCommand};
 use ferroray_protocol::{
-    frame, FromNode, FunctionDescriptor, ObjectValue, Payload, ReturnKind, TaskArg, TaskOutcome, TaskSpec, ToNode,
-    WireMessage, WorkerKind, DIGEST_SAMPLE,
+    frame, ActorTask, FromNode, FunctionDescriptor, ObjectValue, Payload, ReturnKind, TaskArg, TaskOutcome, TaskSpec,
+    ToNode, WireMessage, WorkerKind, DIGEST_SAMPLE,
 };
 use ferroray_store::Arena;
 use parking_lot::Mutex;
@@ -705,7 +710,12 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
     match msg {
         FromNode::Execute(spec) => {
             let tid = spec.task_id;
-            if !spec.contained.is_empty() {
+            // An actor call carries its actor's handle: the peer has the actor.
+            let handle = match &spec.actor {
+                Some(ActorTask::Call { actor }) => Some(actor.handle_object()),
+                _ => None,
+            };
+            if spec.contained.iter().any(|c| Some(*c) != handle) {
                 return fail_here(conn, &spec, refs_error(&spec));
             }
             let missing: Vec<ObjectId> =
@@ -776,6 +786,9 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
                 ToNode::StreamConsumed { task_id, consumed }
             };
             writer.send_node::<ToPeer>(msg).await?;
+        }
+        FromNode::KillActor { actor, no_restart } => {
+            writer.send_node::<ToPeer>(ToNode::KillActor { actor, no_restart }).await?;
         }
         FromNode::Rejected(e) => return Err(ClusterError::Node(e)),
         _ => {}
@@ -873,6 +886,9 @@ struct Running {
     end: Option<(u32, Option<Error>)>,
     generator: bool,
     acked: bool,
+    /// An actor's creation: its handle object stays held (the actor lives
+    /// while the link holds it).
+    creation: bool,
 }
 
 /// One link, the executing side.
@@ -887,6 +903,8 @@ struct Executing<W> {
     by_owner: HashMap<TaskId, TaskId>,
     /// The owner's exported functions, renamed as this link's.
     functions: HashMap<FunctionId, FunctionId>,
+    /// The owner's actors placed here, as this node knows them.
+    actors: HashMap<ActorId, ActorId>,
     landing: Landing,
 }
 
@@ -958,6 +976,7 @@ async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<
         running: HashMap::new(),
         by_owner: HashMap::new(),
         functions: HashMap::new(),
+        actors: HashMap::new(),
         landing: Landing::default(),
     };
     loop {
@@ -1067,6 +1086,14 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 }
                 Ok(())
             }
+            ToNode::KillActor { actor, .. } => {
+                // The owner decides restarts: here it just ends.
+                if let Some(mine) = self.actors.remove(&actor) {
+                    self.conn.send(ToNode::KillActor { actor: mine, no_restart: true });
+                    self.conn.send(ToNode::RemoveRef(vec![mine.handle_object()]));
+                }
+                Ok(())
+            }
             other => Err(peer_error("a message out of turn")(format!("{other:?}"))),
         }
     }
@@ -1074,12 +1101,36 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
     async fn submit(&mut self, mut spec: TaskSpec) -> Result<()> {
         let owner_id = spec.task_id;
         let attempt = spec.attempt;
-        if spec.actor.is_some() {
-            return self
-                .finish(owner_id, attempt, TaskOutcome::Failed(Error::Protocol("an actor task from a peer".into())))
-                .await;
-        }
         let mine = self.new_task_id();
+        // An actor's creation or call, under this node's name for it.
+        let mut creation = false;
+        match &mut spec.actor {
+            Some(ActorTask::Create(opts)) => {
+                // The owner keeps its name, restarts and retries; here it is
+                // the link's, and ends with it.
+                opts.name = None;
+                opts.detached = false;
+                opts.max_restarts = 0;
+                opts.max_task_retries = 0;
+                creation = true;
+                self.actors.insert(ActorId(owner_id), ActorId(mine));
+            }
+            Some(ActorTask::Call { actor }) => {
+                let Some(here) = self.actors.get(actor).copied() else {
+                    let e = Error::ActorDied {
+                        actor: actor.to_string(),
+                        cause: ActorDeathCause::Crashed("it is not on this node".into()),
+                    };
+                    return self.finish(owner_id, attempt, TaskOutcome::Failed(e)).await;
+                };
+                let theirs = actor.handle_object();
+                for c in spec.contained.iter_mut().filter(|c| **c == theirs) {
+                    *c = here.handle_object();
+                }
+                *actor = here;
+            }
+            None => {}
+        }
         // Its exported function, under this link's name (the node takes
         // exports from their exporter only).
         if let FunctionDescriptor::Python { function: Some(f), pickled, .. } = &mut spec.function {
@@ -1127,10 +1178,15 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 end: None,
                 generator,
                 acked,
+                creation,
             },
         );
         self.by_owner.insert(owner_id, mine);
-        self.conn.send(ToNode::Submit(Box::new(spec)));
+        if creation {
+            self.conn.send(ToNode::CreateActor { req: mine.seq, spec: Box::new(spec) });
+        } else {
+            self.conn.send(ToNode::Submit(Box::new(spec)));
+        }
         if !puts.is_empty() {
             // The task holds its arguments from here on.
             self.conn.send(ToNode::RemoveRef(puts));
@@ -1184,6 +1240,18 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 }
                 self.pump(task_id).await
             }
+            FromNode::ActorCreated { req, result: Err(e) } => {
+                // Refused before anything was registered.
+                let mine = TaskId { submitter: self.me, seq: req };
+                match self.running.remove(&mine) {
+                    Some(r) => {
+                        self.by_owner.remove(&r.owner_id);
+                        self.actors.retain(|_, a| a.0 != mine);
+                        self.finish(r.owner_id, r.attempt, TaskOutcome::Failed(e)).await
+                    }
+                    None => Ok(()),
+                }
+            }
             FromNode::Rejected(e) => {
                 let why = e.to_string();
                 let _ = self.writer.send(FromPeer { kind: Some(FromPeerKind::Rejected(why)) }).await;
@@ -1224,7 +1292,14 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
         if !unpin.is_empty() {
             self.conn.send(ToNode::Unpin(unpin));
         }
-        self.conn.send(ToNode::RemoveRef(ids));
+        if r.creation && failed.is_none() {
+            // The actor lives while this link holds its handle.
+        } else {
+            if r.creation {
+                self.actors.retain(|_, a| a.0 != mine);
+            }
+            self.conn.send(ToNode::RemoveRef(ids));
+        }
         let outcome = match failed {
             Some(e) => TaskOutcome::Failed(e),
             None => TaskOutcome::Returned(values),

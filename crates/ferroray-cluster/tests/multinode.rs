@@ -57,6 +57,21 @@ fn sleepy(ms: u64) -> String {
     ferroray::node_id().unwrap()
 }
 
+/// Counts its calls and says where it runs.
+pub struct Where(u32);
+
+#[ferroray::actor]
+impl Where {
+    pub fn new() -> Self {
+        Where(0)
+    }
+
+    pub fn node(&mut self) -> (String, u32) {
+        self.0 += 1;
+        (ferroray::node_id().unwrap(), self.0)
+    }
+}
+
 struct Session(PathBuf);
 
 impl Session {
@@ -267,6 +282,22 @@ fn tasks_objects_and_streams_cross_nodes() {
     assert_eq!(seen, (0..40).collect::<Vec<_>>());
     let second = read_mark(&mark);
     assert!(second != first && (second == b || second == c), "ran again on {second}");
+
+    // An actor on another node: its calls go there; that node killed, it
+    // restarts on a node that has room for it (its state fresh), and a
+    // call sent meanwhile runs there on its retry.
+    let d = s.node(&head_addr, r#"{"b": 1}"#);
+    wait_for("D in the view", Duration::from_secs(10), || ferroray::cluster_resources().unwrap()["b"] == 2.0);
+    std::thread::sleep(Duration::from_millis(500));
+    let w = Where::options().resource("b", 1).max_restarts(1).max_task_retries(1).remote().unwrap();
+    let (at, n) = w.node().remote().get().unwrap();
+    assert!((at == second || at == d) && n == 1, "{at} {n}");
+    assert_eq!(w.node().remote().get().unwrap(), (at.clone(), 2));
+    unsafe { libc::kill(s.pid_of(&at) as i32, libc::SIGKILL) };
+    let (again, n) = w.node().remote().get_timeout(Duration::from_secs(30)).unwrap();
+    assert!(again != at && (again == second || again == d) && n == 1, "{again} {n} (was on {at})");
+    ferroray::kill(&w).unwrap();
+    assert!(w.node().remote().get_timeout(Duration::from_secs(10)).is_err());
 
     ferroray::shutdown();
     drop(s);

@@ -147,35 +147,109 @@ fn without_peers_a_task_the_node_lacks_resources_for_is_infeasible() {
     assert_eq!(h.spawn_requests(), 0);
 }
 
-// 1 and 2: an actor never goes to a peer, so it stays infeasible in a cluster.
-#[test]
-fn an_actor_the_node_lacks_resources_for_is_infeasible_even_with_peers() {
-    let mut h = harness(1.0);
-    let d = h.driver();
-    let p = attach(&mut h, 1, cpus_x(4.0, 4.0));
-    let mut s = x_spec(&d, 1, 0);
+/// An actor creation needing what `x_spec` needs, with `max_restarts`.
+fn x_actor(by: &Peer, seq: u64, max_restarts: u32) -> TaskSpec {
+    let mut s = x_spec(by, seq, 0);
     s.actor = Some(ferroray_protocol::ActorTask::Create(Box::new(ferroray_protocol::ActorSpec {
         class: "t::Counter".into(),
         name: None,
         detached: false,
-        max_restarts: 0,
-        max_task_retries: 0,
+        max_restarts,
+        max_task_retries: 1,
         max_concurrency: 1,
         executor: ferroray_protocol::ActorExecutor::Serial,
         front: Vec::new(),
     })));
-    let handle = ObjectId::for_return(s.task_id, 0);
+    s
+}
+
+/// A call of `actor` by `by`.
+fn call(by: &Peer, seq: u64, actor: ferroray_common::ActorId) -> TaskSpec {
+    let mut s = spec(by, seq, ReturnKind::Fixed(1), 0);
+    s.resources = ResourceSet::new();
+    s.actor = Some(ferroray_protocol::ActorTask::Call { actor });
+    s.contained = vec![actor.handle_object()];
+    s
+}
+
+// Step 6: an actor with no room here goes to a peer with room, which holds
+// its resources for its life; its calls follow it; the peer's loss restarts
+// it on another peer, and a kill is a message to the peer, never a process
+// killed here.
+#[test]
+fn an_actor_goes_to_a_peer_its_calls_follow_and_it_restarts_elsewhere() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let b = attach(&mut h, 1, cpus_x(4.0, 1.0));
+    let c = attach(&mut h, 2, cpus_x(4.0, 1.0));
+    let s = x_actor(&d, 1, 1);
+    let actor = ferroray_common::ActorId(s.task_id);
     h.st.handle(d.conn, ToNode::CreateActor { req: 1, spec: Box::new(s) });
-    h.st.handle(d.conn, ToNode::Subscribe(vec![handle]));
+    assert_eq!(executed_attempts(&b.take()), vec![(actor.0, 0)], "its creation goes to the first peer with room");
+    // Its resources are the peer's for its life: another `x` task waits for C.
+    let (t, _) = submit(&mut h, &d, x_spec(&d, 2, 0));
+    assert!(executed(&b.take()).is_empty());
+    assert_eq!(executed(&c.take()), vec![t]);
+    returned(&mut h, &b, actor.0, 0, b"handle");
+    returned(&mut h, &c, t, 0, b"done");
+    // Calls go to the actor's peer.
+    let k = call(&d, 3, actor);
+    let ktid = k.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(k)));
+    assert_eq!(executed(&b.take()), vec![ktid]);
+    // B is lost with the call running: the actor restarts on C (its
+    // creation again, then the call, with a retry spent).
+    h.st.disconnect(b.conn, "link broke");
+    let sent = executed_attempts(&c.take());
+    assert_eq!(sent, vec![(actor.0, 1)], "the creation runs again on C first");
+    returned(&mut h, &c, actor.0, 1, b"handle");
+    assert_eq!(executed_attempts(&c.take()), vec![(ktid, 1)]);
+    returned(&mut h, &c, ktid, 1, b"7");
+    h.st.handle(d.conn, ToNode::Subscribe(vec![ObjectId::for_return(ktid, 0)]));
+    let msgs = d.take();
+    assert!(matches!(ready(&msgs, ObjectId::for_return(ktid, 0)), Some(ObjectValue::Data { .. })), "{msgs:?}");
+    // A kill: a message to C, the actor is dead (no restarts left), C's
+    // room comes back, and no process here is killed.
+    h.st.handle(d.conn, ToNode::KillActor { actor, no_restart: true });
+    let msgs = c.take();
+    assert!(msgs.iter().any(|m| matches!(m, FromNode::KillActor { actor: a, .. } if *a == actor)), "{msgs:?}");
+    assert_eq!(kills(&h.pool_commands()), 0);
+    let (t2, _) = submit(&mut h, &d, x_spec(&d, 4, 0));
+    assert_eq!(executed(&c.take()), vec![t2], "C's room for the actor came back");
+}
+
+// An actor's death on its peer, learnt from a call that fails with
+// `ActorDied` there: it restarts (its process crashed) or stays dead (it
+// exited).
+#[test]
+fn an_actor_that_dies_on_its_peer_restarts_or_stays_dead_by_its_cause() {
+    use ferroray_common::ActorDeathCause;
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let b = attach(&mut h, 1, cpus_x(4.0, 2.0));
+    let s = x_actor(&d, 1, 1);
+    let actor = ferroray_common::ActorId(s.task_id);
+    h.st.handle(d.conn, ToNode::CreateActor { req: 1, spec: Box::new(s) });
+    assert_eq!(executed_attempts(&b.take()), vec![(actor.0, 0)]);
+    returned(&mut h, &b, actor.0, 0, b"handle");
+    let k = call(&d, 2, actor);
+    let ktid = k.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(k)));
+    assert_eq!(executed(&b.take()), vec![ktid]);
+    let crashed = Error::ActorDied { actor: "there".into(), cause: ActorDeathCause::Crashed("boom".into()) };
+    h.st.handle(b.conn, ToNode::TaskDone { task_id: ktid, attempt: 0, outcome: TaskOutcome::Failed(crashed) });
+    assert_eq!(executed_attempts(&b.take()), vec![(actor.0, 1)], "restarted on the peer that has room");
+    returned(&mut h, &b, actor.0, 1, b"handle");
+    assert_eq!(executed_attempts(&b.take()), vec![(ktid, 1)], "the call again, on its retry");
+    let exited = Error::ActorDied { actor: "there".into(), cause: ActorDeathCause::Exited };
+    h.st.handle(b.conn, ToNode::TaskDone { task_id: ktid, attempt: 1, outcome: TaskOutcome::Failed(exited) });
+    h.st.handle(d.conn, ToNode::Subscribe(vec![ObjectId::for_return(ktid, 0)]));
     let msgs = d.take();
     assert!(
-        matches!(
-            ready(&msgs, handle),
-            Some(ObjectValue::Error(Error::Infeasible(m))) if m.contains("needs 1 x but this node has 0 in total")
-        ),
+        matches!(ready(&msgs, ObjectId::for_return(ktid, 0)), Some(ObjectValue::Error(Error::ActorDied { .. }))),
         "{msgs:?}"
     );
-    assert!(executed(&p.take()).is_empty(), "an actor never goes to a peer");
+    assert!(executed(&b.take()).is_empty(), "an actor that exited does not restart");
 }
 
 // 3.

@@ -558,6 +558,12 @@ pub enum FromNode {
         to_stderr: bool,
         text: String,
     },
+    /// End actor `actor` now, which runs on the node this peer connection
+    /// stands for (a worker's process is killed instead).
+    KillActor {
+        actor: ActorId,
+        no_restart: bool,
+    },
     /// The connection is being closed for this reason.
     Rejected(Error),
 }

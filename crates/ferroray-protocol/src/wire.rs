@@ -1505,7 +1505,7 @@ impl TryFrom<ToNode> for m::ToNode {
 /// [`m::FromNode`]: one case per message.
 #[derive(Clone, PartialEq, Message)]
 pub struct FromNode {
-    #[prost(oneof = "FromNodeKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15")]
+    #[prost(oneof = "FromNodeKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16")]
     pub kind: Option<FromNodeKind>,
 }
 
@@ -1545,6 +1545,8 @@ pub enum FromNodeKind {
     StreamClaimed(StreamClaimed),
     #[prost(message, tag = "15")]
     Output(Output),
+    #[prost(message, tag = "16")]
+    KillActor(KillActor),
 }
 
 /// Worker output for a driver (`FromNode::Output`).
@@ -1689,6 +1691,9 @@ impl From<m::FromNode> for FromNode {
                 K::CancelRunning(TaskRef { task_id: Some(task_id.into()), force })
             }
             m::FromNode::Revoke { task_ids: ids } => K::Revoke(task_ids(ids)),
+            m::FromNode::KillActor { actor, no_restart } => {
+                K::KillActor(KillActor { actor: Some(actor.0.into()), no_restart })
+            }
             m::FromNode::Tasks { req, events } => {
                 K::Tasks(Tasks { req, events: events.into_iter().map(Into::into).collect() })
             }
@@ -1748,6 +1753,10 @@ impl TryFrom<FromNode> for m::FromNode {
                 m::FromNode::CancelRunning { task_id: task_id(t.task_id, "CancelRunning task id")?, force: t.force }
             }
             K::Revoke(ids) => m::FromNode::Revoke { task_ids: task_ids_from_bytes(&ids.ids, "revoked task ids")? },
+            K::KillActor(k) => m::FromNode::KillActor {
+                actor: c::ActorId(task_id(k.actor, "KillActor actor")?),
+                no_restart: k.no_restart,
+            },
             K::Tasks(t) => m::FromNode::Tasks {
                 req: t.req,
                 events: t.events.into_iter().map(TryInto::try_into).collect::<Result<_, FrameError>>()?,

@@ -69,9 +69,12 @@ pub(super) struct Actor {
     restarts_left: u32,
     /// The resources it took when placed, given back when it dies.
     held: Option<ResourceSet>,
+    /// Placed on a peer node (`remote`): `worker` is that peer's
+    /// connection, which holds these resources of the peer's for it.
+    pub(super) on_peer: Option<ResourceSet>,
     /// Why its process is being ended (a kill or a terminate on its way),
     /// and whether it may restart after.
-    ending: Option<(ActorDeathCause, bool)>,
+    pub(super) ending: Option<(ActorDeathCause, bool)>,
     /// End it once no call is waiting or running (terminate, out of scope).
     drain: Option<ActorDeathCause>,
     /// Objects it keeps alive while it lives: its constructor's arguments
@@ -128,6 +131,7 @@ impl State {
             queues: Vec::new(),
             sent: VecDeque::new(),
             held: None,
+            on_peer: None,
             ending: None,
             drain: None,
             pinned: Vec::new(),
@@ -233,8 +237,16 @@ impl State {
         }
         let want = a.creation.resources.clone();
         if !want.fits_in(&self.available) {
+            // No room here: a peer with room takes it (`remote` step 6).
+            if let Some((peer, _)) = self.peer_rooms().into_iter().find(|(_, room)| want.fits_in(room)) {
+                self.unplaced.retain(|u| *u != id);
+                return self.place_actor_on_peer(id, peer, want);
+            }
             if !self.unplaced.contains(&id) {
                 self.unplaced.push_back(id);
+            }
+            if !want.fits_in(&self.total) && !self.peer_could_run(&want) {
+                self.warn_waiting(id.0);
             }
             return;
         }
@@ -371,11 +383,16 @@ impl State {
         }
         match a.worker {
             Some(w) => {
+                let remote = a.on_peer.is_some();
                 if let Some(a) = self.actors.get_mut(&id) {
                     a.ending = Some((cause, false));
                 }
-                // The process exits when it reads the end of its socket.
-                self.disconnect(w, "the actor ended");
+                if remote {
+                    self.end_on_peer(id, w, "the actor ended");
+                } else {
+                    // The process exits when it reads the end of its socket.
+                    self.disconnect(w, "the actor ended");
+                }
             }
             None => self.actor_dead(id, died(id, cause)),
         }
@@ -404,6 +421,7 @@ impl State {
         }
         a.ending = Some((ActorDeathCause::Killed, !no_restart));
         match a.worker {
+            Some(w) if a.on_peer.is_some() => self.end_on_peer(id, w, "killed"),
             Some(w) => self.doom(w),
             // Not started yet (waiting for resources or its process): it
             // dies here, and a process started for it is turned away.
@@ -534,6 +552,7 @@ impl State {
         let held = a.held.take();
         let name = a.opts.name.clone();
         let worker = a.worker.take();
+        let on_peer = a.on_peer.take();
         let pins = std::mem::take(&mut a.pinned);
         self.unplaced.retain(|u| *u != id);
         if let Some(h) = held {
@@ -550,8 +569,13 @@ impl State {
         if self.tasks.contains_key(&id.0) {
             self.complete_task(id.0, Err(e.clone()));
         }
-        if let Some(w) = worker {
-            self.disconnect(w, "the actor is dead");
+        match (worker, on_peer) {
+            (Some(w), Some(hold)) => {
+                self.send(w, FromNode::KillActor { actor: id, no_restart: true });
+                self.peer_hold_released(w, &hold);
+            }
+            (Some(w), None) => self.disconnect(w, "the actor is dead"),
+            (None, _) => {}
         }
         for p in pins {
             self.unpin_alive(p);
@@ -591,10 +615,15 @@ impl State {
         for id in owned {
             match self.actors.get(&id).and_then(|a| a.worker) {
                 Some(w) => {
+                    let remote = self.actors.get(&id).is_some_and(|a| a.on_peer.is_some());
                     if let Some(a) = self.actors.get_mut(&id) {
                         a.ending = Some((ActorDeathCause::JobEnded, false));
                     }
-                    self.doom(w);
+                    if remote {
+                        self.end_on_peer(id, w, "its job ended");
+                    } else {
+                        self.doom(w);
+                    }
                 }
                 None => self.actor_dead(id, died(id, ActorDeathCause::JobEnded)),
             }

@@ -27,12 +27,20 @@
 //!    task it ran failed with a retryable error naming the node, and is
 //!    placed again (on this node or another peer) within its retries.
 //!
-//! Actors stay on the node that creates them in this build, and a task
-//! whose arguments hold refs runs where those refs live (the peer's
-//! connection refuses it): neither crosses nodes yet.
+//! 6. Actors: one that has no room here goes to a peer with room
+//!    (`place_actor_on_peer`), which holds its resources for its life (in
+//!    the peer's `in_flight`, apart from its tasks'); its creation and calls
+//!    go there as tasks do, the actor table stays here. Its end is told to
+//!    the peer (`FromNode::KillActor`) and counts as its process ending
+//!    (`remote_actor_ended`, then `actor_process_ended`: a restart places
+//!    it again, here or on a peer). Its death there is learnt from a call
+//!    failing with `ActorDied`, or from the peer's loss.
+//!
+//! A task whose arguments hold refs runs where those refs live (the peer's
+//! connection refuses it): refs do not cross nodes yet.
 
 use super::*;
-use ferroray_common::NodeId;
+use ferroray_common::{ActorId, NodeId};
 
 /// A peer node, as this node accounts for it.
 pub(crate) struct Remote {
@@ -105,9 +113,15 @@ impl State {
         }
     }
 
-    /// `tid` left peer `conn` (ended, or failed with it).
+    /// `tid` left peer `conn` (ended, or failed with it). An actor's tasks
+    /// take no room of their own (step 6).
     pub(super) fn peer_released(&mut self, conn: ConnId, tid: TaskId) {
-        let need = self.tasks.get(&tid).map(|t| t.spec.resources.clone()).unwrap_or_default();
+        let need = self
+            .tasks
+            .get(&tid)
+            .filter(|t| t.spec.actor.is_none())
+            .map(|t| t.spec.resources.clone())
+            .unwrap_or_default();
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if let Some(at) = c.assigned.iter().position(|t| *t == tid) {
             c.assigned.remove(at);
@@ -117,9 +131,98 @@ impl State {
         }
     }
 
-    /// Step 5: the connection of peer `node` is gone with the tasks it ran
-    /// (`assigned`); `reason` says why.
-    pub(super) fn peer_gone(&mut self, node: NodeId, assigned: VecDeque<TaskId>, reason: &str) {
+    /// Step 6: actor `id` goes to `peer`, which holds `want` for it.
+    pub(super) fn place_actor_on_peer(&mut self, id: ActorId, peer: ConnId, want: ResourceSet) {
+        if let Some(r) = self.conns.get_mut(&peer).and_then(|c| c.remote.as_mut()) {
+            r.in_flight.add(&want);
+        }
+        if let Some(a) = self.actors.get_mut(&id) {
+            a.on_peer = Some(want);
+            a.worker = Some(peer);
+        }
+        if self.tasks.contains_key(&id.0) {
+            self.assign(id.0, peer, false);
+        }
+    }
+
+    /// What peer `conn` held for an actor comes back.
+    pub(super) fn peer_hold_released(&mut self, conn: ConnId, hold: &ResourceSet) {
+        if let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.remote.as_mut()) {
+            r.in_flight.subtract(hold);
+        }
+    }
+
+    /// Step 6: ends actor `id` on its peer `w` now (kill, drain, its job's
+    /// end, with `Actor::ending` set by the caller).
+    pub(super) fn end_on_peer(&mut self, id: ActorId, w: ConnId, status: &str) {
+        self.send(w, FromNode::KillActor { actor: id, no_restart: true });
+        self.remote_actor_ended(id, w, status.to_string());
+    }
+
+    /// Step 6: actor `id`'s process on peer `w` is gone: its hold there and
+    /// its tasks leave the peer, then as for any actor process that ended.
+    pub(super) fn remote_actor_ended(&mut self, id: ActorId, w: ConnId, status: String) {
+        let Some(a) = self.actors.get_mut(&id) else { return };
+        if a.worker != Some(w) {
+            return;
+        }
+        if let Some(hold) = a.on_peer.take() {
+            self.peer_hold_released(w, &hold);
+        }
+        let tasks = &self.tasks;
+        let mut mine = VecDeque::new();
+        if let Some(c) = self.conns.get_mut(&w) {
+            c.assigned.retain(|t| {
+                let its = tasks.get(t).and_then(|t| t.spec.actor_id()) == Some(id);
+                if its {
+                    mine.push_back(*t);
+                }
+                !its
+            });
+        }
+        self.actor_process_ended(id, mine, status);
+    }
+
+    /// Step 6: a call of an actor on peer `conn` failed with `ActorDied`:
+    /// the actor died there. True if it was such a call (handled here).
+    pub(super) fn peer_actor_died(&mut self, conn: ConnId, tid: TaskId, e: &Error) -> bool {
+        let Error::ActorDied { cause, .. } = e else { return false };
+        let Some(ferroray_protocol::ActorTask::Call { actor }) =
+            self.tasks.get(&tid).and_then(|t| t.spec.actor.clone())
+        else {
+            return false;
+        };
+        let Some(a) = self.actors.get_mut(&actor) else { return false };
+        if a.on_peer.is_none() || a.worker != Some(conn) {
+            return false;
+        }
+        if matches!(cause, ferroray_common::ActorDeathCause::Exited) {
+            a.ending.get_or_insert((cause.clone(), false));
+        }
+        self.remote_actor_ended(actor, conn, cause.to_string());
+        self.schedule();
+        true
+    }
+
+    /// Step 5: peer connection `conn` (node `node`) is gone with the tasks
+    /// it ran (`assigned`); `reason` says why. Actors there restart.
+    pub(super) fn peer_gone(&mut self, conn: ConnId, node: NodeId, mut assigned: VecDeque<TaskId>, reason: &str) {
+        let on_it: Vec<ActorId> = self
+            .actors
+            .iter()
+            .filter(|(_, a)| a.worker == Some(conn) && a.on_peer.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in on_it {
+            let tasks = &self.tasks;
+            let (mine, rest): (VecDeque<TaskId>, VecDeque<TaskId>) =
+                assigned.into_iter().partition(|t| tasks.get(t).and_then(|t| t.spec.actor_id()) == Some(id));
+            assigned = rest;
+            if let Some(a) = self.actors.get_mut(&id) {
+                a.on_peer = None;
+            }
+            self.actor_process_ended(id, mine, format!("node {node}, where it ran, is gone ({reason})"));
+        }
         for tid in assigned {
             let Some(task) = self.tasks.get_mut(&tid) else { continue };
             task.worker = None;

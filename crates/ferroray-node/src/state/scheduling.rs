@@ -284,7 +284,7 @@ impl State {
             // A peer's room is taken as the task is assigned, so that a
             // dispatch failing below gives back only what it took
             // (`release_worker` → `peer_released`).
-            if let Some(r) = c.remote.as_mut() {
+            if let Some(r) = c.remote.as_mut().filter(|_| spec.actor.is_none()) {
                 r.in_flight.add(&spec.resources);
             }
             // An exported function's bytes go with its first call to this

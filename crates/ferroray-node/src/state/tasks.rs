@@ -14,9 +14,8 @@ impl State {
                 spec.name()
             )));
         }
-        // In a cluster, another node may run it (`remote` step 1); an actor
-        // stays on this node.
-        let elsewhere = self.peers_enabled && spec.actor.is_none();
+        // In a cluster, another node may run it (`remote` steps 1 and 6).
+        let elsewhere = self.peers_enabled;
         if let Some((name, want, have)) = spec.resources.first_missing(&self.total).filter(|_| !elsewhere) {
             return Err(Error::Infeasible(format!(
                 "task {} needs {want} {name} but this node has {have} in total",
@@ -145,6 +144,11 @@ impl State {
                 }
             }
             return;
+        }
+        if let TaskOutcome::Failed(e) = &outcome {
+            if self.peer_actor_died(conn, tid, e) {
+                return;
+            }
         }
         self.release_worker(tid);
         let task = &self.tasks[&tid];

@@ -598,6 +598,7 @@ async fn outgoing(
                                 return Err(peer_error("a message out of turn")(format!("{other:?}")));
                             }
                         }
+                        msg.check().map_err(ClusterError::Node)?;
                         conn.send(msg);
                     }
                     Some(FromPeerKind::Rejected(why)) => return Err(ClusterError::Refused(why)),
@@ -1168,6 +1169,19 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
         spec.max_retries = 0;
         spec.retry_exceptions = RetryExceptions::None;
         let returns: Vec<ObjectId> = spec.return_ids().collect();
+        // Bounded as anything from a node's socket is (a peer is no more trusted).
+        let msg = if creation {
+            ToNode::CreateActor { req: mine.seq, spec: Box::new(spec) }
+        } else {
+            ToNode::Submit(Box::new(spec))
+        };
+        if let Err(e) = msg.check() {
+            if !puts.is_empty() {
+                self.conn.send(ToNode::RemoveRef(puts));
+            }
+            self.actors.remove(&ActorId(owner_id));
+            return self.finish(owner_id, attempt, TaskOutcome::Failed(e)).await;
+        }
         self.running.insert(
             mine,
             Running {
@@ -1182,11 +1196,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             },
         );
         self.by_owner.insert(owner_id, mine);
-        if creation {
-            self.conn.send(ToNode::CreateActor { req: mine.seq, spec: Box::new(spec) });
-        } else {
-            self.conn.send(ToNode::Submit(Box::new(spec)));
-        }
+        self.conn.send(msg);
         if !puts.is_empty() {
             // The task holds its arguments from here on.
             self.conn.send(ToNode::RemoveRef(puts));

@@ -233,6 +233,11 @@ def count(n):
 def fails():
     raise ValueError("from the other node")
 
+@ray.remote(resources={"b": 1})
+def shout():
+    print("hello from the other node", flush=True)
+    return 1
+
 there = ray.get(where.remote())
 assert there != here, (there, here)
 a = np.ones(16 << 20, dtype=np.uint8)
@@ -245,7 +250,10 @@ try:
     raise AssertionError("no error")
 except ValueError as e:
     assert "from the other node" in str(e)
-print("ok", there)
+assert ray.get(shout.remote()) == 1
+print("ok", there, flush=True)
+import time
+time.sleep(1)  # its output comes on its own way
 ray.shutdown()
 """
 
@@ -258,4 +266,6 @@ def test_python_tasks_run_on_another_node(session):
     env = dict(os.environ, FERRORAY_SESSION_DIR=d)
     done = _python(ACROSS, env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.split()[0] == "ok"
+    assert re.search(r"^ok \w+$", done.stdout, re.M), done.stdout
+    # The other node's worker's print reaches this driver, with Ray's prefix.
+    assert re.search(r"^\(shout pid=\d+\) hello from the other node$", done.stdout, re.M), done.stdout

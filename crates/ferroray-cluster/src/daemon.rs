@@ -190,7 +190,7 @@ async fn run_async(
     let peer_identity = HeadIdentity::generate()?;
     let peer_listener = TcpListener::bind((opts.host, 0))
         .await
-        .map_err(|e| ClusterError::Config(format!("cannot listen for peers on {}: {e}", opts.host)))?;
+        .map_err(|e| ClusterError::Config(format!("cannot listen on {} for peers: {e}", opts.host)))?;
     let desc = NodeDesc {
         node_id: node_id.0,
         address: opts.host.to_string(),

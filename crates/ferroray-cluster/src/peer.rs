@@ -32,6 +32,8 @@
 //!    a streaming generator's items are relayed as they come; under
 //!    backpressure an item counts as consumed there only once the owner's
 //!    consumer took it, so the generator pauses where it runs.
+//!    What the program's workers print there comes back as [`OutputLines`],
+//!    to the owner's drivers as their own workers' output.
 //! 5. A link that breaks takes its tasks with it on both sides: the owner
 //!    retries them (on another node, or here), the executing node cancels
 //!    them as for any driver that left. The peer is attached again at a
@@ -119,7 +121,7 @@ pub enum ToPeerKind {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct FromPeer {
-    #[prost(oneof = "FromPeerKind", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "FromPeerKind", tags = "1, 2, 3, 4, 5, 6")]
     pub kind: Option<FromPeerKind>,
 }
 
@@ -136,7 +138,21 @@ pub enum FromPeerKind {
     Blob(Blob),
     #[prost(bytes = "vec", tag = "5")]
     Node(Vec<u8>),
+    /// Lines the program's workers printed there (step 3).
+    #[prost(message, tag = "6")]
+    Output(OutputLines),
 }
+
+#[derive(Clone, PartialEq, Message)]
+pub struct OutputLines {
+    #[prost(bool, tag = "1")]
+    pub to_stderr: bool,
+    #[prost(string, tag = "2")]
+    pub text: String,
+}
+
+/// The most output text one message carries (a few whole lines).
+pub const MAX_OUTPUT: usize = 256 << 10;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct PeerHello {
@@ -244,6 +260,9 @@ checked_wire!(ToPeer, |m| match &m.kind {
 checked_wire!(FromPeer, |m| match &m.kind {
     None => Err(malformed("an empty or unknown peer message".into())),
     Some(FromPeerKind::Blob(b)) => check_blob(b),
+    Some(FromPeerKind::Output(o)) if o.text.len() > MAX_OUTPUT => {
+        Err(malformed(format!("{} bytes of output in one message", o.text.len())))
+    }
     Some(_) => Ok(()),
 });
 
@@ -601,6 +620,7 @@ async fn outgoing(
                         msg.check().map_err(ClusterError::Node)?;
                         conn.send(msg);
                     }
+                    Some(FromPeerKind::Output(o)) => ctx.node.output(o.to_stderr, &o.text),
                     Some(FromPeerKind::Rejected(why)) => return Err(ClusterError::Refused(why)),
                     _ => return Err(peer_error("a message out of turn")("hello".into())),
                 }
@@ -1249,6 +1269,10 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                     r.end = Some((items, error));
                 }
                 self.pump(task_id).await
+            }
+            FromNode::Output { to_stderr, text } => {
+                let lines = OutputLines { to_stderr, text };
+                self.writer.send(FromPeer { kind: Some(FromPeerKind::Output(lines)) }).await
             }
             FromNode::ActorCreated { req, result: Err(e) } => {
                 // Refused before anything was registered.

@@ -210,6 +210,26 @@ impl Node {
         self.shared.lock().program()
     }
 
+    /// Lines a worker printed (already prefixed), to the drivers of this
+    /// node's job as its own workers' output goes, else to this process's
+    /// stdout or stderr: a peer node's output for tasks it ran for this one.
+    pub fn output(&self, to_stderr: bool, text: &str) {
+        let sinks = self.shared.lock().output.lock().clone();
+        if sinks.is_empty() {
+            use std::io::Write;
+            let _ = if to_stderr {
+                std::io::stderr().lock().write_all(text.as_bytes())
+            } else {
+                let mut out = std::io::stdout().lock();
+                out.write_all(text.as_bytes()).and_then(|_| out.flush())
+            };
+            return;
+        }
+        for sink in sinks {
+            sink.send_now(ferroray_protocol::FromNode::Output { to_stderr, text: text.to_string() });
+        }
+    }
+
     /// Object store and table sizes, for tests and leak checks.
     pub fn stats(&self) -> state::NodeStats {
         self.shared.lock().stats()

@@ -357,8 +357,7 @@ async fn copy_lines(
                 }
                 let text = format!("{prefix}{}", String::from_utf8_lossy(&line));
                 for sink in sinks.iter() {
-                    sink.send(FromNode::Output { to_stderr, text: text.clone() });
-                    sink.flush_here();
+                    sink.send_now(FromNode::Output { to_stderr, text: text.clone() });
                 }
                 continue;
             }

@@ -102,8 +102,8 @@ impl State {
             }
         }
         self.job.drivers.insert(conn);
-        if let Some(Outbox::Socket(out)) = self.conns.get(&conn).map(|c| &c.outbox) {
-            self.output.lock().push(out.clone());
+        if let Some(c) = self.conns.get(&conn) {
+            self.output.lock().push(c.outbox.clone());
         }
         Ok(())
     }
@@ -118,9 +118,7 @@ impl State {
         if !self.job.drivers.remove(&conn) {
             return;
         }
-        if let Outbox::Socket(out) = outbox {
-            self.output.lock().retain(|o| !Arc::ptr_eq(o, out));
-        }
+        self.output.lock().retain(|o| !o.same(outbox));
         // Step 5: what it started goes with it, nested tasks included.
         let started: Vec<TaskId> = self.tasks.keys().filter(|t| t.submitter == driver).copied().collect();
         for tid in started {

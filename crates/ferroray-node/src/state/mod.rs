@@ -91,9 +91,10 @@ pub type ConnId = u64;
 pub type TaskNames = Arc<parking_lot::Mutex<HashMap<u32, String>>>;
 
 /// Where workers' output goes besides this process's own: the drivers of
-/// the node's job connected over the socket (`jobs`). Shared with the
-/// output forwarder, which sends to them without the state lock.
-pub(crate) type OutputSinks = Arc<parking_lot::Mutex<Vec<Arc<SocketOutbox>>>>;
+/// the node's job (`jobs`), over the socket or in-process (a peer node's
+/// link). Shared with the output forwarder, which sends to them without the
+/// state lock ([`Outbox::send_now`]).
+pub(crate) type OutputSinks = Arc<parking_lot::Mutex<Vec<Outbox>>>;
 
 /// Where a connection's messages go. Both kinds only queue under the state
 /// lock; they go out once it is released (see `crate::local`).
@@ -110,6 +111,21 @@ impl Outbox {
         match self {
             Outbox::Socket(out) => out.send(msg),
             Outbox::Local(link) => link.send(msg),
+        }
+    }
+
+    /// Sends `msg` and has it go out now, from a thread that holds neither
+    /// the state lock nor a client's locks (the output forwarder).
+    pub(crate) fn send_now(&self, msg: FromNode) {
+        match self {
+            Outbox::Socket(out) => {
+                out.send(msg);
+                out.flush_here();
+            }
+            Outbox::Local(link) => {
+                link.send(msg);
+                link.deliver();
+            }
         }
     }
 

@@ -393,42 +393,57 @@ fn decode_node(bytes: &[u8]) -> Result<ToNode> {
 /// store made for it (aborted by the node if the link's connection goes).
 #[derive(Default)]
 struct Landing {
-    /// id → (store offset, total, bytes written so far).
-    blobs: HashMap<u64, (u64, u64, u64)>,
+    blobs: HashMap<u64, Landed>,
+}
+
+/// One blob as it arrives.
+struct Landed {
+    /// Its allocation, or why the store refused one (its chunks are then
+    /// read and dropped, and the value it was for becomes that error).
+    at: std::result::Result<u64, Error>,
+    total: u64,
+    written: u64,
 }
 
 impl Landing {
-    /// Writes one chunk, allocating on the first.
+    /// Writes one chunk, allocating on the first. An error closes the link
+    /// (the peer broke the protocol); a store that refuses the allocation
+    /// does not.
     fn chunk(&mut self, conn: &LocalConnection, arena: &Arena, b: Blob) -> Result<()> {
         if b.offset == 0 && !self.blobs.contains_key(&b.id) {
             if self.blobs.len() >= MAX_BLOBS {
                 return Err(peer_error("blobs")(format!("more than {MAX_BLOBS} half received")));
             }
-            let at = conn.allocate(b.total)?;
-            self.blobs.insert(b.id, (at, b.total, 0));
+            self.blobs.insert(b.id, Landed { at: conn.allocate(b.total), total: b.total, written: 0 });
         }
-        let Some((at, total, written)) = self.blobs.get_mut(&b.id) else {
+        let Some(l) = self.blobs.get_mut(&b.id) else {
             return Err(peer_error("blob")(format!("a chunk of blob {} before its start", b.id)));
         };
-        if b.offset != *written || b.total != *total {
+        if b.offset != l.written || b.total != l.total {
             return Err(peer_error("blob")(format!("chunk at {} of blob {} out of order", b.offset, b.id)));
         }
-        // SAFETY: this allocation was made for this blob alone (above) and
-        // is not sealed: nobody else reads or writes it; the chunk is in
-        // bounds (`check_blob`, and the total matched).
-        let dst = unsafe { arena.slice_mut(*at + b.offset, b.bytes.len() as u64) }
-            .map_err(|e| peer_error("store")(e.to_string()))?;
-        dst.copy_from_slice(&b.bytes);
-        *written += b.bytes.len() as u64;
+        if let Ok(at) = l.at {
+            // SAFETY: this allocation was made for this blob alone (above)
+            // and is not sealed: nobody else reads or writes it; the chunk
+            // is in bounds (`check_blob`, and the total matched).
+            let dst = unsafe { arena.slice_mut(at + b.offset, b.bytes.len() as u64) }
+                .map_err(|e| peer_error("store")(e.to_string()))?;
+            dst.copy_from_slice(&b.bytes);
+        }
+        l.written += b.bytes.len() as u64;
         Ok(())
     }
 
     /// A value named by a message: a `Shm` payload names a whole blob, which
-    /// becomes this node's allocation.
+    /// becomes this node's allocation (or, if the store refused one, the
+    /// value becomes the store's error).
     fn land(&mut self, value: &mut ObjectValue) -> Result<()> {
         if let ObjectValue::Data { payload: Payload::Shm { offset, len }, .. } = value {
             match self.blobs.remove(offset) {
-                Some((at, total, written)) if total == *len && written == total => *offset = at,
+                Some(l) if l.total == *len && l.written == l.total => match l.at {
+                    Ok(at) => *offset = at,
+                    Err(e) => *value = ObjectValue::Error(e),
+                },
                 _ => return Err(peer_error("value")(format!("blob {offset} of {len} bytes is not all here"))),
             }
         }
@@ -1163,19 +1178,30 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             }
             *f = renamed;
         }
+        // Its shared-memory arguments, landed in this store (every one, so
+        // none is left half kept), each put as an object of the link's.
         let mut puts = Vec::new();
+        let mut refused = None;
         for arg in spec.args.iter_mut() {
             if let TaskArg::Value { payload: payload @ Payload::Shm { .. }, encoding } = arg {
                 let mut value = ObjectValue::Data { payload: payload.clone(), encoding: *encoding, contained: vec![] };
-                if let Err(e) = self.landing.land(&mut value) {
-                    return self.finish(owner_id, attempt, TaskOutcome::Failed(Error::Protocol(e.to_string()))).await;
+                self.landing.land(&mut value)?;
+                if let ObjectValue::Error(e) = value {
+                    refused.get_or_insert(e);
+                    continue;
                 }
-                let put_task = self.new_task_id();
-                let id = ObjectId::for_put(put_task);
+                let id = ObjectId::for_put(self.new_task_id());
                 self.conn.send(ToNode::Put { id, value });
                 *arg = TaskArg::Ref(id);
                 puts.push(id);
             }
+        }
+        if let Some(e) = refused {
+            if !puts.is_empty() {
+                self.conn.send(ToNode::RemoveRef(puts));
+            }
+            self.actors.remove(&ActorId(owner_id));
+            return self.finish(owner_id, attempt, TaskOutcome::Failed(e)).await;
         }
         let generator = matches!(spec.returns, ReturnKind::Streaming { .. } | ReturnKind::Dynamic);
         let acked = matches!(spec.returns, ReturnKind::Streaming { backpressure: Some(_) });
@@ -1398,4 +1424,76 @@ fn value_digest(arena: &Arena, value: &ObjectValue) -> u64 {
         _ => None,
     };
     value.digest(sample)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferroray_node::NodeConfig;
+    use ferroray_protocol::Encoding;
+
+    struct Nothing;
+
+    impl Inbox for Nothing {
+        fn deliver(&self, _: FromNode) {}
+        fn closed(&self, _: &str) {}
+    }
+
+    fn node(store: u64) -> Node {
+        let mut config = NodeConfig::new(WorkerCommand::current_exe().unwrap());
+        config.worker_commands.clear();
+        config.store_capacity = store;
+        Node::start(config).unwrap()
+    }
+
+    fn shm(id: u64, len: u64) -> ObjectValue {
+        ObjectValue::Data { payload: Payload::Shm { offset: id, len }, encoding: Encoding::Raw, contained: vec![] }
+    }
+
+    fn chunk(id: u64, total: u64, offset: u64, len: usize, byte: u8) -> Blob {
+        Blob { id, total, offset, bytes: vec![byte; len] }
+    }
+
+    #[test]
+    fn blobs_land_in_the_store_in_order() {
+        let node = node(64 << 20);
+        let conn = node.connect_local(WorkerId::random(), Arc::new(Nothing)).unwrap();
+        let arena = node.arena().clone();
+        let mut landing = Landing::default();
+        landing.chunk(&conn, &arena, chunk(1, 6, 0, 4, 7)).unwrap();
+        landing.chunk(&conn, &arena, chunk(1, 6, 4, 2, 8)).unwrap();
+        let mut v = shm(1, 6);
+        landing.land(&mut v).unwrap();
+        let ObjectValue::Data { payload: Payload::Shm { offset, len: 6 }, .. } = v else { panic!("{v:?}") };
+        // SAFETY: the test's own allocation, written above and not freed.
+        assert_eq!(unsafe { arena.slice(offset, 6) }.unwrap(), &[7, 7, 7, 7, 8, 8]);
+        // Out of order, before its start, or named before it is whole: the
+        // peer broke the protocol (the link closes).
+        assert!(landing.chunk(&conn, &arena, chunk(2, 8, 0, 4, 1)).is_ok());
+        assert!(landing.chunk(&conn, &arena, chunk(2, 8, 0, 4, 1)).is_err(), "a chunk again");
+        assert!(landing.chunk(&conn, &arena, chunk(3, 8, 4, 4, 1)).is_err(), "before its start");
+        assert!(landing.land(&mut shm(2, 8)).is_err(), "half here");
+        assert!(landing.land(&mut shm(9, 8)).is_err(), "never sent");
+    }
+
+    #[test]
+    fn a_blob_the_store_refuses_becomes_the_stores_error() {
+        let node = node(1 << 20);
+        let conn = node.connect_local(WorkerId::random(), Arc::new(Nothing)).unwrap();
+        let arena = node.arena().clone();
+        let mut landing = Landing::default();
+        let total = 3 * CHUNK as u64;
+        for i in 0..3 {
+            // Read and dropped: the link goes on.
+            landing.chunk(&conn, &arena, chunk(1, total, i * CHUNK as u64, CHUNK, 1)).unwrap();
+        }
+        let mut v = shm(1, total);
+        landing.land(&mut v).unwrap();
+        assert!(matches!(v, ObjectValue::Error(Error::StoreFull(_))), "{v:?}");
+        // A small one still lands.
+        landing.chunk(&conn, &arena, chunk(2, 16, 0, 16, 3)).unwrap();
+        let mut v = shm(2, 16);
+        landing.land(&mut v).unwrap();
+        assert!(matches!(v, ObjectValue::Data { .. }), "{v:?}");
+    }
 }

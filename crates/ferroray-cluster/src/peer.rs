@@ -192,6 +192,65 @@ pub struct Command {
 pub struct Welcome {
     #[prost(fixed64, tag = "1")]
     pub node_id: u64,
+    /// Bytes of the owner's objects this node keeps for later tasks
+    /// ([`Cache`]); both ends apply the same rule to the same sequence.
+    #[prost(uint64, tag = "2")]
+    pub cache_bytes: u64,
+}
+
+/// In a submitted task's `TaskArg::Object` on the link, a `Shm` offset that
+/// names no blob: the object was sent before and the other end kept it.
+pub const CACHED: u64 = u64::MAX;
+
+/// The owner's objects an executing node keeps for later tasks (so several
+/// tasks reading one object on that node share one transfer), and the
+/// owner's copy of the same table: least recently used first out, within a
+/// byte budget. Both ends change it only as the link's messages go, in the
+/// same order, so they agree on what is kept without saying so.
+struct Cache<V> {
+    budget: u64,
+    used: u64,
+    /// Least recently used first.
+    order: VecDeque<ObjectId>,
+    entries: HashMap<ObjectId, (u64, V)>,
+}
+
+impl<V> Cache<V> {
+    fn new(budget: u64) -> Self {
+        Cache { budget, used: 0, order: VecDeque::new(), entries: HashMap::new() }
+    }
+
+    /// Whether an object of `len` bytes is kept when sent.
+    fn admits(&self, len: u64) -> bool {
+        len <= self.budget
+    }
+
+    /// The entry for `id`, now the most recently used.
+    fn get(&mut self, id: ObjectId) -> Option<&V> {
+        if self.entries.contains_key(&id) {
+            if let Some(at) = self.order.iter().position(|o| *o == id) {
+                self.order.remove(at);
+            }
+            self.order.push_back(id);
+        }
+        self.entries.get(&id).map(|(_, v)| v)
+    }
+
+    /// Keeps `id` (`admits(len)` must hold); what it pushed out.
+    fn insert(&mut self, id: ObjectId, len: u64, v: V) -> Vec<V> {
+        let mut out = Vec::new();
+        while self.used + len > self.budget {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some((n, v)) = self.entries.remove(&old) {
+                self.used -= n;
+                out.push(v);
+            }
+        }
+        self.used += len;
+        self.order.push_back(id);
+        self.entries.insert(id, (len, v));
+        out
+    }
 }
 
 /// `bytes` at `offset` of blob `id`, which is `total` bytes long. A blob's
@@ -594,9 +653,10 @@ async fn outgoing(
         Some(NodeEvent::Msg(m)) => m,
         _ => return Ok(()),
     };
-    let stream = tokio::time::timeout(OPEN_TIMEOUT, open(&ctx, &peer))
+    let (stream, welcome) = tokio::time::timeout(OPEN_TIMEOUT, open(&ctx, &peer))
         .await
         .map_err(|_| ClusterError::Timeout("opening a link to a peer node"))??;
+    let mut cache = Cache::<()>::new(welcome.cache_bytes);
     let (read, write) = tokio::io::split(stream);
     let mut writer = Writer::new(write);
     let mut from_peer = spawn_reader::<_, FromPeer>(read);
@@ -606,7 +666,7 @@ async fn outgoing(
     let mut pending = VecDeque::from([first]);
     loop {
         while let Some(msg) = pending.pop_front() {
-            owner_node_msg(&conn, &arena, &mut writer, &mut gathering, msg).await?;
+            owner_node_msg(&conn, &arena, &mut writer, &mut gathering, &mut cache, msg).await?;
         }
         tokio::select! {
             ev = from_node.recv() => match ev {
@@ -645,7 +705,7 @@ async fn outgoing(
 }
 
 /// Connects to `peer`, says hello, ships the executable if asked (step 2).
-async fn open(ctx: &PeerContext, peer: &PeerAddr) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+async fn open(ctx: &PeerContext, peer: &PeerAddr) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Welcome)> {
     let connector = tokio_rustls::TlsConnector::from(tls::client_config(peer.fingerprint)?);
     let tcp = TcpStream::connect(&peer.address)
         .await
@@ -685,12 +745,12 @@ async fn open(ctx: &PeerContext, peer: &PeerAddr) -> Result<tokio_rustls::client
     };
     writer.send(ToPeer { kind: Some(ToPeerKind::Hello(hello)) }).await?;
     let mut body = Vec::new();
-    loop {
+    let welcome = loop {
         let answer = frame::read_frame_async_max::<_, FromPeer>(&mut reader, &mut body, MAX_PEER_FRAME)
             .await?
             .ok_or_else(|| ClusterError::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
         match answer.kind {
-            Some(FromPeerKind::Welcome(_)) => break,
+            Some(FromPeerKind::Welcome(w)) => break w,
             Some(FromPeerKind::Rejected(why)) => return Err(ClusterError::Refused(why)),
             Some(FromPeerKind::NeedExe(_)) => {
                 let path = exe.clone().ok_or_else(|| peer_error("hello")("asked for no executable".into()))?;
@@ -707,8 +767,8 @@ async fn open(ctx: &PeerContext, peer: &PeerAddr) -> Result<tokio_rustls::client
             }
             _ => return Err(peer_error("hello")("an answer out of turn".into())),
         }
-    }
-    Ok(reader.unsplit(writer.stream))
+    };
+    Ok((reader.unsplit(writer.stream), welcome))
 }
 
 /// SHA-256 and length of a file (read off the runtime's thread).
@@ -741,6 +801,7 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
     arena: &Arena,
     writer: &mut Writer<W>,
     gathering: &mut HashMap<TaskId, Gathering>,
+    cache: &mut Cache<()>,
     msg: FromNode,
 ) -> Result<()> {
     match msg {
@@ -757,7 +818,7 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
             let missing: Vec<ObjectId> =
                 spec.args.iter().filter_map(|a| if let TaskArg::Ref(id) = a { Some(*id) } else { None }).collect();
             if missing.is_empty() {
-                return send_task(conn, arena, writer, *spec).await;
+                return send_task(conn, arena, writer, cache, *spec).await;
             }
             conn.send(ToNode::Subscribe(missing.clone()));
             gathering.insert(tid, Gathering { spec: *spec, missing });
@@ -795,7 +856,7 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
                     }
                     if g.missing.is_empty() {
                         let g = gathering.remove(&tid).expect("found above");
-                        send_task(conn, arena, writer, g.spec).await?;
+                        send_task(conn, arena, writer, cache, g.spec).await?;
                     }
                 }
                 Err(e) => {
@@ -853,21 +914,34 @@ async fn send_task<W: AsyncWrite + Unpin>(
     conn: &LocalConnection,
     arena: &Arena,
     writer: &mut Writer<W>,
+    cache: &mut Cache<()>,
     mut spec: TaskSpec,
 ) -> Result<()> {
     let mut unpin = Vec::new();
     for arg in spec.args.iter_mut() {
-        if let TaskArg::Object { id, payload, encoding } = arg {
-            let value = ObjectValue::Data { payload: payload.clone(), encoding: *encoding, contained: vec![] };
-            let shm = matches!(payload, Payload::Shm { .. });
-            let shipped = writer.ship::<ToPeer>(arena, value).await;
-            if shm {
-                unpin.push(*id);
-            }
-            match shipped? {
-                ObjectValue::Data { payload, encoding, .. } => *arg = TaskArg::Value { payload, encoding },
-                ObjectValue::Error(_) => unreachable!("shipped as data"),
-            }
+        let TaskArg::Object { id, payload, encoding } = arg else { continue };
+        let id = *id;
+        let Payload::Shm { len, .. } = *payload else {
+            // Inline: in the message itself.
+            *arg = TaskArg::Value { payload: payload.clone(), encoding: *encoding };
+            continue;
+        };
+        unpin.push(id);
+        if cache.get(id).is_some() {
+            // The peer kept it: named, not sent again.
+            *arg = TaskArg::Object { id, payload: Payload::Shm { offset: CACHED, len }, encoding: *encoding };
+            continue;
+        }
+        let value = ObjectValue::Data { payload: payload.clone(), encoding: *encoding, contained: vec![] };
+        let ObjectValue::Data { payload, encoding, .. } = writer.ship::<ToPeer>(arena, value).await? else {
+            unreachable!("shipped as data")
+        };
+        if cache.admits(len) {
+            // Kept there from now on (under its id here).
+            cache.insert(id, len, ());
+            *arg = TaskArg::Object { id, payload, encoding };
+        } else {
+            *arg = TaskArg::Value { payload, encoding };
         }
     }
     if !unpin.is_empty() {
@@ -941,6 +1015,8 @@ struct Executing<W> {
     functions: HashMap<FunctionId, FunctionId>,
     /// The owner's actors placed here, as this node knows them.
     actors: HashMap<ActorId, ActorId>,
+    /// The owner's objects kept here: its id → the link's object here.
+    cache: Cache<ObjectId>,
     landing: Landing,
 }
 
@@ -1000,7 +1076,10 @@ async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<
             return Err(e.into());
         }
     };
-    writer.send(FromPeer { kind: Some(FromPeerKind::Welcome(Welcome { node_id: ctx.node.info().node_id.0 })) }).await?;
+    // A quarter of the store keeps the owner's objects for later tasks.
+    let cache_bytes = ctx.node.info().store_capacity / 4;
+    let welcome = Welcome { node_id: ctx.node.info().node_id.0, cache_bytes };
+    writer.send(FromPeer { kind: Some(FromPeerKind::Welcome(welcome)) }).await?;
     tracing::info!("node {} sends this node tasks", NodeId(hello.from_node));
     let mut from_peer = spawn_reader::<_, ToPeer>(read);
     let mut link = Executing {
@@ -1013,6 +1092,7 @@ async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<
         by_owner: HashMap::new(),
         functions: HashMap::new(),
         actors: HashMap::new(),
+        cache: Cache::new(cache_bytes),
         landing: Landing::default(),
     };
     loop {
@@ -1181,8 +1261,36 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
         // Its shared-memory arguments, landed in this store (every one, so
         // none is left half kept), each put as an object of the link's.
         let mut puts = Vec::new();
+        // Objects the cache let go, released once the task holds its own.
+        let mut evicted = Vec::new();
         let mut refused = None;
         for arg in spec.args.iter_mut() {
+            if let TaskArg::Object { id: theirs, payload: Payload::Shm { offset, len }, encoding } = arg {
+                let (theirs, offset, len, encoding) = (*theirs, *offset, *len, *encoding);
+                if offset == CACHED {
+                    // Kept here by an earlier task.
+                    let Some(here) = self.cache.get(theirs).copied() else {
+                        return Err(peer_error("cache")(format!("object {theirs} was not kept here")));
+                    };
+                    *arg = TaskArg::Ref(here);
+                    continue;
+                }
+                let mut value =
+                    ObjectValue::Data { payload: Payload::Shm { offset, len }, encoding, contained: vec![] };
+                self.landing.land(&mut value)?;
+                let here = ObjectId::for_put(self.new_task_id());
+                match value {
+                    // The owner keeps it in its table all the same: an
+                    // entry with no object (a task naming it fails).
+                    ObjectValue::Error(e) => {
+                        refused.get_or_insert(e);
+                    }
+                    value => self.conn.send(ToNode::Put { id: here, value }),
+                }
+                evicted.extend(self.cache.insert(theirs, len, here));
+                *arg = TaskArg::Ref(here);
+                continue;
+            }
             if let TaskArg::Value { payload: payload @ Payload::Shm { .. }, encoding } = arg {
                 let mut value = ObjectValue::Data { payload: payload.clone(), encoding: *encoding, contained: vec![] };
                 self.landing.land(&mut value)?;
@@ -1196,6 +1304,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 puts.push(id);
             }
         }
+        puts.append(&mut evicted);
         if let Some(e) = refused {
             if !puts.is_empty() {
                 self.conn.send(ToNode::RemoveRef(puts));

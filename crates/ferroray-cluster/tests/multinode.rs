@@ -218,6 +218,18 @@ fn tasks_objects_and_streams_cross_nodes() {
     let made = make::options().resource("b", 1).remote(48 << 20).get().unwrap();
     assert_eq!((made.len(), made[0], made[(48 << 20) - 1]), (48 << 20, 3, 3));
 
+    // Tasks reading one object on B share one transfer: B keeps a copy
+    // (one object of that size there) for the tasks after the first.
+    let shared = ferroray::put(Buffer::new(vec![5u8; 32 << 20])).unwrap();
+    let sums: Vec<_> = (0..6).map(|_| checksum::options().resource("b", 1).remote(&shared)).collect();
+    for r in sums {
+        assert_eq!(r.get().unwrap(), (32 << 20, 5 * (32 << 20)));
+    }
+    let listed = s.ferroray(&["list", "objects", "--filter", &format!("node_id={b}")]);
+    let size = |l: &str| l.split_whitespace().nth(2).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    let copies = listed.lines().skip(1).filter(|l| (32u64 << 20..(32 << 20) + 64).contains(&size(l))).count();
+    assert_eq!(copies, 1, "{listed}");
+
     // 1 GiB to B and its checksum back; the bytes leave this node's store
     // once the ref is dropped.
     let huge = ferroray::put(Buffer::new(vec![2u8; 1 << 30])).unwrap();

@@ -327,23 +327,21 @@ checked_wire!(FromPeer, |m| match &m.kind {
 
 /// The two directions' messages, for the code both sides share.
 trait PeerMessage: WireMessage<Wire = Self> + Send + 'static {
-    fn blob(b: Blob) -> Self;
+    /// The oneof field number of [`Blob`] (written and read by hand, so
+    /// that a value's bytes go from store to socket and socket to store).
+    const BLOB_TAG: u32;
     fn node(bytes: Vec<u8>) -> Self;
 }
 
 impl PeerMessage for ToPeer {
-    fn blob(b: Blob) -> Self {
-        ToPeer { kind: Some(ToPeerKind::Blob(b)) }
-    }
+    const BLOB_TAG: u32 = 3;
     fn node(bytes: Vec<u8>) -> Self {
         ToPeer { kind: Some(ToPeerKind::Node(bytes)) }
     }
 }
 
 impl PeerMessage for FromPeer {
-    fn blob(b: Blob) -> Self {
-        FromPeer { kind: Some(FromPeerKind::Blob(b)) }
-    }
+    const BLOB_TAG: u32 = 4;
     fn node(bytes: Vec<u8>) -> Self {
         FromPeer { kind: Some(FromPeerKind::Node(bytes)) }
     }
@@ -355,28 +353,66 @@ fn peer_error(what: &str) -> impl FnOnce(String) -> ClusterError + '_ {
 
 // ---- frames on a TLS stream ----
 
-/// The sending half of a link.
+/// Queued bytes past which the writer writes without waiting for its loop
+/// to run out of work.
+const QUEUE_FLUSH: usize = 256 << 10;
+
+/// The sending half of a link. Messages are queued and written together
+/// when the link's loop has nothing more to do (`flush`): many small
+/// messages, one write and one TLS record.
 struct Writer<W> {
     stream: W,
     buf: Vec<u8>,
+    /// Written since the last flush of the stream.
+    dirty: bool,
     /// The next blob id this side gives (step 3).
     next_blob: u64,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
     fn new(stream: W) -> Self {
-        Writer { stream, buf: Vec::new(), next_blob: 1 }
+        Writer { stream, buf: Vec::new(), dirty: false, next_blob: 1 }
     }
 
+    /// Queues `msg` (written at the next `flush`, or at once past
+    /// [`QUEUE_FLUSH`] bytes).
     async fn send<M: WireMessage>(&mut self, msg: M) -> Result<()> {
-        self.buf.clear();
         frame::encode_into(&mut self.buf, msg)?;
+        if self.buf.len() >= QUEUE_FLUSH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues `msg` and writes everything queued.
+    async fn send_now<M: WireMessage>(&mut self, msg: M) -> Result<()> {
+        frame::encode_into(&mut self.buf, msg)?;
+        self.flush().await
+    }
+
+    async fn write(&mut self, extra: &[u8]) -> Result<()> {
+        let (stream, buf) = (&mut self.stream, &self.buf);
         tokio::time::timeout(WRITE_TIMEOUT, async {
-            self.stream.write_all(&self.buf).await?;
-            self.stream.flush().await
+            stream.write_all(buf).await?;
+            stream.write_all(extra).await
         })
         .await
         .map_err(|_| ClusterError::Timeout("a write to a peer node"))??;
+        self.buf.clear();
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    async fn flush(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.write(&[]).await?;
+        }
+        if std::mem::take(&mut self.dirty) {
+            tokio::time::timeout(WRITE_TIMEOUT, self.stream.flush())
+                .await
+                .map_err(|_| ClusterError::Timeout("a write to a peer node"))??;
+        }
         Ok(())
     }
 
@@ -386,14 +422,18 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         self.send(M::node(body)).await
     }
 
-    /// Sends `bytes` as a new blob in chunks; its id.
+    /// Sends `bytes` as a new blob in chunks, each a hand-made [`Blob`]
+    /// frame whose bytes are written from `bytes` itself; its id.
     async fn send_blob<M: PeerMessage>(&mut self, bytes: &[u8]) -> Result<u64> {
         let id = self.next_blob;
         self.next_blob += 1;
         let total = bytes.len() as u64;
-        for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
-            let offset = (i * CHUNK) as u64;
-            self.send(M::blob(Blob { id, total, offset, bytes: chunk.to_vec() })).await?;
+        // An empty value is one empty chunk.
+        let chunks = bytes.chunks(CHUNK).chain((total == 0).then_some(bytes));
+        for (i, chunk) in chunks.enumerate() {
+            let head = Blob { id, total, offset: (i * CHUNK) as u64, bytes: Vec::new() };
+            blob_header(M::BLOB_TAG, &head, chunk.len(), &mut self.buf);
+            self.write(chunk).await?;
         }
         Ok(id)
     }
@@ -416,21 +456,53 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 }
 
+/// Appends the frame of a [`Blob`] with `len` bytes, up to its bytes
+/// (which follow): the bytes prost would write for that message.
+fn blob_header(tag: u32, b: &Blob, len: usize, out: &mut Vec<u8>) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    let mut inner = Vec::with_capacity(40);
+    for (field, v) in [(1, b.id), (2, b.total), (3, b.offset)] {
+        if v != 0 {
+            encode_key(field, WireType::Varint, &mut inner);
+            encode_varint(v, &mut inner);
+        }
+    }
+    encode_key(4, WireType::LengthDelimited, &mut inner);
+    encode_varint(len as u64, &mut inner);
+    let inner_len = inner.len() + len;
+    let mut outer = Vec::with_capacity(16);
+    encode_key(tag, WireType::LengthDelimited, &mut outer);
+    encode_varint(inner_len as u64, &mut outer);
+    out.extend_from_slice(&((outer.len() + inner_len) as u32).to_le_bytes());
+    out.extend_from_slice(&outer);
+    out.extend_from_slice(&inner);
+}
+
+/// Where a link's reader lands blobs: the link's store allocations.
+#[derive(Clone)]
+struct Lander {
+    landing: Arc<Mutex<Landing>>,
+    conn: Arc<LocalConnection>,
+    arena: Arc<Arena>,
+}
+
 /// Reads a link's frames on a task of its own (a read given up halfway
-/// would lose what it read) into a channel; `None` at the end.
-fn spawn_reader<R, M>(mut stream: R) -> mpsc::Receiver<Result<M>>
+/// would lose what it read) into a channel; `None` at the end. A blob's
+/// bytes go from the socket into this node's store (`lander`), the other
+/// messages are decoded and handed on.
+fn spawn_reader<R, M>(mut stream: R, lander: Lander) -> mpsc::Receiver<Result<M>>
 where
     R: AsyncRead + Unpin + Send + 'static,
-    M: WireMessage + Send + 'static,
+    M: PeerMessage,
 {
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
         let mut body = Vec::new();
         loop {
-            let msg = match frame::read_frame_async_max::<_, M>(&mut stream, &mut body, MAX_PEER_FRAME).await {
+            let msg = match read_one::<_, M>(&mut stream, &mut body, &lander).await {
+                Ok(None) => continue,
                 Ok(Some(m)) => Ok(m),
-                Ok(None) => Err(ClusterError::Io(std::io::ErrorKind::UnexpectedEof.into())),
-                Err(e) => Err(e.into()),
+                Err(e) => Err(e),
             };
             let end = msg.is_err();
             if tx.send(msg).await.is_err() || end {
@@ -439,6 +511,75 @@ where
         }
     });
     rx
+}
+
+async fn read_varint<R: AsyncRead + Unpin>(r: &mut R, used: &mut u64) -> Result<u64> {
+    use tokio::io::AsyncReadExt;
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = r.read_u8().await?;
+        *used += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(peer_error("frame")("a varint over 10 bytes".into()))
+}
+
+/// One frame: a message, or `None` for a blob's chunk (landed).
+async fn read_one<R: AsyncRead + Unpin, M: PeerMessage>(
+    r: &mut R,
+    body: &mut Vec<u8>,
+    lander: &Lander,
+) -> Result<Option<M>> {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 4];
+    r.read_exact(&mut header).await?;
+    let len = u64::from(u32::from_le_bytes(header));
+    if len > u64::from(MAX_PEER_FRAME) {
+        return Err(ferroray_protocol::FrameError::TooLarge(len as u32).into());
+    }
+    let mut used = 0u64;
+    let key = read_varint(r, &mut used).await?;
+    if key == (u64::from(M::BLOB_TAG) << 3 | 2) {
+        let inner = read_varint(r, &mut used).await?;
+        if used + inner != len {
+            return Err(peer_error("blob")("its length disagrees with its frame".into()));
+        }
+        let mut b = Blob::default();
+        loop {
+            match read_varint(r, &mut used).await? {
+                0x08 => b.id = read_varint(r, &mut used).await?,
+                0x10 => b.total = read_varint(r, &mut used).await?,
+                0x18 => b.offset = read_varint(r, &mut used).await?,
+                0x22 => {
+                    let n = read_varint(r, &mut used).await?;
+                    if used + n != len || n > CHUNK as u64 {
+                        return Err(peer_error("blob")(format!("a chunk of {n} bytes")));
+                    }
+                    b.bytes = Vec::new();
+                    check_blob(&Blob { bytes: Vec::new(), ..b.clone() })?;
+                    if b.offset.checked_add(n).is_none_or(|end| end > b.total) {
+                        return Err(peer_error("blob")(format!("a chunk of {n} bytes at {} of {}", b.offset, b.total)));
+                    }
+                    lander.read_chunk(r, &b, n).await?;
+                    return Ok(None);
+                }
+                other => return Err(peer_error("blob")(format!("an unknown field key {other}"))),
+            }
+        }
+    }
+    // Any other message: its whole body, decoded.
+    if used > len {
+        return Err(peer_error("frame")("a key longer than its frame".into()));
+    }
+    body.clear();
+    prost::encoding::encode_varint(key, body);
+    let start = body.len();
+    body.resize(start + (len - used) as usize, 0);
+    r.read_exact(&mut body[start..]).await?;
+    Ok(Some(M::decode_body(body)?))
 }
 
 fn decode_node(bytes: &[u8]) -> Result<ToNode> {
@@ -464,16 +605,27 @@ struct Landed {
     written: u64,
 }
 
+/// Blobs at least this large have their pages faulted in ahead of the copy,
+/// by a thread of their own.
+const PREFAULT_FROM: u64 = 8 << 20;
+
 impl Landing {
-    /// Writes one chunk, allocating on the first. An error closes the link
-    /// (the peer broke the protocol); a store that refuses the allocation
-    /// does not.
-    fn chunk(&mut self, conn: &LocalConnection, arena: &Arena, b: Blob) -> Result<()> {
+    /// Where chunk `b` (of `n` bytes) goes: the store offset, or `None` if
+    /// the store refused the blob. Allocates on the first chunk. An error
+    /// closes the link (the peer broke the protocol); a store that refuses
+    /// the allocation does not.
+    fn begin(&mut self, conn: &LocalConnection, arena: &Arc<Arena>, b: &Blob, n: u64) -> Result<Option<u64>> {
         if b.offset == 0 && !self.blobs.contains_key(&b.id) {
             if self.blobs.len() >= MAX_BLOBS {
                 return Err(peer_error("blobs")(format!("more than {MAX_BLOBS} half received")));
             }
-            self.blobs.insert(b.id, Landed { at: conn.allocate(b.total), total: b.total, written: 0 });
+            let at = conn.allocate(b.total);
+            if let (Ok(at), true) = (at.as_ref().copied(), b.total >= PREFAULT_FROM) {
+                let (arena, total) = (arena.clone(), b.total);
+                // Best effort (an old kernel refuses): the copy faults them else.
+                tokio::task::spawn_blocking(move || arena.prefault(at, total));
+            }
+            self.blobs.insert(b.id, Landed { at, total: b.total, written: 0 });
         }
         let Some(l) = self.blobs.get_mut(&b.id) else {
             return Err(peer_error("blob")(format!("a chunk of blob {} before its start", b.id)));
@@ -481,16 +633,8 @@ impl Landing {
         if b.offset != l.written || b.total != l.total {
             return Err(peer_error("blob")(format!("chunk at {} of blob {} out of order", b.offset, b.id)));
         }
-        if let Ok(at) = l.at {
-            // SAFETY: this allocation was made for this blob alone (above)
-            // and is not sealed: nobody else reads or writes it; the chunk
-            // is in bounds (`check_blob`, and the total matched).
-            let dst = unsafe { arena.slice_mut(at + b.offset, b.bytes.len() as u64) }
-                .map_err(|e| peer_error("store")(e.to_string()))?;
-            dst.copy_from_slice(&b.bytes);
-        }
-        l.written += b.bytes.len() as u64;
-        Ok(())
+        l.written += n;
+        Ok(l.at.as_ref().ok().map(|at| at + b.offset))
     }
 
     /// A value named by a message: a `Shm` payload names a whole blob, which
@@ -507,6 +651,43 @@ impl Landing {
             }
         }
         Ok(())
+    }
+}
+
+impl Lander {
+    fn new(conn: Arc<LocalConnection>, arena: Arc<Arena>) -> Self {
+        Lander { landing: Arc::new(Mutex::new(Landing::default())), conn, arena }
+    }
+
+    /// Reads `n` bytes of blob `b` from `r` into their place in the store
+    /// (or drops them, if the store refused the blob).
+    async fn read_chunk<R: AsyncRead + Unpin>(&self, r: &mut R, b: &Blob, n: u64) -> Result<()> {
+        use tokio::io::AsyncReadExt;
+        let at = self.landing.lock().begin(&self.conn, &self.arena, b, n)?;
+        match at {
+            Some(at) => {
+                // SAFETY: this allocation was made for this blob alone
+                // (`begin`) and is not sealed: nobody else reads or writes
+                // it until the message naming it lands it, which comes after
+                // this chunk on the same link; the chunk is in bounds.
+                let dst = unsafe { self.arena.slice_mut(at, n) }.map_err(|e| peer_error("store")(e.to_string()))?;
+                r.read_exact(dst).await?;
+            }
+            None => {
+                let mut left = n;
+                let mut scratch = vec![0u8; 64 << 10];
+                while left > 0 {
+                    let k = left.min(scratch.len() as u64) as usize;
+                    r.read_exact(&mut scratch[..k]).await?;
+                    left -= k as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn land(&self, value: &mut ObjectValue) -> Result<()> {
+        self.landing.lock().land(value)
     }
 }
 
@@ -659,15 +840,26 @@ async fn outgoing(
     let mut cache = Cache::<()>::new(welcome.cache_bytes);
     let (read, write) = tokio::io::split(stream);
     let mut writer = Writer::new(write);
-    let mut from_peer = spawn_reader::<_, FromPeer>(read);
+    let conn = Arc::new(conn);
     let arena = ctx.node.arena().clone();
-    let mut landing = Landing::default();
+    let lander = Lander::new(conn.clone(), arena.clone());
+    let mut from_peer = spawn_reader::<_, FromPeer>(read, lander.clone());
     let mut gathering: HashMap<TaskId, Gathering> = HashMap::new();
     let mut pending = VecDeque::from([first]);
     loop {
-        while let Some(msg) = pending.pop_front() {
-            owner_node_msg(&conn, &arena, &mut writer, &mut gathering, &mut cache, msg).await?;
+        // Everything the node has sent so far, then one write.
+        loop {
+            while let Some(msg) = pending.pop_front() {
+                owner_node_msg(&conn, &arena, &mut writer, &mut gathering, &mut cache, msg).await?;
+            }
+            match from_node.try_recv() {
+                Ok(NodeEvent::Msg(m)) => pending.push_back(m),
+                Ok(NodeEvent::Closed(reason)) => return Err(peer_error("the node closed it")(reason)),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
+            }
         }
+        writer.flush().await?;
         tokio::select! {
             ev = from_node.recv() => match ev {
                 Some(NodeEvent::Msg(m)) => pending.push_back(m),
@@ -677,17 +869,16 @@ async fn outgoing(
             msg = from_peer.recv() => {
                 let msg = msg.unwrap_or_else(|| Err(ClusterError::Io(std::io::ErrorKind::UnexpectedEof.into())))?;
                 match msg.kind {
-                    Some(FromPeerKind::Blob(b)) => landing.chunk(&conn, &arena, b)?,
                     Some(FromPeerKind::Node(bytes)) => {
                         let mut msg = decode_node(&bytes)?;
                         match &mut msg {
                             ToNode::TaskDone { outcome: TaskOutcome::Returned(values), .. } => {
                                 for v in values.iter_mut() {
-                                    landing.land(v)?;
+                                    lander.land(v)?;
                                 }
                             }
                             ToNode::TaskDone { .. } => {}
-                            ToNode::ReportItem { value, .. } => landing.land(value)?,
+                            ToNode::ReportItem { value, .. } => lander.land(value)?,
                             other => {
                                 return Err(peer_error("a message out of turn")(format!("{other:?}")));
                             }
@@ -743,7 +934,7 @@ async fn open(ctx: &PeerContext, peer: &PeerAddr) -> Result<(tokio_rustls::clien
         exe_sha256,
         exe_len,
     };
-    writer.send(ToPeer { kind: Some(ToPeerKind::Hello(hello)) }).await?;
+    writer.send_now(ToPeer { kind: Some(ToPeerKind::Hello(hello)) }).await?;
     let mut body = Vec::new();
     let welcome = loop {
         let answer = frame::read_frame_async_max::<_, FromPeer>(&mut reader, &mut body, MAX_PEER_FRAME)
@@ -764,6 +955,7 @@ async fn open(ctx: &PeerContext, peer: &PeerAddr) -> Result<(tokio_rustls::clien
                     let b = Blob { id: 0, total, offset: (i * CHUNK) as u64, bytes: chunk.to_vec() };
                     writer.send(ToPeer { kind: Some(ToPeerKind::Exe(b)) }).await?;
                 }
+                writer.flush().await?;
             }
             _ => return Err(peer_error("hello")("an answer out of turn".into())),
         }
@@ -1003,7 +1195,7 @@ struct Running {
 
 /// One link, the executing side.
 struct Executing<W> {
-    conn: LocalConnection,
+    conn: Arc<LocalConnection>,
     arena: Arc<Arena>,
     writer: Writer<W>,
     /// The link's driver id: every id it makes carries it.
@@ -1017,7 +1209,7 @@ struct Executing<W> {
     actors: HashMap<ActorId, ActorId>,
     /// The owner's objects kept here: its id → the link's object here.
     cache: Cache<ObjectId>,
-    landing: Landing,
+    landing: Lander,
 }
 
 async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<PeerContext>) -> Result<()> {
@@ -1041,11 +1233,11 @@ async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<
     let refuse = |why: String| FromPeer { kind: Some(FromPeerKind::Rejected(why)) };
     if hello.protocol != PEER_PROTOCOL_VERSION {
         let why = format!("peer protocol version {} is not {PEER_PROTOCOL_VERSION}", hello.protocol);
-        writer.send(refuse(why.clone())).await?;
+        writer.send_now(refuse(why.clone())).await?;
         return Err(ClusterError::Refused(why));
     }
     if !ClusterToken::from_bytes(&hello.token).is_some_and(|t| ctx.token.matches(&t)) {
-        writer.send(refuse("wrong cluster token".into())).await?;
+        writer.send_now(refuse("wrong cluster token".into())).await?;
         return Err(ClusterError::WrongToken);
     }
     let exe = if hello.exe_sha256.is_empty() {
@@ -1072,16 +1264,18 @@ async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<
     let conn = match ctx.node.connect_program(me, commands, Arc::new(ToTask(tx))) {
         Ok(c) => c,
         Err(e) => {
-            writer.send(refuse(e.to_string())).await?;
+            writer.send_now(refuse(e.to_string())).await?;
             return Err(e.into());
         }
     };
     // A quarter of the store keeps the owner's objects for later tasks.
     let cache_bytes = ctx.node.info().store_capacity / 4;
     let welcome = Welcome { node_id: ctx.node.info().node_id.0, cache_bytes };
-    writer.send(FromPeer { kind: Some(FromPeerKind::Welcome(welcome)) }).await?;
+    writer.send_now(FromPeer { kind: Some(FromPeerKind::Welcome(welcome)) }).await?;
     tracing::info!("node {} sends this node tasks", NodeId(hello.from_node));
-    let mut from_peer = spawn_reader::<_, ToPeer>(read);
+    let conn = Arc::new(conn);
+    let lander = Lander::new(conn.clone(), ctx.node.arena().clone());
+    let mut from_peer = spawn_reader::<_, ToPeer>(read, lander.clone());
     let mut link = Executing {
         conn,
         arena: ctx.node.arena().clone(),
@@ -1093,9 +1287,19 @@ async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<
         functions: HashMap::new(),
         actors: HashMap::new(),
         cache: Cache::new(cache_bytes),
-        landing: Landing::default(),
+        landing: lander,
     };
     loop {
+        // Everything the node has sent so far, then one write.
+        loop {
+            match from_node.try_recv() {
+                Ok(NodeEvent::Msg(m)) => link.node_msg(m).await?,
+                Ok(NodeEvent::Closed(reason)) => return Err(peer_error("the node closed it")(reason)),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
+            }
+        }
+        link.writer.flush().await?;
         tokio::select! {
             ev = from_node.recv() => match ev {
                 Some(NodeEvent::Msg(m)) => link.node_msg(m).await?,
@@ -1109,7 +1313,6 @@ async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<
                     Some(Err(_)) | None => return Ok(()),
                 };
                 match msg.kind {
-                    Some(ToPeerKind::Blob(b)) => link.landing.chunk(&link.conn, &link.arena, b)?,
                     Some(ToPeerKind::Node(bytes)) => link.owner_msg(decode_node(&bytes)?).await?,
                     _ => return Err(peer_error("a message out of turn")("hello or executable".into())),
                 }
@@ -1131,7 +1334,7 @@ where
         return Ok(path);
     }
     std::fs::create_dir_all(dir).map_err(ClusterError::file("cannot create", dir))?;
-    writer.send(FromPeer { kind: Some(FromPeerKind::NeedExe(Empty {})) }).await?;
+    writer.send_now(FromPeer { kind: Some(FromPeerKind::NeedExe(Empty {})) }).await?;
     let part = dir.join(format!("{hex}.part{}", std::process::id()));
     let result = async {
         use std::io::Write;
@@ -1423,7 +1626,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             }
             FromNode::Rejected(e) => {
                 let why = e.to_string();
-                let _ = self.writer.send(FromPeer { kind: Some(FromPeerKind::Rejected(why)) }).await;
+                let _ = self.writer.send_now(FromPeer { kind: Some(FromPeerKind::Rejected(why)) }).await;
                 Err(ClusterError::Node(e))
             }
             _ => Ok(()),
@@ -1555,54 +1758,163 @@ mod tests {
         Node::start(config).unwrap()
     }
 
+    fn lander(node: &Node) -> Lander {
+        let conn = node.connect_local(WorkerId::random(), Arc::new(Nothing)).unwrap();
+        Lander::new(Arc::new(conn), node.arena().clone())
+    }
+
     fn shm(id: u64, len: u64) -> ObjectValue {
         ObjectValue::Data { payload: Payload::Shm { offset: id, len }, encoding: Encoding::Raw, contained: vec![] }
     }
 
-    fn chunk(id: u64, total: u64, offset: u64, len: usize, byte: u8) -> Blob {
-        Blob { id, total, offset, bytes: vec![byte; len] }
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    /// Frames as one side writes them: `(id, total, offset, bytes)` chunks by
+    /// hand, and whole blobs and messages through a `Writer`.
+    fn chunk_frame(id: u64, total: u64, offset: u64, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        blob_header(ToPeer::BLOB_TAG, &Blob { id, total, offset, bytes: vec![] }, bytes.len(), &mut out);
+        out.extend_from_slice(bytes);
+        out
     }
 
     #[test]
-    fn blobs_land_in_the_store_in_order() {
+    fn hand_made_blob_frames_are_what_prost_writes() {
+        for (id, total, offset, n) in [(1, 6, 0, 4), (7, 1 << 33, 5 << 30, 300), (u64::MAX, 9, 8, 1)] {
+            let bytes = vec![3u8; n];
+            let by_prost = {
+                let mut out = Vec::new();
+                let b = Blob { id, total, offset, bytes: bytes.clone() };
+                frame::encode_into(&mut out, ToPeer { kind: Some(ToPeerKind::Blob(b)) }).unwrap();
+                out
+            };
+            assert_eq!(chunk_frame(id, total, offset, &bytes), by_prost);
+        }
+    }
+
+    #[test]
+    fn blobs_land_in_the_store_and_messages_pass() {
         let node = node(64 << 20);
-        let conn = node.connect_local(WorkerId::random(), Arc::new(Nothing)).unwrap();
-        let arena = node.arena().clone();
-        let mut landing = Landing::default();
-        landing.chunk(&conn, &arena, chunk(1, 6, 0, 4, 7)).unwrap();
-        landing.chunk(&conn, &arena, chunk(1, 6, 4, 2, 8)).unwrap();
-        let mut v = shm(1, 6);
-        landing.land(&mut v).unwrap();
-        let ObjectValue::Data { payload: Payload::Shm { offset, len: 6 }, .. } = v else { panic!("{v:?}") };
-        // SAFETY: the test's own allocation, written above and not freed.
-        assert_eq!(unsafe { arena.slice(offset, 6) }.unwrap(), &[7, 7, 7, 7, 8, 8]);
-        // Out of order, before its start, or named before it is whole: the
-        // peer broke the protocol (the link closes).
-        assert!(landing.chunk(&conn, &arena, chunk(2, 8, 0, 4, 1)).is_ok());
-        assert!(landing.chunk(&conn, &arena, chunk(2, 8, 0, 4, 1)).is_err(), "a chunk again");
-        assert!(landing.chunk(&conn, &arena, chunk(3, 8, 4, 4, 1)).is_err(), "before its start");
-        assert!(landing.land(&mut shm(2, 8)).is_err(), "half here");
-        assert!(landing.land(&mut shm(9, 8)).is_err(), "never sent");
+        let l = lander(&node);
+        let rt = rt();
+        rt.block_on(async {
+            // A value of 10 MiB through a Writer (3 chunks), then a message.
+            let (a, mut b) = tokio::io::duplex(1 << 20);
+            let value: Vec<u8> = (0..10 << 20).map(|i: u32| (i % 251) as u8).collect();
+            let expect = value.clone();
+            let write = tokio::spawn(async move {
+                let mut w = Writer::new(a);
+                let id = w.send_blob::<ToPeer>(&value).await.unwrap();
+                w.send_node::<ToPeer>(ToNode::StreamConsumed {
+                    task_id: TaskId { submitter: WorkerId(1), seq: 2 },
+                    consumed: 3,
+                })
+                .await
+                .unwrap();
+                w.flush().await.unwrap();
+                id
+            });
+            let mut body = Vec::new();
+            let mut got = None;
+            while got.is_none() {
+                got = read_one::<_, ToPeer>(&mut b, &mut body, &l).await.unwrap();
+            }
+            let id = write.await.unwrap();
+            assert!(matches!(got, Some(ToPeer { kind: Some(ToPeerKind::Node(_)) })));
+            let mut v = shm(id, 10 << 20);
+            l.land(&mut v).unwrap();
+            let ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } = v else { panic!("{v:?}") };
+            // SAFETY: the test's own allocation, written above and not freed.
+            assert!(unsafe { l.arena.slice(offset, 10 << 20) }.unwrap() == &expect[..]);
+        });
+    }
+
+    #[test]
+    fn a_peer_that_breaks_the_blob_protocol_closes_the_link() {
+        let node = node(64 << 20);
+        let l = lander(&node);
+        let rt = rt();
+        let read = |frames: Vec<u8>| {
+            let l = l.clone();
+            rt.block_on(async move {
+                let mut r = &frames[..];
+                let mut body = Vec::new();
+                let mut out = Vec::new();
+                while !r.is_empty() {
+                    let one = read_one::<_, ToPeer>(&mut r, &mut body, &l).await.map(|_| ());
+                    let end = one.is_err();
+                    out.push(one);
+                    if end {
+                        // The link would close here.
+                        break;
+                    }
+                }
+                out
+            })
+        };
+        let ok = read(chunk_frame(1, 6, 0, &[7; 4]));
+        assert!(ok.iter().all(Result::is_ok));
+        assert!(read(chunk_frame(1, 6, 0, &[7; 2]))[0].is_err(), "a chunk again");
+        assert!(read(chunk_frame(2, 6, 2, &[7; 2]))[0].is_err(), "before its start");
+        assert!(read(chunk_frame(3, 6, 4, &[7; 4]))[0].is_err(), "past its total");
+        assert!(l.land(&mut shm(1, 6)).is_err(), "half here");
+        assert!(l.land(&mut shm(9, 8)).is_err(), "never sent");
+        // A frame claiming more than a chunk.
+        let mut big = Vec::new();
+        blob_header(ToPeer::BLOB_TAG, &Blob { id: 4, total: 1 << 30, offset: 0, bytes: vec![] }, CHUNK + 1, &mut big);
+        big.extend(std::iter::repeat_n(0u8, CHUNK + 1));
+        assert!(read(big)[0].is_err());
     }
 
     #[test]
     fn a_blob_the_store_refuses_becomes_the_stores_error() {
         let node = node(1 << 20);
-        let conn = node.connect_local(WorkerId::random(), Arc::new(Nothing)).unwrap();
-        let arena = node.arena().clone();
-        let mut landing = Landing::default();
+        let l = lander(&node);
+        let rt = rt();
         let total = 3 * CHUNK as u64;
-        for i in 0..3 {
-            // Read and dropped: the link goes on.
-            landing.chunk(&conn, &arena, chunk(1, total, i * CHUNK as u64, CHUNK, 1)).unwrap();
+        let mut frames = Vec::new();
+        for i in 0..3u64 {
+            frames.extend(chunk_frame(1, total, i * CHUNK as u64, &vec![1u8; CHUNK]));
         }
+        frames.extend(chunk_frame(2, 16, 0, &[3; 16]));
+        rt.block_on(async {
+            let mut r = &frames[..];
+            let mut body = Vec::new();
+            while !r.is_empty() {
+                // Read and dropped: the link goes on.
+                read_one::<_, ToPeer>(&mut r, &mut body, &l).await.unwrap();
+            }
+        });
         let mut v = shm(1, total);
-        landing.land(&mut v).unwrap();
+        l.land(&mut v).unwrap();
         assert!(matches!(v, ObjectValue::Error(Error::StoreFull(_))), "{v:?}");
-        // A small one still lands.
-        landing.chunk(&conn, &arena, chunk(2, 16, 0, 16, 3)).unwrap();
         let mut v = shm(2, 16);
-        landing.land(&mut v).unwrap();
+        l.land(&mut v).unwrap();
         assert!(matches!(v, ObjectValue::Data { .. }), "{v:?}");
+    }
+
+    #[test]
+    fn both_ends_keep_the_same_objects() {
+        let id = |n| ObjectId { task: TaskId { submitter: WorkerId(1), seq: n }, index: 0 };
+        let mut owner = Cache::<()>::new(100);
+        let mut there = Cache::<u64>::new(100);
+        assert!(!owner.admits(101));
+        let mut gone = Vec::new();
+        for (n, len) in [(1, 40), (2, 40), (1, 40), (3, 40), (4, 10)] {
+            if owner.get(id(n)).is_some() {
+                assert!(there.get(id(n)).is_some());
+                continue;
+            }
+            owner.insert(id(n), len, ());
+            gone.extend(there.insert(id(n), len, n));
+        }
+        // 2 was the least recently used when 3 came.
+        assert_eq!(gone, vec![2]);
+        for n in [1, 3, 4] {
+            assert!(owner.get(id(n)).is_some() && there.get(id(n)).is_some(), "{n}");
+        }
+        assert!(owner.get(id(2)).is_none() && there.get(id(2)).is_none());
     }
 }

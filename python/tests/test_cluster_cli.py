@@ -251,6 +251,20 @@ try:
 except ValueError as e:
     assert "from the other node" in str(e)
 assert ray.get(shout.remote()) == 1
+
+@ray.remote(resources={"b": 1})
+class Where:
+    def __init__(self):
+        self.calls = 0
+
+    def node(self):
+        self.calls += 1
+        return ray.get_runtime_context().get_node_id(), self.calls
+
+w = Where.remote()
+assert ray.get(w.node.remote()) == (there, 1)
+assert ray.get(w.node.remote()) == (there, 2)
+ray.kill(w)
 print("ok", there, flush=True)
 import time
 time.sleep(1)  # its output comes on its own way

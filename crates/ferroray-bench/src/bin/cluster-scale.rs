@@ -6,8 +6,12 @@
 //! -p ferroray-bench`), waits until every node is alive in the head's view,
 //! then measures over a window: the head's CPU time and resident memory, a
 //! node daemon's (mean), the time `ferroray status` takes, and the time from
-//! a node's SIGKILL to the head's verdict. Everything it starts is stopped,
-//! and its session directory removed.
+//! a node's SIGKILL to the head's verdict. Then this program connects to the
+//! head as a driver and runs `--tasks` trivial tasks (1 CPU each), which the
+//! head's node places on the nodes with room (spillback over peer links):
+//! their throughput, how many nodes ran them, and the CPU time the head and
+//! a node (mean) spent. Everything it starts is stopped, and its session
+//! directory removed.
 //!
 //! ```sh
 //! cargo build --release -p ferroray-cluster -p ferroray-bench
@@ -32,6 +36,41 @@ struct Args {
     heartbeat_ms: u64,
     #[arg(long, default_value_t = 2000)]
     node_timeout_ms: u64,
+    /// Tasks run across the cluster at each size (0: none)
+    #[arg(long, default_value_t = 100_000)]
+    tasks: u64,
+}
+
+/// The node it ran on, as a number (its id is 16 hex digits).
+#[ferroray::remote]
+fn noop() -> u64 {
+    u64::from_str_radix(&ferroray::node_id().unwrap(), 16).unwrap()
+}
+
+/// Runs `tasks` tasks from this process, connected to the head of `dir`:
+/// (tasks per second, distinct nodes that ran them, head CPU s, node CPU s
+/// mean) for the tasks alone (after a warm-up that opens every link).
+fn run_tasks(dir: &Path, tasks: u64, pids: &[u32], hz: f64) -> (f64, usize, f64, f64) {
+    std::env::set_var("FERRORAY_SESSION_DIR", dir);
+    ferroray::init_with(ferroray::Config::default().address("auto")).expect("connecting to the head");
+    let warm: Vec<_> = (0..pids.len() * 8).map(|_| noop::remote()).collect();
+    for r in warm {
+        r.get().expect("a warm-up task");
+    }
+    let before: Vec<u64> = pids.iter().map(|p| usage(*p).0).collect();
+    let t = Instant::now();
+    let refs: Vec<_> = (0..tasks).map(|_| noop::remote()).collect();
+    let mut nodes = std::collections::HashSet::new();
+    for r in refs {
+        nodes.insert(r.get().expect("a task"));
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    let after: Vec<u64> = pids.iter().map(|p| usage(*p).0).collect();
+    ferroray::shutdown();
+    let cpu = |i: usize| (after[i] - before[i]) as f64 / hz;
+    let node_cpu =
+        if pids.len() > 1 { (1..pids.len()).map(cpu).sum::<f64>() / (pids.len() - 1) as f64 } else { f64::NAN };
+    (tasks as f64 / elapsed, nodes.len(), cpu(0), node_cpu)
 }
 
 struct Session {
@@ -85,7 +124,8 @@ fn main() {
     assert!(Path::new(&bin).exists(), "{} is missing: cargo build --release -p ferroray-cluster", bin.display());
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     println!(
-        "nodes\thead CPU %\thead RSS MB\tnode CPU % (mean)\tnode RSS MB (mean)\tstatus ms\tdead node detected after ms"
+        "nodes\thead CPU %\thead RSS MB\tnode CPU % (mean)\tnode RSS MB (mean)\tstatus ms\tdead node detected after ms\t\
+         tasks/s\tnodes that ran tasks\thead CPU s (tasks)\tnode CPU s (tasks, mean)"
     );
     for &n in &args.nodes {
         let dir = std::env::temp_dir().join(format!("ferroray-cluster-scale-{}-{n}", std::process::id()));
@@ -141,6 +181,8 @@ fn main() {
         let t = Instant::now();
         s.run(&["status"]);
         let status_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let (rate, ran_on, head_task_cpu, node_task_cpu) =
+            if args.tasks > 0 { run_tasks(&s.dir, args.tasks, &all, hz) } else { (f64::NAN, 0, f64::NAN, f64::NAN) };
         let detect = match nodes.last() {
             None => "-".to_string(),
             Some(victim) => {
@@ -156,7 +198,10 @@ fn main() {
                 }
             }
         };
-        println!("{n}\t{head_cpu:.2}\t{head_rss:.1}\t{node_cpu:.2}\t{node_rss:.1}\t{status_ms:.1}\t{detect}");
+        println!(
+            "{n}\t{head_cpu:.2}\t{head_rss:.1}\t{node_cpu:.2}\t{node_rss:.1}\t{status_ms:.1}\t{detect}\t{rate:.0}\t\
+             {ran_on}\t{head_task_cpu:.2}\t{node_task_cpu:.3}"
+        );
         drop(s);
     }
 }

@@ -34,6 +34,9 @@
 //!    consumer took it, so the generator pauses where it runs.
 //!    What the program's workers print there comes back as [`OutputLines`],
 //!    to the owner's drivers as their own workers' output.
+//!    A link serves the program it was opened for: when another program
+//!    connects to the owner's node, the link closes at its next task
+//!    (retried) and opens again for the new one.
 //! 5. A link that breaks takes its tasks with it on both sides: the owner
 //!    retries them (on another node, or here), the executing node cancels
 //!    them as for any driver that left. The peer is attached again at a
@@ -834,7 +837,7 @@ async fn outgoing(
         Some(NodeEvent::Msg(m)) => m,
         _ => return Ok(()),
     };
-    let (stream, welcome) = tokio::time::timeout(OPEN_TIMEOUT, open(&ctx, &peer))
+    let (stream, welcome, generation) = tokio::time::timeout(OPEN_TIMEOUT, open(&ctx, &peer))
         .await
         .map_err(|_| ClusterError::Timeout("opening a link to a peer node"))??;
     let mut cache = Cache::<()>::new(welcome.cache_bytes);
@@ -850,6 +853,10 @@ async fn outgoing(
         // Everything the node has sent so far, then one write.
         loop {
             while let Some(msg) = pending.pop_front() {
+                // The other node runs the program this link was opened for.
+                if matches!(msg, FromNode::Execute(_)) && ctx.node.program_generation() != generation {
+                    return Err(peer_error("the link")("another program connected here: it opens again".into()));
+                }
                 owner_node_msg(&conn, &arena, &mut writer, &mut gathering, &mut cache, msg).await?;
             }
             match from_node.try_recv() {
@@ -896,7 +903,11 @@ async fn outgoing(
 }
 
 /// Connects to `peer`, says hello, ships the executable if asked (step 2).
-async fn open(ctx: &PeerContext, peer: &PeerAddr) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Welcome)> {
+/// Also the generation of the program it was opened for (`Node::program`).
+async fn open(
+    ctx: &PeerContext,
+    peer: &PeerAddr,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Welcome, u64)> {
     let connector = tokio_rustls::TlsConnector::from(tls::client_config(peer.fingerprint)?);
     let tcp = TcpStream::connect(&peer.address)
         .await
@@ -908,7 +919,8 @@ async fn open(ctx: &PeerContext, peer: &PeerAddr) -> Result<(tokio_rustls::clien
     let mut reader = read;
     let mut commands = Vec::new();
     let mut exe = None;
-    for (kind, c) in ctx.node.program() {
+    let (generation, program) = ctx.node.program();
+    for (kind, c) in program {
         if kind == WorkerKind::Rust {
             exe = Some(c.program.clone());
         }
@@ -960,7 +972,7 @@ async fn open(ctx: &PeerContext, peer: &PeerAddr) -> Result<(tokio_rustls::clien
             _ => return Err(peer_error("hello")("an answer out of turn".into())),
         }
     };
-    Ok((reader.unsplit(writer.stream), welcome))
+    Ok((reader.unsplit(writer.stream), welcome, generation))
 }
 
 /// SHA-256 and length of a file (read off the runtime's thread).

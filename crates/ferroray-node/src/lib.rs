@@ -204,10 +204,15 @@ impl Node {
     }
 
     /// The worker commands of the program connected to this daemon's node
-    /// (its job), which a peer node needs to run its tasks; empty for an
-    /// embedded node.
-    pub fn program(&self) -> Vec<(ferroray_protocol::WorkerKind, WorkerCommand)> {
+    /// (its job), which a peer node needs to run its tasks (empty for an
+    /// embedded node), and their generation: it changes whenever they do.
+    pub fn program(&self) -> (u64, Vec<(ferroray_protocol::WorkerKind, WorkerCommand)>) {
         self.shared.lock().program()
+    }
+
+    /// The generation of [`Node::program`] now.
+    pub fn program_generation(&self) -> u64 {
+        self.shared.lock().program_generation()
     }
 
     /// Lines a worker printed (already prefixed), to the drivers of this

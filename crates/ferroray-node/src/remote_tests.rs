@@ -823,3 +823,37 @@ fn stress_run(seed: u64) -> Went {
     }
     went
 }
+
+// A peer link serves one program: the job's commands carry a generation that
+// changes when they do (a program joins an empty job, or the last driver
+// leaves), so a daemon closes links made for the program before.
+#[test]
+fn the_jobs_program_has_a_generation_that_changes_with_it() {
+    use crate::WorkerCommand;
+    let mut h = harness(1.0);
+    let (g0, program) = h.st.program();
+    assert!(program.is_empty());
+    let d = h.driver();
+    let python = |arg: &str| WorkerCommand { program: "/usr/bin/python3".into(), args: vec![arg.into()], env: vec![] };
+    let commands = std::collections::BTreeMap::from([(WorkerKind::Python, python("a"))]);
+    h.st.join_job(d.conn, commands.clone()).unwrap();
+    let (g1, program) = h.st.program();
+    assert!(g1 > g0 && program.len() == 1);
+    // Another driver of the same program: the same generation.
+    let d2 = h.driver();
+    h.st.join_job(d2.conn, commands).unwrap();
+    assert_eq!(h.st.program_generation(), g1);
+    // Another program is refused while this one is connected: unchanged.
+    let other = std::collections::BTreeMap::from([(WorkerKind::Python, python("b"))]);
+    let d3 = h.driver();
+    assert!(h.st.join_job(d3.conn, other.clone()).is_err());
+    assert_eq!(h.st.program_generation(), g1);
+    // Both leave: the job ends, then the other program's job begins.
+    h.st.disconnect(d.conn, "gone");
+    assert_eq!(h.st.program_generation(), g1);
+    h.st.disconnect(d2.conn, "gone");
+    let g2 = h.st.program_generation();
+    assert!(g2 > g1 && h.st.program().1.is_empty());
+    h.st.join_job(d3.conn, other).unwrap();
+    assert!(h.st.program_generation() > g2);
+}

@@ -38,6 +38,9 @@ use std::collections::BTreeMap;
 pub(crate) struct Job {
     commands: BTreeMap<WorkerKind, WorkerCommand>,
     drivers: FxHashSet<ConnId>,
+    /// Counts the changes of `commands` over the node's life (kept across
+    /// jobs): a peer link made for one program is not used for the next.
+    generation: u64,
 }
 
 fn same(a: &WorkerCommand, b: &WorkerCommand) -> bool {
@@ -96,6 +99,7 @@ impl State {
             if !self.job.commands.contains_key(&kind) {
                 let _ = self.spawn.send(PoolCmd::SetCommand { kind, command: Some(command.clone()) });
                 self.job.commands.insert(kind, command);
+                self.job.generation += 1;
                 if !self.kinds.contains(&kind) {
                     self.kinds.push(kind);
                 }
@@ -108,9 +112,14 @@ impl State {
         Ok(())
     }
 
-    /// The commands workers start with now: the node's own and its job's.
-    pub(crate) fn program(&self) -> Vec<(WorkerKind, WorkerCommand)> {
-        self.job.commands.iter().map(|(k, c)| (*k, c.clone())).collect()
+    /// The job's worker commands now, and their generation.
+    pub(crate) fn program(&self) -> (u64, Vec<(WorkerKind, WorkerCommand)>) {
+        (self.job.generation, self.job.commands.iter().map(|(k, c)| (*k, c.clone())).collect())
+    }
+
+    /// The generation of the job's worker commands (see `Job::generation`).
+    pub(crate) fn program_generation(&self) -> u64 {
+        self.job.generation
     }
 
     /// Steps 4 and 5: driver `conn` (worker id `driver`) is gone.
@@ -128,7 +137,7 @@ impl State {
             return;
         }
         let kinds: Vec<WorkerKind> = self.job.commands.keys().copied().collect();
-        self.job = Job::default();
+        self.job = Job { generation: self.job.generation + 1, ..Job::default() };
         for kind in kinds {
             let _ = self.spawn.send(PoolCmd::SetCommand { kind, command: None });
             self.kinds.retain(|k| *k != kind);

@@ -1347,7 +1347,9 @@ where
     }
     std::fs::create_dir_all(dir).map_err(ClusterError::file("cannot create", dir))?;
     writer.send_now(FromPeer { kind: Some(FromPeerKind::NeedExe(Empty {})) }).await?;
-    let part = dir.join(format!("{hex}.part{}", std::process::id()));
+    // A name of this receipt's own: two owners may ship the same file to
+    // this daemon at once (the rename makes either one's the file).
+    let part = dir.join(format!("{hex}.part{}-{:016x}", std::process::id(), WorkerId::random().0));
     let result = async {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;

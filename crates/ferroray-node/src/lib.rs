@@ -140,16 +140,18 @@ impl Node {
     /// Connects an in-process client (the driver) without a socket: its
     /// messages are direct calls, the node's go to `client`.
     pub fn connect_local(&self, worker_id: WorkerId, client: Arc<dyn Inbox>) -> Result<LocalConnection> {
-        let link = Arc::new(local::LocalOutbox::new(client));
-        let conn = {
-            let mut st = self.shared.lock();
-            let pid = std::process::id();
-            let conn = st.add_connection(Outbox::Local(link), pid);
-            let token = self.shared.token.clone();
-            st.handle(conn, ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid, role: Role::Driver, token });
-            conn
-        };
+        let conn = self.local_driver(&mut self.shared.lock(), worker_id, client);
         Ok(LocalConnection { shared: self.shared.clone(), conn })
+    }
+
+    /// A new in-process connection of this process, accepted as a driver.
+    fn local_driver(&self, st: &mut State, worker_id: WorkerId, client: Arc<dyn Inbox>) -> state::ConnId {
+        let link = Arc::new(local::LocalOutbox::new(client));
+        let pid = std::process::id();
+        let conn = st.add_connection(Outbox::Local(link), pid);
+        let token = self.shared.token.clone();
+        st.handle(conn, ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid, role: Role::Driver, token });
+        conn
     }
 
     /// Marks the node as part of a cluster: a task that needs more than
@@ -190,14 +192,13 @@ impl Node {
         commands: Vec<(ferroray_protocol::WorkerKind, WorkerCommand)>,
         client: Arc<dyn Inbox>,
     ) -> Result<LocalConnection> {
-        let link = Arc::new(local::LocalOutbox::new(client));
         let conn = {
             let mut st = self.shared.lock();
-            let pid = std::process::id();
-            let conn = st.add_connection(Outbox::Local(link), pid);
-            let token = self.shared.token.clone();
-            st.handle(conn, ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid, role: Role::Driver, token });
-            st.join_job(conn, commands.into_iter().collect())?;
+            let conn = self.local_driver(&mut st, worker_id, client);
+            if let Err(e) = st.join_job(conn, commands.into_iter().collect()) {
+                st.disconnect(conn, "another program's");
+                return Err(e);
+            }
             conn
         };
         Ok(LocalConnection { shared: self.shared.clone(), conn })

@@ -18,9 +18,11 @@
 //! target/release/cluster-scale --nodes 1,4,16,32
 //! ```
 
+#[path = "../daemons.rs"]
+mod daemons;
 use clap::Parser;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use daemons::Session;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -71,31 +73,6 @@ fn run_tasks(dir: &Path, tasks: u64, pids: &[u32], hz: f64) -> (f64, usize, f64,
     let node_cpu =
         if pids.len() > 1 { (1..pids.len()).map(cpu).sum::<f64>() / (pids.len() - 1) as f64 } else { f64::NAN };
     (tasks as f64 / elapsed, nodes.len(), cpu(0), node_cpu)
-}
-
-struct Session {
-    dir: PathBuf,
-    bin: PathBuf,
-}
-
-impl Session {
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.bin)
-            .args(args)
-            .env("FERRORAY_SESSION_DIR", &self.dir)
-            .env("FERRORAY_LOG", "warn")
-            .output()
-            .expect("running ferroray");
-        assert!(out.status.success(), "ferroray {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.bin).args(["stop"]).env("FERRORAY_SESSION_DIR", &self.dir).output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// CPU ticks (user + system) and resident kB of a process.

@@ -35,12 +35,14 @@
 //! target/release/multinode --only argument       # one row (e.g. under perf)
 //! ```
 
+#[path = "../daemons.rs"]
+mod daemons;
 use clap::Parser;
+use daemons::Session;
 use ferroray::{Buffer, Config};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,37 +102,6 @@ fn small_items(n: u64) -> impl Iterator<Item = u64> {
 #[ferroray::remote]
 fn where_am_i() -> String {
     ferroray::node_id().unwrap()
-}
-
-/// The daemons of one run: stopped, and their directory removed, on drop
-/// (a panic's unwinding included).
-struct Session {
-    dir: PathBuf,
-    bin: PathBuf,
-}
-
-impl Session {
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.bin)
-            .args(args)
-            .env("FERRORAY_SESSION_DIR", &self.dir)
-            .env("FERRORAY_LOG", "warn")
-            .output()
-            .expect("running ferroray");
-        assert!(out.status.success(), "ferroray {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        ferroray::shutdown();
-        let _ = Command::new(&self.bin)
-            .args(["stop", "--grace-period", "5"])
-            .env("FERRORAY_SESSION_DIR", &self.dir)
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 struct Row {

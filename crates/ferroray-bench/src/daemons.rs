@@ -24,6 +24,16 @@ impl Session {
         assert!(out.status.success(), "ferroray {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+
+    /// Starts the head on a free port with 1 CPU, a store of `store` bytes
+    /// and `extra` options; its address.
+    pub fn start_head(&self, store: u64, extra: &[&str]) -> String {
+        let store = store.to_string();
+        let mut args = vec!["start", "--head", "--port", "0", "--num-cpus", "1", "--object-store-memory", &store];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        out.split(" at ").nth(1).expect("the head's address").split(' ').next().unwrap().to_string()
+    }
 }
 
 impl Drop for Session {

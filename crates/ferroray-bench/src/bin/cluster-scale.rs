@@ -109,22 +109,8 @@ fn main() {
         let s = Session { dir, bin: bin.clone() };
         let hb = args.heartbeat_ms.to_string();
         let timeout = args.node_timeout_ms.to_string();
+        let head = s.start_head(16 << 20, &["--heartbeat-ms", &hb, "--node-timeout-ms", &timeout]);
         let store = (16u64 << 20).to_string();
-        let out = s.run(&[
-            "start",
-            "--head",
-            "--port",
-            "0",
-            "--num-cpus",
-            "1",
-            "--object-store-memory",
-            &store,
-            "--heartbeat-ms",
-            &hb,
-            "--node-timeout-ms",
-            &timeout,
-        ]);
-        let head = out.split(" at ").nth(1).unwrap().split(' ').next().unwrap().to_string();
         for _ in 1..n {
             s.run(&["start", "--address", &head, "--num-cpus", "1", "--object-store-memory", &store]);
         }

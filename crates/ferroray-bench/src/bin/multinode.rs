@@ -415,20 +415,8 @@ fn daemon_pids(dir: &Path, head: &str) -> (u32, u32) {
 fn start_cluster(bin: &Path, node_cpus: usize) -> Session {
     let dir = std::env::temp_dir().join(format!("ferroray-multinode-bench-{}", std::process::id()));
     let s = Session { dir, bin: bin.to_path_buf() };
+    let head = s.start_head(3 << 30, &["--heartbeat-ms", "200"]);
     let store = (3u64 << 30).to_string();
-    let out = s.run(&[
-        "start",
-        "--head",
-        "--port",
-        "0",
-        "--num-cpus",
-        "1",
-        "--object-store-memory",
-        &store,
-        "--heartbeat-ms",
-        "200",
-    ]);
-    let head = out.split(" at ").nth(1).expect("the head's address").split(' ').next().unwrap().to_string();
     let cpus = node_cpus.to_string();
     let resources = format!(r#"{{"b": {node_cpus}}}"#);
     s.run(&[

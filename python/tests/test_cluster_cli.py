@@ -252,6 +252,21 @@ except ValueError as e:
     assert "from the other node" in str(e)
 assert ray.get(shout.remote()) == 1
 
+# Refs inside arguments and results cross nodes with their objects.
+@ray.remote(resources={"b": 1})
+def read_nested(refs):
+    return [int(np.asarray(ray.get(r)).sum()) for r in refs]
+
+@ray.remote(resources={"b": 1})
+def put_there(n):
+    return [ray.put(np.full(1 << 20, i, dtype=np.uint8)) for i in range(n)]
+
+nested = [ray.put(np.ones(4 << 20, dtype=np.uint8)), ray.put(3)]
+assert ray.get(read_nested.remote(nested)) == [4 << 20, 3]
+made = ray.get(put_there.remote(3))
+assert [int(ray.get(r)[0]) for r in made] == [0, 1, 2]
+assert ray.get(read_nested.remote(made)) == [0, 1 << 20, 2 << 20]
+
 @ray.remote(resources={"b": 1})
 class Where:
     def __init__(self):

@@ -27,6 +27,13 @@
 //!    bytes ([`Blob`]), written straight into the receiving node's store,
 //!    and the message that follows names it by a `Shm` payload whose offset
 //!    is the blob's id on this link.
+//!    Refs cross with copies of what they name (`ToNode::Import`, under the
+//!    same ids): before a task, every object its arguments name, at any
+//!    depth, deepest first (`Gathering`); before a result, every object
+//!    its values name (`Export`), then a `RemoveRef` of those copies
+//!    after the `TaskDone` (the result holds them by then). Each side holds
+//!    an import from its arrival until the task or result that follows it
+//!    does, in the order of one connection, so nothing frees it between.
 //! 4. On the executing node the task gets an id of the link's own (its
 //!    driver's), no retries (the owner retries, with its replay checks), and
 //!    a streaming generator's items are relayed as they come; under
@@ -46,8 +53,9 @@
 //! (no name, no restarts: the owner keeps both) and live while the link
 //! holds their handle; the owner's `KillActor` ends them.
 //!
-//! What does not cross nodes yet: refs inside arguments or results, and
-//! `get` of an object that lives on another node.
+//! What does not cross nodes yet: refs inside a generator's items (each
+//! such item becomes an error), and `get` of an object on another node
+//! that no argument or result carried here.
 
 use crate::error::{ClusterError, Result};
 use crate::tls::{self, Fingerprint, HeadIdentity};
@@ -64,7 +72,7 @@ use ferroray_protocol::{
 use ferroray_store::Arena;
 use parking_lot::Mutex;
 use prost::{Message, Oneof};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -823,6 +831,78 @@ struct Gathering {
     spec: TaskSpec,
     /// Arguments not yet in hand, by object.
     missing: Vec<ObjectId>,
+    /// Objects named inside the arguments: the peer gets a copy of each
+    /// before the task (`ToNode::Import`).
+    named: Named,
+}
+
+/// Objects named by values, at any depth, asked of this node to send
+/// copies of them ahead of what names them (step 3).
+#[derive(Default)]
+struct Named {
+    /// Asked for, not answered yet.
+    waiting: Vec<ObjectId>,
+    /// Every object asked for, so each is asked for once.
+    seen: HashSet<ObjectId>,
+    /// Answered, in the order they came: an object before the ones it names.
+    got: Vec<(ObjectId, ObjectValue)>,
+}
+
+impl Named {
+    /// Asks the node for the objects `value` names that were not asked for yet.
+    fn ask(&mut self, conn: &LocalConnection, value: &ObjectValue) {
+        if let ObjectValue::Data { contained, .. } = value {
+            self.ask_ids(conn, contained);
+        }
+    }
+
+    /// Asks the node for those of `ids` that were not asked for yet.
+    fn ask_ids(&mut self, conn: &LocalConnection, ids: &[ObjectId]) {
+        let new: Vec<ObjectId> = ids.iter().copied().filter(|c| self.seen.insert(*c)).collect();
+        if !new.is_empty() {
+            self.waiting.extend_from_slice(&new);
+            conn.send(ToNode::Subscribe(new));
+        }
+    }
+
+    /// Takes the node's answer for `id`, one of `waiting`, and asks for
+    /// what it names in turn.
+    fn answer(&mut self, conn: &LocalConnection, id: ObjectId, value: ObjectValue) {
+        if let Some(at) = self.waiting.iter().position(|w| *w == id) {
+            self.waiting.swap_remove(at);
+        }
+        self.ask(conn, &value);
+        self.got.push((id, value));
+    }
+}
+
+impl Gathering {
+    /// Gives back the store pins of what was gathered (the task goes no
+    /// further), and the task.
+    fn release(self, conn: &LocalConnection) -> TaskSpec {
+        let mut unpin: Vec<ObjectId> = self.named.got.iter().filter(|(_, v)| is_shm(v)).map(|(id, _)| *id).collect();
+        for arg in &self.spec.args {
+            if let TaskArg::Object { id, payload: Payload::Shm { .. }, .. } = arg {
+                unpin.push(*id);
+            }
+        }
+        if !unpin.is_empty() {
+            conn.send(ToNode::Unpin(unpin));
+        }
+        self.spec
+    }
+}
+
+fn is_shm(value: &ObjectValue) -> bool {
+    matches!(value, ObjectValue::Data { payload: Payload::Shm { .. }, .. })
+}
+
+/// A value that cannot travel as a plain argument: it names other objects,
+/// or it is one the node made (a dynamic generator's list). It goes as a
+/// copy under its own id (`ToNode::Import`), and the argument names it.
+fn goes_as_import(value: &ObjectValue) -> bool {
+    matches!(value, ObjectValue::Data { contained, encoding, .. }
+        if !contained.is_empty() || !matches!(encoding, ferroray_protocol::Encoding::Rust | ferroray_protocol::Encoding::Raw))
 }
 
 /// One link, the owner's side, from attach to end.
@@ -886,6 +966,11 @@ async fn outgoing(
                             }
                             ToNode::TaskDone { .. } => {}
                             ToNode::ReportItem { value, .. } => lander.land(value)?,
+                            // Copies of objects a result names, and the
+                            // link's references to them let go once the
+                            // result holds them (`return_values`).
+                            ToNode::Import { value, .. } => lander.land(value)?,
+                            ToNode::RemoveRef(_) => {}
                             other => {
                                 return Err(peer_error("a message out of turn")(format!("{other:?}")));
                             }
@@ -1016,65 +1101,74 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
                 Some(ActorTask::Call { actor }) => Some(actor.handle_object()),
                 _ => None,
             };
-            if spec.contained.iter().any(|c| Some(*c) != handle) {
-                return fail_here(conn, &spec, refs_error(&spec));
-            }
             let missing: Vec<ObjectId> =
                 spec.args.iter().filter_map(|a| if let TaskArg::Ref(id) = a { Some(*id) } else { None }).collect();
-            if missing.is_empty() {
+            let nested: Vec<ObjectId> = spec.contained.iter().copied().filter(|c| Some(*c) != handle).collect();
+            if missing.is_empty() && nested.is_empty() {
                 return send_task(conn, arena, writer, cache, *spec).await;
             }
-            conn.send(ToNode::Subscribe(missing.clone()));
-            gathering.insert(tid, Gathering { spec: *spec, missing });
+            if !missing.is_empty() {
+                conn.send(ToNode::Subscribe(missing.clone()));
+            }
+            let mut g = Gathering { spec: *spec, missing, named: Named::default() };
+            // Objects named inside the arguments: the peer gets a copy of
+            // each (and of what they name), so its refs work there.
+            g.named.ask_ids(conn, &nested);
+            gathering.insert(tid, g);
         }
         FromNode::ObjectReady { id, value } => {
-            // One answer per `Subscribe` of one argument: it fills the first
-            // argument still waiting for `id`, which takes its store pin
-            // (released once sent); with none waiting (the task was
-            // cancelled meanwhile) the pin goes back at once.
-            let pinned = matches!(value, ObjectValue::Data { payload: Payload::Shm { .. }, .. });
-            let Some(tid) = gathering.iter().find(|(_, g)| g.missing.contains(&id)).map(|(t, _)| *t) else {
+            // One answer per `Subscribe` of one object: it fills the first
+            // task still waiting for `id` (an argument before a named
+            // object), which takes its store pin (released once sent);
+            // with none waiting (the task was cancelled meanwhile) the pin
+            // goes back at once.
+            let pinned = is_shm(&value);
+            let found = gathering
+                .iter()
+                .find(|(_, g)| g.missing.contains(&id) || g.named.waiting.contains(&id))
+                .map(|(t, _)| *t);
+            let Some(tid) = found else {
                 if pinned {
                     conn.send(ToNode::Unpin(vec![id]));
                 }
                 return Ok(());
             };
             let g = gathering.get_mut(&tid).expect("found above");
-            let at = g.missing.iter().position(|m| *m == id).expect("found above");
-            g.missing.swap_remove(at);
-            let arg = match &value {
-                ObjectValue::Data { contained, encoding, .. }
-                    if !contained.is_empty() || *encoding == ferroray_protocol::Encoding::RefList =>
-                {
-                    Err(refs_error(&g.spec))
-                }
-                ObjectValue::Data { payload, encoding, .. } => {
-                    Ok(TaskArg::Object { id, payload: payload.clone(), encoding: *encoding })
-                }
-                ObjectValue::Error(e) => Err(e.clone()),
-            };
-            match arg {
-                Ok(arg) => {
-                    if let Some(slot) = g.spec.args.iter_mut().find(|a| **a == TaskArg::Ref(id)) {
-                        *slot = arg;
+            if let Some(at) = g.missing.iter().position(|m| *m == id) {
+                g.missing.swap_remove(at);
+                let slot = g.spec.args.iter().position(|a| *a == TaskArg::Ref(id));
+                match &value {
+                    ObjectValue::Error(e) => {
+                        let e = e.clone();
+                        let spec = gathering.remove(&tid).expect("found above").release(conn);
+                        return fail_here(conn, &spec, e);
                     }
-                    if g.missing.is_empty() {
-                        let g = gathering.remove(&tid).expect("found above");
-                        send_task(conn, arena, writer, cache, g.spec).await?;
+                    // Sent ahead as a copy; the argument stays a ref to it.
+                    v if goes_as_import(v) => {
+                        g.named.ask(conn, v);
+                        g.named.got.push((id, value));
                     }
+                    ObjectValue::Data { payload, encoding, .. } => match slot {
+                        Some(i) => {
+                            g.spec.args[i] = TaskArg::Object { id, payload: payload.clone(), encoding: *encoding }
+                        }
+                        None if pinned => conn.send(ToNode::Unpin(vec![id])),
+                        None => {}
+                    },
                 }
-                Err(e) => {
-                    if pinned {
-                        conn.send(ToNode::Unpin(vec![id]));
-                    }
-                    let g = gathering.remove(&tid).expect("found above");
-                    fail_here(conn, &g.spec, e)?;
-                }
+            } else {
+                // An error is copied too: the task's `get` of it raises there.
+                g.named.answer(conn, id, value);
+            }
+            if g.missing.is_empty() && g.named.waiting.is_empty() {
+                let g = gathering.remove(&tid).expect("found above");
+                send_imports(conn, arena, writer, g.named.got).await?;
+                send_task(conn, arena, writer, cache, g.spec).await?;
             }
         }
         FromNode::CancelRunning { task_id, force } => {
             if let Some(g) = gathering.remove(&task_id) {
-                return fail_here(conn, &g.spec, Error::TaskCancelled);
+                return fail_here(conn, &g.release(conn), Error::TaskCancelled);
             }
             let cancel = ToNode::Cancel { task_id, force, recursive: true, force_after_ms: None };
             writer.send_node::<ToPeer>(cancel).await?;
@@ -1097,18 +1191,33 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-fn refs_error(spec: &TaskSpec) -> Error {
-    Error::InvalidOption(format!(
-        "task {} takes refs inside its arguments, and such a task runs only on the node that holds them in this \
-         build: give it the resources of that node",
-        spec.name()
-    ))
-}
-
 /// Ends a task that cannot be sent, as its executor would.
 fn fail_here(conn: &LocalConnection, spec: &TaskSpec, e: Error) -> Result<()> {
     let outcome = TaskOutcome::Failed(e);
     conn.send(ToNode::TaskDone { task_id: spec.task_id, attempt: spec.attempt, outcome });
+    Ok(())
+}
+
+/// Sends the copies of objects a task's arguments name (step 3), each
+/// after the objects it names itself (so each one's refs resolve there as
+/// it lands), then gives back their store pins here.
+async fn send_imports<W: AsyncWrite + Unpin>(
+    conn: &LocalConnection,
+    arena: &Arena,
+    writer: &mut Writer<W>,
+    imports: Vec<(ObjectId, ObjectValue)>,
+) -> Result<()> {
+    let mut unpin = Vec::new();
+    for (id, value) in imports.into_iter().rev() {
+        if is_shm(&value) {
+            unpin.push(id);
+        }
+        let value = writer.ship::<ToPeer>(arena, value).await?;
+        writer.send_node::<ToPeer>(ToNode::Import { id, value }).await?;
+    }
+    if !unpin.is_empty() {
+        conn.send(ToNode::Unpin(unpin));
+    }
     Ok(())
 }
 
@@ -1222,6 +1331,19 @@ struct Executing<W> {
     /// The owner's objects kept here: its id → the link's object here.
     cache: Cache<ObjectId>,
     landing: Lander,
+    /// Copies of the owner's objects imported for the next task, held by
+    /// the link until that task holds them.
+    imported: Vec<ObjectId>,
+    /// Tasks that ended with values naming objects of this node, waiting
+    /// for those objects (at any depth) to send copies of them first.
+    exports: HashMap<TaskId, Export>,
+}
+
+/// A result's objects being gathered for the owner (step 3).
+struct Export {
+    running: Running,
+    values: Vec<ObjectValue>,
+    named: Named,
 }
 
 async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<PeerContext>) -> Result<()> {
@@ -1300,6 +1422,8 @@ async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<
         actors: HashMap::new(),
         cache: Cache::new(cache_bytes),
         landing: lander,
+        imported: Vec::new(),
+        exports: HashMap::new(),
     };
     loop {
         // Everything the node has sent so far, then one write.
@@ -1399,7 +1523,23 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
     /// A message of the owner (step 3).
     async fn owner_msg(&mut self, msg: ToNode) -> Result<()> {
         match msg {
-            ToNode::Submit(spec) => self.submit(*spec).await,
+            ToNode::Submit(spec) => {
+                let sent = self.submit(*spec).await;
+                // The task holds what was imported for it from here on.
+                let imported = std::mem::take(&mut self.imported);
+                if !imported.is_empty() {
+                    self.conn.send(ToNode::RemoveRef(imported));
+                }
+                sent
+            }
+            ToNode::Import { id, mut value } => {
+                // A copy of an object the next task's arguments name (a
+                // store that refuses it makes it the store's error there).
+                self.landing.land(&mut value)?;
+                self.conn.send(ToNode::Import { id, value });
+                self.imported.push(id);
+                Ok(())
+            }
             ToNode::Cancel { task_id, force, .. } => {
                 if let Some(mine) = self.by_owner.get(&task_id) {
                     let cancel = ToNode::Cancel { task_id: *mine, force, recursive: true, force_after_ms: None };
@@ -1583,6 +1723,15 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
     async fn node_msg(&mut self, msg: FromNode) -> Result<()> {
         match msg {
             FromNode::ObjectReady { id, value } => {
+                if let Some(mine) = self.exports.iter().find(|(_, e)| e.named.waiting.contains(&id)).map(|(t, _)| *t) {
+                    let e = self.exports.get_mut(&mine).expect("found above");
+                    e.named.answer(&self.conn, id, value);
+                    if e.named.waiting.is_empty() {
+                        let e = self.exports.remove(&mine).expect("found above");
+                        self.send_returns(mine, e.running, e.values, e.named.got).await?;
+                    }
+                    return Ok(());
+                }
                 let Some(r) = self.running.get_mut(&id.task) else {
                     if let ObjectValue::Data { payload: Payload::Shm { .. }, .. } = value {
                         self.conn.send(ToNode::Unpin(vec![id]));
@@ -1647,32 +1796,58 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
         }
     }
 
-    /// A fixed-returns task ended: its values (or its error) to the owner.
-    async fn return_values(&mut self, mine: TaskId, r: Running) -> Result<()> {
-        let ids: Vec<ObjectId> = (0..r.values.len() as u32).map(|i| ObjectId::for_return(mine, i)).collect();
-        let mut values = Vec::new();
+    /// A fixed-returns task ended: its values (or its error) to the owner,
+    /// once the objects they name are here to send copies of (step 3).
+    async fn return_values(&mut self, mine: TaskId, mut r: Running) -> Result<()> {
+        let values: Vec<ObjectValue> =
+            std::mem::take(&mut r.values).into_iter().map(|v| v.expect("all here")).collect();
+        let mut named = Named::default();
+        if !values.iter().any(|v| matches!(v, ObjectValue::Error(_))) {
+            for v in &values {
+                named.ask(&self.conn, v);
+            }
+        }
+        if named.waiting.is_empty() {
+            return self.send_returns(mine, r, values, Vec::new()).await;
+        }
+        self.exports.insert(mine, Export { running: r, values, named });
+        Ok(())
+    }
+
+    /// Sends a task's results: first a copy of each object they name, each
+    /// after the ones it names (the owner's link holds them until the
+    /// result does: the `RemoveRef` after the `TaskDone`).
+    async fn send_returns(
+        &mut self,
+        mine: TaskId,
+        r: Running,
+        values: Vec<ObjectValue>,
+        exports: Vec<(ObjectId, ObjectValue)>,
+    ) -> Result<()> {
+        let ids: Vec<ObjectId> = (0..values.len() as u32).map(|i| ObjectId::for_return(mine, i)).collect();
         let mut unpin = Vec::new();
-        let mut failed = None;
-        for (id, v) in ids.iter().zip(r.values) {
-            let v = v.expect("all here");
-            match v {
-                ObjectValue::Error(e) => {
-                    failed.get_or_insert(e);
+        let mut exported = Vec::new();
+        let failed = values.iter().find_map(|v| match v {
+            ObjectValue::Error(e) => Some(e.clone()),
+            _ => None,
+        });
+        if failed.is_none() {
+            for (id, value) in exports.into_iter().rev() {
+                if is_shm(&value) {
+                    unpin.push(id);
                 }
-                ObjectValue::Data { ref payload, ref contained, .. } => {
-                    if matches!(payload, Payload::Shm { .. }) {
-                        unpin.push(*id);
-                    }
-                    if !contained.is_empty() {
-                        failed.get_or_insert(Error::InvalidOption(
-                            "a task run on another node returned refs inside its value, which cannot leave their \
-                             node in this build"
-                                .into(),
-                        ));
-                    } else if failed.is_none() {
-                        values.push(self.writer.ship::<FromPeer>(&self.arena, v).await?);
-                    }
-                }
+                let value = self.writer.ship::<FromPeer>(&self.arena, value).await?;
+                self.writer.send_node::<FromPeer>(ToNode::Import { id, value }).await?;
+                exported.push(id);
+            }
+        }
+        let mut shipped = Vec::new();
+        for (id, v) in ids.iter().zip(values) {
+            if is_shm(&v) {
+                unpin.push(*id);
+            }
+            if failed.is_none() {
+                shipped.push(self.writer.ship::<FromPeer>(&self.arena, v).await?);
             }
         }
         if !unpin.is_empty() {
@@ -1688,9 +1863,13 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
         }
         let outcome = match failed {
             Some(e) => TaskOutcome::Failed(e),
-            None => TaskOutcome::Returned(values),
+            None => TaskOutcome::Returned(shipped),
         };
-        self.finish(r.owner_id, r.attempt, outcome).await
+        self.finish(r.owner_id, r.attempt, outcome).await?;
+        if !exported.is_empty() {
+            self.writer.send_node::<FromPeer>(ToNode::RemoveRef(exported)).await?;
+        }
+        Ok(())
     }
 
     /// Relays a generator's items that are in hand, in order, then its end
@@ -1701,7 +1880,17 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             match r.items.front() {
                 Some((_, Some(_))) => {
                     let (index, value) = r.items.pop_front().expect("front");
-                    let value = value.expect("in hand");
+                    let mut value = value.expect("in hand");
+                    if matches!(&value, ObjectValue::Data { contained, .. } if !contained.is_empty()) {
+                        // Not gathered for items as for results (yet).
+                        if is_shm(&value) {
+                            self.conn.send(ToNode::Unpin(vec![ObjectId::for_item(mine, index)]));
+                        }
+                        value = ObjectValue::Error(Error::InvalidOption(format!(
+                            "item {index} of a generator run on another node holds refs, which do not leave \
+                             that node from a generator's items in this build"
+                        )));
+                    }
                     let (owner_id, attempt, acked) = (r.owner_id, r.attempt, r.acked);
                     let item = ObjectId::for_item(mine, index);
                     let shm = matches!(value, ObjectValue::Data { payload: Payload::Shm { .. }, .. });

@@ -10,7 +10,7 @@
 //! directory is named by an environment variable, which the process's
 //! threads share.
 
-use ferroray::{Buffer, Config};
+use ferroray::{Buffer, Config, ObjectRef};
 use ferroray_common::ClusterToken;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,6 +55,45 @@ fn chunks(n: usize, size: usize) -> impl Iterator<Item = Buffer> {
 fn sleepy(ms: u64) -> String {
     std::thread::sleep(Duration::from_millis(ms));
     ferroray::node_id().unwrap()
+}
+
+/// Where it runs, and the sum of the values its refs name (read there).
+#[ferroray::remote]
+fn sum_nested(refs: Vec<ObjectRef<i64>>) -> (String, i64) {
+    (ferroray::node_id().unwrap(), refs.iter().map(|r| r.get().unwrap()).sum())
+}
+
+/// Follows refs two deep to buffers, and sums their bytes.
+#[ferroray::remote]
+fn sum_deep(outer: Vec<ObjectRef<Vec<ObjectRef<Buffer>>>>) -> u64 {
+    let mut total = 0;
+    for inner in outer {
+        for b in inner.get().unwrap() {
+            total += b.get().unwrap().iter().map(|x| u64::from(*x)).sum::<u64>();
+        }
+    }
+    total
+}
+
+/// Whether each ref names a value (an error stays the ref's, not the task's).
+#[ferroray::remote]
+fn readable(refs: Vec<ObjectRef<i64>>) -> Vec<bool> {
+    refs.iter().map(|r| r.get().is_ok()).collect()
+}
+
+#[ferroray::remote]
+fn fails() -> i64 {
+    panic!("on purpose")
+}
+
+/// Puts `n` buffers of `size` bytes where it runs and returns refs to them,
+/// one of them also inside a value of its own.
+#[ferroray::remote]
+fn put_there(n: usize, size: usize) -> (Vec<ObjectRef<Buffer>>, ObjectRef<Vec<ObjectRef<Buffer>>>) {
+    let refs: Vec<ObjectRef<Buffer>> =
+        (0..n).map(|i| ferroray::put(Buffer::new(vec![i as u8 + 1; size])).unwrap()).collect();
+    let wrapped = ferroray::put(vec![refs[0].clone()]).unwrap();
+    (refs, wrapped)
 }
 
 /// Counts its calls and says where it runs.
@@ -238,6 +277,67 @@ fn tasks_objects_and_streams_cross_nodes() {
     assert_eq!(sum, (1 << 30, 2 << 30));
     eprintln!("1 GiB to another node and summed there: {:?}", started.elapsed());
     drop(huge);
+
+    // Refs inside arguments: the objects they name (nested at any depth, a
+    // result not made yet, large or small, failed) are read on B.
+    let slow = sleepy::remote(300);
+    let pending = square::remote(4);
+    drop(slow);
+    let (at, total) = sum_nested::options()
+        .resource("b", 1)
+        .remote(vec![ferroray::put(1i64).unwrap(), ferroray::put(2i64).unwrap(), pending])
+        .get_timeout(Duration::from_secs(20))
+        .unwrap();
+    assert_eq!((at, total), (b.clone(), 19));
+    let buffers: Vec<ObjectRef<Buffer>> =
+        (0..3).map(|i| ferroray::put(Buffer::new(vec![i as u8; 16 << 20])).unwrap()).collect();
+    let outer = vec![ferroray::put(buffers.clone()).unwrap(), ferroray::put(vec![buffers[2].clone()]).unwrap()];
+    let deep = sum_deep::options().resource("b", 1).remote(outer).get_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(deep, (16 << 20) * (1 + 2 + 2));
+    let flags = readable::options()
+        .resource("b", 1)
+        .remote(vec![fails::remote(), ferroray::put(5i64).unwrap()])
+        .get_timeout(Duration::from_secs(20))
+        .unwrap();
+    assert_eq!(flags, vec![false, true]);
+    // Refs inside a result: what B put comes here with it, and goes back
+    // to B as an argument.
+    let (made, wrapped) =
+        put_there::options().resource("b", 1).remote(3, 8 << 20).get_timeout(Duration::from_secs(30)).unwrap();
+    let firsts: Vec<u8> = made.iter().map(|r| r.get().unwrap()[0]).collect();
+    assert_eq!(firsts, vec![1, 2, 3]);
+    assert_eq!(wrapped.get().unwrap()[0].get().unwrap().len(), 8 << 20);
+    let mut ids: Vec<String> = buffers.iter().chain(&made).map(|r| r.id().to_string()).collect();
+    let back = sum_deep::options().resource("b", 1).remote(vec![ferroray::put(made).unwrap()]).get().unwrap();
+    assert_eq!(back, (8 << 20) * (1 + 2 + 3));
+    // Many at once, every fourth cancelled as it is sent (while its refs
+    // are gathered, on its way, or running): each ends once, with its sum
+    // or as cancelled.
+    let small = ferroray::put(7i64).unwrap();
+    ids.push(small.id().to_string());
+    let runs: Vec<_> = (0..40i64)
+        .map(|i| {
+            let r = sum_nested::options().resource("b", 1).remote(vec![small.clone(), square::remote(i)]);
+            if i % 4 == 0 {
+                ferroray::cancel(&r).unwrap();
+            }
+            (i, r)
+        })
+        .collect();
+    for (i, r) in runs {
+        match r.get_timeout(Duration::from_secs(30)) {
+            Ok((at, total)) => assert_eq!((at, total), (b.clone(), 7 + i * i)),
+            Err(e) => assert!(i % 4 == 0 && matches!(e, ferroray::Error::TaskCancelled), "{i}: {e}"),
+        }
+    }
+    // B keeps no copy of what crossed once the tasks that read it ended
+    // (the objects named in arguments, and what B made and sent here).
+    let here = s.ferroray(&["list", "objects", "--filter", &format!("node_id={head}")]);
+    assert!(here.contains(&small.id().to_string()), "listed by id: {here}");
+    wait_for("B to let its copies go", Duration::from_secs(10), || {
+        let listed = s.ferroray(&["list", "objects", "--filter", &format!("node_id={b}")]);
+        ids.iter().all(|id| !listed.contains(id.as_str()))
+    });
 
     // A peer link opened with a wrong token is refused (and logged there).
     assert_eq!(peer_hello(&s, &b, ClusterToken::random().unwrap()), "wrong cluster token");

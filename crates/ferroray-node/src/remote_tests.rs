@@ -857,3 +857,49 @@ fn the_jobs_program_has_a_generation_that_changes_with_it() {
     h.st.join_job(d3.conn, other).unwrap();
     assert!(h.st.program_generation() > g2);
 }
+
+// 7. Refs in arguments: a task naming one of this node's streams (or actor
+// handles) is not sent to a peer, since a copy of the value would not carry
+// the stream; a peer link's imported copies are held by it, and a copy of
+// an object the node has already is dropped.
+#[test]
+fn a_task_naming_a_stream_stays_here_and_imports_are_copies_held_by_the_link() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let p = attach(&mut h, 7, cpus(4.0));
+    let g = spec(&d, 1, ReturnKind::Streaming { backpressure: None }, 0);
+    let gid = g.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(g)));
+    let w = h.worker();
+    assert_eq!(executed(&w.take()), vec![gid], "the generator runs here");
+    // No room here now: the task naming the stream waits here, the other goes.
+    let mut naming = spec(&d, 2, ReturnKind::Fixed(1), 0);
+    naming.contained = vec![ObjectId::for_return(gid, 0)];
+    let (naming_tid, _) = submit(&mut h, &d, naming);
+    let (plain_tid, _) = submit(&mut h, &d, spec(&d, 3, ReturnKind::Fixed(1), 0));
+    let sent = executed(&p.take());
+    assert_eq!(sent, vec![plain_tid], "only the plain task goes to the peer");
+    assert!(!sent.contains(&naming_tid));
+
+    // Imports, by an in-process connection (as a peer link is).
+    let link = h.driver();
+    let theirs = ObjectId { task: TaskId { submitter: WorkerId(999), seq: 1 }, index: 0 };
+    let before = h.st.stats().objects;
+    h.st.handle(link.conn, ToNode::Import { id: theirs, value: inline(b"first") });
+    h.st.handle(link.conn, ToNode::Import { id: theirs, value: inline(b"second") });
+    h.st.handle(link.conn, ToNode::Subscribe(vec![theirs]));
+    assert_eq!(ready(&link.take(), theirs), Some(&inline(b"first")), "values never change");
+    assert_eq!(h.st.stats().objects, before + 1);
+    // A task of the link's holds it past the link's reference.
+    let mut reads = spec(&link, 1, ReturnKind::Fixed(1), 0);
+    reads.args = vec![TaskArg::Ref(theirs)];
+    h.st.handle(link.conn, ToNode::Submit(Box::new(reads)));
+    h.st.handle(link.conn, ToNode::RemoveRef(vec![theirs]));
+    assert_eq!(h.st.stats().objects, before + 2, "the copy and the task's result");
+    // (No room here: the peer runs it, and ends it.)
+    let reads_tid = TaskId { submitter: link.worker_id, seq: 1 };
+    assert_eq!(executed(&p.take()), vec![reads_tid]);
+    returned(&mut h, &p, reads_tid, 0, b"read");
+    h.st.handle(link.conn, ToNode::RemoveRef(vec![ObjectId::for_return(reads_tid, 0)]));
+    assert_eq!(h.st.stats().objects, before, "gone with the task");
+}

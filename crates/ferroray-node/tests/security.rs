@@ -263,6 +263,23 @@ fn ids_must_be_the_senders_own_and_new() {
     // The owner reads it.
     frame::write_frame(&mut owner, ToNode::Subscribe(vec![mine])).unwrap();
     assert!(matches!(reply(&mut owner), Some(FromNode::ObjectReady { value: ObjectValue::Data { .. }, .. })));
+    // Importing (a copy under another's id, for the node's peer links) is
+    // not for the socket: the connection is refused, the object unchanged.
+    let mut forger = driver(&node, 62);
+    let forged = ObjectValue::Data {
+        payload: ferroray_protocol::Payload::Inline(vec![6, 6, 6]),
+        encoding: ferroray_protocol::Encoding::Rust,
+        contained: vec![],
+    };
+    frame::write_frame(&mut forger, ToNode::Import { id: mine, value: forged }).unwrap();
+    assert!(matches!(rejection(&mut forger), Error::Protocol(m) if m.contains("imported by a node's own links")));
+    frame::write_frame(&mut owner, ToNode::Subscribe(vec![mine])).unwrap();
+    match reply(&mut owner) {
+        Some(FromNode::ObjectReady { value: ObjectValue::Data { payload, .. }, .. }) => {
+            assert_eq!(payload, ferroray_protocol::Payload::Inline(vec![1, 2, 3]))
+        }
+        other => panic!("expected the owner's value, got {other:?}"),
+    }
     still_serving(&node);
     node.shutdown();
 }

@@ -144,6 +144,11 @@ impl ToNode {
                 over("pickled function bytes", pickled.len(), MAX_PICKLED_FUNCTION)
             }
             ToNode::Put { value, .. } => check_value(value),
+            // A copy of what another node stored: its encodings included.
+            ToNode::Import { value: ObjectValue::Data { contained, .. }, .. } => {
+                check_ids("refs nested in a value", contained)
+            }
+            ToNode::Import { value: ObjectValue::Error(_), .. } => Ok(()),
             ToNode::AddRef(ids) => check_ids("AddRef ids", ids),
             ToNode::RemoveRef(ids) => check_ids("RemoveRef ids", ids),
             ToNode::Subscribe(ids) => check_ids("Subscribe ids", ids),

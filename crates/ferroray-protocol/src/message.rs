@@ -468,6 +468,16 @@ pub enum ToNode {
     /// own has none). Sent once, right after the welcome. For the Rust kind
     /// the node ignores `program` and runs the sender's own executable.
     WorkerCommands(Vec<WorkerCommandSpec>),
+    /// A copy of another node's object, under that node's id, so that refs
+    /// to it work here (a value is never changed, so a copy is as good as
+    /// the original). The sender holds one reference to it; if the object
+    /// is here already, the copy is dropped and the reference taken. Only
+    /// from in-process connections (a node's peer links); refused on a
+    /// socket. Any encoding, as the other node stored it.
+    Import {
+        id: ObjectId,
+        value: ObjectValue,
+    },
 }
 
 /// How to start a worker process of one kind ([`ToNode::WorkerCommands`]).

@@ -1089,7 +1089,7 @@ pub enum Role {
 pub struct ToNode {
     #[prost(
         oneof = "ToNodeKind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27"
     )]
     pub kind: Option<ToNodeKind>,
 }
@@ -1150,6 +1150,8 @@ pub enum ToNodeKind {
     ExportFunction(ExportFunction),
     #[prost(message, tag = "26")]
     WorkerCommands(WorkerCommands),
+    #[prost(message, tag = "27")]
+    Import(ObjectMessage),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -1338,6 +1340,9 @@ impl From<m::ToNode> for ToNode {
             }),
             m::ToNode::Submit(spec) => K::Submit((*spec).into()),
             m::ToNode::Put { id, value } => K::Put(ObjectMessage { id: Some(id.into()), value: Some(value.into()) }),
+            m::ToNode::Import { id, value } => {
+                K::Import(ObjectMessage { id: Some(id.into()), value: Some(value.into()) })
+            }
             m::ToNode::AddRef(ids) => K::AddRef(object_ids(ids)),
             m::ToNode::RemoveRef(ids) => K::RemoveRef(object_ids(ids)),
             m::ToNode::Subscribe(ids) => K::Subscribe(object_ids(ids)),
@@ -1428,6 +1433,9 @@ impl TryFrom<ToNode> for m::ToNode {
             },
             K::Submit(spec) => m::ToNode::Submit(Box::new(spec.try_into()?)),
             K::Put(p) => m::ToNode::Put { id: object_id(p.id, "put id")?, value: value(p.value, "put value")? },
+            K::Import(p) => {
+                m::ToNode::Import { id: object_id(p.id, "import id")?, value: value(p.value, "import value")? }
+            }
             K::AddRef(ids) => m::ToNode::AddRef(object_ids_from_bytes(&ids.ids, "AddRef ids")?),
             K::RemoveRef(ids) => m::ToNode::RemoveRef(object_ids_from_bytes(&ids.ids, "RemoveRef ids")?),
             K::Subscribe(ids) => m::ToNode::Subscribe(object_ids_from_bytes(&ids.ids, "Subscribe ids")?),

@@ -167,6 +167,8 @@ fn every_to_node_message_round_trips() {
         ToNode::TerminateActor { actor: ActorId(tid(2)) },
         ToNode::Put { id: oid(5, 0), value: data.clone() },
         ToNode::Put { id: oid(5, 0), value: shm.clone() },
+        ToNode::Import { id: oid(6, 1), value: data.clone() },
+        ToNode::Import { id: oid(6, 2), value: shm.clone() },
         ToNode::AddRef(vec![oid(1, 0), oid(2, u32::MAX)]),
         ToNode::AddRef(vec![]),
         ToNode::RemoveRef(vec![oid(1, 0)]),

@@ -238,7 +238,8 @@ impl State {
         let want = a.creation.resources.clone();
         if !want.fits_in(&self.available) {
             // No room here: a peer with room takes it (`remote` step 6).
-            if let Some((peer, _)) = self.peer_rooms().into_iter().find(|(_, room)| want.fits_in(room)) {
+            let here = super::remote::stays_here(&a.creation, &self.actors, &self.streams);
+            if let Some((peer, _)) = self.peer_rooms().into_iter().find(|(_, room)| !here && want.fits_in(room)) {
                 self.unplaced.retain(|u| *u != id);
                 return self.place_actor_on_peer(id, peer, want);
             }

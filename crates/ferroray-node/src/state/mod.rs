@@ -732,6 +732,7 @@ impl State {
             ToNode::GetActor { req, name } => self.get_actor(conn, req, &name),
             ToNode::ExportFunction { function, pickled } => self.export_function(conn, function, pickled),
             ToNode::WorkerCommands(commands) => self.worker_commands(conn, commands),
+            ToNode::Import { id, value } => self.import(conn, id, value),
             ToNode::KillActor { actor, no_restart } => {
                 if self.may_see(conn, actor.handle_object(), false) {
                     self.kill_actor(actor, no_restart);

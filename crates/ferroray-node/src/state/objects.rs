@@ -50,6 +50,32 @@ impl State {
         }
     }
 
+    /// `ToNode::Import`: a copy of another node's object, under its id,
+    /// held by `conn`. Only an in-process connection (a peer link) may
+    /// import: a worker or a driver on the socket could otherwise name
+    /// objects that are not its own. An object that already has a value
+    /// here keeps it (values never change), and the copy is dropped.
+    pub(super) fn import(&mut self, conn: ConnId, id: ObjectId, value: ObjectValue) {
+        let local = self.conns.get(&conn).is_some_and(|c| matches!(c.outbox, Outbox::Local(_)));
+        if !local {
+            return self.reject(conn, Error::Protocol("objects are imported by a node's own links only".into()));
+        }
+        let here = self.objects.get(&id).is_some_and(|o| o.value.is_some());
+        self.objects.entry(id).or_default();
+        self.hold(conn, id);
+        if here {
+            if let ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } = value {
+                if self.conns.get_mut(&conn).is_some_and(|c| c.unsealed.remove(&offset)) {
+                    self.store.abort(offset);
+                }
+            }
+            return;
+        }
+        if let Some(stored) = self.accept_value(conn, id, value) {
+            self.set_value(id, stored);
+        }
+    }
+
     pub(super) fn send_ready(&mut self, conn: ConnId, id: ObjectId) {
         let (value, encoding, contained) = match self.objects.get(&id).and_then(|o| o.value.as_ref()) {
             None => return,

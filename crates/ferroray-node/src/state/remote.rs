@@ -36,8 +36,12 @@
 //!    it again, here or on a peer). Its death there is learnt from a call
 //!    failing with `ActorDied`, or from the peer's loss.
 //!
-//! A task whose arguments hold refs runs where those refs live (the peer's
-//! connection refuses it): refs do not cross nodes yet.
+//! 7. Refs in arguments: a peer gets a copy of every object a task's
+//!    arguments name, nested ones included (the daemon's link sends them
+//!    with the task, `ToNode::Import` there), so any task may go to a peer,
+//!    except one whose arguments hold an actor's handle or a streaming
+//!    generator that this node keeps: those live in this node's tables,
+//!    not in a value, so such a task runs here ([`stays_here`]).
 
 use super::*;
 use ferroray_common::{ActorId, NodeId};
@@ -51,6 +55,20 @@ pub(crate) struct Remote {
     /// The resources of the tasks this node sent it that have not ended:
     /// its room is `total` minus these (step 1).
     pub(super) in_flight: ResourceSet,
+}
+
+/// Step 7: whether a task must run on this node, because refs in its
+/// arguments name an actor's handle or a streaming generator of this
+/// node's (a copy of the value would not carry the actor or the stream).
+pub(super) fn stays_here(
+    spec: &TaskSpec,
+    actors: &FxHashMap<ActorId, actors::Actor>,
+    streams: &FxHashMap<TaskId, Stream>,
+) -> bool {
+    spec.contained.iter().any(|c| {
+        *c == ObjectId::for_return(c.task, 0)
+            && (actors.contains_key(&ActorId(c.task)) || streams.contains_key(&c.task))
+    })
 }
 
 impl State {

@@ -89,6 +89,7 @@ impl State {
         let mut to_peers = Vec::new();
         let mut waiting = Vec::new();
         let total = &self.total;
+        let (actors, streams) = (&self.actors, &self.streams);
         for ((kind, shape), queue) in self.ready.iter_mut() {
             let kind = *kind;
             let head = queue.front().and_then(|t| self.tasks.get(t)).map_or(0, |t| t.order);
@@ -102,8 +103,11 @@ impl State {
                     continue;
                 }
                 if !shape.fits_in(&tentative) {
-                    // No room here now: another node with room takes it.
-                    if let Some((peer, room)) = rooms.iter_mut().find(|(_, room)| shape.fits_in(room)) {
+                    // No room here now: another node with room takes it,
+                    // unless it must run here (`remote` step 7).
+                    let here = rooms.is_empty()
+                        || self.tasks.get(&queue[i]).is_some_and(|t| remote::stays_here(&t.spec, actors, streams));
+                    if let Some((peer, room)) = rooms.iter_mut().find(|(_, room)| !here && shape.fits_in(room)) {
                         room.subtract(shape);
                         to_peers.push((queue.remove(i).expect("index checked"), *peer));
                         continue;

@@ -29,9 +29,10 @@
 //!    is the blob's id on this link.
 //!    Refs cross with copies of what they name (`ToNode::Import`, under the
 //!    same ids): before a task, every object its arguments name, at any
-//!    depth, deepest first (`Gathering`); before a result, every object
-//!    its values name (`Export`), then a `RemoveRef` of those copies
-//!    after the `TaskDone` (the result holds them by then). Each side holds
+//!    depth, deepest first (`Gathering`); before a result or a generator's
+//!    item, every object its values name (`Export`, `Running::item_named`),
+//!    then a `RemoveRef` of those copies after the `TaskDone` or the
+//!    `ReportItem` (which holds them by then). Each side holds
 //!    an import from its arrival until the task or result that follows it
 //!    does, in the order of one connection, so nothing frees it between.
 //! 4. On the executing node the task gets an id of the link's own (its
@@ -53,9 +54,9 @@
 //! (no name, no restarts: the owner keeps both) and live while the link
 //! holds their handle; the owner's `KillActor` ends them.
 //!
-//! What does not cross nodes yet: refs inside a generator's items (each
-//! such item becomes an error), and `get` of an object on another node
-//! that no argument or result carried here.
+//! What does not cross nodes yet: `get` of an object on another node that
+//! no argument, result or item carried here, and actor handles (a task
+//! naming one stays on its owner's node).
 
 use crate::error::{ClusterError, Result};
 use crate::tls::{self, Fingerprint, HeadIdentity};
@@ -1309,6 +1310,9 @@ struct Running {
     end: Option<(u32, Option<Error>)>,
     generator: bool,
     acked: bool,
+    /// The objects the first item in `items` names, while they are asked
+    /// for (step 3).
+    item_named: Option<Named>,
     /// An actor's creation: its handle object stays held (the actor lives
     /// while the link holds it).
     creation: bool,
@@ -1704,6 +1708,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 end: None,
                 generator,
                 acked,
+                item_named: None,
                 creation,
             },
         );
@@ -1731,6 +1736,16 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                         self.send_returns(mine, e.running, e.values, e.named.got).await?;
                     }
                     return Ok(());
+                }
+                let item = self
+                    .running
+                    .iter()
+                    .find(|(_, r)| r.item_named.as_ref().is_some_and(|n| n.waiting.contains(&id)))
+                    .map(|(t, _)| *t);
+                if let Some(mine) = item {
+                    let r = self.running.get_mut(&mine).expect("found above");
+                    r.item_named.as_mut().expect("found above").answer(&self.conn, id, value);
+                    return self.pump(mine).await;
                 }
                 let Some(r) = self.running.get_mut(&id.task) else {
                     if let ObjectValue::Data { payload: Payload::Shm { .. }, .. } = value {
@@ -1832,14 +1847,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             _ => None,
         });
         if failed.is_none() {
-            for (id, value) in exports.into_iter().rev() {
-                if is_shm(&value) {
-                    unpin.push(id);
-                }
-                let value = self.writer.ship::<FromPeer>(&self.arena, value).await?;
-                self.writer.send_node::<FromPeer>(ToNode::Import { id, value }).await?;
-                exported.push(id);
-            }
+            exported = self.send_copies(exports).await?;
         }
         let mut shipped = Vec::new();
         for (id, v) in ids.iter().zip(values) {
@@ -1872,32 +1880,64 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
         Ok(())
     }
 
+    /// Sends copies of objects to the owner, each after the ones it names,
+    /// and gives back their store pins here; their ids, for the
+    /// `RemoveRef` that follows what names them.
+    async fn send_copies(&mut self, copies: Vec<(ObjectId, ObjectValue)>) -> Result<Vec<ObjectId>> {
+        let mut unpin = Vec::new();
+        let mut ids = Vec::new();
+        for (id, value) in copies.into_iter().rev() {
+            if is_shm(&value) {
+                unpin.push(id);
+            }
+            let value = self.writer.ship::<FromPeer>(&self.arena, value).await?;
+            self.writer.send_node::<FromPeer>(ToNode::Import { id, value }).await?;
+            ids.push(id);
+        }
+        if !unpin.is_empty() {
+            self.conn.send(ToNode::Unpin(unpin));
+        }
+        Ok(ids)
+    }
+
     /// Relays a generator's items that are in hand, in order, then its end
     /// once every item went (step 4).
     async fn pump(&mut self, mine: TaskId) -> Result<()> {
         loop {
             let Some(r) = self.running.get_mut(&mine) else { return Ok(()) };
             match r.items.front() {
-                Some((_, Some(_))) => {
-                    let (index, value) = r.items.pop_front().expect("front");
-                    let mut value = value.expect("in hand");
-                    if matches!(&value, ObjectValue::Data { contained, .. } if !contained.is_empty()) {
-                        // Not gathered for items as for results (yet).
-                        if is_shm(&value) {
-                            self.conn.send(ToNode::Unpin(vec![ObjectId::for_item(mine, index)]));
+                Some((_, Some(value))) => {
+                    // An item naming objects waits for them, to send copies
+                    // of them first, as a result does.
+                    let named = match r.item_named.take() {
+                        Some(n) if !n.waiting.is_empty() => {
+                            r.item_named = Some(n);
+                            return Ok(());
                         }
-                        value = ObjectValue::Error(Error::InvalidOption(format!(
-                            "item {index} of a generator run on another node holds refs, which do not leave \
-                             that node from a generator's items in this build"
-                        )));
-                    }
+                        Some(n) => n,
+                        None => {
+                            let mut n = Named::default();
+                            n.ask(&self.conn, value);
+                            if !n.waiting.is_empty() {
+                                r.item_named = Some(n);
+                                return Ok(());
+                            }
+                            n
+                        }
+                    };
+                    let (index, value) = r.items.pop_front().expect("front");
+                    let value = value.expect("in hand");
                     let (owner_id, attempt, acked) = (r.owner_id, r.attempt, r.acked);
+                    let exported = self.send_copies(named.got).await?;
                     let item = ObjectId::for_item(mine, index);
                     let shm = matches!(value, ObjectValue::Data { payload: Payload::Shm { .. }, .. });
                     let digest = value_digest(&self.arena, &value);
                     let value = self.writer.ship::<FromPeer>(&self.arena, value).await?;
                     let report = ToNode::ReportItem { task_id: owner_id, attempt, index, value, digest };
                     self.writer.send_node::<FromPeer>(report).await?;
+                    if !exported.is_empty() {
+                        self.writer.send_node::<FromPeer>(ToNode::RemoveRef(exported)).await?;
+                    }
                     if shm {
                         self.conn.send(ToNode::Unpin(vec![item]));
                     }

@@ -96,6 +96,13 @@ fn put_there(n: usize, size: usize) -> (Vec<ObjectRef<Buffer>>, ObjectRef<Vec<Ob
     (refs, wrapped)
 }
 
+/// Yields refs to buffers it puts where it runs, one of them twice.
+#[ferroray::remote]
+fn put_items(n: usize, size: usize) -> impl Iterator<Item = Vec<ObjectRef<Buffer>>> {
+    let first = ferroray::put(Buffer::new(vec![9u8; size])).unwrap();
+    (0..n).map(move |i| vec![first.clone(), ferroray::put(Buffer::new(vec![i as u8; size])).unwrap()])
+}
+
 /// Counts its calls and says where it runs.
 pub struct Where(u32);
 
@@ -308,6 +315,16 @@ fn tasks_objects_and_streams_cross_nodes() {
     assert_eq!(firsts, vec![1, 2, 3]);
     assert_eq!(wrapped.get().unwrap()[0].get().unwrap().len(), 8 << 20);
     let mut ids: Vec<String> = buffers.iter().chain(&made).map(|r| r.id().to_string()).collect();
+    // Refs inside a generator's items come with their objects too.
+    let mut firsts = Vec::new();
+    for item in put_items::options().resource("b", 1).remote(5, 4 << 20) {
+        let refs = item.get_timeout(Duration::from_secs(20)).unwrap();
+        let (a, b2) = (refs[0].get().unwrap(), refs[1].get().unwrap());
+        assert_eq!((a.len(), a[0], b2.len()), (4 << 20, 9, 4 << 20));
+        firsts.push(b2[0]);
+        ids.extend(refs.iter().map(|r| r.id().to_string()));
+    }
+    assert_eq!(firsts, vec![0, 1, 2, 3, 4]);
     let back = sum_deep::options().resource("b", 1).remote(vec![ferroray::put(made).unwrap()]).get().unwrap();
     assert_eq!(back, (8 << 20) * (1 + 2 + 3));
     // Many at once, every fourth cancelled as it is sent (while its refs

@@ -9,6 +9,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use support::{alive, run_with_timeout, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferroray");
 
@@ -102,40 +103,6 @@ impl Drop for Cluster {
             assert!(!leftover, "stop left the session directory behind");
         }
     }
-}
-
-fn run_with_timeout(mut cmd: Command) -> Output {
-    let child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("running ferroray");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(out) => out.expect("waiting for ferroray"),
-        Err(_) => {
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("ferroray {cmd:?} did not finish within 60 s");
-        }
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie of ours would count: these daemons are not our children.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !f() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    started.elapsed()
 }
 
 #[test]

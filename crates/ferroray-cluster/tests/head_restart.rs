@@ -1,0 +1,165 @@
+//! The head killed (SIGKILL) and started again on its Redis storage while a
+//! program runs work on another node: the nodes' peer links do not go
+//! through the head, so a generator streaming from the other node goes on
+//! and tasks sent meanwhile run there; the restarted head takes both nodes
+//! back, and work placed after it runs as before.
+//!
+//! Three "machines", each a session directory of its own (as on separate
+//! hosts): the head's, node A's (the program connects to it, so the head's
+//! death does not take the program's node with it) and node B's (which has
+//! the custom resource the work asks for). Real daemons, a real
+//! `redis-server`. One test in this file: the program's session directory
+//! and credentials are environment variables, which the process shares.
+
+mod support;
+
+use ferroray::Config;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::{alive, run_with_timeout, wait_until, RedisServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferroray");
+
+#[ferroray::remote]
+fn where_am_i() -> String {
+    ferroray::node_id().unwrap()
+}
+
+#[ferroray::remote]
+fn slow_count(n: u64) -> impl Iterator<Item = u64> {
+    (0..n).inspect(|_| std::thread::sleep(Duration::from_millis(40)))
+}
+
+/// A machine: a session directory.
+struct Machine(PathBuf);
+
+impl Machine {
+    fn new(name: &str) -> Machine {
+        let dir = std::env::temp_dir().join(format!("ferroray-head-restart-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Machine(dir)
+    }
+
+    fn ferroray(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).env("FERRORAY_SESSION_DIR", &self.0).env_remove("FERRORAY_TOKEN").env_remove("FERRORAY_STORAGE");
+        let out = run_with_timeout(cmd);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        text
+    }
+
+    /// (node id, pid) of the one daemon recorded here.
+    fn daemon(&self) -> (String, u32) {
+        let f = std::fs::read_dir(self.0.join("nodes")).unwrap().flatten().next().expect("a record");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap();
+        (v["node_id"].as_str().unwrap().to_string(), v["pid"].as_u64().unwrap() as u32)
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["stop", "--grace-period", "5"]).env("FERRORAY_SESSION_DIR", &self.0);
+            let _ = run_with_timeout(cmd);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// `TOKEN:FINGERPRINT` from a token file (what `FERRORAY_TOKEN` takes).
+fn credentials(token_file: &Path) -> String {
+    let text = std::fs::read_to_string(token_file).unwrap();
+    let mut lines = text.lines();
+    let token = lines.next().unwrap();
+    let fingerprint = lines.next().unwrap().strip_prefix("sha256:").unwrap();
+    format!("{token}:{fingerprint}")
+}
+
+#[test]
+fn a_head_restarted_on_redis_stops_nothing_that_runs_on_the_nodes() {
+    let redis = RedisServer::start("head-restart");
+    let url = redis.url();
+    let (h, a, b) = (Machine::new("head"), Machine::new("a"), Machine::new("b"));
+    let timing = ["--heartbeat-ms", "100", "--node-timeout-ms", "5000"];
+    let out =
+        h.ferroray(&[&["start", "--head", "--port", "0", "--num-cpus", "1", "--storage", &url][..], &timing].concat());
+    let head = out.split(" at ").nth(1).unwrap().split(' ').next().unwrap().to_string();
+    let port = head.rsplit_once(':').unwrap().1.to_string();
+    let token_file = h.0.join("token");
+    let token_path = token_file.to_string_lossy().into_owned();
+    let join = |m: &Machine, cpus: &str, resources: &str| {
+        m.ferroray(&[
+            "start",
+            "--address",
+            &head,
+            "--token-file",
+            &token_path,
+            "--num-cpus",
+            cpus,
+            "--resources",
+            resources,
+            "--heartbeat-ms",
+            "100",
+            "--head-timeout-ms",
+            "60000",
+        ]);
+        m.daemon().0
+    };
+    let node_a = join(&a, "1", "{}");
+    // Room for the stream and a task beside it.
+    let node_b = join(&b, "2", r#"{"b": 2}"#);
+
+    // The program runs on machine A.
+    // SAFETY (edition 2021: not unsafe yet): the only test of this binary.
+    std::env::set_var("FERRORAY_SESSION_DIR", &a.0);
+    std::env::set_var("FERRORAY_TOKEN", credentials(&token_file));
+    ferroray::init_with(Config::default().address("auto")).expect("connecting to A");
+    assert_eq!(ferroray::node_id().unwrap(), node_a);
+    wait_until("B in the view", Duration::from_secs(10), || {
+        ferroray::cluster_resources().is_ok_and(|r| r.get("b") == Some(&2.0))
+    });
+    assert_eq!(where_am_i::options().resource("b", 1).remote().get().unwrap(), node_b);
+
+    // A stream from B, under backpressure, a few items in.
+    let mut stream = slow_count::options()
+        .resource("b", 1)
+        .generator_backpressure(std::num::NonZeroU32::new(2).unwrap())
+        .remote(150);
+    let mut seen: Vec<u64> = (0..5).map(|_| stream.next().unwrap().get().unwrap()).collect();
+
+    // The head dies: the stream goes on, and a task sent now runs on B.
+    let (_, head_pid) = h.daemon();
+    unsafe { libc::kill(head_pid as i32, libc::SIGKILL) };
+    wait_until("the head to die", Duration::from_secs(10), || !alive(head_pid));
+    for _ in 0..40 {
+        seen.push(stream.next().unwrap().get_timeout(Duration::from_secs(10)).unwrap());
+    }
+    let during = where_am_i::options().resource("b", 1).remote();
+    assert_eq!(during.get_timeout(Duration::from_secs(10)).unwrap(), node_b);
+    assert!(ferroray::cluster_resources().is_err(), "no head to ask");
+
+    // The head starts again on its storage and port: both nodes rejoin it,
+    // and the rest of the stream, and new work, run as before.
+    std::fs::remove_dir_all(h.0.join("nodes")).unwrap();
+    h.ferroray(&[&["start", "--head", "--port", &port, "--num-cpus", "1", "--storage", &url][..], &timing].concat());
+    wait_until("both nodes back", Duration::from_secs(30), || {
+        let status = h.ferroray(&["status"]);
+        status.contains("Nodes: 3 alive") && status.contains(&node_a) && status.contains(&node_b)
+    });
+    for r in stream {
+        seen.push(r.get_timeout(Duration::from_secs(10)).unwrap());
+    }
+    assert_eq!(seen, (0..150).collect::<Vec<_>>(), "each item once, in order");
+    let after: Vec<_> = (0..10).map(|_| where_am_i::options().resource("b", 1).remote()).collect();
+    for r in after {
+        assert_eq!(r.get_timeout(Duration::from_secs(10)).unwrap(), node_b);
+    }
+    assert_eq!(ferroray::cluster_resources().unwrap()["b"], 2.0);
+
+    ferroray::shutdown();
+    drop((a, b, h));
+    drop(redis);
+}

@@ -415,6 +415,21 @@ fn tasks_objects_and_streams_cross_nodes() {
     let second = read_mark(&mark);
     assert!(second != first && (second == b || second == c), "ran again on {second}");
 
+    // The node that made objects, SIGKILLed: nothing this program refers
+    // to lived only there (results and what they name came here with them),
+    // so nothing needs making again.
+    let e = s.node(&head_addr, r#"{"e": 1}"#);
+    wait_for("E in the view", Duration::from_secs(10), || {
+        ferroray::cluster_resources().unwrap().get("e") == Some(&1.0)
+    });
+    let (made_on_e, _) = put_there::options().resource("e", 1).remote(2, 4 << 20).get().unwrap();
+    unsafe { libc::kill(s.pid_of(&e) as i32, libc::SIGKILL) };
+    wait_for("E declared dead", Duration::from_secs(10), || {
+        ferroray::nodes().unwrap().iter().any(|n| n.node_id == e && !n.alive)
+    });
+    let firsts: Vec<u8> = made_on_e.iter().map(|r| r.get_timeout(Duration::from_secs(5)).unwrap()[0]).collect();
+    assert_eq!(firsts, vec![1, 2]);
+
     // An actor on another node: its calls go there; that node killed, it
     // restarts on a node that has room for it (its state fresh), and a
     // call sent meanwhile runs there on its retry.

@@ -785,6 +785,18 @@ impl Peers {
                 },
             );
         }
+        // What each node had free at its last heartbeat: what other owners
+        // use there comes off its room.
+        let loads: Vec<(NodeId, ResourceSet)> = view
+            .nodes
+            .iter()
+            .filter(|n| n.alive)
+            .filter_map(|n| {
+                Some((NodeId(n.desc.as_ref()?.node_id), ResourceSet::from_fixed(n.load.as_ref()?.available.clone())))
+            })
+            .filter(|(id, _)| alive.contains_key(id))
+            .collect();
+        self.ctx.node.peer_loads(&loads);
         let mut links = self.links.lock();
         links.retain(|id, a| {
             let keep = match *a.ended.lock() {

@@ -154,6 +154,12 @@ impl Node {
         conn
     }
 
+    /// The peers' loads from the cluster's view: what each node had
+    /// available at its last heartbeat (`state::remote` step 1).
+    pub fn peer_loads(&self, loads: &[(ferroray_common::NodeId, ferroray_common::ResourceSet)]) {
+        self.shared.lock().peer_loads(loads);
+    }
+
     /// Marks the node as part of a cluster: a task that needs more than
     /// any node has waits for a node that has it rather than fail.
     pub fn enable_peers(&self) {

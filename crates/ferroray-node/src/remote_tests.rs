@@ -185,7 +185,7 @@ fn an_actor_goes_to_a_peer_its_calls_follow_and_it_restarts_elsewhere() {
     let s = x_actor(&d, 1, 1);
     let actor = ferroray_common::ActorId(s.task_id);
     h.st.handle(d.conn, ToNode::CreateActor { req: 1, spec: Box::new(s) });
-    assert_eq!(executed_attempts(&b.take()), vec![(actor.0, 0)], "its creation goes to the first peer with room");
+    assert_eq!(executed_attempts(&b.take()), vec![(actor.0, 0)], "its creation goes to the first of equal peers");
     // Its resources are the peer's for its life: another `x` task waits for C.
     let (t, _) = submit(&mut h, &d, x_spec(&d, 2, 0));
     assert!(executed(&b.take()).is_empty());
@@ -436,7 +436,7 @@ fn a_lost_peers_tasks_retry_elsewhere_and_spend_a_retry() {
     let a = attach(&mut h, 0xa, cpus_x(1.0, 1.0));
     let b = attach(&mut h, 0xb, cpus_x(1.0, 1.0));
     let (t1, r1) = submit(&mut h, &d, x_spec(&d, 1, 1));
-    assert_eq!(executed_attempts(&a.take()), vec![(t1, 0)], "the first peer with room");
+    assert_eq!(executed_attempts(&a.take()), vec![(t1, 0)], "the first of equal peers");
     h.st.disconnect(a.conn, "link broke");
     assert_eq!(executed_attempts(&b.take()), vec![(t1, 1)], "retried on the other peer");
     assert_eq!(ready(&d.take(), r1), None);
@@ -902,4 +902,40 @@ fn a_task_naming_a_stream_stays_here_and_imports_are_copies_held_by_the_link() {
     returned(&mut h, &p, reads_tid, 0, b"read");
     h.st.handle(link.conn, ToNode::RemoveRef(vec![ObjectId::for_return(reads_tid, 0)]));
     assert_eq!(h.st.stats().objects, before, "gone with the task");
+}
+
+// 1. Placement balances: of the peers with room, the one with the most CPU
+// free takes a task (the first attached, of equals), and what other owners
+// use on a peer (from its heartbeat's load) comes off its room.
+#[test]
+fn placement_takes_the_peer_with_the_most_room_other_owners_counted() {
+    let mut h = harness(0.0);
+    h.st.enable_peers();
+    let d = h.driver();
+    let p1 = attach(&mut h, 1, cpus(2.0));
+    let p2 = attach(&mut h, 2, cpus(4.0));
+    let mut seq = 0;
+    let mut place = |h: &mut Harness| {
+        seq += 1;
+        submit(h, &d, spec(&d, seq, ReturnKind::Fixed(1), 0)).0
+    };
+    let t1 = place(&mut h);
+    assert_eq!(executed(&p2.take()), vec![t1], "4 CPUs free against 2");
+    let t2 = place(&mut h);
+    assert_eq!(executed(&p2.take()), vec![t2], "3 against 2");
+    let t3 = place(&mut h);
+    assert_eq!(executed(&p1.take()), vec![t3], "2 and 2: the first attached");
+    // Heartbeats: 1 CPU free on each. On p1 that is this node's task; on
+    // p2 another owner uses 1 beside this node's 2.
+    h.st.peer_loads(&[(NodeId(1), cpus(1.0)), (NodeId(2), cpus(1.0))]);
+    let t4 = place(&mut h);
+    assert_eq!(executed(&p1.take()), vec![t4], "1 and 1");
+    let t5 = place(&mut h);
+    assert_eq!(executed(&p2.take()), vec![t5], "p1 is full");
+    let t6 = place(&mut h);
+    assert!(p1.take().is_empty() && p2.take().is_empty(), "both full: it waits");
+    // The other owner's work there ended: the next heartbeat makes room.
+    h.st.peer_loads(&[(NodeId(2), cpus(1.0))]);
+    assert_eq!(executed(&p2.take()), vec![t6]);
+    assert!(p1.take().is_empty());
 }

@@ -239,7 +239,9 @@ impl State {
         if !want.fits_in(&self.available) {
             // No room here: a peer with room takes it (`remote` step 6).
             let here = super::remote::stays_here(&a.creation, &self.actors, &self.streams);
-            if let Some((peer, _)) = self.peer_rooms().into_iter().find(|(_, room)| !here && want.fits_in(room)) {
+            let mut rooms = self.peer_rooms();
+            let peer = (!here).then(|| super::remote::pick_peer(&mut rooms, &want).map(|(p, _)| *p)).flatten();
+            if let Some(peer) = peer {
                 self.unplaced.retain(|u| *u != id);
                 return self.place_actor_on_peer(id, peer, want);
             }

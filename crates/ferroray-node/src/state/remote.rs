@@ -5,9 +5,11 @@
 //! worker's protocol, which runs every task sent to it at once:
 //!
 //! 1. Placement (`schedule`): a ready task that cannot start here now (no
-//!    room, or this node could never run it) goes to the first peer with
-//!    room for it: the peer's total minus what this node sent it and has
-//!    not heard back about. A task that only a peer could run and no peer
+//!    room, or this node could never run it) goes to the peer with room for
+//!    it that has the most CPU free (`pick_peer`): room is the peer's total
+//!    minus what this node sent it and has not heard back about, and minus
+//!    what its other owners use there as of its last heartbeat
+//!    (`peer_loads`). A task that only a peer could run and no peer
 //!    has room for stays queued; one that no node has the resources for
 //!    waits for a node that has, with a warning to the job's drivers
 //!    (`warn_waiting`), and is placed when such a node is attached.
@@ -53,8 +55,28 @@ pub(crate) struct Remote {
     /// What it has (from the cluster's view when attached).
     pub(super) total: ResourceSet,
     /// The resources of the tasks this node sent it that have not ended:
-    /// its room is `total` minus these (step 1).
+    /// its room is `total` minus these and `others` (step 1).
     pub(super) in_flight: ResourceSet,
+    /// What the peer's other owners use there: its used resources at its
+    /// last heartbeat (`State::peer_loads`) less what this node had in
+    /// flight there then (never below zero).
+    pub(super) others: ResourceSet,
+}
+
+/// Step 1: the peer to place a task of `shape` on: of those with room for
+/// it, the one with the most CPU free (the first attached, of equals).
+pub(super) fn pick_peer<'a>(
+    rooms: &'a mut [(ConnId, ResourceSet)],
+    shape: &ResourceSet,
+) -> Option<&'a mut (ConnId, ResourceSet)> {
+    let cpu = |room: &ResourceSet| room.fixed().get(ferroray_common::resources::CPU).copied().unwrap_or(0);
+    let mut best: Option<&'a mut (ConnId, ResourceSet)> = None;
+    for entry in rooms.iter_mut().filter(|(_, room)| shape.fits_in(room)) {
+        if best.as_ref().is_none_or(|b| cpu(&entry.1) > cpu(&b.1)) {
+            best = Some(entry);
+        }
+    }
+    best
 }
 
 /// Step 7: whether a task must run on this node, because refs in its
@@ -83,7 +105,7 @@ impl State {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.role = Some(Role::Peer);
         c.pid = 0;
-        c.remote = Some(Box::new(Remote { node, total, in_flight: ResourceSet::new() }));
+        c.remote = Some(Box::new(Remote { node, total, in_flight: ResourceSet::new(), others: ResourceSet::new() }));
         self.peers_enabled = true;
         self.schedule();
     }
@@ -97,11 +119,34 @@ impl State {
                 let r = c.remote.as_ref()?;
                 let mut room = r.total.clone();
                 room.subtract(&r.in_flight);
+                room.subtract(&r.others);
                 Some((*id, room))
             })
             .collect();
         rooms.sort_by_key(|(id, _)| *id);
         rooms
+    }
+
+    /// The peers' loads from the cluster's view (step 1): what each node
+    /// had available at its last heartbeat. What its other owners use
+    /// there comes off its room here.
+    pub fn peer_loads(&mut self, loads: &[(NodeId, ResourceSet)]) {
+        let mut changed = false;
+        for c in self.conns.values_mut() {
+            let Some(r) = c.remote.as_mut() else { continue };
+            let Some((_, available)) = loads.iter().find(|(n, _)| *n == r.node) else { continue };
+            let mut used = r.total.clone();
+            used.subtract(available);
+            used.subtract(&r.in_flight);
+            let others = ResourceSet::from_fixed(used.into_fixed().into_iter().filter(|(_, v)| *v > 0).collect());
+            if others != r.others {
+                r.others = others;
+                changed = true;
+            }
+        }
+        if changed {
+            self.schedule();
+        }
     }
 
     /// Whether some attached peer has `need` in total.

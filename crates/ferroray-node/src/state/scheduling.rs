@@ -107,7 +107,7 @@ impl State {
                     // unless it must run here (`remote` step 7).
                     let here = rooms.is_empty()
                         || self.tasks.get(&queue[i]).is_some_and(|t| remote::stays_here(&t.spec, actors, streams));
-                    if let Some((peer, room)) = rooms.iter_mut().find(|(_, room)| !here && shape.fits_in(room)) {
+                    if let Some((peer, room)) = (!here).then(|| remote::pick_peer(&mut rooms, shape)).flatten() {
                         room.subtract(shape);
                         to_peers.push((queue.remove(i).expect("index checked"), *peer));
                         continue;

@@ -201,6 +201,7 @@ impl Node {
         let conn = {
             let mut st = self.shared.lock();
             let conn = self.local_driver(&mut st, worker_id, client);
+            st.mark_from_peer(conn);
             if let Err(e) = st.join_job(conn, commands.into_iter().collect()) {
                 st.disconnect(conn, "another program's");
                 return Err(e);

@@ -278,24 +278,25 @@ fn spillback_a_task_with_no_room_here_goes_to_a_peer_with_room() {
 
 // 3: the peer's room.
 #[test]
-fn a_peer_takes_what_its_total_has_room_for_and_more_when_a_task_ends() {
+fn a_peer_takes_what_its_total_has_room_for_then_queues_tasks_only_it_can_run() {
     let mut h = harness(1.0);
     let d = h.driver();
     let p = attach(&mut h, 1, cpus_x(1.0, 1.0));
-    let (t1, r1) = submit(&mut h, &d, x_spec(&d, 1, 0));
-    let (t2, _) = submit(&mut h, &d, x_spec(&d, 2, 0));
-    let (t3, _) = submit(&mut h, &d, x_spec(&d, 3, 0));
-    assert_eq!(executed(&p.take()), vec![t1], "room for one");
-    assert_eq!(h.st.stats().tasks, 3, "the others stay queued");
+    // Room for one, and `PIPELINE_DEPTH` times that queued behind it there.
+    let n = 1 + crate::state::PIPELINE_DEPTH;
+    let tasks: Vec<(TaskId, ObjectId)> = (1..=n as u64 + 1).map(|seq| submit(&mut h, &d, x_spec(&d, seq, 0))).collect();
+    let sent: Vec<TaskId> = tasks[..n].iter().map(|(t, _)| *t).collect();
+    assert_eq!(executed(&p.take()), sent, "in order");
+    assert_eq!(h.st.stats().tasks, n + 1, "the last stays queued here");
     assert_eq!(h.spawn_requests(), 0, "nothing here could run them");
-    // A `TaskDone` of another task than the one running there changes nothing.
-    returned(&mut h, &p, t2, 0, b"no");
+    // Any of them ending (the peer runs them in its own order) makes room.
+    returned(&mut h, &p, tasks[3].0, 0, b"4");
+    assert_eq!(ready(&d.take(), tasks[3].1), Some(&inline(b"4")));
+    assert_eq!(executed(&p.take()), vec![tasks[n].0], "the room freed takes the next");
+    // A `TaskDone` of a task the peer was not sent changes nothing.
+    let stray = x_spec(&d, 100, 0).task_id;
+    returned(&mut h, &p, stray, 0, b"no");
     assert!(executed(&p.take()).is_empty());
-    returned(&mut h, &p, t1, 0, b"1");
-    assert_eq!(ready(&d.take(), r1), Some(&inline(b"1")));
-    assert_eq!(executed(&p.take()), vec![t2], "the room freed takes the next, in order");
-    returned(&mut h, &p, t2, 0, b"2");
-    assert_eq!(executed(&p.take()), vec![t3]);
     assert_eq!(h.st.stats().available, cpus(1.0), "this node's resources were never taken");
 }
 
@@ -590,9 +591,11 @@ fn a_dispatch_to_a_peer_that_fails_leaves_its_room_unchanged() {
     let msgs = d.take();
     assert!(matches!(ready(&msgs, rbig), Some(ObjectValue::Error(Error::InvalidOption(_)))));
     assert!(executed(&p.take()).is_empty());
-    let (t2, _) = submit(&mut h, &d, x_spec(&d, 2, 0));
-    let (_t3, _) = submit(&mut h, &d, x_spec(&d, 3, 0));
-    assert_eq!(executed(&p.take()), vec![t2], "a peer with 1 x runs one task needing 1 x");
+    // A peer with 1 x runs one task needing 1 x and queues
+    // `PIPELINE_DEPTH` more: no place more than that.
+    let n = 1 + crate::state::PIPELINE_DEPTH;
+    let tasks: Vec<TaskId> = (2..=n as u64 + 2).map(|seq| submit(&mut h, &d, x_spec(&d, seq, 0)).0).collect();
+    assert_eq!(executed(&p.take()), tasks[..n].to_vec());
 }
 
 /// A small LCG (Knuth's MMIX constants), for a reproducible interleaving.
@@ -905,8 +908,9 @@ fn a_task_naming_a_stream_stays_here_and_imports_are_copies_held_by_the_link() {
 }
 
 // 1. Placement balances: of the peers with room, the one with the most CPU
-// free takes a task (the first attached, of equals), and what other owners
-// use on a peer (from its heartbeat's load) comes off its room.
+// free takes a task (the first attached, of equals), what other owners use
+// on a peer (from its heartbeat's load) comes off its room, and with no
+// room anywhere a task is queued on a peer.
 #[test]
 fn placement_takes_the_peer_with_the_most_room_other_owners_counted() {
     let mut h = harness(0.0);
@@ -932,10 +936,30 @@ fn placement_takes_the_peer_with_the_most_room_other_owners_counted() {
     assert_eq!(executed(&p1.take()), vec![t4], "1 and 1");
     let t5 = place(&mut h);
     assert_eq!(executed(&p2.take()), vec![t5], "p1 is full");
+    // Both full: a task only peers can run (nothing runs here) is queued
+    // behind what runs on the one with the most room for queued tasks
+    // (p2: 9 x 4 - 3 - 1 = 32 against p1: 9 x 2 - 2 = 16).
     let t6 = place(&mut h);
-    assert!(p1.take().is_empty() && p2.take().is_empty(), "both full: it waits");
-    // The other owner's work there ended: the next heartbeat makes room.
-    h.st.peer_loads(&[(NodeId(2), cpus(1.0))]);
     assert_eq!(executed(&p2.take()), vec![t6]);
     assert!(p1.take().is_empty());
+}
+
+// 1. A task that came over a peer link runs where its owner placed it: it
+// is never placed on this node's own peers, even with no room here.
+#[test]
+fn a_task_from_a_peer_link_is_not_placed_on_another_peer() {
+    let mut h = harness(1.0);
+    let link = h.driver();
+    h.st.mark_from_peer(link.conn);
+    let p = attach(&mut h, 7, cpus(4.0));
+    let (t1, _) = submit(&mut h, &link, spec(&link, 1, ReturnKind::Fixed(1), 0));
+    let w = h.worker();
+    assert_eq!(executed(&w.take()), vec![t1]);
+    let (t2, _) = submit(&mut h, &link, spec(&link, 2, ReturnKind::Fixed(1), 0));
+    assert!(executed(&p.take()).is_empty(), "no room here, and still not sent on");
+    assert_eq!(executed(&w.take()), vec![t2], "queued behind the busy worker here");
+    // A task of a program of this node's own goes to the peer.
+    let d = h.driver();
+    let (t3, _) = submit(&mut h, &d, spec(&d, 1, ReturnKind::Fixed(1), 0));
+    assert_eq!(executed(&p.take()), vec![t3]);
 }

@@ -238,7 +238,8 @@ impl State {
         let want = a.creation.resources.clone();
         if !want.fits_in(&self.available) {
             // No room here: a peer with room takes it (`remote` step 6).
-            let here = super::remote::stays_here(&a.creation, &self.actors, &self.streams);
+            let here = super::remote::stays_here(&a.creation, &self.actors, &self.streams)
+                || self.tasks.get(&id.0).is_some_and(|t| t.from_peer);
             let mut rooms = self.peer_rooms();
             let peer = (!here).then(|| super::remote::pick_peer(&mut rooms, &want).map(|(p, _)| *p)).flatten();
             if let Some(peer) = peer {

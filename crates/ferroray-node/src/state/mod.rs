@@ -82,6 +82,8 @@ mod objects;
 mod peers;
 mod remote;
 mod scheduling;
+#[cfg(test)]
+pub(crate) use scheduling::PIPELINE_DEPTH;
 mod streams;
 mod tasks;
 
@@ -202,6 +204,10 @@ struct Conn {
     /// For a peer node (`Role::Peer`): what it has and what this node sent
     /// it (`remote`). It runs every task in `assigned` at once.
     remote: Option<Box<remote::Remote>>,
+    /// The other end is a peer node's link (`Node::connect_program`): the
+    /// tasks it submits were placed here by their owner and stay here
+    /// (`remote` step 1).
+    from_peer: bool,
 }
 
 impl Conn {
@@ -303,6 +309,9 @@ struct Task {
     order: u64,
     /// What its events share (each event points to it).
     events: Arc<EventTask>,
+    /// Sent here by another node's owner over a peer link: it runs here,
+    /// never on this node's peers (`remote` step 1).
+    from_peer: bool,
 }
 
 impl Task {
@@ -320,6 +329,7 @@ impl Task {
             started: false,
             replay_error: None,
             order: 0,
+            from_peer: false,
         }
     }
 }

@@ -33,6 +33,7 @@ impl State {
                 doomed: false,
                 idle_since: std::time::Instant::now(),
                 remote: None,
+                from_peer: false,
             },
         );
         id

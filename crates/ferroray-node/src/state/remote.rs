@@ -9,7 +9,13 @@
 //!    it that has the most CPU free (`pick_peer`): room is the peer's total
 //!    minus what this node sent it and has not heard back about, and minus
 //!    what its other owners use there as of its last heartbeat
-//!    (`peer_loads`). A task that only a peer could run and no peer
+//!    (`peer_loads`). A task that only a peer could run, with no peer
+//!    room for it now, is queued on the peer with the most room for
+//!    queued tasks (`PIPELINE_DEPTH` times its total beyond it), as tasks
+//!    queue behind a busy worker here: the round trip between two tasks is
+//!    hidden, and answers come back in batches. A task that came from a
+//!    peer (`Task::from_peer`) runs where its owner placed it: it is never
+//!    placed on this node's peers in turn. A task that only a peer could run and no peer
 //!    has room for stays queued; one that no node has the resources for
 //!    waits for a node that has, with a warning to the job's drivers
 //!    (`warn_waiting`), and is placed when such a node is attached.
@@ -79,6 +85,13 @@ pub(super) fn pick_peer<'a>(
     best
 }
 
+/// Step 1: a task placed on `peer` takes its room for queued tasks too.
+pub(super) fn take_queue_room(queue_rooms: &mut [(ConnId, ResourceSet)], peer: ConnId, shape: &ResourceSet) {
+    if let Some((_, room)) = queue_rooms.iter_mut().find(|(id, _)| *id == peer) {
+        room.subtract(shape);
+    }
+}
+
 /// Step 7: whether a task must run on this node, because refs in its
 /// arguments name an actor's handle or a streaming generator of this
 /// node's (a copy of the value would not carry the actor or the stream).
@@ -99,6 +112,13 @@ impl State {
         self.peers_enabled = true;
     }
 
+    /// Marks `conn` as a peer node's link (its tasks stay here, step 1).
+    pub(crate) fn mark_from_peer(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.from_peer = true;
+        }
+    }
+
     /// Attaches peer node `node` with `total` resources on `conn` (a new
     /// in-process connection): tasks may be placed on it from now on.
     pub(crate) fn attach_peer(&mut self, conn: ConnId, node: NodeId, total: ResourceSet) {
@@ -112,12 +132,26 @@ impl State {
 
     /// The peers' rooms (step 1), for one pass of `schedule`.
     pub(super) fn peer_rooms(&self) -> Vec<(ConnId, ResourceSet)> {
+        self.peer_rooms_times(1)
+    }
+
+    /// Step 1: the peers' room for tasks queued behind what they run:
+    /// `PIPELINE_DEPTH` times their total beyond it, less what this node
+    /// has in flight there and what other owners use.
+    pub(super) fn peer_queue_rooms(&self) -> Vec<(ConnId, ResourceSet)> {
+        self.peer_rooms_times(1 + scheduling::PIPELINE_DEPTH as i64)
+    }
+
+    /// Each peer's total `times` over, less what this node has in flight
+    /// there and what other owners use; in the order peers were attached.
+    fn peer_rooms_times(&self, times: i64) -> Vec<(ConnId, ResourceSet)> {
         let mut rooms: Vec<(ConnId, ResourceSet)> = self
             .conns
             .iter()
             .filter_map(|(id, c)| {
                 let r = c.remote.as_ref()?;
-                let mut room = r.total.clone();
+                let scaled = r.total.fixed().iter().map(|(k, v)| (k.clone(), v.saturating_mul(times))).collect();
+                let mut room = ResourceSet::from_fixed(scaled);
                 room.subtract(&r.in_flight);
                 room.subtract(&r.others);
                 Some((*id, room))

@@ -7,7 +7,7 @@ use super::*;
 /// ~40k tasks/s at 2, ~52k at 4, ~60k at 8 on the async benchmark). Pipelining hides the
 /// round trip between two tasks; it applies only to tasks that could not
 /// start anyway (no free resources), and is undone if the worker blocks.
-const PIPELINE_DEPTH: usize = 8;
+pub(crate) const PIPELINE_DEPTH: usize = 8;
 
 /// Idle (or starting) pool workers of a kind kept ready for the next actor
 /// once an actor of that kind took a process: an actor's creation then
@@ -86,6 +86,7 @@ impl State {
         }
         // Other nodes' room (`remote` step 1), and tasks placed there.
         let mut rooms = self.peer_rooms();
+        let mut queue_rooms = self.peer_queue_rooms();
         let mut to_peers = Vec::new();
         let mut waiting = Vec::new();
         let total = &self.total;
@@ -106,14 +107,27 @@ impl State {
                     // No room here now: another node with room takes it,
                     // unless it must run here (`remote` step 7).
                     let here = rooms.is_empty()
-                        || self.tasks.get(&queue[i]).is_some_and(|t| remote::stays_here(&t.spec, actors, streams));
+                        || self
+                            .tasks
+                            .get(&queue[i])
+                            .is_some_and(|t| t.from_peer || remote::stays_here(&t.spec, actors, streams));
                     if let Some((peer, room)) = (!here).then(|| remote::pick_peer(&mut rooms, shape)).flatten() {
                         room.subtract(shape);
-                        to_peers.push((queue.remove(i).expect("index checked"), *peer));
+                        let peer = *peer;
+                        remote::take_queue_room(&mut queue_rooms, peer, shape);
+                        to_peers.push((queue.remove(i).expect("index checked"), peer));
                         continue;
                     }
                     if !shape.fits_in(total) {
-                        // Only another node could run it: it waits for one.
+                        // Only another node could run it: queued behind what
+                        // a peer runs (pipelining), else it waits for one.
+                        if let Some((peer, room)) =
+                            (!here).then(|| remote::pick_peer(&mut queue_rooms, shape)).flatten()
+                        {
+                            room.subtract(shape);
+                            to_peers.push((queue.remove(i).expect("index checked"), *peer));
+                            continue;
+                        }
                         waiting.push(queue[i]);
                         break;
                     }

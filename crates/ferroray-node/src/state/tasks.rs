@@ -113,7 +113,9 @@ impl State {
                 },
             );
         }
-        self.tasks.insert(id, Task::new(spec, pending, retries_left));
+        let mut task = Task::new(spec, pending, retries_left);
+        task.from_peer = self.conns.get(&conn).is_some_and(|c| c.from_peer);
+        self.tasks.insert(id, task);
         self.record(id, TaskState::Submitted, None, None);
         if let Some(e) = invalid.or(failed) {
             self.complete_task(id, Err(e));

@@ -721,6 +721,12 @@ impl Inbox for ToTask {
     fn closed(&self, reason: &str) {
         let _ = self.0.send(NodeEvent::Closed(reason.to_string()));
     }
+
+    /// An unbounded channel's send: it never blocks and takes no lock a
+    /// caller holds.
+    fn delivers_anywhere(&self) -> bool {
+        true
+    }
 }
 
 /// What both sides of every link of this daemon share.
@@ -839,6 +845,37 @@ impl Peers {
     }
 }
 
+/// What a link's loop tells this node: queued, and handed over in one go
+/// (one lock of the node, one write to each worker or driver the answers
+/// concern) when the loop has nothing more at hand, before it writes to
+/// the peer.
+struct NodeOut {
+    conn: Arc<LocalConnection>,
+    queue: Mutex<Vec<ToNode>>,
+}
+
+impl NodeOut {
+    fn new(conn: Arc<LocalConnection>) -> Self {
+        NodeOut { conn, queue: Mutex::new(Vec::new()) }
+    }
+
+    fn send(&self, msg: ToNode) {
+        self.queue.lock().push(msg);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.lock().is_empty()
+    }
+
+    /// Hands what is queued to the node, in order.
+    fn flush(&self) {
+        let msgs = std::mem::take(&mut *self.queue.lock());
+        if !msgs.is_empty() {
+            self.conn.send_all(msgs);
+        }
+    }
+}
+
 /// A task the owner's node sent, waiting for ref arguments to arrive.
 struct Gathering {
     spec: TaskSpec,
@@ -863,14 +900,14 @@ struct Named {
 
 impl Named {
     /// Asks the node for the objects `value` names that were not asked for yet.
-    fn ask(&mut self, conn: &LocalConnection, value: &ObjectValue) {
+    fn ask(&mut self, conn: &NodeOut, value: &ObjectValue) {
         if let ObjectValue::Data { contained, .. } = value {
             self.ask_ids(conn, contained);
         }
     }
 
     /// Asks the node for those of `ids` that were not asked for yet.
-    fn ask_ids(&mut self, conn: &LocalConnection, ids: &[ObjectId]) {
+    fn ask_ids(&mut self, conn: &NodeOut, ids: &[ObjectId]) {
         let new: Vec<ObjectId> = ids.iter().copied().filter(|c| self.seen.insert(*c)).collect();
         if !new.is_empty() {
             self.waiting.extend_from_slice(&new);
@@ -880,7 +917,7 @@ impl Named {
 
     /// Takes the node's answer for `id`, one of `waiting`, and asks for
     /// what it names in turn.
-    fn answer(&mut self, conn: &LocalConnection, id: ObjectId, value: ObjectValue) {
+    fn answer(&mut self, conn: &NodeOut, id: ObjectId, value: ObjectValue) {
         if let Some(at) = self.waiting.iter().position(|w| *w == id) {
             self.waiting.swap_remove(at);
         }
@@ -892,7 +929,7 @@ impl Named {
 impl Gathering {
     /// Gives back the store pins of what was gathered (the task goes no
     /// further), and the task.
-    fn release(self, conn: &LocalConnection) -> TaskSpec {
+    fn release(self, conn: &NodeOut) -> TaskSpec {
         let mut unpin: Vec<ObjectId> = self.named.got.iter().filter(|(_, v)| is_shm(v)).map(|(id, _)| *id).collect();
         for arg in &self.spec.args {
             if let TaskArg::Object { id, payload: Payload::Shm { .. }, .. } = arg {
@@ -939,19 +976,33 @@ async fn outgoing(
     let conn = Arc::new(conn);
     let arena = ctx.node.arena().clone();
     let lander = Lander::new(conn.clone(), arena.clone());
+    let out = NodeOut::new(conn);
     let mut from_peer = spawn_reader::<_, FromPeer>(read, lander.clone());
     let mut gathering: HashMap<TaskId, Gathering> = HashMap::new();
     let mut pending = VecDeque::from([first]);
     loop {
-        // Everything the node has sent so far, then one write.
+        // Everything the node and the peer have sent so far, handed on;
+        // then one write to the peer.
         loop {
             while let Some(msg) = pending.pop_front() {
                 // The other node runs the program this link was opened for.
                 if matches!(msg, FromNode::Execute(_)) && ctx.node.program_generation() != generation {
                     return Err(peer_error("the link")("another program connected here: it opens again".into()));
                 }
-                owner_node_msg(&conn, &arena, &mut writer, &mut gathering, &mut cache, msg).await?;
+                owner_node_msg(&out, &arena, &mut writer, &mut gathering, &mut cache, msg).await?;
             }
+            loop {
+                match from_peer.try_recv() {
+                    Ok(msg) => from_executor(&ctx, &lander, &out, msg?)?,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        return Err(ClusterError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+                    }
+                }
+            }
+            // The node's answers (an `Execute` for the room a `TaskDone`
+            // made) come back through `from_node` at once.
+            out.flush();
             match from_node.try_recv() {
                 Ok(NodeEvent::Msg(m)) => pending.push_back(m),
                 Ok(NodeEvent::Closed(reason)) => return Err(peer_error("the node closed it")(reason)),
@@ -968,35 +1019,46 @@ async fn outgoing(
             },
             msg = from_peer.recv() => {
                 let msg = msg.unwrap_or_else(|| Err(ClusterError::Io(std::io::ErrorKind::UnexpectedEof.into())))?;
-                match msg.kind {
-                    Some(FromPeerKind::Node(bytes)) => {
-                        let mut msg = decode_node(&bytes)?;
-                        match &mut msg {
-                            ToNode::TaskDone { outcome: TaskOutcome::Returned(values), .. } => {
-                                for v in values.iter_mut() {
-                                    lander.land(v)?;
-                                }
-                            }
-                            ToNode::TaskDone { .. } => {}
-                            ToNode::ReportItem { value, .. } => lander.land(value)?,
-                            // Copies of objects a result names, and the
-                            // link's references to them let go once the
-                            // result holds them (`return_values`).
-                            ToNode::Import { value, .. } => lander.land(value)?,
-                            ToNode::RemoveRef(_) => {}
-                            other => {
-                                return Err(peer_error("a message out of turn")(format!("{other:?}")));
-                            }
-                        }
-                        msg.check().map_err(ClusterError::Node)?;
-                        conn.send(msg);
-                    }
-                    Some(FromPeerKind::Output(o)) => ctx.node.output(o.to_stderr, &o.text),
-                    Some(FromPeerKind::Rejected(why)) => return Err(ClusterError::Refused(why)),
-                    _ => return Err(peer_error("a message out of turn")("hello".into())),
-                }
+                from_executor(&ctx, &lander, &out, msg)?;
             }
         }
+    }
+}
+
+/// One message of the executing node, on the owner's side (steps 3 and 4):
+/// its values landed in this store, checked as the node's socket checks,
+/// and queued for the node.
+fn from_executor(ctx: &PeerContext, lander: &Lander, out: &NodeOut, msg: FromPeer) -> Result<()> {
+    match msg.kind {
+        Some(FromPeerKind::Node(bytes)) => {
+            let mut msg = decode_node(&bytes)?;
+            match &mut msg {
+                ToNode::TaskDone { outcome: TaskOutcome::Returned(values), .. } => {
+                    for v in values.iter_mut() {
+                        lander.land(v)?;
+                    }
+                }
+                ToNode::TaskDone { .. } => {}
+                ToNode::ReportItem { value, .. } => lander.land(value)?,
+                // Copies of objects a result names, and the link's
+                // references to them let go once the result holds them
+                // (`return_values`).
+                ToNode::Import { value, .. } => lander.land(value)?,
+                ToNode::RemoveRef(_) => {}
+                other => {
+                    return Err(peer_error("a message out of turn")(format!("{other:?}")));
+                }
+            }
+            msg.check().map_err(ClusterError::Node)?;
+            out.send(msg);
+            Ok(())
+        }
+        Some(FromPeerKind::Output(o)) => {
+            ctx.node.output(o.to_stderr, &o.text);
+            Ok(())
+        }
+        Some(FromPeerKind::Rejected(why)) => Err(ClusterError::Refused(why)),
+        _ => Err(peer_error("a message out of turn")("hello".into())),
     }
 }
 
@@ -1099,7 +1161,7 @@ async fn file_sha256(path: PathBuf) -> Result<([u8; 32], u64)> {
 
 /// One message of the owner's node to the peer (steps 2 and 3).
 async fn owner_node_msg<W: AsyncWrite + Unpin>(
-    conn: &LocalConnection,
+    conn: &NodeOut,
     arena: &Arena,
     writer: &mut Writer<W>,
     gathering: &mut HashMap<TaskId, Gathering>,
@@ -1205,7 +1267,7 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
 }
 
 /// Ends a task that cannot be sent, as its executor would.
-fn fail_here(conn: &LocalConnection, spec: &TaskSpec, e: Error) -> Result<()> {
+fn fail_here(conn: &NodeOut, spec: &TaskSpec, e: Error) -> Result<()> {
     let outcome = TaskOutcome::Failed(e);
     conn.send(ToNode::TaskDone { task_id: spec.task_id, attempt: spec.attempt, outcome });
     Ok(())
@@ -1215,7 +1277,7 @@ fn fail_here(conn: &LocalConnection, spec: &TaskSpec, e: Error) -> Result<()> {
 /// after the objects it names itself (so each one's refs resolve there as
 /// it lands), then gives back their store pins here.
 async fn send_imports<W: AsyncWrite + Unpin>(
-    conn: &LocalConnection,
+    conn: &NodeOut,
     arena: &Arena,
     writer: &mut Writer<W>,
     imports: Vec<(ObjectId, ObjectValue)>,
@@ -1237,7 +1299,7 @@ async fn send_imports<W: AsyncWrite + Unpin>(
 /// Sends a task whose arguments are all in hand (step 3): shared-memory
 /// ones as blobs, then unpinned.
 async fn send_task<W: AsyncWrite + Unpin>(
-    conn: &LocalConnection,
+    conn: &NodeOut,
     arena: &Arena,
     writer: &mut Writer<W>,
     cache: &mut Cache<()>,
@@ -1332,7 +1394,7 @@ struct Running {
 
 /// One link, the executing side.
 struct Executing<W> {
-    conn: Arc<LocalConnection>,
+    conn: NodeOut,
     arena: Arc<Arena>,
     writer: Writer<W>,
     /// The link's driver id: every id it makes carries it.
@@ -1427,7 +1489,7 @@ async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<
     let lander = Lander::new(conn.clone(), ctx.node.arena().clone());
     let mut from_peer = spawn_reader::<_, ToPeer>(read, lander.clone());
     let mut link = Executing {
-        conn,
+        conn: NodeOut::new(conn),
         arena: ctx.node.arena().clone(),
         writer,
         me,
@@ -1442,12 +1504,27 @@ async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<
         exports: HashMap::new(),
     };
     loop {
-        // Everything the node has sent so far, then one write.
+        // Everything the owner and the node have sent so far, handed on;
+        // then one write to the owner.
         loop {
+            loop {
+                match from_peer.try_recv() {
+                    Ok(Ok(msg)) => link.owner_frame(msg).await?,
+                    // The owner went: the node cancels what it sent (step 5).
+                    Ok(Err(_)) | Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                }
+            }
+            // The node's answers come back through `from_node` at once.
+            link.conn.flush();
             match from_node.try_recv() {
                 Ok(NodeEvent::Msg(m)) => link.node_msg(m).await?,
                 Ok(NodeEvent::Closed(reason)) => return Err(peer_error("the node closed it")(reason)),
-                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if link.conn.is_empty() {
+                        break;
+                    }
+                }
                 Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
             }
         }
@@ -1458,17 +1535,10 @@ async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<
                 Some(NodeEvent::Closed(reason)) => return Err(peer_error("the node closed it")(reason)),
                 None => return Ok(()),
             },
-            msg = from_peer.recv() => {
-                let msg = match msg {
-                    Some(Ok(m)) => m,
-                    // The owner went: the node cancels what it sent (step 5).
-                    Some(Err(_)) | None => return Ok(()),
-                };
-                match msg.kind {
-                    Some(ToPeerKind::Node(bytes)) => link.owner_msg(decode_node(&bytes)?).await?,
-                    _ => return Err(peer_error("a message out of turn")("hello or executable".into())),
-                }
-            }
+            msg = from_peer.recv() => match msg {
+                Some(Ok(m)) => link.owner_frame(m).await?,
+                Some(Err(_)) | None => return Ok(()),
+            },
         }
     }
 }
@@ -1534,6 +1604,14 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
     fn new_task_id(&mut self) -> TaskId {
         self.next_seq += 1;
         TaskId { submitter: self.me, seq: self.next_seq }
+    }
+
+    /// A frame of the owner's.
+    async fn owner_frame(&mut self, msg: ToPeer) -> Result<()> {
+        match msg.kind {
+            Some(ToPeerKind::Node(bytes)) => self.owner_msg(decode_node(&bytes)?).await,
+            _ => Err(peer_error("a message out of turn")("hello or executable".into())),
+        }
     }
 
     /// A message of the owner (step 3).

@@ -12,7 +12,10 @@
 //! 2. A node thread (the server's, or the delivery thread) delivers them
 //!    itself. Any other thread (a user thread inside `LocalConnection::send`,
 //!    the spawner) wakes the delivery thread instead: a user thread may hold
-//!    its core worker's locks, which delivery takes.
+//!    its core worker's locks, which delivery takes. A client whose inbox
+//!    only queues (`Inbox::delivers_anywhere`: a daemon's peer link) is
+//!    delivered to by whichever thread released the lock, which saves a
+//!    thread switch per message.
 //! 3. One thread delivers a link's messages at a time (`delivering`, under the
 //!    link's queue lock), taking them in batches in queue order: the driver
 //!    sees messages in the order the node sent them. A thread that finds
@@ -78,6 +81,11 @@ impl LocalOutbox {
     fn push(&self, d: Delivery) {
         self.queue.lock().items.push_back(d);
         self.pending.store(true, Ordering::Release);
+    }
+
+    /// Whether any thread may deliver this link's messages (step 2).
+    fn delivers_anywhere(&self) -> bool {
+        self.client.delivers_anywhere()
     }
 
     pub(crate) fn has_pending(&self) -> bool {
@@ -194,7 +202,7 @@ impl Drop for StateGuard<'_> {
         let on_node_thread = NODE_THREAD.with(Cell::get);
         for outbox in outboxes {
             match outbox {
-                Outbox::Local(link) if on_node_thread => link.deliver(),
+                Outbox::Local(link) if on_node_thread || link.delivers_anywhere() => link.deliver(),
                 Outbox::Local(link) => self.shared.deliverer.hand_over(link),
                 // The server thread leaves it to the writer task, which batches
                 // what it queues; anyone else writes it at once.
@@ -216,6 +224,15 @@ impl LocalConnection {
     /// here; [`Link::send`] wraps it).
     pub fn send(&self, msg: ToNode) {
         self.shared.lock().handle(self.conn, msg);
+    }
+
+    /// Handles `msgs` in order under one lock of the node: what they make
+    /// it send goes out together (one write to each worker or driver).
+    pub fn send_all(&self, msgs: Vec<ToNode>) {
+        let mut st = self.shared.lock();
+        for msg in msgs {
+            st.handle(self.conn, msg);
+        }
     }
 
     /// Handles an allocation at once (no reply message needed in-process).

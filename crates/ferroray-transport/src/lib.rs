@@ -54,4 +54,12 @@ pub trait Inbox: Send + Sync {
     /// Nothing more will come: the node closed the connection, shut down,
     /// or the connection failed (`reason` says which).
     fn closed(&self, reason: &str);
+
+    /// Whether [`Inbox::deliver`] may be called on any thread, including
+    /// one that holds locks of its own (it only queues, and takes no lock
+    /// a caller could hold): an in-process node then hands messages over
+    /// on the thread that made them rather than waking a thread to.
+    fn delivers_anywhere(&self) -> bool {
+        false
+    }
 }

@@ -59,6 +59,10 @@ def free_port():
         return s.getsockname()[1]
 
 
+# Seconds of pause before each timed row (as `multinode` does).
+SETTLE_S = 1.0
+
+
 def progress(msg):
     print(f"[ray_multinode] {msg}", file=sys.stderr, flush=True)
 
@@ -89,7 +93,11 @@ def measure(a, rows):
         ray.get(r)
 
     nbytes = a.transfer_mib << 20
+    # Each timed row starts after a pause, so that what the row before left
+    # behind (1 GiB values freed, pages given back) is not timed in it.
+    settle = lambda: time.sleep(SETTLE_S)
     for trial in range(a.repeats):
+        settle()
         t = time.perf_counter()
         refs = [echo.options(resources=b).remote(i) for i in range(a.tasks)]
         got = ray.get(refs)
@@ -97,6 +105,7 @@ def measure(a, rows):
         assert len(got) == a.tasks
         rows["tasks across nodes"].append(a.tasks / d)
 
+        settle()
         rt = []
         for i in range(a.round_trips):
             t = time.perf_counter()
@@ -106,11 +115,13 @@ def measure(a, rows):
 
         # A fresh object each trial, so that no node has it already.
         big = ray.put(np.ones(nbytes, dtype=np.uint8))
+        settle()
         t = time.perf_counter()
         assert ray.get(length.options(resources=b).remote(big)) == nbytes
         rows["transfer: argument to the other node"].append(nbytes / (time.perf_counter() - t) / 1e9)
         del big
 
+        settle()
         t = time.perf_counter()
         made = ray.get(make.options(resources=b).remote(nbytes))
         d = time.perf_counter() - t
@@ -118,6 +129,7 @@ def measure(a, rows):
         del made
         rows["transfer: result from the other node"].append(nbytes / d / 1e9)
 
+        settle()
         t = time.perf_counter()
         n = 0
         for r in small_items.options(resources=b).remote(a.items):

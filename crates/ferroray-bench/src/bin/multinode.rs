@@ -6,7 +6,8 @@
 //! `b`, as many CPUs as the machine has, a 3 GiB store) with the `ferroray`
 //! binary built beside this one, in a session directory of its own, connects
 //! to the head as a driver and measures, each row repeated (the median is
-//! reported):
+//! reported), each trial after a second's pause so that what the row
+//! before left behind (1 GiB freed) is not timed in it:
 //!
 //! - tasks across nodes: `--tasks` trivial tasks pinned to the other node
 //!   (`resource("b", 1)`), all submitted, then all gathered; and the round
@@ -437,6 +438,9 @@ fn start_cluster(bin: &Path, node_cpus: usize) -> Session {
 
 /// Runs the cluster rows into `rows`; the CPU time spent in each (the same
 /// order), summed over its trials.
+/// Pause before each timed row (`ray_multinode.py` pauses as long).
+const SETTLE: Duration = Duration::from_secs(1);
+
 fn measure(args: &Args, dir: &Path, rows: &mut Vec<Row>) -> Vec<CpuSpent> {
     let mut row = |name, unit, higher_is_better| {
         rows.push(Row { name, unit, higher_is_better, trials: Vec::new(), cpu: None });
@@ -477,6 +481,9 @@ fn measure(args: &Args, dir: &Path, rows: &mut Vec<Row>) -> Vec<CpuSpent> {
         if !args.wants(rows[i].name) {
             return;
         }
+        // What the row before left behind (1 GiB values freed, pages given
+        // back) is not timed in this one.
+        std::thread::sleep(SETTLE);
         let before = probe.snapshot();
         let t = Instant::now();
         let value = work();

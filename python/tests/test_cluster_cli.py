@@ -298,3 +298,79 @@ def test_python_tasks_run_on_another_node(session):
     assert re.search(r"^ok \w+$", done.stdout, re.M), done.stdout
     # The other node's worker's print reaches this driver, with Ray's prefix.
     assert re.search(r"^\(shout pid=\d+\) hello from the other node$", done.stdout, re.M), done.stdout
+
+
+NODE_DEATHS = r"""
+import json, os, signal, sys, time
+import numpy as np
+import ferroray as ray
+
+ray.init(address="auto")
+d = os.environ["FERRORAY_SESSION_DIR"]
+pids = {}
+for f in os.listdir(os.path.join(d, "nodes")):
+    with open(os.path.join(d, "nodes", f)) as fh:
+        rec = json.load(fh)
+    pids[rec["node_id"]] = rec["pid"]
+
+def dead(node):
+    return any(n["NodeID"] == node and not n["Alive"] for n in ray.nodes())
+
+def wait_dead(node):
+    deadline = time.time() + 20
+    while not dead(node):
+        assert time.time() < deadline, f"{node} never declared dead"
+        time.sleep(0.05)
+
+@ray.remote(resources={"b": 1})
+def put_there(n):
+    refs = [ray.put(np.full(1 << 20, i + 1, dtype=np.uint8)) for i in range(n)]
+    return ray.get_runtime_context().get_node_id(), refs
+
+@ray.remote(resources={"b": 1}, num_returns="streaming", _generator_backpressure_num_objects=2)
+def count(n, mark):
+    with open(mark, "w") as f:
+        f.write(ray.get_runtime_context().get_node_id())
+    for i in range(n):
+        time.sleep(0.05)
+        yield i
+
+# The node that made objects dies: they came here with the result.
+made_on, refs = ray.get(put_there.remote(2))
+os.kill(pids[made_on], signal.SIGKILL)
+wait_dead(made_on)
+assert [int(ray.get(r)[0]) for r in refs] == [1, 2]
+
+# The node running a stream dies: it runs again on another node, and every
+# item comes once, in order.
+mark = os.path.join(sys.argv[1], "mark")
+gen = count.remote(40, mark)
+seen = [ray.get(next(gen)) for _ in range(5)]
+with open(mark) as f:
+    first = f.read()
+assert first != made_on
+os.kill(pids[first], signal.SIGKILL)
+seen += [ray.get(r, timeout=30) for r in gen]
+assert seen == list(range(40)), seen
+with open(mark) as f:
+    second = f.read()
+assert second not in (first, made_on), (second, first, made_on)
+print("ok", flush=True)
+ray.shutdown()
+"""
+
+
+def test_python_work_survives_the_nodes_that_die(session):
+    run, d = session
+    out = run(
+        "start", "--head", "--port", "0", "--num-cpus", "1", "--heartbeat-ms", "200", "--node-timeout-ms", "2000"
+    ).stdout
+    head = re.search(r"cluster at (\S+) ", out).group(1)
+    for _ in range(3):
+        run("start", "--address", head, "--num-cpus", "1", "--resources", '{"b": 1}', "--heartbeat-ms", "200")
+    env = dict(os.environ, FERRORAY_SESSION_DIR=d)
+    with tempfile.TemporaryDirectory(prefix="ferroray-py-deaths-") as marks:
+        done = _python(NODE_DEATHS, env, marks)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok" in done.stdout.split(), done.stdout
+

@@ -106,6 +106,13 @@ fn a_task_only_a_peer_could_run_waits_warned_once_and_goes_to_a_peer_that_has_it
         let w = h.worker();
         assert_eq!(executed(&w.take()), vec![other_tid], "only the CPU task runs here");
         h.st.schedule();
+        // Warned once it has waited long enough (a node's view of its
+        // peers lags), and once only.
+        let now = std::time::Instant::now();
+        h.st.warn_long_waits(now);
+        h.st.warn_long_waits(now + crate::state::WAIT_WARNING_AFTER);
+        h.st.schedule();
+        h.st.warn_long_waits(now + 2 * crate::state::WAIT_WARNING_AFTER);
         ids
     });
     assert_eq!(

@@ -83,6 +83,8 @@ mod peers;
 mod remote;
 mod scheduling;
 #[cfg(test)]
+pub(crate) use remote::WAIT_WARNING_AFTER;
+#[cfg(test)]
 pub(crate) use scheduling::PIPELINE_DEPTH;
 mod streams;
 mod tasks;
@@ -469,6 +471,12 @@ pub struct State {
     /// Part of a cluster (`Node::enable_peers`): a task no node has the
     /// resources for yet waits for one to join rather than fail.
     peers_enabled: bool,
+    /// Tasks that no node could run when they were scheduled, and since
+    /// when (`remote` step 1): warned about once they have waited
+    /// `WAIT_WARNING_AFTER` (a node's view of its peers lags the head's by
+    /// up to a heartbeat, so a task sent right after a node joined would
+    /// be warned about for nothing).
+    waiting_since: FxHashMap<TaskId, std::time::Instant>,
     /// Tasks already warned about waiting for such a node (`remote`).
     warned_waiting: FxHashSet<TaskId>,
 }
@@ -622,6 +630,7 @@ impl State {
             functions: FxHashMap::default(),
             function_bytes: 0,
             peers_enabled: false,
+            waiting_since: FxHashMap::default(),
             warned_waiting: FxHashSet::default(),
         }
     }

@@ -17,8 +17,9 @@
 //!    peer (`Task::from_peer`) runs where its owner placed it: it is never
 //!    placed on this node's peers in turn. A task that only a peer could run and no peer
 //!    has room for stays queued; one that no node has the resources for
-//!    waits for a node that has, with a warning to the job's drivers
-//!    (`warn_waiting`), and is placed when such a node is attached.
+//!    waits for a node that has, with a warning to the job's drivers once
+//!    it has waited `WAIT_WARNING_AFTER` (`warn_long_waits`), and is placed
+//!    when such a node is attached.
 //! 2. Dispatch (`assign`): as to a worker: ref arguments are resolved and
 //!    shared-memory ones pinned for the peer's connection, which reads them
 //!    to send them and then unpins them. The task takes no lease here: this
@@ -53,6 +54,10 @@
 
 use super::*;
 use ferroray_common::{ActorId, NodeId};
+
+/// How long a task waits for a node that has what it needs before its
+/// drivers are warned (step 1).
+pub(crate) const WAIT_WARNING_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A peer node, as this node accounts for it.
 pub(crate) struct Remote {
@@ -188,9 +193,39 @@ impl State {
         self.conns.values().filter_map(|c| c.remote.as_ref()).any(|r| need.fits_in(&r.total))
     }
 
-    /// Step 1's warning, once per task: nothing in the cluster has what it
-    /// needs (yet).
+    /// Step 1: notes that nothing in the cluster has what `tid` needs (yet).
     pub(super) fn warn_waiting(&mut self, tid: TaskId) {
+        if !self.warned_waiting.contains(&tid) {
+            self.waiting_since.entry(tid).or_insert_with(std::time::Instant::now);
+        }
+    }
+
+    /// Step 1's warning, once per task that has waited `WAIT_WARNING_AFTER`
+    /// (by `now`) for a node that has what it needs; called periodically.
+    pub fn warn_long_waits(&mut self, now: std::time::Instant) {
+        if self.waiting_since.is_empty() {
+            return;
+        }
+        let due: Vec<TaskId> = self
+            .waiting_since
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= WAIT_WARNING_AFTER)
+            .map(|(t, _)| *t)
+            .collect();
+        for tid in due {
+            self.waiting_since.remove(&tid);
+            let need = match self.tasks.get(&tid) {
+                Some(t) => t.spec.resources.clone(),
+                None => continue,
+            };
+            // A node that can run it has joined meanwhile: nothing to say.
+            if !need.fits_in(&self.total) && !self.peer_could_run(&need) {
+                self.warn_now(tid);
+            }
+        }
+    }
+
+    fn warn_now(&mut self, tid: TaskId) {
         let Some(task) = self.tasks.get(&tid) else { return };
         if !self.warned_waiting.insert(tid) {
             return;

@@ -255,6 +255,7 @@ impl State {
         };
         self.children.remove(&tid);
         self.warned_waiting.remove(&tid);
+        self.waiting_since.remove(&tid);
         match task.spec.actor {
             Some(ferroray_protocol::ActorTask::Create(_)) => self.actor_creation_done(ActorId(tid), &result),
             Some(ferroray_protocol::ActorTask::Call { actor }) => self.actor_call_done(actor, tid),

@@ -237,6 +237,8 @@ fn tasks_objects_and_streams_cross_nodes() {
         "1",
         "--heartbeat-ms",
         "200",
+        "--node-timeout-ms",
+        "4000",
         "--object-store-memory",
         &store,
     ]);
@@ -424,7 +426,7 @@ fn tasks_objects_and_streams_cross_nodes() {
     });
     let (made_on_e, _) = put_there::options().resource("e", 1).remote(2, 4 << 20).get().unwrap();
     unsafe { libc::kill(s.pid_of(&e) as i32, libc::SIGKILL) };
-    wait_for("E declared dead", Duration::from_secs(10), || {
+    wait_for("E declared dead", Duration::from_secs(20), || {
         ferroray::nodes().unwrap().iter().any(|n| n.node_id == e && !n.alive)
     });
     let firsts: Vec<u8> = made_on_e.iter().map(|r| r.get_timeout(Duration::from_secs(5)).unwrap()[0]).collect();

@@ -149,13 +149,20 @@ import ferroray as ray
 ray.init(address="auto")
 
 @ray.remote
+def whisper():
+    print("hello from the program that leaves", flush=True)
+    return 1
+
+@ray.remote
 def linger():
     yield os.getpid()
     time.sleep(300)
     yield 0
 
+assert ray.get(whisper.remote()) == 1
+time.sleep(0.5)  # its output comes on its own way
 gen = linger.remote()
-print(ray.get(next(gen)), flush=True)
+print(f"pid={ray.get(next(gen))}", flush=True)
 os._exit(0)  # no shutdown: the connection just ends
 """
 
@@ -192,7 +199,11 @@ def test_worker_output_reaches_the_driver_and_a_leaving_driver_takes_its_tasks(s
         # while the first program is still connected.
         leaves = _python(LEAVES, env)
         assert leaves.returncode == 0, leaves.stderr
-        pid = int(leaves.stdout.split()[-1])
+        pid = int(re.search(r"^pid=(\d+)$", leaves.stdout, re.M).group(1))
+        # Each program gets its own tasks' output, as if each were a job.
+        assert re.search(r"^\(whisper pid=\d+\) hello from the program that leaves$", leaves.stdout, re.M), (
+            leaves.stdout
+        )
         deadline = time.monotonic() + 15
         while _alive(pid):
             assert time.monotonic() < deadline, f"task worker {pid} outlived its driver"
@@ -201,7 +212,9 @@ def test_worker_output_reaches_the_driver_and_a_leaving_driver_takes_its_tasks(s
     finally:
         stays.stdin.write("\n")
         stays.stdin.flush()
+        rest = stays.stdout.read()
         assert stays.wait(timeout=30) == 0
+    assert "the program that leaves" not in "".join(lines) + rest, "".join(lines) + rest
 
 
 ACROSS = r"""

@@ -346,7 +346,8 @@ async fn copy_lines(
         if line.last() != Some(&b'\n') {
             line.push(b'\n');
         }
-        let name = names.lock().get(&pid).cloned().unwrap_or_else(|| "worker".to_string());
+        let label = names.lock().get(&pid).cloned();
+        let name = label.as_ref().map_or("worker", |l| l.name.as_str());
         let prefix = format!("({name} pid={pid}) ");
         {
             let sinks = sinks.lock();
@@ -356,8 +357,16 @@ async fn copy_lines(
                     line.extend_from_slice(b" [line cut]\n");
                 }
                 let text = format!("{prefix}{}", String::from_utf8_lossy(&line));
-                for sink in sinks.iter() {
-                    sink.send_now(FromNode::Output { to_stderr, text: text.clone() });
+                // The driver whose task it runs, if it is still connected;
+                // else every driver of the job (`jobs` step 6).
+                let own = label.and_then(|l| l.driver).filter(|d| sinks.iter().any(|s| s.same(d)));
+                match own {
+                    Some(d) => d.send_now(FromNode::Output { to_stderr, text }),
+                    None => {
+                        for sink in sinks.iter() {
+                            sink.send_now(FromNode::Output { to_stderr, text: text.clone() });
+                        }
+                    }
                 }
                 continue;
             }

@@ -307,8 +307,9 @@ impl State {
         }
         a.worker = Some(conn);
         let class = a.opts.class.rsplit("::").next().unwrap_or(&a.opts.class).to_string();
-        if let Some(c) = self.conns.get(&conn) {
-            self.names.lock().insert(c.pid, class);
+        if let Some(pid) = self.conns.get(&conn).map(|c| c.pid) {
+            let label = self.label(&class, id.0);
+            self.names.lock().insert(pid, label);
         }
         if self.tasks.contains_key(&id.0) {
             self.assign(id.0, conn, false);

@@ -24,9 +24,13 @@
 //! 5. When any driver of the job leaves, the tasks it submitted that have
 //!    not finished are force-cancelled, with every task they started
 //!    (their results would have nobody to go to). Its workers' output
-//!    stops going to it: a job's drivers get all of its workers' output
+//!    stops going to it: a job's drivers get its workers' output
 //!    (`FromNode::Output`, sent by the output forwarder through
 //!    `State::output`).
+//! 6. With several drivers, a worker's output goes to the driver whose task
+//!    it runs (`label`: its submitter, or its root's), as if each were a
+//!    job of its own (as in Ray); to all of them when that is not known (a
+//!    line printed between tasks, or by a task whose chain ended).
 
 use super::*;
 use crate::WorkerCommand;
@@ -48,6 +52,30 @@ fn same(a: &WorkerCommand, b: &WorkerCommand) -> bool {
 }
 
 impl State {
+    /// Step 6: the label of a worker's output while it runs `tid`: the
+    /// driver it is for is the one that submitted it, or that submitted the
+    /// task that did (following parents, which are kept while their
+    /// children run); none when the job has one driver (all its output is
+    /// that driver's anyway) or the chain is broken.
+    pub(super) fn label(&self, name: &str, tid: TaskId) -> WorkerLabel {
+        let mut driver = None;
+        if self.job.drivers.len() > 1 {
+            let mut at = Some(tid);
+            for _ in 0..64 {
+                let Some(t) = at else { break };
+                let submitter = t.submitter;
+                if let Some(c) =
+                    self.job.drivers.iter().filter_map(|d| self.conns.get(d)).find(|c| c.worker_id == submitter)
+                {
+                    driver = Some(c.outbox.clone());
+                    break;
+                }
+                at = self.tasks.get(&t).and_then(|task| task.spec.parent);
+            }
+        }
+        WorkerLabel { name: name.to_string(), driver }
+    }
+
     /// Steps 1 to 3.
     pub(super) fn worker_commands(&mut self, conn: ConnId, specs: Vec<WorkerCommandSpec>) {
         let Some(c) = self.conns.get(&conn) else { return };

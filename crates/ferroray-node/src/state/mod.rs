@@ -91,8 +91,17 @@ mod tasks;
 
 pub type ConnId = u64;
 
-/// Names of the task each worker pid runs (or ran last), for output prefixes.
-pub type TaskNames = Arc<parking_lot::Mutex<HashMap<u32, String>>>;
+/// What each worker pid runs (or ran last), for its output lines.
+pub(crate) type TaskNames = Arc<parking_lot::Mutex<HashMap<u32, WorkerLabel>>>;
+
+/// What a worker's output lines go with: the name of its task (Ray's
+/// prefix), and the driver that task is for, when the job has more than
+/// one (its output then goes to that driver alone).
+#[derive(Clone)]
+pub(crate) struct WorkerLabel {
+    pub(crate) name: String,
+    pub(crate) driver: Option<Outbox>,
+}
 
 /// Where workers' output goes besides this process's own: the drivers of
 /// the node's job (`jobs`), over the socket or in-process (a peer node's
@@ -140,7 +149,7 @@ impl Outbox {
         }
     }
 
-    fn same(&self, other: &Outbox) -> bool {
+    pub(crate) fn same(&self, other: &Outbox) -> bool {
         match (self, other) {
             (Outbox::Socket(a), Outbox::Socket(b)) => Arc::ptr_eq(a, b),
             (Outbox::Local(a), Outbox::Local(b)) => Arc::ptr_eq(a, b),

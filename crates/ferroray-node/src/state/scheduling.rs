@@ -395,7 +395,8 @@ impl State {
             // Queued ones are recorded as running when they reach the front.
             // An actor's output keeps its class's name (`actor_connected`).
             if actor.is_none() {
-                self.names.lock().insert(pid, spec.name().to_string());
+                let label = self.label(spec.name(), tid);
+                self.names.lock().insert(pid, label);
             }
             self.record(tid, TaskState::Running, Some(pid), None);
         }
@@ -455,7 +456,9 @@ impl State {
         if let Some(next) = c.running().filter(|_| !c.doomed) {
             let pid = c.pid;
             if let Some(t) = self.tasks.get(&next).filter(|_| c.actor.is_none()) {
-                self.names.lock().insert(pid, t.spec.name().to_string());
+                let name = t.spec.name().to_string();
+                let label = self.label(&name, next);
+                self.names.lock().insert(pid, label);
             }
             self.record(next, TaskState::Running, Some(pid), None);
         }

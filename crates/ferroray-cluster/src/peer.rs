@@ -35,6 +35,9 @@
 //!    `ReportItem` (which holds them by then). Each side holds
 //!    an import from its arrival until the task or result that follows it
 //!    does, in the order of one connection, so nothing frees it between.
+//!    An import of shared memory to the executing node is kept in the
+//!    link's `Cache` (under its own id, `Kept::AsItself`) as arguments
+//!    are, so later tasks naming it get it without a transfer.
 //! 4. On the executing node the task gets an id of the link's own (its
 //!    driver's), no retries (the owner retries, with its replay checks), and
 //!    a streaming generator's items are relayed as they come; under
@@ -205,7 +208,7 @@ pub struct Welcome {
     #[prost(fixed64, tag = "1")]
     pub node_id: u64,
     /// Bytes of the owner's objects this node keeps for later tasks
-    /// ([`Cache`]); both ends apply the same rule to the same sequence.
+    /// (`Cache`); both ends apply the same rule to the same sequence.
     #[prost(uint64, tag = "2")]
     pub cache_bytes: u64,
 }
@@ -213,6 +216,16 @@ pub struct Welcome {
 /// In a submitted task's `TaskArg::Object` on the link, a `Shm` offset that
 /// names no blob: the object was sent before and the other end kept it.
 pub const CACHED: u64 = u64::MAX;
+
+/// How the executing node keeps an object of the owner's, in the owner's
+/// copy of its [`Cache`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kept {
+    /// A task's argument: a value under an id of the link's.
+    AsArgument,
+    /// A copy that refs name (`ToNode::Import`): under its own id.
+    AsItself,
+}
 
 /// The owner's objects an executing node keeps for later tasks (so several
 /// tasks reading one object on that node share one transfer), and the
@@ -970,7 +983,7 @@ async fn outgoing(
     let (stream, welcome, generation) = tokio::time::timeout(OPEN_TIMEOUT, open(&ctx, &peer))
         .await
         .map_err(|_| ClusterError::Timeout("opening a link to a peer node"))??;
-    let mut cache = Cache::<()>::new(welcome.cache_bytes);
+    let mut cache = Cache::<Kept>::new(welcome.cache_bytes);
     let (read, write) = tokio::io::split(stream);
     let mut writer = Writer::new(write);
     let conn = Arc::new(conn);
@@ -1165,7 +1178,7 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
     arena: &Arena,
     writer: &mut Writer<W>,
     gathering: &mut HashMap<TaskId, Gathering>,
-    cache: &mut Cache<()>,
+    cache: &mut Cache<Kept>,
     msg: FromNode,
 ) -> Result<()> {
     match msg {
@@ -1237,7 +1250,7 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
             }
             if g.missing.is_empty() && g.named.waiting.is_empty() {
                 let g = gathering.remove(&tid).expect("found above");
-                send_imports(conn, arena, writer, g.named.got).await?;
+                send_imports(conn, arena, writer, cache, g.named.got).await?;
                 send_task(conn, arena, writer, cache, g.spec).await?;
             }
         }
@@ -1280,14 +1293,39 @@ async fn send_imports<W: AsyncWrite + Unpin>(
     conn: &NodeOut,
     arena: &Arena,
     writer: &mut Writer<W>,
+    cache: &mut Cache<Kept>,
     imports: Vec<(ObjectId, ObjectValue)>,
 ) -> Result<()> {
     let mut unpin = Vec::new();
     for (id, value) in imports.into_iter().rev() {
-        if is_shm(&value) {
-            unpin.push(id);
-        }
-        let value = writer.ship::<ToPeer>(arena, value).await?;
+        let shm = match &value {
+            ObjectValue::Data { payload: Payload::Shm { len, .. }, encoding, contained } => {
+                unpin.push(id);
+                Some((*len, *encoding, contained.clone()))
+            }
+            _ => None,
+        };
+        let value = match shm {
+            Some((len, encoding, contained)) => match cache.get(id).copied() {
+                // The peer kept it from an earlier task under this id:
+                // named, not sent again (both ends touch it in their tables).
+                Some(Kept::AsItself) => {
+                    ObjectValue::Data { payload: Payload::Shm { offset: CACHED, len }, encoding, contained }
+                }
+                // Kept there as an argument, under the link's id: a copy
+                // under this one goes again (and is not kept twice).
+                Some(Kept::AsArgument) => writer.ship::<ToPeer>(arena, value).await?,
+                None => {
+                    let shipped = writer.ship::<ToPeer>(arena, value).await?;
+                    if cache.admits(len) {
+                        // Kept there from now on.
+                        cache.insert(id, len, Kept::AsItself);
+                    }
+                    shipped
+                }
+            },
+            None => value,
+        };
         writer.send_node::<ToPeer>(ToNode::Import { id, value }).await?;
     }
     if !unpin.is_empty() {
@@ -1302,7 +1340,7 @@ async fn send_task<W: AsyncWrite + Unpin>(
     conn: &NodeOut,
     arena: &Arena,
     writer: &mut Writer<W>,
-    cache: &mut Cache<()>,
+    cache: &mut Cache<Kept>,
     mut spec: TaskSpec,
 ) -> Result<()> {
     let mut unpin = Vec::new();
@@ -1326,7 +1364,7 @@ async fn send_task<W: AsyncWrite + Unpin>(
         };
         if cache.admits(len) {
             // Kept there from now on (under its id here).
-            cache.insert(id, len, ());
+            cache.insert(id, len, Kept::AsArgument);
             *arg = TaskArg::Object { id, payload, encoding };
         } else {
             *arg = TaskArg::Value { payload, encoding };
@@ -1629,9 +1667,31 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             ToNode::Import { id, mut value } => {
                 // A copy of an object the next task's arguments name (a
                 // store that refuses it makes it the store's error there).
+                let shm = match &value {
+                    ObjectValue::Data { payload: Payload::Shm { offset, len }, .. } => Some((*offset, *len)),
+                    _ => None,
+                };
+                if let Some((CACHED, _)) = shm {
+                    // Kept here by an earlier task, and held by the cache.
+                    if self.cache.get(id).is_none() {
+                        return Err(peer_error("cache")(format!("object {id} was not kept here")));
+                    }
+                    return Ok(());
+                }
                 self.landing.land(&mut value)?;
                 self.conn.send(ToNode::Import { id, value });
-                self.imported.push(id);
+                match shm {
+                    // Kept as an argument already (the owner touched it
+                    // too): this copy is the task's only.
+                    Some(_) if self.cache.get(id).is_some() => self.imported.push(id),
+                    // Kept for later tasks: the link's reference stays
+                    // while the cache has it.
+                    Some((_, len)) if self.cache.admits(len) => {
+                        let evicted = self.cache.insert(id, len, id);
+                        self.imported.extend(evicted);
+                    }
+                    _ => self.imported.push(id),
+                }
                 Ok(())
             }
             ToNode::Cancel { task_id, force, .. } => {

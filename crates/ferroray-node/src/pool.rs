@@ -202,7 +202,7 @@ impl Spawner {
                 Ok(())
             });
         }
-        let mut child = command.spawn()?;
+        let mut child = spawn_retrying_busy(&mut command)?;
         let pid = child.id();
         if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
             shared.lock().spawned(pid, worker_id, kind, actor);
@@ -279,6 +279,25 @@ fn kill(child: &Child) {
     unsafe {
         libc::kill(pid, libc::SIGKILL);
     }
+}
+
+/// `command.spawn()`, tried again a few times while the executable is
+/// "busy" (`ETXTBSY`): a file just written (a peer's executable received
+/// into the session's `exe/`) cannot be run while any process holds it
+/// open for writing, and a process that forks at that moment holds its
+/// writer's descriptor until it execs, for a moment.
+fn spawn_retrying_busy(command: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut pause = Duration::from_millis(5);
+    for _ in 0..8 {
+        match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
+    command.spawn()
 }
 
 /// The `ferroray-log` thread: one current-thread runtime reading every

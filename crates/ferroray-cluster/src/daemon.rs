@@ -314,6 +314,11 @@ async fn run_async(
     outcome
 }
 
+/// A node asks for the cluster's view every heartbeat while the cluster
+/// has at most this many other nodes, and every `n / VIEW_SHARE`
+/// heartbeats with `n` of them.
+const VIEW_SHARE: usize = 16;
+
 /// Completes once the stop signal is raised (or its sender is gone).
 async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -336,6 +341,7 @@ impl Joined {
             let interval = Duration::from_millis(client.registered.heartbeat_interval_ms.max(10));
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut ticks = 0u64;
             // The head's messages are read by a task of their own: a read
             // given up for a tick would lose what it had read of a frame.
             let HeadClient { reader, mut writer, .. } = client;
@@ -362,8 +368,17 @@ impl Joined {
                         if let Err(e) = writer.send(ToHeadKind::Heartbeat(load_of(&self.node))).await {
                             break e;
                         }
-                        if let Err(e) = writer.send(ToHeadKind::View(crate::wire::Empty {})).await {
-                            break e;
+                        // The view every heartbeat in a small cluster; in a
+                        // larger one every `nodes / VIEW_SHARE` heartbeats, so
+                        // the head's work for views grows with the nodes,
+                        // not their square (peers learn of a death from
+                        // their link at once; of joins and loads later).
+                        ticks += 1;
+                        let every = (self.peers.known() / VIEW_SHARE).max(1) as u64;
+                        if ticks.is_multiple_of(every) {
+                            if let Err(e) = writer.send(ToHeadKind::View(crate::wire::Empty {})).await {
+                                break e;
+                            }
                         }
                     }
                     msg = from_head.recv() => match msg {

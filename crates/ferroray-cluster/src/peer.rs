@@ -761,6 +761,13 @@ pub struct Peers {
     links: Mutex<HashMap<NodeId, Attached>>,
 }
 
+impl Peers {
+    /// The other nodes this node has attached (as of the last view).
+    pub fn known(&self) -> usize {
+        self.links.lock().len()
+    }
+}
+
 struct Attached {
     task: tokio::task::JoinHandle<()>,
     /// When its link ended (it is attached again a while later).

@@ -69,9 +69,33 @@ pub(crate) struct Remote {
     /// its room is `total` minus these and `others` (step 1).
     pub(super) in_flight: ResourceSet,
     /// What the peer's other owners use there: its used resources at its
-    /// last heartbeat (`State::peer_loads`) less what this node had in
-    /// flight there then (never below zero).
+    /// last heartbeat (`State::peer_loads`) less the most this node had in
+    /// flight there over the last two views (the heartbeat was taken at some
+    /// moment of that span, and this node's tasks that ended since must not
+    /// count as others'), never below zero.
     pub(super) others: ResourceSet,
+    /// The most of `in_flight` since the last view, and over the view
+    /// before (for `others`).
+    pub(super) peak: ResourceSet,
+    pub(super) peak_before: ResourceSet,
+}
+
+impl Remote {
+    /// Takes `need` into `in_flight` (and its peak).
+    pub(super) fn take(&mut self, need: &ResourceSet) {
+        self.in_flight.add(need);
+        self.peak = max_of(&self.peak, &self.in_flight);
+    }
+}
+
+/// The larger amount of each resource of `a` and `b`.
+fn max_of(a: &ResourceSet, b: &ResourceSet) -> ResourceSet {
+    let mut m = a.fixed().clone();
+    for (k, v) in b.fixed() {
+        let e = m.entry(k.clone()).or_insert(0);
+        *e = (*e).max(*v);
+    }
+    ResourceSet::from_fixed(m)
 }
 
 /// Step 1: the peer to place a task of `shape` on: of those with room for
@@ -88,6 +112,31 @@ pub(super) fn pick_peer<'a>(
         }
     }
     best
+}
+
+/// Step 1: each peer's total `times` over, less what this node has in
+/// flight there and what other owners use; in the order peers were
+/// attached. With `times` 1: its room; with `1 + PIPELINE_DEPTH`: its room
+/// for tasks queued behind what it runs.
+pub(super) fn peer_rooms_times(conns: &FxHashMap<ConnId, Conn>, times: i64) -> Vec<(ConnId, ResourceSet)> {
+    let mut rooms: Vec<(ConnId, ResourceSet)> = conns
+        .iter()
+        .filter_map(|(id, c)| {
+            let r = c.remote.as_ref()?;
+            let mut room = if times == 1 {
+                r.total.clone()
+            } else {
+                ResourceSet::from_fixed(
+                    r.total.fixed().iter().map(|(k, v)| (k.clone(), v.saturating_mul(times))).collect(),
+                )
+            };
+            room.subtract(&r.in_flight);
+            room.subtract(&r.others);
+            Some((*id, room))
+        })
+        .collect();
+    rooms.sort_by_key(|(id, _)| *id);
+    rooms
 }
 
 /// Step 1: a task placed on `peer` takes its room for queued tasks too.
@@ -130,40 +179,21 @@ impl State {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.role = Some(Role::Peer);
         c.pid = 0;
-        c.remote = Some(Box::new(Remote { node, total, in_flight: ResourceSet::new(), others: ResourceSet::new() }));
+        c.remote = Some(Box::new(Remote {
+            node,
+            total,
+            in_flight: ResourceSet::new(),
+            others: ResourceSet::new(),
+            peak: ResourceSet::new(),
+            peak_before: ResourceSet::new(),
+        }));
         self.peers_enabled = true;
         self.schedule();
     }
 
     /// The peers' rooms (step 1), for one pass of `schedule`.
     pub(super) fn peer_rooms(&self) -> Vec<(ConnId, ResourceSet)> {
-        self.peer_rooms_times(1)
-    }
-
-    /// Step 1: the peers' room for tasks queued behind what they run:
-    /// `PIPELINE_DEPTH` times their total beyond it, less what this node
-    /// has in flight there and what other owners use.
-    pub(super) fn peer_queue_rooms(&self) -> Vec<(ConnId, ResourceSet)> {
-        self.peer_rooms_times(1 + scheduling::PIPELINE_DEPTH as i64)
-    }
-
-    /// Each peer's total `times` over, less what this node has in flight
-    /// there and what other owners use; in the order peers were attached.
-    fn peer_rooms_times(&self, times: i64) -> Vec<(ConnId, ResourceSet)> {
-        let mut rooms: Vec<(ConnId, ResourceSet)> = self
-            .conns
-            .iter()
-            .filter_map(|(id, c)| {
-                let r = c.remote.as_ref()?;
-                let scaled = r.total.fixed().iter().map(|(k, v)| (k.clone(), v.saturating_mul(times))).collect();
-                let mut room = ResourceSet::from_fixed(scaled);
-                room.subtract(&r.in_flight);
-                room.subtract(&r.others);
-                Some((*id, room))
-            })
-            .collect();
-        rooms.sort_by_key(|(id, _)| *id);
-        rooms
+        peer_rooms_times(&self.conns, 1)
     }
 
     /// The peers' loads from the cluster's view (step 1): what each node
@@ -176,7 +206,10 @@ impl State {
             let Some((_, available)) = loads.iter().find(|(n, _)| *n == r.node) else { continue };
             let mut used = r.total.clone();
             used.subtract(available);
-            used.subtract(&r.in_flight);
+            // The most this node had there over the span the report was
+            // taken in; the peak starts again from what is there now.
+            used.subtract(&max_of(&max_of(&r.peak, &r.peak_before), &r.in_flight));
+            r.peak_before = std::mem::replace(&mut r.peak, r.in_flight.clone());
             let others = ResourceSet::from_fixed(used.into_fixed().into_iter().filter(|(_, v)| *v > 0).collect());
             if others != r.others {
                 r.others = others;
@@ -266,7 +299,7 @@ impl State {
     /// Step 6: actor `id` goes to `peer`, which holds `want` for it.
     pub(super) fn place_actor_on_peer(&mut self, id: ActorId, peer: ConnId, want: ResourceSet) {
         if let Some(r) = self.conns.get_mut(&peer).and_then(|c| c.remote.as_mut()) {
-            r.in_flight.add(&want);
+            r.take(&want);
         }
         if let Some(a) = self.actors.get_mut(&id) {
             a.on_peer = Some(want);

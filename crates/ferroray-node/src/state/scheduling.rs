@@ -86,7 +86,9 @@ impl State {
         }
         // Other nodes' room (`remote` step 1), and tasks placed there.
         let mut rooms = self.peer_rooms();
-        let mut queue_rooms = self.peer_queue_rooms();
+        // Made when first needed (most passes queue nothing on a peer).
+        let mut queue_rooms: Option<Vec<(ConnId, ResourceSet)>> = None;
+        let conns = &self.conns;
         let mut to_peers = Vec::new();
         let mut waiting = Vec::new();
         let total = &self.total;
@@ -114,16 +116,26 @@ impl State {
                     if let Some((peer, room)) = (!here).then(|| remote::pick_peer(&mut rooms, shape)).flatten() {
                         room.subtract(shape);
                         let peer = *peer;
-                        remote::take_queue_room(&mut queue_rooms, peer, shape);
+                        if let Some(q) = queue_rooms.as_mut() {
+                            remote::take_queue_room(q, peer, shape);
+                        }
                         to_peers.push((queue.remove(i).expect("index checked"), peer));
                         continue;
                     }
                     if !shape.fits_in(total) {
                         // Only another node could run it: queued behind what
                         // a peer runs (pipelining), else it waits for one.
-                        if let Some((peer, room)) =
-                            (!here).then(|| remote::pick_peer(&mut queue_rooms, shape)).flatten()
-                        {
+                        let q = queue_rooms.get_or_insert_with(|| {
+                            // Less what this pass placed already.
+                            let mut q = remote::peer_rooms_times(conns, 1 + PIPELINE_DEPTH as i64);
+                            for (tid, peer) in &to_peers {
+                                if let Some(t) = self.tasks.get(tid) {
+                                    remote::take_queue_room(&mut q, *peer, &t.spec.resources);
+                                }
+                            }
+                            q
+                        });
+                        if let Some((peer, room)) = (!here).then(|| remote::pick_peer(q, shape)).flatten() {
                             room.subtract(shape);
                             to_peers.push((queue.remove(i).expect("index checked"), *peer));
                             continue;
@@ -303,7 +315,7 @@ impl State {
             // dispatch failing below gives back only what it took
             // (`release_worker` → `peer_released`).
             if let Some(r) = c.remote.as_mut().filter(|_| spec.actor.is_none()) {
-                r.in_flight.add(&spec.resources);
+                r.take(&spec.resources);
             }
             // An exported function's bytes go with its first call to this
             // worker, which keeps them (even if the call is taken back);

@@ -13,13 +13,13 @@
 //!    room for it now, is queued on the peer with the most room for
 //!    queued tasks (`PIPELINE_DEPTH` times its total beyond it), as tasks
 //!    queue behind a busy worker here: the round trip between two tasks is
-//!    hidden, and answers come back in batches. A task that came from a
-//!    peer (`Task::from_peer`) runs where its owner placed it: it is never
-//!    placed on this node's peers in turn. A task that only a peer could run and no peer
-//!    has room for stays queued; one that no node has the resources for
-//!    waits for a node that has, with a warning to the job's drivers once
-//!    it has waited `WAIT_WARNING_AFTER` (`warn_long_waits`), and is placed
-//!    when such a node is attached.
+//!    hidden, and answers come back in batches; with no such room either
+//!    it stays queued here. A task that came from a peer
+//!    (`Task::from_peer`) runs where its owner placed it: it is never
+//!    placed on this node's peers in turn. A task that no node has the
+//!    resources for waits for a node that has, with a warning to the job's
+//!    drivers once it has waited `WAIT_WARNING_AFTER` (`warn_long_waits`),
+//!    and is placed when such a node is attached.
 //! 2. Dispatch (`assign`): as to a worker: ref arguments are resolved and
 //!    shared-memory ones pinned for the peer's connection, which reads them
 //!    to send them and then unpins them. The task takes no lease here: this
@@ -84,7 +84,10 @@ impl Remote {
     /// Takes `need` into `in_flight` (and its peak).
     pub(super) fn take(&mut self, need: &ResourceSet) {
         self.in_flight.add(need);
-        self.peak = max_of(&self.peak, &self.in_flight);
+        // Most placements stay under the peak: nothing to make then.
+        if !self.in_flight.fits_in(&self.peak) {
+            self.peak = max_of(&self.peak, &self.in_flight);
+        }
     }
 }
 

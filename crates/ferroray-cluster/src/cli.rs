@@ -92,6 +92,11 @@ struct StartArgs {
     /// A node's: how long (ms) it tries to reach a head that went away
     #[arg(long, default_value_t = 60_000)]
     head_timeout_ms: u64,
+    /// Encrypt links to other nodes between loopback addresses too (by
+    /// default those are plain TCP, both ends proving they hold the token
+    /// without sending it; links between other addresses always use TLS)
+    #[arg(long)]
+    tls_on_loopback: bool,
 }
 
 #[derive(Args, Debug)]
@@ -209,6 +214,7 @@ fn options(a: &StartArgs) -> Result<DaemonOptions> {
     o.heartbeat_interval = Duration::from_millis(a.heartbeat_ms);
     o.node_timeout = Duration::from_millis(a.node_timeout_ms);
     o.head_timeout = Duration::from_millis(a.head_timeout_ms);
+    o.tls_on_loopback = a.tls_on_loopback;
     Ok(o)
 }
 

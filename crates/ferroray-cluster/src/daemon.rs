@@ -51,6 +51,12 @@ use tokio::net::TcpListener;
 /// The head's port when none is given.
 pub const DEFAULT_PORT: u16 = 6390;
 
+/// How long a daemon's store must be quiet before its freed pages go back
+/// to the system (an embedded node's: a quarter second), as an allocator
+/// decays its dirty pages: long enough to span the pauses of a program's
+/// work, short enough that an idle node holds no dead objects for long.
+pub const DAEMON_STORE_TRIM_AFTER: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
     /// `None`: start the head. Else the head's `HOST:PORT`.
@@ -76,6 +82,9 @@ pub struct DaemonOptions {
     /// The head's: where the control store keeps its tables
     /// (`redis://HOST:PORT[/DB]`); `None`: in its memory.
     pub storage: Option<String>,
+    /// Peer links between loopback addresses use TLS too, rather than
+    /// plain TCP with the token's handshake (`loopback`).
+    pub tls_on_loopback: bool,
 }
 
 impl DaemonOptions {
@@ -92,6 +101,7 @@ impl DaemonOptions {
             node_timeout: Duration::from_millis(10_000),
             head_timeout: Duration::from_secs(60),
             storage: None,
+            tls_on_loopback: false,
         }
     }
 }
@@ -181,6 +191,12 @@ async fn run_async(
     if let Some(b) = opts.object_store_memory {
         config.store_capacity = b;
     }
+    // The store's memory is what this node was given for objects: freed
+    // pages stay for the next objects (a value from a peer lands in pages
+    // already there instead of pages the kernel zeroes: at loopback speed,
+    // most of a cold transfer's cost) and go back after a quiet while.
+    config.store_keep_free = Some(config.store_capacity);
+    config.store_trim_after = DAEMON_STORE_TRIM_AFTER;
     config.token = Some(token.clone());
     let node = Arc::new(Node::start(config)?);
     node.enable_peers();
@@ -199,12 +215,14 @@ async fn run_async(
         pid,
         peer_port: u32::from(peer_listener.local_addr()?.port()),
         peer_fingerprint: peer_identity.fingerprint().0.to_vec(),
+        plain_loopback_links: !opts.tls_on_loopback,
     };
     let peer_ctx = Arc::new(PeerContext {
         node: node.clone(),
         token: token.clone(),
         exe_dir: session.exe_dir(),
         identity: peer_identity,
+        tls_on_loopback: opts.tls_on_loopback,
     });
     let peers = Peers::new(peer_ctx.clone());
 

@@ -24,8 +24,12 @@
 //!   token in the token file; the token, sent inside TLS, authenticates
 //!   callers. So any address may be used, not only loopback.
 //! - [`peer`]: links between nodes' daemons, on which a node's tasks run
-//!   on another node (TLS, a certificate per node), its numbered protocol:
+//!   on another node (TLS, a certificate per node; between loopback
+//!   addresses plain TCP, see [`loopback`]), its numbered protocol:
 //!   the executable shipped by hash, values in chunks, streams relayed.
+//! - [`loopback`]: the handshake of a peer link between loopback
+//!   addresses: plain TCP, both ends proving they hold the token without
+//!   sending it.
 //! - [`daemon`]: a node daemon in a process of its own, as the head or
 //!   joined to one.
 //! - [`session`]: the per-user directory where daemons record themselves
@@ -45,6 +49,7 @@ pub mod daemon;
 pub mod error;
 pub mod head;
 pub mod inspect;
+pub mod loopback;
 pub mod peer;
 pub mod session;
 pub mod storage;

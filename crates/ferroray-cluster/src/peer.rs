@@ -2,7 +2,8 @@
 //!
 //! Every daemon listens on a second TCP port for peers (TLS with a
 //! certificate of its own, whose SHA-256 it registers with the head in its
-//! `NodeDesc`, so a caller pins it as it pins the head's). The node that
+//! `NodeDesc`, so a caller pins it as it pins the head's; between loopback
+//! addresses plain TCP after [`crate::loopback`]'s handshake). The node that
 //! owns a task (the one its driver is connected to) places it
 //! (`ferroray_node::state::remote`); this module carries it:
 //!
@@ -12,7 +13,8 @@
 //!    when the node first sends the peer something, so idle pairs of nodes
 //!    cost nothing.
 //! 2. The link opens with [`PeerHello`]: the cluster token (inside TLS, as
-//!    to the head), the owner's node id, and the commands its job's
+//!    to the head; none on a plain link, whose handshake proved it), the
+//!    owner's node id, and the commands its job's
 //!    workers start with. A Rust program is its own executable: the hello
 //!    names its SHA-256 and length, and the executing node asks for it
 //!    ([`FromPeerKind::NeedExe`]) unless it has that file already; it keeps
@@ -62,6 +64,7 @@
 //! naming one stays on its owner's node).
 
 use crate::error::{ClusterError, Result};
+use crate::loopback;
 use crate::tls::{self, Fingerprint, HeadIdentity};
 use crate::wire::{ClusterView, Empty};
 use ferroray_common::{
@@ -376,7 +379,7 @@ fn peer_error(what: &str) -> impl FnOnce(String) -> ClusterError + '_ {
     move |e| ClusterError::Protocol(format!("peer link: {what}: {e}"))
 }
 
-// ---- frames on a TLS stream ----
+// ---- frames on a link ----
 
 /// Queued bytes past which the writer writes without waiting for its loop
 /// to run out of work.
@@ -384,7 +387,7 @@ const QUEUE_FLUSH: usize = 256 << 10;
 
 /// The sending half of a link. Messages are queued and written together
 /// when the link's loop has nothing more to do (`flush`): many small
-/// messages, one write and one TLS record.
+/// messages, one write (and one TLS record).
 struct Writer<W> {
     stream: W,
     buf: Vec<u8>,
@@ -750,7 +753,15 @@ pub struct PeerContext {
     pub exe_dir: PathBuf,
     /// This daemon's certificate for its peer port.
     pub identity: HeadIdentity,
+    /// Links between loopback addresses use TLS too (`loopback`): neither
+    /// made nor taken plain.
+    pub tls_on_loopback: bool,
 }
+
+/// What a link runs on: TLS, or TCP between loopback addresses.
+trait LinkIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> LinkIo for T {}
+type LinkStream = Box<dyn LinkIo>;
 
 // ---- the owner's side (steps 1 to 3, 5) ----
 
@@ -781,6 +792,8 @@ struct PeerAddr {
     address: String,
     fingerprint: Fingerprint,
     total: ResourceSet,
+    /// It takes plain links between loopback addresses.
+    plain: bool,
 }
 
 impl Peers {
@@ -808,6 +821,7 @@ impl Peers {
                     address: format!("{host}:{}", d.peer_port),
                     fingerprint: Fingerprint(fp),
                     total: ResourceSet::from_fixed(d.resources.clone()),
+                    plain: d.plain_loopback_links,
                 },
             );
         }
@@ -1084,16 +1098,21 @@ fn from_executor(ctx: &PeerContext, lander: &Lander, out: &NodeOut, msg: FromPee
 
 /// Connects to `peer`, says hello, ships the executable if asked (step 2).
 /// Also the generation of the program it was opened for (`Node::program`).
-async fn open(
-    ctx: &PeerContext,
-    peer: &PeerAddr,
-) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Welcome, u64)> {
-    let connector = tokio_rustls::TlsConnector::from(tls::client_config(peer.fingerprint)?);
-    let tcp = TcpStream::connect(&peer.address)
+async fn open(ctx: &PeerContext, peer: &PeerAddr) -> Result<(LinkStream, Welcome, u64)> {
+    let mut tcp = TcpStream::connect(&peer.address)
         .await
         .map_err(|source| ClusterError::Unreachable { addr: peer.address.clone(), source })?;
     let _ = tcp.set_nodelay(true);
-    let stream = connector.connect(tls::head_name(), tcp).await.map_err(tls::stream_error)?;
+    // Plain between loopback addresses (`loopback`), else TLS pinned to
+    // the peer's certificate.
+    let plain = peer.plain && loopback::allowed_on(&tcp, ctx.tls_on_loopback);
+    let stream: LinkStream = if plain {
+        loopback::call(&mut tcp, &ctx.token).await?;
+        Box::new(tcp)
+    } else {
+        let connector = tokio_rustls::TlsConnector::from(tls::client_config(peer.fingerprint)?);
+        Box::new(connector.connect(tls::head_name(), tcp).await.map_err(tls::stream_error)?)
+    };
     let (read, write) = tokio::io::split(stream);
     let mut writer = Writer::new(write);
     let mut reader = read;
@@ -1120,7 +1139,9 @@ async fn open(
     };
     let hello = PeerHello {
         protocol: PEER_PROTOCOL_VERSION,
-        token: ctx.token.as_bytes().to_vec(),
+        // A plain link's handshake proved the token already: it is not
+        // sent where TLS does not hide it.
+        token: if plain { Vec::new() } else { ctx.token.as_bytes().to_vec() },
         from_node: ctx.node.info().node_id.0,
         commands,
         exe_sha256,
@@ -1133,7 +1154,12 @@ async fn open(
             .await?
             .ok_or_else(|| ClusterError::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
         match answer.kind {
-            Some(FromPeerKind::Welcome(w)) => break w,
+            // Whoever holds the token could answer on that port: it must
+            // be the node the view names.
+            Some(FromPeerKind::Welcome(w)) if w.node_id == peer.node.0 => break w,
+            Some(FromPeerKind::Welcome(w)) => {
+                return Err(peer_error("hello")(format!("node {} answered for node {}", NodeId(w.node_id), peer.node)))
+            }
             Some(FromPeerKind::Rejected(why)) => return Err(ClusterError::Refused(why)),
             Some(FromPeerKind::NeedExe(_)) => {
                 let path = exe.clone().ok_or_else(|| peer_error("hello")("asked for no executable".into()))?;
@@ -1404,7 +1430,7 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>, ct
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, ctx) = (acceptor.clone(), ctx.clone());
                 links.spawn(async move {
-                    if let Err(e) = incoming(acceptor, tcp, ctx).await {
+                    if let Err(e) = accept(acceptor, tcp, ctx).await {
                         tracing::warn!("peer link from {addr}: {e}");
                     }
                 });
@@ -1469,11 +1495,23 @@ struct Export {
     named: Named,
 }
 
-async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<PeerContext>) -> Result<()> {
+/// A connection to the peer port: a plain link's handshake or TLS's, then
+/// the link (`incoming`).
+async fn accept(acceptor: tokio_rustls::TlsAcceptor, mut tcp: TcpStream, ctx: Arc<PeerContext>) -> Result<()> {
+    if loopback::is_plain(&tcp).await? {
+        loopback::listen(&mut tcp, &ctx.token, ctx.tls_on_loopback).await?;
+        return incoming(Box::new(tcp), true, ctx).await;
+    }
     let stream = tokio::time::timeout(OPEN_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| ClusterError::Timeout("a peer's TLS handshake"))?
         .map_err(tls::stream_error)?;
+    incoming(Box::new(stream), false, ctx).await
+}
+
+/// The executing side of a link on `stream`; `proven`: the caller proved
+/// it holds the token already (a plain link's handshake).
+async fn incoming(stream: LinkStream, proven: bool, ctx: Arc<PeerContext>) -> Result<()> {
     let (mut read, write) = tokio::io::split(stream);
     let mut writer = Writer::new(write);
     let mut body = Vec::new();
@@ -1493,7 +1531,7 @@ async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<
         writer.send_now(refuse(why.clone())).await?;
         return Err(ClusterError::Refused(why));
     }
-    if !ClusterToken::from_bytes(&hello.token).is_some_and(|t| ctx.token.matches(&t)) {
+    if !proven && !ClusterToken::from_bytes(&hello.token).is_some_and(|t| ctx.token.matches(&t)) {
         writer.send_now(refuse("wrong cluster token".into())).await?;
         return Err(ClusterError::WrongToken);
     }
@@ -1529,7 +1567,8 @@ async fn incoming(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, ctx: Arc<
     let cache_bytes = ctx.node.info().store_capacity / 4;
     let welcome = Welcome { node_id: ctx.node.info().node_id.0, cache_bytes };
     writer.send_now(FromPeer { kind: Some(FromPeerKind::Welcome(welcome)) }).await?;
-    tracing::info!("node {} sends this node tasks", NodeId(hello.from_node));
+    let how = if proven { "plain TCP between loopback addresses" } else { "TLS" };
+    tracing::info!("node {} sends this node tasks ({how})", NodeId(hello.from_node));
     let conn = Arc::new(conn);
     let lander = Lander::new(conn.clone(), ctx.node.arena().clone());
     let mut from_peer = spawn_reader::<_, ToPeer>(read, lander.clone());

@@ -224,6 +224,10 @@ pub struct NodeDesc {
     /// The SHA-256 of that port's certificate, which peers pin.
     #[prost(bytes = "vec", tag = "7")]
     pub peer_fingerprint: Vec<u8>,
+    /// It takes plain peer links from loopback addresses (`crate::loopback`);
+    /// false: TLS only (`start --tls-on-loopback`, or a node from before).
+    #[prost(bool, tag = "8")]
+    pub plain_loopback_links: bool,
 }
 
 /// What a node is doing: sent with every heartbeat.
@@ -426,6 +430,7 @@ mod tests {
             pid: 42,
             peer_port: 7000,
             peer_fingerprint: vec![9; 32],
+            plain_loopback_links: true,
         }
     }
 

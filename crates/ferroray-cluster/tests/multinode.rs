@@ -128,20 +128,14 @@ impl Session {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Starts a node joined to `head` with 1 CPU and `resources`; its node id.
-    fn node(&self, head: &str, resources: &str) -> String {
+    /// Starts a node joined to `head` with 1 CPU, `resources` and `extra`
+    /// options; its node id.
+    fn node(&self, head: &str, resources: &str, extra: &[&str]) -> String {
         let before = self.records();
-        self.ferroray(&[
-            "start",
-            "--address",
-            head,
-            "--num-cpus",
-            "1",
-            "--resources",
-            resources,
-            "--heartbeat-ms",
-            "200",
-        ]);
+        let mut args = vec!["start", "--address", head, "--num-cpus", "1", "--resources", resources];
+        args.extend_from_slice(&["--heartbeat-ms", "200"]);
+        args.extend_from_slice(extra);
+        self.ferroray(&args);
         self.records().into_iter().find(|r| !before.contains(r)).expect("a new record").0
     }
 
@@ -250,7 +244,7 @@ fn tasks_objects_and_streams_cross_nodes() {
     // A task no node can run yet waits, and runs when a node that can joins.
     let early = where_am_i::options().resource("b", 1).remote();
     std::thread::sleep(Duration::from_millis(300));
-    let b = s.node(&head_addr, r#"{"b": 1}"#);
+    let b = s.node(&head_addr, r#"{"b": 1}"#, &[]);
     assert_eq!(early.get_timeout(Duration::from_secs(20)).unwrap(), b);
 
     // Placed by custom resources; plain tasks stay here.
@@ -408,8 +402,11 @@ fn tasks_objects_and_streams_cross_nodes() {
     assert!(ran.contains(&head) && ran.contains(&b), "{ran:?}");
 
     // A node killed mid-stream: the generator runs again on C and the
-    // stream completes with each item once.
-    let c = s.node(&head_addr, r#"{"b": 1}"#);
+    // stream completes with each item once. C keeps TLS on its links
+    // between loopback addresses, which B (like the others) does not.
+    let c = s.node(&head_addr, r#"{"b": 1}"#, &["--tls-on-loopback"]);
+    let log_of = |pid: u32| std::fs::read_to_string(dir.join("logs").join(format!("{pid}.log"))).unwrap();
+    let (b_pid, c_pid) = (s.pid_of(&b), s.pid_of(&c));
     wait_for("C in the view", Duration::from_secs(10), || ferroray::cluster_resources().unwrap()["b"] == 2.0);
     std::thread::sleep(Duration::from_millis(500));
     let _ = std::fs::remove_file(&mark);
@@ -431,11 +428,15 @@ fn tasks_objects_and_streams_cross_nodes() {
     assert_eq!(seen, (0..40).collect::<Vec<_>>());
     let second = read_mark(&mark);
     assert!(second != first && (second == b || second == c), "ran again on {second}");
+    // The head's node linked to both: plainly to B, with TLS to C.
+    let (b_log, c_log) = (log_of(b_pid), log_of(c_pid));
+    assert!(b_log.contains(&format!("node {head} sends this node tasks (plain TCP")), "{b_log}");
+    assert!(c_log.contains(&format!("node {head} sends this node tasks (TLS)")), "{c_log}");
 
     // The node that made objects, SIGKILLed: nothing this program refers
     // to lived only there (results and what they name came here with them),
     // so nothing needs making again.
-    let e = s.node(&head_addr, r#"{"e": 1}"#);
+    let e = s.node(&head_addr, r#"{"e": 1}"#, &[]);
     wait_for("E in the view", Duration::from_secs(10), || {
         ferroray::cluster_resources().unwrap().get("e") == Some(&1.0)
     });
@@ -450,7 +451,7 @@ fn tasks_objects_and_streams_cross_nodes() {
     // An actor on another node: its calls go there; that node killed, it
     // restarts on a node that has room for it (its state fresh), and a
     // call sent meanwhile runs there on its retry.
-    let d = s.node(&head_addr, r#"{"b": 1}"#);
+    let d = s.node(&head_addr, r#"{"b": 1}"#, &[]);
     wait_for("D in the view", Duration::from_secs(10), || ferroray::cluster_resources().unwrap()["b"] == 2.0);
     std::thread::sleep(Duration::from_millis(500));
     let w = Where::options().resource("b", 1).max_restarts(1).max_task_retries(1).remote().unwrap();

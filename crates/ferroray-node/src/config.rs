@@ -50,6 +50,16 @@ pub struct NodeConfig {
     /// How long a worker beyond the pool's steady size (the node's CPU
     /// count, at least 1) may stay idle before it is told to exit.
     pub idle_worker_timeout: std::time::Duration,
+    /// Freed store pages stay resident for the next objects, and go back
+    /// to the system once nothing was allocated for this long, or at once
+    /// past [`NodeConfig::store_keep_free`] bytes of them. A quarter second
+    /// by default: a process that embeds the node gives dead objects'
+    /// memory back soon. A daemon keeps it longer (its store's memory is
+    /// what it was given for objects): a large object then lands in pages
+    /// already there instead of pages the kernel must zero.
+    pub store_trim_after: Duration,
+    /// See [`NodeConfig::store_trim_after`]; `None`: a quarter of the store.
+    pub store_keep_free: Option<u64>,
     /// Task events kept for `tasks()`; the oldest are dropped past this.
     pub max_task_events: usize,
     /// The secret every connection's hello must carry; handed to the
@@ -102,6 +112,8 @@ impl NodeConfig {
             max_workers: (cpus * 4).max(8),
             max_worker_processes: default_max_worker_processes(cpus),
             max_task_events: 100_000,
+            store_trim_after: Duration::from_millis(250),
+            store_keep_free: None,
             token: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,

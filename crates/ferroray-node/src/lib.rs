@@ -84,7 +84,10 @@ impl Node {
             inline_threshold: config.inline_threshold,
             store_capacity: config.store_capacity,
         };
-        let store = ferroray_store::Store::new(arena.clone(), config.spill_parent.clone()).map_err(Error::io)?;
+        let mut store = ferroray_store::Store::new(arena.clone(), config.spill_parent.clone()).map_err(Error::io)?;
+        if let Some(bytes) = config.store_keep_free {
+            store.set_keep_free(bytes);
+        }
         let socket_name = config.socket_name.clone();
         let listener = server::bind_abstract(&socket_name)?;
         let (pool, spawn_tx) = pool::Pool::start(&config, arena.fd(), socket_name.clone());

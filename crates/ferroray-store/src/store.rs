@@ -60,6 +60,9 @@ pub struct Store<K> {
     /// free, shrinks with each allocation (best fit reuses freed blocks
     /// first), reset by a trim.
     dirty_free: u64,
+    /// Freed-but-resident bytes past which a free trims at once
+    /// ([`set_keep_free`](Self::set_keep_free)).
+    keep_free: u64,
     /// When space was last allocated (trimming waits for a quiet store).
     last_alloc: std::time::Instant,
     arena: Arc<Arena>,
@@ -84,6 +87,7 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
     /// processes of this user left behind ([`spill::remove_stale`]).
     pub fn new(arena: Arc<Arena>, spill_parent: PathBuf) -> Result<Self, StoreError> {
         spill::remove_stale(&spill_parent);
+        let keep_free = arena.capacity() / 4;
         Ok(Store {
             alloc: Allocator::new(arena.capacity()),
             arena,
@@ -94,6 +98,7 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
             spill_paths: HashSet::new(),
             spill_dir: SpillDir::new(spill_parent),
             dirty_free: 0,
+            keep_free,
             last_alloc: std::time::Instant::now(),
         })
     }
@@ -230,14 +235,23 @@ impl<K: Copy + Eq + Hash + Debug + Display> Store<K> {
     /// Frees a block but keeps its pages: the next object written there
     /// finds them already in memory (a fresh page costs a fault and zeroing,
     /// which caps large writes below 1 GB/s). The pages go back to the
-    /// system on [`trim`](Self::trim), or at once past a quarter of capacity.
+    /// system on [`trim`](Self::trim), or at once past
+    /// [`set_keep_free`](Self::set_keep_free)'s bytes (a quarter of capacity
+    /// unless set).
     fn free_block(&mut self, offset: u64) {
         if let Some(block) = self.alloc.free(offset) {
             self.dirty_free += block;
-            if self.dirty_free > self.arena.capacity() / 4 {
+            if self.dirty_free > self.keep_free {
                 self.trim();
             }
         }
+    }
+
+    /// Freed bytes whose pages may stay resident before a free trims at
+    /// once: a process that embeds the store keeps few, a node given its
+    /// memory for objects may keep all of it.
+    pub fn set_keep_free(&mut self, bytes: u64) {
+        self.keep_free = bytes;
     }
 
     /// [`trim`](Self::trim), but only once nothing was allocated for `quiet`

@@ -307,6 +307,18 @@ fn a_stream_of_large_objects_reuses_warm_pages_until_trimmed() {
     s.delete(1);
     assert!(read(s.arena(), 0, 2 * len).iter().all(|&b| b == 0), "past a quarter: trimmed");
     assert_eq!(s.trim(), 0);
+
+    // A store told to keep all its memory warm (a daemon's) keeps both
+    // until a trim.
+    s.set_keep_free(16 * MIB);
+    for key in 0..2 {
+        put(&mut s, key, len);
+    }
+    s.delete(0);
+    s.delete(1);
+    assert!(read(s.arena(), len, 1024).iter().any(|&b| b != 0), "kept warm");
+    assert_eq!(s.trim(), 2 * len);
+    assert!(read(s.arena(), 0, 2 * len).iter().all(|&b| b == 0), "trimmed");
 }
 
 // --- The spill directory is private -------------------------------------

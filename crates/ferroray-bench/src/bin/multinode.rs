@@ -78,6 +78,10 @@ struct Args {
     /// JSON written by `ray_multinode.py --json`: adds the ratios
     #[arg(long)]
     ray: Option<PathBuf>,
+    /// Start the daemons with `--tls-on-loopback`: their link uses TLS
+    /// rather than plain TCP between loopback addresses
+    #[arg(long)]
+    tls_on_loopback: bool,
 }
 
 #[ferroray::remote]
@@ -413,26 +417,18 @@ fn daemon_pids(dir: &Path, head: &str) -> (u32, u32) {
 
 // ---- the cluster ----
 
-fn start_cluster(bin: &Path, node_cpus: usize) -> Session {
+fn start_cluster(bin: &Path, node_cpus: usize, tls_on_loopback: bool) -> Session {
     let dir = std::env::temp_dir().join(format!("ferroray-multinode-bench-{}", std::process::id()));
     let s = Session { dir, bin: bin.to_path_buf() };
-    let head = s.start_head(3 << 30, &["--heartbeat-ms", "200"]);
+    let tls: &[&str] = if tls_on_loopback { &["--tls-on-loopback"] } else { &[] };
+    let head = s.start_head(3 << 30, &[&["--heartbeat-ms", "200"], tls].concat());
     let store = (3u64 << 30).to_string();
     let cpus = node_cpus.to_string();
     let resources = format!(r#"{{"b": {node_cpus}}}"#);
-    s.run(&[
-        "start",
-        "--address",
-        &head,
-        "--num-cpus",
-        &cpus,
-        "--resources",
-        &resources,
-        "--object-store-memory",
-        &store,
-        "--heartbeat-ms",
-        "200",
-    ]);
+    let mut args = vec!["start", "--address", &head, "--num-cpus", &cpus, "--resources", &resources];
+    args.extend_from_slice(&["--object-store-memory", &store, "--heartbeat-ms", "200"]);
+    args.extend_from_slice(tls);
+    s.run(&args);
     s
 }
 
@@ -599,7 +595,7 @@ fn main() {
     let mut local = f64::NAN;
     if ["tasks", "round", "argument", "result", "generator"].iter().any(|w| args.wants(w)) {
         progress(&format!("starting a head (1 CPU) and a node ({node_cpus} CPUs, b={node_cpus}, 3 GiB store)"));
-        let session = start_cluster(&bin, node_cpus);
+        let session = start_cluster(&bin, node_cpus, args.tls_on_loopback);
         std::env::set_var("FERRORAY_SESSION_DIR", &session.dir);
         ferroray::init_with(Config::default().address("auto")).expect("connecting to the head");
         let cpu = measure(&args, &session.dir, &mut rows);

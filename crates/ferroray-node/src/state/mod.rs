@@ -449,6 +449,9 @@ pub struct State {
     /// it exit after `idle_timeout`.
     steady_workers: usize,
     idle_timeout: std::time::Duration,
+    /// How long the store must be quiet before its freed pages go back
+    /// (`NodeConfig::store_trim_after`).
+    store_trim_after: std::time::Duration,
     /// Counter behind `Task::order`.
     next_order: u64,
     /// Tasks failed for good by their worker's death, whose error waits
@@ -497,11 +500,11 @@ pub const MAX_FUNCTION_TABLE: usize = 256 << 20;
 /// How long a task failed by its worker's death waits for the worker's exit
 /// status (the spawner reaps every 200 ms, usually after the connection's
 /// end is seen) before its error is completed without it.
-/// How long the store must have made no allocation before its freed pages
-/// go back to the system; also how often the node looks. A quarter second:
-/// a stream of objects keeps its pages, an idle node gives them back at
-/// once (a second held hundreds of MB of freed pages in every process that
-/// had touched them, after a burst of large values).
+/// How often the node looks whether its store has been quiet for
+/// `NodeConfig::store_trim_after` (a quarter second by default: a stream of
+/// objects keeps its pages, an idle embedded node gives them back at once;
+/// a second held hundreds of MB of freed pages in every process that had
+/// touched them, after a burst of large values).
 pub const STORE_QUIET: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub const CRASH_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -628,6 +631,7 @@ impl State {
             test_kill_delay: config.test_kill_delay,
             steady_workers: (config.resources.get(resources::CPU).ceil() as usize).max(1),
             idle_timeout: config.idle_worker_timeout,
+            store_trim_after: config.store_trim_after,
             next_order: 0,
             crashed: FxHashMap::default(),
             force_at: Vec::new(),
@@ -808,7 +812,7 @@ impl State {
 
     /// Returns the pages of freed store space to the system.
     pub fn trim_store(&mut self) {
-        self.store.trim_if_quiet(STORE_QUIET);
+        self.store.trim_if_quiet(self.store_trim_after);
     }
 
     /// Shrinks the tables a burst left far larger than what they hold

@@ -387,3 +387,96 @@ def test_python_work_survives_the_nodes_that_die(session):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok" in done.stdout.split(), done.stdout
 
+
+
+NAMED_OWNER = r"""
+import ferroray as ray
+
+ray.init(address="auto")
+
+@ray.remote
+class Counter:
+    def __init__(self, start):
+        self.n = start
+
+    def incr(self, by=1):
+        self.n += by
+        return self.n
+
+    def node(self):
+        return ray.get_runtime_context().get_node_id()
+
+c = Counter.options(name="shared", lifetime="detached").remote(10)
+print("made", ray.get(c.incr.remote()), ray.get(c.node.remote()), flush=True)
+ray.shutdown()
+"""
+
+NAMED_USER = r"""
+import time
+import ferroray as ray
+
+ray.init(address="auto")
+c = ray.get_actor("shared")
+here = ray.get_runtime_context().get_node_id()
+print("called", ray.get(c.incr.remote(5)), ray.get(c.node.remote()), here, flush=True)
+
+@ray.remote
+class Other:
+    def f(self):
+        return 1
+
+try:
+    Other.options(name="shared").remote()
+    print("taken twice", flush=True)
+except ValueError as e:
+    print("refused", "already exists" in str(e), flush=True)
+
+ray.kill(c)
+deadline = time.time() + 10
+while True:
+    try:
+        ray.get_actor("shared")
+    except ValueError:
+        break
+    assert time.time() < deadline, "the name outlived its actor"
+    time.sleep(0.1)
+mine = Other.options(name="shared").remote()
+print("reused", ray.get(mine.f.remote()), flush=True)
+ray.shutdown()
+"""
+
+
+def test_a_named_actor_is_found_and_called_from_another_node(session):
+    """Two programs on two machines (session directories): one makes a
+    detached named actor on its node and leaves; the other, on the head's
+    node, finds it by name, calls it there, cannot take its name, kills it,
+    and then can."""
+    run, d = session
+    out = run("start", "--head", "--port", "0", "--num-cpus", "1", "--heartbeat-ms", "200").stdout
+    head = re.search(r"cluster at (\S+) ", out).group(1)
+    other = tempfile.mkdtemp(prefix="ferroray-py-machine-")
+    os.rmdir(other)
+    env_b = dict(os.environ, FERRORAY_SESSION_DIR=other)
+    env_b.pop("FERRORAY_TOKEN", None)
+    try:
+        started = subprocess.run(
+            [sys.executable, "-m", "ferroray", "start", "--address", head, "--token-file", os.path.join(d, "token"),
+             "--num-cpus", "1", "--heartbeat-ms", "200"],
+            env=env_b, capture_output=True, text=True, timeout=60,
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        # A program on machine B has the cluster's credentials as on another host.
+        with open(os.path.join(d, "token")) as f:
+            token, fingerprint = f.read().split()
+        made = _python(NAMED_OWNER, dict(env_b, FERRORAY_TOKEN=f"{token}:{fingerprint.removeprefix('sha256:')}"))
+        assert made.returncode == 0, made.stdout + made.stderr
+        _, count, node_b = re.search(r"^made .*$", made.stdout, re.M).group(0).split()
+        assert count == "11"
+        used = _python(NAMED_USER, dict(os.environ, FERRORAY_SESSION_DIR=d))
+        assert used.returncode == 0, used.stdout + used.stderr
+        _, count, ran_on, here = re.search(r"^called .*$", used.stdout, re.M).group(0).split()
+        assert (count, ran_on) == ("16", node_b) and here != node_b, used.stdout
+        assert "refused True" in used.stdout and "reused 1" in used.stdout, used.stdout
+    finally:
+        subprocess.run([sys.executable, "-m", "ferroray", "stop"], env=env_b, capture_output=True, timeout=60)
+        shutil.rmtree(other, ignore_errors=True)

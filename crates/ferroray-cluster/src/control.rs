@@ -1,6 +1,6 @@
 //! The control store's tables, kept by the head. Today: the node table
-//! (membership and health). Actors, names, jobs and the function table
-//! join it as the cluster grows.
+//! (membership and health) and the names of actors ([`ActorNames`]).
+//! Jobs and the function table join them as the cluster grows.
 //!
 //! A node's life in the table:
 //! 1. `register`: alive, bound to the connection it came on. Only that
@@ -30,7 +30,7 @@
 
 use crate::error::{ClusterError, Result};
 use crate::storage::{self, MemoryStore, TableStore};
-use crate::wire::{ClusterView, NodeDesc, NodeEntry, NodeLoad, MAX_NODES};
+use crate::wire::{ClusterView, NamedActor, NodeDesc, NodeEntry, NodeLoad, MAX_NODES};
 use ferroray_common::NodeId;
 use prost::Message;
 use std::collections::BTreeMap;
@@ -320,6 +320,120 @@ impl NodeTable {
     }
 }
 
+/// Most names the table holds.
+pub const MAX_NAMES: usize = 100_000;
+
+/// The names of actors across the cluster (`wire` step 7), the control
+/// store's second table: one row per name in [`storage::ACTORS`], keyed by
+/// the name, written when a name is claimed or let go.
+///
+/// A name belongs to the live actor of an alive node. The table is told of
+/// deaths of actors (`release`), not of nodes: a row whose node is dead (or
+/// unknown) is stale, and is dropped when a claim or a find meets it and by
+/// [`ActorNames::prune`] (the head's sweeper). So a restarted head keeps the
+/// names of the nodes that rejoin it and drops the others' once the node
+/// table declares them dead: a detached actor is still found after a
+/// restart.
+pub struct ActorNames {
+    names: BTreeMap<String, NamedActor>,
+    store: Arc<dyn TableStore>,
+}
+
+impl ActorNames {
+    /// An empty table in the head's memory.
+    pub fn new() -> Self {
+        ActorNames { names: BTreeMap::new(), store: Arc::new(MemoryStore::default()) }
+    }
+
+    /// The table `store` holds, writing through it from now on. A row that
+    /// does not decode fails it.
+    pub fn restore(store: Arc<dyn TableStore>) -> Result<Self> {
+        let mut names = BTreeMap::new();
+        for (key, bytes) in store.load(storage::ACTORS) {
+            let bad = |reason: String| ClusterError::Storage {
+                url: store.describe(),
+                reason: format!("actor name row {key:?}: {reason}"),
+            };
+            let row = NamedActor::decode(bytes.as_slice()).map_err(|e| bad(e.to_string()))?;
+            crate::wire::check_named(&row).map_err(|e| bad(e.to_string()))?;
+            if row.name != key {
+                return Err(bad(format!("holds the name {:?}", row.name)));
+            }
+            names.insert(key, row);
+        }
+        Ok(ActorNames { names, store })
+    }
+
+    /// Node `node` claims `row.name` for its actor `row.actor_id`: refused
+    /// (why) while another actor of an alive node holds it. The row is
+    /// recorded as `node`'s whatever it says.
+    pub fn claim(&mut self, node: NodeId, mut row: NamedActor, nodes: &NodeTable) -> Result<(), String> {
+        row.node_id = node.0;
+        match self.names.get(&row.name) {
+            Some(held) if held.actor_id == row.actor_id && held.node_id == node.0 => return Ok(()),
+            Some(held) if is_alive(nodes, NodeId(held.node_id)) => {
+                return Err(format!("an actor named {:?} already exists (on node {})", row.name, NodeId(held.node_id)));
+            }
+            Some(_) => {}
+            None if self.names.len() >= MAX_NAMES => {
+                return Err(format!("the cluster holds {MAX_NAMES} actor names already"));
+            }
+            None => {}
+        }
+        self.store.put(storage::ACTORS, &row.name, row.encode_to_vec());
+        self.names.insert(row.name.clone(), row);
+        Ok(())
+    }
+
+    /// Node `node`'s actor `actor_id` let go of `name` (it died); a name
+    /// another actor holds stays.
+    pub fn release(&mut self, node: NodeId, name: &str, actor_id: &[u8]) {
+        if self.names.get(name).is_some_and(|held| held.node_id == node.0 && held.actor_id == actor_id) {
+            self.names.remove(name);
+            self.store.delete(storage::ACTORS, name);
+        }
+    }
+
+    /// The actor named `name`, if an alive node owns it.
+    pub fn find(&mut self, name: &str, nodes: &NodeTable) -> Option<NamedActor> {
+        let held = self.names.get(name)?;
+        if is_alive(nodes, NodeId(held.node_id)) {
+            return Some(held.clone());
+        }
+        self.names.remove(name);
+        self.store.delete(storage::ACTORS, name);
+        None
+    }
+
+    /// Drops the names of nodes that are not alive.
+    pub fn prune(&mut self, nodes: &NodeTable) {
+        let stale: Vec<String> =
+            self.names.iter().filter(|(_, r)| !is_alive(nodes, NodeId(r.node_id))).map(|(n, _)| n.clone()).collect();
+        for name in stale {
+            self.names.remove(&name);
+            self.store.delete(storage::ACTORS, &name);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+impl Default for ActorNames {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn is_alive(nodes: &NodeTable, id: NodeId) -> bool {
+    matches!(nodes.health(id), Some(Health::Alive))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,5 +554,76 @@ mod tests {
         assert_eq!(table.view(t0).nodes.len(), MAX_DEAD_KEPT);
         assert!(table.health(NodeId(0)).is_none(), "the oldest dead went first");
         assert_eq!(table.store.load(storage::NODES).len(), MAX_DEAD_KEPT, "and its row");
+    }
+
+    fn named(name: &str, actor: u8) -> NamedActor {
+        NamedActor {
+            name: name.into(),
+            actor_id: vec![actor; crate::wire::ACTOR_ID_LEN],
+            node_id: 0,
+            detached: true,
+            class: "C".into(),
+            front: vec![actor],
+        }
+    }
+
+    #[test]
+    fn a_name_is_one_live_actors_across_the_cluster() {
+        let t0 = Instant::now();
+        let mut nodes = NodeTable::new(T);
+        for id in [2, 3] {
+            nodes.register(desc(id), id, t0).unwrap();
+        }
+        let mut names = ActorNames::new();
+        // The head takes the node from the connection, whatever the row says.
+        let mut claimed = named("svc", 1);
+        claimed.node_id = 3;
+        names.claim(NodeId(2), claimed, &nodes).unwrap();
+        assert_eq!(names.find("svc", &nodes).unwrap().node_id, 2);
+        // Another node's actor of that name is refused, with where it lives.
+        let refused = names.claim(NodeId(3), named("svc", 2), &nodes).unwrap_err();
+        assert!(refused.contains("already exists (on node 0000000000000002)"), "{refused}");
+        // The same claim again (a request sent again after a broken link).
+        names.claim(NodeId(2), named("svc", 1), &nodes).unwrap();
+        // Only its node lets it go, and only for that actor.
+        names.release(NodeId(3), "svc", &named("svc", 1).actor_id);
+        names.release(NodeId(2), "svc", &named("svc", 2).actor_id);
+        assert!(names.find("svc", &nodes).is_some());
+        names.release(NodeId(2), "svc", &named("svc", 1).actor_id);
+        assert!(names.find("svc", &nodes).is_none());
+        names.claim(NodeId(3), named("svc", 2), &nodes).unwrap();
+        // Its node dead: the name is stale, found by no one, and free.
+        names.claim(NodeId(3), named("other", 3), &nodes).unwrap();
+        nodes.leave(NodeId(3), "stopped");
+        assert!(names.find("svc", &nodes).is_none());
+        names.claim(NodeId(2), named("svc", 4), &nodes).unwrap();
+        names.prune(&nodes);
+        assert_eq!(names.len(), 1, "the dead node's other name went too");
+    }
+
+    #[test]
+    fn names_outlive_the_head_in_its_storage() {
+        let store: Arc<dyn TableStore> = Arc::new(MemoryStore::default());
+        let t0 = Instant::now();
+        let mut nodes = NodeTable::restore(T, store.clone(), t0).unwrap();
+        nodes.register(desc(2), 2, t0).unwrap();
+        let mut names = ActorNames::restore(store.clone()).unwrap();
+        names.claim(NodeId(2), named("kept", 1), &nodes).unwrap();
+        names.claim(NodeId(2), named("gone", 2), &nodes).unwrap();
+        names.release(NodeId(2), "gone", &named("gone", 2).actor_id);
+        drop((nodes, names));
+        // A restarted head: node 2 is alive again (until its timeout), and
+        // its actor is found by name.
+        let nodes = NodeTable::restore(T, store.clone(), Instant::now()).unwrap();
+        let mut names = ActorNames::restore(store.clone()).unwrap();
+        assert_eq!(names.len(), 1);
+        let found = names.find("kept", &nodes).unwrap();
+        assert_eq!((found.node_id, found.front.clone()), (2, vec![1]));
+        // A row that does not decode, or is filed under another name, fails the restore.
+        store.put(storage::ACTORS, "x", vec![0xff]);
+        assert!(ActorNames::restore(store.clone()).is_err());
+        store.put(storage::ACTORS, "x", named("y", 1).encode_to_vec());
+        let err = ActorNames::restore(store).err().unwrap().to_string();
+        assert!(err.contains("holds the name \"y\""), "{err}");
     }
 }

@@ -31,7 +31,7 @@
 //! interface, or the unspecified address (all of them).
 
 use crate::client::HeadClient;
-use crate::control::NodeTable;
+use crate::control::{ActorNames, NodeTable};
 use crate::error::{ClusterError, Result};
 use crate::head::{self, Control, HeadConfig};
 use crate::peer::{self, PeerContext, Peers};
@@ -39,9 +39,9 @@ use crate::session::{process_start_time, NodeFile, Session};
 use crate::storage;
 use crate::tls::Credentials;
 use crate::tls::HeadIdentity;
-use crate::wire::{FromHeadKind, ListWhat, NodeDesc, NodeLoad, ToHeadKind};
+use crate::wire::{FindActor, FromHeadKind, ListWhat, NameClaim, NamedActor, NodeDesc, NodeLoad, ToHeadKind};
 use ferroray_common::{NodeId, ResourceSet};
-use ferroray_node::{Node, NodeConfig, WorkerCommand};
+use ferroray_node::{ActorDirectory, DirectoryEntry, FoundActor, Node, NodeConfig, WorkerCommand};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -223,6 +223,7 @@ async fn run_async(
         exe_dir: session.exe_dir(),
         identity: peer_identity,
         tls_on_loopback: opts.tls_on_loopback,
+        job_exe: Default::default(),
     });
     let peers = Peers::new(peer_ctx.clone());
 
@@ -247,7 +248,8 @@ async fn run_async(
         let address = listener.local_addr()?.to_string();
         let store = store.expect("a head has a store");
         let nodes = NodeTable::restore(opts.node_timeout, store.clone(), Instant::now())?;
-        let control = Control::with_table(head_config, nodes, desc);
+        let names = ActorNames::restore(store.clone())?;
+        let control = Control::with_tables(head_config, nodes, names, desc);
         let local = node.clone();
         let _ = control.local.set(Box::new(move |what| crate::inspect::rows(&local, what)));
         if store.durable() {
@@ -267,6 +269,24 @@ async fn run_async(
         background.spawn(async move {
             head::serve(listener, stopped(&mut stop), serving).await;
             Ok(())
+        });
+        // The head's own node's actor names: straight to the table.
+        let (names, mut asks) = NameAsks::channel();
+        node.set_directory(names);
+        let (local, named, mut stop) = (node.clone(), control.clone(), stop_rx.clone());
+        background.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stopped(&mut stop) => return Ok(()),
+                    Some(ask) = asks.recv() => match ask {
+                        NameAsk::Claim(t, entry) => {
+                            local.name_claimed(t, named.claim(node_id, named_actor(&entry)));
+                        }
+                        NameAsk::Release(_, entry) => named.release(node_id, &named_actor(&entry)),
+                        NameAsk::Find(t, name) => local.actor_found(t, named.find(&name).and_then(found_actor)),
+                    },
+                }
+            }
         });
         let (node, interval, mut stop) = (node.clone(), opts.heartbeat_interval, stop_rx.clone());
         let peers = peers.clone();
@@ -290,6 +310,8 @@ async fn run_async(
     } else {
         let address = opts.head_address.clone().expect("a node has a head");
         let client = HeadClient::connect(&address, &credentials, Some(desc.clone())).await?;
+        let (names, asks) = NameAsks::channel();
+        node.set_directory(names);
         let joined = Joined {
             address: address.clone(),
             credentials,
@@ -297,6 +319,7 @@ async fn run_async(
             node: node.clone(),
             head_timeout: opts.head_timeout,
             peers: peers.clone(),
+            asks,
         };
         background.spawn(joined.keep(client, stop_rx.clone()));
         address
@@ -351,10 +374,91 @@ struct Joined {
     head_timeout: Duration,
     /// Kept in step with the head's view, asked for every heartbeat.
     peers: Arc<Peers>,
+    /// The node's requests to the head's table of actor names.
+    asks: tokio::sync::mpsc::UnboundedReceiver<NameAsk>,
+}
+
+/// A node's request to the head's table of actor names (`wire` step 7),
+/// numbered by the node's ticket.
+enum NameAsk {
+    Claim(u64, DirectoryEntry),
+    Release(u64, DirectoryEntry),
+    Find(u64, String),
+}
+
+/// The node's [`ActorDirectory`]: its requests, queued for the daemon's
+/// task that talks to the head (never blocking under the node's lock).
+struct NameAsks {
+    tx: tokio::sync::mpsc::UnboundedSender<NameAsk>,
+    /// Releases are numbered too (the head acknowledges them).
+    next_release: std::sync::atomic::AtomicU64,
+}
+
+impl NameAsks {
+    fn channel() -> (Arc<NameAsks>, tokio::sync::mpsc::UnboundedReceiver<NameAsk>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // Apart from the node's tickets (counted from 1).
+        (Arc::new(NameAsks { tx, next_release: std::sync::atomic::AtomicU64::new(1 << 63) }), rx)
+    }
+}
+
+impl ActorDirectory for NameAsks {
+    fn claim(&self, ticket: u64, entry: DirectoryEntry) {
+        let _ = self.tx.send(NameAsk::Claim(ticket, entry));
+    }
+
+    fn release(&self, entry: DirectoryEntry) {
+        let n = self.next_release.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.tx.send(NameAsk::Release(n, entry));
+    }
+
+    fn find(&self, ticket: u64, name: &str) {
+        let _ = self.tx.send(NameAsk::Find(ticket, name.to_string()));
+    }
+}
+
+fn named_actor(e: &DirectoryEntry) -> NamedActor {
+    NamedActor {
+        name: e.name.clone(),
+        actor_id: crate::wire::actor_id_bytes(e.actor),
+        node_id: 0,
+        detached: e.detached,
+        class: e.class.clone(),
+        front: e.front.clone(),
+    }
+}
+
+/// The head's row as the node takes it (`None` if its id is malformed).
+fn found_actor(row: NamedActor) -> Option<FoundActor> {
+    let actor = crate::wire::actor_id_from(&row.actor_id)?;
+    Some(FoundActor {
+        node: NodeId(row.node_id),
+        entry: DirectoryEntry { name: row.name, actor, detached: row.detached, class: row.class, front: row.front },
+    })
+}
+
+impl NameAsk {
+    fn to_head(&self) -> ToHeadKind {
+        match self {
+            NameAsk::Claim(t, e) => ToHeadKind::Claim(NameClaim { req: *t, actor: Some(named_actor(e)) }),
+            NameAsk::Release(t, e) => ToHeadKind::Release(NameClaim { req: *t, actor: Some(named_actor(e)) }),
+            NameAsk::Find(t, name) => ToHeadKind::Find(FindActor { req: *t, name: name.clone() }),
+        }
+    }
+
+    fn ticket(&self) -> u64 {
+        match self {
+            NameAsk::Claim(t, _) | NameAsk::Release(t, _) | NameAsk::Find(t, _) => *t,
+        }
+    }
 }
 
 impl Joined {
-    async fn keep(self, mut client: HeadClient, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+    async fn keep(mut self, mut client: HeadClient, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+        // Requests to the names table sent and not answered: sent again on
+        // the next connection after a break (each is idempotent), so none
+        // is lost with a head that restarts.
+        let mut unanswered: std::collections::BTreeMap<u64, NameAsk> = std::collections::BTreeMap::new();
         loop {
             let interval = Duration::from_millis(client.registered.heartbeat_interval_ms.max(10));
             let mut tick = tokio::time::interval(interval);
@@ -374,7 +478,17 @@ impl Joined {
                     }
                 }
             });
+            let mut resent = None;
+            for ask in unanswered.values() {
+                if let Err(e) = writer.send(ask.to_head()).await {
+                    resent = Some(e);
+                    break;
+                }
+            }
             let broken = loop {
+                if let Some(e) = resent.take() {
+                    break e;
+                }
                 tokio::select! {
                     _ = stopped(&mut stop) => {
                         // Best effort: a head that does not hear it times the node out.
@@ -399,8 +513,26 @@ impl Joined {
                             }
                         }
                     }
+                    Some(ask) = self.asks.recv() => {
+                        let sent = writer.send(ask.to_head()).await;
+                        unanswered.insert(ask.ticket(), ask);
+                        if let Err(e) = sent {
+                            break e;
+                        }
+                    }
                     msg = from_head.recv() => match msg {
                         Some(Ok(FromHeadKind::View(view))) => self.peers.update(&view),
+                        Some(Ok(FromHeadKind::Claimed(a))) => {
+                            if let Some(NameAsk::Claim(t, _)) = unanswered.remove(&a.req) {
+                                let result = if a.refusal.is_empty() { Ok(()) } else { Err(a.refusal) };
+                                self.node.name_claimed(t, result);
+                            }
+                        }
+                        Some(Ok(FromHeadKind::Found(f))) => {
+                            if let Some(NameAsk::Find(t, _)) = unanswered.remove(&f.req) {
+                                self.node.actor_found(t, f.actor.and_then(found_actor));
+                            }
+                        }
                         Some(Ok(FromHeadKind::List(r))) => {
                             let what = ListWhat::try_from(r.what).unwrap_or(ListWhat::Events);
                             let mut rows = crate::inspect::rows(&self.node, what);

@@ -21,7 +21,7 @@
 //! answering each before the next. A heartbeat is accepted only from the
 //! connection its node registered on.
 
-use crate::control::{ConnId, NodeTable};
+use crate::control::{ActorNames, ConnId, NodeTable};
 use crate::error::ClusterError;
 use crate::wire::*;
 use ferroray_common::{ClusterToken, NodeId};
@@ -80,6 +80,9 @@ impl HeadConfig {
 pub struct Control {
     pub config: HeadConfig,
     pub nodes: Mutex<NodeTable>,
+    /// The names of actors across the cluster (`wire` step 7). Taken after
+    /// `nodes` when both are held.
+    pub names: Mutex<ActorNames>,
     /// The head's own node.
     pub head_node: NodeId,
     next_conn: AtomicU64,
@@ -108,17 +111,19 @@ impl Control {
     /// it.
     pub fn new(config: HeadConfig, head: NodeDesc) -> Arc<Self> {
         let nodes = NodeTable::new(config.node_timeout);
-        Control::with_table(config, nodes, head)
+        Control::with_tables(config, nodes, ActorNames::new(), head)
     }
 
-    /// The control store over `nodes` (say, restored from storage:
-    /// `NodeTable::restore`), with the head's own node added.
-    pub fn with_table(config: HeadConfig, mut nodes: NodeTable, head: NodeDesc) -> Arc<Self> {
+    /// The control store over `nodes` and `names` (say, restored from
+    /// storage: `NodeTable::restore`, `ActorNames::restore`), with the
+    /// head's own node added.
+    pub fn with_tables(config: HeadConfig, mut nodes: NodeTable, names: ActorNames, head: NodeDesc) -> Arc<Self> {
         let head_node = NodeId(head.node_id);
         nodes.register_head(head, Instant::now());
         Arc::new(Control {
             config,
             nodes: Mutex::new(nodes),
+            names: Mutex::new(names),
             head_node,
             next_conn: AtomicU64::new(1),
             open: AtomicUsize::new(0),
@@ -126,6 +131,23 @@ impl Control {
             links: Mutex::new(HashMap::new()),
             local: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Node `node` claims `row`'s name (`wire` step 7).
+    pub fn claim(&self, node: NodeId, row: NamedActor) -> Result<(), String> {
+        let nodes = self.nodes.lock();
+        self.names.lock().claim(node, row, &nodes)
+    }
+
+    /// Node `node`'s actor let go of its name.
+    pub fn release(&self, node: NodeId, row: &NamedActor) {
+        self.names.lock().release(node, &row.name, &row.actor_id);
+    }
+
+    /// The live actor named `name`, and its node.
+    pub fn find(&self, name: &str) -> Option<NamedActor> {
+        let nodes = self.nodes.lock();
+        self.names.lock().find(name, &nodes)
     }
 
     fn refuse(&self, peer: SocketAddr, why: &ClusterError) {
@@ -180,9 +202,15 @@ async fn sweep(control: Arc<Control>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for id in control.nodes.lock().sweep(Instant::now()) {
-            tracing::warn!("node {id} is dead: no heartbeat for {} ms", control.config.node_timeout.as_millis());
-        }
+        let nodes = {
+            let mut nodes = control.nodes.lock();
+            for id in nodes.sweep(Instant::now()) {
+                tracing::warn!("node {id} is dead: no heartbeat for {} ms", control.config.node_timeout.as_millis());
+            }
+            nodes
+        };
+        // The names of actors on nodes that died go with them.
+        control.names.lock().prune(&nodes);
     }
 }
 
@@ -372,10 +400,24 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                     let what = ListWhat::try_from(r.what).unwrap_or(ListWhat::Events);
                     Some(Ok(FromHeadKind::Listed(gather(control, what).await)))
                 }
-                (ToHeadKind::Register(_), _) => Some(Err(ClusterError::Protocol("registered twice".into()))),
-                (_, None) => {
-                    Some(Err(ClusterError::Protocol("only a node sends heartbeats, leaves or listings".into())))
+                // Step 7 of `wire`: for the node this connection registered.
+                (ToHeadKind::Claim(c), Some(id)) => {
+                    let row = c.actor.expect("checked on arrival");
+                    let refusal = control.claim(id, row).err().unwrap_or_default();
+                    Some(Ok(FromHeadKind::Claimed(ClaimAnswer { req: c.req, refusal })))
                 }
+                (ToHeadKind::Release(c), Some(id)) => {
+                    control.release(id, c.actor.as_ref().expect("checked on arrival"));
+                    Some(Ok(FromHeadKind::Claimed(ClaimAnswer { req: c.req, refusal: String::new() })))
+                }
+                (ToHeadKind::Find(f), Some(_)) => {
+                    let actor = control.find(&f.name);
+                    Some(Ok(FromHeadKind::Found(FoundActor { req: f.req, actor })))
+                }
+                (ToHeadKind::Register(_), _) => Some(Err(ClusterError::Protocol("registered twice".into()))),
+                (_, None) => Some(Err(ClusterError::Protocol(
+                    "only a node sends heartbeats, leaves, listings or actor names".into(),
+                ))),
             };
             #[allow(clippy::collapsible_match)] // the reply moves the message
             match answer {

@@ -5,9 +5,10 @@
 //! - [`wire`]: the control protocol between nodes, clients and the head
 //!   (prost messages in the node protocol's frames), its numbered
 //!   exchange, and the checks on what arrives.
-//! - [`control`]: the control store's tables; today the node table
-//!   (membership and health, dead nodes declared by timeout), written
-//!   through a [`storage::TableStore`].
+//! - [`control`]: the control store's tables: the node table (membership
+//!   and health, dead nodes declared by timeout) and the names of actors
+//!   (one live actor per name across the cluster, found from any node),
+//!   written through a [`storage::TableStore`].
 //! - [`storage`]: where the tables live: the head's memory (the default),
 //!   or a Redis server (`start --head --storage redis://...`), from which a
 //!   restarted head restores them, with the cluster's token, certificate

@@ -59,17 +59,23 @@
 //! (no name, no restarts: the owner keeps both) and live while the link
 //! holds their handle; the owner's `KillActor` ends them.
 //!
+//! An actor of the executing node reached by its name from the owner's
+//! (`ferroray_node::state::directory`) is called the same way: its calls
+//! name it by its own id, which the link passes on (its handle object
+//! comes first as an import, as refs' objects do), and the owner's kill
+//! of it is passed on too (the node takes both from a peer's link for a
+//! named actor).
+//!
 //! What does not cross nodes yet: `get` of an object on another node that
-//! no argument, result or item carried here, and actor handles (a task
-//! naming one stays on its owner's node).
+//! no argument, result or item carried here, and actor handles passed in
+//! arguments (a task naming one stays on its owner's node).
 
 use crate::error::{ClusterError, Result};
 use crate::loopback;
 use crate::tls::{self, Fingerprint, HeadIdentity};
 use crate::wire::{ClusterView, Empty};
 use ferroray_common::{
-    ActorDeathCause, ActorId, ClusterToken, Error, FunctionId, NodeId, ObjectId, ResourceSet, RetryExceptions, TaskId,
-    WorkerId,
+    ActorId, ClusterToken, Error, FunctionId, NodeId, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId,
 };
 use ferroray_node::{Inbox, LocalConnection, Node, WorkerCommand};
 use ferroray_protocol::{
@@ -756,7 +762,13 @@ pub struct PeerContext {
     /// Links between loopback addresses use TLS too (`loopback`): neither
     /// made nor taken plain.
     pub tls_on_loopback: bool,
+    /// The SHA-256 of the job's Rust executable, by (path, length, time of
+    /// change), for `job_exe_if`.
+    pub job_exe: Mutex<Option<ExeStamp>>,
 }
+
+/// A file as last hashed: (path, length, time of change), and its SHA-256.
+pub type ExeStamp = ((PathBuf, u64, std::time::SystemTime), [u8; 32]);
 
 /// What a link runs on: TLS, or TCP between loopback addresses.
 trait LinkIo: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -1539,7 +1551,13 @@ async fn incoming(stream: LinkStream, proven: bool, ctx: Arc<PeerContext>) -> Re
         None
     } else {
         let sha: [u8; 32] = hello.exe_sha256.as_slice().try_into().expect("checked on arrival");
-        Some(receive_exe(&ctx.exe_dir, sha, hello.exe_len, &mut read, &mut writer).await?)
+        // The program this node's job runs already, under its own path (a
+        // link back from a node this program's link reached): the same
+        // program, so the link joins the job.
+        match job_exe_if(&ctx, sha).await {
+            Some(path) => Some(path),
+            None => Some(receive_exe(&ctx.exe_dir, sha, hello.exe_len, &mut read, &mut writer).await?),
+        }
     };
     let mut commands = Vec::new();
     for c in hello.commands {
@@ -1625,6 +1643,25 @@ async fn incoming(stream: LinkStream, proven: bool, ctx: Arc<PeerContext>) -> Re
             },
         }
     }
+}
+
+/// The executable of this node's job's Rust workers, if its SHA-256 is
+/// `sha` (hashed once per file and change, off the runtime's thread).
+async fn job_exe_if(ctx: &PeerContext, sha: [u8; 32]) -> Option<PathBuf> {
+    let (_, program) = ctx.node.program();
+    let path = program.into_iter().find(|(k, _)| *k == WorkerKind::Rust)?.1.program;
+    let meta = std::fs::metadata(&path).ok()?;
+    let stamp = (path.clone(), meta.len(), meta.modified().ok()?);
+    let known = ctx.job_exe.lock().as_ref().filter(|(s, _)| *s == stamp).map(|(_, h)| *h);
+    let hash = match known {
+        Some(h) => h,
+        None => {
+            let (h, _) = file_sha256(path.clone()).await.ok()?;
+            *ctx.job_exe.lock() = Some((stamp, h));
+            h
+        }
+    };
+    (hash == sha).then_some(path)
 }
 
 /// The executable with hash `sha`, from the cache or from the peer, which
@@ -1759,11 +1796,15 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 }
                 Ok(())
             }
-            ToNode::KillActor { actor, .. } => {
+            ToNode::KillActor { actor, no_restart } => {
                 // The owner decides restarts: here it just ends.
                 if let Some(mine) = self.actors.remove(&actor) {
                     self.conn.send(ToNode::KillActor { actor: mine, no_restart: true });
                     self.conn.send(ToNode::RemoveRef(vec![mine.handle_object()]));
+                } else {
+                    // An actor of this node's, reached by its name from the
+                    // other one (the node checks it is named).
+                    self.conn.send(ToNode::KillActor { actor, no_restart });
                 }
                 Ok(())
             }
@@ -1789,18 +1830,16 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 self.actors.insert(ActorId(owner_id), ActorId(mine));
             }
             Some(ActorTask::Call { actor }) => {
-                let Some(here) = self.actors.get(actor).copied() else {
-                    let e = Error::ActorDied {
-                        actor: actor.to_string(),
-                        cause: ActorDeathCause::Crashed("it is not on this node".into()),
-                    };
-                    return self.finish(owner_id, attempt, TaskOutcome::Failed(e)).await;
-                };
-                let theirs = actor.handle_object();
-                for c in spec.contained.iter_mut().filter(|c| **c == theirs) {
-                    *c = here.handle_object();
+                // An actor the owner placed here goes by this link's id for
+                // it; any other is this node's own, reached by its name
+                // (its handle object came as an import before the call).
+                if let Some(here) = self.actors.get(actor).copied() {
+                    let theirs = actor.handle_object();
+                    for c in spec.contained.iter_mut().filter(|c| **c == theirs) {
+                        *c = here.handle_object();
+                    }
+                    *actor = here;
                 }
-                *actor = here;
             }
             None => {}
         }

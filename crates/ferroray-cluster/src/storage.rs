@@ -40,8 +40,10 @@ use std::time::{Duration, Instant};
 pub const NODES: &str = "nodes";
 /// The cluster's credentials ([`head_credentials`]).
 pub const CLUSTER: &str = "cluster";
+/// The names of actors (`crate::control::ActorNames`).
+pub const ACTORS: &str = "actors";
 /// Every table a store loads when it opens.
-pub const TABLES: [&str; 2] = [NODES, CLUSTER];
+pub const TABLES: [&str; 3] = [NODES, CLUSTER, ACTORS];
 
 /// The prefix of a table's key in Redis.
 pub const REDIS_PREFIX: &str = "ferroray:";

@@ -24,8 +24,19 @@
 //!    answers the client with all of them, naming the nodes that did not
 //!    answer within `crate::head::LIST_TIMEOUT`.
 //!
+//! 7. Named actors are unique across the cluster, and found from any node
+//!    (`crate::control::ActorNames`): before a node creates an actor with
+//!    a name it claims the name ([`ToHeadKind::Claim`], answered
+//!    [`FromHeadKind::Claimed`], refused while another node's actor holds
+//!    it), it releases the name when the actor dies
+//!    ([`ToHeadKind::Release`]), and a node that does not know a name asks
+//!    where it lives ([`ToHeadKind::Find`], answered [`FromHeadKind::Found`]).
+//!    Requests carry a number the answer repeats. Only a node sends them,
+//!    and only for itself: the head takes the node from the connection,
+//!    never from the message.
+//!
 //! Every count and size is checked on arrival ([`check_desc`],
-//! [`check_load`]), before the head takes its lock.
+//! [`check_load`], [`check_named`]), before the head takes its lock.
 
 use ferroray_common::ResourceSet;
 use ferroray_protocol::limits;
@@ -54,7 +65,7 @@ pub const MAX_ROWS: usize = 50_000;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ToHead {
-    #[prost(oneof = "ToHeadKind", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "ToHeadKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub kind: Option<ToHeadKind>,
 }
 
@@ -74,6 +85,72 @@ pub enum ToHeadKind {
     /// A node answers the head's [`FromHeadKind::List`].
     #[prost(message, tag = "6")]
     Listed(Listing),
+    /// A node claims an actor's name before it creates the actor (step 7).
+    #[prost(message, tag = "7")]
+    Claim(NameClaim),
+    /// A node's named actor died: its name is free again (answered
+    /// [`FromHeadKind::Claimed`], so that the node knows it arrived).
+    #[prost(message, tag = "8")]
+    Release(NameClaim),
+    /// Which node has the live actor of this name.
+    #[prost(message, tag = "9")]
+    Find(FindActor),
+}
+
+/// A named actor as the control store keeps it (step 7).
+#[derive(Clone, PartialEq, Message)]
+pub struct NamedActor {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Its id (`ActorId`'s bytes: the creation task's submitter and
+    /// sequence number).
+    #[prost(bytes = "vec", tag = "2")]
+    pub actor_id: Vec<u8>,
+    /// The node that owns it (set by the head, from the connection).
+    #[prost(fixed64, tag = "3")]
+    pub node_id: u64,
+    #[prost(bool, tag = "4")]
+    pub detached: bool,
+    /// What a handle needs: the class name and what the front keeps with
+    /// it (`ActorSpec::class`, `ActorSpec::front`).
+    #[prost(string, tag = "5")]
+    pub class: String,
+    #[prost(bytes = "vec", tag = "6")]
+    pub front: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct NameClaim {
+    #[prost(uint64, tag = "1")]
+    pub req: u64,
+    #[prost(message, optional, tag = "2")]
+    pub actor: Option<NamedActor>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct FindActor {
+    #[prost(uint64, tag = "1")]
+    pub req: u64,
+    #[prost(string, tag = "2")]
+    pub name: String,
+}
+
+/// The answer to a claim: empty `refusal` if the name is the claimer's.
+#[derive(Clone, PartialEq, Message)]
+pub struct ClaimAnswer {
+    #[prost(uint64, tag = "1")]
+    pub req: u64,
+    #[prost(string, tag = "2")]
+    pub refusal: String,
+}
+
+/// The answer to a find: the actor, if a live node owns one of that name.
+#[derive(Clone, PartialEq, Message)]
+pub struct FoundActor {
+    #[prost(uint64, tag = "1")]
+    pub req: u64,
+    #[prost(message, optional, tag = "2")]
+    pub actor: Option<NamedActor>,
 }
 
 /// What `ferroray list` and `timeline` ask for.
@@ -248,7 +325,7 @@ pub struct NodeLoad {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct FromHead {
-    #[prost(oneof = "FromHeadKind", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "FromHeadKind", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub kind: Option<FromHeadKind>,
 }
 
@@ -267,6 +344,10 @@ pub enum FromHeadKind {
     /// Every node's rows, to the client that asked.
     #[prost(message, tag = "5")]
     Listed(Listing),
+    #[prost(message, tag = "6")]
+    Claimed(ClaimAnswer),
+    #[prost(message, tag = "7")]
+    Found(FoundActor),
 }
 
 /// Why the head refused a request; the connection closes after it.
@@ -360,6 +441,40 @@ pub fn check_listing(l: &Listing) -> Result<(), FrameError> {
     Ok(())
 }
 
+/// Checks a named actor from a peer: a name, an id of the right length,
+/// and bounded class and front.
+pub fn check_named(a: &NamedActor) -> Result<(), FrameError> {
+    if a.name.is_empty() || a.name.len() > limits::MAX_NAME || a.class.len() > limits::MAX_NAME {
+        return Err(malformed(format!("an actor name of {} bytes or class of {}", a.name.len(), a.class.len())));
+    }
+    if a.actor_id.len() != ACTOR_ID_LEN {
+        return Err(malformed(format!("an actor id of {} bytes", a.actor_id.len())));
+    }
+    if a.front.len() > limits::MAX_ACTOR_FRONT {
+        return Err(malformed(format!("an actor front of {} bytes", a.front.len())));
+    }
+    Ok(())
+}
+
+/// Bytes of an actor id on the wire ([`actor_id_bytes`]).
+pub const ACTOR_ID_LEN: usize = 16;
+
+/// An actor id as [`NamedActor::actor_id`] carries it.
+pub fn actor_id_bytes(id: ferroray_common::ActorId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ACTOR_ID_LEN);
+    out.extend_from_slice(&id.0.submitter.0.to_le_bytes());
+    out.extend_from_slice(&id.0.seq.to_le_bytes());
+    out
+}
+
+/// The actor id [`actor_id_bytes`] made; `None` for another length.
+pub fn actor_id_from(bytes: &[u8]) -> Option<ferroray_common::ActorId> {
+    let bytes: &[u8; ACTOR_ID_LEN] = bytes.try_into().ok()?;
+    let submitter = u64::from_le_bytes(bytes[..8].try_into().expect("sized"));
+    let seq = u64::from_le_bytes(bytes[8..].try_into().expect("sized"));
+    Some(ferroray_common::ActorId(ferroray_common::TaskId { submitter: ferroray_common::WorkerId(submitter), seq }))
+}
+
 /// Checks a node's load from a peer (an available amount may be zero).
 pub fn check_load(l: &NodeLoad) -> Result<(), FrameError> {
     check_resources("available resources", &l.available, true)
@@ -388,6 +503,12 @@ identity_wire!(ToHead, |m| match &m.kind {
     Some(ToHeadKind::Register(r)) => r.node.as_ref().map_or(Ok(()), check_desc),
     Some(ToHeadKind::Heartbeat(l)) => check_load(l),
     Some(ToHeadKind::Listed(l)) => check_listing(l),
+    Some(ToHeadKind::Claim(c) | ToHeadKind::Release(c)) => {
+        c.actor.as_ref().map_or(Err(malformed("a claim of no actor".into())), check_named)
+    }
+    Some(ToHeadKind::Find(f)) if f.name.len() > limits::MAX_NAME => {
+        Err(malformed(format!("an actor name of {} bytes", f.name.len())))
+    }
     Some(_) => Ok(()),
 });
 
@@ -396,6 +517,7 @@ identity_wire!(FromHead, |m| match &m.kind {
     Some(FromHeadKind::View(v)) if v.nodes.len() > MAX_NODES => {
         Err(malformed(format!("a view of {} nodes", v.nodes.len())))
     }
+    Some(FromHeadKind::Found(FoundActor { actor: Some(a), .. })) => check_named(a),
     Some(_) => Ok(()),
 });
 
@@ -468,6 +590,39 @@ mod tests {
 
         let mut buf = Vec::new();
         ferroray_protocol::frame::encode_into(&mut buf, ToHead { kind: None }).unwrap();
+        assert!(ferroray_protocol::frame::read_frame::<_, ToHead>(&mut &buf[..]).is_err());
+    }
+
+    #[test]
+    fn actor_names_round_trip_and_bad_ones_are_malformed() {
+        let id = ferroray_common::ActorId(ferroray_common::TaskId { submitter: ferroray_common::WorkerId(7), seq: 9 });
+        assert_eq!(actor_id_from(&actor_id_bytes(id)), Some(id));
+        assert_eq!(actor_id_from(&[1, 2, 3]), None);
+        let named = NamedActor {
+            name: "svc".into(),
+            actor_id: actor_id_bytes(id),
+            node_id: 3,
+            detached: true,
+            class: "C".into(),
+            front: vec![1, 2],
+        };
+        let claim = ToHead::new(ToHeadKind::Claim(NameClaim { req: 4, actor: Some(named.clone()) }));
+        assert_eq!(round_trip(claim.clone()), claim);
+        let found = FromHead::new(FromHeadKind::Found(FoundActor { req: 4, actor: Some(named.clone()) }));
+        assert_eq!(round_trip(found.clone()), found);
+        let bad = |a: NamedActor| {
+            let m = ToHead::new(ToHeadKind::Release(NameClaim { req: 1, actor: Some(a) }));
+            let mut buf = Vec::new();
+            ferroray_protocol::frame::encode_into(&mut buf, m).unwrap();
+            ferroray_protocol::frame::read_frame::<_, ToHead>(&mut &buf[..]).unwrap_err().to_string()
+        };
+        assert!(bad(NamedActor { name: String::new(), ..named.clone() }).contains("actor name"));
+        assert!(bad(NamedActor { actor_id: vec![1], ..named.clone() }).contains("actor id of 1 bytes"));
+        let front = vec![0; limits::MAX_ACTOR_FRONT + 1];
+        assert!(bad(NamedActor { front, ..named.clone() }).contains("actor front"));
+        let empty = ToHead::new(ToHeadKind::Claim(NameClaim { req: 1, actor: None }));
+        let mut buf = Vec::new();
+        ferroray_protocol::frame::encode_into(&mut buf, empty).unwrap();
         assert!(ferroray_protocol::frame::read_frame::<_, ToHead>(&mut &buf[..]).is_err());
     }
 }

@@ -4,6 +4,10 @@
 //! and tasks sent meanwhile run there; the restarted head takes both nodes
 //! back, and work placed after it runs as before.
 //!
+//! A detached named actor made on A before the head dies is found by its
+//! name from B after the restart (the head's table of names is in Redis),
+//! its calls go to A, and the name stays its own across the cluster.
+//!
 //! Three "machines", each a session directory of its own (as on separate
 //! hosts): the head's, node A's (the program connects to it, so the head's
 //! death does not take the program's node with it) and node B's (which has
@@ -29,6 +33,41 @@ fn where_am_i() -> String {
 #[ferroray::remote]
 fn slow_count(n: u64) -> impl Iterator<Item = u64> {
     (0..n).inspect(|_| std::thread::sleep(Duration::from_millis(40)))
+}
+
+/// Counts what it is given, and says where it runs.
+pub struct Keeper(u64);
+
+#[ferroray::actor]
+impl Keeper {
+    pub fn new(start: u64) -> Self {
+        Keeper(start)
+    }
+
+    pub fn add(&mut self, n: u64) -> (u64, String) {
+        self.0 += n;
+        (self.0, ferroray::node_id().unwrap())
+    }
+}
+
+/// On another node: the actor named "keeper", found by name, called; and
+/// another actor of that name, refused. (its count, where it ran, where
+/// this ran, the refusal)
+#[ferroray::remote]
+fn use_keeper(n: u64) -> (u64, String, String, String) {
+    let keeper = ferroray::get_actor::<Keeper>("keeper").expect("found by name");
+    let (count, at) = keeper.add().remote(n).get().unwrap();
+    let refused = match Keeper::options().name("keeper").num_cpus(0).remote(0) {
+        Ok(_) => "created".to_string(),
+        Err(e) => e.to_string(),
+    };
+    (count, at, ferroray::node_id().unwrap(), refused)
+}
+
+/// Whether an actor named `name` is found from here.
+#[ferroray::remote]
+fn is_named(name: String) -> bool {
+    ferroray::get_actor::<Keeper>(&name).is_ok()
 }
 
 /// A machine: a session directory.
@@ -130,6 +169,10 @@ fn a_head_restarted_on_redis_stops_nothing_that_runs_on_the_nodes() {
         .remote(150);
     let mut seen: Vec<u64> = (0..5).map(|_| stream.next().unwrap().get().unwrap()).collect();
 
+    // A detached actor named "keeper", on A (its creator's node).
+    let keeper = Keeper::options().name("keeper").lifetime_detached().num_cpus(0).remote(100).unwrap();
+    assert_eq!(keeper.add().remote(1).get().unwrap(), (101, node_a.clone()));
+
     // The head dies: the stream goes on, and a task sent now runs on B.
     let (_, head_pid) = h.daemon();
     unsafe { libc::kill(head_pid as i32, libc::SIGKILL) };
@@ -158,6 +201,26 @@ fn a_head_restarted_on_redis_stops_nothing_that_runs_on_the_nodes() {
         assert_eq!(r.get_timeout(Duration::from_secs(10)).unwrap(), node_b);
     }
     assert_eq!(ferroray::cluster_resources().unwrap()["b"], 2.0);
+
+    // The restarted head still has the name: a task on B finds the actor on
+    // A and calls it there, and the name is not B's to take.
+    let got = use_keeper::options().resource("b", 1).remote(10).get_timeout(Duration::from_secs(30));
+    if got.is_err() {
+        for m in [&a, &b] {
+            for f in std::fs::read_dir(m.0.join("logs")).unwrap().flatten() {
+                eprintln!("==== {:?}\n{}", f.path(), std::fs::read_to_string(f.path()).unwrap_or_default());
+            }
+        }
+    }
+    let (count, at, ran_on, refused) = got.unwrap();
+    assert_eq!((count, at.as_str(), ran_on.as_str()), (111, node_a.as_str(), node_b.as_str()));
+    assert!(refused.contains("already exists") && refused.contains(&node_a), "{refused}");
+    assert_eq!(keeper.add().remote(1).get().unwrap(), (112, node_a.clone()), "one actor, its count kept");
+    // Killed: its name goes with it, across the cluster.
+    ferroray::kill(&keeper).unwrap();
+    wait_until("the name let go", Duration::from_secs(10), || {
+        !is_named::options().resource("b", 1).remote("keeper".to_string()).get_timeout(Duration::from_secs(10)).unwrap()
+    });
 
     ferroray::shutdown();
     drop((a, b, h));

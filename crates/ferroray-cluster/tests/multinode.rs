@@ -51,6 +51,21 @@ fn chunks(n: usize, size: usize) -> impl Iterator<Item = Buffer> {
     (0..n).map(move |i| Buffer::new(vec![i as u8; size]))
 }
 
+/// Tries to make a detached actor named `name` here: whether it did, and
+/// where this ran.
+#[ferroray::remote]
+fn make_named(name: String, at: u64) -> (bool, String) {
+    // Start together: the creations race.
+    while std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() < u128::from(at) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let made = Where::options().name(&name).lifetime_detached().num_cpus(0).remote();
+    if let Err(e) = &made {
+        assert!(e.to_string().contains("already exists"), "{e}");
+    }
+    (made.is_ok(), ferroray::node_id().unwrap())
+}
+
 #[ferroray::remote]
 fn sleepy(ms: u64) -> String {
     std::thread::sleep(Duration::from_millis(ms));
@@ -400,6 +415,27 @@ fn tasks_objects_and_streams_cross_nodes() {
     let runs: Vec<_> = (0..4).map(|_| sleepy::remote(400)).collect();
     let ran: Vec<String> = runs.into_iter().map(|r| r.get().unwrap()).collect();
     assert!(ran.contains(&head) && ran.contains(&b), "{ran:?}");
+
+    // Creations of one name racing on two nodes, several rounds: exactly
+    // one actor gets it each time, and the others are told it exists.
+    for round in 0..5 {
+        let name = format!("race-{round}");
+        let at = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap()
+            + Duration::from_millis(300))
+        .as_millis() as u64;
+        let tries: Vec<_> = (0..4)
+            .map(|i| match i % 2 {
+                0 => make_named::options().num_cpus(0).remote(name.clone(), at),
+                _ => make_named::options().num_cpus(0).resource("b", 0.1).remote(name.clone(), at),
+            })
+            .collect();
+        let got: Vec<(bool, String)> =
+            tries.into_iter().map(|r| r.get_timeout(Duration::from_secs(20)).unwrap()).collect();
+        assert_eq!(got.iter().filter(|(made, _)| *made).count(), 1, "{got:?}");
+        assert!(got.iter().any(|(_, at)| *at == b) && got.iter().any(|(_, at)| *at == head), "{got:?}");
+        let winner = ferroray::get_actor::<Where>(&name).unwrap();
+        ferroray::kill(&winner).unwrap();
+    }
 
     // A node killed mid-stream: the generator runs again on C and the
     // stream completes with each item once. C keeps TLS on its links

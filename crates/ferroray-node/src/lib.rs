@@ -36,6 +36,37 @@ pub mod state;
 mod state_tests;
 
 pub use config::{NodeConfig, WorkerCommand};
+
+/// Where a node of a cluster keeps the names of its actors (the head's
+/// table; `state::directory`). Called under the node's lock: an
+/// implementation queues the request and returns; the answer comes back
+/// through [`Node::name_claimed`] and [`Node::actor_found`].
+pub trait ActorDirectory: Send + Sync {
+    /// This node wants `entry.name` for its actor `entry.actor`.
+    fn claim(&self, ticket: u64, entry: DirectoryEntry);
+    /// This node's actor died: its name is free.
+    fn release(&self, entry: DirectoryEntry);
+    /// Which node has the live actor named `name`.
+    fn find(&self, ticket: u64, name: &str);
+}
+
+/// A named actor, as the directory keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectoryEntry {
+    pub name: String,
+    pub actor: ferroray_common::ActorId,
+    pub detached: bool,
+    /// What a handle needs (`ActorSpec::class`, `ActorSpec::front`).
+    pub class: String,
+    pub front: Vec<u8>,
+}
+
+/// The directory's answer to a find: the actor and the node that owns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundActor {
+    pub node: ferroray_common::NodeId,
+    pub entry: DirectoryEntry,
+}
 pub use ferroray_transport::{Inbox, Link};
 pub use local::LocalConnection;
 
@@ -167,6 +198,22 @@ impl Node {
     /// any node has waits for a node that has it rather than fail.
     pub fn enable_peers(&self) {
         self.shared.lock().enable_peers();
+    }
+
+    /// Names of actors are the cluster's from now on: claimed from, let
+    /// go to and looked up in `directory` (`state::directory`).
+    pub fn set_directory(&self, directory: Arc<dyn ActorDirectory>) {
+        self.shared.lock().set_directory(directory);
+    }
+
+    /// The directory's answer to claim `ticket` (`Err`: why not).
+    pub fn name_claimed(&self, ticket: u64, result: std::result::Result<(), String>) {
+        self.shared.lock().name_claimed(ticket, result);
+    }
+
+    /// The directory's answer to find `ticket`.
+    pub fn actor_found(&self, ticket: u64, found: Option<FoundActor>) {
+        self.shared.lock().actor_found(ticket, found);
     }
 
     /// Attaches peer node `node`, which has `total` resources, as an

@@ -970,3 +970,182 @@ fn a_task_from_a_peer_link_is_not_placed_on_another_peer() {
     let (t3, _) = submit(&mut h, &d, spec(&d, 1, ReturnKind::Fixed(1), 0));
     assert_eq!(executed(&p.take()), vec![t3]);
 }
+
+// ---- actor names across the cluster (`state::directory`) ----
+
+/// What the node asked its directory, in order.
+#[derive(Default)]
+struct FakeDirectory(Mutex<Vec<(String, u64, String)>>);
+
+impl FakeDirectory {
+    fn take(&self) -> Vec<(String, u64, String)> {
+        std::mem::take(&mut *self.0.lock())
+    }
+}
+
+impl crate::ActorDirectory for FakeDirectory {
+    fn claim(&self, ticket: u64, entry: crate::DirectoryEntry) {
+        self.0.lock().push(("claim".into(), ticket, entry.name));
+    }
+    fn release(&self, entry: crate::DirectoryEntry) {
+        self.0.lock().push(("release".into(), 0, entry.name));
+    }
+    fn find(&self, ticket: u64, name: &str) {
+        self.0.lock().push(("find".into(), ticket, name.into()));
+    }
+}
+
+fn with_directory(h: &mut Harness) -> Arc<FakeDirectory> {
+    let dir = Arc::new(FakeDirectory::default());
+    h.st.set_directory(dir.clone());
+    dir
+}
+
+/// The creation of an actor named `name` that holds no resources.
+fn named_actor(by: &Peer, seq: u64, name: &str) -> TaskSpec {
+    let mut s = spec(by, seq, ReturnKind::Fixed(1), 0);
+    s.resources = ResourceSet::new();
+    s.actor = Some(ferroray_protocol::ActorTask::Create(Box::new(ferroray_protocol::ActorSpec {
+        class: "t::Named".into(),
+        name: Some(name.into()),
+        detached: false,
+        max_restarts: 0,
+        max_task_retries: 0,
+        max_concurrency: 1,
+        executor: ferroray_protocol::ActorExecutor::Serial,
+        front: vec![7],
+    })));
+    s
+}
+
+fn created(msgs: &[FromNode], req: u64) -> Option<Result<(), Error>> {
+    msgs.iter().find_map(|m| match m {
+        FromNode::ActorCreated { req: r, result } if *r == req => Some(result.clone()),
+        _ => None,
+    })
+}
+
+// Directory steps 1, 2 and 4: a named actor is made once the cluster gave it
+// its name; a second one here is refused without asking; a refusal names
+// the reason; a name granted after its driver left goes back; a death lets
+// it go; an answer that never comes fails the creation in time.
+#[test]
+fn a_named_actor_waits_for_its_name_and_lets_it_go_when_it_dies() {
+    let mut h = harness(2.0);
+    let dir = with_directory(&mut h);
+    let d = h.driver();
+    let a = named_actor(&d, 1, "svc");
+    let actor = ferroray_common::ActorId(a.task_id);
+    h.st.handle(d.conn, ToNode::CreateActor { req: 1, spec: Box::new(a) });
+    let asked = dir.take();
+    assert_eq!(asked.len(), 1);
+    let (what, ticket, name) = &asked[0];
+    assert_eq!((what.as_str(), name.as_str()), ("claim", "svc"));
+    assert_eq!(created(&d.take(), 1), None, "not made before the cluster answers");
+    assert_eq!(h.spawn_requests(), 0);
+    // The same name again, here: refused at once.
+    h.st.handle(d.conn, ToNode::CreateActor { req: 2, spec: Box::new(named_actor(&d, 2, "svc")) });
+    assert!(matches!(created(&d.take(), 2), Some(Err(Error::InvalidOption(m))) if m.contains("already exists")));
+    assert!(dir.take().is_empty());
+    // Granted: made now.
+    h.st.name_claimed(*ticket, Ok(()));
+    assert_eq!(created(&d.take(), 1), Some(Ok(())));
+    assert_eq!(h.spawn_requests(), 1, "its process is asked for");
+    // Killed before its process said hello: dead, and its name goes back.
+    h.st.handle(d.conn, ToNode::KillActor { actor, no_restart: true });
+    assert_eq!(dir.take(), vec![("release".to_string(), 0, "svc".to_string())]);
+
+    // Refused by the cluster: the reason reaches the driver, and the name
+    // is free here again (a get_actor asks the cluster).
+    h.st.handle(d.conn, ToNode::CreateActor { req: 3, spec: Box::new(named_actor(&d, 3, "taken")) });
+    let ticket = dir.take()[0].1;
+    h.st.name_claimed(ticket, Err("an actor named \"taken\" already exists (on node 0000000000000009)".into()));
+    assert!(
+        matches!(created(&d.take(), 3), Some(Err(Error::InvalidOption(m))) if m.contains("on node 0000000000000009"))
+    );
+    h.st.handle(d.conn, ToNode::GetActor { req: 4, name: "taken".into() });
+    assert!(matches!(dir.take().as_slice(), [(w, _, n)] if w == "find" && n == "taken"));
+
+    // Its driver gone before the answer: the granted name goes back.
+    let d2 = h.driver();
+    h.st.handle(d2.conn, ToNode::CreateActor { req: 1, spec: Box::new(named_actor(&d2, 1, "late")) });
+    let ticket = dir.take()[0].1;
+    h.st.disconnect(d2.conn, "gone");
+    h.st.name_claimed(ticket, Ok(()));
+    assert_eq!(dir.take(), vec![("release".to_string(), 0, "late".to_string())]);
+    assert_eq!(h.spawn_requests(), 0, "nothing made for it");
+
+    // No answer in time: the creation fails, and says why.
+    h.st.handle(d.conn, ToNode::CreateActor { req: 5, spec: Box::new(named_actor(&d, 5, "slow")) });
+    dir.take();
+    let now = std::time::Instant::now();
+    h.st.expire_directory(now);
+    assert_eq!(created(&d.take(), 5), None);
+    h.st.expire_directory(now + crate::state::DIRECTORY_TIMEOUT);
+    assert!(matches!(created(&d.take(), 5), Some(Err(Error::InvalidOption(m))) if m.contains("did not answer")));
+}
+
+// Directory step 3: `get_actor` of a name another node's actor holds makes
+// a proxy: its calls go to that node over the peer link in order, a kill is
+// passed on, a name nobody holds is an error, and with no link to its node
+// a call fails rather than wait.
+#[test]
+fn get_actor_of_another_nodes_actor_makes_a_proxy_whose_calls_go_there() {
+    let mut h = harness(1.0);
+    let dir = with_directory(&mut h);
+    let d = h.driver();
+    let b = attach(&mut h, 9, cpus(2.0));
+    h.st.handle(d.conn, ToNode::GetActor { req: 5, name: "far".into() });
+    let ticket = match dir.take().as_slice() {
+        [(w, t, n)] if w == "find" && n == "far" => *t,
+        other => panic!("{other:?}"),
+    };
+    assert!(d.take().is_empty(), "no answer before the cluster's");
+    let actor = ferroray_common::ActorId(TaskId { submitter: WorkerId(77), seq: 1 });
+    let entry =
+        crate::DirectoryEntry { name: "far".into(), actor, detached: true, class: "t::Far".into(), front: vec![1, 2] };
+    h.st.actor_found(ticket, Some(crate::FoundActor { node: NodeId(9), entry }));
+    let msgs = d.take();
+    assert!(
+        msgs.iter().any(|m| matches!(m, FromNode::ActorFound { req: 5, result: Ok((a, c, f)) }
+            if *a == actor && c == "t::Far" && f == &vec![1, 2])),
+        "{msgs:?}"
+    );
+    h.st.handle(d.conn, ToNode::AddRef(vec![actor.handle_object()]));
+    // Calls go to node 9's link, in submission order.
+    let (k1, k2) = (call(&d, 2, actor), call(&d, 3, actor));
+    let (t1, t2) = (k1.task_id, k2.task_id);
+    h.st.handle(d.conn, ToNode::Submit(Box::new(k1)));
+    h.st.handle(d.conn, ToNode::Submit(Box::new(k2)));
+    assert_eq!(executed(&b.take()), vec![t1, t2]);
+    returned(&mut h, &b, t1, 0, b"1");
+    h.st.handle(d.conn, ToNode::Subscribe(vec![ObjectId::for_return(t1, 0)]));
+    assert!(matches!(ready(&d.take(), ObjectId::for_return(t1, 0)), Some(ObjectValue::Data { .. })));
+    // The proxy is not this node's actor: `list actors` shows it where it is.
+    assert!(h.st.actor_summaries(10).is_empty());
+    // A kill goes to its node; nothing here is killed.
+    h.st.handle(d.conn, ToNode::KillActor { actor, no_restart: true });
+    assert!(b.take().iter().any(|m| matches!(m, FromNode::KillActor { actor: a, .. } if *a == actor)));
+    assert_eq!(kills(&h.pool_commands()), 0);
+    // A name nobody holds.
+    h.st.handle(d.conn, ToNode::GetActor { req: 6, name: "none".into() });
+    let ticket = dir.take()[0].1;
+    h.st.actor_found(ticket, None);
+    assert!(d
+        .take()
+        .iter()
+        .any(|m| matches!(m, FromNode::ActorFound { req: 6, result: Err(Error::InvalidOption(_)) })));
+    // The link gone: the call that ran there fails, and a new one fails at
+    // once (no link to node 9).
+    h.st.disconnect(b.conn, "link broke");
+    let k3 = call(&d, 4, actor);
+    let t3 = k3.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(k3)));
+    h.st.handle(d.conn, ToNode::Subscribe(vec![ObjectId::for_return(t2, 0), ObjectId::for_return(t3, 0)]));
+    let msgs = d.take();
+    assert!(matches!(ready(&msgs, ObjectId::for_return(t2, 0)), Some(ObjectValue::Error(_))), "{msgs:?}");
+    assert!(
+        matches!(ready(&msgs, ObjectId::for_return(t3, 0)), Some(ObjectValue::Error(Error::ActorDied { .. }))),
+        "{msgs:?}"
+    );
+}

@@ -361,6 +361,7 @@ async fn serve(shared: Arc<Shared>, listener: UnixListener, mut shutdown: onesho
                 shared.lock().trim_store();
                 shared.lock().exit_idle_workers();
                 shared.lock().warn_long_waits(std::time::Instant::now());
+                shared.lock().expire_directory(std::time::Instant::now());
                 let shrunk = shared.lock().shrink_tables();
                 shared.limits.trim_after_burst(shrunk);
             }

@@ -37,9 +37,16 @@
 //!    left (else fail with `ActorDied`). Otherwise it is dead: every call
 //!    waiting or sent fails with `ActorDied`, later calls fail at once, its
 //!    resources, name and pins go.
+//! 7. On a node of a cluster a name is the cluster's (`directory`): a named
+//!    actor is created once the head gave it the name, and `get_actor` of a
+//!    name another node's actor holds makes a *proxy* here (`reached`): an
+//!    entry whose calls go, in each caller's order as above, to that node
+//!    over the peer link, which runs them on the actor's own node; it has no
+//!    process, resources or restarts of its own, and nothing here ends the
+//!    actor (a kill is passed on); it goes with its last handle here.
 
 use super::*;
-use ferroray_common::{ActorDeathCause, ActorId};
+use ferroray_common::{ActorDeathCause, ActorId, NodeId};
 use ferroray_protocol::{ActorSpec, ActorTask};
 
 /// Where an actor is in its life.
@@ -80,9 +87,53 @@ pub(super) struct Actor {
     /// Objects it keeps alive while it lives: its constructor's arguments
     /// (for restarts) and, when detached, its handle object.
     pinned: Vec<ObjectId>,
+    /// A proxy (step 7): the actor is this node's of the cluster, and
+    /// `worker` is the peer connection to it while there is one.
+    pub(super) reached: Option<NodeId>,
 }
 
 impl Actor {
+    /// Step 7: the proxy of an actor that node `node` owns.
+    pub(super) fn proxy(id: ActorId, opts: ActorSpec, node: NodeId) -> Actor {
+        // It is never created or restarted here: a spec that says what it is.
+        let creation = TaskSpec {
+            task_id: id.0,
+            function: FunctionDescriptor::Rust { name: opts.class.clone() },
+            args: Vec::new(),
+            contained: Vec::new(),
+            returns: ReturnKind::Fixed(1),
+            resources: ResourceSet::new(),
+            max_retries: 0,
+            retry_exceptions: ferroray_common::RetryExceptions::None,
+            parent: None,
+            enable_events: false,
+            attempt: 0,
+            actor: Some(ActorTask::Create(Box::new(opts.clone()))),
+        };
+        Actor { phase: Phase::Alive, reached: Some(node), ..Actor::new(creation, opts, ConnId::MAX) }
+    }
+
+    /// Step 1: an actor of creation task `creation` made by `owner`, not
+    /// started yet.
+    fn new(creation: TaskSpec, opts: ActorSpec, owner: ConnId) -> Actor {
+        Actor {
+            creation,
+            restarts_left: opts.max_restarts,
+            opts,
+            phase: Phase::Starting,
+            worker: None,
+            owner,
+            queues: Vec::new(),
+            sent: VecDeque::new(),
+            held: None,
+            on_peer: None,
+            ending: None,
+            drain: None,
+            pinned: Vec::new(),
+            reached: None,
+        }
+    }
+
     pub(super) fn class(&self) -> &str {
         &self.opts.class
     }
@@ -117,25 +168,21 @@ impl State {
                 return self.send(conn, FromNode::ActorCreated { req, result: Err(e) });
             }
         }
+        // Step 7: a name of the cluster's first.
+        if !self.claim_name(conn, req, id, &spec) {
+            self.create_actor_now(conn, req, spec);
+        }
+    }
+
+    /// Step 1 once the name (if any) is the actor's.
+    pub(super) fn create_actor_now(&mut self, conn: ConnId, req: u64, spec: TaskSpec) {
+        let Some(ActorTask::Create(opts)) = spec.actor.clone() else { return };
+        let id = ActorId(spec.task_id);
         self.send(conn, FromNode::ActorCreated { req, result: Ok(()) });
         if let Some(name) = &opts.name {
             self.actor_names.insert(name.clone(), id);
         }
-        let actor = Actor {
-            creation: spec.clone(),
-            restarts_left: opts.max_restarts,
-            opts: *opts,
-            phase: Phase::Starting,
-            worker: None,
-            owner: conn,
-            queues: Vec::new(),
-            sent: VecDeque::new(),
-            held: None,
-            on_peer: None,
-            ending: None,
-            drain: None,
-            pinned: Vec::new(),
-        };
+        let actor = Actor::new(spec.clone(), *opts, conn);
         // Kept for restarts: the constructor's arguments.
         let args: Vec<ObjectId> = spec
             .args
@@ -170,14 +217,19 @@ impl State {
     /// The answer to `GetActor`: the live actor of that name, which `conn`
     /// may then take a handle to.
     pub(super) fn get_actor(&mut self, conn: ConnId, req: u64, name: &str) {
-        let found = self.actor_names.get(name).and_then(|id| Some((*id, self.actors.get(id)?)));
+        let found = self.actor_names.get(name).and_then(|id| {
+            let a = self.actors.get(id)?;
+            let live = !matches!(a.phase, Phase::Dead(_)) && self.objects.contains_key(&id.handle_object());
+            live.then(|| (*id, a.opts.class.clone(), a.opts.front.clone()))
+        });
         let result = match found {
-            Some((id, a)) if !matches!(a.phase, Phase::Dead(_)) && self.objects.contains_key(&id.handle_object()) => {
-                let (class, front) = (a.opts.class.clone(), a.opts.front.clone());
+            Some((id, class, front)) => {
                 self.grant(conn, &[id.handle_object()]);
                 Ok((id, class, front))
             }
-            _ => Err(Error::InvalidOption(format!("no live actor is named {name:?}"))),
+            // Step 7: perhaps another node's.
+            None if self.find_actor(conn, req, name) => return,
+            None => Err(Error::InvalidOption(format!("no live actor is named {name:?}"))),
         };
         self.send(conn, FromNode::ActorFound { req, result });
     }
@@ -337,6 +389,25 @@ impl State {
 
     /// Step 5: sends the head of each caller's FIFO while it is ready.
     pub(super) fn dispatch_calls(&mut self, id: ActorId) {
+        if let Some(node) = self.actors.get(&id).and_then(|a| a.reached) {
+            // Step 7: the link to its node now (links are made again).
+            let linked = self.actors[&id]
+                .worker
+                .is_some_and(|w| self.conns.get(&w).and_then(|c| c.remote.as_ref()).is_some_and(|r| r.node == node));
+            if !linked {
+                let conn = self.peer_conn(node);
+                let Some(a) = self.actors.get_mut(&id) else { return };
+                a.worker = conn;
+                if conn.is_none() {
+                    let e = died(id, ActorDeathCause::Crashed(format!("its node {node} cannot be reached")));
+                    let waiting: Vec<TaskId> = a.queues.drain(..).flat_map(|(_, q)| q).collect();
+                    for tid in waiting {
+                        self.complete_task(tid, Err(e.clone()));
+                    }
+                    return;
+                }
+            }
+        }
         let Some(a) = self.actors.get_mut(&id) else { return };
         let Some(worker) = a.worker else { return };
         if !matches!(a.phase, Phase::Alive) {
@@ -407,7 +478,7 @@ impl State {
     /// is waiting (calls pin it). The actor ends.
     pub(super) fn actor_out_of_scope(&mut self, id: ActorId) {
         let Some(a) = self.actors.get_mut(&id) else { return };
-        if matches!(a.phase, Phase::Dead(_)) {
+        if matches!(a.phase, Phase::Dead(_)) || a.reached.is_some() {
             // Nobody can call it any more.
             return self.forget_actor(id);
         }
@@ -422,6 +493,14 @@ impl State {
     pub(super) fn kill_actor(&mut self, id: ActorId, no_restart: bool) {
         let Some(a) = self.actors.get_mut(&id) else { return };
         if matches!(a.phase, Phase::Dead(_)) {
+            return;
+        }
+        if let Some(node) = a.reached {
+            // Step 7: its node ends it.
+            let conn = a.worker.filter(|w| self.conns.contains_key(w)).or_else(|| self.peer_conn(node));
+            if let Some(w) = conn {
+                self.send(w, FromNode::KillActor { actor: id, no_restart });
+            }
             return;
         }
         a.ending = Some((ActorDeathCause::Killed, !no_restart));
@@ -452,7 +531,7 @@ impl State {
     /// `TerminateActor`: ends it once the calls already sent are done.
     pub(super) fn terminate_actor(&mut self, id: ActorId) {
         let Some(a) = self.actors.get_mut(&id) else { return };
-        if matches!(a.phase, Phase::Dead(_)) {
+        if matches!(a.phase, Phase::Dead(_)) || a.reached.is_some() {
             return;
         }
         a.drain.get_or_insert(ActorDeathCause::Exited);
@@ -556,9 +635,11 @@ impl State {
         let waiting: Vec<TaskId> = a.queues.drain(..).flat_map(|(_, q)| q).chain(std::mem::take(&mut a.sent)).collect();
         let held = a.held.take();
         let name = a.opts.name.clone();
-        let worker = a.worker.take();
+        // A proxy's `worker` is the peer link: it stays.
+        let worker = if a.reached.is_some() { None } else { a.worker.take() };
         let on_peer = a.on_peer.take();
         let pins = std::mem::take(&mut a.pinned);
+        let release = (a.reached.is_none() && name.is_some()).then(|| a.opts.clone());
         self.unplaced.retain(|u| *u != id);
         if let Some(h) = held {
             self.available.add(&h);
@@ -567,6 +648,9 @@ impl State {
             if self.actor_names.get(&n) == Some(&id) {
                 self.actor_names.remove(&n);
             }
+        }
+        if let Some(opts) = release {
+            self.release_name(id, &opts);
         }
         for tid in waiting {
             self.complete_task(tid, Err(e.clone()));

@@ -42,6 +42,8 @@ impl State {
     pub fn actor_summaries(&self, max: usize) -> Vec<ActorSummary> {
         self.actors
             .iter()
+            // A proxy is listed by the node that has the actor.
+            .filter(|(_, a)| a.reached.is_none())
             .take(max)
             .map(|(id, a)| {
                 let (state, death) = match &a.phase {

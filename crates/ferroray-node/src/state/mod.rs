@@ -16,6 +16,9 @@
 //!   worker commands, and what their end takes with it.
 //! - [`remote`]: other nodes that run this node's tasks (placement on
 //!   them, what they may do, their loss), its own numbered protocol.
+//! - [`directory`]: actor names across a cluster: claimed before a named
+//!   actor is made, looked up when `get_actor` does not know a name, and
+//!   proxies for the actors of other nodes (its own numbered protocol).
 //!
 //! The types here are shared by all of them: a connection (`Conn`), an
 //! object (`Obj`, `Stored`), a task (`Task`), a stream (`Stream`).
@@ -76,12 +79,14 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 mod actors;
+mod directory;
 mod inspect;
 mod jobs;
 mod objects;
 mod peers;
 mod remote;
 mod scheduling;
+pub use directory::DIRECTORY_TIMEOUT;
 #[cfg(test)]
 pub(crate) use remote::WAIT_WARNING_AFTER;
 #[cfg(test)]
@@ -469,6 +474,9 @@ pub struct State {
     actors: FxHashMap<ActorId, actors::Actor>,
     /// Live actors by name.
     actor_names: FxHashMap<String, ActorId>,
+    /// Names across the cluster: the daemon's directory and the requests
+    /// in flight to it (`directory`).
+    directory: directory::Directory,
     /// Actors waiting for their resources, in creation order.
     unplaced: VecDeque<ActorId>,
     /// Actor processes asked for that the spawner has not registered yet
@@ -638,6 +646,7 @@ impl State {
             exits: FxHashMap::default(),
             actors: FxHashMap::default(),
             actor_names: FxHashMap::default(),
+            directory: directory::Directory::default(),
             unplaced: VecDeque::new(),
             actor_spawns: 0,
             functions: FxHashMap::default(),
@@ -766,7 +775,11 @@ impl State {
             ToNode::WorkerCommands(commands) => self.worker_commands(conn, commands),
             ToNode::Import { id, value } => self.import(conn, id, value),
             ToNode::KillActor { actor, no_restart } => {
-                if self.may_see(conn, actor.handle_object(), false) {
+                // A peer node's link may end a named actor of this node's
+                // (its caller found it by name: `directory` step 3).
+                let by_name = self.conns.get(&conn).is_some_and(|c| c.from_peer)
+                    && self.actors.get(&actor).is_some_and(|a| a.name().is_some() && a.reached.is_none());
+                if by_name || self.may_see(conn, actor.handle_object(), false) {
                     self.kill_actor(actor, no_restart);
                 }
             }

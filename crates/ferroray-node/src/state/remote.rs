@@ -169,6 +169,16 @@ impl State {
         self.peers_enabled = true;
     }
 
+    /// Names of actors are the cluster's from now on (`directory`).
+    pub fn set_directory(&mut self, directory: Arc<dyn crate::ActorDirectory>) {
+        self.directory.hook = Some(directory);
+    }
+
+    /// The peer connection to node `node`, if it is attached.
+    pub(super) fn peer_conn(&self, node: NodeId) -> Option<ConnId> {
+        self.conns.iter().find(|(_, c)| c.remote.as_ref().is_some_and(|r| r.node == node)).map(|(id, _)| *id)
+    }
+
     /// Marks `conn` as a peer node's link (its tasks stay here, step 1).
     pub(crate) fn mark_from_peer(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(&conn) {

@@ -1,0 +1,217 @@
+//! Actor names across a cluster: the node's side of the head's table of
+//! named actors (`ferroray-cluster`'s `ActorNames`), reached through an
+//! [`ActorDirectory`] the daemon sets.
+//!
+//! 1. A named actor is created here only once the cluster gave it its name
+//!    (`claim_name`): the name is reserved in this node's table at once (so
+//!    a second creation here is refused without asking), the creation waits
+//!    in `claims`, and the head's answer (`name_claimed`) either creates it
+//!    (`create_actor_now`) or refuses it with the head's reason. Its driver
+//!    gone meanwhile, a granted name is let go at once.
+//! 2. The actor's name is let go (`release_name`) when it dies for good.
+//! 3. `get_actor` of a name this node does not have asks where it lives
+//!    (`find_actor`); the answer (`actor_found`) names its node and id. The
+//!    node makes a *proxy* (`Actor::reached`, `actors` step 7): an entry of
+//!    its actor table with a handle object of its own under the actor's id,
+//!    whose calls go to that node over the peer link, where the actor's own
+//!    node runs them as any caller's (the link holds the handle object while
+//!    a call is on its way: the object's copy travels with the call, as
+//!    refs' do, `remote` step 7). The proxy has no process, resources or
+//!    restarts (the owning node has those); it goes when the last handle
+//!    here does.
+//! 4. The directory answers within [`DIRECTORY_TIMEOUT`], or the request
+//!    fails (a head that is away for longer); nobody waits forever.
+//!
+//! Who sees the states in between: a creation waiting for its claim is not
+//! in the actor table, so a `get_actor` of its name here says no live actor
+//! has it (as for a creation not yet submitted), and the name is refused to
+//! a second creation. A proxy whose actor died answers calls with the
+//! owning node's `ActorDied`.
+
+use super::*;
+use crate::{ActorDirectory, DirectoryEntry, FoundActor};
+use ferroray_common::{ActorId, NodeId};
+use ferroray_protocol::{ActorSpec, ActorTask};
+use std::time::{Duration, Instant};
+
+/// How long a claim or a find may wait for the cluster's answer.
+pub const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The node's requests to the directory, in flight.
+#[derive(Default)]
+pub(crate) struct Directory {
+    /// Set by a daemon (`Node::set_directory`); `None` for a node of its
+    /// own, whose names are its own.
+    pub(super) hook: Option<Arc<dyn ActorDirectory>>,
+    next_ticket: u64,
+    /// Creations waiting for their name (step 1).
+    claims: FxHashMap<u64, Claim>,
+    /// `get_actor`s waiting for the answer (step 3).
+    finds: FxHashMap<u64, Find>,
+}
+
+struct Claim {
+    conn: ConnId,
+    req: u64,
+    spec: TaskSpec,
+    asked: Instant,
+}
+
+struct Find {
+    conn: ConnId,
+    req: u64,
+    name: String,
+    asked: Instant,
+}
+
+impl Directory {
+    fn ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+}
+
+fn entry_of(id: ActorId, opts: &ActorSpec) -> Option<DirectoryEntry> {
+    Some(DirectoryEntry {
+        name: opts.name.clone()?,
+        actor: id,
+        detached: opts.detached,
+        class: opts.class.clone(),
+        front: opts.front.clone(),
+    })
+}
+
+impl State {
+    /// Step 1: true if the creation of actor `id` (named, on a node of a
+    /// cluster) now waits for its claim; false if this node decides alone.
+    pub(super) fn claim_name(&mut self, conn: ConnId, req: u64, id: ActorId, spec: &TaskSpec) -> bool {
+        let Some(hook) = self.directory.hook.clone() else { return false };
+        let Some(ActorTask::Create(opts)) = &spec.actor else { return false };
+        let Some(entry) = entry_of(id, opts) else { return false };
+        self.actor_names.insert(entry.name.clone(), id);
+        let ticket = self.directory.ticket();
+        self.directory.claims.insert(ticket, Claim { conn, req, spec: spec.clone(), asked: Instant::now() });
+        hook.claim(ticket, entry);
+        true
+    }
+
+    /// Step 1: the cluster's answer to claim `ticket`: `Err` says why not.
+    pub fn name_claimed(&mut self, ticket: u64, result: std::result::Result<(), String>) {
+        let Some(claim) = self.directory.claims.remove(&ticket) else { return };
+        let id = ActorId(claim.spec.task_id);
+        let Some(ActorTask::Create(opts)) = &claim.spec.actor else { return };
+        let name = opts.name.clone().unwrap_or_default();
+        let reserved = self.actor_names.get(&name) == Some(&id);
+        match result {
+            Ok(()) if reserved && self.conns.contains_key(&claim.conn) => {
+                self.create_actor_now(claim.conn, claim.req, claim.spec);
+            }
+            Ok(()) => {
+                // Its driver went meanwhile: the name goes back at once.
+                if reserved {
+                    self.actor_names.remove(&name);
+                }
+                if let (Some(hook), Some(entry)) = (self.directory.hook.clone(), entry_of(id, opts)) {
+                    hook.release(entry);
+                }
+            }
+            Err(why) => {
+                if reserved {
+                    self.actor_names.remove(&name);
+                }
+                self.send(
+                    claim.conn,
+                    FromNode::ActorCreated { req: claim.req, result: Err(Error::InvalidOption(why)) },
+                );
+            }
+        }
+    }
+
+    /// Step 2: actor `id` with options `opts` is dead for good.
+    pub(super) fn release_name(&mut self, id: ActorId, opts: &ActorSpec) {
+        if let (Some(hook), Some(entry)) = (self.directory.hook.clone(), entry_of(id, opts)) {
+            hook.release(entry);
+        }
+    }
+
+    /// Step 3: true if `get_actor` of `name` now waits for the cluster.
+    pub(super) fn find_actor(&mut self, conn: ConnId, req: u64, name: &str) -> bool {
+        let Some(hook) = self.directory.hook.clone() else { return false };
+        let ticket = self.directory.ticket();
+        self.directory.finds.insert(ticket, Find { conn, req, name: name.to_string(), asked: Instant::now() });
+        hook.find(ticket, name);
+        true
+    }
+
+    /// Step 3: the cluster's answer to find `ticket`.
+    pub fn actor_found(&mut self, ticket: u64, found: Option<FoundActor>) {
+        let Some(find) = self.directory.finds.remove(&ticket) else { return };
+        if !self.conns.contains_key(&find.conn) {
+            return;
+        }
+        let me = self.info.node_id;
+        let result = match found {
+            // Its node is this one: the actor died since (it is not here).
+            Some(f) if f.node != me && f.entry.name == find.name => {
+                let (id, class, front) = (f.entry.actor, f.entry.class.clone(), f.entry.front.clone());
+                if self.reach(f.node, f.entry) {
+                    self.grant(find.conn, &[id.handle_object()]);
+                    Ok((id, class, front))
+                } else {
+                    Err(Error::InvalidOption(format!("no live actor is named {:?}", find.name)))
+                }
+            }
+            _ => Err(Error::InvalidOption(format!("no live actor is named {:?}", find.name))),
+        };
+        self.send(find.conn, FromNode::ActorFound { req: find.req, result });
+    }
+
+    /// Step 3: a proxy for `entry`, owned by node `node` (kept if there is
+    /// one); false if the id is one of this node's own actors.
+    fn reach(&mut self, node: NodeId, entry: DirectoryEntry) -> bool {
+        let id = entry.actor;
+        if let Some(a) = self.actors.get(&id) {
+            return a.reached.is_some();
+        }
+        let handle = id.handle_object();
+        if !self.objects.contains_key(&handle) {
+            self.objects.entry(handle).or_default();
+            let value =
+                Stored::Inline { bytes: Vec::new(), encoding: ferroray_protocol::Encoding::Unit, contained: vec![] };
+            self.set_value(handle, value);
+        }
+        let opts = ActorSpec {
+            class: entry.class,
+            name: Some(entry.name),
+            // Its life is its owner's business: nothing here ends it.
+            detached: true,
+            max_restarts: 0,
+            max_task_retries: 0,
+            max_concurrency: 1,
+            executor: ferroray_protocol::ActorExecutor::Serial,
+            front: entry.front,
+        };
+        self.actors.insert(id, actors::Actor::proxy(id, opts, node));
+        true
+    }
+
+    /// Step 4: fails the requests older than [`DIRECTORY_TIMEOUT`] (from
+    /// the node's periodic tick).
+    pub fn expire_directory(&mut self, now: Instant) {
+        let late = |asked: Instant| now.duration_since(asked) >= DIRECTORY_TIMEOUT;
+        let claims: Vec<u64> = self.directory.claims.iter().filter(|(_, c)| late(c.asked)).map(|(t, _)| *t).collect();
+        for t in claims {
+            let why = format!("the cluster did not answer a claim of the name within {DIRECTORY_TIMEOUT:?}");
+            self.name_claimed(t, Err(why));
+        }
+        let finds: Vec<u64> = self.directory.finds.iter().filter(|(_, f)| late(f.asked)).map(|(t, _)| *t).collect();
+        for t in finds {
+            let Some(find) = self.directory.finds.remove(&t) else { continue };
+            let e = Error::Disconnected(format!(
+                "the cluster did not say within {DIRECTORY_TIMEOUT:?} where actor {:?} lives",
+                find.name
+            ));
+            self.send(find.conn, FromNode::ActorFound { req: find.req, result: Err(e) });
+        }
+    }
+}

@@ -123,6 +123,9 @@ def test_a_python_program_connects_to_the_daemon(session):
     far = _python("import ferroray as ray; ray.init(address='10.1.2.3:6379')", env)
     assert far.returncode != 0 and "ConnectionError: no cluster to connect to: no node of the cluster at 10.1.2.3:6379" in far.stderr
     assert "Nodes: 1 alive" in run("status").stdout
+    # Each driver was a job of the cluster's, finished now, with its command line.
+    jobs = run("list", "jobs", "--filter", "state=FINISHED").stdout.splitlines()[1:]
+    assert len(jobs) == 2 and all(f"{sys.executable} -c" in j for j in jobs), jobs
 
 
 STAYS = r"""
@@ -293,6 +296,26 @@ w = Where.remote()
 assert ray.get(w.node.remote()) == (there, 1)
 assert ray.get(w.node.remote()) == (there, 2)
 ray.kill(w)
+
+# An actor's handle passed to a task on the other node: its calls come back
+# to the actor here.
+@ray.remote(num_cpus=0)
+class Here:
+    def __init__(self):
+        self.calls = 0
+
+    def node(self):
+        self.calls += 1
+        return ray.get_runtime_context().get_node_id(), self.calls
+
+@ray.remote(resources={"b": 1})
+def call_twice(h):
+    ray.get(h.node.remote())
+    return ray.get(h.node.remote()), ray.get_runtime_context().get_node_id()
+
+mine = Here.remote()
+assert ray.get(call_twice.remote(mine)) == ((here, 2), there)
+assert ray.get(mine.node.remote()) == (here, 3)
 print("ok", there, flush=True)
 import time
 time.sleep(1)  # its output comes on its own way

@@ -11,7 +11,7 @@ use crate::session::{self, Session};
 use crate::tls::Credentials;
 use crate::wire::{ClusterView, EventRow, ListWhat, Listing, NodeEntry, MAX_ROWS};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ferroray_common::{resources, ResourceSet};
+use ferroray_common::{resources, NodeId, ResourceSet};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -133,6 +133,7 @@ enum Listable {
     Tasks,
     Actors,
     Objects,
+    Jobs,
 }
 
 #[derive(Args, Debug)]
@@ -573,6 +574,22 @@ fn list(a: ListArgs) -> Result<()> {
                 .map(|r| {
                     let pid = if r.pid == 0 { String::new() } else { r.pid.to_string() };
                     vec![r.actor_id, r.class, r.name, r.state, r.node_id, pid, r.detached.to_string(), r.death]
+                })
+                .collect();
+            print_table(&columns, rows, &f);
+            Ok(())
+        }
+        Listable::Jobs => {
+            let columns = ["job_id", "state", "node_id", "pid", "start_time_ms", "end_time_ms", "entrypoint"];
+            let f = filters(&a.filter, &columns)?;
+            let listing = fetch_listing(&a.connect, ListWhat::Jobs)?;
+            let rows = listing
+                .jobs
+                .into_iter()
+                .map(|j| {
+                    let end = if j.end_ms == 0 { String::new() } else { j.end_ms.to_string() };
+                    let (job, node) = (format!("{:016x}", j.job_id), NodeId(j.node_id).to_string());
+                    vec![job, j.state, node, j.pid.to_string(), j.start_ms.to_string(), end, j.entrypoint]
                 })
                 .collect();
             print_table(&columns, rows, &f);

@@ -1,6 +1,7 @@
 //! The control store's tables, kept by the head. Today: the node table
-//! (membership and health) and the names of actors ([`ActorNames`]).
-//! Jobs and the function table join them as the cluster grows.
+//! (membership and health), the names of actors ([`ActorNames`]) and the
+//! jobs ([`JobTable`]). The function table joins them as the cluster
+//! grows.
 //!
 //! A node's life in the table:
 //! 1. `register`: alive, bound to the connection it came on. Only that
@@ -30,7 +31,7 @@
 
 use crate::error::{ClusterError, Result};
 use crate::storage::{self, MemoryStore, TableStore};
-use crate::wire::{ClusterView, NamedActor, NodeDesc, NodeEntry, NodeLoad, MAX_NODES};
+use crate::wire::{ClusterView, JobRow, NamedActor, NodeDesc, NodeEntry, NodeLoad, MAX_NODES};
 use ferroray_common::NodeId;
 use prost::Message;
 use std::collections::BTreeMap;
@@ -348,19 +349,13 @@ impl ActorNames {
     /// The table `store` holds, writing through it from now on. A row that
     /// does not decode fails it.
     pub fn restore(store: Arc<dyn TableStore>) -> Result<Self> {
-        let mut names = BTreeMap::new();
-        for (key, bytes) in store.load(storage::ACTORS) {
-            let bad = |reason: String| ClusterError::Storage {
-                url: store.describe(),
-                reason: format!("actor name row {key:?}: {reason}"),
-            };
-            let row = NamedActor::decode(bytes.as_slice()).map_err(|e| bad(e.to_string()))?;
-            crate::wire::check_named(&row).map_err(|e| bad(e.to_string()))?;
+        let names = load_rows(&*store, storage::ACTORS, "actor name", |key, row: &NamedActor| {
+            crate::wire::check_named(row).map_err(|e| e.to_string())?;
             if row.name != key {
-                return Err(bad(format!("holds the name {:?}", row.name)));
+                return Err(format!("holds the name {:?}", row.name));
             }
-            names.insert(key, row);
-        }
+            Ok(key.to_string())
+        })?;
         Ok(ActorNames { names, store })
     }
 
@@ -428,6 +423,144 @@ impl Default for ActorNames {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Jobs that ended kept for `list jobs`; older ones are dropped.
+pub const MAX_JOBS_KEPT: usize = 1_000;
+
+/// Jobs that run at once, at most (more are refused a row).
+pub const MAX_JOBS_RUNNING: usize = 100_000;
+
+/// The cluster's jobs (`wire` step 8), the control store's third table:
+/// one row per job in [`storage::JOBS`], keyed by its id, written when it
+/// starts and when it ends. A job runs from its driver's connection to its
+/// node until the driver leaves (`FINISHED`) or the node dies (`FAILED`,
+/// by [`JobTable::prune`]); a restarted head keeps the rows, and the jobs
+/// of nodes that do not rejoin fail with them.
+pub struct JobTable {
+    jobs: BTreeMap<u64, JobRow>,
+    store: Arc<dyn TableStore>,
+}
+
+impl JobTable {
+    pub fn new() -> Self {
+        JobTable { jobs: BTreeMap::new(), store: Arc::new(MemoryStore::default()) }
+    }
+
+    /// The table `store` holds, writing through it from now on.
+    pub fn restore(store: Arc<dyn TableStore>) -> Result<Self> {
+        let jobs = load_rows(&*store, storage::JOBS, "job table", |key, row: &JobRow| {
+            if key != format!("{:016x}", row.job_id) {
+                return Err(format!("holds job {:016x}", row.job_id));
+            }
+            Ok(row.job_id)
+        })?;
+        Ok(JobTable { jobs, store })
+    }
+
+    fn persist(&self, id: u64) {
+        if let Some(row) = self.jobs.get(&id) {
+            self.store.put(storage::JOBS, &format!("{id:016x}"), row.encode_to_vec());
+        }
+    }
+
+    /// Node `node`'s driver `row.job_id` connected (the row is `node`'s,
+    /// running, whatever it says).
+    pub fn start(&mut self, node: NodeId, mut row: JobRow) {
+        if self.jobs.get(&row.job_id).is_some_and(|r| r.node_id != node.0) {
+            return;
+        }
+        let running = self.jobs.values().filter(|r| r.end_ms == 0).count();
+        if running >= MAX_JOBS_RUNNING && !self.jobs.contains_key(&row.job_id) {
+            return;
+        }
+        row.node_id = node.0;
+        row.end_ms = 0;
+        row.state = "RUNNING".into();
+        let id = row.job_id;
+        self.jobs.insert(id, row);
+        self.persist(id);
+    }
+
+    /// Node `node`'s driver `job` left at `end_ms`.
+    pub fn end(&mut self, node: NodeId, job: u64, end_ms: u64) {
+        self.finish(job, Some(node), end_ms.max(1), "FINISHED");
+    }
+
+    fn finish(&mut self, job: u64, node: Option<NodeId>, end_ms: u64, state: &str) {
+        let Some(row) = self.jobs.get_mut(&job) else { return };
+        if node.is_some_and(|n| n.0 != row.node_id) || row.end_ms != 0 {
+            return;
+        }
+        row.end_ms = end_ms;
+        row.state = state.into();
+        self.persist(job);
+        self.drop_oldest();
+    }
+
+    /// Fails the running jobs of nodes that are not alive (at `now_ms`).
+    pub fn prune(&mut self, nodes: &NodeTable, now_ms: u64) {
+        let orphaned: Vec<u64> = self
+            .jobs
+            .values()
+            .filter(|r| r.end_ms == 0 && !is_alive(nodes, NodeId(r.node_id)))
+            .map(|r| r.job_id)
+            .collect();
+        for job in orphaned {
+            self.finish(job, None, now_ms.max(1), "FAILED");
+        }
+    }
+
+    fn drop_oldest(&mut self) {
+        let mut ended: Vec<(u64, u64)> =
+            self.jobs.values().filter(|r| r.end_ms != 0).map(|r| (r.end_ms, r.job_id)).collect();
+        if ended.len() <= MAX_JOBS_KEPT {
+            return;
+        }
+        ended.sort_unstable();
+        for (_, job) in &ended[..ended.len() - MAX_JOBS_KEPT] {
+            self.jobs.remove(job);
+            self.store.delete(storage::JOBS, &format!("{job:016x}"));
+        }
+    }
+
+    /// Every job, by id.
+    pub fn rows(&self) -> Vec<JobRow> {
+        self.jobs.values().cloned().collect()
+    }
+}
+
+impl Default for JobTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The rows of `table` by the key `check` gives each (after checking it
+/// against its storage key); a row that does not decode or check fails
+/// the load, naming `what` and the key.
+fn load_rows<K: Ord, T: Message + Default>(
+    store: &dyn TableStore,
+    table: &str,
+    what: &str,
+    check: impl Fn(&str, &T) -> std::result::Result<K, String>,
+) -> Result<BTreeMap<K, T>> {
+    let mut rows = BTreeMap::new();
+    for (key, bytes) in store.load(table) {
+        let bad = |reason: String| ClusterError::Storage {
+            url: store.describe(),
+            reason: format!("{what} row {key:?}: {reason}"),
+        };
+        let row = T::decode(bytes.as_slice()).map_err(|e| bad(e.to_string()))?;
+        let k = check(&key, &row).map_err(bad)?;
+        rows.insert(k, row);
+    }
+    Ok(rows)
+}
+
+/// Unix time now in milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn is_alive(nodes: &NodeTable, id: NodeId) -> bool {
@@ -625,5 +758,45 @@ mod tests {
         store.put(storage::ACTORS, "x", named("y", 1).encode_to_vec());
         let err = ActorNames::restore(store).err().unwrap().to_string();
         assert!(err.contains("holds the name \"y\""), "{err}");
+    }
+
+    fn job(id: u64, pid: u32) -> JobRow {
+        JobRow { job_id: id, pid, entrypoint: format!("prog {id}"), start_ms: 10, ..JobRow::default() }
+    }
+
+    #[test]
+    fn jobs_run_until_their_driver_leaves_or_their_node_dies() {
+        let store: Arc<dyn TableStore> = Arc::new(MemoryStore::default());
+        let t0 = Instant::now();
+        let mut nodes = NodeTable::new(T);
+        for id in [2, 3] {
+            nodes.register(desc(id), id, t0).unwrap();
+        }
+        let mut jobs = JobTable::restore(store.clone()).unwrap();
+        // The node is the connection's, whatever the row says.
+        jobs.start(NodeId(2), JobRow { node_id: 3, ..job(7, 70) });
+        jobs.start(NodeId(3), job(8, 80));
+        // Only its node ends a job.
+        jobs.end(NodeId(3), 7, 50);
+        jobs.end(NodeId(2), 7, 50);
+        jobs.end(NodeId(2), 7, 60);
+        let rows = jobs.rows();
+        assert_eq!((rows[0].node_id, rows[0].state.as_str(), rows[0].end_ms), (2, "FINISHED", 50));
+        assert_eq!((rows[1].state.as_str(), rows[1].end_ms), ("RUNNING", 0));
+        // Its node dies: it failed.
+        nodes.leave(NodeId(3), "stopped");
+        jobs.prune(&nodes, 99);
+        assert_eq!((jobs.rows()[1].state.as_str(), jobs.rows()[1].end_ms), ("FAILED", 99));
+        // A restarted head has them all.
+        let again = JobTable::restore(store.clone()).unwrap();
+        assert_eq!(again.rows(), jobs.rows());
+        // Ended jobs kept are bounded, the oldest dropped first (rows too).
+        for id in 100..(100 + MAX_JOBS_KEPT as u64) {
+            jobs.start(NodeId(2), job(id, 1));
+            jobs.end(NodeId(2), id, 1000 + id);
+        }
+        assert_eq!(jobs.rows().len(), MAX_JOBS_KEPT);
+        assert!(jobs.rows().iter().all(|r| r.job_id >= 100), "the two oldest went");
+        assert_eq!(store.load(storage::JOBS).len(), MAX_JOBS_KEPT);
     }
 }

@@ -31,7 +31,7 @@
 //! interface, or the unspecified address (all of them).
 
 use crate::client::HeadClient;
-use crate::control::{ActorNames, NodeTable};
+use crate::control::{ActorNames, JobTable, NodeTable};
 use crate::error::{ClusterError, Result};
 use crate::head::{self, Control, HeadConfig};
 use crate::peer::{self, PeerContext, Peers};
@@ -39,9 +39,11 @@ use crate::session::{process_start_time, NodeFile, Session};
 use crate::storage;
 use crate::tls::Credentials;
 use crate::tls::HeadIdentity;
-use crate::wire::{FindActor, FromHeadKind, ListWhat, NameClaim, NamedActor, NodeDesc, NodeLoad, ToHeadKind};
-use ferroray_common::{NodeId, ResourceSet};
-use ferroray_node::{ActorDirectory, DirectoryEntry, FoundActor, Node, NodeConfig, WorkerCommand};
+use crate::wire::{
+    FindActor, FromHeadKind, JobEvent, JobRow, ListWhat, NameClaim, NamedActor, NodeDesc, NodeLoad, ToHeadKind,
+};
+use ferroray_common::{NodeId, ResourceSet, WorkerId};
+use ferroray_node::{ClusterDirectory, DirectoryEntry, FoundActor, JobInfo, Node, NodeConfig, WorkerCommand};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -249,7 +251,8 @@ async fn run_async(
         let store = store.expect("a head has a store");
         let nodes = NodeTable::restore(opts.node_timeout, store.clone(), Instant::now())?;
         let names = ActorNames::restore(store.clone())?;
-        let control = Control::with_tables(head_config, nodes, names, desc);
+        let jobs = JobTable::restore(store.clone())?;
+        let control = Control::with_tables(head_config, nodes, names, jobs, desc);
         let local = node.clone();
         let _ = control.local.set(Box::new(move |what| crate::inspect::rows(&local, what)));
         if store.durable() {
@@ -271,7 +274,7 @@ async fn run_async(
             Ok(())
         });
         // The head's own node's actor names: straight to the table.
-        let (names, mut asks) = NameAsks::channel();
+        let (names, mut asks) = HeadAsks::channel();
         node.set_directory(names);
         let (local, named, mut stop) = (node.clone(), control.clone(), stop_rx.clone());
         background.spawn(async move {
@@ -279,11 +282,13 @@ async fn run_async(
                 tokio::select! {
                     _ = stopped(&mut stop) => return Ok(()),
                     Some(ask) = asks.recv() => match ask {
-                        NameAsk::Claim(t, entry) => {
+                        HeadAsk::Claim(t, entry) => {
                             local.name_claimed(t, named.claim(node_id, named_actor(&entry)));
                         }
-                        NameAsk::Release(_, entry) => named.release(node_id, &named_actor(&entry)),
-                        NameAsk::Find(t, name) => local.actor_found(t, named.find(&name).and_then(found_actor)),
+                        HeadAsk::Release(_, entry) => named.release(node_id, &named_actor(&entry)),
+                        HeadAsk::Find(t, name) => local.actor_found(t, named.find(&name).and_then(found_actor)),
+                        HeadAsk::JobStarted(_, row) => named.jobs.lock().start(node_id, row),
+                        HeadAsk::JobEnded(_, row) => named.jobs.lock().end(node_id, row.job_id, row.end_ms),
                     },
                 }
             }
@@ -310,7 +315,7 @@ async fn run_async(
     } else {
         let address = opts.head_address.clone().expect("a node has a head");
         let client = HeadClient::connect(&address, &credentials, Some(desc.clone())).await?;
-        let (names, asks) = NameAsks::channel();
+        let (names, asks) = HeadAsks::channel();
         node.set_directory(names);
         let joined = Joined {
             address: address.clone(),
@@ -375,45 +380,67 @@ struct Joined {
     /// Kept in step with the head's view, asked for every heartbeat.
     peers: Arc<Peers>,
     /// The node's requests to the head's table of actor names.
-    asks: tokio::sync::mpsc::UnboundedReceiver<NameAsk>,
+    asks: tokio::sync::mpsc::UnboundedReceiver<HeadAsk>,
 }
 
-/// A node's request to the head's table of actor names (`wire` step 7),
-/// numbered by the node's ticket.
-enum NameAsk {
+/// A node's request to the head's tables of actor names and jobs (`wire`
+/// steps 7 and 8), numbered (by the node's ticket, or by [`HeadAsks`]).
+enum HeadAsk {
     Claim(u64, DirectoryEntry),
     Release(u64, DirectoryEntry),
     Find(u64, String),
+    JobStarted(u64, JobRow),
+    JobEnded(u64, JobRow),
 }
 
-/// The node's [`ActorDirectory`]: its requests, queued for the daemon's
+/// The node's [`ClusterDirectory`]: its requests, queued for the daemon's
 /// task that talks to the head (never blocking under the node's lock).
-struct NameAsks {
-    tx: tokio::sync::mpsc::UnboundedSender<NameAsk>,
-    /// Releases are numbered too (the head acknowledges them).
-    next_release: std::sync::atomic::AtomicU64,
+struct HeadAsks {
+    tx: tokio::sync::mpsc::UnboundedSender<HeadAsk>,
+    /// Numbers for the requests the node does not number (the head
+    /// acknowledges those too).
+    next: std::sync::atomic::AtomicU64,
 }
 
-impl NameAsks {
-    fn channel() -> (Arc<NameAsks>, tokio::sync::mpsc::UnboundedReceiver<NameAsk>) {
+impl HeadAsks {
+    fn channel() -> (Arc<HeadAsks>, tokio::sync::mpsc::UnboundedReceiver<HeadAsk>) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         // Apart from the node's tickets (counted from 1).
-        (Arc::new(NameAsks { tx, next_release: std::sync::atomic::AtomicU64::new(1 << 63) }), rx)
+        (Arc::new(HeadAsks { tx, next: std::sync::atomic::AtomicU64::new(1 << 63) }), rx)
+    }
+
+    fn number(&self) -> u64 {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
-impl ActorDirectory for NameAsks {
+impl ClusterDirectory for HeadAsks {
     fn claim(&self, ticket: u64, entry: DirectoryEntry) {
-        let _ = self.tx.send(NameAsk::Claim(ticket, entry));
+        let _ = self.tx.send(HeadAsk::Claim(ticket, entry));
     }
 
     fn release(&self, entry: DirectoryEntry) {
-        let n = self.next_release.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _ = self.tx.send(NameAsk::Release(n, entry));
+        let _ = self.tx.send(HeadAsk::Release(self.number(), entry));
     }
 
     fn find(&self, ticket: u64, name: &str) {
-        let _ = self.tx.send(NameAsk::Find(ticket, name.to_string()));
+        let _ = self.tx.send(HeadAsk::Find(ticket, name.to_string()));
+    }
+
+    fn job_started(&self, job: JobInfo) {
+        let row = JobRow {
+            job_id: job.job.0,
+            pid: job.pid,
+            entrypoint: job.entrypoint,
+            start_ms: crate::control::unix_ms(),
+            ..JobRow::default()
+        };
+        let _ = self.tx.send(HeadAsk::JobStarted(self.number(), row));
+    }
+
+    fn job_ended(&self, job: WorkerId) {
+        let row = JobRow { job_id: job.0, end_ms: crate::control::unix_ms(), ..JobRow::default() };
+        let _ = self.tx.send(HeadAsk::JobEnded(self.number(), row));
     }
 }
 
@@ -437,18 +464,21 @@ fn found_actor(row: NamedActor) -> Option<FoundActor> {
     })
 }
 
-impl NameAsk {
+impl HeadAsk {
     fn to_head(&self) -> ToHeadKind {
         match self {
-            NameAsk::Claim(t, e) => ToHeadKind::Claim(NameClaim { req: *t, actor: Some(named_actor(e)) }),
-            NameAsk::Release(t, e) => ToHeadKind::Release(NameClaim { req: *t, actor: Some(named_actor(e)) }),
-            NameAsk::Find(t, name) => ToHeadKind::Find(FindActor { req: *t, name: name.clone() }),
+            HeadAsk::Claim(t, e) => ToHeadKind::Claim(NameClaim { req: *t, actor: Some(named_actor(e)) }),
+            HeadAsk::Release(t, e) => ToHeadKind::Release(NameClaim { req: *t, actor: Some(named_actor(e)) }),
+            HeadAsk::Find(t, name) => ToHeadKind::Find(FindActor { req: *t, name: name.clone() }),
+            HeadAsk::JobStarted(t, j) => ToHeadKind::JobStarted(JobEvent { req: *t, job: Some(j.clone()) }),
+            HeadAsk::JobEnded(t, j) => ToHeadKind::JobEnded(JobEvent { req: *t, job: Some(j.clone()) }),
         }
     }
 
     fn ticket(&self) -> u64 {
         match self {
-            NameAsk::Claim(t, _) | NameAsk::Release(t, _) | NameAsk::Find(t, _) => *t,
+            HeadAsk::Claim(t, _) | HeadAsk::Release(t, _) | HeadAsk::Find(t, _) => *t,
+            HeadAsk::JobStarted(t, _) | HeadAsk::JobEnded(t, _) => *t,
         }
     }
 }
@@ -458,7 +488,7 @@ impl Joined {
         // Requests to the names table sent and not answered: sent again on
         // the next connection after a break (each is idempotent), so none
         // is lost with a head that restarts.
-        let mut unanswered: std::collections::BTreeMap<u64, NameAsk> = std::collections::BTreeMap::new();
+        let mut unanswered: std::collections::BTreeMap<u64, HeadAsk> = std::collections::BTreeMap::new();
         loop {
             let interval = Duration::from_millis(client.registered.heartbeat_interval_ms.max(10));
             let mut tick = tokio::time::interval(interval);
@@ -523,15 +553,18 @@ impl Joined {
                     msg = from_head.recv() => match msg {
                         Some(Ok(FromHeadKind::View(view))) => self.peers.update(&view),
                         Some(Ok(FromHeadKind::Claimed(a))) => {
-                            if let Some(NameAsk::Claim(t, _)) = unanswered.remove(&a.req) {
+                            if let Some(HeadAsk::Claim(t, _)) = unanswered.remove(&a.req) {
                                 let result = if a.refusal.is_empty() { Ok(()) } else { Err(a.refusal) };
                                 self.node.name_claimed(t, result);
                             }
                         }
                         Some(Ok(FromHeadKind::Found(f))) => {
-                            if let Some(NameAsk::Find(t, _)) = unanswered.remove(&f.req) {
+                            if let Some(HeadAsk::Find(t, _)) = unanswered.remove(&f.req) {
                                 self.node.actor_found(t, f.actor.and_then(found_actor));
                             }
+                        }
+                        Some(Ok(FromHeadKind::Noted(a))) => {
+                            unanswered.remove(&a.req);
                         }
                         Some(Ok(FromHeadKind::List(r))) => {
                             let what = ListWhat::try_from(r.what).unwrap_or(ListWhat::Events);

@@ -21,7 +21,7 @@
 //! answering each before the next. A heartbeat is accepted only from the
 //! connection its node registered on.
 
-use crate::control::{ActorNames, ConnId, NodeTable};
+use crate::control::{ActorNames, ConnId, JobTable, NodeTable};
 use crate::error::ClusterError;
 use crate::wire::*;
 use ferroray_common::{ClusterToken, NodeId};
@@ -83,6 +83,8 @@ pub struct Control {
     /// The names of actors across the cluster (`wire` step 7). Taken after
     /// `nodes` when both are held.
     pub names: Mutex<ActorNames>,
+    /// The cluster's jobs (`wire` step 8).
+    pub jobs: Mutex<JobTable>,
     /// The head's own node.
     pub head_node: NodeId,
     next_conn: AtomicU64,
@@ -111,19 +113,26 @@ impl Control {
     /// it.
     pub fn new(config: HeadConfig, head: NodeDesc) -> Arc<Self> {
         let nodes = NodeTable::new(config.node_timeout);
-        Control::with_tables(config, nodes, ActorNames::new(), head)
+        Control::with_tables(config, nodes, ActorNames::new(), JobTable::new(), head)
     }
 
-    /// The control store over `nodes` and `names` (say, restored from
-    /// storage: `NodeTable::restore`, `ActorNames::restore`), with the
-    /// head's own node added.
-    pub fn with_tables(config: HeadConfig, mut nodes: NodeTable, names: ActorNames, head: NodeDesc) -> Arc<Self> {
+    /// The control store over its tables (say, restored from storage:
+    /// `NodeTable::restore` and the others'), with the head's own node
+    /// added.
+    pub fn with_tables(
+        config: HeadConfig,
+        mut nodes: NodeTable,
+        names: ActorNames,
+        jobs: JobTable,
+        head: NodeDesc,
+    ) -> Arc<Self> {
         let head_node = NodeId(head.node_id);
         nodes.register_head(head, Instant::now());
         Arc::new(Control {
             config,
             nodes: Mutex::new(nodes),
             names: Mutex::new(names),
+            jobs: Mutex::new(jobs),
             head_node,
             next_conn: AtomicU64::new(1),
             open: AtomicUsize::new(0),
@@ -209,8 +218,10 @@ async fn sweep(control: Arc<Control>) {
             }
             nodes
         };
-        // The names of actors on nodes that died go with them.
+        // The names of actors on nodes that died go with them, and their
+        // jobs fail.
         control.names.lock().prune(&nodes);
+        control.jobs.lock().prune(&nodes, crate::control::unix_ms());
     }
 }
 
@@ -396,6 +407,10 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     None
                 }
+                (ToHeadKind::List(r), _) if r.what == ListWhat::Jobs as i32 => {
+                    let jobs = control.jobs.lock().rows();
+                    Some(Ok(FromHeadKind::Listed(Listing { jobs, ..Listing::default() })))
+                }
                 (ToHeadKind::List(r), _) => {
                     let what = ListWhat::try_from(r.what).unwrap_or(ListWhat::Events);
                     Some(Ok(FromHeadKind::Listed(gather(control, what).await)))
@@ -408,7 +423,17 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 (ToHeadKind::Release(c), Some(id)) => {
                     control.release(id, c.actor.as_ref().expect("checked on arrival"));
-                    Some(Ok(FromHeadKind::Claimed(ClaimAnswer { req: c.req, refusal: String::new() })))
+                    Some(Ok(FromHeadKind::Noted(Ack { req: c.req })))
+                }
+                // Step 8.
+                (ToHeadKind::JobStarted(e), Some(id)) => {
+                    control.jobs.lock().start(id, e.job.expect("checked on arrival"));
+                    Some(Ok(FromHeadKind::Noted(Ack { req: e.req })))
+                }
+                (ToHeadKind::JobEnded(e), Some(id)) => {
+                    let job = e.job.expect("checked on arrival");
+                    control.jobs.lock().end(id, job.job_id, job.end_ms);
+                    Some(Ok(FromHeadKind::Noted(Ack { req: e.req })))
                 }
                 (ToHeadKind::Find(f), Some(_)) => {
                     let actor = control.find(&f.name);

@@ -80,6 +80,8 @@ pub fn rows(node: &Node, what: ListWhat) -> Listing {
                 })
                 .collect();
         }
+        // The head's table, not a node's.
+        ListWhat::Jobs => {}
     }
     out
 }

@@ -66,8 +66,12 @@
 //! of it is passed on too (the node takes both from a peer's link for a
 //! named actor).
 //!
+//! An actor handle in a task's arguments goes with a [`ToPeerKind::Reach`]
+//! ahead of the task (the node that owns the actor, its class and front):
+//! the executing node makes a proxy for it, whose calls go to that node.
+//!
 //! What does not cross nodes yet: `get` of an object on another node that
-//! no argument, result or item carried here, and actor handles passed in
+//! no argument, result or item carried here, and a streaming generator in
 //! arguments (a task naming one stays on its owner's node).
 
 use crate::error::{ClusterError, Result};
@@ -125,7 +129,7 @@ const REATTACH_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ToPeer {
-    #[prost(oneof = "ToPeerKind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "ToPeerKind", tags = "1, 2, 3, 4, 5")]
     pub kind: Option<ToPeerKind>,
 }
 
@@ -141,6 +145,10 @@ pub enum ToPeerKind {
     /// A `ToNode` frame (step 3).
     #[prost(bytes = "vec", tag = "4")]
     Node(Vec<u8>),
+    /// An actor whose handle the next task carries, and the node that owns
+    /// it (step 3): the peer makes a proxy for it first.
+    #[prost(message, tag = "5")]
+    Reach(crate::wire::NamedActor),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -348,6 +356,8 @@ checked_wire!(ToPeer, |m| match &m.kind {
     Some(ToPeerKind::Hello(h)) => check_hello(h),
     Some(ToPeerKind::Exe(b) | ToPeerKind::Blob(b)) => check_blob(b),
     Some(ToPeerKind::Node(_)) => Ok(()),
+    // An unnamed actor's row has no name.
+    Some(ToPeerKind::Reach(a)) => crate::wire::check_named(&crate::wire::NamedActor { name: "-".into(), ..a.clone() }),
 });
 
 checked_wire!(FromPeer, |m| match &m.kind {
@@ -1035,6 +1045,9 @@ async fn outgoing(
                 if matches!(msg, FromNode::Execute(_)) && ctx.node.program_generation() != generation {
                     return Err(peer_error("the link")("another program connected here: it opens again".into()));
                 }
+                if let FromNode::Execute(spec) = &msg {
+                    send_reaches(&ctx.node, &mut writer, spec).await?;
+                }
                 owner_node_msg(&out, &arena, &mut writer, &mut gathering, &mut cache, msg).await?;
             }
             loop {
@@ -1069,6 +1082,30 @@ async fn outgoing(
             }
         }
     }
+}
+
+/// Step 3: for each actor handle a task's arguments carry (its call's own
+/// actor aside: the peer has that one, or reaches it by name), what the
+/// peer needs to call it from there, ahead of the task.
+async fn send_reaches<W: AsyncWrite + Unpin>(node: &Node, writer: &mut Writer<W>, spec: &TaskSpec) -> Result<()> {
+    let own = spec.actor_id().filter(|_| matches!(spec.actor, Some(ActorTask::Call { .. })));
+    for id in &spec.contained {
+        if own.is_some_and(|a| a.handle_object() == *id) {
+            continue;
+        }
+        if let Some(found) = node.actor_of_handle(*id) {
+            let row = crate::wire::NamedActor {
+                name: found.entry.name,
+                actor_id: crate::wire::actor_id_bytes(found.entry.actor),
+                node_id: found.node.0,
+                detached: found.entry.detached,
+                class: found.entry.class,
+                front: found.entry.front,
+            };
+            writer.send(ToPeer { kind: Some(ToPeerKind::Reach(row)) }).await?;
+        }
+    }
+    Ok(())
 }
 
 /// One message of the executing node, on the owner's side (steps 3 and 4):
@@ -1478,6 +1515,9 @@ struct Running {
 /// One link, the executing side.
 struct Executing<W> {
     conn: NodeOut,
+    /// The node, for what goes to it directly rather than as a message
+    /// (an actor to reach).
+    node: Arc<Node>,
     arena: Arc<Arena>,
     writer: Writer<W>,
     /// The link's driver id: every id it makes carries it.
@@ -1592,6 +1632,7 @@ async fn incoming(stream: LinkStream, proven: bool, ctx: Arc<PeerContext>) -> Re
     let mut from_peer = spawn_reader::<_, ToPeer>(read, lander.clone());
     let mut link = Executing {
         conn: NodeOut::new(conn),
+        node: ctx.node.clone(),
         arena: ctx.node.arena().clone(),
         writer,
         me,
@@ -1731,6 +1772,19 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
     async fn owner_frame(&mut self, msg: ToPeer) -> Result<()> {
         match msg.kind {
             Some(ToPeerKind::Node(bytes)) => self.owner_msg(decode_node(&bytes)?).await,
+            Some(ToPeerKind::Reach(row)) => {
+                let actor = crate::wire::actor_id_from(&row.actor_id)
+                    .ok_or_else(|| peer_error("an actor to reach")("a malformed actor id".into()))?;
+                let entry = ferroray_node::DirectoryEntry {
+                    name: row.name,
+                    actor,
+                    detached: row.detached,
+                    class: row.class,
+                    front: row.front,
+                };
+                self.node.reach_actor(ferroray_node::FoundActor { node: NodeId(row.node_id), entry });
+                Ok(())
+            }
             _ => Err(peer_error("a message out of turn")("hello or executable".into())),
         }
     }

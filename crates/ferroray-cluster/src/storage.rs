@@ -42,8 +42,10 @@ pub const NODES: &str = "nodes";
 pub const CLUSTER: &str = "cluster";
 /// The names of actors (`crate::control::ActorNames`).
 pub const ACTORS: &str = "actors";
+/// The jobs (`crate::control::JobTable`).
+pub const JOBS: &str = "jobs";
 /// Every table a store loads when it opens.
-pub const TABLES: [&str; 3] = [NODES, CLUSTER, ACTORS];
+pub const TABLES: [&str; 4] = [NODES, CLUSTER, ACTORS, JOBS];
 
 /// The prefix of a table's key in Redis.
 pub const REDIS_PREFIX: &str = "ferroray:";

@@ -34,6 +34,11 @@
 //!    Requests carry a number the answer repeats. Only a node sends them,
 //!    and only for itself: the head takes the node from the connection,
 //!    never from the message.
+//! 8. A node tells the head of its jobs (`crate::control::JobTable`): a
+//!    program's driver connected ([`ToHeadKind::JobStarted`]) and left
+//!    ([`ToHeadKind::JobEnded`]), each acknowledged ([`FromHeadKind::Noted`])
+//!    so that the node sends again what a broken link lost. A client's
+//!    `List` of jobs is answered from the head's table.
 //!
 //! Every count and size is checked on arrival ([`check_desc`],
 //! [`check_load`], [`check_named`]), before the head takes its lock.
@@ -65,7 +70,7 @@ pub const MAX_ROWS: usize = 50_000;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ToHead {
-    #[prost(oneof = "ToHeadKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "ToHeadKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub kind: Option<ToHeadKind>,
 }
 
@@ -89,12 +94,58 @@ pub enum ToHeadKind {
     #[prost(message, tag = "7")]
     Claim(NameClaim),
     /// A node's named actor died: its name is free again (answered
-    /// [`FromHeadKind::Claimed`], so that the node knows it arrived).
+    /// [`FromHeadKind::Noted`], so that the node knows it arrived).
     #[prost(message, tag = "8")]
     Release(NameClaim),
     /// Which node has the live actor of this name.
     #[prost(message, tag = "9")]
     Find(FindActor),
+    /// A driver connected to the node (step 8).
+    #[prost(message, tag = "10")]
+    JobStarted(JobEvent),
+    /// A driver left (its row: the job id and the end time).
+    #[prost(message, tag = "11")]
+    JobEnded(JobEvent),
+}
+
+/// A job: a program's driver connected to a node (Ray's driver job).
+#[derive(Clone, PartialEq, Message)]
+pub struct JobRow {
+    /// The driver's id (`WorkerId`), which the node gave it.
+    #[prost(fixed64, tag = "1")]
+    pub job_id: u64,
+    /// The node it connected to (set by the head, from the connection).
+    #[prost(fixed64, tag = "2")]
+    pub node_id: u64,
+    #[prost(uint32, tag = "3")]
+    pub pid: u32,
+    /// The driver's command line, as its node read it (at most
+    /// [`MAX_TEXT`] bytes).
+    #[prost(string, tag = "4")]
+    pub entrypoint: String,
+    /// Unix time in milliseconds; `end_ms` 0 while it runs.
+    #[prost(uint64, tag = "5")]
+    pub start_ms: u64,
+    #[prost(uint64, tag = "6")]
+    pub end_ms: u64,
+    /// `RUNNING`, `FINISHED` (its driver left) or `FAILED` (its node died).
+    #[prost(string, tag = "7")]
+    pub state: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct JobEvent {
+    #[prost(uint64, tag = "1")]
+    pub req: u64,
+    #[prost(message, optional, tag = "2")]
+    pub job: Option<JobRow>,
+}
+
+/// An acknowledgement of request `req`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Ack {
+    #[prost(uint64, tag = "1")]
+    pub req: u64,
 }
 
 /// A named actor as the control store keeps it (step 7).
@@ -161,6 +212,8 @@ pub enum ListWhat {
     Events = 0,
     Actors = 1,
     Objects = 2,
+    /// The head's job table (step 8).
+    Jobs = 3,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -189,6 +242,8 @@ pub struct Listing {
     /// Alive nodes that did not answer in time (to a client).
     #[prost(string, repeated, tag = "6")]
     pub missing: Vec<String>,
+    #[prost(message, repeated, tag = "7")]
+    pub jobs: Vec<JobRow>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -325,7 +380,7 @@ pub struct NodeLoad {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct FromHead {
-    #[prost(oneof = "FromHeadKind", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "FromHeadKind", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub kind: Option<FromHeadKind>,
 }
 
@@ -348,6 +403,9 @@ pub enum FromHeadKind {
     Claimed(ClaimAnswer),
     #[prost(message, tag = "7")]
     Found(FoundActor),
+    /// A `Release`, `JobStarted` or `JobEnded` arrived.
+    #[prost(message, tag = "8")]
+    Noted(Ack),
 }
 
 /// Why the head refused a request; the connection closes after it.
@@ -434,7 +492,7 @@ pub fn check_desc(d: &NodeDesc) -> Result<(), FrameError> {
 
 /// Checks a node's listing: at most [`MAX_ROWS`] rows.
 pub fn check_listing(l: &Listing) -> Result<(), FrameError> {
-    let rows = l.events.len() + l.actors.len() + l.objects.len();
+    let rows = l.events.len() + l.actors.len() + l.objects.len() + l.jobs.len();
     if rows > MAX_ROWS {
         return Err(malformed(format!("a listing of {rows} rows")));
     }
@@ -509,6 +567,13 @@ identity_wire!(ToHead, |m| match &m.kind {
     Some(ToHeadKind::Find(f)) if f.name.len() > limits::MAX_NAME => {
         Err(malformed(format!("an actor name of {} bytes", f.name.len())))
     }
+    Some(ToHeadKind::JobStarted(e) | ToHeadKind::JobEnded(e)) => match &e.job {
+        None => Err(malformed("a job event of no job".into())),
+        Some(j) if j.entrypoint.len() > MAX_TEXT || j.state.len() > MAX_TEXT => {
+            Err(malformed(format!("a job entrypoint of {} bytes", j.entrypoint.len())))
+        }
+        Some(_) => Ok(()),
+    },
     Some(_) => Ok(()),
 });
 

@@ -201,6 +201,13 @@ fn a_head_restarted_on_redis_stops_nothing_that_runs_on_the_nodes() {
         assert_eq!(r.get_timeout(Duration::from_secs(10)).unwrap(), node_b);
     }
     assert_eq!(ferroray::cluster_resources().unwrap()["b"], 2.0);
+    // The program's job is in the restarted head's table, still running.
+    let jobs = h.ferroray(&["list", "jobs", "--filter", "state=RUNNING"]);
+    let me = std::process::id().to_string();
+    assert!(
+        jobs.lines().skip(1).any(|l| l.split_whitespace().nth(3) == Some(me.as_str()) && l.contains(&node_a)),
+        "{jobs}"
+    );
 
     // The restarted head still has the name: a task on B finds the actor on
     // A and calls it there, and the name is not B's to take.

@@ -51,6 +51,15 @@ fn chunks(n: usize, size: usize) -> impl Iterator<Item = Buffer> {
     (0..n).map(move |i| Buffer::new(vec![i as u8; size]))
 }
 
+/// Calls the actor it is given, twice: where the actor ran, its count, and
+/// where this ran.
+#[ferroray::remote]
+fn call_where(w: ferroray::ActorHandle<Where>) -> (String, u32, String) {
+    w.node().remote().get().unwrap();
+    let (at, n) = w.node().remote().get().unwrap();
+    (at, n, ferroray::node_id().unwrap())
+}
+
 /// Tries to make a detached actor named `name` here: whether it did, and
 /// where this ran.
 #[ferroray::remote]
@@ -416,6 +425,15 @@ fn tasks_objects_and_streams_cross_nodes() {
     let ran: Vec<String> = runs.into_iter().map(|r| r.get().unwrap()).collect();
     assert!(ran.contains(&head) && ran.contains(&b), "{ran:?}");
 
+    // An actor's handle passed to a task on B: its calls come back to the
+    // actor here, in order, and its state is the one actor's.
+    let local = Where::options().num_cpus(0).remote().unwrap();
+    assert_eq!(local.node().remote().get().unwrap(), (head.clone(), 1));
+    let (at, n, ran) = call_where::options().resource("b", 1).remote(local.clone()).get().unwrap();
+    assert_eq!((at.as_str(), n, ran.as_str()), (head.as_str(), 3, b.as_str()));
+    assert_eq!(local.node().remote().get().unwrap(), (head.clone(), 4));
+    ferroray::kill(&local).unwrap();
+
     // Creations of one name racing on two nodes, several rounds: exactly
     // one actor gets it each time, and the others are told it exists.
     for round in 0..5 {
@@ -500,7 +518,18 @@ fn tasks_objects_and_streams_cross_nodes() {
     ferroray::kill(&w).unwrap();
     assert!(w.node().remote().get_timeout(Duration::from_secs(10)).is_err());
 
+    // This program is a job of the cluster's, running, with its command line.
+    let jobs = s.ferroray(&["list", "jobs", "--filter", "state=RUNNING"]);
+    let me = std::process::id().to_string();
+    let row = jobs.lines().skip(1).find(|l| l.split_whitespace().nth(3) == Some(me.as_str()));
+    assert!(row.is_some_and(|r| r.contains("multinode") && r.contains(&head)), "{jobs}");
+
     ferroray::shutdown();
+    // Gone with it: finished.
+    wait_for("the job finished", Duration::from_secs(10), || {
+        let jobs = s.ferroray(&["list", "jobs", "--filter", "state=FINISHED"]);
+        jobs.lines().skip(1).any(|l| l.split_whitespace().nth(3) == Some(me.as_str()))
+    });
     drop(s);
     assert!(!dir.exists());
 }

@@ -37,17 +37,33 @@ mod state_tests;
 
 pub use config::{NodeConfig, WorkerCommand};
 
-/// Where a node of a cluster keeps the names of its actors (the head's
-/// table; `state::directory`). Called under the node's lock: an
-/// implementation queues the request and returns; the answer comes back
-/// through [`Node::name_claimed`] and [`Node::actor_found`].
-pub trait ActorDirectory: Send + Sync {
+/// Where a node of a cluster keeps what the cluster shares: the names of
+/// its actors and its jobs (the head's tables; `state::directory`,
+/// `state::jobs`). Called under the node's lock: an implementation queues
+/// the request and returns; answers come back through
+/// [`Node::name_claimed`] and [`Node::actor_found`].
+pub trait ClusterDirectory: Send + Sync {
     /// This node wants `entry.name` for its actor `entry.actor`.
     fn claim(&self, ticket: u64, entry: DirectoryEntry);
     /// This node's actor died: its name is free.
     fn release(&self, entry: DirectoryEntry);
     /// Which node has the live actor named `name`.
     fn find(&self, ticket: u64, name: &str);
+    /// A program's driver connected: a job starts.
+    fn job_started(&self, job: JobInfo);
+    /// Driver `job` left: its job ended.
+    fn job_ended(&self, job: ferroray_common::WorkerId);
+}
+
+/// A job as its node sees it start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobInfo {
+    /// The driver's id, which names the job.
+    pub job: ferroray_common::WorkerId,
+    pub pid: u32,
+    /// The driver's command line (`/proc/<pid>/cmdline`, read by the node,
+    /// at most 1 KiB).
+    pub entrypoint: String,
 }
 
 /// A named actor, as the directory keeps it.
@@ -202,7 +218,7 @@ impl Node {
 
     /// Names of actors are the cluster's from now on: claimed from, let
     /// go to and looked up in `directory` (`state::directory`).
-    pub fn set_directory(&self, directory: Arc<dyn ActorDirectory>) {
+    pub fn set_directory(&self, directory: Arc<dyn ClusterDirectory>) {
         self.shared.lock().set_directory(directory);
     }
 
@@ -214,6 +230,18 @@ impl Node {
     /// The directory's answer to find `ticket`.
     pub fn actor_found(&self, ticket: u64, found: Option<FoundActor>) {
         self.shared.lock().actor_found(ticket, found);
+    }
+
+    /// What another node needs to call the actor whose handle object is
+    /// `id`, if it is one (`state::directory` step 5).
+    pub fn actor_of_handle(&self, id: ferroray_common::ObjectId) -> Option<FoundActor> {
+        self.shared.lock().actor_of_handle(id)
+    }
+
+    /// A handle of an actor another node owns arrives: calls made here go
+    /// there (`state::directory` step 5).
+    pub fn reach_actor(&self, found: FoundActor) {
+        self.shared.lock().reach_actor(found);
     }
 
     /// Attaches peer node `node`, which has `total` resources, as an

@@ -868,10 +868,10 @@ fn the_jobs_program_has_a_generation_that_changes_with_it() {
     assert!(h.st.program_generation() > g2);
 }
 
-// 7. Refs in arguments: a task naming one of this node's streams (or actor
-// handles) is not sent to a peer, since a copy of the value would not carry
-// the stream; a peer link's imported copies are held by it, and a copy of
-// an object the node has already is dropped.
+// 7. Refs in arguments: a task naming one of this node's streams is not
+// sent to a peer, since a copy of the value would not carry the stream; a
+// peer link's imported copies are held by it, and a copy of an object the
+// node has already is dropped.
 #[test]
 fn a_task_naming_a_stream_stays_here_and_imports_are_copies_held_by_the_link() {
     let mut h = harness(1.0);
@@ -983,7 +983,7 @@ impl FakeDirectory {
     }
 }
 
-impl crate::ActorDirectory for FakeDirectory {
+impl crate::ClusterDirectory for FakeDirectory {
     fn claim(&self, ticket: u64, entry: crate::DirectoryEntry) {
         self.0.lock().push(("claim".into(), ticket, entry.name));
     }
@@ -992,6 +992,12 @@ impl crate::ActorDirectory for FakeDirectory {
     }
     fn find(&self, ticket: u64, name: &str) {
         self.0.lock().push(("find".into(), ticket, name.into()));
+    }
+    fn job_started(&self, job: crate::JobInfo) {
+        self.0.lock().push(("job_started".into(), job.job.0, job.entrypoint));
+    }
+    fn job_ended(&self, job: WorkerId) {
+        self.0.lock().push(("job_ended".into(), job.0, String::new()));
     }
 }
 
@@ -1148,4 +1154,60 @@ fn get_actor_of_another_nodes_actor_makes_a_proxy_whose_calls_go_there() {
         matches!(ready(&msgs, ObjectId::for_return(t3, 0)), Some(ObjectValue::Error(Error::ActorDied { .. }))),
         "{msgs:?}"
     );
+}
+
+// Directory step 5: a task naming an actor's handle goes to a peer like any
+// other; what the peer needs to call the actor names the node that owns it
+// (this one for its own actor, the owner for a proxy), and a node that
+// receives a handle of another node's actor calls it there.
+#[test]
+fn actor_handles_cross_nodes_and_their_calls_go_to_the_owner() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let p = attach(&mut h, 7, cpus(4.0));
+    // An actor of this node's.
+    let own = named_actor(&d, 1, "own");
+    let own_id = ferroray_common::ActorId(own.task_id);
+    h.st.handle(d.conn, ToNode::CreateActor { req: 1, spec: Box::new(own) });
+    let found = h.st.actor_of_handle(own_id.handle_object()).unwrap();
+    assert_eq!((found.node, found.entry.name.as_str(), found.entry.front.clone()), (h.st.node_id(), "own", vec![7]));
+    assert!(h.st.actor_of_handle(ObjectId::for_return(own_id.0, 1)).is_none(), "not a handle object");
+    // A task naming its handle, with no room here: it goes to the peer.
+    let busy = h.worker();
+    let (first, _) = submit(&mut h, &d, spec(&d, 2, ReturnKind::Fixed(1), 0));
+    assert_eq!(executed(&busy.take()), vec![first]);
+    let mut naming = spec(&d, 3, ReturnKind::Fixed(1), 0);
+    naming.contained = vec![own_id.handle_object()];
+    let (naming_tid, _) = submit(&mut h, &d, naming);
+    assert_eq!(executed(&p.take()), vec![naming_tid], "a handle does not keep a task here");
+
+    // A handle of node 9's actor arrives with a task from a peer: a proxy,
+    // whose calls go to node 9's link; its handle info names node 9.
+    let nine = attach(&mut h, 9, cpus(1.0));
+    let theirs = ferroray_common::ActorId(TaskId { submitter: WorkerId(55), seq: 4 });
+    let entry = crate::DirectoryEntry {
+        name: String::new(),
+        actor: theirs,
+        detached: false,
+        class: "t::Theirs".into(),
+        front: vec![],
+    };
+    h.st.reach_actor(crate::FoundActor { node: NodeId(9), entry: entry.clone() });
+    assert_eq!(h.st.actor_of_handle(theirs.handle_object()).unwrap().node, NodeId(9));
+    // One of this node's own, announced back to it: no proxy.
+    h.st.reach_actor(crate::FoundActor {
+        node: h.st.node_id(),
+        entry: crate::DirectoryEntry { actor: own_id, ..entry },
+    });
+    assert_eq!(h.st.actor_of_handle(own_id.handle_object()).unwrap().entry.name, "own");
+    let link = h.driver();
+    h.st.handle(link.conn, ToNode::Import { id: theirs.handle_object(), value: inline(b"") });
+    let k = call(&link, 1, theirs);
+    let ktid = k.task_id;
+    h.st.handle(link.conn, ToNode::Submit(Box::new(k)));
+    assert_eq!(executed(&nine.take()), vec![ktid]);
+    // Its last handle here gone (the link's and the call's): the proxy goes.
+    returned(&mut h, &nine, ktid, 0, b"ok");
+    h.st.handle(link.conn, ToNode::RemoveRef(vec![theirs.handle_object(), ObjectId::for_return(ktid, 0)]));
+    assert!(h.st.actor_of_handle(theirs.handle_object()).is_none());
 }

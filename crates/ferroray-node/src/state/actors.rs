@@ -62,7 +62,7 @@ pub(super) struct Actor {
     /// The creation task's spec, run again by a restart.
     creation: TaskSpec,
     /// Its options (from `creation`).
-    opts: ActorSpec,
+    pub(super) opts: ActorSpec,
     pub(super) phase: Phase,
     /// Its process's connection, once that process said hello.
     pub(super) worker: Option<ConnId>,
@@ -290,7 +290,7 @@ impl State {
         let want = a.creation.resources.clone();
         if !want.fits_in(&self.available) {
             // No room here: a peer with room takes it (`remote` step 6).
-            let here = super::remote::stays_here(&a.creation, &self.actors, &self.streams)
+            let here = super::remote::stays_here(&a.creation, &self.streams)
                 || self.tasks.get(&id.0).is_some_and(|t| t.from_peer);
             let mut rooms = self.peer_rooms();
             let peer = (!here).then(|| super::remote::pick_peer(&mut rooms, &want).map(|(p, _)| *p)).flatten();

@@ -1,6 +1,6 @@
 //! Actor names across a cluster: the node's side of the head's table of
 //! named actors (`ferroray-cluster`'s `ActorNames`), reached through an
-//! [`ActorDirectory`] the daemon sets.
+//! [`ClusterDirectory`] the daemon sets.
 //!
 //! 1. A named actor is created here only once the cluster gave it its name
 //!    (`claim_name`): the name is reserved in this node's table at once (so
@@ -21,6 +21,15 @@
 //!    here does.
 //! 4. The directory answers within [`DIRECTORY_TIMEOUT`], or the request
 //!    fails (a head that is away for longer); nobody waits forever.
+//! 5. A handle in a task's arguments (named or not) crosses nodes the same
+//!    way: the owner's link sends what `actor_of_handle` says (the node
+//!    that owns the actor, its class and front) ahead of the task, and the
+//!    executing node makes a proxy (`reach_actor`) before the task's
+//!    handle object arrives; the proxy goes with the last handle there. The
+//!    actor lives while its owner's node holds a handle (the task that
+//!    carried it pins it while it runs): a handle kept on the other node
+//!    past that finds the actor gone, as the owner's reference counts do
+//!    not cover other nodes.
 //!
 //! Who sees the states in between: a creation waiting for its claim is not
 //! in the actor table, so a `get_actor` of its name here says no live actor
@@ -29,7 +38,7 @@
 //! owning node's `ActorDied`.
 
 use super::*;
-use crate::{ActorDirectory, DirectoryEntry, FoundActor};
+use crate::{ClusterDirectory, DirectoryEntry, FoundActor};
 use ferroray_common::{ActorId, NodeId};
 use ferroray_protocol::{ActorSpec, ActorTask};
 use std::time::{Duration, Instant};
@@ -42,7 +51,7 @@ pub const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct Directory {
     /// Set by a daemon (`Node::set_directory`); `None` for a node of its
     /// own, whose names are its own.
-    pub(super) hook: Option<Arc<dyn ActorDirectory>>,
+    pub(super) hook: Option<Arc<dyn ClusterDirectory>>,
     next_ticket: u64,
     /// Creations waiting for their name (step 1).
     claims: FxHashMap<u64, Claim>,
@@ -166,6 +175,39 @@ impl State {
         self.send(find.conn, FromNode::ActorFound { req: find.req, result });
     }
 
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.info.node_id
+    }
+
+    /// Step 5: what another node needs to call the actor whose handle
+    /// object is `id` (if it is one): the node that owns it, and its class
+    /// and front (an unnamed actor's entry has an empty name).
+    pub fn actor_of_handle(&self, id: ObjectId) -> Option<FoundActor> {
+        let actor = ActorId(id.task);
+        if actor.handle_object() != id {
+            return None;
+        }
+        let a = self.actors.get(&actor)?;
+        let entry = DirectoryEntry {
+            name: a.opts.name.clone().unwrap_or_default(),
+            actor,
+            detached: a.opts.detached,
+            class: a.opts.class.clone(),
+            front: a.opts.front.clone(),
+        };
+        Some(FoundActor { node: a.reached.unwrap_or(self.info.node_id), entry })
+    }
+
+    /// Step 5: a handle of `found.entry.actor` arrives with a task from a
+    /// peer: calls made here go to its node through a proxy (none is made
+    /// for one of this node's own actors).
+    pub fn reach_actor(&mut self, found: FoundActor) {
+        if found.node != self.info.node_id {
+            self.reach(found.node, found.entry);
+        }
+    }
+
     /// Step 3: a proxy for `entry`, owned by node `node` (kept if there is
     /// one); false if the id is one of this node's own actors.
     fn reach(&mut self, node: NodeId, entry: DirectoryEntry) -> bool {
@@ -182,7 +224,7 @@ impl State {
         }
         let opts = ActorSpec {
             class: entry.class,
-            name: Some(entry.name),
+            name: (!entry.name.is_empty()).then_some(entry.name),
             // Its life is its owner's business: nothing here ends it.
             detached: true,
             max_restarts: 0,

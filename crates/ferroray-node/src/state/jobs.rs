@@ -31,6 +31,12 @@
 //!    it runs (`label`: its submitter, or its root's), as if each were a
 //!    job of its own (as in Ray); to all of them when that is not known (a
 //!    line printed between tasks, or by a task whose chain ended).
+//! 7. On a node of a cluster, each driver that joins over the socket is a
+//!    job of the cluster's (as in Ray, one per driver): the node tells its
+//!    directory (`ClusterDirectory::job_started`, with the command line the
+//!    kernel shows for the driver's pid) and, when the driver leaves,
+//!    `job_ended`. A peer node's link is no job: its program's driver is
+//!    on the other node.
 
 use super::*;
 use crate::WorkerCommand;
@@ -45,6 +51,35 @@ pub(crate) struct Job {
     /// Counts the changes of `commands` over the node's life (kept across
     /// jobs): a peer link made for one program is not used for the next.
     generation: u64,
+    /// The drivers told to the cluster as jobs (step 7).
+    reported: FxHashSet<ConnId>,
+}
+
+/// Most bytes of a driver's command line a job row keeps.
+const MAX_ENTRYPOINT: usize = 1024;
+
+/// The command line of process `pid`, arguments joined by spaces and
+/// control characters (a `python -c` program's newlines) made spaces, cut
+/// at [`MAX_ENTRYPOINT`] bytes (empty if it cannot be read).
+fn entrypoint(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut text: String = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.len() > MAX_ENTRYPOINT {
+        let mut cut = MAX_ENTRYPOINT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
 }
 
 fn same(a: &WorkerCommand, b: &WorkerCommand) -> bool {
@@ -102,7 +137,13 @@ impl State {
             }
         }
         if let Err(e) = self.join_job(conn, commands) {
-            self.reject(conn, e)
+            return self.reject(conn, e);
+        }
+        // Step 7.
+        if let Some(hook) = self.directory.hook.clone() {
+            let job = self.conns.get(&conn).map_or(WorkerId(0), |c| c.worker_id);
+            self.job.reported.insert(conn);
+            hook.job_started(crate::JobInfo { job, pid, entrypoint: entrypoint(pid) });
         }
     }
 
@@ -155,6 +196,11 @@ impl State {
         if !self.job.drivers.remove(&conn) {
             return;
         }
+        if self.job.reported.remove(&conn) {
+            if let Some(hook) = self.directory.hook.clone() {
+                hook.job_ended(driver);
+            }
+        }
         self.output.lock().retain(|o| !o.same(outbox));
         // Step 5: what it started goes with it, nested tasks included.
         let started: Vec<TaskId> = self.tasks.keys().filter(|t| t.submitter == driver).copied().collect();
@@ -165,7 +211,11 @@ impl State {
             return;
         }
         let kinds: Vec<WorkerKind> = self.job.commands.keys().copied().collect();
-        self.job = Job { generation: self.job.generation + 1, ..Job::default() };
+        self.job = Job {
+            generation: self.job.generation + 1,
+            reported: std::mem::take(&mut self.job.reported),
+            ..Job::default()
+        };
         for kind in kinds {
             let _ = self.spawn.send(PoolCmd::SetCommand { kind, command: None });
             self.kinds.retain(|k| *k != kind);

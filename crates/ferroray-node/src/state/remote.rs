@@ -48,9 +48,12 @@
 //! 7. Refs in arguments: a peer gets a copy of every object a task's
 //!    arguments name, nested ones included (the daemon's link sends them
 //!    with the task, `ToNode::Import` there), so any task may go to a peer,
-//!    except one whose arguments hold an actor's handle or a streaming
-//!    generator that this node keeps: those live in this node's tables,
-//!    not in a value, so such a task runs here ([`stays_here`]).
+//!    except one whose arguments hold a streaming generator that this node
+//!    keeps: it lives in this node's tables, not in a value, so such a task
+//!    runs here ([`stays_here`]). An actor's handle goes with what its node
+//!    needs to call the actor (`Node::actor_of_handle`, sent ahead by the
+//!    link): the peer makes a proxy for it (`directory` step 3), whose calls
+//!    come back to the node that owns the actor.
 
 use super::*;
 use ferroray_common::{ActorId, NodeId};
@@ -150,17 +153,10 @@ pub(super) fn take_queue_room(queue_rooms: &mut [(ConnId, ResourceSet)], peer: C
 }
 
 /// Step 7: whether a task must run on this node, because refs in its
-/// arguments name an actor's handle or a streaming generator of this
-/// node's (a copy of the value would not carry the actor or the stream).
-pub(super) fn stays_here(
-    spec: &TaskSpec,
-    actors: &FxHashMap<ActorId, actors::Actor>,
-    streams: &FxHashMap<TaskId, Stream>,
-) -> bool {
-    spec.contained.iter().any(|c| {
-        *c == ObjectId::for_return(c.task, 0)
-            && (actors.contains_key(&ActorId(c.task)) || streams.contains_key(&c.task))
-    })
+/// arguments name a streaming generator of this node's (a copy of the
+/// value would not carry the stream).
+pub(super) fn stays_here(spec: &TaskSpec, streams: &FxHashMap<TaskId, Stream>) -> bool {
+    spec.contained.iter().any(|c| *c == ObjectId::for_return(c.task, 0) && streams.contains_key(&c.task))
 }
 
 impl State {
@@ -170,7 +166,7 @@ impl State {
     }
 
     /// Names of actors are the cluster's from now on (`directory`).
-    pub fn set_directory(&mut self, directory: Arc<dyn crate::ActorDirectory>) {
+    pub fn set_directory(&mut self, directory: Arc<dyn crate::ClusterDirectory>) {
         self.directory.hook = Some(directory);
     }
 

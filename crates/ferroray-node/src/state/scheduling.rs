@@ -92,7 +92,7 @@ impl State {
         let mut to_peers = Vec::new();
         let mut waiting = Vec::new();
         let total = &self.total;
-        let (actors, streams) = (&self.actors, &self.streams);
+        let streams = &self.streams;
         for ((kind, shape), queue) in self.ready.iter_mut() {
             let kind = *kind;
             let head = queue.front().and_then(|t| self.tasks.get(t)).map_or(0, |t| t.order);
@@ -112,7 +112,7 @@ impl State {
                         || self
                             .tasks
                             .get(&queue[i])
-                            .is_some_and(|t| t.from_peer || remote::stays_here(&t.spec, actors, streams));
+                            .is_some_and(|t| t.from_peer || remote::stays_here(&t.spec, streams));
                     if let Some((peer, room)) = (!here).then(|| remote::pick_peer(&mut rooms, shape)).flatten() {
                         room.subtract(shape);
                         let peer = *peer;

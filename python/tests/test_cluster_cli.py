@@ -503,3 +503,64 @@ def test_a_named_actor_is_found_and_called_from_another_node(session):
     finally:
         subprocess.run([sys.executable, "-m", "ferroray", "stop"], env=env_b, capture_output=True, timeout=60)
         shutil.rmtree(other, ignore_errors=True)
+
+
+DIES = r"""
+import os, sys, time
+import ferroray as ray
+
+ray.init(address="auto")
+
+@ray.remote(resources={"b": 1}, num_cpus=0)
+class Holder:
+    def pid(self):
+        return os.getpid()
+
+@ray.remote(resources={"b": 1}, num_cpus=0)
+def forever(mark):
+    with open(mark, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)
+
+@ray.remote(resources={"b": 1}, num_cpus=0)
+def where():
+    return ray.get_runtime_context().get_node_id()
+
+h = Holder.remote()
+print("actor", ray.get(h.pid.remote()), ray.get(where.remote()), flush=True)
+mark = os.path.join(sys.argv[1], "task")
+f = forever.remote(mark)
+deadline = time.time() + 20
+while not os.path.exists(mark):  # running on the other node
+    assert time.time() < deadline
+    time.sleep(0.02)
+os._exit(0)  # no shutdown: the process is gone
+"""
+
+
+def test_a_driver_that_dies_takes_its_actors_and_tasks_on_other_nodes(session):
+    """Ray: a driver's non-detached actors and its tasks end with it,
+    cluster-wide."""
+    import time
+
+    run, d = session
+    out = run("start", "--head", "--port", "0", "--num-cpus", "1", "--heartbeat-ms", "200").stdout
+    head = re.search(r"cluster at (\S+) ", out).group(1)
+    # Room for the actor (which holds its `b` for its life) and the tasks.
+    run("start", "--address", head, "--num-cpus", "1", "--resources", '{"b": 3}', "--heartbeat-ms", "200")
+    env = dict(os.environ, FERRORAY_SESSION_DIR=d)
+    with tempfile.TemporaryDirectory(prefix="ferroray-py-dies-") as marks:
+        done = _python(DIES, env, marks)
+        assert done.returncode == 0, done.stdout + done.stderr
+        with open(os.path.join(marks, "task")) as f:
+            task_pid = int(f.read())
+    _, actor_pid, there = re.search(r"^actor .*$", done.stdout, re.M).group(0).split()
+    # Both processes ran on the other node, and end with their driver.
+    deadline = time.monotonic() + 15
+    while _alive(int(actor_pid)) or _alive(task_pid):
+        assert time.monotonic() < deadline, "the driver's actor or task outlived it"
+        time.sleep(0.05)
+    # No node lists it alive any more (nor anything else of the program's).
+    actors = run("list", "actors").stdout
+    assert "ALIVE" not in actors and "STARTING" not in actors, actors
+    assert there != re.search(r"^(\S+) ", run("list", "nodes", "--filter", "is_head=true").stdout.splitlines()[1]).group(1)

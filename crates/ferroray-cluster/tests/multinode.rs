@@ -60,6 +60,22 @@ fn call_where(w: ferroray::ActorHandle<Where>) -> (String, u32, String) {
     (at, n, ferroray::node_id().unwrap())
 }
 
+/// Calls the actor it is given `n` times, each waited for: how many
+/// answered, and the errors of those that did not (each within its
+/// timeout: none may hang).
+#[ferroray::remote]
+fn hammer(w: ferroray::ActorHandle<Where>, n: u32) -> (u32, Vec<String>) {
+    let mut ok = 0;
+    let mut errors = Vec::new();
+    for _ in 0..n {
+        match w.node().remote().get_timeout(Duration::from_secs(10)) {
+            Ok(_) => ok += 1,
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    (ok, errors)
+}
+
 /// Tries to make a detached actor named `name` here: whether it did, and
 /// where this ran.
 #[ferroray::remote]
@@ -433,6 +449,23 @@ fn tasks_objects_and_streams_cross_nodes() {
     assert_eq!((at.as_str(), n, ran.as_str()), (head.as_str(), 3, b.as_str()));
     assert_eq!(local.node().remote().get().unwrap(), (head.clone(), 4));
     ferroray::kill(&local).unwrap();
+
+    // Calls from B and from here racing a kill: each answers or fails with
+    // the actor's death, none hangs, and once it is dead every call fails.
+    for round in 0..3 {
+        let target = Where::options().num_cpus(0).remote().unwrap();
+        target.node().remote().get().unwrap();
+        let far: Vec<_> = (0..2).map(|_| hammer::options().resource("b", 0.1).remote(target.clone(), 40)).collect();
+        let near = hammer::options().num_cpus(0).remote(target.clone(), 40);
+        std::thread::sleep(Duration::from_millis(20 + 30 * round));
+        ferroray::kill(&target).unwrap();
+        for r in far.into_iter().chain([near]) {
+            let (ok, errors) = r.get_timeout(Duration::from_secs(60)).unwrap();
+            assert_eq!(ok as usize + errors.len(), 40);
+            assert!(errors.iter().all(|e| e.contains("is dead")), "{errors:?}");
+        }
+        assert!(target.node().remote().get_timeout(Duration::from_secs(10)).is_err());
+    }
 
     // Creations of one name racing on two nodes, several rounds: exactly
     // one actor gets it each time, and the others are told it exists.

@@ -1091,10 +1091,10 @@ fn a_named_actor_waits_for_its_name_and_lets_it_go_when_it_dies() {
     assert!(matches!(created(&d.take(), 5), Some(Err(Error::InvalidOption(m))) if m.contains("did not answer")));
 }
 
-// Directory step 3: `get_actor` of a name another node's actor holds makes
-// a proxy: its calls go to that node over the peer link in order, a kill is
-// passed on, a name nobody holds is an error, and with no link to its node
-// a call fails rather than wait.
+// Directory steps 3 and 6: `get_actor` of a name another node's actor holds
+// makes a proxy: its calls go to that node over the peer link in order, a
+// kill is passed on, a name nobody holds is an error, and with no link to
+// its node a call waits for one, for a bounded time.
 #[test]
 fn get_actor_of_another_nodes_actor_makes_a_proxy_whose_calls_go_there() {
     let mut h = harness(1.0);
@@ -1141,8 +1141,8 @@ fn get_actor_of_another_nodes_actor_makes_a_proxy_whose_calls_go_there() {
         .take()
         .iter()
         .any(|m| matches!(m, FromNode::ActorFound { req: 6, result: Err(Error::InvalidOption(_)) })));
-    // The link gone: the call that ran there fails, and a new one fails at
-    // once (no link to node 9).
+    // The link gone: the call that ran there fails; a new one waits for a
+    // link to node 9 (step 6), and goes when node 9 is attached again.
     h.st.disconnect(b.conn, "link broke");
     let k3 = call(&d, 4, actor);
     let t3 = k3.task_id;
@@ -1150,8 +1150,26 @@ fn get_actor_of_another_nodes_actor_makes_a_proxy_whose_calls_go_there() {
     h.st.handle(d.conn, ToNode::Subscribe(vec![ObjectId::for_return(t2, 0), ObjectId::for_return(t3, 0)]));
     let msgs = d.take();
     assert!(matches!(ready(&msgs, ObjectId::for_return(t2, 0)), Some(ObjectValue::Error(_))), "{msgs:?}");
+    assert_eq!(ready(&msgs, ObjectId::for_return(t3, 0)), None, "waits for a link");
+    let b2 = attach(&mut h, 9, cpus(2.0));
+    assert_eq!(executed(&b2.take()), vec![t3]);
+    returned(&mut h, &b2, t3, 0, b"3");
+    assert!(matches!(ready(&d.take(), ObjectId::for_return(t3, 0)), Some(ObjectValue::Data { .. })));
+    // With no link for long: the waiting call fails, and says why.
+    h.st.disconnect(b2.conn, "link broke");
+    let k4 = call(&d, 5, actor);
+    let t4 = k4.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(k4)));
+    h.st.handle(d.conn, ToNode::Subscribe(vec![ObjectId::for_return(t4, 0)]));
+    let now = std::time::Instant::now();
+    h.st.expire_directory(now);
+    assert_eq!(ready(&d.take(), ObjectId::for_return(t4, 0)), None);
+    h.st.expire_directory(now + crate::state::DIRECTORY_TIMEOUT + std::time::Duration::from_millis(1));
+    let msgs = d.take();
     assert!(
-        matches!(ready(&msgs, ObjectId::for_return(t3, 0)), Some(ObjectValue::Error(Error::ActorDied { .. }))),
+        matches!(ready(&msgs, ObjectId::for_return(t4, 0)),
+            Some(ObjectValue::Error(Error::ActorDied { cause: ferroray_common::ActorDeathCause::Crashed(m), .. }))
+            if m.contains("no link to its node")),
         "{msgs:?}"
     );
 }

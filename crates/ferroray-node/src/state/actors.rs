@@ -399,13 +399,13 @@ impl State {
                 let Some(a) = self.actors.get_mut(&id) else { return };
                 a.worker = conn;
                 if conn.is_none() {
-                    let e = died(id, ActorDeathCause::Crashed(format!("its node {node} cannot be reached")));
-                    let waiting: Vec<TaskId> = a.queues.drain(..).flat_map(|(_, q)| q).collect();
-                    for tid in waiting {
-                        self.complete_task(tid, Err(e.clone()));
-                    }
+                    // No link to its node yet (it joined after this node's
+                    // last view) or for the moment (a link being made
+                    // again): the calls wait for one (`directory` step 6).
+                    self.directory.unlinked.entry(id).or_insert_with(std::time::Instant::now);
                     return;
                 }
+                self.directory.unlinked.remove(&id);
             }
         }
         let Some(a) = self.actors.get_mut(&id) else { return };
@@ -432,6 +432,15 @@ impl State {
         a.sent.extend(to_send.iter().copied());
         for tid in to_send {
             self.assign(tid, worker, false);
+        }
+    }
+
+    /// Fails the calls of actor `id` that were submitted and not sent.
+    pub(super) fn fail_waiting_calls(&mut self, id: ActorId, e: Error) {
+        let Some(a) = self.actors.get_mut(&id) else { return };
+        let waiting: Vec<TaskId> = a.queues.drain(..).flat_map(|(_, q)| q).collect();
+        for tid in waiting {
+            self.complete_task(tid, Err(e.clone()));
         }
     }
 
@@ -677,6 +686,7 @@ impl State {
 
     /// Drops the record of an actor nobody can call any more.
     pub(super) fn forget_actor(&mut self, id: ActorId) {
+        self.directory.unlinked.remove(&id);
         if let Some(a) = self.actors.remove(&id) {
             if let Some(n) = a.opts.name {
                 if self.actor_names.get(&n) == Some(&id) {

@@ -30,6 +30,11 @@
 //!    carried it pins it while it runs): a handle kept on the other node
 //!    past that finds the actor gone, as the owner's reference counts do
 //!    not cover other nodes.
+//! 6. A proxy's calls wait while there is no link to its node (one that
+//!    joined after this node's last view of the cluster, or whose link is
+//!    being made again): the node's attachment sends them
+//!    (`proxies_linked`), and calls still waiting after
+//!    [`DIRECTORY_TIMEOUT`] fail with the actor unreachable.
 //!
 //! Who sees the states in between: a creation waiting for its claim is not
 //! in the actor table, so a `get_actor` of its name here says no live actor
@@ -39,7 +44,7 @@
 
 use super::*;
 use crate::{ClusterDirectory, DirectoryEntry, FoundActor};
-use ferroray_common::{ActorId, NodeId};
+use ferroray_common::{ActorDeathCause, ActorId, NodeId};
 use ferroray_protocol::{ActorSpec, ActorTask};
 use std::time::{Duration, Instant};
 
@@ -57,6 +62,9 @@ pub(crate) struct Directory {
     claims: FxHashMap<u64, Claim>,
     /// `get_actor`s waiting for the answer (step 3).
     finds: FxHashMap<u64, Find>,
+    /// Proxies with calls waiting for a link to their node, since when
+    /// (step 6).
+    pub(super) unlinked: FxHashMap<ActorId, Instant>,
 }
 
 struct Claim {
@@ -237,8 +245,22 @@ impl State {
         true
     }
 
-    /// Step 4: fails the requests older than [`DIRECTORY_TIMEOUT`] (from
-    /// the node's periodic tick).
+    /// Step 6: node `node` was attached: the calls of its proxies go.
+    pub(super) fn proxies_linked(&mut self, node: NodeId) {
+        let waiting: Vec<ActorId> = self
+            .directory
+            .unlinked
+            .keys()
+            .copied()
+            .filter(|id| self.actors.get(id).is_some_and(|a| a.reached == Some(node)))
+            .collect();
+        for id in waiting {
+            self.dispatch_calls(id);
+        }
+    }
+
+    /// Steps 4 and 6: fails the requests, and the calls waiting for a link,
+    /// older than [`DIRECTORY_TIMEOUT`] (from the node's periodic tick).
     pub fn expire_directory(&mut self, now: Instant) {
         let late = |asked: Instant| now.duration_since(asked) >= DIRECTORY_TIMEOUT;
         let claims: Vec<u64> = self.directory.claims.iter().filter(|(_, c)| late(c.asked)).map(|(t, _)| *t).collect();
@@ -254,6 +276,14 @@ impl State {
                 find.name
             ));
             self.send(find.conn, FromNode::ActorFound { req: find.req, result: Err(e) });
+        }
+        let stranded: Vec<ActorId> =
+            self.directory.unlinked.iter().filter(|(_, since)| late(**since)).map(|(id, _)| *id).collect();
+        for id in stranded {
+            self.directory.unlinked.remove(&id);
+            let Some(node) = self.actors.get(&id).and_then(|a| a.reached) else { continue };
+            let cause = ActorDeathCause::Crashed(format!("no link to its node {node} within {DIRECTORY_TIMEOUT:?}"));
+            self.fail_waiting_calls(id, Error::ActorDied { actor: id.to_string(), cause });
         }
     }
 }

@@ -197,6 +197,7 @@ impl State {
             peak_before: ResourceSet::new(),
         }));
         self.peers_enabled = true;
+        self.proxies_linked(node);
         self.schedule();
     }
 

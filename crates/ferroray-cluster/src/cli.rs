@@ -483,6 +483,8 @@ fn status(a: ConnectArgs) -> Result<()> {
     println!("  {}/{} object store memory", bytes(used), bytes(capacity));
     println!("Tasks: {tasks}");
     println!("Objects: {objects}");
+    println!("Jobs: {} running", view.jobs_running);
+    println!("Named actors: {}", view.named_actors);
     Ok(())
 }
 

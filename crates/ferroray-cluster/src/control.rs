@@ -317,7 +317,7 @@ impl NodeTable {
             })
             .collect();
         nodes.sort_by_key(|n| !n.is_head);
-        ClusterView { nodes }
+        ClusterView { nodes, ..ClusterView::default() }
     }
 }
 
@@ -470,8 +470,7 @@ impl JobTable {
         if self.jobs.get(&row.job_id).is_some_and(|r| r.node_id != node.0) {
             return;
         }
-        let running = self.jobs.values().filter(|r| r.end_ms == 0).count();
-        if running >= MAX_JOBS_RUNNING && !self.jobs.contains_key(&row.job_id) {
+        if self.running() >= MAX_JOBS_RUNNING && !self.jobs.contains_key(&row.job_id) {
             return;
         }
         row.node_id = node.0;
@@ -522,6 +521,11 @@ impl JobTable {
             self.jobs.remove(job);
             self.store.delete(storage::JOBS, &format!("{job:016x}"));
         }
+    }
+
+    /// Jobs running now.
+    pub fn running(&self) -> usize {
+        self.jobs.values().filter(|r| r.end_ms == 0).count()
     }
 
     /// Every job, by id.

@@ -392,7 +392,9 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                     heard.err().map(Err)
                 }
                 (ToHeadKind::View(_), _) => {
-                    let view = control.nodes.lock().view(Instant::now());
+                    let mut view = control.nodes.lock().view(Instant::now());
+                    view.jobs_running = control.jobs.lock().running() as u64;
+                    view.named_actors = control.names.lock().len() as u64;
                     Some(Ok(FromHeadKind::View(view)))
                 }
                 (ToHeadKind::Leave(_), Some(id)) => {

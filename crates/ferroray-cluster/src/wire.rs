@@ -445,6 +445,12 @@ pub struct Registered {
 pub struct ClusterView {
     #[prost(message, repeated, tag = "1")]
     pub nodes: Vec<NodeEntry>,
+    /// Jobs running, and actors with a name, across the cluster (for
+    /// `status`; 0 from a head that keeps no such table).
+    #[prost(uint64, tag = "2")]
+    pub jobs_running: u64,
+    #[prost(uint64, tag = "3")]
+    pub named_actors: u64,
 }
 
 /// One node as the head sees it.
@@ -639,6 +645,8 @@ mod tests {
                 last_heard_ms: 3,
                 is_head: true,
             }],
+            jobs_running: 2,
+            named_actors: 1,
         }));
         assert_eq!(round_trip(view.clone()), view);
     }

@@ -201,6 +201,9 @@ fn a_head_restarted_on_redis_stops_nothing_that_runs_on_the_nodes() {
         assert_eq!(r.get_timeout(Duration::from_secs(10)).unwrap(), node_b);
     }
     assert_eq!(ferroray::cluster_resources().unwrap()["b"], 2.0);
+    // The restarted head has the name and the job from its storage.
+    let status = h.ferroray(&["status"]);
+    assert!(status.contains("Named actors: 1") && status.contains("Jobs: 1 running"), "{status}");
     // The program's job is in the restarted head's table, still running.
     let jobs = h.ferroray(&["list", "jobs", "--filter", "state=RUNNING"]);
     let me = std::process::id().to_string();

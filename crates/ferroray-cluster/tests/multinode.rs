@@ -556,6 +556,8 @@ fn tasks_objects_and_streams_cross_nodes() {
     let me = std::process::id().to_string();
     let row = jobs.lines().skip(1).find(|l| l.split_whitespace().nth(3) == Some(me.as_str()));
     assert!(row.is_some_and(|r| r.contains("multinode") && r.contains(&head)), "{jobs}");
+    let status = s.ferroray(&["status"]);
+    assert!(status.contains("Jobs: 1 running"), "{status}");
 
     ferroray::shutdown();
     // Gone with it: finished.

@@ -129,7 +129,7 @@ def test_a_python_program_connects_to_the_daemon(session):
 
 
 STAYS = r"""
-import sys
+import sys, time
 import ferroray as ray
 
 ray.init(address="auto")
@@ -140,6 +140,7 @@ def shout():
     return 1
 
 assert ray.get(shout.remote()) == 1
+time.sleep(1)  # its output comes on its own way
 print("ready", flush=True)
 sys.stdin.readline()
 ray.shutdown()
@@ -170,6 +171,21 @@ os._exit(0)  # no shutdown: the connection just ends
 """
 
 
+def _started(code, env, *args):
+    """Starts `code` in a fresh interpreter that waits on its stdin, and
+    reads its output up to its "ready" line: the process and those lines."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    lines = []
+    while True:
+        line = proc.stdout.readline()
+        assert line, "the driver ended early: " + "".join(lines)
+        lines.append(line)
+        if line.strip() == "ready":
+            return proc, lines
+
+
 def _alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -184,17 +200,8 @@ def test_worker_output_reaches_the_driver_and_a_leaving_driver_takes_its_tasks(s
     run, d = session
     run("start", "--head", "--port", "0", "--num-cpus", "2")
     env = dict(os.environ, FERRORAY_SESSION_DIR=d)
-    stays = subprocess.Popen(
-        [sys.executable, "-c", STAYS], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    stays, lines = _started(STAYS, env)
     try:
-        lines = []
-        while True:
-            line = stays.stdout.readline()
-            assert line, "the driver ended early: " + "".join(lines)
-            lines.append(line)
-            if line.strip() == "ready":
-                break
         # Its worker's print, forwarded by the daemon with Ray's prefix.
         assert any(re.match(r"\(shout pid=\d+\) hello from the daemon's worker", l) for l in lines), lines
         # Another program of the same environment shares the job; when it
@@ -564,3 +571,50 @@ def test_a_driver_that_dies_takes_its_actors_and_tasks_on_other_nodes(session):
     actors = run("list", "actors").stdout
     assert "ALIVE" not in actors and "STARTING" not in actors, actors
     assert there != re.search(r"^(\S+) ", run("list", "nodes", "--filter", "is_head=true").stdout.splitlines()[1]).group(1)
+
+
+TWO_DRIVERS = r"""
+import sys, time
+import ferroray as ray
+
+ray.init(address="auto")
+me = sys.argv[1]
+
+@ray.remote(resources={"b": 1})
+def shout(who):
+    print(f"printed for {who}", flush=True)
+    return 1
+
+assert ray.get(shout.remote(me)) == 1
+time.sleep(1)  # its line comes on its own way
+print("ready", flush=True)
+if me == "first":
+    sys.stdin.readline()
+    assert ray.get(shout.remote(me)) == 1
+    time.sleep(1)
+ray.shutdown()
+"""
+
+
+def test_output_from_another_node_reaches_only_its_driver(session):
+    """Two drivers of one program on the head's node, each with a task on the
+    other node that prints: each driver gets its own task's line only."""
+    run, d = session
+    out = run("start", "--head", "--port", "0", "--num-cpus", "1", "--heartbeat-ms", "200").stdout
+    head = re.search(r"cluster at (\S+) ", out).group(1)
+    run("start", "--address", head, "--num-cpus", "1", "--resources", '{"b": 1}', "--heartbeat-ms", "200")
+    env = dict(os.environ, FERRORAY_SESSION_DIR=d)
+    first, lines = _started(TWO_DRIVERS, env, "first")
+    try:
+        second = _python(TWO_DRIVERS, env, "second")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert re.search(r"^\(shout pid=\d+\) printed for second$", second.stdout, re.M), second.stdout
+        assert "printed for first" not in second.stdout, second.stdout
+    finally:
+        first.stdin.write("\n")
+        first.stdin.flush()
+        rest = first.stdout.read()
+        assert first.wait(timeout=30) == 0
+    text = "".join(lines) + rest
+    assert len(re.findall(r"^\(shout pid=\d+\) printed for first$", text, re.M)) == 2, text
+    assert "printed for second" not in text, text

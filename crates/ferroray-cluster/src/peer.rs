@@ -181,6 +181,11 @@ pub struct OutputLines {
     pub to_stderr: bool,
     #[prost(string, tag = "2")]
     pub text: String,
+    /// The owner's task the worker ran (0 and 0: not known).
+    #[prost(fixed64, tag = "3")]
+    pub task_submitter: u64,
+    #[prost(uint64, tag = "4")]
+    pub task_seq: u64,
 }
 
 /// The most output text one message carries (a few whole lines).
@@ -1137,7 +1142,9 @@ fn from_executor(ctx: &PeerContext, lander: &Lander, out: &NodeOut, msg: FromPee
             Ok(())
         }
         Some(FromPeerKind::Output(o)) => {
-            ctx.node.output(o.to_stderr, &o.text);
+            let task =
+                (o.task_submitter != 0).then_some(TaskId { submitter: WorkerId(o.task_submitter), seq: o.task_seq });
+            ctx.node.output(o.to_stderr, &o.text, task);
             Ok(())
         }
         Some(FromPeerKind::Rejected(why)) => Err(ClusterError::Refused(why)),
@@ -2075,8 +2082,12 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 }
                 self.pump(task_id).await
             }
-            FromNode::Output { to_stderr, text } => {
-                let lines = OutputLines { to_stderr, text };
+            FromNode::Output { to_stderr, text, task } => {
+                // The task the worker ran, under the owner's id (its node
+                // finds the driver it is for).
+                let owner = task.and_then(|t| self.running.get(&t)).map(|r| r.owner_id);
+                let (task_submitter, task_seq) = owner.map_or((0, 0), |t| (t.submitter.0, t.seq));
+                let lines = OutputLines { to_stderr, text, task_submitter, task_seq };
                 self.writer.send(FromPeer { kind: Some(FromPeerKind::Output(lines)) }).await
             }
             FromNode::ActorCreated { req, result: Err(e) } => {

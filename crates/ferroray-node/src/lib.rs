@@ -302,10 +302,19 @@ impl Node {
     }
 
     /// Lines a worker printed (already prefixed), to the drivers of this
-    /// node's job as its own workers' output goes, else to this process's
+    /// node's job as its own workers' output goes (to the driver whose task
+    /// `task` is, when known: `state::jobs` step 6), else to this process's
     /// stdout or stderr: a peer node's output for tasks it ran for this one.
-    pub fn output(&self, to_stderr: bool, text: &str) {
-        let sinks = self.shared.lock().output.lock().clone();
+    pub fn output(&self, to_stderr: bool, text: &str, task: Option<ferroray_common::TaskId>) {
+        let (sinks, own) = {
+            let st = self.shared.lock();
+            let sinks = st.output.lock().clone();
+            (sinks, task.and_then(|t| st.driver_of(t)))
+        };
+        if let Some(d) = own.filter(|d| sinks.iter().any(|s| s.same(d))) {
+            d.send_now(ferroray_protocol::FromNode::Output { to_stderr, text: text.to_string(), task });
+            return;
+        }
         if sinks.is_empty() {
             use std::io::Write;
             let _ = if to_stderr {
@@ -317,7 +326,7 @@ impl Node {
             return;
         }
         for sink in sinks {
-            sink.send_now(ferroray_protocol::FromNode::Output { to_stderr, text: text.to_string() });
+            sink.send_now(ferroray_protocol::FromNode::Output { to_stderr, text: text.to_string(), task });
         }
     }
 

@@ -378,12 +378,13 @@ async fn copy_lines(
                 let text = format!("{prefix}{}", String::from_utf8_lossy(&line));
                 // The driver whose task it runs, if it is still connected;
                 // else every driver of the job (`jobs` step 6).
+                let task = label.as_ref().and_then(|l| l.task);
                 let own = label.and_then(|l| l.driver).filter(|d| sinks.iter().any(|s| s.same(d)));
                 match own {
-                    Some(d) => d.send_now(FromNode::Output { to_stderr, text }),
+                    Some(d) => d.send_now(FromNode::Output { to_stderr, text, task }),
                     None => {
                         for sink in sinks.iter() {
-                            sink.send_now(FromNode::Output { to_stderr, text: text.clone() });
+                            sink.send_now(FromNode::Output { to_stderr, text: text.clone(), task });
                         }
                     }
                 }

@@ -567,6 +567,9 @@ pub enum FromNode {
     Output {
         to_stderr: bool,
         text: String,
+        /// The task the worker was running, when known: a peer's link
+        /// names its owner's task, whose driver the owner's node finds.
+        task: Option<TaskId>,
     },
     /// End actor `actor` now, which runs on the node this peer connection
     /// stands for (a worker's process is killed instead).

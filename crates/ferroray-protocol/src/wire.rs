@@ -1564,6 +1564,8 @@ pub struct Output {
     pub to_stderr: bool,
     #[prost(string, tag = "2")]
     pub text: String,
+    #[prost(message, optional, tag = "3")]
+    pub task: Option<TaskId>,
 }
 
 /// The answer to `StreamClaim`: the first index the claimer gets, or an
@@ -1718,7 +1720,9 @@ impl From<m::FromNode> for FromNode {
             m::FromNode::ActorCreated { req, result } => {
                 K::ActorCreated(ActorCreated { req, error: result.err().map(Into::into) })
             }
-            m::FromNode::Output { to_stderr, text } => K::Output(Output { to_stderr, text }),
+            m::FromNode::Output { to_stderr, text, task } => {
+                K::Output(Output { to_stderr, text, task: task.map(Into::into) })
+            }
             m::FromNode::StreamClaimed { req, result } => K::StreamClaimed(match result {
                 Ok(from) => StreamClaimed { req, from, error: None },
                 Err(e) => StreamClaimed { req, from: 0, error: Some(e.into()) },
@@ -1797,7 +1801,7 @@ impl TryFrom<FromNode> for m::FromNode {
                     None => Ok((c::ActorId(task_id(a.actor, "ActorFound actor")?), a.class, a.front)),
                 },
             },
-            K::Output(o) => m::FromNode::Output { to_stderr: o.to_stderr, text: o.text },
+            K::Output(o) => m::FromNode::Output { to_stderr: o.to_stderr, text: o.text, task: o.task.map(Into::into) },
             K::StreamClaimed(c) => m::FromNode::StreamClaimed {
                 req: c.req,
                 result: match c.error {

@@ -265,7 +265,8 @@ fn every_from_node_message_round_trips() {
         FromNode::ActorFound { req: 4, result: Err(Error::InvalidOption("nobody".into())) },
         FromNode::StreamClaimed { req: 5, result: Ok(3) },
         FromNode::StreamClaimed { req: 6, result: Err(Error::InvalidOption("taken".into())) },
-        FromNode::Output { to_stderr: true, text: "(f pid=3) hello\n".into() },
+        FromNode::Output { to_stderr: true, text: "(f pid=3) hello\n".into(), task: None },
+        FromNode::Output { to_stderr: false, text: "(g pid=4) hi\n".into(), task: Some(tid(9)) },
     ];
     for state in [
         TaskState::Submitted,

@@ -526,7 +526,7 @@ impl CoreWorker {
                 eprintln!("ferroray: the node closed the connection: {e}");
                 self.mark_disconnected(&e.to_string());
             }
-            FromNode::Output { to_stderr, text } => {
+            FromNode::Output { to_stderr, text, .. } => {
                 use std::io::Write;
                 // Best effort, as a worker's own print: a closed stdout
                 // loses the lines, nothing else.

@@ -30,7 +30,10 @@
 //! 6. With several drivers, a worker's output goes to the driver whose task
 //!    it runs (`label`: its submitter, or its root's), as if each were a
 //!    job of its own (as in Ray); to all of them when that is not known (a
-//!    line printed between tasks, or by a task whose chain ended).
+//!    line printed between tasks, or by a task whose chain ended). Each line
+//!    also names the task at the root of its chain that a driver submitted:
+//!    a peer's link (a driver here) sends it on under its owner's task, for
+//!    the driver there (`driver_of`).
 //! 7. On a node of a cluster, each driver that joins over the socket is a
 //!    job of the cluster's (as in Ray, one per driver): the node tells its
 //!    directory (`ClusterDirectory::job_started`, with the command line the
@@ -92,23 +95,37 @@ impl State {
     /// task that did (following parents, which are kept while their
     /// children run); none when the job has one driver (all its output is
     /// that driver's anyway) or the chain is broken.
+    /// The label's task is the one a driver submitted at the root of that
+    /// chain (a peer's link maps it to its owner's task), else `tid`.
     pub(super) fn label(&self, name: &str, tid: TaskId) -> WorkerLabel {
-        let mut driver = None;
-        if self.job.drivers.len() > 1 {
-            let mut at = Some(tid);
-            for _ in 0..64 {
-                let Some(t) = at else { break };
-                let submitter = t.submitter;
-                if let Some(c) =
-                    self.job.drivers.iter().filter_map(|d| self.conns.get(d)).find(|c| c.worker_id == submitter)
-                {
-                    driver = Some(c.outbox.clone());
-                    break;
-                }
-                at = self.tasks.get(&t).and_then(|task| task.spec.parent);
-            }
+        let root = self.chain_root(tid);
+        let driver = if self.job.drivers.len() > 1 { root.as_ref().map(|(_, o)| o.clone()) } else { None };
+        WorkerLabel { name: name.to_string(), driver, task: Some(root.map_or(tid, |(t, _)| t)) }
+    }
+
+    /// Step 6: the driver task `tid` is for, when the job has several.
+    pub(crate) fn driver_of(&self, tid: TaskId) -> Option<Outbox> {
+        if self.job.drivers.len() <= 1 {
+            return None;
         }
-        WorkerLabel { name: name.to_string(), driver }
+        self.chain_root(tid).map(|(_, o)| o)
+    }
+
+    /// The first task in `tid`'s chain of parents (itself included) that a
+    /// driver of the job submitted, and that driver's outbox.
+    fn chain_root(&self, tid: TaskId) -> Option<(TaskId, Outbox)> {
+        let mut at = Some(tid);
+        for _ in 0..64 {
+            let t = at?;
+            let submitter = t.submitter;
+            if let Some(c) =
+                self.job.drivers.iter().filter_map(|d| self.conns.get(d)).find(|c| c.worker_id == submitter)
+            {
+                return Some((t, c.outbox.clone()));
+            }
+            at = self.tasks.get(&t).and_then(|task| task.spec.parent);
+        }
+        None
     }
 
     /// Steps 1 to 3.

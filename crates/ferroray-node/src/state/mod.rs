@@ -106,6 +106,8 @@ pub(crate) type TaskNames = Arc<parking_lot::Mutex<HashMap<u32, WorkerLabel>>>;
 pub(crate) struct WorkerLabel {
     pub(crate) name: String,
     pub(crate) driver: Option<Outbox>,
+    /// The task it runs (for a peer's link: its lines are its owner's).
+    pub(crate) task: Option<TaskId>,
 }
 
 /// Where workers' output goes besides this process's own: the drivers of

@@ -284,7 +284,7 @@ impl State {
         };
         tracing::warn!("{}", text.trim_end());
         for sink in self.output.lock().iter() {
-            sink.send(FromNode::Output { to_stderr: true, text: text.clone() });
+            sink.send(FromNode::Output { to_stderr: true, text: text.clone(), task: None });
         }
     }
 

@@ -43,7 +43,7 @@ use crate::wire::{
     FindActor, FromHeadKind, JobEvent, JobRow, ListWhat, NameClaim, NamedActor, NodeDesc, NodeLoad, ToHeadKind,
 };
 use ferroray_common::{NodeId, ResourceSet, WorkerId};
-use ferroray_node::{ClusterDirectory, DirectoryEntry, FoundActor, JobInfo, Node, NodeConfig, WorkerCommand};
+use ferroray_node::{ClusterDirectory, DirectoryEntry, JobInfo, Node, NodeConfig, WorkerCommand};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -286,7 +286,7 @@ async fn run_async(
                             local.name_claimed(t, named.claim(node_id, named_actor(&entry)));
                         }
                         HeadAsk::Release(_, entry) => named.release(node_id, &named_actor(&entry)),
-                        HeadAsk::Find(t, name) => local.actor_found(t, named.find(&name).and_then(found_actor)),
+                        HeadAsk::Find(t, name) => local.actor_found(t, named.find(&name).and_then(crate::wire::found_actor)),
                         HeadAsk::JobStarted(_, row) => named.jobs.lock().start(node_id, row),
                         HeadAsk::JobEnded(_, row) => named.jobs.lock().end(node_id, row.job_id, row.end_ms),
                     },
@@ -444,24 +444,9 @@ impl ClusterDirectory for HeadAsks {
     }
 }
 
+/// A claim's or release's row: the head sets the node.
 fn named_actor(e: &DirectoryEntry) -> NamedActor {
-    NamedActor {
-        name: e.name.clone(),
-        actor_id: crate::wire::actor_id_bytes(e.actor),
-        node_id: 0,
-        detached: e.detached,
-        class: e.class.clone(),
-        front: e.front.clone(),
-    }
-}
-
-/// The head's row as the node takes it (`None` if its id is malformed).
-fn found_actor(row: NamedActor) -> Option<FoundActor> {
-    let actor = crate::wire::actor_id_from(&row.actor_id)?;
-    Some(FoundActor {
-        node: NodeId(row.node_id),
-        entry: DirectoryEntry { name: row.name, actor, detached: row.detached, class: row.class, front: row.front },
-    })
+    crate::wire::actor_row(NodeId(0), e)
 }
 
 impl HeadAsk {
@@ -560,7 +545,7 @@ impl Joined {
                         }
                         Some(Ok(FromHeadKind::Found(f))) => {
                             if let Some(HeadAsk::Find(t, _)) = unanswered.remove(&f.req) {
-                                self.node.actor_found(t, f.actor.and_then(found_actor));
+                                self.node.actor_found(t, f.actor.and_then(crate::wire::found_actor));
                             }
                         }
                         Some(Ok(FromHeadKind::Noted(a))) => {

@@ -362,7 +362,7 @@ checked_wire!(ToPeer, |m| match &m.kind {
     Some(ToPeerKind::Exe(b) | ToPeerKind::Blob(b)) => check_blob(b),
     Some(ToPeerKind::Node(_)) => Ok(()),
     // An unnamed actor's row has no name.
-    Some(ToPeerKind::Reach(a)) => crate::wire::check_named(&crate::wire::NamedActor { name: "-".into(), ..a.clone() }),
+    Some(ToPeerKind::Reach(a)) => crate::wire::check_actor_row(a),
 });
 
 checked_wire!(FromPeer, |m| match &m.kind {
@@ -1099,14 +1099,7 @@ async fn send_reaches<W: AsyncWrite + Unpin>(node: &Node, writer: &mut Writer<W>
             continue;
         }
         if let Some(found) = node.actor_of_handle(*id) {
-            let row = crate::wire::NamedActor {
-                name: found.entry.name,
-                actor_id: crate::wire::actor_id_bytes(found.entry.actor),
-                node_id: found.node.0,
-                detached: found.entry.detached,
-                class: found.entry.class,
-                front: found.entry.front,
-            };
+            let row = crate::wire::actor_row(found.node, &found.entry);
             writer.send(ToPeer { kind: Some(ToPeerKind::Reach(row)) }).await?;
         }
     }
@@ -1780,16 +1773,9 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
         match msg.kind {
             Some(ToPeerKind::Node(bytes)) => self.owner_msg(decode_node(&bytes)?).await,
             Some(ToPeerKind::Reach(row)) => {
-                let actor = crate::wire::actor_id_from(&row.actor_id)
+                let found = crate::wire::found_actor(row)
                     .ok_or_else(|| peer_error("an actor to reach")("a malformed actor id".into()))?;
-                let entry = ferroray_node::DirectoryEntry {
-                    name: row.name,
-                    actor,
-                    detached: row.detached,
-                    class: row.class,
-                    front: row.front,
-                };
-                self.node.reach_actor(ferroray_node::FoundActor { node: NodeId(row.node_id), entry });
+                self.node.reach_actor(found);
                 Ok(())
             }
             _ => Err(peer_error("a message out of turn")("hello or executable".into())),

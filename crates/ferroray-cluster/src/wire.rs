@@ -508,7 +508,16 @@ pub fn check_listing(l: &Listing) -> Result<(), FrameError> {
 /// Checks a named actor from a peer: a name, an id of the right length,
 /// and bounded class and front.
 pub fn check_named(a: &NamedActor) -> Result<(), FrameError> {
-    if a.name.is_empty() || a.name.len() > limits::MAX_NAME || a.class.len() > limits::MAX_NAME {
+    if a.name.is_empty() {
+        return Err(malformed("an actor name of 0 bytes".into()));
+    }
+    check_actor_row(a)
+}
+
+/// Checks an actor's row from a peer, named or not (a handle's, `crate::peer`
+/// step 3): an id of the right length, bounded name, class and front.
+pub fn check_actor_row(a: &NamedActor) -> Result<(), FrameError> {
+    if a.name.len() > limits::MAX_NAME || a.class.len() > limits::MAX_NAME {
         return Err(malformed(format!("an actor name of {} bytes or class of {}", a.name.len(), a.class.len())));
     }
     if a.actor_id.len() != ACTOR_ID_LEN {
@@ -518,6 +527,32 @@ pub fn check_named(a: &NamedActor) -> Result<(), FrameError> {
         return Err(malformed(format!("an actor front of {} bytes", a.front.len())));
     }
     Ok(())
+}
+
+/// A node's actor as a row (`node_id` its owner's: 0 for a claim, where
+/// the head sets it).
+pub fn actor_row(node: ferroray_common::NodeId, e: &ferroray_node::DirectoryEntry) -> NamedActor {
+    NamedActor {
+        name: e.name.clone(),
+        actor_id: actor_id_bytes(e.actor),
+        node_id: node.0,
+        detached: e.detached,
+        class: e.class.clone(),
+        front: e.front.clone(),
+    }
+}
+
+/// A row as the node takes it (`None` if its id is malformed).
+pub fn found_actor(row: NamedActor) -> Option<ferroray_node::FoundActor> {
+    let actor = actor_id_from(&row.actor_id)?;
+    let entry = ferroray_node::DirectoryEntry {
+        name: row.name,
+        actor,
+        detached: row.detached,
+        class: row.class,
+        front: row.front,
+    };
+    Some(ferroray_node::FoundActor { node: ferroray_common::NodeId(row.node_id), entry })
 }
 
 /// Bytes of an actor id on the wire ([`actor_id_bytes`]).

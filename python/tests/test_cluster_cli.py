@@ -2,6 +2,7 @@
 `python -m ferroray start/status/list/stop`, real daemons joined over TLS on
 this machine; Python programs connect to them with `init(address=...)`."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -59,6 +60,32 @@ def test_errors_are_clear(session):
     assert out.returncode == 1 and "cannot listen on 10.9.8.7" in out.stderr
     out = run("list", "bogus", check=False)
     assert out.returncode == 2 and "invalid value" in out.stderr
+
+
+@contextlib.contextmanager
+def _other_machine(head, d, *start_args):
+    """A node on another machine (a session directory of its own) joined to
+    `head` with session `d`'s token file. Yields the environment of a
+    program there (with the cluster's credentials, as on another host), the
+    daemon's pid and the directory; stops the daemon after."""
+    other = tempfile.mkdtemp(prefix="ferroray-py-machine-")
+    os.rmdir(other)
+    env_b = dict(os.environ, FERRORAY_SESSION_DIR=other)
+    env_b.pop("FERRORAY_TOKEN", None)
+    try:
+        started = subprocess.run(
+            [sys.executable, "-m", "ferroray", "start", "--address", head, "--token-file", os.path.join(d, "token"),
+             "--num-cpus", "1", "--heartbeat-ms", "200", *start_args],
+            env=env_b, capture_output=True, text=True, timeout=60,
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        pid = int(re.search(r"\(pid (\d+)\)", started.stdout).group(1))
+        with open(os.path.join(d, "token")) as f:
+            token, fingerprint = f.read().split()
+        yield dict(env_b, FERRORAY_TOKEN=f"{token}:{fingerprint.removeprefix('sha256:')}"), pid, other
+    finally:
+        subprocess.run([sys.executable, "-m", "ferroray", "stop"], env=env_b, capture_output=True, timeout=60)
+        shutil.rmtree(other, ignore_errors=True)
 
 
 def _python(code, env, *args):
@@ -484,21 +511,8 @@ def test_a_named_actor_is_found_and_called_from_another_node(session):
     run, d = session
     out = run("start", "--head", "--port", "0", "--num-cpus", "1", "--heartbeat-ms", "200").stdout
     head = re.search(r"cluster at (\S+) ", out).group(1)
-    other = tempfile.mkdtemp(prefix="ferroray-py-machine-")
-    os.rmdir(other)
-    env_b = dict(os.environ, FERRORAY_SESSION_DIR=other)
-    env_b.pop("FERRORAY_TOKEN", None)
-    try:
-        started = subprocess.run(
-            [sys.executable, "-m", "ferroray", "start", "--address", head, "--token-file", os.path.join(d, "token"),
-             "--num-cpus", "1", "--heartbeat-ms", "200"],
-            env=env_b, capture_output=True, text=True, timeout=60,
-        )
-        assert started.returncode == 0, started.stdout + started.stderr
-        # A program on machine B has the cluster's credentials as on another host.
-        with open(os.path.join(d, "token")) as f:
-            token, fingerprint = f.read().split()
-        made = _python(NAMED_OWNER, dict(env_b, FERRORAY_TOKEN=f"{token}:{fingerprint.removeprefix('sha256:')}"))
+    with _other_machine(head, d) as (env_b, _, _):
+        made = _python(NAMED_OWNER, env_b)
         assert made.returncode == 0, made.stdout + made.stderr
         _, count, node_b = re.search(r"^made .*$", made.stdout, re.M).group(0).split()
         assert count == "11"
@@ -507,9 +521,6 @@ def test_a_named_actor_is_found_and_called_from_another_node(session):
         _, count, ran_on, here = re.search(r"^called .*$", used.stdout, re.M).group(0).split()
         assert (count, ran_on) == ("16", node_b) and here != node_b, used.stdout
         assert "refused True" in used.stdout and "reused 1" in used.stdout, used.stdout
-    finally:
-        subprocess.run([sys.executable, "-m", "ferroray", "stop"], env=env_b, capture_output=True, timeout=60)
-        shutil.rmtree(other, ignore_errors=True)
 
 
 DIES = r"""
@@ -618,3 +629,57 @@ def test_output_from_another_node_reaches_only_its_driver(session):
     text = "".join(lines) + rest
     assert len(re.findall(r"^\(shout pid=\d+\) printed for first$", text, re.M)) == 2, text
     assert "printed for second" not in text, text
+
+
+
+ONCE_PER_CLUSTER = r"""
+import subprocess, sys, time
+import ferroray as ray
+
+ray.init(address="auto")
+there = sys.argv[1:]
+
+@ray.remote
+def power(x, n):
+    return x ** n
+
+# Exported with its first call, which runs here; the head has it soon after.
+assert ray.get(power.remote(3, 2)) == 9
+time.sleep(1)
+# Each other node takes it from the head's table, not from this node.
+for r in there:
+    assert ray.get(power.options(resources={r: 1}).remote(4, 2)) == 16
+    assert ray.get([power.options(resources={r: 1}).remote(i, 3) for i in range(20)]) == [i ** 3 for i in range(20)]
+status = subprocess.run([sys.executable, "-m", "ferroray", "status"], capture_output=True, text=True, timeout=60)
+print(status.stdout, status.stderr, flush=True)
+ray.shutdown()
+"""
+
+
+def test_a_function_is_exported_once_per_cluster(session):
+    """A driver's function goes to the head's function table once; the nodes
+    that run it fetch it from there (their logs say so, once each), the head's
+    own node included, and `status` counts the functions. Two programs on two
+    machines (session directories): one on the head's node, one on node B."""
+    run, d = session
+    out = run("start", "--head", "--port", "0", "--num-cpus", "1", "--resources", '{"h": 1}',
+              "--heartbeat-ms", "200").stdout
+    head = re.search(r"cluster at (\S+) ", out).group(1)
+    head_pid = int(re.search(r"pid (\d+)\)", out).group(1))
+    out = run("start", "--address", head, "--num-cpus", "1", "--resources", '{"c": 1}', "--heartbeat-ms", "200").stdout
+    c_pid = int(re.search(r"\(pid (\d+)\)", out).group(1))
+    with _other_machine(head, d, "--resources", '{"b": 1}') as (env_b, b_pid, other):
+        first = _python(ONCE_PER_CLUSTER, dict(os.environ, FERRORAY_SESSION_DIR=d), "b", "c")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "Functions: 1 exported" in first.stdout, first.stdout
+        second = _python(ONCE_PER_CLUSTER, env_b, "h", "c")
+        assert second.returncode == 0, second.stdout + second.stderr
+        # The first program's function is kept a while after it ended.
+        assert "Functions: 2 exported" in second.stdout, second.stdout
+        took = {}
+        for name, log in [("head", os.path.join(d, "logs", f"{head_pid}.log")),
+                          ("b", os.path.join(other, "logs", f"{b_pid}.log")),
+                          ("c", os.path.join(d, "logs", f"{c_pid}.log"))]:
+            with open(log) as f:
+                took[name] = len(re.findall(r"took function \S+ from the cluster's function table", f.read()))
+        assert took == {"head": 1, "b": 1, "c": 2}, took

@@ -404,8 +404,8 @@ fn fetch_listing(a: &ConnectArgs, what: ListWhat) -> Result<Listing> {
     Ok(listing)
 }
 
-/// Connects to the head (the one started here, unless `--address`) and
-/// runs `ask` on the connection.
+/// Connects to the head (unless `--address`: the one started here, or the
+/// one a node started here joined) and runs `ask` on the connection.
 fn with_head<T, F, Fut>(a: &ConnectArgs, ask: F) -> Result<(String, T)>
 where
     F: FnOnce(HeadClient) -> Fut,
@@ -414,7 +414,11 @@ where
     let session = Session::open()?;
     let address = match &a.address {
         Some(addr) => addr.clone(),
-        None => session.head().map(|h| h.head).ok_or_else(|| ClusterError::NoCluster(session.dir().to_path_buf()))?,
+        None => session
+            .head()
+            .or_else(|| session.nodes().into_iter().next())
+            .map(|n| n.head)
+            .ok_or_else(|| ClusterError::NoCluster(session.dir().to_path_buf()))?,
     };
     let credentials = match given_token(a.token_file.as_ref())? {
         Some(c) => c,
@@ -485,6 +489,7 @@ fn status(a: ConnectArgs) -> Result<()> {
     println!("Objects: {objects}");
     println!("Jobs: {} running", view.jobs_running);
     println!("Named actors: {}", view.named_actors);
+    println!("Functions: {} exported", view.functions);
     Ok(())
 }
 

@@ -1,7 +1,6 @@
-//! The control store's tables, kept by the head. Today: the node table
-//! (membership and health), the names of actors ([`ActorNames`]) and the
-//! jobs ([`JobTable`]). The function table joins them as the cluster
-//! grows.
+//! The control store's tables, kept by the head: the node table
+//! (membership and health), the names of actors ([`ActorNames`]), the
+//! jobs ([`JobTable`]) and the exported functions ([`FunctionTable`]).
 //!
 //! A node's life in the table:
 //! 1. `register`: alive, bound to the connection it came on. Only that
@@ -31,7 +30,7 @@
 
 use crate::error::{ClusterError, Result};
 use crate::storage::{self, MemoryStore, TableStore};
-use crate::wire::{ClusterView, JobRow, NamedActor, NodeDesc, NodeEntry, NodeLoad, MAX_NODES};
+use crate::wire::{ClusterView, FunctionRow, JobRow, NamedActor, NodeDesc, NodeEntry, NodeLoad, MAX_NODES};
 use ferroray_common::NodeId;
 use prost::Message;
 use std::collections::BTreeMap;
@@ -523,6 +522,12 @@ impl JobTable {
         }
     }
 
+    /// When job `job` ended (unix ms): `Some(0)` while it runs, `None` for
+    /// a job the table does not have.
+    pub fn ended_at(&self, job: u64) -> Option<u64> {
+        self.jobs.get(&job).map(|r| r.end_ms)
+    }
+
     /// Jobs running now.
     pub fn running(&self) -> usize {
         self.jobs.values().filter(|r| r.end_ms == 0).count()
@@ -535,6 +540,116 @@ impl JobTable {
 }
 
 impl Default for JobTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Bytes of functions the [`FunctionTable`] keeps; past them it refuses
+/// exports (their calls then carry them, once per link).
+pub const MAX_FUNCTION_BYTES: usize = 256 << 20;
+
+/// How long a job's functions outlive it: a call sent without a function's
+/// bytes just before its job ended still finds them (a job's calls end with
+/// it, but the message may be on its way).
+pub const FUNCTION_GRACE_MS: u64 = 60_000;
+
+/// The functions programs' drivers exported (`wire` step 9), once per
+/// cluster rather than once per link between nodes: one row per function
+/// in [`storage::FUNCTIONS`], keyed by its id, written when exported and
+/// deleted when dropped. A function belongs to its job: it is taken only
+/// while the job runs (in [`JobTable`]), and dropped [`FUNCTION_GRACE_MS`]
+/// after the job ended (by [`FunctionTable::prune`], in the sweeper). An id
+/// is the exporter's, and its bytes never change: an export of a known id
+/// with other bytes is refused.
+pub struct FunctionTable {
+    functions: BTreeMap<(u64, u64), FunctionRow>,
+    /// Bytes of `pickled` over the rows, bounded by [`MAX_FUNCTION_BYTES`].
+    bytes: usize,
+    store: Arc<dyn TableStore>,
+}
+
+fn function_key(exporter: u64, seq: u64) -> String {
+    format!("{exporter:016x}-{seq:016x}")
+}
+
+impl FunctionTable {
+    pub fn new() -> Self {
+        FunctionTable { functions: BTreeMap::new(), bytes: 0, store: Arc::new(MemoryStore::default()) }
+    }
+
+    /// The table `store` holds, writing through it from now on.
+    pub fn restore(store: Arc<dyn TableStore>) -> Result<Self> {
+        let functions = load_rows(&*store, storage::FUNCTIONS, "function table", |key, row: &FunctionRow| {
+            if key != function_key(row.exporter, row.seq) {
+                return Err(format!("holds function {:016x}-{:016x}", row.exporter, row.seq));
+            }
+            Ok((row.exporter, row.seq))
+        })?;
+        let bytes = functions.values().map(|r| r.pickled.len()).sum();
+        Ok(FunctionTable { functions, bytes, store })
+    }
+
+    /// Node `node` exports `row` for its job: `Err` says why the table does
+    /// not keep it (the node then sends its bytes with its calls).
+    pub fn export(&mut self, node: NodeId, mut row: FunctionRow, jobs: &JobTable) -> std::result::Result<(), String> {
+        let key = (row.exporter, row.seq);
+        if let Some(known) = self.functions.get(&key) {
+            return if known.pickled == row.pickled {
+                Ok(())
+            } else {
+                Err(format!("function {:016x}-{} was exported with other bytes", row.exporter, row.seq))
+            };
+        }
+        if jobs.ended_at(row.job_id) != Some(0) {
+            return Err(format!("job {:016x} is not running", row.job_id));
+        }
+        if self.bytes + row.pickled.len() > MAX_FUNCTION_BYTES {
+            return Err(format!("the cluster's function table is full ({MAX_FUNCTION_BYTES} bytes)"));
+        }
+        row.node_id = node.0;
+        self.bytes += row.pickled.len();
+        self.store.put(storage::FUNCTIONS, &function_key(row.exporter, row.seq), row.encode_to_vec());
+        self.functions.insert(key, row);
+        Ok(())
+    }
+
+    /// Function `seq` of exporter `exporter`, if the table has it.
+    pub fn get(&self, exporter: u64, seq: u64) -> Option<FunctionRow> {
+        self.functions.get(&(exporter, seq)).cloned()
+    }
+
+    /// Drops the functions of jobs that ended [`FUNCTION_GRACE_MS`] before
+    /// `now_ms` (or that the job table no longer has).
+    pub fn prune(&mut self, jobs: &JobTable, now_ms: u64) {
+        let gone: Vec<(u64, u64)> = self
+            .functions
+            .iter()
+            .filter(|(_, r)| match jobs.ended_at(r.job_id) {
+                None => true,
+                Some(0) => false,
+                Some(end) => now_ms.saturating_sub(end) >= FUNCTION_GRACE_MS,
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in gone {
+            if let Some(row) = self.functions.remove(&key) {
+                self.bytes -= row.pickled.len();
+                self.store.delete(storage::FUNCTIONS, &function_key(key.0, key.1));
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.functions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.functions.is_empty()
+    }
+}
+
+impl Default for FunctionTable {
     fn default() -> Self {
         Self::new()
     }
@@ -802,5 +917,59 @@ mod tests {
         assert_eq!(jobs.rows().len(), MAX_JOBS_KEPT);
         assert!(jobs.rows().iter().all(|r| r.job_id >= 100), "the two oldest went");
         assert_eq!(store.load(storage::JOBS).len(), MAX_JOBS_KEPT);
+    }
+
+    fn function(exporter: u64, seq: u64, job: u64, bytes: &[u8]) -> FunctionRow {
+        FunctionRow { exporter, seq, job_id: job, node_id: 0, pickled: bytes.to_vec() }
+    }
+
+    #[test]
+    fn functions_are_kept_while_their_job_runs_and_a_while_after() {
+        let store: Arc<dyn TableStore> = Arc::new(MemoryStore::default());
+        let mut jobs = JobTable::new();
+        jobs.start(NodeId(2), job(7, 70));
+        let mut table = FunctionTable::restore(store.clone()).unwrap();
+        table.export(NodeId(2), function(7, 1, 7, b"f"), &jobs).unwrap();
+        // Again with the same bytes: fine; with others: refused.
+        table.export(NodeId(3), function(7, 1, 7, b"f"), &jobs).unwrap();
+        let err = table.export(NodeId(2), function(7, 1, 7, b"g"), &jobs).unwrap_err();
+        assert!(err.contains("other bytes"), "{err}");
+        // Only for a running job.
+        let err = table.export(NodeId(2), function(9, 1, 9, b"h"), &jobs).unwrap_err();
+        assert!(err.contains("not running"), "{err}");
+        let row = table.get(7, 1).unwrap();
+        assert_eq!((row.node_id, row.pickled.as_slice()), (2, &b"f"[..]), "the node is the exporter's connection");
+        // A restarted head has it.
+        assert_eq!(FunctionTable::restore(store.clone()).unwrap().get(7, 1), Some(row));
+        // The job ends: kept for the grace, then dropped, row and all.
+        jobs.end(NodeId(2), 7, 1000);
+        table.prune(&jobs, 1000 + FUNCTION_GRACE_MS - 1);
+        assert_eq!(table.len(), 1);
+        let err = table.export(NodeId(2), function(7, 2, 7, b"late"), &jobs).unwrap_err();
+        assert!(err.contains("not running"), "{err}");
+        table.prune(&jobs, 1000 + FUNCTION_GRACE_MS);
+        assert!(table.is_empty() && table.get(7, 1).is_none());
+        assert!(store.load(storage::FUNCTIONS).is_empty());
+        // A bad row fails a restart, naming it.
+        store.put(storage::FUNCTIONS, "x", function(1, 2, 1, b"f").encode_to_vec());
+        let err = FunctionTable::restore(store).err().unwrap().to_string();
+        assert!(err.contains("holds function"), "{err}");
+    }
+
+    #[test]
+    fn the_function_table_is_bounded_in_bytes() {
+        let mut jobs = JobTable::new();
+        jobs.start(NodeId(2), job(7, 70));
+        let mut table = FunctionTable::new();
+        let big = vec![1u8; MAX_FUNCTION_BYTES / 2];
+        table.export(NodeId(2), function(7, 1, 7, &big), &jobs).unwrap();
+        table.export(NodeId(2), function(7, 2, 7, &big), &jobs).unwrap();
+        let err = table.export(NodeId(2), function(7, 3, 7, b"x"), &jobs).unwrap_err();
+        assert!(err.contains("full"), "{err}");
+        // Dropping makes room again.
+        jobs.end(NodeId(2), 7, 5);
+        table.prune(&jobs, 5 + FUNCTION_GRACE_MS);
+        jobs.start(NodeId(2), job(8, 80));
+        table.export(NodeId(2), function(8, 1, 8, b"x"), &jobs).unwrap();
     }
 }

@@ -31,18 +31,19 @@
 //! interface, or the unspecified address (all of them).
 
 use crate::client::HeadClient;
-use crate::control::{ActorNames, JobTable, NodeTable};
+use crate::control::{ActorNames, FunctionTable, JobTable, NodeTable};
 use crate::error::{ClusterError, Result};
 use crate::head::{self, Control, HeadConfig};
-use crate::peer::{self, PeerContext, Peers};
+use crate::peer::{self, FunctionSource, PeerContext, Peers};
 use crate::session::{process_start_time, NodeFile, Session};
 use crate::storage;
 use crate::tls::Credentials;
 use crate::tls::HeadIdentity;
 use crate::wire::{
-    FindActor, FromHeadKind, JobEvent, JobRow, ListWhat, NameClaim, NamedActor, NodeDesc, NodeLoad, ToHeadKind,
+    FetchFunction, FindActor, FromHeadKind, FunctionExport, FunctionRow, JobEvent, JobRow, ListWhat, NameClaim,
+    NamedActor, NodeDesc, NodeLoad, ToHeadKind,
 };
-use ferroray_common::{NodeId, ResourceSet, WorkerId};
+use ferroray_common::{FunctionId, NodeId, ResourceSet, WorkerId};
 use ferroray_node::{ClusterDirectory, DirectoryEntry, JobInfo, Node, NodeConfig, WorkerCommand};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -219,6 +220,10 @@ async fn run_async(
         peer_fingerprint: peer_identity.fingerprint().0.to_vec(),
         plain_loopback_links: !opts.tls_on_loopback,
     };
+    // The node's requests to the head's tables, and its links' fetches of
+    // functions: to the head's tables in this process, or over the link.
+    let (head_asks, asks) = HeadAsks::channel();
+    node.set_directory(head_asks.clone());
     let peer_ctx = Arc::new(PeerContext {
         node: node.clone(),
         token: token.clone(),
@@ -226,6 +231,7 @@ async fn run_async(
         identity: peer_identity,
         tls_on_loopback: opts.tls_on_loopback,
         job_exe: Default::default(),
+        functions: head_asks,
     });
     let peers = Peers::new(peer_ctx.clone());
 
@@ -252,7 +258,8 @@ async fn run_async(
         let nodes = NodeTable::restore(opts.node_timeout, store.clone(), Instant::now())?;
         let names = ActorNames::restore(store.clone())?;
         let jobs = JobTable::restore(store.clone())?;
-        let control = Control::with_tables(head_config, nodes, names, jobs, desc);
+        let functions = FunctionTable::restore(store.clone())?;
+        let control = Control::with_tables(head_config, nodes, names, jobs, functions, desc);
         let local = node.clone();
         let _ = control.local.set(Box::new(move |what| crate::inspect::rows(&local, what)));
         if store.durable() {
@@ -273,9 +280,8 @@ async fn run_async(
             head::serve(listener, stopped(&mut stop), serving).await;
             Ok(())
         });
-        // The head's own node's actor names: straight to the table.
-        let (names, mut asks) = HeadAsks::channel();
-        node.set_directory(names);
+        // The head's own node's requests: straight to the tables.
+        let mut asks = asks;
         let (local, named, mut stop) = (node.clone(), control.clone(), stop_rx.clone());
         background.spawn(async move {
             loop {
@@ -289,6 +295,16 @@ async fn run_async(
                         HeadAsk::Find(t, name) => local.actor_found(t, named.find(&name).and_then(crate::wire::found_actor)),
                         HeadAsk::JobStarted(_, row) => named.jobs.lock().start(node_id, row),
                         HeadAsk::JobEnded(_, row) => named.jobs.lock().end(node_id, row.job_id, row.end_ms),
+                        HeadAsk::Export(_, row) => {
+                            let f = FunctionId { exporter: WorkerId(row.exporter), seq: row.seq };
+                            if named.export(node_id, row).is_ok() {
+                                local.function_published(f);
+                            }
+                        }
+                        HeadAsk::Fetch(_, f, answer) => {
+                            let row = named.function(f.exporter.0, f.seq);
+                            let _ = answer.send(row.map(|r| r.pickled));
+                        }
                     },
                 }
             }
@@ -315,8 +331,6 @@ async fn run_async(
     } else {
         let address = opts.head_address.clone().expect("a node has a head");
         let client = HeadClient::connect(&address, &credentials, Some(desc.clone())).await?;
-        let (names, asks) = HeadAsks::channel();
-        node.set_directory(names);
         let joined = Joined {
             address: address.clone(),
             credentials,
@@ -379,18 +393,22 @@ struct Joined {
     head_timeout: Duration,
     /// Kept in step with the head's view, asked for every heartbeat.
     peers: Arc<Peers>,
-    /// The node's requests to the head's table of actor names.
+    /// The node's requests to the head's tables (names, jobs, functions).
     asks: tokio::sync::mpsc::UnboundedReceiver<HeadAsk>,
 }
 
-/// A node's request to the head's tables of actor names and jobs (`wire`
-/// steps 7 and 8), numbered (by the node's ticket, or by [`HeadAsks`]).
+/// A node's request to the head's tables of actor names, jobs and functions
+/// (`wire` steps 7 to 9), numbered (by the node's ticket, or by [`HeadAsks`]).
 enum HeadAsk {
     Claim(u64, DirectoryEntry),
     Release(u64, DirectoryEntry),
     Find(u64, String),
     JobStarted(u64, JobRow),
     JobEnded(u64, JobRow),
+    /// A driver's function for the cluster's table (`wire` step 9).
+    Export(u64, FunctionRow),
+    /// A link lacks a function: its bytes go to `answer`.
+    Fetch(u64, FunctionId, tokio::sync::oneshot::Sender<Option<Vec<u8>>>),
 }
 
 /// The node's [`ClusterDirectory`]: its requests, queued for the daemon's
@@ -442,6 +460,29 @@ impl ClusterDirectory for HeadAsks {
         let row = JobRow { job_id: job.0, end_ms: crate::control::unix_ms(), ..JobRow::default() };
         let _ = self.tx.send(HeadAsk::JobEnded(self.number(), row));
     }
+
+    fn export_function(&self, function: FunctionId, job: WorkerId, pickled: Arc<Vec<u8>>) {
+        // A larger one goes with its calls, as without a table.
+        if pickled.len() > crate::wire::MAX_TABLE_FUNCTION {
+            return;
+        }
+        let row = FunctionRow {
+            exporter: function.exporter.0,
+            seq: function.seq,
+            job_id: job.0,
+            node_id: 0,
+            pickled: (*pickled).clone(),
+        };
+        let _ = self.tx.send(HeadAsk::Export(self.number(), row));
+    }
+}
+
+impl FunctionSource for HeadAsks {
+    fn fetch(&self, function: FunctionId) -> tokio::sync::oneshot::Receiver<Option<Vec<u8>>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.tx.send(HeadAsk::Fetch(self.number(), function, tx));
+        rx
+    }
 }
 
 /// A claim's or release's row: the head sets the node.
@@ -457,6 +498,8 @@ impl HeadAsk {
             HeadAsk::Find(t, name) => ToHeadKind::Find(FindActor { req: *t, name: name.clone() }),
             HeadAsk::JobStarted(t, j) => ToHeadKind::JobStarted(JobEvent { req: *t, job: Some(j.clone()) }),
             HeadAsk::JobEnded(t, j) => ToHeadKind::JobEnded(JobEvent { req: *t, job: Some(j.clone()) }),
+            HeadAsk::Export(t, f) => ToHeadKind::Export(FunctionExport { req: *t, function: Some(f.clone()) }),
+            HeadAsk::Fetch(t, f, _) => ToHeadKind::Fetch(FetchFunction { req: *t, exporter: f.exporter.0, seq: f.seq }),
         }
     }
 
@@ -464,6 +507,7 @@ impl HeadAsk {
         match self {
             HeadAsk::Claim(t, _) | HeadAsk::Release(t, _) | HeadAsk::Find(t, _) => *t,
             HeadAsk::JobStarted(t, _) | HeadAsk::JobEnded(t, _) => *t,
+            HeadAsk::Export(t, _) | HeadAsk::Fetch(t, _, _) => *t,
         }
     }
 }
@@ -549,7 +593,18 @@ impl Joined {
                             }
                         }
                         Some(Ok(FromHeadKind::Noted(a))) => {
-                            unanswered.remove(&a.req);
+                            if let Some(HeadAsk::Export(_, f)) = unanswered.remove(&a.req) {
+                                if a.refusal.is_empty() {
+                                    self.node.function_published(FunctionId { exporter: WorkerId(f.exporter), seq: f.seq });
+                                } else {
+                                    tracing::info!("the cluster's function table did not take a function: {}", a.refusal);
+                                }
+                            }
+                        }
+                        Some(Ok(FromHeadKind::Function(found))) => {
+                            if let Some(HeadAsk::Fetch(_, _, answer)) = unanswered.remove(&found.req) {
+                                let _ = answer.send(found.function.map(|r| r.pickled));
+                            }
                         }
                         Some(Ok(FromHeadKind::List(r))) => {
                             let what = ListWhat::try_from(r.what).unwrap_or(ListWhat::Events);

@@ -21,7 +21,7 @@
 //! answering each before the next. A heartbeat is accepted only from the
 //! connection its node registered on.
 
-use crate::control::{ActorNames, ConnId, JobTable, NodeTable};
+use crate::control::{ActorNames, ConnId, FunctionTable, JobTable, NodeTable};
 use crate::error::ClusterError;
 use crate::wire::*;
 use ferroray_common::{ClusterToken, NodeId};
@@ -83,8 +83,11 @@ pub struct Control {
     /// The names of actors across the cluster (`wire` step 7). Taken after
     /// `nodes` when both are held.
     pub names: Mutex<ActorNames>,
-    /// The cluster's jobs (`wire` step 8).
+    /// The cluster's jobs (`wire` step 8). Taken before `functions` when
+    /// both are held.
     pub jobs: Mutex<JobTable>,
+    /// Functions exported once per cluster (`wire` step 9).
+    pub functions: Mutex<FunctionTable>,
     /// The head's own node.
     pub head_node: NodeId,
     next_conn: AtomicU64,
@@ -113,7 +116,7 @@ impl Control {
     /// it.
     pub fn new(config: HeadConfig, head: NodeDesc) -> Arc<Self> {
         let nodes = NodeTable::new(config.node_timeout);
-        Control::with_tables(config, nodes, ActorNames::new(), JobTable::new(), head)
+        Control::with_tables(config, nodes, ActorNames::new(), JobTable::new(), FunctionTable::new(), head)
     }
 
     /// The control store over its tables (say, restored from storage:
@@ -124,6 +127,7 @@ impl Control {
         mut nodes: NodeTable,
         names: ActorNames,
         jobs: JobTable,
+        functions: FunctionTable,
         head: NodeDesc,
     ) -> Arc<Self> {
         let head_node = NodeId(head.node_id);
@@ -133,6 +137,7 @@ impl Control {
             nodes: Mutex::new(nodes),
             names: Mutex::new(names),
             jobs: Mutex::new(jobs),
+            functions: Mutex::new(functions),
             head_node,
             next_conn: AtomicU64::new(1),
             open: AtomicUsize::new(0),
@@ -157,6 +162,17 @@ impl Control {
     pub fn find(&self, name: &str) -> Option<NamedActor> {
         let nodes = self.nodes.lock();
         self.names.lock().find(name, &nodes)
+    }
+
+    /// Node `node` exports `row` for the cluster (`wire` step 9).
+    pub fn export(&self, node: NodeId, row: FunctionRow) -> Result<(), String> {
+        let jobs = self.jobs.lock();
+        self.functions.lock().export(node, row, &jobs)
+    }
+
+    /// An exported function's row, if the table has it.
+    pub fn function(&self, exporter: u64, seq: u64) -> Option<FunctionRow> {
+        self.functions.lock().get(exporter, seq)
     }
 
     fn refuse(&self, peer: SocketAddr, why: &ClusterError) {
@@ -221,7 +237,11 @@ async fn sweep(control: Arc<Control>) {
         // The names of actors on nodes that died go with them, and their
         // jobs fail.
         control.names.lock().prune(&nodes);
-        control.jobs.lock().prune(&nodes, crate::control::unix_ms());
+        let now = crate::control::unix_ms();
+        let mut jobs = control.jobs.lock();
+        jobs.prune(&nodes, now);
+        // The functions of jobs a while ended go.
+        control.functions.lock().prune(&jobs, now);
     }
 }
 
@@ -395,6 +415,7 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                     let mut view = control.nodes.lock().view(Instant::now());
                     view.jobs_running = control.jobs.lock().running() as u64;
                     view.named_actors = control.names.lock().len() as u64;
+                    view.functions = control.functions.lock().len() as u64;
                     Some(Ok(FromHeadKind::View(view)))
                 }
                 (ToHeadKind::Leave(_), Some(id)) => {
@@ -425,17 +446,26 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 (ToHeadKind::Release(c), Some(id)) => {
                     control.release(id, c.actor.as_ref().expect("checked on arrival"));
-                    Some(Ok(FromHeadKind::Noted(Ack { req: c.req })))
+                    Some(Ok(FromHeadKind::Noted(Ack { req: c.req, refusal: String::new() })))
                 }
                 // Step 8.
                 (ToHeadKind::JobStarted(e), Some(id)) => {
                     control.jobs.lock().start(id, e.job.expect("checked on arrival"));
-                    Some(Ok(FromHeadKind::Noted(Ack { req: e.req })))
+                    Some(Ok(FromHeadKind::Noted(Ack { req: e.req, refusal: String::new() })))
                 }
                 (ToHeadKind::JobEnded(e), Some(id)) => {
                     let job = e.job.expect("checked on arrival");
                     control.jobs.lock().end(id, job.job_id, job.end_ms);
-                    Some(Ok(FromHeadKind::Noted(Ack { req: e.req })))
+                    Some(Ok(FromHeadKind::Noted(Ack { req: e.req, refusal: String::new() })))
+                }
+                // Step 9.
+                (ToHeadKind::Export(e), Some(id)) => {
+                    let refusal = control.export(id, e.function.expect("checked on arrival")).err().unwrap_or_default();
+                    Some(Ok(FromHeadKind::Noted(Ack { req: e.req, refusal })))
+                }
+                (ToHeadKind::Fetch(f), Some(_)) => {
+                    let function = control.function(f.exporter, f.seq);
+                    Some(Ok(FromHeadKind::Function(FoundFunction { req: f.req, function })))
                 }
                 (ToHeadKind::Find(f), Some(_)) => {
                     let actor = control.find(&f.name);

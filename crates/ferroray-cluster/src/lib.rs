@@ -6,8 +6,9 @@
 //!   (prost messages in the node protocol's frames), its numbered
 //!   exchange, and the checks on what arrives.
 //! - [`control`]: the control store's tables: the node table (membership
-//!   and health, dead nodes declared by timeout) and the names of actors
+//!   and health, dead nodes declared by timeout), the names of actors
 //!   (one live actor per name across the cluster, found from any node),
+//!   the jobs, and the functions programs exported (once per cluster),
 //!   written through a [`storage::TableStore`].
 //! - [`storage`]: where the tables live: the head's memory (the default),
 //!   or a Redis server (`start --head --storage redis://...`), from which a

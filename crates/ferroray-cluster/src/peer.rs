@@ -780,7 +780,21 @@ pub struct PeerContext {
     /// The SHA-256 of the job's Rust executable, by (path, length, time of
     /// change), for `job_exe_if`.
     pub job_exe: Mutex<Option<ExeStamp>>,
+    /// Where a link gets an exported function a call names without its
+    /// bytes: the cluster's function table.
+    pub functions: Arc<dyn FunctionSource>,
 }
+
+/// The cluster's function table as a link asks it (`crate::wire` step 9).
+pub trait FunctionSource: Send + Sync {
+    /// The bytes of `function`; `None` if the table does not have it. The
+    /// answer may take as long as the head is away.
+    fn fetch(&self, function: FunctionId) -> tokio::sync::oneshot::Receiver<Option<Vec<u8>>>;
+}
+
+/// How long a link waits for a function from the cluster's table before
+/// it lets the call fail as one of a function never exported.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A file as last hashed: (path, length, time of change), and its SHA-256.
 pub type ExeStamp = ((PathBuf, u64, std::time::SystemTime), [u8; 32]);
@@ -1525,7 +1539,8 @@ struct Executing<W> {
     next_seq: u64,
     running: HashMap<TaskId, Running>,
     by_owner: HashMap<TaskId, TaskId>,
-    /// The owner's exported functions, renamed as this link's.
+    /// The owner's exported functions that came with their bytes, renamed
+    /// as this link's.
     functions: HashMap<FunctionId, FunctionId>,
     /// The owner's actors placed here, as this node knows them.
     actors: HashMap<ActorId, ActorId>,
@@ -1538,6 +1553,9 @@ struct Executing<W> {
     /// Tasks that ended with values naming objects of this node, waiting
     /// for those objects (at any depth) to send copies of them first.
     exports: HashMap<TaskId, Export>,
+    /// The cluster's function table, for calls whose function came
+    /// without its bytes.
+    functions_from: Arc<dyn FunctionSource>,
 }
 
 /// A result's objects being gathered for the owner (step 3).
@@ -1645,6 +1663,7 @@ async fn incoming(stream: LinkStream, proven: bool, ctx: Arc<PeerContext>) -> Re
         landing: lander,
         imported: Vec::new(),
         exports: HashMap::new(),
+        functions_from: ctx.functions.clone(),
     };
     loop {
         // Everything the owner and the node have sent so far, handed on;
@@ -1859,6 +1878,25 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
         }
     }
 
+    /// Keeps `f` from the cluster's table in the node; if it cannot, the
+    /// call fails there as one of a function never exported
+    /// (`UnknownFunction`), naming it.
+    async fn fetch_function(&mut self, f: FunctionId) {
+        let got = tokio::time::timeout(FETCH_TIMEOUT, self.functions_from.fetch(f)).await;
+        match got {
+            Ok(Ok(Some(bytes))) => {
+                if self.node.import_function(f, bytes) {
+                    tracing::info!("took function {f} from the cluster's function table");
+                } else {
+                    tracing::warn!("function {f} from the cluster's table does not fit in this node's");
+                }
+            }
+            Ok(Ok(None)) => tracing::warn!("the cluster's function table has no function {f}"),
+            Ok(Err(_)) => tracing::warn!("the daemon's link to the head ended before function {f} came"),
+            Err(_) => tracing::warn!("no answer for function {f} from the head in {} s", FETCH_TIMEOUT.as_secs()),
+        }
+    }
+
     async fn submit(&mut self, mut spec: TaskSpec) -> Result<()> {
         let owner_id = spec.task_id;
         let attempt = spec.attempt;
@@ -1890,16 +1928,24 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             }
             None => {}
         }
-        // Its exported function, under this link's name (the node takes
-        // exports from their exporter only).
+        // Its exported function: its bytes, when they come with it, under
+        // this link's name (the node takes exports from their exporter
+        // only); otherwise from the cluster's table, under its own id
+        // (`ferroray_node`'s function table, step 3).
         if let FunctionDescriptor::Python { function: Some(f), pickled, .. } = &mut spec.function {
-            let known = self.functions.len() as u64;
-            let me = self.me;
-            let renamed = *self.functions.entry(*f).or_insert(FunctionId { exporter: me, seq: known + 1 });
-            if !pickled.is_empty() {
-                self.conn.send(ToNode::ExportFunction { function: renamed, pickled: std::mem::take(pickled) });
+            if pickled.is_empty() && !self.functions.contains_key(f) {
+                if !self.node.has_function(*f) {
+                    self.fetch_function(*f).await;
+                }
+            } else {
+                let known = self.functions.len() as u64;
+                let me = self.me;
+                let renamed = *self.functions.entry(*f).or_insert(FunctionId { exporter: me, seq: known + 1 });
+                if !pickled.is_empty() {
+                    self.conn.send(ToNode::ExportFunction { function: renamed, pickled: std::mem::take(pickled) });
+                }
+                *f = renamed;
             }
-            *f = renamed;
         }
         // Its shared-memory arguments, landed in this store (every one, so
         // none is left half kept), each put as an object of the link's.

@@ -44,8 +44,10 @@ pub const CLUSTER: &str = "cluster";
 pub const ACTORS: &str = "actors";
 /// The jobs (`crate::control::JobTable`).
 pub const JOBS: &str = "jobs";
+/// The exported functions (`crate::control::FunctionTable`).
+pub const FUNCTIONS: &str = "functions";
 /// Every table a store loads when it opens.
-pub const TABLES: [&str; 4] = [NODES, CLUSTER, ACTORS, JOBS];
+pub const TABLES: [&str; 5] = [NODES, CLUSTER, ACTORS, JOBS, FUNCTIONS];
 
 /// The prefix of a table's key in Redis.
 pub const REDIS_PREFIX: &str = "ferroray:";

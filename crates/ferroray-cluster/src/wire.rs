@@ -39,6 +39,14 @@
 //!    ([`ToHeadKind::JobEnded`]), each acknowledged ([`FromHeadKind::Noted`])
 //!    so that the node sends again what a broken link lost. A client's
 //!    `List` of jobs is answered from the head's table.
+//! 9. Python functions are exported once per cluster
+//!    (`crate::control::FunctionTable`): a node sends a function its
+//!    program's driver exported ([`ToHeadKind::Export`], answered
+//!    [`FromHeadKind::Noted`], with a refusal if the table will not keep
+//!    it), and only once the head has it does the node send calls of it to
+//!    other nodes without its bytes; a node that meets a call of a
+//!    function it lacks asks for it ([`ToHeadKind::Fetch`], answered
+//!    [`FromHeadKind::Function`]). Both are numbered as in step 7.
 //!
 //! Every count and size is checked on arrival ([`check_desc`],
 //! [`check_load`], [`check_named`]), before the head takes its lock.
@@ -70,7 +78,7 @@ pub const MAX_ROWS: usize = 50_000;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ToHead {
-    #[prost(oneof = "ToHeadKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    #[prost(oneof = "ToHeadKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13")]
     pub kind: Option<ToHeadKind>,
 }
 
@@ -106,7 +114,65 @@ pub enum ToHeadKind {
     /// A driver left (its row: the job id and the end time).
     #[prost(message, tag = "11")]
     JobEnded(JobEvent),
+    /// A driver's exported function, for the cluster's table (step 9).
+    #[prost(message, tag = "12")]
+    Export(FunctionExport),
+    /// The bytes of an exported function (step 9).
+    #[prost(message, tag = "13")]
+    Fetch(FetchFunction),
 }
+
+/// An exported function as the control store keeps it (step 9), named by
+/// its `FunctionId` (the exporting process and its number for it).
+#[derive(Clone, PartialEq, Message)]
+pub struct FunctionRow {
+    #[prost(fixed64, tag = "1")]
+    pub exporter: u64,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    /// The job (its driver's id) it lives with: dropped a while after the
+    /// job ends.
+    #[prost(fixed64, tag = "3")]
+    pub job_id: u64,
+    /// The node that exported it (set by the head, from the connection).
+    #[prost(fixed64, tag = "4")]
+    pub node_id: u64,
+    /// The pickled function, at most [`MAX_TABLE_FUNCTION`] bytes.
+    #[prost(bytes = "vec", tag = "5")]
+    pub pickled: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct FunctionExport {
+    #[prost(uint64, tag = "1")]
+    pub req: u64,
+    #[prost(message, optional, tag = "2")]
+    pub function: Option<FunctionRow>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct FetchFunction {
+    #[prost(uint64, tag = "1")]
+    pub req: u64,
+    #[prost(fixed64, tag = "2")]
+    pub exporter: u64,
+    #[prost(uint64, tag = "3")]
+    pub seq: u64,
+}
+
+/// The answer to a fetch: the row, if the table has it.
+#[derive(Clone, PartialEq, Message)]
+pub struct FoundFunction {
+    #[prost(uint64, tag = "1")]
+    pub req: u64,
+    #[prost(message, optional, tag = "2")]
+    pub function: Option<FunctionRow>,
+}
+
+/// The largest function the cluster's table keeps (a larger one goes with
+/// the calls of it, once per link, as without a table); it fits in a
+/// control frame.
+pub const MAX_TABLE_FUNCTION: usize = 8 << 20;
 
 /// A job: a program's driver connected to a node (Ray's driver job).
 #[derive(Clone, PartialEq, Message)]
@@ -146,6 +212,9 @@ pub struct JobEvent {
 pub struct Ack {
     #[prost(uint64, tag = "1")]
     pub req: u64,
+    /// Why the head did not take it (an `Export`); empty if it did.
+    #[prost(string, tag = "2")]
+    pub refusal: String,
 }
 
 /// A named actor as the control store keeps it (step 7).
@@ -380,7 +449,7 @@ pub struct NodeLoad {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct FromHead {
-    #[prost(oneof = "FromHeadKind", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "FromHeadKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub kind: Option<FromHeadKind>,
 }
 
@@ -403,9 +472,11 @@ pub enum FromHeadKind {
     Claimed(ClaimAnswer),
     #[prost(message, tag = "7")]
     Found(FoundActor),
-    /// A `Release`, `JobStarted` or `JobEnded` arrived.
+    /// A `Release`, `JobStarted`, `JobEnded` or `Export` arrived.
     #[prost(message, tag = "8")]
     Noted(Ack),
+    #[prost(message, tag = "9")]
+    Function(FoundFunction),
 }
 
 /// Why the head refused a request; the connection closes after it.
@@ -451,6 +522,9 @@ pub struct ClusterView {
     pub jobs_running: u64,
     #[prost(uint64, tag = "3")]
     pub named_actors: u64,
+    /// Functions in the cluster's table (step 9).
+    #[prost(uint64, tag = "4")]
+    pub functions: u64,
 }
 
 /// One node as the head sees it.
@@ -574,6 +648,18 @@ pub fn actor_id_from(bytes: &[u8]) -> Option<ferroray_common::ActorId> {
     Some(ferroray_common::ActorId(ferroray_common::TaskId { submitter: ferroray_common::WorkerId(submitter), seq }))
 }
 
+/// Checks an exported function from a peer: an exporter, a job, and at
+/// most [`MAX_TABLE_FUNCTION`] bytes.
+pub fn check_function(f: &FunctionRow) -> Result<(), FrameError> {
+    if f.exporter == 0 || f.job_id == 0 {
+        return Err(malformed("a function of no exporter or job".into()));
+    }
+    if f.pickled.len() > MAX_TABLE_FUNCTION {
+        return Err(malformed(format!("an exported function of {} bytes", f.pickled.len())));
+    }
+    Ok(())
+}
+
 /// Checks a node's load from a peer (an available amount may be zero).
 pub fn check_load(l: &NodeLoad) -> Result<(), FrameError> {
     check_resources("available resources", &l.available, true)
@@ -615,6 +701,8 @@ identity_wire!(ToHead, |m| match &m.kind {
         }
         Some(_) => Ok(()),
     },
+    Some(ToHeadKind::Export(e)) =>
+        e.function.as_ref().map_or(Err(malformed("an export of no function".into())), check_function),
     Some(_) => Ok(()),
 });
 
@@ -624,6 +712,7 @@ identity_wire!(FromHead, |m| match &m.kind {
         Err(malformed(format!("a view of {} nodes", v.nodes.len())))
     }
     Some(FromHeadKind::Found(FoundActor { actor: Some(a), .. })) => check_named(a),
+    Some(FromHeadKind::Function(FoundFunction { function: Some(f), .. })) => check_function(f),
     Some(_) => Ok(()),
 });
 
@@ -682,6 +771,7 @@ mod tests {
             }],
             jobs_running: 2,
             named_actors: 1,
+            functions: 3,
         }));
         assert_eq!(round_trip(view.clone()), view);
     }
@@ -732,5 +822,28 @@ mod tests {
         let mut buf = Vec::new();
         ferroray_protocol::frame::encode_into(&mut buf, empty).unwrap();
         assert!(ferroray_protocol::frame::read_frame::<_, ToHead>(&mut &buf[..]).is_err());
+    }
+
+    #[test]
+    fn functions_round_trip_and_bad_ones_are_malformed() {
+        let row = FunctionRow { exporter: 7, seq: 1, job_id: 7, node_id: 0, pickled: vec![3; 100] };
+        let export = ToHead::new(ToHeadKind::Export(FunctionExport { req: 2, function: Some(row.clone()) }));
+        assert_eq!(round_trip(export.clone()), export);
+        let fetch = ToHead::new(ToHeadKind::Fetch(FetchFunction { req: 3, exporter: 7, seq: 1 }));
+        assert_eq!(round_trip(fetch.clone()), fetch);
+        let found = FromHead::new(FromHeadKind::Function(FoundFunction { req: 3, function: Some(row.clone()) }));
+        assert_eq!(round_trip(found.clone()), found);
+        let noted = FromHead::new(FromHeadKind::Noted(Ack { req: 2, refusal: "full".into() }));
+        assert_eq!(round_trip(noted.clone()), noted);
+        let bad = |m: ToHead| {
+            let mut buf = Vec::new();
+            ferroray_protocol::frame::encode_into(&mut buf, m).unwrap();
+            ferroray_protocol::frame::read_frame::<_, ToHead>(&mut &buf[..]).unwrap_err().to_string()
+        };
+        let export = |f: FunctionRow| ToHead::new(ToHeadKind::Export(FunctionExport { req: 1, function: Some(f) }));
+        assert!(bad(export(FunctionRow { job_id: 0, ..row.clone() })).contains("no exporter or job"));
+        let pickled = vec![0; MAX_TABLE_FUNCTION + 1];
+        assert!(bad(export(FunctionRow { pickled, ..row.clone() })).contains("exported function of"));
+        assert!(bad(ToHead::new(ToHeadKind::Export(FunctionExport { req: 1, function: None }))).contains("no function"));
     }
 }

@@ -53,6 +53,14 @@ pub trait ClusterDirectory: Send + Sync {
     fn job_started(&self, job: JobInfo);
     /// Driver `job` left: its job ended.
     fn job_ended(&self, job: ferroray_common::WorkerId);
+    /// Driver `job` exported `function`: the cluster's function table may
+    /// keep it (answered by [`Node::function_published`] if it does).
+    fn export_function(
+        &self,
+        function: ferroray_common::FunctionId,
+        job: ferroray_common::WorkerId,
+        pickled: Arc<Vec<u8>>,
+    );
 }
 
 /// A job as its node sees it start.
@@ -230,6 +238,25 @@ impl Node {
     /// The directory's answer to find `ticket`.
     pub fn actor_found(&self, ticket: u64, found: Option<FoundActor>) {
         self.shared.lock().actor_found(ticket, found);
+    }
+
+    /// The cluster's function table keeps `function`: calls of it go to
+    /// other nodes without its bytes from now on (`state::tasks`, the
+    /// function table).
+    pub fn function_published(&self, function: ferroray_common::FunctionId) {
+        self.shared.lock().function_published(function);
+    }
+
+    /// This node has the bytes of exported function `function`.
+    pub fn has_function(&self, function: ferroray_common::FunctionId) -> bool {
+        self.shared.lock().has_function(function)
+    }
+
+    /// Keeps `function`'s bytes as the cluster's function table gave them
+    /// (a trusted source: no exporter check); `false` if the node's table
+    /// is full.
+    pub fn import_function(&self, function: ferroray_common::FunctionId, pickled: Vec<u8>) -> bool {
+        self.shared.lock().import_function(function, pickled)
     }
 
     /// What another node needs to call the actor whose handle object is

@@ -4,7 +4,7 @@
 //! test reads and whose answers (`TaskDone`, `ReportItem`) it sends.
 
 use crate::pool::PoolCmd;
-use crate::state_tests::{executed, harness, harness_with, inline, ready, spec, Harness, Peer};
+use crate::state_tests::{executed, executed_pickled, harness, harness_with, inline, ready, spec, Harness, Peer};
 use ferroray_common::{resources, Error, NodeId, ObjectId, ResourceSet, TaskId, WorkerId};
 use ferroray_protocol::{
     FromNode, FunctionDescriptor, ObjectValue, Payload, ReturnKind, TaskArg, TaskOutcome, TaskSpec, ToNode, WorkerKind,
@@ -999,6 +999,10 @@ impl crate::ClusterDirectory for FakeDirectory {
     fn job_ended(&self, job: WorkerId) {
         self.0.lock().push(("job_ended".into(), job.0, String::new()));
     }
+    fn export_function(&self, function: ferroray_common::FunctionId, job: WorkerId, pickled: Arc<Vec<u8>>) {
+        let what = format!("{}:{}", function.seq, String::from_utf8_lossy(&pickled));
+        self.0.lock().push(("export".into(), job.0, what));
+    }
 }
 
 fn with_directory(h: &mut Harness) -> Arc<FakeDirectory> {
@@ -1228,4 +1232,68 @@ fn actor_handles_cross_nodes_and_their_calls_go_to_the_owner() {
     returned(&mut h, &nine, ktid, 0, b"ok");
     h.st.handle(link.conn, ToNode::RemoveRef(vec![theirs.handle_object(), ObjectId::for_return(ktid, 0)]));
     assert!(h.st.actor_of_handle(theirs.handle_object()).is_none());
+}
+
+// ---- the cluster's function table (`state::tasks`) ----
+
+/// A call of exported function `f` that only a peer can run.
+fn x_call(by: &Peer, seq: u64, f: ferroray_common::FunctionId) -> TaskSpec {
+    let mut s = x_spec(by, seq, 0);
+    s.function =
+        FunctionDescriptor::Python { module: "m".into(), qualname: "f".into(), function: Some(f), pickled: vec![] };
+    s
+}
+
+// Steps 1, 2 and 4: a driver's export goes to the directory; until the
+// cluster has it, its first call on each peer link carries it; after, a
+// call goes without it; once the driver left, with it again. A worker's
+// export is not published; a function from the cluster's table is kept
+// under its own id.
+#[test]
+fn a_published_function_goes_to_peers_without_its_bytes_while_its_driver_is_here() {
+    let mut h = harness_with(1.0, &[WorkerKind::Rust, WorkerKind::Python], |_| {});
+    let dir = with_directory(&mut h);
+    let d = h.driver();
+    h.st.report_driver_for_tests(d.conn);
+    let f = ferroray_common::FunctionId { exporter: d.worker_id, seq: 1 };
+    h.st.handle(d.conn, ToNode::ExportFunction { function: f, pickled: b"fn".to_vec() });
+    assert_eq!(dir.take(), vec![("export".to_string(), d.worker_id.0, "1:fn".to_string())]);
+    // Not published yet: the bytes go with the first call on the link.
+    let p = attach(&mut h, 7, cpus_x(4.0, 4.0));
+    submit(&mut h, &d, x_call(&d, 1, f));
+    assert_eq!(executed_pickled(&p.take()), vec![b"fn".to_vec()]);
+    // Published: a link that never had it gets the call alone.
+    h.st.function_published(f);
+    let q = attach(&mut h, 8, cpus_x(4.0, 4.0));
+    for seq in 2..5 {
+        submit(&mut h, &d, x_call(&d, seq, f));
+    }
+    let sent: Vec<Vec<u8>> = [executed_pickled(&p.take()), executed_pickled(&q.take())].concat();
+    assert_eq!(sent.len(), 3);
+    assert!(sent.iter().all(|b| b.is_empty()), "{sent:?}");
+    // A driver that is not a reported job (a peer's link, say) exports
+    // nothing to the cluster, nor does a worker.
+    let other = h.driver();
+    let g = ferroray_common::FunctionId { exporter: other.worker_id, seq: 1 };
+    h.st.handle(other.conn, ToNode::ExportFunction { function: g, pickled: b"g".to_vec() });
+    assert!(dir.take().is_empty());
+    h.st.function_published(g);
+    // The driver leaves: its functions go with their bytes again (a
+    // detached actor of its may still be placed).
+    h.st.disconnect(d.conn, "gone");
+    let r = attach(&mut h, 9, cpus_x(4.0, 4.0));
+    submit(&mut h, &other, x_call(&other, 1, f));
+    submit(&mut h, &other, x_call(&other, 2, g));
+    let sent: Vec<Vec<u8>> =
+        [executed_pickled(&p.take()), executed_pickled(&q.take()), executed_pickled(&r.take())].concat();
+    assert!(sent.contains(&b"fn".to_vec()) && sent.contains(&b"g".to_vec()), "{sent:?}");
+    // Step 3: a function from the cluster's table, under its exporter's id.
+    let remote = ferroray_common::FunctionId { exporter: WorkerId(77), seq: 3 };
+    assert!(!h.st.has_function(remote));
+    assert!(h.st.import_function(remote, b"theirs".to_vec()));
+    assert!(h.st.has_function(remote));
+    assert!(!h.st.import_function(
+        ferroray_common::FunctionId { exporter: WorkerId(77), seq: 4 },
+        vec![0; crate::state::MAX_FUNCTION_TABLE + 1]
+    ));
 }

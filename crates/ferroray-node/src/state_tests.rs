@@ -459,7 +459,8 @@ fn exported_spec(by: &Peer, seq: u64, function: ferroray_common::FunctionId) -> 
     s
 }
 
-fn executed_pickled(msgs: &[FromNode]) -> Vec<Vec<u8>> {
+/// The pickled bytes of every Python call in `msgs`.
+pub(crate) fn executed_pickled(msgs: &[FromNode]) -> Vec<Vec<u8>> {
     msgs.iter()
         .filter_map(|m| match m {
             FromNode::Execute(s) => match &s.function {

@@ -198,6 +198,23 @@ impl State {
         Ok(())
     }
 
+    /// Driver `conn` is a job the cluster was told of (step 7).
+    pub(super) fn is_reported(&self, conn: ConnId) -> bool {
+        self.job.reported.contains(&conn)
+    }
+
+    /// A driver the cluster was told of, with worker id `id`, is connected.
+    pub(super) fn reported_driver(&self, id: WorkerId) -> bool {
+        self.job.reported.iter().any(|d| self.conns.get(d).is_some_and(|c| c.worker_id == id))
+    }
+
+    /// For tests: driver `conn` counts as a job the cluster was told of.
+    #[cfg(test)]
+    pub(crate) fn report_driver_for_tests(&mut self, conn: ConnId) {
+        self.job.drivers.insert(conn);
+        self.job.reported.insert(conn);
+    }
+
     /// The job's worker commands now, and their generation.
     pub(crate) fn program(&self) -> (u64, Vec<(WorkerKind, WorkerCommand)>) {
         (self.job.generation, self.job.commands.iter().map(|(k, c)| (*k, c.clone())).collect())
@@ -219,6 +236,8 @@ impl State {
             }
         }
         self.output.lock().retain(|o| !o.same(outbox));
+        // The function table, step 4.
+        self.published.retain(|f| f.exporter != driver);
         // Step 5: what it started goes with it, nested tasks included.
         let started: Vec<TaskId> = self.tasks.keys().filter(|t| t.submitter == driver).copied().collect();
         for tid in started {

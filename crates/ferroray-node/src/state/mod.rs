@@ -490,6 +490,9 @@ pub struct State {
     functions: FxHashMap<FunctionId, Arc<Vec<u8>>>,
     /// Bytes in `functions`, bounded by `MAX_FUNCTION_TABLE`.
     function_bytes: usize,
+    /// Functions the cluster's function table keeps (`tasks`, the function
+    /// table): calls of them go to peers without their bytes.
+    published: FxHashSet<FunctionId>,
     /// Part of a cluster (`Node::enable_peers`): a task no node has the
     /// resources for yet waits for one to join rather than fail.
     peers_enabled: bool,
@@ -652,6 +655,7 @@ impl State {
             unplaced: VecDeque::new(),
             actor_spawns: 0,
             functions: FxHashMap::default(),
+            published: FxHashSet::default(),
             function_bytes: 0,
             peers_enabled: false,
             waiting_since: FxHashMap::default(),

@@ -319,9 +319,11 @@ impl State {
             }
             // An exported function's bytes go with its first call to this
             // worker, which keeps them (even if the call is taken back);
-            // recorded as sent when it is (below).
+            // recorded as sent when it is (below). A peer fetches a function
+            // the cluster's table has (the function table, step 2).
             if let FunctionDescriptor::Python { function: Some(f), pickled, .. } = &mut spec.function {
-                if !c.functions_sent.contains(f) {
+                let fetched = c.remote.is_some() && self.published.contains(f);
+                if !c.functions_sent.contains(f) && !fetched {
                     if let Some(bytes) = self.functions.get(f) {
                         pickled.clone_from(bytes);
                     }

@@ -51,9 +51,57 @@ impl State {
             None if self.function_bytes + pickled.len() > MAX_FUNCTION_TABLE => {}
             None => {
                 self.function_bytes += pickled.len();
-                self.functions.insert(function, Arc::new(pickled));
+                let pickled = Arc::new(pickled);
+                self.functions.insert(function, pickled.clone());
+                // The function table, step 1.
+                if let Some(hook) = self.directory.hook.clone().filter(|_| self.is_reported(conn)) {
+                    hook.export_function(function, function.exporter, pickled);
+                }
             }
         }
+    }
+
+    // The cluster's function table (`ferroray-cluster`'s `control::FunctionTable`):
+    // a driver's function goes to the head once, not with its first call on
+    // every link between nodes.
+    // 1. A driver connected over the socket (a job the head knows) exports a
+    //    function: the node keeps it and gives it to the directory.
+    // 2. Once the head has it (`function_published`), a call of it goes to a
+    //    peer without its bytes. Until then (or if the head refused it: too
+    //    large, table full) the bytes go with the first call on each link,
+    //    so nothing waits for the head.
+    // 3. The executing node's link, meeting a call of a function it lacks
+    //    with no bytes, fetches it from the head and keeps it under its own
+    //    id (`import_function`), before it submits the call.
+    // 4. When the driver leaves, its functions are no longer taken as
+    //    published: the head drops them a while after its job ended, and
+    //    what still calls them (a detached actor restarted on a peer) sends
+    //    their bytes again.
+    // Functions a worker exports (defined inside a task) are not published:
+    // their bytes go once per link.
+
+    /// Step 2.
+    pub fn function_published(&mut self, function: FunctionId) {
+        if self.reported_driver(function.exporter) && self.functions.contains_key(&function) {
+            self.published.insert(function);
+        }
+    }
+
+    pub fn has_function(&self, function: FunctionId) -> bool {
+        self.functions.contains_key(&function)
+    }
+
+    /// Step 3.
+    pub fn import_function(&mut self, function: FunctionId, pickled: Vec<u8>) -> bool {
+        if self.functions.contains_key(&function) {
+            return true;
+        }
+        if self.function_bytes + pickled.len() > MAX_FUNCTION_TABLE {
+            return false;
+        }
+        self.function_bytes += pickled.len();
+        self.functions.insert(function, Arc::new(pickled));
+        true
     }
 
     pub(super) fn submit(&mut self, conn: ConnId, spec: TaskSpec) {

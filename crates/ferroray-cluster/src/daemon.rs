@@ -234,10 +234,24 @@ async fn run_async(
         functions: head_asks,
     });
     let peers = Peers::new(peer_ctx.clone());
+    // A program that starts or ends gets or loses its links at once, not
+    // at the next view.
+    let programs_changed = Arc::new(tokio::sync::Notify::new());
+    let notify = programs_changed.clone();
+    node.on_programs_changed(Arc::new(move || notify.notify_one()));
 
     // Steps 1 and 2.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut background = tokio::task::JoinSet::new();
+    let (refreshing, mut stop) = (peers.clone(), stop_rx.clone());
+    background.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stopped(&mut stop) => return Ok(()),
+                _ = programs_changed.notified() => refreshing.refresh(),
+            }
+        }
+    });
     let mut stop = stop_rx.clone();
     background.spawn(async move {
         peer::serve(peer_listener, stopped(&mut stop), peer_ctx).await;

@@ -47,9 +47,13 @@
 //!    consumer took it, so the generator pauses where it runs.
 //!    What the program's workers print there comes back as [`OutputLines`],
 //!    to the owner's drivers as their own workers' output.
-//!    A link serves the program it was opened for: when another program
-//!    connects to the owner's node, the link closes at its next task
-//!    (retried) and opens again for the new one.
+//!    A link serves the program it was opened for: the owner's node has one
+//!    per program and peer (`Peers`, keyed by both), and the executing
+//!    node runs its tasks in workers of the program its hello's commands
+//!    name (`Node::connect_program`). The owner's node closes a program's
+//!    links once the program ended and nothing of it runs there (the
+//!    link flushes, then shuts its stream, so the other side sees the
+//!    end).
 //! 5. A link that breaks takes its tasks with it on both sides: the owner
 //!    retries them (on another node, or here), the executing node cancels
 //!    them as for any driver that left. The peer is attached again at a
@@ -81,7 +85,7 @@ use crate::wire::{ClusterView, Empty};
 use ferroray_common::{
     ActorId, ClusterToken, Error, FunctionId, NodeId, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId,
 };
-use ferroray_node::{Inbox, LocalConnection, Node, WorkerCommand};
+use ferroray_node::{Inbox, LocalConnection, Node, ProgramId, WorkerCommand};
 use ferroray_protocol::{
     frame, ActorTask, FromNode, FunctionDescriptor, ObjectValue, Payload, ReturnKind, TaskArg, TaskOutcome, TaskSpec,
     ToNode, WireMessage, WorkerKind, DIGEST_SAMPLE,
@@ -777,9 +781,9 @@ pub struct PeerContext {
     /// Links between loopback addresses use TLS too (`loopback`): neither
     /// made nor taken plain.
     pub tls_on_loopback: bool,
-    /// The SHA-256 of the job's Rust executable, by (path, length, time of
-    /// change), for `job_exe_if`.
-    pub job_exe: Mutex<Option<ExeStamp>>,
+    /// The SHA-256 of the programs' Rust executables, by (path, length,
+    /// time of change), for `job_exe_if`.
+    pub job_exe: Mutex<HashMap<ExeStamp, [u8; 32]>>,
     /// Where a link gets an exported function a call names without its
     /// bytes: the cluster's function table.
     pub functions: Arc<dyn FunctionSource>,
@@ -796,8 +800,8 @@ pub trait FunctionSource: Send + Sync {
 /// it lets the call fail as one of a function never exported.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A file as last hashed: (path, length, time of change), and its SHA-256.
-pub type ExeStamp = ((PathBuf, u64, std::time::SystemTime), [u8; 32]);
+/// A file as hashed: (path, length, time of change).
+pub type ExeStamp = (PathBuf, u64, std::time::SystemTime);
 
 /// What a link runs on: TLS, or TCP between loopback addresses.
 trait LinkIo: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -810,13 +814,18 @@ type LinkStream = Box<dyn LinkIo>;
 /// head's view (step 1).
 pub struct Peers {
     ctx: Arc<PeerContext>,
-    links: Mutex<HashMap<NodeId, Attached>>,
+    /// One link per other node and program of this node's
+    /// (`ferroray_node`'s `jobs` step 8).
+    links: Mutex<HashMap<(NodeId, ProgramId), Attached>>,
+    /// The alive other nodes of the last view, for attaching a program
+    /// that starts between two views.
+    alive: Mutex<HashMap<NodeId, PeerAddr>>,
 }
 
 impl Peers {
-    /// The other nodes this node has attached (as of the last view).
+    /// The other nodes alive as of the last view.
     pub fn known(&self) -> usize {
-        self.links.lock().len()
+        self.alive.lock().len()
     }
 }
 
@@ -839,7 +848,7 @@ struct PeerAddr {
 
 impl Peers {
     pub fn new(ctx: Arc<PeerContext>) -> Arc<Self> {
-        Arc::new(Peers { ctx, links: Mutex::new(HashMap::new()) })
+        Arc::new(Peers { ctx, links: Mutex::new(HashMap::new()), alive: Mutex::new(HashMap::new()) })
     }
 
     /// Attaches the alive nodes of `view` that are not attached, and
@@ -878,8 +887,21 @@ impl Peers {
             .filter(|(id, _)| alive.contains_key(id))
             .collect();
         self.ctx.node.peer_loads(&loads);
+        *self.alive.lock() = alive;
+        self.refresh();
+    }
+
+    /// Attaches each alive node of the last view for each program of this
+    /// node's that has no link there, and detaches the links of nodes not
+    /// alive (their tasks are retried). Called on the daemon's runtime, by
+    /// `update` and when a program starts or ends.
+    pub fn refresh(&self) {
+        let alive = self.alive.lock().clone();
+        let programs = self.ctx.node.programs();
         let mut links = self.links.lock();
-        links.retain(|id, a| {
+        // A link of a program that ended stays until its node closes it
+        // (`close_ended_links`): a detached actor of it may run there.
+        links.retain(|(id, _), a| {
             let keep = match *a.ended.lock() {
                 // Not attached again before the pause is over (step 5).
                 Some(t) => t.elapsed() < REATTACH_AFTER,
@@ -891,24 +913,25 @@ impl Peers {
             }
             keep
         });
-        for (id, peer) in alive {
-            if links.contains_key(&id) {
+        for ((id, peer), (program, _)) in alive.iter().flat_map(|a| programs.iter().map(move |p| (a, p))) {
+            if links.contains_key(&(*id, *program)) {
                 continue;
             }
+            let (id, peer, program) = (*id, peer.clone(), *program);
             let ended = Arc::new(Mutex::new(None));
             let (tx, rx) = mpsc::unbounded_channel();
-            let conn = self.ctx.node.attach_peer(id, peer.total.clone(), Arc::new(ToTask(tx)));
+            let conn = self.ctx.node.attach_peer(id, program, peer.total.clone(), Arc::new(ToTask(tx)));
             let ctx = self.ctx.clone();
             let mark = ended.clone();
             let task = tokio::spawn(async move {
-                if let Err(e) = outgoing(ctx, peer.clone(), conn, rx).await {
-                    tracing::warn!("link to node {} at {}: {e}", peer.node, peer.address);
+                if let Err(e) = outgoing(ctx, peer.clone(), program, conn, rx).await {
+                    tracing::warn!("link to node {} at {} ({program}): {e}", peer.node, peer.address);
                 }
                 *mark.lock() = Some(Instant::now());
                 // Stay "attached but ended" until the pause is over.
                 tokio::time::sleep(REATTACH_AFTER).await;
             });
-            links.insert(id, Attached { task, ended });
+            links.insert((id, program), Attached { task, ended });
         }
     }
 
@@ -1034,6 +1057,7 @@ fn goes_as_import(value: &ObjectValue) -> bool {
 async fn outgoing(
     ctx: Arc<PeerContext>,
     peer: PeerAddr,
+    program: ProgramId,
     conn: LocalConnection,
     mut from_node: mpsc::UnboundedReceiver<NodeEvent>,
 ) -> Result<()> {
@@ -1042,7 +1066,7 @@ async fn outgoing(
         Some(NodeEvent::Msg(m)) => m,
         _ => return Ok(()),
     };
-    let (stream, welcome, generation) = tokio::time::timeout(OPEN_TIMEOUT, open(&ctx, &peer))
+    let (stream, welcome) = tokio::time::timeout(OPEN_TIMEOUT, open(&ctx, &peer, program))
         .await
         .map_err(|_| ClusterError::Timeout("opening a link to a peer node"))??;
     let mut cache = Cache::<Kept>::new(welcome.cache_bytes);
@@ -1055,15 +1079,11 @@ async fn outgoing(
     let mut from_peer = spawn_reader::<_, FromPeer>(read, lander.clone());
     let mut gathering: HashMap<TaskId, Gathering> = HashMap::new();
     let mut pending = VecDeque::from([first]);
-    loop {
+    let closed = 'link: loop {
         // Everything the node and the peer have sent so far, handed on;
         // then one write to the peer.
         loop {
             while let Some(msg) = pending.pop_front() {
-                // The other node runs the program this link was opened for.
-                if matches!(msg, FromNode::Execute(_)) && ctx.node.program_generation() != generation {
-                    return Err(peer_error("the link")("another program connected here: it opens again".into()));
-                }
                 if let FromNode::Execute(spec) = &msg {
                     send_reaches(&ctx.node, &mut writer, spec).await?;
                 }
@@ -1083,7 +1103,7 @@ async fn outgoing(
             out.flush();
             match from_node.try_recv() {
                 Ok(NodeEvent::Msg(m)) => pending.push_back(m),
-                Ok(NodeEvent::Closed(reason)) => return Err(peer_error("the node closed it")(reason)),
+                Ok(NodeEvent::Closed(reason)) => break 'link reason,
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
             }
@@ -1092,7 +1112,7 @@ async fn outgoing(
         tokio::select! {
             ev = from_node.recv() => match ev {
                 Some(NodeEvent::Msg(m)) => pending.push_back(m),
-                Some(NodeEvent::Closed(reason)) => return Err(peer_error("the node closed it")(reason)),
+                Some(NodeEvent::Closed(reason)) => break 'link reason,
                 None => return Ok(()),
             },
             msg = from_peer.recv() => {
@@ -1100,7 +1120,14 @@ async fn outgoing(
                 from_executor(&ctx, &lander, &out, msg)?;
             }
         }
-    }
+    };
+    // The node closed the link (its program ended, say): what it sent
+    // before goes out, then the other node sees the link end (its reader
+    // holds the other half of the stream, so dropping this one would not).
+    writer.flush().await?;
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.stream.shutdown()).await;
+    tracing::debug!("link to node {} closed: {closed}", peer.node);
+    Ok(())
 }
 
 /// Step 3: for each actor handle a task's arguments carry (its call's own
@@ -1159,9 +1186,9 @@ fn from_executor(ctx: &PeerContext, lander: &Lander, out: &NodeOut, msg: FromPee
     }
 }
 
-/// Connects to `peer`, says hello, ships the executable if asked (step 2).
-/// Also the generation of the program it was opened for (`Node::program`).
-async fn open(ctx: &PeerContext, peer: &PeerAddr) -> Result<(LinkStream, Welcome, u64)> {
+/// Connects to `peer` for `program`'s tasks, says hello with its commands,
+/// ships the executable if asked (step 2).
+async fn open(ctx: &PeerContext, peer: &PeerAddr, program: ProgramId) -> Result<(LinkStream, Welcome)> {
     let mut tcp = TcpStream::connect(&peer.address)
         .await
         .map_err(|source| ClusterError::Unreachable { addr: peer.address.clone(), source })?;
@@ -1181,8 +1208,11 @@ async fn open(ctx: &PeerContext, peer: &PeerAddr) -> Result<(LinkStream, Welcome
     let mut reader = read;
     let mut commands = Vec::new();
     let mut exe = None;
-    let (generation, program) = ctx.node.program();
-    for (kind, c) in program {
+    let commands_of = ctx.node.programs().into_iter().find(|(p, _)| *p == program).map(|(_, c)| c);
+    let Some(program_commands) = commands_of else {
+        return Err(peer_error("the link")(format!("{program} ended")));
+    };
+    for (kind, c) in program_commands {
         if kind == WorkerKind::Rust {
             exe = Some(c.program.clone());
         }
@@ -1241,7 +1271,7 @@ async fn open(ctx: &PeerContext, peer: &PeerAddr) -> Result<(LinkStream, Welcome
             _ => return Err(peer_error("hello")("an answer out of turn".into())),
         }
     };
-    Ok((reader.unsplit(writer.stream), welcome, generation))
+    Ok((reader.unsplit(writer.stream), welcome))
 }
 
 /// SHA-256 and length of a file (read off the runtime's thread).
@@ -1632,13 +1662,7 @@ async fn incoming(stream: LinkStream, proven: bool, ctx: Arc<PeerContext>) -> Re
     }
     let me = WorkerId::random();
     let (tx, mut from_node) = mpsc::unbounded_channel();
-    let conn = match ctx.node.connect_program(me, commands, Arc::new(ToTask(tx))) {
-        Ok(c) => c,
-        Err(e) => {
-            writer.send_now(refuse(e.to_string())).await?;
-            return Err(e.into());
-        }
-    };
+    let (conn, _) = ctx.node.connect_program(me, commands, Arc::new(ToTask(tx)));
     // A quarter of the store keeps the owner's objects for later tasks.
     let cache_bytes = ctx.node.info().store_capacity / 4;
     let welcome = Welcome { node_id: ctx.node.info().node_id.0, cache_bytes };
@@ -1705,23 +1729,40 @@ async fn incoming(stream: LinkStream, proven: bool, ctx: Arc<PeerContext>) -> Re
     }
 }
 
-/// The executable of this node's job's Rust workers, if its SHA-256 is
-/// `sha` (hashed once per file and change, off the runtime's thread).
+/// The executable of a program's Rust workers here whose SHA-256 is `sha`
+/// (each file hashed once per change, off the runtime's thread).
 async fn job_exe_if(ctx: &PeerContext, sha: [u8; 32]) -> Option<PathBuf> {
-    let (_, program) = ctx.node.program();
-    let path = program.into_iter().find(|(k, _)| *k == WorkerKind::Rust)?.1.program;
-    let meta = std::fs::metadata(&path).ok()?;
-    let stamp = (path.clone(), meta.len(), meta.modified().ok()?);
-    let known = ctx.job_exe.lock().as_ref().filter(|(s, _)| *s == stamp).map(|(_, h)| *h);
-    let hash = match known {
-        Some(h) => h,
-        None => {
-            let (h, _) = file_sha256(path.clone()).await.ok()?;
-            *ctx.job_exe.lock() = Some((stamp, h));
-            h
+    let paths: Vec<PathBuf> = ctx
+        .node
+        .programs()
+        .into_iter()
+        .flat_map(|(_, commands)| commands)
+        .filter(|(k, _)| *k == WorkerKind::Rust)
+        .map(|(_, c)| c.program)
+        .collect();
+    for path in paths {
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        let Ok(changed) = meta.modified() else { continue };
+        let stamp = (path.clone(), meta.len(), changed);
+        let known = ctx.job_exe.lock().get(&stamp).copied();
+        let hash = match known {
+            Some(h) => h,
+            None => {
+                let Ok((h, _)) = file_sha256(path.clone()).await else { continue };
+                let mut cache = ctx.job_exe.lock();
+                // Programs are few; files that changed leave stale stamps.
+                if cache.len() >= 64 {
+                    cache.clear();
+                }
+                cache.insert(stamp, h);
+                h
+            }
+        };
+        if hash == sha {
+            return Some(path);
         }
-    };
-    (hash == sha).then_some(path)
+    }
+    None
 }
 
 /// The executable with hash `sha`, from the cache or from the peer, which

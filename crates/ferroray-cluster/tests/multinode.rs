@@ -5,10 +5,13 @@
 //! node can run yet waiting for one to join, and a node killed in the
 //! middle of a generator (the stream completes, each item once).
 //!
+//! Another program (a changed copy of this executable) runs on the same
+//! nodes at the same time, in workers of its own.
+//!
 //! Head and nodes are `ferroray start` daemons, each a process with its own
-//! store and ports on loopback. One test in this file: the session
-//! directory is named by an environment variable, which the process's
-//! threads share.
+//! store and ports on loopback. One test in this file (and the other
+//! program's part, run only by it): the session directory is named by an
+//! environment variable, which the process's threads share.
 
 use ferroray::{Buffer, Config, ObjectRef};
 use ferroray_common::ClusterToken;
@@ -21,6 +24,30 @@ const BIN: &str = env!("CARGO_BIN_EXE_ferroray");
 #[ferroray::remote]
 fn where_am_i() -> String {
     ferroray::node_id().unwrap()
+}
+
+/// Where it runs: the node, and the executable of its worker process.
+#[ferroray::remote]
+fn worker_exe() -> (String, String) {
+    (ferroray::node_id().unwrap(), std::env::current_exe().unwrap().display().to_string())
+}
+
+/// The second program of `tasks_objects_and_streams_cross_nodes`, run by it
+/// from a changed copy of this executable (another program) while it is
+/// connected itself: not a test of its own.
+#[test]
+#[ignore = "run by tasks_objects_and_streams_cross_nodes as another program"]
+fn another_program() {
+    if std::env::var_os("FERRORAY_SESSION_DIR").is_none() {
+        return;
+    }
+    ferroray::init_with(Config::default().address("auto")).expect("connecting");
+    let (here, here_exe) = worker_exe::remote().get().unwrap();
+    let (there, there_exe) = worker_exe::options().resource("b", 1).remote().get().unwrap();
+    let on_b: Vec<_> = (0..20).map(|i| square::options().resource("b", 1).remote(i)).collect();
+    let sum: i64 = on_b.into_iter().map(|r| r.get().unwrap()).sum();
+    println!("another program: {here} {here_exe} {there} {there_exe} {sum}");
+    ferroray::shutdown();
 }
 
 #[ferroray::remote]
@@ -292,6 +319,38 @@ fn tasks_objects_and_streams_cross_nodes() {
     let on_b: Vec<_> = (0..20).map(|i| square::options().resource("b", 1).remote(i)).collect();
     let got: Vec<i64> = on_b.into_iter().map(|r| r.get().unwrap()).collect();
     assert_eq!(got, (0..20).map(|i| i * i).collect::<Vec<_>>());
+
+    // Another program (a changed copy of this executable) runs on the same
+    // nodes at once, in workers of its own: here from its file, on B from
+    // the copy shipped by its hash; this program's workers are untouched.
+    let (_, mine_there) = worker_exe::options().resource("b", 1).remote().get().unwrap();
+    let other = dir.join("another-program");
+    std::fs::copy(std::env::current_exe().unwrap(), &other).unwrap();
+    {
+        use std::io::Write;
+        // Bytes after the ELF image change its hash, not what it runs.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&other).unwrap();
+        f.write_all(b"another program").unwrap();
+    }
+    let mut child = Command::new(&other)
+        .args(["--exact", "another_program", "--include-ignored", "--nocapture", "--test-threads", "1"])
+        .env("FERRORAY_SESSION_DIR", &dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the other program", Duration::from_secs(60), || child.try_wait().unwrap().is_some());
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let line =
+        text.lines().find_map(|l| Some(l.split_once("another program: ")?.1)).unwrap_or_else(|| panic!("{text}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!((f[0], f[1], f[2], f[4]), (head.as_str(), other.to_str().unwrap(), b.as_str(), "2470"), "{line}");
+    assert!(f[3] != mine_there && f[3].contains("/exe/"), "its own executable on B: {line} (mine: {mine_there})");
+    assert_eq!(worker_exe::options().resource("b", 1).remote().get().unwrap(), (b.clone(), mine_there));
+    let (_, mine_here) = worker_exe::remote().get().unwrap();
+    assert_eq!(mine_here, std::env::current_exe().unwrap().display().to_string());
 
     // A large argument goes to B's store, a large result comes back.
     let big = ferroray::put(Buffer::new(vec![1u8; 64 << 20])).unwrap();

@@ -93,6 +93,7 @@ pub struct FoundActor {
 }
 pub use ferroray_transport::{Inbox, Link};
 pub use local::LocalConnection;
+pub use state::{Pool, ProgramId};
 
 use ferroray_common::{ClusterToken, Error, Result, WorkerId};
 use ferroray_protocol::{NodeInfo, Role, ToNode, PROTOCOL_VERSION};
@@ -120,7 +121,7 @@ pub struct Node {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server_thread: Option<std::thread::JoinHandle<()>>,
     delivery_thread: Option<std::thread::JoinHandle<()>>,
-    pool: pool::Pool,
+    pool: pool::Spawning,
     socket_name: String,
 }
 
@@ -145,7 +146,7 @@ impl Node {
         }
         let socket_name = config.socket_name.clone();
         let listener = server::bind_abstract(&socket_name)?;
-        let (pool, spawn_tx) = pool::Pool::start(&config, arena.fd(), socket_name.clone());
+        let (pool, spawn_tx) = pool::Spawning::start(&config, arena.fd(), socket_name.clone());
         let state = Mutex::new(State::new(&config, info.clone(), store, spawn_tx));
         let shared = Arc::new(Shared {
             state,
@@ -279,6 +280,7 @@ impl Node {
     pub fn attach_peer(
         &self,
         node: ferroray_common::NodeId,
+        program: ProgramId,
         total: ferroray_common::ResourceSet,
         client: Arc<dyn Inbox>,
     ) -> LocalConnection {
@@ -286,7 +288,7 @@ impl Node {
         let conn = {
             let mut st = self.shared.lock();
             let conn = st.add_connection(Outbox::Local(link), 0);
-            st.attach_peer(conn, node, total);
+            st.attach_peer(conn, node, program, total);
             conn
         };
         LocalConnection { shared: self.shared.clone(), conn }
@@ -295,47 +297,50 @@ impl Node {
     /// Connects an in-process driver of a program whose workers start with
     /// `commands` (a peer node's program, whose daemon made them): as a
     /// driver connected over the socket with [`ToNode::WorkerCommands`],
-    /// but the commands are taken as they are. Fails if the node serves
-    /// another program.
+    /// but the commands are taken as they are. It joins the program of
+    /// those commands here, or starts it (`state::jobs`).
     pub fn connect_program(
         &self,
         worker_id: WorkerId,
         commands: Vec<(ferroray_protocol::WorkerKind, WorkerCommand)>,
         client: Arc<dyn Inbox>,
-    ) -> Result<LocalConnection> {
-        let conn = {
+    ) -> (LocalConnection, ProgramId) {
+        let (conn, program) = {
             let mut st = self.shared.lock();
             let conn = self.local_driver(&mut st, worker_id, client);
             st.mark_from_peer(conn);
-            if let Err(e) = st.join_job(conn, commands.into_iter().collect()) {
-                st.disconnect(conn, "another program's");
-                return Err(e);
-            }
-            conn
+            let program = st.join_job(conn, commands.into_iter().collect());
+            (conn, program)
         };
-        Ok(LocalConnection { shared: self.shared.clone(), conn })
+        (LocalConnection { shared: self.shared.clone(), conn }, program)
     }
 
-    /// The worker commands of the program connected to this daemon's node
-    /// (its job), which a peer node needs to run its tasks (empty for an
-    /// embedded node), and their generation: it changes whenever they do.
-    pub fn program(&self) -> (u64, Vec<(ferroray_protocol::WorkerKind, WorkerCommand)>) {
-        self.shared.lock().program()
+    /// The programs connected to this daemon's node, each with the worker
+    /// commands a peer node needs to run its tasks (`state::jobs` step 8).
+    pub fn programs(&self) -> Vec<(ProgramId, Vec<(ferroray_protocol::WorkerKind, WorkerCommand)>)> {
+        self.shared.lock().programs()
     }
 
-    /// The generation of [`Node::program`] now.
-    pub fn program_generation(&self) -> u64 {
-        self.shared.lock().program_generation()
+    /// Calls `f` whenever a program starts or ends here (`state::jobs`
+    /// step 8). It is called under the node's lock: it must only wake
+    /// something.
+    pub fn on_programs_changed(&self, f: Arc<dyn Fn() + Send + Sync>) {
+        self.shared.lock().on_programs_changed(f);
     }
 
     /// Lines a worker printed (already prefixed), to the drivers of this
     /// node's job as its own workers' output goes (to the driver whose task
     /// `task` is, when known: `state::jobs` step 6), else to this process's
     /// stdout or stderr: a peer node's output for tasks it ran for this one.
+    /// A line of a task whose submitter has left is dropped: it is nobody
+    /// else's.
     pub fn output(&self, to_stderr: bool, text: &str, task: Option<ferroray_common::TaskId>) {
         let (sinks, own) = {
             let st = self.shared.lock();
-            let sinks = st.output.lock().clone();
+            if task.is_some_and(|t| !st.has_submitter(t.submitter)) {
+                return;
+            }
+            let sinks: Vec<Outbox> = st.output.lock().iter().map(|(_, o)| o.clone()).collect();
             (sinks, task.and_then(|t| st.driver_of(t)))
         };
         if let Some(d) = own.filter(|d| sinks.iter().any(|s| s.same(d))) {

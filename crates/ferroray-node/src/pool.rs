@@ -17,11 +17,10 @@
 //! to them instead (`FromNode::Output`), as its own output would be a log
 //! nobody watches.
 
-use crate::state::{OutputSinks, TaskNames};
+use crate::state::{OutputSinks, Pool, TaskNames};
 use crate::{NodeConfig, Shared};
 use ferroray_common::{ActorId, WorkerId};
 use ferroray_protocol::FromNode;
-use ferroray_protocol::WorkerKind;
 use std::io::Write;
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -37,21 +36,22 @@ pub use ferroray_transport::env;
 const REAPED_KEPT: usize = 256;
 
 pub enum PoolCmd {
-    /// Start a worker of `kind`: for the pool, or the process of `actor`.
+    /// Start a worker of `pool`: for the pool, or the process of `actor`.
     Spawn {
-        kind: WorkerKind,
+        pool: Pool,
         actor: Option<ActorId>,
     },
     Kill(u32),
-    /// From now on start workers of `kind` with `command` (`None`: none).
+    /// From now on start workers of `pool` with `command` (`None`: none).
     SetCommand {
-        kind: WorkerKind,
+        pool: Pool,
         command: Option<crate::WorkerCommand>,
     },
     Shutdown,
 }
 
-pub(crate) struct Pool {
+/// The spawner thread, as the node holds it.
+pub(crate) struct Spawning {
     tx: Sender<PoolCmd>,
     thread: Option<std::thread::JoinHandle<()>>,
     pub(crate) shared: Arc<OnceLock<Weak<Shared>>>,
@@ -59,6 +59,8 @@ pub(crate) struct Pool {
 
 struct Spawner {
     config: NodeConfig,
+    /// The command of each pool (the node's own program's from `config`).
+    commands: std::collections::HashMap<Pool, crate::WorkerCommand>,
     store_fd: RawFd,
     socket_name: String,
     /// Started and not reaped: the only pids it ever signals.
@@ -73,11 +75,12 @@ struct Spawner {
     log: Option<LogForwarder>,
 }
 
-impl Pool {
-    pub fn start(config: &NodeConfig, store_fd: RawFd, socket_name: String) -> (Pool, Sender<PoolCmd>) {
+impl Spawning {
+    pub fn start(config: &NodeConfig, store_fd: RawFd, socket_name: String) -> (Spawning, Sender<PoolCmd>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::new(OnceLock::new());
         let mut spawner = Spawner {
+            commands: config.worker_commands.iter().map(|(k, c)| (Pool::own(*k), c.clone())).collect(),
             config: config.clone(),
             store_fd,
             socket_name,
@@ -90,7 +93,7 @@ impl Pool {
             .name("ferroray-spawner".into())
             .spawn(move || spawner.run(rx))
             .expect("starting the spawner thread");
-        (Pool { tx: tx.clone(), thread: Some(thread), shared }, tx)
+        (Spawning { tx: tx.clone(), thread: Some(thread), shared }, tx)
     }
 
     /// Kills every worker and waits until all are reaped.
@@ -106,11 +109,11 @@ impl Spawner {
     fn run(&mut self, rx: Receiver<PoolCmd>) {
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(PoolCmd::Spawn { kind, actor }) => {
-                    if let Err(e) = self.spawn(kind, actor) {
-                        tracing::warn!("cannot start a {kind:?} worker: {e}");
+                Ok(PoolCmd::Spawn { pool, actor }) => {
+                    if let Err(e) = self.spawn(pool, actor) {
+                        tracing::warn!("cannot start a {:?} worker of {}: {e}", pool.kind, pool.program);
                         if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
-                            shared.lock().spawn_failed(kind, actor, e.to_string());
+                            shared.lock().spawn_failed(pool, actor, e.to_string());
                         }
                     }
                 }
@@ -119,12 +122,12 @@ impl Spawner {
                     None if self.reaped.contains(&pid) => {}
                     None => tracing::warn!("not killing pid {pid}: not a worker this node started"),
                 },
-                Ok(PoolCmd::SetCommand { kind, command }) => match command {
+                Ok(PoolCmd::SetCommand { pool, command }) => match command {
                     Some(c) => {
-                        self.config.worker_commands.insert(kind, c);
+                        self.commands.insert(pool, c);
                     }
                     None => {
-                        self.config.worker_commands.remove(&kind);
+                        self.commands.remove(&pool);
                     }
                 },
                 Ok(PoolCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
@@ -151,6 +154,7 @@ impl Spawner {
                 }
                 st.expire_crashes();
                 st.force_overdue_cancels();
+                st.close_ended_links();
             }
         }
         for c in &self.children {
@@ -164,9 +168,13 @@ impl Spawner {
         }
     }
 
-    fn spawn(&mut self, kind: WorkerKind, actor: Option<ActorId>) -> std::io::Result<()> {
-        let Some(cmd) = self.config.worker_commands.get(&kind) else {
-            return Err(std::io::Error::other(format!("no command starts {kind:?} workers on this node")));
+    fn spawn(&mut self, pool: Pool, actor: Option<ActorId>) -> std::io::Result<()> {
+        let kind = pool.kind;
+        let Some(cmd) = self.commands.get(&pool) else {
+            return Err(std::io::Error::other(format!(
+                "no command starts {kind:?} workers of {} on this node",
+                pool.program
+            )));
         };
         let worker_id = WorkerId::random();
         let mut command = Command::new(&cmd.program);
@@ -205,7 +213,7 @@ impl Spawner {
         let mut child = spawn_retrying_busy(&mut command)?;
         let pid = child.id();
         if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
-            shared.lock().spawned(pid, worker_id, kind, actor);
+            shared.lock().spawned(pid, worker_id, pool, actor);
         }
         if child.stdout.is_some() || child.stderr.is_some() {
             if self.log.is_none() {
@@ -379,11 +387,16 @@ async fn copy_lines(
                 // The driver whose task it runs, if it is still connected;
                 // else every driver of the job (`jobs` step 6).
                 let task = label.as_ref().and_then(|l| l.task);
-                let own = label.and_then(|l| l.driver).filter(|d| sinks.iter().any(|s| s.same(d)));
-                match own {
-                    Some(d) => d.send_now(FromNode::Output { to_stderr, text, task }),
-                    None => {
-                        for sink in sinks.iter() {
+                let program = label.as_ref().map(|l| l.program);
+                let driver = label.and_then(|l| l.driver);
+                let here = driver.as_ref().map(|d| sinks.iter().any(|(_, s)| s.same(d)));
+                match (driver, here) {
+                    (Some(d), Some(true)) => d.send_now(FromNode::Output { to_stderr, text, task }),
+                    // Its driver left: the line is nobody else's.
+                    (Some(_), _) => {}
+                    (None, _) => {
+                        // The drivers of its program (all, if not known).
+                        for (_, sink) in sinks.iter().filter(|(p, _)| program.is_none_or(|w| w == *p)) {
                             sink.send_now(FromNode::Output { to_stderr, text: text.clone(), task });
                         }
                     }

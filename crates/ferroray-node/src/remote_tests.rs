@@ -4,6 +4,7 @@
 //! test reads and whose answers (`TaskDone`, `ReportItem`) it sends.
 
 use crate::pool::PoolCmd;
+use crate::state::{Pool, ProgramId};
 use crate::state_tests::{executed, executed_pickled, harness, harness_with, inline, ready, spec, Harness, Peer};
 use ferroray_common::{resources, Error, NodeId, ObjectId, ResourceSet, TaskId, WorkerId};
 use ferroray_protocol::{
@@ -15,10 +16,16 @@ use std::sync::Arc;
 /// A custom resource the node under test never has.
 const X: &str = "x";
 
-/// Attaches peer node `node` with `total` on a new in-process connection.
+/// Attaches peer node `node` with `total` on a new in-process connection
+/// (for the node's own program).
 fn attach(h: &mut Harness, node: u64, total: ResourceSet) -> Peer {
+    attach_for(h, node, ProgramId(0), total)
+}
+
+/// Attaches peer node `node` for the tasks of `program`.
+fn attach_for(h: &mut Harness, node: u64, program: ProgramId, total: ResourceSet) -> Peer {
     let (conn, outbox, inbox) = h.connect(0);
-    h.st.attach_peer(conn, NodeId(node), total);
+    h.st.attach_peer(conn, NodeId(node), program, total);
     Peer { conn, pid: 0, worker_id: WorkerId(0), outbox, inbox }
 }
 
@@ -834,38 +841,108 @@ fn stress_run(seed: u64) -> Went {
     went
 }
 
-// A peer link serves one program: the job's commands carry a generation that
-// changes when they do (a program joins an empty job, or the last driver
-// leaves), so a daemon closes links made for the program before.
+// `jobs` steps 1, 2, 4 and 8: programs side by side on one node. Drivers of
+// the same commands share a program; another program's drivers get pools
+// and peer links of their own; each program's tasks go to its workers and
+// its links only; a program's end dooms its workers alone, turns away a
+// worker of it that connects late, and is told to the daemon.
 #[test]
-fn the_jobs_program_has_a_generation_that_changes_with_it() {
+fn programs_have_pools_and_peer_links_of_their_own_and_end_alone() {
     use crate::WorkerCommand;
-    let mut h = harness(1.0);
-    let (g0, program) = h.st.program();
-    assert!(program.is_empty());
-    let d = h.driver();
+    let mut h = harness_with(1.0, &[], |_| {});
+    let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = told.clone();
+    h.st.on_programs_changed(Arc::new(move || {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }));
+    let told = || told.load(std::sync::atomic::Ordering::Relaxed);
     let python = |arg: &str| WorkerCommand { program: "/usr/bin/python3".into(), args: vec![arg.into()], env: vec![] };
-    let commands = std::collections::BTreeMap::from([(WorkerKind::Python, python("a"))]);
-    h.st.join_job(d.conn, commands.clone()).unwrap();
-    let (g1, program) = h.st.program();
-    assert!(g1 > g0 && program.len() == 1);
-    // Another driver of the same program: the same generation.
-    let d2 = h.driver();
-    h.st.join_job(d2.conn, commands).unwrap();
-    assert_eq!(h.st.program_generation(), g1);
-    // Another program is refused while this one is connected: unchanged.
-    let other = std::collections::BTreeMap::from([(WorkerKind::Python, python("b"))]);
-    let d3 = h.driver();
-    assert!(h.st.join_job(d3.conn, other.clone()).is_err());
-    assert_eq!(h.st.program_generation(), g1);
-    // Both leave: the job ends, then the other program's job begins.
-    h.st.disconnect(d.conn, "gone");
-    assert_eq!(h.st.program_generation(), g1);
-    h.st.disconnect(d2.conn, "gone");
-    let g2 = h.st.program_generation();
-    assert!(g2 > g1 && h.st.program().1.is_empty());
-    h.st.join_job(d3.conn, other).unwrap();
-    assert!(h.st.program_generation() > g2);
+    let commands = |arg: &str| std::collections::BTreeMap::from([(WorkerKind::Python, python(arg))]);
+    let a = h.driver();
+    let pa = h.st.join_job(a.conn, commands("a"));
+    let a2 = h.driver();
+    assert_eq!(h.st.join_job(a2.conn, commands("a")), pa, "the same commands: the same program");
+    let b = h.driver();
+    let pb = h.st.join_job(b.conn, commands("b"));
+    assert!(pa != pb && pa != ProgramId(0) && pb != ProgramId(0));
+    assert_eq!(told(), 2);
+    let set: Vec<Pool> = h
+        .pool_commands()
+        .iter()
+        .filter_map(|c| match c {
+            PoolCmd::SetCommand { pool, command: Some(_) } => Some(*pool),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        set,
+        vec![Pool { kind: WorkerKind::Python, program: pa }, Pool { kind: WorkerKind::Python, program: pb }]
+    );
+    let programs: Vec<ProgramId> = h.st.programs().into_iter().map(|(p, _)| p).collect();
+    assert_eq!(programs, vec![pa, pb]);
+    // Each program's task asks for a worker of its own pool, and an idle
+    // worker of the other program's is never given it.
+    let py = |by: &Peer, seq: u64| {
+        let mut s = spec(by, seq, ReturnKind::Fixed(1), 0);
+        s.function =
+            FunctionDescriptor::Python { module: "m".into(), qualname: "f".into(), function: None, pickled: vec![1] };
+        s.resources = ResourceSet::new();
+        s
+    };
+    let wa = h.worker_in(Pool { kind: WorkerKind::Python, program: pa });
+    let (tb, _) = submit(&mut h, &b, py(&b, 1));
+    assert!(executed(&wa.take()).is_empty(), "not in the other program's worker");
+    let spawns: Vec<Pool> = h
+        .pool_commands()
+        .iter()
+        .filter_map(|c| match c {
+            PoolCmd::Spawn { pool, actor: None } => Some(*pool),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(spawns, vec![Pool { kind: WorkerKind::Python, program: pb }]);
+    let wb = h.worker_in(Pool { kind: WorkerKind::Python, program: pb });
+    assert_eq!(executed(&wb.take()), vec![tb]);
+    let (ta, _) = submit(&mut h, &a2, py(&a2, 1));
+    assert_eq!(executed(&wa.take()), vec![ta]);
+    // Peer links per program: a task no room here takes goes on its own.
+    let mut on_x = x_spec(&b, 2, 0);
+    on_x.function = py(&b, 2).function;
+    let link_a = attach_for(&mut h, 7, pa, cpus_x(4.0, 4.0));
+    let link_b = attach_for(&mut h, 7, pb, cpus_x(4.0, 4.0));
+    let (tx, _) = submit(&mut h, &b, on_x);
+    assert!(executed(&link_a.take()).is_empty());
+    assert_eq!(executed(&link_b.take()), vec![tx]);
+    // Program a ends with its last driver: its worker is killed, b's is not.
+    h.st.disconnect(a.conn, "gone");
+    assert_eq!(told(), 2, "one driver of a is still here");
+    h.st.disconnect(a2.conn, "gone");
+    assert_eq!(told(), 3);
+    let cmds = h.pool_commands();
+    assert!(cmds.iter().any(|c| matches!(c, PoolCmd::Kill(pid) if *pid == wa.pid)), "a's worker goes");
+    assert!(!cmds.iter().any(|c| matches!(c, PoolCmd::Kill(pid) if *pid == wb.pid)), "b's stays");
+    assert!(cmds.iter().any(
+        |c| matches!(c, PoolCmd::SetCommand { pool, command: None } if *pool == Pool { kind: WorkerKind::Python, program: pa })
+    ));
+    let programs: Vec<ProgramId> = h.st.programs().into_iter().map(|(p, _)| p).collect();
+    assert_eq!(programs, vec![pb]);
+    // A worker of a's that connects now is turned away.
+    let (pid, worker_id) = (4242, WorkerId::random());
+    h.st.spawned(pid, worker_id, Pool { kind: WorkerKind::Python, program: pa }, None);
+    let (late, _, _) = h.connect(pid);
+    let hello = ToNode::Hello {
+        protocol: ferroray_protocol::PROTOCOL_VERSION,
+        worker_id,
+        pid,
+        role: ferroray_protocol::Role::Worker,
+        token: h.token.clone(),
+    };
+    h.st.handle(late, hello);
+    assert!(!h.st.is_connected(late));
+    // A new program of a's commands is a new program.
+    let a3 = h.driver();
+    let pa2 = h.st.join_job(a3.conn, commands("a"));
+    assert!(pa2 != pa && pa2 != pb);
 }
 
 // 7. Refs in arguments: a task naming one of this node's streams is not
@@ -1254,6 +1331,7 @@ fn a_published_function_goes_to_peers_without_its_bytes_while_its_driver_is_here
     let mut h = harness_with(1.0, &[WorkerKind::Rust, WorkerKind::Python], |_| {});
     let dir = with_directory(&mut h);
     let d = h.driver();
+    h.st.join_job(d.conn, Default::default());
     h.st.report_driver_for_tests(d.conn);
     let f = ferroray_common::FunctionId { exporter: d.worker_id, seq: 1 };
     h.st.handle(d.conn, ToNode::ExportFunction { function: f, pickled: b"fn".to_vec() });

@@ -5,7 +5,7 @@
 
 use crate::local::LocalOutbox;
 use crate::pool::PoolCmd;
-use crate::state::{ConnId, Outbox, State};
+use crate::state::{ConnId, Outbox, Pool, State};
 use crate::{NodeConfig, WorkerCommand};
 use ferroray_common::{resources, ClusterToken, Error, ObjectId, ResourceSet, RetryExceptions, TaskId, WorkerId};
 use ferroray_protocol::{
@@ -120,10 +120,15 @@ impl Harness {
     }
 
     fn worker_of(&mut self, kind: WorkerKind) -> Peer {
+        self.worker_in(Pool::own(kind))
+    }
+
+    /// A worker of `pool` the spawner started, connected and welcomed.
+    pub(crate) fn worker_in(&mut self, pool: Pool) -> Peer {
         self.next_pid += 1;
         let pid = self.next_pid;
         let worker_id = WorkerId::random();
-        self.st.spawned(pid, worker_id, kind, None);
+        self.st.spawned(pid, worker_id, pool, None);
         let (conn, outbox, inbox) = self.connect(pid);
         let hello =
             ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid, role: Role::Worker, token: self.token.clone() };
@@ -153,7 +158,7 @@ impl Harness {
         let mut kinds = Vec::new();
         loop {
             match self.spawns.try_recv() {
-                Ok(PoolCmd::Spawn { kind, actor: None }) => kinds.push(kind),
+                Ok(PoolCmd::Spawn { pool, actor: None }) => kinds.push(pool.kind),
                 Ok(_) => {}
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return kinds,
             }
@@ -407,7 +412,7 @@ fn a_kind_whose_workers_cannot_start_fails_its_tasks_only() {
     let rtid = r.task_id;
     h.st.handle(d.conn, ToNode::Submit(Box::new(r)));
     assert_eq!(h.spawn_kinds(), vec![WorkerKind::Python, WorkerKind::Rust]);
-    h.st.spawn_failed(WorkerKind::Python, None, "no interpreter".into());
+    h.st.spawn_failed(Pool::own(WorkerKind::Python), None, "no interpreter".into());
     let msgs = d.take();
     assert!(
         matches!(ready(&msgs, prid), Some(ObjectValue::Error(Error::WorkerCrashed { detail, .. })) if detail.contains("no interpreter")),
@@ -442,7 +447,7 @@ fn an_actor_process_whose_hello_beats_its_registration_is_not_refused() {
     let w = Peer { conn, pid, worker_id, outbox, inbox };
     assert!(w.take().is_empty(), "waits for the registration");
     assert!(h.st.is_connected(conn));
-    h.st.spawned(pid, worker_id, WorkerKind::Rust, Some(actor));
+    h.st.spawned(pid, worker_id, Pool::own(WorkerKind::Rust), Some(actor));
     let msgs = w.take();
     assert!(matches!(msgs.first(), Some(FromNode::Welcome(_))), "{msgs:?}");
     assert_eq!(executed(&msgs), vec![tid], "the creation task goes to the actor's process");
@@ -541,7 +546,7 @@ fn spawn_counts(cmds: &[PoolCmd]) -> (Vec<WorkerKind>, usize) {
     let pool = cmds
         .iter()
         .filter_map(|c| match c {
-            PoolCmd::Spawn { kind, actor: None } => Some(*kind),
+            PoolCmd::Spawn { pool, actor: None } => Some(pool.kind),
             _ => None,
         })
         .collect();
@@ -600,7 +605,7 @@ fn an_actor_with_no_idle_worker_gets_a_process_of_its_own_and_a_spare_starts_bes
     assert_eq!(executed(&spare.take()), vec![btid]);
     // The first actor's own process runs its constructor.
     let (pid, worker_id) = (5151, WorkerId::random());
-    h.st.spawned(pid, worker_id, WorkerKind::Rust, Some(ferroray_common::ActorId(atid)));
+    h.st.spawned(pid, worker_id, Pool::own(WorkerKind::Rust), Some(ferroray_common::ActorId(atid)));
     let (conn, outbox, inbox) = h.connect(pid);
     let hello =
         ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid, role: Role::Worker, token: h.token.clone() };

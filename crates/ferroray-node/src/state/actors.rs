@@ -90,6 +90,9 @@ pub(super) struct Actor {
     /// A proxy (step 7): the actor is this node's of the cluster, and
     /// `worker` is the peer connection to it while there is one.
     pub(super) reached: Option<NodeId>,
+    /// The workers its process comes from: its class's kind, its creator's
+    /// program (kept for restarts after the creator left).
+    pool: Pool,
 }
 
 impl Actor {
@@ -110,13 +113,14 @@ impl Actor {
             attempt: 0,
             actor: Some(ActorTask::Create(Box::new(opts.clone()))),
         };
-        Actor { phase: Phase::Alive, reached: Some(node), ..Actor::new(creation, opts, ConnId::MAX) }
+        Actor { phase: Phase::Alive, reached: Some(node), ..Actor::new(creation, opts, ConnId::MAX, ProgramId(0)) }
     }
 
     /// Step 1: an actor of creation task `creation` made by `owner`, not
     /// started yet.
-    fn new(creation: TaskSpec, opts: ActorSpec, owner: ConnId) -> Actor {
+    fn new(creation: TaskSpec, opts: ActorSpec, owner: ConnId, program: ProgramId) -> Actor {
         Actor {
+            pool: Pool { kind: creation.function.worker_kind(), program },
             creation,
             restarts_left: opts.max_restarts,
             opts,
@@ -182,7 +186,8 @@ impl State {
         if let Some(name) = &opts.name {
             self.actor_names.insert(name.clone(), id);
         }
-        let actor = Actor::new(spec.clone(), *opts, conn);
+        let program = self.conns.get(&conn).map_or(ProgramId(0), |c| c.program);
+        let actor = Actor::new(spec.clone(), *opts, conn, program);
         // Kept for restarts: the constructor's arguments.
         let args: Vec<ObjectId> = spec
             .args
@@ -293,7 +298,10 @@ impl State {
             let here = super::remote::stays_here(&a.creation, &self.streams)
                 || self.tasks.get(&id.0).is_some_and(|t| t.from_peer);
             let mut rooms = self.peer_rooms();
-            let peer = (!here).then(|| super::remote::pick_peer(&mut rooms, &want).map(|(p, _)| *p)).flatten();
+            let program = a.pool.program;
+            let peer = (!here)
+                .then(|| super::remote::pick_peer(&mut rooms, &want, program, &self.conns).map(|(p, _)| *p))
+                .flatten();
             if let Some(peer) = peer {
                 self.unplaced.retain(|u| *u != id);
                 return self.place_actor_on_peer(id, peer, want);
@@ -308,22 +316,22 @@ impl State {
         }
         self.unplaced.retain(|u| *u != id);
         self.available.subtract(&want);
-        let kind = a.creation.function.worker_kind();
+        let pool = a.pool;
         if let Some(a) = self.actors.get_mut(&id) {
             a.held = Some(want);
         }
         // An idle pool worker of its kind, started and connected already,
         // becomes its process (it never goes back to the pool); a spare
         // then starts in its place.
-        if let Some(w) = self.idle[kind].pop() {
+        if let Some(w) = self.idle[pool].pop() {
             self.adopt(w, id);
-            return self.keep_spare(kind);
+            return self.keep_spare(pool);
         }
-        if self.spawn.send(PoolCmd::Spawn { kind, actor: Some(id) }).is_err() {
+        if self.spawn.send(PoolCmd::Spawn { pool, actor: Some(id) }).is_err() {
             self.actor_dead(id, Error::Disconnected("the node is shutting down".into()));
         } else {
             self.actor_spawns += 1;
-            self.keep_spare(kind);
+            self.keep_spare(pool);
         }
     }
 
@@ -359,8 +367,8 @@ impl State {
         }
         a.worker = Some(conn);
         let class = a.opts.class.rsplit("::").next().unwrap_or(&a.opts.class).to_string();
-        if let Some(pid) = self.conns.get(&conn).map(|c| c.pid) {
-            let label = self.label(&class, id.0);
+        if let Some((pid, program)) = self.conns.get(&conn).map(|c| (c.pid, c.program)) {
+            let label = self.label(&class, id.0, program);
             self.names.lock().insert(pid, label);
         }
         if self.tasks.contains_key(&id.0) {

@@ -108,13 +108,15 @@ pub(crate) struct WorkerLabel {
     pub(crate) driver: Option<Outbox>,
     /// The task it runs (for a peer's link: its lines are its owner's).
     pub(crate) task: Option<TaskId>,
+    /// The worker's program: lines of no known driver go to its drivers.
+    pub(crate) program: ProgramId,
 }
 
 /// Where workers' output goes besides this process's own: the drivers of
-/// the node's job (`jobs`), over the socket or in-process (a peer node's
-/// link). Shared with the output forwarder, which sends to them without the
-/// state lock ([`Outbox::send_now`]).
-pub(crate) type OutputSinks = Arc<parking_lot::Mutex<Vec<Outbox>>>;
+/// the node's programs (`jobs`), each with its program, over the socket or
+/// in-process (a peer node's link). Shared with the output forwarder, which
+/// sends to them without the state lock ([`Outbox::send_now`]).
+pub(crate) type OutputSinks = Arc<parking_lot::Mutex<Vec<(ProgramId, Outbox)>>>;
 
 /// Where a connection's messages go. Both kinds only queue under the state
 /// lock; they go out once it is released (see `crate::local`).
@@ -178,6 +180,11 @@ struct Conn {
     /// For a worker, the kind of process the spawner started (never what
     /// the peer says): only tasks of that kind go to it.
     kind: WorkerKind,
+    /// The program whose tasks it submits and runs: a driver's from the
+    /// commands it brought (`jobs`), a worker's from the pool the spawner
+    /// started it for, a peer link's from its hello. Its tasks go to
+    /// workers of that program only.
+    program: ProgramId,
     /// For an actor's process, the actor (from the spawner's record): it
     /// takes that actor's calls only, and is never idle or revoked.
     actor: Option<ActorId>,
@@ -232,46 +239,104 @@ impl Conn {
     fn running(&self) -> Option<TaskId> {
         self.assigned.front().copied()
     }
+
+    /// A worker's pool.
+    fn pool(&self) -> Pool {
+        Pool { kind: self.kind, program: self.program }
+    }
 }
 
-/// One `T` per worker kind: the pool's tables are kept per kind.
+/// A program a node runs workers for ([`jobs`]): the node's own commands
+/// (`NodeConfig::worker_commands`, program 0, for an embedded node's
+/// driver), or those a connected driver brought. Numbers are never reused
+/// over the node's life, so a link or a worker of a program that ended
+/// never passes for one of the next.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProgramId(pub u32);
+
+impl std::fmt::Display for ProgramId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "program {}", self.0)
+    }
+}
+
+/// Workers of one kind started for one program: a worker runs the functions
+/// of the program it was started from, so each pool's workers take only its
+/// tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pool {
+    pub kind: WorkerKind,
+    pub program: ProgramId,
+}
+
+impl Pool {
+    /// A pool of the node's own program.
+    pub fn own(kind: WorkerKind) -> Self {
+        Pool { kind, program: ProgramId(0) }
+    }
+}
+
+/// One `T` per pool: the pool's tables are kept per pool (a pool never
+/// named reads as `T::default()`).
 #[derive(Default)]
-pub(crate) struct PerKind<T>([T; WorkerKind::ALL.len()]);
+pub(crate) struct PerPool<T> {
+    items: Vec<(Pool, T)>,
+    empty: T,
+}
 
-impl<T> std::ops::Index<WorkerKind> for PerKind<T> {
+impl<T> std::ops::Index<Pool> for PerPool<T> {
     type Output = T;
-    fn index(&self, kind: WorkerKind) -> &T {
-        &self.0[kind.index()]
+    fn index(&self, pool: Pool) -> &T {
+        self.items.iter().find(|(p, _)| *p == pool).map_or(&self.empty, |(_, t)| t)
     }
 }
 
-impl<T> std::ops::IndexMut<WorkerKind> for PerKind<T> {
-    fn index_mut(&mut self, kind: WorkerKind) -> &mut T {
-        &mut self.0[kind.index()]
+impl<T: Default> std::ops::IndexMut<Pool> for PerPool<T> {
+    fn index_mut(&mut self, pool: Pool) -> &mut T {
+        let at = match self.items.iter().position(|(p, _)| *p == pool) {
+            Some(i) => i,
+            None => {
+                self.items.push((pool, T::default()));
+                self.items.len() - 1
+            }
+        };
+        &mut self.items[at].1
     }
 }
 
-impl PerKind<usize> {
+impl<T> PerPool<T> {
+    /// The pools named so far, with their values.
+    fn iter(&self) -> impl Iterator<Item = &(Pool, T)> {
+        self.items.iter()
+    }
+
+    /// Forgets the pools of `program` (it ended).
+    fn forget(&mut self, program: ProgramId) {
+        self.items.retain(|(p, _)| p.program != program);
+    }
+}
+
+impl PerPool<usize> {
     fn total(&self) -> usize {
-        self.0.iter().sum()
+        self.items.iter().map(|(_, n)| n).sum()
     }
 }
 
-impl PerKind<Vec<ConnId>> {
+impl PerPool<Vec<ConnId>> {
     fn contains(&self, w: ConnId) -> bool {
-        self.0.iter().any(|v| v.contains(&w))
+        self.items.iter().any(|(_, v)| v.contains(&w))
     }
 
     fn remove(&mut self, w: ConnId) {
-        self.0.iter_mut().for_each(|v| v.retain(|i| *i != w));
+        self.items.iter_mut().for_each(|(_, v)| v.retain(|i| *i != w));
     }
 
     fn is_empty(&self) -> bool {
-        self.0.iter().all(Vec::is_empty)
+        self.items.iter().all(|(_, v)| v.is_empty())
     }
 
     fn clear(&mut self) {
-        self.0.iter_mut().for_each(Vec::clear);
+        self.items.iter_mut().for_each(|(_, v)| v.clear());
     }
 }
 
@@ -330,6 +395,8 @@ struct Task {
     /// Sent here by another node's owner over a peer link: it runs here,
     /// never on this node's peers (`remote` step 1).
     from_peer: bool,
+    /// The workers it runs on: its function's kind, its submitter's program.
+    pool: Pool,
 }
 
 impl Task {
@@ -348,6 +415,7 @@ impl Task {
             replay_error: None,
             order: 0,
             from_peer: false,
+            pool: Pool::own(WorkerKind::Rust),
         }
     }
 }
@@ -401,21 +469,24 @@ pub struct State {
     tasks: FxHashMap<TaskId, Task>,
     streams: FxHashMap<TaskId, Stream>,
     children: FxHashMap<TaskId, Vec<TaskId>>,
-    /// Tasks whose arguments are ready, one FIFO per worker kind and
-    /// resource shape (so a scheduling pass looks at the head of each
+    /// Tasks whose arguments are ready, one FIFO per pool and resource
+    /// shape (so a scheduling pass looks at the head of each
     /// queue, not at every task). Entries of tasks that ended meanwhile are
     /// skipped when reached.
-    ready: Vec<((WorkerKind, ResourceSet), VecDeque<TaskId>)>,
-    /// Workers with nothing assigned, a stack per kind (the last to go idle
+    ready: Vec<((Pool, ResourceSet), VecDeque<TaskId>)>,
+    /// Workers with nothing assigned, a stack per pool (the last to go idle
     /// is reused first, so the ones idle longest can time out).
-    idle: PerKind<Vec<ConnId>>,
-    /// Spawns asked for whose process has not said hello, per kind.
-    starting: PerKind<usize>,
-    /// The kinds this node has a command for: its own and its job's.
-    kinds: Vec<WorkerKind>,
-    /// The kinds of `NodeConfig::worker_commands` (for the node's life).
+    idle: PerPool<Vec<ConnId>>,
+    /// Spawns asked for whose process has not said hello, per pool.
+    starting: PerPool<usize>,
+    /// The pools this node has a command for: its own program's and its
+    /// connected programs'.
+    pools: Vec<Pool>,
+    /// The kinds of `NodeConfig::worker_commands` (program 0, for the
+    /// node's life).
     own_kinds: Vec<WorkerKind>,
-    /// The connected drivers that brought worker commands ([`jobs`]).
+    /// The programs of the connected drivers that brought worker commands
+    /// ([`jobs`]).
     job: jobs::Job,
     total: ResourceSet,
     available: ResourceSet,
@@ -433,15 +504,15 @@ pub struct State {
     /// Every live worker process the spawner started, with the worker id it
     /// gave it, its kind and the actor it was started for: the only
     /// processes accepted as workers.
-    worker_pids: FxHashMap<u32, (WorkerId, WorkerKind, Option<ActorId>)>,
+    worker_pids: FxHashMap<u32, (WorkerId, Pool, Option<ActorId>)>,
     /// Worker hellos that arrived before the spawner registered their pid
     /// (it registers right after the fork returns): pid -> (conn, claimed id).
     awaiting_spawn: FxHashMap<u32, (ConnId, WorkerId)>,
     /// The secret every hello must carry.
     token: ClusterToken,
     /// Workers that died before saying hello, since the last one of their
-    /// kind that did.
-    early_deaths: PerKind<u32>,
+    /// pool that did.
+    early_deaths: PerPool<u32>,
     spawn: std::sync::mpsc::Sender<PoolCmd>,
     pub(crate) names: TaskNames,
     pub(crate) output: OutputSinks,
@@ -616,9 +687,9 @@ impl State {
             streams: FxHashMap::default(),
             children: FxHashMap::default(),
             ready: Vec::new(),
-            idle: PerKind::default(),
-            starting: PerKind::default(),
-            kinds: config.worker_commands.keys().copied().collect(),
+            idle: PerPool::default(),
+            starting: PerPool::default(),
+            pools: config.worker_commands.keys().map(|k| Pool::own(*k)).collect(),
             own_kinds: config.worker_commands.keys().copied().collect(),
             job: jobs::Job::default(),
             total: config.resources.clone(),
@@ -633,7 +704,7 @@ impl State {
             worker_pids: FxHashMap::default(),
             awaiting_spawn: FxHashMap::default(),
             token: config.token.clone().expect("Node::start sets the token"),
-            early_deaths: PerKind::default(),
+            early_deaths: PerPool::default(),
             spawn,
             names: TaskNames::default(),
             output: OutputSinks::default(),

@@ -18,6 +18,7 @@ impl State {
                 pid,
                 worker_id: WorkerId(0),
                 kind: WorkerKind::Rust,
+                program: ProgramId(0),
                 actor: None,
                 held: FxHashSet::default(),
                 granted: FxHashSet::default(),
@@ -144,8 +145,10 @@ impl State {
         let pid = c.pid;
         let mut actor = None;
         if role == Role::Worker {
-            let (kind, for_actor) = self.worker_pids.get(&pid).map_or((WorkerKind::Rust, None), |(_, k, a)| (*k, *a));
-            c.kind = kind;
+            let (pool, for_actor) =
+                self.worker_pids.get(&pid).map_or((Pool::own(WorkerKind::Rust), None), |(_, p, a)| (*p, *a));
+            c.kind = pool.kind;
+            c.program = pool.program;
             c.actor = for_actor;
             self.starting_pids.remove(&pid);
             match for_actor {
@@ -153,9 +156,14 @@ impl State {
                 Some(a) => actor = Some(a),
                 None => {
                     // Counted as starting since it was asked for.
-                    self.starting[kind] = self.starting[kind].saturating_sub(1);
-                    self.early_deaths[kind] = 0;
-                    self.idle[kind].push(conn);
+                    self.starting[pool] = self.starting[pool].saturating_sub(1);
+                    self.early_deaths[pool] = 0;
+                    if !self.program_alive(pool.program) {
+                        // Started just before its program's last driver
+                        // left (`jobs` step 4).
+                        return self.disconnect(conn, "its program ended");
+                    }
+                    self.idle[pool].push(conn);
                 }
             }
         }
@@ -319,10 +327,10 @@ impl State {
         self.schedule();
     }
 
-    /// The spawner started worker process `pid` of `kind` and gave it
+    /// The spawner started worker process `pid` of `pool` and gave it
     /// `worker_id`. A hello that came first is answered now.
-    pub fn spawned(&mut self, pid: u32, worker_id: WorkerId, kind: WorkerKind, actor: Option<ActorId>) {
-        self.worker_pids.insert(pid, (worker_id, kind, actor));
+    pub fn spawned(&mut self, pid: u32, worker_id: WorkerId, pool: Pool, actor: Option<ActorId>) {
+        self.worker_pids.insert(pid, (worker_id, pool, actor));
         if actor.is_some() {
             self.actor_spawns = self.actor_spawns.saturating_sub(1);
         }
@@ -342,7 +350,8 @@ impl State {
     /// starting; after several such deaths in a row, nothing can run, so the
     /// waiting tasks fail instead of hanging.
     pub fn worker_exited(&mut self, pid: u32, status: String) {
-        let (kind, actor) = self.worker_pids.remove(&pid).map_or((WorkerKind::Rust, None), |(_, k, a)| (k, a));
+        let (pool, actor) =
+            self.worker_pids.remove(&pid).map_or((Pool::own(WorkerKind::Rust), None), |(_, p, a)| (p, a));
         match self.crashed.remove(&pid) {
             Some((_, failed)) => {
                 for (tid, name) in failed {
@@ -365,11 +374,11 @@ impl State {
             // An actor's process died before it connected.
             return self.actor_process_ended(a, VecDeque::new(), status);
         }
-        self.starting[kind] = self.starting[kind].saturating_sub(1);
-        self.early_deaths[kind] += 1;
-        if self.early_deaths[kind] >= 3 {
+        self.starting[pool] = self.starting[pool].saturating_sub(1);
+        self.early_deaths[pool] += 1;
+        if self.early_deaths[pool] >= 3 {
             let error = format!("worker processes exit before connecting (last: pid {pid}, {status})");
-            self.fail_kind_if_stuck(kind, error);
+            self.fail_pool_if_stuck(pool, error);
         } else {
             self.schedule();
         }
@@ -392,28 +401,28 @@ impl State {
     }
 
     /// A worker process could not be started.
-    pub fn spawn_failed(&mut self, kind: WorkerKind, actor: Option<ActorId>, error: String) {
+    pub fn spawn_failed(&mut self, pool: Pool, actor: Option<ActorId>, error: String) {
         if let Some(a) = actor {
             self.actor_spawns = self.actor_spawns.saturating_sub(1);
             let cause = ActorDeathCause::CreationFailed(format!("its process could not start: {error}"));
             return self.actor_dead(a, Error::ActorDied { actor: a.to_string(), cause });
         }
-        self.starting[kind] = self.starting[kind].saturating_sub(1);
-        self.fail_kind_if_stuck(kind, error);
+        self.starting[pool] = self.starting[pool].saturating_sub(1);
+        self.fail_pool_if_stuck(pool, error);
     }
 
-    /// With no worker of `kind` alive or starting, nothing can run the
+    /// With no worker of `pool` alive or starting, nothing can run the
     /// tasks that wait for one: they fail instead of hanging.
-    fn fail_kind_if_stuck(&mut self, kind: WorkerKind, error: String) {
-        let live = self.conns.values().any(|c| c.role == Some(Role::Worker) && c.kind == kind);
-        if live || self.starting[kind] > 0 {
+    fn fail_pool_if_stuck(&mut self, pool: Pool, error: String) {
+        let live = self.conns.values().any(|c| c.role == Some(Role::Worker) && c.pool() == pool);
+        if live || self.starting[pool] > 0 {
             return;
         }
         // Tasks only another node could run wait for one (`remote`).
         let mut waiting = Vec::new();
         let total = &self.total;
-        self.ready.retain_mut(|((k, shape), q)| {
-            if *k == kind && shape.fits_in(total) {
+        self.ready.retain_mut(|((p, shape), q)| {
+            if *p == pool && shape.fits_in(total) {
                 waiting.extend(q.drain(..));
             }
             !q.is_empty()
@@ -432,23 +441,24 @@ impl State {
             return;
         }
         let now = std::time::Instant::now();
-        for kind in WorkerKind::ALL {
-            self.exit_idle_workers_of(kind, now);
+        let pools: Vec<Pool> = self.idle.iter().map(|(p, _)| *p).collect();
+        for pool in pools {
+            self.exit_idle_workers_of(pool, now);
         }
     }
 
-    fn exit_idle_workers_of(&mut self, kind: WorkerKind, now: std::time::Instant) {
+    fn exit_idle_workers_of(&mut self, pool: Pool, now: std::time::Instant) {
         let mut workers =
-            self.conns.values().filter(|c| c.role == Some(Role::Worker) && c.kind == kind && !c.doomed).count();
+            self.conns.values().filter(|c| c.role == Some(Role::Worker) && c.pool() == pool && !c.doomed).count();
         // `idle` is a stack: the front has been idle longest.
-        let idle: Vec<ConnId> = self.idle[kind].clone();
+        let idle: Vec<ConnId> = self.idle[pool].clone();
         for w in idle {
             if workers <= self.steady_workers {
                 break;
             }
             // Each exit may reschedule, and an actor may take a worker of
             // this list meanwhile (`adopt`): only one still idle exits.
-            let expired = self.idle[kind].contains(&w)
+            let expired = self.idle[pool].contains(&w)
                 && self.conns.get(&w).is_some_and(|c| now.duration_since(c.idle_since) >= self.idle_timeout);
             if expired {
                 self.disconnect(w, "idle");

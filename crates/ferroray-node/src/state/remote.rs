@@ -66,6 +66,9 @@ pub(crate) const WAIT_WARNING_AFTER: std::time::Duration = std::time::Duration::
 pub(crate) struct Remote {
     /// Which node, for errors and events.
     pub(super) node: NodeId,
+    /// The program whose tasks go on this link: the node at the other end
+    /// runs them in workers of that program (its hello names its commands).
+    pub(super) program: ProgramId,
     /// What it has (from the cluster's view when attached).
     pub(super) total: ResourceSet,
     /// The resources of the tasks this node sent it that have not ended:
@@ -104,15 +107,19 @@ fn max_of(a: &ResourceSet, b: &ResourceSet) -> ResourceSet {
     ResourceSet::from_fixed(m)
 }
 
-/// Step 1: the peer to place a task of `shape` on: of those with room for
-/// it, the one with the most CPU free (the first attached, of equals).
+/// Step 1: the peer to place a task of `shape` of `program` on: of its
+/// program's links with room for it, the one with the most CPU free (the
+/// first attached, of equals).
 pub(super) fn pick_peer<'a>(
     rooms: &'a mut [(ConnId, ResourceSet)],
     shape: &ResourceSet,
+    program: ProgramId,
+    conns: &FxHashMap<ConnId, Conn>,
 ) -> Option<&'a mut (ConnId, ResourceSet)> {
     let cpu = |room: &ResourceSet| room.fixed().get(ferroray_common::resources::CPU).copied().unwrap_or(0);
+    let of_program = |id: &ConnId| conns.get(id).and_then(|c| c.remote.as_ref()).is_some_and(|r| r.program == program);
     let mut best: Option<&'a mut (ConnId, ResourceSet)> = None;
-    for entry in rooms.iter_mut().filter(|(_, room)| shape.fits_in(room)) {
+    for entry in rooms.iter_mut().filter(|(id, room)| shape.fits_in(room) && of_program(id)) {
         if best.as_ref().is_none_or(|b| cpu(&entry.1) > cpu(&b.1)) {
             best = Some(entry);
         }
@@ -183,13 +190,16 @@ impl State {
     }
 
     /// Attaches peer node `node` with `total` resources on `conn` (a new
-    /// in-process connection): tasks may be placed on it from now on.
-    pub(crate) fn attach_peer(&mut self, conn: ConnId, node: NodeId, total: ResourceSet) {
+    /// in-process connection), for the tasks of `program`: they may be
+    /// placed on it from now on.
+    pub(crate) fn attach_peer(&mut self, conn: ConnId, node: NodeId, program: ProgramId, total: ResourceSet) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.role = Some(Role::Peer);
         c.pid = 0;
+        c.program = program;
         c.remote = Some(Box::new(Remote {
             node,
+            program,
             total,
             in_flight: ResourceSet::new(),
             others: ResourceSet::new(),
@@ -283,7 +293,8 @@ impl State {
             None => format!("warning: task {} waits for a node with room for it\n", task.spec.name()),
         };
         tracing::warn!("{}", text.trim_end());
-        for sink in self.output.lock().iter() {
+        let program = task.pool.program;
+        for (_, sink) in self.output.lock().iter().filter(|(p, _)| *p == program) {
             sink.send(FromNode::Output { to_stderr: true, text: text.clone(), task: None });
         }
     }

@@ -25,10 +25,10 @@ impl State {
         let Some(task) = self.tasks.get_mut(&tid) else { return };
         self.next_order += 1;
         task.order = self.next_order;
-        let kind = task.spec.function.worker_kind();
-        match self.ready.iter_mut().find(|((k, shape), _)| *k == kind && *shape == task.spec.resources) {
+        let pool = task.pool;
+        match self.ready.iter_mut().find(|((p, shape), _)| *p == pool && *shape == task.spec.resources) {
             Some((_, q)) => q.push_back(tid),
-            None => self.ready.push(((kind, task.spec.resources.clone()), VecDeque::from([tid]))),
+            None => self.ready.push(((pool, task.spec.resources.clone()), VecDeque::from([tid]))),
         }
     }
 
@@ -40,14 +40,14 @@ impl State {
             return;
         }
         let Some(task) = self.tasks.get(&tid) else { return };
-        let (order, shape, kind) = (task.order, &task.spec.resources, task.spec.function.worker_kind());
+        let (order, shape, pool) = (task.order, &task.spec.resources, task.pool);
         let tasks = &self.tasks;
-        match self.ready.iter_mut().find(|((k, s), _)| *k == kind && s == shape) {
+        match self.ready.iter_mut().find(|((p, s), _)| *p == pool && s == shape) {
             Some((_, q)) => {
                 let at = q.partition_point(|t| tasks.get(t).is_none_or(|t| t.order < order));
                 q.insert(at, tid);
             }
-            None => self.ready.push(((kind, shape.clone()), VecDeque::from([tid]))),
+            None => self.ready.push(((pool, shape.clone()), VecDeque::from([tid]))),
         }
     }
 
@@ -59,11 +59,11 @@ impl State {
         }
         self.place_unplaced();
         let mut tentative = self.available.clone();
-        let mut want_workers: PerKind<usize> = PerKind::default();
+        let mut want_workers: PerPool<usize> = PerPool::default();
         let mut dispatches = Vec::new();
         let mut pipelined = Vec::new();
         // Busy workers that could take a task behind the one they run.
-        let mut busy: Vec<(ConnId, WorkerKind, &ResourceSet, usize)> = self
+        let mut busy: Vec<(ConnId, Pool, &ResourceSet, usize)> = self
             .conns
             .iter()
             .filter(|(_, c)| {
@@ -73,15 +73,15 @@ impl State {
                     && !c.doomed
                     && (1..=PIPELINE_DEPTH).contains(&c.assigned.len())
             })
-            .map(|(id, c)| (*id, c.kind, &c.lease_shape, c.assigned.len()))
+            .map(|(id, c)| (*id, c.pool(), &c.lease_shape, c.assigned.len()))
             .collect();
         // Tasks on their way back from a `Revoke`: nothing queued after one
-        // of them in its queue starts before it is back (by kind and shape,
+        // of them in its queue starts before it is back (by pool and shape,
         // the earliest order out).
-        let mut out: Vec<(WorkerKind, &ResourceSet, u64)> = Vec::new();
+        let mut out: Vec<(Pool, &ResourceSet, u64)> = Vec::new();
         for c in self.conns.values() {
             for t in c.revoking.iter().filter_map(|t| self.tasks.get(t)) {
-                out.push((t.spec.function.worker_kind(), &t.spec.resources, t.order));
+                out.push((t.pool, &t.spec.resources, t.order));
             }
         }
         // Other nodes' room (`remote` step 1), and tasks placed there.
@@ -93,10 +93,10 @@ impl State {
         let mut waiting = Vec::new();
         let total = &self.total;
         let streams = &self.streams;
-        for ((kind, shape), queue) in self.ready.iter_mut() {
-            let kind = *kind;
+        for ((pool, shape), queue) in self.ready.iter_mut() {
+            let pool = *pool;
             let head = queue.front().and_then(|t| self.tasks.get(t)).map_or(0, |t| t.order);
-            if out.iter().any(|(k, s, order)| *k == kind && *s == shape && *order < head) {
+            if out.iter().any(|(p, s, order)| *p == pool && *s == shape && *order < head) {
                 continue;
             }
             let mut i = 0;
@@ -113,7 +113,9 @@ impl State {
                             .tasks
                             .get(&queue[i])
                             .is_some_and(|t| t.from_peer || remote::stays_here(&t.spec, streams));
-                    if let Some((peer, room)) = (!here).then(|| remote::pick_peer(&mut rooms, shape)).flatten() {
+                    if let Some((peer, room)) =
+                        (!here).then(|| remote::pick_peer(&mut rooms, shape, pool.program, conns)).flatten()
+                    {
                         room.subtract(shape);
                         let peer = *peer;
                         if let Some(q) = queue_rooms.as_mut() {
@@ -135,7 +137,9 @@ impl State {
                             }
                             q
                         });
-                        if let Some((peer, room)) = (!here).then(|| remote::pick_peer(q, shape)).flatten() {
+                        if let Some((peer, room)) =
+                            (!here).then(|| remote::pick_peer(q, shape, pool.program, conns)).flatten()
+                        {
                             room.subtract(shape);
                             to_peers.push((queue.remove(i).expect("index checked"), *peer));
                             continue;
@@ -152,7 +156,7 @@ impl State {
                     while i == 0 && i < queue.len() {
                         let Some(slot) = busy
                             .iter_mut()
-                            .filter(|(_, k, s, n)| *k == kind && *s == shape && *n <= PIPELINE_DEPTH)
+                            .filter(|(_, p, s, n)| *p == pool && *s == shape && *n <= PIPELINE_DEPTH)
                             .min_by_key(|(_, _, _, n)| *n)
                         else {
                             break;
@@ -164,13 +168,13 @@ impl State {
                     break;
                 }
                 tentative.subtract(shape);
-                match self.idle[kind].pop() {
+                match self.idle[pool].pop() {
                     Some(w) => {
                         let tid = queue.remove(i).expect("index checked");
                         dispatches.push((tid, w));
                     }
                     None => {
-                        want_workers[kind] += 1;
+                        want_workers[pool] += 1;
                         i += 1;
                     }
                 }
@@ -204,7 +208,7 @@ impl State {
                     || !c.revoking.is_empty()
                     || c.actor.is_some()
                     || c.remote.is_some()
-                    || self.idle[c.kind].is_empty()
+                    || self.idle[c.pool()].is_empty()
                 {
                     continue;
                 }
@@ -221,7 +225,7 @@ impl State {
                 }
             }
         }
-        if WorkerKind::ALL.iter().all(|k| want_workers[*k] <= self.starting[*k]) {
+        if want_workers.iter().all(|(p, n)| *n <= self.starting[*p]) {
             return;
         }
         let starting = self.starting.total();
@@ -255,43 +259,43 @@ impl State {
         } else {
             self.cap_logged = false;
         }
-        for kind in WorkerKind::ALL {
-            let mut to_start = want_workers[kind].saturating_sub(self.starting[kind]);
+        for &(pool, want) in want_workers.iter() {
+            let mut to_start = want.saturating_sub(self.starting[pool]);
             while to_start > 0 && room > 0 {
-                if self.spawn.send(PoolCmd::Spawn { kind, actor: None }).is_err() {
+                if self.spawn.send(PoolCmd::Spawn { pool, actor: None }).is_err() {
                     return;
                 }
-                self.starting[kind] += 1;
+                self.starting[pool] += 1;
                 to_start -= 1;
                 room -= 1;
             }
         }
     }
 
-    /// Starts pool workers of `kind` until [`SPARE_WORKERS`] of them are
+    /// Starts workers of `pool` until [`SPARE_WORKERS`] of them are
     /// idle or starting, within `max_workers` and `max_worker_processes`
     /// (called when an actor took a process of that kind). A spare is an
     /// ordinary pool worker: it holds no lease (no CPU) while idle, the next
     /// task or actor of its kind takes it, and the idle timeout lets it go
     /// like any other.
-    pub(super) fn keep_spare(&mut self, kind: WorkerKind) {
-        let have = self.idle[kind].len() + self.starting[kind];
+    pub(super) fn keep_spare(&mut self, pool: Pool) {
+        let have = self.idle[pool].len() + self.starting[pool];
         if self.shutting_down || have >= SPARE_WORKERS {
             return;
         }
         let starting = self.starting.total();
-        let pool = |c: &&Conn| c.role == Some(Role::Worker) && c.actor.is_none() && !c.doomed;
-        let active = self.conns.values().filter(pool).filter(|c| !c.blocked || c.paused).count();
-        let processes = self.conns.values().filter(pool).count();
+        let in_pool = |c: &&Conn| c.role == Some(Role::Worker) && c.actor.is_none() && !c.doomed;
+        let active = self.conns.values().filter(in_pool).filter(|c| !c.blocked || c.paused).count();
+        let processes = self.conns.values().filter(in_pool).count();
         let room = self
             .max_workers
             .saturating_sub(active + starting)
             .min(self.max_processes.saturating_sub(processes + starting));
         for _ in 0..(SPARE_WORKERS - have).min(room) {
-            if self.spawn.send(PoolCmd::Spawn { kind, actor: None }).is_err() {
+            if self.spawn.send(PoolCmd::Spawn { pool, actor: None }).is_err() {
                 return;
             }
-            self.starting[kind] += 1;
+            self.starting[pool] += 1;
         }
     }
 
@@ -398,10 +402,10 @@ impl State {
         if !shown.is_empty() {
             self.grant(worker, &shown);
         }
-        let (pid, first, actor, peer) = self
-            .conns
-            .get(&worker)
-            .map_or((0, false, None, false), |c| (c.pid, c.assigned.len() == 1, c.actor, c.remote.is_some()));
+        let (pid, first, actor, peer, program) =
+            self.conns.get(&worker).map_or((0, false, None, false, ProgramId(0)), |c| {
+                (c.pid, c.assigned.len() == 1, c.actor, c.remote.is_some(), c.program)
+            });
         if peer {
             // A peer runs all it is sent at once (`remote` step 2).
             self.record(tid, TaskState::Running, None, None);
@@ -409,7 +413,7 @@ impl State {
             // Queued ones are recorded as running when they reach the front.
             // An actor's output keeps its class's name (`actor_connected`).
             if actor.is_none() {
-                let label = self.label(spec.name(), tid);
+                let label = self.label(spec.name(), tid, program);
                 self.names.lock().insert(pid, label);
             }
             self.record(tid, TaskState::Running, Some(pid), None);
@@ -468,10 +472,10 @@ impl State {
             c.paused = false;
         }
         if let Some(next) = c.running().filter(|_| !c.doomed) {
-            let pid = c.pid;
+            let (pid, program) = (c.pid, c.program);
             if let Some(t) = self.tasks.get(&next).filter(|_| c.actor.is_none()) {
                 let name = t.spec.name().to_string();
-                let label = self.label(&name, next);
+                let label = self.label(&name, next, program);
                 self.names.lock().insert(pid, label);
             }
             self.record(next, TaskState::Running, Some(pid), None);
@@ -502,7 +506,7 @@ impl State {
         self.available.add(&lease);
         if !self.shutting_down && !c.doomed && !self.idle.contains(w) {
             c.idle_since = std::time::Instant::now();
-            self.idle[c.kind].push(w);
+            self.idle[c.pool()].push(w);
         }
     }
 

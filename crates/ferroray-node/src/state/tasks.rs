@@ -3,14 +3,18 @@
 use super::*;
 
 impl State {
-    pub(super) fn validate(&self, spec: &TaskSpec) -> Result<()> {
+    /// Checks a task `spec` to run in workers of `pool` (an actor's call
+    /// runs in its actor's process, whatever program calls it).
+    pub(super) fn validate(&self, spec: &TaskSpec, pool: Pool) -> Result<()> {
         if let ReturnKind::Streaming { backpressure: Some(0) } = spec.returns {
             return Err(Error::InvalidOption("generator backpressure must not be 0".into()));
         }
-        let kind = spec.function.worker_kind();
-        if !self.kinds.contains(&kind) {
+        let call = matches!(spec.actor, Some(ferroray_protocol::ActorTask::Call { .. }));
+        if !call && !self.pools.contains(&pool) {
+            let kind = pool.kind;
             return Err(Error::Infeasible(format!(
-                "task {} needs a {kind:?} worker, and this node starts none (no command for that kind)",
+                "task {} needs a {kind:?} worker, and this node starts none for its program (no command for \
+                 that kind)",
                 spec.name()
             )));
         }
@@ -145,7 +149,10 @@ impl State {
             self.pin_alive(*c);
         }
         let retries_left = spec.max_retries;
-        let invalid = self.validate(&spec).err();
+        // Its workers: its function's kind, of its submitter's program.
+        let program = self.conns.get(&conn).map_or(ProgramId(0), |c| c.program);
+        let pool = Pool { kind: spec.function.worker_kind(), program };
+        let invalid = self.validate(&spec, pool).err();
         if let ReturnKind::Streaming { backpressure } = spec.returns {
             self.streams.insert(
                 id,
@@ -163,6 +170,7 @@ impl State {
         }
         let mut task = Task::new(spec, pending, retries_left);
         task.from_peer = self.conns.get(&conn).is_some_and(|c| c.from_peer);
+        task.pool = pool;
         self.tasks.insert(id, task);
         self.record(id, TaskState::Submitted, None, None);
         if let Some(e) = invalid.or(failed) {

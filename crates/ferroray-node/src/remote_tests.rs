@@ -927,18 +927,7 @@ fn programs_have_pools_and_peer_links_of_their_own_and_end_alone() {
     let programs: Vec<ProgramId> = h.st.programs().into_iter().map(|(p, _)| p).collect();
     assert_eq!(programs, vec![pb]);
     // A worker of a's that connects now is turned away.
-    let (pid, worker_id) = (4242, WorkerId::random());
-    h.st.spawned(pid, worker_id, Pool { kind: WorkerKind::Python, program: pa }, None);
-    let (late, _, _) = h.connect(pid);
-    let hello = ToNode::Hello {
-        protocol: ferroray_protocol::PROTOCOL_VERSION,
-        worker_id,
-        pid,
-        role: ferroray_protocol::Role::Worker,
-        token: h.token.clone(),
-    };
-    h.st.handle(late, hello);
-    assert!(!h.st.is_connected(late));
+    assert!(h.try_worker_in(Pool { kind: WorkerKind::Python, program: pa }).is_none());
     // A new program of a's commands is a new program.
     let a3 = h.driver();
     let pa2 = h.st.join_job(a3.conn, commands("a"));
@@ -1374,4 +1363,170 @@ fn a_published_function_goes_to_peers_without_its_bytes_while_its_driver_is_here
         ferroray_common::FunctionId { exporter: WorkerId(77), seq: 4 },
         vec![0; crate::state::MAX_FUNCTION_TABLE + 1]
     ));
+}
+
+/// An executor of the programs stress run: a worker of a pool, or a peer
+/// link of a program, and the tasks it was sent and not answered.
+struct ProgramExec {
+    peer: Peer,
+    program: ProgramId,
+    remote: bool,
+    running: Vec<(TaskId, u32)>,
+}
+
+// `jobs` steps 1 to 5 and 8 under churn: drivers of two programs come and go
+// (a program ends with its last driver, and starts again as a new one),
+// tasks (some only a peer could run) are submitted, answered, and
+// force-cancelled with their driver, workers start late and die when
+// killed. Every task is sent only to a worker or link of its submitter's
+// program, and at the end nothing is left: no task, no program, no link of
+// an ended program, every resource back.
+#[test]
+fn stress_programs_coming_and_going_keep_their_tasks_in_their_own_workers() {
+    use crate::WorkerCommand;
+    let started = std::time::Instant::now();
+    for seed in [7u64, 8, 9, 10] {
+        let mut rng = Lcg(seed);
+        let mut h = harness_with(2.0, &[], |_| {});
+        h.st.enable_peers();
+        let total = h.st.stats().total;
+        let python =
+            |arg: &str| WorkerCommand { program: "/usr/bin/python3".into(), args: vec![arg.into()], env: vec![] };
+        let commands = |arg: &str| std::collections::BTreeMap::from([(WorkerKind::Python, python(arg))]);
+        // Drivers: (peer, program); programs seen, with a link each.
+        let mut drivers: Vec<(Peer, ProgramId)> = Vec::new();
+        let mut of_submitter: std::collections::HashMap<WorkerId, ProgramId> = Default::default();
+        let mut linked: Vec<ProgramId> = Vec::new();
+        let mut execs: Vec<ProgramExec> = Vec::new();
+        let mut seq = 0u64;
+        let (mut sent, mut ended_programs, mut kills) = (0usize, 0usize, 0usize);
+        for step in 0..3000 {
+            // The pool's commands: spawns start workers, kills end them.
+            for cmd in h.pool_commands() {
+                match cmd {
+                    PoolCmd::Spawn { pool, actor: None } => {
+                        if let Some(peer) = h.try_worker_in(pool) {
+                            execs.push(ProgramExec { peer, program: pool.program, remote: false, running: vec![] });
+                        }
+                    }
+                    PoolCmd::Kill(pid) => {
+                        if let Some(i) = execs.iter().position(|e| !e.remote && e.peer.pid == pid) {
+                            let gone = execs.remove(i);
+                            h.st.disconnect(gone.peer.conn, "killed");
+                            h.st.worker_exited(pid, "was killed by signal 9 (SIGKILL)".into());
+                            kills += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // What each executor was sent: only tasks of its program.
+            for e in execs.iter_mut() {
+                for m in e.peer.take() {
+                    if let FromNode::Execute(s) = m {
+                        let program = of_submitter.get(&s.task_id.submitter).copied();
+                        assert_eq!(program, Some(e.program), "seed {seed}: task {} went to another program", s.task_id);
+                        e.running.push((s.task_id, s.attempt));
+                        sent += 1;
+                    }
+                }
+            }
+            // Links of ended programs close once idle; the daemon attaches
+            // a new program's links.
+            execs.retain(|e| h.st.is_connected(e.peer.conn));
+            for (p, _) in h.st.programs() {
+                if !linked.contains(&p) {
+                    linked.push(p);
+                    let peer = attach_for(&mut h, 50 + u64::from(p.0), p, cpus_x(2.0, 2.0));
+                    execs.push(ProgramExec { peer, program: p, remote: true, running: vec![] });
+                }
+            }
+            if step % 50 == 0 {
+                h.st.close_ended_links();
+            }
+            match rng.below(12) {
+                // A driver joins program a or b (at most two each).
+                0 if drivers.len() < 4 => {
+                    let d = h.driver();
+                    let which = if rng.below(2) == 0 { "a" } else { "b" };
+                    let p = h.st.join_job(d.conn, commands(which));
+                    of_submitter.insert(d.worker_id, p);
+                    drivers.push((d, p));
+                }
+                // A driver leaves: its tasks are force-cancelled.
+                1 if !drivers.is_empty() => {
+                    let (d, p) = drivers.remove(rng.below(drivers.len()));
+                    h.st.disconnect(d.conn, "gone");
+                    if !drivers.iter().any(|(_, q)| *q == p) {
+                        ended_programs += 1;
+                    }
+                }
+                2..=5 if !drivers.is_empty() => {
+                    let (d, _) = &drivers[rng.below(drivers.len())];
+                    seq += 1;
+                    let mut s =
+                        if rng.below(3) == 0 { x_spec(d, seq, 0) } else { spec(d, seq, ReturnKind::Fixed(1), 0) };
+                    s.function = FunctionDescriptor::Python {
+                        module: "m".into(),
+                        qualname: "f".into(),
+                        function: None,
+                        pickled: vec![1],
+                    };
+                    let conn = d.conn;
+                    h.st.handle(conn, ToNode::Submit(Box::new(s)));
+                }
+                _ => {
+                    // An executor ends a task (a worker its first).
+                    let busy: Vec<usize> = (0..execs.len()).filter(|i| !execs[*i].running.is_empty()).collect();
+                    if let Some(&i) = busy.get(rng.below(busy.len().max(1))) {
+                        let e = &mut execs[i];
+                        let at = if e.remote { rng.below(e.running.len()) } else { 0 };
+                        let (task_id, attempt) = e.running.remove(at);
+                        let outcome = TaskOutcome::Returned(vec![inline(b"1")]);
+                        let conn = e.peer.conn;
+                        h.st.handle(conn, ToNode::TaskDone { task_id, attempt, outcome });
+                    }
+                }
+            }
+        }
+        // Everyone leaves; what the executors hold is answered or killed.
+        for (d, _) in drivers.drain(..) {
+            h.st.disconnect(d.conn, "gone");
+            ended_programs += 1;
+        }
+        for cmd in h.pool_commands() {
+            if let PoolCmd::Kill(pid) = cmd {
+                if let Some(i) = execs.iter().position(|e| !e.remote && e.peer.pid == pid) {
+                    let gone = execs.remove(i);
+                    h.st.disconnect(gone.peer.conn, "killed");
+                    h.st.worker_exited(pid, "was killed by signal 9 (SIGKILL)".into());
+                }
+            }
+        }
+        for e in execs.iter_mut().filter(|e| e.remote) {
+            // A peer's task ends with its answer, cancelled or not.
+            for m in e.peer.take() {
+                if let FromNode::Execute(s) = m {
+                    e.running.push((s.task_id, s.attempt));
+                }
+            }
+            for (task_id, attempt) in e.running.drain(..) {
+                let outcome = TaskOutcome::Returned(vec![inline(b"1")]);
+                h.st.handle(e.peer.conn, ToNode::TaskDone { task_id, attempt, outcome });
+            }
+        }
+        h.st.close_ended_links();
+        assert!(h.st.programs().is_empty(), "seed {seed}");
+        assert!(
+            execs.iter().filter(|e| e.remote).all(|e| !h.st.is_connected(e.peer.conn)),
+            "seed {seed}: a link of an ended program is open"
+        );
+        let stats = h.st.stats();
+        assert_eq!((stats.tasks, stats.available), (0, total.clone()), "seed {seed}");
+        assert!(
+            sent > 50 && ended_programs > 3 && kills > 0,
+            "seed {seed}: sent {sent}, ended {ended_programs}, kills {kills}"
+        );
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
 }

@@ -125,6 +125,19 @@ impl Harness {
 
     /// A worker of `pool` the spawner started, connected and welcomed.
     pub(crate) fn worker_in(&mut self, pool: Pool) -> Peer {
+        let p = self.try_worker_in(pool).expect("the node takes the worker");
+        // The welcome first; whatever the node sent right after (a task for
+        // the new worker) stays for the test to read.
+        let mut msgs = p.take();
+        assert!(matches!(msgs.first(), Some(FromNode::Welcome(_))), "{msgs:?}");
+        msgs.remove(0);
+        *p.inbox.0.lock() = msgs;
+        p
+    }
+
+    /// A worker of `pool` the spawner started, after its hello: `None` if
+    /// the node turned it away.
+    pub(crate) fn try_worker_in(&mut self, pool: Pool) -> Option<Peer> {
         self.next_pid += 1;
         let pid = self.next_pid;
         let worker_id = WorkerId::random();
@@ -133,14 +146,7 @@ impl Harness {
         let hello =
             ToNode::Hello { protocol: PROTOCOL_VERSION, worker_id, pid, role: Role::Worker, token: self.token.clone() };
         self.st.handle(conn, hello);
-        let p = Peer { conn, pid, worker_id, outbox, inbox };
-        // The welcome first; whatever the node sent right after (a task for
-        // the new worker) stays for the test to read.
-        let mut msgs = p.take();
-        assert!(matches!(msgs.first(), Some(FromNode::Welcome(_))), "{msgs:?}");
-        msgs.remove(0);
-        *p.inbox.0.lock() = msgs;
-        p
+        self.st.is_connected(conn).then_some(Peer { conn, pid, worker_id, outbox, inbox })
     }
 
     /// Every command the pool received since the last call.

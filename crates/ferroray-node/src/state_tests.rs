@@ -355,6 +355,42 @@ fn a_worker_reads_only_what_it_holds_or_was_shown() {
     assert_eq!(ready(&w.take(), secret), Some(&inline(b"s")));
 }
 
+#[test]
+fn a_task_names_only_objects_its_submitter_may_read() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let other = h.driver();
+    let secret = ObjectId { task: TaskId { submitter: d.worker_id, seq: 9 }, index: 0 };
+    h.st.handle(d.conn, ToNode::Put { id: secret, value: inline(b"s") });
+    // Neither as a ref argument nor nested: the task fails, its worker is
+    // shown nothing.
+    let mut by_ref = spec(&other, 1, ReturnKind::Fixed(1), 0);
+    by_ref.args = vec![ferroray_protocol::TaskArg::Ref(secret)];
+    let rid = ObjectId::for_return(by_ref.task_id, 0);
+    h.st.handle(other.conn, ToNode::Submit(Box::new(by_ref)));
+    let mut nested = spec(&other, 2, ReturnKind::Fixed(1), 0);
+    nested.contained = vec![secret];
+    let nid = ObjectId::for_return(nested.task_id, 0);
+    h.st.handle(other.conn, ToNode::Submit(Box::new(nested)));
+    h.st.handle(other.conn, ToNode::Subscribe(vec![rid, nid]));
+    let msgs = other.take();
+    for id in [rid, nid] {
+        assert!(
+            matches!(ready(&msgs, id), Some(ObjectValue::Error(Error::PermissionDenied(m))) if m.contains("not given")),
+            "{msgs:?}"
+        );
+    }
+    assert_eq!(h.spawn_requests(), 0, "nothing ran");
+    // Its owner may.
+    h.st.handle(d.conn, ToNode::Submit(Box::new(spec(&d, 1, ReturnKind::Fixed(1), 0))));
+    let mut mine = spec(&d, 2, ReturnKind::Fixed(1), 0);
+    mine.contained = vec![secret];
+    let mid = ObjectId::for_return(mine.task_id, 0);
+    h.st.handle(d.conn, ToNode::Submit(Box::new(mine)));
+    h.st.handle(d.conn, ToNode::Subscribe(vec![mid]));
+    assert!(ready(&d.take(), mid).is_none(), "waits to run");
+}
+
 fn python_spec(by: &Peer, seq: u64) -> TaskSpec {
     let mut s = spec(by, seq, ReturnKind::Fixed(1), 0);
     s.function =

@@ -148,6 +148,19 @@ impl State {
         for c in &spec.contained {
             self.pin_alive(*c);
         }
+        // A task may name only objects its submitter may read (held, owned
+        // or shown to it): its worker is shown them in turn. An actor's
+        // handle is not checked here: calls and handles go by the actor's
+        // own rules (a proxy's handle is the node's, `directory` step 5).
+        let named = spec.args.iter().filter_map(|a| match a {
+            TaskArg::Ref(oid) => Some(oid),
+            _ => None,
+        });
+        let handle = |o: &ObjectId| *o == ActorId(o.task).handle_object() && self.actors.contains_key(&ActorId(o.task));
+        let unseen = named.chain(spec.contained.iter()).find(|o| !handle(o) && !self.may_see(conn, **o, false));
+        if let Some(unseen) = unseen {
+            failed = Some(Error::PermissionDenied(format!("object {unseen} was not given to this process")));
+        }
         let retries_left = spec.max_retries;
         // Its workers: its function's kind, of its submitter's program.
         let program = self.conns.get(&conn).map_or(ProgramId(0), |c| c.program);

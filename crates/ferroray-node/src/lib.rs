@@ -337,10 +337,21 @@ impl Node {
     pub fn output(&self, to_stderr: bool, text: &str, task: Option<ferroray_common::TaskId>) {
         let (sinks, own) = {
             let st = self.shared.lock();
-            if task.is_some_and(|t| !st.has_submitter(t.submitter)) {
-                return;
-            }
-            let sinks: Vec<Outbox> = st.output.lock().iter().map(|(_, o)| o.clone()).collect();
+            // The drivers of the submitter's program (all, if no task).
+            let program = match task {
+                Some(t) => match st.program_of(t.submitter) {
+                    Some(p) => Some(p),
+                    None => return,
+                },
+                None => None,
+            };
+            let sinks: Vec<Outbox> = st
+                .output
+                .lock()
+                .iter()
+                .filter(|(p, _)| program.is_none_or(|w| w == *p))
+                .map(|(_, o)| o.clone())
+                .collect();
             (sinks, task.and_then(|t| st.driver_of(t)))
         };
         if let Some(d) = own.filter(|d| sinks.iter().any(|s| s.same(d))) {

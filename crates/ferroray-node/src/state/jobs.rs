@@ -145,9 +145,10 @@ impl State {
         self.chain_root(tid).map(|(_, o)| o)
     }
 
-    /// A connection of worker id `id` (a driver or a worker) is here.
-    pub(crate) fn has_submitter(&self, id: WorkerId) -> bool {
-        self.conns.values().any(|c| c.role.is_some() && c.worker_id == id)
+    /// The program of the connection of worker id `id` (a driver or a
+    /// worker), if it is here.
+    pub(crate) fn program_of(&self, id: WorkerId) -> Option<ProgramId> {
+        self.conns.values().find(|c| c.role.is_some() && c.worker_id == id).map(|c| c.program)
     }
 
     /// The first task in `tid`'s chain of parents (itself included) that a

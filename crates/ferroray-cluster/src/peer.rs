@@ -37,6 +37,10 @@
 //!    `ReportItem` (which holds them by then). Each side holds
 //!    an import from its arrival until the task or result that follows it
 //!    does, in the order of one connection, so nothing frees it between.
+//!    An actor's handle goes as a `Reach` ahead of the task; for an actor
+//!    of the owner's node, the owner's side holds the handle object from
+//!    the first, counting `Reach`es (`Lent`), until the executing side
+//!    says its proxy is gone after as many ([`FromPeerKind::Released`]).
 //!    An import of shared memory to the executing node is kept in the
 //!    link's `Cache` (under its own id, `Kept::AsItself`) as arguments
 //!    are, so later tasks naming it get it without a transfer.
@@ -157,7 +161,7 @@ pub enum ToPeerKind {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct FromPeer {
-    #[prost(oneof = "FromPeerKind", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "FromPeerKind", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub kind: Option<FromPeerKind>,
 }
 
@@ -177,6 +181,29 @@ pub enum FromPeerKind {
     /// Lines the program's workers printed there (step 3).
     #[prost(message, tag = "6")]
     Output(OutputLines),
+    /// The proxy made by the handles of an actor this link brought is gone
+    /// (step 3, `FromNode::HandleReleased`).
+    #[prost(message, tag = "7")]
+    Released(HandleRelease),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct HandleRelease {
+    /// The actor's id (`wire::actor_id_bytes`).
+    #[prost(bytes = "vec", tag = "1")]
+    pub actor_id: Vec<u8>,
+    /// How many `Reach`es of it the link brought so far.
+    #[prost(uint64, tag = "2")]
+    pub reaches: u64,
+}
+
+/// The owner's side of step 3's hold on the actors a link lends: how many
+/// `Reach`es of each actor of this node it sent (over the link's life),
+/// and which it holds the handle of (for the peer's proxy).
+#[derive(Default)]
+struct Lent {
+    sent: HashMap<ActorId, u64>,
+    held: HashSet<ActorId>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -1078,6 +1105,7 @@ async fn outgoing(
     let out = NodeOut::new(conn);
     let mut from_peer = spawn_reader::<_, FromPeer>(read, lander.clone());
     let mut gathering: HashMap<TaskId, Gathering> = HashMap::new();
+    let mut lent = Lent::default();
     let mut pending = VecDeque::from([first]);
     let closed = 'link: loop {
         // Everything the node and the peer have sent so far, handed on;
@@ -1085,13 +1113,13 @@ async fn outgoing(
         loop {
             while let Some(msg) = pending.pop_front() {
                 if let FromNode::Execute(spec) = &msg {
-                    send_reaches(&ctx.node, &mut writer, spec).await?;
+                    send_reaches(&ctx.node, &mut writer, spec, &mut lent, &out).await?;
                 }
                 owner_node_msg(&out, &arena, &mut writer, &mut gathering, &mut cache, msg).await?;
             }
             loop {
                 match from_peer.try_recv() {
-                    Ok(msg) => from_executor(&ctx, &lander, &out, msg?)?,
+                    Ok(msg) => from_executor(&ctx, &lander, &out, &mut lent, msg?)?,
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         return Err(ClusterError::Io(std::io::ErrorKind::UnexpectedEof.into()))
@@ -1117,7 +1145,7 @@ async fn outgoing(
             },
             msg = from_peer.recv() => {
                 let msg = msg.unwrap_or_else(|| Err(ClusterError::Io(std::io::ErrorKind::UnexpectedEof.into())))?;
-                from_executor(&ctx, &lander, &out, msg)?;
+                from_executor(&ctx, &lander, &out, &mut lent, msg)?;
             }
         }
     };
@@ -1132,14 +1160,32 @@ async fn outgoing(
 
 /// Step 3: for each actor handle a task's arguments carry (its call's own
 /// actor aside: the peer has that one, or reaches it by name), what the
-/// peer needs to call it from there, ahead of the task.
-async fn send_reaches<W: AsyncWrite + Unpin>(node: &Node, writer: &mut Writer<W>, spec: &TaskSpec) -> Result<()> {
+/// peer needs to call it from there, ahead of the task. For an actor of
+/// this node's, the link holds its handle object from the first (counted
+/// in `lent`), so the actor lives while the peer's proxy does.
+async fn send_reaches<W: AsyncWrite + Unpin>(
+    node: &Node,
+    writer: &mut Writer<W>,
+    spec: &TaskSpec,
+    lent: &mut Lent,
+    out: &NodeOut,
+) -> Result<()> {
     let own = spec.actor_id().filter(|_| matches!(spec.actor, Some(ActorTask::Call { .. })));
+    let here = node.info().node_id;
     for id in &spec.contained {
         if own.is_some_and(|a| a.handle_object() == *id) {
             continue;
         }
         if let Some(found) = node.actor_of_handle(*id) {
+            if found.node == here {
+                let actor = found.entry.actor;
+                *lent.sent.entry(actor).or_default() += 1;
+                // The task (assigned to this link) shows it the handle: it
+                // may hold it.
+                if lent.held.insert(actor) {
+                    out.send(ToNode::AddRef(vec![actor.handle_object()]));
+                }
+            }
             let row = crate::wire::actor_row(found.node, &found.entry);
             writer.send(ToPeer { kind: Some(ToPeerKind::Reach(row)) }).await?;
         }
@@ -1150,8 +1196,18 @@ async fn send_reaches<W: AsyncWrite + Unpin>(node: &Node, writer: &mut Writer<W>
 /// One message of the executing node, on the owner's side (steps 3 and 4):
 /// its values landed in this store, checked as the node's socket checks,
 /// and queued for the node.
-fn from_executor(ctx: &PeerContext, lander: &Lander, out: &NodeOut, msg: FromPeer) -> Result<()> {
+fn from_executor(ctx: &PeerContext, lander: &Lander, out: &NodeOut, lent: &mut Lent, msg: FromPeer) -> Result<()> {
     match msg.kind {
+        // Step 3: the peer's proxy is gone; the hold goes unless a `Reach`
+        // sent since makes another.
+        Some(FromPeerKind::Released(r)) => {
+            let actor = crate::wire::actor_id_from(&r.actor_id)
+                .ok_or_else(|| peer_error("a released handle")("a malformed actor id".into()))?;
+            if lent.sent.get(&actor) == Some(&r.reaches) && lent.held.remove(&actor) {
+                out.send(ToNode::RemoveRef(vec![actor.handle_object()]));
+            }
+            Ok(())
+        }
         Some(FromPeerKind::Node(bytes)) => {
             let mut msg = decode_node(&bytes)?;
             match &mut msg {
@@ -1835,7 +1891,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             Some(ToPeerKind::Reach(row)) => {
                 let found = crate::wire::found_actor(row)
                     .ok_or_else(|| peer_error("an actor to reach")("a malformed actor id".into()))?;
-                self.node.reach_actor(found);
+                self.node.reach_actor(found, &self.conn.conn);
                 Ok(())
             }
             _ => Err(peer_error("a message out of turn")("hello or executable".into())),
@@ -2096,6 +2152,12 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
     /// A message of this node (steps 3 and 4).
     async fn node_msg(&mut self, msg: FromNode) -> Result<()> {
         match msg {
+            // Step 3: the owner may let go of the hold these handles kept.
+            FromNode::HandleReleased { actor, reaches } => {
+                let r = HandleRelease { actor_id: crate::wire::actor_id_bytes(actor), reaches };
+                self.writer.send(FromPeer { kind: Some(FromPeerKind::Released(r)) }).await?;
+                Ok(())
+            }
             FromNode::ObjectReady { id, value } => {
                 if let Some(mine) = self.exports.iter().find(|(_, e)| e.named.waiting.contains(&id)).map(|(t, _)| *t) {
                     let e = self.exports.get_mut(&mine).expect("found above");

@@ -185,6 +185,32 @@ impl Where {
     }
 }
 
+/// Keeps a handle of another node's actor, to call it later.
+pub struct Keeper(Option<ferroray::ActorHandle<Where>>);
+
+#[ferroray::actor]
+impl Keeper {
+    pub fn new() -> Self {
+        Keeper(None)
+    }
+
+    pub fn keep(&mut self, w: ferroray::ActorHandle<Where>) -> bool {
+        self.0 = Some(w);
+        true
+    }
+
+    /// Where the kept actor runs and its count, or why not.
+    pub fn call_kept(&mut self) -> Result<(String, u32), String> {
+        let w = self.0.as_ref().ok_or("nothing kept")?;
+        w.node().remote().get_timeout(Duration::from_secs(30)).map_err(|e| e.to_string())
+    }
+
+    pub fn forget(&mut self) -> bool {
+        self.0 = None;
+        true
+    }
+}
+
 struct Session(PathBuf);
 
 impl Session {
@@ -508,6 +534,23 @@ fn tasks_objects_and_streams_cross_nodes() {
     assert_eq!((at.as_str(), n, ran.as_str()), (head.as_str(), 3, b.as_str()));
     assert_eq!(local.node().remote().get().unwrap(), (head.clone(), 4));
     ferroray::kill(&local).unwrap();
+
+    // A handle kept on B keeps the actor alive after this node's are gone
+    // (as Ray's borrowers do); once B lets it go, the actor ends.
+    let lent = Where::options().num_cpus(0).remote().unwrap();
+    let lent_id = lent.id().unwrap().to_string();
+    let keeper = Keeper::options().resource("b", 0.1).remote().unwrap();
+    assert!(keeper.keep().remote(lent.clone()).get().unwrap());
+    drop(lent);
+    std::thread::sleep(Duration::from_millis(500));
+    let called = keeper.call_kept().remote().get();
+    assert_eq!(called.expect("alive while B holds a handle"), (head.clone(), 1));
+    assert!(keeper.forget().remote().get().unwrap());
+    wait_for("the lent actor to end", Duration::from_secs(20), || {
+        let listed = s.ferroray(&["list", "actors", "--filter", &format!("actor_id={lent_id}")]);
+        listed.lines().skip(1).all(|l| l.contains("DEAD"))
+    });
+    ferroray::kill(&keeper).unwrap();
 
     // Calls from B and from here racing a kill: each answers or fails with
     // the actor's death, none hangs, and once it is dead every call fails.

@@ -268,8 +268,9 @@ impl Node {
 
     /// A handle of an actor another node owns arrives: calls made here go
     /// there (`state::directory` step 5).
-    pub fn reach_actor(&self, found: FoundActor) {
-        self.shared.lock().reach_actor(found);
+    /// `via`: the peer's link that brought it (told when the proxy goes).
+    pub fn reach_actor(&self, found: FoundActor, via: &LocalConnection) {
+        self.shared.lock().reach_actor(found, Some(via.conn));
     }
 
     /// Attaches peer node `node`, which has `total` resources, as an

@@ -1280,24 +1280,57 @@ fn actor_handles_cross_nodes_and_their_calls_go_to_the_owner() {
         class: "t::Theirs".into(),
         front: vec![],
     };
-    h.st.reach_actor(crate::FoundActor { node: NodeId(9), entry: entry.clone() });
+    // Brought twice by a peer's link (two tasks naming it).
+    let link = h.driver();
+    h.st.mark_from_peer(link.conn);
+    for _ in 0..2 {
+        h.st.reach_actor(crate::FoundActor { node: NodeId(9), entry: entry.clone() }, Some(link.conn));
+    }
     assert_eq!(h.st.actor_of_handle(theirs.handle_object()).unwrap().node, NodeId(9));
     // One of this node's own, announced back to it: no proxy.
-    h.st.reach_actor(crate::FoundActor {
-        node: h.st.node_id(),
-        entry: crate::DirectoryEntry { actor: own_id, ..entry },
-    });
+    h.st.reach_actor(
+        crate::FoundActor { node: h.st.node_id(), entry: crate::DirectoryEntry { actor: own_id, ..entry } },
+        Some(link.conn),
+    );
     assert_eq!(h.st.actor_of_handle(own_id.handle_object()).unwrap().entry.name, "own");
-    let link = h.driver();
     h.st.handle(link.conn, ToNode::Import { id: theirs.handle_object(), value: inline(b"") });
     let k = call(&link, 1, theirs);
     let ktid = k.task_id;
     h.st.handle(link.conn, ToNode::Submit(Box::new(k)));
     assert_eq!(executed(&nine.take()), vec![ktid]);
-    // Its last handle here gone (the link's and the call's): the proxy goes.
+    // Its last handle here gone (the link's and the call's): the proxy
+    // goes, and the link hears how many handles it brought.
     returned(&mut h, &nine, ktid, 0, b"ok");
+    let _ = link.take();
     h.st.handle(link.conn, ToNode::RemoveRef(vec![theirs.handle_object(), ObjectId::for_return(ktid, 0)]));
     assert!(h.st.actor_of_handle(theirs.handle_object()).is_none());
+    let released: Vec<(ferroray_common::ActorId, u64)> = link
+        .take()
+        .into_iter()
+        .filter_map(|m| match m {
+            FromNode::HandleReleased { actor, reaches } => Some((actor, reaches)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, vec![(theirs, 2)]);
+    // Made again by a later handle from the same link: counted on, so
+    // the owner can tell its newer `Reach`es from the ones released.
+    h.st.reach_actor(crate::FoundActor { node: NodeId(9), entry: entry_again(theirs) }, Some(link.conn));
+    h.st.handle(link.conn, ToNode::Import { id: theirs.handle_object(), value: inline(b"") });
+    h.st.handle(link.conn, ToNode::RemoveRef(vec![theirs.handle_object()]));
+    let again: Vec<u64> = link
+        .take()
+        .into_iter()
+        .filter_map(|m| match m {
+            FromNode::HandleReleased { reaches, .. } => Some(reaches),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again, vec![3]);
+}
+
+fn entry_again(actor: ferroray_common::ActorId) -> crate::DirectoryEntry {
+    crate::DirectoryEntry { name: String::new(), actor, detached: false, class: "t::Theirs".into(), front: vec![] }
 }
 
 // ---- the cluster's function table (`state::tasks`) ----

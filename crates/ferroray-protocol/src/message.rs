@@ -577,6 +577,14 @@ pub enum FromNode {
         actor: ActorId,
         no_restart: bool,
     },
+    /// To a peer node's link (the executing side): this node's proxy of
+    /// `actor`, made by the handles that link brought, is gone after
+    /// `reaches` of them; the owner lets go of the hold it took for them
+    /// unless it sent more since.
+    HandleReleased {
+        actor: ActorId,
+        reaches: u64,
+    },
     /// The connection is being closed for this reason.
     Rejected(Error),
 }

@@ -1513,7 +1513,7 @@ impl TryFrom<ToNode> for m::ToNode {
 /// [`m::FromNode`]: one case per message.
 #[derive(Clone, PartialEq, Message)]
 pub struct FromNode {
-    #[prost(oneof = "FromNodeKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16")]
+    #[prost(oneof = "FromNodeKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17")]
     pub kind: Option<FromNodeKind>,
 }
 
@@ -1555,6 +1555,17 @@ pub enum FromNodeKind {
     Output(Output),
     #[prost(message, tag = "16")]
     KillActor(KillActor),
+    #[prost(message, tag = "17")]
+    HandleReleased(HandleReleased),
+}
+
+/// A proxy gone, for a peer's link (`FromNode::HandleReleased`).
+#[derive(Clone, PartialEq, Message)]
+pub struct HandleReleased {
+    #[prost(message, optional, tag = "1")]
+    pub actor: Option<TaskId>,
+    #[prost(uint64, tag = "2")]
+    pub reaches: u64,
 }
 
 /// Worker output for a driver (`FromNode::Output`).
@@ -1704,6 +1715,9 @@ impl From<m::FromNode> for FromNode {
             m::FromNode::KillActor { actor, no_restart } => {
                 K::KillActor(KillActor { actor: Some(actor.0.into()), no_restart })
             }
+            m::FromNode::HandleReleased { actor, reaches } => {
+                K::HandleReleased(HandleReleased { actor: Some(actor.0.into()), reaches })
+            }
             m::FromNode::Tasks { req, events } => {
                 K::Tasks(Tasks { req, events: events.into_iter().map(Into::into).collect() })
             }
@@ -1768,6 +1782,10 @@ impl TryFrom<FromNode> for m::FromNode {
             K::KillActor(k) => m::FromNode::KillActor {
                 actor: c::ActorId(task_id(k.actor, "KillActor actor")?),
                 no_restart: k.no_restart,
+            },
+            K::HandleReleased(h) => m::FromNode::HandleReleased {
+                actor: c::ActorId(task_id(h.actor, "HandleReleased actor")?),
+                reaches: h.reaches,
             },
             K::Tasks(t) => m::FromNode::Tasks {
                 req: t.req,

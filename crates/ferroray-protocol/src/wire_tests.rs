@@ -244,6 +244,7 @@ fn every_from_node_message_round_trips() {
         FromNode::CancelRunning { task_id: tid(3), force: true },
         FromNode::Revoke { task_ids: vec![tid(3)] },
         FromNode::KillActor { actor: ActorId(tid(4)), no_restart: true },
+        FromNode::HandleReleased { actor: ActorId(tid(4)), reaches: 3 },
         FromNode::Tasks { req: 5, events },
         FromNode::Tasks { req: 6, events: vec![] },
         FromNode::StreamItem { task_id: tid(3), index: 0, value: None },

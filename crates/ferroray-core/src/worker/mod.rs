@@ -420,8 +420,8 @@ impl CoreWorker {
     fn dispatch(self: &Arc<Self>, msg: FromNode) {
         match msg {
             FromNode::Welcome(_) => {}
-            // Only ever sent to a peer node's connection.
-            FromNode::KillActor { .. } => {}
+            // Only ever sent to a peer node's connections.
+            FromNode::KillActor { .. } | FromNode::HandleReleased { .. } => {}
             FromNode::Execute(mut spec) => {
                 if let FunctionDescriptor::Python { function: Some(f), pickled, .. } = &mut spec.function {
                     if !pickled.is_empty() {

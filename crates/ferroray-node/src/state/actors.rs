@@ -496,7 +496,11 @@ impl State {
     pub(super) fn actor_out_of_scope(&mut self, id: ActorId) {
         let Some(a) = self.actors.get_mut(&id) else { return };
         if matches!(a.phase, Phase::Dead(_)) || a.reached.is_some() {
-            // Nobody can call it any more.
+            // Nobody can call it any more; a proxy's lenders let go
+            // (`directory` step 5).
+            if a.reached.is_some() {
+                self.proxy_released(id);
+            }
             return self.forget_actor(id);
         }
         if a.opts.detached {

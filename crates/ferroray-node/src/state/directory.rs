@@ -25,11 +25,17 @@
 //!    way: the owner's link sends what `actor_of_handle` says (the node
 //!    that owns the actor, its class and front) ahead of the task, and the
 //!    executing node makes a proxy (`reach_actor`) before the task's
-//!    handle object arrives; the proxy goes with the last handle there. The
-//!    actor lives while its owner's node holds a handle (the task that
-//!    carried it pins it while it runs): a handle kept on the other node
-//!    past that finds the actor gone, as the owner's reference counts do
-//!    not cover other nodes.
+//!    handle object arrives; the proxy goes with the last handle there.
+//!    The handles a node lends keep its actor alive as Ray's borrowers do:
+//!    the owner's link holds the actor's handle object from its first
+//!    `Reach` of it, counting them; the executing node counts the `Reach`es
+//!    each link brought, and when the proxy goes (its last handle there
+//!    freed) tells that link how many (`FromNode::HandleReleased`); the
+//!    owner lets its hold go only if it sent no more since (a `Reach` on
+//!    its way makes a new proxy, which will be released in turn). A link
+//!    that ends lets its holds go with it. Handles of a third node's
+//!    actor are not counted: their owner's hold covers them only while its
+//!    own handles live.
 //! 6. A proxy's calls wait while there is no link to its node (one that
 //!    joined after this node's last view of the cluster, or whose link is
 //!    being made again): the node's attachment sends them
@@ -65,6 +71,10 @@ pub(crate) struct Directory {
     /// Proxies with calls waiting for a link to their node, since when
     /// (step 6).
     pub(super) unlinked: FxHashMap<ActorId, Instant>,
+    /// How many handles of each actor each peer's link brought (step 5),
+    /// over the link's life (a proxy made again counts on), for the owner's
+    /// hold: told to the link when the proxy goes.
+    reached_by: FxHashMap<(ConnId, ActorId), u64>,
 }
 
 struct Claim {
@@ -210,10 +220,33 @@ impl State {
     /// Step 5: a handle of `found.entry.actor` arrives with a task from a
     /// peer: calls made here go to its node through a proxy (none is made
     /// for one of this node's own actors).
-    pub fn reach_actor(&mut self, found: FoundActor) {
-        if found.node != self.info.node_id {
-            self.reach(found.node, found.entry);
+    /// `via`: the peer's link that brought it, which is told when the
+    /// proxy goes.
+    pub fn reach_actor(&mut self, found: FoundActor, via: Option<ConnId>) {
+        if found.node == self.info.node_id {
+            return;
         }
+        let id = found.entry.actor;
+        if self.reach(found.node, found.entry) {
+            if let Some(conn) = via.filter(|c| self.conns.contains_key(c)) {
+                *self.directory.reached_by.entry((conn, id)).or_default() += 1;
+            }
+        }
+    }
+
+    /// Step 5: proxy `id` goes: each link that brought its handles is told
+    /// how many it brought.
+    pub(super) fn proxy_released(&mut self, id: ActorId) {
+        let lent: Vec<(ConnId, u64)> =
+            self.directory.reached_by.iter().filter(|((_, a), _)| *a == id).map(|((c, _), n)| (*c, *n)).collect();
+        for (conn, reaches) in lent {
+            self.send(conn, FromNode::HandleReleased { actor: id, reaches });
+        }
+    }
+
+    /// Step 5: link `conn` ended (its owner's holds went with it).
+    pub(super) fn links_reaches_gone(&mut self, conn: ConnId) {
+        self.directory.reached_by.retain(|(c, _), _| *c != conn);
     }
 
     /// Step 3: a proxy for `entry`, owned by node `node` (kept if there is

@@ -229,6 +229,9 @@ impl State {
             self.awaiting_spawn.retain(|_, (w, _)| *w != conn);
         }
         self.idle.remove(conn);
+        if c.from_peer {
+            self.links_reaches_gone(conn);
+        }
         let outbox = c.outbox.clone();
         self.forget_outbox(c.outbox);
         for id in c.held {

@@ -106,8 +106,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// Bumped on any incompatible change to these messages.
-pub const PEER_PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any incompatible change to these messages. 2: calls of
+/// functions the cluster's table has go without their bytes; `Released`.
+pub const PEER_PROTOCOL_VERSION: u32 = 2;
 
 /// Bytes of a value per [`Blob`] frame.
 pub const CHUNK: usize = 4 << 20;
@@ -824,8 +825,10 @@ pub trait FunctionSource: Send + Sync {
 }
 
 /// How long a link waits for a function from the cluster's table before
-/// it lets the call fail as one of a function never exported.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// it lets the call fail as one of a function never exported (the link
+/// waits meanwhile: only the first call of a function on a node asks, and
+/// a function not found is not asked for again on this link for as long).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A file as hashed: (path, length, time of change).
 pub type ExeStamp = (PathBuf, u64, std::time::SystemTime);
@@ -1642,6 +1645,9 @@ struct Executing<W> {
     /// The cluster's function table, for calls whose function came
     /// without its bytes.
     functions_from: Arc<dyn FunctionSource>,
+    /// Functions the table did not give, and when: their calls fail at
+    /// once for [`FETCH_TIMEOUT`], then ask again (a head back by then).
+    unfetched: HashMap<FunctionId, Instant>,
 }
 
 /// A result's objects being gathered for the owner (step 3).
@@ -1744,6 +1750,7 @@ async fn incoming(stream: LinkStream, proven: bool, ctx: Arc<PeerContext>) -> Re
         imported: Vec::new(),
         exports: HashMap::new(),
         functions_from: ctx.functions.clone(),
+        unfetched: HashMap::new(),
     };
     loop {
         // Everything the owner and the node have sent so far, handed on;
@@ -1891,7 +1898,10 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             Some(ToPeerKind::Reach(row)) => {
                 let found = crate::wire::found_actor(row)
                     .ok_or_else(|| peer_error("an actor to reach")("a malformed actor id".into()))?;
+                // Held by the link until the next task holds it.
+                let handle = found.entry.actor.handle_object();
                 self.node.reach_actor(found, &self.conn.conn);
+                self.imported.push(handle);
                 Ok(())
             }
             _ => Err(peer_error("a message out of turn")("hello or executable".into())),
@@ -1975,23 +1985,24 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
         }
     }
 
-    /// Keeps `f` from the cluster's table in the node; if it cannot, the
-    /// call fails there as one of a function never exported
+    /// Keeps `f` from the cluster's table in the node; if it cannot
+    /// (false), the call fails there as one of a function never exported
     /// (`UnknownFunction`), naming it.
-    async fn fetch_function(&mut self, f: FunctionId) {
+    async fn fetch_function(&mut self, f: FunctionId) -> bool {
         let got = tokio::time::timeout(FETCH_TIMEOUT, self.functions_from.fetch(f)).await;
         match got {
             Ok(Ok(Some(bytes))) => {
                 if self.node.import_function(f, bytes) {
                     tracing::info!("took function {f} from the cluster's function table");
-                } else {
-                    tracing::warn!("function {f} from the cluster's table does not fit in this node's");
+                    return true;
                 }
+                tracing::warn!("function {f} from the cluster's table does not fit in this node's");
             }
             Ok(Ok(None)) => tracing::warn!("the cluster's function table has no function {f}"),
             Ok(Err(_)) => tracing::warn!("the daemon's link to the head ended before function {f} came"),
             Err(_) => tracing::warn!("no answer for function {f} from the head in {} s", FETCH_TIMEOUT.as_secs()),
         }
+        false
     }
 
     async fn submit(&mut self, mut spec: TaskSpec) -> Result<()> {
@@ -2031,8 +2042,12 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
         // (`ferroray_node`'s function table, step 3).
         if let FunctionDescriptor::Python { function: Some(f), pickled, .. } = &mut spec.function {
             if pickled.is_empty() && !self.functions.contains_key(f) {
-                if !self.node.has_function(*f) {
-                    self.fetch_function(*f).await;
+                let asked_lately = self.unfetched.get(f).is_some_and(|t| t.elapsed() < FETCH_TIMEOUT);
+                if !self.node.has_function(*f) && !asked_lately && !self.fetch_function(*f).await {
+                    if self.unfetched.len() >= 1024 {
+                        self.unfetched.clear();
+                    }
+                    self.unfetched.insert(*f, Instant::now());
                 }
             } else {
                 let known = self.functions.len() as u64;

@@ -57,8 +57,9 @@ use ferroray_protocol::{FrameError, WireMessage};
 use prost::{Message, Oneof};
 use std::collections::BTreeMap;
 
-/// Bumped on any incompatible change to these messages.
-pub const CONTROL_PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any incompatible change to these messages. 2: the function
+/// table (step 9), which peers of version 2 rely on.
+pub const CONTROL_PROTOCOL_VERSION: u32 = 2;
 
 /// The largest first frame the head reads from a connection.
 pub const MAX_REGISTER_FRAME: u32 = 64 << 10;

@@ -932,6 +932,21 @@ fn programs_have_pools_and_peer_links_of_their_own_and_end_alone() {
     let a3 = h.driver();
     let pa2 = h.st.join_job(a3.conn, commands("a"));
     assert!(pa2 != pa && pa2 != pb);
+    // A peer's link of a's commands never joins the program a driver here
+    // runs (a link back would keep it alive): one of its own, which the
+    // next such link joins.
+    let l1 = h.driver();
+    h.st.mark_from_peer(l1.conn);
+    let pl = h.st.join_job(l1.conn, commands("a"));
+    assert!(pl != pa2);
+    let l2 = h.driver();
+    h.st.mark_from_peer(l2.conn);
+    assert_eq!(h.st.join_job(l2.conn, commands("a")), pl);
+    // The driver leaves: its program ends although links of its commands
+    // remain.
+    h.st.disconnect(a3.conn, "gone");
+    let programs: Vec<ProgramId> = h.st.programs().into_iter().map(|(p, _)| p).collect();
+    assert_eq!(programs, vec![pb, pl]);
 }
 
 // 7. Refs in arguments: a task naming one of this node's streams is not
@@ -1378,8 +1393,9 @@ fn a_published_function_goes_to_peers_without_its_bytes_while_its_driver_is_here
     h.st.handle(other.conn, ToNode::ExportFunction { function: g, pickled: b"g".to_vec() });
     assert!(dir.take().is_empty());
     h.st.function_published(g);
-    // The driver leaves: its functions go with their bytes again (a
-    // detached actor of its may still be placed).
+    // The driver leaves: its functions go with their bytes again to a link
+    // that never had them (a detached actor of its may still be placed;
+    // links that had them keep them).
     h.st.disconnect(d.conn, "gone");
     let r = attach(&mut h, 9, cpus_x(4.0, 4.0));
     submit(&mut h, &other, x_call(&other, 1, f));

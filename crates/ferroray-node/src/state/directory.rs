@@ -230,6 +230,11 @@ impl State {
         if self.reach(found.node, found.entry) {
             if let Some(conn) = via.filter(|c| self.conns.contains_key(c)) {
                 *self.directory.reached_by.entry((conn, id)).or_default() += 1;
+                // The link holds the handle until the task it came for
+                // does (its `RemoveRef` after the `Submit`), as it holds
+                // imports: the proxy cannot go, and be told released,
+                // between this `Reach` and that task.
+                self.hold(conn, id.handle_object());
             }
         }
     }

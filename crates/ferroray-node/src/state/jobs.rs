@@ -13,7 +13,10 @@
 //!    the same channel in order.
 //! 2. A driver whose commands are a program's (another process of the same
 //!    program, or of the same Python environment) joins it and shares its
-//!    workers. Programs do not share workers: a worker runs the functions of
+//!    workers; a peer node's link joins only a program that no driver here
+//!    runs (else a link back from a node the program reached would keep it,
+//!    and that node's program, alive after its drivers left: each keeps
+//!    the other's link open). Programs do not share workers: a worker runs the functions of
 //!    the program it was started from, so a task goes to workers of its
 //!    submitter's program only (`Task::pool`), and a worker's nested tasks
 //!    are of its program.
@@ -208,16 +211,23 @@ impl State {
     pub(crate) fn join_job(&mut self, conn: ConnId, mut commands: BTreeMap<WorkerKind, WorkerCommand>) -> ProgramId {
         // The node's own commands stand: a driver of them is of program 0.
         commands.retain(|kind, _| !self.own_kinds.contains(kind));
+        // A peer's link never joins a program a driver here runs (step 2):
+        // a link back from a node this program reached would keep it alive
+        // after its drivers left, and that node's program with it.
+        let from_peer = self.conns.get(&conn).is_some_and(|c| c.from_peer);
+        let conns = &self.conns;
+        let links_only = |p: &Program| p.drivers.iter().all(|d| conns.get(d).is_some_and(|c| c.from_peer));
         let known = self.job.programs.iter().find(|(_, p)| {
             p.commands.len() == commands.len()
                 && p.commands.iter().all(|(k, c)| commands.get(k).is_some_and(|theirs| same(c, theirs)))
+                && (!from_peer || links_only(p))
         });
         let program = match known {
             Some((id, _)) => *id,
             None if commands.is_empty() => {
                 // The node's own program: its commands stay with the node.
-                let own = Program { commands, drivers: FxHashSet::default() };
-                self.job.programs.insert(ProgramId(0), own);
+                let own = || Program { commands: BTreeMap::new(), drivers: FxHashSet::default() };
+                self.job.programs.entry(ProgramId(0)).or_insert_with(own);
                 ProgramId(0)
             }
             None => {
@@ -318,6 +328,7 @@ impl State {
             self.doom(w);
         }
         self.idle.forget(program);
+        self.early_deaths.forget(program);
         self.job.ended_links = true;
         self.job.changed();
     }
@@ -339,13 +350,36 @@ impl State {
             }
             let actor_there = self.actors.values().any(|a| a.worker == Some(*id) && a.on_peer.is_some());
             if c.assigned.is_empty() && !actor_there {
-                idle.push(*id);
+                idle.push((*id, r.node));
             } else {
                 busy = true;
             }
         }
         self.job.ended_links = busy;
-        for id in idle {
+        for (id, node) in idle {
+            // Proxies calling through it move to a live link to their node
+            // (`peer_conn` prefers one); with none, it stays for them.
+            let other = self.peer_conn(node).filter(|o| *o != id);
+            let proxies: Vec<ActorId> = self
+                .actors
+                .iter()
+                .filter(|(_, a)| a.reached.is_some() && a.worker == Some(id))
+                .map(|(a, _)| *a)
+                .collect();
+            match other {
+                Some(o) => {
+                    for a in proxies {
+                        if let Some(actor) = self.actors.get_mut(&a) {
+                            actor.worker = Some(o);
+                        }
+                    }
+                }
+                None if !proxies.is_empty() => {
+                    self.job.ended_links = true;
+                    continue;
+                }
+                None => {}
+            }
             self.disconnect(id, "its program ended");
         }
     }

@@ -334,6 +334,9 @@ impl State {
     /// `worker_id`. A hello that came first is answered now.
     pub fn spawned(&mut self, pid: u32, worker_id: WorkerId, pool: Pool, actor: Option<ActorId>) {
         self.worker_pids.insert(pid, (worker_id, pool, actor));
+        // What it prints before its first task is its program's drivers'.
+        let label = WorkerLabel { name: "worker".into(), driver: None, task: None, program: pool.program };
+        self.names.lock().insert(pid, label);
         if actor.is_some() {
             self.actor_spawns = self.actor_spawns.saturating_sub(1);
         }
@@ -355,6 +358,7 @@ impl State {
     pub fn worker_exited(&mut self, pid: u32, status: String) {
         let (pool, actor) =
             self.worker_pids.remove(&pid).map_or((Pool::own(WorkerKind::Rust), None), |(_, p, a)| (p, a));
+        self.names.lock().remove(&pid);
         match self.crashed.remove(&pid) {
             Some((_, failed)) => {
                 for (tid, name) in failed {

@@ -178,8 +178,15 @@ impl State {
     }
 
     /// The peer connection to node `node`, if it is attached.
+    /// (Of a live program's, if any: one of a program that ended may be
+    /// closing.)
     pub(super) fn peer_conn(&self, node: NodeId) -> Option<ConnId> {
-        self.conns.iter().find(|(_, c)| c.remote.as_ref().is_some_and(|r| r.node == node)).map(|(id, _)| *id)
+        let to = |c: &Conn| c.remote.as_ref().is_some_and(|r| r.node == node);
+        let live = |c: &Conn| c.remote.as_ref().is_some_and(|r| self.program_alive(r.program));
+        let mut links: Vec<(ConnId, bool)> =
+            self.conns.iter().filter(|(_, c)| to(c)).map(|(id, c)| (*id, live(c))).collect();
+        links.sort_by_key(|(id, live)| (!*live, *id));
+        links.first().map(|(id, _)| *id)
     }
 
     /// Marks `conn` as a peer node's link (its tasks stay here, step 1).

@@ -148,16 +148,19 @@ impl State {
         for c in &spec.contained {
             self.pin_alive(*c);
         }
-        // A task may name only objects its submitter may read (held, owned
-        // or shown to it): its worker is shown them in turn. An actor's
-        // handle is not checked here: calls and handles go by the actor's
-        // own rules (a proxy's handle is the node's, `directory` step 5).
+        // A task may name only objects its submitter may read (held or
+        // shown to it): its worker is shown them in turn. A call's own
+        // actor's handle is the exception: a call goes by the actor's rules
+        // (one found by name, or a proxy's, is not shown to its caller).
         let named = spec.args.iter().filter_map(|a| match a {
             TaskArg::Ref(oid) => Some(oid),
             _ => None,
         });
-        let handle = |o: &ObjectId| *o == ActorId(o.task).handle_object() && self.actors.contains_key(&ActorId(o.task));
-        let unseen = named.chain(spec.contained.iter()).find(|o| !handle(o) && !self.may_see(conn, **o, false));
+        let own = match &spec.actor {
+            Some(ferroray_protocol::ActorTask::Call { actor }) => Some(actor.handle_object()),
+            _ => None,
+        };
+        let unseen = named.chain(spec.contained.iter()).find(|o| own != Some(**o) && !self.may_see(conn, **o, false));
         if let Some(unseen) = unseen {
             failed = Some(Error::PermissionDenied(format!("object {unseen} was not given to this process")));
         }

@@ -198,11 +198,16 @@ os._exit(0)  # no shutdown: the connection just ends
 """
 
 
-def _started(code, env, *args):
+def _started(code, env, *args, cwd=None):
     """Starts `code` in a fresh interpreter that waits on its stdin, and
     reads its output up to its "ready" line: the process and those lines."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, *args], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, *args],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
     )
     lines = []
     while True:
@@ -683,3 +688,60 @@ def test_a_function_is_exported_once_per_cluster(session):
             with open(log) as f:
                 took[name] = len(re.findall(r"took function \S+ from the cluster's function table", f.read()))
         assert took == {"head": 1, "b": 1, "c": 2}, took
+
+
+PROGRAM = r"""
+import os, sys
+import ferroray as ray
+
+ray.init(address="auto")
+
+@ray.remote
+def where():
+    return ray.get_runtime_context().get_node_id(), os.getpid(), os.environ["PYTHONPATH"].split(os.pathsep)[0]
+
+here = ray.get(where.remote())
+there = ray.get(where.options(resources={"b": 1}).remote())
+print("ran", os.getcwd(), here[0], here[1], here[2], there[0], there[1], there[2], flush=True)
+if sys.argv[1:] == ["wait"]:
+    print("ready", flush=True)
+    sys.stdin.readline()
+    # Its workers are still its own after the other program came and went.
+    again = ray.get(where.options(resources={"b": 1}).remote())
+    print("again", again[1], again[2], flush=True)
+ray.shutdown()
+"""
+
+
+def test_two_python_programs_share_the_nodes_in_workers_of_their_own(session):
+    """Two Python programs (drivers of other search paths: their workers
+    differ) run on the same two nodes at once, each in workers of its own
+    on both; before pools per program the second was refused."""
+    run, d = session
+    out = run("start", "--head", "--port", "0", "--num-cpus", "1", "--heartbeat-ms", "200").stdout
+    head = re.search(r"cluster at (\S+) ", out).group(1)
+    run("start", "--address", head, "--num-cpus", "1", "--resources", '{"b": 1}', "--heartbeat-ms", "200")
+    env = dict(os.environ, FERRORAY_SESSION_DIR=d)
+    with tempfile.TemporaryDirectory(prefix="ferroray-py-prog1-") as one, \
+            tempfile.TemporaryDirectory(prefix="ferroray-py-prog2-") as two:
+        first, lines = _started(PROGRAM, env, "wait", cwd=one)
+        try:
+            second = subprocess.run(
+                [sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, timeout=60, cwd=two
+            )
+            assert second.returncode == 0, second.stdout + second.stderr
+        finally:
+            first.stdin.write("\n")
+            first.stdin.flush()
+            rest = first.stdout.read()
+            assert first.wait(timeout=30) == 0, rest
+        ran1 = next(l for l in lines if l.startswith("ran ")).split()
+        ran2 = next(l for l in second.stdout.splitlines() if l.startswith("ran ")).split()
+        # (cwd, node here, pid, path, node there, pid, path)
+        assert ran1[1] == one and ran2[1] == two
+        assert ran1[2] == ran2[2] and ran1[5] == ran2[5] and ran1[2] != ran1[5], (ran1, ran2)
+        assert ran1[4] == one and ran1[7] == one, ran1
+        assert ran2[4] == two and ran2[7] == two, ran2
+        assert ran1[3] != ran2[3] and ran1[6] != ran2[6], "each program's own workers"
+        again = next(l for l in rest.splitlines() if l.startswith("again ")).split()
+        assert again[2] == one, again

@@ -4,7 +4,7 @@
 //! test reads and whose answers (`TaskDone`, `ReportItem`) it sends.
 
 use crate::pool::PoolCmd;
-use crate::state::{Pool, ProgramId};
+use crate::state::{ConnId, Pool, ProgramId};
 use crate::state_tests::{executed, executed_pickled, harness, harness_with, inline, ready, spec, Harness, Peer};
 use ferroray_common::{resources, Error, NodeId, ObjectId, ResourceSet, TaskId, WorkerId};
 use ferroray_protocol::{
@@ -671,6 +671,22 @@ impl Exec {
     }
 }
 
+/// A stress run's step: an executor with work (`parts`: its unanswered
+/// tasks, whether it is a peer, its connection) ends one, a worker its
+/// first, a peer any; the connection and the (task, attempt).
+fn end_one<E>(
+    rng: &mut Lcg,
+    execs: &mut [E],
+    parts: impl Fn(&mut E) -> (&mut Vec<(TaskId, u32)>, bool, ConnId),
+) -> Option<(ConnId, TaskId, u32)> {
+    let busy: Vec<usize> = (0..execs.len()).filter(|i| !parts(&mut execs[*i]).0.is_empty()).collect();
+    let &i = busy.get(rng.below(busy.len().max(1)))?;
+    let (running, remote, conn) = parts(&mut execs[i]);
+    let at = if remote { rng.below(running.len()) } else { 0 };
+    let (task_id, attempt) = running.remove(at);
+    Some((conn, task_id, attempt))
+}
+
 /// What one stress run went through, so that the test can check it
 /// exercised each path.
 #[derive(Debug, Default)]
@@ -798,16 +814,13 @@ fn stress_run(seed: u64) -> Went {
             }
             _ => {
                 // Some executor ends a task: a worker its first, a peer any.
-                let busy: Vec<usize> = (0..execs.len()).filter(|i| !execs[*i].running.is_empty()).collect();
-                if let Some(&i) = busy.get(rng.below(busy.len().max(1))) {
-                    let e = &mut execs[i];
-                    let at = if e.remote { rng.below(e.running.len()) } else { 0 };
-                    let (task_id, attempt) = e.running.remove(at);
+                if let Some((conn, task_id, attempt)) =
+                    end_one(&mut rng, &mut execs, |e| (&mut e.running, e.remote, e.peer.conn))
+                {
                     let outcome = match rng.below(10) {
                         0 => TaskOutcome::Failed(Error::task("ValueError", "no", "f", 1)),
                         _ => TaskOutcome::Returned(vec![inline(&task_id.seq.to_le_bytes())]),
                     };
-                    let conn = e.peer.conn;
                     h.st.handle(conn, ToNode::TaskDone { task_id, attempt, outcome });
                 }
             }
@@ -1526,13 +1539,9 @@ fn stress_programs_coming_and_going_keep_their_tasks_in_their_own_workers() {
                 }
                 _ => {
                     // An executor ends a task (a worker its first).
-                    let busy: Vec<usize> = (0..execs.len()).filter(|i| !execs[*i].running.is_empty()).collect();
-                    if let Some(&i) = busy.get(rng.below(busy.len().max(1))) {
-                        let e = &mut execs[i];
-                        let at = if e.remote { rng.below(e.running.len()) } else { 0 };
-                        let (task_id, attempt) = e.running.remove(at);
+                    let ended = end_one(&mut rng, &mut execs, |e| (&mut e.running, e.remote, e.peer.conn));
+                    if let Some((conn, task_id, attempt)) = ended {
                         let outcome = TaskOutcome::Returned(vec![inline(b"1")]);
-                        let conn = e.peer.conn;
                         h.st.handle(conn, ToNode::TaskDone { task_id, attempt, outcome });
                     }
                 }

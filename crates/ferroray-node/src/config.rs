@@ -48,7 +48,10 @@ pub struct NodeConfig {
     /// nested blocking calls deeper than this waits (the node logs it once).
     pub max_worker_processes: usize,
     /// How long a worker beyond the pool's steady size (the node's CPU
-    /// count, at least 1) may stay idle before it is told to exit.
+    /// count, at least 1) may stay idle before it is told to exit. Half a
+    /// second by default: about ten of a Python worker's start-ups here
+    /// (Ray keeps such a worker 1 s, about one start-up of its own), so a
+    /// burst's extra processes (20 to 30 MB each) are gone soon after it.
     pub idle_worker_timeout: std::time::Duration,
     /// Freed store pages stay resident for the next objects, and go back
     /// to the system once nothing was allocated for this long, or at once
@@ -117,7 +120,7 @@ impl NodeConfig {
             token: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            idle_worker_timeout: std::time::Duration::from_secs(10),
+            idle_worker_timeout: std::time::Duration::from_millis(500),
             spin_budget: ferroray_common::spin::DEFAULT_BUDGET,
             test_kill_delay: None,
         }

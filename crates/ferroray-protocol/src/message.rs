@@ -315,6 +315,20 @@ pub enum TaskState {
     Cancelled,
 }
 
+impl TaskState {
+    /// Every state, in declaration order (a node packs an event's state as
+    /// its index here).
+    pub const ALL: [TaskState; 7] = [
+        TaskState::Submitted,
+        TaskState::PendingSchedule,
+        TaskState::Running,
+        TaskState::Finished,
+        TaskState::Failed,
+        TaskState::Retrying,
+        TaskState::Cancelled,
+    ];
+}
+
 /// One recorded state change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {

@@ -269,15 +269,7 @@ fn every_from_node_message_round_trips() {
         FromNode::Output { to_stderr: true, text: "(f pid=3) hello\n".into(), task: None },
         FromNode::Output { to_stderr: false, text: "(g pid=4) hi\n".into(), task: Some(tid(9)) },
     ];
-    for state in [
-        TaskState::Submitted,
-        TaskState::PendingSchedule,
-        TaskState::Running,
-        TaskState::Finished,
-        TaskState::Failed,
-        TaskState::Retrying,
-        TaskState::Cancelled,
-    ] {
+    for state in TaskState::ALL {
         let event = TaskEvent {
             task_id: tid(1),
             name: "f".into(),

@@ -94,7 +94,7 @@ impl Config {
     }
 
     /// How long a worker beyond the steady pool (one per CPU) may stay idle
-    /// before it exits (default 10 s).
+    /// before it exits (default 500 ms).
     pub fn idle_worker_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.idle_worker_timeout = Some(timeout);
         self

@@ -273,8 +273,9 @@ impl TaskQueue {
     }
 }
 
-/// A worker sent no new task for this long gives its free heap back.
-const IDLE_TRIM: std::time::Duration = std::time::Duration::from_secs(2);
+/// A worker sent no new task for this long gives its free heap back (as
+/// soon as a node lets an extra idle worker go: `NodeConfig::idle_worker_timeout`).
+const IDLE_TRIM: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Returns the free memory of the heap's arenas to the system: glibc keeps
 /// it otherwise (an async actor that ran thousands of calls at once held

@@ -18,12 +18,8 @@ import cloudpickle
 
 # Read by the extension's allocator (mimalloc) as the module loads: arena
 # memory is committed as it is used, so each process (driver and workers)
-# holds what it uses, not whole arenas; and freed pages go back to the
-# system at once rather than after a delay, which mimalloc only acts on when
-# the thread that freed them allocates again (a burst's pages stayed
-# resident in a quiet process: 3 to 5 MB over a driver and its workers).
+# holds what it uses, not whole arenas.
 os.environ.setdefault("MIMALLOC_ARENA_EAGER_COMMIT", "0")
-os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
 
 from ferroray import _ferroray, exceptions
 from ferroray._ferroray import ObjectRef, ObjectRefGenerator

@@ -35,6 +35,10 @@ _ENTRY = struct.Struct("<QQ")
 _ALIGN = 64
 # Longer `bytes` go the general way (which may put them in shared memory).
 _PLAIN_BYTES = 64 * 1024
+# Writable buffers at least this large are copied into shared memory by the
+# extension, on several threads (`ferroray_store::copy`); read-only ones
+# (no address to be had without the buffer API) by a memoryview.
+_PARALLEL_COPY = 8 << 20
 
 
 def _align(n: int) -> int:
@@ -102,7 +106,15 @@ def dumps(value: Any) -> Tuple[Union[bytes, Any], List[Any]]:
     out[: len(header)] = header
     out[len(header) : len(header) + len(data)] = data
     for o, r in zip(offsets, raws):
-        out[o : o + r.nbytes] = r
+        if r.nbytes >= _PARALLEL_COPY and not isinstance(payload, bytearray) and not r.readonly:
+            # Copied without the GIL, on several threads (one core does not
+            # drive the memory bandwidth). The ctypes object keeps `r`
+            # exported, so its address stays valid for the call.
+            source = ctypes.c_char.from_buffer(r)
+            payload._write_from(o, ctypes.addressof(source), r.nbytes)
+            del source
+        else:
+            out[o : o + r.nbytes] = r
     if isinstance(payload, bytearray):
         return bytes(payload), refs
     del out

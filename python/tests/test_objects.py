@@ -34,6 +34,29 @@ def test_a_large_array_is_read_in_place_and_read_only(cluster):
         a[0] = 1
 
 
+@ray.remote
+def pattern(n, seed):
+    return (np.arange(n, dtype=np.uint64) * seed % 251).astype(np.uint8)
+
+
+def test_large_buffers_are_copied_whole_on_several_threads_or_one(cluster):
+    # Writable buffers of 8 MiB and more are copied by the extension in
+    # pieces on several threads; read-only ones (an array from `get`) by a
+    # memoryview. Odd lengths put the pieces' ends off page boundaries.
+    n = 9 * MB + 123
+    x = (np.arange(n, dtype=np.uint64) * 7 % 251).astype(np.uint8)
+    y = np.arange(3 * MB + 5, dtype=np.int32)  # 12 MiB and some
+    got = ray.get(ray.put({"x": x, "y": y, "small": np.arange(3)}), timeout=T)
+    assert np.array_equal(got["x"], x) and np.array_equal(got["y"], y)
+    assert list(got["small"]) == [0, 1, 2]
+    # Read-only now: put again, it takes the one-thread way.
+    assert not got["x"].flags.writeable
+    again = ray.get(ray.put(got["x"]), timeout=T)
+    assert np.array_equal(again, x)
+    # A worker's return takes the same way as the driver's put.
+    assert np.array_equal(ray.get(pattern.remote(n, 7), timeout=T), x)
+
+
 def test_an_array_outlives_its_ref(cluster):
     ref = ray.put(np.full(2 * MB, 3, dtype=np.uint8))
     a = ray.get(ref, timeout=T)

@@ -270,6 +270,28 @@ impl RawSlot {
         self.len == 0
     }
 
+    /// Copies `src` into the slot at `offset`, a large one on several
+    /// threads at once (`ferroray_store::copy`); an error if it does not
+    /// fit. Takes `&mut self`: one writer at a time.
+    pub fn write_at(&mut self, offset: u64, src: &[u8]) -> Result<()> {
+        let end = offset.checked_add(src.len() as u64).filter(|end| *end <= self.len);
+        let Some(_) = end else {
+            return Err(Error::InvalidOption(format!(
+                "{} bytes at offset {offset} do not fit in a slot of {} bytes",
+                src.len(),
+                self.len
+            )));
+        };
+        // SAFETY: `ptr..ptr + len` is this slot's range of the mapping that
+        // `_arena` keeps alive, written only through this slot (`&mut self`),
+        // and `offset + src.len() <= len` was checked above. `src` cannot
+        // overlap it: nobody reads a slot before it is sealed, so no slice of
+        // it exists outside this call.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset as usize), src.len()) };
+        ferroray_store::copy::copy_parallel(dst, src);
+        Ok(())
+    }
+
     /// The written value, naming the refs `nested` inside it.
     pub fn finish(mut self, nested: &[crate::ObjectRef<crate::RawValue>]) -> ReturnValue {
         drop(self.prefault.take());

@@ -125,6 +125,30 @@ impl StoreSlot {
             None => Err(PyValueError::new_err("this store slot was already used")),
         }
     }
+
+    /// Copies `length` bytes from `address` into the slot at `offset`
+    /// without the GIL, a large copy on several threads
+    /// (`RawSlot::write_at`). For `ferroray._serialization` alone: the
+    /// buffer-protocol API is not in the stable ABI before Python 3.11, so
+    /// it passes the address of a buffer it holds exported for the call.
+    fn _write_from(&self, py: Python<'_>, offset: u64, address: usize, length: usize) -> PyResult<()> {
+        if address == 0 && length > 0 {
+            return Err(PyValueError::new_err("no address to copy from"));
+        }
+        let mut slot = self.slot.lock();
+        let Some(slot) = slot.as_mut() else {
+            return Err(PyValueError::new_err("this store slot was already used"));
+        };
+        py.detach(|| {
+            // SAFETY: the caller (`_serialization.dumps`) passes the address
+            // and length of a buffer it keeps exported until this returns,
+            // so the bytes stay valid and in place; `write_at` checks that
+            // they fit the slot.
+            let src = unsafe { std::slice::from_raw_parts(address as *const u8, length) };
+            slot.write_at(offset, src)
+        })
+        .map_err(core_err)
+    }
 }
 
 /// A shared-memory value's bytes, in place: pinned in the store while this

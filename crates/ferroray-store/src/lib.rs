@@ -11,6 +11,8 @@
 //! - [`writer`]: large writes into the arena through small windows mapped
 //!   ahead and unmapped behind by a helper thread ([`ArenaWriter`]), so a
 //!   writer pays one memory copy and keeps no pages resident.
+//! - [`copy`]: large copies into the arena split over a few threads at once
+//!   (one core does not drive the memory bandwidth).
 //! - [`spill`]: one file per object in a private spill directory (made
 //!   fresh, mode 0700, files 0600, no symlink followed; those of dead
 //!   processes are removed at start), copied straight from / into the
@@ -21,6 +23,7 @@
 
 pub mod alloc;
 pub mod arena;
+pub mod copy;
 pub mod spill;
 pub mod store;
 pub mod writer;

@@ -292,6 +292,15 @@ pub(crate) fn get<'py>(
     timeout: Option<f64>,
 ) -> PyResult<Bound<'py, PyList>> {
     let deadline = deadline(timeout)?;
+    if refs.len() > 1 {
+        // One subscription for all that are not here yet (as `get_all`):
+        // each then comes as it is made, not asked for one at a time when
+        // its turn comes (an answer the delivery thread had to bring, a
+        // thread wake per ref).
+        let ids: Vec<ObjectId> = refs.iter().map(|r| r.get().inner.id()).collect();
+        let core = ferroray_core::global::core().map_err(core_err)?;
+        py.detach(|| core.prefetch(&ids)).map_err(core_err)?;
+    }
     let out = PyList::empty(py);
     for r in &refs {
         let inner = r.get().inner.clone();

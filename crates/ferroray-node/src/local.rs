@@ -15,7 +15,11 @@
 //!    its core worker's locks, which delivery takes. A client whose inbox
 //!    only queues (`Inbox::delivers_anywhere`: a daemon's peer link) is
 //!    delivered to by whichever thread released the lock, which saves a
-//!    thread switch per message.
+//!    thread switch per message. The first thread to release the lock after
+//!    messages were queued claims them (`take_pending`): a driver submitting
+//!    while the server thread delivers its results does not also wake the
+//!    delivery thread for each of them (it did, once per result: a futex
+//!    wake in the driver and, on another CPU, an interrupt per call).
 //! 3. One thread delivers a link's messages at a time (`delivering`, under the
 //!    link's queue lock), taking them in batches in queue order: the driver
 //!    sees messages in the order the node sent them. A thread that finds
@@ -88,8 +92,12 @@ impl LocalOutbox {
         self.client.delivers_anywhere()
     }
 
-    pub(crate) fn has_pending(&self) -> bool {
-        self.pending.load(Ordering::Acquire)
+    /// Whether anything was queued since the last claim, and claims it
+    /// (step 2): read and cleared under the state lock, so of two threads
+    /// that lock the state in turn only the first delivers or wakes the
+    /// delivery thread.
+    pub(crate) fn take_pending(&self) -> bool {
+        self.pending.swap(false, Ordering::AcqRel)
     }
 
     /// Hands the queued messages to the client (step 3).

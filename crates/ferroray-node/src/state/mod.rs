@@ -151,10 +151,14 @@ impl Outbox {
         }
     }
 
-    fn has_pending(&self) -> bool {
+    /// Whether messages wait to go out, claimed by the caller for a local
+    /// client: the thread that sees them first delivers them (or hands
+    /// them to the delivery thread), and one that locks the state after it
+    /// does not wake the delivery thread again for them (`local` step 2).
+    fn take_pending(&self) -> bool {
         match self {
             Outbox::Socket(out) => out.has_pending(),
-            Outbox::Local(link) => link.has_pending(),
+            Outbox::Local(link) => link.take_pending(),
         }
     }
 

@@ -53,7 +53,7 @@ impl State {
     /// Outboxes with messages waiting (sent when the lock is released).
     pub(crate) fn outboxes_to_flush(&mut self) -> Vec<Outbox> {
         let mut out = std::mem::take(&mut self.closed_links);
-        out.extend(self.outboxes.iter().filter(|o| o.has_pending()).cloned());
+        out.extend(self.outboxes.iter().filter(|o| o.take_pending()).cloned());
         out
     }
 

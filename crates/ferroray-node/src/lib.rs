@@ -102,6 +102,18 @@ use parking_lot::Mutex;
 use state::{Outbox, State};
 use std::sync::Arc;
 
+/// What the node's tick calls after a burst, beside glibc's `malloc_trim`
+/// (`server::ConnLimits::trim_after_burst`), on the server thread.
+static HEAP_TRIM: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets how the server thread gives back heap memory a burst left free, for
+/// a process whose global allocator is not glibc's (the Python extension's
+/// mimalloc returns a thread's free pages only when that thread allocates
+/// again, or collects). The first call wins.
+pub fn set_heap_trim(trim: fn()) {
+    let _ = HEAP_TRIM.set(trim);
+}
+
 /// Shared by the server, the spawner and local connections.
 pub(crate) struct Shared {
     /// Locked through [`Shared::lock`] only (see [`local`]).

@@ -113,6 +113,11 @@ impl LocalOutbox {
             self.pending.store(false, Ordering::Release);
             if batch.is_empty() {
                 q.delivering = false;
+                // A burst (the results of thousands of calls at once) leaves
+                // the queue's buffer that large: give it back.
+                if q.items.capacity() > 1024 {
+                    q.items.shrink_to(64);
+                }
                 return;
             }
             drop(q);

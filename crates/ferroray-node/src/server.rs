@@ -332,6 +332,9 @@ impl ConnLimits {
             unsafe {
                 libc::malloc_trim(0);
             }
+            if let Some(trim) = crate::HEAP_TRIM.get() {
+                trim();
+            }
         }
     }
 }

@@ -46,6 +46,22 @@ use std::time::Duration;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// A `get` of at least this many refs ends a burst (a batch of calls just
+/// submitted from this thread): [`collect_heap`] after it.
+pub(crate) const COLLECT_AFTER: usize = 1024;
+
+/// Gives back the pages of this thread's allocator heap that a burst left
+/// free. The node's threads free what a submitting thread allocated (task
+/// specs, messages); mimalloc returns such pages only when their owning
+/// thread allocates again, which a driver that goes quiet after a batch
+/// does not: a batch of 5,000 calls left 13-18 MB resident in the driver.
+/// Called by a `get` of many refs, and by an embedded node's server thread
+/// after a burst (`ferroray_node::set_heap_trim`).
+pub(crate) fn collect_heap() {
+    // SAFETY: takes no pointer; collects the calling thread's heap.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 create_exception!(
     _ferroray,
     CoreError,
@@ -197,6 +213,8 @@ fn _nodes(
 
 #[pymodule]
 fn _ferroray(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // An embedded node's server thread collects its heap after a burst too.
+    ferroray_node::set_heap_trim(collect_heap);
     m.add("CoreError", m.py().get_type::<CoreError>())?;
     m.add_class::<objects::ObjectRef>()?;
     m.add_class::<tasks::ObjectRefGenerator>()?;

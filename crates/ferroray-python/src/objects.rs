@@ -310,6 +310,9 @@ pub(crate) fn get<'py>(
             e => core_err(e),
         })?)?;
     }
+    if refs.len() >= crate::COLLECT_AFTER {
+        crate::collect_heap();
+    }
     Ok(out)
 }
 

@@ -52,7 +52,15 @@ pub struct NodeConfig {
     /// second by default: about ten of a Python worker's start-ups here
     /// (Ray keeps such a worker 1 s, about one start-up of its own), so a
     /// burst's extra processes (20 to 30 MB each) are gone soon after it.
+    /// A worker that has run nothing yet (a spare kept for the next actor)
+    /// waits [`NodeConfig::unused_worker_timeout`] instead.
     pub idle_worker_timeout: std::time::Duration,
+    /// How long a worker beyond the steady size that has run no task yet
+    /// may stay idle: a spare started for the next actor (a bare
+    /// interpreter, holding nothing a task imported) waits for it this long,
+    /// 10 s by default, so actors made a few seconds apart still skip a
+    /// process start.
+    pub unused_worker_timeout: std::time::Duration,
     /// Freed store pages stay resident for the next objects, and go back
     /// to the system once nothing was allocated for this long, or at once
     /// past [`NodeConfig::store_keep_free`] bytes of them. A quarter second
@@ -121,6 +129,7 @@ impl NodeConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             idle_worker_timeout: std::time::Duration::from_millis(500),
+            unused_worker_timeout: std::time::Duration::from_secs(10),
             spin_budget: ferroray_common::spin::DEFAULT_BUDGET,
             test_kill_delay: None,
         }

@@ -658,7 +658,10 @@ fn an_actor_with_no_idle_worker_gets_a_process_of_its_own_and_a_spare_starts_bes
 
 #[test]
 fn the_idle_timeout_ends_a_spare_but_never_one_an_actor_took() {
-    let mut h = harness_with(1.0, &[WorkerKind::Rust], |c| c.idle_worker_timeout = std::time::Duration::ZERO);
+    let mut h = harness_with(1.0, &[WorkerKind::Rust], |c| {
+        c.idle_worker_timeout = std::time::Duration::ZERO;
+        c.unused_worker_timeout = std::time::Duration::ZERO;
+    });
     let d = h.driver();
     let (w1, w2, w3) = (h.worker(), h.worker(), h.worker());
     // The most recently idled worker is taken, while all three are past
@@ -686,6 +689,42 @@ fn the_idle_timeout_ends_a_spare_but_never_one_an_actor_took() {
     let b = actor_spec(&d, 2, WorkerKind::Rust);
     h.st.handle(d.conn, ToNode::CreateActor { req: 2, spec: Box::new(b) });
     assert_eq!(spawn_counts(&h.pool_commands()), (vec![WorkerKind::Rust], 1));
+}
+
+#[test]
+fn a_worker_that_ran_a_task_goes_sooner_than_an_unused_spare() {
+    // Only the short timeout has passed: the worker that ran a task beyond
+    // the steady size goes, the one that never ran anything stays.
+    let mut h = harness_with(1.0, &[WorkerKind::Rust], |c| {
+        c.idle_worker_timeout = std::time::Duration::ZERO;
+        c.unused_worker_timeout = std::time::Duration::from_secs(3600);
+    });
+    let d = h.driver();
+    let (w1, w2, w3) = (h.worker(), h.worker(), h.worker());
+    // w3, most recently idled, runs the task and is idle again after it.
+    let s1 = spec(&d, 1, ReturnKind::Fixed(1), 0);
+    let t = s1.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s1)));
+    assert_eq!(executed(&w3.take()), vec![t]);
+    h.st.handle(
+        w3.conn,
+        ToNode::TaskDone { task_id: t, attempt: 0, outcome: TaskOutcome::Returned(vec![inline(b"x")]) },
+    );
+    h.st.exit_idle_workers();
+    assert!(!h.st.is_connected(w3.conn), "used, beyond the steady size");
+    assert!(h.st.is_connected(w1.conn) && h.st.is_connected(w2.conn), "never used: kept");
+    // Once one ran a task, it is let go as soon as it is idle beyond the
+    // steady size (one per CPU: the other unused one stays).
+    let s2 = spec(&d, 2, ReturnKind::Fixed(1), 0);
+    let t2 = s2.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s2)));
+    let ran = if executed(&w2.take()) == vec![t2] { &w2 } else { &w1 };
+    h.st.handle(
+        ran.conn,
+        ToNode::TaskDone { task_id: t2, attempt: 0, outcome: TaskOutcome::Returned(vec![inline(b"x")]) },
+    );
+    h.st.exit_idle_workers();
+    assert_eq!([&w1, &w2].iter().filter(|w| h.st.is_connected(w.conn)).count(), 1);
 }
 
 #[test]

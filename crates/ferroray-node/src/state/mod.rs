@@ -230,6 +230,10 @@ struct Conn {
     doomed: bool,
     /// Since when it is in `State::idle` (for `exit_idle_workers`).
     idle_since: std::time::Instant,
+    /// It ran a task (went idle after a lease): beyond the steady size it
+    /// goes after `idle_timeout`; a worker that never ran one (a spare)
+    /// after `unused_timeout`.
+    used: bool,
     /// For a peer node (`Role::Peer`): what it has and what this node sent
     /// it (`remote`). It runs every task in `assigned` at once.
     remote: Option<Box<remote::Remote>>,
@@ -528,9 +532,10 @@ pub struct State {
     closed_links: Vec<Outbox>,
     test_kill_delay: Option<std::time::Duration>,
     /// Workers of each kind kept when idle (the CPU count, at least 1); idle ones beyond
-    /// it exit after `idle_timeout`.
+    /// it exit after `idle_timeout`, or `unused_timeout` if they never ran a task.
     steady_workers: usize,
     idle_timeout: std::time::Duration,
+    unused_timeout: std::time::Duration,
     /// How long the store must be quiet before its freed pages go back
     /// (`NodeConfig::store_trim_after`).
     store_trim_after: std::time::Duration,
@@ -608,9 +613,8 @@ struct EventTask {
 /// A task event as the node keeps it (a [`TaskEvent`] is made only when
 /// someone lists them): 32 bytes, what its task's events share behind one
 /// pointer and the rare error behind another. The ring holds up to
-/// `max_task_events` of them (100,000 at 104 bytes each held 13 MB of the
-/// driver's memory; at 56 bytes, with the task id in each event, about
-/// 9 MB with the tasks' shared parts).
+/// `max_task_events` of them: 100,000 take 3.2 MB, plus the tasks' shared
+/// parts.
 struct Event {
     task: Arc<EventTask>,
     /// The time in microseconds since the Unix epoch above the low 8 bits,
@@ -729,6 +733,7 @@ impl State {
             test_kill_delay: config.test_kill_delay,
             steady_workers: (config.resources.get(resources::CPU).ceil() as usize).max(1),
             idle_timeout: config.idle_worker_timeout,
+            unused_timeout: config.unused_worker_timeout,
             store_trim_after: config.store_trim_after,
             next_order: 0,
             crashed: FxHashMap::default(),

@@ -33,6 +33,7 @@ impl State {
                 functions_sent: FxHashSet::default(),
                 doomed: false,
                 idle_since: std::time::Instant::now(),
+                used: false,
                 remote: None,
                 from_peer: false,
             },
@@ -466,7 +467,10 @@ impl State {
             // Each exit may reschedule, and an actor may take a worker of
             // this list meanwhile (`adopt`): only one still idle exits.
             let expired = self.idle[pool].contains(&w)
-                && self.conns.get(&w).is_some_and(|c| now.duration_since(c.idle_since) >= self.idle_timeout);
+                && self.conns.get(&w).is_some_and(|c| {
+                    let timeout = if c.used { self.idle_timeout } else { self.unused_timeout };
+                    now.duration_since(c.idle_since) >= timeout
+                });
             if expired {
                 self.disconnect(w, "idle");
                 workers -= 1;

@@ -506,6 +506,7 @@ impl State {
         self.available.add(&lease);
         if !self.shutting_down && !c.doomed && !self.idle.contains(w) {
             c.idle_since = std::time::Instant::now();
+            c.used = true;
             self.idle[c.pool()].push(w);
         }
     }

@@ -284,9 +284,11 @@ impl RawSlot {
         };
         // SAFETY: `ptr..ptr + len` is this slot's range of the mapping that
         // `_arena` keeps alive, written only through this slot (`&mut self`),
-        // and `offset + src.len() <= len` was checked above. `src` cannot
-        // overlap it: nobody reads a slot before it is sealed, so no slice of
-        // it exists outside this call.
+        // and `offset + src.len() <= len` was checked above. A front that
+        // also writes the slot through its own view of the address (Python's
+        // `_serialization.dumps`) does not while this runs (it called it),
+        // and nobody reads a slot before it is sealed; `src` is not in the
+        // slot (`StoreSlot::_write_from` refuses a source inside it).
         let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset as usize), src.len()) };
         ferroray_store::copy::copy_parallel(dst, src);
         Ok(())

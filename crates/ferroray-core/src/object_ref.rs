@@ -76,6 +76,30 @@ impl<T> ObjectRef<T> {
     pub fn is_ready(&self) -> bool {
         self.inner.core.is_ready(self.inner.id)
     }
+
+    /// Asks for every one of `refs` not here yet at once, each through the
+    /// core that holds it (refs from before a `shutdown` and `init` name
+    /// the old one), so that a `get` of each in turn finds them coming
+    /// rather than asking one at a time. Best effort: a failure here shows
+    /// again in the `get` of that ref, in its turn.
+    pub fn prefetch_all<'a>(refs: impl IntoIterator<Item = &'a ObjectRef<T>>)
+    where
+        T: 'a,
+    {
+        let mut batch: Vec<ObjectId> = Vec::new();
+        let mut core: Option<&Arc<crate::worker::CoreWorker>> = None;
+        for r in refs {
+            if core.is_some_and(|c| !Arc::ptr_eq(c, &r.inner.core)) {
+                let _ = core.expect("checked").prefetch(&batch);
+                batch.clear();
+            }
+            core = Some(&r.inner.core);
+            batch.push(r.inner.id);
+        }
+        if let Some(c) = core {
+            let _ = c.prefetch(&batch);
+        }
+    }
 }
 
 impl<T: DeserializeOwned> ObjectRef<T> {

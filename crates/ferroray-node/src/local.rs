@@ -65,7 +65,8 @@ struct OutboxQueue {
 pub(crate) struct LocalOutbox {
     client: Arc<dyn Inbox>,
     queue: Mutex<OutboxQueue>,
-    /// Something is queued (a hint read under the state lock, step 1).
+    /// Something is queued and not claimed yet (set by `push`, swapped to
+    /// false under the state lock by the claimant, step 2).
     pending: AtomicBool,
 }
 

@@ -55,11 +55,26 @@ pub(crate) const COLLECT_AFTER: usize = 1024;
 /// specs, messages); mimalloc returns such pages only when their owning
 /// thread allocates again, which a driver that goes quiet after a batch
 /// does not: a batch of 5,000 calls left 13-18 MB resident in the driver.
-/// Called by a `get` of many refs, and by an embedded node's server thread
-/// after a burst (`ferroray_node::set_heap_trim`).
+/// Called by an embedded node's server thread after a burst
+/// (`ferroray_node::set_heap_trim`), and through
+/// [`collect_heap_now_and_then`] by a `get` of many refs.
 pub(crate) fn collect_heap() {
     // SAFETY: takes no pointer; collects the calling thread's heap.
     unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
+/// [`collect_heap`], at most once a second per process: a loop of batch
+/// `get`s would otherwise give pages back and fault them in again each time
+/// (what purging at once cost, `MIMALLOC_PURGE_DELAY=0`, above).
+pub(crate) fn collect_heap_now_and_then() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let now = START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1_000;
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if now >= last + 1_000 && LAST_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        collect_heap();
+    }
 }
 
 create_exception!(

@@ -139,6 +139,11 @@ impl StoreSlot {
         let Some(slot) = slot.as_mut() else {
             return Err(PyValueError::new_err("this store slot was already used"));
         };
+        let (start, end) = (slot.as_mut_ptr() as usize, slot.as_mut_ptr() as usize + slot.len() as usize);
+        let source_end = address.checked_add(length).ok_or_else(|| PyValueError::new_err("source out of range"))?;
+        if address < end && start < source_end {
+            return Err(PyValueError::new_err("the source of a copy into a store slot cannot lie in the slot"));
+        }
         py.detach(|| {
             // SAFETY: the caller (`_serialization.dumps`) passes the address
             // and length of a buffer it keeps exported until this returns,
@@ -297,9 +302,8 @@ pub(crate) fn get<'py>(
         // each then comes as it is made, not asked for one at a time when
         // its turn comes (an answer the delivery thread had to bring, a
         // thread wake per ref).
-        let ids: Vec<ObjectId> = refs.iter().map(|r| r.get().inner.id()).collect();
-        let core = ferroray_core::global::core().map_err(core_err)?;
-        py.detach(|| core.prefetch(&ids)).map_err(core_err)?;
+        let inners: Vec<ferroray::ObjectRef<RawValue>> = refs.iter().map(|r| r.get().inner.clone()).collect();
+        py.detach(|| ferroray::ObjectRef::prefetch_all(&inners));
     }
     let out = PyList::empty(py);
     for r in &refs {
@@ -311,7 +315,7 @@ pub(crate) fn get<'py>(
         })?)?;
     }
     if refs.len() >= crate::COLLECT_AFTER {
-        crate::collect_heap();
+        py.detach(crate::collect_heap_now_and_then);
     }
     Ok(out)
 }

@@ -4,7 +4,7 @@
 //! 2-core VM, 100 MB into shared memory took 10.2 to 10.8 ms on one thread
 //! and 6.8 to 7.2 ms on two. A value written into the store (a `put`, a
 //! return, a generator's item) is such a copy, so a large one is split into
-//! page-aligned pieces copied at once by scoped threads (Ray copies large
+//! page-sized pieces copied at once by scoped threads (Ray copies large
 //! buffers with several threads too). Small copies stay on the caller's
 //! thread: a thread start costs tens of microseconds.
 //!
@@ -36,7 +36,7 @@ pub fn threads_for(len: usize) -> usize {
     cpus.min(MAX_THREADS).min(len / PIECE_MIN).max(1)
 }
 
-/// Copies `src` into `dst` (of the same length), in page-aligned pieces on
+/// Copies `src` into `dst` (of the same length), in page-sized pieces on
 /// up to [`threads_for`] threads, the caller's included; returns when all
 /// are written.
 ///

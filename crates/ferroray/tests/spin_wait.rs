@@ -29,8 +29,8 @@ impl Counter {
     }
 }
 
-/// CPU time (user + system) process `pid` has used, in clock ticks.
-/// CPU ticks used by a process so far; `None` once it exited.
+/// CPU time (user + system) process `pid` has used, in clock ticks; `None`
+/// once it exited.
 fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name (which may hold spaces): state is

@@ -274,7 +274,7 @@ impl TaskQueue {
 }
 
 /// A worker sent no new task for this long gives its free heap back (as
-/// soon as a node lets an extra idle worker go: `NodeConfig::idle_worker_timeout`).
+/// long as the node's default idle timeout, `NodeConfig::idle_worker_timeout`).
 const IDLE_TRIM: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Returns the free memory of the heap's arenas to the system: glibc keeps

@@ -37,10 +37,11 @@
 //!    `ReportItem` (which holds them by then). Each side holds
 //!    an import from its arrival until the task or result that follows it
 //!    does, in the order of one connection, so nothing frees it between.
-//!    An actor's handle goes as a `Reach` ahead of the task; for an actor
-//!    of the owner's node, the owner's side holds the handle object from
-//!    the first, counting `Reach`es (`Lent`), until the executing side
-//!    says its proxy is gone after as many ([`FromPeerKind::Released`]).
+//!    An actor's handle goes as a `Reach` ahead of the task; the owner's
+//!    side holds the handle object from the first (of its node's actor, or
+//!    of its node's proxy of a third node's), counting `Reach`es (`Lent`),
+//!    until the executing side says its proxy is gone after as many
+//!    ([`FromPeerKind::Released`]).
 //!    An import of shared memory to the executing node is kept in the
 //!    link's `Cache` (under its own id, `Kept::AsItself`) as arguments
 //!    are, so later tasks naming it get it without a transfer.
@@ -199,8 +200,8 @@ pub struct HandleRelease {
 }
 
 /// The owner's side of step 3's hold on the actors a link lends: how many
-/// `Reach`es of each actor of this node it sent (over the link's life),
-/// and which it holds the handle of (for the peer's proxy).
+/// `Reach`es of each actor it sent (over the link's life), and which it
+/// holds the handle of here (for the peer's proxy).
 #[derive(Default)]
 struct Lent {
     sent: HashMap<ActorId, u64>,
@@ -1116,7 +1117,7 @@ async fn outgoing(
         loop {
             while let Some(msg) = pending.pop_front() {
                 if let FromNode::Execute(spec) = &msg {
-                    send_reaches(&ctx.node, &mut writer, spec, &mut lent, &out).await?;
+                    send_reaches(&ctx.node, peer.node, &mut writer, spec, &mut lent, &out).await?;
                 }
                 owner_node_msg(&out, &arena, &mut writer, &mut gathering, &mut cache, msg).await?;
             }
@@ -1163,24 +1164,28 @@ async fn outgoing(
 
 /// Step 3: for each actor handle a task's arguments carry (its call's own
 /// actor aside: the peer has that one, or reaches it by name), what the
-/// peer needs to call it from there, ahead of the task. For an actor of
-/// this node's, the link holds its handle object from the first (counted
-/// in `lent`), so the actor lives while the peer's proxy does.
+/// peer needs to call it from there, ahead of the task. The link holds the
+/// handle object here from the first (counted in `lent`), so what it names
+/// lives while the peer's proxy does: this node's actor, or this node's
+/// proxy of a third node's actor, which in turn keeps its own owner's link
+/// holding it (a borrower's borrower, as Ray counts them).
 async fn send_reaches<W: AsyncWrite + Unpin>(
     node: &Node,
+    to: NodeId,
     writer: &mut Writer<W>,
     spec: &TaskSpec,
     lent: &mut Lent,
     out: &NodeOut,
 ) -> Result<()> {
     let own = spec.actor_id().filter(|_| matches!(spec.actor, Some(ActorTask::Call { .. })));
-    let here = node.info().node_id;
     for id in &spec.contained {
         if own.is_some_and(|a| a.handle_object() == *id) {
             continue;
         }
         if let Some(found) = node.actor_of_handle(*id) {
-            if found.node == here {
+            // The peer's own actor: it makes no proxy, so it never says
+            // one is gone; nothing to hold.
+            if found.node != to {
                 let actor = found.entry.actor;
                 *lent.sent.entry(actor).or_default() += 1;
                 // The task (assigned to this link) shows it the handle: it

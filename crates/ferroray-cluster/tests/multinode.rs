@@ -103,6 +103,15 @@ fn hammer(w: ferroray::ActorHandle<Where>, n: u32) -> (u32, Vec<String>) {
     (ok, errors)
 }
 
+/// Makes a detached `Keeper` named `name` on the node with resource "e"
+/// (sent there by this node) and has it keep `w`; where this ran.
+#[ferroray::remote]
+fn keep_on_e(name: String, w: ferroray::ActorHandle<Where>) -> String {
+    let keeper = Keeper::options().name(&name).lifetime_detached().resource("e", 0.1).remote().unwrap();
+    assert!(keeper.keep().remote(w).get().unwrap());
+    ferroray::node_id().unwrap()
+}
+
 /// Tries to make a detached actor named `name` here: whether it did, and
 /// where this ran.
 #[ferroray::remote]
@@ -629,6 +638,29 @@ fn tasks_objects_and_streams_cross_nodes() {
     wait_for("E in the view", Duration::from_secs(10), || {
         ferroray::cluster_resources().unwrap().get("e") == Some(&1.0)
     });
+    // A borrower's borrower: a task on a node of resource b (B's survivor
+    // above) hands this node's actor's handle on to a keeper it makes on E,
+    // and ends; this node drops its own. That node's link to E holds its
+    // proxy while E's lives, and that proxy keeps this node's link there
+    // holding the actor: it answers the keeper's call, and ends once the
+    // keeper lets go.
+    let passed = Where::options().num_cpus(0).remote().unwrap();
+    let passed_id = passed.id().unwrap().to_string();
+    let made_on = keep_on_e::options().resource("b", 1).remote("far-keeper".to_string(), passed.clone());
+    let on = made_on.get().unwrap();
+    assert!(on != head && on != e, "ran on {on}: a node of resource b");
+    drop(passed);
+    std::thread::sleep(Duration::from_millis(800));
+    let keeper = ferroray::get_actor::<Keeper>("far-keeper").unwrap();
+    let called = keeper.call_kept().remote().get();
+    assert_eq!(called.expect("alive while E holds a handle B passed on"), (head.clone(), 1));
+    assert!(keeper.forget().remote().get().unwrap());
+    wait_for("the passed-on actor to end", Duration::from_secs(20), || {
+        let listed = s.ferroray(&["list", "actors", "--filter", &format!("actor_id={passed_id}")]);
+        listed.lines().skip(1).all(|l| l.contains("DEAD"))
+    });
+    ferroray::kill(&keeper).unwrap();
+
     let (made_on_e, _) = put_there::options().resource("e", 1).remote(2, 4 << 20).get().unwrap();
     unsafe { libc::kill(s.pid_of(&e) as i32, libc::SIGKILL) };
     wait_for("E declared dead", Duration::from_secs(20), || {

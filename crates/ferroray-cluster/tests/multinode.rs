@@ -264,6 +264,20 @@ impl Drop for Session {
     }
 }
 
+/// The actor `keeper` keeps (`actor_id`, made on node `at`) answers it
+/// though no other handle is left; once the keeper lets go, the actor ends.
+/// The keeper is killed after.
+fn kept_until_let_go(s: &Session, keeper: &ferroray::ActorHandle<Keeper>, actor_id: &str, at: &str) {
+    let called = keeper.call_kept().remote().get();
+    assert_eq!(called.expect("alive while a handle is kept"), (at.to_string(), 1));
+    assert!(keeper.forget().remote().get().unwrap());
+    wait_for("the kept actor to end", Duration::from_secs(20), || {
+        let listed = s.ferroray(&["list", "actors", "--filter", &format!("actor_id={actor_id}")]);
+        listed.lines().skip(1).all(|l| l.contains("DEAD"))
+    });
+    ferroray::kill(keeper).unwrap();
+}
+
 fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
@@ -552,14 +566,7 @@ fn tasks_objects_and_streams_cross_nodes() {
     assert!(keeper.keep().remote(lent.clone()).get().unwrap());
     drop(lent);
     std::thread::sleep(Duration::from_millis(500));
-    let called = keeper.call_kept().remote().get();
-    assert_eq!(called.expect("alive while B holds a handle"), (head.clone(), 1));
-    assert!(keeper.forget().remote().get().unwrap());
-    wait_for("the lent actor to end", Duration::from_secs(20), || {
-        let listed = s.ferroray(&["list", "actors", "--filter", &format!("actor_id={lent_id}")]);
-        listed.lines().skip(1).all(|l| l.contains("DEAD"))
-    });
-    ferroray::kill(&keeper).unwrap();
+    kept_until_let_go(&s, &keeper, &lent_id, &head);
 
     // Calls from B and from here racing a kill: each answers or fails with
     // the actor's death, none hangs, and once it is dead every call fails.
@@ -652,14 +659,7 @@ fn tasks_objects_and_streams_cross_nodes() {
     drop(passed);
     std::thread::sleep(Duration::from_millis(800));
     let keeper = ferroray::get_actor::<Keeper>("far-keeper").unwrap();
-    let called = keeper.call_kept().remote().get();
-    assert_eq!(called.expect("alive while E holds a handle B passed on"), (head.clone(), 1));
-    assert!(keeper.forget().remote().get().unwrap());
-    wait_for("the passed-on actor to end", Duration::from_secs(20), || {
-        let listed = s.ferroray(&["list", "actors", "--filter", &format!("actor_id={passed_id}")]);
-        listed.lines().skip(1).all(|l| l.contains("DEAD"))
-    });
-    ferroray::kill(&keeper).unwrap();
+    kept_until_let_go(&s, &keeper, &passed_id, &head);
 
     let (made_on_e, _) = put_there::options().resource("e", 1).remote(2, 4 << 20).get().unwrap();
     unsafe { libc::kill(s.pid_of(&e) as i32, libc::SIGKILL) };

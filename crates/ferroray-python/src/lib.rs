@@ -67,12 +67,11 @@ pub(crate) fn collect_heap() {
 /// `get`s would otherwise give pages back and fault them in again each time
 /// (what purging at once cost, `MIMALLOC_PURGE_DELAY=0`, above).
 pub(crate) fn collect_heap_now_and_then() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST_MS: AtomicU64 = AtomicU64::new(0);
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let now = START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1_000;
-    let last = LAST_MS.load(Ordering::Relaxed);
-    if now >= last + 1_000 && LAST_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+    static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
+    let mut last = LAST.lock();
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        *last = Some(std::time::Instant::now());
+        drop(last);
         collect_heap();
     }
 }

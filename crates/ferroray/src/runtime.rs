@@ -312,8 +312,7 @@ pub fn get<T: DeserializeOwned>(r: &ObjectRef<T>) -> Result<T> {
 
 /// Values of several refs, in the order given.
 pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
-    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
-    core()?.prefetch(&ids)?;
+    ObjectRef::prefetch_all(refs);
     refs.iter().map(|r| r.get()).collect()
 }
 
@@ -321,8 +320,7 @@ pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
 /// passed (one deadline for all the refs, not one each).
 pub fn get_all_timeout<T: DeserializeOwned>(refs: &[ObjectRef<T>], timeout: Duration) -> Result<Vec<T>> {
     let deadline = Instant::now() + timeout;
-    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
-    core()?.prefetch(&ids)?;
+    ObjectRef::prefetch_all(refs);
     refs.iter().map(|r| r.get_timeout(deadline.saturating_duration_since(Instant::now()))).collect()
 }
 

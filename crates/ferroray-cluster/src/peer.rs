@@ -63,6 +63,19 @@
 //!    retries them (on another node, or here), the executing node cancels
 //!    them as for any driver that left. The peer is attached again at a
 //!    later view, a second after its link ended.
+//! 6. A task's result in shared memory of at least [`LEAVE_FROM`] bytes
+//!    that names no objects stays in the executing node's store, held by
+//!    the link (`Executing::left`): the `TaskDone` names it by a `Shm`
+//!    payload at `Payload::LEFT_ON_PEER`, and the owner's node keeps it as
+//!    left there (`ferroray_node::state::left`, whose steps 8 to 12 go on
+//!    from `remote`'s). When something on the owner's node reads it, the
+//!    node's `FromNode::Pull` goes over as a `Subscribe` of it; the link
+//!    answers with a copy (`Import` and its `RemoveRef`, as a result's
+//!    named objects go). The owner's `FromNode::Forget` (once the copy is
+//!    there, or the object freed) goes over as a `RemoveRef`, and the link
+//!    lets its own go. A link that
+//!    breaks loses what it kept: the owner runs the tasks that made it
+//!    again (lineage).
 //!
 //! Actors placed on a peer (`remote` step 6) are created there by the link
 //! (no name, no restarts: the owner keeps both) and live while the link
@@ -81,7 +94,10 @@
 //!
 //! What does not cross nodes yet: `get` of an object on another node that
 //! no argument, result or item carried here, and a streaming generator in
-//! arguments (a task naming one stays on its owner's node).
+//! arguments (a task naming one stays on its owner's node). A left result
+//! read by a task on a third node goes through the owner's store (pulled
+//! there, then sent with the task), and one read by a task on the node
+//! that keeps it makes the same round trip.
 
 use crate::error::{ClusterError, Result};
 use crate::loopback;
@@ -109,7 +125,14 @@ use tokio::sync::mpsc;
 
 /// Bumped on any incompatible change to these messages. 2: calls of
 /// functions the cluster's table has go without their bytes; `Released`.
-pub const PEER_PROTOCOL_VERSION: u32 = 2;
+/// 3: large results stay where they were made (step 6).
+pub const PEER_PROTOCOL_VERSION: u32 = 3;
+
+/// A task's result of at least this many bytes in shared memory stays in
+/// the executing node's store until the owner reads it (step 6): smaller
+/// ones go back at once, where a pull's round trip would cost more than
+/// their bytes.
+pub const LEAVE_FROM: u64 = 1 << 20;
 
 /// Bytes of a value per [`Blob`] frame.
 pub const CHUNK: usize = 4 << 20;
@@ -1221,7 +1244,11 @@ fn from_executor(ctx: &PeerContext, lander: &Lander, out: &NodeOut, lent: &mut L
             match &mut msg {
                 ToNode::TaskDone { outcome: TaskOutcome::Returned(values), .. } => {
                     for v in values.iter_mut() {
-                        lander.land(v)?;
+                        // A result left there (step 6) has no blob.
+                        let left = matches!(v, ObjectValue::Data { payload, .. } if payload.is_left_on_peer());
+                        if !left {
+                            lander.land(v)?;
+                        }
                     }
                 }
                 ToNode::TaskDone { .. } => {}
@@ -1463,6 +1490,9 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
         FromNode::KillActor { actor, no_restart } => {
             writer.send_node::<ToPeer>(ToNode::KillActor { actor, no_restart }).await?;
         }
+        // Step 6: results left there, read here or let go.
+        FromNode::Pull(ids) => writer.send_node::<ToPeer>(ToNode::Subscribe(ids)).await?,
+        FromNode::Forget(ids) => writer.send_node::<ToPeer>(ToNode::RemoveRef(ids)).await?,
         FromNode::Rejected(e) => return Err(ClusterError::Node(e)),
         _ => {}
     }
@@ -1618,6 +1648,8 @@ struct Running {
     /// An actor's creation: its handle object stays held (the actor lives
     /// while the link holds it).
     creation: bool,
+    /// A task's (not an actor's): its large results stay here (step 6).
+    leaves: bool,
 }
 
 /// One link, the executing side.
@@ -1653,6 +1685,11 @@ struct Executing<W> {
     /// Functions the table did not give, and when: their calls fail at
     /// once for [`FETCH_TIMEOUT`], then ask again (a head back by then).
     unfetched: HashMap<FunctionId, Instant>,
+    /// Results left here for the owner (step 6): its id → the link's
+    /// object here, held by the link until pulled or forgotten.
+    left: HashMap<ObjectId, ObjectId>,
+    /// Pulls under way: the link's object → the owner's id.
+    pulls: HashMap<ObjectId, ObjectId>,
 }
 
 /// A result's objects being gathered for the owner (step 3).
@@ -1756,6 +1793,8 @@ async fn incoming(stream: LinkStream, proven: bool, ctx: Arc<PeerContext>) -> Re
         exports: HashMap::new(),
         functions_from: ctx.functions.clone(),
         unfetched: HashMap::new(),
+        left: HashMap::new(),
+        pulls: HashMap::new(),
     };
     loop {
         // Everything the owner and the node have sent so far, handed on;
@@ -1974,6 +2013,36 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 }
                 Ok(())
             }
+            // Step 6: the owner reads results left here.
+            ToNode::Subscribe(ids) => {
+                for id in ids {
+                    match self.left.get(&id) {
+                        Some(mine) if !self.pulls.contains_key(mine) => {
+                            self.pulls.insert(*mine, id);
+                            self.conn.send(ToNode::Subscribe(vec![*mine]));
+                        }
+                        Some(_) => {}
+                        None => {
+                            let e = Error::ObjectLost(format!("{id}: the node it was left on no longer has it"));
+                            self.writer
+                                .send_node::<FromPeer>(ToNode::Import { id, value: ObjectValue::Error(e) })
+                                .await?;
+                            self.writer.send_node::<FromPeer>(ToNode::RemoveRef(vec![id])).await?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            // Step 6: nothing there refers to them any more.
+            ToNode::RemoveRef(ids) => {
+                // One being sent goes once it is (`send_pulled`).
+                let mine: Vec<ObjectId> =
+                    ids.iter().filter_map(|id| self.left.remove(id)).filter(|m| !self.pulls.contains_key(m)).collect();
+                if !mine.is_empty() {
+                    self.conn.send(ToNode::RemoveRef(mine));
+                }
+                Ok(())
+            }
             ToNode::KillActor { actor, no_restart } => {
                 // The owner decides restarts: here it just ends.
                 if let Some(mine) = self.actors.remove(&actor) {
@@ -2119,6 +2188,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             return self.finish(owner_id, attempt, TaskOutcome::Failed(e)).await;
         }
         let generator = matches!(spec.returns, ReturnKind::Streaming { .. } | ReturnKind::Dynamic);
+        let leaves = spec.actor.is_none() && !generator;
         let acked = matches!(spec.returns, ReturnKind::Streaming { backpressure: Some(_) });
         if spec.returns == ReturnKind::Dynamic {
             // Items relayed one by one; the owner makes the list.
@@ -2155,6 +2225,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 acked,
                 item_named: None,
                 creation,
+                leaves,
             },
         );
         self.by_owner.insert(owner_id, mine);
@@ -2179,6 +2250,9 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 Ok(())
             }
             FromNode::ObjectReady { id, value } => {
+                if let Some(theirs) = self.pulls.remove(&id) {
+                    return self.send_pulled(id, theirs, value).await;
+                }
                 if let Some(mine) = self.exports.iter().find(|(_, e)| e.named.waiting.contains(&id)).map(|(t, _)| *t) {
                     let e = self.exports.get_mut(&mine).expect("found above");
                     e.named.answer(&self.conn, id, value);
@@ -2305,12 +2379,25 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             exported = self.send_copies(exports).await?;
         }
         let mut shipped = Vec::new();
-        for (id, v) in ids.iter().zip(values) {
+        let mut kept = Vec::new();
+        for (i, (id, v)) in ids.iter().zip(values).enumerate() {
             if is_shm(&v) {
                 unpin.push(*id);
             }
-            if failed.is_none() {
-                shipped.push(self.writer.ship::<FromPeer>(&self.arena, v).await?);
+            if failed.is_some() {
+                continue;
+            }
+            match v {
+                // Left here, held by the link (step 6).
+                ObjectValue::Data { payload: Payload::Shm { len, .. }, encoding, contained }
+                    if r.leaves && len >= LEAVE_FROM && contained.is_empty() =>
+                {
+                    self.left.insert(ObjectId::for_return(r.owner_id, i as u32), *id);
+                    kept.push(*id);
+                    let payload = Payload::Shm { offset: Payload::LEFT_ON_PEER, len };
+                    shipped.push(ObjectValue::Data { payload, encoding, contained });
+                }
+                v => shipped.push(self.writer.ship::<FromPeer>(&self.arena, v).await?),
             }
         }
         if !unpin.is_empty() {
@@ -2322,7 +2409,10 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             if r.creation {
                 self.actors.retain(|_, a| a.0 != mine);
             }
-            self.conn.send(ToNode::RemoveRef(ids));
+            let ids: Vec<ObjectId> = ids.into_iter().filter(|id| !kept.contains(id)).collect();
+            if !ids.is_empty() {
+                self.conn.send(ToNode::RemoveRef(ids));
+            }
         }
         let outcome = match failed {
             Some(e) => TaskOutcome::Failed(e),
@@ -2331,6 +2421,25 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
         self.finish(r.owner_id, r.attempt, outcome).await?;
         if !exported.is_empty() {
             self.writer.send_node::<FromPeer>(ToNode::RemoveRef(exported)).await?;
+        }
+        Ok(())
+    }
+
+    /// Step 6: the bytes of a result left here (the link's object `mine`,
+    /// the owner's `theirs`) go to the owner as a copy under its id, which
+    /// the owner's link holds until the `RemoveRef` after it. The link keeps
+    /// its own until the owner forgets it (a task the owner sent before it
+    /// had the copy may name it), unless it did already.
+    async fn send_pulled(&mut self, mine: ObjectId, theirs: ObjectId, value: ObjectValue) -> Result<()> {
+        let shm = is_shm(&value);
+        let value = self.writer.ship::<FromPeer>(&self.arena, value).await?;
+        self.writer.send_node::<FromPeer>(ToNode::Import { id: theirs, value }).await?;
+        self.writer.send_node::<FromPeer>(ToNode::RemoveRef(vec![theirs])).await?;
+        if shm {
+            self.conn.send(ToNode::Unpin(vec![mine]));
+        }
+        if !self.left.contains_key(&theirs) {
+            self.conn.send(ToNode::RemoveRef(vec![mine]));
         }
         Ok(())
     }

@@ -2,8 +2,10 @@
 //! links): placed by custom resources, with large arguments and results
 //! moved between the nodes' stores, generators streamed back under
 //! backpressure, spillback when the program's node is full, a task that no
-//! node can run yet waiting for one to join, and a node killed in the
-//! middle of a generator (the stream completes, each item once).
+//! node can run yet waiting for one to join, a node killed in the
+//! middle of a generator (the stream completes, each item once), and large
+//! results left on the node that made them until read, made again by
+//! their task when that node is killed first.
 //!
 //! Another program (a changed copy of this executable) runs on the same
 //! nodes at the same time, in workers of its own.
@@ -71,6 +73,17 @@ fn square(x: i64) -> i64 {
 fn slow_count(n: u64, mark: String) -> impl Iterator<Item = u64> {
     let _ = std::fs::write(&mark, ferroray::node_id().unwrap());
     (0..n).inspect(|_| std::thread::sleep(Duration::from_millis(50)))
+}
+
+/// `n` bytes of 7, and the node it ran on; each run appends that node's
+/// id to `mark` (a line per run).
+#[ferroray::remote]
+fn made_where(n: usize, mark: String) -> (Buffer, String) {
+    use std::io::Write;
+    let here = ferroray::node_id().unwrap();
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&mark).unwrap();
+    writeln!(f, "{here}").unwrap();
+    (Buffer::new(vec![7u8; n]), here)
 }
 
 #[ferroray::remote]
@@ -668,6 +681,35 @@ fn tasks_objects_and_streams_cross_nodes() {
     });
     let firsts: Vec<u8> = made_on_e.iter().map(|r| r.get_timeout(Duration::from_secs(5)).unwrap()[0]).collect();
     assert_eq!(firsts, vec![1, 2]);
+
+    // Large results stay on the node that made them (listed here as on a
+    // peer) until read. That node SIGKILLed first: the one whose task may
+    // run again is made again once a node that can run it joins (its
+    // readers wait); the other is lost, naming the node.
+    let f = s.node(&head_addr, r#"{"f": 1}"#, &[]);
+    wait_for("F in the view", Duration::from_secs(10), || {
+        ferroray::cluster_resources().unwrap().get("f") == Some(&1.0)
+    });
+    let runs = dir.join("made-where");
+    let runs_arg = runs.to_string_lossy().into_owned();
+    let again = made_where::options().resource("f", 1).max_retries(1).remote(8 << 20, runs_arg.clone());
+    let lost = made_where::options().resource("f", 1).max_retries(0).remote(8 << 20, runs_arg.clone());
+    let on_peer = || {
+        let listed = s.ferroray(&["list", "objects", "--filter", &format!("node_id={head}")]);
+        listed.lines().filter(|l| l.split_whitespace().nth(1) == Some("ON_PEER")).count()
+    };
+    wait_for("both results left on F", Duration::from_secs(20), || on_peer() == 2);
+    assert_eq!(read_mark(&runs).lines().collect::<Vec<_>>(), vec![f.as_str(), f.as_str()]);
+    unsafe { libc::kill(s.pid_of(&f) as i32, libc::SIGKILL) };
+    match lost.get_timeout(Duration::from_secs(20)) {
+        Err(ferroray::Error::ObjectLost(m)) => assert!(m.contains(&f) && m.contains("no retries left"), "{m}"),
+        other => panic!("{:?}", other.map(|(b, at)| (b.len(), at))),
+    }
+    let f2 = s.node(&head_addr, r#"{"f": 1}"#, &[]);
+    let (bytes, at) = again.get_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!((bytes.len(), bytes[0], bytes[(8 << 20) - 1], at.as_str()), (8 << 20, 7, 7, f2.as_str()));
+    assert_eq!(read_mark(&runs).lines().collect::<Vec<_>>(), vec![f.as_str(), f.as_str(), f2.as_str()]);
+    assert_eq!(on_peer(), 0, "read here: nothing is left on a peer");
 
     // An actor on another node: its calls go there; that node killed, it
     // restarts on a node that has room for it (its state fresh), and a

@@ -1588,3 +1588,168 @@ fn stress_programs_coming_and_going_keep_their_tasks_in_their_own_workers() {
     }
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
 }
+
+// ---- results left on peers (`left` steps 8 to 12) ----
+
+/// A result the peer's link left in its node's store, of `len` bytes.
+fn left(len: u64) -> ObjectValue {
+    ObjectValue::Data {
+        payload: Payload::Shm { offset: Payload::LEFT_ON_PEER, len },
+        encoding: ferroray_protocol::Encoding::Rust,
+        contained: vec![],
+    }
+}
+
+fn left_by(h: &mut Harness, from: &Peer, tid: TaskId, attempt: u32) {
+    let outcome = TaskOutcome::Returned(vec![left(4 << 20)]);
+    h.st.handle(from.conn, ToNode::TaskDone { task_id: tid, attempt, outcome });
+}
+
+fn pulls(msgs: &[FromNode]) -> Vec<ObjectId> {
+    msgs.iter().filter_map(|m| if let FromNode::Pull(ids) = m { Some(ids.clone()) } else { None }).flatten().collect()
+}
+
+fn forgets(msgs: &[FromNode]) -> Vec<ObjectId> {
+    msgs.iter().filter_map(|m| if let FromNode::Forget(ids) = m { Some(ids.clone()) } else { None }).flatten().collect()
+}
+
+/// The peer's answer to a pull: a copy under the owner's id, then the
+/// link's hold on it let go.
+fn pulled(h: &mut Harness, from: &Peer, id: ObjectId, bytes: &[u8]) {
+    h.st.handle(from.conn, ToNode::Import { id, value: inline(bytes) });
+    h.st.handle(from.conn, ToNode::RemoveRef(vec![id]));
+}
+
+fn location(h: &Harness, id: ObjectId) -> Option<&'static str> {
+    h.st.object_summaries(usize::MAX).into_iter().find(|o| o.id == id).map(|o| o.location)
+}
+
+/// A put object of the driver's.
+fn put(h: &mut Harness, d: &Peer, seq: u64) -> ObjectId {
+    let id = ObjectId::for_put(TaskId { submitter: d.worker_id, seq });
+    h.st.handle(d.conn, ToNode::Put { id, value: inline(b"arg") });
+    id
+}
+
+#[test]
+fn a_result_left_on_a_peer_is_pulled_once_for_all_its_readers_and_forgotten_when_freed() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let p = attach(&mut h, 1, cpus_x(1.0, 1.0));
+    let arg = put(&mut h, &d, 100);
+    let mut s = x_spec(&d, 1, 0);
+    s.args = vec![TaskArg::Ref(arg)];
+    let (t1, r1) = (s.task_id, ObjectId::for_return(s.task_id, 0));
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    assert_eq!(executed(&p.take()), vec![t1]);
+    left_by(&mut h, &p, t1, 0);
+    // Nobody reads it yet: nothing moves, and the task is done.
+    assert!(pulls(&p.take()).is_empty());
+    assert_eq!(h.st.stats().tasks, 0);
+    assert_eq!(location(&h, r1), Some("ON_PEER"));
+    // Its argument stays while the task may have to run again.
+    h.st.handle(d.conn, ToNode::RemoveRef(vec![arg]));
+    assert_eq!(location(&h, arg), Some("INLINE"));
+    // The first reader pulls it; a second one and a task taking it as an
+    // argument wait for the same copy.
+    h.st.handle(d.conn, ToNode::Subscribe(vec![r1]));
+    h.st.handle(d.conn, ToNode::Subscribe(vec![r1]));
+    let mut reader = spec(&d, 2, ReturnKind::Fixed(1), 0);
+    reader.args = vec![TaskArg::Ref(r1)];
+    let t2 = reader.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(reader)));
+    assert_eq!(pulls(&p.take()), vec![r1], "one pull for three readers");
+    assert_eq!(ready(&d.take(), r1), None);
+    assert_eq!(h.spawn_requests(), 0, "the reading task waits for its argument");
+    pulled(&mut h, &p, r1, b"big");
+    let msgs = d.take();
+    let got: Vec<_> = msgs.iter().filter(|m| matches!(m, FromNode::ObjectReady { id, .. } if *id == r1)).collect();
+    assert_eq!(got.len(), 2, "both subscribers answered: {msgs:?}");
+    assert_eq!(ready(&msgs, r1), Some(&inline(b"big")));
+    assert_eq!(location(&h, r1), Some("INLINE"));
+    // Here now: the lineage and its argument went.
+    assert_eq!(location(&h, arg), None);
+    assert_eq!(forgets(&p.take()), vec![r1], "the peer's copy goes once this one is here");
+    assert_eq!(h.spawn_requests(), 1);
+    let w = h.worker();
+    assert_eq!(executed(&w.take()), vec![t2]);
+    // A result freed while it is left there is forgotten there.
+    let s = x_spec(&d, 3, 0);
+    let (t3, r3) = (s.task_id, ObjectId::for_return(s.task_id, 0));
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    assert_eq!(executed(&p.take()), vec![t3]);
+    left_by(&mut h, &p, t3, 0);
+    h.st.handle(d.conn, ToNode::RemoveRef(vec![r3]));
+    assert_eq!(forgets(&p.take()), vec![r3]);
+    assert_eq!(location(&h, r3), None);
+    // Only a peer may leave a result: a worker's is refused.
+    let s = spec(&d, 4, ReturnKind::Fixed(1), 0);
+    let (t4, r4) = (s.task_id, ObjectId::for_return(s.task_id, 0));
+    returned(&mut h, &w, t2, 0, b"done");
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    h.st.handle(d.conn, ToNode::Subscribe(vec![r4]));
+    assert_eq!(executed(&w.take()), vec![t4]);
+    left_by(&mut h, &w, t4, 0);
+    match ready(&d.take(), r4) {
+        Some(ObjectValue::Error(Error::Protocol(m))) => assert!(m.contains("did not allocate"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_result_lost_with_its_peer_is_made_again_by_its_task_or_lost_without_retries() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let a = attach(&mut h, 0xa, cpus_x(2.0, 2.0));
+    let arg = put(&mut h, &d, 100);
+    let mut s1 = x_spec(&d, 1, 1);
+    s1.args = vec![TaskArg::Ref(arg)];
+    let (t1, r1) = (s1.task_id, ObjectId::for_return(s1.task_id, 0));
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s1)));
+    let (t2, r2) = submit(&mut h, &d, x_spec(&d, 2, 0));
+    assert_eq!(executed(&a.take()), vec![t1, t2]);
+    left_by(&mut h, &a, t1, 0);
+    h.st.handle(d.conn, ToNode::RemoveRef(vec![arg]));
+    // Read while the peer has it: the pull is under way when it is lost.
+    h.st.handle(d.conn, ToNode::Subscribe(vec![r2]));
+    left_by(&mut h, &a, t2, 0);
+    assert_eq!(pulls(&a.take()), vec![r2]);
+    // A task of this node waits for the first result.
+    let mut reader = spec(&d, 3, ReturnKind::Fixed(1), 0);
+    reader.args = vec![TaskArg::Ref(r1)];
+    let t3 = reader.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(reader)));
+    assert_eq!(pulls(&a.take()), vec![r1]);
+    h.st.disconnect(a.conn, "node died");
+    // The task with a retry left runs again when a node that can joins;
+    // the one without has its result lost, naming the node.
+    let msgs = d.take();
+    match ready(&msgs, r2) {
+        Some(ObjectValue::Error(Error::ObjectLost(m))) => {
+            assert!(m.contains(&NodeId(0xa).to_string()) && m.contains("no retries left"), "{m}")
+        }
+        other => panic!("{other:?} in {msgs:?}"),
+    }
+    assert_eq!(ready(&msgs, r1), None);
+    assert_eq!(location(&h, arg), Some("INLINE"), "the argument stays for the new attempt");
+    let b = attach(&mut h, 0xb, cpus_x(1.0, 1.0));
+    let execs = b.take();
+    assert_eq!(executed_attempts(&execs), vec![(t1, 1)]);
+    let args: Vec<TaskArg> = execs
+        .iter()
+        .find_map(|m| if let FromNode::Execute(s) = m { Some(s.args.clone()) } else { None })
+        .expect("executed");
+    assert!(matches!(&args[..], [TaskArg::Object { id, .. }] if *id == arg), "{args:?}");
+    // Left again, on the new peer, and pulled from there for the reader.
+    left_by(&mut h, &b, t1, 1);
+    assert_eq!(pulls(&b.take()), vec![r1]);
+    pulled(&mut h, &b, r1, b"again");
+    assert_eq!(h.spawn_requests(), 1);
+    let w = h.worker();
+    assert_eq!(executed(&w.take()), vec![t3]);
+    assert_eq!(location(&h, arg), None, "the lineage went once its result was here");
+    // Its last retry spent: a second loss would fail it (nothing left there now).
+    h.st.disconnect(b.conn, "node died");
+    assert!(ready(&d.take(), r1).is_none());
+    assert_eq!(h.st.stats().tasks, 1, "only the reader");
+}

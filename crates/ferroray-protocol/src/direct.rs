@@ -839,7 +839,7 @@ impl ReportItemBuilder {
 /// `w::FromNode`: a case added there and not here is skipped, which the
 /// round-trip tests of every message catch.
 const TO_NODE_TAGS: std::ops::RangeInclusive<u32> = 1..=27;
-const FROM_NODE_TAGS: std::ops::RangeInclusive<u32> = 1..=17;
+const FROM_NODE_TAGS: std::ops::RangeInclusive<u32> = 1..=19;
 
 // One per frame being read, on the stack: boxing the spec would cost an
 // allocation per message.

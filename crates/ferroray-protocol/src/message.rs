@@ -73,6 +73,17 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// The offset of a `Shm` payload a peer node's link sends for a result
+    /// it left in its own node's store (pulled from there when read, the
+    /// cluster's `remote` step 8). No arena has an allocation there; only a
+    /// peer's connection may send it (the node takes it from no other).
+    pub const LEFT_ON_PEER: u64 = u64::MAX - 1;
+
+    /// Whether this is a result left on the peer that sent it.
+    pub fn is_left_on_peer(&self) -> bool {
+        matches!(self, Payload::Shm { offset: Payload::LEFT_ON_PEER, .. })
+    }
+
     pub fn len(&self) -> u64 {
         match self {
             Payload::Inline(b) => b.len() as u64,
@@ -599,6 +610,12 @@ pub enum FromNode {
         actor: ActorId,
         reaches: u64,
     },
+    /// To a peer node's link (the owner's side): results it left on its
+    /// node, now read here: send their bytes (`remote` step 8).
+    Pull(Vec<ObjectId>),
+    /// To a peer node's link (the owner's side): results it left on its
+    /// node that nothing here refers to any more: let them go there.
+    Forget(Vec<ObjectId>),
     /// The connection is being closed for this reason.
     Rejected(Error),
 }

@@ -1513,7 +1513,7 @@ impl TryFrom<ToNode> for m::ToNode {
 /// [`m::FromNode`]: one case per message.
 #[derive(Clone, PartialEq, Message)]
 pub struct FromNode {
-    #[prost(oneof = "FromNodeKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17")]
+    #[prost(oneof = "FromNodeKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19")]
     pub kind: Option<FromNodeKind>,
 }
 
@@ -1557,6 +1557,10 @@ pub enum FromNodeKind {
     KillActor(KillActor),
     #[prost(message, tag = "17")]
     HandleReleased(HandleReleased),
+    #[prost(message, tag = "18")]
+    Pull(ObjectIds),
+    #[prost(message, tag = "19")]
+    Forget(ObjectIds),
 }
 
 /// A proxy gone, for a peer's link (`FromNode::HandleReleased`).
@@ -1718,6 +1722,8 @@ impl From<m::FromNode> for FromNode {
             m::FromNode::HandleReleased { actor, reaches } => {
                 K::HandleReleased(HandleReleased { actor: Some(actor.0.into()), reaches })
             }
+            m::FromNode::Pull(ids) => K::Pull(object_ids(ids)),
+            m::FromNode::Forget(ids) => K::Forget(object_ids(ids)),
             m::FromNode::Tasks { req, events } => {
                 K::Tasks(Tasks { req, events: events.into_iter().map(Into::into).collect() })
             }
@@ -1787,6 +1793,8 @@ impl TryFrom<FromNode> for m::FromNode {
                 actor: c::ActorId(task_id(h.actor, "HandleReleased actor")?),
                 reaches: h.reaches,
             },
+            K::Pull(ids) => m::FromNode::Pull(object_ids_from_bytes(&ids.ids, "pulled object ids")?),
+            K::Forget(ids) => m::FromNode::Forget(object_ids_from_bytes(&ids.ids, "forgotten object ids")?),
             K::Tasks(t) => m::FromNode::Tasks {
                 req: t.req,
                 events: t.events.into_iter().map(TryInto::try_into).collect::<Result<_, FrameError>>()?,

@@ -245,6 +245,8 @@ fn every_from_node_message_round_trips() {
         FromNode::Revoke { task_ids: vec![tid(3)] },
         FromNode::KillActor { actor: ActorId(tid(4)), no_restart: true },
         FromNode::HandleReleased { actor: ActorId(tid(4)), reaches: 3 },
+        FromNode::Pull(vec![oid(1, 0), oid(2, 1)]),
+        FromNode::Forget(vec![oid(1, 0)]),
         FromNode::Tasks { req: 5, events },
         FromNode::Tasks { req: 6, events: vec![] },
         FromNode::StreamItem { task_id: tid(3), index: 0, value: None },

@@ -71,6 +71,7 @@ impl State {
             .take(max)
             .map(|(id, o)| {
                 let (location, size) = match &o.value {
+                    None if o.left.is_some() => ("ON_PEER", o.left.as_ref().map_or(0, |l| l.len)),
                     None => ("PENDING", 0),
                     Some(Stored::Inline { bytes, .. }) => ("INLINE", bytes.len() as u64),
                     Some(Stored::Shm { .. }) if self.store.is_spilled(*id) => {

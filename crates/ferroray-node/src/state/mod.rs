@@ -5,6 +5,9 @@
 //! - [`peers`]: connections, the hello and who a peer is, what it may see,
 //!   cancel or make; worker processes starting, exiting, idling out.
 //! - [`objects`]: the object directory and reference counting (below).
+//! - [`left`]: results left on the peer that made them: pulled when read,
+//!   made again from their task when that peer is lost (its own numbered
+//!   protocol, after `remote`'s).
 //! - [`tasks`]: the task lifecycle: submit, complete, retry, cancel.
 //! - [`scheduling`]: ready queues, leases, pipelining, blocked workers.
 //! - [`streams`]: generator streams (the protocol below).
@@ -82,6 +85,7 @@ mod actors;
 mod directory;
 mod inspect;
 mod jobs;
+mod left;
 mod objects;
 mod peers;
 mod remote;
@@ -378,6 +382,9 @@ struct Obj {
     /// Connections it was shown to (their `Conn::granted`), cleared when
     /// it is freed.
     granted_to: Vec<ConnId>,
+    /// Its bytes are on a peer that made it, not here (`left` step 8):
+    /// `value` stays `None` until they are pulled.
+    left: Option<left::Left>,
 }
 
 struct Task {
@@ -573,6 +580,9 @@ pub struct State {
     /// Functions the cluster's function table keeps (`tasks`, the function
     /// table): calls of them go to peers without their bytes.
     published: FxHashSet<FunctionId>,
+    /// What runs again a task whose results are left on a peer (`left`
+    /// step 11), by task.
+    lineage: FxHashMap<TaskId, left::Lineage>,
     /// Part of a cluster (`Node::enable_peers`): a task no node has the
     /// resources for yet waits for one to join rather than fail.
     peers_enabled: bool,
@@ -747,6 +757,7 @@ impl State {
             actor_spawns: 0,
             functions: FxHashMap::default(),
             published: FxHashSet::default(),
+            lineage: FxHashMap::default(),
             function_bytes: 0,
             peers_enabled: false,
             waiting_since: FxHashMap::default(),
@@ -801,7 +812,10 @@ impl State {
                             conn,
                             FromNode::ObjectReady { id, value: ObjectValue::Error(Error::ObjectLost(id.to_string())) },
                         ),
-                        Some(o) if o.value.is_none() => o.subscribers.push(conn),
+                        Some(o) if o.value.is_none() => {
+                            o.subscribers.push(conn);
+                            self.pull(id);
+                        }
                         Some(_) => self.send_ready(conn, id),
                     }
                 }

@@ -73,6 +73,8 @@ impl State {
         }
         if let Some(stored) = self.accept_value(conn, id, value) {
             self.set_value(id, stored);
+            // A pulled result (`left` step 9) may make tasks ready.
+            self.schedule();
         }
     }
 
@@ -174,7 +176,10 @@ impl State {
         if o.holders > 0 || o.liveness_pins > 0 {
             return;
         }
-        let o = self.objects.remove(&id).expect("checked above");
+        let mut o = self.objects.remove(&id).expect("checked above");
+        if let Some(left) = o.left.take() {
+            self.resolved(id, left);
+        }
         for conn in &o.granted_to {
             if let Some(c) = self.conns.get_mut(conn) {
                 c.granted.remove(&id);
@@ -221,8 +226,13 @@ impl State {
             _ => None,
         };
         o.value = Some(value);
+        let left = o.left.take();
         let subscribers = std::mem::take(&mut o.subscribers);
         let waiting = std::mem::take(&mut o.waiting);
+        // Pulled, or copied here another way (`left` steps 9 and 10).
+        if let Some(left) = left {
+            self.resolved(id, left);
+        }
         for s in subscribers {
             self.send_ready(s, id);
         }

@@ -269,7 +269,7 @@ impl State {
             self.driver_left(conn, c.worker_id, &outbox);
         }
         if let Some(r) = c.remote {
-            return self.peer_gone(conn, r.node, c.assigned, reason);
+            return self.peer_gone(conn, *r, c.assigned, reason);
         }
         if let Some(actor) = c.actor {
             let status = format!("worker pid={} exited unexpectedly ({reason})", c.pid);

@@ -84,6 +84,8 @@ pub(crate) struct Remote {
     /// before (for `others`).
     pub(super) peak: ResourceSet,
     pub(super) peak_before: ResourceSet,
+    /// Results it keeps for this node (`left` step 8), lost with it.
+    pub(super) left: FxHashSet<ObjectId>,
 }
 
 impl Remote {
@@ -212,6 +214,7 @@ impl State {
             others: ResourceSet::new(),
             peak: ResourceSet::new(),
             peak_before: ResourceSet::new(),
+            left: FxHashSet::default(),
         }));
         self.peers_enabled = true;
         self.proxies_linked(node);
@@ -399,7 +402,9 @@ impl State {
 
     /// Step 5: peer connection `conn` (node `node`) is gone with the tasks
     /// it ran (`assigned`); `reason` says why. Actors there restart.
-    pub(super) fn peer_gone(&mut self, conn: ConnId, node: NodeId, mut assigned: VecDeque<TaskId>, reason: &str) {
+    pub(super) fn peer_gone(&mut self, conn: ConnId, r: Remote, mut assigned: VecDeque<TaskId>, reason: &str) {
+        let node = r.node;
+        self.lose_left(conn, node, r.left);
         let on_it: Vec<ActorId> = self
             .actors
             .iter()

@@ -127,6 +127,8 @@ impl State {
         }
         let mut pending = 0;
         let mut failed = None;
+        // Arguments left on a peer (`left` step 9).
+        let mut pulls = Vec::new();
         for arg in &spec.args {
             if let TaskArg::Ref(oid) = arg {
                 match self.objects.get_mut(oid) {
@@ -137,6 +139,9 @@ impl State {
                             None => {
                                 o.waiting.push(id);
                                 pending += 1;
+                                if o.left.is_some() {
+                                    pulls.push(*oid);
+                                }
                             }
                             Some(Stored::Error(e)) => failed = Some(e.clone()),
                             Some(_) => {}
@@ -147,6 +152,9 @@ impl State {
         }
         for c in &spec.contained {
             self.pin_alive(*c);
+        }
+        for oid in pulls {
+            self.pull(oid);
         }
         // A task may name only objects its submitter may read (held or
         // shown to it): its worker is shown them in turn. A call's own
@@ -210,14 +218,7 @@ impl State {
         let current = self.tasks.get(&tid).is_some_and(|t| t.worker == Some(conn) && t.spec.attempt == attempt);
         if !current {
             // A stale attempt: drop whatever it stored.
-            if let TaskOutcome::Returned(values) = outcome {
-                for v in values {
-                    if let ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } = v {
-                        self.handle(conn, ToNode::Deallocate { offset });
-                    }
-                }
-            }
-            return;
+            return self.discard_outcome(conn, tid, outcome);
         }
         if let TaskOutcome::Failed(e) = &outcome {
             if self.peer_actor_died(conn, tid, e) {
@@ -227,7 +228,7 @@ impl State {
         self.release_worker(tid);
         let task = &self.tasks[&tid];
         if task.cancelled {
-            self.discard_outcome(conn, outcome);
+            self.discard_outcome(conn, tid, outcome);
             self.complete_task(tid, Err(Error::TaskCancelled));
         } else {
             match outcome {
@@ -240,11 +241,32 @@ impl State {
                             values.len(),
                             ids.len()
                         ));
-                        self.discard_outcome(conn, TaskOutcome::Returned(values));
+                        self.discard_outcome(conn, tid, TaskOutcome::Returned(values));
                         self.complete_task(tid, Err(e));
                     } else {
-                        let stored =
-                            ids.iter().zip(values).map(|(id, v)| self.accept_value(conn, *id, v)).collect::<Vec<_>>();
+                        let stored = ids
+                            .iter()
+                            .zip(values)
+                            .map(|(id, v)| match v {
+                                // Kept where it ran (`left` step 8).
+                                ObjectValue::Data { payload, contained, .. }
+                                    if payload.is_left_on_peer()
+                                        && contained.is_empty()
+                                        && self.leave(conn, *id, payload.len()) =>
+                                {
+                                    None
+                                }
+                                // A new attempt's result for an object
+                                // that has its value (`left` step 12).
+                                v if self.objects.get(id).is_some_and(|o| o.value.is_some()) => {
+                                    if let ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } = v {
+                                        self.handle(conn, ToNode::Deallocate { offset });
+                                    }
+                                    None
+                                }
+                                v => self.accept_value(conn, *id, v),
+                            })
+                            .collect::<Vec<_>>();
                         self.complete_task(tid, Ok(stored));
                     }
                 }
@@ -291,13 +313,24 @@ impl State {
         self.schedule();
     }
 
-    pub(super) fn discard_outcome(&mut self, conn: ConnId, outcome: TaskOutcome) {
-        if let TaskOutcome::Returned(values) = outcome {
-            for v in values {
-                if let ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } = v {
+    /// Drops what an outcome of task `tid` stored: its allocations here,
+    /// its results left on a peer (`left` step 10).
+    pub(super) fn discard_outcome(&mut self, conn: ConnId, tid: TaskId, outcome: TaskOutcome) {
+        let TaskOutcome::Returned(values) = outcome else { return };
+        let mut forget = Vec::new();
+        for (i, v) in values.into_iter().enumerate() {
+            match v {
+                ObjectValue::Data { payload, .. } if payload.is_left_on_peer() => {
+                    forget.push(ObjectId::for_return(tid, i as u32));
+                }
+                ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } => {
                     self.handle(conn, ToNode::Deallocate { offset });
                 }
+                _ => {}
             }
+        }
+        if !forget.is_empty() && self.conns.get(&conn).is_some_and(|c| c.remote.is_some()) {
+            self.send(conn, FromNode::Forget(forget));
         }
     }
 
@@ -380,16 +413,25 @@ impl State {
                 }
             }
         }
-        for arg in &task.spec.args {
+        // A task with results left on a peer keeps its arguments while
+        // it may have to run again (`left` step 11).
+        if !self.keep_lineage(&task.spec, task.retries_left, task.pool) {
+            self.release_args(&task.spec);
+        }
+        for index in 0..task.dynamic_digests.len() as u32 {
+            self.unpin_alive(ObjectId::for_item(tid, index));
+        }
+    }
+
+    /// Lets go of the liveness pins a task's arguments took at `submit`.
+    pub(super) fn release_args(&mut self, spec: &TaskSpec) {
+        for arg in &spec.args {
             if let TaskArg::Ref(id) | TaskArg::Object { id, .. } = arg {
                 self.unpin_alive(*id);
             }
         }
-        for c in &task.spec.contained {
+        for c in &spec.contained {
             self.unpin_alive(*c);
-        }
-        for index in 0..task.dynamic_digests.len() as u32 {
-            self.unpin_alive(ObjectId::for_item(tid, index));
         }
     }
 

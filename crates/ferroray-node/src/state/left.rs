@@ -1,0 +1,211 @@
+//! Results left on peers: a large result of a task that ran on a peer node
+//! stays in that node's store until something here reads it, and is made
+//! again from its task if that node is lost before (lineage, as Ray's
+//! object reconstruction). The protocol, with `remote`'s steps 1 to 7:
+//!
+//! 8. The peer's link leaves a result in its node's store when it is
+//!    shared memory of at least the link's threshold and names no objects
+//!    (a task's, not an actor's: an actor's results are not made again).
+//!    Its `TaskDone` names it by a `Shm` payload at
+//!    `Payload::LEFT_ON_PEER`, which only a peer's connection may send
+//!    (`leave`). The object then has no value here (`Obj::value` stays
+//!    `None`, so every reader waits as for a pending object) and a
+//!    [`Left`] naming the connection; the peer's `Remote::left` indexes it.
+//! 9. The first reader (a `Subscribe`, a task taking it as an argument)
+//!    pulls it: `FromNode::Pull` to the peer's connection, once per object
+//!    (`Left::pulling`), so readers share one transfer. The link answers
+//!    with a copy (`ToNode::Import`, then its `RemoveRef`): the value is
+//!    set as any other (`set_value`), which wakes every reader, and the
+//!    object is no longer left (`resolved`), which tells the peer to let
+//!    its copy go (`FromNode::Forget`). The peer keeps it until then, so a
+//!    task sent there naming it before (step 13) finds it.
+//! 10. An object freed while left is forgotten there too (`Forget`); if a
+//!     pull is under way, the link lets its copy go once sent, and the
+//!     copy lands here for nobody and goes with its `RemoveRef`.
+//! 11. While any result of a task is left, the task's spec, its retries
+//!     left and its workers' pool are kept ([`Lineage`]), with its
+//!     arguments' liveness pins (the task's own, carried over from
+//!     `complete_task`), so it can run again. The last of them pulled or
+//!     freed drops the lineage and the pins.
+//! 12. When the peer is lost (`lose_left`, from `peer_gone`), each object
+//!     left there is made again: its task is submitted again as a retry
+//!     (same task id, so the same return ids; one of its retries spent),
+//!     waiting for arguments that are themselves being made again, and its
+//!     readers go on waiting. A task with no retries left, or whose lineage
+//!     is gone, sets `ObjectLost` naming the node. A result of the new
+//!     attempt whose object has a value by then (pulled before the loss) is
+//!     dropped (`task_done`).
+//!
+//! Who may observe the states in between: a reader subscribing while a pull
+//! is under way joins it (step 9); a free racing a pull is step 10; a loss
+//! racing a pull drops the pull with the connection (its `Left` is cleared
+//! first, so the copy never lands); a loss of a peer that also ran the new
+//! attempt retries it as any task (`remote` step 5).
+
+use super::*;
+use ferroray_common::NodeId;
+
+/// A result left on a peer (step 8).
+pub(super) struct Left {
+    /// The peer's connection, whose node keeps the bytes.
+    pub(super) conn: ConnId,
+    /// Asked for (step 9): later readers wait for the same copy.
+    pub(super) pulling: bool,
+    /// Its size, for listings.
+    pub(super) len: u64,
+}
+
+/// What runs a task again (step 11).
+pub(super) struct Lineage {
+    pub(super) spec: TaskSpec,
+    pub(super) retries_left: u32,
+    pub(super) pool: Pool,
+    /// Its results still left on a peer.
+    pub(super) left: u32,
+}
+
+impl State {
+    /// Step 8: the `TaskDone` of `conn` names result `id` as left there.
+    /// False if `conn` is no peer (the caller then takes the value as any
+    /// other, and refuses it).
+    pub(super) fn leave(&mut self, conn: ConnId, id: ObjectId, len: u64) -> bool {
+        if self.conns.get(&conn).is_none_or(|c| c.remote.is_none()) {
+            return false;
+        }
+        let wanted = self.objects.get(&id).is_some_and(|o| o.value.is_none() && o.left.is_none());
+        if !wanted {
+            // Nobody refers to it, or a retry's result for an object that
+            // has its value (step 12).
+            self.send(conn, FromNode::Forget(vec![id]));
+            return true;
+        }
+        let o = self.objects.get_mut(&id).expect("checked above");
+        o.left = Some(Left { conn, pulling: false, len });
+        let read = !o.subscribers.is_empty() || !o.waiting.is_empty();
+        if let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.remote.as_mut()) {
+            r.left.insert(id);
+        }
+        if read {
+            self.pull(id);
+        }
+        true
+    }
+
+    /// Step 9: asks for `id`'s bytes if it is left and not asked for yet.
+    pub(super) fn pull(&mut self, id: ObjectId) {
+        let Some(left) = self.objects.get_mut(&id).and_then(|o| o.left.as_mut()) else { return };
+        if !left.pulling {
+            left.pulling = true;
+            let conn = left.conn;
+            self.send(conn, FromNode::Pull(vec![id]));
+        }
+    }
+
+    /// Steps 9 and 10: `id` is no longer left (`left` was its record): it
+    /// has its value here, or it is freed.
+    pub(super) fn resolved(&mut self, id: ObjectId, left: Left) {
+        if let Some(r) = self.conns.get_mut(&left.conn).and_then(|c| c.remote.as_mut()) {
+            r.left.remove(&id);
+        }
+        self.send(left.conn, FromNode::Forget(vec![id]));
+        self.lineage_left_one(id.task);
+    }
+
+    fn lineage_left_one(&mut self, tid: TaskId) {
+        let Some(l) = self.lineage.get_mut(&tid) else { return };
+        l.left = l.left.saturating_sub(1);
+        if l.left == 0 {
+            let l = self.lineage.remove(&tid).expect("found above");
+            self.release_args(&l.spec);
+        }
+    }
+
+    /// Step 11, from `complete_task`: keeps what runs task `spec` again if
+    /// any of its results is left; true if it did (it then holds the
+    /// arguments' pins).
+    pub(super) fn keep_lineage(&mut self, spec: &TaskSpec, retries_left: u32, pool: Pool) -> bool {
+        let left = spec.return_ids().filter(|id| self.objects.get(id).is_some_and(|o| o.left.is_some())).count();
+        if left == 0 || spec.actor.is_some() {
+            return false;
+        }
+        let lineage = Lineage { spec: spec.clone(), retries_left, pool, left: left as u32 };
+        self.lineage.insert(spec.task_id, lineage);
+        true
+    }
+
+    /// Step 12: peer `node` (connection `conn`) is gone with the objects
+    /// it kept for this node.
+    pub(super) fn lose_left(&mut self, conn: ConnId, node: NodeId, left: FxHashSet<ObjectId>) {
+        let mut lost: Vec<ObjectId> = left.into_iter().collect();
+        lost.sort_unstable();
+        // Every record goes first, so a task made again that takes another
+        // lost object as an argument waits for it.
+        lost.retain(|id| {
+            let Some(o) = self.objects.get_mut(id) else { return false };
+            o.left.take_if(|l| l.conn == conn).is_some()
+        });
+        let mut tasks: Vec<TaskId> = lost.iter().map(|id| id.task).collect();
+        tasks.dedup();
+        for tid in tasks {
+            let ids: Vec<ObjectId> = lost.iter().copied().filter(|id| id.task == tid).collect();
+            self.make_again(tid, &ids, node);
+        }
+    }
+
+    /// Step 12 for one task, whose results `ids` were lost on `node`.
+    fn make_again(&mut self, tid: TaskId, ids: &[ObjectId], node: NodeId) {
+        let mut l = match self.lineage.remove(&tid) {
+            Some(l) if l.retries_left > 0 && !self.tasks.contains_key(&tid) => l,
+            other => {
+                if let Some(l) = other {
+                    self.release_args(&l.spec);
+                }
+                let cause = format!(
+                    "it lived only on node {node}, which is gone, and task {tid} that made it has no retries left \
+                     to make it again"
+                );
+                for id in ids {
+                    self.set_value(*id, Stored::Error(Error::ObjectLost(format!("{id}: {cause}"))));
+                }
+                return;
+            }
+        };
+        if l.retries_left != u32::MAX {
+            l.retries_left -= 1;
+        }
+        l.spec.attempt += 1;
+        let mut pending = 0;
+        let mut failed = None;
+        for arg in &l.spec.args {
+            if let TaskArg::Ref(oid) = arg {
+                match self.objects.get_mut(oid) {
+                    Some(o) => match &o.value {
+                        None => {
+                            o.waiting.push(tid);
+                            pending += 1;
+                        }
+                        Some(Stored::Error(e)) => failed = Some(e.clone()),
+                        Some(_) => {}
+                    },
+                    None => failed = Some(Error::ObjectLost(oid.to_string())),
+                }
+            }
+        }
+        let waiting: Vec<ObjectId> =
+            l.spec.args.iter().filter_map(|a| if let TaskArg::Ref(oid) = a { Some(*oid) } else { None }).collect();
+        let mut task = Task::new(l.spec, pending, l.retries_left);
+        task.pool = l.pool;
+        self.tasks.insert(tid, task);
+        let why = format!("its result lived only on node {node}, which is gone: running it again");
+        self.record(tid, TaskState::Retrying, None, Some(why));
+        if let Some(e) = failed {
+            return self.complete_task(tid, Err(e));
+        }
+        for oid in waiting {
+            self.pull(oid);
+        }
+        if pending == 0 {
+            self.enqueue(tid);
+        }
+    }
+}

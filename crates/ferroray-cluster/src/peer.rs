@@ -1079,13 +1079,24 @@ impl Named {
 }
 
 impl Gathering {
+    /// Whether an argument names `id`, a result left on the peer (step 6).
+    fn names_left(&self, id: ObjectId) -> bool {
+        self.spec
+            .args
+            .iter()
+            .any(|a| matches!(a, TaskArg::Object { id: x, payload, .. } if *x == id && payload.is_left_on_peer()))
+    }
+
     /// Gives back the store pins of what was gathered (the task goes no
     /// further), and the task.
     fn release(self, conn: &NodeOut) -> TaskSpec {
         let mut unpin: Vec<ObjectId> = self.named.got.iter().filter(|(_, v)| is_shm(v)).map(|(id, _)| *id).collect();
         for arg in &self.spec.args {
-            if let TaskArg::Object { id, payload: Payload::Shm { .. }, .. } = arg {
-                unpin.push(*id);
+            if let TaskArg::Object { id, payload: payload @ Payload::Shm { .. }, .. } = arg {
+                // One left on the peer is not pinned here (step 6).
+                if !payload.is_left_on_peer() {
+                    unpin.push(*id);
+                }
             }
         }
         if !unpin.is_empty() {
@@ -1132,6 +1143,9 @@ async fn outgoing(
     let out = NodeOut::new(conn);
     let mut from_peer = spawn_reader::<_, FromPeer>(read, lander.clone());
     let mut gathering: HashMap<TaskId, Gathering> = HashMap::new();
+    // The node's `Forget`s of results left there that a task being
+    // gathered names (step 6): sent once it went.
+    let mut forgets: Vec<ObjectId> = Vec::new();
     let mut lent = Lent::default();
     let mut pending = VecDeque::from([first]);
     let closed = 'link: loop {
@@ -1142,7 +1156,16 @@ async fn outgoing(
                 if let FromNode::Execute(spec) = &msg {
                     send_reaches(&ctx.node, peer.node, &mut writer, spec, &mut lent, &out).await?;
                 }
-                owner_node_msg(&out, &arena, &mut writer, &mut gathering, &mut cache, msg).await?;
+                owner_node_msg(&out, &arena, &mut writer, &mut gathering, &mut cache, &mut forgets, msg).await?;
+                if !forgets.is_empty() {
+                    // Those no task being gathered names any more.
+                    let now: Vec<ObjectId> =
+                        forgets.iter().copied().filter(|id| !gathering.values().any(|g| g.names_left(*id))).collect();
+                    if !now.is_empty() {
+                        forgets.retain(|id| !now.contains(id));
+                        writer.send_node::<ToPeer>(ToNode::RemoveRef(now)).await?;
+                    }
+                }
             }
             loop {
                 match from_peer.try_recv() {
@@ -1396,6 +1419,7 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
     writer: &mut Writer<W>,
     gathering: &mut HashMap<TaskId, Gathering>,
     cache: &mut Cache<Kept>,
+    forgets: &mut Vec<ObjectId>,
     msg: FromNode,
 ) -> Result<()> {
     match msg {
@@ -1492,7 +1516,16 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
         }
         // Step 6: results left there, read here or let go.
         FromNode::Pull(ids) => writer.send_node::<ToPeer>(ToNode::Subscribe(ids)).await?,
-        FromNode::Forget(ids) => writer.send_node::<ToPeer>(ToNode::RemoveRef(ids)).await?,
+        FromNode::Forget(ids) => {
+            // A task still gathered names it: the peer must keep it for
+            // that task, which goes first.
+            let (later, now): (Vec<ObjectId>, Vec<ObjectId>) =
+                ids.into_iter().partition(|id| gathering.values().any(|g| g.names_left(*id)));
+            forgets.extend(later);
+            if !now.is_empty() {
+                writer.send_node::<ToPeer>(ToNode::RemoveRef(now)).await?;
+            }
+        }
         FromNode::Rejected(e) => return Err(ClusterError::Node(e)),
         _ => {}
     }
@@ -1567,6 +1600,10 @@ async fn send_task<W: AsyncWrite + Unpin>(
     for arg in spec.args.iter_mut() {
         let TaskArg::Object { id, payload, encoding } = arg else { continue };
         let id = *id;
+        if payload.is_left_on_peer() {
+            // Already there (step 6): the link there names its own copy.
+            continue;
+        }
         let Payload::Shm { len, .. } = *payload else {
             // Inline: in the message itself.
             *arg = TaskArg::Value { payload: payload.clone(), encoding: *encoding };
@@ -2142,6 +2179,18 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
         for arg in spec.args.iter_mut() {
             if let TaskArg::Object { id: theirs, payload: Payload::Shm { offset, len }, encoding } = arg {
                 let (theirs, offset, len, encoding) = (*theirs, *offset, *len, *encoding);
+                if offset == Payload::LEFT_ON_PEER {
+                    // A result left here (step 6), kept until the owner
+                    // forgets it, which comes after this task.
+                    match self.left.get(&theirs) {
+                        Some(here) => *arg = TaskArg::Ref(*here),
+                        None => {
+                            let e = Error::ObjectLost(format!("{theirs}: this node no longer keeps it"));
+                            refused.get_or_insert(e);
+                        }
+                    }
+                    continue;
+                }
                 if offset == CACHED {
                     // Kept here by an earlier task.
                     let Some(here) = self.cache.get(theirs).copied() else {

@@ -87,6 +87,11 @@ fn made_where(n: usize, mark: String) -> (Buffer, String) {
 }
 
 #[ferroray::remote]
+fn length_where(made: (Buffer, String)) -> (usize, String) {
+    (made.0.len(), ferroray::node_id().unwrap())
+}
+
+#[ferroray::remote]
 fn chunks(n: usize, size: usize) -> impl Iterator<Item = Buffer> {
     (0..n).map(move |i| Buffer::new(vec![i as u8; size]))
 }
@@ -700,6 +705,10 @@ fn tasks_objects_and_streams_cross_nodes() {
     };
     wait_for("both results left on F", Duration::from_secs(20), || on_peer() == 2);
     assert_eq!(read_mark(&runs).lines().collect::<Vec<_>>(), vec![f.as_str(), f.as_str()]);
+    // A task reading one runs where it is, which has room: nothing moves.
+    let (n, ran) = length_where::remote(&again).get().unwrap();
+    assert_eq!((n, ran.as_str()), (8 << 20, f.as_str()));
+    assert_eq!(on_peer(), 2);
     unsafe { libc::kill(s.pid_of(&f) as i32, libc::SIGKILL) };
     match lost.get_timeout(Duration::from_secs(20)) {
         Err(ferroray::Error::ObjectLost(m)) => assert!(m.contains(&f) && m.contains("no retries left"), "{m}"),

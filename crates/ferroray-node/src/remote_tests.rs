@@ -1651,15 +1651,20 @@ fn a_result_left_on_a_peer_is_pulled_once_for_all_its_readers_and_forgotten_when
     h.st.handle(d.conn, ToNode::RemoveRef(vec![arg]));
     assert_eq!(location(&h, arg), Some("INLINE"));
     // The first reader pulls it; a second one and a task taking it as an
-    // argument wait for the same copy.
+    // argument (which cannot go to the peer: it is busy) wait for the same
+    // copy.
     h.st.handle(d.conn, ToNode::Subscribe(vec![r1]));
     h.st.handle(d.conn, ToNode::Subscribe(vec![r1]));
+    let (busy, _) = submit(&mut h, &d, x_spec(&d, 9, 0));
     let mut reader = spec(&d, 2, ReturnKind::Fixed(1), 0);
     reader.args = vec![TaskArg::Ref(r1)];
     let t2 = reader.task_id;
     h.st.handle(d.conn, ToNode::Submit(Box::new(reader)));
-    assert_eq!(pulls(&p.take()), vec![r1], "one pull for three readers");
+    let msgs = p.take();
+    assert_eq!(executed(&msgs), vec![busy]);
+    assert_eq!(pulls(&msgs), vec![r1], "one pull for three readers");
     assert_eq!(ready(&d.take(), r1), None);
+    returned(&mut h, &p, busy, 0, b"");
     assert_eq!(h.spawn_requests(), 0, "the reading task waits for its argument");
     pulled(&mut h, &p, r1, b"big");
     let msgs = d.take();
@@ -1714,12 +1719,14 @@ fn a_result_lost_with_its_peer_is_made_again_by_its_task_or_lost_without_retries
     h.st.handle(d.conn, ToNode::Subscribe(vec![r2]));
     left_by(&mut h, &a, t2, 0);
     assert_eq!(pulls(&a.take()), vec![r2]);
-    // A task of this node waits for the first result.
-    let mut reader = spec(&d, 3, ReturnKind::Fixed(1), 0);
+    // A task reading the first result goes where it is (`left` step 13).
+    let mut reader = spec(&d, 3, ReturnKind::Fixed(1), 1);
     reader.args = vec![TaskArg::Ref(r1)];
     let t3 = reader.task_id;
     h.st.handle(d.conn, ToNode::Submit(Box::new(reader)));
-    assert_eq!(pulls(&a.take()), vec![r1]);
+    let msgs = a.take();
+    assert!(pulls(&msgs).is_empty() && executed(&msgs) == vec![t3], "{msgs:?}");
+    // Lost with the peer, it waits here for the result made again.
     h.st.disconnect(a.conn, "node died");
     // The task with a retry left runs again when a node that can joins;
     // the one without has its result lost, naming the node.
@@ -1752,4 +1759,49 @@ fn a_result_lost_with_its_peer_is_made_again_by_its_task_or_lost_without_retries
     h.st.disconnect(b.conn, "node died");
     assert!(ready(&d.take(), r1).is_none());
     assert_eq!(h.st.stats().tasks, 1, "only the reader");
+}
+
+#[test]
+fn a_task_whose_argument_is_left_on_a_peer_goes_there_or_waits_for_it_here() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let p = attach(&mut h, 1, cpus_x(1.0, 1.0));
+    let s = x_spec(&d, 1, 0);
+    let (t1, r1) = (s.task_id, ObjectId::for_return(s.task_id, 0));
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    assert_eq!(executed(&p.take()), vec![t1]);
+    left_by(&mut h, &p, t1, 0);
+    // A plain task reading it goes to the peer that has it, which has
+    // room: nothing is pulled, and it names the peer's copy.
+    let mut there = spec(&d, 2, ReturnKind::Fixed(1), 0);
+    there.args = vec![TaskArg::Ref(r1)];
+    let t2 = there.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(there)));
+    let msgs = p.take();
+    assert!(pulls(&msgs).is_empty(), "{msgs:?}");
+    let sent = msgs.iter().find_map(|m| if let FromNode::Execute(s) = m { Some(s.clone()) } else { None });
+    let sent = sent.expect("executed there");
+    assert_eq!(sent.task_id, t2);
+    match &sent.args[..] {
+        [TaskArg::Object { id, payload, .. }] => assert!(*id == r1 && payload.is_left_on_peer(), "{payload:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.spawn_requests(), 0);
+    // The peer busy: the next reader waits for it here instead.
+    let mut here = spec(&d, 3, ReturnKind::Fixed(1), 0);
+    here.args = vec![TaskArg::Ref(r1)];
+    let t3 = here.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(here)));
+    assert_eq!(pulls(&p.take()), vec![r1]);
+    assert_eq!(h.spawn_requests(), 0);
+    pulled(&mut h, &p, r1, b"big");
+    assert_eq!(forgets(&p.take()), vec![r1]);
+    assert_eq!(h.spawn_requests(), 1);
+    let w = h.worker();
+    let msgs = w.take();
+    assert_eq!(executed(&msgs), vec![t3]);
+    // The one sent there ends as any; the result is here now.
+    returned(&mut h, &p, t2, 0, b"2");
+    h.st.handle(d.conn, ToNode::Subscribe(vec![r1]));
+    assert_eq!(ready(&d.take(), r1), Some(&inline(b"big")));
 }

@@ -36,6 +36,15 @@
 //!     attempt whose object has a value by then (pulled before the loss) is
 //!     dropped (`task_done`).
 //!
+//! 13. A task whose arguments are left on one peer goes there rather than
+//!     pulling them (`wait_for_args`: a task, not an actor's, of the
+//!     peer's program, that the peer's total fits, not from a peer, not
+//!     naming a stream): it does not wait for them, and the scheduler
+//!     places it on that peer if it has room now (`schedule`); the
+//!     arguments go as `Payload::LEFT_ON_PEER`, which the link there turns
+//!     into its own objects. Without room there, it waits for them here
+//!     instead (`wait_here`), as any task: pulled, then placed anywhere.
+//!
 //! Who may observe the states in between: a reader subscribing while a pull
 //! is under way joins it (step 9); a free racing a pull is step 10; a loss
 //! racing a pull drops the pull with the connection (its `Left` is cleared
@@ -51,8 +60,10 @@ pub(super) struct Left {
     pub(super) conn: ConnId,
     /// Asked for (step 9): later readers wait for the same copy.
     pub(super) pulling: bool,
-    /// Its size, for listings.
+    /// Its size, for listings, and its encoding, for a task sent where it
+    /// is (step 13).
     pub(super) len: u64,
+    pub(super) encoding: Encoding,
 }
 
 /// What runs a task again (step 11).
@@ -68,7 +79,7 @@ impl State {
     /// Step 8: the `TaskDone` of `conn` names result `id` as left there.
     /// False if `conn` is no peer (the caller then takes the value as any
     /// other, and refuses it).
-    pub(super) fn leave(&mut self, conn: ConnId, id: ObjectId, len: u64) -> bool {
+    pub(super) fn leave(&mut self, conn: ConnId, id: ObjectId, len: u64, encoding: Encoding) -> bool {
         if self.conns.get(&conn).is_none_or(|c| c.remote.is_none()) {
             return false;
         }
@@ -80,7 +91,7 @@ impl State {
             return true;
         }
         let o = self.objects.get_mut(&id).expect("checked above");
-        o.left = Some(Left { conn, pulling: false, len });
+        o.left = Some(Left { conn, pulling: false, len, encoding });
         let read = !o.subscribers.is_empty() || !o.waiting.is_empty();
         if let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.remote.as_mut()) {
             r.left.insert(id);
@@ -174,38 +185,101 @@ impl State {
             l.retries_left -= 1;
         }
         l.spec.attempt += 1;
-        let mut pending = 0;
-        let mut failed = None;
-        for arg in &l.spec.args {
-            if let TaskArg::Ref(oid) = arg {
-                match self.objects.get_mut(oid) {
-                    Some(o) => match &o.value {
-                        None => {
-                            o.waiting.push(tid);
-                            pending += 1;
-                        }
-                        Some(Stored::Error(e)) => failed = Some(e.clone()),
-                        Some(_) => {}
-                    },
-                    None => failed = Some(Error::ObjectLost(oid.to_string())),
-                }
-            }
-        }
-        let waiting: Vec<ObjectId> =
-            l.spec.args.iter().filter_map(|a| if let TaskArg::Ref(oid) = a { Some(*oid) } else { None }).collect();
+        let (pending, failed, at_peer) = self.wait_for_args(tid, &l.spec, l.pool, true);
         let mut task = Task::new(l.spec, pending, l.retries_left);
         task.pool = l.pool;
+        task.at_peer = at_peer;
         self.tasks.insert(tid, task);
         let why = format!("its result lived only on node {node}, which is gone: running it again");
         self.record(tid, TaskState::Retrying, None, Some(why));
         if let Some(e) = failed {
             return self.complete_task(tid, Err(e));
         }
-        for oid in waiting {
-            self.pull(oid);
-        }
         if pending == 0 {
             self.enqueue(tid);
         }
+    }
+
+    /// Registers task `tid` (`spec`, of `pool`) with each `Ref` argument it
+    /// waits for, pulling those left on a peer, and returns how many, the
+    /// error of a failed or unknown one, and (step 13, if `may_go` and the
+    /// task may) the peer it goes to instead of waiting for the arguments
+    /// left there. Liveness pins are the caller's.
+    pub(super) fn wait_for_args(
+        &mut self,
+        tid: TaskId,
+        spec: &TaskSpec,
+        pool: Pool,
+        may_go: bool,
+    ) -> (usize, Option<Error>, Option<ConnId>) {
+        let mut failed = None;
+        // Where the arguments left on a peer are: none, one peer, or
+        // several (`Some(None)`).
+        let mut left_on: Option<Option<ConnId>> = None;
+        for arg in &spec.args {
+            let TaskArg::Ref(oid) = arg else { continue };
+            match self.objects.get(oid) {
+                None => failed = Some(Error::ObjectLost(oid.to_string())),
+                Some(o) => match (&o.value, &o.left) {
+                    (Some(Stored::Error(e)), _) => failed = Some(e.clone()),
+                    (None, Some(l)) => {
+                        left_on = Some(match left_on {
+                            None => Some(l.conn),
+                            Some(Some(p)) if p == l.conn => Some(p),
+                            _ => None,
+                        })
+                    }
+                    _ => {}
+                },
+            }
+        }
+        let at_peer = left_on.flatten().filter(|p| {
+            may_go
+                && failed.is_none()
+                && spec.actor.is_none()
+                && !remote::stays_here(spec, &self.streams)
+                && self
+                    .conns
+                    .get(p)
+                    .and_then(|c| c.remote.as_ref())
+                    .is_some_and(|r| r.program == pool.program && spec.resources.fits_in(&r.total))
+        });
+        let mut pending = 0;
+        let mut pulls = Vec::new();
+        for arg in &spec.args {
+            let TaskArg::Ref(oid) = arg else { continue };
+            let Some(o) = self.objects.get_mut(oid) else { continue };
+            if o.value.is_some() || (at_peer.is_some() && o.left.as_ref().map(|l| l.conn) == at_peer) {
+                continue;
+            }
+            o.waiting.push(tid);
+            pending += 1;
+            pulls.push(*oid);
+        }
+        for oid in pulls {
+            self.pull(oid);
+        }
+        (pending, failed, at_peer)
+    }
+
+    /// Step 13: task `tid` cannot go to the peer that keeps its arguments
+    /// (no room there now, or that peer is gone): it waits for them here.
+    /// True if it is ready at once (queued again; the caller schedules).
+    pub(super) fn wait_here(&mut self, tid: TaskId) -> bool {
+        let Some(task) = self.tasks.get_mut(&tid) else { return false };
+        task.at_peer = None;
+        let (spec, pool) = (task.spec.clone(), task.pool);
+        let (pending, failed, _) = self.wait_for_args(tid, &spec, pool, false);
+        if let Some(e) = failed {
+            self.complete_task(tid, Err(e));
+            return false;
+        }
+        let Some(task) = self.tasks.get_mut(&tid) else { return false };
+        task.pending_deps = pending;
+        if pending == 0 {
+            self.enqueue(tid);
+            return true;
+        }
+        false
     }
 }

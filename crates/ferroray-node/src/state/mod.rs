@@ -412,6 +412,9 @@ struct Task {
     from_peer: bool,
     /// The workers it runs on: its function's kind, its submitter's program.
     pool: Pool,
+    /// The peer that keeps the arguments it did not wait for (`left` step
+    /// 13): it runs there if that peer has room, else it waits for them here.
+    at_peer: Option<ConnId>,
 }
 
 impl Task {
@@ -431,6 +434,7 @@ impl Task {
             order: 0,
             from_peer: false,
             pool: Pool::own(WorkerKind::Rust),
+            at_peer: None,
         }
     }
 }

@@ -54,8 +54,14 @@ impl State {
     /// Starts every ready task that has resources and a worker; asks for more
     /// workers when tasks could run but no worker is idle.
     pub fn schedule(&mut self) {
+        // A pass may queue tasks again (`left` step 13): once more for them.
+        while self.schedule_pass() {}
+    }
+
+    /// One pass of `schedule`; true if it queued tasks again.
+    fn schedule_pass(&mut self) -> bool {
         if self.shutting_down {
-            return;
+            return false;
         }
         self.place_unplaced();
         let mut tentative = self.available.clone();
@@ -90,6 +96,8 @@ impl State {
         let mut queue_rooms: Option<Vec<(ConnId, ResourceSet)>> = None;
         let conns = &self.conns;
         let mut to_peers = Vec::new();
+        // Tasks that cannot go where their arguments are (`left` step 13).
+        let mut wait_here = Vec::new();
         let mut waiting = Vec::new();
         let total = &self.total;
         let streams = &self.streams;
@@ -101,8 +109,23 @@ impl State {
             }
             let mut i = 0;
             while i < queue.len() && want_workers.total() < self.max_workers {
-                if !self.tasks.contains_key(&queue[i]) {
+                let Some(task) = self.tasks.get(&queue[i]) else {
                     queue.remove(i);
+                    continue;
+                };
+                // Its arguments are on a peer: there if it has room.
+                if let Some(p) = task.at_peer {
+                    let tid = queue.remove(i).expect("index checked");
+                    match rooms.iter_mut().find(|(c, room)| *c == p && shape.fits_in(room)) {
+                        Some((_, room)) => {
+                            room.subtract(shape);
+                            if let Some(q) = queue_rooms.as_mut() {
+                                remote::take_queue_room(q, p, shape);
+                            }
+                            to_peers.push((tid, p));
+                        }
+                        None => wait_here.push(tid),
+                    }
                     continue;
                 }
                 if !shape.fits_in(&tentative) {
@@ -181,6 +204,10 @@ impl State {
             }
         }
         self.ready.retain(|(_, q)| !q.is_empty());
+        let mut again = false;
+        for tid in wait_here {
+            again |= self.wait_here(tid);
+        }
         for (tid, w) in dispatches {
             self.assign(tid, w, true);
         }
@@ -226,7 +253,7 @@ impl State {
             }
         }
         if want_workers.iter().all(|(p, n)| *n <= self.starting[*p]) {
-            return;
+            return again;
         }
         let starting = self.starting.total();
         // Workers in the count: all but the dying, and those whose task
@@ -263,13 +290,14 @@ impl State {
             let mut to_start = want.saturating_sub(self.starting[pool]);
             while to_start > 0 && room > 0 {
                 if self.spawn.send(PoolCmd::Spawn { pool, actor: None }).is_err() {
-                    return;
+                    return again;
                 }
                 self.starting[pool] += 1;
                 to_start -= 1;
                 room -= 1;
             }
         }
+        again
     }
 
     /// Starts workers of `pool` until [`SPARE_WORKERS`] of them are
@@ -344,6 +372,12 @@ impl State {
                 inline_budget = inline_budget.saturating_sub(b.len());
             }
             if let TaskArg::Ref(id) = *arg {
+                // Left on this peer: it names its own copy (`left` step 13).
+                if let Some(l) = self.objects.get(&id).and_then(|o| o.left.as_ref()).filter(|l| l.conn == worker) {
+                    let payload = Payload::Shm { offset: Payload::LEFT_ON_PEER, len: l.len };
+                    *arg = TaskArg::Object { id, payload, encoding: l.encoding };
+                    continue;
+                }
                 let payload = match self.objects.get(&id).and_then(|o| o.value.as_ref()) {
                     // A ref list's value is its ids: the worker fetches it
                     // whole (`TaskArg::Object` carries no ids).

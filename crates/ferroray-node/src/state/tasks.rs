@@ -125,37 +125,19 @@ impl State {
         if let Some(parent) = spec.parent {
             self.children.entry(parent).or_default().push(id);
         }
-        let mut pending = 0;
-        let mut failed = None;
-        // Arguments left on a peer (`left` step 9).
-        let mut pulls = Vec::new();
         for arg in &spec.args {
             if let TaskArg::Ref(oid) = arg {
-                match self.objects.get_mut(oid) {
-                    None => failed = Some(Error::ObjectLost(oid.to_string())),
-                    Some(o) => {
-                        o.liveness_pins += 1;
-                        match &o.value {
-                            None => {
-                                o.waiting.push(id);
-                                pending += 1;
-                                if o.left.is_some() {
-                                    pulls.push(*oid);
-                                }
-                            }
-                            Some(Stored::Error(e)) => failed = Some(e.clone()),
-                            Some(_) => {}
-                        }
-                    }
-                }
+                self.pin_alive(*oid);
             }
         }
         for c in &spec.contained {
             self.pin_alive(*c);
         }
-        for oid in pulls {
-            self.pull(oid);
-        }
+        // Its workers: its function's kind, of its submitter's program.
+        let program = self.conns.get(&conn).map_or(ProgramId(0), |c| c.program);
+        let pool = Pool { kind: spec.function.worker_kind(), program };
+        let from_peer = self.conns.get(&conn).is_some_and(|c| c.from_peer);
+        let (pending, mut failed, at_peer) = self.wait_for_args(id, &spec, pool, !from_peer);
         // A task may name only objects its submitter may read (held or
         // shown to it): its worker is shown them in turn. A call's own
         // actor's handle is the exception: a call goes by the actor's rules
@@ -173,9 +155,6 @@ impl State {
             failed = Some(Error::PermissionDenied(format!("object {unseen} was not given to this process")));
         }
         let retries_left = spec.max_retries;
-        // Its workers: its function's kind, of its submitter's program.
-        let program = self.conns.get(&conn).map_or(ProgramId(0), |c| c.program);
-        let pool = Pool { kind: spec.function.worker_kind(), program };
         let invalid = self.validate(&spec, pool).err();
         if let ReturnKind::Streaming { backpressure } = spec.returns {
             self.streams.insert(
@@ -193,8 +172,9 @@ impl State {
             );
         }
         let mut task = Task::new(spec, pending, retries_left);
-        task.from_peer = self.conns.get(&conn).is_some_and(|c| c.from_peer);
+        task.from_peer = from_peer;
         task.pool = pool;
+        task.at_peer = at_peer;
         self.tasks.insert(id, task);
         self.record(id, TaskState::Submitted, None, None);
         if let Some(e) = invalid.or(failed) {
@@ -249,10 +229,10 @@ impl State {
                             .zip(values)
                             .map(|(id, v)| match v {
                                 // Kept where it ran (`left` step 8).
-                                ObjectValue::Data { payload, contained, .. }
+                                ObjectValue::Data { payload, contained, encoding }
                                     if payload.is_left_on_peer()
                                         && contained.is_empty()
-                                        && self.leave(conn, *id, payload.len()) =>
+                                        && self.leave(conn, *id, payload.len(), encoding) =>
                                 {
                                     None
                                 }

@@ -1106,6 +1106,13 @@ impl Gathering {
     }
 }
 
+/// Step 6: a value a task leaves here rather than sending it at once:
+/// shared memory of at least [`LEAVE_FROM`] bytes that names no objects.
+fn stays_here(value: &ObjectValue) -> bool {
+    matches!(value, ObjectValue::Data { payload: Payload::Shm { len, .. }, contained, .. }
+        if *len >= LEAVE_FROM && contained.is_empty())
+}
+
 fn is_shm(value: &ObjectValue) -> bool {
     matches!(value, ObjectValue::Data { payload: Payload::Shm { .. }, .. })
 }
@@ -1267,15 +1274,11 @@ fn from_executor(ctx: &PeerContext, lander: &Lander, out: &NodeOut, lent: &mut L
             match &mut msg {
                 ToNode::TaskDone { outcome: TaskOutcome::Returned(values), .. } => {
                     for v in values.iter_mut() {
-                        // A result left there (step 6) has no blob.
-                        let left = matches!(v, ObjectValue::Data { payload, .. } if payload.is_left_on_peer());
-                        if !left {
-                            lander.land(v)?;
-                        }
+                        land_unless_left(lander, v)?;
                     }
                 }
                 ToNode::TaskDone { .. } => {}
-                ToNode::ReportItem { value, .. } => lander.land(value)?,
+                ToNode::ReportItem { value, .. } => land_unless_left(lander, value)?,
                 // Copies of objects a result names, and the link's
                 // references to them let go once the result holds them
                 // (`return_values`).
@@ -1297,6 +1300,15 @@ fn from_executor(ctx: &PeerContext, lander: &Lander, out: &NodeOut, lent: &mut L
         }
         Some(FromPeerKind::Rejected(why)) => Err(ClusterError::Refused(why)),
         _ => Err(peer_error("a message out of turn")("hello".into())),
+    }
+}
+
+/// Lands a value the executing node sent, but for one it left there (step
+/// 6), which has no blob.
+fn land_unless_left(lander: &Lander, value: &mut ObjectValue) -> Result<()> {
+    match value {
+        ObjectValue::Data { payload, .. } if payload.is_left_on_peer() => Ok(()),
+        value => lander.land(value),
     }
 }
 
@@ -1685,7 +1697,8 @@ struct Running {
     /// An actor's creation: its handle object stays held (the actor lives
     /// while the link holds it).
     creation: bool,
-    /// A task's (not an actor's): its large results stay here (step 6).
+    /// A task's (not an actor's, not a dynamic generator's): its large
+    /// results and items stay here (step 6).
     leaves: bool,
 }
 
@@ -2237,7 +2250,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             return self.finish(owner_id, attempt, TaskOutcome::Failed(e)).await;
         }
         let generator = matches!(spec.returns, ReturnKind::Streaming { .. } | ReturnKind::Dynamic);
-        let leaves = spec.actor.is_none() && !generator;
+        let leaves = spec.actor.is_none() && spec.returns != ReturnKind::Dynamic;
         let acked = matches!(spec.returns, ReturnKind::Streaming { backpressure: Some(_) });
         if spec.returns == ReturnKind::Dynamic {
             // Items relayed one by one; the owner makes the list.
@@ -2439,7 +2452,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             match v {
                 // Left here, held by the link (step 6).
                 ObjectValue::Data { payload: Payload::Shm { len, .. }, encoding, contained }
-                    if r.leaves && len >= LEAVE_FROM && contained.is_empty() =>
+                    if r.leaves && stays_here(&v) =>
                 {
                     self.left.insert(ObjectId::for_return(r.owner_id, i as u32), *id);
                     kept.push(*id);
@@ -2540,12 +2553,21 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                     };
                     let (index, value) = r.items.pop_front().expect("front");
                     let value = value.expect("in hand");
-                    let (owner_id, attempt, acked) = (r.owner_id, r.attempt, r.acked);
+                    let (owner_id, attempt, acked, leaves) = (r.owner_id, r.attempt, r.acked, r.leaves);
                     let exported = self.send_copies(named.got).await?;
                     let item = ObjectId::for_item(mine, index);
                     let shm = matches!(value, ObjectValue::Data { payload: Payload::Shm { .. }, .. });
                     let digest = value_digest(&self.arena, &value);
-                    let value = self.writer.ship::<FromPeer>(&self.arena, value).await?;
+                    let kept = leaves && stays_here(&value);
+                    let value = match value {
+                        // Left here, held by the link (step 6).
+                        ObjectValue::Data { payload: Payload::Shm { len, .. }, encoding, contained } if kept => {
+                            self.left.insert(ObjectId::for_item(owner_id, index), item);
+                            let payload = Payload::Shm { offset: Payload::LEFT_ON_PEER, len };
+                            ObjectValue::Data { payload, encoding, contained }
+                        }
+                        value => self.writer.ship::<FromPeer>(&self.arena, value).await?,
+                    };
                     let report = ToNode::ReportItem { task_id: owner_id, attempt, index, value, digest };
                     self.writer.send_node::<FromPeer>(report).await?;
                     if !exported.is_empty() {
@@ -2554,7 +2576,9 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                     if shm {
                         self.conn.send(ToNode::Unpin(vec![item]));
                     }
-                    self.conn.send(ToNode::RemoveRef(vec![item]));
+                    if !kept {
+                        self.conn.send(ToNode::RemoveRef(vec![item]));
+                    }
                     if !acked {
                         self.conn.send(ToNode::StreamConsumed { task_id: mine, consumed: index + 1 });
                     }

@@ -709,6 +709,10 @@ fn tasks_objects_and_streams_cross_nodes() {
     let (n, ran) = length_where::remote(&again).get().unwrap();
     assert_eq!((n, ran.as_str()), (8 << 20, f.as_str()));
     assert_eq!(on_peer(), 2);
+    // A generator's large items stay there too.
+    let items: Vec<ObjectRef<Buffer>> = chunks::options().resource("f", 1).max_retries(1).remote(3, 2 << 20).collect();
+    assert_eq!(items.len(), 3);
+    wait_for("the items left on F", Duration::from_secs(20), || on_peer() == 5);
     unsafe { libc::kill(s.pid_of(&f) as i32, libc::SIGKILL) };
     match lost.get_timeout(Duration::from_secs(20)) {
         Err(ferroray::Error::ObjectLost(m)) => assert!(m.contains(&f) && m.contains("no retries left"), "{m}"),
@@ -718,6 +722,11 @@ fn tasks_objects_and_streams_cross_nodes() {
     let (bytes, at) = again.get_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!((bytes.len(), bytes[0], bytes[(8 << 20) - 1], at.as_str()), (8 << 20, 7, 7, f2.as_str()));
     assert_eq!(read_mark(&runs).lines().collect::<Vec<_>>(), vec![f.as_str(), f.as_str(), f2.as_str()]);
+    // The generator ran again on F2, replayed against what it yielded.
+    for (i, r) in items.iter().enumerate() {
+        let b = r.get_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!((b.len(), b[0], b[(2 << 20) - 1]), (2 << 20, i as u8, i as u8));
+    }
     assert_eq!(on_peer(), 0, "read here: nothing is left on a peer");
 
     // An actor on another node: its calls go there; that node killed, it

@@ -1805,3 +1805,117 @@ fn a_task_whose_argument_is_left_on_a_peer_goes_there_or_waits_for_it_here() {
     h.st.handle(d.conn, ToNode::Subscribe(vec![r1]));
     assert_eq!(ready(&d.take(), r1), Some(&inline(b"big")));
 }
+
+/// Item `index` of attempt `attempt` of generator `tid`, from `from`: left
+/// there when `left_there`, else inline; its digest is its index's.
+fn item(h: &mut Harness, from: &Peer, tid: TaskId, attempt: u32, index: u32, left_there: bool) {
+    let value = if left_there { left(4 << 20) } else { inline(b"small") };
+    let msg = ToNode::ReportItem { task_id: tid, attempt, index, value, digest: 100 + index as u64 };
+    h.st.handle(from.conn, msg);
+}
+
+fn acks(msgs: &[FromNode]) -> Vec<(u32, bool)> {
+    msgs.iter()
+        .filter_map(|m| if let FromNode::ItemAck { index, gone, .. } = m { Some((*index, *gone)) } else { None })
+        .collect()
+}
+
+#[test]
+fn a_generators_items_lost_with_its_peer_are_replayed_up_to_the_last_lost_one() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let a = attach(&mut h, 0xa, cpus_x(1.0, 1.0));
+    let mut s = x_spec(&d, 1, 1);
+    s.returns = ReturnKind::Streaming { backpressure: None };
+    let tid = s.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    assert_eq!(executed(&a.take()), vec![tid]);
+    // Items 1 and 2 stay on the peer; the consumer hears of each at once.
+    item(&mut h, &a, tid, 0, 0, false);
+    item(&mut h, &a, tid, 0, 1, true);
+    item(&mut h, &a, tid, 0, 2, true);
+    item(&mut h, &a, tid, 0, 3, false);
+    let end = TaskOutcome::Streamed { items: 4 };
+    h.st.handle(a.conn, ToNode::TaskDone { task_id: tid, attempt: 0, outcome: end });
+    let msgs = d.take();
+    let items: Vec<(u32, bool)> = msgs
+        .iter()
+        .filter_map(|m| {
+            if let FromNode::StreamItem { index, value, .. } = m {
+                Some((*index, value.is_some()))
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(items, vec![(0, true), (1, false), (2, false), (3, true)]);
+    assert!(msgs.iter().any(|m| matches!(m, FromNode::StreamEnd { items: 4, .. })));
+    let (i1, i2) = (ObjectId::for_item(tid, 1), ObjectId::for_item(tid, 2));
+    assert_eq!(location(&h, i1), Some("ON_PEER"));
+    // The consumer reads item 2 as the peer dies.
+    h.st.handle(d.conn, ToNode::Subscribe(vec![i2]));
+    assert_eq!(pulls(&a.take()), vec![i2]);
+    h.st.disconnect(a.conn, "node died");
+    assert!(ready(&d.take(), i2).is_none(), "it waits for the replay");
+    // Made again on a node that joins: the replay restores the lost items
+    // and hands out nothing again; told to stop after the last lost one.
+    let b = attach(&mut h, 0xb, cpus_x(1.0, 1.0));
+    assert_eq!(executed_attempts(&b.take()), vec![(tid, 1)]);
+    item(&mut h, &b, tid, 1, 0, false);
+    item(&mut h, &b, tid, 1, 1, true);
+    item(&mut h, &b, tid, 1, 2, true);
+    let msgs = b.take();
+    assert_eq!(acks(&msgs), vec![(0, false), (1, false), (2, true)]);
+    assert_eq!(pulls(&msgs), vec![i2], "its reader waits: pulled from the new peer");
+    let end = TaskOutcome::Streamed { items: 3 };
+    h.st.handle(b.conn, ToNode::TaskDone { task_id: tid, attempt: 1, outcome: end });
+    let msgs = d.take();
+    assert!(!msgs.iter().any(|m| matches!(m, FromNode::StreamItem { .. } | FromNode::StreamEnd { .. })), "{msgs:?}");
+    assert_eq!(h.st.stats().tasks, 0);
+    pulled(&mut h, &b, i2, b"two");
+    assert_eq!(ready(&d.take(), i2), Some(&inline(b"two")));
+    assert_eq!(location(&h, i1), Some("ON_PEER"));
+    // Lost again, with no retries left: lost for good, naming the node.
+    h.st.disconnect(b.conn, "node died");
+    h.st.handle(d.conn, ToNode::Subscribe(vec![i1]));
+    match ready(&d.take(), i1) {
+        Some(ObjectValue::Error(Error::ObjectLost(m))) => assert!(m.contains(&NodeId(0xb).to_string()), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_running_generators_items_lost_with_its_peer_come_back_with_its_retry_or_are_lost() {
+    for retries in [1, 0] {
+        let mut h = harness(1.0);
+        let d = h.driver();
+        let a = attach(&mut h, 0xa, cpus_x(1.0, 1.0));
+        let b = attach(&mut h, 0xb, cpus_x(1.0, 1.0));
+        let mut s = x_spec(&d, 1, retries);
+        s.returns = ReturnKind::Streaming { backpressure: None };
+        let tid = s.task_id;
+        h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+        assert_eq!(executed(&a.take()), vec![tid]);
+        item(&mut h, &a, tid, 0, 0, true);
+        let i0 = ObjectId::for_item(tid, 0);
+        h.st.handle(d.conn, ToNode::Subscribe(vec![i0]));
+        assert_eq!(pulls(&a.take()), vec![i0]);
+        h.st.disconnect(a.conn, "node died");
+        if retries == 0 {
+            // The attempt fails with the node: the item goes with it.
+            match ready(&d.take(), i0) {
+                Some(ObjectValue::Error(Error::ObjectLost(m))) => assert!(m.contains("ended without"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+            continue;
+        }
+        // The retry replays it into the lost item, and goes on.
+        assert_eq!(executed_attempts(&b.take()), vec![(tid, 1)]);
+        item(&mut h, &b, tid, 1, 0, false);
+        assert_eq!(acks(&b.take()), vec![(0, false)]);
+        assert_eq!(ready(&d.take(), i0), Some(&inline(b"small")));
+        item(&mut h, &b, tid, 1, 1, false);
+        let msgs = d.take();
+        assert!(msgs.iter().any(|m| matches!(m, FromNode::StreamItem { index: 1, .. })), "{msgs:?}");
+    }
+}

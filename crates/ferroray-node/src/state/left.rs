@@ -54,6 +54,12 @@
 use super::*;
 use ferroray_common::NodeId;
 
+/// `ObjectLost` for `id`, which lived only on `node`; `why` its task did
+/// not make it again.
+fn lost_error(id: ObjectId, node: NodeId, why: &str) -> Error {
+    Error::ObjectLost(format!("{id}: it lived only on node {node}, which is gone, and the task that made it {why}"))
+}
+
 /// A result left on a peer (step 8).
 pub(super) struct Left {
     /// The peer's connection, whose node keeps the bytes.
@@ -71,14 +77,14 @@ pub(super) struct Lineage {
     pub(super) spec: TaskSpec,
     pub(super) retries_left: u32,
     pub(super) pool: Pool,
-    /// Its results still left on a peer.
-    pub(super) left: u32,
+    /// A generator's digests of the items it reported, to replay against.
+    pub(super) digests: Option<Vec<u64>>,
 }
 
 impl State {
-    /// Step 8: the `TaskDone` of `conn` names result `id` as left there.
-    /// False if `conn` is no peer (the caller then takes the value as any
-    /// other, and refuses it).
+    /// Step 8: the `TaskDone` or `ReportItem` of `conn` names result or
+    /// item `id` as left there. False if `conn` is no peer (the caller then
+    /// takes the value as any other, and refuses it).
     pub(super) fn leave(&mut self, conn: ConnId, id: ObjectId, len: u64, encoding: Encoding) -> bool {
         if self.conns.get(&conn).is_none_or(|c| c.remote.is_none()) {
             return false;
@@ -96,6 +102,7 @@ impl State {
         if let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.remote.as_mut()) {
             r.left.insert(id);
         }
+        *self.left_count.entry(id.task).or_default() += 1;
         if read {
             self.pull(id);
         }
@@ -113,33 +120,46 @@ impl State {
     }
 
     /// Steps 9 and 10: `id` is no longer left (`left` was its record): it
-    /// has its value here, or it is freed.
+    /// has its value here, or it is freed. The last of its task's drops the
+    /// lineage (step 11).
     pub(super) fn resolved(&mut self, id: ObjectId, left: Left) {
         if let Some(r) = self.conns.get_mut(&left.conn).and_then(|c| c.remote.as_mut()) {
             r.left.remove(&id);
         }
         self.send(left.conn, FromNode::Forget(vec![id]));
-        self.lineage_left_one(id.task);
+        if self.one_less_left(id.task) {
+            if let Some(l) = self.lineage.remove(&id.task) {
+                self.release_args(&l.spec);
+            }
+        }
     }
 
-    fn lineage_left_one(&mut self, tid: TaskId) {
-        let Some(l) = self.lineage.get_mut(&tid) else { return };
-        l.left = l.left.saturating_sub(1);
-        if l.left == 0 {
-            let l = self.lineage.remove(&tid).expect("found above");
-            self.release_args(&l.spec);
+    /// Counts one result or item of `tid` no longer left; true if it was
+    /// the last.
+    fn one_less_left(&mut self, tid: TaskId) -> bool {
+        let Some(n) = self.left_count.get_mut(&tid) else { return false };
+        *n -= 1;
+        if *n == 0 {
+            self.left_count.remove(&tid);
+            return true;
         }
+        false
     }
 
     /// Step 11, from `complete_task`: keeps what runs task `spec` again if
-    /// any of its results is left; true if it did (it then holds the
-    /// arguments' pins).
-    pub(super) fn keep_lineage(&mut self, spec: &TaskSpec, retries_left: u32, pool: Pool) -> bool {
-        let left = spec.return_ids().filter(|id| self.objects.get(id).is_some_and(|o| o.left.is_some())).count();
-        if left == 0 || spec.actor.is_some() {
+    /// any of its results or items is left (`digests`: a generator's); true
+    /// if it did (it then holds the arguments' pins).
+    pub(super) fn keep_lineage(
+        &mut self,
+        spec: &TaskSpec,
+        retries_left: u32,
+        pool: Pool,
+        digests: Option<Vec<u64>>,
+    ) -> bool {
+        if !self.left_count.contains_key(&spec.task_id) || spec.actor.is_some() {
             return false;
         }
-        let lineage = Lineage { spec: spec.clone(), retries_left, pool, left: left as u32 };
+        let lineage = Lineage { spec: spec.clone(), retries_left, pool, digests };
         self.lineage.insert(spec.task_id, lineage);
         true
     }
@@ -155,28 +175,38 @@ impl State {
             let Some(o) = self.objects.get_mut(id) else { return false };
             o.left.take_if(|l| l.conn == conn).is_some()
         });
+        for id in &lost {
+            self.one_less_left(id.task);
+        }
         let mut tasks: Vec<TaskId> = lost.iter().map(|id| id.task).collect();
         tasks.dedup();
         for tid in tasks {
             let ids: Vec<ObjectId> = lost.iter().copied().filter(|id| id.task == tid).collect();
-            self.make_again(tid, &ids, node);
+            self.make_again(tid, ids, node);
         }
     }
 
-    /// Step 12 for one task, whose results `ids` were lost on `node`.
-    fn make_again(&mut self, tid: TaskId, ids: &[ObjectId], node: NodeId) {
+    /// Step 12 for one task, whose results or items `ids` were lost on
+    /// `node`. A task still running (a generator: its attempt there is
+    /// retried) restores them as it replays; one that ended runs again from
+    /// its lineage. Whatever its attempts end without is lost (`lost_ended`).
+    fn make_again(&mut self, tid: TaskId, ids: Vec<ObjectId>, node: NodeId) {
+        if self.tasks.contains_key(&tid) {
+            self.lost.entry(tid).or_default().extend(ids.into_iter().map(|id| (id, node)));
+            return;
+        }
         let mut l = match self.lineage.remove(&tid) {
-            Some(l) if l.retries_left > 0 && !self.tasks.contains_key(&tid) => l,
+            Some(l)
+                if l.retries_left > 0 && (l.digests.is_some() || matches!(l.spec.returns, ReturnKind::Fixed(_))) =>
+            {
+                l
+            }
             other => {
                 if let Some(l) = other {
                     self.release_args(&l.spec);
                 }
-                let cause = format!(
-                    "it lived only on node {node}, which is gone, and task {tid} that made it has no retries left \
-                     to make it again"
-                );
                 for id in ids {
-                    self.set_value(*id, Stored::Error(Error::ObjectLost(format!("{id}: {cause}"))));
+                    self.set_value(id, Stored::Error(lost_error(id, node, "has no retries left to make it again")));
                 }
                 return;
             }
@@ -189,14 +219,29 @@ impl State {
         let mut task = Task::new(l.spec, pending, l.retries_left);
         task.pool = l.pool;
         task.at_peer = at_peer;
+        task.remaking = l.digests;
         self.tasks.insert(tid, task);
-        let why = format!("its result lived only on node {node}, which is gone: running it again");
+        self.lost.entry(tid).or_default().extend(ids.into_iter().map(|id| (id, node)));
+        let why = format!("its results lived only on node {node}, which is gone: running it again");
         self.record(tid, TaskState::Retrying, None, Some(why));
         if let Some(e) = failed {
             return self.complete_task(tid, Err(e));
         }
         if pending == 0 {
             self.enqueue(tid);
+        }
+    }
+
+    /// Step 12, from `complete_task`: what task `tid`'s attempts did not
+    /// make again is lost for good.
+    pub(super) fn lost_ended(&mut self, tid: TaskId) {
+        let Some(ids) = self.lost.remove(&tid) else { return };
+        for (id, node) in ids {
+            let unset = self.objects.get(&id).is_some_and(|o| o.value.is_none() && o.left.is_none());
+            if unset {
+                let e = lost_error(id, node, "ended without making it again");
+                self.set_value(id, Stored::Error(e));
+            }
         }
     }
 

@@ -415,6 +415,10 @@ struct Task {
     /// The peer that keeps the arguments it did not wait for (`left` step
     /// 13): it runs there if that peer has room, else it waits for them here.
     at_peer: Option<ConnId>,
+    /// Run again for results lost with a peer after it ended (`left` step
+    /// 12): a generator's digests of the items it reported then, against
+    /// which it replays (its stream is its consumer's, not touched again).
+    remaking: Option<Vec<u64>>,
 }
 
 impl Task {
@@ -435,6 +439,7 @@ impl Task {
             from_peer: false,
             pool: Pool::own(WorkerKind::Rust),
             at_peer: None,
+            remaking: None,
         }
     }
 }
@@ -587,6 +592,12 @@ pub struct State {
     /// What runs again a task whose results are left on a peer (`left`
     /// step 11), by task.
     lineage: FxHashMap<TaskId, left::Lineage>,
+    /// How many results and items of each task are left on peers (`left`
+    /// step 11: the last one pulled or freed drops the lineage).
+    left_count: FxHashMap<TaskId, u32>,
+    /// Results and items lost with a peer, by the task making them again,
+    /// and the node they were lost with (`left` step 12).
+    lost: FxHashMap<TaskId, Vec<(ObjectId, ferroray_common::NodeId)>>,
     /// Part of a cluster (`Node::enable_peers`): a task no node has the
     /// resources for yet waits for one to join rather than fail.
     peers_enabled: bool,
@@ -762,6 +773,8 @@ impl State {
             functions: FxHashMap::default(),
             published: FxHashSet::default(),
             lineage: FxHashMap::default(),
+            left_count: FxHashMap::default(),
+            lost: FxHashMap::default(),
             function_bytes: 0,
             peers_enabled: false,
             waiting_since: FxHashMap::default(),

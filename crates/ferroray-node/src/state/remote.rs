@@ -25,7 +25,8 @@
 //!    to send them and then unpins them. The task takes no lease here: this
 //!    node's resources are not the peer's.
 //! 3. The peer answers as a worker does: results written into this node's
-//!    store (`Allocate`) and `TaskDone`; a generator's items as
+//!    store (`Allocate`) and `TaskDone` (large ones left on the peer until
+//!    read: `left`, steps 8 to 13); a generator's items as
 //!    `ReportItem`, acknowledged under backpressure as for a worker (the
 //!    acknowledgement travels back to the executing node, so the
 //!    generator there pauses). The owner's tables, streams and retries stay

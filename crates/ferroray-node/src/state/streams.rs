@@ -33,7 +33,13 @@ impl State {
             return self.refuse_item(conn, tid, index, value);
         }
         let dynamic = task.spec.returns == ReturnKind::Dynamic;
-        let known = if dynamic {
+        let known = if let Some(digests) = &task.remaking {
+            // Made again (`left` step 12): nothing beyond what it reported.
+            match digests.get(index as usize) {
+                Some(d) => Some(*d),
+                None => return self.refuse_item(conn, tid, index, value),
+            }
+        } else if dynamic {
             task.dynamic_digests.get(index as usize).copied()
         } else {
             match self.streams.get(&tid) {
@@ -51,8 +57,10 @@ impl State {
                     "a retry of {name} yielded a different value at index {index}"
                 )));
                 self.send(conn, FromNode::CancelRunning { task_id: tid, force: false });
+                return self.refuse_item(conn, tid, index, value);
             }
-            return self.refuse_item(conn, tid, index, value);
+            // An item lost with a peer since takes this copy.
+            return self.restore_item(conn, tid, index, value);
         }
         let id = ObjectId::for_item(tid, index);
         if dynamic {
@@ -78,12 +86,26 @@ impl State {
         } else {
             self.hold(owner, id);
         }
-        let Some(stored) = self.accept_value(conn, id, value) else { return };
-        if !in_transit {
-            self.grant(owner, stored.contained());
-        }
-        let inline = sent_with_item(&stored);
-        self.set_value(id, stored);
+        let inline = match value {
+            // Kept where it was made (`left` step 8): read as a
+            // shared-memory item is, fetched on `get`.
+            ObjectValue::Data { payload, contained, encoding }
+                if payload.is_left_on_peer()
+                    && contained.is_empty()
+                    && self.leave(conn, id, payload.len(), encoding) =>
+            {
+                None
+            }
+            value => {
+                let Some(stored) = self.accept_value(conn, id, value) else { return };
+                if !in_transit {
+                    self.grant(owner, stored.contained());
+                }
+                let inline = sent_with_item(&stored);
+                self.set_value(id, stored);
+                inline
+            }
+        };
         if !in_transit {
             self.send(owner, FromNode::StreamItem { task_id: tid, index, value: inline });
         }
@@ -98,6 +120,35 @@ impl State {
         }
     }
 
+    /// A replayed item `index` of `tid` whose digest matched: it becomes the
+    /// item's value if that was lost with a peer (`left` step 12), and is
+    /// dropped otherwise; nothing is handed out again. Its executor goes on
+    /// while a later item is still to be made again, and, if the task is
+    /// made again only for those, is told to stop after the last.
+    fn restore_item(&mut self, conn: ConnId, tid: TaskId, index: u32, value: ObjectValue) {
+        let id = ObjectId::for_item(tid, index);
+        let lost =
+            |st: &State, id: &ObjectId| st.objects.get(id).is_some_and(|o| o.value.is_none() && o.left.is_none());
+        match value {
+            value if !lost(self, &id) => self.drop_item(conn, tid, index, value),
+            ObjectValue::Data { payload, contained, encoding }
+                if payload.is_left_on_peer()
+                    && contained.is_empty()
+                    && self.leave(conn, id, payload.len(), encoding) => {}
+            value => {
+                if let Some(stored) = self.accept_value(conn, id, value) {
+                    self.set_value(id, stored);
+                }
+            }
+        }
+        let remaking = self.tasks.get(&tid).and_then(|t| t.remaking.as_ref()).map(|d| d.len() as u32);
+        let gone = match remaking {
+            Some(n) => !(index + 1..n).any(|i| lost(self, &ObjectId::for_item(tid, i))),
+            None => self.streams.get(&tid).is_none_or(|s| s.dropped),
+        };
+        self.send(conn, FromNode::ItemAck { task_id: tid, index, gone });
+    }
+
     /// How many items the attempts of generator task `tid` reported between them.
     pub(super) fn reported(&self, tid: TaskId) -> Option<u32> {
         let task = self.tasks.get(&tid)?;
@@ -108,11 +159,25 @@ impl State {
         }
     }
 
+    /// Drops a report's value: its allocation here, or the peer's copy of
+    /// one left there (`left` step 10).
+    fn drop_item(&mut self, conn: ConnId, tid: TaskId, index: u32, value: ObjectValue) {
+        match value {
+            ObjectValue::Data { payload, .. }
+                if payload.is_left_on_peer() && self.conns.get(&conn).is_some_and(|c| c.remote.is_some()) =>
+            {
+                self.send(conn, FromNode::Forget(vec![ObjectId::for_item(tid, index)]));
+            }
+            ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } => {
+                self.handle(conn, ToNode::Deallocate { offset });
+            }
+            _ => {}
+        }
+    }
+
     /// Drops a report nobody will take, and unblocks its executor.
     pub(super) fn refuse_item(&mut self, conn: ConnId, tid: TaskId, index: u32, value: ObjectValue) {
-        if let ObjectValue::Data { payload: Payload::Shm { offset, .. }, .. } = value {
-            self.handle(conn, ToNode::Deallocate { offset });
-        }
+        self.drop_item(conn, tid, index, value);
         let gone = self.streams.get(&tid).is_none_or(|s| s.dropped) || self.tasks.get(&tid).is_none_or(|t| t.cancelled);
         self.send(conn, FromNode::ItemAck { task_id: tid, index, gone });
     }

@@ -250,6 +250,12 @@ impl State {
                         self.complete_task(tid, Ok(stored));
                     }
                 }
+                // Made again for lost items only (`left` step 12): it may
+                // stop after the last of them.
+                TaskOutcome::Streamed { .. } if task.remaking.is_some() => {
+                    let replay = self.tasks.get_mut(&tid).and_then(|t| t.replay_error.take());
+                    self.complete_task(tid, replay.map_or(Ok(vec![None]), Err));
+                }
                 TaskOutcome::Streamed { items } => {
                     let generated = self.reported(tid).unwrap_or(items);
                     let replay = self.tasks.get_mut(&tid).and_then(|t| t.replay_error.take());
@@ -354,9 +360,17 @@ impl State {
         if task.spec.enable_events {
             push_event(&mut self.events, self.max_events, &task, state, None, error);
         }
+        // A generator with items left on a peer: what it reported, for a
+        // replay if they are lost (`left` step 11).
+        let digests = match &task.remaking {
+            Some(d) => Some(d.clone()),
+            None if self.left_count.contains_key(&tid) => self.streams.get(&tid).map(|s| s.digests.clone()),
+            None => None,
+        };
         // The stream's end goes out before the generator's own object is
-        // ready, so whoever sees `completed()` ready also sees the end.
-        if let Some(st) = self.streams.get_mut(&tid) {
+        // ready, so whoever sees `completed()` ready also sees the end (a
+        // generator made again for lost items leaves its stream alone).
+        if let Some(st) = self.streams.get_mut(&tid).filter(|_| task.remaking.is_none()) {
             let error = result.as_ref().err().cloned();
             let (owner, items, dropped, in_transit) = (st.owner, st.generated(), st.dropped, st.in_transit);
             // Kept for a consumer that claims the stream later.
@@ -386,16 +400,19 @@ impl State {
                 }
             }
             Err(e) => {
+                // Not those that have their value (or are left on a peer)
+                // from an earlier attempt (`left` step 12).
                 for id in ids {
-                    if self.objects.contains_key(&id) {
+                    if self.objects.get(&id).is_some_and(|o| o.value.is_none() && o.left.is_none()) {
                         self.set_value(id, Stored::Error(e.clone()));
                     }
                 }
             }
         }
+        self.lost_ended(tid);
         // A task with results left on a peer keeps its arguments while
         // it may have to run again (`left` step 11).
-        if !self.keep_lineage(&task.spec, task.retries_left, task.pool) {
+        if !self.keep_lineage(&task.spec, task.retries_left, task.pool, digests) {
             self.release_args(&task.spec);
         }
         for index in 0..task.dynamic_digests.len() as u32 {

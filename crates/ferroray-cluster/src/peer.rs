@@ -67,7 +67,7 @@
 //!    that names no objects stays in the executing node's store, held by
 //!    the link (`Executing::left`): the `TaskDone` names it by a `Shm`
 //!    payload at `Payload::LEFT_ON_PEER`, and the owner's node keeps it as
-//!    left there (`ferroray_node::state::left`, whose steps 8 to 12 go on
+//!    left there (`ferroray_node::state::left`, whose steps 8 to 13 go on
 //!    from `remote`'s). When something on the owner's node reads it, the
 //!    node's `FromNode::Pull` goes over as a `Subscribe` of it; the link
 //!    answers with a copy (`Import` and its `RemoveRef`, as a result's
@@ -96,8 +96,9 @@
 //! no argument, result or item carried here, and a streaming generator in
 //! arguments (a task naming one stays on its owner's node). A left result
 //! read by a task on a third node goes through the owner's store (pulled
-//! there, then sent with the task), and one read by a task on the node
-//! that keeps it makes the same round trip.
+//! there, then sent with the task); one read by a task on the node that
+//! keeps it runs there if that node has room (`left` step 13), and makes
+//! the same round trip otherwise.
 
 use crate::error::{ClusterError, Result};
 use crate::loopback;
@@ -1700,6 +1701,8 @@ struct Running {
     /// A task's (not an actor's, not a dynamic generator's): its large
     /// results and items stay here (step 6).
     leaves: bool,
+    /// A generator's items sent to the owner so far.
+    relayed: u32,
 }
 
 /// One link, the executing side.
@@ -2059,7 +2062,10 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             }
             ToNode::StreamDrop { task_id, consumed } => {
                 if let Some(mine) = self.by_owner.get(&task_id) {
-                    self.conn.send(ToNode::StreamDrop { task_id: *mine, consumed });
+                    // Items relayed already are the owner's (those left
+                    // here held by the link for it): not this drop's.
+                    let relayed = self.running.get(mine).map_or(0, |r| r.relayed);
+                    self.conn.send(ToNode::StreamDrop { task_id: *mine, consumed: consumed.max(relayed) });
                 }
                 Ok(())
             }
@@ -2288,6 +2294,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 item_named: None,
                 creation,
                 leaves,
+                relayed: 0,
             },
         );
         self.by_owner.insert(owner_id, mine);
@@ -2449,12 +2456,13 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             if failed.is_some() {
                 continue;
             }
+            let theirs = ObjectId::for_return(r.owner_id, i as u32);
             match v {
-                // Left here, held by the link (step 6).
+                // Left here, held by the link (step 6), once.
                 ObjectValue::Data { payload: Payload::Shm { len, .. }, encoding, contained }
-                    if r.leaves && stays_here(&v) =>
+                    if r.leaves && stays_here(&v) && !self.left.contains_key(&theirs) =>
                 {
-                    self.left.insert(ObjectId::for_return(r.owner_id, i as u32), *id);
+                    self.left.insert(theirs, *id);
                     kept.push(*id);
                     let payload = Payload::Shm { offset: Payload::LEFT_ON_PEER, len };
                     shipped.push(ObjectValue::Data { payload, encoding, contained });
@@ -2558,11 +2566,14 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                     let item = ObjectId::for_item(mine, index);
                     let shm = matches!(value, ObjectValue::Data { payload: Payload::Shm { .. }, .. });
                     let digest = value_digest(&self.arena, &value);
-                    let kept = leaves && stays_here(&value);
+                    // A retry here replays an item an earlier attempt left
+                    // here: that copy stays the one kept, this one goes.
+                    let theirs = ObjectId::for_item(owner_id, index);
+                    let kept = leaves && stays_here(&value) && !self.left.contains_key(&theirs);
                     let value = match value {
                         // Left here, held by the link (step 6).
                         ObjectValue::Data { payload: Payload::Shm { len, .. }, encoding, contained } if kept => {
-                            self.left.insert(ObjectId::for_item(owner_id, index), item);
+                            self.left.insert(theirs, item);
                             let payload = Payload::Shm { offset: Payload::LEFT_ON_PEER, len };
                             ObjectValue::Data { payload, encoding, contained }
                         }
@@ -2578,6 +2589,9 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                     }
                     if !kept {
                         self.conn.send(ToNode::RemoveRef(vec![item]));
+                    }
+                    if let Some(r) = self.running.get_mut(&mine) {
+                        r.relayed = index + 1;
                     }
                     if !acked {
                         self.conn.send(ToNode::StreamConsumed { task_id: mine, consumed: index + 1 });

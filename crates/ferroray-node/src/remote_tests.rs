@@ -1919,3 +1919,64 @@ fn a_running_generators_items_lost_with_its_peer_come_back_with_its_retry_or_are
         assert!(msgs.iter().any(|m| matches!(m, FromNode::StreamItem { index: 1, .. })), "{msgs:?}");
     }
 }
+
+#[test]
+fn items_lost_with_a_peer_come_back_though_their_stream_was_dropped_or_its_attempt_ran_past_them() {
+    // Dropped: the consumer kept item 0 and dropped the generator, which
+    // runs on; its peer dies, and the retry restores the item, then stops.
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let a = attach(&mut h, 0xa, cpus_x(1.0, 1.0));
+    let b = attach(&mut h, 0xb, cpus_x(1.0, 1.0));
+    let mut s = x_spec(&d, 1, 1);
+    s.returns = ReturnKind::Streaming { backpressure: None };
+    let tid = s.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    assert_eq!(executed(&a.take()), vec![tid]);
+    item(&mut h, &a, tid, 0, 0, true);
+    item(&mut h, &a, tid, 0, 1, true);
+    let (i0, i1) = (ObjectId::for_item(tid, 0), ObjectId::for_item(tid, 1));
+    h.st.handle(d.conn, ToNode::StreamDrop { task_id: tid, consumed: 1 });
+    assert_eq!(forgets(&a.take()), vec![i1], "the item it never took goes");
+    h.st.disconnect(a.conn, "node died");
+    assert_eq!(executed_attempts(&b.take()), vec![(tid, 1)]);
+    item(&mut h, &b, tid, 1, 0, false);
+    assert_eq!(acks(&b.take()), vec![(0, true)], "nothing lost after it: told to stop");
+    h.st.handle(d.conn, ToNode::Subscribe(vec![i0]));
+    assert_eq!(ready(&d.take(), i0), Some(&inline(b"small")));
+
+    // Ran past them: attempt 0 left item 0 on A and failed; attempt 1 ran
+    // on B past it; then A died. The task runs once more, for that item.
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let a = attach(&mut h, 0xa, cpus_x(1.0, 1.0));
+    let mut s = x_spec(&d, 1, 2);
+    s.returns = ReturnKind::Streaming { backpressure: None };
+    let tid = s.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    assert_eq!(executed(&a.take()), vec![tid]);
+    item(&mut h, &a, tid, 0, 0, true);
+    // More CPU free there: the retry goes to B.
+    let b = attach(&mut h, 0xb, cpus_x(2.0, 1.0));
+    let crashed = Error::WorkerCrashed { task: "on_x".into(), detail: "exited".into() };
+    h.st.handle(a.conn, ToNode::TaskDone { task_id: tid, attempt: 0, outcome: TaskOutcome::Failed(crashed) });
+    assert_eq!(executed_attempts(&b.take()), vec![(tid, 1)]);
+    let i0 = ObjectId::for_item(tid, 0);
+    item(&mut h, &b, tid, 1, 0, true);
+    assert_eq!(forgets(&b.take()), vec![i0], "A keeps the item: B's copy goes");
+    item(&mut h, &b, tid, 1, 1, false);
+    h.st.disconnect(a.conn, "node died");
+    h.st.handle(d.conn, ToNode::Subscribe(vec![i0]));
+    assert_eq!(ready(&d.take(), i0), None);
+    let end = TaskOutcome::Streamed { items: 2 };
+    h.st.handle(b.conn, ToNode::TaskDone { task_id: tid, attempt: 1, outcome: end });
+    assert_eq!(executed_attempts(&b.take()), vec![(tid, 2)], "once more, for the lost item");
+    item(&mut h, &b, tid, 2, 0, false);
+    assert_eq!(acks(&b.take()), vec![(0, true)]);
+    assert_eq!(ready(&d.take(), i0), Some(&inline(b"small")));
+    let end = TaskOutcome::Streamed { items: 1 };
+    h.st.handle(b.conn, ToNode::TaskDone { task_id: tid, attempt: 2, outcome: end });
+    assert_eq!(h.st.stats().tasks, 0);
+    let ends = d.take().iter().filter(|m| matches!(m, FromNode::StreamEnd { .. })).count();
+    assert_eq!(ends, 0, "the stream ended once, with attempt 1");
+}

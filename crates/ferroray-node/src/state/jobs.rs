@@ -349,7 +349,9 @@ impl State {
                 continue;
             }
             let actor_there = self.actors.values().any(|a| a.worker == Some(*id) && a.on_peer.is_some());
-            if c.assigned.is_empty() && !actor_there {
+            // Results left there for something still here keep it too
+            // (`left` step 8): it lets them go when they are freed.
+            if c.assigned.is_empty() && !actor_there && r.left.is_empty() {
                 idle.push((*id, r.node));
             } else {
                 busy = true;

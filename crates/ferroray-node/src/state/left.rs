@@ -232,6 +232,31 @@ impl State {
         }
     }
 
+    /// Step 12, from `complete_task` of an attempt that ended well: if it
+    /// left objects lost with a peer unmade (it ran past them elsewhere)
+    /// and `task` may run again, it does, for them (true; its arguments'
+    /// pins go with it).
+    pub(super) fn remake_lost(&mut self, task: &Task, digests: Option<Vec<u64>>) -> bool {
+        let tid = task.spec.task_id;
+        let Some(lost) = self.lost.get(&tid) else { return false };
+        let unset =
+            |st: &State, id: &ObjectId| st.objects.get(id).is_some_and(|o| o.value.is_none() && o.left.is_none());
+        let ids: Vec<ObjectId> = lost.iter().map(|(id, _)| *id).filter(|id| unset(self, id)).collect();
+        let again = !ids.is_empty()
+            && task.retries_left > 0
+            && task.spec.actor.is_none()
+            && (digests.is_some() || matches!(task.spec.returns, ReturnKind::Fixed(_)));
+        if !again {
+            return false;
+        }
+        let node = lost.first().map(|(_, n)| *n).expect("not empty");
+        self.lost.remove(&tid);
+        let (spec, retries_left, pool) = (task.spec.clone(), task.retries_left, task.pool);
+        self.lineage.insert(tid, Lineage { spec, retries_left, pool, digests });
+        self.make_again(tid, ids, node);
+        true
+    }
+
     /// Step 12, from `complete_task`: what task `tid`'s attempts did not
     /// make again is lost for good.
     pub(super) fn lost_ended(&mut self, tid: TaskId) {

@@ -44,6 +44,12 @@ impl State {
         } else {
             match self.streams.get(&tid) {
                 Some(stream) if !stream.dropped => stream.digests.get(index as usize).copied(),
+                // Dropped, but items its consumer kept were lost with a
+                // peer (`left` step 12): the replay restores them.
+                Some(stream) if self.lost.contains_key(&tid) => match stream.digests.get(index as usize) {
+                    Some(d) => Some(*d),
+                    None => return self.refuse_item(conn, tid, index, value),
+                },
                 _ => return self.refuse_item(conn, tid, index, value),
             }
         };
@@ -141,10 +147,13 @@ impl State {
                 }
             }
         }
+        // Made again only for lost items (for an ended generator, or one
+        // whose consumer dropped it): on up to the last of them.
         let remaking = self.tasks.get(&tid).and_then(|t| t.remaking.as_ref()).map(|d| d.len() as u32);
-        let gone = match remaking {
+        let dropped = self.streams.get(&tid).filter(|s| s.dropped).map(Stream::generated);
+        let gone = match remaking.or(dropped) {
             Some(n) => !(index + 1..n).any(|i| lost(self, &ObjectId::for_item(tid, i))),
-            None => self.streams.get(&tid).is_none_or(|s| s.dropped),
+            None => !self.streams.contains_key(&tid),
         };
         self.send(conn, FromNode::ItemAck { task_id: tid, index, gone });
     }

@@ -137,7 +137,7 @@ impl State {
         let program = self.conns.get(&conn).map_or(ProgramId(0), |c| c.program);
         let pool = Pool { kind: spec.function.worker_kind(), program };
         let from_peer = self.conns.get(&conn).is_some_and(|c| c.from_peer);
-        let (pending, mut failed, at_peer) = self.wait_for_args(id, &spec, pool, !from_peer);
+        let mut failed = None;
         // A task may name only objects its submitter may read (held or
         // shown to it): its worker is shown them in turn. A call's own
         // actor's handle is the exception: a call goes by the actor's rules
@@ -154,6 +154,12 @@ impl State {
         if let Some(unseen) = unseen {
             failed = Some(Error::PermissionDenied(format!("object {unseen} was not given to this process")));
         }
+        // Nothing is pulled for a task that may not read its arguments.
+        let (pending, arg_failed, at_peer) = match failed {
+            None => self.wait_for_args(id, &spec, pool, !from_peer),
+            Some(_) => (0, None, None),
+        };
+        failed = failed.or(arg_failed);
         let retries_left = spec.max_retries;
         let invalid = self.validate(&spec, pool).err();
         if let ReturnKind::Streaming { backpressure } = spec.returns {
@@ -364,7 +370,9 @@ impl State {
         // replay if they are lost (`left` step 11).
         let digests = match &task.remaking {
             Some(d) => Some(d.clone()),
-            None if self.left_count.contains_key(&tid) => self.streams.get(&tid).map(|s| s.digests.clone()),
+            None if self.left_count.contains_key(&tid) || self.lost.contains_key(&tid) => {
+                self.streams.get(&tid).map(|s| s.digests.clone())
+            }
             None => None,
         };
         // The stream's end goes out before the generator's own object is
@@ -390,6 +398,7 @@ impl State {
             }
         }
         let result = if task.spec.returns == ReturnKind::Dynamic { self.dynamic_list(&task, result) } else { result };
+        let ok = result.is_ok();
         let ids: Vec<ObjectId> = task.spec.return_ids().collect();
         match result {
             Ok(values) => {
@@ -409,11 +418,15 @@ impl State {
                 }
             }
         }
-        self.lost_ended(tid);
-        // A task with results left on a peer keeps its arguments while
-        // it may have to run again (`left` step 11).
-        if !self.keep_lineage(&task.spec, task.retries_left, task.pool, digests) {
-            self.release_args(&task.spec);
+        // Objects lost with a peer that this attempt did not make again
+        // (it ran elsewhere, past them): once more, or lost for good
+        // (`left` step 12). A task with results left on a peer keeps its
+        // arguments while it may have to run again (step 11).
+        if !(ok && self.remake_lost(&task, digests.clone())) {
+            self.lost_ended(tid);
+            if !self.keep_lineage(&task.spec, task.retries_left, task.pool, digests) {
+                self.release_args(&task.spec);
+            }
         }
         for index in 0..task.dynamic_digests.len() as u32 {
             self.unpin_alive(ObjectId::for_item(tid, index));

@@ -640,8 +640,13 @@ impl Joined {
                 return Err(broken);
             }
             tracing::warn!("lost the head at {}: {broken}; joining again", self.address);
+            // Peers could not fetch functions from the head meanwhile.
+            self.node.set_head_away(true);
             match self.rejoin(&mut stop).await? {
-                Some(c) => client = c,
+                Some(c) => {
+                    self.node.set_head_away(false);
+                    client = c;
+                }
                 None => return Ok(()),
             }
         }

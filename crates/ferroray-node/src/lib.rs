@@ -260,6 +260,13 @@ impl Node {
         self.shared.lock().function_published(function);
     }
 
+    /// Whether this node's daemon has lost its head (`state::tasks`, the
+    /// function table, step 5): calls of published functions carry their
+    /// bytes meanwhile.
+    pub fn set_head_away(&self, away: bool) {
+        self.shared.lock().set_head_away(away);
+    }
+
     /// This node has the bytes of exported function `function`.
     pub fn has_function(&self, function: ferroray_common::FunctionId) -> bool {
         self.shared.lock().has_function(function)

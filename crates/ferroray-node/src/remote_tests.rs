@@ -1427,6 +1427,29 @@ fn a_published_function_goes_to_peers_without_its_bytes_while_its_driver_is_here
     ));
 }
 
+// The function table, step 5.
+#[test]
+fn while_the_head_is_away_published_functions_go_with_their_bytes() {
+    let mut h = harness_with(1.0, &[WorkerKind::Rust, WorkerKind::Python], |_| {});
+    let _dir = with_directory(&mut h);
+    let d = h.driver();
+    h.st.join_job(d.conn, Default::default());
+    h.st.report_driver_for_tests(d.conn);
+    let f = ferroray_common::FunctionId { exporter: d.worker_id, seq: 1 };
+    h.st.handle(d.conn, ToNode::ExportFunction { function: f, pickled: b"fn".to_vec() });
+    h.st.function_published(f);
+    // Away: a link that never had it gets the bytes (it could not fetch them).
+    h.st.set_head_away(true);
+    let away = attach(&mut h, 7, cpus_x(4.0, 4.0));
+    submit(&mut h, &d, x_call(&d, 1, f));
+    assert_eq!(executed_pickled(&away.take()), vec![b"fn".to_vec()]);
+    // Back: a new link gets the call alone again.
+    h.st.set_head_away(false);
+    let back = attach(&mut h, 8, cpus_x(8.0, 8.0));
+    submit(&mut h, &d, x_call(&d, 2, f));
+    assert_eq!(executed_pickled(&back.take()), vec![Vec::<u8>::new()]);
+}
+
 /// An executor of the programs stress run: a worker of a pool, or a peer
 /// link of a program, and the tasks it was sent and not answered.
 struct ProgramExec {

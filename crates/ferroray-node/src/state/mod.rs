@@ -589,6 +589,9 @@ pub struct State {
     /// Functions the cluster's function table keeps (`tasks`, the function
     /// table): calls of them go to peers without their bytes.
     published: FxHashSet<FunctionId>,
+    /// The daemon has lost its head (the function table, step 5): published
+    /// functions go with their bytes meanwhile.
+    head_away: bool,
     /// What runs again a task whose results are left on a peer (`left`
     /// step 11), by task.
     lineage: FxHashMap<TaskId, left::Lineage>,
@@ -772,6 +775,7 @@ impl State {
             actor_spawns: 0,
             functions: FxHashMap::default(),
             published: FxHashSet::default(),
+            head_away: false,
             lineage: FxHashMap::default(),
             left_count: FxHashMap::default(),
             lost: FxHashMap::default(),

@@ -354,7 +354,7 @@ impl State {
             // recorded as sent when it is (below). A peer fetches a function
             // the cluster's table has (the function table, step 2).
             if let FunctionDescriptor::Python { function: Some(f), pickled, .. } = &mut spec.function {
-                let fetched = c.remote.is_some() && self.published.contains(f);
+                let fetched = c.remote.is_some() && self.published.contains(f) && !self.head_away;
                 if !c.functions_sent.contains(f) && !fetched {
                     if let Some(bytes) = self.functions.get(f) {
                         pickled.clone_from(bytes);

@@ -81,6 +81,9 @@ impl State {
     //    published: the head drops them a while after its job ended, and
     //    what still calls them (a detached actor restarted on a peer) sends
     //    their bytes again.
+    // 5. While the daemon has no head (it died, or the link broke), calls
+    //    of published functions go with their bytes again: the executing
+    //    node could not fetch them. Once the head is back, they go without.
     // Functions a worker exports (defined inside a task) are not published:
     // their bytes go once per link.
 
@@ -89,6 +92,11 @@ impl State {
         if self.reported_driver(function.exporter) && self.functions.contains_key(&function) {
             self.published.insert(function);
         }
+    }
+
+    /// Step 5.
+    pub fn set_head_away(&mut self, away: bool) {
+        self.head_away = away;
     }
 
     pub fn has_function(&self, function: FunctionId) -> bool {

@@ -2003,3 +2003,42 @@ fn items_lost_with_a_peer_come_back_though_their_stream_was_dropped_or_its_attem
     let ends = d.take().iter().filter(|m| matches!(m, FromNode::StreamEnd { .. })).count();
     assert_eq!(ends, 0, "the stream ended once, with attempt 1");
 }
+
+// Step 1: one room per node, however many programs have links to it.
+#[test]
+fn programs_placing_work_on_one_peer_share_its_room() {
+    use crate::WorkerCommand;
+    let mut h = harness_with(1.0, &[], |_| {});
+    let python = |arg: &str| WorkerCommand { program: "/usr/bin/python3".into(), args: vec![arg.into()], env: vec![] };
+    let commands = |arg: &str| std::collections::BTreeMap::from([(WorkerKind::Python, python(arg))]);
+    let a = h.driver();
+    let pa = h.st.join_job(a.conn, commands("a"));
+    let b = h.driver();
+    let pb = h.st.join_job(b.conn, commands("b"));
+    let py = |by: &Peer, seq: u64| {
+        let mut s = spec(by, seq, ReturnKind::Fixed(1), 0);
+        s.function =
+            FunctionDescriptor::Python { module: "m".into(), qualname: "f".into(), function: None, pickled: vec![1] };
+        s.resources = cpus(1.0);
+        s
+    };
+    let la = attach_for(&mut h, 9, pa, cpus(2.0));
+    let lb = attach_for(&mut h, 9, pb, cpus(2.0));
+    // B's task takes this node's CPU.
+    let (t0, _) = submit(&mut h, &b, py(&b, 1));
+    let wb = h.worker_in(Pool { kind: WorkerKind::Python, program: pb });
+    assert_eq!(executed(&wb.take()), vec![t0]);
+    // A's two fill the peer.
+    let (t1, _) = submit(&mut h, &a, py(&a, 1));
+    let (t2, _) = submit(&mut h, &a, py(&a, 2));
+    assert_eq!(executed(&la.take()), vec![t1, t2]);
+    // B's next has no room there either: it queues behind B's busy worker
+    // here (its link's own count alone would have sent it there).
+    let (t3, _) = submit(&mut h, &b, py(&b, 2));
+    assert!(executed(&lb.take()).is_empty());
+    assert_eq!(executed(&wb.take()), vec![t3]);
+    // One of A's ends: the room it made is B's too.
+    returned(&mut h, &la, t1, 0, b"1");
+    let (t4, _) = submit(&mut h, &b, py(&b, 3));
+    assert_eq!(executed(&lb.take()), vec![t4]);
+}

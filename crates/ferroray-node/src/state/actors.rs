@@ -297,11 +297,9 @@ impl State {
             // No room here: a peer with room takes it (`remote` step 6).
             let here = super::remote::stays_here(&a.creation, &self.streams)
                 || self.tasks.get(&id.0).is_some_and(|t| t.from_peer);
-            let mut rooms = self.peer_rooms();
+            let rooms = self.peer_rooms();
             let program = a.pool.program;
-            let peer = (!here)
-                .then(|| super::remote::pick_peer(&mut rooms, &want, program, &self.conns).map(|(p, _)| *p))
-                .flatten();
+            let peer = (!here).then(|| rooms.pick(&want, program, &self.conns)).flatten();
             if let Some(peer) = peer {
                 self.unplaced.retain(|u| *u != id);
                 return self.place_actor_on_peer(id, peer, want);

@@ -6,10 +6,11 @@
 //!
 //! 1. Placement (`schedule`): a ready task that cannot start here now (no
 //!    room, or this node could never run it) goes to the peer with room for
-//!    it that has the most CPU free (`pick_peer`): room is the peer's total
-//!    minus what this node sent it and has not heard back about, and minus
-//!    what its other owners use there as of its last heartbeat
-//!    (`peer_loads`). A task that only a peer could run, with no peer
+//!    it that has the most CPU free (`PeerRooms::pick`): room is the peer's
+//!    total minus what this node sent it and has not heard back about (over
+//!    all its links there, one per program: a node has one room however
+//!    many programs place work on it), and minus what its other owners use
+//!    there as of its last heartbeat (`peer_loads`). A task that only a peer could run, with no peer
 //!    room for it now, is queued on the peer with the most room for
 //!    queued tasks (`PIPELINE_DEPTH` times its total beyond it), as tasks
 //!    queue behind a busy worker here: the round trip between two tasks is
@@ -72,14 +73,16 @@ pub(crate) struct Remote {
     pub(super) program: ProgramId,
     /// What it has (from the cluster's view when attached).
     pub(super) total: ResourceSet,
-    /// The resources of the tasks this node sent it that have not ended:
-    /// its room is `total` minus these and `others` (step 1).
+    /// The resources of the tasks this link sent it that have not ended:
+    /// its node's room is `total` minus these over all this node's links
+    /// there, and minus `others` (step 1).
     pub(super) in_flight: ResourceSet,
     /// What the peer's other owners use there: its used resources at its
     /// last heartbeat (`State::peer_loads`) less the most this node had in
-    /// flight there over the last two views (the heartbeat was taken at some
-    /// moment of that span, and this node's tasks that ended since must not
-    /// count as others'), never below zero.
+    /// flight there over the last two views, over all its links there (the
+    /// heartbeat was taken at some moment of that span, and this node's
+    /// tasks that ended since must not count as others'), never below
+    /// zero; the same on each of this node's links there.
     pub(super) others: ResourceSet,
     /// The most of `in_flight` since the last view, and over the view
     /// before (for `others`).
@@ -110,55 +113,85 @@ fn max_of(a: &ResourceSet, b: &ResourceSet) -> ResourceSet {
     ResourceSet::from_fixed(m)
 }
 
-/// Step 1: the peer to place a task of `shape` of `program` on: of its
-/// program's links with room for it, the one with the most CPU free (the
-/// first attached, of equals).
-pub(super) fn pick_peer<'a>(
-    rooms: &'a mut [(ConnId, ResourceSet)],
-    shape: &ResourceSet,
-    program: ProgramId,
-    conns: &FxHashMap<ConnId, Conn>,
-) -> Option<&'a mut (ConnId, ResourceSet)> {
-    let cpu = |room: &ResourceSet| room.fixed().get(ferroray_common::resources::CPU).copied().unwrap_or(0);
-    let of_program = |id: &ConnId| conns.get(id).and_then(|c| c.remote.as_ref()).is_some_and(|r| r.program == program);
-    let mut best: Option<&'a mut (ConnId, ResourceSet)> = None;
-    for entry in rooms.iter_mut().filter(|(id, room)| shape.fits_in(room) && of_program(id)) {
-        if best.as_ref().is_none_or(|b| cpu(&entry.1) > cpu(&b.1)) {
-            best = Some(entry);
+/// Step 1: the room of each peer link for one scheduling pass. A node with
+/// several links to it (one per program of this node's) has one room: each
+/// link's entry shows the node's, and a task placed on one link takes it
+/// from all of them, so programs placing tasks between two heartbeats do
+/// not each count the node's whole room.
+pub(super) struct PeerRooms(Vec<PeerRoom>);
+
+pub(super) struct PeerRoom {
+    link: ConnId,
+    node: NodeId,
+    room: ResourceSet,
+}
+
+impl PeerRooms {
+    /// Each link's node's total `times` over, less what this node has in
+    /// flight there over all its links and what other owners use; in the
+    /// order links were attached. With `times` 1: the node's room; with
+    /// `1 + PIPELINE_DEPTH`: its room for tasks queued behind what it runs.
+    pub(super) fn of(conns: &FxHashMap<ConnId, Conn>, times: i64) -> Self {
+        let mut in_flight: FxHashMap<NodeId, ResourceSet> = FxHashMap::default();
+        for r in conns.values().filter_map(|c| c.remote.as_ref()) {
+            in_flight.entry(r.node).or_default().add(&r.in_flight);
         }
+        let mut rooms: Vec<PeerRoom> = conns
+            .iter()
+            .filter_map(|(id, c)| {
+                let r = c.remote.as_ref()?;
+                let mut room = if times == 1 {
+                    r.total.clone()
+                } else {
+                    ResourceSet::from_fixed(
+                        r.total.fixed().iter().map(|(k, v)| (k.clone(), v.saturating_mul(times))).collect(),
+                    )
+                };
+                room.subtract(&in_flight[&r.node]);
+                room.subtract(&r.others);
+                Some(PeerRoom { link: *id, node: r.node, room })
+            })
+            .collect();
+        rooms.sort_by_key(|p| p.link);
+        PeerRooms(rooms)
     }
-    best
-}
 
-/// Step 1: each peer's total `times` over, less what this node has in
-/// flight there and what other owners use; in the order peers were
-/// attached. With `times` 1: its room; with `1 + PIPELINE_DEPTH`: its room
-/// for tasks queued behind what it runs.
-pub(super) fn peer_rooms_times(conns: &FxHashMap<ConnId, Conn>, times: i64) -> Vec<(ConnId, ResourceSet)> {
-    let mut rooms: Vec<(ConnId, ResourceSet)> = conns
-        .iter()
-        .filter_map(|(id, c)| {
-            let r = c.remote.as_ref()?;
-            let mut room = if times == 1 {
-                r.total.clone()
-            } else {
-                ResourceSet::from_fixed(
-                    r.total.fixed().iter().map(|(k, v)| (k.clone(), v.saturating_mul(times))).collect(),
-                )
-            };
-            room.subtract(&r.in_flight);
-            room.subtract(&r.others);
-            Some((*id, room))
-        })
-        .collect();
-    rooms.sort_by_key(|(id, _)| *id);
-    rooms
-}
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 
-/// Step 1: a task placed on `peer` takes its room for queued tasks too.
-pub(super) fn take_queue_room(queue_rooms: &mut [(ConnId, ResourceSet)], peer: ConnId, shape: &ResourceSet) {
-    if let Some((_, room)) = queue_rooms.iter_mut().find(|(id, _)| *id == peer) {
-        room.subtract(shape);
+    /// The link of `program` to place a task of `shape` on: of the nodes
+    /// with room for it, the one with the most CPU free (the first
+    /// attached, of equals).
+    pub(super) fn pick(
+        &self,
+        shape: &ResourceSet,
+        program: ProgramId,
+        conns: &FxHashMap<ConnId, Conn>,
+    ) -> Option<ConnId> {
+        let cpu = |room: &ResourceSet| room.fixed().get(ferroray_common::resources::CPU).copied().unwrap_or(0);
+        let of_program =
+            |id: &ConnId| conns.get(id).and_then(|c| c.remote.as_ref()).is_some_and(|r| r.program == program);
+        let mut best: Option<&PeerRoom> = None;
+        for p in self.0.iter().filter(|p| shape.fits_in(&p.room) && of_program(&p.link)) {
+            if best.is_none_or(|b| cpu(&p.room) > cpu(&b.room)) {
+                best = Some(p);
+            }
+        }
+        best.map(|p| p.link)
+    }
+
+    /// Whether `link`'s node has room for `shape`.
+    pub(super) fn fits(&self, link: ConnId, shape: &ResourceSet) -> bool {
+        self.0.iter().any(|p| p.link == link && shape.fits_in(&p.room))
+    }
+
+    /// A task of `shape` placed on `link` takes its node's room.
+    pub(super) fn take(&mut self, link: ConnId, shape: &ResourceSet) {
+        let Some(node) = self.0.iter().find(|p| p.link == link).map(|p| p.node) else { return };
+        for p in self.0.iter_mut().filter(|p| p.node == node) {
+            p.room.subtract(shape);
+        }
     }
 }
 
@@ -223,23 +256,28 @@ impl State {
     }
 
     /// The peers' rooms (step 1), for one pass of `schedule`.
-    pub(super) fn peer_rooms(&self) -> Vec<(ConnId, ResourceSet)> {
-        peer_rooms_times(&self.conns, 1)
+    pub(super) fn peer_rooms(&self) -> PeerRooms {
+        PeerRooms::of(&self.conns, 1)
     }
 
     /// The peers' loads from the cluster's view (step 1): what each node
     /// had available at its last heartbeat. What its other owners use
     /// there comes off its room here.
     pub fn peer_loads(&mut self, loads: &[(NodeId, ResourceSet)]) {
+        // The most this node had on each node over the span the report was
+        // taken in, over all its links there.
+        let mut mine: FxHashMap<NodeId, ResourceSet> = FxHashMap::default();
+        for r in self.conns.values().filter_map(|c| c.remote.as_ref()) {
+            mine.entry(r.node).or_default().add(&max_of(&max_of(&r.peak, &r.peak_before), &r.in_flight));
+        }
         let mut changed = false;
         for c in self.conns.values_mut() {
             let Some(r) = c.remote.as_mut() else { continue };
             let Some((_, available)) = loads.iter().find(|(n, _)| *n == r.node) else { continue };
             let mut used = r.total.clone();
             used.subtract(available);
-            // The most this node had there over the span the report was
-            // taken in; the peak starts again from what is there now.
-            used.subtract(&max_of(&max_of(&r.peak, &r.peak_before), &r.in_flight));
+            used.subtract(&mine[&r.node]);
+            // The peak starts again from what is there now.
             r.peak_before = std::mem::replace(&mut r.peak, r.in_flight.clone());
             let others = ResourceSet::from_fixed(used.into_fixed().into_iter().filter(|(_, v)| *v > 0).collect());
             if others != r.others {

@@ -93,7 +93,7 @@ impl State {
         // Other nodes' room (`remote` step 1), and tasks placed there.
         let mut rooms = self.peer_rooms();
         // Made when first needed (most passes queue nothing on a peer).
-        let mut queue_rooms: Option<Vec<(ConnId, ResourceSet)>> = None;
+        let mut queue_rooms: Option<remote::PeerRooms> = None;
         let conns = &self.conns;
         let mut to_peers = Vec::new();
         // Tasks that cannot go where their arguments are (`left` step 13).
@@ -116,15 +116,14 @@ impl State {
                 // Its arguments are on a peer: there if it has room.
                 if let Some(p) = task.at_peer {
                     let tid = queue.remove(i).expect("index checked");
-                    match rooms.iter_mut().find(|(c, room)| *c == p && shape.fits_in(room)) {
-                        Some((_, room)) => {
-                            room.subtract(shape);
-                            if let Some(q) = queue_rooms.as_mut() {
-                                remote::take_queue_room(q, p, shape);
-                            }
-                            to_peers.push((tid, p));
+                    if rooms.fits(p, shape) {
+                        rooms.take(p, shape);
+                        if let Some(q) = queue_rooms.as_mut() {
+                            q.take(p, shape);
                         }
-                        None => wait_here.push(tid),
+                        to_peers.push((tid, p));
+                    } else {
+                        wait_here.push(tid);
                     }
                     continue;
                 }
@@ -136,13 +135,10 @@ impl State {
                             .tasks
                             .get(&queue[i])
                             .is_some_and(|t| t.from_peer || remote::stays_here(&t.spec, streams));
-                    if let Some((peer, room)) =
-                        (!here).then(|| remote::pick_peer(&mut rooms, shape, pool.program, conns)).flatten()
-                    {
-                        room.subtract(shape);
-                        let peer = *peer;
+                    if let Some(peer) = (!here).then(|| rooms.pick(shape, pool.program, conns)).flatten() {
+                        rooms.take(peer, shape);
                         if let Some(q) = queue_rooms.as_mut() {
-                            remote::take_queue_room(q, peer, shape);
+                            q.take(peer, shape);
                         }
                         to_peers.push((queue.remove(i).expect("index checked"), peer));
                         continue;
@@ -152,19 +148,17 @@ impl State {
                         // a peer runs (pipelining), else it waits for one.
                         let q = queue_rooms.get_or_insert_with(|| {
                             // Less what this pass placed already.
-                            let mut q = remote::peer_rooms_times(conns, 1 + PIPELINE_DEPTH as i64);
+                            let mut q = remote::PeerRooms::of(conns, 1 + PIPELINE_DEPTH as i64);
                             for (tid, peer) in &to_peers {
                                 if let Some(t) = self.tasks.get(tid) {
-                                    remote::take_queue_room(&mut q, *peer, &t.spec.resources);
+                                    q.take(*peer, &t.spec.resources);
                                 }
                             }
                             q
                         });
-                        if let Some((peer, room)) =
-                            (!here).then(|| remote::pick_peer(q, shape, pool.program, conns)).flatten()
-                        {
-                            room.subtract(shape);
-                            to_peers.push((queue.remove(i).expect("index checked"), *peer));
+                        if let Some(peer) = (!here).then(|| q.pick(shape, pool.program, conns)).flatten() {
+                            q.take(peer, shape);
+                            to_peers.push((queue.remove(i).expect("index checked"), peer));
                             continue;
                         }
                         waiting.push(queue[i]);

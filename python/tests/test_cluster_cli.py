@@ -299,6 +299,14 @@ a = np.ones(16 << 20, dtype=np.uint8)
 assert ray.get(total.remote(a)) == 16 << 20
 b = ray.get(ones.remote(8 << 20))
 assert b.sum() == 8 << 20 and not b.flags.writeable
+
+# A large result stays on the node that made it: a task reading it goes
+# there (no resource of its own asks for it), and reads it in place.
+@ray.remote
+def sum_where(a):
+    return int(a.sum()), ray.get_runtime_context().get_node_id()
+
+assert ray.get(sum_where.remote(ones.remote(8 << 20))) == (8 << 20, there)
 assert [ray.get(r) for r in count.remote(20)] == list(range(20))
 try:
     ray.get(fails.remote())
@@ -430,6 +438,36 @@ assert seen == list(range(40)), seen
 with open(mark) as f:
     second = f.read()
 assert second not in (first, made_on), (second, first, made_on)
+
+# A large result lives only on the node that made it until it is read
+# (listed as ON_PEER here): that node dies first, and the task that made
+# it runs again on another node (lineage).
+import subprocess
+
+@ray.remote(resources={"b": 1}, max_retries=1)
+def big(mark):
+    with open(mark, "a") as f:
+        f.write(ray.get_runtime_context().get_node_id() + "\n")
+    return np.full(4 << 20, 9, dtype=np.uint8)
+
+def on_peer():
+    listed = subprocess.run([sys.executable, "-m", "ferroray", "list", "objects"], capture_output=True, text=True)
+    return listed.stdout.count("ON_PEER")
+
+runs = os.path.join(sys.argv[1], "runs")
+kept = big.remote(runs)
+deadline = time.time() + 20
+while on_peer() < 1:
+    assert time.time() < deadline, "the result never stayed where it was made"
+    time.sleep(0.05)
+with open(runs) as f:
+    holder = f.read().split()[0]
+os.kill(pids[holder], signal.SIGKILL)
+a = ray.get(kept, timeout=30)
+assert a.shape == (4 << 20,) and int(a[0]) == 9 and int(a[-1]) == 9
+with open(runs) as f:
+    made = f.read().split()
+assert len(made) == 2 and made[0] == holder and made[1] != holder, (made, holder)
 print("ok", flush=True)
 ray.shutdown()
 """
@@ -441,7 +479,7 @@ def test_python_work_survives_the_nodes_that_die(session):
         "start", "--head", "--port", "0", "--num-cpus", "1", "--heartbeat-ms", "200", "--node-timeout-ms", "2000"
     ).stdout
     head = re.search(r"cluster at (\S+) ", out).group(1)
-    for _ in range(3):
+    for _ in range(4):
         run("start", "--address", head, "--num-cpus", "1", "--resources", '{"b": 1}', "--heartbeat-ms", "200")
     env = dict(os.environ, FERRORAY_SESSION_DIR=d)
     with tempfile.TemporaryDirectory(prefix="ferroray-py-deaths-") as marks:

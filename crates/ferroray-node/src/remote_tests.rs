@@ -1770,18 +1770,19 @@ fn a_result_lost_with_its_peer_is_made_again_by_its_task_or_lost_without_retries
         .find_map(|m| if let FromNode::Execute(s) = m { Some(s.args.clone()) } else { None })
         .expect("executed");
     assert!(matches!(&args[..], [TaskArg::Object { id, .. }] if *id == arg), "{args:?}");
-    // Left again, on the new peer, and pulled from there for the reader.
+    // Left again, on the new peer: the reader waiting for it goes there.
     left_by(&mut h, &b, t1, 1);
-    assert_eq!(pulls(&b.take()), vec![r1]);
-    pulled(&mut h, &b, r1, b"again");
-    assert_eq!(h.spawn_requests(), 1);
-    let w = h.worker();
-    assert_eq!(executed(&w.take()), vec![t3]);
-    assert_eq!(location(&h, arg), None, "the lineage went once its result was here");
-    // Its last retry spent: a second loss would fail it (nothing left there now).
+    let msgs = b.take();
+    assert!(pulls(&msgs).is_empty(), "{msgs:?}");
+    assert_eq!(executed(&msgs), vec![t3]);
+    // Lost again with its last retry spent: lost for good, and the
+    // reader's retry fails with it.
     h.st.disconnect(b.conn, "node died");
-    assert!(ready(&d.take(), r1).is_none());
-    assert_eq!(h.st.stats().tasks, 1, "only the reader");
+    h.st.handle(d.conn, ToNode::Subscribe(vec![r1]));
+    let msgs = d.take();
+    assert!(matches!(ready(&msgs, r1), Some(ObjectValue::Error(Error::ObjectLost(_)))), "{msgs:?}");
+    assert_eq!(h.st.stats().tasks, 0);
+    assert_eq!(location(&h, arg), None, "the lineage went with it");
 }
 
 #[test]
@@ -2041,4 +2042,53 @@ fn programs_placing_work_on_one_peer_share_its_room() {
     returned(&mut h, &la, t1, 0, b"1");
     let (t4, _) = submit(&mut h, &b, py(&b, 3));
     assert_eq!(executed(&lb.take()), vec![t4]);
+}
+
+// `left` step 13, for a task submitted before its argument was made.
+#[test]
+fn a_task_waiting_for_a_result_goes_where_it_is_left() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let p = attach(&mut h, 1, cpus_x(2.0, 1.0));
+    let s = x_spec(&d, 1, 0);
+    let (t1, r1) = (s.task_id, ObjectId::for_return(s.task_id, 0));
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    assert_eq!(executed(&p.take()), vec![t1]);
+    // Submitted while its argument is being made, with a put object too.
+    let arg = put(&mut h, &d, 100);
+    let mut chained = spec(&d, 2, ReturnKind::Fixed(1), 0);
+    chained.args = vec![TaskArg::Ref(r1), TaskArg::Ref(arg), TaskArg::Ref(r1)];
+    let t2 = chained.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(chained)));
+    assert_eq!(h.spawn_requests(), 0, "it waits");
+    left_by(&mut h, &p, t1, 0);
+    let msgs = p.take();
+    assert!(pulls(&msgs).is_empty(), "{msgs:?}");
+    let sent = msgs.iter().find_map(|m| if let FromNode::Execute(s) = m { Some(s.clone()) } else { None });
+    let sent = sent.expect("sent there");
+    assert_eq!(sent.task_id, t2);
+    assert!(matches!(&sent.args[0], TaskArg::Object { payload, .. } if payload.is_left_on_peer()));
+    assert!(matches!(&sent.args[2], TaskArg::Object { payload, .. } if payload.is_left_on_peer()));
+    assert_eq!(h.spawn_requests(), 0);
+    returned(&mut h, &p, t2, 0, b"2");
+    // A reader of results left on two peers goes to neither: both are
+    // pulled for it, each when it is left.
+    let q = attach(&mut h, 2, cpus_x(1.0, 1.0));
+    let s3 = x_spec(&d, 3, 0);
+    let s4 = x_spec(&d, 4, 0);
+    let (t3, r3, t4, r4) =
+        (s3.task_id, ObjectId::for_return(s3.task_id, 0), s4.task_id, ObjectId::for_return(s4.task_id, 0));
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s3)));
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s4)));
+    assert_eq!(executed(&p.take()), vec![t3], "p has one x");
+    assert_eq!(executed(&q.take()), vec![t4]);
+    let mut reader = spec(&d, 5, ReturnKind::Fixed(1), 0);
+    reader.args = vec![TaskArg::Ref(r3), TaskArg::Ref(r4)];
+    h.st.handle(d.conn, ToNode::Submit(Box::new(reader)));
+    left_by(&mut h, &p, t3, 0);
+    assert_eq!(pulls(&p.take()), vec![r3]);
+    left_by(&mut h, &q, t4, 0);
+    let msgs = q.take();
+    assert_eq!(pulls(&msgs), vec![r4]);
+    assert!(executed(&msgs).is_empty());
 }

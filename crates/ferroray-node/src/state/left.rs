@@ -37,9 +37,11 @@
 //!     dropped (`task_done`).
 //!
 //! 13. A task whose arguments are left on one peer goes there rather than
-//!     pulling them (`wait_for_args`: a task, not an actor's, of the
-//!     peer's program, that the peer's total fits, not from a peer, not
-//!     naming a stream): it does not wait for them, and the scheduler
+//!     pulling them (`wait_for_args` at its submission, or
+//!     `send_where_left` when the last of them is left there while it
+//!     waits: a task, not an actor's, of the peer's program, that the
+//!     peer's total fits, not from a peer, not naming a stream, whose other
+//!     arguments are here): it does not wait for them, and the scheduler
 //!     places it on that peer if it has room now (`schedule`); the
 //!     arguments go as `Payload::LEFT_ON_PEER`, which the link there turns
 //!     into its own objects. Without room there, it waits for them here
@@ -98,15 +100,73 @@ impl State {
         }
         let o = self.objects.get_mut(&id).expect("checked above");
         o.left = Some(Left { conn, pulling: false, len, encoding });
-        let read = !o.subscribers.is_empty() || !o.waiting.is_empty();
+        let mut waiting = o.waiting.clone();
         if let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.remote.as_mut()) {
             r.left.insert(id);
         }
         *self.left_count.entry(id.task).or_default() += 1;
-        if read {
+        // Step 13: a task waiting for it whose arguments are now all here
+        // or left there goes there rather than waiting for them.
+        waiting.sort_unstable();
+        waiting.dedup();
+        for tid in waiting {
+            self.send_where_left(tid, conn);
+        }
+        let o = self.objects.get(&id).expect("checked above");
+        if !o.subscribers.is_empty() || !o.waiting.is_empty() {
             self.pull(id);
         }
         true
+    }
+
+    /// Step 13 for task `tid`, waiting for an argument just left on `conn`:
+    /// if every argument of it is here or left there and it may go there,
+    /// it stops waiting for those left there and is to run there.
+    fn send_where_left(&mut self, tid: TaskId, conn: ConnId) {
+        let Some(t) = self.tasks.get(&tid) else { return };
+        if t.from_peer || t.at_peer.is_some_and(|p| p != conn) || !self.may_go_to(&t.spec, t.pool, conn) {
+            return;
+        }
+        let mut there = Vec::new();
+        for arg in &t.spec.args {
+            let TaskArg::Ref(x) = arg else { continue };
+            match self.objects.get(x) {
+                Some(o) if o.left.as_ref().is_some_and(|l| l.conn == conn) => there.push(*x),
+                Some(o) if matches!(&o.value, Some(v) if !matches!(v, Stored::Error(_))) => {}
+                _ => return,
+            }
+        }
+        there.sort_unstable();
+        there.dedup();
+        let mut no_longer = 0;
+        for x in there {
+            if let Some(o) = self.objects.get_mut(&x) {
+                let before = o.waiting.len();
+                o.waiting.retain(|w| *w != tid);
+                no_longer += before - o.waiting.len();
+            }
+        }
+        let Some(t) = self.tasks.get_mut(&tid) else { return };
+        t.at_peer = Some(conn);
+        t.pending_deps -= no_longer;
+        if t.pending_deps == 0 {
+            self.record(tid, TaskState::PendingSchedule, None, None);
+            self.enqueue(tid);
+        }
+    }
+
+    /// Step 13: whether task `spec` (of `pool`) may run on peer link `p`
+    /// for its arguments left there: a task, not an actor's, not naming a
+    /// stream of this node's, of the link's program, that its node's total
+    /// fits.
+    fn may_go_to(&self, spec: &TaskSpec, pool: Pool, p: ConnId) -> bool {
+        spec.actor.is_none()
+            && !remote::stays_here(spec, &self.streams)
+            && self
+                .conns
+                .get(&p)
+                .and_then(|c| c.remote.as_ref())
+                .is_some_and(|r| r.program == pool.program && spec.resources.fits_in(&r.total))
     }
 
     /// Step 9: asks for `id`'s bytes if it is left and not asked for yet.
@@ -303,17 +363,7 @@ impl State {
                 },
             }
         }
-        let at_peer = left_on.flatten().filter(|p| {
-            may_go
-                && failed.is_none()
-                && spec.actor.is_none()
-                && !remote::stays_here(spec, &self.streams)
-                && self
-                    .conns
-                    .get(p)
-                    .and_then(|c| c.remote.as_ref())
-                    .is_some_and(|r| r.program == pool.program && spec.resources.fits_in(&r.total))
-        });
+        let at_peer = left_on.flatten().filter(|p| may_go && failed.is_none() && self.may_go_to(spec, pool, *p));
         let mut pending = 0;
         let mut pulls = Vec::new();
         for arg in &spec.args {

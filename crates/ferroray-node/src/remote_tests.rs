@@ -1448,6 +1448,10 @@ fn while_the_head_is_away_published_functions_go_with_their_bytes() {
     let back = attach(&mut h, 8, cpus_x(8.0, 8.0));
     submit(&mut h, &d, x_call(&d, 2, f));
     assert_eq!(executed_pickled(&back.take()), vec![Vec::<u8>::new()]);
+    // Away again: that link had calls of it but never its bytes.
+    h.st.set_head_away(true);
+    submit(&mut h, &d, x_call(&d, 3, f));
+    assert_eq!(executed_pickled(&back.take()), vec![b"fn".to_vec()]);
 }
 
 /// An executor of the programs stress run: a worker of a pool, or a peer
@@ -2091,4 +2095,36 @@ fn a_task_waiting_for_a_result_goes_where_it_is_left() {
     let msgs = q.take();
     assert_eq!(pulls(&msgs), vec![r4]);
     assert!(executed(&msgs).is_empty());
+}
+
+#[test]
+fn a_generator_made_again_that_stops_before_a_lost_item_fails_it_once() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let a = attach(&mut h, 0xa, cpus_x(1.0, 1.0));
+    let mut s = x_spec(&d, 1, u32::MAX);
+    s.returns = ReturnKind::Streaming { backpressure: None };
+    let tid = s.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    assert_eq!(executed(&a.take()), vec![tid]);
+    item(&mut h, &a, tid, 0, 0, false);
+    item(&mut h, &a, tid, 0, 1, true);
+    let end = TaskOutcome::Streamed { items: 2 };
+    h.st.handle(a.conn, ToNode::TaskDone { task_id: tid, attempt: 0, outcome: end });
+    h.st.disconnect(a.conn, "node died");
+    let b = attach(&mut h, 0xb, cpus_x(1.0, 1.0));
+    assert_eq!(executed_attempts(&b.take()), vec![(tid, 1)]);
+    // It yields one item this time: the lost one is never made again, and
+    // it is not run once more (its retries are unlimited).
+    item(&mut h, &b, tid, 1, 0, false);
+    let end = TaskOutcome::Streamed { items: 1 };
+    h.st.handle(b.conn, ToNode::TaskDone { task_id: tid, attempt: 1, outcome: end });
+    assert!(executed_attempts(&b.take()).is_empty());
+    assert_eq!(h.st.stats().tasks, 0);
+    let i1 = ObjectId::for_item(tid, 1);
+    h.st.handle(d.conn, ToNode::Subscribe(vec![i1]));
+    match ready(&d.take(), i1) {
+        Some(ObjectValue::Error(Error::ObjectLost(m))) => assert!(m.contains(&NodeId(0xa).to_string()), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }

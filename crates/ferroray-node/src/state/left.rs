@@ -39,9 +39,9 @@
 //! 13. A task whose arguments are left on one peer goes there rather than
 //!     pulling them (`wait_for_args` at its submission, or
 //!     `send_where_left` when the last of them is left there while it
-//!     waits: a task, not an actor's, of the peer's program, that the
-//!     peer's total fits, not from a peer, not naming a stream, whose other
-//!     arguments are here): it does not wait for them, and the scheduler
+//!     waits, if its other arguments are here: a task, not an actor's, of
+//!     the peer's program, that the peer's total fits, not from a peer, not
+//!     naming a stream): it does not wait for them, and the scheduler
 //!     places it on that peer if it has room now (`schedule`); the
 //!     arguments go as `Payload::LEFT_ON_PEER`, which the link there turns
 //!     into its own objects. Without room there, it waits for them here
@@ -148,7 +148,7 @@ impl State {
         }
         let Some(t) = self.tasks.get_mut(&tid) else { return };
         t.at_peer = Some(conn);
-        t.pending_deps -= no_longer;
+        t.pending_deps = t.pending_deps.saturating_sub(no_longer);
         if t.pending_deps == 0 {
             self.record(tid, TaskState::PendingSchedule, None, None);
             self.enqueue(tid);
@@ -275,6 +275,15 @@ impl State {
             l.retries_left -= 1;
         }
         l.spec.attempt += 1;
+        // An earlier attempt under this id that ended while waiting left
+        // its entries in its arguments' waiting lists.
+        for arg in &l.spec.args {
+            if let TaskArg::Ref(x) = arg {
+                if let Some(o) = self.objects.get_mut(x) {
+                    o.waiting.retain(|w| *w != tid);
+                }
+            }
+        }
         let (pending, failed, at_peer) = self.wait_for_args(tid, &l.spec, l.pool, true);
         let mut task = Task::new(l.spec, pending, l.retries_left);
         task.pool = l.pool;

@@ -78,11 +78,12 @@ pub(crate) struct Remote {
     /// there, and minus `others` (step 1).
     pub(super) in_flight: ResourceSet,
     /// What the peer's other owners use there: its used resources at its
-    /// last heartbeat (`State::peer_loads`) less the most this node had in
-    /// flight there over the last two views, over all its links there (the
-    /// heartbeat was taken at some moment of that span, and this node's
-    /// tasks that ended since must not count as others'), never below
-    /// zero; the same on each of this node's links there.
+    /// last heartbeat (`State::peer_loads`) less, summed over this node's
+    /// links there, the most each had in flight over the last two views
+    /// (the heartbeat was taken at some moment of that span, and this
+    /// node's tasks that ended since must not count as others'; the sum
+    /// may count more than this node had at once, erring toward room),
+    /// never below zero; the same on each of this node's links there.
     pub(super) others: ResourceSet,
     /// The most of `in_flight` since the last view, and over the view
     /// before (for `others`).
@@ -236,6 +237,14 @@ impl State {
     /// in-process connection), for the tasks of `program`: they may be
     /// placed on it from now on.
     pub(crate) fn attach_peer(&mut self, conn: ConnId, node: NodeId, program: ProgramId, total: ResourceSet) {
+        // What other owners use there, as this node's other links to it
+        // know it (one room per node, step 1).
+        let others = self
+            .conns
+            .values()
+            .filter_map(|c| c.remote.as_ref())
+            .find(|r| r.node == node)
+            .map_or_else(ResourceSet::new, |r| r.others.clone());
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.role = Some(Role::Peer);
         c.pid = 0;
@@ -245,7 +254,7 @@ impl State {
             program,
             total,
             in_flight: ResourceSet::new(),
-            others: ResourceSet::new(),
+            others,
             peak: ResourceSet::new(),
             peak_before: ResourceSet::new(),
             left: FxHashSet::default(),

@@ -446,10 +446,15 @@ impl State {
             }
             self.record(tid, TaskState::Running, Some(pid), None);
         }
-        if let (FunctionDescriptor::Python { function: Some(f), .. }, Some(c)) =
+        // Only bytes that went count: a peer that fetches a published
+        // function from the head gets them with a call while the head is
+        // away (the function table, step 5).
+        if let (FunctionDescriptor::Python { function: Some(f), pickled, .. }, Some(c)) =
             (&spec.function, self.conns.get_mut(&worker))
         {
-            c.functions_sent.insert(*f);
+            if !pickled.is_empty() {
+                c.functions_sent.insert(*f);
+            }
         }
         self.send(worker, FromNode::Execute(Box::new(spec)));
     }

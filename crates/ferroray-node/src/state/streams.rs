@@ -156,6 +156,8 @@ impl State {
             None => !self.streams.contains_key(&tid),
         };
         self.send(conn, FromNode::ItemAck { task_id: tid, index, gone });
+        // A task reading the item may be ready now (`left` step 13).
+        self.schedule();
     }
 
     /// How many items the attempts of generator task `tid` reported between them.

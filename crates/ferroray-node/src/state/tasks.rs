@@ -266,8 +266,21 @@ impl State {
                 }
                 // Made again for lost items only (`left` step 12): it may
                 // stop after the last of them.
-                TaskOutcome::Streamed { .. } if task.remaking.is_some() => {
-                    let replay = self.tasks.get_mut(&tid).and_then(|t| t.replay_error.take());
+                TaskOutcome::Streamed { items } if task.remaking.is_some() => {
+                    let mut replay = self.tasks.get_mut(&tid).and_then(|t| t.replay_error.take());
+                    // It must reach every item it was made again for.
+                    let short = self.lost.get(&tid).into_iter().flatten().find(|(id, _)| {
+                        id.index >= 2
+                            && id.index - 2 >= items
+                            && self.objects.get(id).is_some_and(|o| o.value.is_none() && o.left.is_none())
+                    });
+                    if let (None, Some((id, _))) = (&replay, short) {
+                        let name = self.tasks[&tid].spec.name().to_string();
+                        replay = Some(Error::ReplayMismatch(format!(
+                            "{name}, run again for its lost item {}, yielded {items} items",
+                            id.index - 2
+                        )));
+                    }
                     self.complete_task(tid, replay.map_or(Ok(vec![None]), Err));
                 }
                 TaskOutcome::Streamed { items } => {

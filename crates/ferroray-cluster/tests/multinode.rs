@@ -86,6 +86,21 @@ fn made_where(n: usize, mark: String) -> (Buffer, String) {
     (Buffer::new(vec![7u8; n]), here)
 }
 
+/// `n` items of `size` bytes of `i`; the first attempt (the one that makes
+/// `mark`) dies after two.
+#[ferroray::remote]
+fn chunks_crash_once(n: usize, size: usize, mark: String) -> impl Iterator<Item = Buffer> {
+    let first = std::fs::OpenOptions::new().write(true).create_new(true).open(&mark).is_ok();
+    (0..n).map(move |i| {
+        if first && i == 2 {
+            // Its two items reported first.
+            std::thread::sleep(Duration::from_millis(300));
+            std::process::exit(3);
+        }
+        Buffer::new(vec![i as u8; size])
+    })
+}
+
 #[ferroray::remote]
 fn length_where(made: (Buffer, String)) -> (usize, String) {
     (made.0.len(), ferroray::node_id().unwrap())
@@ -728,6 +743,19 @@ fn tasks_objects_and_streams_cross_nodes() {
         assert_eq!((b.len(), b[0], b[(2 << 20) - 1]), (2 << 20, i as u8, i as u8));
     }
     assert_eq!(on_peer(), 0, "read here: nothing is left on a peer");
+    // A generator's attempt dies after two large items, and its retry runs
+    // on the same node (the only one of resource f): the items the first
+    // attempt left there stay the ones kept, and every item reads back.
+    let crash_mark = dir.join("crash-once").to_string_lossy().into_owned();
+    let items: Vec<ObjectRef<Buffer>> =
+        chunks_crash_once::options().resource("f", 1).max_retries(1).remote(4, 2 << 20, crash_mark).collect();
+    assert_eq!(items.len(), 4);
+    for (i, r) in items.iter().enumerate() {
+        let b = r.get_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!((b.len(), b[0], b[(2 << 20) - 1]), (2 << 20, i as u8, i as u8));
+    }
+    drop(items);
+    wait_for("nothing left on F2", Duration::from_secs(10), || on_peer() == 0);
 
     // An actor on another node: its calls go there; that node killed, it
     // restarts on a node that has room for it (its state fresh), and a

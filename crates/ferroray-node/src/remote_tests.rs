@@ -45,9 +45,15 @@ fn x_spec(by: &Peer, seq: u64, max_retries: u32) -> TaskSpec {
     s
 }
 
-fn submit(h: &mut Harness, d: &Peer, s: TaskSpec) -> (TaskId, ObjectId) {
-    let (tid, rid) = (s.task_id, ObjectId::for_return(s.task_id, 0));
+/// Submits `s` for `d`, which does not read its result (yet).
+fn unread(h: &mut Harness, d: &Peer, s: TaskSpec) -> (TaskId, ObjectId) {
+    let ids = (s.task_id, ObjectId::for_return(s.task_id, 0));
     h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    ids
+}
+
+fn submit(h: &mut Harness, d: &Peer, s: TaskSpec) -> (TaskId, ObjectId) {
+    let (tid, rid) = unread(h, d, s);
     h.st.handle(d.conn, ToNode::Subscribe(vec![rid]));
     (tid, rid)
 }
@@ -1666,8 +1672,7 @@ fn a_result_left_on_a_peer_is_pulled_once_for_all_its_readers_and_forgotten_when
     let arg = put(&mut h, &d, 100);
     let mut s = x_spec(&d, 1, 0);
     s.args = vec![TaskArg::Ref(arg)];
-    let (t1, r1) = (s.task_id, ObjectId::for_return(s.task_id, 0));
-    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    let (t1, r1) = unread(&mut h, &d, s);
     assert_eq!(executed(&p.take()), vec![t1]);
     left_by(&mut h, &p, t1, 0);
     // Nobody reads it yet: nothing moves, and the task is done.
@@ -1707,8 +1712,7 @@ fn a_result_left_on_a_peer_is_pulled_once_for_all_its_readers_and_forgotten_when
     assert_eq!(executed(&w.take()), vec![t2]);
     // A result freed while it is left there is forgotten there.
     let s = x_spec(&d, 3, 0);
-    let (t3, r3) = (s.task_id, ObjectId::for_return(s.task_id, 0));
-    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    let (t3, r3) = unread(&mut h, &d, s);
     assert_eq!(executed(&p.take()), vec![t3]);
     left_by(&mut h, &p, t3, 0);
     h.st.handle(d.conn, ToNode::RemoveRef(vec![r3]));
@@ -1736,8 +1740,7 @@ fn a_result_lost_with_its_peer_is_made_again_by_its_task_or_lost_without_retries
     let arg = put(&mut h, &d, 100);
     let mut s1 = x_spec(&d, 1, 1);
     s1.args = vec![TaskArg::Ref(arg)];
-    let (t1, r1) = (s1.task_id, ObjectId::for_return(s1.task_id, 0));
-    h.st.handle(d.conn, ToNode::Submit(Box::new(s1)));
+    let (t1, r1) = unread(&mut h, &d, s1);
     let (t2, r2) = submit(&mut h, &d, x_spec(&d, 2, 0));
     assert_eq!(executed(&a.take()), vec![t1, t2]);
     left_by(&mut h, &a, t1, 0);
@@ -1795,8 +1798,7 @@ fn a_task_whose_argument_is_left_on_a_peer_goes_there_or_waits_for_it_here() {
     let d = h.driver();
     let p = attach(&mut h, 1, cpus_x(1.0, 1.0));
     let s = x_spec(&d, 1, 0);
-    let (t1, r1) = (s.task_id, ObjectId::for_return(s.task_id, 0));
-    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    let (t1, r1) = unread(&mut h, &d, s);
     assert_eq!(executed(&p.take()), vec![t1]);
     left_by(&mut h, &p, t1, 0);
     // A plain task reading it goes to the peer that has it, which has
@@ -1834,6 +1836,16 @@ fn a_task_whose_argument_is_left_on_a_peer_goes_there_or_waits_for_it_here() {
     assert_eq!(ready(&d.take(), r1), Some(&inline(b"big")));
 }
 
+/// Submits a streaming generator (no backpressure, `retries`) that only a
+/// peer can run, and checks that it went to `p`.
+fn generator_on(h: &mut Harness, d: &Peer, p: &Peer, retries: u32) -> TaskId {
+    let mut s = x_spec(d, 1, retries);
+    s.returns = ReturnKind::Streaming { backpressure: None };
+    let (tid, _) = unread(h, d, s);
+    assert_eq!(executed(&p.take()), vec![tid]);
+    tid
+}
+
 /// Item `index` of attempt `attempt` of generator `tid`, from `from`: left
 /// there when `left_there`, else inline; its digest is its index's.
 fn item(h: &mut Harness, from: &Peer, tid: TaskId, attempt: u32, index: u32, left_there: bool) {
@@ -1853,11 +1865,7 @@ fn a_generators_items_lost_with_its_peer_are_replayed_up_to_the_last_lost_one() 
     let mut h = harness(1.0);
     let d = h.driver();
     let a = attach(&mut h, 0xa, cpus_x(1.0, 1.0));
-    let mut s = x_spec(&d, 1, 1);
-    s.returns = ReturnKind::Streaming { backpressure: None };
-    let tid = s.task_id;
-    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
-    assert_eq!(executed(&a.take()), vec![tid]);
+    let tid = generator_on(&mut h, &d, &a, 1);
     // Items 1 and 2 stay on the peer; the consumer hears of each at once.
     item(&mut h, &a, tid, 0, 0, false);
     item(&mut h, &a, tid, 0, 1, true);
@@ -1919,11 +1927,7 @@ fn a_running_generators_items_lost_with_its_peer_come_back_with_its_retry_or_are
         let d = h.driver();
         let a = attach(&mut h, 0xa, cpus_x(1.0, 1.0));
         let b = attach(&mut h, 0xb, cpus_x(1.0, 1.0));
-        let mut s = x_spec(&d, 1, retries);
-        s.returns = ReturnKind::Streaming { backpressure: None };
-        let tid = s.task_id;
-        h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
-        assert_eq!(executed(&a.take()), vec![tid]);
+        let tid = generator_on(&mut h, &d, &a, retries);
         item(&mut h, &a, tid, 0, 0, true);
         let i0 = ObjectId::for_item(tid, 0);
         h.st.handle(d.conn, ToNode::Subscribe(vec![i0]));
@@ -1956,11 +1960,7 @@ fn items_lost_with_a_peer_come_back_though_their_stream_was_dropped_or_its_attem
     let d = h.driver();
     let a = attach(&mut h, 0xa, cpus_x(1.0, 1.0));
     let b = attach(&mut h, 0xb, cpus_x(1.0, 1.0));
-    let mut s = x_spec(&d, 1, 1);
-    s.returns = ReturnKind::Streaming { backpressure: None };
-    let tid = s.task_id;
-    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
-    assert_eq!(executed(&a.take()), vec![tid]);
+    let tid = generator_on(&mut h, &d, &a, 1);
     item(&mut h, &a, tid, 0, 0, true);
     item(&mut h, &a, tid, 0, 1, true);
     let (i0, i1) = (ObjectId::for_item(tid, 0), ObjectId::for_item(tid, 1));
@@ -1978,11 +1978,7 @@ fn items_lost_with_a_peer_come_back_though_their_stream_was_dropped_or_its_attem
     let mut h = harness(1.0);
     let d = h.driver();
     let a = attach(&mut h, 0xa, cpus_x(1.0, 1.0));
-    let mut s = x_spec(&d, 1, 2);
-    s.returns = ReturnKind::Streaming { backpressure: None };
-    let tid = s.task_id;
-    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
-    assert_eq!(executed(&a.take()), vec![tid]);
+    let tid = generator_on(&mut h, &d, &a, 2);
     item(&mut h, &a, tid, 0, 0, true);
     // More CPU free there: the retry goes to B.
     let b = attach(&mut h, 0xb, cpus_x(2.0, 1.0));
@@ -2055,8 +2051,7 @@ fn a_task_waiting_for_a_result_goes_where_it_is_left() {
     let d = h.driver();
     let p = attach(&mut h, 1, cpus_x(2.0, 1.0));
     let s = x_spec(&d, 1, 0);
-    let (t1, r1) = (s.task_id, ObjectId::for_return(s.task_id, 0));
-    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
+    let (t1, r1) = unread(&mut h, &d, s);
     assert_eq!(executed(&p.take()), vec![t1]);
     // Submitted while its argument is being made, with a put object too.
     let arg = put(&mut h, &d, 100);
@@ -2102,11 +2097,7 @@ fn a_generator_made_again_that_stops_before_a_lost_item_fails_it_once() {
     let mut h = harness(1.0);
     let d = h.driver();
     let a = attach(&mut h, 0xa, cpus_x(1.0, 1.0));
-    let mut s = x_spec(&d, 1, u32::MAX);
-    s.returns = ReturnKind::Streaming { backpressure: None };
-    let tid = s.task_id;
-    h.st.handle(d.conn, ToNode::Submit(Box::new(s)));
-    assert_eq!(executed(&a.take()), vec![tid]);
+    let tid = generator_on(&mut h, &d, &a, u32::MAX);
     item(&mut h, &a, tid, 0, 0, false);
     item(&mut h, &a, tid, 0, 1, true);
     let end = TaskOutcome::Streamed { items: 2 };

@@ -3,10 +3,11 @@
 //! again from its task if that node is lost before (lineage, as Ray's
 //! object reconstruction). The protocol, with `remote`'s steps 1 to 7:
 //!
-//! 8. The peer's link leaves a result in its node's store when it is
-//!    shared memory of at least the link's threshold and names no objects
-//!    (a task's, not an actor's: an actor's results are not made again).
-//!    Its `TaskDone` names it by a `Shm` payload at
+//! 8. The peer's link leaves a result, or a streaming generator's item, in
+//!    its node's store when it is shared memory of at least the link's
+//!    threshold and names no objects (a task's, not an actor's: an actor's
+//!    results are not made again; not a dynamic generator's). Its
+//!    `TaskDone` or `ReportItem` names it by a `Shm` payload at
 //!    `Payload::LEFT_ON_PEER`, which only a peer's connection may send
 //!    (`leave`). The object then has no value here (`Obj::value` stays
 //!    `None`, so every reader waits as for a pending object) and a
@@ -22,8 +23,9 @@
 //! 10. An object freed while left is forgotten there too (`Forget`); if a
 //!     pull is under way, the link lets its copy go once sent, and the
 //!     copy lands here for nobody and goes with its `RemoveRef`.
-//! 11. While any result of a task is left, the task's spec, its retries
-//!     left and its workers' pool are kept ([`Lineage`]), with its
+//! 11. While any result or item of a task is left (`left_count`), the
+//!     task's spec, its retries left, its workers' pool and a generator's
+//!     digests are kept ([`Lineage`]), with its
 //!     arguments' liveness pins (the task's own, carried over from
 //!     `complete_task`), so it can run again. The last of them pulled or
 //!     freed drops the lineage and the pins.
@@ -34,7 +36,13 @@
 //!     readers go on waiting. A task with no retries left, or whose lineage
 //!     is gone, sets `ObjectLost` naming the node. A result of the new
 //!     attempt whose object has a value by then (pulled before the loss) is
-//!     dropped (`task_done`).
+//!     dropped (`task_done`). A generator made again (`Task::remaking`)
+//!     replays against its digests: lost items take the replayed values
+//!     (`restore_item`), nothing is handed out again, its stream is left
+//!     alone, and it is told to stop after the last lost item; one still
+//!     running restores them in its retry's replay, and one whose attempt
+//!     ran past them elsewhere runs once more (`remake_lost`). What no
+//!     attempt made again is `ObjectLost` when the task ends (`lost_ended`).
 //!
 //! 13. A task whose arguments are left on one peer goes there rather than
 //!     pulling them (`wait_for_args` at its submission, or

@@ -2464,7 +2464,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 {
                     self.left.insert(theirs, *id);
                     kept.push(*id);
-                    let payload = Payload::Shm { offset: Payload::LEFT_ON_PEER, len };
+                    let payload = Payload::left_on_peer(len);
                     shipped.push(ObjectValue::Data { payload, encoding, contained });
                 }
                 v => shipped.push(self.writer.ship::<FromPeer>(&self.arena, v).await?),
@@ -2574,7 +2574,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                         // Left here, held by the link (step 6).
                         ObjectValue::Data { payload: Payload::Shm { len, .. }, encoding, contained } if kept => {
                             self.left.insert(theirs, item);
-                            let payload = Payload::Shm { offset: Payload::LEFT_ON_PEER, len };
+                            let payload = Payload::left_on_peer(len);
                             ObjectValue::Data { payload, encoding, contained }
                         }
                         value => self.writer.ship::<FromPeer>(&self.arena, value).await?,

@@ -1627,7 +1627,7 @@ fn stress_programs_coming_and_going_keep_their_tasks_in_their_own_workers() {
 /// A result the peer's link left in its node's store, of `len` bytes.
 fn left(len: u64) -> ObjectValue {
     ObjectValue::Data {
-        payload: Payload::Shm { offset: Payload::LEFT_ON_PEER, len },
+        payload: Payload::left_on_peer(len),
         encoding: ferroray_protocol::Encoding::Rust,
         contained: vec![],
     }

@@ -79,6 +79,11 @@ impl Payload {
     /// peer's connection may send it (the node takes it from no other).
     pub const LEFT_ON_PEER: u64 = u64::MAX - 1;
 
+    /// A result of `len` bytes left on the peer that sends this.
+    pub fn left_on_peer(len: u64) -> Payload {
+        Payload::Shm { offset: Payload::LEFT_ON_PEER, len }
+    }
+
     /// Whether this is a result left on the peer that sent it.
     pub fn is_left_on_peer(&self) -> bool {
         matches!(self, Payload::Shm { offset: Payload::LEFT_ON_PEER, .. })

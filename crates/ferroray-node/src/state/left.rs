@@ -92,6 +92,12 @@ pub(super) struct Lineage {
 }
 
 impl State {
+    /// Whether `id` is an object here with no value that is not left on a
+    /// peer either: still being made, or lost and not made again yet.
+    pub(super) fn unmade(&self, id: ObjectId) -> bool {
+        self.objects.get(&id).is_some_and(|o| o.value.is_none() && o.left.is_none())
+    }
+
     /// Step 8: the `TaskDone` or `ReportItem` of `conn` names result or
     /// item `id` as left there. False if `conn` is no peer (the caller then
     /// takes the value as any other, and refuses it).
@@ -99,7 +105,7 @@ impl State {
         if self.conns.get(&conn).is_none_or(|c| c.remote.is_none()) {
             return false;
         }
-        let wanted = self.objects.get(&id).is_some_and(|o| o.value.is_none() && o.left.is_none());
+        let wanted = self.unmade(id);
         if !wanted {
             // Nobody refers to it, or a retry's result for an object that
             // has its value (step 12).
@@ -316,9 +322,7 @@ impl State {
     pub(super) fn remake_lost(&mut self, task: &Task, digests: Option<Vec<u64>>) -> bool {
         let tid = task.spec.task_id;
         let Some(lost) = self.lost.get(&tid) else { return false };
-        let unset =
-            |st: &State, id: &ObjectId| st.objects.get(id).is_some_and(|o| o.value.is_none() && o.left.is_none());
-        let ids: Vec<ObjectId> = lost.iter().map(|(id, _)| *id).filter(|id| unset(self, id)).collect();
+        let ids: Vec<ObjectId> = lost.iter().map(|(id, _)| *id).filter(|id| self.unmade(*id)).collect();
         let again = !ids.is_empty()
             && task.retries_left > 0
             && task.spec.actor.is_none()
@@ -339,8 +343,7 @@ impl State {
     pub(super) fn lost_ended(&mut self, tid: TaskId) {
         let Some(ids) = self.lost.remove(&tid) else { return };
         for (id, node) in ids {
-            let unset = self.objects.get(&id).is_some_and(|o| o.value.is_none() && o.left.is_none());
-            if unset {
+            if self.unmade(id) {
                 let e = lost_error(id, node, "ended without making it again");
                 self.set_value(id, Stored::Error(e));
             }

@@ -368,7 +368,7 @@ impl State {
             if let TaskArg::Ref(id) = *arg {
                 // Left on this peer: it names its own copy (`left` step 13).
                 if let Some(l) = self.objects.get(&id).and_then(|o| o.left.as_ref()).filter(|l| l.conn == worker) {
-                    let payload = Payload::Shm { offset: Payload::LEFT_ON_PEER, len: l.len };
+                    let payload = Payload::left_on_peer(l.len);
                     *arg = TaskArg::Object { id, payload, encoding: l.encoding };
                     continue;
                 }

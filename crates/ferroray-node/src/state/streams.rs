@@ -133,10 +133,8 @@ impl State {
     /// made again only for those, is told to stop after the last.
     fn restore_item(&mut self, conn: ConnId, tid: TaskId, index: u32, value: ObjectValue) {
         let id = ObjectId::for_item(tid, index);
-        let lost =
-            |st: &State, id: &ObjectId| st.objects.get(id).is_some_and(|o| o.value.is_none() && o.left.is_none());
         match value {
-            value if !lost(self, &id) => self.drop_item(conn, tid, index, value),
+            value if !self.unmade(id) => self.drop_item(conn, tid, index, value),
             ObjectValue::Data { payload, contained, encoding }
                 if payload.is_left_on_peer()
                     && contained.is_empty()
@@ -152,7 +150,7 @@ impl State {
         let remaking = self.tasks.get(&tid).and_then(|t| t.remaking.as_ref()).map(|d| d.len() as u32);
         let dropped = self.streams.get(&tid).filter(|s| s.dropped).map(Stream::generated);
         let gone = match remaking.or(dropped) {
-            Some(n) => !(index + 1..n).any(|i| lost(self, &ObjectId::for_item(tid, i))),
+            Some(n) => !(index + 1..n).any(|i| self.unmade(ObjectId::for_item(tid, i))),
             None => !self.streams.contains_key(&tid),
         };
         self.send(conn, FromNode::ItemAck { task_id: tid, index, gone });

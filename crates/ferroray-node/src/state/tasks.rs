@@ -269,11 +269,12 @@ impl State {
                 TaskOutcome::Streamed { items } if task.remaking.is_some() => {
                     let mut replay = self.tasks.get_mut(&tid).and_then(|t| t.replay_error.take());
                     // It must reach every item it was made again for.
-                    let short = self.lost.get(&tid).into_iter().flatten().find(|(id, _)| {
-                        id.index >= 2
-                            && id.index - 2 >= items
-                            && self.objects.get(id).is_some_and(|o| o.value.is_none() && o.left.is_none())
-                    });
+                    let short = self
+                        .lost
+                        .get(&tid)
+                        .into_iter()
+                        .flatten()
+                        .find(|(id, _)| id.index >= 2 && id.index - 2 >= items && self.unmade(*id));
                     if let (None, Some((id, _))) = (&replay, short) {
                         let name = self.tasks[&tid].spec.name().to_string();
                         replay = Some(Error::ReplayMismatch(format!(
@@ -433,7 +434,7 @@ impl State {
                 // Not those that have their value (or are left on a peer)
                 // from an earlier attempt (`left` step 12).
                 for id in ids {
-                    if self.objects.get(&id).is_some_and(|o| o.value.is_none() && o.left.is_none()) {
+                    if self.unmade(id) {
                         self.set_value(id, Stored::Error(e.clone()));
                     }
                 }

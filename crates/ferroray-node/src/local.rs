@@ -240,13 +240,11 @@ impl LocalConnection {
         self.shared.lock().handle(self.conn, msg);
     }
 
-    /// Handles `msgs` in order under one lock of the node: what they make
-    /// it send goes out together (one write to each worker or driver).
+    /// Handles `msgs` in order under one lock of the node, as one batch
+    /// (`State::handle_all`): what they make it send goes out together (one
+    /// write to each worker or driver).
     pub fn send_all(&self, msgs: Vec<ToNode>) {
-        let mut st = self.shared.lock();
-        for msg in msgs {
-            st.handle(self.conn, msg);
-        }
+        self.shared.lock().handle_all(self.conn, msgs);
     }
 
     /// Handles an allocation at once (no reply message needed in-process).

@@ -320,6 +320,33 @@ fn a_peer_takes_what_its_total_has_room_for_then_queues_tasks_only_it_can_run() 
     assert_eq!(h.st.stats().available, cpus(1.0), "this node's resources were never taken");
 }
 
+// 3: a peer that gets through its tasks fast takes a deeper queue.
+#[test]
+fn a_fast_peer_takes_more_queued_tasks_a_slow_one_the_usual() {
+    use crate::state::{Pace, MAX_PEER_DEPTH};
+    use std::time::Duration;
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let p = attach(&mut h, 1, cpus_x(1.0, 1.0));
+    h.st.set_pace(p.conn, Pace::measured(Duration::from_micros(50)));
+    let n = 1 + MAX_PEER_DEPTH as usize;
+    let tasks: Vec<(TaskId, ObjectId)> = (1..=n as u64 + 1).map(|seq| submit(&mut h, &d, x_spec(&d, seq, 0))).collect();
+    let sent: Vec<TaskId> = tasks[..n].iter().map(|(t, _)| *t).collect();
+    assert_eq!(executed(&p.take()), sent, "its room and 4 ms of its tasks, at most MAX_PEER_DEPTH times its room");
+    assert_eq!(h.st.stats().tasks, n + 1, "the last stays queued here");
+    // Measured slow meanwhile (its tasks take 10 ms): as deep as a busy
+    // worker again; with more than that queued there, nothing goes until
+    // it is below.
+    h.st.set_pace(p.conn, Pace::measured(Duration::from_millis(10)));
+    let usual = 1 + crate::state::PIPELINE_DEPTH;
+    for (tid, _) in &tasks[..n - usual] {
+        returned(&mut h, &p, *tid, 0, b"1");
+        assert!(executed(&p.take()).is_empty(), "{} still there", n - 1);
+    }
+    returned(&mut h, &p, tasks[n - usual].0, 0, b"1");
+    assert_eq!(executed(&p.take()), vec![tasks[n].0], "below the usual depth: the next goes");
+}
+
 // 4.
 #[test]
 fn a_peers_task_done_completes_the_task_stores_its_value_and_frees_its_room() {

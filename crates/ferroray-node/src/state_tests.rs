@@ -299,6 +299,31 @@ fn backpressure_holds_an_acknowledgement_until_the_owner_consumes() {
 }
 
 #[test]
+fn a_batch_is_placed_once_at_its_end_and_stops_at_a_message_that_ends_its_connection() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let w = h.worker();
+    let (s1, s2) = (spec(&d, 1, ReturnKind::Fixed(1), 0), spec(&d, 2, ReturnKind::Fixed(1), 0));
+    let (t1, r1, t2) = (s1.task_id, ObjectId::for_return(s1.task_id, 0), s2.task_id);
+    // Placement waits for the batch's end: the task cancelled within it
+    // never reaches the idle worker (handled one by one, it would have
+    // gone to the worker first, the cancel after it).
+    let cancel = ToNode::Cancel { task_id: t1, force: false, recursive: true, force_after_ms: None };
+    let batch = [ToNode::Submit(Box::new(s1)), ToNode::Subscribe(vec![r1]), cancel, ToNode::Submit(Box::new(s2))];
+    h.st.handle_all(d.conn, batch);
+    assert_eq!(ready(&d.take(), r1), Some(&ObjectValue::Error(Error::TaskCancelled)));
+    assert_eq!(executed(&w.take()), vec![t2]);
+    // A message that ends the connection ends the batch: what follows it
+    // is not handled.
+    let s3 = spec(&d, 3, ReturnKind::Fixed(1), 0);
+    let foreign = ObjectId::for_return(TaskId { submitter: WorkerId(999), seq: 1 }, 0);
+    let bad = ToNode::Put { id: foreign, value: inline(b"x") };
+    h.st.handle_all(d.conn, [bad, ToNode::Submit(Box::new(s3))]);
+    assert!(!h.st.is_connected(d.conn));
+    assert!(executed(&w.take()).is_empty(), "the submit after it was not handled");
+}
+
+#[test]
 fn a_queued_task_is_cancelled_without_a_worker() {
     let mut h = harness(1.0);
     let d = h.driver();

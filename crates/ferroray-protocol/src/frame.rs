@@ -199,6 +199,18 @@ pub fn read_frame_into<R: Read, M: WireMessage>(r: &mut R, body: &mut Vec<u8>) -
     decode(body).map(Some)
 }
 
+/// The frame at the start of `buf`, if all of it is there: the message
+/// and the bytes it took; `Ok(None)` if more must be read first. For
+/// handling the frames a read brought in together.
+pub fn buffered_frame<M: WireMessage>(buf: &[u8]) -> Result<Option<(M, usize)>, FrameError> {
+    let Some(header) = buf.first_chunk::<4>() else { return Ok(None) };
+    let len = check_len(*header)?;
+    match buf.get(4..4 + len) {
+        Some(body) => decode(body).map(|m| Some((m, 4 + len))),
+        None => Ok(None),
+    }
+}
+
 /// Async [`read_frame_into`].
 pub async fn read_frame_async<R: AsyncRead + Unpin, M: WireMessage>(
     r: &mut R,
@@ -238,6 +250,25 @@ mod tests {
     use super::*;
     use crate::{Role, ToNode, PROTOCOL_VERSION};
     use ferroray_common::WorkerId;
+
+    #[test]
+    fn buffered_frames_are_taken_whole() {
+        let a = ToNode::Blocked;
+        let b = ToNode::Unblocked;
+        let mut buf = Vec::new();
+        encode_into(&mut buf, a.clone()).unwrap();
+        let first = buf.len();
+        encode_into(&mut buf, b.clone()).unwrap();
+        let (m, n) = buffered_frame::<ToNode>(&buf).unwrap().expect("a whole frame");
+        assert_eq!((m, n), (a, first));
+        // A frame cut short, or only part of its header, is not taken.
+        assert!(buffered_frame::<ToNode>(&buf[n..buf.len() - 1]).unwrap().is_none());
+        assert!(buffered_frame::<ToNode>(&buf[n..n + 3]).unwrap().is_none());
+        assert_eq!(buffered_frame::<ToNode>(&buf[n..]).unwrap().expect("the second").0, b);
+        // A length over the limit is an error before its bytes are awaited.
+        let err = buffered_frame::<ToNode>(&(MAX_FRAME + 1).to_le_bytes()).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge(_)));
+    }
 
     #[test]
     fn roundtrip_several_frames_in_one_buffer() {

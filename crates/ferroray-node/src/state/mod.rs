@@ -92,7 +92,7 @@ mod remote;
 mod scheduling;
 pub use directory::DIRECTORY_TIMEOUT;
 #[cfg(test)]
-pub(crate) use remote::WAIT_WARNING_AFTER;
+pub(crate) use remote::{Pace, MAX_PEER_DEPTH, WAIT_WARNING_AFTER};
 #[cfg(test)]
 pub(crate) use scheduling::PIPELINE_DEPTH;
 mod streams;
@@ -542,6 +542,11 @@ pub struct State {
     pub(crate) output: OutputSinks,
     info: ferroray_protocol::NodeInfo,
     shutting_down: bool,
+    /// Messages are being handled as one batch (`handle_all`): a
+    /// `schedule` waits for its end, and runs once for all of them.
+    batching: bool,
+    /// A `schedule` was asked for during the batch.
+    schedule_due: bool,
     /// Every connection's outbox, and those of local connections that went
     /// away with messages (their `closed`) still to deliver.
     outboxes: Vec<Outbox>,
@@ -757,6 +762,8 @@ impl State {
             output: OutputSinks::default(),
             info,
             shutting_down: false,
+            batching: false,
+            schedule_due: false,
             outboxes: Vec::new(),
             closed_links: Vec::new(),
             test_kill_delay: config.test_kill_delay,
@@ -787,6 +794,26 @@ impl State {
     }
 
     /// One message from `conn`.
+    /// Handles `msgs` from `conn` in order, as one batch: placement runs
+    /// once at the end rather than after each (a batch of ten `TaskDone`s
+    /// is one pass over the queues, not ten). Nothing outside sees the
+    /// state between them (the caller holds the node's lock throughout),
+    /// so the order is the one `handle` would give with the passes late.
+    /// Stops at a message that ends the connection.
+    pub fn handle_all(&mut self, conn: ConnId, msgs: impl IntoIterator<Item = ToNode>) {
+        let outer = std::mem::replace(&mut self.batching, true);
+        for msg in msgs {
+            self.handle(conn, msg);
+            if !self.is_connected(conn) {
+                break;
+            }
+        }
+        self.batching = outer;
+        if !outer && std::mem::take(&mut self.schedule_due) {
+            self.schedule();
+        }
+    }
+
     pub fn handle(&mut self, conn: ConnId, msg: ToNode) {
         let Some(c) = self.conns.get(&conn) else {
             return;

@@ -12,7 +12,8 @@
 //!    many programs place work on it), and minus what its other owners use
 //!    there as of its last heartbeat (`peer_loads`). A task that only a peer could run, with no peer
 //!    room for it now, is queued on the peer with the most room for
-//!    queued tasks (`PIPELINE_DEPTH` times its total beyond it), as tasks
+//!    queued tasks (`PIPELINE_DEPTH` times its total beyond it, more for a
+//!    node that gets through its tasks fast: [`Pace`]), as tasks
 //!    queue behind a busy worker here: the round trip between two tasks is
 //!    hidden, and answers come back in batches; with no such room either
 //!    it stays queued here. A task that came from a peer
@@ -59,6 +60,7 @@
 
 use super::*;
 use ferroray_common::{ActorId, NodeId};
+use std::time::{Duration, Instant};
 
 /// How long a task waits for a node that has what it needs before its
 /// drivers are warned (step 1).
@@ -91,6 +93,9 @@ pub(crate) struct Remote {
     pub(super) peak_before: ResourceSet,
     /// Results it keeps for this node (`left` step 8), lost with it.
     pub(super) left: FxHashSet<ObjectId>,
+    /// How fast the node gets through this link's tasks: how many may
+    /// queue there (step 1, [`Pace::queue_times`]).
+    pub(super) pace: Pace,
 }
 
 impl Remote {
@@ -101,6 +106,81 @@ impl Remote {
         if !self.in_flight.fits_in(&self.peak) {
             self.peak = max_of(&self.peak, &self.in_flight);
         }
+    }
+}
+
+/// How deep tasks may queue on a peer beyond what it runs (step 1): deep
+/// enough that answers come back in batches, shallow enough that tasks do
+/// not wait there long while another node could run them.
+///
+/// 1. A window opens when the link goes from no task to one, and counts
+///    the tasks that end on it while it has any.
+/// 2. It closes once it has lasted [`PACE_WINDOW`] (or when the link has
+///    none left, if it lasted that long; a shorter one is dropped): its
+///    time per ended task is the `gap`, averaged with the last one. Idle
+///    time never counts, a long task's time does.
+/// 3. Queued tasks may be as many as the node gets through in
+///    [`QUEUE_BUDGET`] at that gap, per CPU of the node's, within
+///    `PIPELINE_DEPTH` and [`MAX_PEER_DEPTH`]: a node of short tasks takes
+///    a deeper queue (fewer, larger batches on the link, both nodes'
+///    threads woken less often per task); one of long tasks, or one not
+///    measured yet, the same as a busy worker here.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Pace {
+    /// When the open window began; none while the link has no task.
+    since: Option<Instant>,
+    /// Tasks ended in the open window.
+    ended: u32,
+    /// The time per ended task, when measured.
+    gap: Option<Duration>,
+}
+
+/// Step 2: how long a window lasts before it gives a gap.
+const PACE_WINDOW: Duration = Duration::from_millis(5);
+/// Step 3: the work that may wait in a peer's queue, in time.
+const QUEUE_BUDGET: Duration = Duration::from_millis(4);
+/// Step 3: at most this many times a peer's room queued beyond it.
+pub(crate) const MAX_PEER_DEPTH: i64 = 32;
+
+impl Pace {
+    /// Step 1: a task was sent on the link, which had `before` tasks.
+    pub(super) fn sent(&mut self, before: usize, now: Instant) {
+        if before == 0 {
+            self.since = Some(now);
+            self.ended = 0;
+        }
+    }
+
+    /// Steps 1 and 2: a task on the link ended; `left` are still on it.
+    pub(super) fn ended(&mut self, left: usize, now: Instant) {
+        let Some(since) = self.since else { return };
+        self.ended += 1;
+        let lasted = now.saturating_duration_since(since);
+        if lasted >= PACE_WINDOW {
+            let gap = lasted / self.ended;
+            self.gap = Some(self.gap.map_or(gap, |g| (g + gap) / 2));
+            self.since = Some(now);
+            self.ended = 0;
+        }
+        if left == 0 {
+            self.since = None;
+        }
+    }
+
+    /// Step 3: how many times the room of a node with `total` its queue
+    /// may hold, counting the room itself.
+    pub(super) fn queue_times(&self, total: &ResourceSet) -> i64 {
+        let least = 1 + super::scheduling::PIPELINE_DEPTH as i64;
+        let Some(gap) = self.gap.filter(|g| !g.is_zero()) else { return least };
+        let cpus = (total.get(ferroray_common::resources::CPU).ceil() as i64).max(1);
+        let queued = (QUEUE_BUDGET.as_nanos() / gap.as_nanos()) as i64;
+        (1 + queued / cpus).clamp(least, 1 + MAX_PEER_DEPTH)
+    }
+
+    /// A pace measured at `gap` per task (tests).
+    #[cfg(test)]
+    pub(crate) fn measured(gap: Duration) -> Pace {
+        Pace { gap: Some(gap), ..Pace::default() }
     }
 }
 
@@ -128,11 +208,12 @@ pub(super) struct PeerRoom {
 }
 
 impl PeerRooms {
-    /// Each link's node's total `times` over, less what this node has in
-    /// flight there over all its links and what other owners use; in the
-    /// order links were attached. With `times` 1: the node's room; with
-    /// `1 + PIPELINE_DEPTH`: its room for tasks queued behind what it runs.
-    pub(super) fn of(conns: &FxHashMap<ConnId, Conn>, times: i64) -> Self {
+    /// Each link's node's total, less what this node has in flight there
+    /// over all its links and what other owners use; in the order links
+    /// were attached. `queued`: the total taken as many times as the
+    /// link's pace lets tasks queue there (the room for tasks queued behind
+    /// what it runs), else once (the node's room).
+    pub(super) fn of(conns: &FxHashMap<ConnId, Conn>, queued: bool) -> Self {
         let mut in_flight: FxHashMap<NodeId, ResourceSet> = FxHashMap::default();
         for r in conns.values().filter_map(|c| c.remote.as_ref()) {
             in_flight.entry(r.node).or_default().add(&r.in_flight);
@@ -141,6 +222,7 @@ impl PeerRooms {
             .iter()
             .filter_map(|(id, c)| {
                 let r = c.remote.as_ref()?;
+                let times = if queued { r.pace.queue_times(&r.total) } else { 1 };
                 let mut room = if times == 1 {
                     r.total.clone()
                 } else {
@@ -258,15 +340,24 @@ impl State {
             peak: ResourceSet::new(),
             peak_before: ResourceSet::new(),
             left: FxHashSet::default(),
+            pace: Pace::default(),
         }));
         self.peers_enabled = true;
         self.proxies_linked(node);
         self.schedule();
     }
 
+    /// Sets peer `conn`'s pace as if measured (tests).
+    #[cfg(test)]
+    pub(crate) fn set_pace(&mut self, conn: ConnId, pace: Pace) {
+        if let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.remote.as_mut()) {
+            r.pace = pace;
+        }
+    }
+
     /// The peers' rooms (step 1), for one pass of `schedule`.
     pub(super) fn peer_rooms(&self) -> PeerRooms {
-        PeerRooms::of(&self.conns, 1)
+        PeerRooms::of(&self.conns, false)
     }
 
     /// The peers' loads from the cluster's view (step 1): what each node
@@ -371,6 +462,7 @@ impl State {
             c.assigned.remove(at);
             if let Some(r) = c.remote.as_mut() {
                 r.in_flight.subtract(&need);
+                r.pace.ended(c.assigned.len(), Instant::now());
             }
         }
     }
@@ -485,5 +577,58 @@ impl State {
             }
         }
         self.schedule();
+    }
+}
+
+#[cfg(test)]
+mod pace_tests {
+    use super::*;
+
+    fn two_cpus() -> ResourceSet {
+        ResourceSet::new().with(ferroray_common::resources::CPU, 2.0)
+    }
+
+    #[test]
+    fn a_window_gives_the_time_per_ended_task_and_idle_time_never_counts() {
+        let least = 1 + scheduling::PIPELINE_DEPTH as i64;
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        let mut p = Pace::default();
+        assert_eq!(p.queue_times(&two_cpus()), least, "not measured: as deep as a busy worker");
+        // 100 tasks end over 5 ms while the link has some: 50 us each.
+        p.sent(0, at(0));
+        for i in 1..=100 {
+            p.ended(1, at(i * 50));
+        }
+        assert_eq!(p.gap, Some(Duration::from_micros(50)));
+        // 4 ms / 50 us = 80 tasks queued, over 2 CPUs: 1 + 40, within the most.
+        assert_eq!(p.queue_times(&two_cpus()), 1 + MAX_PEER_DEPTH);
+        // The link empties and stays idle for a second: a short window
+        // closed by the link emptying is dropped, and the idle time is not
+        // a gap.
+        p.ended(0, at(5_100));
+        p.sent(0, at(1_005_100));
+        p.ended(0, at(1_005_200));
+        assert_eq!(p.gap, Some(Duration::from_micros(50)));
+        // Long tasks: one ends after a second, with nothing left on the link.
+        p.sent(0, at(2_000_000));
+        p.ended(0, at(3_000_000));
+        assert_eq!(p.gap, Some(Duration::from_micros(500_025)), "averaged with the last gap");
+        assert_eq!(p.queue_times(&two_cpus()), least);
+    }
+
+    #[test]
+    fn the_queue_grows_with_the_pace_between_its_bounds() {
+        let cpus = |n: f64| ResourceSet::new().with(ferroray_common::resources::CPU, n);
+        let least = 1 + scheduling::PIPELINE_DEPTH as i64;
+        // 4 ms at 200 us a task is 20 tasks: 1 + 10 for 2 CPUs, 1 + 20 for
+        // one; a node with no CPUs counts as one.
+        let p = Pace::measured(Duration::from_micros(200));
+        assert_eq!(p.queue_times(&cpus(2.0)), 11);
+        assert_eq!(p.queue_times(&cpus(1.0)), 21);
+        assert_eq!(p.queue_times(&ResourceSet::new()), 21);
+        assert_eq!(p.queue_times(&cpus(64.0)), least);
+        assert_eq!(Pace::measured(Duration::from_nanos(1)).queue_times(&cpus(1.0)), 1 + MAX_PEER_DEPTH);
+        assert_eq!(Pace::measured(Duration::ZERO).queue_times(&cpus(1.0)), least, "no gap measured");
     }
 }

@@ -53,7 +53,12 @@ impl State {
 
     /// Starts every ready task that has resources and a worker; asks for more
     /// workers when tasks could run but no worker is idle.
+    /// Inside a batch of messages (`handle_all`), at its end.
     pub fn schedule(&mut self) {
+        if self.batching {
+            self.schedule_due = true;
+            return;
+        }
         // A pass may queue tasks again (`left` step 13): once more for them.
         while self.schedule_pass() {}
     }
@@ -148,7 +153,7 @@ impl State {
                         // a peer runs (pipelining), else it waits for one.
                         let q = queue_rooms.get_or_insert_with(|| {
                             // Less what this pass placed already.
-                            let mut q = remote::PeerRooms::of(conns, 1 + PIPELINE_DEPTH as i64);
+                            let mut q = remote::PeerRooms::of(conns, true);
                             for (tid, peer) in &to_peers {
                                 if let Some(t) = self.tasks.get(tid) {
                                     q.take(*peer, &t.spec.resources);
@@ -335,6 +340,9 @@ impl State {
                 c.lease = spec.resources.clone();
                 c.lease_shape = spec.resources.clone();
                 self.available.subtract(&spec.resources);
+            }
+            if let Some(r) = c.remote.as_mut() {
+                r.pace.sent(c.assigned.len(), std::time::Instant::now());
             }
             c.assigned.push_back(tid);
             // A peer's room is taken as the task is assigned, so that a

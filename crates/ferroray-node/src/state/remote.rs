@@ -117,8 +117,9 @@ impl Remote {
 ///    the tasks that end on it while it has any.
 /// 2. It closes once it has lasted [`PACE_WINDOW`] (or when the link has
 ///    none left, if it lasted that long; a shorter one is dropped): its
-///    time per ended task is the `gap`, averaged with the last one. Idle
-///    time never counts, a long task's time does.
+///    time per ended task is the `gap` (the last window's alone: after a
+///    few long tasks, a burst of short ones deepens the queue within its
+///    first window). Idle time never counts, a long task's time does.
 /// 3. Queued tasks may be as many as the node gets through in
 ///    [`QUEUE_BUDGET`] at that gap, per CPU of the node's, within
 ///    `PIPELINE_DEPTH` and [`MAX_PEER_DEPTH`]: a node of short tasks takes
@@ -157,8 +158,7 @@ impl Pace {
         self.ended += 1;
         let lasted = now.saturating_duration_since(since);
         if lasted >= PACE_WINDOW {
-            let gap = lasted / self.ended;
-            self.gap = Some(self.gap.map_or(gap, |g| (g + gap) / 2));
+            self.gap = Some(lasted / self.ended);
             self.since = Some(now);
             self.ended = 0;
         }
@@ -613,8 +613,14 @@ mod pace_tests {
         // Long tasks: one ends after a second, with nothing left on the link.
         p.sent(0, at(2_000_000));
         p.ended(0, at(3_000_000));
-        assert_eq!(p.gap, Some(Duration::from_micros(500_025)), "averaged with the last gap");
+        assert_eq!(p.gap, Some(Duration::from_secs(1)));
         assert_eq!(p.queue_times(&two_cpus()), least);
+        // Short tasks again: deep within their first window.
+        p.sent(0, at(4_000_000));
+        for i in 1..=100 {
+            p.ended(1, at(4_000_000 + i * 50));
+        }
+        assert_eq!(p.queue_times(&two_cpus()), 1 + MAX_PEER_DEPTH);
     }
 
     #[test]

@@ -117,6 +117,7 @@ use parking_lot::Mutex;
 use prost::{Message, Oneof};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -590,6 +591,11 @@ struct Lander {
     landing: Arc<Mutex<Landing>>,
     conn: Arc<LocalConnection>,
     arena: Arc<Arena>,
+    /// The link's TCP socket when the link is plain (between loopback
+    /// addresses), for reading chunks with a low-water mark
+    /// (`read_chunk`); valid while the link's stream is, which the reader
+    /// holds.
+    plain: Option<RawFd>,
 }
 
 /// Reads a link's frames on a task of its own (a read given up halfway
@@ -711,6 +717,58 @@ struct Landed {
     written: u64,
 }
 
+/// Reads all of `dst` from `r`, plain TCP socket `fd`'s stream, with the
+/// socket's low-water mark (`SO_RCVLOWAT`) at what is left of it, up to
+/// [`CHUNK`]: the reader wakes for a few large reads rather than for each
+/// segment. On loopback a reader woken per segment is pulled onto the
+/// writer's CPU by the kernel's wake-up placement now and then, and the two
+/// copies then share one CPU: a 1 GiB transfer runs at about half speed
+/// (2.0 against 4.4 GB/s). Over 43 trials with the mark, 2 ran so; over 44
+/// without, 8. The mark never exceeds what is left of the chunk, which the
+/// peer has sent or is sending, so a read cannot wait for bytes that do
+/// not come; it is back at one byte (the default) before the next frame.
+async fn read_in_large_parts<R: AsyncRead + Unpin>(r: &mut R, fd: RawFd, dst: &mut [u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut done = 0;
+    let mut mark = 0;
+    let result = async {
+        while done < dst.len() {
+            let want = (dst.len() - done).min(CHUNK);
+            if want != mark {
+                set_rcvlowat(fd, want);
+                mark = want;
+            }
+            match r.read(&mut dst[done..]).await? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                k => done += k,
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if mark > 1 {
+        set_rcvlowat(fd, 1);
+    }
+    result
+}
+
+/// Sets plain TCP socket `fd`'s low-water mark for reads; best effort (a
+/// kernel that refuses leaves reads as they were).
+fn set_rcvlowat(fd: RawFd, bytes: usize) {
+    let v = bytes.min(libc::c_int::MAX as usize) as libc::c_int;
+    // SAFETY: `fd` is the link's open socket (`Lander::plain`); the option
+    // value is a c_int that lives for the call, with its size given.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Blobs at least this large have their pages faulted in ahead of the copy,
 /// by a thread of their own.
 const PREFAULT_FROM: u64 = 8 << 20;
@@ -761,8 +819,8 @@ impl Landing {
 }
 
 impl Lander {
-    fn new(conn: Arc<LocalConnection>, arena: Arc<Arena>) -> Self {
-        Lander { landing: Arc::new(Mutex::new(Landing::default())), conn, arena }
+    fn new(conn: Arc<LocalConnection>, arena: Arc<Arena>, plain: Option<RawFd>) -> Self {
+        Lander { landing: Arc::new(Mutex::new(Landing::default())), conn, arena, plain }
     }
 
     /// Reads `n` bytes of blob `b` from `r` into their place in the store
@@ -777,7 +835,10 @@ impl Lander {
                 // it until the message naming it lands it, which comes after
                 // this chunk on the same link; the chunk is in bounds.
                 let dst = unsafe { self.arena.slice_mut(at, n) }.map_err(|e| peer_error("store")(e.to_string()))?;
-                r.read_exact(dst).await?;
+                match self.plain {
+                    Some(fd) => read_in_large_parts(r, fd, dst).await?,
+                    None => drop(r.read_exact(dst).await?),
+                }
             }
             None => {
                 let mut left = n;
@@ -1139,7 +1200,7 @@ async fn outgoing(
         Some(NodeEvent::Msg(m)) => m,
         _ => return Ok(()),
     };
-    let (stream, welcome) = tokio::time::timeout(OPEN_TIMEOUT, open(&ctx, &peer, program))
+    let (stream, plain, welcome) = tokio::time::timeout(OPEN_TIMEOUT, open(&ctx, &peer, program))
         .await
         .map_err(|_| ClusterError::Timeout("opening a link to a peer node"))??;
     let mut cache = Cache::<Kept>::new(welcome.cache_bytes);
@@ -1147,7 +1208,7 @@ async fn outgoing(
     let mut writer = Writer::new(write);
     let conn = Arc::new(conn);
     let arena = ctx.node.arena().clone();
-    let lander = Lander::new(conn.clone(), arena.clone());
+    let lander = Lander::new(conn.clone(), arena.clone(), plain);
     let out = NodeOut::new(conn);
     let mut from_peer = spawn_reader::<_, FromPeer>(read, lander.clone());
     let mut gathering: HashMap<TaskId, Gathering> = HashMap::new();
@@ -1315,15 +1376,16 @@ fn land_unless_left(lander: &Lander, value: &mut ObjectValue) -> Result<()> {
 
 /// Connects to `peer` for `program`'s tasks, says hello with its commands,
 /// ships the executable if asked (step 2).
-async fn open(ctx: &PeerContext, peer: &PeerAddr, program: ProgramId) -> Result<(LinkStream, Welcome)> {
+/// With the link's stream, its TCP socket if the link is plain.
+async fn open(ctx: &PeerContext, peer: &PeerAddr, program: ProgramId) -> Result<(LinkStream, Option<RawFd>, Welcome)> {
     let mut tcp = TcpStream::connect(&peer.address)
         .await
         .map_err(|source| ClusterError::Unreachable { addr: peer.address.clone(), source })?;
     let _ = tcp.set_nodelay(true);
     // Plain between loopback addresses (`loopback`), else TLS pinned to
     // the peer's certificate.
-    let plain = peer.plain && loopback::allowed_on(&tcp, ctx.tls_on_loopback);
-    let stream: LinkStream = if plain {
+    let plain = (peer.plain && loopback::allowed_on(&tcp, ctx.tls_on_loopback)).then(|| tcp.as_raw_fd());
+    let stream: LinkStream = if plain.is_some() {
         loopback::call(&mut tcp, &ctx.token).await?;
         Box::new(tcp)
     } else {
@@ -1361,7 +1423,7 @@ async fn open(ctx: &PeerContext, peer: &PeerAddr, program: ProgramId) -> Result<
         protocol: PEER_PROTOCOL_VERSION,
         // A plain link's handshake proved the token already: it is not
         // sent where TLS does not hide it.
-        token: if plain { Vec::new() } else { ctx.token.as_bytes().to_vec() },
+        token: if plain.is_some() { Vec::new() } else { ctx.token.as_bytes().to_vec() },
         from_node: ctx.node.info().node_id.0,
         commands,
         exe_sha256,
@@ -1398,7 +1460,7 @@ async fn open(ctx: &PeerContext, peer: &PeerAddr, program: ProgramId) -> Result<
             _ => return Err(peer_error("hello")("an answer out of turn".into())),
         }
     };
-    Ok((reader.unsplit(writer.stream), welcome))
+    Ok((reader.unsplit(writer.stream), plain, welcome))
 }
 
 /// SHA-256 and length of a file (read off the runtime's thread).
@@ -1757,18 +1819,20 @@ struct Export {
 async fn accept(acceptor: tokio_rustls::TlsAcceptor, mut tcp: TcpStream, ctx: Arc<PeerContext>) -> Result<()> {
     if loopback::is_plain(&tcp).await? {
         loopback::listen(&mut tcp, &ctx.token, ctx.tls_on_loopback).await?;
-        return incoming(Box::new(tcp), true, ctx).await;
+        let plain = Some(tcp.as_raw_fd());
+        return incoming(Box::new(tcp), plain, ctx).await;
     }
     let stream = tokio::time::timeout(OPEN_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| ClusterError::Timeout("a peer's TLS handshake"))?
         .map_err(tls::stream_error)?;
-    incoming(Box::new(stream), false, ctx).await
+    incoming(Box::new(stream), None, ctx).await
 }
 
-/// The executing side of a link on `stream`; `proven`: the caller proved
-/// it holds the token already (a plain link's handshake).
-async fn incoming(stream: LinkStream, proven: bool, ctx: Arc<PeerContext>) -> Result<()> {
+/// The executing side of a link on `stream`; `plain`: its TCP socket, on a
+/// plain link, whose handshake proved that the caller holds the token.
+async fn incoming(stream: LinkStream, plain: Option<RawFd>, ctx: Arc<PeerContext>) -> Result<()> {
+    let proven = plain.is_some();
     let (mut read, write) = tokio::io::split(stream);
     let mut writer = Writer::new(write);
     let mut body = Vec::new();
@@ -1827,7 +1891,7 @@ async fn incoming(stream: LinkStream, proven: bool, ctx: Arc<PeerContext>) -> Re
     let how = if proven { "plain TCP between loopback addresses" } else { "TLS" };
     tracing::info!("node {} sends this node tasks ({how})", NodeId(hello.from_node));
     let conn = Arc::new(conn);
-    let lander = Lander::new(conn.clone(), ctx.node.arena().clone());
+    let lander = Lander::new(conn.clone(), ctx.node.arena().clone(), plain);
     let mut from_peer = spawn_reader::<_, ToPeer>(read, lander.clone());
     let mut link = Executing {
         conn: NodeOut::new(conn),
@@ -2654,7 +2718,7 @@ mod tests {
 
     fn lander(node: &Node) -> Lander {
         let conn = node.connect_local(WorkerId::random(), Arc::new(Nothing)).unwrap();
-        Lander::new(Arc::new(conn), node.arena().clone())
+        Lander::new(Arc::new(conn), node.arena().clone(), None)
     }
 
     fn shm(id: u64, len: u64) -> ObjectValue {
@@ -2663,6 +2727,59 @@ mod tests {
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    fn rcvlowat(fd: RawFd) -> libc::c_int {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: an open socket; `v` and `len` live for the call.
+        let rc = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, (&mut v as *mut libc::c_int).cast(), &mut len)
+        };
+        assert_eq!(rc, 0);
+        v
+    }
+
+    #[test]
+    fn a_chunk_read_with_a_low_water_mark_is_whole_and_leaves_the_mark_at_one_byte() {
+        use tokio::io::AsyncReadExt;
+        rt().block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let total = 2 * CHUNK + 12_345;
+            let sent: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+            let data = sent.clone();
+            // Written in uneven pieces with pauses, then a small frame.
+            let writer = tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                for piece in data.chunks(777_777) {
+                    s.write_all(piece).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                s.write_all(b"next").await.unwrap();
+                s
+            });
+            let (mut r, _) = listener.accept().await.unwrap();
+            let fd = r.as_raw_fd();
+            let mut got = vec![0u8; total];
+            let read = read_in_large_parts(&mut r, fd, &mut got);
+            tokio::time::timeout(Duration::from_secs(20), read).await.expect("no stall").unwrap();
+            assert!(got == sent, "every byte in its place");
+            assert_eq!(rcvlowat(fd), 1, "the next frame's bytes wake the reader as before");
+            let mut next = [0u8; 4];
+            let small = tokio::time::timeout(Duration::from_secs(20), r.read_exact(&mut next));
+            small.await.expect("a small frame is not held back").unwrap();
+            assert_eq!(&next, b"next");
+            // A peer that goes mid-chunk ends the read with an error, not a wait.
+            let mut s = writer.await.unwrap();
+            s.write_all(&[1u8; 1000]).await.unwrap();
+            drop(s);
+            let mut more = vec![0u8; 10_000];
+            let read = read_in_large_parts(&mut r, fd, &mut more);
+            let err = tokio::time::timeout(Duration::from_secs(20), read).await.expect("no stall").unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+            assert_eq!(rcvlowat(fd), 1);
+        });
     }
 
     /// Frames as one side writes them: `(id, total, offset, bytes)` chunks by

@@ -93,6 +93,22 @@ def measure(a, rows):
         ray.get(r)
 
     nbytes = a.transfer_mib << 20
+    # The first 1 GiB each way lands in pages never written: timed once here,
+    # apart from the rows (as `multinode` does).
+    big = ray.put(np.ones(nbytes, dtype=np.uint8))
+    time.sleep(SETTLE_S)
+    t = time.perf_counter()
+    assert ray.get(length.options(resources=b).remote(big)) == nbytes
+    first = {"argument": nbytes / (time.perf_counter() - t) / 1e9}
+    del big
+    time.sleep(SETTLE_S)
+    t = time.perf_counter()
+    made = ray.get(make.options(resources=b).remote(nbytes))
+    first["result"] = nbytes / (time.perf_counter() - t) / 1e9
+    assert len(made) == nbytes
+    del made
+    progress(f"first transfers: argument {first['argument']:.3f}, result {first['result']:.3f} GB/s")
+
     # Each timed row starts after a pause, so that what the row before left
     # behind (1 GiB values freed, pages given back) is not timed in it.
     settle = lambda: time.sleep(SETTLE_S)
@@ -146,7 +162,7 @@ def measure(a, rows):
         made = ray.get(make.remote(nbytes))
         local.append(nbytes / (time.perf_counter() - t) / 1e9)
         del made
-    return statistics.median(local)
+    return statistics.median(local), first
 
 
 UNITS = {
@@ -186,7 +202,7 @@ def main():
                  "--resources", json.dumps({"b": a.node_cpus}), "--object-store-memory", store,
                  "--disable-usage-stats"])
         ray.init(address="auto", logging_level="error")
-        local = measure(a, rows)
+        local, first = measure(a, rows)
     finally:
         ray.shutdown()
         try:
@@ -202,6 +218,7 @@ def main():
         "load_before": load_before,
         "load_after": load_after,
         "local_make_gb_per_s": local,
+        "first_transfer_gb_per_s": first,
         "rows": [
             {"name": n, "unit": UNITS[n][0], "higher_is_better": UNITS[n][1],
              "value": statistics.median(t), "trials": t}
@@ -211,6 +228,8 @@ def main():
     print("row\tvalue\tunit\ttrials")
     for r in out["rows"]:
         print(f"{r['name']}\t{r['value']:.3f}\t{r['unit']}\t" + " ".join(f"{t:.3f}" for t in r["trials"]))
+    print(f"(the first {a.transfer_mib} MiB argument and result, into stores never written, before the trials: "
+          f"{first['argument']:.3f} and {first['result']:.3f} GB/s)")
     print(f"(a {a.transfer_mib} MiB result made on the driver's own node: {local:.3f} GB/s)")
     print(f"(Ray {ray.__version__}; load average before {load_before}, after {load_after}; GB = 10^9 bytes)")
     if a.json:

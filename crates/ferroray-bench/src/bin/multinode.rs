@@ -14,7 +14,9 @@
 //!   trip of one such task;
 //! - a `--transfer-mib` `Buffer` put on the driver's node and passed to a
 //!   task on the other node (which returns its length), and a value of that
-//!   size made on the other node and fetched by the driver;
+//!   size made on the other node and fetched by the driver; the first of
+//!   each, into stores never written, is timed once before the trials and
+//!   printed apart (the trials move values into stores in use);
 //! - a streaming generator on the other node yielding `--items` small items,
 //!   each taken by the driver.
 //!
@@ -437,7 +439,8 @@ fn start_cluster(bin: &Path, node_cpus: usize, tls_on_loopback: bool) -> Session
 /// Pause before each timed row (`ray_multinode.py` pauses as long).
 const SETTLE: Duration = Duration::from_secs(1);
 
-fn measure(args: &Args, dir: &Path, rows: &mut Vec<Row>) -> Vec<CpuSpent> {
+/// And the first transfer each way (`Measured::first`).
+fn measure(args: &Args, dir: &Path, rows: &mut Vec<Row>) -> Measured {
     let mut row = |name, unit, higher_is_better| {
         rows.push(Row { name, unit, higher_is_better, trials: Vec::new(), cpu: None });
         rows.len() - 1
@@ -467,10 +470,27 @@ fn measure(args: &Args, dir: &Path, rows: &mut Vec<Row>) -> Vec<CpuSpent> {
     let items: Vec<u64> = small_items::options().resource("b", 1).remote(10).map(|r| r.get().unwrap()).collect();
     assert_eq!(items, (0..10).collect::<Vec<_>>());
 
+    // The first 1 GiB each way lands in pages never written, which the
+    // kernel zeroes as the copy first touches them: timed once here, apart
+    // from the rows, whose trials move values into stores in use (as
+    // `ray_multinode.py` does).
+    let bytes = args.transfer_mib << 20;
+    let first = (args.wants("argument") || args.wants("result")).then(|| {
+        let big = ferroray::put(Buffer::new(vec![1u8; bytes])).unwrap();
+        std::thread::sleep(SETTLE);
+        let t = Instant::now();
+        assert_eq!(length::options().resource("b", 1).remote(&big).get().unwrap(), bytes);
+        let argument = gb_per_s(bytes, t.elapsed());
+        drop(big);
+        std::thread::sleep(SETTLE);
+        let t = Instant::now();
+        assert_eq!(make::options().resource("b", 1).remote(bytes).get().unwrap().len(), bytes);
+        (argument, gb_per_s(bytes, t.elapsed()))
+    });
+
     let (head_pid, node_pid) = daemon_pids(dir, &here);
     let probe = CpuProbe { head: head_pid, node: node_pid };
     let mut cpu = vec![CpuSpent::default(); rows.len()];
-    let bytes = args.transfer_mib << 20;
     // Times `work` (after `setup`, untimed) into row `i`'s CPU account; the
     // row's trial value from what `work` returns and the wall time.
     let mut timed = |i: usize, rows: &mut Vec<Row>, work: &mut dyn FnMut() -> Box<dyn FnOnce(Duration) -> f64>| {
@@ -529,7 +549,16 @@ fn measure(args: &Args, dir: &Path, rows: &mut Vec<Row>) -> Vec<CpuSpent> {
         });
         progress(&format!("trial {} of {} done", trial + 1, args.repeats));
     }
-    cpu
+    Measured { cpu, first }
+}
+
+/// What `measure` gives besides its rows.
+struct Measured {
+    /// The CPU time spent in each row (in `rows`' order), over its trials.
+    cpu: Vec<CpuSpent>,
+    /// GB/s of the first argument and result moved, into stores never
+    /// written, before the trials.
+    first: Option<(f64, f64)>,
 }
 
 /// A result of the same size made on the driver's own node (a task on the
@@ -593,15 +622,17 @@ fn main() {
     }
 
     let mut local = f64::NAN;
+    let mut first = None;
     if ["tasks", "round", "argument", "result", "generator"].iter().any(|w| args.wants(w)) {
         progress(&format!("starting a head (1 CPU) and a node ({node_cpus} CPUs, b={node_cpus}, 3 GiB store)"));
         let session = start_cluster(&bin, node_cpus, args.tls_on_loopback);
         std::env::set_var("FERRORAY_SESSION_DIR", &session.dir);
         ferroray::init_with(Config::default().address("auto")).expect("connecting to the head");
-        let cpu = measure(&args, &session.dir, &mut rows);
-        for (r, c) in rows.iter_mut().zip(cpu) {
+        let measured = measure(&args, &session.dir, &mut rows);
+        for (r, c) in rows.iter_mut().zip(measured.cpu) {
             r.cpu = Some(c);
         }
+        first = measured.first;
         if args.wants("result") {
             local = local_make(bytes, args.repeats);
         }
@@ -644,6 +675,7 @@ fn main() {
             "transfer_bytes": bytes,
             "items": args.items,
             "local_make_gb_per_s": local,
+            "first_transfer_gb_per_s": first.map(|(a, r)| json!({"argument": a, "result": r})),
             "cpu_seconds_by_row": cpu_json,
             "rows": rows.iter().map(|r| {
                 let transfer = r.name.starts_with("transfer");
@@ -678,6 +710,20 @@ fn main() {
             frac(tcp_gbs),
             frac(tls_gbs),
             trials
+        );
+    }
+    if let Some((a, r)) = first {
+        let of_ray = |key: &str| {
+            ray.as_ref()
+                .and_then(|v| v["first_transfer_gb_per_s"][key].as_f64())
+                .map_or(String::new(), |v| format!(" (Ray 2.60: {v:.3})"))
+        };
+        println!(
+            "(the first {} MiB argument and result, into stores never written, before the trials: {a:.3}{} and \
+             {r:.3}{} GB/s)",
+            args.transfer_mib,
+            of_ray("argument"),
+            of_ray("result")
         );
     }
     if !local.is_nan() {

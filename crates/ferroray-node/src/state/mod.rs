@@ -547,6 +547,10 @@ pub struct State {
     batching: bool,
     /// A `schedule` was asked for during the batch.
     schedule_due: bool,
+    /// Tests: the time peers' paces are read and kept at, when set, so that
+    /// a slow test run does not change where tasks go (`remote::Pace`).
+    #[cfg(test)]
+    pub(crate) pace_clock: Option<std::time::Instant>,
     /// Every connection's outbox, and those of local connections that went
     /// away with messages (their `closed`) still to deliver.
     outboxes: Vec<Outbox>,
@@ -764,6 +768,8 @@ impl State {
             shutting_down: false,
             batching: false,
             schedule_due: false,
+            #[cfg(test)]
+            pace_clock: None,
             outboxes: Vec::new(),
             closed_links: Vec::new(),
             test_kill_delay: config.test_kill_delay,
@@ -793,27 +799,29 @@ impl State {
         }
     }
 
-    /// One message from `conn`.
     /// Handles `msgs` from `conn` in order, as one batch: placement runs
     /// once at the end rather than after each (a batch of ten `TaskDone`s
     /// is one pass over the queues, not ten). Nothing outside sees the
     /// state between them (the caller holds the node's lock throughout),
     /// so the order is the one `handle` would give with the passes late.
-    /// Stops at a message that ends the connection.
+    /// Stops at a message that ends the connection. Batches do not nest; a
+    /// batch cut short by a panic leaves `batching` set, which the next
+    /// batch sets right (its deferred pass runs at its end).
     pub fn handle_all(&mut self, conn: ConnId, msgs: impl IntoIterator<Item = ToNode>) {
-        let outer = std::mem::replace(&mut self.batching, true);
+        self.batching = true;
         for msg in msgs {
             self.handle(conn, msg);
             if !self.is_connected(conn) {
                 break;
             }
         }
-        self.batching = outer;
-        if !outer && std::mem::take(&mut self.schedule_due) {
+        self.batching = false;
+        if std::mem::take(&mut self.schedule_due) {
             self.schedule();
         }
     }
 
+    /// One message from `conn`.
     pub fn handle(&mut self, conn: ConnId, msg: ToNode) {
         let Some(c) = self.conns.get(&conn) else {
             return;

@@ -114,7 +114,9 @@ impl Remote {
 /// not wait there long while another node could run them.
 ///
 /// 1. A window opens when the link goes from no task to one, and counts
-///    the tasks that end on it while it has any.
+///    the tasks that end on it while it has any. Tasks that take room
+///    only: an actor's calls (which take none) are neither counted nor
+///    keep a window open.
 /// 2. It closes once it has lasted [`PACE_WINDOW`] (or when the link has
 ///    none left, if it lasted that long; a shorter one is dropped): its
 ///    time per ended task is the `gap` (the last window's alone: after a
@@ -125,9 +127,18 @@ impl Remote {
 ///    `PIPELINE_DEPTH` and [`MAX_PEER_DEPTH`]: a node of short tasks takes
 ///    a deeper queue (fewer, larger batches on the link, both nodes'
 ///    threads woken less often per task); one of long tasks, or one not
-///    measured yet, the same as a busy worker here.
+///    measured yet, the same as a busy worker here. Once an open window
+///    has lasted [`PACE_WINDOW`], its time so far per task ended in it
+///    plus one counts as a gap too when longer: a peer measured fast that now runs long tasks gets
+///    a shallow queue again before the first of them ends, not after
+///    every queued one did.
+///
+/// A dispatch that fails before the task leaves counts as a task ended at
+/// once (rare: an argument that cannot be sent).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Pace {
+    /// Tasks on the link (sent, not ended).
+    on_link: u32,
     /// When the open window began; none while the link has no task.
     since: Option<Instant>,
     /// Tasks ended in the open window.
@@ -144,16 +155,18 @@ const QUEUE_BUDGET: Duration = Duration::from_millis(4);
 pub(crate) const MAX_PEER_DEPTH: i64 = 32;
 
 impl Pace {
-    /// Step 1: a task was sent on the link, which had `before` tasks.
-    pub(super) fn sent(&mut self, before: usize, now: Instant) {
-        if before == 0 {
+    /// Step 1: a task was sent on the link.
+    pub(super) fn sent(&mut self, now: Instant) {
+        if self.on_link == 0 {
             self.since = Some(now);
             self.ended = 0;
         }
+        self.on_link += 1;
     }
 
-    /// Steps 1 and 2: a task on the link ended; `left` are still on it.
-    pub(super) fn ended(&mut self, left: usize, now: Instant) {
+    /// Steps 1 and 2: a task sent on the link ended there (or failed).
+    pub(super) fn ended(&mut self, now: Instant) {
+        self.on_link = self.on_link.saturating_sub(1);
         let Some(since) = self.since else { return };
         self.ended += 1;
         let lasted = now.saturating_duration_since(since);
@@ -162,16 +175,24 @@ impl Pace {
             self.since = Some(now);
             self.ended = 0;
         }
-        if left == 0 {
+        if self.on_link == 0 {
             self.since = None;
         }
     }
 
     /// Step 3: how many times the room of a node with `total` its queue
-    /// may hold, counting the room itself.
-    pub(super) fn queue_times(&self, total: &ResourceSet) -> i64 {
+    /// may hold at `now`, counting the room itself.
+    pub(super) fn queue_times(&self, total: &ResourceSet, now: Instant) -> i64 {
         let least = 1 + super::scheduling::PIPELINE_DEPTH as i64;
-        let Some(gap) = self.gap.filter(|g| !g.is_zero()) else { return least };
+        let Some(measured) = self.gap else { return least };
+        // The open window so far, as if a task ended now, once it lasted
+        // as long as a window does.
+        let lasted = self.since.map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        let so_far = if lasted >= PACE_WINDOW { lasted / (self.ended + 1) } else { Duration::ZERO };
+        let gap = measured.max(so_far);
+        if gap.is_zero() {
+            return least;
+        }
         let cpus = (total.get(ferroray_common::resources::CPU).ceil() as i64).max(1);
         let queued = (QUEUE_BUDGET.as_nanos() / gap.as_nanos()) as i64;
         (1 + queued / cpus).clamp(least, 1 + MAX_PEER_DEPTH)
@@ -181,6 +202,12 @@ impl Pace {
     #[cfg(test)]
     pub(crate) fn measured(gap: Duration) -> Pace {
         Pace { gap: Some(gap), ..Pace::default() }
+    }
+
+    /// Tasks counted on the link, and whether a window is open (tests).
+    #[cfg(test)]
+    pub(crate) fn counted(&self) -> (u32, bool) {
+        (self.on_link, self.since.is_some())
     }
 }
 
@@ -213,7 +240,7 @@ impl PeerRooms {
     /// were attached. `queued`: the total taken as many times as the
     /// link's pace lets tasks queue there (the room for tasks queued behind
     /// what it runs), else once (the node's room).
-    pub(super) fn of(conns: &FxHashMap<ConnId, Conn>, queued: bool) -> Self {
+    pub(super) fn of(conns: &FxHashMap<ConnId, Conn>, queued: bool, now: Instant) -> Self {
         let mut in_flight: FxHashMap<NodeId, ResourceSet> = FxHashMap::default();
         for r in conns.values().filter_map(|c| c.remote.as_ref()) {
             in_flight.entry(r.node).or_default().add(&r.in_flight);
@@ -222,7 +249,7 @@ impl PeerRooms {
             .iter()
             .filter_map(|(id, c)| {
                 let r = c.remote.as_ref()?;
-                let times = if queued { r.pace.queue_times(&r.total) } else { 1 };
+                let times = if queued { r.pace.queue_times(&r.total, now) } else { 1 };
                 let mut room = if times == 1 {
                     r.total.clone()
                 } else {
@@ -347,17 +374,33 @@ impl State {
         self.schedule();
     }
 
-    /// Sets peer `conn`'s pace as if measured (tests).
+    /// The time peers' paces are read and kept at: now (in tests, the
+    /// clock they set, if any).
+    pub(super) fn pace_now(&self) -> Instant {
+        #[cfg(test)]
+        if let Some(t) = self.pace_clock {
+            return t;
+        }
+        Instant::now()
+    }
+
+    /// Peer `conn`'s pace (tests).
+    #[cfg(test)]
+    pub(crate) fn pace_of(&self, conn: ConnId) -> Option<Pace> {
+        self.conns.get(&conn).and_then(|c| c.remote.as_ref()).map(|r| r.pace.clone())
+    }
+
+    /// Sets peer `conn`'s gap to `pace`'s, as if measured (tests).
     #[cfg(test)]
     pub(crate) fn set_pace(&mut self, conn: ConnId, pace: Pace) {
         if let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.remote.as_mut()) {
-            r.pace = pace;
+            r.pace.gap = pace.gap;
         }
     }
 
     /// The peers' rooms (step 1), for one pass of `schedule`.
     pub(super) fn peer_rooms(&self) -> PeerRooms {
-        PeerRooms::of(&self.conns, false)
+        PeerRooms::of(&self.conns, false, self.pace_now())
     }
 
     /// The peers' loads from the cluster's view (step 1): what each node
@@ -451,18 +494,14 @@ impl State {
     /// `tid` left peer `conn` (ended, or failed with it). An actor's tasks
     /// take no room of their own (step 6).
     pub(super) fn peer_released(&mut self, conn: ConnId, tid: TaskId) {
-        let need = self
-            .tasks
-            .get(&tid)
-            .filter(|t| t.spec.actor.is_none())
-            .map(|t| t.spec.resources.clone())
-            .unwrap_or_default();
+        let need = self.tasks.get(&tid).filter(|t| t.spec.actor.is_none()).map(|t| t.spec.resources.clone());
+        let now = self.pace_now();
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if let Some(at) = c.assigned.iter().position(|t| *t == tid) {
             c.assigned.remove(at);
-            if let Some(r) = c.remote.as_mut() {
+            if let (Some(r), Some(need)) = (c.remote.as_mut(), need) {
                 r.in_flight.subtract(&need);
-                r.pace.ended(c.assigned.len(), Instant::now());
+                r.pace.ended(now);
             }
         }
     }
@@ -594,33 +633,56 @@ mod pace_tests {
         let t0 = Instant::now();
         let at = |us: u64| t0 + Duration::from_micros(us);
         let mut p = Pace::default();
-        assert_eq!(p.queue_times(&two_cpus()), least, "not measured: as deep as a busy worker");
+        assert_eq!(p.queue_times(&two_cpus(), at(0)), least, "not measured: as deep as a busy worker");
         // 100 tasks end over 5 ms while the link has some: 50 us each.
-        p.sent(0, at(0));
+        p.sent(at(0));
         for i in 1..=100 {
-            p.ended(1, at(i * 50));
+            p.sent(at(i * 50 - 1));
+            p.ended(at(i * 50));
         }
         assert_eq!(p.gap, Some(Duration::from_micros(50)));
         // 4 ms / 50 us = 80 tasks queued, over 2 CPUs: 1 + 40, within the most.
-        assert_eq!(p.queue_times(&two_cpus()), 1 + MAX_PEER_DEPTH);
+        assert_eq!(p.queue_times(&two_cpus(), at(5_000)), 1 + MAX_PEER_DEPTH);
         // The link empties and stays idle for a second: a short window
         // closed by the link emptying is dropped, and the idle time is not
         // a gap.
-        p.ended(0, at(5_100));
-        p.sent(0, at(1_005_100));
-        p.ended(0, at(1_005_200));
+        p.ended(at(5_100));
+        assert_eq!(p.on_link, 0);
+        assert_eq!(p.queue_times(&two_cpus(), at(1_005_000)), 1 + MAX_PEER_DEPTH, "idle: no window open");
+        p.sent(at(1_005_100));
+        p.ended(at(1_005_200));
         assert_eq!(p.gap, Some(Duration::from_micros(50)));
         // Long tasks: one ends after a second, with nothing left on the link.
-        p.sent(0, at(2_000_000));
-        p.ended(0, at(3_000_000));
-        assert_eq!(p.gap, Some(Duration::from_secs(1)));
-        assert_eq!(p.queue_times(&two_cpus()), least);
+        p.sent(at(2_000_000));
+        p.ended(at(3_000_000));
+        assert_eq!(p.gap, Some(Duration::from_secs(1)), "the last window's alone");
+        assert_eq!(p.queue_times(&two_cpus(), at(3_000_000)), least);
         // Short tasks again: deep within their first window.
-        p.sent(0, at(4_000_000));
+        p.sent(at(4_000_000));
         for i in 1..=100 {
-            p.ended(1, at(4_000_000 + i * 50));
+            p.sent(at(4_000_000 + i * 50 - 1));
+            p.ended(at(4_000_000 + i * 50));
         }
-        assert_eq!(p.queue_times(&two_cpus()), 1 + MAX_PEER_DEPTH);
+        assert_eq!(p.queue_times(&two_cpus(), at(4_005_000)), 1 + MAX_PEER_DEPTH);
+    }
+
+    #[test]
+    fn a_fast_peer_running_long_tasks_gets_a_shallow_queue_before_any_ends() {
+        let least = 1 + scheduling::PIPELINE_DEPTH as i64;
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut p = Pace::measured(Duration::from_micros(50));
+        // Long tasks sent: while none ends, the open window's time per
+        // (ended + 1) task grows, and the queue with it shrinks.
+        p.sent(at(0));
+        p.sent(at(0));
+        assert_eq!(p.queue_times(&two_cpus(), at(0)), 1 + MAX_PEER_DEPTH);
+        assert_eq!(p.queue_times(&two_cpus(), at(4)), 1 + MAX_PEER_DEPTH, "not a window's length yet");
+        assert_eq!(p.queue_times(&two_cpus(), at(5)), least, "5 ms a task: none more fits in 4 ms");
+        // One ends after 5 ms (the window's gap is 5 ms), the other runs on.
+        p.ended(at(5));
+        assert_eq!(p.queue_times(&two_cpus(), at(6)), least);
+        assert_eq!(p.queue_times(&two_cpus(), at(100)), least);
     }
 
     #[test]
@@ -629,12 +691,13 @@ mod pace_tests {
         let least = 1 + scheduling::PIPELINE_DEPTH as i64;
         // 4 ms at 200 us a task is 20 tasks: 1 + 10 for 2 CPUs, 1 + 20 for
         // one; a node with no CPUs counts as one.
+        let now = Instant::now();
         let p = Pace::measured(Duration::from_micros(200));
-        assert_eq!(p.queue_times(&cpus(2.0)), 11);
-        assert_eq!(p.queue_times(&cpus(1.0)), 21);
-        assert_eq!(p.queue_times(&ResourceSet::new()), 21);
-        assert_eq!(p.queue_times(&cpus(64.0)), least);
-        assert_eq!(Pace::measured(Duration::from_nanos(1)).queue_times(&cpus(1.0)), 1 + MAX_PEER_DEPTH);
-        assert_eq!(Pace::measured(Duration::ZERO).queue_times(&cpus(1.0)), least, "no gap measured");
+        assert_eq!(p.queue_times(&cpus(2.0), now), 11);
+        assert_eq!(p.queue_times(&cpus(1.0), now), 21);
+        assert_eq!(p.queue_times(&ResourceSet::new(), now), 21);
+        assert_eq!(p.queue_times(&cpus(64.0), now), least);
+        assert_eq!(Pace::measured(Duration::from_nanos(1)).queue_times(&cpus(1.0), now), 1 + MAX_PEER_DEPTH);
+        assert_eq!(Pace::measured(Duration::ZERO).queue_times(&cpus(1.0), now), least, "no gap measured");
     }
 }

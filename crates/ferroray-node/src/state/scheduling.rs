@@ -97,6 +97,7 @@ impl State {
         }
         // Other nodes' room (`remote` step 1), and tasks placed there.
         let mut rooms = self.peer_rooms();
+        let now = self.pace_now();
         // Made when first needed (most passes queue nothing on a peer).
         let mut queue_rooms: Option<remote::PeerRooms> = None;
         let conns = &self.conns;
@@ -153,7 +154,7 @@ impl State {
                         // a peer runs (pipelining), else it waits for one.
                         let q = queue_rooms.get_or_insert_with(|| {
                             // Less what this pass placed already.
-                            let mut q = remote::PeerRooms::of(conns, true);
+                            let mut q = remote::PeerRooms::of(conns, true, now);
                             for (tid, peer) in &to_peers {
                                 if let Some(t) = self.tasks.get(tid) {
                                     q.take(*peer, &t.spec.resources);
@@ -329,6 +330,7 @@ impl State {
     /// Sends a task to a worker: an idle one (taking a new lease on the
     /// task's resources) or a busy one, behind the task it runs.
     pub(super) fn assign(&mut self, tid: TaskId, worker: ConnId, new_lease: bool) {
+        let now = self.pace_now();
         let mut spec = {
             let task = self.tasks.get_mut(&tid).expect("assigning a known task");
             task.worker = Some(worker);
@@ -341,15 +343,13 @@ impl State {
                 c.lease_shape = spec.resources.clone();
                 self.available.subtract(&spec.resources);
             }
-            if let Some(r) = c.remote.as_mut() {
-                r.pace.sent(c.assigned.len(), std::time::Instant::now());
-            }
             c.assigned.push_back(tid);
             // A peer's room is taken as the task is assigned, so that a
             // dispatch failing below gives back only what it took
             // (`release_worker` → `peer_released`).
             if let Some(r) = c.remote.as_mut().filter(|_| spec.actor.is_none()) {
                 r.take(&spec.resources);
+                r.pace.sent(now);
             }
             // An exported function's bytes go with its first call to this
             // worker, which keeps them (even if the call is taken back);

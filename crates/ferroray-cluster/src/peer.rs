@@ -727,6 +727,8 @@ struct Landed {
 /// without, 8. The mark never exceeds what is left of the chunk, which the
 /// peer has sent or is sending, so a read cannot wait for bytes that do
 /// not come; it is back at one byte (the default) before the next frame.
+/// Setting it may grow the socket's receive buffer to fit, and clamp its
+/// window at the mark (4 MiB, ample on loopback) for the link's life.
 async fn read_in_large_parts<R: AsyncRead + Unpin>(r: &mut R, fd: RawFd, dst: &mut [u8]) -> std::io::Result<()> {
     use tokio::io::AsyncReadExt;
     let mut done = 0;

@@ -129,9 +129,9 @@ impl Remote {
 ///    threads woken less often per task); one of long tasks, or one not
 ///    measured yet, the same as a busy worker here. Once an open window
 ///    has lasted [`PACE_WINDOW`], its time so far per task ended in it
-///    plus one counts as a gap too when longer: a peer measured fast that now runs long tasks gets
-///    a shallow queue again before the first of them ends, not after
-///    every queued one did.
+///    plus one counts as a gap too when longer: a peer measured fast that
+///    now runs long tasks gets a shallow queue again before the first of
+///    them ends, not after every queued one did.
 ///
 /// A dispatch that fails before the task leaves counts as a task ended at
 /// once (rare: an argument that cannot be sent).

@@ -350,13 +350,13 @@ fn a_peer_takes_what_its_total_has_room_for_then_queues_tasks_only_it_can_run() 
 // 3: a peer that gets through its tasks fast takes a deeper queue.
 #[test]
 fn a_fast_peer_takes_more_queued_tasks_a_slow_one_the_usual() {
-    use crate::state::{Pace, MAX_PEER_DEPTH};
+    use crate::state::MAX_PEER_DEPTH;
     use std::time::Duration;
     let mut h = harness(1.0);
     let d = h.driver();
     let p = attach(&mut h, 1, cpus_x(1.0, 1.0));
     h.st.pace_clock = Some(std::time::Instant::now());
-    h.st.set_pace(p.conn, Pace::measured(Duration::from_micros(50)));
+    h.st.set_peer_gap(p.conn, Duration::from_micros(50));
     let n = 1 + MAX_PEER_DEPTH as usize;
     let tasks: Vec<(TaskId, ObjectId)> = (1..=n as u64 + 1).map(|seq| submit(&mut h, &d, x_spec(&d, seq, 0))).collect();
     let sent: Vec<TaskId> = tasks[..n].iter().map(|(t, _)| *t).collect();
@@ -364,7 +364,7 @@ fn a_fast_peer_takes_more_queued_tasks_a_slow_one_the_usual() {
     // Measured slow meanwhile (its tasks take 10 ms): as deep as a busy
     // worker again; with more than that queued there, nothing goes until
     // it is below.
-    h.st.set_pace(p.conn, Pace::measured(Duration::from_millis(10)));
+    h.st.set_peer_gap(p.conn, Duration::from_millis(10));
     let usual = 1 + crate::state::PIPELINE_DEPTH;
     for (tid, _) in &tasks[..n - usual] {
         returned(&mut h, &p, *tid, 0, b"1");

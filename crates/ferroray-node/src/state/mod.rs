@@ -92,7 +92,7 @@ mod remote;
 mod scheduling;
 pub use directory::DIRECTORY_TIMEOUT;
 #[cfg(test)]
-pub(crate) use remote::{Pace, MAX_PEER_DEPTH, WAIT_WARNING_AFTER};
+pub(crate) use remote::{MAX_PEER_DEPTH, WAIT_WARNING_AFTER};
 #[cfg(test)]
 pub(crate) use scheduling::PIPELINE_DEPTH;
 mod streams;

@@ -390,11 +390,11 @@ impl State {
         self.conns.get(&conn).and_then(|c| c.remote.as_ref()).map(|r| r.pace.clone())
     }
 
-    /// Sets peer `conn`'s gap to `pace`'s, as if measured (tests).
+    /// Sets peer `conn`'s gap as if measured (tests).
     #[cfg(test)]
-    pub(crate) fn set_pace(&mut self, conn: ConnId, pace: Pace) {
+    pub(crate) fn set_peer_gap(&mut self, conn: ConnId, gap: Duration) {
         if let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.remote.as_mut()) {
-            r.pace.gap = pace.gap;
+            r.pace.gap = Some(gap);
         }
     }
 

@@ -1431,13 +1431,9 @@ fn x_call(by: &Peer, seq: u64, f: ferroray_common::FunctionId) -> TaskSpec {
     s
 }
 
-// Steps 1, 2 and 4: a driver's export goes to the directory; until the
-// cluster has it, its first call on each peer link carries it; after, a
-// call goes without it; once the driver left, with it again. A worker's
-// export is not published; a function from the cluster's table is kept
-// under its own id.
-#[test]
-fn a_published_function_goes_to_peers_without_its_bytes_while_its_driver_is_here() {
+/// A node with a cluster directory and a reported job's driver that
+/// exported function `fn` (bytes `fn`).
+fn exporting_driver() -> (Harness, Arc<FakeDirectory>, Peer, ferroray_common::FunctionId) {
     let mut h = harness_with(1.0, &[WorkerKind::Rust, WorkerKind::Python], |_| {});
     let dir = with_directory(&mut h);
     let d = h.driver();
@@ -1445,6 +1441,17 @@ fn a_published_function_goes_to_peers_without_its_bytes_while_its_driver_is_here
     h.st.report_driver_for_tests(d.conn);
     let f = ferroray_common::FunctionId { exporter: d.worker_id, seq: 1 };
     h.st.handle(d.conn, ToNode::ExportFunction { function: f, pickled: b"fn".to_vec() });
+    (h, dir, d, f)
+}
+
+// Steps 1, 2 and 4: a driver's export goes to the directory; until the
+// cluster has it, its first call on each peer link carries it; after, a
+// call goes without it; once the driver left, with it again. A worker's
+// export is not published; a function from the cluster's table is kept
+// under its own id.
+#[test]
+fn a_published_function_goes_to_peers_without_its_bytes_while_its_driver_is_here() {
+    let (mut h, dir, d, f) = exporting_driver();
     assert_eq!(dir.take(), vec![("export".to_string(), d.worker_id.0, "1:fn".to_string())]);
     // Not published yet: the bytes go with the first call on the link.
     let p = attach(&mut h, 7, cpus_x(4.0, 4.0));
@@ -1490,13 +1497,7 @@ fn a_published_function_goes_to_peers_without_its_bytes_while_its_driver_is_here
 // The function table, step 5.
 #[test]
 fn while_the_head_is_away_published_functions_go_with_their_bytes() {
-    let mut h = harness_with(1.0, &[WorkerKind::Rust, WorkerKind::Python], |_| {});
-    let _dir = with_directory(&mut h);
-    let d = h.driver();
-    h.st.join_job(d.conn, Default::default());
-    h.st.report_driver_for_tests(d.conn);
-    let f = ferroray_common::FunctionId { exporter: d.worker_id, seq: 1 };
-    h.st.handle(d.conn, ToNode::ExportFunction { function: f, pickled: b"fn".to_vec() });
+    let (mut h, _dir, d, f) = exporting_driver();
     h.st.function_published(f);
     // Away: a link that never had it gets the bytes (it could not fetch them).
     h.st.set_head_away(true);

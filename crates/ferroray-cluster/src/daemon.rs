@@ -232,6 +232,7 @@ async fn run_async(
         tls_on_loopback: opts.tls_on_loopback,
         job_exe: Default::default(),
         functions: head_asks,
+        left_here: Default::default(),
     });
     let peers = Peers::new(peer_ctx.clone());
     // A program that starts or ends gets or loses its links at once, not

@@ -76,6 +76,22 @@
 //!    lets its own go. A link that
 //!    breaks loses what it kept: the owner runs the tasks that made it
 //!    again (lineage).
+//! 7. A task the owner sends to one peer may read a result left on another
+//!    (`left` steps 14 to 16): the owner's node names the keeping node
+//!    (`FromNode::Elsewhere`) before the `Execute`, and the link sends a
+//!    `Borrow` of each such argument just before the `Submit`, whose
+//!    argument keeps its `Payload::LEFT_ELSEWHERE` payload. The executing
+//!    link hands the `Borrow`s to its node (held by the link until the
+//!    task holds them) and turns those arguments into refs; the node pulls
+//!    each over its own link to the keeping node, for the same program
+//!    (opened as any, at the first message). There the `Subscribe` finds
+//!    the object in what the daemon's links keep (`LeftHere`, filled from
+//!    each link's `left`), takes a hold of its own on it from the keeping
+//!    link (`LocalConnection::hold_as`: both links of one program) and
+//!    sends a copy as in step 6, letting its hold go once sent. The owner
+//!    forgets the keeping node's copy only once the reading task ended,
+//!    so it is there while read; a keeping node that is gone or no longer
+//!    has it fails the read, and the owner then reads it itself.
 //!
 //! Actors placed on a peer (`remote` step 6) are created there by the link
 //! (no name, no restarts: the owner keeps both) and live while the link
@@ -94,11 +110,9 @@
 //!
 //! What does not cross nodes yet: `get` of an object on another node that
 //! no argument, result or item carried here, and a streaming generator in
-//! arguments (a task naming one stays on its owner's node). A left result
-//! read by a task on a third node goes through the owner's store (pulled
-//! there, then sent with the task); one read by a task on the node that
-//! keeps it runs there if that node has room (`left` step 13), and makes
-//! the same round trip otherwise.
+//! arguments (a task naming one stays on its owner's node). A ref to a
+//! left result nested in a value goes through the owner's store (pulled
+//! there, then sent as a copy with what names it).
 
 use crate::error::{ClusterError, Result};
 use crate::loopback;
@@ -903,6 +917,37 @@ pub struct PeerContext {
     /// Where a link gets an exported function a call names without its
     /// bytes: the cluster's function table.
     pub functions: Arc<dyn FunctionSource>,
+    /// Results the links here keep for their owners (step 6), which
+    /// another node's link may read (step 7).
+    pub left_here: LeftHere,
+}
+
+/// Results the executing links of a daemon keep for their owners (step 6),
+/// by the owner's id: the link's object here and the link's connection.
+/// Another node's link of the same program reads one from here (step 7).
+#[derive(Default)]
+pub struct LeftHere(Mutex<HashMap<ObjectId, (ObjectId, u64)>>);
+
+impl LeftHere {
+    fn insert(&self, theirs: ObjectId, mine: ObjectId, holder: u64) {
+        self.0.lock().insert(theirs, (mine, holder));
+    }
+
+    fn remove(&self, theirs: ObjectId, holder: u64) {
+        let mut kept = self.0.lock();
+        if kept.get(&theirs).is_some_and(|(_, h)| *h == holder) {
+            kept.remove(&theirs);
+        }
+    }
+
+    fn get(&self, theirs: ObjectId) -> Option<(ObjectId, u64)> {
+        self.0.lock().get(&theirs).copied()
+    }
+
+    /// A link ended: what it kept went with it.
+    fn forget_holder(&self, holder: u64) {
+        self.0.lock().retain(|_, (_, h)| *h != holder);
+    }
 }
 
 /// The cluster's function table as a link asks it (`crate::wire` step 9).
@@ -1092,6 +1137,18 @@ impl NodeOut {
     }
 }
 
+/// What the owner's side of a link keeps between the node's messages.
+struct OwnerSide {
+    gathering: HashMap<TaskId, Gathering>,
+    cache: Cache<Kept>,
+    /// The node's `Forget`s of results left there that a task being
+    /// gathered names (step 6): sent once it went.
+    forgets: Vec<ObjectId>,
+    /// The next task's arguments kept on other nodes, from the node's
+    /// `Elsewhere` before its `Execute` (step 7).
+    elsewhere: Vec<(ObjectId, NodeId)>,
+}
+
 /// A task the owner's node sent, waiting for ref arguments to arrive.
 struct Gathering {
     spec: TaskSpec,
@@ -1100,6 +1157,8 @@ struct Gathering {
     /// Objects named inside the arguments: the peer gets a copy of each
     /// before the task (`ToNode::Import`).
     named: Named,
+    /// Its arguments kept on other nodes, and which (step 7).
+    elsewhere: Vec<(ObjectId, NodeId)>,
 }
 
 /// Objects named by values, at any depth, asked of this node to send
@@ -1157,8 +1216,8 @@ impl Gathering {
         let mut unpin: Vec<ObjectId> = self.named.got.iter().filter(|(_, v)| is_shm(v)).map(|(id, _)| *id).collect();
         for arg in &self.spec.args {
             if let TaskArg::Object { id, payload: payload @ Payload::Shm { .. }, .. } = arg {
-                // One left on the peer is not pinned here (step 6).
-                if !payload.is_left_on_peer() {
+                // One left on a peer is not pinned here (steps 6 and 7).
+                if !payload.is_left_on_peer() && !payload.is_left_elsewhere() {
                     unpin.push(*id);
                 }
             }
@@ -1205,7 +1264,6 @@ async fn outgoing(
     let (stream, plain, welcome) = tokio::time::timeout(OPEN_TIMEOUT, open(&ctx, &peer, program))
         .await
         .map_err(|_| ClusterError::Timeout("opening a link to a peer node"))??;
-    let mut cache = Cache::<Kept>::new(welcome.cache_bytes);
     let (read, write) = tokio::io::split(stream);
     let mut writer = Writer::new(write);
     let conn = Arc::new(conn);
@@ -1213,10 +1271,12 @@ async fn outgoing(
     let lander = Lander::new(conn.clone(), arena.clone(), plain);
     let out = NodeOut::new(conn);
     let mut from_peer = spawn_reader::<_, FromPeer>(read, lander.clone());
-    let mut gathering: HashMap<TaskId, Gathering> = HashMap::new();
-    // The node's `Forget`s of results left there that a task being
-    // gathered names (step 6): sent once it went.
-    let mut forgets: Vec<ObjectId> = Vec::new();
+    let mut side = OwnerSide {
+        gathering: HashMap::new(),
+        cache: Cache::new(welcome.cache_bytes),
+        forgets: Vec::new(),
+        elsewhere: Vec::new(),
+    };
     let mut lent = Lent::default();
     let mut pending = VecDeque::from([first]);
     let closed = 'link: loop {
@@ -1227,13 +1287,18 @@ async fn outgoing(
                 if let FromNode::Execute(spec) = &msg {
                     send_reaches(&ctx.node, peer.node, &mut writer, spec, &mut lent, &out).await?;
                 }
-                owner_node_msg(&out, &arena, &mut writer, &mut gathering, &mut cache, &mut forgets, msg).await?;
-                if !forgets.is_empty() {
+                owner_node_msg(&out, &arena, &mut writer, &mut side, msg).await?;
+                if !side.forgets.is_empty() {
                     // Those no task being gathered names any more.
-                    let now: Vec<ObjectId> =
-                        forgets.iter().copied().filter(|id| !gathering.values().any(|g| g.names_left(*id))).collect();
+                    let gathering = &side.gathering;
+                    let now: Vec<ObjectId> = side
+                        .forgets
+                        .iter()
+                        .copied()
+                        .filter(|id| !gathering.values().any(|g| g.names_left(*id)))
+                        .collect();
                     if !now.is_empty() {
-                        forgets.retain(|id| !now.contains(id));
+                        side.forgets.retain(|id| !now.contains(id));
                         writer.send_node::<ToPeer>(ToNode::RemoveRef(now)).await?;
                     }
                 }
@@ -1494,13 +1559,15 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
     conn: &NodeOut,
     arena: &Arena,
     writer: &mut Writer<W>,
-    gathering: &mut HashMap<TaskId, Gathering>,
-    cache: &mut Cache<Kept>,
-    forgets: &mut Vec<ObjectId>,
+    side: &mut OwnerSide,
     msg: FromNode,
 ) -> Result<()> {
+    let OwnerSide { gathering, cache, forgets, elsewhere } = side;
     match msg {
+        // Step 7: the next task's arguments read from other nodes.
+        FromNode::Elsewhere { ids, node } => elsewhere.extend(ids.into_iter().map(|id| (id, node))),
         FromNode::Execute(spec) => {
+            let elsewhere = std::mem::take(elsewhere);
             let tid = spec.task_id;
             // An actor call carries its actor's handle: the peer has the actor.
             let handle = match &spec.actor {
@@ -1511,12 +1578,12 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
                 spec.args.iter().filter_map(|a| if let TaskArg::Ref(id) = a { Some(*id) } else { None }).collect();
             let nested: Vec<ObjectId> = spec.contained.iter().copied().filter(|c| Some(*c) != handle).collect();
             if missing.is_empty() && nested.is_empty() {
-                return send_task(conn, arena, writer, cache, *spec).await;
+                return send_task(conn, arena, writer, cache, *spec, &elsewhere).await;
             }
             if !missing.is_empty() {
                 conn.send(ToNode::Subscribe(missing.clone()));
             }
-            let mut g = Gathering { spec: *spec, missing, named: Named::default() };
+            let mut g = Gathering { spec: *spec, missing, named: Named::default(), elsewhere };
             // Objects named inside the arguments: the peer gets a copy of
             // each (and of what they name), so its refs work there.
             g.named.ask_ids(conn, &nested);
@@ -1569,7 +1636,7 @@ async fn owner_node_msg<W: AsyncWrite + Unpin>(
             if g.missing.is_empty() && g.named.waiting.is_empty() {
                 let g = gathering.remove(&tid).expect("found above");
                 send_imports(conn, arena, writer, cache, g.named.got).await?;
-                send_task(conn, arena, writer, cache, g.spec).await?;
+                send_task(conn, arena, writer, cache, g.spec, &g.elsewhere).await?;
             }
         }
         FromNode::CancelRunning { task_id, force } => {
@@ -1665,13 +1732,15 @@ async fn send_imports<W: AsyncWrite + Unpin>(
 }
 
 /// Sends a task whose arguments are all in hand (step 3): shared-memory
-/// ones as blobs, then unpinned.
+/// ones as blobs, then unpinned; each one kept on another node (step 7,
+/// `elsewhere`) as a `Borrow` naming that node, just before it.
 async fn send_task<W: AsyncWrite + Unpin>(
     conn: &NodeOut,
     arena: &Arena,
     writer: &mut Writer<W>,
     cache: &mut Cache<Kept>,
     mut spec: TaskSpec,
+    elsewhere: &[(ObjectId, NodeId)],
 ) -> Result<()> {
     let mut unpin = Vec::new();
     for arg in spec.args.iter_mut() {
@@ -1679,6 +1748,15 @@ async fn send_task<W: AsyncWrite + Unpin>(
         let id = *id;
         if payload.is_left_on_peer() {
             // Already there (step 6): the link there names its own copy.
+            continue;
+        }
+        if payload.is_left_elsewhere() {
+            // Read there from the node keeping it (step 7). Named by none,
+            // it stays unnamed: the peer refuses the task.
+            if let Some((_, node)) = elsewhere.iter().find(|(x, _)| *x == id) {
+                let borrow = ToNode::Borrow { id, node: *node, len: payload.len(), encoding: *encoding };
+                writer.send_node::<ToPeer>(borrow).await?;
+            }
             continue;
         }
         let Payload::Shm { len, .. } = *payload else {
@@ -1807,6 +1885,18 @@ struct Executing<W> {
     left: HashMap<ObjectId, ObjectId>,
     /// Pulls under way: the link's object → the owner's id.
     pulls: HashMap<ObjectId, ObjectId>,
+    /// The daemon's, for what its links keep (`left_here`, step 7): this
+    /// link's `left`, for other nodes' reads, and theirs, for this link's
+    /// owner's.
+    ctx: Arc<PeerContext>,
+    /// Objects kept on other nodes that the next task reads (step 7).
+    borrowing: HashSet<ObjectId>,
+}
+
+impl<W> Drop for Executing<W> {
+    fn drop(&mut self) {
+        self.ctx.left_here.forget_holder(self.conn.conn.id());
+    }
 }
 
 /// A result's objects being gathered for the owner (step 3).
@@ -1914,6 +2004,8 @@ async fn incoming(stream: LinkStream, plain: Option<RawFd>, ctx: Arc<PeerContext
         unfetched: HashMap::new(),
         left: HashMap::new(),
         pulls: HashMap::new(),
+        ctx: ctx.clone(),
+        borrowing: HashSet::new(),
     };
     loop {
         // Everything the owner and the node have sent so far, handed on;
@@ -2076,6 +2168,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
         match msg {
             ToNode::Submit(spec) => {
                 let sent = self.submit(*spec).await;
+                self.borrowing.clear();
                 // The task holds what was imported for it from here on.
                 let imported = std::mem::take(&mut self.imported);
                 if !imported.is_empty() {
@@ -2113,6 +2206,14 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 }
                 Ok(())
             }
+            // Step 7: an argument of the next task, read from the node
+            // keeping it (held by the link until the task holds it).
+            ToNode::Borrow { id, node, len, encoding } => {
+                self.conn.send(ToNode::Borrow { id, node, len, encoding });
+                self.imported.push(id);
+                self.borrowing.insert(id);
+                Ok(())
+            }
             ToNode::Cancel { task_id, force, .. } => {
                 if let Some(mine) = self.by_owner.get(&task_id) {
                     let cancel = ToNode::Cancel { task_id: *mine, force, recursive: true, force_after_ms: None };
@@ -2135,13 +2236,19 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 }
                 Ok(())
             }
-            // Step 6: the owner reads results left here.
+            // Step 6: the owner reads results left here; step 7: or one
+            // another link here keeps for its owner, of the same program
+            // (this link holds it while it is sent).
             ToNode::Subscribe(ids) => {
                 for id in ids {
-                    match self.left.get(&id) {
-                        Some(mine) if !self.pulls.contains_key(mine) => {
-                            self.pulls.insert(*mine, id);
-                            self.conn.send(ToNode::Subscribe(vec![*mine]));
+                    let kept = self.left.get(&id).copied().or_else(|| {
+                        let (mine, holder) = self.ctx.left_here.get(id)?;
+                        self.conn.conn.hold_as(holder, mine).then_some(mine)
+                    });
+                    match kept {
+                        Some(mine) if !self.pulls.contains_key(&mine) => {
+                            self.pulls.insert(mine, id);
+                            self.conn.send(ToNode::Subscribe(vec![mine]));
                         }
                         Some(_) => {}
                         None => {
@@ -2157,6 +2264,10 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
             }
             // Step 6: nothing there refers to them any more.
             ToNode::RemoveRef(ids) => {
+                let holder = self.conn.conn.id();
+                for id in &ids {
+                    self.ctx.left_here.remove(*id, holder);
+                }
                 // One being sent goes once it is (`send_pulled`).
                 let mine: Vec<ObjectId> =
                     ids.iter().filter_map(|id| self.left.remove(id)).filter(|m| !self.pulls.contains_key(m)).collect();
@@ -2273,6 +2384,16 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                             let e = Error::ObjectLost(format!("{theirs}: this node no longer keeps it"));
                             refused.get_or_insert(e);
                         }
+                    }
+                    continue;
+                }
+                if offset == Payload::LEFT_ELSEWHERE {
+                    // Kept on another node (step 7), borrowed just before.
+                    if self.borrowing.contains(&theirs) {
+                        *arg = TaskArg::Ref(theirs);
+                    } else {
+                        let e = Error::Protocol(format!("argument {theirs} names no node keeping it"));
+                        refused.get_or_insert(e);
                     }
                     continue;
                 }
@@ -2529,6 +2650,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                     if r.leaves && stays_here(&v) && !self.left.contains_key(&theirs) =>
                 {
                     self.left.insert(theirs, *id);
+                    self.ctx.left_here.insert(theirs, *id, self.conn.conn.id());
                     kept.push(*id);
                     let payload = Payload::left_on_peer(len);
                     shipped.push(ObjectValue::Data { payload, encoding, contained });
@@ -2640,6 +2762,7 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                         // Left here, held by the link (step 6).
                         ObjectValue::Data { payload: Payload::Shm { len, .. }, encoding, contained } if kept => {
                             self.left.insert(theirs, item);
+                            self.ctx.left_here.insert(theirs, item, self.conn.conn.id());
                             let payload = Payload::left_on_peer(len);
                             ObjectValue::Data { payload, encoding, contained }
                         }

@@ -757,6 +757,20 @@ fn tasks_objects_and_streams_cross_nodes() {
     drop(items);
     wait_for("nothing left on F2", Duration::from_secs(10), || on_peer() == 0);
 
+    // A result left on F2 read by a task only the other node of resource
+    // b can run: that node reads it from F2 itself (here it stays on a
+    // peer, never pulled here), and it reads back here after.
+    let big = made_where::options().resource("f", 1).remote(8 << 20, runs_arg.clone());
+    wait_for("the result left on F2", Duration::from_secs(20), || on_peer() == 1);
+    let (n, ran) = length_where::options().resource("b", 1).remote(&big).get_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!((n, ran.as_str()), (8 << 20, second.as_str()));
+    assert_eq!(on_peer(), 1, "read there from F2: nothing came here");
+    let (bytes, at) = big.get_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!((bytes.len(), bytes[(8 << 20) - 1], at.as_str()), (8 << 20, 7, f2.as_str()));
+    assert_eq!(on_peer(), 0);
+    let f2_log = std::fs::read_to_string(dir.join("logs").join(format!("{}.log", s.pid_of(&f2)))).unwrap();
+    assert!(f2_log.contains(&format!("node {second} sends this node tasks")), "{f2_log}");
+
     // An actor on another node: its calls go there; that node killed, it
     // restarts on a node that has room for it (its state fresh), and a
     // call sent meanwhile runs there on its retry.

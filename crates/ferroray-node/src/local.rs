@@ -256,6 +256,17 @@ impl LocalConnection {
         self.shared.info.clone()
     }
 
+    /// This connection's id in its node (for [`LocalConnection::hold_as`]).
+    pub fn id(&self) -> u64 {
+        self.conn
+    }
+
+    /// Takes a reference to `id` that connection `holder` holds, both being
+    /// peer links of one program (`State::hold_as`); false if it does not.
+    pub fn hold_as(&self, holder: u64, id: ferroray_common::ObjectId) -> bool {
+        self.shared.lock().hold_as(self.conn, holder, id)
+    }
+
     pub fn arena(&self) -> Arc<Arena> {
         self.shared.arena.clone()
     }

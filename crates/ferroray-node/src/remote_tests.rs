@@ -2125,8 +2125,9 @@ fn a_task_waiting_for_a_result_goes_where_it_is_left() {
     assert!(matches!(&sent.args[2], TaskArg::Object { payload, .. } if payload.is_left_on_peer()));
     assert_eq!(h.spawn_requests(), 0);
     returned(&mut h, &p, t2, 0, b"2");
-    // A reader of results left on two peers goes to neither: both are
-    // pulled for it, each when it is left.
+    // A reader of results left on two peers, with room here, goes to
+    // neither: both are pulled for it once the last is left (`left` step
+    // 14: until then it might go to a peer, which would read them there).
     let q = attach(&mut h, 2, cpus_x(1.0, 1.0));
     let s3 = x_spec(&d, 3, 0);
     let s4 = x_spec(&d, 4, 0);
@@ -2140,11 +2141,11 @@ fn a_task_waiting_for_a_result_goes_where_it_is_left() {
     reader.args = vec![TaskArg::Ref(r3), TaskArg::Ref(r4)];
     h.st.handle(d.conn, ToNode::Submit(Box::new(reader)));
     left_by(&mut h, &p, t3, 0);
-    assert_eq!(pulls(&p.take()), vec![r3]);
+    assert!(pulls(&p.take()).is_empty());
     left_by(&mut h, &q, t4, 0);
-    let msgs = q.take();
-    assert_eq!(pulls(&msgs), vec![r4]);
-    assert!(executed(&msgs).is_empty());
+    let (at_p, at_q) = (p.take(), q.take());
+    assert_eq!((pulls(&at_p), pulls(&at_q)), (vec![r3], vec![r4]));
+    assert!(executed(&at_p).is_empty() && executed(&at_q).is_empty());
 }
 
 #[test]
@@ -2173,4 +2174,510 @@ fn a_generator_made_again_that_stops_before_a_lost_item_fails_it_once() {
         Some(ObjectValue::Error(Error::ObjectLost(m))) => assert!(m.contains(&NodeId(0xa).to_string()), "{m}"),
         other => panic!("{other:?}"),
     }
+}
+
+// ---- arguments read from the peer keeping them (`left` steps 14 to 16) ----
+
+/// A custom resource only the reading peer has.
+const Y: &str = "y";
+
+/// A task reading `arg` that only a node with `y` can run.
+fn y_reader(by: &Peer, seq: u64, arg: ObjectId, max_retries: u32) -> TaskSpec {
+    let mut s = spec(by, seq, ReturnKind::Fixed(1), max_retries);
+    s.resources = cpus(1.0).with(Y, 1.0);
+    s.args = vec![TaskArg::Ref(arg)];
+    s
+}
+
+/// The node named by each `Elsewhere` in `msgs` and the ids it names, and
+/// the arguments of the `Execute` of `tid` after them.
+fn elsewhere_then(msgs: &[FromNode], tid: TaskId) -> (Vec<(NodeId, Vec<ObjectId>)>, Vec<TaskArg>) {
+    let named = msgs
+        .iter()
+        .filter_map(|m| if let FromNode::Elsewhere { ids, node } = m { Some((*node, ids.clone())) } else { None })
+        .collect();
+    let at = msgs.iter().position(|m| matches!(m, FromNode::Execute(s) if s.task_id == tid));
+    let at = at.unwrap_or_else(|| panic!("{tid} not executed: {msgs:?}"));
+    assert!(msgs[..at].iter().any(|m| matches!(m, FromNode::Elsewhere { .. })), "named before the task: {msgs:?}");
+    let FromNode::Execute(s) = &msgs[at] else { unreachable!() };
+    (named, s.args.clone())
+}
+
+fn left_elsewhere(args: &[TaskArg], id: ObjectId) -> bool {
+    matches!(args, [TaskArg::Object { id: x, payload, .. }] if *x == id && payload.is_left_elsewhere())
+}
+
+/// A driver, peer `p` (node 1, has `x`) keeping the result `r1` of its
+/// task `t1` (with `retries`), and peer `q` (node 2, has `y`).
+struct Lending {
+    h: Harness,
+    d: Peer,
+    p: Peer,
+    q: Peer,
+    t1: TaskId,
+    r1: ObjectId,
+}
+
+fn lending(retries: u32) -> Lending {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let p = attach(&mut h, 1, cpus_x(1.0, 1.0));
+    let q = attach(&mut h, 2, cpus(1.0).with(Y, 1.0));
+    let (t1, r1) = unread(&mut h, &d, x_spec(&d, 1, retries));
+    assert_eq!(executed(&p.take()), vec![t1]);
+    left_by(&mut h, &p, t1, 0);
+    Lending { h, d, p, q, t1, r1 }
+}
+
+impl Lending {
+    /// Submits a reader of `r1` only `q` can run (`subscribe`d or not),
+    /// which goes there to read it from `p`'s node; its task and result.
+    fn reader_on_q(&mut self, seq: u64, subscribe: bool) -> (TaskId, ObjectId) {
+        let reader = y_reader(&self.d, seq, self.r1, 0);
+        let (t, r) =
+            if subscribe { submit(&mut self.h, &self.d, reader) } else { unread(&mut self.h, &self.d, reader) };
+        assert!(pulls(&self.p.take()).is_empty());
+        let (named, args) = elsewhere_then(&self.q.take(), t);
+        assert_eq!(named, vec![(NodeId(1), vec![self.r1])]);
+        assert!(left_elsewhere(&args, self.r1), "{args:?}");
+        (t, r)
+    }
+}
+
+#[test]
+fn a_task_another_peer_runs_reads_its_argument_where_it_is_left_and_holds_it_there_until_it_ends() {
+    // Only q can run the reader: it goes there, naming p's node, and
+    // nothing is pulled here.
+    let mut l = lending(0);
+    let (t2, _) = l.reader_on_q(2, false);
+    let Lending { mut h, d, p, q, r1, .. } = l;
+    assert_eq!(location(&h, r1), Some("ON_PEER"));
+    // Read here meanwhile: pulled, but p keeps its copy for q's task.
+    h.st.handle(d.conn, ToNode::Subscribe(vec![r1]));
+    assert_eq!(pulls(&p.take()), vec![r1]);
+    pulled(&mut h, &p, r1, b"big");
+    assert_eq!(ready(&d.take(), r1), Some(&inline(b"big")));
+    assert!(forgets(&p.take()).is_empty(), "q's task may still read it there");
+    // Its end lets p forget it.
+    returned(&mut h, &q, t2, 0, b"2");
+    assert_eq!(forgets(&p.take()), vec![r1]);
+    // A second reader finds it here now: sent as any argument.
+    let reader = y_reader(&d, 3, r1, 0);
+    let t3 = reader.task_id;
+    h.st.handle(d.conn, ToNode::Submit(Box::new(reader)));
+    let msgs = q.take();
+    assert!(!msgs.iter().any(|m| matches!(m, FromNode::Elsewhere { .. })), "{msgs:?}");
+    assert_eq!(executed(&msgs), vec![t3]);
+}
+
+#[test]
+fn a_lent_argument_freed_here_is_forgotten_there_once_the_task_reading_it_ends() {
+    let mut l = lending(0);
+    let (t2, _) = l.reader_on_q(2, false);
+    let Lending { mut h, d, p, q, r1, .. } = l;
+    // The driver lets go; the task still holds it.
+    h.st.handle(d.conn, ToNode::RemoveRef(vec![r1]));
+    assert!(forgets(&p.take()).is_empty());
+    // The task's end frees it here and forgets it there, once.
+    returned(&mut h, &q, t2, 0, b"2");
+    assert_eq!(forgets(&p.take()), vec![r1]);
+    assert_eq!(location(&h, r1), None);
+    assert!(forgets(&p.take()).is_empty());
+}
+
+#[test]
+fn a_task_that_could_not_read_a_lent_argument_waits_for_it_here_with_no_retry_spent() {
+    let mut l = lending(1);
+    let (t2, r2) = l.reader_on_q(2, true);
+    let Lending { mut h, d, p, q, r1, .. } = l;
+    // q could not read it there (p said it no longer had it): with no
+    // retries, the reader waits for it here, pulled from p.
+    let e = Error::ObjectLost(format!("{r1}: the node it was left on no longer has it"));
+    h.st.handle(q.conn, ToNode::TaskDone { task_id: t2, attempt: 0, outcome: TaskOutcome::Failed(e) });
+    assert_eq!(ready(&d.take(), r2), None, "not failed");
+    assert_eq!(pulls(&p.take()), vec![r1]);
+    pulled(&mut h, &p, r1, b"big");
+    assert_eq!(forgets(&p.take()), vec![r1], "nothing reads it there any more");
+    let execs = q.take();
+    assert_eq!(executed_attempts(&execs), vec![(t2, 1)]);
+    let args = execs.iter().find_map(|m| if let FromNode::Execute(s) = m { Some(s.args.clone()) } else { None });
+    assert!(matches!(&args.expect("sent")[..], [TaskArg::Object { payload: Payload::Inline(b), .. }] if b == b"big"));
+    // Its own failure naming no argument of its is its own: no retries.
+    let e = Error::ObjectLost(format!("{r2}: gone"));
+    h.st.handle(q.conn, ToNode::TaskDone { task_id: t2, attempt: 1, outcome: TaskOutcome::Failed(e) });
+    assert!(matches!(ready(&d.take(), r2), Some(ObjectValue::Error(Error::ObjectLost(_)))));
+    assert_eq!(h.st.stats().tasks, 0);
+}
+
+#[test]
+fn a_lent_argument_lost_with_its_peer_is_made_again_and_its_reader_reads_the_new_copy() {
+    let mut l = lending(1);
+    let (t2, r2) = l.reader_on_q(2, true);
+    let Lending { mut h, d, p, q, t1, r1 } = l;
+    // p dies: its result is made again; q's read fails, so the reader
+    // waits here for the new one.
+    h.st.disconnect(p.conn, "node died");
+    let e = Error::ObjectLost(format!("{r1}: node {}, which kept it, is gone", NodeId(1)));
+    h.st.handle(q.conn, ToNode::TaskDone { task_id: t2, attempt: 0, outcome: TaskOutcome::Failed(e) });
+    assert_eq!(ready(&d.take(), r2), None);
+    let p2 = attach(&mut h, 3, cpus_x(1.0, 1.0));
+    assert_eq!(executed_attempts(&p2.take()), vec![(t1, 1)]);
+    assert!(executed(&q.take()).is_empty(), "waits for it");
+    // Left on the new peer: the reader goes to q again, reading it there.
+    left_by(&mut h, &p2, t1, 1);
+    assert!(pulls(&p2.take()).is_empty());
+    let msgs = q.take();
+    assert_eq!(executed_attempts(&msgs), vec![(t2, 1)]);
+    let (named, args) = elsewhere_then(&msgs, t2);
+    assert_eq!(named, vec![(NodeId(3), vec![r1])]);
+    assert!(left_elsewhere(&args, r1));
+    returned(&mut h, &q, t2, 1, b"2");
+    assert_eq!(ready(&d.take(), r2), Some(&inline(b"2")));
+}
+
+#[test]
+fn a_queued_reader_whose_argument_is_lost_waits_for_it_rather_than_failing() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let p = attach(&mut h, 1, cpus_x(1.0, 1.0));
+    let (t1, r1) = unread(&mut h, &d, x_spec(&d, 1, 1));
+    assert_eq!(executed(&p.take()), vec![t1]);
+    left_by(&mut h, &p, t1, 0);
+    // No node can run the reader yet: it queues, pulling nothing.
+    let reader = y_reader(&d, 2, r1, 0);
+    let (t2, r2) = (reader.task_id, ObjectId::for_return(reader.task_id, 0));
+    h.st.handle(d.conn, ToNode::Submit(Box::new(reader)));
+    h.st.handle(d.conn, ToNode::Subscribe(vec![r2]));
+    assert!(pulls(&p.take()).is_empty());
+    // Its argument is lost, then a node that can run it joins: it waits
+    // for the argument being made again rather than going without it.
+    h.st.disconnect(p.conn, "node died");
+    let q = attach(&mut h, 2, cpus(1.0).with(Y, 1.0));
+    assert!(executed(&q.take()).is_empty());
+    assert_eq!(ready(&d.take(), r2), None);
+    let p2 = attach(&mut h, 3, cpus_x(1.0, 1.0));
+    assert_eq!(executed_attempts(&p2.take()), vec![(t1, 1)]);
+    left_by(&mut h, &p2, t1, 1);
+    assert!(pulls(&p2.take()).is_empty());
+    let (named, args) = elsewhere_then(&q.take(), t2);
+    assert_eq!(named, vec![(NodeId(3), vec![r1])]);
+    assert!(left_elsewhere(&args, r1));
+}
+
+/// An object of another node's owner (its task `seq`).
+fn theirs(seq: u64) -> ObjectId {
+    ObjectId::for_return(TaskId { submitter: WorkerId(0x77), seq }, 0)
+}
+
+fn borrow(h: &mut Harness, link: &Peer, id: ObjectId, node: u64) {
+    let msg = ToNode::Borrow { id, node: NodeId(node), len: 4 << 20, encoding: ferroray_protocol::Encoding::Rust };
+    h.st.handle(link.conn, msg);
+}
+
+/// A task the link submits reading `id`, then lets go of its hold.
+fn borrowed_by_task(h: &mut Harness, link: &Peer, seq: u64, id: ObjectId) -> (TaskId, ObjectId) {
+    let mut s = spec(link, seq, ReturnKind::Fixed(1), 0);
+    s.args = vec![TaskArg::Ref(id)];
+    let ids = submit(h, link, s);
+    h.st.handle(link.conn, ToNode::RemoveRef(vec![id]));
+    ids
+}
+
+// `left` step 15: the executing node's side.
+#[test]
+fn a_borrowed_argument_is_pulled_from_the_node_keeping_it_and_its_loss_fails_its_readers() {
+    let mut h = harness(1.0);
+    let link = h.driver();
+    h.st.mark_from_peer(link.conn);
+    let b = attach(&mut h, 0xb, cpus(1.0));
+    let x = theirs(1);
+    borrow(&mut h, &link, x, 0xb);
+    let (t1, _) = borrowed_by_task(&mut h, &link, 1, x);
+    assert_eq!(pulls(&b.take()), vec![x], "read from b over this node's own link");
+    assert_eq!(h.spawn_requests(), 0, "it waits for it");
+    // A second reader joins the same pull.
+    borrow(&mut h, &link, x, 0xb);
+    let (t2, _) = borrowed_by_task(&mut h, &link, 2, x);
+    assert!(pulls(&b.take()).is_empty());
+    pulled(&mut h, &b, x, b"big");
+    assert!(forgets(&b.take()).is_empty(), "b keeps nothing for this node");
+    assert_eq!(h.spawn_requests(), 1);
+    let w = h.worker();
+    let msgs = w.take();
+    assert_eq!(executed(&msgs), vec![t1]);
+    let args = msgs.iter().find_map(|m| if let FromNode::Execute(s) = m { Some(s.args.clone()) } else { None });
+    assert!(matches!(&args.expect("sent")[..], [TaskArg::Object { payload: Payload::Inline(v), .. }] if v == b"big"));
+    returned(&mut h, &w, t1, 0, b"1");
+    assert_eq!(executed(&w.take()), vec![t2]);
+    returned(&mut h, &w, t2, 0, b"2");
+    // No link to the keeping node: lost at once, naming it.
+    let y = theirs(2);
+    borrow(&mut h, &link, y, 0xc);
+    let (_, ry) = borrowed_by_task(&mut h, &link, 3, y);
+    match ready(&link.take(), ry) {
+        Some(ObjectValue::Error(Error::ObjectLost(m))) => {
+            assert!(m.starts_with(&format!("{y}:")) && m.contains(&NodeId(0xc).to_string()), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // The keeping node lost mid-pull: its readers fail with its id first
+    // (their owner then reads it there, or makes it again).
+    let z = theirs(3);
+    borrow(&mut h, &link, z, 0xb);
+    let (_, rz) = borrowed_by_task(&mut h, &link, 4, z);
+    assert_eq!(pulls(&b.take()), vec![z]);
+    h.st.disconnect(b.conn, "node died");
+    match ready(&link.take(), rz) {
+        Some(ObjectValue::Error(Error::ObjectLost(m))) => {
+            assert!(m.starts_with(&format!("{z}:")) && m.contains("is gone"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.st.stats().tasks, 0);
+    // Only a peer's link borrows.
+    let d = h.driver();
+    borrow(&mut h, &d, theirs(4), 0xb);
+    assert!(!h.st.is_connected(d.conn));
+}
+
+// `left` step 15: the keeping node's side, where one link serves another
+// node's read of what a second link keeps.
+#[test]
+fn a_peer_link_may_hold_what_another_link_of_its_program_holds_and_nothing_else() {
+    use crate::WorkerCommand;
+    let mut h = harness_with(1.0, &[], |_| {});
+    let python = |arg: &str| WorkerCommand { program: "/usr/bin/python3".into(), args: vec![arg.into()], env: vec![] };
+    let commands = |arg: &str| std::collections::BTreeMap::from([(WorkerKind::Python, python(arg))]);
+    let link = |h: &mut Harness, program: &str| {
+        let l = h.driver();
+        h.st.mark_from_peer(l.conn);
+        h.st.join_job(l.conn, commands(program));
+        l
+    };
+    let (keeper, reader, other) = (link(&mut h, "a"), link(&mut h, "a"), link(&mut h, "b"));
+    let plain = h.driver();
+    h.st.join_job(plain.conn, commands("a"));
+    let x = put(&mut h, &keeper, 1);
+    assert!(!h.st.hold_as(reader.conn, keeper.conn, theirs(9)), "not held by the keeper");
+    assert!(!h.st.hold_as(other.conn, keeper.conn, x), "another program's link");
+    assert!(!h.st.hold_as(plain.conn, keeper.conn, x), "not a peer's link");
+    assert!(!h.st.hold_as(keeper.conn, keeper.conn, x));
+    assert!(h.st.hold_as(reader.conn, keeper.conn, x));
+    // The keeper lets go while it is read: the reader's hold keeps it.
+    h.st.handle(keeper.conn, ToNode::RemoveRef(vec![x]));
+    assert_eq!(location(&h, x), Some("INLINE"));
+    h.st.handle(reader.conn, ToNode::Subscribe(vec![x]));
+    assert_eq!(ready(&reader.take(), x), Some(&inline(b"arg")));
+    h.st.handle(reader.conn, ToNode::RemoveRef(vec![x]));
+    assert_eq!(location(&h, x), None);
+}
+
+/// Arguments a task reads from other peers, and their nodes.
+type Borrowed = Vec<(ObjectId, NodeId)>;
+
+/// A peer as the lending stress test plays it: a maker (has `x`) leaves
+/// results in its store; a reader (has `y`) runs tasks reading them.
+struct Lender {
+    peer: Peer,
+    node: NodeId,
+    maker: bool,
+    /// (task, attempt, its arguments borrowed from other peers' nodes).
+    running: Vec<(TaskId, u32, Borrowed)>,
+    /// A maker's results left in its store and not forgotten yet.
+    kept: std::collections::HashSet<ObjectId>,
+    /// Pulls to answer.
+    pulls: Vec<ObjectId>,
+    /// The `Elsewhere`s before the next `Execute`.
+    named: Vec<(ObjectId, NodeId)>,
+}
+
+/// `left` steps 14 to 16 under random orders: results left on makers that
+/// come and go, readers on other peers reading them where they are,
+/// pulls, frees and failed reads in between. Throughout, a peer is never
+/// told to forget what it does not keep, nor what a task still reads
+/// there, and a task is sent only naming a copy its node keeps; at the end
+/// every task ended and every result kept was forgotten.
+fn lending_stress_run(seed: u64) -> (usize, usize, usize) {
+    let mut rng = Lcg(seed);
+    let mut h = harness(1.0);
+    h.st.enable_peers();
+    let d = h.driver();
+    let mut peers: Vec<Lender> = Vec::new();
+    let mut next_node = 200;
+    let mut join = |h: &mut Harness, peers: &mut Vec<Lender>, maker: bool| {
+        next_node += 1;
+        let total = if maker { cpus_x(1.0, 1.0) } else { cpus(1.0).with(Y, 1.0) };
+        let peer = attach(h, next_node, total);
+        let node = NodeId(next_node);
+        let (kept, pulls, named, running) = (Default::default(), Vec::new(), Vec::new(), Vec::new());
+        peers.push(Lender { peer, node, maker, running, kept, pulls, named });
+    };
+    for maker in [true, true, false, false] {
+        join(&mut h, &mut peers, maker);
+    }
+    let (mut held, mut readers) = (Vec::new(), Vec::new());
+    let (mut seq, mut steps, n_tasks) = (0, 0, 300);
+    let (mut lent_runs, mut failed_reads, mut losses) = (0, 0, 0);
+    loop {
+        steps += 1;
+        assert!(steps < 50_000, "seed {seed}: no progress: {} tasks left", h.st.stats().tasks);
+        // What the node sent, checked against what each peer keeps.
+        for i in 0..peers.len() {
+            for m in peers[i].peer.take() {
+                match m {
+                    FromNode::Elsewhere { ids, node } => peers[i].named.extend(ids.into_iter().map(|id| (id, node))),
+                    FromNode::Execute(s) => {
+                        let named = std::mem::take(&mut peers[i].named);
+                        let mut borrowed = Vec::new();
+                        for arg in &s.args {
+                            let TaskArg::Object { id, payload, .. } = arg else { continue };
+                            if !payload.is_left_elsewhere() {
+                                continue;
+                            }
+                            let &(_, node) = named.iter().find(|(x, _)| x == id).expect("named before");
+                            let keeper = peers.iter().find(|p| p.node == node).expect("a live node");
+                            assert!(
+                                keeper.kept.contains(id),
+                                "seed {seed}: {id} sent as kept on {node}, which has not it"
+                            );
+                            borrowed.push((*id, node));
+                        }
+                        lent_runs += usize::from(!borrowed.is_empty());
+                        peers[i].running.push((s.task_id, s.attempt, borrowed));
+                    }
+                    FromNode::Pull(ids) => peers[i].pulls.extend(ids),
+                    FromNode::Forget(ids) => {
+                        for id in ids {
+                            let node = peers[i].node;
+                            assert!(
+                                peers[i].kept.remove(&id),
+                                "seed {seed}: {id} forgotten on {node}, which had not it"
+                            );
+                            let read = peers.iter().any(|p| p.running.iter().any(|(_, _, b)| b.contains(&(id, node))));
+                            assert!(!read, "seed {seed}: {id} forgotten on {node} while a task reads it there");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if seq >= n_tasks && h.st.stats().tasks == 0 {
+            break;
+        }
+        let makers = peers.iter().filter(|p| p.maker).count();
+        let readers_up = peers.len() - makers;
+        match rng.below(24) {
+            0..=3 if seq < n_tasks => {
+                seq += 1;
+                let (_, r) = unread(&mut h, &d, x_spec(&d, seq, rng.below(3) as u32));
+                held.push(r);
+            }
+            4..=6 if seq < n_tasks && !held.is_empty() => {
+                seq += 1;
+                let arg = held[rng.below(held.len())];
+                readers.push(submit(&mut h, &d, y_reader(&d, seq, arg, rng.below(2) as u32)).1);
+            }
+            // The driver reads a result (pulled here) or lets it go.
+            7 if !held.is_empty() => {
+                let r = held[rng.below(held.len())];
+                h.st.handle(d.conn, ToNode::Subscribe(vec![r]));
+            }
+            8 if !held.is_empty() => {
+                let r = held.swap_remove(rng.below(held.len()));
+                h.st.handle(d.conn, ToNode::RemoveRef(vec![r]));
+            }
+            // A maker answers a pull.
+            9 => {
+                let with: Vec<usize> = (0..peers.len()).filter(|i| !peers[*i].pulls.is_empty()).collect();
+                if let Some(&i) = with.get(rng.below(with.len().max(1))) {
+                    let id = peers[i].pulls.remove(0);
+                    pulled(&mut h, &peers[i].peer, id, &id.task.seq.to_le_bytes());
+                }
+            }
+            // A peer dies, or one joins.
+            10 if makers > 1 || readers_up > 1 => {
+                let i = rng.below(peers.len());
+                if (peers[i].maker && makers > 1) || (!peers[i].maker && readers_up > 1) {
+                    let gone = peers.remove(i);
+                    losses += 1;
+                    h.st.disconnect(gone.peer.conn, "stress");
+                }
+            }
+            11 if peers.len() < 6 => {
+                let maker = rng.below(2) == 0;
+                join(&mut h, &mut peers, maker);
+            }
+            _ => {
+                // A peer ends one of its tasks: a maker leaves or returns
+                // its result; a reader returns, or fails to read an
+                // argument whose node is gone (or, now and then, one
+                // whose node it could not reach).
+                let busy: Vec<usize> = (0..peers.len()).filter(|i| !peers[*i].running.is_empty()).collect();
+                let Some(&i) = busy.get(rng.below(busy.len().max(1))) else { continue };
+                let (task_id, attempt, borrowed) = {
+                    let at = rng.below(peers[i].running.len());
+                    peers[i].running.remove(at)
+                };
+                let conn = peers[i].peer.conn;
+                let outcome = if peers[i].maker {
+                    if rng.below(3) > 0 {
+                        peers[i].kept.insert(ObjectId::for_return(task_id, 0));
+                        TaskOutcome::Returned(vec![left(4 << 20)])
+                    } else {
+                        TaskOutcome::Returned(vec![inline(&task_id.seq.to_le_bytes())])
+                    }
+                } else {
+                    let unreadable = borrowed.iter().find(|(_, n)| !peers.iter().any(|p| p.node == *n));
+                    match unreadable.or_else(|| borrowed.first().filter(|_| rng.below(6) == 0)) {
+                        Some((x, n)) => {
+                            failed_reads += 1;
+                            TaskOutcome::Failed(Error::ObjectLost(format!("{x}: node {n}, which kept it, is gone")))
+                        }
+                        None => TaskOutcome::Returned(vec![inline(&task_id.seq.to_le_bytes())]),
+                    }
+                };
+                h.st.handle(conn, ToNode::TaskDone { task_id, attempt, outcome });
+            }
+        }
+        // Work left and no peer to do it: one joins.
+        for maker in [true, false] {
+            if !peers.iter().any(|p| p.maker == maker) {
+                join(&mut h, &mut peers, maker);
+            }
+        }
+    }
+    // Every reader ended once.
+    let msgs = d.take();
+    for r in &readers {
+        let n = msgs.iter().filter(|m| matches!(m, FromNode::ObjectReady { id, .. } if id == r)).count();
+        assert_eq!(n, 1, "seed {seed}: {r} answered {n} times");
+    }
+    // Letting go of every result forgets every copy kept anywhere.
+    h.st.handle(d.conn, ToNode::RemoveRef(held));
+    for p in &mut peers {
+        for m in p.peer.take() {
+            if let FromNode::Forget(ids) = m {
+                for id in ids {
+                    assert!(p.kept.remove(&id), "seed {seed}: {id} forgotten twice");
+                }
+            }
+        }
+        assert!(p.kept.is_empty(), "seed {seed}: {:?} never forgotten on {}", p.kept, p.node);
+        assert!(p.running.is_empty());
+    }
+    assert_eq!(h.st.stats().tasks, 0);
+    (lent_runs, failed_reads, losses)
+}
+
+#[test]
+fn stress_lent_arguments_are_kept_while_read_and_forgotten_once_after() {
+    let started = std::time::Instant::now();
+    for seed in [0x1e4d, 1, 2, 3, 4, 5] {
+        let (lent, failed, losses) = lending_stress_run(seed);
+        assert!(
+            lent > 10 && failed > 0 && losses > 0,
+            "seed {seed}: {lent} lent runs, {failed} failed reads, {losses} losses"
+        );
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
 }

@@ -184,7 +184,8 @@ impl ToNode {
             | ToNode::StreamHandOff { .. }
             | ToNode::StreamClaim { .. }
             | ToNode::KillActor { .. }
-            | ToNode::TerminateActor { .. } => Ok(()),
+            | ToNode::TerminateActor { .. }
+            | ToNode::Borrow { .. } => Ok(()),
         }
     }
 }

@@ -89,6 +89,24 @@ impl Payload {
         matches!(self, Payload::Shm { offset: Payload::LEFT_ON_PEER, .. })
     }
 
+    /// The offset of a `Shm` payload in a task's argument on its way to a
+    /// peer for an object left on another peer (`left` step 14): the task
+    /// reads it from there. No arena has an allocation there; the node
+    /// sends it only to a peer's link, with [`FromNode::Elsewhere`] naming
+    /// the node that keeps it.
+    pub const LEFT_ELSEWHERE: u64 = u64::MAX - 2;
+
+    /// An object of `len` bytes left on another peer than the one a task
+    /// naming it goes to.
+    pub fn left_elsewhere(len: u64) -> Payload {
+        Payload::Shm { offset: Payload::LEFT_ELSEWHERE, len }
+    }
+
+    /// Whether this names an object left on another peer.
+    pub fn is_left_elsewhere(&self) -> bool {
+        matches!(self, Payload::Shm { offset: Payload::LEFT_ELSEWHERE, .. })
+    }
+
     pub fn len(&self) -> u64 {
         match self {
             Payload::Inline(b) => b.len() as u64,
@@ -508,6 +526,18 @@ pub enum ToNode {
         id: ObjectId,
         value: ObjectValue,
     },
+    /// An object of another node's owner kept on peer node `node` (`len`
+    /// bytes, as `encoding`), which a task the link submits next reads
+    /// from there (`left` step 14): the node pulls it over its own link to
+    /// `node` when read. The sender holds one reference to it; an object
+    /// here already is held as it is. Only from a peer node's link (the
+    /// executing side); refused from any other connection.
+    Borrow {
+        id: ObjectId,
+        node: NodeId,
+        len: u64,
+        encoding: Encoding,
+    },
 }
 
 /// How to start a worker process of one kind ([`ToNode::WorkerCommands`]).
@@ -621,6 +651,13 @@ pub enum FromNode {
     /// To a peer node's link (the owner's side): results it left on its
     /// node that nothing here refers to any more: let them go there.
     Forget(Vec<ObjectId>),
+    /// To a peer node's link (the owner's side), just before the
+    /// `Execute` it is for: the arguments of that task named by
+    /// [`Payload::LEFT_ELSEWHERE`] are kept on node `node` (`left` step 14).
+    Elsewhere {
+        ids: Vec<ObjectId>,
+        node: NodeId,
+    },
     /// The connection is being closed for this reason.
     Rejected(Error),
 }

@@ -1089,7 +1089,7 @@ pub enum Role {
 pub struct ToNode {
     #[prost(
         oneof = "ToNodeKind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28"
     )]
     pub kind: Option<ToNodeKind>,
 }
@@ -1152,6 +1152,21 @@ pub enum ToNodeKind {
     WorkerCommands(WorkerCommands),
     #[prost(message, tag = "27")]
     Import(ObjectMessage),
+    #[prost(message, tag = "28")]
+    Borrow(Borrow),
+}
+
+/// An object kept on another node, for a peer's link (`m::ToNode::Borrow`).
+#[derive(Clone, PartialEq, Message)]
+pub struct Borrow {
+    #[prost(message, optional, tag = "1")]
+    pub id: Option<ObjectId>,
+    #[prost(fixed64, tag = "2")]
+    pub node_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub len: u64,
+    #[prost(enumeration = "Encoding", tag = "4")]
+    pub encoding: i32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -1343,6 +1358,9 @@ impl From<m::ToNode> for ToNode {
             m::ToNode::Import { id, value } => {
                 K::Import(ObjectMessage { id: Some(id.into()), value: Some(value.into()) })
             }
+            m::ToNode::Borrow { id, node, len, encoding } => {
+                K::Borrow(Borrow { id: Some(id.into()), node_id: node.0, len, encoding: encoding_to_wire(encoding) })
+            }
             m::ToNode::AddRef(ids) => K::AddRef(object_ids(ids)),
             m::ToNode::RemoveRef(ids) => K::RemoveRef(object_ids(ids)),
             m::ToNode::Subscribe(ids) => K::Subscribe(object_ids(ids)),
@@ -1436,6 +1454,12 @@ impl TryFrom<ToNode> for m::ToNode {
             K::Import(p) => {
                 m::ToNode::Import { id: object_id(p.id, "import id")?, value: value(p.value, "import value")? }
             }
+            K::Borrow(b) => m::ToNode::Borrow {
+                id: object_id(b.id, "borrowed id")?,
+                node: c::NodeId(b.node_id),
+                len: b.len,
+                encoding: encoding_from_wire(b.encoding)?,
+            },
             K::AddRef(ids) => m::ToNode::AddRef(object_ids_from_bytes(&ids.ids, "AddRef ids")?),
             K::RemoveRef(ids) => m::ToNode::RemoveRef(object_ids_from_bytes(&ids.ids, "RemoveRef ids")?),
             K::Subscribe(ids) => m::ToNode::Subscribe(object_ids_from_bytes(&ids.ids, "Subscribe ids")?),
@@ -1513,7 +1537,7 @@ impl TryFrom<ToNode> for m::ToNode {
 /// [`m::FromNode`]: one case per message.
 #[derive(Clone, PartialEq, Message)]
 pub struct FromNode {
-    #[prost(oneof = "FromNodeKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19")]
+    #[prost(oneof = "FromNodeKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20")]
     pub kind: Option<FromNodeKind>,
 }
 
@@ -1561,6 +1585,17 @@ pub enum FromNodeKind {
     Pull(ObjectIds),
     #[prost(message, tag = "19")]
     Forget(ObjectIds),
+    #[prost(message, tag = "20")]
+    Elsewhere(Elsewhere),
+}
+
+/// Arguments kept on another node, for a peer's link (`m::FromNode::Elsewhere`).
+#[derive(Clone, PartialEq, Message)]
+pub struct Elsewhere {
+    #[prost(bytes = "vec", tag = "1")]
+    pub ids: Vec<u8>,
+    #[prost(fixed64, tag = "2")]
+    pub node_id: u64,
 }
 
 /// A proxy gone, for a peer's link (`FromNode::HandleReleased`).
@@ -1724,6 +1759,9 @@ impl From<m::FromNode> for FromNode {
             }
             m::FromNode::Pull(ids) => K::Pull(object_ids(ids)),
             m::FromNode::Forget(ids) => K::Forget(object_ids(ids)),
+            m::FromNode::Elsewhere { ids, node } => {
+                K::Elsewhere(Elsewhere { ids: object_ids(ids).ids, node_id: node.0 })
+            }
             m::FromNode::Tasks { req, events } => {
                 K::Tasks(Tasks { req, events: events.into_iter().map(Into::into).collect() })
             }
@@ -1795,6 +1833,10 @@ impl TryFrom<FromNode> for m::FromNode {
             },
             K::Pull(ids) => m::FromNode::Pull(object_ids_from_bytes(&ids.ids, "pulled object ids")?),
             K::Forget(ids) => m::FromNode::Forget(object_ids_from_bytes(&ids.ids, "forgotten object ids")?),
+            K::Elsewhere(e) => m::FromNode::Elsewhere {
+                ids: object_ids_from_bytes(&e.ids, "ids kept elsewhere")?,
+                node: c::NodeId(e.node_id),
+            },
             K::Tasks(t) => m::FromNode::Tasks {
                 req: t.req,
                 events: t.events.into_iter().map(TryInto::try_into).collect::<Result<_, FrameError>>()?,

@@ -421,7 +421,11 @@ impl CoreWorker {
         match msg {
             FromNode::Welcome(_) => {}
             // Only ever sent to a peer node's connections.
-            FromNode::KillActor { .. } | FromNode::HandleReleased { .. } | FromNode::Pull(_) | FromNode::Forget(_) => {}
+            FromNode::KillActor { .. }
+            | FromNode::HandleReleased { .. }
+            | FromNode::Pull(_)
+            | FromNode::Forget(_)
+            | FromNode::Elsewhere { .. } => {}
             FromNode::Execute(mut spec) => {
                 if let FunctionDescriptor::Python { function: Some(f), pickled, .. } = &mut spec.function {
                     if !pickled.is_empty() {

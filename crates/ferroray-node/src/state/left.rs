@@ -46,20 +46,50 @@
 //!
 //! 13. A task whose arguments are left on one peer goes there rather than
 //!     pulling them (`wait_for_args` at its submission, or
-//!     `send_where_left` when the last of them is left there while it
-//!     waits, if its other arguments are here: a task, not an actor's, of
-//!     the peer's program, that the peer's total fits, not from a peer, not
-//!     naming a stream): it does not wait for them, and the scheduler
-//!     places it on that peer if it has room now (`schedule`); the
-//!     arguments go as `Payload::LEFT_ON_PEER`, which the link there turns
-//!     into its own objects. Without room there, it waits for them here
-//!     instead (`wait_here`), as any task: pulled, then placed anywhere.
+//!     `stop_waiting_for_left` when one is left there while it waits: a
+//!     task, not an actor's, of the peer's program, that the peer's total
+//!     fits, not from a peer, not naming a stream): it does not wait for
+//!     them, and the scheduler places it on that peer if it has room now
+//!     (`schedule`); the arguments go as `Payload::LEFT_ON_PEER`, which the
+//!     link there turns into its own objects. Without room there, step 14.
+//! 14. Such a task may also run on another peer, which reads the arguments
+//!     straight from the peer keeping them rather than through this node
+//!     (one transfer, not two): a task that may go to a peer (as in step
+//!     13, but for the keeping peer's total) does not wait for any
+//!     argument left on a peer (`Task::left_args`), and the scheduler
+//!     places it on the peer keeping them all if it has room (step 13),
+//!     here only once they are pulled here (`wait_here`, when this node
+//!     has room now or no peer could take it: as any task, pulled, then
+//!     placed anywhere), else on a peer with room (or, if only a peer
+//!     could ever run it, queued behind what one runs). Each argument left on another peer than the one it goes to
+//!     goes as `Payload::LEFT_ELSEWHERE`, after a `FromNode::Elsewhere`
+//!     naming the keeping node, and is lent (`Left::lent`, the task's
+//!     `borrowed`) until the task no longer runs there (`unlend`): a
+//!     `Forget` waits for it (`lent_out`), since the task's node reads
+//!     the keeping node's copy. A task whose argument was lost meanwhile
+//!     waits here for it being made again; placement checks first
+//!     (`placeable`).
+//! 15. On the executing node the link hands each on as `ToNode::Borrow`
+//!     (`borrow`): the object is left on the node's own link to the
+//!     keeping node for the same program (`Left::borrowed`), pulled from
+//!     there when read as in step 9 (that node's link serves it from the
+//!     copy the owner's link keeps), with no lineage here. No such link,
+//!     its loss, or a keeping node that no longer has it make the object
+//!     an `ObjectLost` error naming it, which fails the tasks reading it.
+//! 16. Back here, a task sent with lent arguments that failed with
+//!     `ObjectLost` of one of them (its message starts with the object's
+//!     id, as every such error here does) is not retried but waits for
+//!     them here (`read_here_instead`, no retry spent): they are pulled
+//!     here, or made again if their node is gone.
 //!
 //! Who may observe the states in between: a reader subscribing while a pull
 //! is under way joins it (step 9); a free racing a pull is step 10; a loss
 //! racing a pull drops the pull with the connection (its `Left` is cleared
 //! first, so the copy never lands); a loss of a peer that also ran the new
-//! attempt retries it as any task (`remote` step 5).
+//! attempt retries it as any task (`remote` step 5). A pull here or a free
+//! racing another peer's read of a lent object waits for the task's end to
+//! `Forget` it (step 14); a loss of the keeping peer racing that read fails
+//! the read there, which step 16 turns into a wait here.
 
 use super::*;
 use ferroray_common::NodeId;
@@ -80,6 +110,11 @@ pub(super) struct Left {
     /// is (step 13).
     pub(super) len: u64,
     pub(super) encoding: Encoding,
+    /// Tasks on other peers reading it from there (step 14).
+    pub(super) lent: u32,
+    /// Another node's object, for a task a peer's link sent here (step
+    /// 15): no lineage here, and its loss is an error, not a remake.
+    pub(super) borrowed: bool,
 }
 
 /// What runs a task again (step 11).
@@ -113,18 +148,18 @@ impl State {
             return true;
         }
         let o = self.objects.get_mut(&id).expect("checked above");
-        o.left = Some(Left { conn, pulling: false, len, encoding });
+        o.left = Some(Left { conn, pulling: false, len, encoding, lent: 0, borrowed: false });
         let mut waiting = o.waiting.clone();
         if let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.remote.as_mut()) {
             r.left.insert(id);
         }
         *self.left_count.entry(id.task).or_default() += 1;
-        // Step 13: a task waiting for it whose arguments are now all here
-        // or left there goes there rather than waiting for them.
+        // Steps 13 and 14: a task waiting for it that may go to a peer
+        // stops waiting for it.
         waiting.sort_unstable();
         waiting.dedup();
         for tid in waiting {
-            self.send_where_left(tid, conn);
+            self.stop_waiting_for_left(tid);
         }
         let o = self.objects.get(&id).expect("checked above");
         if !o.subscribers.is_empty() || !o.waiting.is_empty() {
@@ -133,23 +168,33 @@ impl State {
         true
     }
 
-    /// Step 13 for task `tid`, waiting for an argument just left on `conn`:
-    /// if every argument of it is here or left there and it may go there,
-    /// it stops waiting for those left there and is to run there.
-    fn send_where_left(&mut self, tid: TaskId, conn: ConnId) {
+    /// Steps 13 and 14 for task `tid`, waiting for an argument just left
+    /// on a peer: if it may go to a peer, it stops waiting for every
+    /// argument left on one (and goes to the peer keeping them all, if it
+    /// may); it still waits for those being made.
+    fn stop_waiting_for_left(&mut self, tid: TaskId) {
         let Some(t) = self.tasks.get(&tid) else { return };
-        if t.from_peer || t.at_peer.is_some_and(|p| p != conn) || !self.may_go_to(&t.spec, t.pool, conn) {
+        if t.from_peer || !self.may_go_anywhere(&t.spec) {
             return;
         }
         let mut there = Vec::new();
+        // Where they are: one peer, or several (`None`).
+        let mut on: Option<Option<ConnId>> = None;
         for arg in &t.spec.args {
             let TaskArg::Ref(x) = arg else { continue };
             match self.objects.get(x) {
-                Some(o) if o.left.as_ref().is_some_and(|l| l.conn == conn) => there.push(*x),
-                Some(o) if matches!(&o.value, Some(v) if !matches!(v, Stored::Error(_))) => {}
+                Some(o) if o.value.is_none() => {
+                    if let Some(l) = o.left.as_ref().filter(|l| !l.borrowed) {
+                        there.push(*x);
+                        on = Some(if on.is_none() || on == Some(Some(l.conn)) { Some(l.conn) } else { None });
+                    }
+                }
+                Some(o) if !matches!(&o.value, Some(Stored::Error(_))) => {}
+                // A failed argument fails it when it is set: waiting.
                 _ => return,
             }
         }
+        let at_peer = on.flatten().filter(|p| self.may_go_to(&t.spec, t.pool, *p));
         there.sort_unstable();
         there.dedup();
         let mut no_longer = 0;
@@ -161,21 +206,27 @@ impl State {
             }
         }
         let Some(t) = self.tasks.get_mut(&tid) else { return };
-        t.at_peer = Some(conn);
+        t.left_args = true;
+        t.at_peer = at_peer;
         t.pending_deps = t.pending_deps.saturating_sub(no_longer);
-        if t.pending_deps == 0 {
+        if t.pending_deps == 0 && no_longer > 0 {
             self.record(tid, TaskState::PendingSchedule, None, None);
             self.enqueue(tid);
         }
     }
 
+    /// Step 14: whether task `spec` may run on a peer for its arguments
+    /// left on peers: a task, not an actor's, not naming a stream of this
+    /// node's.
+    fn may_go_anywhere(&self, spec: &TaskSpec) -> bool {
+        spec.actor.is_none() && !remote::stays_here(spec, &self.streams)
+    }
+
     /// Step 13: whether task `spec` (of `pool`) may run on peer link `p`
-    /// for its arguments left there: a task, not an actor's, not naming a
-    /// stream of this node's, of the link's program, that its node's total
-    /// fits.
+    /// for its arguments left there: one that may go to a peer, of the
+    /// link's program, that its node's total fits.
     fn may_go_to(&self, spec: &TaskSpec, pool: Pool, p: ConnId) -> bool {
-        spec.actor.is_none()
-            && !remote::stays_here(spec, &self.streams)
+        self.may_go_anywhere(spec)
             && self
                 .conns
                 .get(&p)
@@ -200,7 +251,16 @@ impl State {
         if let Some(r) = self.conns.get_mut(&left.conn).and_then(|c| c.remote.as_mut()) {
             r.left.remove(&id);
         }
-        self.send(left.conn, FromNode::Forget(vec![id]));
+        if left.borrowed {
+            // Step 15: the node it was pulled from keeps nothing for this one.
+            return;
+        }
+        if left.lent > 0 {
+            // Step 14: other peers read it there until their tasks end.
+            self.lent_out.insert(id, (left.conn, left.lent));
+        } else {
+            self.send(left.conn, FromNode::Forget(vec![id]));
+        }
         if self.one_less_left(id.task) {
             if let Some(l) = self.lineage.remove(&id.task) {
                 self.release_args(&l.spec);
@@ -245,10 +305,24 @@ impl State {
         lost.sort_unstable();
         // Every record goes first, so a task made again that takes another
         // lost object as an argument waits for it.
+        let mut borrowed = Vec::new();
         lost.retain(|id| {
             let Some(o) = self.objects.get_mut(id) else { return false };
-            o.left.take_if(|l| l.conn == conn).is_some()
+            match o.left.take_if(|l| l.conn == conn) {
+                Some(l) if l.borrowed => {
+                    borrowed.push(*id);
+                    false
+                }
+                taken => taken.is_some(),
+            }
         });
+        // Step 15: another node's, whose owner makes it again.
+        for id in borrowed {
+            let e = Error::ObjectLost(format!("{id}: node {node}, which kept it, is gone"));
+            self.set_value(id, Stored::Error(e));
+        }
+        // Step 14: nothing to forget there any more.
+        self.lent_out.retain(|_, (c, _)| *c != conn);
         for id in &lost {
             self.one_less_left(id.task);
         }
@@ -298,10 +372,12 @@ impl State {
                 }
             }
         }
-        let (pending, failed, at_peer) = self.wait_for_args(tid, &l.spec, l.pool, true);
+        let waits = self.wait_for_args(tid, &l.spec, l.pool, true);
+        let (pending, failed) = (waits.pending, waits.failed);
         let mut task = Task::new(l.spec, pending, l.retries_left);
         task.pool = l.pool;
-        task.at_peer = at_peer;
+        task.left_args = waits.left_args;
+        task.at_peer = waits.at_peer;
         task.remaking = l.digests;
         self.tasks.insert(tid, task);
         self.lost.entry(tid).or_default().extend(ids.into_iter().map(|id| (id, node)));
@@ -351,17 +427,11 @@ impl State {
     }
 
     /// Registers task `tid` (`spec`, of `pool`) with each `Ref` argument it
-    /// waits for, pulling those left on a peer, and returns how many, the
-    /// error of a failed or unknown one, and (step 13, if `may_go` and the
-    /// task may) the peer it goes to instead of waiting for the arguments
-    /// left there. Liveness pins are the caller's.
-    pub(super) fn wait_for_args(
-        &mut self,
-        tid: TaskId,
-        spec: &TaskSpec,
-        pool: Pool,
-        may_go: bool,
-    ) -> (usize, Option<Error>, Option<ConnId>) {
+    /// waits for, pulling those left on a peer, and says how many, the
+    /// error of a failed or unknown one, and whether (steps 13 and 14, if
+    /// `may_go` and the task may) it waits for none left on a peer, and
+    /// goes to the peer keeping them all. Liveness pins are the caller's.
+    pub(super) fn wait_for_args(&mut self, tid: TaskId, spec: &TaskSpec, pool: Pool, may_go: bool) -> ArgWaits {
         let mut failed = None;
         // Where the arguments left on a peer are: none, one peer, or
         // several (`Some(None)`).
@@ -372,7 +442,8 @@ impl State {
                 None => failed = Some(Error::ObjectLost(oid.to_string())),
                 Some(o) => match (&o.value, &o.left) {
                     (Some(Stored::Error(e)), _) => failed = Some(e.clone()),
-                    (None, Some(l)) => {
+                    // A borrowed one (step 15) is waited for: pulled here.
+                    (None, Some(l)) if !l.borrowed => {
                         left_on = Some(match left_on {
                             None => Some(l.conn),
                             Some(Some(p)) if p == l.conn => Some(p),
@@ -383,13 +454,14 @@ impl State {
                 },
             }
         }
-        let at_peer = left_on.flatten().filter(|p| may_go && failed.is_none() && self.may_go_to(spec, pool, *p));
+        let left_args = left_on.is_some() && may_go && failed.is_none() && self.may_go_anywhere(spec);
+        let at_peer = left_on.flatten().filter(|p| left_args && self.may_go_to(spec, pool, *p));
         let mut pending = 0;
         let mut pulls = Vec::new();
         for arg in &spec.args {
             let TaskArg::Ref(oid) = arg else { continue };
             let Some(o) = self.objects.get_mut(oid) else { continue };
-            if o.value.is_some() || (at_peer.is_some() && o.left.as_ref().map(|l| l.conn) == at_peer) {
+            if o.value.is_some() || (left_args && o.left.as_ref().is_some_and(|l| !l.borrowed)) {
                 continue;
             }
             o.waiting.push(tid);
@@ -399,27 +471,149 @@ impl State {
         for oid in pulls {
             self.pull(oid);
         }
-        (pending, failed, at_peer)
+        ArgWaits { pending, failed, left_args, at_peer }
     }
 
-    /// Step 13: task `tid` cannot go to the peer that keeps its arguments
-    /// (no room there now, or that peer is gone): it waits for them here.
-    /// True if it is ready at once (queued again; the caller schedules).
+    /// Steps 13 and 14: task `tid` does not run on a peer with its
+    /// arguments left on peers (none has room now, this node has, or that
+    /// peer is gone): it waits for them here. True if it is ready at once
+    /// (queued again; the caller schedules).
     pub(super) fn wait_here(&mut self, tid: TaskId) -> bool {
         let Some(task) = self.tasks.get_mut(&tid) else { return false };
         task.at_peer = None;
+        task.left_args = false;
         let (spec, pool) = (task.spec.clone(), task.pool);
-        let (pending, failed, _) = self.wait_for_args(tid, &spec, pool, false);
-        if let Some(e) = failed {
+        let waits = self.wait_for_args(tid, &spec, pool, false);
+        if let Some(e) = waits.failed {
             self.complete_task(tid, Err(e));
             return false;
         }
         let Some(task) = self.tasks.get_mut(&tid) else { return false };
-        task.pending_deps = pending;
-        if pending == 0 {
+        task.pending_deps = waits.pending;
+        if waits.pending == 0 {
             self.enqueue(tid);
             return true;
         }
         false
     }
+
+    /// Step 14: whether every argument of `spec` is here or left on a
+    /// peer (one lost since is not: the task waits here for it).
+    pub(super) fn placeable(spec: &TaskSpec, objects: &FxHashMap<ObjectId, Obj>) -> bool {
+        spec.args.iter().all(|arg| match arg {
+            TaskArg::Ref(x) => objects.get(x).is_some_and(|o| match &o.value {
+                Some(v) => !matches!(v, Stored::Error(_)),
+                None => o.left.as_ref().is_some_and(|l| !l.borrowed),
+            }),
+            _ => true,
+        })
+    }
+
+    /// Step 14, from `assign` of task `tid` to peer `to`: argument `id`,
+    /// left on another peer, is read from there; returns that peer's node
+    /// for `FromNode::Elsewhere`.
+    pub(super) fn lend(&mut self, tid: TaskId, id: ObjectId, to: ConnId) -> Option<ferroray_common::NodeId> {
+        let l = self.objects.get_mut(&id)?.left.as_mut().filter(|l| l.conn != to && !l.borrowed)?;
+        l.lent += 1;
+        let keeper = l.conn;
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.borrowed.push((id, keeper));
+        }
+        self.conns.get(&keeper).and_then(|c| c.remote.as_ref()).map(|r| r.node)
+    }
+
+    /// Step 14: task `tid` no longer runs on a peer (it ended there, was
+    /// taken back, or that peer is gone): what it read from other peers
+    /// may be forgotten there.
+    pub(super) fn unlend(&mut self, tid: TaskId) {
+        let Some(t) = self.tasks.get_mut(&tid) else { return };
+        if t.borrowed.is_empty() {
+            return;
+        }
+        for (id, keeper) in std::mem::take(&mut t.borrowed) {
+            if let Some(l) = self.objects.get_mut(&id).and_then(|o| o.left.as_mut()).filter(|l| l.conn == keeper) {
+                l.lent = l.lent.saturating_sub(1);
+                continue;
+            }
+            let Some((conn, n)) = self.lent_out.get_mut(&id).filter(|(c, _)| *c == keeper) else { continue };
+            *n -= 1;
+            if *n == 0 {
+                let conn = *conn;
+                self.lent_out.remove(&id);
+                self.send(conn, FromNode::Forget(vec![id]));
+            }
+        }
+    }
+
+    /// Step 16, from `task_done` before the task's worker is released:
+    /// whether failure `e` of task `tid` is the loss of an argument it was
+    /// sent with that another peer keeps.
+    pub(super) fn lost_lent(&self, tid: TaskId, e: &Error) -> bool {
+        let Error::ObjectLost(m) = e else { return false };
+        let Some(t) = self.tasks.get(&tid) else { return false };
+        t.borrowed.iter().any(|(id, _)| m.strip_prefix(&id.to_string()).is_some_and(|rest| rest.starts_with(':')))
+    }
+
+    /// Step 16: task `tid`'s peer could not read an argument it was lent:
+    /// it waits for its arguments here instead, with no retry spent.
+    pub(super) fn read_here_instead(&mut self, tid: TaskId, e: &Error) {
+        let Some(task) = self.tasks.get_mut(&tid) else { return };
+        task.spec.attempt += 1;
+        task.attempt_items = 0;
+        let why = format!("{e}: reading its arguments here first");
+        self.record(tid, TaskState::Retrying, None, Some(why));
+        self.wait_here(tid);
+    }
+
+    /// Step 15: a peer's link `conn` lends object `id` of its owner, kept
+    /// on node `node` (`len` bytes as `encoding`), to the task it submits
+    /// next. Held by `conn`; an object here already is just held.
+    pub(super) fn borrow(
+        &mut self,
+        conn: ConnId,
+        id: ObjectId,
+        node: ferroray_common::NodeId,
+        len: u64,
+        encoding: Encoding,
+    ) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        if !c.from_peer {
+            return self.reject(conn, Error::Protocol("objects are borrowed by a node's own peer links only".into()));
+        }
+        let program = c.program;
+        let known = self.objects.contains_key(&id);
+        self.objects.entry(id).or_default();
+        self.hold(conn, id);
+        if known {
+            return;
+        }
+        let via = self
+            .conns
+            .iter()
+            .find(|(_, c)| c.remote.as_ref().is_some_and(|r| r.node == node && r.program == program))
+            .map(|(via, _)| *via);
+        let Some(via) = via else {
+            let e = Error::ObjectLost(format!("{id}: this node has no link to node {node}, which keeps it"));
+            return self.set_value(id, Stored::Error(e));
+        };
+        if let Some(r) = self.conns.get_mut(&via).and_then(|c| c.remote.as_mut()) {
+            r.left.insert(id);
+        }
+        let left = Left { conn: via, pulling: false, len, encoding, lent: 0, borrowed: true };
+        if let Some(o) = self.objects.get_mut(&id) {
+            o.left = Some(left);
+        }
+    }
+}
+
+/// What [`State::wait_for_args`] registered.
+pub(super) struct ArgWaits {
+    /// Arguments waited for.
+    pub(super) pending: usize,
+    /// An argument that failed or is unknown.
+    pub(super) failed: Option<Error>,
+    /// Step 14: none left on a peer is waited for.
+    pub(super) left_args: bool,
+    /// Step 13: the peer keeping them all, which may run it.
+    pub(super) at_peer: Option<ConnId>,
 }

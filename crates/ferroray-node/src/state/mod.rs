@@ -412,9 +412,16 @@ struct Task {
     from_peer: bool,
     /// The workers it runs on: its function's kind, its submitter's program.
     pool: Pool,
-    /// The peer that keeps the arguments it did not wait for (`left` step
-    /// 13): it runs there if that peer has room, else it waits for them here.
+    /// It did not wait for its arguments left on peers (`left` step 14):
+    /// it runs on a peer, which reads them where they are, or waits for
+    /// them here before it runs here.
+    left_args: bool,
+    /// The peer that keeps all of those arguments (`left` step 13): it
+    /// runs there if that peer has room.
     at_peer: Option<ConnId>,
+    /// Arguments it was sent to a peer with that another peer keeps (by
+    /// that peer's connection), until it ends there (`left` step 14).
+    borrowed: Vec<(ObjectId, ConnId)>,
     /// Run again for results lost with a peer after it ended (`left` step
     /// 12): a generator's digests of the items it reported then, against
     /// which it replays (its stream is its consumer's, not touched again).
@@ -438,7 +445,9 @@ impl Task {
             order: 0,
             from_peer: false,
             pool: Pool::own(WorkerKind::Rust),
+            left_args: false,
             at_peer: None,
+            borrowed: Vec::new(),
             remaking: None,
         }
     }
@@ -610,6 +619,10 @@ pub struct State {
     /// Results and items lost with a peer, by the task making them again,
     /// and the node they were lost with (`left` step 12).
     lost: FxHashMap<TaskId, Vec<(ObjectId, ferroray_common::NodeId)>>,
+    /// Objects pulled here or freed while tasks sent to other peers read
+    /// them from the peer keeping them: that peer's connection and how
+    /// many such tasks, whose end sends the `Forget` (`left` step 14).
+    lent_out: FxHashMap<ObjectId, (ConnId, u32)>,
     /// Part of a cluster (`Node::enable_peers`): a task no node has the
     /// resources for yet waits for one to join rather than fail.
     peers_enabled: bool,
@@ -792,6 +805,7 @@ impl State {
             lineage: FxHashMap::default(),
             left_count: FxHashMap::default(),
             lost: FxHashMap::default(),
+            lent_out: FxHashMap::default(),
             function_bytes: 0,
             peers_enabled: false,
             waiting_since: FxHashMap::default(),
@@ -941,6 +955,7 @@ impl State {
             ToNode::ExportFunction { function, pickled } => self.export_function(conn, function, pickled),
             ToNode::WorkerCommands(commands) => self.worker_commands(conn, commands),
             ToNode::Import { id, value } => self.import(conn, id, value),
+            ToNode::Borrow { id, node, len, encoding } => self.borrow(conn, id, node, len, encoding),
             ToNode::KillActor { actor, no_restart } => {
                 // A peer node's link may end a named actor of this node's
                 // (its caller found it by name: `directory` step 3).

@@ -182,6 +182,21 @@ impl State {
         c.held.contains(&id) || c.granted.contains(&id) || (take && id.task.submitter == c.worker_id)
     }
 
+    /// Peer link `conn` takes a reference to `id`, which `holder`, another
+    /// peer link of the same program, holds: it serves another node's
+    /// read of a result kept here for `holder`'s owner (`left` step 15).
+    /// False if `holder` does not hold it (any more).
+    pub fn hold_as(&mut self, conn: ConnId, holder: ConnId, id: ObjectId) -> bool {
+        let link_of = |c: ConnId| self.conns.get(&c).filter(|c| c.from_peer).map(|c| c.program);
+        let allowed = conn != holder
+            && link_of(conn).is_some_and(|p| link_of(holder) == Some(p))
+            && self.conns.get(&holder).is_some_and(|h| h.held.contains(&id));
+        if allowed {
+            self.hold(conn, id);
+        }
+        allowed
+    }
+
     /// Shows `ids` to `conn` (see [`Conn::granted`]).
     pub(super) fn grant(&mut self, conn: ConnId, ids: &[ObjectId]) {
         let Some(c) = self.conns.get_mut(&conn) else { return };

@@ -240,6 +240,23 @@ impl PeerRooms {
     /// were attached. `queued`: the total taken as many times as the
     /// link's pace lets tasks queue there (the room for tasks queued behind
     /// what it runs), else once (the node's room).
+    /// Rooms for tasks queued behind what peers run (`of` with `queued`),
+    /// less what `placed` (tasks of `tasks` and their peers) took already.
+    pub(super) fn less_placed(
+        conns: &FxHashMap<ConnId, Conn>,
+        now: Instant,
+        placed: &[(TaskId, ConnId)],
+        tasks: &FxHashMap<TaskId, Task>,
+    ) -> Self {
+        let mut q = PeerRooms::of(conns, true, now);
+        for (tid, peer) in placed {
+            if let Some(t) = tasks.get(tid) {
+                q.take(*peer, &t.spec.resources);
+            }
+        }
+        q
+    }
+
     pub(super) fn of(conns: &FxHashMap<ConnId, Conn>, queued: bool, now: Instant) -> Self {
         let mut in_flight: FxHashMap<NodeId, ResourceSet> = FxHashMap::default();
         for r in conns.values().filter_map(|c| c.remote.as_ref()) {
@@ -601,6 +618,7 @@ impl State {
             self.actor_process_ended(id, mine, format!("node {node}, where it ran, is gone ({reason})"));
         }
         for tid in assigned {
+            self.unlend(tid);
             let Some(task) = self.tasks.get_mut(&tid) else { continue };
             task.worker = None;
             if task.cancelled {

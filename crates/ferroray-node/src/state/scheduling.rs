@@ -119,18 +119,43 @@ impl State {
                     queue.remove(i);
                     continue;
                 };
-                // Its arguments are on a peer: there if it has room.
-                if let Some(p) = task.at_peer {
-                    let tid = queue.remove(i).expect("index checked");
-                    if rooms.fits(p, shape) {
+                // Some arguments are on peers (`left` steps 13 and 14): on
+                // the peer keeping them all if it has room; here once they
+                // are pulled if this node has room; else on a peer with
+                // room, which reads them where they are.
+                if task.left_args {
+                    let placeable = Self::placeable(&task.spec, &self.objects);
+                    let peer = if !placeable {
+                        None
+                    } else if let Some(p) = task.at_peer.filter(|p| rooms.fits(*p, shape)) {
+                        Some(p)
+                    } else if shape.fits_in(&tentative) || rooms.is_empty() {
+                        None
+                    } else {
+                        rooms.pick(shape, pool.program, conns)
+                    };
+                    if let Some(p) = peer {
                         rooms.take(p, shape);
                         if let Some(q) = queue_rooms.as_mut() {
                             q.take(p, shape);
                         }
-                        to_peers.push((tid, p));
-                    } else {
-                        wait_here.push(tid);
+                        to_peers.push((queue.remove(i).expect("index checked"), p));
+                        continue;
                     }
+                    if placeable && !shape.fits_in(total) && !rooms.is_empty() {
+                        // Only a peer could run it: queued behind what one
+                        // runs, else it waits for one (not pulling).
+                        let q = queue_rooms
+                            .get_or_insert_with(|| remote::PeerRooms::less_placed(conns, now, &to_peers, &self.tasks));
+                        if let Some(p) = q.pick(shape, pool.program, conns) {
+                            q.take(p, shape);
+                            to_peers.push((queue.remove(i).expect("index checked"), p));
+                            continue;
+                        }
+                        waiting.push(queue[i]);
+                        break;
+                    }
+                    wait_here.push(queue.remove(i).expect("index checked"));
                     continue;
                 }
                 if !shape.fits_in(&tentative) {
@@ -152,16 +177,8 @@ impl State {
                     if !shape.fits_in(total) {
                         // Only another node could run it: queued behind what
                         // a peer runs (pipelining), else it waits for one.
-                        let q = queue_rooms.get_or_insert_with(|| {
-                            // Less what this pass placed already.
-                            let mut q = remote::PeerRooms::of(conns, true, now);
-                            for (tid, peer) in &to_peers {
-                                if let Some(t) = self.tasks.get(tid) {
-                                    q.take(*peer, &t.spec.resources);
-                                }
-                            }
-                            q
-                        });
+                        let q = queue_rooms
+                            .get_or_insert_with(|| remote::PeerRooms::less_placed(conns, now, &to_peers, &self.tasks));
                         if let Some(peer) = (!here).then(|| q.pick(shape, pool.program, conns)).flatten() {
                             q.take(peer, shape);
                             to_peers.push((queue.remove(i).expect("index checked"), peer));
@@ -366,6 +383,8 @@ impl State {
         }
         let mut pinned = Vec::new();
         let mut failed = None;
+        let to_peer = self.conns.get(&worker).is_some_and(|c| c.remote.is_some());
+        let mut elsewhere = Vec::new();
         // Ref arguments travel inline up to a budget; past it they stay refs
         // and the worker fetches them, so the task fits in one message.
         let mut inline_budget = ARG_INLINE_BUDGET;
@@ -374,9 +393,15 @@ impl State {
                 inline_budget = inline_budget.saturating_sub(b.len());
             }
             if let TaskArg::Ref(id) = *arg {
-                // Left on this peer: it names its own copy (`left` step 13).
-                if let Some(l) = self.objects.get(&id).and_then(|o| o.left.as_ref()).filter(|l| l.conn == worker) {
-                    let payload = Payload::left_on_peer(l.len);
+                if let Some(l) = self.objects.get(&id).and_then(|o| o.left.as_ref()).filter(|l| to_peer && !l.borrowed)
+                {
+                    // Left on this peer: it names its own copy (`left` step
+                    // 13); on another: read from there (step 14).
+                    let payload =
+                        if l.conn == worker { Payload::left_on_peer(l.len) } else { Payload::left_elsewhere(l.len) };
+                    if l.conn != worker {
+                        elsewhere.push(id);
+                    }
                     *arg = TaskArg::Object { id, payload, encoding: l.encoding };
                     continue;
                 }
@@ -464,6 +489,19 @@ impl State {
                 c.functions_sent.insert(*f);
             }
         }
+        // Step 14: the peers keeping the arguments read elsewhere, named
+        // just before the task.
+        let mut by_node: Vec<(ferroray_common::NodeId, Vec<ObjectId>)> = Vec::new();
+        for id in elsewhere {
+            let Some(node) = self.lend(tid, id, worker) else { continue };
+            match by_node.iter_mut().find(|(n, _)| *n == node) {
+                Some((_, ids)) => ids.push(id),
+                None => by_node.push((node, vec![id])),
+            }
+        }
+        for (node, ids) in by_node {
+            self.send(worker, FromNode::Elsewhere { ids, node });
+        }
         self.send(worker, FromNode::Execute(Box::new(spec)));
     }
 
@@ -477,6 +515,7 @@ impl State {
             return;
         };
         if self.conns.get(&w).is_some_and(|c| c.remote.is_some()) {
+            self.unlend(tid);
             self.peer_released(w, tid);
             if let Some(task) = self.tasks.get_mut(&tid) {
                 task.worker = None;

@@ -163,11 +163,12 @@ impl State {
             failed = Some(Error::PermissionDenied(format!("object {unseen} was not given to this process")));
         }
         // Nothing is pulled for a task that may not read its arguments.
-        let (pending, arg_failed, at_peer) = match failed {
-            None => self.wait_for_args(id, &spec, pool, !from_peer),
-            Some(_) => (0, None, None),
+        let waits = match failed {
+            None => Some(self.wait_for_args(id, &spec, pool, !from_peer)),
+            Some(_) => None,
         };
-        failed = failed.or(arg_failed);
+        let pending = waits.as_ref().map_or(0, |w| w.pending);
+        failed = failed.or(waits.as_ref().and_then(|w| w.failed.clone()));
         let retries_left = spec.max_retries;
         let invalid = self.validate(&spec, pool).err();
         if let ReturnKind::Streaming { backpressure } = spec.returns {
@@ -188,7 +189,10 @@ impl State {
         let mut task = Task::new(spec, pending, retries_left);
         task.from_peer = from_peer;
         task.pool = pool;
-        task.at_peer = at_peer;
+        if let Some(w) = waits {
+            task.left_args = w.left_args;
+            task.at_peer = w.at_peer;
+        }
         self.tasks.insert(id, task);
         self.record(id, TaskState::Submitted, None, None);
         if let Some(e) = invalid.or(failed) {
@@ -214,10 +218,12 @@ impl State {
             // A stale attempt: drop whatever it stored.
             return self.discard_outcome(conn, tid, outcome);
         }
+        let mut lost_lent = false;
         if let TaskOutcome::Failed(e) = &outcome {
             if self.peer_actor_died(conn, tid, e) {
                 return;
             }
+            lost_lent = self.lost_lent(tid, e);
         }
         self.release_worker(tid);
         let task = &self.tasks[&tid];
@@ -310,6 +316,10 @@ impl State {
                     let replay = self.tasks.get_mut(&tid).and_then(|t| t.replay_error.take());
                     if let Some(r) = replay {
                         self.complete_task(tid, Err(r));
+                    } else if lost_lent {
+                        // Its peer could not read an argument where it
+                        // was left (`left` step 16).
+                        self.read_here_instead(tid, &e);
                     } else if !self.retry(tid, &e) {
                         // An attempt that fails at item k when an earlier one got
                         // further disagrees with what the owner already has.

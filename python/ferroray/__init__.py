@@ -221,13 +221,15 @@ def wait(
     timeout: Optional[float] = None,
     fetch_local: bool = True,
 ) -> Tuple[List[ObjectRef], List[ObjectRef]]:
-    """Waits until ``num_returns`` refs are ready (as ``ray.wait``): (ready, not ready)."""
+    """Waits until ``num_returns`` refs are ready (as ``ray.wait``): (ready, not ready).
+    With ``fetch_local=False`` a ref is ready once its object is made on any node, and
+    its value is not brought here."""
     if not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"wait() takes a list of ObjectRefs, not {type(object_refs).__name__}")
     refs = list(object_refs)
     if not isinstance(num_returns, int) or num_returns < 1:
         raise ValueError(f"num_returns must be a positive int, not {num_returns!r}")
-    ready, rest = _ferroray.wait(refs, num_returns, timeout)
+    ready, rest = _ferroray.wait(refs, num_returns, timeout, bool(fetch_local))
     return [refs[i] for i in ready], [refs[i] for i in rest]
 
 

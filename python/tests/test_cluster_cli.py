@@ -307,6 +307,26 @@ def sum_where(a):
     return int(a.sum()), ray.get_runtime_context().get_node_id()
 
 assert ray.get(sum_where.remote(ones.remote(8 << 20))) == (8 << 20, there)
+
+# One read by a task only a third node can run: that node reads it from
+# the node keeping it, so here it stays listed as on a peer.
+import subprocess
+
+@ray.remote(resources={"c": 1})
+def sum_on_c(a):
+    return int(a.sum()), ray.get_runtime_context().get_node_id()
+
+left_on_b = ones.remote(8 << 20)
+ready, _ = ray.wait([left_on_b], timeout=30, fetch_local=False)
+assert ready == [left_on_b]
+n, on_c = ray.get(sum_on_c.remote(left_on_b))
+assert n == 8 << 20 and on_c not in (here, there), (on_c, here, there)
+listed = subprocess.run(
+    [sys.executable, "-m", "ferroray", "list", "objects", "--filter", f"node_id={here}"], capture_output=True, text=True
+)
+line = [l for l in listed.stdout.splitlines() if left_on_b.hex() in l]
+assert len(line) == 1 and "ON_PEER" in line[0], listed.stdout
+assert int(ray.get(left_on_b).sum()) == 8 << 20
 assert [ray.get(r) for r in count.remote(20)] == list(range(20))
 try:
     ray.get(fails.remote())
@@ -375,6 +395,7 @@ def test_python_tasks_run_on_another_node(session):
     out = run("start", "--head", "--port", "0", "--num-cpus", "1", "--heartbeat-ms", "200").stdout
     head = re.search(r"cluster at (\S+) ", out).group(1)
     run("start", "--address", head, "--num-cpus", "1", "--resources", '{"b": 1}')
+    run("start", "--address", head, "--num-cpus", "1", "--resources", '{"c": 1}')
     env = dict(os.environ, FERRORAY_SESSION_DIR=d)
     done = _python(ACROSS, env)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -120,6 +120,16 @@ def test_wait(cluster):
     assert set(ready) == {slow, fast} and rest == []
 
 
+def test_wait_without_fetching(cluster):
+    fast = add.remote(1, 1)
+    slow = sleep_then.remote(2, 0)
+    ready, rest = ray.wait([slow, fast], num_returns=1, timeout=T, fetch_local=False)
+    assert ready == [fast] and rest == [slow]
+    ready, rest = ray.wait([slow], num_returns=1, timeout=0.1, fetch_local=False)
+    assert ready == [] and rest == [slow]
+    assert ray.get(fast, timeout=T) == 2
+
+
 def test_nested_tasks_from_a_worker(cluster):
     assert ray.get(nested.remote(4), timeout=T) == 10
     assert ray.get([nested.remote(i) for i in range(4)], timeout=T) == [2, 4, 6, 8]

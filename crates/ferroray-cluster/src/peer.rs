@@ -2243,6 +2243,9 @@ impl<W: AsyncWrite + Unpin> Executing<W> {
                 for id in ids {
                     let kept = self.left.get(&id).copied().or_else(|| {
                         let (mine, holder) = self.ctx.left_here.get(id)?;
+                        // A `RemoveRef` of this link's hold from an
+                        // earlier pull of it goes first, not after.
+                        self.conn.flush();
                         self.conn.conn.hold_as(holder, mine).then_some(mine)
                     });
                     match kept {

@@ -761,7 +761,10 @@ fn tasks_objects_and_streams_cross_nodes() {
     // b can run: that node reads it from F2 itself (here it stays on a
     // peer, never pulled here), and it reads back here after.
     let big = made_where::options().resource("f", 1).remote(8 << 20, runs_arg.clone());
-    wait_for("the result left on F2", Duration::from_secs(20), || on_peer() == 1);
+    // Waited for without fetching: ready once made, and it stays there.
+    let (ready, _) = ferroray::wait_made(std::slice::from_ref(&big), 1, Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(ready.len(), 1);
+    assert_eq!(on_peer(), 1);
     let (n, ran) = length_where::options().resource("b", 1).remote(&big).get_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!((n, ran.as_str()), (8 << 20, second.as_str()));
     assert_eq!(on_peer(), 1, "read there from F2: nothing came here");

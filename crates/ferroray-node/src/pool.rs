@@ -154,6 +154,7 @@ impl Spawner {
                 }
                 st.expire_crashes();
                 st.force_overdue_cancels();
+                st.expire_borrows(std::time::Instant::now());
                 st.close_ended_links();
             }
         }

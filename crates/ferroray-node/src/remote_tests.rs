@@ -2289,7 +2289,13 @@ fn a_lent_argument_freed_here_is_forgotten_there_once_the_task_reading_it_ends()
 fn a_task_that_could_not_read_a_lent_argument_waits_for_it_here_with_no_retry_spent() {
     let mut l = lending(1);
     let (t2, r2) = l.reader_on_q(2, true);
+    let (t3, r3) = l.reader_on_q(3, true);
     let Lending { mut h, d, p, q, r1, .. } = l;
+    // A lent task's own loss, naming no argument of its, is its own: with
+    // no retries it fails.
+    let e = Error::ObjectLost(format!("{r3}: gone"));
+    h.st.handle(q.conn, ToNode::TaskDone { task_id: t3, attempt: 0, outcome: TaskOutcome::Failed(e) });
+    assert!(matches!(ready(&d.take(), r3), Some(ObjectValue::Error(Error::ObjectLost(_)))));
     // q could not read it there (p said it no longer had it): with no
     // retries, the reader waits for it here, pulled from p.
     let e = Error::ObjectLost(format!("{r1}: the node it was left on no longer has it"));
@@ -2302,10 +2308,8 @@ fn a_task_that_could_not_read_a_lent_argument_waits_for_it_here_with_no_retry_sp
     assert_eq!(executed_attempts(&execs), vec![(t2, 1)]);
     let args = execs.iter().find_map(|m| if let FromNode::Execute(s) = m { Some(s.args.clone()) } else { None });
     assert!(matches!(&args.expect("sent")[..], [TaskArg::Object { payload: Payload::Inline(b), .. }] if b == b"big"));
-    // Its own failure naming no argument of its is its own: no retries.
-    let e = Error::ObjectLost(format!("{r2}: gone"));
-    h.st.handle(q.conn, ToNode::TaskDone { task_id: t2, attempt: 1, outcome: TaskOutcome::Failed(e) });
-    assert!(matches!(ready(&d.take(), r2), Some(ObjectValue::Error(Error::ObjectLost(_)))));
+    returned(&mut h, &q, t2, 1, b"2");
+    assert_eq!(ready(&d.take(), r2), Some(&inline(b"2")));
     assert_eq!(h.st.stats().tasks, 0);
 }
 
@@ -2340,6 +2344,8 @@ fn a_queued_reader_whose_argument_is_lost_waits_for_it_rather_than_failing() {
     let mut h = harness(1.0);
     let d = h.driver();
     let p = attach(&mut h, 1, cpus_x(1.0, 1.0));
+    // A peer that can run neither task: peers are there throughout.
+    let _o = attach(&mut h, 9, cpus(1.0));
     let (t1, r1) = unread(&mut h, &d, x_spec(&d, 1, 1));
     assert_eq!(executed(&p.take()), vec![t1]);
     left_by(&mut h, &p, t1, 0);
@@ -2410,13 +2416,26 @@ fn a_borrowed_argument_is_pulled_from_the_node_keeping_it_and_its_loss_fails_its
     returned(&mut h, &w, t1, 0, b"1");
     assert_eq!(executed(&w.take()), vec![t2]);
     returned(&mut h, &w, t2, 0, b"2");
-    // No link to the keeping node: lost at once, naming it.
+    // No link to the keeping node yet: read once one is attached.
     let y = theirs(2);
     borrow(&mut h, &link, y, 0xc);
-    let (_, ry) = borrowed_by_task(&mut h, &link, 3, y);
-    match ready(&link.take(), ry) {
+    let (t3, ry) = borrowed_by_task(&mut h, &link, 3, y);
+    assert_eq!(ready(&link.take(), ry), None);
+    let c = attach(&mut h, 0xc, cpus(1.0));
+    assert_eq!(pulls(&c.take()), vec![y]);
+    pulled(&mut h, &c, y, b"late");
+    assert_eq!(executed(&w.take()), vec![t3]);
+    returned(&mut h, &w, t3, 0, b"3");
+    // None in time: lost, naming the node.
+    let v = theirs(5);
+    borrow(&mut h, &link, v, 0xe);
+    let (_, rv) = borrowed_by_task(&mut h, &link, 5, v);
+    h.st.expire_borrows(std::time::Instant::now());
+    assert_eq!(ready(&link.take(), rv), None, "not yet");
+    h.st.expire_borrows(std::time::Instant::now() + crate::state::BORROW_LINK_WAIT);
+    match ready(&link.take(), rv) {
         Some(ObjectValue::Error(Error::ObjectLost(m))) => {
-            assert!(m.starts_with(&format!("{y}:")) && m.contains(&NodeId(0xc).to_string()), "{m}")
+            assert!(m.starts_with(&format!("{v}:")) && m.contains(&NodeId(0xe).to_string()), "{m}")
         }
         other => panic!("{other:?}"),
     }
@@ -2680,4 +2699,42 @@ fn stress_lent_arguments_are_kept_while_read_and_forgotten_once_after() {
         );
     }
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+// `ToNode::Locate` (`wait` without fetching): told made when the value is
+// set or left on a peer, and nothing is pulled for it.
+#[test]
+fn a_located_object_is_told_made_when_left_on_a_peer_without_a_pull() {
+    let mut h = harness(1.0);
+    let d = h.driver();
+    let p = attach(&mut h, 1, cpus_x(1.0, 1.0));
+    let made = |msgs: &[FromNode]| -> Vec<ObjectId> {
+        msgs.iter()
+            .filter_map(|m| if let FromNode::Made(ids) = m { Some(ids.clone()) } else { None })
+            .flatten()
+            .collect()
+    };
+    let (t1, r1) = unread(&mut h, &d, x_spec(&d, 1, 0));
+    let (t2, r2) = unread(&mut h, &d, x_spec(&d, 2, 0));
+    assert_eq!(executed(&p.take()), vec![t1, t2]);
+    h.st.handle(d.conn, ToNode::Locate(vec![r1, r2]));
+    assert!(made(&d.take()).is_empty(), "neither made yet");
+    left_by(&mut h, &p, t1, 0);
+    assert_eq!(made(&d.take()), vec![r1]);
+    assert!(pulls(&p.take()).is_empty(), "nothing is read");
+    assert_eq!(location(&h, r1), Some("ON_PEER"));
+    returned(&mut h, &p, t2, 0, b"2");
+    let msgs = d.take();
+    assert_eq!(made(&msgs), vec![r2]);
+    assert_eq!(ready(&msgs, r2), None, "told made, not sent the value");
+    // Made already: told at once; one not shown to the sender (or no
+    // longer held by it) is answered as a subscription is.
+    h.st.handle(d.conn, ToNode::Locate(vec![r1]));
+    assert_eq!(made(&d.take()), vec![r1]);
+    let other = h.driver();
+    h.st.handle(other.conn, ToNode::Locate(vec![r1]));
+    assert!(matches!(ready(&other.take(), r1), Some(ObjectValue::Error(Error::PermissionDenied(_)))));
+    h.st.handle(d.conn, ToNode::RemoveRef(vec![r2]));
+    h.st.handle(d.conn, ToNode::Locate(vec![r2]));
+    assert!(matches!(ready(&d.take(), r2), Some(ObjectValue::Error(Error::PermissionDenied(_)))));
 }

@@ -838,8 +838,8 @@ impl ReportItemBuilder {
 /// must see no other). Kept with the `tags` of `w::ToNode` and
 /// `w::FromNode`: a case added there and not here is skipped, which the
 /// round-trip tests of every message catch.
-const TO_NODE_TAGS: std::ops::RangeInclusive<u32> = 1..=28;
-const FROM_NODE_TAGS: std::ops::RangeInclusive<u32> = 1..=20;
+const TO_NODE_TAGS: std::ops::RangeInclusive<u32> = 1..=29;
+const FROM_NODE_TAGS: std::ops::RangeInclusive<u32> = 1..=21;
 
 // One per frame being read, on the stack: boxing the spec would cost an
 // allocation per message.

@@ -152,6 +152,7 @@ impl ToNode {
             ToNode::AddRef(ids) => check_ids("AddRef ids", ids),
             ToNode::RemoveRef(ids) => check_ids("RemoveRef ids", ids),
             ToNode::Subscribe(ids) => check_ids("Subscribe ids", ids),
+            ToNode::Locate(ids) => check_ids("Locate ids", ids),
             ToNode::Unpin(ids) => check_ids("Unpin ids", ids),
             ToNode::Revoked { task_ids } => over("revoked tasks", task_ids.len(), MAX_IDS),
             ToNode::TaskDone { outcome: crate::TaskOutcome::Returned(values), .. } => {

@@ -408,6 +408,12 @@ pub enum ToNode {
     /// shared-memory payload in that reply is pinned for the sender until it
     /// sends [`ToNode::Unpin`].
     Subscribe(Vec<ObjectId>),
+    /// Send [`FromNode::Made`] for each object once it is made: it has its
+    /// value here, or its value was left on the peer node that made it
+    /// (`wait` with `fetch_local` off). Nothing is read or pulled. An
+    /// object the sender may not read, or that is gone, is answered as
+    /// `Subscribe` answers it (`ObjectReady` with the error).
+    Locate(Vec<ObjectId>),
     /// Release one pin on each of these shared-memory objects.
     Unpin(Vec<ObjectId>),
     /// A task attempt ended.
@@ -651,6 +657,8 @@ pub enum FromNode {
     /// To a peer node's link (the owner's side): results it left on its
     /// node that nothing here refers to any more: let them go there.
     Forget(Vec<ObjectId>),
+    /// The objects of a `Locate` that are made now.
+    Made(Vec<ObjectId>),
     /// To a peer node's link (the owner's side), just before the
     /// `Execute` it is for: the arguments of that task named by
     /// [`Payload::LEFT_ELSEWHERE`] are kept on node `node` (`left` step 14).

@@ -1089,7 +1089,7 @@ pub enum Role {
 pub struct ToNode {
     #[prost(
         oneof = "ToNodeKind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29"
     )]
     pub kind: Option<ToNodeKind>,
 }
@@ -1154,6 +1154,8 @@ pub enum ToNodeKind {
     Import(ObjectMessage),
     #[prost(message, tag = "28")]
     Borrow(Borrow),
+    #[prost(message, tag = "29")]
+    Locate(ObjectIds),
 }
 
 /// An object kept on another node, for a peer's link (`m::ToNode::Borrow`).
@@ -1364,6 +1366,7 @@ impl From<m::ToNode> for ToNode {
             m::ToNode::AddRef(ids) => K::AddRef(object_ids(ids)),
             m::ToNode::RemoveRef(ids) => K::RemoveRef(object_ids(ids)),
             m::ToNode::Subscribe(ids) => K::Subscribe(object_ids(ids)),
+            m::ToNode::Locate(ids) => K::Locate(object_ids(ids)),
             m::ToNode::Unpin(ids) => K::Unpin(object_ids(ids)),
             m::ToNode::TaskDone { task_id, attempt, outcome } => {
                 K::TaskDone(TaskDone { task_id: Some(task_id.into()), attempt, outcome: Some(outcome.into()) })
@@ -1463,6 +1466,7 @@ impl TryFrom<ToNode> for m::ToNode {
             K::AddRef(ids) => m::ToNode::AddRef(object_ids_from_bytes(&ids.ids, "AddRef ids")?),
             K::RemoveRef(ids) => m::ToNode::RemoveRef(object_ids_from_bytes(&ids.ids, "RemoveRef ids")?),
             K::Subscribe(ids) => m::ToNode::Subscribe(object_ids_from_bytes(&ids.ids, "Subscribe ids")?),
+            K::Locate(ids) => m::ToNode::Locate(object_ids_from_bytes(&ids.ids, "Locate ids")?),
             K::Unpin(ids) => m::ToNode::Unpin(object_ids_from_bytes(&ids.ids, "Unpin ids")?),
             K::TaskDone(d) => m::ToNode::TaskDone {
                 task_id: task_id(d.task_id, "TaskDone task id")?,
@@ -1537,7 +1541,10 @@ impl TryFrom<ToNode> for m::ToNode {
 /// [`m::FromNode`]: one case per message.
 #[derive(Clone, PartialEq, Message)]
 pub struct FromNode {
-    #[prost(oneof = "FromNodeKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20")]
+    #[prost(
+        oneof = "FromNodeKind",
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21"
+    )]
     pub kind: Option<FromNodeKind>,
 }
 
@@ -1587,6 +1594,8 @@ pub enum FromNodeKind {
     Forget(ObjectIds),
     #[prost(message, tag = "20")]
     Elsewhere(Elsewhere),
+    #[prost(message, tag = "21")]
+    Made(ObjectIds),
 }
 
 /// Arguments kept on another node, for a peer's link (`m::FromNode::Elsewhere`).
@@ -1759,6 +1768,7 @@ impl From<m::FromNode> for FromNode {
             }
             m::FromNode::Pull(ids) => K::Pull(object_ids(ids)),
             m::FromNode::Forget(ids) => K::Forget(object_ids(ids)),
+            m::FromNode::Made(ids) => K::Made(object_ids(ids)),
             m::FromNode::Elsewhere { ids, node } => {
                 K::Elsewhere(Elsewhere { ids: object_ids(ids).ids, node_id: node.0 })
             }
@@ -1833,6 +1843,7 @@ impl TryFrom<FromNode> for m::FromNode {
             },
             K::Pull(ids) => m::FromNode::Pull(object_ids_from_bytes(&ids.ids, "pulled object ids")?),
             K::Forget(ids) => m::FromNode::Forget(object_ids_from_bytes(&ids.ids, "forgotten object ids")?),
+            K::Made(ids) => m::FromNode::Made(object_ids_from_bytes(&ids.ids, "made object ids")?),
             K::Elsewhere(e) => m::FromNode::Elsewhere {
                 ids: object_ids_from_bytes(&e.ids, "ids kept elsewhere")?,
                 node: c::NodeId(e.node_id),

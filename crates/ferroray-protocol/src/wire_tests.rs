@@ -179,6 +179,7 @@ fn every_to_node_message_round_trips() {
         ToNode::AddRef(vec![]),
         ToNode::RemoveRef(vec![oid(1, 0)]),
         ToNode::Subscribe(vec![oid(1, 0)]),
+        ToNode::Locate(vec![oid(1, 0), oid(2, 3)]),
         ToNode::Unpin(vec![oid(1, 0)]),
         ToNode::TaskDone {
             task_id: tid(9),
@@ -253,6 +254,7 @@ fn every_from_node_message_round_trips() {
         FromNode::HandleReleased { actor: ActorId(tid(4)), reaches: 3 },
         FromNode::Pull(vec![oid(1, 0), oid(2, 1)]),
         FromNode::Forget(vec![oid(1, 0)]),
+        FromNode::Made(vec![oid(1, 0)]),
         FromNode::Elsewhere { ids: vec![oid(1, 0), oid(2, 1)], node: ferroray_common::NodeId(7) },
         FromNode::Tasks { req: 5, events },
         FromNode::Tasks { req: 6, events: vec![] },

@@ -322,13 +322,16 @@ pub(crate) fn get<'py>(
 
 /// Ray's `wait` over refs and generators (a generator is ready when its
 /// next item is here or it has ended): positions of (ready, not ready).
+/// Without `fetch_local`, a ref is ready once made on any node (nothing
+/// is pulled here).
 #[pyfunction]
-#[pyo3(signature = (items, num_returns, timeout=None))]
+#[pyo3(signature = (items, num_returns, timeout=None, fetch_local=true))]
 pub(crate) fn wait(
     py: Python<'_>,
     items: Vec<Bound<'_, PyAny>>,
     num_returns: usize,
     timeout: Option<f64>,
+    fetch_local: bool,
 ) -> PyResult<(Vec<usize>, Vec<usize>)> {
     let deadline = deadline(timeout)?;
     let mut waits: Vec<WaitItem<RawValue>> = Vec::with_capacity(items.len());
@@ -347,7 +350,8 @@ pub(crate) fn wait(
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let slice = left.map_or(SLICE, |l| l.min(SLICE));
-        let (ready, rest) = py.detach(|| ferroray::wait_indices(&waits, num_returns, Some(slice))).map_err(core_err)?;
+        let waited = if fetch_local { ferroray::wait_indices } else { ferroray::wait_made_indices };
+        let (ready, rest) = py.detach(|| waited(&waits, num_returns, Some(slice))).map_err(core_err)?;
         if ready.len() >= num_returns || left.is_some_and(|l| l <= slice) {
             return Ok((ready, rest));
         }

@@ -24,7 +24,8 @@
 //!   ... without it starts the cluster with `Config::default()` (an `init`
 //!   after that fails with `AlreadyInitialized`).
 //! - [`get`], [`get_all`], [`get_all_timeout`], [`put`], [`wait`] (and
-//!   [`wait_indices`]), [`cancel`], [`tasks`]: the free functions of Ray's
+//!   [`wait_indices`]; [`wait_made`] for Ray's `fetch_local=False`),
+//!   [`cancel`], [`tasks`]: the free functions of Ray's
 //!   API; [`ObjectRef`] has `get` and `get_timeout`, and can be awaited
 //!   (`r.await`, on any executor); [`as_completed`] is the async `wait`.
 //! - [`Config`]: resources, store size, output forwarding.
@@ -143,7 +144,7 @@ pub use events::{TaskEvent, TaskState};
 pub use runtime::{
     as_completed, available_resources, cancel, cancel_with, cluster_resources, get, get_all, get_all_timeout, init,
     init_with, is_initialized, kill, node_address, node_id, nodes, put, put_raw, runtime_stats, shutdown, tasks, wait,
-    wait_indices, ClusterNode, RuntimeStats, OBJECT_STORE_MEMORY,
+    wait_indices, wait_made, wait_made_indices, ClusterNode, RuntimeStats, OBJECT_STORE_MEMORY,
 };
 
 /// Used by `#[remote]` expansions; not a public API.

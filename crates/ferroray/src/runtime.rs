@@ -380,7 +380,30 @@ pub fn wait_indices<W: Waitable>(
     timeout: Option<Duration>,
 ) -> Result<(Vec<usize>, Vec<usize>)> {
     let keys: Vec<_> = items.iter().map(Waitable::wait_key).collect();
-    core()?.wait(&keys, num_returns, timeout)
+    core()?.wait(&keys, num_returns, timeout, true)
+}
+
+/// [`wait`] that fetches nothing (Ray's `wait(..., fetch_local=False)`): a
+/// ref is ready once its object is made on any node, and a large value
+/// stays on the node that made it until something reads it. Pass the refs
+/// on to tasks without bringing their bytes here first.
+pub fn wait_made<W: Waitable + Clone>(
+    items: &[W],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<W>, Vec<W>)> {
+    let (ready, rest) = wait_made_indices(items, num_returns, timeout)?;
+    Ok((ready.into_iter().map(|i| items[i].clone()).collect(), rest.into_iter().map(|i| items[i].clone()).collect()))
+}
+
+/// [`wait_made`] giving positions in `items`, as [`wait_indices`] does.
+pub fn wait_made_indices<W: Waitable>(
+    items: &[W],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let keys: Vec<_> = items.iter().map(Waitable::wait_key).collect();
+    core()?.wait(&keys, num_returns, timeout, false)
 }
 
 /// The async form of [`wait`]: `items` (refs, generators, references to

@@ -118,6 +118,32 @@ fn wait_returns_ready_refs_in_completion_order() {
 }
 
 #[test]
+fn wait_made_is_ready_when_made_fetches_nothing_and_mixes_with_fetched_refs() {
+    let _c = cluster();
+    let slow = sleep_then::remote(600, 1);
+    let fast = sleep_then::remote(50, 2);
+    let refs = vec![slow.clone(), fast.clone()];
+    let (ready, rest) = ferroray::wait_made(&refs, 1, Some(T)).unwrap();
+    assert_eq!((ready, rest), (vec![fast.clone()], vec![slow.clone()]));
+    // Known as made, not fetched: a wait that fetches gets the value then.
+    let (ready, _) = ferroray::wait(std::slice::from_ref(&fast), 1, Some(T)).unwrap();
+    assert_eq!(ready, vec![fast.clone()]);
+    let (ready, rest) = ferroray::wait_made_indices(&refs, 2, Some(T)).unwrap();
+    assert_eq!((ready, rest), (vec![1, 0], vec![]));
+    assert_eq!((get(&slow).unwrap(), get(&fast).unwrap()), (1, 2));
+    // A put object is made at once; an error counts as made; the timeout holds.
+    let p: ObjectRef<i64> = ferroray::put(7i64).unwrap();
+    let failed = explode::remote("no".to_string());
+    let (ready, _) = ferroray::wait_made(&[p.clone(), failed.clone()], 2, Some(T)).unwrap();
+    assert_eq!(ready.len(), 2);
+    assert!(get(&failed).is_err());
+    let never = sleep_then::remote(2_000, 3);
+    let t = Instant::now();
+    let (ready, rest) = ferroray::wait_made(std::slice::from_ref(&never), 1, Some(Duration::from_millis(100))).unwrap();
+    assert!(ready.is_empty() && rest.len() == 1 && t.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
 fn wait_honours_the_timeout_and_checks_its_arguments() {
     let _c = cluster();
     let r = sleep_then::remote(2_000, 1);

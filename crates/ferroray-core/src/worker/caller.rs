@@ -112,6 +112,31 @@ impl CoreWorker {
         }
     }
 
+    /// Asks the node to tell when the objects of `ids` not known here are
+    /// made (`Locate`), once each.
+    fn locate(&self, ids: &[ObjectId]) -> Result<()> {
+        let asked: Vec<ObjectId> = {
+            let mut st = self.state.lock();
+            let st = &mut *st;
+            ids.iter()
+                .copied()
+                .filter(|id| !st.objects.contains_key(id))
+                .filter(|id| match st.made.entry(*id) {
+                    std::collections::hash_map::Entry::Occupied(_) => false,
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(0);
+                        true
+                    }
+                })
+                .collect()
+        };
+        if asked.is_empty() {
+            Ok(())
+        } else {
+            self.send(ToNode::Locate(asked))
+        }
+    }
+
     /// Waits for news. The first time, a task instead tells the node it is
     /// blocked (lending its CPU back) and returns, so the caller looks again
     /// before sleeping.
@@ -258,12 +283,15 @@ impl CoreWorker {
 
     /// Waits until `num_returns` of `ids` are ready or the timeout passes.
     /// Returns the positions of the ready ones in the order they became ready
-    /// (at most `num_returns`), and the rest in their given order.
+    /// (at most `num_returns`), and the rest in their given order. Without
+    /// `fetch_local`, an object is ready once made anywhere (its value may
+    /// stay on the node that made it: nothing is pulled here).
     pub fn wait(
         &self,
         keys: &[WaitKey],
         num_returns: usize,
         timeout: Option<Duration>,
+        fetch_local: bool,
     ) -> Result<(Vec<usize>, Vec<usize>)> {
         if num_returns > keys.len() {
             return Err(Error::InvalidOption(format!(
@@ -283,11 +311,15 @@ impl CoreWorker {
                 WaitKey::Stream(_) => None,
             })
             .collect();
-        self.subscribe(&objects, false)?;
+        if fetch_local {
+            self.subscribe(&objects, false)?;
+        } else {
+            self.locate(&objects)?;
+        }
         let mut blocked = BlockedGuard::new(self);
         let mut st = self.state.lock();
         loop {
-            let mut ready = ready_keys(&st, keys);
+            let mut ready = ready_keys(&st, keys, !fetch_local);
             let done = ready.len() >= num_returns
                 || deadline.is_some_and(|d| Instant::now() >= d)
                 || st.disconnected.is_some()
@@ -394,7 +426,7 @@ impl CoreWorker {
     /// (or the task polling is cancelled) while nothing is ready.
     pub fn poll_ready(&self, keys: &[WaitKey], waker: &std::task::Waker) -> Result<Vec<(u64, usize)>> {
         let mut st = self.state.lock();
-        let ready = ready_keys(&st, keys);
+        let ready = ready_keys(&st, keys, false);
         if !ready.is_empty() {
             return Ok(ready);
         }
@@ -446,12 +478,16 @@ fn take_source(st: &mut LocalState, id: ObjectId) -> Option<Result<Source>> {
 
 /// The keys that are ready here, as `(seq, position)`: `seq` orders them by
 /// when they became ready. A dropped stream has nothing more to wait for.
-fn ready_keys(st: &LocalState, keys: &[WaitKey]) -> Vec<(u64, usize)> {
+/// The ready keys of `keys` as `(seq, position)`; with `made`, an object
+/// told made counts (`wait` without `fetch_local`).
+fn ready_keys(st: &LocalState, keys: &[WaitKey], made: bool) -> Vec<(u64, usize)> {
     keys.iter()
         .enumerate()
         .filter_map(|(i, k)| {
             let seq = match k {
-                WaitKey::Object(id) => st.objects.get(id).map(|e| e.seq),
+                WaitKey::Object(id) => {
+                    st.objects.get(id).map(|e| e.seq).or_else(|| st.made.get(id).copied().filter(|s| made && *s > 0))
+                }
                 WaitKey::Stream(t) => st.streams.get(t).map_or(Some(0), LocalStream::ready_since),
             };
             seq.map(|s| (s, i))

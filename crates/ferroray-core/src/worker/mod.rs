@@ -183,6 +183,9 @@ struct LocalState {
     refs: FxHashMap<ObjectId, u32>,
     objects: FxHashMap<ObjectId, Entry>,
     subscribed: FxHashSet<ObjectId>,
+    /// Objects asked to be told made (`wait` with `fetch_local` off): the
+    /// `seq` they were told made at, 0 while asked.
+    made: FxHashMap<ObjectId, u64>,
     seq: u64,
     disconnected: Option<String>,
 }
@@ -375,6 +378,7 @@ impl CoreWorker {
                 st.actor_calls.remove(&id.task);
             }
             st.subscribed.remove(&id);
+            st.made.remove(&id);
             st.object_wakers.remove(&id);
             st.objects.remove(&id)
         };
@@ -463,6 +467,19 @@ impl CoreWorker {
                 drop(unwanted);
                 wakers.into_iter().flatten().for_each(|w| w.wake());
                 if wake {
+                    self.notify_waiters();
+                }
+            }
+            FromNode::Made(ids) => {
+                let mut st = self.state.lock();
+                for id in ids {
+                    if st.refs.contains_key(&id) {
+                        st.seq += 1;
+                        let seq = st.seq;
+                        st.made.insert(id, seq);
+                    }
+                }
+                if st.other_waiters > 0 {
                     self.notify_waiters();
                 }
             }

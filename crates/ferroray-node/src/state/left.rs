@@ -71,11 +71,13 @@
 //!     (`placeable`).
 //! 15. On the executing node the link hands each on as `ToNode::Borrow`
 //!     (`borrow`): the object is left on the node's own link to the
-//!     keeping node for the same program (`Left::borrowed`), pulled from
-//!     there when read as in step 9 (that node's link serves it from the
-//!     copy the owner's link keeps), with no lineage here. No such link,
-//!     its loss, or a keeping node that no longer has it make the object
-//!     an `ObjectLost` error naming it, which fails the tasks reading it.
+//!     keeping node for the same program (`Left::borrowed`; waiting for
+//!     that link to be attached if it is not yet, `unlinked`), pulled
+//!     from there when read as in step 9 (that node's link serves it from
+//!     the copy the owner's link keeps), with no lineage here. No such
+//!     link in time, its loss, or a keeping node that no longer has it
+//!     make the object an `ObjectLost` error naming it, which fails the
+//!     tasks reading it.
 //! 16. Back here, a task sent with lent arguments that failed with
 //!     `ObjectLost` of one of them (its message starts with the object's
 //!     id, as every such error here does) is not retried but waits for
@@ -154,6 +156,7 @@ impl State {
             r.left.insert(id);
         }
         *self.left_count.entry(id.task).or_default() += 1;
+        self.made(id);
         // Steps 13 and 14: a task waiting for it that may go to a peer
         // stops waiting for it.
         waiting.sort_unstable();
@@ -567,7 +570,11 @@ impl State {
 
     /// Step 15: a peer's link `conn` lends object `id` of its owner, kept
     /// on node `node` (`len` bytes as `encoding`), to the task it submits
-    /// next. Held by `conn`; an object here already is just held.
+    /// next. Held by `conn`; an object here already is held as it is (as
+    /// an `Import` of it would be). With no link to `node` for the
+    /// program yet (one is attached as the program starts here, or a
+    /// second after one ended), it waits for one up to
+    /// [`BORROW_LINK_WAIT`] (`unlinked`).
     pub(super) fn borrow(
         &mut self,
         conn: ConnId,
@@ -592,18 +599,77 @@ impl State {
             .iter()
             .find(|(_, c)| c.remote.as_ref().is_some_and(|r| r.node == node && r.program == program))
             .map(|(via, _)| *via);
-        let Some(via) = via else {
-            let e = Error::ObjectLost(format!("{id}: this node has no link to node {node}, which keeps it"));
-            return self.set_value(id, Stored::Error(e));
-        };
+        match via {
+            Some(via) => self.keep_borrowed(id, via, len, encoding),
+            None => {
+                let until = std::time::Instant::now() + BORROW_LINK_WAIT;
+                self.unlinked.push(Unlinked { id, node, program, len, encoding, until });
+            }
+        }
+    }
+
+    /// Step 15: borrowed `id` is left on link `via`; pulled at once if
+    /// something here reads it already.
+    fn keep_borrowed(&mut self, id: ObjectId, via: ConnId, len: u64, encoding: Encoding) {
+        let Some(o) = self.objects.get_mut(&id).filter(|o| o.value.is_none() && o.left.is_none()) else { return };
+        o.left = Some(Left { conn: via, pulling: false, len, encoding, lent: 0, borrowed: true });
+        let read = !o.subscribers.is_empty() || !o.waiting.is_empty();
         if let Some(r) = self.conns.get_mut(&via).and_then(|c| c.remote.as_mut()) {
             r.left.insert(id);
         }
-        let left = Left { conn: via, pulling: false, len, encoding, lent: 0, borrowed: true };
-        if let Some(o) = self.objects.get_mut(&id) {
-            o.left = Some(left);
+        if read {
+            self.pull(id);
         }
     }
+
+    /// Step 15: peer link `conn` to `node` for `program` is attached:
+    /// objects borrowed from that node while there was none are left on it.
+    pub(super) fn linked(&mut self, conn: ConnId, node: ferroray_common::NodeId, program: ProgramId) {
+        if self.unlinked.is_empty() {
+            return;
+        }
+        let (now, later): (Vec<Unlinked>, Vec<Unlinked>) =
+            std::mem::take(&mut self.unlinked).into_iter().partition(|u| u.node == node && u.program == program);
+        self.unlinked = later;
+        for u in now {
+            self.keep_borrowed(u.id, conn, u.len, u.encoding);
+        }
+    }
+
+    /// Step 15: objects borrowed from a node this node got no link to in
+    /// time are lost here (their readers fail; their owner reads them
+    /// itself). Called by the pool's periodic pass.
+    pub fn expire_borrows(&mut self, now: std::time::Instant) {
+        if self.unlinked.iter().all(|u| u.until > now) {
+            return;
+        }
+        let (due, later): (Vec<Unlinked>, Vec<Unlinked>) =
+            std::mem::take(&mut self.unlinked).into_iter().partition(|u| u.until <= now);
+        self.unlinked = later;
+        for u in due {
+            if self.unmade(u.id) {
+                let e =
+                    Error::ObjectLost(format!("{}: this node has no link to node {}, which keeps it", u.id, u.node));
+                self.set_value(u.id, Stored::Error(e));
+            }
+        }
+    }
+}
+
+/// How long a borrowed object waits for a link to the node keeping it
+/// (`left` step 15): a link is attached when its program starts here, or
+/// a second after one ended, once the cluster's view has the node.
+pub const BORROW_LINK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An object borrowed from a node with no link here yet (step 15).
+pub(super) struct Unlinked {
+    id: ObjectId,
+    node: ferroray_common::NodeId,
+    program: ProgramId,
+    len: u64,
+    encoding: Encoding,
+    /// Lost at this time if no link came.
+    until: std::time::Instant,
 }
 
 /// What [`State::wait_for_args`] registered.

@@ -91,6 +91,7 @@ mod peers;
 mod remote;
 mod scheduling;
 pub use directory::DIRECTORY_TIMEOUT;
+pub use left::BORROW_LINK_WAIT;
 #[cfg(test)]
 pub(crate) use remote::{MAX_PEER_DEPTH, WAIT_WARNING_AFTER};
 #[cfg(test)]
@@ -623,6 +624,12 @@ pub struct State {
     /// them from the peer keeping them: that peer's connection and how
     /// many such tasks, whose end sends the `Forget` (`left` step 14).
     lent_out: FxHashMap<ObjectId, (ConnId, u32)>,
+    /// Objects borrowed from nodes this node has no link to yet, for a
+    /// peer's link (`left` step 15): left on the link once it is attached.
+    unlinked: Vec<left::Unlinked>,
+    /// Connections waiting for objects to be made (`ToNode::Locate`), by
+    /// object: told with `FromNode::Made`, nothing read or pulled.
+    locating: FxHashMap<ObjectId, Vec<ConnId>>,
     /// Part of a cluster (`Node::enable_peers`): a task no node has the
     /// resources for yet waits for one to join rather than fail.
     peers_enabled: bool,
@@ -806,6 +813,8 @@ impl State {
             left_count: FxHashMap::default(),
             lost: FxHashMap::default(),
             lent_out: FxHashMap::default(),
+            unlinked: Vec::new(),
+            locating: FxHashMap::default(),
             function_bytes: 0,
             peers_enabled: false,
             waiting_since: FxHashMap::default(),
@@ -890,6 +899,7 @@ impl State {
                     }
                 }
             }
+            ToNode::Locate(ids) => self.locate(conn, ids),
             ToNode::Unpin(ids) => {
                 for id in ids {
                     self.unpin_shm(conn, id);

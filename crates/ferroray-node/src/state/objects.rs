@@ -177,6 +177,9 @@ impl State {
             return;
         }
         let mut o = self.objects.remove(&id).expect("checked above");
+        if !self.locating.is_empty() {
+            self.locating.remove(&id);
+        }
         if let Some(left) = o.left.take() {
             self.resolved(id, left);
         }
@@ -205,6 +208,41 @@ impl State {
         }
     }
 
+    /// `ToNode::Locate` from `conn`: each object made (a value here, or
+    /// left on a peer) is told at once, the others once they are.
+    pub(super) fn locate(&mut self, conn: ConnId, ids: Vec<ObjectId>) {
+        let mut made = Vec::new();
+        for id in ids {
+            if !self.may_see(conn, id, false) {
+                let e = Error::PermissionDenied(format!("object {id} was not given to this process"));
+                self.send(conn, FromNode::ObjectReady { id, value: ObjectValue::Error(e) });
+                continue;
+            }
+            match self.objects.get(&id) {
+                None => {
+                    let value = ObjectValue::Error(Error::ObjectLost(id.to_string()));
+                    self.send(conn, FromNode::ObjectReady { id, value });
+                }
+                Some(o) if o.value.is_some() || o.left.is_some() => made.push(id),
+                Some(_) => self.locating.entry(id).or_default().push(conn),
+            }
+        }
+        if !made.is_empty() {
+            self.send(conn, FromNode::Made(made));
+        }
+    }
+
+    /// `id` is made (its value set, or left on a peer): those locating it
+    /// are told.
+    pub(super) fn made(&mut self, id: ObjectId) {
+        if self.locating.is_empty() {
+            return;
+        }
+        for conn in self.locating.remove(&id).unwrap_or_default() {
+            self.send(conn, FromNode::Made(vec![id]));
+        }
+    }
+
     /// Stores the value of a pending object and wakes what waits for it.
     pub(super) fn set_value(&mut self, id: ObjectId, value: Stored) {
         if !self.objects.contains_key(&id) {
@@ -229,6 +267,7 @@ impl State {
         let left = o.left.take();
         let subscribers = std::mem::take(&mut o.subscribers);
         let waiting = std::mem::take(&mut o.waiting);
+        self.made(id);
         // Pulled, or copied here another way (`left` steps 9 and 10).
         if let Some(left) = left {
             self.resolved(id, left);

@@ -388,6 +388,7 @@ impl State {
         }));
         self.peers_enabled = true;
         self.proxies_linked(node);
+        self.linked(conn, node, program);
         self.schedule();
     }
 

@@ -142,7 +142,11 @@ impl State {
                         to_peers.push((queue.remove(i).expect("index checked"), p));
                         continue;
                     }
-                    if placeable && !shape.fits_in(total) && !rooms.is_empty() {
+                    if placeable && shape.fits_in(&tentative) {
+                        // It runs here once they are pulled: the room is
+                        // its, not another such task's.
+                        tentative.subtract(shape);
+                    } else if placeable && !shape.fits_in(total) && !rooms.is_empty() {
                         // Only a peer could run it: queued behind what one
                         // runs, else it waits for one (not pulling).
                         let q = queue_rooms

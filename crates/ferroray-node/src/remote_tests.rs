@@ -2426,6 +2426,20 @@ fn a_borrowed_argument_is_pulled_from_the_node_keeping_it_and_its_loss_fails_its
     pulled(&mut h, &c, y, b"late");
     assert_eq!(executed(&w.take()), vec![t3]);
     returned(&mut h, &w, t3, 0, b"3");
+    // Freed while it waits for a link, then borrowed again from another
+    // node: the first wait went with it.
+    let u = theirs(6);
+    borrow(&mut h, &link, u, 0xd);
+    h.st.handle(link.conn, ToNode::RemoveRef(vec![u]));
+    borrow(&mut h, &link, u, 0xf);
+    let (t6, _) = borrowed_by_task(&mut h, &link, 6, u);
+    let d = attach(&mut h, 0xd, cpus(1.0));
+    assert!(pulls(&d.take()).is_empty(), "not from the node it was first borrowed from");
+    let f = attach(&mut h, 0xf, cpus(1.0));
+    assert_eq!(pulls(&f.take()), vec![u]);
+    pulled(&mut h, &f, u, b"again");
+    assert_eq!(executed(&w.take()), vec![t6]);
+    returned(&mut h, &w, t6, 0, b"6");
     // None in time: lost, naming the node.
     let v = theirs(5);
     borrow(&mut h, &link, v, 0xe);
@@ -2718,6 +2732,7 @@ fn a_located_object_is_told_made_when_left_on_a_peer_without_a_pull() {
     let (t2, r2) = unread(&mut h, &d, x_spec(&d, 2, 0));
     assert_eq!(executed(&p.take()), vec![t1, t2]);
     h.st.handle(d.conn, ToNode::Locate(vec![r1, r2]));
+    h.st.handle(d.conn, ToNode::Locate(vec![r2]));
     assert!(made(&d.take()).is_empty(), "neither made yet");
     left_by(&mut h, &p, t1, 0);
     assert_eq!(made(&d.take()), vec![r1]);
@@ -2725,7 +2740,7 @@ fn a_located_object_is_told_made_when_left_on_a_peer_without_a_pull() {
     assert_eq!(location(&h, r1), Some("ON_PEER"));
     returned(&mut h, &p, t2, 0, b"2");
     let msgs = d.take();
-    assert_eq!(made(&msgs), vec![r2]);
+    assert_eq!(made(&msgs), vec![r2], "once, though asked twice");
     assert_eq!(ready(&msgs, r2), None, "told made, not sent the value");
     // Made already: told at once; one not shown to the sender (or no
     // longer held by it) is answered as a subscription is.

@@ -486,7 +486,13 @@ fn ready_keys(st: &LocalState, keys: &[WaitKey], made: bool) -> Vec<(u64, usize)
         .filter_map(|(i, k)| {
             let seq = match k {
                 WaitKey::Object(id) => {
-                    st.objects.get(id).map(|e| e.seq).or_else(|| st.made.get(id).copied().filter(|s| made && *s > 0))
+                    // Ready since the first of the two news.
+                    let fetched = st.objects.get(id).map(|e| e.seq);
+                    let told = st.made.get(id).copied().filter(|s| made && *s > 0);
+                    match (fetched, told) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    }
                 }
                 WaitKey::Stream(t) => st.streams.get(t).map_or(Some(0), LocalStream::ready_since),
             };

@@ -617,6 +617,7 @@ impl State {
         if let Some(r) = self.conns.get_mut(&via).and_then(|c| c.remote.as_mut()) {
             r.left.insert(id);
         }
+        self.made(id);
         if read {
             self.pull(id);
         }
@@ -663,7 +664,7 @@ pub const BORROW_LINK_WAIT: std::time::Duration = std::time::Duration::from_secs
 
 /// An object borrowed from a node with no link here yet (step 15).
 pub(super) struct Unlinked {
-    id: ObjectId,
+    pub(super) id: ObjectId,
     node: ferroray_common::NodeId,
     program: ProgramId,
     len: u64,

@@ -180,6 +180,10 @@ impl State {
         if !self.locating.is_empty() {
             self.locating.remove(&id);
         }
+        if !self.unlinked.is_empty() {
+            // Borrowed again later, it waits for a link of its own.
+            self.unlinked.retain(|u| u.id != id);
+        }
         if let Some(left) = o.left.take() {
             self.resolved(id, left);
         }
@@ -224,7 +228,12 @@ impl State {
                     self.send(conn, FromNode::ObjectReady { id, value });
                 }
                 Some(o) if o.value.is_some() || o.left.is_some() => made.push(id),
-                Some(_) => self.locating.entry(id).or_default().push(conn),
+                Some(_) => {
+                    let waiting = self.locating.entry(id).or_default();
+                    if !waiting.contains(&conn) {
+                        waiting.push(conn);
+                    }
+                }
             }
         }
         if !made.is_empty() {

@@ -248,6 +248,12 @@ impl State {
         if c.from_peer {
             self.links_reaches_gone(conn);
         }
+        if !self.locating.is_empty() {
+            self.locating.retain(|_, waiting| {
+                waiting.retain(|w| *w != conn);
+                !waiting.is_empty()
+            });
+        }
         let outbox = c.outbox.clone();
         self.forget_outbox(c.outbox);
         for id in c.held {

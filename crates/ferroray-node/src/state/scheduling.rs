@@ -143,8 +143,9 @@ impl State {
                         continue;
                     }
                     if placeable && shape.fits_in(&tentative) {
-                        // It runs here once they are pulled: the room is
-                        // its, not another such task's.
+                        // It runs here once they are pulled: in this pass
+                        // the room is its, not another such task's (a
+                        // later pass sees the room free again).
                         tentative.subtract(shape);
                     } else if placeable && !shape.fits_in(total) && !rooms.is_empty() {
                         // Only a peer could run it: queued behind what one

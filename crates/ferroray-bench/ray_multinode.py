@@ -1,7 +1,8 @@
 """The workloads of `multinode` (src/bin/multinode.rs) on Ray, with Ray's own
 multi-node setup on one machine: a head started with `ray start --head
---num-cpus 1` and a second node with `ray start --address ... --num-cpus K
---resources '{"b": K}'`, a driver connected with `ray.init(address="auto")`,
+--num-cpus 1`, a second node with `ray start --address ... --num-cpus K
+--resources '{"b": K}'` and a third with `--num-cpus 1 --resources '{"c": 1}'`
+(for the row read there), a driver connected with `ray.init(address="auto")`,
 and `ray stop` at the end (also on errors). Same sizes, same rows, same
 names as the Rust binary, whose `--ray FILE` reads the JSON this writes.
 
@@ -79,9 +80,9 @@ def measure(a, rows):
     b = {"b": 1}
     here = ray.get_runtime_context().get_node_id()
     deadline = time.time() + 60
-    while ray.cluster_resources().get("b", 0) < 1:
+    while ray.cluster_resources().get("b", 0) < 1 or ray.cluster_resources().get("c", 0) < 1:
         if time.time() > deadline:
-            raise RuntimeError("the second node never joined")
+            raise RuntimeError("the other nodes never joined")
         time.sleep(0.05)
     there = ray.get(where_am_i.options(resources=b).remote())
     if here == there:
@@ -154,6 +155,24 @@ def measure(a, rows):
         d = time.perf_counter() - t
         assert n == a.items
         rows["generator items from the other node"].append(n / d)
+
+        # Made on the second node and waited for without fetching, untimed;
+        # the third node's store warmed by a read of the same size first.
+        def made_there():
+            made = make.options(resources=b).remote(nbytes)
+            ready, _ = ray.wait([made], fetch_local=False)
+            assert ready == [made]
+            return made
+
+        warm = made_there()
+        assert ray.get(length.options(resources={"c": 1}).remote(warm)) == nbytes
+        del warm
+        made = made_there()
+        settle()
+        t = time.perf_counter()
+        assert ray.get(length.options(resources={"c": 1}).remote(made)) == nbytes
+        rows["transfer: result read on a third node"].append(nbytes / (time.perf_counter() - t) / 1e9)
+        del made
         progress(f"trial {trial + 1} of {a.repeats} done")
 
     local = []
@@ -171,6 +190,7 @@ UNITS = {
     "transfer: argument to the other node": ("GB/s", True),
     "transfer: result from the other node": ("GB/s", True),
     "generator items from the other node": ("items/s", True),
+    "transfer: result read on a third node": ("GB/s", True),
 }
 
 
@@ -195,11 +215,14 @@ def main():
     load_before = " ".join(open("/proc/loadavg").read().split()[:3])
     rows = {name: [] for name in UNITS}
     try:
-        progress(f"starting a head (1 CPU) and a node ({a.node_cpus} CPUs, b={a.node_cpus}, 3 GiB store)")
+        progress(f"starting a head (1 CPU), a node ({a.node_cpus} CPUs, b={a.node_cpus}, 3 GiB store) and a third")
         ray_cli(["start", "--head", "--port", str(port), "--num-cpus", "1", "--object-store-memory", store,
                  "--temp-dir", temp, "--include-dashboard", "false", "--disable-usage-stats"])
         ray_cli(["start", "--address", f"127.0.0.1:{port}", "--num-cpus", str(a.node_cpus),
                  "--resources", json.dumps({"b": a.node_cpus}), "--object-store-memory", store,
+                 "--disable-usage-stats"])
+        ray_cli(["start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
+                 "--resources", json.dumps({"c": 1}), "--object-store-memory", store,
                  "--disable-usage-stats"])
         ray.init(address="auto", logging_level="error")
         local, first = measure(a, rows)

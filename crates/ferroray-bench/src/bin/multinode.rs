@@ -1,9 +1,11 @@
-//! Work across two nodes on one machine: a head daemon and a second node
+//! Work across nodes on one machine: a head daemon and a second node
 //! daemon, a driver connected to the head, and tasks, values and generator
-//! items moved over the nodes' peer link.
+//! items moved over the nodes' peer link; and a third node daemon reading a
+//! value the second made.
 //!
-//! It starts the head (1 CPU, no custom resource) and a node (resource
-//! `b`, as many CPUs as the machine has, a 3 GiB store) with the `ferroray`
+//! It starts the head (1 CPU, no custom resource), a node (resource `b`, as
+//! many CPUs as the machine has, a 3 GiB store) and a third (resource `c`,
+//! 1 CPU, a 3 GiB store) with the `ferroray`
 //! binary built beside this one, in a session directory of its own, connects
 //! to the head as a driver and measures, each row repeated (the median is
 //! reported), each trial after a second's pause so that what the row
@@ -18,7 +20,13 @@
 //!   each, into stores never written, is timed once before the trials and
 //!   printed apart (the trials move values into stores in use);
 //! - a streaming generator on the other node yielding `--items` small items,
-//!   each taken by the driver.
+//!   each taken by the driver;
+//! - a value of `--transfer-mib` made on the other node (left in its store),
+//!   waited for without fetching (`wait_made`), then read by a task on a
+//!   third node (resource `c`, 1 CPU, a 3 GiB store), which reads it
+//!   straight from the node that made it; before each trial the third
+//!   node reads a value of the same size once, untimed, so that the timed
+//!   one lands in pages its store has in use.
 //!
 //! In the same run it measures the loopback ceilings the transfer rows are
 //! read against: one TCP stream over 127.0.0.1 moving the same number of
@@ -73,7 +81,7 @@ struct Args {
     #[arg(long)]
     node_cpus: Option<usize>,
     /// Only the rows whose name contains one of these words (comma
-    /// separated: `tasks`, `round`, `argument`, `result`, `generator`,
+    /// separated: `tasks`, `round`, `argument`, `result`, `generator`, `third`,
     /// `ceiling`, `model`); for profiling one path
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -400,8 +408,9 @@ impl std::ops::AddAssign for CpuSpent {
     }
 }
 
-/// The daemons' pids from the session's records: (the head's, the node's).
-fn daemon_pids(dir: &Path, head: &str) -> (u32, u32) {
+/// The daemons' pids from the session's records: (the head's, the node's
+/// that runs the pinned tasks).
+fn daemon_pids(dir: &Path, head: &str, node: &str) -> (u32, u32) {
     let (mut h, mut n) = (0, 0);
     for f in std::fs::read_dir(dir.join("nodes")).into_iter().flatten().flatten() {
         let Ok(v) = serde_json::from_slice::<Value>(&std::fs::read(f.path()).unwrap_or_default()) else {
@@ -410,7 +419,7 @@ fn daemon_pids(dir: &Path, head: &str) -> (u32, u32) {
         let pid = v["pid"].as_u64().unwrap_or(0) as u32;
         if v["node_id"].as_str() == Some(head) {
             h = pid;
-        } else {
+        } else if v["node_id"].as_str() == Some(node) {
             n = pid;
         }
     }
@@ -428,6 +437,11 @@ fn start_cluster(bin: &Path, node_cpus: usize, tls_on_loopback: bool) -> Session
     let cpus = node_cpus.to_string();
     let resources = format!(r#"{{"b": {node_cpus}}}"#);
     let mut args = vec!["start", "--address", &head, "--num-cpus", &cpus, "--resources", &resources];
+    args.extend_from_slice(&["--object-store-memory", &store, "--heartbeat-ms", "200"]);
+    args.extend_from_slice(tls);
+    s.run(&args);
+    // The third node, for the row read there.
+    let mut args = vec!["start", "--address", &head, "--num-cpus", "1", "--resources", r#"{"c": 1}"#];
     args.extend_from_slice(&["--object-store-memory", &store, "--heartbeat-ms", "200"]);
     args.extend_from_slice(tls);
     s.run(&args);
@@ -450,12 +464,14 @@ fn measure(args: &Args, dir: &Path, rows: &mut Vec<Row>) -> Measured {
     let arg_in = row("transfer: argument to the other node", "GB/s", true);
     let result_back = row("transfer: result from the other node", "GB/s", true);
     let gen = row("generator items from the other node", "items/s", true);
+    let third = row("transfer: result read on a third node", "GB/s", true);
 
     // The node is in the view once its `b` is.
     let here = ferroray::node_id().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ferroray::cluster_resources().unwrap().get("b").copied().unwrap_or(0.0) < 1.0 {
-        assert!(Instant::now() < deadline, "the second node never joined");
+    let has = |r: &str| ferroray::cluster_resources().unwrap().get(r).copied().unwrap_or(0.0) >= 1.0;
+    while !has("b") || !has("c") {
+        assert!(Instant::now() < deadline, "the other nodes never joined");
         std::thread::sleep(Duration::from_millis(20));
     }
     // And in the driver's node's view of its peers (the next heartbeat).
@@ -488,7 +504,7 @@ fn measure(args: &Args, dir: &Path, rows: &mut Vec<Row>) -> Measured {
         (argument, gb_per_s(bytes, t.elapsed()))
     });
 
-    let (head_pid, node_pid) = daemon_pids(dir, &here);
+    let (head_pid, node_pid) = daemon_pids(dir, &here, &there);
     let probe = CpuProbe { head: head_pid, node: node_pid };
     let mut cpu = vec![CpuSpent::default(); rows.len()];
     // Times `work` (after `setup`, untimed) into row `i`'s CPU account; the
@@ -547,6 +563,24 @@ fn measure(args: &Args, dir: &Path, rows: &mut Vec<Row>) -> Measured {
             assert_eq!(n, args.items);
             Box::new(move |d| n as f64 / d.as_secs_f64())
         });
+        if args.wants(rows[third].name) {
+            // Made there and waited for without fetching, untimed; the
+            // third node's store warmed by a read of the same size first.
+            let made_there = || {
+                let made = make::options().resource("b", 1).remote(bytes);
+                let (ready, _) = ferroray::wait_made(std::slice::from_ref(&made), 1, None).unwrap();
+                assert_eq!(ready.len(), 1);
+                made
+            };
+            let warm = made_there();
+            assert_eq!(length::options().resource("c", 1).remote(&warm).get().unwrap(), bytes);
+            drop(warm);
+            let made = made_there();
+            timed(third, rows, &mut || {
+                assert_eq!(length::options().resource("c", 1).remote(&made).get().unwrap(), bytes);
+                Box::new(move |d| gb_per_s(bytes, d))
+            });
+        }
         progress(&format!("trial {} of {} done", trial + 1, args.repeats));
     }
     Measured { cpu, first }
@@ -623,8 +657,10 @@ fn main() {
 
     let mut local = f64::NAN;
     let mut first = None;
-    if ["tasks", "round", "argument", "result", "generator"].iter().any(|w| args.wants(w)) {
-        progress(&format!("starting a head (1 CPU) and a node ({node_cpus} CPUs, b={node_cpus}, 3 GiB store)"));
+    if ["tasks", "round", "argument", "result", "generator", "third"].iter().any(|w| args.wants(w)) {
+        progress(&format!(
+            "starting a head (1 CPU), a node ({node_cpus} CPUs, b={node_cpus}, 3 GiB store) and a third (1 CPU, c=1)"
+        ));
         let session = start_cluster(&bin, node_cpus, args.tls_on_loopback);
         std::env::set_var("FERRORAY_SESSION_DIR", &session.dir);
         ferroray::init_with(Config::default().address("auto")).expect("connecting to the head");

@@ -1050,6 +1050,11 @@ impl Peers {
             .filter(|(id, _)| alive.contains_key(id))
             .collect();
         self.ctx.node.peer_loads(&loads);
+        let dead: Vec<NodeId> =
+            view.nodes.iter().filter(|n| !n.alive).filter_map(|n| Some(NodeId(n.desc.as_ref()?.node_id))).collect();
+        if !dead.is_empty() {
+            self.ctx.node.peers_dead(&dead);
+        }
         *self.alive.lock() = alive;
         self.refresh();
     }

@@ -231,6 +231,12 @@ impl Node {
         self.shared.lock().peer_loads(loads);
     }
 
+    /// Nodes the cluster's view has as dead: objects borrowed from them
+    /// that wait for a link there are lost now (`state::left` step 15).
+    pub fn peers_dead(&self, nodes: &[ferroray_common::NodeId]) {
+        self.shared.lock().peers_dead(nodes);
+    }
+
     /// Marks the node as part of a cluster: a task that needs more than
     /// any node has waits for a node that has it rather than fail.
     pub fn enable_peers(&self) {

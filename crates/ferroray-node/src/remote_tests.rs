@@ -2440,6 +2440,17 @@ fn a_borrowed_argument_is_pulled_from_the_node_keeping_it_and_its_loss_fails_its
     pulled(&mut h, &f, u, b"again");
     assert_eq!(executed(&w.take()), vec![t6]);
     returned(&mut h, &w, t6, 0, b"6");
+    // From a node the cluster has as dead: lost at once.
+    let g = theirs(7);
+    borrow(&mut h, &link, g, 0x9);
+    let (_, rg) = borrowed_by_task(&mut h, &link, 7, g);
+    h.st.peers_dead(&[NodeId(0x8)]);
+    assert_eq!(ready(&link.take(), rg), None, "another node's death");
+    h.st.peers_dead(&[NodeId(0x9)]);
+    match ready(&link.take(), rg) {
+        Some(ObjectValue::Error(Error::ObjectLost(m))) => assert!(m.starts_with(&format!("{g}:")), "{m}"),
+        other => panic!("{other:?}"),
+    }
     // None in time: lost, naming the node.
     let v = theirs(5);
     borrow(&mut h, &link, v, 0xe);

@@ -75,7 +75,8 @@
 //!     that link to be attached if it is not yet, `unlinked`), pulled
 //!     from there when read as in step 9 (that node's link serves it from
 //!     the copy the owner's link keeps), with no lineage here. No such
-//!     link in time, its loss, or a keeping node that no longer has it
+//!     link in time (or the keeping node dead in the cluster's view,
+//!     `peers_dead`), its loss, or a keeping node that no longer has it
 //!     make the object an `ObjectLost` error naming it, which fails the
 //!     tasks reading it.
 //! 16. Back here, a task sent with lent arguments that failed with
@@ -644,13 +645,27 @@ impl State {
         if self.unlinked.iter().all(|u| u.until > now) {
             return;
         }
-        let (due, later): (Vec<Unlinked>, Vec<Unlinked>) =
-            std::mem::take(&mut self.unlinked).into_iter().partition(|u| u.until <= now);
+        self.lose_unlinked(|u| u.until <= now, "has no link from this node");
+    }
+
+    /// Step 15: `nodes` are dead in the cluster's view: objects borrowed
+    /// from them that wait for a link there are lost now, not at their
+    /// deadline.
+    pub fn peers_dead(&mut self, nodes: &[ferroray_common::NodeId]) {
+        if self.unlinked.iter().any(|u| nodes.contains(&u.node)) {
+            self.lose_unlinked(|u| nodes.contains(&u.node), "is dead in the cluster's view");
+        }
+    }
+
+    /// The objects of `unlinked` that `due` picks are lost; their error
+    /// says `why` of the node keeping them.
+    fn lose_unlinked(&mut self, due: impl Fn(&Unlinked) -> bool, why: &str) {
+        let (lost, later): (Vec<Unlinked>, Vec<Unlinked>) =
+            std::mem::take(&mut self.unlinked).into_iter().partition(|u| due(u));
         self.unlinked = later;
-        for u in due {
+        for u in lost {
             if self.unmade(u.id) {
-                let e =
-                    Error::ObjectLost(format!("{}: this node has no link to node {}, which keeps it", u.id, u.node));
+                let e = Error::ObjectLost(format!("{}: node {}, which keeps it, {why}", u.id, u.node));
                 self.set_value(u.id, Stored::Error(e));
             }
         }

@@ -368,7 +368,11 @@ pub fn wait<W: Waitable + Clone>(
     num_returns: usize,
     timeout: Option<Duration>,
 ) -> Result<(Vec<W>, Vec<W>)> {
-    let (ready, rest) = wait_indices(items, num_returns, timeout)?;
+    picked(items, wait_indices(items, num_returns, timeout)?)
+}
+
+/// The items at the positions of (ready, not ready).
+fn picked<W: Clone>(items: &[W], (ready, rest): (Vec<usize>, Vec<usize>)) -> Result<(Vec<W>, Vec<W>)> {
     Ok((ready.into_iter().map(|i| items[i].clone()).collect(), rest.into_iter().map(|i| items[i].clone()).collect()))
 }
 
@@ -392,8 +396,7 @@ pub fn wait_made<W: Waitable + Clone>(
     num_returns: usize,
     timeout: Option<Duration>,
 ) -> Result<(Vec<W>, Vec<W>)> {
-    let (ready, rest) = wait_made_indices(items, num_returns, timeout)?;
-    Ok((ready.into_iter().map(|i| items[i].clone()).collect(), rest.into_iter().map(|i| items[i].clone()).collect()))
+    picked(items, wait_made_indices(items, num_returns, timeout)?)
 }
 
 /// [`wait_made`] giving positions in `items`, as [`wait_indices`] does.

@@ -881,16 +881,11 @@ impl State {
             }
             ToNode::Subscribe(ids) => {
                 for id in ids {
-                    if !self.may_see(conn, id, false) {
-                        let e = Error::PermissionDenied(format!("object {id} was not given to this process"));
-                        self.send(conn, FromNode::ObjectReady { id, value: ObjectValue::Error(e) });
+                    if self.refuse_unreadable(conn, id) {
                         continue;
                     }
                     match self.objects.get_mut(&id) {
-                        None => self.send(
-                            conn,
-                            FromNode::ObjectReady { id, value: ObjectValue::Error(Error::ObjectLost(id.to_string())) },
-                        ),
+                        None => {}
                         Some(o) if o.value.is_none() => {
                             o.subscribers.push(conn);
                             self.pull(id);

@@ -212,21 +212,30 @@ impl State {
         }
     }
 
+    /// Answers `conn`'s `Subscribe` or `Locate` of `id` with its error if
+    /// it may not read it or it is gone; true if it did.
+    pub(super) fn refuse_unreadable(&mut self, conn: ConnId, id: ObjectId) -> bool {
+        let e = if !self.may_see(conn, id, false) {
+            Error::PermissionDenied(format!("object {id} was not given to this process"))
+        } else if !self.objects.contains_key(&id) {
+            Error::ObjectLost(id.to_string())
+        } else {
+            return false;
+        };
+        self.send(conn, FromNode::ObjectReady { id, value: ObjectValue::Error(e) });
+        true
+    }
+
     /// `ToNode::Locate` from `conn`: each object made (a value here, or
     /// left on a peer) is told at once, the others once they are.
     pub(super) fn locate(&mut self, conn: ConnId, ids: Vec<ObjectId>) {
         let mut made = Vec::new();
         for id in ids {
-            if !self.may_see(conn, id, false) {
-                let e = Error::PermissionDenied(format!("object {id} was not given to this process"));
-                self.send(conn, FromNode::ObjectReady { id, value: ObjectValue::Error(e) });
+            if self.refuse_unreadable(conn, id) {
                 continue;
             }
             match self.objects.get(&id) {
-                None => {
-                    let value = ObjectValue::Error(Error::ObjectLost(id.to_string()));
-                    self.send(conn, FromNode::ObjectReady { id, value });
-                }
+                None => {}
                 Some(o) if o.value.is_some() || o.left.is_some() => made.push(id),
                 Some(_) => {
                     let waiting = self.locating.entry(id).or_default();

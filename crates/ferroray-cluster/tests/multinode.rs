@@ -773,6 +773,24 @@ fn tasks_objects_and_streams_cross_nodes() {
     assert_eq!(on_peer(), 0);
     let f2_log = std::fs::read_to_string(dir.join("logs").join(format!("{}.log", s.pid_of(&f2)))).unwrap();
     assert!(f2_log.contains(&format!("node {second} sends this node tasks")), "{f2_log}");
+    // The node keeping a result SIGKILLed as a task on a third node comes
+    // to read it: the result is made again on a node that joins, and the
+    // task reads it from there (whether its first read failed there, or
+    // it waited for the result here).
+    let k = s.node(&head_addr, r#"{"k": 1}"#, &[]);
+    wait_for("K in the view", Duration::from_secs(10), || {
+        ferroray::cluster_resources().unwrap().get("k") == Some(&1.0)
+    });
+    let kept = made_where::options().resource("k", 1).max_retries(2).remote(8 << 20, runs_arg.clone());
+    let (ready, _) = ferroray::wait_made(std::slice::from_ref(&kept), 1, Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(ready.len(), 1);
+    unsafe { libc::kill(s.pid_of(&k) as i32, libc::SIGKILL) };
+    let reader = length_where::options().resource("b", 1).remote(&kept);
+    let k2 = s.node(&head_addr, r#"{"k": 1}"#, &[]);
+    let (n, ran) = reader.get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!((n, ran.as_str()), (8 << 20, second.as_str()));
+    let (bytes, at) = kept.get_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!((bytes.len(), at.as_str()), (8 << 20, k2.as_str()));
 
     // An actor on another node: its calls go there; that node killed, it
     // restarts on a node that has room for it (its state fresh), and a
